@@ -1,0 +1,178 @@
+"""The agent's loop: long-poll the client's own queue and serve each round message.
+
+Serving a round: download the architecture and global weights (sha256-checked), train locally,
+upload the update under the client's own prefix, write the update item (with the round's task
+token), and only then delete the message (DESIGN invariant 2). Any failure before the item is
+written leaves the message in the queue; it comes back after the visibility timeout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
+
+from client_agent.config import AgentConfig
+from client_agent.training import Trainer
+from fedstep import SCHEMA_VERSION, aws, keys, tensors
+from fedstep.errors import FedstepError, InvalidUpdate
+from fedstep.rounds import utc_now
+from fedstep.schemas import InvalidMessage, ObjectRef, RoundMessage, RunEndedMessage, UpdateItem, parse_message
+
+log = logging.getLogger("fedstep.client")
+
+
+class Outcome(Enum):
+    SERVED = "served"  # update written, message deleted
+    ALREADY_SERVED = "already_served"  # the item existed (a redelivered message), message deleted
+    RUN_ENDED = "run_ended"
+    DISCARDED = "discarded"  # malformed message, deleted with an error log
+    KEPT = "kept"  # failed; the message stays and comes back
+
+
+@dataclass
+class RoundReport:
+    run_id: str
+    round: int
+    num_examples: int
+    metrics: dict[str, float]
+    bytes_down: int
+    bytes_up: int
+    seconds: float
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, trainer: Trainer, session: boto3.Session | None = None) -> None:
+        self.config = config
+        self.trainer = trainer
+        session = session or boto3.Session(region_name=config.region)
+        self.sqs = aws.client("sqs", session, config.endpoint_url)
+        self.s3 = aws.client("s3", session, config.endpoint_url)
+        self.table = aws.DynamoRoundTable(config.table, aws.client("dynamodb", session, config.endpoint_url))
+        self.cache = Path(config.cache_dir or Path.home() / ".cache" / "fedstep")
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self, follow: bool = False, once: bool = False) -> int:
+        """Serve rounds until a run ends (or forever with `follow`); `once`: stop after one round."""
+        log.info("client %s polling %s", self.config.client_id, self.config.queue_url)
+        while True:
+            outcome = self.poll_once()
+            if outcome is Outcome.RUN_ENDED and not follow:
+                return 0
+            if once and outcome in (Outcome.SERVED, Outcome.ALREADY_SERVED):
+                return 0
+
+    def poll_once(self) -> Outcome | None:
+        """One receive call; serve the message if one came. None when the queue was empty."""
+        resp = self.sqs.receive_message(
+            QueueUrl=self.config.queue_url,
+            MaxNumberOfMessages=1,
+            WaitTimeSeconds=self.config.poll_wait_s,
+            AttributeNames=["ApproximateReceiveCount"],
+        )
+        messages = resp.get("Messages", [])
+        return self.handle(messages[0]) if messages else None
+
+    def handle(self, message: dict[str, Any]) -> Outcome:
+        try:
+            parsed = parse_message(json.loads(message["Body"]))
+        except (InvalidMessage, ValueError) as exc:
+            log.error("discarding a malformed message %s: %s", message.get("MessageId"), exc)
+            self._delete(message)
+            return Outcome.DISCARDED
+        if isinstance(parsed, RunEndedMessage):
+            log.info("run %s ended (%s) after %d rounds", parsed.run_id, parsed.reason, parsed.rounds_completed)
+            self._delete(message)
+            return Outcome.RUN_ENDED
+        try:
+            outcome = self.serve_round(parsed)
+        except (FedstepError, ClientError, BotoCoreError, OSError) as exc:
+            log.error(
+                "round %d of run %s failed, the message stays queued and comes back: %s",
+                parsed.round,
+                parsed.run_id,
+                exc,
+            )
+            return Outcome.KEPT
+        self._delete(message)
+        return outcome
+
+    def _delete(self, message: dict[str, Any]) -> None:
+        self.sqs.delete_message(QueueUrl=self.config.queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    # -- one round --------------------------------------------------------------------------------
+    def serve_round(self, msg: RoundMessage) -> Outcome:
+        cid = self.config.client_id
+        item_key = keys.update_item_key(msg.run_id, msg.round, cid)
+        if self.table.get_item(item_key) is not None:
+            log.info("round %d of run %s was already served; message redelivered", msg.round, msg.run_id)
+            return Outcome.ALREADY_SERVED
+        started = time.monotonic()
+        architecture = self._architecture(msg.model)
+        global_bytes = self._download(msg.global_model)
+        global_weights = tensors.decode(global_bytes)
+        result = self.trainer.fit(architecture, global_weights, msg.training)
+        data = tensors.encode(
+            result.weights,
+            {"schema": SCHEMA_VERSION, "run_id": msg.run_id, "round": msg.round, "client_id": cid},
+        )
+        update = ObjectRef(keys.update_key(msg.run_id, msg.round, cid), tensors.sha256_hex(data), len(data))
+        self.s3.put_object(Bucket=self.config.bucket, Key=update.key, Body=data)
+        item = UpdateItem(
+            run_id=msg.run_id,
+            round=msg.round,
+            client_id=cid,
+            num_examples=result.num_examples,
+            update=update,
+            metrics=result.metrics,
+            task_token=msg.task_token,
+            issued_at=msg.issued_at,
+            created_at=utc_now(),
+        )
+        if not self.table.put_once(item.to_item()):
+            return Outcome.ALREADY_SERVED
+        report = RoundReport(
+            msg.run_id,
+            msg.round,
+            result.num_examples,
+            result.metrics,
+            len(global_bytes) + len(architecture),
+            len(data),
+            round(time.monotonic() - started, 2),
+        )
+        self.last_report = report
+        log.info(
+            "round %d | %d examples | loss %.4f acc %.4f | down %d B up %d B | %.1f s",
+            report.round,
+            report.num_examples,
+            report.metrics.get("train_loss", float("nan")),
+            report.metrics.get("train_accuracy", float("nan")),
+            report.bytes_down,
+            report.bytes_up,
+            report.seconds,
+        )
+        return Outcome.SERVED
+
+    def _download(self, ref: ObjectRef) -> bytes:
+        data = self.s3.get_object(Bucket=self.config.bucket, Key=ref.key)["Body"].read()
+        if hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise InvalidUpdate(f"s3://{self.config.bucket}/{ref.key} does not match the sha256 in the message")
+        return data
+
+    def _architecture(self, ref: ObjectRef) -> bytes:
+        """The run's `.keras` file, from the local cache when its sha256 is already there."""
+        cached = self.cache / f"{ref.sha256}.keras"
+        if cached.exists() and hashlib.sha256(cached.read_bytes()).hexdigest() == ref.sha256:
+            return cached.read_bytes()
+        data = self._download(ref)
+        self.cache.mkdir(parents=True, exist_ok=True)
+        cached.write_bytes(data)
+        return data

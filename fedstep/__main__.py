@@ -1,0 +1,5 @@
+import sys
+
+from fedstep.cli import main
+
+sys.exit(main())

@@ -1,0 +1,137 @@
+"""boto3 sessions and the AWS adapters of the core's ports (S3 model store, DynamoDB table, Step Functions).
+
+Every client is built by `client()`, which applies the endpoint (`AWS_ENDPOINT_URL` or an explicit
+one, e.g. the embedded local cloud), standard retries with backoff, and path-style S3 addressing
+for custom endpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from fedstep import keys
+from fedstep.ddb import from_attributes, to_attributes
+from fedstep.schemas import RunRecord
+
+log = logging.getLogger(__name__)
+
+RETRIES = {"max_attempts": 8, "mode": "standard"}
+
+
+def client(service: str, session: boto3.Session | None = None, endpoint_url: str | None = None) -> Any:
+    """A boto3 client with retries; `endpoint_url` overrides AWS_ENDPOINT_URL (None: the AWS default)."""
+    config = Config(retries=RETRIES, s3={"addressing_style": "path"}, connect_timeout=10, read_timeout=70)
+    return (session or boto3.Session()).client(service, endpoint_url=endpoint_url, config=config)
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+class S3ModelStore:
+    """Model files in the registry bucket."""
+
+    def __init__(self, bucket: str, s3: Any) -> None:
+        self.bucket, self.s3 = bucket, s3
+
+    def get(self, key: str) -> bytes:
+        return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def put(self, key: str, data: bytes) -> None:
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
+
+
+class DynamoRoundTable:
+    """The single table: run records, update items, round summaries (see `fedstep.keys`)."""
+
+    def __init__(self, table_name: str, dynamodb: Any) -> None:
+        self.name, self.ddb = table_name, dynamodb
+
+    def get_item(self, key: dict[str, str]) -> dict[str, Any] | None:
+        resp = self.ddb.get_item(TableName=self.name, Key=to_attributes(key), ConsistentRead=True)
+        return from_attributes(resp["Item"]) if "Item" in resp else None
+
+    def _query_prefix(self, run_id: str, prefix: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.name,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
+            "ExpressionAttributeValues": to_attributes({":pk": run_id, ":prefix": prefix}),
+            "ConsistentRead": True,
+        }
+        while True:
+            resp = self.ddb.query(**kwargs)
+            items.extend(from_attributes(i) for i in resp.get("Items", []))
+            if "LastEvaluatedKey" not in resp:
+                return items
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    def put_once(self, item: dict[str, Any]) -> bool:
+        """Write `item` unless its key exists; False if it did."""
+        try:
+            self.ddb.put_item(
+                TableName=self.name,
+                Item=to_attributes(item),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+            return True
+        except ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        item = self.get_item(keys.run_item_key(run_id))
+        return RunRecord.parse(item) if item else None
+
+    def list_updates(self, run_id: str, round_number: int) -> list[dict[str, Any]]:
+        return self._query_prefix(run_id, keys.update_sk_prefix(round_number))
+
+    def get_round(self, run_id: str, round_number: int) -> dict[str, Any] | None:
+        return self.get_item(keys.round_item_key(run_id, round_number))
+
+    def put_round_once(self, item: dict[str, Any]) -> bool:
+        return self.put_once(item)
+
+    def mark_reported(self, run_id: str, round_number: int) -> None:
+        self.ddb.update_item(
+            TableName=self.name,
+            Key=to_attributes(keys.round_item_key(run_id, round_number)),
+            UpdateExpression="SET #s = :s REMOVE task_token",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=to_attributes({":s": "reported"}),
+        )
+
+    def list_rounds(self, run_id: str) -> list[dict[str, Any]]:
+        return self._query_prefix(run_id, keys.ROUND_PREFIX)
+
+
+class StepFunctionsReporter:
+    """Completes the round's waitForTaskToken task."""
+
+    _ALREADY_DONE = {"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"}
+
+    def __init__(self, sfn: Any) -> None:
+        self.sfn = sfn
+
+    def succeed(self, task_token: str, output: dict[str, Any]) -> None:
+        try:
+            self.sfn.send_task_success(taskToken=task_token, output=json.dumps(output))
+        except ClientError as exc:
+            if error_code(exc) not in self._ALREADY_DONE:
+                raise
+            log.info("round already reported or its task timed out (%s)", error_code(exc))
+
+    def fail(self, task_token: str, error: str, cause: str) -> None:
+        try:
+            self.sfn.send_task_failure(taskToken=task_token, error=error, cause=cause[:32000])
+        except ClientError as exc:
+            if error_code(exc) not in self._ALREADY_DONE:
+                raise
+            log.info("round already reported or its task timed out (%s)", error_code(exc))

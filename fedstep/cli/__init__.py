@@ -1,0 +1,130 @@
+"""`fedstep`: the operator's command line (start runs; run everything locally)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from fedstep import __version__
+from fedstep.errors import FedstepError
+
+
+def _settings_args(parser: argparse.ArgumentParser, rounds: int, timeout: int) -> None:
+    parser.add_argument("--rounds", type=int, default=rounds, help=f"number of rounds (default {rounds})")
+    parser.add_argument("--epochs", type=int, default=1, help="local epochs per round (default 1)")
+    parser.add_argument("--batch-size", type=int, default=32, help="local batch size (default 32)")
+    parser.add_argument("--learning-rate", type=float, default=0.1, help="local learning rate (default 0.1)")
+    parser.add_argument("--strategy", default="fedavg", help="aggregation strategy (default fedavg)")
+    parser.add_argument(
+        "--round-timeout",
+        type=int,
+        default=timeout,
+        dest="round_timeout_s",
+        help=f"round deadline, s (default {timeout})",
+    )
+
+
+def _settings(args: argparse.Namespace):  # -> RunSettings
+    from fedstep.cli.start import RunSettings
+
+    return RunSettings(
+        rounds=args.rounds,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        strategy=args.strategy,
+        round_timeout_s=args.round_timeout_s,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedstep", description="serverless federated learning on AWS")
+    parser.add_argument("--version", action="version", version=f"fedstep {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    start = sub.add_parser("start", help="start a training run on a deployed stack")
+    start.add_argument("--model", required=True, help="module:function returning a compiled Keras model")
+    start.add_argument("--stack", default="fedstep", help="CloudFormation stack name (default fedstep)")
+    start.add_argument("--run-id", help="run id (default run-<UTC time>-<random>)")
+    start.add_argument("--region", help="AWS region (default: the AWS configuration's)")
+    start.add_argument("--endpoint-url", help="AWS endpoint override")
+    start.add_argument("--seed", type=int, help="seed for the initial weights (default: unseeded)")
+    _settings_args(start, rounds=5, timeout=3600)
+
+    local = sub.add_parser("local", help="run a real federated training on the embedded local cloud")
+    local.add_argument("--dataset", default="digits", help="digits, mnist or heart (default digits)")
+    local.add_argument("--clients", type=int, default=3, help="number of client agents (default 3)")
+    local.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
+    local.add_argument("--model", help="module:function returning a compiled Keras model (default: per data set)")
+    local.add_argument("--seed", type=int, default=0, help="seed for the initial weights (default 0)")
+    _settings_args(local, rounds=5, timeout=600)
+    return parser
+
+
+def _start(args: argparse.Namespace) -> int:
+    import boto3
+
+    from fedstep import aws
+    from fedstep.cli.start import build_model, keras_payload, start_run
+    from fedstep.stack import StackOutputs
+
+    session = boto3.Session(region_name=args.region)
+    client = lambda service: aws.client(service, session, args.endpoint_url)  # noqa: E731
+    outputs = StackOutputs.of_stack(client("cloudformation"), args.stack)
+    started = start_run(
+        *keras_payload(build_model(args.model, args.seed)),
+        _settings(args),
+        outputs,
+        s3=client("s3"),
+        dynamodb=client("dynamodb"),
+        stepfunctions=client("stepfunctions"),
+        run_id=args.run_id,
+    )
+    print(f"started run {started.run_id} with clients {', '.join(started.clients)}")
+    print(f"execution: {started.execution_arn}")
+    return 0
+
+
+def _local(args: argparse.Namespace) -> int:
+    from fedstep.local.demo import DemoConfig, run_demo
+
+    config = DemoConfig(
+        dataset=args.dataset,
+        clients=args.clients,
+        out=args.out,
+        model=args.model,
+        seed=args.seed,
+        settings=_settings(args),
+    )
+    run_demo(config)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    try:
+        return {"start": _start, "local": _local}[args.command](args)
+    except FedstepError as exc:
+        print(f"fedstep: error: {exc}", file=sys.stderr)
+        return 2
+    except NoCredentialsError:
+        print("fedstep: error: no AWS credentials found (configure a profile or set AWS_PROFILE)", file=sys.stderr)
+        return 2
+    except (ClientError, BotoCoreError) as exc:
+        print(f"fedstep: error: AWS call failed: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedstep: interrupted; everything was stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Starting a run: publish the architecture and the round-0 weights, record the run, start an execution."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fedstep import SCHEMA_VERSION, keys, strategies, tensors
+from fedstep.aws import DynamoRoundTable, S3ModelStore
+from fedstep.errors import FedstepError
+from fedstep.imports import load_callable
+from fedstep.rounds import utc_now
+from fedstep.schemas import ObjectRef, RunRecord, TrainingConfig
+from fedstep.stack import StackOutputs
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a run trains. Defaults: 5 rounds, 1 local epoch, batch 32, learning rate 0.1, FedAvg,
+    a 1-hour round deadline."""
+
+    rounds: int = 5
+    epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.1
+    strategy: str = "fedavg"
+    round_timeout_s: int = 3600
+
+    def validated(self) -> RunSettings:
+        if self.rounds < 1:
+            raise FedstepError(f"rounds must be >= 1, got {self.rounds}")
+        if not 1 <= self.round_timeout_s <= 31_536_000:
+            raise FedstepError(f"round_timeout_s must be 1 s to 1 year, got {self.round_timeout_s}")
+        try:
+            strategies.get(self.strategy)
+            self.training()
+        except ValueError as exc:
+            raise FedstepError(str(exc)) from None
+        return self
+
+    def training(self) -> TrainingConfig:
+        return TrainingConfig(epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate)
+
+
+@dataclass(frozen=True)
+class StartedRun:
+    run_id: str
+    execution_arn: str
+    clients: list[str]
+
+
+def new_run_id() -> str:
+    return f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def build_model(model_ref: str, seed: int | None = None) -> Any:
+    """Call the user's `module:function` and check it returns a compiled Keras model.
+
+    With `seed`, Keras' random generators are seeded first, so the initial weights are reproducible."""
+    if seed is not None:
+        import keras
+
+        keras.utils.set_random_seed(seed)
+    model = load_callable(model_ref, "model")()
+    if not hasattr(model, "save") or not hasattr(model, "weights"):
+        raise FedstepError(f"model {model_ref!r} must return a Keras model, got {type(model).__name__}")
+    if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", True):
+        raise FedstepError(f"model {model_ref!r} must return a compiled model (call model.compile(...))")
+    return model
+
+
+def keras_payload(model: Any) -> tuple[bytes, tensors.Tensors]:
+    """The `.keras` architecture file and the initial weights of a Keras model."""
+    from client_agent.keras_model import get_tensors, model_to_bytes
+
+    return model_to_bytes(model), get_tensors(model)
+
+
+def start_run(
+    architecture: bytes,
+    initial_weights: tensors.Tensors,
+    settings: RunSettings,
+    outputs: StackOutputs,
+    *,
+    s3: Any,
+    dynamodb: Any,
+    stepfunctions: Any,
+    run_id: str | None = None,
+) -> StartedRun:
+    """Upload the architecture and round-0 weights, write the run record, start the state machine."""
+    settings = settings.validated()
+    run_id = keys.check_id("run id", run_id or new_run_id())
+    clients = sorted(outputs.queues)
+    if not clients:
+        raise FedstepError("the stack has no clients; add them to the deployment config and deploy")
+    store = S3ModelStore(outputs.bucket, s3)
+    weights = tensors.encode(
+        initial_weights, {"schema": SCHEMA_VERSION, "run_id": run_id, "round": 0, "kind": "global"}
+    )
+    model_ref = ObjectRef(keys.model_key(run_id), tensors.sha256_hex(architecture), len(architecture))
+    global_ref = ObjectRef(keys.global_key(run_id, 0), tensors.sha256_hex(weights), len(weights))
+    record = RunRecord(
+        run_id=run_id,
+        clients=clients,
+        rounds=settings.rounds,
+        training=settings.training(),
+        strategy=settings.strategy,
+        created_at=utc_now(),
+    )
+    if not DynamoRoundTable(outputs.table, dynamodb).put_once(record.to_item()):
+        raise FedstepError(f"run {run_id} exists already; choose another run id")
+    store.put(model_ref.key, architecture)
+    store.put(global_ref.key, weights)
+    execution_input = {
+        "run": {
+            "run_id": run_id,
+            "rounds": settings.rounds,
+            "training": asdict(settings.training()),
+            "model": asdict(model_ref),
+            "round_timeout_s": settings.round_timeout_s,
+        },
+        "round": 0,
+        "global_model": asdict(global_ref),
+        "history": [],
+    }
+    execution = stepfunctions.start_execution(
+        stateMachineArn=outputs.state_machine_arn, name=run_id, input=json.dumps(execution_input)
+    )
+    return StartedRun(run_id, execution["executionArn"], clients)

@@ -1,0 +1,47 @@
+"""Conversion between plain Python values and DynamoDB attribute values.
+
+DynamoDB has no float type: numbers travel as Decimal. `to_attributes` turns floats into Decimals
+(via their shortest repr, so 0.1 stays 0.1); `from_attributes` turns Decimals back into int or float.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+def _to_decimals(value: Any) -> Any:
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dict):
+        return {k: _to_decimals(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_decimals(v) for v in value]
+    return value
+
+
+def _from_decimals(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() and "." not in str(value) else float(value)
+    if isinstance(value, dict):
+        return {k: _from_decimals(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_decimals(v) for v in value]
+    return value
+
+
+def to_attributes(item: dict[str, Any]) -> dict[str, Any]:
+    """Plain dict -> DynamoDB attribute-value map (for the low-level client)."""
+    return {k: _serializer.serialize(_to_decimals(v)) for k, v in item.items()}
+
+
+def from_attributes(item: dict[str, Any]) -> dict[str, Any]:
+    """DynamoDB attribute-value map (client response or stream NewImage) -> plain dict."""
+    return {k: _from_decimals(_deserializer.deserialize(v)) for k, v in item.items()}

@@ -1,0 +1,88 @@
+"""The one place that builds S3 keys and DynamoDB keys.
+
+S3 layout of a run (bucket = the model registry):
+
+    runs/{run_id}/model.keras                                   architecture, written by `fedstep start`
+    runs/{run_id}/rounds/{r:05d}/global.safetensors             global weights after round r (r=0: initial)
+    runs/{run_id}/rounds/{r:05d}/updates/{client_id}.safetensors  a client's update in round r
+
+Round r trains on the global weights of round r-1 and produces those of round r.
+
+DynamoDB single-table layout: partition key `pk` = run id, sort key `sk` encodes the kind:
+
+    RUN                          the run record (config, registered clients)
+    ROUND#{r:05d}                 the round summary, written once by the aggregation function
+    UPDATE#{r:05d}#{client_id}    a client's update item
+"""
+
+import re
+
+PK = "pk"
+SK = "sk"
+
+RUN_SK = "RUN"
+ROUND_PREFIX = "ROUND#"
+UPDATE_PREFIX = "UPDATE#"
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def check_id(kind: str, value: str) -> str:
+    """Return `value` if it is a valid run or client id (1-64 of A-Z a-z 0-9 _ -), else raise ValueError."""
+    if not isinstance(value, str) or not _ID.match(value):
+        raise ValueError(
+            f"invalid {kind} {value!r}: use 1-64 letters, digits, '-' or '_', starting with a letter or digit"
+        )
+    return value
+
+
+def run_prefix(run_id: str) -> str:
+    return f"runs/{check_id('run id', run_id)}/"
+
+
+def model_key(run_id: str) -> str:
+    return f"{run_prefix(run_id)}model.keras"
+
+
+def round_prefix(run_id: str, round_number: int) -> str:
+    return f"{run_prefix(run_id)}rounds/{round_number:05d}/"
+
+
+def global_key(run_id: str, round_number: int) -> str:
+    return f"{round_prefix(run_id, round_number)}global.safetensors"
+
+
+def update_prefix(run_id: str, round_number: int) -> str:
+    return f"{round_prefix(run_id, round_number)}updates/"
+
+
+def update_key(run_id: str, round_number: int, client_id: str) -> str:
+    return f"{update_prefix(run_id, round_number)}{check_id('client id', client_id)}.safetensors"
+
+
+def run_item_key(run_id: str) -> dict[str, str]:
+    return {PK: check_id("run id", run_id), SK: RUN_SK}
+
+
+def round_sk(round_number: int) -> str:
+    return f"{ROUND_PREFIX}{round_number:05d}"
+
+
+def round_item_key(run_id: str, round_number: int) -> dict[str, str]:
+    return {PK: check_id("run id", run_id), SK: round_sk(round_number)}
+
+
+def update_sk_prefix(round_number: int) -> str:
+    return f"{UPDATE_PREFIX}{round_number:05d}#"
+
+
+def update_item_key(run_id: str, round_number: int, client_id: str) -> dict[str, str]:
+    return {
+        PK: check_id("run id", run_id),
+        SK: f"{update_sk_prefix(round_number)}{check_id('client id', client_id)}",
+    }
+
+
+def client_output_key(client_id: str) -> str:
+    """CloudFormation output name holding a client's queue URL (output names allow only A-Za-z0-9)."""
+    return "QueueUrl" + "".join(c if c.isalnum() else f"x{ord(c):02x}" for c in check_id("client id", client_id))

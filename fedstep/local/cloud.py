@@ -1,0 +1,104 @@
+"""LocalCloud: start a moto server on 127.0.0.1 (a free port) and deploy fedstep's stack into it.
+
+    with LocalCloud(DeploymentConfig(clients=...), workdir) as cloud:
+        cloud.outputs.bucket, cloud.outputs.queues["client-1"], cloud.env()  # for client processes
+
+The stack is the same synthesized template `cdk synth` produces, deployed with CloudFormation calls;
+`fedstep.local.gaps` fills in what moto lacks. Lambda handlers run in this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from fedstep import aws
+from fedstep.local import deploy, gaps
+from fedstep.stack import StackOutputs
+
+log = logging.getLogger(__name__)
+
+REGION = "us-east-1"
+FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": REGION,
+    "AWS_REGION": REGION,
+    "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
+}
+CACHE = gaps.REPO / ".cache"
+
+
+class LocalCloud:
+    def __init__(self, config: Any, cache_dir: Path = CACHE) -> None:
+        self.config = config
+        self.cache_dir = Path(cache_dir)
+        self.server: Any = None
+        self.endpoint = ""
+        self.outputs: StackOutputs | None = None
+
+    def __enter__(self) -> LocalCloud:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def env(self) -> dict[str, str]:
+        """Environment for processes that talk to this cloud (fake credentials, region, endpoint)."""
+        return {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint}
+
+    def client(self, service: str) -> Any:
+        return aws.client(service, boto3.Session(region_name=REGION), self.endpoint)
+
+    def start(self) -> LocalCloud:
+        import warnings
+
+        from moto.server import ThreadedMotoServer
+
+        gaps.check_patch_point()
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        logging.getLogger("moto").setLevel(logging.CRITICAL)  # the runner reports failures itself
+        warnings.filterwarnings("ignore", message="Tried to parse AWS::", category=UserWarning)
+        os.environ.update(FAKE_CREDENTIALS)
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        _, port = self.server.get_host_and_port()
+        self.endpoint = f"http://127.0.0.1:{port}"
+        os.environ["MOTO_PORT"] = str(port)  # moto's Step Functions executor calls localhost:$MOTO_PORT
+        os.environ["AWS_ENDPOINT_URL"] = self.endpoint  # for the in-process Lambda handlers
+        gaps.run_lambdas_in_process()
+        self.outputs = self.deploy()
+        return self
+
+    def deploy(self) -> StackOutputs:
+        from infra.synth import build_app
+
+        started = time.monotonic()
+        outdir = self.cache_dir / "cdk.out"
+        assembly = Path(build_app(self.config, outdir).synth().directory)
+        stack = self.config.stack_name
+        synthesized = time.monotonic()
+        cfn, s3, ssm = self.client("cloudformation"), self.client("s3"), self.client("ssm")
+        account = self.client("sts").get_caller_identity()["Account"]
+        deploy.publish_assets(assembly, stack, s3, account, REGION)
+        template = deploy.create_stack(assembly, stack, cfn, ssm)
+        gaps.create_missing_subscriptions(cfn, self.client("sns"), self.client("sqs"), stack, template)
+        gaps.make_state_machines_executable(cfn, self.client("stepfunctions"), self.endpoint, stack, template)
+        log.info(
+            "local cloud at %s: synthesized in %.1f s, deployed in %.1f s",
+            self.endpoint,
+            synthesized - started,
+            time.monotonic() - synthesized,
+        )
+        return StackOutputs.of_stack(cfn, stack)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None

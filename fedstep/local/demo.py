@@ -1,0 +1,200 @@
+"""`fedstep local`: a real federated training run on the embedded local cloud.
+
+Deploys the stack into a moto server, starts one client agent process per client (each with its
+own part of a built-in data set), starts a run, prints a line per round, evaluates every round's
+global model on the data set's held-out test set, and writes `<out>/summary.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedstep import keys, tensors
+from fedstep.aws import DynamoRoundTable, S3ModelStore
+from fedstep.cli.start import RunSettings, build_model, keras_payload, start_run
+from fedstep.errors import FedstepError
+from fedstep.local.cloud import LocalCloud
+from fedstep.local.processes import ClientProcesses
+from fedstep.schemas import RoundSummary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Defaults: digits, 3 clients (IID split), 5 rounds, the dataset's built-in model."""
+
+    dataset: str = "digits"
+    clients: int = 3
+    out: Path = Path("runs/demo")
+    model: str | None = None
+    seed: int = 0
+    settings: RunSettings = field(default_factory=lambda: RunSettings(round_timeout_s=600))
+    timeout_s: float = 1800.0
+    """Give up on the whole run after this many seconds."""
+
+
+def _headline(metrics: dict[str, float], name: str) -> float | None:
+    return metrics.get(f"test_{name}", metrics.get(f"train_{name}"))
+
+
+class HeldoutEvaluator:
+    """Evaluates a run's global models on the data set's held-out test set (never seen by a client)."""
+
+    def __init__(self, dataset: str, architecture: bytes) -> None:
+        from client_agent.datasets import load_heldout
+        from client_agent.keras_model import model_from_bytes
+
+        self.x, self.y = load_heldout(dataset)
+        self.model = model_from_bytes(architecture)
+
+    def evaluate(self, weights: tensors.Tensors) -> dict[str, float]:
+        from client_agent.keras_model import set_tensors
+
+        set_tensors(self.model, weights)
+        result = self.model.evaluate(self.x, self.y, verbose=0, return_dict=True)
+        return {"test_accuracy": round(float(result["accuracy"]), 4), "test_loss": round(float(result["loss"]), 4)}
+
+
+def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    from client_agent.datasets import BUILTIN
+    from client_agent.models import DEFAULT_FOR_DATASET
+    from infra.config import ClientConfig, DeploymentConfig
+
+    if config.dataset not in BUILTIN:
+        raise FedstepError(f"unknown data set {config.dataset!r}; available: {', '.join(sorted(BUILTIN))}")
+    if config.dataset == "heart" and config.clients not in (1, 4):
+        raise FedstepError("the heart data set has 4 hospitals: use --clients 4 (one hospital per client)")
+    if not 1 <= config.clients <= 50:
+        raise FedstepError(f"--clients must be 1 to 50, got {config.clients}")
+    settings = config.settings.validated()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    architecture, initial_weights = keras_payload(
+        build_model(config.model or DEFAULT_FOR_DATASET[config.dataset], config.seed)
+    )
+    client_ids = [f"client-{i}" for i in range(1, config.clients + 1)]
+    deployment = DeploymentConfig(
+        project="fedstep", clients=tuple(ClientConfig(c) for c in client_ids), round_timeout_s=settings.round_timeout_s
+    )
+    echo(f"starting the local cloud and deploying the stack for {config.clients} clients ...")
+    with LocalCloud(deployment) as cloud, ClientProcesses() as procs:
+        outputs = cloud.outputs
+        assert outputs is not None
+        _log_lambda_to(out / "logs" / "aggregate.log")
+        for i, cid in enumerate(client_ids, start=1):
+            client_config = {
+                "client_id": cid,
+                "region": "us-east-1",
+                "queue_url": outputs.queues[cid],
+                "bucket": outputs.bucket,
+                "table": outputs.table,
+                "endpoint_url": cloud.endpoint,
+                "data": config.dataset,
+                "partition": f"{i}/{config.clients}",
+                "poll_wait_s": 1,
+                "cache_dir": str(out / "cache" / cid),
+            }
+            path = out / "clients" / f"{cid}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(client_config, indent=2))
+            procs.start(cid, ["run", "--config", str(path)], cloud.env(), out / "logs" / f"{cid}.log")
+        echo(f"local cloud at {cloud.endpoint}; client logs in {out / 'logs'}")
+        started = start_run(
+            architecture,
+            initial_weights,
+            settings,
+            outputs,
+            s3=cloud.client("s3"),
+            dynamodb=cloud.client("dynamodb"),
+            stepfunctions=cloud.client("stepfunctions"),
+        )
+        echo(f"run {started.run_id}: {settings.rounds} rounds, {config.clients} clients, data set {config.dataset}")
+        store = S3ModelStore(outputs.bucket, cloud.client("s3"))
+        table = DynamoRoundTable(outputs.table, cloud.client("dynamodb"))
+        evaluator = HeldoutEvaluator(config.dataset, architecture)
+        rounds = _watch(cloud, procs, started.run_id, started.execution_arn, store, table, evaluator, config, echo)
+        final_weights = tensors.decode(store.get(keys.global_key(started.run_id, settings.rounds)))
+        final = evaluator.evaluate(final_weights)
+        procs.wait(timeout_s=30)
+    summary = {
+        "run_id": started.run_id,
+        "rounds": rounds,
+        "final": final,
+        "config": {
+            "dataset": config.dataset,
+            "clients": config.clients,
+            "model": config.model or DEFAULT_FOR_DATASET[config.dataset],
+            "seed": config.seed,
+            **asdict(settings),
+        },
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    echo(
+        f"final global model on the held-out test set: accuracy {final['test_accuracy']:.4f}, "
+        f"loss {final['test_loss']:.4f}; summary in {out / 'summary.json'}"
+    )
+    return summary
+
+
+def _log_lambda_to(path: Path) -> None:
+    """The aggregation function's structured logs (Powertools, to stdout in AWS) go to a file here."""
+    from lambdas import aggregate
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    aggregate.logger.registered_handler.setStream(open(path, "a"))  # noqa: SIM115 - lives as long as the run
+
+
+def _watch(
+    cloud: LocalCloud,
+    procs: ClientProcesses,
+    run_id: str,
+    execution_arn: str,
+    store: S3ModelStore,
+    table: DynamoRoundTable,
+    evaluator: HeldoutEvaluator,
+    config: DemoConfig,
+    echo: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Print each round as its summary appears; return them when the execution succeeds."""
+    sfn = cloud.client("stepfunctions")
+    deadline = time.monotonic() + config.timeout_s
+    seen: list[dict[str, Any]] = []
+    total = config.settings.rounds
+    while True:
+        for item in table.list_rounds(run_id)[len(seen) :]:
+            summary = RoundSummary.parse(item)
+            heldout = evaluator.evaluate(tensors.decode(store.get(summary.global_model.key)))
+            entry = {
+                "round": summary.round,
+                "participants": len(summary.participants),
+                "accuracy": _headline(summary.metrics, "accuracy"),
+                "loss": _headline(summary.metrics, "loss"),
+                "heldout_accuracy": heldout["test_accuracy"],
+                "rejected": [asdict(r) for r in summary.rejected],
+                "duration_s": summary.duration_s,
+            }
+            seen.append(entry)
+            echo(
+                f"round {summary.round}/{total}  participants {entry['participants']}  "
+                f"loss {entry['loss']:.4f}  accuracy {entry['accuracy']:.4f}  "
+                f"held-out accuracy {entry['heldout_accuracy']:.4f}  {summary.duration_s:.1f} s"
+            )
+        status = sfn.describe_execution(executionArn=execution_arn)
+        if status["status"] == "SUCCEEDED" and len(seen) >= total:
+            return seen
+        if status["status"] in ("FAILED", "TIMED_OUT", "ABORTED"):
+            raise FedstepError(f"run {run_id} {status['status']}: {status.get('error', '')} {status.get('cause', '')}")
+        failed = procs.failed()
+        if failed:
+            cid, code = next(iter(failed.items()))
+            raise FedstepError(f"client {cid} exited with code {code}; its log ends with:\n{procs.log_tail(cid)}")
+        if time.monotonic() > deadline:
+            raise FedstepError(f"run {run_id} did not finish within {config.timeout_s:.0f} s")
+        time.sleep(0.5)

@@ -1,0 +1,171 @@
+"""What moto lacks, filled in - the one module that knows about moto's gaps (see NOTES-aws-local.md).
+
+moto runs the synthesized CloudFormation template, but:
+
+1. it silently skips `AWS::SNS::Subscription`: `create_missing_subscriptions` creates them from the
+   template, with their raw-delivery and filter-policy settings;
+2. Step Functions only executes definitions when switched on, and state machines created by
+   CloudFormation stay in the non-executing backend: `make_state_machines_executable` switches
+   execution on and re-creates them there (same name, definition and role, so the same ARN);
+3. it cannot run Lambda code without Docker: `run_lambdas_in_process` replaces moto's private
+   `LambdaFunction._invoke_lambda` so that the handler named by the function runs in this process,
+   with the function's environment. The handler code is imported from this checkout after checking
+   that the deployed zip holds byte-identical sources (the zip's compiled wheels are for the Lambda
+   platform, not this interpreter). The patch point is private, so moto is pinned exactly and
+   `check_patch_point` fails loudly on any other version.
+
+(`AWS::SQS::QueuePolicy`, `AWS::S3::BucketPolicy`, `AWS::SNS::TopicPolicy` and alarms are skipped too;
+moto does not enforce IAM, so nothing needs them locally.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import json
+import logging
+import os
+import traceback
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.request import Request, urlopen
+
+log = logging.getLogger(__name__)
+
+MOTO_VERSION = "5.2.5"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def check_patch_point() -> None:
+    """Raise unless moto is the pinned version and still has the private method we replace."""
+    import moto
+    from moto.awslambda.models import LambdaFunction
+
+    if moto.__version__ != MOTO_VERSION or not callable(getattr(LambdaFunction, "_invoke_lambda", None)):
+        raise RuntimeError(
+            f"fedstep's local cloud needs moto=={MOTO_VERSION} (found {moto.__version__}); "
+            "its in-process Lambda runner patches a private moto method. Re-run `make` to reinstall."
+        )
+
+
+def enable_step_functions_execution(endpoint: str) -> None:
+    body = json.dumps({"stepfunctions": {"execute_state_machine": True}}).encode()
+    request = Request(f"{endpoint}/moto-api/config", data=body, headers={"Content-Type": "application/json"})
+    with urlopen(request, timeout=10) as resp:
+        resp.read()
+
+
+def _physical_ids(cfn: Any, stack_name: str) -> dict[str, str]:
+    pages = cfn.get_paginator("list_stack_resources").paginate(StackName=stack_name)
+    return {r["LogicalResourceId"]: r["PhysicalResourceId"] for p in pages for r in p["StackResourceSummaries"]}
+
+
+def create_missing_subscriptions(cfn: Any, sns: Any, sqs: Any, stack_name: str, template: dict[str, Any]) -> int:
+    """Create every SNS subscription of the template that moto skipped; returns how many."""
+    ids = _physical_ids(cfn, stack_name)
+    created = 0
+    for props in (r["Properties"] for r in template["Resources"].values() if r["Type"] == "AWS::SNS::Subscription"):
+        topic_arn = ids[props["TopicArn"]["Ref"]]
+        queue_logical_id, attribute = props["Endpoint"]["Fn::GetAtt"]
+        if props["Protocol"] != "sqs" or attribute != "Arn":
+            raise RuntimeError(f"local cloud: unsupported subscription {props}")
+        queue_arn = sqs.get_queue_attributes(QueueUrl=ids[queue_logical_id], AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        attributes = {"RawMessageDelivery": str(props.get("RawMessageDelivery", False)).lower()}
+        if "FilterPolicy" in props:
+            attributes["FilterPolicy"] = json.dumps(props["FilterPolicy"])
+        sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn, Attributes=attributes)
+        created += 1
+    return created
+
+
+def make_state_machines_executable(
+    cfn: Any, sfn: Any, endpoint: str, stack_name: str, template: dict[str, Any]
+) -> list[str]:
+    """Switch on execution and re-create the stack's state machines in moto's executing backend.
+
+    Those created by CloudFormation live in the non-executing backend, which is no longer visible
+    once execution is on, so they are described first. Same name, definition and role: same ARN.
+    """
+    ids = _physical_ids(cfn, stack_name)
+    described = [
+        sfn.describe_state_machine(stateMachineArn=ids[logical_id])
+        for logical_id, resource in template["Resources"].items()
+        if resource["Type"] == "AWS::StepFunctions::StateMachine"
+    ]
+    enable_step_functions_execution(endpoint)
+    return [
+        sfn.create_state_machine(name=d["name"], definition=d["definition"], roleArn=d["roleArn"])["stateMachineArn"]
+        for d in described
+    ]
+
+
+# -- Lambda in-process ---------------------------------------------------------------------------
+
+
+@dataclass
+class LocalLambdaContext:
+    """The attributes of the Lambda context object that handlers and Powertools read."""
+
+    function_name: str
+    invoked_function_arn: str
+    memory_limit_in_mb: int
+    aws_request_id: str
+    function_version: str = "$LATEST"
+    log_group_name: str = ""
+    log_stream_name: str = ""
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 300_000
+
+
+_verified: set[str] = set()
+
+
+def verify_code_matches_checkout(code_bytes: bytes) -> None:
+    """Raise if any Python source in the deployed zip differs from this checkout's copy."""
+    digest = hashlib.sha256(code_bytes).hexdigest()
+    if digest in _verified:
+        return
+    with zipfile.ZipFile(io.BytesIO(code_bytes)) as zf:
+        for name in zf.namelist():
+            if name.endswith(".py") and name.split("/")[0] in ("fedstep", "lambdas"):
+                local = REPO / name
+                if not local.exists() or local.read_bytes() != zf.read(name):
+                    raise RuntimeError(
+                        f"the deployed Lambda's {name} differs from this checkout's; re-deploy the local cloud"
+                    )
+    _verified.add(digest)
+
+
+def _invoke_in_process(self: Any, event: Any = None) -> tuple[str, bool, str]:
+    """Replacement for moto's LambdaFunction._invoke_lambda: run the handler here."""
+    try:
+        verify_code_matches_checkout(self.code_bytes)
+        os.environ.update({k: str(v) for k, v in (self.environment_vars or {}).items()})
+        module_name, func_name = self.handler.rsplit(".", 1)
+        handler = getattr(importlib.import_module(module_name), func_name)
+        context = LocalLambdaContext(
+            function_name=self.function_name,
+            invoked_function_arn=self.function_arn,
+            memory_limit_in_mb=int(self.memory_size or 128),
+            aws_request_id=str(uuid.uuid4()),
+        )
+        result = handler(event if event is not None else {}, context)
+        return json.dumps(result), False, ""
+    except Exception as exc:  # a Lambda reports any exception as a function error
+        log.error("Lambda %s failed:\n%s", self.function_name, traceback.format_exc())
+        payload = {"errorMessage": str(exc), "errorType": type(exc).__name__}
+        return json.dumps(payload), True, traceback.format_exc()
+
+
+def run_lambdas_in_process() -> None:
+    check_patch_point()
+    from moto.awslambda.models import LambdaFunction
+
+    LambdaFunction._invoke_lambda = _invoke_in_process  # type: ignore[method-assign]

@@ -1,0 +1,198 @@
+"""Completing a round: validate the updates, aggregate them, publish the next global model, report once.
+
+This is the logic behind the aggregation Lambda, written against three small ports so it can be
+tested without AWS. Exactly-once (DESIGN invariant 1): the round summary item is written with a
+condition that it does not exist yet; only the writer of that item reports the round. A crash
+between writing and reporting is repaired by the next invocation, which finds the summary not yet
+marked as reported and reports it (Step Functions ignores a second report for the same token).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from fedstep import SCHEMA_VERSION, keys, strategies, tensors
+from fedstep.errors import InvalidUpdate
+from fedstep.schemas import InvalidMessage, ObjectRef, Rejection, RoundSummary, RunRecord, UpdateItem
+from fedstep.strategies import ClientUpdate
+
+log = logging.getLogger(__name__)
+
+
+class ModelStore(Protocol):
+    def get(self, key: str) -> bytes: ...
+    def put(self, key: str, data: bytes) -> None: ...
+
+
+class RoundTable(Protocol):
+    def get_run(self, run_id: str) -> RunRecord | None: ...
+    def list_updates(self, run_id: str, round_number: int) -> list[dict[str, Any]]: ...
+    def get_round(self, run_id: str, round_number: int) -> dict[str, Any] | None: ...
+    def put_round_once(self, item: dict[str, Any]) -> bool: ...
+    def mark_reported(self, run_id: str, round_number: int) -> None: ...
+    def list_rounds(self, run_id: str) -> list[dict[str, Any]]: ...
+
+
+class Reporter(Protocol):
+    def succeed(self, task_token: str, output: dict[str, Any]) -> None: ...
+    def fail(self, task_token: str, error: str, cause: str) -> None: ...
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _seconds_since(iso: str, now: float) -> float:
+    try:
+        started = datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+    return round(max(0.0, now - started), 3)
+
+
+@dataclass
+class _Intake:
+    """The round's update items sorted into usable ones and rejections, with the round's task token."""
+
+    items: list[UpdateItem] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    task_token: str | None = None
+
+
+def _sort_items(run: RunRecord, round_number: int, raw_items: list[dict[str, Any]]) -> _Intake:
+    intake = _Intake()
+    parsed: list[UpdateItem] = []
+    for raw in sorted(raw_items, key=lambda r: str(r.get(keys.SK, ""))):
+        client = str(raw.get("client_id", "?"))
+        try:
+            item = UpdateItem.parse(raw)
+        except (InvalidMessage, ValueError) as exc:
+            intake.rejected.append(Rejection(client, f"malformed update item: {exc}"))
+            continue
+        if item.client_id not in run.clients:
+            intake.rejected.append(Rejection(client, "client is not registered for this run"))
+        elif item.update.key != keys.update_key(run.run_id, round_number, item.client_id):
+            intake.rejected.append(Rejection(client, f"update key {item.update.key!r} is not this client's"))
+        else:
+            parsed.append(item)
+    if parsed:
+        intake.task_token = Counter(i.task_token for i in parsed).most_common(1)[0][0]
+    for item in parsed:
+        if item.task_token == intake.task_token:
+            intake.items.append(item)
+        else:
+            intake.rejected.append(Rejection(item.client_id, "task token differs from the round's"))
+    return intake
+
+
+def _weighted_metrics(items: list[UpdateItem]) -> dict[str, float]:
+    names = set().union(*(i.metrics for i in items)) if items else set()
+    out: dict[str, float] = {}
+    for name in sorted(names):
+        having = [i for i in items if name in i.metrics]
+        total = sum(i.num_examples for i in having)
+        out[name] = round(sum(i.metrics[name] * i.num_examples for i in having) / total, 6)
+    return out
+
+
+def try_complete_round(
+    run_id: str,
+    round_number: int,
+    *,
+    store: ModelStore,
+    table: RoundTable,
+    reporter: Reporter,
+    max_update_bytes: int = tensors.DEFAULT_MAX_BYTES,
+) -> RoundSummary | None:
+    """Aggregate round `round_number` of `run_id` if every client has reported and nobody did it yet.
+
+    Returns the summary when this call wrote it, else None (still waiting, or already done).
+    """
+    existing = table.get_round(run_id, round_number)
+    if existing is not None:
+        if existing.get("status") == "aggregated" and existing.get("task_token"):
+            # The writer crashed before reporting: report for it.
+            reporter.succeed(existing["task_token"], _output(table, RoundSummary.parse(existing)))
+            table.mark_reported(run_id, round_number)
+        return None
+    run = table.get_run(run_id)
+    if run is None:
+        log.warning("update for unknown run %s ignored", run_id)
+        return None
+    intake = _sort_items(run, round_number, table.list_updates(run_id, round_number))
+    waiting_for = sorted(set(run.clients) - {i.client_id for i in intake.items})
+    if waiting_for or intake.task_token is None:
+        log.info("round %s/%d: waiting for %s", run_id, round_number, ", ".join(waiting_for))
+        return None
+
+    started = time.time()
+    global_weights = tensors.decode(store.get(keys.global_key(run_id, round_number - 1)))
+    spec = tensors.TensorSpec.of(global_weights)
+    accepted: list[UpdateItem] = []
+
+    def validated_updates() -> Iterator[ClientUpdate]:
+        for item in intake.items:
+            try:
+                data = store.get(item.update.key)
+                if len(data) != item.update.bytes:
+                    raise InvalidUpdate(f"file is {len(data)} bytes, the item says {item.update.bytes}")
+                weights = tensors.decode(data, expected=spec, sha256=item.update.sha256, max_bytes=max_update_bytes)
+            except InvalidUpdate as exc:
+                intake.rejected.append(Rejection(item.client_id, exc.reason))
+                continue
+            accepted.append(item)
+            yield ClientUpdate(item.client_id, item.num_examples, weights)
+
+    strategy = strategies.get(run.strategy)
+    try:
+        new_weights = strategy.aggregate(global_weights, validated_updates())
+    except ValueError:
+        reasons = "; ".join(f"{r.client_id}: {r.reason}" for r in intake.rejected)
+        reporter.fail(
+            intake.task_token,
+            "NoValidUpdates",
+            f"round {round_number} of run {run_id}: no update passed validation ({reasons})",
+        )
+        return None
+    data = tensors.encode(
+        new_weights,
+        {"schema": SCHEMA_VERSION, "run_id": run_id, "round": round_number, "kind": "global"},
+    )
+    global_ref = ObjectRef(keys.global_key(run_id, round_number), tensors.sha256_hex(data), len(data))
+    store.put(global_ref.key, data)
+    now = time.time()
+    summary = RoundSummary(
+        run_id=run_id,
+        round=round_number,
+        participants=[i.client_id for i in accepted],
+        num_examples=sum(i.num_examples for i in accepted),
+        rejected=intake.rejected,
+        metrics=_weighted_metrics(accepted),
+        global_model=global_ref,
+        duration_s=min(_seconds_since(i.issued_at, now) for i in accepted),
+        aggregation_s=round(now - started, 3),
+        completed_at=utc_now(),
+    )
+    item = {**summary.to_item(), "status": "aggregated", "task_token": intake.task_token}
+    if not table.put_round_once(item):
+        return None  # a concurrent invocation won; it reports
+    reporter.succeed(intake.task_token, _output(table, summary))
+    table.mark_reported(run_id, round_number)
+    return summary
+
+
+def _output(table: RoundTable, summary: RoundSummary) -> dict[str, Any]:
+    """What the round's task returns to Step Functions: this round, the new model, the run's history."""
+    history = [RoundSummary.parse(r).brief() for r in table.list_rounds(summary.run_id)]
+    history = [h for h in history if h["round"] <= summary.round]
+    return {
+        "summary": summary.to_dict(),
+        "global_model": asdict(summary.global_model),
+        "history": history,
+    }

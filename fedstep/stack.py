@@ -1,0 +1,43 @@
+"""A deployed fedstep stack's resources, read from its CloudFormation outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from fedstep import keys
+from fedstep.errors import FedstepError
+
+
+@dataclass(frozen=True)
+class StackOutputs:
+    bucket: str
+    table: str
+    topic_arn: str
+    state_machine_arn: str
+    queues: dict[str, str]
+    """Queue URL by client id."""
+
+    @classmethod
+    def parse(cls, outputs: dict[str, str]) -> StackOutputs:
+        try:
+            clients = [c for c in outputs["ClientIds"].split(",") if c]
+            return cls(
+                bucket=outputs["BucketName"],
+                table=outputs["TableName"],
+                topic_arn=outputs["TopicArn"],
+                state_machine_arn=outputs["StateMachineArn"],
+                queues={cid: outputs[keys.client_output_key(cid)] for cid in clients},
+            )
+        except KeyError as exc:
+            raise FedstepError(f"the stack has no output {exc}; is it a fedstep stack, fully deployed?") from None
+
+    @classmethod
+    def of_stack(cls, cfn: Any, stack_name: str) -> StackOutputs:
+        try:
+            stack = cfn.describe_stacks(StackName=stack_name)["Stacks"][0]
+        except ClientError as exc:
+            raise FedstepError(f"cannot read stack {stack_name!r}: {exc}") from None
+        return cls.parse({o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])})

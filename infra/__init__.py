@@ -1,0 +1,1 @@
+"""CDK constructs for fedstep's server side. Depends on aws-cdk-lib only (never on TensorFlow)."""

@@ -1,0 +1,90 @@
+"""The "FederatedTraining" state machine: one loop iteration per round.
+
+Execution input (written by `fedstep start`):
+
+    {"run": {"run_id", "rounds", "training": {...}, "model": {key, sha256, bytes}, "round_timeout_s"},
+     "round": 0, "global_model": {key, sha256, bytes}, "history": []}
+
+Prepare round -> Notify clients and wait for updates (SNS publish with a task token; the aggregation
+function completes the task) -> Round aggregated -> More rounds? -> loop, or Notify clients: run ended
+-> Training finished (output: run id, stop reason, final global model, per-round history).
+"""
+
+from __future__ import annotations
+
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_stepfunctions as sfn
+from aws_cdk import aws_stepfunctions_tasks as tasks
+from constructs import Construct
+
+SCHEMA = 1
+
+
+def _carry(**overrides: str) -> dict[str, str]:
+    """Pass-state parameters that carry the loop state forward, with some fields replaced."""
+    fields = {"run.$": "$.run", "round.$": "$.round", "global_model.$": "$.global_model", "history.$": "$.history"}
+    fields.update({f"{k}.$": v for k, v in overrides.items()})
+    return fields
+
+
+def training_definition(scope: Construct, topic: sns.ITopic) -> sfn.IChainable:
+    prepare = sfn.Pass(scope, "Prepare round", parameters=_carry(round="States.MathAdd($.round, 1)"))
+    notify = tasks.SnsPublish(
+        scope,
+        "Notify clients and wait for updates",
+        topic=topic,
+        integration_pattern=sfn.IntegrationPattern.WAIT_FOR_TASK_TOKEN,
+        message=sfn.TaskInput.from_object(
+            {
+                "schema": SCHEMA,
+                "type": "round",
+                "run_id": sfn.JsonPath.string_at("$.run.run_id"),
+                "round": sfn.JsonPath.number_at("$.round"),
+                "model": sfn.JsonPath.object_at("$.run.model"),
+                "global_model": sfn.JsonPath.object_at("$.global_model"),
+                "training": sfn.JsonPath.object_at("$.run.training"),
+                "deadline_s": sfn.JsonPath.number_at("$.run.round_timeout_s"),
+                "issued_at": sfn.JsonPath.string_at("$$.State.EnteredTime"),
+                "task_token": sfn.JsonPath.task_token,
+            }
+        ),
+        message_attributes={"kind": tasks.MessageAttribute(value="round")},
+        task_timeout=sfn.Timeout.at("$.run.round_timeout_s"),
+        result_path="$.result",
+    )
+    aggregated = sfn.Pass(
+        scope,
+        "Round aggregated",
+        parameters=_carry(global_model="$.result.global_model", history="$.result.history"),
+    )
+    run_ended = tasks.SnsPublish(
+        scope,
+        "Notify clients: run ended",
+        topic=topic,
+        message=sfn.TaskInput.from_object(
+            {
+                "schema": SCHEMA,
+                "type": "run_ended",
+                "run_id": sfn.JsonPath.string_at("$.run.run_id"),
+                "reason": "max_rounds",
+                "rounds_completed": sfn.JsonPath.number_at("$.round"),
+            }
+        ),
+        message_attributes={"kind": tasks.MessageAttribute(value="run_ended")},
+        result_path=sfn.JsonPath.DISCARD,
+    )
+    finished = sfn.Pass(
+        scope,
+        "Training finished",
+        parameters={
+            "run_id.$": "$.run.run_id",
+            "stop_reason": "max_rounds",
+            "rounds_completed.$": "$.round",
+            "global_model.$": "$.global_model",
+            "history.$": "$.history",
+        },
+    )
+    more = sfn.Choice(scope, "More rounds?")
+    more.when(sfn.Condition.number_less_than_json_path("$.round", "$.run.rounds"), prepare)
+    more.otherwise(run_ended.next(finished))
+    return prepare.next(notify).next(aggregated).next(more)

@@ -1,0 +1,50 @@
+"""The aggregation function: DynamoDB stream of update items -> `fedstep.rounds.try_complete_round`.
+
+Environment: BUCKET_NAME (model registry), TABLE_NAME (the single table).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.data_classes import DynamoDBStreamEvent, event_source
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecordEventName
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from fedstep import aws, keys
+from fedstep.rounds import try_complete_round
+
+logger = Logger(service="fedstep-aggregate")
+
+
+def rounds_touched(event: DynamoDBStreamEvent) -> list[tuple[str, int]]:
+    """(run id, round) of every newly inserted update item in the batch, each once, in order."""
+    touched: set[tuple[str, int]] = set()
+    for record in event.records:
+        image = record.dynamodb.new_image if record.dynamodb else None
+        if record.event_name is not DynamoDBRecordEventName.INSERT or not image:
+            continue
+        if not str(image.get(keys.SK, "")).startswith(keys.UPDATE_PREFIX):
+            continue
+        try:
+            touched.add((str(image["run_id"]), int(image["round"])))
+        except (KeyError, TypeError, ValueError):
+            logger.warning("update item without a valid run_id/round ignored", extra={"sk": image.get(keys.SK)})
+    return sorted(touched)
+
+
+@logger.inject_lambda_context
+@event_source(data_class=DynamoDBStreamEvent)
+def handler(event: DynamoDBStreamEvent, context: LambdaContext) -> dict[str, Any]:
+    store = aws.S3ModelStore(os.environ["BUCKET_NAME"], aws.client("s3"))
+    table = aws.DynamoRoundTable(os.environ["TABLE_NAME"], aws.client("dynamodb"))
+    reporter = aws.StepFunctionsReporter(aws.client("stepfunctions"))
+    completed = []
+    for run_id, round_number in rounds_touched(event):
+        summary = try_complete_round(run_id, round_number, store=store, table=table, reporter=reporter)
+        if summary is not None:
+            logger.info("round aggregated", extra=summary.brief() | {"run_id": run_id})
+            completed.append({"run_id": run_id, "round": round_number})
+    return {"completed": completed}

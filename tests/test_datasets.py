@@ -1,0 +1,296 @@
+"""Specification of the client agent's built-in data sets (client_agent.datasets)."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from client_agent.datasets import (
+    BUILTIN,
+    HEART_FEATURES,
+    HEART_HOSPITALS,
+    describe,
+    load_heldout,
+    load_partition,
+    parse_partition,
+)
+
+IID = ["digits", "mnist"]
+ALL = ["digits", "mnist", "heart"]
+HOSPITAL_SIZES = {"Cleveland": 304, "Hungary": 293, "VA Long Beach": 200, "Switzerland": 123}
+
+
+def rows(*xs: np.ndarray) -> list[bytes]:
+    """One hashable key per example (row), over several arrays."""
+    return [row.tobytes() for x in xs for row in x]
+
+
+def whole_part(name: str, partition=None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A client's local train and test sets joined back together."""
+    (x_train, y_train), (x_test, y_test) = load_partition(name, partition, seed=seed)
+    return np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test])
+
+
+# --- names and partition syntax -------------------------------------------------------------
+
+
+def test_builtin_names_are_digits_mnist_and_heart():
+    assert set(BUILTIN) == {"digits", "mnist", "heart"}
+
+
+@pytest.mark.parametrize("call", [load_partition, load_heldout, describe])
+def test_unknown_dataset_names_the_available_ones(call):
+    with pytest.raises(ValueError, match="cifar10") as raised:
+        call("cifar10")
+    for name in BUILTIN:
+        assert name in str(raised.value)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("2/3", (2, 3)), ("1/1", (1, 1)), ("3/3", (3, 3)), (" 4/10 ", (4, 10))])
+def test_partition_text_is_the_one_based_ith_of_n(text, expected):
+    assert parse_partition(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0/3", "between 1 and 3"),
+        ("4/3", "between 1 and 3"),
+        ("-1/3", "between 1 and 3"),
+        ("1/0", "at least 1"),
+        ("a/b", "i/n"),
+        ("3", "i/n"),
+        ("1/2/3", "i/n"),
+        ("", "i/n"),
+    ],
+)
+def test_partition_text_errors_are_clear(text, message):
+    with pytest.raises(ValueError, match=message) as raised:
+        parse_partition(text)
+    assert text.strip() in str(raised.value)  # the message quotes what was given
+
+
+def test_describe_gives_the_facts_for_docs_without_surprises():
+    for name in ALL:
+        info = describe(name)
+        assert set(info) == {"name", "num_classes", "input_shape", "num_examples", "source"}
+        assert info["name"] == name
+        assert info["source"]
+    assert describe("digits")["input_shape"] == (64,)
+    assert describe("mnist")["input_shape"] == (784,)
+    assert describe("heart")["input_shape"] == (len(HEART_FEATURES),) == (22,)
+    assert describe("heart")["num_classes"] == 2
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_describe_matches_the_loaded_data(name):
+    info = describe(name)
+    x_pool, y_pool = whole_part(name)
+    x_held, y_held = load_heldout(name)
+    assert len(y_pool) + len(y_held) == info["num_examples"]
+    assert x_pool.shape[1:] == x_held.shape[1:] == info["input_shape"]
+    assert set(np.unique(np.concatenate([y_pool, y_held]))) == set(range(info["num_classes"]))
+
+
+# --- array contract -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_outputs_are_float32_c_contiguous_x_and_int64_1d_y(name):
+    (x_train, y_train), (x_test, y_test) = load_partition(name, (1, 2 if name in IID else 4))
+    x_held, y_held = load_heldout(name)
+    for x, y in [(x_train, y_train), (x_test, y_test), (x_held, y_held)]:
+        assert x.dtype == np.float32 and x.ndim == 2 and x.flags.c_contiguous
+        assert y.dtype == np.int64 and y.ndim == 1
+        assert len(x) == len(y) > 0
+        assert np.isfinite(x).all()
+
+
+@pytest.mark.parametrize(("name", "width"), [("digits", 64), ("mnist", 784)])
+def test_image_pixels_are_scaled_to_the_unit_interval(name, width):
+    x, y = whole_part(name)
+    assert x.shape[1] == width
+    assert x.min() == 0.0 and x.max() == 1.0
+    assert set(np.unique(y)) == set(range(10))
+
+
+def test_returned_arrays_are_copies_that_callers_may_modify():
+    x, y = load_heldout("digits")
+    x[:] = -1.0
+    y[:] = -1
+    x_again, y_again = load_heldout("digits")
+    assert x_again.min() >= 0.0 and y_again.min() >= 0
+
+
+# --- held-out set and pool ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", IID)
+def test_heldout_is_a_stratified_fifth_of_the_data(name):
+    _, y_held = load_heldout(name)
+    _, y_pool = whole_part(name)
+    total = len(y_held) + len(y_pool)
+    assert len(y_held) == pytest.approx(0.2 * total, abs=1)
+    held_share = np.bincount(y_held) / len(y_held)
+    pool_share = np.bincount(y_pool) / len(y_pool)
+    np.testing.assert_allclose(held_share, pool_share, atol=0.01)
+
+
+@pytest.mark.parametrize(("name", "count"), [("digits", 3), ("mnist", 3), ("heart", 4)])
+def test_heldout_is_disjoint_from_every_partition(name, count):
+    held = rows(load_heldout(name)[0])
+    pool = []
+    for i in range(1, count + 1):
+        pool += rows(whole_part(name, (i, count))[0])
+    overlap = set(held) & set(pool)
+    if name == "heart":
+        # The source holds two identical patient records (different ids); only those may repeat.
+        repeated = {key for key, n in Counter(held + pool).items() if n > 1}
+        assert len(repeated) == 2
+        assert overlap <= repeated
+    else:
+        assert not overlap
+    assert len(held) + len(pool) == describe(name)["num_examples"]
+
+
+@pytest.mark.parametrize("name", IID)
+def test_iid_partitions_are_disjoint_and_cover_the_pool(name):
+    x_pool, _ = whole_part(name)
+    parts = [rows(whole_part(name, (i, 3))[0]) for i in range(1, 4)]
+    every_part = [key for part in parts for key in part]
+    assert sorted(every_part) == sorted(rows(x_pool))  # each pool example exactly once
+    sizes = [len(part) for part in parts]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_iid_partitions_are_shuffled_not_sorted_by_label():
+    _, y = whole_part("digits", (1, 10))
+    assert len(np.unique(y)) >= 8
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_no_partition_means_the_whole_pool_as_one_client(name):
+    whole = load_partition(name)
+    one_of_one = load_partition(name, (1, 1))
+    for (x_a, y_a), (x_b, y_b) in zip(whole, one_of_one, strict=True):
+        np.testing.assert_array_equal(x_a, x_b)
+        np.testing.assert_array_equal(y_a, y_b)
+
+
+@pytest.mark.parametrize(("name", "partition"), [("digits", (2, 5)), ("heart", (1, 4))])
+def test_local_split_is_80_20_and_stratified(name, partition):
+    (x_train, y_train), (x_test, y_test) = load_partition(name, partition)
+    total = len(y_train) + len(y_test)
+    assert len(y_test) == pytest.approx(0.2 * total, abs=1)
+    assert not set(rows(x_train)) & set(rows(x_test))
+    np.testing.assert_allclose(y_train.mean(), y_test.mean(), atol=0.05)
+
+
+def test_tiny_partitions_fall_back_to_an_unstratified_local_split():
+    (_, y_train), (_, y_test) = load_partition("digits", (1, 300))
+    assert len(y_train) >= 1 and len(y_test) >= 1
+    assert len(y_train) + len(y_test) in (4, 5)
+
+
+def test_partitions_too_small_to_split_are_rejected():
+    with pytest.raises(ValueError, match="at least 2"):
+        load_partition("digits", (1, 2000))
+
+
+@pytest.mark.parametrize("partition", [(0, 3), (4, 3), (1, 0)])
+def test_invalid_partition_tuples_are_rejected(partition):
+    with pytest.raises(ValueError, match="partition"):
+        load_partition("digits", partition)
+
+
+# --- heart: one hospital per client -------------------------------------------------------------
+
+
+def test_heart_hospital_order_is_fixed():
+    assert HEART_HOSPITALS == ("Cleveland", "Hungary", "VA Long Beach", "Switzerland")
+
+
+def test_heart_partition_is_one_hospital_per_client():
+    for i, hospital in enumerate(HEART_HOSPITALS, start=1):
+        _, y = whole_part("heart", (i, 4))
+        assert len(y) == pytest.approx(0.8 * HOSPITAL_SIZES[hospital], abs=1)
+    # The hospitals differ a lot in disease prevalence: a non-IID, cross-silo split.
+    prevalence = [whole_part("heart", (i, 4))[1].mean() for i in range(1, 5)]
+    assert prevalence[1] < 0.45 and prevalence[3] > 0.85
+
+
+def test_heart_heldout_covers_every_hospital():
+    _, y_held = load_heldout("heart")
+    missing_from_pools = {
+        hospital: HOSPITAL_SIZES[hospital] - len(whole_part("heart", (i, 4))[1])
+        for i, hospital in enumerate(HEART_HOSPITALS, start=1)
+    }
+    # Every hospital keeps about a fifth of its patients back, and those are the held-out set.
+    for hospital, kept_back in missing_from_pools.items():
+        assert kept_back == pytest.approx(0.2 * HOSPITAL_SIZES[hospital], abs=1)
+    assert sum(missing_from_pools.values()) == len(y_held)
+
+
+def test_heart_all_hospitals_is_partition_1_of_1():
+    x_all, _ = whole_part("heart", (1, 1))
+    x_parts = [whole_part("heart", (i, 4))[0] for i in range(1, 5)]
+    assert sorted(rows(x_all)) == sorted(rows(*x_parts))
+
+
+@pytest.mark.parametrize("partition", [(1, 2), (1, 3), (2, 5)])
+def test_heart_only_splits_into_its_4_hospitals(partition):
+    with pytest.raises(ValueError, match="hospital") as raised:
+        load_partition("heart", partition)
+    assert "Cleveland" in str(raised.value) and "/4" in str(raised.value)
+
+
+def test_heart_label_is_binary_disease_presence():
+    _, y_pool = whole_part("heart")
+    _, y_held = load_heldout("heart")
+    y = np.concatenate([y_pool, y_held])
+    assert set(np.unique(y)) == {0, 1}
+    assert (y == 1).sum() == 509  # 920 patients, 411 with num == 0
+
+
+def test_heart_numeric_features_are_standardized_on_the_pool_only():
+    x_pool, _ = whole_part("heart")
+    x_held, _ = load_heldout("heart")
+    numeric = [HEART_FEATURES.index(f) for f in ("age", "trestbps", "chol", "thalch", "oldpeak")]
+    np.testing.assert_allclose(x_pool[:, numeric].mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(x_pool[:, numeric].std(axis=0), 1.0, atol=1e-4)
+    # Statistics fitted on pool + held-out would not centre the pool exactly.
+    assert np.abs(x_held[:, numeric].mean(axis=0)).max() > 1e-3
+
+
+def test_heart_binary_and_one_hot_features_are_0_or_1_with_one_category_each():
+    x, _ = whole_part("heart")
+    first_flag = HEART_FEATURES.index("sex_male")
+    assert set(np.unique(x[:, first_flag:])) == {0.0, 1.0}
+    for column in ("cp", "restecg", "slope", "thal"):
+        block = [i for i, f in enumerate(HEART_FEATURES) if f.startswith(column + "=")]
+        np.testing.assert_array_equal(x[:, block].sum(axis=1), 1.0)
+
+
+# --- determinism --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_loading_is_deterministic(name):
+    partition = (2, 4)
+
+    def arrays(seed: int) -> list[np.ndarray]:
+        (train, test), heldout = (
+            load_partition(name, partition, seed=seed),
+            load_heldout(name, seed),
+        )
+        return [*train, *test, *heldout]
+
+    for left, right in zip(arrays(7), arrays(7), strict=True):
+        np.testing.assert_array_equal(left, right)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_the_seed_changes_the_split(name):
+    held_0 = set(rows(load_heldout(name, seed=0)[0]))
+    held_1 = set(rows(load_heldout(name, seed=1)[0]))
+    assert held_0 != held_1
