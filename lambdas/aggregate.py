@@ -5,6 +5,7 @@ Environment: BUCKET_NAME (model registry), TABLE_NAME (the single table).
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -35,12 +36,22 @@ def rounds_touched(event: DynamoDBStreamEvent) -> list[tuple[str, int]]:
     return sorted(touched)
 
 
+@functools.cache
+def _services(bucket: str, table: str, endpoint: str | None) -> tuple[Any, Any, Any]:
+    """AWS clients, built once per execution environment (and again if the settings change)."""
+    return (
+        aws.S3ModelStore(bucket, aws.client("s3", endpoint_url=endpoint)),
+        aws.DynamoRoundTable(table, aws.client("dynamodb", endpoint_url=endpoint)),
+        aws.StepFunctionsReporter(aws.client("stepfunctions", endpoint_url=endpoint)),
+    )
+
+
 @logger.inject_lambda_context
 @event_source(data_class=DynamoDBStreamEvent)
 def handler(event: DynamoDBStreamEvent, context: LambdaContext) -> dict[str, Any]:
-    store = aws.S3ModelStore(os.environ["BUCKET_NAME"], aws.client("s3"))
-    table = aws.DynamoRoundTable(os.environ["TABLE_NAME"], aws.client("dynamodb"))
-    reporter = aws.StepFunctionsReporter(aws.client("stepfunctions"))
+    store, table, reporter = _services(
+        os.environ["BUCKET_NAME"], os.environ["TABLE_NAME"], os.environ.get("AWS_ENDPOINT_URL")
+    )
     completed = []
     for run_id, round_number in rounds_touched(event):
         summary = try_complete_round(run_id, round_number, store=store, table=table, reporter=reporter)

@@ -42,6 +42,7 @@ class LocalCloud:
         self.server: Any = None
         self.endpoint = ""
         self.outputs: StackOutputs | None = None
+        self._saved_env: dict[str, str | None] = {}
 
     def __enter__(self) -> LocalCloud:
         return self.start()
@@ -65,13 +66,14 @@ class LocalCloud:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         logging.getLogger("moto").setLevel(logging.CRITICAL)  # the runner reports failures itself
         warnings.filterwarnings("ignore", message="Tried to parse AWS::", category=UserWarning)
-        os.environ.update(FAKE_CREDENTIALS)
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.server.start()
         _, port = self.server.get_host_and_port()
         self.endpoint = f"http://127.0.0.1:{port}"
-        os.environ["MOTO_PORT"] = str(port)  # moto's Step Functions executor calls localhost:$MOTO_PORT
-        os.environ["AWS_ENDPOINT_URL"] = self.endpoint  # for the in-process Lambda handlers
+        # MOTO_PORT: moto's Step Functions executor calls localhost:$MOTO_PORT.
+        # AWS_ENDPOINT_URL: the in-process Lambda handlers talk to this cloud.
+        self._set_env({**FAKE_CREDENTIALS, "MOTO_PORT": str(port), "AWS_ENDPOINT_URL": self.endpoint})
+        gaps.reset_backends(self.endpoint)  # moto's state is per process: start from nothing
         gaps.run_lambdas_in_process()
         self.outputs = self.deploy()
         return self
@@ -98,7 +100,20 @@ class LocalCloud:
         )
         return StackOutputs.of_stack(cfn, stack)
 
+    def _set_env(self, values: dict[str, str]) -> None:
+        for key, value in values.items():
+            self._saved_env.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+
     def stop(self) -> None:
+        """Stop the server and restore the environment variables `start` changed."""
+        gaps.stop_stream_workers()
         if self.server is not None:
             self.server.stop()
             self.server = None
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env.clear()

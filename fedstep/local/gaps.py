@@ -12,7 +12,13 @@ moto runs the synthesized CloudFormation template, but:
    with the function's environment. The handler code is imported from this checkout after checking
    that the deployed zip holds byte-identical sources (the zip's compiled wheels are for the Lambda
    platform, not this interpreter). The patch point is private, so moto is pinned exactly and
-   `check_patch_point` fails loudly on any other version.
+   `check_patch_point` fails loudly on any other version;
+4. it delivers DynamoDB stream records synchronously inside the write that produced them, again
+   with every record not yet consumed, so a handler's own writes re-enter it. AWS delivers them
+   asynchronously, one batch at a time per shard, in order. The in-process runner does the same:
+   a stream batch is queued to one worker thread per function and the write returns at once; a
+   failed batch is retried (`STREAM_ATTEMPTS` in all) and then logged as dropped, as a DLQ would
+   receive it. `wait_for_stream_batches` blocks until every queued batch is processed.
 
 (`AWS::SQS::QueuePolicy`, `AWS::S3::BucketPolicy`, `AWS::SNS::TopicPolicy` and alarms are skipped too;
 moto does not enforce IAM, so nothing needs them locally.)
@@ -26,6 +32,9 @@ import io
 import json
 import logging
 import os
+import queue
+import threading
+import time
 import traceback
 import uuid
 import zipfile
@@ -52,11 +61,21 @@ def check_patch_point() -> None:
         )
 
 
-def enable_step_functions_execution(endpoint: str) -> None:
-    body = json.dumps({"stepfunctions": {"execute_state_machine": True}}).encode()
-    request = Request(f"{endpoint}/moto-api/config", data=body, headers={"Content-Type": "application/json"})
+def _moto_api(endpoint: str, path: str, body: dict[str, Any] | None = None) -> None:
+    """POST to the moto server's own API (a loopback address)."""
+    data = json.dumps(body or {}).encode()
+    request = Request(f"{endpoint}/moto-api/{path}", data=data, headers={"Content-Type": "application/json"})
     with urlopen(request, timeout=10) as resp:
         resp.read()
+
+
+def reset_backends(endpoint: str) -> None:
+    """Clear all of moto's state (it is global to the process, shared by every server in it)."""
+    _moto_api(endpoint, "reset")
+
+
+def enable_step_functions_execution(endpoint: str) -> None:
+    _moto_api(endpoint, "config", {"stepfunctions": {"execute_state_machine": True}})
 
 
 def _physical_ids(cfn: Any, stack_name: str) -> dict[str, str]:
@@ -143,8 +162,72 @@ def verify_code_matches_checkout(code_bytes: bytes) -> None:
     _verified.add(digest)
 
 
+STREAM_ATTEMPTS = 3
+_stream_workers: dict[str, _StreamWorker] = {}
+_workers_lock = threading.Lock()
+
+
+class _StreamWorker:
+    """Processes one function's stream batches in order, on its own thread (like one shard)."""
+
+    def __init__(self, function: Any) -> None:
+        self.function = function
+        self.queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._loop, name=f"stream-{function.function_name}", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while (event := self.queue.get()) is not None:
+            try:
+                for attempt in range(1, STREAM_ATTEMPTS + 1):
+                    _, errored, _ = _run_handler(self.function, event)
+                    if not errored:
+                        break
+                    if attempt == STREAM_ATTEMPTS:
+                        log.error("stream batch dropped after %d failed attempts", attempt)
+                    time.sleep(0.2 * attempt)
+            finally:
+                self.queue.task_done()
+
+
+def _is_stream_batch(event: Any) -> bool:
+    records = event.get("Records") if isinstance(event, dict) else None
+    return bool(records) and all(r.get("eventSource") == "aws:dynamodb" for r in records)
+
+
+def wait_for_stream_batches(timeout_s: float = 60.0) -> None:
+    """Block until every queued stream batch has been processed (tests use this)."""
+    deadline = time.monotonic() + timeout_s
+    for worker in list(_stream_workers.values()):
+        while worker.queue.unfinished_tasks:
+            if time.monotonic() > deadline:
+                raise TimeoutError("stream batches still being processed")
+            time.sleep(0.02)
+
+
+def stop_stream_workers() -> None:
+    with _workers_lock:
+        for worker in _stream_workers.values():
+            worker.queue.put(None)
+        for worker in _stream_workers.values():
+            worker.thread.join(timeout=30)
+        _stream_workers.clear()
+
+
 def _invoke_in_process(self: Any, event: Any = None) -> tuple[str, bool, str]:
-    """Replacement for moto's LambdaFunction._invoke_lambda: run the handler here."""
+    """Replacement for moto's LambdaFunction._invoke_lambda: stream batches are queued for
+    asynchronous processing; any other invocation runs the handler here and now."""
+    if _is_stream_batch(event):
+        with _workers_lock:
+            worker = _stream_workers.get(self.function_arn)
+            if worker is None or worker.function is not self:
+                worker = _stream_workers[self.function_arn] = _StreamWorker(self)
+        worker.queue.put(event)
+        return json.dumps({"queued": len(event["Records"])}), False, ""
+    return _run_handler(self, event)
+
+
+def _run_handler(self: Any, event: Any) -> tuple[str, bool, str]:
     try:
         verify_code_matches_checkout(self.code_bytes)
         os.environ.update({k: str(v) for k, v in (self.environment_vars or {}).items()})

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from fedstep import strategies
+from fedstep.strategies import ClientUpdate, FedAvg
+
+
+def _random_updates(rng, n_clients=5):
+    shapes = {"000/a/kernel": (7, 5), "001/a/bias": (5,), "002/b/kernel": (5, 3, 2)}
+    updates = [
+        ClientUpdate(
+            f"c{i}",
+            int(rng.integers(1, 1000)),
+            {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()},
+        )
+        for i in range(n_clients)
+    ]
+    global_weights = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
+    return global_weights, updates
+
+
+def test_fedavg_equals_the_reference_weighted_mean():
+    rng = np.random.default_rng(7)
+    global_weights, updates = _random_updates(rng)
+    result = FedAvg().aggregate(global_weights, updates)
+    n = np.array([u.num_examples for u in updates], dtype=np.float64)
+    for name in global_weights:
+        stacked = np.stack([u.weights[name].astype(np.float64) for u in updates])
+        reference = np.tensordot(n / n.sum(), stacked, axes=1)
+        assert result[name].dtype == np.float32
+        np.testing.assert_allclose(result[name], reference, rtol=0, atol=1e-6)
+
+
+def test_fedavg_reads_each_update_once_from_a_stream():
+    rng = np.random.default_rng(1)
+    global_weights, updates = _random_updates(rng)
+    consumed = []
+
+    def stream():
+        for u in updates:
+            consumed.append(u.client_id)
+            yield u
+
+    FedAvg().aggregate(global_weights, stream())
+    assert consumed == [u.client_id for u in updates]
+
+
+def test_fedavg_of_nothing_is_an_error():
+    with pytest.raises(ValueError, match="no updates"):
+        FedAvg().aggregate({"w": np.zeros(2, np.float32)}, [])
+
+
+def test_strategies_are_found_by_name():
+    assert isinstance(strategies.get("fedavg"), FedAvg)
+    with pytest.raises(ValueError, match="known: fedavg"):
+        strategies.get("fedprox-typo")
