@@ -42,6 +42,13 @@ def _positive_int(data: dict[str, Any], name: str, where: str, minimum: int = 1)
     return value
 
 
+def _id(data: dict[str, Any], name: str, kind: str, where: str) -> str:
+    try:
+        return keys.check_id(kind, _get(data, name, str, where))
+    except ValueError as exc:
+        raise InvalidMessage(f"{where}: {exc}") from None
+
+
 def _check_schema(data: dict[str, Any], where: str) -> None:
     schema = _get(data, "schema", int, where)
     if schema != SCHEMA_VERSION:
@@ -123,7 +130,7 @@ class RoundMessage:
         where = "round message"
         _check_schema(data, where)
         return cls(
-            run_id=keys.check_id("run id", _get(data, "run_id", str, where)),
+            run_id=_id(data, "run_id", "run id", where),
             round=_positive_int(data, "round", where),
             model=ObjectRef.parse(_get(data, "model", dict, where), f"{where} model"),
             global_model=ObjectRef.parse(_get(data, "global_model", dict, where), f"{where} global_model"),
@@ -148,7 +155,7 @@ class RunEndedMessage:
         where = "run_ended message"
         _check_schema(data, where)
         return cls(
-            run_id=keys.check_id("run id", _get(data, "run_id", str, where)),
+            run_id=_id(data, "run_id", "run id", where),
             reason=_get(data, "reason", str, where),
             rounds_completed=_positive_int(data, "rounds_completed", where, 0),
         )
@@ -190,9 +197,9 @@ class UpdateItem:
     def parse(cls, data: dict[str, Any]) -> UpdateItem:
         where = "update item"
         _check_schema(data, where)
-        run_id = keys.check_id("run id", _get(data, "run_id", str, where))
+        run_id = _id(data, "run_id", "run id", where)
         round_number = _positive_int(data, "round", where)
-        client_id = keys.check_id("client id", _get(data, "client_id", str, where))
+        client_id = _id(data, "client_id", "client id", where)
         if data.get(keys.SK) not in (None, keys.update_item_key(run_id, round_number, client_id)[keys.SK]):
             raise InvalidMessage(f"{where}: sort key does not match run, round and client")
         return cls(
@@ -287,8 +294,8 @@ class RunRecord:
         _check_schema(data, where)
         clients = _get(data, "clients", list, where)
         return cls(
-            run_id=keys.check_id("run id", _get(data, "run_id", str, where)),
-            clients=[keys.check_id("client id", c) for c in clients],
+            run_id=_id(data, "run_id", "run id", where),
+            clients=[_id({"client": c}, "client", "client id", where) for c in clients],
             rounds=_positive_int(data, "rounds", where),
             training=TrainingConfig.parse(_get(data, "training", dict, where)),
             strategy=_get(data, "strategy", str, where),

@@ -1,0 +1,57 @@
+"""`cdk synth` with the CDK CLI the project installs (npm aws-cdk@2), offline, with the real bundle."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CDK = REPO / "node_modules" / ".bin" / "cdk"
+
+
+@pytest.mark.skipif(not CDK.exists(), reason="run `make test`: it installs the CDK CLI into node_modules")
+def test_cdk_synth_works_offline_and_bundles_numpy_for_lambda(tmp_path):
+    config = tmp_path / "deploy.json"
+    config.write_text(json.dumps({"project": "fedstep", "clients": [{"id": "a"}, {"id": "b"}]}))
+    out = tmp_path / "cdk.out"
+    env = {**os.environ, "CDK_DISABLE_VERSION_CHECK": "1", "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
+    result = subprocess.run(
+        [str(CDK), "synth", "--quiet", "--no-notices", "-o", str(out), "-c", f"fedstep:config={config}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    template = json.loads((out / "fedstep.template.json").read_text())
+    types = [r["Type"] for r in template["Resources"].values()]
+    assert types.count("AWS::SQS::Queue") == 2
+    [asset] = [p for p in out.glob("asset.*") if p.is_dir()]
+    assert (asset / "lambdas" / "aggregate.py").exists()
+    assert (asset / "fedstep" / "rounds.py").exists()
+    assert not (asset / "fedstep" / "local").exists(), "the local cloud must not ship in the Lambda bundle"
+    assert not any(asset.glob("tensorflow*")), "TensorFlow must never ship in the Lambda bundle"
+    assert list(asset.glob("numpy/_core/_multiarray_umath.cpython-312-x86_64-linux-gnu.so"))
+    shutil.rmtree(out)
+
+
+def test_bad_deployment_config_fails_synth_with_a_clear_message(tmp_path):
+    config = tmp_path / "deploy.json"
+    config.write_text(json.dumps({"clients": [{"id": "a"}, {"id": "a"}]}))
+    result = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "python"), "app.py"],
+        cwd=REPO,
+        env={**os.environ, "CDK_CONTEXT_JSON": json.dumps({"fedstep:config": str(config)})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "duplicate client id(s) ['a']" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,114 @@
+"""`fedstep local` end to end: real Keras clients as processes, the real stack on a moto server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _fedstep_local(out: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedstep", "local", "--out", str(out), *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _clients_of(out: Path) -> list[int]:
+    """PIDs of client agents started for this output folder."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "client_agent.cli" in cmdline and str(out) in cmdline:
+                pids.append(int(proc.name))
+    return pids
+
+
+def _wait_for_line(proc: subprocess.Popen[str], text: str, timeout_s: float = 180) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"{text!r} never printed; output:\n{''.join(lines)}")
+
+
+def test_digits_with_three_clients_reaches_80_percent_and_improves_every_round(tmp_path):
+    out = tmp_path / "demo"
+    proc = _fedstep_local(out, "--dataset", "digits", "--clients", "3", "--rounds", "5")
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
+    assert all(r["participants"] == 3 and r["rejected"] == [] for r in rounds)
+    assert all({"accuracy", "loss", "duration_s"} <= set(r) for r in rounds)
+    heldout = [r["heldout_accuracy"] for r in rounds]
+    assert heldout == sorted(heldout) and heldout[-1] > heldout[0] + 0.3, heldout
+    losses = [r["loss"] for r in rounds]
+    assert losses == sorted(losses, reverse=True), losses
+    assert summary["final"]["test_accuracy"] >= 0.80
+    assert summary["config"]["learning_rate"] == 0.1 and summary["config"]["batch_size"] == 32
+    assert output.count("round ") >= 5 and "participants 3" in output
+    assert _clients_of(out) == []
+
+
+def test_ctrl_c_stops_everything_and_leaves_no_process(tmp_path):
+    out = tmp_path / "interrupted"
+    proc = _fedstep_local(out, "--clients", "2", "--rounds", "50")
+    _wait_for_line(proc, "round 1/50")
+    assert len(_clients_of(out)) == 2
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, rest
+    assert "interrupted" in rest and "Traceback" not in rest
+    assert _clients_of(out) == []
+
+
+def test_clients_exit_even_when_the_runner_is_killed(tmp_path):
+    out = tmp_path / "killed"
+    proc = _fedstep_local(out, "--clients", "2", "--rounds", "50")
+    _wait_for_line(proc, "client logs in")
+    time.sleep(1)
+    assert len(_clients_of(out)) == 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 20
+    while _clients_of(out) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _clients_of(out) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dataset", "cifar"], "unknown data set 'cifar'"),
+        (["--dataset", "heart", "--clients", "3"], "4 hospitals"),
+        (["--rounds", "0"], "rounds must be >= 1"),
+        (["--model", "nowhere:model"], "cannot import module 'nowhere'"),
+    ],
+)
+def test_bad_arguments_get_a_clear_error_and_no_traceback(tmp_path, args, message):
+    proc = _fedstep_local(tmp_path / "bad", *args)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert message in output and "Traceback" not in output

@@ -1,0 +1,209 @@
+"""The protocol on the real stack deployed into moto: state machine, SNS->SQS, agents, stream, Lambda.
+
+The agents run in-process with a small numpy trainer (the protocol is under test, not Keras; the
+server never reads the architecture file). `fedstep local` with Keras clients is tested in test_demo.py.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from botocore.exceptions import EndpointConnectionError
+
+from client_agent.agent import Agent, Outcome
+from client_agent.config import AgentConfig
+from client_agent.training import TrainResult
+from fedstep import keys, tensors
+from fedstep.aws import DynamoRoundTable, S3ModelStore
+from fedstep.cli.start import RunSettings, start_run
+from fedstep.ddb import to_attributes
+from fedstep.local import gaps
+
+INITIAL = {"000/d/kernel": np.zeros((4, 3), np.float32), "001/d/bias": np.zeros(3, np.float32)}
+SHIFTS = {"client-1": (1.0, 10), "client-2": (3.0, 30)}  # weighted mean shift per round: 2.5
+
+
+class ShiftTrainer:
+    """Adds a constant to every weight and reports `n` examples."""
+
+    def __init__(self, shift: float, n: int) -> None:
+        self.shift, self.n = shift, n
+
+    def fit(self, architecture, weights, training):
+        return TrainResult({k: v + self.shift for k, v in weights.items()}, self.n, {"train_loss": 1 / self.shift})
+
+
+@pytest.fixture
+def cloud(local_cloud):
+    """The module's cloud with empty client queues (PurgeQueue is limited to once a minute)."""
+    sqs = local_cloud.client("sqs")
+    for url in local_cloud.outputs.queues.values():
+        while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages"):
+            for m in messages:
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+    return local_cloud
+
+
+def agent(cloud, client_id, tmp_path, trainer=None):
+    out = cloud.outputs
+    config = AgentConfig(
+        client_id=client_id,
+        queue_url=out.queues[client_id],
+        bucket=out.bucket,
+        table=out.table,
+        region="us-east-1",
+        endpoint_url=cloud.endpoint,
+        data="unused",
+        poll_wait_s=1,
+        cache_dir=str(tmp_path / client_id),
+    )
+    return Agent(config, trainer or ShiftTrainer(*SHIFTS[client_id]))
+
+
+def start(cloud, rounds):
+    return start_run(
+        b"an architecture file the server never reads",
+        INITIAL,
+        RunSettings(rounds=rounds, round_timeout_s=120),
+        cloud.outputs,
+        s3=cloud.client("s3"),
+        dynamodb=cloud.client("dynamodb"),
+        stepfunctions=cloud.client("stepfunctions"),
+    )
+
+
+def serve(a, expect=Outcome.SERVED, tries=30):
+    """Poll until a message arrives (the state machine publishes asynchronously); serve it."""
+    for _ in range(tries):
+        outcome = a.poll_once()
+        if outcome is not None:
+            gaps.wait_for_stream_batches()
+            assert outcome is expect
+            return outcome
+    raise AssertionError(f"no message for {a.config.client_id}")
+
+
+def wait_for_execution(cloud, arn, timeout_s=30):
+    sfn = cloud.client("stepfunctions")
+    deadline = time.monotonic() + timeout_s
+    while (desc := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
+        assert time.monotonic() < deadline, "execution still running"
+        time.sleep(0.2)
+    return desc
+
+
+def test_state_machine_completes_two_rounds_with_two_clients(cloud, tmp_path):
+    run = start(cloud, rounds=2)
+    agents = [agent(cloud, c, tmp_path) for c in SHIFTS]
+    for _ in range(2):
+        for a in agents:
+            serve(a)
+    for a in agents:
+        serve(a, expect=Outcome.RUN_ENDED)
+    desc = wait_for_execution(cloud, run.execution_arn)
+    assert desc["status"] == "SUCCEEDED"
+    output = json.loads(desc["output"])
+    assert output["stop_reason"] == "max_rounds" and output["rounds_completed"] == 2
+    assert [h["round"] for h in output["history"]] == [1, 2]
+    assert all(h["participants"] == 2 and h["num_examples"] == 40 for h in output["history"])
+    final = tensors.decode(S3ModelStore(cloud.outputs.bucket, cloud.client("s3")).get(output["global_model"]["key"]))
+    for name in INITIAL:
+        np.testing.assert_allclose(final[name], 5.0)  # 2 rounds x weighted shift 2.5
+
+
+def _stream_event(items):
+    return {
+        "Records": [
+            {
+                "eventID": f"dup-{i}",
+                "eventName": "INSERT",
+                "eventVersion": "1.1",
+                "eventSource": "aws:dynamodb",
+                "awsRegion": "us-east-1",
+                "dynamodb": {"NewImage": to_attributes(item), "StreamViewType": "NEW_IMAGE"},
+            }
+            for i, item in enumerate(items)
+        ]
+    }
+
+
+def test_duplicate_stream_record_is_counted_once(cloud, tmp_path, monkeypatch):
+    from lambdas.aggregate import handler
+
+    run = start(cloud, rounds=1)
+    for client in SHIFTS:
+        serve(agent(cloud, client, tmp_path))
+    table = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb"))
+    store = S3ModelStore(cloud.outputs.bucket, cloud.client("s3"))
+    first_global = store.get(keys.global_key(run.run_id, 1))
+    items = table.list_updates(run.run_id, 1)
+    monkeypatch.setenv("BUCKET_NAME", cloud.outputs.bucket)
+    monkeypatch.setenv("TABLE_NAME", cloud.outputs.table)
+    context = gaps.LocalLambdaContext("aggregate", "arn:aws:lambda:us-east-1:123456789012:function:x", 1024, "req")
+    for _ in range(2):  # the same records delivered twice more
+        assert handler(_stream_event(items), context) == {"completed": []}
+    assert len(table.list_rounds(run.run_id)) == 1
+    assert store.get(keys.global_key(run.run_id, 1)) == first_global
+    desc = wait_for_execution(cloud, run.execution_arn)
+    history = cloud.client("stepfunctions").get_execution_history(executionArn=run.execution_arn)["events"]
+    assert desc["status"] == "SUCCEEDED"
+    round_reports = [
+        e
+        for e in history
+        if e["type"] == "TaskSucceeded" and e["taskSucceededEventDetails"]["resource"] == "publish.waitForTaskToken"
+    ]
+    assert len(round_reports) == 1
+
+
+def test_client_keeps_its_message_when_its_upload_fails(cloud, tmp_path):
+    run = start(cloud, rounds=1)
+    broken = agent(cloud, "client-1", tmp_path)
+
+    def network_down(**kwargs):
+        raise EndpointConnectionError(endpoint_url=cloud.endpoint)
+
+    broken.s3.meta.events.register("before-call.s3.PutObject", network_down)
+    sqs = cloud.client("sqs")
+    queue = cloud.outputs.queues["client-1"]
+    message = None
+    for _ in range(30):
+        message = (sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1).get("Messages") or [None])[0]
+        if message:
+            break
+    assert message is not None
+    assert broken.handle(message) is Outcome.KEPT
+    table = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb"))
+    assert table.get_item(keys.update_item_key(run.run_id, 1, "client-1")) is None
+    # The message was not deleted: once its visibility timeout ends it is delivered again.
+    sqs.change_message_visibility(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0)
+    again = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1)["Messages"][0]
+    assert again["MessageId"] == message["MessageId"]
+    healthy = agent(cloud, "client-1", tmp_path)
+    assert healthy.handle(again) is Outcome.SERVED
+    serve(agent(cloud, "client-2", tmp_path))
+    assert wait_for_execution(cloud, run.execution_arn)["status"] == "SUCCEEDED"
+
+
+def test_a_redelivered_message_is_not_trained_twice(cloud, tmp_path):
+    run = start(cloud, rounds=1)
+    a = agent(cloud, "client-1", tmp_path)
+    sqs = cloud.client("sqs")
+    queue = cloud.outputs.queues["client-1"]
+    message = None
+    for _ in range(30):
+        message = (sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1).get("Messages") or [None])[0]
+        if message:
+            break
+    assert a.handle(message) is Outcome.SERVED
+    assert a.handle(message) is Outcome.ALREADY_SERVED  # e.g. the delete was lost and SQS redelivered
+    serve(agent(cloud, "client-2", tmp_path))
+    assert wait_for_execution(cloud, run.execution_arn)["status"] == "SUCCEEDED"
+
+
+def test_the_deployed_lambda_is_this_checkouts_code_and_moto_is_the_pinned_version():
+    gaps.check_patch_point()
+    code = gaps.REPO / "fedstep" / "local" / "cloud.py"
+    assert code.exists()

@@ -1,0 +1,76 @@
+import pytest
+
+from fedstep.schemas import InvalidMessage, RoundMessage, RunEndedMessage, TrainingConfig, UpdateItem, parse_message
+
+SHA = "ab" * 32
+ROUND = {
+    "schema": 1,
+    "type": "round",
+    "run_id": "run-1",
+    "round": 2,
+    "model": {"key": "runs/run-1/model.keras", "sha256": SHA, "bytes": 10},
+    "global_model": {"key": "runs/run-1/rounds/00001/global.safetensors", "sha256": SHA, "bytes": 20},
+    "training": {"epochs": 1, "batch_size": 32, "learning_rate": 0.1},
+    "deadline_s": 600,
+    "issued_at": "2026-11-21T10:00:00.000Z",
+    "task_token": "token",
+}
+
+
+def test_round_message_parses_into_its_typed_form():
+    msg = parse_message(ROUND)
+    assert isinstance(msg, RoundMessage)
+    assert msg.round == 2 and msg.training == TrainingConfig(1, 32, 0.1) and msg.global_model.bytes == 20
+
+
+def test_run_ended_message_parses():
+    msg = parse_message(
+        {"schema": 1, "type": "run_ended", "run_id": "run-1", "reason": "max_rounds", "rounds_completed": 5}
+    )
+    assert isinstance(msg, RunEndedMessage) and msg.rounds_completed == 5
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"schema": 2}, "schema 2 is not supported"),
+        ({"round": 0}, "'round' must be >= 1"),
+        ({"round": "2"}, "'round' must be int"),
+        ({"round": True}, "'round' must be int"),
+        ({"run_id": "../x"}, "invalid run id"),
+        ({"type": "party"}, "unknown type 'party'"),
+        ({"training": {"epochs": 0, "batch_size": 32, "learning_rate": 0.1}}, "'epochs' must be >= 1"),
+        ({"global_model": {"key": "k", "sha256": "xyz", "bytes": 1}}, "64 lowercase hex"),
+    ],
+)
+def test_malformed_round_messages_name_the_bad_field(change, message):
+    with pytest.raises(InvalidMessage, match=message):
+        parse_message({**ROUND, **change})
+
+
+def test_missing_fields_are_named():
+    broken = dict(ROUND)
+    del broken["task_token"]
+    with pytest.raises(InvalidMessage, match="missing field 'task_token'"):
+        parse_message(broken)
+
+
+def test_update_item_sort_key_must_match_its_fields():
+    item = {
+        "schema": 1,
+        "sk": "UPDATE#00002#someone-else",
+        "run_id": "run-1",
+        "round": 2,
+        "client_id": "c1",
+        "num_examples": 5,
+        "update": {"key": "k", "sha256": SHA, "bytes": 1},
+        "metrics": {"train_loss": 0.5},
+        "task_token": "t",
+        "issued_at": "",
+        "created_at": "",
+    }
+    with pytest.raises(InvalidMessage, match="sort key"):
+        UpdateItem.parse(item)
+    with pytest.raises(InvalidMessage, match="finite number"):
+        UpdateItem.parse({**item, "sk": "UPDATE#00002#c1", "metrics": {"train_loss": float("nan")}})
+    assert UpdateItem.parse({**item, "sk": "UPDATE#00002#c1"}).num_examples == 5
