@@ -69,5 +69,5 @@ class KerasTrainer:
         if len(self.x_test):
             result = model.evaluate(self.x_test, self.y_test, verbose=0, return_dict=True)
             metrics.update({f"test_{k}": v for k, v in result.items()})
-        renamed = {k.replace("compile_metrics", "").replace("sparse_categorical_", ""): v for k, v in metrics.items()}
+        renamed = {k.replace("sparse_categorical_", ""): v for k, v in metrics.items()}
         return TrainResult(get_tensors(model), len(self.x_train), _finite(renamed))

@@ -86,6 +86,16 @@ def serve(a, expect=Outcome.SERVED, tries=30):
     raise AssertionError(f"no message for {a.config.client_id}")
 
 
+def receive(cloud, client_id):
+    """The next message on a client's queue, received by the test itself (not by an agent)."""
+    sqs = cloud.client("sqs")
+    for _ in range(30):
+        messages = sqs.receive_message(QueueUrl=cloud.outputs.queues[client_id], WaitTimeSeconds=1).get("Messages")
+        if messages:
+            return messages[0]
+    raise AssertionError(f"no message for {client_id}")
+
+
 def wait_for_execution(cloud, arn, timeout_s=30):
     sfn = cloud.client("stepfunctions")
     deadline = time.monotonic() + timeout_s
@@ -168,12 +178,7 @@ def test_client_keeps_its_message_when_its_upload_fails(cloud, tmp_path):
     broken.s3.meta.events.register("before-call.s3.PutObject", network_down)
     sqs = cloud.client("sqs")
     queue = cloud.outputs.queues["client-1"]
-    message = None
-    for _ in range(30):
-        message = (sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1).get("Messages") or [None])[0]
-        if message:
-            break
-    assert message is not None
+    message = receive(cloud, "client-1")
     assert broken.handle(message) is Outcome.KEPT
     table = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb"))
     assert table.get_item(keys.update_item_key(run.run_id, 1, "client-1")) is None
@@ -190,13 +195,7 @@ def test_client_keeps_its_message_when_its_upload_fails(cloud, tmp_path):
 def test_a_redelivered_message_is_not_trained_twice(cloud, tmp_path):
     run = start(cloud, rounds=1)
     a = agent(cloud, "client-1", tmp_path)
-    sqs = cloud.client("sqs")
-    queue = cloud.outputs.queues["client-1"]
-    message = None
-    for _ in range(30):
-        message = (sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1).get("Messages") or [None])[0]
-        if message:
-            break
+    message = receive(cloud, "client-1")
     assert a.handle(message) is Outcome.SERVED
     assert a.handle(message) is Outcome.ALREADY_SERVED  # e.g. the delete was lost and SQS redelivered
     serve(agent(cloud, "client-2", tmp_path))

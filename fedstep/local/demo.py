@@ -40,6 +40,10 @@ class DemoConfig:
     """Give up on the whole run after this many seconds."""
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def _headline(metrics: dict[str, float], name: str) -> float | None:
     return metrics.get(f"test_{name}", metrics.get(f"train_{name}"))
 
@@ -183,8 +187,9 @@ def _watch(
             seen.append(entry)
             echo(
                 f"round {summary.round}/{total}  participants {entry['participants']}  "
-                f"loss {entry['loss']:.4f}  accuracy {entry['accuracy']:.4f}  "
-                f"held-out accuracy {entry['heldout_accuracy']:.4f}  {summary.duration_s:.1f} s"
+                f"loss {_fmt(entry['loss'])}  accuracy {_fmt(entry['accuracy'])}  "
+                f"held-out accuracy {_fmt(entry['heldout_accuracy'])}  {summary.duration_s:.1f} s"
+                + (f"  rejected {len(summary.rejected)}" if summary.rejected else "")
             )
         status = sfn.describe_execution(executionArn=execution_arn)
         if status["status"] == "SUCCEEDED" and len(seen) >= total:
