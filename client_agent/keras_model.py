@@ -10,6 +10,7 @@ built but not when it is loaded from a `.keras` file. Architectures are always l
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from typing import Any
 
@@ -19,10 +20,25 @@ from fedstep.errors import FedstepError
 from fedstep.tensors import Tensors, TensorSpec, check_matches
 
 
-def _keras() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
+def import_keras() -> Any:
+    """Import Keras (and TensorFlow) without TensorFlow's C++ start-up banner on the terminal.
 
+    TF_CPP_MIN_LOG_LEVEL does not silence absl's pre-initialisation warning or oneDNN's notice, so
+    file descriptor 2 points at /dev/null while the import runs; a failed import still raises.
+    """
+    if "keras" in sys.modules:
+        return sys.modules["keras"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import keras
+            import tensorflow  # noqa: F401 - its C++ runtime prints when first used, so load it here
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
     return keras
 
 
@@ -37,7 +53,7 @@ def model_to_bytes(model: Any) -> bytes:
 
 def model_from_bytes(data: bytes) -> Any:
     """Load a `.keras` file safely (no lambda layers or custom code can run)."""
-    keras = _keras()
+    keras = import_keras()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.keras")
         with open(path, "wb") as f:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from client_agent.keras_model import import_keras
+
 
 def mlp(input_dim: int, num_classes: int, hidden: int = 64, learning_rate: float = 0.1) -> Any:
     """Dense(hidden, relu) -> Dense(num_classes, softmax), SGD, sparse categorical cross-entropy."""
-    import keras
-
+    keras = import_keras()
     model = keras.Sequential(
         [
             keras.Input(shape=(input_dim,), name="features"),

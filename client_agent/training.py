@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
-from client_agent.keras_model import get_tensors, model_from_bytes, set_tensors
+from client_agent.keras_model import get_tensors, import_keras, model_from_bytes, set_tensors
 from fedstep.schemas import TrainingConfig
 from fedstep.tensors import Tensors
 
@@ -49,9 +49,7 @@ class KerasTrainer:
         self.seed = seed
 
     def fit(self, architecture: bytes, weights: Tensors, training: TrainingConfig) -> TrainResult:
-        import keras
-
-        keras.utils.set_random_seed(self.seed)
+        import_keras().utils.set_random_seed(self.seed)
         model = model_from_bytes(architecture)
         set_tensors(model, weights)
         if model.optimizer is None:

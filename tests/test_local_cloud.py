@@ -7,6 +7,8 @@ server never reads the architecture file). `fedstep local` with Keras clients is
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -206,3 +208,47 @@ def test_the_deployed_lambda_is_this_checkouts_code_and_moto_is_the_pinned_versi
     gaps.check_patch_point()
     code = gaps.REPO / "fedstep" / "local" / "cloud.py"
     assert code.exists()
+
+
+def _fedstep(*args: str, endpoint: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fedstep", *args, "--endpoint-url", endpoint],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_fedstep_start_publishes_the_model_and_starts_an_execution(cloud):
+    result = _fedstep(
+        "start",
+        "--model",
+        "client_agent.models:digits_mlp",
+        "--rounds",
+        "3",
+        "--run-id",
+        "cli-run",
+        "--seed",
+        "1",
+        endpoint=cloud.endpoint,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "started run cli-run with clients client-1, client-2" in result.stdout
+    store = S3ModelStore(cloud.outputs.bucket, cloud.client("s3"))
+    assert store.get(keys.model_key("cli-run"))[:2] == b"PK"  # a .keras file is a zip archive
+    initial = tensors.decode(store.get(keys.global_key("cli-run", 0)))
+    assert sorted(initial) == ["000/hidden/kernel", "001/hidden/bias", "002/output/kernel", "003/output/bias"]
+    run = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb")).get_run("cli-run")
+    assert run.rounds == 3 and run.clients == ["client-1", "client-2"] and run.training.learning_rate == 0.1
+    arn = cloud.outputs.state_machine_arn.replace(":stateMachine:", ":execution:") + ":cli-run"
+    assert cloud.client("stepfunctions").describe_execution(executionArn=arn)["status"] == "RUNNING"
+    again = _fedstep(
+        "start", "--model", "client_agent.models:digits_mlp", "--run-id", "cli-run", endpoint=cloud.endpoint
+    )
+    assert again.returncode == 2 and "run cli-run exists already" in again.stderr
+
+
+def test_fedstep_start_names_a_missing_stack(cloud):
+    result = _fedstep("start", "--model", "client_agent.models:digits_mlp", "--stack", "nope", endpoint=cloud.endpoint)
+    assert result.returncode == 2
+    assert "cannot read stack 'nope'" in result.stderr and "Traceback" not in result.stderr

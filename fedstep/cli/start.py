@@ -61,9 +61,9 @@ def build_model(model_ref: str, seed: int | None = None) -> Any:
 
     With `seed`, Keras' random generators are seeded first, so the initial weights are reproducible."""
     if seed is not None:
-        import keras
+        from client_agent.keras_model import import_keras
 
-        keras.utils.set_random_seed(seed)
+        import_keras().utils.set_random_seed(seed)
     model = load_callable(model_ref, "model")()
     if not hasattr(model, "save") or not hasattr(model, "weights"):
         raise FedstepError(f"model {model_ref!r} must return a Keras model, got {type(model).__name__}")
