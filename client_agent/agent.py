@@ -58,6 +58,7 @@ class Agent:
         self.s3 = aws.client("s3", session, config.endpoint_url)
         self.table = aws.DynamoRoundTable(config.table, aws.client("dynamodb", session, config.endpoint_url))
         self.cache = Path(config.cache_dir or Path.home() / ".cache" / "fedstep")
+        self.last_report: RoundReport | None = None
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self, follow: bool = False, once: bool = False) -> int:

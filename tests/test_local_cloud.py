@@ -6,10 +6,12 @@ server never reads the architecture file). `fedstep local` with Keras clients is
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -204,10 +206,20 @@ def test_a_redelivered_message_is_not_trained_twice(cloud, tmp_path):
     assert wait_for_execution(cloud, run.execution_arn)["status"] == "SUCCEEDED"
 
 
-def test_the_deployed_lambda_is_this_checkouts_code_and_moto_is_the_pinned_version():
-    gaps.check_patch_point()
-    code = gaps.REPO / "fedstep" / "local" / "cloud.py"
-    assert code.exists()
+def test_the_in_process_lambda_refuses_code_that_differs_from_the_checkout():
+    gaps.check_patch_point()  # moto is the pinned version and still has the method we replace
+
+    def zipped(keys_source: bytes) -> bytes:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as zf:
+            zf.writestr("fedstep/keys.py", keys_source)
+            zf.writestr("numpy/__init__.py", b"# wheels for the Lambda platform are not compared")
+        return buffer.getvalue()
+
+    checkout = (gaps.REPO / "fedstep" / "keys.py").read_bytes()
+    gaps.verify_code_matches_checkout(zipped(checkout))
+    with pytest.raises(RuntimeError, match=r"fedstep/keys\.py differs from this checkout"):
+        gaps.verify_code_matches_checkout(zipped(checkout + b"\n# edited after deploying\n"))
 
 
 def _fedstep(*args: str, endpoint: str) -> subprocess.CompletedProcess[str]:
