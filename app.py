@@ -5,10 +5,12 @@ import sys
 
 import aws_cdk as cdk
 
+from infra import nag
 from infra.config import ConfigError, DeploymentConfig
 from infra.stack import FedstepStack
 
 app = cdk.App()
+nag.enable(app)
 config_path = app.node.try_get_context("fedstep:config") or "fedstep.deploy.json"
 try:
     config = DeploymentConfig.load(config_path)

@@ -22,9 +22,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from client_agent.config import AgentConfig
 from client_agent.training import Trainer
-from fedstep import SCHEMA_VERSION, aws, keys, tensors
+from fedstep import aws, keys, tensors
 from fedstep.errors import FedstepError, InvalidUpdate
-from fedstep.rounds import utc_now
+from fedstep.rounds import update_metadata, utc_now
 from fedstep.schemas import InvalidMessage, ObjectRef, RoundMessage, RunEndedMessage, UpdateItem, parse_message
 
 log = logging.getLogger("fedstep.client")
@@ -53,6 +53,10 @@ class Agent:
     def __init__(self, config: AgentConfig, trainer: Trainer, session: boto3.Session | None = None) -> None:
         self.config = config
         self.trainer = trainer
+        if session is None and config.role_arn:
+            session = aws.assumed_role_session(
+                config.role_arn, config.region, config.endpoint_url, f"fedstep-{config.client_id}"
+            )
         session = session or boto3.Session(region_name=config.region)
         self.sqs = aws.client("sqs", session, config.endpoint_url)
         self.s3 = aws.client("s3", session, config.endpoint_url)
@@ -111,34 +115,19 @@ class Agent:
 
     # -- one round --------------------------------------------------------------------------------
     def serve_round(self, msg: RoundMessage) -> Outcome:
-        cid = self.config.client_id
-        item_key = keys.update_item_key(msg.run_id, msg.round, cid)
-        if self.table.get_item(item_key) is not None:
-            log.info("round %d of run %s was already served; message redelivered", msg.round, msg.run_id)
-            return Outcome.ALREADY_SERVED
+        recovered = self._report_existing_update(msg)
+        if recovered is not None:
+            return recovered
         started = time.monotonic()
         architecture = self._architecture(msg.model)
         global_bytes = self._download(msg.global_model)
         global_weights = tensors.decode(global_bytes)
         result = self.trainer.fit(architecture, global_weights, msg.training)
-        data = tensors.encode(
-            result.weights,
-            {"schema": SCHEMA_VERSION, "run_id": msg.run_id, "round": msg.round, "client_id": cid},
-        )
-        update = ObjectRef(keys.update_key(msg.run_id, msg.round, cid), tensors.sha256_hex(data), len(data))
-        self.s3.put_object(Bucket=self.config.bucket, Key=update.key, Body=data)
-        item = UpdateItem(
-            run_id=msg.run_id,
-            round=msg.round,
-            client_id=cid,
-            num_examples=result.num_examples,
-            update=update,
-            metrics=result.metrics,
-            task_token=msg.task_token,
-            issued_at=msg.issued_at,
-            created_at=utc_now(),
-        )
-        if not self.table.put_once(item.to_item()):
+        key = keys.update_key(msg.run_id, msg.round, self.config.client_id)
+        facts = self._item(msg, ObjectRef(key, "0" * 64, 0), result.num_examples, result.metrics)
+        data = tensors.encode(result.weights, update_metadata(facts))
+        self.s3.put_object(Bucket=self.config.bucket, Key=key, Body=data)
+        if not self.table.put_once(self._item(msg, _ref(key, data), result.num_examples, result.metrics).to_item()):
             return Outcome.ALREADY_SERVED
         report = RoundReport(
             msg.run_id,
@@ -162,6 +151,41 @@ class Agent:
         )
         return Outcome.SERVED
 
+    def _item(self, msg: RoundMessage, update: ObjectRef, num_examples: int, metrics: dict[str, float]) -> UpdateItem:
+        return UpdateItem(
+            run_id=msg.run_id,
+            round=msg.round,
+            client_id=self.config.client_id,
+            num_examples=num_examples,
+            update=update,
+            metrics=metrics,
+            task_token=msg.task_token,
+            issued_at=msg.issued_at,
+            created_at=utc_now(),
+        )
+
+    def _report_existing_update(self, msg: RoundMessage) -> Outcome | None:
+        """A redelivered message whose update file is already uploaded (the agent restarted between
+        upload and item): write the item from the file's own metadata instead of training again.
+        None when there is no such file. The role may read its own update files but no table item,
+        so the file is the record of what was done."""
+        key = keys.update_key(msg.run_id, msg.round, self.config.client_id)
+        try:
+            data = self.s3.get_object(Bucket=self.config.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if aws.error_code(exc) in ("NoSuchKey", "404", "AccessDenied"):
+                return None
+            raise
+        meta = tensors.read_metadata(data)
+        if meta.get("run_id") != msg.run_id or meta.get("round") != msg.round or "num_examples" not in meta:
+            return None
+        item = self._item(msg, _ref(key, data), int(meta["num_examples"]), dict(meta.get("metrics", {})))
+        if self.table.put_once(item.to_item()):
+            log.info("round %d of run %s: reported the update uploaded before a restart", msg.round, msg.run_id)
+            return Outcome.SERVED
+        log.info("round %d of run %s was already served; message redelivered", msg.round, msg.run_id)
+        return Outcome.ALREADY_SERVED
+
     def _download(self, ref: ObjectRef) -> bytes:
         data = self.s3.get_object(Bucket=self.config.bucket, Key=ref.key)["Body"].read()
         if hashlib.sha256(data).hexdigest() != ref.sha256:
@@ -177,3 +201,7 @@ class Agent:
         self.cache.mkdir(parents=True, exist_ok=True)
         cached.write_bytes(data)
         return data
+
+
+def _ref(key: str, data: bytes) -> ObjectRef:
+    return ObjectRef(key, tensors.sha256_hex(data), len(data))

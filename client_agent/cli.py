@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--table")
     run.add_argument("--region")
     run.add_argument("--endpoint-url", help="AWS endpoint override (e.g. the embedded local cloud)")
+    run.add_argument("--role-arn", help="the client's IAM role to assume (stack output RoleArn...)")
     run.add_argument("--data", help="built-in data set (digits, mnist, heart) or module:function")
     run.add_argument("--partition", help="i/n: this client's part of a built-in data set")
     run.add_argument("--poll-wait", type=int, dest="poll_wait_s", help="long-poll seconds, 0-20 (default 20)")

@@ -4,7 +4,7 @@
      "table": "...", "endpoint_url": null, "data": "digits", "partition": "1/3"}
 
 Environment: FEDSTEP_CLIENT_ID, FEDSTEP_QUEUE_URL, FEDSTEP_BUCKET, FEDSTEP_TABLE, FEDSTEP_DATA,
-FEDSTEP_PARTITION, AWS_REGION / AWS_DEFAULT_REGION, AWS_ENDPOINT_URL.
+FEDSTEP_PARTITION, FEDSTEP_ROLE_ARN, AWS_REGION / AWS_DEFAULT_REGION, AWS_ENDPOINT_URL.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ ENV = {
     "data": "FEDSTEP_DATA",
     "partition": "FEDSTEP_PARTITION",
     "endpoint_url": "AWS_ENDPOINT_URL",
+    "role_arn": "FEDSTEP_ROLE_ARN",
 }
 
 
@@ -37,6 +38,8 @@ class AgentConfig:
     table: str = ""
     region: str | None = None
     endpoint_url: str | None = None
+    role_arn: str | None = None
+    """The client's IAM role (stack output RoleArn...); assumed with the standard credential chain."""
     data: str = ""
     partition: str | None = None
     poll_wait_s: int = 20

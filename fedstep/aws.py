@@ -12,7 +12,9 @@ import logging
 from typing import Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
+from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import ClientError
 
 from fedstep import keys
@@ -28,6 +30,30 @@ def client(service: str, session: boto3.Session | None = None, endpoint_url: str
     """A boto3 client with retries; `endpoint_url` overrides AWS_ENDPOINT_URL (None: the AWS default)."""
     config = Config(retries=RETRIES, s3={"addressing_style": "path"}, connect_timeout=10, read_timeout=70)
     return (session or boto3.Session()).client(service, endpoint_url=endpoint_url, config=config)
+
+
+def assumed_role_session(
+    role_arn: str, region: str | None, endpoint_url: str | None = None, session_name: str = "fedstep"
+) -> boto3.Session:
+    """A session whose credentials come from assuming `role_arn` (also in another account) with the
+    standard credential chain, refreshed automatically before they expire (1 hour)."""
+    source = boto3.Session(region_name=region)
+    sts = client("sts", source, endpoint_url)
+
+    def fetch() -> dict[str, str]:
+        creds = sts.assume_role(RoleArn=role_arn, RoleSessionName=session_name)["Credentials"]
+        return {
+            "access_key": creds["AccessKeyId"],
+            "secret_key": creds["SecretAccessKey"],
+            "token": creds["SessionToken"],
+            "expiry_time": creds["Expiration"].isoformat(),
+        }
+
+    core = botocore.session.get_session()
+    core._credentials = RefreshableCredentials.create_from_metadata(
+        metadata=fetch(), refresh_using=fetch, method="sts-assume-role"
+    )
+    return boto3.Session(botocore_session=core, region_name=source.region_name)
 
 
 def error_code(exc: ClientError) -> str:

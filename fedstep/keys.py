@@ -2,11 +2,13 @@
 
 S3 layout of a run (bucket = the model registry):
 
-    runs/{run_id}/model.keras                                   architecture, written by `fedstep start`
-    runs/{run_id}/rounds/{r:05d}/global.safetensors             global weights after round r (r=0: initial)
-    runs/{run_id}/rounds/{r:05d}/updates/{client_id}.safetensors  a client's update in round r
+    runs/{run_id}/model.keras                          architecture, written by `fedstep start`
+    runs/{run_id}/rounds/{r:05d}/global.safetensors    global weights after round r (r=0: initial)
+    updates/{run_id}/{r:05d}/{client_id}.safetensors   a client's update in round r
 
-Round r trains on the global weights of round r-1 and produces those of round r.
+Round r trains on the global weights of round r-1 and produces those of round r. Updates have a
+top-level prefix of their own so that a lifecycle rule can expire them (S3 filters by literal
+prefix); each client's IAM role may write only keys ending in `/{client_id}.safetensors` there.
 
 DynamoDB single-table layout: partition key `pk` = run id, sort key `sk` encodes the kind:
 
@@ -52,8 +54,11 @@ def global_key(run_id: str, round_number: int) -> str:
     return f"{round_prefix(run_id, round_number)}global.safetensors"
 
 
+UPDATES_PREFIX = "updates/"
+
+
 def update_prefix(run_id: str, round_number: int) -> str:
-    return f"{round_prefix(run_id, round_number)}updates/"
+    return f"{UPDATES_PREFIX}{check_id('run id', run_id)}/{round_number:05d}/"
 
 
 def update_key(run_id: str, round_number: int, client_id: str) -> str:
@@ -83,6 +88,24 @@ def update_item_key(run_id: str, round_number: int, client_id: str) -> dict[str,
     }
 
 
+def _output_suffix(client_id: str) -> str:
+    return "".join(c if c.isalnum() else f"x{ord(c):02x}" for c in check_id("client id", client_id))
+
+
 def client_output_key(client_id: str) -> str:
     """CloudFormation output name holding a client's queue URL (output names allow only A-Za-z0-9)."""
-    return "QueueUrl" + "".join(c if c.isalnum() else f"x{ord(c):02x}" for c in check_id("client id", client_id))
+    return "QueueUrl" + _output_suffix(client_id)
+
+
+def client_role_output_key(client_id: str) -> str:
+    """CloudFormation output name holding the ARN of a client's IAM role."""
+    return "RoleArn" + _output_suffix(client_id)
+
+
+# S3 key patterns for IAM policies (`*` is the run id or round, chosen at run time).
+MODEL_KEY_PATTERN = "runs/*/model.keras"
+GLOBAL_KEY_PATTERN = "runs/*/rounds/*/global.safetensors"
+
+
+def client_update_key_pattern(client_id: str) -> str:
+    return f"{UPDATES_PREFIX}*/*/{check_id('client id', client_id)}.safetensors"

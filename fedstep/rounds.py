@@ -91,6 +91,28 @@ def _sort_items(run: RunRecord, round_number: int, raw_items: list[dict[str, Any
     return intake
 
 
+def update_metadata(item: UpdateItem) -> dict[str, Any]:
+    """What a client writes into its update file's metadata: the item's facts, under the client's own
+    prefix, where IAM lets no other client write."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "run_id": item.run_id,
+        "round": item.round,
+        "client_id": item.client_id,
+        "num_examples": item.num_examples,
+        "metrics": item.metrics,
+    }
+
+
+def check_update_metadata(metadata: dict[str, Any], item: UpdateItem) -> None:
+    """Reject an item whose file says otherwise (IAM cannot stop a client writing an item that claims
+    another client; it can stop it writing that client's file)."""
+    expected = update_metadata(item)
+    differing = sorted(k for k, v in expected.items() if metadata.get(k) != v)
+    if differing:
+        raise InvalidUpdate(f"update file's metadata differs from the update item in {differing}")
+
+
 def _weighted_metrics(items: list[UpdateItem]) -> dict[str, float]:
     names = set().union(*(i.metrics for i in items)) if items else set()
     out: dict[str, float] = {}
@@ -143,6 +165,7 @@ def try_complete_round(
                 if len(data) != item.update.bytes:
                     raise InvalidUpdate(f"file is {len(data)} bytes, the item says {item.update.bytes}")
                 weights = tensors.decode(data, expected=spec, sha256=item.update.sha256, max_bytes=max_update_bytes)
+                check_update_metadata(tensors.read_metadata(data), item)
             except InvalidUpdate as exc:
                 intake.rejected.append(Rejection(item.client_id, exc.reason))
                 continue

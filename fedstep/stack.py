@@ -19,6 +19,8 @@ class StackOutputs:
     state_machine_arn: str
     queues: dict[str, str]
     """Queue URL by client id."""
+    roles: dict[str, str]
+    """IAM role ARN by client id."""
 
     @classmethod
     def parse(cls, outputs: dict[str, str]) -> StackOutputs:
@@ -30,9 +32,26 @@ class StackOutputs:
                 topic_arn=outputs["TopicArn"],
                 state_machine_arn=outputs["StateMachineArn"],
                 queues={cid: outputs[keys.client_output_key(cid)] for cid in clients},
+                roles={cid: outputs[keys.client_role_output_key(cid)] for cid in clients},
             )
         except KeyError as exc:
             raise FedstepError(f"the stack has no output {exc}; is it a fedstep stack, fully deployed?") from None
+
+    def client_config(self, client_id: str, region: str | None, **extra: object) -> dict[str, object]:
+        """A ready client agent config (the file `fedstep-client run --config` reads)."""
+        if client_id not in self.queues:
+            raise FedstepError(
+                f"client {client_id!r} is not in the stack; its clients: {', '.join(sorted(self.queues))}"
+            )
+        return {
+            "client_id": client_id,
+            "region": region,
+            "queue_url": self.queues[client_id],
+            "bucket": self.bucket,
+            "table": self.table,
+            "role_arn": self.roles[client_id],
+            **extra,
+        }
 
     @classmethod
     def of_stack(cls, cfn: Any, stack_name: str) -> StackOutputs:

@@ -1,113 +1,88 @@
-"""FedstepStack: the whole server side of fedstep in one stack."""
+"""FedstepStack: the whole server side of fedstep in one stack (a thin composition; the secure
+defaults live in `infra.secure`, per-client access in `infra.client_access`)."""
 
 from __future__ import annotations
 
 import aws_cdk as cdk
-from aws_cdk import aws_dynamodb as dynamodb
-from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_lambda_event_sources as sources
-from aws_cdk import aws_s3 as s3
-from aws_cdk import aws_sns as sns
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_sns_subscriptions as subs
-from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
-from fedstep.keys import client_output_key
-from infra.bundling import aggregation_code
+from fedstep import keys
+from infra import secure
+from infra.aggregation import Aggregation
+from infra.client_access import ClientAccess
 from infra.config import DeploymentConfig
 from infra.state_machine import training_definition
 
 
 class FedstepStack(cdk.Stack):
-    """Model registry (S3), round topic (SNS) with one queue per client (SQS), update table (DynamoDB)
-    whose stream triggers the aggregation function (Lambda), and the training state machine."""
+    """Model registry (S3), round topic (SNS) with one queue and one IAM role per client (SQS, IAM),
+    update table (DynamoDB) whose stream triggers the aggregation function (Lambda), and the
+    training state machine (Step Functions), all encrypted with one customer-managed KMS key."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: DeploymentConfig, **kwargs) -> None:
         super().__init__(scope, construct_id, **kwargs)
         cdk.Tags.of(self).add("project", config.project)
+        cdk.Tags.of(self).add("component", "core", priority=50)  # a default; specific components win
+        retention = config.retention
 
-        bucket = s3.Bucket(
-            self,
-            "ModelRegistry",
-            encryption=s3.BucketEncryption.S3_MANAGED,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            enforce_ssl=True,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
-        )
-        table = dynamodb.Table(
-            self,
-            "Updates",
-            partition_key=dynamodb.Attribute(name="pk", type=dynamodb.AttributeType.STRING),
-            sort_key=dynamodb.Attribute(name="sk", type=dynamodb.AttributeType.STRING),
-            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
-            stream=dynamodb.StreamViewType.NEW_IMAGE,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
-        )
-        topic = sns.Topic(self, "GlobalModelReady", topic_name=f"{config.project}-global-model-ready")
+        key = secure.key(self, config.project)
+        access_logs = secure.access_log_bucket(self, retention)
+        bucket = secure.model_bucket(self, key, access_logs, retention)
+        table = secure.table(self, key)
+        topic = secure.topic(self, f"{config.project}-global-model-ready", key)
+        for construct, component in ((key, "encryption"), (access_logs, "model-registry"), (bucket, "model-registry")):
+            cdk.Tags.of(construct).add("component", component)
+        cdk.Tags.of(table).add("component", "round-records")
+        cdk.Tags.of(topic).add("component", "messaging")
 
         for client in config.clients:
-            queue = sqs.Queue(
-                self,
-                f"Queue-{client.id}",
-                queue_name=config.queue_name(client.id),
-                visibility_timeout=cdk.Duration.minutes(15),
-                retention_period=cdk.Duration.days(4),
-                encryption=sqs.QueueEncryption.SQS_MANAGED,
-                enforce_ssl=True,
-            )
+            scope = Construct(self, f"Client-{client.id}")  # the client's queue, its DLQ and its role
+            queue = secure.queue(scope, "Queue", config.queue_name(client.id), key, retention)
             topic.add_subscription(subs.SqsSubscription(queue, raw_message_delivery=True))
+            access = ClientAccess(scope, "Access", client=client, queue=queue, bucket=bucket, table=table, key=key)
+            cdk.Tags.of(scope).add("component", "client-access")
+            cdk.Tags.of(scope).add("client", client.id)
             cdk.CfnOutput(
-                self, client_output_key(client.id), value=queue.queue_url, description=f"queue of {client.id}"
+                self, keys.client_output_key(client.id), value=queue.queue_url, description=f"queue of {client.id}"
+            )
+            cdk.CfnOutput(
+                self,
+                keys.client_role_output_key(client.id),
+                value=access.role.role_arn,
+                description=f"IAM role of {client.id}",
             )
 
+        machine_logs = secure.log_group(self, "TrainingLogs", retention)
         machine = sfn.StateMachine(
             self,
             "FederatedTraining",
             state_machine_name=config.state_machine_name,
             definition_body=sfn.DefinitionBody.from_chainable(training_definition(self, topic)),
             tracing_enabled=True,
+            logs=sfn.LogOptions(destination=machine_logs, level=sfn.LogLevel.ALL, include_execution_data=True),
         )
+        machine.add_to_role_policy(
+            iam.PolicyStatement(actions=["kms:Decrypt", "kms:GenerateDataKey"], resources=[key.key_arn])
+        )
+        secure.acknowledge(
+            machine.role,
+            "AwsSolutions-IAM5[Resource::*]",
+            "X-Ray tracing and CloudWatch Logs delivery actions do not support resource-level permissions.",
+        )
+        for construct in (machine, machine_logs):
+            cdk.Tags.of(construct).add("component", "orchestration")
 
-        aggregate = lambda_.Function(
-            self,
-            "AggregateFunction",
-            runtime=lambda_.Runtime.PYTHON_3_12,
-            architecture=lambda_.Architecture.X86_64,
-            handler="lambdas.aggregate.handler",
-            code=aggregation_code(),
-            memory_size=1024,
-            timeout=cdk.Duration.minutes(5),
-            tracing=lambda_.Tracing.ACTIVE,
-            environment={
-                "BUCKET_NAME": bucket.bucket_name,
-                "TABLE_NAME": table.table_name,
-                "POWERTOOLS_SERVICE_NAME": "fedstep-aggregate",
-            },
+        aggregation = Aggregation(
+            self, "Aggregation", config=config, bucket=bucket, table=table, key=key, machine=machine
         )
-        aggregate.add_event_source(
-            sources.DynamoEventSource(
-                table,
-                starting_position=lambda_.StartingPosition.TRIM_HORIZON,
-                batch_size=100,
-                retry_attempts=5,
-                bisect_batch_on_error=True,
-                filters=[
-                    lambda_.FilterCriteria.filter(
-                        {
-                            "eventName": lambda_.FilterRule.is_equal("INSERT"),
-                            "dynamodb": {"NewImage": {"kind": {"S": lambda_.FilterRule.is_equal("update")}}},
-                        }
-                    )
-                ],
-            )
-        )
-        bucket.grant_read_write(aggregate)
-        table.grant_read_write_data(aggregate)
-        machine.grant_task_response(aggregate)
+        cdk.Tags.of(aggregation).add("component", "aggregation")
 
         cdk.CfnOutput(self, "BucketName", value=bucket.bucket_name)
         cdk.CfnOutput(self, "TableName", value=table.table_name)
         cdk.CfnOutput(self, "TopicArn", value=topic.topic_arn)
         cdk.CfnOutput(self, "StateMachineArn", value=machine.state_machine_arn)
+        cdk.CfnOutput(self, "KeyArn", value=key.key_arn)
         cdk.CfnOutput(self, "ClientIds", value=",".join(c.id for c in config.clients))

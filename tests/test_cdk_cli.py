@@ -30,8 +30,8 @@ def test_cdk_synth_works_offline_and_bundles_numpy_for_lambda(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     template = json.loads((out / "fedstep.template.json").read_text())
-    types = [r["Type"] for r in template["Resources"].values()]
-    assert types.count("AWS::SQS::Queue") == 2
+    queues = [r["Properties"] for r in template["Resources"].values() if r["Type"] == "AWS::SQS::Queue"]
+    assert sum("RedrivePolicy" in q for q in queues) == 2  # one work queue per client, each with its DLQ
     [asset] = [p for p in out.glob("asset.*") if p.is_dir()]
     assert (asset / "lambdas" / "aggregate.py").exists()
     assert (asset / "fedstep" / "rounds.py").exists()

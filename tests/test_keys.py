@@ -1,3 +1,5 @@
+from fnmatch import fnmatch
+
 import pytest
 
 from fedstep import keys
@@ -6,7 +8,11 @@ from fedstep import keys
 def test_s3_keys_follow_the_documented_layout():
     assert keys.model_key("run-1") == "runs/run-1/model.keras"
     assert keys.global_key("run-1", 0) == "runs/run-1/rounds/00000/global.safetensors"
-    assert keys.update_key("run-1", 12, "hospital-a") == "runs/run-1/rounds/00012/updates/hospital-a.safetensors"
+    assert keys.update_key("run-1", 12, "hospital-a") == "updates/run-1/00012/hospital-a.safetensors"
+    assert fnmatch(keys.update_key("run-1", 12, "hospital-a"), keys.client_update_key_pattern("hospital-a"))
+    assert not fnmatch(keys.update_key("run-1", 12, "hospital-ab"), keys.client_update_key_pattern("hospital-a"))
+    assert fnmatch(keys.global_key("run-1", 3), keys.GLOBAL_KEY_PATTERN)
+    assert fnmatch(keys.model_key("run-1"), keys.MODEL_KEY_PATTERN)
 
 
 def test_dynamodb_keys_encode_kind_round_and_client():

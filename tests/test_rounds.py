@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pytest
 
 from fedstep import keys, tensors
-from fedstep.rounds import try_complete_round
+from fedstep.rounds import try_complete_round, update_metadata
 from fedstep.schemas import ObjectRef, RunRecord, TrainingConfig, UpdateItem
 
 RUN = "run-1"
@@ -95,13 +96,14 @@ def world():
 def report(store, table, client, value, n, round_number=1, token="tok-1", weights=None):
     """What an agent does: upload an update, write its item."""
     weights = weights if weights is not None else {k: np.full(v.shape, value, np.float32) for k, v in GLOBAL.items()}
-    data = tensors.encode(weights)
-    ref = ObjectRef(keys.update_key(RUN, round_number, client), tensors.sha256_hex(data), len(data))
-    store.put(ref.key, data)
+    key = keys.update_key(RUN, round_number, client)
+    metrics = {"test_accuracy": value / 10}
     item = UpdateItem(
-        RUN, round_number, client, n, ref, {"test_accuracy": value / 10}, token, "2026-11-21T00:00:00Z", ""
+        RUN, round_number, client, n, ObjectRef(key, "0" * 64, 0), metrics, token, "2026-11-21T00:00Z", ""
     )
-    table.put(item.to_item())
+    data = tensors.encode(weights, update_metadata(item))
+    store.put(key, data)
+    table.put(replace(item, update=ObjectRef(key, tensors.sha256_hex(data), len(data))).to_item())
 
 
 def complete(store, table, reporter, round_number=1):
@@ -193,3 +195,23 @@ def test_an_item_pointing_at_another_clients_file_is_rejected(world):
     table.put(item)
     assert complete(store, table, reporter) is None
     assert reporter.successes == []
+
+
+def test_an_item_claiming_another_client_is_rejected_by_the_file_metadata(world):
+    store, table, reporter = world
+    report(store, table, "a", 1.0, 10)
+    report(store, table, "b", 4.0, 30)
+    # A client that may put items (but not write b's files) re-points b's item at a copy of a's file.
+    forged = table.list_updates(RUN, 1)[1]
+    a_bytes = store.get(keys.update_key(RUN, 1, "a"))
+    store.put(keys.update_key(RUN, 1, "b"), a_bytes)
+    forged["update"] = {
+        "key": keys.update_key(RUN, 1, "b"),
+        "sha256": tensors.sha256_hex(a_bytes),
+        "bytes": len(a_bytes),
+    }
+    table.put(forged)
+    summary = complete(store, table, reporter)
+    assert summary.participants == ["a"]
+    [rejection] = summary.rejected
+    assert rejection.client_id == "b" and "metadata differs" in rejection.reason

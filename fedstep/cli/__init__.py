@@ -54,6 +54,14 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--seed", type=int, help="seed for the initial weights (default: unseeded)")
     _settings_args(start, rounds=5, timeout=3600)
 
+    client_config = sub.add_parser("client-config", help="print a ready client config file for a client")
+    client_config.add_argument("client_id", help="the client's id in the deployment config")
+    client_config.add_argument("--stack", default="fedstep", help="CloudFormation stack name (default fedstep)")
+    client_config.add_argument("--region", help="AWS region (default: the AWS configuration's)")
+    client_config.add_argument("--endpoint-url", help="AWS endpoint override")
+    client_config.add_argument("--data", default="module:function", help="the client's data loader to fill in")
+    client_config.add_argument("-o", "--out", type=Path, help="write to this file instead of printing")
+
     local = sub.add_parser("local", help="run a real federated training on the embedded local cloud")
     local.add_argument("--dataset", default="digits", help="digits, mnist or heart (default digits)")
     local.add_argument("--clients", type=int, default=3, help="number of client agents (default 3)")
@@ -88,6 +96,27 @@ def _start(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client_config(args: argparse.Namespace) -> int:
+    import json
+
+    import boto3
+
+    from fedstep import aws
+    from fedstep.stack import StackOutputs
+
+    session = boto3.Session(region_name=args.region)
+    outputs = StackOutputs.of_stack(aws.client("cloudformation", session, args.endpoint_url), args.stack)
+    text = json.dumps(outputs.client_config(args.client_id, session.region_name, data=args.data), indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+        print(
+            f'wrote {args.out}; set "data" to the organisation\'s loader, then: fedstep-client run --config {args.out}'
+        )
+    else:
+        print(text)
+    return 0
+
+
 def _local(args: argparse.Namespace) -> int:
     from fedstep.local.demo import DemoConfig, run_demo
 
@@ -111,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     try:
-        return {"start": _start, "local": _local}[args.command](args)
+        return {"start": _start, "client-config": _client_config, "local": _local}[args.command](args)
     except FedstepError as exc:
         print(f"fedstep: error: {exc}", file=sys.stderr)
         return 2

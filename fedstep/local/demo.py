@@ -93,18 +93,15 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
         assert outputs is not None
         _log_lambda_to(out / "logs" / "aggregate.log")
         for i, cid in enumerate(client_ids, start=1):
-            client_config = {
-                "client_id": cid,
-                "region": "us-east-1",
-                "queue_url": outputs.queues[cid],
-                "bucket": outputs.bucket,
-                "table": outputs.table,
-                "endpoint_url": cloud.endpoint,
-                "data": config.dataset,
-                "partition": f"{i}/{config.clients}",
-                "poll_wait_s": 1,
-                "cache_dir": str(out / "cache" / cid),
-            }
+            client_config = outputs.client_config(
+                cid,
+                "us-east-1",
+                endpoint_url=cloud.endpoint,
+                data=config.dataset,
+                partition=f"{i}/{config.clients}",
+                poll_wait_s=1,
+                cache_dir=str(out / "cache" / cid),
+            )
             path = out / "clients" / f"{cid}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(client_config, indent=2))

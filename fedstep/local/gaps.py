@@ -20,6 +20,11 @@ moto runs the synthesized CloudFormation template, but:
    failed batch is retried (`STREAM_ATTEMPTS` in all) and then logged as dropped, as a DLQ would
    receive it. `wait_for_stream_batches` blocks until every queued batch is processed.
 
+5. its CloudFormation handler for `AWS::KMS::Key` passes the template's tags (`Key`/`Value`) to a
+   tagger that expects KMS's own form (`TagKey`/`TagValue`) and fails with a KeyError;
+   `fix_kms_key_tags` converts them first (for any deployment into this process's moto, including
+   `cdk deploy` against a ThreadedMotoServer).
+
 (`AWS::SQS::QueuePolicy`, `AWS::S3::BucketPolicy`, `AWS::SNS::TopicPolicy` and alarms are skipped too;
 moto does not enforce IAM, so nothing needs them locally.)
 """
@@ -59,6 +64,24 @@ def check_patch_point() -> None:
             f"fedstep's local cloud needs moto=={MOTO_VERSION} (found {moto.__version__}); "
             "its in-process Lambda runner patches a private moto method. Re-run `make` to reinstall."
         )
+
+
+def fix_kms_key_tags() -> None:
+    """Make moto's AWS::KMS::Key CloudFormation handler accept tagged keys (idempotent)."""
+    from moto.kms.models import Key
+
+    original = Key.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+    if getattr(original, "_fedstep_fixed", False):
+        return
+
+    def create(cls: Any, resource_name: str, cloudformation_json: Any, *args: Any, **kwargs: Any) -> Any:
+        properties = cloudformation_json.get("Properties", {})
+        tags = properties.get("Tags") or []
+        properties["Tags"] = [{"TagKey": t["Key"], "TagValue": t["Value"]} if "Key" in t else t for t in tags]
+        return original(cls, resource_name, cloudformation_json, *args, **kwargs)
+
+    create._fedstep_fixed = True  # type: ignore[attr-defined]
+    Key.create_from_cloudformation_json = classmethod(create)  # type: ignore[method-assign, assignment]
 
 
 def _moto_api(endpoint: str, path: str, body: dict[str, Any] | None = None) -> None:

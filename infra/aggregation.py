@@ -1,0 +1,130 @@
+"""The aggregation function: triggered by the table's stream, writes global models, completes rounds."""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_event_sources as sources
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_stepfunctions as sfn
+from constructs import Construct
+
+from fedstep import keys
+from infra import secure
+from infra.bundling import aggregation_code
+from infra.config import DeploymentConfig
+
+
+class Aggregation(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: DeploymentConfig,
+        bucket: s3.IBucket,
+        table: dynamodb.ITable,
+        key: kms.IKey,
+        machine: sfn.IStateMachine,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        log_group = secure.log_group(self, "Logs", config.retention)
+        role = iam.Role(
+            self,
+            "Role",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description="fedstep aggregation function",
+        )
+        log_group.grant_write(role)
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="ReadModelsAndUpdates",
+                actions=["s3:GetObject"],
+                resources=[bucket.arn_for_objects("runs/*"), bucket.arn_for_objects(f"{keys.UPDATES_PREFIX}*")],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="WriteGlobalModels",
+                actions=["s3:PutObject"],
+                resources=[bucket.arn_for_objects(keys.GLOBAL_KEY_PATTERN)],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="RoundRecords",
+                actions=["dynamodb:GetItem", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:UpdateItem"],
+                resources=[table.table_arn],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="UseStackKey", actions=["kms:Decrypt", "kms:GenerateDataKey"], resources=[key.key_arn]
+            )
+        )
+        machine.grant_task_response(role)
+
+        self.failures = secure.dead_letter_queue(self, "StreamFailures", f"{config.project}-aggregation-failures", key)
+        self.function = lambda_.Function(
+            self,
+            "Function",
+            runtime=lambda_.Runtime.PYTHON_3_12,
+            architecture=lambda_.Architecture.X86_64,
+            handler="lambdas.aggregate.handler",
+            code=aggregation_code(),
+            role=role,
+            memory_size=1024,
+            timeout=cdk.Duration.minutes(5),
+            tracing=lambda_.Tracing.ACTIVE,
+            log_group=log_group,
+            environment={
+                "BUCKET_NAME": bucket.bucket_name,
+                "TABLE_NAME": table.table_name,
+                "POWERTOOLS_SERVICE_NAME": "fedstep-aggregate",
+            },
+        )
+        self.function.add_event_source(
+            sources.DynamoEventSource(
+                table,
+                starting_position=lambda_.StartingPosition.TRIM_HORIZON,
+                batch_size=100,
+                retry_attempts=5,
+                bisect_batch_on_error=True,
+                on_failure=sources.SqsDlq(self.failures),
+                filters=[
+                    lambda_.FilterCriteria.filter(
+                        {
+                            "eventName": lambda_.FilterRule.is_equal("INSERT"),
+                            "dynamodb": {"NewImage": {"kind": {"S": lambda_.FilterRule.is_equal("update")}}},
+                        }
+                    )
+                ],
+            )
+        )
+        objects = f"Resource::<{secure.logical_id(bucket)}.Arn>"
+        for finding, reason in {
+            "Resource::*": "X-Ray tracing and dynamodb:ListStreams do not support resource-level permissions.",
+            f"{objects}/runs/*": "Reads any run's model and global weights: the run id is chosen at run time.",
+            f"{objects}/{keys.UPDATES_PREFIX}*": "Reads any client's update of any run: "
+            "aggregating them is this function's job.",
+            f"{objects}/{keys.GLOBAL_KEY_PATTERN}": "Writes global models only; run id "
+            "and round are chosen at run time.",
+            "Action::kms:GenerateDataKey*": "CDK's grant for sending failed batches to the KMS-encrypted "
+            "failure queue.",
+            "Action::kms:ReEncrypt*": "CDK's grant for sending failed batches to the KMS-encrypted failure queue.",
+        }.items():
+            secure.acknowledge(role, f"AwsSolutions-IAM5[{finding}]", reason)
+        secure.acknowledge(
+            self.failures,
+            "AwsSolutions-SQS3",
+            "This queue is itself the dead-letter destination of the stream's failed batches.",
+        )
+        secure.acknowledge(
+            self.function,
+            "AwsSolutions-L1",
+            "Pinned to python3.12: the bundled numpy and safetensors wheels are built for CPython 3.12 "
+            "(infra/bundling.py); upgrade the runtime and the bundle together.",
+        )

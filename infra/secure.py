@@ -1,0 +1,141 @@
+"""Secure defaults, one place per service: every bucket, queue, topic, table, key and log group of
+the stack is created here, encrypted with the stack's customer-managed key where the service allows,
+TLS-only, private, and retained on stack deletion where it holds data."""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from infra.config import Retention
+
+
+def acknowledge(construct: Construct, rule: str, reason: str) -> None:
+    """Acknowledge one cdk-nag finding on `construct`; every acknowledgement carries its reason."""
+    cdk.Validations.of(construct).acknowledge(cdk.Acknowledgment(id=rule, reason=reason))
+
+
+def logical_id(construct: Construct) -> str:
+    """The CloudFormation logical id of an L2 construct's resource (cdk-nag names findings by it)."""
+    return cdk.Stack.of(construct).get_logical_id(construct.node.default_child)  # type: ignore[arg-type]
+
+
+def key(scope: Construct, project: str) -> kms.Key:
+    """The stack's customer-managed key (rotated yearly) for S3, SQS, SNS and DynamoDB."""
+    return kms.Key(
+        scope,
+        "Key",
+        alias=f"alias/{project}",
+        description=f"{project}: models, updates, messages and round records",
+        enable_key_rotation=True,
+        removal_policy=cdk.RemovalPolicy.RETAIN,
+    )
+
+
+def access_log_bucket(scope: Construct, retention: Retention) -> s3.Bucket:
+    """Server access logs of the model registry (S3 log delivery requires S3-managed encryption)."""
+    bucket = s3.Bucket(
+        scope,
+        "AccessLogs",
+        encryption=s3.BucketEncryption.S3_MANAGED,
+        block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+        enforce_ssl=True,
+        object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+        lifecycle_rules=[s3.LifecycleRule(id="expire-access-logs", expiration=cdk.Duration.days(retention.log_days))],
+        removal_policy=cdk.RemovalPolicy.RETAIN,
+    )
+    acknowledge(bucket, "AwsSolutions-S1", "This is the access-log bucket; logging it to itself would loop.")
+    return bucket
+
+
+def model_bucket(scope: Construct, key_: kms.IKey, logs_bucket: s3.IBucket, retention: Retention) -> s3.Bucket:
+    """The model registry: versioned, KMS-encrypted, TLS-only, private; old updates expire."""
+    return s3.Bucket(
+        scope,
+        "ModelRegistry",
+        encryption=s3.BucketEncryption.KMS,
+        encryption_key=key_,
+        bucket_key_enabled=True,
+        block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+        enforce_ssl=True,
+        versioned=True,
+        object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+        server_access_logs_bucket=logs_bucket,
+        server_access_logs_prefix="model-registry/",
+        lifecycle_rules=[
+            s3.LifecycleRule(
+                id="expire-client-updates",
+                prefix="updates/",
+                expiration=cdk.Duration.days(retention.update_days),
+                noncurrent_version_expiration=cdk.Duration.days(1),
+            ),
+            s3.LifecycleRule(id="expire-old-versions", noncurrent_version_expiration=cdk.Duration.days(30)),
+        ],
+        removal_policy=cdk.RemovalPolicy.RETAIN,
+    )
+
+
+def table(scope: Construct, key_: kms.IKey) -> dynamodb.Table:
+    """The single table (pk = run id, sk = kind/round/client) with a NEW_IMAGE stream and PITR."""
+    return dynamodb.Table(
+        scope,
+        "Updates",
+        partition_key=dynamodb.Attribute(name="pk", type=dynamodb.AttributeType.STRING),
+        sort_key=dynamodb.Attribute(name="sk", type=dynamodb.AttributeType.STRING),
+        billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+        stream=dynamodb.StreamViewType.NEW_IMAGE,
+        encryption=dynamodb.TableEncryption.CUSTOMER_MANAGED,
+        encryption_key=key_,
+        point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+            point_in_time_recovery_enabled=True
+        ),
+        removal_policy=cdk.RemovalPolicy.RETAIN,
+    )
+
+
+def topic(scope: Construct, name: str, key_: kms.IKey) -> sns.Topic:
+    return sns.Topic(scope, "GlobalModelReady", topic_name=name, master_key=key_, enforce_ssl=True)
+
+
+def dead_letter_queue(scope: Construct, construct_id: str, name: str, key_: kms.IKey) -> sqs.Queue:
+    """Where messages that failed too often go; kept 14 days (the SQS maximum) for inspection."""
+    return sqs.Queue(
+        scope,
+        construct_id,
+        queue_name=name,
+        encryption=sqs.QueueEncryption.KMS,
+        encryption_master_key=key_,
+        enforce_ssl=True,
+        retention_period=cdk.Duration.days(14),
+    )
+
+
+def queue(
+    scope: Construct, construct_id: str, name: str, key_: kms.IKey, retention: Retention, max_receives: int = 5
+) -> sqs.Queue:
+    """A work queue with its own dead-letter queue (after `max_receives` receives, default 5)."""
+    dlq = dead_letter_queue(scope, f"{construct_id}DeadLetters", f"{name}-dlq", key_)
+    return sqs.Queue(
+        scope,
+        construct_id,
+        queue_name=name,
+        encryption=sqs.QueueEncryption.KMS,
+        encryption_master_key=key_,
+        enforce_ssl=True,
+        visibility_timeout=cdk.Duration.minutes(15),
+        retention_period=cdk.Duration.days(retention.message_days),
+        dead_letter_queue=sqs.DeadLetterQueue(max_receive_count=max_receives, queue=dlq),
+    )
+
+
+def log_group(scope: Construct, construct_id: str, retention: Retention) -> logs.LogGroup:
+    """A log group kept `retention.log_days` days."""
+    group = logs.LogGroup(scope, construct_id, removal_policy=cdk.RemovalPolicy.RETAIN)
+    group.node.default_child.retention_in_days = retention.log_days  # type: ignore[union-attr]
+    return group
