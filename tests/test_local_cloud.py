@@ -264,3 +264,42 @@ def test_fedstep_start_names_a_missing_stack(cloud):
     result = _fedstep("start", "--model", "client_agent.models:digits_mlp", "--stack", "nope", endpoint=cloud.endpoint)
     assert result.returncode == 2
     assert "cannot read stack 'nope'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_client_config_prints_a_ready_config_from_the_stack_outputs(cloud, tmp_path):
+    out = tmp_path / "client-2.json"
+    result = _fedstep("client-config", "client-2", "--region", "us-east-1", "-o", str(out), endpoint=cloud.endpoint)
+    assert result.returncode == 0, result.stderr
+    config = json.loads(out.read_text())
+    assert config["queue_url"] == cloud.outputs.queues["client-2"]
+    assert config["role_arn"] == cloud.outputs.roles["client-2"]
+    assert (config["bucket"], config["table"], config["region"]) == (
+        cloud.outputs.bucket,
+        cloud.outputs.table,
+        "us-east-1",
+    )
+    missing = _fedstep("client-config", "client-9", endpoint=cloud.endpoint)
+    assert missing.returncode == 2 and "client 'client-9' is not in the stack" in missing.stderr
+
+
+def test_an_agent_with_a_role_arn_works_with_the_roles_credentials(cloud, tmp_path):
+    run = start(cloud, rounds=1)
+    out = cloud.outputs
+    config = AgentConfig(
+        client_id="client-1",
+        queue_url=out.queues["client-1"],
+        bucket=out.bucket,
+        table=out.table,
+        region="us-east-1",
+        endpoint_url=cloud.endpoint,
+        role_arn=out.roles["client-1"],
+        data="unused",
+        poll_wait_s=1,
+        cache_dir=str(tmp_path / "c1"),
+    )
+    a = Agent(config, ShiftTrainer(*SHIFTS["client-1"]))
+    credentials = a.s3._request_signer._credentials.get_frozen_credentials()
+    assert credentials.access_key != "testing"  # temporary credentials of the assumed role, not the caller's
+    serve(a)
+    serve(agent(cloud, "client-2", tmp_path))
+    assert wait_for_execution(cloud, run.execution_arn)["status"] == "SUCCEEDED"

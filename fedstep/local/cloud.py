@@ -89,6 +89,7 @@ class LocalCloud:
         synthesized = time.monotonic()
         cfn, s3, ssm = self.client("cloudformation"), self.client("s3"), self.client("ssm")
         account = self.client("sts").get_caller_identity()["Account"]
+        deploy.prune_stale_assets(assembly, stack)
         deploy.publish_assets(assembly, stack, s3, account, REGION)
         template = deploy.create_stack(assembly, stack, cfn, ssm)
         gaps.create_missing_subscriptions(cfn, self.client("sns"), self.client("sqs"), stack, template)

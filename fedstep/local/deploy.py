@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,21 @@ def zip_directory(source: Path, target: Path) -> Path:
                 zf.writestr(info, path.read_bytes(), compresslevel=1)
     tmp.rename(target)
     return target
+
+
+def prune_stale_assets(assembly: Path, stack_name: str) -> int:
+    """Delete bundles (about 80 MB each) of earlier synths that the current manifest no longer names."""
+    current = set(json.loads((assembly / f"{stack_name}.assets.json").read_text()).get("files", {}))
+    removed = 0
+    for path in assembly.glob("asset.*"):
+        if path.name.removeprefix("asset.").split(".")[0] not in current:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed += 1
+    for path in assembly.glob("*.zip"):
+        if path.stem not in current:
+            path.unlink()
+            removed += 1
+    return removed
 
 
 def publish_assets(assembly: Path, stack_name: str, s3: Any, account: str, region: str) -> int:
