@@ -18,6 +18,7 @@ import boto3
 import pytest
 
 from fedstep.keys import client_output_key
+from fedstep.local import gaps
 
 REPO = Path(__file__).resolve().parent.parent
 CDK = REPO / "node_modules" / ".bin" / "cdk"
@@ -44,38 +45,13 @@ CREATED_BY_MOTO = {
 FAKE_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "aws_session_token": "testing"}
 
 
-def patch_moto_kms_key_from_cloudformation(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two bugs of moto 5.2.5's AWS::KMS::Key (the server runs in this process, so patching its model does):
-
-    - it passes the CloudFormation tags ({Key, Value}) to KMS's CreateKey, which expects {TagKey, TagValue}:
-      a tagged key fails CreateStack with `KeyError: 'TagKey'` (HTTP 500; the SDK's retry then reports
-      `AlreadyExistsException: Stack fedstep already exists`);
-    - it stores KeyPolicy as the template's JSON object, not a string: DescribeKey then fails with
-      `TypeError: the JSON object must be str, bytes or bytearray, not dict` (HTTP 500).
-    """
-    from moto.kms.models import Key
-
-    create = Key.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
-
-    def create_fixed(cls, resource_name, cloudformation_json, *args, **kwargs):  # type: ignore[no-untyped-def]
-        properties = dict(cloudformation_json.get("Properties", {}))
-        properties["Tags"] = [
-            {"TagKey": t["Key"], "TagValue": t["Value"]} if "Key" in t else t for t in properties.get("Tags", [])
-        ]
-        if isinstance(properties.get("KeyPolicy"), dict):
-            properties["KeyPolicy"] = json.dumps(properties["KeyPolicy"])
-        return create(cls, resource_name, {**cloudformation_json, "Properties": properties}, *args, **kwargs)
-
-    monkeypatch.setattr(Key, "create_from_cloudformation_json", classmethod(create_fixed))
-
-
 @pytest.fixture
 def moto_endpoint(monkeypatch):
     """A moto server on a free port, reset to empty; yields `http://localhost:PORT`."""
     from moto.core.config import default_user_config
     from moto.server import ThreadedMotoServer
 
-    patch_moto_kms_key_from_cloudformation(monkeypatch)
+    gaps.fix_kms_keys_from_cloudformation()  # two moto bugs with AWS::KMS::Key, see fedstep/local/gaps.py
     # Also process-global and not cleared by a reset: the local cloud switches Step Functions execution on,
     # which serves the API from a second backend where CloudFormation's state machines do not exist.
     monkeypatch.setitem(default_user_config, "stepfunctions", {"execute_state_machine": False})

@@ -75,7 +75,7 @@ class LocalCloud:
         self._set_env({**FAKE_CREDENTIALS, "MOTO_PORT": str(port), "AWS_ENDPOINT_URL": self.endpoint})
         gaps.reset_backends(self.endpoint)  # moto's state is per process: start from nothing
         gaps.run_lambdas_in_process()
-        gaps.fix_kms_key_tags()
+        gaps.fix_kms_keys_from_cloudformation()
         self.outputs = self.deploy()
         return self
 

@@ -21,9 +21,9 @@ moto runs the synthesized CloudFormation template, but:
    receive it. `wait_for_stream_batches` blocks until every queued batch is processed.
 
 5. its CloudFormation handler for `AWS::KMS::Key` passes the template's tags (`Key`/`Value`) to a
-   tagger that expects KMS's own form (`TagKey`/`TagValue`) and fails with a KeyError;
-   `fix_kms_key_tags` converts them first (for any deployment into this process's moto, including
-   `cdk deploy` against a ThreadedMotoServer).
+   tagger that expects KMS's own form (`TagKey`/`TagValue`) and fails with a KeyError, and stores a
+   key policy given as a JSON object unconverted, so DescribeKey fails; `fix_kms_keys_from_cloudformation`
+   converts both first (for any deployment into this process's moto, `cdk deploy` included).
 
 (`AWS::SQS::QueuePolicy`, `AWS::S3::BucketPolicy`, `AWS::SNS::TopicPolicy` and alarms are skipped too;
 moto does not enforce IAM, so nothing needs them locally.)
@@ -66,8 +66,10 @@ def check_patch_point() -> None:
         )
 
 
-def fix_kms_key_tags() -> None:
-    """Make moto's AWS::KMS::Key CloudFormation handler accept tagged keys (idempotent)."""
+def fix_kms_keys_from_cloudformation() -> None:
+    """Make moto's AWS::KMS::Key CloudFormation handler accept what CloudFormation accepts (idempotent):
+    tags in CloudFormation's form, and a key policy given as a JSON object (moto stores it as is, and
+    DescribeKey then fails parsing it)."""
     from moto.kms.models import Key
 
     original = Key.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
@@ -75,10 +77,13 @@ def fix_kms_key_tags() -> None:
         return
 
     def create(cls: Any, resource_name: str, cloudformation_json: Any, *args: Any, **kwargs: Any) -> Any:
-        properties = cloudformation_json.get("Properties", {})
-        tags = properties.get("Tags") or []
-        properties["Tags"] = [{"TagKey": t["Key"], "TagValue": t["Value"]} if "Key" in t else t for t in tags]
-        return original(cls, resource_name, cloudformation_json, *args, **kwargs)
+        properties = dict(cloudformation_json.get("Properties", {}))
+        properties["Tags"] = [
+            {"TagKey": t["Key"], "TagValue": t["Value"]} if "Key" in t else t for t in properties.get("Tags") or []
+        ]
+        if isinstance(properties.get("KeyPolicy"), dict):
+            properties["KeyPolicy"] = json.dumps(properties["KeyPolicy"])
+        return original(cls, resource_name, {**cloudformation_json, "Properties": properties}, *args, **kwargs)
 
     create._fedstep_fixed = True  # type: ignore[attr-defined]
     Key.create_from_cloudformation_json = classmethod(create)  # type: ignore[method-assign, assignment]
@@ -93,8 +98,11 @@ def _moto_api(endpoint: str, path: str, body: dict[str, Any] | None = None) -> N
 
 
 def reset_backends(endpoint: str) -> None:
-    """Clear all of moto's state (it is global to the process, shared by every server in it)."""
+    """Clear all of moto's state (it is global to the process, shared by every server in it), and
+    switch Step Functions execution off: that setting survives a reset, and CloudFormation's state
+    machines are only visible while it is off."""
     _moto_api(endpoint, "reset")
+    _moto_api(endpoint, "config", {"stepfunctions": {"execute_state_machine": False}})
 
 
 def enable_step_functions_execution(endpoint: str) -> None:
