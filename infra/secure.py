@@ -103,8 +103,8 @@ def topic(scope: Construct, name: str, key_: kms.IKey) -> sns.Topic:
     return sns.Topic(scope, "GlobalModelReady", topic_name=name, master_key=key_, enforce_ssl=True)
 
 
-def dead_letter_queue(scope: Construct, construct_id: str, name: str, key_: kms.IKey) -> sqs.Queue:
-    """Where messages that failed too often go; kept 14 days (the SQS maximum) for inspection."""
+def _encrypted_queue(scope: Construct, construct_id: str, name: str, key_: kms.IKey, **props: object) -> sqs.Queue:
+    """Every queue: KMS-encrypted with the stack's key, TLS only."""
     return sqs.Queue(
         scope,
         construct_id,
@@ -112,22 +112,26 @@ def dead_letter_queue(scope: Construct, construct_id: str, name: str, key_: kms.
         encryption=sqs.QueueEncryption.KMS,
         encryption_master_key=key_,
         enforce_ssl=True,
-        retention_period=cdk.Duration.days(14),
+        **props,  # type: ignore[arg-type]
     )
+
+
+def dead_letter_queue(scope: Construct, construct_id: str, name: str, key_: kms.IKey) -> sqs.Queue:
+    """Where messages that failed too often go; kept 14 days (the SQS maximum) for inspection."""
+    return _encrypted_queue(scope, construct_id, name, key_, retention_period=cdk.Duration.days(14))
 
 
 def queue(
     scope: Construct, construct_id: str, name: str, key_: kms.IKey, retention: Retention, max_receives: int = 5
 ) -> sqs.Queue:
-    """A work queue with its own dead-letter queue (after `max_receives` receives, default 5)."""
+    """A work queue with its own dead-letter queue (after `max_receives` receives, default 5);
+    a received message stays invisible to others for 15 minutes."""
     dlq = dead_letter_queue(scope, f"{construct_id}DeadLetters", f"{name}-dlq", key_)
-    return sqs.Queue(
+    return _encrypted_queue(
         scope,
         construct_id,
-        queue_name=name,
-        encryption=sqs.QueueEncryption.KMS,
-        encryption_master_key=key_,
-        enforce_ssl=True,
+        name,
+        key_,
         visibility_timeout=cdk.Duration.minutes(15),
         retention_period=cdk.Duration.days(retention.message_days),
         dead_letter_queue=sqs.DeadLetterQueue(max_receive_count=max_receives, queue=dlq),
