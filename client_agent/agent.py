@@ -34,7 +34,7 @@ class Outcome(Enum):
     SERVED = "served"  # update written, message deleted
     ALREADY_SERVED = "already_served"  # the item existed (a redelivered message), message deleted
     RUN_ENDED = "run_ended"
-    DISCARDED = "discarded"  # malformed message, deleted with an error log
+    REJECTED = "rejected"  # malformed message, released towards the dead-letter queue
     KEPT = "kept"  # failed; the message stays and comes back
 
 
@@ -90,9 +90,13 @@ class Agent:
         try:
             parsed = parse_message(json.loads(message["Body"]))
         except (InvalidMessage, ValueError) as exc:
-            log.error("discarding a malformed message %s: %s", message.get("MessageId"), exc)
-            self._delete(message)
-            return Outcome.DISCARDED
+            # Not deleted: released at once, so after the queue's maxReceiveCount SQS moves it to the
+            # client's dead-letter queue, where an operator can inspect it.
+            log.error("malformed message %s goes to the dead-letter queue: %s", message.get("MessageId"), exc)
+            self.sqs.change_message_visibility(
+                QueueUrl=self.config.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+            )
+            return Outcome.REJECTED
         if isinstance(parsed, RunEndedMessage):
             log.info("run %s ended (%s) after %d rounds", parsed.run_id, parsed.reason, parsed.rounds_completed)
             self._delete(message)

@@ -303,3 +303,15 @@ def test_an_agent_with_a_role_arn_works_with_the_roles_credentials(cloud, tmp_pa
     serve(a)
     serve(agent(cloud, "client-2", tmp_path))
     assert wait_for_execution(cloud, run.execution_arn)["status"] == "SUCCEEDED"
+
+
+def test_a_malformed_message_ends_in_the_clients_dead_letter_queue(cloud, tmp_path):
+    sqs = cloud.client("sqs")
+    queue = cloud.outputs.queues["client-1"]
+    sqs.send_message(QueueUrl=queue, MessageBody=json.dumps({"schema": 1, "type": "round", "round": "one"}))
+    a = agent(cloud, "client-1", tmp_path)
+    outcomes = [a.poll_once() for _ in range(7)]
+    assert outcomes[:5] == [Outcome.REJECTED] * 5 and outcomes[5:] == [None, None]
+    dlq = sqs.get_queue_url(QueueName="fedstep-client-1-dlq")["QueueUrl"]
+    [dead] = sqs.receive_message(QueueUrl=dlq, WaitTimeSeconds=1)["Messages"]
+    assert json.loads(dead["Body"])["round"] == "one"
