@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from fedstep import SCHEMA_VERSION, keys, strategies, tensors
-from fedstep.errors import InvalidUpdate
+from fedstep.errors import FedstepError, InvalidUpdate
 from fedstep.schemas import InvalidMessage, ObjectRef, Rejection, RoundSummary, RunRecord, UpdateItem
 from fedstep.strategies import ClientUpdate
 
@@ -123,6 +123,10 @@ def _weighted_metrics(items: list[UpdateItem]) -> dict[str, float]:
     return out
 
 
+class QuorumNotMet(FedstepError):
+    """Fewer valid updates than the run's quorum; the class name is the Step Functions error name."""
+
+
 def try_complete_round(
     run_id: str,
     round_number: int,
@@ -132,10 +136,9 @@ def try_complete_round(
     reporter: Reporter,
     max_update_bytes: int = tensors.DEFAULT_MAX_BYTES,
 ) -> RoundSummary | None:
-    """Aggregate round `round_number` of `run_id` if every client has reported and nobody did it yet.
-
-    Returns the summary when this call wrote it, else None (still waiting, or already done).
-    """
+    """Aggregate round `round_number` of `run_id` once every client has reported, and report it to the
+    round's task token. Returns the summary when this call wrote it, else None (still waiting, or
+    already done)."""
     existing = table.get_round(run_id, round_number)
     if existing is not None:
         if existing.get("status") == "aggregated" and existing.get("task_token"):
@@ -152,9 +155,59 @@ def try_complete_round(
     if waiting_for or intake.task_token is None:
         log.info("round %s/%d: waiting for %s", run_id, round_number, ", ".join(waiting_for))
         return None
+    try:
+        summary = _aggregate(run, round_number, intake, store, max_update_bytes, at_deadline=False)
+    except QuorumNotMet as exc:
+        reporter.fail(intake.task_token, "QuorumNotMet", str(exc))
+        return None
+    if not table.put_round_once({**summary.to_item(), "status": "aggregated", "task_token": intake.task_token}):
+        return None  # a concurrent invocation won; it reports
+    reporter.succeed(intake.task_token, _output(table, summary))
+    table.mark_reported(run_id, round_number)
+    return summary
 
+
+def complete_round_at_deadline(
+    run_id: str,
+    round_number: int,
+    *,
+    store: ModelStore,
+    table: RoundTable,
+    max_update_bytes: int = tensors.DEFAULT_MAX_BYTES,
+) -> dict[str, Any]:
+    """The round's deadline passed (its task timed out): aggregate the valid updates that arrived if
+    they meet the run's quorum, else raise QuorumNotMet. Returns the task output directly (the
+    timed-out token can no longer be used). If the round was completed meanwhile, returns that."""
+    existing = table.get_round(run_id, round_number)
+    if existing is not None:
+        return _output(table, RoundSummary.parse(existing))
+    run = table.get_run(run_id)
+    if run is None:
+        raise FedstepError(f"run {run_id} has no run record")
+    intake = _sort_items(run, round_number, table.list_updates(run_id, round_number))
+    summary = _aggregate(run, round_number, intake, store, max_update_bytes, at_deadline=True)
+    if not table.put_round_once({**summary.to_item(), "status": "reported"}):
+        return _output(table, RoundSummary.parse(table.get_round(run_id, round_number) or {}))
+    return _output(table, summary)
+
+
+def _aggregate(
+    run: RunRecord, round_number: int, intake: _Intake, store: ModelStore, max_update_bytes: int, at_deadline: bool
+) -> RoundSummary:
+    """Validate and aggregate the intake's updates; write the new global model; raise QuorumNotMet if
+    fewer valid updates than the quorum remain."""
+    when = f"by the deadline of round {round_number}" if at_deadline else f"in round {round_number}"
+
+    def quorum_not_met(valid: int) -> QuorumNotMet:
+        reasons = "".join(f"; {r.client_id}: {r.reason}" for r in intake.rejected)
+        return QuorumNotMet(
+            f"{valid} of {len(run.clients)} updates {when} (quorum {run.quorum}) in run {run.run_id}{reasons}"
+        )
+
+    if len(intake.items) < run.quorum:
+        raise quorum_not_met(len(intake.items))
     started = time.time()
-    global_weights = tensors.decode(store.get(keys.global_key(run_id, round_number - 1)))
+    global_weights = tensors.decode(store.get(keys.global_key(run.run_id, round_number - 1)))
     spec = tensors.TensorSpec.of(global_weights)
     accepted: list[UpdateItem] = []
 
@@ -172,26 +225,20 @@ def try_complete_round(
             accepted.append(item)
             yield ClientUpdate(item.client_id, item.num_examples, weights)
 
-    strategy = strategies.get(run.strategy)
     try:
-        new_weights = strategy.aggregate(global_weights, validated_updates())
+        new_weights = strategies.get(run.strategy).aggregate(global_weights, validated_updates())
     except ValueError:
-        reasons = "; ".join(f"{r.client_id}: {r.reason}" for r in intake.rejected)
-        reporter.fail(
-            intake.task_token,
-            "NoValidUpdates",
-            f"round {round_number} of run {run_id}: no update passed validation ({reasons})",
-        )
-        return None
+        raise quorum_not_met(0) from None
+    if len(accepted) < run.quorum:
+        raise quorum_not_met(len(accepted))
     data = tensors.encode(
-        new_weights,
-        {"schema": SCHEMA_VERSION, "run_id": run_id, "round": round_number, "kind": "global"},
+        new_weights, {"schema": SCHEMA_VERSION, "run_id": run.run_id, "round": round_number, "kind": "global"}
     )
-    global_ref = ObjectRef(keys.global_key(run_id, round_number), tensors.sha256_hex(data), len(data))
+    global_ref = ObjectRef(keys.global_key(run.run_id, round_number), tensors.sha256_hex(data), len(data))
     store.put(global_ref.key, data)
     now = time.time()
-    summary = RoundSummary(
-        run_id=run_id,
+    return RoundSummary(
+        run_id=run.run_id,
         round=round_number,
         participants=[i.client_id for i in accepted],
         num_examples=sum(i.num_examples for i in accepted),
@@ -202,12 +249,6 @@ def try_complete_round(
         aggregation_s=round(now - started, 3),
         completed_at=utc_now(),
     )
-    item = {**summary.to_item(), "status": "aggregated", "task_token": intake.task_token}
-    if not table.put_round_once(item):
-        return None  # a concurrent invocation won; it reports
-    reporter.succeed(intake.task_token, _output(table, summary))
-    table.mark_reported(run_id, round_number)
-    return summary
 
 
 def _output(table: RoundTable, summary: RoundSummary) -> dict[str, Any]:

@@ -284,6 +284,8 @@ class RunRecord:
     training: TrainingConfig
     strategy: str
     created_at: str
+    quorum: int = 1
+    """The fewest valid updates a round may be aggregated from (at its deadline, or after rejections)."""
 
     def to_item(self) -> dict[str, Any]:
         return {**keys.run_item_key(self.run_id), "schema": SCHEMA_VERSION, "kind": "run", **asdict(self)}
@@ -300,4 +302,5 @@ class RunRecord:
             training=TrainingConfig.parse(_get(data, "training", dict, where)),
             strategy=_get(data, "strategy", str, where),
             created_at=_get(data, "created_at", str, where),
+            quorum=_positive_int(data, "quorum", where) if "quorum" in data else 1,
         )

@@ -9,7 +9,6 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as sources
 from aws_cdk import aws_s3 as s3
-from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 from fedstep import keys
@@ -28,7 +27,6 @@ class Aggregation(Construct):
         bucket: s3.IBucket,
         table: dynamodb.ITable,
         key: kms.IKey,
-        machine: sfn.IStateMachine,
     ) -> None:
         super().__init__(scope, construct_id)
         log_group = secure.log_group(self, "Logs", config.retention)
@@ -65,7 +63,21 @@ class Aggregation(Construct):
                 sid="UseStackKey", actions=["kms:Decrypt", "kms:GenerateDataKey"], resources=[key.key_arn]
             )
         )
-        machine.grant_task_response(role)
+        # The state machine invokes this function at a round's deadline, so it is named here by its
+        # fixed name rather than referenced (a reference both ways would be a dependency cycle).
+        machine_arn = cdk.Stack.of(self).format_arn(
+            service="states",
+            resource="stateMachine",
+            resource_name=config.state_machine_name,
+            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="CompleteRoundTasks",
+                actions=["states:SendTaskSuccess", "states:SendTaskFailure", "states:SendTaskHeartbeat"],
+                resources=[machine_arn],
+            )
+        )
 
         self.failures = secure.dead_letter_queue(self, "StreamFailures", f"{config.project}-aggregation-failures", key)
         self.function = lambda_.Function(

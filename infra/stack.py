@@ -55,12 +55,15 @@ class FedstepStack(cdk.Stack):
                 description=f"IAM role of {client.id}",
             )
 
+        aggregation = Aggregation(self, "Aggregation", config=config, bucket=bucket, table=table, key=key)
+        cdk.Tags.of(aggregation).add("component", "aggregation")
+
         machine_logs = secure.log_group(self, "TrainingLogs", retention)
         machine = sfn.StateMachine(
             self,
             "FederatedTraining",
             state_machine_name=config.state_machine_name,
-            definition_body=sfn.DefinitionBody.from_chainable(training_definition(self, topic)),
+            definition_body=sfn.DefinitionBody.from_chainable(training_definition(self, topic, aggregation.function)),
             tracing_enabled=True,
             logs=sfn.LogOptions(destination=machine_logs, level=sfn.LogLevel.ALL, include_execution_data=True),
         )
@@ -72,13 +75,13 @@ class FedstepStack(cdk.Stack):
             "AwsSolutions-IAM5[Resource::*]",
             "X-Ray tracing and CloudWatch Logs delivery actions do not support resource-level permissions.",
         )
+        secure.acknowledge(
+            machine.role,
+            f"AwsSolutions-IAM5[Resource::<{secure.logical_id(aggregation.function)}.Arn>:*]",
+            "CDK's LambdaInvoke grant covers the aggregation function's versions and aliases (ARN:*), nothing else.",
+        )
         for construct in (machine, machine_logs):
             cdk.Tags.of(construct).add("component", "orchestration")
-
-        aggregation = Aggregation(
-            self, "Aggregation", config=config, bucket=bucket, table=table, key=key, machine=machine
-        )
-        cdk.Tags.of(aggregation).add("component", "aggregation")
 
         cdk.CfnOutput(self, "BucketName", value=bucket.bucket_name)
         cdk.CfnOutput(self, "TableName", value=table.table_name)

@@ -8,10 +8,15 @@ Execution input (written by `fedstep start`):
 Prepare round -> Notify clients and wait for updates (SNS publish with a task token; the aggregation
 function completes the task) -> Round aggregated -> More rounds? -> loop, or Notify clients: run ended
 -> Training finished (output: run id, stop reason, final global model, per-round history).
+
+At the round's deadline (the task's TimeoutSecondsPath) -> Aggregate at deadline (the aggregation
+function, invoked directly: it aggregates what arrived if the quorum is met) -> Round aggregated.
+Fewer valid updates than the quorum -> Training failed, error QuorumNotMet with the counts as cause.
 """
 
 from __future__ import annotations
 
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
@@ -27,7 +32,7 @@ def _carry(**overrides: str) -> dict[str, str]:
     return fields
 
 
-def training_definition(scope: Construct, topic: sns.ITopic) -> sfn.IChainable:
+def training_definition(scope: Construct, topic: sns.ITopic, aggregate: lambda_.IFunction) -> sfn.IChainable:
     prepare = sfn.Pass(scope, "Prepare round", parameters=_carry(round="States.MathAdd($.round, 1)"))
     notify = tasks.SnsPublish(
         scope,
@@ -57,6 +62,29 @@ def training_definition(scope: Construct, topic: sns.ITopic) -> sfn.IChainable:
         "Round aggregated",
         parameters=_carry(global_model="$.result.global_model", history="$.result.history"),
     )
+    at_deadline = tasks.LambdaInvoke(
+        scope,
+        "Aggregate at deadline",
+        lambda_function=aggregate,
+        payload=sfn.TaskInput.from_object(
+            {
+                "mode": "deadline",
+                "run_id": sfn.JsonPath.string_at("$.run.run_id"),
+                "round": sfn.JsonPath.number_at("$.round"),
+            }
+        ),
+        result_selector={
+            "summary.$": "$.Payload.summary",
+            "global_model.$": "$.Payload.global_model",
+            "history.$": "$.Payload.history",
+        },
+        result_path="$.result",
+    )
+    failed = sfn.Fail(scope, "Training failed", error_path="$.failure.Error", cause_path="$.failure.Cause")
+    notify.add_catch(at_deadline, errors=["States.Timeout"], result_path="$.timeout")
+    notify.add_catch(failed, errors=["QuorumNotMet"], result_path="$.failure")
+    at_deadline.add_catch(failed, errors=["QuorumNotMet"], result_path="$.failure")
+    at_deadline.next(aggregated)
     run_ended = tasks.SnsPublish(
         scope,
         "Notify clients: run ended",

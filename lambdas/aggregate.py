@@ -15,7 +15,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from fedstep import aws, keys
-from fedstep.rounds import try_complete_round
+from fedstep.rounds import complete_round_at_deadline, try_complete_round
 
 logger = Logger(service="fedstep-aggregate")
 
@@ -46,9 +46,16 @@ def _services(bucket: str, table: str, endpoint: str | None) -> tuple[Any, Any, 
     )
 
 
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Stream batches of update items, or the state machine's call at a round's deadline."""
+    if isinstance(event, dict) and event.get("mode") == "deadline":
+        return deadline_handler(event, context)
+    return stream_handler(event, context)
+
+
 @logger.inject_lambda_context
 @event_source(data_class=DynamoDBStreamEvent)
-def handler(event: DynamoDBStreamEvent, context: LambdaContext) -> dict[str, Any]:
+def stream_handler(event: DynamoDBStreamEvent, context: LambdaContext) -> dict[str, Any]:
     store, table, reporter = _services(
         os.environ["BUCKET_NAME"], os.environ["TABLE_NAME"], os.environ.get("AWS_ENDPOINT_URL")
     )
@@ -59,3 +66,16 @@ def handler(event: DynamoDBStreamEvent, context: LambdaContext) -> dict[str, Any
             logger.info("round aggregated", extra=summary.brief() | {"run_id": run_id})
             completed.append({"run_id": run_id, "round": round_number})
     return {"completed": completed}
+
+
+@logger.inject_lambda_context
+def deadline_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """{"mode": "deadline", "run_id", "round"} -> the round's task output; raises QuorumNotMet."""
+    try:
+        run_id, round_number = keys.check_id("run id", event["run_id"]), int(event["round"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"deadline event needs run_id and round: {exc}") from None
+    store, table, _ = _services(os.environ["BUCKET_NAME"], os.environ["TABLE_NAME"], os.environ.get("AWS_ENDPOINT_URL"))
+    output = complete_round_at_deadline(run_id, round_number, store=store, table=table)
+    logger.info("round aggregated at its deadline", extra={"run_id": run_id, "round": round_number})
+    return output

@@ -67,11 +67,11 @@ def agent(cloud, client_id, tmp_path, trainer=None):
     return Agent(config, trainer or ShiftTrainer(*SHIFTS[client_id]))
 
 
-def start(cloud, rounds):
+def start(cloud, rounds, round_timeout_s=120, quorum=None):
     return start_run(
         b"an architecture file the server never reads",
         INITIAL,
-        RunSettings(rounds=rounds, round_timeout_s=120),
+        RunSettings(rounds=rounds, round_timeout_s=round_timeout_s, quorum=quorum),
         cloud.outputs,
         s3=cloud.client("s3"),
         dynamodb=cloud.client("dynamodb"),
@@ -315,3 +315,31 @@ def test_a_malformed_message_ends_in_the_clients_dead_letter_queue(cloud, tmp_pa
     dlq = sqs.get_queue_url(QueueName="fedstep-client-1-dlq")["QueueUrl"]
     [dead] = sqs.receive_message(QueueUrl=dlq, WaitTimeSeconds=1)["Messages"]
     assert json.loads(dead["Body"])["round"] == "one"
+
+
+def test_a_straggler_past_the_deadline_does_not_stop_the_run_and_its_late_update_is_ignored(cloud, tmp_path):
+    run = start(cloud, rounds=1, round_timeout_s=3, quorum=1)
+    serve(agent(cloud, "client-1", tmp_path))  # client-2 is late
+    desc = wait_for_execution(cloud, run.execution_arn, timeout_s=60)
+    assert desc["status"] == "SUCCEEDED", desc.get("error")
+    [entry] = json.loads(desc["output"])["history"]
+    assert entry["participants"] == 1 and entry["num_examples"] == 10
+    store = S3ModelStore(cloud.outputs.bucket, cloud.client("s3"))
+    model = store.get(keys.global_key(run.run_id, 1))
+    np.testing.assert_allclose(tensors.decode(model)["001/d/bias"], 1.0)  # client-1's shift alone
+    late = agent(cloud, "client-2", tmp_path)
+    serve(late)  # it still serves the round message it finds...
+    assert store.get(keys.global_key(run.run_id, 1)) == model  # ...but the aggregate does not change
+    names = [
+        e["type"] for e in cloud.client("stepfunctions").get_execution_history(executionArn=run.execution_arn)["events"]
+    ]
+    assert "TaskTimedOut" in names
+
+
+def test_a_round_below_its_quorum_at_the_deadline_fails_the_run_with_a_named_error(cloud, tmp_path):
+    run = start(cloud, rounds=3, round_timeout_s=3, quorum=2)
+    serve(agent(cloud, "client-1", tmp_path))  # only one of the two clients reports
+    desc = wait_for_execution(cloud, run.execution_arn, timeout_s=60)
+    assert desc["status"] == "FAILED"
+    assert desc["error"] == "QuorumNotMet"
+    assert "1 of 2 updates by the deadline of round 1 (quorum 2)" in desc["cause"]

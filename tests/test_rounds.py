@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fedstep import keys, tensors
-from fedstep.rounds import try_complete_round, update_metadata
+from fedstep.rounds import QuorumNotMet, complete_round_at_deadline, try_complete_round, update_metadata
 from fedstep.schemas import ObjectRef, RunRecord, TrainingConfig, UpdateItem
 
 RUN = "run-1"
@@ -86,8 +86,12 @@ class RecordingReporter:
 
 @pytest.fixture
 def world():
+    return make_world(quorum=1)
+
+
+def make_world(quorum: int, clients=("a", "b")):
     store, reporter = MemoryStore(), RecordingReporter()
-    run = RunRecord(RUN, ["a", "b"], 3, TrainingConfig(), "fedavg", "2026-11-21T00:00:00+00:00")
+    run = RunRecord(RUN, list(clients), 3, TrainingConfig(), "fedavg", "2026-11-21T00:00:00+00:00", quorum)
     table = MemoryTable(run)
     store.put(keys.global_key(RUN, 0), tensors.encode(GLOBAL))
     return store, table, reporter
@@ -175,7 +179,7 @@ def test_a_round_with_no_valid_update_fails_with_a_named_error(world):
         report(store, table, client, 0.0, 5, weights={"wrong": np.zeros(1, np.float32)})
     assert complete(store, table, reporter) is None
     [(_, error, cause)] = reporter.failures
-    assert error == "NoValidUpdates" and "names differ" in cause
+    assert error == "QuorumNotMet" and cause.startswith("0 of 2 updates in round 1") and "names differ" in cause
 
 
 def test_an_update_carrying_another_token_is_not_counted(world):
@@ -215,3 +219,46 @@ def test_an_item_claiming_another_client_is_rejected_by_the_file_metadata(world)
     assert summary.participants == ["a"]
     [rejection] = summary.rejected
     assert rejection.client_id == "b" and "metadata differs" in rejection.reason
+
+
+def at_deadline(store, table, round_number=1):
+    return complete_round_at_deadline(RUN, round_number, store=store, table=table)
+
+
+def test_at_the_deadline_the_updates_that_arrived_are_aggregated_when_the_quorum_is_met():
+    store, table, reporter = make_world(quorum=2, clients=("a", "b", "c"))
+    report(store, table, "a", 1.0, 10)
+    report(store, table, "b", 4.0, 30)
+    assert complete(store, table, reporter) is None  # c is missing: the round waits for its deadline
+    output = at_deadline(store, table)
+    assert output["summary"]["participants"] == ["a", "b"]
+    np.testing.assert_allclose(tensors.decode(store.get(keys.global_key(RUN, 1)))["001/d/bias"], 3.25)
+    assert reporter.successes == []  # the timed-out token is not used: the output goes back directly
+
+
+def test_at_the_deadline_below_the_quorum_the_round_fails_with_a_named_error():
+    store, table, _ = make_world(quorum=2, clients=("a", "b", "c"))
+    report(store, table, "a", 1.0, 10)
+    with pytest.raises(QuorumNotMet, match=r"^1 of 3 updates by the deadline of round 1 \(quorum 2\)"):
+        at_deadline(store, table)
+    assert table.get_round(RUN, 1) is None and keys.global_key(RUN, 1) not in store.objects
+
+
+def test_a_late_update_after_the_deadline_changes_nothing():
+    store, table, reporter = make_world(quorum=1)
+    report(store, table, "a", 1.0, 10)
+    first = at_deadline(store, table)
+    model = store.get(keys.global_key(RUN, 1))
+    report(store, table, "b", 9.0, 30)  # the straggler arrives after the deadline aggregation
+    assert complete(store, table, reporter) is None and reporter.successes == []
+    assert store.get(keys.global_key(RUN, 1)) == model
+    assert at_deadline(store, table)["summary"] == first["summary"]
+
+
+def test_rejections_that_leave_fewer_valid_updates_than_the_quorum_fail_the_round():
+    store, table, reporter = make_world(quorum=2)
+    report(store, table, "a", 1.0, 10)
+    report(store, table, "b", 0.0, 30, weights={k: np.full(v.shape, np.inf, np.float32) for k, v in GLOBAL.items()})
+    assert complete(store, table, reporter) is None
+    [(_, error, cause)] = reporter.failures
+    assert error == "QuorumNotMet" and "1 of 2 updates in round 1" in cause and "non-finite" in cause

@@ -20,7 +20,7 @@ from fedstep.stack import StackOutputs
 @dataclass(frozen=True)
 class RunSettings:
     """How a run trains. Defaults: 5 rounds, 1 local epoch, batch 32, learning rate 0.1, FedAvg,
-    a 1-hour round deadline."""
+    a 1-hour round deadline, a quorum of half the clients (rounded up)."""
 
     rounds: int = 5
     epochs: int = 1
@@ -28,10 +28,14 @@ class RunSettings:
     learning_rate: float = 0.1
     strategy: str = "fedavg"
     round_timeout_s: int = 3600
+    quorum: int | None = None
+    """Fewest valid updates a round may be aggregated from; default: half the clients, rounded up."""
 
     def validated(self) -> RunSettings:
         if self.rounds < 1:
             raise FedstepError(f"rounds must be >= 1, got {self.rounds}")
+        if self.quorum is not None and self.quorum < 1:
+            raise FedstepError(f"quorum must be >= 1, got {self.quorum}")
         if not 1 <= self.round_timeout_s <= 31_536_000:
             raise FedstepError(f"round_timeout_s must be 1 s to 1 year, got {self.round_timeout_s}")
         try:
@@ -96,6 +100,9 @@ def start_run(
     clients = sorted(outputs.queues)
     if not clients:
         raise FedstepError("the stack has no clients; add them to the deployment config and deploy")
+    quorum = settings.quorum or (len(clients) + 1) // 2
+    if quorum > len(clients):
+        raise FedstepError(f"quorum {quorum} is more than the {len(clients)} clients of the stack")
     store = S3ModelStore(outputs.bucket, s3)
     weights = tensors.encode(
         initial_weights, {"schema": SCHEMA_VERSION, "run_id": run_id, "round": 0, "kind": "global"}
@@ -109,6 +116,7 @@ def start_run(
         training=settings.training(),
         strategy=settings.strategy,
         created_at=utc_now(),
+        quorum=quorum,
     )
     if not DynamoRoundTable(outputs.table, dynamodb).put_once(record.to_item()):
         raise FedstepError(f"run {run_id} exists already; choose another run id")
