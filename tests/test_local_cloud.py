@@ -343,3 +343,73 @@ def test_a_round_below_its_quorum_at_the_deadline_fails_the_run_with_a_named_err
     assert desc["status"] == "FAILED"
     assert desc["error"] == "QuorumNotMet"
     assert "1 of 2 updates by the deadline of round 1 (quorum 2)" in desc["cause"]
+
+
+def _bad_files() -> dict[str, tuple[bytes, str]]:
+    import pickle
+
+    wrong_shapes = {"000/d/kernel": np.zeros((3, 4), np.float32), "001/d/bias": np.zeros(3, np.float32)}
+    nan = {k: np.full(v.shape, np.nan, np.float32) for k, v in INITIAL.items()}
+    return {
+        "corrupt file": (b"\x00\x01not a model" * 10, "not a safetensors file"),
+        "wrong shapes": (tensors.encode(wrong_shapes), "has shape (3, 4), expected (4, 3)"),
+        "NaN values": (tensors.encode(nan), "non-finite"),
+        "pickle payload": (
+            pickle.dumps({"000/d/kernel": INITIAL["000/d/kernel"]}),
+            "not a safetensors file",
+        ),  # pickle-attack
+    }
+
+
+@pytest.mark.parametrize("fault", list(_bad_files()))
+def test_a_bad_update_is_rejected_and_the_model_equals_a_run_without_it(cloud, tmp_path, fault):
+    from fedstep.rounds import utc_now
+    from fedstep.schemas import ObjectRef, UpdateItem, parse_message
+
+    data, reason = _bad_files()[fault]
+    run = start(cloud, rounds=1, quorum=1)
+    serve(agent(cloud, "client-1", tmp_path))
+    message = parse_message(json.loads(receive(cloud, "client-2")["Body"]))
+    key = keys.update_key(run.run_id, 1, "client-2")
+    cloud.client("s3").put_object(Bucket=cloud.outputs.bucket, Key=key, Body=data)
+    item = UpdateItem(
+        run.run_id,
+        1,
+        "client-2",
+        30,
+        ObjectRef(key, tensors.sha256_hex(data), len(data)),
+        {},
+        message.task_token,
+        message.issued_at,
+        utc_now(),
+    )
+    DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb")).put_once(item.to_item())
+    gaps.wait_for_stream_batches()
+    desc = wait_for_execution(cloud, run.execution_arn)
+    assert desc["status"] == "SUCCEEDED"
+    summary = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb")).get_round(run.run_id, 1)
+    assert summary["participants"] == ["client-1"]
+    [rejection] = summary["rejected"]
+    assert rejection["client_id"] == "client-2" and reason in rejection["reason"]
+    final = tensors.decode(S3ModelStore(cloud.outputs.bucket, cloud.client("s3")).get(keys.global_key(run.run_id, 1)))
+    for name in INITIAL:
+        np.testing.assert_allclose(final[name], 1.0)  # exactly client-1's update: the fault-free result
+
+
+def test_an_update_for_a_finished_round_changes_nothing(cloud, tmp_path):
+    run = start(cloud, rounds=2)
+    agents = [agent(cloud, c, tmp_path) for c in SHIFTS]
+    for a in agents:
+        serve(a)  # round 1 completes
+    store = S3ModelStore(cloud.outputs.bucket, cloud.client("s3"))
+    round_1 = store.get(keys.global_key(run.run_id, 1))
+    table = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb"))
+    stale = table.list_updates(run.run_id, 1)[0]
+    table.ddb.delete_item(TableName=table.name, Key=to_attributes(keys.update_item_key(run.run_id, 1, "client-1")))
+    table.put_once(stale)  # the same round-1 report arriving again, late
+    gaps.wait_for_stream_batches()
+    assert store.get(keys.global_key(run.run_id, 1)) == round_1
+    for a in agents:
+        serve(a)
+    assert wait_for_execution(cloud, run.execution_arn)["status"] == "SUCCEEDED"
+    assert len(table.list_rounds(run.run_id)) == 2
