@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -93,16 +96,20 @@ class Agent:
             # Not deleted: released at once, so after the queue's maxReceiveCount SQS moves it to the
             # client's dead-letter queue, where an operator can inspect it.
             log.error("malformed message %s goes to the dead-letter queue: %s", message.get("MessageId"), exc)
-            self.sqs.change_message_visibility(
-                QueueUrl=self.config.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
-            )
+            self._release(message)
             return Outcome.REJECTED
         if isinstance(parsed, RunEndedMessage):
             log.info("run %s ended (%s) after %d rounds", parsed.run_id, parsed.reason, parsed.rounds_completed)
             self._delete(message)
             return Outcome.RUN_ENDED
         try:
-            outcome = self.serve_round(parsed)
+            with self._kept_invisible(message):
+                outcome = self.serve_round(parsed)
+        except (KeyboardInterrupt, SystemExit):
+            # Stopped (SIGTERM, Ctrl-C) mid-round: abandon the round and release the message at once,
+            # so this agent's next start (or nobody, until the deadline) serves it.
+            self._release(message)
+            raise
         except (FedstepError, ClientError, BotoCoreError, OSError) as exc:
             log.error(
                 "round %d of run %s failed, the message stays queued and comes back: %s",
@@ -113,6 +120,40 @@ class Agent:
             return Outcome.KEPT
         self._delete(message)
         return outcome
+
+    @contextmanager
+    def _kept_invisible(self, message: dict[str, Any]) -> Iterator[None]:
+        """While a round is served, extend the message's visibility every `visibility_extend_s`
+        so that long local training never lets SQS hand the message out again."""
+        stop = threading.Event()
+        every = self.config.visibility_extend_s
+
+        def extend() -> None:
+            while not stop.wait(every):
+                try:
+                    self.sqs.change_message_visibility(
+                        QueueUrl=self.config.queue_url,
+                        ReceiptHandle=message["ReceiptHandle"],
+                        VisibilityTimeout=every * 3,
+                    )
+                except (ClientError, BotoCoreError) as exc:
+                    log.warning("could not extend the message's visibility: %s", exc)
+
+        thread = threading.Thread(target=extend, name="visibility", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
+    def _release(self, message: dict[str, Any]) -> None:
+        try:
+            self.sqs.change_message_visibility(
+                QueueUrl=self.config.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+            )
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("could not release the message (it returns after its visibility timeout): %s", exc)
 
     def _delete(self, message: dict[str, Any]) -> None:
         self.sqs.delete_message(QueueUrl=self.config.queue_url, ReceiptHandle=message["ReceiptHandle"])

@@ -44,6 +44,8 @@ class AgentConfig:
     partition: str | None = None
     poll_wait_s: int = 20
     """Long-poll wait per receive call, seconds (SQS allows 0-20)."""
+    visibility_extend_s: int = 300
+    """While training, extend the round message's visibility this often (to 3x this), seconds."""
     cache_dir: str = ""
     """Where downloaded architectures are kept; default ~/.cache/fedstep."""
 
@@ -58,6 +60,8 @@ class AgentConfig:
             raise FedstepError(str(exc)) from None
         if not 0 <= self.poll_wait_s <= 20:
             raise FedstepError(f"poll_wait_s must be 0-20 seconds, got {self.poll_wait_s}")
+        if not 1 <= self.visibility_extend_s <= 14_400:
+            raise FedstepError(f"visibility_extend_s must be 1-14400 seconds, got {self.visibility_extend_s}")
         return self
 
 

@@ -413,3 +413,49 @@ def test_an_update_for_a_finished_round_changes_nothing(cloud, tmp_path):
         serve(a)
     assert wait_for_execution(cloud, run.execution_arn)["status"] == "SUCCEEDED"
     assert len(table.list_rounds(run.run_id)) == 2
+
+
+class SlowTrainer(ShiftTrainer):
+    def fit(self, architecture, weights, training):
+        time.sleep(4)
+        return super().fit(architecture, weights, training)
+
+
+def test_a_message_stays_invisible_while_a_long_round_trains(cloud, tmp_path):
+    from dataclasses import replace as dc_replace
+
+    start(cloud, rounds=1)
+    slow = agent(cloud, "client-1", tmp_path, SlowTrainer(*SHIFTS["client-1"]))
+    slow.config = dc_replace(slow.config, visibility_extend_s=1)
+    message = receive(cloud, "client-1")
+    sqs = cloud.client("sqs")
+    sqs.change_message_visibility(
+        QueueUrl=cloud.outputs.queues["client-1"], ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=2
+    )
+    import threading
+
+    seen_meanwhile = []
+
+    def another_consumer():
+        time.sleep(2.5)  # past the original 2 s visibility timeout, while training still runs
+        resp = sqs.receive_message(QueueUrl=cloud.outputs.queues["client-1"], WaitTimeSeconds=1)
+        seen_meanwhile.extend(resp.get("Messages", []))
+
+    thread = threading.Thread(target=another_consumer)
+    thread.start()
+    assert slow.handle(message) is Outcome.SERVED
+    thread.join()
+    assert seen_meanwhile == []
+
+
+def test_a_stopped_agent_releases_its_round_message_at_once(cloud, tmp_path):
+    class Interrupted(ShiftTrainer):
+        def fit(self, architecture, weights, training):
+            raise SystemExit(143)  # what SIGTERM does in the agent's CLI
+
+    start(cloud, rounds=1)
+    message = receive(cloud, "client-1")
+    with pytest.raises(SystemExit):
+        agent(cloud, "client-1", tmp_path, Interrupted(1.0, 1)).handle(message)
+    again = receive(cloud, "client-1")  # available immediately, not after 15 minutes
+    assert again["MessageId"] == message["MessageId"]
