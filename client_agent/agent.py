@@ -110,12 +110,14 @@ class Agent:
             # so this agent's next start (or nobody, until the deadline) serves it.
             self._release(message)
             raise
-        except (FedstepError, ClientError, BotoCoreError, OSError) as exc:
+        except Exception as exc:  # a failed round must not stop the agent; the message comes back
+            detail = str(exc) if isinstance(exc, (FedstepError, ClientError, BotoCoreError)) else repr(exc)
             log.error(
                 "round %d of run %s failed, the message stays queued and comes back: %s",
                 parsed.round,
                 parsed.run_id,
-                exc,
+                detail,
+                exc_info=log.isEnabledFor(logging.DEBUG),
             )
             return Outcome.KEPT
         self._delete(message)

@@ -105,6 +105,7 @@ class Aggregation(Construct):
                 batch_size=100,
                 retry_attempts=5,
                 bisect_batch_on_error=True,
+                report_batch_item_failures=True,
                 on_failure=sources.SqsDlq(self.failures),
                 filters=[
                     lambda_.FilterCriteria.filter(

@@ -10,30 +10,32 @@ import os
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.utilities.data_classes import DynamoDBStreamEvent, event_source
-from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecordEventName
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import (
+    DynamoDBRecord,
+    DynamoDBRecordEventName,
+)
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from fedstep import aws, keys
 from fedstep.rounds import complete_round_at_deadline, try_complete_round
 
 logger = Logger(service="fedstep-aggregate")
+_processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
 
 
-def rounds_touched(event: DynamoDBStreamEvent) -> list[tuple[str, int]]:
-    """(run id, round) of every newly inserted update item in the batch, each once, in order."""
-    touched: set[tuple[str, int]] = set()
-    for record in event.records:
-        image = record.dynamodb.new_image if record.dynamodb else None
-        if record.event_name is not DynamoDBRecordEventName.INSERT or not image:
-            continue
-        if not str(image.get(keys.SK, "")).startswith(keys.UPDATE_PREFIX):
-            continue
-        try:
-            touched.add((str(image["run_id"]), int(image["round"])))
-        except (KeyError, TypeError, ValueError):
-            logger.warning("update item without a valid run_id/round ignored", extra={"sk": image.get(keys.SK)})
-    return sorted(touched)
+def round_of(record: DynamoDBRecord) -> tuple[str, int] | None:
+    """(run id, round) of a newly inserted update item; None for any other record."""
+    image = record.dynamodb.new_image if record.dynamodb else None
+    if record.event_name is not DynamoDBRecordEventName.INSERT or not image:
+        return None
+    if not str(image.get(keys.SK, "")).startswith(keys.UPDATE_PREFIX):
+        return None
+    try:
+        return str(image["run_id"]), int(image["round"])
+    except (KeyError, TypeError, ValueError):
+        logger.warning("update item without a valid run_id/round ignored", extra={"sk": image.get(keys.SK)})
+        return None
 
 
 @functools.cache
@@ -53,19 +55,27 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return stream_handler(event, context)
 
 
-@logger.inject_lambda_context
-@event_source(data_class=DynamoDBStreamEvent)
-def stream_handler(event: DynamoDBStreamEvent, context: LambdaContext) -> dict[str, Any]:
+def complete_round_of(record: DynamoDBRecord) -> None:
+    """One stream record: if it is an update item, complete its round if that round is ready."""
+    touched = round_of(record)
+    if touched is None:
+        return
+    run_id, round_number = touched
     store, table, reporter = _services(
         os.environ["BUCKET_NAME"], os.environ["TABLE_NAME"], os.environ.get("AWS_ENDPOINT_URL")
     )
-    completed = []
-    for run_id, round_number in rounds_touched(event):
-        summary = try_complete_round(run_id, round_number, store=store, table=table, reporter=reporter)
-        if summary is not None:
-            logger.info("round aggregated", extra=summary.brief() | {"run_id": run_id})
-            completed.append({"run_id": run_id, "round": round_number})
-    return {"completed": completed}
+    summary = try_complete_round(run_id, round_number, store=store, table=table, reporter=reporter)
+    if summary is not None:
+        logger.info("round aggregated", extra=summary.brief() | {"run_id": run_id})
+
+
+@logger.inject_lambda_context
+def stream_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """A batch of stream records; records that raised are reported back as batch item failures, so
+    Lambda retries from the first of them (the event source mapping reports item failures)."""
+    return process_partial_response(
+        event=event, record_handler=complete_round_of, processor=_processor, context=context
+    )
 
 
 @logger.inject_lambda_context

@@ -158,7 +158,7 @@ def test_duplicate_stream_record_is_counted_once(cloud, tmp_path, monkeypatch):
     monkeypatch.setenv("TABLE_NAME", cloud.outputs.table)
     context = gaps.LocalLambdaContext("aggregate", "arn:aws:lambda:us-east-1:123456789012:function:x", 1024, "req")
     for _ in range(2):  # the same records delivered twice more
-        assert handler(_stream_event(items), context) == {"completed": []}
+        assert handler(_stream_event(items), context) == {"batchItemFailures": []}
     assert len(table.list_rounds(run.run_id)) == 1
     assert store.get(keys.global_key(run.run_id, 1)) == first_global
     desc = wait_for_execution(cloud, run.execution_arn)
@@ -459,3 +459,38 @@ def test_a_stopped_agent_releases_its_round_message_at_once(cloud, tmp_path):
         agent(cloud, "client-1", tmp_path, Interrupted(1.0, 1)).handle(message)
     again = receive(cloud, "client-1")  # available immediately, not after 15 minutes
     assert again["MessageId"] == message["MessageId"]
+
+
+def test_the_aggregation_function_failing_once_is_retried_and_aggregates_once(cloud, tmp_path, monkeypatch):
+    from fedstep import aws as aws_module
+
+    original = aws_module.S3ModelStore.get
+    failures = []
+
+    def flaky_get(self, key):
+        if not failures and "/rounds/00000/" in key:  # the first read of the round's input model fails
+            failures.append(key)
+            raise ConnectionError("simulated network failure inside the aggregation function")
+        return original(self, key)
+
+    monkeypatch.setattr(aws_module.S3ModelStore, "get", flaky_get)
+    run = start(cloud, rounds=1)
+    for client in SHIFTS:
+        serve(agent(cloud, client, tmp_path))
+    assert failures, "the fault was not injected"
+    assert wait_for_execution(cloud, run.execution_arn)["status"] == "SUCCEEDED"
+    table = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb"))
+    assert len(table.list_rounds(run.run_id)) == 1
+    final = tensors.decode(S3ModelStore(cloud.outputs.bucket, cloud.client("s3")).get(keys.global_key(run.run_id, 1)))
+    for name in INITIAL:
+        np.testing.assert_allclose(final[name], 2.5)  # the fault-free result
+
+
+def test_a_trainer_that_crashes_keeps_the_message_and_the_agent_alive(cloud, tmp_path):
+    class Broken(ShiftTrainer):
+        def fit(self, architecture, weights, training):
+            raise RuntimeError("CUDA out of memory")  # anything a user's training code may raise
+
+    start(cloud, rounds=1)
+    message = receive(cloud, "client-1")
+    assert agent(cloud, "client-1", tmp_path, Broken(1.0, 1)).handle(message) is Outcome.KEPT

@@ -17,8 +17,9 @@ moto runs the synthesized CloudFormation template, but:
    with every record not yet consumed, so a handler's own writes re-enter it. AWS delivers them
    asynchronously, one batch at a time per shard, in order. The in-process runner does the same:
    a stream batch is queued to one worker thread per function and the write returns at once; a
-   failed batch is retried (`STREAM_ATTEMPTS` in all) and then logged as dropped, as a DLQ would
-   receive it. `wait_for_stream_batches` blocks until every queued batch is processed.
+   batch that raised or reported batch item failures is retried (`STREAM_ATTEMPTS` in all) and then
+   logged as dropped, as the stream's failure queue would receive it.
+   `wait_for_stream_batches` blocks until every queued batch is processed.
 
 5. its CloudFormation handler for `AWS::KMS::Key` passes the template's tags (`Key`/`Value`) to a
    tagger that expects KMS's own form (`TagKey`/`TagValue`) and fails with a KeyError, and stores a
@@ -211,14 +212,23 @@ class _StreamWorker:
         while (event := self.queue.get()) is not None:
             try:
                 for attempt in range(1, STREAM_ATTEMPTS + 1):
-                    _, errored, _ = _run_handler(self.function, event)
-                    if not errored:
+                    result, errored, _ = _run_handler(self.function, event)
+                    if not errored and not _item_failures(result):
                         break
                     if attempt == STREAM_ATTEMPTS:
                         log.error("stream batch dropped after %d failed attempts", attempt)
                     time.sleep(0.2 * attempt)
             finally:
                 self.queue.task_done()
+
+
+def _item_failures(result: str) -> list[Any]:
+    """The `batchItemFailures` a handler reported (partial batch response), if any."""
+    try:
+        parsed = json.loads(result)
+    except (TypeError, ValueError):
+        return []
+    return (parsed.get("batchItemFailures") or []) if isinstance(parsed, dict) else []
 
 
 def _is_stream_batch(event: Any) -> bool:
