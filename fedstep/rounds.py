@@ -143,7 +143,8 @@ def try_complete_round(
     if existing is not None:
         if existing.get("status") == "aggregated" and existing.get("task_token"):
             # The writer crashed before reporting: report for it.
-            reporter.succeed(existing["task_token"], _output(table, RoundSummary.parse(existing)))
+            run = table.get_run(run_id)
+            reporter.succeed(existing["task_token"], _output(table, RoundSummary.parse(existing), run))
             table.mark_reported(run_id, round_number)
         return None
     run = table.get_run(run_id)
@@ -162,7 +163,7 @@ def try_complete_round(
         return None
     if not table.put_round_once({**summary.to_item(), "status": "aggregated", "task_token": intake.task_token}):
         return None  # a concurrent invocation won; it reports
-    reporter.succeed(intake.task_token, _output(table, summary))
+    reporter.succeed(intake.task_token, _output(table, summary, run))
     table.mark_reported(run_id, round_number)
     return summary
 
@@ -178,17 +179,17 @@ def complete_round_at_deadline(
     """The round's deadline passed (its task timed out): aggregate the valid updates that arrived if
     they meet the run's quorum, else raise QuorumNotMet. Returns the task output directly (the
     timed-out token can no longer be used). If the round was completed meanwhile, returns that."""
-    existing = table.get_round(run_id, round_number)
-    if existing is not None:
-        return _output(table, RoundSummary.parse(existing))
     run = table.get_run(run_id)
     if run is None:
         raise FedstepError(f"run {run_id} has no run record")
+    existing = table.get_round(run_id, round_number)
+    if existing is not None:
+        return _output(table, RoundSummary.parse(existing), run)
     intake = _sort_items(run, round_number, table.list_updates(run_id, round_number))
     summary = _aggregate(run, round_number, intake, store, max_update_bytes, at_deadline=True)
     if not table.put_round_once({**summary.to_item(), "status": "reported"}):
-        return _output(table, RoundSummary.parse(table.get_round(run_id, round_number) or {}))
-    return _output(table, summary)
+        return _output(table, RoundSummary.parse(table.get_round(run_id, round_number) or {}), run)
+    return _output(table, summary, run)
 
 
 def _aggregate(
@@ -251,12 +252,14 @@ def _aggregate(
     )
 
 
-def _output(table: RoundTable, summary: RoundSummary) -> dict[str, Any]:
-    """What the round's task returns to Step Functions: this round, the new model, the run's history."""
+def _output(table: RoundTable, summary: RoundSummary, run: RunRecord | None) -> dict[str, Any]:
+    """What the round's task returns to Step Functions: this round, the new model, the run's history,
+    and whether the run's target metric is reached (the state machine then stops)."""
     history = [RoundSummary.parse(r).brief() for r in table.list_rounds(summary.run_id)]
     history = [h for h in history if h["round"] <= summary.round]
     return {
         "summary": summary.to_dict(),
         "global_model": asdict(summary.global_model),
         "history": history,
+        "target_reached": bool(run and run.target and run.target.reached(summary.metrics)),
     }

@@ -275,6 +275,42 @@ class RoundSummary:
 
 
 @dataclass(frozen=True)
+class Target:
+    """Stop early once a round's weighted `metric` is >= `value` (`at_least`) or <= `value` (otherwise)."""
+
+    metric: str
+    value: float
+    at_least: bool = True
+
+    def reached(self, metrics: dict[str, float]) -> bool:
+        current = metrics.get(self.metric)
+        if current is None:
+            return False
+        return current >= self.value if self.at_least else current <= self.value
+
+    def __str__(self) -> str:
+        return f"{self.metric}{'>=' if self.at_least else '<='}{self.value:g}"
+
+    @classmethod
+    def parse_text(cls, text: str) -> Target:
+        """'test_accuracy>=0.9' or 'test_loss<=0.3'."""
+        for op, at_least in ((">=", True), ("<=", False)):
+            name, sep, value = text.partition(op)
+            if sep:
+                try:
+                    return cls(name.strip(), float(value), at_least)
+                except ValueError:
+                    break
+        raise InvalidMessage(f"target {text!r} must look like test_accuracy>=0.9 or test_loss<=0.3")
+
+    @classmethod
+    def parse(cls, data: Any, where: str) -> Target:
+        return cls(
+            _get(data, "metric", str, where), _get(data, "value", float, where), _get(data, "at_least", bool, where)
+        )
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """Written by `fedstep start`: who takes part in a run and how it trains."""
 
@@ -286,6 +322,7 @@ class RunRecord:
     created_at: str
     quorum: int = 1
     """The fewest valid updates a round may be aggregated from (at its deadline, or after rejections)."""
+    target: Target | None = None
 
     def to_item(self) -> dict[str, Any]:
         return {**keys.run_item_key(self.run_id), "schema": SCHEMA_VERSION, "kind": "run", **asdict(self)}
@@ -303,4 +340,5 @@ class RunRecord:
             strategy=_get(data, "strategy", str, where),
             created_at=_get(data, "created_at", str, where),
             quorum=_positive_int(data, "quorum", where) if "quorum" in data else 1,
+            target=Target.parse(data["target"], f"{where} target") if data.get("target") else None,
         )

@@ -7,7 +7,8 @@ Execution input (written by `fedstep start`):
 
 Prepare round -> Notify clients and wait for updates (SNS publish with a task token; the aggregation
 function completes the task) -> Round aggregated -> More rounds? -> loop, or Notify clients: run ended
--> Training finished (output: run id, stop reason, final global model, per-round history).
+-> Training finished (output: run id, stop reason, final global model, per-round history). The loop
+ends early, with stop reason "target_reached", when a round's weighted metrics meet the run's target.
 
 At the round's deadline (the task's TimeoutSecondsPath) -> Aggregate at deadline (the aggregation
 function, invoked directly: it aggregates what arrived if the quorum is met) -> Round aggregated.
@@ -25,10 +26,12 @@ from constructs import Construct
 SCHEMA = 1
 
 
-def _carry(**overrides: str) -> dict[str, str]:
-    """Pass-state parameters that carry the loop state forward, with some fields replaced."""
+def _carry(constants: dict[str, str] | None = None, **paths: str) -> dict[str, str]:
+    """Pass-state parameters that carry the loop state forward, some fields replaced by other paths
+    (`paths`) or set to fixed values (`constants`)."""
     fields = {"run.$": "$.run", "round.$": "$.round", "global_model.$": "$.global_model", "history.$": "$.history"}
-    fields.update({f"{k}.$": v for k, v in overrides.items()})
+    fields.update({f"{k}.$": v for k, v in paths.items()})
+    fields.update(constants or {})
     return fields
 
 
@@ -60,7 +63,9 @@ def training_definition(scope: Construct, topic: sns.ITopic, aggregate: lambda_.
     aggregated = sfn.Pass(
         scope,
         "Round aggregated",
-        parameters=_carry(global_model="$.result.global_model", history="$.result.history"),
+        parameters=_carry(
+            global_model="$.result.global_model", history="$.result.history", target_reached="$.result.target_reached"
+        ),
     )
     at_deadline = tasks.LambdaInvoke(
         scope,
@@ -77,6 +82,7 @@ def training_definition(scope: Construct, topic: sns.ITopic, aggregate: lambda_.
             "summary.$": "$.Payload.summary",
             "global_model.$": "$.Payload.global_model",
             "history.$": "$.Payload.history",
+            "target_reached.$": "$.Payload.target_reached",
         },
         result_path="$.result",
     )
@@ -94,7 +100,7 @@ def training_definition(scope: Construct, topic: sns.ITopic, aggregate: lambda_.
                 "schema": SCHEMA,
                 "type": "run_ended",
                 "run_id": sfn.JsonPath.string_at("$.run.run_id"),
-                "reason": "max_rounds",
+                "reason": sfn.JsonPath.string_at("$.stop_reason"),
                 "rounds_completed": sfn.JsonPath.number_at("$.round"),
             }
         ),
@@ -106,13 +112,17 @@ def training_definition(scope: Construct, topic: sns.ITopic, aggregate: lambda_.
         "Training finished",
         parameters={
             "run_id.$": "$.run.run_id",
-            "stop_reason": "max_rounds",
+            "stop_reason.$": "$.stop_reason",
             "rounds_completed.$": "$.round",
             "global_model.$": "$.global_model",
             "history.$": "$.history",
         },
     )
+    run_ended.next(finished)
+    target_reached = sfn.Pass(scope, "Target reached", parameters=_carry({"stop_reason": "target_reached"}))
+    all_rounds = sfn.Pass(scope, "All rounds done", parameters=_carry({"stop_reason": "max_rounds"}))
     more = sfn.Choice(scope, "More rounds?")
+    more.when(sfn.Condition.boolean_equals("$.target_reached", True), target_reached.next(run_ended))
     more.when(sfn.Condition.number_less_than_json_path("$.round", "$.run.rounds"), prepare)
-    more.otherwise(run_ended.next(finished))
+    more.otherwise(all_rounds.next(run_ended))
     return prepare.next(notify).next(aggregated).next(more)

@@ -67,11 +67,11 @@ def agent(cloud, client_id, tmp_path, trainer=None):
     return Agent(config, trainer or ShiftTrainer(*SHIFTS[client_id]))
 
 
-def start(cloud, rounds, round_timeout_s=120, quorum=None):
+def start(cloud, rounds, round_timeout_s=120, quorum=None, target=None):
     return start_run(
         b"an architecture file the server never reads",
         INITIAL,
-        RunSettings(rounds=rounds, round_timeout_s=round_timeout_s, quorum=quorum),
+        RunSettings(rounds=rounds, round_timeout_s=round_timeout_s, quorum=quorum, target=target),
         cloud.outputs,
         s3=cloud.client("s3"),
         dynamodb=cloud.client("dynamodb"),
@@ -494,3 +494,15 @@ def test_a_trainer_that_crashes_keeps_the_message_and_the_agent_alive(cloud, tmp
     start(cloud, rounds=1)
     message = receive(cloud, "client-1")
     assert agent(cloud, "client-1", tmp_path, Broken(1.0, 1)).handle(message) is Outcome.KEPT
+
+
+def test_a_run_stops_early_when_its_target_metric_is_reached(cloud, tmp_path):
+    run = start(cloud, rounds=5, target="train_loss<=0.6")  # weighted train_loss is 0.5 in round 1
+    agents = [agent(cloud, c, tmp_path) for c in SHIFTS]
+    for a in agents:
+        serve(a)
+    ended = [serve(a, expect=Outcome.RUN_ENDED) for a in agents]
+    assert ended == [Outcome.RUN_ENDED] * 2
+    desc = wait_for_execution(cloud, run.execution_arn)
+    output = json.loads(desc["output"])
+    assert (desc["status"], output["stop_reason"], output["rounds_completed"]) == ("SUCCEEDED", "target_reached", 1)

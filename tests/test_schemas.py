@@ -74,3 +74,26 @@ def test_update_item_sort_key_must_match_its_fields():
     with pytest.raises(InvalidMessage, match="finite number"):
         UpdateItem.parse({**item, "sk": "UPDATE#00002#c1", "metrics": {"train_loss": float("nan")}})
     assert UpdateItem.parse({**item, "sk": "UPDATE#00002#c1"}).num_examples == 5
+
+
+@pytest.mark.parametrize(
+    ("text", "metrics", "reached"),
+    [
+        ("test_accuracy>=0.9", {"test_accuracy": 0.91}, True),
+        ("test_accuracy>=0.9", {"test_accuracy": 0.89}, False),
+        ("test_loss<=0.3", {"test_loss": 0.3}, True),
+        ("test_loss<=0.3", {"train_loss": 0.1}, False),  # a metric nobody reports is never reached
+    ],
+)
+def test_a_target_is_reached_when_its_weighted_metric_meets_it(text, metrics, reached):
+    from fedstep.schemas import Target
+
+    assert Target.parse_text(text).reached(metrics) is reached
+
+
+@pytest.mark.parametrize("text", ["accuracy>0.9", "test_accuracy>=high", "0.9"])
+def test_a_malformed_target_is_named(text):
+    from fedstep.schemas import Target
+
+    with pytest.raises(InvalidMessage, match="must look like test_accuracy>=0.9"):
+        Target.parse_text(text)

@@ -19,6 +19,9 @@ def _settings_args(parser: argparse.ArgumentParser, rounds: int, timeout: int) -
     parser.add_argument("--learning-rate", type=float, default=0.1, help="local learning rate (default 0.1)")
     parser.add_argument("--strategy", default="fedavg", help="aggregation strategy (default fedavg)")
     parser.add_argument(
+        "--target", help="stop early when a round's weighted metric meets this, e.g. test_accuracy>=0.9"
+    )
+    parser.add_argument(
         "--quorum", type=int, help="fewest valid updates a round may be aggregated from (default: half the clients)"
     )
     parser.add_argument(
@@ -41,6 +44,7 @@ def _settings(args: argparse.Namespace):  # -> RunSettings
         strategy=args.strategy,
         round_timeout_s=args.round_timeout_s,
         quorum=args.quorum,
+        target=args.target,
     )
 
 

@@ -13,7 +13,7 @@ from fedstep.aws import DynamoRoundTable, S3ModelStore
 from fedstep.errors import FedstepError
 from fedstep.imports import load_callable
 from fedstep.rounds import utc_now
-from fedstep.schemas import ObjectRef, RunRecord, TrainingConfig
+from fedstep.schemas import InvalidMessage, ObjectRef, RunRecord, Target, TrainingConfig
 from fedstep.stack import StackOutputs
 
 
@@ -30,12 +30,19 @@ class RunSettings:
     round_timeout_s: int = 3600
     quorum: int | None = None
     """Fewest valid updates a round may be aggregated from; default: half the clients, rounded up."""
+    target: str | None = None
+    """Stop early when a round's weighted metric meets this, e.g. "test_accuracy>=0.9"."""
 
     def validated(self) -> RunSettings:
         if self.rounds < 1:
             raise FedstepError(f"rounds must be >= 1, got {self.rounds}")
         if self.quorum is not None and self.quorum < 1:
             raise FedstepError(f"quorum must be >= 1, got {self.quorum}")
+        if self.target is not None:
+            try:
+                Target.parse_text(self.target)
+            except InvalidMessage as exc:
+                raise FedstepError(str(exc)) from None
         if not 1 <= self.round_timeout_s <= 31_536_000:
             raise FedstepError(f"round_timeout_s must be 1 s to 1 year, got {self.round_timeout_s}")
         try:
@@ -117,6 +124,7 @@ def start_run(
         strategy=settings.strategy,
         created_at=utc_now(),
         quorum=quorum,
+        target=Target.parse_text(settings.target) if settings.target else None,
     )
     if not DynamoRoundTable(outputs.table, dynamodb).put_once(record.to_item()):
         raise FedstepError(f"run {run_id} exists already; choose another run id")
