@@ -95,5 +95,5 @@ def test_a_target_is_reached_when_its_weighted_metric_meets_it(text, metrics, re
 def test_a_malformed_target_is_named(text):
     from fedstep.schemas import Target
 
-    with pytest.raises(InvalidMessage, match="must look like test_accuracy>=0.9"):
+    with pytest.raises(InvalidMessage, match=r"must look like test_accuracy>=0\.9"):
         Target.parse_text(text)
