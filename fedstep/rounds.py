@@ -77,6 +77,8 @@ def _sort_items(run: RunRecord, round_number: int, raw_items: list[dict[str, Any
             continue
         if item.client_id not in run.clients:
             intake.rejected.append(Rejection(client, "client is not registered for this run"))
+        elif item.client_id not in run.selected(round_number):
+            intake.rejected.append(Rejection(client, "client was not selected for this round"))
         elif item.update.key != keys.update_key(run.run_id, round_number, item.client_id):
             intake.rejected.append(Rejection(client, f"update key {item.update.key!r} is not this client's"))
         else:
@@ -152,7 +154,7 @@ def try_complete_round(
         log.warning("update for unknown run %s ignored", run_id)
         return None
     intake = _sort_items(run, round_number, table.list_updates(run_id, round_number))
-    waiting_for = sorted(set(run.clients) - {i.client_id for i in intake.items})
+    waiting_for = sorted(set(run.selected(round_number)) - {i.client_id for i in intake.items})
     if waiting_for or intake.task_token is None:
         log.info("round %s/%d: waiting for %s", run_id, round_number, ", ".join(waiting_for))
         return None
@@ -202,7 +204,8 @@ def _aggregate(
     def quorum_not_met(valid: int) -> QuorumNotMet:
         reasons = "".join(f"; {r.client_id}: {r.reason}" for r in intake.rejected)
         return QuorumNotMet(
-            f"{valid} of {len(run.clients)} updates {when} (quorum {run.quorum}) in run {run.run_id}{reasons}"
+            f"{valid} of {len(run.selected(round_number))} updates {when} (quorum {run.quorum}) "
+            f"in run {run.run_id}{reasons}"
         )
 
     if len(intake.items) < run.quorum:
@@ -241,6 +244,7 @@ def _aggregate(
     return RoundSummary(
         run_id=run.run_id,
         round=round_number,
+        selected=run.selected(round_number),
         participants=[i.client_id for i in accepted],
         num_examples=sum(i.num_examples for i in accepted),
         rejected=intake.rejected,
@@ -262,4 +266,5 @@ def _output(table: RoundTable, summary: RoundSummary, run: RunRecord | None) -> 
         "global_model": asdict(summary.global_model),
         "history": history,
         "target_reached": bool(run and run.target and run.target.reached(summary.metrics)),
+        "next_selected": run.selected(summary.round + 1) if run else [],
     }

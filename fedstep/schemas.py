@@ -230,6 +230,7 @@ class RoundSummary:
 
     run_id: str
     round: int
+    selected: list[str]
     participants: list[str]
     num_examples: int
     rejected: list[Rejection]
@@ -249,6 +250,7 @@ class RoundSummary:
         """The compact per-round entry kept in the execution's history."""
         return {
             "round": self.round,
+            "selected": len(self.selected),
             "participants": len(self.participants),
             "rejected": len(self.rejected),
             "num_examples": self.num_examples,
@@ -263,6 +265,7 @@ class RoundSummary:
         return cls(
             run_id=_get(data, "run_id", str, where),
             round=_positive_int(data, "round", where),
+            selected=list(data.get("selected", [])),
             participants=list(_get(data, "participants", list, where)),
             num_examples=_positive_int(data, "num_examples", where, 0),
             rejected=[Rejection(**r) for r in _get(data, "rejected", list, where)],
@@ -323,6 +326,16 @@ class RunRecord:
     quorum: int = 1
     """The fewest valid updates a round may be aggregated from (at its deadline, or after rejections)."""
     target: Target | None = None
+    clients_per_round: int = 0
+    """How many clients each round selects (0: all)."""
+    seed: int = 0
+    """Seed of the per-round client selection."""
+
+    def selected(self, round_number: int) -> list[str]:
+        """The clients selected for `round_number` (see fedstep.selection)."""
+        from fedstep.selection import select
+
+        return select(self.clients, self.clients_per_round or len(self.clients), self.seed, round_number)
 
     def to_item(self) -> dict[str, Any]:
         return {**keys.run_item_key(self.run_id), "schema": SCHEMA_VERSION, "kind": "run", **asdict(self)}
@@ -341,4 +354,6 @@ class RunRecord:
             created_at=_get(data, "created_at", str, where),
             quorum=_positive_int(data, "quorum", where) if "quorum" in data else 1,
             target=Target.parse(data["target"], f"{where} target") if data.get("target") else None,
+            clients_per_round=_positive_int(data, "clients_per_round", where, 0) if "clients_per_round" in data else 0,
+            seed=_positive_int(data, "seed", where, 0) if "seed" in data else 0,
         )

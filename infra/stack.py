@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subs
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
@@ -41,7 +42,13 @@ class FedstepStack(cdk.Stack):
         for client in config.clients:
             scope = Construct(self, f"Client-{client.id}")  # the client's queue, its DLQ and its role
             queue = secure.queue(scope, "Queue", config.queue_name(client.id), key, retention)
-            topic.add_subscription(subs.SqsSubscription(queue, raw_message_delivery=True))
+            topic.add_subscription(
+                subs.SqsSubscription(
+                    queue,
+                    raw_message_delivery=True,
+                    filter_policy={"clients": sns.SubscriptionFilter.string_filter(allowlist=[client.id])},
+                )
+            )
             access = ClientAccess(scope, "Access", client=client, queue=queue, bucket=bucket, table=table, key=key)
             cdk.Tags.of(scope).add("component", "client-access")
             cdk.Tags.of(scope).add("client", client.id)

@@ -2,8 +2,12 @@
 
 Execution input (written by `fedstep start`):
 
-    {"run": {"run_id", "rounds", "training": {...}, "model": {key, sha256, bytes}, "round_timeout_s"},
-     "round": 0, "global_model": {key, sha256, bytes}, "history": []}
+    {"run": {"run_id", "rounds", "clients", "training": {...}, "model": {key, sha256, bytes},
+             "round_timeout_s"},
+     "round": 0, "selected": [clients of round 1], "global_model": {key, sha256, bytes}, "history": []}
+
+Each round message carries a String.Array attribute `clients` (the round's selection); every
+client's subscription filters on its own id, so only selected clients are woken.
 
 Prepare round -> Notify clients and wait for updates (SNS publish with a task token; the aggregation
 function completes the task) -> Round aggregated -> More rounds? -> loop, or Notify clients: run ended
@@ -29,10 +33,24 @@ SCHEMA = 1
 def _carry(constants: dict[str, str] | None = None, **paths: str) -> dict[str, str]:
     """Pass-state parameters that carry the loop state forward, some fields replaced by other paths
     (`paths`) or set to fixed values (`constants`)."""
-    fields = {"run.$": "$.run", "round.$": "$.round", "global_model.$": "$.global_model", "history.$": "$.history"}
+    fields = {
+        "run.$": "$.run",
+        "round.$": "$.round",
+        "selected.$": "$.selected",
+        "global_model.$": "$.global_model",
+        "history.$": "$.history",
+    }
     fields.update({f"{k}.$": v for k, v in paths.items()})
     fields.update(constants or {})
     return fields
+
+
+def _client_list(path: str) -> tasks.MessageAttribute:
+    """A String.Array message attribute holding the client ids at `path`."""
+    return tasks.MessageAttribute(
+        value=sfn.JsonPath.json_to_string(sfn.JsonPath.list_at(path)),
+        data_type=tasks.MessageAttributeDataType.STRING_ARRAY,
+    )
 
 
 def training_definition(scope: Construct, topic: sns.ITopic, aggregate: lambda_.IFunction) -> sfn.IChainable:
@@ -56,7 +74,10 @@ def training_definition(scope: Construct, topic: sns.ITopic, aggregate: lambda_.
                 "task_token": sfn.JsonPath.task_token,
             }
         ),
-        message_attributes={"kind": tasks.MessageAttribute(value="round")},
+        message_attributes={
+            "kind": tasks.MessageAttribute(value="round"),
+            "clients": _client_list("$.selected"),  # only the selected clients' subscriptions match
+        },
         task_timeout=sfn.Timeout.at("$.run.round_timeout_s"),
         result_path="$.result",
     )
@@ -64,7 +85,10 @@ def training_definition(scope: Construct, topic: sns.ITopic, aggregate: lambda_.
         scope,
         "Round aggregated",
         parameters=_carry(
-            global_model="$.result.global_model", history="$.result.history", target_reached="$.result.target_reached"
+            global_model="$.result.global_model",
+            history="$.result.history",
+            target_reached="$.result.target_reached",
+            selected="$.result.next_selected",
         ),
     )
     at_deadline = tasks.LambdaInvoke(
@@ -83,6 +107,7 @@ def training_definition(scope: Construct, topic: sns.ITopic, aggregate: lambda_.
             "global_model.$": "$.Payload.global_model",
             "history.$": "$.Payload.history",
             "target_reached.$": "$.Payload.target_reached",
+            "next_selected.$": "$.Payload.next_selected",
         },
         result_path="$.result",
     )
@@ -104,7 +129,10 @@ def training_definition(scope: Construct, topic: sns.ITopic, aggregate: lambda_.
                 "rounds_completed": sfn.JsonPath.number_at("$.round"),
             }
         ),
-        message_attributes={"kind": tasks.MessageAttribute(value="run_ended")},
+        message_attributes={
+            "kind": tasks.MessageAttribute(value="run_ended"),
+            "clients": _client_list("$.run.clients"),
+        },
         result_path=sfn.JsonPath.DISCARD,
     )
     finished = sfn.Pass(

@@ -60,6 +60,8 @@ def test_each_client_has_a_queue_with_a_dead_letter_queue_and_a_raw_subscription
     assert {"fedstep-org-a-dlq", "fedstep-org-b-dlq", "fedstep-aggregation-failures"} <= dlq_names
     template.resource_count_is("AWS::SNS::Subscription", 2)
     template.all_resources_properties("AWS::SNS::Subscription", {"Protocol": "sqs", "RawMessageDelivery": True})
+    policies = [r["Properties"]["FilterPolicy"] for r in resources(template, "AWS::SNS::Subscription").values()]
+    assert sorted(json.dumps(p) for p in policies) == ['{"clients": ["org-a"]}', '{"clients": ["org-b"]}']
     outputs = template.find_outputs("*")
     assert outputs["ClientIds"]["Value"] == "org-a,org-b"
     assert {keys.client_output_key("org-a"), keys.client_role_output_key("org-b")} <= set(outputs)
@@ -178,7 +180,14 @@ def test_state_machine_loops_over_rounds_and_waits_for_the_task_token(template):
     assert notify["Resource"].endswith(":states:::sns:publish.waitForTaskToken")
     assert notify["TimeoutSecondsPath"] == "$.run.round_timeout_s"
     assert notify["Parameters"]["Message"]["task_token.$"] == "$$.Task.Token"
-    assert states["More rounds?"]["Choices"][0]["Next"] == "Prepare round"
+    choices = {c["Next"]: c for c in states["More rounds?"]["Choices"]}
+    assert choices["Prepare round"]["NumericLessThanPath"] == "$.run.rounds"
+    assert choices["Target reached"]["BooleanEquals"] is True
+    assert states["More rounds?"]["Default"] == "All rounds done"
+    assert states["Notify clients: run ended"]["Parameters"]["Message"]["reason.$"] == "$.stop_reason"
+    assert notify["Parameters"]["MessageAttributes"]["clients"]["DataType"] == "String.Array"
+    assert states["Notify clients and wait for updates"]["Catch"][0]["Next"] == "Aggregate at deadline"
+    assert states["Training failed"]["Type"] == "Fail"
     assert states["Notify clients: run ended"]["Parameters"]["Message"]["type"] == "run_ended"
     assert states["Training finished"]["End"] is True
 

@@ -67,11 +67,18 @@ def agent(cloud, client_id, tmp_path, trainer=None):
     return Agent(config, trainer or ShiftTrainer(*SHIFTS[client_id]))
 
 
-def start(cloud, rounds, round_timeout_s=120, quorum=None, target=None):
+def start(cloud, rounds, round_timeout_s=120, quorum=None, target=None, clients_per_round=None):
+    settings = RunSettings(
+        rounds=rounds,
+        round_timeout_s=round_timeout_s,
+        quorum=quorum,
+        target=target,
+        clients_per_round=clients_per_round,
+    )
     return start_run(
         b"an architecture file the server never reads",
         INITIAL,
-        RunSettings(rounds=rounds, round_timeout_s=round_timeout_s, quorum=quorum, target=target),
+        settings,
         cloud.outputs,
         s3=cloud.client("s3"),
         dynamodb=cloud.client("dynamodb"),
@@ -506,3 +513,31 @@ def test_a_run_stops_early_when_its_target_metric_is_reached(cloud, tmp_path):
     desc = wait_for_execution(cloud, run.execution_arn)
     output = json.loads(desc["output"])
     assert (desc["status"], output["stop_reason"], output["rounds_completed"]) == ("SUCCEEDED", "target_reached", 1)
+
+
+def test_only_the_clients_selected_for_a_round_receive_it(cloud, tmp_path):
+    from fedstep.selection import select
+
+    run = start(cloud, rounds=4, clients_per_round="1")
+    agents = {c: agent(cloud, c, tmp_path) for c in SHIFTS}
+    expected = {r: select(list(SHIFTS), 1, 0, r) for r in range(1, 5)}
+    received: dict[int, list[str]] = {}
+    ended = set()
+    deadline = time.monotonic() + 60
+    while len(ended) < len(agents):
+        assert time.monotonic() < deadline, f"run did not end; rounds received: {received}"
+        for client, a in agents.items():
+            for message in a.sqs.receive_message(QueueUrl=a.config.queue_url, WaitTimeSeconds=0).get("Messages", []):
+                body = json.loads(message["Body"])
+                if body["type"] == "round":
+                    received.setdefault(body["round"], []).append(client)
+                if a.handle(message) is Outcome.RUN_ENDED:
+                    ended.add(client)
+                gaps.wait_for_stream_batches()
+        time.sleep(0.1)
+    assert received == expected  # every round reached exactly its selected client, and no other
+    assert {c for chosen in expected.values() for c in chosen} == set(SHIFTS), "seed 0 picks both over 4 rounds"
+    assert wait_for_execution(cloud, run.execution_arn)["status"] == "SUCCEEDED"
+    rounds = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb")).list_rounds(run.run_id)
+    assert [r["selected"] for r in rounds] == list(expected.values())
+    assert [r["participants"] for r in rounds] == list(expected.values())

@@ -19,6 +19,9 @@ def _settings_args(parser: argparse.ArgumentParser, rounds: int, timeout: int) -
     parser.add_argument("--learning-rate", type=float, default=0.1, help="local learning rate (default 0.1)")
     parser.add_argument("--strategy", default="fedavg", help="aggregation strategy (default fedavg)")
     parser.add_argument(
+        "--clients-per-round", help="clients each round selects: a number (3) or a fraction (0.5); default all"
+    )
+    parser.add_argument(
         "--target", help="stop early when a round's weighted metric meets this, e.g. test_accuracy>=0.9"
     )
     parser.add_argument(
@@ -45,6 +48,8 @@ def _settings(args: argparse.Namespace):  # -> RunSettings
         round_timeout_s=args.round_timeout_s,
         quorum=args.quorum,
         target=args.target,
+        clients_per_round=args.clients_per_round,
+        seed=args.seed or 0,
     )
 
 
@@ -59,7 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--run-id", help="run id (default run-<UTC time>-<random>)")
     start.add_argument("--region", help="AWS region (default: the AWS configuration's)")
     start.add_argument("--endpoint-url", help="AWS endpoint override")
-    start.add_argument("--seed", type=int, help="seed for the initial weights (default: unseeded)")
+    start.add_argument(
+        "--seed",
+        type=int,
+        help="seed for the initial weights and the client selection (default: unseeded, selection seed 0)",
+    )
     _settings_args(start, rounds=5, timeout=3600)
 
     client_config = sub.add_parser("client-config", help="print a ready client config file for a client")
@@ -75,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument("--clients", type=int, default=3, help="number of client agents (default 3)")
     local.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
     local.add_argument("--model", help="module:function returning a compiled Keras model (default: per data set)")
-    local.add_argument("--seed", type=int, default=0, help="seed for the initial weights (default 0)")
+    local.add_argument(
+        "--seed", type=int, default=0, help="seed for the initial weights and the client selection (default 0)"
+    )
     _settings_args(local, rounds=5, timeout=600)
     return parser
 

@@ -14,6 +14,7 @@ from fedstep.errors import FedstepError
 from fedstep.imports import load_callable
 from fedstep.rounds import utc_now
 from fedstep.schemas import InvalidMessage, ObjectRef, RunRecord, Target, TrainingConfig
+from fedstep.selection import per_round_count
 from fedstep.stack import StackOutputs
 
 
@@ -32,6 +33,10 @@ class RunSettings:
     """Fewest valid updates a round may be aggregated from; default: half the clients, rounded up."""
     target: str | None = None
     """Stop early when a round's weighted metric meets this, e.g. "test_accuracy>=0.9"."""
+    clients_per_round: str | None = None
+    """Clients each round selects: a number ("3") or a fraction ("0.5"); default all."""
+    seed: int = 0
+    """Seed of the per-round client selection."""
 
     def validated(self) -> RunSettings:
         if self.rounds < 1:
@@ -107,9 +112,13 @@ def start_run(
     clients = sorted(outputs.queues)
     if not clients:
         raise FedstepError("the stack has no clients; add them to the deployment config and deploy")
-    quorum = settings.quorum or (len(clients) + 1) // 2
-    if quorum > len(clients):
-        raise FedstepError(f"quorum {quorum} is more than the {len(clients)} clients of the stack")
+    try:
+        per_round = per_round_count(settings.clients_per_round, len(clients))
+    except ValueError as exc:
+        raise FedstepError(str(exc)) from None
+    quorum = settings.quorum or (per_round + 1) // 2
+    if quorum > per_round:
+        raise FedstepError(f"quorum {quorum} is more than the {per_round} clients selected per round")
     store = S3ModelStore(outputs.bucket, s3)
     weights = tensors.encode(
         initial_weights, {"schema": SCHEMA_VERSION, "run_id": run_id, "round": 0, "kind": "global"}
@@ -125,6 +134,8 @@ def start_run(
         created_at=utc_now(),
         quorum=quorum,
         target=Target.parse_text(settings.target) if settings.target else None,
+        clients_per_round=per_round,
+        seed=settings.seed,
     )
     if not DynamoRoundTable(outputs.table, dynamodb).put_once(record.to_item()):
         raise FedstepError(f"run {run_id} exists already; choose another run id")
@@ -134,11 +145,13 @@ def start_run(
         "run": {
             "run_id": run_id,
             "rounds": settings.rounds,
+            "clients": clients,
             "training": asdict(settings.training()),
             "model": asdict(model_ref),
             "round_timeout_s": settings.round_timeout_s,
         },
         "round": 0,
+        "selected": record.selected(1),
         "global_model": asdict(global_ref),
         "history": [],
     }
