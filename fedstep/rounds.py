@@ -256,11 +256,21 @@ def _aggregate(
     )
 
 
+def round_history(table: RoundTable, run_id: str, up_to: int, run: RunRecord | None) -> list[dict[str, Any]]:
+    """Brief summaries of rounds 1..`up_to`, following `resumed_from` back to the runs this one continues."""
+    own = [RoundSummary.parse(r).brief() for r in table.list_rounds(run_id)]
+    own = [h for h in own if h["round"] <= up_to]
+    if run is None or not run.resumed_from:
+        return own
+    first = min((h["round"] for h in own), default=up_to + 1)
+    earlier = round_history(table, run.resumed_from, first - 1, table.get_run(run.resumed_from))
+    return earlier + own
+
+
 def _output(table: RoundTable, summary: RoundSummary, run: RunRecord | None) -> dict[str, Any]:
     """What the round's task returns to Step Functions: this round, the new model, the run's history,
     and whether the run's target metric is reached (the state machine then stops)."""
-    history = [RoundSummary.parse(r).brief() for r in table.list_rounds(summary.run_id)]
-    history = [h for h in history if h["round"] <= summary.round]
+    history = round_history(table, summary.run_id, summary.round, run)
     return {
         "summary": summary.to_dict(),
         "global_model": asdict(summary.global_model),

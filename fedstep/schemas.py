@@ -330,6 +330,9 @@ class RunRecord:
     """How many clients each round selects (0: all)."""
     seed: int = 0
     """Seed of the per-round client selection."""
+    round_timeout_s: int = 3600
+    resumed_from: str = ""
+    """The run this one continues (`fedstep start --resume`), or ""."""
 
     def selected(self, round_number: int) -> list[str]:
         """The clients selected for `round_number` (see fedstep.selection)."""
@@ -356,4 +359,6 @@ class RunRecord:
             target=Target.parse(data["target"], f"{where} target") if data.get("target") else None,
             clients_per_round=_positive_int(data, "clients_per_round", where, 0) if "clients_per_round" in data else 0,
             seed=_positive_int(data, "seed", where, 0) if "seed" in data else 0,
+            round_timeout_s=_positive_int(data, "round_timeout_s", where) if "round_timeout_s" in data else 3600,
+            resumed_from=str(data.get("resumed_from", "")),
         )

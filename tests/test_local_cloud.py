@@ -24,6 +24,7 @@ from fedstep import keys, tensors
 from fedstep.aws import DynamoRoundTable, S3ModelStore
 from fedstep.cli.start import RunSettings, start_run
 from fedstep.ddb import to_attributes
+from fedstep.errors import FedstepError
 from fedstep.local import gaps
 
 INITIAL = {"000/d/kernel": np.zeros((4, 3), np.float32), "001/d/bias": np.zeros(3, np.float32)}
@@ -541,3 +542,37 @@ def test_only_the_clients_selected_for_a_round_receive_it(cloud, tmp_path):
     rounds = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb")).list_rounds(run.run_id)
     assert [r["selected"] for r in rounds] == list(expected.values())
     assert [r["participants"] for r in rounds] == list(expected.values())
+
+
+def test_a_failed_run_resumes_from_its_last_completed_round(cloud, tmp_path):
+    from fedstep.cli.start import resume_run
+
+    run = start(cloud, rounds=3, round_timeout_s=3, quorum=2)
+    agents = {c: agent(cloud, c, tmp_path) for c in SHIFTS}
+    for a in agents.values():
+        serve(a)  # round 1 completes
+    serve(agents["client-1"])  # round 2: client-2 is down, the quorum of 2 fails at the deadline
+    assert wait_for_execution(cloud, run.execution_arn, timeout_s=60)["error"] == "QuorumNotMet"
+    # client-2 stays down until after the resume: its stale round-2 message of the failed run goes unserved.
+    # (Had it served it, that late update would have completed round 2 and the resume would start at 3.)
+    stale = receive(cloud, "client-2")
+    cloud.client("sqs").delete_message(QueueUrl=cloud.outputs.queues["client-2"], ReceiptHandle=stale["ReceiptHandle"])
+
+    clients = {
+        "s3": cloud.client("s3"),
+        "dynamodb": cloud.client("dynamodb"),
+        "stepfunctions": cloud.client("stepfunctions"),
+    }
+    resumed = resume_run(run.run_id, cloud.outputs, **clients)
+    assert resumed.run_id == f"{run.run_id}-r1"
+    for _ in range(2):  # rounds 2 and 3
+        for a in agents.values():
+            serve(a)
+    desc = wait_for_execution(cloud, resumed.execution_arn)
+    output = json.loads(desc["output"])
+    assert desc["status"] == "SUCCEEDED" and [h["round"] for h in output["history"]] == [1, 2, 3]
+    final = tensors.decode(S3ModelStore(cloud.outputs.bucket, cloud.client("s3")).get(output["global_model"]["key"]))
+    for name in INITIAL:
+        np.testing.assert_allclose(final[name], 7.5)  # three rounds of 2.5: the same as a fault-free run
+    with pytest.raises(FedstepError, match="completed all 3 rounds"):
+        resume_run(resumed.run_id, cloud.outputs, **clients)

@@ -59,7 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     start = sub.add_parser("start", help="start a training run on a deployed stack")
-    start.add_argument("--model", required=True, help="module:function returning a compiled Keras model")
+    start.add_argument("--model", help="module:function returning a compiled Keras model (not with --resume)")
+    start.add_argument(
+        "--resume", metavar="RUN_ID", help="continue a failed or stopped run from its last completed round"
+    )
     start.add_argument("--stack", default="fedstep", help="CloudFormation stack name (default fedstep)")
     start.add_argument("--run-id", help="run id (default run-<UTC time>-<random>)")
     start.add_argument("--region", help="AWS region (default: the AWS configuration's)")
@@ -95,12 +98,21 @@ def _start(args: argparse.Namespace) -> int:
     import boto3
 
     from fedstep import aws
-    from fedstep.cli.start import build_model, keras_payload, start_run
+    from fedstep.cli.start import build_model, keras_payload, resume_run, start_run
     from fedstep.stack import StackOutputs
 
+    if bool(args.model) == bool(args.resume):
+        raise FedstepError("give --model to start a new run, or --resume RUN_ID to continue one")
     session = boto3.Session(region_name=args.region)
     client = lambda service: aws.client(service, session, args.endpoint_url)  # noqa: E731
     outputs = StackOutputs.of_stack(client("cloudformation"), args.stack)
+    if args.resume:
+        started = resume_run(
+            args.resume, outputs, s3=client("s3"), dynamodb=client("dynamodb"), stepfunctions=client("stepfunctions")
+        )
+        print(f"resumed run {args.resume} as run {started.run_id}")
+        print(f"execution: {started.execution_arn}")
+        return 0
     started = start_run(
         *keras_payload(build_model(args.model, args.seed)),
         _settings(args),

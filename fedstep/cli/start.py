@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +12,7 @@ from fedstep import SCHEMA_VERSION, keys, strategies, tensors
 from fedstep.aws import DynamoRoundTable, S3ModelStore
 from fedstep.errors import FedstepError
 from fedstep.imports import load_callable
-from fedstep.rounds import utc_now
+from fedstep.rounds import round_history, utc_now
 from fedstep.schemas import InvalidMessage, ObjectRef, RunRecord, Target, TrainingConfig
 from fedstep.selection import per_round_count
 from fedstep.stack import StackOutputs
@@ -119,12 +119,6 @@ def start_run(
     quorum = settings.quorum or (per_round + 1) // 2
     if quorum > per_round:
         raise FedstepError(f"quorum {quorum} is more than the {per_round} clients selected per round")
-    store = S3ModelStore(outputs.bucket, s3)
-    weights = tensors.encode(
-        initial_weights, {"schema": SCHEMA_VERSION, "run_id": run_id, "round": 0, "kind": "global"}
-    )
-    model_ref = ObjectRef(keys.model_key(run_id), tensors.sha256_hex(architecture), len(architecture))
-    global_ref = ObjectRef(keys.global_key(run_id, 0), tensors.sha256_hex(weights), len(weights))
     record = RunRecord(
         run_id=run_id,
         clients=clients,
@@ -136,26 +130,85 @@ def start_run(
         target=Target.parse_text(settings.target) if settings.target else None,
         clients_per_round=per_round,
         seed=settings.seed,
+        round_timeout_s=settings.round_timeout_s,
     )
-    if not DynamoRoundTable(outputs.table, dynamodb).put_once(record.to_item()):
+    weights = tensors.encode(
+        initial_weights, {"schema": SCHEMA_VERSION, "run_id": run_id, "round": 0, "kind": "global"}
+    )
+    launched = _launch(record, architecture, weights, 0, [], outputs, s3, dynamodb, stepfunctions)
+    if launched is None:
         raise FedstepError(f"run {run_id} exists already; choose another run id")
+    return launched
+
+
+def resume_run(run_id: str, outputs: StackOutputs, *, s3: Any, dynamodb: Any, stepfunctions: Any) -> StartedRun:
+    """Continue a failed or stopped run from its last completed round's global model.
+
+    The continuation is a new run, `<run id>-r1` (then -r2, ...): messages and update items still in
+    flight for the old execution carry the old run id, so they can never mix into the new one."""
+    table = DynamoRoundTable(outputs.table, dynamodb)
+    old = table.get_run(run_id)
+    if old is None:
+        raise FedstepError(f"there is no run {run_id!r} in table {outputs.table}")
+    arn = outputs.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{run_id}"
+    status = stepfunctions.describe_execution(executionArn=arn)["status"]
+    if status == "RUNNING":
+        raise FedstepError(f"run {run_id} is still running; stop it before resuming it")
+    history = round_history(table, run_id, old.rounds, old)  # also the rounds of runs it continues
+    done = [h["round"] for h in history]
+    last = next((i for i, r in enumerate(done) if r != i + 1), len(done))  # last of rounds 1..k all done
+    if last >= old.rounds:
+        raise FedstepError(f"run {run_id} completed all {old.rounds} rounds ({status}); nothing to resume")
+    store = S3ModelStore(outputs.bucket, s3)
+    architecture = store.get(keys.model_key(run_id))
+    global_bytes = store.get(keys.global_key(run_id, last))
+    history = [h for h in history if h["round"] <= last]
+    for attempt in range(1, 100):
+        new_id = keys.check_id("run id", f"{run_id}-r{attempt}")
+        record = replace(old, run_id=new_id, created_at=utc_now(), resumed_from=run_id)
+        launched = _launch(record, architecture, global_bytes, last, history, outputs, s3, dynamodb, stepfunctions)
+        if launched is not None:
+            return launched
+    raise FedstepError(f"run {run_id} was resumed 99 times already")
+
+
+def _launch(
+    record: RunRecord,
+    architecture: bytes,
+    global_bytes: bytes,
+    start_round: int,
+    history: list[dict[str, Any]],
+    outputs: StackOutputs,
+    s3: Any,
+    dynamodb: Any,
+    stepfunctions: Any,
+) -> StartedRun | None:
+    """Write the run record (None if that run id is taken), publish its models, start its execution
+    after `start_round`."""
+    if not DynamoRoundTable(outputs.table, dynamodb).put_once(record.to_item()):
+        return None
+    store = S3ModelStore(outputs.bucket, s3)
+    model_ref = ObjectRef(keys.model_key(record.run_id), tensors.sha256_hex(architecture), len(architecture))
+    global_ref = ObjectRef(
+        keys.global_key(record.run_id, start_round), tensors.sha256_hex(global_bytes), len(global_bytes)
+    )
     store.put(model_ref.key, architecture)
-    store.put(global_ref.key, weights)
+    store.put(global_ref.key, global_bytes)
     execution_input = {
         "run": {
-            "run_id": run_id,
-            "rounds": settings.rounds,
-            "clients": clients,
-            "training": asdict(settings.training()),
+            "run_id": record.run_id,
+            "rounds": record.rounds,
+            "clients": record.clients,
+            "training": asdict(record.training),
             "model": asdict(model_ref),
-            "round_timeout_s": settings.round_timeout_s,
+            "round_timeout_s": record.round_timeout_s,
         },
-        "round": 0,
-        "selected": record.selected(1),
+        "round": start_round,
+        "selected": record.selected(start_round + 1),
         "global_model": asdict(global_ref),
-        "history": [],
+        "history": history,
     }
     execution = stepfunctions.start_execution(
-        stateMachineArn=outputs.state_machine_arn, name=run_id, input=json.dumps(execution_input)
+        stateMachineArn=outputs.state_machine_arn, name=record.run_id, input=json.dumps(execution_input)
     )
-    return StartedRun(run_id, execution["executionArn"], clients)
+    return StartedRun(record.run_id, execution["executionArn"], record.clients)
