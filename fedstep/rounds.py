@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -58,7 +57,8 @@ def _seconds_since(iso: str, now: float) -> float:
 
 @dataclass
 class _Intake:
-    """The round's update items sorted into usable ones and rejections, with the round's task token."""
+    """The round's update items sorted into usable ones and rejections, with the task token of the
+    round's newest attempt."""
 
     items: list[UpdateItem] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
@@ -84,12 +84,10 @@ def _sort_items(run: RunRecord, round_number: int, raw_items: list[dict[str, Any
         else:
             parsed.append(item)
     if parsed:
-        intake.task_token = Counter(i.task_token for i in parsed).most_common(1)[0][0]
-    for item in parsed:
-        if item.task_token == intake.task_token:
-            intake.items.append(item)
-        else:
-            intake.rejected.append(Rejection(item.client_id, "task token differs from the round's"))
+        # A retried round is published again with a new token; updates of an earlier attempt trained
+        # on the same global model and stay valid. The round is reported to its newest attempt.
+        intake.task_token = max(parsed, key=lambda i: i.issued_at).task_token
+    intake.items = parsed
     return intake
 
 

@@ -331,6 +331,7 @@ class RunRecord:
     seed: int = 0
     """Seed of the per-round client selection."""
     round_timeout_s: int = 3600
+    round_retries: int = 0
     resumed_from: str = ""
     """The run this one continues (`fedstep start --resume`), or ""."""
 
@@ -360,5 +361,6 @@ class RunRecord:
             clients_per_round=_positive_int(data, "clients_per_round", where, 0) if "clients_per_round" in data else 0,
             seed=_positive_int(data, "seed", where, 0) if "seed" in data else 0,
             round_timeout_s=_positive_int(data, "round_timeout_s", where) if "round_timeout_s" in data else 3600,
+            round_retries=_positive_int(data, "round_retries", where, 0) if "round_retries" in data else 0,
             resumed_from=str(data.get("resumed_from", "")),
         )

@@ -16,7 +16,9 @@ ends early, with stop reason "target_reached", when a round's weighted metrics m
 
 At the round's deadline (the task's TimeoutSecondsPath) -> Aggregate at deadline (the aggregation
 function, invoked directly: it aggregates what arrived if the quorum is met) -> Round aggregated.
-Fewer valid updates than the quorum -> Training failed, error QuorumNotMet with the counts as cause.
+Fewer valid updates than the quorum -> Retry round? -> Retry round (the same round, published again
+with a new token, up to run.round_retries times) or Training failed (error QuorumNotMet, the counts
+as cause).
 """
 
 from __future__ import annotations
@@ -36,12 +38,15 @@ def _carry(constants: dict[str, str] | None = None, **paths: str) -> dict[str, s
     fields = {
         "run.$": "$.run",
         "round.$": "$.round",
+        "attempt.$": "$.attempt",
         "selected.$": "$.selected",
         "global_model.$": "$.global_model",
         "history.$": "$.history",
     }
     fields.update({f"{k}.$": v for k, v in paths.items()})
-    fields.update(constants or {})
+    for name, value in (constants or {}).items():
+        fields.pop(f"{name}.$", None)
+        fields[name] = value
     return fields
 
 
@@ -54,7 +59,7 @@ def _client_list(path: str) -> tasks.MessageAttribute:
 
 
 def training_definition(scope: Construct, topic: sns.ITopic, aggregate: lambda_.IFunction) -> sfn.IChainable:
-    prepare = sfn.Pass(scope, "Prepare round", parameters=_carry(round="States.MathAdd($.round, 1)"))
+    prepare = sfn.Pass(scope, "Prepare round", parameters=_carry({"attempt": 0}, round="States.MathAdd($.round, 1)"))
     notify = tasks.SnsPublish(
         scope,
         "Notify clients and wait for updates",
@@ -112,9 +117,14 @@ def training_definition(scope: Construct, topic: sns.ITopic, aggregate: lambda_.
         result_path="$.result",
     )
     failed = sfn.Fail(scope, "Training failed", error_path="$.failure.Error", cause_path="$.failure.Cause")
+    retry = sfn.Pass(scope, "Retry round", parameters=_carry(attempt="States.MathAdd($.attempt, 1)"))
+    retry.next(notify)
+    retry_or_fail = sfn.Choice(scope, "Retry round?")
+    retry_or_fail.when(sfn.Condition.number_less_than_json_path("$.attempt", "$.run.round_retries"), retry)
+    retry_or_fail.otherwise(failed)
     notify.add_catch(at_deadline, errors=["States.Timeout"], result_path="$.timeout")
-    notify.add_catch(failed, errors=["QuorumNotMet"], result_path="$.failure")
-    at_deadline.add_catch(failed, errors=["QuorumNotMet"], result_path="$.failure")
+    notify.add_catch(retry_or_fail, errors=["QuorumNotMet"], result_path="$.failure")
+    at_deadline.add_catch(retry_or_fail, errors=["QuorumNotMet"], result_path="$.failure")
     at_deadline.next(aggregated)
     run_ended = tasks.SnsPublish(
         scope,

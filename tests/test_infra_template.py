@@ -188,6 +188,9 @@ def test_state_machine_loops_over_rounds_and_waits_for_the_task_token(template):
     assert notify["Parameters"]["MessageAttributes"]["clients"]["DataType"] == "String.Array"
     assert states["Notify clients and wait for updates"]["Catch"][0]["Next"] == "Aggregate at deadline"
     assert states["Training failed"]["Type"] == "Fail"
+    assert states["Retry round?"]["Choices"][0]["NumericLessThanPath"] == "$.run.round_retries"
+    assert states["Retry round"]["Next"] == "Notify clients and wait for updates"
+    assert states["Prepare round"]["Parameters"]["attempt"] == 0
     assert states["Notify clients: run ended"]["Parameters"]["Message"]["type"] == "run_ended"
     assert states["Training finished"]["End"] is True
 

@@ -68,13 +68,14 @@ def agent(cloud, client_id, tmp_path, trainer=None):
     return Agent(config, trainer or ShiftTrainer(*SHIFTS[client_id]))
 
 
-def start(cloud, rounds, round_timeout_s=120, quorum=None, target=None, clients_per_round=None):
+def start(cloud, rounds, round_timeout_s=120, quorum=None, target=None, clients_per_round=None, round_retries=0):
     settings = RunSettings(
         rounds=rounds,
         round_timeout_s=round_timeout_s,
         quorum=quorum,
         target=target,
         clients_per_round=clients_per_round,
+        round_retries=round_retries,
     )
     return start_run(
         b"an architecture file the server never reads",
@@ -576,3 +577,22 @@ def test_a_failed_run_resumes_from_its_last_completed_round(cloud, tmp_path):
         np.testing.assert_allclose(final[name], 7.5)  # three rounds of 2.5: the same as a fault-free run
     with pytest.raises(FedstepError, match="completed all 3 rounds"):
         resume_run(resumed.run_id, cloud.outputs, **clients)
+
+
+def test_a_round_that_misses_its_quorum_is_retried_and_the_run_completes(cloud, tmp_path):
+    run = start(cloud, rounds=1, round_timeout_s=3, quorum=2, round_retries=1)
+    agents = {c: agent(cloud, c, tmp_path) for c in SHIFTS}
+    serve(agents["client-1"])  # attempt 1: client-2 is down; the quorum of 2 is missed at the deadline
+    stale = receive(cloud, "client-2")  # client-2 never sees attempt 1's message
+    cloud.client("sqs").delete_message(QueueUrl=cloud.outputs.queues["client-2"], ReceiptHandle=stale["ReceiptHandle"])
+    serve(agents["client-1"], expect=Outcome.ALREADY_SERVED, tries=60)  # attempt 2: already reported, not retrained
+    serve(agents["client-2"])  # attempt 2: client-2 is back
+    desc = wait_for_execution(cloud, run.execution_arn)
+    assert desc["status"] == "SUCCEEDED", desc.get("cause")
+    names = [
+        e["type"] for e in cloud.client("stepfunctions").get_execution_history(executionArn=run.execution_arn)["events"]
+    ]
+    assert names.count("TaskScheduled") >= 3  # notify, aggregate at deadline, notify again
+    final = tensors.decode(S3ModelStore(cloud.outputs.bucket, cloud.client("s3")).get(keys.global_key(run.run_id, 1)))
+    for name in INITIAL:
+        np.testing.assert_allclose(final[name], 2.5)  # both clients' updates: the fault-free result

@@ -97,14 +97,12 @@ def make_world(quorum: int, clients=("a", "b")):
     return store, table, reporter
 
 
-def report(store, table, client, value, n, round_number=1, token="tok-1", weights=None):
+def report(store, table, client, value, n, round_number=1, token="tok-1", weights=None, issued_at="2026-11-21T00:00Z"):
     """What an agent does: upload an update, write its item."""
     weights = weights if weights is not None else {k: np.full(v.shape, value, np.float32) for k, v in GLOBAL.items()}
     key = keys.update_key(RUN, round_number, client)
     metrics = {"test_accuracy": value / 10}
-    item = UpdateItem(
-        RUN, round_number, client, n, ObjectRef(key, "0" * 64, 0), metrics, token, "2026-11-21T00:00Z", ""
-    )
+    item = UpdateItem(RUN, round_number, client, n, ObjectRef(key, "0" * 64, 0), metrics, token, issued_at, "")
     data = tensors.encode(weights, update_metadata(item))
     store.put(key, data)
     table.put(replace(item, update=ObjectRef(key, tensors.sha256_hex(data), len(data))).to_item())
@@ -182,12 +180,14 @@ def test_a_round_with_no_valid_update_fails_with_a_named_error(world):
     assert error == "QuorumNotMet" and cause.startswith("0 of 2 updates in round 1") and "names differ" in cause
 
 
-def test_an_update_carrying_another_token_is_not_counted(world):
+def test_a_retried_round_counts_earlier_attempts_and_reports_to_the_newest(world):
     store, table, reporter = world
-    report(store, table, "a", 1.0, 10, token="tok-1")
-    report(store, table, "b", 9.0, 30, token="token-of-another-run")
-    assert complete(store, table, reporter) is None  # b has not validly reported: the round waits
-    assert reporter.successes == [] and table.get_round(RUN, 1) is None
+    report(store, table, "a", 1.0, 10, token="attempt-1")  # reported in the round's first attempt
+    report(store, table, "b", 4.0, 30, token="attempt-2", issued_at="2026-11-21T00:10:00Z")
+    summary = complete(store, table, reporter)
+    assert summary.participants == ["a", "b"]
+    [(token, _)] = reporter.successes
+    assert token == "attempt-2"
 
 
 def test_an_item_pointing_at_another_clients_file_is_rejected(world):

@@ -22,6 +22,12 @@ def _settings_args(parser: argparse.ArgumentParser, rounds: int, timeout: int) -
         "--clients-per-round", help="clients each round selects: a number (3) or a fraction (0.5); default all"
     )
     parser.add_argument(
+        "--round-retries",
+        type=int,
+        default=0,
+        help="publish a round that misses its quorum again, up to N times (default 0)",
+    )
+    parser.add_argument(
         "--target", help="stop early when a round's weighted metric meets this, e.g. test_accuracy>=0.9"
     )
     parser.add_argument(
@@ -49,6 +55,7 @@ def _settings(args: argparse.Namespace):  # -> RunSettings
         quorum=args.quorum,
         target=args.target,
         clients_per_round=args.clients_per_round,
+        round_retries=args.round_retries,
         seed=args.seed or 0,
     )
 

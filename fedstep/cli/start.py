@@ -35,12 +35,16 @@ class RunSettings:
     """Stop early when a round's weighted metric meets this, e.g. "test_accuracy>=0.9"."""
     clients_per_round: str | None = None
     """Clients each round selects: a number ("3") or a fraction ("0.5"); default all."""
+    round_retries: int = 0
+    """How often a round that misses its quorum is published again before the run fails."""
     seed: int = 0
     """Seed of the per-round client selection."""
 
     def validated(self) -> RunSettings:
         if self.rounds < 1:
             raise FedstepError(f"rounds must be >= 1, got {self.rounds}")
+        if not 0 <= self.round_retries <= 10:
+            raise FedstepError(f"round_retries must be 0-10, got {self.round_retries}")
         if self.quorum is not None and self.quorum < 1:
             raise FedstepError(f"quorum must be >= 1, got {self.quorum}")
         if self.target is not None:
@@ -131,6 +135,7 @@ def start_run(
         clients_per_round=per_round,
         seed=settings.seed,
         round_timeout_s=settings.round_timeout_s,
+        round_retries=settings.round_retries,
     )
     weights = tensors.encode(
         initial_weights, {"schema": SCHEMA_VERSION, "run_id": run_id, "round": 0, "kind": "global"}
@@ -202,6 +207,7 @@ def _launch(
             "training": asdict(record.training),
             "model": asdict(model_ref),
             "round_timeout_s": record.round_timeout_s,
+            "round_retries": record.round_retries,
         },
         "round": start_round,
         "selected": record.selected(start_round + 1),
