@@ -126,6 +126,20 @@ def training_definition(scope: Construct, topic: sns.ITopic, aggregate: lambda_.
     notify.add_catch(retry_or_fail, errors=["QuorumNotMet"], result_path="$.failure")
     at_deadline.add_catch(retry_or_fail, errors=["QuorumNotMet"], result_path="$.failure")
     at_deadline.next(aggregated)
+    # A report sent with this round's task token must be about this run and round. A client could
+    # write another run's token into an item; its report then fails here instead of steering the run.
+    foreign = sfn.Fail(
+        scope, "Report for another run", error="ForeignReport", cause="a round report named another run or round"
+    )
+    is_ours = sfn.Choice(scope, "Report is for this round?")
+    is_ours.when(
+        sfn.Condition.and_(
+            sfn.Condition.string_equals_json_path("$.result.summary.run_id", "$.run.run_id"),
+            sfn.Condition.number_equals_json_path("$.result.summary.round", "$.round"),
+        ),
+        aggregated,
+    )
+    is_ours.otherwise(foreign)
     run_ended = tasks.SnsPublish(
         scope,
         "Notify clients: run ended",
@@ -163,4 +177,6 @@ def training_definition(scope: Construct, topic: sns.ITopic, aggregate: lambda_.
     more.when(sfn.Condition.boolean_equals("$.target_reached", True), target_reached.next(run_ended))
     more.when(sfn.Condition.number_less_than_json_path("$.round", "$.run.rounds"), prepare)
     more.otherwise(all_rounds.next(run_ended))
-    return prepare.next(notify).next(aggregated).next(more)
+    prepare.next(notify).next(is_ours)
+    aggregated.next(more)
+    return prepare

@@ -191,6 +191,8 @@ def test_state_machine_loops_over_rounds_and_waits_for_the_task_token(template):
     assert states["Retry round?"]["Choices"][0]["NumericLessThanPath"] == "$.run.round_retries"
     assert states["Retry round"]["Next"] == "Notify clients and wait for updates"
     assert states["Prepare round"]["Parameters"]["attempt"] == 0
+    assert states["Notify clients and wait for updates"]["Next"] == "Report is for this round?"
+    assert states["Report for another run"]["Error"] == "ForeignReport"
     assert states["Notify clients: run ended"]["Parameters"]["Message"]["type"] == "run_ended"
     assert states["Training finished"]["End"] is True
 

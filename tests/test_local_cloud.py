@@ -596,3 +596,18 @@ def test_a_round_that_misses_its_quorum_is_retried_and_the_run_completes(cloud, 
     final = tensors.decode(S3ModelStore(cloud.outputs.bucket, cloud.client("s3")).get(keys.global_key(run.run_id, 1)))
     for name in INITIAL:
         np.testing.assert_allclose(final[name], 2.5)  # both clients' updates: the fault-free result
+
+
+def test_a_report_about_another_run_cannot_steer_this_run(cloud, tmp_path):
+    run = start(cloud, rounds=2)
+    token = json.loads(receive(cloud, "client-1")["Body"])["task_token"]
+    forged = {
+        "summary": {"run_id": "some-other-run", "round": 1},
+        "global_model": {"key": "runs/some-other-run/rounds/00001/global.safetensors", "sha256": "0" * 64, "bytes": 1},
+        "history": [],
+        "target_reached": False,
+        "next_selected": ["client-1", "client-2"],
+    }
+    cloud.client("stepfunctions").send_task_success(taskToken=token, output=json.dumps(forged))
+    desc = wait_for_execution(cloud, run.execution_arn)
+    assert (desc["status"], desc["error"]) == ("FAILED", "ForeignReport")
