@@ -60,13 +60,14 @@ class _Intake:
     """The round's update items sorted into usable ones and rejections, with the task token of the
     round's newest attempt."""
 
+    selected: list[str]
     items: list[UpdateItem] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     task_token: str | None = None
 
 
 def _sort_items(run: RunRecord, round_number: int, raw_items: list[dict[str, Any]]) -> _Intake:
-    intake = _Intake()
+    intake = _Intake(selected=run.selected(round_number))
     parsed: list[UpdateItem] = []
     for raw in sorted(raw_items, key=lambda r: str(r.get(keys.SK, ""))):
         client = str(raw.get("client_id", "?"))
@@ -77,7 +78,7 @@ def _sort_items(run: RunRecord, round_number: int, raw_items: list[dict[str, Any
             continue
         if item.client_id not in run.clients:
             intake.rejected.append(Rejection(client, "client is not registered for this run"))
-        elif item.client_id not in run.selected(round_number):
+        elif item.client_id not in intake.selected:
             intake.rejected.append(Rejection(client, "client was not selected for this round"))
         elif item.update.key != keys.update_key(run.run_id, round_number, item.client_id):
             intake.rejected.append(Rejection(client, f"update key {item.update.key!r} is not this client's"))
@@ -152,7 +153,7 @@ def try_complete_round(
         log.warning("update for unknown run %s ignored", run_id)
         return None
     intake = _sort_items(run, round_number, table.list_updates(run_id, round_number))
-    waiting_for = sorted(set(run.selected(round_number)) - {i.client_id for i in intake.items})
+    waiting_for = sorted(set(intake.selected) - {i.client_id for i in intake.items})
     if waiting_for or intake.task_token is None:
         log.info("round %s/%d: waiting for %s", run_id, round_number, ", ".join(waiting_for))
         return None
@@ -202,8 +203,7 @@ def _aggregate(
     def quorum_not_met(valid: int) -> QuorumNotMet:
         reasons = "".join(f"; {r.client_id}: {r.reason}" for r in intake.rejected)
         return QuorumNotMet(
-            f"{valid} of {len(run.selected(round_number))} updates {when} (quorum {run.quorum}) "
-            f"in run {run.run_id}{reasons}"
+            f"{valid} of {len(intake.selected)} updates {when} (quorum {run.quorum}) in run {run.run_id}{reasons}"
         )
 
     if len(intake.items) < run.quorum:
@@ -242,7 +242,7 @@ def _aggregate(
     return RoundSummary(
         run_id=run.run_id,
         round=round_number,
-        selected=run.selected(round_number),
+        selected=intake.selected,
         participants=[i.client_id for i in accepted],
         num_examples=sum(i.num_examples for i in accepted),
         rejected=intake.rejected,

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from fedstep import SCHEMA_VERSION, keys
 from fedstep.errors import FedstepError
+from fedstep.selection import select
 
 T = TypeVar("T")
 
@@ -337,8 +338,6 @@ class RunRecord:
 
     def selected(self, round_number: int) -> list[str]:
         """The clients selected for `round_number` (see fedstep.selection)."""
-        from fedstep.selection import select
-
         return select(self.clients, self.clients_per_round or len(self.clients), self.seed, round_number)
 
     def to_item(self) -> dict[str, Any]:

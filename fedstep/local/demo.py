@@ -190,6 +190,8 @@ def _watch(
                 + (f"  rejected {len(summary.rejected)}" if summary.rejected else "")
             )
         status = sfn.describe_execution(executionArn=execution_arn)
+        # Listed again after reading the status: a round summary written since the listing above
+        # would otherwise be missed when the execution succeeds in between.
         if status["status"] == "SUCCEEDED" and len(seen) == len(table.list_rounds(run_id)):
             return seen  # every round (fewer than --rounds if the target stopped the run early)
         if status["status"] in ("FAILED", "TIMED_OUT", "ABORTED"):
