@@ -9,6 +9,7 @@ written leaves the message in the queue; it comes back after the visibility time
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import threading
@@ -23,9 +24,13 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from client_agent.checks import open_session, preflight
 from client_agent.config import AgentConfig
-from client_agent.training import Trainer
+from client_agent.heartbeat import Heartbeats
+from client_agent.progress import Progress
+from client_agent.training import FunctionTrainer, Trainer
 from fedstep import aws, keys, tensors
+from fedstep.aws_errors import AWS_ERRORS, explain, is_transient
 from fedstep.errors import FedstepError, InvalidUpdate
 from fedstep.rounds import update_metadata, utc_now
 from fedstep.schemas import InvalidMessage, ObjectRef, RoundMessage, RunEndedMessage, UpdateItem, parse_message
@@ -43,6 +48,8 @@ class Outcome(Enum):
 
 @dataclass
 class RoundReport:
+    """What one served round did; logged as the round's summary line."""
+
     run_id: str
     round: int
     num_examples: int
@@ -51,32 +58,93 @@ class RoundReport:
     bytes_up: int
     seconds: float
 
+    def line(self) -> str:
+        """round 3 of run-x | 383 examples | loss 0.912 -> 0.620 | accuracy 0.712 -> 0.801 | down .. | 1.4 s"""
+        parts = [f"round {self.round} of {self.run_id}", f"{self.num_examples} examples"]
+        parts += [f"{name} {shown}" for name in ("loss", "accuracy") if (shown := self._before_after(name))]
+        parts += [f"down {_size(self.bytes_down)} up {_size(self.bytes_up)}", f"{self.seconds:.1f} s"]
+        return " | ".join(parts)
+
+    def _before_after(self, name: str) -> str:
+        m = self.metrics
+        if f"test_{name}" in m:
+            before = m.get(f"test_{name}_before")
+            after = f"{m[f'test_{name}']:.4f} (test)"
+            return f"{before:.4f} -> {after}" if before is not None else after
+        return f"{m[f'train_{name}']:.4f} (train)" if f"train_{name}" in m else ""
+
+    def fields(self) -> dict[str, Any]:
+        """The same facts as structured fields (for `--log-format json`)."""
+        return {
+            "run_id": self.run_id,
+            "round": self.round,
+            "examples": self.num_examples,
+            "metrics": self.metrics,
+            "bytes_down": self.bytes_down,
+            "bytes_up": self.bytes_up,
+            "seconds": self.seconds,
+        }
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
 
 class Agent:
-    def __init__(self, config: AgentConfig, trainer: Trainer, session: boto3.Session | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        trainer: Trainer,
+        session: boto3.Session | None = None,
+        progress: Progress | None = None,
+    ) -> None:
         self.config = config
         self.trainer = trainer
-        if session is None and config.role_arn:
-            session = aws.assumed_role_session(
-                config.role_arn, config.region, config.endpoint_url, f"fedstep-{config.client_id}"
-            )
-        session = session or boto3.Session(region_name=config.region)
-        self.sqs = aws.client("sqs", session, config.endpoint_url)
-        self.s3 = aws.client("s3", session, config.endpoint_url)
-        self.table = aws.DynamoRoundTable(config.table, aws.client("dynamodb", session, config.endpoint_url))
+        self.session = session or open_session(config)
+        self.progress = progress or Progress(enabled=False)
+        self.sqs = aws.client("sqs", self.session, config.endpoint_url)
+        self.s3 = aws.client("s3", self.session, config.endpoint_url)
+        self.table = aws.DynamoRoundTable(config.table, aws.client("dynamodb", self.session, config.endpoint_url))
+        self.heartbeats = Heartbeats(config.client_id, self.table, config.heartbeat_s)
         self.cache = Path(config.cache_dir or Path.home() / ".cache" / "fedstep")
         self.last_report: RoundReport | None = None
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self, follow: bool = False, once: bool = False) -> int:
-        """Serve rounds until a run ends (or forever with `follow`); `once`: stop after one round."""
+        """Serve rounds until a run ends (or forever with `follow`); `once`: stop after one round.
+
+        Checks the queue first (a misconfiguration fails at once, with its cause). Network outages
+        and throttling while polling are waited out with backoff (5 s doubling to 60 s); an error
+        that waiting cannot fix (access denied, queue deleted) stops the agent with its cause.
+        """
+        preflight(self.config, self.session)
         log.info("client %s polling %s", self.config.client_id, self.config.queue_url)
-        while True:
-            outcome = self.poll_once()
-            if outcome is Outcome.RUN_ENDED and not follow:
-                return 0
-            if once and outcome in (Outcome.SERVED, Outcome.ALREADY_SERVED):
-                return 0
+        self.heartbeats.start()
+        delay = 0.0
+        try:
+            while True:
+                try:
+                    outcome = self.poll_once()
+                except AWS_ERRORS as exc:
+                    if not is_transient(exc):
+                        raise FedstepError(explain(exc, what=f"queue {self.config.queue_url}")) from None
+                    delay = min(60.0, max(5.0, delay * 2))
+                    log.warning("cannot poll the queue, retrying in %.0f s: %s", delay, explain(exc))
+                    time.sleep(delay)
+                    continue
+                if delay:
+                    log.info("polling the queue again")
+                    delay = 0.0
+                if outcome is Outcome.RUN_ENDED and not follow:
+                    return 0
+                if once and outcome in (Outcome.SERVED, Outcome.ALREADY_SERVED):
+                    return 0
+        finally:
+            self.heartbeats.stop()
 
     def poll_once(self) -> Outcome | None:
         """One receive call; serve the message if one came. None when the queue was empty."""
@@ -111,7 +179,10 @@ class Agent:
             self._release(message)
             raise
         except Exception as exc:  # a failed round must not stop the agent; the message comes back
-            detail = str(exc) if isinstance(exc, (FedstepError, ClientError, BotoCoreError)) else repr(exc)
+            if isinstance(exc, (ClientError, BotoCoreError)):
+                detail = explain(exc)
+            else:
+                detail = str(exc) if isinstance(exc, FedstepError) else repr(exc)
             log.error(
                 "round %d of run %s failed, the message stays queued and comes back: %s",
                 parsed.round,
@@ -162,18 +233,28 @@ class Agent:
 
     # -- one round --------------------------------------------------------------------------------
     def serve_round(self, msg: RoundMessage) -> Outcome:
+        self.heartbeats.set_state("training", msg.run_id, msg.round)
+        try:
+            return self._serve_round(msg)
+        finally:
+            self.heartbeats.set_state("idle")
+
+    def _serve_round(self, msg: RoundMessage) -> Outcome:
         recovered = self._report_existing_update(msg)
         if recovered is not None:
             return recovered
         started = time.monotonic()
-        architecture = self._architecture(msg.model)
-        global_bytes = self._download(msg.global_model)
+        log.info("round %d of %s: training", msg.round, msg.run_id)
+        architecture, fetched = self._architecture(msg.model)
+        global_bytes = self._download(msg.global_model, f"round {msg.round}: global model")
         global_weights = tensors.decode(global_bytes)
+        if isinstance(self.trainer, FunctionTrainer):
+            self.trainer.callbacks = lambda: self.progress.keras_callbacks(f"round {msg.round}: training")
         result = self.trainer.fit(architecture, global_weights, msg.training)
         key = keys.update_key(msg.run_id, msg.round, self.config.client_id)
         facts = self._item(msg, ObjectRef(key, "0" * 64, 0), result.num_examples, result.metrics)
         data = tensors.encode(result.weights, update_metadata(facts))
-        self.s3.put_object(Bucket=self.config.bucket, Key=key, Body=data)
+        self._upload(key, data, f"round {msg.round}: update")
         if not self.table.put_once(self._item(msg, _ref(key, data), result.num_examples, result.metrics).to_item()):
             return Outcome.ALREADY_SERVED
         report = RoundReport(
@@ -181,21 +262,12 @@ class Agent:
             msg.round,
             result.num_examples,
             result.metrics,
-            len(global_bytes) + len(architecture),
+            len(global_bytes) + fetched,
             len(data),
             round(time.monotonic() - started, 2),
         )
         self.last_report = report
-        log.info(
-            "round %d | %d examples | loss %.4f acc %.4f | down %d B up %d B | %.1f s",
-            report.round,
-            report.num_examples,
-            report.metrics.get("train_loss", float("nan")),
-            report.metrics.get("train_accuracy", float("nan")),
-            report.bytes_down,
-            report.bytes_up,
-            report.seconds,
-        )
+        log.info(report.line(), extra={"round_summary": report.fields()})
         return Outcome.SERVED
 
     def _item(self, msg: RoundMessage, update: ObjectRef, num_examples: int, metrics: dict[str, float]) -> UpdateItem:
@@ -233,21 +305,33 @@ class Agent:
         log.info("round %d of run %s was already served; message redelivered", msg.round, msg.run_id)
         return Outcome.ALREADY_SERVED
 
-    def _download(self, ref: ObjectRef) -> bytes:
-        data = self.s3.get_object(Bucket=self.config.bucket, Key=ref.key)["Body"].read()
-        if hashlib.sha256(data).hexdigest() != ref.sha256:
+    def _download(self, ref: ObjectRef, description: str) -> bytes:
+        """The object, read in 1 MiB chunks (with a progress bar), checked against the message's sha256."""
+        body = self.s3.get_object(Bucket=self.config.bucket, Key=ref.key)["Body"]
+        chunks, digest = [], hashlib.sha256()
+        with self.progress.transfer(description, ref.bytes) as advance:
+            for chunk in body.iter_chunks(1 << 20):
+                chunks.append(chunk)
+                digest.update(chunk)
+                advance(len(chunk))
+        if digest.hexdigest() != ref.sha256:
             raise InvalidUpdate(f"s3://{self.config.bucket}/{ref.key} does not match the sha256 in the message")
-        return data
+        return b"".join(chunks)
 
-    def _architecture(self, ref: ObjectRef) -> bytes:
-        """The run's `.keras` file, from the local cache when its sha256 is already there."""
+    def _upload(self, key: str, data: bytes, description: str) -> None:
+        """PutObject (multipart above 8 MiB, in parallel), with a progress bar."""
+        with self.progress.transfer(description, len(data)) as advance:
+            self.s3.upload_fileobj(io.BytesIO(data), self.config.bucket, key, Callback=advance)
+
+    def _architecture(self, ref: ObjectRef) -> tuple[bytes, int]:
+        """The run's `.keras` file and the bytes downloaded for it: 0 when the local cache has it."""
         cached = self.cache / f"{ref.sha256}.keras"
         if cached.exists() and hashlib.sha256(cached.read_bytes()).hexdigest() == ref.sha256:
-            return cached.read_bytes()
-        data = self._download(ref)
+            return cached.read_bytes(), 0
+        data = self._download(ref, "run's model architecture")
         self.cache.mkdir(parents=True, exist_ok=True)
         cached.write_bytes(data)
-        return data
+        return data, len(data)
 
 
 def _ref(key: str, data: bytes) -> ObjectRef:

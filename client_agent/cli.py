@@ -9,6 +9,7 @@ import signal
 import sys
 
 from client_agent import config as agent_config
+from client_agent.logs import FORMATS, configure
 from fedstep import __version__
 from fedstep.errors import FedstepError
 
@@ -28,9 +29,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--role-arn", help="the client's IAM role to assume (stack output RoleArn...)")
     run.add_argument("--data", help="built-in data set (digits, mnist, heart) or module:function")
     run.add_argument("--partition", help="i/n: this client's part of a built-in data set")
+    run.add_argument("--trainer", help="train function module:function (default: Keras fit)")
     run.add_argument("--poll-wait", type=int, dest="poll_wait_s", help="long-poll seconds, 0-20 (default 20)")
-    run.add_argument("--follow", action="store_true", help="keep serving after a run ends")
-    run.add_argument("--once", action="store_true", help="serve one round, then exit")
+    run.add_argument("--heartbeat", type=int, dest="heartbeat_s", help="heartbeat every N s (default 60; 0: off)")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--follow", action="store_true", help="keep serving runs after one ends")
+    mode.add_argument("--once", action="store_true", help="serve one round, then exit")
+    mode.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check config, data, credentials, permissions and connectivity; print a checklist; exit 0 or 1",
+    )
+    run.add_argument("--log-format", choices=FORMATS, default="text", help="text (default) or json (one per line)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
     run.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -52,29 +63,64 @@ def _exit_with_parent() -> None:
         raise SystemExit(143)
 
 
+def _load_config(args: argparse.Namespace) -> agent_config.AgentConfig:
+    overrides = {k: getattr(args, k) for k in agent_config.ENV if hasattr(args, k)}
+    overrides.update(
+        region=args.region, endpoint_url=args.endpoint_url, poll_wait_s=args.poll_wait_s, heartbeat_s=args.heartbeat_s
+    )
+    return agent_config.load(args.config, overrides)
+
+
+def _describe_data(config: agent_config.AgentConfig) -> str:
+    """Load the local data and resolve the trainer, as a run would; one line saying what was found."""
+    from client_agent.data import load_local_data
+    from client_agent.training import load_trainer
+
+    data = load_local_data(config.data, config.partition)
+    trainer = load_trainer(config.trainer, data)
+    part = f" part {config.partition}" if config.partition else ""
+    return (
+        f"{config.data}{part}: {len(data[0][0])} training and {len(data[1][0])} test examples; trainer {trainer.name}"
+    )
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    from client_agent.checks import dry_run
+
+    checks = dry_run(lambda: _load_config(args), _describe_data)
+    print(f"fedstep-client {__version__} dry run: nothing is trained, uploaded or written")
+    for check in checks:
+        print(check.line())
+    failed = [c.name for c in checks if c.status == "FAIL"]
+    print(f"{len(failed)} check(s) failed: {', '.join(failed)}" if failed else "all checks passed")
+    return 1 if failed else 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from client_agent.agent import Agent
+    from client_agent.data import load_local_data
+    from client_agent.training import load_trainer
+
+    progress = configure(args.log_format, args.verbose, progress=not args.no_progress)
+    config = _load_config(args)
+    trainer = load_trainer(config.trainer, load_local_data(config.data, config.partition))
+    return Agent(config, trainer, progress=progress).run(follow=args.follow, once=args.once)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    for noisy in ("botocore", "urllib3", "absl"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, _terminate)
     _exit_with_parent()
-    overrides = {k: getattr(args, k) for k in agent_config.ENV if hasattr(args, k)}
-    overrides.update(region=args.region, poll_wait_s=args.poll_wait_s)
+    if args.dry_run:
+        configure(args.log_format, args.verbose, progress=False)
+        return _dry_run(args)
     try:
-        config = agent_config.load(args.config, overrides)
-        from client_agent.agent import Agent
-        from client_agent.data import load_local_data
-        from client_agent.training import KerasTrainer
-
-        trainer = KerasTrainer(load_local_data(config.data, config.partition))
-        return Agent(config, trainer).run(follow=args.follow, once=args.once)
+        return _run(args)
     except FedstepError as exc:
-        print(f"fedstep-client: error: {exc}", file=sys.stderr)
+        if args.log_format == "json":
+            logging.getLogger("fedstep.client").error("%s", exc, extra={"error": type(exc).__name__})
+        else:
+            print(f"fedstep-client: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -1,10 +1,13 @@
 """The agent's configuration: one JSON file, overridden by environment variables, overridden by flags.
 
     {"client_id": "client-1", "region": "us-east-1", "queue_url": "https://sqs...", "bucket": "...",
-     "table": "...", "endpoint_url": null, "data": "digits", "partition": "1/3"}
+     "table": "...", "role_arn": "arn:aws:iam::...:role/...", "data": "mysite.data:load",
+     "trainer": null, "heartbeat_s": 60}
 
 Environment: FEDSTEP_CLIENT_ID, FEDSTEP_QUEUE_URL, FEDSTEP_BUCKET, FEDSTEP_TABLE, FEDSTEP_DATA,
-FEDSTEP_PARTITION, FEDSTEP_ROLE_ARN, AWS_REGION / AWS_DEFAULT_REGION, AWS_ENDPOINT_URL.
+FEDSTEP_PARTITION, FEDSTEP_TRAINER, FEDSTEP_ROLE_ARN; AWS_REGION / AWS_DEFAULT_REGION and
+AWS_ENDPOINT_URL where the file sets no region or endpoint.
+Every field is described in docs/client.md.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ ENV = {
     "table": "FEDSTEP_TABLE",
     "data": "FEDSTEP_DATA",
     "partition": "FEDSTEP_PARTITION",
-    "endpoint_url": "AWS_ENDPOINT_URL",
     "role_arn": "FEDSTEP_ROLE_ARN",
+    "trainer": "FEDSTEP_TRAINER",
 }
 
 
@@ -42,12 +45,16 @@ class AgentConfig:
     """The client's IAM role (stack output RoleArn...); assumed with the standard credential chain."""
     data: str = ""
     partition: str | None = None
+    trainer: str | None = None
+    """The train function, module:function; default Keras fit (client_agent.training:keras_fit)."""
     poll_wait_s: int = 20
     """Long-poll wait per receive call, seconds (SQS allows 0-20)."""
     visibility_extend_s: int = 300
     """While training, extend the round message's visibility this often (to 3x this), seconds."""
     cache_dir: str = ""
     """Where downloaded architectures are kept; default ~/.cache/fedstep."""
+    heartbeat_s: int = 60
+    """Write a heartbeat item this often, seconds (10-3600); 0 turns heartbeats off."""
 
     def validated(self) -> AgentConfig:
         missing = [name for name in ("client_id", "queue_url", "bucket", "table", "data") if not getattr(self, name)]
@@ -62,11 +69,17 @@ class AgentConfig:
             raise FedstepError(f"poll_wait_s must be 0-20 seconds, got {self.poll_wait_s}")
         if not 1 <= self.visibility_extend_s <= 14_400:
             raise FedstepError(f"visibility_extend_s must be 1-14400 seconds, got {self.visibility_extend_s}")
+        if self.heartbeat_s != 0 and not 10 <= self.heartbeat_s <= 3600:
+            raise FedstepError(f"heartbeat_s must be 0 (off) or 10-3600 seconds, got {self.heartbeat_s}")
         return self
 
 
 def load(path: str | None, overrides: dict[str, Any]) -> AgentConfig:
-    """File, then environment, then non-None `overrides` (from flags); validated."""
+    """File, then FEDSTEP_* environment variables, then non-None `overrides` (from flags); validated.
+
+    The generic AWS variables (AWS_REGION, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL) fill in only what the
+    file leaves out: a shell's default region must not silently move the agent away from its stack.
+    """
     values: dict[str, Any] = {}
     known = {f.name for f in fields(AgentConfig)}
     if path:
@@ -86,11 +99,23 @@ def load(path: str | None, overrides: dict[str, Any]) -> AgentConfig:
         if os.environ.get(var):
             values[name] = os.environ[var]
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
+    if region and not values.get("region"):
         values["region"] = region
+    if os.environ.get("AWS_ENDPOINT_URL") and not values.get("endpoint_url"):
+        values["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
     values.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        config = replace(AgentConfig(), **values)
-    except TypeError as exc:
-        raise FedstepError(f"client config: {exc}") from None
-    return config.validated()
+    return replace(AgentConfig(), **{k: _typed(k, v) for k, v in values.items()}).validated()
+
+
+def _typed(name: str, value: Any) -> Any:
+    """`value` as the field's type (numbers may come as strings from the environment), or a clear error."""
+    if isinstance(getattr(AgentConfig(), name), int):
+        try:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise FedstepError(f"client config: {name} must be a whole number of seconds, got {value!r}") from None
+    if value is not None and not isinstance(value, str):
+        raise FedstepError(f"client config: {name} must be a string, got {value!r}")
+    return value

@@ -1,25 +1,44 @@
-"""Local training: the default Keras trainer.
+"""Local training: a train function `(model, data, training) -> metrics`, Keras `fit` by default.
 
-A trainer receives the round's architecture (`.keras` bytes), the global weights and the training
-config, trains on the client's local data, and returns the new weights, the number of training
-examples and metrics. The agent needs nothing else from it, so any framework that can get and set
-weights as numpy arrays can be a trainer.
+The agent needs nothing from a trainer but weights in, weights out, as numpy arrays. A train
+function receives the round's global model as a `RoundModel`:
+
+    def train(model: RoundModel, data: Split, training: TrainingConfig) -> dict[str, float]:
+        weights = model.get_weights()      # list of numpy arrays, in the run's tensor order
+        ...                                # train with any framework (Keras, PyTorch, scikit-learn)
+        model.set_weights(new_weights)     # same count, shapes; cast to float32
+        return {"train_loss": ..., "test_accuracy": ...}
+
+`model.keras()` gives the run's Keras model (loaded with safe_mode=True, global weights set); a
+trainer that trains it leaves its weights as the update. Select a train function with `--trainer
+module:function` (or `trainer` in the config file). The default is `keras_fit`.
+
+Metric names are free; these are the ones the agent's round summary line shows and the default
+reports: `train_loss`, `train_accuracy` (last epoch), `test_loss`, `test_accuracy` (local test
+split, after training) and `test_loss_before`, `test_accuracy_before` (the global model on the
+local test split, before training: a federated evaluation of the previous round's model).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from client_agent.keras_model import get_tensors, import_keras, model_from_bytes, set_tensors
+import numpy as np
+
+from fedstep.errors import FedstepError
+from fedstep.imports import load_callable
 from fedstep.schemas import TrainingConfig
 from fedstep.tensors import Tensors
 
 log = logging.getLogger(__name__)
 
 Split = tuple[tuple, tuple]  # ((x_train, y_train), (x_test, y_test))
+
+DEFAULT_TRAINER = "client_agent.training:keras_fit"
 
 
 @dataclass(frozen=True)
@@ -30,42 +49,131 @@ class TrainResult:
 
 
 class Trainer(Protocol):
+    """What the agent calls once per round."""
+
     def fit(self, architecture: bytes, weights: Tensors, training: TrainingConfig) -> TrainResult: ...
 
 
-def _finite(metrics: dict[str, float]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+class RoundModel:
+    """The round's global model as a train function sees it.
 
-
-class KerasTrainer:
-    """`model.fit` on the local train split, then `model.evaluate` on the local test split.
-
-    Metrics: train_loss/train_accuracy (last epoch), test_loss/test_accuracy (after training).
-    The optimizer is fresh every round (the architecture is reloaded), with the round's learning rate.
+    `get_weights()`/`set_weights()` work on numpy arrays in the run's tensor order (sorted tensor
+    names, which for Keras runs is `model.weights` order). `keras()` loads the run's architecture
+    once; from then on the Keras model holds the weights, and `get_weights`/`set_weights` use it.
+    `callbacks` are Keras callbacks the agent asks a Keras trainer to pass to `fit` (a progress bar).
     """
 
-    def __init__(self, data: Split, seed: int = 0) -> None:
-        (self.x_train, self.y_train), (self.x_test, self.y_test) = data
+    def __init__(self, architecture: bytes, weights: Tensors, callbacks: Sequence[Any] = (), seed: int = 0) -> None:
+        self.architecture = architecture
+        self.names = sorted(weights)
+        self.callbacks = list(callbacks)
         self.seed = seed
+        self._weights = [np.array(weights[n], dtype=np.float32) for n in self.names]
+        self._keras: Any = None
+
+    def get_weights(self) -> list[np.ndarray]:
+        if self._keras is not None:
+            return [np.asarray(w, dtype=np.float32) for w in self._keras.get_weights()]
+        return [w.copy() for w in self._weights]
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        arrays = [np.asarray(w, dtype=np.float32) for w in weights]
+        expected = [w.shape for w in self.get_weights()]
+        if [a.shape for a in arrays] != expected:
+            raise FedstepError(
+                f"set_weights: got shapes {[a.shape for a in arrays]}, the run's model has {expected} "
+                f"({', '.join(self.names)})"
+            )
+        if self._keras is not None:
+            self._keras.set_weights(arrays)
+        else:
+            self._weights = arrays
+
+    def keras(self) -> Any:
+        """The run's Keras model (compiled, safe mode) holding the current weights."""
+        if self._keras is None:
+            from client_agent.keras_model import model_from_bytes, set_tensors
+
+            model = model_from_bytes(self.architecture)
+            set_tensors(model, dict(zip(self.names, self._weights, strict=True)))
+            self._keras = model
+        return self._keras
+
+    def tensors(self) -> Tensors:
+        """The current weights by tensor name (what the agent uploads)."""
+        return dict(zip(self.names, self.get_weights(), strict=True))
+
+
+TrainFunction = Callable[[RoundModel, Split, TrainingConfig], Mapping[str, float]]
+
+
+def keras_fit(model: RoundModel, data: Split, training: TrainingConfig) -> dict[str, float]:
+    """The default: evaluate the global model on the local test split, `fit` on the local train split
+    (the round's epochs, batch size and learning rate, shuffled, seeded), evaluate again.
+
+    The optimizer is fresh every round (the architecture is reloaded), with the round's learning rate.
+    """
+    from client_agent.keras_model import import_keras
+
+    (x_train, y_train), (x_test, y_test) = data
+    import_keras().utils.set_random_seed(model.seed)
+    net = model.keras()
+    if net.optimizer is None:
+        raise FedstepError("the run's model is not compiled; `fedstep start --model` must return a compiled model")
+    metrics: dict[str, Any] = {}
+    if len(x_test):
+        before = net.evaluate(x_test, y_test, verbose=0, return_dict=True)
+        metrics.update({f"test_{k}_before": v for k, v in before.items()})
+    net.optimizer.learning_rate.assign(training.learning_rate)
+    history = net.fit(
+        x_train,
+        y_train,
+        epochs=training.epochs,
+        batch_size=training.batch_size,
+        shuffle=True,
+        verbose=0,
+        callbacks=model.callbacks,
+    )
+    metrics.update({f"train_{k}": v[-1] for k, v in history.history.items()})
+    if len(x_test):
+        after = net.evaluate(x_test, y_test, verbose=0, return_dict=True)
+        metrics.update({f"test_{k}": v for k, v in after.items()})
+    return {k.replace("sparse_categorical_", ""): v for k, v in metrics.items()}
+
+
+def finite_metrics(metrics: Any, source: str) -> dict[str, float]:
+    """The trainer's metrics as floats, dropping non-finite values (NaN loss) with a warning."""
+    if not isinstance(metrics, Mapping):
+        raise FedstepError(f"trainer {source} must return a dict of metrics, got {type(metrics).__name__}")
+    out: dict[str, float] = {}
+    for name, value in metrics.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise FedstepError(f"trainer {source}: metric {name!r} is not a number ({value!r:.40})") from None
+        if math.isfinite(number):
+            out[str(name)] = number
+        else:
+            log.warning("trainer %s: metric %s is %s and is not reported", source, name, number)
+    return out
+
+
+class FunctionTrainer:
+    """Adapts a train function to the agent: builds the `RoundModel`, calls the function with the local
+    data, returns the weights it left, the number of local training examples, and its metrics."""
+
+    def __init__(self, train: TrainFunction, data: Split, name: str = DEFAULT_TRAINER, seed: int = 0) -> None:
+        self.train, self.data, self.name, self.seed = train, data, name, seed
+        self.callbacks: Callable[[], Sequence[Any]] = lambda: ()
+        """Makes the Keras callbacks for a round (the agent sets this to show a progress bar)."""
 
     def fit(self, architecture: bytes, weights: Tensors, training: TrainingConfig) -> TrainResult:
-        import_keras().utils.set_random_seed(self.seed)
-        model = model_from_bytes(architecture)
-        set_tensors(model, weights)
-        if model.optimizer is None:
-            raise ValueError("the run's model is not compiled; `fedstep start --model` must return a compiled model")
-        model.optimizer.learning_rate.assign(training.learning_rate)
-        history = model.fit(
-            self.x_train,
-            self.y_train,
-            epochs=training.epochs,
-            batch_size=training.batch_size,
-            shuffle=True,
-            verbose=0,
-        )
-        metrics = {f"train_{k}": v[-1] for k, v in history.history.items()}
-        if len(self.x_test):
-            result = model.evaluate(self.x_test, self.y_test, verbose=0, return_dict=True)
-            metrics.update({f"test_{k}": v for k, v in result.items()})
-        renamed = {k.replace("sparse_categorical_", ""): v for k, v in metrics.items()}
-        return TrainResult(get_tensors(model), len(self.x_train), _finite(renamed))
+        model = RoundModel(architecture, weights, self.callbacks(), self.seed)
+        metrics = finite_metrics(self.train(model, self.data, training), self.name)
+        return TrainResult(model.tensors(), len(self.data[0][0]), metrics)
+
+
+def load_trainer(spec: str | None, data: Split) -> FunctionTrainer:
+    """`module:function` (default: `keras_fit`) adapted to the agent."""
+    name = spec or DEFAULT_TRAINER
+    return FunctionTrainer(load_callable(name, "trainer"), data, name)

@@ -18,17 +18,32 @@ from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import ClientError
 
 from fedstep import keys
+from fedstep.aws_errors import error_code
 from fedstep.ddb import from_attributes, to_attributes
-from fedstep.schemas import RunRecord
+from fedstep.schemas import Heartbeat, RunRecord
 
 log = logging.getLogger(__name__)
 
 RETRIES = {"max_attempts": 8, "mode": "standard"}
 
 
-def client(service: str, session: boto3.Session | None = None, endpoint_url: str | None = None) -> Any:
-    """A boto3 client with retries; `endpoint_url` overrides AWS_ENDPOINT_URL (None: the AWS default)."""
-    config = Config(retries=RETRIES, s3={"addressing_style": "path"}, connect_timeout=10, read_timeout=70)
+FAIL_FAST = {"max_attempts": 2, "mode": "standard"}
+
+
+def client(
+    service: str, session: boto3.Session | None = None, endpoint_url: str | None = None, fail_fast: bool = False
+) -> Any:
+    """A boto3 client with retries; `endpoint_url` overrides AWS_ENDPOINT_URL (None: the AWS default).
+
+    `fail_fast`: 2 attempts and a 5 s connect timeout instead of 8 attempts and 10 s, for checks that
+    should report an unreachable endpoint in seconds rather than minutes.
+    """
+    config = Config(
+        retries=FAIL_FAST if fail_fast else RETRIES,
+        s3={"addressing_style": "path"},
+        connect_timeout=5 if fail_fast else 10,
+        read_timeout=70,
+    )
     return (session or boto3.Session()).client(service, endpoint_url=endpoint_url, config=config)
 
 
@@ -54,10 +69,6 @@ def assumed_role_session(
         metadata=fetch(), refresh_using=fetch, method="sts-assume-role"
     )
     return boto3.Session(botocore_session=core, region_name=source.region_name)
-
-
-def error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 class S3ModelStore:
@@ -136,6 +147,28 @@ class DynamoRoundTable:
 
     def list_rounds(self, run_id: str) -> list[dict[str, Any]]:
         return self._query_prefix(run_id, keys.ROUND_PREFIX)
+
+    def put_heartbeat(self, beat: Heartbeat) -> None:
+        """Overwrite the client's heartbeat item (the client's role may write only its own)."""
+        self.ddb.put_item(TableName=self.name, Item=to_attributes(beat.to_item()))
+
+    def get_heartbeats(self, client_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The heartbeat items of these clients, by client id (absent: never seen)."""
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(client_ids), 100):  # BatchGetItem takes at most 100 keys
+            pending: dict[str, Any] = {
+                self.name: {
+                    "Keys": [to_attributes(keys.heartbeat_item_key(c)) for c in client_ids[start : start + 100]],
+                    "ConsistentRead": True,
+                }
+            }
+            while pending:
+                resp = self.ddb.batch_get_item(RequestItems=pending)
+                for raw in resp.get("Responses", {}).get(self.name, []):
+                    item = from_attributes(raw)
+                    found[str(item[keys.PK]).removeprefix(keys.CLIENT_PK_PREFIX)] = item
+                pending = resp.get("UnprocessedKeys") or {}
+        return found
 
 
 class StepFunctionsReporter:

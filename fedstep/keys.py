@@ -15,6 +15,10 @@ DynamoDB single-table layout: partition key `pk` = run id, sort key `sk` encodes
     RUN                          the run record (config, registered clients)
     ROUND#{r:05d}                 the round summary, written once by the aggregation function
     UPDATE#{r:05d}#{client_id}    a client's update item
+
+Heartbeats live in a partition of their own per client, `CLIENT#{client_id}` / `HEARTBEAT`, so a
+client's IAM role can be bound to exactly its own heartbeat (`dynamodb:LeadingKeys`). `#` never
+occurs in a run id, so these partitions cannot collide with a run's.
 """
 
 import re
@@ -25,6 +29,8 @@ SK = "sk"
 RUN_SK = "RUN"
 ROUND_PREFIX = "ROUND#"
 UPDATE_PREFIX = "UPDATE#"
+CLIENT_PK_PREFIX = "CLIENT#"
+HEARTBEAT_SK = "HEARTBEAT"
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -86,6 +92,11 @@ def update_item_key(run_id: str, round_number: int, client_id: str) -> dict[str,
         PK: check_id("run id", run_id),
         SK: f"{update_sk_prefix(round_number)}{check_id('client id', client_id)}",
     }
+
+
+def heartbeat_item_key(client_id: str) -> dict[str, str]:
+    """The one heartbeat item of a client (overwritten by every beat)."""
+    return {PK: f"{CLIENT_PK_PREFIX}{check_id('client id', client_id)}", SK: HEARTBEAT_SK}
 
 
 def _output_suffix(client_id: str) -> str:

@@ -363,3 +363,50 @@ class RunRecord:
             round_retries=_positive_int(data, "round_retries", where, 0) if "round_retries" in data else 0,
             resumed_from=str(data.get("resumed_from", "")),
         )
+
+
+HEARTBEAT_STATES = ("idle", "training", "stopped")
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A client agent's sign of life, overwritten every `interval_s` seconds (see `fedstep clients`).
+
+    `state` is idle (polling its queue), training (serving `run_id` round `round`) or stopped (the
+    agent exited cleanly). `hardware` is a flat summary: os, arch, python, cpus, memory_gib, gpus.
+    """
+
+    client_id: str
+    agent_version: str
+    state: str
+    last_seen: str
+    interval_s: int
+    hardware: dict[str, Any]
+    run_id: str | None = None
+    round: int | None = None
+
+    def to_item(self) -> dict[str, Any]:
+        fields_ = {k: v for k, v in asdict(self).items() if v is not None}
+        return {**keys.heartbeat_item_key(self.client_id), "schema": SCHEMA_VERSION, "kind": "heartbeat", **fields_}
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Heartbeat:
+        where = "heartbeat item"
+        _check_schema(data, where)
+        client_id = _id(data, "client_id", "client id", where)
+        if data.get(keys.PK) not in (None, keys.heartbeat_item_key(client_id)[keys.PK]):
+            raise InvalidMessage(f"{where}: partition key does not match client {client_id}")
+        state = _get(data, "state", str, where)
+        if state not in HEARTBEAT_STATES:
+            raise InvalidMessage(f"{where}: state must be one of {HEARTBEAT_STATES}, got {state!r}")
+        hardware = _get(data, "hardware", dict, where)
+        return cls(
+            client_id=client_id,
+            agent_version=_get(data, "agent_version", str, where),
+            state=state,
+            last_seen=_get(data, "last_seen", str, where),
+            interval_s=_positive_int(data, "interval_s", where),
+            hardware={str(k): v for k, v in hardware.items()},
+            run_id=_id(data, "run_id", "run id", where) if data.get("run_id") is not None else None,
+            round=_positive_int(data, "round", where) if data.get("round") is not None else None,
+        )

@@ -5,7 +5,8 @@
 | receive, delete, change visibility of messages | its own queue |
 | read | every run's `model.keras` and global weights; its own update files |
 | write | its own update files, `updates/*/*/<client id>.safetensors` |
-| put items | the table, with only the update item's attribute names, returning nothing |
+| put update items | the table, with only the update item's attribute names, never a `CLIENT#` partition |
+| put its heartbeat | its own heartbeat partition `CLIENT#<client id>`, with only the heartbeat's attributes |
 | decrypt, generate data keys | the stack's key (SQS and S3 objects are encrypted with it) |
 
 What IAM cannot express: DynamoDB conditions can bind the partition key (the run id) but not the
@@ -29,11 +30,12 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from fedstep import keys
-from fedstep.schemas import UpdateItem
+from fedstep.schemas import Heartbeat, UpdateItem
 from infra.config import ClientConfig
 from infra.secure import acknowledge, logical_id
 
 UPDATE_ITEM_ATTRIBUTES = sorted({keys.PK, keys.SK, "schema", "kind", *(f.name for f in fields(UpdateItem))})
+HEARTBEAT_ATTRIBUTES = sorted({keys.PK, keys.SK, "schema", "kind", *(f.name for f in fields(Heartbeat))})
 
 
 class ClientAccess(Construct):
@@ -75,6 +77,19 @@ class ClientAccess(Construct):
                     resources=[table.table_arn],
                     conditions={
                         "ForAllValues:StringEquals": {"dynamodb:Attributes": UPDATE_ITEM_ATTRIBUTES},
+                        "ForAllValues:StringNotLike": {"dynamodb:LeadingKeys": [f"{keys.CLIENT_PK_PREFIX}*"]},
+                        "StringEqualsIfExists": {"dynamodb:ReturnValues": "NONE"},
+                    },
+                ),
+                iam.PolicyStatement(
+                    sid="PutOwnHeartbeat",
+                    actions=["dynamodb:PutItem"],
+                    resources=[table.table_arn],
+                    conditions={
+                        "ForAllValues:StringEquals": {
+                            "dynamodb:LeadingKeys": [keys.heartbeat_item_key(client.id)[keys.PK]],
+                            "dynamodb:Attributes": HEARTBEAT_ATTRIBUTES,
+                        },
                         "StringEqualsIfExists": {"dynamodb:ReturnValues": "NONE"},
                     },
                 ),

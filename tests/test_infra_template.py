@@ -15,7 +15,7 @@ import pytest
 from aws_cdk.assertions import Template
 
 from fedstep import keys
-from infra.client_access import UPDATE_ITEM_ATTRIBUTES
+from infra.client_access import HEARTBEAT_ATTRIBUTES, UPDATE_ITEM_ATTRIBUTES
 from infra.config import ClientConfig, ConfigError, DeploymentConfig
 from infra.synth import build_app
 
@@ -82,8 +82,22 @@ def test_client_a_cannot_touch_client_bs_queue_prefix_or_items(template):
     assert items["Action"] == "dynamodb:PutItem"  # no reads: other clients' items stay private
     assert items["Condition"]["ForAllValues:StringEquals"]["dynamodb:Attributes"] == UPDATE_ITEM_ATTRIBUTES
     assert items["Condition"]["StringEqualsIfExists"]["dynamodb:ReturnValues"] == "NONE"
+    assert items["Condition"]["ForAllValues:StringNotLike"]["dynamodb:LeadingKeys"] == ["CLIENT#*"]
     actions = json.dumps([s["Action"] for s in statements.values()])
     assert "*" not in actions and "Delete" not in actions.replace("sqs:DeleteMessage", "")
+
+
+def test_a_client_may_write_only_its_own_heartbeat(template):
+    statements = {s["Sid"]: s for s in client_policy(template, "org-a")}
+    beat = statements["PutOwnHeartbeat"]
+    assert beat["Action"] == "dynamodb:PutItem"
+    assert beat["Condition"]["ForAllValues:StringEquals"] == {
+        "dynamodb:LeadingKeys": ["CLIENT#org-a"],
+        "dynamodb:Attributes": HEARTBEAT_ATTRIBUTES,
+    }
+    assert "org-b" not in json.dumps(beat)
+    # the update-item statement cannot reach any heartbeat partition, so none can be overwritten by it
+    assert "CLIENT#*" in json.dumps(statements["PutUpdateItems"]["Condition"]["ForAllValues:StringNotLike"])
 
 
 def test_client_roles_trust_only_their_configured_principal(template):

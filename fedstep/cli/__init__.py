@@ -1,4 +1,4 @@
-"""`fedstep`: the operator's command line (start runs; run everything locally)."""
+"""`fedstep`: the operator's command line (start runs, client configs, who is online; run everything locally)."""
 
 from __future__ import annotations
 
@@ -60,6 +60,30 @@ def _settings(args: argparse.Namespace):  # -> RunSettings
     )
 
 
+def _stack_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stack", default="fedstep", help="CloudFormation stack name (default fedstep)")
+    parser.add_argument("--region", help="AWS region (default: the AWS configuration's)")
+    parser.add_argument("--endpoint-url", help="AWS endpoint override (e.g. the embedded local cloud)")
+
+
+class _Stack:
+    """The deployed stack the command works on: its outputs and clients for its services."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        import boto3
+
+        from fedstep.stack import StackOutputs
+
+        self.session = boto3.Session(region_name=args.region)
+        self.endpoint_url = args.endpoint_url
+        self.outputs = StackOutputs.of_stack(self.client("cloudformation"), args.stack)
+
+    def client(self, service: str):  # -> botocore client
+        from fedstep import aws
+
+        return aws.client(service, self.session, self.endpoint_url)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedstep", description="serverless federated learning on AWS")
     parser.add_argument("--version", action="version", version=f"fedstep {__version__}")
@@ -70,10 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--resume", metavar="RUN_ID", help="continue a failed or stopped run from its last completed round"
     )
-    start.add_argument("--stack", default="fedstep", help="CloudFormation stack name (default fedstep)")
+    _stack_args(start)
     start.add_argument("--run-id", help="run id (default run-<UTC time>-<random>)")
-    start.add_argument("--region", help="AWS region (default: the AWS configuration's)")
-    start.add_argument("--endpoint-url", help="AWS endpoint override")
     start.add_argument(
         "--seed",
         type=int,
@@ -83,11 +105,13 @@ def _parser() -> argparse.ArgumentParser:
 
     client_config = sub.add_parser("client-config", help="print a ready client config file for a client")
     client_config.add_argument("client_id", help="the client's id in the deployment config")
-    client_config.add_argument("--stack", default="fedstep", help="CloudFormation stack name (default fedstep)")
-    client_config.add_argument("--region", help="AWS region (default: the AWS configuration's)")
-    client_config.add_argument("--endpoint-url", help="AWS endpoint override")
+    _stack_args(client_config)
     client_config.add_argument("--data", default="module:function", help="the client's data loader to fill in")
     client_config.add_argument("-o", "--out", type=Path, help="write to this file instead of printing")
+
+    clients = sub.add_parser("clients", help="which client agents are online (from their heartbeats)")
+    _stack_args(clients)
+    clients.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     local = sub.add_parser("local", help="run a real federated training on the embedded local cloud")
     local.add_argument("--dataset", default="digits", help="digits, mnist or heart (default digits)")
@@ -102,17 +126,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _start(args: argparse.Namespace) -> int:
-    import boto3
-
-    from fedstep import aws
     from fedstep.cli.start import build_model, keras_payload, resume_run, start_run
-    from fedstep.stack import StackOutputs
 
     if bool(args.model) == bool(args.resume):
         raise FedstepError("give --model to start a new run, or --resume RUN_ID to continue one")
-    session = boto3.Session(region_name=args.region)
-    client = lambda service: aws.client(service, session, args.endpoint_url)  # noqa: E731
-    outputs = StackOutputs.of_stack(client("cloudformation"), args.stack)
+    stack = _Stack(args)
+    client, outputs = stack.client, stack.outputs
     if args.resume:
         started = resume_run(
             args.resume, outputs, s3=client("s3"), dynamodb=client("dynamodb"), stepfunctions=client("stepfunctions")
@@ -137,14 +156,11 @@ def _start(args: argparse.Namespace) -> int:
 def _client_config(args: argparse.Namespace) -> int:
     import json
 
-    import boto3
-
-    from fedstep import aws
-    from fedstep.stack import StackOutputs
-
-    session = boto3.Session(region_name=args.region)
-    outputs = StackOutputs.of_stack(aws.client("cloudformation", session, args.endpoint_url), args.stack)
-    text = json.dumps(outputs.client_config(args.client_id, session.region_name, data=args.data), indent=2)
+    stack = _Stack(args)
+    config = stack.outputs.client_config(args.client_id, stack.session.region_name, data=args.data)
+    if args.endpoint_url:
+        config["endpoint_url"] = args.endpoint_url
+    text = json.dumps(config, indent=2)
     if args.out:
         args.out.write_text(text + "\n")
         print(
@@ -152,6 +168,17 @@ def _client_config(args: argparse.Namespace) -> int:
         )
     else:
         print(text)
+    return 0
+
+
+def _clients(args: argparse.Namespace) -> int:
+    from fedstep.aws import DynamoRoundTable
+    from fedstep.cli.clients import render_json, render_table, statuses
+
+    stack = _Stack(args)
+    ids = sorted(stack.outputs.queues)
+    rows = statuses(ids, DynamoRoundTable(stack.outputs.table, stack.client("dynamodb")).get_heartbeats(ids))
+    print(render_json(rows) if args.json else render_table(rows))
     return 0
 
 
@@ -175,18 +202,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from fedstep.aws_errors import explain
 
     try:
-        return {"start": _start, "client-config": _client_config, "local": _local}[args.command](args)
+        commands = {"start": _start, "client-config": _client_config, "clients": _clients, "local": _local}
+        return commands[args.command](args)
     except FedstepError as exc:
         print(f"fedstep: error: {exc}", file=sys.stderr)
         return 2
-    except NoCredentialsError:
-        print("fedstep: error: no AWS credentials found (configure a profile or set AWS_PROFILE)", file=sys.stderr)
-        return 2
     except (ClientError, BotoCoreError) as exc:
-        print(f"fedstep: error: AWS call failed: {exc}", file=sys.stderr)
+        print(f"fedstep: error: {explain(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fedstep: interrupted; everything was stopped", file=sys.stderr)

@@ -76,6 +76,7 @@ class LocalCloud:
         gaps.reset_backends(self.endpoint)  # moto's state is per process: start from nothing
         gaps.run_lambdas_in_process()
         gaps.fix_kms_keys_from_cloudformation()
+        gaps.fix_role_policies_from_cloudformation()
         self.outputs = self.deploy()
         return self
 

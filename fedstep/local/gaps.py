@@ -24,10 +24,12 @@ moto runs the synthesized CloudFormation template, but:
 5. its CloudFormation handler for `AWS::KMS::Key` passes the template's tags (`Key`/`Value`) to a
    tagger that expects KMS's own form (`TagKey`/`TagValue`) and fails with a KeyError, and stores a
    key policy given as a JSON object unconverted, so DescribeKey fails; `fix_kms_keys_from_cloudformation`
-   converts both first (for any deployment into this process's moto, `cdk deploy` included).
+   converts both first (for any deployment into this process's moto, `cdk deploy` included);
+6. its `AWS::IAM::Role` handler stores inline policy documents as objects, which its own IAM
+   enforcement cannot read: `fix_role_policies_from_cloudformation` stores them as JSON text.
 
 (`AWS::SQS::QueuePolicy`, `AWS::S3::BucketPolicy`, `AWS::SNS::TopicPolicy` and alarms are skipped too;
-moto does not enforce IAM, so nothing needs them locally.)
+moto does not enforce IAM unless told to (`/moto-api/reset-auth`, used by one test), so nothing needs them.)
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import time
 import traceback
 import uuid
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,27 +70,52 @@ def check_patch_point() -> None:
         )
 
 
-def fix_kms_keys_from_cloudformation() -> None:
-    """Make moto's AWS::KMS::Key CloudFormation handler accept what CloudFormation accepts (idempotent):
-    tags in CloudFormation's form, and a key policy given as a JSON object (moto stores it as is, and
-    DescribeKey then fails parsing it)."""
-    from moto.kms.models import Key
-
-    original = Key.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+def _patch_cloudformation_create(resource_class: Any, fix: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Wrap moto's CloudFormation handler of `resource_class` so that `fix` rewrites its Properties first
+    (idempotent: a class is patched once)."""
+    original = resource_class.create_from_cloudformation_json.__func__
     if getattr(original, "_fedstep_fixed", False):
         return
 
     def create(cls: Any, resource_name: str, cloudformation_json: Any, *args: Any, **kwargs: Any) -> Any:
-        properties = dict(cloudformation_json.get("Properties", {}))
+        properties = fix(dict(cloudformation_json.get("Properties", {})))
+        return original(cls, resource_name, {**cloudformation_json, "Properties": properties}, *args, **kwargs)
+
+    create._fedstep_fixed = True  # type: ignore[attr-defined]
+    resource_class.create_from_cloudformation_json = classmethod(create)
+
+
+def fix_kms_keys_from_cloudformation() -> None:
+    """Make moto's AWS::KMS::Key CloudFormation handler accept what CloudFormation accepts: tags in
+    CloudFormation's form, and a key policy given as a JSON object (moto stores it as is, and
+    DescribeKey then fails parsing it)."""
+    from moto.kms.models import Key
+
+    def fix(properties: dict[str, Any]) -> dict[str, Any]:
         properties["Tags"] = [
             {"TagKey": t["Key"], "TagValue": t["Value"]} if "Key" in t else t for t in properties.get("Tags") or []
         ]
         if isinstance(properties.get("KeyPolicy"), dict):
             properties["KeyPolicy"] = json.dumps(properties["KeyPolicy"])
-        return original(cls, resource_name, {**cloudformation_json, "Properties": properties}, *args, **kwargs)
+        return properties
 
-    create._fedstep_fixed = True  # type: ignore[attr-defined]
-    Key.create_from_cloudformation_json = classmethod(create)  # type: ignore[method-assign, assignment]
+    _patch_cloudformation_create(Key, fix)
+
+
+def fix_role_policies_from_cloudformation() -> None:
+    """moto's AWS::IAM::Role handler stores inline policy documents as objects; its own IAM enforcement
+    (`/moto-api/reset-auth`) then fails reading them (KeyError 'policy_document'). Store them as JSON
+    text, as the IAM API does, so an assumed client role is evaluated against its real policy."""
+    from moto.iam.models import Role
+
+    def fix(properties: dict[str, Any]) -> dict[str, Any]:
+        properties["Policies"] = [
+            {**p, "PolicyDocument": json.dumps(p["PolicyDocument"])} if isinstance(p.get("PolicyDocument"), dict) else p
+            for p in properties.get("Policies") or []
+        ]
+        return properties
+
+    _patch_cloudformation_create(Role, fix)
 
 
 def _moto_api(endpoint: str, path: str, body: dict[str, Any] | None = None) -> None:

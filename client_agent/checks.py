@@ -1,0 +1,215 @@
+"""`fedstep-client run --dry-run`: check config, data, credentials, permissions and connectivity, write nothing.
+
+Each check prints one line (ok / FAIL / skip) and the run exits 0 if all passed, 1 otherwise.
+Permission checks never write: an upload is probed with `If-Match` on an object that does not exist
+(S3 answers NoSuchKey after authorizing the PutObject), an item with a condition that can never
+hold (DynamoDB answers ConditionalCheckFailed after authorizing the PutItem). `preflight` is the
+subset `run` does before polling, raising the first failure as a FedstepError.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import boto3
+from botocore.exceptions import ClientError
+
+from client_agent.config import AgentConfig
+from fedstep import aws, keys
+from fedstep.aws_errors import AWS_ERRORS, error_code, explain
+from fedstep.ddb import to_attributes
+from fedstep.errors import FedstepError
+
+T = TypeVar("T")
+
+PROBE_RUN = "dry-run-probe"
+"""Run id in the keys the permission probes name; nothing is ever written under it."""
+
+_QUEUE_REGION = re.compile(
+    r"^https://sqs\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/|^https://([a-z0-9-]+)\.queue\.amazonaws"
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # "ok", "FAIL" or "skip"
+    detail: str
+
+    def line(self) -> str:
+        return f"  {self.status:<5} {self.name:<14} {self.detail}"
+
+
+def queue_region(queue_url: str) -> str | None:
+    """The region in an SQS queue URL (https://sqs.<region>.amazonaws.com/...), None for other endpoints."""
+    match = _QUEUE_REGION.match(queue_url)
+    return (match.group(1) or match.group(2)) if match else None
+
+
+def check_region(config: AgentConfig, session_region: str | None) -> str:
+    """The region to use; FedstepError if there is none or it differs from the queue's."""
+    region = config.region or session_region
+    if not region:
+        raise FedstepError("no AWS region: set region in the config file, --region, or AWS_REGION")
+    in_url = queue_region(config.queue_url)
+    if in_url and in_url != region:
+        raise FedstepError(
+            f"wrong region: the agent uses {region} but the queue is in {in_url}; set region to {in_url} "
+            "(the stack's region, as `fedstep client-config` writes it)"
+        )
+    return region
+
+
+def open_session(config: AgentConfig) -> boto3.Session:
+    """The agent's session: the standard credential chain, or the client's role assumed with it."""
+    session = boto3.Session(region_name=config.region)
+    if session.get_credentials() is None:
+        raise FedstepError(explain(_no_credentials()))
+    if not config.role_arn:
+        return session
+    try:
+        return aws.assumed_role_session(
+            config.role_arn, config.region, config.endpoint_url, f"fedstep-{config.client_id}"
+        )
+    except AWS_ERRORS as exc:
+        raise FedstepError(f"cannot assume role {config.role_arn}: {explain(exc)}") from None
+
+
+def _no_credentials() -> Exception:
+    from botocore.exceptions import NoCredentialsError
+
+    return NoCredentialsError()
+
+
+class Probes:
+    """The AWS checks, each returning its detail line or raising FedstepError."""
+
+    def __init__(self, config: AgentConfig, session: boto3.Session, region: str) -> None:
+        self.config, self.region = config, region
+        make = lambda service: aws.client(service, session, config.endpoint_url, fail_fast=True)  # noqa: E731
+        self.sts, self.sqs, self.s3, self.ddb = make("sts"), make("sqs"), make("s3"), make("dynamodb")
+
+    def _call(self, what: str, call: Callable[[], Any], fine: tuple[str, ...] = ()) -> Any:
+        try:
+            return call()
+        except ClientError as exc:
+            if error_code(exc) in fine:
+                return None
+            raise FedstepError(explain(exc, what=what, region=self.region)) from None
+        except AWS_ERRORS as exc:
+            raise FedstepError(explain(exc, what=what, region=self.region)) from None
+
+    def identity(self) -> str:
+        return self._call("the AWS endpoint", self.sts.get_caller_identity)["Arn"]
+
+    def queue(self) -> str:
+        url = self.config.queue_url
+        attrs = self._call(
+            f"queue {url}",
+            lambda: self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]),
+        )["Attributes"]
+        waiting = int(attrs.get("ApproximateNumberOfMessages", 0))
+        return f"{url} reachable, {waiting} message(s) waiting"
+
+    def uploads(self) -> str:
+        key = keys.update_key(PROBE_RUN, 0, self.config.client_id)
+        bucket = self.config.bucket
+        self._call(
+            f"s3://{bucket}/{key}",
+            lambda: self.s3.put_object(Bucket=bucket, Key=key, Body=b"", IfMatch='"0"'),
+            fine=("NoSuchKey", "PreconditionFailed", "412", "404"),
+        )
+        return f"s3://{bucket}: PutObject on this client's update keys allowed (nothing written)"
+
+    def item(self, key: dict[str, str], what: str) -> str:
+        table = self.config.table
+        self._call(
+            f"table {table}",
+            lambda: self.ddb.put_item(
+                TableName=table,
+                Item=to_attributes(key),
+                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(pk)",
+            ),
+            fine=("ConditionalCheckFailedException",),
+        )
+        return f"table {table}: PutItem of {what} allowed (nothing written)"
+
+
+class Checklist:
+    """The checks so far; `run` records one and returns its value (None when it failed)."""
+
+    def __init__(self) -> None:
+        self.checks: list[Check] = []
+
+    def run(self, name: str, step: Callable[[], tuple[T, str]]) -> T | None:
+        try:
+            value, detail = step()
+        except FedstepError as exc:
+            self.checks.append(Check(name, "FAIL", str(exc)))
+            return None
+        self.checks.append(Check(name, "ok", detail))
+        return value
+
+    def skip(self, names: tuple[str, ...], why: str = "needs the checks above") -> list[Check]:
+        done = {c.name for c in self.checks}
+        return self.checks + [Check(n, "skip", why) for n in names if n not in done]
+
+
+CHECKS = (
+    "config",
+    "data",
+    "credentials",
+    "region",
+    "role",
+    "identity",
+    "queue",
+    "uploads",
+    "update items",
+    "heartbeats",
+)
+
+
+def dry_run(load_config: Callable[[], AgentConfig], describe_data: Callable[[AgentConfig], str]) -> list[Check]:
+    """Every check in `CHECKS` order; a check whose prerequisite failed is skipped."""
+    c = Checklist()
+    config = c.run("config", lambda: (cfg := load_config(), f"client {cfg.client_id}, queue {cfg.queue_url}"))
+    if config is None:
+        return c.skip(CHECKS)
+    c.run("data", lambda: (True, describe_data(config)))
+    session = boto3.Session(region_name=config.region)
+    if c.run("credentials", lambda: _credentials(session)) is None:
+        return c.skip(CHECKS)
+    region = c.run("region", lambda: (r := check_region(config, session.region_name), r))
+    if region is None:
+        return c.skip(CHECKS)
+    if config.role_arn:
+        session = c.run("role", lambda: (open_session(config), f"assumed {config.role_arn}"))
+        if session is None:
+            return c.skip(CHECKS)
+    probes = Probes(config, session, region)
+    if c.run("identity", lambda: (True, probes.identity())) is None:
+        return c.skip(CHECKS)
+    c.run("queue", lambda: (True, probes.queue()))
+    c.run("uploads", lambda: (True, probes.uploads()))
+    update_key = keys.update_item_key(PROBE_RUN, 1, config.client_id)
+    c.run("update items", lambda: (True, probes.item(update_key, "update items")))
+    if not config.heartbeat_s:
+        return c.skip(CHECKS, "heartbeat_s is 0 (heartbeats off)")
+    c.run("heartbeats", lambda: (True, probes.item(keys.heartbeat_item_key(config.client_id), "its heartbeat")))
+    return c.skip(CHECKS, "no role_arn: the credentials are used as they are")
+
+
+def _credentials(session: boto3.Session) -> tuple[bool, str]:
+    credentials = session.get_credentials()
+    if credentials is None:
+        raise FedstepError(explain(_no_credentials()))
+    return True, f"found ({credentials.method})"
+
+
+def preflight(config: AgentConfig, session: boto3.Session) -> None:
+    """Before polling: the region matches the queue and the queue is reachable with these credentials."""
+    region = check_region(config, session.region_name)
+    Probes(config, session, region).queue()

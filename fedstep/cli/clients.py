@@ -1,0 +1,92 @@
+"""`fedstep clients`: who is online, from the agents' heartbeat items.
+
+A client is *online* when its last heartbeat is at most two intervals (plus 15 s of slack) old,
+*stopped* when its agent said so on a clean exit, *offline* when its heartbeats stopped otherwise,
+and *never seen* when no agent has ever written one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fedstep.schemas import Heartbeat, InvalidMessage
+
+SLACK_S = 15
+
+
+@dataclass(frozen=True)
+class ClientStatus:
+    client_id: str
+    status: str  # online, offline, stopped, never seen, invalid
+    activity: str  # idle, training run-x round 3, ...
+    last_seen: str | None
+    seconds_ago: float | None
+    agent_version: str | None
+    hardware: dict[str, Any]
+
+
+def status_of(client_id: str, item: dict[str, Any] | None, now: datetime) -> ClientStatus:
+    if item is None:
+        return ClientStatus(client_id, "never seen", "", None, None, None, {})
+    try:
+        beat = Heartbeat.parse(item)
+        seen = datetime.fromisoformat(beat.last_seen.replace("Z", "+00:00"))
+    except (InvalidMessage, ValueError) as exc:
+        return ClientStatus(client_id, "invalid", f"unreadable heartbeat: {exc}", None, None, None, {})
+    ago = max(0.0, (now - seen).total_seconds())
+    if beat.state == "stopped":
+        status = "stopped"
+    elif ago <= 2 * beat.interval_s + SLACK_S:
+        status = "online"
+    else:
+        status = "offline"
+    activity = f"training {beat.run_id} round {beat.round}" if beat.state == "training" else beat.state
+    return ClientStatus(client_id, status, activity, beat.last_seen, round(ago, 1), beat.agent_version, beat.hardware)
+
+
+def statuses(
+    client_ids: list[str], items: dict[str, dict[str, Any]], now: datetime | None = None
+) -> list[ClientStatus]:
+    now = now or datetime.now(UTC)
+    return [status_of(cid, items.get(cid), now) for cid in client_ids]
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit} ago"
+    return f"{seconds:.0f} s ago"
+
+
+def _hardware(hw: dict[str, Any]) -> str:
+    if not hw:
+        return "-"
+    parts = [f"{hw.get('os', '?')}/{hw.get('arch', '?')}", f"{hw.get('cpus', '?')} CPUs"]
+    if "memory_gib" in hw:
+        parts.append(f"{hw['memory_gib']} GiB")
+    gpus = hw.get("gpus") or []
+    parts.append(f"{len(gpus)} GPU ({', '.join(gpus)})" if gpus else "no GPU")
+    return ", ".join(parts)
+
+
+def render_table(rows: list[ClientStatus]) -> str:
+    header = ("CLIENT", "STATUS", "ACTIVITY", "LAST SEEN", "AGENT", "HARDWARE")
+    body = [
+        (r.client_id, r.status, r.activity or "-", _ago(r.seconds_ago), r.agent_version or "-", _hardware(r.hardware))
+        for r in rows
+    ]
+    widths = [max(len(str(row[i])) for row in (header, *body)) for i in range(len(header))]
+    lines = [
+        "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in (header, *body)
+    ]
+    online = sum(r.status == "online" for r in rows)
+    return "\n".join([*lines, f"{online} of {len(rows)} client(s) online"])
+
+
+def render_json(rows: list[ClientStatus]) -> str:
+    return json.dumps([asdict(r) for r in rows], indent=2)
