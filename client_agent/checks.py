@@ -182,7 +182,7 @@ def dry_run(load_config: Callable[[], AgentConfig], describe_data: Callable[[Age
     session = boto3.Session(region_name=config.region)
     if c.run("credentials", lambda: _credentials(session)) is None:
         return c.skip(CHECKS)
-    region = c.run("region", lambda: (r := check_region(config, session.region_name), r))
+    region = c.run("region", lambda: _region(config, session))
     if region is None:
         return c.skip(CHECKS)
     if config.role_arn:
@@ -200,6 +200,11 @@ def dry_run(load_config: Callable[[], AgentConfig], describe_data: Callable[[Age
         return c.skip(CHECKS, "heartbeat_s is 0 (heartbeats off)")
     c.run("heartbeats", lambda: (True, probes.item(keys.heartbeat_item_key(config.client_id), "its heartbeat")))
     return c.skip(CHECKS, "no role_arn: the credentials are used as they are")
+
+
+def _region(config: AgentConfig, session: boto3.Session) -> tuple[str, str]:
+    region = check_region(config, session.region_name)
+    return region, f"{region} (the queue's region)" if queue_region(config.queue_url) else region
 
 
 def _credentials(session: boto3.Session) -> tuple[bool, str]:

@@ -129,6 +129,13 @@ def test_dry_run_names_each_misconfiguration(local_cloud, configs, tmp_path, cas
     assert "check(s) failed" in result.stdout
 
 
+def test_run_stops_at_once_with_the_cause_when_the_config_is_wrong(local_cloud, configs, tmp_path):
+    config = {**configs["client-1"], "queue_url": configs["client-1"]["queue_url"] + "-typo"}
+    result = cli("client_agent.cli", "run", "--config", write(tmp_path, config), "--once", env=agent_env(local_cloud))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "fedstep-client: error: queue not found in region us-east-1" in result.stderr
+
+
 def test_dry_run_names_the_action_an_iam_policy_denies(local_cloud, configs, tmp_path):
     """moto enforces IAM here: client-1's role, pointed at client-2's queue, may not read it."""
     creds = local_cloud.client("sts").assume_role(RoleArn=configs["client-1"]["role_arn"], RoleSessionName="test")

@@ -43,7 +43,7 @@ def status_of(client_id: str, item: dict[str, Any] | None, now: datetime) -> Cli
         status = "online"
     else:
         status = "offline"
-    activity = f"training {beat.run_id} round {beat.round}" if beat.state == "training" else beat.state
+    activity = {"training": f"training {beat.run_id} round {beat.round}", "idle": "idle"}.get(beat.state, "")
     return ClientStatus(client_id, status, activity, beat.last_seen, round(ago, 1), beat.agent_version, beat.hardware)
 
 
