@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -176,10 +176,12 @@ def complete_round_at_deadline(
     store: ModelStore,
     table: RoundTable,
     max_update_bytes: int = tensors.DEFAULT_MAX_BYTES,
+    on_aggregated: Callable[[RoundSummary], None] | None = None,
 ) -> dict[str, Any]:
     """The round's deadline passed (its task timed out): aggregate the valid updates that arrived if
     they meet the run's quorum, else raise QuorumNotMet. Returns the task output directly (the
-    timed-out token can no longer be used). If the round was completed meanwhile, returns that."""
+    timed-out token can no longer be used). If the round was completed meanwhile, returns that.
+    `on_aggregated` is called with the summary only when this call aggregated the round."""
     run = table.get_run(run_id)
     if run is None:
         raise FedstepError(f"run {run_id} has no run record")
@@ -190,6 +192,8 @@ def complete_round_at_deadline(
     summary = _aggregate(run, round_number, intake, store, max_update_bytes, at_deadline=True)
     if not table.put_round_once({**summary.to_item(), "status": "reported"}):
         return _output(table, RoundSummary.parse(table.get_round(run_id, round_number) or {}), run)
+    if on_aggregated is not None:
+        on_aggregated(summary)
     return _output(table, summary, run)
 
 
@@ -251,6 +255,7 @@ def _aggregate(
         duration_s=min(_seconds_since(i.issued_at, now) for i in accepted),
         aggregation_s=round(now - started, 3),
         completed_at=utc_now(),
+        bytes_aggregated=sum(i.update.bytes for i in accepted),
     )
 
 

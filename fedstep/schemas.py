@@ -240,6 +240,8 @@ class RoundSummary:
     duration_s: float
     aggregation_s: float
     completed_at: str
+    bytes_aggregated: int = 0
+    """Size of the accepted update files, bytes."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA_VERSION, **asdict(self)}
@@ -275,6 +277,7 @@ class RoundSummary:
             duration_s=_get(data, "duration_s", float, where),
             aggregation_s=_get(data, "aggregation_s", float, where),
             completed_at=_get(data, "completed_at", str, where),
+            bytes_aggregated=_positive_int(data, "bytes_aggregated", where, 0) if "bytes_aggregated" in data else 0,
         )
 
 

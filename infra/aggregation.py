@@ -16,6 +16,9 @@ from infra import secure
 from infra.bundling import aggregation_code
 from infra.config import DeploymentConfig
 
+METRICS_NAMESPACE = "fedstep"
+"""CloudWatch namespace of the per-round metrics (dimensions: service, project); see lambdas/aggregate.py."""
+
 
 class Aggregation(Construct):
     def __init__(
@@ -96,6 +99,8 @@ class Aggregation(Construct):
                 "BUCKET_NAME": bucket.bucket_name,
                 "TABLE_NAME": table.table_name,
                 "POWERTOOLS_SERVICE_NAME": "fedstep-aggregate",
+                "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
+                "PROJECT": config.project,
             },
         )
         self.function.add_event_source(

@@ -30,8 +30,10 @@ from fedstep import keys
 
 _PROJECT = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 _PRINCIPAL = re.compile(r"^arn:aws(-[a-z]+)*:iam::\d{12}:(root|role/[\w+=,.@/-]{1,512}|user/[\w+=,.@/-]{1,512})$")
-MAX_CLIENTS = 80
-"""CloudFormation allows 500 resources per stack; the stack has 20 plus 6 per client."""
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+MAX_CLIENTS = 77
+"""CloudFormation allows 500 resources per stack; the stack has 24, plus 6 per client, plus one
+dead-letter alarm per 10 dead-letter queues, plus the alarm e-mail subscription: 495 for 77 clients."""
 LOG_RETENTION_DAYS = (
     1,
     3,
@@ -86,6 +88,8 @@ class DeploymentConfig:
     )
     round_timeout_s: int = 3600
     retention: Retention = field(default_factory=Retention)
+    alarm_email: str | None = None
+    """An address the alarm topic mails (it must confirm the subscription); None: no subscription."""
 
     @property
     def stack_name(self) -> str:
@@ -100,7 +104,7 @@ class DeploymentConfig:
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "deployment config") -> DeploymentConfig:
-        _only(data, {"project", "clients", "round_timeout_s", "retention"}, where)
+        _only(data, {"project", "clients", "round_timeout_s", "retention", "alarm_email"}, where)
         project = data.get("project", "fedstep")
         if not isinstance(project, str) or not _PROJECT.match(project):
             raise ConfigError(
@@ -126,7 +130,16 @@ class DeploymentConfig:
         if too_long:
             raise ConfigError(f"{where}: client id(s) {too_long} make queue names longer than SQS's 80 characters")
         timeout = _whole(data, "round_timeout_s", 3600, 60, 7 * 24 * 3600, where)
-        return cls(project=project, clients=clients, round_timeout_s=timeout, retention=_retention(data, where))
+        email = data.get("alarm_email")
+        if email is not None and (not isinstance(email, str) or not _EMAIL.match(email)):
+            raise ConfigError(f"{where}: alarm_email {email!r} is not an e-mail address")
+        return cls(
+            project=project,
+            clients=clients,
+            round_timeout_s=timeout,
+            retention=_retention(data, where),
+            alarm_email=email,
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> DeploymentConfig:

@@ -99,8 +99,9 @@ def table(scope: Construct, key_: kms.IKey) -> dynamodb.Table:
     )
 
 
-def topic(scope: Construct, name: str, key_: kms.IKey) -> sns.Topic:
-    return sns.Topic(scope, "GlobalModelReady", topic_name=name, master_key=key_, enforce_ssl=True)
+def topic(scope: Construct, construct_id: str, name: str, key_: kms.IKey) -> sns.Topic:
+    """Every topic: KMS-encrypted with the stack's key, TLS only."""
+    return sns.Topic(scope, construct_id, topic_name=name, master_key=key_, enforce_ssl=True)
 
 
 def _encrypted_queue(scope: Construct, construct_id: str, name: str, key_: kms.IKey, **props: object) -> sqs.Queue:

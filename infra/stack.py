@@ -15,13 +15,15 @@ from infra import secure
 from infra.aggregation import Aggregation
 from infra.client_access import ClientAccess
 from infra.config import DeploymentConfig
+from infra.monitoring import Monitoring
 from infra.state_machine import training_definition
 
 
 class FedstepStack(cdk.Stack):
     """Model registry (S3), round topic (SNS) with one queue and one IAM role per client (SQS, IAM),
     update table (DynamoDB) whose stream triggers the aggregation function (Lambda), and the
-    training state machine (Step Functions), all encrypted with one customer-managed KMS key."""
+    training state machine (Step Functions), all encrypted with one customer-managed KMS key; a
+    CloudWatch dashboard and alarms (`infra.monitoring`)."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: DeploymentConfig, **kwargs) -> None:
         super().__init__(scope, construct_id, **kwargs)
@@ -33,15 +35,17 @@ class FedstepStack(cdk.Stack):
         access_logs = secure.access_log_bucket(self, retention)
         bucket = secure.model_bucket(self, key, access_logs, retention)
         table = secure.table(self, key)
-        topic = secure.topic(self, f"{config.project}-global-model-ready", key)
+        topic = secure.topic(self, "GlobalModelReady", f"{config.project}-global-model-ready", key)
         for construct, component in ((key, "encryption"), (access_logs, "model-registry"), (bucket, "model-registry")):
             cdk.Tags.of(construct).add("component", component)
         cdk.Tags.of(table).add("component", "round-records")
         cdk.Tags.of(topic).add("component", "messaging")
 
+        dead_letter_queues = []
         for client in config.clients:
             scope = Construct(self, f"Client-{client.id}")  # the client's queue, its DLQ and its role
             queue = secure.queue(scope, "Queue", config.queue_name(client.id), key, retention)
+            dead_letter_queues.append(queue.dead_letter_queue.queue)
             topic.add_subscription(
                 subs.SqsSubscription(
                     queue,
@@ -90,9 +94,21 @@ class FedstepStack(cdk.Stack):
         for construct in (machine, machine_logs):
             cdk.Tags.of(construct).add("component", "orchestration")
 
+        monitoring = Monitoring(
+            self,
+            "Monitoring",
+            config=config,
+            machine=machine,
+            dead_letter_queues=[*dead_letter_queues, aggregation.failures],
+            key=key,
+        )
+        cdk.Tags.of(monitoring).add("component", "monitoring")
+
         cdk.CfnOutput(self, "BucketName", value=bucket.bucket_name)
         cdk.CfnOutput(self, "TableName", value=table.table_name)
         cdk.CfnOutput(self, "TopicArn", value=topic.topic_arn)
         cdk.CfnOutput(self, "StateMachineArn", value=machine.state_machine_arn)
         cdk.CfnOutput(self, "KeyArn", value=key.key_arn)
         cdk.CfnOutput(self, "ClientIds", value=",".join(c.id for c in config.clients))
+        cdk.CfnOutput(self, "DashboardName", value=monitoring.dashboard.dashboard_name)
+        cdk.CfnOutput(self, "AlarmTopicArn", value=monitoring.topic.topic_arn)

@@ -94,6 +94,7 @@ def training_definition(scope: Construct, topic: sns.ITopic, aggregate: lambda_.
             history="$.result.history",
             target_reached="$.result.target_reached",
             selected="$.result.next_selected",
+            round_summary="$.result.summary",  # shown in the console as this state's output
         ),
     )
     at_deadline = tasks.LambdaInvoke(

@@ -1,15 +1,23 @@
 """The aggregation function: DynamoDB stream of update items -> `fedstep.rounds.try_complete_round`.
 
-Environment: BUCKET_NAME (model registry), TABLE_NAME (the single table).
+Environment: BUCKET_NAME (model registry), TABLE_NAME (the single table), POWERTOOLS_METRICS_NAMESPACE
+(CloudWatch namespace, "fedstep"), PROJECT (the stack's project name, a metric dimension).
+
+Every round this function aggregates emits CloudWatch metrics (Powertools Metrics, embedded metric
+format, dimension `project`): Participants, RejectedUpdates, RoundDuration (s), AggregationDuration
+(s), BytesAggregated, and the weighted metrics as WeightedLoss / WeightedAccuracy (test split, else
+train) and WeightedLossBefore / WeightedAccuracyBefore (the previous global model).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import warnings
 from typing import Any
 
-from aws_lambda_powertools import Logger
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import (
     DynamoDBRecord,
@@ -19,9 +27,34 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from fedstep import aws, keys
 from fedstep.rounds import complete_round_at_deadline, try_complete_round
+from fedstep.schemas import RoundSummary
 
 logger = Logger(service="fedstep-aggregate")
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "fedstep"), service="fedstep-aggregate")
+metrics.set_default_dimensions(project=os.environ.get("PROJECT", "fedstep"))
+# Most invocations aggregate no round (the round still waits for updates): that is not worth a warning.
+warnings.filterwarnings("ignore", message="No application metrics to publish")
 _processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
+
+_WEIGHTED = {
+    "WeightedLoss": ("test_loss", "train_loss"),
+    "WeightedAccuracy": ("test_accuracy", "train_accuracy"),
+    "WeightedLossBefore": ("test_loss_before",),
+    "WeightedAccuracyBefore": ("test_accuracy_before",),
+}
+
+
+def record_round_metrics(summary: RoundSummary) -> None:
+    """The round's CloudWatch metrics (flushed when the invocation ends)."""
+    metrics.add_metric("Participants", MetricUnit.Count, len(summary.participants))
+    metrics.add_metric("RejectedUpdates", MetricUnit.Count, len(summary.rejected))
+    metrics.add_metric("RoundDuration", MetricUnit.Seconds, summary.duration_s)
+    metrics.add_metric("AggregationDuration", MetricUnit.Seconds, summary.aggregation_s)
+    metrics.add_metric("BytesAggregated", MetricUnit.Bytes, summary.bytes_aggregated)
+    for name, sources in _WEIGHTED.items():
+        value = next((summary.metrics[k] for k in sources if k in summary.metrics), None)
+        if value is not None:
+            metrics.add_metric(name, MetricUnit.NoUnit, value)
 
 
 def round_of(record: DynamoDBRecord) -> tuple[str, int] | None:
@@ -67,8 +100,10 @@ def complete_round_of(record: DynamoDBRecord) -> None:
     summary = try_complete_round(run_id, round_number, store=store, table=table, reporter=reporter)
     if summary is not None:
         logger.info("round aggregated", extra=summary.brief() | {"run_id": run_id})
+        record_round_metrics(summary)
 
 
+@metrics.log_metrics
 @logger.inject_lambda_context
 def stream_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """A batch of stream records; records that raised are reported back as batch item failures, so
@@ -78,6 +113,7 @@ def stream_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     )
 
 
+@metrics.log_metrics
 @logger.inject_lambda_context
 def deadline_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """{"mode": "deadline", "run_id", "round"} -> the round's task output; raises QuorumNotMet."""
@@ -86,6 +122,8 @@ def deadline_handler(event: dict[str, Any], context: LambdaContext) -> dict[str,
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"deadline event needs run_id and round: {exc}") from None
     store, table, _ = _services(os.environ["BUCKET_NAME"], os.environ["TABLE_NAME"], os.environ.get("AWS_ENDPOINT_URL"))
-    output = complete_round_at_deadline(run_id, round_number, store=store, table=table)
+    output = complete_round_at_deadline(
+        run_id, round_number, store=store, table=table, on_aggregated=record_round_metrics
+    )
     logger.info("round aggregated at its deadline", extra={"run_id": run_id, "round": round_number})
     return output

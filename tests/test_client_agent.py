@@ -22,6 +22,7 @@ import requests
 from fedstep import keys, tensors
 from fedstep.cli.start import RunSettings, keras_payload, start_run
 from infra.client_access import HEARTBEAT_ATTRIBUTES, UPDATE_ITEM_ATTRIBUTES
+from tests.cloud_helpers import drain_queues, wait_for_execution
 
 REPO = Path(__file__).resolve().parent.parent
 SKLEARN = ("--trainer", "examples.sklearn_trainer:train")
@@ -156,28 +157,10 @@ def test_dry_run_names_the_action_an_iam_policy_denies(local_cloud, configs, tmp
     assert "FAIL" in lines["queue"] and "access denied: sqs:GetQueueAttributes on queue" in lines["queue"], lines
 
 
-def wait_for_execution(cloud, arn: str, timeout_s: float = 120) -> dict:
-    sfn = cloud.client("stepfunctions")
-    deadline = time.monotonic() + timeout_s
-    while (desc := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
-        assert time.monotonic() < deadline, "execution still running"
-        time.sleep(0.5)
-    return desc
-
-
 def clients_json(cloud) -> dict[str, dict]:
     result = cli("fedstep", "clients", "--json", "--endpoint-url", cloud.endpoint, env=agent_env(cloud))
     assert result.returncode == 0, result.stderr
     return {row["client_id"]: row for row in json.loads(result.stdout)}
-
-
-def drain(cloud) -> None:
-    """Empty both client queues (PurgeQueue is limited to once a minute)."""
-    sqs = cloud.client("sqs")
-    for url in cloud.outputs.queues.values():
-        while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages"):
-            for m in messages:
-                sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
 
 
 def start(cloud, architecture: bytes, weights: dict) -> object:
@@ -208,7 +191,7 @@ def test_the_agent_sends_nothing_but_its_update_its_item_and_its_heartbeat(local
     from client_agent.config import load
     from client_agent.training import FunctionTrainer
 
-    drain(local_cloud)
+    drain_queues(local_cloud)
     weights = {"000/d/kernel": np.zeros((3, 2), np.float32), "001/d/bias": np.zeros(2, np.float32)}
     run = start(local_cloud, b"an architecture this trainer never reads", weights)
     secret_x = np.full((5, 3), 42.0)  # the local data: must never leave
@@ -234,8 +217,8 @@ def test_the_agent_sends_nothing_but_its_update_its_item_and_its_heartbeat(local
             if (outcome := agent.poll_once()) is not None:
                 assert outcome is Outcome.SERVED
                 break
-    assert wait_for_execution(local_cloud, run.execution_arn)["status"] == "SUCCEEDED"
-    drain(local_cloud)
+    assert wait_for_execution(local_cloud, run.execution_arn, timeout_s=120)["status"] == "SUCCEEDED"
+    drain_queues(local_cloud)
 
     assert {(service, op) for service, op, _ in calls} <= READS | WRITES
     uploads = [p for service, op, p in calls if op == "PutObject"]
@@ -259,7 +242,7 @@ def test_a_keras_client_and_a_scikit_learn_client_serve_a_round_once(local_cloud
     """One run, two trainers: client-1 the default Keras fit (JSON logs), client-2 examples.sklearn_trainer."""
     from examples.sklearn_trainer import softmax_regression
 
-    drain(local_cloud)
+    drain_queues(local_cloud)
     run = start(local_cloud, *keras_payload(softmax_regression()))
     keras_cfg = write(tmp_path, configs["client-1"], "keras.json")
     sklearn_cfg = write(tmp_path, configs["client-2"], "sklearn.json")
@@ -276,7 +259,7 @@ def test_a_keras_client_and_a_scikit_learn_client_serve_a_round_once(local_cloud
     outputs = {cid: p.communicate(timeout=240) for cid, p in procs.items()}
     for cid, p in procs.items():
         assert p.returncode == 0, outputs[cid][1]
-    desc = wait_for_execution(local_cloud, run.execution_arn)
+    desc = wait_for_execution(local_cloud, run.execution_arn, timeout_s=120)
     assert desc["status"] == "SUCCEEDED"
     [summary] = json.loads(desc["output"])["history"]
     assert summary["participants"] == 2 and summary["rejected"] == 0

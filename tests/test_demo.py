@@ -127,3 +127,27 @@ def test_a_client_killed_mid_run_does_not_stop_the_run(tmp_path):
     assert [r["participants"] for r in rounds] == [2, 2, 2]  # each round's deadline aggregates the survivors
     assert rounds[-1]["heldout_accuracy"] > rounds[0]["heldout_accuracy"]
     assert _clients_of(out) == []
+
+
+def test_keep_running_leaves_the_cloud_up_for_the_operator_commands_until_ctrl_c(tmp_path):
+    out = tmp_path / "kept"
+    proc = _fedstep_local(out, "--clients", "2", "--rounds", "2", "--clients-per-round", "1", "--keep-running")
+    try:
+        lines = _wait_for_line(proc, "press Ctrl-C to stop it", timeout_s=300)
+        run_id = json.loads((out / "summary.json").read_text())["run_id"]
+        env_file = out / "local-cloud.env"
+        assert f"  source {env_file}\n" in lines and f"  fedstep status {run_id}\n" in lines
+        env = dict(os.environ)
+        for line in env_file.read_text().splitlines():
+            name, _, value = line.removeprefix("export ").partition("=")
+            env[name] = value
+        status = subprocess.run(
+            [sys.executable, "-m", "fedstep", "status", run_id], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert status.returncode == 0, status.stderr
+        assert status.stdout.startswith(f"run {run_id}: SUCCEEDED (max_rounds), round 2 of 2")
+        assert "2 clients, 1 per round" in status.stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "stopping the local cloud" in rest, rest

@@ -16,14 +16,14 @@ from aws_cdk.assertions import Template
 
 from fedstep import keys
 from infra.client_access import HEARTBEAT_ATTRIBUTES, UPDATE_ITEM_ATTRIBUTES
-from infra.config import ClientConfig, ConfigError, DeploymentConfig
+from infra.config import MAX_CLIENTS, ClientConfig, ConfigError, DeploymentConfig
 from infra.synth import build_app
 
 PARTNER = "arn:aws:iam::111122223333:role/fl-agent"
 
 
-def synth(clients: list[ClientConfig], outdir: Path | None = None) -> Template:
-    config = DeploymentConfig(clients=tuple(clients))
+def synth(clients: list[ClientConfig], outdir: Path | None = None, alarm_email: str | None = None) -> Template:
+    config = DeploymentConfig(clients=tuple(clients), alarm_email=alarm_email)
     app = build_app(config, outdir, bundle=False)
     return Template.from_stack(app.node.find_child(config.stack_name))
 
@@ -209,12 +209,61 @@ def test_state_machine_loops_over_rounds_and_waits_for_the_task_token(template):
     assert states["Report for another run"]["Error"] == "ForeignReport"
     assert states["Notify clients: run ended"]["Parameters"]["Message"]["type"] == "run_ended"
     assert states["Training finished"]["End"] is True
+    assert states["Round aggregated"]["Parameters"]["round_summary.$"] == "$.result.summary"
 
 
-@pytest.mark.parametrize("n", [3, 50])
-def test_nag_clean_and_cfn_lint_clean_for_3_and_50_clients(tmp_path, n):
-    template = synth([ClientConfig(f"org-{i}") for i in range(n)], tmp_path)  # raises on any nag finding
-    template.resource_count_is("AWS::SNS::Subscription", n)
+def test_alarms_watch_failed_runs_and_every_dead_letter_queue_and_notify_the_alarm_topic(template):
+    alarms = resources(template, "AWS::CloudWatch::Alarm")
+    by_name = {a["Properties"]["AlarmName"]: a["Properties"] for a in alarms.values()}
+    assert set(by_name) == {"fedstep-executions-failed", "fedstep-dead-letters-1"}
+    failed = json.dumps(by_name["fedstep-executions-failed"]["Metrics"])
+    assert "ExecutionsFailed" in failed and "ExecutionsTimedOut" in failed
+    watched = json.dumps(by_name["fedstep-dead-letters-1"]["Metrics"])
+    dlqs = [k for k, q in resources(template, "AWS::SQS::Queue").items() if "RedrivePolicy" not in q["Properties"]]
+    assert len(dlqs) == 3 and all(d in watched for d in dlqs)  # both clients' and the aggregation failures'
+    [topic] = [
+        k for k, t in resources(template, "AWS::SNS::Topic").items() if t["Properties"]["TopicName"] == "fedstep-alarms"
+    ]
+    for alarm in by_name.values():
+        assert alarm["AlarmActions"] == [{"Ref": topic}]
+        assert alarm["TreatMissingData"] == "notBreaching"
+    assert "KmsMasterKeyId" in resources(template, "AWS::SNS::Topic")[topic]["Properties"]
+
+
+def test_dead_letter_alarms_cover_every_queue_ten_at_a_time():
+    template = synth([ClientConfig(f"org-{i}") for i in range(25)])
+    alarms = [a["Properties"] for a in resources(template, "AWS::CloudWatch::Alarm").values()]
+    sums = [a for a in alarms if a["AlarmName"].startswith("fedstep-dead-letters-")]
+    assert len(sums) == 3  # 26 dead-letter queues
+    assert sum(len(a["Metrics"]) - 1 for a in sums) == 26  # each: up to 10 queue metrics and their sum
+
+
+def test_the_dashboard_graphs_runs_dead_letters_and_every_round_metric(template):
+    [dashboard] = resources(template, "AWS::CloudWatch::Dashboard").values()
+    body = json.dumps(dashboard["Properties"]["DashboardBody"])
+    for metric in (
+        "Participants",
+        "RejectedUpdates",
+        "RoundDuration",
+        "AggregationDuration",
+        "BytesAggregated",
+        "WeightedLoss",
+        "WeightedAccuracy",
+        "ExecutionsFailed",
+        "ApproximateNumberOfMessagesVisible",
+    ):
+        assert metric in body, metric
+    [function] = resources(template, "AWS::Lambda::Function").values()
+    env = function["Properties"]["Environment"]["Variables"]
+    assert env["POWERTOOLS_METRICS_NAMESPACE"] == "fedstep" and env["PROJECT"] == "fedstep"
+
+
+@pytest.mark.parametrize("n", [3, MAX_CLIENTS])
+def test_nag_clean_and_cfn_lint_clean_for_3_clients_and_the_most_a_stack_holds(tmp_path, n):
+    clients = [ClientConfig(f"org-{i}") for i in range(n)]
+    template = synth(clients, tmp_path, alarm_email="ops@example.org")  # raises on any nag finding
+    template.resource_count_is("AWS::SNS::Subscription", n + 1)  # the clients' queues and the alarm e-mail
+    assert len(template.to_json()["Resources"]) <= 500  # CloudFormation's limit
     result = subprocess.run(
         [sys.executable, "-m", "cfnlint", "--format", "json", str(tmp_path / "fedstep.template.json")],
         capture_output=True,
@@ -235,7 +284,8 @@ def test_nag_clean_and_cfn_lint_clean_for_3_and_50_clients(tmp_path, n):
         ({"clients": [{"id": "a", "principal_arn": "arn:aws:iam::12:role/x"}]}, "not an IAM principal ARN"),
         ({"clients": [{"id": "a", "principal_arn": "arn:aws:s3:::bucket"}]}, "not an IAM principal ARN"),
         ({"clients": [{"id": "a", "role": "x"}]}, r"unknown field\(s\) \['role'\]"),
-        ({"clients": [{"id": f"c{i}"} for i in range(81)]}, "at most 80"),
+        ({"clients": [{"id": f"c{i}"} for i in range(MAX_CLIENTS + 1)]}, f"at most {MAX_CLIENTS}"),
+        ({"alarm_email": "ops at example"}, "not an e-mail address"),
         ({"project": "p" * 32, "clients": [{"id": "x" * 64}]}, "longer than SQS.s 80 characters"),
         ({"project": "Has Caps"}, "project"),
         ({"round_timeout_s": 5}, "round_timeout_s"),

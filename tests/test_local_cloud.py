@@ -26,6 +26,7 @@ from fedstep.cli.start import RunSettings, start_run
 from fedstep.ddb import to_attributes
 from fedstep.errors import FedstepError
 from fedstep.local import gaps
+from tests.cloud_helpers import drain_queues, wait_for_execution
 
 INITIAL = {"000/d/kernel": np.zeros((4, 3), np.float32), "001/d/bias": np.zeros(3, np.float32)}
 SHIFTS = {"client-1": (1.0, 10), "client-2": (3.0, 30)}  # weighted mean shift per round: 2.5
@@ -43,12 +44,8 @@ class ShiftTrainer:
 
 @pytest.fixture
 def cloud(local_cloud):
-    """The module's cloud with empty client queues (PurgeQueue is limited to once a minute)."""
-    sqs = local_cloud.client("sqs")
-    for url in local_cloud.outputs.queues.values():
-        while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages"):
-            for m in messages:
-                sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+    """The module's cloud with empty client queues."""
+    drain_queues(local_cloud)
     return local_cloud
 
 
@@ -107,15 +104,6 @@ def receive(cloud, client_id):
         if messages:
             return messages[0]
     raise AssertionError(f"no message for {client_id}")
-
-
-def wait_for_execution(cloud, arn, timeout_s=30):
-    sfn = cloud.client("stepfunctions")
-    deadline = time.monotonic() + timeout_s
-    while (desc := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
-        assert time.monotonic() < deadline, "execution still running"
-        time.sleep(0.2)
-    return desc
 
 
 def test_state_machine_completes_two_rounds_with_two_clients(cloud, tmp_path):

@@ -1,4 +1,8 @@
-"""`fedstep`: the operator's command line (start runs, client configs, who is online; run everything locally)."""
+"""`fedstep`: the operator's command line.
+
+start, runs, status [--watch], stop, download, report: run a training and follow it; clients and
+client-config: the organisations; local: everything on the embedded local cloud.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +11,27 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from fedstep import __version__
 from fedstep.errors import FedstepError
 
 
-def _settings_args(parser: argparse.ArgumentParser, rounds: int, timeout: int) -> None:
-    parser.add_argument("--rounds", type=int, default=rounds, help=f"number of rounds (default {rounds})")
-    parser.add_argument("--epochs", type=int, default=1, help="local epochs per round (default 1)")
-    parser.add_argument("--batch-size", type=int, default=32, help="local batch size (default 32)")
-    parser.add_argument("--learning-rate", type=float, default=0.1, help="local learning rate (default 0.1)")
-    parser.add_argument("--strategy", default="fedavg", help="aggregation strategy (default fedavg)")
+def _settings_args(parser: argparse.ArgumentParser, defaults: RunSettingsDefaults) -> None:
+    """The run settings as flags; each overrides the run file, which overrides the defaults."""
+    parser.add_argument(
+        "--run-file", help="JSON file of run settings (and model); flags override it (see README, Configuration)"
+    )
+    parser.add_argument("--rounds", type=int, help=f"number of rounds (default {defaults.rounds})")
+    parser.add_argument("--epochs", type=int, help="local epochs per round (default 1)")
+    parser.add_argument("--batch-size", type=int, help="local batch size (default 32)")
+    parser.add_argument("--learning-rate", type=float, help="local learning rate (default 0.1)")
+    parser.add_argument("--strategy", help="aggregation strategy (default fedavg)")
     parser.add_argument(
         "--clients-per-round", help="clients each round selects: a number (3) or a fraction (0.5); default all"
     )
     parser.add_argument(
-        "--round-retries",
-        type=int,
-        default=0,
-        help="publish a round that misses its quorum again, up to N times (default 0)",
+        "--round-retries", type=int, help="publish a round that misses its quorum again, up to N times (default 0)"
     )
     parser.add_argument(
         "--target", help="stop early when a round's weighted metric meets this, e.g. test_accuracy>=0.9"
@@ -34,30 +40,30 @@ def _settings_args(parser: argparse.ArgumentParser, rounds: int, timeout: int) -
         "--quorum", type=int, help="fewest valid updates a round may be aggregated from (default: half the clients)"
     )
     parser.add_argument(
-        "--round-timeout",
-        type=int,
-        default=timeout,
-        dest="round_timeout_s",
-        help=f"round deadline, s (default {timeout})",
+        "--round-timeout", type=int, dest="round_timeout_s", help=f"round deadline, s (default {defaults.timeout})"
     )
 
 
-def _settings(args: argparse.Namespace):  # -> RunSettings
-    from fedstep.cli.start import RunSettings
+class RunSettingsDefaults(NamedTuple):
+    rounds: int
+    timeout: int
 
-    return RunSettings(
-        rounds=args.rounds,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        strategy=args.strategy,
-        round_timeout_s=args.round_timeout_s,
-        quorum=args.quorum,
-        target=args.target,
-        clients_per_round=args.clients_per_round,
-        round_retries=args.round_retries,
-        seed=args.seed or 0,
-    )
+
+def _settings(args: argparse.Namespace, defaults: RunSettingsDefaults, run_file: dict[str, Any]):  # -> RunSettings
+    from fedstep.cli.start import RunSettings, merge_settings
+
+    base = RunSettings(rounds=defaults.rounds, round_timeout_s=defaults.timeout)
+    return merge_settings(base, run_file, vars(args))
+
+
+def _run_file(args: argparse.Namespace) -> dict[str, Any]:
+    from fedstep.cli.start import load_run_file
+
+    return load_run_file(args.run_file) if args.run_file else {}
+
+
+START_DEFAULTS = RunSettingsDefaults(rounds=5, timeout=3600)
+LOCAL_DEFAULTS = RunSettingsDefaults(rounds=5, timeout=600)
 
 
 def _stack_args(parser: argparse.ArgumentParser) -> None:
@@ -101,7 +107,34 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="seed for the initial weights and the client selection (default: unseeded, selection seed 0)",
     )
-    _settings_args(start, rounds=5, timeout=3600)
+    start.add_argument("--watch", action="store_true", help="then follow the run, as `fedstep status --watch`")
+    _settings_args(start, START_DEFAULTS)
+
+    runs = sub.add_parser("runs", help="the stack's runs, newest first, with their status")
+    _stack_args(runs)
+    runs.add_argument("--limit", type=int, default=20, help="how many runs (default 20)")
+
+    status = sub.add_parser("status", help="a run's per-round table: participants, rejections, metrics, durations")
+    status.add_argument("run_id")
+    _stack_args(status)
+    status.add_argument("--watch", action="store_true", help="print each round as it completes, until the run ends")
+    status.add_argument("--interval", type=float, default=2.0, help="--watch polling interval, s (default 2)")
+
+    stop = sub.add_parser("stop", help="stop a running run and tell its clients it ended")
+    stop.add_argument("run_id")
+    _stack_args(stop)
+    stop.add_argument("--reason", default="stopped by an operator", help="recorded as the execution's cause")
+
+    download = sub.add_parser("download", help="a run's global model as a .keras file, ready for model.predict")
+    download.add_argument("run_id")
+    _stack_args(download)
+    download.add_argument("--round", type=int, help="after this round (default: the last completed; 0: initial)")
+    download.add_argument("-o", "--out", type=Path, help="file to write (default <run>-round<r>.keras)")
+
+    report = sub.add_parser("report", help="an HTML report of a run, with its plots as PNG files")
+    report.add_argument("run_id")
+    _stack_args(report)
+    report.add_argument("-o", "--out", type=Path, help="folder to write into (default reports/<run>)")
 
     client_config = sub.add_parser("client-config", help="print a ready client config file for a client")
     client_config.add_argument("client_id", help="the client's id in the deployment config")
@@ -118,18 +151,24 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument("--clients", type=int, default=3, help="number of client agents (default 3)")
     local.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
     local.add_argument("--model", help="module:function returning a compiled Keras model (default: per data set)")
+    local.add_argument("--seed", type=int, help="seed for the initial weights and the client selection (default 0)")
     local.add_argument(
-        "--seed", type=int, default=0, help="seed for the initial weights and the client selection (default 0)"
+        "--keep-running",
+        action="store_true",
+        help="after the run, keep the local cloud up for `fedstep status`, `report`, ... until Ctrl-C",
     )
-    _settings_args(local, rounds=5, timeout=600)
+    _settings_args(local, LOCAL_DEFAULTS)
     return parser
 
 
 def _start(args: argparse.Namespace) -> int:
     from fedstep.cli.start import build_model, keras_payload, resume_run, start_run
 
-    if bool(args.model) == bool(args.resume):
-        raise FedstepError("give --model to start a new run, or --resume RUN_ID to continue one")
+    run_file = _run_file(args)
+    model = args.model or run_file.get("model")
+    if bool(model) == bool(args.resume):
+        raise FedstepError("give --model (or model in the run file) to start a new run, or --resume RUN_ID")
+    settings = _settings(args, START_DEFAULTS, run_file)
     stack = _Stack(args)
     client, outputs = stack.client, stack.outputs
     if args.resume:
@@ -138,10 +177,11 @@ def _start(args: argparse.Namespace) -> int:
         )
         print(f"resumed run {args.resume} as run {started.run_id}")
         print(f"execution: {started.execution_arn}")
-        return 0
+        return _watch(stack, started.run_id, 2.0) if args.watch else 0
+    seed = args.seed if args.seed is not None else run_file.get("seed")
     started = start_run(
-        *keras_payload(build_model(args.model, args.seed)),
-        _settings(args),
+        *keras_payload(build_model(model, seed)),
+        settings,
         outputs,
         s3=client("s3"),
         dynamodb=client("dynamodb"),
@@ -150,6 +190,80 @@ def _start(args: argparse.Namespace) -> int:
     )
     print(f"started run {started.run_id} with clients {', '.join(started.clients)}")
     print(f"execution: {started.execution_arn}")
+    return _watch(stack, started.run_id, 2.0) if args.watch else 0
+
+
+def _view(stack: _Stack, run_id: str):  # -> RunView
+    from fedstep.aws import DynamoRoundTable
+    from fedstep.run_view import load_run
+
+    table = DynamoRoundTable(stack.outputs.table, stack.client("dynamodb"))
+    return load_run(run_id, stack.outputs, table, stack.client("stepfunctions"))
+
+
+def _watch(stack: _Stack, run_id: str, interval_s: float) -> int:
+    from fedstep.cli.status import watch
+
+    view = watch(lambda: _view(stack, run_id), lambda line: print(line, flush=True), interval_s)
+    return 0 if view.status == "SUCCEEDED" else 1
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from fedstep.aws import DynamoRoundTable
+    from fedstep.cli.status import render_runs
+    from fedstep.run_view import list_runs
+
+    stack = _Stack(args)
+    table = DynamoRoundTable(stack.outputs.table, stack.client("dynamodb"))
+    runs = list_runs(stack.outputs, stack.client("stepfunctions"), args.limit)
+
+    def rounds_done(run_id: str) -> str:
+        record = table.get_run(run_id)
+        return f"{len(table.list_rounds(run_id))}/{record.rounds if record else '?'}"
+
+    print(render_runs(runs, rounds_done))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from fedstep.cli.status import render_status
+
+    stack = _Stack(args)
+    if args.watch:
+        return _watch(stack, args.run_id, args.interval)
+    print(render_status(_view(stack, args.run_id)))
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from fedstep.cli.operate import stop_run
+
+    stack = _Stack(args)
+    view = _view(stack, args.run_id)
+    stop_run(view, stack.outputs, stack.client("stepfunctions"), stack.client("sns"), args.reason)
+    print(f"stopped run {args.run_id} after {view.last_round} of {view.record.rounds} rounds; its clients were told")
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from fedstep.cli.operate import download_model
+
+    stack = _Stack(args)
+    view = _view(stack, args.run_id)
+    round_number = args.round if args.round is not None else view.last_round
+    out = args.out or Path(f"{args.run_id}-round{round_number}.keras")
+    path = download_model(view, stack.outputs, stack.client("s3"), args.round, out)
+    print(f"wrote {path}: the global model after round {round_number}; keras.models.load_model({str(path)!r})")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from fedstep.report import PLOTS, write_report
+
+    stack = _Stack(args)
+    view = _view(stack, args.run_id)
+    page = write_report(view, args.out or Path("reports") / args.run_id)
+    print(f"wrote {page} and {', '.join(f'{p}.png' for p in PLOTS)} beside it")
     return 0
 
 
@@ -182,16 +296,26 @@ def _clients(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _local(args: argparse.Namespace) -> int:
+    import signal
+
     from fedstep.local.demo import DemoConfig, run_demo
 
+    signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: clients and the local cloud are shut down
+
+    run_file = _run_file(args)
     config = DemoConfig(
         dataset=args.dataset,
         clients=args.clients,
         out=args.out,
-        model=args.model,
-        seed=args.seed,
-        settings=_settings(args),
+        model=args.model or run_file.get("model"),
+        seed=args.seed if args.seed is not None else int(run_file.get("seed", 0)),
+        settings=_settings(args, LOCAL_DEFAULTS, run_file),
+        keep_running=args.keep_running,
     )
     run_demo(config)
     return 0
@@ -207,7 +331,17 @@ def main(argv: list[str] | None = None) -> int:
     from fedstep.aws_errors import explain
 
     try:
-        commands = {"start": _start, "client-config": _client_config, "clients": _clients, "local": _local}
+        commands = {
+            "start": _start,
+            "runs": _runs,
+            "status": _status,
+            "stop": _stop,
+            "download": _download,
+            "report": _report,
+            "clients": _clients,
+            "client-config": _client_config,
+            "local": _local,
+        }
         return commands[args.command](args)
     except FedstepError as exc:
         print(f"fedstep: error: {exc}", file=sys.stderr)

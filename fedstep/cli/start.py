@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from fedstep import SCHEMA_VERSION, keys, strategies, tensors
@@ -13,6 +14,7 @@ from fedstep.aws import DynamoRoundTable, S3ModelStore
 from fedstep.errors import FedstepError
 from fedstep.imports import load_callable
 from fedstep.rounds import round_history, utc_now
+from fedstep.run_view import execution_arn
 from fedstep.schemas import InvalidMessage, ObjectRef, RunRecord, Target, TrainingConfig
 from fedstep.selection import per_round_count
 from fedstep.stack import StackOutputs
@@ -63,6 +65,48 @@ class RunSettings:
 
     def training(self) -> TrainingConfig:
         return TrainingConfig(epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate)
+
+
+RUN_FILE_FIELDS = {f.name for f in fields(RunSettings)} | {"model"}
+
+
+def load_run_file(path: str) -> dict[str, Any]:
+    """A run file: a JSON object of RunSettings fields plus `model` (module:function), e.g.
+
+    {"model": "client_agent.models:digits_mlp", "rounds": 20, "clients_per_round": "0.5",
+     "target": "test_accuracy>=0.9"}
+    """
+    try:
+        values = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise FedstepError(f"cannot read run file {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise FedstepError(f"run file {path} is not valid JSON: {exc}") from None
+    if not isinstance(values, dict):
+        raise FedstepError(f"run file {path} must hold a JSON object")
+    unknown = sorted(set(values) - RUN_FILE_FIELDS)
+    if unknown:
+        raise FedstepError(f"run file {path}: unknown field(s) {unknown}; known: {sorted(RUN_FILE_FIELDS)}")
+    return values
+
+
+def merge_settings(base: RunSettings, *layers: dict[str, Any]) -> RunSettings:
+    """`base` overridden by each layer's non-None values in turn (run file, then flags), type-checked."""
+    values = asdict(base)
+    for layer in layers:
+        values.update({k: v for k, v in layer.items() if k in values and v is not None})
+    for name, value in values.items():
+        expected = type(getattr(RunSettings(), name))
+        if name == "clients_per_round" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            values[name] = value = str(value)
+        if value is None or (expected is float and isinstance(value, int) and not isinstance(value, bool)):
+            continue
+        kind = str if expected is type(None) else expected
+        if name == "quorum":
+            kind = int
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise FedstepError(f"run setting {name} must be {kind.__name__}, got {value!r}")
+    return RunSettings(**values).validated()
 
 
 @dataclass(frozen=True)
@@ -155,8 +199,7 @@ def resume_run(run_id: str, outputs: StackOutputs, *, s3: Any, dynamodb: Any, st
     old = table.get_run(run_id)
     if old is None:
         raise FedstepError(f"there is no run {run_id!r} in table {outputs.table}")
-    arn = outputs.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{run_id}"
-    status = stepfunctions.describe_execution(executionArn=arn)["status"]
+    status = stepfunctions.describe_execution(executionArn=execution_arn(outputs, run_id))["status"]
     if status == "RUNNING":
         raise FedstepError(f"run {run_id} is still running; stop it before resuming it")
     history = round_history(table, run_id, old.rounds, old)  # also the rounds of runs it continues

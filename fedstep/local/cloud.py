@@ -77,6 +77,7 @@ class LocalCloud:
         gaps.run_lambdas_in_process()
         gaps.fix_kms_keys_from_cloudformation()
         gaps.fix_role_policies_from_cloudformation()
+        gaps.make_stop_execution_abort()
         self.outputs = self.deploy()
         return self
 

@@ -38,6 +38,8 @@ class DemoConfig:
     settings: RunSettings = field(default_factory=lambda: RunSettings(round_timeout_s=600))
     timeout_s: float = 1800.0
     """Give up on the whole run after this many seconds."""
+    keep_running: bool = False
+    """After the run, keep the local cloud up (for `fedstep status`, `report`, ...) until Ctrl-C."""
 
 
 def _fmt(value: float | None) -> str:
@@ -121,35 +123,67 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
         table = DynamoRoundTable(outputs.table, cloud.client("dynamodb"))
         evaluator = HeldoutEvaluator(config.dataset, architecture)
         rounds = _watch(cloud, procs, started.run_id, started.execution_arn, store, table, evaluator, config, echo)
-        final_weights = tensors.decode(store.get(keys.global_key(started.run_id, settings.rounds)))
+        last = max(r["round"] for r in rounds)  # fewer than --rounds when the target stopped the run early
+        final_weights = tensors.decode(store.get(keys.global_key(started.run_id, last)))
         final = evaluator.evaluate(final_weights)
         procs.wait(timeout_s=30)
-    summary = {
-        "run_id": started.run_id,
-        "rounds": rounds,
-        "final": final,
-        "config": {
-            "dataset": config.dataset,
-            "clients": config.clients,
-            "model": config.model or DEFAULT_FOR_DATASET[config.dataset],
-            "seed": config.seed,
-            **asdict(settings),
-        },
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    echo(
-        f"final global model on the held-out test set: accuracy {final['test_accuracy']:.4f}, "
-        f"loss {final['test_loss']:.4f}; summary in {out / 'summary.json'}"
-    )
+        summary = {
+            "run_id": started.run_id,
+            "rounds": rounds,
+            "final": final,
+            "config": {
+                "dataset": config.dataset,
+                "clients": config.clients,
+                "model": config.model or DEFAULT_FOR_DATASET[config.dataset],
+                "seed": config.seed,
+                **asdict(settings),
+            },
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        echo(
+            f"final global model on the held-out test set: accuracy {final['test_accuracy']:.4f}, "
+            f"loss {final['test_loss']:.4f}; summary in {out / 'summary.json'}"
+        )
+        if config.keep_running:
+            _keep_running(cloud.endpoint, started.run_id, out, echo)
     return summary
 
 
+def _keep_running(endpoint: str, run_id: str, out: Path, echo: Callable[[str], None]) -> None:
+    """Leave the local cloud up until Ctrl-C; say how to reach it (an env file with its endpoint and
+    the fake credentials it accepts)."""
+    from fedstep.local.cloud import FAKE_CREDENTIALS
+
+    env_file = out / "local-cloud.env"
+    env = {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}
+    env_file.write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
+    echo(f"the local cloud stays up at {endpoint} (stack fedstep). In another shell:")
+    echo(f"  source {env_file}")
+    echo(f"  fedstep status {run_id}")
+    echo(f"  fedstep report {run_id} -o {out / 'report'}")
+    echo("  fedstep runs | clients | download <run> | start --model ... (any command, against this cloud)")
+    echo("press Ctrl-C to stop it")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        echo("stopping the local cloud")
+
+
 def _log_lambda_to(path: Path) -> None:
-    """The aggregation function's structured logs (Powertools, to stdout in AWS) go to a file here."""
+    """The aggregation function's structured logs and its metrics (Powertools, both to stdout in AWS,
+    where they land in its log group) go to a file here instead of the runner's terminal."""
+    import functools
+
+    from aws_lambda_powertools.metrics.provider.cloudwatch_emf import cloudwatch
+
     from lambdas import aggregate
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    aggregate.logger.registered_handler.setStream(open(path, "a"))  # noqa: SIM115 - lives as long as the run
+    stream = open(path, "a")  # noqa: SIM115 - lives as long as the run
+    aggregate.logger.registered_handler.setStream(stream)
+    # The metrics provider print()s its embedded-metric-format lines; only its module's print changes.
+    cloudwatch.print = functools.partial(print, file=stream, flush=True)  # type: ignore[attr-defined]
 
 
 def _watch(

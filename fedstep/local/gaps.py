@@ -26,7 +26,9 @@ moto runs the synthesized CloudFormation template, but:
    key policy given as a JSON object unconverted, so DescribeKey fails; `fix_kms_keys_from_cloudformation`
    converts both first (for any deployment into this process's moto, `cdk deploy` included);
 6. its `AWS::IAM::Role` handler stores inline policy documents as objects, which its own IAM
-   enforcement cannot read: `fix_role_policies_from_cloudformation` stores them as JSON text.
+   enforcement cannot read: `fix_role_policies_from_cloudformation` stores them as JSON text;
+7. its StopExecution does not interrupt an execution waiting for a task token (it fails at the
+   deadline instead): `make_stop_execution_abort` wakes the waiting task and reports ABORTED.
 
 (`AWS::SQS::QueuePolicy`, `AWS::S3::BucketPolicy`, `AWS::SNS::TopicPolicy` and alarms are skipped too;
 moto does not enforce IAM unless told to (`/moto-api/reset-auth`, used by one test), so nothing needs them.)
@@ -34,6 +36,7 @@ moto does not enforce IAM unless told to (`/moto-api/reset-auth`, used by one te
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import io
@@ -116,6 +119,42 @@ def fix_role_policies_from_cloudformation() -> None:
         return properties
 
     _patch_cloudformation_create(Role, fix)
+
+
+def make_stop_execution_abort() -> None:
+    """moto's StopExecution does not interrupt an execution that waits for a task token: it keeps
+    waiting, and at the deadline it fails instead of being aborted. After moto's own stop, wake the
+    execution's waiting tasks with a failure and report it ABORTED, as Step Functions does (idempotent)."""
+    from moto.stepfunctions.models import StateMachine
+    from moto.stepfunctions.parser.api import ExecutionStatus
+    from moto.stepfunctions.parser.asl.eval.callback.callback import CallbackOutcomeFailure
+    from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
+
+    if getattr(StateMachine.stop_execution, "_fedstep_fixed", False):
+        return
+    original_stop = StateMachine.stop_execution
+    original_reflect = BaseExecutionWorkerCommunication._reflect_execution_status
+
+    def stop_execution(self: Any, execution_arn: str) -> Any:
+        execution = original_stop(self, execution_arn)
+        worker = getattr(execution, "exec_worker", None)
+        if worker is not None:
+            execution._fedstep_aborted = True
+            pool = worker.env.callback_pool_manager
+            for callback_id in list(pool._pool):
+                with contextlib.suppress(Exception):  # already answered or timed out
+                    pool.notify(callback_id, CallbackOutcomeFailure(callback_id, "ExecutionAborted", "stopped"))
+        return execution
+
+    def reflect(self: Any) -> None:
+        original_reflect(self)
+        if getattr(self.execution, "_fedstep_aborted", False):
+            self.execution.exec_status = ExecutionStatus.ABORTED
+            self.execution.error = self.execution.cause = None
+
+    stop_execution._fedstep_fixed = True  # type: ignore[attr-defined]
+    StateMachine.stop_execution = stop_execution  # type: ignore[method-assign]
+    BaseExecutionWorkerCommunication._reflect_execution_status = reflect  # type: ignore[method-assign]
 
 
 def _moto_api(endpoint: str, path: str, body: dict[str, Any] | None = None) -> None:

@@ -1,0 +1,62 @@
+"""`fedstep stop <run>` and `fedstep download <run> [--round r]`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fedstep import SCHEMA_VERSION, keys, tensors
+from fedstep.aws import S3ModelStore
+from fedstep.errors import FedstepError
+from fedstep.run_view import RunView, execution_arn
+from fedstep.stack import StackOutputs
+
+STOP_ERROR = "StoppedByOperator"
+
+
+def stop_run(view: RunView, outputs: StackOutputs, sfn: Any, sns: Any, reason: str) -> None:
+    """Stop the run's execution, then tell its clients the run ended (reason "stopped"), so agents
+    serving it stop waiting for its rounds. Refuses a run that is not running."""
+    if view.status != "RUNNING":
+        raise FedstepError(f"run {view.run_id} is not running (it is {view.status}); nothing to stop")
+    sfn.stop_execution(executionArn=execution_arn(outputs, view.run_id), error=STOP_ERROR, cause=reason[:32000])
+    message = {"schema": SCHEMA_VERSION, "type": "run_ended", "run_id": view.run_id, "reason": "stopped"}
+    sns.publish(
+        TopicArn=outputs.topic_arn,
+        Message=json.dumps({**message, "rounds_completed": view.last_round}),
+        MessageAttributes={
+            "kind": {"DataType": "String", "StringValue": "run_ended"},
+            "clients": {"DataType": "String.Array", "StringValue": json.dumps(view.record.clients)},
+        },
+    )
+
+
+def download_model(view: RunView, outputs: StackOutputs, s3: Any, round_number: int | None, out: Path) -> Path:
+    """The global model after `round_number` (default: the last completed round; 0: the initial
+    weights) as a `.keras` file: the run's architecture with those weights, ready for `model.predict`."""
+    done = {s.round: s for s in view.rounds}
+    if round_number is None:
+        if not done:
+            raise FedstepError(f"run {view.run_id} has no completed round yet; --round 0 gives the initial model")
+        round_number = max(done)
+    if round_number != 0 and round_number not in done:
+        known = ", ".join(str(r) for r in sorted(done)) or "none"
+        raise FedstepError(f"run {view.run_id} has no completed round {round_number} (completed: {known})")
+    store = S3ModelStore(outputs.bucket, s3)
+    architecture = store.get(keys.model_key(view.run_id))
+    if round_number == 0:
+        weights = tensors.decode(store.get(keys.global_key(view.run_id, 0)))
+    else:
+        ref = done[round_number].global_model
+        data = store.get(ref.key)
+        if tensors.sha256_hex(data) != ref.sha256:
+            raise FedstepError(f"s3://{outputs.bucket}/{ref.key} does not match the sha256 of round {round_number}")
+        weights = tensors.decode(data)
+    from client_agent.keras_model import model_from_bytes, model_to_bytes, set_tensors
+
+    model = model_from_bytes(architecture)
+    set_tensors(model, weights)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(model_to_bytes(model))
+    return out

@@ -1,0 +1,134 @@
+"""`fedstep runs` and `fedstep status <run> [--watch]`: plain-text tables an operator reads or a log keeps."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from fedstep.run_view import RunListing, RunView
+from fedstep.schemas import RoundSummary
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """Left-aligned columns, two spaces apart."""
+    cells = [[str(c) for c in header], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f} min {seconds % 60:.0f} s"
+    return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:.0f} min"
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
+
+
+def _metric(summary: RoundSummary, name: str) -> str:
+    value = summary.metrics.get(f"test_{name}", summary.metrics.get(f"train_{name}"))
+    return f"{value:.4f}" if value is not None else "-"
+
+
+def render_runs(runs: list[RunListing], rounds_done: Callable[[str], str]) -> str:
+    rows = [
+        (
+            r.run_id,
+            r.status,
+            _when(r.started),
+            duration(((r.stopped or datetime.now(UTC)) - r.started).total_seconds()),
+            rounds_done(r.run_id),
+        )
+        for r in runs
+    ]
+    if not rows:
+        return "no runs yet: start one with `fedstep start`"
+    return "\n".join(table(("RUN", "STATUS", "STARTED", "DURATION", "ROUNDS"), rows))
+
+
+ROUND_HEADER = ("ROUND", "CLIENTS", "REJECTED", "EXAMPLES", "LOSS", "ACCURACY", "ROUND TIME", "AGGREGATION")
+
+
+def round_row(s: RoundSummary) -> tuple[object, ...]:
+    """One round: participants of selected, rejected updates, examples, weighted test (else train) loss
+    and accuracy, the round's duration (from publishing to aggregated) and the aggregation's."""
+    return (
+        s.round,
+        f"{len(s.participants)}/{len(s.selected) or len(s.participants)}",
+        len(s.rejected),
+        s.num_examples,
+        _metric(s, "loss"),
+        _metric(s, "accuracy"),
+        f"{s.duration_s:.1f} s",
+        f"{s.aggregation_s:.2f} s",
+    )
+
+
+def headline(view: RunView) -> str:
+    ex = view.execution
+    reason = f" ({ex.stop_reason})" if ex and ex.status != "RUNNING" and ex.stop_reason else ""
+    took = duration(((ex.stopped or datetime.now(UTC)) - ex.started).total_seconds()) if ex else "-"
+    started = _when(ex.started) if ex else "-"
+    progress = f"round {view.last_round} of {view.record.rounds}"
+    return f"run {view.run_id}: {view.status}{reason}, {progress}, started {started}, {took}"
+
+
+def settings_line(view: RunView) -> str:
+    r = view.record
+    per_round = r.clients_per_round or len(r.clients)
+    parts = [
+        f"{len(r.clients)} clients, {per_round} per round, quorum {r.quorum}",
+        f"{r.training.epochs} epoch(s), batch {r.training.batch_size}, learning rate {r.training.learning_rate:g}",
+        r.strategy,
+        f"round deadline {duration(r.round_timeout_s)}",
+    ]
+    if r.target:
+        parts.append(f"target {r.target}")
+    if r.resumed_from:
+        parts.append(f"resumes {r.resumed_from}")
+    return "; ".join(parts)
+
+
+def footer(view: RunView) -> list[str]:
+    lines = [f"  round {s.round}: {rej.client_id} rejected: {rej.reason}" for s in view.rounds for rej in s.rejected]
+    ex = view.execution
+    if ex and ex.status == "FAILED":
+        lines.append(f"failed: {ex.error}: {ex.cause}")
+    return lines
+
+
+def render_status(view: RunView) -> str:
+    rows = [round_row(s) for s in view.rounds]
+    body = table(ROUND_HEADER, rows) if rows else ["no round completed yet"]
+    return "\n".join([headline(view), settings_line(view), "", *body, *footer(view)])
+
+
+def watch(load: Callable[[], RunView], echo: Callable[[str], None], interval_s: float = 2.0) -> RunView:
+    """Print the run's header and each round as it completes, until the run is no longer RUNNING."""
+    view = load()
+    echo(headline(view))
+    echo(settings_line(view))
+    echo("")
+    widths = [len(h) for h in ROUND_HEADER]
+    shown = 0
+    while True:
+        rows = [round_row(s) for s in view.rounds]
+        if rows and shown == 0:
+            widths = [max(w, *(len(str(r[i])) for r in rows)) + 2 for i, w in enumerate(widths)]
+            echo("  ".join(h.ljust(w) for h, w in zip(ROUND_HEADER, widths, strict=True)).rstrip())
+        for row in rows[shown:]:
+            echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        shown = len(rows)
+        if view.status != "RUNNING":
+            echo(headline(view))
+            for line in footer(view):
+                echo(line)
+            return view
+        time.sleep(interval_s)
+        view = load()

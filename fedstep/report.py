@@ -1,0 +1,179 @@
+"""`fedstep report <run>`: one self-contained HTML file, and its plots as PNG files beside it.
+
+report.html        the run's headline and settings, per-round table, plots (embedded), rejections
+accuracy.png       weighted accuracy per round: test after training, train, and the global model
+                   on the clients' test splits before training (a federated evaluation)
+loss.png           the same for the loss
+participation.png  client x round: aggregated, rejected, selected but no update, not selected
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+from fedstep.cli.status import ROUND_HEADER, headline, round_row, settings_line
+from fedstep.run_view import RunView
+
+PLOTS = ("accuracy", "loss", "participation")
+_SERIES = (
+    ("test_{}", "test (after local training)"),
+    ("train_{}", "train"),
+    ("test_{}_before", "global model (before)"),
+)
+_STATES = ("not selected", "no update", "rejected", "aggregated")
+_COLOURS = ("#f2f2f2", "#f0b429", "#d64545", "#2f9e44")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _metric_plot(view: RunView, name: str, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
+    rounds = [s.round for s in view.rounds]
+    for pattern, label in _SERIES:
+        key = pattern.format(name)
+        points = [(s.round, s.metrics[key]) for s in view.rounds if key in s.metrics]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"weighted {name}")
+    ax.set_title(f"{name.capitalize()} per round, weighted by examples")
+    if rounds:
+        ax.set_xticks(rounds if len(rounds) <= 20 else rounds[:: max(1, len(rounds) // 10)])
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, f"no {name} reported yet", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def participation(view: RunView) -> tuple[list[str], list[int], list[list[int]]]:
+    """(clients, rounds, matrix) with matrix[client][round index] an index into `_STATES`."""
+    clients = sorted(view.record.clients)
+    rounds = [s.round for s in view.rounds]
+    matrix = [[0] * len(rounds) for _ in clients]
+    for j, s in enumerate(view.rounds):
+        rejected = {r.client_id for r in s.rejected}
+        for i, client in enumerate(clients):
+            if client in s.participants:
+                matrix[i][j] = 3
+            elif client in rejected:
+                matrix[i][j] = 2
+            elif client in s.selected:
+                matrix[i][j] = 1
+    return clients, rounds, matrix
+
+
+def _participation_plot(view: RunView, path: Path) -> None:
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    plt = _pyplot()
+    clients, rounds, matrix = participation(view)
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.32 * len(clients)), dpi=110)
+    if rounds:
+        ax.imshow(matrix, aspect="auto", cmap=ListedColormap(_COLOURS), vmin=0, vmax=3, interpolation="nearest")
+        ax.set_xticks(range(len(rounds)), [str(r) for r in rounds])
+        ax.set_xticks([x - 0.5 for x in range(1, len(rounds))], minor=True)
+        ax.set_yticks([y - 0.5 for y in range(1, len(clients))], minor=True)
+        ax.grid(which="minor", color="white", linewidth=2)
+        ax.tick_params(which="minor", length=0)
+    ax.set_yticks(range(len(clients)), clients)
+    ax.set_xlabel("round")
+    ax.set_title("Participation per client")
+    ax.legend(
+        handles=[Patch(color=c, label=s) for c, s in zip(_COLOURS, _STATES, strict=True)],
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize="small",
+    )
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(view: RunView, out_dir: Path) -> Path:
+    """Write report.html and the PNG plots into `out_dir`; the path of the HTML file."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("accuracy", "loss"):
+        _metric_plot(view, name, out_dir / f"{name}.png")
+    _participation_plot(view, out_dir / "participation.png")
+    page = out_dir / "report.html"
+    page.write_text(_html(view, out_dir))
+    return page
+
+
+def _figure(name: str, png: Path) -> str:
+    """An embedded PNG, so that report.html is one self-contained file."""
+    data = base64.b64encode(png.read_bytes()).decode()
+    return (
+        f'<figure><img id="{name}" alt="{name} plot" src="data:image/png;base64,{data}">'
+        f"<figcaption>{name}.png</figcaption></figure>"
+    )
+
+
+def _html(view: RunView, out_dir: Path) -> str:
+    e = html.escape
+    images = "\n".join(_figure(name, out_dir / f"{name}.png") for name in PLOTS)
+    rows = "\n".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in round_row(s)) + "</tr>" for s in view.rounds)
+    head = "".join(f"<th>{e(h)}</th>" for h in ROUND_HEADER)
+    record = view.record
+    config = {
+        "run id": view.run_id,
+        "clients": ", ".join(record.clients),
+        "rounds": record.rounds,
+        "clients per round": record.clients_per_round or len(record.clients),
+        "quorum": record.quorum,
+        "local epochs": record.training.epochs,
+        "batch size": record.training.batch_size,
+        "learning rate": record.training.learning_rate,
+        "strategy": record.strategy,
+        "round deadline (s)": record.round_timeout_s,
+        "round retries": record.round_retries,
+        "target": str(record.target) if record.target else "none",
+        "selection seed": record.seed,
+        "resumes": record.resumed_from or "-",
+        "created": record.created_at,
+    }
+    config_rows = "\n".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in config.items())
+    rejections = [f"round {s.round}: {r.client_id}: {r.reason}" for s in view.rounds for r in s.rejected]
+    failure = ""
+    if view.execution and view.execution.status == "FAILED":
+        failure = f"<p class=failed>Failed: {e(view.execution.error)}: {e(view.execution.cause)}</p>"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>fedstep run {e(view.run_id)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 62em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+td, th {{ border: 1px solid #ccc; padding: .25em .6em; text-align: left; }}
+figure {{ display: inline-block; margin: .5em; }} img {{ max-width: 100%; }} .failed {{ color: #b00020; }}
+</style></head><body>
+<h1>fedstep run {e(view.run_id)}</h1>
+<p id="headline">{e(headline(view))}</p>
+<p>{e(settings_line(view))}</p>{failure}
+<h2>Rounds</h2>
+<table id="rounds"><thead><tr>{head}</tr></thead><tbody>
+{rows}
+</tbody></table>
+<h2>Plots</h2>
+{images}
+<h2>Rejected updates</h2>
+<ul id="rejections">{"".join(f"<li>{e(r)}</li>" for r in rejections) or "<li>none</li>"}</ul>
+<h2>Run config</h2>
+<table id="config">{config_rows}</table>
+<p><small>Made by <code>fedstep report</code>. Metrics are the clients' own, weighted by their number of
+training examples; "before" is the global model of the previous round on the clients' test splits.</small></p>
+</body></html>
+"""

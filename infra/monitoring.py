@@ -1,0 +1,200 @@
+"""Monitoring: a CloudWatch dashboard of the runs and of each round, and alarms that tell a person.
+
+- `<project>-executions-failed`: a training execution failed or timed out (5-minute sum >= 1);
+- `<project>-dead-letters-<n>`: one of up to 10 dead-letter queues holds a message (one alarm per 10
+  queues, each a metric-math sum: CloudWatch allows 10 metrics in one alarm).
+
+Both notify the alarm topic `<project>-alarms` (KMS-encrypted, TLS-only); `alarm_email` in the
+deployment config subscribes an address. The dashboard `<project>-training` graphs the executions, the
+dead-letter queues, and the aggregation function's per-round metrics (namespace `fedstep`,
+dimensions service and project; see lambdas/aggregate.py).
+"""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from aws_cdk import aws_cloudwatch as cw
+from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_sns_subscriptions as subs
+from aws_cdk import aws_sqs as sqs
+from aws_cdk import aws_stepfunctions as sfn
+from constructs import Construct
+
+from infra import secure
+from infra.aggregation import METRICS_NAMESPACE
+from infra.config import DeploymentConfig
+
+PERIOD = cdk.Duration.minutes(5)
+QUEUES_PER_ALARM = 10  # CloudWatch allows 10 metrics in one alarm's math expression
+
+
+def dead_letter_alarm_count(queues: int) -> int:
+    return -(-queues // QUEUES_PER_ALARM)
+
+
+class Monitoring(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: DeploymentConfig,
+        machine: sfn.StateMachine,
+        dead_letter_queues: list[sqs.IQueue],
+        key: kms.Key,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        project = config.project
+        self.topic = secure.topic(self, "AlarmTopic", f"{project}-alarms", key)
+        self.topic.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="CloudWatchAlarmsPublish",
+                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+                actions=["sns:Publish"],
+                resources=[self.topic.topic_arn],
+                conditions={
+                    "ArnLike": {
+                        "aws:SourceArn": cdk.Stack.of(self).format_arn(
+                            service="cloudwatch",
+                            resource="alarm",
+                            resource_name="*",
+                            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+                        )
+                    }
+                },
+            )
+        )
+        key.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="CloudWatchAlarmsUseKey",
+                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+                actions=["kms:Decrypt", "kms:GenerateDataKey*"],
+                resources=["*"],
+            )
+        )
+        if config.alarm_email:
+            self.topic.add_subscription(subs.EmailSubscription(config.alarm_email))
+
+        failed = cw.MathExpression(
+            expression="failed + timedOut",
+            using_metrics={
+                "failed": machine.metric_failed(period=PERIOD, statistic="Sum"),
+                "timedOut": machine.metric_timed_out(period=PERIOD, statistic="Sum"),
+            },
+            label="failed or timed-out executions",
+            period=PERIOD,
+        )
+        self.alarms = [
+            failed.create_alarm(
+                self,
+                "ExecutionsFailed",
+                alarm_name=f"{project}-executions-failed",
+                alarm_description="A training run failed or timed out: `fedstep status <run>` shows the error "
+                "and its cause (e.g. QuorumNotMet with the counts).",
+                threshold=1,
+                evaluation_periods=1,
+                comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            )
+        ]
+        for n in range(dead_letter_alarm_count(len(dead_letter_queues))):
+            group = dead_letter_queues[n * QUEUES_PER_ALARM : (n + 1) * QUEUES_PER_ALARM]
+            messages = {
+                f"q{i}": q.metric_approximate_number_of_messages_visible(period=PERIOD, statistic="Maximum")
+                for i, q in enumerate(group)
+            }
+            self.alarms.append(
+                cw.MathExpression(expression=" + ".join(messages), using_metrics=messages, period=PERIOD).create_alarm(
+                    self,
+                    f"DeadLetters{n + 1}",
+                    alarm_name=f"{project}-dead-letters-{n + 1}",
+                    alarm_description="A dead-letter queue holds a message: a malformed round message or a round "
+                    "that failed 5 times on a client (<project>-<client>-dlq), or a stream batch the aggregation "
+                    "function failed on (<project>-aggregation-failures). Inspect the queue, fix, redrive.",
+                    threshold=1,
+                    evaluation_periods=1,
+                    comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                    treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+                )
+            )
+        for alarm in self.alarms:
+            alarm.add_alarm_action(cw_actions.SnsAction(self.topic))
+
+        self.dashboard = cw.Dashboard(
+            self, "Dashboard", dashboard_name=f"{project}-training", default_interval=cdk.Duration.days(1)
+        )
+        self.dashboard.add_widgets(
+            cw.TextWidget(
+                markdown=f"# {project}: federated training\nRuns are executions of `{config.state_machine_name}`; "
+                "per-round metrics come from the aggregation function (`fedstep status <run>` for one run).",
+                width=24,
+                height=2,
+            )
+        )
+        self.dashboard.add_widgets(
+            cw.GraphWidget(
+                title="Runs (executions)",
+                left=[
+                    machine.metric_started(period=PERIOD, statistic="Sum", label="started"),
+                    machine.metric_succeeded(period=PERIOD, statistic="Sum", label="succeeded"),
+                    machine.metric_failed(period=PERIOD, statistic="Sum", label="failed"),
+                    machine.metric_aborted(period=PERIOD, statistic="Sum", label="stopped"),
+                ],
+                width=12,
+            ),
+            cw.GraphWidget(
+                title="Messages in dead-letter queues",
+                left=[
+                    q.metric_approximate_number_of_messages_visible(period=PERIOD, statistic="Maximum")
+                    for q in dead_letter_queues
+                ],
+                legend_position=cw.LegendPosition.HIDDEN if len(dead_letter_queues) > 10 else cw.LegendPosition.BOTTOM,
+                width=12,
+            ),
+        )
+
+        def metric(name: str, label: str, statistic: str = "Average") -> cw.Metric:
+            return cw.Metric(
+                namespace=METRICS_NAMESPACE,
+                metric_name=name,
+                dimensions_map={"service": "fedstep-aggregate", "project": project},
+                statistic=statistic,
+                period=PERIOD,
+                label=label,
+            )
+
+        self.dashboard.add_widgets(
+            cw.GraphWidget(
+                title="Participants and rejected updates per round",
+                left=[metric("Participants", "participants"), metric("RejectedUpdates", "rejected", "Sum")],
+                width=8,
+            ),
+            cw.GraphWidget(
+                title="Round and aggregation duration (s)",
+                left=[metric("RoundDuration", "round"), metric("AggregationDuration", "aggregation")],
+                width=8,
+            ),
+            cw.GraphWidget(
+                title="Bytes aggregated per round", left=[metric("BytesAggregated", "bytes", "Sum")], width=8
+            ),
+        )
+        self.dashboard.add_widgets(
+            cw.GraphWidget(
+                title="Weighted accuracy",
+                left=[
+                    metric("WeightedAccuracy", "after local training"),
+                    metric("WeightedAccuracyBefore", "global model (before)"),
+                ],
+                width=12,
+            ),
+            cw.GraphWidget(
+                title="Weighted loss",
+                left=[
+                    metric("WeightedLoss", "after local training"),
+                    metric("WeightedLossBefore", "global model (before)"),
+                ],
+                width=12,
+            ),
+        )

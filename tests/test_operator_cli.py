@@ -1,0 +1,188 @@
+"""The operator's commands against the embedded local cloud: start (run file, --watch), runs, status, stop,
+download, report. Each runs as `python -m fedstep ...` in a subprocess, as an operator types it; the
+clients are real agents in threads of this process (a small numpy trainer: the commands are under test)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client_agent.agent import Agent
+from client_agent.config import AgentConfig
+from client_agent.training import FunctionTrainer
+from fedstep import tensors
+from tests.cloud_helpers import drain_queues, wait_for_execution
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def round_rows(text: str) -> list[list[str]]:
+    """The rows of a round table: ROUND, CLIENTS (n/m), REJECTED, EXAMPLES, LOSS, ACCURACY, ROUND TIME, AGGREGATION."""
+    return [cells for line in text.splitlines() if (cells := line.split()) and cells[0].isdigit() and "/" in cells[1]]
+
+
+MODEL = "client_agent.models:digits_mlp"
+
+
+def fedstep(cloud, *args: str, timeout: int = 240) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **cloud.env(), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run(
+        [sys.executable, "-m", "fedstep", *args, "--endpoint-url", cloud.endpoint],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def nudge(model, data, training):
+    """Moves every weight a little, by client: client-1 shrinks them, client-2 grows them."""
+    factor = 0.9 if len(data[0][0]) == 10 else 1.1
+    model.set_weights([w * factor + 0.01 for w in model.get_weights()])
+    return {"train_loss": 1.0 / factor, "test_accuracy": factor / 2, "test_accuracy_before": 0.4}
+
+
+def serve_in_background(cloud, tmp_path) -> list[threading.Thread]:
+    threads = []
+    for cid, n in (("client-1", 10), ("client-2", 30)):
+        x = np.zeros((n, 64), np.float32)
+        config = AgentConfig(
+            client_id=cid,
+            queue_url=cloud.outputs.queues[cid],
+            bucket=cloud.outputs.bucket,
+            table=cloud.outputs.table,
+            region="us-east-1",
+            endpoint_url=cloud.endpoint,
+            data="in-memory",
+            poll_wait_s=1,
+            heartbeat_s=0,
+            cache_dir=str(tmp_path / cid),
+        )
+        agent = Agent(config, FunctionTrainer(nudge, ((x, np.zeros(n)), (x[:2], np.zeros(2))), "tests:nudge"))
+        thread = threading.Thread(target=agent.run, daemon=True)
+        thread.start()
+        threads.append(thread)
+    return threads
+
+
+@pytest.fixture(scope="module")
+def finished_run(local_cloud, tmp_path_factory) -> str:
+    """A run started from a run file with `fedstep start --watch`, served by two agents, finished."""
+    tmp = tmp_path_factory.mktemp("run")
+    drain_queues(local_cloud)
+    run_file = tmp / "run.json"
+    run_file.write_text(json.dumps({"model": MODEL, "rounds": 5, "round_timeout_s": 120, "seed": 1}))
+    threads = serve_in_background(local_cloud, tmp)
+    result = fedstep(local_cloud, "start", "--run-file", str(run_file), "--rounds", "3", "--watch")  # flag wins
+    for thread in threads:
+        thread.join(timeout=60)
+    assert result.returncode == 0, result.stderr
+    run_id = result.stdout.split("started run ", 1)[1].split()[0]
+    lines = result.stdout.splitlines()
+    assert [row[0] for row in round_rows(result.stdout)] == ["1", "2", "3"]
+    assert lines[-1].startswith(f"run {run_id}: SUCCEEDED (max_rounds), round 3 of 3")
+    return run_id
+
+
+def test_runs_lists_the_run_with_its_status_and_rounds(local_cloud, finished_run):
+    result = fedstep(local_cloud, "runs")
+    assert result.returncode == 0, result.stderr
+    [row] = [line for line in result.stdout.splitlines() if line.startswith(finished_run)]
+    assert row.split()[1] == "SUCCEEDED" and row.split()[-1] == "3/3"
+    assert result.stdout.splitlines()[0].split() == ["RUN", "STATUS", "STARTED", "DURATION", "ROUNDS"]
+
+
+def test_status_has_a_row_per_round_with_participants_metrics_and_durations(local_cloud, finished_run):
+    result = fedstep(local_cloud, "status", finished_run)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"run {finished_run}: SUCCEEDED (max_rounds), round 3 of 3")
+    assert "2 clients, 2 per round, quorum 1" in lines[1] and "1 epoch(s), batch 32" in lines[1]
+    rows = round_rows(result.stdout)
+    assert [r[:4] for r in rows] == [[str(i), "2/2", "0", "40"] for i in (1, 2, 3)]
+    # weighted by examples: (10 x 0.45 + 30 x 0.55) / 40
+    assert all(r[5] == "0.5250" for r in rows)
+    assert all(float(r[6]) > 0 and r[7] == "s" and r[9] == "s" for r in rows)  # round time, aggregation time
+
+
+def test_download_gives_the_last_global_model_as_a_keras_file_ready_for_predict(local_cloud, finished_run, tmp_path):
+    out = tmp_path / "model.keras"
+    result = fedstep(local_cloud, "download", finished_run, "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "after round 3" in result.stdout
+    from client_agent.keras_model import get_tensors, import_keras
+
+    model = import_keras().models.load_model(out, safe_mode=True)
+    assert model.predict(np.zeros((2, 64), np.float32), verbose=0).shape == (2, 10)
+    s3 = local_cloud.client("s3")
+    key = f"runs/{finished_run}/rounds/00003/global.safetensors"
+    expected = tensors.decode(s3.get_object(Bucket=local_cloud.outputs.bucket, Key=key)["Body"].read())
+    for name, value in get_tensors(model).items():
+        np.testing.assert_array_equal(value, expected[name])
+
+
+def test_download_of_a_round_that_did_not_complete_is_refused(local_cloud, finished_run, tmp_path):
+    result = fedstep(local_cloud, "download", finished_run, "--round", "9", "-o", str(tmp_path / "m.keras"))
+    assert result.returncode == 2 and "has no completed round 9 (completed: 1, 2, 3)" in result.stderr
+
+
+def test_report_writes_one_html_file_and_the_plots_as_png(local_cloud, finished_run, tmp_path):
+    result = fedstep(local_cloud, "report", finished_run, "-o", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "report.html").read_text()
+    for plot in ("accuracy", "loss", "participation"):
+        png = (tmp_path / f"{plot}.png").read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5_000
+        assert f'id="{plot}"' in page
+    assert page.count("data:image/png;base64,") == 3 and "client-1, client-2" in page
+
+
+def test_status_of_an_unknown_run_is_a_clear_error(local_cloud):
+    result = fedstep(local_cloud, "status", "run-that-never-was")
+    assert result.returncode == 2 and "there is no run 'run-that-never-was'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_stop_aborts_a_running_run_and_tells_its_clients(local_cloud, finished_run):
+    drain_queues(local_cloud)
+    started = fedstep(local_cloud, "start", "--model", MODEL, "--rounds", "2", "--round-timeout", "300")
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.split("started run ", 1)[1].split()[0]
+    result = fedstep(local_cloud, "stop", run_id, "--reason", "wrong learning rate")
+    assert result.returncode == 0, result.stderr
+    assert f"stopped run {run_id} after 0 of 2 rounds" in result.stdout
+    arn = local_cloud.outputs.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{run_id}"
+    assert wait_for_execution(local_cloud, arn, timeout_s=30)["status"] == "ABORTED"
+    sqs = local_cloud.client("sqs")
+    for url in local_cloud.outputs.queues.values():  # each client: its round 1 message, then run_ended
+        bodies = [json.loads(m["Body"]) for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]]
+        assert {"type": "run_ended", "run_id": run_id, "reason": "stopped"}.items() <= bodies[-1].items()
+    again = fedstep(local_cloud, "stop", run_id)
+    assert again.returncode == 2 and f"run {run_id} is not running (it is ABORTED)" in again.stderr
+    status = fedstep(local_cloud, "status", run_id)
+    assert status.stdout.startswith(f"run {run_id}: ABORTED (stopped), round 0 of 2")
+    drain_queues(local_cloud)
+
+
+def test_the_console_shows_each_rounds_summary_and_the_whole_history(local_cloud, finished_run):
+    """What the Step Functions console shows: "Round aggregated" outputs a round's summary; the execution
+    output holds the stop reason and the per-round history."""
+    sfn = local_cloud.client("stepfunctions")
+    arn = local_cloud.outputs.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{finished_run}"
+    events = sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"]
+    exits = [e["stateExitedEventDetails"] for e in events if "stateExitedEventDetails" in e]
+    summaries = [json.loads(d["output"])["round_summary"] for d in exits if d["name"] == "Round aggregated"]
+    assert [s["round"] for s in summaries] == [1, 2, 3]
+    assert all(s["participants"] == ["client-1", "client-2"] and s["metrics"]["test_accuracy"] for s in summaries)
+    names = {d["name"] for d in exits}
+    assert {"Prepare round", "Notify clients and wait for updates", "More rounds?", "Training finished"} <= names
+    output = json.loads(sfn.describe_execution(executionArn=arn)["output"])
+    assert output["stop_reason"] == "max_rounds" and [h["round"] for h in output["history"]] == [1, 2, 3]

@@ -1,0 +1,120 @@
+"""`fedstep report` as a person sees it: the HTML page rendered in headless Chromium, every plot present and drawn.
+
+Chromium comes from the machine (`make test` installs Debian's package when it can). Without it, the
+HTML is parsed and the PNG files are checked instead, and the test says so.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fedstep.report import PLOTS, participation, write_report
+from fedstep.run_view import Execution, RunView
+from fedstep.schemas import ObjectRef, Rejection, RoundSummary, RunRecord, TrainingConfig
+from scripts.screenshot import FLAGS, find_chromium
+
+CLIENTS = ["hospital-a", "hospital-b", "hospital-c"]
+
+
+def summary(r: int, participants: list[str], rejected: list[Rejection] = ()) -> RoundSummary:
+    return RoundSummary(
+        run_id="run-demo",
+        round=r,
+        selected=CLIENTS,
+        participants=participants,
+        num_examples=100 * len(participants),
+        rejected=list(rejected),
+        metrics={
+            "test_accuracy": 0.5 + 0.1 * r,
+            "test_accuracy_before": 0.4 + 0.1 * r,
+            "train_accuracy": 0.55 + 0.1 * r,
+            "test_loss": 2.0 - 0.3 * r,
+            "test_loss_before": 2.1 - 0.3 * r,
+            "train_loss": 1.9 - 0.3 * r,
+        },
+        global_model=ObjectRef(f"runs/run-demo/rounds/{r:05d}/global.safetensors", "0" * 64, 1),
+        duration_s=3.0,
+        aggregation_s=0.05,
+        completed_at="2026-11-21T12:00:00Z",
+    )
+
+
+@pytest.fixture
+def view() -> RunView:
+    record = RunRecord("run-demo", CLIENTS, 4, TrainingConfig(learning_rate=0.1), "fedavg", "2026-11-21T12:00:00Z")
+    rounds = [
+        summary(1, CLIENTS),
+        summary(2, ["hospital-a", "hospital-b"], [Rejection("hospital-c", "non-finite values in 000/dense/kernel")]),
+        summary(3, ["hospital-a", "hospital-c"]),  # hospital-b sent nothing by the deadline
+        summary(4, CLIENTS),
+    ]
+    started = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+    execution = Execution("SUCCEEDED", started, started.replace(minute=2), {"stop_reason": "max_rounds"})
+    return RunView("run-demo", record, execution, rounds)
+
+
+def test_participation_marks_aggregated_rejected_and_missing_updates(view):
+    clients, rounds, matrix = participation(view)
+    assert clients == CLIENTS and rounds == [1, 2, 3, 4]
+    assert matrix == [[3, 3, 3, 3], [3, 3, 1, 3], [3, 2, 3, 3]]  # 3 aggregated, 2 rejected, 1 no update
+
+
+def drawn(png: bytes) -> float:
+    """How much an image varies (0 for a blank one)."""
+    return float(np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float32).std())
+
+
+def test_the_report_renders_in_headless_chromium_with_every_plot_drawn(view, tmp_path):
+    page_path = write_report(view, tmp_path)
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no Chromium on this machine: test_the_report_html_and_pngs_are_valid checks the files")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.goto(page_path.as_uri())
+        page.wait_for_load_state("load")
+        images = page.eval_on_selector_all(
+            "img", "els => els.map(e => [e.id, e.complete, e.naturalWidth, e.naturalHeight])"
+        )
+        shots = {name: page.locator(f"#{name}").screenshot() for name in PLOTS}
+        headline = page.inner_text("#headline")
+        rows = page.eval_on_selector_all("#rounds tbody tr", "rows => rows.length")
+        page.screenshot(path=tmp_path / "page.png", full_page=True)
+        browser.close()
+    assert [i[0] for i in images] == list(PLOTS)
+    assert all(complete and width > 300 and height > 100 for _, complete, width, height in images), images
+    assert all(drawn(png) > 10 for png in shots.values()), {k: drawn(v) for k, v in shots.items()}
+    assert headline.startswith("run run-demo: SUCCEEDED (max_rounds), round 4 of 4") and rows == 4
+
+
+def test_the_report_html_and_pngs_are_valid(view, tmp_path):
+    page = write_report(view, tmp_path).read_text()
+    from html.parser import HTMLParser
+
+    class Images(HTMLParser):
+        found: dict[str, str] = {}
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "img":
+                self.found[attrs["id"]] = attrs["src"]
+
+    parser = Images()
+    parser.feed(page)
+    assert list(parser.found) == list(PLOTS)
+    for name, src in parser.found.items():
+        png = (tmp_path / f"{name}.png").read_bytes()
+        assert base64.b64decode(src.removeprefix("data:image/png;base64,")) == png  # embedded = the file
+        assert Image.open(io.BytesIO(png)).size[0] > 300 and drawn(png) > 10
+    assert "round 2: hospital-c: non-finite values in 000/dense/kernel" in page
+    assert re.search(r"<th>learning rate</th><td>0.1</td>", page)
