@@ -12,14 +12,13 @@ Every field is described in docs/client.md.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 from typing import Any
 
 from fedstep import keys
 from fedstep.errors import FedstepError
+from fedstep.json_files import load_json_object
 
 ENV = {
     "client_id": "FEDSTEP_CLIENT_ID",
@@ -83,18 +82,7 @@ def load(path: str | None, overrides: dict[str, Any]) -> AgentConfig:
     values: dict[str, Any] = {}
     known = {f.name for f in fields(AgentConfig)}
     if path:
-        p = Path(path)
-        if not p.exists():
-            raise FedstepError(f"client config file {p} does not exist")
-        try:
-            values = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise FedstepError(f"client config file {p} is not valid JSON: {exc}") from None
-        if not isinstance(values, dict):
-            raise FedstepError(f"client config file {p} must hold a JSON object")
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise FedstepError(f"client config file {p}: unknown field(s) {unknown}; known: {sorted(known)}")
+        values = load_json_object(path, "client config file", known)
     for name, var in ENV.items():
         if os.environ.get(var):
             values[name] = os.environ[var]

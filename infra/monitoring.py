@@ -181,20 +181,15 @@ class Monitoring(Construct):
             ),
         )
         self.dashboard.add_widgets(
-            cw.GraphWidget(
-                title="Weighted accuracy",
-                left=[
-                    metric("WeightedAccuracy", "after local training"),
-                    metric("WeightedAccuracyBefore", "global model (before)"),
-                ],
-                width=12,
-            ),
-            cw.GraphWidget(
-                title="Weighted loss",
-                left=[
-                    metric("WeightedLoss", "after local training"),
-                    metric("WeightedLossBefore", "global model (before)"),
-                ],
-                width=12,
-            ),
+            *(
+                cw.GraphWidget(
+                    title=f"Weighted {name.lower()}",
+                    left=[
+                        metric(f"Weighted{name}", "after local training"),
+                        metric(f"Weighted{name}Before", "global model (before)"),
+                    ],
+                    width=12,
+                )
+                for name in ("Accuracy", "Loss")
+            )
         )

@@ -186,3 +186,20 @@ def test_the_console_shows_each_rounds_summary_and_the_whole_history(local_cloud
     assert {"Prepare round", "Notify clients and wait for updates", "More rounds?", "Training finished"} <= names
     output = json.loads(sfn.describe_execution(executionArn=arn)["output"])
     assert output["stop_reason"] == "max_rounds" and [h["round"] for h in output["history"]] == [1, 2, 3]
+
+
+def test_status_watch_prints_each_round_and_returns_when_the_run_is_over(local_cloud, finished_run):
+    result = fedstep(local_cloud, "status", finished_run, "--watch", "--interval", "0.5")
+    assert result.returncode == 0, result.stderr
+    assert [row[0] for row in round_rows(result.stdout)] == ["1", "2", "3"]
+    assert result.stdout.splitlines()[-1].startswith(f"run {finished_run}: SUCCEEDED (max_rounds)")
+
+
+def test_a_run_file_with_a_mistake_is_refused_with_the_field_named(local_cloud, tmp_path):
+    run_file = tmp_path / "run.json"
+    run_file.write_text(json.dumps({"model": MODEL, "rounds": "many", "epochs": 1}))
+    result = fedstep(local_cloud, "start", "--run-file", str(run_file))
+    assert result.returncode == 2 and "run setting rounds must be int, got 'many'" in result.stderr
+    run_file.write_text(json.dumps({"model": MODEL, "round": 3}))
+    result = fedstep(local_cloud, "start", "--run-file", str(run_file))
+    assert result.returncode == 2 and "unknown field(s) ['round']" in result.stderr

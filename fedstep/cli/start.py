@@ -6,13 +6,13 @@ import json
 import secrets
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from fedstep import SCHEMA_VERSION, keys, strategies, tensors
 from fedstep.aws import DynamoRoundTable, S3ModelStore
 from fedstep.errors import FedstepError
 from fedstep.imports import load_callable
+from fedstep.json_files import load_json_object
 from fedstep.rounds import round_history, utc_now
 from fedstep.run_view import execution_arn
 from fedstep.schemas import InvalidMessage, ObjectRef, RunRecord, Target, TrainingConfig
@@ -76,18 +76,7 @@ def load_run_file(path: str) -> dict[str, Any]:
     {"model": "client_agent.models:digits_mlp", "rounds": 20, "clients_per_round": "0.5",
      "target": "test_accuracy>=0.9"}
     """
-    try:
-        values = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise FedstepError(f"cannot read run file {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise FedstepError(f"run file {path} is not valid JSON: {exc}") from None
-    if not isinstance(values, dict):
-        raise FedstepError(f"run file {path} must hold a JSON object")
-    unknown = sorted(set(values) - RUN_FILE_FIELDS)
-    if unknown:
-        raise FedstepError(f"run file {path}: unknown field(s) {unknown}; known: {sorted(RUN_FILE_FIELDS)}")
-    return values
+    return load_json_object(path, "run file", RUN_FILE_FIELDS)
 
 
 def merge_settings(base: RunSettings, *layers: dict[str, Any]) -> RunSettings:
