@@ -63,8 +63,9 @@ def check_region(config: AgentConfig, session_region: str | None) -> str:
     return region
 
 
-def open_session(config: AgentConfig) -> boto3.Session:
-    """The agent's session: the standard credential chain, or the client's role assumed with it."""
+def open_session(config: AgentConfig, fail_fast: bool = False) -> boto3.Session:
+    """The agent's session: the standard credential chain, or the client's role assumed with it.
+    `fail_fast` (for the dry run): give up on an unreachable STS endpoint in seconds."""
     session = boto3.Session(region_name=config.region)
     if session.get_credentials() is None:
         raise FedstepError(explain(_no_credentials()))
@@ -72,7 +73,7 @@ def open_session(config: AgentConfig) -> boto3.Session:
         return session
     try:
         return aws.assumed_role_session(
-            config.role_arn, config.region, config.endpoint_url, f"fedstep-{config.client_id}"
+            config.role_arn, config.region, config.endpoint_url, f"fedstep-{config.client_id}", fail_fast
         )
     except AWS_ERRORS as exc:
         raise FedstepError(f"cannot assume role {config.role_arn}: {explain(exc)}") from None
@@ -186,7 +187,7 @@ def dry_run(load_config: Callable[[], AgentConfig], describe_data: Callable[[Age
     if region is None:
         return c.skip(CHECKS)
     if config.role_arn:
-        session = c.run("role", lambda: (open_session(config), f"assumed {config.role_arn}"))
+        session = c.run("role", lambda: (open_session(config, fail_fast=True), f"assumed {config.role_arn}"))
         if session is None:
             return c.skip(CHECKS)
     probes = Probes(config, session, region)

@@ -48,12 +48,16 @@ def client(
 
 
 def assumed_role_session(
-    role_arn: str, region: str | None, endpoint_url: str | None = None, session_name: str = "fedstep"
+    role_arn: str,
+    region: str | None,
+    endpoint_url: str | None = None,
+    session_name: str = "fedstep",
+    fail_fast: bool = False,
 ) -> boto3.Session:
     """A session whose credentials come from assuming `role_arn` (also in another account) with the
     standard credential chain, refreshed automatically before they expire (1 hour)."""
     source = boto3.Session(region_name=region)
-    sts = client("sts", source, endpoint_url)
+    sts = client("sts", source, endpoint_url, fail_fast=fail_fast)
 
     def fetch() -> dict[str, str]:
         creds = sts.assume_role(RoleArn=role_arn, RoleSessionName=session_name)["Credentials"]
