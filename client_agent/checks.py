@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import boto3
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, NoCredentialsError
 
 from client_agent.config import AgentConfig
 from fedstep import aws, keys
@@ -63,12 +63,19 @@ def check_region(config: AgentConfig, session_region: str | None) -> str:
     return region
 
 
+def credentials_of(session: boto3.Session) -> Any:
+    """The session's credentials from the standard chain; FedstepError saying where to put them."""
+    credentials = session.get_credentials()
+    if credentials is None:
+        raise FedstepError(explain(NoCredentialsError()))
+    return credentials
+
+
 def open_session(config: AgentConfig, fail_fast: bool = False) -> boto3.Session:
     """The agent's session: the standard credential chain, or the client's role assumed with it.
     `fail_fast` (for the dry run): give up on an unreachable STS endpoint in seconds."""
     session = boto3.Session(region_name=config.region)
-    if session.get_credentials() is None:
-        raise FedstepError(explain(_no_credentials()))
+    credentials_of(session)
     if not config.role_arn:
         return session
     try:
@@ -79,38 +86,34 @@ def open_session(config: AgentConfig, fail_fast: bool = False) -> boto3.Session:
         raise FedstepError(f"cannot assume role {config.role_arn}: {explain(exc)}") from None
 
 
-def _no_credentials() -> Exception:
-    from botocore.exceptions import NoCredentialsError
-
-    return NoCredentialsError()
-
-
 class Probes:
-    """The AWS checks, each returning its detail line or raising FedstepError."""
+    """The AWS checks, each returning its detail line or raising FedstepError. Clients are made on
+    first use (the run's preflight needs only SQS)."""
 
     def __init__(self, config: AgentConfig, session: boto3.Session, region: str) -> None:
-        self.config, self.region = config, region
-        make = lambda service: aws.client(service, session, config.endpoint_url, fail_fast=True)  # noqa: E731
-        self.sts, self.sqs, self.s3, self.ddb = make("sts"), make("sqs"), make("s3"), make("dynamodb")
+        self.config, self.region, self.session = config, region, session
+
+    def _client(self, service: str) -> Any:
+        return aws.client(service, self.session, self.config.endpoint_url, fail_fast=True)
 
     def _call(self, what: str, call: Callable[[], Any], fine: tuple[str, ...] = ()) -> Any:
         try:
             return call()
-        except ClientError as exc:
-            if error_code(exc) in fine:
-                return None
-            raise FedstepError(explain(exc, what=what, region=self.region)) from None
         except AWS_ERRORS as exc:
+            if isinstance(exc, ClientError) and error_code(exc) in fine:
+                return None
             raise FedstepError(explain(exc, what=what, region=self.region)) from None
 
     def identity(self) -> str:
-        return self._call("the AWS endpoint", self.sts.get_caller_identity)["Arn"]
+        return self._call("the AWS endpoint", self._client("sts").get_caller_identity)["Arn"]
 
     def queue(self) -> str:
         url = self.config.queue_url
         attrs = self._call(
             f"queue {url}",
-            lambda: self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]),
+            lambda: self._client("sqs").get_queue_attributes(
+                QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
+            ),
         )["Attributes"]
         waiting = int(attrs.get("ApproximateNumberOfMessages", 0))
         return f"{url} reachable, {waiting} message(s) waiting"
@@ -120,7 +123,7 @@ class Probes:
         bucket = self.config.bucket
         self._call(
             f"s3://{bucket}/{key}",
-            lambda: self.s3.put_object(Bucket=bucket, Key=key, Body=b"", IfMatch='"0"'),
+            lambda: self._client("s3").put_object(Bucket=bucket, Key=key, Body=b"", IfMatch='"0"'),
             fine=("NoSuchKey", "PreconditionFailed", "412", "404"),
         )
         return f"s3://{bucket}: PutObject on this client's update keys allowed (nothing written)"
@@ -129,7 +132,7 @@ class Probes:
         table = self.config.table
         self._call(
             f"table {table}",
-            lambda: self.ddb.put_item(
+            lambda: self._client("dynamodb").put_item(
                 TableName=table,
                 Item=to_attributes(key),
                 ConditionExpression="attribute_exists(pk) AND attribute_not_exists(pk)",
@@ -181,7 +184,7 @@ def dry_run(load_config: Callable[[], AgentConfig], describe_data: Callable[[Age
         return c.skip(CHECKS)
     c.run("data", lambda: (True, describe_data(config)))
     session = boto3.Session(region_name=config.region)
-    if c.run("credentials", lambda: _credentials(session)) is None:
+    if c.run("credentials", lambda: (True, f"found ({credentials_of(session).method})")) is None:
         return c.skip(CHECKS)
     region = c.run("region", lambda: _region(config, session))
     if region is None:
@@ -206,13 +209,6 @@ def dry_run(load_config: Callable[[], AgentConfig], describe_data: Callable[[Age
 def _region(config: AgentConfig, session: boto3.Session) -> tuple[str, str]:
     region = check_region(config, session.region_name)
     return region, f"{region} (the queue's region)" if queue_region(config.queue_url) else region
-
-
-def _credentials(session: boto3.Session) -> tuple[bool, str]:
-    credentials = session.get_credentials()
-    if credentials is None:
-        raise FedstepError(explain(_no_credentials()))
-    return True, f"found ({credentials.method})"
 
 
 def preflight(config: AgentConfig, session: boto3.Session) -> None:

@@ -216,6 +216,12 @@ class UpdateItem:
         )
 
 
+def headline_metric(metrics: dict[str, float], name: str) -> float | None:
+    """The metric `name` ("loss", "accuracy") people see for a round: the clients' test split after
+    local training, else their train split; None if neither was reported."""
+    return metrics.get(f"test_{name}", metrics.get(f"train_{name}"))
+
+
 @dataclass(frozen=True)
 class Rejection:
     client_id: str

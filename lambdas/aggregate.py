@@ -27,7 +27,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from fedstep import aws, keys
 from fedstep.rounds import complete_round_at_deadline, try_complete_round
-from fedstep.schemas import RoundSummary
+from fedstep.schemas import RoundSummary, headline_metric
 
 logger = Logger(service="fedstep-aggregate")
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "fedstep"), service="fedstep-aggregate")
@@ -35,13 +35,6 @@ metrics.set_default_dimensions(project=os.environ.get("PROJECT", "fedstep"))
 # Most invocations aggregate no round (the round still waits for updates): that is not worth a warning.
 warnings.filterwarnings("ignore", message="No application metrics to publish")
 _processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
-
-_WEIGHTED = {
-    "WeightedLoss": ("test_loss", "train_loss"),
-    "WeightedAccuracy": ("test_accuracy", "train_accuracy"),
-    "WeightedLossBefore": ("test_loss_before",),
-    "WeightedAccuracyBefore": ("test_accuracy_before",),
-}
 
 
 def record_round_metrics(summary: RoundSummary) -> None:
@@ -51,10 +44,14 @@ def record_round_metrics(summary: RoundSummary) -> None:
     metrics.add_metric("RoundDuration", MetricUnit.Seconds, summary.duration_s)
     metrics.add_metric("AggregationDuration", MetricUnit.Seconds, summary.aggregation_s)
     metrics.add_metric("BytesAggregated", MetricUnit.Bytes, summary.bytes_aggregated)
-    for name, sources in _WEIGHTED.items():
-        value = next((summary.metrics[k] for k in sources if k in summary.metrics), None)
-        if value is not None:
-            metrics.add_metric(name, MetricUnit.NoUnit, value)
+    for name in ("Loss", "Accuracy"):
+        weighted = {
+            f"Weighted{name}": headline_metric(summary.metrics, name.lower()),
+            f"Weighted{name}Before": summary.metrics.get(f"test_{name.lower()}_before"),
+        }
+        for metric, value in weighted.items():
+            if value is not None:
+                metrics.add_metric(metric, MetricUnit.NoUnit, value)
 
 
 def round_of(record: DynamoDBRecord) -> tuple[str, int] | None:

@@ -82,12 +82,16 @@ class _Stack:
 
         self.session = boto3.Session(region_name=args.region)
         self.endpoint_url = args.endpoint_url
+        self._clients: dict[str, Any] = {}
         self.outputs = StackOutputs.of_stack(self.client("cloudformation"), args.stack)
 
     def client(self, service: str):  # -> botocore client
+        """One client per service for the command's lifetime (`--watch` polls with the same ones)."""
         from fedstep import aws
 
-        return aws.client(service, self.session, self.endpoint_url)
+        if service not in self._clients:
+            self._clients[service] = aws.client(service, self.session, self.endpoint_url)
+        return self._clients[service]
 
 
 def _parser() -> argparse.ArgumentParser:

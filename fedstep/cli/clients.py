@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from fedstep.cli.text import duration, table
 from fedstep.schemas import Heartbeat, InvalidMessage
 
 SLACK_S = 15
@@ -33,7 +34,7 @@ def status_of(client_id: str, item: dict[str, Any] | None, now: datetime) -> Cli
         return ClientStatus(client_id, "never seen", "", None, None, None, {})
     try:
         beat = Heartbeat.parse(item)
-        seen = datetime.fromisoformat(beat.last_seen.replace("Z", "+00:00"))
+        seen = datetime.fromisoformat(beat.last_seen)
     except (InvalidMessage, ValueError) as exc:
         return ClientStatus(client_id, "invalid", f"unreadable heartbeat: {exc}", None, None, None, {})
     ago = max(0.0, (now - seen).total_seconds())
@@ -55,12 +56,7 @@ def statuses(
 
 
 def _ago(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f} {unit} ago"
-    return f"{seconds:.0f} s ago"
+    return "-" if seconds is None else f"{duration(seconds)} ago"
 
 
 def _hardware(hw: dict[str, Any]) -> str:
@@ -80,10 +76,7 @@ def render_table(rows: list[ClientStatus]) -> str:
         (r.client_id, r.status, r.activity or "-", _ago(r.seconds_ago), r.agent_version or "-", _hardware(r.hardware))
         for r in rows
     ]
-    widths = [max(len(str(row[i])) for row in (header, *body)) for i in range(len(header))]
-    lines = [
-        "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in (header, *body)
-    ]
+    lines = table(header, body)
     online = sum(r.status == "online" for r in rows)
     return "\n".join([*lines, f"{online} of {len(rows)} client(s) online"])
 

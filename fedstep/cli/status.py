@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 
+from fedstep.cli.text import duration, table
 from fedstep.run_view import RunListing, RunView
-from fedstep.schemas import RoundSummary
+from fedstep.schemas import RoundSummary, headline_metric
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
-    """Left-aligned columns, two spaces apart."""
-    cells = [[str(c) for c in header], *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    if seconds < 3600:
-        return f"{seconds // 60:.0f} min {seconds % 60:.0f} s"
-    return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:.0f} min"
+def _took(started: datetime, stopped: datetime | None) -> str:
+    """How long a run took, or has been running."""
+    return duration(((stopped or datetime.now(UTC)) - started).total_seconds())
 
 
 def _when(moment: datetime | None) -> str:
@@ -32,7 +21,7 @@ def _when(moment: datetime | None) -> str:
 
 
 def _metric(summary: RoundSummary, name: str) -> str:
-    value = summary.metrics.get(f"test_{name}", summary.metrics.get(f"train_{name}"))
+    value = headline_metric(summary.metrics, name)
     return f"{value:.4f}" if value is not None else "-"
 
 
@@ -42,7 +31,7 @@ def render_runs(runs: list[RunListing], rounds_done: Callable[[str], str]) -> st
             r.run_id,
             r.status,
             _when(r.started),
-            duration(((r.stopped or datetime.now(UTC)) - r.started).total_seconds()),
+            _took(r.started, r.stopped),
             rounds_done(r.run_id),
         )
         for r in runs
@@ -73,7 +62,7 @@ def round_row(s: RoundSummary) -> tuple[object, ...]:
 def headline(view: RunView) -> str:
     ex = view.execution
     reason = f" ({ex.stop_reason})" if ex and ex.status != "RUNNING" and ex.stop_reason else ""
-    took = duration(((ex.stopped or datetime.now(UTC)) - ex.started).total_seconds()) if ex else "-"
+    took = _took(ex.started, ex.stopped) if ex else "-"
     started = _when(ex.started) if ex else "-"
     progress = f"round {view.last_round} of {view.record.rounds}"
     return f"run {view.run_id}: {view.status}{reason}, {progress}, started {started}, {took}"

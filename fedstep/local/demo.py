@@ -21,7 +21,7 @@ from fedstep.cli.start import RunSettings, build_model, keras_payload, start_run
 from fedstep.errors import FedstepError
 from fedstep.local.cloud import LocalCloud
 from fedstep.local.processes import ClientProcesses
-from fedstep.schemas import RoundSummary
+from fedstep.schemas import RoundSummary, headline_metric
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,6 @@ class DemoConfig:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
-
-
-def _headline(metrics: dict[str, float], name: str) -> float | None:
-    return metrics.get(f"test_{name}", metrics.get(f"train_{name}"))
 
 
 class HeldoutEvaluator:
@@ -210,8 +206,8 @@ def _watch(
             entry = {
                 "round": summary.round,
                 "participants": len(summary.participants),
-                "accuracy": _headline(summary.metrics, "accuracy"),
-                "loss": _headline(summary.metrics, "loss"),
+                "accuracy": headline_metric(summary.metrics, "accuracy"),
+                "loss": headline_metric(summary.metrics, "loss"),
                 "heldout_accuracy": heldout["test_accuracy"],
                 "rejected": [asdict(r) for r in summary.rejected],
                 "duration_s": summary.duration_s,
