@@ -1,9 +1,14 @@
 """The agent's loop: long-poll the client's own queue and serve each round message.
 
 Serving a round: download the architecture and global weights (sha256-checked), train locally,
-upload the update under the client's own prefix, write the update item (with the round's task
-token), and only then delete the message (DESIGN invariant 2). Any failure before the item is
-written leaves the message in the queue; it comes back after the visibility timeout.
+upload the update (the trained weights minus the global ones) under the client's own prefix, write
+the update item into the client's own partition, and only then delete the message (DESIGN
+invariant 2). Any failure before the item is written leaves the message in the queue; it comes back
+after the visibility timeout.
+
+The server tells the agent when it rejected an update: its feedback item (which only the server
+writes) names the round, the file's sha256 and the reason. The agent logs it, and when a round is
+published again (a retried round) after its update was rejected, it trains again and replaces it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
 from client_agent.checks import open_session, preflight
@@ -32,8 +38,16 @@ from client_agent.training import FunctionTrainer, Trainer
 from fedstep import aws, keys, tensors
 from fedstep.aws_errors import AWS_ERRORS, explain, is_transient
 from fedstep.errors import FedstepError, InvalidUpdate
-from fedstep.rounds import update_metadata, utc_now
-from fedstep.schemas import InvalidMessage, ObjectRef, RoundMessage, RunEndedMessage, UpdateItem, parse_message
+from fedstep.rounds import utc_now
+from fedstep.schemas import (
+    Feedback,
+    InvalidMessage,
+    ObjectRef,
+    RoundMessage,
+    RunEndedMessage,
+    UpdateItem,
+    parse_message,
+)
 
 log = logging.getLogger("fedstep.client")
 
@@ -112,6 +126,7 @@ class Agent:
         self.heartbeats = Heartbeats(config.client_id, self.table, config.heartbeat_s)
         self.cache = Path(config.cache_dir or Path.home() / ".cache" / "fedstep")
         self.last_report: RoundReport | None = None
+        self._told: Feedback | None = None
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self, follow: bool = False, once: bool = False) -> int:
@@ -240,9 +255,15 @@ class Agent:
             self.heartbeats.set_state("idle")
 
     def _serve_round(self, msg: RoundMessage) -> Outcome:
-        recovered = self._report_existing_update(msg)
-        if recovered is not None:
-            return recovered
+        feedback = self._feedback()
+        self._say_rejection(feedback)
+        existing = self._existing_update(msg)
+        replace_rejected = False
+        if existing is not None:
+            if not _rejected(feedback, msg, existing):
+                return self._report_existing_update(msg, existing)
+            log.warning("round %d of %s: training again to replace the rejected update", msg.round, msg.run_id)
+            replace_rejected = True
         started = time.monotonic()
         log.info("round %d of %s: training", msg.round, msg.run_id)
         architecture, fetched = self._architecture(msg.model)
@@ -251,11 +272,16 @@ class Agent:
         if isinstance(self.trainer, FunctionTrainer):
             self.trainer.callbacks = lambda: self.progress.keras_callbacks(f"round {msg.round}: training")
         result = self.trainer.fit(architecture, global_weights, msg.training)
+        tensors.check_matches(result.weights, tensors.TensorSpec.of(global_weights))
+        delta = {name: np.asarray(result.weights[name], np.float32) - w for name, w in global_weights.items()}
         key = keys.update_key(msg.run_id, msg.round, self.config.client_id)
         facts = self._item(msg, ObjectRef(key, "0" * 64, 0), result.num_examples, result.metrics)
-        data = tensors.encode(result.weights, update_metadata(facts))
+        data = tensors.encode(delta, facts.file_metadata())
         self._upload(key, data, f"round {msg.round}: update")
-        if not self.table.put_once(self._item(msg, _ref(key, data), result.num_examples, result.metrics).to_item()):
+        item = self._item(msg, _ref(key, data), result.num_examples, result.metrics).to_item()
+        if replace_rejected:
+            self.table.put(item)
+        elif not self.table.put_once(item):
             return Outcome.ALREADY_SERVED
         report = RoundReport(
             msg.run_id,
@@ -278,16 +304,35 @@ class Agent:
             num_examples=num_examples,
             update=update,
             metrics=metrics,
-            task_token=msg.task_token,
-            issued_at=msg.issued_at,
             created_at=utc_now(),
         )
 
-    def _report_existing_update(self, msg: RoundMessage) -> Outcome | None:
-        """A redelivered message whose update file is already uploaded (the agent restarted between
-        upload and item): write the item from the file's own metadata instead of training again.
-        None when there is no such file. The role may read its own update files but no table item,
-        so the file is the record of what was done."""
+    def _feedback(self) -> Feedback | None:
+        """The server's word on this client's last rejected update, if any (None when it cannot be
+        read: the agent then behaves as before feedback existed)."""
+        try:
+            item = self.table.get_item(keys.last_rejection_item_key(self.config.client_id))
+            return Feedback.parse(item) if item else None
+        except (ClientError, BotoCoreError, InvalidMessage) as exc:
+            log.debug("could not read this client's feedback: %s", exc)
+            return None
+
+    def _say_rejection(self, feedback: Feedback | None) -> None:
+        """Log a rejection the server recorded, once."""
+        if feedback is None or feedback == self._told:
+            return
+        self._told = feedback
+        log.warning(
+            "the server rejected this client's update for round %d of %s: %s",
+            feedback.round,
+            feedback.run_id,
+            feedback.reason,
+        )
+
+    def _existing_update(self, msg: RoundMessage) -> bytes | None:
+        """This client's update file for the round, if one was uploaded before (a redelivered or
+        republished message); None otherwise. The role may read its own prefix, not the table's
+        update items, so the file is the record of what was sent."""
         key = keys.update_key(msg.run_id, msg.round, self.config.client_id)
         try:
             data = self.s3.get_object(Bucket=self.config.bucket, Key=key)["Body"].read()
@@ -298,6 +343,13 @@ class Agent:
         meta = tensors.read_metadata(data)
         if meta.get("run_id") != msg.run_id or meta.get("round") != msg.round or "num_examples" not in meta:
             return None
+        return data
+
+    def _report_existing_update(self, msg: RoundMessage, data: bytes) -> Outcome:
+        """Write the item for an update uploaded before a restart, from the file's own metadata,
+        instead of training again; ALREADY_SERVED when the item exists too."""
+        meta = tensors.read_metadata(data)
+        key = keys.update_key(msg.run_id, msg.round, self.config.client_id)
         item = self._item(msg, _ref(key, data), int(meta["num_examples"]), dict(meta.get("metrics", {})))
         if self.table.put_once(item.to_item()):
             log.info("round %d of run %s: reported the update uploaded before a restart", msg.round, msg.run_id)
@@ -336,3 +388,12 @@ class Agent:
 
 def _ref(key: str, data: bytes) -> ObjectRef:
     return ObjectRef(key, tensors.sha256_hex(data), len(data))
+
+
+def _rejected(feedback: Feedback | None, msg: RoundMessage, data: bytes) -> bool:
+    """Whether the server rejected exactly this file as the client's update for this round."""
+    return (
+        feedback is not None
+        and (feedback.run_id, feedback.round) == (msg.run_id, msg.round)
+        and feedback.update_sha256 == tensors.sha256_hex(data)
+    )

@@ -22,13 +22,13 @@ local test split, before training: a federated evaluation of the previous round'
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
+from fedstep import limits
 from fedstep.errors import FedstepError
 from fedstep.imports import load_callable
 from fedstep.schemas import TrainingConfig
@@ -142,7 +142,10 @@ def keras_fit(model: RoundModel, data: Split, training: TrainingConfig) -> dict[
 
 
 def finite_metrics(metrics: Any, source: str) -> dict[str, float]:
-    """The trainer's metrics as floats, dropping non-finite values (NaN loss) with a warning."""
+    """The trainer's metrics as floats, within the bounds the server accepts (`fedstep.limits`): a
+    non-finite value (NaN loss), a malformed name or an impossible value (accuracy above 1) is
+    dropped with a warning, and at most `limits.MAX_METRICS` are kept, so that one odd metric never
+    gets the whole update rejected."""
     if not isinstance(metrics, Mapping):
         raise FedstepError(f"trainer {source} must return a dict of metrics, got {type(metrics).__name__}")
     out: dict[str, float] = {}
@@ -151,10 +154,13 @@ def finite_metrics(metrics: Any, source: str) -> dict[str, float]:
             number = float(value)
         except (TypeError, ValueError):
             raise FedstepError(f"trainer {source}: metric {name!r} is not a number ({value!r:.40})") from None
-        if math.isfinite(number):
-            out[str(name)] = number
+        problem = limits.metric_problem(str(name), number)
+        if problem:
+            log.warning("trainer %s: %s; it is not reported", source, problem)
+        elif len(out) == limits.MAX_METRICS:
+            log.warning("trainer %s: more than %d metrics; %s is not reported", source, limits.MAX_METRICS, name)
         else:
-            log.warning("trainer %s: metric %s is %s and is not reported", source, name, number)
+            out[str(name)] = number
     return out
 
 

@@ -7,5 +7,5 @@ TensorFlow or the CDK; the Lambda bundle contains them and nothing else.
 
 __version__ = "0.1.0"
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Version of every wire format (round message, update item, round summary, model file metadata)."""

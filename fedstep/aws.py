@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 from typing import Any
 
 import boto3
@@ -17,10 +18,19 @@ from botocore.config import Config
 from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import ClientError
 
-from fedstep import keys
+from fedstep import SCHEMA_VERSION, keys
 from fedstep.aws_errors import error_code
 from fedstep.ddb import from_attributes, to_attributes
-from fedstep.schemas import Heartbeat, RunRecord
+from fedstep.ports import RangeRead
+from fedstep.schemas import (
+    ROUND_AGGREGATED,
+    ROUND_CLAIMED,
+    ROUND_OPEN,
+    ROUND_REPORTED,
+    Heartbeat,
+    ObjectRef,
+    RunRecord,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +86,7 @@ def assumed_role_session(
 
 
 class S3ModelStore:
-    """Model files in the registry bucket."""
+    """Model files in the registry bucket (a versioned bucket: ranged reads pin the version)."""
 
     def __init__(self, bucket: str, s3: Any) -> None:
         self.bucket, self.s3 = bucket, s3
@@ -87,9 +97,65 @@ class S3ModelStore:
     def put(self, key: str, data: bytes) -> None:
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
 
+    def put_once(self, key: str, data: bytes) -> bool:
+        try:
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*")
+            return True
+        except ClientError as exc:
+            if error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise
+
+    def read_range(self, key: str, start: int, length: int, version: str | None = None) -> RangeRead:
+        extra = {"VersionId": version} if version else {}
+        resp = self.s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{start + length - 1}", **extra)
+        data = resp["Body"].read()
+        total = int(str(resp.get("ContentRange", "")).rpartition("/")[2] or len(data))
+        return RangeRead(data, total, resp.get("VersionId"))
+
+    def read_into(self, key: str, start: int, buffer: memoryview, version: str | None) -> None:
+        extra = {"VersionId": version} if version else {}
+        end = start + len(buffer) - 1
+        body = self.s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end}", **extra)["Body"]
+        filled = 0
+        for chunk in body.iter_chunks(1 << 20):
+            if filled + len(chunk) > len(buffer):
+                raise ValueError(f"s3://{self.bucket}/{key} returned more bytes than asked for")
+            buffer[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+        if filled != len(buffer):
+            raise ValueError(f"s3://{self.bucket}/{key} ended after {filled} of {len(buffer)} bytes")
+
+
+class SnsPublisher:
+    """Round messages to the clients' topic; each client's subscription filters on its own id."""
+
+    def __init__(self, topic_arn: str, sns: Any) -> None:
+        self.topic_arn, self.sns = topic_arn, sns
+
+    def publish_round(self, message: dict[str, Any], clients: list[str]) -> None:
+        self.sns.publish(
+            TopicArn=self.topic_arn,
+            Message=json.dumps(message),
+            MessageAttributes={
+                "kind": {"DataType": "String", "StringValue": str(message.get("type", "round"))},
+                "clients": {"DataType": "String.Array", "StringValue": json.dumps(clients)},
+            },
+        )
+
+
+def _conditional(call: Any, **kwargs: Any) -> dict[str, Any] | None:
+    """Run a conditional DynamoDB write: its response, or None if its condition failed."""
+    try:
+        return call(**kwargs)
+    except ClientError as exc:
+        if error_code(exc) == "ConditionalCheckFailedException":
+            return None
+        raise
+
 
 class DynamoRoundTable:
-    """The single table: run records, update items, round summaries (see `fedstep.keys`)."""
+    """The single table: run and round records, the clients' items (see `fedstep.keys`)."""
 
     def __init__(self, table_name: str, dynamodb: Any) -> None:
         self.name, self.ddb = table_name, dynamodb
@@ -98,13 +164,15 @@ class DynamoRoundTable:
         resp = self.ddb.get_item(TableName=self.name, Key=to_attributes(key), ConsistentRead=True)
         return from_attributes(resp["Item"]) if "Item" in resp else None
 
-    def _query_prefix(self, run_id: str, prefix: str) -> list[dict[str, Any]]:
+    def _query_prefix(self, pk: str, prefix: str, **extra: Any) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
+        values = extra.pop("values", {})
         kwargs: dict[str, Any] = {
             "TableName": self.name,
             "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
-            "ExpressionAttributeValues": to_attributes({":pk": run_id, ":prefix": prefix}),
+            "ExpressionAttributeValues": to_attributes({":pk": pk, ":prefix": prefix, **values}),
             "ConsistentRead": True,
+            **extra,
         }
         while True:
             resp = self.ddb.query(**kwargs)
@@ -115,30 +183,99 @@ class DynamoRoundTable:
 
     def put_once(self, item: dict[str, Any]) -> bool:
         """Write `item` unless its key exists; False if it did."""
-        try:
-            self.ddb.put_item(
-                TableName=self.name,
-                Item=to_attributes(item),
-                ConditionExpression="attribute_not_exists(pk)",
-            )
-            return True
-        except ClientError as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
-                return False
-            raise
+        written = _conditional(
+            self.ddb.put_item,
+            TableName=self.name,
+            Item=to_attributes(item),
+            ConditionExpression="attribute_not_exists(pk)",
+        )
+        return written is not None
+
+    def put(self, item: dict[str, Any]) -> None:
+        self.ddb.put_item(TableName=self.name, Item=to_attributes(item))
+
+    def _update(
+        self,
+        key: dict[str, str],
+        sets: dict[str, Any],
+        condition: str,
+        values: dict[str, Any],
+        removes: tuple[str, ...] = (),
+        extra_sets: str = "",
+    ) -> dict[str, Any] | None:
+        """UpdateItem setting `sets` (attribute -> value) when `condition` holds: the item as
+        updated, or None if the condition did not hold."""
+        names = {f"#a{i}": name for i, name in enumerate(sets)} | {"#s": "status"}
+        assignments = [f"#a{i} = :v{i}" for i in range(len(sets))] + ([extra_sets] if extra_sets else [])
+        expression = "SET " + ", ".join(assignments) + (f" REMOVE {', '.join(removes)}" if removes else "")
+        resp = _conditional(
+            self.ddb.update_item,
+            TableName=self.name,
+            Key=to_attributes(key),
+            UpdateExpression=expression,
+            ConditionExpression=condition,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=to_attributes({f":v{i}": v for i, v in enumerate(sets.values())} | values),
+            ReturnValues="ALL_NEW",
+        )
+        return from_attributes(resp["Attributes"]) if resp is not None else None
 
     def get_run(self, run_id: str) -> RunRecord | None:
         item = self.get_item(keys.run_item_key(run_id))
         return RunRecord.parse(item) if item else None
 
-    def list_updates(self, run_id: str, round_number: int) -> list[dict[str, Any]]:
-        return self._query_prefix(run_id, keys.update_sk_prefix(round_number))
-
     def get_round(self, run_id: str, round_number: int) -> dict[str, Any] | None:
         return self.get_item(keys.round_item_key(run_id, round_number))
 
-    def put_round_once(self, item: dict[str, Any]) -> bool:
-        return self.put_once(item)
+    def open_round(
+        self, run_id: str, round_number: int, attempt: int, task_token: str, issued_at: str, input_model: ObjectRef
+    ) -> bool:
+        sets = {
+            "schema": SCHEMA_VERSION,
+            "kind": "round",
+            "run_id": run_id,
+            "round": round_number,
+            "attempt": attempt,
+            "task_token": task_token,
+            "issued_at": issued_at,
+            "input_model": asdict(input_model),
+        }
+        return None is not self._update(
+            keys.round_item_key(run_id, round_number),
+            sets,
+            "attribute_not_exists(pk) OR #s = :open",
+            {":open": ROUND_OPEN, ":first": issued_at},
+            extra_sets="#s = :open, first_issued_at = if_not_exists(first_issued_at, :first)",
+        )
+
+    def claim_round(
+        self, run_id: str, round_number: int, claim_id: str, now: float, lease_until: float
+    ) -> dict[str, Any] | None:
+        return self._update(
+            keys.round_item_key(run_id, round_number),
+            {"status": ROUND_CLAIMED, "claim_id": claim_id, "lease_until": lease_until},
+            "#s = :open OR (#s = :claimed AND lease_until < :now)",
+            {":open": ROUND_OPEN, ":claimed": ROUND_CLAIMED, ":now": now},
+        )
+
+    def release_round(self, run_id: str, round_number: int, claim_id: str) -> None:
+        self._update(
+            keys.round_item_key(run_id, round_number),
+            {"status": ROUND_OPEN},
+            "#s = :claimed AND claim_id = :claim",
+            {":claimed": ROUND_CLAIMED, ":claim": claim_id},
+            removes=("claim_id", "lease_until"),
+        )
+
+    def complete_round(self, item: dict[str, Any], claim_id: str) -> bool:
+        sets = {k: v for k, v in item.items() if k not in (keys.PK, keys.SK)}
+        return None is not self._update(
+            {keys.PK: item[keys.PK], keys.SK: item[keys.SK]},
+            sets,
+            "#s = :claimed AND claim_id = :claim",
+            {":claimed": ROUND_CLAIMED, ":claim": claim_id},
+            removes=("lease_until",),
+        )
 
     def mark_reported(self, run_id: str, round_number: int) -> None:
         self.ddb.update_item(
@@ -146,31 +283,49 @@ class DynamoRoundTable:
             Key=to_attributes(keys.round_item_key(run_id, round_number)),
             UpdateExpression="SET #s = :s REMOVE task_token",
             ExpressionAttributeNames={"#s": "status"},
-            ExpressionAttributeValues=to_attributes({":s": "reported"}),
+            ExpressionAttributeValues=to_attributes({":s": ROUND_REPORTED}),
         )
 
     def list_rounds(self, run_id: str) -> list[dict[str, Any]]:
-        return self._query_prefix(run_id, keys.ROUND_PREFIX)
+        return self._query_prefix(
+            run_id,
+            keys.ROUND_PREFIX,
+            FilterExpression="#s IN (:aggregated, :reported)",
+            ExpressionAttributeNames={"#s": "status"},
+            values={":aggregated": ROUND_AGGREGATED, ":reported": ROUND_REPORTED},
+        )
+
+    def get_updates(self, run_id: str, round_number: int, client_ids: list[str]) -> dict[str, dict[str, Any]]:
+        found = self._batch_get([keys.update_item_key(run_id, round_number, c) for c in client_ids])
+        return {str(item[keys.PK]).removeprefix(keys.CLIENT_PK_PREFIX): item for item in found}
+
+    def put_feedback(self, item: dict[str, Any]) -> None:
+        self.put(item)
+
+    def get_feedback(self, client_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The clients' last-rejection items, by client id (absent: never rejected)."""
+        found = self._batch_get([keys.last_rejection_item_key(c) for c in client_ids])
+        return {str(item[keys.PK]).removeprefix(keys.FEEDBACK_PK_PREFIX): item for item in found}
 
     def put_heartbeat(self, beat: Heartbeat) -> None:
         """Overwrite the client's heartbeat item (the client's role may write only its own)."""
-        self.ddb.put_item(TableName=self.name, Item=to_attributes(beat.to_item()))
+        self.put(beat.to_item())
 
     def get_heartbeats(self, client_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The heartbeat items of these clients, by client id (absent: never seen)."""
-        found: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(client_ids), 100):  # BatchGetItem takes at most 100 keys
+        found = self._batch_get([keys.heartbeat_item_key(c) for c in client_ids])
+        return {str(item[keys.PK]).removeprefix(keys.CLIENT_PK_PREFIX): item for item in found}
+
+    def _batch_get(self, item_keys: list[dict[str, str]]) -> list[dict[str, Any]]:
+        """These items, strongly consistent (BatchGetItem takes at most 100 keys a call)."""
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(item_keys), 100):
             pending: dict[str, Any] = {
-                self.name: {
-                    "Keys": [to_attributes(keys.heartbeat_item_key(c)) for c in client_ids[start : start + 100]],
-                    "ConsistentRead": True,
-                }
+                self.name: {"Keys": [to_attributes(k) for k in item_keys[start : start + 100]], "ConsistentRead": True}
             }
             while pending:
                 resp = self.ddb.batch_get_item(RequestItems=pending)
-                for raw in resp.get("Responses", {}).get(self.name, []):
-                    item = from_attributes(raw)
-                    found[str(item[keys.PK]).removeprefix(keys.CLIENT_PK_PREFIX)] = item
+                found.extend(from_attributes(raw) for raw in resp.get("Responses", {}).get(self.name, []))
                 pending = resp.get("UnprocessedKeys") or {}
         return found
 

@@ -1,24 +1,31 @@
 """The one place that builds S3 keys and DynamoDB keys.
 
-S3 layout of a run (bucket = the model registry):
+S3 layout (bucket = the model registry):
 
-    runs/{run_id}/model.keras                          architecture, written by `fedstep start`
-    runs/{run_id}/rounds/{r:05d}/global.safetensors    global weights after round r (r=0: initial)
-    updates/{run_id}/{r:05d}/{client_id}.safetensors   a client's update in round r
+    runs/{run_id}/model.keras                                 architecture, written by `fedstep start`
+    runs/{run_id}/rounds/{r:05d}/global-{version}.safetensors global weights after round r
+    updates/{client_id}/{run_id}/{r:05d}.safetensors          a client's update in round r
 
-Round r trains on the global weights of round r-1 and produces those of round r. Updates have a
-top-level prefix of their own so that a lifecycle rule can expire them (S3 filters by literal
-prefix); each client's IAM role may write only keys ending in `/{client_id}.safetensors` there.
+Round r trains on the global weights of round r-1 and produces those of round r. A round's result
+is written once, never overwritten (S3 `If-None-Match: *`): `version` is the id of the aggregation
+that wrote it (round 0: `initial`, a resume: `resumed`), so two aggregations of one round can never
+collide, and the round summary names the one that counts. Updates have a top-level prefix so that a
+lifecycle rule can expire them, and inside it each client has a prefix of its own
+(`updates/{client_id}/`), the only place its IAM role may write.
 
-DynamoDB single-table layout: partition key `pk` = run id, sort key `sk` encodes the kind:
+DynamoDB single table, partition key `pk`, sort key `sk`. Partitions whose key has a `#` are typed;
+a run id never contains one, so the kinds cannot collide:
 
-    RUN                          the run record (config, registered clients)
-    ROUND#{r:05d}                 the round summary, written once by the aggregation function
-    UPDATE#{r:05d}#{client_id}    a client's update item
+    {run_id}              RUN                          the run record (server)
+    {run_id}              ROUND#{r:05d}                the round record: published, claimed, aggregated (server)
+    CLIENT#{client_id}    UPDATE#{run_id}#{r:05d}      a client's update item (written by that client)
+    CLIENT#{client_id}    HEARTBEAT                    a client's heartbeat (written by that client)
+    FEEDBACK#{client_id}  LAST_REJECTION               why the client's last update was rejected (server;
+                                                       the client may read it)
 
-Heartbeats live in a partition of their own per client, `CLIENT#{client_id}` / `HEARTBEAT`, so a
-client's IAM role can be bound to exactly its own heartbeat (`dynamodb:LeadingKeys`). `#` never
-occurs in a run id, so these partitions cannot collide with a run's.
+A client's role may write only the partition `CLIENT#{its id}` (IAM `dynamodb:LeadingKeys`, an exact
+match), so no client can write a run record, a round record, another client's items or its own
+feedback.
 """
 
 import re
@@ -30,9 +37,12 @@ RUN_SK = "RUN"
 ROUND_PREFIX = "ROUND#"
 UPDATE_PREFIX = "UPDATE#"
 CLIENT_PK_PREFIX = "CLIENT#"
+FEEDBACK_PK_PREFIX = "FEEDBACK#"
 HEARTBEAT_SK = "HEARTBEAT"
+LAST_REJECTION_SK = "LAST_REJECTION"
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_VERSION = re.compile(r"^[a-z0-9]{1,32}$")
 
 
 def check_id(kind: str, value: str) -> str:
@@ -44,6 +54,15 @@ def check_id(kind: str, value: str) -> str:
     return value
 
 
+def _round(round_number: int) -> str:
+    if isinstance(round_number, bool) or not isinstance(round_number, int) or not 0 <= round_number <= 99_999:
+        raise ValueError(f"invalid round {round_number!r}: a whole number from 0 to 99999")
+    return f"{round_number:05d}"
+
+
+# -- S3 ------------------------------------------------------------------------------------------
+
+
 def run_prefix(run_id: str) -> str:
     return f"runs/{check_id('run id', run_id)}/"
 
@@ -53,22 +72,45 @@ def model_key(run_id: str) -> str:
 
 
 def round_prefix(run_id: str, round_number: int) -> str:
-    return f"{run_prefix(run_id)}rounds/{round_number:05d}/"
+    return f"{run_prefix(run_id)}rounds/{_round(round_number)}/"
 
 
-def global_key(run_id: str, round_number: int) -> str:
-    return f"{round_prefix(run_id, round_number)}global.safetensors"
+INITIAL_VERSION = "initial"
+"""The version of round 0's weights, written by `fedstep start`."""
+RESUMED_VERSION = "resumed"
+"""The version of the weights a resumed run starts from (copied from the run it continues)."""
+
+
+def global_key(run_id: str, round_number: int, version: str) -> str:
+    """The global weights after `round_number`, as written by the aggregation `version`."""
+    if not _VERSION.match(version):
+        raise ValueError(f"invalid model version {version!r}: 1-32 lowercase letters or digits")
+    return f"{round_prefix(run_id, round_number)}global-{version}.safetensors"
 
 
 UPDATES_PREFIX = "updates/"
 
 
-def update_prefix(run_id: str, round_number: int) -> str:
-    return f"{UPDATES_PREFIX}{check_id('run id', run_id)}/{round_number:05d}/"
+def client_update_prefix(client_id: str) -> str:
+    """Everything under this prefix is the client's own: its role may write nothing else."""
+    return f"{UPDATES_PREFIX}{check_id('client id', client_id)}/"
 
 
 def update_key(run_id: str, round_number: int, client_id: str) -> str:
-    return f"{update_prefix(run_id, round_number)}{check_id('client id', client_id)}.safetensors"
+    return f"{client_update_prefix(client_id)}{check_id('run id', run_id)}/{_round(round_number)}.safetensors"
+
+
+# S3 key patterns for IAM policies (`*` is the run id, round or version, chosen at run time).
+MODEL_KEY_PATTERN = "runs/*/model.keras"
+GLOBAL_KEY_PATTERN = "runs/*/rounds/*/global-*.safetensors"
+
+
+def client_update_key_pattern(client_id: str) -> str:
+    """The client's own prefix: whatever `*` matches (even a `/`) stays inside it."""
+    return f"{client_update_prefix(client_id)}*"
+
+
+# -- DynamoDB ------------------------------------------------------------------------------------
 
 
 def run_item_key(run_id: str) -> dict[str, str]:
@@ -76,27 +118,51 @@ def run_item_key(run_id: str) -> dict[str, str]:
 
 
 def round_sk(round_number: int) -> str:
-    return f"{ROUND_PREFIX}{round_number:05d}"
+    return f"{ROUND_PREFIX}{_round(round_number)}"
 
 
 def round_item_key(run_id: str, round_number: int) -> dict[str, str]:
     return {PK: check_id("run id", run_id), SK: round_sk(round_number)}
 
 
-def update_sk_prefix(round_number: int) -> str:
-    return f"{UPDATE_PREFIX}{round_number:05d}#"
+def client_pk(client_id: str) -> str:
+    """The one partition a client's role may write."""
+    return f"{CLIENT_PK_PREFIX}{check_id('client id', client_id)}"
+
+
+def update_sk(run_id: str, round_number: int) -> str:
+    return f"{UPDATE_PREFIX}{check_id('run id', run_id)}#{_round(round_number)}"
 
 
 def update_item_key(run_id: str, round_number: int, client_id: str) -> dict[str, str]:
-    return {
-        PK: check_id("run id", run_id),
-        SK: f"{update_sk_prefix(round_number)}{check_id('client id', client_id)}",
-    }
+    return {PK: client_pk(client_id), SK: update_sk(run_id, round_number)}
+
+
+def parse_update_item_key(pk: str, sk: str) -> tuple[str, str, int]:
+    """(client id, run id, round) of an update item's key; ValueError if it is not one."""
+    client = pk.removeprefix(CLIENT_PK_PREFIX)
+    kind, _, rest = sk.partition("#")
+    run_id, _, round_text = rest.rpartition("#")
+    if not pk.startswith(CLIENT_PK_PREFIX) or f"{kind}#" != UPDATE_PREFIX or not round_text.isdigit():
+        raise ValueError(f"not an update item key: {pk!r} / {sk!r}")
+    return check_id("client id", client), check_id("run id", run_id), int(round_text)
 
 
 def heartbeat_item_key(client_id: str) -> dict[str, str]:
     """The one heartbeat item of a client (overwritten by every beat)."""
-    return {PK: f"{CLIENT_PK_PREFIX}{check_id('client id', client_id)}", SK: HEARTBEAT_SK}
+    return {PK: client_pk(client_id), SK: HEARTBEAT_SK}
+
+
+def feedback_pk(client_id: str) -> str:
+    """A server partition a client's role may read (not write): feedback on its updates."""
+    return f"{FEEDBACK_PK_PREFIX}{check_id('client id', client_id)}"
+
+
+def last_rejection_item_key(client_id: str) -> dict[str, str]:
+    return {PK: feedback_pk(client_id), SK: LAST_REJECTION_SK}
+
+
+# -- CloudFormation outputs ----------------------------------------------------------------------
 
 
 def _output_suffix(client_id: str) -> str:
@@ -111,12 +177,3 @@ def client_output_key(client_id: str) -> str:
 def client_role_output_key(client_id: str) -> str:
     """CloudFormation output name holding the ARN of a client's IAM role."""
     return "RoleArn" + _output_suffix(client_id)
-
-
-# S3 key patterns for IAM policies (`*` is the run id or round, chosen at run time).
-MODEL_KEY_PATTERN = "runs/*/model.keras"
-GLOBAL_KEY_PATTERN = "runs/*/rounds/*/global.safetensors"
-
-
-def client_update_key_pattern(client_id: str) -> str:
-    return f"{UPDATES_PREFIX}*/*/{check_id('client id', client_id)}.safetensors"

@@ -1,46 +1,59 @@
-"""Completing a round: validate the updates, aggregate them, publish the next global model, report once.
+"""A round, from publication to report: publish it, claim it, aggregate its updates once, report once.
 
-This is the logic behind the aggregation Lambda, written against three small ports so it can be
-tested without AWS. Exactly-once (DESIGN invariant 1): the round summary item is written with a
-condition that it does not exist yet; only the writer of that item reports the round. A crash
-between writing and reporting is repaired by the next invocation, which finds the summary not yet
-marked as reported and reports it (Step Functions ignores a second report for the same token).
+This is the logic behind the aggregation function, written against the ports in `fedstep.ports` so
+it runs without AWS. Exactly once, by construction (DESIGN invariant 1):
+
+1. **Open.** When the state machine publishes a round, `publish_round` records the attempt's task
+   token in the round record (a server record: no client ever sees a token) and sends the round
+   message to the selected clients.
+2. **Claim.** An invocation that finds every selected client's update in (the stream path), or that
+   runs at the round's deadline, first takes the round with a conditional write: it succeeds only
+   if the round is open, or if an earlier claim's lease ran out (its holder crashed). Only the
+   holder reads updates and aggregates; everyone else leaves, or (at the deadline) waits for it.
+3. **Write once.** The new global model is written under a key named by the claim, with
+   `If-None-Match: *`, so two aggregations of a round can never overwrite each other's result,
+   whatever the strategy (noise included).
+4. **Commit, then report.** The summary is written on condition that the claim still holds; only
+   then is the round reported, to the token the server recorded. A crash between the two is
+   repaired by the next invocation, which finds the summary not yet reported and reports it.
+
+A round that cannot be aggregated (too few valid updates) is given back (the claim released) and
+fails by name: QuorumNotMet or TooFewParticipants; the state machine retries it or fails the run.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
+
+import numpy as np
 
 from fedstep import SCHEMA_VERSION, keys, strategies, tensors
-from fedstep.errors import FedstepError, InvalidUpdate
-from fedstep.schemas import InvalidMessage, ObjectRef, Rejection, RoundSummary, RunRecord, UpdateItem
-from fedstep.strategies import ClientUpdate
+from fedstep.errors import FedstepError
+from fedstep.ports import ModelStore, Publisher, Reporter, RoundTable
+from fedstep.schemas import (
+    ROUND_AGGREGATED,
+    ROUND_CLAIMED,
+    ROUND_REPORTED,
+    Feedback,
+    InvalidMessage,
+    ObjectRef,
+    Rejection,
+    RoundMessage,
+    RoundSummary,
+    RunRecord,
+    UpdateItem,
+    is_completed,
+)
+from fedstep.strategies import GlobalModel
+from fedstep.update_source import UpdateSource, read_layout, read_model
 
 log = logging.getLogger(__name__)
-
-
-class ModelStore(Protocol):
-    def get(self, key: str) -> bytes: ...
-    def put(self, key: str, data: bytes) -> None: ...
-
-
-class RoundTable(Protocol):
-    def get_run(self, run_id: str) -> RunRecord | None: ...
-    def list_updates(self, run_id: str, round_number: int) -> list[dict[str, Any]]: ...
-    def get_round(self, run_id: str, round_number: int) -> dict[str, Any] | None: ...
-    def put_round_once(self, item: dict[str, Any]) -> bool: ...
-    def mark_reported(self, run_id: str, round_number: int) -> None: ...
-    def list_rounds(self, run_id: str) -> list[dict[str, Any]]: ...
-
-
-class Reporter(Protocol):
-    def succeed(self, task_token: str, output: dict[str, Any]) -> None: ...
-    def fail(self, task_token: str, error: str, cause: str) -> None: ...
 
 
 def utc_now() -> str:
@@ -55,77 +68,95 @@ def _seconds_since(iso: str, now: float) -> float:
     return round(max(0.0, now - started), 3)
 
 
-@dataclass
-class _Intake:
-    """The round's update items sorted into usable ones and rejections, with the task token of the
-    round's newest attempt."""
-
-    selected: list[str]
-    items: list[UpdateItem] = field(default_factory=list)
-    rejected: list[Rejection] = field(default_factory=list)
-    task_token: str | None = None
+class RoundNotAggregated(FedstepError):
+    """A round that cannot be aggregated; its class name is the Step Functions error name."""
 
 
-def _sort_items(run: RunRecord, round_number: int, raw_items: list[dict[str, Any]]) -> _Intake:
-    intake = _Intake(selected=run.selected(round_number))
-    parsed: list[UpdateItem] = []
-    for raw in sorted(raw_items, key=lambda r: str(r.get(keys.SK, ""))):
-        client = str(raw.get("client_id", "?"))
-        try:
-            item = UpdateItem.parse(raw)
-        except (InvalidMessage, ValueError) as exc:
-            intake.rejected.append(Rejection(client, f"malformed update item: {exc}"))
-            continue
-        if item.client_id not in run.clients:
-            intake.rejected.append(Rejection(client, "client is not registered for this run"))
-        elif item.client_id not in intake.selected:
-            intake.rejected.append(Rejection(client, "client was not selected for this round"))
-        elif item.update.key != keys.update_key(run.run_id, round_number, item.client_id):
-            intake.rejected.append(Rejection(client, f"update key {item.update.key!r} is not this client's"))
-        else:
-            parsed.append(item)
-    if parsed:
-        # A retried round is published again with a new token; updates of an earlier attempt trained
-        # on the same global model and stay valid. The round is reported to its newest attempt.
-        intake.task_token = max(parsed, key=lambda i: i.issued_at).task_token
-    intake.items = parsed
-    return intake
+class QuorumNotMet(RoundNotAggregated):
+    """Fewer valid updates than the run's quorum."""
 
 
-def update_metadata(item: UpdateItem) -> dict[str, Any]:
-    """What a client writes into its update file's metadata: the item's facts, under the client's own
-    prefix, where IAM lets no other client write."""
-    return {
-        "schema": SCHEMA_VERSION,
-        "run_id": item.run_id,
-        "round": item.round,
-        "client_id": item.client_id,
-        "num_examples": item.num_examples,
-        "metrics": item.metrics,
-    }
+class TooFewParticipants(RoundNotAggregated):
+    """Fewer valid updates than the run's `min_participants`: the aggregate would expose them."""
 
 
-def check_update_metadata(metadata: dict[str, Any], item: UpdateItem) -> None:
-    """Reject an item whose file says otherwise (IAM cannot stop a client writing an item that claims
-    another client; it can stop it writing that client's file)."""
-    expected = update_metadata(item)
-    differing = sorted(k for k, v in expected.items() if metadata.get(k) != v)
-    if differing:
-        raise InvalidUpdate(f"update file's metadata differs from the update item in {differing}")
+class InvalidAggregate(FedstepError):
+    """The strategy produced non-finite weights; nothing was written."""
 
 
-def _weighted_metrics(items: list[UpdateItem]) -> dict[str, float]:
-    names = set().union(*(i.metrics for i in items)) if items else set()
-    out: dict[str, float] = {}
-    for name in sorted(names):
-        having = [i for i in items if name in i.metrics]
-        total = sum(i.num_examples for i in having)
-        out[name] = round(sum(i.metrics[name] * i.num_examples for i in having) / total, 6)
-    return out
+class RoundBusy(FedstepError):
+    """Another invocation holds the round's claim and has not finished; the state machine retries."""
 
 
-class QuorumNotMet(FedstepError):
-    """Fewer valid updates than the run's quorum; the class name is the Step Functions error name."""
+@dataclass(frozen=True)
+class AggregationSettings:
+    """`lease_s`: how long a claim holds before another invocation may take the round over (longer
+    than the function's timeout; default 360 s). `wait_s`: how long the deadline invocation waits for
+    another claim's holder to finish (default 240 s)."""
+
+    lease_s: float = 360.0
+    wait_s: float = 240.0
+
+
+# -- 1. open -------------------------------------------------------------------------------------
+
+
+def publish_round(
+    run_id: str,
+    round_number: int,
+    attempt: int,
+    global_model: ObjectRef,
+    task_token: str,
+    issued_at: str,
+    *,
+    table: RoundTable,
+    publisher: Publisher,
+    reporter: Reporter,
+) -> RoundMessage | None:
+    """Open the round's attempt and send its message to the round's selected clients; returns it.
+    A round already aggregated (a late completion before a retry) is reported to the new token at once."""
+    run = table.get_run(run_id)
+    if run is None or run.model is None:
+        raise FedstepError(f"run {run_id} has no run record with a model")
+    if not table.open_round(run_id, round_number, attempt, task_token, issued_at, global_model):
+        existing = table.get_round(run_id, round_number) or {}
+        if not is_completed(existing):
+            raise RoundBusy(f"round {round_number} of run {run_id} is being aggregated; it cannot be published")
+        reporter.succeed(task_token, task_output(RoundSummary.parse(existing), run))
+        table.mark_reported(run_id, round_number)
+        return None
+    message = RoundMessage(
+        run_id=run_id,
+        round=round_number,
+        attempt=attempt,
+        model=run.model,
+        global_model=global_model,
+        training=run.training,
+        deadline_s=run.round_timeout_s,
+        issued_at=issued_at,
+    )
+    publisher.publish_round(message.to_dict(), run.selected(round_number))
+    return message
+
+
+# -- 2-4. the stream path and the deadline path --------------------------------------------------
+
+
+def _lease_active(record: dict[str, Any], now: float) -> bool:
+    return record.get("status") == ROUND_CLAIMED and float(record.get("lease_until", 0)) > now
+
+
+def new_claim_id() -> str:
+    return secrets.token_hex(8)
+
+
+def _release(table: RoundTable, run_id: str, round_number: int, claim: str) -> None:
+    """Give the claim back so another invocation may try; a failure here is only logged (the
+    lease runs out instead), so it never hides the error that made the claim go back."""
+    try:
+        table.release_round(run_id, round_number, claim)
+    except Exception:  # the lease is the fallback
+        log.warning("could not release the claim on round %d of run %s; its lease runs out", round_number, run_id)
 
 
 def try_complete_round(
@@ -135,36 +166,47 @@ def try_complete_round(
     store: ModelStore,
     table: RoundTable,
     reporter: Reporter,
-    max_update_bytes: int = tensors.DEFAULT_MAX_BYTES,
+    settings: AggregationSettings = AggregationSettings(),
+    on_aggregated: Callable[[RoundSummary], None] | None = None,
 ) -> RoundSummary | None:
-    """Aggregate round `round_number` of `run_id` once every client has reported, and report it to the
-    round's task token. Returns the summary when this call wrote it, else None (still waiting, or
-    already done)."""
-    existing = table.get_round(run_id, round_number)
-    if existing is not None:
-        if existing.get("status") == "aggregated" and existing.get("task_token"):
-            # The writer crashed before reporting: report for it.
-            run = table.get_run(run_id)
-            reporter.succeed(existing["task_token"], _output(table, RoundSummary.parse(existing), run))
-            table.mark_reported(run_id, round_number)
+    """Aggregate the round once every selected client has an update in, and report it to the round's
+    task token. Returns the summary when this call aggregated the round, else None (still waiting,
+    taken by another invocation, or already done)."""
+    record = table.get_round(run_id, round_number)
+    if record is None or record.get("status") == ROUND_REPORTED or _lease_active(record, time.time()):
         return None
     run = table.get_run(run_id)
     if run is None:
-        log.warning("update for unknown run %s ignored", run_id)
         return None
-    intake = _sort_items(run, round_number, table.list_updates(run_id, round_number))
-    waiting_for = sorted(set(intake.selected) - {i.client_id for i in intake.items})
-    if waiting_for or intake.task_token is None:
-        log.info("round %s/%d: waiting for %s", run_id, round_number, ", ".join(waiting_for))
+    if record.get("status") == ROUND_AGGREGATED:  # the writer crashed before reporting: report for it
+        reporter.succeed(record["task_token"], task_output(RoundSummary.parse(record), run))
+        table.mark_reported(run_id, round_number)
         return None
+    selected = run.selected(round_number)
+    raw = table.get_updates(run_id, round_number, selected)
+    if set(selected) - set(raw):
+        log.info("round %s/%d: %d of %d updates in", run_id, round_number, len(raw), len(selected))
+        return None
+    claim = new_claim_id()
+    now = time.time()
+    record = table.claim_round(run_id, round_number, claim, now, now + settings.lease_s)
+    if record is None:
+        return None
+    token = str(record.get("task_token", ""))  # as of the claim: a retry may have replaced it
     try:
-        summary = _aggregate(run, round_number, intake, store, max_update_bytes, at_deadline=False)
-    except QuorumNotMet as exc:
-        reporter.fail(intake.task_token, "QuorumNotMet", str(exc))
+        summary = _aggregate(run, round_number, record, raw, store, table, claim, at_deadline=False)
+    except RoundNotAggregated as exc:
+        _release(table, run_id, round_number, claim)
+        reporter.fail(token, type(exc).__name__, str(exc))
         return None
-    if not table.put_round_once({**summary.to_item(), "status": "aggregated", "task_token": intake.task_token}):
-        return None  # a concurrent invocation won; it reports
-    reporter.succeed(intake.task_token, _output(table, summary, run))
+    except BaseException:
+        _release(table, run_id, round_number, claim)
+        raise
+    if not table.complete_round({**summary_item(summary), "status": ROUND_AGGREGATED}, claim):
+        return None  # the lease ran out and another invocation took the round over: it reports
+    if on_aggregated is not None:
+        on_aggregated(summary)
+    reporter.succeed(token, task_output(summary, run))
     table.mark_reported(run_id, round_number)
     return summary
 
@@ -175,109 +217,205 @@ def complete_round_at_deadline(
     *,
     store: ModelStore,
     table: RoundTable,
-    max_update_bytes: int = tensors.DEFAULT_MAX_BYTES,
+    settings: AggregationSettings = AggregationSettings(),
     on_aggregated: Callable[[RoundSummary], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
     """The round's deadline passed (its task timed out): aggregate the valid updates that arrived if
-    they meet the run's quorum, else raise QuorumNotMet. Returns the task output directly (the
-    timed-out token can no longer be used). If the round was completed meanwhile, returns that.
-    `on_aggregated` is called with the summary only when this call aggregated the round."""
+    they meet the run's quorum and `min_participants`, else raise QuorumNotMet / TooFewParticipants.
+    Returns the task output directly (the timed-out token can no longer be used). A round completed
+    meanwhile returns that; one being aggregated by another invocation is waited for (RoundBusy
+    after `settings.wait_s`). `on_aggregated` is called only when this call aggregated the round."""
     run = table.get_run(run_id)
     if run is None:
         raise FedstepError(f"run {run_id} has no run record")
-    existing = table.get_round(run_id, round_number)
-    if existing is not None:
-        return _output(table, RoundSummary.parse(existing), run)
-    intake = _sort_items(run, round_number, table.list_updates(run_id, round_number))
-    summary = _aggregate(run, round_number, intake, store, max_update_bytes, at_deadline=True)
-    if not table.put_round_once({**summary.to_item(), "status": "reported"}):
-        return _output(table, RoundSummary.parse(table.get_round(run_id, round_number) or {}), run)
-    if on_aggregated is not None:
-        on_aggregated(summary)
-    return _output(table, summary, run)
+    give_up = time.monotonic() + settings.wait_s
+    while True:
+        record = table.get_round(run_id, round_number)
+        if record is None:
+            raise FedstepError(f"round {round_number} of run {run_id} was never published")
+        if is_completed(record):
+            return task_output(RoundSummary.parse(record), run)
+        now = time.time()
+        if _lease_active(record, now):
+            if time.monotonic() > give_up:
+                raise RoundBusy(f"round {round_number} of run {run_id} is still being aggregated by another invocation")
+            sleep(1.0)
+            continue
+        claim = new_claim_id()
+        record = table.claim_round(run_id, round_number, claim, now, now + settings.lease_s)
+        if record is None:
+            continue
+        raw = table.get_updates(run_id, round_number, run.selected(round_number))
+        try:
+            summary = _aggregate(run, round_number, record, raw, store, table, claim, at_deadline=True)
+        except BaseException:
+            _release(table, run_id, round_number, claim)
+            raise
+        if table.complete_round({**summary_item(summary), "status": ROUND_REPORTED}, claim):
+            if on_aggregated is not None:
+                on_aggregated(summary)
+            return task_output(summary, run)
+
+
+# -- aggregation ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Intake:
+    """The selected clients' update items, sorted into parsed ones and rejections."""
+
+    items: list[UpdateItem] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+def _intake(raw: dict[str, dict[str, Any]], selected: list[str], on_rejected: Callable[..., None]) -> _Intake:
+    intake = _Intake()
+    for client in selected:
+        if client not in raw:
+            continue
+        try:
+            item = UpdateItem.parse(raw[client])
+            if item.client_id != client:
+                raise InvalidMessage(f"update item: client_id {item.client_id!r} is not its partition's")
+        except InvalidMessage as exc:
+            reason = f"malformed update item: {exc}"
+            intake.rejected.append(Rejection(client, reason))
+            on_rejected(client, raw[client], reason)
+            continue
+        intake.items.append(item)
+    return intake
+
+
+def _weighted_metrics(accepted: list[tuple[UpdateItem, int]]) -> dict[str, float]:
+    """Each metric averaged over the clients reporting it, weighted by their bounded examples."""
+    names = sorted(set().union(*(item.metrics for item, _ in accepted))) if accepted else []
+    out: dict[str, float] = {}
+    for name in names:
+        having = [(item.metrics[name], n) for item, n in accepted if name in item.metrics]
+        total = sum(n for _, n in having)
+        out[name] = round(sum(v * n for v, n in having) / total, 6)
+    return out
+
+
+def _check_finite(weights: tensors.Tensors) -> None:
+    for name, tensor in weights.items():
+        flat = tensor.reshape(-1)
+        for start in range(0, flat.size, 1 << 16):
+            if not np.isfinite(flat[start : start + (1 << 16)]).all():
+                raise InvalidAggregate(f"the aggregate's tensor {name!r} is not finite; nothing was published")
 
 
 def _aggregate(
-    run: RunRecord, round_number: int, intake: _Intake, store: ModelStore, max_update_bytes: int, at_deadline: bool
+    run: RunRecord,
+    round_number: int,
+    record: dict[str, Any],
+    raw: dict[str, dict[str, Any]],
+    store: ModelStore,
+    table: RoundTable,
+    claim: str,
+    at_deadline: bool,
 ) -> RoundSummary:
-    """Validate and aggregate the intake's updates; write the new global model; raise QuorumNotMet if
-    fewer valid updates than the quorum remain."""
+    """Validate, bound and aggregate the updates; write the new global model (once, under the
+    claim's key). Raises QuorumNotMet / TooFewParticipants when too few valid updates remain."""
+    selected = run.selected(round_number)
     when = f"by the deadline of round {round_number}" if at_deadline else f"in round {round_number}"
 
-    def quorum_not_met(valid: int) -> QuorumNotMet:
-        reasons = "".join(f"; {r.client_id}: {r.reason}" for r in intake.rejected)
-        return QuorumNotMet(
-            f"{valid} of {len(intake.selected)} updates {when} (quorum {run.quorum}) in run {run.run_id}{reasons}"
-        )
+    def feedback(client: str, sha256: str, reason: str) -> None:
+        table.put_feedback(Feedback(client, run.run_id, round_number, sha256, reason, utc_now()).to_item())
 
-    if len(intake.items) < run.quorum:
-        raise quorum_not_met(len(intake.items))
+    def not_enough(valid: int, rejected: list[Rejection]) -> RoundNotAggregated | None:
+        reasons = "".join(f"; {r.client_id}: {r.reason}" for r in rejected[:10])
+        counts = f"{valid} of {len(selected)} updates {when}"
+        if valid < run.quorum:
+            return QuorumNotMet(f"{counts} (quorum {run.quorum}) in run {run.run_id}{reasons}")
+        if valid < run.min_participants:
+            return TooFewParticipants(
+                f"{counts} (min_participants {run.min_participants}: fewer would publish a client's update) "
+                f"in run {run.run_id}{reasons}"
+            )
+        return None
+
+    intake = _intake(raw, selected, lambda client, item, reason: feedback(client, _claimed_sha(item), reason))
+    problem = not_enough(len(intake.items), intake.rejected)
+    if problem:
+        raise problem
     started = time.time()
-    global_weights = tensors.decode(store.get(keys.global_key(run.run_id, round_number - 1)))
-    spec = tensors.TensorSpec.of(global_weights)
-    accepted: list[UpdateItem] = []
-
-    def validated_updates() -> Iterator[ClientUpdate]:
-        for item in intake.items:
-            try:
-                data = store.get(item.update.key)
-                if len(data) != item.update.bytes:
-                    raise InvalidUpdate(f"file is {len(data)} bytes, the item says {item.update.bytes}")
-                weights = tensors.decode(data, expected=spec, sha256=item.update.sha256, max_bytes=max_update_bytes)
-                check_update_metadata(tensors.read_metadata(data), item)
-            except InvalidUpdate as exc:
-                intake.rejected.append(Rejection(item.client_id, exc.reason))
-                continue
-            accepted.append(item)
-            yield ClientUpdate(item.client_id, item.num_examples, weights)
-
-    try:
-        new_weights = strategies.get(run.strategy).aggregate(global_weights, validated_updates())
-    except ValueError:
-        raise quorum_not_met(0) from None
-    if len(accepted) < run.quorum:
-        raise quorum_not_met(len(accepted))
-    data = tensors.encode(
-        new_weights, {"schema": SCHEMA_VERSION, "run_id": run.run_id, "round": round_number, "kind": "global"}
+    input_model = ObjectRef.parse(record["input_model"], "round record input_model")
+    layout = read_layout(store, input_model)
+    source = UpdateSource(
+        store,
+        layout,
+        run.bounds,
+        intake.items,
+        on_rejected=lambda item, reason: feedback(item.client_id, item.update.sha256, reason),
     )
-    global_ref = ObjectRef(keys.global_key(run.run_id, round_number), tensors.sha256_hex(data), len(data))
-    store.put(global_ref.key, data)
+    strategy = strategies.get(run.strategy)
+    try:
+        new_weights = strategy.aggregate(GlobalModel(layout.spec, lambda: read_model(store, input_model)), source)
+    except ValueError:
+        if source.accepted:
+            raise
+        new_weights = {}
+    rejected = intake.rejected + source.rejected
+    problem = not_enough(len(source.accepted), rejected)
+    if problem:
+        raise problem
+    _check_finite(new_weights)
+    data = tensors.encode(
+        new_weights,
+        {"schema": SCHEMA_VERSION, "kind": "global", "run_id": run.run_id, "round": round_number, "version": claim},
+    )
+    del new_weights
+    global_ref = ObjectRef(keys.global_key(run.run_id, round_number, claim), tensors.sha256_hex(data), len(data))
+    if not store.put_once(global_ref.key, data):
+        raise FedstepError(f"{global_ref.key} exists already: a claim id was reused")
     now = time.time()
+    accepted = source.accepted
     return RoundSummary(
         run_id=run.run_id,
         round=round_number,
-        selected=intake.selected,
-        participants=[i.client_id for i in accepted],
-        num_examples=sum(i.num_examples for i in accepted),
-        rejected=intake.rejected,
+        selected=selected,
+        participants=[item.client_id for item, _ in accepted],
+        num_examples=sum(n for _, n in accepted),
+        rejected=rejected,
         metrics=_weighted_metrics(accepted),
         global_model=global_ref,
-        duration_s=min(_seconds_since(i.issued_at, now) for i in accepted),
+        duration_s=_seconds_since(str(record.get("first_issued_at", "")), now),
         aggregation_s=round(now - started, 3),
         completed_at=utc_now(),
-        bytes_aggregated=sum(i.update.bytes for i in accepted),
+        bytes_aggregated=sum(item.update.bytes for item, _ in accepted),
+        clipped=source.clipped,
+        attempt=int(record.get("attempt", 0)),
     )
 
 
-def round_history(table: RoundTable, run_id: str, up_to: int, run: RunRecord | None) -> list[dict[str, Any]]:
-    """Brief summaries of rounds 1..`up_to`, following `resumed_from` back to the runs this one continues."""
-    own = [RoundSummary.parse(r).brief() for r in table.list_rounds(run_id)]
-    own = [h for h in own if h["round"] <= up_to]
+def _claimed_sha(raw_item: dict[str, Any]) -> str:
+    update = raw_item.get("update")
+    sha = update.get("sha256") if isinstance(update, dict) else None
+    return sha if isinstance(sha, str) and len(sha) == 64 else ""
+
+
+def summary_item(summary: RoundSummary) -> dict[str, Any]:
+    """The round record's fields once the round is aggregated."""
+    return {**keys.round_item_key(summary.run_id, summary.round), "kind": "round", **summary.to_dict()}
+
+
+def task_output(summary: RoundSummary, run: RunRecord) -> dict[str, Any]:
+    """What the round's task returns to Step Functions: this round in brief, the new model, and
+    whether the run's target is reached. Its size does not grow with the number of rounds."""
+    return {
+        "summary": summary.brief(),
+        "global_model": asdict(summary.global_model),
+        "target_reached": bool(run.target and run.target.reached(summary.metrics)),
+    }
+
+
+def round_history(table: RoundTable, run_id: str, up_to: int, run: RunRecord | None) -> list[RoundSummary]:
+    """Summaries of rounds 1..`up_to`, following `resumed_from` back to the runs this one continues."""
+    own = [s for s in (RoundSummary.parse(r) for r in table.list_rounds(run_id)) if s.round <= up_to]
     if run is None or not run.resumed_from:
         return own
-    first = min((h["round"] for h in own), default=up_to + 1)
+    first = min((s.round for s in own), default=up_to + 1)
     earlier = round_history(table, run.resumed_from, first - 1, table.get_run(run.resumed_from))
     return earlier + own
-
-
-def _output(table: RoundTable, summary: RoundSummary, run: RunRecord | None) -> dict[str, Any]:
-    """What the round's task returns to Step Functions: this round, the new model, the run's history,
-    and whether the run's target metric is reached (the state machine then stops)."""
-    history = round_history(table, summary.run_id, summary.round, run)
-    return {
-        "summary": summary.to_dict(),
-        "global_model": asdict(summary.global_model),
-        "history": history,
-        "target_reached": bool(run and run.target and run.target.reached(summary.metrics)),
-        "next_selected": run.selected(summary.round + 1) if run else [],
-    }

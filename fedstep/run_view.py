@@ -8,7 +8,7 @@ summaries are the authority on what each round did.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +18,7 @@ from fedstep import keys
 from fedstep.aws import DynamoRoundTable
 from fedstep.aws_errors import error_code
 from fedstep.errors import FedstepError
-from fedstep.schemas import InvalidMessage, RoundSummary, RunRecord
+from fedstep.schemas import Feedback, InvalidMessage, RoundSummary, RunRecord
 from fedstep.stack import StackOutputs
 
 
@@ -46,6 +46,9 @@ class RunView:
     execution: Execution | None
     """None when the run record exists but its execution does not (a failed start)."""
     rounds: list[RoundSummary]
+    last_rejections: dict[str, Feedback] = field(default_factory=dict)
+    """Each client's last rejected update, where it was in this run (including rounds that could not
+    be aggregated, which have no summary)."""
 
     @property
     def status(self) -> str:
@@ -89,9 +92,11 @@ def load_run(run_id: str, outputs: StackOutputs, table: DynamoRoundTable, sfn: A
     try:
         record = RunRecord.parse(item)
         rounds = sorted((RoundSummary.parse(r) for r in table.list_rounds(run_id)), key=lambda r: r.round)
+        told = [Feedback.parse(f) for f in table.get_feedback(record.clients).values()]
     except InvalidMessage as exc:
         raise FedstepError(f"run {run_id} has an unreadable item: {exc}") from None
-    return RunView(run_id, record, describe(sfn, execution_arn(outputs, run_id)), rounds)
+    last_rejections = {f.client_id: f for f in told if f.run_id == run_id}
+    return RunView(run_id, record, describe(sfn, execution_arn(outputs, run_id)), rounds, last_rejections)
 
 
 @dataclass(frozen=True)

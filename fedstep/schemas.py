@@ -1,8 +1,9 @@
-"""Wire formats: the round message, the run-ended message, the update item, the round summary, the run record.
+"""Wire formats: the round message, the run-ended message, the update item, the round record, the
+run record, the feedback and heartbeat items.
 
-Every format carries `schema` (an integer, `fedstep.SCHEMA_VERSION`). Parsing validates types and
-ranges and raises `InvalidMessage` naming the first bad field, so a malformed message or item is
-rejected with a reason instead of failing somewhere deeper.
+Every format carries `schema` (an integer, `fedstep.SCHEMA_VERSION`). Parsing validates types, ranges
+and sizes (`fedstep.limits`) and raises `InvalidMessage` naming the first bad field, so a malformed
+message or item is rejected with a reason instead of failing somewhere deeper.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
-from fedstep import SCHEMA_VERSION, keys
+from fedstep import SCHEMA_VERSION, keys, limits
 from fedstep.errors import FedstepError
 from fedstep.selection import select
 
@@ -36,10 +37,18 @@ def _get(data: dict[str, Any], name: str, kind: type[T] | tuple[type, ...], wher
     return value  # type: ignore[return-value]
 
 
-def _positive_int(data: dict[str, Any], name: str, where: str, minimum: int = 1) -> int:
+def _positive_int(data: dict[str, Any], name: str, where: str, minimum: int = 1, maximum: int | None = None) -> int:
     value = _get(data, name, int, where)
-    if value < minimum:
-        raise InvalidMessage(f"{where}: field {name!r} must be >= {minimum}, got {value}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise InvalidMessage(f"{where}: field {name!r} must be {bound}, got {value}")
+    return value
+
+
+def _short_str(data: dict[str, Any], name: str, where: str, max_chars: int) -> str:
+    value = _get(data, name, str, where)
+    if len(value) > max_chars:
+        raise InvalidMessage(f"{where}: field {name!r} is {len(value)} characters, at most {max_chars} allowed")
     return value
 
 
@@ -56,14 +65,18 @@ def _check_schema(data: dict[str, Any], where: str) -> None:
         raise InvalidMessage(f"{where}: schema {schema} is not supported (this is schema {SCHEMA_VERSION})")
 
 
-def _metrics(data: Any, where: str) -> dict[str, float]:
+def check_metrics(data: Any, where: str) -> dict[str, float]:
+    """A client's metrics: at most `limits.MAX_METRICS`, each name and value within `limits`."""
     if not isinstance(data, dict):
         raise InvalidMessage(f"{where}: metrics must be an object")
+    if len(data) > limits.MAX_METRICS:
+        raise InvalidMessage(f"{where}: {len(data)} metrics, at most {limits.MAX_METRICS} allowed")
     out: dict[str, float] = {}
     for name, value in data.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise InvalidMessage(f"{where}: metric {name!r} must be a finite number, got {value!r:.40}")
-        out[str(name)] = float(value)
+        problem = limits.metric_problem(name, value)
+        if problem:
+            raise InvalidMessage(f"{where}: {problem}")
+        out[name] = float(value)
     return out
 
 
@@ -80,7 +93,8 @@ class ObjectRef:
         sha = _get(data, "sha256", str, where)
         if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             raise InvalidMessage(f"{where}: sha256 must be 64 lowercase hex digits")
-        return cls(_get(data, "key", str, where), sha, _positive_int(data, "bytes", where, 0))
+        key = _short_str(data, "key", where, 1024)  # S3's own limit on key length
+        return cls(key, sha, _positive_int(data, "bytes", where, 0))
 
 
 @dataclass(frozen=True)
@@ -114,17 +128,23 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class RoundMessage:
-    """Published by the state machine to the clients selected for a round (SNS -> SQS, raw delivery)."""
+    """Published to the clients selected for a round (SNS -> SQS, raw delivery) by the aggregation
+    function, when the state machine opens the round. It carries no task token: clients never see one.
+
+    `attempt` is 0 for a round's first publication and counts its retries (`--round-retries`)."""
 
     run_id: str
     round: int
+    attempt: int
     model: ObjectRef
     global_model: ObjectRef
     training: TrainingConfig
     deadline_s: int
     issued_at: str
-    task_token: str
     type: str = "round"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, **asdict(self)}
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> RoundMessage:
@@ -133,12 +153,12 @@ class RoundMessage:
         return cls(
             run_id=_id(data, "run_id", "run id", where),
             round=_positive_int(data, "round", where),
+            attempt=_positive_int(data, "attempt", where, 0),
             model=ObjectRef.parse(_get(data, "model", dict, where), f"{where} model"),
             global_model=ObjectRef.parse(_get(data, "global_model", dict, where), f"{where} global_model"),
             training=TrainingConfig.parse(_get(data, "training", dict, where)),
             deadline_s=_positive_int(data, "deadline_s", where),
             issued_at=_get(data, "issued_at", str, where),
-            task_token=_get(data, "task_token", str, where),
         )
 
 
@@ -172,9 +192,16 @@ def parse_message(data: Any) -> RoundMessage | RunEndedMessage:
     raise InvalidMessage(f"message: unknown type {kind!r} (expected 'round' or 'run_ended')")
 
 
+UPDATE_KIND = "delta"
+"""What an update file holds: the trained weights minus the round's global weights, float32."""
+
+
 @dataclass(frozen=True)
 class UpdateItem:
-    """A client's report for a round: written to DynamoDB after the update file is on S3."""
+    """A client's report for a round: written to its own partition after the update file is on S3.
+
+    Every field is the client's claim: `parse` bounds each one (`fedstep.limits`), and the
+    aggregation function checks the file against it."""
 
     run_id: str
     round: int
@@ -182,8 +209,6 @@ class UpdateItem:
     num_examples: int
     update: ObjectRef
     metrics: dict[str, float]
-    task_token: str
-    issued_at: str
     created_at: str
 
     def to_item(self) -> dict[str, Any]:
@@ -194,25 +219,41 @@ class UpdateItem:
             **asdict(self),
         }
 
+    def file_metadata(self) -> dict[str, Any]:
+        """What the client writes into its update file's metadata: the item's facts. The file is the
+        record of what was sent (an agent restarted between upload and item reports from it)."""
+        return {
+            "schema": SCHEMA_VERSION,
+            "kind": "update",
+            "update": UPDATE_KIND,
+            "run_id": self.run_id,
+            "round": self.round,
+            "client_id": self.client_id,
+            "num_examples": self.num_examples,
+            "metrics": self.metrics,
+        }
+
     @classmethod
     def parse(cls, data: dict[str, Any]) -> UpdateItem:
         where = "update item"
         _check_schema(data, where)
         run_id = _id(data, "run_id", "run id", where)
-        round_number = _positive_int(data, "round", where)
+        round_number = _positive_int(data, "round", where, 1, limits.MAX_ROUNDS)
         client_id = _id(data, "client_id", "client id", where)
-        if data.get(keys.SK) not in (None, keys.update_item_key(run_id, round_number, client_id)[keys.SK]):
-            raise InvalidMessage(f"{where}: sort key does not match run, round and client")
+        own_key = keys.update_item_key(run_id, round_number, client_id)
+        if any(data.get(k) not in (None, v) for k, v in own_key.items()):
+            raise InvalidMessage(f"{where}: its key does not match its run, round and client")
+        update = ObjectRef.parse(_get(data, "update", dict, where), f"{where} update")
+        if update.key != keys.update_key(run_id, round_number, client_id):
+            raise InvalidMessage(f"{where}: update key {update.key[:80]!r} is not this client's key for this round")
         return cls(
             run_id=run_id,
             round=round_number,
             client_id=client_id,
-            num_examples=_positive_int(data, "num_examples", where),
-            update=ObjectRef.parse(_get(data, "update", dict, where), f"{where} update"),
-            metrics=_metrics(data.get("metrics", {}), where),
-            task_token=_get(data, "task_token", str, where),
-            issued_at=_get(data, "issued_at", str, where),
-            created_at=_get(data, "created_at", str, where),
+            num_examples=_positive_int(data, "num_examples", where, 1, limits.MAX_EXAMPLES),
+            update=update,
+            metrics=check_metrics(data.get("metrics", {}), where),
+            created_at=_short_str(data, "created_at", where, limits.MAX_TIMESTAMP_CHARS),
         )
 
 
@@ -224,16 +265,39 @@ def headline_metric(metrics: dict[str, float], name: str) -> float | None:
 
 @dataclass(frozen=True)
 class Rejection:
+    """A client whose update did not count, and why (cut to `limits.MAX_REASON_CHARS`)."""
+
     client_id: str
     reason: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", limits.reason(self.reason))
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    """A client whose update counted within the run's bounds only after it was clipped: `what`
+    says which bound and by how much (e.g. "examples 1000000000 -> 100000")."""
+
+    client_id: str
+    what: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "what", limits.reason(self.what))
+
+
+ROUND_OPEN, ROUND_CLAIMED, ROUND_AGGREGATED, ROUND_REPORTED = "open", "claimed", "aggregated", "reported"
+"""A round record's status: published and collecting updates; being aggregated by one invocation
+(which holds a lease); aggregated (its summary written, its task not yet told); reported."""
 
 
 @dataclass(frozen=True)
 class RoundSummary:
-    """The outcome of a round: written once to DynamoDB and returned to Step Functions.
+    """The outcome of a round: written once to its round record in DynamoDB.
 
-    Durations are seconds; `duration_s` runs from the round message's issue time to the end of aggregation.
-    """
+    Durations are seconds; `duration_s` runs from the round's first publication to the end of
+    aggregation. `num_examples` and the weighted `metrics` use the clients' examples as capped by
+    the run's `max_examples`."""
 
     run_id: str
     round: int
@@ -248,20 +312,21 @@ class RoundSummary:
     completed_at: str
     bytes_aggregated: int = 0
     """Size of the accepted update files, bytes."""
+    clipped: list[Adjustment] = field(default_factory=list)
+    attempt: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA_VERSION, **asdict(self)}
 
-    def to_item(self) -> dict[str, Any]:
-        return {**keys.round_item_key(self.run_id, self.round), "kind": "round", **self.to_dict()}
-
     def brief(self) -> dict[str, Any]:
-        """The compact per-round entry kept in the execution's history."""
+        """The round in a few fields of bounded size: what the state machine carries and shows."""
         return {
+            "run_id": self.run_id,
             "round": self.round,
             "selected": len(self.selected),
             "participants": len(self.participants),
             "rejected": len(self.rejected),
+            "clipped": len(self.clipped),
             "num_examples": self.num_examples,
             "metrics": self.metrics,
             "duration_s": self.duration_s,
@@ -278,13 +343,20 @@ class RoundSummary:
             participants=list(_get(data, "participants", list, where)),
             num_examples=_positive_int(data, "num_examples", where, 0),
             rejected=[Rejection(**r) for r in _get(data, "rejected", list, where)],
-            metrics=_metrics(data.get("metrics", {}), where),
+            metrics=dict(_get(data, "metrics", dict, where)),
             global_model=ObjectRef.parse(_get(data, "global_model", dict, where), f"{where} global_model"),
             duration_s=_get(data, "duration_s", float, where),
             aggregation_s=_get(data, "aggregation_s", float, where),
             completed_at=_get(data, "completed_at", str, where),
             bytes_aggregated=_positive_int(data, "bytes_aggregated", where, 0) if "bytes_aggregated" in data else 0,
+            clipped=[Adjustment(**c) for c in data.get("clipped", [])],
+            attempt=int(data.get("attempt", 0)),
         )
+
+
+def is_completed(round_item: dict[str, Any]) -> bool:
+    """Whether a round record holds a summary (aggregated, reported or not yet)."""
+    return round_item.get("status") in (ROUND_AGGREGATED, ROUND_REPORTED)
 
 
 @dataclass(frozen=True)
@@ -323,6 +395,49 @@ class Target:
         )
 
 
+BOUND_ACTIONS = ("clip", "reject")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """How much one client may move a round (DESIGN "Trust model": influence is bounded).
+
+    `max_examples` caps the examples a client's update is weighted by (default 100,000);
+    `client_max_examples` sets a cap per client id instead. `max_update_norm` bounds the L2 norm of
+    an update (the trained weights minus the global ones); None: not bounded by norm. `action` says
+    what happens to an update beyond a bound: "clip" (weight capped, update scaled to the norm) or
+    "reject"."""
+
+    max_examples: int = 100_000
+    client_max_examples: dict[str, int] = field(default_factory=dict)
+    max_update_norm: float | None = None
+    action: str = "clip"
+
+    def __post_init__(self) -> None:
+        caps = [self.max_examples, *self.client_max_examples.values()]
+        if any(isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= limits.MAX_EXAMPLES for c in caps):
+            raise InvalidMessage(f"max_examples must be whole numbers from 1 to {limits.MAX_EXAMPLES}")
+        if self.max_update_norm is not None and not 0 < self.max_update_norm < math.inf:
+            raise InvalidMessage(f"max_update_norm must be a positive number, got {self.max_update_norm}")
+        if self.action not in BOUND_ACTIONS:
+            raise InvalidMessage(f"bound action must be one of {BOUND_ACTIONS}, got {self.action!r}")
+
+    def examples_cap(self, client_id: str) -> int:
+        return self.client_max_examples.get(client_id, self.max_examples)
+
+    @classmethod
+    def parse(cls, data: Any, where: str) -> Bounds:
+        if not isinstance(data, dict):
+            raise InvalidMessage(f"{where}: bounds must be an object")
+        norm = data.get("max_update_norm")
+        return cls(
+            max_examples=_positive_int(data, "max_examples", where),
+            client_max_examples={str(k): v for k, v in dict(data.get("client_max_examples") or {}).items()},
+            max_update_norm=float(norm) if norm is not None else None,
+            action=_get(data, "action", str, where),
+        )
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """Written by `fedstep start`: who takes part in a run and how it trains."""
@@ -344,6 +459,11 @@ class RunRecord:
     round_retries: int = 0
     resumed_from: str = ""
     """The run this one continues (`fedstep start --resume`), or ""."""
+    model: ObjectRef | None = None
+    """The run's architecture file (`runs/<run>/model.keras`)."""
+    min_participants: int = 2
+    """A round is never aggregated from fewer valid updates: it would publish one client's update."""
+    bounds: Bounds = field(default_factory=Bounds)
 
     def selected(self, round_number: int) -> list[str]:
         """The clients selected for `round_number` (see fedstep.selection)."""
@@ -357,20 +477,57 @@ class RunRecord:
         where = "run record"
         _check_schema(data, where)
         clients = _get(data, "clients", list, where)
+
+        def optional_int(name: str, default: int, minimum: int) -> int:
+            return _positive_int(data, name, where, minimum) if name in data else default
+
         return cls(
             run_id=_id(data, "run_id", "run id", where),
             clients=[_id({"client": c}, "client", "client id", where) for c in clients],
-            rounds=_positive_int(data, "rounds", where),
+            rounds=_positive_int(data, "rounds", where, 1, limits.MAX_ROUNDS),
             training=TrainingConfig.parse(_get(data, "training", dict, where)),
             strategy=_get(data, "strategy", str, where),
             created_at=_get(data, "created_at", str, where),
-            quorum=_positive_int(data, "quorum", where) if "quorum" in data else 1,
+            quorum=optional_int("quorum", 1, 1),
             target=Target.parse(data["target"], f"{where} target") if data.get("target") else None,
-            clients_per_round=_positive_int(data, "clients_per_round", where, 0) if "clients_per_round" in data else 0,
-            seed=_positive_int(data, "seed", where, 0) if "seed" in data else 0,
-            round_timeout_s=_positive_int(data, "round_timeout_s", where) if "round_timeout_s" in data else 3600,
-            round_retries=_positive_int(data, "round_retries", where, 0) if "round_retries" in data else 0,
+            clients_per_round=optional_int("clients_per_round", 0, 0),
+            seed=optional_int("seed", 0, 0),
+            round_timeout_s=optional_int("round_timeout_s", 3600, 1),
+            round_retries=optional_int("round_retries", 0, 0),
             resumed_from=str(data.get("resumed_from", "")),
+            model=ObjectRef.parse(data["model"], f"{where} model") if data.get("model") else None,
+            min_participants=optional_int("min_participants", 2, 1),
+            bounds=Bounds.parse(data["bounds"], f"{where} bounds") if data.get("bounds") else Bounds(),
+        )
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Why a client's last update was rejected: written by the aggregation function to the client's
+    feedback partition, which its role may read but not write. An agent whose update of a retried
+    round was rejected trains again; `fedstep clients` and `fedstep status` show it."""
+
+    client_id: str
+    run_id: str
+    round: int
+    update_sha256: str
+    reason: str
+    at: str
+
+    def to_item(self) -> dict[str, Any]:
+        return {**keys.last_rejection_item_key(self.client_id), "schema": SCHEMA_VERSION, **asdict(self)}
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Feedback:
+        where = "feedback item"
+        _check_schema(data, where)
+        return cls(
+            client_id=_id(data, "client_id", "client id", where),
+            run_id=_id(data, "run_id", "run id", where),
+            round=_positive_int(data, "round", where),
+            update_sha256=_get(data, "update_sha256", str, where),
+            reason=_get(data, "reason", str, where),
+            at=_get(data, "at", str, where),
         )
 
 

@@ -9,6 +9,7 @@ from botocore.exceptions import ClientError
 
 from fedstep import keys
 from fedstep.errors import FedstepError
+from fedstep.tensors import DEFAULT_MAX_BYTES
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,8 @@ class StackOutputs:
     """Queue URL by client id."""
     roles: dict[str, str]
     """IAM role ARN by client id."""
+    max_model_bytes: int = DEFAULT_MAX_BYTES
+    """The largest model file the stack aggregates (deployment config `max_model_mb`)."""
 
     @classmethod
     def parse(cls, outputs: dict[str, str]) -> StackOutputs:
@@ -33,6 +36,7 @@ class StackOutputs:
                 state_machine_arn=outputs["StateMachineArn"],
                 queues={cid: outputs[keys.client_output_key(cid)] for cid in clients},
                 roles={cid: outputs[keys.client_role_output_key(cid)] for cid in clients},
+                max_model_bytes=int(outputs.get("MaxModelBytes", DEFAULT_MAX_BYTES)),
             )
         except KeyError as exc:
             raise FedstepError(f"the stack has no output {exc}; is it a fedstep stack, fully deployed?") from None

@@ -4,6 +4,11 @@ A client upload is untrusted input, so decoding never executes anything (safeten
 plus raw little-endian buffers) and every file is checked before its tensors are used: size limit,
 sha256, parse, dtype float32, finite values, and - when the global model is known - the same tensor
 names and shapes as the global model.
+
+The aggregation function reads updates in two steps (`fedstep.update_source`): `parse_header`
+checks a file's header - its size, names, dtypes, shapes and offsets - against the global model
+before a byte of tensor data is downloaded, and `views` then reads the tensors straight out of the
+downloaded buffer without copying them.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from fedstep.errors import InvalidUpdate
 Tensors = dict[str, np.ndarray]
 
 DTYPE = np.float32
-DEFAULT_MAX_BYTES = 512 * 1024 * 1024
-"""Largest model file accepted by default: 512 MiB."""
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+"""Largest model file accepted where the deployment says nothing else: 256 MiB (see the deployment
+config's `max_model_mb`, which also sizes the aggregation function's memory)."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,11 @@ class TensorSpec:
     @property
     def num_parameters(self) -> int:
         return int(sum(int(np.prod(s, dtype=np.int64)) for s in self.shapes.values()))
+
+    @property
+    def data_bytes(self) -> int:
+        """Bytes of the model's tensor data (float32)."""
+        return 4 * self.num_parameters
 
 
 def sha256_hex(data: bytes) -> str:
@@ -70,14 +81,7 @@ def read_metadata(data: bytes) -> dict[str, object]:
         header = json.loads(data[8 : 8 + header_len])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidUpdate(f"not a safetensors file: header is not JSON ({exc})") from exc
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(meta, dict) or METADATA_KEY not in meta:
-        return {}
-    try:
-        parsed = json.loads(meta[METADATA_KEY])
-    except (TypeError, json.JSONDecodeError) as exc:
-        raise InvalidUpdate(f"fedstep metadata is not JSON ({exc})") from exc
-    return parsed if isinstance(parsed, dict) else {}
+    return _fedstep_metadata(header.get("__metadata__") if isinstance(header, dict) else None)
 
 
 def decode(
@@ -106,12 +110,124 @@ def decode(
     return tensors
 
 
+HEADER_LENGTH_BYTES = 8
+"""A safetensors file starts with the length of its JSON header, a little-endian u64."""
+_FINITE_CHUNK = 1 << 16
+"""Elements checked at a time, so a check's temporaries stay small whatever the tensor's size."""
+
+
+@dataclass(frozen=True)
+class Header:
+    """A safetensors header checked against a model: where each tensor's bytes lie in the data
+    section (`offsets[name] = (start, end)`), and fedstep's metadata."""
+
+    length: int
+    """Bytes of JSON after the 8-byte length; the data section starts at 8 + length."""
+    offsets: dict[str, tuple[int, int]]
+    metadata: dict[str, object]
+
+    @property
+    def data_start(self) -> int:
+        return HEADER_LENGTH_BYTES + self.length
+
+
+def header_length(prefix: bytes) -> int:
+    """The JSON header's length, from a file's first 8 bytes."""
+    if len(prefix) < HEADER_LENGTH_BYTES:
+        raise InvalidUpdate("not a safetensors file: shorter than its 8-byte header length")
+    return int(struct.unpack("<Q", prefix[:HEADER_LENGTH_BYTES])[0])
+
+
+def spec_of_header(prefix: bytes) -> TensorSpec:
+    """The names and shapes in the header of a file the server wrote (`prefix`: its first 8 +
+    header-length bytes)."""
+    length = header_length(prefix)
+    header = json.loads(prefix[HEADER_LENGTH_BYTES : HEADER_LENGTH_BYTES + length])
+    header.pop("__metadata__", None)
+    return TensorSpec({name: tuple(int(d) for d in entry["shape"]) for name, entry in sorted(header.items())})
+
+
+def parse_header(prefix: bytes, file_bytes: int, expected: TensorSpec, max_header_bytes: int) -> Header:
+    """Check a file's header (`prefix` holds at least its first 8 + header-length bytes) against the
+    model `expected`: the header is at most `max_header_bytes`, names the same tensors (float32, same
+    shapes), whose data lie back to back and fill the file's `file_bytes` exactly. Raises
+    InvalidUpdate with a short reason; never lists more than a few names."""
+    length = header_length(prefix)
+    if length > max_header_bytes:
+        raise InvalidUpdate(f"not a safetensors file of this model: header of {length} bytes, over {max_header_bytes}")
+    if len(prefix) < HEADER_LENGTH_BYTES + length:
+        raise InvalidUpdate("not a safetensors file: header length exceeds the file size")
+    try:
+        header = json.loads(prefix[HEADER_LENGTH_BYTES : HEADER_LENGTH_BYTES + length])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidUpdate(f"not a safetensors file: header is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise InvalidUpdate("not a safetensors file: header is not an object")
+    raw_meta = header.pop("__metadata__", None)
+    if len(header) != len(expected.shapes):
+        raise InvalidUpdate(f"file has {len(header)} tensors, the global model {len(expected.shapes)}")
+    unknown = [name for name in header if name not in expected.shapes]
+    if unknown:
+        raise InvalidUpdate(f"tensor names differ from the global model: {len(unknown)} unexpected, e.g. {unknown[:3]}")
+    offsets: dict[str, tuple[int, int]] = {}
+    for name, shape in expected.shapes.items():
+        entry = header[name]
+        if not isinstance(entry, dict) or entry.get("dtype") != "F32":
+            raise InvalidUpdate(f"tensor {name!r} has dtype {str(entry.get('dtype'))[:10]}, expected float32")
+        got = entry.get("shape")
+        if got != list(shape):
+            shown = tuple(got) if isinstance(got, list) and len(got) <= 8 else str(got)[:60]
+            raise InvalidUpdate(f"tensor {name!r} has shape {shown}, expected {shape}")
+        bounds = entry.get("data_offsets")
+        if not (isinstance(bounds, list) and len(bounds) == 2 and all(type(b) is int for b in bounds)):
+            raise InvalidUpdate(f"tensor {name!r} has malformed data offsets")
+        start, end = bounds
+        if end - start != 4 * int(np.prod(shape, dtype=np.int64)):
+            raise InvalidUpdate(f"tensor {name!r}: its data offsets do not fit its shape")
+        offsets[name] = (start, end)
+    position = 0
+    for name, (start, end) in sorted(offsets.items(), key=lambda kv: kv[1]):
+        if start != position:
+            raise InvalidUpdate(f"tensor {name!r}: data offsets overlap or leave a gap")
+        position = end
+    described = HEADER_LENGTH_BYTES + length + position
+    if described != file_bytes:
+        raise InvalidUpdate(f"file is {file_bytes} bytes, its header describes {described}")
+    return Header(length, offsets, _fedstep_metadata(raw_meta))
+
+
+def _fedstep_metadata(raw: object) -> dict[str, object]:
+    if not isinstance(raw, dict) or METADATA_KEY not in raw:
+        return {}
+    try:
+        parsed = json.loads(raw[METADATA_KEY])
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise InvalidUpdate(f"fedstep metadata is not JSON ({exc})") from None
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def views(data: bytes | bytearray | memoryview, header: Header, expected: TensorSpec) -> Tensors:
+    """The tensors of a file whose `header` was checked, as read-only views into its data section
+    `data` (no copy). Raises InvalidUpdate on a non-finite value."""
+    out: Tensors = {}
+    for name, (start, end) in header.offsets.items():
+        flat = np.frombuffer(data, dtype="<f4", count=(end - start) // 4, offset=start)
+        for first in range(0, flat.size, _FINITE_CHUNK):
+            if not np.isfinite(flat[first : first + _FINITE_CHUNK]).all():
+                raise InvalidUpdate(f"tensor {name!r} has non-finite values (NaN or Inf)")
+        out[name] = flat.reshape(expected.shapes[name])
+    return out
+
+
 def check_matches(tensors: Tensors, expected: TensorSpec) -> None:
     """Raise InvalidUpdate unless `tensors` has exactly the expected names and shapes."""
     missing = sorted(set(expected.shapes) - set(tensors))
     extra = sorted(set(tensors) - set(expected.shapes))
     if missing or extra:
-        raise InvalidUpdate(f"tensor names differ from the global model: missing {missing}, unexpected {extra}")
+        raise InvalidUpdate(
+            f"tensor names differ from the global model: {len(missing)} missing, e.g. {missing[:3]}, "
+            f"{len(extra)} unexpected, e.g. {extra[:3]}"
+        )
     for name, shape in expected.shapes.items():
         if tuple(tensors[name].shape) != shape:
             raise InvalidUpdate(f"tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {shape}")

@@ -1,4 +1,6 @@
-"""The aggregation function: triggered by the table's stream, writes global models, completes rounds."""
+"""The aggregation function: opens rounds for the state machine, completes them from the table's
+stream or at their deadline, writes global models. Its memory and timeout are sized to the
+deployment's `max_model_mb` (`infra.config.aggregation_memory_mb`, `aggregation_timeout_s`)."""
 
 from __future__ import annotations
 
@@ -9,12 +11,16 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as sources
 from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from fedstep import keys
 from infra import secure
 from infra.bundling import aggregation_code
-from infra.config import DeploymentConfig
+from infra.config import DeploymentConfig, aggregation_memory_mb, aggregation_timeout_s
+
+LEASE_MARGIN_S = 60
+"""A claim on a round outlives the function's timeout by this much, so a live holder never loses it."""
 
 METRICS_NAMESPACE = "fedstep"
 """CloudWatch namespace of the per-round metrics (dimensions: service, project); see lambdas/aggregate.py."""
@@ -29,10 +35,11 @@ class Aggregation(Construct):
         config: DeploymentConfig,
         bucket: s3.IBucket,
         table: dynamodb.ITable,
+        topic: sns.ITopic,
         key: kms.IKey,
     ) -> None:
         super().__init__(scope, construct_id)
-        log_group = secure.log_group(self, "Logs", config.retention)
+        log_group = secure.log_group(self, "Logs", config.retention, key)
         role = iam.Role(
             self,
             "Role",
@@ -57,9 +64,18 @@ class Aggregation(Construct):
         role.add_to_policy(
             iam.PolicyStatement(
                 sid="RoundRecords",
-                actions=["dynamodb:GetItem", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:UpdateItem"],
+                actions=[
+                    "dynamodb:GetItem",
+                    "dynamodb:BatchGetItem",
+                    "dynamodb:Query",
+                    "dynamodb:PutItem",
+                    "dynamodb:UpdateItem",
+                ],
                 resources=[table.table_arn],
             )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(sid="PublishRounds", actions=["sns:Publish"], resources=[topic.topic_arn])
         )
         role.add_to_policy(
             iam.PolicyStatement(
@@ -83,6 +99,7 @@ class Aggregation(Construct):
         )
 
         self.failures = secure.dead_letter_queue(self, "StreamFailures", f"{config.project}-aggregation-failures", key)
+        timeout_s = aggregation_timeout_s(config.max_model_mb, len(config.clients))
         self.function = lambda_.Function(
             self,
             "Function",
@@ -91,13 +108,15 @@ class Aggregation(Construct):
             handler="lambdas.aggregate.handler",
             code=aggregation_code(),
             role=role,
-            memory_size=1024,
-            timeout=cdk.Duration.minutes(5),
+            memory_size=aggregation_memory_mb(config.max_model_mb),
+            timeout=cdk.Duration.seconds(timeout_s),
             tracing=lambda_.Tracing.ACTIVE,
             log_group=log_group,
             environment={
                 "BUCKET_NAME": bucket.bucket_name,
                 "TABLE_NAME": table.table_name,
+                "TOPIC_ARN": topic.topic_arn,
+                "LEASE_S": str(timeout_s + LEASE_MARGIN_S),
                 "POWERTOOLS_SERVICE_NAME": "fedstep-aggregate",
                 "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
                 "PROJECT": config.project,
@@ -112,11 +131,16 @@ class Aggregation(Construct):
                 bisect_batch_on_error=True,
                 report_batch_item_failures=True,
                 on_failure=sources.SqsDlq(self.failures),
+                # Update items, as clients write or rewrite them in their own partitions: the function
+                # never writes there, so its own writes never invoke it.
                 filters=[
                     lambda_.FilterCriteria.filter(
                         {
-                            "eventName": lambda_.FilterRule.is_equal("INSERT"),
-                            "dynamodb": {"NewImage": {"kind": {"S": lambda_.FilterRule.is_equal("update")}}},
+                            "eventName": lambda_.FilterRule.or_("INSERT", "MODIFY"),
+                            "dynamodb": {
+                                "Keys": {"pk": {"S": lambda_.FilterRule.begins_with(keys.CLIENT_PK_PREFIX)}},
+                                "NewImage": {"kind": {"S": lambda_.FilterRule.is_equal("update")}},
+                            },
                         }
                     )
                 ],

@@ -3,25 +3,23 @@
 | what | allowed on |
 |---|---|
 | receive, delete, change visibility of messages | its own queue |
-| read | every run's `model.keras` and global weights; its own update files |
-| write | its own update files, `updates/*/*/<client id>.safetensors` |
-| put update items | the table, with only the update item's attribute names, never a `CLIENT#` partition |
-| put its heartbeat | its own heartbeat partition `CLIENT#<client id>`, with only the heartbeat's attributes |
+| read | every run's `model.keras` and global weights; its own prefix `updates/<client id>/` |
+| write | its own prefix `updates/<client id>/` |
+| put items | its own partition `CLIENT#<id>` (`dynamodb:LeadingKeys`), with an update's or heartbeat's attributes |
+| get an item | its own feedback partition `FEEDBACK#<client id>` (why its last update was rejected) |
 | decrypt, generate data keys | the stack's key (SQS and S3 objects are encrypted with it) |
 
-What IAM cannot express: DynamoDB conditions can bind the partition key (the run id) but not the
-sort key or attribute values, so a client's role could write an item that *claims* another client.
-The aggregation function closes that gap: it accepts an item only if the update file it points to
-lies under that client's own prefix (which only that client can write) and the file's metadata -
-run id, round, client id, number of examples, metrics - equals the item's. A forged item is
-therefore rejected and cannot change a model; what remains is that a registered client could
-pre-empt another's item (a denial of service, visible in CloudTrail data events).
+No client role can write a run record, a round record, another client's item or file, or its own
+feedback: those live in partitions and prefixes outside its own. IAM binds the partition (not the
+sort key), so what a client writes inside its own partition is checked by the aggregation function:
+an update item's key must match its run, round and client, and its file must match the item.
 """
 
 from __future__ import annotations
 
 from dataclasses import fields
 
+import aws_cdk as cdk
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -36,6 +34,18 @@ from infra.secure import acknowledge, logical_id
 
 UPDATE_ITEM_ATTRIBUTES = sorted({keys.PK, keys.SK, "schema", "kind", *(f.name for f in fields(UpdateItem))})
 HEARTBEAT_ATTRIBUTES = sorted({keys.PK, keys.SK, "schema", "kind", *(f.name for f in fields(Heartbeat))})
+
+
+def _own_partition(partition: str, attributes: list[str] | None = None) -> dict[str, dict[str, object]]:
+    """Conditions binding a DynamoDB request to exactly one partition (and these attribute names)."""
+    equal: dict[str, object] = {"dynamodb:LeadingKeys": [partition]}
+    if attributes is not None:
+        equal["dynamodb:Attributes"] = attributes
+    return {
+        "ForAllValues:StringEquals": equal,
+        "Null": {"dynamodb:LeadingKeys": "false"},
+        "StringEqualsIfExists": {"dynamodb:ReturnValues": "NONE"},
+    }
 
 
 class ClientAccess(Construct):
@@ -53,9 +63,18 @@ class ClientAccess(Construct):
         key: kms.IKey,
     ) -> None:
         super().__init__(scope, construct_id)
-        principal = iam.ArnPrincipal(client.principal_arn) if client.principal_arn else iam.AccountRootPrincipal()
+        if client.principal_arn:
+            principal: iam.IPrincipal = iam.ArnPrincipal(client.principal_arn)
+        else:
+            principal = iam.AccountRootPrincipal()
+            cdk.Annotations.of(self).add_warning_v2(
+                "fedstep:principal-arn",
+                f"client {client.id} has no principal_arn: any principal of this account allowed "
+                "sts:AssumeRole can act as this client. Set principal_arn in the deployment config.",
+            )
         own_updates = bucket.arn_for_objects(keys.client_update_key_pattern(client.id))
         models = [bucket.arn_for_objects(keys.MODEL_KEY_PATTERN), bucket.arn_for_objects(keys.GLOBAL_KEY_PATTERN)]
+        own_partition = keys.client_pk(client.id)
         document = iam.PolicyDocument(
             statements=[
                 iam.PolicyStatement(
@@ -72,26 +91,22 @@ class ClientAccess(Construct):
                 iam.PolicyStatement(sid="ReadModels", actions=["s3:GetObject"], resources=[*models, own_updates]),
                 iam.PolicyStatement(sid="WriteOwnUpdates", actions=["s3:PutObject"], resources=[own_updates]),
                 iam.PolicyStatement(
-                    sid="PutUpdateItems",
+                    sid="PutOwnUpdateItems",
                     actions=["dynamodb:PutItem"],
                     resources=[table.table_arn],
-                    conditions={
-                        "ForAllValues:StringEquals": {"dynamodb:Attributes": UPDATE_ITEM_ATTRIBUTES},
-                        "ForAllValues:StringNotLike": {"dynamodb:LeadingKeys": [f"{keys.CLIENT_PK_PREFIX}*"]},
-                        "StringEqualsIfExists": {"dynamodb:ReturnValues": "NONE"},
-                    },
+                    conditions=_own_partition(own_partition, UPDATE_ITEM_ATTRIBUTES),
                 ),
                 iam.PolicyStatement(
                     sid="PutOwnHeartbeat",
                     actions=["dynamodb:PutItem"],
                     resources=[table.table_arn],
-                    conditions={
-                        "ForAllValues:StringEquals": {
-                            "dynamodb:LeadingKeys": [keys.heartbeat_item_key(client.id)[keys.PK]],
-                            "dynamodb:Attributes": HEARTBEAT_ATTRIBUTES,
-                        },
-                        "StringEqualsIfExists": {"dynamodb:ReturnValues": "NONE"},
-                    },
+                    conditions=_own_partition(own_partition, HEARTBEAT_ATTRIBUTES),
+                ),
+                iam.PolicyStatement(
+                    sid="ReadOwnFeedback",
+                    actions=["dynamodb:GetItem"],
+                    resources=[table.table_arn],
+                    conditions=_own_partition(keys.feedback_pk(client.id)),
                 ),
                 iam.PolicyStatement(
                     sid="UseStackKey", actions=["kms:Decrypt", "kms:GenerateDataKey"], resources=[key.key_arn]
@@ -109,6 +124,6 @@ class ClientAccess(Construct):
             acknowledge(
                 self.role,
                 f"AwsSolutions-IAM5[Resource::<{logical_id(bucket)}.Arn>/{pattern}]",
-                "The run id and round in the key are chosen at run time; the pattern fixes everything else, "
-                "including this client's own id for writes.",
+                "The run id, round and version in the key are chosen at run time; the pattern fixes everything "
+                "else, and a client writes only under its own prefix.",
             )

@@ -10,17 +10,22 @@ with `cdk deploy -c fedstep:config=other.json`):
         {"id": "hospital-b", "principal_arn": "arn:aws:iam::111122223333:role/fl-agent"}
       ],
       "round_timeout_s": 3600,
+      "max_model_mb": 256,
       "retention": {"update_days": 30, "log_days": 90, "message_days": 4}
     }
 
 `principal_arn` is who may assume that client's role (a role, user or account root, in this account
-or another one); without it, principals of the deploying account that are allowed `sts:AssumeRole`.
-Without a file, the default is project "fedstep" with three clients client-1..client-3.
+or another one); without it, principals of the deploying account that are allowed `sts:AssumeRole`,
+and synth warns. `max_model_mb` is the largest model (safetensors file, MiB) the stack aggregates; it
+sizes the aggregation function's memory and time (`aggregation_memory_mb`, `aggregation_timeout_s`),
+and a size one function cannot hold is refused. Without a file, the default is project "fedstep"
+with three clients client-1..client-3.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +37,8 @@ _PROJECT = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 _PRINCIPAL = re.compile(r"^arn:aws(-[a-z]+)*:iam::\d{12}:(root|role/[\w+=,.@/-]{1,512}|user/[\w+=,.@/-]{1,512})$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_CLIENTS = 77
-"""CloudFormation allows 500 resources per stack; the stack has 24, plus 6 per client, plus one
-dead-letter alarm per 10 dead-letter queues, plus the alarm e-mail subscription: 495 for 77 clients."""
+"""CloudFormation allows 500 resources per stack; the stack has 26, plus 6 per client, plus one
+dead-letter alarm per 10 dead-letter queues, plus the alarm e-mail subscription: 497 for 77 clients."""
 LOG_RETENTION_DAYS = (
     1,
     3,
@@ -59,6 +64,34 @@ LOG_RETENTION_DAYS = (
     3288,
     3653,
 )
+
+
+LAMBDA_MAX_MEMORY_MB = 10_240
+LAMBDA_MAX_TIMEOUT_S = 900
+AGGREGATION_BASE_MB = 384
+"""The aggregation function's memory besides models: Python, numpy, boto3 and Powertools (about
+180 MB resident), with room to spare."""
+AGGREGATION_MODELS_IN_MEMORY = 3.5
+"""Its peak is 3.1x one model: a float64 accumulator (2x) and one update (1x), then the global model
+instead of the update (`bench/aggregation_memory.py` measures it); 3.5 leaves a margin."""
+AGGREGATION_MB_PER_S = 50
+"""A conservative rate at which one function reads, checks and adds updates (MiB of update per s)."""
+DEFAULT_MAX_MODEL_MB = 256
+MAX_MODEL_MB = math.floor((LAMBDA_MAX_MEMORY_MB - AGGREGATION_BASE_MB) / AGGREGATION_MODELS_IN_MEMORY)
+"""The largest model one aggregation function can hold (2816 MiB)."""
+
+
+def aggregation_memory_mb(max_model_mb: int) -> int:
+    """The aggregation function's memory for models up to `max_model_mb` MiB (a multiple of 64 MB)."""
+    needed = AGGREGATION_BASE_MB + AGGREGATION_MODELS_IN_MEMORY * max_model_mb
+    return max(512, 64 * math.ceil(needed / 64))
+
+
+def aggregation_timeout_s(max_model_mb: int, clients: int) -> int:
+    """Time for one function to aggregate a round of every client at the largest model, at
+    `AGGREGATION_MB_PER_S`; at least 2 minutes, at most Lambda's 15."""
+    estimate = 60 + clients * max_model_mb / AGGREGATION_MB_PER_S
+    return int(min(LAMBDA_MAX_TIMEOUT_S, max(120, math.ceil(estimate))))
 
 
 class ConfigError(ValueError):
@@ -90,6 +123,12 @@ class DeploymentConfig:
     retention: Retention = field(default_factory=Retention)
     alarm_email: str | None = None
     """An address the alarm topic mails (it must confirm the subscription); None: no subscription."""
+    max_model_mb: int = DEFAULT_MAX_MODEL_MB
+    """The largest model file (MiB) the stack accepts and aggregates; sizes the aggregation function."""
+
+    @property
+    def max_model_bytes(self) -> int:
+        return self.max_model_mb * 1024 * 1024
 
     @property
     def stack_name(self) -> str:
@@ -104,7 +143,7 @@ class DeploymentConfig:
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "deployment config") -> DeploymentConfig:
-        _only(data, {"project", "clients", "round_timeout_s", "retention", "alarm_email"}, where)
+        _only(data, {"project", "clients", "round_timeout_s", "retention", "alarm_email", "max_model_mb"}, where)
         project = data.get("project", "fedstep")
         if not isinstance(project, str) or not _PROJECT.match(project):
             raise ConfigError(
@@ -130,6 +169,13 @@ class DeploymentConfig:
         if too_long:
             raise ConfigError(f"{where}: client id(s) {too_long} make queue names longer than SQS's 80 characters")
         timeout = _whole(data, "round_timeout_s", 3600, 60, 7 * 24 * 3600, where)
+        max_model_mb = data.get("max_model_mb", DEFAULT_MAX_MODEL_MB)
+        if isinstance(max_model_mb, bool) or not isinstance(max_model_mb, int) or not 1 <= max_model_mb <= MAX_MODEL_MB:
+            raise ConfigError(
+                f"{where}: max_model_mb {max_model_mb!r} must be a whole number from 1 to {MAX_MODEL_MB}: "
+                f"a model of M MiB needs {AGGREGATION_BASE_MB} + {AGGREGATION_MODELS_IN_MEMORY} x M MB of "
+                f"aggregation function memory, and one function holds at most {LAMBDA_MAX_MEMORY_MB} MB"
+            )
         email = data.get("alarm_email")
         if email is not None and (not isinstance(email, str) or not _EMAIL.match(email)):
             raise ConfigError(f"{where}: alarm_email {email!r} is not an e-mail address")
@@ -139,6 +185,7 @@ class DeploymentConfig:
             round_timeout_s=timeout,
             retention=_retention(data, where),
             alarm_email=email,
+            max_model_mb=max_model_mb,
         )
 
     @classmethod

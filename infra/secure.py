@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import aws_cdk as cdk
 from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
@@ -27,15 +28,37 @@ def logical_id(construct: Construct) -> str:
 
 
 def key(scope: Construct, project: str) -> kms.Key:
-    """The stack's customer-managed key (rotated yearly) for S3, SQS, SNS and DynamoDB."""
-    return kms.Key(
+    """The stack's customer-managed key (rotated yearly) for S3, SQS, SNS, DynamoDB and CloudWatch
+    Logs (the state machine's execution log holds round data). CloudWatch Logs may use it only for
+    this account's and region's log groups."""
+    stack = cdk.Stack.of(scope)
+    key_ = kms.Key(
         scope,
         "Key",
         alias=f"alias/{project}",
-        description=f"{project}: models, updates, messages and round records",
+        description=f"{project}: models, updates, messages, round records and logs",
         enable_key_rotation=True,
         removal_policy=cdk.RemovalPolicy.RETAIN,
     )
+    key_.add_to_resource_policy(
+        iam.PolicyStatement(
+            sid="CloudWatchLogsOfThisAccount",
+            principals=[iam.ServicePrincipal(f"logs.{stack.region}.amazonaws.com")],
+            actions=["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
+            resources=["*"],
+            conditions={
+                "ArnLike": {
+                    "kms:EncryptionContext:aws:logs:arn": stack.format_arn(
+                        service="logs",
+                        resource="log-group",
+                        resource_name="*",
+                        arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+                    )
+                }
+            },
+        )
+    )
+    return key_
 
 
 def access_log_bucket(scope: Construct, retention: Retention) -> s3.Bucket:
@@ -139,8 +162,8 @@ def queue(
     )
 
 
-def log_group(scope: Construct, construct_id: str, retention: Retention) -> logs.LogGroup:
-    """A log group kept `retention.log_days` days."""
-    group = logs.LogGroup(scope, construct_id, removal_policy=cdk.RemovalPolicy.RETAIN)
+def log_group(scope: Construct, construct_id: str, retention: Retention, key_: kms.IKey) -> logs.LogGroup:
+    """A log group kept `retention.log_days` days, encrypted with the stack's key."""
+    group = logs.LogGroup(scope, construct_id, encryption_key=key_, removal_policy=cdk.RemovalPolicy.RETAIN)
     group.node.default_child.retention_in_days = retention.log_days  # type: ignore[union-attr]
     return group

@@ -41,7 +41,14 @@ class FedstepStack(cdk.Stack):
         cdk.Tags.of(table).add("component", "round-records")
         cdk.Tags.of(topic).add("component", "messaging")
 
-        dead_letter_queues = []
+        # Round messages SNS cannot deliver to a client's queue (after its retries) land here.
+        undelivered = secure.dead_letter_queue(
+            self, "UndeliveredMessages", f"{config.project}-undelivered-messages", key
+        )
+        secure.acknowledge(
+            undelivered, "AwsSolutions-SQS3", "This queue is itself the dead-letter queue of the round subscriptions."
+        )
+        dead_letter_queues = [undelivered]
         for client in config.clients:
             scope = Construct(self, f"Client-{client.id}")  # the client's queue, its DLQ and its role
             queue = secure.queue(scope, "Queue", config.queue_name(client.id), key, retention)
@@ -51,6 +58,7 @@ class FedstepStack(cdk.Stack):
                     queue,
                     raw_message_delivery=True,
                     filter_policy={"clients": sns.SubscriptionFilter.string_filter(allowlist=[client.id])},
+                    dead_letter_queue=undelivered,
                 )
             )
             access = ClientAccess(scope, "Access", client=client, queue=queue, bucket=bucket, table=table, key=key)
@@ -66,15 +74,16 @@ class FedstepStack(cdk.Stack):
                 description=f"IAM role of {client.id}",
             )
 
-        aggregation = Aggregation(self, "Aggregation", config=config, bucket=bucket, table=table, key=key)
+        aggregation = Aggregation(self, "Aggregation", config=config, bucket=bucket, table=table, topic=topic, key=key)
         cdk.Tags.of(aggregation).add("component", "aggregation")
 
-        machine_logs = secure.log_group(self, "TrainingLogs", retention)
+        machine_logs = secure.log_group(self, "TrainingLogs", retention, key)
+        definition = training_definition(self, topic, aggregation.function, table.table_name)
         machine = sfn.StateMachine(
             self,
             "FederatedTraining",
             state_machine_name=config.state_machine_name,
-            definition_body=sfn.DefinitionBody.from_chainable(training_definition(self, topic, aggregation.function)),
+            definition_body=sfn.DefinitionBody.from_chainable(definition),
             tracing_enabled=True,
             logs=sfn.LogOptions(destination=machine_logs, level=sfn.LogLevel.ALL, include_execution_data=True),
         )
@@ -112,3 +121,6 @@ class FedstepStack(cdk.Stack):
         cdk.CfnOutput(self, "ClientIds", value=",".join(c.id for c in config.clients))
         cdk.CfnOutput(self, "DashboardName", value=monitoring.dashboard.dashboard_name)
         cdk.CfnOutput(self, "AlarmTopicArn", value=monitoring.topic.topic_arn)
+        cdk.CfnOutput(
+            self, "MaxModelBytes", value=str(config.max_model_bytes), description="largest model the stack aggregates"
+        )

@@ -1,47 +1,50 @@
 """The "FederatedTraining" state machine: one loop iteration per round.
 
-Execution input (written by `fedstep start`):
+Execution input (written by `fedstep start`); nothing in it grows with the number of rounds:
 
-    {"run": {"run_id", "rounds", "clients", "training": {...}, "model": {key, sha256, bytes},
-             "round_timeout_s"},
-     "round": 0, "selected": [clients of round 1], "global_model": {key, sha256, bytes}, "history": []}
+    {"run": {"run_id", "rounds", "clients", "round_timeout_s", "round_retries"},
+     "round": 0, "attempt": 0, "global_model": {key, sha256, bytes}, "round_summary": {}}
 
-Each round message carries a String.Array attribute `clients` (the round's selection); every
-client's subscription filters on its own id, so only selected clients are woken.
-
-Prepare round -> Notify clients and wait for updates (SNS publish with a task token; the aggregation
-function completes the task) -> Round aggregated -> More rounds? -> loop, or Notify clients: run ended
--> Training finished (output: run id, stop reason, final global model, per-round history). The loop
-ends early, with stop reason "target_reached", when a round's weighted metrics meet the run's target.
+Prepare round -> Notify clients and wait for updates (the aggregation function, invoked with the task
+token: it records the token in the round record, where no client can read or write it, and publishes
+the round message to the selected clients; it later completes the task) -> Round aggregated -> More
+rounds? -> loop, or Notify clients: run ended -> Training finished (output: run id, stop reason,
+final global model, the last round in brief, and where the round summaries are: the table's
+partition of the run). The loop ends early, with stop reason "target_reached", when a round's
+weighted metrics meet the run's target.
 
 At the round's deadline (the task's TimeoutSecondsPath) -> Aggregate at deadline (the aggregation
 function, invoked directly: it aggregates what arrived if the quorum is met) -> Round aggregated.
-Fewer valid updates than the quorum -> Retry round? -> Retry round (the same round, published again
-with a new token, up to run.round_retries times) or Training failed (error QuorumNotMet, the counts
-as cause).
+Too few valid updates (QuorumNotMet, TooFewParticipants) -> Retry round? -> Retry round (the same
+round, published again with a new token, up to run.round_retries times) or Training failed. Any
+other error of a function call (a crash, a throttle, RoundBusy) is retried 3 times before it fails
+the run.
 """
 
 from __future__ import annotations
 
+from aws_cdk import Duration
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
-SCHEMA = 1
+from fedstep import SCHEMA_VERSION, keys
+
+NOT_AGGREGATED = ["QuorumNotMet", "TooFewParticipants"]
+"""Errors that mean a round could not be aggregated (a retry of the round may help, not of the call)."""
 
 
-def _carry(constants: dict[str, str] | None = None, **paths: str) -> dict[str, str]:
+def _carry(constants: dict[str, object] | None = None, **paths: str) -> dict[str, object]:
     """Pass-state parameters that carry the loop state forward, some fields replaced by other paths
     (`paths`) or set to fixed values (`constants`)."""
-    fields = {
+    fields: dict[str, object] = {
         "run.$": "$.run",
         "round.$": "$.round",
         "attempt.$": "$.attempt",
-        "selected.$": "$.selected",
         "global_model.$": "$.global_model",
-        "history.$": "$.history",
+        "round_summary.$": "$.round_summary",
     }
     fields.update({f"{k}.$": v for k, v in paths.items()})
     for name, value in (constants or {}).items():
@@ -50,50 +53,44 @@ def _carry(constants: dict[str, str] | None = None, **paths: str) -> dict[str, s
     return fields
 
 
-def _client_list(path: str) -> tasks.MessageAttribute:
-    """A String.Array message attribute holding the client ids at `path`."""
-    return tasks.MessageAttribute(
-        value=sfn.JsonPath.json_to_string(sfn.JsonPath.list_at(path)),
-        data_type=tasks.MessageAttributeDataType.STRING_ARRAY,
-    )
+def _retry_calls(task: sfn.TaskStateBase) -> None:
+    """Retry a failed function call (3 times: after 5, 10 and 20 s), but not a timeout or a round
+    that could not be aggregated: those have their own paths."""
+    task.add_retry(errors=["States.Timeout", *NOT_AGGREGATED], max_attempts=0)
+    task.add_retry(errors=["States.ALL"], max_attempts=3, interval=Duration.seconds(5), backoff_rate=2)
 
 
-def training_definition(scope: Construct, topic: sns.ITopic, aggregate: lambda_.IFunction) -> sfn.IChainable:
+def training_definition(
+    scope: Construct, topic: sns.ITopic, aggregate: lambda_.IFunction, table_name: str
+) -> sfn.IChainable:
     prepare = sfn.Pass(scope, "Prepare round", parameters=_carry({"attempt": 0}, round="States.MathAdd($.round, 1)"))
-    notify = tasks.SnsPublish(
+    notify = tasks.LambdaInvoke(
         scope,
         "Notify clients and wait for updates",
-        topic=topic,
+        lambda_function=aggregate,
         integration_pattern=sfn.IntegrationPattern.WAIT_FOR_TASK_TOKEN,
-        message=sfn.TaskInput.from_object(
+        payload=sfn.TaskInput.from_object(
             {
-                "schema": SCHEMA,
-                "type": "round",
+                "mode": "publish",
                 "run_id": sfn.JsonPath.string_at("$.run.run_id"),
                 "round": sfn.JsonPath.number_at("$.round"),
-                "model": sfn.JsonPath.object_at("$.run.model"),
+                "attempt": sfn.JsonPath.number_at("$.attempt"),
                 "global_model": sfn.JsonPath.object_at("$.global_model"),
-                "training": sfn.JsonPath.object_at("$.run.training"),
-                "deadline_s": sfn.JsonPath.number_at("$.run.round_timeout_s"),
                 "issued_at": sfn.JsonPath.string_at("$$.State.EnteredTime"),
                 "task_token": sfn.JsonPath.task_token,
             }
         ),
-        message_attributes={
-            "kind": tasks.MessageAttribute(value="round"),
-            "clients": _client_list("$.selected"),  # only the selected clients' subscriptions match
-        },
         task_timeout=sfn.Timeout.at("$.run.round_timeout_s"),
+        retry_on_service_exceptions=False,
         result_path="$.result",
     )
+    _retry_calls(notify)
     aggregated = sfn.Pass(
         scope,
         "Round aggregated",
         parameters=_carry(
             global_model="$.result.global_model",
-            history="$.result.history",
             target_reached="$.result.target_reached",
-            selected="$.result.next_selected",
             round_summary="$.result.summary",  # shown in the console as this state's output
         ),
     )
@@ -111,12 +108,12 @@ def training_definition(scope: Construct, topic: sns.ITopic, aggregate: lambda_.
         result_selector={
             "summary.$": "$.Payload.summary",
             "global_model.$": "$.Payload.global_model",
-            "history.$": "$.Payload.history",
             "target_reached.$": "$.Payload.target_reached",
-            "next_selected.$": "$.Payload.next_selected",
         },
+        retry_on_service_exceptions=False,
         result_path="$.result",
     )
+    _retry_calls(at_deadline)
     failed = sfn.Fail(scope, "Training failed", error_path="$.failure.Error", cause_path="$.failure.Cause")
     retry = sfn.Pass(scope, "Retry round", parameters=_carry(attempt="States.MathAdd($.attempt, 1)"))
     retry.next(notify)
@@ -124,11 +121,11 @@ def training_definition(scope: Construct, topic: sns.ITopic, aggregate: lambda_.
     retry_or_fail.when(sfn.Condition.number_less_than_json_path("$.attempt", "$.run.round_retries"), retry)
     retry_or_fail.otherwise(failed)
     notify.add_catch(at_deadline, errors=["States.Timeout"], result_path="$.timeout")
-    notify.add_catch(retry_or_fail, errors=["QuorumNotMet"], result_path="$.failure")
-    at_deadline.add_catch(retry_or_fail, errors=["QuorumNotMet"], result_path="$.failure")
+    notify.add_catch(retry_or_fail, errors=NOT_AGGREGATED, result_path="$.failure")
+    at_deadline.add_catch(retry_or_fail, errors=NOT_AGGREGATED, result_path="$.failure")
     at_deadline.next(aggregated)
-    # A report sent with this round's task token must be about this run and round. A client could
-    # write another run's token into an item; its report then fails here instead of steering the run.
+    # Only the aggregation function holds the task token, and it reports the round it was asked
+    # for; this check is defence in depth against a report about another run or round.
     foreign = sfn.Fail(
         scope, "Report for another run", error="ForeignReport", cause="a round report named another run or round"
     )
@@ -147,7 +144,7 @@ def training_definition(scope: Construct, topic: sns.ITopic, aggregate: lambda_.
         topic=topic,
         message=sfn.TaskInput.from_object(
             {
-                "schema": SCHEMA,
+                "schema": SCHEMA_VERSION,
                 "type": "run_ended",
                 "run_id": sfn.JsonPath.string_at("$.run.run_id"),
                 "reason": sfn.JsonPath.string_at("$.stop_reason"),
@@ -156,7 +153,10 @@ def training_definition(scope: Construct, topic: sns.ITopic, aggregate: lambda_.
         ),
         message_attributes={
             "kind": tasks.MessageAttribute(value="run_ended"),
-            "clients": _client_list("$.run.clients"),
+            "clients": tasks.MessageAttribute(
+                value=sfn.JsonPath.json_to_string(sfn.JsonPath.list_at("$.run.clients")),
+                data_type=tasks.MessageAttributeDataType.STRING_ARRAY,
+            ),
         },
         result_path=sfn.JsonPath.DISCARD,
     )
@@ -168,7 +168,13 @@ def training_definition(scope: Construct, topic: sns.ITopic, aggregate: lambda_.
             "stop_reason.$": "$.stop_reason",
             "rounds_completed.$": "$.round",
             "global_model.$": "$.global_model",
-            "history.$": "$.history",
+            "last_round.$": "$.round_summary",
+            "round_summaries": {
+                "table": table_name,
+                "pk.$": "$.run.run_id",
+                "sk_prefix": keys.ROUND_PREFIX,
+                "read_with": "fedstep status <run id>",
+            },
         },
     )
     run_ended.next(finished)

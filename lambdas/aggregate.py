@@ -1,12 +1,20 @@
-"""The aggregation function: DynamoDB stream of update items -> `fedstep.rounds.try_complete_round`.
+"""The aggregation function: opens rounds, completes them from the table's stream or at their deadline.
 
-Environment: BUCKET_NAME (model registry), TABLE_NAME (the single table), POWERTOOLS_METRICS_NAMESPACE
-(CloudWatch namespace, "fedstep"), PROJECT (the stack's project name, a metric dimension).
+Three kinds of invocation, each a thin shell around `fedstep.rounds`:
+- `{"mode": "publish", ...}` from the state machine when it opens a round (with the task token it
+  waits on): `publish_round` records the token and sends the round message to the selected clients;
+- a DynamoDB stream batch of update items: `try_complete_round` for each round touched;
+- `{"mode": "deadline", ...}` from the state machine when a round's task timed out:
+  `complete_round_at_deadline`, whose result is the task's output.
+
+Environment: BUCKET_NAME (model registry), TABLE_NAME (the single table), TOPIC_ARN (the round
+topic), LEASE_S (how long a claim on a round holds, s), POWERTOOLS_METRICS_NAMESPACE (CloudWatch
+namespace, "fedstep"), PROJECT (the stack's project name, a metric dimension).
 
 Every round this function aggregates emits CloudWatch metrics (Powertools Metrics, embedded metric
-format, dimension `project`): Participants, RejectedUpdates, RoundDuration (s), AggregationDuration
-(s), BytesAggregated, and the weighted metrics as WeightedLoss / WeightedAccuracy (test split, else
-train) and WeightedLossBefore / WeightedAccuracyBefore (the previous global model).
+format, dimension `project`): Participants, RejectedUpdates, ClippedUpdates, RoundDuration (s),
+AggregationDuration (s), BytesAggregated, and the weighted metrics as WeightedLoss / WeightedAccuracy
+(test split, else train) and WeightedLossBefore / WeightedAccuracyBefore (the previous global model).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -26,8 +35,8 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from fedstep import aws, keys
-from fedstep.rounds import complete_round_at_deadline, try_complete_round
-from fedstep.schemas import RoundSummary, headline_metric
+from fedstep.rounds import AggregationSettings, complete_round_at_deadline, publish_round, try_complete_round
+from fedstep.schemas import InvalidMessage, ObjectRef, RoundSummary, headline_metric
 
 logger = Logger(service="fedstep-aggregate")
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "fedstep"), service="fedstep-aggregate")
@@ -41,6 +50,7 @@ def record_round_metrics(summary: RoundSummary) -> None:
     """The round's CloudWatch metrics (flushed when the invocation ends)."""
     metrics.add_metric("Participants", MetricUnit.Count, len(summary.participants))
     metrics.add_metric("RejectedUpdates", MetricUnit.Count, len(summary.rejected))
+    metrics.add_metric("ClippedUpdates", MetricUnit.Count, len(summary.clipped))
     metrics.add_metric("RoundDuration", MetricUnit.Seconds, summary.duration_s)
     metrics.add_metric("AggregationDuration", MetricUnit.Seconds, summary.aggregation_s)
     metrics.add_metric("BytesAggregated", MetricUnit.Bytes, summary.bytes_aggregated)
@@ -54,34 +64,84 @@ def record_round_metrics(summary: RoundSummary) -> None:
                 metrics.add_metric(metric, MetricUnit.NoUnit, value)
 
 
+def _aggregated(summary: RoundSummary) -> None:
+    logger.info("round aggregated", extra=summary.brief())
+    record_round_metrics(summary)
+
+
+@dataclass(frozen=True)
+class RoundEvent:
+    """The state machine's call: which round, and for `publish` the attempt, its input model and
+    the task token the state waits on."""
+
+    mode: str
+    run_id: str
+    round: int
+    attempt: int = 0
+    global_model: ObjectRef | None = None
+    task_token: str = ""
+    issued_at: str = ""
+
+    @classmethod
+    def parse(cls, event: dict[str, Any]) -> RoundEvent:
+        try:
+            mode, run_id, round_number = event["mode"], keys.check_id("run id", event["run_id"]), int(event["round"])
+            if mode == "publish":
+                return cls(
+                    mode,
+                    run_id,
+                    round_number,
+                    int(event["attempt"]),
+                    ObjectRef.parse(event["global_model"], "publish event global_model"),
+                    str(event["task_token"]),
+                    str(event["issued_at"]),
+                )
+        except (KeyError, TypeError, ValueError, InvalidMessage) as exc:
+            raise ValueError(f"{event.get('mode')} event is malformed: {exc}") from None
+        return cls(mode, run_id, round_number)
+
+
 def round_of(record: DynamoDBRecord) -> tuple[str, int] | None:
-    """(run id, round) of a newly inserted update item; None for any other record."""
+    """(run id, round) of an update item a client wrote or rewrote; None for any other record."""
     image = record.dynamodb.new_image if record.dynamodb else None
-    if record.event_name is not DynamoDBRecordEventName.INSERT or not image:
-        return None
-    if not str(image.get(keys.SK, "")).startswith(keys.UPDATE_PREFIX):
+    if record.event_name not in (DynamoDBRecordEventName.INSERT, DynamoDBRecordEventName.MODIFY) or not image:
         return None
     try:
-        return str(image["run_id"]), int(image["round"])
-    except (KeyError, TypeError, ValueError):
-        logger.warning("update item without a valid run_id/round ignored", extra={"sk": image.get(keys.SK)})
+        _, run_id, round_number = keys.parse_update_item_key(str(image.get(keys.PK)), str(image.get(keys.SK)))
+    except ValueError:
         return None
+    return run_id, round_number
 
 
 @functools.cache
-def _services(bucket: str, table: str, endpoint: str | None) -> tuple[Any, Any, Any]:
+def _services(bucket: str, table: str, topic: str, endpoint: str | None) -> tuple[Any, Any, Any, Any]:
     """AWS clients, built once per execution environment (and again if the settings change)."""
     return (
         aws.S3ModelStore(bucket, aws.client("s3", endpoint_url=endpoint)),
         aws.DynamoRoundTable(table, aws.client("dynamodb", endpoint_url=endpoint)),
         aws.StepFunctionsReporter(aws.client("stepfunctions", endpoint_url=endpoint)),
+        aws.SnsPublisher(topic, aws.client("sns", endpoint_url=endpoint)),
     )
 
 
+def services() -> tuple[Any, Any, Any, Any]:
+    env = os.environ
+    return _services(env["BUCKET_NAME"], env["TABLE_NAME"], env.get("TOPIC_ARN", ""), env.get("AWS_ENDPOINT_URL"))
+
+
+def settings(context: LambdaContext | None = None) -> AggregationSettings:
+    """The lease from the environment; the deadline path waits at most until 20 s before its own timeout."""
+    lease_s = float(os.environ.get("LEASE_S", AggregationSettings.lease_s))
+    remaining_s = context.get_remaining_time_in_millis() / 1000 if context is not None else lease_s
+    return AggregationSettings(lease_s=lease_s, wait_s=max(0.0, min(AggregationSettings.wait_s, remaining_s - 20)))
+
+
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """Stream batches of update items, or the state machine's call at a round's deadline."""
+    """Stream batches of update items, or the state machine's publish and deadline calls."""
     if isinstance(event, dict) and event.get("mode") == "deadline":
         return deadline_handler(event, context)
+    if isinstance(event, dict) and event.get("mode") == "publish":
+        return publish_handler(event, context)
     return stream_handler(event, context)
 
 
@@ -90,14 +150,10 @@ def complete_round_of(record: DynamoDBRecord) -> None:
     touched = round_of(record)
     if touched is None:
         return
-    run_id, round_number = touched
-    store, table, reporter = _services(
-        os.environ["BUCKET_NAME"], os.environ["TABLE_NAME"], os.environ.get("AWS_ENDPOINT_URL")
+    store, table, reporter, _ = services()
+    try_complete_round(
+        *touched, store=store, table=table, reporter=reporter, settings=settings(), on_aggregated=_aggregated
     )
-    summary = try_complete_round(run_id, round_number, store=store, table=table, reporter=reporter)
-    if summary is not None:
-        logger.info("round aggregated", extra=summary.brief() | {"run_id": run_id})
-        record_round_metrics(summary)
 
 
 @metrics.log_metrics
@@ -113,14 +169,37 @@ def stream_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
 @metrics.log_metrics
 @logger.inject_lambda_context
 def deadline_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """{"mode": "deadline", "run_id", "round"} -> the round's task output; raises QuorumNotMet."""
-    try:
-        run_id, round_number = keys.check_id("run id", event["run_id"]), int(event["round"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"deadline event needs run_id and round: {exc}") from None
-    store, table, _ = _services(os.environ["BUCKET_NAME"], os.environ["TABLE_NAME"], os.environ.get("AWS_ENDPOINT_URL"))
-    output = complete_round_at_deadline(
-        run_id, round_number, store=store, table=table, on_aggregated=record_round_metrics
+    """{"mode": "deadline", "run_id", "round"} -> the round's task output; raises QuorumNotMet,
+    TooFewParticipants (the state machine may retry the round) or RoundBusy (it retries this call)."""
+    parsed = RoundEvent.parse(event)
+    store, table, _, _ = services()
+    return complete_round_at_deadline(
+        parsed.run_id,
+        parsed.round,
+        store=store,
+        table=table,
+        settings=settings(context),
+        on_aggregated=_aggregated,
     )
-    logger.info("round aggregated at its deadline", extra={"run_id": run_id, "round": round_number})
-    return output
+
+
+@logger.inject_lambda_context
+def publish_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """{"mode": "publish", "run_id", "round", "attempt", "global_model", "task_token", "issued_at"}:
+    open the round and send its message; the state machine then waits for the token."""
+    parsed = RoundEvent.parse(event)
+    assert parsed.global_model is not None
+    _, table, reporter, publisher = services()
+    message = publish_round(
+        parsed.run_id,
+        parsed.round,
+        parsed.attempt,
+        parsed.global_model,
+        parsed.task_token,
+        parsed.issued_at,
+        table=table,
+        publisher=publisher,
+        reporter=reporter,
+    )
+    logger.info("round published", extra={"run_id": parsed.run_id, "round": parsed.round, "sent": bool(message)})
+    return {"published": bool(message)}

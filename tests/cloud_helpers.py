@@ -1,9 +1,24 @@
-"""Helpers shared by the tests that run against the embedded local cloud."""
+"""Helpers shared by the tests that run against the embedded local cloud: a small numpy trainer,
+agents that run in the test's process, and reading a run's results back.
+
+The agents use a trainer that shifts every weight (the protocol is under test, not Keras; the
+server never reads the architecture file). `fedstep local` with Keras clients is in test_demo.py.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any
+
+import numpy as np
+
+from client_agent.agent import Agent, Outcome
+from client_agent.config import AgentConfig
+from client_agent.training import TrainResult
+from fedstep.aws import DynamoRoundTable, S3ModelStore
+from fedstep.cli.start import RunSettings, start_run
+from fedstep.local import gaps
+from fedstep.schemas import RoundSummary
 
 
 def wait_for_execution(cloud: Any, arn: str, timeout_s: float = 30) -> dict:
@@ -23,3 +38,107 @@ def drain_queues(cloud: Any) -> None:
         while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages"):
             for m in messages:
                 sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+
+
+INITIAL = {"000/d/kernel": np.zeros((4, 3), np.float32), "001/d/bias": np.zeros(3, np.float32)}
+SHIFTS = {"client-1": (1.0, 10), "client-2": (3.0, 30)}  # weighted mean shift per round: 2.5
+
+
+class ShiftTrainer:
+    """Adds a constant to every weight and reports `n` examples."""
+
+    def __init__(self, shift: float, n: int) -> None:
+        self.shift, self.n = shift, n
+
+    def fit(self, architecture, weights, training):
+        return TrainResult({k: v + self.shift for k, v in weights.items()}, self.n, {"train_loss": 1 / self.shift})
+
+
+def agent(cloud, client_id, tmp_path, trainer=None):
+    out = cloud.outputs
+    config = AgentConfig(
+        client_id=client_id,
+        queue_url=out.queues[client_id],
+        bucket=out.bucket,
+        table=out.table,
+        region="us-east-1",
+        endpoint_url=cloud.endpoint,
+        data="unused",
+        poll_wait_s=1,
+        cache_dir=str(tmp_path / client_id),
+    )
+    return Agent(config, trainer or ShiftTrainer(*SHIFTS[client_id]))
+
+
+def start(
+    cloud,
+    rounds,
+    round_timeout_s=120,
+    quorum=None,
+    target=None,
+    clients_per_round=None,
+    round_retries=0,
+    min_participants=2,
+    **settings_,
+):
+    settings = RunSettings(
+        rounds=rounds,
+        round_timeout_s=round_timeout_s,
+        quorum=quorum,
+        target=target,
+        clients_per_round=clients_per_round,
+        round_retries=round_retries,
+        min_participants=min_participants,
+        **settings_,
+    )
+    return start_run(
+        b"an architecture file the server never reads",
+        INITIAL,
+        settings,
+        cloud.outputs,
+        s3=cloud.client("s3"),
+        dynamodb=cloud.client("dynamodb"),
+        stepfunctions=cloud.client("stepfunctions"),
+    )
+
+
+def summaries(cloud, run_id) -> list[RoundSummary]:
+    """The run's completed rounds, from the table (where the history lives, not in the execution)."""
+    table = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb"))
+    return [RoundSummary.parse(r) for r in table.list_rounds(run_id)]
+
+
+def global_after(cloud, run_id, round_number) -> bytes:
+    """The global model file a round published."""
+    [summary] = [s for s in summaries(cloud, run_id) if s.round == round_number]
+    return S3ModelStore(cloud.outputs.bucket, cloud.client("s3")).get(summary.global_model.key)
+
+
+def serve(a, expect=Outcome.SERVED, tries=30):
+    """Poll until a message arrives (the state machine publishes asynchronously); serve it."""
+    for _ in range(tries):
+        outcome = a.poll_once()
+        if outcome is not None:
+            gaps.wait_for_stream_batches()
+            assert outcome is expect
+            return outcome
+    raise AssertionError(f"no message for {a.config.client_id}")
+
+
+def serve_run(agents, rounds: int) -> None:
+    """Each agent serves `rounds` rounds in turn, then the run-ended message."""
+    for _ in range(rounds):
+        for a in agents:
+            serve(a)
+    for a in agents:
+        serve(a, expect=Outcome.RUN_ENDED)
+
+
+def receive(cloud, client_id):
+    """The next message on a client's queue, received by the test itself (not by an agent)."""
+    sqs = cloud.client("sqs")
+    for _ in range(30):
+        messages = sqs.receive_message(QueueUrl=cloud.outputs.queues[client_id], WaitTimeSeconds=1).get("Messages")
+        if messages:
+            return messages[0]
+    raise AssertionError(f"no message for {client_id}")

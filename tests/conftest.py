@@ -33,3 +33,12 @@ def local_cloud():
     config = DeploymentConfig(clients=(ClientConfig("client-1"), ClientConfig("client-2")), round_timeout_s=120)
     with LocalCloud(config) as cloud:
         yield cloud
+
+
+@pytest.fixture
+def cloud(local_cloud):
+    """The module's local cloud with empty client queues (nothing left over from an earlier test)."""
+    from tests.cloud_helpers import drain_queues
+
+    drain_queues(local_cloud)
+    return local_cloud

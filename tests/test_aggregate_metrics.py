@@ -34,6 +34,7 @@ def test_an_aggregated_round_emits_its_metrics_with_units_and_dimensions(capsys)
     assert units == {
         "Participants": "Count",
         "RejectedUpdates": "Count",
+        "ClippedUpdates": "Count",
         "RoundDuration": "Seconds",
         "AggregationDuration": "Seconds",
         "BytesAggregated": "Bytes",

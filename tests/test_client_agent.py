@@ -176,12 +176,12 @@ def start(cloud, architecture: bytes, weights: dict) -> object:
 
 
 WHAT_LEAVES = {  # docs/client.md, "What leaves the premises", field by field
-    "update file metadata": {"schema", "run_id", "round", "client_id", "num_examples", "metrics"},
+    "update file metadata": {"schema", "kind", "update", "run_id", "round", "client_id", "num_examples", "metrics"},
     "update item": set(UPDATE_ITEM_ATTRIBUTES),
     "heartbeat item": set(HEARTBEAT_ATTRIBUTES),
     "hardware": {"os", "arch", "python", "cpus", "memory_gib", "gpus"},
 }
-READS = {("sqs", "ReceiveMessage"), ("sqs", "GetQueueAttributes"), ("s3", "GetObject")}
+READS = {("sqs", "ReceiveMessage"), ("sqs", "GetQueueAttributes"), ("s3", "GetObject"), ("dynamodb", "GetItem")}
 WRITES = {("sqs", "DeleteMessage"), ("sqs", "ChangeMessageVisibility"), ("s3", "PutObject"), ("dynamodb", "PutItem")}
 
 
@@ -224,13 +224,16 @@ def test_the_agent_sends_nothing_but_its_update_its_item_and_its_heartbeat(local
     uploads = [p for service, op, p in calls if op == "PutObject"]
     assert [p["Key"] for p in uploads] == [keys.update_key(run.run_id, 1, "client-1")]
     data = local_cloud.client("s3").get_object(Bucket=uploads[0]["Bucket"], Key=uploads[0]["Key"])["Body"].read()
-    assert set(tensors.decode(data)) == set(weights)  # the weights, under the global model's names
+    assert set(tensors.decode(data)) == set(weights)  # the update, under the global model's names
+    reads = [p["Key"] for service, op, p in calls if op == "GetItem"]
+    assert reads == [{"pk": {"S": "FEEDBACK#client-1"}, "sk": {"S": "LAST_REJECTION"}}]  # its own feedback only
     assert set(tensors.read_metadata(data)) == WHAT_LEAVES["update file metadata"]
     for dtype in (np.float32, np.float64):  # no trace of the local data's values
         assert np.array(42, dtype).tobytes() not in data
     items = [p["Item"] for service, op, p in calls if op == "PutItem"]
-    updates = [i for i in items if i["pk"]["S"] == run.run_id]
-    beats = [i for i in items if i["pk"]["S"] == "CLIENT#client-1"]
+    assert {i["pk"]["S"] for i in items} == {"CLIENT#client-1"}  # its own partition only
+    updates = [i for i in items if i["sk"]["S"].startswith("UPDATE#")]
+    beats = [i for i in items if i["sk"]["S"] == "HEARTBEAT"]
     assert len(updates) == 1 and len(updates) + len(beats) == len(items)
     assert set(updates[0]) <= WHAT_LEAVES["update item"]
     assert set(updates[0]["metrics"]["M"]) == {"train_loss"}
@@ -261,7 +264,7 @@ def test_a_keras_client_and_a_scikit_learn_client_serve_a_round_once(local_cloud
         assert p.returncode == 0, outputs[cid][1]
     desc = wait_for_execution(local_cloud, run.execution_arn, timeout_s=120)
     assert desc["status"] == "SUCCEEDED"
-    [summary] = json.loads(desc["output"])["history"]
+    summary = json.loads(desc["output"])["last_round"]
     assert summary["participants"] == 2 and summary["rejected"] == 0
     assert summary["metrics"]["test_accuracy"] > summary["metrics"]["test_accuracy_before"]
 

@@ -39,3 +39,12 @@ def test_the_table_shows_hardware_and_a_count_of_online_clients():
     text = render_table(statuses(["a", "b"], {"a": beat("a", 30)}, NOW))
     assert "linux/x86_64, 8 CPUs, 31.2 GiB, 1 GPU (A10)" in text
     assert "30 s ago" in text and text.endswith("1 of 2 client(s) online")
+
+
+def test_a_clients_last_rejected_update_is_shown_with_its_reason():
+    from fedstep.schemas import Feedback
+
+    told = Feedback("b", "run-7", 3, "0" * 64, "update norm 12.5 exceeds max_update_norm 5", "2026-11-21T11:00Z")
+    rows = statuses(["a", "b"], {"a": beat("a", 30), "b": beat("b", 30)}, NOW, feedback={"b": told.to_item()})
+    assert [r.last_rejection for r in rows] == ["", "run-7 round 3: update norm 12.5 exceeds max_update_norm 5"]
+    assert "run-7 round 3: update norm 12.5" in render_table(rows)

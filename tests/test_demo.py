@@ -103,7 +103,7 @@ def test_clients_exit_even_when_the_runner_is_killed(tmp_path):
     [
         (["--dataset", "cifar"], "unknown data set 'cifar'"),
         (["--dataset", "heart", "--clients", "3"], "4 hospitals"),
-        (["--rounds", "0"], "rounds must be >= 1"),
+        (["--rounds", "0"], "rounds must be 1 to 99999, got 0"),
         (["--model", "nowhere:model"], "cannot import module 'nowhere'"),
     ],
 )
@@ -131,7 +131,9 @@ def test_a_client_killed_mid_run_does_not_stop_the_run(tmp_path):
 
 def test_keep_running_leaves_the_cloud_up_for_the_operator_commands_until_ctrl_c(tmp_path):
     out = tmp_path / "kept"
-    proc = _fedstep_local(out, "--clients", "2", "--rounds", "2", "--clients-per-round", "1", "--keep-running")
+    proc = _fedstep_local(
+        out, "--clients", "2", "--rounds", "2", "--clients-per-round", "1", "--min-participants", "1", "--keep-running"
+    )
     try:
         lines = _wait_for_line(proc, "press Ctrl-C to stop it", timeout_s=300)
         run_id = json.loads((out / "summary.json").read_text())["run_id"]

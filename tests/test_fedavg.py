@@ -1,32 +1,37 @@
 import numpy as np
 import pytest
 
-from fedstep import strategies
-from fedstep.strategies import ClientUpdate, FedAvg
+from fedstep import strategies, tensors
+from fedstep.strategies import ClientUpdate, FedAvg, GlobalModel
+
+SHAPES = {"000/a/kernel": (7, 5), "001/a/bias": (5,), "002/b/kernel": (5, 3, 2)}
+
+
+def _global(weights: dict) -> GlobalModel:
+    return GlobalModel(tensors.TensorSpec.of(weights), lambda: {k: v.copy() for k, v in weights.items()})
 
 
 def _random_updates(rng, n_clients=5):
-    shapes = {"000/a/kernel": (7, 5), "001/a/bias": (5,), "002/b/kernel": (5, 3, 2)}
     updates = [
         ClientUpdate(
             f"c{i}",
             int(rng.integers(1, 1000)),
-            {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()},
+            {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()},
         )
         for i in range(n_clients)
     ]
-    global_weights = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
+    global_weights = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
     return global_weights, updates
 
 
-def test_fedavg_equals_the_reference_weighted_mean():
+def test_fedavg_adds_the_weighted_mean_of_the_deltas_to_the_global_weights():
     rng = np.random.default_rng(7)
     global_weights, updates = _random_updates(rng)
-    result = FedAvg().aggregate(global_weights, updates)
+    result = FedAvg().aggregate(_global(global_weights), updates)
     n = np.array([u.num_examples for u in updates], dtype=np.float64)
     for name in global_weights:
-        stacked = np.stack([u.weights[name].astype(np.float64) for u in updates])
-        reference = np.tensordot(n / n.sum(), stacked, axes=1)
+        stacked = np.stack([u.delta[name].astype(np.float64) for u in updates])
+        reference = global_weights[name] + np.tensordot(n / n.sum(), stacked, axes=1)
         assert result[name].dtype == np.float32
         np.testing.assert_allclose(result[name], reference, rtol=0, atol=1e-6)
 
@@ -41,13 +46,22 @@ def test_fedavg_reads_each_update_once_from_a_stream():
             consumed.append(u.client_id)
             yield u
 
-    FedAvg().aggregate(global_weights, stream())
+    FedAvg().aggregate(_global(global_weights), stream())
     assert consumed == [u.client_id for u in updates]
+
+
+def test_fedavg_multiplies_and_sums_in_float64():
+    """Finite float32 inputs whose float32 products overflow: 1e30 x 1e12 examples is inf in float32."""
+    zeros = {"w": np.zeros(3, np.float32)}
+    updates = [ClientUpdate(c, 10**12, {"w": np.full(3, 1e30, np.float32)}) for c in ("a", "b")]
+    result = FedAvg().aggregate(_global(zeros), updates)
+    assert np.isfinite(result["w"]).all()
+    np.testing.assert_allclose(result["w"], 1e30, rtol=1e-6)
 
 
 def test_fedavg_of_nothing_is_an_error():
     with pytest.raises(ValueError, match="no updates"):
-        FedAvg().aggregate({"w": np.zeros(2, np.float32)}, [])
+        FedAvg().aggregate(_global({"w": np.zeros(2, np.float32)}), [])
 
 
 def test_strategies_are_found_by_name():

@@ -9,15 +9,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from aws_cdk.assertions import Template
 
 from fedstep import keys
-from infra.client_access import HEARTBEAT_ATTRIBUTES, UPDATE_ITEM_ATTRIBUTES
+from fedstep.schemas import Feedback, Heartbeat, ObjectRef, RunRecord, TrainingConfig, UpdateItem
 from infra.config import MAX_CLIENTS, ClientConfig, ConfigError, DeploymentConfig
 from infra.synth import build_app
+from tests.iam_policy import ALLOW, IMPLICIT_DENY, evaluate, put_item_context, resolve
 
 PARTNER = "arn:aws:iam::111122223333:role/fl-agent"
 
@@ -60,6 +62,11 @@ def test_each_client_has_a_queue_with_a_dead_letter_queue_and_a_raw_subscription
     assert {"fedstep-org-a-dlq", "fedstep-org-b-dlq", "fedstep-aggregation-failures"} <= dlq_names
     template.resource_count_is("AWS::SNS::Subscription", 2)
     template.all_resources_properties("AWS::SNS::Subscription", {"Protocol": "sqs", "RawMessageDelivery": True})
+    [undelivered] = logical_ids(template, "AWS::SQS::Queue", '"fedstep-undelivered-messages"')
+    for subscription in resources(template, "AWS::SNS::Subscription").values():  # undeliverable messages are kept
+        assert subscription["Properties"]["RedrivePolicy"] == {
+            "deadLetterTargetArn": {"Fn::GetAtt": [undelivered, "Arn"]}
+        }
     policies = [r["Properties"]["FilterPolicy"] for r in resources(template, "AWS::SNS::Subscription").values()]
     assert sorted(json.dumps(p) for p in policies) == ['{"clients": ["org-a"]}', '{"clients": ["org-b"]}']
     outputs = template.find_outputs("*")
@@ -67,37 +74,96 @@ def test_each_client_has_a_queue_with_a_dead_letter_queue_and_a_raw_subscription
     assert {keys.client_output_key("org-a"), keys.client_role_output_key("org-b")} <= set(outputs)
 
 
-def test_client_a_cannot_touch_client_bs_queue_prefix_or_items(template):
-    a_queue = logical_ids(template, "AWS::SQS::Queue", '"fedstep-org-a"')
-    b_queue = logical_ids(template, "AWS::SQS::Queue", '"fedstep-org-b"')
-    statements = {s["Sid"]: s for s in client_policy(template, "org-a")}
-    assert statements["OwnQueue"]["Resource"] == {"Fn::GetAtt": [a_queue[0], "Arn"]}
-    assert b_queue[0] not in json.dumps(statements)
-    writes = json.dumps(statements["WriteOwnUpdates"]["Resource"])
-    assert "/updates/*/*/org-a.safetensors" in writes and "org-b" not in writes
-    assert statements["WriteOwnUpdates"]["Action"] == "s3:PutObject"
-    reads = json.dumps(statements["ReadModels"]["Resource"])
-    assert "/runs/*/model.keras" in reads and "/runs/*/rounds/*/global.safetensors" in reads and "org-b" not in reads
-    items = statements["PutUpdateItems"]
-    assert items["Action"] == "dynamodb:PutItem"  # no reads: other clients' items stay private
-    assert items["Condition"]["ForAllValues:StringEquals"]["dynamodb:Attributes"] == UPDATE_ITEM_ATTRIBUTES
-    assert items["Condition"]["StringEqualsIfExists"]["dynamodb:ReturnValues"] == "NONE"
-    assert items["Condition"]["ForAllValues:StringNotLike"]["dynamodb:LeadingKeys"] == ["CLIENT#*"]
-    actions = json.dumps([s["Action"] for s in statements.values()])
-    assert "*" not in actions and "Delete" not in actions.replace("sqs:DeleteMessage", "")
+ARN_OF = {"key": "arn:aws:kms:us-east-1:123456789012:key/k"}
+TABLE_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/fedstep-Updates"
+BUCKET_ARN = "arn:aws:s3:::fedstep-modelregistry"
 
 
-def test_a_client_may_write_only_its_own_heartbeat(template):
-    statements = {s["Sid"]: s for s in client_policy(template, "org-a")}
-    beat = statements["PutOwnHeartbeat"]
-    assert beat["Action"] == "dynamodb:PutItem"
-    assert beat["Condition"]["ForAllValues:StringEquals"] == {
-        "dynamodb:LeadingKeys": ["CLIENT#org-a"],
-        "dynamodb:Attributes": HEARTBEAT_ATTRIBUTES,
+def evaluated_policy(template: Template, client_id: str) -> list[dict]:
+    """A client role's statements with the template's references resolved to concrete ARNs."""
+    arn_of = {}
+    for logical_id, resource in template.to_json()["Resources"].items():
+        kind = resource["Type"]
+        if kind == "AWS::DynamoDB::Table":
+            arn_of[logical_id] = TABLE_ARN
+        elif kind == "AWS::S3::Bucket":
+            arn_of[logical_id] = BUCKET_ARN if logical_id.startswith("ModelRegistry") else "arn:aws:s3:::logs"
+        elif kind == "AWS::SQS::Queue":
+            arn_of[logical_id] = f"arn:aws:sqs:us-east-1:123456789012:{resource['Properties']['QueueName']}"
+        else:
+            arn_of[logical_id] = f"arn:aws:{kind.split('::')[1].lower()}:us-east-1:123456789012:{logical_id}"
+    return resolve(client_policy(template, client_id), arn_of)
+
+
+def put_item(statements: list[dict], item: dict) -> str:
+    return evaluate(statements, "dynamodb:PutItem", TABLE_ARN, put_item_context(item))
+
+
+def test_a_clients_role_may_put_items_only_in_its_own_partition(template):
+    """What moto cannot check: the DynamoDB conditions, evaluated on the synthesized policy."""
+    own = evaluated_policy(template, "org-a")
+    update = UpdateItem("run-1", 1, "org-a", 10, ObjectRef(keys.update_key("run-1", 1, "org-a"), "0" * 64, 1), {}, "t")
+    heartbeat = Heartbeat("org-a", "0.1", "idle", "t", 60, {})
+    assert put_item(own, update.to_item()) == ALLOW
+    assert put_item(own, heartbeat.to_item()) == ALLOW
+    forged = {
+        "a run record": RunRecord("run-1", ["org-a"], 5, TrainingConfig(), "fedavg", "t").to_item(),
+        "a round record": {**keys.round_item_key("run-1", 1), "status": "aggregated"},
+        "another client's update": replace(update, client_id="org-b").to_item()
+        | keys.update_item_key("run-1", 1, "org-b"),
+        "another client's heartbeat": replace(heartbeat, client_id="org-b").to_item(),
+        "its own feedback": Feedback("org-a", "run-1", 1, "0" * 64, "forged", "t").to_item(),
+        "an update item with an extra attribute": {**update.to_item(), "status": "aggregated"},
     }
-    assert "org-b" not in json.dumps(beat)
-    # the update-item statement cannot reach any heartbeat partition, so none can be overwritten by it
-    assert "CLIENT#*" in json.dumps(statements["PutUpdateItems"]["Condition"]["ForAllValues:StringNotLike"])
+    for what, item in forged.items():
+        assert put_item(own, item) == IMPLICIT_DENY, what
+    with_old_values = put_item_context(update.to_item(), return_values="ALL_OLD")
+    assert evaluate(own, "dynamodb:PutItem", TABLE_ARN, with_old_values) == IMPLICIT_DENY
+
+
+def test_a_clients_role_may_read_only_its_own_feedback_and_no_other_item(template):
+    own = evaluated_policy(template, "org-a")
+
+    def get(pk: str, action: str = "dynamodb:GetItem") -> str:
+        return evaluate(own, action, TABLE_ARN, {"dynamodb:LeadingKeys": [pk]})
+
+    assert get(keys.feedback_pk("org-a")) == ALLOW
+    assert get(keys.feedback_pk("org-b")) == IMPLICIT_DENY
+    assert get("run-1") == IMPLICIT_DENY and get(keys.client_pk("org-b")) == IMPLICIT_DENY
+    for action in ("dynamodb:Query", "dynamodb:Scan", "dynamodb:UpdateItem", "dynamodb:DeleteItem"):
+        assert get(keys.feedback_pk("org-a"), action) == IMPLICIT_DENY
+
+
+def test_a_clients_role_reaches_only_its_own_queue_and_prefix(template):
+    own = evaluated_policy(template, "org-a")
+    objects = {
+        keys.update_key("run-1", 1, "org-a"): ("s3:PutObject", ALLOW),
+        keys.update_key("run-1", 1, "org-b"): ("s3:PutObject", IMPLICIT_DENY),
+        "updates/run-1/00001/org-a.safetensors": ("s3:PutObject", IMPLICIT_DENY),  # outside its own prefix
+        keys.global_key("run-1", 1, "abc"): ("s3:PutObject", IMPLICIT_DENY),
+        keys.model_key("run-1"): ("s3:PutObject", IMPLICIT_DENY),
+        keys.update_key("run-1", 1, "org-b") + " ": ("s3:GetObject", IMPLICIT_DENY),
+    }
+    for key, (action, expected) in objects.items():
+        assert evaluate(own, action, f"{BUCKET_ARN}/{key}", {}) == expected, (action, key)
+    assert evaluate(own, "s3:GetObject", f"{BUCKET_ARN}/{keys.global_key('run-1', 1, 'abc')}", {}) == ALLOW
+    queue = "arn:aws:sqs:us-east-1:123456789012:fedstep-{}"
+    assert evaluate(own, "sqs:ReceiveMessage", queue.format("org-a"), {}) == ALLOW
+    assert evaluate(own, "sqs:ReceiveMessage", queue.format("org-b"), {}) == IMPLICIT_DENY
+    actions = json.dumps([s["Action"] for s in own])
+    assert "*" not in actions and "states:" not in actions and "sns:" not in actions
+
+
+def test_a_client_without_principal_arn_is_warned_about_at_synth():
+    app = build_app(DeploymentConfig(clients=(ClientConfig("org-a"),)), None, bundle=False)
+    assembly = app.synth()
+    warnings = [
+        m.entry.data
+        for artifact in assembly.stacks
+        for m in artifact.messages
+        if m.level.name == "WARNING" and "principal_arn" in str(m.entry.data)
+    ]
+    assert any("client org-a has no principal_arn" in w for w in warnings), warnings
 
 
 def test_client_roles_trust_only_their_configured_principal(template):
@@ -148,8 +214,12 @@ def test_stream_failures_go_to_a_dead_letter_queue_and_logs_are_retained(templat
     [mapping] = resources(template, "AWS::Lambda::EventSourceMapping").values()
     assert "OnFailure" in mapping["Properties"]["DestinationConfig"]
     assert mapping["Properties"]["MaximumRetryAttempts"] == 5
-    for group in resources(template, "AWS::Logs::LogGroup").values():
+    [key_id] = resources(template, "AWS::KMS::Key")
+    for group in resources(template, "AWS::Logs::LogGroup").values():  # the state machine's holds round data
         assert group["Properties"]["RetentionInDays"] == 90
+        assert group["Properties"]["KmsKeyId"] == {"Fn::GetAtt": [key_id, "Arn"]}
+    key_policy = json.dumps(resources(template, "AWS::KMS::Key")[key_id]["Properties"]["KeyPolicy"])
+    assert "logs.us-east-1.amazonaws.com" in key_policy or "logs." in key_policy
     template.has_resource_properties("AWS::Lambda::Function", {"TracingConfig": {"Mode": "Active"}})
     template.has_resource_properties("AWS::StepFunctions::StateMachine", {"TracingConfiguration": {"Enabled": True}})
 
@@ -191,16 +261,22 @@ def test_state_machine_loops_over_rounds_and_waits_for_the_task_token(template):
     states = definition["States"]
     assert definition["StartAt"] == "Prepare round"
     notify = states["Notify clients and wait for updates"]
-    assert notify["Resource"].endswith(":states:::sns:publish.waitForTaskToken")
+    # the token goes to the aggregation function (which records it where no client can read it)
+    assert notify["Resource"].endswith(":states:::lambda:invoke.waitForTaskToken")
     assert notify["TimeoutSecondsPath"] == "$.run.round_timeout_s"
-    assert notify["Parameters"]["Message"]["task_token.$"] == "$$.Task.Token"
+    assert notify["Parameters"]["Payload"]["task_token.$"] == "$$.Task.Token"
+    assert notify["Parameters"]["Payload"]["mode"] == "publish"
     choices = {c["Next"]: c for c in states["More rounds?"]["Choices"]}
     assert choices["Prepare round"]["NumericLessThanPath"] == "$.run.rounds"
     assert choices["Target reached"]["BooleanEquals"] is True
     assert states["More rounds?"]["Default"] == "All rounds done"
     assert states["Notify clients: run ended"]["Parameters"]["Message"]["reason.$"] == "$.stop_reason"
-    assert notify["Parameters"]["MessageAttributes"]["clients"]["DataType"] == "String.Array"
     assert states["Notify clients and wait for updates"]["Catch"][0]["Next"] == "Aggregate at deadline"
+    for name in ("Notify clients and wait for updates", "Aggregate at deadline"):
+        # a failed call is retried (not a timeout, not a round too small to aggregate), then fails the run
+        no_retry, retry = states[name]["Retry"]
+        assert (no_retry["MaxAttempts"], retry["ErrorEquals"], retry["MaxAttempts"]) == (0, ["States.ALL"], 3)
+        assert set(no_retry["ErrorEquals"]) == {"States.Timeout", "QuorumNotMet", "TooFewParticipants"}
     assert states["Training failed"]["Type"] == "Fail"
     assert states["Retry round?"]["Choices"][0]["NumericLessThanPath"] == "$.run.round_retries"
     assert states["Retry round"]["Next"] == "Notify clients and wait for updates"
@@ -210,6 +286,8 @@ def test_state_machine_loops_over_rounds_and_waits_for_the_task_token(template):
     assert states["Notify clients: run ended"]["Parameters"]["Message"]["type"] == "run_ended"
     assert states["Training finished"]["End"] is True
     assert states["Round aggregated"]["Parameters"]["round_summary.$"] == "$.result.summary"
+    assert "history" not in json.dumps(definition)  # no state carries a list that grows with the rounds
+    assert states["Training finished"]["Parameters"]["round_summaries"]["pk.$"] == "$.run.run_id"
 
 
 def test_alarms_watch_failed_runs_and_every_dead_letter_queue_and_notify_the_alarm_topic(template):
@@ -220,7 +298,8 @@ def test_alarms_watch_failed_runs_and_every_dead_letter_queue_and_notify_the_ala
     assert "ExecutionsFailed" in failed and "ExecutionsTimedOut" in failed
     watched = json.dumps(by_name["fedstep-dead-letters-1"]["Metrics"])
     dlqs = [k for k, q in resources(template, "AWS::SQS::Queue").items() if "RedrivePolicy" not in q["Properties"]]
-    assert len(dlqs) == 3 and all(d in watched for d in dlqs)  # both clients' and the aggregation failures'
+    # both clients', the aggregation failures' and the round messages SNS could not deliver
+    assert len(dlqs) == 4 and all(d in watched for d in dlqs)
     [topic] = [
         k for k, t in resources(template, "AWS::SNS::Topic").items() if t["Properties"]["TopicName"] == "fedstep-alarms"
     ]
@@ -234,8 +313,8 @@ def test_dead_letter_alarms_cover_every_queue_ten_at_a_time():
     template = synth([ClientConfig(f"org-{i}") for i in range(25)])
     alarms = [a["Properties"] for a in resources(template, "AWS::CloudWatch::Alarm").values()]
     sums = [a for a in alarms if a["AlarmName"].startswith("fedstep-dead-letters-")]
-    assert len(sums) == 3  # 26 dead-letter queues
-    assert sum(len(a["Metrics"]) - 1 for a in sums) == 26  # each: up to 10 queue metrics and their sum
+    assert len(sums) == 3  # 27 dead-letter queues
+    assert sum(len(a["Metrics"]) - 1 for a in sums) == 27  # each: up to 10 queue metrics and their sum
 
 
 def test_the_dashboard_graphs_runs_dead_letters_and_every_round_metric(template):
@@ -292,11 +371,28 @@ def test_nag_clean_and_cfn_lint_clean_for_3_clients_and_the_most_a_stack_holds(t
         ({"retention": {"log_days": 10}}, "log_days must be one of"),
         ({"retention": {"update_days": 0}}, "update_days"),
         ({"colour": "blue"}, "unknown field"),
+        ({"max_model_mb": 4096}, "max_model_mb 4096 must be a whole number from 1 to 2816"),
+        ({"max_model_mb": 0}, "max_model_mb"),
     ],
 )
 def test_deployment_config_mistakes_are_named(data, message):
     with pytest.raises(ConfigError, match=message):
         DeploymentConfig.from_dict(data)
+
+
+@pytest.mark.parametrize("max_model_mb", [64, 256, 1024, 2816])
+def test_the_aggregation_function_is_sized_to_the_largest_model(max_model_mb):
+    config = DeploymentConfig(clients=(ClientConfig("org-a"), ClientConfig("org-b")), max_model_mb=max_model_mb)
+    app = build_app(config, None, bundle=False)
+    template = Template.from_stack(app.node.find_child(config.stack_name))
+    [function] = resources(template, "AWS::Lambda::Function").values()
+    memory, timeout = function["Properties"]["MemorySize"], function["Properties"]["Timeout"]
+    # about 3x one model (bench/aggregation_memory.py), within one function's 10,240 MB
+    assert 3.5 * max_model_mb + 384 <= memory <= 10_240 and memory % 64 == 0
+    assert 120 <= timeout <= 900
+    env = function["Properties"]["Environment"]["Variables"]
+    assert int(env["LEASE_S"]) > timeout  # a live claim's holder never loses the round
+    assert template.find_outputs("MaxModelBytes")["MaxModelBytes"]["Value"] == str(max_model_mb * 2**20)
 
 
 def test_cross_account_principals_are_accepted():

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,107 +21,37 @@ from botocore.exceptions import EndpointConnectionError
 
 from client_agent.agent import Agent, Outcome
 from client_agent.config import AgentConfig
-from client_agent.training import TrainResult
 from fedstep import keys, tensors
 from fedstep.aws import DynamoRoundTable, S3ModelStore
-from fedstep.cli.start import RunSettings, start_run
 from fedstep.ddb import to_attributes
 from fedstep.errors import FedstepError
 from fedstep.local import gaps
-from tests.cloud_helpers import drain_queues, wait_for_execution
-
-INITIAL = {"000/d/kernel": np.zeros((4, 3), np.float32), "001/d/bias": np.zeros(3, np.float32)}
-SHIFTS = {"client-1": (1.0, 10), "client-2": (3.0, 30)}  # weighted mean shift per round: 2.5
-
-
-class ShiftTrainer:
-    """Adds a constant to every weight and reports `n` examples."""
-
-    def __init__(self, shift: float, n: int) -> None:
-        self.shift, self.n = shift, n
-
-    def fit(self, architecture, weights, training):
-        return TrainResult({k: v + self.shift for k, v in weights.items()}, self.n, {"train_loss": 1 / self.shift})
-
-
-@pytest.fixture
-def cloud(local_cloud):
-    """The module's cloud with empty client queues."""
-    drain_queues(local_cloud)
-    return local_cloud
-
-
-def agent(cloud, client_id, tmp_path, trainer=None):
-    out = cloud.outputs
-    config = AgentConfig(
-        client_id=client_id,
-        queue_url=out.queues[client_id],
-        bucket=out.bucket,
-        table=out.table,
-        region="us-east-1",
-        endpoint_url=cloud.endpoint,
-        data="unused",
-        poll_wait_s=1,
-        cache_dir=str(tmp_path / client_id),
-    )
-    return Agent(config, trainer or ShiftTrainer(*SHIFTS[client_id]))
-
-
-def start(cloud, rounds, round_timeout_s=120, quorum=None, target=None, clients_per_round=None, round_retries=0):
-    settings = RunSettings(
-        rounds=rounds,
-        round_timeout_s=round_timeout_s,
-        quorum=quorum,
-        target=target,
-        clients_per_round=clients_per_round,
-        round_retries=round_retries,
-    )
-    return start_run(
-        b"an architecture file the server never reads",
-        INITIAL,
-        settings,
-        cloud.outputs,
-        s3=cloud.client("s3"),
-        dynamodb=cloud.client("dynamodb"),
-        stepfunctions=cloud.client("stepfunctions"),
-    )
-
-
-def serve(a, expect=Outcome.SERVED, tries=30):
-    """Poll until a message arrives (the state machine publishes asynchronously); serve it."""
-    for _ in range(tries):
-        outcome = a.poll_once()
-        if outcome is not None:
-            gaps.wait_for_stream_batches()
-            assert outcome is expect
-            return outcome
-    raise AssertionError(f"no message for {a.config.client_id}")
-
-
-def receive(cloud, client_id):
-    """The next message on a client's queue, received by the test itself (not by an agent)."""
-    sqs = cloud.client("sqs")
-    for _ in range(30):
-        messages = sqs.receive_message(QueueUrl=cloud.outputs.queues[client_id], WaitTimeSeconds=1).get("Messages")
-        if messages:
-            return messages[0]
-    raise AssertionError(f"no message for {client_id}")
+from tests.cloud_helpers import (
+    INITIAL,
+    SHIFTS,
+    ShiftTrainer,
+    agent,
+    global_after,
+    receive,
+    serve,
+    serve_run,
+    start,
+    summaries,
+    wait_for_execution,
+)
 
 
 def test_state_machine_completes_two_rounds_with_two_clients(cloud, tmp_path):
     run = start(cloud, rounds=2)
-    agents = [agent(cloud, c, tmp_path) for c in SHIFTS]
-    for _ in range(2):
-        for a in agents:
-            serve(a)
-    for a in agents:
-        serve(a, expect=Outcome.RUN_ENDED)
+    serve_run([agent(cloud, c, tmp_path) for c in SHIFTS], rounds=2)
     desc = wait_for_execution(cloud, run.execution_arn)
     assert desc["status"] == "SUCCEEDED"
     output = json.loads(desc["output"])
     assert output["stop_reason"] == "max_rounds" and output["rounds_completed"] == 2
-    assert [h["round"] for h in output["history"]] == [1, 2]
-    assert all(h["participants"] == 2 and h["num_examples"] == 40 for h in output["history"])
+    assert output["round_summaries"]["pk"] == run.run_id and output["last_round"]["round"] == 2
+    history = summaries(cloud, run.run_id)
+    assert [h.round for h in history] == [1, 2]
+    assert all(len(h.participants) == 2 and h.num_examples == 40 for h in history)
     final = tensors.decode(S3ModelStore(cloud.outputs.bucket, cloud.client("s3")).get(output["global_model"]["key"]))
     for name in INITIAL:
         np.testing.assert_allclose(final[name], 5.0)  # 2 rounds x weighted shift 2.5
@@ -148,23 +80,22 @@ def test_duplicate_stream_record_is_counted_once(cloud, tmp_path, monkeypatch):
     for client in SHIFTS:
         serve(agent(cloud, client, tmp_path))
     table = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb"))
-    store = S3ModelStore(cloud.outputs.bucket, cloud.client("s3"))
-    first_global = store.get(keys.global_key(run.run_id, 1))
-    items = table.list_updates(run.run_id, 1)
+    first_global = global_after(cloud, run.run_id, 1)
+    items = list(table.get_updates(run.run_id, 1, list(SHIFTS)).values())
     monkeypatch.setenv("BUCKET_NAME", cloud.outputs.bucket)
     monkeypatch.setenv("TABLE_NAME", cloud.outputs.table)
     context = gaps.LocalLambdaContext("aggregate", "arn:aws:lambda:us-east-1:123456789012:function:x", 1024, "req")
     for _ in range(2):  # the same records delivered twice more
         assert handler(_stream_event(items), context) == {"batchItemFailures": []}
     assert len(table.list_rounds(run.run_id)) == 1
-    assert store.get(keys.global_key(run.run_id, 1)) == first_global
+    assert global_after(cloud, run.run_id, 1) == first_global
     desc = wait_for_execution(cloud, run.execution_arn)
     history = cloud.client("stepfunctions").get_execution_history(executionArn=run.execution_arn)["events"]
     assert desc["status"] == "SUCCEEDED"
     round_reports = [
         e
         for e in history
-        if e["type"] == "TaskSucceeded" and e["taskSucceededEventDetails"]["resource"] == "publish.waitForTaskToken"
+        if e["type"] == "TaskSucceeded" and e["taskSucceededEventDetails"]["resource"] == "invoke.waitForTaskToken"
     ]
     assert len(round_reports) == 1
 
@@ -245,7 +176,7 @@ def test_fedstep_start_publishes_the_model_and_starts_an_execution(cloud):
     assert "started run cli-run with clients client-1, client-2" in result.stdout
     store = S3ModelStore(cloud.outputs.bucket, cloud.client("s3"))
     assert store.get(keys.model_key("cli-run"))[:2] == b"PK"  # a .keras file is a zip archive
-    initial = tensors.decode(store.get(keys.global_key("cli-run", 0)))
+    initial = tensors.decode(store.get(keys.global_key("cli-run", 0, keys.INITIAL_VERSION)))
     assert sorted(initial) == ["000/hidden/kernel", "001/hidden/bias", "002/output/kernel", "003/output/bias"]
     run = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb")).get_run("cli-run")
     assert run.rounds == 3 and run.clients == ["client-1", "client-2"] and run.training.learning_rate == 0.1
@@ -315,18 +246,17 @@ def test_a_malformed_message_ends_in_the_clients_dead_letter_queue(cloud, tmp_pa
 
 
 def test_a_straggler_past_the_deadline_does_not_stop_the_run_and_its_late_update_is_ignored(cloud, tmp_path):
-    run = start(cloud, rounds=1, round_timeout_s=3, quorum=1)
+    run = start(cloud, rounds=1, round_timeout_s=3, quorum=1, min_participants=1)
     serve(agent(cloud, "client-1", tmp_path))  # client-2 is late
     desc = wait_for_execution(cloud, run.execution_arn, timeout_s=60)
     assert desc["status"] == "SUCCEEDED", desc.get("error")
-    [entry] = json.loads(desc["output"])["history"]
-    assert entry["participants"] == 1 and entry["num_examples"] == 10
-    store = S3ModelStore(cloud.outputs.bucket, cloud.client("s3"))
-    model = store.get(keys.global_key(run.run_id, 1))
+    [entry] = summaries(cloud, run.run_id)
+    assert entry.participants == ["client-1"] and entry.num_examples == 10
+    model = global_after(cloud, run.run_id, 1)
     np.testing.assert_allclose(tensors.decode(model)["001/d/bias"], 1.0)  # client-1's shift alone
     late = agent(cloud, "client-2", tmp_path)
     serve(late)  # it still serves the round message it finds...
-    assert store.get(keys.global_key(run.run_id, 1)) == model  # ...but the aggregate does not change
+    assert global_after(cloud, run.run_id, 1) == model  # ...but the aggregate does not change
     names = [
         e["type"] for e in cloud.client("stepfunctions").get_execution_history(executionArn=run.execution_arn)["events"]
     ]
@@ -342,17 +272,18 @@ def test_a_round_below_its_quorum_at_the_deadline_fails_the_run_with_a_named_err
     assert "1 of 2 updates by the deadline of round 1 (quorum 2)" in desc["cause"]
 
 
-def _bad_files() -> dict[str, tuple[bytes, str]]:
+def _bad_files() -> dict[str, tuple[Callable[[dict], bytes], str]]:
+    """Each fault as a file (made from the metadata an honest file would carry) and the reason it gets."""
     import pickle
 
     wrong_shapes = {"000/d/kernel": np.zeros((3, 4), np.float32), "001/d/bias": np.zeros(3, np.float32)}
     nan = {k: np.full(v.shape, np.nan, np.float32) for k, v in INITIAL.items()}
     return {
-        "corrupt file": (b"\x00\x01not a model" * 10, "not a safetensors file"),
-        "wrong shapes": (tensors.encode(wrong_shapes), "has shape (3, 4), expected (4, 3)"),
-        "NaN values": (tensors.encode(nan), "non-finite"),
+        "corrupt file": (lambda meta: b"\x00\x01not a model" * 10, "not a safetensors file"),
+        "wrong shapes": (lambda meta: tensors.encode(wrong_shapes, meta), "has shape (3, 4), expected (4, 3)"),
+        "NaN values": (lambda meta: tensors.encode(nan, meta), "non-finite"),
         "pickle payload": (
-            pickle.dumps({"000/d/kernel": INITIAL["000/d/kernel"]}),
+            lambda meta: pickle.dumps({"000/d/kernel": INITIAL["000/d/kernel"]}),
             "not a safetensors file",
         ),  # pickle-attack
     }
@@ -361,25 +292,17 @@ def _bad_files() -> dict[str, tuple[bytes, str]]:
 @pytest.mark.parametrize("fault", list(_bad_files()))
 def test_a_bad_update_is_rejected_and_the_model_equals_a_run_without_it(cloud, tmp_path, fault):
     from fedstep.rounds import utc_now
-    from fedstep.schemas import ObjectRef, UpdateItem, parse_message
+    from fedstep.schemas import ObjectRef, UpdateItem
 
-    data, reason = _bad_files()[fault]
-    run = start(cloud, rounds=1, quorum=1)
+    make, reason = _bad_files()[fault]
+    run = start(cloud, rounds=1, quorum=1, min_participants=1)
     serve(agent(cloud, "client-1", tmp_path))
-    message = parse_message(json.loads(receive(cloud, "client-2")["Body"]))
+    receive(cloud, "client-2")
     key = keys.update_key(run.run_id, 1, "client-2")
+    item = UpdateItem(run.run_id, 1, "client-2", 30, ObjectRef(key, "0" * 64, 0), {}, utc_now())
+    data = make(item.file_metadata())
     cloud.client("s3").put_object(Bucket=cloud.outputs.bucket, Key=key, Body=data)
-    item = UpdateItem(
-        run.run_id,
-        1,
-        "client-2",
-        30,
-        ObjectRef(key, tensors.sha256_hex(data), len(data)),
-        {},
-        message.task_token,
-        message.issued_at,
-        utc_now(),
-    )
+    item = replace(item, update=ObjectRef(key, tensors.sha256_hex(data), len(data)))
     DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb")).put_once(item.to_item())
     gaps.wait_for_stream_batches()
     desc = wait_for_execution(cloud, run.execution_arn)
@@ -388,7 +311,7 @@ def test_a_bad_update_is_rejected_and_the_model_equals_a_run_without_it(cloud, t
     assert summary["participants"] == ["client-1"]
     [rejection] = summary["rejected"]
     assert rejection["client_id"] == "client-2" and reason in rejection["reason"]
-    final = tensors.decode(S3ModelStore(cloud.outputs.bucket, cloud.client("s3")).get(keys.global_key(run.run_id, 1)))
+    final = tensors.decode(global_after(cloud, run.run_id, 1))
     for name in INITIAL:
         np.testing.assert_allclose(final[name], 1.0)  # exactly client-1's update: the fault-free result
 
@@ -398,14 +321,13 @@ def test_an_update_for_a_finished_round_changes_nothing(cloud, tmp_path):
     agents = [agent(cloud, c, tmp_path) for c in SHIFTS]
     for a in agents:
         serve(a)  # round 1 completes
-    store = S3ModelStore(cloud.outputs.bucket, cloud.client("s3"))
-    round_1 = store.get(keys.global_key(run.run_id, 1))
+    round_1 = global_after(cloud, run.run_id, 1)
     table = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb"))
-    stale = table.list_updates(run.run_id, 1)[0]
+    stale = table.get_updates(run.run_id, 1, ["client-1"])["client-1"]
     table.ddb.delete_item(TableName=table.name, Key=to_attributes(keys.update_item_key(run.run_id, 1, "client-1")))
     table.put_once(stale)  # the same round-1 report arriving again, late
     gaps.wait_for_stream_batches()
-    assert store.get(keys.global_key(run.run_id, 1)) == round_1
+    assert global_after(cloud, run.run_id, 1) == round_1
     for a in agents:
         serve(a)
     assert wait_for_execution(cloud, run.execution_arn)["status"] == "SUCCEEDED"
@@ -461,16 +383,16 @@ def test_a_stopped_agent_releases_its_round_message_at_once(cloud, tmp_path):
 def test_the_aggregation_function_failing_once_is_retried_and_aggregates_once(cloud, tmp_path, monkeypatch):
     from fedstep import aws as aws_module
 
-    original = aws_module.S3ModelStore.get
+    original = aws_module.S3ModelStore.read_range
     failures = []
 
-    def flaky_get(self, key):
+    def flaky_read(self, key, *args, **kwargs):
         if not failures and "/rounds/00000/" in key:  # the first read of the round's input model fails
             failures.append(key)
             raise ConnectionError("simulated network failure inside the aggregation function")
-        return original(self, key)
+        return original(self, key, *args, **kwargs)
 
-    monkeypatch.setattr(aws_module.S3ModelStore, "get", flaky_get)
+    monkeypatch.setattr(aws_module.S3ModelStore, "read_range", flaky_read)
     run = start(cloud, rounds=1)
     for client in SHIFTS:
         serve(agent(cloud, client, tmp_path))
@@ -478,7 +400,7 @@ def test_the_aggregation_function_failing_once_is_retried_and_aggregates_once(cl
     assert wait_for_execution(cloud, run.execution_arn)["status"] == "SUCCEEDED"
     table = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb"))
     assert len(table.list_rounds(run.run_id)) == 1
-    final = tensors.decode(S3ModelStore(cloud.outputs.bucket, cloud.client("s3")).get(keys.global_key(run.run_id, 1)))
+    final = tensors.decode(global_after(cloud, run.run_id, 1))
     for name in INITIAL:
         np.testing.assert_allclose(final[name], 2.5)  # the fault-free result
 
@@ -508,7 +430,7 @@ def test_a_run_stops_early_when_its_target_metric_is_reached(cloud, tmp_path):
 def test_only_the_clients_selected_for_a_round_receive_it(cloud, tmp_path):
     from fedstep.selection import select
 
-    run = start(cloud, rounds=4, clients_per_round="1")
+    run = start(cloud, rounds=4, clients_per_round="1", min_participants=1)
     agents = {c: agent(cloud, c, tmp_path) for c in SHIFTS}
     expected = {r: select(list(SHIFTS), 1, 0, r) for r in range(1, 5)}
     received: dict[int, list[str]] = {}
@@ -559,7 +481,8 @@ def test_a_failed_run_resumes_from_its_last_completed_round(cloud, tmp_path):
             serve(a)
     desc = wait_for_execution(cloud, resumed.execution_arn)
     output = json.loads(desc["output"])
-    assert desc["status"] == "SUCCEEDED" and [h["round"] for h in output["history"]] == [1, 2, 3]
+    assert desc["status"] == "SUCCEEDED" and [h.round for h in summaries(cloud, resumed.run_id)] == [2, 3]
+    assert [h.round for h in summaries(cloud, run.run_id)] == [1]  # the earlier round stays with its run
     final = tensors.decode(S3ModelStore(cloud.outputs.bucket, cloud.client("s3")).get(output["global_model"]["key"]))
     for name in INITIAL:
         np.testing.assert_allclose(final[name], 7.5)  # three rounds of 2.5: the same as a fault-free run
@@ -581,20 +504,21 @@ def test_a_round_that_misses_its_quorum_is_retried_and_the_run_completes(cloud, 
         e["type"] for e in cloud.client("stepfunctions").get_execution_history(executionArn=run.execution_arn)["events"]
     ]
     assert names.count("TaskScheduled") >= 3  # notify, aggregate at deadline, notify again
-    final = tensors.decode(S3ModelStore(cloud.outputs.bucket, cloud.client("s3")).get(keys.global_key(run.run_id, 1)))
+    final = tensors.decode(global_after(cloud, run.run_id, 1))
     for name in INITIAL:
         np.testing.assert_allclose(final[name], 2.5)  # both clients' updates: the fault-free result
 
 
 def test_a_report_about_another_run_cannot_steer_this_run(cloud, tmp_path):
     run = start(cloud, rounds=2)
-    token = json.loads(receive(cloud, "client-1")["Body"])["task_token"]
+    message = json.loads(receive(cloud, "client-1")["Body"])
+    assert "task_token" not in message  # clients never see a token...
+    table = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb"))
+    token = table.get_round(run.run_id, 1)["task_token"]  # ...it stays in the round record
     forged = {
         "summary": {"run_id": "some-other-run", "round": 1},
-        "global_model": {"key": "runs/some-other-run/rounds/00001/global.safetensors", "sha256": "0" * 64, "bytes": 1},
-        "history": [],
+        "global_model": {"key": "runs/other/rounds/00001/global-x.safetensors", "sha256": "0" * 64, "bytes": 1},
         "target_reached": False,
-        "next_selected": ["client-1", "client-2"],
     }
     cloud.client("stepfunctions").send_task_success(taskToken=token, output=json.dumps(forged))
     desc = wait_for_execution(cloud, run.execution_arn)

@@ -18,6 +18,7 @@ from client_agent.agent import Agent
 from client_agent.config import AgentConfig
 from client_agent.training import FunctionTrainer
 from fedstep import tensors
+from fedstep.aws import DynamoRoundTable
 from tests.cloud_helpers import drain_queues, wait_for_execution
 
 REPO = Path(__file__).resolve().parent.parent
@@ -123,7 +124,8 @@ def test_download_gives_the_last_global_model_as_a_keras_file_ready_for_predict(
     model = import_keras().models.load_model(out, safe_mode=True)
     assert model.predict(np.zeros((2, 64), np.float32), verbose=0).shape == (2, 10)
     s3 = local_cloud.client("s3")
-    key = f"runs/{finished_run}/rounds/00003/global.safetensors"
+    table = DynamoRoundTable(local_cloud.outputs.table, local_cloud.client("dynamodb"))
+    key = table.get_round(finished_run, 3)["global_model"]["key"]  # the version the round's summary names
     expected = tensors.decode(s3.get_object(Bucket=local_cloud.outputs.bucket, Key=key)["Body"].read())
     for name, value in get_tensors(model).items():
         np.testing.assert_array_equal(value, expected[name])
@@ -172,20 +174,22 @@ def test_stop_aborts_a_running_run_and_tells_its_clients(local_cloud, finished_r
     drain_queues(local_cloud)
 
 
-def test_the_console_shows_each_rounds_summary_and_the_whole_history(local_cloud, finished_run):
-    """What the Step Functions console shows: "Round aggregated" outputs a round's summary; the execution
-    output holds the stop reason and the per-round history."""
+def test_the_console_shows_each_rounds_summary_and_where_the_history_is(local_cloud, finished_run):
+    """What the Step Functions console shows: "Round aggregated" outputs a round in brief; the execution
+    output holds the stop reason, the last round and where the round summaries are (the table)."""
     sfn = local_cloud.client("stepfunctions")
     arn = local_cloud.outputs.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{finished_run}"
     events = sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"]
     exits = [e["stateExitedEventDetails"] for e in events if "stateExitedEventDetails" in e]
     summaries = [json.loads(d["output"])["round_summary"] for d in exits if d["name"] == "Round aggregated"]
     assert [s["round"] for s in summaries] == [1, 2, 3]
-    assert all(s["participants"] == ["client-1", "client-2"] and s["metrics"]["test_accuracy"] for s in summaries)
+    assert all(s["participants"] == 2 and s["metrics"]["test_accuracy"] for s in summaries)
     names = {d["name"] for d in exits}
     assert {"Prepare round", "Notify clients and wait for updates", "More rounds?", "Training finished"} <= names
     output = json.loads(sfn.describe_execution(executionArn=arn)["output"])
-    assert output["stop_reason"] == "max_rounds" and [h["round"] for h in output["history"]] == [1, 2, 3]
+    assert output["stop_reason"] == "max_rounds" and output["last_round"]["round"] == 3
+    where = output["round_summaries"]
+    assert (where["table"], where["pk"], where["sk_prefix"]) == (local_cloud.outputs.table, finished_run, "ROUND#")
 
 
 def test_status_watch_prints_each_round_and_returns_when_the_run_is_over(local_cloud, finished_run):

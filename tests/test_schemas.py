@@ -4,16 +4,16 @@ from fedstep.schemas import InvalidMessage, RoundMessage, RunEndedMessage, Train
 
 SHA = "ab" * 32
 ROUND = {
-    "schema": 1,
+    "schema": 2,
     "type": "round",
     "run_id": "run-1",
     "round": 2,
+    "attempt": 0,
     "model": {"key": "runs/run-1/model.keras", "sha256": SHA, "bytes": 10},
-    "global_model": {"key": "runs/run-1/rounds/00001/global.safetensors", "sha256": SHA, "bytes": 20},
+    "global_model": {"key": "runs/run-1/rounds/00001/global-ab12.safetensors", "sha256": SHA, "bytes": 20},
     "training": {"epochs": 1, "batch_size": 32, "learning_rate": 0.1},
     "deadline_s": 600,
     "issued_at": "2026-11-21T10:00:00.000Z",
-    "task_token": "token",
 }
 
 
@@ -25,7 +25,7 @@ def test_round_message_parses_into_its_typed_form():
 
 def test_run_ended_message_parses():
     msg = parse_message(
-        {"schema": 1, "type": "run_ended", "run_id": "run-1", "reason": "max_rounds", "rounds_completed": 5}
+        {"schema": 2, "type": "run_ended", "run_id": "run-1", "reason": "max_rounds", "rounds_completed": 5}
     )
     assert isinstance(msg, RunEndedMessage) and msg.rounds_completed == 5
 
@@ -33,7 +33,7 @@ def test_run_ended_message_parses():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"schema": 2}, "schema 2 is not supported"),
+        ({"schema": 1}, "schema 1 is not supported"),
         ({"round": 0}, "'round' must be >= 1"),
         ({"round": "2"}, "'round' must be int"),
         ({"round": True}, "'round' must be int"),
@@ -50,30 +50,49 @@ def test_malformed_round_messages_name_the_bad_field(change, message):
 
 def test_missing_fields_are_named():
     broken = dict(ROUND)
-    del broken["task_token"]
-    with pytest.raises(InvalidMessage, match="missing field 'task_token'"):
+    del broken["global_model"]
+    with pytest.raises(InvalidMessage, match="missing field 'global_model'"):
         parse_message(broken)
 
 
-def test_update_item_sort_key_must_match_its_fields():
-    item = {
-        "schema": 1,
-        "sk": "UPDATE#00002#someone-else",
-        "run_id": "run-1",
-        "round": 2,
-        "client_id": "c1",
-        "num_examples": 5,
-        "update": {"key": "k", "sha256": SHA, "bytes": 1},
-        "metrics": {"train_loss": 0.5},
-        "task_token": "t",
-        "issued_at": "",
-        "created_at": "",
-    }
-    with pytest.raises(InvalidMessage, match="sort key"):
-        UpdateItem.parse(item)
-    with pytest.raises(InvalidMessage, match="finite number"):
-        UpdateItem.parse({**item, "sk": "UPDATE#00002#c1", "metrics": {"train_loss": float("nan")}})
-    assert UpdateItem.parse({**item, "sk": "UPDATE#00002#c1"}).num_examples == 5
+ITEM = {
+    "schema": 2,
+    "pk": "CLIENT#c1",
+    "sk": "UPDATE#run-1#00002",
+    "run_id": "run-1",
+    "round": 2,
+    "client_id": "c1",
+    "num_examples": 5,
+    "update": {"key": "updates/c1/run-1/00002.safetensors", "sha256": SHA, "bytes": 1},
+    "metrics": {"train_loss": 0.5},
+    "created_at": "2026-11-21T10:00:00.000Z",
+}
+
+
+def test_update_item_parses_when_its_key_and_fields_agree():
+    assert UpdateItem.parse(ITEM).num_examples == 5
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"sk": "UPDATE#run-1#00003"}, "key does not match"),
+        ({"pk": "CLIENT#c2"}, "key does not match"),
+        ({"update": {"key": "updates/c2/run-1/00002.safetensors", "sha256": SHA, "bytes": 1}}, "not this client's"),
+        ({"update": {"key": "k" * 2000, "sha256": SHA, "bytes": 1}}, "2000 characters, at most 1024"),
+        ({"num_examples": 2**41}, "'num_examples' must be from 1 to"),
+        ({"num_examples": 0}, "'num_examples' must be from 1 to"),
+        ({"metrics": {"train_loss": float("nan")}}, "finite number"),
+        ({"metrics": {"test_accuracy": 1.5}}, "must lie in \\[0, 1\\]"),
+        ({"metrics": {"train_loss": -1.0}}, "loss and must be >= 0"),
+        ({"metrics": {f"m{i}": 0.0 for i in range(33)}}, "33 metrics, at most 32"),
+        ({"metrics": {"x" * 300: 0.0}}, "metric name"),
+        ({"created_at": "t" * 500}, "'created_at' is 500 characters"),
+    ],
+)
+def test_every_field_a_client_writes_is_bounded(change, message):
+    with pytest.raises(InvalidMessage, match=message):
+        UpdateItem.parse({**ITEM, **change})
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,22 @@ def _settings_args(parser: argparse.ArgumentParser, defaults: RunSettingsDefault
     parser.add_argument(
         "--round-timeout", type=int, dest="round_timeout_s", help=f"round deadline, s (default {defaults.timeout})"
     )
+    parser.add_argument(
+        "--min-participants",
+        type=int,
+        help="never aggregate a round from fewer valid updates (default 2; 1 publishes a single client's update)",
+    )
+    parser.add_argument(
+        "--max-examples", type=int, help="cap on the examples a client's update is weighted by (default 100000)"
+    )
+    parser.add_argument(
+        "--max-update-norm", type=float, help="bound on an update's L2 norm, trained minus global (default: none)"
+    )
+    parser.add_argument(
+        "--bound-action",
+        choices=("clip", "reject"),
+        help="an update beyond max-examples or max-update-norm is clipped (default) or rejected",
+    )
 
 
 class RunSettingsDefaults(NamedTuple):
@@ -250,13 +266,15 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
+    from fedstep.aws import DynamoRoundTable
     from fedstep.cli.operate import download_model
 
     stack = _Stack(args)
     view = _view(stack, args.run_id)
     round_number = args.round if args.round is not None else view.last_round
     out = args.out or Path(f"{args.run_id}-round{round_number}.keras")
-    path = download_model(view, stack.outputs, stack.client("s3"), args.round, out)
+    table = DynamoRoundTable(stack.outputs.table, stack.client("dynamodb"))
+    path = download_model(view, stack.outputs, stack.client("s3"), table, args.round, out)
     print(f"wrote {path}: the global model after round {round_number}; keras.models.load_model({str(path)!r})")
     return 0
 
@@ -295,7 +313,8 @@ def _clients(args: argparse.Namespace) -> int:
 
     stack = _Stack(args)
     ids = sorted(stack.outputs.queues)
-    rows = statuses(ids, DynamoRoundTable(stack.outputs.table, stack.client("dynamodb")).get_heartbeats(ids))
+    table = DynamoRoundTable(stack.outputs.table, stack.client("dynamodb"))
+    rows = statuses(ids, table.get_heartbeats(ids), feedback=table.get_feedback(ids))
     print(render_json(rows) if args.json else render_table(rows))
     return 0
 

@@ -2,18 +2,19 @@
 
 A client is *online* when its last heartbeat is at most two intervals (plus 15 s of slack) old,
 *stopped* when its agent said so on a clean exit, *offline* when its heartbeats stopped otherwise,
-and *never seen* when no agent has ever written one.
+and *never seen* when no agent has ever written one. LAST REJECTION is the last update the
+aggregation function rejected from it (run, round, reason), from its feedback item.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from fedstep.cli.text import duration, table
-from fedstep.schemas import Heartbeat, InvalidMessage
+from fedstep.schemas import Feedback, Heartbeat, InvalidMessage
 
 SLACK_S = 15
 
@@ -27,6 +28,8 @@ class ClientStatus:
     seconds_ago: float | None
     agent_version: str | None
     hardware: dict[str, Any]
+    last_rejection: str = ""
+    """run, round and reason of the client's last rejected update ("" if none)."""
 
 
 def status_of(client_id: str, item: dict[str, Any] | None, now: datetime) -> ClientStatus:
@@ -48,11 +51,29 @@ def status_of(client_id: str, item: dict[str, Any] | None, now: datetime) -> Cli
     return ClientStatus(client_id, status, activity, beat.last_seen, round(ago, 1), beat.agent_version, beat.hardware)
 
 
+def rejection_line(item: dict[str, Any] | None) -> str:
+    """ "run-x round 3: <reason>" from a feedback item ("" when there is none)."""
+    if item is None:
+        return ""
+    try:
+        told = Feedback.parse(item)
+    except InvalidMessage as exc:
+        return f"unreadable feedback: {exc}"
+    return f"{told.run_id} round {told.round}: {told.reason}"
+
+
 def statuses(
-    client_ids: list[str], items: dict[str, dict[str, Any]], now: datetime | None = None
+    client_ids: list[str],
+    items: dict[str, dict[str, Any]],
+    now: datetime | None = None,
+    feedback: dict[str, dict[str, Any]] | None = None,
 ) -> list[ClientStatus]:
     now = now or datetime.now(UTC)
-    return [status_of(cid, items.get(cid), now) for cid in client_ids]
+    feedback = feedback or {}
+    return [
+        replace(status_of(cid, items.get(cid), now), last_rejection=rejection_line(feedback.get(cid)))
+        for cid in client_ids
+    ]
 
 
 def _ago(seconds: float | None) -> str:
@@ -71,9 +92,17 @@ def _hardware(hw: dict[str, Any]) -> str:
 
 
 def render_table(rows: list[ClientStatus]) -> str:
-    header = ("CLIENT", "STATUS", "ACTIVITY", "LAST SEEN", "AGENT", "HARDWARE")
+    header = ("CLIENT", "STATUS", "ACTIVITY", "LAST SEEN", "AGENT", "HARDWARE", "LAST REJECTION")
     body = [
-        (r.client_id, r.status, r.activity or "-", _ago(r.seconds_ago), r.agent_version or "-", _hardware(r.hardware))
+        (
+            r.client_id,
+            r.status,
+            r.activity or "-",
+            _ago(r.seconds_ago),
+            r.agent_version or "-",
+            _hardware(r.hardware),
+            r.last_rejection or "-",
+        )
         for r in rows
     ]
     lines = table(header, body)

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from fedstep import SCHEMA_VERSION, keys, tensors
-from fedstep.aws import S3ModelStore
+from fedstep.aws import DynamoRoundTable, S3ModelStore
+from fedstep.cli.start import model_of_round
 from fedstep.errors import FedstepError
 from fedstep.run_view import RunView, execution_arn
 from fedstep.stack import StackOutputs
@@ -32,7 +33,9 @@ def stop_run(view: RunView, outputs: StackOutputs, sfn: Any, sns: Any, reason: s
     )
 
 
-def download_model(view: RunView, outputs: StackOutputs, s3: Any, round_number: int | None, out: Path) -> Path:
+def download_model(
+    view: RunView, outputs: StackOutputs, s3: Any, table: DynamoRoundTable, round_number: int | None, out: Path
+) -> Path:
     """The global model after `round_number` (default: the last completed round; 0: the initial
     weights) as a `.keras` file: the run's architecture with those weights, ready for `model.predict`."""
     done = {s.round: s for s in view.rounds}
@@ -46,7 +49,7 @@ def download_model(view: RunView, outputs: StackOutputs, s3: Any, round_number: 
     store = S3ModelStore(outputs.bucket, s3)
     architecture = store.get(keys.model_key(view.run_id))
     if round_number == 0:
-        weights = tensors.decode(store.get(keys.global_key(view.run_id, 0)))
+        weights = tensors.decode(store.get(model_of_round(table, view.record, 0)))
     else:
         ref = done[round_number].global_model
         data = store.get(ref.key)

@@ -8,22 +8,24 @@ from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from fedstep import SCHEMA_VERSION, keys, strategies, tensors
+from fedstep import SCHEMA_VERSION, keys, limits, strategies, tensors
 from fedstep.aws import DynamoRoundTable, S3ModelStore
 from fedstep.errors import FedstepError
 from fedstep.imports import load_callable
 from fedstep.json_files import load_json_object
 from fedstep.rounds import round_history, utc_now
 from fedstep.run_view import execution_arn
-from fedstep.schemas import InvalidMessage, ObjectRef, RunRecord, Target, TrainingConfig
+from fedstep.schemas import Bounds, InvalidMessage, ObjectRef, RunRecord, Target, TrainingConfig
 from fedstep.selection import per_round_count
 from fedstep.stack import StackOutputs
 
 
 @dataclass(frozen=True)
 class RunSettings:
-    """How a run trains. Defaults: 5 rounds, 1 local epoch, batch 32, learning rate 0.1, FedAvg,
-    a 1-hour round deadline, a quorum of half the clients (rounded up)."""
+    """How a run trains, and how far it trusts any one client. Defaults: 5 rounds, 1 local epoch,
+    batch 32, learning rate 0.1, FedAvg, a 1-hour round deadline, a quorum of half the clients per
+    round (rounded up), at least 2 participants per round, each client's weight capped at 100,000
+    examples, update norms unbounded, updates beyond a bound clipped."""
 
     rounds: int = 5
     epochs: int = 1
@@ -38,17 +40,29 @@ class RunSettings:
     clients_per_round: str | None = None
     """Clients each round selects: a number ("3") or a fraction ("0.5"); default all."""
     round_retries: int = 0
-    """How often a round that misses its quorum is published again before the run fails."""
+    """How often a round that cannot be aggregated is published again before the run fails."""
     seed: int = 0
     """Seed of the per-round client selection."""
+    min_participants: int = 2
+    """A round is never aggregated from fewer valid updates (1 publishes a single client's update)."""
+    max_examples: int = 100_000
+    """Cap on the examples a client's update is weighted by."""
+    client_max_examples: dict[str, int] | None = None
+    """Per-client caps, by client id (run file only), instead of max_examples."""
+    max_update_norm: float | None = None
+    """Bound on an update's L2 norm (trained minus global weights); None: unbounded."""
+    bound_action: str = "clip"
+    """What happens to an update beyond max_examples or max_update_norm: "clip" or "reject"."""
 
     def validated(self) -> RunSettings:
-        if self.rounds < 1:
-            raise FedstepError(f"rounds must be >= 1, got {self.rounds}")
+        if not 1 <= self.rounds <= limits.MAX_ROUNDS:
+            raise FedstepError(f"rounds must be 1 to {limits.MAX_ROUNDS}, got {self.rounds}")
         if not 0 <= self.round_retries <= 10:
             raise FedstepError(f"round_retries must be 0-10, got {self.round_retries}")
         if self.quorum is not None and self.quorum < 1:
             raise FedstepError(f"quorum must be >= 1, got {self.quorum}")
+        if self.min_participants < 1:
+            raise FedstepError(f"min_participants must be >= 1, got {self.min_participants}")
         if self.target is not None:
             try:
                 Target.parse_text(self.target)
@@ -59,22 +73,39 @@ class RunSettings:
         try:
             strategies.get(self.strategy)
             self.training()
-        except ValueError as exc:
+            self.bounds()
+        except (ValueError, InvalidMessage) as exc:
             raise FedstepError(str(exc)) from None
         return self
 
     def training(self) -> TrainingConfig:
         return TrainingConfig(epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate)
 
+    def bounds(self) -> Bounds:
+        return Bounds(
+            max_examples=self.max_examples,
+            client_max_examples=dict(self.client_max_examples or {}),
+            max_update_norm=self.max_update_norm,
+            action=self.bound_action,
+        )
+
 
 RUN_FILE_FIELDS = {f.name for f in fields(RunSettings)} | {"model"}
+_TYPES: dict[str, type] = {
+    "quorum": int,
+    "target": str,
+    "clients_per_round": str,
+    "client_max_examples": dict,
+    "max_update_norm": float,
+}
+"""Types of the settings whose default is None (the others' defaults give theirs)."""
 
 
 def load_run_file(path: str) -> dict[str, Any]:
     """A run file: a JSON object of RunSettings fields plus `model` (module:function), e.g.
 
     {"model": "client_agent.models:digits_mlp", "rounds": 20, "clients_per_round": "0.5",
-     "target": "test_accuracy>=0.9"}
+     "target": "test_accuracy>=0.9", "max_examples": 5000, "max_update_norm": 10}
     """
     return load_json_object(path, "run file", RUN_FILE_FIELDS)
 
@@ -85,14 +116,13 @@ def merge_settings(base: RunSettings, *layers: dict[str, Any]) -> RunSettings:
     for layer in layers:
         values.update({k: v for k, v in layer.items() if k in values and v is not None})
     for name, value in values.items():
-        expected = type(getattr(RunSettings(), name))
+        kind = _TYPES.get(name) or type(getattr(RunSettings(), name))
         if name == "clients_per_round" and isinstance(value, (int, float)) and not isinstance(value, bool):
             values[name] = value = str(value)
-        if value is None or (expected is float and isinstance(value, int) and not isinstance(value, bool)):
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            values[name] = value = float(value)
+        if value is None:
             continue
-        kind = str if expected is type(None) else expected
-        if name == "quorum":
-            kind = int
         if isinstance(value, bool) or not isinstance(value, kind):
             raise FedstepError(f"run setting {name} must be {kind.__name__}, got {value!r}")
     return RunSettings(**values).validated()
@@ -149,6 +179,8 @@ def start_run(
     clients = sorted(outputs.queues)
     if not clients:
         raise FedstepError("the stack has no clients; add them to the deployment config and deploy")
+    if len(clients) > limits.MAX_CLIENTS_PER_RUN:
+        raise FedstepError(f"a run takes at most {limits.MAX_CLIENTS_PER_RUN} clients; the stack has {len(clients)}")
     try:
         per_round = per_round_count(settings.clients_per_round, len(clients))
     except ValueError as exc:
@@ -156,6 +188,22 @@ def start_run(
     quorum = settings.quorum or (per_round + 1) // 2
     if quorum > per_round:
         raise FedstepError(f"quorum {quorum} is more than the {per_round} clients selected per round")
+    if settings.min_participants > per_round:
+        raise FedstepError(
+            f"min_participants {settings.min_participants} is more than the {per_round} client(s) selected per "
+            "round; set it to 1 (--min-participants 1) only if a round may publish a single client's update"
+        )
+    unknown = sorted(set(settings.client_max_examples or {}) - set(clients))
+    if unknown:
+        raise FedstepError(f"client_max_examples names clients the stack does not have: {unknown}")
+    weights = tensors.encode(
+        initial_weights, {"schema": SCHEMA_VERSION, "run_id": run_id, "round": 0, "kind": "global"}
+    )
+    if len(weights) > outputs.max_model_bytes:
+        raise FedstepError(
+            f"the model is {len(weights)} bytes; the stack aggregates models of at most {outputs.max_model_bytes} "
+            "bytes (deployment config max_model_mb)"
+        )
     record = RunRecord(
         run_id=run_id,
         clients=clients,
@@ -169,21 +217,38 @@ def start_run(
         seed=settings.seed,
         round_timeout_s=settings.round_timeout_s,
         round_retries=settings.round_retries,
+        min_participants=settings.min_participants,
+        bounds=settings.bounds(),
     )
-    weights = tensors.encode(
-        initial_weights, {"schema": SCHEMA_VERSION, "run_id": run_id, "round": 0, "kind": "global"}
-    )
-    launched = _launch(record, architecture, weights, 0, [], outputs, s3, dynamodb, stepfunctions)
+    launched = _launch(record, architecture, weights, 0, keys.INITIAL_VERSION, outputs, s3, dynamodb, stepfunctions)
     if launched is None:
         raise FedstepError(f"run {run_id} exists already; choose another run id")
     return launched
+
+
+def model_of_round(table: DynamoRoundTable, run: RunRecord, round_number: int) -> str:
+    """The S3 key of a run's global model after `round_number` (0: the initial weights of the run
+    that began the lineage); FedstepError if that round is not completed."""
+    if round_number == 0:
+        root = run
+        while root.resumed_from:
+            earlier = table.get_run(root.resumed_from)
+            if earlier is None:
+                break
+            root = earlier
+        return keys.global_key(root.run_id, 0, keys.INITIAL_VERSION)
+    for summary in round_history(table, run.run_id, round_number, run):
+        if summary.round == round_number:
+            return summary.global_model.key
+    raise FedstepError(f"run {run.run_id} has no completed round {round_number}")
 
 
 def resume_run(run_id: str, outputs: StackOutputs, *, s3: Any, dynamodb: Any, stepfunctions: Any) -> StartedRun:
     """Continue a failed or stopped run from its last completed round's global model.
 
     The continuation is a new run, `<run id>-r1` (then -r2, ...): messages and update items still in
-    flight for the old execution carry the old run id, so they can never mix into the new one."""
+    flight for the old execution carry the old run id, so they can never mix into the new one. It
+    reads the earlier rounds from the runs it continues; nothing of them is copied."""
     table = DynamoRoundTable(outputs.table, dynamodb)
     old = table.get_run(run_id)
     if old is None:
@@ -191,19 +256,19 @@ def resume_run(run_id: str, outputs: StackOutputs, *, s3: Any, dynamodb: Any, st
     status = stepfunctions.describe_execution(executionArn=execution_arn(outputs, run_id))["status"]
     if status == "RUNNING":
         raise FedstepError(f"run {run_id} is still running; stop it before resuming it")
-    history = round_history(table, run_id, old.rounds, old)  # also the rounds of runs it continues
-    done = [h["round"] for h in history]
+    done = [s.round for s in round_history(table, run_id, old.rounds, old)]  # also the runs it continues
     last = next((i for i, r in enumerate(done) if r != i + 1), len(done))  # last of rounds 1..k all done
     if last >= old.rounds:
         raise FedstepError(f"run {run_id} completed all {old.rounds} rounds ({status}); nothing to resume")
     store = S3ModelStore(outputs.bucket, s3)
     architecture = store.get(keys.model_key(run_id))
-    global_bytes = store.get(keys.global_key(run_id, last))
-    history = [h for h in history if h["round"] <= last]
+    global_bytes = store.get(model_of_round(table, old, last))
     for attempt in range(1, 100):
         new_id = keys.check_id("run id", f"{run_id}-r{attempt}")
         record = replace(old, run_id=new_id, created_at=utc_now(), resumed_from=run_id)
-        launched = _launch(record, architecture, global_bytes, last, history, outputs, s3, dynamodb, stepfunctions)
+        launched = _launch(
+            record, architecture, global_bytes, last, keys.RESUMED_VERSION, outputs, s3, dynamodb, stepfunctions
+        )
         if launched is not None:
             return launched
     raise FedstepError(f"run {run_id} was resumed 99 times already")
@@ -214,20 +279,21 @@ def _launch(
     architecture: bytes,
     global_bytes: bytes,
     start_round: int,
-    history: list[dict[str, Any]],
+    version: str,
     outputs: StackOutputs,
     s3: Any,
     dynamodb: Any,
     stepfunctions: Any,
 ) -> StartedRun | None:
     """Write the run record (None if that run id is taken), publish its models, start its execution
-    after `start_round`."""
+    after `start_round`. The execution's input holds no history: its size is the same for any round."""
+    model_ref = ObjectRef(keys.model_key(record.run_id), tensors.sha256_hex(architecture), len(architecture))
+    record = replace(record, model=model_ref)
     if not DynamoRoundTable(outputs.table, dynamodb).put_once(record.to_item()):
         return None
     store = S3ModelStore(outputs.bucket, s3)
-    model_ref = ObjectRef(keys.model_key(record.run_id), tensors.sha256_hex(architecture), len(architecture))
     global_ref = ObjectRef(
-        keys.global_key(record.run_id, start_round), tensors.sha256_hex(global_bytes), len(global_bytes)
+        keys.global_key(record.run_id, start_round, version), tensors.sha256_hex(global_bytes), len(global_bytes)
     )
     store.put(model_ref.key, architecture)
     store.put(global_ref.key, global_bytes)
@@ -236,15 +302,13 @@ def _launch(
             "run_id": record.run_id,
             "rounds": record.rounds,
             "clients": record.clients,
-            "training": asdict(record.training),
-            "model": asdict(model_ref),
             "round_timeout_s": record.round_timeout_s,
             "round_retries": record.round_retries,
         },
         "round": start_round,
-        "selected": record.selected(start_round + 1),
+        "attempt": 0,
         "global_model": asdict(global_ref),
-        "history": history,
+        "round_summary": {},
     }
     execution = stepfunctions.start_execution(
         stateMachineArn=outputs.state_machine_arn, name=record.run_id, input=json.dumps(execution_input)

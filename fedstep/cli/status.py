@@ -68,6 +68,16 @@ def headline(view: RunView) -> str:
     return f"run {view.run_id}: {view.status}{reason}, {progress}, started {started}, {took}"
 
 
+def bounds_text(view: RunView) -> str:
+    """How far the run trusts one client: its participants floor, weight cap and norm bound."""
+    b = view.record.bounds
+    caps = f"examples capped at {b.max_examples}" + (
+        f" ({len(b.client_max_examples)} per client)" if b.client_max_examples else ""
+    )
+    norm = f"update norm <= {b.max_update_norm:g}" if b.max_update_norm is not None else "update norm unbounded"
+    return f"at least {view.record.min_participants} participants; {caps}, {norm} ({b.action})"
+
+
 def settings_line(view: RunView) -> str:
     r = view.record
     per_round = r.clients_per_round or len(r.clients)
@@ -76,6 +86,7 @@ def settings_line(view: RunView) -> str:
         f"{r.training.epochs} epoch(s), batch {r.training.batch_size}, learning rate {r.training.learning_rate:g}",
         r.strategy,
         f"round deadline {duration(r.round_timeout_s)}",
+        bounds_text(view),
     ]
     if r.target:
         parts.append(f"target {r.target}")
@@ -86,6 +97,10 @@ def settings_line(view: RunView) -> str:
 
 def footer(view: RunView) -> list[str]:
     lines = [f"  round {s.round}: {rej.client_id} rejected: {rej.reason}" for s in view.rounds for rej in s.rejected]
+    lines += [f"  round {s.round}: {c.client_id} clipped: {c.what}" for s in view.rounds for c in s.clipped]
+    if view.last_rejections:
+        lines.append("last rejection per client:")
+        lines += [f"  {c}: round {f.round}: {f.reason}" for c, f in sorted(view.last_rejections.items())]
     ex = view.execution
     if ex and ex.status == "FAILED":
         lines.append(f"failed: {ex.error}: {ex.cause}")

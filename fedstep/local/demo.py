@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedstep import keys, tensors
+from fedstep import tensors
 from fedstep.aws import DynamoRoundTable, S3ModelStore
 from fedstep.cli.start import RunSettings, build_model, keras_payload, start_run
 from fedstep.errors import FedstepError
@@ -119,8 +119,9 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
         table = DynamoRoundTable(outputs.table, cloud.client("dynamodb"))
         evaluator = HeldoutEvaluator(config.dataset, architecture)
         rounds = _watch(cloud, procs, started.run_id, started.execution_arn, store, table, evaluator, config, echo)
-        last = max(r["round"] for r in rounds)  # fewer than --rounds when the target stopped the run early
-        final_weights = tensors.decode(store.get(keys.global_key(started.run_id, last)))
+        # the last round (before --rounds when the target stopped the run early)
+        last = RoundSummary.parse(table.list_rounds(started.run_id)[-1])
+        final_weights = tensors.decode(store.get(last.global_model.key))
         final = evaluator.evaluate(final_weights)
         procs.wait(timeout_s=30)
         summary = {

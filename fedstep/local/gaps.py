@@ -3,7 +3,7 @@
 moto runs the synthesized CloudFormation template, but:
 
 1. it silently skips `AWS::SNS::Subscription`: `create_missing_subscriptions` creates them from the
-   template, with their raw-delivery and filter-policy settings;
+   template, with their raw-delivery, filter-policy and redrive (dead-letter queue) settings;
 2. Step Functions only executes definitions when switched on, and state machines created by
    CloudFormation stay in the non-executing backend: `make_state_machines_executable` switches
    execution on and re-creates them there (same name, definition and role, so the same ARN);
@@ -197,6 +197,10 @@ def create_missing_subscriptions(cfn: Any, sns: Any, sqs: Any, stack_name: str, 
         attributes = {"RawMessageDelivery": str(props.get("RawMessageDelivery", False)).lower()}
         if "FilterPolicy" in props:
             attributes["FilterPolicy"] = json.dumps(props["FilterPolicy"])
+        if "RedrivePolicy" in props:
+            dlq_logical_id, _ = props["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"]
+            dlq_arn = sqs.get_queue_attributes(QueueUrl=ids[dlq_logical_id], AttributeNames=["QueueArn"])
+            attributes["RedrivePolicy"] = json.dumps({"deadLetterTargetArn": dlq_arn["Attributes"]["QueueArn"]})
         sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn, Attributes=attributes)
         created += 1
     return created

@@ -1,6 +1,6 @@
 """Aggregation strategies, one algorithm per module; `get(name)` picks one by its name."""
 
-from fedstep.strategies.base import ClientUpdate, Strategy
+from fedstep.strategies.base import ClientUpdate, GlobalModel, Strategy
 from fedstep.strategies.fedavg import FedAvg
 
 STRATEGIES: dict[str, type[Strategy]] = {FedAvg.name: FedAvg}
@@ -14,4 +14,4 @@ def get(name: str) -> Strategy:
         raise ValueError(f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}") from None
 
 
-__all__ = ["STRATEGIES", "ClientUpdate", "FedAvg", "Strategy", "get"]
+__all__ = ["STRATEGIES", "ClientUpdate", "FedAvg", "GlobalModel", "Strategy", "get"]

@@ -1,0 +1,59 @@
+"""Every bound on a value a client controls, and the service limits they keep records inside.
+
+A client is authenticated, never trusted (DESIGN "Trust model"): each field it writes is checked
+against these bounds before it is used, so no client-supplied value can push a server record (a
+DynamoDB item, a Step Functions payload, an SNS message) past its service limit.
+`tests/test_limits.py` computes the largest record each bound allows and checks it against the limit.
+"""
+
+from __future__ import annotations
+
+import re
+
+# -- service limits (bytes) ----------------------------------------------------------------------
+DYNAMODB_ITEM_BYTES = 400 * 1000
+STEP_FUNCTIONS_PAYLOAD_BYTES = 256 * 1024
+SNS_MESSAGE_BYTES = 256 * 1024
+
+# -- what a client writes ------------------------------------------------------------------------
+MAX_METRICS = 32
+"""Metrics per update item."""
+METRIC_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+"""A metric name: 1-64 letters, digits, '_', '.', '-', starting with a letter."""
+MAX_METRIC_MAGNITUDE = 1e12
+"""|value| of any metric; names ending in `accuracy` (or `accuracy_before`) lie in [0, 1], names
+containing `loss` are >= 0."""
+MAX_TIMESTAMP_CHARS = 40
+MAX_EXAMPLES = 2**40
+"""The most examples an item may claim at all; the run's `max_examples` caps its weight far lower."""
+MAX_HEADER_SLACK_BYTES = 64 * 1024
+"""An update file's safetensors header may exceed the global model's by this much (its metadata)."""
+
+# -- what the server writes ----------------------------------------------------------------------
+MAX_REASON_CHARS = 200
+"""A rejection reason kept in a round record or a feedback item (longer ones are cut)."""
+MAX_CLIENTS_PER_RUN = 1000
+"""Clients a run may register: keeps a round record (ids, rejections) under DynamoDB's 400 KB."""
+MAX_ROUNDS = 99_999
+"""Rounds a run may have (round numbers have five digits in keys)."""
+
+
+def reason(text: str) -> str:
+    """`text` cut to MAX_REASON_CHARS characters (an ellipsis marks the cut)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
+
+
+def metric_problem(name: object, value: object) -> str | None:
+    """Why the metric `name` = `value` is not acceptable, or None if it is."""
+    if not isinstance(name, str) or not METRIC_NAME.match(name):
+        return f"metric name {str(name)[:40]!r} must be 1-64 letters, digits, '_', '.' or '-', starting with a letter"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"metric {name!r} must be a number"
+    if not abs(value) <= MAX_METRIC_MAGNITUDE:  # also catches NaN
+        return f"metric {name!r} must be a finite number of magnitude <= {MAX_METRIC_MAGNITUDE:g}"
+    if name.removesuffix("_before").endswith("accuracy") and not 0 <= value <= 1:
+        return f"metric {name!r} is an accuracy and must lie in [0, 1], got {value:g}"
+    if "loss" in name and value < 0:
+        return f"metric {name!r} is a loss and must be >= 0, got {value:g}"
+    return None

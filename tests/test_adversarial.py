@@ -1,0 +1,573 @@
+"""The round protocol under a hostile client: one test per attack found on the landed protocol.
+
+Each test performs the attack with what a registered client controls (its own role, its own queue,
+prefix and partition, the values in its files and items) and shows it fail while the run goes on.
+docs/security.md lists them as the attack table: attack, defence, test. The numbers are the
+findings of the issue "No client can break, steer or outgrow a run".
+
+The local-cloud tests run the real stack in moto. Where moto cannot check a rule (DynamoDB's IAM
+condition keys), the deployed policy is evaluated by `tests/iam_policy.py`; where the attack is on
+the aggregation logic, the core runs on the in-memory ports (`tests/round_world.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+import boto3
+import numpy as np
+import pytest
+import requests
+from botocore.exceptions import ClientError
+
+from client_agent.agent import Outcome
+from client_agent.training import TrainResult
+from fedstep import aws, keys, limits, strategies, tensors
+from fedstep.aws import DynamoRoundTable
+from fedstep.rounds import InvalidAggregate, TooFewParticipants, utc_now
+from fedstep.schemas import Bounds, Feedback, ObjectRef, RunRecord, Target, TrainingConfig, UpdateItem
+from fedstep.strategies import FedAvg
+from infra.config import MAX_MODEL_MB, ConfigError, DeploymentConfig, aggregation_memory_mb
+from tests.cloud_helpers import (
+    INITIAL,
+    SHIFTS,
+    ShiftTrainer,
+    agent,
+    global_after,
+    receive,
+    serve,
+    serve_run,
+    start,
+    summaries,
+    wait_for_execution,
+)
+from tests.iam_policy import ALLOW, IMPLICIT_DENY, evaluate, put_item_context
+from tests.memory_ports import record_bytes
+from tests.round_world import GLOBAL, RUN, make_world
+
+DENIED = {"AccessDenied", "AccessDeniedException", "AuthorizationError", "403"}
+
+
+def table_of(cloud) -> DynamoRoundTable:
+    return DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb"))
+
+
+@contextmanager
+def iam_enforced(cloud):
+    """moto evaluates every request against the caller's IAM policies (S3, SQS, SNS, Step Functions)."""
+    requests.post(f"{cloud.endpoint}/moto-api/reset-auth", data=b"0", timeout=10)
+    try:
+        yield
+    finally:
+        requests.post(f"{cloud.endpoint}/moto-api/reset-auth", data=b"inf", timeout=10)
+
+
+def as_client(cloud, client_id: str) -> boto3.Session:
+    """A session with the client's own role's credentials: all an attacking organisation holds."""
+    creds = cloud.client("sts").assume_role(RoleArn=cloud.outputs.roles[client_id], RoleSessionName="attacker")
+    c = creds["Credentials"]
+    return boto3.Session(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"], region_name="us-east-1")
+
+
+def denied(call) -> str:
+    """The error code of a call that must be refused."""
+    with pytest.raises(ClientError) as info:
+        call()
+    return aws.error_code(info.value)
+
+
+def deployed_policy(cloud, client_id: str) -> list[dict[str, Any]]:
+    """The client role's statements as deployed (resolved ARNs), read back from IAM."""
+    iam = cloud.client("iam")
+    role = cloud.outputs.roles[client_id].rsplit("/", 1)[1]
+    [name] = iam.list_role_policies(RoleName=role)["PolicyNames"]
+    document = iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+    return (json.loads(document) if isinstance(document, str) else document)["Statement"]
+
+
+# -- 1. a client can end any run ------------------------------------------------------------------
+
+
+def test_1_a_client_cannot_overwrite_run_or_round_records_or_other_clients_items(cloud, tmp_path):
+    """The attack: with its own role, PutItem a run's RUN record, a ROUND summary, or another
+    client's update item for a future round (a lock-out). moto does not evaluate DynamoDB's IAM
+    condition keys, so the deployed policy is evaluated; then the writes IAM does allow (anything
+    inside its own partition) are made, and the run goes on."""
+    run = start(cloud, rounds=2)
+    policy = deployed_policy(cloud, "client-1")
+    table_arn = next(s["Resource"] for s in policy if s["Sid"] == "PutOwnUpdateItems")
+    record = table_of(cloud).get_item(keys.run_item_key(run.run_id))
+    ref = ObjectRef(keys.update_key(run.run_id, 2, "client-2"), "0" * 64, 1)
+    attacks = {
+        "overwrite the run record": {**record, "rounds": 1},
+        "forge a round summary": {**keys.round_item_key(run.run_id, 1), "status": "aggregated"},
+        "pre-write client-2's round-2 item": UpdateItem(run.run_id, 2, "client-2", 1, ref, {}, "t").to_item(),
+        "forge its own feedback": Feedback("client-1", run.run_id, 1, "0" * 64, "x", "t").to_item(),
+    }
+    for attack, item in attacks.items():
+        assert evaluate(policy, "dynamodb:PutItem", table_arn, put_item_context(item)) == IMPLICIT_DENY, attack
+    own = UpdateItem(
+        run.run_id, 2, "client-1", 1, replace(ref, key=keys.update_key(run.run_id, 2, "client-1")), {}, "t"
+    )
+    assert evaluate(policy, "dynamodb:PutItem", table_arn, put_item_context(own.to_item())) == ALLOW
+    # What IAM allows: any sort key inside its own partition, e.g. items shaped like server records.
+    for junk in ({keys.SK: keys.RUN_SK, "rounds": 1}, {keys.SK: keys.round_sk(1), "status": "aggregated"}):
+        table_of(cloud).put({keys.PK: keys.client_pk("client-1"), **junk})
+    serve_run([agent(cloud, c, tmp_path) for c in SHIFTS], rounds=2)
+    desc = wait_for_execution(cloud, run.execution_arn)
+    assert desc["status"] == "SUCCEEDED" and [s.round for s in summaries(cloud, run.run_id)] == [1, 2]
+
+
+def test_1_a_clients_role_is_refused_everything_outside_its_own_queue_and_prefix(cloud):
+    """The same attacker on S3, SQS, SNS and Step Functions, where moto enforces IAM itself."""
+    run = start(cloud, rounds=1)
+    token = table_of(cloud).get_round(run.run_id, 1)["task_token"]  # a real token, read by the operator
+    session = as_client(cloud, "client-1")
+    s3, sqs = aws.client("s3", session, cloud.endpoint), aws.client("sqs", session, cloud.endpoint)
+    sns, sfn = aws.client("sns", session, cloud.endpoint), aws.client("stepfunctions", session, cloud.endpoint)
+    bucket, queues = cloud.outputs.bucket, cloud.outputs.queues
+    put = lambda key: lambda: s3.put_object(Bucket=bucket, Key=key, Body=b"x")  # noqa: E731
+    with iam_enforced(cloud):
+        s3.put_object(Bucket=bucket, Key=keys.update_key(run.run_id, 1, "client-1"), Body=b"own")  # allowed
+        sqs.receive_message(QueueUrl=queues["client-1"], WaitTimeSeconds=0)  # allowed
+        codes = {
+            "replace a round's result": denied(put(keys.global_key(run.run_id, 1, "forged"))),
+            "replace the architecture": denied(put(keys.model_key(run.run_id))),
+            "write client-2's update": denied(put(keys.update_key(run.run_id, 1, "client-2"))),
+            "write outside its own prefix": denied(put(f"updates/{run.run_id}/00001/client-1.safetensors")),
+            "read client-2's update": denied(
+                lambda: s3.get_object(Bucket=bucket, Key=keys.update_key(run.run_id, 1, "client-2"))
+            ),
+            "read client-2's queue": denied(lambda: sqs.receive_message(QueueUrl=queues["client-2"])),
+            "publish a round message": denied(lambda: sns.publish(TopicArn=cloud.outputs.topic_arn, Message="{}")),
+            "complete the round's task": denied(lambda: sfn.send_task_success(taskToken=token, output="{}")),
+            "stop the run": denied(lambda: sfn.stop_execution(executionArn=run.execution_arn)),
+        }
+    assert set(codes.values()) <= DENIED, codes
+    cloud.client("stepfunctions").stop_execution(executionArn=run.execution_arn)
+
+
+# -- 2. one oversized field fails the run ----------------------------------------------------------
+
+
+def _many_long_names(meta: dict) -> bytes:
+    extra = {f"{i:04d}/{'x' * 200}": np.zeros(1, np.float32) for i in range(3000)}
+    return tensors.encode({**{k: np.zeros_like(v) for k, v in INITIAL.items()}, **extra}, meta)
+
+
+OVERSIZED = {  # what client-2 writes: (the file from its honest metadata, changes to its item)
+    "3,000 long extra tensor names": (_many_long_names, {}),
+    "a 300 KB update key": (None, {"update_key": "u" * 300_000}),
+    "a 243 KB metrics dict": (None, {"metrics": {f"m{i:05d}": 0.5 for i in range(24_000)}}),
+    "a 100 KB metric name": (None, {"metrics": {"n" * 100_000: 0.5}}),
+    "a 300 KB timestamp": (None, {"created_at": "t" * 300_000}),
+}
+
+
+@pytest.mark.parametrize("attack", list(OVERSIZED))
+def test_2_an_oversized_value_is_rejected_with_a_short_reason_and_the_run_goes_on(cloud, tmp_path, attack):
+    make_file, changes = OVERSIZED[attack]
+    run = start(cloud, rounds=1, quorum=1, min_participants=1)
+    serve(agent(cloud, "client-1", tmp_path))
+    receive(cloud, "client-2")
+    key = keys.update_key(run.run_id, 1, "client-2")
+    item = UpdateItem(run.run_id, 1, "client-2", 30, ObjectRef(key, "0" * 64, 0), {}, utc_now())
+    data = (make_file or (lambda meta: tensors.encode({k: v + 1 for k, v in INITIAL.items()}, meta)))(
+        item.file_metadata()
+    )
+    cloud.client("s3").put_object(Bucket=cloud.outputs.bucket, Key=key, Body=data)
+    raw = replace(item, update=ObjectRef(key, tensors.sha256_hex(data), len(data))).to_item()
+    if "update_key" in changes:
+        raw["update"]["key"] = changes["update_key"]
+    raw.update({k: v for k, v in changes.items() if k != "update_key"})
+    assert record_bytes(raw) < limits.DYNAMODB_ITEM_BYTES  # DynamoDB takes the item
+    table_of(cloud).put(raw)
+    desc = wait_for_execution(cloud, run.execution_arn)
+    assert desc["status"] == "SUCCEEDED", desc.get("cause")
+    record = table_of(cloud).get_round(run.run_id, 1)
+    [rejection] = record["rejected"]
+    assert rejection["client_id"] == "client-2" and len(rejection["reason"]) <= limits.MAX_REASON_CHARS
+    assert record_bytes(record) < 10_000  # far inside DynamoDB's 400 KB
+    events = cloud.client("stepfunctions").get_execution_history(executionArn=run.execution_arn)["events"]
+    payloads = [json.dumps(e, default=str) for e in events]
+    assert max(len(p) for p in payloads) < 10_000  # far inside Step Functions' 256 KiB
+
+
+# -- 3. exactly-once holds only by luck -----------------------------------------------------------
+
+
+class NoisyFedAvg(FedAvg):
+    """FedAvg plus fresh noise on every call (as DP adds): two aggregations never agree."""
+
+    name = "noisy-fedavg"
+
+    def aggregate(self, global_model, updates):
+        weights = super().aggregate(global_model, updates)
+        rng = np.random.default_rng()
+        return {k: v + rng.normal(size=v.shape).astype(np.float32) for k, v in weights.items()}
+
+
+def _race(world) -> list[dict]:
+    """The last update's stream invocation (delivered three times) and the deadline invocation (twice,
+    as a retry would) all at once; the deadline invocations' outputs."""
+    start_line = threading.Barrier(5)
+    outputs: list[dict] = []
+
+    def stream() -> None:
+        start_line.wait()
+        world.complete()
+
+    def deadline() -> None:
+        start_line.wait()
+        outputs.append(world.at_deadline(sleep=lambda s: time.sleep(0.005)))
+
+    threads = [threading.Thread(target=f) for f in (stream, stream, stream, deadline, deadline)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return outputs
+
+
+def test_3_concurrent_stream_and_deadline_invocations_publish_one_result_with_a_noisy_strategy(monkeypatch):
+    """The race that broke the landed protocol, 25 times over: each round must get one result
+    object, the one its summary names, and every report must agree."""
+    monkeypatch.setitem(strategies.STRATEGIES, NoisyFedAvg.name, NoisyFedAvg)
+    for _ in range(25):
+        world = make_world(quorum=2, clients=("a", "b", "c"), min_participants=2, strategy=NoisyFedAvg.name)
+        for client, value in (("a", 1.0), ("b", 2.0), ("c", 3.0)):
+            world.report(client, value, 10)
+        outputs = _race(world)
+        results = [k for k in world.store.objects if k.startswith(keys.round_prefix(RUN, 1))]
+        assert len(results) == 1, results  # one aggregation wrote; every other invocation left or waited
+        summary = world.table.get_round(RUN, 1)
+        assert summary["global_model"]["key"] == results[0]
+        assert summary["global_model"]["sha256"] == tensors.sha256_hex(world.store.get(results[0]))
+        reported = [out["global_model"] for _, out in world.reporter.successes] + [o["global_model"] for o in outputs]
+        assert len(outputs) == 2 and all(r == summary["global_model"] for r in reported)
+
+
+# -- 4. a client can steer the model --------------------------------------------------------------
+
+
+def test_4_a_client_claiming_a_billion_examples_is_weighted_as_its_cap():
+    world = make_world(clients=("a", "b", "evil"), bounds=Bounds(max_examples=1000))
+    world.report("a", 1.0, 500)
+    world.report("b", 1.0, 500)
+    world.report("evil", 9.0, 10**9)
+    summary = world.complete()
+    assert summary.participants == ["a", "b", "evil"] and summary.num_examples == 2000
+    np.testing.assert_allclose(world.new_global()["001/d/bias"], (1.0 * 1000 + 9.0 * 1000) / 2000)  # not 9.0
+    [clipped] = summary.clipped
+    assert (clipped.client_id, clipped.what) == ("evil", "examples 1000000000 -> 1000")
+
+
+def test_4_with_reject_a_client_over_its_cap_does_not_count():
+    world = make_world(clients=("a", "b", "evil"), bounds=Bounds(max_examples=1000, action="reject"))
+    for client in ("a", "b"):
+        world.report(client, 1.0, 500)
+    world.report("evil", 9.0, 10**9)
+    summary = world.complete()
+    assert summary.participants == ["a", "b"] and "more than max_examples 1000" in summary.rejected[0].reason
+    np.testing.assert_allclose(world.new_global()["001/d/bias"], 1.0)
+
+
+def test_4_an_update_scaled_by_1e30_is_clipped_to_the_norm_bound():
+    world = make_world(clients=("a", "b", "evil"), bounds=Bounds(max_update_norm=1.0))
+    world.report("a", 0.1, 10)
+    world.report("b", 0.1, 10)
+    world.report("evil", 1e30, 10)
+    summary = world.complete()
+    new = world.new_global()
+    assert np.abs(np.concatenate([v.ravel() for v in new.values()])).max() < 1.0  # the attacker moved it by <= 1/3
+    assert summary.clipped[0].client_id == "evil" and summary.clipped[0].what == "norm 2.828e+30 -> 1"
+
+
+def test_4_a_reported_accuracy_of_one_with_a_huge_count_does_not_reach_the_target():
+    target = Target("test_accuracy", 0.9)
+    world = make_world(clients=("a", "b", "evil"), bounds=Bounds(max_examples=1000), target=target)
+    world.report("a", 0.1, 1000, metrics={"test_accuracy": 0.3})
+    world.report("b", 0.1, 1000, metrics={"test_accuracy": 0.3})
+    world.report("evil", 0.1, 10**9, metrics={"test_accuracy": 1.0})
+    summary = world.complete()
+    [(_, output)] = world.reporter.successes
+    assert summary.metrics["test_accuracy"] == pytest.approx((0.3 + 0.3 + 1.0) / 3)
+    assert output["target_reached"] is False  # the run goes on
+
+
+def test_4_an_accuracy_above_one_is_refused():
+    world = make_world(clients=("a", "b", "evil"))
+    for client in ("a", "b"):
+        world.report(client, 0.1, 10, metrics={"test_accuracy": 0.3})
+    world.report("evil", 0.1, 10, metrics={"test_accuracy": 1e9})
+    summary = world.complete()
+    assert summary.participants == ["a", "b"] and "must lie in [0, 1]" in summary.rejected[0].reason
+
+
+# -- 5. FedAvg multiplies in float32 --------------------------------------------------------------
+
+
+def test_5_finite_inputs_whose_float32_products_overflow_give_a_finite_model():
+    """Weights of 1e30 and a count of 1e12: 1e42 overflows float32, not float64."""
+    bounds = Bounds(max_examples=10**12)
+    world = make_world(clients=("a", "b"), bounds=bounds)
+    world.report("a", 1e30, 10**12)
+    world.report("b", 1e30, 10**12)
+    world.complete()
+    new = world.new_global()
+    assert all(np.isfinite(v).all() for v in new.values())
+    np.testing.assert_allclose(new["001/d/bias"], 1e30, rtol=1e-6)
+
+
+def test_5_an_aggregate_that_is_not_finite_is_never_published():
+    world = make_world(clients=("a", "b"))
+    big = {k: np.full(v.shape, 3e38, np.float32) for k, v in GLOBAL.items()}
+    world.publish(attempt=1, token="tok-2", model=world.put_model(0, big, "big"))  # the round trains from it
+    world.report("a", 3e38, 10)  # global + delta overflows float32
+    world.report("b", 3e38, 10)
+    with pytest.raises(InvalidAggregate, match="not finite; nothing was published"):
+        world.complete()
+    assert not any(k.startswith(keys.round_prefix(RUN, 1)) for k in world.store.objects)
+    assert world.table.get_round(RUN, 1)["status"] == "open"
+
+
+# -- 6. runs have a length limit ------------------------------------------------------------------
+
+
+def test_6_two_thousand_rounds_keep_every_record_and_payload_the_same_size():
+    """The aggregation path driven directly for 2,000 rounds (two clients, a tiny model): the task
+    output that becomes the state machine's payload, the round message and the round record stay
+    the same size; the landed protocol grew its payload by about 285 bytes a round."""
+    world = make_world(quorum=2, clients=("a", "b"), min_participants=2, rounds=2000)
+    output_sizes, message_sizes, record_sizes = [], [], []
+    model = world.initial
+    for round_number in range(1, 2001):
+        if round_number > 1:
+            world.publish(round_number, token=f"tok-{round_number}", model=model)
+        world.report("a", 0.001, 10, round_number=round_number)
+        world.report("b", 0.002, 10, round_number=round_number)
+        summary = world.complete(round_number)
+        assert summary is not None
+        model = summary.global_model
+        _, output = world.reporter.successes[-1]
+        output_sizes.append(record_bytes(output))
+        message_sizes.append(record_bytes(world.publisher.messages[-1][0]))
+        record_sizes.append(record_bytes(world.table.get_round(RUN, round_number)))
+    for sizes in (output_sizes, message_sizes, record_sizes):
+        assert max(sizes) - min(sizes) <= 16, (min(sizes), max(sizes))  # a few digits, never a history
+    assert max(output_sizes) < 2_000 and max(record_sizes) < 4_000
+
+
+def _state_outputs(cloud, execution_arn: str, state: str) -> list[int]:
+    events = cloud.client("stepfunctions").get_execution_history(executionArn=execution_arn, maxResults=1000)
+    details = [e["stateExitedEventDetails"] for e in events["events"] if "stateExitedEventDetails" in e]
+    return [len(d["output"]) for d in details if d["name"] == state]
+
+
+def test_6_the_state_machines_payload_is_as_small_in_round_10000_as_in_round_1(cloud, tmp_path):
+    """Real executions: rounds 1-3 of one run, and rounds 9,998-10,000 of a run of 10,000 rounds."""
+    from fedstep.cli.start import _launch
+
+    early = start(cloud, rounds=3)
+    agents = [agent(cloud, c, tmp_path) for c in SHIFTS]
+    serve_run(agents, rounds=3)
+    assert wait_for_execution(cloud, early.execution_arn)["status"] == "SUCCEEDED"
+    record = RunRecord(
+        "run-ten-thousand", list(SHIFTS), 10_000, TrainingConfig(), "fedavg", utc_now(), round_timeout_s=120
+    )
+    weights = tensors.encode(INITIAL)
+    outputs, table = cloud.outputs, table_of(cloud)
+    clients = {
+        "s3": cloud.client("s3"),
+        "dynamodb": cloud.client("dynamodb"),
+        "stepfunctions": cloud.client("stepfunctions"),
+    }
+    late = _launch(record, b"arch", weights, 9_997, keys.INITIAL_VERSION, outputs, **clients)
+    serve_run(agents, rounds=3)
+    assert wait_for_execution(cloud, late.execution_arn)["status"] == "SUCCEEDED"
+    assert [s.round for s in summaries(cloud, late.run_id)] == [9_998, 9_999, 10_000]
+    assert table.get_run(late.run_id).rounds == 10_000
+    for state in ("Round aggregated", "Prepare round", "Notify clients and wait for updates"):
+        # from round 2 on: round 1 starts without a previous round in brief
+        first = _state_outputs(cloud, early.execution_arn, state)[1:]
+        last = _state_outputs(cloud, late.execution_arn, state)[1:]
+        assert max(first) - min(first) <= 8, (state, first)  # flat within a run
+        run_id_longer = len(late.run_id) - len(early.run_id)
+        assert abs(max(last) - max(first)) <= 8 * (abs(run_id_longer) + 4), (state, first, last)
+
+
+# -- 7. the aggregation function cannot hold the models the code accepts --------------------------
+
+
+def test_7_an_oversized_update_is_refused_before_it_is_downloaded():
+    world = make_world(clients=("a", "b", "big", "liar"))
+    world.report("a", 1.0, 10)
+    world.report("b", 1.0, 10)
+    for client in ("big", "liar"):  # a 20 MB file for a model of 8 parameters
+        item = world.report(client, 1.0, 10)
+        key = item.update.key
+        data = world.store.get(key) + b"\0" * 20_000_000
+        world.store.put(key, data)
+        world.store.bytes_read.pop(key, None)
+        claimed = len(data) if client == "big" else item.update.bytes  # the liar claims the honest size
+        world.table.put(
+            {**item.to_item(), "update": {"key": key, "sha256": tensors.sha256_hex(data), "bytes": claimed}}
+        )
+    summary = world.complete()
+    assert summary.participants == ["a", "b"]
+    reasons = {r.client_id: r.reason for r in summary.rejected}
+    assert "over the limit of" in reasons["big"] and "the item says" in reasons["liar"]
+    big, liar = (world.store.bytes_read.get(keys.update_key(RUN, 1, c), 0) for c in ("big", "liar"))
+    assert big == 0 and liar < 70_000  # nothing, or no more than the header read
+
+
+def test_7_the_function_is_sized_to_the_model_and_a_model_no_function_can_hold_is_refused():
+    assert aggregation_memory_mb(512) >= 384 + 3 * 512  # about 3x one model (bench/aggregation_memory.py)
+    assert aggregation_memory_mb(MAX_MODEL_MB) <= 10_240
+    with pytest.raises(ConfigError, match="one function holds at most 10240 MB"):
+        DeploymentConfig.from_dict({"max_model_mb": MAX_MODEL_MB + 1})
+
+
+def test_7_a_function_error_at_the_deadline_is_retried_before_the_run_fails(cloud, tmp_path, monkeypatch):
+    from lambdas import aggregate
+
+    original, failures = aggregate.complete_round_at_deadline, []
+
+    def crash_once(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise ConnectionError("simulated crash of the deadline invocation")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(aggregate, "complete_round_at_deadline", crash_once)
+    run = start(cloud, rounds=1, round_timeout_s=3, quorum=1, min_participants=1)
+    serve(agent(cloud, "client-1", tmp_path))  # client-2 never reports: the round ends at its deadline
+    desc = wait_for_execution(cloud, run.execution_arn, timeout_s=90)
+    assert failures and desc["status"] == "SUCCEEDED", desc.get("cause")
+    events = cloud.client("stepfunctions").get_execution_history(executionArn=run.execution_arn)["events"]
+    assert [e["type"] for e in events].count("LambdaFunctionFailed") + [e["type"] for e in events].count(
+        "TaskFailed"
+    ) >= 1
+
+
+# -- 8. a rejected client can never recover within a round's retries ------------------------------
+
+
+class BrokenOnceTrainer(ShiftTrainer):
+    """Its first update is NaN (a diverged local training); later ones are fine."""
+
+    def __init__(self, shift: float, n: int) -> None:
+        super().__init__(shift, n)
+        self.calls = 0
+
+    def fit(self, architecture, weights, training):
+        self.calls += 1
+        if self.calls == 1:
+            return TrainResult({k: np.full_like(v, np.nan) for k, v in weights.items()}, self.n, {})
+        return super().fit(architecture, weights, training)
+
+
+def test_8_a_rejected_client_learns_why_and_trains_again_on_the_retried_round(cloud, tmp_path, caplog):
+    run = start(cloud, rounds=1, quorum=2, round_retries=1)
+    first = agent(cloud, "client-1", tmp_path)
+    second = agent(cloud, "client-2", tmp_path, BrokenOnceTrainer(*SHIFTS["client-2"]))
+    serve(first)
+    serve(second)  # NaN: rejected, 1 of 2 valid < quorum 2: the round is retried
+    with caplog.at_level(logging.WARNING, logger="fedstep.client"):
+        serve(first, expect=Outcome.ALREADY_SERVED)  # its update stands
+        serve(second)  # told, it trains again and replaces its update
+    assert "the server rejected this client's update for round 1" in caplog.text and "non-finite" in caplog.text
+    desc = wait_for_execution(cloud, run.execution_arn)
+    assert desc["status"] == "SUCCEEDED" and second.trainer.calls == 2
+    [summary] = summaries(cloud, run.run_id)
+    assert summary.participants == ["client-1", "client-2"] and summary.attempt == 1
+    np.testing.assert_allclose(tensors.decode(global_after(cloud, run.run_id, 1))["001/d/bias"], 2.5)
+    status = _fedstep(cloud, "status", run.run_id)
+    assert "last rejection per client:" in status and "client-2: round 1: tensor" in status, status
+    clients = json.loads(_fedstep(cloud, "clients", "--json"))
+    assert {c["client_id"]: c["last_rejection"] for c in clients}["client-2"].startswith(f"{run.run_id} round 1:")
+
+
+def _fedstep(cloud, *args: str) -> str:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "fedstep", *args, "--endpoint-url", cloud.endpoint],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+# -- 9. small holes -------------------------------------------------------------------------------
+
+
+def test_9_a_round_from_a_single_participant_is_not_published_unless_the_run_allows_it():
+    world = make_world(clients=("a", "b"), min_participants=2)
+    world.report("a", 1.0, 10)
+    with pytest.raises(TooFewParticipants):
+        world.at_deadline()
+    assert not any(k.startswith(keys.round_prefix(RUN, 1)) for k in world.store.objects)
+
+
+def test_9_undeliverable_round_messages_go_to_a_dead_letter_queue(cloud):
+    sns = cloud.client("sns")
+    undelivered = cloud.client("sqs").get_queue_url(QueueName="fedstep-undelivered-messages")["QueueUrl"]
+    arn = cloud.client("sqs").get_queue_attributes(QueueUrl=undelivered, AttributeNames=["QueueArn"])["Attributes"]
+    subscriptions = sns.list_subscriptions_by_topic(TopicArn=cloud.outputs.topic_arn)["Subscriptions"]
+    assert len(subscriptions) == len(cloud.outputs.queues)
+    for sub in subscriptions:
+        attributes = sns.get_subscription_attributes(SubscriptionArn=sub["SubscriptionArn"])["Attributes"]
+        assert json.loads(attributes["RedrivePolicy"]) == {"deadLetterTargetArn": arn["QueueArn"]}
+
+
+def test_9_a_client_may_write_only_under_its_own_prefix_whatever_the_wildcard_matches():
+    own = keys.client_update_key_pattern("client-1")
+    import fnmatch
+
+    assert fnmatch.fnmatchcase(keys.update_key("run-1", 1, "client-1"), own)
+    for key in (keys.update_key("run-1", 1, "client-10"), "updates/run-1/00001/client-1.safetensors"):
+        assert not fnmatch.fnmatchcase(key, own), key
+
+
+def test_9_clients_without_a_principal_are_warned_of_and_the_execution_log_is_encrypted():
+    from aws_cdk.assertions import Template
+
+    from infra.config import ClientConfig
+    from infra.synth import build_app
+
+    app = build_app(DeploymentConfig(clients=(ClientConfig("org-a"),)), None, bundle=False)
+    stack = app.node.find_child("fedstep")
+    template = Template.from_stack(stack).to_json()
+    warnings = [m.entry.data for a in app.synth().stacks for m in a.messages if m.level.name == "WARNING"]
+    assert any("client org-a has no principal_arn" in str(w) for w in warnings)
+    groups = [r for r in template["Resources"].values() if r["Type"] == "AWS::Logs::LogGroup"]
+    assert groups and all("KmsKeyId" in g["Properties"] for g in groups)
+
+
+def test_the_model_the_stack_holds_bounds_what_a_run_may_start_with(cloud):
+    from fedstep.cli.start import RunSettings, start_run
+    from fedstep.errors import FedstepError
+
+    small = replace(cloud.outputs, max_model_bytes=100)
+    with pytest.raises(FedstepError, match="the stack aggregates models of at most 100 bytes"):
+        start_run(
+            b"arch",
+            INITIAL,
+            RunSettings(),
+            small,
+            s3=cloud.client("s3"),
+            dynamodb=cloud.client("dynamodb"),
+            stepfunctions=cloud.client("stepfunctions"),
+            run_id="too-big",
+        )
+    assert table_of(cloud).get_run("too-big") is None  # nothing was written

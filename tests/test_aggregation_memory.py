@@ -1,0 +1,27 @@
+"""DESIGN invariant 5: the real aggregation path holds at most 2x one model plus one update, whatever
+the number of clients (bench/aggregation_memory.py prints the figures; docs/benchmarks.md keeps them)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "aggregation_memory.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("aggregation_memory", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("clients", [2, 12])
+def test_aggregation_holds_the_float64_accumulator_and_one_update_whatever_the_clients(bench, clients):
+    store, table, _, global_bytes = bench.make_round(clients, 1_000_000)
+    _, peak_mib, _ = bench.measure(bench.real_path, store, table)
+    models = peak_mib * 2**20 / len(global_bytes)
+    assert models <= 3.2, f"peak {models:.2f}x one model"  # 2x (float64 sums) + 1x (one update) + small buffers
