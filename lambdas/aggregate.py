@@ -188,7 +188,8 @@ def publish_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, 
     """{"mode": "publish", "run_id", "round", "attempt", "global_model", "task_token", "issued_at"}:
     open the round and send its message; the state machine then waits for the token."""
     parsed = RoundEvent.parse(event)
-    assert parsed.global_model is not None
+    if parsed.global_model is None:
+        raise ValueError("publish event is malformed: it names no global_model")
     _, table, reporter, publisher = services()
     message = publish_round(
         parsed.run_id,

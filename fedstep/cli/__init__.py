@@ -329,6 +329,9 @@ def _local(args: argparse.Namespace) -> int:
     from fedstep.local.demo import DemoConfig, run_demo
 
     signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: clients and the local cloud are shut down
+    # Ctrl-C stops the run even when the parent started this process with SIGINT ignored (a shell's
+    # background job does), where Python would leave it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     run_file = _run_file(args)
     config = DemoConfig(
