@@ -24,24 +24,30 @@ MAX_METRIC_MAGNITUDE = 1e12
 """|value| of any metric; names ending in `accuracy` (or `accuracy_before`) lie in [0, 1], names
 containing `loss` are >= 0."""
 MAX_TIMESTAMP_CHARS = 40
+"""A timestamp or a version string."""
+MAX_HARDWARE_FIELDS, MAX_HARDWARE_CHARS = 16, 2000
+"""A heartbeat's hardware summary (shown by `fedstep clients`)."""
 MAX_EXAMPLES = 2**40
 """The most examples an item may claim at all; the run's `max_examples` caps its weight far lower."""
 MAX_HEADER_SLACK_BYTES = 64 * 1024
 """An update file's safetensors header may exceed the global model's by this much (its metadata)."""
 
 # -- what the server writes ----------------------------------------------------------------------
-MAX_REASON_CHARS = 200
-"""A rejection reason kept in a round record or a feedback item (longer ones are cut)."""
+MAX_REASON_CHARS = 160
+"""A rejection reason kept in a round record or a feedback item (longer ones are cut; ASCII only,
+so characters are bytes): with 1,000 clients all rejected, a round record stays near 320 KB."""
+MAX_ADJUSTMENT_CHARS = 80
+"""What a clipped update's entry says ("examples 1000000000 -> 100000; norm 12.5 -> 10")."""
 MAX_CLIENTS_PER_RUN = 1000
 """Clients a run may register: keeps a round record (ids, rejections) under DynamoDB's 400 KB."""
 MAX_ROUNDS = 99_999
 """Rounds a run may have (round numbers have five digits in keys)."""
 
 
-def reason(text: str) -> str:
-    """`text` cut to MAX_REASON_CHARS characters (an ellipsis marks the cut)."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
+def reason(text: str, max_chars: int = MAX_REASON_CHARS) -> str:
+    """`text` on one line, in ASCII (anything else becomes '?'), cut to `max_chars` ("..." marks the cut)."""
+    text = " ".join(str(text).split()).encode("ascii", "replace").decode("ascii")
+    return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
 
 
 def metric_problem(name: object, value: object) -> str | None:

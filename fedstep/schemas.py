@@ -283,7 +283,7 @@ class Adjustment:
     what: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "what", limits.reason(self.what))
+        object.__setattr__(self, "what", limits.reason(self.what, limits.MAX_ADJUSTMENT_CHARS))
 
 
 ROUND_OPEN, ROUND_CLAIMED, ROUND_AGGREGATED, ROUND_REPORTED = "open", "claimed", "aggregated", "reported"
@@ -514,6 +514,9 @@ class Feedback:
     reason: str
     at: str
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", limits.reason(self.reason))
+
     def to_item(self) -> dict[str, Any]:
         return {**keys.last_rejection_item_key(self.client_id), "schema": SCHEMA_VERSION, **asdict(self)}
 
@@ -566,11 +569,13 @@ class Heartbeat:
         if state not in HEARTBEAT_STATES:
             raise InvalidMessage(f"{where}: state must be one of {HEARTBEAT_STATES}, got {state!r}")
         hardware = _get(data, "hardware", dict, where)
+        if len(hardware) > limits.MAX_HARDWARE_FIELDS or len(str(hardware)) > limits.MAX_HARDWARE_CHARS:
+            raise InvalidMessage(f"{where}: hardware summary is larger than {limits.MAX_HARDWARE_CHARS} characters")
         return cls(
             client_id=client_id,
-            agent_version=_get(data, "agent_version", str, where),
+            agent_version=_short_str(data, "agent_version", where, limits.MAX_TIMESTAMP_CHARS),
             state=state,
-            last_seen=_get(data, "last_seen", str, where),
+            last_seen=_short_str(data, "last_seen", where, limits.MAX_TIMESTAMP_CHARS),
             interval_s=_positive_int(data, "interval_s", where),
             hardware={str(k): v for k, v in hardware.items()},
             run_id=_id(data, "run_id", "run id", where) if data.get("run_id") is not None else None,

@@ -25,7 +25,7 @@ from fedstep.schemas import (
 def record_bytes(value: Any) -> int:
     """An upper estimate of a record's size on the wire: its JSON (quotes and separators included,
     which DynamoDB and Step Functions do not count as generously)."""
-    return len(json.dumps(value, default=str, separators=(",", ":")).encode())
+    return len(json.dumps(value, default=str, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 class MemoryStore:

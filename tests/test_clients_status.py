@@ -48,3 +48,9 @@ def test_a_clients_last_rejected_update_is_shown_with_its_reason():
     rows = statuses(["a", "b"], {"a": beat("a", 30), "b": beat("b", 30)}, NOW, feedback={"b": told.to_item()})
     assert [r.last_rejection for r in rows] == ["", "run-7 round 3: update norm 12.5 exceeds max_update_norm 5"]
     assert "run-7 round 3: update norm 12.5" in render_table(rows)
+
+
+def test_an_oversized_heartbeat_is_shown_as_invalid_not_printed():
+    huge = {**beat("a", 1), "hardware": {f"k{i}": "x" * 100 for i in range(100)}}
+    [row] = statuses(["a"], {"a": huge}, NOW)
+    assert row.status == "invalid" and "hardware summary is larger than" in row.activity
