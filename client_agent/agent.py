@@ -260,8 +260,8 @@ class Agent:
         existing = self._existing_update(msg)
         replace_rejected = False
         if existing is not None:
-            if not _rejected(feedback, msg, existing):
-                return self._report_existing_update(msg, existing)
+            if not _rejected(feedback, msg, existing[0]):
+                return self._report_existing_update(msg, *existing)
             log.warning("round %d of %s: training again to replace the rejected update", msg.round, msg.run_id)
             replace_rejected = True
         started = time.monotonic()
@@ -329,9 +329,9 @@ class Agent:
             feedback.reason,
         )
 
-    def _existing_update(self, msg: RoundMessage) -> bytes | None:
-        """This client's update file for the round, if one was uploaded before (a redelivered or
-        republished message); None otherwise. The role may read its own prefix, not the table's
+    def _existing_update(self, msg: RoundMessage) -> tuple[bytes, dict[str, Any]] | None:
+        """This client's update file for the round and its metadata, if one was uploaded before (a
+        redelivered or republished message); None otherwise. The role may read its own prefix, not the table's
         update items, so the file is the record of what was sent."""
         key = keys.update_key(msg.run_id, msg.round, self.config.client_id)
         try:
@@ -343,12 +343,11 @@ class Agent:
         meta = tensors.read_metadata(data)
         if meta.get("run_id") != msg.run_id or meta.get("round") != msg.round or "num_examples" not in meta:
             return None
-        return data
+        return data, meta
 
-    def _report_existing_update(self, msg: RoundMessage, data: bytes) -> Outcome:
+    def _report_existing_update(self, msg: RoundMessage, data: bytes, meta: dict[str, Any]) -> Outcome:
         """Write the item for an update uploaded before a restart, from the file's own metadata,
         instead of training again; ALREADY_SERVED when the item exists too."""
-        meta = tensors.read_metadata(data)
         key = keys.update_key(msg.run_id, msg.round, self.config.client_id)
         item = self._item(msg, _ref(key, data), int(meta["num_examples"]), dict(meta.get("metrics", {})))
         if self.table.put_once(item.to_item()):

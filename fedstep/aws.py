@@ -128,12 +128,13 @@ class S3ModelStore:
 
 
 class SnsPublisher:
-    """Round messages to the clients' topic; each client's subscription filters on its own id."""
+    """Messages to the clients' topic: attribute `kind` (the message's type) and `clients` (who may
+    receive it; each client's subscription filters on its own id)."""
 
     def __init__(self, topic_arn: str, sns: Any) -> None:
         self.topic_arn, self.sns = topic_arn, sns
 
-    def publish_round(self, message: dict[str, Any], clients: list[str]) -> None:
+    def publish(self, message: dict[str, Any], clients: list[str]) -> None:
         self.sns.publish(
             TopicArn=self.topic_arn,
             Message=json.dumps(message),
@@ -237,7 +238,6 @@ class DynamoRoundTable:
             "round": round_number,
             "attempt": attempt,
             "task_token": task_token,
-            "issued_at": issued_at,
             "input_model": asdict(input_model),
         }
         return None is not self._update(
@@ -297,7 +297,7 @@ class DynamoRoundTable:
 
     def get_updates(self, run_id: str, round_number: int, client_ids: list[str]) -> dict[str, dict[str, Any]]:
         found = self._batch_get([keys.update_item_key(run_id, round_number, c) for c in client_ids])
-        return {str(item[keys.PK]).removeprefix(keys.CLIENT_PK_PREFIX): item for item in found}
+        return {keys.client_of(item[keys.PK]): item for item in found}
 
     def put_feedback(self, item: dict[str, Any]) -> None:
         self.put(item)
@@ -305,7 +305,7 @@ class DynamoRoundTable:
     def get_feedback(self, client_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The clients' last-rejection items, by client id (absent: never rejected)."""
         found = self._batch_get([keys.last_rejection_item_key(c) for c in client_ids])
-        return {str(item[keys.PK]).removeprefix(keys.FEEDBACK_PK_PREFIX): item for item in found}
+        return {keys.client_of(item[keys.PK]): item for item in found}
 
     def put_heartbeat(self, beat: Heartbeat) -> None:
         """Overwrite the client's heartbeat item (the client's role may write only its own)."""
@@ -314,7 +314,7 @@ class DynamoRoundTable:
     def get_heartbeats(self, client_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The heartbeat items of these clients, by client id (absent: never seen)."""
         found = self._batch_get([keys.heartbeat_item_key(c) for c in client_ids])
-        return {str(item[keys.PK]).removeprefix(keys.CLIENT_PK_PREFIX): item for item in found}
+        return {keys.client_of(item[keys.PK]): item for item in found}
 
     def _batch_get(self, item_keys: list[dict[str, str]]) -> list[dict[str, Any]]:
         """These items, strongly consistent (BatchGetItem takes at most 100 keys a call)."""

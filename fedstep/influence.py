@@ -14,19 +14,16 @@ import numpy as np
 
 from fedstep.errors import InvalidUpdate
 from fedstep.schemas import Bounds
-from fedstep.tensors import Tensors
-
-_CHUNK = 1 << 16
+from fedstep.tensors import Tensors, chunks
 
 
 def l2_norm(delta: Tensors) -> float:
     """The L2 norm of all tensors together, summed in float64 (chunked: small temporaries)."""
     total = 0.0
     for tensor in delta.values():
-        flat = tensor.reshape(-1)
-        for start in range(0, flat.size, _CHUNK):
-            part = flat[start : start + _CHUNK].astype(np.float64)
-            total += float(np.dot(part, part))
+        for part in chunks(tensor):
+            wide = part.astype(np.float64)
+            total += float(np.dot(wide, wide))
     return math.sqrt(total)
 
 

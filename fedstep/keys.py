@@ -138,14 +138,21 @@ def update_item_key(run_id: str, round_number: int, client_id: str) -> dict[str,
     return {PK: client_pk(client_id), SK: update_sk(run_id, round_number)}
 
 
+def client_of(pk: str) -> str:
+    """The client id of a client's own partition (`CLIENT#<id>`) or its feedback partition."""
+    for prefix in (CLIENT_PK_PREFIX, FEEDBACK_PK_PREFIX):
+        if pk.startswith(prefix):
+            return check_id("client id", pk.removeprefix(prefix))
+    raise ValueError(f"not a client's partition: {pk!r}")
+
+
 def parse_update_item_key(pk: str, sk: str) -> tuple[str, str, int]:
     """(client id, run id, round) of an update item's key; ValueError if it is not one."""
-    client = pk.removeprefix(CLIENT_PK_PREFIX)
     kind, _, rest = sk.partition("#")
     run_id, _, round_text = rest.rpartition("#")
     if not pk.startswith(CLIENT_PK_PREFIX) or f"{kind}#" != UPDATE_PREFIX or not round_text.isdigit():
         raise ValueError(f"not an update item key: {pk!r} / {sk!r}")
-    return check_id("client id", client), check_id("run id", run_id), int(round_text)
+    return client_of(pk), check_id("run id", run_id), int(round_text)
 
 
 def heartbeat_item_key(client_id: str) -> dict[str, str]:

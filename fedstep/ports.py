@@ -51,8 +51,9 @@ class RoundTable(Protocol):
     def open_round(
         self, run_id: str, round_number: int, attempt: int, task_token: str, issued_at: str, input_model: ObjectRef
     ) -> bool:
-        """Record a round's publication: its newest attempt's task token and the model it trains
-        from. False, changing nothing, unless the round is new or still open."""
+        """Record a round's publication: its newest attempt's task token, the model it trains from,
+        and (on its first publication) `issued_at` as `first_issued_at`. False, changing nothing,
+        unless the round is new or still open."""
         ...
 
     def claim_round(
@@ -90,6 +91,6 @@ class Reporter(Protocol):
 
 
 class Publisher(Protocol):
-    def publish_round(self, message: dict[str, Any], clients: list[str]) -> None:
-        """Send a round message to these clients (only their subscriptions match)."""
+    def publish(self, message: dict[str, Any], clients: list[str]) -> None:
+        """Send a message (a round, a run's end) to these clients (only their subscriptions match)."""
         ...

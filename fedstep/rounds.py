@@ -31,8 +31,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-
 from fedstep import SCHEMA_VERSION, keys, strategies, tensors
 from fedstep.errors import FedstepError
 from fedstep.ports import ModelStore, Publisher, Reporter, RoundTable
@@ -135,7 +133,7 @@ def publish_round(
         deadline_s=run.round_timeout_s,
         issued_at=issued_at,
     )
-    publisher.publish_round(message.to_dict(), run.selected(round_number))
+    publisher.publish(message.to_dict(), run.selected(round_number))
     return message
 
 
@@ -275,9 +273,7 @@ def _intake(raw: dict[str, dict[str, Any]], selected: list[str], on_rejected: Ca
         if client not in raw:
             continue
         try:
-            item = UpdateItem.parse(raw[client])
-            if item.client_id != client:
-                raise InvalidMessage(f"update item: client_id {item.client_id!r} is not its partition's")
+            item = UpdateItem.parse(raw[client])  # its key (the client's partition) must match its fields
         except InvalidMessage as exc:
             reason = f"malformed update item: {exc}"
             intake.rejected.append(Rejection(client, reason))
@@ -300,10 +296,8 @@ def _weighted_metrics(accepted: list[tuple[UpdateItem, int]]) -> dict[str, float
 
 def _check_finite(weights: tensors.Tensors) -> None:
     for name, tensor in weights.items():
-        flat = tensor.reshape(-1)
-        for start in range(0, flat.size, 1 << 16):
-            if not np.isfinite(flat[start : start + (1 << 16)]).all():
-                raise InvalidAggregate(f"the aggregate's tensor {name!r} is not finite; nothing was published")
+        if not tensors.all_finite(tensor):
+            raise InvalidAggregate(f"the aggregate's tensor {name!r} is not finite; nothing was published")
 
 
 def _aggregate(
@@ -352,7 +346,9 @@ def _aggregate(
     )
     strategy = strategies.get(run.strategy)
     try:
-        new_weights = strategy.aggregate(GlobalModel(layout.spec, lambda: read_model(store, input_model)), source)
+        new_weights = strategy.aggregate(
+            GlobalModel(layout.spec, lambda: read_model(store, input_model, layout)), source
+        )
     except ValueError:
         if source.accepted:
             raise

@@ -171,6 +171,9 @@ class RunEndedMessage:
     rounds_completed: int
     type: str = "run_ended"
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, **asdict(self)}
+
     @classmethod
     def parse(cls, data: dict[str, Any]) -> RunEndedMessage:
         where = "run_ended message"

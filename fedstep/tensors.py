@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,15 +73,7 @@ def encode(tensors: Tensors, metadata: dict[str, object] | None = None) -> bytes
 
 def read_metadata(data: bytes) -> dict[str, object]:
     """fedstep's metadata in a safetensors file, or {} (raises InvalidUpdate on a malformed header)."""
-    if len(data) < 8:
-        raise InvalidUpdate("not a safetensors file: shorter than its 8-byte header length")
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > len(data) - 8:
-        raise InvalidUpdate("not a safetensors file: header length exceeds the file size")
-    try:
-        header = json.loads(data[8 : 8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidUpdate(f"not a safetensors file: header is not JSON ({exc})") from exc
+    _, header = _header_json(data)
     return _fedstep_metadata(header.get("__metadata__") if isinstance(header, dict) else None)
 
 
@@ -112,8 +105,21 @@ def decode(
 
 HEADER_LENGTH_BYTES = 8
 """A safetensors file starts with the length of its JSON header, a little-endian u64."""
-_FINITE_CHUNK = 1 << 16
-"""Elements checked at a time, so a check's temporaries stay small whatever the tensor's size."""
+CHUNK_ELEMENTS = 1 << 16
+"""Elements worked on at a time (checked, multiplied, squared), so temporaries stay small (at most
+512 KiB in float64) whatever the tensor's size."""
+
+
+def chunks(array: np.ndarray) -> Iterator[np.ndarray]:
+    """The array's elements, flat, `CHUNK_ELEMENTS` at a time (views, no copy)."""
+    flat = array.reshape(-1)
+    for start in range(0, flat.size, CHUNK_ELEMENTS):
+        yield flat[start : start + CHUNK_ELEMENTS]
+
+
+def all_finite(array: np.ndarray) -> bool:
+    """No NaN or Inf in `array`, checked a chunk at a time."""
+    return all(np.isfinite(part).all() for part in chunks(array))
 
 
 @dataclass(frozen=True)
@@ -138,11 +144,26 @@ def header_length(prefix: bytes) -> int:
     return int(struct.unpack("<Q", prefix[:HEADER_LENGTH_BYTES])[0])
 
 
+def _header_json(prefix: bytes, max_header_bytes: int | None = None) -> tuple[int, object]:
+    """(length, parsed JSON) of the header at the start of `prefix`; InvalidUpdate if it is longer
+    than `max_header_bytes`, than `prefix`, or not JSON."""
+    length = header_length(prefix)
+    if max_header_bytes is not None and length > max_header_bytes:
+        raise InvalidUpdate(f"not a safetensors file of this model: header of {length} bytes, over {max_header_bytes}")
+    if len(prefix) < HEADER_LENGTH_BYTES + length:
+        raise InvalidUpdate("not a safetensors file: header length exceeds the file size")
+    try:
+        return length, json.loads(prefix[HEADER_LENGTH_BYTES : HEADER_LENGTH_BYTES + length])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidUpdate(f"not a safetensors file: header is not JSON ({exc})") from None
+
+
 def spec_of_header(prefix: bytes) -> TensorSpec:
     """The names and shapes in the header of a file the server wrote (`prefix`: its first 8 +
     header-length bytes)."""
-    length = header_length(prefix)
-    header = json.loads(prefix[HEADER_LENGTH_BYTES : HEADER_LENGTH_BYTES + length])
+    _, header = _header_json(prefix)
+    if not isinstance(header, dict):
+        raise InvalidUpdate("not a safetensors file: header is not an object")
     header.pop("__metadata__", None)
     return TensorSpec({name: tuple(int(d) for d in entry["shape"]) for name, entry in sorted(header.items())})
 
@@ -152,15 +173,7 @@ def parse_header(prefix: bytes, file_bytes: int, expected: TensorSpec, max_heade
     model `expected`: the header is at most `max_header_bytes`, names the same tensors (float32, same
     shapes), whose data lie back to back and fill the file's `file_bytes` exactly. Raises
     InvalidUpdate with a short reason; never lists more than a few names."""
-    length = header_length(prefix)
-    if length > max_header_bytes:
-        raise InvalidUpdate(f"not a safetensors file of this model: header of {length} bytes, over {max_header_bytes}")
-    if len(prefix) < HEADER_LENGTH_BYTES + length:
-        raise InvalidUpdate("not a safetensors file: header length exceeds the file size")
-    try:
-        header = json.loads(prefix[HEADER_LENGTH_BYTES : HEADER_LENGTH_BYTES + length])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidUpdate(f"not a safetensors file: header is not JSON ({exc})") from None
+    length, header = _header_json(prefix, max_header_bytes)
     if not isinstance(header, dict):
         raise InvalidUpdate("not a safetensors file: header is not an object")
     raw_meta = header.pop("__metadata__", None)
@@ -207,14 +220,13 @@ def _fedstep_metadata(raw: object) -> dict[str, object]:
 
 
 def views(data: bytes | bytearray | memoryview, header: Header, expected: TensorSpec) -> Tensors:
-    """The tensors of a file whose `header` was checked, as read-only views into its data section
-    `data` (no copy). Raises InvalidUpdate on a non-finite value."""
+    """The tensors of a file whose `header` was checked, as views into its data section `data` (no
+    copy; writable when `data` is a bytearray). Raises InvalidUpdate on a non-finite value."""
     out: Tensors = {}
     for name, (start, end) in header.offsets.items():
         flat = np.frombuffer(data, dtype="<f4", count=(end - start) // 4, offset=start)
-        for first in range(0, flat.size, _FINITE_CHUNK):
-            if not np.isfinite(flat[first : first + _FINITE_CHUNK]).all():
-                raise InvalidUpdate(f"tensor {name!r} has non-finite values (NaN or Inf)")
+        if not all_finite(flat):
+            raise InvalidUpdate(f"tensor {name!r} has non-finite values (NaN or Inf)")
         out[name] = flat.reshape(expected.shapes[name])
     return out
 

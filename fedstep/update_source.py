@@ -38,17 +38,19 @@ class ModelLayout:
 
 
 def read_layout(store: ModelStore, ref: ObjectRef) -> ModelLayout:
-    """The layout of a global model (a file the server wrote), from a ranged read of its header."""
-    prefix = store.read_range(ref.key, 0, tensors.HEADER_LENGTH_BYTES).data
-    length = tensors.header_length(prefix)
-    head = store.read_range(ref.key, 0, tensors.HEADER_LENGTH_BYTES + length).data
-    spec = tensors.spec_of_header(head)
-    return ModelLayout(spec, length + limits.MAX_HEADER_SLACK_BYTES)
+    """The layout of a global model (a file the server wrote), from a ranged read of its header: one
+    read of its first 64 KiB, a second one only for a longer header."""
+    head = store.read_range(ref.key, 0, min(ref.bytes, limits.MAX_HEADER_SLACK_BYTES)).data
+    length = tensors.header_length(head)
+    if len(head) < tensors.HEADER_LENGTH_BYTES + length:
+        head = store.read_range(ref.key, 0, tensors.HEADER_LENGTH_BYTES + length).data
+    return ModelLayout(tensors.spec_of_header(head), length + limits.MAX_HEADER_SLACK_BYTES)
 
 
-def read_model(store: ModelStore, ref: ObjectRef) -> tensors.Tensors:
-    """A global model (written by the server) as views into one buffer: one copy of its data in memory."""
-    return _read_file(store, ref, read_layout(store, ref))
+def read_model(store: ModelStore, ref: ObjectRef, layout: ModelLayout) -> tensors.Tensors:
+    """A global model (written by the server) whose layout was read, as views into one buffer: one
+    copy of its data in memory."""
+    return _read_file(store, ref, layout)
 
 
 def read_update(store: ModelStore, item: UpdateItem, layout: ModelLayout) -> tensors.Tensors:

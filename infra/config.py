@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from fedstep import keys
+from fedstep.tensors import DEFAULT_MAX_BYTES
 
 _PROJECT = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 _PRINCIPAL = re.compile(r"^arn:aws(-[a-z]+)*:iam::\d{12}:(root|role/[\w+=,.@/-]{1,512}|user/[\w+=,.@/-]{1,512})$")
@@ -76,7 +77,7 @@ AGGREGATION_MODELS_IN_MEMORY = 3.5
 instead of the update (`bench/aggregation_memory.py` measures it); 3.5 leaves a margin."""
 AGGREGATION_MB_PER_S = 50
 """A conservative rate at which one function reads, checks and adds updates (MiB of update per s)."""
-DEFAULT_MAX_MODEL_MB = 256
+DEFAULT_MAX_MODEL_MB = DEFAULT_MAX_BYTES // 2**20
 MAX_MODEL_MB = math.floor((LAMBDA_MAX_MEMORY_MB - AGGREGATION_BASE_MB) / AGGREGATION_MODELS_IN_MEMORY)
 """The largest model one aggregation function can hold (2816 MiB)."""
 

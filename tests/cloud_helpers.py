@@ -7,7 +7,11 @@ server never reads the architecture file). `fedstep local` with Keras clients is
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -142,3 +146,19 @@ def receive(cloud, client_id):
         if messages:
             return messages[0]
     raise AssertionError(f"no message for {client_id}")
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def fedstep(cloud, *args: str, timeout: int = 240) -> subprocess.CompletedProcess[str]:
+    """`fedstep <args>` as an operator runs it, against the local cloud."""
+    env = {**os.environ, **cloud.env(), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run(
+        [sys.executable, "-m", "fedstep", *args, "--endpoint-url", cloud.endpoint],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

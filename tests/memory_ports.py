@@ -136,7 +136,6 @@ class MemoryTable:
             "status": ROUND_OPEN,
             "attempt": attempt,
             "task_token": task_token,
-            "issued_at": issued_at,
             "first_issued_at": first,
             "input_model": {"key": input_model.key, "sha256": input_model.sha256, "bytes": input_model.bytes},
         }
@@ -184,14 +183,6 @@ class MemoryTable:
     def put_feedback(self, item: dict[str, Any]) -> None:
         self.put(item)
 
-    def statuses(self, run_id: str) -> dict[int, str]:
-        with self.lock:
-            return {
-                int(sk.removeprefix(keys.ROUND_PREFIX)): v["status"]
-                for (pk, sk), v in self.items.items()
-                if pk == run_id and sk.startswith(keys.ROUND_PREFIX)
-            }
-
 
 class RecordingReporter:
     """Step Functions' task tokens: each may be answered once."""
@@ -221,7 +212,7 @@ class RecordingPublisher:
     def __init__(self) -> None:
         self.messages: list[tuple[dict[str, Any], list[str]]] = []
 
-    def publish_round(self, message: dict[str, Any], clients: list[str]) -> None:
+    def publish(self, message: dict[str, Any], clients: list[str]) -> None:
         size = record_bytes(message) + record_bytes(clients)
         assert size <= limits.SNS_MESSAGE_BYTES, f"round message of {size} bytes"
         self.messages.append((message, clients))

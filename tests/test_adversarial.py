@@ -39,6 +39,7 @@ from tests.cloud_helpers import (
     SHIFTS,
     ShiftTrainer,
     agent,
+    fedstep,
     global_after,
     receive,
     serve,
@@ -495,15 +496,7 @@ def test_8_a_rejected_client_learns_why_and_trains_again_on_the_retried_round(cl
 
 
 def _fedstep(cloud, *args: str) -> str:
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [sys.executable, "-m", "fedstep", *args, "--endpoint-url", cloud.endpoint],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = fedstep(cloud, *args, timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout
 

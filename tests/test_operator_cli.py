@@ -5,11 +5,7 @@ clients are real agents in threads of this process (a small numpy trainer: the c
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,9 +15,7 @@ from client_agent.config import AgentConfig
 from client_agent.training import FunctionTrainer
 from fedstep import tensors
 from fedstep.aws import DynamoRoundTable
-from tests.cloud_helpers import drain_queues, wait_for_execution
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.cloud_helpers import drain_queues, fedstep, wait_for_execution
 
 
 def round_rows(text: str) -> list[list[str]]:
@@ -30,18 +24,6 @@ def round_rows(text: str) -> list[list[str]]:
 
 
 MODEL = "client_agent.models:digits_mlp"
-
-
-def fedstep(cloud, *args: str, timeout: int = 240) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **cloud.env(), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run(
-        [sys.executable, "-m", "fedstep", *args, "--endpoint-url", cloud.endpoint],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def nudge(model, data, training):

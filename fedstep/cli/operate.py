@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from fedstep import SCHEMA_VERSION, keys, tensors
-from fedstep.aws import DynamoRoundTable, S3ModelStore
+from fedstep import keys, tensors
+from fedstep.aws import DynamoRoundTable, S3ModelStore, SnsPublisher
 from fedstep.cli.start import model_of_round
 from fedstep.errors import FedstepError
 from fedstep.run_view import RunView, execution_arn
+from fedstep.schemas import RunEndedMessage
 from fedstep.stack import StackOutputs
 
 STOP_ERROR = "StoppedByOperator"
@@ -22,15 +22,8 @@ def stop_run(view: RunView, outputs: StackOutputs, sfn: Any, sns: Any, reason: s
     if view.status != "RUNNING":
         raise FedstepError(f"run {view.run_id} is not running (it is {view.status}); nothing to stop")
     sfn.stop_execution(executionArn=execution_arn(outputs, view.run_id), error=STOP_ERROR, cause=reason[:32000])
-    message = {"schema": SCHEMA_VERSION, "type": "run_ended", "run_id": view.run_id, "reason": "stopped"}
-    sns.publish(
-        TopicArn=outputs.topic_arn,
-        Message=json.dumps({**message, "rounds_completed": view.last_round}),
-        MessageAttributes={
-            "kind": {"DataType": "String", "StringValue": "run_ended"},
-            "clients": {"DataType": "String.Array", "StringValue": json.dumps(view.record.clients)},
-        },
-    )
+    ended = RunEndedMessage(view.run_id, "stopped", view.last_round)
+    SnsPublisher(outputs.topic_arn, sns).publish(ended.to_dict(), view.record.clients)
 
 
 def download_model(

@@ -15,7 +15,7 @@ from fedstep.imports import load_callable
 from fedstep.json_files import load_json_object
 from fedstep.rounds import round_history, utc_now
 from fedstep.run_view import execution_arn
-from fedstep.schemas import Bounds, InvalidMessage, ObjectRef, RunRecord, Target, TrainingConfig
+from fedstep.schemas import Bounds, InvalidMessage, ObjectRef, RoundSummary, RunRecord, Target, TrainingConfig
 from fedstep.selection import per_round_count
 from fedstep.stack import StackOutputs
 
@@ -226,9 +226,12 @@ def start_run(
     return launched
 
 
-def model_of_round(table: DynamoRoundTable, run: RunRecord, round_number: int) -> str:
+def model_of_round(
+    table: DynamoRoundTable, run: RunRecord, round_number: int, history: list[RoundSummary] | None = None
+) -> str:
     """The S3 key of a run's global model after `round_number` (0: the initial weights of the run
-    that began the lineage); FedstepError if that round is not completed."""
+    that began the lineage); FedstepError if that round is not completed. `history`: the run's
+    `round_history`, when the caller has read it already."""
     if round_number == 0:
         root = run
         while root.resumed_from:
@@ -237,7 +240,7 @@ def model_of_round(table: DynamoRoundTable, run: RunRecord, round_number: int) -
                 break
             root = earlier
         return keys.global_key(root.run_id, 0, keys.INITIAL_VERSION)
-    for summary in round_history(table, run.run_id, round_number, run):
+    for summary in history if history is not None else round_history(table, run.run_id, round_number, run):
         if summary.round == round_number:
             return summary.global_model.key
     raise FedstepError(f"run {run.run_id} has no completed round {round_number}")
@@ -256,13 +259,14 @@ def resume_run(run_id: str, outputs: StackOutputs, *, s3: Any, dynamodb: Any, st
     status = stepfunctions.describe_execution(executionArn=execution_arn(outputs, run_id))["status"]
     if status == "RUNNING":
         raise FedstepError(f"run {run_id} is still running; stop it before resuming it")
-    done = [s.round for s in round_history(table, run_id, old.rounds, old)]  # also the runs it continues
+    history = round_history(table, run_id, old.rounds, old)  # also the rounds of the runs it continues
+    done = [s.round for s in history]
     last = next((i for i, r in enumerate(done) if r != i + 1), len(done))  # last of rounds 1..k all done
     if last >= old.rounds:
         raise FedstepError(f"run {run_id} completed all {old.rounds} rounds ({status}); nothing to resume")
     store = S3ModelStore(outputs.bucket, s3)
     architecture = store.get(keys.model_key(run_id))
-    global_bytes = store.get(model_of_round(table, old, last))
+    global_bytes = store.get(model_of_round(table, old, last, history))
     for attempt in range(1, 100):
         new_id = keys.check_id("run id", f"{run_id}-r{attempt}")
         record = replace(old, run_id=new_id, created_at=utc_now(), resumed_from=run_id)

@@ -22,8 +22,8 @@ from fedstep.tensors import Tensors, TensorSpec
 @dataclass(frozen=True)
 class ClientUpdate:
     """One client's validated update: `delta` (trained minus global weights, float32, possibly
-    read-only views into the downloaded file) after local training on `num_examples` examples
-    (capped by the run's `max_examples`)."""
+    views into the downloaded file) after local training on `num_examples` examples (capped by the
+    run's `max_examples`)."""
 
     client_id: str
     num_examples: int

@@ -7,22 +7,17 @@ from collections.abc import Iterable
 import numpy as np
 
 from fedstep.strategies.base import ClientUpdate, GlobalModel, Strategy
-from fedstep.tensors import Tensors
-
-CHUNK = 1 << 16
-"""Elements multiplied at a time: the float64 temporary stays at 512 KiB whatever the tensor's size."""
+from fedstep.tensors import CHUNK_ELEMENTS, Tensors, chunks
 
 
 def add_weighted(acc: np.ndarray, weight: float, values: np.ndarray) -> None:
     """acc += weight * values, with the product and the sum in float64 (values may be float32),
-    in chunks so the temporary is small."""
-    flat_acc, flat_values = acc.reshape(-1), values.reshape(-1)
-    tmp = np.empty(min(CHUNK, flat_acc.size), dtype=np.float64)
-    for start in range(0, flat_acc.size, CHUNK):
-        part = flat_values[start : start + CHUNK]
+    a chunk at a time so the temporary is small (`tensors.CHUNK_ELEMENTS`)."""
+    tmp = np.empty(min(CHUNK_ELEMENTS, acc.size), dtype=np.float64)
+    for acc_part, part in zip(chunks(acc), chunks(values), strict=True):
         out = tmp[: part.size]
         np.multiply(part, np.float64(weight), out=out, dtype=np.float64)
-        flat_acc[start : start + CHUNK] += out
+        acc_part += out
 
 
 def _accumulate(sums: dict[str, np.ndarray], update: ClientUpdate) -> float:
