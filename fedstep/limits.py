@@ -27,6 +27,11 @@ MAX_TIMESTAMP_CHARS = 40
 """A timestamp or a version string."""
 MAX_HARDWARE_FIELDS, MAX_HARDWARE_CHARS = 16, 2000
 """A heartbeat's hardware summary (shown by `fedstep clients`)."""
+MAX_HEARTBEAT_INTERVAL_S = 3600
+"""A heartbeat's claimed interval (the agent allows 10-3600 s): a client is online for at most two
+of them after its last beat."""
+MAX_CLOCK_SKEW_S = 300
+"""How far in the future a client's timestamp may lie before it is refused."""
 MAX_EXAMPLES = 2**40
 """The most examples an item may claim at all; the run's `max_examples` caps its weight far lower."""
 MAX_HEADER_SLACK_BYTES = 64 * 1024

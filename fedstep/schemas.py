@@ -579,7 +579,7 @@ class Heartbeat:
             agent_version=_short_str(data, "agent_version", where, limits.MAX_TIMESTAMP_CHARS),
             state=state,
             last_seen=_short_str(data, "last_seen", where, limits.MAX_TIMESTAMP_CHARS),
-            interval_s=_positive_int(data, "interval_s", where),
+            interval_s=_positive_int(data, "interval_s", where, 1, limits.MAX_HEARTBEAT_INTERVAL_S),
             hardware={str(k): v for k, v in hardware.items()},
             run_id=_id(data, "run_id", "run id", where) if data.get("run_id") is not None else None,
             round=_positive_int(data, "round", where) if data.get("round") is not None else None,

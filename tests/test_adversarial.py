@@ -564,3 +564,23 @@ def test_the_model_the_stack_holds_bounds_what_a_run_may_start_with(cloud):
             run_id="too-big",
         )
     assert table_of(cloud).get_run("too-big") is None  # nothing was written
+
+
+def test_2_a_heartbeat_cannot_keep_a_client_online_forever():
+    """The attack: the client's own heartbeat claims an interval of 10^9 s, or a last beat in the
+    future, so that `fedstep clients` shows it online long after its agent stopped."""
+    from datetime import UTC, datetime, timedelta
+
+    from fedstep.cli.clients import statuses
+    from fedstep.schemas import Heartbeat
+
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    day_ago, next_year = ((now + timedelta(days=d)).isoformat() for d in (-1, 365))
+    beats = {
+        "long-interval": Heartbeat("long-interval", "0.1.0", "idle", day_ago, 10**9, {}).to_item(),
+        "from-the-future": Heartbeat("from-the-future", "0.1.0", "idle", next_year, 60, {}).to_item(),
+    }
+    rows = {r.client_id: r for r in statuses(list(beats), beats, now)}
+    assert {r.status for r in rows.values()} == {"invalid"}
+    assert "'interval_s' must be from 1 to 3600" in rows["long-interval"].activity
+    assert "is in the future" in rows["from-the-future"].activity

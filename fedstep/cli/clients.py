@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from fedstep import limits
 from fedstep.cli.text import duration, table
 from fedstep.schemas import Feedback, Heartbeat, InvalidMessage
 
@@ -38,9 +39,12 @@ def status_of(client_id: str, item: dict[str, Any] | None, now: datetime) -> Cli
     try:
         beat = Heartbeat.parse(item)
         seen = datetime.fromisoformat(beat.last_seen)
-    except (InvalidMessage, ValueError) as exc:
+        ago = (now - seen).total_seconds()
+        if ago < -limits.MAX_CLOCK_SKEW_S:
+            raise ValueError(f"last_seen {beat.last_seen} is in the future")
+    except (InvalidMessage, ValueError, TypeError) as exc:
         return ClientStatus(client_id, "invalid", f"unreadable heartbeat: {exc}", None, None, None, {})
-    ago = max(0.0, (now - seen).total_seconds())
+    ago = max(0.0, ago)
     if beat.state == "stopped":
         status = "stopped"
     elif ago <= 2 * beat.interval_s + SLACK_S:
