@@ -105,6 +105,7 @@ def test_clients_exit_even_when_the_runner_is_killed(tmp_path):
         (["--dataset", "heart", "--clients", "3"], "4 hospitals"),
         (["--rounds", "0"], "rounds must be 1 to 99999, got 0"),
         (["--model", "nowhere:model"], "cannot import module 'nowhere'"),
+        (["--clients", "1"], "min_participants 2 is more than the 1 client(s) selected per round"),
     ],
 )
 def test_bad_arguments_get_a_clear_error_and_no_traceback(tmp_path, args, message):

@@ -78,6 +78,31 @@ class RunSettings:
             raise FedstepError(str(exc)) from None
         return self
 
+    def for_clients(self, clients: list[str]) -> tuple[int, int]:
+        """(clients per round, quorum) of these settings for a run of `clients`; FedstepError when the
+        settings cannot work with them (too many clients, a quorum or participants floor above the
+        clients per round, a cap for an unknown client)."""
+        if len(clients) > limits.MAX_CLIENTS_PER_RUN:
+            raise FedstepError(
+                f"a run takes at most {limits.MAX_CLIENTS_PER_RUN} clients; the stack has {len(clients)}"
+            )
+        try:
+            per_round = per_round_count(self.clients_per_round, len(clients))
+        except ValueError as exc:
+            raise FedstepError(str(exc)) from None
+        quorum = self.quorum or (per_round + 1) // 2
+        if quorum > per_round:
+            raise FedstepError(f"quorum {quorum} is more than the {per_round} clients selected per round")
+        if self.min_participants > per_round:
+            raise FedstepError(
+                f"min_participants {self.min_participants} is more than the {per_round} client(s) selected per "
+                "round; set it to 1 (--min-participants 1) only if a round may publish a single client's update"
+            )
+        unknown = sorted(set(self.client_max_examples or {}) - set(clients))
+        if unknown:
+            raise FedstepError(f"client_max_examples names clients the stack does not have: {unknown}")
+        return per_round, quorum
+
     def training(self) -> TrainingConfig:
         return TrainingConfig(epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate)
 
@@ -179,23 +204,7 @@ def start_run(
     clients = sorted(outputs.queues)
     if not clients:
         raise FedstepError("the stack has no clients; add them to the deployment config and deploy")
-    if len(clients) > limits.MAX_CLIENTS_PER_RUN:
-        raise FedstepError(f"a run takes at most {limits.MAX_CLIENTS_PER_RUN} clients; the stack has {len(clients)}")
-    try:
-        per_round = per_round_count(settings.clients_per_round, len(clients))
-    except ValueError as exc:
-        raise FedstepError(str(exc)) from None
-    quorum = settings.quorum or (per_round + 1) // 2
-    if quorum > per_round:
-        raise FedstepError(f"quorum {quorum} is more than the {per_round} clients selected per round")
-    if settings.min_participants > per_round:
-        raise FedstepError(
-            f"min_participants {settings.min_participants} is more than the {per_round} client(s) selected per "
-            "round; set it to 1 (--min-participants 1) only if a round may publish a single client's update"
-        )
-    unknown = sorted(set(settings.client_max_examples or {}) - set(clients))
-    if unknown:
-        raise FedstepError(f"client_max_examples names clients the stack does not have: {unknown}")
+    per_round, quorum = settings.for_clients(clients)
     weights = tensors.encode(
         initial_weights, {"schema": SCHEMA_VERSION, "run_id": run_id, "round": 0, "kind": "global"}
     )

@@ -76,12 +76,13 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
     if not 1 <= config.clients <= 50:
         raise FedstepError(f"--clients must be 1 to 50, got {config.clients}")
     settings = config.settings.validated()
+    client_ids = [f"client-{i}" for i in range(1, config.clients + 1)]
+    settings.for_clients(client_ids)  # refused now, not after the local cloud is up
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     architecture, initial_weights = keras_payload(
         build_model(config.model or DEFAULT_FOR_DATASET[config.dataset], config.seed)
     )
-    client_ids = [f"client-{i}" for i in range(1, config.clients + 1)]
     deployment = DeploymentConfig(
         project="fedstep", clients=tuple(ClientConfig(c) for c in client_ids), round_timeout_s=settings.round_timeout_s
     )
