@@ -3,7 +3,7 @@ every update first (the baseline), in the same process.
 
     .venv/bin/python bench/aggregation_memory.py [--clients 20] [--params 2000000]
 
-The real path is `fedstep.rounds.try_complete_round` on in-memory ports (tests/memory_ports.py): it
+The real path is `fedstep.core.rounds.try_complete_round` on in-memory ports (tests/memory_ports.py): it
 claims the round, reads each update's header and then its data into one buffer, checks it, bounds
 it, adds it to FedAvg's float64 accumulator, reads the global model once the updates are in, and
 writes the new model once. DESIGN invariant 5 asks for at most 2x one model plus one update: the
@@ -26,29 +26,40 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: fedstep and tests
 
-from fedstep import keys, tensors
-from fedstep.rounds import publish_round, try_complete_round
-from fedstep.schemas import ObjectRef, RunRecord, TrainingConfig, UpdateItem
+from fedstep.core import keys, tensors
+from fedstep.core.rounds import publish_round, try_complete_round
+from fedstep.core.schemas import ObjectRef, RunRecord, TrainingConfig, UpdateItem
 from tests.memory_ports import MemoryStore, MemoryTable, RecordingPublisher, RecordingReporter
 
 RUN = "bench"
 
 
-def make_round(clients: int, params: int, seed: int = 0) -> tuple[MemoryStore, MemoryTable, list[bytes], bytes]:
+def make_round(
+    clients: int, params: int, seed: int = 0, strategy: str = "fedavg"
+) -> tuple[MemoryStore, MemoryTable, list[bytes], bytes]:
     """A published round 1 whose updates (deltas) are all in: the store, the table, the update files
     and the global model's file."""
     rng = np.random.default_rng(seed)
     shapes = {"000/dense/kernel": (params // 1000, 1000), "001/dense/bias": (1000,)}
     ids = [f"c{i:03d}" for i in range(clients)]
     architecture = ObjectRef(keys.model_key(RUN), "0" * 64, 1)
-    run = RunRecord(RUN, ids, 1, TrainingConfig(), "fedavg", "t", quorum=1, min_participants=1, model=architecture)
+    run = RunRecord(RUN, ids, 1, TrainingConfig(), strategy, "t", quorum=1, min_participants=1, model=architecture)
     store, table = MemoryStore(), MemoryTable(run)
     global_bytes = tensors.encode({k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()})
     global_key = keys.global_key(RUN, 0, keys.INITIAL_VERSION)
     store.put(global_key, global_bytes)
     ref = ObjectRef(global_key, tensors.sha256_hex(global_bytes), len(global_bytes))
     publish_round(
-        RUN, 1, 0, ref, "token", "t", table=table, publisher=RecordingPublisher(), reporter=RecordingReporter()
+        RUN,
+        1,
+        0,
+        ref,
+        "token",
+        "t",
+        store=store,
+        table=table,
+        publisher=RecordingPublisher(),
+        reporter=RecordingReporter(),
     )
     files = []
     for i, client in enumerate(ids):
@@ -93,7 +104,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--params", type=int, default=2_000_000, help="parameters per model (float32)")
+    parser.add_argument(
+        "--strategy", default="fedavg", help="a strategy's peak besides FedAvg's (its first round; no comparison)"
+    )
     args = parser.parse_args()
+    if args.strategy != "fedavg":
+        store, table, _, global_bytes = make_round(args.clients, args.params, strategy=args.strategy)
+        model_mib = len(global_bytes) / 2**20
+        seconds, peak, _ = measure(real_path, store, table)
+        print(f"{args.strategy}: {args.clients} clients, model {model_mib:.1f} MiB: peak {peak:.1f} MiB")
+        print(f"{args.strategy}: peak {peak / model_mib:.2f} x one model, {seconds:.2f} s")
+        return
     store, table, files, global_bytes = make_round(args.clients, args.params)
     model_mib = len(global_bytes) / 2**20
     print(f"{args.clients} clients, model {args.params:,} parameters ({model_mib:.1f} MiB per file)")

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -35,11 +35,13 @@ from client_agent.config import AgentConfig
 from client_agent.heartbeat import Heartbeats
 from client_agent.progress import Progress
 from client_agent.training import FunctionTrainer, Trainer
-from fedstep import aws, keys, tensors
-from fedstep.aws_errors import AWS_ERRORS, explain, is_transient
-from fedstep.errors import FedstepError, InvalidUpdate
-from fedstep.rounds import utc_now
-from fedstep.schemas import (
+from fedstep.aws import boto
+from fedstep.aws.ddb import Items
+from fedstep.aws.errors import AWS_ERRORS, error_code, explain, is_transient
+from fedstep.core import keys, tensors
+from fedstep.core.clock import utc_now
+from fedstep.core.errors import FedstepError, InvalidUpdate
+from fedstep.core.schemas import (
     Feedback,
     InvalidMessage,
     ObjectRef,
@@ -120,9 +122,9 @@ class Agent:
         self.trainer = trainer
         self.session = session or open_session(config)
         self.progress = progress or Progress(enabled=False)
-        self.sqs = aws.client("sqs", self.session, config.endpoint_url)
-        self.s3 = aws.client("s3", self.session, config.endpoint_url)
-        self.table = aws.DynamoRoundTable(config.table, aws.client("dynamodb", self.session, config.endpoint_url))
+        self.sqs = boto.client("sqs", self.session, config.endpoint_url)
+        self.s3 = boto.client("s3", self.session, config.endpoint_url)
+        self.table = Items(config.table, boto.client("dynamodb", self.session, config.endpoint_url))
         self.heartbeats = Heartbeats(config.client_id, self.table, config.heartbeat_s)
         self.cache = Path(config.cache_dir or Path.home() / ".cache" / "fedstep")
         self.last_report: RoundReport | None = None
@@ -271,7 +273,7 @@ class Agent:
         global_weights = tensors.decode(global_bytes)
         if isinstance(self.trainer, FunctionTrainer):
             self.trainer.callbacks = lambda: self.progress.keras_callbacks(f"round {msg.round}: training")
-        result = self.trainer.fit(architecture, global_weights, msg.training)
+        result = self.trainer.fit(architecture, global_weights, replace(msg.training, instructions=msg.instructions))
         tensors.check_matches(result.weights, tensors.TensorSpec.of(global_weights))
         delta = {name: np.asarray(result.weights[name], np.float32) - w for name, w in global_weights.items()}
         key = keys.update_key(msg.run_id, msg.round, self.config.client_id)
@@ -337,7 +339,7 @@ class Agent:
         try:
             data = self.s3.get_object(Bucket=self.config.bucket, Key=key)["Body"].read()
         except ClientError as exc:
-            if aws.error_code(exc) in ("NoSuchKey", "404", "AccessDenied"):
+            if error_code(exc) in ("NoSuchKey", "404", "AccessDenied"):
                 return None
             raise
         meta = tensors.read_metadata(data)

@@ -18,10 +18,11 @@ import boto3
 from botocore.exceptions import ClientError, NoCredentialsError
 
 from client_agent.config import AgentConfig
-from fedstep import aws, keys
-from fedstep.aws_errors import AWS_ERRORS, error_code, explain
-from fedstep.ddb import to_attributes
-from fedstep.errors import FedstepError
+from fedstep.aws import boto
+from fedstep.aws.ddb import to_attributes
+from fedstep.aws.errors import AWS_ERRORS, error_code, explain
+from fedstep.core import keys
+from fedstep.core.errors import FedstepError
 
 T = TypeVar("T")
 
@@ -79,7 +80,7 @@ def open_session(config: AgentConfig, fail_fast: bool = False) -> boto3.Session:
     if not config.role_arn:
         return session
     try:
-        return aws.assumed_role_session(
+        return boto.assumed_role_session(
             config.role_arn, config.region, config.endpoint_url, f"fedstep-{config.client_id}", fail_fast
         )
     except AWS_ERRORS as exc:
@@ -94,7 +95,7 @@ class Probes:
         self.config, self.region, self.session = config, region, session
 
     def _client(self, service: str) -> Any:
-        return aws.client(service, self.session, self.config.endpoint_url, fail_fast=True)
+        return boto.client(service, self.session, self.config.endpoint_url, fail_fast=True)
 
     def _call(self, what: str, call: Callable[[], Any], fine: tuple[str, ...] = ()) -> Any:
         try:

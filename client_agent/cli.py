@@ -11,7 +11,7 @@ import sys
 from client_agent import config as agent_config
 from client_agent.logs import FORMATS, configure
 from fedstep import __version__
-from fedstep.errors import FedstepError
+from fedstep.core.errors import FedstepError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,7 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--endpoint-url", help="AWS endpoint override (e.g. the embedded local cloud)")
     run.add_argument("--role-arn", help="the client's IAM role to assume (stack output RoleArn...)")
     run.add_argument("--data", help="built-in data set (digits, mnist, heart) or module:function")
-    run.add_argument("--partition", help="i/n: this client's part of a built-in data set")
+    run.add_argument("--partition", help="i/n: this client's part of a built-in data set (or a loader's whole (x, y))")
+    run.add_argument(
+        "--partition-scheme",
+        help="how the data set is divided: iid (default), dirichlet:ALPHA, shards:K, quantity:ALPHA",
+    )
+    run.add_argument("--data-seed", type=int, help="seed of the data split, the same for every client (default 0)")
     run.add_argument("--trainer", help="train function module:function (default: Keras fit)")
     run.add_argument("--poll-wait", type=int, dest="poll_wait_s", help="long-poll seconds, 0-20 (default 20)")
     run.add_argument("--heartbeat", type=int, dest="heartbeat_s", help="heartbeat every N s (default 60; 0: off)")
@@ -76,9 +81,11 @@ def _describe_data(config: agent_config.AgentConfig) -> str:
     from client_agent.data import load_local_data
     from client_agent.training import load_trainer
 
-    data = load_local_data(config.data, config.partition)
+    data = load_local_data(config.data, config.partition, config.partition_scheme, config.data_seed)
     trainer = load_trainer(config.trainer, data)
     part = f" part {config.partition}" if config.partition else ""
+    if config.partition_scheme:
+        part += f" ({config.partition_scheme})"
     return (
         f"{config.data}{part}: {len(data[0][0])} training and {len(data[1][0])} test examples; trainer {trainer.name}"
     )
@@ -103,7 +110,8 @@ def _run(args: argparse.Namespace) -> int:
 
     progress = configure(args.log_format, args.verbose, progress=not args.no_progress)
     config = _load_config(args)
-    trainer = load_trainer(config.trainer, load_local_data(config.data, config.partition))
+    data = load_local_data(config.data, config.partition, config.partition_scheme, config.data_seed)
+    trainer = load_trainer(config.trainer, data)
     return Agent(config, trainer, progress=progress).run(follow=args.follow, once=args.once)
 
 

@@ -5,8 +5,8 @@
      "trainer": null, "heartbeat_s": 60}
 
 Environment: FEDSTEP_CLIENT_ID, FEDSTEP_QUEUE_URL, FEDSTEP_BUCKET, FEDSTEP_TABLE, FEDSTEP_DATA,
-FEDSTEP_PARTITION, FEDSTEP_TRAINER, FEDSTEP_ROLE_ARN; AWS_REGION / AWS_DEFAULT_REGION and
-AWS_ENDPOINT_URL where the file sets no region or endpoint.
+FEDSTEP_PARTITION, FEDSTEP_PARTITION_SCHEME, FEDSTEP_DATA_SEED, FEDSTEP_TRAINER, FEDSTEP_ROLE_ARN;
+AWS_REGION / AWS_DEFAULT_REGION and AWS_ENDPOINT_URL where the file sets no region or endpoint.
 Every field is described in docs/client.md.
 """
 
@@ -16,9 +16,13 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from fedstep import keys
-from fedstep.errors import FedstepError
-from fedstep.json_files import load_json_object
+from client_agent import partitions
+from fedstep.core import keys
+from fedstep.core.errors import FedstepError
+from fedstep.core.json_files import load_json_object
+
+MAX_SEED = 2**32 - 1
+"""The largest data seed (numpy and scikit-learn take seeds up to 2**32 - 1)."""
 
 ENV = {
     "client_id": "FEDSTEP_CLIENT_ID",
@@ -27,6 +31,8 @@ ENV = {
     "table": "FEDSTEP_TABLE",
     "data": "FEDSTEP_DATA",
     "partition": "FEDSTEP_PARTITION",
+    "partition_scheme": "FEDSTEP_PARTITION_SCHEME",
+    "data_seed": "FEDSTEP_DATA_SEED",
     "role_arn": "FEDSTEP_ROLE_ARN",
     "trainer": "FEDSTEP_TRAINER",
 }
@@ -44,6 +50,11 @@ class AgentConfig:
     """The client's IAM role (stack output RoleArn...); assumed with the standard credential chain."""
     data: str = ""
     partition: str | None = None
+    """i/n: this client's part of the data set (built-in, or a loader's whole data set); None: all of it."""
+    partition_scheme: str | None = None
+    """How the data set is divided among the n parts: iid (None), dirichlet:ALPHA, shards:K or quantity:ALPHA."""
+    data_seed: int = 0
+    """Seed of the held-out split, the partition and the local train/test split; the same for every client."""
     trainer: str | None = None
     """The train function, module:function; default Keras fit (client_agent.training:keras_fit)."""
     poll_wait_s: int = 20
@@ -70,6 +81,17 @@ class AgentConfig:
             raise FedstepError(f"visibility_extend_s must be 1-14400 seconds, got {self.visibility_extend_s}")
         if self.heartbeat_s != 0 and not 10 <= self.heartbeat_s <= 3600:
             raise FedstepError(f"heartbeat_s must be 0 (off) or 10-3600 seconds, got {self.heartbeat_s}")
+        if not 0 <= self.data_seed <= MAX_SEED:
+            raise FedstepError(f"data_seed must be 0-{MAX_SEED}, got {self.data_seed}")
+        try:
+            scheme = partitions.parse_scheme(self.partition_scheme)
+        except ValueError as exc:
+            raise FedstepError(f"partition_scheme: {exc}") from None
+        if not scheme.is_iid and not self.partition:
+            raise FedstepError(
+                f"partition_scheme {scheme} needs a partition (i/n, flag --partition or FEDSTEP_PARTITION): "
+                "which part of the divided data set is this client's"
+            )
         return self
 
 
@@ -103,7 +125,8 @@ def _typed(name: str, value: Any) -> Any:
                 raise ValueError
             return int(value)
         except (TypeError, ValueError):
-            raise FedstepError(f"client config: {name} must be a whole number of seconds, got {value!r}") from None
+            unit = " of seconds" if name.endswith("_s") else ""
+            raise FedstepError(f"client config: {name} must be a whole number{unit}, got {value!r}") from None
     if value is not None and not isinstance(value, str):
         raise FedstepError(f"client config: {name} must be a string, got {value!r}")
     return value

@@ -1,22 +1,41 @@
-"""Choosing the client's local data: a built-in data set name or a user loader `module:function`."""
+"""Choosing the client's local data: a built-in data set name or a user loader `module:function`.
+
+A loader normally returns the client's own ((x_train, y_train), (x_test, y_test)). With a
+`partition` (as `fedstep local` writes it, to simulate clients) it instead returns the whole data
+set (x, y), and every client takes its part exactly as for the built-in sets
+(`client_agent.datasets`: 20% held out, the rest divided by the partition scheme, 80/20 locally).
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from client_agent import datasets
+from client_agent import datasets, partitions
 from client_agent.training import Split
-from fedstep.errors import FedstepError
-from fedstep.imports import load_callable
+from fedstep.core.errors import FedstepError
+from fedstep.core.imports import load_callable
+
+MIN_WHOLE_EXAMPLES = 10
+"""The fewest examples a whole data set from a loader may have (held-out set plus clients)."""
 
 
-def load_local_data(spec: str, partition: str | None = None) -> Split:
+def load_local_data(spec: str, partition: str | None = None, scheme: str | None = None, seed: int = 0) -> Split:
     """`digits`/`mnist`/`heart` (with `partition` "i/n"), or a `module:function` returning
-    ((x_train, y_train), (x_test, y_test)) as numpy arrays."""
+    ((x_train, y_train), (x_test, y_test)) as numpy arrays; with `partition`, a `module:function`
+    returns the whole data set (x, y) instead. `scheme` is the partition scheme (default iid) and
+    `seed` the data seed (default 0), both the same for every client."""
+    try:
+        parsed = partitions.parse_scheme(scheme)
+    except ValueError as exc:
+        raise FedstepError(f"partition_scheme: {exc}") from None
+    if not parsed.is_iid and not partition:
+        raise FedstepError(f"partition_scheme {parsed} needs a partition i/n: which part is this client's")
     if spec in datasets.BUILTIN:
         try:
             part = datasets.parse_partition(partition) if partition else None
-            return datasets.load_partition(spec, part)
+            return datasets.load_partition(spec, part, seed=seed, scheme=parsed)
         except ValueError as exc:
             raise FedstepError(f"data {spec!r}: {exc}") from None
     if ":" not in spec:
@@ -24,7 +43,12 @@ def load_local_data(spec: str, partition: str | None = None) -> Split:
             f"data {spec!r} is neither a built-in data set ({', '.join(sorted(datasets.BUILTIN))}) nor module:function"
         )
     if partition:
-        raise FedstepError("--partition applies to the built-in data sets only; a custom loader returns its own data")
+        try:
+            part = datasets.parse_partition(partition)
+            x, y = load_whole_data(spec)
+            return datasets.local_split(datasets.prepare_arrays(spec, x, y, seed), part, seed, parsed)
+        except ValueError as exc:
+            raise FedstepError(f"data {spec!r}: {exc}") from None
     result = load_callable(spec, "data loader")()
     try:
         (x_train, y_train), (x_test, y_test) = result
@@ -34,3 +58,65 @@ def load_local_data(spec: str, partition: str | None = None) -> Split:
     if len(arrays[0]) != len(arrays[1]) or len(arrays[2]) != len(arrays[3]) or len(arrays[0]) == 0:
         raise FedstepError(f"data loader {spec!r}: x and y lengths differ, or the training set is empty")
     return (arrays[0], arrays[1]), (arrays[2], arrays[3])
+
+
+def load_whole_data(spec: str) -> tuple[np.ndarray, np.ndarray]:
+    """Call the loader `module:function` for a whole data set and check what it returns:
+    `x` numeric of shape (n, features...) with finite values, `y` integer class labels >= 0 of
+    shape (n,). Returns (x float32, y int64); FedstepError naming the problem otherwise."""
+    loader = load_callable(spec, "data loader")
+    what = f"data loader {spec!r}"
+    try:
+        result = loader()
+    except Exception as exc:  # the user's code failed: say how, without a traceback
+        raise FedstepError(f"{what} raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(result, tuple | list) or len(result) != 2:
+        raise FedstepError(f"{what} must return (x, y), the whole data set as numpy arrays; got {_kind(result)}")
+    if all(isinstance(r, tuple | list) and len(r) == 2 and all(hasattr(a, "__len__") for a in r) for r in result):
+        raise FedstepError(
+            f"{what} returned a pair of pairs, like ((x_train, y_train), (x_test, y_test)); for a simulation it "
+            "must return the whole data set (x, y): the held-out set and each client's split are made from it"
+        )
+    x = _array(result[0], f"{what}: x")
+    y = _array(result[1], f"{what}: y")
+    if x.ndim < 2:
+        raise FedstepError(f"{what}: x must have one row per example, shape (n, features...); got shape {x.shape}")
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_) or np.iscomplexobj(x):
+        raise FedstepError(f"{what}: x must hold real numbers, got dtype {x.dtype}")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise FedstepError(f"{what}: y must be one class label per example, shape (n,); got shape {y.shape}")
+    if not (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
+        raise FedstepError(
+            f"{what}: y must be integer class labels 0, 1, ..., got dtype {y.dtype} (return y.astype(int) if they are)"
+        )
+    if len(x) != len(y):
+        raise FedstepError(f"{what}: x has {len(x)} examples but y has {len(y)}")
+    if len(y) < MIN_WHOLE_EXAMPLES:
+        raise FedstepError(f"{what}: {len(y)} examples; a simulation needs at least {MIN_WHOLE_EXAMPLES}")
+    if y.min() < 0:
+        raise FedstepError(f"{what}: y must be class labels 0, 1, ..., but has {int(y.min())}")
+    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1) if np.issubdtype(x.dtype, np.floating) else None
+    if finite is not None and not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise FedstepError(
+            f"{what}: x has non-finite values (NaN or Inf) in {len(bad)} example(s), the first at row {int(bad[0])}; "
+            "drop or impute them in the loader"
+        )
+    return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y, dtype=np.int64)
+
+
+def _array(value: Any, what: str) -> np.ndarray:
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as exc:  # ragged lists, objects numpy cannot convert
+        raise FedstepError(f"{what} is not an array: {exc}") from None
+    if array.dtype == object:
+        raise FedstepError(f"{what} must be a numeric numpy array, got {_kind(value)} of Python objects")
+    return array
+
+
+def _kind(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    return f"{type(value).__name__}" + (f" of shape {shape}" if shape is not None else "")

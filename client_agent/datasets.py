@@ -50,10 +50,14 @@ the held-out set, or the held-out set is no longer disjoint from the clients' da
    training pool of 80%, stratified by label. For ``heart`` this split is made within each
    hospital (stratified by label there), so the held-out set covers all 4 hospitals. Clients
    only ever see the pool.
-2. The pool is partitioned among ``n`` clients. ``digits`` and ``mnist`` are IID: the pool is
-   shuffled with the seed and cut into ``n`` nearly equal parts (``np.array_split``).
-   ``heart`` uses its natural cross-silo split: ``n`` must be 4 and client ``i`` gets hospital
-   ``i``; ``n == 1`` (or no partition) means all hospitals. No partition means the whole pool.
+2. The pool is partitioned among ``n`` clients. ``digits``, ``mnist`` and arrays from a user's
+   loader (``prepare_arrays``) follow a partition scheme (``client_agent.partitions``), IID by
+   default: the pool is shuffled with the seed and cut into ``n`` nearly equal parts
+   (``np.array_split``); ``dirichlet:ALPHA``, ``shards:K`` and ``quantity:ALPHA`` make it
+   non-IID. Every part holds at least ``MIN_CLIENT_EXAMPLES``.
+   ``heart`` uses its natural cross-silo split (scheme iid only): ``n`` must be 4 and client
+   ``i`` gets hospital ``i``; ``n == 1`` (or no partition) means all hospitals. No partition
+   means the whole pool.
 3. Each client's part is split 80/20 into local train and test sets, stratified by label
    where the class counts allow it, shuffled with the seed.
 
@@ -69,11 +73,15 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from client_agent import partitions
+
 Arrays = tuple[np.ndarray, np.ndarray]  # (x, y)
 Split = tuple[Arrays, Arrays]  # ((x_train, y_train), (x_test, y_test))
 
 HELDOUT_FRACTION = 0.2
 LOCAL_TEST_FRACTION = 0.2
+MIN_CLIENT_EXAMPLES = 2
+"""The fewest examples a client's part may hold: one for local training, one for its test split."""
 
 # Partition order of the heart hospitals: partition i/4 is HEART_HOSPITALS[i - 1].
 HEART_HOSPITALS: tuple[str, ...] = ("Cleveland", "Hungary", "VA Long Beach", "Switzerland")
@@ -263,7 +271,10 @@ def _check_values(values: pd.Series, allowed: tuple) -> None:
 
 
 @dataclass(frozen=True)
-class _Prepared:
+class Prepared:
+    """A whole data set after rule 1: every example, and which are held out and which are in the pool."""
+
+    name: str  # the data set's name (a built-in one, or the loader's module:function), for messages
     x: np.ndarray  # every example, encoded
     y: np.ndarray
     heldout: np.ndarray  # indices into x / y
@@ -281,7 +292,9 @@ def _stratified_split(indices: np.ndarray, y: np.ndarray, fraction: float, seed:
 
 
 @functools.lru_cache(maxsize=16)
-def _prepare(name: str, seed: int) -> _Prepared:
+def prepare(name: str, seed: int = 0) -> Prepared:
+    """A built-in data set, loaded, encoded and split into held-out set and pool (cached)."""
+    _info(name)
     if name == "heart":
         frame = _raw_heart()
         y = (frame["num"].to_numpy() > 0).astype(np.int64)
@@ -300,7 +313,8 @@ def _prepare(name: str, seed: int) -> _Prepared:
         x, y = _raw_digits() if name == "digits" else _raw_mnist()
         pool, heldout = _stratified_split(np.arange(len(y)), y, HELDOUT_FRACTION, seed)
         groups = None
-    return _Prepared(
+    return Prepared(
+        name=name,
         x=_read_only(x),
         y=_read_only(y),
         heldout=_read_only(heldout),
@@ -309,57 +323,109 @@ def _prepare(name: str, seed: int) -> _Prepared:
     )
 
 
-def _take(prepared: _Prepared, indices: np.ndarray) -> Arrays:
+def prepare_arrays(name: str, x: np.ndarray, y: np.ndarray, seed: int = 0) -> Prepared:
+    """A whole data set given as arrays (a user's loader, already checked: ``x`` float32 of shape
+    ``(n, ...)``, ``y`` int64 of shape ``(n,)``), split into held-out set and pool like the
+    built-in IID sets (rule 1). ``name`` is only used in messages."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    y = np.ascontiguousarray(y, dtype=np.int64)
+    pool, heldout = _stratified_split(np.arange(len(y)), y, HELDOUT_FRACTION, seed)
+    return Prepared(
+        name=name, x=_read_only(x), y=_read_only(y), heldout=_read_only(heldout), pool=_read_only(pool), groups=None
+    )
+
+
+def _take(prepared: Prepared, indices: np.ndarray) -> Arrays:
     x = np.ascontiguousarray(prepared.x[indices], dtype=np.float32)
     return x, np.ascontiguousarray(prepared.y[indices], dtype=np.int64)
 
 
-def _client_indices(name: str, prepared: _Prepared, partition: tuple[int, int] | None, seed: int) -> np.ndarray:
-    if partition is None:
-        partition = (1, 1)
-    index, count = partition
-    _check_partition(partition)
-
+def client_parts(
+    prepared: Prepared, count: int, seed: int = 0, scheme: str | partitions.Scheme | None = None
+) -> list[np.ndarray]:
+    """The pool divided among ``count`` clients (rule 2): one index array (into ``prepared.x``)
+    per client. ``scheme`` is a ``partitions`` scheme (default iid); ``heart`` takes only iid,
+    which for it means one hospital per client (``count`` 4) or all hospitals (``count`` 1)."""
+    scheme = partitions.parse_scheme(scheme)
+    _check_partition((1, count))
+    name = prepared.name
     if prepared.groups is not None:
         hospitals = len(HEART_HOSPITALS)
+        if not scheme.is_iid:
+            raise ValueError(
+                f"{name} keeps its natural split, one hospital per client: partition scheme {scheme} "
+                f"applies to digits, mnist and custom data sets only; use iid"
+            )
         if count == 1:
-            return prepared.pool
+            return [prepared.pool]
         if count != hospitals:
             order = ", ".join(f"{i}={h}" for i, h in enumerate(HEART_HOSPITALS, start=1))
             raise ValueError(
                 f"{name} is split by hospital, so it has exactly {hospitals} partitions "
-                f"({order}); use i/{hospitals}, or 1/1 for all hospitals, not {index}/{count}"
+                f"({order}); use i/{hospitals}, or 1/1 for all hospitals, not a split into {count}"
             )
-        return prepared.pool[prepared.groups[prepared.pool] == index]
+        return [prepared.pool[prepared.groups[prepared.pool] == i] for i in range(1, hospitals + 1)]
+    labels = prepared.y[prepared.pool]
+    return [prepared.pool[part] for part in partitions.split(labels, count, scheme, seed, MIN_CLIENT_EXAMPLES)]
 
-    shuffled = np.random.default_rng(seed).permutation(prepared.pool)
-    part = np.array_split(shuffled, count)[index - 1]
-    if len(part) < 2:
+
+def _client_indices(
+    prepared: Prepared, partition: tuple[int, int] | None, seed: int, scheme: str | partitions.Scheme | None
+) -> np.ndarray:
+    index, count = partition or (1, 1)
+    _check_partition((index, count))
+    if prepared.groups is not None and count not in (1, len(HEART_HOSPITALS)):
+        hospitals = len(HEART_HOSPITALS)
+        order = ", ".join(f"{i}={h}" for i, h in enumerate(HEART_HOSPITALS, start=1))
         raise ValueError(
-            f"partition {index}/{count} of {name} would hold {len(part)} example(s) of a pool "
-            f"of {len(prepared.pool)}; each part needs at least 2 for a local train/test split"
+            f"{prepared.name} is split by hospital, so it has exactly {hospitals} partitions "
+            f"({order}); use i/{hospitals}, or 1/1 for all hospitals, not {index}/{count}"
+        )
+    part = client_parts(prepared, count, seed, scheme)[index - 1]
+    if len(part) < MIN_CLIENT_EXAMPLES:
+        raise ValueError(
+            f"partition {index}/{count} of {prepared.name} would hold {len(part)} example(s) of a pool "
+            f"of {len(prepared.pool)}; each part needs at least {MIN_CLIENT_EXAMPLES} for a local train/test split"
         )
     return part
 
 
-def load_partition(name: str, partition: tuple[int, int] | None = None, seed: int = 0) -> Split:
+def local_split(
+    prepared: Prepared,
+    partition: tuple[int, int] | None = None,
+    seed: int = 0,
+    scheme: str | partitions.Scheme | None = None,
+) -> Split:
+    """One client's part of ``prepared``'s pool (rule 2), split 80/20 into local train and test
+    sets (rule 3)."""
+    indices = _client_indices(prepared, partition, seed, scheme)
+    train, test = _stratified_split(indices, prepared.y, LOCAL_TEST_FRACTION, seed)
+    return _take(prepared, train), _take(prepared, test)
+
+
+def heldout(prepared: Prepared) -> Arrays:
+    """The held-out test set of ``prepared`` (rule 1)."""
+    return _take(prepared, prepared.heldout)
+
+
+def load_partition(
+    name: str,
+    partition: tuple[int, int] | None = None,
+    seed: int = 0,
+    scheme: str | partitions.Scheme | None = None,
+) -> Split:
     """The local data of one client: its part of the federated training pool, split 80/20
     into local train and test sets (stratified where possible, seeded).
 
     ``partition`` is ``(i, n)``, the i-th of n parts (1-based; see ``parse_partition``);
-    ``None`` means the whole pool. For ``heart``, n must be 4 (one hospital per client, in
-    ``HEART_HOSPITALS`` order) or 1.
+    ``None`` means the whole pool. ``scheme`` is how the pool is divided (``partitions``:
+    iid, dirichlet:ALPHA, shards:K, quantity:ALPHA; default iid). For ``heart``, n must be 4
+    (one hospital per client, in ``HEART_HOSPITALS`` order) or 1, and the scheme iid.
     """
-    _info(name)
-    prepared = _prepare(name, seed)
-    indices = _client_indices(name, prepared, partition, seed)
-    train, test = _stratified_split(indices, prepared.y, LOCAL_TEST_FRACTION, seed)
-    return _take(prepared, train), _take(prepared, test)
+    return local_split(prepare(name, seed), partition, seed, scheme)
 
 
 def load_heldout(name: str, seed: int = 0) -> Arrays:
     """The centralized held-out test set: 20% of the data set (stratified, seeded), disjoint
     from every client's partition made with the same seed."""
-    _info(name)
-    prepared = _prepare(name, seed)
-    return _take(prepared, prepared.heldout)
+    return heldout(prepare(name, seed))

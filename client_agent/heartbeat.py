@@ -18,10 +18,10 @@ import threading
 from typing import Any
 
 from fedstep import __version__
-from fedstep.aws import DynamoRoundTable
-from fedstep.aws_errors import AWS_ERRORS, explain
-from fedstep.rounds import utc_now
-from fedstep.schemas import Heartbeat
+from fedstep.aws.ddb import Items
+from fedstep.aws.errors import AWS_ERRORS, explain
+from fedstep.core.clock import utc_now
+from fedstep.core.schemas import Heartbeat
 
 log = logging.getLogger("fedstep.client")
 
@@ -56,7 +56,7 @@ def _gpus() -> list[str]:
 class Heartbeats:
     """Writes the heartbeat from a daemon thread; `set_state` writes at once on a change of state."""
 
-    def __init__(self, client_id: str, table: DynamoRoundTable, interval_s: int) -> None:
+    def __init__(self, client_id: str, table: Items, interval_s: int) -> None:
         self.client_id, self.table, self.interval_s = client_id, table, interval_s
         self.hardware = hardware_summary()
         self._state: tuple[str, str | None, int | None] = ("idle", None, None)
@@ -110,7 +110,7 @@ class Heartbeats:
             round=round_number,
         )
         try:
-            self.table.put_heartbeat(beat)
+            self.table.put(beat.to_item())
         except AWS_ERRORS as exc:
             if not self._failing:  # once per outage, not every interval
                 log.warning("could not write the heartbeat (training goes on): %s", explain(exc))

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from fedstep.errors import FedstepError
-from fedstep.tensors import Tensors, TensorSpec, check_matches
+from fedstep.core.errors import FedstepError
+from fedstep.core.tensors import Tensors, TensorSpec, check_matches
 
 
 def import_keras() -> Any:

@@ -9,6 +9,9 @@ function receives the round's global model as a `RoundModel`:
         model.set_weights(new_weights)     # same count, shapes; cast to float32
         return {"train_loss": ..., "test_accuracy": ...}
 
+`training.instructions` holds the strategy's instructions for the round, e.g. FedProx's
+`{"proximal_mu": 0.01}` (see `client_agent.proximal`); a custom train function applies them itself.
+
 `model.keras()` gives the run's Keras model (loaded with safe_mode=True, global weights set); a
 trainer that trains it leaves its weights as the update. Select a train function with `--trainer
 module:function` (or `trainer` in the config file). The default is `keras_fit`.
@@ -28,11 +31,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedstep import limits
-from fedstep.errors import FedstepError
-from fedstep.imports import load_callable
-from fedstep.schemas import TrainingConfig
-from fedstep.tensors import Tensors
+from client_agent.proximal import add_proximal_term, proximal_mu
+from fedstep.core import limits
+from fedstep.core.errors import FedstepError
+from fedstep.core.imports import load_callable
+from fedstep.core.schemas import TrainingConfig
+from fedstep.core.tensors import Tensors
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +116,8 @@ def keras_fit(model: RoundModel, data: Split, training: TrainingConfig) -> dict[
     (the round's epochs, batch size and learning rate, shuffled, seeded), evaluate again.
 
     The optimizer is fresh every round (the architecture is reloaded), with the round's learning rate.
+    When the round's instructions carry `proximal_mu` (FedProx), the proximal term is added to the
+    loss (`client_agent.proximal`).
     """
     from client_agent.keras_model import import_keras
 
@@ -125,6 +131,12 @@ def keras_fit(model: RoundModel, data: Split, training: TrainingConfig) -> dict[
         before = net.evaluate(x_test, y_test, verbose=0, return_dict=True)
         metrics.update({f"test_{k}_before": v for k, v in before.items()})
     net.optimizer.learning_rate.assign(training.learning_rate)
+    try:
+        mu = proximal_mu(training.instructions)
+    except ValueError as exc:
+        raise FedstepError(f"the round's instructions are unusable: {exc}") from None
+    if mu > 0:
+        add_proximal_term(net, mu)
     history = net.fit(
         x_train,
         y_train,
@@ -142,7 +154,7 @@ def keras_fit(model: RoundModel, data: Split, training: TrainingConfig) -> dict[
 
 
 def finite_metrics(metrics: Any, source: str) -> dict[str, float]:
-    """The trainer's metrics as floats, within the bounds the server accepts (`fedstep.limits`): a
+    """The trainer's metrics as floats, within the bounds the server accepts (`fedstep.core.limits`): a
     non-finite value (NaN loss), a malformed name or an impossible value (accuracy above 1) is
     dropped with a warning, and at most `limits.MAX_METRICS` are kept, so that one odd metric never
     gets the whole update rejected."""

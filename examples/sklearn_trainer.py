@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from client_agent.training import RoundModel, Split
-from fedstep.schemas import TrainingConfig
+from fedstep.core.schemas import TrainingConfig
 
 
 def softmax_regression(features: int = 64, classes: int = 10) -> Any:

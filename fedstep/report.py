@@ -5,6 +5,8 @@ accuracy.png       weighted accuracy per round: test after training, train, and 
                    on the clients' test splits before training (a federated evaluation)
 loss.png           the same for the loss
 participation.png  client x round: aggregated, rejected, selected but no update, not selected
+labels.png         each client's examples per label, stacked (only for runs with label counts:
+                   those of `fedstep local`, see fedstep.core.label_counts)
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import base64
 import html
 from pathlib import Path
 
+from fedstep.cli.run_view import RunView
 from fedstep.cli.status import ROUND_HEADER, headline, round_row, settings_line
-from fedstep.run_view import RunView
 
 PLOTS = ("accuracy", "loss", "participation")
+LABELS_PLOT = "labels"
 _SERIES = (
     ("test_{}", "test (after local training)"),
     ("train_{}", "train"),
@@ -104,12 +107,60 @@ def _participation_plot(view: RunView, path: Path) -> None:
     plt.close(fig)
 
 
+def plots(view: RunView) -> tuple[str, ...]:
+    """The PNG files (without `.png`) a report of `view` has: `PLOTS`, plus `labels` with label counts."""
+    return (*PLOTS, LABELS_PLOT) if view.partition else PLOTS
+
+
+def _labels_plot(view: RunView, path: Path) -> None:
+    """One horizontal bar per client, stacked by label: examples per label (train and test splits)."""
+    from matplotlib.patches import Patch
+
+    counts = view.partition
+    assert counts is not None
+    plt = _pyplot()
+    clients = list(counts.clients)
+    labels = counts.labels
+    if len(labels) <= 10:
+        colours = [plt.get_cmap("tab10")(i) for i in range(len(labels))]
+    elif len(labels) <= 20:
+        colours = [plt.get_cmap("tab20")(i) for i in range(len(labels))]
+    else:
+        colours = [plt.get_cmap("viridis")(i / (len(labels) - 1)) for i in range(len(labels))]
+    fig, ax = plt.subplots(figsize=(7, 1.4 + 0.34 * len(clients)), dpi=110)
+    left = [0] * len(clients)
+    for j, colour in enumerate(colours):
+        widths = [counts.clients[c][j] for c in clients]
+        ax.barh(range(len(clients)), widths, left=left, color=colour, edgecolor="white", linewidth=0.4)
+        left = [a + b for a, b in zip(left, widths, strict=True)]
+    ax.set_yticks(range(len(clients)), clients)
+    ax.invert_yaxis()  # the first client on top, as in the participation plot
+    ax.set_xlabel("examples (local train + test)")
+    ax.set_title(f"Labels per client: {counts.dataset}, {counts.scheme}, seed {counts.seed}")
+    if len(labels) <= 20:
+        ax.legend(
+            handles=[Patch(color=c, label=str(label)) for c, label in zip(colours, labels, strict=True)],
+            title="label",
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            fontsize="small",
+        )
+    else:
+        ax.text(1.01, 1.0, f"{len(labels)} labels,\nfirst dark,\nlast yellow", transform=ax.transAxes, va="top")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def write_report(view: RunView, out_dir: Path) -> Path:
     """Write report.html and the PNG plots into `out_dir`; the path of the HTML file."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in ("accuracy", "loss"):
         _metric_plot(view, name, out_dir / f"{name}.png")
     _participation_plot(view, out_dir / "participation.png")
+    if view.partition:
+        _labels_plot(view, out_dir / f"{LABELS_PLOT}.png")
     page = out_dir / "report.html"
     page.write_text(_html(view, out_dir))
     return page
@@ -149,6 +200,7 @@ def _html(view: RunView, out_dir: Path) -> str:
     }
     config_rows = "\n".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in config.items())
     rejections = [f"round {s.round}: {r.client_id}: {r.reason}" for s in view.rounds for r in s.rejected]
+    partition = _partition_html(view, out_dir)
     failure = ""
     if view.execution and view.execution.status == "FAILED":
         failure = f"<p class=failed>Failed: {e(view.execution.error)}: {e(view.execution.cause)}</p>"
@@ -170,10 +222,30 @@ figure {{ display: inline-block; margin: .5em; }} img {{ max-width: 100%; }} .fa
 <h2>Plots</h2>
 {images}
 <h2>Rejected updates</h2>
-<ul id="rejections">{"".join(f"<li>{e(r)}</li>" for r in rejections) or "<li>none</li>"}</ul>
+<ul id="rejections">{"".join(f"<li>{e(r)}</li>" for r in rejections) or "<li>none</li>"}</ul>{partition}
 <h2>Run config</h2>
 <table id="config">{config_rows}</table>
 <p><small>Made by <code>fedstep report</code>. Metrics are the clients' own, weighted by their number of
 training examples; "before" is the global model of the previous round on the clients' test splits.</small></p>
 </body></html>
+"""
+
+
+def _partition_html(view: RunView, out_dir: Path) -> str:
+    """The data partition section (label histogram and a line per client), or nothing without label counts."""
+    counts = view.partition
+    if counts is None:
+        return ""
+    e = html.escape
+    rows = "\n".join(
+        f"<tr><td>{e(c)}</td><td>{counts.total(c)}</td><td>{e(counts.describe(c))}</td></tr>" for c in counts.clients
+    )
+    return f"""
+<h2>Data partition</h2>
+<p>Data set {e(counts.dataset)}, partition {e(counts.scheme)}, seed {counts.seed}: each client's examples
+per label, its local train and test splits together (as <code>fedstep local</code> divided them).</p>
+{_figure(LABELS_PLOT, out_dir / f"{LABELS_PLOT}.png")}
+<table id="partition"><thead><tr><th>client</th><th>examples</th><th>labels</th></tr></thead><tbody>
+{rows}
+</tbody></table>
 """

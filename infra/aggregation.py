@@ -14,7 +14,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
-from fedstep import keys
+from fedstep.core import keys
 from infra import secure
 from infra.bundling import aggregation_code
 from infra.config import DeploymentConfig, aggregation_memory_mb, aggregation_timeout_s

@@ -1,6 +1,6 @@
 """Building the aggregation Lambda's code without Docker.
 
-The asset is the numpy-only core (`fedstep/` minus `cli/` and `local/`), the handlers in `lambdas/`,
+The asset is an explicit list (`BUNDLE`): the numpy-only core, the boto3 adapters, the handlers in `lambdas/`,
 and the wheels of `requirements-lambda.txt` for the Lambda platform (CPython 3.12, manylinux x86_64),
 installed by pip with `--platform`. The asset hash is computed from exactly those sources, so CDK
 rebuilds the bundle when and only when one of them changes.
@@ -20,7 +20,9 @@ from aws_cdk import aws_lambda as lambda_
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIREMENTS = REPO / "requirements-lambda.txt"
-NOT_IN_BUNDLE = ("cli", "local", "__pycache__")
+BUNDLE = ("fedstep/__init__.py", "fedstep/core", "fedstep/aws", "lambdas")
+"""Exactly what goes into the bundle, besides the wheels: the package root, the core, the AWS adapters
+and the handlers (DESIGN "Top-level layout")."""
 # Lambda's Python 3.12 runtime runs on Amazon Linux 2023 (glibc 2.34): manylinux_2_17 and _2_28 wheels fit.
 # pip does not widen one --platform to older tags, so name both (safetensors ships only _2_17).
 PLATFORM = (
@@ -30,12 +32,12 @@ PLATFORM = (
 
 
 def bundled_sources() -> list[Path]:
-    """The files copied into the bundle, relative to the repo, sorted."""
-    files = [p for p in (REPO / "lambdas").rglob("*.py") if "__pycache__" not in p.parts]
-    for p in (REPO / "fedstep").rglob("*.py"):
-        rel = p.relative_to(REPO / "fedstep")
-        if rel.parts[0] not in NOT_IN_BUNDLE and "__pycache__" not in rel.parts:
-            files.append(p)
+    """The files copied into the bundle (`BUNDLE`), relative to the repo, sorted."""
+    files: list[Path] = []
+    for entry in BUNDLE:
+        path = REPO / entry
+        found = [path] if path.is_file() else path.rglob("*.py")
+        files += [p for p in found if "__pycache__" not in p.parts]
     return sorted(p.relative_to(REPO) for p in files)
 
 

@@ -27,8 +27,8 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from fedstep import keys
-from fedstep.schemas import Heartbeat, UpdateItem
+from fedstep.core import keys
+from fedstep.core.schemas import Heartbeat, UpdateItem
 from infra.config import ClientConfig
 from infra.secure import acknowledge, logical_id
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedstep import keys
-from fedstep.tensors import DEFAULT_MAX_BYTES
+from fedstep.core import keys
+from fedstep.core.tensors import DEFAULT_MAX_BYTES
 
 _PROJECT = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 _PRINCIPAL = re.compile(r"^arn:aws(-[a-z]+)*:iam::\d{12}:(root|role/[\w+=,.@/-]{1,512}|user/[\w+=,.@/-]{1,512})$")
@@ -69,17 +69,20 @@ LOG_RETENTION_DAYS = (
 
 LAMBDA_MAX_MEMORY_MB = 10_240
 LAMBDA_MAX_TIMEOUT_S = 900
-AGGREGATION_BASE_MB = 384
+AGGREGATION_BASE_MB = 512
 """The aggregation function's memory besides models: Python, numpy, boto3 and Powertools (about
-180 MB resident), with room to spare."""
-AGGREGATION_MODELS_IN_MEMORY = 3.5
-"""Its peak is 3.1x one model: a float64 accumulator (2x) and one update (1x), then the global model
-instead of the update (`bench/aggregation_memory.py` measures it); 3.5 leaves a margin."""
+180 MB resident), and the robust strategies' slices (`fedstep.core.update_source.SLICE_BUDGET_BYTES`,
+32 MiB of rows and their sorted float64 copies: about 160 MiB), with room to spare."""
+AGGREGATION_MODELS_IN_MEMORY = 5.5
+"""Its peak, in models, whatever the strategy (`bench/aggregation_memory.py --strategy NAME`
+measures it): FedAvg 3.2x (a float64 accumulator, one update, then the global model); FedAvgM 4.0x
+and FedAdam/FedYogi/FedAdagrad 5.0x (their state: 1 or 2 models more); median, trimmed mean and
+Krum 3x plus their slices. 5.5 leaves a margin."""
 AGGREGATION_MB_PER_S = 50
 """A conservative rate at which one function reads, checks and adds updates (MiB of update per s)."""
 DEFAULT_MAX_MODEL_MB = DEFAULT_MAX_BYTES // 2**20
 MAX_MODEL_MB = math.floor((LAMBDA_MAX_MEMORY_MB - AGGREGATION_BASE_MB) / AGGREGATION_MODELS_IN_MEMORY)
-"""The largest model one aggregation function can hold (2816 MiB)."""
+"""The largest model one aggregation function can hold (1768 MiB)."""
 
 
 def aggregation_memory_mb(max_model_mb: int) -> int:

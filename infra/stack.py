@@ -10,7 +10,7 @@ from aws_cdk import aws_sns_subscriptions as subs
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
-from fedstep import keys
+from fedstep.core import keys
 from infra import secure
 from infra.aggregation import Aggregation
 from infra.client_access import ClientAccess

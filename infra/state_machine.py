@@ -18,7 +18,11 @@ function, invoked directly: it aggregates what arrived if the quorum is met) -> 
 Too few valid updates (QuorumNotMet, TooFewParticipants) -> Retry round? -> Retry round (the same
 round, published again with a new token, up to run.round_retries times) or Training failed. Any
 other error of a function call (a crash, a throttle, RoundBusy) is retried 3 times before it fails
-the run.
+the run, except StrategyFailed (the strategy raised: it would raise again), which fails it at once.
+
+The publish call's payload and the run-ended message are built from their definitions in
+`fedstep.core.schemas` (the fields marked `from_state`), so the state machine and the core cannot
+disagree on a field.
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
-from fedstep import SCHEMA_VERSION, keys
+from fedstep import SCHEMA_VERSION
+from fedstep.core import keys
+from fedstep.core.rounds import StrategyFailed
+from fedstep.core.schemas import RoundMessage, RunEndedMessage, state_machine_fields
 
 NOT_AGGREGATED = ["QuorumNotMet", "TooFewParticipants"]
 """Errors that mean a round could not be aggregated (a retry of the round may help, not of the call)."""
@@ -53,10 +60,20 @@ def _carry(constants: dict[str, object] | None = None, **paths: str) -> dict[str
     return fields
 
 
+_JSON_PATH = {"string": sfn.JsonPath.string_at, "number": sfn.JsonPath.number_at, "object": sfn.JsonPath.object_at}
+
+
+def _payload(message: type, **extra: object) -> dict[str, object]:
+    """The fields of `message` that the state machine supplies, each read from its JSONPath as the
+    schema declares it (`fedstep.core.schemas.state_machine_fields`), plus `extra`."""
+    fields = {name: _JSON_PATH[kind](path) for name, (path, kind) in state_machine_fields(message).items()}
+    return {**fields, **extra}
+
+
 def _retry_calls(task: sfn.TaskStateBase) -> None:
     """Retry a failed function call (3 times: after 5, 10 and 20 s), but not a timeout or a round
     that could not be aggregated: those have their own paths."""
-    task.add_retry(errors=["States.Timeout", *NOT_AGGREGATED], max_attempts=0)
+    task.add_retry(errors=["States.Timeout", *NOT_AGGREGATED, StrategyFailed.__name__], max_attempts=0)
     task.add_retry(errors=["States.ALL"], max_attempts=3, interval=Duration.seconds(5), backoff_rate=2)
 
 
@@ -69,17 +86,7 @@ def training_definition(
         "Notify clients and wait for updates",
         lambda_function=aggregate,
         integration_pattern=sfn.IntegrationPattern.WAIT_FOR_TASK_TOKEN,
-        payload=sfn.TaskInput.from_object(
-            {
-                "mode": "publish",
-                "run_id": sfn.JsonPath.string_at("$.run.run_id"),
-                "round": sfn.JsonPath.number_at("$.round"),
-                "attempt": sfn.JsonPath.number_at("$.attempt"),
-                "global_model": sfn.JsonPath.object_at("$.global_model"),
-                "issued_at": sfn.JsonPath.string_at("$$.State.EnteredTime"),
-                "task_token": sfn.JsonPath.task_token,
-            }
-        ),
+        payload=sfn.TaskInput.from_object(_payload(RoundMessage, mode="publish", task_token=sfn.JsonPath.task_token)),
         task_timeout=sfn.Timeout.at("$.run.round_timeout_s"),
         retry_on_service_exceptions=False,
         result_path="$.result",
@@ -123,6 +130,8 @@ def training_definition(
     notify.add_catch(at_deadline, errors=["States.Timeout"], result_path="$.timeout")
     notify.add_catch(retry_or_fail, errors=NOT_AGGREGATED, result_path="$.failure")
     at_deadline.add_catch(retry_or_fail, errors=NOT_AGGREGATED, result_path="$.failure")
+    for task in (notify, at_deadline):  # the cause names the strategy, the round and the exception
+        task.add_catch(failed, errors=[StrategyFailed.__name__], result_path="$.failure")
     at_deadline.next(aggregated)
     # Only the aggregation function holds the task token, and it reports the round it was asked
     # for; this check is defence in depth against a report about another run or round.
@@ -142,15 +151,7 @@ def training_definition(
         scope,
         "Notify clients: run ended",
         topic=topic,
-        message=sfn.TaskInput.from_object(
-            {
-                "schema": SCHEMA_VERSION,
-                "type": "run_ended",
-                "run_id": sfn.JsonPath.string_at("$.run.run_id"),
-                "reason": sfn.JsonPath.string_at("$.stop_reason"),
-                "rounds_completed": sfn.JsonPath.number_at("$.round"),
-            }
-        ),
+        message=sfn.TaskInput.from_object(_payload(RunEndedMessage, schema=SCHEMA_VERSION, type=RunEndedMessage.type)),
         message_attributes={
             "kind": tasks.MessageAttribute(value="run_ended"),
             "clients": tasks.MessageAttribute(

@@ -1,6 +1,6 @@
 """The aggregation function: opens rounds, completes them from the table's stream or at their deadline.
 
-Three kinds of invocation, each a thin shell around `fedstep.rounds`:
+Three kinds of invocation, each a thin shell around `fedstep.core.rounds`:
 - `{"mode": "publish", ...}` from the state machine when it opens a round (with the task token it
   waits on): `publish_round` records the token and sends the round message to the selected clients;
 - a DynamoDB stream batch of update items: `try_complete_round` for each round touched;
@@ -34,9 +34,17 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from fedstep import aws, keys
-from fedstep.rounds import AggregationSettings, complete_round_at_deadline, publish_round, try_complete_round
-from fedstep.schemas import InvalidMessage, ObjectRef, RoundSummary, headline_metric
+from fedstep.aws import adapters, boto
+from fedstep.core import keys
+from fedstep.core.rounds import AggregationSettings, complete_round_at_deadline, publish_round, try_complete_round
+from fedstep.core.schemas import (
+    InvalidMessage,
+    ObjectRef,
+    RoundMessage,
+    RoundSummary,
+    headline_metric,
+    state_machine_fields,
+)
 
 logger = Logger(service="fedstep-aggregate")
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "fedstep"), service="fedstep-aggregate")
@@ -71,8 +79,9 @@ def _aggregated(summary: RoundSummary) -> None:
 
 @dataclass(frozen=True)
 class RoundEvent:
-    """The state machine's call: which round, and for `publish` the attempt, its input model and
-    the task token the state waits on."""
+    """The state machine's call: which round; for `publish` also the fields of the round message the
+    state machine supplies (`state_machine_fields(RoundMessage)`: the attempt, its input model, the
+    time it was entered) and the task token the state waits on."""
 
     mode: str
     run_id: str
@@ -87,14 +96,15 @@ class RoundEvent:
         try:
             mode, run_id, round_number = event["mode"], keys.check_id("run id", event["run_id"]), int(event["round"])
             if mode == "publish":
+                supplied = {name: event[name] for name in state_machine_fields(RoundMessage)}
                 return cls(
                     mode,
                     run_id,
                     round_number,
-                    int(event["attempt"]),
-                    ObjectRef.parse(event["global_model"], "publish event global_model"),
+                    int(supplied["attempt"]),
+                    ObjectRef.parse(supplied["global_model"], "publish event global_model"),
                     str(event["task_token"]),
-                    str(event["issued_at"]),
+                    str(supplied["issued_at"]),
                 )
         except (KeyError, TypeError, ValueError, InvalidMessage) as exc:
             raise ValueError(f"{event.get('mode')} event is malformed: {exc}") from None
@@ -117,10 +127,10 @@ def round_of(record: DynamoDBRecord) -> tuple[str, int] | None:
 def _services(bucket: str, table: str, topic: str, endpoint: str | None) -> tuple[Any, Any, Any, Any]:
     """AWS clients, built once per execution environment (and again if the settings change)."""
     return (
-        aws.S3ModelStore(bucket, aws.client("s3", endpoint_url=endpoint)),
-        aws.DynamoRoundTable(table, aws.client("dynamodb", endpoint_url=endpoint)),
-        aws.StepFunctionsReporter(aws.client("stepfunctions", endpoint_url=endpoint)),
-        aws.SnsPublisher(topic, aws.client("sns", endpoint_url=endpoint)),
+        adapters.S3ModelStore(bucket, boto.client("s3", endpoint_url=endpoint)),
+        adapters.DynamoRoundTable(table, boto.client("dynamodb", endpoint_url=endpoint)),
+        adapters.StepFunctionsReporter(boto.client("stepfunctions", endpoint_url=endpoint)),
+        adapters.SnsPublisher(topic, boto.client("sns", endpoint_url=endpoint)),
     )
 
 
@@ -190,7 +200,7 @@ def publish_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, 
     parsed = RoundEvent.parse(event)
     if parsed.global_model is None:
         raise ValueError("publish event is malformed: it names no global_model")
-    _, table, reporter, publisher = services()
+    store, table, reporter, publisher = services()
     message = publish_round(
         parsed.run_id,
         parsed.round,
@@ -198,6 +208,7 @@ def publish_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, 
         parsed.global_model,
         parsed.task_token,
         parsed.issued_at,
+        store=store,
         table=table,
         publisher=publisher,
         reporter=reporter,

@@ -19,10 +19,10 @@ import numpy as np
 from client_agent.agent import Agent, Outcome
 from client_agent.config import AgentConfig
 from client_agent.training import TrainResult
-from fedstep.aws import DynamoRoundTable, S3ModelStore
+from fedstep.aws.adapters import DynamoRoundTable, S3ModelStore
 from fedstep.cli.start import RunSettings, start_run
+from fedstep.core.schemas import RoundSummary
 from fedstep.local import gaps
-from fedstep.schemas import RoundSummary
 
 
 def wait_for_execution(cloud: Any, arn: str, timeout_s: float = 30) -> dict:

@@ -1,4 +1,4 @@
-"""In-memory versions of the core's ports (`fedstep.ports`), faithful where the protocol depends on it:
+"""In-memory versions of the core's ports (`fedstep.core.ports`), faithful where the protocol depends on it:
 conditional writes are atomic (a lock, as DynamoDB and S3 make them), S3 objects are versioned and
 write-once keys refuse a second write, and every record is checked against its service limit."""
 
@@ -7,11 +7,13 @@ from __future__ import annotations
 import copy
 import json
 import threading
+from dataclasses import asdict
 from typing import Any
 
-from fedstep import SCHEMA_VERSION, keys, limits
-from fedstep.ports import RangeRead
-from fedstep.schemas import (
+from fedstep import SCHEMA_VERSION
+from fedstep.core import keys, limits
+from fedstep.core.ports import RangeRead
+from fedstep.core.schemas import (
     ROUND_AGGREGATED,
     ROUND_CLAIMED,
     ROUND_OPEN,
@@ -124,7 +126,14 @@ class MemoryTable:
         return self.get(keys.round_item_key(run_id, round_number))
 
     def open_round(
-        self, run_id: str, round_number: int, attempt: int, task_token: str, issued_at: str, input_model: ObjectRef
+        self,
+        run_id: str,
+        round_number: int,
+        attempt: int,
+        task_token: str,
+        issued_at: str,
+        input_model: ObjectRef,
+        input_state: ObjectRef | None = None,
     ) -> bool:
         key = keys.round_item_key(run_id, round_number)
         first = (self.get(key) or {}).get("first_issued_at", issued_at)
@@ -138,6 +147,7 @@ class MemoryTable:
             "task_token": task_token,
             "first_issued_at": first,
             "input_model": {"key": input_model.key, "sha256": input_model.sha256, "bytes": input_model.bytes},
+            "input_state": asdict(input_state) if input_state else None,
         }
         return None is not self._update(key, lambda cur: cur is None or cur.get("status") == ROUND_OPEN, changes)
 

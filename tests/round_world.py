@@ -7,9 +7,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from fedstep import keys, tensors
-from fedstep.rounds import complete_round_at_deadline, publish_round, try_complete_round
-from fedstep.schemas import Bounds, ObjectRef, RunRecord, TrainingConfig, UpdateItem
+from fedstep.core import keys, tensors
+from fedstep.core.rounds import complete_round_at_deadline, publish_round, try_complete_round
+from fedstep.core.schemas import Bounds, ObjectRef, RunRecord, TrainingConfig, UpdateItem
 from tests.memory_ports import MemoryStore, MemoryTable, RecordingPublisher, RecordingReporter
 
 RUN = "run-1"
@@ -45,6 +45,7 @@ class World:
             model or self.initial,
             token,
             f"2026-11-21T00:{attempt:02d}:00Z",
+            store=self.store,
             table=self.table,
             publisher=self.publisher,
             reporter=self.reporter,

@@ -28,11 +28,14 @@ from botocore.exceptions import ClientError
 
 from client_agent.agent import Outcome
 from client_agent.training import TrainResult
-from fedstep import aws, keys, limits, strategies, tensors
-from fedstep.aws import DynamoRoundTable
-from fedstep.rounds import InvalidAggregate, TooFewParticipants, utc_now
-from fedstep.schemas import Bounds, Feedback, ObjectRef, RunRecord, Target, TrainingConfig, UpdateItem
-from fedstep.strategies import FedAvg
+from fedstep.aws import boto
+from fedstep.aws.adapters import DynamoRoundTable
+from fedstep.aws.errors import error_code
+from fedstep.core import keys, limits, strategies, tensors
+from fedstep.core.clock import utc_now
+from fedstep.core.rounds import InvalidAggregate, TooFewParticipants
+from fedstep.core.schemas import Bounds, Feedback, ObjectRef, RunRecord, Target, TrainingConfig, UpdateItem
+from fedstep.core.strategies import FedAvg
 from infra.config import MAX_MODEL_MB, ConfigError, DeploymentConfig, aggregation_memory_mb
 from tests.cloud_helpers import (
     INITIAL,
@@ -80,7 +83,7 @@ def denied(call) -> str:
     """The error code of a call that must be refused."""
     with pytest.raises(ClientError) as info:
         call()
-    return aws.error_code(info.value)
+    return error_code(info.value)
 
 
 def deployed_policy(cloud, client_id: str) -> list[dict[str, Any]]:
@@ -130,8 +133,8 @@ def test_1_a_clients_role_is_refused_everything_outside_its_own_queue_and_prefix
     run = start(cloud, rounds=1)
     token = table_of(cloud).get_round(run.run_id, 1)["task_token"]  # a real token, read by the operator
     session = as_client(cloud, "client-1")
-    s3, sqs = aws.client("s3", session, cloud.endpoint), aws.client("sqs", session, cloud.endpoint)
-    sns, sfn = aws.client("sns", session, cloud.endpoint), aws.client("stepfunctions", session, cloud.endpoint)
+    s3, sqs = boto.client("s3", session, cloud.endpoint), boto.client("sqs", session, cloud.endpoint)
+    sns, sfn = boto.client("sns", session, cloud.endpoint), boto.client("stepfunctions", session, cloud.endpoint)
     bucket, queues = cloud.outputs.bucket, cloud.outputs.queues
     put = lambda key: lambda: s3.put_object(Bucket=bucket, Key=key, Body=b"x")  # noqa: E731
     with iam_enforced(cloud):
@@ -208,10 +211,11 @@ class NoisyFedAvg(FedAvg):
 
     name = "noisy-fedavg"
 
-    def aggregate(self, global_model, updates):
-        weights = super().aggregate(global_model, updates)
+    def aggregate(self, round_number, global_model, state, updates):
+        result = super().aggregate(round_number, global_model, state, updates)
         rng = np.random.default_rng()
-        return {k: v + rng.normal(size=v.shape).astype(np.float32) for k, v in weights.items()}
+        noisy = {k: v + rng.normal(size=v.shape).astype(np.float32) for k, v in result.weights.items()}
+        return strategies.Aggregate(noisy, result.state, result.measurements)
 
 
 def _race(world) -> list[dict]:
@@ -549,7 +553,7 @@ def test_9_clients_without_a_principal_are_warned_of_and_the_execution_log_is_en
 
 def test_the_model_the_stack_holds_bounds_what_a_run_may_start_with(cloud):
     from fedstep.cli.start import RunSettings, start_run
-    from fedstep.errors import FedstepError
+    from fedstep.core.errors import FedstepError
 
     small = replace(cloud.outputs, max_model_bytes=100)
     with pytest.raises(FedstepError, match="the stack aggregates models of at most 100 bytes"):
@@ -572,7 +576,7 @@ def test_2_a_heartbeat_cannot_keep_a_client_online_forever():
     from datetime import UTC, datetime, timedelta
 
     from fedstep.cli.clients import statuses
-    from fedstep.schemas import Heartbeat
+    from fedstep.core.schemas import Heartbeat
 
     now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
     day_ago, next_year = ((now + timedelta(days=d)).isoformat() for d in (-1, 365))

@@ -9,7 +9,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from client_agent import agent as agent_module
 from client_agent.agent import Agent, Outcome
 from client_agent.config import AgentConfig
-from fedstep.errors import FedstepError
+from fedstep.core.errors import FedstepError
 
 CONFIG = AgentConfig(
     client_id="c1", queue_url="https://sqs.us-east-1.amazonaws.com/1/q", bucket="b", table="t", data="d", heartbeat_s=0
@@ -58,15 +58,16 @@ def test_once_returns_after_one_served_round_and_follow_outlives_a_run(monkeypat
 
 def test_a_failing_heartbeat_is_logged_once_per_outage_and_never_raises(caplog):
     from client_agent.heartbeat import Heartbeats
+    from fedstep.core.schemas import Heartbeat
 
     class Table:
         fail = True
         written: list = []
 
-        def put_heartbeat(self, beat):
+        def put(self, item):
             if self.fail:
                 raise EndpointConnectionError(endpoint_url="https://dynamodb")
-            self.written.append(beat)
+            self.written.append(Heartbeat.parse(item))
 
     table = Table()
     beats = Heartbeats("c1", table, interval_s=60)

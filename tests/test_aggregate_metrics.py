@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from fedstep.schemas import ObjectRef, Rejection, RoundSummary
+from fedstep.core.schemas import ObjectRef, Rejection, RoundSummary
 from lambdas import aggregate
 
 SUMMARY = RoundSummary(

@@ -7,8 +7,8 @@ from botocore.exceptions import ClientError, EndpointConnectionError, NoCredenti
 
 from client_agent.checks import check_region, queue_region
 from client_agent.config import AgentConfig
-from fedstep.aws_errors import explain, iam_action, is_transient
-from fedstep.errors import FedstepError
+from fedstep.aws.errors import explain, iam_action, is_transient
+from fedstep.core.errors import FedstepError
 
 
 def client_error(code: str, operation: str, message: str = "", status: int = 400) -> ClientError:

@@ -34,8 +34,11 @@ def test_cdk_synth_works_offline_and_bundles_numpy_for_lambda(tmp_path):
     assert sum("RedrivePolicy" in q for q in queues) == 2  # one work queue per client, each with its DLQ
     [asset] = [p for p in out.glob("asset.*") if p.is_dir()]
     assert (asset / "lambdas" / "aggregate.py").exists()
-    assert (asset / "fedstep" / "rounds.py").exists()
-    assert not (asset / "fedstep" / "local").exists(), "the local cloud must not ship in the Lambda bundle"
+    assert (asset / "fedstep" / "core" / "rounds.py").exists()
+    assert (asset / "fedstep" / "aws" / "adapters.py").exists()
+    for tool in ("local", "cli", "report.py"):  # the bundle is an explicit list: the core, aws, the handlers
+        assert not (asset / "fedstep" / tool).exists(), f"fedstep/{tool} must not ship in the Lambda bundle"
+    assert not (asset / "client_agent").exists()
     assert not any(asset.glob("tensorflow*")), "TensorFlow must never ship in the Lambda bundle"
     assert list(asset.glob("numpy/_core/_multiarray_umath.cpython-312-x86_64-linux-gnu.so"))
     shutil.rmtree(out)

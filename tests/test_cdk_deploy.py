@@ -17,7 +17,7 @@ from urllib.request import Request, urlopen
 import boto3
 import pytest
 
-from fedstep.keys import client_output_key
+from fedstep.core.keys import client_output_key
 from fedstep.local import gaps
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,7 +51,7 @@ def moto_endpoint(monkeypatch):
     from moto.core.config import default_user_config
     from moto.server import ThreadedMotoServer
 
-    gaps.fix_kms_keys_from_cloudformation()  # two moto bugs with AWS::KMS::Key, see fedstep/local/gaps.py
+    gaps.KMS_FROM_CLOUDFORMATION.apply()  # moto's AWS::KMS::Key bugs, see gaps/kms_from_cloudformation.py
     # Also process-global and not cleared by a reset: the local cloud switches Step Functions execution on,
     # which serves the API from a second backend where CloudFormation's state machines do not exist.
     monkeypatch.setitem(default_user_config, "stepfunctions", {"execute_state_machine": False})
@@ -67,6 +67,7 @@ def moto_endpoint(monkeypatch):
         yield endpoint
     finally:
         server.stop()
+        gaps.KMS_FROM_CLOUDFORMATION.undo()
 
 
 def cli_env(endpoint: str) -> dict[str, str]:

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import requests
 
-from fedstep import keys, tensors
 from fedstep.cli.start import RunSettings, keras_payload, start_run
+from fedstep.core import keys, tensors
 from infra.client_access import HEARTBEAT_ATTRIBUTES, UPDATE_ITEM_ATTRIBUTES
 from tests.cloud_helpers import drain_queues, wait_for_execution
 

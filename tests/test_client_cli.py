@@ -12,7 +12,7 @@ import pytest
 
 from client_agent import config as agent_config
 from client_agent.data import load_local_data
-from fedstep.errors import FedstepError
+from fedstep.core.errors import FedstepError
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD = {"client_id": "client-1", "queue_url": "https://q", "bucket": "b", "table": "t", "data": "digits"}

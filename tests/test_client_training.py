@@ -9,8 +9,8 @@ from client_agent.agent import RoundReport
 from client_agent.config import load
 from client_agent.data import load_local_data
 from client_agent.training import FunctionTrainer, RoundModel, load_trainer
-from fedstep.errors import FedstepError
-from fedstep.schemas import TrainingConfig
+from fedstep.core.errors import FedstepError
+from fedstep.core.schemas import TrainingConfig
 
 GLOBAL = {"000/softmax/kernel": np.zeros((64, 10), np.float32), "001/softmax/bias": np.zeros(10, np.float32)}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from fedstep.cli.clients import render_table, statuses
-from fedstep.schemas import Heartbeat
+from fedstep.core.schemas import Heartbeat
 
 NOW = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
 HARDWARE = {"os": "linux", "arch": "x86_64", "python": "3.11.7", "cpus": 8, "memory_gib": 31.2, "gpus": ["A10"]}
@@ -42,7 +42,7 @@ def test_the_table_shows_hardware_and_a_count_of_online_clients():
 
 
 def test_a_clients_last_rejected_update_is_shown_with_its_reason():
-    from fedstep.schemas import Feedback
+    from fedstep.core.schemas import Feedback
 
     told = Feedback("b", "run-7", 3, "0" * 64, "update norm 12.5 exceeds max_update_norm 5", "2026-11-21T11:00Z")
     rows = statuses(["a", "b"], {"a": beat("a", 30), "b": beat("b", 30)}, NOW, feedback={"b": told.to_item()})

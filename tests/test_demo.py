@@ -154,3 +154,85 @@ def test_keep_running_leaves_the_cloud_up_for_the_operator_commands_until_ctrl_c
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "stopping the local cloud" in rest, rest
+
+
+SITE_DATA = """
+import numpy as np
+
+from client_agent.models import mlp
+
+
+def load():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 400)
+    return rng.normal(size=(400, 5)).astype("float32") + y[:, None], y
+
+
+def model():
+    return mlp(5, 4, hidden=16)
+"""
+
+
+def test_own_data_under_a_dirichlet_partition_is_simulated_counted_and_reported(tmp_path):
+    """A user's loader and model from the working directory, divided non-IID; every client agent takes
+    the part the operator counted, and `fedstep report` draws the label histogram from partition.json."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "site_data.py").write_text(SITE_DATA)
+    out = tmp_path / "own"
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "fedstep", "local", "--out", str(out), "--dataset", "site_data:load"),
+            *("--model", "site_data:model", "--partition", "dirichlet:0.5", "--rounds", "1", "--keep-running"),
+            *("--strategy", "trimmed_mean", "--strategy-param", "beta=0.2"),
+        ],
+        cwd=site,  # the loader and the model are found in the working directory, by the clients too
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = _wait_for_line(proc, "press Ctrl-C to stop it", timeout_s=300)
+        assert (
+            "data set site_data:load: 320 examples for 3 clients (partition dirichlet:0.5, seed 0), 80 held out\n"
+            in lines
+        )
+        summary = json.loads((out / "summary.json").read_text())
+        assert any("strategy trimmed_mean (beta=0.2)" in line for line in lines)  # fedstep local takes a strategy
+        assert (summary["config"]["strategy"], summary["config"]["strategy_params"]) == (
+            "trimmed_mean",
+            {"beta": 0.2},
+        )
+        assert "step_norm" in summary["rounds"][0]["measurements"]
+        counts = summary["partition"]
+        assert summary["config"]["partition"] == "dirichlet:0.5" and counts["scheme"] == "dirichlet:0.5"
+        assert sum(sum(c) for c in counts["clients"].values()) == 320
+        for cid, per_label in counts["clients"].items():
+            config = json.loads((out / "clients" / f"{cid}.json").read_text())
+            assert (config["partition_scheme"], config["data_seed"]) == ("dirichlet:0.5", 0)
+            total = sum(per_label)
+            train = total - -(-total // 5)  # the local split holds out ceil(20%)
+            assert f"| {train} examples |" in (out / "logs" / f"{cid}.log").read_text(), cid
+            assert any(line.startswith(f"  {cid}  {total} examples, ") for line in lines)
+        env = dict(os.environ)
+        for line in (out / "local-cloud.env").read_text().splitlines():
+            name, _, value = line.removeprefix("export ").partition("=")
+            env[name] = value
+        report = subprocess.run(
+            [sys.executable, "-m", "fedstep", "report", summary["run_id"], "-o", str(out / "report")],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert report.returncode == 0, report.stderr
+        assert "labels.png" in report.stdout and (out / "report" / "labels.png").stat().st_size > 1000
+        page = (out / "report" / "report.html").read_text()
+        assert 'id="labels"' in page and "partition dirichlet:0.5, seed 0" in page
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, rest
+    assert _clients_of(out) == []

@@ -1,14 +1,18 @@
 import numpy as np
 import pytest
 
-from fedstep import strategies, tensors
-from fedstep.strategies import ClientUpdate, FedAvg, GlobalModel
+from fedstep.core import strategies, tensors
+from fedstep.core.strategies import ClientUpdate, FedAvg, GlobalModel, ServerState, UpdateList
 
 SHAPES = {"000/a/kernel": (7, 5), "001/a/bias": (5,), "002/b/kernel": (5, 3, 2)}
 
 
 def _global(weights: dict) -> GlobalModel:
     return GlobalModel(tensors.TensorSpec.of(weights), lambda: {k: v.copy() for k, v in weights.items()})
+
+
+def _aggregate(global_weights: dict, updates) -> dict:
+    return FedAvg().aggregate(1, _global(global_weights), ServerState(), updates).weights
 
 
 def _random_updates(rng, n_clients=5):
@@ -27,7 +31,7 @@ def _random_updates(rng, n_clients=5):
 def test_fedavg_adds_the_weighted_mean_of_the_deltas_to_the_global_weights():
     rng = np.random.default_rng(7)
     global_weights, updates = _random_updates(rng)
-    result = FedAvg().aggregate(_global(global_weights), updates)
+    result = _aggregate(global_weights, UpdateList(updates))
     n = np.array([u.num_examples for u in updates], dtype=np.float64)
     for name in global_weights:
         stacked = np.stack([u.delta[name].astype(np.float64) for u in updates])
@@ -41,12 +45,13 @@ def test_fedavg_reads_each_update_once_from_a_stream():
     global_weights, updates = _random_updates(rng)
     consumed = []
 
-    def stream():
-        for u in updates:
-            consumed.append(u.client_id)
-            yield u
+    class Stream(UpdateList):
+        def __iter__(self):
+            for u in self.updates:
+                consumed.append(u.client_id)
+                yield u
 
-    FedAvg().aggregate(_global(global_weights), stream())
+    _aggregate(global_weights, Stream(updates))
     assert consumed == [u.client_id for u in updates]
 
 
@@ -54,17 +59,26 @@ def test_fedavg_multiplies_and_sums_in_float64():
     """Finite float32 inputs whose float32 products overflow: 1e30 x 1e12 examples is inf in float32."""
     zeros = {"w": np.zeros(3, np.float32)}
     updates = [ClientUpdate(c, 10**12, {"w": np.full(3, 1e30, np.float32)}) for c in ("a", "b")]
-    result = FedAvg().aggregate(_global(zeros), updates)
+    result = _aggregate(zeros, UpdateList(updates))
     assert np.isfinite(result["w"]).all()
     np.testing.assert_allclose(result["w"], 1e30, rtol=1e-6)
 
 
 def test_fedavg_of_nothing_is_an_error():
     with pytest.raises(ValueError, match="no updates"):
-        FedAvg().aggregate(_global({"w": np.zeros(2, np.float32)}), [])
+        _aggregate({"w": np.zeros(2, np.float32)}, UpdateList([], spec=tensors.TensorSpec({"w": (2,)})))
 
 
 def test_strategies_are_found_by_name():
-    assert isinstance(strategies.get("fedavg"), FedAvg)
-    with pytest.raises(ValueError, match="known: fedavg"):
-        strategies.get("fedprox-typo")
+    assert isinstance(strategies.build("fedavg"), FedAvg)
+    with pytest.raises(ValueError, match=r"known: .*fedavg"):
+        strategies.build("fedprox-typo")
+
+
+def test_fedavg_by_slices_equals_fedavg_in_one_pass():
+    rng = np.random.default_rng(3)
+    global_weights, updates = _random_updates(rng)
+    one_pass = _aggregate(global_weights, UpdateList(updates))
+    sliced = _aggregate(global_weights, UpdateList(updates, sliced=True, slice_elements=4))
+    for name in global_weights:
+        np.testing.assert_allclose(sliced[name], one_pass[name], rtol=1e-6, atol=1e-7)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from aws_cdk.assertions import Template
 
-from fedstep import keys
-from fedstep.schemas import Feedback, Heartbeat, ObjectRef, RunRecord, TrainingConfig, UpdateItem
+from fedstep.core import keys
+from fedstep.core.schemas import Feedback, Heartbeat, ObjectRef, RunRecord, TrainingConfig, UpdateItem
 from infra.config import MAX_CLIENTS, ClientConfig, ConfigError, DeploymentConfig
 from infra.synth import build_app
 from tests.iam_policy import ALLOW, IMPLICIT_DENY, evaluate, put_item_context, resolve
@@ -276,7 +276,15 @@ def test_state_machine_loops_over_rounds_and_waits_for_the_task_token(template):
         # a failed call is retried (not a timeout, not a round too small to aggregate), then fails the run
         no_retry, retry = states[name]["Retry"]
         assert (no_retry["MaxAttempts"], retry["ErrorEquals"], retry["MaxAttempts"]) == (0, ["States.ALL"], 3)
-        assert set(no_retry["ErrorEquals"]) == {"States.Timeout", "QuorumNotMet", "TooFewParticipants"}
+        assert set(no_retry["ErrorEquals"]) == {
+            "States.Timeout",
+            "QuorumNotMet",
+            "TooFewParticipants",
+            "StrategyFailed",
+        }
+        assert {"ErrorEquals": ["StrategyFailed"], "ResultPath": "$.failure", "Next": "Training failed"} in (
+            states[name]["Catch"]
+        )
     assert states["Training failed"]["Type"] == "Fail"
     assert states["Retry round?"]["Choices"][0]["NumericLessThanPath"] == "$.run.round_retries"
     assert states["Retry round"]["Next"] == "Notify clients and wait for updates"
@@ -288,6 +296,25 @@ def test_state_machine_loops_over_rounds_and_waits_for_the_task_token(template):
     assert states["Round aggregated"]["Parameters"]["round_summary.$"] == "$.result.summary"
     assert "history" not in json.dumps(definition)  # no state carries a list that grows with the rounds
     assert states["Training finished"]["Parameters"]["round_summaries"]["pk.$"] == "$.run.run_id"
+
+
+def _definition(template: Template) -> dict:
+    [props] = [r["Properties"] for r in resources(template, "AWS::StepFunctions::StateMachine").values()]
+    return json.loads("".join(p if isinstance(p, str) else "<ref>" for p in props["DefinitionString"]["Fn::Join"][1]))
+
+
+def test_the_state_machines_payloads_are_built_from_the_message_definitions_in_the_core(template):
+    from fedstep.core.schemas import RoundMessage, RunEndedMessage, state_machine_fields
+
+    states = _definition(template)["States"]
+    publish = states["Notify clients and wait for updates"]["Parameters"]["Payload"]
+    supplied = {f"{name}.$": path for name, (path, _) in state_machine_fields(RoundMessage).items()}
+    assert {k: v for k, v in publish.items() if k not in ("mode", "task_token.$")} == supplied
+    assert set(supplied) == {"run_id.$", "round.$", "attempt.$", "global_model.$", "issued_at.$"}
+    ended = states["Notify clients: run ended"]["Parameters"]["Message"]
+    supplied = {f"{name}.$": path for name, (path, _) in state_machine_fields(RunEndedMessage).items()}
+    assert {k: v for k, v in ended.items() if k not in ("schema", "type")} == supplied
+    assert ended["type"] == "run_ended"
 
 
 def test_alarms_watch_failed_runs_and_every_dead_letter_queue_and_notify_the_alarm_topic(template):
@@ -371,7 +398,7 @@ def test_nag_clean_and_cfn_lint_clean_for_3_clients_and_the_most_a_stack_holds(t
         ({"retention": {"log_days": 10}}, "log_days must be one of"),
         ({"retention": {"update_days": 0}}, "update_days"),
         ({"colour": "blue"}, "unknown field"),
-        ({"max_model_mb": 4096}, "max_model_mb 4096 must be a whole number from 1 to 2816"),
+        ({"max_model_mb": 4096}, "max_model_mb 4096 must be a whole number from 1 to 1768"),
         ({"max_model_mb": 0}, "max_model_mb"),
     ],
 )
@@ -380,7 +407,7 @@ def test_deployment_config_mistakes_are_named(data, message):
         DeploymentConfig.from_dict(data)
 
 
-@pytest.mark.parametrize("max_model_mb", [64, 256, 1024, 2816])
+@pytest.mark.parametrize("max_model_mb", [64, 256, 1024, 1768])
 def test_the_aggregation_function_is_sized_to_the_largest_model(max_model_mb):
     config = DeploymentConfig(clients=(ClientConfig("org-a"), ClientConfig("org-b")), max_model_mb=max_model_mb)
     app = build_app(config, None, bundle=False)
@@ -388,7 +415,7 @@ def test_the_aggregation_function_is_sized_to_the_largest_model(max_model_mb):
     [function] = resources(template, "AWS::Lambda::Function").values()
     memory, timeout = function["Properties"]["MemorySize"], function["Properties"]["Timeout"]
     # about 3x one model (bench/aggregation_memory.py), within one function's 10,240 MB
-    assert 3.5 * max_model_mb + 384 <= memory <= 10_240 and memory % 64 == 0
+    assert 5.5 * max_model_mb + 512 <= memory <= 10_240 and memory % 64 == 0
     assert 120 <= timeout <= 900
     env = function["Properties"]["Environment"]["Variables"]
     assert int(env["LEASE_S"]) > timeout  # a live claim's holder never loses the round

@@ -2,7 +2,7 @@ from fnmatch import fnmatch
 
 import pytest
 
-from fedstep import keys
+from fedstep.core import keys
 
 
 def test_s3_keys_follow_the_documented_layout():

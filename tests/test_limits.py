@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from fedstep import keys, limits
-from fedstep.rounds import task_output
-from fedstep.schemas import (
+from fedstep.core import keys, limits
+from fedstep.core.rounds import task_output
+from fedstep.core.schemas import (
     Adjustment,
     ObjectRef,
     Rejection,
@@ -60,7 +60,19 @@ def test_a_task_output_is_small_whatever_the_round():
 
 
 def test_a_round_message_to_every_client_fits_an_sns_message():
-    message = RoundMessage(RUN, limits.MAX_ROUNDS, 10, REF, REF, TrainingConfig(), 3600, "t" * 40).to_dict()
+    instructions = {f"instruction_{i:02d}": "x" * limits.MAX_PARAM_TEXT_CHARS for i in range(limits.MAX_INSTRUCTIONS)}
+    message = RoundMessage(
+        run_id=RUN,
+        round=limits.MAX_ROUNDS,
+        attempt=10,
+        global_model=REF,
+        issued_at="t" * 40,
+        model=REF,
+        training=TrainingConfig(),
+        deadline_s=3600,
+        instructions=instructions,
+    ).to_dict()
+    RoundMessage.parse(message)  # the largest instructions a strategy may give are accepted
     attributes = {"kind": "round", "clients": CLIENTS}  # each subscription filters on its client id
     assert record_bytes(message) + record_bytes(attributes) < limits.SNS_MESSAGE_BYTES
 

@@ -21,10 +21,10 @@ from botocore.exceptions import EndpointConnectionError
 
 from client_agent.agent import Agent, Outcome
 from client_agent.config import AgentConfig
-from fedstep import keys, tensors
-from fedstep.aws import DynamoRoundTable, S3ModelStore
-from fedstep.ddb import to_attributes
-from fedstep.errors import FedstepError
+from fedstep.aws.adapters import DynamoRoundTable, S3ModelStore
+from fedstep.aws.ddb import to_attributes
+from fedstep.core import keys, tensors
+from fedstep.core.errors import FedstepError
 from fedstep.local import gaps
 from tests.cloud_helpers import (
     INITIAL,
@@ -140,13 +140,13 @@ def test_the_in_process_lambda_refuses_code_that_differs_from_the_checkout():
     def zipped(keys_source: bytes) -> bytes:
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w") as zf:
-            zf.writestr("fedstep/keys.py", keys_source)
+            zf.writestr("fedstep/core/keys.py", keys_source)
             zf.writestr("numpy/__init__.py", b"# wheels for the Lambda platform are not compared")
         return buffer.getvalue()
 
-    checkout = (gaps.REPO / "fedstep" / "keys.py").read_bytes()
+    checkout = (gaps.REPO / "fedstep" / "core" / "keys.py").read_bytes()
     gaps.verify_code_matches_checkout(zipped(checkout))
-    with pytest.raises(RuntimeError, match=r"fedstep/keys\.py differs from this checkout"):
+    with pytest.raises(RuntimeError, match=r"fedstep/core/keys\.py differs from this checkout"):
         gaps.verify_code_matches_checkout(zipped(checkout + b"\n# edited after deploying\n"))
 
 
@@ -291,8 +291,8 @@ def _bad_files() -> dict[str, tuple[Callable[[dict], bytes], str]]:
 
 @pytest.mark.parametrize("fault", list(_bad_files()))
 def test_a_bad_update_is_rejected_and_the_model_equals_a_run_without_it(cloud, tmp_path, fault):
-    from fedstep.rounds import utc_now
-    from fedstep.schemas import ObjectRef, UpdateItem
+    from fedstep.core.clock import utc_now
+    from fedstep.core.schemas import ObjectRef, UpdateItem
 
     make, reason = _bad_files()[fault]
     run = start(cloud, rounds=1, quorum=1, min_participants=1)
@@ -381,7 +381,7 @@ def test_a_stopped_agent_releases_its_round_message_at_once(cloud, tmp_path):
 
 
 def test_the_aggregation_function_failing_once_is_retried_and_aggregates_once(cloud, tmp_path, monkeypatch):
-    from fedstep import aws as aws_module
+    from fedstep.aws import adapters as aws_module
 
     original = aws_module.S3ModelStore.read_range
     failures = []
@@ -428,7 +428,7 @@ def test_a_run_stops_early_when_its_target_metric_is_reached(cloud, tmp_path):
 
 
 def test_only_the_clients_selected_for_a_round_receive_it(cloud, tmp_path):
-    from fedstep.selection import select
+    from fedstep.core.selection import select
 
     run = start(cloud, rounds=4, clients_per_round="1", min_participants=1)
     agents = {c: agent(cloud, c, tmp_path) for c in SHIFTS}
@@ -458,7 +458,7 @@ def test_only_the_clients_selected_for_a_round_receive_it(cloud, tmp_path):
 def test_a_failed_run_resumes_from_its_last_completed_round(cloud, tmp_path):
     from fedstep.cli.start import resume_run
 
-    run = start(cloud, rounds=3, round_timeout_s=3, quorum=2)
+    run = start(cloud, rounds=3, round_timeout_s=10, quorum=2)
     agents = {c: agent(cloud, c, tmp_path) for c in SHIFTS}
     for a in agents.values():
         serve(a)  # round 1 completes
@@ -491,7 +491,7 @@ def test_a_failed_run_resumes_from_its_last_completed_round(cloud, tmp_path):
 
 
 def test_a_round_that_misses_its_quorum_is_retried_and_the_run_completes(cloud, tmp_path):
-    run = start(cloud, rounds=1, round_timeout_s=3, quorum=2, round_retries=1)
+    run = start(cloud, rounds=1, round_timeout_s=10, quorum=2, round_retries=1)
     agents = {c: agent(cloud, c, tmp_path) for c in SHIFTS}
     serve(agents["client-1"])  # attempt 1: client-2 is down; the quorum of 2 is missed at the deadline
     stale = receive(cloud, "client-2")  # client-2 never sees attempt 1's message

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fedstep.cli.run_view import Execution, RunView
+from fedstep.core.schemas import ObjectRef, Rejection, RoundSummary, RunRecord, TrainingConfig
 from fedstep.report import PLOTS, participation, write_report
-from fedstep.run_view import Execution, RunView
-from fedstep.schemas import ObjectRef, Rejection, RoundSummary, RunRecord, TrainingConfig
 from scripts.screenshot import FLAGS, find_chromium
 
 CLIENTS = ["hospital-a", "hospital-b", "hospital-c"]
@@ -118,3 +118,36 @@ def test_the_report_html_and_pngs_are_valid(view, tmp_path):
         assert Image.open(io.BytesIO(png)).size[0] > 300 and drawn(png) > 10
     assert "round 2: hospital-c: non-finite values in 000/dense/kernel" in page
     assert re.search(r"<th>learning rate</th><td>0.1</td>", page)
+
+
+def test_a_simulated_run_gets_a_label_histogram_per_client(view, tmp_path):
+    from dataclasses import replace
+
+    from fedstep.core.label_counts import LabelCounts
+    from fedstep.report import LABELS_PLOT, plots
+
+    counts = LabelCounts.of(
+        "digits",
+        "dirichlet:0.1",
+        0,
+        range(10),
+        {
+            "hospital-a": [120, 3, 0, 0, 0, 0, 0, 0, 40, 0],
+            "hospital-b": [0, 0, 90, 90, 0, 1, 0, 0, 0, 0],
+            "hospital-c": [10, 10, 10, 10, 10, 10, 10, 10, 10, 10],
+        },
+    )
+    simulated = replace(view, partition=counts)
+    assert plots(simulated) == (*PLOTS, LABELS_PLOT) and plots(view) == PLOTS
+    page = write_report(simulated, tmp_path).read_text()
+    png = (tmp_path / "labels.png").read_bytes()
+    assert Image.open(io.BytesIO(png)).size[0] > 300 and drawn(png) > 10
+    assert f'<img id="labels" alt="labels plot" src="data:image/png;base64,{base64.b64encode(png).decode()}">' in page
+    assert "Data set digits, partition dirichlet:0.1, seed 0" in page
+    assert "<tr><td>hospital-a</td><td>163</td><td>163 examples, 3 labels; top 0 74%, 8 25%, 1 2%</td></tr>" in page
+
+
+def test_a_run_without_label_counts_has_no_histogram_section(view, tmp_path):
+    page = write_report(view, tmp_path).read_text()
+    assert "Data partition" not in page and 'id="labels"' not in page
+    assert not (tmp_path / "labels.png").exists()

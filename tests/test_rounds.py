@@ -1,18 +1,18 @@
-"""The round protocol (fedstep.rounds) against in-memory ports: the core without AWS."""
+"""The round protocol (fedstep.core.rounds) against in-memory ports: the core without AWS."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fedstep import keys
-from fedstep.rounds import (
+from fedstep.core import keys
+from fedstep.core.rounds import (
     AggregationSettings,
     QuorumNotMet,
     RoundBusy,
     TooFewParticipants,
 )
-from fedstep.schemas import Feedback
+from fedstep.core.schemas import Feedback
 from tests.round_world import GLOBAL, RUN, World, make_world
 
 

@@ -1,6 +1,13 @@
 import pytest
 
-from fedstep.schemas import InvalidMessage, RoundMessage, RunEndedMessage, TrainingConfig, UpdateItem, parse_message
+from fedstep.core.schemas import (
+    InvalidMessage,
+    RoundMessage,
+    RunEndedMessage,
+    TrainingConfig,
+    UpdateItem,
+    parse_message,
+)
 
 SHA = "ab" * 32
 ROUND = {
@@ -105,14 +112,14 @@ def test_every_field_a_client_writes_is_bounded(change, message):
     ],
 )
 def test_a_target_is_reached_when_its_weighted_metric_meets_it(text, metrics, reached):
-    from fedstep.schemas import Target
+    from fedstep.core.schemas import Target
 
     assert Target.parse_text(text).reached(metrics) is reached
 
 
 @pytest.mark.parametrize("text", ["accuracy>0.9", "test_accuracy>=high", "0.9"])
 def test_a_malformed_target_is_named(text):
-    from fedstep.schemas import Target
+    from fedstep.core.schemas import Target
 
     with pytest.raises(InvalidMessage, match=r"must look like test_accuracy>=0\.9"):
         Target.parse_text(text)

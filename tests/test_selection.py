@@ -1,6 +1,6 @@
 import pytest
 
-from fedstep.selection import per_round_count, select
+from fedstep.core.selection import per_round_count, select
 
 CLIENTS = [f"c{i}" for i in range(10)]
 

@@ -3,8 +3,8 @@ import pickle
 import numpy as np
 import pytest
 
-from fedstep import tensors
-from fedstep.errors import InvalidUpdate
+from fedstep.core import tensors
+from fedstep.core.errors import InvalidUpdate
 
 WEIGHTS = {"000/dense/kernel": np.arange(6, dtype=np.float32).reshape(2, 3), "001/dense/bias": np.ones(3, np.float32)}
 SPEC = tensors.TensorSpec.of(WEIGHTS)

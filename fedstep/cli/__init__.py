@@ -1,7 +1,8 @@
 """`fedstep`: the operator's command line.
 
 start, runs, status [--watch], stop, download, report: run a training and follow it; clients and
-client-config: the organisations; local: everything on the embedded local cloud.
+client-config: the organisations; strategies: the aggregation strategies and their parameters;
+local: everything on the embedded local cloud.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from fedstep import __version__
-from fedstep.errors import FedstepError
+from fedstep.core.errors import FedstepError
 
 
 def _settings_args(parser: argparse.ArgumentParser, defaults: RunSettingsDefaults) -> None:
@@ -26,7 +27,13 @@ def _settings_args(parser: argparse.ArgumentParser, defaults: RunSettingsDefault
     parser.add_argument("--epochs", type=int, help="local epochs per round (default 1)")
     parser.add_argument("--batch-size", type=int, help="local batch size (default 32)")
     parser.add_argument("--learning-rate", type=float, help="local learning rate (default 0.1)")
-    parser.add_argument("--strategy", help="aggregation strategy (default fedavg)")
+    parser.add_argument("--strategy", help="aggregation strategy (default fedavg; `fedstep strategies` lists them)")
+    parser.add_argument(
+        "--strategy-param",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a parameter of the strategy, e.g. eta=0.01 (repeat for several; see `fedstep strategies`)",
+    )
     parser.add_argument(
         "--clients-per-round", help="clients each round selects: a number (3) or a fraction (0.5); default all"
     )
@@ -67,9 +74,14 @@ class RunSettingsDefaults(NamedTuple):
 
 def _settings(args: argparse.Namespace, defaults: RunSettingsDefaults, run_file: dict[str, Any]):  # -> RunSettings
     from fedstep.cli.start import RunSettings, merge_settings
+    from fedstep.core.strategies.params import parse_assignments
 
     base = RunSettings(rounds=defaults.rounds, round_timeout_s=defaults.timeout)
-    return merge_settings(base, run_file, vars(args))
+    try:
+        flags = {**vars(args), "strategy_params": parse_assignments(args.strategy_param or [])}
+    except ValueError as exc:
+        raise FedstepError(str(exc)) from None
+    return merge_settings(base, run_file, flags)
 
 
 def _run_file(args: argparse.Namespace) -> dict[str, Any]:
@@ -94,7 +106,7 @@ class _Stack:
     def __init__(self, args: argparse.Namespace) -> None:
         import boto3
 
-        from fedstep.stack import StackOutputs
+        from fedstep.aws.stack import StackOutputs
 
         self.session = boto3.Session(region_name=args.region)
         self.endpoint_url = args.endpoint_url
@@ -103,10 +115,10 @@ class _Stack:
 
     def client(self, service: str):  # -> botocore client
         """One client per service for the command's lifetime (`--watch` polls with the same ones)."""
-        from fedstep import aws
+        from fedstep.aws import boto
 
         if service not in self._clients:
-            self._clients[service] = aws.client(service, self.session, self.endpoint_url)
+            self._clients[service] = boto.client(service, self.session, self.endpoint_url)
         return self._clients[service]
 
 
@@ -166,12 +178,29 @@ def _parser() -> argparse.ArgumentParser:
     _stack_args(clients)
     clients.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    strategies = sub.add_parser("strategies", help="the aggregation strategies, with their parameters and defaults")
+    strategies.add_argument("--json", action="store_true", help="print JSON instead of text")
+
     local = sub.add_parser("local", help="run a real federated training on the embedded local cloud")
-    local.add_argument("--dataset", default="digits", help="digits, mnist or heart (default digits)")
+    local.add_argument(
+        "--dataset",
+        default="digits",
+        help="digits, mnist, heart, or module:function returning your whole data set (x, y) (default digits)",
+    )
+    local.add_argument(
+        "--partition",
+        default="iid",
+        help="how the clients' data is divided: iid, dirichlet:ALPHA, shards:K or quantity:ALPHA (default iid)",
+    )
     local.add_argument("--clients", type=int, default=3, help="number of client agents (default 3)")
     local.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
-    local.add_argument("--model", help="module:function returning a compiled Keras model (default: per data set)")
-    local.add_argument("--seed", type=int, help="seed for the initial weights and the client selection (default 0)")
+    local.add_argument(
+        "--model",
+        help="module:function returning a compiled Keras model (default: the built-in data set's; needed for your own)",
+    )
+    local.add_argument(
+        "--seed", type=int, help="seed for the initial weights, the client selection and the data split (default 0)"
+    )
     local.add_argument(
         "--keep-running",
         action="store_true",
@@ -179,6 +208,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     _settings_args(local, LOCAL_DEFAULTS)
     return parser
+
+
+def _strategies(args: argparse.Namespace) -> int:
+    from fedstep.cli.strategies import render_strategies
+
+    print(render_strategies(as_json=args.json))
+    return 0
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -214,8 +250,8 @@ def _start(args: argparse.Namespace) -> int:
 
 
 def _view(stack: _Stack, run_id: str):  # -> RunView
-    from fedstep.aws import DynamoRoundTable
-    from fedstep.run_view import load_run
+    from fedstep.aws.adapters import DynamoRoundTable
+    from fedstep.cli.run_view import load_run
 
     table = DynamoRoundTable(stack.outputs.table, stack.client("dynamodb"))
     return load_run(run_id, stack.outputs, table, stack.client("stepfunctions"))
@@ -229,9 +265,9 @@ def _watch(stack: _Stack, run_id: str, interval_s: float) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from fedstep.aws import DynamoRoundTable
+    from fedstep.aws.adapters import DynamoRoundTable
+    from fedstep.cli.run_view import list_runs
     from fedstep.cli.status import render_runs
-    from fedstep.run_view import list_runs
 
     stack = _Stack(args)
     table = DynamoRoundTable(stack.outputs.table, stack.client("dynamodb"))
@@ -266,7 +302,7 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from fedstep.aws import DynamoRoundTable
+    from fedstep.aws.adapters import DynamoRoundTable
     from fedstep.cli.operate import download_model
 
     stack = _Stack(args)
@@ -280,12 +316,13 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from fedstep.report import PLOTS, write_report
+    from fedstep.cli.run_view import with_partition
+    from fedstep.report import plots, write_report
 
     stack = _Stack(args)
-    view = _view(stack, args.run_id)
+    view = with_partition(_view(stack, args.run_id), stack.outputs, stack.client("s3"))
     page = write_report(view, args.out or Path("reports") / args.run_id)
-    print(f"wrote {page} and {', '.join(f'{p}.png' for p in PLOTS)} beside it")
+    print(f"wrote {page} and {', '.join(f'{p}.png' for p in plots(view))} beside it")
     return 0
 
 
@@ -308,7 +345,7 @@ def _client_config(args: argparse.Namespace) -> int:
 
 
 def _clients(args: argparse.Namespace) -> int:
-    from fedstep.aws import DynamoRoundTable
+    from fedstep.aws.adapters import DynamoRoundTable
     from fedstep.cli.clients import render_json, render_table, statuses
 
     stack = _Stack(args)
@@ -336,6 +373,7 @@ def _local(args: argparse.Namespace) -> int:
     run_file = _run_file(args)
     config = DemoConfig(
         dataset=args.dataset,
+        partition=args.partition,
         clients=args.clients,
         out=args.out,
         model=args.model or run_file.get("model"),
@@ -354,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from fedstep.aws_errors import explain
+    from fedstep.aws.errors import explain
 
     try:
         commands = {
@@ -367,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             "clients": _clients,
             "client-config": _client_config,
             "local": _local,
+            "strategies": _strategies,
         }
         return commands[args.command](args)
     except FedstepError as exc:

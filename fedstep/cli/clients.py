@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from fedstep import limits
 from fedstep.cli.text import duration, table
-from fedstep.schemas import Feedback, Heartbeat, InvalidMessage
+from fedstep.core import limits
+from fedstep.core.schemas import Feedback, Heartbeat, InvalidMessage
 
 SLACK_S = 15
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fedstep import keys, tensors
-from fedstep.aws import DynamoRoundTable, S3ModelStore, SnsPublisher
+from fedstep.aws.adapters import DynamoRoundTable, S3ModelStore, SnsPublisher
+from fedstep.aws.stack import StackOutputs
+from fedstep.cli.run_view import RunView, execution_arn
 from fedstep.cli.start import model_of_round
-from fedstep.errors import FedstepError
-from fedstep.run_view import RunView, execution_arn
-from fedstep.schemas import RunEndedMessage
-from fedstep.stack import StackOutputs
+from fedstep.core import keys, tensors
+from fedstep.core.errors import FedstepError
+from fedstep.core.schemas import RunEndedMessage
 
 STOP_ERROR = "StoppedByOperator"
 

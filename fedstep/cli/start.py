@@ -8,16 +8,18 @@ from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from fedstep import SCHEMA_VERSION, keys, limits, strategies, tensors
-from fedstep.aws import DynamoRoundTable, S3ModelStore
-from fedstep.errors import FedstepError
-from fedstep.imports import load_callable
-from fedstep.json_files import load_json_object
-from fedstep.rounds import round_history, utc_now
-from fedstep.run_view import execution_arn
-from fedstep.schemas import Bounds, InvalidMessage, ObjectRef, RoundSummary, RunRecord, Target, TrainingConfig
-from fedstep.selection import per_round_count
-from fedstep.stack import StackOutputs
+from fedstep import SCHEMA_VERSION
+from fedstep.aws.adapters import DynamoRoundTable, S3ModelStore
+from fedstep.aws.stack import StackOutputs
+from fedstep.cli.run_view import execution_arn
+from fedstep.core import keys, limits, strategies, tensors
+from fedstep.core.clock import utc_now
+from fedstep.core.errors import FedstepError
+from fedstep.core.imports import load_callable
+from fedstep.core.json_files import load_json_object
+from fedstep.core.rounds import round_history
+from fedstep.core.schemas import Bounds, InvalidMessage, ObjectRef, RoundSummary, RunRecord, Target, TrainingConfig
+from fedstep.core.selection import per_round_count
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,10 @@ class RunSettings:
     batch_size: int = 32
     learning_rate: float = 0.1
     strategy: str = "fedavg"
+    """The aggregation strategy's name (`fedstep strategies` lists them)."""
+    strategy_params: dict[str, Any] | None = None
+    """The strategy's parameters by name (JSON values, or text from `--strategy-param NAME=VALUE`);
+    the others take their defaults."""
     round_timeout_s: int = 3600
     quorum: int | None = None
     """Fewest valid updates a round may be aggregated from; default: half the clients, rounded up."""
@@ -71,7 +77,7 @@ class RunSettings:
         if not 1 <= self.round_timeout_s <= 31_536_000:
             raise FedstepError(f"round_timeout_s must be 1 s to 1 year, got {self.round_timeout_s}")
         try:
-            strategies.get(self.strategy)
+            self.strategy_instance()
             self.training()
             self.bounds()
         except (ValueError, InvalidMessage) as exc:
@@ -103,6 +109,10 @@ class RunSettings:
             raise FedstepError(f"client_max_examples names clients the stack does not have: {unknown}")
         return per_round, quorum
 
+    def strategy_instance(self) -> strategies.Strategy:
+        """The strategy with its parameters; ValueError naming an unknown or ill-typed one."""
+        return strategies.build(self.strategy, self.strategy_params)
+
     def training(self) -> TrainingConfig:
         return TrainingConfig(epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate)
 
@@ -122,6 +132,7 @@ _TYPES: dict[str, type] = {
     "clients_per_round": str,
     "client_max_examples": dict,
     "max_update_norm": float,
+    "strategy_params": dict,
 }
 """Types of the settings whose default is None (the others' defaults give theirs)."""
 
@@ -130,16 +141,31 @@ def load_run_file(path: str) -> dict[str, Any]:
     """A run file: a JSON object of RunSettings fields plus `model` (module:function), e.g.
 
     {"model": "client_agent.models:digits_mlp", "rounds": 20, "clients_per_round": "0.5",
-     "target": "test_accuracy>=0.9", "max_examples": 5000, "max_update_norm": 10}
+     "target": "test_accuracy>=0.9", "max_examples": 5000, "max_update_norm": 10,
+     "strategy": {"name": "fedadam", "params": {"eta": 0.01}}}
+
+    `strategy` is a name, or an object of `name` and `params`.
     """
-    return load_json_object(path, "run file", RUN_FILE_FIELDS)
+    data = load_json_object(path, "run file", RUN_FILE_FIELDS - {"strategy_params"})
+    strategy = data.get("strategy")
+    if isinstance(strategy, dict):
+        unknown = sorted(set(strategy) - {"name", "params"})
+        if unknown or not isinstance(strategy.get("name"), str) or not isinstance(strategy.get("params", {}), dict):
+            raise FedstepError(
+                f"{path}: strategy must be a name or an object of name (text) and params (an object); got {strategy!r}"
+            )
+        data["strategy"], data["strategy_params"] = strategy["name"], dict(strategy.get("params", {}))
+    return data
 
 
 def merge_settings(base: RunSettings, *layers: dict[str, Any]) -> RunSettings:
     """`base` overridden by each layer's non-None values in turn (run file, then flags), type-checked."""
     values = asdict(base)
     for layer in layers:
-        values.update({k: v for k, v in layer.items() if k in values and v is not None})
+        params = layer.get("strategy_params")
+        values.update({k: v for k, v in layer.items() if k in values and v is not None and k != "strategy_params"})
+        if params:  # parameters add up: flags override the run file's one by one
+            values["strategy_params"] = {**(values.get("strategy_params") or {}), **params}
     for name, value in values.items():
         kind = _TYPES.get(name) or type(getattr(RunSettings(), name))
         if name == "clients_per_round" and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -219,6 +245,7 @@ def start_run(
         rounds=settings.rounds,
         training=settings.training(),
         strategy=settings.strategy,
+        strategy_params=strategies.params.to_json(settings.strategy_instance().params),
         created_at=utc_now(),
         quorum=quorum,
         target=Target.parse_text(settings.target) if settings.target else None,
@@ -276,11 +303,22 @@ def resume_run(run_id: str, outputs: StackOutputs, *, s3: Any, dynamodb: Any, st
     store = S3ModelStore(outputs.bucket, s3)
     architecture = store.get(keys.model_key(run_id))
     global_bytes = store.get(model_of_round(table, old, last, history))
+    state_ref = next((h.state for h in history if h.round == last), None) if last else old.initial_state
+    state_bytes = store.get(state_ref.key) if state_ref else None
     for attempt in range(1, 100):
         new_id = keys.check_id("run id", f"{run_id}-r{attempt}")
-        record = replace(old, run_id=new_id, created_at=utc_now(), resumed_from=run_id)
+        record = replace(old, run_id=new_id, created_at=utc_now(), resumed_from=run_id, initial_state=None)
         launched = _launch(
-            record, architecture, global_bytes, last, keys.RESUMED_VERSION, outputs, s3, dynamodb, stepfunctions
+            record,
+            architecture,
+            global_bytes,
+            last,
+            keys.RESUMED_VERSION,
+            outputs,
+            s3,
+            dynamodb,
+            stepfunctions,
+            state_bytes=state_bytes,
         )
         if launched is not None:
             return launched
@@ -297,11 +335,17 @@ def _launch(
     s3: Any,
     dynamodb: Any,
     stepfunctions: Any,
+    state_bytes: bytes | None = None,
 ) -> StartedRun | None:
-    """Write the run record (None if that run id is taken), publish its models, start its execution
-    after `start_round`. The execution's input holds no history: its size is the same for any round."""
+    """Write the run record (None if that run id is taken), publish its models (and the strategy
+    state it continues, `state_bytes`), start its execution after `start_round`. The execution's
+    input holds no history: its size is the same for any round."""
     model_ref = ObjectRef(keys.model_key(record.run_id), tensors.sha256_hex(architecture), len(architecture))
-    record = replace(record, model=model_ref)
+    state_ref = None
+    if state_bytes is not None:
+        key = keys.state_key(record.run_id, start_round, version)
+        state_ref = ObjectRef(key, tensors.sha256_hex(state_bytes), len(state_bytes))
+    record = replace(record, model=model_ref, initial_state=state_ref)
     if not DynamoRoundTable(outputs.table, dynamodb).put_once(record.to_item()):
         return None
     store = S3ModelStore(outputs.bucket, s3)
@@ -310,6 +354,8 @@ def _launch(
     )
     store.put(model_ref.key, architecture)
     store.put(global_ref.key, global_bytes)
+    if state_ref is not None and state_bytes is not None:
+        store.put(state_ref.key, state_bytes)
     execution_input = {
         "run": {
             "run_id": record.run_id,

@@ -6,9 +6,9 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from fedstep.cli.run_view import RunListing, RunView
 from fedstep.cli.text import duration, table
-from fedstep.run_view import RunListing, RunView
-from fedstep.schemas import RoundSummary, headline_metric
+from fedstep.core.schemas import RoundSummary, headline_metric
 
 
 def _took(started: datetime, stopped: datetime | None) -> str:
@@ -41,12 +41,32 @@ def render_runs(runs: list[RunListing], rounds_done: Callable[[str], str]) -> st
     return "\n".join(table(("RUN", "STATUS", "STARTED", "DURATION", "ROUNDS"), rows))
 
 
-ROUND_HEADER = ("ROUND", "CLIENTS", "REJECTED", "EXAMPLES", "LOSS", "ACCURACY", "ROUND TIME", "AGGREGATION")
+ROUND_HEADER = (
+    "ROUND",
+    "CLIENTS",
+    "REJECTED",
+    "EXAMPLES",
+    "LOSS",
+    "ACCURACY",
+    "ROUND TIME",
+    "AGGREGATION",
+    "STRATEGY MEASUREMENTS",
+)
+MEASUREMENTS_SHOWN = 4
+"""Measurements shown per round in the table (all of them are in the round record)."""
+
+
+def measurements_text(s: RoundSummary) -> str:
+    """The strategy's measurements of a round, e.g. `step_norm=0.0123 selected=8`; "-" for none."""
+    shown = [f"{k}={v:.4g}" for k, v in sorted(s.measurements.items())[:MEASUREMENTS_SHOWN]]
+    more = len(s.measurements) - MEASUREMENTS_SHOWN
+    return " ".join(shown + ([f"(+{more})"] if more > 0 else [])) or "-"
 
 
 def round_row(s: RoundSummary) -> tuple[object, ...]:
     """One round: participants of selected, rejected updates, examples, weighted test (else train) loss
-    and accuracy, the round's duration (from publishing to aggregated) and the aggregation's."""
+    and accuracy, the round's duration (from publishing to aggregated) and the aggregation's, and the
+    strategy's measurements."""
     return (
         s.round,
         f"{len(s.participants)}/{len(s.selected) or len(s.participants)}",
@@ -56,6 +76,7 @@ def round_row(s: RoundSummary) -> tuple[object, ...]:
         _metric(s, "accuracy"),
         f"{s.duration_s:.1f} s",
         f"{s.aggregation_s:.2f} s",
+        measurements_text(s),
     )
 
 
@@ -78,13 +99,19 @@ def bounds_text(view: RunView) -> str:
     return f"at least {view.record.min_participants} participants; {caps}, {norm} ({b.action})"
 
 
+def strategy_text(name: str, params: dict[str, object]) -> str:
+    """`fedadam (eta=0.01, beta_1=0.9, ...)`, or the bare name for a strategy without parameters."""
+    listed = ", ".join(f"{k}={v}" for k, v in params.items())
+    return f"{name} ({listed})" if listed else name
+
+
 def settings_line(view: RunView) -> str:
     r = view.record
     per_round = r.clients_per_round or len(r.clients)
     parts = [
         f"{len(r.clients)} clients, {per_round} per round, quorum {r.quorum}",
         f"{r.training.epochs} epoch(s), batch {r.training.batch_size}, learning rate {r.training.learning_rate:g}",
-        r.strategy,
+        strategy_text(r.strategy, r.strategy_params),
         f"round deadline {duration(r.round_timeout_s)}",
         bounds_text(view),
     ]

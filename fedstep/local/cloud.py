@@ -4,7 +4,8 @@
         cloud.outputs.bucket, cloud.outputs.queues["client-1"], cloud.env()  # for client processes
 
 The stack is the same synthesized template `cdk synth` produces, deployed with CloudFormation calls;
-`fedstep.local.gaps` fills in what moto lacks. Lambda handlers run in this process.
+`fedstep.local.gaps` fills in what moto lacks, one shim per gap: its patches of moto are applied when the
+cloud starts and undone when it stops. Lambda handlers run in this process.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from typing import Any
 
 import boto3
 
-from fedstep import aws
+from fedstep.aws import boto
+from fedstep.aws.stack import StackOutputs
 from fedstep.local import deploy, gaps
-from fedstep.stack import StackOutputs
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class LocalCloud:
         return {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint}
 
     def client(self, service: str) -> Any:
-        return aws.client(service, boto3.Session(region_name=REGION), self.endpoint)
+        return boto.client(service, boto3.Session(region_name=REGION), self.endpoint)
 
     def start(self) -> LocalCloud:
         import warnings
@@ -74,10 +75,7 @@ class LocalCloud:
         # AWS_ENDPOINT_URL: the in-process Lambda handlers talk to this cloud.
         self._set_env({**FAKE_CREDENTIALS, "MOTO_PORT": str(port), "AWS_ENDPOINT_URL": self.endpoint})
         gaps.reset_backends(self.endpoint)  # moto's state is per process: start from nothing
-        gaps.run_lambdas_in_process()
-        gaps.fix_kms_keys_from_cloudformation()
-        gaps.fix_role_policies_from_cloudformation()
-        gaps.make_stop_execution_abort()
+        gaps.apply_patches()
         self.outputs = self.deploy()
         return self
 
@@ -94,8 +92,8 @@ class LocalCloud:
         deploy.prune_stale_assets(assembly, stack)
         deploy.publish_assets(assembly, stack, s3, account, REGION)
         template = deploy.create_stack(assembly, stack, cfn, ssm)
-        gaps.create_missing_subscriptions(cfn, self.client("sns"), self.client("sqs"), stack, template)
-        gaps.make_state_machines_executable(cfn, self.client("stepfunctions"), self.endpoint, stack, template)
+        gaps.SNS_SUBSCRIPTIONS.apply(cfn, self.client("sns"), self.client("sqs"), stack, template)
+        gaps.STEP_FUNCTIONS_EXECUTION.apply(cfn, self.client("stepfunctions"), self.endpoint, stack, template)
         log.info(
             "local cloud at %s: synthesized in %.1f s, deployed in %.1f s",
             self.endpoint,
@@ -110,7 +108,8 @@ class LocalCloud:
             os.environ[key] = value
 
     def stop(self) -> None:
-        """Stop the server and restore the environment variables `start` changed."""
+        """Stop the server, restore the environment variables `start` changed and give moto back its own
+        behaviour (moto is global to the process: one local cloud runs at a time)."""
         gaps.stop_stream_workers()
         if self.server is not None:
             self.server.stop()
@@ -121,3 +120,4 @@ class LocalCloud:
             else:
                 os.environ[key] = value
         self._saved_env.clear()
+        gaps.undo_all()

@@ -1,8 +1,10 @@
 """`fedstep local`: a real federated training run on the embedded local cloud.
 
 Deploys the stack into a moto server, starts one client agent process per client (each with its
-own part of a built-in data set), starts a run, prints a line per round, evaluates every round's
-global model on the data set's held-out test set, and writes `<out>/summary.json`.
+own part of a built-in data set, or of the user's data set from a `module:function` loader, divided
+IID or non-IID by `--partition`), starts a run, prints a line per round, evaluates every round's
+global model on the data set's held-out test set, and writes `<out>/summary.json`. Each client's
+label counts go to the run's `partition.json` (see `fedstep.core.label_counts`) and the summary.
 """
 
 from __future__ import annotations
@@ -13,15 +15,24 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fedstep import tensors
-from fedstep.aws import DynamoRoundTable, S3ModelStore
+import numpy as np
+
+from fedstep.aws.adapters import DynamoRoundTable, S3ModelStore
 from fedstep.cli.start import RunSettings, build_model, keras_payload, start_run
-from fedstep.errors import FedstepError
+from fedstep.cli.status import strategy_text
+from fedstep.core import keys, tensors
+from fedstep.core.errors import FedstepError
+from fedstep.core.label_counts import LabelCounts
+from fedstep.core.schemas import RoundSummary, headline_metric
+from fedstep.core.strategies.params import to_json as params_json
 from fedstep.local.cloud import LocalCloud
 from fedstep.local.processes import ClientProcesses
-from fedstep.schemas import RoundSummary, headline_metric
+
+if TYPE_CHECKING:
+    from client_agent.datasets import Prepared
+    from client_agent.partitions import Scheme
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +42,15 @@ class DemoConfig:
     """Defaults: digits, 3 clients (IID split), 5 rounds, the dataset's built-in model."""
 
     dataset: str = "digits"
+    """A built-in data set (digits, mnist, heart) or a loader module:function returning the whole (x, y)."""
+    partition: str = "iid"
+    """How the pool is divided among the clients: iid, dirichlet:ALPHA, shards:K or quantity:ALPHA."""
     clients: int = 3
     out: Path = Path("runs/demo")
     model: str | None = None
+    """module:function returning a compiled Keras model; default the built-in data set's (required for custom data)."""
     seed: int = 0
+    """Seeds the initial weights, the client selection and the data: held-out split, partition, local splits."""
     settings: RunSettings = field(default_factory=lambda: RunSettings(round_timeout_s=600))
     timeout_s: float = 1800.0
     """Give up on the whole run after this many seconds."""
@@ -49,11 +65,10 @@ def _fmt(value: float | None) -> str:
 class HeldoutEvaluator:
     """Evaluates a run's global models on the data set's held-out test set (never seen by a client)."""
 
-    def __init__(self, dataset: str, architecture: bytes) -> None:
-        from client_agent.datasets import load_heldout
+    def __init__(self, heldout: tuple[np.ndarray, np.ndarray], architecture: bytes) -> None:
         from client_agent.keras_model import model_from_bytes
 
-        self.x, self.y = load_heldout(dataset)
+        self.x, self.y = heldout
         self.model = model_from_bytes(architecture)
 
     def evaluate(self, weights: tensors.Tensors) -> dict[str, float]:
@@ -65,24 +80,22 @@ class HeldoutEvaluator:
 
 
 def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    from client_agent.datasets import BUILTIN
+    from client_agent import datasets
     from client_agent.models import DEFAULT_FOR_DATASET
     from infra.config import ClientConfig, DeploymentConfig
 
-    if config.dataset not in BUILTIN:
-        raise FedstepError(f"unknown data set {config.dataset!r}; available: {', '.join(sorted(BUILTIN))}")
-    if config.dataset == "heart" and config.clients not in (1, 4):
-        raise FedstepError("the heart data set has 4 hospitals: use --clients 4 (one hospital per client)")
-    if not 1 <= config.clients <= 50:
-        raise FedstepError(f"--clients must be 1 to 50, got {config.clients}")
+    scheme = _check_data_args(config)
     settings = config.settings.validated()
     client_ids = [f"client-{i}" for i in range(1, config.clients + 1)]
     settings.for_clients(client_ids)  # refused now, not after the local cloud is up
+    prepared, counts = partition_data(config.dataset, client_ids, scheme, config.seed)
+    echo_partition(prepared, counts, echo)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    architecture, initial_weights = keras_payload(
-        build_model(config.model or DEFAULT_FOR_DATASET[config.dataset], config.seed)
-    )
+    model_ref = config.model or DEFAULT_FOR_DATASET[config.dataset]
+    model = build_model(model_ref, config.seed)
+    check_model_fits(model, model_ref, prepared)
+    architecture, initial_weights = keras_payload(model)
     deployment = DeploymentConfig(
         project="fedstep", clients=tuple(ClientConfig(c) for c in client_ids), round_timeout_s=settings.round_timeout_s
     )
@@ -98,6 +111,8 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
                 endpoint_url=cloud.endpoint,
                 data=config.dataset,
                 partition=f"{i}/{config.clients}",
+                partition_scheme=str(scheme),
+                data_seed=config.seed,
                 poll_wait_s=1,
                 cache_dir=str(out / "cache" / cid),
             )
@@ -115,10 +130,15 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
             dynamodb=cloud.client("dynamodb"),
             stepfunctions=cloud.client("stepfunctions"),
         )
-        echo(f"run {started.run_id}: {settings.rounds} rounds, {config.clients} clients, data set {config.dataset}")
+        strategy_params = params_json(settings.strategy_instance().params)  # all of them, parsed
+        echo(
+            f"run {started.run_id}: {settings.rounds} rounds, {config.clients} clients, data set {config.dataset}, "
+            f"strategy {strategy_text(settings.strategy, strategy_params)}"
+        )
         store = S3ModelStore(outputs.bucket, cloud.client("s3"))
+        store.put_once(keys.partition_key(started.run_id), json.dumps(counts.to_json()).encode())
         table = DynamoRoundTable(outputs.table, cloud.client("dynamodb"))
-        evaluator = HeldoutEvaluator(config.dataset, architecture)
+        evaluator = HeldoutEvaluator(datasets.heldout(prepared), architecture)
         rounds = _watch(cloud, procs, started.run_id, started.execution_arn, store, table, evaluator, config, echo)
         # the last round (before --rounds when the target stopped the run early)
         last = RoundSummary.parse(table.list_rounds(started.run_id)[-1])
@@ -132,10 +152,13 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
             "config": {
                 "dataset": config.dataset,
                 "clients": config.clients,
-                "model": config.model or DEFAULT_FOR_DATASET[config.dataset],
+                "partition": str(scheme),
+                "model": model_ref,
                 "seed": config.seed,
                 **asdict(settings),
+                "strategy_params": strategy_params,
             },
+            "partition": counts.to_json(),
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         echo(
@@ -145,6 +168,102 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
         if config.keep_running:
             _keep_running(cloud.endpoint, started.run_id, out, echo)
     return summary
+
+
+def _check_data_args(config: DemoConfig) -> Scheme:
+    """The data arguments, checked before anything starts; the parsed partition scheme."""
+    from client_agent.config import MAX_SEED
+    from client_agent.datasets import BUILTIN
+    from client_agent.partitions import parse_scheme
+
+    custom = config.dataset not in BUILTIN
+    if custom and ":" not in config.dataset:
+        raise FedstepError(
+            f"unknown data set {config.dataset!r}; available: {', '.join(sorted(BUILTIN))}, "
+            "or your own loader as module:function"
+        )
+    if custom and not config.model:
+        raise FedstepError(
+            f"--dataset {config.dataset} is your own data, which has no default model: pass --model "
+            "module:function returning a compiled Keras model for it (e.g. --model client_agent.models:digits_mlp "
+            "for 64 features and 10 classes)"
+        )
+    try:
+        scheme = parse_scheme(config.partition)
+    except ValueError as exc:
+        raise FedstepError(f"--partition: {exc}") from None
+    if config.dataset == "heart" and not scheme.is_iid:
+        raise FedstepError(
+            f"--partition {scheme}: the heart data set keeps its natural split, one hospital per client; "
+            "--partition applies to digits, mnist and your own data (module:function)"
+        )
+    if config.dataset == "heart" and config.clients not in (1, 4):
+        raise FedstepError("the heart data set has 4 hospitals: use --clients 4 (one hospital per client)")
+    if not 1 <= config.clients <= 50:
+        raise FedstepError(f"--clients must be 1 to 50, got {config.clients}")
+    if not 0 <= config.seed <= MAX_SEED:
+        raise FedstepError(f"--seed must be 0 to {MAX_SEED}, got {config.seed}")
+    return scheme
+
+
+def partition_data(dataset: str, client_ids: list[str], scheme: Scheme, seed: int) -> tuple[Prepared, LabelCounts]:
+    """The data set split as every client agent will split it (same scheme and seed), and each
+    client's label counts. For a loader `module:function`, its (x, y) are checked first."""
+    from client_agent import datasets
+    from client_agent.data import load_whole_data
+
+    try:
+        if dataset in datasets.BUILTIN:
+            prepared = datasets.prepare(dataset, seed)
+        else:
+            prepared = datasets.prepare_arrays(dataset, *load_whole_data(dataset), seed=seed)
+        parts = datasets.client_parts(prepared, len(client_ids), seed, scheme)
+    except ValueError as exc:
+        raise FedstepError(f"data set {dataset}: {exc}") from None
+    for cid, part in zip(client_ids, parts, strict=True):
+        if len(part) < datasets.MIN_CLIENT_EXAMPLES:
+            raise FedstepError(
+                f"data set {dataset}: {cid} would get {len(part)} example(s) of a pool of {len(prepared.pool)}; "
+                f"each client needs at least {datasets.MIN_CLIENT_EXAMPLES}: use fewer clients"
+            )
+    labels = np.unique(prepared.y)
+    counts = {
+        cid: np.bincount(np.searchsorted(labels, prepared.y[part]), minlength=len(labels)).tolist()
+        for cid, part in zip(client_ids, parts, strict=True)
+    }
+    return prepared, LabelCounts.of(dataset, str(scheme), seed, labels.tolist(), counts)
+
+
+def echo_partition(prepared: Prepared, counts: LabelCounts, echo: Callable[[str], None]) -> None:
+    """One line for the split, then one per client: its examples and its most frequent labels."""
+    echo(
+        f"data set {counts.dataset}: {len(prepared.pool)} examples for {len(counts.clients)} clients "
+        f"(partition {counts.scheme}, seed {counts.seed}), {len(prepared.heldout)} held out"
+    )
+    width = max(len(c) for c in counts.clients)
+    for client in counts.clients:
+        echo(f"  {client.ljust(width)}  {counts.describe(client)}")
+
+
+def check_model_fits(model: Any, model_ref: str, prepared: Prepared) -> None:
+    """Refuse a model whose input shape differs from the examples', or with fewer outputs than labels."""
+    try:
+        inputs, outputs = model.input_shape, model.output_shape
+    except (AttributeError, ValueError):  # not a built single-input Keras model: the clients will tell
+        return
+    have = tuple(prepared.x.shape[1:])
+    if isinstance(inputs, tuple) and all(d is None or isinstance(d, int) for d in inputs):
+        want = tuple(inputs[1:])
+        if len(want) != len(have) or any(w is not None and w != h for w, h in zip(want, have, strict=False)):
+            raise FedstepError(
+                f"model {model_ref} takes inputs of shape {want}, but the examples of {prepared.name} have shape {have}"
+            )
+    top = int(prepared.y.max())
+    if isinstance(outputs, tuple) and isinstance(outputs[-1], int) and 1 < outputs[-1] <= top:
+        raise FedstepError(
+            f"model {model_ref} has {outputs[-1]} outputs, but the labels of {prepared.name} go up to {top}: "
+            f"it needs at least {top + 1} (one per class)"
+        )
 
 
 def _keep_running(endpoint: str, run_id: str, out: Path, echo: Callable[[str], None]) -> None:
@@ -213,6 +332,7 @@ def _watch(
                 "heldout_accuracy": heldout["test_accuracy"],
                 "rejected": [asdict(r) for r in summary.rejected],
                 "duration_s": summary.duration_s,
+                "measurements": summary.measurements,
             }
             seen.append(entry)
             echo(

@@ -1,0 +1,276 @@
+"""The boto3 adapters of the core's ports: S3 model store, DynamoDB round table, SNS publisher,
+Step Functions reporter. Clients come from `fedstep.aws.boto.client`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from fedstep import SCHEMA_VERSION
+from fedstep.aws.ddb import Items, conditional, from_attributes, to_attributes
+from fedstep.aws.errors import error_code
+from fedstep.core import keys
+from fedstep.core.ports import RangeRead
+from fedstep.core.schemas import (
+    ROUND_AGGREGATED,
+    ROUND_CLAIMED,
+    ROUND_OPEN,
+    ROUND_REPORTED,
+    Heartbeat,
+    ObjectRef,
+    RunRecord,
+)
+
+log = logging.getLogger(__name__)
+
+
+class S3ModelStore:
+    """Model files in the registry bucket (a versioned bucket: ranged reads pin the version)."""
+
+    def __init__(self, bucket: str, s3: Any) -> None:
+        self.bucket, self.s3 = bucket, s3
+
+    def get(self, key: str) -> bytes:
+        return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def put(self, key: str, data: bytes) -> None:
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
+
+    def put_once(self, key: str, data: bytes) -> bool:
+        try:
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*")
+            return True
+        except ClientError as exc:
+            if error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise
+
+    def read_range(self, key: str, start: int, length: int, version: str | None = None) -> RangeRead:
+        extra = {"VersionId": version} if version else {}
+        resp = self.s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{start + length - 1}", **extra)
+        data = resp["Body"].read()
+        total = int(str(resp.get("ContentRange", "")).rpartition("/")[2] or len(data))
+        return RangeRead(data, total, resp.get("VersionId"))
+
+    def read_into(self, key: str, start: int, buffer: memoryview, version: str | None) -> None:
+        extra = {"VersionId": version} if version else {}
+        end = start + len(buffer) - 1
+        body = self.s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end}", **extra)["Body"]
+        filled = 0
+        for chunk in body.iter_chunks(1 << 20):
+            if filled + len(chunk) > len(buffer):
+                raise ValueError(f"s3://{self.bucket}/{key} returned more bytes than asked for")
+            buffer[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+        if filled != len(buffer):
+            raise ValueError(f"s3://{self.bucket}/{key} ended after {filled} of {len(buffer)} bytes")
+
+
+class SnsPublisher:
+    """Messages to the clients' topic: attribute `kind` (the message's type) and `clients` (who may
+    receive it; each client's subscription filters on its own id)."""
+
+    def __init__(self, topic_arn: str, sns: Any) -> None:
+        self.topic_arn, self.sns = topic_arn, sns
+
+    def publish(self, message: dict[str, Any], clients: list[str]) -> None:
+        self.sns.publish(
+            TopicArn=self.topic_arn,
+            Message=json.dumps(message),
+            MessageAttributes={
+                "kind": {"DataType": "String", "StringValue": str(message.get("type", "round"))},
+                "clients": {"DataType": "String.Array", "StringValue": json.dumps(clients)},
+            },
+        )
+
+
+class DynamoRoundTable(Items):
+    """The single table: run and round records, the clients' items (see `fedstep.core.keys`)."""
+
+    def _query_prefix(self, pk: str, prefix: str, **extra: Any) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        values = extra.pop("values", {})
+        kwargs: dict[str, Any] = {
+            "TableName": self.name,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
+            "ExpressionAttributeValues": to_attributes({":pk": pk, ":prefix": prefix, **values}),
+            "ConsistentRead": True,
+            **extra,
+        }
+        while True:
+            resp = self.ddb.query(**kwargs)
+            items.extend(from_attributes(i) for i in resp.get("Items", []))
+            if "LastEvaluatedKey" not in resp:
+                return items
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    def _update(
+        self,
+        key: dict[str, str],
+        sets: dict[str, Any],
+        condition: str,
+        values: dict[str, Any],
+        removes: tuple[str, ...] = (),
+        extra_sets: str = "",
+    ) -> dict[str, Any] | None:
+        """UpdateItem setting `sets` (attribute -> value) when `condition` holds: the item as
+        updated, or None if the condition did not hold."""
+        names = {f"#a{i}": name for i, name in enumerate(sets)} | {"#s": "status"}
+        assignments = [f"#a{i} = :v{i}" for i in range(len(sets))] + ([extra_sets] if extra_sets else [])
+        expression = "SET " + ", ".join(assignments) + (f" REMOVE {', '.join(removes)}" if removes else "")
+        resp = conditional(
+            self.ddb.update_item,
+            TableName=self.name,
+            Key=to_attributes(key),
+            UpdateExpression=expression,
+            ConditionExpression=condition,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=to_attributes({f":v{i}": v for i, v in enumerate(sets.values())} | values),
+            ReturnValues="ALL_NEW",
+        )
+        return from_attributes(resp["Attributes"]) if resp is not None else None
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        item = self.get_item(keys.run_item_key(run_id))
+        return RunRecord.parse(item) if item else None
+
+    def get_round(self, run_id: str, round_number: int) -> dict[str, Any] | None:
+        return self.get_item(keys.round_item_key(run_id, round_number))
+
+    def open_round(
+        self,
+        run_id: str,
+        round_number: int,
+        attempt: int,
+        task_token: str,
+        issued_at: str,
+        input_model: ObjectRef,
+        input_state: ObjectRef | None = None,
+    ) -> bool:
+        sets = {
+            "schema": SCHEMA_VERSION,
+            "kind": "round",
+            "run_id": run_id,
+            "round": round_number,
+            "attempt": attempt,
+            "task_token": task_token,
+            "input_model": asdict(input_model),
+            "input_state": asdict(input_state) if input_state else None,
+        }
+        return None is not self._update(
+            keys.round_item_key(run_id, round_number),
+            sets,
+            "attribute_not_exists(pk) OR #s = :open",
+            {":open": ROUND_OPEN, ":first": issued_at},
+            extra_sets="#s = :open, first_issued_at = if_not_exists(first_issued_at, :first)",
+        )
+
+    def claim_round(
+        self, run_id: str, round_number: int, claim_id: str, now: float, lease_until: float
+    ) -> dict[str, Any] | None:
+        return self._update(
+            keys.round_item_key(run_id, round_number),
+            {"status": ROUND_CLAIMED, "claim_id": claim_id, "lease_until": lease_until},
+            "#s = :open OR (#s = :claimed AND lease_until < :now)",
+            {":open": ROUND_OPEN, ":claimed": ROUND_CLAIMED, ":now": now},
+        )
+
+    def release_round(self, run_id: str, round_number: int, claim_id: str) -> None:
+        self._update(
+            keys.round_item_key(run_id, round_number),
+            {"status": ROUND_OPEN},
+            "#s = :claimed AND claim_id = :claim",
+            {":claimed": ROUND_CLAIMED, ":claim": claim_id},
+            removes=("claim_id", "lease_until"),
+        )
+
+    def complete_round(self, item: dict[str, Any], claim_id: str) -> bool:
+        sets = {k: v for k, v in item.items() if k not in (keys.PK, keys.SK)}
+        return None is not self._update(
+            {keys.PK: item[keys.PK], keys.SK: item[keys.SK]},
+            sets,
+            "#s = :claimed AND claim_id = :claim",
+            {":claimed": ROUND_CLAIMED, ":claim": claim_id},
+            removes=("lease_until",),
+        )
+
+    def mark_reported(self, run_id: str, round_number: int) -> None:
+        self.ddb.update_item(
+            TableName=self.name,
+            Key=to_attributes(keys.round_item_key(run_id, round_number)),
+            UpdateExpression="SET #s = :s REMOVE task_token",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=to_attributes({":s": ROUND_REPORTED}),
+        )
+
+    def list_rounds(self, run_id: str) -> list[dict[str, Any]]:
+        return self._query_prefix(
+            run_id,
+            keys.ROUND_PREFIX,
+            FilterExpression="#s IN (:aggregated, :reported)",
+            ExpressionAttributeNames={"#s": "status"},
+            values={":aggregated": ROUND_AGGREGATED, ":reported": ROUND_REPORTED},
+        )
+
+    def get_updates(self, run_id: str, round_number: int, client_ids: list[str]) -> dict[str, dict[str, Any]]:
+        found = self._batch_get([keys.update_item_key(run_id, round_number, c) for c in client_ids])
+        return {keys.client_of(item[keys.PK]): item for item in found}
+
+    def put_feedback(self, item: dict[str, Any]) -> None:
+        self.put(item)
+
+    def get_feedback(self, client_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The clients' last-rejection items, by client id (absent: never rejected)."""
+        found = self._batch_get([keys.last_rejection_item_key(c) for c in client_ids])
+        return {keys.client_of(item[keys.PK]): item for item in found}
+
+    def put_heartbeat(self, beat: Heartbeat) -> None:
+        """Overwrite the client's heartbeat item (the client's role may write only its own)."""
+        self.put(beat.to_item())
+
+    def get_heartbeats(self, client_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The heartbeat items of these clients, by client id (absent: never seen)."""
+        found = self._batch_get([keys.heartbeat_item_key(c) for c in client_ids])
+        return {keys.client_of(item[keys.PK]): item for item in found}
+
+    def _batch_get(self, item_keys: list[dict[str, str]]) -> list[dict[str, Any]]:
+        """These items, strongly consistent (BatchGetItem takes at most 100 keys a call)."""
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(item_keys), 100):
+            pending: dict[str, Any] = {
+                self.name: {"Keys": [to_attributes(k) for k in item_keys[start : start + 100]], "ConsistentRead": True}
+            }
+            while pending:
+                resp = self.ddb.batch_get_item(RequestItems=pending)
+                found.extend(from_attributes(raw) for raw in resp.get("Responses", {}).get(self.name, []))
+                pending = resp.get("UnprocessedKeys") or {}
+        return found
+
+
+class StepFunctionsReporter:
+    """Completes the round's waitForTaskToken task."""
+
+    _ALREADY_DONE = {"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"}
+
+    def __init__(self, sfn: Any) -> None:
+        self.sfn = sfn
+
+    def succeed(self, task_token: str, output: dict[str, Any]) -> None:
+        try:
+            self.sfn.send_task_success(taskToken=task_token, output=json.dumps(output))
+        except ClientError as exc:
+            if error_code(exc) not in self._ALREADY_DONE:
+                raise
+            log.info("round already reported or its task timed out (%s)", error_code(exc))
+
+    def fail(self, task_token: str, error: str, cause: str) -> None:
+        try:
+            self.sfn.send_task_failure(taskToken=task_token, error=error, cause=cause[:32000])
+        except ClientError as exc:
+            if error_code(exc) not in self._ALREADY_DONE:
+                raise
+            log.info("round already reported or its task timed out (%s)", error_code(exc))

@@ -1,0 +1,87 @@
+"""Conversion between plain Python values and DynamoDB attribute values.
+
+DynamoDB has no float type: numbers travel as Decimal. `to_attributes` turns floats into Decimals
+(via their shortest repr, so 0.1 stays 0.1); `from_attributes` turns Decimals back into int or float.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from fedstep.aws.errors import error_code
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+def _to_decimals(value: Any) -> Any:
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dict):
+        return {k: _to_decimals(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_decimals(v) for v in value]
+    return value
+
+
+def _from_decimals(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() and "." not in str(value) else float(value)
+    if isinstance(value, dict):
+        return {k: _from_decimals(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_decimals(v) for v in value]
+    return value
+
+
+def to_attributes(item: dict[str, Any]) -> dict[str, Any]:
+    """Plain dict -> DynamoDB attribute-value map (for the low-level client)."""
+    return {k: _serializer.serialize(_to_decimals(v)) for k, v in item.items()}
+
+
+def from_attributes(item: dict[str, Any]) -> dict[str, Any]:
+    """DynamoDB attribute-value map (client response or stream NewImage) -> plain dict."""
+    return {k: _from_decimals(_deserializer.deserialize(v)) for k, v in item.items()}
+
+
+def conditional(call: Any, **kwargs: Any) -> dict[str, Any] | None:
+    """Run a conditional DynamoDB write: its response, or None if its condition failed."""
+    try:
+        return call(**kwargs)
+    except ClientError as exc:
+        if error_code(exc) == "ConditionalCheckFailedException":
+            return None
+        raise
+
+
+class Items:
+    """Items of one DynamoDB table, through the boto3 client `dynamodb`: the calls the client agent
+    and the server share (the agent's own items; the server's table extends it)."""
+
+    def __init__(self, name: str, dynamodb: Any) -> None:
+        self.name, self.ddb = name, dynamodb
+
+    def put(self, item: dict[str, Any]) -> None:
+        """Write (or replace) `item`."""
+        self.ddb.put_item(TableName=self.name, Item=to_attributes(item))
+
+    def put_once(self, item: dict[str, Any]) -> bool:
+        """Write `item` unless its key exists; False if it did."""
+        written = conditional(
+            self.ddb.put_item,
+            TableName=self.name,
+            Item=to_attributes(item),
+            ConditionExpression="attribute_not_exists(pk)",
+        )
+        return written is not None
+
+    def get_item(self, key: dict[str, str]) -> dict[str, Any] | None:
+        """The item at `key` (strongly consistent), None if there is none."""
+        resp = self.ddb.get_item(TableName=self.name, Key=to_attributes(key), ConsistentRead=True)
+        return from_attributes(resp["Item"]) if "Item" in resp else None

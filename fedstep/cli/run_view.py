@@ -1,0 +1,150 @@
+"""What an operator sees of a run: its record, its execution, and its round summaries, read together.
+
+`fedstep runs`, `status`, `stop`, `download` and `report` all start from a `RunView`. The execution is
+the authority on the run's state (RUNNING, SUCCEEDED, FAILED, ABORTED, TIMED_OUT); the round
+summaries are the authority on what each round did.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from fedstep.aws.adapters import DynamoRoundTable
+from fedstep.aws.errors import error_code
+from fedstep.aws.stack import StackOutputs
+from fedstep.core import keys
+from fedstep.core.errors import FedstepError
+from fedstep.core.label_counts import LabelCounts
+from fedstep.core.schemas import Feedback, InvalidMessage, RoundSummary, RunRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Execution:
+    status: str
+    started: datetime
+    stopped: datetime | None
+    output: dict[str, Any]
+    error: str = ""
+    cause: str = ""
+
+    @property
+    def stop_reason(self) -> str:
+        """max_rounds, target_reached, stopped (by an operator), or the failure's error name."""
+        if self.status == "ABORTED":
+            return "stopped"
+        return str(self.output.get("stop_reason") or self.error or "")
+
+
+@dataclass(frozen=True)
+class RunView:
+    run_id: str
+    record: RunRecord
+    execution: Execution | None
+    """None when the run record exists but its execution does not (a failed start)."""
+    rounds: list[RoundSummary]
+    last_rejections: dict[str, Feedback] = field(default_factory=dict)
+    """Each client's last rejected update, where it was in this run (including rounds that could not
+    be aggregated, which have no summary)."""
+    partition: LabelCounts | None = None
+    """Each client's label counts, for a simulated run (`fedstep local`) read with `with_partition`."""
+
+    @property
+    def status(self) -> str:
+        return self.execution.status if self.execution else "NOT STARTED"
+
+    @property
+    def last_round(self) -> int:
+        return max((r.round for r in self.rounds), default=0)
+
+
+def execution_arn(outputs: StackOutputs, run_id: str) -> str:
+    """The execution of a run: the state machine's, named after the run id."""
+    return outputs.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{run_id}"
+
+
+def describe(sfn: Any, arn: str) -> Execution | None:
+    try:
+        desc = sfn.describe_execution(executionArn=arn)
+    except ClientError as exc:
+        if error_code(exc) == "ExecutionDoesNotExist":
+            return None
+        raise
+    return Execution(
+        status=desc["status"],
+        started=desc["startDate"],
+        stopped=desc.get("stopDate"),
+        output=json.loads(desc["output"]) if desc.get("output") else {},
+        error=desc.get("error", ""),
+        cause=desc.get("cause", ""),
+    )
+
+
+def load_run(run_id: str, outputs: StackOutputs, table: DynamoRoundTable, sfn: Any) -> RunView:
+    """The run's record, execution and round summaries; FedstepError if there is no such run."""
+    try:
+        item = table.get_item(keys.run_item_key(run_id))
+    except ValueError as exc:
+        raise FedstepError(str(exc)) from None
+    if item is None:
+        raise FedstepError(f"there is no run {run_id!r} in table {outputs.table}; `fedstep runs` lists the runs")
+    try:
+        record = RunRecord.parse(item)
+        rounds = sorted((RoundSummary.parse(r) for r in table.list_rounds(run_id)), key=lambda r: r.round)
+        told = [Feedback.parse(f) for f in table.get_feedback(record.clients).values()]
+    except InvalidMessage as exc:
+        raise FedstepError(f"run {run_id} has an unreadable item: {exc}") from None
+    last_rejections = {f.client_id: f for f in told if f.run_id == run_id}
+    return RunView(run_id, record, describe(sfn, execution_arn(outputs, run_id)), rounds, last_rejections)
+
+
+def load_partition(run_id: str, outputs: StackOutputs, s3: Any) -> LabelCounts | None:
+    """The run's label counts (`runs/<run>/partition.json`, written by `fedstep local`), or None
+    when there are none (any run not simulated); an unreadable object is logged and skipped."""
+    key = keys.partition_key(run_id)
+    try:
+        body = s3.get_object(Bucket=outputs.bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if error_code(exc) in ("NoSuchKey", "404"):
+            return None
+        raise
+    try:
+        return LabelCounts.parse(json.loads(body))
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        log.warning("s3://%s/%s is unreadable, so the report has no label histogram: %s", outputs.bucket, key, exc)
+        return None
+
+
+def with_partition(view: RunView, outputs: StackOutputs, s3: Any) -> RunView:
+    """`view` with its label counts, where the run has them."""
+    return replace(view, partition=load_partition(view.run_id, outputs, s3))
+
+
+@dataclass(frozen=True)
+class RunListing:
+    run_id: str
+    status: str
+    started: datetime
+    stopped: datetime | None
+
+
+def list_runs(outputs: StackOutputs, sfn: Any, limit: int = 20) -> list[RunListing]:
+    """The newest `limit` runs of the stack (its state machine's executions), newest first."""
+    runs: list[RunListing] = []
+    kwargs: dict[str, Any] = {"stateMachineArn": outputs.state_machine_arn, "maxResults": min(limit, 1000)}
+    while len(runs) < limit:
+        resp = sfn.list_executions(**kwargs)
+        runs += [
+            RunListing(e["name"], e["status"], e["startDate"], e.get("stopDate")) for e in resp.get("executions", [])
+        ]
+        if not resp.get("nextToken"):
+            break
+        kwargs["nextToken"] = resp["nextToken"]
+    return sorted(runs, key=lambda r: r.started, reverse=True)[:limit]

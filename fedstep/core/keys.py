@@ -1,0 +1,199 @@
+"""The one place that builds S3 keys and DynamoDB keys.
+
+S3 layout (bucket = the model registry):
+
+    runs/{run_id}/model.keras                                 architecture, written by `fedstep start`
+    runs/{run_id}/partition.json                              each client's label counts, written by
+                                                              `fedstep local` (simulations only)
+    runs/{run_id}/rounds/{r:05d}/global-{version}.safetensors global weights after round r
+    runs/{run_id}/rounds/{r:05d}/state-{version}.safetensors  the strategy's state after round r
+    updates/{client_id}/{run_id}/{r:05d}.safetensors          a client's update in round r
+
+Round r trains on the global weights of round r-1 and produces those of round r. A round's result
+is written once, never overwritten (S3 `If-None-Match: *`): `version` is the id of the aggregation
+that wrote it (round 0: `initial`, a resume: `resumed`), so two aggregations of one round can never
+collide, and the round summary names the one that counts. Updates have a top-level prefix so that a
+lifecycle rule can expire them, and inside it each client has a prefix of its own
+(`updates/{client_id}/`), the only place its IAM role may write.
+
+DynamoDB single table, partition key `pk`, sort key `sk`. Partitions whose key has a `#` are typed;
+a run id never contains one, so the kinds cannot collide:
+
+    {run_id}              RUN                          the run record (server)
+    {run_id}              ROUND#{r:05d}                the round record: published, claimed, aggregated (server)
+    CLIENT#{client_id}    UPDATE#{run_id}#{r:05d}      a client's update item (written by that client)
+    CLIENT#{client_id}    HEARTBEAT                    a client's heartbeat (written by that client)
+    FEEDBACK#{client_id}  LAST_REJECTION               why the client's last update was rejected (server;
+                                                       the client may read it)
+
+A client's role may write only the partition `CLIENT#{its id}` (IAM `dynamodb:LeadingKeys`, an exact
+match), so no client can write a run record, a round record, another client's items or its own
+feedback.
+"""
+
+import re
+
+PK = "pk"
+SK = "sk"
+
+RUN_SK = "RUN"
+ROUND_PREFIX = "ROUND#"
+UPDATE_PREFIX = "UPDATE#"
+CLIENT_PK_PREFIX = "CLIENT#"
+FEEDBACK_PK_PREFIX = "FEEDBACK#"
+HEARTBEAT_SK = "HEARTBEAT"
+LAST_REJECTION_SK = "LAST_REJECTION"
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_VERSION = re.compile(r"^[a-z0-9]{1,32}$")
+
+
+def check_id(kind: str, value: str) -> str:
+    """Return `value` if it is a valid run or client id (1-64 of A-Z a-z 0-9 _ -), else raise ValueError."""
+    if not isinstance(value, str) or not _ID.match(value):
+        raise ValueError(
+            f"invalid {kind} {value!r}: use 1-64 letters, digits, '-' or '_', starting with a letter or digit"
+        )
+    return value
+
+
+def _round(round_number: int) -> str:
+    if isinstance(round_number, bool) or not isinstance(round_number, int) or not 0 <= round_number <= 99_999:
+        raise ValueError(f"invalid round {round_number!r}: a whole number from 0 to 99999")
+    return f"{round_number:05d}"
+
+
+# -- S3 ------------------------------------------------------------------------------------------
+
+
+def run_prefix(run_id: str) -> str:
+    return f"runs/{check_id('run id', run_id)}/"
+
+
+def model_key(run_id: str) -> str:
+    return f"{run_prefix(run_id)}model.keras"
+
+
+def partition_key(run_id: str) -> str:
+    """The run's simulated partition (each client's label counts), written once by `fedstep local`."""
+    return f"{run_prefix(run_id)}partition.json"
+
+
+def round_prefix(run_id: str, round_number: int) -> str:
+    return f"{run_prefix(run_id)}rounds/{_round(round_number)}/"
+
+
+INITIAL_VERSION = "initial"
+"""The version of round 0's weights, written by `fedstep start`."""
+RESUMED_VERSION = "resumed"
+"""The version of the weights a resumed run starts from (copied from the run it continues)."""
+
+
+def global_key(run_id: str, round_number: int, version: str) -> str:
+    """The global weights after `round_number`, as written by the aggregation `version`."""
+    if not _VERSION.match(version):
+        raise ValueError(f"invalid model version {version!r}: 1-32 lowercase letters or digits")
+    return f"{round_prefix(run_id, round_number)}global-{version}.safetensors"
+
+
+def state_key(run_id: str, round_number: int, version: str) -> str:
+    """The strategy's server state after `round_number`, written by the aggregation `version` (once)."""
+    return global_key(run_id, round_number, version).replace("/global-", "/state-")
+
+
+UPDATES_PREFIX = "updates/"
+
+
+def client_update_prefix(client_id: str) -> str:
+    """Everything under this prefix is the client's own: its role may write nothing else."""
+    return f"{UPDATES_PREFIX}{check_id('client id', client_id)}/"
+
+
+def update_key(run_id: str, round_number: int, client_id: str) -> str:
+    return f"{client_update_prefix(client_id)}{check_id('run id', run_id)}/{_round(round_number)}.safetensors"
+
+
+# S3 key patterns for IAM policies (`*` is the run id, round or version, chosen at run time).
+MODEL_KEY_PATTERN = "runs/*/model.keras"
+GLOBAL_KEY_PATTERN = "runs/*/rounds/*/global-*.safetensors"
+
+
+def client_update_key_pattern(client_id: str) -> str:
+    """The client's own prefix: whatever `*` matches (even a `/`) stays inside it."""
+    return f"{client_update_prefix(client_id)}*"
+
+
+# -- DynamoDB ------------------------------------------------------------------------------------
+
+
+def run_item_key(run_id: str) -> dict[str, str]:
+    return {PK: check_id("run id", run_id), SK: RUN_SK}
+
+
+def round_sk(round_number: int) -> str:
+    return f"{ROUND_PREFIX}{_round(round_number)}"
+
+
+def round_item_key(run_id: str, round_number: int) -> dict[str, str]:
+    return {PK: check_id("run id", run_id), SK: round_sk(round_number)}
+
+
+def client_pk(client_id: str) -> str:
+    """The one partition a client's role may write."""
+    return f"{CLIENT_PK_PREFIX}{check_id('client id', client_id)}"
+
+
+def update_sk(run_id: str, round_number: int) -> str:
+    return f"{UPDATE_PREFIX}{check_id('run id', run_id)}#{_round(round_number)}"
+
+
+def update_item_key(run_id: str, round_number: int, client_id: str) -> dict[str, str]:
+    return {PK: client_pk(client_id), SK: update_sk(run_id, round_number)}
+
+
+def client_of(pk: str) -> str:
+    """The client id of a client's own partition (`CLIENT#<id>`) or its feedback partition."""
+    for prefix in (CLIENT_PK_PREFIX, FEEDBACK_PK_PREFIX):
+        if pk.startswith(prefix):
+            return check_id("client id", pk.removeprefix(prefix))
+    raise ValueError(f"not a client's partition: {pk!r}")
+
+
+def parse_update_item_key(pk: str, sk: str) -> tuple[str, str, int]:
+    """(client id, run id, round) of an update item's key; ValueError if it is not one."""
+    kind, _, rest = sk.partition("#")
+    run_id, _, round_text = rest.rpartition("#")
+    if not pk.startswith(CLIENT_PK_PREFIX) or f"{kind}#" != UPDATE_PREFIX or not round_text.isdigit():
+        raise ValueError(f"not an update item key: {pk!r} / {sk!r}")
+    return client_of(pk), check_id("run id", run_id), int(round_text)
+
+
+def heartbeat_item_key(client_id: str) -> dict[str, str]:
+    """The one heartbeat item of a client (overwritten by every beat)."""
+    return {PK: client_pk(client_id), SK: HEARTBEAT_SK}
+
+
+def feedback_pk(client_id: str) -> str:
+    """A server partition a client's role may read (not write): feedback on its updates."""
+    return f"{FEEDBACK_PK_PREFIX}{check_id('client id', client_id)}"
+
+
+def last_rejection_item_key(client_id: str) -> dict[str, str]:
+    return {PK: feedback_pk(client_id), SK: LAST_REJECTION_SK}
+
+
+# -- CloudFormation outputs ----------------------------------------------------------------------
+
+
+def _output_suffix(client_id: str) -> str:
+    return "".join(c if c.isalnum() else f"x{ord(c):02x}" for c in check_id("client id", client_id))
+
+
+def client_output_key(client_id: str) -> str:
+    """CloudFormation output name holding a client's queue URL (output names allow only A-Za-z0-9)."""
+    return "QueueUrl" + _output_suffix(client_id)
+
+
+def client_role_output_key(client_id: str) -> str:
+    """CloudFormation output name holding the ARN of a client's IAM role."""
+    return "RoleArn" + _output_suffix(client_id)

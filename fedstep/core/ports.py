@@ -1,0 +1,103 @@
+"""The core's ports: what the round logic needs from storage and from the state machine.
+
+`fedstep.aws` adapts them to S3, DynamoDB and Step Functions; the tests use in-memory versions
+(`tests/memory_ports.py`) whose conditional writes are atomic, as DynamoDB's and S3's are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fedstep.core.schemas import ObjectRef, RunRecord
+
+
+@dataclass(frozen=True)
+class RangeRead:
+    """Bytes `start`.. of an object, the object's whole size, and the version they were read from
+    (None where the store has no versions): later reads name the version, so a file replaced in
+    between cannot mix into one update."""
+
+    data: bytes
+    total_bytes: int
+    version: str | None
+
+
+class ModelStore(Protocol):
+    def get(self, key: str) -> bytes: ...
+
+    def put(self, key: str, data: bytes) -> None: ...
+
+    def put_once(self, key: str, data: bytes) -> bool:
+        """Write `data` unless `key` exists (S3 `If-None-Match: *`); False if it existed."""
+        ...
+
+    def read_range(self, key: str, start: int, length: int, version: str | None = None) -> RangeRead:
+        """Up to `length` bytes from `start` (fewer at the end of the object)."""
+        ...
+
+    def read_into(self, key: str, start: int, buffer: memoryview, version: str | None) -> None:
+        """Fill `buffer` with the bytes from `start` on; raise if the object ends first."""
+        ...
+
+
+class RoundTable(Protocol):
+    """The server's records (run, round) and the clients' update and feedback items."""
+
+    def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    def get_round(self, run_id: str, round_number: int) -> dict[str, Any] | None: ...
+
+    def open_round(
+        self,
+        run_id: str,
+        round_number: int,
+        attempt: int,
+        task_token: str,
+        issued_at: str,
+        input_model: ObjectRef,
+        input_state: ObjectRef | None = None,
+    ) -> bool:
+        """Record a round's publication: its newest attempt's task token, the model and strategy state it starts from,
+        and (on its first publication) `issued_at` as `first_issued_at`. False, changing nothing,
+        unless the round is new or still open."""
+        ...
+
+    def claim_round(
+        self, run_id: str, round_number: int, claim_id: str, now: float, lease_until: float
+    ) -> dict[str, Any] | None:
+        """Take the round for aggregation if it is open, or if its claim's lease ended before `now`:
+        the round record as claimed (its task token and input model as of the claim), else None."""
+        ...
+
+    def release_round(self, run_id: str, round_number: int, claim_id: str) -> None:
+        """Give a claim back (the round could not be aggregated); the round is open again."""
+        ...
+
+    def complete_round(self, item: dict[str, Any], claim_id: str) -> bool:
+        """Write the round's summary if the claim `claim_id` still holds it; False otherwise."""
+        ...
+
+    def mark_reported(self, run_id: str, round_number: int) -> None: ...
+
+    def list_rounds(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's completed round records (with summaries), in round order."""
+        ...
+
+    def get_updates(self, run_id: str, round_number: int, client_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The update items of these clients for the round, by client id (strongly consistent)."""
+        ...
+
+    def put_feedback(self, item: dict[str, Any]) -> None: ...
+
+
+class Reporter(Protocol):
+    def succeed(self, task_token: str, output: dict[str, Any]) -> None: ...
+
+    def fail(self, task_token: str, error: str, cause: str) -> None: ...
+
+
+class Publisher(Protocol):
+    def publish(self, message: dict[str, Any], clients: list[str]) -> None:
+        """Send a message (a round, a run's end) to these clients (only their subscriptions match)."""
+        ...

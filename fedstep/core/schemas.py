@@ -1,0 +1,654 @@
+"""Wire formats: the round message, the run-ended message, the update item, the round record, the
+run record, the feedback and heartbeat items.
+
+Every format carries `schema` (an integer, `fedstep.SCHEMA_VERSION`). Parsing validates types, ranges
+and sizes (`fedstep.core.limits`) and raises `InvalidMessage` naming the first bad field, so a malformed
+message or item is rejected with a reason instead of failing somewhere deeper.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
+
+from fedstep import SCHEMA_VERSION
+from fedstep.core import keys, limits
+from fedstep.core.errors import FedstepError
+from fedstep.core.selection import select
+
+T = TypeVar("T")
+
+
+class InvalidMessage(FedstepError):
+    """A message, item or event does not match its schema."""
+
+
+def _get(data: dict[str, Any], name: str, kind: type[T] | tuple[type, ...], where: str) -> T:
+    if not isinstance(data, dict):
+        raise InvalidMessage(f"{where}: expected an object, got {type(data).__name__}")
+    if name not in data:
+        raise InvalidMessage(f"{where}: missing field {name!r}")
+    value = data[name]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+        expected = getattr(kind, "__name__", str(kind))
+        raise InvalidMessage(f"{where}: field {name!r} must be {expected}, got {value!r:.80}")
+    return value  # type: ignore[return-value]
+
+
+def _positive_int(data: dict[str, Any], name: str, where: str, minimum: int = 1, maximum: int | None = None) -> int:
+    value = _get(data, name, int, where)
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise InvalidMessage(f"{where}: field {name!r} must be {bound}, got {value}")
+    return value
+
+
+def _short_str(data: dict[str, Any], name: str, where: str, max_chars: int) -> str:
+    value = _get(data, name, str, where)
+    if len(value) > max_chars:
+        raise InvalidMessage(f"{where}: field {name!r} is {len(value)} characters, at most {max_chars} allowed")
+    return value
+
+
+def _id(data: dict[str, Any], name: str, kind: str, where: str) -> str:
+    try:
+        return keys.check_id(kind, _get(data, name, str, where))
+    except ValueError as exc:
+        raise InvalidMessage(f"{where}: {exc}") from None
+
+
+def _check_schema(data: dict[str, Any], where: str) -> None:
+    schema = _get(data, "schema", int, where)
+    if schema != SCHEMA_VERSION:
+        raise InvalidMessage(f"{where}: schema {schema} is not supported (this is schema {SCHEMA_VERSION})")
+
+
+def check_metrics(data: Any, where: str) -> dict[str, float]:
+    """A client's metrics: at most `limits.MAX_METRICS`, each name and value within `limits`."""
+    if not isinstance(data, dict):
+        raise InvalidMessage(f"{where}: metrics must be an object")
+    if len(data) > limits.MAX_METRICS:
+        raise InvalidMessage(f"{where}: {len(data)} metrics, at most {limits.MAX_METRICS} allowed")
+    out: dict[str, float] = {}
+    for name, value in data.items():
+        problem = limits.metric_problem(name, value)
+        if problem:
+            raise InvalidMessage(f"{where}: {problem}")
+        out[name] = float(value)
+    return out
+
+
+def check_scalars(data: Any, where: str, max_entries: int) -> dict[str, bool | int | float | str]:
+    """A small flat object of named scalars (a strategy's instructions or parameters): at most
+    `max_entries`, names like metric names, values finite numbers, booleans or short text."""
+    if not isinstance(data, dict):
+        raise InvalidMessage(f"{where}: expected an object")
+    if len(data) > max_entries:
+        raise InvalidMessage(f"{where}: {len(data)} entries, at most {max_entries} allowed")
+    for name, value in data.items():
+        if not isinstance(name, str) or not limits.METRIC_NAME.match(name):
+            raise InvalidMessage(f"{where}: {str(name)[:80]!r} is not a valid name")
+        ok_text = isinstance(value, str) and len(value) <= limits.MAX_PARAM_TEXT_CHARS
+        ok_number = isinstance(value, int | float) and math.isfinite(value)
+        if not (ok_text or ok_number):
+            raise InvalidMessage(f"{where}: {name!r} must be a finite number, true/false or short text")
+    return dict(data)
+
+
+def check_measurements(data: Any, where: str) -> dict[str, float]:
+    """A strategy's measurements of a round: at most `limits.MAX_MEASUREMENTS` finite numbers."""
+    values = check_scalars(data, where, limits.MAX_MEASUREMENTS)
+    if any(isinstance(v, bool | str) for v in values.values()):
+        raise InvalidMessage(f"{where}: measurements must be numbers")
+    return {k: float(v) for k, v in values.items()}
+
+
+def from_state(path: str) -> Any:
+    """Dataclass field metadata: the state machine supplies this field from the JSONPath `path`
+    (`state_machine_fields` lists them; infra builds the state machine's payload from that list)."""
+    return {"state_path": path}
+
+
+def state_machine_fields(message: type) -> dict[str, tuple[str, str]]:
+    """The fields of `message` the state machine supplies: name -> (JSONPath, kind), where kind is
+    "string", "number" or "object" (how Step Functions passes it)."""
+    kinds = {"str": "string", "int": "number", "ObjectRef": "object"}
+    return {
+        f.name: (f.metadata["state_path"], kinds[str(f.type)]) for f in fields(message) if "state_path" in f.metadata
+    }
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """An S3 object: key, sha256 (hex) and size in bytes."""
+
+    key: str
+    sha256: str
+    bytes: int
+
+    @classmethod
+    def parse(cls, data: Any, where: str) -> ObjectRef:
+        sha = _get(data, "sha256", str, where)
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise InvalidMessage(f"{where}: sha256 must be 64 lowercase hex digits")
+        key = _short_str(data, "key", where, 1024)  # S3's own limit on key length
+        return cls(key, sha, _positive_int(data, "bytes", where, 0))
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Local training settings sent with every round. Defaults: 1 epoch, batch 32, learning rate 0.01.
+
+    `instructions` are the strategy's instructions for this round (e.g. FedProx's `proximal_mu`):
+    the agent sets them from the round message before it calls the train function; they are never
+    read from the wire as part of this object."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.01
+    params: dict[str, Any] = field(default_factory=dict)
+    instructions: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or not (0 < self.learning_rate < math.inf):
+            raise InvalidMessage(
+                f"training config: epochs and batch_size must be >= 1 and learning_rate > 0 "
+                f"(got {self.epochs}, {self.batch_size}, {self.learning_rate})"
+            )
+
+    @classmethod
+    def parse(cls, data: Any, where: str = "training") -> TrainingConfig:
+        params = data.get("params", {}) if isinstance(data, dict) else {}
+        if not isinstance(params, dict):
+            raise InvalidMessage(f"{where}: params must be an object")
+        return cls(
+            epochs=_positive_int(data, "epochs", where),
+            batch_size=_positive_int(data, "batch_size", where),
+            learning_rate=_get(data, "learning_rate", float, where),
+            params=params,
+        )
+
+
+@dataclass(frozen=True)
+class RoundMessage:
+    """Published to the clients selected for a round (SNS -> SQS, raw delivery) by the aggregation
+    function, when the state machine opens the round. It carries no task token: clients never see one.
+
+    The fields marked `from_state` come from the state machine's call (infra builds that call's
+    payload from this definition: `state_machine_fields(RoundMessage)`); the function adds the rest
+    from the run record and the strategy. `attempt` is 0 for a round's first publication and counts
+    its retries (`--round-retries`). `instructions` are the strategy's per-round parameters for the
+    clients (e.g. FedProx's `proximal_mu`), passed to the train function."""
+
+    run_id: str = field(metadata=from_state("$.run.run_id"))
+    round: int = field(metadata=from_state("$.round"))
+    attempt: int = field(metadata=from_state("$.attempt"))
+    global_model: ObjectRef = field(metadata=from_state("$.global_model"))
+    issued_at: str = field(metadata=from_state("$$.State.EnteredTime"))
+    model: ObjectRef | None = None
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    deadline_s: int = 3600
+    instructions: dict[str, Any] = field(default_factory=dict)
+    type: str = "round"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, **asdict(self)}
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> RoundMessage:
+        where = "round message"
+        _check_schema(data, where)
+        return cls(
+            run_id=_id(data, "run_id", "run id", where),
+            round=_positive_int(data, "round", where),
+            attempt=_positive_int(data, "attempt", where, 0),
+            model=ObjectRef.parse(_get(data, "model", dict, where), f"{where} model"),
+            global_model=ObjectRef.parse(_get(data, "global_model", dict, where), f"{where} global_model"),
+            training=TrainingConfig.parse(_get(data, "training", dict, where)),
+            deadline_s=_positive_int(data, "deadline_s", where),
+            issued_at=_get(data, "issued_at", str, where),
+            instructions=check_scalars(data.get("instructions", {}), f"{where} instructions", limits.MAX_INSTRUCTIONS),
+        )
+
+
+@dataclass(frozen=True)
+class RunEndedMessage:
+    """Published when a run is over; agents stop serving it. The state machine publishes it: its
+    payload is built from this definition (`state_machine_fields`)."""
+
+    run_id: str = field(metadata=from_state("$.run.run_id"))
+    reason: str = field(metadata=from_state("$.stop_reason"))
+    rounds_completed: int = field(metadata=from_state("$.round"))
+    type: str = "run_ended"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, **asdict(self)}
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> RunEndedMessage:
+        where = "run_ended message"
+        _check_schema(data, where)
+        return cls(
+            run_id=_id(data, "run_id", "run id", where),
+            reason=_get(data, "reason", str, where),
+            rounds_completed=_positive_int(data, "rounds_completed", where, 0),
+        )
+
+
+def parse_message(data: Any) -> RoundMessage | RunEndedMessage:
+    """Parse a message body (already JSON-decoded) into its typed form."""
+    kind = _get(data, "type", str, "message")
+    if kind == "round":
+        return RoundMessage.parse(data)
+    if kind == "run_ended":
+        return RunEndedMessage.parse(data)
+    raise InvalidMessage(f"message: unknown type {kind!r} (expected 'round' or 'run_ended')")
+
+
+UPDATE_KIND = "delta"
+"""What an update file holds: the trained weights minus the round's global weights, float32."""
+
+
+@dataclass(frozen=True)
+class UpdateItem:
+    """A client's report for a round: written to its own partition after the update file is on S3.
+
+    Every field is the client's claim: `parse` bounds each one (`fedstep.core.limits`), and the
+    aggregation function checks the file against it."""
+
+    run_id: str
+    round: int
+    client_id: str
+    num_examples: int
+    update: ObjectRef
+    metrics: dict[str, float]
+    created_at: str
+
+    def to_item(self) -> dict[str, Any]:
+        return {
+            **keys.update_item_key(self.run_id, self.round, self.client_id),
+            "schema": SCHEMA_VERSION,
+            "kind": "update",
+            **asdict(self),
+        }
+
+    def file_metadata(self) -> dict[str, Any]:
+        """What the client writes into its update file's metadata: the item's facts. The file is the
+        record of what was sent (an agent restarted between upload and item reports from it)."""
+        return {
+            "schema": SCHEMA_VERSION,
+            "kind": "update",
+            "update": UPDATE_KIND,
+            "run_id": self.run_id,
+            "round": self.round,
+            "client_id": self.client_id,
+            "num_examples": self.num_examples,
+            "metrics": self.metrics,
+        }
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> UpdateItem:
+        where = "update item"
+        _check_schema(data, where)
+        run_id = _id(data, "run_id", "run id", where)
+        round_number = _positive_int(data, "round", where, 1, limits.MAX_ROUNDS)
+        client_id = _id(data, "client_id", "client id", where)
+        own_key = keys.update_item_key(run_id, round_number, client_id)
+        if any(data.get(k) not in (None, v) for k, v in own_key.items()):
+            raise InvalidMessage(f"{where}: its key does not match its run, round and client")
+        update = ObjectRef.parse(_get(data, "update", dict, where), f"{where} update")
+        if update.key != keys.update_key(run_id, round_number, client_id):
+            raise InvalidMessage(f"{where}: update key {update.key[:80]!r} is not this client's key for this round")
+        return cls(
+            run_id=run_id,
+            round=round_number,
+            client_id=client_id,
+            num_examples=_positive_int(data, "num_examples", where, 1, limits.MAX_EXAMPLES),
+            update=update,
+            metrics=check_metrics(data.get("metrics", {}), where),
+            created_at=_short_str(data, "created_at", where, limits.MAX_TIMESTAMP_CHARS),
+        )
+
+
+def headline_metric(metrics: dict[str, float], name: str) -> float | None:
+    """The metric `name` ("loss", "accuracy") people see for a round: the clients' test split after
+    local training, else their train split; None if neither was reported."""
+    return metrics.get(f"test_{name}", metrics.get(f"train_{name}"))
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A client whose update did not count, and why (cut to `limits.MAX_REASON_CHARS`)."""
+
+    client_id: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", limits.reason(self.reason))
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    """A client whose update counted within the run's bounds only after it was clipped: `what`
+    says which bound and by how much (e.g. "examples 1000000000 -> 100000")."""
+
+    client_id: str
+    what: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "what", limits.reason(self.what, limits.MAX_ADJUSTMENT_CHARS))
+
+
+ROUND_OPEN, ROUND_CLAIMED, ROUND_AGGREGATED, ROUND_REPORTED = "open", "claimed", "aggregated", "reported"
+"""A round record's status: published and collecting updates; being aggregated by one invocation
+(which holds a lease); aggregated (its summary written, its task not yet told); reported."""
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    """The outcome of a round: written once to its round record in DynamoDB.
+
+    Durations are seconds; `duration_s` runs from the round's first publication to the end of
+    aggregation. `num_examples` and the weighted `metrics` use the clients' examples as capped by
+    the run's `max_examples`."""
+
+    run_id: str
+    round: int
+    selected: list[str]
+    participants: list[str]
+    num_examples: int
+    rejected: list[Rejection]
+    metrics: dict[str, float]
+    global_model: ObjectRef
+    duration_s: float
+    aggregation_s: float
+    completed_at: str
+    bytes_aggregated: int = 0
+    """Size of the accepted update files, bytes."""
+    clipped: list[Adjustment] = field(default_factory=list)
+    attempt: int = 0
+    measurements: dict[str, float] = field(default_factory=dict)
+    """The strategy's measurements of the round (e.g. `step_norm`, `selected`)."""
+    state: ObjectRef | None = None
+    """The strategy's state after this round (None: a stateless strategy)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, **asdict(self)}
+
+    def brief(self) -> dict[str, Any]:
+        """The round in a few fields of bounded size: what the state machine carries and shows."""
+        return {
+            "run_id": self.run_id,
+            "round": self.round,
+            "selected": len(self.selected),
+            "participants": len(self.participants),
+            "rejected": len(self.rejected),
+            "clipped": len(self.clipped),
+            "num_examples": self.num_examples,
+            "metrics": self.metrics,
+            "measurements": self.measurements,
+            "duration_s": self.duration_s,
+        }
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> RoundSummary:
+        where = "round summary"
+        _check_schema(data, where)
+        return cls(
+            run_id=_get(data, "run_id", str, where),
+            round=_positive_int(data, "round", where),
+            selected=list(data.get("selected", [])),
+            participants=list(_get(data, "participants", list, where)),
+            num_examples=_positive_int(data, "num_examples", where, 0),
+            rejected=[Rejection(**r) for r in _get(data, "rejected", list, where)],
+            metrics=dict(_get(data, "metrics", dict, where)),
+            global_model=ObjectRef.parse(_get(data, "global_model", dict, where), f"{where} global_model"),
+            duration_s=_get(data, "duration_s", float, where),
+            aggregation_s=_get(data, "aggregation_s", float, where),
+            completed_at=_get(data, "completed_at", str, where),
+            bytes_aggregated=_positive_int(data, "bytes_aggregated", where, 0) if "bytes_aggregated" in data else 0,
+            clipped=[Adjustment(**c) for c in data.get("clipped", [])],
+            attempt=int(data.get("attempt", 0)),
+            measurements=check_measurements(data.get("measurements", {}), f"{where} measurements"),
+            state=ObjectRef.parse(data["state"], f"{where} state") if data.get("state") else None,
+        )
+
+
+def is_completed(round_item: dict[str, Any]) -> bool:
+    """Whether a round record holds a summary (aggregated, reported or not yet)."""
+    return round_item.get("status") in (ROUND_AGGREGATED, ROUND_REPORTED)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Stop early once a round's weighted `metric` is >= `value` (`at_least`) or <= `value` (otherwise)."""
+
+    metric: str
+    value: float
+    at_least: bool = True
+
+    def reached(self, metrics: dict[str, float]) -> bool:
+        current = metrics.get(self.metric)
+        if current is None:
+            return False
+        return current >= self.value if self.at_least else current <= self.value
+
+    def __str__(self) -> str:
+        return f"{self.metric}{'>=' if self.at_least else '<='}{self.value:g}"
+
+    @classmethod
+    def parse_text(cls, text: str) -> Target:
+        """'test_accuracy>=0.9' or 'test_loss<=0.3'."""
+        for op, at_least in ((">=", True), ("<=", False)):
+            name, sep, value = text.partition(op)
+            if sep:
+                try:
+                    return cls(name.strip(), float(value), at_least)
+                except ValueError:
+                    break
+        raise InvalidMessage(f"target {text!r} must look like test_accuracy>=0.9 or test_loss<=0.3")
+
+    @classmethod
+    def parse(cls, data: Any, where: str) -> Target:
+        return cls(
+            _get(data, "metric", str, where), _get(data, "value", float, where), _get(data, "at_least", bool, where)
+        )
+
+
+BOUND_ACTIONS = ("clip", "reject")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """How much one client may move a round (DESIGN "Trust model": influence is bounded).
+
+    `max_examples` caps the examples a client's update is weighted by (default 100,000);
+    `client_max_examples` sets a cap per client id instead. `max_update_norm` bounds the L2 norm of
+    an update (the trained weights minus the global ones); None: not bounded by norm. `action` says
+    what happens to an update beyond a bound: "clip" (weight capped, update scaled to the norm) or
+    "reject"."""
+
+    max_examples: int = 100_000
+    client_max_examples: dict[str, int] = field(default_factory=dict)
+    max_update_norm: float | None = None
+    action: str = "clip"
+
+    def __post_init__(self) -> None:
+        caps = [self.max_examples, *self.client_max_examples.values()]
+        if any(isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= limits.MAX_EXAMPLES for c in caps):
+            raise InvalidMessage(f"max_examples must be whole numbers from 1 to {limits.MAX_EXAMPLES}")
+        if self.max_update_norm is not None and not 0 < self.max_update_norm < math.inf:
+            raise InvalidMessage(f"max_update_norm must be a positive number, got {self.max_update_norm}")
+        if self.action not in BOUND_ACTIONS:
+            raise InvalidMessage(f"bound action must be one of {BOUND_ACTIONS}, got {self.action!r}")
+
+    def examples_cap(self, client_id: str) -> int:
+        return self.client_max_examples.get(client_id, self.max_examples)
+
+    @classmethod
+    def parse(cls, data: Any, where: str) -> Bounds:
+        if not isinstance(data, dict):
+            raise InvalidMessage(f"{where}: bounds must be an object")
+        norm = data.get("max_update_norm")
+        return cls(
+            max_examples=_positive_int(data, "max_examples", where),
+            client_max_examples={str(k): v for k, v in dict(data.get("client_max_examples") or {}).items()},
+            max_update_norm=float(norm) if norm is not None else None,
+            action=_get(data, "action", str, where),
+        )
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Written by `fedstep start`: who takes part in a run and how it trains."""
+
+    run_id: str
+    clients: list[str]
+    rounds: int
+    training: TrainingConfig
+    strategy: str
+    created_at: str
+    quorum: int = 1
+    """The fewest valid updates a round may be aggregated from (at its deadline, or after rejections)."""
+    target: Target | None = None
+    clients_per_round: int = 0
+    """How many clients each round selects (0: all)."""
+    seed: int = 0
+    """Seed of the per-round client selection."""
+    round_timeout_s: int = 3600
+    round_retries: int = 0
+    resumed_from: str = ""
+    """The run this one continues (`fedstep start --resume`), or ""."""
+    model: ObjectRef | None = None
+    """The run's architecture file (`runs/<run>/model.keras`)."""
+    min_participants: int = 2
+    """A round is never aggregated from fewer valid updates: it would publish one client's update."""
+    bounds: Bounds = field(default_factory=Bounds)
+    strategy_params: dict[str, Any] = field(default_factory=dict)
+    """The strategy's parameters, all of them (defaults included), as `fedstep strategies` names them."""
+    initial_state: ObjectRef | None = None
+    """The strategy's state the run starts from: the state a resumed run continues, or None."""
+
+    def selected(self, round_number: int) -> list[str]:
+        """The clients selected for `round_number` (see fedstep.core.selection)."""
+        return select(self.clients, self.clients_per_round or len(self.clients), self.seed, round_number)
+
+    def to_item(self) -> dict[str, Any]:
+        return {**keys.run_item_key(self.run_id), "schema": SCHEMA_VERSION, "kind": "run", **asdict(self)}
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> RunRecord:
+        where = "run record"
+        _check_schema(data, where)
+        clients = _get(data, "clients", list, where)
+
+        def optional_int(name: str, default: int, minimum: int) -> int:
+            return _positive_int(data, name, where, minimum) if name in data else default
+
+        return cls(
+            run_id=_id(data, "run_id", "run id", where),
+            clients=[_id({"client": c}, "client", "client id", where) for c in clients],
+            rounds=_positive_int(data, "rounds", where, 1, limits.MAX_ROUNDS),
+            training=TrainingConfig.parse(_get(data, "training", dict, where)),
+            strategy=_get(data, "strategy", str, where),
+            created_at=_get(data, "created_at", str, where),
+            quorum=optional_int("quorum", 1, 1),
+            target=Target.parse(data["target"], f"{where} target") if data.get("target") else None,
+            clients_per_round=optional_int("clients_per_round", 0, 0),
+            seed=optional_int("seed", 0, 0),
+            round_timeout_s=optional_int("round_timeout_s", 3600, 1),
+            round_retries=optional_int("round_retries", 0, 0),
+            resumed_from=str(data.get("resumed_from", "")),
+            model=ObjectRef.parse(data["model"], f"{where} model") if data.get("model") else None,
+            min_participants=optional_int("min_participants", 2, 1),
+            bounds=Bounds.parse(data["bounds"], f"{where} bounds") if data.get("bounds") else Bounds(),
+            strategy_params=check_scalars(data.get("strategy_params", {}), f"{where} strategy_params", 32),
+            initial_state=(
+                ObjectRef.parse(data["initial_state"], f"{where} initial_state") if data.get("initial_state") else None
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Why a client's last update was rejected: written by the aggregation function to the client's
+    feedback partition, which its role may read but not write. An agent whose update of a retried
+    round was rejected trains again; `fedstep clients` and `fedstep status` show it."""
+
+    client_id: str
+    run_id: str
+    round: int
+    update_sha256: str
+    reason: str
+    at: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", limits.reason(self.reason))
+
+    def to_item(self) -> dict[str, Any]:
+        return {**keys.last_rejection_item_key(self.client_id), "schema": SCHEMA_VERSION, **asdict(self)}
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Feedback:
+        where = "feedback item"
+        _check_schema(data, where)
+        return cls(
+            client_id=_id(data, "client_id", "client id", where),
+            run_id=_id(data, "run_id", "run id", where),
+            round=_positive_int(data, "round", where),
+            update_sha256=_get(data, "update_sha256", str, where),
+            reason=_get(data, "reason", str, where),
+            at=_get(data, "at", str, where),
+        )
+
+
+HEARTBEAT_STATES = ("idle", "training", "stopped")
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A client agent's sign of life, overwritten every `interval_s` seconds (see `fedstep clients`).
+
+    `state` is idle (polling its queue), training (serving `run_id` round `round`) or stopped (the
+    agent exited cleanly). `hardware` is a flat summary: os, arch, python, cpus, memory_gib, gpus.
+    """
+
+    client_id: str
+    agent_version: str
+    state: str
+    last_seen: str
+    interval_s: int
+    hardware: dict[str, Any]
+    run_id: str | None = None
+    round: int | None = None
+
+    def to_item(self) -> dict[str, Any]:
+        fields_ = {k: v for k, v in asdict(self).items() if v is not None}
+        return {**keys.heartbeat_item_key(self.client_id), "schema": SCHEMA_VERSION, "kind": "heartbeat", **fields_}
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Heartbeat:
+        where = "heartbeat item"
+        _check_schema(data, where)
+        client_id = _id(data, "client_id", "client id", where)
+        if data.get(keys.PK) not in (None, keys.heartbeat_item_key(client_id)[keys.PK]):
+            raise InvalidMessage(f"{where}: partition key does not match client {client_id}")
+        state = _get(data, "state", str, where)
+        if state not in HEARTBEAT_STATES:
+            raise InvalidMessage(f"{where}: state must be one of {HEARTBEAT_STATES}, got {state!r}")
+        hardware = _get(data, "hardware", dict, where)
+        if len(hardware) > limits.MAX_HARDWARE_FIELDS or len(str(hardware)) > limits.MAX_HARDWARE_CHARS:
+            raise InvalidMessage(f"{where}: hardware summary is larger than {limits.MAX_HARDWARE_CHARS} characters")
+        return cls(
+            client_id=client_id,
+            agent_version=_short_str(data, "agent_version", where, limits.MAX_TIMESTAMP_CHARS),
+            state=state,
+            last_seen=_short_str(data, "last_seen", where, limits.MAX_TIMESTAMP_CHARS),
+            interval_s=_positive_int(data, "interval_s", where, 1, limits.MAX_HEARTBEAT_INTERVAL_S),
+            hardware={str(k): v for k, v in hardware.items()},
+            run_id=_id(data, "run_id", "run id", where) if data.get("run_id") is not None else None,
+            round=_positive_int(data, "round", where) if data.get("round") is not None else None,
+        )

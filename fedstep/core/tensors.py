@@ -1,0 +1,245 @@
+"""Model weights on the wire: safetensors files of named float32 tensors.
+
+A client upload is untrusted input, so decoding never executes anything (safetensors is a JSON header
+plus raw little-endian buffers) and every file is checked before its tensors are used: size limit,
+sha256, parse, dtype float32, finite values, and - when the global model is known - the same tensor
+names and shapes as the global model.
+
+The aggregation function reads updates in two steps (`fedstep.core.update_source`): `parse_header`
+checks a file's header - its size, names, dtypes, shapes and offsets - against the global model
+before a byte of tensor data is downloaded, and `views` then reads the tensors straight out of the
+downloaded buffer without copying them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as _st_load
+from safetensors.numpy import save as _st_save
+
+from fedstep.core.errors import InvalidUpdate
+
+Tensors = dict[str, np.ndarray]
+
+DTYPE = np.float32
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+"""Largest model file accepted where the deployment says nothing else: 256 MiB (see the deployment
+config's `max_model_mb`, which also sizes the aggregation function's memory)."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Names and shapes of a model's tensors (all float32)."""
+
+    shapes: dict[str, tuple[int, ...]]
+
+    @classmethod
+    def of(cls, tensors: Tensors) -> TensorSpec:
+        return cls({name: tuple(int(d) for d in t.shape) for name, t in tensors.items()})
+
+    @property
+    def num_parameters(self) -> int:
+        return int(sum(int(np.prod(s, dtype=np.int64)) for s in self.shapes.values()))
+
+    @property
+    def data_bytes(self) -> int:
+        """Bytes of the model's tensor data (float32)."""
+        return 4 * self.num_parameters
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+METADATA_KEY = "fedstep"
+"""fedstep's metadata is one `__metadata__` entry holding canonical JSON: safetensors writes the
+metadata map in hash order, so several entries would make equal models encode to different bytes."""
+
+
+def encode(tensors: Tensors, metadata: dict[str, object] | None = None) -> bytes:
+    """Serialize named tensors as a safetensors file (float32, C-contiguous). Deterministic: equal
+    tensors and metadata give equal bytes, so a repeated aggregation rewrites the same object."""
+    prepared = {name: np.ascontiguousarray(t, dtype=DTYPE) for name, t in tensors.items()}
+    meta = {METADATA_KEY: json.dumps(metadata or {}, sort_keys=True, separators=(",", ":"))}
+    return _st_save(prepared, metadata=meta)
+
+
+def read_metadata(data: bytes) -> dict[str, object]:
+    """fedstep's metadata in a safetensors file, or {} (raises InvalidUpdate on a malformed header)."""
+    _, header = _header_json(data)
+    return _fedstep_metadata(header.get("__metadata__") if isinstance(header, dict) else None)
+
+
+def decode(
+    data: bytes,
+    *,
+    expected: TensorSpec | None = None,
+    sha256: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Tensors:
+    """Parse and validate a safetensors file; raise InvalidUpdate with a specific reason on any defect."""
+    if len(data) > max_bytes:
+        raise InvalidUpdate(f"file is {len(data)} bytes, over the limit of {max_bytes}")
+    if sha256 is not None and sha256_hex(data) != sha256:
+        raise InvalidUpdate("sha256 does not match the one reported")
+    try:
+        tensors = _st_load(data)
+    except (SafetensorError, ValueError, TypeError) as exc:
+        raise InvalidUpdate(f"not a safetensors file: {exc}") from exc
+    for name, tensor in tensors.items():
+        if tensor.dtype != DTYPE:
+            raise InvalidUpdate(f"tensor {name!r} has dtype {tensor.dtype}, expected float32")
+        if not np.isfinite(tensor).all():
+            raise InvalidUpdate(f"tensor {name!r} has non-finite values (NaN or Inf)")
+    if expected is not None:
+        check_matches(tensors, expected)
+    return tensors
+
+
+HEADER_LENGTH_BYTES = 8
+"""A safetensors file starts with the length of its JSON header, a little-endian u64."""
+CHUNK_ELEMENTS = 1 << 16
+"""Elements worked on at a time (checked, multiplied, squared), so temporaries stay small (at most
+512 KiB in float64) whatever the tensor's size."""
+
+
+def chunks(array: np.ndarray) -> Iterator[np.ndarray]:
+    """The array's elements, flat, `CHUNK_ELEMENTS` at a time (views, no copy)."""
+    flat = array.reshape(-1)
+    for start in range(0, flat.size, CHUNK_ELEMENTS):
+        yield flat[start : start + CHUNK_ELEMENTS]
+
+
+def all_finite(array: np.ndarray) -> bool:
+    """No NaN or Inf in `array`, checked a chunk at a time."""
+    return all(np.isfinite(part).all() for part in chunks(array))
+
+
+@dataclass(frozen=True)
+class Header:
+    """A safetensors header checked against a model: where each tensor's bytes lie in the data
+    section (`offsets[name] = (start, end)`), and fedstep's metadata."""
+
+    length: int
+    """Bytes of JSON after the 8-byte length; the data section starts at 8 + length."""
+    offsets: dict[str, tuple[int, int]]
+    metadata: dict[str, object]
+
+    @property
+    def data_start(self) -> int:
+        return HEADER_LENGTH_BYTES + self.length
+
+
+def header_length(prefix: bytes) -> int:
+    """The JSON header's length, from a file's first 8 bytes."""
+    if len(prefix) < HEADER_LENGTH_BYTES:
+        raise InvalidUpdate("not a safetensors file: shorter than its 8-byte header length")
+    return int(struct.unpack("<Q", prefix[:HEADER_LENGTH_BYTES])[0])
+
+
+def _header_json(prefix: bytes, max_header_bytes: int | None = None) -> tuple[int, object]:
+    """(length, parsed JSON) of the header at the start of `prefix`; InvalidUpdate if it is longer
+    than `max_header_bytes`, than `prefix`, or not JSON."""
+    length = header_length(prefix)
+    if max_header_bytes is not None and length > max_header_bytes:
+        raise InvalidUpdate(f"not a safetensors file of this model: header of {length} bytes, over {max_header_bytes}")
+    if len(prefix) < HEADER_LENGTH_BYTES + length:
+        raise InvalidUpdate("not a safetensors file: header length exceeds the file size")
+    try:
+        return length, json.loads(prefix[HEADER_LENGTH_BYTES : HEADER_LENGTH_BYTES + length])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidUpdate(f"not a safetensors file: header is not JSON ({exc})") from None
+
+
+def spec_of_header(prefix: bytes) -> TensorSpec:
+    """The names and shapes in the header of a file the server wrote (`prefix`: its first 8 +
+    header-length bytes)."""
+    _, header = _header_json(prefix)
+    if not isinstance(header, dict):
+        raise InvalidUpdate("not a safetensors file: header is not an object")
+    header.pop("__metadata__", None)
+    return TensorSpec({name: tuple(int(d) for d in entry["shape"]) for name, entry in sorted(header.items())})
+
+
+def parse_header(prefix: bytes, file_bytes: int, expected: TensorSpec, max_header_bytes: int) -> Header:
+    """Check a file's header (`prefix` holds at least its first 8 + header-length bytes) against the
+    model `expected`: the header is at most `max_header_bytes`, names the same tensors (float32, same
+    shapes), whose data lie back to back and fill the file's `file_bytes` exactly. Raises
+    InvalidUpdate with a short reason; never lists more than a few names."""
+    length, header = _header_json(prefix, max_header_bytes)
+    if not isinstance(header, dict):
+        raise InvalidUpdate("not a safetensors file: header is not an object")
+    raw_meta = header.pop("__metadata__", None)
+    if len(header) != len(expected.shapes):
+        raise InvalidUpdate(f"file has {len(header)} tensors, the global model {len(expected.shapes)}")
+    unknown = [name for name in header if name not in expected.shapes]
+    if unknown:
+        raise InvalidUpdate(f"tensor names differ from the global model: {len(unknown)} unexpected, e.g. {unknown[:3]}")
+    offsets: dict[str, tuple[int, int]] = {}
+    for name, shape in expected.shapes.items():
+        entry = header[name]
+        if not isinstance(entry, dict) or entry.get("dtype") != "F32":
+            raise InvalidUpdate(f"tensor {name!r} has dtype {str(entry.get('dtype'))[:10]}, expected float32")
+        got = entry.get("shape")
+        if got != list(shape):
+            shown = tuple(got) if isinstance(got, list) and len(got) <= 8 else str(got)[:60]
+            raise InvalidUpdate(f"tensor {name!r} has shape {shown}, expected {shape}")
+        bounds = entry.get("data_offsets")
+        if not (isinstance(bounds, list) and len(bounds) == 2 and all(type(b) is int for b in bounds)):
+            raise InvalidUpdate(f"tensor {name!r} has malformed data offsets")
+        start, end = bounds
+        if end - start != 4 * int(np.prod(shape, dtype=np.int64)):
+            raise InvalidUpdate(f"tensor {name!r}: its data offsets do not fit its shape")
+        offsets[name] = (start, end)
+    position = 0
+    for name, (start, end) in sorted(offsets.items(), key=lambda kv: kv[1]):
+        if start != position:
+            raise InvalidUpdate(f"tensor {name!r}: data offsets overlap or leave a gap")
+        position = end
+    described = HEADER_LENGTH_BYTES + length + position
+    if described != file_bytes:
+        raise InvalidUpdate(f"file is {file_bytes} bytes, its header describes {described}")
+    return Header(length, offsets, _fedstep_metadata(raw_meta))
+
+
+def _fedstep_metadata(raw: object) -> dict[str, object]:
+    if not isinstance(raw, dict) or METADATA_KEY not in raw:
+        return {}
+    try:
+        parsed = json.loads(raw[METADATA_KEY])
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise InvalidUpdate(f"fedstep metadata is not JSON ({exc})") from None
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def views(data: bytes | bytearray | memoryview, header: Header, expected: TensorSpec) -> Tensors:
+    """The tensors of a file whose `header` was checked, as views into its data section `data` (no
+    copy; writable when `data` is a bytearray). Raises InvalidUpdate on a non-finite value."""
+    out: Tensors = {}
+    for name, (start, end) in header.offsets.items():
+        flat = np.frombuffer(data, dtype="<f4", count=(end - start) // 4, offset=start)
+        if not all_finite(flat):
+            raise InvalidUpdate(f"tensor {name!r} has non-finite values (NaN or Inf)")
+        out[name] = flat.reshape(expected.shapes[name])
+    return out
+
+
+def check_matches(tensors: Tensors, expected: TensorSpec) -> None:
+    """Raise InvalidUpdate unless `tensors` has exactly the expected names and shapes."""
+    missing = sorted(set(expected.shapes) - set(tensors))
+    extra = sorted(set(tensors) - set(expected.shapes))
+    if missing or extra:
+        raise InvalidUpdate(
+            f"tensor names differ from the global model: {len(missing)} missing, e.g. {missing[:3]}, "
+            f"{len(extra)} unexpected, e.g. {extra[:3]}"
+        )
+    for name, shape in expected.shapes.items():
+        if tuple(tensors[name].shape) != shape:
+            raise InvalidUpdate(f"tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {shape}")

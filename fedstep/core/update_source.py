@@ -1,0 +1,226 @@
+"""Reading a round's updates for aggregation: every file checked before it is used, then read in one
+pass or by slices (the strategy's choice, `fedstep.core.strategies.base.Updates`).
+
+For each update item, in order (DESIGN invariant 3, checks before use):
+1. the size the item claims is at most what an update of this model can be (tensor data plus a
+   bounded header), so an oversized file is refused before a byte is downloaded;
+2. one ranged read fetches the safetensors header (for a small model, the whole file): its size,
+   names, dtypes, shapes and offsets must match the global model, and its metadata the item;
+3. the tensor data is read into one buffer (same object version), its sha256 checked, its values
+   checked finite, and the tensors used in place as views of that buffer;
+4. the run's bounds cap the update's weight and its norm (`fedstep.core.influence`).
+
+Memory: one update's file at a time (plus small chunked temporaries), whatever the number of clients.
+
+Sliced access (`UpdateSource.slice`) first checks every update as above (a pass that drops each
+file), remembering where each tensor lies in each file and the object version that was checked; a
+slice is then read with ranged reads of exactly that version (S3 `VersionId`), so a file replaced
+after its check cannot mix in. Memory: one slice of every update, `SLICE_BUDGET_BYTES` together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedstep.core import influence, limits, tensors
+from fedstep.core.errors import InvalidUpdate
+from fedstep.core.ports import ModelStore
+from fedstep.core.schemas import Adjustment, Bounds, ObjectRef, Rejection, UpdateItem
+from fedstep.core.strategies import ClientUpdate, UpdateInfo
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """The global model's tensor spec, and the largest update file and header this model allows."""
+
+    spec: tensors.TensorSpec
+    max_header_bytes: int
+
+    @property
+    def max_file_bytes(self) -> int:
+        return tensors.HEADER_LENGTH_BYTES + self.max_header_bytes + self.spec.data_bytes
+
+
+def read_layout(store: ModelStore, ref: ObjectRef) -> ModelLayout:
+    """The layout of a global model (a file the server wrote), from a ranged read of its header: one
+    read of its first 64 KiB, a second one only for a longer header."""
+    head = store.read_range(ref.key, 0, min(ref.bytes, limits.MAX_HEADER_SLACK_BYTES)).data
+    length = tensors.header_length(head)
+    if len(head) < tensors.HEADER_LENGTH_BYTES + length:
+        head = store.read_range(ref.key, 0, tensors.HEADER_LENGTH_BYTES + length).data
+    return ModelLayout(tensors.spec_of_header(head), length + limits.MAX_HEADER_SLACK_BYTES)
+
+
+def read_model(store: ModelStore, ref: ObjectRef, layout: ModelLayout) -> tensors.Tensors:
+    """A global model (written by the server) whose layout was read, as views into one buffer: one
+    copy of its data in memory."""
+    return _read_file(store, ref, layout).tensors
+
+
+@dataclass(frozen=True)
+class CheckedFile:
+    """A file whose checks passed: its tensors (views into one buffer), where each tensor's bytes lie
+    in the file (`data_start` + the header's offsets), and the object version that was checked."""
+
+    tensors: tensors.Tensors
+    header: tensors.Header
+    version: str | None
+
+
+def read_update(store: ModelStore, item: UpdateItem, layout: ModelLayout) -> CheckedFile:
+    """A client's update, checked against its item and the model (steps 1-3 above); InvalidUpdate
+    with a short reason on any defect."""
+    if item.update.bytes > layout.max_file_bytes:
+        raise InvalidUpdate(
+            f"file is {item.update.bytes} bytes, over the limit of {layout.max_file_bytes} for this model"
+        )
+    expected = item.file_metadata()
+
+    def check(metadata: dict[str, object]) -> None:
+        differing = sorted(k for k, v in expected.items() if metadata.get(k) != v)
+        if differing:
+            raise InvalidUpdate(f"update file's metadata differs from the update item in {differing[:8]}")
+
+    return _read_file(store, item.update, layout, check)
+
+
+def _read_file(
+    store: ModelStore,
+    ref: ObjectRef,
+    layout: ModelLayout,
+    check_metadata: Callable[[dict[str, object]], None] | None = None,
+) -> CheckedFile:
+    """The tensors of the file `ref` (`ref.bytes` long, sha256 `ref.sha256`) whose header matches
+    `layout`; its metadata is checked before its tensor data is downloaded."""
+    first = store.read_range(ref.key, 0, min(ref.bytes, tensors.HEADER_LENGTH_BYTES + layout.max_header_bytes))
+    if first.total_bytes != ref.bytes:
+        raise InvalidUpdate(f"file is {first.total_bytes} bytes, the item says {ref.bytes}")
+    header = tensors.parse_header(first.data, ref.bytes, layout.spec, layout.max_header_bytes)
+    if check_metadata is not None:
+        check_metadata(header.metadata)
+    digest = hashlib.sha256(first.data[: header.data_start])
+    data = bytearray(ref.bytes - header.data_start)
+    if len(first.data) >= ref.bytes:  # a small file came whole with its header
+        data[:] = first.data[header.data_start :]
+    else:
+        store.read_into(ref.key, header.data_start, memoryview(data), first.version)
+    digest.update(data)
+    if digest.hexdigest() != ref.sha256:
+        raise InvalidUpdate("sha256 does not match the one reported")
+    return CheckedFile(tensors.views(data, header, layout.spec), header, first.version)
+
+
+SLICE_BUDGET_BYTES = 32 * 2**20
+"""Bytes of one slice of every update together (the rows a strategy combines at a time); the
+strategy's own temporaries come on top (a median sorts a float64 copy: about 3x this)."""
+MIN_SLICE_ELEMENTS = 1024
+SLICE_READERS = 8
+"""Ranged reads in flight at once when a slice is read from every update."""
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """An accepted update, as sliced access needs it: where its tensors lie, which version was
+    checked, and the factor its norm bound scaled it by."""
+
+    item: UpdateItem
+    examples: int
+    header: tensors.Header
+    version: str | None
+    scale: np.float32 | None
+
+
+@dataclass
+class UpdateSource:
+    """The round's usable items as validated, bounded updates (the strategies' `Updates`): a one-pass
+    iterator of ClientUpdates, or slices of every accepted update. Items whose files fail a check are
+    recorded in `rejected`, updates clipped to the run's bounds in `clipped`; `accepted_items` lists
+    the items that reached the strategy, in order, with the examples they were weighted by."""
+
+    store: ModelStore
+    layout: ModelLayout
+    bounds: Bounds
+    items: list[UpdateItem]
+    sliced: bool = False
+    """Whether averaging strategies read by slices too (a model too large for one function)."""
+    fixed_slice_elements: int | None = None
+    """Elements per slice; None: as many as `SLICE_BUDGET_BYTES` allows for this many updates."""
+    rejected: list[Rejection] = field(default_factory=list)
+    clipped: list[Adjustment] = field(default_factory=list)
+    accepted_items: list[tuple[UpdateItem, int]] = field(default_factory=list)
+    on_rejected: Callable[[UpdateItem, str], None] | None = None
+    _checked: list[_Checked] = field(default_factory=list)
+    _passed: bool = False
+
+    @property
+    def spec(self) -> tensors.TensorSpec:
+        return self.layout.spec
+
+    @property
+    def slice_elements(self) -> int:
+        """Elements per slice a strategy should ask for: the budget shared by the round's updates."""
+        if self.fixed_slice_elements is not None:
+            return self.fixed_slice_elements
+        return max(MIN_SLICE_ELEMENTS, SLICE_BUDGET_BYTES // (4 * max(1, len(self.items))))
+
+    def __iter__(self) -> Iterator[ClientUpdate]:
+        if self._passed:
+            raise RuntimeError("the updates were read once already: read them by slices instead")
+        self._passed = True
+        for item in self.items:
+            try:
+                examples, capped = influence.bounded_examples(item.client_id, item.num_examples, self.bounds)
+                checked = read_update(self.store, item, self.layout)
+                scale, clipped_norm = influence.norm_bound(checked.tensors, self.bounds)
+            except InvalidUpdate as exc:
+                self.rejected.append(Rejection(item.client_id, exc.reason))
+                if self.on_rejected is not None:
+                    self.on_rejected(item, exc.reason)
+                continue
+            delta = checked.tensors
+            influence.scale_in_place(delta, scale)
+            what = "; ".join(w for w in (capped, clipped_norm) if w)
+            if what:
+                self.clipped.append(Adjustment(item.client_id, what))
+            self.accepted_items.append((item, examples))
+            self._checked.append(_Checked(item, examples, checked.header, checked.version, scale))
+            del checked
+            yield ClientUpdate(item.client_id, examples, delta)
+            del delta  # the consumer is done with it: free its buffer before the next file is read
+
+    def accepted(self) -> list[UpdateInfo]:
+        """The accepted updates in order; checks them all first (one pass, dropping each file) if no
+        pass was made yet."""
+        if not self._passed:
+            for _ in self:
+                pass
+        return [UpdateInfo(c.item.client_id, c.examples) for c in self._checked]
+
+    def slice(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Elements [start, stop) of tensor `name` (flattened) of every accepted update, as float32
+        (clients x elements), scaled by its norm bound like the pass's deltas; ranged reads of the
+        checked object versions, `SLICE_READERS` at a time."""
+        if not self._passed:
+            self.accepted()
+        checked = self._checked
+        size = int(np.prod(self.spec.shapes[name], dtype=np.int64))
+        if not 0 <= start <= stop <= size:
+            raise ValueError(f"slice [{start}, {stop}) is outside tensor {name!r} of {size} elements")
+        rows = np.empty((len(checked), stop - start), dtype="<f4")
+
+        def read(i: int) -> None:
+            c = checked[i]
+            begin = c.header.data_start + c.header.offsets[name][0] + 4 * start
+            self.store.read_into(c.item.update.key, begin, memoryview(rows[i].view(np.uint8)), c.version)
+            if c.scale is not None:
+                rows[i] *= c.scale
+
+        if stop > start and checked:
+            with ThreadPoolExecutor(max_workers=min(SLICE_READERS, len(checked))) as pool:
+                list(pool.map(read, range(len(checked))))
+        return rows

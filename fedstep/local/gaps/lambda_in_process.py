@@ -1,0 +1,104 @@
+"""Gap 3: moto cannot run Lambda code without Docker; run the handler in this process instead."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import json
+import logging
+import os
+import traceback
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedstep.local.gaps.moto_server import check_patch_point
+from fedstep.local.gaps.shim import PatchShim
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@dataclass
+class LocalLambdaContext:
+    """The attributes of the Lambda context object that handlers and Powertools read."""
+
+    function_name: str
+    invoked_function_arn: str
+    memory_limit_in_mb: int
+    aws_request_id: str
+    function_version: str = "$LATEST"
+    log_group_name: str = ""
+    log_stream_name: str = ""
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 300_000
+
+
+_verified: set[str] = set()
+
+
+def verify_code_matches_checkout(code_bytes: bytes) -> None:
+    """Raise if any Python source in the deployed zip differs from this checkout's copy."""
+    digest = hashlib.sha256(code_bytes).hexdigest()
+    if digest in _verified:
+        return
+    with zipfile.ZipFile(io.BytesIO(code_bytes)) as zf:
+        for name in zf.namelist():
+            if name.endswith(".py") and name.split("/")[0] in ("fedstep", "lambdas"):
+                local = REPO / name
+                if not local.exists() or local.read_bytes() != zf.read(name):
+                    raise RuntimeError(
+                        f"the deployed Lambda's {name} differs from this checkout's; re-deploy the local cloud"
+                    )
+    _verified.add(digest)
+
+
+def run_handler(function: Any, event: Any = None) -> tuple[str, bool, str]:
+    """Replacement for moto's `LambdaFunction._invoke_lambda`: run the function's handler here and now, with
+    its environment; returns (payload, errored, logs) as moto's does."""
+    try:
+        verify_code_matches_checkout(function.code_bytes)
+        os.environ.update({k: str(v) for k, v in (function.environment_vars or {}).items()})
+        module_name, func_name = function.handler.rsplit(".", 1)
+        handler = getattr(importlib.import_module(module_name), func_name)
+        context = LocalLambdaContext(
+            function_name=function.function_name,
+            invoked_function_arn=function.function_arn,
+            memory_limit_in_mb=int(function.memory_size or 128),
+            aws_request_id=str(uuid.uuid4()),
+        )
+        result = handler(event if event is not None else {}, context)
+        return json.dumps(result), False, ""
+    except Exception as exc:  # a Lambda reports any exception as a function error
+        log.error("Lambda %s failed:\n%s", function.function_name, traceback.format_exc())
+        payload = {"errorMessage": str(exc), "errorType": type(exc).__name__}
+        return json.dumps(payload), True, traceback.format_exc()
+
+
+class LambdaInProcess(PatchShim):
+    name = "lambda_in_process"
+    gap = (
+        "moto runs Lambda code only in a Docker container (its private LambdaFunction._invoke_lambda); without "
+        "Docker an invocation returns 'error running docker' as a function error. AWS runs the handler. The shim "
+        "replaces that method: the handler named by the function runs in this process, with the function's "
+        "environment, imported from this checkout after checking that the deployed zip holds byte-identical "
+        "sources (the zip's compiled wheels are for the Lambda platform, not this interpreter). The patch point is "
+        "private, so moto is pinned exactly and `check_patch_point` fails loudly on any other version."
+    )
+
+    def apply(self) -> None:
+        check_patch_point()
+        super().apply()
+
+    def replacements(self) -> list[tuple[type, str, Any]]:
+        from moto.awslambda.models import LambdaFunction
+
+        return [(LambdaFunction, "_invoke_lambda", run_handler)]
+
+
+SHIM = LambdaInProcess()

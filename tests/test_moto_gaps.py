@@ -1,0 +1,500 @@
+"""Canaries for the shims in fedstep/local/gaps/, one per gap in moto.
+
+Each `test_moto_still_...` runs moto without the shim and fails, naming the shim to remove, once moto has
+fixed the gap. Each `test_the_..._shim_...` shows the shim filling it. moto runs in-process (`mock_aws`),
+or as a server on 127.0.0.1 where a shim talks to the server's own API; the templates are tiny, one
+resource type each.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+from fedstep.local import gaps
+from fedstep.local.gaps.shim import Shim
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+STACK = "canary"
+DEADLINE_S = 60.0  # generous: the machine may be busy
+ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/canary"
+ASSUME_ROLE = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+}
+ALLOW_GET = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}
+KEY_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}, "Action": "kms:*", "Resource": "*"}
+    ],
+}
+TAGS = [{"Key": "project", "Value": "fedstep"}]
+PASS_DEFINITION = json.dumps(
+    {"StartAt": "Done", "States": {"Done": {"Type": "Pass", "Result": {"done": 1}, "End": True}}}
+)
+VARIABLE = "FEDSTEP_CANARY_VARIABLE"
+
+
+def remove(shim: Shim, moto_now: str) -> str:
+    return f"moto now {moto_now}: remove the shim {shim.module}"
+
+
+def client(service: str, endpoint: str | None = None) -> Any:
+    return boto3.client(service, region_name=REGION, endpoint_url=endpoint)
+
+
+def deploy(cfn: Any, resources: dict[str, Any]) -> dict[str, Any]:
+    """Create the stack `canary` from a template of `resources`; returns the template."""
+    template = {"Resources": resources}
+    cfn.create_stack(StackName=STACK, TemplateBody=json.dumps(template))
+    return template
+
+
+def deploys(cfn: Any, resources: dict[str, Any]) -> bool:
+    """Whether moto creates the stack (in-process, a handler's exception reaches the caller)."""
+    try:
+        deploy(cfn, resources)
+    except Exception:
+        return False
+    return cfn.describe_stacks(StackName=STACK)["Stacks"][0]["StackStatus"] == "CREATE_COMPLETE"
+
+
+def physical_id(cfn: Any, logical_id: str) -> str:
+    return gaps.StackShim.physical_ids(cfn, STACK)[logical_id]
+
+
+def raised(call: Callable[[], Any]) -> Exception | None:
+    try:
+        call()
+    except Exception as exc:
+        return exc
+    return None
+
+
+def wait_until(condition: Callable[[], Any], what: str) -> Any:
+    """Poll `condition` until it returns something true (returned), for up to DEADLINE_S."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still waiting for {what} after {DEADLINE_S} s")
+        time.sleep(0.05)
+    return result
+
+
+@pytest.fixture
+def unpatched(monkeypatch) -> Iterator[None]:
+    """No shim applied and Step Functions execution off, before and after the test."""
+    from moto.core.config import default_user_config
+
+    gaps.undo_all()
+    monkeypatch.setitem(default_user_config, "stepfunctions", {"execute_state_machine": False})
+    yield
+    gaps.undo_all()
+
+
+@pytest.fixture
+def moto(unpatched) -> Iterator[None]:
+    """moto in-process (`mock_aws`: reset, every boto3 call goes to it), without the shims."""
+    from moto import mock_aws
+
+    with mock_aws():
+        yield
+
+
+@pytest.fixture
+def moto_server(unpatched) -> Iterator[str]:
+    """A moto server on 127.0.0.1 (a free port), reset, without the shims; yields its endpoint."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        _, port = server.get_host_and_port()
+        endpoint = f"http://127.0.0.1:{port}"
+        gaps.reset_backends(endpoint)
+        yield endpoint
+    finally:
+        server.stop()
+
+
+def test_there_is_one_shim_per_gap_each_with_its_module_and_description():
+    assert list(gaps.SHIMS) == [
+        "sns_subscriptions",
+        "step_functions_execution",
+        "lambda_in_process",
+        "stream_delivery",
+        "kms_from_cloudformation",
+        "iam_role_policies",
+        "stop_execution",
+        "task_failure_cause",
+    ]
+    for shim in gaps.SHIMS.values():
+        assert (gaps.REPO / shim.module).is_file()
+        assert "moto" in shim.gap and "AWS" in shim.gap
+
+
+@pytest.mark.parametrize("shim", gaps.PATCHES, ids=lambda shim: shim.name)
+def test_undoing_a_patch_puts_back_exactly_what_it_replaced(unpatched, shim):
+    targets = [(owner, attribute) for owner, attribute, _ in shim.replacements()]
+    moto_own = [owner.__dict__.get(attribute) for owner, attribute in targets]
+    shim.apply()
+    try:
+        assert shim.applied
+        assert all(owner.__dict__.get(a) is not own for (owner, a), own in zip(targets, moto_own, strict=True))
+    finally:
+        shim.undo()
+    assert not shim.applied
+    assert all(owner.__dict__.get(a) is own for (owner, a), own in zip(targets, moto_own, strict=True))
+
+
+# -- 1. SNS subscriptions --------------------------------------------------------------------------
+
+SUBSCRIBED_QUEUE = {
+    "Topic": {"Type": "AWS::SNS::Topic"},
+    "Queue": {"Type": "AWS::SQS::Queue"},
+    "DeadLetters": {"Type": "AWS::SQS::Queue"},
+    "Subscription": {
+        "Type": "AWS::SNS::Subscription",
+        "Properties": {
+            "TopicArn": {"Ref": "Topic"},
+            "Protocol": "sqs",
+            "Endpoint": {"Fn::GetAtt": ["Queue", "Arn"]},
+            "RawMessageDelivery": True,
+            "FilterPolicy": {"client": ["a"]},
+            "RedrivePolicy": {"deadLetterTargetArn": {"Fn::GetAtt": ["DeadLetters", "Arn"]}},
+        },
+    },
+}
+
+
+def test_moto_still_skips_sns_subscriptions_in_cloudformation(moto):
+    cfn, sns = client("cloudformation"), client("sns")
+    deploy(cfn, SUBSCRIBED_QUEUE)
+    subscriptions = sns.list_subscriptions_by_topic(TopicArn=physical_id(cfn, "Topic"))["Subscriptions"]
+    assert subscriptions == [], remove(gaps.SNS_SUBSCRIPTIONS, "creates AWS::SNS::Subscription from CloudFormation")
+
+
+def test_the_sns_shim_subscribes_the_queue_with_raw_delivery_filter_and_dead_letter_queue(moto):
+    cfn, sns, sqs = client("cloudformation"), client("sns"), client("sqs")
+    template = deploy(cfn, SUBSCRIBED_QUEUE)
+    assert gaps.SNS_SUBSCRIPTIONS.apply(cfn, sns, sqs, STACK, template) == 1
+    topic, queue = physical_id(cfn, "Topic"), physical_id(cfn, "Queue")
+    [subscription] = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
+    attributes = sns.get_subscription_attributes(SubscriptionArn=subscription["SubscriptionArn"])["Attributes"]
+    dead_letters = sqs.get_queue_attributes(QueueUrl=physical_id(cfn, "DeadLetters"), AttributeNames=["QueueArn"])
+    assert attributes["RawMessageDelivery"] == "true"
+    assert json.loads(attributes["FilterPolicy"]) == {"client": ["a"]}
+    assert json.loads(attributes["RedrivePolicy"]) == {"deadLetterTargetArn": dead_letters["Attributes"]["QueueArn"]}
+    for name in ("a", "b"):
+        sns.publish(
+            TopicArn=topic,
+            Message=f"for {name}",
+            MessageAttributes={"client": {"DataType": "String", "StringValue": name}},
+        )
+    messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    assert [m["Body"] for m in messages] == ["for a"]  # raw: the body is the message itself
+
+
+# -- 2. Step Functions execution -------------------------------------------------------------------
+
+STATE_MACHINE = {
+    "Machine": {
+        "Type": "AWS::StepFunctions::StateMachine",
+        "Properties": {"DefinitionString": PASS_DEFINITION, "RoleArn": ROLE_ARN},
+    }
+}
+
+
+def finished(sfn: Any, execution_arn: str) -> dict[str, Any] | None:
+    description = sfn.describe_execution(executionArn=execution_arn)
+    return None if description["status"] == "RUNNING" else description
+
+
+def test_moto_still_keeps_cloudformations_state_machines_out_of_its_executing_backend(moto, monkeypatch):
+    from moto.core.config import default_user_config
+
+    cfn, sfn = client("cloudformation"), client("stepfunctions")
+    deploy(cfn, STATE_MACHINE)
+    monkeypatch.setitem(default_user_config, "stepfunctions", {"execute_state_machine": True})
+    error = raised(lambda: sfn.describe_state_machine(stateMachineArn=physical_id(cfn, "Machine")))
+    assert "StateMachineDoesNotExist" in str(error), remove(
+        gaps.STEP_FUNCTIONS_EXECUTION, "executes the state machines its CloudFormation creates"
+    )
+
+
+def test_the_step_functions_shim_makes_cloudformations_state_machines_execute_under_the_same_arn(moto_server):
+    from moto.core.config import default_user_config
+
+    cfn, sfn = client("cloudformation", moto_server), client("stepfunctions", moto_server)
+    template = deploy(cfn, STATE_MACHINE)
+    arn = physical_id(cfn, "Machine")
+    assert gaps.STEP_FUNCTIONS_EXECUTION.apply(cfn, sfn, moto_server, STACK, template) == [arn]
+    execution = sfn.start_execution(stateMachineArn=arn)["executionArn"]
+    ended = wait_until(lambda: finished(sfn, execution), "the execution to end")
+    assert ended["status"] == "SUCCEEDED" and json.loads(ended["output"]) == {"done": 1}
+    gaps.STEP_FUNCTIONS_EXECUTION.undo()
+    assert default_user_config["stepfunctions"] == {"execute_state_machine": False}
+    assert sfn.describe_state_machine(stateMachineArn=arn)["definition"] == PASS_DEFINITION  # CloudFormation's
+
+
+# -- 3. Lambda code in process ---------------------------------------------------------------------
+
+
+def echo(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The canary function's handler: what it received, and where it ran."""
+    return {"event": event, "function": context.function_name, "variable": os.environ.get(VARIABLE), "pid": os.getpid()}
+
+
+def create_function(environment: dict[str, str] | None = None) -> str:
+    """A function named `canary` whose handler is `echo` above; returns its ARN."""
+    role = client("iam").create_role(RoleName="canary", AssumeRolePolicyDocument=json.dumps(ASSUME_ROLE))
+    code = io.BytesIO()
+    with zipfile.ZipFile(code, "w") as zf:
+        zf.writestr("README", "the handler is imported from the checkout")
+    return client("lambda").create_function(
+        FunctionName="canary",
+        Runtime="python3.12",
+        Role=role["Role"]["Arn"],
+        Handler=f"{__name__}.echo",
+        Code={"ZipFile": code.getvalue()},
+        Environment={"Variables": environment or {}},
+    )["FunctionArn"]
+
+
+def test_moto_still_cannot_run_lambda_code_without_docker(moto, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")  # no Docker, whatever this machine has
+    create_function()
+    response = client("lambda").invoke(FunctionName="canary", Payload=b"{}")
+    payload = response["Payload"].read().decode()
+    assert response.get("FunctionError") and "docker" in payload, remove(
+        gaps.LAMBDA_IN_PROCESS, "runs Lambda code without Docker"
+    )
+
+
+def test_the_lambda_shim_runs_the_handler_in_this_process_with_the_functions_environment(moto, monkeypatch):
+    monkeypatch.setenv(VARIABLE, "unset")  # the handler's environment is this process's: restored after the test
+    gaps.LAMBDA_IN_PROCESS.apply()
+    create_function({VARIABLE: "from the function"})
+    response = client("lambda").invoke(FunctionName="canary", Payload=json.dumps({"n": 1}))
+    assert "FunctionError" not in response
+    assert json.loads(response["Payload"].read()) == {
+        "event": {"n": 1},
+        "function": "canary",
+        "variable": "from the function",
+        "pid": os.getpid(),
+    }
+
+
+# -- 4. DynamoDB stream delivery -------------------------------------------------------------------
+
+
+def table_streaming_to_a_function() -> Any:
+    """A table `canary` whose stream feeds the function `canary`; returns a DynamoDB client."""
+    ddb = client("dynamodb")
+    table = ddb.create_table(
+        TableName="canary",
+        KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
+    )
+    create_function()
+    client("lambda").create_event_source_mapping(
+        FunctionName="canary", EventSourceArn=table["TableDescription"]["LatestStreamArn"], StartingPosition="LATEST"
+    )
+    return ddb
+
+
+def test_moto_still_delivers_dynamodb_stream_records_inside_the_write(moto, monkeypatch):
+    from moto.awslambda.models import LambdaFunction
+
+    delivered_on: list[int] = []
+
+    def record_thread(function: Any, event: Any = None) -> tuple[str, bool, str]:
+        delivered_on.append(threading.get_ident())
+        return "{}", False, ""
+
+    monkeypatch.setattr(LambdaFunction, "_invoke_lambda", record_thread)  # stands for the function's code
+    ddb = table_streaming_to_a_function()
+    ddb.put_item(TableName="canary", Item={"k": {"S": "a"}})
+    assert delivered_on == [threading.get_ident()], remove(
+        gaps.STREAM_DELIVERY, "delivers DynamoDB stream records after the write returns"
+    )
+
+
+def test_the_stream_shim_delivers_batches_after_the_write_returns_one_at_a_time_in_order(moto, monkeypatch):
+    from moto.awslambda.models import LambdaFunction
+
+    release = threading.Event()
+    delivered: list[tuple[int, list[str]]] = []
+
+    def wait_for_release(function: Any, event: Any = None) -> tuple[str, bool, str]:
+        release.wait(DEADLINE_S)
+        delivered.append((threading.get_ident(), [r["dynamodb"]["Keys"]["k"]["S"] for r in event["Records"]]))
+        return "{}", False, ""
+
+    monkeypatch.setattr(LambdaFunction, "_invoke_lambda", wait_for_release)  # stands for the function's code
+    gaps.STREAM_DELIVERY.apply()
+    try:
+        ddb = table_streaming_to_a_function()
+        for key in ("a", "b", "c"):
+            ddb.put_item(TableName="canary", Item={"k": {"S": key}})  # returns while the first batch waits
+        assert delivered == []
+        release.set()
+        gaps.wait_for_stream_batches(DEADLINE_S)
+        assert [keys for _, keys in delivered] == [["a"], ["b"], ["c"]]
+        assert threading.get_ident() not in {thread for thread, _ in delivered}
+    finally:
+        release.set()
+        gaps.STREAM_DELIVERY.undo()
+    assert LambdaFunction._invoke_lambda is wait_for_release
+
+
+# -- 5. KMS keys from CloudFormation ---------------------------------------------------------------
+
+
+def kms_key(**properties: Any) -> dict[str, Any]:
+    return {"Key": {"Type": "AWS::KMS::Key", "Properties": properties}}
+
+
+def test_moto_still_fails_on_cloudformation_style_tags_of_a_kms_key(moto):
+    deployed = deploys(client("cloudformation"), kms_key(KeyPolicy=json.dumps(KEY_POLICY), Tags=TAGS))
+    assert not deployed, remove(gaps.KMS_FROM_CLOUDFORMATION, "accepts CloudFormation-style tags on AWS::KMS::Key")
+
+
+def test_moto_still_stores_a_kms_key_policy_object_unconverted(moto):
+    cfn = client("cloudformation")
+    deploy(cfn, kms_key(KeyPolicy=KEY_POLICY))
+    error = raised(lambda: client("kms").describe_key(KeyId=physical_id(cfn, "Key")))
+    assert error is not None, remove(gaps.KMS_FROM_CLOUDFORMATION, "reads back a key policy given as an object")
+
+
+def test_the_kms_shim_deploys_a_key_with_cloudformation_tags_and_a_policy_object(moto):
+    gaps.KMS_FROM_CLOUDFORMATION.apply()
+    cfn, kms = client("cloudformation"), client("kms")
+    deploy(cfn, kms_key(KeyPolicy=KEY_POLICY, Tags=TAGS))
+    key_id = physical_id(cfn, "Key")
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["Enabled"]
+    assert kms.list_resource_tags(KeyId=key_id)["Tags"] == [{"TagKey": "project", "TagValue": "fedstep"}]
+    assert json.loads(kms.get_key_policy(KeyId=key_id, PolicyName="default")["Policy"]) == KEY_POLICY
+
+
+# -- 6. IAM role policies from CloudFormation ------------------------------------------------------
+
+ROLE_WITH_INLINE_POLICY = {
+    "Role": {
+        "Type": "AWS::IAM::Role",
+        "Properties": {
+            "RoleName": "canary",
+            "AssumeRolePolicyDocument": ASSUME_ROLE,
+            "Policies": [{"PolicyName": "read", "PolicyDocument": ALLOW_GET}],
+        },
+    }
+}
+
+
+def inline_policy_as_enforced() -> Any:
+    """The role's inline policy as moto's IAM enforcement reads it."""
+    from moto.iam.access_control import IAMPolicy
+    from moto.iam.models import iam_backends
+
+    return IAMPolicy(iam_backends[ACCOUNT]["aws"].get_role("canary").policies["read"])
+
+
+def test_moto_still_stores_cloudformations_inline_role_policies_as_objects_its_enforcement_cannot_read(moto):
+    deploy(client("cloudformation"), ROLE_WITH_INLINE_POLICY)
+    assert isinstance(raised(inline_policy_as_enforced), KeyError), remove(
+        gaps.IAM_ROLE_POLICIES, "stores CloudFormation's inline role policies as its IAM enforcement reads them"
+    )
+
+
+def test_the_iam_shim_stores_inline_role_policies_as_json_its_enforcement_reads(moto):
+    from moto.iam.access_control import PermissionResult
+
+    gaps.IAM_ROLE_POLICIES.apply()
+    deploy(client("cloudformation"), ROLE_WITH_INLINE_POLICY)
+    policy = inline_policy_as_enforced()
+    assert policy.is_action_permitted("s3:GetObject") == PermissionResult.PERMITTED
+    assert policy.is_action_permitted("s3:PutObject") == PermissionResult.NEUTRAL
+
+
+# -- 7. StopExecution during a task-token wait -----------------------------------------------------
+
+
+def execution_waiting_for_a_task_token(monkeypatch: pytest.MonkeyPatch, timeout_s: int) -> str:
+    """Start an execution whose task sends its token to a queue and waits (`timeout_s` at most); returns its
+    ARN once the token has arrived."""
+    return execution_and_token(monkeypatch, timeout_s)[0]
+
+
+def execution_and_token(monkeypatch: pytest.MonkeyPatch, timeout_s: int) -> tuple[str, str]:
+    """As `execution_waiting_for_a_task_token`, with the task token."""
+    from moto.core.config import default_user_config
+
+    monkeypatch.setitem(default_user_config, "stepfunctions", {"execute_state_machine": True})
+    sqs, sfn = client("sqs"), client("stepfunctions")
+    queue = sqs.create_queue(QueueName="tokens")["QueueUrl"]
+    wait = {
+        "Type": "Task",
+        "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
+        "Parameters": {"QueueUrl": queue, "MessageBody": {"token.$": "$$.Task.Token"}},
+        "TimeoutSeconds": timeout_s,
+        "End": True,
+    }
+    definition = json.dumps({"StartAt": "Wait", "States": {"Wait": wait}})
+    machine = sfn.create_state_machine(name="canary", definition=definition, roleArn=ROLE_ARN)["stateMachineArn"]
+    execution = sfn.start_execution(stateMachineArn=machine)["executionArn"]
+    [message] = wait_until(lambda: sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1).get("Messages"), "the token")
+    return execution, json.loads(message["Body"])["token"]
+
+
+def test_moto_still_lets_a_stopped_execution_wait_for_its_task_token_until_the_deadline(moto, monkeypatch):
+    sfn = client("stepfunctions")
+    execution = execution_waiting_for_a_task_token(monkeypatch, timeout_s=2)
+    sfn.stop_execution(executionArn=execution)
+    ended = wait_until(lambda: finished(sfn, execution), "the execution to end")
+    assert (ended["status"], ended.get("error")) == ("FAILED", "States.Timeout"), remove(
+        gaps.STOP_EXECUTION, "aborts an execution waiting for a task token when it is stopped"
+    )
+
+
+def test_the_stop_execution_shim_aborts_an_execution_waiting_for_a_task_token_at_once(moto, monkeypatch):
+    gaps.STOP_EXECUTION.apply()
+    sfn = client("stepfunctions")
+    execution = execution_waiting_for_a_task_token(monkeypatch, timeout_s=int(2 * DEADLINE_S))
+    sfn.stop_execution(executionArn=execution)
+    ended = wait_until(lambda: finished(sfn, execution), "the execution to end")
+    assert ended["status"] == "ABORTED"
+
+
+# -- 8. SendTaskFailure's cause ---------------------------------------------------------------------
+
+
+def failed_through_its_token(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    sfn = client("stepfunctions")
+    execution, token = execution_and_token(monkeypatch, timeout_s=int(2 * DEADLINE_S))
+    sfn.send_task_failure(taskToken=token, error="StrategyFailed", cause="why it failed")
+    return wait_until(lambda: finished(sfn, execution), "the execution to end")
+
+
+def test_moto_still_drops_the_cause_of_a_task_failure(moto, monkeypatch):
+    ended = failed_through_its_token(monkeypatch)
+    assert ended["error"] == "StrategyFailed"
+    assert "cause" not in ended, remove(gaps.TASK_FAILURE_CAUSE, "keeps the cause of SendTaskFailure")
+
+
+def test_the_task_failure_shim_passes_the_cause_on(moto, monkeypatch):
+    gaps.TASK_FAILURE_CAUSE.apply()
+    ended = failed_through_its_token(monkeypatch)
+    assert (ended["error"], ended["cause"]) == ("StrategyFailed", "why it failed")
