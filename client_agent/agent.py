@@ -9,6 +9,14 @@ after the visibility timeout.
 The server tells the agent when it rejected an update: its feedback item (which only the server
 writes) names the round, the file's sha256 and the reason. The agent logs it, and when a round is
 published again (a retried round) after its update was rejected, it trains again and replaces it.
+
+Privacy (the round's `dp_mode` instructions, `client_agent.dp_sgd`): under "client-clip" the agent
+clips the update to the round's `dp_clip` before upload and reports `within_clip`; under "dp-sgd"
+the trainer trains with DP-SGD and the agent accounts the round in its privacy ledger
+(`client_agent.privacy_ledger`) and reports the run's epsilon and delta. Before a DP-SGD round it
+checks the data owner's limits (`dp_epsilon_budget`, `dp_max_delta`): a round that would break
+them, or whose privacy instructions are unusable, is declined - a `DeclineItem` in place of the
+update item, the message deleted as if served, the heartbeat state "declined" - and never trained.
 """
 
 from __future__ import annotations
@@ -30,9 +38,11 @@ import boto3
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
+from client_agent import dp_sgd
 from client_agent.checks import open_session, preflight
 from client_agent.config import AgentConfig
 from client_agent.heartbeat import Heartbeats
+from client_agent.privacy_ledger import PrivacyLedger, Spend
 from client_agent.progress import Progress
 from client_agent.training import FunctionTrainer, Trainer
 from fedstep.aws import boto
@@ -42,6 +52,7 @@ from fedstep.core import keys, tensors
 from fedstep.core.clock import utc_now
 from fedstep.core.errors import FedstepError, InvalidUpdate
 from fedstep.core.schemas import (
+    DeclineItem,
     Feedback,
     InvalidMessage,
     ObjectRef,
@@ -50,6 +61,7 @@ from fedstep.core.schemas import (
     UpdateItem,
     parse_message,
 )
+from fedstep.core.tensors import l2_norm
 
 log = logging.getLogger("fedstep.client")
 
@@ -60,6 +72,22 @@ class Outcome(Enum):
     RUN_ENDED = "run_ended"
     REJECTED = "rejected"  # malformed message, released towards the dead-letter queue
     KEPT = "kept"  # failed; the message stays and comes back
+    DECLINED = "declined"  # refused to train (privacy); decline item written, message deleted
+
+
+@dataclass(frozen=True)
+class RoundPrivacy:
+    """What a round's privacy instructions ask of the agent: `mode` (None, "client-clip" or
+    "dp-sgd"), client-clip's `clip`, and under DP-SGD the `spend` the round adds to the ledger
+    (None only when the trainer does not say its number of examples and no budget needs it)."""
+
+    mode: str | None = None
+    clip: float | None = None
+    spend: Spend | None = None
+
+
+class Declined(Exception):
+    """A round the agent refuses to train; the message is its reason."""
 
 
 @dataclass
@@ -127,8 +155,10 @@ class Agent:
         self.table = Items(config.table, boto.client("dynamodb", self.session, config.endpoint_url))
         self.heartbeats = Heartbeats(config.client_id, self.table, config.heartbeat_s)
         self.cache = Path(config.cache_dir or Path.home() / ".cache" / "fedstep")
+        self.ledger = PrivacyLedger.for_client(self.cache, config.client_id)
         self.last_report: RoundReport | None = None
         self._told: Feedback | None = None
+        self._said_no_dp: set[str] = set()
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self, follow: bool = False, once: bool = False) -> int:
@@ -158,7 +188,7 @@ class Agent:
                     delay = 0.0
                 if outcome is Outcome.RUN_ENDED and not follow:
                     return 0
-                if once and outcome in (Outcome.SERVED, Outcome.ALREADY_SERVED):
+                if once and outcome in (Outcome.SERVED, Outcome.ALREADY_SERVED, Outcome.DECLINED):
                     return 0
         finally:
             self.heartbeats.stop()
@@ -250,11 +280,16 @@ class Agent:
 
     # -- one round --------------------------------------------------------------------------------
     def serve_round(self, msg: RoundMessage) -> Outcome:
+        if self.heartbeats.privacy_run not in (None, msg.run_id):
+            self.heartbeats.set_privacy(msg.run_id, None)  # another run: its figures come with its rounds
         self.heartbeats.set_state("training", msg.run_id, msg.round)
+        outcome = None
         try:
-            return self._serve_round(msg)
+            outcome = self._serve_round(msg)
+            return outcome
         finally:
-            self.heartbeats.set_state("idle")
+            if outcome is not Outcome.DECLINED:  # a declined round's state stays until the next one
+                self.heartbeats.set_state("idle")
 
     def _serve_round(self, msg: RoundMessage) -> Outcome:
         feedback = self._feedback()
@@ -266,6 +301,10 @@ class Agent:
                 return self._report_existing_update(msg, *existing)
             log.warning("round %d of %s: training again to replace the rejected update", msg.round, msg.run_id)
             replace_rejected = True
+        try:
+            privacy = self._round_privacy(msg)
+        except Declined as exc:
+            return self._decline(msg, str(exc), replace_rejected)
         started = time.monotonic()
         log.info("round %d of %s: training", msg.round, msg.run_id)
         architecture, fetched = self._architecture(msg.model)
@@ -276,11 +315,12 @@ class Agent:
         result = self.trainer.fit(architecture, global_weights, replace(msg.training, instructions=msg.instructions))
         tensors.check_matches(result.weights, tensors.TensorSpec.of(global_weights))
         delta = {name: np.asarray(result.weights[name], np.float32) - w for name, w in global_weights.items()}
+        reported = self._account(msg, privacy, delta)  # before the upload: from now on the update may leave
         key = keys.update_key(msg.run_id, msg.round, self.config.client_id)
-        facts = self._item(msg, ObjectRef(key, "0" * 64, 0), result.num_examples, result.metrics)
+        facts = self._item(msg, ObjectRef(key, "0" * 64, 0), result.num_examples, result.metrics, reported)
         data = tensors.encode(delta, facts.file_metadata())
         self._upload(key, data, f"round {msg.round}: update")
-        item = self._item(msg, _ref(key, data), result.num_examples, result.metrics).to_item()
+        item = self._item(msg, _ref(key, data), result.num_examples, result.metrics, reported).to_item()
         if replace_rejected:
             self.table.put(item)
         elif not self.table.put_once(item):
@@ -298,7 +338,14 @@ class Agent:
         log.info(report.line(), extra={"round_summary": report.fields()})
         return Outcome.SERVED
 
-    def _item(self, msg: RoundMessage, update: ObjectRef, num_examples: int, metrics: dict[str, float]) -> UpdateItem:
+    def _item(
+        self,
+        msg: RoundMessage,
+        update: ObjectRef,
+        num_examples: int,
+        metrics: dict[str, float],
+        privacy: dict[str, float] | None = None,
+    ) -> UpdateItem:
         return UpdateItem(
             run_id=msg.run_id,
             round=msg.round,
@@ -307,7 +354,95 @@ class Agent:
             update=update,
             metrics=metrics,
             created_at=utc_now(),
+            privacy=dict(privacy or {}),
         )
+
+    # -- privacy ----------------------------------------------------------------------------------
+    def _round_privacy(self, msg: RoundMessage) -> RoundPrivacy:
+        """What the round's privacy instructions ask; raises `Declined` when the agent must not train
+        it: unusable instructions, a delta above `dp_max_delta`, or a DP-SGD round that would take
+        the run's epsilon past `dp_epsilon_budget` (or that cannot be accounted under a budget)."""
+        budget = self.config.dp_epsilon_budget
+        try:
+            mode = dp_sgd.dp_mode(msg.instructions)
+            clip = dp_sgd.client_clip_norm(msg.instructions) if mode == dp_sgd.CLIENT_CLIP else None
+            params = dp_sgd.DpSgdParams.of(msg.instructions) if mode == dp_sgd.DP_SGD else None
+        except ValueError as exc:
+            raise Declined(f"unusable privacy instructions: {exc}") from None
+        if params is None:
+            if budget is not None and msg.run_id not in self._said_no_dp:
+                self._said_no_dp.add(msg.run_id)
+                log.warning(
+                    "run %s has no record-level differential privacy (no dp_mode dp-sgd): "
+                    "dp_epsilon_budget %g is not enforced for it",
+                    msg.run_id,
+                    budget,
+                )
+            return RoundPrivacy(mode, clip)
+        max_delta = self.config.dp_max_delta
+        if max_delta is not None and (params.delta is None or params.delta > max_delta):
+            shown = "none" if params.delta is None else f"{params.delta:g}"
+            raise Declined(f"privacy: dp_delta {shown} is not within dp_max_delta {max_delta:g}")
+        n = getattr(self.trainer, "num_examples", None)
+        spend = None
+        if n:
+            t = msg.training
+            spend = Spend(
+                round=msg.round,
+                steps=dp_sgd.steps_per_round(t.epochs, t.batch_size, n),
+                rate=dp_sgd.sampling_rate(t.batch_size, n),
+                noise_multiplier=params.noise_multiplier,
+                delta=params.delta,
+                attempt=msg.attempt,
+            )
+        elif budget is None:
+            log.warning(
+                "round %d of %s: the trainer does not say its number of examples; not accounted", msg.round, msg.run_id
+            )
+        self.heartbeats.set_privacy(msg.run_id, self.ledger.privacy(msg.run_id).report())
+        if budget is not None:
+            after = self.ledger.privacy(msg.run_id, spend)
+            if spend is None or after.epsilon is None:
+                missing = "the number of training examples" if spend is None else f"instruction {dp_sgd.DELTA}"
+                raise Declined(f"privacy budget: cannot account the round's epsilon without {missing}")
+            if after.epsilon > budget:
+                raise Declined(f"privacy budget: epsilon would reach {after.epsilon:.4g} > budget {budget:g}")
+        return RoundPrivacy(mode, None, spend)
+
+    def _account(self, msg: RoundMessage, privacy: RoundPrivacy, delta: dict[str, np.ndarray]) -> dict[str, float]:
+        """Apply the round's privacy to its update and record it; the update item's `privacy`.
+        Client-clip: clip `delta` in place. DP-SGD: add the round to the ledger (written before the
+        upload: see `client_agent.privacy_ledger` on when a round counts)."""
+        reported: dict[str, float] = {}
+        if privacy.mode == dp_sgd.CLIENT_CLIP and privacy.clip is not None:
+            reported["within_clip"] = 1.0 if clip_delta(delta, privacy.clip) else 0.0
+        if privacy.spend is not None:
+            after = self.ledger.record(msg.run_id, replace(privacy.spend, recorded_at=utc_now()))
+            reported.update(after.report())
+            self.heartbeats.set_privacy(msg.run_id, after.report())
+            if after.epsilon is not None:
+                log.info(
+                    "round %d of %s: record-level epsilon %.3g at delta %g after %d DP-SGD steps",
+                    msg.round,
+                    msg.run_id,
+                    after.epsilon,
+                    after.delta,
+                    after.steps,
+                )
+        return reported
+
+    def _decline(self, msg: RoundMessage, reason: str, replace_existing: bool) -> Outcome:
+        """Write the round's decline item instead of training; the heartbeat says "declined"."""
+        known = self.ledger.privacy(msg.run_id).report() if self.ledger.spends(msg.run_id) else {}
+        item = DeclineItem(msg.run_id, msg.round, self.config.client_id, reason, utc_now(), known)
+        if replace_existing:
+            self.table.put(item.to_item())
+        elif not self.table.put_once(item.to_item()):
+            log.info("round %d of run %s was already answered; message redelivered", msg.round, msg.run_id)
+            return Outcome.ALREADY_SERVED
+        log.warning("round %d of %s declined, not trained: %s", msg.round, msg.run_id, reason)
+        self.heartbeats.set_state("declined", msg.run_id, msg.round)
+        return Outcome.DECLINED
 
     def _feedback(self) -> Feedback | None:
         """The server's word on this client's last rejected update, if any (None when it cannot be
@@ -351,7 +486,8 @@ class Agent:
         """Write the item for an update uploaded before a restart, from the file's own metadata,
         instead of training again; ALREADY_SERVED when the item exists too."""
         key = keys.update_key(msg.run_id, msg.round, self.config.client_id)
-        item = self._item(msg, _ref(key, data), int(meta["num_examples"]), dict(meta.get("metrics", {})))
+        privacy = dict(meta.get("privacy", {}))
+        item = self._item(msg, _ref(key, data), int(meta["num_examples"]), dict(meta.get("metrics", {})), privacy)
         if self.table.put_once(item.to_item()):
             log.info("round %d of run %s: reported the update uploaded before a restart", msg.round, msg.run_id)
             return Outcome.SERVED
@@ -385,6 +521,18 @@ class Agent:
         self.cache.mkdir(parents=True, exist_ok=True)
         cached.write_bytes(data)
         return data, len(data)
+
+
+def clip_delta(delta: dict[str, np.ndarray], clip: float) -> bool:
+    """Client-side clipping: scale the float32 `delta` in place to L2 norm `clip` (all tensors
+    together) when it is longer. True when it was within `clip` already."""
+    norm = l2_norm(delta)
+    if norm <= clip:
+        return True
+    scale = np.float32(clip / norm)
+    for tensor in delta.values():
+        tensor *= scale
+    return False
 
 
 def _ref(key: str, data: bytes) -> ObjectRef:

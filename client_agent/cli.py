@@ -35,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--data-seed", type=int, help="seed of the data split, the same for every client (default 0)")
     run.add_argument("--trainer", help="train function module:function (default: Keras fit)")
+    run.add_argument(
+        "--dp-epsilon-budget",
+        type=float,
+        help="record-level privacy budget per run: decline DP-SGD rounds that would exceed it (default: none)",
+    )
+    run.add_argument("--dp-max-delta", type=float, help="decline DP-SGD rounds whose dp_delta is larger (default: any)")
     run.add_argument("--poll-wait", type=int, dest="poll_wait_s", help="long-poll seconds, 0-20 (default 20)")
     run.add_argument("--heartbeat", type=int, dest="heartbeat_s", help="heartbeat every N s (default 60; 0: off)")
     mode = run.add_mutually_exclusive_group()

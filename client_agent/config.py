@@ -5,13 +5,15 @@
      "trainer": null, "heartbeat_s": 60}
 
 Environment: FEDSTEP_CLIENT_ID, FEDSTEP_QUEUE_URL, FEDSTEP_BUCKET, FEDSTEP_TABLE, FEDSTEP_DATA,
-FEDSTEP_PARTITION, FEDSTEP_PARTITION_SCHEME, FEDSTEP_DATA_SEED, FEDSTEP_TRAINER, FEDSTEP_ROLE_ARN;
+FEDSTEP_PARTITION, FEDSTEP_PARTITION_SCHEME, FEDSTEP_DATA_SEED, FEDSTEP_TRAINER, FEDSTEP_ROLE_ARN,
+FEDSTEP_DP_EPSILON_BUDGET, FEDSTEP_DP_MAX_DELTA;
 AWS_REGION / AWS_DEFAULT_REGION and AWS_ENDPOINT_URL where the file sets no region or endpoint.
 Every field is described in docs/client.md.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -35,7 +37,12 @@ ENV = {
     "data_seed": "FEDSTEP_DATA_SEED",
     "role_arn": "FEDSTEP_ROLE_ARN",
     "trainer": "FEDSTEP_TRAINER",
+    "dp_epsilon_budget": "FEDSTEP_DP_EPSILON_BUDGET",
+    "dp_max_delta": "FEDSTEP_DP_MAX_DELTA",
 }
+
+FLOAT_FIELDS = ("dp_epsilon_budget", "dp_max_delta")
+"""Optional numbers (None: not set)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,11 @@ class AgentConfig:
     """Where downloaded architectures are kept; default ~/.cache/fedstep."""
     heartbeat_s: int = 60
     """Write a heartbeat item this often, seconds (10-3600); 0 turns heartbeats off."""
+    dp_epsilon_budget: float | None = None
+    """The data owner's record-level privacy budget per run: a DP-SGD round that would take the run's
+    epsilon past it is declined, not trained. None: no budget."""
+    dp_max_delta: float | None = None
+    """The largest `dp_delta` a DP-SGD round may name (a larger one is declined). None: any."""
 
     def validated(self) -> AgentConfig:
         missing = [name for name in ("client_id", "queue_url", "bucket", "table", "data") if not getattr(self, name)]
@@ -83,6 +95,10 @@ class AgentConfig:
             raise FedstepError(f"heartbeat_s must be 0 (off) or 10-3600 seconds, got {self.heartbeat_s}")
         if not 0 <= self.data_seed <= MAX_SEED:
             raise FedstepError(f"data_seed must be 0-{MAX_SEED}, got {self.data_seed}")
+        if self.dp_epsilon_budget is not None and not 0 < self.dp_epsilon_budget < math.inf:
+            raise FedstepError(f"dp_epsilon_budget must be a number > 0, got {self.dp_epsilon_budget}")
+        if self.dp_max_delta is not None and not 0 < self.dp_max_delta < 1:
+            raise FedstepError(f"dp_max_delta must be a number between 0 and 1 (exclusive), got {self.dp_max_delta}")
         try:
             scheme = partitions.parse_scheme(self.partition_scheme)
         except ValueError as exc:
@@ -119,6 +135,15 @@ def load(path: str | None, overrides: dict[str, Any]) -> AgentConfig:
 
 def _typed(name: str, value: Any) -> Any:
     """`value` as the field's type (numbers may come as strings from the environment), or a clear error."""
+    if name in FLOAT_FIELDS:
+        if value is None:
+            return None
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            raise FedstepError(f"client config: {name} must be a number, got {value!r}") from None
     if isinstance(getattr(AgentConfig(), name), int):
         try:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):

@@ -1,8 +1,10 @@
 """Heartbeats: the agent's own item in the table, rewritten every `heartbeat_s` seconds and whenever its
 state changes, so operators see who is online with `fedstep clients`.
 
-The item holds the client id, the agent version, the state (idle / training run r / stopped), the
-time, the interval and a hardware summary - nothing about the local data. A failed write is logged
+The item holds the client id, the agent version, the state (idle / training run r / declined run r /
+stopped), the time, the interval and a hardware summary - nothing about the local data - and, once
+the agent has trained DP-SGD rounds of a run, that run's record-level epsilon and delta (`privacy`,
+with the run's id; kept while idle, until the agent serves another run). A failed write is logged
 and never stops the agent.
 """
 
@@ -60,6 +62,7 @@ class Heartbeats:
         self.client_id, self.table, self.interval_s = client_id, table, interval_s
         self.hardware = hardware_summary()
         self._state: tuple[str, str | None, int | None] = ("idle", None, None)
+        self._privacy: tuple[str, dict[str, float]] | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -83,6 +86,17 @@ class Heartbeats:
         if changed and self.enabled:
             self.beat()
 
+    def set_privacy(self, run_id: str, privacy: dict[str, float] | None) -> None:
+        """The run's {"epsilon", "delta"} to show from the next beat on (None or empty: nothing)."""
+        with self._lock:
+            self._privacy = (run_id, dict(privacy)) if privacy else None
+
+    @property
+    def privacy_run(self) -> str | None:
+        """The run whose privacy the beats show, if any."""
+        with self._lock:
+            return self._privacy[0] if self._privacy else None
+
     def stop(self) -> None:
         """Stop beating and record the agent as stopped."""
         if not self.enabled:
@@ -99,6 +113,10 @@ class Heartbeats:
     def beat(self) -> None:
         with self._lock:
             state, run_id, round_number = self._state
+            known = self._privacy
+        privacy = None
+        if known is not None and run_id in (None, known[0]):
+            run_id, privacy = known  # idle or stopped: the figures of the last run it trained with DP-SGD
         beat = Heartbeat(
             client_id=self.client_id,
             agent_version=__version__,
@@ -108,6 +126,7 @@ class Heartbeats:
             hardware=self.hardware,
             run_id=run_id,
             round=round_number,
+            privacy=privacy,
         )
         try:
             self.table.put(beat.to_item())

@@ -11,6 +11,13 @@ function receives the round's global model as a `RoundModel`:
 
 `training.instructions` holds the strategy's instructions for the round, e.g. FedProx's
 `{"proximal_mu": 0.01}` (see `client_agent.proximal`); a custom train function applies them itself.
+That includes differential privacy (`client_agent.dp_sgd`): under
+`{"dp_mode": "dp-sgd", "dp_noise_multiplier": z, "dp_clip": C, "dp_delta": d}` a train function
+must train with DP-SGD - Poisson sampling at rate q = min(1, batch_size / n), epochs x
+ceil(n / batch_size) steps, each example's gradient clipped to L2 norm C, Gaussian noise of standard
+deviation z C on the sum - because the agent accounts the round's epsilon for exactly that
+(`client_agent.privacy_ledger`) and reports it. `dp_sgd.DpSgdParams.of(training.instructions)`
+parses them. Under `{"dp_mode": "client-clip", "dp_clip": C}` the agent clips the update itself.
 
 `model.keras()` gives the run's Keras model (loaded with safe_mode=True, global weights set); a
 trainer that trains it leaves its weights as the update. Select a train function with `--trainer
@@ -31,6 +38,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from client_agent import dp_sgd
 from client_agent.proximal import add_proximal_term, proximal_mu
 from fedstep.core import limits
 from fedstep.core.errors import FedstepError
@@ -117,7 +125,8 @@ def keras_fit(model: RoundModel, data: Split, training: TrainingConfig) -> dict[
 
     The optimizer is fresh every round (the architecture is reloaded), with the round's learning rate.
     When the round's instructions carry `proximal_mu` (FedProx), the proximal term is added to the
-    loss (`client_agent.proximal`).
+    loss (`client_agent.proximal`). Under `dp_mode` "dp-sgd" the model trains with DP-SGD
+    (`client_agent.dp_sgd.fit`) instead of `fit`; `train_loss` is then the mean batch loss.
     """
     from client_agent.keras_model import import_keras
 
@@ -133,20 +142,35 @@ def keras_fit(model: RoundModel, data: Split, training: TrainingConfig) -> dict[
     net.optimizer.learning_rate.assign(training.learning_rate)
     try:
         mu = proximal_mu(training.instructions)
+        private = dp_sgd.dp_mode(training.instructions) == dp_sgd.DP_SGD
+        params = dp_sgd.DpSgdParams.of(training.instructions) if private else None
     except ValueError as exc:
         raise FedstepError(f"the round's instructions are unusable: {exc}") from None
     if mu > 0:
         add_proximal_term(net, mu)
-    history = net.fit(
-        x_train,
-        y_train,
-        epochs=training.epochs,
-        batch_size=training.batch_size,
-        shuffle=True,
-        verbose=0,
-        callbacks=model.callbacks,
-    )
-    metrics.update({f"train_{k}": v[-1] for k, v in history.history.items()})
+    if params is not None:
+        metrics.update(
+            dp_sgd.fit(
+                net,
+                x_train,
+                y_train,
+                params,
+                epochs=training.epochs,
+                batch_size=training.batch_size,
+                callbacks=model.callbacks,
+            )
+        )
+    else:
+        history = net.fit(
+            x_train,
+            y_train,
+            epochs=training.epochs,
+            batch_size=training.batch_size,
+            shuffle=True,
+            verbose=0,
+            callbacks=model.callbacks,
+        )
+        metrics.update({f"train_{k}": v[-1] for k, v in history.history.items()})
     if len(x_test):
         after = net.evaluate(x_test, y_test, verbose=0, return_dict=True)
         metrics.update({f"test_{k}": v for k, v in after.items()})
@@ -185,10 +209,15 @@ class FunctionTrainer:
         self.callbacks: Callable[[], Sequence[Any]] = lambda: ()
         """Makes the Keras callbacks for a round (the agent sets this to show a progress bar)."""
 
+    @property
+    def num_examples(self) -> int:
+        """The local training examples (what the agent accounts a DP-SGD round with)."""
+        return len(self.data[0][0])
+
     def fit(self, architecture: bytes, weights: Tensors, training: TrainingConfig) -> TrainResult:
         model = RoundModel(architecture, weights, self.callbacks(), self.seed)
         metrics = finite_metrics(self.train(model, self.data, training), self.name)
-        return TrainResult(model.tensors(), len(self.data[0][0]), metrics)
+        return TrainResult(model.tensors(), self.num_examples, metrics)
 
 
 def load_trainer(spec: str | None, data: Split) -> FunctionTrainer:

@@ -7,6 +7,7 @@ loss.png           the same for the loss
 participation.png  client x round: aggregated, rejected, selected but no update, not selected
 labels.png         each client's examples per label, stacked (only for runs with label counts:
                    those of `fedstep local`, see fedstep.core.label_counts)
+privacy.png        epsilon per round beside the weighted accuracy, with the budget (DP runs only)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fedstep.cli.status import ROUND_HEADER, headline, round_row, settings_line
 
 PLOTS = ("accuracy", "loss", "participation")
 LABELS_PLOT = "labels"
+PRIVACY_PLOT = "privacy"
 _SERIES = (
     ("test_{}", "test (after local training)"),
     ("train_{}", "train"),
@@ -109,7 +111,39 @@ def _participation_plot(view: RunView, path: Path) -> None:
 
 def plots(view: RunView) -> tuple[str, ...]:
     """The PNG files (without `.png`) a report of `view` has: `PLOTS`, plus `labels` with label counts."""
-    return (*PLOTS, LABELS_PLOT) if view.partition else PLOTS
+    extra = ((PRIVACY_PLOT,) if view.record.dp else ()) + ((LABELS_PLOT,) if view.partition else ())
+    return (*PLOTS, *extra)
+
+
+def _privacy_plot(view: RunView, path: Path) -> None:
+    """Epsilon per round (left axis, with the run's budget) beside the weighted test accuracy (right)."""
+    from fedstep.core.schemas import headline_metric
+
+    dp = view.record.dp
+    assert dp is not None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
+    points = [(s.round, s.epsilon) for s in view.rounds if s.epsilon is not None]
+    if points:
+        ax.plot(*zip(*points, strict=True), marker="o", color="#5b21b6", label="epsilon")
+    if dp.epsilon_budget is not None:
+        ax.axhline(dp.epsilon_budget, color="#d64545", linestyle="--", label=f"budget {dp.epsilon_budget:g}")
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"epsilon (delta {dp.delta:g})")
+    ax.set_title(f"Privacy loss per round ({dp.mode}, noise multiplier {dp.noise_multiplier:g})")
+    ax.grid(alpha=0.3)
+    accuracy = [(s.round, a) for s in view.rounds if (a := headline_metric(s.metrics, "accuracy")) is not None]
+    if accuracy:
+        right = ax.twinx()
+        right.plot(*zip(*accuracy, strict=True), marker="s", color="#2f9e44", label="weighted accuracy")
+        right.set_ylabel("weighted accuracy")
+        right.set_ylim(0, 1)
+        right.legend(loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _labels_plot(view: RunView, path: Path) -> None:
@@ -159,6 +193,8 @@ def write_report(view: RunView, out_dir: Path) -> Path:
     for name in ("accuracy", "loss"):
         _metric_plot(view, name, out_dir / f"{name}.png")
     _participation_plot(view, out_dir / "participation.png")
+    if view.record.dp:
+        _privacy_plot(view, out_dir / f"{PRIVACY_PLOT}.png")
     if view.partition:
         _labels_plot(view, out_dir / f"{LABELS_PLOT}.png")
     page = out_dir / "report.html"
@@ -177,7 +213,8 @@ def _figure(name: str, png: Path) -> str:
 
 def _html(view: RunView, out_dir: Path) -> str:
     e = html.escape
-    images = "\n".join(_figure(name, out_dir / f"{name}.png") for name in PLOTS)
+    shown = (*PLOTS, PRIVACY_PLOT) if view.record.dp else PLOTS
+    images = "\n".join(_figure(name, out_dir / f"{name}.png") for name in shown)
     rows = "\n".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in round_row(s)) + "</tr>" for s in view.rounds)
     head = "".join(f"<th>{e(h)}</th>" for h in ROUND_HEADER)
     record = view.record

@@ -20,9 +20,12 @@ from aws_cdk import aws_lambda as lambda_
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIREMENTS = REPO / "requirements-lambda.txt"
-BUNDLE = ("fedstep/__init__.py", "fedstep/core", "fedstep/aws", "lambdas")
-"""Exactly what goes into the bundle, besides the wheels: the package root, the core, the AWS adapters
-and the handlers (DESIGN "Top-level layout")."""
+BUNDLE = ("fedstep/__init__.py", "fedstep/core", "fedstep/aws", "fedstep/privacy", "lambdas")
+"""Exactly what goes into the bundle, besides the wheels: the package root, the core, the AWS adapters,
+the privacy accountant and the handlers (DESIGN "Top-level layout")."""
+PRUNED_TESTS = ("numpy", "scipy")
+"""Wheels whose bundled test suites are left out: Lambda's unzipped code must stay under 250 MB
+(`--no-compile` leaves out the .pyc files compiled for this interpreter, not Lambda's)."""
 # Lambda's Python 3.12 runtime runs on Amazon Linux 2023 (glibc 2.34): manylinux_2_17 and _2_28 wheels fit.
 # pip does not widen one --platform to older tags, so name both (safetensors ships only _2_17).
 PLATFORM = (
@@ -54,11 +57,16 @@ class PipBundling:
 
     def try_bundle(self, output_dir: str, options: cdk.BundlingOptions) -> bool:
         out = Path(output_dir)
-        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *PLATFORM]
+        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile"]
+        cmd += PLATFORM
         cmd += ["--only-binary=:all:", "--target", str(out), "-r", str(REQUIREMENTS)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"bundling the aggregation Lambda failed:\n{result.stderr[-4000:]}")
+        for package in PRUNED_TESTS:  # their own test suites: never imported, about 50 MB
+            for tests in (out / package).rglob("tests"):
+                if tests.is_dir():
+                    shutil.rmtree(tests)
         for rel in bundled_sources():
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, out / rel)

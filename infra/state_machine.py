@@ -11,7 +11,8 @@ the round message to the selected clients; it later completes the task) -> Round
 rounds? -> loop, or Notify clients: run ended -> Training finished (output: run id, stop reason,
 final global model, the last round in brief, and where the round summaries are: the table's
 partition of the run). The loop ends early, with stop reason "target_reached", when a round's
-weighted metrics meet the run's target.
+weighted metrics meet the run's target, or "privacy_budget" when one more round would take the
+run's epsilon past its budget (`--dp-epsilon`).
 
 At the round's deadline (the task's TimeoutSecondsPath) -> Aggregate at deadline (the aggregation
 function, invoked directly: it aggregates what arrived if the quorum is met) -> Round aggregated.
@@ -98,6 +99,7 @@ def training_definition(
         parameters=_carry(
             global_model="$.result.global_model",
             target_reached="$.result.target_reached",
+            privacy_budget_spent="$.result.privacy_budget_spent",
             round_summary="$.result.summary",  # shown in the console as this state's output
         ),
     )
@@ -116,6 +118,7 @@ def training_definition(
             "summary.$": "$.Payload.summary",
             "global_model.$": "$.Payload.global_model",
             "target_reached.$": "$.Payload.target_reached",
+            "privacy_budget_spent.$": "$.Payload.privacy_budget_spent",
         },
         retry_on_service_exceptions=False,
         result_path="$.result",
@@ -182,7 +185,9 @@ def training_definition(
     target_reached = sfn.Pass(scope, "Target reached", parameters=_carry({"stop_reason": "target_reached"}))
     all_rounds = sfn.Pass(scope, "All rounds done", parameters=_carry({"stop_reason": "max_rounds"}))
     more = sfn.Choice(scope, "More rounds?")
+    budget_spent = sfn.Pass(scope, "Privacy budget spent", parameters=_carry({"stop_reason": "privacy_budget"}))
     more.when(sfn.Condition.boolean_equals("$.target_reached", True), target_reached.next(run_ended))
+    more.when(sfn.Condition.boolean_equals("$.privacy_budget_spent", True), budget_spent.next(run_ended))
     more.when(sfn.Condition.number_less_than_json_path("$.round", "$.run.rounds"), prepare)
     more.otherwise(all_rounds.next(run_ended))
     prepare.next(notify).next(is_ours)

@@ -143,7 +143,17 @@ def settings(context: LambdaContext | None = None) -> AggregationSettings:
     """The lease from the environment; the deadline path waits at most until 20 s before its own timeout."""
     lease_s = float(os.environ.get("LEASE_S", AggregationSettings.lease_s))
     remaining_s = context.get_remaining_time_in_millis() / 1000 if context is not None else lease_s
-    return AggregationSettings(lease_s=lease_s, wait_s=max(0.0, min(AggregationSettings.wait_s, remaining_s - 20)))
+    return AggregationSettings(
+        lease_s=lease_s, wait_s=max(0.0, min(AggregationSettings.wait_s, remaining_s - 20)), accountant=accountant
+    )
+
+
+def accountant(noise_multiplier: float, sample: int, population: int, steps: int, delta: float) -> float:
+    """dp-accounting's epsilon (`fedstep.privacy.accounting`), imported on first use: only DP runs
+    pay for loading it (scipy)."""
+    from fedstep.privacy.accounting import epsilon_fixed
+
+    return epsilon_fixed(noise_multiplier, sample, population, steps, delta)
 
 
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:

@@ -83,6 +83,7 @@ def start(
     clients_per_round=None,
     round_retries=0,
     min_participants=2,
+    initial=None,
     **settings_,
 ):
     settings = RunSettings(
@@ -97,7 +98,7 @@ def start(
     )
     return start_run(
         b"an architecture file the server never reads",
-        INITIAL,
+        INITIAL if initial is None else initial,
         settings,
         cloud.outputs,
         s3=cloud.client("s3"),
@@ -110,6 +111,16 @@ def summaries(cloud, run_id) -> list[RoundSummary]:
     """The run's completed rounds, from the table (where the history lives, not in the execution)."""
     table = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb"))
     return [RoundSummary.parse(r) for r in table.list_rounds(run_id)]
+
+
+def published_round(cloud, run_id, round_number=1, timeout_s=60.0) -> dict:
+    """The round record once the state machine has published the round (it does so asynchronously)."""
+    table = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb"))
+    deadline = time.monotonic() + timeout_s
+    while (record := table.get_round(run_id, round_number)) is None:
+        assert time.monotonic() < deadline, f"round {round_number} of {run_id} was not published in {timeout_s} s"
+        time.sleep(0.2)
+    return record
 
 
 def global_after(cloud, run_id, round_number) -> bytes:

@@ -77,7 +77,14 @@ class World:
 
 
 def make_world(
-    quorum=1, clients=("a", "b"), min_participants=1, bounds=None, target=None, strategy="fedavg", rounds=3
+    quorum=1,
+    clients=("a", "b"),
+    min_participants=1,
+    bounds=None,
+    target=None,
+    strategy="fedavg",
+    rounds=3,
+    dp=None,
 ) -> World:
     """A run of these `clients` with round 1 published."""
     run = RunRecord(
@@ -92,6 +99,7 @@ def make_world(
         min_participants=min_participants,
         bounds=bounds or Bounds(),
         model=ObjectRef(keys.model_key(RUN), "0" * 64, 1),
+        dp=dp,
     )
     world = World(run)
     world.publish()

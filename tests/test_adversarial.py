@@ -44,6 +44,7 @@ from tests.cloud_helpers import (
     agent,
     fedstep,
     global_after,
+    published_round,
     receive,
     serve,
     serve_run,
@@ -131,7 +132,7 @@ def test_1_a_client_cannot_overwrite_run_or_round_records_or_other_clients_items
 def test_1_a_clients_role_is_refused_everything_outside_its_own_queue_and_prefix(cloud):
     """The same attacker on S3, SQS, SNS and Step Functions, where moto enforces IAM itself."""
     run = start(cloud, rounds=1)
-    token = table_of(cloud).get_round(run.run_id, 1)["task_token"]  # a real token, read by the operator
+    token = published_round(cloud, run.run_id)["task_token"]  # a real token, read by the operator
     session = as_client(cloud, "client-1")
     s3, sqs = boto.client("s3", session, cloud.endpoint), boto.client("sqs", session, cloud.endpoint)
     sns, sfn = boto.client("sns", session, cloud.endpoint), boto.client("stepfunctions", session, cloud.endpoint)

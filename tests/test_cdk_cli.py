@@ -41,6 +41,9 @@ def test_cdk_synth_works_offline_and_bundles_numpy_for_lambda(tmp_path):
     assert not (asset / "client_agent").exists()
     assert not any(asset.glob("tensorflow*")), "TensorFlow must never ship in the Lambda bundle"
     assert list(asset.glob("numpy/_core/_multiarray_umath.cpython-312-x86_64-linux-gnu.so"))
+    assert (asset / "dp_accounting").is_dir() and (asset / "fedstep" / "privacy" / "accounting.py").exists()
+    unzipped = sum(f.stat().st_size for f in asset.rglob("*") if f.is_file())
+    assert unzipped < 200 * 2**20, f"the bundle is {unzipped / 2**20:.0f} MiB; Lambda takes 250 MB unzipped"
     shutil.rmtree(out)
 
 

@@ -176,7 +176,17 @@ def start(cloud, architecture: bytes, weights: dict) -> object:
 
 
 WHAT_LEAVES = {  # docs/client.md, "What leaves the premises", field by field
-    "update file metadata": {"schema", "kind", "update", "run_id", "round", "client_id", "num_examples", "metrics"},
+    "update file metadata": {
+        "schema",
+        "kind",
+        "update",
+        "run_id",
+        "round",
+        "client_id",
+        "num_examples",
+        "metrics",
+        "privacy",
+    },
     "update item": set(UPDATE_ITEM_ATTRIBUTES),
     "heartbeat item": set(HEARTBEAT_ATTRIBUTES),
     "hardware": {"os", "arch", "python", "cpus", "memory_gib", "gpus"},

@@ -16,7 +16,7 @@ import pytest
 from aws_cdk.assertions import Template
 
 from fedstep.core import keys
-from fedstep.core.schemas import Feedback, Heartbeat, ObjectRef, RunRecord, TrainingConfig, UpdateItem
+from fedstep.core.schemas import DeclineItem, Feedback, Heartbeat, ObjectRef, RunRecord, TrainingConfig, UpdateItem
 from infra.config import MAX_CLIENTS, ClientConfig, ConfigError, DeploymentConfig
 from infra.synth import build_app
 from tests.iam_policy import ALLOW, IMPLICIT_DENY, evaluate, put_item_context, resolve
@@ -104,14 +104,18 @@ def test_a_clients_role_may_put_items_only_in_its_own_partition(template):
     own = evaluated_policy(template, "org-a")
     update = UpdateItem("run-1", 1, "org-a", 10, ObjectRef(keys.update_key("run-1", 1, "org-a"), "0" * 64, 1), {}, "t")
     heartbeat = Heartbeat("org-a", "0.1", "idle", "t", 60, {})
+    decline = DeclineItem("run-1", 1, "org-a", "privacy budget: epsilon would reach 3.2 > budget 3", "t", {})
     assert put_item(own, update.to_item()) == ALLOW
     assert put_item(own, heartbeat.to_item()) == ALLOW
+    assert put_item(own, decline.to_item()) == ALLOW  # a client may decline a round (its privacy budget)
     forged = {
         "a run record": RunRecord("run-1", ["org-a"], 5, TrainingConfig(), "fedavg", "t").to_item(),
         "a round record": {**keys.round_item_key("run-1", 1), "status": "aggregated"},
         "another client's update": replace(update, client_id="org-b").to_item()
         | keys.update_item_key("run-1", 1, "org-b"),
         "another client's heartbeat": replace(heartbeat, client_id="org-b").to_item(),
+        "another client's decline": replace(decline, client_id="org-b").to_item()
+        | keys.update_item_key("run-1", 1, "org-b"),
         "its own feedback": Feedback("org-a", "run-1", 1, "0" * 64, "forged", "t").to_item(),
         "an update item with an extra attribute": {**update.to_item(), "status": "aggregated"},
     }

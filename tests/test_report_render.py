@@ -151,3 +151,25 @@ def test_a_run_without_label_counts_has_no_histogram_section(view, tmp_path):
     page = write_report(view, tmp_path).read_text()
     assert "Data partition" not in page and 'id="labels"' not in page
     assert not (tmp_path / "labels.png").exists()
+
+
+def test_a_dp_run_plots_epsilon_per_round_beside_accuracy_and_status_shows_it(view, tmp_path):
+    import json
+    from dataclasses import replace
+
+    from fedstep.cli.status import render_status, render_status_json
+    from fedstep.core.schemas import DPSettings
+    from fedstep.report import PRIVACY_PLOT, plots
+
+    dp = DPSettings("central", 1.1, 0.5, 1e-5, epsilon_budget=8.0)
+    rounds = [replace(s, epsilon=1.5 * s.round, delta=1e-5) for s in view.rounds]
+    private = replace(view, record=replace(view.record, dp=dp), rounds=rounds)
+    assert plots(private) == (*PLOTS, PRIVACY_PLOT)
+    page = write_report(private, tmp_path).read_text()
+    png = (tmp_path / "privacy.png").read_bytes()
+    assert drawn(png) > 10 and 'id="privacy"' in page
+    text = render_status(private)
+    assert "DP central: noise multiplier 1.1, clip 0.5, delta 1e-05, budget epsilon 8" in text
+    assert "EPSILON" in text and "6.000" in text  # round 4's epsilon
+    rows = json.loads(render_status_json(private))["rounds"]
+    assert [(r["epsilon"], r["delta"]) for r in rows] == [(1.5 * r, 1e-5) for r in (1, 2, 3, 4)]

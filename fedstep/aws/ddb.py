@@ -22,7 +22,7 @@ def _to_decimals(value: Any) -> Any:
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, float):
-        return Decimal(repr(value))
+        return Decimal(repr(float(value)))  # float(): numpy floats repr as np.float64(...)
     if isinstance(value, dict):
         return {k: _to_decimals(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

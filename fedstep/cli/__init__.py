@@ -65,6 +65,22 @@ def _settings_args(parser: argparse.ArgumentParser, defaults: RunSettingsDefault
         choices=("clip", "reject"),
         help="an update beyond max-examples or max-update-norm is clipped (default) or rejected",
     )
+    parser.add_argument(
+        "--dp",
+        choices=("central", "client-clip", "dp-sgd"),
+        help="differential privacy: client-level by the server (central), with clients clipping (client-clip), "
+        "or record-level on each client (dp-sgd); see docs/privacy.md",
+    )
+    parser.add_argument(
+        "--dp-noise-multiplier", type=float, help="noise std over the clip norm, z (required with --dp)"
+    )
+    parser.add_argument(
+        "--dp-clip", help="clip norm C, or 'adaptive' (central modes: default adaptive; dp-sgd: default 1.0)"
+    )
+    parser.add_argument("--dp-delta", type=float, help="delta of the (epsilon, delta) guarantee (default 1e-5)")
+    parser.add_argument(
+        "--dp-epsilon", type=float, help="epsilon budget: the run stops before a round would exceed it (central modes)"
+    )
 
 
 class RunSettingsDefaults(NamedTuple):
@@ -151,6 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     _stack_args(status)
     status.add_argument("--watch", action="store_true", help="print each round as it completes, until the run ends")
     status.add_argument("--interval", type=float, default=2.0, help="--watch polling interval, s (default 2)")
+    status.add_argument("--json", action="store_true", help="print the run and its rounds as JSON")
 
     stop = sub.add_parser("stop", help="stop a running run and tell its clients it ended")
     stop.add_argument("run_id")
@@ -282,12 +299,13 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from fedstep.cli.status import render_status
+    from fedstep.cli.status import render_status, render_status_json
 
     stack = _Stack(args)
     if args.watch:
         return _watch(stack, args.run_id, args.interval)
-    print(render_status(_view(stack, args.run_id)))
+    view = _view(stack, args.run_id)
+    print(render_status_json(view) if args.json else render_status(view))
     return 0
 
 

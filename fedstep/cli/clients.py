@@ -3,7 +3,9 @@
 A client is *online* when its last heartbeat is at most two intervals (plus 15 s of slack) old,
 *stopped* when its agent said so on a clean exit, *offline* when its heartbeats stopped otherwise,
 and *never seen* when no agent has ever written one. LAST REJECTION is the last update the
-aggregation function rejected from it (run, round, reason), from its feedback item.
+aggregation function rejected from it (run, round, reason), from its feedback item. EPSILON is the
+record-level epsilon (at the delta in `--json`) the client reports for the run it serves or last
+trained with DP-SGD, from its heartbeat ("-": none).
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ class ClientStatus:
     hardware: dict[str, Any]
     last_rejection: str = ""
     """run, round and reason of the client's last rejected update ("" if none)."""
+    epsilon: float | None = None
+    """The client's record-level epsilon in `privacy_run_id` (DP-SGD), at `delta`; None if it reports none."""
+    delta: float | None = None
+    privacy_run_id: str | None = None
 
 
 def status_of(client_id: str, item: dict[str, Any] | None, now: datetime) -> ClientStatus:
@@ -51,8 +57,24 @@ def status_of(client_id: str, item: dict[str, Any] | None, now: datetime) -> Cli
         status = "online"
     else:
         status = "offline"
-    activity = {"training": f"training {beat.run_id} round {beat.round}", "idle": "idle"}.get(beat.state, "")
-    return ClientStatus(client_id, status, activity, beat.last_seen, round(ago, 1), beat.agent_version, beat.hardware)
+    activity = {
+        "training": f"training {beat.run_id} round {beat.round}",
+        "declined": f"declined {beat.run_id} round {beat.round}",
+        "idle": "idle",
+    }.get(beat.state, "")
+    privacy = beat.privacy or {}
+    return ClientStatus(
+        client_id,
+        status,
+        activity,
+        beat.last_seen,
+        round(ago, 1),
+        beat.agent_version,
+        beat.hardware,
+        epsilon=privacy.get("epsilon"),
+        delta=privacy.get("delta"),
+        privacy_run_id=beat.run_id if "epsilon" in privacy else None,
+    )
 
 
 def rejection_line(item: dict[str, Any] | None) -> str:
@@ -96,12 +118,13 @@ def _hardware(hw: dict[str, Any]) -> str:
 
 
 def render_table(rows: list[ClientStatus]) -> str:
-    header = ("CLIENT", "STATUS", "ACTIVITY", "LAST SEEN", "AGENT", "HARDWARE", "LAST REJECTION")
+    header = ("CLIENT", "STATUS", "ACTIVITY", "EPSILON", "LAST SEEN", "AGENT", "HARDWARE", "LAST REJECTION")
     body = [
         (
             r.client_id,
             r.status,
             r.activity or "-",
+            "-" if r.epsilon is None else f"{r.epsilon:.2f}",
             _ago(r.seconds_ago),
             r.agent_version or "-",
             _hardware(r.hardware),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
@@ -18,7 +19,17 @@ from fedstep.core.errors import FedstepError
 from fedstep.core.imports import load_callable
 from fedstep.core.json_files import load_json_object
 from fedstep.core.rounds import round_history
-from fedstep.core.schemas import Bounds, InvalidMessage, ObjectRef, RoundSummary, RunRecord, Target, TrainingConfig
+from fedstep.core.schemas import (
+    DP_MODES,
+    Bounds,
+    DPSettings,
+    InvalidMessage,
+    ObjectRef,
+    RoundSummary,
+    RunRecord,
+    Target,
+    TrainingConfig,
+)
 from fedstep.core.selection import per_round_count
 
 
@@ -59,6 +70,16 @@ class RunSettings:
     """Bound on an update's L2 norm (trained minus global weights); None: unbounded."""
     bound_action: str = "clip"
     """What happens to an update beyond max_examples or max_update_norm: "clip" or "reject"."""
+    dp: str | None = None
+    """Differential privacy: "central", "client-clip" or "dp-sgd" (docs/privacy.md); None: none."""
+    dp_noise_multiplier: float | None = None
+    """z: the noise's standard deviation over the clip norm (required with dp)."""
+    dp_clip: str | None = None
+    """The clip norm: a number, or "adaptive" (central modes; default adaptive there, 1.0 for dp-sgd)."""
+    dp_delta: float | None = None
+    """The delta of the (epsilon, delta) guarantee (default 1e-5)."""
+    dp_epsilon: float | None = None
+    """The run's epsilon budget (central modes): the run stops before a round would exceed it."""
 
     def validated(self) -> RunSettings:
         if not 1 <= self.rounds <= limits.MAX_ROUNDS:
@@ -80,9 +101,44 @@ class RunSettings:
             self.strategy_instance()
             self.training()
             self.bounds()
+            self.privacy()
         except (ValueError, InvalidMessage) as exc:
             raise FedstepError(str(exc)) from None
         return self
+
+    def privacy(self) -> DPSettings | None:
+        """The run's DP settings; ValueError naming a setting that makes no sense on its own."""
+        given = [name for name in ("dp_noise_multiplier", "dp_clip", "dp_delta", "dp_epsilon") if getattr(self, name)]
+        if self.dp is None:
+            if given:
+                flags = ", ".join("--" + name.replace("_", "-") for name in given)
+                raise ValueError(f"{flags} given without --dp (central, client-clip or dp-sgd)")
+            return None
+        if self.dp not in DP_MODES:
+            raise ValueError(f"--dp must be one of {', '.join(DP_MODES)}, got {self.dp!r}")
+        z = self.dp_noise_multiplier
+        if z is None or not 0 < z <= 1000:
+            raise ValueError(f"--dp {self.dp} needs --dp-noise-multiplier, a number > 0 (got {z})")
+        delta = 1e-5 if self.dp_delta is None else self.dp_delta
+        if not 0 < delta < 1:
+            raise ValueError(f"--dp-delta must be between 0 and 1, got {delta}")
+        if self.dp_clip in (None, "adaptive"):
+            clip = None if self.dp in ("central", "client-clip") else 1.0
+        else:
+            try:
+                clip = float(self.dp_clip)
+            except ValueError:
+                raise ValueError(f"--dp-clip must be a number > 0 or 'adaptive', got {self.dp_clip!r}") from None
+            if not 0 < clip < math.inf:
+                raise ValueError(f"--dp-clip must be a number > 0 or 'adaptive', got {self.dp_clip!r}")
+        if self.dp == "dp-sgd" and self.dp_epsilon is not None:
+            raise ValueError(
+                "--dp-epsilon is a run's client-level budget (central, client-clip); under dp-sgd each data owner "
+                "sets its own budget (dp_epsilon_budget in the client config)"
+            )
+        if self.dp_epsilon is not None and not self.dp_epsilon > 0:
+            raise ValueError(f"--dp-epsilon must be > 0, got {self.dp_epsilon}")
+        return DPSettings(self.dp, z, clip, delta, self.dp_epsilon)
 
     def for_clients(self, clients: list[str]) -> tuple[int, int]:
         """(clients per round, quorum) of these settings for a run of `clients`; FedstepError when the
@@ -107,7 +163,36 @@ class RunSettings:
         unknown = sorted(set(self.client_max_examples or {}) - set(clients))
         if unknown:
             raise FedstepError(f"client_max_examples names clients the stack does not have: {unknown}")
+        self._check_privacy(per_round, len(clients))
         return per_round, quorum
+
+    def _check_privacy(self, per_round: int, population: int) -> None:
+        """Refuse DP settings that make no sense for this consortium: delta >= 1/clients (client-level
+        DP protects a client among `population`), an unreachable budget, a wrapped strategy without
+        calibrated noise, an adaptive clip that leaves no noise for the updates."""
+        dp = self.privacy()
+        if dp is None or not dp.central:
+            return
+        from fedstep.core.dp import DPAggregation
+        from fedstep.privacy.accounting import epsilon_fixed
+
+        if dp.delta >= 1 / population:
+            raise FedstepError(
+                f"--dp-delta {dp.delta:g} is not below 1/clients = {1 / population:.3g}: a guarantee that weak "
+                "would allow publishing a client's update outright; use a smaller delta (e.g. 1e-5)"
+            )
+        try:
+            DPAggregation(self.strategy_instance(), dp, per_round)
+        except ValueError as exc:
+            raise FedstepError(str(exc)) from None
+        if dp.epsilon_budget is not None:
+            first = epsilon_fixed(dp.noise_multiplier, per_round, population, 1, dp.delta)
+            if first > dp.epsilon_budget:
+                raise FedstepError(
+                    f"--dp-epsilon {dp.epsilon_budget:g} is unreachable: one round with noise multiplier "
+                    f"{dp.noise_multiplier:g} and {per_round} of {population} clients per round already costs "
+                    f"epsilon {first:.3g} (delta {dp.delta:g}); raise the noise multiplier or the budget"
+                )
 
     def strategy_instance(self) -> strategies.Strategy:
         """The strategy with its parameters; ValueError naming an unknown or ill-typed one."""
@@ -133,6 +218,11 @@ _TYPES: dict[str, type] = {
     "client_max_examples": dict,
     "max_update_norm": float,
     "strategy_params": dict,
+    "dp": str,
+    "dp_noise_multiplier": float,
+    "dp_clip": str,
+    "dp_delta": float,
+    "dp_epsilon": float,
 }
 """Types of the settings whose default is None (the others' defaults give theirs)."""
 
@@ -168,7 +258,7 @@ def merge_settings(base: RunSettings, *layers: dict[str, Any]) -> RunSettings:
             values["strategy_params"] = {**(values.get("strategy_params") or {}), **params}
     for name, value in values.items():
         kind = _TYPES.get(name) or type(getattr(RunSettings(), name))
-        if name == "clients_per_round" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if name in ("clients_per_round", "dp_clip") and isinstance(value, int | float) and not isinstance(value, bool):
             values[name] = value = str(value)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             values[name] = value = float(value)
@@ -255,6 +345,7 @@ def start_run(
         round_retries=settings.round_retries,
         min_participants=settings.min_participants,
         bounds=settings.bounds(),
+        dp=settings.privacy(),
     )
     launched = _launch(record, architecture, weights, 0, keys.INITIAL_VERSION, outputs, s3, dynamodb, stepfunctions)
     if launched is None:

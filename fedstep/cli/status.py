@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 
 from fedstep.cli.run_view import RunListing, RunView
@@ -50,6 +52,7 @@ ROUND_HEADER = (
     "ACCURACY",
     "ROUND TIME",
     "AGGREGATION",
+    "EPSILON",
     "STRATEGY MEASUREMENTS",
 )
 MEASUREMENTS_SHOWN = 4
@@ -61,6 +64,11 @@ def measurements_text(s: RoundSummary) -> str:
     shown = [f"{k}={v:.4g}" for k, v in sorted(s.measurements.items())[:MEASUREMENTS_SHOWN]]
     more = len(s.measurements) - MEASUREMENTS_SHOWN
     return " ".join(shown + ([f"(+{more})"] if more > 0 else [])) or "-"
+
+
+def epsilon_text(s: RoundSummary) -> str:
+    """The run's epsilon after the round, e.g. `1.234`; "-" without DP."""
+    return f"{s.epsilon:.3f}" if s.epsilon is not None else "-"
 
 
 def round_row(s: RoundSummary) -> tuple[object, ...]:
@@ -76,6 +84,7 @@ def round_row(s: RoundSummary) -> tuple[object, ...]:
         _metric(s, "accuracy"),
         f"{s.duration_s:.1f} s",
         f"{s.aggregation_s:.2f} s",
+        epsilon_text(s),
         measurements_text(s),
     )
 
@@ -119,12 +128,19 @@ def settings_line(view: RunView) -> str:
         parts.append(f"target {r.target}")
     if r.resumed_from:
         parts.append(f"resumes {r.resumed_from}")
+    if r.dp:
+        clip = f"clip {r.dp.clip:g}" if r.dp.clip is not None else "adaptive clip"
+        budget = f", budget epsilon {r.dp.epsilon_budget:g}" if r.dp.epsilon_budget is not None else ""
+        parts.append(
+            f"DP {r.dp.mode}: noise multiplier {r.dp.noise_multiplier:g}, {clip}, delta {r.dp.delta:g}{budget}"
+        )
     return "; ".join(parts)
 
 
 def footer(view: RunView) -> list[str]:
     lines = [f"  round {s.round}: {rej.client_id} rejected: {rej.reason}" for s in view.rounds for rej in s.rejected]
     lines += [f"  round {s.round}: {c.client_id} clipped: {c.what}" for s in view.rounds for c in s.clipped]
+    lines += [f"  round {s.round}: {d.client_id} declined: {d.reason}" for s in view.rounds for d in s.declined]
     if view.last_rejections:
         lines.append("last rejection per client:")
         lines += [f"  {c}: round {f.round}: {f.reason}" for c, f in sorted(view.last_rejections.items())]
@@ -132,6 +148,38 @@ def footer(view: RunView) -> list[str]:
     if ex and ex.status == "FAILED":
         lines.append(f"failed: {ex.error}: {ex.cause}")
     return lines
+
+
+def render_status_json(view: RunView) -> str:
+    """The run and one object per round (participants, metrics, measurements, epsilon and delta)."""
+    ex = view.execution
+    rows = [
+        {
+            "round": s.round,
+            "selected": s.selected,
+            "participants": s.participants,
+            "rejected": [asdict(r) for r in s.rejected],
+            "declined": [asdict(r) for r in s.declined],
+            "num_examples": s.num_examples,
+            "metrics": s.metrics,
+            "measurements": s.measurements,
+            "epsilon": s.epsilon,
+            "delta": s.delta,
+            "duration_s": s.duration_s,
+            "aggregation_s": s.aggregation_s,
+        }
+        for s in view.rounds
+    ]
+    run = {
+        "run_id": view.run_id,
+        "status": view.status,
+        "stop_reason": ex.stop_reason if ex else None,
+        "strategy": view.record.strategy,
+        "strategy_params": view.record.strategy_params,
+        "dp": asdict(view.record.dp) if view.record.dp else None,
+        "rounds": rows,
+    }
+    return json.dumps(run, indent=2)
 
 
 def render_status(view: RunView) -> str:

@@ -8,23 +8,11 @@ clipped update is listed in the round summary with what was clipped.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from fedstep.core.errors import InvalidUpdate
 from fedstep.core.schemas import Bounds
-from fedstep.core.tensors import Tensors, chunks
-
-
-def l2_norm(delta: Tensors) -> float:
-    """The L2 norm of all tensors together, summed in float64 (chunked: small temporaries)."""
-    total = 0.0
-    for tensor in delta.values():
-        for part in chunks(tensor):
-            wide = part.astype(np.float64)
-            total += float(np.dot(wide, wide))
-    return math.sqrt(total)
+from fedstep.core.tensors import Tensors, l2_norm
 
 
 def bounded_examples(client_id: str, claimed: int, bounds: Bounds) -> tuple[int, str | None]:

@@ -33,12 +33,14 @@ from typing import Any
 from fedstep import SCHEMA_VERSION
 from fedstep.core import keys, limits, strategies, tensors
 from fedstep.core.clock import seconds_since, utc_now
+from fedstep.core.dp import Accountant, DPAggregation, round_epsilon
 from fedstep.core.errors import FedstepError
 from fedstep.core.ports import ModelStore, Publisher, Reporter, RoundTable
 from fedstep.core.schemas import (
     ROUND_AGGREGATED,
     ROUND_CLAIMED,
     ROUND_REPORTED,
+    DeclineItem,
     Feedback,
     InvalidMessage,
     ObjectRef,
@@ -50,6 +52,7 @@ from fedstep.core.schemas import (
     check_measurements,
     check_scalars,
     is_completed,
+    parse_client_item,
 )
 from fedstep.core.strategies import GlobalModel
 from fedstep.core.update_source import UpdateSource, read_layout, read_model
@@ -90,6 +93,8 @@ class AggregationSettings:
 
     lease_s: float = 360.0
     wait_s: float = 240.0
+    accountant: Accountant | None = None
+    """The privacy accountant of DP runs (`fedstep.privacy.accounting.epsilon_fixed`)."""
 
 
 # -- 1. open -------------------------------------------------------------------------------------
@@ -139,11 +144,50 @@ def publish_round(
 
 
 def build_strategy(run: RunRecord) -> strategies.Strategy:
-    """The run's strategy with its parameters (checked by `fedstep start`; StrategyFailed if not)."""
+    """The run's strategy with its parameters, wrapped in client-level DP when the run has it
+    (checked by `fedstep start`; StrategyFailed if not)."""
     try:
-        return strategies.build(run.strategy, run.strategy_params)
+        strategy = strategies.build(run.strategy, run.strategy_params)
+        if run.dp is not None and run.dp.central:
+            return DPAggregation(strategy, run.dp, expected_participants(run))
+        return strategy
     except ValueError as exc:
         raise StrategyFailed(f"run {run.run_id}: {exc}") from None
+
+
+def dp_sgd_instructions(run: RunRecord) -> dict[str, Any]:
+    """What each client's DP-SGD needs (record-level DP runs only): the noise multiplier, the
+    per-example clip norm and the delta its own accounting uses."""
+    dp = run.dp
+    if dp is None or dp.mode != "dp-sgd":
+        return {}
+    return {"dp_mode": "dp-sgd", "dp_noise_multiplier": dp.noise_multiplier, "dp_clip": dp.clip, "dp_delta": dp.delta}
+
+
+def expected_participants(run: RunRecord) -> int:
+    """The clients each round selects (DP-FedAvg divides the noisy sum by it)."""
+    return run.clients_per_round or len(run.clients)
+
+
+def privacy_spent(
+    run: RunRecord, round_number: int, accepted: list[tuple[UpdateItem, int]], accountant: Accountant | None
+) -> tuple[float | None, float | None, bool]:
+    """(epsilon, delta, budget spent) after `round_number` rounds: client-level from the accountant
+    (central modes; spent when one more round would pass the budget), or the largest record-level
+    epsilon a participant reported (dp-sgd); (None, None, False) without DP."""
+    dp = run.dp
+    if dp is None:
+        return None, None, False
+    if not dp.central:
+        reported = [item.privacy["epsilon"] for item, _ in accepted if "epsilon" in item.privacy]
+        return (max(reported) if reported else None), dp.delta, False
+    if accountant is None:
+        raise FedstepError(f"run {run.run_id} has differential privacy but the function has no accountant")
+    expected, population = expected_participants(run), len(run.clients)
+    epsilon = round_epsilon(dp, accountant, expected, population, round_number)
+    budget = dp.epsilon_budget
+    spent = budget is not None and round_epsilon(dp, accountant, expected, population, round_number + 1) > budget
+    return round(epsilon, 6), dp.delta, spent
 
 
 def input_state(table: RoundTable, run: RunRecord, round_number: int) -> ObjectRef | None:
@@ -159,7 +203,7 @@ def _instructions(run: RunRecord, round_number: int, state: ObjectRef | None, st
     strategy = build_strategy(run)
     values = read_state_values(store, state, run.strategy) if state is not None else {}
     try:
-        instructions = strategy.configure_round(round_number, values)
+        instructions = {**strategy.configure_round(round_number, values), **dp_sgd_instructions(run)}
         return check_scalars(instructions, "instructions", limits.MAX_INSTRUCTIONS)
     except Exception as exc:
         raise StrategyFailed(
@@ -223,7 +267,7 @@ def try_complete_round(
         return None
     token = str(record.get("task_token", ""))  # as of the claim: a retry may have replaced it
     try:
-        summary = _aggregate(run, round_number, record, raw, store, table, claim, at_deadline=False)
+        summary = _aggregate(run, round_number, record, raw, store, table, claim, False, settings.accountant)
     except (RoundNotAggregated, StrategyFailed) as exc:
         _release(table, run_id, round_number, claim)
         reporter.fail(token, type(exc).__name__, str(exc)[: limits.MAX_FAILURE_CAUSE_CHARS])
@@ -277,7 +321,7 @@ def complete_round_at_deadline(
             continue
         raw = table.get_updates(run_id, round_number, run.selected(round_number))
         try:
-            summary = _aggregate(run, round_number, record, raw, store, table, claim, at_deadline=True)
+            summary = _aggregate(run, round_number, record, raw, store, table, claim, True, settings.accountant)
         except BaseException:
             _release(table, run_id, round_number, claim)
             raise
@@ -292,10 +336,11 @@ def complete_round_at_deadline(
 
 @dataclass
 class _Intake:
-    """The selected clients' update items, sorted into parsed ones and rejections."""
+    """The selected clients' items, sorted into parsed updates, rejections and refusals."""
 
     items: list[UpdateItem] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    declined: list[Rejection] = field(default_factory=list)
 
 
 def _intake(raw: dict[str, dict[str, Any]], selected: list[str], on_rejected: Callable[..., None]) -> _Intake:
@@ -304,13 +349,16 @@ def _intake(raw: dict[str, dict[str, Any]], selected: list[str], on_rejected: Ca
         if client not in raw:
             continue
         try:
-            item = UpdateItem.parse(raw[client])  # its key (the client's partition) must match its fields
+            item = parse_client_item(raw[client])  # its key (the client's partition) must match its fields
         except InvalidMessage as exc:
             reason = f"malformed update item: {exc}"
             intake.rejected.append(Rejection(client, reason))
             on_rejected(client, raw[client], reason)
             continue
-        intake.items.append(item)
+        if isinstance(item, DeclineItem):
+            intake.declined.append(Rejection(client, item.reason))
+        else:
+            intake.items.append(item)
     return intake
 
 
@@ -340,6 +388,7 @@ def _aggregate(
     table: RoundTable,
     claim: str,
     at_deadline: bool,
+    accountant: Accountant | None = None,
 ) -> RoundSummary:
     """Validate, bound and aggregate the updates; write the new global model (once, under the
     claim's key). Raises QuorumNotMet / TooFewParticipants when too few valid updates remain."""
@@ -362,7 +411,8 @@ def _aggregate(
         return None
 
     intake = _intake(raw, selected, lambda client, item, reason: feedback(client, _claimed_sha(item), reason))
-    problem = not_enough(len(intake.items), intake.rejected)
+    declined = [Rejection(d.client_id, f"declined: {d.reason}") for d in intake.declined]
+    problem = not_enough(len(intake.items), intake.rejected + declined)
     if problem:
         raise problem
     started = time.time()
@@ -380,7 +430,7 @@ def _aggregate(
     global_model = GlobalModel(layout.spec, lambda: read_model(store, input_model, layout))
     result = _run_strategy(strategy, run, round_number, global_model, state, source)
     rejected = intake.rejected + source.rejected
-    problem = not_enough(len(source.accepted_items), rejected)
+    problem = not_enough(len(source.accepted_items), rejected + declined)
     if problem or result is None:
         raise problem or StrategyFailed(f"strategy {run.strategy!r} returned no model in round {round_number}")
     _check_finite(result.weights)
@@ -392,6 +442,7 @@ def _aggregate(
     state_ref = _save_state(store, result.state, run, round_number, claim)
     now = time.time()
     accepted = source.accepted_items
+    epsilon, delta, budget_spent = privacy_spent(run, round_number, accepted, accountant)
     return RoundSummary(
         run_id=run.run_id,
         round=round_number,
@@ -409,6 +460,10 @@ def _aggregate(
         attempt=int(record.get("attempt", 0)),
         measurements=measurements,
         state=state_ref,
+        epsilon=epsilon,
+        delta=delta,
+        declined=intake.declined,
+        privacy_budget_spent=budget_spent,
     )
 
 
@@ -505,6 +560,7 @@ def task_output(summary: RoundSummary, run: RunRecord) -> dict[str, Any]:
         "summary": summary.brief(),
         "global_model": asdict(summary.global_model),
         "target_reached": bool(run.target and run.target.reached(summary.metrics)),
+        "privacy_budget_spent": summary.privacy_budget_spent,
     }
 
 

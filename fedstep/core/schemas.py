@@ -46,6 +46,11 @@ def _positive_int(data: dict[str, Any], name: str, where: str, minimum: int = 1,
     return value
 
 
+def _optional_number(data: dict[str, Any], name: str, where: str) -> float | None:
+    """A number that may be absent or null (inf allowed: no noise means no guarantee)."""
+    return None if data.get(name) is None else _get(data, name, float, where)
+
+
 def _short_str(data: dict[str, Any], name: str, where: str, max_chars: int) -> str:
     value = _get(data, name, str, where)
     if len(value) > max_chars:
@@ -248,6 +253,19 @@ def parse_message(data: Any) -> RoundMessage | RunEndedMessage:
     raise InvalidMessage(f"message: unknown type {kind!r} (expected 'round' or 'run_ended')")
 
 
+def _client_round_item(data: dict[str, Any], where: str) -> tuple[str, int, str]:
+    """(run id, round, client id) of a client's item for a round, whose key (its partition) must
+    match them."""
+    _check_schema(data, where)
+    run_id = _id(data, "run_id", "run id", where)
+    round_number = _positive_int(data, "round", where, 1, limits.MAX_ROUNDS)
+    client_id = _id(data, "client_id", "client id", where)
+    own_key = keys.update_item_key(run_id, round_number, client_id)
+    if any(data.get(k) not in (None, v) for k, v in own_key.items()):
+        raise InvalidMessage(f"{where}: its key does not match its run, round and client")
+    return run_id, round_number, client_id
+
+
 UPDATE_KIND = "delta"
 """What an update file holds: the trained weights minus the round's global weights, float32."""
 
@@ -266,6 +284,9 @@ class UpdateItem:
     update: ObjectRef
     metrics: dict[str, float]
     created_at: str
+    privacy: dict[str, float] = field(default_factory=dict)
+    """The client's own privacy figures (`PRIVACY_FIELDS`), e.g. its record-level epsilon under
+    DP-SGD, and under client-side clipping whether its update was within the clip norm."""
 
     def to_item(self) -> dict[str, Any]:
         return {
@@ -287,18 +308,13 @@ class UpdateItem:
             "client_id": self.client_id,
             "num_examples": self.num_examples,
             "metrics": self.metrics,
+            "privacy": self.privacy,
         }
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> UpdateItem:
         where = "update item"
-        _check_schema(data, where)
-        run_id = _id(data, "run_id", "run id", where)
-        round_number = _positive_int(data, "round", where, 1, limits.MAX_ROUNDS)
-        client_id = _id(data, "client_id", "client id", where)
-        own_key = keys.update_item_key(run_id, round_number, client_id)
-        if any(data.get(k) not in (None, v) for k, v in own_key.items()):
-            raise InvalidMessage(f"{where}: its key does not match its run, round and client")
+        run_id, round_number, client_id = _client_round_item(data, where)
         update = ObjectRef.parse(_get(data, "update", dict, where), f"{where} update")
         if update.key != keys.update_key(run_id, round_number, client_id):
             raise InvalidMessage(f"{where}: update key {update.key[:80]!r} is not this client's key for this round")
@@ -310,7 +326,65 @@ class UpdateItem:
             update=update,
             metrics=check_metrics(data.get("metrics", {}), where),
             created_at=_short_str(data, "created_at", where, limits.MAX_TIMESTAMP_CHARS),
+            privacy=check_privacy(data.get("privacy", {}), where),
         )
+
+
+@dataclass(frozen=True)
+class DeclineItem:
+    """A selected client's refusal to train a round, in place of its update item (same key): e.g.
+    its data owner's privacy budget would be exceeded. The round treats it as a non-participant,
+    without waiting for its deadline, and lists it in the summary's `declined`."""
+
+    run_id: str
+    round: int
+    client_id: str
+    reason: str
+    created_at: str
+    privacy: dict[str, float] = field(default_factory=dict)
+
+    def to_item(self) -> dict[str, Any]:
+        return {
+            **keys.update_item_key(self.run_id, self.round, self.client_id),
+            "schema": SCHEMA_VERSION,
+            "kind": DECLINED_KIND,
+            **asdict(self),
+        }
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> DeclineItem:
+        where = "decline item"
+        run_id, round_number, client_id = _client_round_item(data, where)
+        return cls(
+            run_id=run_id,
+            round=round_number,
+            client_id=client_id,
+            reason=limits.reason(_short_str(data, "reason", where, limits.MAX_REASON_CHARS * 4)),
+            created_at=_short_str(data, "created_at", where, limits.MAX_TIMESTAMP_CHARS),
+            privacy=check_privacy(data.get("privacy", {}), where),
+        )
+
+
+DECLINED_KIND = "declined"
+PRIVACY_FIELDS = ("epsilon", "delta", "within_clip")
+"""What a client may report of its privacy: its record-level epsilon and delta (DP-SGD), and
+`within_clip` (1 or 0: its update's norm was within the round's clip norm, client-side clipping)."""
+
+
+def check_privacy(data: Any, where: str) -> dict[str, float]:
+    """A client's privacy figures: only `PRIVACY_FIELDS`, finite non-negative numbers."""
+    values = check_scalars(data, f"{where} privacy", len(PRIVACY_FIELDS))
+    unknown = sorted(set(values) - set(PRIVACY_FIELDS))
+    if unknown:
+        raise InvalidMessage(f"{where}: privacy has unknown fields {unknown[:4]}")
+    if any(isinstance(v, bool | str) or v < 0 for v in values.values()):
+        raise InvalidMessage(f"{where}: privacy figures must be numbers >= 0")
+    return {k: float(v) for k, v in values.items()}
+
+
+def parse_client_item(data: dict[str, Any]) -> UpdateItem | DeclineItem:
+    """A client's item for a round: its update, or its refusal."""
+    return DeclineItem.parse(data) if data.get("kind") == DECLINED_KIND else UpdateItem.parse(data)
 
 
 def headline_metric(metrics: dict[str, float], name: str) -> float | None:
@@ -374,6 +448,15 @@ class RoundSummary:
     """The strategy's measurements of the round (e.g. `step_norm`, `selected`)."""
     state: ObjectRef | None = None
     """The strategy's state after this round (None: a stateless strategy)."""
+    epsilon: float | None = None
+    """The run's privacy loss after this round, at `delta` (None: no DP): client-level under the
+    central modes (dp-accounting's RDP accountant), the largest participant's record-level epsilon
+    under dp-sgd."""
+    delta: float | None = None
+    declined: list[Rejection] = field(default_factory=list)
+    """Selected clients that declined the round (e.g. their privacy budget), with their reason."""
+    privacy_budget_spent: bool = False
+    """The next round would take the run's epsilon past its budget: the run stops here."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA_VERSION, **asdict(self)}
@@ -390,6 +473,8 @@ class RoundSummary:
             "num_examples": self.num_examples,
             "metrics": self.metrics,
             "measurements": self.measurements,
+            "epsilon": self.epsilon,
+            "delta": self.delta,
             "duration_s": self.duration_s,
         }
 
@@ -414,6 +499,10 @@ class RoundSummary:
             attempt=int(data.get("attempt", 0)),
             measurements=check_measurements(data.get("measurements", {}), f"{where} measurements"),
             state=ObjectRef.parse(data["state"], f"{where} state") if data.get("state") else None,
+            epsilon=_optional_number(data, "epsilon", where),
+            delta=_optional_number(data, "delta", where),
+            declined=[Rejection(**r) for r in data.get("declined", [])],
+            privacy_budget_spent=bool(data.get("privacy_budget_spent", False)),
         )
 
 
@@ -501,6 +590,61 @@ class Bounds:
         )
 
 
+DP_MODES = ("central", "client-clip", "dp-sgd")
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    """A run's differential privacy (see docs/privacy.md).
+
+    `mode`: "central" (client-level DP-FedAvg, the server clips each update and adds noise),
+    "client-clip" (the same, but each client clips its update before upload) or "dp-sgd"
+    (record-level DP on each client: per-example clipping and noise in every local step).
+    `noise_multiplier` z: the noise's standard deviation over the clip norm. `clip`: the clip norm C
+    (an update's L2 norm; under dp-sgd an example's gradient norm), or None for adaptive clipping
+    (central modes: C tracks the `target_quantile` of the update norms, Andrew et al. 2021, starting
+    at `initial_clip` and moving by `clip_learning_rate`; the count of clipped updates is released
+    with noise of std `clipped_count_stddev`). `delta`: the delta of the (epsilon, delta) guarantee.
+    `epsilon_budget`: stop the run before a round would take epsilon past it (central modes)."""
+
+    mode: str
+    noise_multiplier: float
+    clip: float | None
+    delta: float
+    epsilon_budget: float | None = None
+    target_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
+    initial_clip: float = 0.1
+    clipped_count_stddev: float = 0.0
+
+    @property
+    def central(self) -> bool:
+        """Client-level DP applied by the server (clipping checked, noise added to the sum)."""
+        return self.mode in ("central", "client-clip")
+
+    @classmethod
+    def parse(cls, data: Any, where: str) -> DPSettings:
+        mode = _get(data, "mode", str, where)
+        if mode not in DP_MODES:
+            raise InvalidMessage(f"{where}: mode must be one of {DP_MODES}, got {mode!r}")
+        numbers = {
+            name: _get(data, name, float, where)
+            for name in ("noise_multiplier", "delta", "target_quantile", "clip_learning_rate", "initial_clip")
+            if name in data
+        }
+        numbers["clipped_count_stddev"] = float(data.get("clipped_count_stddev", 0.0))
+        clip = data.get("clip")
+        budget = data.get("epsilon_budget")
+        if any(not math.isfinite(v) or v < 0 for v in numbers.values()):
+            raise InvalidMessage(f"{where}: DP parameters must be finite numbers >= 0")
+        return cls(
+            mode=mode,
+            clip=None if clip is None else _get(data, "clip", float, where),
+            epsilon_budget=None if budget is None else _get(data, "epsilon_budget", float, where),
+            **numbers,
+        )
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """Written by `fedstep start`: who takes part in a run and how it trains."""
@@ -531,6 +675,8 @@ class RunRecord:
     """The strategy's parameters, all of them (defaults included), as `fedstep strategies` names them."""
     initial_state: ObjectRef | None = None
     """The strategy's state the run starts from: the state a resumed run continues, or None."""
+    dp: DPSettings | None = None
+    """The run's differential privacy, or None."""
 
     def selected(self, round_number: int) -> list[str]:
         """The clients selected for `round_number` (see fedstep.core.selection)."""
@@ -569,6 +715,7 @@ class RunRecord:
             initial_state=(
                 ObjectRef.parse(data["initial_state"], f"{where} initial_state") if data.get("initial_state") else None
             ),
+            dp=DPSettings.parse(data["dp"], f"{where} dp") if data.get("dp") else None,
         )
 
 
@@ -605,7 +752,8 @@ class Feedback:
         )
 
 
-HEARTBEAT_STATES = ("idle", "training", "stopped")
+HEARTBEAT_STATES = ("idle", "training", "declined", "stopped")
+"""`declined`: it refused to train `run_id` round `round` (e.g. its privacy budget is spent)."""
 
 
 @dataclass(frozen=True)
@@ -624,6 +772,8 @@ class Heartbeat:
     hardware: dict[str, Any]
     run_id: str | None = None
     round: int | None = None
+    privacy: dict[str, float] | None = None
+    """The agent's record-level epsilon and delta so far in `run_id` (DP-SGD), if any."""
 
     def to_item(self) -> dict[str, Any]:
         fields_ = {k: v for k, v in asdict(self).items() if v is not None}
@@ -651,4 +801,5 @@ class Heartbeat:
             hardware={str(k): v for k, v in hardware.items()},
             run_id=_id(data, "run_id", "run id", where) if data.get("run_id") is not None else None,
             round=_positive_int(data, "round", where) if data.get("round") is not None else None,
+            privacy=check_privacy(data["privacy"], where) if data.get("privacy") is not None else None,
         )

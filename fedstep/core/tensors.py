@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -115,6 +116,16 @@ def chunks(array: np.ndarray) -> Iterator[np.ndarray]:
     flat = array.reshape(-1)
     for start in range(0, flat.size, CHUNK_ELEMENTS):
         yield flat[start : start + CHUNK_ELEMENTS]
+
+
+def l2_norm(delta: Tensors) -> float:
+    """The L2 norm of all tensors together, summed in float64 (chunked: small temporaries)."""
+    total = 0.0
+    for tensor in delta.values():
+        for part in chunks(tensor):
+            wide = part.astype(np.float64)
+            total += float(np.dot(wide, wide))
+    return math.sqrt(total)
 
 
 def all_finite(array: np.ndarray) -> bool:

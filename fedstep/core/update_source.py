@@ -190,7 +190,7 @@ class UpdateSource:
             self.accepted_items.append((item, examples))
             self._checked.append(_Checked(item, examples, checked.header, checked.version, scale))
             del checked
-            yield ClientUpdate(item.client_id, examples, delta)
+            yield ClientUpdate(item.client_id, examples, delta, dict(item.privacy))
             del delta  # the consumer is done with it: free its buffer before the next file is read
 
     def accepted(self) -> list[UpdateInfo]:

@@ -333,6 +333,8 @@ def _watch(
                 "rejected": [asdict(r) for r in summary.rejected],
                 "duration_s": summary.duration_s,
                 "measurements": summary.measurements,
+                "epsilon": summary.epsilon,
+                "delta": summary.delta,
             }
             seen.append(entry)
             echo(
@@ -340,6 +342,7 @@ def _watch(
                 f"loss {_fmt(entry['loss'])}  accuracy {_fmt(entry['accuracy'])}  "
                 f"held-out accuracy {_fmt(entry['heldout_accuracy'])}  {summary.duration_s:.1f} s"
                 + (f"  rejected {len(summary.rejected)}" if summary.rejected else "")
+                + (f"  epsilon {summary.epsilon:.3f}" if summary.epsilon is not None else "")
             )
         status = sfn.describe_execution(executionArn=execution_arn)
         # Listed again after reading the status: a round summary written since the listing above

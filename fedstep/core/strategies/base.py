@@ -49,6 +49,8 @@ class ClientUpdate:
     client_id: str
     num_examples: int
     delta: Tensors
+    privacy: dict[str, float] = field(default_factory=dict)
+    """What the client reported of its privacy (`fedstep.core.schemas.PRIVACY_FIELDS`)."""
 
 
 @dataclass(frozen=True)

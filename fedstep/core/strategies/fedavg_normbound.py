@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from fedstep.core.influence import l2_norm
 from fedstep.core.strategies.aggregation import Step, add_weighted, apply_step, coordinatewise, step_norm
 from fedstep.core.strategies.base import Aggregate, GlobalModel, ServerState, Strategy, Updates
+from fedstep.core.tensors import l2_norm
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,163 @@
+"""Client-level differential privacy on the server: DP-FedAvg (McMahan et al. 2018) as a wrapper
+around any averaging strategy, in the manner of Flower's DP wrappers, with fixed or adaptive
+clipping (Andrew et al. 2021, "Differentially Private Learning with Adaptive Clipping").
+
+Each round (`DPAggregation.aggregate`):
+1. every accepted delta is clipped to the L2 norm C (all tensors together) and summed with weight 1
+   (the examples a client claims do not weight it: that would change the sensitivity);
+2. Gaussian noise of standard deviation z_delta x C is added to each coordinate of the sum, drawn
+   from a generator seeded from the operating system's entropy, and the sum is divided by the
+   expected number of participants (the clients a round selects), not by those that arrived;
+3. that noisy mean is the one "update" the wrapped strategy sees (FedAvg adds it, FedAdam takes its
+   step from it): anything after the noise is post-processing.
+Adaptive clipping releases the count of updates within C with noise of standard deviation
+`clipped_count_stddev`, and moves C towards the `target_quantile` of the norms:
+C <- C exp(-eta (b - gamma)). The two releases together are the Gaussian mechanism with noise
+multiplier z: z_delta = (z^-2 - (2 sigma_b)^-2)^(-1/2) (Andrew et al., Theorem 1).
+
+Under client-side clipping (mode "client-clip") the clients clip before upload; the server clips
+again (a client is never trusted to have done it), and takes the within-clip bit a client reports
+for the adaptive count. A retried aggregation of a round draws new noise, but the round's result is
+written once (`fedstep.core.rounds`), so no two noisy models of one round are ever published.
+
+Accounting (epsilon for delta) is a port (`Accountant`), implemented with dp-accounting in
+`fedstep.privacy.accounting`; the core stays numpy-only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedstep.core.schemas import DPSettings
+from fedstep.core.strategies.aggregation import add_weighted
+from fedstep.core.strategies.base import (
+    Aggregate,
+    ClientUpdate,
+    GlobalModel,
+    Instructions,
+    Scalar,
+    ServerState,
+    Strategy,
+    Updates,
+)
+from fedstep.core.strategies.update_list import UpdateList
+from fedstep.core.tensors import chunks, l2_norm
+
+STATE_PREFIX = "dp."
+"""The wrapper's own values in the server state (the wrapped strategy's keep their names)."""
+
+
+class Accountant(Protocol):
+    """Epsilon of the Gaussian mechanism with noise multiplier z on `sample` of `population` units
+    drawn without replacement, composed `steps` times, at `delta`."""
+
+    def __call__(self, noise_multiplier: float, sample: int, population: int, steps: int, delta: float) -> float: ...
+
+
+def clipped_count_stddev(dp: DPSettings, expected: int) -> float:
+    """sigma_b: the setting, or by default max(expected / 20, z) (the paper's expected/20, raised
+    where a small cohort would leave no noise for the updates)."""
+    return dp.clipped_count_stddev or max(expected / 20.0, dp.noise_multiplier)
+
+
+def update_noise_multiplier(dp: DPSettings, expected: int) -> float:
+    """z_delta: the noise multiplier of the updates' sum. z itself with a fixed clip; with adaptive
+    clipping what is left of z after the clipped count's release. ValueError when nothing is left."""
+    if dp.clip is not None:
+        return dp.noise_multiplier
+    sigma_b = clipped_count_stddev(dp, expected)
+    rest = dp.noise_multiplier**-2 - (2 * sigma_b) ** -2
+    if rest <= 0:
+        raise ValueError(
+            f"adaptive clipping with noise multiplier {dp.noise_multiplier:g} needs a clipped-count noise above "
+            f"{dp.noise_multiplier / 2:g} (it is {sigma_b:g}); use a fixed --dp-clip"
+        )
+    return rest**-0.5
+
+
+class DPAggregation(Strategy):
+    """DP-FedAvg around `inner` (an averaging strategy): see the module docstring. `expected`: the
+    clients a round selects."""
+
+    access = "pass"
+
+    def __init__(self, inner: Strategy, dp: DPSettings, expected: int) -> None:
+        if inner.access != "pass":
+            raise ValueError(
+                f"differential privacy wraps averaging strategies; {inner.name!r} reads updates by slices "
+                "(median, trimmed mean and Krum have no calibrated noise here)"
+            )
+        self.inner, self.dp, self.expected = inner, dp, expected
+        self.name, self.summary, self.params = inner.name, inner.summary, inner.params
+        self.z_updates = update_noise_multiplier(dp, expected)
+
+    def clip(self, state_values: dict[str, Scalar]) -> float:
+        """This round's clip norm: the fixed one, or the adaptive one the state carries."""
+        if self.dp.clip is not None:
+            return self.dp.clip
+        return float(state_values.get(f"{STATE_PREFIX}clip", self.dp.initial_clip))
+
+    def configure_round(self, round_number: int, state_values: dict[str, Scalar]) -> Instructions:
+        inner = self.inner.configure_round(round_number, _inner_values(state_values))
+        if self.dp.mode == "client-clip":
+            return {**inner, "dp_mode": "client-clip", "dp_clip": self.clip(state_values)}
+        return inner
+
+    def aggregate(
+        self, round_number: int, global_model: GlobalModel, state: ServerState, updates: Updates
+    ) -> Aggregate:
+        clip = self.clip(state.values)
+        sums = {name: np.zeros(shape, dtype=np.float64) for name, shape in updates.spec.shapes.items()}
+        within, count, iterator = 0, 0, iter(updates)
+        while (update := next(iterator, None)) is not None:
+            norm = l2_norm(update.delta)
+            for name, acc in sums.items():
+                add_weighted(acc, min(1.0, clip / norm) if norm > 0 else 1.0, update.delta[name])
+            within += _within_clip(update, norm, clip, self.dp.mode)
+            count += 1
+            update = None  # one update in memory at a time
+        if count == 0:
+            raise ValueError("no updates to aggregate")
+        rng = np.random.default_rng()  # seeded from the operating system's entropy
+        noisy: dict[str, np.ndarray] = {}
+        for name in list(sums):
+            acc = sums.pop(name)
+            for part in chunks(acc):
+                part += rng.normal(0.0, self.z_updates * clip, size=part.size)
+            acc /= self.expected
+            noisy[name] = acc.astype(np.float32)
+            del acc
+        mean = UpdateList([ClientUpdate("dp-noisy-mean", 1, noisy)], spec=updates.spec)
+        inner_state = ServerState(state.tensors, _inner_values(state.values))
+        result = self.inner.aggregate(round_number, global_model, inner_state, mean)
+        values = dict(result.state.values)
+        measurements = {**result.measurements, "dp_clip": clip}
+        if self.dp.clip is None:
+            sigma_b = clipped_count_stddev(self.dp, self.expected)
+            fraction = (within + rng.normal(0.0, sigma_b)) / self.expected
+            values[f"{STATE_PREFIX}clip"] = clip * math.exp(
+                -self.dp.clip_learning_rate * (fraction - self.dp.target_quantile)
+            )
+            measurements["dp_within_clip"] = fraction
+        return Aggregate(result.weights, ServerState(result.state.tensors, values), measurements)
+
+
+def _inner_values(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if not k.startswith(STATE_PREFIX)}
+
+
+def _within_clip(update: ClientUpdate, norm: float, clip: float, mode: str) -> int:
+    """1 when the update was within the clip norm before clipping: the client's report under
+    client-side clipping (its norm is not visible to the server any more), else the server's own."""
+    if mode == "client-clip" and "within_clip" in update.privacy:
+        return 1 if update.privacy["within_clip"] >= 0.5 else 0
+    return 1 if norm <= clip else 0
+
+
+def round_epsilon(dp: DPSettings, accountant: Accountant, expected: int, population: int, rounds: int) -> float:
+    """The run's client-level epsilon (at `dp.delta`) after `rounds` rounds of `expected` of
+    `population` clients (central modes)."""
+    return accountant(dp.noise_multiplier, expected, population, rounds, dp.delta)

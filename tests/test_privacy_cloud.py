@@ -1,0 +1,88 @@
+"""DP-FedAvg with central noise on the local cloud (issue 12's acceptance): the reported epsilon is
+dp-accounting's, the aggregate is the clipped mean plus noise of the right scale, and a budget
+stops the run with `privacy_budget`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from client_agent.agent import Outcome
+from fedstep.aws.adapters import S3ModelStore
+from fedstep.core import tensors
+from tests.cloud_helpers import SHIFTS, ShiftTrainer, agent, serve, serve_run, start, summaries, wait_for_execution
+from tests.test_dp import independent_epsilon
+
+BIG = {"000/d/kernel": np.zeros((200, 100), np.float32), "001/d/bias": np.zeros(100, np.float32)}
+SIZE = 200 * 100 + 100
+Z, CLIP, DELTA = 1.2, 0.5, 1e-5
+
+
+def start_dp(cloud, rounds: int, **dp):
+    return start(cloud, rounds=rounds, initial=BIG, dp="central", dp_noise_multiplier=Z, **dp)
+
+
+def test_three_rounds_of_central_dp_report_dp_accountings_epsilon_and_add_noise_of_the_right_scale(cloud, tmp_path):
+    run = start_dp(cloud, rounds=3, dp_clip=str(CLIP), dp_delta=DELTA)
+    serve_run([agent(cloud, c, tmp_path) for c in SHIFTS], 3)
+    desc = wait_for_execution(cloud, run.execution_arn)
+    assert desc["status"] == "SUCCEEDED", desc.get("cause")
+    rounds = summaries(cloud, run.run_id)
+    for s in rounds:  # 2 of 2 clients every round: no sampling amplification
+        assert s.epsilon == pytest.approx(independent_epsilon(Z, 2, 2, s.round, DELTA), abs=1e-6)
+        assert s.delta == DELTA
+    assert json.loads(desc["output"])["last_round"]["epsilon"] == rounds[-1].epsilon  # in the execution output
+
+    # Round 1: both clients shift every weight (by 1 and by 3): norms of about 141 and 424, both clipped to
+    # C = 0.5, i.e. C / sqrt(size) per weight. Without noise the aggregate would be their unweighted mean.
+    store = S3ModelStore(cloud.outputs.bucket, cloud.client("s3"))
+    first = tensors.decode(store.get(rounds[0].global_model.key))
+    noise = np.concatenate([first[k].ravel() for k in sorted(first)]).astype(np.float64) - CLIP / np.sqrt(SIZE)
+    expected_std = Z * CLIP / 2  # the sum's noise z*C, divided by the 2 expected participants
+    assert noise.std() == pytest.approx(expected_std, rel=0.03)
+    assert abs(noise.mean()) < 5 * expected_std / np.sqrt(SIZE)
+
+
+def test_a_budget_stops_the_run_before_the_round_that_would_exceed_it(cloud, tmp_path):
+    budget = (independent_epsilon(Z, 2, 2, 2, DELTA) + independent_epsilon(Z, 2, 2, 3, DELTA)) / 2
+    run = start_dp(cloud, rounds=5, dp_clip=str(CLIP), dp_epsilon=budget)
+    agents = [agent(cloud, c, tmp_path) for c in SHIFTS]
+    for _ in range(2):
+        for a in agents:
+            serve(a)
+    desc = wait_for_execution(cloud, run.execution_arn)
+    output = json.loads(desc["output"])
+    assert (desc["status"], output["stop_reason"], output["rounds_completed"]) == ("SUCCEEDED", "privacy_budget", 2)
+    assert summaries(cloud, run.run_id)[-1].epsilon <= budget
+
+
+class CountingShift(ShiftTrainer):
+    """A ShiftTrainer that says how many local examples it has (what a DP-SGD ledger accounts)."""
+
+    @property
+    def num_examples(self) -> int:
+        return self.n
+
+
+def test_a_client_whose_budget_is_spent_is_not_trained_and_the_round_goes_on(cloud, tmp_path):
+    run = start(cloud, rounds=2, quorum=1, min_participants=1, dp="dp-sgd", dp_noise_multiplier=1.0, dp_clip="1.0")
+    willing = agent(cloud, "client-1", tmp_path, CountingShift(*SHIFTS["client-1"]))
+    spent = agent(cloud, "client-2", tmp_path, CountingShift(*SHIFTS["client-2"]))
+    spent.config = replace(spent.config, dp_epsilon_budget=0.01)  # its data owner's budget: far too small
+    trained = []
+    original_fit = spent.trainer.fit
+    spent.trainer.fit = lambda *args: trained.append(args) or original_fit(*args)
+    for _ in range(2):
+        serve(willing)
+        serve(spent, expect=Outcome.DECLINED)
+    desc = wait_for_execution(cloud, run.execution_arn)
+    assert desc["status"] == "SUCCEEDED", desc.get("cause")
+    assert trained == []  # never trained
+    rounds = summaries(cloud, run.run_id)
+    assert [s.participants for s in rounds] == [["client-1"], ["client-1"]]
+    assert all(d.client_id == "client-2" and "privacy budget" in d.reason for s in rounds for d in s.declined)
+    assert all(s.duration_s < 60 for s in rounds)  # the round did not wait for its 120 s deadline
+    assert rounds[-1].epsilon is not None and rounds[-1].epsilon > rounds[0].epsilon  # client-1's, growing
