@@ -61,6 +61,39 @@ from tests.memory_ports import MemoryStore, MemoryTable, RecordingPublisher, Rec
 
 RUN = "bench-strategies"
 ISSUED_AT = "2026-12-01T00:00:00Z"
+
+
+def start_in_memory(record: RunRecord, initial: dict[str, np.ndarray]) -> tuple[MemoryStore, MemoryTable, ObjectRef]:
+    """A run on the in-memory ports: its store, its table and its round-0 model's reference."""
+    store, table = MemoryStore(), MemoryTable(record)
+    data = tensors.encode(initial, {"kind": "global", "run_id": record.run_id, "round": 0})
+    key = keys.global_key(record.run_id, 0, keys.INITIAL_VERSION)
+    store.put(key, data)
+    return store, table, ObjectRef(key, tensors.sha256_hex(data), len(data))
+
+
+def publish_in_memory(
+    store: MemoryStore, table: MemoryTable, run_id: str, round_number: int, model: ObjectRef
+) -> tuple[RoundMessage, list[str]]:
+    """Publish a round as the state machine does; the round message as a client receives it (through
+    JSON), and the clients it went to."""
+    publisher = RecordingPublisher()
+    publish_round(
+        run_id,
+        round_number,
+        0,
+        model,
+        f"token-{round_number}",
+        ISSUED_AT,
+        store=store,
+        table=table,
+        publisher=publisher,
+        reporter=RecordingReporter(),
+    )
+    body, recipients = publisher.messages[-1]
+    return RoundMessage.parse(json.loads(json.dumps(body))), recipients
+
+
 CLIENTS = 10
 ALPHAS = (0.1, 1.0)
 ROUNDS = 30
@@ -272,28 +305,11 @@ def run(name: str, params: dict[str, Any], data: Data, alpha: float, attack: Att
         model=architecture,
         strategy_params=strategies.params.to_json(strategy.params),
     )
-    store, table = MemoryStore(), MemoryTable(record)
-    initial = tensors.encode(initial_model(seed), {"kind": "global", "run_id": RUN, "round": 0})
-    global_key = keys.global_key(RUN, 0, keys.INITIAL_VERSION)
-    store.put(global_key, initial)
-    global_ref = ObjectRef(global_key, tensors.sha256_hex(initial), len(initial))
+    store, table, global_ref = start_in_memory(record, initial_model(seed))
     for round_number in range(1, rounds + 1):
-        publisher, reporter = RecordingPublisher(), RecordingReporter()
+        reporter = RecordingReporter()
         try:
-            publish_round(
-                RUN,
-                round_number,
-                0,
-                global_ref,
-                f"token-{round_number}",
-                ISSUED_AT,
-                store=store,
-                table=table,
-                publisher=publisher,
-                reporter=reporter,
-            )
-            body, recipients = publisher.messages[-1]
-            message = RoundMessage.parse(json.loads(json.dumps(body)))  # what a client receives
+            message, recipients = publish_in_memory(store, table, record.run_id, round_number, global_ref)
             result.instructions = dict(message.instructions)
             weights = tensors.decode(store.get(message.global_model.key))
             mu = float(message.instructions.get("proximal_mu", 0.0))
@@ -305,7 +321,7 @@ def run(name: str, params: dict[str, Any], data: Data, alpha: float, attack: Att
                 delta, loss = train(weights, x, y, message.training, mu, [seed, round_number, i])
                 if i in attack.scaled:
                     delta = {k: (v * np.float32(attack.scaled[i])).astype(np.float32) for k, v in delta.items()}
-                upload(store, table, round_number, client, len(y), delta, loss)
+                upload(store, table, RUN, round_number, client, len(y), delta, loss)
             summary = try_complete_round(RUN, round_number, store=store, table=table, reporter=reporter)
         except FedstepError as exc:
             result.error = f"round {round_number}: {type(exc).__name__}: {str(exc)[:300]}"
@@ -326,16 +342,19 @@ def run(name: str, params: dict[str, Any], data: Data, alpha: float, attack: Att
 def upload(
     store: MemoryStore,
     table: MemoryTable,
+    run_id: str,
     round_number: int,
     client: str,
     examples: int,
     delta: tensors.Tensors,
     loss: float,
+    privacy: dict[str, float] | None = None,
 ) -> None:
     """What a client does after training: the update file, then the update item naming it."""
-    key = keys.update_key(RUN, round_number, client)
+    key = keys.update_key(run_id, round_number, client)
     metrics = {"train_loss": loss} if not limits.metric_problem("train_loss", loss) else {}  # as the agent drops it
-    item = UpdateItem(RUN, round_number, client, examples, ObjectRef(key, "0" * 64, 0), metrics, ISSUED_AT)
+    ref = ObjectRef(key, "0" * 64, 0)
+    item = UpdateItem(run_id, round_number, client, examples, ref, metrics, ISSUED_AT, privacy or {})
     data = tensors.encode(delta, item.file_metadata())
     store.put(key, data)
     table.put(replace(item, update=ObjectRef(key, tensors.sha256_hex(data), len(data))).to_item())

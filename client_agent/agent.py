@@ -384,6 +384,11 @@ class Agent:
             shown = "none" if params.delta is None else f"{params.delta:g}"
             raise Declined(f"privacy: dp_delta {shown} is not within dp_max_delta {max_delta:g}")
         n = getattr(self.trainer, "num_examples", None)
+        if n and params.delta is not None and params.delta >= 1 / n:
+            raise Declined(
+                f"privacy: dp_delta {params.delta:g} is not below 1/examples = {1 / n:.3g}: "
+                "a guarantee that weak would allow publishing a record outright"
+            )
         spend = None
         if n:
             t = msg.training
@@ -405,8 +410,9 @@ class Agent:
             if spend is None or after.epsilon is None:
                 missing = "the number of training examples" if spend is None else f"instruction {dp_sgd.DELTA}"
                 raise Declined(f"privacy budget: cannot account the round's epsilon without {missing}")
-            if after.epsilon > budget:
-                raise Declined(f"privacy budget: epsilon would reach {after.epsilon:.4g} > budget {budget:g}")
+            total = after.epsilon + self.ledger.epsilon_of_other_runs(msg.run_id)
+            if total > budget:
+                raise Declined(f"privacy budget: epsilon would reach {total:.4g} > budget {budget:g}")
         return RoundPrivacy(mode, None, spend)
 
     def _account(self, msg: RoundMessage, privacy: RoundPrivacy, delta: dict[str, np.ndarray]) -> dict[str, float]:

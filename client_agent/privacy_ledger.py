@@ -102,6 +102,13 @@ class PrivacyLedger:
         """The run's privacy so far; with `extra`, what it would be after that round too."""
         return run_privacy(self.spends(run_id) + ([extra] if extra else []))
 
+    def epsilon_of_other_runs(self, run_id: str) -> float:
+        """The epsilon the client's data has spent in every other run in the ledger, added up (basic
+        composition, an upper bound whatever the runs' deltas): a resumed run (`<run>-r1`) or a new
+        run on the same data counts against the data owner's budget too."""
+        spent = (run_privacy(spends).epsilon for run, spends in self._load().items() if run != run_id)
+        return sum(e for e in spent if e is not None)
+
     def record(self, run_id: str, spend: Spend) -> RunPrivacy:
         """Add the round to the run and write the ledger (atomically); the run's privacy after it."""
         runs = self._load()

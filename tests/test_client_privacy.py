@@ -287,6 +287,7 @@ def test_an_exhausted_budget_declines_the_round_without_training(tmp_path, caplo
         ({}, {"dp_mode": "client-clip"}, "client-clip needs the instruction dp_clip"),
         ({}, {"dp_mode": "record-level"}, "dp_mode must be one of"),
         ({"dp_epsilon_budget": 8.0}, {**DP, "dp_noise_multiplier": 0.0}, "epsilon would reach inf > budget 8"),
+        ({}, {**DP, "dp_delta": 0.5}, "dp_delta 0.5 is not below 1/examples"),
     ],
 )
 def test_a_round_the_agent_cannot_honour_is_declined(tmp_path, config, instructions, reason):
@@ -388,3 +389,14 @@ def test_fedstep_clients_shows_each_clients_epsilon():
     shown = {row["client_id"]: row for row in json.loads(render_json(rows))}
     assert (shown["a"]["epsilon"], shown["a"]["delta"], shown["a"]["privacy_run_id"]) == (1.234, 1e-5, "run-1")
     assert shown["c"]["epsilon"] is None
+
+
+def test_the_budget_counts_every_run_on_the_same_data_a_resumed_one_too(tmp_path):
+    ledger = PrivacyLedger.for_client(tmp_path / "cache", "c1")
+    first = World(tmp_path).agent(dp_epsilon_budget=100.0)
+    assert first.handle(message(1, DP)) is Outcome.SERVED
+    spent = ledger.privacy("run-1").epsilon
+    assert ledger.epsilon_of_other_runs("run-1-r1") == pytest.approx(spent)
+    # a budget the earlier run used up: the resumed run's first round is declined
+    resumed = World(tmp_path).agent(dp_epsilon_budget=spent * 1.5)
+    assert resumed.handle(message(1, DP, run_id="run-1-r1")) is Outcome.DECLINED

@@ -25,8 +25,10 @@ SETTINGS = AggregationSettings(accountant=epsilon_fixed)
 
 
 def independent_epsilon(z: float, sample: int, population: int, rounds: int, delta: float) -> float:
-    """dp-accounting, called here directly: the sampled Gaussian mechanism, fixed-size selection."""
-    event = dpa.GaussianDpEvent(z)
+    """dp-accounting, called here directly: the Gaussian mechanism on the clipped sum, clients drawn
+    without replacement. Neighbours replace one client's data by another's: the sum moves by up to
+    2C while the noise's std is z C, so the mechanism's noise multiplier is z / 2."""
+    event = dpa.GaussianDpEvent(z / 2)
     if sample < population:
         event = dpa.SampledWithoutReplacementDpEvent(population, sample, event)
     accountant = RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)

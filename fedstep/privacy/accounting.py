@@ -2,11 +2,14 @@
 accountant.
 
 Two samplings:
-- `poisson`: each unit (client, or record) takes part independently with probability `q`
-  (`PoissonSampledDpEvent`; add/remove-one neighbours);
+- `poisson`: each unit (a record, in DP-SGD) takes part independently with probability `q`
+  (`PoissonSampledDpEvent`; add/remove-one neighbours: one unit's clipped contribution moves the
+  noisy sum by at most C, so the mechanism's noise multiplier is z);
 - `fixed`: exactly `sample` of `population` units, drawn without replacement
-  (`SampledWithoutReplacementDpEvent`; replace-one neighbours) - how fedstep selects a round's
-  clients (`fedstep.core.selection`).
+  (`SampledWithoutReplacementDpEvent`) - how fedstep selects a round's clients
+  (`fedstep.core.selection`). Its neighbouring relation is replace-one: one client's data replaced
+  by another's, which moves the clipped sum by up to 2C, so the mechanism's noise multiplier is z/2.
+  The same holds with every client in every round (no sampling to amplify).
 """
 
 from __future__ import annotations
@@ -22,15 +25,20 @@ from dp_accounting.rdp import RdpAccountant
 logging.getLogger("absl").setLevel(logging.ERROR)
 
 
+REPLACE_ONE_SENSITIVITY = 2.0
+"""Replacing one client's clipped update by another moves the sum by up to 2C."""
+
+
 @functools.lru_cache(maxsize=4096)
 def epsilon_fixed(noise_multiplier: float, sample: int, population: int, steps: int, delta: float) -> float:
-    """Epsilon after `steps` compositions of the Gaussian mechanism (std = noise_multiplier x the
-    sensitivity) on `sample` of `population` units drawn without replacement; inf when no noise."""
+    """Epsilon after `steps` rounds of the Gaussian mechanism with noise std `noise_multiplier` x C on
+    the sum of `sample` updates clipped to C, the clients drawn without replacement from
+    `population` (replace-one neighbours: sensitivity 2C); inf when no noise."""
     if steps <= 0:
         return 0.0
     if noise_multiplier <= 0:
         return float("inf")
-    event = dpa.GaussianDpEvent(noise_multiplier)
+    event = dpa.GaussianDpEvent(noise_multiplier / REPLACE_ONE_SENSITIVITY)
     if sample < population:
         event = dpa.SampledWithoutReplacementDpEvent(population, sample, event)
     accountant = RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
