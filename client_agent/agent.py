@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ from client_agent.training import FunctionTrainer, Trainer
 from fedstep.aws import boto
 from fedstep.aws.ddb import Items
 from fedstep.aws.errors import AWS_ERRORS, error_code, explain, is_transient
-from fedstep.core import keys, tensors
+from fedstep.core import keys, limits, tensors
 from fedstep.core.clock import utc_now
 from fedstep.core.errors import FedstepError, InvalidUpdate
 from fedstep.core.schemas import (
@@ -70,6 +71,7 @@ class Outcome(Enum):
     SERVED = "served"  # update written, message deleted
     ALREADY_SERVED = "already_served"  # the item existed (a redelivered message), message deleted
     RUN_ENDED = "run_ended"
+    STALE = "stale"  # a leftover: a round past its deadline or of a run that ended; deleted, not served
     REJECTED = "rejected"  # malformed message, released towards the dead-letter queue
     KEPT = "kept"  # failed; the message stays and comes back
     DECLINED = "declined"  # refused to train (privacy); decline item written, message deleted
@@ -159,6 +161,9 @@ class Agent:
         self.last_report: RoundReport | None = None
         self._told: Feedback | None = None
         self._said_no_dp: set[str] = set()
+        self._ended_runs: set[str] = set()
+        """Runs whose run-ended message this agent has seen: their leftover rounds are skipped."""
+        self._started = time.time()
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self, follow: bool = False, once: bool = False) -> int:
@@ -199,7 +204,7 @@ class Agent:
             QueueUrl=self.config.queue_url,
             MaxNumberOfMessages=1,
             WaitTimeSeconds=self.config.poll_wait_s,
-            AttributeNames=["ApproximateReceiveCount"],
+            AttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
         )
         messages = resp.get("Messages", [])
         return self.handle(messages[0]) if messages else None
@@ -214,9 +219,22 @@ class Agent:
             self._release(message)
             return Outcome.REJECTED
         if isinstance(parsed, RunEndedMessage):
-            log.info("run %s ended (%s) after %d rounds", parsed.run_id, parsed.reason, parsed.rounds_completed)
+            self._ended_runs.add(parsed.run_id)
             self._delete(message)
+            if _sent_at(message) < self._started - limits.MAX_CLOCK_SKEW_S:
+                log.info(
+                    "run %s had ended before this agent started (%s); its message is ignored",
+                    parsed.run_id,
+                    parsed.reason,
+                )
+                return Outcome.STALE
+            log.info("run %s ended (%s) after %d rounds", parsed.run_id, parsed.reason, parsed.rounds_completed)
             return Outcome.RUN_ENDED
+        stale = self._stale(parsed)
+        if stale:
+            log.info("round %d of run %s skipped: %s", parsed.round, parsed.run_id, stale)
+            self._delete(message)
+            return Outcome.STALE
         try:
             with self._kept_invisible(message):
                 outcome = self.serve_round(parsed)
@@ -240,6 +258,19 @@ class Agent:
             return Outcome.KEPT
         self._delete(message)
         return outcome
+
+    def _stale(self, msg: RoundMessage) -> str | None:
+        """Why a round message is a leftover not worth training (None: serve it): its run ended, or its
+        deadline passed (beyond the clock skew allowed), so the server no longer waits for it."""
+        if msg.run_id in self._ended_runs:
+            return "the run has ended"
+        try:
+            issued = datetime.fromisoformat(msg.issued_at.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+        if time.time() > issued + msg.deadline_s + limits.MAX_CLOCK_SKEW_S:
+            return f"its deadline ({msg.deadline_s} s after {msg.issued_at}) has passed"
+        return None
 
     @contextmanager
     def _kept_invisible(self, message: dict[str, Any]) -> Iterator[None]:
@@ -552,3 +583,11 @@ def _rejected(feedback: Feedback | None, msg: RoundMessage, data: bytes) -> bool
         and (feedback.run_id, feedback.round) == (msg.run_id, msg.round)
         and feedback.update_sha256 == tensors.sha256_hex(data)
     )
+
+
+def _sent_at(message: dict[str, Any]) -> float:
+    """When SQS received the message (epoch seconds); now if it does not say."""
+    try:
+        return int(message.get("Attributes", {})["SentTimestamp"]) / 1000
+    except (KeyError, TypeError, ValueError):
+        return time.time()

@@ -19,7 +19,8 @@ One DP-SGD step (`fit`):
    variables together;
 3. their sum, plus Gaussian noise N(0, (z C)^2) on every coordinate, divided by the *expected*
    batch size q n (a fixed number: one example moves the step by at most C / (q n) before noise);
-4. applied by the model's optimizer, at the learning rate `keras_fit` sets (the round's).
+4. applied by the model's optimizer, at the round's learning rate (the model's own when the run
+   sets none).
 
 A round takes `steps_per_round` = epochs x ceil(n / batch_size) steps. The privacy ledger
 (`client_agent.privacy_ledger`) accounts exactly this mechanism: that many compositions of the

@@ -123,7 +123,8 @@ def keras_fit(model: RoundModel, data: Split, training: TrainingConfig) -> dict[
     """The default: evaluate the global model on the local test split, `fit` on the local train split
     (the round's epochs, batch size and learning rate, shuffled, seeded), evaluate again.
 
-    The optimizer is fresh every round (the architecture is reloaded), with the round's learning rate.
+    The optimizer is fresh every round (the architecture is reloaded). It trains at the round's
+    learning rate when the run sets one, else at the rate the model was compiled with.
     When the round's instructions carry `proximal_mu` (FedProx), the proximal term is added to the
     loss (`client_agent.proximal`). Under `dp_mode` "dp-sgd" the model trains with DP-SGD
     (`client_agent.dp_sgd.fit`) instead of `fit`; `train_loss` is then the mean batch loss.
@@ -139,7 +140,8 @@ def keras_fit(model: RoundModel, data: Split, training: TrainingConfig) -> dict[
     if len(x_test):
         before = net.evaluate(x_test, y_test, verbose=0, return_dict=True)
         metrics.update({f"test_{k}_before": v for k, v in before.items()})
-    net.optimizer.learning_rate.assign(training.learning_rate)
+    if training.learning_rate is not None:  # else the model's own optimizer setting stands
+        net.optimizer.learning_rate.assign(training.learning_rate)
     try:
         mu = proximal_mu(training.instructions)
         private = dp_sgd.dp_mode(training.instructions) == dp_sgd.DP_SGD

@@ -226,7 +226,7 @@ def _html(view: RunView, out_dir: Path) -> str:
         "quorum": record.quorum,
         "local epochs": record.training.epochs,
         "batch size": record.training.batch_size,
-        "learning rate": record.training.learning_rate,
+        "learning rate": record.training.learning_rate or "the model's own",
         "strategy": record.strategy,
         "round deadline (s)": record.round_timeout_s,
         "round retries": record.round_retries,
@@ -240,7 +240,7 @@ def _html(view: RunView, out_dir: Path) -> str:
     partition = _partition_html(view, out_dir)
     failure = ""
     if view.execution and view.execution.status == "FAILED":
-        failure = f"<p class=failed>Failed: {e(view.execution.error)}: {e(view.execution.cause)}</p>"
+        failure = f"<p class=failed>Failed: {e(view.execution.failure)}</p>"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>fedstep run {e(view.run_id)}</title>
 <style>

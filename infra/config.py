@@ -18,8 +18,9 @@ with `cdk deploy -c fedstep:config=other.json`):
 or another one); without it, principals of the deploying account that are allowed `sts:AssumeRole`,
 and synth warns. `max_model_mb` is the largest model (safetensors file, MiB) the stack aggregates; it
 sizes the aggregation function's memory and time (`aggregation_memory_mb`, `aggregation_timeout_s`),
-and a size one function cannot hold is refused. Without a file, the default is project "fedstep"
-with three clients client-1..client-3.
+and a size one function cannot hold is refused. Without the default file (and no other file named),
+the default is project "fedstep" with three clients client-1..client-3; a file that is named but
+missing is an error.
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ def aggregation_timeout_s(max_model_mb: int, clients: int) -> int:
     `AGGREGATION_MB_PER_S`; at least 2 minutes, at most Lambda's 15."""
     estimate = 60 + clients * max_model_mb / AGGREGATION_MB_PER_S
     return int(min(LAMBDA_MAX_TIMEOUT_S, max(120, math.ceil(estimate))))
+
+
+DEFAULT_CONFIG_PATH = "fedstep.deploy.json"
+"""The deployment config when none is named; unlike a named file, it may be absent."""
 
 
 class ConfigError(ValueError):
@@ -193,10 +198,17 @@ class DeploymentConfig:
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> DeploymentConfig:
+    def load(cls, path: str | Path, *, missing_ok: bool = False) -> DeploymentConfig:
+        """The config in `path`; a missing file is the default config only with `missing_ok` (the
+        default path, no file named), otherwise an error naming it."""
         p = Path(path)
         if not p.exists():
-            return cls()
+            if missing_ok:
+                return cls()
+            raise ConfigError(
+                f"deployment config {str(p)!r} does not exist (named by the CDK context fedstep:config); "
+                f"check the path, which is relative to {Path.cwd()}"
+            )
         try:
             data = json.loads(p.read_text())
         except json.JSONDecodeError as exc:

@@ -61,3 +61,39 @@ def test_bad_deployment_config_fails_synth_with_a_clear_message(tmp_path):
     assert result.returncode != 0
     assert "duplicate client id(s) ['a']" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _run_app(context: dict[str, str], outdir: Path, drop: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`python app.py` as the CDK CLI runs cdk.json's `app` command: cdk.json's context, then `-c`'s."""
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    merged = {**json.loads((REPO / "cdk.json").read_text())["context"], **context}
+    env.update({"CDK_OUTDIR": str(outdir), "CDK_CONTEXT_JSON": json.dumps(merged)})
+    return subprocess.run(
+        [str(REPO / ".venv" / "bin" / "python"), "app.py"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_synth_with_a_named_deployment_config_that_is_missing_fails_naming_the_file(tmp_path):
+    # `npx cdk synth -c fedstep:config=missing.json` used to synthesize the default client-1..3
+    missing = tmp_path / "missing.json"
+    result = _run_app({"fedstep:config": str(missing)}, tmp_path / "out")
+    assert result.returncode != 0
+    assert f"fedstep: deployment config '{missing}' does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "fedstep.template.json").exists()
+
+
+def test_synth_without_a_named_config_prints_no_node_end_of_life_banner(tmp_path):
+    # the README's plain `npx cdk …` commands run app.py without the Makefile's JSII_SILENCE_… variable;
+    # (cdk.json names the default file fedstep.deploy.json; without it, the default clients)
+    out = tmp_path / "out"
+    result = _run_app({}, out, drop=("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION",))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "b'!!" not in result.stdout + result.stderr
+    assert "end-of-life" not in result.stdout + result.stderr
+    assert list(out.glob("*.template.json"))

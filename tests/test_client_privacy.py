@@ -25,6 +25,7 @@ from client_agent.privacy_ledger import PrivacyLedger, Spend
 from client_agent.training import FunctionTrainer
 from fedstep.cli.clients import render_json, render_table, statuses
 from fedstep.core import keys, tensors
+from fedstep.core.clock import utc_now
 from fedstep.core.errors import FedstepError
 from fedstep.core.schemas import (
     DeclineItem,
@@ -202,7 +203,7 @@ def message(round_number: int, instructions: dict, run_id: str = "run-1", epochs
         round=round_number,
         attempt=0,
         global_model=ObjectRef("global", tensors.sha256_hex(GLOBAL), len(GLOBAL)),
-        issued_at="2026-11-21T12:00:00Z",
+        issued_at=utc_now(),  # a live round: the agent skips rounds past their deadline
         model=ObjectRef("model.keras", tensors.sha256_hex(ARCHITECTURE), len(ARCHITECTURE)),
         training=TrainingConfig(epochs=epochs, batch_size=BATCH),
         instructions=instructions,

@@ -86,3 +86,33 @@ def test_config_numbers_must_be_whole_seconds(tmp_path, monkeypatch):
         load(str(path), {"poll_wait_s": "soon"})
     with pytest.raises(FedstepError, match=r"heartbeat_s must be 0 \(off\) or 10-3600"):
         load(str(path), {"heartbeat_s": 5})
+
+
+@pytest.mark.parametrize(("round_rate", "expected"), [(None, 1e-3), (0.05, 0.05)])
+def test_a_model_compiled_with_adam_keeps_its_learning_rate_unless_the_round_sets_one(round_rate, expected):
+    """fedstep issue 13: a run without --learning-rate trains at the rate the model was compiled
+    with (the round message carries null); --learning-rate replaces it."""
+    from client_agent.keras_model import get_tensors, import_keras, model_to_bytes
+    from client_agent.training import keras_fit
+
+    keras = import_keras()
+    net = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, activation="softmax")])
+    net.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    wire = {"epochs": 1, "batch_size": 32, "learning_rate": round_rate}  # as the round message carries it
+    training = TrainingConfig.parse(wire)
+    assert training.learning_rate == round_rate
+    model = RoundModel(model_to_bytes(net), get_tensors(net))
+    keras_fit(model, load_local_data("digits", "1/3"), training)
+    optimizer = model.keras().optimizer
+    assert type(optimizer).__name__ == "Adam"
+    assert float(optimizer.learning_rate.numpy()) == pytest.approx(expected)
+
+
+def test_a_learning_rate_is_none_or_a_positive_number():
+    assert (
+        TrainingConfig().learning_rate is None
+        and TrainingConfig.parse({"epochs": 1, "batch_size": 8}).learning_rate is None
+    )
+    for bad in (0, -0.1, float("inf")):
+        with pytest.raises(FedstepError, match="learning_rate > 0 or null"):
+            TrainingConfig(learning_rate=bad)

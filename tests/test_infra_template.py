@@ -443,4 +443,6 @@ def test_deployment_config_file_errors_are_clear(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         DeploymentConfig.load(bad)
-    assert DeploymentConfig.load(tmp_path / "missing.json") == DeploymentConfig()
+    assert DeploymentConfig.load(tmp_path / "missing.json", missing_ok=True) == DeploymentConfig()
+    with pytest.raises(ConfigError, match=r"missing\.json' does not exist"):
+        DeploymentConfig.load(tmp_path / "missing.json")

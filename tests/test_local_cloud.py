@@ -179,7 +179,7 @@ def test_fedstep_start_publishes_the_model_and_starts_an_execution(cloud):
     initial = tensors.decode(store.get(keys.global_key("cli-run", 0, keys.INITIAL_VERSION)))
     assert sorted(initial) == ["000/hidden/kernel", "001/hidden/bias", "002/output/kernel", "003/output/bias"]
     run = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb")).get_run("cli-run")
-    assert run.rounds == 3 and run.clients == ["client-1", "client-2"] and run.training.learning_rate == 0.1
+    assert run.rounds == 3 and run.clients == ["client-1", "client-2"] and run.training.learning_rate is None
     arn = cloud.outputs.state_machine_arn.replace(":stateMachine:", ":execution:") + ":cli-run"
     assert cloud.client("stepfunctions").describe_execution(executionArn=arn)["status"] == "RUNNING"
     again = _fedstep(
@@ -488,6 +488,20 @@ def test_a_failed_run_resumes_from_its_last_completed_round(cloud, tmp_path):
         np.testing.assert_allclose(final[name], 7.5)  # three rounds of 2.5: the same as a fault-free run
     with pytest.raises(FedstepError, match="completed all 3 rounds"):
         resume_run(resumed.run_id, cloud.outputs, **clients)
+    # --rounds: the total the continuation runs up to; it may extend a run that completed its rounds
+    with pytest.raises(FedstepError, match="completed 3 rounds already; --rounds is the total"):
+        resume_run(resumed.run_id, cloud.outputs, **clients, rounds=3)
+    for a in agents.values():
+        serve(a, expect=Outcome.RUN_ENDED)  # the end of the continuation that ran rounds 2 and 3
+    extended = resume_run(resumed.run_id, cloud.outputs, **clients, rounds=4)
+    for a in agents.values():
+        serve(a)  # round 4
+    desc = wait_for_execution(cloud, extended.execution_arn)
+    assert desc["status"] == "SUCCEEDED" and [h.round for h in summaries(cloud, extended.run_id)] == [4]
+    assert DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb")).get_run(extended.run_id).rounds == 4
+    final = tensors.decode(global_after(cloud, extended.run_id, 4))
+    for name in INITIAL:
+        np.testing.assert_allclose(final[name], 10.0)  # a fourth round of 2.5
 
 
 def test_a_round_that_misses_its_quorum_is_retried_and_the_run_completes(cloud, tmp_path):

@@ -146,7 +146,7 @@ def test_stop_aborts_a_running_run_and_tells_its_clients(local_cloud, finished_r
     run_id = started.stdout.split("started run ", 1)[1].split()[0]
     result = fedstep(local_cloud, "stop", run_id, "--reason", "wrong learning rate")
     assert result.returncode == 0, result.stderr
-    assert f"stopped run {run_id} after 0 of 2 rounds" in result.stdout
+    assert f"stopped run {run_id}; 0 of 2 rounds completed; its clients were told" in result.stdout
     arn = local_cloud.outputs.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{run_id}"
     assert wait_for_execution(local_cloud, arn, timeout_s=30)["status"] == "ABORTED"
     sqs = local_cloud.client("sqs")
@@ -193,3 +193,69 @@ def test_a_run_file_with_a_mistake_is_refused_with_the_field_named(local_cloud, 
     run_file.write_text(json.dumps({"model": MODEL, "round": 3}))
     result = fedstep(local_cloud, "start", "--run-file", str(run_file))
     assert result.returncode == 2 and "unknown field(s) ['round']" in result.stderr
+
+
+def _run_view(rounds_done: int, status: str = "RUNNING"):
+    from datetime import UTC, datetime
+
+    from fedstep.cli.run_view import Execution, RunView
+    from fedstep.core.schemas import ObjectRef, RoundSummary, RunRecord, TrainingConfig
+
+    clients = ["client-1", "client-2"]
+    record = RunRecord("run-x", clients, 50, TrainingConfig(), "fedavg", "2026-11-21T12:00:00Z")
+    summaries = [
+        RoundSummary(
+            run_id="run-x",
+            round=r,
+            selected=clients,
+            participants=clients,
+            num_examples=20,
+            rejected=[],
+            metrics={},
+            global_model=ObjectRef(f"runs/run-x/rounds/{r:05d}/global.safetensors", "0" * 64, 1),
+            duration_s=1.0,
+            aggregation_s=0.1,
+            completed_at="2026-11-21T12:00:00Z",
+        )
+        for r in range(1, rounds_done + 1)
+    ]
+    return RunView("run-x", record, Execution(status, datetime.now(UTC), None, {}), summaries)
+
+
+def test_stop_reports_the_rounds_completed_as_of_the_stop_not_before_it(monkeypatch, capsys):
+    """`fedstep stop run-x` read the run at round 3; round 4 completed before the stop took effect, and
+    `fedstep status` then shows round 4: stop says 4, not 'after 3 of 50 rounds'."""
+    import fedstep.cli as cli
+    import fedstep.cli.operate as operate
+
+    reads = iter([_run_view(3), _run_view(4, "ABORTED")])
+    stopped = []
+    monkeypatch.setattr(cli, "_Stack", lambda args: type("S", (), {"outputs": None, "client": lambda self, s: s})())
+    monkeypatch.setattr(cli, "_view", lambda stack, run_id: next(reads))
+    monkeypatch.setattr(operate, "stop_run", lambda view, *rest: stopped.append(view.last_round))
+    assert cli.main(["stop", "run-x"]) == 0
+    assert stopped == [3]
+    out = capsys.readouterr().out
+    assert "stopped run run-x; 4 of 50 rounds completed; its clients were told" in out
+    assert "after 3" not in out
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "expected"),
+    [
+        (None, {"AWS_REGION": "eu-west-3"}, "eu-west-3"),
+        (None, {"AWS_REGION": "eu-west-3", "AWS_DEFAULT_REGION": "us-east-2"}, "eu-west-3"),
+        (None, {"AWS_DEFAULT_REGION": "us-east-2"}, "us-east-2"),
+        ("ap-south-1", {"AWS_REGION": "eu-west-3", "AWS_DEFAULT_REGION": "us-east-2"}, "ap-south-1"),
+    ],
+)
+def test_the_operator_cli_uses_region_flag_then_aws_region_then_aws_default_region(monkeypatch, flag, env, expected):
+    """`AWS_REGION=eu-west-3 fedstep runs` works on eu-west-3 (boto3 alone reads only AWS_DEFAULT_REGION)."""
+    import fedstep.cli as cli
+
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args = cli._parser().parse_args(["runs", *(["--region", flag] if flag else [])])
+    assert cli._session(args.region).region_name == expected

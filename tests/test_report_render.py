@@ -173,3 +173,38 @@ def test_a_dp_run_plots_epsilon_per_round_beside_accuracy_and_status_shows_it(vi
     assert "EPSILON" in text and "6.000" in text  # round 4's epsilon
     rows = json.loads(render_status_json(private))["rounds"]
     assert [(r["epsilon"], r["delta"]) for r in rows] == [(1.5 * r, 1e-5) for r in (1, 2, 3, 4)]
+
+
+LAMBDA_ERROR = (
+    '{"errorMessage": "krum needs at least 2 * num_malicious + 3 updates, got 3", "errorType": "StrategyFailed", '
+    '"requestId": "0f1e", "stackTrace": ["  File \\"/var/task/lambdas/aggregate.py\\", line 88, in handler\\n"]}'
+)
+
+
+def test_status_and_report_show_a_lambda_error_cause_as_type_and_message_not_json(view, tmp_path):
+    """`fedstep status` of a run whose execution failed with a Lambda error payload as its cause."""
+    from dataclasses import replace
+
+    from fedstep.cli.status import render_status
+
+    started = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+    failed = replace(view, execution=Execution("FAILED", started, started, {}, "States.TaskFailed", LAMBDA_ERROR))
+    text = render_status(failed)
+    expected = "States.TaskFailed: StrategyFailed: krum needs at least 2 * num_malicious + 3 updates, got 3"
+    assert f"failed: {expected}" in text.splitlines()
+    assert "errorMessage" not in text and "stackTrace" not in text and "{" not in text.split("failed:")[1]
+    same_error = replace(failed, execution=replace(failed.execution, error="StrategyFailed"))
+    assert "failed: StrategyFailed: krum needs" in render_status(same_error)  # the type is not said twice
+    html = write_report(failed, tmp_path).read_text()
+    assert f"Failed: {expected}" in html and "errorMessage" not in html
+
+
+def test_status_shows_a_plain_text_cause_as_it_is(view):
+    from dataclasses import replace
+
+    from fedstep.cli.status import render_status
+
+    started = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+    cause = "round 2: 1 valid update(s) of 3, quorum 2"
+    failed = replace(view, execution=Execution("FAILED", started, started, {}, "QuorumNotMet", cause))
+    assert f"failed: QuorumNotMet: {cause}" in render_status(failed).splitlines()

@@ -26,7 +26,7 @@ def _settings_args(parser: argparse.ArgumentParser, defaults: RunSettingsDefault
     parser.add_argument("--rounds", type=int, help=f"number of rounds (default {defaults.rounds})")
     parser.add_argument("--epochs", type=int, help="local epochs per round (default 1)")
     parser.add_argument("--batch-size", type=int, help="local batch size (default 32)")
-    parser.add_argument("--learning-rate", type=float, help="local learning rate (default 0.1)")
+    parser.add_argument("--learning-rate", type=float, help="local learning rate (default: the model's own)")
     parser.add_argument("--strategy", help="aggregation strategy (default fedavg; `fedstep strategies` lists them)")
     parser.add_argument(
         "--strategy-param",
@@ -112,19 +112,27 @@ LOCAL_DEFAULTS = RunSettingsDefaults(rounds=5, timeout=600)
 
 def _stack_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stack", default="fedstep", help="CloudFormation stack name (default fedstep)")
-    parser.add_argument("--region", help="AWS region (default: the AWS configuration's)")
+    parser.add_argument(
+        "--region", help="AWS region (default: $AWS_REGION, else $AWS_DEFAULT_REGION, else the profile's)"
+    )
     parser.add_argument("--endpoint-url", help="AWS endpoint override (e.g. the embedded local cloud)")
+
+
+def _session(region: str | None):  # -> boto3.Session
+    """The commands' AWS session: `--region`, else AWS_REGION, else AWS_DEFAULT_REGION, else the
+    profile's (boto3 itself reads only the last two)."""
+    import boto3
+
+    return boto3.Session(region_name=region or os.environ.get("AWS_REGION") or None)
 
 
 class _Stack:
     """The deployed stack the command works on: its outputs and clients for its services."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        import boto3
-
         from fedstep.aws.stack import StackOutputs
 
-        self.session = boto3.Session(region_name=args.region)
+        self.session = _session(args.region)
         self.endpoint_url = args.endpoint_url
         self._clients: dict[str, Any] = {}
         self.outputs = StackOutputs.of_stack(self.client("cloudformation"), args.stack)
@@ -235,18 +243,24 @@ def _strategies(args: argparse.Namespace) -> int:
 
 
 def _start(args: argparse.Namespace) -> int:
-    from fedstep.cli.start import build_model, keras_payload, resume_run, start_run
+    from fedstep.cli.start import build_model, keras_payload, resume_rounds, resume_run, start_run
 
     run_file = _run_file(args)
     model = args.model or run_file.get("model")
     if bool(model) == bool(args.resume):
         raise FedstepError("give --model (or model in the run file) to start a new run, or --resume RUN_ID")
+    rounds = resume_rounds(args.resume, vars(args), run_file) if args.resume else None  # refuses other settings
     settings = _settings(args, START_DEFAULTS, run_file)
     stack = _Stack(args)
     client, outputs = stack.client, stack.outputs
     if args.resume:
         started = resume_run(
-            args.resume, outputs, s3=client("s3"), dynamodb=client("dynamodb"), stepfunctions=client("stepfunctions")
+            args.resume,
+            outputs,
+            s3=client("s3"),
+            dynamodb=client("dynamodb"),
+            stepfunctions=client("stepfunctions"),
+            rounds=rounds,
         )
         print(f"resumed run {args.resume} as run {started.run_id}")
         print(f"execution: {started.execution_arn}")
@@ -315,7 +329,11 @@ def _stop(args: argparse.Namespace) -> int:
     stack = _Stack(args)
     view = _view(stack, args.run_id)
     stop_run(view, stack.outputs, stack.client("stepfunctions"), stack.client("sns"), args.reason)
-    print(f"stopped run {args.run_id} after {view.last_round} of {view.record.rounds} rounds; its clients were told")
+    after = _view(stack, args.run_id)  # a round may have completed since `view` was read
+    print(
+        f"stopped run {args.run_id}; {after.last_round} of {after.record.rounds} rounds completed; "
+        "its clients were told"
+    )
     return 0
 
 

@@ -42,6 +42,28 @@ class Execution:
             return "stopped"
         return str(self.output.get("stop_reason") or self.error or "")
 
+    @property
+    def failure(self) -> str:
+        """The failure as a person reads it, `error: cause`: a Lambda error payload as the cause shows as
+        its `errorType: errorMessage` (without the stack trace), and the error is not said twice."""
+        cause = readable_cause(self.cause)
+        if not self.error or cause == self.error or cause.startswith(f"{self.error}: "):
+            return cause or self.error
+        return f"{self.error}: {cause}" if cause else self.error
+
+
+def readable_cause(cause: str) -> str:
+    """An execution's cause; a Lambda error payload (`{"errorMessage": ..., "errorType": ...,
+    "stackTrace": ...}`) becomes `errorType: errorMessage`."""
+    try:
+        payload = json.loads(cause)
+    except ValueError:
+        return cause
+    if not isinstance(payload, dict) or "errorMessage" not in payload:
+        return cause
+    message, kind = str(payload["errorMessage"]), str(payload.get("errorType") or "")
+    return f"{kind}: {message}" if kind else message
+
 
 @dataclass(frozen=True)
 class RunView:

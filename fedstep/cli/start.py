@@ -36,14 +36,16 @@ from fedstep.core.selection import per_round_count
 @dataclass(frozen=True)
 class RunSettings:
     """How a run trains, and how far it trusts any one client. Defaults: 5 rounds, 1 local epoch,
-    batch 32, learning rate 0.1, FedAvg, a 1-hour round deadline, a quorum of half the clients per
-    round (rounded up), at least 2 participants per round, each client's weight capped at 100,000
-    examples, update norms unbounded, updates beyond a bound clipped."""
+    batch 32, the learning rate the model's optimizer was compiled with, FedAvg, a 1-hour round
+    deadline, a quorum of half the clients per round (rounded up), at least 2 participants per round,
+    each client's weight capped at 100,000 examples, update norms unbounded, updates beyond a bound
+    clipped."""
 
     rounds: int = 5
     epochs: int = 1
     batch_size: int = 32
-    learning_rate: float = 0.1
+    learning_rate: float | None = None
+    """The clients' learning rate, set on the model's optimizer each round; None: the optimizer's own."""
     strategy: str = "fedavg"
     """The aggregation strategy's name (`fedstep strategies` lists them)."""
     strategy_params: dict[str, Any] | None = None
@@ -212,6 +214,7 @@ class RunSettings:
 
 RUN_FILE_FIELDS = {f.name for f in fields(RunSettings)} | {"model"}
 _TYPES: dict[str, type] = {
+    "learning_rate": float,
     "quorum": int,
     "target": str,
     "clients_per_round": str,
@@ -373,12 +376,51 @@ def model_of_round(
     raise FedstepError(f"run {run.run_id} has no completed round {round_number}")
 
 
-def resume_run(run_id: str, outputs: StackOutputs, *, s3: Any, dynamodb: Any, stepfunctions: Any) -> StartedRun:
+def _flag(name: str) -> str:
+    return {"round_timeout_s": "--round-timeout", "strategy_params": "--strategy-param"}.get(
+        name, "--" + name.replace("_", "-")
+    )
+
+
+def resume_rounds(run_id: str, flags: dict[str, Any], run_file: dict[str, Any]) -> int | None:
+    """The `--rounds` of `fedstep start --resume RUN_ID` (None: the run's own). A continuation keeps
+    the run's settings: any other run setting given as a flag (`flags`: the parsed arguments) or in
+    the run file is refused by name, and so is `--run-id` (the continuation is `<run id>-r<n>`)."""
+    given = [
+        _flag(name) for name in RUN_FILE_FIELDS - {"model", "rounds", "strategy_params"} if flags.get(name) is not None
+    ]
+    given += ["--strategy-param"] if flags.get("strategy_param") else []
+    given += [f"{name} (run file)" for name in run_file if name not in ("model", "rounds")]
+    if given:
+        names = ", ".join(sorted(given))
+        raise FedstepError(
+            f"--resume continues run {run_id} with its own settings; {names} cannot be changed "
+            "(only --rounds can: the total the continuation runs up to)"
+        )
+    if flags.get("run_id") is not None:
+        raise FedstepError(f"--resume names the continuation of run {run_id} itself ({run_id}-r1, ...); drop --run-id")
+    rounds = flags.get("rounds")
+    return rounds if rounds is not None else run_file.get("rounds")
+
+
+def resume_run(
+    run_id: str,
+    outputs: StackOutputs,
+    *,
+    s3: Any,
+    dynamodb: Any,
+    stepfunctions: Any,
+    rounds: int | None = None,
+) -> StartedRun:
     """Continue a failed or stopped run from its last completed round's global model.
 
     The continuation is a new run, `<run id>-r1` (then -r2, ...): messages and update items still in
     flight for the old execution carry the old run id, so they can never mix into the new one. It
-    reads the earlier rounds from the runs it continues; nothing of them is copied."""
+    reads the earlier rounds from the runs it continues; nothing of them is copied. It keeps the run's
+    settings, except `rounds`: the total number of rounds it runs up to (default the run's own), which
+    may also extend a run that completed all its rounds."""
+    if rounds is not None and not 1 <= rounds <= limits.MAX_ROUNDS:
+        raise FedstepError(f"rounds must be 1 to {limits.MAX_ROUNDS}, got {rounds}")
     table = DynamoRoundTable(outputs.table, dynamodb)
     old = table.get_run(run_id)
     if old is None:
@@ -389,8 +431,16 @@ def resume_run(run_id: str, outputs: StackOutputs, *, s3: Any, dynamodb: Any, st
     history = round_history(table, run_id, old.rounds, old)  # also the rounds of the runs it continues
     done = [s.round for s in history]
     last = next((i for i, r in enumerate(done) if r != i + 1), len(done))  # last of rounds 1..k all done
-    if last >= old.rounds:
-        raise FedstepError(f"run {run_id} completed all {old.rounds} rounds ({status}); nothing to resume")
+    if rounds is not None and last >= rounds:
+        raise FedstepError(
+            f"run {run_id} completed {last} rounds already; --rounds is the total to run up to, "
+            f"so give more than {last}"
+        )
+    if last >= (rounds or old.rounds):
+        raise FedstepError(
+            f"run {run_id} completed all {old.rounds} rounds ({status}); nothing to resume "
+            "(--rounds N continues it up to N rounds in total)"
+        )
     store = S3ModelStore(outputs.bucket, s3)
     architecture = store.get(keys.model_key(run_id))
     global_bytes = store.get(model_of_round(table, old, last, history))
@@ -398,7 +448,14 @@ def resume_run(run_id: str, outputs: StackOutputs, *, s3: Any, dynamodb: Any, st
     state_bytes = store.get(state_ref.key) if state_ref else None
     for attempt in range(1, 100):
         new_id = keys.check_id("run id", f"{run_id}-r{attempt}")
-        record = replace(old, run_id=new_id, created_at=utc_now(), resumed_from=run_id, initial_state=None)
+        record = replace(
+            old,
+            run_id=new_id,
+            rounds=rounds or old.rounds,
+            created_at=utc_now(),
+            resumed_from=run_id,
+            initial_state=None,
+        )
         launched = _launch(
             record,
             architecture,

@@ -116,10 +116,11 @@ def strategy_text(name: str, params: dict[str, object]) -> str:
 
 def settings_line(view: RunView) -> str:
     r = view.record
+    learning_rate = "the model's own" if r.training.learning_rate is None else f"{r.training.learning_rate:g}"
     per_round = r.clients_per_round or len(r.clients)
     parts = [
         f"{len(r.clients)} clients, {per_round} per round, quorum {r.quorum}",
-        f"{r.training.epochs} epoch(s), batch {r.training.batch_size}, learning rate {r.training.learning_rate:g}",
+        f"{r.training.epochs} epoch(s), batch {r.training.batch_size}, learning rate {learning_rate}",
         strategy_text(r.strategy, r.strategy_params),
         f"round deadline {duration(r.round_timeout_s)}",
         bounds_text(view),
@@ -146,7 +147,7 @@ def footer(view: RunView) -> list[str]:
         lines += [f"  {c}: round {f.round}: {f.reason}" for c, f in sorted(view.last_rejections.items())]
     ex = view.execution
     if ex and ex.status == "FAILED":
-        lines.append(f"failed: {ex.error}: {ex.cause}")
+        lines.append(f"failed: {ex.failure}")
     return lines
 
 

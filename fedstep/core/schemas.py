@@ -145,7 +145,10 @@ class ObjectRef:
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Local training settings sent with every round. Defaults: 1 epoch, batch 32, learning rate 0.01.
+    """Local training settings sent with every round. Defaults: 1 epoch, batch 32, no learning rate.
+
+    `learning_rate` None (null on the wire): the model's own optimizer keeps the learning rate it was
+    compiled with; a number (> 0) replaces it for the round.
 
     `instructions` are the strategy's instructions for this round (e.g. FedProx's `proximal_mu`):
     the agent sets them from the round message before it calls the train function; they are never
@@ -153,14 +156,15 @@ class TrainingConfig:
 
     epochs: int = 1
     batch_size: int = 32
-    learning_rate: float = 0.01
+    learning_rate: float | None = None
     params: dict[str, Any] = field(default_factory=dict)
     instructions: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or not (0 < self.learning_rate < math.inf):
+        lr_ok = self.learning_rate is None or 0 < self.learning_rate < math.inf
+        if self.epochs < 1 or self.batch_size < 1 or not lr_ok:
             raise InvalidMessage(
-                f"training config: epochs and batch_size must be >= 1 and learning_rate > 0 "
+                f"training config: epochs and batch_size must be >= 1 and learning_rate > 0 or null "
                 f"(got {self.epochs}, {self.batch_size}, {self.learning_rate})"
             )
 
@@ -172,7 +176,7 @@ class TrainingConfig:
         return cls(
             epochs=_positive_int(data, "epochs", where),
             batch_size=_positive_int(data, "batch_size", where),
-            learning_rate=_get(data, "learning_rate", float, where),
+            learning_rate=_optional_number(data, "learning_rate", where),
             params=params,
         )
 

@@ -139,27 +139,30 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
         store.put_once(keys.partition_key(started.run_id), json.dumps(counts.to_json()).encode())
         table = DynamoRoundTable(outputs.table, cloud.client("dynamodb"))
         evaluator = HeldoutEvaluator(datasets.heldout(prepared), architecture)
-        rounds = _watch(cloud, procs, started.run_id, started.execution_arn, store, table, evaluator, config, echo)
+        rounds, output = _watch(
+            cloud, procs, started.run_id, started.execution_arn, store, table, evaluator, config, echo
+        )
         # the last round (before --rounds when the target stopped the run early)
         last = RoundSummary.parse(table.list_rounds(started.run_id)[-1])
+        stop_reason = output.get("stop_reason")
+        line = stop_line(stop_reason, settings, last.round)
+        if line:
+            echo(line)
         final_weights = tensors.decode(store.get(last.global_model.key))
         final = evaluator.evaluate(final_weights)
         procs.wait(timeout_s=30)
-        summary = {
-            "run_id": started.run_id,
-            "rounds": rounds,
-            "final": final,
-            "config": {
-                "dataset": config.dataset,
-                "clients": config.clients,
-                "partition": str(scheme),
-                "model": model_ref,
-                "seed": config.seed,
-                **asdict(settings),
-                "strategy_params": strategy_params,
-            },
-            "partition": counts.to_json(),
-        }
+        summary = demo_summary(
+            started.run_id,
+            rounds,
+            final,
+            stop_reason,
+            config,
+            str(scheme),
+            model_ref,
+            settings,
+            strategy_params,
+            counts,
+        )
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         echo(
             f"final global model on the held-out test set: accuracy {final['test_accuracy']:.4f}, "
@@ -168,6 +171,53 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
         if config.keep_running:
             _keep_running(cloud.endpoint, started.run_id, out, echo)
     return summary
+
+
+def stop_line(reason: str | None, settings: RunSettings, rounds_completed: int) -> str | None:
+    """The console line saying why the run stopped before --rounds; None when it ran them all."""
+    if not reason or reason == "max_rounds":
+        return None
+    if reason == "target_reached":
+        return f"target {settings.target} reached after round {rounds_completed}: the run stops"
+    if reason == "privacy_budget":
+        budget = f" {settings.dp_epsilon:g}" if settings.dp_epsilon is not None else ""
+        return (
+            f"privacy budget reached after round {rounds_completed}: one more round would take epsilon past "
+            f"--dp-epsilon{budget}, so the run stops"
+        )
+    return f"the run stopped after round {rounds_completed}: {reason}"
+
+
+def demo_summary(
+    run_id: str,
+    rounds: list[dict[str, Any]],
+    final: dict[str, float],
+    stop_reason: str | None,
+    config: DemoConfig,
+    scheme: str,
+    model_ref: str,
+    settings: RunSettings,
+    strategy_params: dict[str, Any],
+    counts: LabelCounts,
+) -> dict[str, Any]:
+    """What `<out>/summary.json` holds. `stop_reason` is the execution's: max_rounds, target_reached
+    or privacy_budget."""
+    return {
+        "run_id": run_id,
+        "stop_reason": stop_reason,
+        "rounds": rounds,
+        "final": final,
+        "config": {
+            "dataset": config.dataset,
+            "clients": config.clients,
+            "partition": scheme,
+            "model": model_ref,
+            "seed": config.seed,
+            **asdict(settings),
+            "strategy_params": strategy_params,
+        },
+        "partition": counts.to_json(),
+    }
 
 
 def _check_data_args(config: DemoConfig) -> Scheme:
@@ -313,8 +363,8 @@ def _watch(
     evaluator: HeldoutEvaluator,
     config: DemoConfig,
     echo: Callable[[str], None],
-) -> list[dict[str, Any]]:
-    """Print each round as its summary appears; return them when the execution succeeds."""
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Print each round as its summary appears; return them and the execution's output when it succeeds."""
     sfn = cloud.client("stepfunctions")
     deadline = time.monotonic() + config.timeout_s
     seen: list[dict[str, Any]] = []
@@ -348,7 +398,8 @@ def _watch(
         # Listed again after reading the status: a round summary written since the listing above
         # would otherwise be missed when the execution succeeds in between.
         if status["status"] == "SUCCEEDED" and len(seen) == len(table.list_rounds(run_id)):
-            return seen  # every round (fewer than --rounds if the target stopped the run early)
+            # every round (fewer than --rounds if the target stopped the run early)
+            return seen, json.loads(status.get("output") or "{}")
         if status["status"] in ("FAILED", "TIMED_OUT", "ABORTED"):
             raise FedstepError(f"run {run_id} {status['status']}: {status.get('error', '')} {status.get('cause', '')}")
         for cid, code in procs.failed().items():
