@@ -1,5 +1,5 @@
-"""Epsilon of the sampled Gaussian mechanism, composed over rounds or steps, by dp-accounting's RDP
-accountant.
+"""Epsilon of the sampled Gaussian mechanism, composed over rounds or steps, by dp-accounting: the
+smaller of its RDP and PLD accountants' bounds (`tightest_epsilon`; PLD where it supports the event).
 
 Two samplings:
 - `poisson`: each unit (a record, in DP-SGD) takes part independently with probability `q`
@@ -16,13 +16,40 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
+import warnings
 
 import dp_accounting as dpa
+from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
 # dp-accounting logs a warning per RDP order it cannot evaluate (large q, small sigma) and leaves
 # that order out; the epsilon it returns is still a valid bound.
 logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+PLD_INTERVAL = 1e-2
+"""The PLD accountant's discretization of the privacy loss: its bound stays pessimistic (an upper
+bound); 1e-2 instead of the library's 1e-4 makes it 100 times faster (30 rounds at z 0.5: 0.05 s
+instead of 6 s) for the same epsilon to three decimals."""
+
+
+def tightest_epsilon(event: dpa.DpEvent, delta: float, relation: dpa.NeighboringRelation) -> float:
+    """The smallest epsilon dp-accounting's accountants give for `event` at `delta`: the RDP
+    accountant always, and the privacy-loss-distribution (PLD) accountant where it supports the event
+    (it does not support sampling without replacement). Each is an upper bound on the true epsilon,
+    so the smaller one is too; PLD is usually tighter."""
+    bounds = []
+    pld = PLDAccountant(relation, value_discretization_interval=PLD_INTERVAL)
+    for accountant in (RdpAccountant(neighboring_relation=relation), pld):
+        if accountant.supports(event):
+            with warnings.catch_warnings():  # PLD overflows to inf for very weak noise: RDP's bound stands
+                warnings.simplefilter("ignore", RuntimeWarning)
+                accountant.compose(event)
+                epsilon = float(accountant.get_epsilon(delta))
+            if not math.isnan(epsilon):
+                bounds.append(epsilon)
+    return min(bounds)
 
 
 REPLACE_ONE_SENSITIVITY = 2.0
@@ -41,9 +68,15 @@ def epsilon_fixed(noise_multiplier: float, sample: int, population: int, steps: 
     event = dpa.GaussianDpEvent(noise_multiplier / REPLACE_ONE_SENSITIVITY)
     if sample < population:
         event = dpa.SampledWithoutReplacementDpEvent(population, sample, event)
-    accountant = RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
-    accountant.compose(dpa.SelfComposedDpEvent(event, steps))
-    return float(accountant.get_epsilon(delta))
+    return tightest_epsilon(dpa.SelfComposedDpEvent(event, steps), delta, _relation(sample, population))
+
+
+def _relation(sample: int, population: int) -> dpa.NeighboringRelation:
+    """Replace-one for sampling without replacement. With every client in every round the event is a
+    plain Gaussian whose noise multiplier already holds the sensitivity 2C; its privacy loss is the
+    same under either relation, but dp-accounting's PLD accountant would double the sensitivity
+    again under REPLACE_ONE, so it is accounted as add/remove of that 2C contribution."""
+    return dpa.NeighboringRelation.REPLACE_ONE if sample < population else dpa.NeighboringRelation.ADD_OR_REMOVE_ONE
 
 
 @functools.lru_cache(maxsize=4096)
@@ -57,6 +90,4 @@ def epsilon_poisson(noise_multiplier: float, rate: float, steps: int, delta: flo
     event = dpa.GaussianDpEvent(noise_multiplier)
     if rate < 1:
         event = dpa.PoissonSampledDpEvent(rate, event)
-    accountant = RdpAccountant()
-    accountant.compose(dpa.SelfComposedDpEvent(event, steps))
-    return float(accountant.get_epsilon(delta))
+    return tightest_epsilon(dpa.SelfComposedDpEvent(event, steps), delta, dpa.NeighboringRelation.ADD_OR_REMOVE_ONE)
