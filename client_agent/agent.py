@@ -30,7 +30,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,7 @@ from fedstep.aws import boto
 from fedstep.aws.ddb import Items
 from fedstep.aws.errors import AWS_ERRORS, error_code, explain, is_transient
 from fedstep.core import keys, limits, tensors
-from fedstep.core.clock import utc_now
+from fedstep.core.clock import seconds_since, utc_now
 from fedstep.core.errors import FedstepError, InvalidUpdate
 from fedstep.core.schemas import (
     DeclineItem,
@@ -264,11 +263,7 @@ class Agent:
         deadline passed (beyond the clock skew allowed), so the server no longer waits for it."""
         if msg.run_id in self._ended_runs:
             return "the run has ended"
-        try:
-            issued = datetime.fromisoformat(msg.issued_at.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return None
-        if time.time() > issued + msg.deadline_s + limits.MAX_CLOCK_SKEW_S:
+        if seconds_since(msg.issued_at, time.time()) > msg.deadline_s + limits.MAX_CLOCK_SKEW_S:
             return f"its deadline ({msg.deadline_s} s after {msg.issued_at}) has passed"
         return None
 

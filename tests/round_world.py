@@ -51,12 +51,13 @@ class World:
             reporter=self.reporter,
         )
 
-    def report(self, client, value=None, n=10, round_number=1, delta=None, metrics=None, **overrides):
+    def report(self, client, value=None, n=10, round_number=1, delta=None, metrics=None, privacy=None, **overrides):
         """What an agent does: upload its update (a delta) under its own prefix, write its item."""
         delta = delta if delta is not None else {k: np.full(v.shape, value, np.float32) for k, v in GLOBAL.items()}
         key = keys.update_key(RUN, round_number, client)
         metrics = metrics if metrics is not None else {"test_accuracy": min(1.0, abs(value or 0) / 10)}
-        item = UpdateItem(RUN, round_number, client, n, ObjectRef(key, "0" * 64, 0), metrics, "2026-11-21T00:01Z")
+        ref = ObjectRef(key, "0" * 64, 0)
+        item = UpdateItem(RUN, round_number, client, n, ref, metrics, "2026-11-21T00:01Z", privacy or {})
         data = tensors.encode(delta, item.file_metadata())
         self.store.put(key, data)
         item = replace(item, update=ObjectRef(key, tensors.sha256_hex(data), len(data)))

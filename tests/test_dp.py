@@ -184,3 +184,24 @@ def test_sensible_dp_settings_are_accepted_and_recorded():
     settings.for_clients(["a", "b", "c", "d"])
     assert settings.privacy() == DPSettings("central", 1.0, 0.5, 1e-5, 20.0)
     assert RunSettings(dp="client-clip", dp_noise_multiplier=1.0).privacy().clip is None  # adaptive by default
+
+
+def test_a_client_reporting_an_epsilon_past_dynamodbs_numbers_is_rejected_and_the_round_goes_on():
+    """The attack: under DP-SGD the round summary carries the largest epsilon a participant reports;
+    1e300 would make the summary a number DynamoDB refuses (above 1e125), so no round could complete."""
+    world = make_world(clients=("a", "b", "c"), dp=DPSettings("dp-sgd", 1.1, 1.0, 1e-5))
+    world.report("a", 1.0, privacy={"epsilon": 2.5, "delta": 1e-5})
+    world.report("b", 3.0, privacy={"epsilon": 3.0, "delta": 1e-5})
+    world.report("c", 5.0, privacy={"epsilon": 1e300, "delta": 1e-5})
+    summary = world.complete()
+    assert summary is not None and summary.participants == ["a", "b"]
+    [rejection] = summary.rejected
+    assert rejection.client_id == "c" and "privacy figures must be numbers from 0 to 1e+12" in rejection.reason
+    assert summary.epsilon == 3.0
+
+
+def test_a_within_clip_bit_other_than_0_or_1_is_refused():
+    from fedstep.core.schemas import InvalidMessage, check_privacy
+
+    with pytest.raises(InvalidMessage, match="within_clip must be 0 or 1"):
+        check_privacy({"within_clip": 50.0}, "update item")

@@ -55,7 +55,7 @@ from fedstep.core.schemas import (
     parse_client_item,
 )
 from fedstep.core.strategies import GlobalModel
-from fedstep.core.update_source import UpdateSource, read_layout, read_model
+from fedstep.core.update_source import UpdateSource, read_header, read_layout, read_model
 
 log = logging.getLogger(__name__)
 
@@ -532,11 +532,7 @@ def load_state(store: ModelStore, record: dict[str, Any], run: RunRecord) -> str
 
 def read_state_values(store: ModelStore, ref: ObjectRef, strategy: str) -> dict[str, Any]:
     """The JSON values of a state file, from a ranged read of its header only."""
-    head = store.read_range(ref.key, 0, min(ref.bytes, limits.MAX_HEADER_SLACK_BYTES)).data
-    length = tensors.header_length(head)
-    if len(head) < tensors.HEADER_LENGTH_BYTES + length:
-        head = store.read_range(ref.key, 0, tensors.HEADER_LENGTH_BYTES + length).data
-    metadata = tensors.read_metadata(head[: tensors.HEADER_LENGTH_BYTES + length])
+    metadata = tensors.read_metadata(read_header(store, ref))
     if metadata.get("strategy") != strategy or not isinstance(metadata.get("values", {}), dict):
         raise FedstepError(f"{ref.key} is not a state of strategy {strategy!r}")
     return dict(metadata.get("values", {}))

@@ -372,7 +372,9 @@ class DeclineItem:
 DECLINED_KIND = "declined"
 PRIVACY_FIELDS = ("epsilon", "delta", "within_clip")
 """What a client may report of its privacy: its record-level epsilon and delta (DP-SGD), and
-`within_clip` (1 or 0: its update's norm was within the round's clip norm, client-side clipping)."""
+`within_clip` (1 or 0: its update's norm was within the round's clip norm, client-side clipping).
+Each is bounded (at most `limits.MAX_METRIC_MAGNITUDE`): a round summary carries the largest
+epsilon reported, and DynamoDB refuses numbers above 1e125."""
 
 
 def check_privacy(data: Any, where: str) -> dict[str, float]:
@@ -381,8 +383,10 @@ def check_privacy(data: Any, where: str) -> dict[str, float]:
     unknown = sorted(set(values) - set(PRIVACY_FIELDS))
     if unknown:
         raise InvalidMessage(f"{where}: privacy has unknown fields {unknown[:4]}")
-    if any(isinstance(v, bool | str) or v < 0 for v in values.values()):
-        raise InvalidMessage(f"{where}: privacy figures must be numbers >= 0")
+    if any(isinstance(v, bool | str) or not 0 <= v <= limits.MAX_METRIC_MAGNITUDE for v in values.values()):
+        raise InvalidMessage(f"{where}: privacy figures must be numbers from 0 to {limits.MAX_METRIC_MAGNITUDE:g}")
+    if values.get("within_clip", 0) not in (0, 1):
+        raise InvalidMessage(f"{where}: privacy within_clip must be 0 or 1")
     return {k: float(v) for k, v in values.items()}
 
 

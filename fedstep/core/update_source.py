@@ -46,14 +46,20 @@ class ModelLayout:
         return tensors.HEADER_LENGTH_BYTES + self.max_header_bytes + self.spec.data_bytes
 
 
-def read_layout(store: ModelStore, ref: ObjectRef) -> ModelLayout:
-    """The layout of a global model (a file the server wrote), from a ranged read of its header: one
-    read of its first 64 KiB, a second one only for a longer header."""
+def read_header(store: ModelStore, ref: ObjectRef) -> bytes:
+    """The 8-byte length and JSON header of a file the server wrote (a global model, a strategy
+    state): one ranged read of its first 64 KiB, a second one only for a longer header."""
     head = store.read_range(ref.key, 0, min(ref.bytes, limits.MAX_HEADER_SLACK_BYTES)).data
-    length = tensors.header_length(head)
-    if len(head) < tensors.HEADER_LENGTH_BYTES + length:
-        head = store.read_range(ref.key, 0, tensors.HEADER_LENGTH_BYTES + length).data
-    return ModelLayout(tensors.spec_of_header(head), length + limits.MAX_HEADER_SLACK_BYTES)
+    end = tensors.HEADER_LENGTH_BYTES + tensors.header_length(head)
+    return head[:end] if len(head) >= end else store.read_range(ref.key, 0, end).data
+
+
+def read_layout(store: ModelStore, ref: ObjectRef) -> ModelLayout:
+    """The layout of a global model, from its header (`read_header`)."""
+    head = read_header(store, ref)
+    return ModelLayout(
+        tensors.spec_of_header(head), len(head) - tensors.HEADER_LENGTH_BYTES + limits.MAX_HEADER_SLACK_BYTES
+    )
 
 
 def read_model(store: ModelStore, ref: ObjectRef, layout: ModelLayout) -> tensors.Tensors:
