@@ -10,13 +10,19 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_VERSION_CHECK := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: demo test install synth lint format clean
+.PHONY: demo test test-torch install synth lint format clean
 
 demo: $(STAMP)
 	$(PY) -m fedstep local --dataset digits --clients 3 --rounds 5 --out runs/demo
 
 test: $(STAMP) $(NODE_STAMP) $(BROWSER_STAMP)
 	$(PY) -m pytest
+
+# The PyTorch client example (examples/torch_trainer.py): installs the CPU build of torch (requirements-torch.txt),
+# then runs its tests, which `make test` skips when torch is not installed.
+test-torch: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-torch.txt
+	$(PY) -m pytest tests/test_torch_trainer.py
 
 install: $(STAMP) $(NODE_STAMP)
 

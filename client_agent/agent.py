@@ -42,9 +42,10 @@ from client_agent import dp_sgd
 from client_agent.checks import open_session, preflight
 from client_agent.config import AgentConfig
 from client_agent.heartbeat import Heartbeats
+from client_agent.logs import clean_error
 from client_agent.privacy_ledger import PrivacyLedger, Spend
 from client_agent.progress import Progress
-from client_agent.training import FunctionTrainer, Trainer
+from client_agent.training import CannotEvaluate, FunctionTrainer, Trainer
 from fedstep.aws import boto
 from fedstep.aws.ddb import Items
 from fedstep.aws.errors import AWS_ERRORS, error_code, explain, is_transient
@@ -53,11 +54,14 @@ from fedstep.core.clock import seconds_since, utc_now
 from fedstep.core.errors import FedstepError, InvalidUpdate
 from fedstep.core.schemas import (
     DeclineItem,
+    EvalItem,
+    EvaluateMessage,
     Feedback,
     InvalidMessage,
     ObjectRef,
     RoundMessage,
     RunEndedMessage,
+    TrainingConfig,
     UpdateItem,
     parse_message,
 )
@@ -74,6 +78,7 @@ class Outcome(Enum):
     REJECTED = "rejected"  # malformed message, released towards the dead-letter queue
     KEPT = "kept"  # failed; the message stays and comes back
     DECLINED = "declined"  # refused to train (privacy); decline item written, message deleted
+    EVALUATED = "evaluated"  # an evaluation request answered (metrics or why not); message deleted
 
 
 @dataclass(frozen=True)
@@ -217,6 +222,8 @@ class Agent:
             log.error("malformed message %s goes to the dead-letter queue: %s", message.get("MessageId"), exc)
             self._release(message)
             return Outcome.REJECTED
+        if isinstance(parsed, EvaluateMessage):  # served even for an ended run: its main use
+            return self.handle_evaluate(message, parsed)
         if isinstance(parsed, RunEndedMessage):
             self._ended_runs.add(parsed.run_id)
             self._delete(message)
@@ -246,7 +253,7 @@ class Agent:
             if isinstance(exc, (ClientError, BotoCoreError)):
                 detail = explain(exc)
             else:
-                detail = str(exc) if isinstance(exc, FedstepError) else repr(exc)
+                detail = str(exc) if isinstance(exc, FedstepError) else clean_error(exc)
             log.error(
                 "round %d of run %s failed, the message stays queued and comes back: %s",
                 parsed.round,
@@ -303,6 +310,77 @@ class Agent:
 
     def _delete(self, message: dict[str, Any]) -> None:
         self.sqs.delete_message(QueueUrl=self.config.queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    # -- evaluation requests ----------------------------------------------------------------------
+    def handle_evaluate(self, message: dict[str, Any], msg: EvaluateMessage) -> Outcome:
+        """An evaluation request (`fedstep evaluate`): answered whether or not its run has ended, and
+        skipped (deleted) once past its deadline, when the operator no longer waits. A failure to
+        reach S3 or DynamoDB leaves the message queued (it comes back); a failure to evaluate is the
+        answer (an evaluation item with its `error`)."""
+        if seconds_since(msg.issued_at, time.time()) > msg.deadline_s + limits.MAX_CLOCK_SKEW_S:
+            log.info(
+                "evaluation request %s (round %d of %s) skipped: its deadline (%d s after %s) has passed",
+                msg.request_id,
+                msg.round,
+                msg.run_id,
+                msg.deadline_s,
+                msg.issued_at,
+            )
+            self._delete(message)
+            return Outcome.STALE
+        try:
+            with self._kept_invisible(message):
+                outcome = self.serve_evaluation(msg)
+        except (KeyboardInterrupt, SystemExit):
+            self._release(message)
+            raise
+        except Exception as exc:  # S3 or DynamoDB unreachable: the message comes back
+            log.error(
+                "evaluation request %s (round %d of %s) failed, the message stays queued and comes back: %s",
+                msg.request_id,
+                msg.round,
+                msg.run_id,
+                _evaluation_failure(exc),
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
+            return Outcome.KEPT
+        self._delete(message)
+        return outcome
+
+    def serve_evaluation(self, msg: EvaluateMessage) -> Outcome:
+        """Evaluate the requested global model (sha256-checked, like a round's) on the local test split
+        with the trainer's `evaluate`, and write the answer into this client's own partition; an
+        agent whose trainer cannot evaluate answers so. ALREADY_SERVED when the answer exists."""
+        evaluate = getattr(self.trainer, "evaluate", None)
+        try:
+            if evaluate is None:
+                raise CannotEvaluate("this agent's trainer has no evaluate function")
+            architecture, _ = self._architecture(msg.model)
+            weights = tensors.decode(self._download(msg.global_model, f"evaluation of round {msg.round}: global model"))
+            result = evaluate(architecture, weights, TrainingConfig())
+            item = EvalItem(
+                msg.run_id,
+                msg.round,
+                msg.request_id,
+                self.config.client_id,
+                result.num_examples,
+                result.metrics,
+                utc_now(),
+            )
+        except (ClientError, BotoCoreError, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            reason = limits.reason(_evaluation_failure(exc))
+            item = EvalItem(msg.run_id, msg.round, msg.request_id, self.config.client_id, 0, {}, utc_now(), reason)
+        if not self.table.put_once(item.to_item()):
+            log.info("evaluation request %s was already answered; message redelivered", msg.request_id)
+            return Outcome.ALREADY_SERVED
+        if item.error:
+            log.warning("evaluation of round %d of %s: cannot evaluate: %s", msg.round, msg.run_id, item.error)
+        else:
+            shown = " | ".join(f"{k} {v:.4f}" for k, v in sorted(item.metrics.items()))
+            log.info("evaluation of round %d of %s | %d examples | %s", msg.round, msg.run_id, item.num_examples, shown)
+        return Outcome.EVALUATED
 
     # -- one round --------------------------------------------------------------------------------
     def serve_round(self, msg: RoundMessage) -> Outcome:
@@ -578,6 +656,14 @@ def _rejected(feedback: Feedback | None, msg: RoundMessage, data: bytes) -> bool
         and (feedback.run_id, feedback.round) == (msg.run_id, msg.round)
         and feedback.update_sha256 == tensors.sha256_hex(data)
     )
+
+
+def _evaluation_failure(exc: BaseException) -> str:
+    """An evaluation's failure on one line: an AWS error explained, fedstep's own message, else the
+    exception's type and message."""
+    if isinstance(exc, (ClientError, BotoCoreError)):
+        return explain(exc)
+    return str(exc) if isinstance(exc, FedstepError) else f"{type(exc).__name__}: {exc}"
 
 
 def _sent_at(message: dict[str, Any]) -> float:

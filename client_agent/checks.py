@@ -3,12 +3,17 @@
 Each check prints one line (ok / FAIL / skip) and the run exits 0 if all passed, 1 otherwise.
 Permission checks never write: an upload is probed with `If-Match` on an object that does not exist
 (S3 answers NoSuchKey after authorizing the PutObject), an item with a condition that can never
-hold (DynamoDB answers ConditionalCheckFailed after authorizing the PutItem). `preflight` is the
-subset `run` does before polling, raising the first failure as a FedstepError.
+hold (DynamoDB answers ConditionalCheckFailed after authorizing the PutItem). The last check,
+"model fit", loads the run's model (a local `--model` file, `--run`'s model, or the model of a round
+message waiting in the queue, read with a visibility timeout of 0 so that it stays there) and checks
+the client's data against it (`client_agent.data_contract`), training one batch on the throwaway
+copy. `preflight` is the subset `run` does before polling, raising the first failure as a FedstepError.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,11 +23,14 @@ import boto3
 from botocore.exceptions import ClientError, NoCredentialsError
 
 from client_agent.config import AgentConfig
+from client_agent.logs import clean_error
+from client_agent.training import Split
 from fedstep.aws import boto
 from fedstep.aws.ddb import to_attributes
 from fedstep.aws.errors import AWS_ERRORS, error_code, explain
 from fedstep.core import keys
 from fedstep.core.errors import FedstepError
+from fedstep.core.schemas import InvalidMessage, RoundMessage, parse_message
 
 T = TypeVar("T")
 
@@ -142,9 +150,49 @@ class Probes:
         )
         return f"table {table}: PutItem of {what} allowed (nothing written)"
 
+    def model(self, key: str, sha256: str | None) -> bytes:
+        """The `.keras` file at `key` in the bucket (checked against `sha256` when given)."""
+        bucket = self.config.bucket
+        where = f"s3://{bucket}/{key}"
+        try:
+            body = self._client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+        except AWS_ERRORS as exc:
+            if isinstance(exc, ClientError) and error_code(exc) in ("NoSuchKey", "404"):
+                raise FedstepError(
+                    f"{where} does not exist: is the run id right? (`fedstep runs` lists them)"
+                ) from None
+            raise FedstepError(explain(exc, what=where, region=self.region)) from None
+        if sha256 is not None and hashlib.sha256(body).hexdigest() != sha256:
+            raise FedstepError(f"{where} does not match the sha256 in the round message")
+        return body
+
+    def waiting_round(self) -> RoundMessage | None:
+        """A round message waiting in the queue, read without taking it: received with a visibility
+        timeout of 0, so it stays visible to the agent (the receive does count towards the queue's
+        dead-letter limit of 5 receives). None when no round message is waiting."""
+        url = self.config.queue_url
+        resp = self._call(
+            f"queue {url}",
+            lambda: self._client("sqs").receive_message(
+                QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0, WaitTimeSeconds=0
+            ),
+        )
+        for message in resp.get("Messages", []):
+            try:
+                parsed = parse_message(json.loads(message["Body"]))
+            except (InvalidMessage, ValueError, KeyError):
+                continue
+            if isinstance(parsed, RoundMessage) and parsed.model is not None:
+                return parsed
+        return None
+
+
+class Skipped(Exception):
+    """A check that cannot run here; the message says why and how to enable it."""
+
 
 class Checklist:
-    """The checks so far; `run` records one and returns its value (None when it failed)."""
+    """The checks so far; `run` records one and returns its value (None when it failed or was skipped)."""
 
     def __init__(self) -> None:
         self.checks: list[Check] = []
@@ -155,12 +203,21 @@ class Checklist:
         except FedstepError as exc:
             self.checks.append(Check(name, "FAIL", str(exc)))
             return None
+        except Skipped as exc:
+            self.checks.append(Check(name, "skip", str(exc)))
+            return None
+        except Exception as exc:  # a user's module (loader, trainer) failing in a way not foreseen
+            self.checks.append(Check(name, "FAIL", clean_error(exc)))
+            return None
         self.checks.append(Check(name, "ok", detail))
         return value
 
     def skip(self, names: tuple[str, ...], why: str = "needs the checks above") -> list[Check]:
         done = {c.name for c in self.checks}
         return self.checks + [Check(n, "skip", why) for n in names if n not in done]
+
+    def add_skip(self, name: str, why: str) -> None:
+        self.checks.append(Check(name, "skip", why))
 
 
 CHECKS = (
@@ -174,37 +231,120 @@ CHECKS = (
     "uploads",
     "update items",
     "heartbeats",
+    "model fit",
 )
 
 
-def dry_run(load_config: Callable[[], AgentConfig], describe_data: Callable[[AgentConfig], str]) -> list[Check]:
-    """Every check in `CHECKS` order; a check whose prerequisite failed is skipped."""
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model the dry run checks the data against: a local `.keras` file (`--model`), a run's
+    model from the bucket (`--run`), else the run of a round message waiting in the queue."""
+
+    path: str | None = None
+    run_id: str | None = None
+
+
+NO_MODEL = (
+    "pass --run RUN (the run's id, from the operator) or --model FILE.keras to check the data against the run's model"
+)
+
+
+def dry_run(
+    load_config: Callable[[], AgentConfig],
+    load_data: Callable[[AgentConfig], tuple[Split, str]],
+    model: ModelChoice | None = None,
+) -> list[Check]:
+    """Every check in `CHECKS` order; a check whose prerequisite failed is skipped. `load_data` loads the
+    client's data as a run would and describes it in one line; `model` chooses the model the data is
+    checked against ("model fit")."""
     c = Checklist()
     config = c.run("config", lambda: (cfg := load_config(), f"client {cfg.client_id}, queue {cfg.queue_url}"))
     if config is None:
         return c.skip(CHECKS)
-    c.run("data", lambda: (True, describe_data(config)))
+    data = c.run("data", lambda: load_data(config))
+    probes = _aws_checks(c, config)
+    choice = model or ModelChoice()
+    if data is None:
+        c.add_skip("model fit", "needs the data check")
+    elif probes is None and not choice.path:
+        c.add_skip("model fit", f"needs the checks above, or a local model: {NO_MODEL}")
+    else:
+        c.run("model fit", lambda: model_fit(data, choice, probes))
+    return sorted(c.skip(CHECKS), key=lambda check: CHECKS.index(check.name))
+
+
+def _aws_checks(c: Checklist, config: AgentConfig) -> Probes | None:
+    """The credential, region, role, identity and permission checks; the probes when the identity
+    check passed (the model check may read the queue and bucket), else None."""
     session = boto3.Session(region_name=config.region)
     if c.run("credentials", lambda: (True, f"found ({credentials_of(session).method})")) is None:
-        return c.skip(CHECKS)
+        return None
     region = c.run("region", lambda: _region(config, session))
     if region is None:
-        return c.skip(CHECKS)
+        return None
     if config.role_arn:
         session = c.run("role", lambda: (open_session(config, fail_fast=True), f"assumed {config.role_arn}"))
         if session is None:
-            return c.skip(CHECKS)
+            return None
+    else:
+        c.add_skip("role", "no role_arn: the credentials are used as they are")
     probes = Probes(config, session, region)
     if c.run("identity", lambda: (True, probes.identity())) is None:
-        return c.skip(CHECKS)
+        return None
     c.run("queue", lambda: (True, probes.queue()))
     c.run("uploads", lambda: (True, probes.uploads()))
     update_key = keys.update_item_key(PROBE_RUN, 1, config.client_id)
     c.run("update items", lambda: (True, probes.item(update_key, "update items")))
-    if not config.heartbeat_s:
-        return c.skip(CHECKS, "heartbeat_s is 0 (heartbeats off)")
-    c.run("heartbeats", lambda: (True, probes.item(keys.heartbeat_item_key(config.client_id), "its heartbeat")))
-    return c.skip(CHECKS, "no role_arn: the credentials are used as they are")
+    if config.heartbeat_s:
+        c.run("heartbeats", lambda: (True, probes.item(keys.heartbeat_item_key(config.client_id), "its heartbeat")))
+    else:
+        c.add_skip("heartbeats", "heartbeat_s is 0 (heartbeats off)")
+    return probes
+
+
+def model_fit(data: Split, choice: ModelChoice, probes: Probes | None) -> tuple[bool, str]:
+    """Load the model (safe mode) from `choice`, check the data against it (`client_agent.data_contract`)
+    and train one batch on the throwaway copy; ok detail, FedstepError naming each problem and its
+    fix, or `Skipped` when there is no model to check against."""
+    from client_agent import data_contract
+    from client_agent.keras_model import contract_of, model_from_bytes, one_batch
+
+    source, architecture = _model_bytes(choice, probes)
+    model = model_from_bytes(architecture)
+    contract = contract_of(model)
+    problems = data_contract.model_problems(data, contract)
+    if problems:
+        raise FedstepError("; ".join(problems) + f" (checked against {source}: {contract.describe()})")
+    (x_train, y_train), _ = data
+    metrics = one_batch(model, x_train, y_train)
+    loss = f", loss {metrics['loss']:.4g}" if "loss" in metrics else ""
+    batch = min(len(x_train), 32)
+    return True, f"{source}: {contract.describe()}; one batch of {batch} examples trained{loss} (nothing kept)"
+
+
+def _model_bytes(choice: ModelChoice, probes: Probes | None) -> tuple[str, bytes]:
+    """(what the model is, its `.keras` bytes)."""
+    if choice.path:
+        try:
+            with open(choice.path, "rb") as f:
+                return f"model file {choice.path}", f.read()
+        except OSError as exc:
+            raise FedstepError(f"cannot read model file {choice.path}: {exc.strerror}") from None
+    if probes is None:
+        raise Skipped(NO_MODEL)
+    if choice.run_id:
+        try:
+            keys.check_id("run id", choice.run_id)
+        except ValueError as exc:
+            raise FedstepError(f"--run: {exc}") from None
+        return f"run {choice.run_id}'s model", probes.model(keys.model_key(choice.run_id), None)
+    waiting = probes.waiting_round()
+    if waiting is None:
+        raise Skipped(f"no round message waiting in the queue names a run: {NO_MODEL}")
+    ref = waiting.model
+    assert ref is not None  # waiting_round returns only messages that name the model
+    data = probes.model(ref.key, ref.sha256)
+    return f"run {waiting.run_id}'s model (its round {waiting.round} is waiting in the queue)", data
 
 
 def _region(config: AgentConfig, session: boto3.Session) -> tuple[str, str]:

@@ -7,11 +7,15 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from client_agent import config as agent_config
 from client_agent.logs import FORMATS, configure
 from fedstep import __version__
 from fedstep.core.errors import FedstepError
+
+if TYPE_CHECKING:
+    from client_agent.training import FunctionTrainer, Split
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,6 +55,18 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check config, data, credentials, permissions and connectivity; print a checklist; exit 0 or 1",
     )
+    run.add_argument(
+        "--run",
+        dest="check_run",
+        metavar="RUN",
+        help="with --dry-run: check the data against this run's model (default: the run of a waiting round message)",
+    )
+    run.add_argument(
+        "--model",
+        dest="check_model",
+        metavar="FILE.keras",
+        help="with --dry-run: check the data against this local .keras model file",
+    )
     run.add_argument("--log-format", choices=FORMATS, default="text", help="text (default) or json (one per line)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
     run.add_argument("-v", "--verbose", action="store_true")
@@ -82,25 +98,35 @@ def _load_config(args: argparse.Namespace) -> agent_config.AgentConfig:
     return agent_config.load(args.config, overrides)
 
 
-def _describe_data(config: agent_config.AgentConfig) -> str:
-    """Load the local data and resolve the trainer, as a run would; one line saying what was found."""
+def _load_data(config: agent_config.AgentConfig) -> tuple[Split, str]:
+    """Load the local data and resolve the trainer, as a run would; the data and one line saying what was found."""
     from client_agent.data import load_local_data
-    from client_agent.training import load_trainer
 
     data = load_local_data(config.data, config.partition, config.partition_scheme, config.data_seed)
-    trainer = load_trainer(config.trainer, data)
+    trainer = _trainer(config, data)
     part = f" part {config.partition}" if config.partition else ""
     if config.partition_scheme:
         part += f" ({config.partition_scheme})"
-    return (
-        f"{config.data}{part}: {len(data[0][0])} training and {len(data[1][0])} test examples; trainer {trainer.name}"
-    )
+    (x_train, _), (x_test, _) = data
+    test = f"{len(x_test)} test examples" if len(x_test) else "no test examples (so no test metrics)"
+    return data, f"{config.data}{part}: {len(x_train)} training and {test}; trainer {trainer.name}"
+
+
+def _trainer(config: agent_config.AgentConfig, data: Split) -> FunctionTrainer:
+    """The configured train function (a placeholder `trainer` is refused with how to fill it in)."""
+    from client_agent.data import user_callable
+    from client_agent.training import load_trainer
+
+    if config.trainer:
+        user_callable("trainer", config.trainer, "trainer")
+    return load_trainer(config.trainer, data)
 
 
 def _dry_run(args: argparse.Namespace) -> int:
-    from client_agent.checks import dry_run
+    from client_agent.checks import ModelChoice, dry_run
 
-    checks = dry_run(lambda: _load_config(args), _describe_data)
+    choice = ModelChoice(path=args.check_model, run_id=args.check_run)
+    checks = dry_run(lambda: _load_config(args), _load_data, choice)
     print(f"fedstep-client {__version__} dry run: nothing is trained, uploaded or written")
     for check in checks:
         print(check.line())
@@ -112,17 +138,19 @@ def _dry_run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from client_agent.agent import Agent
     from client_agent.data import load_local_data
-    from client_agent.training import load_trainer
 
     progress = configure(args.log_format, args.verbose, progress=not args.no_progress)
     config = _load_config(args)
     data = load_local_data(config.data, config.partition, config.partition_scheme, config.data_seed)
-    trainer = load_trainer(config.trainer, data)
+    trainer = _trainer(config, data)
     return Agent(config, trainer, progress=progress).run(follow=args.follow, once=args.once)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.dry_run and (args.check_run or args.check_model):
+        parser.error("--run and --model choose the model a --dry-run checks the data against; add --dry-run")
     signal.signal(signal.SIGTERM, _terminate)
     _exit_with_parent()
     if args.dry_run:

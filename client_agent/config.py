@@ -8,7 +8,8 @@ Environment: FEDSTEP_CLIENT_ID, FEDSTEP_QUEUE_URL, FEDSTEP_BUCKET, FEDSTEP_TABLE
 FEDSTEP_PARTITION, FEDSTEP_PARTITION_SCHEME, FEDSTEP_DATA_SEED, FEDSTEP_TRAINER, FEDSTEP_ROLE_ARN,
 FEDSTEP_DP_EPSILON_BUDGET, FEDSTEP_DP_MAX_DELTA;
 AWS_REGION / AWS_DEFAULT_REGION and AWS_ENDPOINT_URL where the file sets no region or endpoint.
-Every field is described in docs/client.md.
+Values in the file must have their field's JSON type (a number without quotes); an error names the
+source, the field, the value and the type expected. Every field is described in docs/client.md.
 """
 
 from __future__ import annotations
@@ -43,6 +44,39 @@ ENV = {
 
 FLOAT_FIELDS = ("dp_epsilon_budget", "dp_max_delta")
 """Optional numbers (None: not set)."""
+
+PLACEHOLDER = "module:function"
+"""What `fedstep client-config` writes into `data` until the organisation fills in its loader."""
+_PLACEHOLDER_PARTS = {"module", "my_module", "mymodule", "your_module", "package.module", "function", "func"}
+"""Module or function names that are a template's words, not a user's (`my_module:load`, `my_site:function`)."""
+_FILL_IN = {
+    "data": (
+        'set it to your data loader, e.g. "data": "my_site:load" for a function load() in ./my_site.py '
+        'that returns ((x_train, y_train), (x_test, y_test)) as numpy arrays (docs/client.md, "Your data"); '
+        "or a built-in set: digits, mnist, heart"
+    ),
+    "trainer": (
+        'set it to your train function, e.g. "trainer": "my_site:train" (docs/client.md, "Your training"), '
+        "or remove it to train with Keras fit"
+    ),
+}
+
+
+def placeholder_problem(name: str, spec: str | None) -> str | None:
+    """The error for a `data` or `trainer` value that looks like a placeholder, None otherwise:
+    `module:function` as `fedstep client-config` writes it, or a template's words such as
+    `my_module:load`, `<module>:<function>` or `my_site:function`. (`client_agent.data.user_callable`
+    refuses the first always, the others only when they cannot be imported.)"""
+    if not spec:
+        return None
+    module, _, attr = spec.partition(":")
+    if spec == PLACEHOLDER:
+        origin = "the placeholder `fedstep client-config` writes" if name == "data" else "a placeholder"
+    elif "<" in spec or ">" in spec or module.lower() in _PLACEHOLDER_PARTS or attr.lower() in _PLACEHOLDER_PARTS:
+        origin = "a placeholder, not a real module and function"
+    else:
+        return None
+    return f"{name} is {spec!r}, {origin}: {_FILL_IN.get(name, 'fill in your module:function')}"
 
 
 @dataclass(frozen=True)
@@ -87,6 +121,14 @@ class AgentConfig:
             keys.check_id("client id", self.client_id)
         except ValueError as exc:
             raise FedstepError(str(exc)) from None
+        for name in ("queue_url", "endpoint_url"):
+            url = getattr(self, name)
+            if url and not url.startswith(("https://", "http://")):
+                raise FedstepError(f"{name} must be a URL starting with https:// (or http://), got {url!r}")
+        if self.role_arn and not self.role_arn.startswith("arn:"):
+            raise FedstepError(
+                f"role_arn must be an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME), got {self.role_arn!r}"
+            )
         if not 0 <= self.poll_wait_s <= 20:
             raise FedstepError(f"poll_wait_s must be 0-20 seconds, got {self.poll_wait_s}")
         if not 1 <= self.visibility_extend_s <= 14_400:
@@ -114,44 +156,94 @@ class AgentConfig:
 def load(path: str | None, overrides: dict[str, Any]) -> AgentConfig:
     """File, then FEDSTEP_* environment variables, then non-None `overrides` (from flags); validated.
 
+    Values in the file must have their field's JSON type (`"poll_wait_s": "20"` is refused: a number
+    is written without quotes); environment variables are text, so numbers there are converted.
     The generic AWS variables (AWS_REGION, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL) fill in only what the
     file leaves out: a shell's default region must not silently move the agent away from its stack.
     """
     values: dict[str, Any] = {}
     known = {f.name for f in fields(AgentConfig)}
     if path:
-        values = load_json_object(path, "client config file", known)
+        source = f"client config file {path}"
+        values = {k: _typed(k, v, source, strict=True) for k, v in load_json_object(path, source, known).items()}
     for name, var in ENV.items():
         if os.environ.get(var):
-            values[name] = os.environ[var]
+            values[name] = _typed(name, os.environ[var], f"environment variable {var}")
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region and not values.get("region"):
         values["region"] = region
     if os.environ.get("AWS_ENDPOINT_URL") and not values.get("endpoint_url"):
         values["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return replace(AgentConfig(), **{k: _typed(k, v) for k, v in values.items()}).validated()
+    values.update({k: _typed(k, v, "client config") for k, v in overrides.items() if v is not None})
+    return replace(AgentConfig(), **values).validated()
 
 
-def _typed(name: str, value: Any) -> Any:
-    """`value` as the field's type (numbers may come as strings from the environment), or a clear error."""
+_OPTIONAL = {f.name for f in fields(AgentConfig) if f.default is None}
+"""Fields that may be null (not set)."""
+
+
+def _expected(name: str) -> str:
+    """The field's type in words, e.g. "a whole number of seconds"."""
     if name in FLOAT_FIELDS:
-        if value is None:
-            return None
+        kind = "a number"
+    elif isinstance(getattr(AgentConfig(), name), int):
+        kind = "a whole number" + (" of seconds" if name.endswith("_s") else "")
+    else:
+        kind = "a string"
+    return kind
+
+
+def _json_kind(value: Any) -> str:
+    """A JSON value's type as a user wrote it: "a string", "true/false", "a list" ..."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, str):
+        return "a string" + (f"; write {value.strip()} without quotes" if _is_number(value) else "")
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return "a fractional number" if isinstance(value, float) and not value.is_integer() else "a number"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _typed(name: str, value: Any, source: str, strict: bool = False) -> Any:
+    """`value` as the field's type, or a FedstepError naming `source`, the field, the value and the
+    type expected. `strict` (the JSON file): numbers must be JSON numbers, not strings."""
+
+    def wrong() -> FedstepError:
+        shown = "null" if value is None else ("true" if value else "false") if isinstance(value, bool) else repr(value)
+        return FedstepError(f"{source}: {name} must be {_expected(name)}, got {shown} ({_json_kind(value)})")
+
+    if value is None:
+        if name in _OPTIONAL or not strict or isinstance(getattr(AgentConfig(), name), str):
+            return None if name in _OPTIONAL else getattr(AgentConfig(), name)
+        raise wrong()
+    if isinstance(value, bool | dict | list):
+        raise wrong()
+    if name in FLOAT_FIELDS:
+        if strict and not isinstance(value, int | float):
+            raise wrong()
         try:
-            if isinstance(value, bool):
-                raise ValueError
             return float(value)
         except (TypeError, ValueError):
-            raise FedstepError(f"client config: {name} must be a number, got {value!r}") from None
+            raise wrong() from None
     if isinstance(getattr(AgentConfig(), name), int):
+        if strict and not isinstance(value, int | float):
+            raise wrong()
         try:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(value)
         except (TypeError, ValueError):
-            unit = " of seconds" if name.endswith("_s") else ""
-            raise FedstepError(f"client config: {name} must be a whole number{unit}, got {value!r}") from None
-    if value is not None and not isinstance(value, str):
-        raise FedstepError(f"client config: {name} must be a string, got {value!r}")
+            raise wrong() from None
+    if not isinstance(value, str):
+        raise wrong()
     return value

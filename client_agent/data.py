@@ -4,6 +4,8 @@ A loader normally returns the client's own ((x_train, y_train), (x_test, y_test)
 `partition` (as `fedstep local` writes it, to simulate clients) it instead returns the whole data
 set (x, y), and every client takes its part exactly as for the built-in sets
 (`client_agent.datasets`: 20% held out, the rest divided by the partition scheme, 80/20 locally).
+What a loader returns is checked (`client_agent.data_contract`); a loader that raises, and a
+placeholder such as `module:function`, get one line saying what to do.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from client_agent import datasets, partitions
+from client_agent import data_contract, datasets, partitions
+from client_agent.config import PLACEHOLDER, placeholder_problem
+from client_agent.logs import clean_error
 from client_agent.training import Split
 from fedstep.core.errors import FedstepError
 from fedstep.core.imports import load_callable
@@ -39,6 +43,8 @@ def load_local_data(spec: str, partition: str | None = None, scheme: str | None 
         except ValueError as exc:
             raise FedstepError(f"data {spec!r}: {exc}") from None
     if ":" not in spec:
+        if placeholder_problem("data", spec):
+            raise FedstepError(str(placeholder_problem("data", spec)))
         raise FedstepError(
             f"data {spec!r} is neither a built-in data set ({', '.join(sorted(datasets.BUILTIN))}) nor module:function"
         )
@@ -49,27 +55,56 @@ def load_local_data(spec: str, partition: str | None = None, scheme: str | None 
             return datasets.local_split(datasets.prepare_arrays(spec, x, y, seed), part, seed, parsed)
         except ValueError as exc:
             raise FedstepError(f"data {spec!r}: {exc}") from None
-    result = load_callable(spec, "data loader")()
+    return load_own_split(spec)
+
+
+def user_callable(field: str, spec: str, what: str) -> Any:
+    """`load_callable`, with a placeholder (`module:function` from `fedstep client-config`, or one
+    that looks like a template and cannot be imported) refused with how to fill it in."""
+    problem = placeholder_problem(field, spec)
+    if problem and spec == PLACEHOLDER:
+        raise FedstepError(problem)
+    try:
+        return load_callable(spec, what)
+    except FedstepError as exc:
+        if problem:
+            raise FedstepError(f"{problem} ({exc})") from None
+        raise
+
+
+def call_loader(spec: str) -> Any:
+    """Import and call the loader `module:function`; what it raises becomes a FedstepError naming the
+    loader, the exception's type and its message (no traceback)."""
+    loader = user_callable("data", spec, "data loader")
+    try:
+        return loader()
+    except Exception as exc:  # the user's code failed: say how, without a traceback
+        raise FedstepError(f"data loader {spec!r} raised {clean_error(exc)}") from None
+
+
+def load_own_split(spec: str) -> Split:
+    """A loader's ((x_train, y_train), (x_test, y_test)), checked (`client_agent.data_contract`) and
+    returned as numpy arrays; FedstepError naming every problem and its fix."""
+    result = call_loader(spec)
     try:
         (x_train, y_train), (x_test, y_test) = result
     except (TypeError, ValueError):
-        raise FedstepError(f"data loader {spec!r} must return ((x_train, y_train), (x_test, y_test))") from None
-    arrays = [np.asarray(a) for a in (x_train, y_train, x_test, y_test)]
-    if len(arrays[0]) != len(arrays[1]) or len(arrays[2]) != len(arrays[3]) or len(arrays[0]) == 0:
-        raise FedstepError(f"data loader {spec!r}: x and y lengths differ, or the training set is empty")
-    return (arrays[0], arrays[1]), (arrays[2], arrays[3])
+        raise FedstepError(
+            f"data loader {spec!r} must return ((x_train, y_train), (x_test, y_test)), got {_kind(result)}"
+        ) from None
+    split = ((x_train, y_train), (x_test, y_test))
+    problems = data_contract.split_problems(split)
+    if problems:
+        raise FedstepError(f"data loader {spec!r}: " + "; ".join(problems))
+    return data_contract.as_arrays(split)
 
 
 def load_whole_data(spec: str) -> tuple[np.ndarray, np.ndarray]:
     """Call the loader `module:function` for a whole data set and check what it returns:
     `x` numeric of shape (n, features...) with finite values, `y` integer class labels >= 0 of
     shape (n,). Returns (x float32, y int64); FedstepError naming the problem otherwise."""
-    loader = load_callable(spec, "data loader")
     what = f"data loader {spec!r}"
-    try:
-        result = loader()
-    except Exception as exc:  # the user's code failed: say how, without a traceback
-        raise FedstepError(f"{what} raised {type(exc).__name__}: {exc}") from None
+    result = call_loader(spec)
     if not isinstance(result, tuple | list) or len(result) != 2:
         raise FedstepError(f"{what} must return (x, y), the whole data set as numpy arrays; got {_kind(result)}")
     if all(isinstance(r, tuple | list) and len(r) == 2 and all(hasattr(a, "__len__") for a in r) for r in result):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import threading
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,15 @@ def import_keras() -> Any:
     TF_CPP_MIN_LOG_LEVEL does not silence absl's pre-initialisation warning or oneDNN's notice, so
     file descriptor 2 points at /dev/null while the import runs; a failed import still raises.
     """
-    if "keras" in sys.modules:
+    with _IMPORT_LOCK:  # two threads importing at once could see a half-imported Keras
+        return _import_keras()
+
+
+_IMPORT_LOCK = threading.Lock()
+
+
+def _import_keras() -> Any:
+    if "keras" in sys.modules and "tensorflow" in sys.modules:
         return sys.modules["keras"]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.stderr.flush()
@@ -61,7 +70,9 @@ def model_from_bytes(data: bytes) -> Any:
         try:
             return keras.models.load_model(path, safe_mode=True)
         except Exception as exc:  # Keras raises many types for a bad file
-            raise FedstepError(f"cannot load the model architecture (.keras, safe mode): {exc}") from exc
+            from client_agent.logs import clean_error
+
+            raise FedstepError(f"cannot load the model architecture (.keras, safe mode): {clean_error(exc)}") from exc
 
 
 def get_tensors(model: Any) -> Tensors:
@@ -78,3 +89,47 @@ def set_tensors(model: Any, tensors: Tensors) -> None:
     check_matches(tensors, TensorSpec.of(get_tensors(model)))
     for name, var in _named_variables(model):
         var.assign(tensors[name])
+
+
+def contract_of(model: Any) -> Any:
+    """What `model` expects of the data (a `client_agent.data_contract.ModelContract`): one example's
+    input shape, its output units and the compiled loss's name, each None when the model does not say
+    (several inputs or outputs, a model not built or not compiled)."""
+    from client_agent.data_contract import ModelContract, loss_name
+
+    def single(attribute: str) -> tuple[int | None, ...] | None:
+        try:
+            shape = getattr(model, attribute)
+        except (AttributeError, ValueError, RuntimeError):  # a model that was never built
+            return None
+        if not isinstance(shape, tuple) or not shape or not all(s is None or isinstance(s, int) for s in shape):
+            return None  # several inputs or outputs: a list or dict of shapes
+        return tuple(shape[1:])
+
+    output = single("output_shape")
+    units = output[-1] if output else None
+    return ModelContract(single("input_shape"), units, loss_name(getattr(model, "loss", None)))
+
+
+def one_batch(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int = 32) -> dict[str, float]:
+    """Train `model` on the first `batch_size` examples once (`train_on_batch`) and return its metrics.
+    It changes the model's weights: give it a throwaway copy. FedstepError with the cause on one line
+    (`client_agent.logs.clean_error`) when Keras refuses the data, or when the loss is not finite."""
+    from client_agent.logs import clean_error
+
+    if getattr(model, "optimizer", None) is None:
+        raise FedstepError(
+            "the run's model is not compiled, so it cannot train; the operator must start the run with a compiled model"
+        )
+    try:
+        metrics = model.train_on_batch(x[:batch_size], y[:batch_size], return_dict=True)
+    except Exception as exc:  # Keras and TensorFlow raise many types for data they cannot use
+        raise FedstepError(f"one training batch failed: {clean_error(exc)}") from None
+    numbers = {str(k): float(np.asarray(v)) for k, v in (metrics or {}).items()}
+    bad = [k for k, v in numbers.items() if "loss" in k and not np.isfinite(v)]
+    if bad:
+        raise FedstepError(
+            f"one training batch gives a {bad[0]} of {numbers[bad[0]]}: check the features' scale (standardize "
+            "them) and the labels"
+        )
+    return numbers

@@ -19,6 +19,13 @@ deviation z C on the sum - because the agent accounts the round's epsilon for ex
 (`client_agent.privacy_ledger`) and reports it. `dp_sgd.DpSgdParams.of(training.instructions)`
 parses them. Under `{"dp_mode": "client-clip", "dp_clip": C}` the agent clips the update itself.
 
+**Evaluation** (`fedstep evaluate`): an evaluate function `(model, data, training) -> metrics` gets the
+requested global model as a `RoundModel` and returns its metrics on the local test split, e.g.
+`{"test_loss": ..., "test_accuracy": ...}`; it must not change the model. The default trainer's is
+`keras_evaluate` (Keras `evaluate`). A custom trainer module provides one as a function named
+`evaluate` beside its train function (`evaluate = keras_evaluate` reuses the default); without one,
+the agent answers evaluation requests that it cannot evaluate.
+
 `model.keras()` gives the run's Keras model (loaded with safe_mode=True, global weights set); a
 trainer that trains it leaves its weights as the update. Select a train function with `--trainer
 module:function` (or `trainer` in the config file). The default is `keras_fit`.
@@ -32,6 +39,7 @@ local test split, before training: a federated evaluation of the previous round'
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -57,6 +65,13 @@ DEFAULT_TRAINER = "client_agent.training:keras_fit"
 class TrainResult:
     weights: Tensors
     num_examples: int
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    num_examples: int
+    """The local test examples evaluated on."""
     metrics: dict[str, float]
 
 
@@ -179,6 +194,28 @@ def keras_fit(model: RoundModel, data: Split, training: TrainingConfig) -> dict[
     return {k.replace("sparse_categorical_", ""): v for k, v in metrics.items()}
 
 
+EVALUATE_FUNCTION = "evaluate"
+"""The name of a custom trainer module's evaluate function."""
+
+
+class CannotEvaluate(FedstepError):
+    """The trainer has no evaluate function, or the client has no test split."""
+
+
+def keras_evaluate(model: RoundModel, data: Split, training: TrainingConfig) -> dict[str, float]:
+    """The default evaluation: Keras `evaluate` of the global model on the local test split, at the
+    round's batch size (default 32), e.g. `{"test_loss": 0.41, "test_accuracy": 0.88}` (the names
+    `keras_fit` reports after training)."""
+    (_, _), (x_test, y_test) = data
+    if not len(x_test):
+        raise CannotEvaluate("this client has no local test split to evaluate on")
+    net = model.keras()
+    if net.optimizer is None:
+        raise FedstepError("the run's model is not compiled, so it has no loss or metrics to evaluate")
+    result = net.evaluate(x_test, y_test, batch_size=training.batch_size, verbose=0, return_dict=True)
+    return {f"test_{k}".replace("sparse_categorical_", ""): v for k, v in result.items()}
+
+
 def finite_metrics(metrics: Any, source: str) -> dict[str, float]:
     """The trainer's metrics as floats, within the bounds the server accepts (`fedstep.core.limits`): a
     non-finite value (NaN loss), a malformed name or an impossible value (accuracy above 1) is
@@ -206,8 +243,17 @@ class FunctionTrainer:
     """Adapts a train function to the agent: builds the `RoundModel`, calls the function with the local
     data, returns the weights it left, the number of local training examples, and its metrics."""
 
-    def __init__(self, train: TrainFunction, data: Split, name: str = DEFAULT_TRAINER, seed: int = 0) -> None:
+    def __init__(
+        self,
+        train: TrainFunction,
+        data: Split,
+        name: str = DEFAULT_TRAINER,
+        seed: int = 0,
+        evaluate_with: TrainFunction | None = None,
+    ) -> None:
         self.train, self.data, self.name, self.seed = train, data, name, seed
+        self.evaluate_with = evaluate_with
+        """The evaluate function (None: this trainer cannot evaluate)."""
         self.callbacks: Callable[[], Sequence[Any]] = lambda: ()
         """Makes the Keras callbacks for a round (the agent sets this to show a progress bar)."""
 
@@ -221,8 +267,33 @@ class FunctionTrainer:
         metrics = finite_metrics(self.train(model, self.data, training), self.name)
         return TrainResult(model.tensors(), self.num_examples, metrics)
 
+    def evaluate(self, architecture: bytes, weights: Tensors, training: TrainingConfig) -> EvalResult:
+        """The evaluate function's metrics of the model `weights` on the local test split, with the
+        split's size; CannotEvaluate when this trainer has no evaluate function."""
+        if self.evaluate_with is None:
+            raise CannotEvaluate(
+                f"trainer {self.name} has no evaluate function (define `{EVALUATE_FUNCTION}(model, data, training)` "
+                "in its module)"
+            )
+        model = RoundModel(architecture, weights, (), self.seed)
+        metrics = finite_metrics(self.evaluate_with(model, self.data, training), f"{self.name} (evaluate)")
+        if not metrics:
+            raise CannotEvaluate(f"trainer {self.name}: its evaluate function returned no usable metric")
+        return EvalResult(len(self.data[1][0]), metrics)
+
+
+def evaluate_function_of(spec: str) -> TrainFunction | None:
+    """The evaluate function that goes with the trainer `spec`: `keras_evaluate` for the default, else
+    the function `evaluate` in the trainer's module (None when it has none)."""
+    if spec == DEFAULT_TRAINER:
+        return keras_evaluate
+    module = sys.modules.get(spec.partition(":")[0])
+    found = getattr(module, EVALUATE_FUNCTION, None) if module is not None else None
+    return found if callable(found) else None
+
 
 def load_trainer(spec: str | None, data: Split) -> FunctionTrainer:
-    """`module:function` (default: `keras_fit`) adapted to the agent."""
+    """`module:function` (default: `keras_fit`) adapted to the agent, with its module's evaluate function."""
     name = spec or DEFAULT_TRAINER
-    return FunctionTrainer(load_callable(name, "trainer"), data, name)
+    train = load_callable(name, "trainer")  # imports the module
+    return FunctionTrainer(train, data, name, evaluate_with=evaluate_function_of(name))

@@ -7,7 +7,11 @@ loss.png           the same for the loss
 participation.png  client x round: aggregated, rejected, selected but no update, not selected
 labels.png         each client's examples per label, stacked (only for runs with label counts:
                    those of `fedstep local`, see fedstep.core.label_counts)
+model card         the final global model: sha256s, each client's examples, final metrics (when
+                   the run's card was written: finished runs, or promoted rounds)
 privacy.png        epsilon per round beside the weighted accuracy, with the budget (DP runs only)
+clients.png        per client, the previous global model's accuracy on its test split, per round, with
+                   the last round's per-client table (fedstep.cli.client_metrics)
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ from __future__ import annotations
 import base64
 import html
 from pathlib import Path
+from typing import Any
 
+from fedstep.cli.client_metrics import CLIENTS_PLOT, clients_html, clients_plot
+from fedstep.cli.cost import report_section as cost_section
 from fedstep.cli.run_view import RunView
 from fedstep.cli.status import ROUND_HEADER, headline, round_row, settings_line
 
@@ -112,6 +119,7 @@ def _participation_plot(view: RunView, path: Path) -> None:
 def plots(view: RunView) -> tuple[str, ...]:
     """The PNG files (without `.png`) a report of `view` has: `PLOTS`, plus `labels` with label counts."""
     extra = ((PRIVACY_PLOT,) if view.record.dp else ()) + ((LABELS_PLOT,) if view.partition else ())
+    extra += (CLIENTS_PLOT,) if view.clients else ()
     return (*PLOTS, *extra)
 
 
@@ -187,8 +195,9 @@ def _labels_plot(view: RunView, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(view: RunView, out_dir: Path) -> Path:
-    """Write report.html and the PNG plots into `out_dir`; the path of the HTML file."""
+def write_report(view: RunView, out_dir: Path, card: dict[str, Any] | None = None) -> Path:
+    """Write report.html and the PNG plots into `out_dir`; the path of the HTML file. `card`: the
+    model card of the last round's global model (`fedstep.core.model_card`), if it was written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in ("accuracy", "loss"):
         _metric_plot(view, name, out_dir / f"{name}.png")
@@ -197,8 +206,10 @@ def write_report(view: RunView, out_dir: Path) -> Path:
         _privacy_plot(view, out_dir / f"{PRIVACY_PLOT}.png")
     if view.partition:
         _labels_plot(view, out_dir / f"{LABELS_PLOT}.png")
+    if view.clients:
+        clients_plot(view.clients, out_dir / f"{CLIENTS_PLOT}.png")
     page = out_dir / "report.html"
-    page.write_text(_html(view, out_dir))
+    page.write_text(_html(view, out_dir).replace("<h2>Run config</h2>", _card_html(card) + "<h2>Run config</h2>", 1))
     return page
 
 
@@ -238,6 +249,9 @@ def _html(view: RunView, out_dir: Path) -> str:
     config_rows = "\n".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in config.items())
     rejections = [f"round {s.round}: {r.client_id}: {r.reason}" for s in view.rounds for r in s.rejected]
     partition = _partition_html(view, out_dir)
+    if view.clients:  # each client's own metrics, after the data partition
+        partition += clients_html(view.clients, _figure(CLIENTS_PLOT, out_dir / f"{CLIENTS_PLOT}.png"))
+    cost = cost_section(view)
     failure = ""
     if view.execution and view.execution.status == "FAILED":
         failure = f"<p class=failed>Failed: {e(view.execution.failure)}</p>"
@@ -259,7 +273,7 @@ figure {{ display: inline-block; margin: .5em; }} img {{ max-width: 100%; }} .fa
 <h2>Plots</h2>
 {images}
 <h2>Rejected updates</h2>
-<ul id="rejections">{"".join(f"<li>{e(r)}</li>" for r in rejections) or "<li>none</li>"}</ul>{partition}
+<ul id="rejections">{"".join(f"<li>{e(r)}</li>" for r in rejections) or "<li>none</li>"}</ul>{partition}{cost}
 <h2>Run config</h2>
 <table id="config">{config_rows}</table>
 <p><small>Made by <code>fedstep report</code>. Metrics are the clients' own, weighted by their number of
@@ -285,4 +299,26 @@ per label, its local train and test splits together (as <code>fedstep local</cod
 <table id="partition"><thead><tr><th>client</th><th>examples</th><th>labels</th></tr></thead><tbody>
 {rows}
 </tbody></table>
+"""
+
+
+def _card_html(card: dict[str, Any] | None) -> str:
+    """The model card section: which model, its sha256s, each client's examples, its metrics."""
+    if card is None:
+        return ""
+    e = html.escape
+    model = card["model"]
+    facts = {
+        "model": f"run {model['run_id']}, round {model['round']}, version {model['version']}",
+        "card": model["card_key"],
+        "global model sha256": model["global_model"]["sha256"],
+        "architecture sha256": model["architecture"]["sha256"],
+        "examples per client": ", ".join(f"{c}: {s['num_examples']}" for c, s in card["data"]["clients"].items()),
+        "final metrics": ", ".join(f"{k} {v:.4g}" for k, v in card["metrics"].items()) or "none",
+        "federated evaluation (before)": ", ".join(f"{k} {v:.4g}" for k, v in card["evaluation_before"].items())
+        or "none",
+    }
+    rows = "\n".join(f"<tr><th>{e(k)}</th><td><code>{e(str(v))}</code></td></tr>" for k, v in facts.items())
+    return f"""<h2>Model card</h2>
+<table id="model-card">{rows}</table>
 """

@@ -15,6 +15,7 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from fedstep.core import keys
+from fedstep.core.schemas import DECLINED_KIND, UPDATE_ITEM_KIND
 from infra import secure
 from infra.bundling import aggregation_code
 from infra.config import DeploymentConfig, aggregation_memory_mb, aggregation_timeout_s
@@ -131,15 +132,16 @@ class Aggregation(Construct):
                 bisect_batch_on_error=True,
                 report_batch_item_failures=True,
                 on_failure=sources.SqsDlq(self.failures),
-                # Update items, as clients write or rewrite them in their own partitions: the function
-                # never writes there, so its own writes never invoke it.
+                # Update and decline items, as clients write or rewrite them in their own partitions (a
+                # decline completes a round as an update does): the function never writes there, so its
+                # own writes never invoke it. Heartbeats and evaluation items never invoke it.
                 filters=[
                     lambda_.FilterCriteria.filter(
                         {
                             "eventName": lambda_.FilterRule.or_("INSERT", "MODIFY"),
                             "dynamodb": {
                                 "Keys": {"pk": {"S": lambda_.FilterRule.begins_with(keys.CLIENT_PK_PREFIX)}},
-                                "NewImage": {"kind": {"S": lambda_.FilterRule.is_equal("update")}},
+                                "NewImage": {"kind": {"S": lambda_.FilterRule.or_(UPDATE_ITEM_KIND, DECLINED_KIND)}},
                             },
                         }
                     )

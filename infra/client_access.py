@@ -5,7 +5,7 @@
 | receive, delete, change visibility of messages | its own queue |
 | read | every run's `model.keras` and global weights; its own prefix `updates/<client id>/` |
 | write | its own prefix `updates/<client id>/` |
-| put items | its own partition `CLIENT#<id>` (`LeadingKeys`), with an update's, decline's or heartbeat's fields |
+| put items | its own partition `CLIENT#<id>` (`LeadingKeys`): its update, decline, evaluation or heartbeat items |
 | get an item | its own feedback partition `FEEDBACK#<client id>` (why its last update was rejected) |
 | decrypt, generate data keys | the stack's key (SQS and S3 objects are encrypted with it) |
 
@@ -28,7 +28,7 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from fedstep.core import keys
-from fedstep.core.schemas import DeclineItem, Heartbeat, UpdateItem
+from fedstep.core.schemas import DeclineItem, EvalItem, Heartbeat, UpdateItem
 from infra.config import ClientConfig
 from infra.secure import acknowledge, logical_id
 
@@ -36,6 +36,8 @@ UPDATE_ITEM_ATTRIBUTES = sorted(
     {keys.PK, keys.SK, "schema", "kind", *(f.name for f in fields(UpdateItem)), *(f.name for f in fields(DeclineItem))}
 )
 """An update item's attributes, or a decline item's (it takes the update item's key)."""
+EVAL_ITEM_ATTRIBUTES = sorted({keys.PK, keys.SK, "schema", "kind", *(f.name for f in fields(EvalItem))})
+"""An evaluation item's attributes (the answer to `fedstep evaluate`)."""
 HEARTBEAT_ATTRIBUTES = sorted({keys.PK, keys.SK, "schema", "kind", *(f.name for f in fields(Heartbeat))})
 
 
@@ -98,6 +100,12 @@ class ClientAccess(Construct):
                     actions=["dynamodb:PutItem"],
                     resources=[table.table_arn],
                     conditions=_own_partition(own_partition, UPDATE_ITEM_ATTRIBUTES),
+                ),
+                iam.PolicyStatement(
+                    sid="PutOwnEvaluationItems",
+                    actions=["dynamodb:PutItem"],
+                    resources=[table.table_arn],
+                    conditions=_own_partition(own_partition, EVAL_ITEM_ATTRIBUTES),
                 ),
                 iam.PolicyStatement(
                     sid="PutOwnHeartbeat",

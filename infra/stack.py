@@ -76,6 +76,20 @@ class FedstepStack(cdk.Stack):
 
         aggregation = Aggregation(self, "Aggregation", config=config, bucket=bucket, table=table, topic=topic, key=key)
         cdk.Tags.of(aggregation).add("component", "aggregation")
+        # The function writes each finished run's model card beside its global model, and nothing
+        # else new: the approved pointer (registry/) is the operator's alone.
+        aggregation.function.add_to_role_policy(
+            iam.PolicyStatement(
+                sid="WriteModelCards",
+                actions=["s3:PutObject"],
+                resources=[bucket.arn_for_objects(keys.CARD_KEY_PATTERN)],
+            )
+        )
+        secure.acknowledge(
+            aggregation.function.role,  # type: ignore[arg-type]
+            f"AwsSolutions-IAM5[Resource::<{secure.logical_id(bucket)}.Arn>/{keys.CARD_KEY_PATTERN}]",
+            "Writes model cards only; run id, round and version are chosen at run time.",
+        )
 
         machine_logs = secure.log_group(self, "TrainingLogs", retention, key)
         definition = training_definition(self, topic, aggregation.function, table.table_name)

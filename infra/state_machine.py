@@ -8,11 +8,13 @@ Execution input (written by `fedstep start`); nothing in it grows with the numbe
 Prepare round -> Notify clients and wait for updates (the aggregation function, invoked with the task
 token: it records the token in the round record, where no client can read or write it, and publishes
 the round message to the selected clients; it later completes the task) -> Round aggregated -> More
-rounds? -> loop, or Notify clients: run ended -> Training finished (output: run id, stop reason,
-final global model, the last round in brief, and where the round summaries are: the table's
-partition of the run). The loop ends early, with stop reason "target_reached", when a round's
-weighted metrics meet the run's target, or "privacy_budget" when one more round would take the
-run's epsilon past its budget (`--dp-epsilon`).
+rounds? -> loop, or Notify clients: run ended -> Write model card (the aggregation function: the
+card of the final global model, `fedstep.core.model_card`) -> Training finished (output: run id, stop
+reason, final global model, the last round in brief, the card's key and sha256 (or the error that
+kept it from being written), and where the round summaries are: the table's partition of the run).
+The loop ends early, with stop reason "target_reached", when a round's weighted metrics meet the
+run's target, or "privacy_budget" when one more round would take the run's epsilon past its budget
+(`--dp-epsilon`).
 
 At the round's deadline (the task's TimeoutSecondsPath) -> Aggregate at deadline (the aggregation
 function, invoked directly: it aggregates what arrived if the quorum is met) -> Round aggregated.
@@ -37,6 +39,7 @@ from constructs import Construct
 
 from fedstep import SCHEMA_VERSION
 from fedstep.core import keys
+from fedstep.core.model_card import ModelCardError, ModelTampered
 from fedstep.core.rounds import StrategyFailed
 from fedstep.core.schemas import RoundMessage, RunEndedMessage, state_machine_fields
 
@@ -173,6 +176,7 @@ def training_definition(
             "rounds_completed.$": "$.round",
             "global_model.$": "$.global_model",
             "last_round.$": "$.round_summary",
+            "model_card.$": "$.model_card",
             "round_summaries": {
                 "table": table_name,
                 "pk.$": "$.run.run_id",
@@ -181,7 +185,28 @@ def training_definition(
             },
         },
     )
-    run_ended.next(finished)
+    # The model card of the final global model, written by the server (beside the model, once); a
+    # failure to write it is recorded in the output but does not fail a finished training
+    # (`fedstep promote` writes a missing card).
+    card = tasks.LambdaInvoke(
+        scope,
+        "Write model card",
+        lambda_function=aggregate,
+        payload=sfn.TaskInput.from_object(
+            {
+                "mode": "card",
+                "run_id": sfn.JsonPath.string_at("$.run.run_id"),
+                "round": sfn.JsonPath.number_at("$.round"),
+            }
+        ),
+        result_selector={"key.$": "$.Payload.key", "sha256.$": "$.Payload.sha256"},
+        retry_on_service_exceptions=False,
+        result_path="$.model_card",
+    )
+    card.add_retry(errors=[ModelCardError.__name__, ModelTampered.__name__], max_attempts=0)
+    card.add_retry(errors=["States.ALL"], max_attempts=2, interval=Duration.seconds(2), backoff_rate=2)
+    card.add_catch(finished, errors=["States.ALL"], result_path="$.model_card")
+    run_ended.next(card).next(finished)
     target_reached = sfn.Pass(scope, "Target reached", parameters=_carry({"stop_reason": "target_reached"}))
     all_rounds = sfn.Pass(scope, "All rounds done", parameters=_carry({"stop_reason": "max_rounds"}))
     more = sfn.Choice(scope, "More rounds?")

@@ -1,11 +1,13 @@
 """The aggregation function: opens rounds, completes them from the table's stream or at their deadline.
 
-Three kinds of invocation, each a thin shell around `fedstep.core.rounds`:
+Four kinds of invocation, each a thin shell around `fedstep.core.rounds`:
 - `{"mode": "publish", ...}` from the state machine when it opens a round (with the task token it
   waits on): `publish_round` records the token and sends the round message to the selected clients;
 - a DynamoDB stream batch of update items: `try_complete_round` for each round touched;
 - `{"mode": "deadline", ...}` from the state machine when a round's task timed out:
-  `complete_round_at_deadline`, whose result is the task's output.
+  `complete_round_at_deadline`, whose result is the task's output;
+- `{"mode": "card", "run_id", "round"}` from the state machine when a run finished: writes the
+  model card of its final global model (`fedstep.core.model_card.write_card`), returns its ref.
 
 Environment: BUCKET_NAME (model registry), TABLE_NAME (the single table), TOPIC_ARN (the round
 topic), LEASE_S (how long a claim on a round holds, s), POWERTOOLS_METRICS_NAMESPACE (CloudWatch
@@ -36,6 +38,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from fedstep.aws import adapters, boto
 from fedstep.core import keys
+from fedstep.core.model_card import write_card
 from fedstep.core.rounds import AggregationSettings, complete_round_at_deadline, publish_round, try_complete_round
 from fedstep.core.schemas import (
     InvalidMessage,
@@ -112,7 +115,10 @@ class RoundEvent:
 
 
 def round_of(record: DynamoDBRecord) -> tuple[str, int] | None:
-    """(run id, round) of an update item a client wrote or rewrote; None for any other record."""
+    """(run id, round) of an update item a client wrote or rewrote; None for any other record: a
+    heartbeat, an evaluation item (`EVAL#...`, the answer to `fedstep evaluate`, which must never
+    start an aggregation), a run or round record. On AWS the event source's filter (kind "update")
+    already drops them; moto ignores filters, so this check is what the local cloud relies on."""
     image = record.dynamodb.new_image if record.dynamodb else None
     if record.event_name not in (DynamoDBRecordEventName.INSERT, DynamoDBRecordEventName.MODIFY) or not image:
         return None
@@ -162,6 +168,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         return deadline_handler(event, context)
     if isinstance(event, dict) and event.get("mode") == "publish":
         return publish_handler(event, context)
+    if isinstance(event, dict) and event.get("mode") == "card":
+        return card_handler(event, context)
     return stream_handler(event, context)
 
 
@@ -225,3 +233,14 @@ def publish_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, 
     )
     logger.info("round published", extra={"run_id": parsed.run_id, "round": parsed.round, "sent": bool(message)})
     return {"published": bool(message)}
+
+
+@logger.inject_lambda_context
+def card_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """{"mode": "card", "run_id", "round"}: write the model card of the run's global model after
+    `round` (once; an existing card stands) and return its ref {key, sha256, bytes}."""
+    parsed = RoundEvent.parse(event)
+    store, table, _, _ = services()
+    ref = write_card(parsed.run_id, parsed.round, store, table)
+    logger.info("model card written", extra={"run_id": parsed.run_id, "round": parsed.round, "key": ref.key})
+    return {"key": ref.key, "sha256": ref.sha256, "bytes": ref.bytes}

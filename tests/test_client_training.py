@@ -79,7 +79,7 @@ def test_the_round_summary_line_shows_before_and_after_bytes_and_seconds():
 def test_config_numbers_must_be_whole_seconds(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDSTEP_TRAINER", "mysite:train")
     path = tmp_path / "c.json"
-    path.write_text('{"client_id": "c", "queue_url": "q", "bucket": "b", "table": "t", "data": "d"}')
+    path.write_text('{"client_id": "c", "queue_url": "https://q", "bucket": "b", "table": "t", "data": "d"}')
     assert load(str(path), {"heartbeat_s": "30"}).heartbeat_s == 30
     assert load(str(path), {}).trainer == "mysite:train"
     with pytest.raises(FedstepError, match="poll_wait_s must be a whole number of seconds, got 'soon'"):

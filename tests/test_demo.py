@@ -119,13 +119,17 @@ def test_bad_arguments_get_a_clear_error_and_no_traceback(tmp_path, args, messag
 
 def test_a_client_killed_mid_run_does_not_stop_the_run(tmp_path):
     out = tmp_path / "killed-client"
-    proc = _fedstep_local(out, "--clients", "3", "--rounds", "3", "--quorum", "2", "--round-timeout", "10")
+    # a busy machine may start the agents after round 1's deadline: the round is then published again
+    proc = _fedstep_local(
+        out, "--clients", "3", "--rounds", "3", "--quorum", "2", "--round-timeout", "10", "--round-retries", "3"
+    )
     _wait_for_line(proc, ": 3 rounds, 3 clients")  # round 1 is under way; the clients are still starting
     victim = next(pid for pid in _clients_of(out) if "client-3.json" in Path(f"/proc/{pid}/cmdline").read_text())
     os.kill(victim, signal.SIGKILL)  # no cleanup at all: its round message is neither served nor released
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output[-3000:]
     assert "client client-3 exited with code -9" in output
+    assert "errorMessage" not in output  # an expected QuorumNotMet of a retried round is one line
     rounds = json.loads((out / "summary.json").read_text())["rounds"]
     assert [r["participants"] for r in rounds] == [2, 2, 2]  # each round's deadline aggregates the survivors
     assert rounds[-1]["heldout_accuracy"] > rounds[0]["heldout_accuracy"]

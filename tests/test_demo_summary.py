@@ -33,8 +33,12 @@ def _summary(settings: RunSettings, output: dict) -> tuple[str | None, dict]:
 def test_a_run_that_meets_its_target_says_so_and_records_why_it_stopped():
     settings = RunSettings(rounds=10, target="test_accuracy>=0.9")
     line, summary = _summary(settings, {"stop_reason": "target_reached", "rounds_completed": 3})
-    assert line == "target test_accuracy>=0.9 reached after round 3: the run stops"
+    assert line == (
+        "target test_accuracy>=0.9 reached: round 2's global model met it in the clients' federated "
+        "evaluation during round 3; the run stops"
+    )
     assert summary["stop_reason"] == "target_reached" and len(summary["rounds"]) == 3
+    assert summary["target_met_by_round"] == 2
     assert summary["config"]["rounds"] == 10 and summary["config"]["target"] == "test_accuracy>=0.9"
 
 

@@ -99,6 +99,45 @@ def put_item(statements: list[dict], item: dict) -> str:
     return evaluate(statements, "dynamodb:PutItem", TABLE_ARN, put_item_context(item))
 
 
+def _stream_record(item: dict, event: str = "INSERT") -> dict:
+    from fedstep.aws.ddb import to_attributes
+
+    image = to_attributes(item)
+    return {"eventName": event, "dynamodb": {"Keys": {k: image[k] for k in ("pk", "sk")}, "NewImage": image}}
+
+
+@pytest.mark.parametrize(
+    ("what", "invokes"),
+    [
+        ("update", True),
+        ("rewritten update", True),
+        ("decline", True),  # a decline completes a round as an update does (found missing on AWS)
+        ("heartbeat", False),
+        ("evaluation", False),
+        ("run record", False),
+    ],
+)
+def test_the_stream_filter_passes_update_and_decline_items_only(template, what, invokes):
+    """Lambda's event filter on AWS (moto ignores filters): evaluated on the synthesized pattern with
+    moto's EventBridge-style pattern matcher, which implements the same pattern syntax."""
+    from moto.events.models import EventPattern
+
+    from fedstep.core.schemas import EvalItem
+
+    [mapping] = resources(template, "AWS::Lambda::EventSourceMapping").values()
+    [criterion] = mapping["Properties"]["FilterCriteria"]["Filters"]
+    update = UpdateItem("run-1", 1, "org-a", 10, ObjectRef(keys.update_key("run-1", 1, "org-a"), "0" * 64, 1), {}, "t")
+    records = {
+        "update": _stream_record(update.to_item()),
+        "rewritten update": _stream_record(update.to_item(), "MODIFY"),
+        "decline": _stream_record(DeclineItem("run-1", 1, "org-a", "privacy budget", "t", {}).to_item()),
+        "heartbeat": _stream_record(Heartbeat("org-a", "0.1", "idle", "t", 60, {}).to_item()),
+        "evaluation": _stream_record(EvalItem("run-1", 1, "abc123", "org-a", 5, {}, "t").to_item()),
+        "run record": _stream_record(RunRecord("run-1", ["org-a"], 5, TrainingConfig(), "fedavg", "t").to_item()),
+    }
+    assert EventPattern.load(criterion["Pattern"]).matches_event(records[what]) is invokes
+
+
 def test_a_clients_role_may_put_items_only_in_its_own_partition(template):
     """What moto cannot check: the DynamoDB conditions, evaluated on the synthesized policy."""
     own = evaluated_policy(template, "org-a")

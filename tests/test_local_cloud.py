@@ -21,6 +21,7 @@ from botocore.exceptions import EndpointConnectionError
 
 from client_agent.agent import Agent, Outcome
 from client_agent.config import AgentConfig
+from client_agent.training import TrainResult
 from fedstep.aws.adapters import DynamoRoundTable, S3ModelStore
 from fedstep.aws.ddb import to_attributes
 from fedstep.core import keys, tensors
@@ -415,16 +416,24 @@ def test_a_trainer_that_crashes_keeps_the_message_and_the_agent_alive(cloud, tmp
     assert agent(cloud, "client-1", tmp_path, Broken(1.0, 1)).handle(message) is Outcome.KEPT
 
 
-def test_a_run_stops_early_when_its_target_metric_is_reached(cloud, tmp_path):
-    run = start(cloud, rounds=5, target="train_loss<=0.6")  # weighted train_loss is 0.5 in round 1
-    agents = [agent(cloud, c, tmp_path) for c in SHIFTS]
-    for a in agents:
-        serve(a)
-    ended = [serve(a, expect=Outcome.RUN_ENDED) for a in agents]
-    assert ended == [Outcome.RUN_ENDED] * 2
+class EvaluatingTrainer(ShiftTrainer):
+    """Reports the global model's test loss before training: the sum of its weights' first entries."""
+
+    def fit(self, architecture, weights, training):
+        result = super().fit(architecture, weights, training)
+        before = 10.0 - float(sum(v.ravel()[0] for v in weights.values()))
+        return TrainResult(result.weights, result.num_examples, {"test_loss": 0.0, "test_loss_before": before})
+
+
+def test_a_run_stops_early_when_the_global_models_federated_evaluation_meets_the_target(cloud, tmp_path):
+    # the global model moves by 2.5 per weight and round: its evaluated loss is 10, 5, 0 in rounds 1, 2, 3,
+    # while the clients' loss after local training is 0 from round 1 on (which must not stop the run)
+    run = start(cloud, rounds=5, target="test_loss<=1")
+    agents = [agent(cloud, c, tmp_path, EvaluatingTrainer(*SHIFTS[c])) for c in SHIFTS]
+    serve_run(agents, 3)
     desc = wait_for_execution(cloud, run.execution_arn)
     output = json.loads(desc["output"])
-    assert (desc["status"], output["stop_reason"], output["rounds_completed"]) == ("SUCCEEDED", "target_reached", 1)
+    assert (desc["status"], output["stop_reason"], output["rounds_completed"]) == ("SUCCEEDED", "target_reached", 3)
 
 
 def test_only_the_clients_selected_for_a_round_receive_it(cloud, tmp_path):

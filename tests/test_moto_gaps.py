@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import threading
 import time
@@ -498,3 +499,29 @@ def test_the_task_failure_shim_passes_the_cause_on(moto, monkeypatch):
     gaps.TASK_FAILURE_CAUSE.apply()
     ended = failed_through_its_token(monkeypatch)
     assert (ended["error"], ended["cause"]) == ("StrategyFailed", "why it failed")
+
+
+def test_an_expected_quorum_not_met_is_one_console_line_not_a_traceback(caplog):
+    """Observed: a run that missed its quorum printed a 25-line Lambda traceback on the --keep-running console."""
+    from fedstep.core.rounds import QuorumNotMet
+    from fedstep.local.gaps.lambda_in_process import log_failure
+
+    with caplog.at_level(logging.WARNING, logger="fedstep.local.gaps.lambda_in_process"):
+        log_failure("fedstep-Aggregation", QuorumNotMet("1 of 2 updates by the deadline (quorum 2) in run r"))
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING and "Traceback" not in record.getMessage()
+    assert record.getMessage() == (
+        "Lambda fedstep-Aggregation: QuorumNotMet: 1 of 2 updates by the deadline (quorum 2) in run r"
+    )
+
+
+def test_an_unexpected_lambda_error_keeps_its_traceback(caplog):
+    from fedstep.local.gaps.lambda_in_process import log_failure
+
+    try:
+        raise KeyError("bug")
+    except KeyError as exc:
+        with caplog.at_level(logging.WARNING, logger="fedstep.local.gaps.lambda_in_process"):
+            log_failure("fedstep-Aggregation", exc)
+    [record] = caplog.records
+    assert record.levelno == logging.ERROR and "Traceback" in record.getMessage()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import datetime
 
 import numpy as np
 import pytest
@@ -84,6 +85,15 @@ def test_runs_lists_the_run_with_its_status_and_rounds(local_cloud, finished_run
     assert result.stdout.splitlines()[0].split() == ["RUN", "STATUS", "STARTED", "DURATION", "ROUNDS"]
 
 
+def test_runs_json_gives_each_run_with_its_status_times_and_rounds(local_cloud, finished_run):
+    result = fedstep(local_cloud, "runs", "--json")
+    assert result.returncode == 0, result.stderr
+    [run] = [r for r in json.loads(result.stdout) if r["run_id"] == finished_run]
+    assert (run["status"], run["rounds_aggregated"], run["rounds_planned"]) == ("SUCCEEDED", 3, 3)
+    assert datetime.fromisoformat(run["started"]) <= datetime.fromisoformat(run["stopped"])
+    assert run["duration_s"] >= 0
+
+
 def test_status_has_a_row_per_round_with_participants_metrics_and_durations(local_cloud, finished_run):
     result = fedstep(local_cloud, "status", finished_run)
     assert result.returncode == 0, result.stderr
@@ -126,11 +136,11 @@ def test_report_writes_one_html_file_and_the_plots_as_png(local_cloud, finished_
     result = fedstep(local_cloud, "report", finished_run, "-o", str(tmp_path))
     assert result.returncode == 0, result.stderr
     page = (tmp_path / "report.html").read_text()
-    for plot in ("accuracy", "loss", "participation"):
+    for plot in ("accuracy", "loss", "participation", "clients"):  # clients: each client's own metrics
         png = (tmp_path / f"{plot}.png").read_bytes()
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5_000
         assert f'id="{plot}"' in page
-    assert page.count("data:image/png;base64,") == 3 and "client-1, client-2" in page
+    assert page.count("data:image/png;base64,") == 4 and "client-1, client-2" in page
 
 
 def test_status_of_an_unknown_run_is_a_clear_error(local_cloud):

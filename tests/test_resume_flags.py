@@ -63,6 +63,7 @@ def test_resume_passes_rounds_to_the_continuation(monkeypatch, capsys):
         return StartedRun(f"{run_id}-r1", "arn:x", ["client-1"])
 
     monkeypatch.setattr(cli, "_Stack", Stack)
+    monkeypatch.setattr(cli, "_warn_if_offline", lambda *args: None)  # no heartbeats to read here
     monkeypatch.setattr("fedstep.cli.start.resume_run", resume_run)
     assert cli.main(["start", "--resume", "run-1", "--rounds", "8"]) == 0
     assert seen == {"run_id": "run-1", "rounds": 8}

@@ -105,16 +105,32 @@ def test_every_field_a_client_writes_is_bounded(change, message):
 @pytest.mark.parametrize(
     ("text", "metrics", "reached"),
     [
-        ("test_accuracy>=0.9", {"test_accuracy": 0.91}, True),
-        ("test_accuracy>=0.9", {"test_accuracy": 0.89}, False),
-        ("test_loss<=0.3", {"test_loss": 0.3}, True),
+        ("test_accuracy>=0.9", {"test_accuracy_before": 0.91}, True),
+        ("test_accuracy>=0.9", {"test_accuracy_before": 0.89}, False),
+        ("test_loss<=0.3", {"test_loss_before": 0.3}, True),
+        ("test_accuracy_before>=0.9", {"test_accuracy_before": 0.95}, True),
         ("test_loss<=0.3", {"train_loss": 0.1}, False),  # a metric nobody reports is never reached
     ],
 )
-def test_a_target_is_reached_when_its_weighted_metric_meets_it(text, metrics, reached):
+def test_a_target_is_reached_when_the_global_models_federated_evaluation_meets_it(text, metrics, reached):
     from fedstep.core.schemas import Target
 
     assert Target.parse_text(text).reached(metrics) is reached
+
+
+def test_a_target_is_not_reached_by_the_clients_metrics_after_local_training():
+    """Observed: a run stopped on the clients' post-training accuracy while the global model's was lower."""
+    from fedstep.core.schemas import Target
+
+    after_local_training_only = {"test_accuracy": 0.95, "test_accuracy_before": 0.7}
+    assert Target.parse_text("test_accuracy>=0.9").reached(after_local_training_only) is False
+
+
+def test_a_target_on_a_train_metric_is_refused_with_the_reason():
+    from fedstep.core.schemas import Target
+
+    with pytest.raises(InvalidMessage, match=r"judged on the global model's federated evaluation.*test metric"):
+        Target.parse_text("train_loss<=0.6")
 
 
 @pytest.mark.parametrize("text", ["accuracy>0.9", "test_accuracy>=high", "0.9"])

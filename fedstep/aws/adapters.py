@@ -220,6 +220,36 @@ class DynamoRoundTable(Items):
         found = self._batch_get([keys.update_item_key(run_id, round_number, c) for c in client_ids])
         return {keys.client_of(item[keys.PK]): item for item in found}
 
+    def latest_updates(self, run_id: str, client_ids: list[str], up_to_round: int) -> dict[str, dict[str, Any]]:
+        """Each client's update item (kind "update") of the latest round <= `up_to_round` it sent
+        one in, by client id; clients without one are absent. One query per client, newest first."""
+        latest: dict[str, dict[str, Any]] = {}
+        for client in client_ids:
+            kwargs: dict[str, Any] = {
+                "TableName": self.name,
+                "KeyConditionExpression": "pk = :pk AND sk BETWEEN :first AND :last",
+                "ExpressionAttributeValues": to_attributes(
+                    {
+                        ":pk": keys.client_pk(client),
+                        ":first": keys.update_sk(run_id, 0),
+                        ":last": keys.update_sk(run_id, up_to_round),
+                    }
+                ),
+                "ConsistentRead": True,
+                "ScanIndexForward": False,
+                "Limit": 10,
+            }
+            while client not in latest:
+                resp = self.ddb.query(**kwargs)
+                items = (from_attributes(i) for i in resp.get("Items", []))
+                newest = next((i for i in items if i.get("kind") == "update"), None)
+                if newest is not None:
+                    latest[client] = newest
+                if "LastEvaluatedKey" not in resp:
+                    break
+                kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        return latest
+
     def put_feedback(self, item: dict[str, Any]) -> None:
         self.put(item)
 

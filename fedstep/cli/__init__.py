@@ -1,8 +1,10 @@
 """`fedstep`: the operator's command line.
 
-start, runs, status [--watch], stop, download, report: run a training and follow it; clients and
-client-config: the organisations; strategies: the aggregation strategies and their parameters;
-local: everything on the embedded local cloud.
+start, runs, status [--watch], stop, download, report: run a training and follow it; evaluate: the
+global model on the clients' test splits (or the operator's data); promote and download --approved:
+the approved model and its card; cost: a run's estimated AWS cost; clients and client-config: the
+organisations; strategies: the aggregation strategies and their parameters; local: everything on
+the embedded local cloud.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ def _settings_args(parser: argparse.ArgumentParser, defaults: RunSettingsDefault
         "--round-retries", type=int, help="publish a round that misses its quorum again, up to N times (default 0)"
     )
     parser.add_argument(
-        "--target", help="stop early when a round's weighted metric meets this, e.g. test_accuracy>=0.9"
+        "--target",
+        help="stop early when the global model's federated evaluation meets this, e.g. test_accuracy>=0.9",
     )
     parser.add_argument(
         "--quorum", type=int, help="fewest valid updates a round may be aggregated from (default: half the clients)"
@@ -90,14 +93,19 @@ class RunSettingsDefaults(NamedTuple):
 
 def _settings(args: argparse.Namespace, defaults: RunSettingsDefaults, run_file: dict[str, Any]):  # -> RunSettings
     from fedstep.cli.start import RunSettings, merge_settings
-    from fedstep.core.strategies.params import parse_assignments
 
     base = RunSettings(rounds=defaults.rounds, round_timeout_s=defaults.timeout)
+    return merge_settings(base, run_file, _flags(args))
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed arguments, with `--strategy-param NAME=VALUE`s as `strategy_params`."""
+    from fedstep.core.strategies.params import parse_assignments
+
     try:
-        flags = {**vars(args), "strategy_params": parse_assignments(args.strategy_param or [])}
+        return {**vars(args), "strategy_params": parse_assignments(args.strategy_param or [])}
     except ValueError as exc:
         raise FedstepError(str(exc)) from None
-    return merge_settings(base, run_file, flags)
 
 
 def _run_file(args: argparse.Namespace) -> dict[str, Any]:
@@ -169,13 +177,31 @@ def _parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="the stack's runs, newest first, with their status")
     _stack_args(runs)
     runs.add_argument("--limit", type=int, default=20, help="how many runs (default 20)")
+    runs.add_argument("--json", action="store_true", help="print the runs as JSON")
 
     status = sub.add_parser("status", help="a run's per-round table: participants, rejections, metrics, durations")
     status.add_argument("run_id")
     _stack_args(status)
     status.add_argument("--watch", action="store_true", help="print each round as it completes, until the run ends")
     status.add_argument("--interval", type=float, default=2.0, help="--watch polling interval, s (default 2)")
-    status.add_argument("--json", action="store_true", help="print the run and its rounds as JSON")
+    status.add_argument(
+        "--json", action="store_true", help="print the run and its rounds as JSON (with each round's clients)"
+    )
+    status.add_argument("--clients", action="store_true", help="also a table of every client's own metrics per round")
+    status.add_argument("--round", type=int, help="the per-client table of this round only")
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a run's global model on the clients' test splits (or --data)")
+    evaluate.add_argument("run_id")
+    _stack_args(evaluate)
+    evaluate.add_argument(
+        "--round", type=int, help="the model after this round (default: the last aggregated; 0: initial)"
+    )
+    evaluate.add_argument("--clients", help="ask only these clients, e.g. a,b (default: the run's clients)")
+    evaluate.add_argument(
+        "--deadline", type=int, default=900, help="seconds to wait for the clients' answers (default 900)"
+    )
+    evaluate.add_argument("--data", help="module:function returning (x, y): evaluate here, on your own data, instead")
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     stop = sub.add_parser("stop", help="stop a running run and tell its clients it ended")
     stop.add_argument("run_id")
@@ -183,10 +209,21 @@ def _parser() -> argparse.ArgumentParser:
     stop.add_argument("--reason", default="stopped by an operator", help="recorded as the execution's cause")
 
     download = sub.add_parser("download", help="a run's global model as a .keras file, ready for model.predict")
-    download.add_argument("run_id")
+    download.add_argument("run_id", nargs="?", help="the run (not with --approved)")
     _stack_args(download)
     download.add_argument("--round", type=int, help="after this round (default: the last completed; 0: initial)")
     download.add_argument("-o", "--out", type=Path, help="file to write (default <run>-round<r>.keras)")
+    download.add_argument(
+        "--approved", action="store_true", help="the approved model (`fedstep promote`), checked against its card"
+    )
+    download.add_argument("--name", default="default", help="with --approved: the approved model's name (default)")
+
+    promote = sub.add_parser("promote", help="approve a round's global model (with its model card) in the registry")
+    promote.add_argument("run_id")
+    _stack_args(promote)
+    promote.add_argument("--round", type=int, required=True, help="the aggregated round whose global model to approve")
+    promote.add_argument("--note", default="", help="why it is approved, kept in the promotion history")
+    promote.add_argument("--name", default="default", help="the approved model's name (default: default)")
 
     report = sub.add_parser("report", help="an HTML report of a run, with its plots as PNG files")
     report.add_argument("run_id")
@@ -202,6 +239,11 @@ def _parser() -> argparse.ArgumentParser:
     clients = sub.add_parser("clients", help="which client agents are online (from their heartbeats)")
     _stack_args(clients)
     clients.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    cost = sub.add_parser("cost", help="a run's estimated AWS cost, per service and per participant")
+    cost.add_argument("run_id")
+    _stack_args(cost)
+    cost.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
     strategies = sub.add_parser("strategies", help="the aggregation strategies, with their parameters and defaults")
     strategies.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -229,10 +271,21 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument(
         "--keep-running",
         action="store_true",
-        help="after the run, keep the local cloud up for `fedstep status`, `report`, ... until Ctrl-C",
+        help="after the run, keep the local cloud and its client agents up for `fedstep status`, `report`, "
+        "`start`, ... until Ctrl-C (writes <out>/local-cloud.env)",
     )
     _settings_args(local, LOCAL_DEFAULTS)
     return parser
+
+
+def _cost(args: argparse.Namespace) -> int:
+    from fedstep.cli.cost import estimate_run, render_json, render_text
+
+    stack = _Stack(args)
+    est = estimate_run(_view(stack, args.run_id), stack.outputs, stack.client("stepfunctions"))
+    region = stack.session.region_name
+    print(render_json(est, region) if args.json else render_text(est, region))
+    return 0
 
 
 def _strategies(args: argparse.Namespace) -> int:
@@ -253,6 +306,7 @@ def _start(args: argparse.Namespace) -> int:
     settings = _settings(args, START_DEFAULTS, run_file)
     stack = _Stack(args)
     client, outputs = stack.client, stack.outputs
+    _warn_if_offline(stack, settings, args.resume)
     if args.resume:
         started = resume_run(
             args.resume,
@@ -280,6 +334,29 @@ def _start(args: argparse.Namespace) -> int:
     return _watch(stack, started.run_id, 2.0) if args.watch else 0
 
 
+def _warn_if_offline(stack: _Stack, settings: Any, resume: str | None) -> None:
+    """Before a run starts: say so when fewer of its clients are online than its quorum."""
+    from fedstep.aws.adapters import DynamoRoundTable
+    from fedstep.cli.start import offline_warning
+
+    table = DynamoRoundTable(stack.outputs.table, stack.client("dynamodb"))
+    if resume:
+        record = table.get_run(resume)
+        if record is None:  # resume_run names the problem
+            return
+        clients, quorum = record.clients, record.quorum
+        timeout_s, retries = record.round_timeout_s, record.round_retries
+    else:
+        clients = sorted(stack.outputs.queues)
+        if not clients:  # start_run names the problem
+            return
+        quorum = settings.for_clients(clients)[1]
+        timeout_s, retries = settings.round_timeout_s, settings.round_retries
+    warning = offline_warning(table, clients, quorum, timeout_s, retries)
+    if warning:
+        print(f"fedstep: warning: {warning}", file=sys.stderr, flush=True)
+
+
 def _view(stack: _Stack, run_id: str):  # -> RunView
     from fedstep.aws.adapters import DynamoRoundTable
     from fedstep.cli.run_view import load_run
@@ -298,17 +375,17 @@ def _watch(stack: _Stack, run_id: str, interval_s: float) -> int:
 def _runs(args: argparse.Namespace) -> int:
     from fedstep.aws.adapters import DynamoRoundTable
     from fedstep.cli.run_view import list_runs
-    from fedstep.cli.status import render_runs
+    from fedstep.cli.status import render_runs, render_runs_json
 
     stack = _Stack(args)
     table = DynamoRoundTable(stack.outputs.table, stack.client("dynamodb"))
     runs = list_runs(stack.outputs, stack.client("stepfunctions"), args.limit)
 
-    def rounds_done(run_id: str) -> str:
+    def rounds_of(run_id: str) -> tuple[int, int | None]:
         record = table.get_run(run_id)
-        return f"{len(table.list_rounds(run_id))}/{record.rounds if record else '?'}"
+        return len(table.list_rounds(run_id)), record.rounds if record else None
 
-    print(render_runs(runs, rounds_done))
+    print((render_runs_json if args.json else render_runs)(runs, rounds_of))
     return 0
 
 
@@ -319,8 +396,27 @@ def _status(args: argparse.Namespace) -> int:
     if args.watch:
         return _watch(stack, args.run_id, args.interval)
     view = _view(stack, args.run_id)
+    if args.json or args.clients or args.round is not None:
+        view = _with_clients(stack, view, args.round)
     print(render_status_json(view) if args.json else render_status(view))
     return 0
+
+
+def _with_clients(stack: _Stack, view: Any, only: int | None) -> Any:
+    """`view` with its clients' own metrics (of round `only`, which must be completed, or of all)."""
+    from fedstep.aws.adapters import DynamoRoundTable
+    from fedstep.cli.run_view import with_clients
+
+    if only is not None and only not in {s.round for s in view.rounds}:
+        raise FedstepError(f"run {view.run_id} has no completed round {only}")
+    return with_clients(view, DynamoRoundTable(stack.outputs.table, stack.client("dynamodb")), only)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from fedstep.cli.evaluate import evaluate_command
+
+    stack = _Stack(args)
+    return evaluate_command(args, _view(stack, args.run_id), stack.outputs, stack.client)
 
 
 def _stop(args: argparse.Namespace) -> int:
@@ -341,6 +437,10 @@ def _download(args: argparse.Namespace) -> int:
     from fedstep.aws.adapters import DynamoRoundTable
     from fedstep.cli.operate import download_model
 
+    if args.approved:
+        return _download_approved(args)
+    if not args.run_id:
+        raise FedstepError("give a run id, or --approved for the approved model")
     stack = _Stack(args)
     view = _view(stack, args.run_id)
     round_number = args.round if args.round is not None else view.last_round
@@ -351,13 +451,47 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _download_approved(args: argparse.Namespace) -> int:
+    from fedstep.cli.models import download_approved
+
+    if args.run_id or args.round is not None:
+        raise FedstepError("--approved downloads the approved model: give no run id or --round with it")
+    stack = _Stack(args)
+    pointer, path = download_approved(stack.outputs, stack.client("s3"), args.name, args.out)
+    print(
+        f"wrote {path}: the approved model {args.name!r} (run {pointer['run_id']} round {pointer['round']}, "
+        f"approved {pointer['approved_at']}), sha256 checked against its card"
+    )
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from fedstep.aws.adapters import DynamoRoundTable
+    from fedstep.cli.models import promote
+
+    stack = _Stack(args)
+    view = _view(stack, args.run_id)
+    table = DynamoRoundTable(stack.outputs.table, stack.client("dynamodb"))
+    done = promote(view, args.round, args.note, args.name, stack.outputs, stack.client("s3"), table)
+    before = done.previous
+    print(f"approved run {args.run_id} round {args.round} as model {args.name!r}; card {done.card_ref.key}")
+    if before:
+        print(f"it replaces run {before['run_id']} round {before['round']} (approved {before['approved_at']})")
+    print(f"history: {done.pointer['history_key']}")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from fedstep.cli.run_view import with_partition
     from fedstep.report import plots, write_report
 
     stack = _Stack(args)
     view = with_partition(_view(stack, args.run_id), stack.outputs, stack.client("s3"))
-    page = write_report(view, args.out or Path("reports") / args.run_id)
+    view = _with_clients(stack, view, None)
+    from fedstep.cli.models import card_of_round
+
+    card = card_of_round(view, view.last_round, stack.outputs, stack.client("s3"))
+    page = write_report(view, args.out or Path("reports") / args.run_id, card=card)
     print(f"wrote {page} and {', '.join(f'{p}.png' for p in plots(view))} beside it")
     return 0
 
@@ -399,23 +533,23 @@ def _interrupt(signum: int, frame: object) -> None:
 def _local(args: argparse.Namespace) -> int:
     import signal
 
-    from fedstep.local.demo import DemoConfig, run_demo
+    from fedstep.local.demo import demo_config, run_demo
 
     signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: clients and the local cloud are shut down
     # Ctrl-C stops the run even when the parent started this process with SIGINT ignored (a shell's
     # background job does), where Python would leave it ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    run_file = _run_file(args)
-    config = DemoConfig(
+    config = demo_config(  # the same function as fedstep.simulate's
         dataset=args.dataset,
         partition=args.partition,
         clients=args.clients,
         out=args.out,
-        model=args.model or run_file.get("model"),
-        seed=args.seed if args.seed is not None else int(run_file.get("seed", 0)),
-        settings=_settings(args, LOCAL_DEFAULTS, run_file),
+        model=args.model,
+        seed=args.seed,
         keep_running=args.keep_running,
+        run_file=_run_file(args),
+        settings=_flags(args),
     )
     run_demo(config)
     return 0
@@ -437,11 +571,14 @@ def main(argv: list[str] | None = None) -> int:
             "status": _status,
             "stop": _stop,
             "download": _download,
+            "promote": _promote,
             "report": _report,
+            "evaluate": _evaluate,
             "clients": _clients,
             "client-config": _client_config,
             "local": _local,
             "strategies": _strategies,
+            "cost": _cost,
         }
         return commands[args.command](args)
     except FedstepError as exc:

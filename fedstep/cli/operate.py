@@ -49,6 +49,11 @@ def download_model(
         if tensors.sha256_hex(data) != ref.sha256:
             raise FedstepError(f"s3://{outputs.bucket}/{ref.key} does not match the sha256 of round {round_number}")
         weights = tensors.decode(data)
+    return save_keras(architecture, weights, out)
+
+
+def save_keras(architecture: bytes, weights: tensors.Tensors, out: Path) -> Path:
+    """The architecture file with `weights` set, written to `out` as a `.keras` file."""
     from client_agent.keras_model import model_from_bytes, model_to_bytes, set_tensors
 
     model = model_from_bytes(architecture)

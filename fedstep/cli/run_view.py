@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError
 from fedstep.aws.adapters import DynamoRoundTable
 from fedstep.aws.errors import error_code
 from fedstep.aws.stack import StackOutputs
+from fedstep.cli.client_metrics import ClientRound, load_client_rounds
 from fedstep.core import keys
 from fedstep.core.errors import FedstepError
 from fedstep.core.label_counts import LabelCounts
@@ -46,10 +47,15 @@ class Execution:
     def failure(self) -> str:
         """The failure as a person reads it, `error: cause`: a Lambda error payload as the cause shows as
         its `errorType: errorMessage` (without the stack trace), and the error is not said twice."""
-        cause = readable_cause(self.cause)
-        if not self.error or cause == self.error or cause.startswith(f"{self.error}: "):
-            return cause or self.error
-        return f"{self.error}: {cause}" if cause else self.error
+        return failure_text(self.error, self.cause)
+
+
+def failure_text(error: str, cause: str) -> str:
+    """An execution's error and cause as a person reads them (see `Execution.failure`)."""
+    readable = readable_cause(cause)
+    if not error or readable == error or readable.startswith(f"{error}: "):
+        return readable or error
+    return f"{error}: {readable}" if readable else error
 
 
 def readable_cause(cause: str) -> str:
@@ -77,6 +83,9 @@ class RunView:
     be aggregated, which have no summary)."""
     partition: LabelCounts | None = None
     """Each client's label counts, for a simulated run (`fedstep local`) read with `with_partition`."""
+    clients: dict[int, list[ClientRound]] = field(default_factory=dict)
+    """Per round, each selected client's own metrics (`fedstep.cli.client_metrics`), read with
+    `with_clients`; empty unless asked for."""
 
     @property
     def status(self) -> str:
@@ -147,6 +156,11 @@ def load_partition(run_id: str, outputs: StackOutputs, s3: Any) -> LabelCounts |
 def with_partition(view: RunView, outputs: StackOutputs, s3: Any) -> RunView:
     """`view` with its label counts, where the run has them."""
     return replace(view, partition=load_partition(view.run_id, outputs, s3))
+
+
+def with_clients(view: RunView, table: DynamoRoundTable, only: int | None = None) -> RunView:
+    """`view` with each round's (or only round `only`'s) per-client metrics, from the update items."""
+    return replace(view, clients=load_client_rounds(view.run_id, view.rounds, table, only))
 
 
 @dataclass(frozen=True)

@@ -272,6 +272,27 @@ def merge_settings(base: RunSettings, *layers: dict[str, Any]) -> RunSettings:
     return RunSettings(**values).validated()
 
 
+def offline_warning(
+    table: DynamoRoundTable, clients: list[str], quorum: int, round_timeout_s: int, round_retries: int = 0
+) -> str | None:
+    """The warning `fedstep start` gives before starting a run when fewer of its clients are online
+    (by their heartbeats, as `fedstep clients` shows them) than its quorum; None when enough are."""
+    from fedstep.cli.clients import statuses
+    from fedstep.cli.text import duration
+
+    rows = statuses(clients, table.get_heartbeats(clients))
+    online = sum(r.status == "online" for r in rows)
+    if online >= quorum:
+        return None
+    away = ", ".join(f"{r.client_id} ({r.status})" for r in rows if r.status != "online")
+    retries = f", after {round_retries} retries," if round_retries else ""
+    return (
+        f"only {online} of {len(clients)} client(s) online, fewer than the run's quorum of {quorum}: {away}. "
+        f"Unless enough agents come online, round 1 waits until its deadline ({duration(round_timeout_s)}) and "
+        f"then{retries} the run fails with QuorumNotMet. `fedstep clients` shows who is online."
+    )
+
+
 @dataclass(frozen=True)
 class StartedRun:
     run_id: str

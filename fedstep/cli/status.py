@@ -7,7 +7,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
+from typing import Any
 
+from fedstep.cli.client_metrics import render_client_table
 from fedstep.cli.run_view import RunListing, RunView
 from fedstep.cli.text import duration, table
 from fedstep.core.schemas import RoundSummary, headline_metric
@@ -27,20 +29,48 @@ def _metric(summary: RoundSummary, name: str) -> str:
     return f"{value:.4f}" if value is not None else "-"
 
 
-def render_runs(runs: list[RunListing], rounds_done: Callable[[str], str]) -> str:
-    rows = [
-        (
-            r.run_id,
-            r.status,
-            _when(r.started),
-            _took(r.started, r.stopped),
-            rounds_done(r.run_id),
-        )
-        for r in runs
-    ]
+RoundsOf = Callable[[str], tuple[int, "int | None"]]
+"""A run id -> (rounds aggregated, rounds planned; None when the run record is missing)."""
+
+
+def render_runs(runs: list[RunListing], rounds_of: RoundsOf) -> str:
+    rows = []
+    for r in runs:
+        done, planned = rounds_of(r.run_id)
+        rows.append((r.run_id, r.status, _when(r.started), _took(r.started, r.stopped), f"{done}/{planned or '?'}"))
     if not rows:
         return "no runs yet: start one with `fedstep start`"
     return "\n".join(table(("RUN", "STATUS", "STARTED", "DURATION", "ROUNDS"), rows))
+
+
+def run_rows(runs: list[RunListing], rounds_of: RoundsOf) -> list[dict[str, Any]]:
+    """One dict per run, newest first: run_id, status, started and stopped (UTC datetimes; stopped
+    None while running), duration_s (None while running), rounds_aggregated and rounds_planned (None
+    when the run record is missing)."""
+    rows = []
+    for r in runs:
+        done, planned = rounds_of(r.run_id)
+        rows.append(
+            {
+                "run_id": r.run_id,
+                "status": r.status,
+                "started": r.started,
+                "stopped": r.stopped,
+                "duration_s": (r.stopped - r.started).total_seconds() if r.stopped else None,
+                "rounds_aggregated": done,
+                "rounds_planned": planned,
+            }
+        )
+    return rows
+
+
+def render_runs_json(runs: list[RunListing], rounds_of: RoundsOf) -> str:
+    """`fedstep runs --json`: `run_rows`, with the times in ISO 8601 UTC."""
+    rows = run_rows(runs, rounds_of)
+    for row in rows:
+        row["started"] = row["started"].isoformat()
+        row["stopped"] = row["stopped"].isoformat() if row["stopped"] else None
+    return json.dumps(rows, indent=2)
 
 
 ROUND_HEADER = (
@@ -152,7 +182,8 @@ def footer(view: RunView) -> list[str]:
 
 
 def render_status_json(view: RunView) -> str:
-    """The run and one object per round (participants, metrics, measurements, epsilon and delta)."""
+    """The run and one object per round (participants, metrics, measurements, epsilon and delta; with
+    per-client rows read, `clients`: each selected client's status, examples and own metrics)."""
     ex = view.execution
     rows = [
         {
@@ -168,6 +199,7 @@ def render_status_json(view: RunView) -> str:
             "delta": s.delta,
             "duration_s": s.duration_s,
             "aggregation_s": s.aggregation_s,
+            **({"clients": [c.to_json() for c in view.clients[s.round]]} if s.round in view.clients else {}),
         }
         for s in view.rounds
     ]
@@ -186,7 +218,8 @@ def render_status_json(view: RunView) -> str:
 def render_status(view: RunView) -> str:
     rows = [round_row(s) for s in view.rounds]
     body = table(ROUND_HEADER, rows) if rows else ["no round completed yet"]
-    return "\n".join([headline(view), settings_line(view), "", *body, *footer(view)])
+    per_client = ["", *render_client_table(view.clients)] if view.clients else []
+    return "\n".join([headline(view), settings_line(view), "", *body, *footer(view), *per_client])
 
 
 def watch(load: Callable[[], RunView], echo: Callable[[str], None], interval_s: float = 2.0) -> RunView:

@@ -7,6 +7,15 @@ S3 layout (bucket = the model registry):
                                                               `fedstep local` (simulations only)
     runs/{run_id}/rounds/{r:05d}/global-{version}.safetensors global weights after round r
     runs/{run_id}/rounds/{r:05d}/state-{version}.safetensors  the strategy's state after round r
+    runs/{run_id}/rounds/{r:05d}/card-{version}.json          the model card of that global model: written
+                                                              once by the aggregation function when the
+                                                              run finishes (its last round), or by
+                                                              `fedstep promote` for an earlier round
+    registry/{name}/approved.json                             the approved model (a pointer to a card),
+                                                              written by `fedstep promote` (default name
+                                                              `default`)
+    registry/{name}/history/{approved_at}-{run_id}-{r:05d}.json
+                                                              every promotion, written once, never replaced
     updates/{client_id}/{run_id}/{r:05d}.safetensors          a client's update in round r
 
 Round r trains on the global weights of round r-1 and produces those of round r. A round's result
@@ -23,6 +32,8 @@ a run id never contains one, so the kinds cannot collide:
     {run_id}              ROUND#{r:05d}                the round record: published, claimed, aggregated (server)
     CLIENT#{client_id}    UPDATE#{run_id}#{r:05d}      a client's update item (written by that client)
     CLIENT#{client_id}    HEARTBEAT                    a client's heartbeat (written by that client)
+    CLIENT#{client_id}    EVAL#{run_id}#{r:05d}#{request}  a client's evaluation of round r's global model, for
+                                                       the operator's request `request` (by that client)
     FEEDBACK#{client_id}  LAST_REJECTION               why the client's last update was rejected (server;
                                                        the client may read it)
 
@@ -39,6 +50,7 @@ SK = "sk"
 RUN_SK = "RUN"
 ROUND_PREFIX = "ROUND#"
 UPDATE_PREFIX = "UPDATE#"
+EVAL_PREFIX = "EVAL#"
 CLIENT_PK_PREFIX = "CLIENT#"
 FEEDBACK_PK_PREFIX = "FEEDBACK#"
 HEARTBEAT_SK = "HEARTBEAT"
@@ -113,9 +125,43 @@ def update_key(run_id: str, round_number: int, client_id: str) -> str:
     return f"{client_update_prefix(client_id)}{check_id('run id', run_id)}/{_round(round_number)}.safetensors"
 
 
+def version_of_global(key: str) -> str:
+    """The aggregation `version` of a global model's key (`.../global-{version}.safetensors`)."""
+    name = key.rpartition("/")[2]
+    version = name.removeprefix("global-").removesuffix(".safetensors")
+    if not name.startswith("global-") or not name.endswith(".safetensors") or not _VERSION.match(version):
+        raise ValueError(f"not a global model's key: {key!r}")
+    return version
+
+
+def card_key(run_id: str, round_number: int, version: str) -> str:
+    """The model card of the global model `global_key(run_id, round_number, version)`, beside it."""
+    model = global_key(run_id, round_number, version)
+    return model.replace("/global-", "/card-").removesuffix(".safetensors") + ".json"
+
+
+REGISTRY_PREFIX = "registry/"
+DEFAULT_MODEL_NAME = "default"
+
+
+def approved_key(name: str = DEFAULT_MODEL_NAME) -> str:
+    """The pointer to the approved model of the name `name` (overwritten by each promotion)."""
+    return f"{REGISTRY_PREFIX}{check_id('model name', name)}/approved.json"
+
+
+def promotion_key(name: str, approved_at: str, run_id: str, round_number: int) -> str:
+    """One promotion in the history of `name`, written once; `approved_at` is a compact UTC time
+    (`20261130T091500123456Z`), so the history lists in the order of promotion."""
+    if not re.fullmatch(r"\d{8}T\d{6,12}Z", approved_at):
+        raise ValueError(f"invalid promotion time {approved_at!r}: YYYYMMDDTHHMMSS[ffffff]Z")
+    history = f"{REGISTRY_PREFIX}{check_id('model name', name)}/history/"
+    return f"{history}{approved_at}-{check_id('run id', run_id)}-{_round(round_number)}.json"
+
+
 # S3 key patterns for IAM policies (`*` is the run id, round or version, chosen at run time).
 MODEL_KEY_PATTERN = "runs/*/model.keras"
 GLOBAL_KEY_PATTERN = "runs/*/rounds/*/global-*.safetensors"
+CARD_KEY_PATTERN = "runs/*/rounds/*/card-*.json"
 
 
 def client_update_key_pattern(client_id: str) -> str:
@@ -166,6 +212,23 @@ def parse_update_item_key(pk: str, sk: str) -> tuple[str, str, int]:
     if not pk.startswith(CLIENT_PK_PREFIX) or f"{kind}#" != UPDATE_PREFIX or not round_text.isdigit():
         raise ValueError(f"not an update item key: {pk!r} / {sk!r}")
     return client_of(pk), check_id("run id", run_id), int(round_text)
+
+
+def check_request_id(value: str) -> str:
+    """`value` if it is a valid evaluation request id (1-32 lowercase letters or digits); else ValueError."""
+    if not isinstance(value, str) or not _VERSION.match(value):
+        raise ValueError(f"invalid evaluation request id {value!r}: 1-32 lowercase letters or digits")
+    return value
+
+
+def eval_sk(run_id: str, round_number: int, request_id: str) -> str:
+    """An evaluation item's sort key; it never starts with `UPDATE_PREFIX`, so no aggregation reads it."""
+    return f"{EVAL_PREFIX}{check_id('run id', run_id)}#{_round(round_number)}#{check_request_id(request_id)}"
+
+
+def eval_item_key(run_id: str, round_number: int, request_id: str, client_id: str) -> dict[str, str]:
+    """A client's answer to the evaluation request `request_id` (round `round_number`'s global model)."""
+    return {PK: client_pk(client_id), SK: eval_sk(run_id, round_number, request_id)}
 
 
 def heartbeat_item_key(client_id: str) -> dict[str, str]:

@@ -1,5 +1,5 @@
-"""Wire formats: the round message, the run-ended message, the update item, the round record, the
-run record, the feedback and heartbeat items.
+"""Wire formats: the round message, the run-ended message, the evaluate message, the update item, the
+evaluation item, the round record, the run record, the feedback and heartbeat items.
 
 Every format carries `schema` (an integer, `fedstep.SCHEMA_VERSION`). Parsing validates types, ranges
 and sizes (`fedstep.core.limits`) and raises `InvalidMessage` naming the first bad field, so a malformed
@@ -247,14 +247,59 @@ class RunEndedMessage:
         )
 
 
-def parse_message(data: Any) -> RoundMessage | RunEndedMessage:
+MAX_EVAL_DEADLINE_S = 7 * 24 * 3600
+"""The longest an evaluation request may wait for its answers (a week, like a round's deadline)."""
+
+
+@dataclass(frozen=True)
+class EvaluateMessage:
+    """Published by the operator (`fedstep evaluate`) to the clients it asks: evaluate the run's
+    global model after `round` (0: the initial weights) on the local test split and write an
+    evaluation item (`EvalItem`) for `request_id`. Agents serve it even when the run has ended (that
+    is its main use) and skip it once `deadline_s` seconds after `issued_at` have passed. Every field
+    is bounded, so the message stays far below SNS's 256 KiB."""
+
+    run_id: str
+    round: int
+    request_id: str
+    model: ObjectRef
+    global_model: ObjectRef
+    issued_at: str
+    deadline_s: int = 900
+    type: str = "evaluate"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, **asdict(self)}
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> EvaluateMessage:
+        where = "evaluate message"
+        _check_schema(data, where)
+        try:
+            request_id = keys.check_request_id(_get(data, "request_id", str, where))
+        except ValueError as exc:
+            raise InvalidMessage(f"{where}: {exc}") from None
+        return cls(
+            run_id=_id(data, "run_id", "run id", where),
+            round=_positive_int(data, "round", where, 0, limits.MAX_ROUNDS),
+            request_id=request_id,
+            model=ObjectRef.parse(_get(data, "model", dict, where), f"{where} model"),
+            global_model=ObjectRef.parse(_get(data, "global_model", dict, where), f"{where} global_model"),
+            issued_at=_short_str(data, "issued_at", where, limits.MAX_TIMESTAMP_CHARS),
+            deadline_s=_positive_int(data, "deadline_s", where, 1, MAX_EVAL_DEADLINE_S),
+        )
+
+
+def parse_message(data: Any) -> RoundMessage | RunEndedMessage | EvaluateMessage:
     """Parse a message body (already JSON-decoded) into its typed form."""
     kind = _get(data, "type", str, "message")
     if kind == "round":
         return RoundMessage.parse(data)
     if kind == "run_ended":
         return RunEndedMessage.parse(data)
-    raise InvalidMessage(f"message: unknown type {kind!r} (expected 'round' or 'run_ended')")
+    if kind == "evaluate":
+        return EvaluateMessage.parse(data)
+    raise InvalidMessage(f"message: unknown type {kind!r} (expected 'round', 'run_ended' or 'evaluate')")
 
 
 def _client_round_item(data: dict[str, Any], where: str) -> tuple[str, int, str]:
@@ -272,6 +317,8 @@ def _client_round_item(data: dict[str, Any], where: str) -> tuple[str, int, str]
 
 UPDATE_KIND = "delta"
 """What an update file holds: the trained weights minus the round's global weights, float32."""
+UPDATE_ITEM_KIND = "update"
+"""The `kind` of an update item (and of its file's metadata)."""
 
 
 @dataclass(frozen=True)
@@ -296,7 +343,7 @@ class UpdateItem:
         return {
             **keys.update_item_key(self.run_id, self.round, self.client_id),
             "schema": SCHEMA_VERSION,
-            "kind": "update",
+            "kind": UPDATE_ITEM_KIND,
             **asdict(self),
         }
 
@@ -305,7 +352,7 @@ class UpdateItem:
         record of what was sent (an agent restarted between upload and item reports from it)."""
         return {
             "schema": SCHEMA_VERSION,
-            "kind": "update",
+            "kind": UPDATE_ITEM_KIND,
             "update": UPDATE_KIND,
             "run_id": self.run_id,
             "round": self.round,
@@ -393,6 +440,66 @@ def check_privacy(data: Any, where: str) -> dict[str, float]:
 def parse_client_item(data: dict[str, Any]) -> UpdateItem | DeclineItem:
     """A client's item for a round: its update, or its refusal."""
     return DeclineItem.parse(data) if data.get("kind") == DECLINED_KIND else UpdateItem.parse(data)
+
+
+EVAL_KIND = "evaluation"
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """A client's answer to an evaluation request, in its own partition (`keys.eval_item_key`):
+    the global model of `round` evaluated on its local test split of `num_examples` examples, or
+    `error`, why it could not evaluate (then no metrics). Every field is the client's claim, shown
+    to the operator only after `parse` bounded it; the aggregation function never reads it."""
+
+    run_id: str
+    round: int
+    request_id: str
+    client_id: str
+    num_examples: int
+    metrics: dict[str, float]
+    created_at: str
+    error: str = ""
+
+    def to_item(self) -> dict[str, Any]:
+        return {
+            **keys.eval_item_key(self.run_id, self.round, self.request_id, self.client_id),
+            "schema": SCHEMA_VERSION,
+            "kind": EVAL_KIND,
+            **asdict(self),
+        }
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> EvalItem:
+        where = "evaluation item"
+        _check_schema(data, where)
+        run_id = _id(data, "run_id", "run id", where)
+        round_number = _positive_int(data, "round", where, 0, limits.MAX_ROUNDS)
+        client_id = _id(data, "client_id", "client id", where)
+        try:
+            request_id = keys.check_request_id(_get(data, "request_id", str, where))
+        except ValueError as exc:
+            raise InvalidMessage(f"{where}: {exc}") from None
+        own_key = keys.eval_item_key(run_id, round_number, request_id, client_id)
+        if any(data.get(k) not in (None, v) for k, v in own_key.items()):
+            raise InvalidMessage(f"{where}: its key does not match its run, round, request and client")
+        error = ""
+        if data.get("error"):
+            error = limits.reason(_short_str(data, "error", where, limits.MAX_REASON_CHARS * 4))
+        minimum = 0 if error else 1
+        item = cls(
+            run_id=run_id,
+            round=round_number,
+            request_id=request_id,
+            client_id=client_id,
+            num_examples=_positive_int(data, "num_examples", where, minimum, limits.MAX_EXAMPLES),
+            metrics=check_metrics(data.get("metrics", {}), where),
+            created_at=_short_str(data, "created_at", where, limits.MAX_TIMESTAMP_CHARS),
+            error=error,
+        )
+        if not error and not item.metrics:
+            raise InvalidMessage(f"{where}: no metrics and no error")
+        return item
 
 
 def headline_metric(metrics: dict[str, float], name: str) -> float | None:
@@ -521,14 +628,31 @@ def is_completed(round_item: dict[str, Any]) -> bool:
 
 @dataclass(frozen=True)
 class Target:
-    """Stop early once a round's weighted `metric` is >= `value` (`at_least`) or <= `value` (otherwise)."""
+    """Stop early once the global model's `metric` is >= `value` (`at_least`) or <= `value` (otherwise).
+
+    It is judged on the federated evaluation of a global model, never on the clients' metrics after
+    their local training: round r's `test_<name>_before` metrics are the global model of round r-1
+    evaluated on every participant's test split (weighted by examples), so `test_accuracy>=0.9` is
+    reached after round r when round r-1's model scores 0.9 there. That model is the one that met
+    the target (`met_by_round`); the run stops after round r.
+    """
 
     metric: str
     value: float
     at_least: bool = True
 
+    @property
+    def judged_on(self) -> str:
+        """The round metric the target is compared with: `test_<name>_before`."""
+        return self.metric if self.metric.endswith("_before") else f"{self.metric}_before"
+
+    @staticmethod
+    def met_by_round(round_number: int) -> int:
+        """The round whose global model met the target, when round `round_number` reached it."""
+        return round_number - 1
+
     def reached(self, metrics: dict[str, float]) -> bool:
-        current = metrics.get(self.metric)
+        current = metrics.get(self.judged_on)
         if current is None:
             return False
         return current >= self.value if self.at_least else current <= self.value
@@ -543,9 +667,16 @@ class Target:
             name, sep, value = text.partition(op)
             if sep:
                 try:
-                    return cls(name.strip(), float(value), at_least)
+                    target = cls(name.strip(), float(value), at_least)
                 except ValueError:
                     break
+                if not target.metric.startswith("test_"):
+                    raise InvalidMessage(
+                        f"target {text!r}: a target is judged on the global model's federated evaluation, "
+                        "so it names a test metric, e.g. test_accuracy>=0.9 or test_loss<=0.3 (train metrics "
+                        "are each client's own after local training, not the global model's)"
+                    )
+                return target
         raise InvalidMessage(f"target {text!r} must look like test_accuracy>=0.9 or test_loss<=0.3")
 
     @classmethod

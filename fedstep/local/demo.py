@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,12 +21,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedstep.aws.adapters import DynamoRoundTable, S3ModelStore
-from fedstep.cli.start import RunSettings, build_model, keras_payload, start_run
+from fedstep.cli.run_view import failure_text
+from fedstep.cli.start import RunSettings, build_model, keras_payload, merge_settings, start_run
 from fedstep.cli.status import strategy_text
 from fedstep.core import keys, tensors
 from fedstep.core.errors import FedstepError
 from fedstep.core.label_counts import LabelCounts
-from fedstep.core.schemas import RoundSummary, headline_metric
+from fedstep.core.schemas import RoundSummary, Target, headline_metric
 from fedstep.core.strategies.params import to_json as params_json
 from fedstep.local.cloud import LocalCloud
 from fedstep.local.processes import ClientProcesses
@@ -55,7 +57,44 @@ class DemoConfig:
     timeout_s: float = 1800.0
     """Give up on the whole run after this many seconds."""
     keep_running: bool = False
-    """After the run, keep the local cloud up (for `fedstep status`, `report`, ...) until Ctrl-C."""
+    """After the run, keep the local cloud and its client agents up (for `fedstep status`, `report`,
+    `start`, ...) until Ctrl-C or SIGTERM."""
+
+
+LOCAL_SETTINGS = RunSettings(rounds=5, round_timeout_s=600)
+"""`fedstep local`'s run settings before the run file and the flags: 5 rounds, a 10-minute deadline."""
+
+
+def demo_config(
+    *,
+    dataset: str = "digits",
+    partition: str = "iid",
+    clients: int = 3,
+    out: Path | str = Path("runs/demo"),
+    model: str | None = None,
+    seed: int | None = None,
+    keep_running: bool = False,
+    run_file: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> DemoConfig:
+    """The options of `fedstep local` (the CLI) and `fedstep.simulate` (the Python API) as one config.
+
+    `settings`: run settings by RunSettings field name (None: not given), over the run file's, over
+    LOCAL_SETTINGS. `model` and `seed` default to the run file's; the seed to 0."""
+    run_file = run_file or {}
+    seed = seed if seed is not None else run_file.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise FedstepError(f"seed must be a whole number, got {seed!r}")
+    return DemoConfig(
+        dataset=dataset,
+        partition=partition,
+        clients=clients,
+        out=Path(out),
+        model=model or run_file.get("model"),
+        seed=seed,
+        settings=merge_settings(LOCAL_SETTINGS, run_file, {**(settings or {}), "seed": seed}),
+        keep_running=keep_running,
+    )
 
 
 def _fmt(value: float | None) -> str:
@@ -100,10 +139,16 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
         project="fedstep", clients=tuple(ClientConfig(c) for c in client_ids), round_timeout_s=settings.round_timeout_s
     )
     echo(f"starting the local cloud and deploying the stack for {config.clients} clients ...")
-    with LocalCloud(deployment) as cloud, ClientProcesses() as procs:
+    # With --keep-running the agents keep serving after the run's end (`--follow`), for the runs an
+    # operator starts on the kept cloud; they stop with it (ClientProcesses, and the kernel if killed).
+    agent_mode = ["--follow"] if config.keep_running else []
+    with (
+        _lambda_logs_to(out / "logs" / "aggregate.log"),  # restored last: the function may log until the cloud stops
+        LocalCloud(deployment) as cloud,
+        ClientProcesses() as procs,
+    ):
         outputs = cloud.outputs
         assert outputs is not None
-        _log_lambda_to(out / "logs" / "aggregate.log")
         for i, cid in enumerate(client_ids, start=1):
             client_config = outputs.client_config(
                 cid,
@@ -119,7 +164,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
             path = out / "clients" / f"{cid}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(client_config, indent=2))
-            procs.start(cid, ["run", "--config", str(path)], cloud.env(), out / "logs" / f"{cid}.log")
+            procs.start(cid, ["run", "--config", str(path), *agent_mode], cloud.env(), out / "logs" / f"{cid}.log")
         echo(f"local cloud at {cloud.endpoint}; client logs in {out / 'logs'}")
         started = start_run(
             architecture,
@@ -150,7 +195,8 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
             echo(line)
         final_weights = tensors.decode(store.get(last.global_model.key))
         final = evaluator.evaluate(final_weights)
-        procs.wait(timeout_s=30)
+        if not config.keep_running:
+            procs.wait(timeout_s=30)  # they exit on the run-ended message
         summary = demo_summary(
             started.run_id,
             rounds,
@@ -169,7 +215,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
             f"loss {final['test_loss']:.4f}; summary in {out / 'summary.json'}"
         )
         if config.keep_running:
-            _keep_running(cloud.endpoint, started.run_id, out, echo)
+            _keep_running(cloud.endpoint, started.run_id, model_ref, out, procs, echo)
     return summary
 
 
@@ -178,7 +224,10 @@ def stop_line(reason: str | None, settings: RunSettings, rounds_completed: int) 
     if not reason or reason == "max_rounds":
         return None
     if reason == "target_reached":
-        return f"target {settings.target} reached after round {rounds_completed}: the run stops"
+        return (
+            f"target {settings.target} reached: round {Target.met_by_round(rounds_completed)}'s global model met it "
+            f"in the clients' federated evaluation during round {rounds_completed}; the run stops"
+        )
     if reason == "privacy_budget":
         budget = f" {settings.dp_epsilon:g}" if settings.dp_epsilon is not None else ""
         return (
@@ -201,10 +250,12 @@ def demo_summary(
     counts: LabelCounts,
 ) -> dict[str, Any]:
     """What `<out>/summary.json` holds. `stop_reason` is the execution's: max_rounds, target_reached
-    or privacy_budget."""
+    or privacy_budget; after target_reached, `target_met_by_round` is the round whose global model met
+    the target in the clients' federated evaluation (the round before the last)."""
     return {
         "run_id": run_id,
         "stop_reason": stop_reason,
+        **({"target_met_by_round": Target.met_by_round(len(rounds))} if stop_reason == "target_reached" else {}),
         "rounds": rounds,
         "final": final,
         "config": {
@@ -316,30 +367,61 @@ def check_model_fits(model: Any, model_ref: str, prepared: Prepared) -> None:
         )
 
 
-def _keep_running(endpoint: str, run_id: str, out: Path, echo: Callable[[str], None]) -> None:
-    """Leave the local cloud up until Ctrl-C; say how to reach it (an env file with its endpoint and
-    the fake credentials it accepts)."""
+def env_file_text(endpoint: str, bin_dir: Path) -> str:
+    """What `local-cloud.env` holds: `bin_dir` (the environment's scripts, `fedstep` among them) put
+    first on PATH, the local cloud's endpoint, and the fake credentials it accepts; for bash or zsh."""
+    import shlex
+
     from fedstep.local.cloud import FAKE_CREDENTIALS
 
-    env_file = out / "local-cloud.env"
     env = {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}
-    env_file.write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
-    echo(f"the local cloud stays up at {endpoint} (stack fedstep). In another shell:")
+    lines = [f'export PATH={shlex.quote(str(bin_dir.resolve()) + ":")}"$PATH"']
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+    return "\n".join(lines) + "\n"
+
+
+def scripts_dir() -> Path:
+    """The folder of this Python's console scripts (`fedstep`, `fedstep-client`): the venv's bin.
+    Not resolved: a venv's python is a symlink to the base interpreter, whose folder has no fedstep."""
+    import sys
+    import sysconfig
+
+    here = Path(sys.executable).parent
+    return here if (here / "fedstep").exists() else Path(sysconfig.get_path("scripts"))
+
+
+def _keep_running(
+    endpoint: str, run_id: str, model_ref: str, out: Path, procs: ClientProcesses, echo: Callable[[str], None]
+) -> None:
+    """Leave the local cloud and its agents up until Ctrl-C (or SIGTERM, which the CLI turns into
+    one); say how to reach it, in an env file with its endpoint, the fake credentials it accepts and
+    the `fedstep` command on PATH. An agent that exits meanwhile is reported once."""
+    env_file = out / "local-cloud.env"
+    env_file.write_text(env_file_text(endpoint, scripts_dir()))
+    echo(f"the local cloud stays up at {endpoint} (stack fedstep), its clients serving. In another shell:")
     echo(f"  source {env_file}")
     echo(f"  fedstep status {run_id}")
     echo(f"  fedstep report {run_id} -o {out / 'report'}")
-    echo("  fedstep runs | clients | download <run> | start --model ... (any command, against this cloud)")
+    echo(f"  fedstep start --model {model_ref} --rounds 3 --watch")
+    echo("  fedstep runs | clients | download <run> | stop <run> (any command, against this cloud)")
     echo("press Ctrl-C to stop it")
+    told: set[str] = set()
     try:
         while True:
-            time.sleep(3600)
+            for cid, code in procs.failed().items():
+                if cid not in told:
+                    told.add(cid)
+                    echo(f"client {cid} exited with code {code}; its log ends with:\n{procs.log_tail(cid, 5)}")
+            time.sleep(1.0)
     except KeyboardInterrupt:
         echo("stopping the local cloud")
 
 
-def _log_lambda_to(path: Path) -> None:
+@contextmanager
+def _lambda_logs_to(path: Path) -> Iterator[None]:
     """The aggregation function's structured logs and its metrics (Powertools, both to stdout in AWS,
-    where they land in its log group) go to a file here instead of the runner's terminal."""
+    where they land in its log group) go to a file here instead of the runner's terminal, until the
+    block ends (a notebook's later output stays its own)."""
     import functools
 
     from aws_lambda_powertools.metrics.provider.cloudwatch_emf import cloudwatch
@@ -347,10 +429,17 @@ def _log_lambda_to(path: Path) -> None:
     from lambdas import aggregate
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    stream = open(path, "a")  # noqa: SIM115 - lives as long as the run
-    aggregate.logger.registered_handler.setStream(stream)
-    # The metrics provider print()s its embedded-metric-format lines; only its module's print changes.
-    cloudwatch.print = functools.partial(print, file=stream, flush=True)  # type: ignore[attr-defined]
+    handler = aggregate.logger.registered_handler
+    with open(path, "a") as stream:
+        saved_stream = handler.setStream(stream)
+        # The metrics provider print()s its embedded-metric-format lines; only its module's print changes.
+        cloudwatch.print = functools.partial(print, file=stream, flush=True)  # type: ignore[attr-defined]
+        try:
+            yield
+        finally:
+            del cloudwatch.print  # type: ignore[attr-defined]  # the builtin again
+            if saved_stream is not None:
+                handler.setStream(saved_stream)
 
 
 def _watch(
@@ -380,6 +469,8 @@ def _watch(
                 "accuracy": headline_metric(summary.metrics, "accuracy"),
                 "loss": headline_metric(summary.metrics, "loss"),
                 "heldout_accuracy": heldout["test_accuracy"],
+                "heldout_loss": heldout["test_loss"],
+                "metrics": summary.metrics,
                 "rejected": [asdict(r) for r in summary.rejected],
                 "duration_s": summary.duration_s,
                 "measurements": summary.measurements,
@@ -401,7 +492,8 @@ def _watch(
             # every round (fewer than --rounds if the target stopped the run early)
             return seen, json.loads(status.get("output") or "{}")
         if status["status"] in ("FAILED", "TIMED_OUT", "ABORTED"):
-            raise FedstepError(f"run {run_id} {status['status']}: {status.get('error', '')} {status.get('cause', '')}")
+            failure = failure_text(status.get("error", ""), status.get("cause", ""))
+            raise FedstepError(f"run {run_id} {status['status']}: {failure}")
         for cid, code in procs.failed().items():
             if cid not in dead:  # the run goes on without it while the quorum allows
                 dead.add(cid)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedstep.core.errors import FedstepError
 from fedstep.local.gaps.moto_server import check_patch_point
 from fedstep.local.gaps.shim import PatchShim
 
@@ -58,6 +59,16 @@ def verify_code_matches_checkout(code_bytes: bytes) -> None:
     _verified.add(digest)
 
 
+def log_failure(function_name: str, exc: Exception) -> None:
+    """One warning line for a named error the round protocol expects (QuorumNotMet, TooFewParticipants,
+    StrategyFailed: a `FedstepError`, reported to the state machine by name); the traceback only for
+    anything else, which is a bug."""
+    if isinstance(exc, FedstepError):
+        log.warning("Lambda %s: %s: %s", function_name, type(exc).__name__, exc)
+    else:
+        log.error("Lambda %s failed:\n%s", function_name, traceback.format_exc())
+
+
 def run_handler(function: Any, event: Any = None) -> tuple[str, bool, str]:
     """Replacement for moto's `LambdaFunction._invoke_lambda`: run the function's handler here and now, with
     its environment; returns (payload, errored, logs) as moto's does."""
@@ -75,7 +86,7 @@ def run_handler(function: Any, event: Any = None) -> tuple[str, bool, str]:
         result = handler(event if event is not None else {}, context)
         return json.dumps(result), False, ""
     except Exception as exc:  # a Lambda reports any exception as a function error
-        log.error("Lambda %s failed:\n%s", function.function_name, traceback.format_exc())
+        log_failure(function.function_name, exc)
         payload = {"errorMessage": str(exc), "errorType": type(exc).__name__}
         return json.dumps(payload), True, traceback.format_exc()
 

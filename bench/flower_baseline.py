@@ -1,0 +1,489 @@
+"""Flower baseline: the `make demo` task run with Flower on this machine (fedstep issue 14).
+
+The task is the one fedstep's demo runs: scikit-learn's digits, 3 clients with an IID third each
+(fedstep's own split: `client_agent.data.load_local_data("digits", "i/3")`, seed 0), the digits
+model (`client_agent.models.digits_mlp`: Dense(64, relu) -> Dense(10, softmax), SGD lr 0.1,
+initial weights seeded with 0 as `fedstep start` seeds them), 1 local epoch at batch 32, 5 rounds
+of FedAvg weighted by the clients' training examples. Each client does what fedstep's default
+trainer does in a round (`client_agent.training.keras_fit`): seed Keras with 0, evaluate the
+global model on its local test split, fit, evaluate again. The final global model is scored on
+fedstep's held-out split (`client_agent.datasets.load_heldout("digits")`).
+
+Flower runs with its Deployment Engine, its recommended way to run real clients: one
+`flower-superlink`, 3 `flower-supernode` processes (each its own OS process; each runs the
+ClientApp in a `flwr-clientapp` subprocess, Flower's default isolation) and `flwr run`, all on
+127.0.0.1, insecure (no TLS), runtime dependency installation off (offline). Nothing else
+(no Ray, no simulation engine). The Flower app is generated into a temporary directory: a
+pyproject.toml and a copy of this file, whose `server_app` and `client_app` are the components.
+SuperNode i gets `--node-config "partition-id=i num-partitions=3"`, i = 1..3 (1-based, as
+fedstep's "i/n" partitions). Flower 1.42's SuperNode starts a new `flwr-clientapp` process for
+every message, so every round pays a Python, Flower and TensorFlow import on every client; the
+per-phase breakdown printed for each run shows how much.
+
+Set-up (once; a separate virtualenv, so fedstep's .venv is untouched), from the repository root:
+
+    python3 -m venv .venv-flower && .venv-flower/bin/pip install -r bench/requirements-flower.txt
+
+Run (outside CI; each repetition starts fresh processes and takes about 2 minutes on the shared
+2-core machine under load, most of it TensorFlow imports):
+
+    .venv-flower/bin/python bench/flower_baseline.py                # one run
+    .venv-flower/bin/python bench/flower_baseline.py --repeat 5     # 5 runs; min and median
+
+Printed per run, all wall-clock times in seconds:
+- `start-to-final-model`: from launching the SuperLink (nothing of Flower running yet) to the
+  moment the ServerApp holds round 5's aggregated model;
+- `submit-to-final-model`: from `flwr run` (SuperLink and SuperNodes already started) to the same;
+- each round's time, from the ServerApp's sending the round's train messages (after sampling the
+  nodes) to its aggregated model, as fedstep times a round (publication to aggregated model);
+- the steady-state round time, the median of rounds 2-5;
+- the held-out accuracy of every round's global model and of the final one (computed after the
+  clock stops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # fedstep's data helpers and model (client_agent)
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import flwr  # noqa: E402
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.clientapp import ClientApp  # noqa: E402
+from flwr.serverapp import Grid, ServerApp  # noqa: E402
+from flwr.serverapp.strategy import FedAvg  # noqa: E402
+
+DATASET = "digits"
+CLIENTS = 3
+ROUNDS = 5
+EPOCHS = 1
+BATCH_SIZE = 32
+SEED = 0
+RUN_DEADLINE_S = 600.0
+"""Longest a run may take before the benchmark gives up on it (seconds)."""
+APP_MODULE = "flower_baseline"
+
+
+# --- the Flower app (runs in flwr-serverapp and flwr-clientapp processes) ---------------------
+
+
+@functools.cache
+def _keras() -> Any:
+    from client_agent.keras_model import import_keras
+
+    return import_keras()
+
+
+def _new_model() -> Any:
+    from client_agent.models import digits_mlp
+
+    return digits_mlp()
+
+
+def _accuracy(weights: list[Any], x: Any, y: Any) -> float:
+    model = _new_model()
+    model.set_weights(weights)
+    return float(model.evaluate(x, y, batch_size=BATCH_SIZE, verbose=0, return_dict=True)["accuracy"])
+
+
+def _process_started() -> float:
+    """When this process started (epoch seconds, 10 ms resolution; Linux /proc); -1.0 elsewhere."""
+    try:
+        with open("/proc/self/stat") as stat:
+            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime since boot
+        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return -1.0
+
+
+client_app = ClientApp()
+
+
+@client_app.train()
+def train(message: Message, context: Context) -> Message:
+    """One round on this SuperNode's partition, as fedstep's `keras_fit`: seed, evaluate the
+    global model on the local test split, fit (epochs and batch size from the round's config),
+    evaluate again. Replies with the trained weights and `num-examples` (training examples)."""
+    entered = time.time()
+    from client_agent.data import load_local_data
+
+    partition = f"{int(context.node_config['partition-id'])}/{int(context.node_config['num-partitions'])}"
+    (x_train, y_train), (x_test, y_test) = load_local_data(DATASET, partition, seed=SEED)
+    config = message.content["config"]
+    _keras().utils.set_random_seed(SEED)
+    model = _new_model()
+    model.set_weights(message.content["arrays"].to_numpy_ndarrays())
+    ready = time.time()
+    before = model.evaluate(x_test, y_test, verbose=0, return_dict=True)
+    history = model.fit(
+        x_train, y_train, epochs=int(config["epochs"]), batch_size=int(config["batch-size"]), shuffle=True, verbose=0
+    )
+    after = model.evaluate(x_test, y_test, verbose=0, return_dict=True)
+    metrics = MetricRecord(
+        {
+            "num-examples": len(x_train),
+            "train_loss": float(history.history["loss"][-1]),
+            "test_accuracy_before": float(before["accuracy"]),
+            "test_accuracy": float(after["accuracy"]),
+            # wall-clock times (epoch seconds) for the benchmark's breakdown of a round
+            "t_process_start": _process_started(),
+            "t_train_entered": entered,
+            "t_model_ready": ready,
+            "t_train_done": time.time(),
+        }
+    )
+    content = RecordDict({"arrays": ArrayRecord(model.get_weights()), "metrics": metrics})
+    return Message(content=content, reply_to=message)
+
+
+class TimedFedAvg(FedAvg):
+    """Flower's FedAvg, recording when each round's train messages go out and when its model is aggregated."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sent: dict[int, float] = {}
+        self.aggregated: dict[int, float] = {}
+        self.clients: dict[int, list[dict[str, float]]] = {}
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Any:
+        messages = super().configure_train(server_round, arrays, config, grid)  # samples the nodes first
+        self.sent[server_round] = time.time()
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Any) -> Any:
+        replies = list(replies)
+        self.clients[server_round] = [
+            {k: float(v) for k, v in reply.content["metrics"].items() if k.startswith("t_")}
+            for reply in replies
+            if reply.has_content()
+        ]
+        result = super().aggregate_train(server_round, replies)
+        self.aggregated[server_round] = time.time()
+        return result
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Seed and build the digits model, run `num-server-rounds` of FedAvg over `num-clients` nodes,
+    then score every round's global model on the held-out split and write the figures as JSON to
+    `result-file`."""
+    from client_agent.datasets import load_heldout
+
+    rounds = int(context.run_config["num-server-rounds"])
+    clients = int(context.run_config["num-clients"])
+    _keras().utils.set_random_seed(SEED)  # as `fedstep start` seeds the initial model
+    initial = _new_model().get_weights()
+    strategy = TimedFedAvg(
+        fraction_train=1.0,
+        fraction_evaluate=0.0,  # the clients evaluate inside their train step, as fedstep's do
+        min_train_nodes=clients,
+        min_available_nodes=clients,
+    )
+    models: dict[int, list[Any]] = {}
+
+    def keep(server_round: int, arrays: ArrayRecord) -> None:
+        models[server_round] = arrays.to_numpy_ndarrays()  # scored after the clock stops
+
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(initial),
+        num_rounds=rounds,
+        train_config=ConfigRecord({"epochs": EPOCHS, "batch-size": BATCH_SIZE}),
+        evaluate_fn=keep,
+    )
+    x, y = load_heldout(DATASET, seed=SEED)
+    result = {
+        "flower_version": flwr.__version__,
+        "sent": strategy.sent,
+        "aggregated": strategy.aggregated,
+        "clients": strategy.clients,
+        "heldout_accuracy": {r: _accuracy(models[r], x, y) for r in sorted(models) if r > 0},
+        "heldout_examples": len(y),
+    }
+    target = Path(str(context.run_config["result-file"]))
+    partial = target.with_suffix(".partial")
+    partial.write_text(json.dumps(result))
+    partial.replace(target)  # the driver waits for the file: it appears whole
+
+
+# --- the driver: start SuperLink, SuperNodes, `flwr run`; collect the figures ------------------
+
+PYPROJECT = """\
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "fedstep-flower-baseline"
+version = "1.0.0"
+description = "fedstep issue 14: the digits demo task on Flower"
+license = "Apache-2.0"
+dependencies = ["flwr=={version}"]
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "fedstep"
+
+[tool.flwr.app.components]
+serverapp = "{module}:server_app"
+clientapp = "{module}:client_app"
+
+[tool.flwr.app.config]
+num-server-rounds = {rounds}
+num-clients = {clients}
+result-file = ""
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _flower_bin(name: str) -> str:
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        raise SystemExit(f"{path} not found: run this script with the Flower venv's python (see the set-up above)")
+    return str(path)
+
+
+def _wait_for_port(port: int, processes: Processes, since: float) -> None:
+    """Wait until the SuperLink accepts connections on ``port`` (`flwr run` does not retry)."""
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            processes.check_alive()
+            if time.time() - since > RUN_DEADLINE_S:
+                raise RuntimeError(f"the SuperLink did not listen on port {port} in {RUN_DEADLINE_S:.0f} s") from None
+            time.sleep(0.05)
+
+
+class Processes:
+    """Processes this benchmark starts, each in its own session, so stopping one stops its children
+    (flwr-serverapp, flwr-clientapp) too."""
+
+    def __init__(self, logs: Path, env: dict[str, str]) -> None:
+        self.logs, self.env, self.started = logs, env, []
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = (self.logs / f"{name}.log").open("wb")
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        self.started.append(process)
+        return process
+
+    def check_alive(self) -> None:
+        for process in self.started:
+            if process.poll() is not None and process.returncode != 0:
+                raise RuntimeError(f"{process.args[0]} exited with {process.returncode}; see {self.logs}")
+
+    def stop(self) -> None:
+        for process in reversed(self.started):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.time() + 15
+        for process in self.started:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def run_once(rounds: int, clients: int, keep_logs: Path | None) -> dict[str, Any]:
+    """One federated run on fresh processes; returns the figures (seconds, epoch wall-clock times)."""
+    work = Path(tempfile.mkdtemp(prefix="flower-baseline-"))
+    app = work / "app"
+    app.mkdir()
+    shutil.copy(Path(__file__), app / f"{APP_MODULE}.py")
+    (app / "pyproject.toml").write_text(
+        PYPROJECT.format(version=flwr.__version__, module=APP_MODULE, rounds=rounds, clients=clients)
+    )
+    home = work / "flwr-home"
+    home.mkdir()
+    port = _free_port()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    result_file = work / "result.json"
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),  # Flower's config, apps and state stay in the temporary directory
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        # the SuperLink and SuperNodes start flower-superexec, flwr-serverapp, flwr-clientapp from PATH
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+    processes = Processes(work, env)
+    try:
+        launched = time.time()
+        processes.start(
+            "superlink",
+            [
+                _flower_bin("flower-superlink"),
+                "--insecure",
+                "--disable-runtime-dependency-installation",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+        )
+        for index in range(1, clients + 1):
+            processes.start(
+                f"supernode-{index}",
+                [
+                    _flower_bin("flower-supernode"),
+                    "--insecure",
+                    "--superlink",
+                    f"127.0.0.1:{port}",
+                    "--port",
+                    str(_free_port()),
+                    "--node-config",
+                    f"partition-id={index} num-partitions={clients}",
+                ],
+            )
+        _wait_for_port(port, processes, launched)
+        submitted = time.time()
+        subprocess.run(
+            [_flower_bin("flwr"), "run", str(app), "bench", "--run-config", f'result-file="{result_file}"'],
+            env=env,
+            check=True,
+            cwd=work,
+            stdout=(work / "flwr-run.log").open("wb"),
+            stderr=subprocess.STDOUT,
+            timeout=RUN_DEADLINE_S,
+        )
+        while not result_file.exists():
+            processes.check_alive()
+            if time.time() - launched > RUN_DEADLINE_S:
+                raise RuntimeError(f"no result after {RUN_DEADLINE_S:.0f} s; see the logs in {work}")
+            time.sleep(0.1)
+        result = json.loads(result_file.read_text())
+    finally:
+        processes.stop()
+        if keep_logs is not None:
+            shutil.copytree(work, keep_logs / work.name, ignore=shutil.ignore_patterns("flwr-home"))
+        shutil.rmtree(work, ignore_errors=True)
+    sent = {int(k): v for k, v in result["sent"].items()}
+    aggregated = {int(k): v for k, v in result["aggregated"].items()}
+    final = aggregated[rounds]
+    round_times = [aggregated[r] - sent[r] for r in range(1, rounds + 1)]
+    return {
+        "load_average_1min": os.getloadavg()[0],
+        "steady_breakdown_s": _breakdown(sent, aggregated, result["clients"], rounds),
+        "flower_version": result["flower_version"],
+        "start_to_final_s": final - launched,
+        "submit_to_final_s": final - submitted,
+        "round_times_s": round_times,
+        "steady_round_s": statistics.median(round_times[1:]) if rounds > 1 else round_times[0],
+        "heldout_accuracy": [result["heldout_accuracy"][str(r)] for r in range(1, rounds + 1)],
+        "heldout_examples": result["heldout_examples"],
+    }
+
+
+PHASES = {
+    "pull": "sent -> flwr-clientapp process started (SuperNode's pull + spawn)",
+    "clientapp_start": "process start -> train() called (Python, Flower, app load)",
+    "setup": "train() -> model ready (TensorFlow import, data, model build)",
+    "compute": "evaluate + fit + evaluate",
+    "reply": "train() done -> aggregated model (reply, server pick-up, FedAvg)",
+}
+
+
+def _breakdown(
+    sent: dict[int, float], aggregated: dict[int, float], clients: dict[str, list[dict[str, float]]], rounds: int
+) -> dict[str, float]:
+    """Each phase of a round (PHASES), mean over the clients, median over rounds 2..rounds (seconds)."""
+    per_round: dict[str, list[float]] = {phase: [] for phase in PHASES}
+    for r in range(2, rounds + 1):
+        replies = clients[str(r)]
+        phases = {
+            "pull": [c["t_process_start"] - sent[r] for c in replies],
+            "clientapp_start": [c["t_train_entered"] - c["t_process_start"] for c in replies],
+            "setup": [c["t_model_ready"] - c["t_train_entered"] for c in replies],
+            "compute": [c["t_train_done"] - c["t_model_ready"] for c in replies],
+            "reply": [aggregated[r] - c["t_train_done"] for c in replies],
+        }
+        for phase, values in phases.items():
+            per_round[phase].append(statistics.fmean(values))
+    return {phase: statistics.median(values) for phase, values in per_round.items()}
+
+
+def _fmt(values: list[float], digits: int = 2) -> str:
+    return ", ".join(f"{v:.{digits}f}" for v in values)
+
+
+def main_cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=1, help="independent runs, fresh processes each (default 1)")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"federated rounds (default {ROUNDS})")
+    parser.add_argument("--json", type=Path, help="also write every run's figures to this JSON file")
+    parser.add_argument("--keep-logs", type=Path, help="copy each run's process logs into this directory")
+    args = parser.parse_args(argv)
+    if args.repeat < 1 or args.rounds < 2:
+        parser.error("--repeat must be >= 1 and --rounds >= 2")
+    if args.keep_logs:
+        args.keep_logs.mkdir(parents=True, exist_ok=True)
+    print(f"Flower {flwr.__version__}, Deployment Engine: flower-superlink + {CLIENTS} flower-supernode processes")
+    print("+ flwr run, on 127.0.0.1 (insecure, subprocess isolation, no Ray, no simulation engine)")
+    print(f"task: {DATASET}, {CLIENTS} clients (IID thirds, fedstep's split), digits_mlp, {EPOCHS} epoch,")
+    print(f"batch {BATCH_SIZE}, {args.rounds} rounds of FedAvg; Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    runs = []
+    for number in range(1, args.repeat + 1):
+        figures = run_once(args.rounds, CLIENTS, args.keep_logs)
+        runs.append(figures)
+        print(
+            f"run {number}: start-to-final-model {figures['start_to_final_s']:.2f} s, "
+            f"submit-to-final-model {figures['submit_to_final_s']:.2f} s, "
+            f"rounds [{_fmt(figures['round_times_s'])}] s, steady-state round (median of 2-{args.rounds}) "
+            f"{figures['steady_round_s']:.2f} s, held-out accuracy per round [{_fmt(figures['heldout_accuracy'], 4)}] "
+            f"-> final {figures['heldout_accuracy'][-1]:.4f} ({figures['heldout_examples']} examples)",
+            flush=True,
+        )
+        parts = ", ".join(f"{phase} {seconds:.2f}" for phase, seconds in figures["steady_breakdown_s"].items())
+        print(
+            f"  steady-state round by phase (s; mean of clients, median of rounds 2-{args.rounds}): {parts}; "
+            f"load average at the end {figures['load_average_1min']:.1f}",
+            flush=True,
+        )
+    print("phases: " + "; ".join(f"{phase} = {text}" for phase, text in PHASES.items()))
+    if args.repeat > 1:
+        for key, label in (
+            ("start_to_final_s", "start-to-final-model"),
+            ("submit_to_final_s", "submit-to-final-model"),
+            ("steady_round_s", "steady-state round"),
+        ):
+            values = [run[key] for run in runs]
+            print(f"{label}: min {min(values):.2f} s, median {statistics.median(values):.2f} s over {len(values)} runs")
+    if args.json:
+        args.json.write_text(json.dumps(runs, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_cli())

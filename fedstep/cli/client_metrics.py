@@ -1,0 +1,179 @@
+"""Each client's own metrics per round, read from its update items: `fedstep status --clients`,
+`status --round r`, `status --json` and the report's per-client section.
+
+A round record keeps only the example-weighted means; every participant's update item keeps its own
+metrics, among them `test_accuracy_before` / `test_loss_before`: the previous global model evaluated
+on that client's test split (a federated evaluation). An item is the client's claim: it is shown
+only after `UpdateItem.parse` bounded it (`fedstep.core.limits`), and only for clients whose update
+the round aggregated. A rejected or declined client shows its reason, never its metrics.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedstep.cli.text import table
+from fedstep.core.schemas import InvalidMessage, RoundSummary, UpdateItem
+
+AGGREGATED, CLIPPED, REJECTED, DECLINED, NO_UPDATE, INVALID = (
+    "aggregated",
+    "clipped",
+    "rejected",
+    "declined",
+    "no update",
+    "invalid item",
+)
+
+CLIENTS_PLOT = "clients"
+"""The report's plot of each client's test accuracy of the global model, per round."""
+
+
+@dataclass(frozen=True)
+class ClientRound:
+    """One selected client in one round: `status` (aggregated, clipped, rejected, declined, no update,
+    invalid item), its examples and validated metrics (aggregated or clipped only), and `detail`: the
+    reason it was rejected, declined or clipped, or why its item is invalid."""
+
+    round: int
+    client_id: str
+    status: str
+    num_examples: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def client_rounds(summary: RoundSummary, items: dict[str, dict[str, Any]]) -> list[ClientRound]:
+    """The round's selected clients, in order, from the summary and their update items (by client id)."""
+    rejected = {r.client_id: r.reason for r in summary.rejected}
+    declined = {d.client_id: d.reason for d in summary.declined}
+    clipped = {c.client_id: c.what for c in summary.clipped}
+    rows = []
+    for client in summary.selected or summary.participants:
+        if client in rejected:
+            rows.append(ClientRound(summary.round, client, REJECTED, detail=rejected[client]))
+        elif client in declined:
+            rows.append(ClientRound(summary.round, client, DECLINED, detail=declined[client]))
+        elif client not in summary.participants or client not in items:
+            rows.append(ClientRound(summary.round, client, NO_UPDATE))
+        else:
+            try:
+                item = UpdateItem.parse(items[client])
+            except InvalidMessage as exc:
+                rows.append(ClientRound(summary.round, client, INVALID, detail=str(exc)))
+                continue
+            status, detail = (CLIPPED, clipped[client]) if client in clipped else (AGGREGATED, "")
+            rows.append(ClientRound(summary.round, client, status, item.num_examples, item.metrics, detail))
+    return rows
+
+
+def load_client_rounds(
+    run_id: str, rounds: list[RoundSummary], table_: Any, only: int | None = None
+) -> dict[int, list[ClientRound]]:
+    """Per round (or only round `only`), its clients' rows; `table_` is a `DynamoRoundTable` (one
+    BatchGetItem per round and 100 clients)."""
+    out: dict[int, list[ClientRound]] = {}
+    for summary in rounds:
+        if only is not None and summary.round != only:
+            continue
+        wanted = summary.selected or summary.participants
+        out[summary.round] = client_rounds(summary, table_.get_updates(run_id, summary.round, wanted))
+    return out
+
+
+def _number(metrics: dict[str, float], name: str) -> str:
+    value = metrics.get(name)
+    return f"{value:.4f}" if value is not None else "-"
+
+
+CLIENT_HEADER = ("ROUND", "CLIENT", "STATUS", "EXAMPLES", "LOSS BEFORE", "ACCURACY BEFORE", "LOSS", "ACCURACY")
+
+
+def client_row(row: ClientRound) -> tuple[object, ...]:
+    """The global model of the previous round on the client's test split (before), and its own
+    model after local training (test split, else train)."""
+    m = row.metrics
+    return (
+        row.round,
+        row.client_id,
+        row.status,
+        row.num_examples if row.num_examples is not None else "-",
+        _number(m, "test_loss_before"),
+        _number(m, "test_accuracy_before"),
+        _number(m, "test_loss") if "test_loss" in m else _number(m, "train_loss"),
+        _number(m, "test_accuracy") if "test_accuracy" in m else _number(m, "train_accuracy"),
+    )
+
+
+def render_client_table(per_round: dict[int, list[ClientRound]]) -> list[str]:
+    """The per-client table, and under it the reasons of rejected, declined, clipped or invalid rows."""
+    rows = [row for r in sorted(per_round) for row in per_round[r]]
+    if not rows:
+        return ["no per-client metrics: no round completed yet"]
+    notes = [f"  round {r.round}: {r.client_id} {r.status}: {r.detail}" for r in rows if r.detail]
+    return [*table(CLIENT_HEADER, [client_row(r) for r in rows]), *notes]
+
+
+def accuracy_series(per_round: dict[int, list[ClientRound]]) -> dict[str, list[tuple[int, float]]]:
+    """Per client, (round, test_accuracy_before) where it reported one: the previous round's global
+    model on that client's test split."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in sorted(per_round):
+        for row in per_round[r]:
+            if "test_accuracy_before" in row.metrics:
+                series.setdefault(row.client_id, []).append((r, row.metrics["test_accuracy_before"]))
+    return series
+
+
+def clients_plot(per_round: dict[int, list[ClientRound]], path: Path) -> None:
+    """One line per client: the global model's accuracy on its test split, per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
+    series = accuracy_series(per_round)
+    for client, points in sorted(series.items()):
+        ax.plot(*zip(*points, strict=True), marker="o", label=client)
+    ax.set_xlabel("round")
+    ax.set_ylabel("accuracy before local training")
+    ax.set_title("Previous global model on each client's test split")
+    ax.grid(alpha=0.3)
+    if series and len(series) <= 20:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    elif not series:
+        ax.text(0.5, 0.5, "no client reported test_accuracy_before", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def clients_html(per_round: dict[int, list[ClientRound]], figure: str) -> str:
+    """The report's section: the plot (`figure`, an embedded image) and the last round's table."""
+    if not per_round:
+        return ""
+    e = html.escape
+    last = max(per_round)
+    head = "".join(f"<th>{e(h)}</th>" for h in CLIENT_HEADER)
+    rows = "\n".join(
+        "<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in client_row(row)) + "</tr>" for row in per_round[last]
+    )
+    notes = "".join(
+        f"<li>{e(row.client_id)} {e(row.status)}: {e(row.detail)}</li>" for row in per_round[last] if row.detail
+    )
+    return f"""
+<h2>Per client</h2>
+<p>Each client's own metrics (from its update item, bounded before they are shown; only aggregated
+updates): "before" is the previous global model on the client's test split.
+<code>fedstep status &lt;run&gt; --clients</code> lists every round.</p>
+{figure}
+<table id="clients"><thead><tr>{head}</tr></thead><tbody>
+{rows}
+</tbody></table>{f"<ul>{notes}</ul>" if notes else ""}
+"""

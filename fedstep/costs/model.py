@@ -1,0 +1,489 @@
+"""The cost model: a run's facts -> requests, GB-seconds and bytes per service -> USD, per participant.
+
+Pure Python (no AWS, no numpy), so every figure can be checked by hand in tests/test_cost.py. What
+each round does is counted from the code that does it (see docs/cost.md for the full list):
+
+- **Step Functions**: the states a round passes through (`ROUND_PATH`, `DEADLINE_PATH`; a retry adds
+  `RETRY_PATH`), plus the run's end (`Paths.end`); or the count of the execution's history, when it is
+  known (`RunFacts.observed_transitions`).
+- **Lambda** (the aggregation function): per publication one invocation (it publishes the round), per
+  update item one stream invocation (one of them aggregates: `aggregation_s` measured), plus one at
+  the deadline for a round that timed out; GB-seconds = memory x durations.
+- **S3**, **SQS**, **SNS**, **DynamoDB**, **KMS**: per round and client, the calls the agent and the
+  aggregation function make (`client_agent/agent.py`, `fedstep/core/rounds.py`).
+
+A client pays (directly) for its own queue's requests, its S3 GETs and PUTs and the bytes it downloads,
+its DynamoDB reads and writes, and its KMS calls. The rest of a round (transitions, the function, the
+server's S3 and DynamoDB calls, the publish) is shared equally among the round's participants. What
+belongs to no round (the run's start and end, a cold start, KMS of the function) is the server's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fedstep.costs.prices import BY_KEY, PRICES
+
+MIB = 2**20
+GB = 10**9
+"""AWS prices data by the GB; a decimal GB is assumed (AWS's GB is 2^30 bytes on some pages: <8% apart)."""
+
+ROUND_PATH = (
+    "Prepare round",
+    "Notify clients and wait for updates",
+    "Report is for this round?",
+    "Round aggregated",
+    "More rounds?",
+)
+"""States of a round aggregated once every selected client's update is in (infra/state_machine.py)."""
+DEADLINE_PATH = (
+    "Prepare round",
+    "Notify clients and wait for updates",
+    "Aggregate at deadline",
+    "Round aggregated",
+    "More rounds?",
+)
+"""States of a round aggregated at its deadline."""
+RETRY_PATH = ("Aggregate at deadline", "Retry round?", "Retry round", "Notify clients and wait for updates")
+"""States a round's retry adds (its attempt missed the quorum at the deadline, and it is published again)."""
+SUCCEEDED_END = ("All rounds done", "Notify clients: run ended", "Write model card", "Training finished")
+"""States after the last round of a run that succeeded (one that reached its target or privacy budget
+passes "Target reached" / "Privacy budget spent" instead of "All rounds done": the same count)."""
+FAILED_END = (
+    "Prepare round",
+    "Notify clients and wait for updates",
+    "Aggregate at deadline",
+    "Retry round?",
+    "Training failed",
+)
+"""States of the round that failed a run."""
+WAITING_END = ("Prepare round", "Notify clients and wait for updates")
+"""States of the round a stopped (or still running) run was waiting for."""
+END_LAMBDA_TASKS = ("Write model card",)
+"""States of the succeeded end that invoke the aggregation function."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The states each part of a run passes through, from the state machine's definition (by default,
+    fedstep's own: `paths_from_definition` checks them against a deployed one and reads its end)."""
+
+    round: tuple[str, ...] = ROUND_PATH
+    deadline: tuple[str, ...] = DEADLINE_PATH
+    retry: tuple[str, ...] = RETRY_PATH
+    succeeded: tuple[str, ...] = SUCCEEDED_END
+    failed: tuple[str, ...] = FAILED_END
+    waiting: tuple[str, ...] = WAITING_END
+    end_invocations: int = len(END_LAMBDA_TASKS)
+    """Invocations of the aggregation function after the last round of a run that succeeded."""
+    source: str = "state machine definition (fedstep's own)"
+
+    def end(self, ended: str) -> tuple[str, ...]:
+        """The states after the last completed round, by how the run ended (`RunFacts.ended`)."""
+        return {"succeeded": self.succeeded, "failed": self.failed, "not started": ()}.get(ended, self.waiting)
+
+
+def _successors(state: Mapping[str, Any]) -> set[str]:
+    nexts = {state.get("Next"), state.get("Default")}
+    nexts |= {c.get("Next") for c in state.get("Choices", [])}
+    nexts |= {c.get("Next") for c in state.get("Catch", [])}
+    return {n for n in nexts if n}
+
+
+def _check(states: Mapping[str, Any], path: tuple[str, ...], then: str | None = None) -> None:
+    steps = [*path, then] if then else list(path)
+    for here, there in itertools.pairwise(steps):
+        if here not in states or there not in _successors(states[here]):
+            raise ValueError(f"the state machine has no transition {here!r} -> {there!r}")
+
+
+def paths_from_definition(definition: Mapping[str, Any]) -> Paths:
+    """The paths of fedstep's own definition, checked against `definition` (Amazon States Language);
+    the succeeded end read from it (every state from "All rounds done" to the end). ValueError names a
+    transition the definition does not have."""
+    states = definition.get("States", {})
+    _check(states, ROUND_PATH, ROUND_PATH[0])
+    _check(states, DEADLINE_PATH, DEADLINE_PATH[0])
+    _check(states, RETRY_PATH)
+    _check(states, FAILED_END)
+    end: list[str] = []
+    name: str | None = SUCCEEDED_END[0]
+    while name is not None and len(end) < len(states):
+        if name not in states:
+            raise ValueError(f"the state machine has no state {name!r}")
+        end.append(name)
+        state = states[name]
+        name = None if state.get("End") or state.get("Type") in ("Succeed", "Fail") else state.get("Next")
+    invocations = sum("lambda:invoke" in str(states[n].get("Resource", "")) for n in end)
+    return Paths(succeeded=tuple(end), end_invocations=invocations, source="deployed state machine definition")
+
+
+class Usage(dict[str, float]):
+    """Quantities by price key (`fedstep.costs.prices`): requests, GB-seconds, GB, GB-months."""
+
+    def add(self, key: str, quantity: float) -> Usage:
+        if key not in BY_KEY:
+            raise KeyError(f"no price {key!r}")
+        if quantity:
+            self[key] = self.get(key, 0.0) + quantity
+        return self
+
+    def plus(self, other: Mapping[str, float]) -> Usage:
+        out = Usage(self)
+        for key, quantity in other.items():
+            out.add(key, quantity)
+        return out
+
+    def scaled(self, factor: float) -> Usage:
+        return Usage({k: v * factor for k, v in self.items()})
+
+    def usd(self) -> float:
+        return sum(quantity * BY_KEY[key].usd for key, quantity in self.items())
+
+    def by_service(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for key, quantity in self.items():
+            service = BY_KEY[key].service
+            out[service] = out.get(service, 0.0) + quantity * BY_KEY[key].usd
+        return out
+
+
+@dataclass(frozen=True)
+class RoundFacts:
+    """One completed round, as its round record tells it. Bytes are file sizes; seconds as measured."""
+
+    round: int
+    selected: tuple[str, ...]
+    participants: tuple[str, ...]
+    rejected: tuple[str, ...] = ()
+    declined: tuple[str, ...] = ()
+    duration_s: float = 0.0
+    """From the round's first publication to the end of aggregation."""
+    aggregation_s: float = 0.0
+    """The aggregating invocation's own time."""
+    model_bytes: int = 0
+    """The global model file (the round's input is the previous one, of the same size)."""
+    update_bytes: int = 0
+    """One client's update file (the accepted updates' bytes over their number)."""
+    state_bytes: int = 0
+    """The strategy's state file after the round (0: a stateless strategy)."""
+    record_bytes: int = 1024
+    """The round record once aggregated (its JSON size)."""
+    at_deadline: bool = False
+    """Aggregated by the deadline invocation (some selected client sent nothing)."""
+    retries: int = 0
+    """Times the round was published again after missing its quorum."""
+
+    @property
+    def uploaders(self) -> tuple[str, ...]:
+        """Clients that uploaded an update (accepted or rejected): one stream invocation each."""
+        return self.participants + tuple(c for c in self.rejected if c not in self.participants)
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    run_id: str
+    clients: tuple[str, ...]
+    """The run's clients (each receives the run-ended message)."""
+    rounds: tuple[RoundFacts, ...]
+    run_s: float
+    """The execution's duration, start to stop (or to now while it runs)."""
+    lambda_memory_mb: int
+    """The aggregation function's memory (infra.config.aggregation_memory_mb of the stack's max_model_mb)."""
+    ended: str = "succeeded"
+    """succeeded, failed, stopped, running or not started (see `Paths.end`)."""
+    architecture_bytes: int = 0
+    initial_model_bytes: int = 0
+    run_record_bytes: int = 2048
+    observed_transitions: int | None = None
+    """State transitions counted in the execution's history; None: count them from the definition."""
+    paths: Paths = field(default_factory=Paths)
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    """What the round records do not say; each is a default of the agent or the stack, or a guess
+    stated as one (docs/cost.md)."""
+
+    short_invocation_s: float = 0.2
+    """A function invocation that aggregates nothing: publishing, or finding updates missing (guess)."""
+    cold_starts: int = 1
+    init_s: float = 1.0
+    """Billed init time per cold start (numpy, boto3, Powertools imports; guess)."""
+    poll_wait_s: int = 20
+    """The agent's long poll (`poll_wait_s`, default 20): one ReceiveMessage per 20 s while idle."""
+    heartbeat_s: int = 60
+    """The agent's heartbeat interval (default 60), plus a write when it starts and ends a round."""
+    visibility_extend_s: int = 300
+    """The agent extends a message's visibility every 300 s while it trains."""
+    kms_reuse_s: int = 300
+    """SQS reuses a data key 5 min (its default), DynamoDB caches a table key about 5 min, S3 bucket keys
+    are reused for a limited time: one KMS request per principal and service per 5 min of activity."""
+    multipart_bytes: int = 8 * MIB
+    """boto3's multipart threshold and part size: uploads above it are 2 + parts PUT-class requests."""
+    small_item_bytes: int = 1024
+    """An update item, a heartbeat, a feedback item: one write request unit."""
+    open_record_bytes: int = 2048
+    """A round record while open (it holds the task token)."""
+    storage_months: float = 1.0
+    """S3 and DynamoDB storage is priced for this many months (updates expire after 30 days by default)."""
+
+
+@dataclass(frozen=True)
+class Line:
+    """One priced item of an estimate: `quantity` of `unit` cost `usd`."""
+
+    service: str
+    item: str
+    quantity: float
+    unit: str
+    usd: float
+    key: str
+
+
+@dataclass
+class Party:
+    """One participant's cost: its own requests (`direct`) and its share of the rounds it took part in."""
+
+    name: str
+    direct: Usage = field(default_factory=Usage)
+    share: Usage = field(default_factory=Usage)
+    rounds: int = 0
+
+    @property
+    def usd(self) -> float:
+        return self.direct.usd() + self.share.usd()
+
+
+@dataclass(frozen=True)
+class Estimate:
+    run_id: str
+    clients: dict[str, Party]
+    server: Usage
+    """The server's part that belongs to no round (start, end, cold starts, the function's KMS calls)."""
+    transitions: float
+    transitions_source: str
+    """"execution history", or which state machine definition the count comes from."""
+    defined_transitions: int
+    """The count from the definition's paths (equal to the history's when the model is right)."""
+    lambda_memory_mb: int
+    assumptions: Assumptions
+    ended: str = "succeeded"
+    """How the run ended (`RunFacts.ended`): a running run's estimate is of its cost so far."""
+
+    @property
+    def usage(self) -> Usage:
+        total = Usage(self.server)
+        for party in self.clients.values():
+            total = total.plus(party.direct).plus(party.share)
+        return total
+
+    @property
+    def usd(self) -> float:
+        return self.usage.usd()
+
+    def lines(self) -> list[Line]:
+        """One line per priced item used, in the price table's order."""
+        usage = self.usage
+        return [
+            Line(p.service, p.item, usage[p.key], p.unit, usage[p.key] * p.usd, p.key) for p in PRICES if p.key in usage
+        ]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "run_id": self.run_id,
+            "total_usd": self.usd,
+            "ended": self.ended,
+            "transitions": self.transitions,
+            "transitions_source": self.transitions_source,
+            "transitions_from_definition": self.defined_transitions,
+            "lambda_memory_mb": self.lambda_memory_mb,
+            "by_service": self.usage.by_service(),
+            "lines": [asdict(line) for line in self.lines()],
+            "participants": {
+                name: {
+                    "rounds": p.rounds,
+                    "direct_usd": p.direct.usd(),
+                    "share_usd": p.share.usd(),
+                    "total_usd": p.usd,
+                    "direct": dict(p.direct),
+                    "share": dict(p.share),
+                }
+                for name, p in sorted(self.clients.items())
+            },
+            "server": {"usd": self.server.usd(), "usage": dict(self.server)},
+            "assumptions": asdict(self.assumptions),
+        }
+
+
+def _units(size_bytes: float, unit_bytes: int) -> int:
+    """Request units of an item: one per `unit_bytes` started (at least one)."""
+    return max(1, math.ceil(size_bytes / unit_bytes))
+
+
+def _windows(seconds: float, every_s: float) -> int:
+    """Periods of `every_s` an activity of `seconds` spans (at least one)."""
+    return max(1, math.ceil(seconds / every_s))
+
+
+def put_requests(size_bytes: int, a: Assumptions) -> int:
+    """PUT-class requests of one upload with boto3's defaults: 1, or create + parts + complete."""
+    if size_bytes <= a.multipart_bytes:
+        return 1
+    return 2 + math.ceil(size_bytes / a.multipart_bytes)
+
+
+def round_transitions(r: RoundFacts, paths: Paths) -> int:
+    """State transitions of one round, from the definition's paths."""
+    return len(paths.deadline if r.at_deadline else paths.round) + r.retries * len(paths.retry)
+
+
+def definition_transitions(run: RunFacts) -> int:
+    return sum(round_transitions(r, run.paths) for r in run.rounds) + len(run.paths.end(run.ended))
+
+
+def round_shared(r: RoundFacts, run: RunFacts, a: Assumptions, transitions: float) -> Usage:
+    """What one round costs the server: transitions, the function, its S3, DynamoDB and SNS calls."""
+    u = Usage().add("sfn.transition", transitions)
+    attempts = 1 + r.retries
+    uploads = len(r.uploaders)
+    invocations = attempts + uploads + (1 if r.at_deadline else 0) + r.retries  # each missed attempt's deadline
+    seconds = invocations * a.short_invocation_s + r.aggregation_s
+    u.add("lambda.request", invocations).add("lambda.gb_s", run.lambda_memory_mb / 1024 * seconds)
+    # DynamoDB, all strongly consistent reads (1 RRU per 4 KB) and item writes (1 WRU per KB).
+    run_rru = _units(run.run_record_bytes, 4096)
+    rru = attempts * (run_rru + (_units(r.record_bytes, 4096) if r.round > 1 else 0))  # publish: run, previous round
+    wru = attempts * _units(a.open_record_bytes, 1024)  # open the round
+    checks = uploads + (1 if r.at_deadline else 0)  # each stream or deadline invocation reads the round, run, updates
+    rru += checks * (_units(a.open_record_bytes, 4096) + run_rru + len(r.selected))
+    wru += _units(a.open_record_bytes, 1024)  # claim
+    wru += _units(r.record_bytes, 1024) * (1 if r.at_deadline else 2)  # complete (+ mark reported)
+    wru += len(r.rejected)  # feedback items
+    u.add("ddb.rru", rru).add("ddb.wru", wru).add("ddb.stream_read_lambda", uploads)
+    # S3: the input model's header and body, each update's header and body, the state; then the writes.
+    stateful = 1 if r.state_bytes else 0
+    gets = 2 + 2 * uploads + stateful * (1 + attempts)  # state read to aggregate, its header to publish
+    puts = 1 + stateful
+    u.add("s3.get", gets).add("s3.put", puts)
+    u.add("s3.storage_gb_month", (r.model_bytes + r.state_bytes) / GB * a.storage_months)
+    u.add("sns.publish", attempts).add("sns.sqs_delivery", attempts * len(r.selected))
+    return u
+
+
+def client_direct(client: str, run: RunFacts, a: Assumptions) -> tuple[Usage, int]:
+    """One client's own requests over the run, and the number of rounds it took part in."""
+    u = Usage()
+    busy_s = 0.0
+    fetched_architecture = False
+    took_part = 0
+    for r in run.rounds:
+        if client not in r.selected:
+            continue
+        attempts = 1 + r.retries
+        u.add("sqs.request", attempts)  # SNS delivers each publication into its queue
+        served = client in r.uploaders or client in r.declined
+        if not served:
+            continue
+        busy_s += r.duration_s
+        u.add("sqs.request", 2 + math.floor(r.duration_s / a.visibility_extend_s))  # receive, delete, extensions
+        u.add("ddb.rru", 1)  # its feedback item
+        u.add("ddb.wru", 1 + 2)  # its update (or decline) item; heartbeats at the start and end of the round
+        if client in r.declined:
+            continue
+        took_part += 1 if client in r.participants else 0
+        u.add("s3.get", 2)  # its update of an earlier attempt (usually absent), the global model
+        downloaded = r.model_bytes
+        if not fetched_architecture:
+            u.add("s3.get", 1)
+            downloaded += run.architecture_bytes
+            fetched_architecture = True
+        u.add("s3.transfer_out_gb", downloaded / GB)
+        u.add("s3.put", put_requests(r.update_bytes, a))
+        u.add("s3.storage_gb_month", r.update_bytes / GB * a.storage_months)
+        u.add("ddb.storage_gb_month", a.small_item_bytes / GB * a.storage_months)
+    idle_s = max(0.0, run.run_s - busy_s)
+    u.add("sqs.request", math.ceil(idle_s / a.poll_wait_s))  # empty long polls while idle
+    if run.ended == "succeeded" and client in run.clients:
+        u.add("sqs.request", 3)  # the run-ended message: delivered, received, deleted
+    u.add("ddb.wru", math.floor(run.run_s / a.heartbeat_s))  # periodic heartbeats
+    # KMS: its own S3, SQS (decrypt) and DynamoDB calls, and SNS's data keys for its queue.
+    u.add("kms.request", 4 * _windows(run.run_s, a.kms_reuse_s))
+    return u, took_part
+
+
+def server_run(run: RunFacts, a: Assumptions, transitions: float) -> Usage:
+    """The server's part of the run outside its rounds."""
+    u = Usage().add("sfn.transition", transitions)
+    invocations = run.paths.end_invocations if run.ended == "succeeded" else 0  # e.g. the model card
+    u.add("lambda.request", invocations)
+    u.add("lambda.gb_s", run.lambda_memory_mb / 1024 * (a.cold_starts * a.init_s + invocations * a.short_invocation_s))
+    u.add("s3.put", put_requests(run.architecture_bytes, a) + put_requests(run.initial_model_bytes, a))  # start
+    u.add("s3.storage_gb_month", (run.architecture_bytes + run.initial_model_bytes) / GB * a.storage_months)
+    u.add("ddb.wru", _units(run.run_record_bytes, 1024))
+    records = run.run_record_bytes + sum(r.record_bytes for r in run.rounds)
+    u.add("ddb.storage_gb_month", records / GB * a.storage_months)
+    if run.ended == "succeeded":
+        u.add("sns.publish", 1).add("sns.sqs_delivery", len(run.clients))
+    # KMS: the function's S3, DynamoDB and SNS calls; the operator's start (S3, DynamoDB).
+    u.add("kms.request", 3 * _windows(run.run_s, a.kms_reuse_s) + 2)
+    return u
+
+
+def estimate(run: RunFacts, a: Assumptions | None = None) -> Estimate:
+    """The run's cost, per participant and for the server."""
+    a = a or Assumptions()
+    defined = definition_transitions(run)
+    # With the history's count, each part's transitions are scaled so that they add up to it.
+    observed = run.observed_transitions
+    scale = observed / defined if observed is not None and defined else 1.0
+    clients: dict[str, Party] = {}
+    for client in _clients(run):
+        direct, took_part = client_direct(client, run, a)
+        clients[client] = Party(client, direct=direct, rounds=took_part)
+    end_transitions = len(run.paths.end(run.ended)) * scale if defined else float(observed or 0)
+    server = server_run(run, a, end_transitions)
+    for r in run.rounds:
+        shared = round_shared(r, run, a, round_transitions(r, run.paths) * scale)
+        sharers = [c for c in r.participants if c in clients]
+        if not sharers:
+            server = server.plus(shared)
+            continue
+        part = shared.scaled(1 / len(sharers))
+        for c in sharers:
+            clients[c].share = clients[c].share.plus(part)
+    return Estimate(
+        run_id=run.run_id,
+        clients=clients,
+        server=server,
+        transitions=observed if observed is not None else defined,
+        transitions_source="execution history" if observed is not None else run.paths.source,
+        defined_transitions=defined,
+        ended=run.ended,
+        lambda_memory_mb=run.lambda_memory_mb,
+        assumptions=a,
+    )
+
+
+def _clients(run: RunFacts) -> list[str]:
+    seen: dict[str, None] = dict.fromkeys(run.clients)
+    for r in run.rounds:
+        seen.update(dict.fromkeys(r.selected + r.participants + r.rejected + r.declined))
+    return list(seen)
+
+
+def history_transitions(events: Iterable[Mapping[str, object]]) -> int:
+    """Billed state transitions in an execution's history events: every state entered, plus each
+    retry of a task (a task scheduled again without entering its state again)."""
+    entered = tasks_entered = scheduled = 0
+    for event in events:
+        kind = str(event.get("type", ""))
+        if kind.endswith("StateEntered"):
+            entered += 1
+            tasks_entered += kind == "TaskStateEntered"
+        elif kind in ("TaskScheduled", "LambdaFunctionScheduled", "ActivityScheduled"):
+            scheduled += 1
+    return entered + max(0, scheduled - tasks_entered)

@@ -1,0 +1,246 @@
+"""`fedstep local --keep-running`, used as the README says: source the env file in bash, then run the
+operator's commands. One kept cloud (digits, 3 clients, 2 rounds) serves the whole module; its tests
+run in order, the last one stops it.
+
+The acceptance test runs every command of the README's Monitoring block (parsed from README.md by
+tests/test_readme_monitoring.py, so commands added to the block later run too)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.test_readme_monitoring import monitoring_commands
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = "client_agent.models:digits_mlp"
+SHELL_PATH = "/usr/bin:/bin"
+"""A login shell's PATH without the venv: the env file must bring `fedstep`."""
+
+
+@dataclass
+class KeptCloud:
+    proc: subprocess.Popen[str]
+    out: Path
+    run_id: str
+    lines: list[str] = field(default_factory=list)
+    """Everything `fedstep local` printed (a thread keeps reading)."""
+
+    @property
+    def env_file(self) -> Path:
+        return self.out / "local-cloud.env"
+
+    @property
+    def endpoint(self) -> str:
+        return re.search(r"AWS_ENDPOINT_URL=(\S+)", self.env_file.read_text()).group(1)
+
+    def bash(self, command: str, cwd: Path, timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
+        """`source <env file> && command` in bash, with a PATH that has no fedstep; stderr into stdout."""
+        script = f"source {shlex.quote(str(self.env_file))} && {command}"
+        env = {**os.environ, "PATH": SHELL_PATH}
+        return subprocess.run(
+            ["bash", "-c", script],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout_s,
+        )
+
+    def agents(self) -> dict[str, int]:
+        """The pids of this cloud's client agents, by client id."""
+        found = {}
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                except OSError:
+                    continue
+                if "client_agent.cli" in cmdline and str(self.out) in cmdline:
+                    found[re.search(r"(client-\d+)\.json", cmdline).group(1)] = int(proc.name)
+        return found
+
+
+def _wait_until(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def kept(tmp_path_factory) -> KeptCloud:
+    out = tmp_path_factory.mktemp("kept") / "demo"
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "fedstep", "local", "--dataset", "digits", "--clients", "3", "--rounds", "2"),
+            *("--out", str(out), "--keep-running"),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    cloud = KeptCloud(proc, out, "")
+    reader = threading.Thread(target=lambda: cloud.lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        _wait_until(
+            lambda: any("press Ctrl-C" in line for line in cloud.lines) or proc.poll() is not None, 300, "kept cloud"
+        )
+        assert proc.poll() is None, "".join(cloud.lines)
+        cloud.run_id = json.loads((out / "summary.json").read_text())["run_id"]
+        yield cloud
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+
+
+def test_sourcing_the_env_file_in_bash_puts_fedstep_on_path(kept, tmp_path):
+    bare = subprocess.run(["bash", "-c", "fedstep --help"], env={**os.environ, "PATH": SHELL_PATH}, capture_output=True)
+    assert bare.returncode == 127  # what the README's next line said before: fedstep: command not found
+    result = kept.bash("fedstep --help && command -v fedstep", tmp_path)
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.startswith("usage: fedstep")
+    found = Path(result.stdout.splitlines()[-1])
+    assert found.resolve() == (Path(sys.executable).parent / "fedstep").resolve()
+
+
+def test_the_kept_cloud_says_how_to_reach_it_and_its_agents_keep_serving(kept, tmp_path):
+    printed = "".join(kept.lines)
+    assert f"  source {kept.env_file}\n" in printed and f"  fedstep status {kept.run_id}\n" in printed
+    assert f"  fedstep start --model {MODEL} --rounds 3 --watch\n" in printed
+    assert sorted(kept.agents()) == ["client-1", "client-2", "client-3"]  # the run ended; they did not
+    result = kept.bash("fedstep clients", tmp_path)
+    assert result.returncode == 0, result.stdout
+    assert "3 of 3 client(s) online" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def monitoring(kept, tmp_path_factory) -> list[tuple[str, int, subprocess.CompletedProcess[str]]]:
+    """Every command of the README's Monitoring block, run in order in bash after sourcing the env
+    file, with `<run>` as the kept cloud's run. A `stop` needs a running run: it gets one started
+    just before it. A bare-`...` form runs as the complete example below it (which the block holds)."""
+    import fedstep
+
+    work = tmp_path_factory.mktemp("monitoring")
+    operator = fedstep.Operator(endpoint_url=kept.endpoint)
+    results = []
+    for command in monitoring_commands():
+        if command.is_template:
+            continue
+        run_id = kept.run_id
+        if command.subcommand == "stop":
+            run_id = operator.start(MODEL, rounds=50)
+        text = command.runnable(run_id)
+        results.append((text, command.expected_code, kept.bash(text, work)))
+    return results
+
+
+def test_the_readme_monitoring_commands_work_verbatim_on_the_kept_local_cloud(monitoring):
+    failed = [
+        f"$ {text}\nexit {result.returncode}, expected {code}:\n{result.stdout[-2000:]}"
+        for text, code, result in monitoring
+        if result.returncode != code
+    ]
+    assert not failed, "\n\n".join(failed)
+    assert len(monitoring) >= 7
+
+
+def test_a_second_run_started_with_fedstep_start_completes_because_the_agents_still_serve(monitoring):
+    started = [result for text, _, result in monitoring if text.startswith("fedstep start ")]
+    assert started, "the README's block starts a run"
+    result = started[0]
+    assert result.returncode == 0, result.stdout
+    run_id = re.search(r"started run (\S+)", result.stdout).group(1)
+    assert f"run {run_id}: SUCCEEDED (max_rounds), round 2 of 2" in result.stdout
+    rows = [line.split() for line in result.stdout.splitlines() if re.match(r"^\d+\s+\d+/\d+", line)]
+    assert [row[1] for row in rows] == ["3/3", "3/3"]  # every agent served every round
+
+
+def test_the_operator_api_reads_and_starts_runs_on_the_kept_cloud(kept, tmp_path, capsys):
+    import fedstep
+
+    operator = fedstep.Operator(endpoint_url=kept.endpoint)
+    runs = operator.runs()
+    assert kept.run_id in set(runs["run_id"]) and list(runs.columns)[:2] == ["run_id", "status"]
+    status = operator.status(kept.run_id)
+    assert (status["status"], status["stop_reason"], len(status["rounds"])) == ("SUCCEEDED", "max_rounds", 2)
+    history = operator.history(kept.run_id)
+    assert list(history.index) == [1, 2] and history.loc[2, "participants"] == 3
+    assert history.loc[2, "accuracy"] > history.loc[1, "accuracy"]
+    clients = operator.clients()
+    assert list(clients["status"]) == ["online"] * 3
+    path = operator.download(kept.run_id, out=tmp_path / "model.keras")
+    assert path.stat().st_size > 0
+    evaluation = operator.evaluate(kept.run_id, deadline_s=300)
+    assert sorted(a["client_id"] for a in evaluation["clients"]) == ["client-1", "client-2", "client-3"]
+    assert 0 < evaluation["mean"]["metrics"]["test_accuracy"] <= 1
+    assert operator.cost(kept.run_id)["total_usd"] > 0
+    pointer = operator.promote(kept.run_id, 2, note="the API's promotion")
+    assert (pointer["run_id"], pointer["round"]) == (kept.run_id, 2)
+    assert operator.download_approved(tmp_path / "approved.keras").stat().st_size > 0
+    run_id = operator.start(MODEL, rounds=1, watch=True)
+    assert operator.status(run_id)["status"] == "SUCCEEDED"
+    assert "fedstep: warning" not in capsys.readouterr().err  # all three agents are online
+
+
+def test_fedstep_start_with_offline_clients_warns_before_starting_and_the_run_fails_at_its_deadline(kept, tmp_path):
+    agents = kept.agents()
+    for client_id in ("client-2", "client-3"):
+        os.kill(agents[client_id], signal.SIGTERM)  # a clean exit: their heartbeat says "stopped"
+    _wait_until(lambda: sorted(kept.agents()) == ["client-1"], 30, "two agents stopped")
+    result = kept.bash(f"fedstep start --model {MODEL} --rounds 1 --round-timeout 3 --watch", tmp_path)
+    output = result.stdout
+    assert result.returncode == 1, output
+    warning = (
+        "fedstep: warning: only 1 of 3 client(s) online, fewer than the run's quorum of 2: client-2 (stopped), "
+        "client-3 (stopped). Unless enough agents come online, round 1 waits until its deadline (3 s) and then "
+        "the run fails with QuorumNotMet."
+    )
+    assert warning in output
+    assert output.index(warning) < output.index("started run")  # before starting, and --watch shows it
+    assert "FAILED" in output and "QuorumNotMet" in output
+
+
+def test_the_client_api_serves_a_round_on_the_kept_cloud(kept, capsys):
+    import fedstep
+
+    config = kept.out / "clients" / "client-3.json"  # its agent was stopped above
+    client = fedstep.Client(config)
+    assert client.dry_run()
+    assert "all checks passed" in capsys.readouterr().out
+    sqs = boto3.client("sqs", endpoint_url=kept.endpoint)
+    queue = json.loads(config.read_text())["queue_url"]
+    while messages := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages"):
+        for m in messages:  # the failed run's round, which this client missed: not the one to serve now
+            sqs.delete_message(QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
+    operator = fedstep.Operator(endpoint_url=kept.endpoint)
+    # seed 2 selects client-1 (its agent) and client-3 (this Client) for round 1: client-2 is away
+    run_id = operator.start(MODEL, rounds=1, clients_per_round="2", seed=2, round_timeout_s=300)
+    assert client.run_once() == 0
+    status = operator.watch(run_id)
+    assert status["status"] == "SUCCEEDED"
+    assert status["rounds"][0]["participants"] == ["client-1", "client-3"]  # both in: no deadline to wait for
+
+
+def test_sigterm_stops_the_kept_cloud_and_its_agents(kept):
+    assert kept.agents(), "client-1's agent still serves"
+    kept.proc.send_signal(signal.SIGTERM)
+    assert kept.proc.wait(timeout=60) == 0
+    _wait_until(lambda: "stopping the local cloud\n" in kept.lines, 10, "the runner's last words")
+    assert kept.agents() == {}
