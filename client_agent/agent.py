@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -107,12 +107,19 @@ class RoundReport:
     bytes_down: int
     bytes_up: int
     seconds: float
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds per phase of the round: `download` (architecture and global model), `train` (the
+    train function, evaluations included) and `upload` (the update file and item)."""
 
     def line(self) -> str:
-        """round 3 of run-x | 383 examples | loss 0.912 -> 0.620 | accuracy 0.712 -> 0.801 | down .. | 1.4 s"""
+        """round 3 of run-x | 383 examples | loss 0.912 -> 0.620 | accuracy 0.712 -> 0.801 | down .. | 1.4 s
+        (download 0.05 s, train 1.21 s, upload 0.12 s)"""
         parts = [f"round {self.round} of {self.run_id}", f"{self.num_examples} examples"]
         parts += [f"{name} {shown}" for name in ("loss", "accuracy") if (shown := self._before_after(name))]
-        parts += [f"down {_size(self.bytes_down)} up {_size(self.bytes_up)}", f"{self.seconds:.1f} s"]
+        took = f"{self.seconds:.1f} s"
+        if self.phases:
+            took += " (" + ", ".join(f"{name} {s:.2f} s" for name, s in self.phases.items()) + ")"
+        parts += [f"down {_size(self.bytes_down)} up {_size(self.bytes_up)}", took]
         return " | ".join(parts)
 
     def _before_after(self, name: str) -> str:
@@ -133,6 +140,7 @@ class RoundReport:
             "bytes_down": self.bytes_down,
             "bytes_up": self.bytes_up,
             "seconds": self.seconds,
+            "phases": self.phases,
         }
 
 
@@ -416,7 +424,9 @@ class Agent:
         global_weights = tensors.decode(global_bytes)
         if isinstance(self.trainer, FunctionTrainer):
             self.trainer.callbacks = lambda: self.progress.keras_callbacks(f"round {msg.round}: training")
+        downloaded = time.monotonic()
         result = self.trainer.fit(architecture, global_weights, replace(msg.training, instructions=msg.instructions))
+        trained = time.monotonic()
         tensors.check_matches(result.weights, tensors.TensorSpec.of(global_weights))
         delta = {name: np.asarray(result.weights[name], np.float32) - w for name, w in global_weights.items()}
         reported = self._account(msg, privacy, delta)  # before the upload: from now on the update may leave
@@ -437,6 +447,11 @@ class Agent:
             len(global_bytes) + fetched,
             len(data),
             round(time.monotonic() - started, 2),
+            {
+                "download": round(downloaded - started, 3),
+                "train": round(trained - downloaded, 3),
+                "upload": round(time.monotonic() - trained, 3),
+            },
         )
         self.last_report = report
         log.info(report.line(), extra={"round_summary": report.fields()})

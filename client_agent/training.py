@@ -48,6 +48,7 @@ import numpy as np
 
 from client_agent import dp_sgd
 from client_agent.proximal import add_proximal_term, proximal_mu
+from client_agent.warm_model import WarmModel
 from fedstep.core import limits
 from fedstep.core.errors import FedstepError
 from fedstep.core.imports import load_callable
@@ -88,13 +89,22 @@ class RoundModel:
     names, which for Keras runs is `model.weights` order). `keras()` loads the run's architecture
     once; from then on the Keras model holds the weights, and `get_weights`/`set_weights` use it.
     `callbacks` are Keras callbacks the agent asks a Keras trainer to pass to `fit` (a progress bar).
+    `warm` is the agent's `WarmModel`, which `keras(warm=True)` takes the model from.
     """
 
-    def __init__(self, architecture: bytes, weights: Tensors, callbacks: Sequence[Any] = (), seed: int = 0) -> None:
+    def __init__(
+        self,
+        architecture: bytes,
+        weights: Tensors,
+        callbacks: Sequence[Any] = (),
+        seed: int = 0,
+        warm: WarmModel | None = None,
+    ) -> None:
         self.architecture = architecture
         self.names = sorted(weights)
         self.callbacks = list(callbacks)
         self.seed = seed
+        self.warm = warm
         self._weights = [np.array(weights[n], dtype=np.float32) for n in self.names]
         self._keras: Any = None
 
@@ -116,12 +126,19 @@ class RoundModel:
         else:
             self._weights = arrays
 
-    def keras(self) -> Any:
-        """The run's Keras model (compiled, safe mode) holding the current weights."""
+    def keras(self, warm: bool = False) -> Any:
+        """The run's Keras model (compiled, safe mode) holding the current weights.
+
+        By default a fresh load. `warm=True` takes the agent's kept model instead
+        (`client_agent.warm_model`: compiled and traced once, reset to its loaded state each round),
+        for a trainer that leaves the model's structure, losses and compile settings as they are."""
         if self._keras is None:
             from client_agent.keras_model import model_from_bytes, set_tensors
 
-            model = model_from_bytes(self.architecture)
+            if warm and self.warm is not None:
+                model = self.warm.model(self.architecture)
+            else:
+                model = model_from_bytes(self.architecture)
             set_tensors(model, dict(zip(self.names, self._weights, strict=True)))
             self._keras = model
         return self._keras
@@ -138,8 +155,9 @@ def keras_fit(model: RoundModel, data: Split, training: TrainingConfig) -> dict[
     """The default: evaluate the global model on the local test split, `fit` on the local train split
     (the round's epochs, batch size and learning rate, shuffled, seeded), evaluate again.
 
-    The optimizer is fresh every round (the architecture is reloaded). It trains at the round's
-    learning rate when the run sets one, else at the rate the model was compiled with.
+    The model stays warm across rounds (`client_agent.warm_model`), with a fresh optimizer every
+    round. It trains at the round's learning rate when the run sets one, else at the rate the model
+    was compiled with. The global random seed is the agent's seed.
     When the round's instructions carry `proximal_mu` (FedProx), the proximal term is added to the
     loss (`client_agent.proximal`). Under `dp_mode` "dp-sgd" the model trains with DP-SGD
     (`client_agent.dp_sgd.fit`) instead of `fit`; `train_loss` is then the mean batch loss.
@@ -147,8 +165,19 @@ def keras_fit(model: RoundModel, data: Split, training: TrainingConfig) -> dict[
     from client_agent.keras_model import import_keras
 
     (x_train, y_train), (x_test, y_test) = data
-    import_keras().utils.set_random_seed(model.seed)
-    net = model.keras()
+    try:
+        mu = proximal_mu(training.instructions)
+        private = dp_sgd.dp_mode(training.instructions) == dp_sgd.DP_SGD
+        params = dp_sgd.DpSgdParams.of(training.instructions) if private else None
+    except ValueError as exc:
+        raise FedstepError(f"the round's instructions are unusable: {exc}") from None
+    # FedProx changes the model's losses and DP-SGD trains with its own loop: those take a fresh model.
+    # The seed is set before loading (a dropout layer's seed state is drawn then) and again after, so
+    # training draws the same numbers whether or not the load ran the initializers.
+    keras = import_keras()
+    keras.utils.set_random_seed(model.seed)
+    net = model.keras(warm=mu == 0 and params is None)
+    keras.utils.set_random_seed(model.seed)
     if net.optimizer is None:
         raise FedstepError("the run's model is not compiled; `fedstep start --model` must return a compiled model")
     metrics: dict[str, Any] = {}
@@ -157,12 +186,6 @@ def keras_fit(model: RoundModel, data: Split, training: TrainingConfig) -> dict[
         metrics.update({f"test_{k}_before": v for k, v in before.items()})
     if training.learning_rate is not None:  # else the model's own optimizer setting stands
         net.optimizer.learning_rate.assign(training.learning_rate)
-    try:
-        mu = proximal_mu(training.instructions)
-        private = dp_sgd.dp_mode(training.instructions) == dp_sgd.DP_SGD
-        params = dp_sgd.DpSgdParams.of(training.instructions) if private else None
-    except ValueError as exc:
-        raise FedstepError(f"the round's instructions are unusable: {exc}") from None
     if mu > 0:
         add_proximal_term(net, mu)
     if params is not None:
@@ -209,7 +232,7 @@ def keras_evaluate(model: RoundModel, data: Split, training: TrainingConfig) -> 
     (_, _), (x_test, y_test) = data
     if not len(x_test):
         raise CannotEvaluate("this client has no local test split to evaluate on")
-    net = model.keras()
+    net = model.keras(warm=True)
     if net.optimizer is None:
         raise FedstepError("the run's model is not compiled, so it has no loss or metrics to evaluate")
     result = net.evaluate(x_test, y_test, batch_size=training.batch_size, verbose=0, return_dict=True)
@@ -254,6 +277,8 @@ class FunctionTrainer:
         self.train, self.data, self.name, self.seed = train, data, name, seed
         self.evaluate_with = evaluate_with
         """The evaluate function (None: this trainer cannot evaluate)."""
+        self.warm = WarmModel()
+        """The Keras model kept across rounds for train functions that ask for it (`keras(warm=True)`)."""
         self.callbacks: Callable[[], Sequence[Any]] = lambda: ()
         """Makes the Keras callbacks for a round (the agent sets this to show a progress bar)."""
 
@@ -263,7 +288,7 @@ class FunctionTrainer:
         return len(self.data[0][0])
 
     def fit(self, architecture: bytes, weights: Tensors, training: TrainingConfig) -> TrainResult:
-        model = RoundModel(architecture, weights, self.callbacks(), self.seed)
+        model = RoundModel(architecture, weights, self.callbacks(), self.seed, self.warm)
         metrics = finite_metrics(self.train(model, self.data, training), self.name)
         return TrainResult(model.tensors(), self.num_examples, metrics)
 
@@ -275,7 +300,7 @@ class FunctionTrainer:
                 f"trainer {self.name} has no evaluate function (define `{EVALUATE_FUNCTION}(model, data, training)` "
                 "in its module)"
             )
-        model = RoundModel(architecture, weights, (), self.seed)
+        model = RoundModel(architecture, weights, (), self.seed, self.warm)
         metrics = finite_metrics(self.evaluate_with(model, self.data, training), f"{self.name} (evaluate)")
         if not metrics:
             raise CannotEvaluate(f"trainer {self.name}: its evaluate function returned no usable metric")

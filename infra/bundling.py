@@ -8,7 +8,6 @@ rebuilds the bundle when and only when one of them changes.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -18,37 +17,15 @@ import aws_cdk as cdk
 import jsii
 from aws_cdk import aws_lambda as lambda_
 
+from infra.bundle_sources import PRUNED_TESTS, REQUIREMENTS, bundled_sources, source_hash
+
 REPO = Path(__file__).resolve().parent.parent
-REQUIREMENTS = REPO / "requirements-lambda.txt"
-BUNDLE = ("fedstep/__init__.py", "fedstep/core", "fedstep/aws", "fedstep/privacy", "lambdas")
-"""Exactly what goes into the bundle, besides the wheels: the package root, the core, the AWS adapters,
-the privacy accountant and the handlers (DESIGN "Top-level layout")."""
-PRUNED_TESTS = ("numpy", "scipy")
-"""Wheels whose bundled test suites are left out: Lambda's unzipped code must stay under 250 MB
-(`--no-compile` leaves out the .pyc files compiled for this interpreter, not Lambda's)."""
 # Lambda's Python 3.12 runtime runs on Amazon Linux 2023 (glibc 2.34): manylinux_2_17 and _2_28 wheels fit.
 # pip does not widen one --platform to older tags, so name both (safetensors ships only _2_17).
 PLATFORM = (
     *("--platform", "manylinux_2_17_x86_64", "--platform", "manylinux_2_28_x86_64"),
     *("--implementation", "cp", "--python-version", "3.12"),
 )
-
-
-def bundled_sources() -> list[Path]:
-    """The files copied into the bundle (`BUNDLE`), relative to the repo, sorted."""
-    files: list[Path] = []
-    for entry in BUNDLE:
-        path = REPO / entry
-        found = [path] if path.is_file() else path.rglob("*.py")
-        files += [p for p in found if "__pycache__" not in p.parts]
-    return sorted(p.relative_to(REPO) for p in files)
-
-
-def source_hash() -> str:
-    digest = hashlib.sha256(REQUIREMENTS.read_bytes())
-    for rel in bundled_sources():
-        digest.update(str(rel).encode() + b"\0" + (REPO / rel).read_bytes())
-    return digest.hexdigest()
 
 
 @jsii.implements(cdk.ILocalBundling)

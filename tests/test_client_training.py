@@ -76,6 +76,12 @@ def test_the_round_summary_line_shows_before_and_after_bytes_and_seconds():
     assert "loss 0.5000 (train)" in RoundReport("r", 1, 5, {"train_loss": 0.5}, 1, 1, 0).line()
 
 
+def test_the_round_summary_line_breaks_the_rounds_time_down_by_phase():
+    phases = {"download": 0.051, "train": 1.213, "upload": 0.12}
+    line = RoundReport("run-1", 3, 383, {}, 1, 1, 1.42, phases).line()
+    assert line.endswith("| 1.4 s (download 0.05 s, train 1.21 s, upload 0.12 s)")
+
+
 def test_config_numbers_must_be_whole_seconds(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDSTEP_TRAINER", "mysite:train")
     path = tmp_path / "c.json"

@@ -80,11 +80,10 @@ class LocalCloud:
         return self
 
     def deploy(self) -> StackOutputs:
-        from infra.synth import build_app
+        from fedstep.local.synth_cache import synthesize
 
         started = time.monotonic()
-        outdir = self.cache_dir / "cdk.out"
-        assembly = Path(build_app(self.config, outdir).synth().directory)
+        assembly, reused = synthesize(self.config, self.cache_dir / "cdk.out")
         stack = self.config.stack_name
         synthesized = time.monotonic()
         cfn, s3, ssm = self.client("cloudformation"), self.client("s3"), self.client("ssm")
@@ -95,8 +94,9 @@ class LocalCloud:
         gaps.SNS_SUBSCRIPTIONS.apply(cfn, self.client("sns"), self.client("sqs"), stack, template)
         gaps.STEP_FUNCTIONS_EXECUTION.apply(cfn, self.client("stepfunctions"), self.endpoint, stack, template)
         log.info(
-            "local cloud at %s: synthesized in %.1f s, deployed in %.1f s",
+            "local cloud at %s: %s in %.1f s, deployed in %.1f s",
             self.endpoint,
+            "reused the synthesized template (nothing changed)" if reused else "synthesized",
             synthesized - started,
             time.monotonic() - synthesized,
         )

@@ -1,0 +1,65 @@
+"""Reusing the synthesized stack when nothing it is made from has changed.
+
+Synthesizing starts CDK's Node.js runtime and builds the whole app: several seconds of every
+`fedstep local` run. The template depends only on the deployment config, the CDK app's sources
+(`infra/`, `cdk.json`), the Lambda bundle's sources and requirements (`infra.bundle_sources`), and
+the installed versions of the CDK libraries. `synth_key` hashes exactly those; a synthesized
+assembly records the key it was made with (`<stack>.synth-key`), and the next run with the same key
+deploys it again without synthesizing. Any change to one of them (an edited handler, another
+number of clients) synthesizes afresh. `make clean` (or deleting `.cache/`) drops the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from infra.bundle_sources import REPO, source_hash
+
+CDK_PACKAGES = ("aws-cdk-lib", "constructs", "cdk-nag", "jsii")
+"""Installed packages whose versions change the synthesized template."""
+
+
+def synth_key(config: Any) -> str:
+    """sha256 of everything the synthesized assembly of `config` (a DeploymentConfig) is made from."""
+    digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True, default=str).encode())
+    for path in sorted([*(REPO / "infra").glob("*.py"), REPO / "cdk.json"]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    digest.update(source_hash().encode())
+    for package in CDK_PACKAGES:
+        digest.update(f"{package}=={metadata.version(package)}".encode())
+    return digest.hexdigest()
+
+
+def cached_assembly(outdir: Path, stack: str, key: str) -> Path | None:
+    """`outdir` if it holds a complete assembly of `stack` synthesized with `key`, else None."""
+    marker = outdir / f"{stack}.synth-key"
+    try:
+        if marker.read_text() != key:
+            return None
+        assets = json.loads((outdir / f"{stack}.assets.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not (outdir / f"{stack}.template.json").is_file():
+        return None
+    sources = [outdir / a["source"]["path"] for a in assets.get("files", {}).values()]
+    return outdir if all(s.exists() for s in sources) else None
+
+
+def synthesize(config: Any, outdir: Path) -> tuple[Path, bool]:
+    """The assembly of `config` in `outdir`, and whether it was reused rather than synthesized."""
+    key = synth_key(config)
+    stack = config.stack_name
+    if (cached := cached_assembly(outdir, stack, key)) is not None:
+        return cached, True
+    from infra.synth import build_app
+
+    marker = outdir / f"{stack}.synth-key"
+    marker.unlink(missing_ok=True)  # a synth that fails half-way leaves no valid marker
+    assembly = Path(build_app(config, outdir).synth().directory)
+    (assembly / f"{stack}.synth-key").write_text(key)
+    return assembly, False
