@@ -206,6 +206,65 @@ def test_the_sns_shim_subscribes_the_queue_with_raw_delivery_filter_and_dead_let
     assert [m["Body"] for m in messages] == ["for a"]  # raw: the body is the message itself
 
 
+NESTED_QUEUE = {
+    "Parameters": {"TopicArn": {"Type": "String"}, "DeadLettersArn": {"Type": "String"}},
+    "Resources": {
+        "Queue": {"Type": "AWS::SQS::Queue"},
+        "Subscription": {
+            "Type": "AWS::SNS::Subscription",
+            "Properties": {
+                "TopicArn": {"Ref": "TopicArn"},
+                "Protocol": "sqs",
+                "Endpoint": {"Fn::GetAtt": ["Queue", "Arn"]},
+                "RawMessageDelivery": True,
+                "FilterPolicy": {"client": ["a"]},
+                "RedrivePolicy": {"deadLetterTargetArn": {"Ref": "DeadLettersArn"}},
+            },
+        },
+    },
+    "Outputs": {"QueueUrl": {"Value": {"Ref": "Queue"}}},
+}
+
+
+def test_moto_creates_nested_stacks_and_the_sns_shim_subscribes_their_queues(moto):
+    """Not a gap: moto creates AWS::CloudFormation::Stack from the template CDK publishes to the bootstrap
+    bucket (TemplateURL as CDK writes it), with the parent's parameters; the client groups rely on it
+    (infra/client_group.py). The SNS shim creates the nested templates' subscriptions too."""
+    cfn, sns, sqs, s3 = client("cloudformation"), client("sns"), client("sqs"), client("s3")
+    bucket = f"cdk-hnb659fds-assets-{ACCOUNT}-{REGION}"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="nested.json", Body=json.dumps(NESTED_QUEUE).encode())
+    url = ["https://s3.", {"Ref": "AWS::Region"}, ".", {"Ref": "AWS::URLSuffix"}, "/", bucket, "/nested.json"]
+    parameters = {"TopicArn": {"Ref": "Topic"}, "DeadLettersArn": {"Fn::GetAtt": ["DeadLetters", "Arn"]}}
+    template = deploy(
+        cfn,
+        {
+            "Topic": {"Type": "AWS::SNS::Topic"},
+            "DeadLetters": {"Type": "AWS::SQS::Queue"},
+            "Group": {
+                "Type": "AWS::CloudFormation::Stack",
+                "Properties": {"TemplateURL": {"Fn::Join": ["", url]}, "Parameters": parameters},
+            },
+        },
+    )
+    [nested] = cfn.describe_stacks(StackName=physical_id(cfn, "Group"))["Stacks"]
+    assert nested["StackStatus"] == "CREATE_COMPLETE"
+    [output] = nested["Outputs"]
+    assert output["OutputKey"] == "QueueUrl" and "/" in output["OutputValue"]
+    assert gaps.SNS_SUBSCRIPTIONS.apply(cfn, sns, sqs, STACK, template) == 1
+    [subscription] = sns.list_subscriptions_by_topic(TopicArn=physical_id(cfn, "Topic"))["Subscriptions"]
+    attributes = sns.get_subscription_attributes(SubscriptionArn=subscription["SubscriptionArn"])["Attributes"]
+    dead_letters = sqs.get_queue_attributes(QueueUrl=physical_id(cfn, "DeadLetters"), AttributeNames=["QueueArn"])
+    assert json.loads(attributes["RedrivePolicy"]) == {"deadLetterTargetArn": dead_letters["Attributes"]["QueueArn"]}
+    sns.publish(
+        TopicArn=physical_id(cfn, "Topic"),
+        Message="for a",
+        MessageAttributes={"client": {"DataType": "String", "StringValue": "a"}},
+    )
+    [message] = sqs.receive_message(QueueUrl=output["OutputValue"])["Messages"]
+    assert message["Body"] == "for a"
+
+
 # -- 2. Step Functions execution -------------------------------------------------------------------
 
 STATE_MACHINE = {
