@@ -138,6 +138,7 @@ def test_there_is_one_shim_per_gap_each_with_its_module_and_description():
         "iam_role_policies",
         "stop_execution",
         "task_failure_cause",
+        "sns_fanout",
     ]
     for shim in gaps.SHIMS.values():
         assert (gaps.REPO / shim.module).is_file()
@@ -557,3 +558,29 @@ def test_the_task_failure_shim_passes_the_cause_on(moto, monkeypatch):
     gaps.TASK_FAILURE_CAUSE.apply()
     ended = failed_through_its_token(monkeypatch)
     assert (ended["error"], ended["cause"]) == ("StrategyFailed", "why it failed")
+
+
+# -- 9. SNS fan-out past 100 subscriptions -----------------------------------------------------------
+
+
+def delivered_to_101_queues() -> list[bool]:
+    """A topic with 101 subscribed queues and one message published: which queues received it."""
+    sns, sqs = client("sns"), client("sqs")
+    topic = sns.create_topic(Name="rounds")["TopicArn"]
+    urls = [sqs.create_queue(QueueName=f"q{i:03d}")["QueueUrl"] for i in range(101)]
+    for url in urls:
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
+    sns.publish(TopicArn=topic, Message="round 1")
+    return [bool(sqs.receive_message(QueueUrl=url).get("Messages")) for url in urls]
+
+
+def test_moto_still_delivers_a_message_to_a_topics_first_100_subscriptions_only(moto):
+    received = delivered_to_101_queues()
+    assert all(received[:100])
+    assert not received[100], remove(gaps.SNS_FANOUT, "delivers to every subscription of a topic")
+
+
+def test_the_sns_fanout_shim_delivers_to_every_subscription(moto):
+    gaps.SNS_FANOUT.apply()
+    assert all(delivered_to_101_queues())
