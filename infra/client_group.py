@@ -2,10 +2,11 @@
 queue's dead-letter queue, its subscription to the round topic and its IAM role (`ClientAccess`), and
 the dead-letter alarms of the group's queues.
 
-The stack's shared resources (topic, bucket, table, key, alarm topic) stay in the parent; CDK passes
-their names and ARNs in as the nested stack's parameters. Each group's outputs name its clients
-(`ClientIds`) and each client's queue URL and role ARN (`keys.client_output_key`,
-`keys.client_role_output_key`); `fedstep.aws.stack.StackOutputs.of_stack` reads them.
+The stack's shared resources (topic, undelivered-messages queue, bucket, table, key, alarm topic) stay
+in the parent, which passes their ARNs in as the nested stack's named parameters (`PARAMETERS`).
+Each group's outputs name its clients (`ClientIds`) and each client's queue URL and role ARN
+(`keys.client_output_key`, `keys.client_role_output_key`); `fedstep.aws.stack.StackOutputs.of_stack`
+reads them.
 
 Clients fill the groups in the order of the deployment config (`client_groups`), so a client keeps
 its group, and its queue, as long as no client before it is removed (docs/design-notes.md).
@@ -29,13 +30,12 @@ from fedstep.core import keys
 from infra import secure
 from infra.client_access import ClientAccess
 from infra.config import ClientConfig, DeploymentConfig
-from infra.monitoring import QUEUES_PER_ALARM, dead_letter_alarms
+from infra.monitoring import dead_letter_alarms
 
 CLIENTS_PER_GROUP = 50
 """Clients per nested stack: 6 resources each plus one alarm per 10 (305 of CloudFormation's 500), and
 2 outputs each plus `ClientIds` (101 of its 200 outputs). A multiple of `QUEUES_PER_ALARM`, so that
 the dead-letter alarms keep one numbering across groups."""
-assert CLIENTS_PER_GROUP % QUEUES_PER_ALARM == 0
 
 
 def allow_topic(undelivered: sqs.IQueue, topic: sns.ITopic, key: kms.IKey) -> None:

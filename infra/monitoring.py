@@ -2,7 +2,8 @@
 
 - `<project>-executions-failed`: a training execution failed or timed out (5-minute sum >= 1);
 - `<project>-dead-letters-<n>`: one of up to 10 dead-letter queues holds a message (one alarm per 10
-  queues, each a metric-math sum: CloudWatch allows 10 metrics in one alarm).
+  queues, each a metric-math sum: CloudWatch allows 10 metrics in one alarm). The stack's own two
+  dead-letter queues are watched by `-1`; each client group's by alarms in its nested stack, numbered on.
 
 Both notify the alarm topic `<project>-alarms` (KMS-encrypted, TLS-only); `alarm_email` in the
 deployment config subscribes an address. The dashboard `<project>-training` graphs the executions, the
