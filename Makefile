@@ -10,7 +10,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_VERSION_CHECK := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: demo test test-torch install synth lint format clean
+.PHONY: demo test test-torch test-scale install synth lint format clean
 
 demo: $(STAMP)
 	$(PY) -m fedstep local --dataset digits --clients 3 --rounds 5 --out runs/demo
@@ -23,6 +23,10 @@ test: $(STAMP) $(NODE_STAMP) $(BROWSER_STAMP)
 test-torch: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-torch.txt
 	$(PY) -m pytest tests/test_torch_trainer.py
+
+# 200 clients in the local cloud, 3 rounds (several minutes; skipped by `make test`).
+test-scale: $(STAMP) $(NODE_STAMP)
+	FEDSTEP_SCALE=1 $(PY) -m pytest -q -s tests/test_scale.py
 
 install: $(STAMP) $(NODE_STAMP)
 

@@ -30,7 +30,7 @@ from constructs import Construct
 from fedstep.core import keys
 from fedstep.core.schemas import DeclineItem, EvalItem, Heartbeat, UpdateItem
 from infra.config import ClientConfig
-from infra.secure import acknowledge, logical_id
+from infra.secure import acknowledge, reference_name
 
 UPDATE_ITEM_ATTRIBUTES = sorted(
     {keys.PK, keys.SK, "schema", "kind", *(f.name for f in fields(UpdateItem)), *(f.name for f in fields(DeclineItem))}
@@ -134,7 +134,7 @@ class ClientAccess(Construct):
         for pattern in (keys.MODEL_KEY_PATTERN, keys.GLOBAL_KEY_PATTERN, keys.client_update_key_pattern(client.id)):
             acknowledge(
                 self.role,
-                f"AwsSolutions-IAM5[Resource::<{logical_id(bucket)}.Arn>/{pattern}]",
+                f"AwsSolutions-IAM5[Resource::<{reference_name(self, bucket.bucket_arn)}>/{pattern}]",
                 "The run id, round and version in the key are chosen at run time; the pattern fixes everything "
                 "else, and a client writes only under its own prefix.",
             )

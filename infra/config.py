@@ -38,9 +38,10 @@ from fedstep.core.tensors import DEFAULT_MAX_BYTES
 _PROJECT = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 _PRINCIPAL = re.compile(r"^arn:aws(-[a-z]+)*:iam::\d{12}:(root|role/[\w+=,.@/-]{1,512}|user/[\w+=,.@/-]{1,512})$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-MAX_CLIENTS = 77
-"""CloudFormation allows 500 resources per stack; the stack has 26, plus 6 per client, plus one
-dead-letter alarm per 10 dead-letter queues, plus the alarm e-mail subscription: 497 for 77 clients."""
+MAX_CLIENTS = 500
+"""The most clients one deployment holds. Their resources sit in nested stacks of 50 clients
+(`infra.client_group`), well within CloudFormation's 500 resources per template; the bound is IAM's
+default quota of 1,000 roles per account (one role per client), leaving room for the account's others."""
 LOG_RETENTION_DAYS = (
     1,
     3,
@@ -167,8 +168,8 @@ class DeploymentConfig:
             clients = tuple(_client(c, f"{where}: clients[{i}]") for i, c in enumerate(raw_clients))
             if len(clients) > MAX_CLIENTS:
                 raise ConfigError(
-                    f"{where}: {len(clients)} clients; one stack holds at most {MAX_CLIENTS} "
-                    "(CloudFormation's limit of 500 resources)"
+                    f"{where}: {len(clients)} clients; one deployment holds at most {MAX_CLIENTS} "
+                    "(one IAM role each; IAM's default quota is 1,000 roles per account)"
                 )
         ids = [c.id for c in clients]
         dupes = sorted({i for i in ids if ids.count(i) > 1})

@@ -2,7 +2,8 @@
 
 - `<project>-executions-failed`: a training execution failed or timed out (5-minute sum >= 1);
 - `<project>-dead-letters-<n>`: one of up to 10 dead-letter queues holds a message (one alarm per 10
-  queues, each a metric-math sum: CloudWatch allows 10 metrics in one alarm).
+  queues, each a metric-math sum: CloudWatch allows 10 metrics in one alarm). The stack's own two
+  dead-letter queues are watched by `-1`; each client group's by alarms in its nested stack, numbered on.
 
 Both notify the alarm topic `<project>-alarms` (KMS-encrypted, TLS-only); `alarm_email` in the
 deployment config subscribes an address. The dashboard `<project>-training` graphs the executions, the
@@ -12,11 +13,14 @@ dimensions service and project; see lambdas/aggregate.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import aws_cdk as cdk
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subs
 from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
@@ -34,7 +38,54 @@ def dead_letter_alarm_count(queues: int) -> int:
     return -(-queues // QUEUES_PER_ALARM)
 
 
+def dead_letter_alarms(
+    scope: Construct, project: str, queues: Sequence[sqs.IQueue], first: int, topic: sns.ITopic
+) -> list[cw.Alarm]:
+    """Alarms `<project>-dead-letters-<first>`, ... over `queues`, 10 to an alarm (a metric-math sum of
+    their visible messages), each notifying `topic`. Created in `scope`'s stack (a client group's alarms
+    live in its nested stack, next to its queues)."""
+    alarms = []
+    for n in range(dead_letter_alarm_count(len(queues))):
+        group = queues[n * QUEUES_PER_ALARM : (n + 1) * QUEUES_PER_ALARM]
+        messages = {
+            f"q{i}": q.metric_approximate_number_of_messages_visible(period=PERIOD, statistic="Maximum")
+            for i, q in enumerate(group)
+        }
+        alarm = cw.MathExpression(expression=" + ".join(messages), using_metrics=messages, period=PERIOD).create_alarm(
+            scope,
+            f"DeadLetters{first + n}",
+            alarm_name=f"{project}-dead-letters-{first + n}",
+            alarm_description="A dead-letter queue holds a message: a malformed round message or a round "
+            "that failed 5 times on a client (<project>-<client>-dlq), or a stream batch the aggregation "
+            "function failed on (<project>-aggregation-failures). Inspect the queue, fix, redrive.",
+            threshold=1,
+            evaluation_periods=1,
+            comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+        )
+        alarm.add_alarm_action(cw_actions.SnsAction(topic))
+        alarms.append(alarm)
+    return alarms
+
+
+def client_dead_letters_search(project: str) -> cw.SearchExpression:
+    """Every client dead-letter queue's visible messages (`<project>-<client>-dlq`), found by a search:
+    the queues live in the client groups' nested stacks, and a search graphs up to 500 of them without
+    naming (and referencing) each one."""
+    tokens = " ".join(f"QueueName={token}" for token in project.split("-"))
+    return cw.SearchExpression(
+        expression='SEARCH(\'{AWS/SQS,QueueName} MetricName="ApproximateNumberOfMessagesVisible" '
+        f"{tokens} QueueName=dlq', 'Maximum', {int(PERIOD.to_seconds())})",
+        label="client dead-letter queues",
+        period=PERIOD,
+    )
+
+
 class Monitoring(Construct):
+    """The alarm topic, the stack's own alarms (failed executions; its dead-letter queues, numbered from 1)
+    and the dashboard. The client groups' dead-letter alarms live in their nested stacks
+    (`infra.client_group`), numbered after these."""
+
     def __init__(
         self,
         scope: Construct,
@@ -99,28 +150,8 @@ class Monitoring(Construct):
                 treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
             )
         ]
-        for n in range(dead_letter_alarm_count(len(dead_letter_queues))):
-            group = dead_letter_queues[n * QUEUES_PER_ALARM : (n + 1) * QUEUES_PER_ALARM]
-            messages = {
-                f"q{i}": q.metric_approximate_number_of_messages_visible(period=PERIOD, statistic="Maximum")
-                for i, q in enumerate(group)
-            }
-            self.alarms.append(
-                cw.MathExpression(expression=" + ".join(messages), using_metrics=messages, period=PERIOD).create_alarm(
-                    self,
-                    f"DeadLetters{n + 1}",
-                    alarm_name=f"{project}-dead-letters-{n + 1}",
-                    alarm_description="A dead-letter queue holds a message: a malformed round message or a round "
-                    "that failed 5 times on a client (<project>-<client>-dlq), or a stream batch the aggregation "
-                    "function failed on (<project>-aggregation-failures). Inspect the queue, fix, redrive.",
-                    threshold=1,
-                    evaluation_periods=1,
-                    comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-                    treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
-                )
-            )
-        for alarm in self.alarms:
-            alarm.add_alarm_action(cw_actions.SnsAction(self.topic))
+        self.alarms[0].add_alarm_action(cw_actions.SnsAction(self.topic))
+        self.alarms += dead_letter_alarms(self, project, dead_letter_queues, 1, self.topic)
 
         self.dashboard = cw.Dashboard(
             self, "Dashboard", dashboard_name=f"{project}-training", default_interval=cdk.Duration.days(1)
@@ -147,10 +178,13 @@ class Monitoring(Construct):
             cw.GraphWidget(
                 title="Messages in dead-letter queues",
                 left=[
-                    q.metric_approximate_number_of_messages_visible(period=PERIOD, statistic="Maximum")
-                    for q in dead_letter_queues
+                    *(
+                        q.metric_approximate_number_of_messages_visible(period=PERIOD, statistic="Maximum")
+                        for q in dead_letter_queues
+                    ),
+                    client_dead_letters_search(project),
                 ],
-                legend_position=cw.LegendPosition.HIDDEN if len(dead_letter_queues) > 10 else cw.LegendPosition.BOTTOM,
+                legend_position=cw.LegendPosition.HIDDEN if len(config.clients) > 10 else cw.LegendPosition.BOTTOM,
                 width=12,
             ),
         )

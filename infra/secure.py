@@ -27,6 +27,15 @@ def logical_id(construct: Construct) -> str:
     return cdk.Stack.of(construct).get_logical_id(construct.node.default_child)  # type: ignore[arg-type]
 
 
+def reference_name(scope: Construct, token: str) -> str:
+    """How cdk-nag names a reference in a finding: `<id>.Arn` for `Fn::GetAtt [id, Arn]` (a resource of
+    `scope`'s stack), `<name>` for `Ref name` (a parameter, e.g. a nested stack's)."""
+    resolved = cdk.Stack.of(scope).resolve(token)
+    if "Fn::GetAtt" in resolved:
+        return ".".join(resolved["Fn::GetAtt"])
+    return resolved["Ref"]
+
+
 def key(scope: Construct, project: str) -> kms.Key:
     """The stack's customer-managed key (rotated yearly) for S3, SQS, SNS, DynamoDB and CloudWatch
     Logs (the state machine's execution log holds round data). CloudWatch Logs may use it only for

@@ -5,22 +5,21 @@ from __future__ import annotations
 
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_sns as sns
-from aws_cdk import aws_sns_subscriptions as subs
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 from fedstep.core import keys
 from infra import secure
 from infra.aggregation import Aggregation
-from infra.client_access import ClientAccess
+from infra.client_group import CLIENTS_PER_GROUP, ClientGroup, allow_topic, client_groups, group_id
 from infra.config import DeploymentConfig
-from infra.monitoring import Monitoring
+from infra.monitoring import Monitoring, dead_letter_alarm_count
 from infra.state_machine import training_definition
 
 
 class FedstepStack(cdk.Stack):
-    """Model registry (S3), round topic (SNS) with one queue and one IAM role per client (SQS, IAM),
+    """Model registry (S3), round topic (SNS) with one queue and one IAM role per client (SQS, IAM; in
+    nested stacks of up to 50 clients, `infra.client_group`),
     update table (DynamoDB) whose stream triggers the aggregation function (Lambda), and the
     training state machine (Step Functions), all encrypted with one customer-managed KMS key; a
     CloudWatch dashboard and alarms (`infra.monitoring`)."""
@@ -48,32 +47,6 @@ class FedstepStack(cdk.Stack):
         secure.acknowledge(
             undelivered, "AwsSolutions-SQS3", "This queue is itself the dead-letter queue of the round subscriptions."
         )
-        dead_letter_queues = [undelivered]
-        for client in config.clients:
-            scope = Construct(self, f"Client-{client.id}")  # the client's queue, its DLQ and its role
-            queue = secure.queue(scope, "Queue", config.queue_name(client.id), key, retention)
-            dead_letter_queues.append(queue.dead_letter_queue.queue)
-            topic.add_subscription(
-                subs.SqsSubscription(
-                    queue,
-                    raw_message_delivery=True,
-                    filter_policy={"clients": sns.SubscriptionFilter.string_filter(allowlist=[client.id])},
-                    dead_letter_queue=undelivered,
-                )
-            )
-            access = ClientAccess(scope, "Access", client=client, queue=queue, bucket=bucket, table=table, key=key)
-            cdk.Tags.of(scope).add("component", "client-access")
-            cdk.Tags.of(scope).add("client", client.id)
-            cdk.CfnOutput(
-                self, keys.client_output_key(client.id), value=queue.queue_url, description=f"queue of {client.id}"
-            )
-            cdk.CfnOutput(
-                self,
-                keys.client_role_output_key(client.id),
-                value=access.role.role_arn,
-                description=f"IAM role of {client.id}",
-            )
-
         aggregation = Aggregation(self, "Aggregation", config=config, bucket=bucket, table=table, topic=topic, key=key)
         cdk.Tags.of(aggregation).add("component", "aggregation")
         # The function writes each finished run's model card beside its global model, and nothing
@@ -122,17 +95,43 @@ class FedstepStack(cdk.Stack):
             "Monitoring",
             config=config,
             machine=machine,
-            dead_letter_queues=[*dead_letter_queues, aggregation.failures],
+            dead_letter_queues=[undelivered, aggregation.failures],
             key=key,
         )
         cdk.Tags.of(monitoring).add("component", "monitoring")
+
+        allow_topic(undelivered, topic, key)
+        own_dead_letter_alarms = len(monitoring.alarms) - 1  # besides the failed-executions alarm
+        groups = []
+        for index, clients in enumerate(client_groups(config.clients)):
+            group = ClientGroup(
+                self,
+                group_id(index),
+                config=config,
+                clients=clients,
+                first_alarm=own_dead_letter_alarms + 1 + index * dead_letter_alarm_count(CLIENTS_PER_GROUP),
+                topic=topic,
+                undelivered=undelivered,
+                bucket=bucket,
+                table=table,
+                key=key,
+                alarm_topic=monitoring.topic,
+            )
+            for construct in (group, group.nested_stack_resource):
+                cdk.Tags.of(construct).add("component", "client-access")
+            groups.append(group)
 
         cdk.CfnOutput(self, "BucketName", value=bucket.bucket_name)
         cdk.CfnOutput(self, "TableName", value=table.table_name)
         cdk.CfnOutput(self, "TopicArn", value=topic.topic_arn)
         cdk.CfnOutput(self, "StateMachineArn", value=machine.state_machine_arn)
         cdk.CfnOutput(self, "KeyArn", value=key.key_arn)
-        cdk.CfnOutput(self, "ClientIds", value=",".join(c.id for c in config.clients))
+        cdk.CfnOutput(
+            self,
+            "ClientGroups",
+            value=str(len(groups)),
+            description="nested stacks of clients; each outputs its ClientIds and their queue URLs and role ARNs",
+        )
         cdk.CfnOutput(self, "DashboardName", value=monitoring.dashboard.dashboard_name)
         cdk.CfnOutput(self, "AlarmTopicArn", value=monitoring.topic.topic_arn)
         cdk.CfnOutput(

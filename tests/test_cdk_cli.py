@@ -29,8 +29,10 @@ def test_cdk_synth_works_offline_and_bundles_numpy_for_lambda(tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    template = json.loads((out / "fedstep.template.json").read_text())
-    queues = [r["Properties"] for r in template["Resources"].values() if r["Type"] == "AWS::SQS::Queue"]
+    assert (out / "fedstep.template.json").exists()
+    templates = [json.loads(p.read_text()) for p in out.glob("*.template.json")]  # and its client group's
+    assert len(templates) == 2
+    queues = [r["Properties"] for t in templates for r in t["Resources"].values() if r["Type"] == "AWS::SQS::Queue"]
     assert sum("RedrivePolicy" in q for q in queues) == 2  # one work queue per client, each with its DLQ
     [asset] = [p for p in out.glob("asset.*") if p.is_dir()]
     assert (asset / "lambdas" / "aggregate.py").exists()

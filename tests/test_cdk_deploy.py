@@ -17,7 +17,7 @@ from urllib.request import Request, urlopen
 import boto3
 import pytest
 
-from fedstep.core.keys import client_output_key
+from fedstep.aws.stack import StackOutputs
 from fedstep.local import gaps
 
 REPO = Path(__file__).resolve().parent.parent
@@ -120,14 +120,25 @@ def test_cdk_deploy_creates_the_stack_in_a_moto_server(tmp_path, moto_endpoint):
     [stack] = cfn.describe_stacks(StackName=STACK)["Stacks"]
     assert stack["StackStatus"] in ("CREATE_COMPLETE", "UPDATE_COMPLETE"), stack.get("StackStatusReason")
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
-    queue_outputs = {c: client_output_key(c) for c in CLIENTS}
-    expected = {"BucketName", "TableName", "TopicArn", "StateMachineArn", "ClientIds", *queue_outputs.values()}
+    expected = {"BucketName", "TableName", "TopicArn", "StateMachineArn", "ClientGroups"}
     assert expected <= set(outputs), f"missing outputs {sorted(expected - set(outputs))}"
-    assert outputs["ClientIds"] == ",".join(CLIENTS)
+    # the clients' queues and roles: in the nested stack of their group, read as the operator CLI does
+    clients = StackOutputs.of_stack(cfn, STACK)
+    assert sorted(clients.queues) == sorted(clients.roles) == sorted(CLIENTS)
 
-    # Every resource of the synthesized template that moto creates has a physical resource.
-    resources = json.loads((out / f"{STACK}.template.json").read_text())["Resources"]
-    ids = physical_ids(cfn, STACK)
+    # Every resource of the synthesized templates (the stack's and its nested stacks') that moto creates
+    # has a physical resource. Keys: (stack, logical id).
+    root = json.loads((out / f"{STACK}.template.json").read_text())["Resources"]
+    root_ids = physical_ids(cfn, STACK)
+    resources = {(STACK, lid): r for lid, r in root.items()}
+    ids = {(STACK, lid): pid for lid, pid in root_ids.items()}
+    for lid in (lid for lid, r in root.items() if r["Type"] == "AWS::CloudFormation::Stack"):
+        nested = root_ids[lid]
+        body = cfn.get_template(StackName=nested)["TemplateBody"]
+        body = json.loads(body) if isinstance(body, str) else body
+        resources.update({(nested, n): r for n, r in body["Resources"].items()})
+        ids.update({(nested, n): pid for n, pid in physical_ids(cfn, nested).items()})
+    assert len(resources) > len(root)  # the client group's
     missing = {lid: r["Type"] for lid, r in resources.items() if r["Type"] in CREATED_BY_MOTO and not ids.get(lid)}
     assert not missing, f"template resources without a physical resource: {missing}"
 
@@ -149,12 +160,12 @@ def test_cdk_deploy_creates_the_stack_in_a_moto_server(tmp_path, moto_endpoint):
     assert sns.get_topic_attributes(TopicArn=outputs["TopicArn"])["Attributes"]["TopicArn"] == outputs["TopicArn"]
 
     sqs = client("sqs")
-    for client_id, output in queue_outputs.items():
+    for client_id, queue_url in clients.queues.items():
         url = sqs.get_queue_url(QueueName=f"{STACK}-{client_id}")["QueueUrl"]
         # The output names moto's canonical host (sqs.us-east-1.amazonaws.com), the lookup the endpoint's.
-        assert outputs[output].endswith(f"/{ACCOUNT}/{STACK}-{client_id}"), outputs[output]
+        assert queue_url.endswith(f"/{ACCOUNT}/{STACK}-{client_id}"), queue_url
         assert url.endswith(f"/{ACCOUNT}/{STACK}-{client_id}"), url
-        sqs.get_queue_attributes(QueueUrl=outputs[output], AttributeNames=["QueueArn"])
+        sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
     for queue_url in created("AWS::SQS::Queue"):
         assert sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
 

@@ -7,16 +7,19 @@ makes it raise, so each test also proves the template passes the pack.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+import aws_cdk as cdk
 import pytest
 from aws_cdk.assertions import Template
 
 from fedstep.core import keys
 from fedstep.core.schemas import DeclineItem, Feedback, Heartbeat, ObjectRef, RunRecord, TrainingConfig, UpdateItem
+from infra.client_group import CLIENTS_PER_GROUP
 from infra.config import MAX_CLIENTS, ClientConfig, ConfigError, DeploymentConfig
 from infra.synth import build_app
 from tests.iam_policy import ALLOW, IMPLICIT_DENY, evaluate, put_item_context, resolve
@@ -25,9 +28,50 @@ PARTNER = "arn:aws:iam::111122223333:role/fl-agent"
 
 
 def synth(clients: list[ClientConfig], outdir: Path | None = None, alarm_email: str | None = None) -> Template:
+    """The stack's template with its client groups' nested templates merged in (`flatten`)."""
     config = DeploymentConfig(clients=tuple(clients), alarm_email=alarm_email)
     app = build_app(config, outdir, bundle=False)
-    return Template.from_stack(app.node.find_child(config.stack_name))
+    return flatten(app.node.find_child(config.stack_name))
+
+
+def nested_templates(stack: cdk.Stack) -> dict[str, dict]:
+    """The templates of `stack`'s nested stacks (its client groups) by the logical id of their
+    AWS::CloudFormation::Stack resource in `stack`'s template."""
+    return {
+        stack.get_logical_id(child.nested_stack_resource): Template.from_stack(child).to_json()
+        for child in stack.node.children
+        if isinstance(child, cdk.NestedStack)
+    }
+
+
+def substitute(value: object, parameters: dict[str, object]) -> object:
+    """`value` with each `Ref` to one of `parameters` replaced by the parameter's value."""
+    if isinstance(value, list):
+        return [substitute(v, parameters) for v in value]
+    if isinstance(value, dict):
+        if set(value) == {"Ref"} and value["Ref"] in parameters:
+            return parameters[value["Ref"]]
+        return {k: substitute(v, parameters) for k, v in value.items()}
+    return value
+
+
+def flatten(stack: cdk.Stack) -> Template:
+    """One template as if the nested stacks' resources and outputs were the stack's own: each nested
+    template's parameters replaced by what the stack passes in (the stack's own references), its
+    resources and outputs merged into the stack's (their `ClientIds` joined, as `StackOutputs` reads
+    them). The nested stack resources themselves stay."""
+    merged = Template.from_stack(stack).to_json()
+    client_ids = []
+    for logical_id, nested in nested_templates(stack).items():
+        passed = merged["Resources"][logical_id]["Properties"]["Parameters"]
+        assert set(passed) == set(nested["Parameters"]), logical_id  # every parameter is passed
+        client_ids.append(nested["Outputs"].pop("ClientIds")["Value"])
+        for kind in ("Resources", "Outputs"):
+            clash = set(merged.get(kind, {})) & set(nested.get(kind, {}))
+            assert not clash, f"{kind} {clash} in both the stack and {logical_id}"
+            merged.setdefault(kind, {}).update(substitute(nested.get(kind, {}), passed))
+    merged["Outputs"]["ClientIds"] = {"Value": ",".join(client_ids)}
+    return Template.from_json(merged)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +114,8 @@ def test_each_client_has_a_queue_with_a_dead_letter_queue_and_a_raw_subscription
     policies = [r["Properties"]["FilterPolicy"] for r in resources(template, "AWS::SNS::Subscription").values()]
     assert sorted(json.dumps(p) for p in policies) == ['{"clients": ["org-a"]}', '{"clients": ["org-b"]}']
     outputs = template.find_outputs("*")
-    assert outputs["ClientIds"]["Value"] == "org-a,org-b"
+    assert outputs["ClientIds"]["Value"] == "org-a,org-b"  # the group's (nested stack's) output
+    assert outputs["ClientGroups"]["Value"] == "1"
     assert {keys.client_output_key("org-a"), keys.client_role_output_key("org-b")} <= set(outputs)
 
 
@@ -363,10 +408,11 @@ def test_the_state_machines_payloads_are_built_from_the_message_definitions_in_t
 def test_alarms_watch_failed_runs_and_every_dead_letter_queue_and_notify_the_alarm_topic(template):
     alarms = resources(template, "AWS::CloudWatch::Alarm")
     by_name = {a["Properties"]["AlarmName"]: a["Properties"] for a in alarms.values()}
-    assert set(by_name) == {"fedstep-executions-failed", "fedstep-dead-letters-1"}
+    # the stack's own dead-letter queues' alarm, then its client group's (in the nested stack)
+    assert set(by_name) == {"fedstep-executions-failed", "fedstep-dead-letters-1", "fedstep-dead-letters-2"}
     failed = json.dumps(by_name["fedstep-executions-failed"]["Metrics"])
     assert "ExecutionsFailed" in failed and "ExecutionsTimedOut" in failed
-    watched = json.dumps(by_name["fedstep-dead-letters-1"]["Metrics"])
+    watched = json.dumps([by_name[f"fedstep-dead-letters-{n}"]["Metrics"] for n in (1, 2)])
     dlqs = [k for k, q in resources(template, "AWS::SQS::Queue").items() if "RedrivePolicy" not in q["Properties"]]
     # both clients', the aggregation failures' and the round messages SNS could not deliver
     assert len(dlqs) == 4 and all(d in watched for d in dlqs)
@@ -383,8 +429,11 @@ def test_dead_letter_alarms_cover_every_queue_ten_at_a_time():
     template = synth([ClientConfig(f"org-{i}") for i in range(25)])
     alarms = [a["Properties"] for a in resources(template, "AWS::CloudWatch::Alarm").values()]
     sums = [a for a in alarms if a["AlarmName"].startswith("fedstep-dead-letters-")]
-    assert len(sums) == 3  # 27 dead-letter queues
-    assert sum(len(a["Metrics"]) - 1 for a in sums) == 27  # each: up to 10 queue metrics and their sum
+    # the stack's 2 dead-letter queues, then the group's 25 clients' in 10, 10 and 5
+    assert sorted(len(a["Metrics"]) - 1 for a in sums) == [2, 5, 10, 10]  # each: its queue metrics and their sum
+    watched = json.dumps([a["Metrics"] for a in sums])
+    dlqs = [k for k, q in resources(template, "AWS::SQS::Queue").items() if "RedrivePolicy" not in q["Properties"]]
+    assert len(dlqs) == 27 and all(d in watched for d in dlqs)
 
 
 def test_the_dashboard_graphs_runs_dead_letters_and_every_round_metric(template):
@@ -407,20 +456,65 @@ def test_the_dashboard_graphs_runs_dead_letters_and_every_round_metric(template)
     assert env["POWERTOOLS_METRICS_NAMESPACE"] == "fedstep" and env["PROJECT"] == "fedstep"
 
 
-@pytest.mark.parametrize("n", [3, MAX_CLIENTS])
-def test_nag_clean_and_cfn_lint_clean_for_3_clients_and_the_most_a_stack_holds(tmp_path, n):
-    clients = [ClientConfig(f"org-{i}") for i in range(n)]
-    template = synth(clients, tmp_path, alarm_email="ops@example.org")  # raises on any nag finding
-    template.resource_count_is("AWS::SNS::Subscription", n + 1)  # the clients' queues and the alarm e-mail
-    assert len(template.to_json()["Resources"]) <= 500  # CloudFormation's limit
+def cfn_lint_errors(*paths: Path) -> list[dict]:
+    """cfn-lint's error-level findings on the templates (its warnings, W3005 on CDK's DependsOn, are not)."""
     result = subprocess.run(
-        [sys.executable, "-m", "cfnlint", "--format", "json", str(tmp_path / "fedstep.template.json")],
+        [str(Path(sys.executable).parent / "cfn-lint"), "--format", "json", *map(str, paths)],
         capture_output=True,
         text=True,
         timeout=300,
     )
-    findings = json.loads(result.stdout or "[]")
-    errors = [f for f in findings if f["Level"] == "Error"]
+    # it ran (the old `python -m cfnlint` does not: cfn-lint 1.x has no __main__, and an empty output passed)
+    assert result.stdout.lstrip().startswith("["), f"cfn-lint exited {result.returncode}: {result.stderr[-2000:]}"
+    return [f for f in json.loads(result.stdout) if f["Level"] == "Error"]
+
+
+def test_nag_clean_and_cfn_lint_clean_for_3_clients(tmp_path):
+    clients = [ClientConfig(f"org-{i}") for i in range(3)]
+    template = synth(clients, tmp_path, alarm_email="ops@example.org")  # raises on any nag finding
+    template.resource_count_is("AWS::SNS::Subscription", 3 + 1)  # the clients' queues and the alarm e-mail
+    templates = sorted(tmp_path.glob("*.template.json"), key=lambda p: p.name != "fedstep.template.json")
+    assert len(templates) == 2 and templates[0].name == "fedstep.template.json"
+    errors = cfn_lint_errors(*templates)
+    assert errors == [], errors[:5]
+
+
+def _normalized(text: str) -> str:
+    """A group's template with its clients' ids (org-NNN, in every form CDK writes them) numbered within
+    the group, the group's name and CDK's hash suffixes blanked: the groups' templates are then the same."""
+    first = min(int(n) for n in re.findall(r"org-(\d{3})", text))
+    assert first % CLIENTS_PER_GROUP == 0, first  # groups of 50 in config order
+    text = re.sub(r"org(-|x2d|)(\d{3})", lambda m: f"org{m[1]}#{int(m[2]) - first}", text)
+    text = re.sub(r"Clients\d+", "ClientsN", text)  # the group's own name, in its subscriptions' logical ids
+    text = re.sub(r"(?:[0-9A-F]{8})+\b", "HASH", text)
+    return re.sub(r"(DeadLetters|dead-letters-)\d+", r"\1N", text)  # its alarms' numbers
+
+
+@pytest.mark.timeout(300)
+def test_500_clients_fit_nested_stacks_each_within_cloudformations_limits_nag_and_cfn_lint_clean(tmp_path):
+    """The most clients a deployment holds, in nested stacks of 50: every template within 500
+    resources, 200 outputs and 200 parameters (and 1 MB, the largest template CloudFormation reads from
+    S3). cfn-lint runs on the stack's template and on a group's; the other groups' templates are the
+    same but for their clients' names (cfn-lint over all eleven takes minutes)."""
+    clients = [ClientConfig(f"org-{i:03d}") for i in range(MAX_CLIENTS)]
+    template = synth(clients, tmp_path, alarm_email="ops@example.org")  # raises on any nag finding
+    template.resource_count_is("AWS::SNS::Subscription", MAX_CLIENTS + 1)
+    template.resource_count_is("AWS::IAM::Role", MAX_CLIENTS + 2)  # and the aggregation function's and the machine's
+    template.resource_count_is("AWS::CloudFormation::Stack", MAX_CLIENTS // CLIENTS_PER_GROUP)
+    alarms = [a["Properties"]["AlarmName"] for a in resources(template, "AWS::CloudWatch::Alarm").values()]
+    assert sorted(alarms) == sorted(["fedstep-executions-failed", *(f"fedstep-dead-letters-{n}" for n in range(1, 52))])
+    root = tmp_path / "fedstep.template.json"
+    groups = sorted(tmp_path.glob("*.nested.template.json"))
+    assert len(groups) == 10
+    for path in (root, *groups):
+        body = json.loads(path.read_text())
+        counts = [len(body.get(k, {})) for k in ("Resources", "Outputs", "Parameters")]
+        assert counts[0] <= 500 and counts[1] <= 200 and counts[2] <= 200, (path.name, counts)
+        assert path.stat().st_size < 1_000_000, path.name
+    first = _normalized(groups[0].read_text())
+    for path in groups[1:]:
+        assert _normalized(path.read_text()) == first, path.name
+    errors = cfn_lint_errors(root, groups[0])
     assert errors == [], errors[:5]
 
 

@@ -139,6 +139,7 @@ def test_there_is_one_shim_per_gap_each_with_its_module_and_description():
         "iam_role_policies",
         "stop_execution",
         "task_failure_cause",
+        "sns_fanout",
     ]
     for shim in gaps.SHIMS.values():
         assert (gaps.REPO / shim.module).is_file()
@@ -205,6 +206,65 @@ def test_the_sns_shim_subscribes_the_queue_with_raw_delivery_filter_and_dead_let
         )
     messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
     assert [m["Body"] for m in messages] == ["for a"]  # raw: the body is the message itself
+
+
+NESTED_QUEUE = {
+    "Parameters": {"TopicArn": {"Type": "String"}, "DeadLettersArn": {"Type": "String"}},
+    "Resources": {
+        "Queue": {"Type": "AWS::SQS::Queue"},
+        "Subscription": {
+            "Type": "AWS::SNS::Subscription",
+            "Properties": {
+                "TopicArn": {"Ref": "TopicArn"},
+                "Protocol": "sqs",
+                "Endpoint": {"Fn::GetAtt": ["Queue", "Arn"]},
+                "RawMessageDelivery": True,
+                "FilterPolicy": {"client": ["a"]},
+                "RedrivePolicy": {"deadLetterTargetArn": {"Ref": "DeadLettersArn"}},
+            },
+        },
+    },
+    "Outputs": {"QueueUrl": {"Value": {"Ref": "Queue"}}},
+}
+
+
+def test_moto_creates_nested_stacks_and_the_sns_shim_subscribes_their_queues(moto):
+    """Not a gap: moto creates AWS::CloudFormation::Stack from the template CDK publishes to the bootstrap
+    bucket (TemplateURL as CDK writes it), with the parent's parameters; the client groups rely on it
+    (infra/client_group.py). The SNS shim creates the nested templates' subscriptions too."""
+    cfn, sns, sqs, s3 = client("cloudformation"), client("sns"), client("sqs"), client("s3")
+    bucket = f"cdk-hnb659fds-assets-{ACCOUNT}-{REGION}"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="nested.json", Body=json.dumps(NESTED_QUEUE).encode())
+    url = ["https://s3.", {"Ref": "AWS::Region"}, ".", {"Ref": "AWS::URLSuffix"}, "/", bucket, "/nested.json"]
+    parameters = {"TopicArn": {"Ref": "Topic"}, "DeadLettersArn": {"Fn::GetAtt": ["DeadLetters", "Arn"]}}
+    template = deploy(
+        cfn,
+        {
+            "Topic": {"Type": "AWS::SNS::Topic"},
+            "DeadLetters": {"Type": "AWS::SQS::Queue"},
+            "Group": {
+                "Type": "AWS::CloudFormation::Stack",
+                "Properties": {"TemplateURL": {"Fn::Join": ["", url]}, "Parameters": parameters},
+            },
+        },
+    )
+    [nested] = cfn.describe_stacks(StackName=physical_id(cfn, "Group"))["Stacks"]
+    assert nested["StackStatus"] == "CREATE_COMPLETE"
+    [output] = nested["Outputs"]
+    assert output["OutputKey"] == "QueueUrl" and "/" in output["OutputValue"]
+    assert gaps.SNS_SUBSCRIPTIONS.apply(cfn, sns, sqs, STACK, template) == 1
+    [subscription] = sns.list_subscriptions_by_topic(TopicArn=physical_id(cfn, "Topic"))["Subscriptions"]
+    attributes = sns.get_subscription_attributes(SubscriptionArn=subscription["SubscriptionArn"])["Attributes"]
+    dead_letters = sqs.get_queue_attributes(QueueUrl=physical_id(cfn, "DeadLetters"), AttributeNames=["QueueArn"])
+    assert json.loads(attributes["RedrivePolicy"]) == {"deadLetterTargetArn": dead_letters["Attributes"]["QueueArn"]}
+    sns.publish(
+        TopicArn=physical_id(cfn, "Topic"),
+        Message="for a",
+        MessageAttributes={"client": {"DataType": "String", "StringValue": "a"}},
+    )
+    [message] = sqs.receive_message(QueueUrl=output["OutputValue"])["Messages"]
+    assert message["Body"] == "for a"
 
 
 # -- 2. Step Functions execution -------------------------------------------------------------------
@@ -525,3 +585,29 @@ def test_an_unexpected_lambda_error_keeps_its_traceback(caplog):
             log_failure("fedstep-Aggregation", exc)
     [record] = caplog.records
     assert record.levelno == logging.ERROR and "Traceback" in record.getMessage()
+
+
+# -- 9. SNS fan-out past 100 subscriptions -----------------------------------------------------------
+
+
+def delivered_to_101_queues() -> list[bool]:
+    """A topic with 101 subscribed queues and one message published: which queues received it."""
+    sns, sqs = client("sns"), client("sqs")
+    topic = sns.create_topic(Name="rounds")["TopicArn"]
+    urls = [sqs.create_queue(QueueName=f"q{i:03d}")["QueueUrl"] for i in range(101)]
+    for url in urls:
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
+    sns.publish(TopicArn=topic, Message="round 1")
+    return [bool(sqs.receive_message(QueueUrl=url).get("Messages")) for url in urls]
+
+
+def test_moto_still_delivers_a_message_to_a_topics_first_100_subscriptions_only(moto):
+    received = delivered_to_101_queues()
+    assert all(received[:100])
+    assert not received[100], remove(gaps.SNS_FANOUT, "delivers to every subscription of a topic")
+
+
+def test_the_sns_fanout_shim_delivers_to_every_subscription(moto):
+    gaps.SNS_FANOUT.apply()
+    assert all(delivered_to_101_queues())

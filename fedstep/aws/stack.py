@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,16 +27,31 @@ class StackOutputs:
     """The largest model file the stack aggregates (deployment config `max_model_mb`)."""
 
     @classmethod
-    def parse(cls, outputs: dict[str, str]) -> StackOutputs:
+    def parse(cls, outputs: dict[str, str], groups: Sequence[dict[str, str]] = ()) -> StackOutputs:
+        """The stack's outputs, and its client groups' (its nested stacks' outputs): each names its
+        clients (`ClientIds`, comma-separated) and their queue URLs and role ARNs. A stack without
+        nested stacks names its clients in its own outputs."""
         try:
-            clients = [c for c in outputs["ClientIds"].split(",") if c]
+            queues: dict[str, str] = {}
+            roles: dict[str, str] = {}
+            if "ClientGroups" in outputs and int(outputs["ClientGroups"]) != len(groups):
+                raise FedstepError(
+                    f"the stack has {outputs['ClientGroups']} client group(s) (nested stacks) and {len(groups)} "
+                    "were found; is it fully deployed?"
+                )
+            if "ClientGroups" not in outputs and "ClientIds" not in outputs:
+                raise KeyError("ClientGroups")
+            for group in (outputs, *groups):
+                for cid in (c for c in group.get("ClientIds", "").split(",") if c):
+                    queues[cid] = group[keys.client_output_key(cid)]
+                    roles[cid] = group[keys.client_role_output_key(cid)]
             return cls(
                 bucket=outputs["BucketName"],
                 table=outputs["TableName"],
                 topic_arn=outputs["TopicArn"],
                 state_machine_arn=outputs["StateMachineArn"],
-                queues={cid: outputs[keys.client_output_key(cid)] for cid in clients},
-                roles={cid: outputs[keys.client_role_output_key(cid)] for cid in clients},
+                queues=queues,
+                roles=roles,
                 max_model_bytes=int(outputs.get("MaxModelBytes", DEFAULT_MAX_BYTES)),
             )
         except KeyError as exc:
@@ -59,8 +75,25 @@ class StackOutputs:
 
     @classmethod
     def of_stack(cls, cfn: Any, stack_name: str) -> StackOutputs:
+        """Read the outputs of stack `stack_name` and of its nested stacks (one call per client group)."""
         try:
-            stack = cfn.describe_stacks(StackName=stack_name)["Stacks"][0]
+            stack = _describe(cfn, stack_name)
+            pages = cfn.get_paginator("list_stack_resources").paginate(StackName=stack_name)
+            nested = [
+                r["PhysicalResourceId"]
+                for page in pages
+                for r in page["StackResourceSummaries"]
+                if r["ResourceType"] == "AWS::CloudFormation::Stack" and r.get("PhysicalResourceId")
+            ]
+            groups = [_outputs(_describe(cfn, stack_id)) for stack_id in nested]
         except ClientError as exc:
             raise FedstepError(f"cannot read stack {stack_name!r}: {exc}") from None
-        return cls.parse({o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])})
+        return cls.parse(_outputs(stack), [g for g in groups if "ClientIds" in g])
+
+
+def _describe(cfn: Any, stack: str) -> dict[str, Any]:
+    return cfn.describe_stacks(StackName=stack)["Stacks"][0]
+
+
+def _outputs(stack: dict[str, Any]) -> dict[str, str]:
+    return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}

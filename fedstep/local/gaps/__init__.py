@@ -9,7 +9,8 @@ fails once moto fixes the gap (then the shim goes). moto runs the synthesized Cl
 5. `kms_from_cloudformation`: its `AWS::KMS::Key` handler fails on CloudFormation's tags and policy objects;
 6. `iam_role_policies`: its `AWS::IAM::Role` handler stores inline policies as objects;
 7. `stop_execution`: its StopExecution does not interrupt an execution waiting for a task token;
-8. `task_failure_cause`: its SendTaskFailure drops the cause.
+8. `task_failure_cause`: its SendTaskFailure drops the cause;
+9. `sns_fanout`: its SNS delivers a message to a topic's first 100 subscriptions only.
 
 Each shim's `gap` says what moto does and what AWS does; `apply(...)` fills the gap and `undo()` restores
 what it replaced. `PATCHES` replace moto code for the whole process (`apply_patches` when the local cloud
@@ -24,6 +25,7 @@ from fedstep.local.gaps import (
     iam_role_policies,
     kms_from_cloudformation,
     lambda_in_process,
+    sns_fanout,
     sns_subscriptions,
     step_functions_execution,
     stop_execution,
@@ -44,6 +46,7 @@ KMS_FROM_CLOUDFORMATION = kms_from_cloudformation.SHIM
 IAM_ROLE_POLICIES = iam_role_policies.SHIM
 STOP_EXECUTION = stop_execution.SHIM
 TASK_FAILURE_CAUSE = task_failure_cause.SHIM
+SNS_FANOUT = sns_fanout.SHIM
 
 # Applied in this order (the stream delivery wraps the in-process runner), undone in reverse.
 PATCHES: tuple[PatchShim, ...] = (
@@ -53,6 +56,7 @@ PATCHES: tuple[PatchShim, ...] = (
     IAM_ROLE_POLICIES,
     STOP_EXECUTION,
     TASK_FAILURE_CAUSE,
+    SNS_FANOUT,
 )
 STACK_SHIMS: tuple[StackShim, ...] = (SNS_SUBSCRIPTIONS, STEP_FUNCTIONS_EXECUTION)
 SHIMS: dict[str, Shim] = {shim.name: shim for shim in (*STACK_SHIMS, *PATCHES)}
@@ -82,6 +86,7 @@ __all__ = [
     "PATCHES",
     "REPO",
     "SHIMS",
+    "SNS_FANOUT",
     "SNS_SUBSCRIPTIONS",
     "STACK_SHIMS",
     "STEP_FUNCTIONS_EXECUTION",
