@@ -30,10 +30,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: fedstep and tests
 
 from client_agent.agent import Agent, Outcome
-from client_agent.config import AgentConfig
 from fedstep.local.cloud import LocalCloud
 from infra.config import ClientConfig, DeploymentConfig
-from tests.cloud_helpers import ShiftTrainer, serve, start, summaries, wait_for_execution
+from tests.cloud_helpers import ShiftTrainer, agent_config, serve, start, summaries, wait_for_execution
 
 
 def agents(cloud: LocalCloud, workdir: Path) -> list[Agent]:
@@ -41,22 +40,7 @@ def agents(cloud: LocalCloud, workdir: Path) -> list[Agent]:
     out = cloud.outputs
     assert out is not None
     return [
-        Agent(
-            AgentConfig(
-                client_id=cid,
-                queue_url=out.queues[cid],
-                bucket=out.bucket,
-                table=out.table,
-                region="us-east-1",
-                endpoint_url=cloud.endpoint,
-                role_arn=out.roles[cid],
-                data="unused",
-                poll_wait_s=1,
-                cache_dir=str(workdir / cid),
-                heartbeat_s=0,
-            ),
-            ShiftTrainer(1.0, 10),
-        )
+        Agent(agent_config(cloud, cid, workdir, role_arn=out.roles[cid], heartbeat_s=0), ShiftTrainer(1.0, 10))
         for cid in sorted(out.queues)
     ]
 

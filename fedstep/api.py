@@ -238,16 +238,8 @@ class Operator:
         names (rounds=20, learning_rate=0.1, ...), over the run file's. Warns on stderr, before
         starting, when fewer clients are online than the run's quorum. `watch=True` prints each round
         until the run ends, and raises FedstepError if it does not succeed."""
-        from fedstep.cli import START_DEFAULTS, _warn_if_offline
-        from fedstep.cli.start import (
-            RunSettings,
-            build_model,
-            keras_payload,
-            merge_settings,
-            resume_rounds,
-            resume_run,
-            start_run,
-        )
+        from fedstep.cli import START_DEFAULTS, launch
+        from fedstep.cli.start import RunSettings, merge_settings, resume_rounds
 
         _check_settings(settings, "start")
         file_values = _run_file(run_file)
@@ -258,27 +250,10 @@ class Operator:
         rounds = resume_rounds(resume, flags, file_values) if resume else None
         base = RunSettings(rounds=START_DEFAULTS.rounds, round_timeout_s=START_DEFAULTS.timeout)
         run_settings = merge_settings(base, file_values, flags)
-        stack, client = self.stack, self.stack.client
-        _warn_if_offline(stack, run_settings, resume)
-        if resume:
-            started = resume_run(
-                resume,
-                stack.outputs,
-                s3=client("s3"),
-                dynamodb=client("dynamodb"),
-                stepfunctions=client("stepfunctions"),
-                rounds=rounds,
-            )
-        else:
-            started = start_run(
-                *keras_payload(build_model(model, seed if seed is not None else file_values.get("seed"))),
-                run_settings,
-                stack.outputs,
-                s3=client("s3"),
-                dynamodb=client("dynamodb"),
-                stepfunctions=client("stepfunctions"),
-                run_id=run_id,
-            )
+        file_seed = seed if seed is not None else file_values.get("seed")
+        started = launch(
+            self.stack, run_settings, model=model, seed=file_seed, run_id=run_id, resume=resume, rounds=rounds
+        )
         if watch:
             self.watch(started.run_id)
         return started.run_id

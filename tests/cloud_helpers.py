@@ -8,6 +8,7 @@ server never reads the architecture file). `fedstep local` with Keras clients is
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -58,20 +59,26 @@ class ShiftTrainer:
         return TrainResult({k: v + self.shift for k, v in weights.items()}, self.n, {"train_loss": 1 / self.shift})
 
 
-def agent(cloud, client_id, tmp_path, trainer=None):
+def agent_config(cloud, client_id, workdir, **fields) -> AgentConfig:
+    """An agent's config for `client_id` of the local cloud's stack, caching under `workdir/<id>`;
+    `fields` override the defaults (e.g. `role_arn`, `heartbeat_s`)."""
     out = cloud.outputs
-    config = AgentConfig(
-        client_id=client_id,
-        queue_url=out.queues[client_id],
-        bucket=out.bucket,
-        table=out.table,
-        region="us-east-1",
-        endpoint_url=cloud.endpoint,
-        data="unused",
-        poll_wait_s=1,
-        cache_dir=str(tmp_path / client_id),
-    )
-    return Agent(config, trainer or ShiftTrainer(*SHIFTS[client_id]))
+    defaults = {
+        "client_id": client_id,
+        "queue_url": out.queues[client_id],
+        "bucket": out.bucket,
+        "table": out.table,
+        "region": "us-east-1",
+        "endpoint_url": cloud.endpoint,
+        "data": "unused",
+        "poll_wait_s": 1,
+        "cache_dir": str(workdir / client_id),
+    }
+    return AgentConfig(**{**defaults, **fields})
+
+
+def agent(cloud, client_id, tmp_path, trainer=None):
+    return Agent(agent_config(cloud, client_id, tmp_path), trainer or ShiftTrainer(*SHIFTS[client_id]))
 
 
 def start(
@@ -173,3 +180,19 @@ def fedstep(cloud, *args: str, timeout: int = 240) -> subprocess.CompletedProces
         text=True,
         timeout=timeout,
     )
+
+
+def agent_processes(out: Path) -> dict[str, int]:
+    """The pids of the client agents `fedstep local --out <out>` started, by client id (from
+    their command lines: `client_agent.cli ... <out>/clients/<id>.json`)."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "client_agent.cli" in cmdline and str(out) in cmdline:
+                match = re.search(r"([A-Za-z0-9_-]+)\.json", cmdline)
+                found[match.group(1) if match else proc.name] = int(proc.name)
+    return found

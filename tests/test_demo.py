@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cloud_helpers import agent_processes
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -27,16 +29,7 @@ def _fedstep_local(out: Path, *args: str) -> subprocess.Popen[str]:
 
 def _clients_of(out: Path) -> list[int]:
     """PIDs of client agents started for this output folder."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if "client_agent.cli" in cmdline and str(out) in cmdline:
-                pids.append(int(proc.name))
-    return pids
+    return sorted(agent_processes(out).values())
 
 
 def _wait_for_line(proc: subprocess.Popen[str], text: str, timeout_s: float = 180) -> list[str]:

@@ -38,7 +38,16 @@ from fedstep.core.schemas import (
     parse_message,
 )
 from fedstep.local import gaps
-from tests.cloud_helpers import agent, drain_queues, fedstep, published_round, receive, serve_run, start
+from tests.cloud_helpers import (
+    agent,
+    agent_config,
+    drain_queues,
+    fedstep,
+    published_round,
+    receive,
+    serve_run,
+    start,
+)
 
 REF = ObjectRef("runs/r/model.keras", "0" * 64, 1)
 SIZES = {"client-1": (60, 20), "client-2": (90, 30)}  # (train, test) examples
@@ -72,18 +81,7 @@ def nudge(model, data, training):
 
 
 def keras_agent(cloud, client_id: str, tmp_path, evaluates: bool = True) -> Agent:
-    config = AgentConfig(
-        client_id=client_id,
-        queue_url=cloud.outputs.queues[client_id],
-        bucket=cloud.outputs.bucket,
-        table=cloud.outputs.table,
-        region="us-east-1",
-        endpoint_url=cloud.endpoint,
-        data="in-memory",
-        poll_wait_s=1,
-        heartbeat_s=0,
-        cache_dir=str(tmp_path / client_id),
-    )
+    config = agent_config(cloud, client_id, tmp_path, data="in-memory", heartbeat_s=0)
     trainer = FunctionTrainer(
         nudge, client_data()[client_id], "tests:nudge", evaluate_with=keras_evaluate if evaluates else None
     )

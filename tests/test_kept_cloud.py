@@ -22,6 +22,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from tests.cloud_helpers import agent_processes
 from tests.test_readme_monitoring import monitoring_commands
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,16 +63,7 @@ class KeptCloud:
 
     def agents(self) -> dict[str, int]:
         """The pids of this cloud's client agents, by client id."""
-        found = {}
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit():
-                try:
-                    cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                except OSError:
-                    continue
-                if "client_agent.cli" in cmdline and str(self.out) in cmdline:
-                    found[re.search(r"(client-\d+)\.json", cmdline).group(1)] = int(proc.name)
-        return found
+        return agent_processes(self.out)
 
 
 def _wait_until(condition, timeout_s: float, what: str) -> None:

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 
 from client_agent.agent import Agent
-from client_agent.config import AgentConfig
 from client_agent.training import FunctionTrainer
 from fedstep.aws.adapters import DynamoRoundTable
 from fedstep.core import tensors
-from tests.cloud_helpers import drain_queues, fedstep, wait_for_execution
+from tests.cloud_helpers import agent_config, drain_queues, fedstep, wait_for_execution
 
 
 def round_rows(text: str) -> list[list[str]]:
@@ -39,18 +38,7 @@ def serve_in_background(cloud, tmp_path) -> list[threading.Thread]:
     threads = []
     for cid, n in (("client-1", 10), ("client-2", 30)):
         x = np.zeros((n, 64), np.float32)
-        config = AgentConfig(
-            client_id=cid,
-            queue_url=cloud.outputs.queues[cid],
-            bucket=cloud.outputs.bucket,
-            table=cloud.outputs.table,
-            region="us-east-1",
-            endpoint_url=cloud.endpoint,
-            data="in-memory",
-            poll_wait_s=1,
-            heartbeat_s=0,
-            cache_dir=str(tmp_path / cid),
-        )
+        config = agent_config(cloud, cid, tmp_path, data="in-memory", heartbeat_s=0)
         agent = Agent(config, FunctionTrainer(nudge, ((x, np.zeros(n)), (x[:2], np.zeros(2))), "tests:nudge"))
         thread = threading.Thread(target=agent.run, daemon=True)
         thread.start()

@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 
 from client_agent.agent import Agent, Outcome
-from client_agent.config import AgentConfig
 from fedstep.aws.adapters import S3ModelStore
 from fedstep.core import tensors
-from tests.cloud_helpers import INITIAL, ShiftTrainer, serve, start, summaries, wait_for_execution
+from tests.cloud_helpers import INITIAL, ShiftTrainer, agent_config, serve, start, summaries, wait_for_execution
 
 CLIENTS = 200
 ROUNDS = 3
@@ -49,19 +48,7 @@ def test_200_clients_each_with_its_own_queue_and_role_serve_3_rounds(cloud, tmp_
     started = time.monotonic()
     agents = [
         Agent(
-            AgentConfig(
-                client_id=cid,
-                queue_url=out.queues[cid],
-                bucket=out.bucket,
-                table=out.table,
-                region="us-east-1",
-                endpoint_url=cloud.endpoint,
-                role_arn=out.roles[cid],
-                data="unused",
-                poll_wait_s=1,
-                cache_dir=str(tmp_path / cid),
-                heartbeat_s=0,
-            ),
+            agent_config(cloud, cid, tmp_path, role_arn=out.roles[cid], heartbeat_s=0),
             ShiftTrainer(1.0 + i % 2, 10),  # shifts 1 and 2, equally weighted: 1.5 a round
         )
         for i, cid in enumerate(sorted(out.queues))

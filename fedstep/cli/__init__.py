@@ -296,7 +296,7 @@ def _strategies(args: argparse.Namespace) -> int:
 
 
 def _start(args: argparse.Namespace) -> int:
-    from fedstep.cli.start import build_model, keras_payload, resume_rounds, resume_run, start_run
+    from fedstep.cli.start import resume_rounds
 
     run_file = _run_file(args)
     model = args.model or run_file.get("model")
@@ -305,33 +305,37 @@ def _start(args: argparse.Namespace) -> int:
     rounds = resume_rounds(args.resume, vars(args), run_file) if args.resume else None  # refuses other settings
     settings = _settings(args, START_DEFAULTS, run_file)
     stack = _Stack(args)
-    client, outputs = stack.client, stack.outputs
-    _warn_if_offline(stack, settings, args.resume)
-    if args.resume:
-        started = resume_run(
-            args.resume,
-            outputs,
-            s3=client("s3"),
-            dynamodb=client("dynamodb"),
-            stepfunctions=client("stepfunctions"),
-            rounds=rounds,
-        )
-        print(f"resumed run {args.resume} as run {started.run_id}")
-        print(f"execution: {started.execution_arn}")
-        return _watch(stack, started.run_id, 2.0) if args.watch else 0
     seed = args.seed if args.seed is not None else run_file.get("seed")
-    started = start_run(
-        *keras_payload(build_model(model, seed)),
-        settings,
-        outputs,
-        s3=client("s3"),
-        dynamodb=client("dynamodb"),
-        stepfunctions=client("stepfunctions"),
-        run_id=args.run_id,
-    )
-    print(f"started run {started.run_id} with clients {', '.join(started.clients)}")
+    started = launch(stack, settings, model=model, seed=seed, run_id=args.run_id, resume=args.resume, rounds=rounds)
+    if args.resume:
+        print(f"resumed run {args.resume} as run {started.run_id}")
+    else:
+        print(f"started run {started.run_id} with clients {', '.join(started.clients)}")
     print(f"execution: {started.execution_arn}")
     return _watch(stack, started.run_id, 2.0) if args.watch else 0
+
+
+def launch(
+    stack: _Stack,
+    settings: Any,
+    *,
+    model: str | None,
+    seed: int | None,
+    run_id: str | None,
+    resume: str | None,
+    rounds: int | None,
+) -> Any:  # -> StartedRun
+    """Start a run of `model` with `settings`, or resume the run `resume` (for `rounds` more, when
+    given), after warning when fewer clients are online than the run's quorum; what `fedstep start`
+    and `fedstep.Operator.start` do."""
+    from fedstep.cli.start import build_model, keras_payload, resume_run, start_run
+
+    client, outputs = stack.client, stack.outputs
+    _warn_if_offline(stack, settings, resume)
+    services = {"s3": client("s3"), "dynamodb": client("dynamodb"), "stepfunctions": client("stepfunctions")}
+    if resume:
+        return resume_run(resume, outputs, **services, rounds=rounds)
+    return start_run(*keras_payload(build_model(model, seed)), settings, outputs, **services, run_id=run_id)
 
 
 def _warn_if_offline(stack: _Stack, settings: Any, resume: str | None) -> None:
