@@ -109,6 +109,17 @@ def test_the_card_names_the_model_its_sha256s_each_clients_examples_the_settings
     assert card["privacy"] is None
 
 
+@pytest.mark.parametrize("forged", [{"num_examples": "lots"}, {"num_examples": 10**120}, {"round": "two"}])
+def test_a_client_rewriting_its_update_item_cannot_keep_the_card_from_being_written_or_inflate_its_size(forged):
+    """The attack: after the run, a client rewrites its own latest update item (its role may)."""
+    world = two_round_world()
+    key = keys.update_item_key(RUN, 1, "b")
+    world.table.items[(key["pk"], key["sk"])] = {**world.table.get(key), **forged}
+    ref = model_card.write_card(RUN, 2, world.store, world)
+    clients = json.loads(world.store.get(ref.key))["data"]["clients"]
+    assert clients == {"a": {"num_examples": 12, "round": 2}}  # b's malformed item is left out, not trusted
+
+
 def test_a_card_is_the_same_bytes_whoever_writes_it_and_is_written_once():
     world = two_round_world()
     first = model_card.write_card(RUN, 2, world.store, world)

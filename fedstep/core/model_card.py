@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from fedstep.core import keys, tensors
 from fedstep.core.errors import FedstepError
 from fedstep.core.ports import ModelStore
-from fedstep.core.schemas import ObjectRef, RoundSummary, RunRecord, is_completed
+from fedstep.core.schemas import InvalidMessage, ObjectRef, RoundSummary, RunRecord, UpdateItem, is_completed
 
 CARD_KIND = "model_card"
 APPROVAL_KIND = "approved_model"
@@ -174,9 +174,22 @@ def compose_card(run_id: str, round_number: int, store: ModelStore, table: CardT
     if run.model:
         verify(run.model, architecture, "architecture")
     arch_ref = ObjectRef(model_key, tensors.sha256_hex(architecture), len(architecture))
-    items = table.latest_updates(run_id, run.clients, round_number)
-    sizes = {c: ClientSize(int(item["num_examples"]), int(item["round"])) for c, item in items.items()}
-    return build_card(run, summary, arch_ref, sizes)
+    return build_card(run, summary, arch_ref, client_sizes(table.latest_updates(run_id, run.clients, round_number)))
+
+
+def client_sizes(items: dict[str, dict[str, Any]]) -> dict[str, ClientSize]:
+    """Each client's size from its latest update item, as the client wrote it and so bounded first
+    (`UpdateItem.parse`: `num_examples` at most `limits.MAX_EXAMPLES`); a client whose item does not
+    parse (a rewritten, malformed item) is left out, so no client can keep a card from being written."""
+    sizes = {}
+    for client, raw in items.items():
+        try:
+            item = UpdateItem.parse(raw)
+        except InvalidMessage:
+            continue
+        if item.client_id == client:
+            sizes[client] = ClientSize(item.num_examples, item.round)
+    return sizes
 
 
 def write_card(run_id: str, round_number: int, store: ModelStore, table: CardTable) -> ObjectRef:
