@@ -1,7 +1,11 @@
-"""Aggregation memory: the real aggregation path's peak as a multiple of one model, against loading
-every update first (the baseline), in the same process.
+"""Aggregation memory and speed: the real aggregation path's peak as a multiple of one model, against
+loading every update first (the baseline), and FedAvg's accumulation against an in-place float32
+sum of the same bytes, in the same process.
 
-    .venv/bin/python bench/aggregation_memory.py [--clients 20] [--params 2000000]
+    .venv/bin/python bench/aggregation_memory.py [--clients 20] [--params 2000000] [--speed-clients 40]
+
+Two ratios answer issue 14's goals: accumulation speed / in-place float32 sum (goal >= 0.5), and
+peak / (2x one model + one update) (goal <= 1).
 
 The real path is `fedstep.core.rounds.try_complete_round` on in-memory ports (tests/memory_ports.py): it
 claims the round, reads each update's header and then its data into one buffer, checks it, bounds
@@ -100,6 +104,60 @@ def measure(fn: Callable[..., tensors.Tensors], *args: object) -> tuple[float, f
     return seconds, peak / 2**20, result
 
 
+def best_of(repeat: int, fn: Callable[[], object]) -> float:
+    """The fastest of `repeat` calls, in seconds (the least disturbed by other work)."""
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def speed(clients: int, params: int, repeat: int = 5) -> float:
+    """Prints FedAvg's accumulation (`fedstep.core.strategies.aggregation.weighted_mean` over
+    updates already in memory) against an in-place float32 sum of the same arrays, and the checks'
+    pass (sha256 + finite) against sha256 alone; returns the accumulation's ratio."""
+    import hashlib
+
+    from fedstep.core.strategies import ClientUpdate
+    from fedstep.core.strategies.aggregation import weighted_mean
+    from fedstep.core.strategies.update_list import UpdateList
+    from fedstep.core.update_source import CHECK_BLOCK_BYTES, DataCheck
+
+    rng = np.random.default_rng(1)
+    arrays = [rng.normal(size=params).astype(np.float32) for _ in range(clients)]
+    updates = [ClientUpdate(f"c{i}", 100 + i, {"w": a}) for i, a in enumerate(arrays)]
+    mib = clients * 4 * params / 2**20
+
+    def float32_sum() -> None:
+        acc = np.zeros(params, dtype=np.float32)
+        for a in arrays:
+            np.add(acc, a, out=acc)
+
+    def sha256_only() -> None:
+        for a in arrays:
+            hashlib.sha256(memoryview(a)).hexdigest()
+
+    def checks() -> None:
+        for a in arrays:
+            check, view = DataCheck(hashlib.sha256()), memoryview(a).cast("B")
+            for start in range(0, len(view), CHECK_BLOCK_BYTES):
+                check.feed(view[start : start + CHECK_BLOCK_BYTES])
+
+    base = best_of(repeat, float32_sum)
+    fused = best_of(repeat, lambda: weighted_mean(UpdateList(updates)))
+    hashed, checked = best_of(repeat, sha256_only), best_of(repeat, checks)
+    print(f"\n{clients} updates x {4 * params / 2**20:.1f} MiB in memory ({mib:.0f} MiB), best of {repeat}:")
+    print(f"in-place float32 sum (baseline)   : {base:7.4f} s  {mib / 1024 / base:6.1f} GiB/s")
+    print(f"FedAvg's weighted accumulation    : {fused:7.4f} s  {mib / 1024 / fused:6.1f} GiB/s")
+    print(f"checks' pass (sha256 + finite)     : {checked:7.4f} s  {mib / 1024 / checked:6.1f} GiB/s")
+    print(f"sha256 alone                      : {hashed:7.4f} s  {mib / 1024 / hashed:6.1f} GiB/s")
+    print(f"ratio accumulation / float32 sum  : {base / fused:.2f} (goal >= 0.5)")
+    print(f"ratio checks / sha256 alone       : {hashed / checked:.2f} (what the finiteness check adds)")
+    return base / fused
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=20)
@@ -107,6 +165,7 @@ def main() -> None:
     parser.add_argument(
         "--strategy", default="fedavg", help="a strategy's peak besides FedAvg's (its first round; no comparison)"
     )
+    parser.add_argument("--speed-clients", type=int, default=40, help="updates in the speed comparison")
     args = parser.parse_args()
     if args.strategy != "fedavg":
         store, table, _, global_bytes = make_round(args.clients, args.params, strategy=args.strategy)
@@ -129,6 +188,8 @@ def main() -> None:
         f"real path peak: {real_mib / model_mib:.2f} x one model, independent of the number of clients "
         "(DESIGN invariant 5: at most 2x one model plus one update = 3x)"
     )
+    print(f"ratio peak / (2x one model + one update): {real_mib / (3 * model_mib):.2f} (goal <= 1)")
+    speed(args.speed_clients, args.params)
 
 
 if __name__ == "__main__":

@@ -55,8 +55,9 @@ def test_fedavg_reads_each_update_once_from_a_stream():
     assert consumed == [u.client_id for u in updates]
 
 
-def test_fedavg_multiplies_and_sums_in_float64():
-    """Finite float32 inputs whose float32 products overflow: 1e30 x 1e12 examples is inf in float32."""
+def test_fedavg_sum_stays_finite_for_huge_example_counts():
+    """Finite float32 inputs whose products with the raw counts overflow: 1e30 x 1e12 examples is
+    inf in float32; the sum's weights are scaled down by a power of two, so it stays finite."""
     zeros = {"w": np.zeros(3, np.float32)}
     updates = [ClientUpdate(c, 10**12, {"w": np.full(3, 1e30, np.float32)}) for c in ("a", "b")]
     result = _aggregate(zeros, UpdateList(updates))

@@ -26,12 +26,13 @@ def bounded_examples(client_id: str, claimed: int, bounds: Bounds) -> tuple[int,
     return cap, f"examples {claimed} -> {cap}"
 
 
-def norm_bound(delta: Tensors, bounds: Bounds) -> tuple[np.float32 | None, str | None]:
+def norm_bound(delta: Tensors, bounds: Bounds, norm: float | None = None) -> tuple[np.float32 | None, str | None]:
     """The factor that brings `delta` down to `max_update_norm` (None: within bounds) and what was
-    clipped; raises InvalidUpdate when the run rejects such updates. `delta` is not changed."""
+    clipped; raises InvalidUpdate when the run rejects such updates. `delta` is not changed; `norm`
+    is its L2 norm where the caller measured it already."""
     if bounds.max_update_norm is None:
         return None, None
-    norm = l2_norm(delta)
+    norm = l2_norm(delta) if norm is None else norm
     if norm <= bounds.max_update_norm:
         return None, None
     if bounds.action == "reject":

@@ -98,7 +98,7 @@ def decode(
         if tensor.dtype != DTYPE:
             raise InvalidUpdate(f"tensor {name!r} has dtype {tensor.dtype}, expected float32")
         if not np.isfinite(tensor).all():
-            raise InvalidUpdate(f"tensor {name!r} has non-finite values (NaN or Inf)")
+            raise non_finite(name)
     if expected is not None:
         check_matches(tensors, expected)
     return tensors
@@ -118,14 +118,23 @@ def chunks(array: np.ndarray) -> Iterator[np.ndarray]:
         yield flat[start : start + CHUNK_ELEMENTS]
 
 
+def sum_of_squares(values: np.ndarray) -> float:
+    """The sum of the squares of `values` (float32 or float64), in float64 and numpy's pairwise sum,
+    `CHUNK_ELEMENTS` at a time. Not BLAS: its threads stalled on a busy machine, and the result
+    must not depend on how many there are. Non-finite iff a value is (a float32 squared cannot
+    overflow float64), so it doubles as the finiteness check."""
+    total = 0.0
+    wide = np.empty(min(CHUNK_ELEMENTS, values.size), dtype=np.float64)
+    for part in chunks(values):
+        square = wide[: part.size]
+        np.multiply(part, part, out=square, dtype=np.float64)
+        total += float(square.sum())
+    return total
+
+
 def l2_norm(delta: Tensors) -> float:
     """The L2 norm of all tensors together, summed in float64 (chunked: small temporaries)."""
-    total = 0.0
-    for tensor in delta.values():
-        for part in chunks(tensor):
-            wide = part.astype(np.float64)
-            total += float(np.dot(wide, wide))
-    return math.sqrt(total)
+    return math.sqrt(sum(sum_of_squares(tensor) for tensor in delta.values()))
 
 
 def all_finite(array: np.ndarray) -> bool:
@@ -230,16 +239,23 @@ def _fedstep_metadata(raw: object) -> dict[str, object]:
     return parsed if isinstance(parsed, dict) else {}
 
 
-def views(data: bytes | bytearray | memoryview, header: Header, expected: TensorSpec) -> Tensors:
+def views(
+    data: bytes | bytearray | memoryview, header: Header, expected: TensorSpec, *, check_finite: bool = True
+) -> Tensors:
     """The tensors of a file whose `header` was checked, as views into its data section `data` (no
-    copy; writable when `data` is a bytearray). Raises InvalidUpdate on a non-finite value."""
+    copy; writable when `data` is a bytearray). Raises InvalidUpdate on a non-finite value, unless
+    the caller checked that already (`check_finite=False`)."""
     out: Tensors = {}
     for name, (start, end) in header.offsets.items():
         flat = np.frombuffer(data, dtype="<f4", count=(end - start) // 4, offset=start)
-        if not all_finite(flat):
-            raise InvalidUpdate(f"tensor {name!r} has non-finite values (NaN or Inf)")
+        if check_finite and not all_finite(flat):
+            raise non_finite(name)
         out[name] = flat.reshape(expected.shapes[name])
     return out
+
+
+def non_finite(name: str) -> InvalidUpdate:
+    return InvalidUpdate(f"tensor {name!r} has non-finite values (NaN or Inf)")
 
 
 def check_matches(tensors: Tensors, expected: TensorSpec) -> None:

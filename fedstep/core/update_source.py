@@ -21,15 +21,17 @@ after its check cannot mix in. Memory: one slice of every update, `SLICE_BUDGET_
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from fedstep.core import influence, limits, tensors
 from fedstep.core.errors import InvalidUpdate
-from fedstep.core.ports import ModelStore
+from fedstep.core.ports import ModelStore, RangeRead
 from fedstep.core.schemas import Adjustment, Bounds, ObjectRef, Rejection, UpdateItem
 from fedstep.core.strategies import ClientUpdate, UpdateInfo
 
@@ -76,15 +78,27 @@ class CheckedFile:
     tensors: tensors.Tensors
     header: tensors.Header
     version: str | None
+    norm: float | None = None
+    """The L2 norm of all its tensors, when asked for."""
 
 
-def read_update(store: ModelStore, item: UpdateItem, layout: ModelLayout) -> CheckedFile:
+def read_update(store: ModelStore, item: UpdateItem, layout: ModelLayout, *, norm: bool = False) -> CheckedFile:
     """A client's update, checked against its item and the model (steps 1-3 above); InvalidUpdate
-    with a short reason on any defect."""
+    with a short reason on any defect. `norm`: also measure its L2 norm (`CheckedFile.norm`)."""
+    check_size(item, layout)
+    return _read_file(store, item.update, layout, metadata_check(item), norm=norm)
+
+
+def check_size(item: UpdateItem, layout: ModelLayout) -> None:
+    """Step 1: an oversized file is refused before a byte of it is read."""
     if item.update.bytes > layout.max_file_bytes:
         raise InvalidUpdate(
             f"file is {item.update.bytes} bytes, over the limit of {layout.max_file_bytes} for this model"
         )
+
+
+def metadata_check(item: UpdateItem) -> Callable[[dict[str, object]], None]:
+    """A check that a file's fedstep metadata says what its update item says."""
     expected = item.file_metadata()
 
     def check(metadata: dict[str, object]) -> None:
@@ -92,7 +106,45 @@ def read_update(store: ModelStore, item: UpdateItem, layout: ModelLayout) -> Che
         if differing:
             raise InvalidUpdate(f"update file's metadata differs from the update item in {differing[:8]}")
 
-    return _read_file(store, item.update, layout, check)
+    return check
+
+
+CHECK_BLOCK_BYTES = 1 << 20
+"""Bytes of tensor data checked at a time: hashed, then checked finite (and squared) while they are
+still in the CPU's cache, so the checks cost one pass over memory."""
+
+
+@dataclass
+class DataCheck:
+    """One pass over a file's tensor data, a block at a time: the file's sha256 (continuing the
+    header's), whether every value is finite, and (if asked) the sum of their squares. Safetensors
+    data of a checked header is float32 back to back, so any block of 4-byte multiples is floats."""
+
+    digest: Any
+    squares: float | None = None
+    finite: bool = True
+
+    def feed(self, block: memoryview | bytes) -> None:
+        self.digest.update(block)
+        values = np.frombuffer(block, dtype="<f4")
+        self.finite = self.finite and bool(np.isfinite(values).all())
+        if self.squares is not None:
+            self.squares += tensors.sum_of_squares(values)
+
+    def verify(self, ref: ObjectRef, data: Callable[[], tensors.Tensors] | None = None) -> None:
+        """InvalidUpdate unless the sha256 is the one reported and every value was finite (`data`:
+        the tensors, to name the first non-finite one)."""
+        if self.digest.hexdigest() != ref.sha256:
+            raise InvalidUpdate("sha256 does not match the one reported")
+        if not self.finite:
+            for name, tensor in (data() if data else {}).items():
+                if not tensors.all_finite(tensor):
+                    raise tensors.non_finite(name)
+            raise InvalidUpdate("the tensor data has non-finite values (NaN or Inf)")
+
+    @property
+    def norm(self) -> float | None:
+        return None if self.squares is None else math.sqrt(self.squares)
 
 
 def _read_file(
@@ -100,25 +152,40 @@ def _read_file(
     ref: ObjectRef,
     layout: ModelLayout,
     check_metadata: Callable[[dict[str, object]], None] | None = None,
+    *,
+    norm: bool = False,
 ) -> CheckedFile:
     """The tensors of the file `ref` (`ref.bytes` long, sha256 `ref.sha256`) whose header matches
     `layout`; its metadata is checked before its tensor data is downloaded."""
+    header, first = _read_header(store, ref, layout, check_metadata)
+    data = bytearray(ref.bytes - header.data_start)
+    if len(first.data) >= ref.bytes:  # a small file came whole with its header
+        data[:] = first.data[header.data_start :]
+    else:
+        store.read_into(ref.key, header.data_start, memoryview(data), first.version)
+    check = DataCheck(hashlib.sha256(first.data[: header.data_start]), 0.0 if norm else None)
+    view = memoryview(data)
+    for start in range(0, len(data), CHECK_BLOCK_BYTES):
+        check.feed(view[start : start + CHECK_BLOCK_BYTES])
+    check.verify(ref, lambda: tensors.views(data, header, layout.spec, check_finite=False))
+    return CheckedFile(tensors.views(data, header, layout.spec, check_finite=False), header, first.version, check.norm)
+
+
+def _read_header(
+    store: ModelStore,
+    ref: ObjectRef,
+    layout: ModelLayout,
+    check_metadata: Callable[[dict[str, object]], None] | None,
+) -> tuple[tensors.Header, RangeRead]:
+    """Step 2: one ranged read of the file's start (for a small file, all of it), its size and
+    header checked against `ref` and the model."""
     first = store.read_range(ref.key, 0, min(ref.bytes, tensors.HEADER_LENGTH_BYTES + layout.max_header_bytes))
     if first.total_bytes != ref.bytes:
         raise InvalidUpdate(f"file is {first.total_bytes} bytes, the item says {ref.bytes}")
     header = tensors.parse_header(first.data, ref.bytes, layout.spec, layout.max_header_bytes)
     if check_metadata is not None:
         check_metadata(header.metadata)
-    digest = hashlib.sha256(first.data[: header.data_start])
-    data = bytearray(ref.bytes - header.data_start)
-    if len(first.data) >= ref.bytes:  # a small file came whole with its header
-        data[:] = first.data[header.data_start :]
-    else:
-        store.read_into(ref.key, header.data_start, memoryview(data), first.version)
-    digest.update(data)
-    if digest.hexdigest() != ref.sha256:
-        raise InvalidUpdate("sha256 does not match the one reported")
-    return CheckedFile(tensors.views(data, header, layout.spec), header, first.version)
+    return header, first
 
 
 SLICE_BUDGET_BYTES = 32 * 2**20
@@ -181,8 +248,8 @@ class UpdateSource:
         for item in self.items:
             try:
                 examples, capped = influence.bounded_examples(item.client_id, item.num_examples, self.bounds)
-                checked = read_update(self.store, item, self.layout)
-                scale, clipped_norm = influence.norm_bound(checked.tensors, self.bounds)
+                checked = read_update(self.store, item, self.layout, norm=self.bounds.max_update_norm is not None)
+                scale, clipped_norm = influence.norm_bound(checked.tensors, self.bounds, checked.norm)
             except InvalidUpdate as exc:
                 self.rejected.append(Rejection(item.client_id, exc.reason))
                 if self.on_rejected is not None:

@@ -7,7 +7,7 @@ from fedstep.core.strategies.base import Aggregate, GlobalModel, ServerState, St
 
 
 class FedAvg(Strategy):
-    """Weighted mean of the deltas, accumulated in float64 one update at a time (or by slices for a
+    """Weighted mean of the deltas, accumulated in float32 in place one update at a time (or by slices for a
     sliced run); the new weights are the global weights plus that mean, returned as float32."""
 
     name = "fedavg"

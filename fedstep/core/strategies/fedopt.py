@@ -14,7 +14,7 @@ v_{-1} >= tau^2). There is no bias correction, as in the paper's Algorithm 2. m 
 server state (float32, named "m/<tensor>" and "v/<tensor>"), with the number of steps taken in its
 values ("steps"); the arithmetic is float64, a chunk at a time.
 
-Memory: the mean delta (float64, turned into the step in place), m and v (float32, updated in
+Memory: the mean delta (float32, turned into the step in place), m and v (float32, updated in
 place) and the global weights: never O(clients x model).
 """
 
@@ -86,7 +86,7 @@ class FedOpt(Strategy):
     def aggregate(
         self, round_number: int, global_model: GlobalModel, state: ServerState, updates: Updates
     ) -> Aggregate:
-        step = weighted_mean(updates)  # delta, float64; becomes the step in place below
+        step = weighted_mean(updates)  # delta, float32; becomes the step in place below
         delta_norm = step_norm(step)
         steps = steps_taken(state)
         p = self.params
@@ -94,11 +94,12 @@ class FedOpt(Strategy):
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow gives inf, refused by the caller
             for name, delta in step.items():
                 m, v = moments[f"m/{name}"], moments[f"v/{name}"]
-                for d, m_part, v_part in zip(chunks(delta), chunks(m), chunks(v), strict=True):
+                for part, m_part, v_part in zip(chunks(delta), chunks(m), chunks(v), strict=True):
+                    d = part.astype(np.float64)
                     m_part[...] = p.beta_1 * m_part.astype(np.float64) + (1.0 - p.beta_1) * d
                     v_part[...] = self.second_moment(v_part.astype(np.float64), d * d)
                     # the step from the moments as stored, so a resumed run continues bit for bit
-                    d[...] = p.eta * m_part.astype(np.float64) / (np.sqrt(v_part.astype(np.float64)) + p.tau)
+                    part[...] = p.eta * m_part.astype(np.float64) / (np.sqrt(v_part.astype(np.float64)) + p.tau)
         norm = step_norm(step)
         weights = apply_step(global_model, step)
         measurements = {"step_norm": norm, "mean_delta_norm": delta_norm, "steps": float(steps + 1)}
