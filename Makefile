@@ -15,8 +15,12 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 demo: $(STAMP)
 	$(PY) -m fedstep local --dataset digits --clients 3 --rounds 5 --out runs/demo
 
+# The suite's files run on TEST_WORKERS processes (pytest-xdist; a file's tests stay on one worker, so a module's
+# local cloud serves them all); TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) $(NODE_STAMP) $(BROWSER_STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The PyTorch client example (examples/torch_trainer.py): installs the CPU build of torch (requirements-torch.txt),
 # then runs its tests, which `make test` skips when torch is not installed.
@@ -24,9 +28,10 @@ test-torch: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-torch.txt
 	$(PY) -m pytest tests/test_torch_trainer.py
 
-# 200 clients in the local cloud, 3 rounds (several minutes; skipped by `make test`).
+# 200 clients in the local cloud, 3 rounds, and a 1 GiB model aggregated by slices with functions of less
+# memory than the model (several minutes each; skipped by `make test`).
 test-scale: $(STAMP) $(NODE_STAMP)
-	FEDSTEP_SCALE=1 $(PY) -m pytest -q -s tests/test_scale.py
+	FEDSTEP_SCALE=1 $(PY) -m pytest -q -s tests/test_scale.py tests/test_sliced_1gib.py
 
 install: $(STAMP) $(NODE_STAMP)
 

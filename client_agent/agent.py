@@ -364,7 +364,8 @@ class Agent:
             if evaluate is None:
                 raise CannotEvaluate("this agent's trainer has no evaluate function")
             architecture, _ = self._architecture(msg.model)
-            weights = tensors.decode(self._download(msg.global_model, f"evaluation of round {msg.round}: global model"))
+            data = self._download(msg.global_model, f"evaluation of round {msg.round}: global model")
+            weights = tensors.decode(data, max_bytes=len(data))  # the server's file, its sha256 checked
             result = evaluate(architecture, weights, TrainingConfig())
             item = EvalItem(
                 msg.run_id,
@@ -421,7 +422,8 @@ class Agent:
         log.info("round %d of %s: training", msg.round, msg.run_id)
         architecture, fetched = self._architecture(msg.model)
         global_bytes = self._download(msg.global_model, f"round {msg.round}: global model")
-        global_weights = tensors.decode(global_bytes)
+        # the server's file, its sha256 checked against the message: as large as the deployment allows
+        global_weights = tensors.decode(global_bytes, max_bytes=len(global_bytes))
         if isinstance(self.trainer, FunctionTrainer):
             self.trainer.callbacks = lambda: self.progress.keras_callbacks(f"round {msg.round}: training")
         downloaded = time.monotonic()

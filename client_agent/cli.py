@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import logging
 import os
 import signal
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from client_agent import config as agent_config
@@ -66,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
         dest="check_model",
         metavar="FILE.keras",
         help="with --dry-run: check the data against this local .keras model file",
+    )
+    run.add_argument(
+        "--wait-for-config",
+        type=float,
+        metavar="S",
+        help="if the --config file does not exist yet, import the training libraries and wait up to S seconds "
+        "for it (a launcher such as `fedstep local` writes it once the stack is up)",
     )
     run.add_argument("--log-format", choices=FORMATS, default="text", help="text (default) or json (one per line)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
@@ -135,11 +145,34 @@ def _dry_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _wait_for_config(path: str, timeout_s: float) -> None:
+    """Import what training needs (TensorFlow takes seconds), then wait for the config file to appear
+    (its writer renames it into place whole); FedstepError after `timeout_s`."""
+    if os.path.exists(path):
+        return
+    started = time.monotonic()
+    # imported now, while the launcher deploys; keras is the default trainer's (a custom one may not need it)
+    for module in ("client_agent.agent", "client_agent.training", "keras"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
+    logging.getLogger("fedstep.client").info(
+        "libraries imported in %.1f s; waiting for %s", time.monotonic() - started, path
+    )
+    while not os.path.exists(path):
+        if time.monotonic() - started > timeout_s:
+            raise FedstepError(f"the config file {path} did not appear within {timeout_s:g} s (--wait-for-config)")
+        time.sleep(0.05)
+
+
 def _run(args: argparse.Namespace) -> int:
     from client_agent.agent import Agent
     from client_agent.data import load_local_data
 
     progress = configure(args.log_format, args.verbose, progress=not args.no_progress)
+    if args.wait_for_config is not None:
+        if not args.config:
+            raise FedstepError("--wait-for-config waits for the --config file: name one")
+        _wait_for_config(args.config, args.wait_for_config)
     config = _load_config(args)
     data = load_local_data(config.data, config.partition, config.partition_scheme, config.data_seed)
     trainer = _trainer(config, data)

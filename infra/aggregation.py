@@ -58,8 +58,15 @@ class Aggregation(Construct):
         role.add_to_policy(
             iam.PolicyStatement(
                 sid="WriteGlobalModels",
-                actions=["s3:PutObject"],
+                actions=["s3:PutObject", "s3:ListMultipartUploadParts", "s3:AbortMultipartUpload"],
                 resources=[bucket.arn_for_objects(keys.GLOBAL_KEY_PATTERN)],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="WriteSlicePlans",
+                actions=["s3:PutObject"],
+                resources=[bucket.arn_for_objects(keys.PLAN_KEY_PATTERN)],
             )
         )
         role.add_to_policy(
@@ -109,7 +116,7 @@ class Aggregation(Construct):
             handler="lambdas.aggregate.handler",
             code=aggregation_code(),
             role=role,
-            memory_size=aggregation_memory_mb(config.max_model_mb),
+            memory_size=aggregation_memory_mb(config.function_model_mb),
             timeout=cdk.Duration.seconds(timeout_s),
             tracing=lambda_.Tracing.ACTIVE,
             log_group=log_group,
@@ -118,6 +125,7 @@ class Aggregation(Construct):
                 "TABLE_NAME": table.table_name,
                 "TOPIC_ARN": topic.topic_arn,
                 "LEASE_S": str(timeout_s + LEASE_MARGIN_S),
+                **({"SLICE_BYTES": str(config.slice_bytes)} if config.slice_bytes else {}),
                 "POWERTOOLS_SERVICE_NAME": "fedstep-aggregate",
                 "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
                 "PROJECT": config.project,
@@ -154,8 +162,10 @@ class Aggregation(Construct):
             f"{objects}/runs/*": "Reads any run's model and global weights: the run id is chosen at run time.",
             f"{objects}/{keys.UPDATES_PREFIX}*": "Reads any client's update of any run: "
             "aggregating them is this function's job.",
-            f"{objects}/{keys.GLOBAL_KEY_PATTERN}": "Writes global models only; run id "
-            "and round are chosen at run time.",
+            f"{objects}/{keys.GLOBAL_KEY_PATTERN}": "Writes global models only (whole, or in parts when "
+            "sliced); run id and round are chosen at run time.",
+            f"{objects}/{keys.PLAN_KEY_PATTERN}": "Writes the slice plans of sliced rounds only; run id and "
+            "round are chosen at run time.",
             "Action::kms:GenerateDataKey*": "CDK's grant for sending failed batches to the KMS-encrypted "
             "failure queue.",
             "Action::kms:ReEncrypt*": "CDK's grant for sending failed batches to the KMS-encrypted failure queue.",

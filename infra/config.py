@@ -11,6 +11,7 @@ with `cdk deploy -c fedstep:config=other.json`):
       ],
       "round_timeout_s": 3600,
       "max_model_mb": 256,
+      "slice_mb": 512,
       "retention": {"update_days": 30, "log_days": 90, "message_days": 4}
     }
 
@@ -18,9 +19,11 @@ with `cdk deploy -c fedstep:config=other.json`):
 or another one); without it, principals of the deploying account that are allowed `sts:AssumeRole`,
 and synth warns. `max_model_mb` is the largest model (safetensors file, MiB) the stack aggregates; it
 sizes the aggregation function's memory and time (`aggregation_memory_mb`, `aggregation_timeout_s`),
-and a size one function cannot hold is refused. Without the default file (and no other file named),
-the default is project "fedstep" with three clients client-1..client-3; a file that is named but
-missing is an error.
+and a size one function cannot hold is aggregated by slices: a model larger than `slice_mb` (MiB;
+default 512 when `max_model_mb` is over what one function holds, else no slicing) is aggregated by
+a fan-out of slices (`fedstep.core.sliced`), and the function is then sized for one slice.
+Without the default file (and no other file named), the default is project "fedstep" with three
+clients client-1..client-3; a file that is named but missing is an error.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from fedstep.core import keys
+from fedstep.core.sliced import MIN_SLICE_MB
 from fedstep.core.tensors import DEFAULT_MAX_BYTES
 
 _PROJECT = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
@@ -84,7 +88,12 @@ AGGREGATION_MB_PER_S = 50
 """A conservative rate at which one function reads, checks and adds updates (MiB of update per s)."""
 DEFAULT_MAX_MODEL_MB = DEFAULT_MAX_BYTES // 2**20
 MAX_MODEL_MB = math.floor((LAMBDA_MAX_MEMORY_MB - AGGREGATION_BASE_MB) / AGGREGATION_MODELS_IN_MEMORY)
-"""The largest model one aggregation function can hold (1768 MiB)."""
+"""The largest model one aggregation function can hold (1768 MiB); larger ones are aggregated by slices."""
+MAX_SLICED_MODEL_MB = 5 * 1024
+"""The largest model a deployment accepts (5 GiB): the size of one S3 PUT, and a plan's checks of
+every update run in one function (`fedstep.core.sliced`)."""
+DEFAULT_SLICE_MB = 512
+"""Slice size when `max_model_mb` is over `MAX_MODEL_MB` and the config names none."""
 
 
 def aggregation_memory_mb(max_model_mb: int) -> int:
@@ -135,6 +144,22 @@ class DeploymentConfig:
     """An address the alarm topic mails (it must confirm the subscription); None: no subscription."""
     max_model_mb: int = DEFAULT_MAX_MODEL_MB
     """The largest model file (MiB) the stack accepts and aggregates; sizes the aggregation function."""
+    slice_mb: int | None = None
+    """Models larger than this (MiB) are aggregated by slices; None: `DEFAULT_SLICE_MB` when
+    `max_model_mb` is over `MAX_MODEL_MB`, else never."""
+
+    @property
+    def slice_bytes(self) -> int | None:
+        """Models larger than this are aggregated by slices; None when no model the stack accepts is."""
+        mb = self.slice_mb
+        if mb is None and self.max_model_mb > MAX_MODEL_MB:
+            mb = DEFAULT_SLICE_MB
+        return None if mb is None or mb >= self.max_model_mb else mb * 2**20
+
+    @property
+    def function_model_mb(self) -> int:
+        """The most model one aggregation invocation holds (MiB): a slice, or the largest model."""
+        return self.max_model_mb if self.slice_bytes is None else self.slice_bytes // 2**20
 
     @property
     def max_model_bytes(self) -> int:
@@ -153,7 +178,8 @@ class DeploymentConfig:
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "deployment config") -> DeploymentConfig:
-        _only(data, {"project", "clients", "round_timeout_s", "retention", "alarm_email", "max_model_mb"}, where)
+        fields = {"project", "clients", "round_timeout_s", "retention", "alarm_email", "max_model_mb", "slice_mb"}
+        _only(data, fields, where)
         project = data.get("project", "fedstep")
         if not isinstance(project, str) or not _PROJECT.match(project):
             raise ConfigError(
@@ -180,11 +206,23 @@ class DeploymentConfig:
             raise ConfigError(f"{where}: client id(s) {too_long} make queue names longer than SQS's 80 characters")
         timeout = _whole(data, "round_timeout_s", 3600, 60, 7 * 24 * 3600, where)
         max_model_mb = data.get("max_model_mb", DEFAULT_MAX_MODEL_MB)
-        if isinstance(max_model_mb, bool) or not isinstance(max_model_mb, int) or not 1 <= max_model_mb <= MAX_MODEL_MB:
+        if (
+            isinstance(max_model_mb, bool)
+            or not isinstance(max_model_mb, int)
+            or not 1 <= max_model_mb <= MAX_SLICED_MODEL_MB
+        ):
             raise ConfigError(
-                f"{where}: max_model_mb {max_model_mb!r} must be a whole number from 1 to {MAX_MODEL_MB}: "
-                f"a model of M MiB needs {AGGREGATION_BASE_MB} + {AGGREGATION_MODELS_IN_MEMORY} x M MB of "
-                f"aggregation function memory, and one function holds at most {LAMBDA_MAX_MEMORY_MB} MB"
+                f"{where}: max_model_mb {max_model_mb!r} must be a whole number from 1 to {MAX_SLICED_MODEL_MB} "
+                f"(one S3 PUT); models over {MAX_MODEL_MB} MiB are aggregated by slices (`slice_mb`)"
+            )
+        slice_mb = data.get("slice_mb")
+        if slice_mb is not None and (
+            isinstance(slice_mb, bool) or not isinstance(slice_mb, int) or not MIN_SLICE_MB <= slice_mb <= MAX_MODEL_MB
+        ):
+            raise ConfigError(
+                f"{where}: slice_mb {slice_mb!r} must be a whole number from {MIN_SLICE_MB} (S3's 5 MiB parts) to "
+                f"{MAX_MODEL_MB}: a slice of S MiB needs {AGGREGATION_BASE_MB} + {AGGREGATION_MODELS_IN_MEMORY} x S MB "
+                f"of aggregation function memory, and one function holds at most {LAMBDA_MAX_MEMORY_MB} MB"
             )
         email = data.get("alarm_email")
         if email is not None and (not isinstance(email, str) or not _EMAIL.match(email)):
@@ -196,6 +234,7 @@ class DeploymentConfig:
             retention=_retention(data, where),
             alarm_email=email,
             max_model_mb=max_model_mb,
+            slice_mb=slice_mb,
         )
 
     @classmethod

@@ -87,6 +87,17 @@ class FedstepStack(cdk.Stack):
             f"AwsSolutions-IAM5[Resource::<{secure.logical_id(aggregation.function)}.Arn>:*]",
             "CDK's LambdaInvoke grant covers the aggregation function's versions and aliases (ARN:*), nothing else.",
         )
+        executions = (
+            "Resource::arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:"
+            f'{{"Fn::Select":[6,{{"Fn::Split":[":",{{"Ref":"{secure.logical_id(machine)}"}}]}}]}}'
+        )
+        for suffix in (":*", "/*:*"):
+            secure.acknowledge(
+                machine,
+                f"AwsSolutions-IAM5[{executions}{suffix}]",
+                "CDK's Distributed Map grant: the machine starts, describes and stops its own child executions "
+                "(one per slice of a sliced round), whose names are chosen at run time.",
+            )
         for construct in (machine, machine_logs):
             cdk.Tags.of(construct).add("component", "orchestration")
 
@@ -136,4 +147,10 @@ class FedstepStack(cdk.Stack):
         cdk.CfnOutput(self, "AlarmTopicArn", value=monitoring.topic.topic_arn)
         cdk.CfnOutput(
             self, "MaxModelBytes", value=str(config.max_model_bytes), description="largest model the stack aggregates"
+        )
+        cdk.CfnOutput(
+            self,
+            "SliceBytes",
+            value=str(config.slice_bytes or 0),
+            description="models larger than this are aggregated by slices (0: none)",
         )

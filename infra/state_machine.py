@@ -16,6 +16,13 @@ The loop ends early, with stop reason "target_reached", when a round's weighted 
 run's target, or "privacy_budget" when one more round would take the run's epsilon past its budget
 (`--dp-epsilon`).
 
+A round whose model is larger than the deployment's slice size comes back from its task (or from
+"Aggregate at deadline") as a slice plan instead of a model (`fedstep.core.sliced`) -> Aggregated by
+slices? -> Aggregate slices (a Distributed Map: one child execution per slice, each the aggregation
+function with mode "slice", at most `SLICE_CONCURRENCY` at once, each retried 3 times) -> Assemble
+global model (mode "assemble": the parts joined, the summary committed; its output is the round's)
+-> Report is for this round?
+
 At the round's deadline (the task's TimeoutSecondsPath) -> Aggregate at deadline (the aggregation
 function, invoked directly: it aggregates what arrived if the quorum is met) -> Round aggregated.
 Too few valid updates (QuorumNotMet, TooFewParticipants) -> Retry round? -> Retry round (the same
@@ -30,6 +37,8 @@ disagree on a field.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_cdk import Duration
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
@@ -42,6 +51,9 @@ from fedstep.core import keys
 from fedstep.core.model_card import ModelCardError, ModelTampered
 from fedstep.core.rounds import StrategyFailed
 from fedstep.core.schemas import RoundMessage, RunEndedMessage, state_machine_fields
+
+SLICE_CONCURRENCY = 40
+"""Slices aggregated at once: each reads its range of every update, so this bounds the S3 read rate."""
 
 NOT_AGGREGATED = ["QuorumNotMet", "TooFewParticipants"]
 """Errors that mean a round could not be aggregated (a retry of the round may help, not of the call)."""
@@ -81,6 +93,63 @@ def _retry_calls(task: sfn.TaskStateBase) -> None:
     task.add_retry(errors=["States.ALL"], max_attempts=3, interval=Duration.seconds(5), backoff_rate=2)
 
 
+def _call(
+    scope: Construct, name: str, function: lambda_.IFunction, payload: dict[str, object], **options: Any
+) -> tasks.LambdaInvoke:
+    """A call of the aggregation function whose result is what the function returns (the round's task
+    output, or a slice plan), at `$.result` unless `options` say otherwise."""
+    return tasks.LambdaInvoke(
+        scope,
+        name,
+        lambda_function=function,
+        payload=sfn.TaskInput.from_object(payload),
+        payload_response_only=True,
+        retry_on_service_exceptions=False,
+        **{"result_path": "$.result", **options},
+    )
+
+
+def _sliced_aggregation(scope: Construct, aggregate: lambda_.IFunction, failed: sfn.Fail) -> sfn.Chain:
+    """A planned round's slices, aggregated in parallel child executions, then joined: the chain
+    whose output's `$.result` is the round's task output (as the wait for the round's task gives it)."""
+    one_slice = tasks.LambdaInvoke(
+        scope,
+        "Aggregate one slice",
+        lambda_function=aggregate,
+        payload_response_only=True,  # the event is the item: {"mode": "slice", "plan", "index"}
+        retry_on_service_exceptions=False,
+    )
+    one_slice.add_retry(errors=[StrategyFailed.__name__], max_attempts=0)
+    one_slice.add_retry(errors=["States.ALL"], max_attempts=3, interval=Duration.seconds(5), backoff_rate=2)
+    fan_out = sfn.DistributedMap(
+        scope,
+        "Aggregate slices",
+        items_path="$.result.sliced.slices",
+        item_selector={
+            "mode": "slice",
+            "plan.$": "$.result.sliced.plan",
+            "index.$": "$$.Map.Item.Value",
+        },
+        max_concurrency=SLICE_CONCURRENCY,
+        result_path="$.slice_results",
+    )
+    fan_out.item_processor(one_slice)
+    assemble = _call(
+        scope,
+        "Assemble global model",
+        aggregate,
+        {
+            "mode": "assemble",
+            "plan": sfn.JsonPath.object_at("$.result.sliced.plan"),
+            "results": sfn.JsonPath.list_at("$.slice_results"),
+        },
+    )
+    _retry_calls(assemble)
+    for state in (fan_out, assemble):
+        state.add_catch(failed, errors=["States.ALL"], result_path="$.failure")
+    return fan_out.next(assemble)
+
+
 def training_definition(
     scope: Construct, topic: sns.ITopic, aggregate: lambda_.IFunction, table_name: str
 ) -> sfn.IChainable:
@@ -106,25 +175,15 @@ def training_definition(
             round_summary="$.result.summary",  # shown in the console as this state's output
         ),
     )
-    at_deadline = tasks.LambdaInvoke(
+    at_deadline = _call(
         scope,
         "Aggregate at deadline",
-        lambda_function=aggregate,
-        payload=sfn.TaskInput.from_object(
-            {
-                "mode": "deadline",
-                "run_id": sfn.JsonPath.string_at("$.run.run_id"),
-                "round": sfn.JsonPath.number_at("$.round"),
-            }
-        ),
-        result_selector={
-            "summary.$": "$.Payload.summary",
-            "global_model.$": "$.Payload.global_model",
-            "target_reached.$": "$.Payload.target_reached",
-            "privacy_budget_spent.$": "$.Payload.privacy_budget_spent",
+        aggregate,
+        {
+            "mode": "deadline",
+            "run_id": sfn.JsonPath.string_at("$.run.run_id"),
+            "round": sfn.JsonPath.number_at("$.round"),
         },
-        retry_on_service_exceptions=False,
-        result_path="$.result",
     )
     _retry_calls(at_deadline)
     failed = sfn.Fail(scope, "Training failed", error_path="$.failure.Error", cause_path="$.failure.Cause")
@@ -138,7 +197,7 @@ def training_definition(
     at_deadline.add_catch(retry_or_fail, errors=NOT_AGGREGATED, result_path="$.failure")
     for task in (notify, at_deadline):  # the cause names the strategy, the round and the exception
         task.add_catch(failed, errors=[StrategyFailed.__name__], result_path="$.failure")
-    at_deadline.next(aggregated)
+    by_slices = _sliced_aggregation(scope, aggregate, failed)
     # Only the aggregation function holds the task token, and it reports the round it was asked
     # for; this check is defence in depth against a report about another run or round.
     foreign = sfn.Fail(
@@ -153,6 +212,10 @@ def training_definition(
         aggregated,
     )
     is_ours.otherwise(foreign)
+    sliced_or_not = sfn.Choice(scope, "Aggregated by slices?")
+    sliced_or_not.when(sfn.Condition.is_present("$.result.sliced"), by_slices.next(is_ours))
+    sliced_or_not.otherwise(is_ours)
+    at_deadline.next(sliced_or_not)
     run_ended = tasks.SnsPublish(
         scope,
         "Notify clients: run ended",
@@ -188,19 +251,12 @@ def training_definition(
     # The model card of the final global model, written by the server (beside the model, once); a
     # failure to write it is recorded in the output but does not fail a finished training
     # (`fedstep promote` writes a missing card).
-    card = tasks.LambdaInvoke(
+    card = _call(
         scope,
         "Write model card",
-        lambda_function=aggregate,
-        payload=sfn.TaskInput.from_object(
-            {
-                "mode": "card",
-                "run_id": sfn.JsonPath.string_at("$.run.run_id"),
-                "round": sfn.JsonPath.number_at("$.round"),
-            }
-        ),
-        result_selector={"key.$": "$.Payload.key", "sha256.$": "$.Payload.sha256"},
-        retry_on_service_exceptions=False,
+        aggregate,
+        {"mode": "card", "run_id": sfn.JsonPath.string_at("$.run.run_id"), "round": sfn.JsonPath.number_at("$.round")},
+        result_selector={"key.$": "$.key", "sha256.$": "$.sha256"},
         result_path="$.model_card",
     )
     card.add_retry(errors=[ModelCardError.__name__, ModelTampered.__name__], max_attempts=0)
@@ -215,6 +271,6 @@ def training_definition(
     more.when(sfn.Condition.boolean_equals("$.privacy_budget_spent", True), budget_spent.next(run_ended))
     more.when(sfn.Condition.number_less_than_json_path("$.round", "$.run.rounds"), prepare)
     more.otherwise(all_rounds.next(run_ended))
-    prepare.next(notify).next(is_ours)
+    prepare.next(notify).next(sliced_or_not)
     aggregated.next(more)
     return prepare

@@ -7,10 +7,15 @@ Four kinds of invocation, each a thin shell around `fedstep.core.rounds`:
 - `{"mode": "deadline", ...}` from the state machine when a round's task timed out:
   `complete_round_at_deadline`, whose result is the task's output;
 - `{"mode": "card", "run_id", "round"}` from the state machine when a run finished: writes the
-  model card of its final global model (`fedstep.core.model_card.write_card`), returns its ref.
+  model card of its final global model (`fedstep.core.model_card.write_card`), returns its ref;
+- `{"mode": "slice", "plan", "index"}` and `{"mode": "assemble", "plan", "results"}` from the state
+  machine when a round's model is larger than SLICE_BYTES (`fedstep.core.sliced`): one slice of the
+  round aggregated and uploaded as a part (its measurements are the result), then the parts joined
+  into the global model (the round's task output).
 
 Environment: BUCKET_NAME (model registry), TABLE_NAME (the single table), TOPIC_ARN (the round
-topic), LEASE_S (how long a claim on a round holds, s), POWERTOOLS_METRICS_NAMESPACE (CloudWatch
+topic), LEASE_S (how long a claim on a round holds, s), SLICE_BYTES (models larger than this are
+aggregated by slices; absent: never), POWERTOOLS_METRICS_NAMESPACE (CloudWatch
 namespace, "fedstep"), PROJECT (the stack's project name, a metric dimension).
 
 Every round this function aggregates emits CloudWatch metrics (Powertools Metrics, embedded metric
@@ -39,7 +44,14 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from fedstep.aws import adapters, boto
 from fedstep.core import keys
 from fedstep.core.model_card import write_card
-from fedstep.core.rounds import AggregationSettings, complete_round_at_deadline, publish_round, try_complete_round
+from fedstep.core.rounds import (
+    AggregationSettings,
+    aggregate_slice,
+    assemble_round,
+    complete_round_at_deadline,
+    publish_round,
+    try_complete_round,
+)
 from fedstep.core.schemas import (
     InvalidMessage,
     ObjectRef,
@@ -149,8 +161,12 @@ def settings(context: LambdaContext | None = None) -> AggregationSettings:
     """The lease from the environment; the deadline path waits at most until 20 s before its own timeout."""
     lease_s = float(os.environ.get("LEASE_S", AggregationSettings.lease_s))
     remaining_s = context.get_remaining_time_in_millis() / 1000 if context is not None else lease_s
+    slice_bytes = os.environ.get("SLICE_BYTES")
     return AggregationSettings(
-        lease_s=lease_s, wait_s=max(0.0, min(AggregationSettings.wait_s, remaining_s - 20)), accountant=accountant
+        lease_s=lease_s,
+        wait_s=max(0.0, min(AggregationSettings.wait_s, remaining_s - 20)),
+        accountant=accountant,
+        slice_bytes=int(slice_bytes) if slice_bytes else None,
     )
 
 
@@ -170,6 +186,10 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         return publish_handler(event, context)
     if isinstance(event, dict) and event.get("mode") == "card":
         return card_handler(event, context)
+    if isinstance(event, dict) and event.get("mode") == "slice":
+        return slice_handler(event, context)
+    if isinstance(event, dict) and event.get("mode") == "assemble":
+        return assemble_handler(event, context)
     return stream_handler(event, context)
 
 
@@ -209,6 +229,33 @@ def deadline_handler(event: dict[str, Any], context: LambdaContext) -> dict[str,
         settings=settings(context),
         on_aggregated=_aggregated,
     )
+
+
+def _plan_ref(event: dict[str, Any]) -> ObjectRef:
+    try:
+        return ObjectRef.parse(event["plan"], f"{event.get('mode')} event plan")
+    except (KeyError, InvalidMessage) as exc:
+        raise ValueError(f"{event.get('mode')} event is malformed: {exc}") from None
+
+
+@logger.inject_lambda_context
+def slice_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """{"mode": "slice", "plan": {key, sha256, bytes}, "index"}: aggregate one slice of a planned
+    round and upload it as part index + 1; returns the slice's measurements."""
+    index = event.get("index")
+    if type(index) is not int or index < 0:
+        raise ValueError(f"slice event is malformed: index {index!r}")
+    store, _, _, _ = services()
+    return aggregate_slice(_plan_ref(event), index, store)
+
+
+@metrics.log_metrics
+@logger.inject_lambda_context
+def assemble_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """{"mode": "assemble", "plan", "results": [one per slice]}: the planned round's global model
+    from its parts, its summary committed; returns the round's task output."""
+    store, table, _, _ = services()
+    return assemble_round(_plan_ref(event), event.get("results"), store=store, table=table, on_aggregated=_aggregated)
 
 
 @logger.inject_lambda_context

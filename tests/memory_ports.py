@@ -37,6 +37,7 @@ class MemoryStore:
         self.objects: dict[str, list[bytes]] = {}
         self.puts: list[str] = []
         self.bytes_read: dict[str, int] = {}
+        self.uploads: dict[str, dict[int, bytes]] = {}
         self.lock = threading.Lock()
 
     def _count(self, key: str, n: int) -> None:
@@ -75,6 +76,29 @@ class MemoryStore:
             raise ValueError("object ended early")
         self._count(key, len(data))
         buffer[:] = data
+
+    # -- MultipartStore ---------------------------------------------------------------------------
+    def start_upload(self, key: str) -> str:
+        with self.lock:
+            upload_id = f"upload-{len(self.uploads)}"
+            self.uploads[upload_id] = {}
+            return upload_id
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> None:
+        if number > 1 and len(data) == 0:
+            raise ValueError("empty part")
+        with self.lock:
+            self.uploads[upload_id][number] = bytes(data)
+
+    def complete_upload(self, key: str, upload_id: str, parts: int) -> None:
+        with self.lock:
+            if upload_id not in self.uploads and key in self.objects:
+                return
+            got = self.uploads.pop(upload_id)
+            if sorted(got) != list(range(1, parts + 1)):
+                raise ValueError(f"parts {sorted(got)} of {parts}")
+            self.objects.setdefault(key, []).append(b"".join(got[n] for n in range(1, parts + 1)))
+            self.puts.append(key)
 
 
 class MemoryTable:
@@ -165,6 +189,13 @@ class MemoryTable:
 
     def _held_by(self, claim_id: str) -> Any:
         return lambda cur: cur is not None and cur.get("status") == ROUND_CLAIMED and cur.get("claim_id") == claim_id
+
+    def hold_round(
+        self, run_id: str, round_number: int, claim_id: str, lease_until: float, plan: dict[str, Any]
+    ) -> bool:
+        key = keys.round_item_key(run_id, round_number)
+        changes = {"lease_until": lease_until, "plan": dict(plan)}
+        return None is not self._update(key, self._held_by(claim_id), changes)
 
     def release_round(self, run_id: str, round_number: int, claim_id: str) -> None:
         key = keys.round_item_key(run_id, round_number)

@@ -433,11 +433,14 @@ def test_7_an_oversized_update_is_refused_before_it_is_downloaded():
     assert big == 0 and liar < 70_000  # nothing, or no more than the header read
 
 
-def test_7_the_function_is_sized_to_the_model_and_a_model_no_function_can_hold_is_refused():
+def test_7_the_function_is_sized_to_what_it_holds_and_a_model_no_function_can_hold_is_sliced():
     assert aggregation_memory_mb(512) >= 384 + 3 * 512  # about 3x one model (bench/aggregation_memory.py)
     assert aggregation_memory_mb(MAX_MODEL_MB) <= 10_240
+    larger = DeploymentConfig.from_dict({"max_model_mb": MAX_MODEL_MB + 1})
+    assert larger.slice_bytes == 512 * 2**20  # aggregated by slices of 512 MiB (tests/test_sliced.py)
+    assert aggregation_memory_mb(larger.function_model_mb) < aggregation_memory_mb(MAX_MODEL_MB) <= 10_240
     with pytest.raises(ConfigError, match="one function holds at most 10240 MB"):
-        DeploymentConfig.from_dict({"max_model_mb": MAX_MODEL_MB + 1})
+        DeploymentConfig.from_dict({"max_model_mb": 4096, "slice_mb": MAX_MODEL_MB + 1})
 
 
 def test_7_a_function_error_at_the_deadline_is_retried_before_the_run_fails(cloud, tmp_path, monkeypatch):

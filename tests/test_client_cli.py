@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,17 @@ def test_a_custom_loader_supplies_the_local_data(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     (x_train, y_train), (x_test, _) = load_local_data("my_site_data:load")
     assert x_train.shape == (8, 3) and len(x_test) == 2 and y_train.dtype == np.int64
+
+
+def test_an_agent_waiting_for_its_config_gives_up_naming_the_file(tmp_path):
+    missing = tmp_path / "not-yet.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "client_agent.cli", "run", "--config", str(missing), "--wait-for-config", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"the config file {missing} did not appear within 0.5 s (--wait-for-config)" in proc.stderr
+    assert "Traceback" not in proc.stderr

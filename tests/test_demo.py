@@ -65,6 +65,10 @@ def test_digits_with_three_clients_reaches_80_percent_and_improves_every_round(t
     assert summary["stop_reason"] == "max_rounds" and "the run stops" not in output
     assert output.count("round ") >= 5 and "participants 3" in output
     assert _clients_of(out) == []
+    # the agents import TensorFlow while the stack deploys, and round 1 is published once all are online
+    assert output.index("3 of 3 clients online") < output.index("run run-") < output.index("round 1/5")
+    for client in ("client-1", "client-2", "client-3"):
+        assert "libraries imported" in (out / "logs" / f"{client}.log").read_text()
 
 
 def test_ctrl_c_stops_everything_and_leaves_no_process(tmp_path):

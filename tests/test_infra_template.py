@@ -377,7 +377,17 @@ def test_state_machine_loops_over_rounds_and_waits_for_the_task_token(template):
     assert states["Retry round?"]["Choices"][0]["NumericLessThanPath"] == "$.run.round_retries"
     assert states["Retry round"]["Next"] == "Notify clients and wait for updates"
     assert states["Prepare round"]["Parameters"]["attempt"] == 0
-    assert states["Notify clients and wait for updates"]["Next"] == "Report is for this round?"
+    assert states["Notify clients and wait for updates"]["Next"] == "Aggregated by slices?"
+    assert states["Aggregate at deadline"]["Next"] == "Aggregated by slices?"
+    assert states["Aggregated by slices?"]["Default"] == "Report is for this round?"
+    [sliced] = states["Aggregated by slices?"]["Choices"]
+    assert (sliced["Variable"], sliced["IsPresent"], sliced["Next"]) == ("$.result.sliced", True, "Aggregate slices")
+    fan_out = states["Aggregate slices"]
+    assert fan_out["Type"] == "Map" and fan_out["ItemProcessor"]["ProcessorConfig"]["Mode"] == "DISTRIBUTED"
+    assert fan_out["ItemsPath"] == "$.result.sliced.slices"
+    assert fan_out["ItemSelector"]["index.$"] == "$$.Map.Item.Value"
+    assert fan_out["Next"] == "Assemble global model"
+    assert states["Assemble global model"]["Next"] == "Report is for this round?"
     assert states["Report for another run"]["Error"] == "ForeignReport"
     assert states["Notify clients: run ended"]["Parameters"]["Message"]["type"] == "run_ended"
     assert states["Training finished"]["End"] is True
@@ -535,7 +545,9 @@ def test_500_clients_fit_nested_stacks_each_within_cloudformations_limits_nag_an
         ({"retention": {"log_days": 10}}, "log_days must be one of"),
         ({"retention": {"update_days": 0}}, "update_days"),
         ({"colour": "blue"}, "unknown field"),
-        ({"max_model_mb": 4096}, "max_model_mb 4096 must be a whole number from 1 to 1768"),
+        ({"max_model_mb": 6000}, "max_model_mb 6000 must be a whole number from 1 to 5120"),
+        ({"slice_mb": 4}, "slice_mb 4 must be a whole number from 8"),
+        ({"slice_mb": 4096}, "slice_mb 4096 must be a whole number from 8 .* to 1768"),
         ({"max_model_mb": 0}, "max_model_mb"),
     ],
 )
@@ -557,6 +569,25 @@ def test_the_aggregation_function_is_sized_to_the_largest_model(max_model_mb):
     env = function["Properties"]["Environment"]["Variables"]
     assert int(env["LEASE_S"]) > timeout  # a live claim's holder never loses the round
     assert template.find_outputs("MaxModelBytes")["MaxModelBytes"]["Value"] == str(max_model_mb * 2**20)
+    assert "SLICE_BYTES" not in env  # one function holds the largest model: nothing is sliced
+
+
+@pytest.mark.parametrize(("max_model_mb", "slice_mb", "function_mb"), [(5120, None, 512), (1100, 64, 64)])
+def test_a_model_larger_than_a_slice_is_aggregated_by_slices_with_memory_for_one_slice(
+    max_model_mb, slice_mb, function_mb
+):
+    config = DeploymentConfig(
+        clients=(ClientConfig("org-a"), ClientConfig("org-b")), max_model_mb=max_model_mb, slice_mb=slice_mb
+    )
+    app = build_app(config, None, bundle=False)
+    template = Template.from_stack(app.node.find_child(config.stack_name))
+    [function] = resources(template, "AWS::Lambda::Function").values()
+    memory = function["Properties"]["MemorySize"]
+    assert 5.5 * function_mb + 512 <= memory < 5.5 * function_mb + 512 + 64
+    assert memory < max_model_mb  # the function holds less than one model
+    env = function["Properties"]["Environment"]["Variables"]
+    assert env["SLICE_BYTES"] == str(function_mb * 2**20)
+    assert template.find_outputs("SliceBytes")["SliceBytes"]["Value"] == str(function_mb * 2**20)
 
 
 def test_cross_account_principals_are_accepted():

@@ -140,6 +140,7 @@ def test_there_is_one_shim_per_gap_each_with_its_module_and_description():
         "stop_execution",
         "task_failure_cause",
         "sns_fanout",
+        "s3_ranged_get",
     ]
     for shim in gaps.SHIMS.values():
         assert (gaps.REPO / shim.module).is_file()
@@ -611,3 +612,42 @@ def test_moto_still_delivers_a_message_to_a_topics_first_100_subscriptions_only(
 def test_the_sns_fanout_shim_delivers_to_every_subscription(moto):
     gaps.SNS_FANOUT.apply()
     assert all(delivered_to_101_queues())
+
+
+# -- 10. ranged reads of large objects -----------------------------------------------------------------
+
+
+def ranged_reads(monkeypatch) -> tuple[list[bytes], int]:
+    """Ranged GETs of a versioned object (first version by id, open-ended, past the end): what came
+    back, and how many times moto read a whole object to answer them."""
+    from moto.s3.models import FakeKey
+
+    s3 = client("s3")
+    s3.create_bucket(Bucket="models")
+    s3.put_bucket_versioning(Bucket="models", VersioningConfiguration={"Status": "Enabled"})
+    first = s3.put_object(Bucket="models", Key="m", Body=bytes(range(256)) * 4)["VersionId"]
+    s3.put_object(Bucket="models", Key="m", Body=b"replaced")
+    whole_reads = []
+    value = FakeKey.value
+    monkeypatch.setattr(FakeKey, "value", property(lambda key: whole_reads.append(1) or value.fget(key), value.fset))
+    got = [
+        s3.get_object(Bucket="models", Key="m", Range="bytes=3-5", VersionId=first)["Body"].read(),
+        s3.get_object(Bucket="models", Key="m", Range="bytes=1020-", VersionId=first)["Body"].read(),
+        s3.get_object(Bucket="models", Key="m", Range="bytes=2-4")["Body"].read(),
+    ]
+    with pytest.raises(Exception, match="InvalidRange"):
+        s3.get_object(Bucket="models", Key="m", Range="bytes=100-200")
+    return got, len(whole_reads)
+
+
+def test_moto_still_reads_a_whole_object_for_a_ranged_get(moto, monkeypatch):
+    got, whole_reads = ranged_reads(monkeypatch)
+    assert got == [bytes([3, 4, 5]), bytes([252, 253, 254, 255]), b"pla"]
+    assert whole_reads >= 3, remove(gaps.S3_RANGED_GET, "reads only the range of a ranged GET")
+
+
+def test_the_s3_ranged_get_shim_reads_only_the_range(moto, monkeypatch):
+    gaps.S3_RANGED_GET.apply()
+    got, whole_reads = ranged_reads(monkeypatch)
+    assert got == [bytes([3, 4, 5]), bytes([252, 253, 254, 255]), b"pla"]
+    assert whole_reads == 1  # only the range past the end, which goes to moto for its InvalidRange

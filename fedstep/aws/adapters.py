@@ -69,6 +69,49 @@ class S3ModelStore:
         if filled != len(buffer):
             raise ValueError(f"s3://{self.bucket}/{key} ended after {filled} of {len(buffer)} bytes")
 
+    # -- MultipartStore: a model written in parts (a sliced aggregation) --------------------------
+    def start_upload(self, key: str) -> str:
+        return str(self.s3.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"])
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> None:
+        self.s3.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data)
+
+    def complete_upload(self, key: str, upload_id: str, parts: int) -> None:
+        try:
+            listed = self._list_parts(key, upload_id)
+        except ClientError as exc:
+            if error_code(exc) == "NoSuchUpload" and self._exists(key):
+                return  # completed by an earlier attempt
+            raise
+        missing = sorted(set(range(1, parts + 1)) - set(listed))
+        if missing or len(listed) != parts:
+            raise ValueError(f"s3://{self.bucket}/{key}: parts {missing[:5]} of {parts} were never uploaded")
+        self.s3.complete_multipart_upload(
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": listed[n]} for n in range(1, parts + 1)]},
+        )
+
+    def _list_parts(self, key: str, upload_id: str) -> dict[int, str]:
+        found: dict[int, str] = {}
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id}
+        while True:
+            resp = self.s3.list_parts(**kwargs)
+            found.update({int(p["PartNumber"]): p["ETag"] for p in resp.get("Parts", [])})
+            if not resp.get("IsTruncated"):
+                return found
+            kwargs["PartNumberMarker"] = resp["NextPartNumberMarker"]
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self.s3.head_object(Bucket=self.bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
 
 class SnsPublisher:
     """Messages to the clients' topic: attribute `kind` (the message's type) and `clients` (who may
@@ -177,6 +220,16 @@ class DynamoRoundTable(Items):
             {"status": ROUND_CLAIMED, "claim_id": claim_id, "lease_until": lease_until},
             "#s = :open OR (#s = :claimed AND lease_until < :now)",
             {":open": ROUND_OPEN, ":claimed": ROUND_CLAIMED, ":now": now},
+        )
+
+    def hold_round(
+        self, run_id: str, round_number: int, claim_id: str, lease_until: float, plan: dict[str, Any]
+    ) -> bool:
+        return None is not self._update(
+            keys.round_item_key(run_id, round_number),
+            {"lease_until": lease_until, "plan": plan},
+            "#s = :claimed AND claim_id = :claim",
+            {":claimed": ROUND_CLAIMED, ":claim": claim_id},
         )
 
     def release_round(self, run_id: str, round_number: int, claim_id: str) -> None:

@@ -25,6 +25,8 @@ class StackOutputs:
     """IAM role ARN by client id."""
     max_model_bytes: int = DEFAULT_MAX_BYTES
     """The largest model file the stack aggregates (deployment config `max_model_mb`)."""
+    slice_bytes: int | None = None
+    """Models larger than this are aggregated by slices (deployment config `slice_mb`); None: never."""
 
     @classmethod
     def parse(cls, outputs: dict[str, str], groups: Sequence[dict[str, str]] = ()) -> StackOutputs:
@@ -53,6 +55,7 @@ class StackOutputs:
                 queues=queues,
                 roles=roles,
                 max_model_bytes=int(outputs.get("MaxModelBytes", DEFAULT_MAX_BYTES)),
+                slice_bytes=int(outputs.get("SliceBytes", 0)) or None,
             )
         except KeyError as exc:
             raise FedstepError(f"the stack has no output {exc}; is it a fedstep stack, fully deployed?") from None

@@ -38,9 +38,11 @@ log = logging.getLogger(__name__)
 _ENDED = {"SUCCEEDED": "succeeded", "FAILED": "failed", "TIMED_OUT": "failed", "ABORTED": "stopped"}
 
 
-def lambda_memory_mb(max_model_bytes: int) -> int:
-    """The aggregation function's memory (MB) for the stack's largest model (output MaxModelBytes)."""
-    return aggregation_memory_mb(max(1, math.ceil(max_model_bytes / 2**20)))
+def lambda_memory_mb(max_model_bytes: int, slice_bytes: int | None = None) -> int:
+    """The aggregation function's memory (MB) for the stack's largest model (output MaxModelBytes),
+    or for one slice where the stack aggregates larger models by slices (output SliceBytes)."""
+    held = max_model_bytes if slice_bytes is None else min(max_model_bytes, slice_bytes)
+    return aggregation_memory_mb(max(1, math.ceil(held / 2**20)))
 
 
 def run_facts(
@@ -121,7 +123,7 @@ def estimate_run(view: RunView, outputs: StackOutputs, sfn: Any) -> Estimate:
     execution's own transitions."""
     observed = observed_transitions(sfn, execution_arn(outputs, view.run_id)) if view.execution else None
     paths = deployed_paths(sfn, outputs.state_machine_arn)
-    return estimate(run_facts(view, lambda_memory_mb(outputs.max_model_bytes), observed, paths))
+    return estimate(run_facts(view, lambda_memory_mb(outputs.max_model_bytes, outputs.slice_bytes), observed, paths))
 
 
 def estimate_view(view: RunView) -> Estimate:

@@ -13,7 +13,7 @@ from fedstep import SCHEMA_VERSION
 from fedstep.aws.adapters import DynamoRoundTable, S3ModelStore
 from fedstep.aws.stack import StackOutputs
 from fedstep.cli.run_view import execution_arn
-from fedstep.core import keys, limits, strategies, tensors
+from fedstep.core import keys, limits, sliced, strategies, tensors
 from fedstep.core.clock import utc_now
 from fedstep.core.errors import FedstepError
 from fedstep.core.imports import load_callable
@@ -327,6 +327,22 @@ def keras_payload(model: Any) -> tuple[bytes, tensors.Tensors]:
     return model_to_bytes(model), get_tensors(model)
 
 
+def _check_sliceable(settings: RunSettings, model_bytes: int, slice_bytes: int | None) -> None:
+    """Refuse, before anything is written, a run whose model the stack aggregates by slices with a
+    strategy (or central DP, which clips whole updates) that cannot slice (`fedstep.core.sliced`)."""
+    if not sliced.needs_slices(model_bytes, slice_bytes):
+        return
+    try:
+        sliced.check_sliceable(settings.strategy_instance(), model_bytes, slice_bytes)
+    except sliced.NotSliceable as exc:
+        raise FedstepError(str(exc)) from None
+    if settings.dp in ("central", "client-clip"):
+        raise FedstepError(
+            f"--dp {settings.dp} clips and noises whole updates, so it cannot aggregate this model of "
+            f"{model_bytes / 2**20:.0f} MiB by slices (the deployment's slice_mb); use --dp dp-sgd or a smaller model"
+        )
+
+
 def start_run(
     architecture: bytes,
     initial_weights: tensors.Tensors,
@@ -353,6 +369,7 @@ def start_run(
             f"the model is {len(weights)} bytes; the stack aggregates models of at most {outputs.max_model_bytes} "
             "bytes (deployment config max_model_mb)"
         )
+    _check_sliceable(settings, len(weights), outputs.slice_bytes)
     record = RunRecord(
         run_id=run_id,
         clients=clients,

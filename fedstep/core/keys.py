@@ -113,6 +113,12 @@ def state_key(run_id: str, round_number: int, version: str) -> str:
     return global_key(run_id, round_number, version).replace("/global-", "/state-")
 
 
+def plan_key(run_id: str, round_number: int, version: str) -> str:
+    """The slice plan of a round aggregated by slices (`fedstep.core.sliced`), by the aggregation `version`."""
+    model = global_key(run_id, round_number, version)
+    return model.replace("/global-", "/plan-").removesuffix(".safetensors") + ".json"
+
+
 UPDATES_PREFIX = "updates/"
 
 
@@ -162,6 +168,7 @@ def promotion_key(name: str, approved_at: str, run_id: str, round_number: int) -
 MODEL_KEY_PATTERN = "runs/*/model.keras"
 GLOBAL_KEY_PATTERN = "runs/*/rounds/*/global-*.safetensors"
 CARD_KEY_PATTERN = "runs/*/rounds/*/card-*.json"
+PLAN_KEY_PATTERN = "runs/*/rounds/*/plan-*.json"
 
 
 def client_update_key_pattern(client_id: str) -> str:

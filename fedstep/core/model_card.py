@@ -25,6 +25,7 @@ from fedstep.core import keys, tensors
 from fedstep.core.errors import FedstepError
 from fedstep.core.ports import ModelStore
 from fedstep.core.schemas import InvalidMessage, ObjectRef, RoundSummary, RunRecord, UpdateItem, is_completed
+from fedstep.core.update_source import stored_sha256
 
 CARD_KIND = "model_card"
 APPROVAL_KIND = "approved_model"
@@ -144,13 +145,21 @@ def card_refs(card: dict[str, Any]) -> tuple[ObjectRef, ObjectRef]:
 
 def verify(ref: ObjectRef, data: bytes, what: str) -> bytes:
     """`data` if its sha256 and size are `ref`'s, else ModelTampered naming the object."""
-    sha = tensors.sha256_hex(data)
-    if sha != ref.sha256 or len(data) != ref.bytes:
+    _check_matches(ref, tensors.sha256_hex(data), len(data), what)
+    return data
+
+
+def verify_stored(store: ModelStore, ref: ObjectRef, what: str) -> None:
+    """`verify` of a stored object, streamed (memory one block: a model larger than the function)."""
+    _check_matches(ref, *stored_sha256(store, ref.key), what)
+
+
+def _check_matches(ref: ObjectRef, sha: str, size: int, what: str) -> None:
+    if sha != ref.sha256 or size != ref.bytes:
         raise ModelTampered(
-            f"{ref.key} ({what}) does not match its record: sha256 {sha[:12]}..., {len(data)} bytes; "
+            f"{ref.key} ({what}) does not match its record: sha256 {sha[:12]}..., {size} bytes; "
             f"expected {ref.sha256[:12]}..., {ref.bytes} bytes. The object was replaced after it was written."
         )
-    return data
 
 
 def completed_summary(table: CardTable, run: RunRecord, round_number: int) -> RoundSummary:
@@ -168,7 +177,7 @@ def compose_card(run_id: str, round_number: int, store: ModelStore, table: CardT
     if run is None:
         raise ModelCardError(f"no run {run_id} in this stack")
     summary = completed_summary(table, run, round_number)
-    verify(summary.global_model, store.get(summary.global_model.key), f"global model of round {round_number}")
+    verify_stored(store, summary.global_model, f"global model of round {round_number}")
     model_key = run.model.key if run.model else keys.model_key(run_id)
     architecture = store.get(model_key)
     if run.model:

@@ -41,6 +41,23 @@ class ModelStore(Protocol):
         ...
 
 
+class MultipartStore(Protocol):
+    """A model written in parts by several invocations (S3 multipart upload): a sliced aggregation."""
+
+    def start_upload(self, key: str) -> str:
+        """Begin writing `key` in parts; the upload's id."""
+        ...
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> None:
+        """Write part `number` (1-based; all but the last at least 5 MiB); a repeat replaces it."""
+        ...
+
+    def complete_upload(self, key: str, upload_id: str, parts: int) -> None:
+        """Join parts 1..`parts` into the object; raise if one is missing. Nothing if `key` was
+        completed already (a retried assembly)."""
+        ...
+
+
 class RoundTable(Protocol):
     """The server's records (run, round) and the clients' update and feedback items."""
 
@@ -68,6 +85,13 @@ class RoundTable(Protocol):
     ) -> dict[str, Any] | None:
         """Take the round for aggregation if it is open, or if its claim's lease ended before `now`:
         the round record as claimed (its task token and input model as of the claim), else None."""
+        ...
+
+    def hold_round(
+        self, run_id: str, round_number: int, claim_id: str, lease_until: float, plan: dict[str, Any]
+    ) -> bool:
+        """Extend the claim `claim_id` (still held) to `lease_until` and record the round's slice
+        plan (a sliced aggregation); False, changing nothing, if the claim no longer holds."""
         ...
 
     def release_round(self, run_id: str, round_number: int, claim_id: str) -> None:

@@ -27,15 +27,15 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, cast
 
 from fedstep import SCHEMA_VERSION
-from fedstep.core import keys, limits, strategies, tensors
+from fedstep.core import keys, limits, sliced, strategies, tensors
 from fedstep.core.clock import seconds_since, utc_now
 from fedstep.core.dp import Accountant, DPAggregation, round_epsilon
 from fedstep.core.errors import FedstepError
-from fedstep.core.ports import ModelStore, Publisher, Reporter, RoundTable
+from fedstep.core.ports import ModelStore, MultipartStore, Publisher, Reporter, RoundTable
 from fedstep.core.schemas import (
     ROUND_AGGREGATED,
     ROUND_CLAIMED,
@@ -55,7 +55,14 @@ from fedstep.core.schemas import (
     parse_client_item,
 )
 from fedstep.core.strategies import GlobalModel
-from fedstep.core.update_source import UpdateSource, read_header, read_layout, read_model
+from fedstep.core.update_source import (
+    ModelLayout,
+    UpdateSource,
+    read_header,
+    read_layout,
+    read_model,
+    stored_sha256,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +102,9 @@ class AggregationSettings:
     wait_s: float = 240.0
     accountant: Accountant | None = None
     """The privacy accountant of DP runs (`fedstep.privacy.accounting.epsilon_fixed`)."""
+    slice_bytes: int | None = None
+    """Global models larger than this are aggregated by slices (`fedstep.core.sliced`); None: never.
+    The store must then also be a `MultipartStore`."""
 
 
 # -- 1. open -------------------------------------------------------------------------------------
@@ -267,7 +277,7 @@ def try_complete_round(
         return None
     token = str(record.get("task_token", ""))  # as of the claim: a retry may have replaced it
     try:
-        summary = _aggregate(run, round_number, record, raw, store, table, claim, False, settings.accountant)
+        summary = _aggregate(run, round_number, record, raw, store, table, claim, False, settings)
     except (RoundNotAggregated, StrategyFailed) as exc:
         _release(table, run_id, round_number, claim)
         reporter.fail(token, type(exc).__name__, str(exc)[: limits.MAX_FAILURE_CAUSE_CHARS])
@@ -275,6 +285,10 @@ def try_complete_round(
     except BaseException:
         _release(table, run_id, round_number, claim)
         raise
+    if isinstance(summary, ObjectRef):  # planned for slices: the state machine fans out
+        if table.hold_round(run_id, round_number, claim, time.time() + sliced.SLICED_LEASE_S, asdict(summary)):
+            reporter.succeed(token, plan_output(store, summary))
+        return None
     if not table.complete_round({**summary_item(summary), "status": ROUND_AGGREGATED}, claim):
         return None  # the lease ran out and another invocation took the round over: it reports
     if on_aggregated is not None:
@@ -309,6 +323,8 @@ def complete_round_at_deadline(
             raise FedstepError(f"round {round_number} of run {run_id} was never published")
         if is_completed(record):
             return task_output(RoundSummary.parse(record), run)
+        if record.get("plan"):  # planned for slices (its report may have been lost): fan out again
+            return plan_output(store, ObjectRef.parse(record["plan"], "round record plan"))
         now = time.time()
         if _lease_active(record, now):
             if time.monotonic() > give_up:
@@ -321,10 +337,14 @@ def complete_round_at_deadline(
             continue
         raw = table.get_updates(run_id, round_number, run.selected(round_number))
         try:
-            summary = _aggregate(run, round_number, record, raw, store, table, claim, True, settings.accountant)
+            summary = _aggregate(run, round_number, record, raw, store, table, claim, True, settings)
         except BaseException:
             _release(table, run_id, round_number, claim)
             raise
+        if isinstance(summary, ObjectRef):
+            if table.hold_round(run_id, round_number, claim, time.time() + sliced.SLICED_LEASE_S, asdict(summary)):
+                return plan_output(store, summary)
+            continue
         if table.complete_round({**summary_item(summary), "status": ROUND_REPORTED}, claim):
             if on_aggregated is not None:
                 on_aggregated(summary)
@@ -388,10 +408,11 @@ def _aggregate(
     table: RoundTable,
     claim: str,
     at_deadline: bool,
-    accountant: Accountant | None = None,
-) -> RoundSummary:
+    settings: AggregationSettings = AggregationSettings(),
+) -> RoundSummary | ObjectRef:
     """Validate, bound and aggregate the updates; write the new global model (once, under the
-    claim's key). Raises QuorumNotMet / TooFewParticipants when too few valid updates remain."""
+    claim's key). Raises QuorumNotMet / TooFewParticipants when too few valid updates remain. A
+    model larger than `settings.slice_bytes` is planned for slices instead: the plan's ref."""
     selected = run.selected(round_number)
     when = f"by the deadline of round {round_number}" if at_deadline else f"in round {round_number}"
 
@@ -418,6 +439,10 @@ def _aggregate(
     started = time.time()
     input_model = ObjectRef.parse(record["input_model"], "round record input_model")
     layout = read_layout(store, input_model)
+    if sliced.needs_slices(input_model.bytes, settings.slice_bytes):
+        return _plan(
+            run, round_number, record, intake, input_model, layout, store, claim, feedback, not_enough, settings
+        )
     source = UpdateSource(
         store,
         layout,
@@ -442,7 +467,7 @@ def _aggregate(
     state_ref = _save_state(store, result.state, run, round_number, claim)
     now = time.time()
     accepted = source.accepted_items
-    epsilon, delta, budget_spent = privacy_spent(run, round_number, accepted, accountant)
+    epsilon, delta, budget_spent = privacy_spent(run, round_number, accepted, settings.accountant)
     return RoundSummary(
         run_id=run.run_id,
         round=round_number,
@@ -465,6 +490,144 @@ def _aggregate(
         declined=intake.declined,
         privacy_budget_spent=budget_spent,
     )
+
+
+def _plan(
+    run: RunRecord,
+    round_number: int,
+    record: dict[str, Any],
+    intake: _Intake,
+    input_model: ObjectRef,
+    layout: ModelLayout,
+    store: ModelStore,
+    claim: str,
+    feedback: Callable[[str, str, str], None],
+    not_enough: Callable[[int, list[Rejection]], RoundNotAggregated | None],
+    settings: AggregationSettings,
+) -> ObjectRef:
+    """Check the updates and plan the round's slices (`fedstep.core.sliced`); the plan's ref."""
+    strategy = build_strategy(run)
+    try:
+        sliced.check_sliceable(strategy, input_model.bytes, settings.slice_bytes)
+    except sliced.NotSliceable as exc:
+        raise StrategyFailed(f"run {run.run_id}, round {round_number}: {exc}") from None
+    checked = sliced.check_updates(
+        store,
+        layout,
+        run.bounds,
+        intake.items,
+        lambda item, reason: feedback(item.client_id, item.update.sha256, reason),
+    )
+    rejected = intake.rejected + checked.rejected
+    declined = [Rejection(d.client_id, f"declined: {d.reason}") for d in intake.declined]
+    problem = not_enough(len(checked.accepted), rejected + declined)
+    if problem:
+        raise problem
+    offsets, data_start = sliced.input_offsets(store, input_model, layout)
+    output_key = keys.global_key(run.run_id, round_number, claim)
+    accepted = [(item, planned.examples) for item, planned in checked.accepted]
+    epsilon, delta, budget_spent = privacy_spent(run, round_number, accepted, settings.accountant)
+    draft = RoundSummary(
+        run_id=run.run_id,
+        round=round_number,
+        selected=run.selected(round_number),
+        participants=[item.client_id for item, _ in accepted],
+        num_examples=sum(n for _, n in accepted),
+        rejected=rejected,
+        metrics=_weighted_metrics(accepted),
+        global_model=ObjectRef(output_key, "0" * 64, 0),
+        duration_s=0.0,
+        aggregation_s=0.0,
+        completed_at="",
+        bytes_aggregated=sum(item.update.bytes for item, _ in accepted),
+        clipped=checked.clipped,
+        attempt=int(record.get("attempt", 0)),
+        epsilon=epsilon,
+        delta=delta,
+        declined=intake.declined,
+        privacy_budget_spent=budget_spent,
+    )
+    plan = sliced.SlicePlan(
+        run_id=run.run_id,
+        round=round_number,
+        claim=claim,
+        strategy=run.strategy,
+        strategy_params=dict(run.strategy_params),
+        input_model=input_model,
+        input_offsets=offsets,
+        input_data_start=data_start,
+        output_key=output_key,
+        upload_id=cast(MultipartStore, store).start_upload(output_key),
+        metadata=_file_metadata(run, round_number, claim, "global"),
+        shapes=dict(layout.spec.shapes),
+        slice_elements=sliced.slice_elements_for(layout.spec.num_parameters, int(settings.slice_bytes or 0)),
+        updates=[planned for _, planned in checked.accepted],
+        summary={**draft.to_dict(), "first_issued_at": str(record.get("first_issued_at", ""))},
+    )
+    log.info("round %s/%d: planned %d slices of %d updates", run.run_id, round_number, plan.slice_count, len(accepted))
+    return _write_once(store, keys.plan_key(run.run_id, round_number, claim), plan.encode())
+
+
+def plan_output(store: ModelStore, plan_ref: ObjectRef) -> dict[str, Any]:
+    """The round's task output when it is aggregated by slices: the plan and the slices to fan out to
+    (at most `sliced.MAX_SLICES` numbers); the state machine's "Aggregate slices" map reads it."""
+    plan = sliced.read_plan(store, plan_ref)
+    return {"sliced": {"plan": asdict(plan_ref), "slices": list(range(plan.slice_count))}}
+
+
+def aggregate_slice(plan_ref: ObjectRef, index: int, store: ModelStore) -> dict[str, float]:
+    """One slice of a planned round, uploaded as its part; its measurements (the Map's result)."""
+    plan = sliced.read_plan(store, plan_ref)
+    try:
+        return sliced.aggregate_slice(plan, index, store, cast(MultipartStore, store))
+    except (ValueError, FedstepError) as exc:
+        raise StrategyFailed(
+            f"strategy {plan.strategy!r} failed on slice {index} of round {plan.round} of run {plan.run_id}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def assemble_round(
+    plan_ref: ObjectRef,
+    results: Any,
+    *,
+    store: ModelStore,
+    table: RoundTable,
+    on_aggregated: Callable[[RoundSummary], None] | None = None,
+) -> dict[str, Any]:
+    """Join a planned round's slices into its global model, commit its summary under the plan's
+    claim and return the round's task output. A repeat (a retried call) returns the same output."""
+    plan = sliced.read_plan(store, plan_ref)
+    run = table.get_run(plan.run_id)
+    if run is None:
+        raise FedstepError(f"run {plan.run_id} has no run record")
+    record = table.get_round(plan.run_id, plan.round) or {}
+    if is_completed(record):
+        return task_output(RoundSummary.parse(record), run)
+    measurements = sliced.combine_measurements(sliced.check_results(results, plan.slice_count))
+    started = time.time()
+    cast(MultipartStore, store).complete_upload(plan.output_key, plan.upload_id, plan.slice_count)
+    sha256, size = stored_sha256(store, plan.output_key)
+    model = ObjectRef(plan.output_key, sha256, size)
+    draft = dict(plan.summary)
+    first_issued_at = str(draft.pop("first_issued_at", ""))
+    now = time.time()
+    summary = replace(
+        RoundSummary.parse(draft),
+        global_model=model,
+        measurements=check_measurements(measurements, "measurements"),
+        duration_s=seconds_since(first_issued_at, now),
+        aggregation_s=round(now - started, 3),
+        completed_at=utc_now(),
+    )
+    if not table.complete_round({**summary_item(summary), "status": ROUND_REPORTED}, plan.claim):
+        record = table.get_round(plan.run_id, plan.round) or {}
+        if is_completed(record):
+            return task_output(RoundSummary.parse(record), run)
+        raise FedstepError(f"round {plan.round} of run {plan.run_id}: the plan's claim no longer holds the round")
+    if on_aggregated is not None:
+        on_aggregated(summary)
+    return task_output(summary, run)
 
 
 def _run_strategy(

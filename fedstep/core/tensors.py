@@ -72,6 +72,29 @@ def encode(tensors: Tensors, metadata: dict[str, object] | None = None) -> bytes
     return _st_save(prepared, metadata=meta)
 
 
+def encoded_header(
+    spec: TensorSpec, metadata: dict[str, object] | None = None
+) -> tuple[bytes, dict[str, tuple[int, int]]]:
+    """The first bytes `encode` writes for tensors of `spec` with `metadata` (the 8-byte length and
+    the JSON header, padded with spaces to a multiple of 8 as safetensors pads it), and where each
+    tensor's bytes lie in the data section, in file order (by name). Lets a model be written in
+    parts - a sliced aggregation's multipart upload - byte for byte as `encode` writes it whole
+    (tested against safetensors)."""
+    meta = {METADATA_KEY: json.dumps(metadata or {}, sort_keys=True, separators=(",", ":"))}
+    entries: dict[str, object] = {"__metadata__": meta}
+    offsets: dict[str, tuple[int, int]] = {}
+    position = 0
+    for name in sorted(spec.shapes):
+        shape = spec.shapes[name]
+        size = 4 * int(np.prod(shape, dtype=np.int64))
+        offsets[name] = (position, position + size)
+        entries[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [position, position + size]}
+        position += size
+    text = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text, offsets
+
+
 def read_metadata(data: bytes) -> dict[str, object]:
     """fedstep's metadata in a safetensors file, or {} (raises InvalidUpdate on a malformed header)."""
     _, header = _header_json(data)

@@ -64,6 +64,23 @@ def read_layout(store: ModelStore, ref: ObjectRef) -> ModelLayout:
     )
 
 
+STREAM_BLOCK_BYTES = 16 * 2**20
+"""Bytes read at a time where a whole file is streamed rather than held (one ranged read each)."""
+
+
+def stored_sha256(store: ModelStore, key: str) -> tuple[str, int]:
+    """(sha256, size) of a stored object, streamed `STREAM_BLOCK_BYTES` at a time (one version
+    throughout): memory one block, whatever the object's size."""
+    first = store.read_range(key, 0, STREAM_BLOCK_BYTES)
+    digest = hashlib.sha256(first.data)
+    block = bytearray(min(STREAM_BLOCK_BYTES, max(1, first.total_bytes - len(first.data))))
+    for start in range(len(first.data), first.total_bytes, len(block)):
+        view = memoryview(block)[: min(len(block), first.total_bytes - start)]
+        store.read_into(key, start, view, first.version)
+        digest.update(view)
+    return digest.hexdigest(), first.total_bytes
+
+
 def read_model(store: ModelStore, ref: ObjectRef, layout: ModelLayout) -> tensors.Tensors:
     """A global model (written by the server) whose layout was read, as views into one buffer: one
     copy of its data in memory."""
@@ -157,7 +174,7 @@ def _read_file(
 ) -> CheckedFile:
     """The tensors of the file `ref` (`ref.bytes` long, sha256 `ref.sha256`) whose header matches
     `layout`; its metadata is checked before its tensor data is downloaded."""
-    header, first = _read_header(store, ref, layout, check_metadata)
+    header, first = read_checked_header(store, ref, layout, check_metadata)
     data = bytearray(ref.bytes - header.data_start)
     if len(first.data) >= ref.bytes:  # a small file came whole with its header
         data[:] = first.data[header.data_start :]
@@ -171,7 +188,7 @@ def _read_file(
     return CheckedFile(tensors.views(data, header, layout.spec, check_finite=False), header, first.version, check.norm)
 
 
-def _read_header(
+def read_checked_header(
     store: ModelStore,
     ref: ObjectRef,
     layout: ModelLayout,

@@ -10,9 +10,12 @@ cloud starts and undone when it stops. Lambda handlers run in this process.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +39,25 @@ FAKE_CREDENTIALS = {
 CACHE = gaps.REPO / ".cache"
 
 
+@contextlib.contextmanager
+def assembly_lock(cache_dir: Path) -> Iterator[None]:
+    """Hold `cache_dir`'s lock while synthesizing into its assembly and deploying from it: another
+    process's local cloud (a parallel test worker, a second `fedstep local`) waits its turn."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / "assembly.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class LocalCloud:
-    def __init__(self, config: Any, cache_dir: Path = CACHE) -> None:
+    def __init__(self, config: Any, cache_dir: Path = CACHE, *, enforce_lambda_memory: bool = False) -> None:
+        """`enforce_lambda_memory`: run each Lambda invocation in its own process and fail it, as Lambda
+        does, when its peak memory passes the function's MemorySize (slower: each imports its handler)."""
         self.config = config
+        self.enforce_lambda_memory = enforce_lambda_memory
         self.cache_dir = Path(cache_dir)
         self.server: Any = None
         self.endpoint = ""
@@ -76,6 +95,8 @@ class LocalCloud:
         self._set_env({**FAKE_CREDENTIALS, "MOTO_PORT": str(port), "AWS_ENDPOINT_URL": self.endpoint})
         gaps.reset_backends(self.endpoint)  # moto's state is per process: start from nothing
         gaps.apply_patches()
+        gaps.LAMBDA_IN_PROCESS.enforce_memory = self.enforce_lambda_memory
+        gaps.LAMBDA_IN_PROCESS.memory_uses.clear()
         self.outputs = self.deploy()
         return self
 
@@ -83,14 +104,15 @@ class LocalCloud:
         from fedstep.local.synth_cache import synthesize
 
         started = time.monotonic()
-        assembly, reused = synthesize(self.config, self.cache_dir / "cdk.out")
         stack = self.config.stack_name
-        synthesized = time.monotonic()
         cfn, s3, ssm = self.client("cloudformation"), self.client("s3"), self.client("ssm")
         account = self.client("sts").get_caller_identity()["Account"]
-        deploy.prune_stale_assets(assembly, stack)
-        deploy.publish_assets(assembly, stack, s3, account, REGION)
-        template = deploy.create_stack(assembly, stack, cfn, ssm)
+        with assembly_lock(self.cache_dir):  # local clouds in other processes share the assembly's directory
+            assembly, reused = synthesize(self.config, self.cache_dir / "cdk.out")
+            synthesized = time.monotonic()
+            deploy.prune_stale_assets(assembly, stack)
+            deploy.publish_assets(assembly, stack, s3, account, REGION)
+            template = deploy.create_stack(assembly, stack, cfn, ssm)
         gaps.SNS_SUBSCRIPTIONS.apply(cfn, self.client("sns"), self.client("sqs"), stack, template)
         gaps.STEP_FUNCTIONS_EXECUTION.apply(cfn, self.client("stepfunctions"), self.endpoint, stack, template)
         log.info(

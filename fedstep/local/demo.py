@@ -9,8 +9,10 @@ label counts go to the run's `partition.json` (see `fedstep.core.label_counts`) 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,7 +31,7 @@ from fedstep.core.errors import FedstepError
 from fedstep.core.label_counts import LabelCounts
 from fedstep.core.schemas import RoundSummary, Target, headline_metric
 from fedstep.core.strategies.params import to_json as params_json
-from fedstep.local.cloud import LocalCloud
+from fedstep.local.cloud import FAKE_CREDENTIALS, LocalCloud
 from fedstep.local.processes import ClientProcesses
 
 if TYPE_CHECKING:
@@ -127,26 +129,35 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
     settings = config.settings.validated()
     client_ids = [f"client-{i}" for i in range(1, config.clients + 1)]
     settings.for_clients(client_ids)  # refused now, not after the local cloud is up
-    prepared, counts = partition_data(config.dataset, client_ids, scheme, config.seed)
-    echo_partition(prepared, counts, echo)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    model_ref = config.model or DEFAULT_FOR_DATASET[config.dataset]
-    model = build_model(model_ref, config.seed)
-    check_model_fits(model, model_ref, prepared)
-    architecture, initial_weights = keras_payload(model)
-    deployment = DeploymentConfig(
-        project="fedstep", clients=tuple(ClientConfig(c) for c in client_ids), round_timeout_s=settings.round_timeout_s
-    )
-    echo(f"starting the local cloud and deploying the stack for {config.clients} clients ...")
     # With --keep-running the agents keep serving after the run's end (`--follow`), for the runs an
     # operator starts on the kept cloud; they stop with it (ClientProcesses, and the kernel if killed).
     agent_mode = ["--follow"] if config.keep_running else []
-    with (
-        _lambda_logs_to(out / "logs" / "aggregate.log"),  # restored last: the function may log until the cloud stops
-        LocalCloud(deployment) as cloud,
-        ClientProcesses() as procs,
-    ):
+    config_paths = {cid: out / "clients" / f"{cid}.json" for cid in client_ids}
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_lambda_logs_to(out / "logs" / "aggregate.log"))  # restored last: logs until the end
+        procs = stack.enter_context(ClientProcesses())
+        # The agents start first: they import TensorFlow while the data is split and the stack deploys,
+        # then wait for their config (written below, once the stack's queues and roles exist).
+        for cid, path in config_paths.items():
+            path.unlink(missing_ok=True)
+            args = ["run", "--config", str(path), "--wait-for-config", str(AGENT_START_S), *agent_mode]
+            procs.start(cid, args, dict(FAKE_CREDENTIALS), out / "logs" / f"{cid}.log")
+        prepared, counts = partition_data(config.dataset, client_ids, scheme, config.seed)
+        echo_partition(prepared, counts, echo)
+        model_ref = config.model or DEFAULT_FOR_DATASET[config.dataset]
+        model = build_model(model_ref, config.seed)
+        check_model_fits(model, model_ref, prepared)
+        architecture, initial_weights = keras_payload(model)
+        deployment = DeploymentConfig(
+            project="fedstep",
+            clients=tuple(ClientConfig(c) for c in client_ids),
+            round_timeout_s=settings.round_timeout_s,
+        )
+        echo(f"starting the local cloud and deploying the stack for {config.clients} clients ...")
+        cloud = stack.enter_context(LocalCloud(deployment))
+        stack.callback(procs.stop)  # the agents stop before the cloud does
         outputs = cloud.outputs
         assert outputs is not None
         for i, cid in enumerate(client_ids, start=1):
@@ -161,11 +172,12 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
                 poll_wait_s=1,
                 cache_dir=str(out / "cache" / cid),
             )
-            path = out / "clients" / f"{cid}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(client_config, indent=2))
-            procs.start(cid, ["run", "--config", str(path), *agent_mode], cloud.env(), out / "logs" / f"{cid}.log")
+            write_whole(config_paths[cid], json.dumps(client_config, indent=2))
         echo(f"local cloud at {cloud.endpoint}; client logs in {out / 'logs'}")
+        table = DynamoRoundTable(outputs.table, cloud.client("dynamodb"))
+        waited = wait_until_online(table, procs, client_ids, AGENT_START_S)
+        late = f"; not yet: {', '.join(waited)} (round 1 waits for them until its deadline)" if waited else ""
+        echo(f"{len(client_ids) - len(waited)} of {len(client_ids)} clients online{late}")
         started = start_run(
             architecture,
             initial_weights,
@@ -182,7 +194,6 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
         )
         store = S3ModelStore(outputs.bucket, cloud.client("s3"))
         store.put_once(keys.partition_key(started.run_id), json.dumps(counts.to_json()).encode())
-        table = DynamoRoundTable(outputs.table, cloud.client("dynamodb"))
         evaluator = HeldoutEvaluator(datasets.heldout(prepared), architecture)
         rounds, output = _watch(
             cloud, procs, started.run_id, started.execution_arn, store, table, evaluator, config, echo
@@ -217,6 +228,34 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
         if config.keep_running:
             _keep_running(cloud.endpoint, started.run_id, model_ref, out, procs, echo)
     return summary
+
+
+AGENT_START_S = 180.0
+"""How long the runner waits for the agents: for their config file (they wait), then for their heartbeats."""
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Write `path` so that a reader sees all of it or nothing (a temporary file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def wait_until_online(
+    table: DynamoRoundTable, procs: ClientProcesses, client_ids: list[str], timeout_s: float
+) -> list[str]:
+    """Wait until every agent's heartbeat says it is online, so that round 1 takes a round's time rather
+    than the agents' start-up; the clients still not online after `timeout_s` (or whose agent exited)."""
+    from fedstep.cli.clients import statuses
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        online = {s.client_id for s in statuses(client_ids, table.get_heartbeats(client_ids)) if s.status == "online"}
+        waiting = [c for c in client_ids if c not in online and c not in procs.failed()]
+        if not waiting or time.monotonic() > deadline:
+            return [c for c in client_ids if c not in online]
+        time.sleep(0.1)
 
 
 def stop_line(reason: str | None, settings: RunSettings, rounds_completed: int) -> str | None:

@@ -158,6 +158,10 @@ class Strategy(ABC):
     Params: ClassVar[type] = NoParams
     access: ClassVar[str] = "pass"
     """"pass" (one pass, O(model)) or "slices" (O(clients x slice)): how it reads the updates."""
+    sliceable: ClassVar[bool] = False
+    """Whether each output weight depends on that weight alone (of the global model and the updates)
+    and there is no state: then a model larger than one function is aggregated by a fan-out of
+    slices, each a model of its own (`fedstep.core.sliced`)."""
 
     def __init__(self, params: Any = None) -> None:
         self.params = params if params is not None else self.Params()

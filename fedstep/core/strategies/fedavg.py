@@ -12,6 +12,7 @@ class FedAvg(Strategy):
 
     name = "fedavg"
     summary = "example-weighted mean of the updates (McMahan et al. 2017)"
+    sliceable = True
 
     def aggregate(
         self, round_number: int, global_model: GlobalModel, state: ServerState, updates: Updates

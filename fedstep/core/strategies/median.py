@@ -24,6 +24,7 @@ class Median(Strategy):
     name = "median"
     summary = "coordinate-wise median of the updates, unweighted (Yin et al. 2018)"
     access = "slices"
+    sliceable = True
 
     def aggregate(
         self, round_number: int, global_model: GlobalModel, state: ServerState, updates: Updates

@@ -35,6 +35,7 @@ class TrimmedMean(Strategy):
     summary = "coordinate-wise beta-trimmed mean of the updates, unweighted (Yin et al. 2018)"
     Params = TrimmedMeanParams
     access = "slices"
+    sliceable = True
 
     def check(self, params: Any) -> None:
         if not 0 <= params.beta < 0.5:

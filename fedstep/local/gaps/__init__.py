@@ -10,7 +10,8 @@ fails once moto fixes the gap (then the shim goes). moto runs the synthesized Cl
 6. `iam_role_policies`: its `AWS::IAM::Role` handler stores inline policies as objects;
 7. `stop_execution`: its StopExecution does not interrupt an execution waiting for a task token;
 8. `task_failure_cause`: its SendTaskFailure drops the cause;
-9. `sns_fanout`: its SNS delivers a message to a topic's first 100 subscriptions only.
+9. `sns_fanout`: its SNS delivers a message to a topic's first 100 subscriptions only;
+10. `s3_ranged_get`: its S3 reads a whole object for every ranged GET.
 
 Each shim's `gap` says what moto does and what AWS does; `apply(...)` fills the gap and `undo()` restores
 what it replaced. `PATCHES` replace moto code for the whole process (`apply_patches` when the local cloud
@@ -25,6 +26,7 @@ from fedstep.local.gaps import (
     iam_role_policies,
     kms_from_cloudformation,
     lambda_in_process,
+    s3_ranged_get,
     sns_fanout,
     sns_subscriptions,
     step_functions_execution,
@@ -47,6 +49,7 @@ IAM_ROLE_POLICIES = iam_role_policies.SHIM
 STOP_EXECUTION = stop_execution.SHIM
 TASK_FAILURE_CAUSE = task_failure_cause.SHIM
 SNS_FANOUT = sns_fanout.SHIM
+S3_RANGED_GET = s3_ranged_get.SHIM
 
 # Applied in this order (the stream delivery wraps the in-process runner), undone in reverse.
 PATCHES: tuple[PatchShim, ...] = (
@@ -57,6 +60,7 @@ PATCHES: tuple[PatchShim, ...] = (
     STOP_EXECUTION,
     TASK_FAILURE_CAUSE,
     SNS_FANOUT,
+    S3_RANGED_GET,
 )
 STACK_SHIMS: tuple[StackShim, ...] = (SNS_SUBSCRIPTIONS, STEP_FUNCTIONS_EXECUTION)
 SHIMS: dict[str, Shim] = {shim.name: shim for shim in (*STACK_SHIMS, *PATCHES)}
@@ -85,6 +89,7 @@ __all__ = [
     "MOTO_VERSION",
     "PATCHES",
     "REPO",
+    "S3_RANGED_GET",
     "SHIMS",
     "SNS_FANOUT",
     "SNS_SUBSCRIPTIONS",

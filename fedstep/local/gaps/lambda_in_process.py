@@ -8,6 +8,9 @@ import io
 import json
 import logging
 import os
+import subprocess
+import sys
+import tempfile
 import traceback
 import uuid
 import zipfile
@@ -69,11 +72,68 @@ def log_failure(function_name: str, exc: Exception) -> None:
         log.error("Lambda %s failed:\n%s", function_name, traceback.format_exc())
 
 
+@dataclass(frozen=True)
+class MemoryUse:
+    """One invocation's peak resident memory, as Lambda's "Max Memory Used" (MB), against its MemorySize."""
+
+    function_name: str
+    mode: str
+    """The event's `mode` (publish, slice, ...), or "" (a stream batch)."""
+    peak_mb: float
+    memory_mb: int
+
+
+def run_isolated(function: Any, event: Any) -> tuple[str, bool, str]:
+    """Run one invocation in its own Python process (`fedstep.local.lambda_child`) with the function's
+    environment, and fail it as Lambda does - `Runtime.OutOfMemory` - if its peak resident memory
+    passed the function's MemorySize. Each invocation's peak is kept in `SHIM.memory_uses`."""
+    memory_mb = int(function.memory_size or 128)
+    with tempfile.TemporaryDirectory(prefix="fedstep-lambda-") as tmp:
+        answer = Path(tmp) / "answer.json"
+        request = {"handler": function.handler, "event": event if event is not None else {}, "answer": str(answer)}
+        request["context"] = {
+            "function_name": function.function_name,
+            "invoked_function_arn": function.function_arn,
+            "memory_limit_in_mb": memory_mb,
+            "aws_request_id": str(uuid.uuid4()),
+        }
+        env = {**os.environ, **{k: str(v) for k, v in (function.environment_vars or {}).items()}}
+        env["PYTHONPATH"] = str(REPO)
+        subprocess.run(
+            [sys.executable, "-m", "fedstep.local.lambda_child"],
+            input=json.dumps(request),
+            text=True,
+            env=env,
+            cwd=REPO,
+            check=False,
+            timeout=int(function.timeout or 900) + 60,
+        )
+        if not answer.exists():
+            return json.dumps({"errorType": "Runtime.ExitError", "errorMessage": "the runtime exited"}), True, ""
+        outcome = json.loads(answer.read_text())
+    mode = str(event.get("mode", "")) if isinstance(event, dict) else ""
+    SHIM.memory_uses.append(MemoryUse(function.function_name, mode, outcome["max_rss_mb"], memory_mb))
+    if outcome["max_rss_mb"] > memory_mb:
+        message = f"used {outcome['max_rss_mb']:.0f} MB of the function's {memory_mb} MB"
+        log.error("Lambda %s: Runtime.OutOfMemory: %s", function.function_name, message)
+        return json.dumps({"errorType": "Runtime.OutOfMemory", "errorMessage": message}), True, ""
+    if "error" in outcome:
+        log_line = (
+            f"Lambda {function.function_name}: {outcome['error']['errorType']}: {outcome['error']['errorMessage']}"
+        )
+        log.warning("%s", log_line)
+        return json.dumps(outcome["error"]), True, outcome.get("trace", "")
+    return json.dumps(outcome["result"]), False, ""
+
+
 def run_handler(function: Any, event: Any = None) -> tuple[str, bool, str]:
     """Replacement for moto's `LambdaFunction._invoke_lambda`: run the function's handler here and now, with
-    its environment; returns (payload, errored, logs) as moto's does."""
+    its environment (or in its own process, `SHIM.enforce_memory`); returns (payload, errored, logs) as
+    moto's does."""
     try:
         verify_code_matches_checkout(function.code_bytes)
+        if SHIM.enforce_memory:
+            return run_isolated(function, event)
         os.environ.update({k: str(v) for k, v in (function.environment_vars or {}).items()})
         module_name, func_name = function.handler.rsplit(".", 1)
         handler = getattr(importlib.import_module(module_name), func_name)
@@ -92,6 +152,9 @@ def run_handler(function: Any, event: Any = None) -> tuple[str, bool, str]:
 
 
 class LambdaInProcess(PatchShim):
+    """`enforce_memory`: run each invocation in its own process, as Lambda's memory limit applies to it
+    (set by `LocalCloud(enforce_lambda_memory=True)`; slower: each invocation imports its handler)."""
+
     name = "lambda_in_process"
     gap = (
         "moto runs Lambda code only in a Docker container (its private LambdaFunction._invoke_lambda); without "
@@ -110,6 +173,15 @@ class LambdaInProcess(PatchShim):
         from moto.awslambda.models import LambdaFunction
 
         return [(LambdaFunction, "_invoke_lambda", run_handler)]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enforce_memory = False
+        self.memory_uses: list[MemoryUse] = []
+
+    def undo(self) -> None:
+        super().undo()
+        self.enforce_memory = False
 
 
 SHIM = LambdaInProcess()

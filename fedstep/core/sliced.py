@@ -1,0 +1,352 @@
+"""Sliced aggregation: a model larger than one function's memory, aggregated by a fan-out of slices
+(DESIGN "Beyond one machine").
+
+A round whose global model is larger than the deployment's slice size (`AggregationSettings.slice_bytes`)
+is aggregated in three steps, each an invocation of the aggregation function:
+
+1. **Plan** (`plan_round`, by the invocation that claimed the round, in place of aggregating): every
+   update is checked as the one-pass path checks it - size, header, metadata, sha256, finite values,
+   bounds - streaming each file a block at a time (memory: one block), and the object version checked
+   is kept with where each tensor lies in the file. It starts the S3 multipart upload of the new global
+   model and writes the plan (JSON, once, beside the round's models). The claim is extended to
+   `SLICED_LEASE_S`, so no other invocation takes the round: only the plan's steps finish it. The
+   round's task output then names the plan and its slices, and the state machine fans out.
+2. **Slice** (`aggregate_slice`, one invocation per slice, in parallel: the state machine's Distributed
+   Map): elements [start, stop) of the new model's data section, as `tensors.encode` lays it out. It
+   reads that range of the global model and of every accepted update (ranged reads of the checked
+   versions), runs the strategy on it as on a model of its own, and uploads the result as part
+   `index + 1` (the file's header before the first slice). Memory: a few slices, whatever the model's
+   size or the number of clients. A retried slice uploads the same bytes again.
+3. **Assemble** (`assemble_round`): completes the upload, reads the new model back once to hash it,
+   and commits the round summary under the claim; the summary is the round's task output.
+
+Only strategies whose every output weight depends on that weight alone are sliced
+(`Strategy.sliceable`: FedAvg, FedProx, median, trimmed mean); for them the slices' bytes are those of
+the one-function aggregation. Another strategy on a larger model fails the round with StrategyFailed,
+naming the ones that slice; `fedstep start` refuses such a run before it starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from fedstep import SCHEMA_VERSION
+from fedstep.core import influence, limits, strategies, tensors
+from fedstep.core.errors import FedstepError, InvalidUpdate
+from fedstep.core.ports import ModelStore, MultipartStore
+from fedstep.core.schemas import Adjustment, Bounds, InvalidMessage, ObjectRef, Rejection, UpdateItem
+from fedstep.core.strategies import ClientUpdate, GlobalModel, UpdateInfo
+from fedstep.core.update_source import (
+    SLICE_BUDGET_BYTES,
+    SLICE_READERS,
+    STREAM_BLOCK_BYTES,
+    DataCheck,
+    ModelLayout,
+    check_size,
+    metadata_check,
+    read_checked_header,
+    read_header,
+)
+
+SLICED_LEASE_S = 6 * 3600.0
+"""How long a planned round stays claimed by its plan: the fan-out and the assembly must end within
+it (a slice takes at most one function timeout; the Map runs many at once)."""
+MAX_SLICES = 1000
+"""The most slices a round fans out to: bounds the state machine's payloads (the slice list and the
+slices' results) and stays far inside S3's 10,000 parts; a larger model gets larger slices."""
+MIN_SLICE_MB = 8
+"""The smallest slice a deployment may configure (`slice_mb`): every part of an S3 multipart upload
+but the last must be at least 5 MiB."""
+
+
+class NotSliceable(FedstepError):
+    """The strategy cannot aggregate a model by slices."""
+
+
+def sliceable_strategies() -> list[str]:
+    return sorted(name for name, cls in strategies.STRATEGIES.items() if cls.sliceable)
+
+
+def needs_slices(model_bytes: int, slice_bytes: int | None) -> bool:
+    """Whether a global model of `model_bytes` is aggregated by slices of `slice_bytes` (None: never)."""
+    return slice_bytes is not None and model_bytes > slice_bytes
+
+
+def check_sliceable(strategy: strategies.Strategy, model_bytes: int, slice_bytes: int | None) -> None:
+    """NotSliceable, naming the strategies that slice, when `strategy` would have to slice and cannot."""
+    if needs_slices(model_bytes, slice_bytes) and not strategy.sliceable:
+        raise NotSliceable(
+            f"strategy {strategy.name!r} cannot aggregate this model of {model_bytes / 2**20:.0f} MiB: models "
+            f"over the deployment's slice size ({slice_bytes / 2**20:.0f} MiB, `slice_mb`) are aggregated by "
+            f"slices, which only {', '.join(sliceable_strategies())} can do (each weight from that weight alone)"
+        )
+
+
+# -- the plan --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlannedUpdate:
+    """An accepted update as the slices read it: the checked object version, where each tensor's bytes
+    lie in the file, the examples it is weighted by and the factor its norm bound scales it by."""
+
+    client_id: str
+    key: str
+    version: str | None
+    data_start: int
+    offsets: dict[str, tuple[int, int]]
+    examples: int
+    scale: float | None
+
+
+@dataclass(frozen=True)
+class SlicePlan:
+    """What the slices and the assembly of a round need; written once by the planning invocation."""
+
+    run_id: str
+    round: int
+    claim: str
+    strategy: str
+    strategy_params: dict[str, Any]
+    input_model: ObjectRef
+    input_offsets: dict[str, tuple[int, int]]
+    """Where each tensor lies in the global model's data section (its own header's order)."""
+    input_data_start: int
+    output_key: str
+    upload_id: str
+    metadata: dict[str, object]
+    """The new model's fedstep metadata (its header is `tensors.encoded_header(spec, metadata)`)."""
+    shapes: dict[str, tuple[int, ...]]
+    slice_elements: int
+    updates: list[PlannedUpdate]
+    summary: dict[str, Any]
+    """The round summary's fields known at planning (`RoundSummary` without the model, timings, measurements)."""
+
+    @property
+    def spec(self) -> tensors.TensorSpec:
+        return tensors.TensorSpec(self.shapes)
+
+    @property
+    def slice_count(self) -> int:
+        return max(1, math.ceil(self.spec.num_parameters / self.slice_elements))
+
+    def pieces(self, index: int) -> list[tuple[str, int, int]]:
+        """The tensor pieces of slice `index`: (name, start, stop), elements of the flattened tensor,
+        in the new model's file order."""
+        if not 0 <= index < self.slice_count:
+            raise ValueError(f"slice {index} is outside the plan's {self.slice_count} slices")
+        first, last = index * self.slice_elements, (index + 1) * self.slice_elements
+        _, offsets = tensors.encoded_header(self.spec, self.metadata)
+        out = []
+        for name, (begin, end) in offsets.items():
+            t0, t1 = begin // 4, end // 4
+            if t1 > first and t0 < last and t1 > t0:
+                out.append((name, max(first, t0) - t0, min(last, t1) - t0))
+        return out
+
+    def encode(self) -> bytes:
+        return json.dumps({"schema": SCHEMA_VERSION, **asdict(self)}, sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> SlicePlan:
+        raw = json.loads(data)
+        raw.pop("schema", None)
+        raw["input_model"] = ObjectRef(**raw["input_model"])
+        raw["input_offsets"] = {k: tuple(v) for k, v in raw["input_offsets"].items()}
+        raw["shapes"] = {k: tuple(v) for k, v in raw["shapes"].items()}
+        raw["updates"] = [
+            PlannedUpdate(**{**u, "offsets": {k: tuple(v) for k, v in u["offsets"].items()}}) for u in raw["updates"]
+        ]
+        return cls(**raw)
+
+
+def read_plan(store: ModelStore, ref: ObjectRef) -> SlicePlan:
+    """The plan `ref` names (the state machine carries the ref), checked against its sha256."""
+    data = store.get(ref.key)
+    if tensors.sha256_hex(data) != ref.sha256:
+        raise FedstepError(f"the slice plan {ref.key} does not match its sha256")
+    return SlicePlan.decode(data)
+
+
+def slice_elements_for(model_elements: int, slice_bytes: int) -> int:
+    """Elements per slice: the deployment's slice size, larger if the model would need over `MAX_SLICES`."""
+    return max(1, slice_bytes // 4, math.ceil(model_elements / MAX_SLICES))
+
+
+@dataclass
+class CheckedUpdates:
+    """The outcome of checking a round's updates for a plan."""
+
+    accepted: list[tuple[UpdateItem, PlannedUpdate]]
+    rejected: list[Rejection]
+    clipped: list[Adjustment]
+
+
+def check_updates(
+    store: ModelStore, layout: ModelLayout, bounds: Bounds, items: list[UpdateItem], on_rejected: Any
+) -> CheckedUpdates:
+    """Every update checked as the one-pass path checks it (`fedstep.core.update_source`), its data
+    streamed `STREAM_BLOCK_BYTES` at a time (ranged reads of the version whose header was checked):
+    memory one block, whatever the model's size."""
+    out = CheckedUpdates([], [], [])
+    block = bytearray(min(STREAM_BLOCK_BYTES, layout.spec.data_bytes) or 1)
+    for item in items:
+        try:
+            examples, capped = influence.bounded_examples(item.client_id, item.num_examples, bounds)
+            check_size(item, layout)
+            header, first = read_checked_header(store, item.update, layout, metadata_check(item))
+            check = DataCheck(hashlib.sha256(first.data[: header.data_start]), 0.0 if bounds.max_update_norm else None)
+            for start in range(header.data_start, item.update.bytes, len(block)):
+                view = memoryview(block)[: min(len(block), item.update.bytes - start)]
+                store.read_into(item.update.key, start, view, first.version)
+                check.feed(view)
+            check.verify(item.update)
+            scale, clipped_norm = _norm_scale(check.norm, bounds)
+        except InvalidUpdate as exc:
+            out.rejected.append(Rejection(item.client_id, exc.reason))
+            on_rejected(item, exc.reason)
+            continue
+        what = "; ".join(w for w in (capped, clipped_norm) if w)
+        if what:
+            out.clipped.append(Adjustment(item.client_id, what))
+        planned = PlannedUpdate(
+            item.client_id,
+            item.update.key,
+            first.version,
+            header.data_start,
+            header.offsets,
+            examples,
+            None if scale is None else float(scale),
+        )
+        out.accepted.append((item, planned))
+    return out
+
+
+def _norm_scale(norm: float | None, bounds: Bounds) -> tuple[np.float32 | None, str | None]:
+    """`influence.norm_bound` on a norm measured while streaming."""
+    if norm is None:
+        return None, None
+    return influence.norm_bound({}, bounds, norm)
+
+
+def input_offsets(store: ModelStore, ref: ObjectRef, layout: ModelLayout) -> tuple[dict[str, tuple[int, int]], int]:
+    """Where each tensor lies in the global model file (the server wrote it; its header is checked
+    against the model's own spec), and where its data section starts."""
+    head = read_header(store, ref)
+    header = tensors.parse_header(head, ref.bytes, layout.spec, layout.max_header_bytes)
+    return header.offsets, header.data_start
+
+
+# -- one slice -------------------------------------------------------------------------------------
+
+
+@dataclass
+class PlannedSlice:
+    """The `Updates` of one slice: every accepted update's pieces of the slice's tensors, read with
+    ranged reads of the checked versions and scaled by their norm bounds as the one-pass path scales
+    them. Its spec names each piece by its tensor's name, flattened."""
+
+    store: ModelStore
+    plan: SlicePlan
+    pieces: list[tuple[str, int, int]]
+    sliced: bool = False
+
+    @property
+    def spec(self) -> tensors.TensorSpec:
+        return tensors.TensorSpec({name: (stop - start,) for name, start, stop in self.pieces})
+
+    @property
+    def slice_elements(self) -> int:
+        return max(1024, SLICE_BUDGET_BYTES // (4 * max(1, len(self.plan.updates))))
+
+    def accepted(self) -> list[UpdateInfo]:
+        return [UpdateInfo(u.client_id, u.examples) for u in self.plan.updates]
+
+    def _read(self, update: PlannedUpdate, name: str, start: int, out: np.ndarray) -> None:
+        begin = update.data_start + update.offsets[name][0] + 4 * start
+        self.store.read_into(update.key, begin, memoryview(out.view(np.uint8)), update.version)
+        if update.scale is not None:
+            out *= np.float32(update.scale)
+
+    def __iter__(self) -> Iterator[ClientUpdate]:
+        for update in self.plan.updates:
+            delta = {}
+            for name, start, stop in self.pieces:
+                delta[name] = np.empty(stop - start, dtype="<f4")
+                self._read(update, name, start, delta[name])
+            yield ClientUpdate(update.client_id, update.examples, delta)
+            del delta
+
+    def slice(self, name: str, start: int, stop: int) -> np.ndarray:
+        [(_, begin, end)] = [p for p in self.pieces if p[0] == name]
+        if not 0 <= start <= stop <= end - begin:
+            raise ValueError(f"slice [{start}, {stop}) is outside piece {name!r} of {end - begin} elements")
+        rows = np.empty((len(self.plan.updates), stop - start), dtype="<f4")
+
+        def read(i: int) -> None:
+            self._read(self.plan.updates[i], name, begin + start, rows[i])
+
+        if stop > start and self.plan.updates:
+            with ThreadPoolExecutor(max_workers=min(SLICE_READERS, len(self.plan.updates))) as pool:
+                list(pool.map(read, range(len(self.plan.updates))))
+        return rows
+
+
+def _global_pieces(store: ModelStore, plan: SlicePlan, pieces: list[tuple[str, int, int]]) -> tensors.Tensors:
+    out: tensors.Tensors = {}
+    for name, start, stop in pieces:
+        out[name] = np.empty(stop - start, dtype="<f4")
+        begin = plan.input_data_start + plan.input_offsets[name][0] + 4 * start
+        store.read_into(plan.input_model.key, begin, memoryview(out[name].view(np.uint8)), None)
+    return out
+
+
+def aggregate_slice(plan: SlicePlan, index: int, store: ModelStore, parts: MultipartStore) -> dict[str, float]:
+    """Aggregate slice `index` of the plan and upload it as part `index + 1`; the strategy's
+    measurements of the slice (`step_norm` as its square, `step_norm_squared`, so slices add up)."""
+    pieces = plan.pieces(index)
+    updates = PlannedSlice(store, plan, pieces)
+    strategy = strategies.build(plan.strategy, plan.strategy_params)
+    global_model = GlobalModel(updates.spec, lambda: _global_pieces(store, plan, pieces))
+    result = strategy.aggregate(plan.round, global_model, strategies.ServerState(), updates)
+    data = bytearray(tensors.encoded_header(plan.spec, plan.metadata)[0] if index == 0 else b"")
+    for name, _, _ in pieces:
+        weights = np.ascontiguousarray(result.weights.pop(name), dtype="<f4")
+        if not tensors.all_finite(weights):
+            raise FedstepError(f"slice {index}: the aggregate's tensor {name!r} is not finite; nothing was published")
+        data += weights.tobytes()
+        del weights
+    parts.upload_part(plan.output_key, plan.upload_id, index + 1, bytes(data))
+    measurements = {k: float(v) for k, v in result.measurements.items() if k != "step_norm"}
+    if "step_norm" in result.measurements:
+        measurements["step_norm_squared"] = float(result.measurements["step_norm"]) ** 2
+    return measurements
+
+
+def combine_measurements(results: list[dict[str, float]]) -> dict[str, float]:
+    """The round's measurements from its slices': `step_norm` from the squares' sum, any other the
+    first slice's (those of the sliceable strategies are the same in every slice)."""
+    out = {k: v for k, v in (results[0] if results else {}).items() if k != "step_norm_squared"}
+    if any("step_norm_squared" in r for r in results):
+        out["step_norm"] = math.sqrt(sum(r.get("step_norm_squared", 0.0) for r in results))
+    return out
+
+
+def check_results(results: Any, count: int) -> list[dict[str, float]]:
+    """The slices' results as the state machine passes them on: one dict of numbers per slice."""
+    if not isinstance(results, list) or len(results) != count:
+        raise InvalidMessage(f"expected the results of {count} slices, got {type(results).__name__}")
+    out = []
+    for r in results:
+        if not isinstance(r, dict) or len(r) > limits.MAX_MEASUREMENTS:
+            raise InvalidMessage("a slice's result is not a small object of numbers")
+        out.append({str(k): float(v) for k, v in r.items()})
+    return out

@@ -1,0 +1,115 @@
+"""Sliced aggregation on the local cloud: the state machine fans a round whose model is larger than
+the deployment's slice size out over a Distributed Map of slice invocations and assembles the global
+model with an S3 multipart upload (`fedstep.core.sliced`, DESIGN "Beyond one machine").
+
+A 1 GiB model with functions of less memory is in tests/test_sliced_1gib.py (`make test-scale`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from fedstep.aws.adapters import DynamoRoundTable, S3ModelStore
+from fedstep.core import keys, tensors
+from fedstep.core.clock import utc_now
+from fedstep.core.rounds import try_complete_round
+from fedstep.core.schemas import ObjectRef, UpdateItem
+from fedstep.local import gaps
+from tests.cloud_helpers import published_round, serve, start, summaries, wait_for_execution
+from tests.memory_ports import MemoryStore, MemoryTable, RecordingReporter
+
+CLIENTS = ("client-1", "client-2")
+EXAMPLES = {"client-1": 10, "client-2": 30}
+
+
+def deployment(max_model_mb: int, slice_mb: int):
+    from infra.config import ClientConfig, DeploymentConfig
+
+    return DeploymentConfig(
+        project="sliced", clients=tuple(ClientConfig(c) for c in CLIENTS), max_model_mb=max_model_mb, slice_mb=slice_mb
+    )
+
+
+def submit_updates(cloud, run_id: str, round_number: int, deltas: dict[str, tensors.Tensors]) -> None:
+    """Each client's update written as the client writes it: the file under its prefix, then its item
+    (whose stream record starts the aggregation)."""
+    s3 = cloud.client("s3")
+    table = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb"))
+    for client, delta in deltas.items():
+        key = keys.update_key(run_id, round_number, client)
+        item = UpdateItem(run_id, round_number, client, EXAMPLES[client], ObjectRef(key, "0" * 64, 0), {}, utc_now())
+        data = tensors.encode(delta, item.file_metadata())
+        s3.put_object(Bucket=cloud.outputs.bucket, Key=key, Body=data)
+        table.put_once(replace(item, update=ObjectRef(key, tensors.sha256_hex(data), len(data))).to_item())
+        del data
+    gaps.wait_for_stream_batches()
+
+
+def in_one_process(cloud, run_id: str) -> bytes:
+    """The same round aggregated in one process (no slices), from the same update files and items,
+    on in-memory ports: its global model."""
+    table = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb"))
+    s3 = S3ModelStore(cloud.outputs.bucket, cloud.client("s3"))
+    run = table.get_run(run_id)
+    record = table.get_round(run_id, 1)
+    memory_store, memory_table = MemoryStore(), MemoryTable(run)
+    initial = ObjectRef(**record["input_model"])
+    memory_store.put(initial.key, s3.get(initial.key))
+    memory_table.open_round(run_id, 1, 0, "token", utc_now(), initial)
+    for item in table.get_updates(run_id, 1, list(CLIENTS)).values():
+        memory_table.put(item)
+        memory_store.put(item["update"]["key"], s3.get(item["update"]["key"]))
+    summary = try_complete_round(run_id, 1, store=memory_store, table=memory_table, reporter=RecordingReporter())
+    assert summary is not None
+    return memory_store.get(summary.global_model.key)
+
+
+def slice_states(cloud, execution_arn: str) -> set[str]:
+    events = cloud.client("stepfunctions").get_execution_history(executionArn=execution_arn, maxResults=1000)
+    return {e.get("stateEnteredEventDetails", {}).get("name") for e in events["events"]} - {None}
+
+
+def run_sliced_round(cloud, initial: tensors.Tensors, deltas: dict[str, tensors.Tensors], agents=()):
+    """One round of a run started on `initial`, its updates `deltas` written directly and `agents`
+    serving theirs: (run, execution, final model)."""
+    run = start(cloud, rounds=1, round_timeout_s=1800, min_participants=2, initial=initial)
+    published_round(cloud, run.run_id, 1, timeout_s=300)
+    for a in agents:
+        serve(a)
+    submit_updates(cloud, run.run_id, 1, deltas)
+    store = S3ModelStore(cloud.outputs.bucket, cloud.client("s3"))
+    desc = wait_for_execution(cloud, run.execution_arn, timeout_s=1800)
+    assert desc["status"] == "SUCCEEDED", desc.get("cause")
+    [summary] = summaries(cloud, run.run_id)
+    final = store.get(summary.global_model.key)
+    assert tensors.sha256_hex(final) == summary.global_model.sha256 and len(final) == summary.global_model.bytes
+    assert sorted(summary.participants) == list(CLIENTS)
+    return run, desc, final
+
+
+@pytest.fixture(scope="module")
+def small_cloud():
+    from fedstep.local.cloud import LocalCloud
+
+    with LocalCloud(deployment(max_model_mb=64, slice_mb=8)) as cloud:
+        yield cloud
+
+
+def test_a_model_larger_than_a_slice_is_aggregated_by_a_distributed_map_of_slices(small_cloud):
+    rng = np.random.default_rng(0)
+    initial = {
+        "000/big/kernel": rng.normal(size=(4000, 1000)).astype(np.float32),
+        "001/big/bias": np.ones(7, np.float32),
+    }
+    deltas = {c: {k: rng.normal(size=v.shape).astype(np.float32) for k, v in initial.items()} for c in CLIENTS}
+    run, desc, final = run_sliced_round(small_cloud, initial, deltas)
+    assert {"Aggregate slices", "Assemble global model"} <= slice_states(small_cloud, run.execution_arn)
+    expected = tensors.decode(in_one_process(small_cloud, run.run_id))
+    assert final == tensors.encode(expected, tensors.read_metadata(final))  # the same bytes, 2 slices of 8 MiB
+    plans = small_cloud.client("s3").list_objects_v2(Bucket=small_cloud.outputs.bucket, Prefix=f"runs/{run.run_id}/")
+    assert [o["Key"] for o in plans["Contents"] if "/plan-" in o["Key"]]
+    assert json.loads(desc["output"])["stop_reason"] == "max_rounds"
