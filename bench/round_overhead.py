@@ -8,8 +8,9 @@ with an IID third each, Dense(64, relu) -> Dense(10, softmax), SGD at 0.1, batch
 5 rounds. `fedstep local` runs as a subprocess, exactly as a user runs it; its console lines are
 time-stamped as they arrive:
 - start to final model: from launching the command to the line with the final model's evaluation;
-  split into preparing the data, starting the local cloud and deploying the stack, round 1 (which
-  absorbs the clients' start-up) and the later rounds;
+  split into preparing the data, starting the local cloud and deploying the stack, the agents
+  coming online (they start first and import TensorFlow meanwhile; the run is started once their
+  heartbeats are in), round 1 and the later rounds;
 - a steady-state round: the median of rounds 2..N as the runner prints them (publish to aggregated);
   split, from the client agents' own round lines, into download, train (evaluations included) and
   upload, each the mean over clients; what remains of the round is orchestration (SNS/SQS delivery,
@@ -112,6 +113,7 @@ def main() -> None:
             final = first(stamps, "final global model")
             deploy_start = first(stamps, "starting the local cloud")
             cloud_up = first(stamps, "local cloud at")
+            online = next(t for t, text in stamps if "clients online" in text)
             round1 = first(stamps, "round 1/")
             phases = client_phases(out / "logs")
             steady = [rounds[r] for r in rounds if r >= 2]
@@ -122,8 +124,9 @@ def main() -> None:
             results.append((final, statistics.median(steady), steady_phase, deploy_start, cloud_up, round1, run))
             print(
                 f"run {i + 1}: start to final model {final:.1f} s (data {deploy_start:.1f} s, local cloud and deploy "
-                f"{cloud_up - deploy_start:.1f} s, to the end of round 1 {round1 - cloud_up:.1f} s, later rounds "
-                f"{final - round1:.1f} s); rounds " + " ".join(f"{rounds[r]:.2f}" for r in sorted(rounds))
+                f"{cloud_up - deploy_start:.1f} s, agents online {online - cloud_up:.1f} s later, to the end of "
+                f"round 1 {round1 - online:.1f} s, later rounds {final - round1:.1f} s); rounds "
+                + " ".join(f"{rounds[r]:.2f}" for r in sorted(rounds))
             )
     results.sort(key=lambda r: r[0])
     final, steady, phase, *_ = results[len(results) // 2]

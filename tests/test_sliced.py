@@ -205,3 +205,20 @@ def test_fedstep_start_refuses_a_run_that_would_need_slices_its_strategy_cannot_
     weights = {"w": np.zeros(2**19, np.float32)}  # 2 MiB: two slices of 1 MiB
     with pytest.raises(FedstepError, match=message):  # before anything is written: no AWS client is used
         start_run(b"arch", weights, RunSettings(**settings), outputs, s3=None, dynamodb=None, stepfunctions=None)
+
+
+def test_an_update_replaced_after_the_plans_check_cannot_mix_into_the_slices():
+    whole, _ = in_one_function()
+    store, table = world()
+    reporter = RecordingReporter()
+    settings = AggregationSettings(slice_bytes=SLICE)
+    try_complete_round(RUN, 1, store=store, table=table, reporter=reporter, settings=settings)
+    [(_, output)] = reporter.successes
+    key = keys.update_key(RUN, 1, "c2")
+    original = store.get(key)
+    store.put(key, original[:-4] + b"\x00\x00\xc0\x7f")  # the client rewrites its file: last value NaN
+    plan = ObjectRef(**output["sliced"]["plan"])
+    results = [aggregate_slice(plan, i, store) for i in output["sliced"]["slices"]]
+    final = assemble_round(plan, results, store=store, table=table)
+    data = store.get(final["global_model"]["key"])
+    assert data == tensors.encode(tensors.decode(whole), tensors.read_metadata(data))  # the checked version only

@@ -203,7 +203,9 @@ def check_updates(
             examples, capped = influence.bounded_examples(item.client_id, item.num_examples, bounds)
             check_size(item, layout)
             header, first = read_checked_header(store, item.update, layout, metadata_check(item))
-            check = DataCheck(hashlib.sha256(first.data[: header.data_start]), 0.0 if bounds.max_update_norm else None)
+            check = DataCheck(
+                hashlib.sha256(first.data[: header.data_start]), 0.0 if bounds.max_update_norm is not None else None
+            )
             for start in range(header.data_start, item.update.bytes, len(block)):
                 view = memoryview(block)[: min(len(block), item.update.bytes - start)]
                 store.read_into(item.update.key, start, view, first.version)
