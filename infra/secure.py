@@ -108,6 +108,11 @@ def model_bucket(scope: Construct, key_: kms.IKey, logs_bucket: s3.IBucket, rete
                 noncurrent_version_expiration=cdk.Duration.days(1),
             ),
             s3.LifecycleRule(id="expire-old-versions", noncurrent_version_expiration=cdk.Duration.days(30)),
+            # parts of a multipart upload never completed (an agent's upload, a sliced round's model
+            # whose run failed) are billed until aborted
+            s3.LifecycleRule(
+                id="abort-incomplete-uploads", abort_incomplete_multipart_upload_after=cdk.Duration.days(7)
+            ),
         ],
         removal_policy=cdk.RemovalPolicy.RETAIN,
     )

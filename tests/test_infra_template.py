@@ -292,6 +292,7 @@ def test_model_registry_is_private_versioned_tls_only_and_expires_old_updates(te
     rules = {r["Id"]: r for r in props["LifecycleConfiguration"]["Rules"]}
     assert rules["expire-client-updates"]["Prefix"] == keys.UPDATES_PREFIX
     assert rules["expire-client-updates"]["ExpirationInDays"] == 30
+    assert rules["abort-incomplete-uploads"]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 7}
     assert "LoggingConfiguration" in props
     for policy in resources(template, "AWS::S3::BucketPolicy").values():
         assert "aws:SecureTransport" in json.dumps(policy)
