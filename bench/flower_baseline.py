@@ -9,7 +9,8 @@ trainer does in a round (`client_agent.training.keras_fit`): seed Keras with 0, 
 global model on its local test split, fit, evaluate again. The final global model is scored on
 fedstep's held-out split (`client_agent.datasets.load_heldout("digits")`).
 
-Flower runs with its Deployment Engine, its recommended way to run real clients: one
+By default (`--engine deployment`) Flower runs with its Deployment Engine, its recommended way
+to run real clients: one
 `flower-superlink`, 3 `flower-supernode` processes (each its own OS process; each runs the
 ClientApp in a `flwr-clientapp` subprocess, Flower's default isolation) and `flwr run`, all on
 127.0.0.1, insecure (no TLS), runtime dependency installation off (offline). Nothing else
@@ -20,25 +21,45 @@ fedstep's "i/n" partitions). Flower 1.42's SuperNode starts a new `flwr-clientap
 every message, so every round pays a Python, Flower and TensorFlow import on every client; the
 per-phase breakdown printed for each run shows how much.
 
+With `--engine simulation` the same app runs on Flower's Simulation Engine (Ray), as `flwr run`
+runs a local simulation in Flower 1.42: one `flower-superlink --simulation --isolation subprocess`
+(the command `flwr run` starts itself for a `:local:` SuperLink connection, here on free ports and
+stopped after the run) and `flwr run <app> <connection> --federation-config "num-supernodes=3
+client-resources-num-cpus=1"`; the SuperLink's `flwr-simulation` process runs the ServerApp and
+starts Ray, whose actors (one CPU each, so 2 at a time on 2 cores) run the ClientApps of 3 virtual
+SuperNodes in long-lived processes. Flower numbers simulated partitions 0..2, so the run config's
+`partition-offset = 1` gives node i partition i (1-based), the same data as the Deployment Engine's
+SuperNodes. Flower 1.42's own default is 2 CPUs per client (`client-resources-num-cpus`); the
+benchmark asks for 1 (`--client-cpus` to change it).
+
 Set-up (once; a separate virtualenv, so fedstep's .venv is untouched), from the repository root:
 
     python3 -m venv .venv-flower && .venv-flower/bin/pip install -r bench/requirements-flower.txt
+
+(bench/requirements-flower.txt includes Flower's `simulation` extra, i.e. Ray, needed only by
+`--engine simulation`; to add it to an older .venv-flower:
+`.venv-flower/bin/pip install "flwr[simulation]==1.42.0" ray==2.55.1`.)
 
 Run (outside CI; each repetition starts fresh processes and takes about 2 minutes on the shared
 2-core machine under load, most of it TensorFlow imports):
 
     .venv-flower/bin/python bench/flower_baseline.py                # one run
     .venv-flower/bin/python bench/flower_baseline.py --repeat 5     # 5 runs; min and median
+    .venv-flower/bin/python bench/flower_baseline.py --engine simulation --repeat 3
 
 Printed per run, all wall-clock times in seconds:
 - `start-to-final-model`: from launching the SuperLink (nothing of Flower running yet) to the
-  moment the ServerApp holds round 5's aggregated model;
-- `submit-to-final-model`: from `flwr run` (SuperLink and SuperNodes already started) to the same;
+  moment the ServerApp holds round 5's aggregated model (with `simulation`, this includes the
+  `flwr-simulation` process's start and Ray's);
+- `submit-to-final-model`: from `flwr run` (SuperLink and, with `deployment`, SuperNodes already
+  started) to the same;
 - each round's time, from the ServerApp's sending the round's train messages (after sampling the
   nodes) to its aggregated model, as fedstep times a round (publication to aggregated model);
 - the steady-state round time, the median of rounds 2-5;
 - the held-out accuracy of every round's global model and of the final one (computed after the
-  clock stops).
+  clock stops);
+- a per-phase breakdown of the steady-state round (PHASES for `deployment`, SIMULATION_PHASES for
+  `simulation`, whose ClientApps run in Ray actors started once, not in a process per message).
 """
 
 from __future__ import annotations
@@ -79,6 +100,9 @@ SEED = 0
 RUN_DEADLINE_S = 600.0
 """Longest a run may take before the benchmark gives up on it (seconds)."""
 APP_MODULE = "flower_baseline"
+ENGINES = ("deployment", "simulation")
+CLIENT_CPUS = 1
+"""`client-resources-num-cpus` of a simulation run (Flower 1.42's default is 2)."""
 
 
 # --- the Flower app (runs in flwr-serverapp and flwr-clientapp processes) ---------------------
@@ -124,7 +148,9 @@ def train(message: Message, context: Context) -> Message:
     entered = time.time()
     from client_agent.data import load_local_data
 
-    partition = f"{int(context.node_config['partition-id'])}/{int(context.node_config['num-partitions'])}"
+    # the Simulation Engine numbers partitions from 0, the benchmark's SuperNodes from 1 (fedstep's "i/n")
+    index = int(context.node_config["partition-id"]) + int(context.run_config["partition-offset"])
+    partition = f"{index}/{int(context.node_config['num-partitions'])}"
     (x_train, y_train), (x_test, y_test) = load_local_data(DATASET, partition, seed=SEED)
     config = message.content["config"]
     _keras().utils.set_random_seed(SEED)
@@ -253,6 +279,7 @@ clientapp = "{module}:client_app"
 [tool.flwr.app.config]
 num-server-rounds = {rounds}
 num-clients = {clients}
+partition-offset = 0
 result-file = ""
 """
 

@@ -103,6 +103,7 @@ def test_a_sliced_round_gives_the_same_bytes_as_aggregating_in_one_function(stra
     assert [c["client_id"] for c in summary["clipped"]] == ["c0"]
     assert summary["metrics"] == whole_summary.metrics
     assert summary["measurements"]["step_norm"] == pytest.approx(whole_summary.measurements["step_norm"], rel=1e-9)
+    assert summary["measurements"]["slices"] == 5
 
 
 def test_the_slices_read_only_their_ranges_and_hold_a_few_slices_in_memory():

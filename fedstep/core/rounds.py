@@ -441,7 +441,18 @@ def _aggregate(
     layout = read_layout(store, input_model)
     if sliced.needs_slices(input_model.bytes, settings.slice_bytes):
         return _plan(
-            run, round_number, record, intake, input_model, layout, store, claim, feedback, not_enough, settings
+            run,
+            round_number,
+            record,
+            intake,
+            input_model,
+            layout,
+            store,
+            claim,
+            feedback,
+            not_enough,
+            settings,
+            started,
         )
     source = UpdateSource(
         store,
@@ -504,6 +515,7 @@ def _plan(
     feedback: Callable[[str, str, str], None],
     not_enough: Callable[[int, list[Rejection]], RoundNotAggregated | None],
     settings: AggregationSettings,
+    started: float,
 ) -> ObjectRef:
     """Check the updates and plan the round's slices (`fedstep.core.sliced`); the plan's ref."""
     strategy = build_strategy(run)
@@ -562,7 +574,11 @@ def _plan(
         shapes=dict(layout.spec.shapes),
         slice_elements=sliced.slice_elements_for(layout.spec.num_parameters, int(settings.slice_bytes or 0)),
         updates=[planned for _, planned in checked.accepted],
-        summary={**draft.to_dict(), "first_issued_at": str(record.get("first_issued_at", ""))},
+        summary={
+            **draft.to_dict(),
+            "first_issued_at": str(record.get("first_issued_at", "")),
+            "aggregation_started": started,  # the plan's checks, the slices and the assembly count
+        },
     )
     log.info("round %s/%d: planned %d slices of %d updates", run.run_id, round_number, plan.slice_count, len(accepted))
     return _write_once(store, keys.plan_key(run.run_id, round_number, claim), plan.encode())
@@ -605,12 +621,13 @@ def assemble_round(
     if is_completed(record):
         return task_output(RoundSummary.parse(record), run)
     measurements = sliced.combine_measurements(sliced.check_results(results, plan.slice_count))
-    started = time.time()
+    measurements["slices"] = float(plan.slice_count)  # shown with the round: it was aggregated by slices
     cast(MultipartStore, store).complete_upload(plan.output_key, plan.upload_id, plan.slice_count)
     sha256, size = stored_sha256(store, plan.output_key)
     model = ObjectRef(plan.output_key, sha256, size)
     draft = dict(plan.summary)
     first_issued_at = str(draft.pop("first_issued_at", ""))
+    started = float(draft.pop("aggregation_started", time.time()))
     now = time.time()
     summary = replace(
         RoundSummary.parse(draft),
