@@ -341,8 +341,11 @@ class Processes:
                 process.wait()
 
 
-def run_once(rounds: int, clients: int, keep_logs: Path | None) -> dict[str, Any]:
-    """One federated run on fresh processes; returns the figures (seconds, epoch wall-clock times)."""
+def run_once(
+    rounds: int, clients: int, keep_logs: Path | None, engine: str = "deployment", client_cpus: int = CLIENT_CPUS
+) -> dict[str, Any]:
+    """One federated run on fresh processes (`engine`: "deployment" or "simulation"); returns the
+    figures (seconds, epoch wall-clock times)."""
     work = Path(tempfile.mkdtemp(prefix="flower-baseline-"))
     app = work / "app"
     app.mkdir()
@@ -366,21 +369,29 @@ def run_once(rounds: int, clients: int, keep_logs: Path | None) -> dict[str, Any
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
     processes = Processes(work, env)
+    superlink = [
+        _flower_bin("flower-superlink"),
+        "--insecure",
+        "--disable-runtime-dependency-installation",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    run_config = f'result-file="{result_file}"'
+    federation_config: list[str] = []
+    if engine == "simulation":
+        # as `flwr run` starts a local SuperLink for a `:local:` connection, on free ports
+        superlink += ["--simulation", "--isolation", "subprocess", "--control-api-address", f"127.0.0.1:{_free_port()}"]
+        run_config += " partition-offset=1"
+        federation_config = [
+            "--federation-config",
+            f"num-supernodes={clients} client-resources-num-cpus={client_cpus}",
+        ]
     try:
         launched = time.time()
-        processes.start(
-            "superlink",
-            [
-                _flower_bin("flower-superlink"),
-                "--insecure",
-                "--disable-runtime-dependency-installation",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-        )
-        for index in range(1, clients + 1):
+        processes.start("superlink", superlink)
+        for index in range(1, clients + 1 if engine == "deployment" else 1):
             processes.start(
                 f"supernode-{index}",
                 [
@@ -397,7 +408,7 @@ def run_once(rounds: int, clients: int, keep_logs: Path | None) -> dict[str, Any
         _wait_for_port(port, processes, launched)
         submitted = time.time()
         subprocess.run(
-            [_flower_bin("flwr"), "run", str(app), "bench", "--run-config", f'result-file="{result_file}"'],
+            [_flower_bin("flwr"), "run", str(app), "bench", "--run-config", run_config, *federation_config],
             env=env,
             check=True,
             cwd=work,
@@ -422,7 +433,8 @@ def run_once(rounds: int, clients: int, keep_logs: Path | None) -> dict[str, Any
     round_times = [aggregated[r] - sent[r] for r in range(1, rounds + 1)]
     return {
         "load_average_1min": os.getloadavg()[0],
-        "steady_breakdown_s": _breakdown(sent, aggregated, result["clients"], rounds),
+        "engine": engine,
+        "steady_breakdown_s": _breakdown(sent, aggregated, result["clients"], rounds, engine),
         "flower_version": result["flower_version"],
         "start_to_final_s": final - launched,
         "submit_to_final_s": final - submitted,
@@ -440,18 +452,35 @@ PHASES = {
     "compute": "evaluate + fit + evaluate",
     "reply": "train() done -> aggregated model (reply, server pick-up, FedAvg)",
 }
+SIMULATION_PHASES = {
+    "dispatch": "sent -> train() called (Simulation Engine hands the message to a Ray actor)",
+    "setup": "train() -> model ready (data, model build; TensorFlow imported once per actor)",
+    "compute": "evaluate + fit + evaluate",
+    "reply": "train() done -> aggregated model (reply, server pick-up, FedAvg)",
+}
 
 
 def _breakdown(
-    sent: dict[int, float], aggregated: dict[int, float], clients: dict[str, list[dict[str, float]]], rounds: int
+    sent: dict[int, float],
+    aggregated: dict[int, float],
+    clients: dict[str, list[dict[str, float]]],
+    rounds: int,
+    engine: str = "deployment",
 ) -> dict[str, float]:
-    """Each phase of a round (PHASES), mean over the clients, median over rounds 2..rounds (seconds)."""
-    per_round: dict[str, list[float]] = {phase: [] for phase in PHASES}
+    """Each phase of a round (PHASES, or SIMULATION_PHASES), mean over the clients, median over
+    rounds 2..rounds (seconds)."""
+    per_round: dict[str, list[float]] = {phase: [] for phase in (PHASES if engine == "deployment" else SIMULATION_PHASES)}
     for r in range(2, rounds + 1):
         replies = clients[str(r)]
+        if engine == "deployment":
+            starts = {
+                "pull": [c["t_process_start"] - sent[r] for c in replies],
+                "clientapp_start": [c["t_train_entered"] - c["t_process_start"] for c in replies],
+            }
+        else:
+            starts = {"dispatch": [c["t_train_entered"] - sent[r] for c in replies]}
         phases = {
-            "pull": [c["t_process_start"] - sent[r] for c in replies],
-            "clientapp_start": [c["t_train_entered"] - c["t_process_start"] for c in replies],
+            **starts,
             "setup": [c["t_model_ready"] - c["t_train_entered"] for c in replies],
             "compute": [c["t_train_done"] - c["t_model_ready"] for c in replies],
             "reply": [aggregated[r] - c["t_train_done"] for c in replies],
@@ -471,18 +500,40 @@ def main_cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"federated rounds (default {ROUNDS})")
     parser.add_argument("--json", type=Path, help="also write every run's figures to this JSON file")
     parser.add_argument("--keep-logs", type=Path, help="copy each run's process logs into this directory")
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="deployment",
+        help="Flower's Deployment Engine (SuperLink + SuperNodes, default) or its Simulation Engine (Ray)",
+    )
+    parser.add_argument(
+        "--client-cpus",
+        type=int,
+        default=CLIENT_CPUS,
+        help=f"with --engine simulation: CPUs per client, client-resources-num-cpus (default {CLIENT_CPUS})",
+    )
     args = parser.parse_args(argv)
-    if args.repeat < 1 or args.rounds < 2:
-        parser.error("--repeat must be >= 1 and --rounds >= 2")
+    if args.repeat < 1 or args.rounds < 2 or args.client_cpus < 1:
+        parser.error("--repeat and --client-cpus must be >= 1 and --rounds >= 2")
     if args.keep_logs:
         args.keep_logs.mkdir(parents=True, exist_ok=True)
-    print(f"Flower {flwr.__version__}, Deployment Engine: flower-superlink + {CLIENTS} flower-supernode processes")
-    print("+ flwr run, on 127.0.0.1 (insecure, subprocess isolation, no Ray, no simulation engine)")
+    if args.engine == "deployment":
+        print(f"Flower {flwr.__version__}, Deployment Engine: flower-superlink + {CLIENTS} flower-supernode processes")
+        print("+ flwr run, on 127.0.0.1 (insecure, subprocess isolation, no Ray, no simulation engine)")
+        phase_texts = PHASES
+    else:
+        import ray  # noqa: PLC0415 (only the simulation needs it; installed by flwr's simulation extra)
+
+        print(f"Flower {flwr.__version__}, Simulation Engine (Ray {ray.__version__}): flower-superlink --simulation")
+        print(
+            f"+ flwr run, {CLIENTS} virtual SuperNodes, client-resources-num-cpus={args.client_cpus}, on 127.0.0.1"
+        )
+        phase_texts = SIMULATION_PHASES
     print(f"task: {DATASET}, {CLIENTS} clients (IID thirds, fedstep's split), digits_mlp, {EPOCHS} epoch,")
     print(f"batch {BATCH_SIZE}, {args.rounds} rounds of FedAvg; Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     runs = []
     for number in range(1, args.repeat + 1):
-        figures = run_once(args.rounds, CLIENTS, args.keep_logs)
+        figures = run_once(args.rounds, CLIENTS, args.keep_logs, args.engine, args.client_cpus)
         runs.append(figures)
         print(
             f"run {number}: start-to-final-model {figures['start_to_final_s']:.2f} s, "
@@ -498,7 +549,7 @@ def main_cli(argv: list[str] | None = None) -> int:
             f"load average at the end {figures['load_average_1min']:.1f}",
             flush=True,
         )
-    print("phases: " + "; ".join(f"{phase} = {text}" for phase, text in PHASES.items()))
+    print("phases: " + "; ".join(f"{phase} = {text}" for phase, text in phase_texts.items()))
     if args.repeat > 1:
         for key, label in (
             ("start_to_final_s", "start-to-final-model"),

@@ -100,6 +100,8 @@ class PlannedUpdate:
 
     client_id: str
     key: str
+    sha256: str
+    """The file's sha256, as checked."""
     version: str | None
     data_start: int
     offsets: dict[str, tuple[int, int]]
@@ -222,6 +224,7 @@ def check_updates(
         planned = PlannedUpdate(
             item.client_id,
             item.update.key,
+            item.update.sha256,
             first.version,
             header.data_start,
             header.offsets,
