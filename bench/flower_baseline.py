@@ -469,7 +469,9 @@ def _breakdown(
 ) -> dict[str, float]:
     """Each phase of a round (PHASES, or SIMULATION_PHASES), mean over the clients, median over
     rounds 2..rounds (seconds)."""
-    per_round: dict[str, list[float]] = {phase: [] for phase in (PHASES if engine == "deployment" else SIMULATION_PHASES)}
+    per_round: dict[str, list[float]] = {
+        phase: [] for phase in (PHASES if engine == "deployment" else SIMULATION_PHASES)
+    }
     for r in range(2, rounds + 1):
         replies = clients[str(r)]
         if engine == "deployment":
@@ -522,12 +524,10 @@ def main_cli(argv: list[str] | None = None) -> int:
         print("+ flwr run, on 127.0.0.1 (insecure, subprocess isolation, no Ray, no simulation engine)")
         phase_texts = PHASES
     else:
-        import ray  # noqa: PLC0415 (only the simulation needs it; installed by flwr's simulation extra)
+        import ray  # only the simulation needs it (flwr[simulation])
 
         print(f"Flower {flwr.__version__}, Simulation Engine (Ray {ray.__version__}): flower-superlink --simulation")
-        print(
-            f"+ flwr run, {CLIENTS} virtual SuperNodes, client-resources-num-cpus={args.client_cpus}, on 127.0.0.1"
-        )
+        print(f"+ flwr run, {CLIENTS} virtual SuperNodes, client-resources-num-cpus={args.client_cpus}, on 127.0.0.1")
         phase_texts = SIMULATION_PHASES
     print(f"task: {DATASET}, {CLIENTS} clients (IID thirds, fedstep's split), digits_mlp, {EPOCHS} epoch,")
     print(f"batch {BATCH_SIZE}, {args.rounds} rounds of FedAvg; Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
