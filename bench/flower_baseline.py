@@ -21,16 +21,17 @@ fedstep's "i/n" partitions). Flower 1.42's SuperNode starts a new `flwr-clientap
 every message, so every round pays a Python, Flower and TensorFlow import on every client; the
 per-phase breakdown printed for each run shows how much.
 
-With `--engine simulation` the same app runs on Flower's Simulation Engine (Ray), as `flwr run`
-runs a local simulation in Flower 1.42: one `flower-superlink --simulation --isolation subprocess`
-(the command `flwr run` starts itself for a `:local:` SuperLink connection, here on free ports and
-stopped after the run) and `flwr run <app> <connection> --federation-config "num-supernodes=3
-client-resources-num-cpus=1"`; the SuperLink's `flwr-simulation` process runs the ServerApp and
-starts Ray, whose actors (one CPU each, so 2 at a time on 2 cores) run the ClientApps of 3 virtual
-SuperNodes in long-lived processes. Flower numbers simulated partitions 0..2, so the run config's
-`partition-offset = 1` gives node i partition i (1-based), the same data as the Deployment Engine's
-SuperNodes. Flower 1.42's own default is 2 CPUs per client (`client-resources-num-cpus`); the
-benchmark asks for 1 (`--client-cpus` to change it).
+With `--engine simulation` the same app runs on Flower's Simulation Engine (Ray), the way `flwr
+run` runs a local simulation in Flower 1.42: one `flower-superlink --simulation --isolation
+subprocess` (what `flwr run` starts itself for a `:local:` SuperLink connection; here on a free
+port, without the deprecated `--control-api-address`, and stopped after the run) and `flwr run
+<app> <connection> --federation-config "num-supernodes=3 client-resources-num-cpus=1"`. The
+SuperLink's `flwr-simulation` process runs the ServerApp and starts Ray, whose actors (one CPU
+each, so 2 at a time on 2 cores) run the ClientApps of the 3 virtual SuperNodes in long-lived
+processes. Flower numbers simulated partitions 0..2, so the run config's `partition-offset = 1`
+gives node i partition i (1-based): the same data as the Deployment Engine's SuperNodes. Flower
+1.42's own default is 2 CPUs per client (`client-resources-num-cpus`); the benchmark asks for 1
+(`--client-cpus` to change it).
 
 Set-up (once; a separate virtualenv, so fedstep's .venv is untouched), from the repository root:
 
@@ -339,6 +340,15 @@ class Processes:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+        # the group's other processes (flwr-simulation, Ray's) may outlive its leader: wait for them too,
+        # so the next run starts on an idle machine
+        for process in self.started:
+            try:
+                while True:
+                    os.killpg(process.pid, signal.SIGKILL if time.time() > deadline else 0)
+                    time.sleep(0.1)
+            except ProcessLookupError:
+                pass
 
 
 def run_once(
@@ -382,7 +392,7 @@ def run_once(
     federation_config: list[str] = []
     if engine == "simulation":
         # as `flwr run` starts a local SuperLink for a `:local:` connection, on free ports
-        superlink += ["--simulation", "--isolation", "subprocess", "--control-api-address", f"127.0.0.1:{_free_port()}"]
+        superlink += ["--simulation", "--isolation", "subprocess"]
         run_config += " partition-offset=1"
         federation_config = [
             "--federation-config",

@@ -239,3 +239,22 @@ def test_own_data_under_a_dirichlet_partition_is_simulated_counted_and_reported(
         rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, rest
     assert _clients_of(out) == []
+
+
+def test_a_client_that_cannot_start_stops_the_run_before_it_starts_with_its_log(tmp_path, monkeypatch):
+    from fedstep.core.errors import FedstepError
+    from fedstep.local import demo
+    from fedstep.local.processes import ClientProcesses
+
+    original = ClientProcesses.start
+
+    def broken(self, client_id, args, env, log_path):
+        if client_id == "client-2":  # its agent is given a config that does not exist
+            args = ["run", "--config", str(tmp_path / "no-such-config.json")]
+        return original(self, client_id, args, env, log_path)
+
+    monkeypatch.setattr(ClientProcesses, "start", broken)
+    config = demo.DemoConfig(clients=2, out=tmp_path / "demo", settings=demo.RunSettings(rounds=1, round_timeout_s=60))
+    with pytest.raises(FedstepError, match=r"client client-2 exited with code 2 before the run started") as caught:
+        demo.run_demo(config, echo=lambda line: None)
+    assert "no-such-config.json" in str(caught.value)  # the agent's own error, from its log

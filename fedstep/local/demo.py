@@ -176,6 +176,11 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
         echo(f"local cloud at {cloud.endpoint}; client logs in {out / 'logs'}")
         table = DynamoRoundTable(outputs.table, cloud.client("dynamodb"))
         waited = wait_until_online(table, procs, client_ids, AGENT_START_S)
+        for cid, code in procs.failed().items():  # a client that could not start: say why, start nothing
+            raise FedstepError(
+                f"client {cid} exited with code {code} before the run started; its log "
+                f"({procs.logs[cid]}) ends with:\n{procs.log_tail(cid, 8)}"
+            )
         late = f"; not yet: {', '.join(waited)} (round 1 waits for them until its deadline)" if waited else ""
         echo(f"{len(client_ids) - len(waited)} of {len(client_ids)} clients online{late}")
         started = start_run(
