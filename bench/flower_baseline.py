@@ -330,6 +330,9 @@ class Processes:
                 raise RuntimeError(f"{process.args[0]} exited with {process.returncode}; see {self.logs}")
 
     def stop(self) -> None:
+        # flower-superexec starts flwr-serverapp/flwr-simulation (and Ray's processes) in a session of
+        # its own, which ends when it sees its parent gone: note the whole tree now, wait for it below
+        tree = [pid for process in self.started for pid in _descendants(process.pid)]
         for process in reversed(self.started):
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
@@ -340,15 +343,32 @@ class Processes:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-        # the group's other processes (flwr-simulation, Ray's) may outlive its leader: wait for them too,
-        # so the next run starts on an idle machine
-        for process in self.started:
+        deadline = time.time() + 30  # so that the next run starts on an idle machine
+        for pid in tree:
             try:
-                while True:
-                    os.killpg(process.pid, signal.SIGKILL if time.time() > deadline else 0)
+                while time.time() < deadline:
+                    os.kill(pid, 0)
                     time.sleep(0.1)
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes started, directly or not, by process ``pid`` (Linux /proc; [] elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(children.get(child, []))
+    return found
 
 
 def run_once(
