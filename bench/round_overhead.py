@@ -7,7 +7,10 @@ The task is the one of Flower's FedAvg example and of `make demo`: scikit-learn'
 with an IID third each, Dense(64, relu) -> Dense(10, softmax), SGD at 0.1, batch 32, 1 local epoch,
 5 rounds. `fedstep local` runs as a subprocess, exactly as a user runs it; its console lines are
 time-stamped as they arrive:
-- start to final model: from launching the command to the line with the final model's evaluation;
+- start to final model: from launching the command to the line with the final model's evaluation
+  (after the run ended: the run-ended message sent and the model card written);
+- start to the last round's model: from launching the command to the last round's line (its model
+  aggregated and evaluated on the held-out set): what `bench/flower_baseline.py` measures for Flower;
   split into preparing the data, starting the local cloud and deploying the stack, the agents
   coming online (they start first and import TensorFlow meanwhile; the run is started once their
   heartbeats are in), round 1 and the later rounds;
@@ -115,13 +118,14 @@ def main() -> None:
             cloud_up = first(stamps, "local cloud at")
             online = next(t for t, text in stamps if "clients online" in text)
             round1 = first(stamps, "round 1/")
+            last_round = first(stamps, f"round {max(rounds)}/")
             phases = client_phases(out / "logs")
             steady = [rounds[r] for r in rounds if r >= 2]
             steady_phase = {
                 name: statistics.median(phases[r][name] for r in rounds if r >= 2 and r in phases)
                 for name in ("download", "train", "upload")
             }
-            results.append((final, statistics.median(steady), steady_phase, deploy_start, cloud_up, round1, run))
+            results.append((final, statistics.median(steady), steady_phase, last_round, cloud_up, round1, run))
             print(
                 f"run {i + 1}: start to final model {final:.1f} s (data {deploy_start:.1f} s, local cloud and deploy "
                 f"{cloud_up - deploy_start:.1f} s, agents online {online - cloud_up:.1f} s later, to the end of "
@@ -130,11 +134,15 @@ def main() -> None:
             )
     results.sort(key=lambda r: r[0])
     final, steady, phase, *_ = results[len(results) // 2]
+    last_round = statistics.median(r[3] for r in results)
     base = baseline_rounds(args.rounds)
     base_steady = statistics.median(base[1:])
     agent = sum(phase.values())
     print(f"fedstep local, digits, 3 clients, {args.rounds} rounds (median of {args.repeat} run(s)):")
-    print(f"  start to final model       {final:6.2f} s")
+    print(f"  start to final model       {final:6.2f} s (the run ended, its model card written, evaluated)")
+    print(
+        f"  start to round {args.rounds}'s model      {last_round:6.2f} s (Flower's figure: the last aggregated model)"
+    )
     print(f"  steady-state round         {steady:6.2f} s")
     print(
         f"    agent (mean per client)  {agent:6.2f} s: download {phase['download']:.2f} s, "

@@ -235,6 +235,8 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
     return summary
 
 
+WATCH_INTERVAL_S = 0.2
+"""How often the runner looks for new round summaries and the execution's end (the local cloud: cheap)."""
 AGENT_START_S = 180.0
 """How long the runner waits for the agents: for their config file (they wait), then for their heartbeats."""
 
@@ -544,4 +546,4 @@ def _watch(
                 echo(f"client {cid} exited with code {code}; its log ends with:\n{procs.log_tail(cid, 5)}")
         if time.monotonic() > deadline:
             raise FedstepError(f"run {run_id} did not finish within {config.timeout_s:.0f} s")
-        time.sleep(0.5)
+        time.sleep(WATCH_INTERVAL_S)
