@@ -314,7 +314,10 @@ def test_the_step_functions_shim_makes_cloudformations_state_machines_execute_un
 
 
 def echo(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """The canary function's handler: what it received, and where it ran."""
+    """The canary function's handler: what it received, and where it ran; with `allocate_mb` in the
+    event it first holds that much memory (touched, so it is resident)."""
+    held = bytearray(int(event.get("allocate_mb", 0)) * 2**20)
+    held[::4096] = b"x" * len(held[::4096])
     return {"event": event, "function": context.function_name, "variable": os.environ.get(VARIABLE), "pid": os.getpid()}
 
 
@@ -356,6 +359,25 @@ def test_the_lambda_shim_runs_the_handler_in_this_process_with_the_functions_env
         "variable": "from the function",
         "pid": os.getpid(),
     }
+
+
+def test_with_memory_enforced_each_invocation_runs_in_its_own_process_and_fails_past_its_memory(moto, monkeypatch):
+    monkeypatch.setenv(VARIABLE, "unset")
+    gaps.LAMBDA_IN_PROCESS.apply()
+    monkeypatch.setattr(gaps.LAMBDA_IN_PROCESS, "enforce_memory", True)
+    gaps.LAMBDA_IN_PROCESS.memory_uses.clear()
+    here = os.path.dirname(__file__)  # the handler's module, as pytest imported it
+    create_function({VARIABLE: "from the function", "PYTHONPATH": here})  # MemorySize 128 MB, moto's default
+    response = client("lambda").invoke(FunctionName="canary", Payload=json.dumps({"n": 1}))
+    assert "FunctionError" not in response, response["Payload"].read()
+    answer = json.loads(response["Payload"].read())
+    assert answer["variable"] == "from the function" and answer["pid"] != os.getpid()
+    response = client("lambda").invoke(FunctionName="canary", Payload=json.dumps({"allocate_mb": 300}))
+    assert response.get("FunctionError")
+    error = json.loads(response["Payload"].read())
+    assert error["errorType"] == "Runtime.OutOfMemory" and "of the function's 128 MB" in error["errorMessage"]
+    small, large = gaps.LAMBDA_IN_PROCESS.memory_uses
+    assert small.peak_mb < 128 < 300 < large.peak_mb and small.memory_mb == 128
 
 
 # -- 4. DynamoDB stream delivery -------------------------------------------------------------------

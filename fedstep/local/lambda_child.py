@@ -14,6 +14,8 @@ import resource
 import sys
 import traceback
 
+from fedstep.core.errors import FedstepError
+
 
 def peak_rss_mb() -> float:
     """This process's peak resident memory (MB): VmHWM of its own address space. Not getrusage's
@@ -36,6 +38,7 @@ def main() -> None:
         outcome["result"] = handler(request["event"], LocalLambdaContext(**request["context"]))
     except Exception as exc:  # a Lambda reports any exception as a function error
         outcome["error"] = {"errorMessage": str(exc), "errorType": type(exc).__name__}
+        outcome["expected"] = isinstance(exc, FedstepError)  # a named error the round protocol expects
         outcome["trace"] = traceback.format_exc()
     outcome["max_rss_mb"] = peak_rss_mb()
     with open(request["answer"], "w") as answer:

@@ -98,7 +98,7 @@ def run_isolated(function: Any, event: Any) -> tuple[str, bool, str]:
             "aws_request_id": str(uuid.uuid4()),
         }
         env = {**os.environ, **{k: str(v) for k, v in (function.environment_vars or {}).items()}}
-        env["PYTHONPATH"] = str(REPO)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
         subprocess.run(
             [sys.executable, "-m", "fedstep.local.lambda_child"],
             input=json.dumps(request),
@@ -118,11 +118,12 @@ def run_isolated(function: Any, event: Any) -> tuple[str, bool, str]:
         log.error("Lambda %s: Runtime.OutOfMemory: %s", function.function_name, message)
         return json.dumps({"errorType": "Runtime.OutOfMemory", "errorMessage": message}), True, ""
     if "error" in outcome:
-        log_line = (
-            f"Lambda {function.function_name}: {outcome['error']['errorType']}: {outcome['error']['errorMessage']}"
-        )
-        log.warning("%s", log_line)
-        return json.dumps(outcome["error"]), True, outcome.get("trace", "")
+        error = outcome["error"]
+        if outcome.get("expected"):  # a FedstepError: one line, as `log_failure` logs it in-process
+            log.warning("Lambda %s: %s: %s", function.function_name, error["errorType"], error["errorMessage"])
+        else:
+            log.error("Lambda %s failed:\n%s", function.function_name, outcome.get("trace", ""))
+        return json.dumps(error), True, outcome.get("trace", "")
     return json.dumps(outcome["result"]), False, ""
 
 
