@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 from datetime import date
 
 import pytest
@@ -57,14 +58,49 @@ def usd(key: str, quantity: float) -> float:
 # -- the model, by hand ----------------------------------------------------------------------------
 
 
-def test_transitions_are_five_per_round_plus_four_to_finish_counted_from_the_definition():
+def test_transitions_are_six_per_round_plus_four_to_finish_counted_from_the_definition():
     est = estimate(small_run())
-    # a round: Prepare, Notify (wait), Report is for this round?, Round aggregated, More rounds?; the end:
-    # All rounds done, Notify clients: run ended, Write model card, Training finished
-    assert est.transitions == 2 * 5 + 4
+    # a round: Prepare, Notify (wait), Aggregated by slices?, Report is for this round?, Round aggregated,
+    # More rounds?; the end: All rounds done, Notify clients: run ended, Write model card, Training finished
+    assert est.transitions == 2 * 6 + 4
     assert est.transitions_source == "state machine definition (fedstep's own)"
-    assert est.usage["sfn.transition"] == pytest.approx(14)
-    assert est.usage.by_service()["Step Functions"] == pytest.approx(14 * 0.025 / 1000)
+    assert est.usage["sfn.transition"] == pytest.approx(16)
+    assert est.usage.by_service()["Step Functions"] == pytest.approx(16 * 0.025 / 1000)
+
+
+def test_fedsteps_own_paths_match_the_synthesized_state_machine():
+    from aws_cdk.assertions import Template
+
+    from infra.config import DeploymentConfig
+    from infra.synth import build_app
+
+    config = DeploymentConfig()
+    template = Template.from_stack(build_app(config, None, bundle=False).node.find_child(config.stack_name))
+    [machine] = template.find_resources("AWS::StepFunctions::StateMachine").values()
+    parts = machine["Properties"]["DefinitionString"]["Fn::Join"][1]
+
+    def text(part: object) -> str:  # a reference to the function becomes its ARN, as deployed; others a word
+        if isinstance(part, str):
+            return part
+        if "Fn::GetAtt" in part and "Function" in part["Fn::GetAtt"][0]:
+            return "arn:aws:lambda:us-east-1:123456789012:function:aggregate"
+        return "ref"
+
+    definition = json.loads("".join(text(p) for p in parts))
+    paths = model.paths_from_definition(definition)  # raises, naming the transition, if they drifted apart
+    assert paths.round == model.ROUND_PATH and paths.end_invocations == 1
+
+
+def test_a_round_aggregated_by_slices_counts_its_slices_invocations_transitions_and_reads():
+    whole = estimate(small_run())
+    sliced_run = small_run()
+    sliced_run = replace(sliced_run, rounds=tuple(replace(r, slices=16) for r in sliced_run.rounds))
+    sliced = estimate(sliced_run)
+    rounds = len(sliced_run.rounds)
+    assert sliced.transitions == whole.transitions + rounds * (2 + 2 * 16)
+    assert sliced.usage["lambda.request"] == pytest.approx(whole.usage["lambda.request"] + rounds * 17)
+    assert sliced.usage["lambda.gb_s"] > whole.usage["lambda.gb_s"]
+    assert sliced.usage["s3.get"] > whole.usage["s3.get"] and sliced.usage["s3.put"] > whole.usage["s3.put"]
 
 
 def test_lambda_requests_and_gb_seconds_come_from_the_memory_and_the_measured_aggregation():
@@ -146,8 +182,9 @@ def test_a_client_missing_from_a_round_pays_none_of_it_and_the_round_ends_at_its
     assert est.clients["client-3"].rounds == 1
     assert est.clients["client-1"].rounds == 2
     assert est.clients["client-3"].share.usd() < est.clients["client-1"].share.usd()
-    # the deadline path has as many states; the deadline invocation adds a request, a missing update removes one
-    assert est.transitions == 14
+    # the deadline path has one state more (Aggregate at deadline); the deadline invocation adds a request, a
+    # missing update removes one
+    assert est.transitions == 6 + 7 + 4
     assert est.usage["lambda.request"] == pytest.approx(9)
     # client-3 got the delivery but did not receive, train or upload in round 2
     assert est.clients["client-3"].direct["s3.put"] == pytest.approx(1)
@@ -157,7 +194,7 @@ def test_a_retried_round_adds_its_retry_path_and_publication():
     rounds = list(small_run().rounds)
     rounds[0] = RoundFacts(**{**rounds[0].__dict__, "retries": 1})
     est = estimate(small_run(rounds=tuple(rounds)))
-    assert est.transitions == 14 + len(model.RETRY_PATH)
+    assert est.transitions == 16 + len(model.RETRY_PATH)
     assert est.usage["sns.publish"] == pytest.approx(4)
 
 
@@ -165,9 +202,9 @@ def test_the_history_count_replaces_the_definition_and_is_spread_over_the_rounds
     est = estimate(small_run(observed_transitions=28))
     assert est.transitions == 28
     assert est.transitions_source == "execution history"
-    assert est.defined_transitions == 14
+    assert est.defined_transitions == 16
     assert est.usage["sfn.transition"] == pytest.approx(28)
-    assert est.server["sfn.transition"] == pytest.approx(8)
+    assert est.server["sfn.transition"] == pytest.approx(7)  # the end's 4 of the 16 defined
 
 
 def test_history_transitions_count_states_entered_and_task_retries():
@@ -193,11 +230,20 @@ def definition(**changes) -> dict:
         "Prepare round": {"Type": "Pass", "Next": "Notify clients and wait for updates"},
         "Notify clients and wait for updates": {
             "Type": "Task",
-            "Next": "Report is for this round?",
+            "Next": "Aggregated by slices?",
             "Catch": [{"Next": "Aggregate at deadline"}, {"Next": "Retry round?"}],
         },
+        "Aggregated by slices?": {
+            "Type": "Choice",
+            "Choices": [{"Next": "Aggregate slices"}],
+            "Default": "Report is for this round?",
+        },
         "Report is for this round?": {"Type": "Choice", "Choices": [{"Next": "Round aggregated"}]},
-        "Aggregate at deadline": {"Type": "Task", "Next": "Round aggregated", "Catch": [{"Next": "Retry round?"}]},
+        "Aggregate at deadline": {
+            "Type": "Task",
+            "Next": "Aggregated by slices?",
+            "Catch": [{"Next": "Retry round?"}],
+        },
         "Round aggregated": {"Type": "Pass", "Next": "More rounds?"},
         "More rounds?": {"Type": "Choice", "Choices": [{"Next": "Prepare round"}], "Default": "All rounds done"},
         "Retry round?": {"Type": "Choice", "Choices": [{"Next": "Retry round"}], "Default": "Training failed"},
@@ -222,7 +268,7 @@ def test_the_end_of_a_run_is_read_from_the_deployed_definition():
     )
     assert model.paths_from_definition(with_card).end_invocations == 1
     est = estimate(small_run(paths=paths))
-    assert est.transitions == 2 * 5 + 3
+    assert est.transitions == 2 * 6 + 3
     assert est.transitions_source == "deployed state machine definition"
 
 
@@ -311,7 +357,7 @@ def test_fedstep_cost_json_counts_the_transitions_of_the_history_and_of_the_defi
     data = json.loads(result.stdout)
     assert data["run_id"] == finished_run
     assert data["transitions_source"] == "execution history"
-    assert data["transitions_from_definition"] == 2 * 5 + 4
+    assert data["transitions_from_definition"] == 2 * 6 + 4  # the deployed definition's paths (no fallback)
     # the history has every state of the definition's paths, plus any retried call (a slow machine's)
     assert data["transitions"] >= data["transitions_from_definition"]
     assert data["prices"] == {"region": "us-east-1", "read": PRICES_READ, "note": data["prices"]["note"]}

@@ -69,6 +69,7 @@ def run_facts(
                 record_bytes=len(json.dumps(s.to_dict())),
                 at_deadline=bool(set(s.selected) - answered),
                 retries=s.attempt,
+                slices=int(s.measurements.get("slices", 0)),
             )
         )
     ex = view.execution

@@ -35,6 +35,7 @@ GB = 10**9
 ROUND_PATH = (
     "Prepare round",
     "Notify clients and wait for updates",
+    "Aggregated by slices?",
     "Report is for this round?",
     "Round aggregated",
     "More rounds?",
@@ -44,10 +45,16 @@ DEADLINE_PATH = (
     "Prepare round",
     "Notify clients and wait for updates",
     "Aggregate at deadline",
+    "Aggregated by slices?",
+    "Report is for this round?",
     "Round aggregated",
     "More rounds?",
 )
 """States of a round aggregated at its deadline."""
+SLICED_STATES = ("Aggregate slices", "Assemble global model")
+"""States a round aggregated by slices adds, between "Aggregated by slices?" and "Report is for this round?"."""
+SLICE_TRANSITIONS = 2
+"""Transitions billed per slice: its child execution of the Distributed Map (one task state) and its start."""
 RETRY_PATH = ("Aggregate at deadline", "Retry round?", "Retry round", "Notify clients and wait for updates")
 """States a round's retry adds (its attempt missed the quorum at the deadline, and it is published again)."""
 SUCCEEDED_END = ("All rounds done", "Notify clients: run ended", "Write model card", "Training finished")
@@ -101,6 +108,13 @@ def _check(states: Mapping[str, Any], path: tuple[str, ...], then: str | None = 
             raise ValueError(f"the state machine has no transition {here!r} -> {there!r}")
 
 
+def _invokes_lambda(state: Mapping[str, Any]) -> bool:
+    """A Task state that invokes a function: through the Lambda integration (`...:::lambda:invoke`), or
+    naming the function's ARN (as `payload_response_only` tasks do; a CDK template shows a reference)."""
+    resource = str(state.get("Resource", ""))
+    return state.get("Type") == "Task" and ("lambda:invoke" in resource or ":function:" in resource)
+
+
 def paths_from_definition(definition: Mapping[str, Any]) -> Paths:
     """The paths of fedstep's own definition, checked against `definition` (Amazon States Language);
     the succeeded end read from it (every state from "All rounds done" to the end). ValueError names a
@@ -118,7 +132,7 @@ def paths_from_definition(definition: Mapping[str, Any]) -> Paths:
         end.append(name)
         state = states[name]
         name = None if state.get("End") or state.get("Type") in ("Succeed", "Fail") else state.get("Next")
-    invocations = sum("lambda:invoke" in str(states[n].get("Resource", "")) for n in end)
+    invocations = sum(_invokes_lambda(states[n]) for n in end)
     return Paths(succeeded=tuple(end), end_invocations=invocations, source="deployed state machine definition")
 
 
@@ -177,6 +191,8 @@ class RoundFacts:
     """Aggregated by the deadline invocation (some selected client sent nothing)."""
     retries: int = 0
     """Times the round was published again after missing its quorum."""
+    slices: int = 0
+    """Slices it was aggregated in (its `slices` measurement; 0: in one invocation)."""
 
     @property
     def uploaders(self) -> tuple[str, ...]:
@@ -229,6 +245,9 @@ class Assumptions:
     """An update item, a heartbeat, a feedback item: one write request unit."""
     open_record_bytes: int = 2048
     """A round record while open (it holds the task token)."""
+    read_mib_s: float = 50.0
+    """How fast one invocation reads and aggregates a sliced round's bytes (MiB/s; infra.config's
+    conservative AGGREGATION_MB_PER_S): the slices' compute time, which runs in parallel."""
     storage_months: float = 1.0
     """S3 and DynamoDB storage is priced for this many months (updates expire after 30 days by default)."""
 
@@ -339,7 +358,8 @@ def put_requests(size_bytes: int, a: Assumptions) -> int:
 
 def round_transitions(r: RoundFacts, paths: Paths) -> int:
     """State transitions of one round, from the definition's paths."""
-    return len(paths.deadline if r.at_deadline else paths.round) + r.retries * len(paths.retry)
+    sliced = len(SLICED_STATES) + SLICE_TRANSITIONS * r.slices if r.slices else 0
+    return len(paths.deadline if r.at_deadline else paths.round) + r.retries * len(paths.retry) + sliced
 
 
 def definition_transitions(run: RunFacts) -> int:
@@ -353,6 +373,9 @@ def round_shared(r: RoundFacts, run: RunFacts, a: Assumptions, transitions: floa
     uploads = len(r.uploaders)
     invocations = attempts + uploads + (1 if r.at_deadline else 0) + r.retries  # each missed attempt's deadline
     seconds = invocations * a.short_invocation_s + r.aggregation_s
+    if r.slices:  # the slices (each reads its share of every update) and the assembly (reads the model)
+        invocations += r.slices + 1
+        seconds += (len(r.participants) * r.update_bytes + r.model_bytes) / MIB / a.read_mib_s
     u.add("lambda.request", invocations).add("lambda.gb_s", run.lambda_memory_mb / 1024 * seconds)
     # DynamoDB, all strongly consistent reads (1 RRU per 4 KB) and item writes (1 WRU per KB).
     run_rru = _units(run.run_record_bytes, 4096)
@@ -368,6 +391,10 @@ def round_shared(r: RoundFacts, run: RunFacts, a: Assumptions, transitions: floa
     stateful = 1 if r.state_bytes else 0
     gets = 2 + 2 * uploads + stateful * (1 + attempts)  # state read to aggregate, its header to publish
     puts = 1 + stateful
+    if r.slices:  # the plan's streamed checks, the plan, the slices' ranged reads and parts, the assembly
+        gets += uploads * math.ceil(r.update_bytes / (16 * MIB)) + r.slices * (2 + len(r.participants))
+        gets += math.ceil(r.model_bytes / (16 * MIB))
+        puts += 1 + r.slices + 2  # the plan, the parts, creating and completing the upload
     u.add("s3.get", gets).add("s3.put", puts)
     u.add("s3.storage_gb_month", (r.model_bytes + r.state_bytes) / GB * a.storage_months)
     u.add("sns.publish", attempts).add("sns.sqs_delivery", attempts * len(r.selected))
