@@ -27,7 +27,7 @@ SHAPES = {"000/dense/kernel": (300, 1000), "001/dense/bias": (1000,), "002/out/k
 SLICE = 256 * 1024  # bytes: the model (about 1.2 MiB) makes 5 slices, which cut across tensors
 
 
-def world(strategy="fedavg", clients=5, bounds=None, corrupt=(), seed=0, shapes=SHAPES, params=None):
+def world(strategy="fedavg", clients=5, bounds=None, corrupt=(), seed=0, shapes=SHAPES, params=None, nan=()):
     """A published round 1 whose updates are all in (deltas of N(0, 1); client 0's 30x larger)."""
     rng = np.random.default_rng(seed)
     ids = [f"c{i}" for i in range(clients)]
@@ -54,9 +54,10 @@ def world(strategy="fedavg", clients=5, bounds=None, corrupt=(), seed=0, shapes=
         key = keys.update_key(RUN, 1, client)
         item = UpdateItem(RUN, 1, client, 100 + 10 * i, ObjectRef(key, "0" * 64, 0), {"test_loss": 1.0 + i}, "t")
         scale = 30.0 if i == 0 else 1.0
-        data = tensors.encode(
-            {k: (scale * rng.normal(size=s)).astype(np.float32) for k, s in shapes.items()}, item.file_metadata()
-        )
+        delta = {k: (scale * rng.normal(size=s)).astype(np.float32) for k, s in shapes.items()}
+        if client in nan:  # a file whose sha256 is right and whose last tensor ends in NaN
+            delta[max(delta)][-1] = np.nan
+        data = tensors.encode(delta, item.file_metadata())
         store.put(key, data)
         sha = "f" * 64 if client in corrupt else tensors.sha256_hex(data)
         table.put(replace(item, update=ObjectRef(key, sha, len(data))).to_item())
@@ -223,3 +224,12 @@ def test_an_update_replaced_after_the_plans_check_cannot_mix_into_the_slices():
     final = assemble_round(plan, results, store=store, table=table)
     data = store.get(final["global_model"]["key"])
     assert data == tensors.encode(tensors.decode(whole), tensors.read_metadata(data))  # the checked version only
+
+
+def test_a_nan_update_with_a_correct_sha256_is_rejected_by_the_plans_streamed_check():
+    whole, _ = in_one_function(nan=("c1",))
+    store, table, _, _, final = by_slices(nan=("c1",))
+    summary = table.get_round(RUN, 1)
+    assert [(r["client_id"], "non-finite" in r["reason"]) for r in summary["rejected"]] == [("c1", True)]
+    data = store.get(final["global_model"]["key"])
+    assert data == tensors.encode(tensors.decode(whole), tensors.read_metadata(data))

@@ -286,7 +286,7 @@ def try_complete_round(
         _release(table, run_id, round_number, claim)
         raise
     if isinstance(summary, ObjectRef):  # planned for slices: the state machine fans out
-        if table.hold_round(run_id, round_number, claim, time.time() + sliced.SLICED_LEASE_S, asdict(summary)):
+        if _hold_for_slices(table, run_id, round_number, claim, summary):
             reporter.succeed(token, plan_output(store, summary))
         return None
     if not table.complete_round({**summary_item(summary), "status": ROUND_AGGREGATED}, claim):
@@ -342,7 +342,7 @@ def complete_round_at_deadline(
             _release(table, run_id, round_number, claim)
             raise
         if isinstance(summary, ObjectRef):
-            if table.hold_round(run_id, round_number, claim, time.time() + sliced.SLICED_LEASE_S, asdict(summary)):
+            if _hold_for_slices(table, run_id, round_number, claim, summary):
                 return plan_output(store, summary)
             continue
         if table.complete_round({**summary_item(summary), "status": ROUND_REPORTED}, claim):
@@ -582,6 +582,11 @@ def _plan(
     )
     log.info("round %s/%d: planned %d slices of %d updates", run.run_id, round_number, plan.slice_count, len(accepted))
     return _write_once(store, keys.plan_key(run.run_id, round_number, claim), plan.encode())
+
+
+def _hold_for_slices(table: RoundTable, run_id: str, round_number: int, claim: str, plan: ObjectRef) -> bool:
+    """Keep the round claimed by its plan for `sliced.SLICED_LEASE_S`; False if the claim was lost."""
+    return table.hold_round(run_id, round_number, claim, time.time() + sliced.SLICED_LEASE_S, asdict(plan))
 
 
 def plan_output(store: ModelStore, plan_ref: ObjectRef) -> dict[str, Any]:

@@ -28,7 +28,6 @@ naming the ones that slice; `fedstep start` refuses such a run before it starts.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Iterator
@@ -39,22 +38,12 @@ from typing import Any
 import numpy as np
 
 from fedstep import SCHEMA_VERSION
-from fedstep.core import influence, limits, strategies, tensors
-from fedstep.core.errors import FedstepError, InvalidUpdate
+from fedstep.core import limits, strategies, tensors
+from fedstep.core.errors import FedstepError
 from fedstep.core.ports import ModelStore, MultipartStore
 from fedstep.core.schemas import Adjustment, Bounds, InvalidMessage, ObjectRef, Rejection, UpdateItem
 from fedstep.core.strategies import ClientUpdate, GlobalModel, UpdateInfo
-from fedstep.core.update_source import (
-    SLICE_BUDGET_BYTES,
-    SLICE_READERS,
-    STREAM_BLOCK_BYTES,
-    DataCheck,
-    ModelLayout,
-    check_size,
-    metadata_check,
-    read_checked_header,
-    read_header,
-)
+from fedstep.core.update_source import SLICE_BUDGET_BYTES, SLICE_READERS, ModelLayout, UpdateSource, read_header
 
 SLICED_LEASE_S = 6 * 3600.0
 """How long a planned round stays claimed by its plan: the fan-out and the assembly must end within
@@ -195,51 +184,27 @@ class CheckedUpdates:
 def check_updates(
     store: ModelStore, layout: ModelLayout, bounds: Bounds, items: list[UpdateItem], on_rejected: Any
 ) -> CheckedUpdates:
-    """Every update checked as the one-pass path checks it (`fedstep.core.update_source`), its data
-    streamed `STREAM_BLOCK_BYTES` at a time (ranged reads of the version whose header was checked):
-    memory one block, whatever the model's size."""
-    out = CheckedUpdates([], [], [])
-    block = bytearray(min(STREAM_BLOCK_BYTES, layout.spec.data_bytes) or 1)
-    for item in items:
-        try:
-            examples, capped = influence.bounded_examples(item.client_id, item.num_examples, bounds)
-            check_size(item, layout)
-            header, first = read_checked_header(store, item.update, layout, metadata_check(item))
-            check = DataCheck(
-                hashlib.sha256(first.data[: header.data_start]), 0.0 if bounds.max_update_norm is not None else None
-            )
-            for start in range(header.data_start, item.update.bytes, len(block)):
-                view = memoryview(block)[: min(len(block), item.update.bytes - start)]
-                store.read_into(item.update.key, start, view, first.version)
-                check.feed(view)
-            check.verify(item.update)
-            scale, clipped_norm = _norm_scale(check.norm, bounds)
-        except InvalidUpdate as exc:
-            out.rejected.append(Rejection(item.client_id, exc.reason))
-            on_rejected(item, exc.reason)
-            continue
-        what = "; ".join(w for w in (capped, clipped_norm) if w)
-        if what:
-            out.clipped.append(Adjustment(item.client_id, what))
-        planned = PlannedUpdate(
-            item.client_id,
-            item.update.key,
-            item.update.sha256,
-            first.version,
-            header.data_start,
-            header.offsets,
-            examples,
-            None if scale is None else float(scale),
+    """Every update checked and bounded as the one-pass path does it (`UpdateSource`), each file
+    streamed a block at a time: memory one block, whatever the model's size."""
+    source = UpdateSource(store, layout, bounds, items, on_rejected=on_rejected)
+    source.accepted()
+    accepted = [
+        (
+            c.item,
+            PlannedUpdate(
+                c.item.client_id,
+                c.item.update.key,
+                c.item.update.sha256,
+                c.version,
+                c.header.data_start,
+                c.header.offsets,
+                c.examples,
+                None if c.scale is None else float(c.scale),
+            ),
         )
-        out.accepted.append((item, planned))
-    return out
-
-
-def _norm_scale(norm: float | None, bounds: Bounds) -> tuple[np.float32 | None, str | None]:
-    """`influence.norm_bound` on a norm measured while streaming."""
-    if norm is None:
-        return None, None
-    return influence.norm_bound({}, bounds, norm)
+        for c in source.checked
+    ]
+    return CheckedUpdates(accepted, source.rejected, source.clipped)
 
 
 def input_offsets(store: ModelStore, ref: ObjectRef, layout: ModelLayout) -> tuple[dict[str, tuple[int, int]], int]:

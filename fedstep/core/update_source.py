@@ -68,15 +68,22 @@ STREAM_BLOCK_BYTES = 16 * 2**20
 """Bytes read at a time where a whole file is streamed rather than held (one ranged read each)."""
 
 
+def stream_blocks(store: ModelStore, key: str, start: int, end: int, version: str | None) -> Iterator[memoryview]:
+    """Bytes [start, end) of one version of an object, `STREAM_BLOCK_BYTES` at a time, each block a
+    view of one reused buffer (valid until the next is read): memory one block."""
+    block = bytearray(min(STREAM_BLOCK_BYTES, max(1, end - start)))
+    for offset in range(start, end, len(block)):
+        view = memoryview(block)[: min(len(block), end - offset)]
+        store.read_into(key, offset, view, version)
+        yield view
+
+
 def stored_sha256(store: ModelStore, key: str) -> tuple[str, int]:
-    """(sha256, size) of a stored object, streamed `STREAM_BLOCK_BYTES` at a time (one version
-    throughout): memory one block, whatever the object's size."""
+    """(sha256, size) of a stored object, streamed (one version throughout): memory one block,
+    whatever the object's size."""
     first = store.read_range(key, 0, STREAM_BLOCK_BYTES)
     digest = hashlib.sha256(first.data)
-    block = bytearray(min(STREAM_BLOCK_BYTES, max(1, first.total_bytes - len(first.data))))
-    for start in range(len(first.data), first.total_bytes, len(block)):
-        view = memoryview(block)[: min(len(block), first.total_bytes - start)]
-        store.read_into(key, start, view, first.version)
+    for view in stream_blocks(store, key, len(first.data), first.total_bytes, first.version):
         digest.update(view)
     return digest.hexdigest(), first.total_bytes
 
@@ -99,11 +106,14 @@ class CheckedFile:
     """The L2 norm of all its tensors, when asked for."""
 
 
-def read_update(store: ModelStore, item: UpdateItem, layout: ModelLayout, *, norm: bool = False) -> CheckedFile:
+def read_update(
+    store: ModelStore, item: UpdateItem, layout: ModelLayout, *, norm: bool = False, keep: bool = True
+) -> CheckedFile:
     """A client's update, checked against its item and the model (steps 1-3 above); InvalidUpdate
-    with a short reason on any defect. `norm`: also measure its L2 norm (`CheckedFile.norm`)."""
+    with a short reason on any defect. `norm`: also measure its L2 norm (`CheckedFile.norm`).
+    `keep=False`: check it streamed, a block at a time, and keep no tensors (a check before slices)."""
     check_size(item, layout)
-    return _read_file(store, item.update, layout, metadata_check(item), norm=norm)
+    return _read_file(store, item.update, layout, metadata_check(item), norm=norm, keep=keep)
 
 
 def check_size(item: UpdateItem, layout: ModelLayout) -> None:
@@ -141,12 +151,16 @@ class DataCheck:
     squares: float | None = None
     finite: bool = True
 
-    def feed(self, block: memoryview | bytes) -> None:
-        self.digest.update(block)
-        values = np.frombuffer(block, dtype="<f4")
-        self.finite = self.finite and bool(np.isfinite(values).all())
-        if self.squares is not None:
-            self.squares += tensors.sum_of_squares(values)
+    def feed(self, data: memoryview | bytes) -> None:
+        """Check the next bytes of the data, `CHECK_BLOCK_BYTES` at a time."""
+        view = memoryview(data)
+        for start in range(0, len(view), CHECK_BLOCK_BYTES):
+            block = view[start : start + CHECK_BLOCK_BYTES]
+            self.digest.update(block)
+            values = np.frombuffer(block, dtype="<f4")
+            self.finite = self.finite and bool(np.isfinite(values).all())
+            if self.squares is not None:
+                self.squares += tensors.sum_of_squares(values)
 
     def verify(self, ref: ObjectRef, data: Callable[[], tensors.Tensors] | None = None) -> None:
         """InvalidUpdate unless the sha256 is the one reported and every value was finite (`data`:
@@ -171,19 +185,30 @@ def _read_file(
     check_metadata: Callable[[dict[str, object]], None] | None = None,
     *,
     norm: bool = False,
+    keep: bool = True,
 ) -> CheckedFile:
     """The tensors of the file `ref` (`ref.bytes` long, sha256 `ref.sha256`) whose header matches
-    `layout`; its metadata is checked before its tensor data is downloaded."""
+    `layout`; its metadata is checked before its tensor data is downloaded. `keep=False`: the data
+    streamed through the checks and dropped (no tensors kept)."""
     header, first = read_checked_header(store, ref, layout, check_metadata)
+    check = DataCheck(hashlib.sha256(first.data[: header.data_start]), 0.0 if norm else None)
+    if not keep:
+        whole = len(first.data) >= ref.bytes
+        blocks = (
+            [memoryview(first.data)[header.data_start :]]
+            if whole
+            else stream_blocks(store, ref.key, header.data_start, ref.bytes, first.version)
+        )
+        for block in blocks:
+            check.feed(block)
+        check.verify(ref)
+        return CheckedFile({}, header, first.version, check.norm)
     data = bytearray(ref.bytes - header.data_start)
     if len(first.data) >= ref.bytes:  # a small file came whole with its header
         data[:] = first.data[header.data_start :]
     else:
         store.read_into(ref.key, header.data_start, memoryview(data), first.version)
-    check = DataCheck(hashlib.sha256(first.data[: header.data_start]), 0.0 if norm else None)
-    view = memoryview(data)
-    for start in range(0, len(data), CHECK_BLOCK_BYTES):
-        check.feed(view[start : start + CHECK_BLOCK_BYTES])
+    check.feed(data)
     check.verify(ref, lambda: tensors.views(data, header, layout.spec, check_finite=False))
     return CheckedFile(tensors.views(data, header, layout.spec, check_finite=False), header, first.version, check.norm)
 
@@ -263,33 +288,49 @@ class UpdateSource:
             raise RuntimeError("the updates were read once already: read them by slices instead")
         self._passed = True
         for item in self.items:
-            try:
-                examples, capped = influence.bounded_examples(item.client_id, item.num_examples, self.bounds)
-                checked = read_update(self.store, item, self.layout, norm=self.bounds.max_update_norm is not None)
-                scale, clipped_norm = influence.norm_bound(checked.tensors, self.bounds, checked.norm)
-            except InvalidUpdate as exc:
-                self.rejected.append(Rejection(item.client_id, exc.reason))
-                if self.on_rejected is not None:
-                    self.on_rejected(item, exc.reason)
+            admitted = self._admit(item, keep=True)
+            if admitted is None:
                 continue
-            delta = checked.tensors
-            influence.scale_in_place(delta, scale)
-            what = "; ".join(w for w in (capped, clipped_norm) if w)
-            if what:
-                self.clipped.append(Adjustment(item.client_id, what))
-            self.accepted_items.append((item, examples))
-            self._checked.append(_Checked(item, examples, checked.header, checked.version, scale))
-            del checked
-            yield ClientUpdate(item.client_id, examples, delta, dict(item.privacy))
+            delta = admitted.tensors
+            influence.scale_in_place(delta, self._checked[-1].scale)
+            del admitted
+            yield ClientUpdate(item.client_id, self._checked[-1].examples, delta, dict(item.privacy))
             del delta  # the consumer is done with it: free its buffer before the next file is read
 
+    def _admit(self, item: UpdateItem, *, keep: bool) -> CheckedFile | None:
+        """Check one update and bound it, recording the outcome (accepted, clipped or rejected); the
+        checked file (with its tensors when `keep`), or None when it was rejected."""
+        try:
+            examples, capped = influence.bounded_examples(item.client_id, item.num_examples, self.bounds)
+            norm = self.bounds.max_update_norm is not None
+            checked = read_update(self.store, item, self.layout, norm=norm, keep=keep)
+            scale, clipped_norm = influence.norm_bound(checked.tensors, self.bounds, checked.norm)
+        except InvalidUpdate as exc:
+            self.rejected.append(Rejection(item.client_id, exc.reason))
+            if self.on_rejected is not None:
+                self.on_rejected(item, exc.reason)
+            return None
+        what = "; ".join(w for w in (capped, clipped_norm) if w)
+        if what:
+            self.clipped.append(Adjustment(item.client_id, what))
+        self.accepted_items.append((item, examples))
+        self._checked.append(_Checked(item, examples, checked.header, checked.version, scale))
+        return checked
+
     def accepted(self) -> list[UpdateInfo]:
-        """The accepted updates in order; checks them all first (one pass, dropping each file) if no
-        pass was made yet."""
+        """The accepted updates in order; checks them all first if no pass was made yet (streamed, a
+        block at a time, keeping no file: memory one block)."""
         if not self._passed:
-            for _ in self:
-                pass
+            self._passed = True
+            for item in self.items:
+                self._admit(item, keep=False)
         return [UpdateInfo(c.item.client_id, c.examples) for c in self._checked]
+
+    @property
+    def checked(self) -> list[_Checked]:
+        """The accepted updates as slices read them (after `accepted()`): where each tensor lies in
+        its file, the object version checked, the factor its norm bound scales it by."""
+        return list(self._checked)
 
     def slice(self, name: str, start: int, stop: int) -> np.ndarray:
         """Elements [start, stop) of tensor `name` (flattened) of every accepted update, as float32
