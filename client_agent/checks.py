@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import boto3
-from botocore.exceptions import ClientError, NoCredentialsError
+from botocore.exceptions import ClientError, NoCredentialsError, ProfileNotFound
 
 from client_agent.config import AgentConfig
 from client_agent.logs import clean_error
@@ -80,16 +80,27 @@ def credentials_of(session: boto3.Session) -> Any:
     return credentials
 
 
+def base_session(config: AgentConfig) -> boto3.Session:
+    """The credentials the agent starts from: its `profile`'s, else the standard chain's."""
+    try:
+        return boto3.Session(region_name=config.region, profile_name=config.profile)
+    except ProfileNotFound:
+        raise FedstepError(
+            f"profile {config.profile!r} is in neither the AWS shared credentials nor the config file "
+            "(AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE; default ~/.aws/credentials, ~/.aws/config)"
+        ) from None
+
+
 def open_session(config: AgentConfig, fail_fast: bool = False) -> boto3.Session:
     """The agent's session: the standard credential chain, or the client's role assumed with it.
     `fail_fast` (for the dry run): give up on an unreachable STS endpoint in seconds."""
-    session = boto3.Session(region_name=config.region)
+    session = base_session(config)
     credentials_of(session)
     if not config.role_arn:
         return session
     try:
         return boto.assumed_role_session(
-            config.role_arn, config.region, config.endpoint_url, f"fedstep-{config.client_id}", fail_fast
+            config.role_arn, config.region, config.endpoint_url, f"fedstep-{config.client_id}", fail_fast, session
         )
     except AWS_ERRORS as exc:
         raise FedstepError(f"cannot assume role {config.role_arn}: {explain(exc)}") from None
@@ -273,11 +284,16 @@ def dry_run(
     return sorted(c.skip(CHECKS), key=lambda check: CHECKS.index(check.name))
 
 
+def _credentials(config: AgentConfig) -> tuple[boto3.Session, str]:
+    session = base_session(config)
+    return session, f"found ({credentials_of(session).method})"
+
+
 def _aws_checks(c: Checklist, config: AgentConfig) -> Probes | None:
     """The credential, region, role, identity and permission checks; the probes when the identity
     check passed (the model check may read the queue and bucket), else None."""
-    session = boto3.Session(region_name=config.region)
-    if c.run("credentials", lambda: (True, f"found ({credentials_of(session).method})")) is None:
+    session = c.run("credentials", lambda: _credentials(config))
+    if session is None:
         return None
     region = c.run("region", lambda: _region(config, session))
     if region is None:

@@ -37,6 +37,7 @@ ENV = {
     "partition_scheme": "FEDSTEP_PARTITION_SCHEME",
     "data_seed": "FEDSTEP_DATA_SEED",
     "role_arn": "FEDSTEP_ROLE_ARN",
+    "profile": "FEDSTEP_PROFILE",
     "trainer": "FEDSTEP_TRAINER",
     "dp_epsilon_budget": "FEDSTEP_DP_EPSILON_BUDGET",
     "dp_max_delta": "FEDSTEP_DP_MAX_DELTA",
@@ -89,6 +90,9 @@ class AgentConfig:
     endpoint_url: str | None = None
     role_arn: str | None = None
     """The client's IAM role (stack output RoleArn...); assumed with the standard credential chain."""
+    profile: str | None = None
+    """A named profile of the AWS shared credentials and config files whose credentials the agent uses
+    (or assumes `role_arn` with) instead of the standard chain's; None: the standard chain."""
     data: str = ""
     partition: str | None = None
     """i/n: this client's part of the data set (built-in, or a loader's whole data set); None: all of it."""

@@ -51,7 +51,9 @@ class Aggregation(Construct):
         role.add_to_policy(
             iam.PolicyStatement(
                 sid="ReadModelsAndUpdates",
-                actions=["s3:GetObject"],
+                # a sliced round reads each update at the version its plan checked (GetObject with a
+                # VersionId is s3:GetObjectVersion)
+                actions=["s3:GetObject", "s3:GetObjectVersion"],
                 resources=[bucket.arn_for_objects("runs/*"), bucket.arn_for_objects(f"{keys.UPDATES_PREFIX}*")],
             )
         )
@@ -64,22 +66,51 @@ class Aggregation(Construct):
         )
         role.add_to_policy(
             iam.PolicyStatement(
-                sid="WriteSlicePlans",
+                sid="NeverWhatARunStartsFrom",  # the operator's: `fedstep start` and `--resume`
+                effect=iam.Effect.DENY,
                 actions=["s3:PutObject"],
-                resources=[bucket.arn_for_objects(keys.PLAN_KEY_PATTERN)],
+                resources=[bucket.arn_for_objects(pattern) for pattern in keys.START_KEY_PATTERNS],
             )
         )
         role.add_to_policy(
             iam.PolicyStatement(
-                sid="RoundRecords",
-                actions=[
-                    "dynamodb:GetItem",
-                    "dynamodb:BatchGetItem",
-                    "dynamodb:Query",
-                    "dynamodb:PutItem",
-                    "dynamodb:UpdateItem",
+                sid="WriteStrategyStatesAndSlicePlans",
+                actions=["s3:PutObject"],
+                resources=[
+                    bucket.arn_for_objects(keys.STATE_KEY_PATTERN),
+                    bucket.arn_for_objects(keys.PLAN_KEY_PATTERN),
                 ],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="ReadRecordsAndUpdates",
+                actions=["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query"],
                 resources=[table.table_arn],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="UpdateRoundRecords",  # open, claim, hold, release, commit, report: in the run's partition
+                actions=["dynamodb:UpdateItem"],
+                resources=[table.table_arn],
+                conditions={
+                    "ForAllValues:StringNotLike": {
+                        "dynamodb:LeadingKeys": [f"{keys.CLIENT_PK_PREFIX}*", f"{keys.FEEDBACK_PK_PREFIX}*"]
+                    },
+                    "Null": {"dynamodb:LeadingKeys": "false"},
+                },
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="PutFeedback",  # why a client's update was rejected, in that client's feedback partition
+                actions=["dynamodb:PutItem"],
+                resources=[table.table_arn],
+                conditions={
+                    "ForAllValues:StringLike": {"dynamodb:LeadingKeys": [f"{keys.FEEDBACK_PK_PREFIX}*"]},
+                    "Null": {"dynamodb:LeadingKeys": "false"},
+                },
             )
         )
         role.add_to_policy(
@@ -166,6 +197,8 @@ class Aggregation(Construct):
             "sliced); run id and round are chosen at run time.",
             f"{objects}/{keys.PLAN_KEY_PATTERN}": "Writes the slice plans of sliced rounds only; run id and "
             "round are chosen at run time.",
+            f"{objects}/{keys.STATE_KEY_PATTERN}": "Writes the strategy's state after a round (server optimizer "
+            "moments, adaptive clip norm); run id, round and version are chosen at run time.",
             "Action::kms:GenerateDataKey*": "CDK's grant for sending failed batches to the KMS-encrypted "
             "failure queue.",
             "Action::kms:ReEncrypt*": "CDK's grant for sending failed batches to the KMS-encrypted failure queue.",

@@ -147,6 +147,9 @@ class DeploymentConfig:
     slice_mb: int | None = None
     """Models larger than this (MiB) are aggregated by slices; None: `DEFAULT_SLICE_MB` when
     `max_model_mb` is over `MAX_MODEL_MB`, else never."""
+    operator_principal_arn: str | None = None
+    """Who may assume the operator role (`infra.operator_access`): a role, user or account root; None:
+    principals of the deploying account whose own policies allow `sts:AssumeRole` on it."""
 
     @property
     def slice_bytes(self) -> int | None:
@@ -178,7 +181,16 @@ class DeploymentConfig:
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "deployment config") -> DeploymentConfig:
-        fields = {"project", "clients", "round_timeout_s", "retention", "alarm_email", "max_model_mb", "slice_mb"}
+        fields = {
+            "project",
+            "clients",
+            "round_timeout_s",
+            "retention",
+            "alarm_email",
+            "max_model_mb",
+            "slice_mb",
+            "operator_principal_arn",
+        }
         _only(data, fields, where)
         project = data.get("project", "fedstep")
         if not isinstance(project, str) or not _PROJECT.match(project):
@@ -235,6 +247,7 @@ class DeploymentConfig:
             alarm_email=email,
             max_model_mb=max_model_mb,
             slice_mb=slice_mb,
+            operator_principal_arn=_principal(data.get("operator_principal_arn"), f"{where}: operator_principal_arn"),
         )
 
     @classmethod
@@ -296,10 +309,14 @@ def _client(data: Any, where: str) -> ClientConfig:
         client_id = keys.check_id("client id", data["id"])
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    principal = data.get("principal_arn")
-    if principal is not None and (not isinstance(principal, str) or not _PRINCIPAL.match(principal)):
+    return ClientConfig(client_id, _principal(data.get("principal_arn"), f"{where}: principal_arn"))
+
+
+def _principal(value: Any, where: str) -> str | None:
+    """An IAM principal ARN (or None), else a ConfigError naming the field."""
+    if value is not None and (not isinstance(value, str) or not _PRINCIPAL.match(value)):
         raise ConfigError(
-            f"{where}: principal_arn {principal!r} is not an IAM principal ARN "
+            f"{where} {value!r} is not an IAM principal ARN "
             "(arn:aws:iam::<12-digit account>:root, :role/<name> or :user/<name>)"
         )
-    return ClientConfig(client_id, principal)
+    return value

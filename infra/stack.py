@@ -14,6 +14,7 @@ from infra.aggregation import Aggregation
 from infra.client_group import CLIENTS_PER_GROUP, ClientGroup, allow_topic, client_groups, group_id
 from infra.config import DeploymentConfig
 from infra.monitoring import Monitoring, dead_letter_alarm_count
+from infra.operator_access import OperatorAccess
 from infra.state_machine import training_definition
 
 
@@ -100,6 +101,10 @@ class FedstepStack(cdk.Stack):
             )
         for construct in (machine, machine_logs):
             cdk.Tags.of(construct).add("component", "orchestration")
+        operator = OperatorAccess(
+            self, "Operator", config=config, bucket=bucket, table=table, topic=topic, machine=machine, key=key
+        )
+        cdk.Tags.of(operator).add("component", "operator-access")
 
         monitoring = Monitoring(
             self,

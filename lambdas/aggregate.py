@@ -32,6 +32,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import boto3
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
@@ -129,8 +130,8 @@ class RoundEvent:
 def round_of(record: DynamoDBRecord) -> tuple[str, int] | None:
     """(run id, round) of an update item a client wrote or rewrote; None for any other record: a
     heartbeat, an evaluation item (`EVAL#...`, the answer to `fedstep evaluate`, which must never
-    start an aggregation), a run or round record. On AWS the event source's filter (kind "update")
-    already drops them; moto ignores filters, so this check is what the local cloud relies on."""
+    start an aggregation), a run or round record. The event source's filter (kind "update" or
+    "declined") already drops them, on AWS and in the local cloud; this check is defence in depth."""
     image = record.dynamodb.new_image if record.dynamodb else None
     if record.event_name not in (DynamoDBRecordEventName.INSERT, DynamoDBRecordEventName.MODIFY) or not image:
         return None
@@ -142,19 +143,28 @@ def round_of(record: DynamoDBRecord) -> tuple[str, int] | None:
 
 
 @functools.cache
-def _services(bucket: str, table: str, topic: str, endpoint: str | None) -> tuple[Any, Any, Any, Any]:
-    """AWS clients, built once per execution environment (and again if the settings change)."""
+def _services(bucket: str, table: str, topic: str, endpoint: str | None, access_key: str) -> tuple[Any, Any, Any, Any]:
+    """AWS clients, built once per execution environment (and again if the settings change, or the
+    role session's credentials, `access_key`, do)."""
+    session = boto3.Session()
     return (
-        adapters.S3ModelStore(bucket, boto.client("s3", endpoint_url=endpoint)),
-        adapters.DynamoRoundTable(table, boto.client("dynamodb", endpoint_url=endpoint)),
-        adapters.StepFunctionsReporter(boto.client("stepfunctions", endpoint_url=endpoint)),
-        adapters.SnsPublisher(topic, boto.client("sns", endpoint_url=endpoint)),
+        adapters.S3ModelStore(bucket, boto.client("s3", session, endpoint)),
+        adapters.DynamoRoundTable(table, boto.client("dynamodb", session, endpoint)),
+        adapters.StepFunctionsReporter(boto.client("stepfunctions", session, endpoint)),
+        adapters.SnsPublisher(topic, boto.client("sns", session, endpoint)),
     )
 
 
 def services() -> tuple[Any, Any, Any, Any]:
     env = os.environ
-    return _services(env["BUCKET_NAME"], env["TABLE_NAME"], env.get("TOPIC_ARN", ""), env.get("AWS_ENDPOINT_URL"))
+    credentials = boto3.Session().get_credentials()  # the execution role's (Lambda sets them in the environment)
+    return _services(
+        env["BUCKET_NAME"],
+        env["TABLE_NAME"],
+        env.get("TOPIC_ARN", ""),
+        env.get("AWS_ENDPOINT_URL"),
+        credentials.access_key if credentials else "",
+    )
 
 
 def settings(context: LambdaContext | None = None) -> AggregationSettings:

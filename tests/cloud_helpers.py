@@ -60,8 +60,9 @@ class ShiftTrainer:
 
 
 def agent_config(cloud, client_id, workdir, **fields) -> AgentConfig:
-    """An agent's config for `client_id` of the local cloud's stack, caching under `workdir/<id>`;
-    `fields` override the defaults (e.g. `role_arn`, `heartbeat_s`)."""
+    """An agent's config for `client_id` of the local cloud's stack, caching under `workdir/<id>`; it
+    acts under the client's role, assumed with its organisation's keys (the cloud's profile of that
+    name); `fields` override the defaults (e.g. `heartbeat_s`)."""
     out = cloud.outputs
     defaults = {
         "client_id": client_id,
@@ -70,6 +71,8 @@ def agent_config(cloud, client_id, workdir, **fields) -> AgentConfig:
         "table": out.table,
         "region": "us-east-1",
         "endpoint_url": cloud.endpoint,
+        "role_arn": out.roles[client_id],
+        "profile": client_id,
         "data": "unused",
         "poll_wait_s": 1,
         "cache_dir": str(workdir / client_id),
@@ -108,10 +111,21 @@ def start(
         INITIAL if initial is None else initial,
         settings,
         cloud.outputs,
-        s3=cloud.client("s3"),
-        dynamodb=cloud.client("dynamodb"),
-        stepfunctions=cloud.client("stepfunctions"),
+        **operator_clients(cloud),
     )
+
+
+def operator_clients(cloud) -> dict[str, Any]:
+    """The clients `start_run` and `resume_run` take, acting as the operator (its role)."""
+    return {service: cloud.client(service, "operator") for service in ("s3", "dynamodb", "stepfunctions")}
+
+
+def as_the_function(cloud):
+    """A block in which this thread acts as the aggregation function does (its role's credentials), to
+    call its handler directly."""
+    from fedstep.local.gaps.lambda_in_process import acting_as
+
+    return acting_as(cloud.keys("aggregation"))
 
 
 def summaries(cloud, run_id) -> list[RoundSummary]:
@@ -157,8 +171,8 @@ def serve_run(agents, rounds: int) -> None:
 
 
 def receive(cloud, client_id):
-    """The next message on a client's queue, received by the test itself (not by an agent)."""
-    sqs = cloud.client("sqs")
+    """The next message on a client's queue, received by the test itself as that client (not by an agent)."""
+    sqs = cloud.client("sqs", client_id)
     for _ in range(30):
         messages = sqs.receive_message(QueueUrl=cloud.outputs.queues[client_id], WaitTimeSeconds=1).get("Messages")
         if messages:

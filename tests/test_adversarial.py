@@ -16,14 +16,11 @@ import json
 import logging
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-import boto3
 import numpy as np
 import pytest
-import requests
 from botocore.exceptions import ClientError
 
 from client_agent.agent import Outcome
@@ -36,6 +33,7 @@ from fedstep.core.clock import utc_now
 from fedstep.core.rounds import InvalidAggregate, TooFewParticipants
 from fedstep.core.schemas import Bounds, Feedback, ObjectRef, RunRecord, Target, TrainingConfig, UpdateItem
 from fedstep.core.strategies import FedAvg
+from fedstep.local.iam.policy import ALLOW, IMPLICIT_DENY, evaluate, put_item_context
 from infra.config import MAX_MODEL_MB, ConfigError, DeploymentConfig, aggregation_memory_mb
 from tests.cloud_helpers import (
     INITIAL,
@@ -52,7 +50,6 @@ from tests.cloud_helpers import (
     summaries,
     wait_for_execution,
 )
-from tests.iam_policy import ALLOW, IMPLICIT_DENY, evaluate, put_item_context
 from tests.memory_ports import record_bytes
 from tests.round_world import GLOBAL, RUN, make_world
 
@@ -61,23 +58,6 @@ DENIED = {"AccessDenied", "AccessDeniedException", "AuthorizationError", "403"}
 
 def table_of(cloud) -> DynamoRoundTable:
     return DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb"))
-
-
-@contextmanager
-def iam_enforced(cloud):
-    """moto evaluates every request against the caller's IAM policies (S3, SQS, SNS, Step Functions)."""
-    requests.post(f"{cloud.endpoint}/moto-api/reset-auth", data=b"0", timeout=10)
-    try:
-        yield
-    finally:
-        requests.post(f"{cloud.endpoint}/moto-api/reset-auth", data=b"inf", timeout=10)
-
-
-def as_client(cloud, client_id: str) -> boto3.Session:
-    """A session with the client's own role's credentials: all an attacking organisation holds."""
-    creds = cloud.client("sts").assume_role(RoleArn=cloud.outputs.roles[client_id], RoleSessionName="attacker")
-    c = creds["Credentials"]
-    return boto3.Session(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"], region_name="us-east-1")
 
 
 def denied(call) -> str:
@@ -133,27 +113,26 @@ def test_1_a_clients_role_is_refused_everything_outside_its_own_queue_and_prefix
     """The same attacker on S3, SQS, SNS and Step Functions, where moto enforces IAM itself."""
     run = start(cloud, rounds=1)
     token = published_round(cloud, run.run_id)["task_token"]  # a real token, read by the operator
-    session = as_client(cloud, "client-1")
+    session = cloud.session("client-1")  # the client's own role: all an attacking organisation holds
     s3, sqs = boto.client("s3", session, cloud.endpoint), boto.client("sqs", session, cloud.endpoint)
     sns, sfn = boto.client("sns", session, cloud.endpoint), boto.client("stepfunctions", session, cloud.endpoint)
     bucket, queues = cloud.outputs.bucket, cloud.outputs.queues
     put = lambda key: lambda: s3.put_object(Bucket=bucket, Key=key, Body=b"x")  # noqa: E731
-    with iam_enforced(cloud):
-        s3.put_object(Bucket=bucket, Key=keys.update_key(run.run_id, 1, "client-1"), Body=b"own")  # allowed
-        sqs.receive_message(QueueUrl=queues["client-1"], WaitTimeSeconds=0)  # allowed
-        codes = {
-            "replace a round's result": denied(put(keys.global_key(run.run_id, 1, "forged"))),
-            "replace the architecture": denied(put(keys.model_key(run.run_id))),
-            "write client-2's update": denied(put(keys.update_key(run.run_id, 1, "client-2"))),
-            "write outside its own prefix": denied(put(f"updates/{run.run_id}/00001/client-1.safetensors")),
-            "read client-2's update": denied(
-                lambda: s3.get_object(Bucket=bucket, Key=keys.update_key(run.run_id, 1, "client-2"))
-            ),
-            "read client-2's queue": denied(lambda: sqs.receive_message(QueueUrl=queues["client-2"])),
-            "publish a round message": denied(lambda: sns.publish(TopicArn=cloud.outputs.topic_arn, Message="{}")),
-            "complete the round's task": denied(lambda: sfn.send_task_success(taskToken=token, output="{}")),
-            "stop the run": denied(lambda: sfn.stop_execution(executionArn=run.execution_arn)),
-        }
+    s3.put_object(Bucket=bucket, Key=keys.update_key(run.run_id, 1, "client-1"), Body=b"own")  # allowed
+    sqs.receive_message(QueueUrl=queues["client-1"], WaitTimeSeconds=0)  # allowed
+    codes = {
+        "replace a round's result": denied(put(keys.global_key(run.run_id, 1, "forged"))),
+        "replace the architecture": denied(put(keys.model_key(run.run_id))),
+        "write client-2's update": denied(put(keys.update_key(run.run_id, 1, "client-2"))),
+        "write outside its own prefix": denied(put(f"updates/{run.run_id}/00001/client-1.safetensors")),
+        "read client-2's update": denied(
+            lambda: s3.get_object(Bucket=bucket, Key=keys.update_key(run.run_id, 1, "client-2"))
+        ),
+        "read client-2's queue": denied(lambda: sqs.receive_message(QueueUrl=queues["client-2"])),
+        "publish a round message": denied(lambda: sns.publish(TopicArn=cloud.outputs.topic_arn, Message="{}")),
+        "complete the round's task": denied(lambda: sfn.send_task_success(taskToken=token, output="{}")),
+        "stop the run": denied(lambda: sfn.stop_execution(executionArn=run.execution_arn)),
+    }
     assert set(codes.values()) <= DENIED, codes
     cloud.client("stepfunctions").stop_execution(executionArn=run.execution_arn)
 
@@ -592,3 +571,27 @@ def test_2_a_heartbeat_cannot_keep_a_client_online_forever():
     assert {r.status for r in rows.values()} == {"invalid"}
     assert "'interval_s' must be from 1 to 3600" in rows["long-interval"].activity
     assert "is in the future" in rows["from-the-future"].activity
+
+
+# -- issue 20: 1. stateful strategies write their state under the aggregation function's role ------
+
+
+def test_a_stateful_strategy_runs_under_the_aggregation_functions_own_role(cloud, tmp_path):
+    """The aggregation function's role could write global models and plans but not strategy state: on
+    AWS fedadam (and fedavgm, fedyogi, adaptive clipping) failed with AccessDenied at the state's write.
+    The local cloud now runs the function under its role with IAM enforced: the run completes, and the
+    state of each round was written by the function's role session."""
+    from fedstep.local import gaps
+
+    run = start(cloud, rounds=2, strategy="fedadam")
+    serve_run([agent(cloud, c, tmp_path) for c in SHIFTS], rounds=2)
+    desc = wait_for_execution(cloud, run.execution_arn)
+    assert desc["status"] == "SUCCEEDED", desc.get("cause")
+    states = [s.state.key for s in summaries(cloud, run.run_id)]
+    assert len(states) == 2 and all("/state-" in key for key in states)
+    writes = {
+        d.resource.rsplit(":::", 1)[1].split("/", 1)[1]: d.principal
+        for d in gaps.IAM_ENFORCEMENT.decisions
+        if d.allowed and d.action == "s3:PutObject" and "/state-" in d.resource
+    }
+    assert all("assumed-role/fedstep-AggregationRole" in writes[key] for key in states), writes

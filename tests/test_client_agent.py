@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 
 from fedstep.cli.start import RunSettings, keras_payload, start_run
 from fedstep.core import keys, tensors
@@ -54,7 +53,8 @@ def configs(local_cloud, tmp_path_factory) -> dict[str, dict]:
         args = ("client-config", cid, "--endpoint-url", local_cloud.endpoint, "--data", "digits", "-o", str(path))
         result = cli("fedstep", *args, env=agent_env(local_cloud))
         assert result.returncode == 0, result.stderr
-        out[cid] = {**json.loads(path.read_text()), "partition": f"{i}/2", "poll_wait_s": 1}
+        # the organisation's own keys: its profile in the local cloud's credentials file (its agent assumes its role)
+        out[cid] = {**json.loads(path.read_text()), "partition": f"{i}/2", "poll_wait_s": 1, "profile": cid}
     assert out["client-1"]["role_arn"].endswith(out["client-1"]["role_arn"].split("/")[-1])
     return out
 
@@ -106,6 +106,7 @@ def closed_port() -> int:
 def test_dry_run_names_each_misconfiguration(local_cloud, configs, tmp_path, case, failing, message):
     config, env = dict(configs["client-1"]), {}
     if case == "no credentials":
+        config["profile"] = None  # the standard chain, which finds nothing
         env = {
             "AWS_ACCESS_KEY_ID": None,
             "AWS_SECRET_ACCESS_KEY": None,
@@ -139,20 +140,9 @@ def test_run_stops_at_once_with_the_cause_when_the_config_is_wrong(local_cloud, 
 
 
 def test_dry_run_names_the_action_an_iam_policy_denies(local_cloud, configs, tmp_path):
-    """moto enforces IAM here: client-1's role, pointed at client-2's queue, may not read it."""
-    creds = local_cloud.client("sts").assume_role(RoleArn=configs["client-1"]["role_arn"], RoleSessionName="test")
-    creds = creds["Credentials"]
-    config = {**configs["client-1"], "queue_url": configs["client-2"]["queue_url"], "role_arn": None}
-    env = {
-        "AWS_ACCESS_KEY_ID": creds["AccessKeyId"],
-        "AWS_SECRET_ACCESS_KEY": creds["SecretAccessKey"],
-        "AWS_SESSION_TOKEN": creds["SessionToken"],
-    }
-    requests.post(f"{local_cloud.endpoint}/moto-api/reset-auth", data=b"0", timeout=10)
-    try:
-        result, lines = dry_run(local_cloud, tmp_path, config, **env)
-    finally:
-        requests.post(f"{local_cloud.endpoint}/moto-api/reset-auth", data=b"inf", timeout=10)
+    """The local cloud enforces IAM: client-1's role, pointed at client-2's queue, may not read it."""
+    config = {**configs["client-1"], "queue_url": configs["client-2"]["queue_url"], "role_arn": None, "profile": None}
+    result, lines = dry_run(local_cloud, tmp_path, config, **local_cloud.keys("client-1").env())
     assert result.returncode == 1
     assert lines["identity"].split()[0] == "ok"
     assert "FAIL" in lines["queue"] and "access denied: sqs:GetQueueAttributes on queue" in lines["queue"], lines

@@ -410,7 +410,7 @@ def test_dry_run_checks_the_data_against_the_model_of_a_round_waiting_in_the_que
 
     config = local_cloud.outputs.client_config("client-1", "us-east-1", data=f"{MODULE}:labels_up_to_9")
     path = tmp_path / "client.json"
-    path.write_text(json.dumps({**config, "endpoint_url": local_cloud.endpoint}))
+    path.write_text(json.dumps({**config, "endpoint_url": local_cloud.endpoint, "profile": "client-1"}))
     assert main(["run", "--config", str(path), "--dry-run"]) == 1
     out = capsys.readouterr().out
     assert "Traceback" not in out

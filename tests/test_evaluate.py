@@ -549,7 +549,7 @@ def test_a_clients_role_may_put_its_own_evaluation_items_only(template):
     """The synthesized policy, evaluated with IAM's semantics (moto does not check DynamoDB conditions)."""
     from dataclasses import replace
 
-    from tests.iam_policy import ALLOW, IMPLICIT_DENY
+    from fedstep.local.iam.policy import ALLOW, IMPLICIT_DENY
     from tests.test_infra_template import evaluated_policy, put_item
 
     own = evaluated_policy(template, "org-a")

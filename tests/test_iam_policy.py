@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.iam_policy import ALLOW, EXPLICIT_DENY, IMPLICIT_DENY, evaluate
+from fedstep.local.iam.policy import ALLOW, EXPLICIT_DENY, IMPLICIT_DENY, evaluate
 
 TABLE = "arn:aws:dynamodb:us-east-1:123456789012:table/T"
 

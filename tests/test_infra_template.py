@@ -19,10 +19,10 @@ from aws_cdk.assertions import Template
 
 from fedstep.core import keys
 from fedstep.core.schemas import DeclineItem, Feedback, Heartbeat, ObjectRef, RunRecord, TrainingConfig, UpdateItem
+from fedstep.local.iam.policy import ALLOW, IMPLICIT_DENY, evaluate, put_item_context, resolve
 from infra.client_group import CLIENTS_PER_GROUP
 from infra.config import MAX_CLIENTS, ClientConfig, ConfigError, DeploymentConfig
 from infra.synth import build_app
-from tests.iam_policy import ALLOW, IMPLICIT_DENY, evaluate, put_item_context, resolve
 
 PARTNER = "arn:aws:iam::111122223333:role/fl-agent"
 
@@ -510,7 +510,7 @@ def test_500_clients_fit_nested_stacks_each_within_cloudformations_limits_nag_an
     clients = [ClientConfig(f"org-{i:03d}") for i in range(MAX_CLIENTS)]
     template = synth(clients, tmp_path, alarm_email="ops@example.org")  # raises on any nag finding
     template.resource_count_is("AWS::SNS::Subscription", MAX_CLIENTS + 1)
-    template.resource_count_is("AWS::IAM::Role", MAX_CLIENTS + 2)  # and the aggregation function's and the machine's
+    template.resource_count_is("AWS::IAM::Role", MAX_CLIENTS + 3)  # the function's, the machine's, the operator's
     template.resource_count_is("AWS::CloudFormation::Stack", MAX_CLIENTS // CLIENTS_PER_GROUP)
     alarms = [a["Properties"]["AlarmName"] for a in resources(template, "AWS::CloudWatch::Alarm").values()]
     assert sorted(alarms) == sorted(["fedstep-executions-failed", *(f"fedstep-dead-letters-{n}" for n in range(1, 52))])

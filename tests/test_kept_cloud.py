@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,11 +96,32 @@ def kept(tmp_path_factory) -> KeptCloud:
         )
         assert proc.poll() is None, "".join(cloud.lines)
         cloud.run_id = json.loads((out / "summary.json").read_text())["run_id"]
-        yield cloud
+        with sourced(cloud.env_file):  # this process too, as a user's Python session after `source`
+            yield cloud
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
+
+
+@contextmanager
+def sourced(env_file: Path):
+    """This process's environment as `source <env_file>` leaves a shell's (but PATH), until the block ends."""
+    exported = dict(
+        shlex.split(line.removeprefix("export "))[0].split("=", 1)
+        for line in env_file.read_text().splitlines()
+        if line.startswith("export ") and not line.startswith("export PATH=")
+    )
+    saved = {name: os.environ.get(name) for name in exported}
+    os.environ.update(exported)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def test_sourcing_the_env_file_in_bash_puts_fedstep_on_path(kept, tmp_path):
@@ -216,7 +238,7 @@ def test_the_client_api_serves_a_round_on_the_kept_cloud(kept, capsys):
     client = fedstep.Client(config)
     assert client.dry_run()
     assert "all checks passed" in capsys.readouterr().out
-    sqs = boto3.client("sqs", endpoint_url=kept.endpoint)
+    sqs = boto3.Session(profile_name="admin").client("sqs", endpoint_url=kept.endpoint)  # the account's owner
     queue = json.loads(config.read_text())["queue_url"]
     while messages := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages"):
         for m in messages:  # the failed run's round, which this client missed: not the one to serve now

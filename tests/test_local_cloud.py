@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-import sys
 import time
 import zipfile
 from collections.abc import Callable
@@ -32,6 +31,8 @@ from tests.cloud_helpers import (
     SHIFTS,
     ShiftTrainer,
     agent,
+    as_the_function,
+    fedstep,
     global_after,
     receive,
     serve,
@@ -87,7 +88,8 @@ def test_duplicate_stream_record_is_counted_once(cloud, tmp_path, monkeypatch):
     monkeypatch.setenv("TABLE_NAME", cloud.outputs.table)
     context = gaps.LocalLambdaContext("aggregate", "arn:aws:lambda:us-east-1:123456789012:function:x", 1024, "req")
     for _ in range(2):  # the same records delivered twice more
-        assert handler(_stream_event(items), context) == {"batchItemFailures": []}
+        with as_the_function(cloud):
+            assert handler(_stream_event(items), context) == {"batchItemFailures": []}
     assert len(table.list_rounds(run.run_id)) == 1
     assert global_after(cloud, run.run_id, 1) == first_global
     desc = wait_for_execution(cloud, run.execution_arn)
@@ -151,13 +153,8 @@ def test_the_in_process_lambda_refuses_code_that_differs_from_the_checkout():
         gaps.verify_code_matches_checkout(zipped(checkout + b"\n# edited after deploying\n"))
 
 
-def _fedstep(*args: str, endpoint: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fedstep", *args, "--endpoint-url", endpoint],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+def _fedstep(*args: str, cloud) -> subprocess.CompletedProcess[str]:
+    return fedstep(cloud, *args, timeout=180)
 
 
 def test_fedstep_start_publishes_the_model_and_starts_an_execution(cloud):
@@ -171,7 +168,7 @@ def test_fedstep_start_publishes_the_model_and_starts_an_execution(cloud):
         "cli-run",
         "--seed",
         "1",
-        endpoint=cloud.endpoint,
+        cloud=cloud,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "started run cli-run with clients client-1, client-2" in result.stdout
@@ -183,21 +180,19 @@ def test_fedstep_start_publishes_the_model_and_starts_an_execution(cloud):
     assert run.rounds == 3 and run.clients == ["client-1", "client-2"] and run.training.learning_rate is None
     arn = cloud.outputs.state_machine_arn.replace(":stateMachine:", ":execution:") + ":cli-run"
     assert cloud.client("stepfunctions").describe_execution(executionArn=arn)["status"] == "RUNNING"
-    again = _fedstep(
-        "start", "--model", "client_agent.models:digits_mlp", "--run-id", "cli-run", endpoint=cloud.endpoint
-    )
+    again = _fedstep("start", "--model", "client_agent.models:digits_mlp", "--run-id", "cli-run", cloud=cloud)
     assert again.returncode == 2 and "run cli-run exists already" in again.stderr
 
 
 def test_fedstep_start_names_a_missing_stack(cloud):
-    result = _fedstep("start", "--model", "client_agent.models:digits_mlp", "--stack", "nope", endpoint=cloud.endpoint)
+    result = _fedstep("start", "--model", "client_agent.models:digits_mlp", "--stack", "nope", cloud=cloud)
     assert result.returncode == 2
     assert "cannot read stack 'nope'" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_client_config_prints_a_ready_config_from_the_stack_outputs(cloud, tmp_path):
     out = tmp_path / "client-2.json"
-    result = _fedstep("client-config", "client-2", "--region", "us-east-1", "-o", str(out), endpoint=cloud.endpoint)
+    result = _fedstep("client-config", "client-2", "--region", "us-east-1", "-o", str(out), cloud=cloud)
     assert result.returncode == 0, result.stderr
     config = json.loads(out.read_text())
     assert config["queue_url"] == cloud.outputs.queues["client-2"]
@@ -207,7 +202,7 @@ def test_client_config_prints_a_ready_config_from_the_stack_outputs(cloud, tmp_p
         cloud.outputs.table,
         "us-east-1",
     )
-    missing = _fedstep("client-config", "client-9", endpoint=cloud.endpoint)
+    missing = _fedstep("client-config", "client-9", cloud=cloud)
     assert missing.returncode == 2 and "client 'client-9' is not in the stack" in missing.stderr
 
 
@@ -222,13 +217,15 @@ def test_an_agent_with_a_role_arn_works_with_the_roles_credentials(cloud, tmp_pa
         region="us-east-1",
         endpoint_url=cloud.endpoint,
         role_arn=out.roles["client-1"],
+        profile="client-1",  # the organisation's own keys, in the local cloud's credentials file
         data="unused",
         poll_wait_s=1,
         cache_dir=str(tmp_path / "c1"),
     )
     a = Agent(config, ShiftTrainer(*SHIFTS["client-1"]))
     credentials = a.s3._request_signer._credentials.get_frozen_credentials()
-    assert credentials.access_key != "testing"  # temporary credentials of the assumed role, not the caller's
+    assert credentials.access_key != cloud.principals.keys("client-1").access_key  # the role's session's
+    assert credentials.token  # temporary credentials of the assumed role, not the organisation's
     serve(a)
     serve(agent(cloud, "client-2", tmp_path))
     assert wait_for_execution(cloud, run.execution_arn)["status"] == "SUCCEEDED"

@@ -21,6 +21,7 @@ from typing import Any
 import boto3
 import pytest
 
+from fedstep.aws.errors import error_code
 from fedstep.local import gaps
 from fedstep.local.gaps.shim import Shim
 
@@ -141,6 +142,10 @@ def test_there_is_one_shim_per_gap_each_with_its_module_and_description():
         "task_failure_cause",
         "sns_fanout",
         "s3_ranged_get",
+        "iam_enforcement",
+        "step_functions_role",
+        "s3_versioning",
+        "stream_filters",
     ]
     for shim in gaps.SHIMS.values():
         assert (gaps.REPO / shim.module).is_file()
@@ -318,6 +323,7 @@ def echo(event: dict[str, Any], context: Any) -> dict[str, Any]:
     event it first holds that much memory (touched, so it is resident)."""
     held = bytearray(int(event.get("allocate_mb", 0)) * 2**20)
     held[::4096] = b"x" * len(held[::4096])
+    time.sleep(float(event.get("then_sleep_s", 0)))  # holding it
     return {"event": event, "function": context.function_name, "variable": os.environ.get(VARIABLE), "pid": os.getpid()}
 
 
@@ -377,7 +383,23 @@ def test_with_memory_enforced_each_invocation_runs_in_its_own_process_and_fails_
     error = json.loads(response["Payload"].read())
     assert error["errorType"] == "Runtime.OutOfMemory" and "of the function's 128 MB" in error["errorMessage"]
     small, large = gaps.LAMBDA_IN_PROCESS.memory_uses
-    assert small.peak_mb < 128 < 300 < large.peak_mb and small.memory_mb == 128
+    assert small.peak_mb < 128 < large.peak_mb and small.memory_mb == 128 and not small.killed
+
+
+def test_with_memory_enforced_an_invocation_is_stopped_the_moment_it_passes_its_memory(moto, monkeypatch):
+    """Lambda stops an invocation at its MemorySize; it is not judged after it finishes: this one would
+    hold 300 MB for 30 s, and is stopped while it holds it."""
+    gaps.LAMBDA_IN_PROCESS.apply()
+    monkeypatch.setattr(gaps.LAMBDA_IN_PROCESS, "enforce_memory", True)
+    gaps.LAMBDA_IN_PROCESS.memory_uses.clear()
+    create_function({"PYTHONPATH": os.path.dirname(__file__)})  # MemorySize 128 MB, moto's default
+    response = client("lambda").invoke(
+        FunctionName="canary", Payload=json.dumps({"allocate_mb": 300, "then_sleep_s": 30})
+    )
+    error = json.loads(response["Payload"].read())
+    assert error["errorType"] == "Runtime.OutOfMemory" and error["errorMessage"].startswith("stopped at")
+    [use] = gaps.LAMBDA_IN_PROCESS.memory_uses
+    assert use.killed and use.peak_mb > 128
 
 
 # -- 4. DynamoDB stream delivery -------------------------------------------------------------------
@@ -672,4 +694,195 @@ def test_the_s3_ranged_get_shim_reads_only_the_range(moto, monkeypatch):
     gaps.S3_RANGED_GET.apply()
     got, whole_reads = ranged_reads(monkeypatch)
     assert got == [bytes([3, 4, 5]), bytes([252, 253, 254, 255]), b"pla"]
-    assert whole_reads == 1  # only the range past the end, which goes to moto for its InvalidRange
+    assert whole_reads == 0  # not even for the range past the end: InvalidRange without reading it
+
+
+MALFORMED_RANGES = ("bytes=0--1", "bytes=5-2", "bytes=abc", "bytes=0-1,4-5")
+
+
+def test_moto_still_answers_a_malformed_range_with_the_whole_object(moto):
+    s3 = client("s3")
+    s3.create_bucket(Bucket="models")
+    s3.put_object(Bucket="models", Key="m", Body=b"0123456789")
+    answers = [s3.get_object(Bucket="models", Key="m", Range=r)["Body"].read() for r in MALFORMED_RANGES[:2]]
+    assert answers == [b"0123456789"] * 2, remove(gaps.S3_RANGED_GET, "refuses a malformed range")
+
+
+def test_the_s3_ranged_get_shim_refuses_a_malformed_or_empty_range(moto):
+    gaps.S3_RANGED_GET.apply()
+    s3 = client("s3")
+    s3.create_bucket(Bucket="models")
+    s3.put_object(Bucket="models", Key="m", Body=b"0123456789")
+    for requested in MALFORMED_RANGES:
+        with pytest.raises(Exception, match="InvalidRange"):
+            s3.get_object(Bucket="models", Key="m", Range=requested)
+    assert s3.get_object(Bucket="models", Key="m", Range="bytes=-3")["Body"].read() == b"789"  # a suffix: moto's
+
+
+# -- 11. IAM enforcement ---------------------------------------------------------------------------
+
+TABLE_ARN = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/canary"
+
+
+def role_session(endpoint: str, statements: list[dict[str, Any]]) -> boto3.Session:
+    """A role allowed `statements` (and trusting the account), assumed: its session."""
+    iam = client("iam", endpoint)
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"AWS": ACCOUNT}, "Action": "sts:AssumeRole"}],
+    }
+    role = iam.create_role(RoleName="caller", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    iam.put_role_policy(
+        RoleName="caller", PolicyName="p", PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": statements})
+    )
+    c = client("sts", endpoint).assume_role(RoleArn=role, RoleSessionName="caller")["Credentials"]
+    return boto3.Session(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"], region_name=REGION)
+
+
+def own_partition_writes(endpoint: str) -> dict[str, str]:
+    """A role allowed PutItem on the table in its own partition (`dynamodb:LeadingKeys`) writes its own
+    partition and another's, with IAM enforced: what each write got."""
+    ddb = client("dynamodb", endpoint)
+    ddb.create_table(
+        TableName="canary",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    statement = {
+        "Effect": "Allow",
+        "Action": "dynamodb:PutItem",
+        "Resource": TABLE_ARN,
+        "Condition": {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["own"]}},
+    }
+    caller = role_session(endpoint, [statement]).client("dynamodb", endpoint_url=endpoint)
+    gaps.moto_server.moto_api_raw(endpoint, "reset-auth", b"0")
+    outcomes = {}
+    try:
+        for partition in ("own", "another"):
+            error = raised(lambda p=partition: caller.put_item(TableName="canary", Item={"pk": {"S": p}}))
+            outcomes[partition] = "written" if error is None else f"{error_code(error)}: {str(error)[:200]}"
+    finally:
+        gaps.moto_server.moto_api_raw(endpoint, "reset-auth", b"inf")
+    return outcomes
+
+
+def test_moto_still_refuses_a_dynamodb_write_its_role_is_granted_on_the_table(moto_server):
+    outcomes = own_partition_writes(moto_server)
+    assert "AccessDenied" in outcomes["own"] or outcomes["own"].startswith("403"), remove(
+        gaps.IAM_ENFORCEMENT, "authorizes DynamoDB requests on their table with their condition keys"
+    )
+
+
+def test_the_iam_shim_evaluates_the_table_and_the_partition_a_request_writes(moto_server):
+    gaps.IAM_ENFORCEMENT.apply()
+    outcomes = own_partition_writes(moto_server)
+    assert outcomes["own"] == "written" and "AccessDeniedException" in outcomes["another"]
+    [denial] = gaps.IAM_ENFORCEMENT.denials
+    assert (denial.action, denial.resource) == ("dynamodb:PutItem", TABLE_ARN)
+
+
+# -- 12. Step Functions' role ----------------------------------------------------------------------
+
+
+def interpreter_credentials(role_arn: str) -> str:
+    """The access key moto's Step Functions interpreter signs a state's service call with, under `role_arn`."""
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.credentials import StateCredentials
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import state_task_service_sns
+
+    sns = state_task_service_sns.boto_client_for(REGION, "sns", StateCredentials(role_arn=role_arn))
+    return sns._request_signer._credentials.get_frozen_credentials().access_key
+
+
+def test_moto_still_calls_a_states_services_with_fixed_credentials(moto):
+    assert interpreter_credentials(ROLE_ARN) == "ak", remove(
+        gaps.STEP_FUNCTIONS_ROLE, "calls a state's services under the state machine's role"
+    )
+
+
+def test_the_step_functions_role_shim_calls_them_under_the_role_the_service_assumed(moto):
+    trust = {
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": "states.amazonaws.com"}, "Action": "sts:AssumeRole"}]
+    }
+    role = client("iam").create_role(RoleName="machine", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    gaps.STEP_FUNCTIONS_ROLE.apply()
+    key = interpreter_credentials(role)
+    from moto.sts.models import sts_backends
+
+    [session] = [r for r in sts_backends[ACCOUNT]["aws"].assumed_roles if r.access_key_id == key]
+    assert session.role_arn == role
+    lambda_role = client("iam").create_role(RoleName="fn", AssumeRolePolicyDocument=json.dumps(ASSUME_ROLE))
+    with pytest.raises(Exception, match=r"does not trust states\.amazonaws\.com"):
+        interpreter_credentials(lambda_role["Role"]["Arn"])
+
+
+# -- 13. S3 versioning from CloudFormation ---------------------------------------------------------
+
+VERSIONED_BUCKET = {
+    "Bucket": {"Type": "AWS::S3::Bucket", "Properties": {"VersioningConfiguration": {"Status": "Enabled"}}}
+}
+
+
+def test_moto_still_creates_a_versioned_buckets_without_versioning(moto):
+    cfn = client("cloudformation")
+    deploy(cfn, VERSIONED_BUCKET)
+    status = client("s3").get_bucket_versioning(Bucket=physical_id(cfn, "Bucket")).get("Status")
+    assert status is None, remove(gaps.S3_VERSIONING, "versions a bucket as its template says")
+
+
+def test_the_s3_versioning_shim_versions_the_bucket_so_every_write_has_its_version_id(moto):
+    gaps.S3_VERSIONING.apply()
+    cfn, s3 = client("cloudformation"), client("s3")
+    deploy(cfn, VERSIONED_BUCKET)
+    bucket = physical_id(cfn, "Bucket")
+    assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    first = s3.put_object(Bucket=bucket, Key="k", Body=b"1")["VersionId"]
+    s3.put_object(Bucket=bucket, Key="k", Body=b"2")
+    assert first != "null" and s3.get_object(Bucket=bucket, Key="k", VersionId=first)["Body"].read() == b"1"
+
+
+# -- 14. Stream filters ----------------------------------------------------------------------------
+
+ONLY_UPDATES = {"Filters": [{"Pattern": json.dumps({"dynamodb": {"NewImage": {"kind": {"S": ["update"]}}}})}]}
+
+
+def filtered_deliveries(monkeypatch) -> list[list[str]]:
+    """Items of kinds `update` and `heartbeat` written to a table whose stream feeds a function through a
+    mapping that filters on kind `update`: the keys of each batch the function got."""
+    from moto.awslambda.models import LambdaFunction
+
+    delivered: list[list[str]] = []
+
+    def record(function: Any, event: Any = None) -> tuple[str, bool, str]:
+        delivered.append([r["dynamodb"]["Keys"]["k"]["S"] for r in event["Records"]])
+        return "{}", False, ""
+
+    monkeypatch.setattr(LambdaFunction, "_invoke_lambda", record)  # stands for the function's code
+    ddb = client("dynamodb")
+    table = ddb.create_table(
+        TableName="canary",
+        KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
+    )
+    create_function()
+    client("lambda").create_event_source_mapping(
+        FunctionName="canary",
+        EventSourceArn=table["TableDescription"]["LatestStreamArn"],
+        StartingPosition="LATEST",
+        FilterCriteria=ONLY_UPDATES,
+    )
+    for key, kind in (("a", "heartbeat"), ("b", "update"), ("c", "heartbeat")):
+        ddb.put_item(TableName="canary", Item={"k": {"S": key}, "kind": {"S": kind}})
+    return delivered
+
+
+def test_moto_still_ignores_an_event_source_mappings_filters(moto, monkeypatch):
+    delivered = filtered_deliveries(monkeypatch)
+    assert ["a"] in delivered, remove(gaps.STREAM_FILTERS, "applies an event source mapping's FilterCriteria")
+
+
+def test_the_stream_filters_shim_delivers_only_the_records_a_filter_passes(moto, monkeypatch):
+    gaps.STREAM_FILTERS.apply()
+    assert filtered_deliveries(monkeypatch) == [["b"]]

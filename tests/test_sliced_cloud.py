@@ -113,3 +113,36 @@ def test_a_model_larger_than_a_slice_is_aggregated_by_a_distributed_map_of_slice
     plans = small_cloud.client("s3").list_objects_v2(Bucket=small_cloud.outputs.bucket, Prefix=f"runs/{run.run_id}/")
     assert [o["Key"] for o in plans["Contents"] if "/plan-" in o["Key"]]
     assert json.loads(desc["output"])["stop_reason"] == "max_rounds"
+
+
+def test_an_update_replaced_after_the_plans_check_never_mixes_in_the_versioned_registry(small_cloud, monkeypatch):
+    """Issue 20, finding 5. The attack: client-2, with its own role, replaces its update file after the
+    plan checked it and before the slices read it. The registry is versioned (as the template says):
+    every slice reads the version the plan checked, so the model is the checked updates' average."""
+    from lambdas import aggregate
+
+    rng = np.random.default_rng(1)
+    initial = {"000/big/kernel": rng.normal(size=(3000, 1000)).astype(np.float32)}
+    deltas = {c: {k: rng.normal(size=v.shape).astype(np.float32) for k, v in initial.items()} for c in CLIENTS}
+    original, replaced = aggregate.aggregate_slice, []
+
+    def replace_then_slice(plan_ref, index, store):
+        if not replaced:  # the first slice: the plan has checked every update
+            run_id = plan_ref.key.split("/")[1]
+            key = keys.update_key(run_id, 1, "client-2")
+            metadata = tensors.read_metadata(
+                S3ModelStore(small_cloud.outputs.bucket, small_cloud.client("s3")).get(key)
+            )
+            poisoned = tensors.encode({k: v + 100 for k, v in deltas["client-2"].items()}, metadata)
+            small_cloud.client("s3", "client-2").put_object(Bucket=small_cloud.outputs.bucket, Key=key, Body=poisoned)
+            replaced.append(key)
+        return original(plan_ref, index, store)
+
+    monkeypatch.setattr(aggregate, "aggregate_slice", replace_then_slice)
+    _, _, final = run_sliced_round(small_cloud, initial, deltas)
+    assert replaced
+    expected = (
+        initial["000/big/kernel"]
+        + (10 * deltas["client-1"]["000/big/kernel"] + 30 * deltas["client-2"]["000/big/kernel"]) / 40
+    )
+    np.testing.assert_allclose(tensors.decode(final)["000/big/kernel"], expected, atol=1e-4)

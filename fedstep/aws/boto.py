@@ -43,10 +43,12 @@ def assumed_role_session(
     endpoint_url: str | None = None,
     session_name: str = "fedstep",
     fail_fast: bool = False,
+    source: boto3.Session | None = None,
 ) -> boto3.Session:
-    """A session whose credentials come from assuming `role_arn` (also in another account) with the
-    standard credential chain, refreshed automatically before they expire (1 hour)."""
-    source = boto3.Session(region_name=region)
+    """A session whose credentials come from assuming `role_arn` (also in another account) with
+    `source`'s credentials (default: the standard credential chain's), refreshed automatically
+    before they expire (1 hour)."""
+    source = source or boto3.Session(region_name=region)
     sts = client("sts", source, endpoint_url, fail_fast=fail_fast)
 
     def fetch() -> dict[str, str]:

@@ -27,6 +27,8 @@ class StackOutputs:
     """The largest model file the stack aggregates (deployment config `max_model_mb`)."""
     slice_bytes: int | None = None
     """Models larger than this are aggregated by slices (deployment config `slice_mb`); None: never."""
+    operator_role_arn: str = ""
+    """The operator role's ARN (`infra.operator_access`); "" for a stack deployed before it existed."""
 
     @classmethod
     def parse(cls, outputs: dict[str, str], groups: Sequence[dict[str, str]] = ()) -> StackOutputs:
@@ -56,6 +58,7 @@ class StackOutputs:
                 roles=roles,
                 max_model_bytes=int(outputs.get("MaxModelBytes", DEFAULT_MAX_BYTES)),
                 slice_bytes=int(outputs.get("SliceBytes", 0)) or None,
+                operator_role_arn=outputs.get("OperatorRoleArn", ""),
             )
         except KeyError as exc:
             raise FedstepError(f"the stack has no output {exc}; is it a fedstep stack, fully deployed?") from None

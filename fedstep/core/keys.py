@@ -169,6 +169,14 @@ MODEL_KEY_PATTERN = "runs/*/model.keras"
 GLOBAL_KEY_PATTERN = "runs/*/rounds/*/global-*.safetensors"
 CARD_KEY_PATTERN = "runs/*/rounds/*/card-*.json"
 PLAN_KEY_PATTERN = "runs/*/rounds/*/plan-*.json"
+STATE_KEY_PATTERN = "runs/*/rounds/*/state-*.safetensors"
+PARTITION_KEY_PATTERN = "runs/*/partition.json"
+START_KEY_PATTERNS = (
+    f"runs/*/rounds/*/global-{INITIAL_VERSION}.safetensors",
+    f"runs/*/rounds/*/global-{RESUMED_VERSION}.safetensors",
+    f"runs/*/rounds/*/state-{RESUMED_VERSION}.safetensors",
+)
+"""What a run starts from, written by `fedstep start` (and `--resume`): its weights, and its state."""
 
 
 def client_update_key_pattern(client_id: str) -> str:

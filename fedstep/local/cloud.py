@@ -1,19 +1,32 @@
 """LocalCloud: start a moto server on 127.0.0.1 (a free port) and deploy fedstep's stack into it.
 
     with LocalCloud(DeploymentConfig(clients=...), workdir) as cloud:
-        cloud.outputs.bucket, cloud.outputs.queues["client-1"], cloud.env()  # for client processes
+        cloud.outputs.bucket, cloud.outputs.queues["client-1"]
+        cloud.client("s3")                     # the account's administrator (deploys, inspects)
+        cloud.client("s3", "operator")         # the operator role, as `fedstep` commands act
+        cloud.session("client-1")              # client-1's role, as its agent acts
+        cloud.env("operator"), cloud.agent_env("client-1")  # for processes (credentials, endpoint)
 
 The stack is the same synthesized template `cdk synth` produces, deployed with CloudFormation calls;
 `fedstep.local.gaps` fills in what moto lacks, one shim per gap: its patches of moto are applied when the
 cloud starts and undone when it stops. Lambda handlers run in this process.
+
+IAM is enforced as on AWS (`enforce_iam`, default on; `FEDSTEP_LOCAL_IAM=off` switches it off for a
+diagnosis): every principal acts under its own credentials (`fedstep.local.iam.identities`) and every
+request is evaluated against its policies (`fedstep.local.gaps.iam_enforcement`). Clients without a
+`principal_arn` are given the local organisation user `fedstep-local-<id>`, the operator role the local
+user `fedstep-local-operator`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,19 +36,24 @@ import boto3
 
 from fedstep.aws import boto
 from fedstep.aws.stack import StackOutputs
+from fedstep.core.errors import FedstepError
 from fedstep.local import deploy, gaps
+from fedstep.local.gaps.moto_server import moto_api_raw
+from fedstep.local.iam import identities
+from fedstep.local.iam.identities import ADMIN, AGGREGATION, OPERATOR, STATE_MACHINE, Keys, Principals
 
 log = logging.getLogger(__name__)
 
 REGION = "us-east-1"
+REGION_ENV = {"AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION, "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled"}
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": REGION,
-    "AWS_REGION": REGION,
-    "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
+    **REGION_ENV,
 }
+"""This process's environment while the cloud runs: keys no principal has (IAM refuses them once it
+is enforced), so nothing here acts without naming its principal."""
 CACHE = gaps.REPO / ".cache"
 
 
@@ -52,16 +70,65 @@ def assembly_lock(cache_dir: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def iam_enforced_by_default() -> bool:
+    """Whether a local cloud enforces IAM unless told otherwise: yes, but for `FEDSTEP_LOCAL_IAM=off`."""
+    return os.environ.get("FEDSTEP_LOCAL_IAM", "on").lower() not in ("off", "0", "false", "no")
+
+
+def config_file_of(credentials_path: Path) -> Path:
+    """The (empty) AWS config file the local cloud writes beside its credentials file: a user's own
+    profiles of the same names never mix in."""
+    return credentials_path.with_name(credentials_path.name + ".config")
+
+
+def agent_credentials_env(credentials_path: Path) -> dict[str, str | None]:
+    """Environment changes for an agent process started before its local cloud: no credentials of its
+    own, the cloud's credentials and config files (`credentials_path`; its config's `profile` picks
+    its organisation's keys once the cloud has written them)."""
+    unset: dict[str, str | None] = dict.fromkeys(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"))
+    return {
+        **unset,
+        "AWS_SHARED_CREDENTIALS_FILE": str(credentials_path),
+        "AWS_CONFIG_FILE": str(config_file_of(credentials_path)),
+    }
+
+
+def with_local_principals(config: Any) -> Any:
+    """`config` with the local users as the principals its client roles and operator role trust, where it
+    names none (a named principal of another account could not act in the local cloud)."""
+    clients = tuple(
+        dataclasses.replace(c, principal_arn=c.principal_arn or identities.user_arn(c.id)) for c in config.clients
+    )
+    operator = config.operator_principal_arn or identities.user_arn(OPERATOR)
+    return dataclasses.replace(config, clients=clients, operator_principal_arn=operator)
+
+
 class LocalCloud:
-    def __init__(self, config: Any, cache_dir: Path = CACHE, *, enforce_lambda_memory: bool = False) -> None:
-        """`enforce_lambda_memory`: run each Lambda invocation in its own process and fail it, as Lambda
-        does, when its peak memory passes the function's MemorySize (slower: each imports its handler)."""
-        self.config = config
+    def __init__(
+        self,
+        config: Any,
+        cache_dir: Path = CACHE,
+        *,
+        enforce_lambda_memory: bool = False,
+        enforce_iam: bool | None = None,
+        credentials_path: Path | None = None,
+    ) -> None:
+        """`enforce_lambda_memory`: run each Lambda invocation in its own process and kill it, as Lambda
+        does, when its memory passes the function's MemorySize (slower: each imports its handler).
+        `enforce_iam`: evaluate every request against its caller's IAM policies, as AWS does (default:
+        on, unless FEDSTEP_LOCAL_IAM=off). `credentials_path`: where to write the principals' shared
+        credentials file (default: a temporary folder, removed when the cloud stops)."""
+        self.config = with_local_principals(config)
         self.enforce_lambda_memory = enforce_lambda_memory
+        self.enforce_iam = iam_enforced_by_default() if enforce_iam is None else enforce_iam
         self.cache_dir = Path(cache_dir)
         self.server: Any = None
         self.endpoint = ""
         self.outputs: StackOutputs | None = None
+        self.principals = Principals()
+        self._acting: dict[str, Keys] = {}
+        self.credentials_path = credentials_path
+        self._credentials_dir: Path | None = None
         self._saved_env: dict[str, str | None] = {}
 
     def __enter__(self) -> LocalCloud:
@@ -70,12 +137,104 @@ class LocalCloud:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def env(self) -> dict[str, str]:
-        """Environment for processes that talk to this cloud (fake credentials, region, endpoint)."""
-        return {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint}
+    def keys(self, principal: str = ADMIN) -> Keys:
+        """The credentials `principal` acts with: the administrator's keys; the operator role's session
+        (`operator`); a client role's session (a client id), assumed through STS as its principal would
+        (the trust policies are evaluated), once; the aggregation function's (`aggregation`) or the
+        state machine's (`state-machine`) role, as their services obtain them."""
+        if principal == ADMIN:
+            return self.principals.keys(ADMIN)
+        if principal in (AGGREGATION, STATE_MACHINE):
+            return self._service_keys(principal)
+        if principal not in self._acting:
+            if self.outputs is None:
+                raise FedstepError("the local cloud is not started")
+            roles = {OPERATOR: self.outputs.operator_role_arn, **self.outputs.roles}
+            if principal not in roles or not roles[principal]:
+                raise FedstepError(f"the local cloud has no principal {principal!r}; it has {sorted(roles)}")
+            own = self.principals.keys(principal)
+            self._acting[principal] = identities.assume(
+                own, roles[principal], REGION, self.endpoint, f"local-{principal}"
+            )
+        return self._acting[principal]
 
-    def client(self, service: str) -> Any:
-        return boto.client(service, boto3.Session(region_name=REGION), self.endpoint)
+    def _service_keys(self, principal: str) -> Keys:
+        """The aggregation function's or the state machine's role credentials, as its service obtains them."""
+        assert self.outputs is not None
+        if principal == STATE_MACHINE:
+            arn = self.outputs.state_machine_arn
+            role = self.client("stepfunctions").describe_state_machine(stateMachineArn=arn)["roleArn"]
+            return identities.service_credentials(role, "states.amazonaws.com", arn, REGION)
+        resources = self.client("cloudformation").list_stack_resources(StackName=self.config.stack_name)
+        [name] = [
+            r["PhysicalResourceId"]
+            for r in resources["StackResourceSummaries"]
+            if r["ResourceType"] == "AWS::Lambda::Function" and "Aggregation" in r["LogicalResourceId"]
+        ]
+        function = self.client("lambda").get_function(FunctionName=name)["Configuration"]
+        return identities.service_credentials(function["Role"], "lambda.amazonaws.com", function["FunctionArn"], REGION)
+
+    def session(self, principal: str = ADMIN) -> boto3.Session:
+        """A boto3 session acting as `principal` (see `keys`)."""
+        return self.keys(principal).session(REGION)
+
+    def client(self, service: str, principal: str = ADMIN) -> Any:
+        """A client of this cloud acting as `principal` (default: the account's administrator)."""
+        return boto.client(service, self.session(principal), self.endpoint)
+
+    def env(self, principal: str = OPERATOR) -> dict[str, str]:
+        """Environment for processes that act as `principal` (default: the operator, as `fedstep` commands
+        do) against this cloud: its credentials, region and endpoint, and the credentials file with every
+        principal's profile (a client config's `profile` picks its organisation's keys)."""
+        return {**REGION_ENV, **self.keys(principal).env(), **self._files_env(), "AWS_ENDPOINT_URL": self.endpoint}
+
+    def agent_env(self, client_id: str) -> dict[str, str]:
+        """Environment for a client agent process: its organisation's own keys (the agent assumes its
+        client role with them, `role_arn` in its config), region and endpoint."""
+        return {
+            **REGION_ENV,
+            **self.principals.keys(client_id).env(),
+            **self._files_env(),
+            "AWS_ENDPOINT_URL": self.endpoint,
+        }
+
+    def _files_env(self) -> dict[str, str]:
+        """The credentials and config files with every principal's profile (`admin`, `operator`, client ids)."""
+        if self.credentials_path is None:
+            return {}
+        return {
+            "AWS_SHARED_CREDENTIALS_FILE": str(self.credentials_path),
+            "AWS_CONFIG_FILE": str(config_file_of(self.credentials_path)),
+        }
+
+    def _write_credentials(self) -> None:
+        """The shared credentials file (and an empty config file beside it) with one profile per local
+        principal, as each acts: `admin`, `operator` (the role session) and each client id (the
+        organisation's own keys; its agent assumes its role: `profile` and `role_arn` in its config).
+        This process's environment names both files until the cloud stops; agents started before the
+        cloud were given its path (`credentials_path`)."""
+        assert self.outputs is not None
+        if self.credentials_path is None:
+            self._credentials_dir = Path(tempfile.mkdtemp(prefix="fedstep-local-cloud-"))
+            self.credentials_path = self._credentials_dir / "credentials"
+        profiles = {ADMIN: self.keys(ADMIN), OPERATOR: self.keys(OPERATOR)}
+        profiles.update({cid: self.principals.keys(cid) for cid in self.outputs.roles})
+        lines = []
+        for name, keys in profiles.items():
+            lines += [
+                f"[{name}]",
+                f"aws_access_key_id = {keys.access_key}",
+                f"aws_secret_access_key = {keys.secret_key}",
+            ]
+            lines += [f"aws_session_token = {keys.token}"] if keys.token else []
+        config = config_file_of(self.credentials_path)
+        self.credentials_path.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text("")
+        staged = self.credentials_path.with_suffix(".tmp")
+        staged.write_text("\n".join(lines) + "\n")
+        staged.chmod(0o600)
+        staged.replace(self.credentials_path)  # whole, for agents waiting to read it
+        self._set_env(self._files_env())
 
     def start(self) -> LocalCloud:
         import warnings
@@ -97,8 +256,28 @@ class LocalCloud:
         gaps.apply_patches()
         gaps.LAMBDA_IN_PROCESS.enforce_memory = self.enforce_lambda_memory
         gaps.LAMBDA_IN_PROCESS.memory_uses.clear()
+        self._create_principals()
         self.outputs = self.deploy()
+        self._grant_principals()
+        self._write_credentials()
+        if self.enforce_iam:
+            moto_api_raw(self.endpoint, "reset-auth", b"0")  # from now on, every request is authorized
         return self
+
+    def _create_principals(self) -> None:
+        """The administrator (while IAM is not yet enforced), then the operator's and each organisation's
+        user, whose ARNs the stack's roles trust."""
+        unauthenticated = boto.client("iam", boto3.Session(region_name=REGION), self.endpoint)
+        self.principals = Principals({ADMIN: identities.create_admin(unauthenticated)})
+        self._acting.clear()
+        iam = self.client("iam")
+        self.principals.create(iam, [OPERATOR, *(c.id for c in self.config.clients)])
+
+    def _grant_principals(self) -> None:
+        """Each local user may assume its own role, and nothing else."""
+        assert self.outputs is not None
+        roles = {OPERATOR: self.outputs.operator_role_arn, **self.outputs.roles}
+        self.principals.grant_assume(self.client("iam"), {p: r for p, r in roles.items() if r})
 
     def deploy(self) -> StackOutputs:
         from fedstep.local.synth_cache import synthesize
@@ -113,6 +292,7 @@ class LocalCloud:
             deploy.prune_stale_assets(assembly, stack)
             deploy.publish_assets(assembly, stack, s3, account, REGION)
             template = deploy.create_stack(assembly, stack, cfn, ssm)
+            deploy.check_created(assembly, stack, cfn)
         gaps.SNS_SUBSCRIPTIONS.apply(cfn, self.client("sns"), self.client("sqs"), stack, template)
         gaps.STEP_FUNCTIONS_EXECUTION.apply(cfn, self.client("stepfunctions"), self.endpoint, stack, template)
         log.info(
@@ -134,6 +314,7 @@ class LocalCloud:
         behaviour (moto is global to the process: one local cloud runs at a time)."""
         gaps.stop_stream_workers()
         if self.server is not None:
+            moto_api_raw(self.endpoint, "reset-auth", b"inf")  # moto's settings are the process's
             self.server.stop()
             self.server = None
         for key, value in self._saved_env.items():
@@ -142,4 +323,7 @@ class LocalCloud:
             else:
                 os.environ[key] = value
         self._saved_env.clear()
+        if self._credentials_dir is not None:
+            shutil.rmtree(self._credentials_dir, ignore_errors=True)
+            self._credentials_dir = self.credentials_path = None
         gaps.undo_all()

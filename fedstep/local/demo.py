@@ -31,7 +31,8 @@ from fedstep.core.errors import FedstepError
 from fedstep.core.label_counts import LabelCounts
 from fedstep.core.schemas import RoundSummary, Target, headline_metric
 from fedstep.core.strategies.params import to_json as params_json
-from fedstep.local.cloud import FAKE_CREDENTIALS, LocalCloud
+from fedstep.local.cloud import LocalCloud, agent_credentials_env
+from fedstep.local.iam.identities import OPERATOR
 from fedstep.local.processes import ClientProcesses
 
 if TYPE_CHECKING:
@@ -135,6 +136,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
     # operator starts on the kept cloud; they stop with it (ClientProcesses, and the kernel if killed).
     agent_mode = ["--follow"] if config.keep_running else []
     config_paths = {cid: out / "clients" / f"{cid}.json" for cid in client_ids}
+    credentials = out / "local-credentials"  # each organisation's keys, written once the cloud is up
     with contextlib.ExitStack() as stack:
         stack.enter_context(_lambda_logs_to(out / "logs" / "aggregate.log"))  # restored last: logs until the end
         procs = stack.enter_context(ClientProcesses())
@@ -143,7 +145,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
         for cid, path in config_paths.items():
             path.unlink(missing_ok=True)
             args = ["run", "--config", str(path), "--wait-for-config", str(AGENT_START_S), *agent_mode]
-            procs.start(cid, args, dict(FAKE_CREDENTIALS), out / "logs" / f"{cid}.log")
+            procs.start(cid, args, agent_credentials_env(credentials), out / "logs" / f"{cid}.log")
         prepared, counts = partition_data(config.dataset, client_ids, scheme, config.seed)
         echo_partition(prepared, counts, echo)
         model_ref = config.model or DEFAULT_FOR_DATASET[config.dataset]
@@ -156,7 +158,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
             round_timeout_s=settings.round_timeout_s,
         )
         echo(f"starting the local cloud and deploying the stack for {config.clients} clients ...")
-        cloud = stack.enter_context(LocalCloud(deployment))
+        cloud = stack.enter_context(LocalCloud(deployment, credentials_path=credentials))
         stack.callback(procs.stop)  # the agents stop before the cloud does
         outputs = cloud.outputs
         assert outputs is not None
@@ -171,10 +173,11 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
                 data_seed=config.seed,
                 poll_wait_s=1,
                 cache_dir=str(out / "cache" / cid),
+                profile=cid,  # its organisation's keys, in the cloud's credentials file; it assumes its role
             )
             write_whole(config_paths[cid], json.dumps(client_config, indent=2))
         echo(f"local cloud at {cloud.endpoint}; client logs in {out / 'logs'}")
-        table = DynamoRoundTable(outputs.table, cloud.client("dynamodb"))
+        table = DynamoRoundTable(outputs.table, cloud.client("dynamodb", OPERATOR))  # the runner acts as the operator
         waited = wait_until_online(table, procs, client_ids, AGENT_START_S)
         for cid, code in procs.failed().items():  # a client that could not start: say why, start nothing
             raise FedstepError(
@@ -188,16 +191,16 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
             initial_weights,
             settings,
             outputs,
-            s3=cloud.client("s3"),
-            dynamodb=cloud.client("dynamodb"),
-            stepfunctions=cloud.client("stepfunctions"),
+            s3=cloud.client("s3", OPERATOR),
+            dynamodb=cloud.client("dynamodb", OPERATOR),
+            stepfunctions=cloud.client("stepfunctions", OPERATOR),
         )
         strategy_params = params_json(settings.strategy_instance().params)  # all of them, parsed
         echo(
             f"run {started.run_id}: {settings.rounds} rounds, {config.clients} clients, data set {config.dataset}, "
             f"strategy {strategy_text(settings.strategy, strategy_params)}"
         )
-        store = S3ModelStore(outputs.bucket, cloud.client("s3"))
+        store = S3ModelStore(outputs.bucket, cloud.client("s3", OPERATOR))
         store.put_once(keys.partition_key(started.run_id), json.dumps(counts.to_json()).encode())
         evaluator = HeldoutEvaluator(datasets.heldout(prepared), architecture)
         rounds, output = _watch(
@@ -231,7 +234,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
             f"loss {final['test_loss']:.4f}; summary in {out / 'summary.json'}"
         )
         if config.keep_running:
-            _keep_running(cloud.endpoint, started.run_id, model_ref, out, procs, echo)
+            _keep_running(cloud, started.run_id, model_ref, out, procs, echo)
     return summary
 
 
@@ -413,14 +416,12 @@ def check_model_fits(model: Any, model_ref: str, prepared: Prepared) -> None:
         )
 
 
-def env_file_text(endpoint: str, bin_dir: Path) -> str:
+def env_file_text(env: dict[str, str], bin_dir: Path) -> str:
     """What `local-cloud.env` holds: `bin_dir` (the environment's scripts, `fedstep` among them) put
-    first on PATH, the local cloud's endpoint, and the fake credentials it accepts; for bash or zsh."""
+    first on PATH, and `env`: the local cloud's endpoint and region, and the operator role's
+    credentials (`LocalCloud.env`); for bash or zsh."""
     import shlex
 
-    from fedstep.local.cloud import FAKE_CREDENTIALS
-
-    env = {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}
     lines = [f'export PATH={shlex.quote(str(bin_dir.resolve()) + ":")}"$PATH"']
     lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
     return "\n".join(lines) + "\n"
@@ -437,13 +438,14 @@ def scripts_dir() -> Path:
 
 
 def _keep_running(
-    endpoint: str, run_id: str, model_ref: str, out: Path, procs: ClientProcesses, echo: Callable[[str], None]
+    cloud: LocalCloud, run_id: str, model_ref: str, out: Path, procs: ClientProcesses, echo: Callable[[str], None]
 ) -> None:
     """Leave the local cloud and its agents up until Ctrl-C (or SIGTERM, which the CLI turns into
-    one); say how to reach it, in an env file with its endpoint, the fake credentials it accepts and
+    one); say how to reach it, in an env file with its endpoint, the operator role's credentials and
     the `fedstep` command on PATH. An agent that exits meanwhile is reported once."""
+    endpoint = cloud.endpoint
     env_file = out / "local-cloud.env"
-    env_file.write_text(env_file_text(endpoint, scripts_dir()))
+    env_file.write_text(env_file_text(cloud.env(OPERATOR), scripts_dir()))
     echo(f"the local cloud stays up at {endpoint} (stack fedstep), its clients serving. In another shell:")
     echo(f"  source {env_file}")
     echo(f"  fedstep status {run_id}")
@@ -500,7 +502,7 @@ def _watch(
     echo: Callable[[str], None],
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Print each round as its summary appears; return them and the execution's output when it succeeds."""
-    sfn = cloud.client("stepfunctions")
+    sfn = cloud.client("stepfunctions", OPERATOR)
     deadline = time.monotonic() + config.timeout_s
     seen: list[dict[str, Any]] = []
     dead: set[str] = set()

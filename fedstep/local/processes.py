@@ -25,18 +25,20 @@ class ClientProcesses:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self, client_id: str, args: list[str], env: dict[str, str], log_path: Path) -> None:
+    def start(self, client_id: str, args: list[str], env: dict[str, str | None], log_path: Path) -> None:
+        """Start `fedstep-client <args>` with this process's environment changed by `env` (None: unset)."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        changes = {
+            **env,
+            "FEDSTEP_EXIT_WITH_PARENT": str(os.getpid()),
+            "PYTHONUNBUFFERED": "1",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+        }
+        environment = {k: v for k, v in {**os.environ, **changes}.items() if v is not None}
         with open(log_path, "wb") as log:
             self.procs[client_id] = subprocess.Popen(
                 [sys.executable, "-m", "client_agent.cli", *args],
-                env={
-                    **os.environ,
-                    **env,
-                    "FEDSTEP_EXIT_WITH_PARENT": str(os.getpid()),
-                    "PYTHONUNBUFFERED": "1",
-                    "TF_CPP_MIN_LOG_LEVEL": "3",
-                },
+                env=environment,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -11,27 +11,35 @@ fails once moto fixes the gap (then the shim goes). moto runs the synthesized Cl
 7. `stop_execution`: its StopExecution does not interrupt an execution waiting for a task token;
 8. `task_failure_cause`: its SendTaskFailure drops the cause;
 9. `sns_fanout`: its SNS delivers a message to a topic's first 100 subscriptions only;
-10. `s3_ranged_get`: its S3 reads a whole object for every ranged GET.
+10. `s3_ranged_get`: its S3 reads a whole object for every ranged GET;
+11. `iam_enforcement`: its IAM enforcement authorizes most requests on resource `*`, without condition keys;
+12. `step_functions_role`: its Step Functions interpreter calls services with fixed fake credentials;
+13. `s3_versioning`: its CloudFormation creates buckets without their versioning;
+14. `stream_filters`: its DynamoDB stream delivery ignores the event source mapping's filters.
 
 Each shim's `gap` says what moto does and what AWS does; `apply(...)` fills the gap and `undo()` restores
 what it replaced. `PATCHES` replace moto code for the whole process (`apply_patches` when the local cloud
 starts); the `STACK_SHIMS` act on a deployed stack through the API; `undo_all` undoes them all.
-(`AWS::SQS::QueuePolicy`, `AWS::S3::BucketPolicy`, `AWS::SNS::TopicPolicy` and alarms are skipped too;
-moto does not enforce IAM unless told to (`/moto-api/reset-auth`, used by tests), so nothing needs them.)
+(`AWS::SQS::QueuePolicy`, `AWS::S3::BucketPolicy`, `AWS::SNS::TopicPolicy` and alarms are skipped too:
+`fedstep.local.deploy.UNSUPPORTED_RESOURCES` names each with the reason the local cloud can do without it.)
 """
 
 from __future__ import annotations
 
 from fedstep.local.gaps import (
+    iam_enforcement,
     iam_role_policies,
     kms_from_cloudformation,
     lambda_in_process,
     s3_ranged_get,
+    s3_versioning,
     sns_fanout,
     sns_subscriptions,
     step_functions_execution,
+    step_functions_role,
     stop_execution,
     stream_delivery,
+    stream_filters,
     task_failure_cause,
 )
 from fedstep.local.gaps.lambda_in_process import REPO, LocalLambdaContext, verify_code_matches_checkout
@@ -50,6 +58,10 @@ STOP_EXECUTION = stop_execution.SHIM
 TASK_FAILURE_CAUSE = task_failure_cause.SHIM
 SNS_FANOUT = sns_fanout.SHIM
 S3_RANGED_GET = s3_ranged_get.SHIM
+IAM_ENFORCEMENT = iam_enforcement.SHIM
+STEP_FUNCTIONS_ROLE = step_functions_role.SHIM
+S3_VERSIONING = s3_versioning.SHIM
+STREAM_FILTERS = stream_filters.SHIM
 
 # Applied in this order (the stream delivery wraps the in-process runner), undone in reverse.
 PATCHES: tuple[PatchShim, ...] = (
@@ -61,6 +73,10 @@ PATCHES: tuple[PatchShim, ...] = (
     TASK_FAILURE_CAUSE,
     SNS_FANOUT,
     S3_RANGED_GET,
+    IAM_ENFORCEMENT,
+    STEP_FUNCTIONS_ROLE,
+    S3_VERSIONING,
+    STREAM_FILTERS,
 )
 STACK_SHIMS: tuple[StackShim, ...] = (SNS_SUBSCRIPTIONS, STEP_FUNCTIONS_EXECUTION)
 SHIMS: dict[str, Shim] = {shim.name: shim for shim in (*STACK_SHIMS, *PATCHES)}
@@ -83,6 +99,7 @@ def undo_all() -> None:
 
 
 __all__ = [
+    "IAM_ENFORCEMENT",
     "IAM_ROLE_POLICIES",
     "KMS_FROM_CLOUDFORMATION",
     "LAMBDA_IN_PROCESS",
@@ -90,14 +107,17 @@ __all__ = [
     "PATCHES",
     "REPO",
     "S3_RANGED_GET",
+    "S3_VERSIONING",
     "SHIMS",
     "SNS_FANOUT",
     "SNS_SUBSCRIPTIONS",
     "STACK_SHIMS",
     "STEP_FUNCTIONS_EXECUTION",
+    "STEP_FUNCTIONS_ROLE",
     "STOP_EXECUTION",
     "STREAM_ATTEMPTS",
     "STREAM_DELIVERY",
+    "STREAM_FILTERS",
     "TASK_FAILURE_CAUSE",
     "LocalLambdaContext",
     "PatchShim",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import importlib
 import io
@@ -11,6 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 import uuid
 import zipfile
@@ -21,6 +24,7 @@ from typing import Any
 from fedstep.core.errors import FedstepError
 from fedstep.local.gaps.moto_server import check_patch_point
 from fedstep.local.gaps.shim import PatchShim
+from fedstep.local.iam.identities import Keys, service_credentials
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +85,73 @@ class MemoryUse:
     """The event's `mode` (publish, slice, ...), or "" (a stream batch)."""
     peak_mb: float
     memory_mb: int
+    killed: bool = False
+    """Stopped while it ran, its memory past `memory_mb` (`peak_mb` is what it had then)."""
+
+
+_function_credentials: contextvars.ContextVar[Keys | None] = contextvars.ContextVar(
+    "function_credentials", default=None
+)
+
+
+def role_credentials(function: Any) -> Keys:
+    """The credentials Lambda gives the function: its execution role's, as Lambda obtains them."""
+    return service_credentials(function.role, "lambda.amazonaws.com", function.function_arn, function.region)
+
+
+@contextlib.contextmanager
+def acting_as(keys: Keys) -> Any:
+    """Within the block, on this thread, the standard credential chain's environment step answers `keys`
+    (Lambda puts the role's credentials in the function's environment; in this process the environment
+    is everyone's, so the shim answers for this thread only)."""
+    token = _function_credentials.set(keys)
+    try:
+        yield
+    finally:
+        _function_credentials.reset(token)
+
+
+WATCH_INTERVAL_S = 0.01
+"""How often the memory-enforcing mode reads an invocation's resident memory (s)."""
+
+
+def resident_mb(pid: int) -> float:
+    """A process's resident memory now (VmRSS, MiB); 0 once it has exited."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def watch(process: subprocess.Popen[str], limit_mb: int, timeout_s: float) -> float | None:
+    """Wait for `process` to exit, killing it the moment its resident memory passes `limit_mb` (as
+    Lambda stops an invocation at its MemorySize) or it runs past `timeout_s`. The memory it was
+    killed at, or None if it ended by itself (or was killed for time: `process.returncode`)."""
+    deadline = time.monotonic() + timeout_s
+    while process.poll() is None:
+        used = resident_mb(process.pid)
+        if used > limit_mb or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            return used if used > limit_mb else None
+        time.sleep(WATCH_INTERVAL_S)
+    return None
+
+
+def _out_of_memory(function: Any, message: str) -> tuple[str, bool, str]:
+    log.error("Lambda %s: Runtime.OutOfMemory: %s", function.function_name, message)
+    return json.dumps({"errorType": "Runtime.OutOfMemory", "errorMessage": message}), True, ""
 
 
 def run_isolated(function: Any, event: Any) -> tuple[str, bool, str]:
     """Run one invocation in its own Python process (`fedstep.local.lambda_child`) with the function's
-    environment, and fail it as Lambda does - `Runtime.OutOfMemory` - if its peak resident memory
-    passed the function's MemorySize. Each invocation's peak is kept in `SHIM.memory_uses`."""
+    environment and its role's credentials, and stop it as Lambda does - `Runtime.OutOfMemory` - the
+    moment its resident memory passes the function's MemorySize (`watch`; a peak between two readings
+    is judged from VmHWM when it ends). Each invocation's peak is kept in `SHIM.memory_uses`."""
     memory_mb = int(function.memory_size or 128)
     with tempfile.TemporaryDirectory(prefix="fedstep-lambda-") as tmp:
         answer = Path(tmp) / "answer.json"
@@ -98,25 +163,25 @@ def run_isolated(function: Any, event: Any) -> tuple[str, bool, str]:
             "aws_request_id": str(uuid.uuid4()),
         }
         env = {**os.environ, **{k: str(v) for k, v in (function.environment_vars or {}).items()}}
+        env.update(role_credentials(function).env())
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-        subprocess.run(
-            [sys.executable, "-m", "fedstep.local.lambda_child"],
-            input=json.dumps(request),
-            text=True,
-            env=env,
-            cwd=REPO,
-            check=False,
-            timeout=int(function.timeout or 900) + 60,
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fedstep.local.lambda_child"], stdin=subprocess.PIPE, text=True, env=env, cwd=REPO
         )
+        assert process.stdin is not None
+        process.stdin.write(json.dumps(request))
+        process.stdin.close()
+        killed_at = watch(process, memory_mb, int(function.timeout or 900) + 60)
+        mode = str(event.get("mode", "")) if isinstance(event, dict) else ""
+        if killed_at is not None:
+            SHIM.memory_uses.append(MemoryUse(function.function_name, mode, killed_at, memory_mb, killed=True))
+            return _out_of_memory(function, f"stopped at {killed_at:.0f} MB of the function's {memory_mb} MB")
         if not answer.exists():
             return json.dumps({"errorType": "Runtime.ExitError", "errorMessage": "the runtime exited"}), True, ""
         outcome = json.loads(answer.read_text())
-    mode = str(event.get("mode", "")) if isinstance(event, dict) else ""
     SHIM.memory_uses.append(MemoryUse(function.function_name, mode, outcome["max_rss_mb"], memory_mb))
     if outcome["max_rss_mb"] > memory_mb:
-        message = f"used {outcome['max_rss_mb']:.0f} MB of the function's {memory_mb} MB"
-        log.error("Lambda %s: Runtime.OutOfMemory: %s", function.function_name, message)
-        return json.dumps({"errorType": "Runtime.OutOfMemory", "errorMessage": message}), True, ""
+        return _out_of_memory(function, f"used {outcome['max_rss_mb']:.0f} MB of the function's {memory_mb} MB")
     if "error" in outcome:
         error = outcome["error"]
         if outcome.get("expected"):  # a FedstepError: one line, as `log_failure` logs it in-process
@@ -144,7 +209,8 @@ def run_handler(function: Any, event: Any = None) -> tuple[str, bool, str]:
             memory_limit_in_mb=int(function.memory_size or 128),
             aws_request_id=str(uuid.uuid4()),
         )
-        result = handler(event if event is not None else {}, context)
+        with acting_as(role_credentials(function)):
+            result = handler(event if event is not None else {}, context)
         return json.dumps(result), False, ""
     except Exception as exc:  # a Lambda reports any exception as a function error
         log_failure(function.function_name, exc)
@@ -159,9 +225,11 @@ class LambdaInProcess(PatchShim):
     name = "lambda_in_process"
     gap = (
         "moto runs Lambda code only in a Docker container (its private LambdaFunction._invoke_lambda); without "
-        "Docker an invocation returns 'error running docker' as a function error. AWS runs the handler. The shim "
-        "replaces that method: the handler named by the function runs in this process, with the function's "
-        "environment, imported from this checkout after checking that the deployed zip holds byte-identical "
+        "Docker an invocation returns 'error running docker' as a function error. AWS runs the handler, with its "
+        "execution role's credentials. The shim replaces that method: the handler named by the function runs in "
+        "this process, with the function's environment and its role's credentials (obtained as Lambda obtains "
+        "them; the standard credential chain answers them on the invoking thread), imported from this checkout "
+        "after checking that the deployed zip holds byte-identical "
         "sources (the zip's compiled wheels are for the Lambda platform, not this interpreter). The patch point is "
         "private, so moto is pinned exactly and `check_patch_point` fails loudly on any other version."
     )
@@ -171,9 +239,18 @@ class LambdaInProcess(PatchShim):
         super().apply()
 
     def replacements(self) -> list[tuple[type, str, Any]]:
+        from botocore.credentials import Credentials, EnvProvider
         from moto.awslambda.models import LambdaFunction
 
-        return [(LambdaFunction, "_invoke_lambda", run_handler)]
+        original_load = EnvProvider.load
+
+        def load(provider: Any) -> Any:
+            keys = _function_credentials.get()
+            if keys is None:
+                return original_load(provider)
+            return Credentials(keys.access_key, keys.secret_key, keys.token, method="env")
+
+        return [(LambdaFunction, "_invoke_lambda", run_handler), (EnvProvider, "load", load)]
 
     def __init__(self) -> None:
         super().__init__()

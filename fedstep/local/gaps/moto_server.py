@@ -29,6 +29,14 @@ def moto_api(endpoint: str, path: str, body: dict[str, Any] | None = None) -> No
         resp.read()
 
 
+def moto_api_raw(endpoint: str, path: str, body: bytes) -> None:
+    """POST a raw body to the moto server's own API (`reset-auth` takes the number of requests to let
+    through unauthorized before IAM is enforced: `0` enforces it now, `inf` never)."""
+    request = Request(f"{endpoint}/moto-api/{path}", data=body, headers={"Content-Type": "text/plain"})
+    with urlopen(request, timeout=10) as resp:
+        resp.read()
+
+
 def reset_backends(endpoint: str) -> None:
     """Clear all of moto's state (it is global to the process, shared by every server in it), and
     switch Step Functions execution off: that setting survives a reset, and CloudFormation's state

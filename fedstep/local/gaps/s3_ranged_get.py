@@ -1,4 +1,5 @@
-"""Gap 10: moto reads a whole object for every ranged GET; read only the range."""
+"""Gap 10: moto reads a whole object for every ranged GET, and answers a malformed range with the whole
+object; read only the range, and refuse a range that is not one."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from fedstep.local.gaps.shim import PatchShim
 
 _SIMPLE_RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+_SUFFIX_RANGE = re.compile(r"^bytes=-(\d+)$")
 
 
 class S3RangedGet(PatchShim):
@@ -17,7 +19,10 @@ class S3RangedGet(PatchShim):
         "out of it, so a ranged read of a 1 GiB object copies 1 GiB: the slices of a sliced aggregation, each "
         "reading a few MiB of every update, would copy terabytes. AWS reads the range. For a single range "
         "`bytes=a-b` (or `a-`) within the object, without `partNumber` or conditions, the shim reads just those "
-        "bytes under the key's lock and answers 206 with moto's own headers; anything else goes to moto."
+        "bytes under the key's lock and answers 206 with moto's own headers. moto also answers a malformed or empty "
+        "range (`bytes=0--1`, `bytes=5-2`) with the whole object; AWS ignores a header it cannot parse the same "
+        "way, but a client must never rely on it: the shim refuses such a range (416 InvalidRange), so code that "
+        "sends one fails here. A suffix range (`bytes=-n`), several ranges and conditional reads go to moto."
     )
 
     def replacements(self) -> list[tuple[type, str, Any]]:
@@ -25,16 +30,21 @@ class S3RangedGet(PatchShim):
 
         original = S3Response.get_object
 
+        from moto.s3.exceptions import InvalidRange
+
         def get_object(self: Any) -> Any:
-            match = _SIMPLE_RANGE.match(self.headers.get("range") or "")
+            requested = self.headers.get("range") or ""
+            match = _SIMPLE_RANGE.match(requested)
             conditional = any(h in self.headers for h in ("If-Match", "If-None-Match", "If-Modified-Since"))
-            if match is None or conditional or self._get_int_param("partNumber"):
+            if not requested or conditional or self._get_int_param("partNumber") or _SUFFIX_RANGE.match(requested):
                 return original(self)
             key, _ = self._get_key()
+            if match is None or (match.group(2) and int(match.group(2)) < int(match.group(1))):
+                raise InvalidRange(requested, str(key.size))  # malformed or empty: never the whole object
             begin, last = int(match.group(1)), key.size - 1
             end = min(int(match.group(2)), last) if match.group(2) else last
             if begin > end:
-                return original(self)  # moto's own answer to a range outside the object
+                raise InvalidRange(requested, str(key.size))  # outside the object
             headers = self._get_cors_headers_other()
             if key.version_id != "null":
                 headers["x-amz-version-id"] = key.version_id
