@@ -3,12 +3,19 @@
 Serving a round: download the architecture and global weights (sha256-checked), train locally,
 upload the update (the trained weights minus the global ones) under the client's own prefix, write
 the update item into the client's own partition, and only then delete the message (DESIGN
-invariant 2). Any failure before the item is written leaves the message in the queue; it comes back
-after the visibility timeout.
+invariant 2). A message is received with a short visibility timeout (`visibility_timeout_s`), which
+the agent renews while it serves the message: an agent killed mid-round stops renewing, so its round
+is back in the queue within that timeout. A failure before the item is written releases the message
+at once (visibility 0), and the agent polls again after a back-off, so it (or a restarted agent)
+serves the round well within the round's deadline.
 
-The server tells the agent when it rejected an update: its feedback item (which only the server
-writes) names the round, the file's sha256 and the reason. The agent logs it, and when a round is
-published again (a retried round) after its update was rejected, it trains again and replaces it.
+The server tells the agent when it rejected an update: its feedback item for the run (which only
+the server writes) names the round, the file's sha256 and the reason. The agent logs it, and when a
+round is published again (a retried round) after its update was rejected, it trains again and
+replaces it. Each run has its own feedback item, so a rejection in one run never hides another's.
+
+Every object a message references is read with a ranged GET of exactly its `bytes`: an object larger
+than its reference is refused before its body is read (`client_agent.objects`).
 
 Privacy (the round's `dp_mode` instructions, `client_agent.dp_sgd`): under "client-clip" the agent
 clips the update to the round's `dp_clip` before upload and reports `within_clip`; under "dp-sgd"
@@ -38,7 +45,7 @@ import boto3
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
-from client_agent import dp_sgd
+from client_agent import dp_sgd, objects
 from client_agent.checks import open_session, preflight
 from client_agent.config import AgentConfig
 from client_agent.heartbeat import Heartbeats
@@ -51,7 +58,7 @@ from fedstep.aws.ddb import Items
 from fedstep.aws.errors import AWS_ERRORS, error_code, explain, is_transient
 from fedstep.core import keys, limits, tensors
 from fedstep.core.clock import seconds_since, utc_now
-from fedstep.core.errors import FedstepError, InvalidUpdate
+from fedstep.core.errors import FedstepError
 from fedstep.core.schemas import (
     DeclineItem,
     EvalItem,
@@ -76,7 +83,7 @@ class Outcome(Enum):
     RUN_ENDED = "run_ended"
     STALE = "stale"  # a leftover: a round past its deadline or of a run that ended; deleted, not served
     REJECTED = "rejected"  # malformed message, released towards the dead-letter queue
-    KEPT = "kept"  # failed; the message stays and comes back
+    KEPT = "kept"  # failed; the message is released at once (not deleted) for another try
     DECLINED = "declined"  # refused to train (privacy); decline item written, message deleted
     EVALUATED = "evaluated"  # an evaluation request answered (metrics or why not); message deleted
 
@@ -152,6 +159,13 @@ def _size(n: int) -> str:
     return f"{n:.1f} GB"
 
 
+FIRST_RETRY_DELAY_S = 5.0
+"""After a failed round the agent waits this long before it polls again, doubling up to
+`MAX_RETRY_DELAY_S` while rounds keep failing (the queue moves a message to the client's
+dead-letter queue after 5 receives, so retries are spread over about two minutes)."""
+MAX_RETRY_DELAY_S = 60.0
+
+
 class Agent:
     def __init__(
         self,
@@ -183,12 +197,14 @@ class Agent:
 
         Checks the queue first (a misconfiguration fails at once, with its cause). Network outages
         and throttling while polling are waited out with backoff (5 s doubling to 60 s); an error
-        that waiting cannot fix (access denied, queue deleted) stops the agent with its cause.
+        that waiting cannot fix (access denied, queue deleted) stops the agent with its cause. After
+        a failed round (its message released) the agent waits `FIRST_RETRY_DELAY_S`, doubling to
+        `MAX_RETRY_DELAY_S` while rounds keep failing, before it polls again.
         """
         preflight(self.config, self.session)
         log.info("client %s polling %s", self.config.client_id, self.config.queue_url)
         self.heartbeats.start()
-        delay = 0.0
+        delay = retry = 0.0
         try:
             while True:
                 try:
@@ -203,6 +219,12 @@ class Agent:
                 if delay:
                     log.info("polling the queue again")
                     delay = 0.0
+                if outcome is Outcome.KEPT:
+                    retry = min(MAX_RETRY_DELAY_S, max(FIRST_RETRY_DELAY_S, retry * 2))
+                    log.info("polling again in %.0f s to try the round again", retry)
+                    time.sleep(retry)
+                elif outcome is not None:
+                    retry = 0.0
                 if outcome is Outcome.RUN_ENDED and not follow:
                     return 0
                 if once and outcome in (Outcome.SERVED, Outcome.ALREADY_SERVED, Outcome.DECLINED):
@@ -211,11 +233,13 @@ class Agent:
             self.heartbeats.stop()
 
     def poll_once(self) -> Outcome | None:
-        """One receive call; serve the message if one came. None when the queue was empty."""
+        """One receive call; serve the message if one came. None when the queue was empty. The message
+        is hidden from other receives for `visibility_timeout_s` (renewed while it is served)."""
         resp = self.sqs.receive_message(
             QueueUrl=self.config.queue_url,
             MaxNumberOfMessages=1,
             WaitTimeSeconds=self.config.poll_wait_s,
+            VisibilityTimeout=self.config.visibility_timeout_s,
             AttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
         )
         messages = resp.get("Messages", [])
@@ -242,6 +266,7 @@ class Agent:
                     parsed.reason,
                 )
                 return Outcome.STALE
+            self._say_rejection(self._feedback(parsed.run_id))  # e.g. of the run's last round
             log.info("run %s ended (%s) after %d rounds", parsed.run_id, parsed.reason, parsed.rounds_completed)
             return Outcome.RUN_ENDED
         stale = self._stale(parsed)
@@ -257,18 +282,19 @@ class Agent:
             # so this agent's next start (or nobody, until the deadline) serves it.
             self._release(message)
             raise
-        except Exception as exc:  # a failed round must not stop the agent; the message comes back
+        except Exception as exc:  # a failed round must not stop the agent; the message is tried again
             if isinstance(exc, (ClientError, BotoCoreError)):
                 detail = explain(exc)
             else:
                 detail = str(exc) if isinstance(exc, FedstepError) else clean_error(exc)
             log.error(
-                "round %d of run %s failed, the message stays queued and comes back: %s",
+                "round %d of run %s failed, the message stays queued and is released for another try: %s",
                 parsed.round,
                 parsed.run_id,
                 detail,
                 exc_info=log.isEnabledFor(logging.DEBUG),
             )
+            self._release(message)
             return Outcome.KEPT
         self._delete(message)
         return outcome
@@ -284,10 +310,11 @@ class Agent:
 
     @contextmanager
     def _kept_invisible(self, message: dict[str, Any]) -> Iterator[None]:
-        """While a round is served, extend the message's visibility every `visibility_extend_s`
-        so that long local training never lets SQS hand the message out again."""
+        """While a message is served, renew its visibility to `visibility_timeout_s` every
+        `visibility_extend_s`, so that long local training never lets SQS hand the message out again
+        (and an agent that dies stops renewing: the message returns within `visibility_timeout_s`)."""
         stop = threading.Event()
-        every = self.config.visibility_extend_s
+        every, timeout = self.config.visibility_extend_s, self.config.visibility_timeout_s
 
         def extend() -> None:
             while not stop.wait(every):
@@ -295,7 +322,7 @@ class Agent:
                     self.sqs.change_message_visibility(
                         QueueUrl=self.config.queue_url,
                         ReceiptHandle=message["ReceiptHandle"],
-                        VisibilityTimeout=every * 3,
+                        VisibilityTimeout=timeout,
                     )
                 except (ClientError, BotoCoreError) as exc:
                     log.warning("could not extend the message's visibility: %s", exc)
@@ -342,15 +369,17 @@ class Agent:
         except (KeyboardInterrupt, SystemExit):
             self._release(message)
             raise
-        except Exception as exc:  # S3 or DynamoDB unreachable: the message comes back
+        except Exception as exc:  # S3 or DynamoDB unreachable: the message is tried again
             log.error(
-                "evaluation request %s (round %d of %s) failed, the message stays queued and comes back: %s",
+                "evaluation request %s (round %d of %s) failed, the message stays queued and is released for "
+                "another try: %s",
                 msg.request_id,
                 msg.round,
                 msg.run_id,
                 _evaluation_failure(exc),
                 exc_info=log.isEnabledFor(logging.DEBUG),
             )
+            self._release(message)
             return Outcome.KEPT
         self._delete(message)
         return outcome
@@ -405,7 +434,7 @@ class Agent:
                 self.heartbeats.set_state("idle")
 
     def _serve_round(self, msg: RoundMessage) -> Outcome:
-        feedback = self._feedback()
+        feedback = self._feedback(msg.run_id)
         self._say_rejection(feedback)
         existing = self._existing_update(msg)
         replace_rejected = False
@@ -571,11 +600,11 @@ class Agent:
         self.heartbeats.set_state("declined", msg.run_id, msg.round)
         return Outcome.DECLINED
 
-    def _feedback(self) -> Feedback | None:
-        """The server's word on this client's last rejected update, if any (None when it cannot be
-        read: the agent then behaves as before feedback existed)."""
+    def _feedback(self, run_id: str) -> Feedback | None:
+        """The server's word on this client's last rejected update in run `run_id`, if any (None when
+        it cannot be read: the agent then behaves as before feedback existed)."""
         try:
-            item = self.table.get_item(keys.last_rejection_item_key(self.config.client_id))
+            item = self.table.get_item(keys.rejection_item_key(self.config.client_id, run_id))
             return Feedback.parse(item) if item else None
         except (ClientError, BotoCoreError, InvalidMessage) as exc:
             log.debug("could not read this client's feedback: %s", exc)
@@ -622,17 +651,10 @@ class Agent:
         return Outcome.ALREADY_SERVED
 
     def _download(self, ref: ObjectRef, description: str) -> bytes:
-        """The object, read in 1 MiB chunks (with a progress bar), checked against the message's sha256."""
-        body = self.s3.get_object(Bucket=self.config.bucket, Key=ref.key)["Body"]
-        chunks, digest = [], hashlib.sha256()
+        """The object, exactly `ref.bytes` of it (a larger one is refused unread), read in 1 MiB chunks
+        with a progress bar and checked against the message's sha256."""
         with self.progress.transfer(description, ref.bytes) as advance:
-            for chunk in body.iter_chunks(1 << 20):
-                chunks.append(chunk)
-                digest.update(chunk)
-                advance(len(chunk))
-        if digest.hexdigest() != ref.sha256:
-            raise InvalidUpdate(f"s3://{self.config.bucket}/{ref.key} does not match the sha256 in the message")
-        return b"".join(chunks)
+            return objects.read(self.s3, self.config.bucket, ref, advance)
 
     def _upload(self, key: str, data: bytes, description: str) -> None:
         """PutObject (multipart above 8 MiB, in parallel), with a progress bar."""

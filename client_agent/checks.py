@@ -12,7 +12,6 @@ copy. `preflight` is the subset `run` does before polling, raising the first fai
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from typing import Any, TypeVar
 import boto3
 from botocore.exceptions import ClientError, NoCredentialsError, ProfileNotFound
 
+from client_agent import objects
 from client_agent.config import AgentConfig
 from client_agent.logs import clean_error
 from client_agent.training import Split
@@ -30,7 +30,7 @@ from fedstep.aws.ddb import to_attributes
 from fedstep.aws.errors import AWS_ERRORS, error_code, explain
 from fedstep.core import keys
 from fedstep.core.errors import FedstepError
-from fedstep.core.schemas import InvalidMessage, RoundMessage, parse_message
+from fedstep.core.schemas import InvalidMessage, ObjectRef, RoundMessage, parse_message
 
 T = TypeVar("T")
 
@@ -161,21 +161,21 @@ class Probes:
         )
         return f"table {table}: PutItem of {what} allowed (nothing written)"
 
-    def model(self, key: str, sha256: str | None) -> bytes:
-        """The `.keras` file at `key` in the bucket (checked against `sha256` when given)."""
+    def model(self, key: str, ref: ObjectRef | None) -> bytes:
+        """The `.keras` file at `key` in the bucket; with a round message's `ref`, exactly its size
+        and sha256 (`client_agent.objects`: a larger object is refused unread)."""
         bucket = self.config.bucket
         where = f"s3://{bucket}/{key}"
         try:
-            body = self._client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+            if ref is not None:
+                return objects.read(self._client("s3"), bucket, ref)
+            return self._client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
         except AWS_ERRORS as exc:
             if isinstance(exc, ClientError) and error_code(exc) in ("NoSuchKey", "404"):
                 raise FedstepError(
                     f"{where} does not exist: is the run id right? (`fedstep runs` lists them)"
                 ) from None
             raise FedstepError(explain(exc, what=where, region=self.region)) from None
-        if sha256 is not None and hashlib.sha256(body).hexdigest() != sha256:
-            raise FedstepError(f"{where} does not match the sha256 in the round message")
-        return body
 
     def waiting_round(self) -> RoundMessage | None:
         """A round message waiting in the queue, read without taking it: received with a visibility
@@ -359,7 +359,7 @@ def _model_bytes(choice: ModelChoice, probes: Probes | None) -> tuple[str, bytes
         raise Skipped(f"no round message waiting in the queue names a run: {NO_MODEL}")
     ref = waiting.model
     assert ref is not None  # waiting_round returns only messages that name the model
-    data = probes.model(ref.key, ref.sha256)
+    data = probes.model(ref.key, ref)
     return f"run {waiting.run_id}'s model (its round {waiting.round} is waiting in the queue)", data
 
 

@@ -26,6 +26,8 @@ from fedstep.core.json_files import load_json_object
 
 MAX_SEED = 2**32 - 1
 """The largest data seed (numpy and scikit-learn take seeds up to 2**32 - 1)."""
+MAX_VISIBILITY_TIMEOUT_S = 43_200
+"""SQS's longest visibility timeout (12 hours)."""
 
 ENV = {
     "client_id": "FEDSTEP_CLIENT_ID",
@@ -104,8 +106,13 @@ class AgentConfig:
     """The train function, module:function; default Keras fit (client_agent.training:keras_fit)."""
     poll_wait_s: int = 20
     """Long-poll wait per receive call, seconds (SQS allows 0-20)."""
-    visibility_extend_s: int = 300
-    """While training, extend the round message's visibility this often (to 3x this), seconds."""
+    visibility_timeout_s: int = 60
+    """How long a received message stays hidden from the queue's other receives, seconds (2-43200).
+    While the agent serves it, it renews this every `visibility_extend_s`; an agent killed mid-round
+    (SIGKILL, a power cut) stops renewing, so its round is back in the queue after at most this."""
+    visibility_extend_s: int = 20
+    """While serving a message, renew its visibility this often, seconds (1 to half of
+    `visibility_timeout_s`)."""
     cache_dir: str = ""
     """Where downloaded architectures are kept; default ~/.cache/fedstep."""
     heartbeat_s: int = 60
@@ -135,8 +142,15 @@ class AgentConfig:
             )
         if not 0 <= self.poll_wait_s <= 20:
             raise FedstepError(f"poll_wait_s must be 0-20 seconds, got {self.poll_wait_s}")
-        if not 1 <= self.visibility_extend_s <= 14_400:
-            raise FedstepError(f"visibility_extend_s must be 1-14400 seconds, got {self.visibility_extend_s}")
+        if not 2 <= self.visibility_timeout_s <= MAX_VISIBILITY_TIMEOUT_S:
+            raise FedstepError(
+                f"visibility_timeout_s must be 2-{MAX_VISIBILITY_TIMEOUT_S} seconds, got {self.visibility_timeout_s}"
+            )
+        if not 1 <= self.visibility_extend_s <= self.visibility_timeout_s // 2:
+            raise FedstepError(
+                f"visibility_extend_s must be 1 to half of visibility_timeout_s ({self.visibility_timeout_s} s), "
+                f"got {self.visibility_extend_s}: a message's visibility must be renewed before it runs out"
+            )
         if self.heartbeat_s != 0 and not 10 <= self.heartbeat_s <= 3600:
             raise FedstepError(f"heartbeat_s must be 0 (off) or 10-3600 seconds, got {self.heartbeat_s}")
         if not 0 <= self.data_seed <= MAX_SEED:

@@ -6,7 +6,7 @@
 | read | every run's `model.keras` and global weights; its own prefix `updates/<client id>/` |
 | write | its own prefix `updates/<client id>/` |
 | put items | its own partition `CLIENT#<id>` (`LeadingKeys`): its update, decline, evaluation or heartbeat items |
-| get an item | its own feedback partition `FEEDBACK#<client id>` (why its last update was rejected) |
+| get an item | its own feedback partition `FEEDBACK#<client id>` (why its last update in each run was rejected) |
 | decrypt, generate data keys | the stack's key (SQS and S3 objects are encrypted with it) |
 
 No client role can write a run record, a round record, another client's item or file, or its own

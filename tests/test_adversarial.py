@@ -21,18 +21,29 @@ from typing import Any
 
 import numpy as np
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EndpointConnectionError
 
-from client_agent.agent import Outcome
+from client_agent.agent import Agent, Outcome
 from client_agent.training import TrainResult
 from fedstep.aws import boto
 from fedstep.aws.adapters import DynamoRoundTable
 from fedstep.aws.errors import error_code
+from fedstep.cli.run_view import load_run
 from fedstep.core import keys, limits, strategies, tensors
 from fedstep.core.clock import utc_now
 from fedstep.core.rounds import InvalidAggregate, TooFewParticipants
-from fedstep.core.schemas import Bounds, Feedback, ObjectRef, RunRecord, Target, TrainingConfig, UpdateItem
+from fedstep.core.schemas import (
+    Bounds,
+    Feedback,
+    ObjectRef,
+    RoundMessage,
+    RunRecord,
+    Target,
+    TrainingConfig,
+    UpdateItem,
+)
 from fedstep.core.strategies import FedAvg
+from fedstep.local import gaps
 from fedstep.local.iam.policy import ALLOW, IMPLICIT_DENY, evaluate, put_item_context
 from infra.config import MAX_MODEL_MB, ConfigError, DeploymentConfig, aggregation_memory_mb
 from tests.cloud_helpers import (
@@ -40,6 +51,7 @@ from tests.cloud_helpers import (
     SHIFTS,
     ShiftTrainer,
     agent,
+    agent_config,
     fedstep,
     global_after,
     published_round,
@@ -595,3 +607,209 @@ def test_a_stateful_strategy_runs_under_the_aggregation_functions_own_role(cloud
         if d.allowed and d.action == "s3:PutObject" and "/state-" in d.resource
     }
     assert all("assumed-role/fedstep-AggregationRole" in writes[key] for key in states), writes
+
+
+# -- issue 20: 7. a client whose upload fails once, or whose agent is killed, misses the round -----
+
+
+def test_an_agent_whose_upload_fails_once_serves_the_round_on_its_next_poll(cloud, tmp_path):
+    """The fault: the network drops the update's upload once. The landed agent left the message
+    invisible for the queue's 900 s, so the round went on without this client. It must be released at
+    once, and the agent's very next poll serves the round."""
+    run = start(cloud, rounds=1)
+    flaky, failures = agent(cloud, "client-1", tmp_path), []
+
+    def network_down_once(**kwargs):
+        if not failures:
+            failures.append(kwargs["model"].name)
+            raise EndpointConnectionError(endpoint_url=cloud.endpoint)
+
+    flaky.s3.meta.events.register("before-call.s3.PutObject", network_down_once)
+    serve(flaky, expect=Outcome.KEPT)
+    assert failures == ["PutObject"]
+    assert flaky.poll_once() is Outcome.SERVED  # its next poll (a 1 s long poll), not 900 s later
+    serve(agent(cloud, "client-2", tmp_path))
+    assert wait_for_execution(cloud, run.execution_arn)["status"] == "SUCCEEDED"
+    [summary] = summaries(cloud, run.run_id)
+    assert summary.participants == ["client-1", "client-2"] and summary.attempt == 0
+
+
+class Killed(BaseException):
+    """What SIGKILL (or a power cut) does to an agent: it stops where it is. Nothing is released or
+    deleted, and nothing renews the message's visibility any more."""
+
+
+class KilledWhileTraining(ShiftTrainer):
+    def fit(self, architecture, weights, training):
+        raise Killed
+
+
+def test_an_agent_killed_while_training_lets_a_restarted_agent_serve_the_round(cloud, tmp_path):
+    """The fault: the agent receives the round and dies mid-training. The message must come back
+    within the agent's short visibility timeout (2 s here, 60 s by default), not the queue's 900 s,
+    and the restarted agent serves the round."""
+    run = start(cloud, rounds=1)
+    short = {"visibility_timeout_s": 2, "visibility_extend_s": 1}
+    doomed = Agent(agent_config(cloud, "client-1", tmp_path, **short), KilledWhileTraining(*SHIFTS["client-1"]))
+    with pytest.raises(Killed):
+        serve(doomed)
+    killed_at = time.monotonic()
+    restarted = Agent(agent_config(cloud, "client-1", tmp_path, **short), ShiftTrainer(*SHIFTS["client-1"]))
+    while (outcome := restarted.poll_once()) is None:
+        assert time.monotonic() - killed_at < 60, "the killed agent's round did not come back"
+    assert outcome is Outcome.SERVED
+    serve(agent(cloud, "client-2", tmp_path))
+    assert wait_for_execution(cloud, run.execution_arn)["status"] == "SUCCEEDED"
+    [summary] = summaries(cloud, run.run_id)
+    assert summary.participants == ["client-1", "client-2"] and summary.attempt == 0
+
+
+# -- issue 20: 8. two runs at once on one stack: one run's rejection fails the other's recovery ----
+
+
+class NaNTwiceTrainer(BrokenOnceTrainer):
+    """Its first two updates are NaN (one in each of two runs); later ones are fine."""
+
+    def fit(self, architecture, weights, training):
+        if self.calls < 2:
+            self.calls += 1
+            return TrainResult({k: np.full_like(v, np.nan) for k, v in weights.items()}, self.n, {})
+        self.calls += 1
+        return ShiftTrainer.fit(self, architecture, weights, training)
+
+
+def _next_outcome(a) -> Outcome:
+    """Poll until a message arrives; handle it; its outcome (whatever it is)."""
+    for _ in range(30):
+        if (outcome := a.poll_once()) is not None:
+            gaps.wait_for_stream_batches()
+            return outcome
+    raise AssertionError(f"no message for {a.config.client_id}")
+
+
+def test_two_runs_at_once_each_recover_their_rejected_client_on_the_retried_round(cloud, tmp_path):
+    """The attack (or just bad luck): client-2's update is rejected in two runs at once. With one
+    feedback item per client, run B's rejection overwrote run A's, so on A's retried round the agent
+    did not see its A update was rejected, re-reported it instead of training again, and A failed
+    QuorumNotMet while B recovered. With feedback kept per run, both runs recover."""
+    runs = [start(cloud, rounds=1, quorum=2, round_retries=1, round_timeout_s=60) for _ in range(2)]
+    first = agent(cloud, "client-1", tmp_path)
+    second = agent(cloud, "client-2", tmp_path, NaNTwiceTrainer(*SHIFTS["client-2"]))
+    assert [_next_outcome(first) for _ in runs] == [Outcome.SERVED] * 2
+    assert [_next_outcome(second) for _ in runs] == [Outcome.SERVED] * 2  # NaN twice: both rounds retried
+    assert [_next_outcome(first) for _ in runs] == [Outcome.ALREADY_SERVED] * 2  # its updates stand
+    retried = [_next_outcome(second) for _ in runs]
+    for run in runs:
+        desc = wait_for_execution(cloud, run.execution_arn, timeout_s=120)
+        assert desc["status"] == "SUCCEEDED", (run.run_id, desc.get("error"), desc.get("cause"))
+        [summary] = summaries(cloud, run.run_id)
+        assert summary.participants == ["client-1", "client-2"] and summary.attempt == 1
+    assert retried == [Outcome.SERVED] * 2 and second.trainer.calls == 4  # trained again in each run
+    table = table_of(cloud)
+    for run in runs:  # `fedstep status <run>` shows each run's own rejection
+        view = load_run(run.run_id, cloud.outputs, table, cloud.client("stepfunctions"))
+        told = view.last_rejections["client-2"]
+        assert (told.run_id, told.round) == (run.run_id, 1) and "non-finite" in told.reason
+    latest = Feedback.parse(table.get_feedback(["client-2"])["client-2"])  # `fedstep clients`: the latest
+    assert latest.run_id in {r.run_id for r in runs} and "non-finite" in latest.reason
+
+
+def test_a_clients_role_may_read_its_feedback_in_every_run_but_write_none(cloud):
+    """The per-run feedback items stay in the server's partition `FEEDBACK#<client>`: the client's role
+    may get them (`dynamodb:LeadingKeys`), not put them, and may not get another client's."""
+    policy = deployed_policy(cloud, "client-1")
+    table_arn = next(s["Resource"] for s in policy if s["Sid"] == "ReadOwnFeedback")
+    forged = Feedback("client-1", "run-x", 1, "0" * 64, "forged: train again", "t")
+    for item in forged.to_items():  # the run's item and the latest
+        assert evaluate(policy, "dynamodb:PutItem", table_arn, put_item_context(item)) == IMPLICIT_DENY, item["sk"]
+
+    def get(key: dict[str, str]) -> str:
+        return evaluate(policy, "dynamodb:GetItem", table_arn, {"dynamodb:LeadingKeys": [key[keys.PK]]})
+
+    assert get(keys.rejection_item_key("client-1", "run-x")) == ALLOW
+    assert get(keys.last_rejection_item_key("client-1")) == ALLOW
+    assert get(keys.rejection_item_key("client-2", "run-x")) == IMPLICIT_DENY
+
+
+# -- issue 20: 9. the agent trusts a round message's numbers, times and sizes ----------------------
+
+
+def _round_body(**changes: Any) -> str:
+    ref = ObjectRef("runs/run-x/model.keras", "0" * 64, 10)
+    body = RoundMessage("run-x", 1, 0, ref, utc_now(), model=ref).to_dict()
+    for name, value in changes.items():
+        if name in ("epochs", "batch_size"):
+            body["training"][name] = value
+        else:
+            body[name] = value
+    return json.dumps(body)
+
+
+class RecordingTrainer(ShiftTrainer):
+    def __init__(self) -> None:
+        super().__init__(1.0, 10)
+        self.calls = 0
+
+    def fit(self, architecture, weights, training):
+        self.calls += 1
+        return super().fit(architecture, weights, training)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"epochs": 10**9}, "field 'epochs' must be from 1 to 1000, got 1000000000"),
+        ({"batch_size": 10**12}, "field 'batch_size' must be from 1 to 65536, got 1000000000000"),
+        ({"deadline_s": 10**15}, "field 'deadline_s' must be from 1 to 31536000, got 1000000000000000"),
+        ({"issued_at": "whenever"}, "field 'issued_at' must be an ISO 8601 time such as 2026-11-30T12:00:00Z"),
+    ],
+    ids=["epochs 1e9", "batch 1e12", "deadline 1e15", "issued_at unparseable"],
+)
+def test_an_agent_refuses_a_round_message_whose_training_or_deadline_is_out_of_bounds(
+    cloud, tmp_path, caplog, change, reason
+):
+    """The landed agent trained 10^9 epochs, batches of 10^12, served a round for 10^15 s, and never
+    found a round with an unparseable `issued_at` past its deadline. It must refuse the round with the
+    reason (the message goes to the client's dead-letter queue) and never train it."""
+    cloud.client("sqs").send_message(QueueUrl=cloud.outputs.queues["client-1"], MessageBody=_round_body(**change))
+    trainer = RecordingTrainer()
+    with caplog.at_level(logging.ERROR, logger="fedstep.client"):
+        serve(agent(cloud, "client-1", tmp_path, trainer), expect=Outcome.REJECTED)
+    assert trainer.calls == 0
+    assert "goes to the dead-letter queue: " in caplog.text and reason in caplog.text, caplog.text
+
+
+def test_fedstep_start_refuses_a_run_that_would_send_such_a_round():
+    from fedstep.cli.start import RunSettings
+    from fedstep.core.errors import FedstepError
+
+    for settings, reason in (
+        (RunSettings(epochs=10**9), "epochs must be a whole number from 1 to 1000"),
+        (RunSettings(batch_size=10**12), "batch_size must be a whole number from 1 to 65536"),
+        (RunSettings(round_timeout_s=10**15), "round_timeout_s must be 1 s to 1 year"),
+    ):
+        with pytest.raises(FedstepError, match=reason):
+            settings.validated()
+
+
+def test_an_agent_reads_no_more_than_a_references_size(cloud, tmp_path, caplog):
+    """The attack: a round message names a 10-byte architecture whose object holds 20 MB (the finding's
+    300 MB, smaller). The landed agent downloaded all of it before the sha256 check failed. It must ask
+    for at most 10 bytes (a ranged GET) and refuse the object as larger than its reference."""
+    s3 = cloud.client("s3")
+    big = b"\x01" * 20_000_000
+    key = keys.model_key("run-big")
+    s3.put_object(Bucket=cloud.outputs.bucket, Key=key, Body=big)
+    ref = ObjectRef(key, tensors.sha256_hex(big[:10]), 10)  # the sha256 of the first 10 bytes
+    body = RoundMessage("run-big", 1, 0, ref, utc_now(), model=ref).to_dict()
+    cloud.client("sqs").send_message(QueueUrl=cloud.outputs.queues["client-1"], MessageBody=json.dumps(body))
+    a, received = agent(cloud, "client-1", tmp_path, RecordingTrainer()), []
+    a.s3.meta.events.register(
+        "after-call.s3.GetObject", lambda parsed, **kwargs: received.append(parsed.get("ContentLength", 0))
+    )
+    with caplog.at_level(logging.ERROR, logger="fedstep.client"):
+        serve(a, expect=Outcome.KEPT)
+    assert sum(received) <= 10 and a.trainer.calls == 0
+    assert f"s3://{cloud.outputs.bucket}/{key} is 20000000 bytes; the message says 10 bytes: refused unread" in (
+        caplog.text
+    )

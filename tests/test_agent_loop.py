@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import boto3
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
@@ -39,6 +41,31 @@ def test_an_outage_while_polling_is_waited_out_with_backoff(monkeypatch):
     a, sleeps = agent_polling(monkeypatch, [down, down, down, None, Outcome.RUN_ENDED])
     assert a.run() == 0
     assert sleeps == [5.0, 10.0, 20.0]
+
+
+def test_after_a_failed_round_the_agent_polls_again_after_a_back_off_that_resets_once_a_round_is_served(
+    monkeypatch,
+):
+    """A failed round's message is released at once; the agent retries it after 5 s, doubling to 60 s
+    while rounds keep failing (so a broken round does not spin through its 5 receives in a second)."""
+    kept = [Outcome.KEPT] * 6
+    a, sleeps = agent_polling(monkeypatch, [*kept, None, Outcome.SERVED, Outcome.KEPT, Outcome.RUN_ENDED])
+    assert a.run() == 0
+    assert sleeps == [5.0, 10.0, 20.0, 40.0, 60.0, 60.0, 5.0]
+
+
+def test_the_visibility_settings_are_bounded_so_a_message_is_renewed_before_it_runs_out():
+    assert (CONFIG.visibility_timeout_s, CONFIG.visibility_extend_s) == (60, 20)
+    replace(CONFIG, visibility_timeout_s=2, visibility_extend_s=1).validated()
+    for bad, why in (
+        ({"visibility_timeout_s": 1, "visibility_extend_s": 1}, "visibility_timeout_s must be 2-43200 seconds"),
+        ({"visibility_timeout_s": 50_000}, "visibility_timeout_s must be 2-43200 seconds, got 50000"),
+        ({"visibility_extend_s": 31}, r"visibility_extend_s must be 1 to half of visibility_timeout_s \(60 s\)"),
+        ({"visibility_extend_s": 300}, "a message's visibility must be renewed before it runs out"),
+        ({"visibility_extend_s": 0}, "visibility_extend_s must be 1 to half"),
+    ):
+        with pytest.raises(FedstepError, match=why):
+            replace(CONFIG, **bad).validated()
 
 
 def test_access_denied_while_polling_stops_the_agent_with_the_action(monkeypatch):

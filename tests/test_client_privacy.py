@@ -6,6 +6,7 @@ The agent runs in the test's process against in-memory fakes of its queue, bucke
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -98,15 +99,8 @@ def test_an_unreadable_ledger_is_an_error_not_a_fresh_start(tmp_path):
 
 
 # -- the agent, against fakes ------------------------------------------------------------------------
-class Body:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def read(self) -> bytes:
-        return self.data
-
-    def iter_chunks(self, size: int):
-        yield from (self.data[i : i + size] for i in range(0, len(self.data), size))
+class Body(io.BytesIO):
+    pass
 
 
 class FakeS3:
@@ -115,10 +109,15 @@ class FakeS3:
         self.uploads: list[str] = []
         self.fail_uploads = 0
 
-    def get_object(self, Bucket: str, Key: str) -> dict:
+    def get_object(self, Bucket: str, Key: str, Range: str | None = None) -> dict:
         if Key not in self.objects:
             raise ClientError({"Error": {"Code": "NoSuchKey", "Message": "no"}}, "GetObject")
-        return {"Body": Body(self.objects[Key])}
+        data = self.objects[Key]
+        if Range is None:
+            return {"Body": Body(data), "ContentLength": len(data)}
+        first, last = (int(n) for n in Range.removeprefix("bytes=").split("-"))
+        part = data[first : last + 1]
+        return {"Body": Body(part), "ContentLength": len(part), "ContentRange": f"bytes {first}-{last}/{len(data)}"}
 
     def upload_fileobj(self, fileobj, bucket: str, key: str, Callback=None) -> None:
         data = fileobj.read()

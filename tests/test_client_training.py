@@ -120,5 +120,5 @@ def test_a_learning_rate_is_none_or_a_positive_number():
         and TrainingConfig.parse({"epochs": 1, "batch_size": 8}).learning_rate is None
     )
     for bad in (0, -0.1, float("inf")):
-        with pytest.raises(FedstepError, match="learning_rate > 0 or null"):
+        with pytest.raises(FedstepError, match="learning_rate must be > 0 or null"):
             TrainingConfig(learning_rate=bad)

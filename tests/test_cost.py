@@ -149,11 +149,12 @@ def test_dynamodb_write_and_read_units_of_rounds_items_and_heartbeats():
     # clients: per round an update item and 2 heartbeats = 3, plus floor(100 / 60) = 1 periodic heartbeat
     assert est.usage["ddb.wru"] == pytest.approx(2 * 8 + 2 + 3 * (2 * 3 + 1))
     # server: publish reads the run (1) and the previous round (round 2: 1); each of the 3 stream invocations
-    # reads the round (1), the run (1) and the 3 selected clients' updates (3); clients read their feedback
-    assert est.usage["ddb.rru"] == pytest.approx((1 + 15) + (2 + 15) + 3 * 2)
+    # reads the round (1), the run (1) and the 3 selected clients' updates (3); clients read their run's feedback
+    # each round and when the run ends
+    assert est.usage["ddb.rru"] == pytest.approx((1 + 15) + (2 + 15) + 3 * (2 + 1))
     assert est.usage["ddb.stream_read_lambda"] == pytest.approx(6)
     assert est.usage.by_service()["DynamoDB"] == pytest.approx(
-        usd("ddb.wru", 39) + usd("ddb.rru", 39) + usd("ddb.storage_gb_month", est.usage["ddb.storage_gb_month"])
+        usd("ddb.wru", 39) + usd("ddb.rru", 42) + usd("ddb.storage_gb_month", est.usage["ddb.storage_gb_month"])
     )
 
 

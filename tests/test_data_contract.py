@@ -369,15 +369,19 @@ def test_a_round_that_fails_in_keras_is_logged_as_one_clean_line(site, tmp_path,
         raise failure
 
     monkeypatch.setattr(agent, "serve_round", serve_round)
+    released: list[str] = []
+    monkeypatch.setattr(agent, "_release", lambda message: released.append(message["MessageId"]))
     ref = ObjectRef("runs/r/model.keras", "0" * 64, 1)
     body = json.dumps(RoundMessage("run-x", 2, 0, ref, "2026-11-30T00:00:00Z", model=ref).to_dict())
     with caplog.at_level("ERROR", logger="fedstep.client"):
         assert agent.handle({"Body": body, "ReceiptHandle": "h", "MessageId": "m"}) is Outcome.KEPT
     (record,) = [r for r in caplog.records if r.name == "fedstep.client"]
     assert record.getMessage() == (
-        "round 2 of run run-x failed, the message stays queued and comes back: InvalidArgumentError: Received a "
-        "label value of 7 which is outside the valid range of [0, 3). Label values: 0 1 2 7"
+        "round 2 of run run-x failed, the message stays queued and is released for another try: "
+        "InvalidArgumentError: Received a label value of 7 which is outside the valid range of [0, 3). "
+        "Label values: 0 1 2 7"
     )
+    assert released == ["m"]  # tried again at once, not after the queue's visibility timeout
 
 
 def test_an_exception_without_text_gives_its_type_and_message_attribute():

@@ -359,10 +359,15 @@ def test_the_mean_weights_by_examples_capped_like_updates_and_skips_other_answer
 
 def test_the_evaluate_message_round_trips_and_stays_far_below_the_sns_limit():
     longest = ObjectRef("k" * 1024, "f" * 64, 2**40)
-    message = EvaluateMessage("r" * 64, limits.MAX_ROUNDS, "a" * 32, longest, longest, "t" * 40, 604_800)
+    when = "2026-11-30T12:00:00.123456+00:00"
+    message = EvaluateMessage("r" * 64, limits.MAX_ROUNDS, "a" * 32, longest, longest, when, 604_800)
     assert parse_message(json.loads(json.dumps(message.to_dict()))) == message
     assert len(json.dumps(message.to_dict()).encode()) < limits.SNS_MESSAGE_BYTES / 50
-    for bad, why in (({"request_id": "UPPER"}, "request id"), ({"deadline_s": 0}, "deadline_s")):
+    for bad, why in (
+        ({"request_id": "UPPER"}, "request id"),
+        ({"deadline_s": 0}, "deadline_s"),
+        ({"issued_at": "t" * 40}, "'issued_at' must be an ISO 8601 time"),
+    ):
         with pytest.raises(InvalidMessage, match=why):
             parse_message(message.to_dict() | bad)
 

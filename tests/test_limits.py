@@ -66,7 +66,7 @@ def test_a_round_message_to_every_client_fits_an_sns_message():
         round=limits.MAX_ROUNDS,
         attempt=10,
         global_model=REF,
-        issued_at="t" * 40,
+        issued_at="2026-11-30T12:00:00.123456+00:00",  # moto's $$.State.EnteredTime, longer than AWS's
         model=REF,
         training=TrainingConfig(),
         deadline_s=3600,

@@ -46,13 +46,33 @@ def test_run_ended_message_parses():
         ({"round": True}, "'round' must be int"),
         ({"run_id": "../x"}, "invalid run id"),
         ({"type": "party"}, "unknown type 'party'"),
-        ({"training": {"epochs": 0, "batch_size": 32, "learning_rate": 0.1}}, "'epochs' must be >= 1"),
+        ({"training": {"epochs": 0, "batch_size": 32, "learning_rate": 0.1}}, "'epochs' must be from 1 to 1000"),
+        ({"training": {"epochs": 10**9, "batch_size": 32}}, "'epochs' must be from 1 to 1000, got 1000000000"),
+        ({"training": {"epochs": 1, "batch_size": 10**12}}, "'batch_size' must be from 1 to 65536"),
+        ({"deadline_s": 10**15}, "'deadline_s' must be from 1 to 31536000"),
+        ({"issued_at": "soon"}, "'issued_at' must be an ISO 8601 time such as 2026-11-30T12:00:00Z, got 'soon'"),
+        ({"issued_at": "2026-11-21T10:00:00"}, "'issued_at' must say its UTC offset"),
+        ({"issued_at": 1732183200}, "'issued_at' must be str"),
         ({"global_model": {"key": "k", "sha256": "xyz", "bytes": 1}}, "64 lowercase hex"),
     ],
 )
 def test_malformed_round_messages_name_the_bad_field(change, message):
     with pytest.raises(InvalidMessage, match=message):
         parse_message({**ROUND, **change})
+
+
+def test_the_training_config_a_run_may_ask_for_is_bounded():
+    assert TrainingConfig(epochs=1000, batch_size=65_536) == TrainingConfig.parse(
+        {"epochs": 1000, "batch_size": 65_536}
+    )
+    for bad, why in (
+        ({"epochs": 1001}, "epochs must be a whole number from 1 to 1000, got 1001"),
+        ({"epochs": 1e9}, "epochs must be a whole number from 1 to 1000, got 1000000000.0"),
+        ({"batch_size": 10**12}, "batch_size must be a whole number from 1 to 65536, got 1000000000000"),
+        ({"batch_size": True}, "batch_size must be a whole number"),
+    ):
+        with pytest.raises(InvalidMessage, match=why):
+            TrainingConfig(**bad)
 
 
 def test_missing_fields_are_named():

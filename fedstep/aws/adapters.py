@@ -306,9 +306,11 @@ class DynamoRoundTable(Items):
     def put_feedback(self, item: dict[str, Any]) -> None:
         self.put(item)
 
-    def get_feedback(self, client_ids: list[str]) -> dict[str, dict[str, Any]]:
-        """The clients' last-rejection items, by client id (absent: never rejected)."""
-        found = self._batch_get([keys.last_rejection_item_key(c) for c in client_ids])
+    def get_feedback(self, client_ids: list[str], run_id: str | None = None) -> dict[str, dict[str, Any]]:
+        """The clients' feedback items, by client id (absent: never rejected): their last rejection in
+        run `run_id`, or (None) their latest in any run."""
+        key = keys.last_rejection_item_key if run_id is None else lambda c: keys.rejection_item_key(c, run_id)
+        found = self._batch_get([key(c) for c in client_ids])
         return {keys.client_of(item[keys.PK]): item for item in found}
 
     def put_heartbeat(self, beat: Heartbeat) -> None:

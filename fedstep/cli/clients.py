@@ -3,7 +3,8 @@
 A client is *online* when its last heartbeat is at most two intervals (plus 15 s of slack) old,
 *stopped* when its agent said so on a clean exit, *offline* when its heartbeats stopped otherwise,
 and *never seen* when no agent has ever written one. LAST REJECTION is the last update the
-aggregation function rejected from it (run, round, reason), from its feedback item. EPSILON is the
+aggregation function rejected from it in any run (run, round, reason), from the copy of its latest
+rejection in its feedback partition (`keys.last_rejection_item_key`). EPSILON is the
 record-level epsilon (at the delta in `--json`) the client reports for the run it serves or last
 trained with DP-SGD, from its heartbeat ("-": none).
 """

@@ -129,10 +129,10 @@ def load_run(run_id: str, outputs: StackOutputs, table: DynamoRoundTable, sfn: A
     try:
         record = RunRecord.parse(item)
         rounds = sorted((RoundSummary.parse(r) for r in table.list_rounds(run_id)), key=lambda r: r.round)
-        told = [Feedback.parse(f) for f in table.get_feedback(record.clients).values()]
+        told = [Feedback.parse(f) for f in table.get_feedback(record.clients, run_id).values()]
     except InvalidMessage as exc:
         raise FedstepError(f"run {run_id} has an unreadable item: {exc}") from None
-    last_rejections = {f.client_id: f for f in told if f.run_id == run_id}
+    last_rejections = {f.client_id: f for f in told if f.run_id == run_id}  # the run's own items
     return RunView(run_id, record, describe(sfn, execution_arn(outputs, run_id)), rounds, last_rejections)
 
 

@@ -97,7 +97,7 @@ class RunSettings:
                 Target.parse_text(self.target)
             except InvalidMessage as exc:
                 raise FedstepError(str(exc)) from None
-        if not 1 <= self.round_timeout_s <= 31_536_000:
+        if not 1 <= self.round_timeout_s <= limits.MAX_ROUND_TIMEOUT_S:
             raise FedstepError(f"round_timeout_s must be 1 s to 1 year, got {self.round_timeout_s}")
         try:
             self.strategy_instance()

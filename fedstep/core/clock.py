@@ -10,10 +10,22 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+def parse_utc(iso: str) -> float:
+    """The timestamp `iso` (ISO 8601 with a UTC offset or `Z`) in epoch seconds; ValueError saying
+    why for anything else (a time without an offset would be read in the local time zone)."""
+    try:
+        when = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except (AttributeError, TypeError, ValueError):
+        raise ValueError(f"must be an ISO 8601 time such as 2026-11-30T12:00:00Z, got {str(iso)[:40]!r}") from None
+    if when.tzinfo is None:
+        raise ValueError(f"must say its UTC offset (Z or +00:00), got {iso[:40]!r}")
+    return when.timestamp()
+
+
 def seconds_since(iso: str, now: float) -> float:
     """Seconds from the timestamp `iso` to `now` (epoch seconds), at least 0; 0 for a malformed one."""
     try:
-        started = datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+        started = parse_utc(iso)
     except ValueError:
         return 0.0
     return round(max(0.0, now - started), 3)

@@ -34,12 +34,15 @@ a run id never contains one, so the kinds cannot collide:
     CLIENT#{client_id}    HEARTBEAT                    a client's heartbeat (written by that client)
     CLIENT#{client_id}    EVAL#{run_id}#{r:05d}#{request}  a client's evaluation of round r's global model, for
                                                        the operator's request `request` (by that client)
-    FEEDBACK#{client_id}  LAST_REJECTION               why the client's last update was rejected (server;
-                                                       the client may read it)
+    FEEDBACK#{client_id}  REJECTION#{run_id}           why the client's last update in that run was rejected
+                                                       (server; the client may read it, and its agent does)
+    FEEDBACK#{client_id}  LAST_REJECTION               a copy of the client's latest rejection in any run
+                                                       (server; what `fedstep clients` shows)
 
 A client's role may write only the partition `CLIENT#{its id}` (IAM `dynamodb:LeadingKeys`, an exact
 match), so no client can write a run record, a round record, another client's items or its own
-feedback.
+feedback. Feedback is kept per run, so a rejection in one run never hides (or fakes) another run's:
+an agent decides from its run's item alone whether its update for a retried round was rejected.
 """
 
 import re
@@ -55,6 +58,7 @@ CLIENT_PK_PREFIX = "CLIENT#"
 FEEDBACK_PK_PREFIX = "FEEDBACK#"
 HEARTBEAT_SK = "HEARTBEAT"
 LAST_REJECTION_SK = "LAST_REJECTION"
+REJECTION_PREFIX = "REJECTION#"
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _VERSION = re.compile(r"^[a-z0-9]{1,32}$")
@@ -256,7 +260,13 @@ def feedback_pk(client_id: str) -> str:
     return f"{FEEDBACK_PK_PREFIX}{check_id('client id', client_id)}"
 
 
+def rejection_item_key(client_id: str, run_id: str) -> dict[str, str]:
+    """Why the client's last update in run `run_id` was rejected (overwritten by each rejection in that run)."""
+    return {PK: feedback_pk(client_id), SK: f"{REJECTION_PREFIX}{check_id('run id', run_id)}"}
+
+
 def last_rejection_item_key(client_id: str) -> dict[str, str]:
+    """The client's latest rejection in any run (a copy of one `rejection_item_key` item)."""
     return {PK: feedback_pk(client_id), SK: LAST_REJECTION_SK}
 
 

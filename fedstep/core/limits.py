@@ -70,6 +70,14 @@ def metric_problem(name: object, value: object) -> str | None:
     return None
 
 
+# -- what a run asks of the clients (`fedstep start` refuses more; an agent refuses a message with more)
+MAX_EPOCHS = 1000
+"""Local epochs per round."""
+MAX_BATCH_SIZE = 65_536
+"""Examples per local training batch (2^16)."""
+MAX_ROUND_TIMEOUT_S = 365 * 24 * 3600
+"""A round's deadline, seconds: at most a year (a Step Functions standard execution's longest life)."""
+
 # -- strategies (set by the operator, bounded so the run record and round message stay small) ---
 MAX_PARAM_TEXT_CHARS = 200
 """Longest text value of a strategy parameter."""

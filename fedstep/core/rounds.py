@@ -417,7 +417,8 @@ def _aggregate(
     when = f"by the deadline of round {round_number}" if at_deadline else f"in round {round_number}"
 
     def feedback(client: str, sha256: str, reason: str) -> None:
-        table.put_feedback(Feedback(client, run.run_id, round_number, sha256, reason, utc_now()).to_item())
+        for item in Feedback(client, run.run_id, round_number, sha256, reason, utc_now()).to_items():
+            table.put_feedback(item)
 
     def not_enough(valid: int, rejected: list[Rejection]) -> RoundNotAggregated | None:
         reasons = "".join(f"; {r.client_id}: {r.reason}" for r in rejected[:10])

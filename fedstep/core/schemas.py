@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from fedstep import SCHEMA_VERSION
 from fedstep.core import keys, limits
+from fedstep.core.clock import parse_utc
 from fedstep.core.errors import FedstepError
 from fedstep.core.selection import select
 
@@ -55,6 +56,17 @@ def _short_str(data: dict[str, Any], name: str, where: str, max_chars: int) -> s
     value = _get(data, name, str, where)
     if len(value) > max_chars:
         raise InvalidMessage(f"{where}: field {name!r} is {len(value)} characters, at most {max_chars} allowed")
+    return value
+
+
+def _timestamp(data: dict[str, Any], name: str, where: str) -> str:
+    """An ISO 8601 time with its UTC offset (`2026-11-30T12:00:00.123Z`), at most
+    `limits.MAX_TIMESTAMP_CHARS` long: a deadline counted from anything else would never pass."""
+    value = _short_str(data, name, where, limits.MAX_TIMESTAMP_CHARS)
+    try:
+        parse_utc(value)
+    except ValueError as exc:
+        raise InvalidMessage(f"{where}: field {name!r} {exc}") from None
     return value
 
 
@@ -146,6 +158,8 @@ class ObjectRef:
 @dataclass(frozen=True)
 class TrainingConfig:
     """Local training settings sent with every round. Defaults: 1 epoch, batch 32, no learning rate.
+    `epochs` lies in 1-`limits.MAX_EPOCHS` (1000), `batch_size` in 1-`limits.MAX_BATCH_SIZE` (65,536):
+    `fedstep start` refuses more, and an agent refuses a round message asking more.
 
     `learning_rate` None (null on the wire): the model's own optimizer keeps the learning rate it was
     compiled with; a number (> 0) replaces it for the round.
@@ -161,12 +175,12 @@ class TrainingConfig:
     instructions: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        lr_ok = self.learning_rate is None or 0 < self.learning_rate < math.inf
-        if self.epochs < 1 or self.batch_size < 1 or not lr_ok:
-            raise InvalidMessage(
-                f"training config: epochs and batch_size must be >= 1 and learning_rate > 0 or null "
-                f"(got {self.epochs}, {self.batch_size}, {self.learning_rate})"
-            )
+        for name, most in (("epochs", limits.MAX_EPOCHS), ("batch_size", limits.MAX_BATCH_SIZE)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+                raise InvalidMessage(f"training config: {name} must be a whole number from 1 to {most}, got {value!r}")
+        if not (self.learning_rate is None or 0 < self.learning_rate < math.inf):
+            raise InvalidMessage(f"training config: learning_rate must be > 0 or null, got {self.learning_rate}")
 
     @classmethod
     def parse(cls, data: Any, where: str = "training") -> TrainingConfig:
@@ -174,8 +188,8 @@ class TrainingConfig:
         if not isinstance(params, dict):
             raise InvalidMessage(f"{where}: params must be an object")
         return cls(
-            epochs=_positive_int(data, "epochs", where),
-            batch_size=_positive_int(data, "batch_size", where),
+            epochs=_positive_int(data, "epochs", where, 1, limits.MAX_EPOCHS),
+            batch_size=_positive_int(data, "batch_size", where, 1, limits.MAX_BATCH_SIZE),
             learning_rate=_optional_number(data, "learning_rate", where),
             params=params,
         )
@@ -217,8 +231,8 @@ class RoundMessage:
             model=ObjectRef.parse(_get(data, "model", dict, where), f"{where} model"),
             global_model=ObjectRef.parse(_get(data, "global_model", dict, where), f"{where} global_model"),
             training=TrainingConfig.parse(_get(data, "training", dict, where)),
-            deadline_s=_positive_int(data, "deadline_s", where),
-            issued_at=_get(data, "issued_at", str, where),
+            deadline_s=_positive_int(data, "deadline_s", where, 1, limits.MAX_ROUND_TIMEOUT_S),
+            issued_at=_timestamp(data, "issued_at", where),
             instructions=check_scalars(data.get("instructions", {}), f"{where} instructions", limits.MAX_INSTRUCTIONS),
         )
 
@@ -285,7 +299,7 @@ class EvaluateMessage:
             request_id=request_id,
             model=ObjectRef.parse(_get(data, "model", dict, where), f"{where} model"),
             global_model=ObjectRef.parse(_get(data, "global_model", dict, where), f"{where} global_model"),
-            issued_at=_short_str(data, "issued_at", where, limits.MAX_TIMESTAMP_CHARS),
+            issued_at=_timestamp(data, "issued_at", where),
             deadline_s=_positive_int(data, "deadline_s", where, 1, MAX_EVAL_DEADLINE_S),
         )
 
@@ -860,9 +874,12 @@ class RunRecord:
 
 @dataclass(frozen=True)
 class Feedback:
-    """Why a client's last update was rejected: written by the aggregation function to the client's
-    feedback partition, which its role may read but not write. An agent whose update of a retried
-    round was rejected trains again; `fedstep clients` and `fedstep status` show it."""
+    """Why a client's last update in a run was rejected: written by the aggregation function to the
+    client's feedback partition, which its role may read but not write, once per run
+    (`keys.rejection_item_key`) and as the client's latest rejection in any run
+    (`keys.last_rejection_item_key`). An agent whose update of a retried round was rejected trains
+    again (it reads its run's item, so two runs at once never mix up their rejections); `fedstep
+    status` shows the run's items, `fedstep clients` the latest ones."""
 
     client_id: str
     run_id: str
@@ -875,7 +892,13 @@ class Feedback:
         object.__setattr__(self, "reason", limits.reason(self.reason))
 
     def to_item(self) -> dict[str, Any]:
-        return {**keys.last_rejection_item_key(self.client_id), "schema": SCHEMA_VERSION, **asdict(self)}
+        """The run's feedback item for this client."""
+        return {**keys.rejection_item_key(self.client_id, self.run_id), "schema": SCHEMA_VERSION, **asdict(self)}
+
+    def to_items(self) -> list[dict[str, Any]]:
+        """What the server writes: the run's item, and the same facts as the client's latest rejection."""
+        item = self.to_item()
+        return [item, {**item, **keys.last_rejection_item_key(self.client_id)}]
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> Feedback:

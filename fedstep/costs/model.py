@@ -234,8 +234,8 @@ class Assumptions:
     """The agent's long poll (`poll_wait_s`, default 20): one ReceiveMessage per 20 s while idle."""
     heartbeat_s: int = 60
     """The agent's heartbeat interval (default 60), plus a write when it starts and ends a round."""
-    visibility_extend_s: int = 300
-    """The agent extends a message's visibility every 300 s while it trains."""
+    visibility_extend_s: int = 20
+    """The agent renews a message's visibility every 20 s (`visibility_extend_s`) while it serves it."""
     kms_reuse_s: int = 300
     """SQS reuses a data key 5 min (its default), DynamoDB caches a table key about 5 min, S3 bucket keys
     are reused for a limited time: one KMS request per principal and service per 5 min of activity."""
@@ -385,7 +385,7 @@ def round_shared(r: RoundFacts, run: RunFacts, a: Assumptions, transitions: floa
     rru += checks * (_units(a.open_record_bytes, 4096) + run_rru + len(r.selected))
     wru += _units(a.open_record_bytes, 1024)  # claim
     wru += _units(r.record_bytes, 1024) * (1 if r.at_deadline else 2)  # complete (+ mark reported)
-    wru += len(r.rejected)  # feedback items
+    wru += 2 * len(r.rejected)  # feedback items: the run's, and the copy as the client's latest
     u.add("ddb.rru", rru).add("ddb.wru", wru).add("ddb.stream_read_lambda", uploads)
     # S3: the input model's header and body, each update's header and body, the state; then the writes.
     stateful = 1 if r.state_bytes else 0
@@ -436,6 +436,7 @@ def client_direct(client: str, run: RunFacts, a: Assumptions) -> tuple[Usage, in
     u.add("sqs.request", math.ceil(idle_s / a.poll_wait_s))  # empty long polls while idle
     if run.ended == "succeeded" and client in run.clients:
         u.add("sqs.request", 3)  # the run-ended message: delivered, received, deleted
+        u.add("ddb.rru", 1)  # its feedback item for the run, read when the run ends
     u.add("ddb.wru", math.floor(run.run_s / a.heartbeat_s))  # periodic heartbeats
     # KMS: its own S3, SQS (decrypt) and DynamoDB calls, and SNS's data keys for its queue.
     u.add("kms.request", 4 * _windows(run.run_s, a.kms_reuse_s))
