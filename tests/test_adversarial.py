@@ -592,3 +592,39 @@ def test_2_a_heartbeat_cannot_keep_a_client_online_forever():
     assert {r.status for r in rows.values()} == {"invalid"}
     assert "'interval_s' must be from 1 to 3600" in rows["long-interval"].activity
     assert "is in the future" in rows["from-the-future"].activity
+
+
+# -- issue 20: 9. a client's strings reach the operator's terminal ---------------------------------
+
+TERMINAL_ATTACK = "\x1b[2J\x1b]0;pwned\x07"
+"""Clear the operator's screen, then retitle the window (OSC 0, ended by BEL)."""
+
+
+def _printable(text: str) -> bool:
+    return all(c == "\n" or c.isprintable() for c in text)
+
+
+def test_20_9_control_sequences_in_a_heartbeat_and_a_decline_are_never_printed(cloud, tmp_path):
+    """The attack: client-2 writes, in its own partition, a heartbeat whose version and hardware carry
+    terminal control sequences, and declines a round with a reason that carries them; the operator
+    runs `fedstep clients`, `fedstep status` and `fedstep report`. Nothing reaches the terminal raw."""
+    from fedstep.core.schemas import DeclineItem, Heartbeat
+
+    attacker = as_client(cloud, "client-2").client("dynamodb", endpoint_url=cloud.endpoint)
+    table = DynamoRoundTable(cloud.outputs.table, attacker)
+    run = start(cloud, rounds=1, quorum=1, min_participants=1)
+    published_round(cloud, run.run_id)
+    table.put(DeclineItem(run.run_id, 1, "client-2", f"budget {TERMINAL_ATTACK}", utc_now()).to_item())
+    serve(agent(cloud, "client-1", tmp_path))
+    assert wait_for_execution(cloud, run.execution_arn)["status"] == "SUCCEEDED"
+    hardware = {"os": f"linux{TERMINAL_ATTACK}", "arch": "x86_64", "cpus": 2, "gpus": [TERMINAL_ATTACK]}
+    table.put(Heartbeat("client-2", f"0.1{TERMINAL_ATTACK}", "idle", utc_now(), 60, hardware).to_item())
+
+    clients = _fedstep(cloud, "clients")
+    status = _fedstep(cloud, "status", run.run_id, "--clients")
+    report = _fedstep(cloud, "report", run.run_id, "-o", str(tmp_path / "report"))
+    page = (tmp_path / "report" / "report.html").read_text()
+    for text in (clients, status, report, page):
+        assert _printable(text), repr(text)
+    assert "0.1\\x1b[2J\\x1b]0;pwned\\x07" in clients and "linux\\x1b[2J" in clients
+    assert "client-2 declined: budget \\x1b[2J\\x1b]0;pwned\\x07" in status

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from fedstep import __version__
+from fedstep.cli.text import clean
 from fedstep.core.errors import FedstepError
 
 
@@ -358,7 +359,7 @@ def _warn_if_offline(stack: _Stack, settings: Any, resume: str | None) -> None:
         timeout_s, retries = settings.round_timeout_s, settings.round_retries
     warning = offline_warning(table, clients, quorum, timeout_s, retries)
     if warning:
-        print(f"fedstep: warning: {warning}", file=sys.stderr, flush=True)
+        print(clean(f"fedstep: warning: {warning}"), file=sys.stderr, flush=True)
 
 
 def _view(stack: _Stack, run_id: str):  # -> RunView
@@ -586,10 +587,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         return commands[args.command](args)
     except FedstepError as exc:
-        print(f"fedstep: error: {exc}", file=sys.stderr)
+        print(f"fedstep: error: {clean(exc)}", file=sys.stderr)
         return 2
     except (ClientError, BotoCoreError) as exc:
-        print(f"fedstep: error: {explain(exc)}", file=sys.stderr)
+        print(f"fedstep: error: {clean(explain(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fedstep: interrupted; everything was stopped", file=sys.stderr)
