@@ -47,7 +47,7 @@ def agents(cloud: LocalCloud, workdir: Path) -> list[Agent]:
 
 def measure(clients: int, rounds: int, params: int, workdir: Path) -> dict[str, float]:
     """Deploy `clients` clients, run `rounds` rounds; the figures of one table row (seconds)."""
-    config = DeploymentConfig(clients=tuple(ClientConfig(f"site-{i:03d}") for i in range(clients)))
+    config = DeploymentConfig(clients=tuple(ClientConfig(f"site-{i:03d}") for i in range(clients)), trial=True)
     started = time.monotonic()
     with LocalCloud(config) as cloud:
         deployed = time.monotonic() - started

@@ -30,7 +30,10 @@ def local_cloud():
     from fedstep.local.cloud import LocalCloud
     from infra.config import ClientConfig, DeploymentConfig
 
-    config = DeploymentConfig(clients=(ClientConfig("client-1"), ClientConfig("client-2")), round_timeout_s=120)
+    # trial: the local cloud's clients have no principal of their own yet
+    config = DeploymentConfig(
+        clients=(ClientConfig("client-1"), ClientConfig("client-2")), round_timeout_s=120, trial=True
+    )
     with LocalCloud(config) as cloud:
         yield cloud
 

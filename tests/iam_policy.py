@@ -7,7 +7,10 @@ policies use, after the IAM documentation ("Policy evaluation logic", "Condition
 "Single-valued vs. multivalued context keys"); `tests/test_iam_policy.py` pins the semantics.
 
 - A request is allowed when an Allow statement matches and no Deny statement does.
-- A statement matches when its Action, Resource and every condition operator block match.
+- A statement matches when its Action, Resource and every condition operator block match, and, in a
+  resource policy (a key policy, a topic policy), its Principal names the caller: `"*"`, or
+  `{"Service": ...}` / `{"AWS": ...}` listing it (`evaluate(..., principal=...)`). A statement without
+  Resource (a role's trust policy) is about the resource it is attached to.
 - Operators: String{Equals,NotEquals,Like,NotLike}, Arn{Equals,Like}, Bool, Null; the IfExists
   suffix; the ForAllValues: and ForAnyValue: set prefixes. Keys are case-insensitive, values not.
 - A missing key makes a positive operator false and a negated one true; IfExists makes it true;
@@ -68,17 +71,66 @@ def _operator_holds(operator: str, block: dict[str, Any], context: dict[str, Any
     return True
 
 
-def statement_matches(statement: dict[str, Any], action: str, resource: str, context: dict[str, Any]) -> bool:
+Principal = dict[str, str]
+"""Who makes a request, as a policy's Principal element names it: {"Service": "sns.amazonaws.com"},
+{"AWS": "arn:aws:iam::123456789012:role/x"}."""
+
+
+def _account_of(arn: str) -> str | None:
+    """The account an AWS principal's ARN (or a bare account id) belongs to."""
+    if arn.isdigit():
+        return arn
+    parts = arn.split(":")
+    return parts[4] if len(parts) > 5 and parts[2] in ("iam", "sts") else None
+
+
+def _names(value: str, kind: str, caller: Principal) -> bool:
+    """Whether one principal value names the caller: itself, "*", or for an AWS account (its root ARN
+    or id) any principal of that account (IAM then defers to the caller's own policies, which this
+    evaluator takes to allow: it errs towards allowing)."""
+    called = caller.get(kind)
+    if value == "*" or value == called:
+        return True
+    account_wide = value.isdigit() or value.endswith(":root")
+    return kind == "AWS" and called is not None and account_wide and _account_of(value) == _account_of(called)
+
+
+def _principal_matches(named: Any, caller: Principal) -> bool:
+    """Whether a statement's Principal element names `caller` ("*", or {"AWS": "*"}, names everyone)."""
+    if named == "*":
+        return True
+    return any(_names(value, kind, caller) for kind, values in named.items() for value in _as_list(values))
+
+
+def statement_matches(
+    statement: dict[str, Any],
+    action: str,
+    resource: str,
+    context: dict[str, Any],
+    principal: Principal | None = None,
+) -> bool:
+    """Whether `statement` applies to the request; with `principal` (a resource policy's request), its
+    Principal element must name the caller (a statement without one is an identity policy's)."""
+    if principal is not None and "Principal" in statement and not _principal_matches(statement["Principal"], principal):
+        return False
     if not any(_wildcard(a, action, case_sensitive=False) for a in _as_list(statement.get("Action", []))):
         return False
-    if not any(_wildcard(r, resource) for r in _as_list(statement.get("Resource", []))):
+    # A role's trust policy has no Resource: it is about the role it is attached to.
+    if "Resource" in statement and not any(_wildcard(r, resource) for r in _as_list(statement["Resource"])):
         return False
     return all(_operator_holds(op, block, context) for op, block in statement.get("Condition", {}).items())
 
 
-def evaluate(statements: list[dict[str, Any]], action: str, resource: str, context: dict[str, Any]) -> str:
-    """ALLOW, IMPLICIT_DENY or EXPLICIT_DENY for one request under these statements."""
-    matching = [s["Effect"] for s in statements if statement_matches(s, action, resource, context)]
+def evaluate(
+    statements: list[dict[str, Any]],
+    action: str,
+    resource: str,
+    context: dict[str, Any],
+    principal: Principal | None = None,
+) -> str:
+    """ALLOW, IMPLICIT_DENY or EXPLICIT_DENY for one request under these statements (by `principal`,
+    for a resource policy's statements)."""
+    matching = [s["Effect"] for s in statements if statement_matches(s, action, resource, context, principal)]
     if "Deny" in matching:
         return EXPLICIT_DENY
     return ALLOW if "Allow" in matching else IMPLICIT_DENY
@@ -109,4 +161,4 @@ def resolve(value: Any, arn_of: dict[str, str]) -> Any:
     return {k: resolve(v, arn_of) for k, v in value.items()}
 
 
-__all__ = ["ALLOW", "EXPLICIT_DENY", "IMPLICIT_DENY", "evaluate", "put_item_context", "resolve"]
+__all__ = ["ALLOW", "EXPLICIT_DENY", "IMPLICIT_DENY", "Principal", "evaluate", "put_item_context", "resolve"]

@@ -436,7 +436,7 @@ def test_7_an_oversized_update_is_refused_before_it_is_downloaded():
 def test_7_the_function_is_sized_to_what_it_holds_and_a_model_no_function_can_hold_is_sliced():
     assert aggregation_memory_mb(512) >= 384 + 3 * 512  # about 3x one model (bench/aggregation_memory.py)
     assert aggregation_memory_mb(MAX_MODEL_MB) <= 10_240
-    larger = DeploymentConfig.from_dict({"max_model_mb": MAX_MODEL_MB + 1})
+    larger = DeploymentConfig.from_dict({"max_model_mb": MAX_MODEL_MB + 1, "trial": True})
     assert larger.slice_bytes == 512 * 2**20  # aggregated by slices of 512 MiB (tests/test_sliced.py)
     assert aggregation_memory_mb(larger.function_model_mb) < aggregation_memory_mb(MAX_MODEL_MB) <= 10_240
     with pytest.raises(ConfigError, match="one function holds at most 10240 MB"):
@@ -546,7 +546,7 @@ def test_9_clients_without_a_principal_are_warned_of_and_the_execution_log_is_en
     from infra.config import ClientConfig
     from infra.synth import build_app
 
-    app = build_app(DeploymentConfig(clients=(ClientConfig("org-a"),)), None, bundle=False)
+    app = build_app(DeploymentConfig(clients=(ClientConfig("org-a"),), trial=True), None, bundle=False)
     stack = app.node.find_child("fedstep")
     template = Template.from_stack(stack).to_json()
     warnings = [m.entry.data for a in app.synth().stacks for m in a.messages if m.level.name == "WARNING"]
@@ -628,3 +628,82 @@ def test_20_9_control_sequences_in_a_heartbeat_and_a_decline_are_never_printed(c
         assert _printable(text), repr(text)
     assert "0.1\\x1b[2J\\x1b]0;pwned\\x07" in clients and "linux\\x1b[2J" in clients
     assert "client-2 declined: budget \\x1b[2J\\x1b]0;pwned\\x07" in status
+
+
+# -- issue 20: 9. the key serves whoever asks, and every client role trusts the account -------------
+
+ACCOUNT = "123456789012"
+"""The local cloud's account (moto's default)."""
+OTHER_ACCOUNT = "999999999999"
+
+
+def deployed_key(cloud) -> tuple[str, list[dict[str, Any]]]:
+    """The stack key's ARN and its key policy's statements, as deployed."""
+    kms = cloud.client("kms")
+    arn = kms.describe_key(KeyId="alias/fedstep")["KeyMetadata"]["Arn"]
+    return arn, json.loads(kms.get_key_policy(KeyId=arn, PolicyName="default")["Policy"])["Statement"]
+
+
+def test_20_9_sns_and_cloudwatch_cannot_be_made_to_use_the_stack_key_for_anyone_elses_topic_or_alarm(cloud):
+    """The confused deputy: another account's topic delivering to a queue encrypted with our key (or
+    its alarm publishing to a topic encrypted with it) makes SNS (CloudWatch) call KMS on our key. The
+    deployed key policy, evaluated for each service's request: only our topic and our alarms pass."""
+    key_arn, statements = deployed_key(cloud)
+    sns, cloudwatch = {"Service": "sns.amazonaws.com"}, {"Service": "cloudwatch.amazonaws.com"}
+
+    def as_(principal: dict[str, str], account: str, source: str, action: str = "kms:GenerateDataKey") -> str:
+        context = {"aws:SourceAccount": account, "aws:SourceArn": source}
+        return evaluate(statements, action, key_arn, context, principal=principal)
+
+    ours = cloud.outputs.topic_arn
+    theirs = ours.replace(ACCOUNT, OTHER_ACCOUNT)
+    assert as_(sns, ACCOUNT, ours) == ALLOW and as_(sns, ACCOUNT, ours, "kms:Decrypt") == ALLOW
+    assert as_(sns, OTHER_ACCOUNT, theirs) == IMPLICIT_DENY
+    assert as_(sns, ACCOUNT, ours.rsplit(":", 1)[0] + ":another-topic") == IMPLICIT_DENY
+    assert evaluate(statements, "kms:Decrypt", key_arn, {}, principal=sns) == IMPLICIT_DENY
+    alarm = f"arn:aws:cloudwatch:us-east-1:{ACCOUNT}:alarm:fedstep-executions-failed"
+    assert as_(cloudwatch, ACCOUNT, alarm) == ALLOW
+    assert as_(cloudwatch, OTHER_ACCOUNT, alarm.replace(ACCOUNT, OTHER_ACCOUNT)) == IMPLICIT_DENY
+    assert as_(cloudwatch, ACCOUNT, alarm.replace("fedstep-", "another-project-")) == IMPLICIT_DENY
+
+
+def test_20_9_a_clients_role_can_use_the_stack_key_only_through_s3_and_sqs_in_the_stacks_region(cloud):
+    """With its own credentials a client calls KMS directly (to decrypt what the key protects outside
+    S3 and SQS); the deployed role policy, evaluated: only requests S3 or SQS make for it pass."""
+    key_arn, _ = deployed_key(cloud)
+    policy = deployed_policy(cloud, "client-1")
+    for action in ("kms:Decrypt", "kms:GenerateDataKey"):
+        assert evaluate(policy, action, key_arn, {}) == IMPLICIT_DENY  # direct
+        for service in ("s3.us-east-1.amazonaws.com", "sqs.us-east-1.amazonaws.com"):
+            assert evaluate(policy, action, key_arn, {"kms:ViaService": service}) == ALLOW
+        for service in (
+            "dynamodb.us-east-1.amazonaws.com",
+            "s3.eu-west-1.amazonaws.com",
+            "logs.us-east-1.amazonaws.com",
+        ):
+            assert evaluate(policy, action, key_arn, {"kms:ViaService": service}) == IMPLICIT_DENY
+
+
+def test_20_9_no_client_role_trusts_the_account_root_unless_the_deployment_is_a_trial():
+    """The attack: any principal of the deploying account allowed sts:AssumeRole acts as a client
+    whose role trusts the account root (the old default). A config without principals is refused,
+    naming the fix; with principals, another principal of the account cannot assume the role."""
+    from aws_cdk.assertions import Template
+
+    from infra.config import ClientConfig
+    from infra.synth import build_app
+
+    with pytest.raises(ConfigError, match=r"client\(s\) org-a have no principal_arn.*\"trial\": true"):
+        DeploymentConfig.from_dict({"clients": [{"id": "org-a"}]})
+    partner = "arn:aws:iam::111122223333:role/fl-agent"
+    app = build_app(DeploymentConfig(clients=(ClientConfig("org-a", partner),)), None, bundle=False)
+    [group] = [c for c in app.node.find_child("fedstep").node.children if c.node.id == "Clients1"]
+    [role] = Template.from_stack(group).find_resources("AWS::IAM::Role").values()
+    trust = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    role_arn = f"arn:aws:iam::{ACCOUNT}:role/org-a"
+    assert evaluate(trust, "sts:AssumeRole", role_arn, {}, principal={"AWS": partner}) == ALLOW
+    insider = f"arn:aws:iam::{ACCOUNT}:role/someone-else"
+    assert evaluate(trust, "sts:AssumeRole", role_arn, {}, principal={"AWS": insider}) == IMPLICIT_DENY
+    assert evaluate(trust, "sts:AssumeRole", role_arn, {}, principal={"AWS": f"arn:aws:iam::{ACCOUNT}:root"}) == (
+        IMPLICIT_DENY
+    )

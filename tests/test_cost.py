@@ -74,7 +74,7 @@ def test_fedsteps_own_paths_match_the_synthesized_state_machine():
     from infra.config import DeploymentConfig
     from infra.synth import build_app
 
-    config = DeploymentConfig()
+    config = DeploymentConfig(trial=True)
     template = Template.from_stack(build_app(config, None, bundle=False).node.find_child(config.stack_name))
     [machine] = template.find_resources("AWS::StepFunctions::StateMachine").values()
     parts = machine["Properties"]["DefinitionString"]["Fn::Join"][1]

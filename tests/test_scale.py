@@ -34,7 +34,7 @@ def cloud():
     from fedstep.local.cloud import LocalCloud
     from infra.config import ClientConfig, DeploymentConfig
 
-    config = DeploymentConfig(clients=tuple(ClientConfig(f"site-{i:03d}") for i in range(CLIENTS)))
+    config = DeploymentConfig(clients=tuple(ClientConfig(f"site-{i:03d}") for i in range(CLIENTS)), trial=True)
     started = time.monotonic()
     with LocalCloud(config) as cloud:
         print(f"\n{CLIENTS} clients deployed in {time.monotonic() - started:.0f} s")

@@ -227,7 +227,7 @@ def three_client_cloud():
     from fedstep.local.cloud import LocalCloud
     from infra.config import ClientConfig, DeploymentConfig
 
-    config = DeploymentConfig(clients=tuple(ClientConfig(c) for c in CLIENTS), round_timeout_s=300)
+    config = DeploymentConfig(clients=tuple(ClientConfig(c) for c in CLIENTS), round_timeout_s=300, trial=True)
     with LocalCloud(config) as cloud:
         yield cloud
 

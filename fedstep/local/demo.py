@@ -154,6 +154,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
             project="fedstep",
             clients=tuple(ClientConfig(c) for c in client_ids),
             round_timeout_s=settings.round_timeout_s,
+            trial=True,  # the local cloud's clients have no principal of their own
         )
         echo(f"starting the local cloud and deploying the stack for {config.clients} clients ...")
         cloud = stack.enter_context(LocalCloud(deployment))
