@@ -707,3 +707,86 @@ def test_20_9_no_client_role_trusts_the_account_root_unless_the_deployment_is_a_
     assert evaluate(trust, "sts:AssumeRole", role_arn, {}, principal={"AWS": f"arn:aws:iam::{ACCOUNT}:root"}) == (
         IMPLICIT_DENY
     )
+
+
+# -- issue 20: 6. runs stopped near round 1,530 ------------------------------------------------------
+
+
+def _history(cloud, execution_arn: str) -> list[dict[str, Any]]:
+    sfn = cloud.client("stepfunctions")
+    pages = sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn)
+    return [e for page in pages for e in page["events"]]
+
+
+def _rounds_of(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The history cut where each round begins ("Prepare round" entered); the first part is the
+    execution's start, the last round runs to the execution's end."""
+    parts: list[list[dict[str, Any]]] = [[]]
+    for event in events:
+        if event.get("stateEnteredEventDetails", {}).get("name") == "Prepare round":
+            parts.append([])
+        parts[-1].append(event)
+    return parts
+
+
+def _withhold(cloud, client_id: str) -> None:
+    """The client takes its round message and sends nothing."""
+    message = receive(cloud, client_id)
+    cloud.client("sqs").delete_message(QueueUrl=cloud.outputs.queues[client_id], ReceiptHandle=message["ReceiptHandle"])
+
+
+def _attempt_published(cloud, run_id: str, round_number: int, attempt: int, timeout_s: float = 60) -> None:
+    table = table_of(cloud)
+    deadline = time.monotonic() + timeout_s
+    while (table.get_round(run_id, round_number) or {}).get("attempt") != attempt:
+        assert time.monotonic() < deadline, f"round {round_number} attempt {attempt} was not published"
+        time.sleep(0.2)
+
+
+def test_20_6_a_run_never_outgrows_its_executions_history_and_start_says_how_to_go_beyond_it(cloud, tmp_path):
+    """The deployed definition's worst case is fedstep's budget; a real execution's rounds on each path
+    (every update in; aggregated at the deadline; retried after missing its quorum) stay within it;
+    and a continuation that would outgrow one execution is refused, naming the rounds that fit."""
+    from fedstep.cli.start import resume_run
+    from fedstep.core.errors import FedstepError
+    from fedstep.core.execution_history import FEDSTEP, HISTORY_EVENTS, EventBudget
+
+    sfn = cloud.client("stepfunctions")
+    deployed = json.loads(sfn.describe_state_machine(stateMachineArn=cloud.outputs.state_machine_arn)["definition"])
+    assert EventBudget.of_definition(deployed) == FEDSTEP
+
+    run = start(cloud, rounds=3, round_timeout_s=5, quorum=1, min_participants=1, round_retries=1)
+    first, second = (agent(cloud, c, tmp_path) for c in SHIFTS)
+    serve(first)  # round 1: every update in
+    serve(second)
+    serve(first)  # round 2: client-2 sends nothing; aggregated at the deadline
+    _withhold(cloud, "client-2")
+    _withhold(cloud, "client-1")  # round 3: nothing by the deadline (QuorumNotMet), published again
+    _withhold(cloud, "client-2")
+    _attempt_published(cloud, run.run_id, 3, 1)
+    serve(first)
+    serve(second)
+    assert wait_for_execution(cloud, run.execution_arn, timeout_s=60)["status"] == "SUCCEEDED"
+    events = _history(cloud, run.execution_arn)
+    _, *rounds = _rounds_of(events)
+    entered = [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
+    assert {"Aggregate at deadline", "Retry round"} <= set(entered)  # every path of a round was taken
+    counted = [len(r) for r in rounds]  # 16, 21 and 31 + 15 of the run's end, on the local cloud
+    assert len(rounds) == 3 and min(counted) >= 16, counted
+    for part in rounds[:-1]:  # each within a round's worst case at the run's round_retries
+        assert len(part) <= FEDSTEP.per_round(1), counted
+    assert len(rounds[-1]) <= FEDSTEP.per_round(1) + FEDSTEP.fixed, counted
+    assert len(events) <= 3 * FEDSTEP.per_round(1) + FEDSTEP.fixed < HISTORY_EVENTS
+
+    most = FEDSTEP.rounds_per_execution(1)
+    with pytest.raises(FedstepError, match=rf"{most + 1} rounds do not fit one Step Functions execution") as info:
+        resume_run(
+            run.run_id,
+            cloud.outputs,
+            s3=cloud.client("s3"),
+            dynamodb=cloud.client("dynamodb"),
+            stepfunctions=sfn,
+            rounds=3 + most + 1,
+        )
+    assert f"resume run {run.run_id} with --rounds {3 + most}, then resume that continuation" in str(info.value)
+    assert table_of(cloud).get_run(f"{run.run_id}-r1") is None  # nothing was started

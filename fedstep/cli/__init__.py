@@ -304,7 +304,7 @@ def _start(args: argparse.Namespace) -> int:
     if bool(model) == bool(args.resume):
         raise FedstepError("give --model (or model in the run file) to start a new run, or --resume RUN_ID")
     rounds = resume_rounds(args.resume, vars(args), run_file) if args.resume else None  # refuses other settings
-    settings = _settings(args, START_DEFAULTS, run_file)
+    settings = None if args.resume else _settings(args, START_DEFAULTS, run_file)  # a continuation keeps its own
     stack = _Stack(args)
     seed = args.seed if args.seed is not None else run_file.get("seed")
     started = launch(stack, settings, model=model, seed=seed, run_id=args.run_id, resume=args.resume, rounds=rounds)
@@ -326,9 +326,9 @@ def launch(
     resume: str | None,
     rounds: int | None,
 ) -> Any:  # -> StartedRun
-    """Start a run of `model` with `settings`, or resume the run `resume` (for `rounds` more, when
-    given), after warning when fewer clients are online than the run's quorum; what `fedstep start`
-    and `fedstep.Operator.start` do."""
+    """Start a run of `model` with `settings`, or resume the run `resume` (up to `rounds` in total,
+    when given; `settings` is None then: a continuation keeps the run's own), after warning when fewer
+    clients are online than the run's quorum; what `fedstep start` and `fedstep.Operator.start` do."""
     from fedstep.cli.start import build_model, keras_payload, resume_run, start_run
 
     client, outputs = stack.client, stack.outputs
