@@ -15,7 +15,7 @@ of real executions on the local cloud), so the operator's tools need no definiti
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,7 +137,9 @@ def _between(states: Mapping[str, Mapping[str, Any]], start: str, entry: str, ex
     return {s for s in {entry} | reachable(entry) if s == exit_ or exit_ in reachable(s)}
 
 
-def _longest_paths(states: Mapping[str, Mapping[str, Any]], start: str, cut: set[tuple[str, str]]) -> Any:
+def _longest_paths(
+    states: Mapping[str, Mapping[str, Any]], start: str, cut: set[tuple[str, str]]
+) -> Callable[[str, str], int]:
     """`longest(from, to)`: the most events on a way from state `from` to, by `to`: "round" the state
     that goes back to `start`, "end" a state that ends the execution, or a state's name; each edge
     (exit, entry) in `cut` (the loops' ways back) and every edge back to `start` removed, which leaves
