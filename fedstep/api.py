@@ -249,7 +249,7 @@ class Operator:
         flags = {**settings, "seed": seed, "run_id": run_id}
         rounds = resume_rounds(resume, flags, file_values) if resume else None
         base = RunSettings(rounds=START_DEFAULTS.rounds, round_timeout_s=START_DEFAULTS.timeout)
-        run_settings = merge_settings(base, file_values, flags)
+        run_settings = None if resume else merge_settings(base, file_values, flags)  # a continuation keeps its own
         file_seed = seed if seed is not None else file_values.get("seed")
         started = launch(
             self.stack, run_settings, model=model, seed=file_seed, run_id=run_id, resume=resume, rounds=rounds

@@ -17,7 +17,6 @@ clients.png        per client, the previous global model's accuracy on its test 
 from __future__ import annotations
 
 import base64
-import html
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from fedstep.cli.client_metrics import CLIENTS_PLOT, clients_html, clients_plot
 from fedstep.cli.cost import report_section as cost_section
 from fedstep.cli.run_view import RunView
 from fedstep.cli.status import ROUND_HEADER, headline, round_row, settings_line
+from fedstep.cli.text import html_text
 
 PLOTS = ("accuracy", "loss", "participation")
 LABELS_PLOT = "labels"
@@ -223,7 +223,7 @@ def _figure(name: str, png: Path) -> str:
 
 
 def _html(view: RunView, out_dir: Path) -> str:
-    e = html.escape
+    e = html_text
     shown = (*PLOTS, PRIVACY_PLOT) if view.record.dp else PLOTS
     images = "\n".join(_figure(name, out_dir / f"{name}.png") for name in shown)
     rows = "\n".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in round_row(s)) + "</tr>" for s in view.rounds)
@@ -287,7 +287,7 @@ def _partition_html(view: RunView, out_dir: Path) -> str:
     counts = view.partition
     if counts is None:
         return ""
-    e = html.escape
+    e = html_text
     rows = "\n".join(
         f"<tr><td>{e(c)}</td><td>{counts.total(c)}</td><td>{e(counts.describe(c))}</td></tr>" for c in counts.clients
     )
@@ -306,7 +306,7 @@ def _card_html(card: dict[str, Any] | None) -> str:
     """The model card section: which model, its sha256s, each client's examples, its metrics."""
     if card is None:
         return ""
-    e = html.escape
+    e = html_text
     model = card["model"]
     facts = {
         "model": f"run {model['run_id']}, round {model['round']}, version {model['version']}",

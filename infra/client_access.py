@@ -7,7 +7,7 @@
 | write | its own prefix `updates/<client id>/` |
 | put items | its own partition `CLIENT#<id>` (`LeadingKeys`): its update, decline, evaluation or heartbeat items |
 | get an item | its own feedback partition `FEEDBACK#<client id>` (why its last update in each run was rejected) |
-| decrypt, generate data keys | the stack's key (SQS and S3 objects are encrypted with it) |
+| decrypt, generate data keys | the stack's key, only through S3 and SQS in the stack's region (`kms:ViaService`) |
 
 No client role can write a run record, a round record, another client's item or file, or its own
 feedback: those live in partitions and prefixes outside its own. IAM binds the partition (not the
@@ -41,6 +41,13 @@ EVAL_ITEM_ATTRIBUTES = sorted({keys.PK, keys.SK, "schema", "kind", *(f.name for 
 HEARTBEAT_ATTRIBUTES = sorted({keys.PK, keys.SK, "schema", "kind", *(f.name for f in fields(Heartbeat))})
 
 
+def key_services(region: str) -> list[str]:
+    """The services through which a client role may use the stack's key (`kms:ViaService`): S3 (its
+    updates and the models are SSE-KMS objects) and SQS (its queue is encrypted), in the stack's region.
+    The agent never calls KMS itself, and DynamoDB uses the table's key under its own grant."""
+    return [f"s3.{region}.amazonaws.com", f"sqs.{region}.amazonaws.com"]
+
+
 def _own_partition(partition: str, attributes: list[str] | None = None) -> dict[str, dict[str, object]]:
     """Conditions binding a DynamoDB request to exactly one partition (and these attribute names)."""
     equal: dict[str, object] = {"dynamodb:LeadingKeys": [partition]}
@@ -70,12 +77,12 @@ class ClientAccess(Construct):
         super().__init__(scope, construct_id)
         if client.principal_arn:
             principal: iam.IPrincipal = iam.ArnPrincipal(client.principal_arn)
-        else:
+        else:  # only in a trial deployment (`DeploymentConfig.check_principals`)
             principal = iam.AccountRootPrincipal()
             cdk.Annotations.of(self).add_warning_v2(
                 "fedstep:principal-arn",
-                f"client {client.id} has no principal_arn: any principal of this account allowed "
-                "sts:AssumeRole can act as this client. Set principal_arn in the deployment config.",
+                f'client {client.id} has no principal_arn ("trial": true): any principal of this account '
+                "allowed sts:AssumeRole can act as this client. Set principal_arn in the deployment config.",
             )
         own_updates = bucket.arn_for_objects(keys.client_update_key_pattern(client.id))
         models = [bucket.arn_for_objects(keys.MODEL_KEY_PATTERN), bucket.arn_for_objects(keys.GLOBAL_KEY_PATTERN)]
@@ -120,7 +127,10 @@ class ClientAccess(Construct):
                     conditions=_own_partition(keys.feedback_pk(client.id)),
                 ),
                 iam.PolicyStatement(
-                    sid="UseStackKey", actions=["kms:Decrypt", "kms:GenerateDataKey"], resources=[key.key_arn]
+                    sid="UseStackKey",
+                    actions=["kms:Decrypt", "kms:GenerateDataKey"],
+                    resources=[key.key_arn],
+                    conditions={"StringEquals": {"kms:ViaService": key_services(cdk.Stack.of(self).region)}},
                 ),
             ]
         )

@@ -38,17 +38,12 @@ CLIENTS_PER_GROUP = 50
 the dead-letter alarms keep one numbering across groups."""
 
 
-def allow_topic(undelivered: sqs.IQueue, topic: sns.ITopic, key: kms.IKey) -> None:
+def allow_topic(undelivered: sqs.IQueue, topic: sns.Topic, key: kms.Key) -> None:
     """What CDK adds to the parent's resources when a queue subscribes to its topic, added once in the
     parent for every group's subscriptions: the topic may move round messages it cannot deliver to
-    `undelivered`, and SNS may use the key (the client queues are encrypted with it)."""
-    key.add_to_resource_policy(
-        iam.PolicyStatement(
-            principals=[iam.ServicePrincipal("sns.amazonaws.com")],
-            actions=["kms:Decrypt", "kms:GenerateDataKey"],
-            resources=["*"],
-        )
-    )
+    `undelivered`, and SNS may use the key (the client queues are encrypted with it) for this topic
+    only (`secure.let_service_use_key`)."""
+    secure.let_sns_deliver(key, "RoundTopicDeliversToEncryptedQueues", topic)
     undelivered.add_to_resource_policy(
         iam.PolicyStatement(
             principals=[iam.ServicePrincipal("sns.amazonaws.com")],

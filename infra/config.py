@@ -6,7 +6,7 @@ with `cdk deploy -c fedstep:config=other.json`):
     {
       "project": "fedstep",
       "clients": [
-        {"id": "hospital-a"},
+        {"id": "hospital-a", "principal_arn": "arn:aws:iam::444455556666:role/fl-agent"},
         {"id": "hospital-b", "principal_arn": "arn:aws:iam::111122223333:role/fl-agent"}
       ],
       "round_timeout_s": 3600,
@@ -16,14 +16,17 @@ with `cdk deploy -c fedstep:config=other.json`):
     }
 
 `principal_arn` is who may assume that client's role (a role, user or account root, in this account
-or another one); without it, principals of the deploying account that are allowed `sts:AssumeRole`,
-and synth warns. `max_model_mb` is the largest model (safetensors file, MiB) the stack aggregates; it
-sizes the aggregation function's memory and time (`aggregation_memory_mb`, `aggregation_timeout_s`),
-and a size one function cannot hold is aggregated by slices: a model larger than `slice_mb` (MiB;
-default 512 when `max_model_mb` is over what one function holds, else no slicing) is aggregated by
-a fan-out of slices (`fedstep.core.sliced`), and the function is then sized for one slice.
-Without the default file (and no other file named), the default is project "fedstep" with three
-clients client-1..client-3; a file that is named but missing is an error.
+or another one). Every client needs one, unless the config says `"trial": true` (a single-account
+trial): then a client without one may be assumed by principals of the deploying account that are
+allowed `sts:AssumeRole`, and synth warns about each. `max_model_mb` is the largest model
+(safetensors file, MiB) the stack aggregates; it sizes the aggregation function's memory and time
+(`aggregation_memory_mb`, `aggregation_timeout_s`), and a size one function cannot hold is
+aggregated by slices: a model larger than `slice_mb` (MiB; default 512 when `max_model_mb` is over
+what one function holds, else no slicing) is aggregated by a fan-out of slices
+(`fedstep.core.sliced`), and the function is then sized for one slice. Without the default file
+(and no other file named), the default is project "fedstep" with three clients client-1..client-3
+and no principals, which only a trial allows, so synth refuses it; a file that is named but
+missing is an error.
 """
 
 from __future__ import annotations
@@ -150,6 +153,22 @@ class DeploymentConfig:
     operator_principal_arn: str | None = None
     """Who may assume the operator role (`infra.operator_access`): a role, user or account root; None:
     principals of the deploying account whose own policies allow `sts:AssumeRole` on it."""
+    trial: bool = False
+    """A single-account trial: clients may go without `principal_arn`, and their roles then trust the
+    deploying account (synth warns about each). False: every client must name its principal."""
+
+    def check_principals(self, where: str = "deployment config") -> None:
+        """ConfigError naming the clients without `principal_arn`, the field and the fix, unless `trial`."""
+        missing = [c.id for c in self.clients if not c.principal_arn]
+        if self.trial or not missing:
+            return
+        named = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ConfigError(
+            f"{where}: client(s) {named} have no principal_arn, so their roles would trust every principal of the "
+            "deploying account allowed sts:AssumeRole. Set principal_arn for each to the IAM role, user or account "
+            'root its agent runs as (e.g. "arn:aws:iam::111122223333:role/fl-agent"), or set "trial": true for a '
+            "single-account trial"
+        )
 
     @property
     def slice_bytes(self) -> int | None:
@@ -190,6 +209,7 @@ class DeploymentConfig:
             "max_model_mb",
             "slice_mb",
             "operator_principal_arn",
+            "trial",
         }
         _only(data, fields, where)
         project = data.get("project", "fedstep")
@@ -239,7 +259,10 @@ class DeploymentConfig:
         email = data.get("alarm_email")
         if email is not None and (not isinstance(email, str) or not _EMAIL.match(email)):
             raise ConfigError(f"{where}: alarm_email {email!r} is not an e-mail address")
-        return cls(
+        trial = data.get("trial", False)
+        if not isinstance(trial, bool):
+            raise ConfigError(f"{where}: trial must be true or false, got {trial!r}")
+        config = cls(
             project=project,
             clients=clients,
             round_timeout_s=timeout,
@@ -248,7 +271,10 @@ class DeploymentConfig:
             max_model_mb=max_model_mb,
             slice_mb=slice_mb,
             operator_principal_arn=_principal(data.get("operator_principal_arn"), f"{where}: operator_principal_arn"),
+            trial=trial,
         )
+        config.check_principals(where)
+        return config
 
     @classmethod
     def load(cls, path: str | Path, *, missing_ok: bool = False) -> DeploymentConfig:

@@ -2,13 +2,16 @@
 
 - `<project>-executions-failed`: a training execution failed or timed out (5-minute sum >= 1);
 - `<project>-dead-letters-<n>`: one of up to 10 dead-letter queues holds a message (one alarm per 10
-  queues, each a metric-math sum: CloudWatch allows 10 metrics in one alarm). The stack's own two
-  dead-letter queues are watched by `-1`; each client group's by alarms in its nested stack, numbered on.
+  queues, each a metric-math sum: CloudWatch allows 10 metrics in one alarm). The stack's own
+  dead-letter queues (two, three with `alarm_email`) are watched by `-1`; each client group's by alarms
+  in its nested stack, numbered on.
 
 Both notify the alarm topic `<project>-alarms` (KMS-encrypted, TLS-only); `alarm_email` in the
-deployment config subscribes an address. The dashboard `<project>-training` graphs the executions, the
-dead-letter queues, and the aggregation function's per-round metrics (namespace `fedstep`,
-dimensions service and project; see lambdas/aggregate.py).
+deployment config subscribes an address, with a dead-letter queue `<project>-undelivered-alarms` for
+the notifications SNS cannot deliver. CloudWatch may publish to the topic, and use the key for it, only
+for this account's alarms named `<project>-*`. The dashboard `<project>-training` graphs the
+executions, the dead-letter queues, and the aggregation function's per-round metrics (namespace
+`fedstep`, dimensions service and project; see lambdas/aggregate.py).
 """
 
 from __future__ import annotations
@@ -99,34 +102,26 @@ class Monitoring(Construct):
         super().__init__(scope, construct_id)
         project = config.project
         self.topic = secure.topic(self, "AlarmTopic", f"{project}-alarms", key)
+        alarms = cdk.Stack.of(self).format_arn(
+            service="cloudwatch",
+            resource="alarm",
+            resource_name=f"{project}-*",
+            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+        )
         self.topic.add_to_resource_policy(
             iam.PolicyStatement(
                 sid="CloudWatchAlarmsPublish",
                 principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
                 actions=["sns:Publish"],
                 resources=[self.topic.topic_arn],
-                conditions={
-                    "ArnLike": {
-                        "aws:SourceArn": cdk.Stack.of(self).format_arn(
-                            service="cloudwatch",
-                            resource="alarm",
-                            resource_name="*",
-                            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
-                        )
-                    }
-                },
+                conditions={"ArnLike": {"aws:SourceArn": alarms}},
             )
         )
-        key.add_to_resource_policy(
-            iam.PolicyStatement(
-                sid="CloudWatchAlarmsUseKey",
-                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
-                actions=["kms:Decrypt", "kms:GenerateDataKey*"],
-                resources=["*"],
-            )
+        secure.let_service_use_key(
+            key, "CloudWatchAlarmsUseKey", "cloudwatch.amazonaws.com", ["kms:Decrypt", "kms:GenerateDataKey*"], alarms
         )
         if config.alarm_email:
-            self.topic.add_subscription(subs.EmailSubscription(config.alarm_email))
+            dead_letter_queues = [*dead_letter_queues, self._mail(project, config.alarm_email, key)]
 
         failed = cw.MathExpression(
             expression="failed + timedOut",
@@ -227,3 +222,15 @@ class Monitoring(Construct):
                 for name in ("Accuracy", "Loss")
             )
         )
+
+    def _mail(self, project: str, address: str, key: kms.Key) -> sqs.Queue:
+        """Subscribe `address` to the alarm topic, with a dead-letter queue for the notifications SNS
+        cannot deliver (`<project>-undelivered-alarms`, encrypted like the others); the queue, for the
+        dead-letter alarms to watch."""
+        undelivered = secure.dead_letter_queue(self, "UndeliveredAlarms", f"{project}-undelivered-alarms", key)
+        secure.acknowledge(
+            undelivered, "AwsSolutions-SQS3", "This queue is itself the dead-letter queue of the alarm e-mail."
+        )
+        secure.let_sns_deliver(key, "AlarmTopicDeliversToEncryptedQueues", self.topic)
+        self.topic.add_subscription(subs.EmailSubscription(address, dead_letter_queue=undelivered))
+        return undelivered

@@ -70,6 +70,34 @@ def key(scope: Construct, project: str) -> kms.Key:
     return key_
 
 
+def let_service_use_key(key_: kms.Key, sid: str, service: str, actions: list[str], source_arn: str) -> None:
+    """Let an AWS service principal use the key only on behalf of this stack's own resources: its
+    request must come from this account (`aws:SourceAccount`) and for `source_arn` (`aws:SourceArn`,
+    wildcards allowed), so that no one else's topic or alarm can make the service use the key for them
+    (the confused deputy)."""
+    key_.add_to_resource_policy(
+        iam.PolicyStatement(
+            sid=sid,
+            principals=[iam.ServicePrincipal(service)],
+            actions=actions,
+            resources=["*"],
+            conditions={
+                "StringEquals": {"aws:SourceAccount": cdk.Stack.of(key_).account},
+                "ArnLike": {"aws:SourceArn": source_arn},
+            },
+        )
+    )
+
+
+def let_sns_deliver(key_: kms.Key, sid: str, topic: sns.Topic) -> None:
+    """Let SNS use the key to deliver `topic`'s messages to queues encrypted with it (its subscribers,
+    its dead-letter queues), for that topic only. The topic's ARN is built from its name: a reference
+    to the topic, which is encrypted with the key, would make the key and the topic depend on each other."""
+    name = topic.node.default_child.topic_name  # type: ignore[union-attr]  # the name given, not a reference
+    arn = cdk.Stack.of(key_).format_arn(service="sns", resource=name)
+    let_service_use_key(key_, sid, "sns.amazonaws.com", ["kms:Decrypt", "kms:GenerateDataKey"], arn)
+
+
 def access_log_bucket(scope: Construct, retention: Retention) -> s3.Bucket:
     """Server access logs of the model registry (S3 log delivery requires S3-managed encryption)."""
     bucket = s3.Bucket(

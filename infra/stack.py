@@ -26,6 +26,7 @@ class FedstepStack(cdk.Stack):
     CloudWatch dashboard and alarms (`infra.monitoring`)."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: DeploymentConfig, **kwargs) -> None:
+        config.check_principals()  # a config built in code (the local cloud, tests) is checked as a file is
         super().__init__(scope, construct_id, **kwargs)
         cdk.Tags.of(self).add("project", config.project)
         cdk.Tags.of(self).add("component", "core", priority=50)  # a default; specific components win

@@ -30,6 +30,7 @@ def local_cloud():
     from fedstep.local.cloud import LocalCloud
     from infra.config import ClientConfig, DeploymentConfig
 
+    # trial: the local cloud's clients have no principal of their own yet
     config = DeploymentConfig(clients=(ClientConfig("client-1"), ClientConfig("client-2")), round_timeout_s=120)
     with LocalCloud(config) as cloud:
         yield cloud

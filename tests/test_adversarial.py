@@ -427,7 +427,7 @@ def test_7_an_oversized_update_is_refused_before_it_is_downloaded():
 def test_7_the_function_is_sized_to_what_it_holds_and_a_model_no_function_can_hold_is_sliced():
     assert aggregation_memory_mb(512) >= 384 + 3 * 512  # about 3x one model (bench/aggregation_memory.py)
     assert aggregation_memory_mb(MAX_MODEL_MB) <= 10_240
-    larger = DeploymentConfig.from_dict({"max_model_mb": MAX_MODEL_MB + 1})
+    larger = DeploymentConfig.from_dict({"max_model_mb": MAX_MODEL_MB + 1, "trial": True})
     assert larger.slice_bytes == 512 * 2**20  # aggregated by slices of 512 MiB (tests/test_sliced.py)
     assert aggregation_memory_mb(larger.function_model_mb) < aggregation_memory_mb(MAX_MODEL_MB) <= 10_240
     with pytest.raises(ConfigError, match="one function holds at most 10240 MB"):
@@ -537,7 +537,7 @@ def test_9_clients_without_a_principal_are_warned_of_and_the_execution_log_is_en
     from infra.config import ClientConfig
     from infra.synth import build_app
 
-    app = build_app(DeploymentConfig(clients=(ClientConfig("org-a"),)), None, bundle=False)
+    app = build_app(DeploymentConfig(clients=(ClientConfig("org-a"),), trial=True), None, bundle=False)
     stack = app.node.find_child("fedstep")
     template = Template.from_stack(stack).to_json()
     warnings = [m.entry.data for a in app.synth().stacks for m in a.messages if m.level.name == "WARNING"]
@@ -813,3 +813,201 @@ def test_an_agent_reads_no_more_than_a_references_size(cloud, tmp_path, caplog):
     assert f"s3://{cloud.outputs.bucket}/{key} is 20000000 bytes; the message says 10 bytes: refused unread" in (
         caplog.text
     )
+
+
+# -- issue 20: 9. a client's strings reach the operator's terminal ---------------------------------
+
+TERMINAL_ATTACK = "\x1b[2J\x1b]0;pwned\x07"
+"""Clear the operator's screen, then retitle the window (OSC 0, ended by BEL)."""
+
+
+def _printable(text: str) -> bool:
+    return all(c == "\n" or c.isprintable() for c in text)
+
+
+def test_20_9_control_sequences_in_a_heartbeat_and_a_decline_are_never_printed(cloud, tmp_path):
+    """The attack: client-2 writes, in its own partition, a heartbeat whose version and hardware carry
+    terminal control sequences, and declines a round with a reason that carries them; the operator
+    runs `fedstep clients`, `fedstep status` and `fedstep report`. Nothing reaches the terminal raw."""
+    from fedstep.core.schemas import DeclineItem, Heartbeat
+
+    attacker = cloud.client("dynamodb", "client-2")  # its own role: all an attacking organisation holds
+    table = DynamoRoundTable(cloud.outputs.table, attacker)
+    run = start(cloud, rounds=1, quorum=1, min_participants=1)
+    published_round(cloud, run.run_id)
+    table.put(DeclineItem(run.run_id, 1, "client-2", f"budget {TERMINAL_ATTACK}", utc_now()).to_item())
+    serve(agent(cloud, "client-1", tmp_path))
+    assert wait_for_execution(cloud, run.execution_arn)["status"] == "SUCCEEDED"
+    hardware = {"os": f"linux{TERMINAL_ATTACK}", "arch": "x86_64", "cpus": 2, "gpus": [TERMINAL_ATTACK]}
+    table.put(Heartbeat("client-2", f"0.1{TERMINAL_ATTACK}", "idle", utc_now(), 60, hardware).to_item())
+
+    clients = _fedstep(cloud, "clients")
+    status = _fedstep(cloud, "status", run.run_id, "--clients")
+    report = _fedstep(cloud, "report", run.run_id, "-o", str(tmp_path / "report"))
+    page = (tmp_path / "report" / "report.html").read_text()
+    for text in (clients, status, report, page):
+        assert _printable(text), repr(text)
+    assert "0.1\\x1b[2J\\x1b]0;pwned\\x07" in clients and "linux\\x1b[2J" in clients
+    assert "client-2 declined: budget \\x1b[2J\\x1b]0;pwned\\x07" in status
+
+
+# -- issue 20: 9. the key serves whoever asks, and every client role trusts the account -------------
+
+ACCOUNT = "123456789012"
+"""The local cloud's account (moto's default)."""
+OTHER_ACCOUNT = "999999999999"
+
+
+def deployed_key(cloud) -> tuple[str, list[dict[str, Any]]]:
+    """The stack key's ARN and its key policy's statements, as deployed."""
+    kms = cloud.client("kms")
+    arn = kms.describe_key(KeyId="alias/fedstep")["KeyMetadata"]["Arn"]
+    return arn, json.loads(kms.get_key_policy(KeyId=arn, PolicyName="default")["Policy"])["Statement"]
+
+
+def test_20_9_sns_and_cloudwatch_cannot_be_made_to_use_the_stack_key_for_anyone_elses_topic_or_alarm(cloud):
+    """The confused deputy: another account's topic delivering to a queue encrypted with our key (or
+    its alarm publishing to a topic encrypted with it) makes SNS (CloudWatch) call KMS on our key. The
+    deployed key policy, evaluated for each service's request: only our topic and our alarms pass."""
+    key_arn, statements = deployed_key(cloud)
+    sns, cloudwatch = {"Service": "sns.amazonaws.com"}, {"Service": "cloudwatch.amazonaws.com"}
+
+    def as_(principal: dict[str, str], account: str, source: str, action: str = "kms:GenerateDataKey") -> str:
+        context = {"aws:SourceAccount": account, "aws:SourceArn": source}
+        return evaluate(statements, action, key_arn, context, principal=principal)
+
+    ours = cloud.outputs.topic_arn
+    theirs = ours.replace(ACCOUNT, OTHER_ACCOUNT)
+    assert as_(sns, ACCOUNT, ours) == ALLOW and as_(sns, ACCOUNT, ours, "kms:Decrypt") == ALLOW
+    assert as_(sns, OTHER_ACCOUNT, theirs) == IMPLICIT_DENY
+    assert as_(sns, ACCOUNT, ours.rsplit(":", 1)[0] + ":another-topic") == IMPLICIT_DENY
+    assert evaluate(statements, "kms:Decrypt", key_arn, {}, principal=sns) == IMPLICIT_DENY
+    alarm = f"arn:aws:cloudwatch:us-east-1:{ACCOUNT}:alarm:fedstep-executions-failed"
+    assert as_(cloudwatch, ACCOUNT, alarm) == ALLOW
+    assert as_(cloudwatch, OTHER_ACCOUNT, alarm.replace(ACCOUNT, OTHER_ACCOUNT)) == IMPLICIT_DENY
+    assert as_(cloudwatch, ACCOUNT, alarm.replace("fedstep-", "another-project-")) == IMPLICIT_DENY
+
+
+def test_20_9_a_clients_role_can_use_the_stack_key_only_through_s3_and_sqs_in_the_stacks_region(cloud):
+    """With its own credentials a client calls KMS directly (to decrypt what the key protects outside
+    S3 and SQS); the deployed role policy, evaluated: only requests S3 or SQS make for it pass."""
+    key_arn, _ = deployed_key(cloud)
+    policy = deployed_policy(cloud, "client-1")
+    for action in ("kms:Decrypt", "kms:GenerateDataKey"):
+        assert evaluate(policy, action, key_arn, {}) == IMPLICIT_DENY  # direct
+        for service in ("s3.us-east-1.amazonaws.com", "sqs.us-east-1.amazonaws.com"):
+            assert evaluate(policy, action, key_arn, {"kms:ViaService": service}) == ALLOW
+        for service in (
+            "dynamodb.us-east-1.amazonaws.com",
+            "s3.eu-west-1.amazonaws.com",
+            "logs.us-east-1.amazonaws.com",
+        ):
+            assert evaluate(policy, action, key_arn, {"kms:ViaService": service}) == IMPLICIT_DENY
+
+
+def test_20_9_no_client_role_trusts_the_account_root_unless_the_deployment_is_a_trial():
+    """The attack: any principal of the deploying account allowed sts:AssumeRole acts as a client
+    whose role trusts the account root (the old default). A config without principals is refused,
+    naming the fix; with principals, another principal of the account cannot assume the role."""
+    from aws_cdk.assertions import Template
+
+    from infra.config import ClientConfig
+    from infra.synth import build_app
+
+    with pytest.raises(ConfigError, match=r"client\(s\) org-a have no principal_arn.*\"trial\": true"):
+        DeploymentConfig.from_dict({"clients": [{"id": "org-a"}]})
+    partner = "arn:aws:iam::111122223333:role/fl-agent"
+    app = build_app(DeploymentConfig(clients=(ClientConfig("org-a", partner),)), None, bundle=False)
+    [group] = [c for c in app.node.find_child("fedstep").node.children if c.node.id == "Clients1"]
+    [role] = Template.from_stack(group).find_resources("AWS::IAM::Role").values()
+    trust = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    role_arn = f"arn:aws:iam::{ACCOUNT}:role/org-a"
+    assert evaluate(trust, "sts:AssumeRole", role_arn, {}, principal={"AWS": partner}) == ALLOW
+    insider = f"arn:aws:iam::{ACCOUNT}:role/someone-else"
+    assert evaluate(trust, "sts:AssumeRole", role_arn, {}, principal={"AWS": insider}) == IMPLICIT_DENY
+    assert evaluate(trust, "sts:AssumeRole", role_arn, {}, principal={"AWS": f"arn:aws:iam::{ACCOUNT}:root"}) == (
+        IMPLICIT_DENY
+    )
+
+
+# -- issue 20: 6. runs stopped near round 1,530 ------------------------------------------------------
+
+
+def _history(cloud, execution_arn: str) -> list[dict[str, Any]]:
+    sfn = cloud.client("stepfunctions")
+    pages = sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn)
+    return [e for page in pages for e in page["events"]]
+
+
+def _rounds_of(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The history cut where each round begins ("Prepare round" entered); the first part is the
+    execution's start, the last round runs to the execution's end."""
+    parts: list[list[dict[str, Any]]] = [[]]
+    for event in events:
+        if event.get("stateEnteredEventDetails", {}).get("name") == "Prepare round":
+            parts.append([])
+        parts[-1].append(event)
+    return parts
+
+
+def _withhold(cloud, client_id: str) -> None:
+    """The client takes its round message and sends nothing."""
+    message = receive(cloud, client_id)
+    cloud.client("sqs").delete_message(QueueUrl=cloud.outputs.queues[client_id], ReceiptHandle=message["ReceiptHandle"])
+
+
+def _attempt_published(cloud, run_id: str, round_number: int, attempt: int, timeout_s: float = 60) -> None:
+    table = table_of(cloud)
+    deadline = time.monotonic() + timeout_s
+    while (table.get_round(run_id, round_number) or {}).get("attempt") != attempt:
+        assert time.monotonic() < deadline, f"round {round_number} attempt {attempt} was not published"
+        time.sleep(0.2)
+
+
+def test_20_6_a_run_never_outgrows_its_executions_history_and_start_says_how_to_go_beyond_it(cloud, tmp_path):
+    """The deployed definition's worst case is fedstep's budget; a real execution's rounds on each path
+    (every update in; aggregated at the deadline; retried after missing its quorum) stay within it;
+    and a continuation that would outgrow one execution is refused, naming the rounds that fit."""
+    from fedstep.cli.start import resume_run
+    from fedstep.core.errors import FedstepError
+    from fedstep.core.execution_history import FEDSTEP, HISTORY_EVENTS, EventBudget
+
+    sfn = cloud.client("stepfunctions")
+    deployed = json.loads(sfn.describe_state_machine(stateMachineArn=cloud.outputs.state_machine_arn)["definition"])
+    assert EventBudget.of_definition(deployed) == FEDSTEP
+
+    run = start(cloud, rounds=3, round_timeout_s=5, quorum=1, min_participants=1, round_retries=1)
+    first, second = (agent(cloud, c, tmp_path) for c in SHIFTS)
+    serve(first)  # round 1: every update in
+    serve(second)
+    serve(first)  # round 2: client-2 sends nothing; aggregated at the deadline
+    _withhold(cloud, "client-2")
+    _withhold(cloud, "client-1")  # round 3: nothing by the deadline (QuorumNotMet), published again
+    _withhold(cloud, "client-2")
+    _attempt_published(cloud, run.run_id, 3, 1)
+    serve(first)
+    serve(second)
+    assert wait_for_execution(cloud, run.execution_arn, timeout_s=60)["status"] == "SUCCEEDED"
+    events = _history(cloud, run.execution_arn)
+    _, *rounds = _rounds_of(events)
+    entered = [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
+    assert {"Aggregate at deadline", "Retry round"} <= set(entered)  # every path of a round was taken
+    counted = [len(r) for r in rounds]  # 16, 21 and 31 + 15 of the run's end, on the local cloud
+    assert len(rounds) == 3 and min(counted) >= 16, counted
+    for part in rounds[:-1]:  # each within a round's worst case at the run's round_retries
+        assert len(part) <= FEDSTEP.per_round(1), counted
+    assert len(rounds[-1]) <= FEDSTEP.per_round(1) + FEDSTEP.fixed, counted
+    assert len(events) <= 3 * FEDSTEP.per_round(1) + FEDSTEP.fixed < HISTORY_EVENTS
+
+    most = FEDSTEP.rounds_per_execution(1)
+    with pytest.raises(FedstepError, match=rf"{most + 1} rounds do not fit one Step Functions execution") as info:
+        resume_run(
+            run.run_id,
+            cloud.outputs,
+            s3=cloud.client("s3"),
+            dynamodb=cloud.client("dynamodb"),
+            stepfunctions=sfn,
+            rounds=3 + most + 1,
+        )
+    assert f"resume run {run.run_id} with --rounds {3 + most}, then resume that continuation" in str(info.value)
+    assert table_of(cloud).get_run(f"{run.run_id}-r1") is None  # nothing was started

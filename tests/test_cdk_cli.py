@@ -17,7 +17,7 @@ CDK = REPO / "node_modules" / ".bin" / "cdk"
 @pytest.mark.skipif(not CDK.exists(), reason="run `make test`: it installs the CDK CLI into node_modules")
 def test_cdk_synth_works_offline_and_bundles_numpy_for_lambda(tmp_path):
     config = tmp_path / "deploy.json"
-    config.write_text(json.dumps({"project": "fedstep", "clients": [{"id": "a"}, {"id": "b"}]}))
+    config.write_text(json.dumps({"project": "fedstep", "clients": [{"id": "a"}, {"id": "b"}], "trial": True}))
     out = tmp_path / "cdk.out"
     env = {**os.environ, "CDK_DISABLE_VERSION_CHECK": "1", "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
     result = subprocess.run(

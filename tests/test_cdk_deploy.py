@@ -105,7 +105,7 @@ def physical_ids(cfn: Any, stack_name: str) -> dict[str, str]:
 @pytest.mark.skipif(not CDK.exists(), reason="run `make test`: it installs the CDK CLI into node_modules")
 def test_cdk_deploy_creates_the_stack_in_a_moto_server(tmp_path, moto_endpoint):
     config = tmp_path / "deploy.json"
-    config.write_text(json.dumps({"project": STACK, "clients": [{"id": c} for c in CLIENTS]}))
+    config.write_text(json.dumps({"project": STACK, "clients": [{"id": c} for c in CLIENTS], "trial": True}))
     out = tmp_path / "cdk.out"
     env = cli_env(moto_endpoint)
     common = ("-o", str(out), "-c", f"fedstep:config={config}")

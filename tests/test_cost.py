@@ -69,25 +69,9 @@ def test_transitions_are_six_per_round_plus_four_to_finish_counted_from_the_defi
 
 
 def test_fedsteps_own_paths_match_the_synthesized_state_machine():
-    from aws_cdk.assertions import Template
+    from tests.synthesized import state_machine_definition
 
-    from infra.config import DeploymentConfig
-    from infra.synth import build_app
-
-    config = DeploymentConfig()
-    template = Template.from_stack(build_app(config, None, bundle=False).node.find_child(config.stack_name))
-    [machine] = template.find_resources("AWS::StepFunctions::StateMachine").values()
-    parts = machine["Properties"]["DefinitionString"]["Fn::Join"][1]
-
-    def text(part: object) -> str:  # a reference to the function becomes its ARN, as deployed; others a word
-        if isinstance(part, str):
-            return part
-        if "Fn::GetAtt" in part and "Function" in part["Fn::GetAtt"][0]:
-            return "arn:aws:lambda:us-east-1:123456789012:function:aggregate"
-        return "ref"
-
-    definition = json.loads("".join(text(p) for p in parts))
-    paths = model.paths_from_definition(definition)  # raises, naming the transition, if they drifted apart
+    paths = model.paths_from_definition(state_machine_definition())  # raises, naming the transition, if they drifted
     assert paths.round == model.ROUND_PATH and paths.end_invocations == 1
 
 

@@ -76,3 +76,61 @@ def test_an_explicit_deny_wins():
     assert evaluate([allow_all, deny_others], "dynamodb:PutItem", TABLE, BASE) == ALLOW
     other = {"dynamodb:LeadingKeys": ["CLIENT#c2"]}
     assert evaluate([allow_all, deny_others], "dynamodb:PutItem", TABLE, other) == EXPLICIT_DENY
+
+
+KEY = "arn:aws:kms:us-east-1:123456789012:key/k"
+SNS = {"Service": "sns.amazonaws.com"}
+
+
+def test_a_resource_policy_statement_applies_only_to_the_principal_it_names():
+    """A key policy's statement for a service principal, with confused-deputy conditions."""
+    by_sns = {
+        "Effect": "Allow",
+        "Principal": {"Service": ["sns.amazonaws.com"]},
+        "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+        "Resource": "*",
+        "Condition": {
+            "StringEquals": {"aws:SourceAccount": "123456789012"},
+            "ArnLike": {"aws:SourceArn": "arn:aws:sns:us-east-1:123456789012:topic"},
+        },
+    }
+    ours = {"aws:SourceAccount": "123456789012", "aws:SourceArn": "arn:aws:sns:us-east-1:123456789012:topic"}
+    assert evaluate([by_sns], "kms:Decrypt", KEY, ours, principal=SNS) == ALLOW
+    assert evaluate([by_sns], "kms:Decrypt", KEY, ours, principal={"Service": "cloudwatch.amazonaws.com"}) == (
+        IMPLICIT_DENY
+    )
+    assert evaluate([by_sns], "kms:Decrypt", KEY, ours, principal={"AWS": "arn:aws:iam::123456789012:root"}) == (
+        IMPLICIT_DENY
+    )
+    other = {"aws:SourceAccount": "999999999999", "aws:SourceArn": "arn:aws:sns:us-east-1:999999999999:topic"}
+    assert evaluate([by_sns], "kms:Decrypt", KEY, other, principal=SNS) == IMPLICIT_DENY
+    assert evaluate([by_sns], "kms:Decrypt", KEY, {}, principal=SNS) == IMPLICIT_DENY  # no source: refused
+    for everyone in ("*", {"AWS": "*"}):  # equivalent in a resource policy (the evaluator errs towards allowing)
+        assert evaluate([{**by_sns, "Principal": everyone, "Condition": {}}], "kms:Decrypt", KEY, {}, SNS) == ALLOW
+
+
+def test_without_a_principal_the_principal_element_is_not_evaluated():
+    """An identity policy's statements have none; a key policy evaluated so would ignore it."""
+    stated = {
+        "Effect": "Allow",
+        "Principal": {"Service": "sns.amazonaws.com"},
+        "Action": "kms:Decrypt",
+        "Resource": "*",
+    }
+    assert evaluate([stated], "kms:Decrypt", KEY, {}) == ALLOW
+
+
+def test_a_trust_policy_statement_has_no_resource_and_names_who_may_assume_the_role():
+    partner = "arn:aws:iam::111122223333:role/fl-agent"
+    trust = {"Effect": "Allow", "Principal": {"AWS": partner}, "Action": "sts:AssumeRole"}
+    role = "arn:aws:iam::123456789012:role/r"
+    assert evaluate([trust], "sts:AssumeRole", role, {}, principal={"AWS": partner}) == ALLOW
+    other = {"AWS": "arn:aws:iam::123456789012:role/other"}
+    assert evaluate([trust], "sts:AssumeRole", role, {}, principal=other) == IMPLICIT_DENY
+    account = {**trust, "Principal": {"AWS": "arn:aws:iam::123456789012:root"}}  # the whole account
+    assert evaluate([account], "sts:AssumeRole", role, {}, principal=other) == ALLOW
+    assert evaluate([{**trust, "Principal": {"AWS": "123456789012"}}], "sts:AssumeRole", role, {}, principal=other) == (
+        ALLOW
+    )
+    assert evaluate([account], "sts:AssumeRole", role, {}, principal={"AWS": partner}) == IMPLICIT_DENY
+    assert evaluate([account], "sts:AssumeRole", role, {}, principal={"Service": "sns.amazonaws.com"}) == IMPLICIT_DENY

@@ -28,8 +28,9 @@ PARTNER = "arn:aws:iam::111122223333:role/fl-agent"
 
 
 def synth(clients: list[ClientConfig], outdir: Path | None = None, alarm_email: str | None = None) -> Template:
-    """The stack's template with its client groups' nested templates merged in (`flatten`)."""
-    config = DeploymentConfig(clients=tuple(clients), alarm_email=alarm_email)
+    """The stack's template with its client groups' nested templates merged in (`flatten`); a trial
+    deployment, so that clients may go without a principal."""
+    config = DeploymentConfig(clients=tuple(clients), alarm_email=alarm_email, trial=True)
     app = build_app(config, outdir, bundle=False)
     return flatten(app.node.find_child(config.stack_name))
 
@@ -242,8 +243,18 @@ def test_a_clients_role_reaches_only_its_own_queue_and_prefix(template):
     assert "*" not in actions and "states:" not in actions and "sns:" not in actions
 
 
-def test_a_client_without_principal_arn_is_warned_about_at_synth():
-    app = build_app(DeploymentConfig(clients=(ClientConfig("org-a"),)), None, bundle=False)
+def test_a_client_without_principal_arn_is_refused_unless_a_trial_and_warned_about_in_one():
+    for where, refuse in (
+        ("deployment config", lambda: DeploymentConfig.from_dict({"clients": [{"id": "org-a"}, {"id": "org-b"}]})),
+        ("deployment config", lambda: build_app(DeploymentConfig(clients=(ClientConfig("org-a"),)), bundle=False)),
+    ):
+        with pytest.raises(ConfigError) as info:
+            refuse()
+        message = str(info.value)
+        assert message.startswith(f"{where}: client(s) org-a") and "have no principal_arn" in message
+        assert "Set principal_arn for each" in message and '"trial": true' in message
+    assert DeploymentConfig.from_dict({"clients": [{"id": "org-a"}], "trial": True}).trial
+    app = build_app(DeploymentConfig(clients=(ClientConfig("org-a"),), trial=True), None, bundle=False)
     assembly = app.synth()
     warnings = [
         m.entry.data
@@ -436,6 +447,43 @@ def test_alarms_watch_failed_runs_and_every_dead_letter_queue_and_notify_the_ala
     assert "KmsMasterKeyId" in resources(template, "AWS::SNS::Topic")[topic]["Properties"]
 
 
+def test_alarm_mails_sns_cannot_deliver_go_to_an_encrypted_dead_letter_queue_watched_by_an_alarm():
+    template = synth([ClientConfig("org-a")], alarm_email="ops@example.org")
+    [key_id] = resources(template, "AWS::KMS::Key")
+    queues = resources(template, "AWS::SQS::Queue")
+    [(undelivered, queue)] = [
+        (k, q) for k, q in queues.items() if q["Properties"]["QueueName"] == "fedstep-undelivered-alarms"
+    ]
+    assert queue["Properties"]["KmsMasterKeyId"] == {"Fn::GetAtt": [key_id, "Arn"]}
+    [alarm_topic] = [
+        k for k, t in resources(template, "AWS::SNS::Topic").items() if t["Properties"]["TopicName"] == "fedstep-alarms"
+    ]
+    [mail] = [
+        s["Properties"]
+        for s in resources(template, "AWS::SNS::Subscription").values()
+        if s["Properties"]["Protocol"] == "email"
+    ]
+    assert mail["TopicArn"] == {"Ref": alarm_topic}
+    assert mail["RedrivePolicy"] == {"deadLetterTargetArn": {"Fn::GetAtt": [undelivered, "Arn"]}}
+    # SNS may send to it for the alarm topic only, and use the key to do so
+    [queue_policy] = [
+        p["Properties"]["PolicyDocument"]["Statement"]
+        for p in resources(template, "AWS::SQS::QueuePolicy").values()
+        if {"Ref": undelivered} in p["Properties"]["Queues"]
+    ]
+    assert any(
+        s.get("Condition", {}).get("ArnEquals", {}).get("aws:SourceArn") == {"Ref": alarm_topic} for s in queue_policy
+    )
+    key_statements = resources(template, "AWS::KMS::Key")[key_id]["Properties"]["KeyPolicy"]["Statement"]
+    [delivers] = [s for s in key_statements if s.get("Sid") == "AlarmTopicDeliversToEncryptedQueues"]
+    assert json.dumps(delivers["Condition"]["ArnLike"]["aws:SourceArn"]).endswith(':fedstep-alarms"]]}')
+    alarms = {
+        a["Properties"]["AlarmName"]: a["Properties"] for a in resources(template, "AWS::CloudWatch::Alarm").values()
+    }
+    assert undelivered in json.dumps(alarms["fedstep-dead-letters-1"]["Metrics"])  # with the stack's other two
+    assert len(alarms["fedstep-dead-letters-1"]["Metrics"]) == 3 + 1
+
+
 def test_dead_letter_alarms_cover_every_queue_ten_at_a_time():
     template = synth([ClientConfig(f"org-{i}") for i in range(25)])
     alarms = [a["Properties"] for a in resources(template, "AWS::CloudWatch::Alarm").values()]
@@ -550,6 +598,8 @@ def test_500_clients_fit_nested_stacks_each_within_cloudformations_limits_nag_an
         ({"slice_mb": 4}, "slice_mb 4 must be a whole number from 8"),
         ({"slice_mb": 4096}, "slice_mb 4096 must be a whole number from 8 .* to 1768"),
         ({"max_model_mb": 0}, "max_model_mb"),
+        ({"trial": "yes"}, "trial must be true or false, got 'yes'"),
+        ({"clients": [{"id": "a", "principal_arn": PARTNER}, {"id": "b"}]}, r"client\(s\) b have no principal_arn"),
     ],
 )
 def test_deployment_config_mistakes_are_named(data, message):
@@ -559,7 +609,9 @@ def test_deployment_config_mistakes_are_named(data, message):
 
 @pytest.mark.parametrize("max_model_mb", [64, 256, 1024, 1768])
 def test_the_aggregation_function_is_sized_to_the_largest_model(max_model_mb):
-    config = DeploymentConfig(clients=(ClientConfig("org-a"), ClientConfig("org-b")), max_model_mb=max_model_mb)
+    config = DeploymentConfig(
+        clients=(ClientConfig("org-a"), ClientConfig("org-b")), max_model_mb=max_model_mb, trial=True
+    )
     app = build_app(config, None, bundle=False)
     template = Template.from_stack(app.node.find_child(config.stack_name))
     [function] = resources(template, "AWS::Lambda::Function").values()
@@ -578,7 +630,7 @@ def test_a_model_larger_than_a_slice_is_aggregated_by_slices_with_memory_for_one
     max_model_mb, slice_mb, function_mb
 ):
     config = DeploymentConfig(
-        clients=(ClientConfig("org-a"), ClientConfig("org-b")), max_model_mb=max_model_mb, slice_mb=slice_mb
+        clients=(ClientConfig("org-a"), ClientConfig("org-b")), max_model_mb=max_model_mb, slice_mb=slice_mb, trial=True
     )
     app = build_app(config, None, bundle=False)
     template = Template.from_stack(app.node.find_child(config.stack_name))

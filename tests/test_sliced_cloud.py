@@ -30,7 +30,10 @@ def deployment(max_model_mb: int, slice_mb: int):
     from infra.config import ClientConfig, DeploymentConfig
 
     return DeploymentConfig(
-        project="sliced", clients=tuple(ClientConfig(c) for c in CLIENTS), max_model_mb=max_model_mb, slice_mb=slice_mb
+        project="sliced",
+        clients=tuple(ClientConfig(c) for c in CLIENTS),
+        max_model_mb=max_model_mb,
+        slice_mb=slice_mb,
     )
 
 

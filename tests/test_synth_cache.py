@@ -12,7 +12,7 @@ import pytest
 from fedstep.local import synth_cache
 from infra.config import ClientConfig, DeploymentConfig
 
-CONFIG = DeploymentConfig(project="fedstep", clients=(ClientConfig("client-1"), ClientConfig("client-2")))
+CONFIG = DeploymentConfig(project="fedstep", clients=(ClientConfig("client-1"), ClientConfig("client-2")), trial=True)
 
 
 @pytest.fixture

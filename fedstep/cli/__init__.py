@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from fedstep import __version__
+from fedstep.cli.text import clean
 from fedstep.core.errors import FedstepError
 
 
@@ -303,7 +304,7 @@ def _start(args: argparse.Namespace) -> int:
     if bool(model) == bool(args.resume):
         raise FedstepError("give --model (or model in the run file) to start a new run, or --resume RUN_ID")
     rounds = resume_rounds(args.resume, vars(args), run_file) if args.resume else None  # refuses other settings
-    settings = _settings(args, START_DEFAULTS, run_file)
+    settings = None if args.resume else _settings(args, START_DEFAULTS, run_file)  # a continuation keeps its own
     stack = _Stack(args)
     seed = args.seed if args.seed is not None else run_file.get("seed")
     started = launch(stack, settings, model=model, seed=seed, run_id=args.run_id, resume=args.resume, rounds=rounds)
@@ -325,9 +326,9 @@ def launch(
     resume: str | None,
     rounds: int | None,
 ) -> Any:  # -> StartedRun
-    """Start a run of `model` with `settings`, or resume the run `resume` (for `rounds` more, when
-    given), after warning when fewer clients are online than the run's quorum; what `fedstep start`
-    and `fedstep.Operator.start` do."""
+    """Start a run of `model` with `settings`, or resume the run `resume` (up to `rounds` in total,
+    when given; `settings` is None then: a continuation keeps the run's own), after warning when fewer
+    clients are online than the run's quorum; what `fedstep start` and `fedstep.Operator.start` do."""
     from fedstep.cli.start import build_model, keras_payload, resume_run, start_run
 
     client, outputs = stack.client, stack.outputs
@@ -358,7 +359,7 @@ def _warn_if_offline(stack: _Stack, settings: Any, resume: str | None) -> None:
         timeout_s, retries = settings.round_timeout_s, settings.round_retries
     warning = offline_warning(table, clients, quorum, timeout_s, retries)
     if warning:
-        print(f"fedstep: warning: {warning}", file=sys.stderr, flush=True)
+        print(clean(f"fedstep: warning: {warning}"), file=sys.stderr, flush=True)
 
 
 def _view(stack: _Stack, run_id: str):  # -> RunView
@@ -586,10 +587,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         return commands[args.command](args)
     except FedstepError as exc:
-        print(f"fedstep: error: {exc}", file=sys.stderr)
+        print(f"fedstep: error: {clean(exc)}", file=sys.stderr)
         return 2
     except (ClientError, BotoCoreError) as exc:
-        print(f"fedstep: error: {explain(exc)}", file=sys.stderr)
+        print(f"fedstep: error: {clean(explain(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fedstep: interrupted; everything was stopped", file=sys.stderr)

@@ -10,12 +10,11 @@ the round aggregated. A rejected or declined client shows its reason, never its 
 
 from __future__ import annotations
 
-import html
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedstep.cli.text import table
+from fedstep.cli.text import html_text, table
 from fedstep.core.schemas import InvalidMessage, RoundSummary, UpdateItem
 
 AGGREGATED, CLIPPED, REJECTED, DECLINED, NO_UPDATE, INVALID = (
@@ -158,7 +157,7 @@ def clients_html(per_round: dict[int, list[ClientRound]], figure: str) -> str:
     """The report's section: the plot (`figure`, an embedded image) and the last round's table."""
     if not per_round:
         return ""
-    e = html.escape
+    e = html_text
     last = max(per_round)
     head = "".join(f"<th>{e(h)}</th>" for h in CLIENT_HEADER)
     rows = "\n".join(

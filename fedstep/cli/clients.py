@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from fedstep.cli.text import duration, table
+from fedstep.cli.text import duration, lines, table
 from fedstep.core import limits
 from fedstep.core.schemas import Feedback, Heartbeat, InvalidMessage
 
@@ -133,9 +133,9 @@ def render_table(rows: list[ClientStatus]) -> str:
         )
         for r in rows
     ]
-    lines = table(header, body)
+    rendered = table(header, body)
     online = sum(r.status == "online" for r in rows)
-    return "\n".join([*lines, f"{online} of {len(rows)} client(s) online"])
+    return lines([*rendered, f"{online} of {len(rows)} client(s) online"])
 
 
 def render_json(rows: list[ClientStatus]) -> str:

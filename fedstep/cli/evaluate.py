@@ -34,7 +34,7 @@ from fedstep.aws.stack import StackOutputs
 from fedstep.cli.operate import download_model
 from fedstep.cli.run_view import RunView
 from fedstep.cli.start import model_of_round
-from fedstep.cli.text import duration, table
+from fedstep.cli.text import clean, duration, lines, table
 from fedstep.core import keys, tensors
 from fedstep.core.clock import utc_now
 from fedstep.core.errors import FedstepError
@@ -262,20 +262,20 @@ def render(evaluation: Evaluation) -> str:
         )
         for a in answers
     ]
-    lines = [
+    out = [
         f"evaluation of round {msg.round} of run {msg.run_id} (request {msg.request_id}): "
         f"{answered} of {len(answers)} client(s) answered",
         "",
         *table(EVAL_HEADER, rows),
     ]
-    lines += [f"  {a.client_id} {a.status}: {a.detail}" for a in answers if a.detail]
+    out += [f"  {a.client_id} {a.status}: {a.detail}" for a in answers if a.detail]
     clients, examples, means = evaluation.mean()
     if clients:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in means.items())
-        lines.append(f"weighted mean of {clients} client(s), {examples} examples: {shown}")
+        out.append(f"weighted mean of {clients} client(s), {examples} examples: {shown}")
     else:
-        lines.append("no client evaluated the model")
-    return "\n".join(lines)
+        out.append("no client evaluated the model")
+    return lines(out)
 
 
 def to_json(evaluation: Evaluation) -> dict[str, Any]:
@@ -343,7 +343,7 @@ def evaluate_on_data(
 
 
 def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    print(clean(line), file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from fedstep import SCHEMA_VERSION
 from fedstep.aws.adapters import DynamoRoundTable, S3ModelStore
 from fedstep.aws.stack import StackOutputs
 from fedstep.cli.run_view import execution_arn
-from fedstep.core import keys, limits, sliced, strategies, tensors
+from fedstep.core import execution_history, keys, limits, sliced, strategies, tensors
 from fedstep.core.clock import utc_now
 from fedstep.core.errors import FedstepError
 from fedstep.core.imports import load_callable
@@ -88,6 +88,7 @@ class RunSettings:
             raise FedstepError(f"rounds must be 1 to {limits.MAX_ROUNDS}, got {self.rounds}")
         if not 0 <= self.round_retries <= 10:
             raise FedstepError(f"round_retries must be 0-10, got {self.round_retries}")
+        check_fits_one_execution(self.rounds, self.round_retries)
         if self.quorum is not None and self.quorum < 1:
             raise FedstepError(f"quorum must be >= 1, got {self.quorum}")
         if self.min_participants < 1:
@@ -414,6 +415,33 @@ def model_of_round(
     raise FedstepError(f"run {run.run_id} has no completed round {round_number}")
 
 
+def check_fits_one_execution(rounds: int, round_retries: int, done: int = 0, run_id: str | None = None) -> None:
+    """FedstepError, saying how to go on, when the rounds after `done` up to `rounds` (a new run: all
+    of them; a continuation of `run_id`: those after its last completed round) do not fit one
+    execution's history in the worst case (`execution_history.FEDSTEP`)."""
+    budget = execution_history.FEDSTEP
+    most = budget.rounds_per_execution(round_retries)
+    if rounds - done <= most:
+        return
+    retries = f" with {round_retries} round retries" if round_retries else ""
+    why = (
+        f"{rounds - done} rounds do not fit one Step Functions execution: its history holds "
+        f"{execution_history.HISTORY_EVENTS:,} events, and a round{retries} may add up to "
+        f"{budget.per_round(round_retries)}, so one execution runs at most {most} rounds"
+    )
+    if run_id is None:
+        how = f"start with --rounds {most}, then continue with `fedstep start --resume <run id> --rounds {rounds}`"
+    else:
+        how = (
+            f"resume run {run_id} with --rounds {done + most}, then resume that continuation (the run id "
+            f"`fedstep start` prints) with --rounds {rounds}"
+        )
+    raise FedstepError(
+        f"{why}. To run {rounds} rounds, {how}: each continuation runs up to {most} more rounds after the "
+        "last completed one (resume the newest continuation each time)"
+    )
+
+
 def _flag(name: str) -> str:
     return {"round_timeout_s": "--round-timeout", "strategy_params": "--strategy-param"}.get(
         name, "--" + name.replace("_", "-")
@@ -457,6 +485,8 @@ def resume_run(
     reads the earlier rounds from the runs it continues; nothing of them is copied. It keeps the run's
     settings, except `rounds`: the total number of rounds it runs up to (default the run's own), which
     may also extend a run that completed all its rounds."""
+    if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int)):
+        raise FedstepError(f"run setting rounds must be int, got {rounds!r}")
     if rounds is not None and not 1 <= rounds <= limits.MAX_ROUNDS:
         raise FedstepError(f"rounds must be 1 to {limits.MAX_ROUNDS}, got {rounds}")
     table = DynamoRoundTable(outputs.table, dynamodb)
@@ -479,6 +509,7 @@ def resume_run(
             f"run {run_id} completed all {old.rounds} rounds ({status}); nothing to resume "
             "(--rounds N continues it up to N rounds in total)"
         )
+    check_fits_one_execution(rounds or old.rounds, old.round_retries, last, run_id)
     store = S3ModelStore(outputs.bucket, s3)
     architecture = store.get(keys.model_key(run_id))
     global_bytes = store.get(model_of_round(table, old, last, history))

@@ -11,7 +11,7 @@ from typing import Any
 
 from fedstep.cli.client_metrics import render_client_table
 from fedstep.cli.run_view import RunListing, RunView
-from fedstep.cli.text import duration, table
+from fedstep.cli.text import clean, duration, lines, table
 from fedstep.core.schemas import RoundSummary, headline_metric
 
 
@@ -40,7 +40,7 @@ def render_runs(runs: list[RunListing], rounds_of: RoundsOf) -> str:
         rows.append((r.run_id, r.status, _when(r.started), _took(r.started, r.stopped), f"{done}/{planned or '?'}"))
     if not rows:
         return "no runs yet: start one with `fedstep start`"
-    return "\n".join(table(("RUN", "STATUS", "STARTED", "DURATION", "ROUNDS"), rows))
+    return lines(table(("RUN", "STATUS", "STARTED", "DURATION", "ROUNDS"), rows))
 
 
 def run_rows(runs: list[RunListing], rounds_of: RoundsOf) -> list[dict[str, Any]]:
@@ -219,11 +219,16 @@ def render_status(view: RunView) -> str:
     rows = [round_row(s) for s in view.rounds]
     body = table(ROUND_HEADER, rows) if rows else ["no round completed yet"]
     per_client = ["", *render_client_table(view.clients)] if view.clients else []
-    return "\n".join([headline(view), settings_line(view), "", *body, *footer(view), *per_client])
+    return lines([headline(view), settings_line(view), "", *body, *footer(view), *per_client])
 
 
-def watch(load: Callable[[], RunView], echo: Callable[[str], None], interval_s: float = 2.0) -> RunView:
-    """Print the run's header and each round as it completes, until the run is no longer RUNNING."""
+def watch(load: Callable[[], RunView], say: Callable[[str], None], interval_s: float = 2.0) -> RunView:
+    """Print (`say`) the run's header and each round as it completes, until the run is no longer
+    RUNNING; each line `clean`ed (reasons and causes come from clients)."""
+
+    def echo(line: str) -> None:
+        say(clean(line))
+
     view = load()
     echo(headline(view))
     echo(settings_line(view))

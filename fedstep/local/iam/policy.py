@@ -89,11 +89,17 @@ def account_of(arn: str) -> str:
     return arn if arn.isdigit() else (arn.split(":")[4] if arn.count(":") >= 5 else "")
 
 
-def principal_matches(expected: Any, principal: str | None) -> bool:
-    """Whether a statement's Principal names `principal` (an IAM user or role ARN, a service such as
-    `lambda.amazonaws.com`; None: an identity policy, which names none). `"*"` names everyone; an
-    account (`arn:aws:iam::ACCOUNT:root` or the bare id) names every principal of that account, whose
-    own policies must then allow the request too (`trust_allows`)."""
+Caller = str | dict[str, str]
+"""Who makes a request: an IAM user's or role session's ARN, a service (`lambda.amazonaws.com`), or
+either as a policy's Principal element names it (`{"AWS": arn}`, `{"Service": name}`)."""
+
+
+def principal_matches(expected: Any, principal: Caller | None) -> bool:
+    """Whether a statement's Principal names `principal` (None: an identity policy, which names none).
+    `"*"` names everyone; an account (`arn:aws:iam::ACCOUNT:root` or the bare id) names every
+    principal of that account, whose own policies must then allow the request too (`trust_allows`)."""
+    if isinstance(principal, dict):
+        [principal] = principal.values()
     if principal is None:
         return expected is None
     if expected is None:
@@ -106,7 +112,7 @@ def principal_matches(expected: Any, principal: str | None) -> bool:
 
 
 def statement_matches(
-    statement: dict[str, Any], action: str, resource: str, context: dict[str, Any], principal: str | None = None
+    statement: dict[str, Any], action: str, resource: str, context: dict[str, Any], principal: Caller | None = None
 ) -> bool:
     if not _element_matches(statement, "Action", action, case_sensitive=False):
         return False
@@ -122,7 +128,7 @@ def evaluate(
     action: str,
     resource: str,
     context: dict[str, Any],
-    principal: str | None = None,
+    principal: Caller | None = None,
 ) -> str:
     """ALLOW, IMPLICIT_DENY or EXPLICIT_DENY for one request under these statements (a trust policy's
     when `principal` names the caller)."""
@@ -181,6 +187,7 @@ __all__ = [
     "ALLOW",
     "EXPLICIT_DENY",
     "IMPLICIT_DENY",
+    "Caller",
     "account_of",
     "evaluate",
     "principal_matches",
