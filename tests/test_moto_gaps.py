@@ -886,3 +886,27 @@ def test_moto_still_ignores_an_event_source_mappings_filters(moto, monkeypatch):
 def test_the_stream_filters_shim_delivers_only_the_records_a_filter_passes(moto, monkeypatch):
     gaps.STREAM_FILTERS.apply()
     assert filtered_deliveries(monkeypatch) == [["b"]]
+
+
+# -- resource types the local cloud cannot create --------------------------------------------------
+
+
+def assembly_of(tmp_path, resources: dict[str, Any]):
+    """A cloud assembly holding the stack `canary`'s template of `resources`."""
+    (tmp_path / f"{STACK}.template.json").write_text(json.dumps({"Resources": resources}))
+    return tmp_path
+
+
+def test_a_resource_type_moto_skips_fails_the_deployment_unless_the_allow_list_names_it(moto, tmp_path):
+    from fedstep.local import deploy
+
+    allowed = {"Queue": {"Type": "AWS::SQS::Queue"}, "Alarm": {"Type": "AWS::CloudWatch::Alarm", "Properties": {}}}
+    cfn = client("cloudformation")
+    deploy_template = {**allowed, "Rule": {"Type": "AWS::WAFv2::RuleGroup", "Properties": {}}}
+    cfn.create_stack(StackName=STACK, TemplateBody=json.dumps({"Resources": deploy_template}))
+    created = {r["ResourceType"] for r in cfn.list_stack_resources(StackName=STACK)["StackResourceSummaries"]}
+    assert "AWS::WAFv2::RuleGroup" not in created  # skipped without a word
+    with pytest.raises(RuntimeError, match=r"did not create the stack's AWS::WAFv2::RuleGroup.*UNSUPPORTED_RESOURCES"):
+        deploy.check_created(assembly_of(tmp_path, deploy_template), STACK, cfn)
+    deploy.check_created(assembly_of(tmp_path, allowed), STACK, cfn)  # the alarm is allow-listed, with its reason
+    assert all(len(reason) > 40 for reason in deploy.UNSUPPORTED_RESOURCES.values())
