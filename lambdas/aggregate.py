@@ -170,12 +170,14 @@ def settings(context: LambdaContext | None = None) -> AggregationSettings:
     )
 
 
-def accountant(noise_multiplier: float, sample: int, population: int, steps: int, delta: float) -> float:
+def accountant(
+    noise_multiplier: float, sample: int, population: int, steps: int, delta: float, unsampled: int = 0
+) -> float:
     """dp-accounting's epsilon (`fedstep.privacy.accounting`), imported on first use: only DP runs
     pay for loading it (scipy)."""
     from fedstep.privacy.accounting import epsilon_fixed
 
-    return epsilon_fixed(noise_multiplier, sample, population, steps, delta)
+    return epsilon_fixed(noise_multiplier, sample, population, steps, delta, unsampled)
 
 
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:

@@ -171,7 +171,11 @@ def test_a_dp_run_with_a_strategy_that_cannot_take_noise_fails_when_its_first_ro
         (RunSettings(dp="central", dp_noise_multiplier=0.3, dp_epsilon=1.0, dp_clip="1"), 3, "is unreachable"),
         (RunSettings(dp="central", dp_noise_multiplier=1.0, dp_clip="big"), 3, "--dp-clip must be a number"),
         (RunSettings(dp="dp-sgd", dp_noise_multiplier=1.0, dp_epsilon=3.0), 3, "each data owner sets its own"),
-        (RunSettings(dp="central", dp_noise_multiplier=1.0, strategy="krum"), 3, "reads updates by slices"),
+        (
+            RunSettings(dp="central", dp_noise_multiplier=1.0, strategy="krum", min_participants=3),
+            3,
+            "reads updates by slices",
+        ),
     ],
 )
 def test_nonsense_dp_settings_are_refused_before_a_run_starts(settings, clients, message):

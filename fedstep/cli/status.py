@@ -134,8 +134,16 @@ def bounds_text(view: RunView) -> str:
     caps = f"examples capped at {b.max_examples}" + (
         f" ({len(b.client_max_examples)} per client)" if b.client_max_examples else ""
     )
-    norm = f"update norm <= {b.max_update_norm:g}" if b.max_update_norm is not None else "update norm unbounded"
-    return f"at least {view.record.min_participants} participants; {caps}, {norm} ({b.action})"
+    return f"at least {view.record.min_participants} participants; {caps}, {norm_text(view)} ({b.action})"
+
+
+def norm_text(view: RunView) -> str:
+    """The bound on an update's norm: the run's own, or the default (the value its rounds applied)."""
+    if view.record.bounds.max_update_norm is not None:
+        return f"update norm <= {view.record.bounds.max_update_norm:g}"
+    applied = next((s.norm_bound for s in reversed(view.rounds) if s.norm_bound is not None), None)
+    value = f" = {applied:.4g}" if applied is not None else ""
+    return f"update norm <= default{value} (10 x max(initial model norm, sqrt(parameters)))"
 
 
 def strategy_text(name: str, params: dict[str, object]) -> str:

@@ -91,6 +91,14 @@ class Krum(Strategy):
             if value < 0:
                 raise ValueError(f"parameter {param!r} of strategy {self.name!r} must be >= 0, got {value}")
 
+    def min_updates(self) -> tuple[int, str]:
+        """n >= 2f + 3 (each update is scored by its n - f - 2 nearest neighbours), and n >= m when
+        `num_selected` m is set."""
+        f, m = int(self.params.num_malicious), int(self.params.num_selected)
+        needed = max(2 * f + 3, m)
+        why = f"2 x num_malicious + 3 with num_malicious {f}" if needed == 2 * f + 3 else f"num_selected {m}"
+        return needed, why
+
     def aggregate(
         self, round_number: int, global_model: GlobalModel, state: ServerState, updates: Updates
     ) -> Aggregate:
