@@ -114,6 +114,28 @@ def test_each_rounds_epsilon_is_dp_accountings_for_the_rounds_so_far():
         assert summary.delta == 1e-5
 
 
+def test_a_repeated_noisy_release_is_accounted_as_another_release_and_without_sampling_when_sampled():
+    """`round_epsilon` with repeated releases (an aggregation's model released, not committed, done
+    again): with every client in every round one more Gaussian step; with clients sampled, two more
+    steps without amplification each (an upper bound on k releases on one sample)."""
+    from fedstep.core.dp import round_epsilon
+
+    dp = DPSettings("central", 1.5, 1.0, 1e-5)
+    assert round_epsilon(dp, epsilon_fixed, 3, 3, 4, repeated=2) == epsilon_fixed(1.5, 3, 3, 6, 1e-5)
+    sampled = round_epsilon(dp, epsilon_fixed, 2, 5, 4, repeated=1)
+    assert sampled == epsilon_fixed(1.5, 2, 5, 4, 1e-5, unsampled=2)
+    assert sampled > epsilon_fixed(1.5, 2, 5, 4, 1e-5) and sampled > epsilon_fixed(1.5, 2, 5, 5, 1e-5)
+    event = dpa.ComposedDpEvent(
+        [
+            dpa.SelfComposedDpEvent(dpa.SampledWithoutReplacementDpEvent(5, 2, dpa.GaussianDpEvent(0.75)), 4),
+            dpa.SelfComposedDpEvent(dpa.GaussianDpEvent(0.75), 2),
+        ]
+    )
+    accountant = RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
+    accountant.compose(event)
+    assert sampled == pytest.approx(float(accountant.get_epsilon(1e-5)), rel=1e-9)
+
+
 def test_the_round_before_the_budget_would_be_exceeded_says_so():
     budget = (independent_epsilon(2.0, 2, 2, 2, 1e-5) + independent_epsilon(2.0, 2, 2, 3, 1e-5)) / 2
     world = make_world(dp=DPSettings("central", 2.0, 1.0, 1e-5, epsilon_budget=budget))
