@@ -220,7 +220,8 @@ def stream_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
 @logger.inject_lambda_context
 def deadline_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """{"mode": "deadline", "run_id", "round"} -> the round's task output; raises QuorumNotMet,
-    TooFewParticipants (the state machine may retry the round) or RoundBusy (it retries this call)."""
+    TooFewParticipants, InvalidAggregate (the state machine may retry the round) or RoundBusy (it
+    retries this call)."""
     parsed = RoundEvent.parse(event)
     store, table, _, _ = services()
     return complete_round_at_deadline(

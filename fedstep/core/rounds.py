@@ -87,7 +87,8 @@ class QuorumNotMet(RoundNotAggregated):
 
 
 class TooFewParticipants(RoundNotAggregated):
-    """Fewer valid updates than the run's `min_participants`: the aggregate would expose them."""
+    """Fewer valid updates than the run's `min_participants` (the aggregate would expose them), or
+    than the run's strategy needs (`Strategy.min_updates`, e.g. Krum's 2f + 3)."""
 
 
 class InvalidAggregate(RoundNotAggregated):
