@@ -35,7 +35,7 @@ import numpy as np
 from fedstep.core.strategies.aggregation import apply_step, coordinatewise, step_norm
 from fedstep.core.strategies.base import Aggregate, GlobalModel, ServerState, Strategy, Updates
 
-_F_HELP = "f, the number of Byzantine updates to tolerate (>= 0); a round needs more than 2f + 2 updates"
+_F_HELP = "f, the number of Byzantine updates to tolerate (>= 0); a round needs 2f + 3 updates (min_participants)"
 
 
 @dataclass(frozen=True)
