@@ -824,17 +824,6 @@ def test_a_slice_plan_refuses_a_store_that_names_no_object_version():
     assert world.table.get_round(RUN, 1)["status"] == "open"
 
 
-def test_a_strategy_reading_slices_in_one_function_refuses_a_store_that_names_no_object_version():
-    from fedstep.core.update_source import UnversionedStore
-
-    world = make_world(clients=("a", "b"), strategy="median", store=UnversionedBucket())
-    world.report("a", 0.1, 10)
-    world.report("b", 0.2, 10)
-    with pytest.raises(UnversionedStore):
-        world.complete()
-    assert not any(k.startswith(keys.round_prefix(RUN, 1)) for k in world.store.objects)
-
-
 # -- issue 20: 9. smaller holes: the card's counts, DP-SGD's epsilon, what failed aggregations leave --
 
 

@@ -15,8 +15,9 @@ Memory: one update's file at a time (plus small chunked temporaries), whatever t
 Sliced access (`UpdateSource.slice`) first checks every update as above (a pass that drops each
 file), remembering where each tensor lies in each file and the object version that was checked; a
 slice is then read with ranged reads of exactly that version (S3 `VersionId`), so a file replaced
-after its check cannot mix in. A store that names no version (an unversioned bucket) is refused
-(`UnversionedStore`): the slices could not be pinned to the bytes that were checked. Memory: one
+after its check cannot mix in. A slice plan (`require_versions`, `fedstep.core.sliced`) refuses a
+store that names no version (an unversioned bucket: `UnversionedStore`), as its slices, read by
+other invocations minutes later, could not be pinned to the bytes that were checked. Memory: one
 slice of every update, `SLICE_BUDGET_BYTES` together.
 """
 
@@ -299,6 +300,12 @@ class UpdateSource:
     default_norm: bool = False
     """Whether `bounds.max_update_norm` is the run's default bound (`influence.default_norm_bound`),
     as the reasons and adjustments say."""
+    require_versions: bool = False
+    """Refuse (`UnversionedStore`) to hand out the checked updates for slices when the store named no
+    object version for one: a slice plan sets it. Reading slices within this invocation it is off
+    while the embedded local cloud's bucket is unversioned (moto's CloudFormation drops the
+    template's versioning; AWS's bucket is versioned): there a file replaced between the check and
+    the slices of the same invocation would still mix in."""
     _checked: list[_Checked] = field(default_factory=list)
     _passed: bool = False
 
@@ -361,10 +368,11 @@ class UpdateSource:
     @property
     def checked(self) -> list[_Checked]:
         """The accepted updates as slices read them (after `accepted()`): where each tensor lies in
-        its file, the object version checked, the factor its norm bound scales it by. UnversionedStore
-        if the store named no version for one: slices could not be pinned to the bytes checked."""
+        its file, the object version checked, the factor its norm bound scales it by. With
+        `require_versions`, UnversionedStore if the store named no version for one: slices could not
+        be pinned to the bytes checked."""
         for c in self._checked:
-            if c.version is None:
+            if self.require_versions and c.version is None:
                 raise UnversionedStore(
                     f"the store named no object version for {c.item.update.key}: slices read later could not be "
                     "pinned to the checked bytes, so a file replaced meanwhile would mix in; "
