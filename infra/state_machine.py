@@ -25,8 +25,9 @@ global model (mode "assemble": the parts joined, the summary committed; its outp
 
 At the round's deadline (the task's TimeoutSecondsPath) -> Aggregate at deadline (the aggregation
 function, invoked directly: it aggregates what arrived if the quorum is met) -> Round aggregated.
-Too few valid updates (QuorumNotMet, TooFewParticipants) -> Retry round? -> Retry round (the same
-round, published again with a new token, up to run.round_retries times) or Training failed. Any
+Too few valid updates (QuorumNotMet, TooFewParticipants), or an aggregate that is not finite
+(InvalidAggregate) -> Retry round? -> Retry round (the same round, published again with a new token,
+up to run.round_retries times) or Training failed. Any
 other error of a function call (a crash, a throttle, RoundBusy) is retried 3 times before it fails
 the run, except StrategyFailed (the strategy raised: it would raise again), which fails it at once.
 
@@ -49,14 +50,16 @@ from constructs import Construct
 from fedstep import SCHEMA_VERSION
 from fedstep.core import keys
 from fedstep.core.model_card import ModelCardError, ModelTampered
-from fedstep.core.rounds import StrategyFailed
+from fedstep.core.rounds import InvalidAggregate, QuorumNotMet, StrategyFailed, TooFewParticipants
 from fedstep.core.schemas import RoundMessage, RunEndedMessage, state_machine_fields
 
 SLICE_CONCURRENCY = 40
 """Slices aggregated at once: each reads its range of every update, so this bounds the S3 read rate."""
 
-NOT_AGGREGATED = ["QuorumNotMet", "TooFewParticipants"]
-"""Errors that mean a round could not be aggregated (a retry of the round may help, not of the call)."""
+NOT_AGGREGATED = [error.__name__ for error in (QuorumNotMet, TooFewParticipants, InvalidAggregate)]
+"""Errors that mean a round could not be aggregated (a retry of the round may help, not of the call):
+too few valid updates, for the run or its strategy, or an aggregate that is not finite
+(`fedstep.core.rounds.RoundNotAggregated`)."""
 
 
 def _carry(constants: dict[str, object] | None = None, **paths: str) -> dict[str, object]:

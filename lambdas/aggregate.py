@@ -180,12 +180,14 @@ def settings(context: LambdaContext | None = None) -> AggregationSettings:
     )
 
 
-def accountant(noise_multiplier: float, sample: int, population: int, steps: int, delta: float) -> float:
+def accountant(
+    noise_multiplier: float, sample: int, population: int, steps: int, delta: float, unsampled: int = 0
+) -> float:
     """dp-accounting's epsilon (`fedstep.privacy.accounting`), imported on first use: only DP runs
     pay for loading it (scipy)."""
     from fedstep.privacy.accounting import epsilon_fixed
 
-    return epsilon_fixed(noise_multiplier, sample, population, steps, delta)
+    return epsilon_fixed(noise_multiplier, sample, population, steps, delta, unsampled)
 
 
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
@@ -228,7 +230,8 @@ def stream_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
 @logger.inject_lambda_context
 def deadline_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """{"mode": "deadline", "run_id", "round"} -> the round's task output; raises QuorumNotMet,
-    TooFewParticipants (the state machine may retry the round) or RoundBusy (it retries this call)."""
+    TooFewParticipants, InvalidAggregate (the state machine may retry the round) or RoundBusy (it
+    retries this call)."""
     parsed = RoundEvent.parse(event)
     store, table, _, _ = services()
     return complete_round_at_deadline(

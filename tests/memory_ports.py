@@ -38,6 +38,7 @@ class MemoryStore:
         self.puts: list[str] = []
         self.bytes_read: dict[str, int] = {}
         self.uploads: dict[str, dict[int, bytes]] = {}
+        self.deleted: list[str] = []
         self.lock = threading.Lock()
 
     def _count(self, key: str, n: int) -> None:
@@ -66,16 +67,25 @@ class MemoryStore:
         return versions[int(version)] if version is not None else versions[-1]
 
     def read_range(self, key: str, start: int, length: int, version: str | None = None) -> RangeRead:
+        if start < 0 or length < 1:  # S3 answers a malformed range with the whole object: never ask for one
+            raise ValueError(f"an empty or inverted range was requested: start {start}, length {length}")
         data = self._version(key, version)
         self._count(key, len(data[start : start + length]))
         return RangeRead(data[start : start + length], len(data), version or str(len(self.objects[key]) - 1))
 
     def read_into(self, key: str, start: int, buffer: memoryview, version: str | None) -> None:
+        if start < 0:
+            raise ValueError(f"a negative range start was requested: {start}")
         data = memoryview(self._version(key, version))[start : start + len(buffer)]  # no copy but the buffer's
         if len(data) != len(buffer):
             raise ValueError("object ended early")
         self._count(key, len(data))
         buffer[:] = data
+
+    def delete(self, key: str) -> None:
+        with self.lock:
+            self.objects.pop(key, None)
+            self.deleted.append(key)
 
     # -- MultipartStore ---------------------------------------------------------------------------
     def start_upload(self, key: str) -> str:
@@ -204,6 +214,14 @@ class MemoryTable:
     def complete_round(self, item: dict[str, Any], claim_id: str) -> bool:
         key = {keys.PK: item[keys.PK], keys.SK: item[keys.SK]}
         return None is not self._update(key, self._held_by(claim_id), dict(item), ("lease_until",))
+
+    def count_release(self, run_id: str, round_number: int, claim_id: str) -> int | None:
+        key = keys.round_item_key(run_id, round_number)
+        with self.lock:
+            current = self.get(key) or {}
+            changes = {"noisy_releases": int(current.get("noisy_releases", 0)) + 1}
+            updated = self._update(key, self._held_by(claim_id), changes)
+            return None if updated is None else int(updated["noisy_releases"])
 
     def mark_reported(self, run_id: str, round_number: int) -> None:
         key = keys.round_item_key(run_id, round_number)

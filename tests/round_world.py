@@ -72,6 +72,12 @@ class World:
     def at_deadline(self, round_number=1, **kwargs):
         return complete_round_at_deadline(RUN, round_number, store=self.store, table=self.table, **kwargs)
 
+    def next_round(self, round_number: int) -> None:
+        """Publish `round_number` from the global model of the round before it, as the state machine does."""
+        previous = self.table.get_round(RUN, round_number - 1)
+        model = ObjectRef.parse(previous["global_model"], "previous round's global model")
+        self.publish(round_number, token=f"tok-r{round_number}", model=model)
+
     def new_global(self, round_number=1) -> dict[str, np.ndarray]:
         summary = self.table.get_round(RUN, round_number)
         return tensors.decode(self.store.get(summary["global_model"]["key"]))
@@ -86,8 +92,10 @@ def make_world(
     strategy="fedavg",
     rounds=3,
     dp=None,
+    store=None,
+    strategy_params=None,
 ) -> World:
-    """A run of these `clients` with round 1 published."""
+    """A run of these `clients` with round 1 published (into `store`, a fresh MemoryStore if None)."""
     run = RunRecord(
         RUN,
         list(clients),
@@ -101,7 +109,8 @@ def make_world(
         bounds=bounds or Bounds(),
         model=ObjectRef(keys.model_key(RUN), "0" * 64, 1),
         dp=dp,
+        strategy_params=dict(strategy_params or {}),
     )
-    world = World(run)
+    world = World(run) if store is None else World(run, store=store)
     world.publish()
     return world

@@ -6,7 +6,7 @@ docs/security.md lists them as the attack table: attack, defence, test. The numb
 findings of the issue "No client can break, steer or outgrow a run".
 
 The local-cloud tests run the real stack in moto. Where moto cannot check a rule (DynamoDB's IAM
-condition keys), the deployed policy is evaluated by `tests/iam_policy.py`; where the attack is on
+condition keys), the deployed policy is evaluated by `fedstep/local/iam/policy.py`; where the attack is on
 the aggregation logic, the core runs on the in-memory ports (`tests/round_world.py`).
 """
 
@@ -31,12 +31,13 @@ from fedstep.aws.errors import error_code
 from fedstep.cli.run_view import load_run
 from fedstep.core import keys, limits, strategies, tensors
 from fedstep.core.clock import utc_now
-from fedstep.core.rounds import InvalidAggregate, TooFewParticipants
+from fedstep.core.rounds import InvalidAggregate, RoundNotAggregated, TooFewParticipants
 from fedstep.core.schemas import (
     Bounds,
     Feedback,
     ObjectRef,
     RoundMessage,
+    RoundSummary,
     RunRecord,
     Target,
     TrainingConfig,
@@ -62,7 +63,7 @@ from tests.cloud_helpers import (
     summaries,
     wait_for_execution,
 )
-from tests.memory_ports import record_bytes
+from tests.memory_ports import MemoryStore, MemoryTable, record_bytes
 from tests.round_world import GLOBAL, RUN, make_world
 
 DENIED = {"AccessDenied", "AccessDeniedException", "AuthorizationError", "403"}
@@ -311,8 +312,9 @@ def test_4_an_accuracy_above_one_is_refused():
 
 
 def test_5_finite_inputs_whose_float32_products_overflow_give_a_finite_model():
-    """Weights of 1e30 and a count of 1e12: 1e42 overflows float32, not float64."""
-    bounds = Bounds(max_examples=10**12)
+    """Weights of 1e30 and a count of 1e12: 1e42 overflows float32, not float64. (A norm bound above
+    the updates' norms: the arithmetic is under test, not the default bound.)"""
+    bounds = Bounds(max_examples=10**12, max_update_norm=1e31)
     world = make_world(clients=("a", "b"), bounds=bounds)
     world.report("a", 1e30, 10**12)
     world.report("b", 1e30, 10**12)
@@ -328,8 +330,10 @@ def test_5_an_aggregate_that_is_not_finite_is_never_published():
     world.publish(attempt=1, token="tok-2", model=world.put_model(0, big, "big"))  # the round trains from it
     world.report("a", 3e38, 10)  # global + delta overflows float32
     world.report("b", 3e38, 10)
-    with pytest.raises(InvalidAggregate, match="not finite; nothing was published"):
-        world.complete()
+    assert world.complete() is None  # a round failure, reported by name: the round retries handle it
+    [(_, error, cause)] = world.reporter.failures
+    assert error == "InvalidAggregate" and "not finite; nothing was published" in cause
+    assert issubclass(InvalidAggregate, RoundNotAggregated)
     assert not any(k.startswith(keys.round_prefix(RUN, 1)) for k in world.store.objects)
     assert world.table.get_round(RUN, 1)["status"] == "open"
 
@@ -1011,3 +1015,331 @@ def test_20_6_a_run_never_outgrows_its_executions_history_and_start_says_how_to_
         )
     assert f"resume run {run.run_id} with --rounds {3 + most}, then resume that continuation" in str(info.value)
     assert table_of(cloud).get_run(f"{run.run_id}-r1") is None  # nothing was started
+
+
+# -- issue 20: 2. one client can end any run with a huge but finite delta -------------------------
+
+HUGE_DELTAS = {
+    "fedavg": 3e38,
+    "fedprox": 3e38,
+    "fedavgm": 3e38,
+    "fedadam": 1e30,
+    "fedyogi": 1e20,
+    "fedadagrad": 1e20,
+    "trimmed_mean": 3e38,
+    "multikrum": 3e38,
+}
+"""The delta that ended a run of each strategy with its default settings (issue 20, finding 2)."""
+
+
+@pytest.mark.parametrize(("strategy", "huge"), sorted(HUGE_DELTAS.items()))
+def test_a_client_sending_a_huge_delta_every_round_cannot_end_a_run(strategy, huge):
+    """The attack: every round, one of three clients sends a finite delta of `huge` in every weight,
+    with the run's default settings (no `max_update_norm`). The default bound (10 x the larger of the
+    initial model's norm and sqrt(parameters)) clips it, and all five rounds are aggregated."""
+    world = make_world(quorum=2, clients=("a", "b", "evil"), min_participants=2, strategy=strategy, rounds=5)
+    bound = 10 * np.sqrt(sum(v.size for v in GLOBAL.values()))  # GLOBAL is all zeros: the floor
+    for round_number in range(1, 6):
+        if round_number > 1:
+            world.next_round(round_number)
+        world.report("a", 0.01, 10, round_number=round_number)
+        world.report("b", 0.02, 10, round_number=round_number)
+        world.report("evil", huge, 10, round_number=round_number)
+        summary = world.complete(round_number)
+        assert summary is not None, world.reporter.failures
+        assert [c.client_id for c in summary.clipped] == ["evil"]
+        assert summary.clipped[0].what.endswith(f"-> {bound:.4g} (default bound)")
+        assert summary.norm_bound == pytest.approx(bound)
+        assert all(np.isfinite(v).all() for v in world.new_global(round_number).values())
+    assert not world.reporter.failures
+
+
+def test_the_default_norm_bound_leaves_honest_updates_alone_and_follows_the_initial_model():
+    """An all-zeros model takes updates up to 10 x sqrt(parameters); a larger initial model, 10 x its
+    own norm, carried to later rounds (not the round's own model, which an attacker could grow)."""
+    from fedstep.core.influence import default_norm_bound
+
+    assert default_norm_bound(0.0, 4810) == pytest.approx(693.5, abs=0.05)  # the demo's MLP
+    assert default_norm_bound(1e4, 4810) == 1e5
+    assert default_norm_bound(float("nan"), 100) == 100.0
+    world = make_world(clients=("a", "b"), rounds=3)
+    big = {k: np.full(v.shape, 100.0, np.float32) for k, v in GLOBAL.items()}
+    world.publish(attempt=1, token="tok-2", model=world.put_model(0, big, "big"))  # the run starts from `big`
+    world.report("a", 500.0, 10)
+    world.report("b", 700.0, 10)  # norm 1980, under 10 x 282.8
+    first = world.complete()
+    assert first.clipped == [] and first.norm_bound == pytest.approx(10 * np.sqrt(8) * 100, rel=1e-6)
+    world.next_round(2)
+    world.report("a", 0.0, 10, round_number=2)
+    world.report("b", 5000.0, 10, round_number=2)
+    second = world.complete(2)
+    assert second.norm_bound == first.norm_bound  # not 10 x the norm of round 1's model
+    assert [c.client_id for c in second.clipped] == ["b"]
+
+
+class StateOverflow(FedAvg):
+    """FedAvg whose state overflows: finite weights, a moment tensor of inf."""
+
+    name = "state-overflow"
+
+    def aggregate(self, round_number, global_model, state, updates):
+        result = super().aggregate(round_number, global_model, state, updates)
+        moment = {"m/x": np.full(3, np.inf, np.float32)}
+        return strategies.Aggregate(result.weights, strategies.ServerState(moment), result.measurements)
+
+
+def test_an_aggregate_or_state_that_is_not_finite_writes_nothing_and_fails_only_the_round(monkeypatch):
+    """Before any write, the weights and the state are checked finite: a state that overflowed leaves
+    no global model behind (the landed code wrote the model, then refused the state), and the round
+    fails as InvalidAggregate, which the state machine retries like a quorum miss."""
+    from infra.state_machine import NOT_AGGREGATED
+
+    monkeypatch.setitem(strategies.STRATEGIES, StateOverflow.name, StateOverflow)
+    world = make_world(clients=("a", "b"), strategy=StateOverflow.name)
+    world.report("a", 0.1, 10)
+    world.report("b", 0.2, 10)
+    assert world.complete() is None
+    [(_, error, cause)] = world.reporter.failures
+    assert error == "InvalidAggregate" and "state tensor 'm/x' is not finite" in cause
+    assert not any(k.startswith(keys.round_prefix(RUN, 1)) for k in world.store.objects)
+    assert world.table.get_round(RUN, 1)["status"] == "open"  # given back: a retry can aggregate it
+    assert "InvalidAggregate" in NOT_AGGREGATED
+    with pytest.raises(InvalidAggregate):
+        world.at_deadline()
+
+
+def test_an_operator_cap_of_2_to_the_40_examples_cannot_make_one_3e38_update_overflow_the_sum():
+    """Weights were examples x 2^-20: with `max_examples` 2^40 a weight was 2^20, and 2^20 x 3e38 is
+    inf. Normalised (x 2^-40), no weight exceeds 1. (A norm bound above the update's norm: the sum is
+    under test.)"""
+    world = make_world(clients=("a", "evil"), bounds=Bounds(max_examples=2**40, max_update_norm=1e39))
+    world.report("a", 1.0, 10)
+    world.report("evil", 3e38, 2**40)
+    summary = world.complete()
+    assert summary is not None and not world.reporter.failures
+    np.testing.assert_allclose(world.new_global()["001/d/bias"], 3e38, rtol=1e-6)
+
+
+# -- issue 20: 3. a client can make the aggregation function read a whole file of any size ---------
+
+
+def test_a_client_claiming_a_zero_byte_file_makes_the_server_read_nothing():
+    """The attack: an item claiming `bytes: 0` (or any size no safetensors file has) made the server
+    ask for `Range: bytes=0--1`, which S3 answers with the whole object. The item is refused when it
+    is parsed, before any read; a size too small for the model's tensors is refused before any read."""
+    world = make_world(quorum=2, clients=("a", "b", "zero", "tiny"), min_participants=2)
+    world.report("a", 0.1, 10)
+    world.report("b", 0.1, 10)
+    world.report("zero", 0.1, 10, update={"key": keys.update_key(RUN, 1, "zero"), "sha256": "0" * 64, "bytes": 0})
+    world.report("tiny", 0.1, 10, update={"key": keys.update_key(RUN, 1, "tiny"), "sha256": "0" * 64, "bytes": 12})
+    summary = world.complete()
+    reasons = {r.client_id: r.reason for r in summary.rejected}
+    assert summary.participants == ["a", "b"]
+    assert "update bytes 0 is less than the smallest safetensors file" in reasons["zero"]
+    assert "file is 12 bytes, under the" in reasons["tiny"]
+    assert keys.update_key(RUN, 1, "zero") not in world.store.bytes_read
+    assert keys.update_key(RUN, 1, "tiny") not in world.store.bytes_read
+
+
+def test_the_s3_store_never_asks_for_an_empty_range_and_refuses_an_answer_that_is_not_206(cloud):
+    """moto (and S3, for a malformed range) answers `bytes=0--1` with the whole object and HTTP 200.
+    The adapter never sends an empty range, and refuses any answer to a range request that is not
+    206 Partial Content for the range it asked for."""
+    from fedstep.aws.adapters import S3ModelStore
+
+    s3 = cloud.client("s3")
+    key = "updates/client-1/issue-20/00001.safetensors"
+    s3.put_object(Bucket=cloud.outputs.bucket, Key=key, Body=b"x" * 1000)
+    store = S3ModelStore(cloud.outputs.bucket, s3)
+    with pytest.raises(ValueError, match="no empty range is requested"):
+        store.read_range(key, 0, 0)
+    store.read_into(key, 0, memoryview(bytearray()), None)  # nothing to read: no request at all
+    assert store.read_range(key, 10, 5).data == b"xxxxx"
+
+    def malformed(params, **_):
+        params["Range"] = "bytes=0--1"  # what a claimed size of 0 produced
+
+    s3.meta.events.register("provide-client-params.s3.GetObject", malformed)
+    try:
+        with pytest.raises(ValueError, match="not 206 Partial Content"):
+            store.read_range(key, 0, 16)
+        with pytest.raises(ValueError, match="not 206 Partial Content"):
+            store.read_into(key, 0, memoryview(bytearray(16)), None)
+    finally:
+        s3.meta.events.unregister("provide-client-params.s3.GetObject", malformed)
+
+
+# -- issue 20: 4. one client can fail a Krum run ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("strategy", "params", "needs"),
+    [("krum", {}, 3), ("multikrum", {"num_malicious": 1}, 5), ("krum", {"num_selected": 4}, 4)],
+)
+def test_fedstep_start_refuses_a_krum_run_whose_min_participants_is_below_what_krum_needs(strategy, params, needs):
+    """With 3 clients and the defaults (min_participants 2), one client withholding its update left
+    Krum 2 updates: it raised, and the run failed as StrategyFailed. `fedstep start` now names the fix."""
+    from fedstep.cli.start import RunSettings
+    from fedstep.core.errors import FedstepError
+
+    with pytest.raises(FedstepError, match=f"needs at least {needs} valid updates.*--min-participants {needs}"):
+        RunSettings(strategy=strategy, strategy_params=params, min_participants=needs - 1).validated()
+    RunSettings(strategy=strategy, strategy_params=params, min_participants=needs).validated()
+    RunSettings(strategy="trimmed_mean", strategy_params={"beta": 0.4}, min_participants=1).validated()
+
+
+def test_a_client_withholding_its_update_fails_a_krum_round_by_name_not_the_run():
+    """A Krum run started before `fedstep start` refused it (min_participants 2, 3 clients): one client
+    withholds its update. At the deadline the round fails as TooFewParticipants, which the state
+    machine retries like a quorum miss, not as StrategyFailed, which ends the run."""
+    world = make_world(quorum=2, clients=("a", "b", "silent"), min_participants=2, strategy="krum")
+    world.report("a", 0.1, 10)
+    world.report("b", 0.2, 10)
+    with pytest.raises(TooFewParticipants, match=r"strategy 'krum' needs at least 3: 2 x num_malicious \+ 3"):
+        world.at_deadline()
+    assert world.table.get_round(RUN, 1)["status"] == "open"
+
+
+def test_a_client_sending_nan_fails_a_krum_round_by_name_not_the_run():
+    world = make_world(quorum=2, clients=("a", "b", "evil"), min_participants=3, strategy="krum")
+    world.report("a", 0.1, 10)
+    world.report("b", 0.2, 10)
+    world.report("evil", delta={k: np.full(v.shape, np.nan, np.float32) for k, v in GLOBAL.items()}, n=10)
+    assert world.complete() is None
+    [(_, error, cause)] = world.reporter.failures
+    assert error == "TooFewParticipants" and "evil: " in cause and "non-finite" in cause
+
+
+# -- issue 20: 5. a sliced round mixes in an update replaced after the plan's check -----------------
+
+
+class UnversionedBucket(MemoryStore):
+    """A bucket without versioning: reads name no object version."""
+
+    def read_range(self, key, start, length, version=None):
+        return replace(super().read_range(key, start, length, version), version=None)
+
+
+def test_a_slice_plan_refuses_a_store_that_names_no_object_version():
+    """Without a version, the plan's slices would read whatever the key holds when they run: a file
+    the client replaced after the plan's check. The plan is refused, and nothing is planned."""
+    from fedstep.core.rounds import AggregationSettings
+    from fedstep.core.update_source import UnversionedStore
+
+    world = make_world(clients=("a", "b"), store=UnversionedBucket())
+    world.report("a", 0.1, 10)
+    world.report("b", 0.2, 10)
+    with pytest.raises(UnversionedStore, match="the bucket must be versioned"):
+        world.complete(settings=AggregationSettings(slice_bytes=16))  # the model is larger: planned by slices
+    assert not any("/plan-" in k for k in world.store.objects)
+    assert world.table.get_round(RUN, 1)["status"] == "open"
+
+
+# -- issue 20: 9. smaller holes: the card's counts, DP-SGD's epsilon, what failed aggregations leave --
+
+
+def test_a_model_card_records_the_examples_aggregation_counted_not_a_claim_of_2_to_the_40():
+    from fedstep.core.model_card import ClientSize, client_sizes
+
+    def item(client, n):
+        ref = ObjectRef(keys.update_key(RUN, 3, client), "0" * 64, 100)
+        return UpdateItem(RUN, 3, client, n, ref, {}, "2026-11-30T00:00Z").to_item()
+
+    sizes = client_sizes({"a": item("a", 500), "evil": item("evil", 2**40)}, Bounds())
+    assert sizes == {"a": ClientSize(500, 3), "evil": ClientSize(100_000, 3, claimed=2**40)}
+    capped = client_sizes({"a": item("a", 500)}, Bounds(client_max_examples={"a": 50}, action="reject"))
+    assert capped == {"a": ClientSize(50, 3, claimed=500)}
+
+
+def test_under_dp_sgd_a_rounds_epsilon_is_unknown_unless_every_participant_reported_one():
+    """The attack: honest DP-SGD clients' agents report no epsilon (a custom trainer's), the attacker
+    reports 0.01, and the round's epsilon showed 0.01."""
+    from fedstep.core.schemas import DPSettings
+
+    dp = DPSettings("dp-sgd", 1.0, 1.0, 1e-5)
+    world = make_world(quorum=2, clients=("a", "b", "evil"), min_participants=2, dp=dp)
+    world.report("a", 0.1, 10)
+    world.report("b", 0.1, 10)
+    world.report("evil", 0.1, 10, privacy={"epsilon": 0.01})
+    assert world.complete().epsilon is None
+    world.next_round(2)
+    for client, epsilon in (("a", 2.5), ("b", 3.0), ("evil", 0.01)):
+        world.report(client, 0.1, 10, round_number=2, privacy={"epsilon": epsilon})
+    assert world.complete(2).epsilon == 3.0
+
+
+class StateWriteDenied(MemoryStore):
+    """A bucket where the aggregation's role may not write state objects (issue 20, finding 1)."""
+
+    def put_once(self, key, data):
+        if "/state-" in key:
+            raise PermissionError(f"AccessDenied: s3:PutObject on {key}")
+        return super().put_once(key, data)
+
+
+def test_an_aggregation_whose_state_cannot_be_written_leaves_no_global_model_behind():
+    world = make_world(clients=("a", "b"), strategy="fedadam", store=StateWriteDenied())
+    world.report("a", 0.1, 10)
+    world.report("b", 0.2, 10)
+    with pytest.raises(PermissionError):
+        world.complete()
+    assert not any(k.startswith(keys.round_prefix(RUN, 1)) for k in world.store.objects)
+    assert [k for k in world.store.deleted if "/global-" in k]
+    assert world.table.get_round(RUN, 1)["status"] == "open"
+
+
+class TakeoverTable(MemoryTable):
+    """The first commit finds its claim gone: its lease ran out mid-aggregation and another
+    invocation took the round (and crashed in turn: its lease is expired too)."""
+
+    taken_over = False
+
+    def complete_round(self, item, claim_id):
+        if not self.taken_over:
+            self.taken_over = True
+            run_id, round_number = item["run_id"], item["round"]
+            self.expire_lease(run_id, round_number)
+            self.claim_round(run_id, round_number, "takeover", 2.0, 3.0)  # taken, then its holder died
+        return super().complete_round(item, claim_id)
+
+
+def _takeover_world(**kwargs):
+    world = make_world(clients=("a", "b"), min_participants=2, quorum=2, **kwargs)
+    table = TakeoverTable(world.run)
+    table.items = world.table.items  # the published round 1
+    world.table = table
+    world.report("a", 0.1, 10)
+    world.report("b", 0.2, 10)
+    return world
+
+
+def test_an_aggregation_that_lost_its_claim_leaves_no_global_model_behind():
+    world = _takeover_world()
+    assert world.complete() is None  # its commit failed: the claim was gone
+    assert not any(k.startswith(keys.round_prefix(RUN, 1)) for k in world.store.objects)
+    output = world.at_deadline()  # the round is aggregated once more, by whoever holds it next
+    [kept] = [k for k in world.store.objects if k.startswith(keys.round_prefix(RUN, 1))]
+    assert output["global_model"]["key"] == kept
+
+
+def test_under_central_dp_a_noisy_model_released_by_an_aggregation_that_lost_its_claim_is_accounted():
+    """Under central DP each aggregation draws new noise. One whose model was written and whose claim
+    was then lost (the model was readable meanwhile) is a release: the round that is finally committed
+    counts both, so the run's epsilon is that of two Gaussian releases, not one."""
+    from fedstep.core.rounds import AggregationSettings
+    from fedstep.core.schemas import DPSettings
+    from fedstep.privacy.accounting import epsilon_fixed
+
+    dp = DPSettings("central", 2.0, 1.0, 1e-5)
+    world = _takeover_world(dp=dp)
+    settings = AggregationSettings(accountant=epsilon_fixed)
+    assert world.complete(settings=settings) is None
+    world.at_deadline(settings=settings)
+    summary = RoundSummary.parse(world.table.get_round(RUN, 1))
+    assert summary.repeated_releases == 1 and world.table.get_round(RUN, 1)["noisy_releases"] == 2
+    assert summary.epsilon == round(epsilon_fixed(2.0, 2, 2, 2, 1e-5), 6) > epsilon_fixed(2.0, 2, 2, 1, 1e-5)
+    world.next_round(2)
+    world.report("a", 0.1, 10, round_number=2)
+    world.report("b", 0.2, 10, round_number=2)
+    second = world.complete(2, settings=settings)
+    assert second.repeated_releases == 1 and second.epsilon == round(epsilon_fixed(2.0, 2, 2, 3, 1e-5), 6)

@@ -114,6 +114,28 @@ def test_each_rounds_epsilon_is_dp_accountings_for_the_rounds_so_far():
         assert summary.delta == 1e-5
 
 
+def test_a_repeated_noisy_release_is_accounted_as_another_release_and_without_sampling_when_sampled():
+    """`round_epsilon` with repeated releases (an aggregation's model released, not committed, done
+    again): with every client in every round one more Gaussian step; with clients sampled, two more
+    steps without amplification each (an upper bound on k releases on one sample)."""
+    from fedstep.core.dp import round_epsilon
+
+    dp = DPSettings("central", 1.5, 1.0, 1e-5)
+    assert round_epsilon(dp, epsilon_fixed, 3, 3, 4, repeated=2) == epsilon_fixed(1.5, 3, 3, 6, 1e-5)
+    sampled = round_epsilon(dp, epsilon_fixed, 2, 5, 4, repeated=1)
+    assert sampled == epsilon_fixed(1.5, 2, 5, 4, 1e-5, unsampled=2)
+    assert sampled > epsilon_fixed(1.5, 2, 5, 4, 1e-5) and sampled > epsilon_fixed(1.5, 2, 5, 5, 1e-5)
+    event = dpa.ComposedDpEvent(
+        [
+            dpa.SelfComposedDpEvent(dpa.SampledWithoutReplacementDpEvent(5, 2, dpa.GaussianDpEvent(0.75)), 4),
+            dpa.SelfComposedDpEvent(dpa.GaussianDpEvent(0.75), 2),
+        ]
+    )
+    accountant = RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
+    accountant.compose(event)
+    assert sampled == pytest.approx(float(accountant.get_epsilon(1e-5)), rel=1e-9)
+
+
 def test_the_round_before_the_budget_would_be_exceeded_says_so():
     budget = (independent_epsilon(2.0, 2, 2, 2, 1e-5) + independent_epsilon(2.0, 2, 2, 3, 1e-5)) / 2
     world = make_world(dp=DPSettings("central", 2.0, 1.0, 1e-5, epsilon_budget=budget))
@@ -171,7 +193,11 @@ def test_a_dp_run_with_a_strategy_that_cannot_take_noise_fails_when_its_first_ro
         (RunSettings(dp="central", dp_noise_multiplier=0.3, dp_epsilon=1.0, dp_clip="1"), 3, "is unreachable"),
         (RunSettings(dp="central", dp_noise_multiplier=1.0, dp_clip="big"), 3, "--dp-clip must be a number"),
         (RunSettings(dp="dp-sgd", dp_noise_multiplier=1.0, dp_epsilon=3.0), 3, "each data owner sets its own"),
-        (RunSettings(dp="central", dp_noise_multiplier=1.0, strategy="krum"), 3, "reads updates by slices"),
+        (
+            RunSettings(dp="central", dp_noise_multiplier=1.0, strategy="krum", min_participants=3),
+            3,
+            "reads updates by slices",
+        ),
     ],
 )
 def test_nonsense_dp_settings_are_refused_before_a_run_starts(settings, clients, message):

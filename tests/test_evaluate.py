@@ -200,7 +200,7 @@ def test_a_rejected_clients_metrics_are_not_shown():
     )
 
     def update(client: str) -> dict:
-        ref = ObjectRef(keys.update_key("run-1", 1, client), "0" * 64, 1)
+        ref = ObjectRef(keys.update_key("run-1", 1, client), "0" * 64, 100)
         return UpdateItem("run-1", 1, client, 10, ref, {"test_accuracy": 0.5}, utc_now()).to_item()
 
     rows = client_rounds(summary, {"a": update("a"), "b": update("b")})

@@ -65,6 +65,34 @@ def test_fedavg_sum_stays_finite_for_huge_example_counts():
     np.testing.assert_allclose(result["w"], 1e30, rtol=1e-6)
 
 
+def test_no_weight_in_the_float32_sum_exceeds_1_so_one_huge_update_at_the_largest_count_stays_finite():
+    """An item claims at most 2^40 examples; the weights are examples x 2^-40. With an operator cap of
+    2^40, one update of 3e38 (the old scale, 2^-20, made its weight 2^20: inf) stays finite."""
+    from fedstep.core import limits
+    from fedstep.core.strategies.aggregation import mean_weight
+
+    assert mean_weight(limits.MAX_EXAMPLES) == 1.0
+    zeros = {"w": np.zeros(3, np.float32)}
+    updates = [ClientUpdate("evil", 2**40, {"w": np.full(3, 3e38, np.float32)}), ClientUpdate("a", 1, zeros)]
+    np.testing.assert_allclose(_aggregate(zeros, UpdateList(updates))["w"], 3e38, rtol=1e-6)
+
+
+def test_the_weight_scale_is_a_power_of_two_so_the_mean_is_the_same_bits_as_with_any_other():
+    """Scaling every weight and the total by one power of two changes no bit of the mean: an honest
+    run's models are those of the earlier 2^-20 scale, to the bit."""
+    from fedstep.core.strategies import aggregation
+
+    global_weights, updates = _random_updates(np.random.default_rng(3))
+    now = _aggregate(global_weights, UpdateList(updates))
+    earlier = aggregation.WEIGHT_SCALE
+    try:
+        aggregation.WEIGHT_SCALE = np.float32(2.0**-20)
+        before = _aggregate(global_weights, UpdateList(updates))
+    finally:
+        aggregation.WEIGHT_SCALE = earlier
+    assert all(np.array_equal(now[k], before[k]) for k in SHAPES)
+
+
 def test_fedavg_of_nothing_is_an_error():
     with pytest.raises(ValueError, match="no updates"):
         _aggregate({"w": np.zeros(2, np.float32)}, UpdateList([], spec=tensors.TensorSpec({"w": (2,)})))

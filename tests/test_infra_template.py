@@ -380,9 +380,15 @@ def test_state_machine_loops_over_rounds_and_waits_for_the_task_token(template):
             "States.Timeout",
             "QuorumNotMet",
             "TooFewParticipants",
+            "InvalidAggregate",
             "StrategyFailed",
         }
         assert {"ErrorEquals": ["StrategyFailed"], "ResultPath": "$.failure", "Next": "Training failed"} in (
+            states[name]["Catch"]
+        )
+        # a round that could not be aggregated, an aggregate that is not finite included, is retried
+        not_aggregated = ["QuorumNotMet", "TooFewParticipants", "InvalidAggregate"]
+        assert {"ErrorEquals": not_aggregated, "ResultPath": "$.failure", "Next": "Retry round?"} in (
             states[name]["Catch"]
         )
     assert states["Training failed"]["Type"] == "Fail"

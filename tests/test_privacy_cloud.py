@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from client_agent.agent import Outcome
-from fedstep.aws.adapters import S3ModelStore
+from fedstep.aws.adapters import DynamoRoundTable, S3ModelStore
 from fedstep.core import tensors
 from tests.cloud_helpers import SHIFTS, ShiftTrainer, agent, serve, serve_run, start, summaries, wait_for_execution
 from tests.test_dp import independent_epsilon
@@ -35,6 +35,10 @@ def test_three_rounds_of_central_dp_report_dp_accountings_epsilon_and_add_noise_
         assert s.epsilon == pytest.approx(independent_epsilon(Z, 2, 2, s.round, DELTA), abs=1e-6)
         assert s.delta == DELTA
     assert json.loads(desc["output"])["last_round"]["epsilon"] == rounds[-1].epsilon  # in the execution output
+    # each noisy model was counted in its round record before it was written (DynamoDB's ADD, under the claim)
+    table = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb"))
+    assert [table.get_round(run.run_id, s.round)["noisy_releases"] for s in rounds] == [1, 1, 1]
+    assert [s.repeated_releases for s in rounds] == [0, 0, 0]
 
     # Round 1: both clients shift every weight (by 1 and by 3): norms of about 141 and 424, both clipped to
     # C = 0.5, i.e. C / sqrt(size) per weight. Without noise the aggregate would be their unweighted mean.

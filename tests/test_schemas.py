@@ -90,7 +90,7 @@ ITEM = {
     "round": 2,
     "client_id": "c1",
     "num_examples": 5,
-    "update": {"key": "updates/c1/run-1/00002.safetensors", "sha256": SHA, "bytes": 1},
+    "update": {"key": "updates/c1/run-1/00002.safetensors", "sha256": SHA, "bytes": 100},
     "metrics": {"train_loss": 0.5},
     "created_at": "2026-11-21T10:00:00.000Z",
 }
@@ -107,6 +107,8 @@ def test_update_item_parses_when_its_key_and_fields_agree():
         ({"pk": "CLIENT#c2"}, "key does not match"),
         ({"update": {"key": "updates/c2/run-1/00002.safetensors", "sha256": SHA, "bytes": 1}}, "not this client's"),
         ({"update": {"key": "k" * 2000, "sha256": SHA, "bytes": 1}}, "2000 characters, at most 1024"),
+        ({"update": {**ITEM["update"], "bytes": 0}}, "update bytes 0 is less than the smallest safetensors file"),
+        ({"update": {**ITEM["update"], "bytes": 9}}, "update bytes 9 is less than the smallest safetensors file"),
         ({"num_examples": 2**41}, "'num_examples' must be from 1 to"),
         ({"num_examples": 0}, "'num_examples' must be from 1 to"),
         ({"metrics": {"train_loss": float("nan")}}, "finite number"),

@@ -192,6 +192,17 @@ def test_krum_breaks_equal_scores_by_client_id_whatever_the_order():
     close(run("krum", KRUM_DELTAS, params=params, ids=ids).weights["w"], [0.5, -0.5])
 
 
+def test_each_strategy_says_how_many_updates_it_needs():
+    """What `fedstep start` compares `min_participants` with, and a short round's TooFewParticipants names."""
+    needs = {name: strategies.build(name).min_updates()[0] for name in strategies.STRATEGIES}
+    assert needs == {**{name: 1 for name in strategies.STRATEGIES}, "krum": 3, "multikrum": 3}
+    assert strategies.build("krum", {"num_malicious": 2}).min_updates() == (
+        7,
+        "2 x num_malicious + 3 with num_malicious 2",
+    )
+    assert strategies.build("multikrum", {"num_selected": 5}).min_updates() == (5, "num_selected 5")
+
+
 def test_krum_needs_more_than_2f_plus_2_updates():
     with pytest.raises(ValueError, match=r"num_malicious f = 1 needs more than 2f \+ 2 = 4 updates, got 4"):
         run("krum", KRUM_DELTAS[:4], params={"num_malicious": 1})

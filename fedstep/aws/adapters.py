@@ -49,17 +49,35 @@ class S3ModelStore:
                 return False
             raise
 
-    def read_range(self, key: str, start: int, length: int, version: str | None = None) -> RangeRead:
+    def _get_range(self, key: str, start: int, length: int, version: str | None) -> dict[str, Any]:
+        """GetObject of bytes [start, start + length): only a well-formed, non-empty range is ever
+        sent, and only a 206 answer for a range starting at `start` is taken. S3 answers a malformed
+        range (e.g. `bytes=0--1`, what a length of 0 would give) with the whole object and 200, so
+        anything else is refused before its body is read (ValueError)."""
+        if start < 0 or length < 1:
+            raise ValueError(f"s3://{self.bucket}/{key}: no empty range is requested ({length} bytes at {start})")
         extra = {"VersionId": version} if version else {}
         resp = self.s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{start + length - 1}", **extra)
+        status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        answered = str(resp.get("ContentRange", ""))
+        if status != 206 or not answered.startswith(f"bytes {start}-"):
+            resp["Body"].close()  # never read what was not asked for
+            raise ValueError(
+                f"s3://{self.bucket}/{key} answered a request for bytes {start}-{start + length - 1} with "
+                f"HTTP {status} {answered or '(no Content-Range)'}, not 206 Partial Content for that range: refused"
+            )
+        return resp
+
+    def read_range(self, key: str, start: int, length: int, version: str | None = None) -> RangeRead:
+        resp = self._get_range(key, start, length, version)
         data = resp["Body"].read()
-        total = int(str(resp.get("ContentRange", "")).rpartition("/")[2] or len(data))
+        total = int(str(resp["ContentRange"]).rpartition("/")[2])
         return RangeRead(data, total, resp.get("VersionId"))
 
     def read_into(self, key: str, start: int, buffer: memoryview, version: str | None) -> None:
-        extra = {"VersionId": version} if version else {}
-        end = start + len(buffer) - 1
-        body = self.s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end}", **extra)["Body"]
+        if len(buffer) == 0:
+            return  # nothing to read: no request (an empty range cannot be asked for)
+        body = self._get_range(key, start, len(buffer), version)["Body"]
         filled = 0
         for chunk in body.iter_chunks(1 << 20):
             if filled + len(chunk) > len(buffer):
@@ -68,6 +86,11 @@ class S3ModelStore:
             filled += len(chunk)
         if filled != len(buffer):
             raise ValueError(f"s3://{self.bucket}/{key} ended after {filled} of {len(buffer)} bytes")
+
+    def delete(self, key: str) -> None:
+        """DeleteObject: in the versioned bucket a delete marker, so no reader of the current version
+        (a client role may not read older versions) finds the object."""
+        self.s3.delete_object(Bucket=self.bucket, Key=key)
 
     # -- MultipartStore: a model written in parts (a sliced aggregation) --------------------------
     def start_upload(self, key: str) -> str:
@@ -250,6 +273,19 @@ class DynamoRoundTable(Items):
             {":claimed": ROUND_CLAIMED, ":claim": claim_id},
             removes=("lease_until",),
         )
+
+    def count_release(self, run_id: str, round_number: int, claim_id: str) -> int | None:
+        resp = conditional(
+            self.ddb.update_item,
+            TableName=self.name,
+            Key=to_attributes(keys.round_item_key(run_id, round_number)),
+            UpdateExpression="ADD noisy_releases :one",
+            ConditionExpression="#s = :claimed AND claim_id = :claim",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=to_attributes({":one": 1, ":claimed": ROUND_CLAIMED, ":claim": claim_id}),
+            ReturnValues="UPDATED_NEW",
+        )
+        return None if resp is None else int(from_attributes(resp["Attributes"])["noisy_releases"])
 
     def mark_reported(self, run_id: str, round_number: int) -> None:
         self.ddb.update_item(

@@ -62,7 +62,10 @@ def _settings_args(parser: argparse.ArgumentParser, defaults: RunSettingsDefault
         "--max-examples", type=int, help="cap on the examples a client's update is weighted by (default 100000)"
     )
     parser.add_argument(
-        "--max-update-norm", type=float, help="bound on an update's L2 norm, trained minus global (default: none)"
+        "--max-update-norm",
+        type=float,
+        help="bound on an update's L2 norm, trained minus global (default: 10 x the larger of the "
+        "initial model's norm and sqrt(parameters))",
     )
     parser.add_argument(
         "--bound-action",

@@ -38,8 +38,8 @@ class RunSettings:
     """How a run trains, and how far it trusts any one client. Defaults: 5 rounds, 1 local epoch,
     batch 32, the learning rate the model's optimizer was compiled with, FedAvg, a 1-hour round
     deadline, a quorum of half the clients per round (rounded up), at least 2 participants per round,
-    each client's weight capped at 100,000 examples, update norms unbounded, updates beyond a bound
-    clipped."""
+    each client's weight capped at 100,000 examples, update norms bounded by 10 x the larger of the
+    initial model's norm and sqrt(parameters), updates beyond a bound clipped."""
 
     rounds: int = 5
     epochs: int = 1
@@ -69,7 +69,8 @@ class RunSettings:
     client_max_examples: dict[str, int] | None = None
     """Per-client caps, by client id (run file only), instead of max_examples."""
     max_update_norm: float | None = None
-    """Bound on an update's L2 norm (trained minus global weights); None: unbounded."""
+    """Bound on an update's L2 norm (trained minus global weights); None: the default bound, 10 x the
+    larger of the initial model's norm and sqrt(parameters) (`fedstep.core.influence`)."""
     bound_action: str = "clip"
     """What happens to an update beyond max_examples or max_update_norm: "clip" or "reject"."""
     dp: str | None = None
@@ -101,12 +102,20 @@ class RunSettings:
         if not 1 <= self.round_timeout_s <= limits.MAX_ROUND_TIMEOUT_S:
             raise FedstepError(f"round_timeout_s must be 1 s to 1 year, got {self.round_timeout_s}")
         try:
-            self.strategy_instance()
+            strategy = self.strategy_instance()
             self.training()
             self.bounds()
             self.privacy()
         except (ValueError, InvalidMessage) as exc:
             raise FedstepError(str(exc)) from None
+        needs, why = strategy.min_updates()
+        if self.min_participants < needs:
+            raise FedstepError(
+                f"strategy {self.strategy!r} needs at least {needs} valid updates in every round ({why}), but "
+                f"min_participants is {self.min_participants}: a round with fewer could not be aggregated. Set "
+                f"--min-participants {needs} (min_participants in a run file) and select at least {needs} clients "
+                "per round"
+            )
         return self
 
     def privacy(self) -> DPSettings | None:

@@ -134,8 +134,16 @@ def bounds_text(view: RunView) -> str:
     caps = f"examples capped at {b.max_examples}" + (
         f" ({len(b.client_max_examples)} per client)" if b.client_max_examples else ""
     )
-    norm = f"update norm <= {b.max_update_norm:g}" if b.max_update_norm is not None else "update norm unbounded"
-    return f"at least {view.record.min_participants} participants; {caps}, {norm} ({b.action})"
+    return f"at least {view.record.min_participants} participants; {caps}, {norm_text(view)} ({b.action})"
+
+
+def norm_text(view: RunView) -> str:
+    """The bound on an update's norm: the run's own, or the default (the value its rounds applied)."""
+    if view.record.bounds.max_update_norm is not None:
+        return f"update norm <= {view.record.bounds.max_update_norm:g}"
+    applied = next((s.norm_bound for s in reversed(view.rounds) if s.norm_bound is not None), None)
+    value = f" {applied:.4g} =" if applied is not None else ""
+    return f"update norm <= default{value} 10 x max(initial model norm, sqrt(parameters))"
 
 
 def strategy_text(name: str, params: dict[str, object]) -> str:
@@ -182,7 +190,8 @@ def footer(view: RunView) -> list[str]:
 
 
 def render_status_json(view: RunView) -> str:
-    """The run and one object per round (participants, metrics, measurements, epsilon and delta; with
+    """The run and one object per round (participants, rejected, declined and clipped updates, the norm
+    bound applied, metrics, measurements, epsilon, delta and repeated noisy releases; with
     per-client rows read, `clients`: each selected client's status, examples and own metrics)."""
     ex = view.execution
     rows = [
@@ -192,11 +201,14 @@ def render_status_json(view: RunView) -> str:
             "participants": s.participants,
             "rejected": [asdict(r) for r in s.rejected],
             "declined": [asdict(r) for r in s.declined],
+            "clipped": [asdict(c) for c in s.clipped],
+            "norm_bound": s.norm_bound,
             "num_examples": s.num_examples,
             "metrics": s.metrics,
             "measurements": s.measurements,
             "epsilon": s.epsilon,
             "delta": s.delta,
+            "repeated_releases": s.repeated_releases,
             "duration_s": s.duration_s,
             "aggregation_s": s.aggregation_s,
             **({"clients": [c.to_json() for c in view.clients[s.round]]} if s.round in view.clients else {}),

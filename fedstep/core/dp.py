@@ -52,9 +52,12 @@ STATE_PREFIX = "dp."
 
 class Accountant(Protocol):
     """Epsilon of the Gaussian mechanism with noise multiplier z on `sample` of `population` units
-    drawn without replacement, composed `steps` times, at `delta`."""
+    drawn without replacement, composed `steps` times, then `unsampled` times more on every unit (no
+    amplification by sampling), at `delta`."""
 
-    def __call__(self, noise_multiplier: float, sample: int, population: int, steps: int, delta: float) -> float: ...
+    def __call__(
+        self, noise_multiplier: float, sample: int, population: int, steps: int, delta: float, unsampled: int = 0
+    ) -> float: ...
 
 
 def clipped_count_stddev(dp: DPSettings, expected: int) -> float:
@@ -93,6 +96,9 @@ class DPAggregation(Strategy):
         self.inner, self.dp, self.expected = inner, dp, expected
         self.name, self.summary, self.params = inner.name, inner.summary, inner.params
         self.z_updates = update_noise_multiplier(dp, expected)
+
+    def min_updates(self) -> tuple[int, str]:
+        return self.inner.min_updates()
 
     def clip(self, state_values: dict[str, Scalar]) -> float:
         """This round's clip norm: the fixed one, or the adaptive one the state carries."""
@@ -157,7 +163,20 @@ def _within_clip(update: ClientUpdate, norm: float, clip: float, mode: str) -> i
     return 1 if norm <= clip else 0
 
 
-def round_epsilon(dp: DPSettings, accountant: Accountant, expected: int, population: int, rounds: int) -> float:
+def round_epsilon(
+    dp: DPSettings, accountant: Accountant, expected: int, population: int, rounds: int, repeated: int = 0
+) -> float:
     """The run's client-level epsilon (at `dp.delta`) after `rounds` rounds of `expected` of
-    `population` clients (central modes)."""
+    `population` clients (central modes), `repeated` of whose noisy models were released more than
+    once (`RoundSummary.repeated_releases`: an aggregation written, not committed, and done again).
+
+    Every release counts. With every client in every round, a repeated release is one more Gaussian
+    mechanism: `rounds + repeated` steps. With clients sampled, a round released k >= 2 times on one
+    sample is not k independent samples; it is at most as private as k releases without sampling, so
+    it is accounted as `2 (k - 1)` >= k more releases without amplification, on top of its sampled
+    step: an upper bound."""
+    if repeated and expected >= population:
+        return accountant(dp.noise_multiplier, expected, population, rounds + repeated, dp.delta)
+    if repeated:
+        return accountant(dp.noise_multiplier, expected, population, rounds, dp.delta, unsampled=2 * repeated)
     return accountant(dp.noise_multiplier, expected, population, rounds, dp.delta)

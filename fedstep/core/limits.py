@@ -34,6 +34,9 @@ MAX_CLOCK_SKEW_S = 300
 """How far in the future a client's timestamp may lie before it is refused."""
 MAX_EXAMPLES = 2**40
 """The most examples an item may claim at all; the run's `max_examples` caps its weight far lower."""
+MIN_UPDATE_FILE_BYTES = 8 + 2
+"""The smallest safetensors file: its 8-byte header length and the shortest header, `{}`. An item
+claiming fewer bytes is refused when it is parsed (a zero would size a read by nothing)."""
 MAX_HEADER_SLACK_BYTES = 64 * 1024
 """An update file's safetensors header may exceed the global model's by this much (its metadata)."""
 

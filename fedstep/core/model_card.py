@@ -2,8 +2,9 @@
 
 The card of a global model (`keys.card_key`, beside the model, written once) says what the model is
 and how it was made: the model reference (run, round, aggregation version, S3 keys), the sha256 of
-the architecture (`model.keras`) and of the global weights, each client's data set size (the
-`num_examples` of its latest update item up to that round, as the client reported it), the run's
+the architecture (`model.keras`) and of the global weights, each client's data set size as the
+aggregation counts it (the `num_examples` of its latest update item up to that round, capped by the
+run's `max_examples` or the client's own cap; a larger claim is kept beside it), the run's
 settings (its run record), the round's weighted metrics and the federated evaluation of the
 previous global model (the `*_before` metrics), and the privacy spent (DP runs).
 
@@ -18,13 +19,14 @@ each promotion is also kept in the history (`keys.promotion_key`), written once.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
 from fedstep.core import keys, tensors
 from fedstep.core.errors import FedstepError
+from fedstep.core.influence import bounded_examples
 from fedstep.core.ports import ModelStore
-from fedstep.core.schemas import InvalidMessage, ObjectRef, RoundSummary, RunRecord, UpdateItem, is_completed
+from fedstep.core.schemas import Bounds, InvalidMessage, ObjectRef, RoundSummary, RunRecord, UpdateItem, is_completed
 from fedstep.core.update_source import stored_sha256
 
 CARD_KIND = "model_card"
@@ -46,10 +48,13 @@ class ModelTampered(FedstepError):
 
 @dataclass(frozen=True)
 class ClientSize:
-    """A client's data set size: `num_examples` of its latest update item (of `round`)."""
+    """A client's data set size as the aggregation counts it: `num_examples` of its latest update item
+    (of `round`), capped by the run's bounds; `claimed`, the item's own figure, when it was larger
+    (None otherwise)."""
 
     num_examples: int
     round: int
+    claimed: int | None = None
 
 
 class CardTable(Protocol):
@@ -104,7 +109,7 @@ def build_card(
         },
         "settings": _settings(run),
         "data": {
-            "clients": {c: asdict(s) for c, s in sorted(sizes.items())},
+            "clients": {c: _size(s) for c, s in sorted(sizes.items())},
             "total_examples": sum(s.num_examples for s in sizes.values()),
             "round_participants": sorted(summary.participants),
             "round_examples": summary.num_examples,
@@ -113,6 +118,10 @@ def build_card(
         "evaluation_before": dict(sorted(before.items())),
         "privacy": {"epsilon": summary.epsilon, "delta": summary.delta} if summary.epsilon is not None else None,
     }
+
+
+def _size(size: ClientSize) -> dict[str, int]:
+    return {k: v for k, v in asdict(size).items() if v is not None}
 
 
 def card_bytes(card: dict[str, Any]) -> bytes:
@@ -183,21 +192,26 @@ def compose_card(run_id: str, round_number: int, store: ModelStore, table: CardT
     if run.model:
         verify(run.model, architecture, "architecture")
     arch_ref = ObjectRef(model_key, tensors.sha256_hex(architecture), len(architecture))
-    return build_card(run, summary, arch_ref, client_sizes(table.latest_updates(run_id, run.clients, round_number)))
+    sizes = client_sizes(table.latest_updates(run_id, run.clients, round_number), run.bounds)
+    return build_card(run, summary, arch_ref, sizes)
 
 
-def client_sizes(items: dict[str, dict[str, Any]]) -> dict[str, ClientSize]:
-    """Each client's size from its latest update item, as the client wrote it and so bounded first
-    (`UpdateItem.parse`: `num_examples` at most `limits.MAX_EXAMPLES`); a client whose item does not
-    parse (a rewritten, malformed item) is left out, so no client can keep a card from being written."""
+def client_sizes(items: dict[str, dict[str, Any]], bounds: Bounds) -> dict[str, ClientSize]:
+    """Each client's size from its latest update item, as the aggregation counts it: the item is a
+    client's claim, so it is parsed (`UpdateItem.parse`: at most `limits.MAX_EXAMPLES`) and capped
+    by `bounds` (`influence.bounded_examples` with the clip action: the weight an update carries at
+    most), the claim kept beside a capped figure. A client whose item does not parse (a rewritten,
+    malformed item) is left out, so no client can keep a card from being written."""
     sizes = {}
+    counting = replace(bounds, action="clip")  # the cap, whatever the run does with updates beyond it
     for client, raw in items.items():
         try:
             item = UpdateItem.parse(raw)
         except InvalidMessage:
             continue
         if item.client_id == client:
-            sizes[client] = ClientSize(item.num_examples, item.round)
+            counted, capped = bounded_examples(client, item.num_examples, counting)
+            sizes[client] = ClientSize(counted, item.round, item.num_examples if capped else None)
     return sizes
 
 

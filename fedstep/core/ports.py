@@ -33,11 +33,18 @@ class ModelStore(Protocol):
         ...
 
     def read_range(self, key: str, start: int, length: int, version: str | None = None) -> RangeRead:
-        """Up to `length` bytes from `start` (fewer at the end of the object)."""
+        """Up to `length` bytes from `start` (fewer at the end of the object); `start` >= 0 and
+        `length` >= 1, else ValueError (no empty or inverted range is ever requested)."""
         ...
 
     def read_into(self, key: str, start: int, buffer: memoryview, version: str | None) -> None:
-        """Fill `buffer` with the bytes from `start` on; raise if the object ends first."""
+        """Fill `buffer` with the bytes from `start` on; raise if the object ends first. An empty
+        buffer reads nothing."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove `key` so that readers of the current version no longer find it (S3 DeleteObject:
+        a delete marker in a versioned bucket); nothing if it is absent."""
         ...
 
 
@@ -100,6 +107,12 @@ class RoundTable(Protocol):
 
     def complete_round(self, item: dict[str, Any], claim_id: str) -> bool:
         """Write the round's summary if the claim `claim_id` still holds it; False otherwise."""
+        ...
+
+    def count_release(self, run_id: str, round_number: int, claim_id: str) -> int | None:
+        """Add one to the round's count of noisy releases (`noisy_releases`, kept across its
+        attempts and claims) if the claim `claim_id` still holds it: the new count, or None, changing
+        nothing, if it does not."""
         ...
 
     def mark_reported(self, run_id: str, round_number: int) -> None: ...

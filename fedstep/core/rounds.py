@@ -17,13 +17,21 @@ it runs without AWS. Exactly once, by construction (DESIGN invariant 1):
    then is the round reported, to the token the server recorded. A crash between the two is
    repaired by the next invocation, which finds the summary not yet reported and reports it.
 
-A round that cannot be aggregated (too few valid updates) is given back (the claim released) and
-fails by name: QuorumNotMet or TooFewParticipants; the state machine retries it or fails the run.
+A round that cannot be aggregated (too few valid updates, for the run or for its strategy, or an
+aggregate that is not finite) is given back (the claim released) and fails by name: QuorumNotMet,
+TooFewParticipants or InvalidAggregate; the state machine retries it or fails the run.
+
+A failed aggregation leaves nothing a client can read: every check that can fail (the strategy's
+result, its measurements, finite weights and state, the privacy accounting) runs before the first
+write, and what a later failure leaves (a state write refused, a claim lost before the commit) is
+deleted, best effort. Under central DP each noisy model is counted in the round record before it is
+written (`RoundTable.count_release`), so a model released and not committed is still accounted.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -31,7 +39,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, cast
 
 from fedstep import SCHEMA_VERSION
-from fedstep.core import keys, limits, sliced, strategies, tensors
+from fedstep.core import influence, keys, limits, sliced, strategies, tensors
 from fedstep.core.clock import seconds_since, utc_now
 from fedstep.core.dp import Accountant, DPAggregation, round_epsilon
 from fedstep.core.errors import FedstepError
@@ -40,6 +48,7 @@ from fedstep.core.schemas import (
     ROUND_AGGREGATED,
     ROUND_CLAIMED,
     ROUND_REPORTED,
+    Bounds,
     DeclineItem,
     Feedback,
     InvalidMessage,
@@ -57,7 +66,9 @@ from fedstep.core.schemas import (
 from fedstep.core.strategies import GlobalModel
 from fedstep.core.update_source import (
     ModelLayout,
+    UnversionedStore,
     UpdateSource,
+    model_norm,
     read_header,
     read_layout,
     read_model,
@@ -76,11 +87,13 @@ class QuorumNotMet(RoundNotAggregated):
 
 
 class TooFewParticipants(RoundNotAggregated):
-    """Fewer valid updates than the run's `min_participants`: the aggregate would expose them."""
+    """Fewer valid updates than the run's `min_participants` (the aggregate would expose them), or
+    than the run's strategy needs (`Strategy.min_updates`, e.g. Krum's 2f + 3)."""
 
 
-class InvalidAggregate(FedstepError):
-    """The strategy produced non-finite weights; nothing was written."""
+class InvalidAggregate(RoundNotAggregated):
+    """The strategy produced non-finite weights or state; nothing was written. A round failure like
+    a quorum miss: the state machine retries the round (`round_retries`), never crashes the run."""
 
 
 class StrategyFailed(FedstepError):
@@ -90,6 +103,11 @@ class StrategyFailed(FedstepError):
 
 class RoundBusy(FedstepError):
     """Another invocation holds the round's claim and has not finished; the state machine retries."""
+
+
+class ClaimLost(FedstepError):
+    """This invocation's claim on the round ran out and another took the round over: it leaves the
+    round to that one (nothing of its own stays readable)."""
 
 
 @dataclass(frozen=True)
@@ -180,24 +198,31 @@ def expected_participants(run: RunRecord) -> int:
 
 
 def privacy_spent(
-    run: RunRecord, round_number: int, accepted: list[tuple[UpdateItem, int]], accountant: Accountant | None
+    run: RunRecord,
+    round_number: int,
+    accepted: list[tuple[UpdateItem, int]],
+    accountant: Accountant | None,
+    repeated: int = 0,
 ) -> tuple[float | None, float | None, bool]:
     """(epsilon, delta, budget spent) after `round_number` rounds: client-level from the accountant
-    (central modes; spent when one more round would pass the budget), or the largest record-level
-    epsilon a participant reported (dp-sgd); (None, None, False) without DP."""
+    (central modes, counting `repeated` releases too; spent when one more round would pass the
+    budget), or under dp-sgd the largest record-level epsilon the participants reported, unknown
+    (None) unless every participant reported one: a client that reports none may have spent any
+    amount, so a figure from the others would understate the round; (None, None, False) without DP."""
     dp = run.dp
     if dp is None:
         return None, None, False
     if not dp.central:
         reported = [item.privacy["epsilon"] for item, _ in accepted if "epsilon" in item.privacy]
-        return (max(reported) if reported else None), dp.delta, False
+        known = bool(reported) and len(reported) == len(accepted)
+        return (max(reported) if known else None), dp.delta, False
     if accountant is None:
         raise FedstepError(f"run {run.run_id} has differential privacy but the function has no accountant")
     expected, population = expected_participants(run), len(run.clients)
-    epsilon = round_epsilon(dp, accountant, expected, population, round_number)
+    epsilon = round_epsilon(dp, accountant, expected, population, round_number, repeated)
     budget = dp.epsilon_budget
-    spent = budget is not None and round_epsilon(dp, accountant, expected, population, round_number + 1) > budget
-    return round(epsilon, 6), dp.delta, spent
+    after_next = round_epsilon(dp, accountant, expected, population, round_number + 1, repeated)
+    return round(epsilon, 6), dp.delta, budget is not None and after_next > budget
 
 
 def input_state(table: RoundTable, run: RunRecord, round_number: int) -> ObjectRef | None:
@@ -207,6 +232,34 @@ def input_state(table: RoundTable, run: RunRecord, round_number: int) -> ObjectR
     if previous is not None and is_completed(previous):
         return RoundSummary.parse(previous).state
     return run.initial_state
+
+
+def previous_summary(table: RoundTable, run: RunRecord, round_number: int) -> RoundSummary | None:
+    """The summary of the round before `round_number`: this run's, or for the first round of a
+    resumed run that of the run it continues; None before a run's first round (or if it is missing)."""
+    if round_number <= 1:
+        return None
+    for run_id in (run.run_id, run.resumed_from):
+        record = table.get_round(run_id, round_number - 1) if run_id else None
+        if record is not None and is_completed(record):
+            return RoundSummary.parse(record)
+    return None
+
+
+def round_bounds(
+    run: RunRecord, previous: RoundSummary | None, store: ModelStore, input_model: ObjectRef, layout: ModelLayout
+) -> tuple[Bounds, bool]:
+    """The run's bounds for a round with its norm bound resolved, and whether that is the default
+    bound: the run's `max_update_norm`, else `influence.default_norm_bound` of the model the run
+    started from. That bound is carried from round to round in the summaries (`norm_bound`), so it
+    is measured once per run, from its first round's input model (streamed: memory one block)."""
+    if run.bounds.max_update_norm is not None:
+        return run.bounds, False
+    if previous is not None and previous.norm_bound is not None:
+        bound = previous.norm_bound
+    else:
+        bound = influence.default_norm_bound(model_norm(store, input_model), layout.spec.num_parameters)
+    return replace(run.bounds, max_update_norm=bound), True
 
 
 def _instructions(run: RunRecord, round_number: int, state: ObjectRef | None, store: ModelStore) -> dict[str, Any]:
@@ -282,6 +335,8 @@ def try_complete_round(
         _release(table, run_id, round_number, claim)
         reporter.fail(token, type(exc).__name__, str(exc)[: limits.MAX_FAILURE_CAUSE_CHARS])
         return None
+    except ClaimLost:
+        return None  # another invocation took the round over: it reports
     except BaseException:
         _release(table, run_id, round_number, claim)
         raise
@@ -289,7 +344,7 @@ def try_complete_round(
         if _hold_for_slices(table, run_id, round_number, claim, summary):
             reporter.succeed(token, plan_output(store, summary))
         return None
-    if not table.complete_round({**summary_item(summary), "status": ROUND_AGGREGATED}, claim):
+    if not _commit(store, table, summary, claim, ROUND_AGGREGATED):
         return None  # the lease ran out and another invocation took the round over: it reports
     if on_aggregated is not None:
         on_aggregated(summary)
@@ -338,6 +393,8 @@ def complete_round_at_deadline(
         raw = table.get_updates(run_id, round_number, run.selected(round_number))
         try:
             summary = _aggregate(run, round_number, record, raw, store, table, claim, True, settings)
+        except ClaimLost:
+            continue  # another invocation took the round over: wait for it
         except BaseException:
             _release(table, run_id, round_number, claim)
             raise
@@ -345,7 +402,7 @@ def complete_round_at_deadline(
             if _hold_for_slices(table, run_id, round_number, claim, summary):
                 return plan_output(store, summary)
             continue
-        if table.complete_round({**summary_item(summary), "status": ROUND_REPORTED}, claim):
+        if _commit(store, table, summary, claim, ROUND_REPORTED):
             if on_aggregated is not None:
                 on_aggregated(summary)
             return task_output(summary, run)
@@ -393,10 +450,16 @@ def _weighted_metrics(accepted: list[tuple[UpdateItem, int]]) -> dict[str, float
     return out
 
 
-def _check_finite(weights: tensors.Tensors) -> None:
-    for name, tensor in weights.items():
-        if not tensors.all_finite(tensor):
-            raise InvalidAggregate(f"the aggregate's tensor {name!r} is not finite; nothing was published")
+def _check_finite(result: strategies.Aggregate) -> None:
+    """InvalidAggregate unless the new weights and the strategy's state (tensors and numbers) are
+    finite: checked before anything is written, so a failed round leaves no model and no state."""
+    for what, named in (("aggregate", result.weights), ("strategy's state", result.state.tensors)):
+        for name, tensor in named.items():
+            if not tensors.all_finite(tensor):
+                raise InvalidAggregate(f"the {what} tensor {name!r} is not finite; nothing was published")
+    for name, value in result.state.values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidAggregate(f"the strategy's state value {name!r} is {value}; nothing was published")
 
 
 def _aggregate(
@@ -411,10 +474,13 @@ def _aggregate(
     settings: AggregationSettings = AggregationSettings(),
 ) -> RoundSummary | ObjectRef:
     """Validate, bound and aggregate the updates; write the new global model (once, under the
-    claim's key). Raises QuorumNotMet / TooFewParticipants when too few valid updates remain. A
-    model larger than `settings.slice_bytes` is planned for slices instead: the plan's ref."""
+    claim's key). Raises QuorumNotMet / TooFewParticipants when too few valid updates remain (for
+    the run or for its strategy), InvalidAggregate when the result is not finite. A model larger
+    than `settings.slice_bytes` is planned for slices instead: the plan's ref."""
     selected = run.selected(round_number)
     when = f"by the deadline of round {round_number}" if at_deadline else f"in round {round_number}"
+    strategy = build_strategy(run)
+    strategy_needs, why = strategy.min_updates()
 
     def feedback(client: str, sha256: str, reason: str) -> None:
         for item in Feedback(client, run.run_id, round_number, sha256, reason, utc_now()).to_items():
@@ -430,6 +496,9 @@ def _aggregate(
                 f"{counts} (min_participants {run.min_participants}: fewer would publish a client's update) "
                 f"in run {run.run_id}{reasons}"
             )
+        if valid < strategy_needs:
+            needs = f"strategy {run.strategy!r} needs at least {strategy_needs}: {why}"
+            return TooFewParticipants(f"{counts} ({needs}) in run {run.run_id}{reasons}")
         return None
 
     intake = _intake(raw, selected, lambda client, item, reason: feedback(client, _claimed_sha(item), reason))
@@ -440,14 +509,11 @@ def _aggregate(
     started = time.time()
     input_model = ObjectRef.parse(record["input_model"], "round record input_model")
     layout = read_layout(store, input_model)
+    previous = previous_summary(table, run, round_number)
+    bounds, default_norm = round_bounds(run, previous, store, input_model, layout)
     if sliced.needs_slices(input_model.bytes, settings.slice_bytes):
         return _plan(
-            run,
-            round_number,
-            record,
-            intake,
-            input_model,
-            layout,
+            _Planning(run, round_number, record, intake, input_model, layout, bounds, default_norm, strategy),
             store,
             claim,
             feedback,
@@ -458,28 +524,30 @@ def _aggregate(
     source = UpdateSource(
         store,
         layout,
-        run.bounds,
+        bounds,
         intake.items,
         on_rejected=lambda item, reason: feedback(item.client_id, item.update.sha256, reason),
+        default_norm=default_norm,
     )
-    strategy = build_strategy(run)
     state = load_state(store, record, run)
     global_model = GlobalModel(layout.spec, lambda: read_model(store, input_model, layout))
-    result = _run_strategy(strategy, run, round_number, global_model, state, source)
+    result = _run_strategy(strategy, run, round_number, global_model, state, source, strategy_needs)
     rejected = intake.rejected + source.rejected
     problem = not_enough(len(source.accepted_items), rejected + declined)
     if problem or result is None:
         raise problem or StrategyFailed(f"strategy {run.strategy!r} returned no model in round {round_number}")
-    _check_finite(result.weights)
+    # every check that can fail comes before the first write
     measurements = _measurements(result, run, round_number)
+    _check_finite(result)
     data = tensors.encode(result.weights, _file_metadata(run, round_number, claim, "global"))
     result.weights.clear()  # only the encoded copy stays in memory
-    global_ref = _write_once(store, keys.global_key(run.run_id, round_number, claim), data)
-    del data
-    state_ref = _save_state(store, result.state, run, round_number, claim)
-    now = time.time()
+    state_data = result.state.encode(run.strategy) if result.state.tensors or result.state.values else None
     accepted = source.accepted_items
-    epsilon, delta, budget_spent = privacy_spent(run, round_number, accepted, settings.accountant)
+    repeated = _count_release(run, round_number, table, claim, previous)
+    epsilon, delta, budget_spent = privacy_spent(run, round_number, accepted, settings.accountant, repeated)
+    global_ref, state_ref = _write_results(store, run, round_number, claim, data, state_data)
+    del data
+    now = time.time()
     return RoundSummary(
         run_id=run.run_id,
         round=round_number,
@@ -501,16 +569,100 @@ def _aggregate(
         delta=delta,
         declined=intake.declined,
         privacy_budget_spent=budget_spent,
+        norm_bound=bounds.max_update_norm,
+        repeated_releases=repeated,
     )
 
 
+def _count_release(
+    run: RunRecord, round_number: int, table: RoundTable, claim: str, previous: RoundSummary | None
+) -> int:
+    """Under central DP, count this aggregation's noisy model as a release in the round record before
+    it is written (ClaimLost, writing nothing, if the claim no longer holds), so no model that was
+    ever readable goes unaccounted: the run's repeated releases so far (`RoundSummary.repeated_releases`).
+    0 for other runs."""
+    if run.dp is None or not run.dp.central:
+        return 0
+    releases = table.count_release(run.run_id, round_number, claim)
+    if releases is None:
+        raise ClaimLost(f"round {round_number} of run {run.run_id} was taken over before its model was written")
+    return (previous.repeated_releases if previous else 0) + releases - 1
+
+
+def _write_results(
+    store: ModelStore, run: RunRecord, round_number: int, claim: str, data: bytes, state_data: bytes | None
+) -> tuple[ObjectRef, ObjectRef | None]:
+    """Write the round's global model and the strategy's state, each once under the claim's keys; if
+    the state cannot be written, the model written before it is deleted (best effort)."""
+    global_ref = _write_once(store, keys.global_key(run.run_id, round_number, claim), data)
+    if state_data is None:
+        return global_ref, None
+    try:
+        return global_ref, _write_once(store, keys.state_key(run.run_id, round_number, claim), state_data)
+    except BaseException:
+        _discard(store, [global_ref.key])
+        raise
+
+
+def _discard(store: ModelStore, object_keys: list[str]) -> None:
+    """Delete what a failed aggregation wrote, so no client can read it; a failure is only logged
+    (the object stays behind, unreferenced, and the error that made it an orphan is the one raised)."""
+    for key in object_keys:
+        try:
+            store.delete(key)
+        except Exception:  # best effort: never hide the error being handled
+            log.warning("could not delete %s, written by an aggregation that failed", key)
+
+
+def _commit(store: ModelStore, table: RoundTable, summary: RoundSummary, claim: str, status: str) -> bool:
+    """Commit the round's summary under the claim. False when the claim no longer holds: another
+    invocation took the round over, and this one's model and state are deleted. A write whose answer
+    was lost (an error, or a retried write that found its own commit) is judged from the record: only
+    objects the record does not name are deleted."""
+    try:
+        if table.complete_round({**summary_item(summary), "status": status}, claim):
+            return True
+    except BaseException:
+        if not _committed(table, summary):
+            _discard(store, _result_keys(summary))
+        raise
+    if _committed(table, summary):
+        return True
+    _discard(store, _result_keys(summary))
+    return False
+
+
+def _committed(table: RoundTable, summary: RoundSummary) -> bool:
+    """Whether the round record holds `summary`'s model (unknown counts as yes: nothing is deleted)."""
+    try:
+        record = table.get_round(summary.run_id, summary.round) or {}
+    except Exception:
+        return True
+    model = record.get("global_model")
+    return is_completed(record) and isinstance(model, dict) and model.get("key") == summary.global_model.key
+
+
+def _result_keys(summary: RoundSummary) -> list[str]:
+    return [summary.global_model.key] + ([summary.state.key] if summary.state else [])
+
+
+@dataclass(frozen=True)
+class _Planning:
+    """What planning a sliced round starts from."""
+
+    run: RunRecord
+    round_number: int
+    record: dict[str, Any]
+    intake: _Intake
+    input_model: ObjectRef
+    layout: ModelLayout
+    bounds: Bounds
+    default_norm: bool
+    strategy: strategies.Strategy
+
+
 def _plan(
-    run: RunRecord,
-    round_number: int,
-    record: dict[str, Any],
-    intake: _Intake,
-    input_model: ObjectRef,
-    layout: ModelLayout,
+    planning: _Planning,
     store: ModelStore,
     claim: str,
     feedback: Callable[[str, str, str], None],
@@ -519,17 +671,19 @@ def _plan(
     started: float,
 ) -> ObjectRef:
     """Check the updates and plan the round's slices (`fedstep.core.sliced`); the plan's ref."""
-    strategy = build_strategy(run)
+    run, round_number, record, intake = planning.run, planning.round_number, planning.record, planning.intake
+    input_model, layout = planning.input_model, planning.layout
     try:
-        sliced.check_sliceable(strategy, input_model.bytes, settings.slice_bytes)
+        sliced.check_sliceable(planning.strategy, input_model.bytes, settings.slice_bytes)
     except sliced.NotSliceable as exc:
         raise StrategyFailed(f"run {run.run_id}, round {round_number}: {exc}") from None
     checked = sliced.check_updates(
         store,
         layout,
-        run.bounds,
+        planning.bounds,
         intake.items,
         lambda item, reason: feedback(item.client_id, item.update.sha256, reason),
+        default_norm=planning.default_norm,
     )
     rejected = intake.rejected + checked.rejected
     declined = [Rejection(d.client_id, f"declined: {d.reason}") for d in intake.declined]
@@ -559,6 +713,7 @@ def _plan(
         delta=delta,
         declined=intake.declined,
         privacy_budget_spent=budget_spent,
+        norm_bound=planning.bounds.max_update_norm,
     )
     plan = sliced.SlicePlan(
         run_id=run.run_id,
@@ -645,6 +800,8 @@ def assemble_round(
     )
     if not table.complete_round({**summary_item(summary), "status": ROUND_REPORTED}, plan.claim):
         record = table.get_round(plan.run_id, plan.round) or {}
+        if not _committed(table, summary):  # another claim's model, or none: this one is an orphan
+            _discard(store, [plan.output_key])
         if is_completed(record):
             return task_output(RoundSummary.parse(record), run)
         raise FedstepError(f"round {plan.round} of run {plan.run_id}: the plan's claim no longer holds the round")
@@ -660,14 +817,18 @@ def _run_strategy(
     global_model: GlobalModel,
     state: strategies.ServerState,
     source: UpdateSource,
+    needs: int = 1,
 ) -> strategies.Aggregate | None:
-    """The strategy's result; None when it raised because no update was valid (the caller reports
-    the quorum), StrategyFailed when it raised while there were valid updates."""
+    """The strategy's result; None when it raised because fewer updates were valid than it `needs`
+    (the caller reports the quorum or TooFewParticipants), StrategyFailed when it raised while there
+    were enough. UnversionedStore (a deployment fault, not the strategy's) passes as it is."""
     try:
         return strategy.aggregate(round_number, global_model, state, source)
+    except UnversionedStore:
+        raise
     except Exception as exc:
-        source.accepted()  # finish checking the updates: were there any to aggregate?
-        if not source.accepted_items:
+        source.accepted()  # finish checking the updates: were there enough to aggregate?
+        if len(source.accepted_items) < max(1, needs):
             return None
         raise StrategyFailed(
             f"strategy {run.strategy!r} failed in round {round_number} of run {run.run_id}: {type(exc).__name__}: {exc}"
@@ -690,18 +851,6 @@ def _write_once(store: ModelStore, key: str, data: bytes) -> ObjectRef:
     if not store.put_once(key, data):
         raise FedstepError(f"{key} exists already: a claim id was reused")
     return ObjectRef(key, tensors.sha256_hex(data), len(data))
-
-
-def _save_state(
-    store: ModelStore, state: strategies.ServerState, run: RunRecord, round_number: int, claim: str
-) -> ObjectRef | None:
-    """Write the strategy's state after the round (once); None for an empty state."""
-    if not state.tensors and not state.values:
-        return None
-    for name, tensor in state.tensors.items():
-        if not tensors.all_finite(tensor):
-            raise InvalidAggregate(f"the strategy's state tensor {name!r} is not finite; nothing was published")
-    return _write_once(store, keys.state_key(run.run_id, round_number, claim), state.encode(run.strategy))
 
 
 def load_state(store: ModelStore, record: dict[str, Any], run: RunRecord) -> strategies.ServerState:

@@ -383,6 +383,11 @@ class UpdateItem:
         update = ObjectRef.parse(_get(data, "update", dict, where), f"{where} update")
         if update.key != keys.update_key(run_id, round_number, client_id):
             raise InvalidMessage(f"{where}: update key {update.key[:80]!r} is not this client's key for this round")
+        if update.bytes < limits.MIN_UPDATE_FILE_BYTES:
+            raise InvalidMessage(
+                f"{where}: update bytes {update.bytes} is less than the smallest safetensors file "
+                f"({limits.MIN_UPDATE_FILE_BYTES} bytes: its header length and header)"
+            )
         return cls(
             run_id=run_id,
             round=round_number,
@@ -586,6 +591,13 @@ class RoundSummary:
     """Selected clients that declined the round (e.g. their privacy budget), with their reason."""
     privacy_budget_spent: bool = False
     """The next round would take the run's epsilon past its budget: the run stops here."""
+    norm_bound: float | None = None
+    """The bound on an update's L2 norm in this round: the run's `max_update_norm`, or its default
+    (`fedstep.core.influence.default_norm_bound`); None in summaries of earlier versions."""
+    repeated_releases: int = 0
+    """Central DP: noisy models released beyond one per round, in this round and every earlier one of
+    the run (and of the runs it continues): an aggregation whose model was written but not committed
+    (a crash, a lost claim) and then done again. The accountant counts each (docs/privacy.md)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA_VERSION, **asdict(self)}
@@ -632,6 +644,8 @@ class RoundSummary:
             delta=_optional_number(data, "delta", where),
             declined=[Rejection(**r) for r in data.get("declined", [])],
             privacy_budget_spent=bool(data.get("privacy_budget_spent", False)),
+            norm_bound=_optional_number(data, "norm_bound", where),
+            repeated_releases=_positive_int(data, "repeated_releases", where, 0) if "repeated_releases" in data else 0,
         )
 
 
@@ -709,7 +723,9 @@ class Bounds:
 
     `max_examples` caps the examples a client's update is weighted by (default 100,000);
     `client_max_examples` sets a cap per client id instead. `max_update_norm` bounds the L2 norm of
-    an update (the trained weights minus the global ones); None: not bounded by norm. `action` says
+    an update (the trained weights minus the global ones); None: the default bound, 10 x the larger
+    of the initial model's norm and sqrt(parameters) (`fedstep.core.influence.default_norm_bound`,
+    resolved by the aggregation; where a `Bounds` is used directly, None bounds nothing). `action` says
     what happens to an update beyond a bound: "clip" (weight capped, update scaled to the norm) or
     "reject"."""
 

@@ -182,11 +182,21 @@ class CheckedUpdates:
 
 
 def check_updates(
-    store: ModelStore, layout: ModelLayout, bounds: Bounds, items: list[UpdateItem], on_rejected: Any
+    store: ModelStore,
+    layout: ModelLayout,
+    bounds: Bounds,
+    items: list[UpdateItem],
+    on_rejected: Any,
+    *,
+    default_norm: bool = False,
 ) -> CheckedUpdates:
     """Every update checked and bounded as the one-pass path does it (`UpdateSource`), each file
-    streamed a block at a time: memory one block, whatever the model's size."""
-    source = UpdateSource(store, layout, bounds, items, on_rejected=on_rejected)
+    streamed a block at a time: memory one block, whatever the model's size. The object version
+    each check read is what the slices read; a store that names none is refused (`UnversionedStore`),
+    as an update replaced after its check would otherwise mix in."""
+    source = UpdateSource(
+        store, layout, bounds, items, on_rejected=on_rejected, default_norm=default_norm, require_versions=True
+    )
     source.accepted()
     accepted = [
         (

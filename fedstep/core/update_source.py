@@ -15,7 +15,10 @@ Memory: one update's file at a time (plus small chunked temporaries), whatever t
 Sliced access (`UpdateSource.slice`) first checks every update as above (a pass that drops each
 file), remembering where each tensor lies in each file and the object version that was checked; a
 slice is then read with ranged reads of exactly that version (S3 `VersionId`), so a file replaced
-after its check cannot mix in. Memory: one slice of every update, `SLICE_BUDGET_BYTES` together.
+after its check cannot mix in. A slice plan (`require_versions`, `fedstep.core.sliced`) refuses a
+store that names no version (an unversioned bucket: `UnversionedStore`), as its slices, read by
+other invocations minutes later, could not be pinned to the bytes that were checked. Memory: one
+slice of every update, `SLICE_BUDGET_BYTES` together.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from fedstep.core import influence, limits, tensors
-from fedstep.core.errors import InvalidUpdate
+from fedstep.core.errors import FedstepError, InvalidUpdate
 from fedstep.core.ports import ModelStore, RangeRead
 from fedstep.core.schemas import Adjustment, Bounds, ObjectRef, Rejection, UpdateItem
 from fedstep.core.strategies import ClientUpdate, UpdateInfo
@@ -46,6 +49,11 @@ class ModelLayout:
     @property
     def max_file_bytes(self) -> int:
         return tensors.HEADER_LENGTH_BYTES + self.max_header_bytes + self.spec.data_bytes
+
+    @property
+    def min_file_bytes(self) -> int:
+        """The smallest file that can hold this model's tensors: the length, the shortest header, the data."""
+        return limits.MIN_UPDATE_FILE_BYTES + self.spec.data_bytes
 
 
 def read_header(store: ModelStore, ref: ObjectRef) -> bytes:
@@ -88,6 +96,16 @@ def stored_sha256(store: ModelStore, key: str) -> tuple[str, int]:
     return digest.hexdigest(), first.total_bytes
 
 
+def model_norm(store: ModelStore, ref: ObjectRef) -> float:
+    """The L2 norm of all the weights of a model file the server wrote (e.g. the model a run started
+    from), streamed: memory one block, whatever the model's size."""
+    data_start = len(read_header(store, ref))
+    squares = 0.0
+    for view in stream_blocks(store, ref.key, data_start, ref.bytes, None):
+        squares += tensors.sum_of_squares(np.frombuffer(view, dtype="<f4"))
+    return math.sqrt(squares)
+
+
 def read_model(store: ModelStore, ref: ObjectRef, layout: ModelLayout) -> tensors.Tensors:
     """A global model (written by the server) whose layout was read, as views into one buffer: one
     copy of its data in memory."""
@@ -117,10 +135,15 @@ def read_update(
 
 
 def check_size(item: UpdateItem, layout: ModelLayout) -> None:
-    """Step 1: an oversized file is refused before a byte of it is read."""
+    """Step 1: a file too large, or too small to hold this model's tensors, is refused before a byte
+    of it is read (so no read is ever sized by a length the client made up)."""
     if item.update.bytes > layout.max_file_bytes:
         raise InvalidUpdate(
             f"file is {item.update.bytes} bytes, over the limit of {layout.max_file_bytes} for this model"
+        )
+    if item.update.bytes < layout.min_file_bytes:
+        raise InvalidUpdate(
+            f"file is {item.update.bytes} bytes, under the {layout.min_file_bytes} this model's tensors take"
         )
 
 
@@ -250,6 +273,11 @@ class _Checked:
     scale: np.float32 | None
 
 
+class UnversionedStore(FedstepError):
+    """The store read an update without naming its object version: later ranged reads (slices) could
+    not be pinned to the bytes that were checked. The bucket must be versioned (the stack's is)."""
+
+
 @dataclass
 class UpdateSource:
     """The round's usable items as validated, bounded updates (the strategies' `Updates`): a one-pass
@@ -269,6 +297,15 @@ class UpdateSource:
     clipped: list[Adjustment] = field(default_factory=list)
     accepted_items: list[tuple[UpdateItem, int]] = field(default_factory=list)
     on_rejected: Callable[[UpdateItem, str], None] | None = None
+    default_norm: bool = False
+    """Whether `bounds.max_update_norm` is the run's default bound (`influence.default_norm_bound`),
+    as the reasons and adjustments say."""
+    require_versions: bool = False
+    """Refuse (`UnversionedStore`) to hand out the checked updates for slices when the store named no
+    object version for one: a slice plan sets it. Reading slices within this invocation it is off
+    while the embedded local cloud's bucket is unversioned (moto's CloudFormation drops the
+    template's versioning; AWS's bucket is versioned): there a file replaced between the check and
+    the slices of the same invocation would still mix in."""
     _checked: list[_Checked] = field(default_factory=list)
     _passed: bool = False
 
@@ -304,7 +341,9 @@ class UpdateSource:
             examples, capped = influence.bounded_examples(item.client_id, item.num_examples, self.bounds)
             norm = self.bounds.max_update_norm is not None
             checked = read_update(self.store, item, self.layout, norm=norm, keep=keep)
-            scale, clipped_norm = influence.norm_bound(checked.tensors, self.bounds, checked.norm)
+            scale, clipped_norm = influence.norm_bound(
+                checked.tensors, self.bounds, checked.norm, default=self.default_norm
+            )
         except InvalidUpdate as exc:
             self.rejected.append(Rejection(item.client_id, exc.reason))
             if self.on_rejected is not None:
@@ -329,7 +368,16 @@ class UpdateSource:
     @property
     def checked(self) -> list[_Checked]:
         """The accepted updates as slices read them (after `accepted()`): where each tensor lies in
-        its file, the object version checked, the factor its norm bound scales it by."""
+        its file, the object version checked, the factor its norm bound scales it by. With
+        `require_versions`, UnversionedStore if the store named no version for one: slices could not
+        be pinned to the bytes checked."""
+        for c in self._checked:
+            if self.require_versions and c.version is None:
+                raise UnversionedStore(
+                    f"the store named no object version for {c.item.update.key}: slices read later could not be "
+                    "pinned to the checked bytes, so a file replaced meanwhile would mix in; "
+                    "the bucket must be versioned"
+                )
         return list(self._checked)
 
     def slice(self, name: str, start: int, stop: int) -> np.ndarray:
@@ -338,7 +386,7 @@ class UpdateSource:
         checked object versions, `SLICE_READERS` at a time."""
         if not self._passed:
             self.accepted()
-        checked = self._checked
+        checked = self.checked
         size = int(np.prod(self.spec.shapes[name], dtype=np.int64))
         if not 0 <= start <= stop <= size:
             raise ValueError(f"slice [{start}, {stop}) is outside tensor {name!r} of {size} elements")

@@ -57,18 +57,26 @@ REPLACE_ONE_SENSITIVITY = 2.0
 
 
 @functools.lru_cache(maxsize=4096)
-def epsilon_fixed(noise_multiplier: float, sample: int, population: int, steps: int, delta: float) -> float:
+def epsilon_fixed(
+    noise_multiplier: float, sample: int, population: int, steps: int, delta: float, unsampled: int = 0
+) -> float:
     """Epsilon after `steps` rounds of the Gaussian mechanism with noise std `noise_multiplier` x C on
     the sum of `sample` updates clipped to C, the clients drawn without replacement from
-    `population` (replace-one neighbours: sensitivity 2C); inf when no noise."""
-    if steps <= 0:
+    `population` (replace-one neighbours: sensitivity 2C), then `unsampled` more releases of that
+    mechanism without sampling (a repeated release, `fedstep.core.dp.round_epsilon`); inf when no
+    noise."""
+    if steps + unsampled <= 0:
         return 0.0
     if noise_multiplier <= 0:
         return float("inf")
-    event = dpa.GaussianDpEvent(noise_multiplier / REPLACE_ONE_SENSITIVITY)
+    gaussian = dpa.GaussianDpEvent(noise_multiplier / REPLACE_ONE_SENSITIVITY)
+    event = gaussian
     if sample < population:
-        event = dpa.SampledWithoutReplacementDpEvent(population, sample, event)
-    return tightest_epsilon(dpa.SelfComposedDpEvent(event, steps), delta, _relation(sample, population))
+        event = dpa.SampledWithoutReplacementDpEvent(population, sample, gaussian)
+    composed: dpa.DpEvent = dpa.SelfComposedDpEvent(event, steps)
+    if unsampled:
+        composed = dpa.ComposedDpEvent([composed, dpa.SelfComposedDpEvent(gaussian, unsampled)])
+    return tightest_epsilon(composed, delta, _relation(sample, population))
 
 
 def _relation(sample: int, population: int) -> dpa.NeighboringRelation:

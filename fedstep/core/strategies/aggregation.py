@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from fedstep.core import limits
 from fedstep.core.strategies.base import GlobalModel, Updates
 from fedstep.core.tensors import CHUNK_ELEMENTS, Tensors, chunks, l2_norm
 
@@ -41,13 +42,19 @@ def accumulate(acc: np.ndarray, weight: np.float32, values: np.ndarray, block: n
         np.add(target, product, out=target)
 
 
-WEIGHT_SCALE = np.float32(2.0**-20)
-"""Examples are scaled by this power of two (exactly) in the float32 sum, so a weight is at most
-2**20 (`limits.MAX_EXAMPLES` is 2**40) and the products of finite float32 updates stay finite."""
+WEIGHT_SCALE = np.float32(1.0 / limits.MAX_EXAMPLES)
+"""Examples are scaled by this power of two (2**-40, exactly) before the float32 multiply: an item
+may claim at most `limits.MAX_EXAMPLES` (2**40) examples, so every weight is at most 1 and no product
+is larger than the update's own value. An exact power of two changes no bit of the mean (barring
+float32 underflow, below 1e-26 for one example). The weights of a round sum to at most the clients
+times their cap times 2**-40 (1,000 clients at the default cap of 100,000: 1e-4), so the sum of
+finite updates stays finite unless several of them near float32's largest value carry an
+operator-set cap near 2**40."""
 
 
 def mean_weight(examples: int) -> np.float32:
-    """An update's weight in the float32 sum: its examples, rounded to float32, times `WEIGHT_SCALE`."""
+    """An update's weight in the float32 sum: its examples, rounded to float32, times `WEIGHT_SCALE`
+    (at most 1)."""
     return np.float32(examples) * WEIGHT_SCALE
 
 

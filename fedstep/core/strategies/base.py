@@ -170,6 +170,13 @@ class Strategy(ABC):
     def check(self, params: Any) -> None:  # noqa: B027 - optional hook
         """Raise ValueError naming the parameter when `params` cannot work (e.g. a negative rate)."""
 
+    def min_updates(self) -> tuple[int, str]:
+        """The fewest accepted updates this strategy can aggregate with its parameters, and why (for
+        the messages that name it). A run's `min_participants` may not be lower (`fedstep start`), and
+        a round left with fewer valid updates fails as TooFewParticipants, retried like a quorum miss.
+        Default: 1."""
+        return 1, ""
+
     def configure_round(self, round_number: int, state_values: dict[str, Scalar]) -> Instructions:
         """Instructions for the clients of round `round_number`, from the state's values after the
         previous round (its tensors are not loaded to publish a round). Default: none."""

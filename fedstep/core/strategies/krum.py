@@ -35,7 +35,7 @@ import numpy as np
 from fedstep.core.strategies.aggregation import apply_step, coordinatewise, step_norm
 from fedstep.core.strategies.base import Aggregate, GlobalModel, ServerState, Strategy, Updates
 
-_F_HELP = "f, the number of Byzantine updates to tolerate (>= 0); a round needs more than 2f + 2 updates"
+_F_HELP = "f, the number of Byzantine updates to tolerate (>= 0); a round needs 2f + 3 updates (min_participants)"
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,14 @@ class Krum(Strategy):
             value = getattr(params, param)
             if value < 0:
                 raise ValueError(f"parameter {param!r} of strategy {self.name!r} must be >= 0, got {value}")
+
+    def min_updates(self) -> tuple[int, str]:
+        """n >= 2f + 3 (each update is scored by its n - f - 2 nearest neighbours), and n >= m when
+        `num_selected` m is set."""
+        f, m = int(self.params.num_malicious), int(self.params.num_selected)
+        needed = max(2 * f + 3, m)
+        why = f"2 x num_malicious + 3 with num_malicious {f}" if needed == 2 * f + 3 else f"num_selected {m}"
+        return needed, why
 
     def aggregate(
         self, round_number: int, global_model: GlobalModel, state: ServerState, updates: Updates

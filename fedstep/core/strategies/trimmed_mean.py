@@ -2,7 +2,9 @@
 Optimal Statistical Rates"): for each coordinate, the k = floor(beta*n) largest and the k smallest of
 the n deltas' values are cut and the rest averaged, unweighted (a client's example count does not
 move it). Up to k updates per side can be arbitrary. Default beta 0.1 (with fewer than 10 updates
-nothing is cut: the plain unweighted mean); 0 <= beta < 0.5.
+nothing is cut: the plain unweighted mean); 0 <= beta < 0.5, so n > 2k holds for every n >= 1 and
+the strategy needs no more than one update (`min_updates`); to cut k per side, a round needs
+n >= k / beta updates.
 
 Reads the updates by slices: memory is one slice of every update (sorted) plus the step."""
 
