@@ -66,6 +66,17 @@ class Aggregation(Construct):
         )
         role.add_to_policy(
             iam.PolicyStatement(
+                # what a failed aggregation wrote, best effort (a delete marker in the versioned bucket)
+                sid="DeleteWhatAFailedAggregationWrote",
+                actions=["s3:DeleteObject"],
+                resources=[
+                    bucket.arn_for_objects(keys.GLOBAL_KEY_PATTERN),
+                    bucket.arn_for_objects(keys.STATE_KEY_PATTERN),
+                ],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
                 sid="NeverWhatARunStartsFrom",  # the operator's: `fedstep start` and `--resume`
                 effect=iam.Effect.DENY,
                 actions=["s3:PutObject"],

@@ -910,3 +910,15 @@ def test_a_resource_type_moto_skips_fails_the_deployment_unless_the_allow_list_n
         deploy.check_created(assembly_of(tmp_path, deploy_template), STACK, cfn)
     deploy.check_created(assembly_of(tmp_path, allowed), STACK, cfn)  # the alarm is allow-listed, with its reason
     assert all(len(reason) > 40 for reason in deploy.UNSUPPORTED_RESOURCES.values())
+
+
+def test_the_lambda_shim_refuses_a_request_or_a_response_past_lambdas_6_mb_payload_limit(moto, monkeypatch):
+    gaps.LAMBDA_IN_PROCESS.apply()
+    create_function()
+    lam = client("lambda")
+    big = lam.invoke(FunctionName="canary", Payload=json.dumps({"pad": "x" * (6 * 2**20)}))
+    error = json.loads(big["Payload"].read())
+    assert big.get("FunctionError") and error["errorType"] == "RequestEntityTooLargeException"
+    monkeypatch.setattr(gaps.lambda_in_process, "PAYLOAD_LIMIT_BYTES", 1000)  # its echo is larger
+    echoed = lam.invoke(FunctionName="canary", Payload=json.dumps({"pad": "x" * 960}))  # 972 bytes in
+    assert json.loads(echoed["Payload"].read())["errorType"] == "Function.ResponseSizeTooLarge"

@@ -16,7 +16,7 @@ from client_agent.agent import Agent
 from fedstep.core import tensors
 from fedstep.local import gaps
 from tests.cloud_helpers import ShiftTrainer, agent_config
-from tests.test_sliced_cloud import EXAMPLES, deployment, in_one_process, run_sliced_round, versioned
+from tests.test_sliced_cloud import EXAMPLES, deployment, in_one_process, run_sliced_round
 
 
 @pytest.mark.skipif(os.environ.get("FEDSTEP_SCALE") != "1", reason="slow: run `make test-scale`")
@@ -27,7 +27,6 @@ def test_a_1_gib_model_is_aggregated_by_functions_with_less_memory_than_the_mode
     config = deployment(max_model_mb=1100, slice_mb=64)
     started = time.monotonic()
     with LocalCloud(config, enforce_lambda_memory=True) as cloud:
-        versioned(cloud)
         params = 2**28  # 1 GiB of float32
         rng = np.random.default_rng(1)
         initial = {"000/huge/kernel": rng.standard_normal(params, dtype=np.float32).reshape(2**14, 2**14)}

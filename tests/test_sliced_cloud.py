@@ -37,14 +37,6 @@ def deployment(max_model_mb: int, slice_mb: int):
     )
 
 
-def versioned(cloud):
-    """The cloud, its bucket versioned as the template says: the slices read the object versions the
-    plan checked, and a plan refuses a store that names none (`UnversionedStore`). moto's
-    CloudFormation drops the template's `VersioningConfiguration`, so it is switched on here."""
-    cloud.client("s3").put_bucket_versioning(Bucket=cloud.outputs.bucket, VersioningConfiguration={"Status": "Enabled"})
-    return cloud
-
-
 def submit_updates(cloud, run_id: str, round_number: int, deltas: dict[str, tensors.Tensors]) -> None:
     """Each client's update written as the client writes it: the file under its prefix, then its item
     (whose stream record starts the aggregation)."""
@@ -107,7 +99,7 @@ def small_cloud():
     from fedstep.local.cloud import LocalCloud
 
     with LocalCloud(deployment(max_model_mb=64, slice_mb=8)) as cloud:
-        yield versioned(cloud)
+        yield cloud  # its bucket versioned as the template says (the s3_versioning shim)
 
 
 def test_a_model_larger_than_a_slice_is_aggregated_by_a_distributed_map_of_slices(small_cloud):

@@ -194,9 +194,7 @@ def check_updates(
     streamed a block at a time: memory one block, whatever the model's size. The object version
     each check read is what the slices read; a store that names none is refused (`UnversionedStore`),
     as an update replaced after its check would otherwise mix in."""
-    source = UpdateSource(
-        store, layout, bounds, items, on_rejected=on_rejected, default_norm=default_norm, require_versions=True
-    )
+    source = UpdateSource(store, layout, bounds, items, on_rejected=on_rejected, default_norm=default_norm)
     source.accepted()
     accepted = [
         (

@@ -300,12 +300,10 @@ class UpdateSource:
     default_norm: bool = False
     """Whether `bounds.max_update_norm` is the run's default bound (`influence.default_norm_bound`),
     as the reasons and adjustments say."""
-    require_versions: bool = False
+    require_versions: bool = True
     """Refuse (`UnversionedStore`) to hand out the checked updates for slices when the store named no
-    object version for one: a slice plan sets it. Reading slices within this invocation it is off
-    while the embedded local cloud's bucket is unversioned (moto's CloudFormation drops the
-    template's versioning; AWS's bucket is versioned): there a file replaced between the check and
-    the slices of the same invocation would still mix in."""
+    object version for one: a file replaced between the check and the slices would mix in. The model
+    registry is versioned, on AWS and in the local cloud (`fedstep.local.gaps.s3_versioning`)."""
     _checked: list[_Checked] = field(default_factory=list)
     _passed: bool = False
 

@@ -192,14 +192,35 @@ def run_isolated(function: Any, event: Any) -> tuple[str, bool, str]:
     return json.dumps(outcome["result"]), False, ""
 
 
+PAYLOAD_LIMIT_BYTES = 6 * 2**20
+"""Lambda's limit on a synchronous invocation's request and response payloads (6 MB each)."""
+
+
+def _too_large(function: Any, error: str, what: str) -> tuple[str, bool, str]:
+    message = f"{what}: more than Lambda's {PAYLOAD_LIMIT_BYTES} bytes for a synchronous invocation"
+    log.error("Lambda %s: %s: %s", function.function_name, error, message)
+    return json.dumps({"errorType": error, "errorMessage": message}), True, ""
+
+
+def _bounded_response(function: Any, outcome: tuple[str, bool, str]) -> tuple[str, bool, str]:
+    """The invocation's outcome, or Lambda's error for a response larger than its payload limit."""
+    size = len(outcome[0].encode())
+    if size > PAYLOAD_LIMIT_BYTES:
+        return _too_large(function, "Function.ResponseSizeTooLarge", f"the response is {size} bytes")
+    return outcome
+
+
 def run_handler(function: Any, event: Any = None) -> tuple[str, bool, str]:
     """Replacement for moto's `LambdaFunction._invoke_lambda`: run the function's handler here and now, with
     its environment (or in its own process, `SHIM.enforce_memory`); returns (payload, errored, logs) as
-    moto's does."""
+    moto's does. A request or a response larger than Lambda's 6 MB payload limit fails as Lambda fails it."""
     try:
         verify_code_matches_checkout(function.code_bytes)
+        size = len(json.dumps(event if event is not None else {}).encode())
+        if size > PAYLOAD_LIMIT_BYTES:
+            return _too_large(function, "RequestEntityTooLargeException", f"the request is {size} bytes")
         if SHIM.enforce_memory:
-            return run_isolated(function, event)
+            return _bounded_response(function, run_isolated(function, event))
         os.environ.update({k: str(v) for k, v in (function.environment_vars or {}).items()})
         module_name, func_name = function.handler.rsplit(".", 1)
         handler = getattr(importlib.import_module(module_name), func_name)
@@ -211,7 +232,7 @@ def run_handler(function: Any, event: Any = None) -> tuple[str, bool, str]:
         )
         with acting_as(role_credentials(function)):
             result = handler(event if event is not None else {}, context)
-        return json.dumps(result), False, ""
+        return _bounded_response(function, (json.dumps(result), False, ""))
     except Exception as exc:  # a Lambda reports any exception as a function error
         log_failure(function.function_name, exc)
         payload = {"errorMessage": str(exc), "errorType": type(exc).__name__}
