@@ -15,9 +15,9 @@ Memory: one update's file at a time (plus small chunked temporaries), whatever t
 Sliced access (`UpdateSource.slice`) first checks every update as above (a pass that drops each
 file), remembering where each tensor lies in each file and the object version that was checked; a
 slice is then read with ranged reads of exactly that version (S3 `VersionId`), so a file replaced
-after its check cannot mix in. A slice plan (`require_versions`, `fedstep.core.sliced`) refuses a
-store that names no version (an unversioned bucket: `UnversionedStore`), as its slices, read by
-other invocations minutes later, could not be pinned to the bytes that were checked. Memory: one
+after its check cannot mix in. A store that names no version (an unversioned bucket) is refused
+(`UnversionedStore`, `require_versions`): slices, read later in this invocation or by other ones (a
+slice plan, `fedstep.core.sliced`), could not be pinned to the bytes that were checked. Memory: one
 slice of every update, `SLICE_BUDGET_BYTES` together.
 """
 
