@@ -81,7 +81,10 @@ def agent_config(cloud, client_id, workdir, **fields) -> AgentConfig:
 
 
 def agent(cloud, client_id, tmp_path, trainer=None):
-    return Agent(agent_config(cloud, client_id, tmp_path), trainer or ShiftTrainer(*SHIFTS[client_id]))
+    """An agent of `client_id` in this process, acting under its client role (the cloud's session of it,
+    assumed once: an agent's own `role_arn`/`profile` path is tested in test_local_cloud.py)."""
+    config = agent_config(cloud, client_id, tmp_path)
+    return Agent(config, trainer or ShiftTrainer(*SHIFTS[client_id]), session=cloud.session(client_id))
 
 
 def start(

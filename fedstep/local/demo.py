@@ -28,6 +28,7 @@ from fedstep.cli.start import RunSettings, build_model, keras_payload, merge_set
 from fedstep.cli.status import strategy_text
 from fedstep.core import keys, tensors
 from fedstep.core.errors import FedstepError
+from fedstep.core.imports import load_callable
 from fedstep.core.label_counts import LabelCounts
 from fedstep.core.schemas import RoundSummary, Target, headline_metric
 from fedstep.core.strategies.params import to_json as params_json
@@ -130,6 +131,8 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
     settings = config.settings.validated()
     client_ids = [f"client-{i}" for i in range(1, config.clients + 1)]
     settings.for_clients(client_ids)  # refused now, not after the local cloud is up
+    if config.model:  # a model that cannot be imported is named before any agent starts
+        load_callable(config.model, "model")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     # With --keep-running the agents keep serving after the run's end (`--follow`), for the runs an
