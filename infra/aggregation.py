@@ -105,12 +105,7 @@ class Aggregation(Construct):
                 sid="UpdateRoundRecords",  # open, claim, hold, release, commit, report: in the run's partition
                 actions=["dynamodb:UpdateItem"],
                 resources=[table.table_arn],
-                conditions={
-                    "ForAllValues:StringNotLike": {
-                        "dynamodb:LeadingKeys": [f"{keys.CLIENT_PK_PREFIX}*", f"{keys.FEEDBACK_PK_PREFIX}*"]
-                    },
-                    "Null": {"dynamodb:LeadingKeys": "false"},
-                },
+                conditions=secure.partitions("StringNotLike", secure.CLIENT_PARTITIONS),
             )
         )
         role.add_to_policy(
@@ -118,10 +113,7 @@ class Aggregation(Construct):
                 sid="PutFeedback",  # why a client's update was rejected, in that client's feedback partition
                 actions=["dynamodb:PutItem"],
                 resources=[table.table_arn],
-                conditions={
-                    "ForAllValues:StringLike": {"dynamodb:LeadingKeys": [f"{keys.FEEDBACK_PK_PREFIX}*"]},
-                    "Null": {"dynamodb:LeadingKeys": "false"},
-                },
+                conditions=secure.partitions("StringLike", [f"{keys.FEEDBACK_PK_PREFIX}*"]),
             )
         )
         role.add_to_policy(

@@ -37,7 +37,7 @@ from constructs import Construct
 from fedstep.core import keys
 from fedstep.core.schemas import RunRecord
 from infra.config import DeploymentConfig
-from infra.secure import acknowledge, logical_id
+from infra.secure import CLIENT_PARTITIONS, acknowledge, logical_id, partitions
 
 OPERATOR_WRITES = (
     keys.MODEL_KEY_PATTERN,
@@ -47,8 +47,6 @@ OPERATOR_WRITES = (
     f"{keys.REGISTRY_PREFIX}*",
 )
 """The S3 keys the operator writes (`fedstep start`, `fedstep local`, `fedstep promote`)."""
-SERVER_PARTITIONS = [f"{keys.CLIENT_PK_PREFIX}*", f"{keys.FEEDBACK_PK_PREFIX}*"]
-"""Partitions the operator never writes: the clients' own, and the function's feedback to them."""
 RUN_RECORD_ATTRIBUTES = sorted({keys.PK, keys.SK, "schema", "kind", *(f.name for f in fields(RunRecord))})
 """A run record's attributes: what the operator's items may hold (a round record's may not pass)."""
 
@@ -121,9 +119,8 @@ class OperatorAccess(Construct):
                     actions=["dynamodb:PutItem"],
                     resources=[table.table_arn],
                     conditions={
-                        "ForAllValues:StringNotLike": {"dynamodb:LeadingKeys": SERVER_PARTITIONS},
+                        **partitions("StringNotLike", CLIENT_PARTITIONS),
                         "ForAllValues:StringEquals": {"dynamodb:Attributes": RUN_RECORD_ATTRIBUTES},
-                        "Null": {"dynamodb:LeadingKeys": "false"},
                     },
                 ),
                 iam.PolicyStatement(sid="MessageClients", actions=["sns:Publish"], resources=[topic.topic_arn]),

@@ -14,7 +14,17 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from fedstep.core import keys
 from infra.config import Retention
+
+CLIENT_PARTITIONS = [f"{keys.CLIENT_PK_PREFIX}*", f"{keys.FEEDBACK_PK_PREFIX}*"]
+"""The table's partitions that belong to clients: their own (`CLIENT#`) and the feedback to them (`FEEDBACK#`)."""
+
+
+def partitions(operator: str, patterns: list[str]) -> dict[str, dict[str, object]]:
+    """Conditions on the partitions a DynamoDB request touches (`dynamodb:LeadingKeys`, which must be
+    present): all of them match `patterns` (`operator` StringLike), or none does (StringNotLike)."""
+    return {f"ForAllValues:{operator}": {"dynamodb:LeadingKeys": patterns}, "Null": {"dynamodb:LeadingKeys": "false"}}
 
 
 def acknowledge(construct: Construct, rule: str, reason: str) -> None:

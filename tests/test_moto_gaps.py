@@ -405,8 +405,9 @@ def test_with_memory_enforced_an_invocation_is_stopped_the_moment_it_passes_its_
 # -- 4. DynamoDB stream delivery -------------------------------------------------------------------
 
 
-def table_streaming_to_a_function() -> Any:
-    """A table `canary` whose stream feeds the function `canary`; returns a DynamoDB client."""
+def table_streaming_to_a_function(**mapping: Any) -> Any:
+    """A table `canary` whose stream feeds the function `canary` (`mapping`: more of the event source
+    mapping's settings, e.g. FilterCriteria); returns a DynamoDB client."""
     ddb = client("dynamodb")
     table = ddb.create_table(
         TableName="canary",
@@ -417,7 +418,10 @@ def table_streaming_to_a_function() -> Any:
     )
     create_function()
     client("lambda").create_event_source_mapping(
-        FunctionName="canary", EventSourceArn=table["TableDescription"]["LatestStreamArn"], StartingPosition="LATEST"
+        FunctionName="canary",
+        EventSourceArn=table["TableDescription"]["LatestStreamArn"],
+        StartingPosition="LATEST",
+        **mapping,
     )
     return ddb
 
@@ -858,21 +862,7 @@ def filtered_deliveries(monkeypatch) -> list[list[str]]:
         return "{}", False, ""
 
     monkeypatch.setattr(LambdaFunction, "_invoke_lambda", record)  # stands for the function's code
-    ddb = client("dynamodb")
-    table = ddb.create_table(
-        TableName="canary",
-        KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
-    )
-    create_function()
-    client("lambda").create_event_source_mapping(
-        FunctionName="canary",
-        EventSourceArn=table["TableDescription"]["LatestStreamArn"],
-        StartingPosition="LATEST",
-        FilterCriteria=ONLY_UPDATES,
-    )
+    ddb = table_streaming_to_a_function(FilterCriteria=ONLY_UPDATES)
     for key, kind in (("a", "heartbeat"), ("b", "update"), ("c", "heartbeat")):
         ddb.put_item(TableName="canary", Item={"k": {"S": key}, "kind": {"S": kind}})
     return delivered
