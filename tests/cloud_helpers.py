@@ -12,6 +12,8 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,17 @@ from fedstep.aws.adapters import DynamoRoundTable, S3ModelStore
 from fedstep.cli.start import RunSettings, start_run
 from fedstep.core.schemas import RoundSummary
 from fedstep.local import gaps
+
+
+@contextmanager
+def cloud_of(clients: tuple[str, ...], round_timeout_s: int) -> Iterator[Any]:
+    """The real stack for `clients`, deployed into a local cloud (the conftest's has two clients)."""
+    from fedstep.local.cloud import LocalCloud
+    from infra.config import ClientConfig, DeploymentConfig
+
+    config = DeploymentConfig(clients=tuple(ClientConfig(c) for c in clients), round_timeout_s=round_timeout_s)
+    with LocalCloud(config) as cloud:
+        yield cloud
 
 
 def wait_for_execution(cloud: Any, arn: str, timeout_s: float = 30) -> dict:

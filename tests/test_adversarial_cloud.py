@@ -17,6 +17,7 @@ from tests.cloud_helpers import (
     SHIFTS,
     ShiftTrainer,
     agent,
+    cloud_of,
     fedstep,
     global_after,
     serve_run,
@@ -31,12 +32,8 @@ ATTACKER = "client-3"
 
 @pytest.fixture(scope="module")
 def local_cloud():
-    """The stack with three clients (the conftest's has two), for this module."""
-    from fedstep.local.cloud import LocalCloud
-    from infra.config import ClientConfig, DeploymentConfig
-
-    config = DeploymentConfig(clients=tuple(ClientConfig(c) for c in CLIENTS), round_timeout_s=120)
-    with LocalCloud(config) as cloud:
+    """The stack with three clients, for this module."""
+    with cloud_of(CLIENTS, round_timeout_s=120) as cloud:
         yield cloud
 
 

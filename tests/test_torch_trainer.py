@@ -224,11 +224,9 @@ TORCH_CLIENT = "client-3"
 @pytest.fixture(scope="module")
 def three_client_cloud():
     """The real stack for three clients, deployed into a moto server on 127.0.0.1."""
-    from fedstep.local.cloud import LocalCloud
-    from infra.config import ClientConfig, DeploymentConfig
+    from tests.cloud_helpers import cloud_of
 
-    config = DeploymentConfig(clients=tuple(ClientConfig(c) for c in CLIENTS), round_timeout_s=300)
-    with LocalCloud(config) as cloud:
+    with cloud_of(CLIENTS, round_timeout_s=300) as cloud:
         yield cloud
 
 
