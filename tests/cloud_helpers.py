@@ -199,16 +199,18 @@ def receive(cloud, client_id):
 REPO = Path(__file__).resolve().parent.parent
 
 
-def fedstep(cloud, *args: str, timeout: int = 240) -> subprocess.CompletedProcess[str]:
-    """`fedstep <args>` as an operator runs it, against the local cloud."""
+def fedstep(cloud, *args: str, timeout: int = 240, **run: Any) -> subprocess.CompletedProcess[str]:
+    """`fedstep <args>` as an operator runs it, against the local cloud (`run`: more subprocess.run
+    arguments, e.g. `stdout=` a pipe)."""
     env = {**os.environ, **cloud.env(), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    output = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **run}
     return subprocess.run(
         [sys.executable, "-m", "fedstep", *args, "--endpoint-url", cloud.endpoint],
         cwd=REPO,
         env=env,
-        capture_output=True,
         text=True,
         timeout=timeout,
+        **output,
     )
 
 

@@ -5,6 +5,7 @@ clients are real agents in threads of this process (a small numpy trainer: the c
 from __future__ import annotations
 
 import json
+import os
 import threading
 from datetime import datetime
 
@@ -80,6 +81,20 @@ def test_runs_json_gives_each_run_with_its_status_times_and_rounds(local_cloud, 
     assert (run["status"], run["rounds_aggregated"], run["rounds_planned"]) == ("SUCCEEDED", 3, 3)
     assert datetime.fromisoformat(run["started"]) <= datetime.fromisoformat(run["stopped"])
     assert run["duration_s"] >= 0
+
+
+@pytest.mark.parametrize("command", [("runs",), ("status", "RUN", "--json")])
+def test_a_reader_that_leaves_early_ends_the_command_quietly(local_cloud, finished_run, command):
+    """`fedstep runs | head`: the reader closes the pipe before fedstep writes; no BrokenPipeError."""
+    read, write = os.pipe()
+    os.close(read)  # the reader has left: every write to the pipe fails
+    try:
+        args = [finished_run if a == "RUN" else a for a in command]
+        result = fedstep(local_cloud, *args, stdout=write)
+    finally:
+        os.close(write)
+    assert result.returncode == 141, result.stderr  # as the shell reports a command ended by SIGPIPE
+    assert result.stderr == ""
 
 
 def test_status_has_a_row_per_round_with_participants_metrics_and_durations(local_cloud, finished_run):

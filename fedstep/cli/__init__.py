@@ -563,6 +563,15 @@ def _local(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reader_left() -> int:
+    """The reader of our output closed the pipe (`fedstep runs | head`): end quietly, as a shell tool does,
+    pointing stdout at /dev/null so that the interpreter's last flush raises nothing. Exit status 141,
+    the shell's for a command ended by SIGPIPE."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -588,7 +597,11 @@ def main(argv: list[str] | None = None) -> int:
             "strategies": _strategies,
             "cost": _cost,
         }
-        return commands[args.command](args)
+        code = commands[args.command](args)
+        sys.stdout.flush()  # inside the try: a reader that left (`fedstep runs | head`) is seen here
+        return code
+    except BrokenPipeError:
+        return _reader_left()
     except FedstepError as exc:
         print(f"fedstep: error: {clean(exc)}", file=sys.stderr)
         return 2
