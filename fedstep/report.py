@@ -9,7 +9,8 @@ labels.png         each client's examples per label, stacked (only for runs with
                    those of `fedstep local`, see fedstep.core.label_counts)
 model card         the final global model: sha256s, each client's examples, final metrics (when
                    the run's card was written: finished runs, or promoted rounds)
-privacy.png        epsilon per round beside the weighted accuracy, with the budget (DP runs only)
+privacy.png        epsilon per round beside the accuracy of the model each round released, from the
+                   federated evaluation of the next round, with the budget (DP runs only)
 clients.png        per client, the previous global model's accuracy on its test split, per round, with
                    the last round's per-client table (fedstep.cli.client_metrics)
 """
@@ -22,8 +23,9 @@ from typing import Any
 
 from fedstep.cli.client_metrics import CLIENTS_PLOT, clients_html, clients_plot
 from fedstep.cli.cost import report_section as cost_section
+from fedstep.cli.plotting import pyplot, round_axis, save
 from fedstep.cli.run_view import RunView
-from fedstep.cli.status import ROUND_HEADER, headline, round_row, settings_line
+from fedstep.cli.status import ROUND_HEADER, global_evaluation, headline, settings_line, table_rows
 from fedstep.cli.text import html_text
 
 PLOTS = ("accuracy", "loss", "participation")
@@ -38,37 +40,31 @@ _STATES = ("not selected", "no update", "rejected", "aggregated")
 _COLOURS = ("#f2f2f2", "#f0b429", "#d64545", "#2f9e44")
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def target_line(ax, view: RunView, name: str) -> None:
+    """The run's target, on the plot of the metric it is judged on (the global model's, "before")."""
+    target = view.record.target
+    if target and target.judged_on == f"test_{name}_before":
+        ax.axhline(target.value, color="#d64545", linestyle="--", label=f"target {target} (global model)")
 
 
 def _metric_plot(view: RunView, name: str, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
-    rounds = [s.round for s in view.rounds]
-    for pattern, label in _SERIES:
-        key = pattern.format(name)
-        points = [(s.round, s.metrics[key]) for s in view.rounds if key in s.metrics]
+    keys = [(pattern.format(name), label) for pattern, label in _SERIES]
+    series = [(label, [(s.round, s.metrics[k]) for s in view.rounds if k in s.metrics]) for k, label in keys]
+    for label, points in series:
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", label=label)
-    ax.set_xlabel("round")
+    target_line(ax, view, name)
+    round_axis(ax)
     ax.set_ylabel(f"weighted {name}")
     ax.set_title(f"{name.capitalize()} per round, weighted by examples")
-    if rounds:
-        ax.set_xticks(rounds if len(rounds) <= 20 else rounds[:: max(1, len(rounds) // 10)])
     ax.grid(alpha=0.3)
+    if not any(points for _, points in series):
+        ax.text(0.5, 0.5, f"no {name} reported yet", ha="center", va="center", transform=ax.transAxes)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
-    else:
-        ax.text(0.5, 0.5, f"no {name} reported yet", ha="center", va="center", transform=ax.transAxes)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save(fig, path)
 
 
 def participation(view: RunView) -> tuple[list[str], list[int], list[list[int]]]:
@@ -92,7 +88,7 @@ def _participation_plot(view: RunView, path: Path) -> None:
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    plt = _pyplot()
+    plt = pyplot()
     clients, rounds, matrix = participation(view)
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.32 * len(clients)), dpi=110)
     if rounds:
@@ -111,9 +107,7 @@ def _participation_plot(view: RunView, path: Path) -> None:
         bbox_to_anchor=(1.01, 1.0),
         fontsize="small",
     )
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plots(view: RunView) -> tuple[str, ...]:
@@ -123,35 +117,58 @@ def plots(view: RunView) -> tuple[str, ...]:
     return (*PLOTS, *extra)
 
 
-def _privacy_plot(view: RunView, path: Path) -> None:
-    """Epsilon per round (left axis, with the run's budget) beside the weighted test accuracy (right)."""
-    from fedstep.core.schemas import headline_metric
+GLOBAL_ACCURACY_LABEL = "global model accuracy (federated evaluation)"
+"""What the privacy plot and table call the utility they pair with epsilon."""
 
+
+def _privacy_plot(view: RunView, path: Path) -> None:
+    """Epsilon after each round (left axis, with the run's budget) beside the accuracy of the model that
+    round released (right axis): the global model's, from the federated evaluation, never the clients'
+    accuracy after their local training, which noise added to the global model does not touch."""
     dp = view.record.dp
     assert dp is not None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
     points = [(s.round, s.epsilon) for s in view.rounds if s.epsilon is not None]
     if points:
         ax.plot(*zip(*points, strict=True), marker="o", color="#5b21b6", label="epsilon")
     if dp.epsilon_budget is not None:
         ax.axhline(dp.epsilon_budget, color="#d64545", linestyle="--", label=f"budget {dp.epsilon_budget:g}")
-    ax.set_xlabel("round")
+    round_axis(ax)
     ax.set_ylabel(f"epsilon (delta {dp.delta:g})")
     ax.set_title(f"Privacy loss per round ({dp.mode}, noise multiplier {dp.noise_multiplier:g})")
     ax.grid(alpha=0.3)
-    accuracy = [(s.round, a) for s in view.rounds if (a := headline_metric(s.metrics, "accuracy")) is not None]
+    accuracy = sorted(global_evaluation(view).items())
     if accuracy:
         right = ax.twinx()
-        right.plot(*zip(*accuracy, strict=True), marker="s", color="#2f9e44", label="weighted accuracy")
-        right.set_ylabel("weighted accuracy")
+        right.plot(*zip(*accuracy, strict=True), marker="s", color="#2f9e44", label=GLOBAL_ACCURACY_LABEL)
+        right.set_ylabel("global model accuracy")
         right.set_ylim(0, 1)
-        right.legend(loc="lower right")
+        right.legend(loc="lower right", fontsize="small")
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+        ax.legend(loc="upper left", fontsize="small")
+    save(fig, path)
+
+
+def privacy_rows(view: RunView) -> list[tuple[int, str, str, str]]:
+    """Per round: epsilon after it, the accuracy of the model it released (federated evaluation, "-"
+    until a later round evaluates it), and the clients' accuracy after their local training."""
+    from fedstep.cli.status import epsilon_text
+    from fedstep.core.schemas import headline_metric
+
+    evaluated = global_evaluation(view)
+    rows = []
+    for s in view.rounds:
+        trained = headline_metric(s.metrics, "accuracy")
+        rows.append(
+            (
+                s.round,
+                epsilon_text(s),
+                f"{evaluated[s.round]:.4f}" if s.round in evaluated else "-",
+                f"{trained:.4f}" if trained is not None else "-",
+            )
+        )
+    return rows
 
 
 def _labels_plot(view: RunView, path: Path) -> None:
@@ -160,7 +177,7 @@ def _labels_plot(view: RunView, path: Path) -> None:
 
     counts = view.partition
     assert counts is not None
-    plt = _pyplot()
+    plt = pyplot()
     clients = list(counts.clients)
     labels = counts.labels
     if len(labels) <= 10:
@@ -190,9 +207,7 @@ def _labels_plot(view: RunView, path: Path) -> None:
     else:
         ax.text(1.01, 1.0, f"{len(labels)} labels,\nfirst dark,\nlast yellow", transform=ax.transAxes, va="top")
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save(fig, path)
 
 
 def write_report(view: RunView, out_dir: Path, card: dict[str, Any] | None = None) -> Path:
@@ -226,7 +241,7 @@ def _html(view: RunView, out_dir: Path) -> str:
     e = html_text
     shown = (*PLOTS, PRIVACY_PLOT) if view.record.dp else PLOTS
     images = "\n".join(_figure(name, out_dir / f"{name}.png") for name in shown)
-    rows = "\n".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in round_row(s)) + "</tr>" for s in view.rounds)
+    rows = "\n".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in table_rows(view))
     head = "".join(f"<th>{e(h)}</th>" for h in ROUND_HEADER)
     record = view.record
     config = {
@@ -271,7 +286,7 @@ figure {{ display: inline-block; margin: .5em; }} img {{ max-width: 100%; }} .fa
 {rows}
 </tbody></table>
 <h2>Plots</h2>
-{images}
+{images}{_privacy_html(view)}
 <h2>Rejected updates</h2>
 <ul id="rejections">{"".join(f"<li>{e(r)}</li>" for r in rejections) or "<li>none</li>"}</ul>{partition}{cost}
 <h2>Run config</h2>
@@ -279,6 +294,23 @@ figure {{ display: inline-block; margin: .5em; }} img {{ max-width: 100%; }} .fa
 <p><small>Made by <code>fedstep report</code>. Metrics are the clients' own, weighted by their number of
 training examples; "before" is the global model of the previous round on the clients' test splits.</small></p>
 </body></html>
+"""
+
+
+def _privacy_html(view: RunView) -> str:
+    """For DP runs, the privacy plot's numbers: epsilon beside the global model's accuracy."""
+    if not view.record.dp:
+        return ""
+    e = html_text
+    rows = "\n".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in privacy_rows(view))
+    return f"""
+<table id="privacy-utility"><thead><tr><th>round</th><th>epsilon after it</th>
+<th>{e(GLOBAL_ACCURACY_LABEL)} of the model it released</th>
+<th>clients' accuracy after local training (not the global model's)</th></tr></thead><tbody>
+{rows}
+</tbody></table>
+<p><small>A round's model is evaluated on the clients' test splits when the next round starts; the last
+round's, with <code>fedstep evaluate</code>.</small></p>
 """
 
 

@@ -20,7 +20,7 @@ from tests.cloud_helpers import agent_config, drain_queues, fedstep, wait_for_ex
 
 
 def round_rows(text: str) -> list[list[str]]:
-    """The rows of a round table: ROUND, CLIENTS (n/m), REJECTED, EXAMPLES, LOSS, ACCURACY, ROUND TIME,
+    """The rows of a round table: ROUND, CLIENTS (n/m), REJECTED, EXAMPLES, LOSS, ACCURACY, MODEL ACC, ROUND TIME,
     AGGREGATION, EPSILON, STRATEGY MEASUREMENTS."""
     return [cells for line in text.splitlines() if (cells := line.split()) and cells[0].isdigit() and "/" in cells[1]]
 
@@ -107,9 +107,11 @@ def test_status_has_a_row_per_round_with_participants_metrics_and_durations(loca
     assert [r[:4] for r in rows] == [[str(i), "2/2", "0", "40"] for i in (1, 2, 3)]
     # weighted by examples: (10 x 0.45 + 30 x 0.55) / 40
     assert all(r[5] == "0.5250" for r in rows)
-    assert all(float(r[6]) > 0 and r[7] == "s" and r[9] == "s" for r in rows)  # round time, aggregation time
-    assert all(r[10] == "-" for r in rows)  # no differential privacy: no epsilon
-    assert all(r[11].startswith("step_norm=") for r in rows)  # the strategy's measurements (FedAvg: its step)
+    # the model a round released, as the next round's clients found it before training (0.4); not yet the last's
+    assert [r[6] for r in rows] == ["0.4000", "0.4000", "-"]
+    assert all(float(r[7]) > 0 and r[8] == "s" and r[10] == "s" for r in rows)  # round time, aggregation time
+    assert all(r[11] == "-" for r in rows)  # no differential privacy: no epsilon
+    assert all(r[12].startswith("step_norm=") for r in rows)  # the strategy's measurements (FedAvg: its step)
     assert "fedavg" in lines[1]
 
 

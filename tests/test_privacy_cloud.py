@@ -13,7 +13,17 @@ import pytest
 from client_agent.agent import Outcome
 from fedstep.aws.adapters import DynamoRoundTable, S3ModelStore
 from fedstep.core import tensors
-from tests.cloud_helpers import SHIFTS, ShiftTrainer, agent, serve, serve_run, start, summaries, wait_for_execution
+from tests.cloud_helpers import (
+    SHIFTS,
+    ShiftTrainer,
+    agent,
+    fedstep,
+    serve,
+    serve_run,
+    start,
+    summaries,
+    wait_for_execution,
+)
 from tests.test_dp import independent_epsilon
 
 BIG = {"000/d/kernel": np.zeros((200, 100), np.float32), "001/d/bias": np.zeros(100, np.float32)}
@@ -90,3 +100,42 @@ def test_a_client_whose_budget_is_spent_is_not_trained_and_the_round_goes_on(clo
     assert all(d.client_id == "client-2" and "privacy budget" in d.reason for s in rounds for d in s.declined)
     assert all(s.duration_s < 60 for s in rounds)  # the round did not wait for its 120 s deadline
     assert rounds[-1].epsilon is not None and rounds[-1].epsilon > rounds[0].epsilon  # client-1's, growing
+
+
+class EvaluatingShift(ShiftTrainer):
+    """A ShiftTrainer that reports what a Keras client does: the global model's accuracy on its test split
+    before training (0.1 in round 1, 0.2 in round 2: the noisy model is poor) and its own after (0.9)."""
+
+    def __init__(self, shift: float, n: int) -> None:
+        super().__init__(shift, n)
+        self.rounds = 0
+
+    def fit(self, architecture, weights, training):
+        self.rounds += 1
+        result = super().fit(architecture, weights, training)
+        metrics = {"test_accuracy_before": 0.1 * self.rounds, "test_accuracy": 0.9}
+        return replace(result, metrics={**result.metrics, **metrics})
+
+
+def test_the_privacy_views_pair_epsilon_with_the_global_models_accuracy_not_the_clients(cloud, tmp_path):
+    """Issue 21, finding 4: under central DP the clients' accuracy after local training (0.9) says nothing
+    about the noisy global model. `fedstep status` and `fedstep report` show, beside each round's epsilon,
+    the accuracy of the model that round released, from the next round's federated evaluation."""
+    run = start_dp(cloud, rounds=2, dp_clip=str(CLIP), dp_delta=DELTA)
+    serve_run([agent(cloud, c, tmp_path, EvaluatingShift(*SHIFTS[c])) for c in SHIFTS], 2)
+    assert wait_for_execution(cloud, run.execution_arn)["status"] == "SUCCEEDED"
+
+    status = fedstep(cloud, "status", run.run_id)
+    assert status.returncode == 0, status.stderr
+    rows = [cells for line in status.stdout.splitlines() if (cells := line.split()) and "/" in cells[1]]
+    assert "ACCURACY  MODEL ACC" in status.stdout
+    assert [(r[0], r[5], r[6]) for r in rows] == [("1", "0.9000", "0.2000"), ("2", "0.9000", "-")]
+
+    report = fedstep(cloud, "report", run.run_id, "-o", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr
+    page = (tmp_path / "report" / "report.html").read_text()
+    table = page.split('<table id="privacy-utility">', 1)[1].split("</table>", 1)[0]
+    epsilon = [f"{s.epsilon:.3f}" for s in summaries(cloud, run.run_id)]
+    assert f"<tr><td>1</td><td>{epsilon[0]}</td><td>0.2000</td><td>0.9000</td></tr>" in table
+    assert f"<tr><td>2</td><td>{epsilon[1]}</td><td>-</td><td>0.9000</td></tr>" in table
+    assert (tmp_path / "report" / "privacy.png").stat().st_size > 1000

@@ -208,3 +208,116 @@ def test_status_shows_a_plain_text_cause_as_it_is(view):
     cause = "round 2: 1 valid update(s) of 3, quorum 2"
     failed = replace(view, execution=Execution("FAILED", started, started, {}, "QuorumNotMet", cause))
     assert f"failed: QuorumNotMet: {cause}" in render_status(failed).splitlines()
+
+
+# -- issue 21, findings 4 and 11: what the plots and tables say -------------------------------------
+
+
+def dp_view(view):
+    from dataclasses import replace
+
+    from fedstep.core.schemas import DPSettings
+
+    dp = DPSettings("central", 2.0, 0.5, 1e-5)
+    rounds = [replace(s, epsilon=1.5 * s.round, delta=1e-5) for s in view.rounds]
+    return replace(view, record=replace(view.record, dp=dp), rounds=rounds)
+
+
+def test_privacy_is_paired_with_the_accuracy_of_the_model_each_round_released_not_the_clients(view, tmp_path):
+    """The clients' accuracy after local training (0.6 ... 0.9) is not what the noise costs: each
+    round's epsilon sits beside the accuracy of the global model it released, which the next round
+    evaluated before training (round r + 1's test_accuracy_before: 0.6, 0.7, 0.8; the last is not
+    evaluated yet)."""
+    import json
+
+    from fedstep.cli.status import render_status, render_status_json
+    from fedstep.report import privacy_rows
+
+    private = dp_view(view)
+    assert privacy_rows(private) == [
+        (1, "1.500", "0.6000", "0.6000"),
+        (2, "3.000", "0.7000", "0.7000"),
+        (3, "4.500", "0.8000", "0.8000"),
+        (4, "6.000", "-", "0.9000"),
+    ]
+    page = write_report(private, tmp_path).read_text()
+    table = page.split('<table id="privacy-utility">', 1)[1].split("</table>", 1)[0]
+    assert "global model accuracy (federated evaluation) of the model it released" in table
+    assert "clients' accuracy after local training (not the global model's)" in table
+    assert "<tr><td>4</td><td>6.000</td><td>-</td><td>0.9000</td></tr>" in table
+    rows = [cells for line in render_status(private).splitlines() if (cells := line.split()) and "/" in cells[1]]
+    assert [(r[0], r[5], r[6], r[-2]) for r in rows] == [
+        ("1", "0.6000", "0.6000", "1.500"),
+        ("2", "0.7000", "0.7000", "3.000"),
+        ("3", "0.8000", "0.8000", "4.500"),
+        ("4", "0.9000", "-", "6.000"),
+    ]
+    assert "MODEL ACC" in render_status(private)
+    model = [r["model_accuracy"] for r in json.loads(render_status_json(private))["rounds"]]
+    assert model == [pytest.approx(0.6), pytest.approx(0.7), pytest.approx(0.8), None]
+
+
+def test_the_round_axis_ticks_whole_rounds_only():
+    from fedstep.cli.plotting import pyplot, round_axis
+
+    fig, ax = pyplot().subplots(figsize=(7, 3.6), dpi=110)
+    ax.plot([1, 2, 3], [0.1, 0.5, 0.7])  # left to matplotlib: ticks at 1.00, 1.25, 1.50, ...
+    round_axis(ax)
+    fig.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+    pyplot().close(fig)
+    assert ticks == [1.0, 2.0, 3.0]
+
+
+def test_a_legend_beside_the_plot_is_inside_the_saved_image(view, tmp_path):
+    """The legends of labels.png, participation.png and clients.png sit right of the axes, and may be
+    taller than them (ten labels for three clients); the saved image has a white margin on every side,
+    never a legend cut off at its edge."""
+    from dataclasses import replace
+
+    from fedstep.cli.client_metrics import ClientRound
+    from fedstep.core.label_counts import LabelCounts
+
+    counts = LabelCounts.of("digits", "iid", 0, range(10), {c: [10] * 10 for c in CLIENTS})
+    per_client = {
+        r: [ClientRound(r, c, "aggregated", 10, {"test_accuracy_before": 0.1 * r}) for c in CLIENTS] for r in (1, 2)
+    }
+    write_report(replace(view, partition=counts, clients=per_client), tmp_path)
+    for name in ("labels", "participation", "clients"):
+        pixels = np.asarray(Image.open(tmp_path / f"{name}.png").convert("L"))
+        edges = {"top": pixels[:3], "bottom": pixels[-3:], "left": pixels[:, :3], "right": pixels[:, -3:]}
+        assert [side for side, band in edges.items() if band.min() < 255] == [], f"{name}.png is cut off"
+
+
+def test_a_clients_line_has_a_gap_at_a_round_it_skipped_not_a_bridge():
+    from fedstep.cli.client_metrics import ClientRound, client_lines
+
+    def seen(r, c, accuracy):
+        return ClientRound(r, c, "aggregated", 10, {"test_accuracy_before": accuracy})
+
+    per_round = {
+        1: [seen(1, "hospital-a", 0.1), seen(1, "hospital-b", 0.2)],
+        2: [seen(2, "hospital-a", 0.3)],  # hospital-b not selected
+        3: [seen(3, "hospital-a", 0.5), seen(3, "hospital-b", 0.6)],
+    }
+    rounds, lines = client_lines(per_round)
+    assert rounds == [1, 2, 3] and lines["hospital-a"] == [0.1, 0.3, 0.5]
+    b = lines["hospital-b"]
+    assert b[0] == 0.2 and np.isnan(b[1]) and b[2] == 0.6  # NaN: matplotlib draws no segment through round 2
+
+
+def test_the_accuracy_plot_draws_the_runs_target_on_the_global_models_line(view):
+    from dataclasses import replace
+
+    from fedstep.cli.plotting import pyplot
+    from fedstep.core.schemas import Target
+    from fedstep.report import target_line
+
+    targeted = replace(view, record=replace(view.record, target=Target("test_accuracy", 0.9)))
+    fig, ax = pyplot().subplots()
+    target_line(ax, targeted, "accuracy")
+    target_line(ax, targeted, "loss")  # judged on accuracy: nothing on the loss plot
+    target_line(ax, view, "accuracy")  # no target: nothing
+    [line] = ax.get_lines()
+    pyplot().close(fig)
+    assert list(line.get_ydata()) == [0.9, 0.9] and line.get_label() == "target test_accuracy>=0.9 (global model)"

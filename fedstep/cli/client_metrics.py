@@ -129,18 +129,27 @@ def accuracy_series(per_round: dict[int, list[ClientRound]]) -> dict[str, list[t
     return series
 
 
+def client_lines(per_round: dict[int, list[ClientRound]]) -> tuple[list[int], dict[str, list[float]]]:
+    """(every round, per client its `accuracy_series` value in each, NaN where it has none): NaN breaks
+    the plotted line, so no line crosses a round the client skipped."""
+    rounds = sorted(per_round)
+    lines = {}
+    for client, points in sorted(accuracy_series(per_round).items()):
+        known = dict(points)
+        lines[client] = [known.get(r, float("nan")) for r in rounds]
+    return rounds, lines
+
+
 def clients_plot(per_round: dict[int, list[ClientRound]], path: Path) -> None:
-    """One line per client: the global model's accuracy on its test split, per round."""
-    import matplotlib
+    """One line per client: the global model's accuracy on its test split, per round. A round the
+    client had no figure in (not selected, no update) is a gap in its line, never bridged."""
+    from fedstep.cli.plotting import pyplot, round_axis, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
-    series = accuracy_series(per_round)
-    for client, points in sorted(series.items()):
-        ax.plot(*zip(*points, strict=True), marker="o", label=client)
-    ax.set_xlabel("round")
+    fig, ax = pyplot().subplots(figsize=(7, 3.6), dpi=110)
+    rounds, series = client_lines(per_round)
+    for client, values in series.items():
+        ax.plot(rounds, values, marker="o", label=client)
+    round_axis(ax)
     ax.set_ylabel("accuracy before local training")
     ax.set_title("Previous global model on each client's test split")
     ax.grid(alpha=0.3)
@@ -148,9 +157,7 @@ def clients_plot(per_round: dict[int, list[ClientRound]], path: Path) -> None:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     elif not series:
         ax.text(0.5, 0.5, "no client reported test_accuracy_before", ha="center", va="center", transform=ax.transAxes)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save(fig, path)
 
 
 def clients_html(per_round: dict[int, list[ClientRound]], figure: str) -> str:

@@ -80,6 +80,7 @@ ROUND_HEADER = (
     "EXAMPLES",
     "LOSS",
     "ACCURACY",
+    "MODEL ACC",
     "ROUND TIME",
     "AGGREGATION",
     "EPSILON",
@@ -101,10 +102,21 @@ def epsilon_text(s: RoundSummary) -> str:
     return f"{s.epsilon:.3f}" if s.epsilon is not None else "-"
 
 
-def round_row(s: RoundSummary) -> tuple[object, ...]:
-    """One round: participants of selected, rejected updates, examples, weighted test (else train) loss
-    and accuracy, the round's duration (from publishing to aggregated) and the aggregation's, and the
-    strategy's measurements."""
+def global_evaluation(view: RunView, name: str = "accuracy") -> dict[int, float]:
+    """Round r -> the weighted `name` of the global model round r released, for every r whose model was
+    evaluated: the next round's federated evaluation (`test_<name>_before` of round r + 1, on its
+    participants' test splits); r = 0 is the initial model. The last round's model has none until
+    `fedstep evaluate` asks the clients."""
+    key = f"test_{name}_before"
+    return {s.round - 1: s.metrics[key] for s in view.rounds if key in s.metrics}
+
+
+def round_row(s: RoundSummary, model_accuracy: float | None = None) -> tuple[object, ...]:
+    """One round: participants of selected, rejected updates, examples, the clients' weighted test
+    (else train) loss and accuracy after their local training, the accuracy of the global model the
+    round released (`model_accuracy`, from `global_evaluation`; "-" until evaluated), the round's
+    duration (from publishing to aggregated) and the aggregation's, epsilon, and the strategy's
+    measurements."""
     return (
         s.round,
         f"{len(s.participants)}/{len(s.selected) or len(s.participants)}",
@@ -112,6 +124,7 @@ def round_row(s: RoundSummary) -> tuple[object, ...]:
         s.num_examples,
         _metric(s, "loss"),
         _metric(s, "accuracy"),
+        f"{model_accuracy:.4f}" if model_accuracy is not None else "-",
         f"{s.duration_s:.1f} s",
         f"{s.aggregation_s:.2f} s",
         epsilon_text(s),
@@ -194,6 +207,7 @@ def render_status_json(view: RunView) -> str:
     bound applied, metrics, measurements, epsilon, delta and repeated noisy releases; with
     per-client rows read, `clients`: each selected client's status, examples and own metrics)."""
     ex = view.execution
+    evaluated = global_evaluation(view)
     rows = [
         {
             "round": s.round,
@@ -205,6 +219,7 @@ def render_status_json(view: RunView) -> str:
             "norm_bound": s.norm_bound,
             "num_examples": s.num_examples,
             "metrics": s.metrics,
+            "model_accuracy": evaluated.get(s.round),
             "measurements": s.measurements,
             "epsilon": s.epsilon,
             "delta": s.delta,
@@ -227,8 +242,14 @@ def render_status_json(view: RunView) -> str:
     return json.dumps(run, indent=2)
 
 
+def table_rows(view: RunView) -> list[tuple[object, ...]]:
+    """`round_row` of every round of `view`, each with the accuracy of the model it released."""
+    evaluated = global_evaluation(view)
+    return [round_row(s, evaluated.get(s.round)) for s in view.rounds]
+
+
 def render_status(view: RunView) -> str:
-    rows = [round_row(s) for s in view.rounds]
+    rows = table_rows(view)
     body = table(ROUND_HEADER, rows) if rows else ["no round completed yet"]
     per_client = ["", *render_client_table(view.clients)] if view.clients else []
     return lines([headline(view), settings_line(view), "", *body, *footer(view), *per_client])
@@ -248,7 +269,7 @@ def watch(load: Callable[[], RunView], say: Callable[[str], None], interval_s: f
     widths = [len(h) for h in ROUND_HEADER]
     shown = 0
     while True:
-        rows = [round_row(s) for s in view.rounds]
+        rows = table_rows(view)
         if rows and shown == 0:
             widths = [max(w, *(len(str(r[i])) for r in rows)) + 2 for i, w in enumerate(widths)]
             echo("  ".join(h.ljust(w) for h, w in zip(ROUND_HEADER, widths, strict=True)).rstrip())
