@@ -4,6 +4,8 @@ A loader normally returns the client's own ((x_train, y_train), (x_test, y_test)
 `partition` (as `fedstep local` writes it, to simulate clients) it instead returns the whole data
 set (x, y), and every client takes its part exactly as for the built-in sets
 (`client_agent.datasets`: 20% held out, the rest divided by the partition scheme, 80/20 locally).
+Under the scheme `natural` it returns the data as its sites hold it, one client per site: either
+(x, y, groups), `groups` naming each example's site, or {site: ((x_train, y_train), (x_test, y_test))}.
 What a loader returns is checked (`client_agent.data_contract`); a loader that raises, and a
 placeholder such as `module:function`, get one line saying what to do.
 """
@@ -51,11 +53,95 @@ def load_local_data(spec: str, partition: str | None = None, scheme: str | None 
     if partition:
         try:
             part = datasets.parse_partition(partition)
-            x, y = load_whole_data(spec)
-            return datasets.local_split(datasets.prepare_arrays(spec, x, y, seed), part, seed, parsed)
+            return datasets.local_split(load_prepared(spec, parsed, seed), part, seed, parsed)
         except ValueError as exc:
             raise FedstepError(f"data {spec!r}: {exc}") from None
     return load_own_split(spec)
+
+
+def load_prepared(spec: str, scheme: partitions.Scheme, seed: int = 0) -> datasets.Prepared:
+    """The whole data set of the loader `spec`, checked and split into held-out set and pool
+    (`client_agent.datasets` rule 1): from (x, y), or under `scheme` natural from its sites."""
+    what = f"data loader {spec!r}"
+    result = call_loader(spec)
+    if scheme.is_natural:
+        return _natural(spec, result, seed)
+    if _sites_form(result):
+        raise FedstepError(
+            f"{what} returns its sites ({_sites_form(result)}): use partition natural for one client per site, "
+            f"or return the whole (x, y) to divide it {scheme}"
+        )
+    return datasets.prepare_arrays(spec, *_whole(what, result), seed=seed)
+
+
+def _sites_form(result: Any) -> str:
+    """Which of the natural forms `result` has: "" for neither."""
+    if isinstance(result, dict):
+        return "a mapping {site: ((x_train, y_train), (x_test, y_test))}"
+    if isinstance(result, tuple | list) and len(result) == 3:
+        return "(x, y, groups)"
+    return ""
+
+
+def _natural(spec: str, result: Any, seed: int) -> datasets.Prepared:
+    what = f"data loader {spec!r}"
+    form = _sites_form(result)
+    if not form:
+        raise FedstepError(
+            f"{what}: partition natural needs the data as its sites hold it: return (x, y, groups), groups "
+            "naming each example's site, or {site: ((x_train, y_train), (x_test, y_test))}; got "
+            f"{_kind(result)}"
+        )
+    if isinstance(result, dict):
+        return datasets.prepare_sites(spec, _sites(what, result))
+    x, y = _whole(what, result[:2])
+    groups = _array(result[2], f"{what}: groups")
+    if groups.shape != (len(y),):
+        raise FedstepError(f"{what}: groups must name one site per example, shape ({len(y)},); got {groups.shape}")
+    if not (np.issubdtype(groups.dtype, np.integer) or groups.dtype.kind == "U"):
+        raise FedstepError(
+            f"{what}: groups must be whole numbers or strings naming the sites, got dtype {groups.dtype}"
+        )
+    try:
+        return datasets.prepare_groups(spec, x, y, groups, seed)
+    except ValueError as exc:
+        raise FedstepError(f"{what}: {exc}") from None
+
+
+def _sites(what: str, mapping: dict[Any, Any]) -> dict[str, Split]:
+    """Every site's ((x_train, y_train), (x_test, y_test)), checked like a client's own split."""
+    if not 1 <= len(mapping) <= datasets.MAX_SITES:
+        raise FedstepError(f"{what}: {len(mapping)} sites; give 1 to {datasets.MAX_SITES}")
+    sites: dict[str, Split] = {}
+    for site, split in mapping.items():
+        name = str(site)
+        if name in sites:
+            raise FedstepError(f"{what}: two sites are named {name!r}")
+        try:
+            (x_train, y_train), (x_test, y_test) = split
+        except (TypeError, ValueError):
+            raise FedstepError(
+                f"{what}: site {name!r} must be ((x_train, y_train), (x_test, y_test)), got {_kind(split)}"
+            ) from None
+        pair = ((x_train, y_train), (x_test, y_test))
+        problems = data_contract.split_problems(pair)
+        if problems:
+            raise FedstepError(f"{what}: site {name!r}: " + "; ".join(problems))
+        (x_train, y_train), (x_test, y_test) = data_contract.as_arrays(pair)
+        both = (
+            (np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test]))
+            if len(y_test)
+            else (x_train, y_train)
+        )
+        x, y = _whole(f"{what}: site {name!r}", both, datasets.MIN_CLIENT_EXAMPLES)
+        n = len(y_train)
+        sites[name] = ((x[:n], y[:n]), (x[n:], y[n:]))
+    shapes = {x.shape[1:] for (x, _), _ in sites.values()}
+    if len(shapes) > 1:
+        raise FedstepError(
+            f"{what}: the sites' examples have different shapes {sorted(shapes)}; they need the same features"
+        )
+    return sites
 
 
 def user_callable(field: str, spec: str, what: str) -> Any:
@@ -103,8 +189,11 @@ def load_whole_data(spec: str) -> tuple[np.ndarray, np.ndarray]:
     """Call the loader `module:function` for a whole data set and check what it returns:
     `x` numeric of shape (n, features...) with finite values, `y` integer class labels >= 0 of
     shape (n,). Returns (x float32, y int64); FedstepError naming the problem otherwise."""
-    what = f"data loader {spec!r}"
-    result = call_loader(spec)
+    return _whole(f"data loader {spec!r}", call_loader(spec))
+
+
+def _whole(what: str, result: Any, min_examples: int = MIN_WHOLE_EXAMPLES) -> tuple[np.ndarray, np.ndarray]:
+    """`load_whole_data`'s checks of a loader's (x, y), which must hold at least `min_examples`."""
     if not isinstance(result, tuple | list) or len(result) != 2:
         raise FedstepError(f"{what} must return (x, y), the whole data set as numpy arrays; got {_kind(result)}")
     if all(isinstance(r, tuple | list) and len(r) == 2 and all(hasattr(a, "__len__") for a in r) for r in result):
@@ -128,8 +217,8 @@ def load_whole_data(spec: str) -> tuple[np.ndarray, np.ndarray]:
         )
     if len(x) != len(y):
         raise FedstepError(f"{what}: x has {len(x)} examples but y has {len(y)}")
-    if len(y) < MIN_WHOLE_EXAMPLES:
-        raise FedstepError(f"{what}: {len(y)} examples; a simulation needs at least {MIN_WHOLE_EXAMPLES}")
+    if len(y) < min_examples:
+        raise FedstepError(f"{what}: {len(y)} examples; a simulation needs at least {min_examples}")
     if y.min() < 0:
         raise FedstepError(f"{what}: y must be class labels 0, 1, ..., but has {int(y.min())}")
     finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1) if np.issubdtype(x.dtype, np.floating) else None

@@ -55,11 +55,17 @@ the held-out set, or the held-out set is no longer disjoint from the clients' da
    default: the pool is shuffled with the seed and cut into ``n`` nearly equal parts
    (``np.array_split``); ``dirichlet:ALPHA``, ``shards:K`` and ``quantity:ALPHA`` make it
    non-IID. Every part holds at least ``MIN_CLIENT_EXAMPLES``.
-   ``heart`` uses its natural cross-silo split (scheme iid only): ``n`` must be 4 and client
-   ``i`` gets hospital ``i``; ``n == 1`` (or no partition) means all hospitals. No partition
-   means the whole pool.
+   A data set that comes with its sites is split by them (scheme ``natural``, one client per
+   site, as Flower Datasets' ``NaturalIdPartitioner``): ``heart`` (its 4 hospitals; ``iid``
+   means ``natural`` for it), a user's ``(x, y, groups)`` (``prepare_groups``: the sites are the
+   distinct ``groups`` values, sorted; rule 1 holds out 20% within each site, stratified) and a
+   user's ``{site: ((x_train, y_train), (x_test, y_test))}`` (``prepare_sites``: the sites in the
+   mapping's order, each split as given; nothing is left to hold out, so the held-out set is the
+   union of the sites' test splits). ``n`` must be the number of sites and client ``i`` gets
+   site ``i``; ``n == 1`` (or no partition) means all sites. No partition means the whole pool.
 3. Each client's part is split 80/20 into local train and test sets, stratified by label
-   where the class counts allow it, shuffled with the seed.
+   where the class counts allow it, shuffled with the seed (a site given as a mapping keeps its
+   own train and test splits).
 
 Outputs are always ``x`` float32 C-contiguous of shape ``(n, features)`` and ``y`` int64 1-D.
 """
@@ -82,6 +88,10 @@ HELDOUT_FRACTION = 0.2
 LOCAL_TEST_FRACTION = 0.2
 MIN_CLIENT_EXAMPLES = 2
 """The fewest examples a client's part may hold: one for local training, one for its test split."""
+MIN_SITE_EXAMPLES = 3
+"""The fewest examples a site of `(x, y, groups)` may have: one held out, two for its client."""
+MAX_SITES = 1000
+"""The most sites a data set may have (one client each)."""
 
 # Partition order of the heart hospitals: partition i/4 is HEART_HOSPITALS[i - 1].
 HEART_HOSPITALS: tuple[str, ...] = ("Cleveland", "Hungary", "VA Long Beach", "Switzerland")
@@ -279,7 +289,11 @@ class Prepared:
     y: np.ndarray
     heldout: np.ndarray  # indices into x / y
     pool: np.ndarray
-    groups: np.ndarray | None  # heart: hospital number 1..4 per example
+    groups: np.ndarray | None = None
+    """Natural data sets: the site number 1..len(sites) of every example (`sites[g - 1]` names it)."""
+    sites: tuple[str, ...] = ()
+    local_test: np.ndarray | None = None
+    """Sites given as a mapping: True for the examples of a site's own test split."""
 
 
 def _stratified_split(indices: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -320,6 +334,7 @@ def prepare(name: str, seed: int = 0) -> Prepared:
         heldout=_read_only(heldout),
         pool=_read_only(pool),
         groups=None if groups is None else _read_only(groups),
+        sites=HEART_HOSPITALS if groups is not None else (),
     )
 
 
@@ -335,6 +350,61 @@ def prepare_arrays(name: str, x: np.ndarray, y: np.ndarray, seed: int = 0) -> Pr
     )
 
 
+def prepare_groups(name: str, x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int = 0) -> Prepared:
+    """A whole data set with the site of every example (a user's loader, already checked: ``groups``
+    of shape ``(n,)``, whole numbers or strings): one site per distinct value, in sorted order, and
+    20% of each site held out, stratified by label there (rule 1, as for ``heart``)."""
+    names, number = np.unique(groups, return_inverse=True)
+    sites = tuple(str(v) for v in names)
+    if len(sites) > MAX_SITES:
+        raise ValueError(f"{len(sites)} sites (distinct groups); at most {MAX_SITES}")
+    pools, heldouts = [], []
+    for g, site in enumerate(sites):
+        members = np.flatnonzero(number == g)
+        if len(members) < MIN_SITE_EXAMPLES:
+            raise ValueError(
+                f"site {site!r} has {len(members)} example(s); each site needs at least {MIN_SITE_EXAMPLES} "
+                "(one held out, two for its client's local train and test splits)"
+            )
+        pool, held = _stratified_split(members, y, HELDOUT_FRACTION, seed)
+        pools.append(pool)
+        heldouts.append(held)
+    return Prepared(
+        name=name,
+        x=_read_only(np.ascontiguousarray(x, dtype=np.float32)),
+        y=_read_only(np.ascontiguousarray(y, dtype=np.int64)),
+        heldout=_read_only(np.concatenate(heldouts)),
+        pool=_read_only(np.concatenate(pools)),
+        groups=_read_only((number + 1).astype(np.int64)),
+        sites=sites,
+    )
+
+
+def prepare_sites(name: str, sites: dict[str, Split]) -> Prepared:
+    """Sites given with their own splits (a user's loader, already checked): every example is in the
+    pool, and the held-out set is the union of the sites' test splits (rule 1 has nothing else to
+    hold out). Each client keeps its site's train and test splits as given (rule 3)."""
+    if not 1 <= len(sites) <= MAX_SITES:
+        raise ValueError(f"{len(sites)} sites; give 1 to {MAX_SITES}")
+    xs, ys, groups, tests = [], [], [], []
+    for g, ((x_train, y_train), (x_test, y_test)) in enumerate(sites.values(), start=1):
+        xs += [x_train, x_test]
+        ys += [y_train, y_test]
+        groups.append(np.full(len(y_train) + len(y_test), g, np.int64))
+        tests += [np.zeros(len(y_train), bool), np.ones(len(y_test), bool)]
+    test = np.concatenate(tests)
+    return Prepared(
+        name=name,
+        x=_read_only(np.ascontiguousarray(np.concatenate(xs), dtype=np.float32)),
+        y=_read_only(np.ascontiguousarray(np.concatenate(ys), dtype=np.int64)),
+        heldout=_read_only(np.flatnonzero(test)),
+        pool=_read_only(np.arange(len(test))),
+        groups=_read_only(np.concatenate(groups)),
+        sites=tuple(sites),
+        local_test=_read_only(test),
+    )
+
+
 def _take(prepared: Prepared, indices: np.ndarray) -> Arrays:
     x = np.ascontiguousarray(prepared.x[indices], dtype=np.float32)
     return x, np.ascontiguousarray(prepared.y[indices], dtype=np.int64)
@@ -344,29 +414,38 @@ def client_parts(
     prepared: Prepared, count: int, seed: int = 0, scheme: str | partitions.Scheme | None = None
 ) -> list[np.ndarray]:
     """The pool divided among ``count`` clients (rule 2): one index array (into ``prepared.x``)
-    per client. ``scheme`` is a ``partitions`` scheme (default iid); ``heart`` takes only iid,
-    which for it means one hospital per client (``count`` 4) or all hospitals (``count`` 1)."""
+    per client. ``scheme`` is a ``partitions`` scheme (default iid). A data set with sites takes
+    only ``natural`` (``heart`` also ``iid``, meaning the same): one site per client (``count`` the
+    number of sites) or all sites (``count`` 1)."""
     scheme = partitions.parse_scheme(scheme)
     _check_partition((1, count))
-    name = prepared.name
     if prepared.groups is not None:
-        hospitals = len(HEART_HOSPITALS)
-        if not scheme.is_iid:
-            raise ValueError(
-                f"{name} keeps its natural split, one hospital per client: partition scheme {scheme} "
-                f"applies to digits, mnist and custom data sets only; use iid"
-            )
+        _check_natural(prepared, scheme, count)
         if count == 1:
             return [prepared.pool]
-        if count != hospitals:
-            order = ", ".join(f"{i}={h}" for i, h in enumerate(HEART_HOSPITALS, start=1))
-            raise ValueError(
-                f"{name} is split by hospital, so it has exactly {hospitals} partitions "
-                f"({order}); use i/{hospitals}, or 1/1 for all hospitals, not a split into {count}"
-            )
-        return [prepared.pool[prepared.groups[prepared.pool] == i] for i in range(1, hospitals + 1)]
+        return [prepared.pool[prepared.groups[prepared.pool] == i] for i in range(1, len(prepared.sites) + 1)]
+    if scheme.is_natural:
+        raise ValueError(
+            f"partition natural: {prepared.name} has no sites; a loader gives them by returning (x, y, groups) "
+            "or {site: ((x_train, y_train), (x_test, y_test))}"
+        )
     labels = prepared.y[prepared.pool]
     return [prepared.pool[part] for part in partitions.split(labels, count, scheme, seed, MIN_CLIENT_EXAMPLES)]
+
+
+def _check_natural(prepared: Prepared, scheme: partitions.Scheme, count: int) -> None:
+    """A data set with sites is divided by them: scheme natural (heart: or iid), one client per site."""
+    order = ", ".join(f"{i}={site}" for i, site in enumerate(prepared.sites, start=1))
+    if not (scheme.is_natural or (scheme.is_iid and prepared.name == "heart")):
+        raise ValueError(
+            f"{prepared.name} comes with its sites ({order}), one client each: use partition natural, not {scheme}"
+        )
+    if count not in (1, len(prepared.sites)):
+        raise ValueError(
+            f"{prepared.name} is split by site, so it has exactly {len(prepared.sites)} partitions ({order}): "
+            f"divide it into {len(prepared.sites)} (i/{len(prepared.sites)}, one client per site) or 1 (all sites), "
+            f"not {count}"
+        )
 
 
 def _client_indices(
@@ -374,13 +453,6 @@ def _client_indices(
 ) -> np.ndarray:
     index, count = partition or (1, 1)
     _check_partition((index, count))
-    if prepared.groups is not None and count not in (1, len(HEART_HOSPITALS)):
-        hospitals = len(HEART_HOSPITALS)
-        order = ", ".join(f"{i}={h}" for i, h in enumerate(HEART_HOSPITALS, start=1))
-        raise ValueError(
-            f"{prepared.name} is split by hospital, so it has exactly {hospitals} partitions "
-            f"({order}); use i/{hospitals}, or 1/1 for all hospitals, not {index}/{count}"
-        )
     part = client_parts(prepared, count, seed, scheme)[index - 1]
     if len(part) < MIN_CLIENT_EXAMPLES:
         raise ValueError(
@@ -399,6 +471,9 @@ def local_split(
     """One client's part of ``prepared``'s pool (rule 2), split 80/20 into local train and test
     sets (rule 3)."""
     indices = _client_indices(prepared, partition, seed, scheme)
+    if prepared.local_test is not None:  # the site's own splits, as its loader gave them
+        given = prepared.local_test[indices]
+        return _take(prepared, indices[~given]), _take(prepared, indices[given])
     train, test = _stratified_split(indices, prepared.y, LOCAL_TEST_FRACTION, seed)
     return _take(prepared, train), _take(prepared, test)
 

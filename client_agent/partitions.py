@@ -18,6 +18,11 @@ Schemes (the text form is what ``parse_scheme`` reads and ``str(scheme)`` writes
 ``quantity:ALPHA``
     Quantity skew: labels stay IID but the client sizes are proportions drawn from
     Dirichlet(ALPHA, ..., ALPHA) (redrawn like ``dirichlet``). Small ALPHA, very unequal sizes.
+``natural``
+    The data set's own split, as it is held: one client per site (as Flower Datasets'
+    ``NaturalIdPartitioner``). Nothing is drawn: the sites come with the data (``heart``'s hospitals,
+    or a loader that returns ``(x, y, groups)`` or ``{site: ((x_train, y_train), (x_test, y_test))}``;
+    see ``client_agent.datasets``), so ``split`` refuses it.
 
 All randomness comes from ``numpy.random.default_rng(seed)``, so every client computes the same
 partition from the same labels and seed and takes its own part. numpy only.
@@ -30,10 +35,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-KINDS = ("iid", "dirichlet", "shards", "quantity")
+KINDS = ("iid", "dirichlet", "shards", "quantity", "natural")
 MAX_ATTEMPTS = 100
 """Draws of a Dirichlet scheme before giving up on giving every client ``min_examples``."""
-SYNTAX = "iid, dirichlet:ALPHA, shards:K or quantity:ALPHA (e.g. dirichlet:0.5, shards:2)"
+SYNTAX = "iid, dirichlet:ALPHA, shards:K, quantity:ALPHA (e.g. dirichlet:0.5, shards:2) or natural"
 
 
 @dataclass(frozen=True)
@@ -49,14 +54,19 @@ class Scheme:
             return f"{self.kind}:{self.alpha:g}"
         if self.kind == "shards":
             return f"shards:{self.shards}"
-        return "iid"
+        return self.kind  # iid, natural
 
     @property
     def is_iid(self) -> bool:
         return self.kind == "iid"
 
+    @property
+    def is_natural(self) -> bool:
+        return self.kind == "natural"
+
 
 IID = Scheme()
+NATURAL = Scheme("natural")
 
 
 def parse_scheme(text: str | Scheme | None) -> Scheme:
@@ -71,10 +81,10 @@ def parse_scheme(text: str | Scheme | None) -> Scheme:
     kind, value = kind.strip().lower(), value.strip()
     if kind not in KINDS:
         raise ValueError(f"unknown partition scheme {spec!r}; use {SYNTAX}")
-    if kind == "iid":
+    if kind in ("iid", "natural"):
         if sep:
-            raise ValueError(f"partition scheme {spec!r}: iid takes no parameter; write just 'iid'")
-        return IID
+            raise ValueError(f"partition scheme {spec!r}: {kind} takes no parameter; write just {kind!r}")
+        return NATURAL if kind == "natural" else IID
     if kind == "shards":
         if not value:
             raise ValueError(f"partition scheme {spec!r}: give the shards per client, e.g. shards:2")
@@ -117,6 +127,11 @@ def split(
         raise ValueError(f"labels must be one-dimensional, got shape {labels.shape}")
     if clients < 1:
         raise ValueError(f"the number of clients must be at least 1, got {clients}")
+    if scheme.is_natural:
+        raise ValueError(
+            "partition natural keeps the sites the data comes with: it needs a data set that has them "
+            "(heart, or a loader returning (x, y, groups) or {site: ((x_train, y_train), (x_test, y_test))})"
+        )
     rng = np.random.default_rng(seed)
     size = len(labels)
     if scheme.is_iid:

@@ -192,7 +192,7 @@ def _labels_plot(view: RunView, path: Path) -> None:
         widths = [counts.clients[c][j] for c in clients]
         ax.barh(range(len(clients)), widths, left=left, color=colour, edgecolor="white", linewidth=0.4)
         left = [a + b for a, b in zip(left, widths, strict=True)]
-    ax.set_yticks(range(len(clients)), clients)
+    ax.set_yticks(range(len(clients)), [counts.name(c) for c in clients])
     ax.invert_yaxis()  # the first client on top, as in the participation plot
     ax.set_xlabel("examples (local train + test)")
     ax.set_title(f"Labels per client: {counts.dataset}, {counts.scheme}, seed {counts.seed}")
@@ -321,7 +321,8 @@ def _partition_html(view: RunView, out_dir: Path) -> str:
         return ""
     e = html_text
     rows = "\n".join(
-        f"<tr><td>{e(c)}</td><td>{counts.total(c)}</td><td>{e(counts.describe(c))}</td></tr>" for c in counts.clients
+        f"<tr><td>{e(counts.name(c))}</td><td>{counts.total(c)}</td><td>{e(counts.describe(c))}</td></tr>"
+        for c in counts.clients
     )
     return f"""
 <h2>Data partition</h2>

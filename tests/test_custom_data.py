@@ -84,6 +84,34 @@ def with_nan():
 def tiny():
     x, y = _data()
     return x[:4], y[:4]
+
+SITES = np.array(["south", "north", "east"])
+
+def by_site():  # (x, y, groups): the site of each example, here tied to its label
+    x, y = _data()
+    return x, y, SITES[np.minimum(y, 2)]
+
+def site_splits():  # every site's own ((x_train, y_train), (x_test, y_test)), in the order listed
+    x, y = _data(300)
+    cuts = {"north": (0, 80, 100), "east": (100, 220, 250), "south": (250, 290, 300)}
+    return {s: ((x[a:b], y[a:b]), (x[b:c], y[b:c])) for s, (a, b, c) in cuts.items()}
+
+def groups_too_short():
+    x, y = _data()
+    return x, y, np.zeros(10, int)
+
+def float_groups():
+    x, y = _data()
+    return x, y, np.zeros(400)
+
+def tiny_site():
+    x, y = _data()
+    groups = np.zeros(400, int)
+    groups[:2] = 7
+    return x, y, groups
+
+def bad_site():
+    return {"north": (1, 2, 3)}
 """
 
 
@@ -262,3 +290,65 @@ def test_the_run_view_reads_partition_json_when_the_run_has_one(caplog):
     assert load_partition("run-1", OUTPUTS, FakeS3({})) is None  # any run not made by `fedstep local`
     assert load_partition("run-1", OUTPUTS, FakeS3({key: b"{not json"})) is None
     assert "unreadable, so the report has no label histogram" in caplog.text
+
+
+# -- issue 21, finding 5: data as its sites hold it (--partition natural) ---------------------------
+
+
+def test_a_natural_split_gives_each_client_exactly_its_sites_examples_less_the_held_out_share(site):
+    x, y, groups = __import__(MODULE).by_site()
+    x = x.astype(np.float32)  # as the clients hold it
+    prepared, counts = partition_data(f"{MODULE}:by_site", CLIENTS, parse_scheme("natural"), seed=3)
+    assert counts.scheme == "natural" and dict(counts.sites) == {
+        "client-1": "east",
+        "client-2": "north",
+        "client-3": "south",
+    }  # one client per site, sites in sorted order
+    seen: list[bytes] = []
+    for i, client in enumerate(CLIENTS, start=1):
+        mine = groups == counts.sites[client]
+        whole = np.bincount(y[mine], minlength=4)
+        held = whole - np.asarray(counts.clients[client])
+        assert held.sum() == -(-mine.sum() // 5) and (abs(held - 0.2 * whole) <= 1).all()  # 20%, by label
+        (x_train, _), (x_test, _) = load_local_data(f"{MODULE}:by_site", f"{i}/3", "natural", seed=3)
+        rows = {r.tobytes() for r in x[mine]}
+        local = [r.tobytes() for r in np.concatenate([x_train, x_test])]
+        assert set(local) <= rows and len(local) == sum(counts.clients[client])  # its site's examples only
+        seen += local
+    assert len(seen) == len(set(seen)) == len(prepared.pool) and len(prepared.heldout) == 400 - len(seen)
+
+
+def test_sites_given_with_their_own_splits_keep_them_and_their_test_splits_are_the_held_out_set(site):
+    given = __import__(MODULE).site_splits()
+    prepared, counts = partition_data(f"{MODULE}:site_splits", CLIENTS, parse_scheme("natural"), seed=3)
+    assert list(counts.sites.values()) == ["north", "east", "south"]  # the mapping's order
+    assert len(prepared.heldout) == 20 + 30 + 10  # no data left over: the union of the sites' test splits
+    (x_train, y_train), (x_test, y_test) = load_local_data(f"{MODULE}:site_splits", "2/3", "natural", seed=3)
+    (gx_train, gy_train), (gx_test, gy_test) = given["east"]
+    assert np.array_equal(x_train, gx_train.astype(np.float32)) and np.array_equal(y_train, gy_train)
+    assert np.array_equal(x_test, gx_test.astype(np.float32)) and np.array_equal(y_test, gy_test)
+
+
+@pytest.mark.parametrize(
+    ("loader", "scheme", "clients", "message"),
+    [
+        ("good", "natural", 3, "partition natural needs the data as its sites hold it: return (x, y, groups)"),
+        ("by_site", "iid", 3, "returns its sites ((x, y, groups)): use partition natural for one client per site"),
+        ("site_splits", "dirichlet:0.5", 3, "returns its sites (a mapping {site: ((x_train, y_train), (x_test"),
+        ("by_site", "natural", 2, "has 3 sites (east, north, south), one client each: use --clients 3"),
+        ("groups_too_short", "natural", 3, "groups must name one site per example, shape (400,); got (10,)"),
+        ("float_groups", "natural", 3, "groups must be whole numbers or strings naming the sites, got dtype float64"),
+        ("tiny_site", "natural", 2, "site '7' has 2 example(s); each site needs at least 3"),
+        ("bad_site", "natural", 1, "site 'north' must be ((x_train, y_train), (x_test, y_test))"),
+    ],
+)
+def test_a_natural_split_the_data_cannot_give_is_refused_with_the_reason(site, loader, scheme, clients, message):
+    with pytest.raises(FedstepError) as raised:
+        partition_data(f"{MODULE}:{loader}", CLIENTS[:clients], parse_scheme(scheme), seed=0)
+    assert message in str(raised.value)
+
+
+def test_heart_is_natural_by_default_and_names_its_hospitals():
+    scheme = _check_data_args(DemoConfig(dataset="heart", clients=4))
+    _, counts = partition_data("heart", [f"client-{i}" for i in (1, 2, 3, 4)], scheme, seed=0)
+    assert counts.scheme == "natural" and counts.name("client-3") == "client-3 (VA Long Beach)"

@@ -239,9 +239,9 @@ def test_heart_all_hospitals_is_partition_1_of_1():
 
 @pytest.mark.parametrize("partition", [(1, 2), (1, 3), (2, 5)])
 def test_heart_only_splits_into_its_4_hospitals(partition):
-    with pytest.raises(ValueError, match="hospital") as raised:
+    with pytest.raises(ValueError, match="split by site, so it has exactly 4 partitions") as raised:
         load_partition("heart", partition)
-    assert "Cleveland" in str(raised.value) and "/4" in str(raised.value)
+    assert "Cleveland" in str(raised.value) and "i/4" in str(raised.value)
 
 
 def test_heart_label_is_binary_disease_presence():

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.cloud_helpers import agent_processes
@@ -171,22 +172,30 @@ def load():
     return rng.normal(size=(400, 5)).astype("float32") + y[:, None], y
 
 
+def load_sites():
+    x, y = load()  # as its sites hold it: north has every 0, east every 1, south the 2s and 3s
+    return x, y, np.array(["north", "east", "south"])[np.minimum(y, 2)]
+
+
 def model():
     return mlp(5, 4, hidden=16)
 """
 
 
-def test_own_data_under_a_dirichlet_partition_is_simulated_counted_and_reported(tmp_path):
-    """A user's loader and model from the working directory, divided non-IID; every client agent takes
-    the part the operator counted, and `fedstep report` draws the label histogram from partition.json."""
+def test_own_data_split_by_its_sites_is_simulated_counted_and_reported(tmp_path):
+    """A user's loader and model from the working directory; the loader gives each example's site
+    (x, y, groups) and `--partition natural` makes each site one client. Every client agent takes
+    exactly its site's examples less the held-out share, as the operator counted, and `fedstep report`
+    draws the label histogram from partition.json. (Dividing a whole (x, y) by a scheme such as
+    dirichlet:0.5 is tested client by client in test_custom_data.py.)"""
     site = tmp_path / "site"
     site.mkdir()
     (site / "site_data.py").write_text(SITE_DATA)
     out = tmp_path / "own"
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "fedstep", "local", "--out", str(out), "--dataset", "site_data:load"),
-            *("--model", "site_data:model", "--partition", "dirichlet:0.5", "--rounds", "1", "--keep-running"),
+            *(sys.executable, "-m", "fedstep", "local", "--out", str(out), "--dataset", "site_data:load_sites"),
+            *("--model", "site_data:model", "--partition", "natural", "--rounds", "1", "--keep-running"),
             *("--strategy", "trimmed_mean", "--strategy-param", "beta=0.2"),
         ],
         cwd=site,  # the loader and the model are found in the working directory, by the clients too
@@ -197,10 +206,8 @@ def test_own_data_under_a_dirichlet_partition_is_simulated_counted_and_reported(
     )
     try:
         lines = _wait_for_line(proc, "press Ctrl-C to stop it", timeout_s=300)
-        assert (
-            "data set site_data:load: 320 examples for 3 clients (partition dirichlet:0.5, seed 0), 80 held out\n"
-            in lines
-        )
+        held_out = "data set site_data:load_sites: 319 examples for 3 clients (partition natural, seed 0), 81 held out"
+        assert f"{held_out}\n" in lines  # 20% of each site held out, rounded up
         summary = json.loads((out / "summary.json").read_text())
         assert any("strategy trimmed_mean (beta=0.2)" in line for line in lines)  # fedstep local takes a strategy
         assert (summary["config"]["strategy"], summary["config"]["strategy_params"]) == (
@@ -209,15 +216,22 @@ def test_own_data_under_a_dirichlet_partition_is_simulated_counted_and_reported(
         )
         assert "step_norm" in summary["rounds"][0]["measurements"]
         counts = summary["partition"]
-        assert summary["config"]["partition"] == "dirichlet:0.5" and counts["scheme"] == "dirichlet:0.5"
-        assert sum(sum(c) for c in counts["clients"].values()) == 320
+        assert summary["config"]["partition"] == "natural" and counts["scheme"] == "natural"
+        sites = {"client-1": "east", "client-2": "north", "client-3": "south"}  # sorted by name
+        assert counts["sites"] == sites
+        y = np.random.default_rng(1).integers(0, 4, 400)  # the loader's labels
+        group = {"north": y == 0, "east": y == 1, "south": y >= 2}
         for cid, per_label in counts["clients"].items():
+            whole = np.bincount(y[group[sites[cid]]], minlength=4)
+            held = whole - np.asarray(per_label)
+            assert held.sum() == -(-whole.sum() // 5), cid  # its site less ceil(20%) held out ...
+            assert (abs(held - 0.2 * whole) <= 1).all(), cid  # ... stratified by label: nobody else's examples
             config = json.loads((out / "clients" / f"{cid}.json").read_text())
-            assert (config["partition_scheme"], config["data_seed"]) == ("dirichlet:0.5", 0)
+            assert (config["partition_scheme"], config["data_seed"]) == ("natural", 0)
             total = sum(per_label)
             train = total - -(-total // 5)  # the local split holds out ceil(20%)
             assert f"| {train} examples |" in (out / "logs" / f"{cid}.log").read_text(), cid
-            assert any(line.startswith(f"  {cid}  {total} examples, ") for line in lines)
+            assert any(line.startswith(f"  {cid} ({sites[cid]}) ") and f" {total} examples, " in line for line in lines)
         env = dict(os.environ)
         for line in (out / "local-cloud.env").read_text().splitlines():
             name, _, value = line.removeprefix("export ").partition("=")
@@ -233,7 +247,8 @@ def test_own_data_under_a_dirichlet_partition_is_simulated_counted_and_reported(
         assert report.returncode == 0, report.stderr
         assert "labels.png" in report.stdout and (out / "report" / "labels.png").stat().st_size > 1000
         page = (out / "report" / "report.html").read_text()
-        assert 'id="labels"' in page and "partition dirichlet:0.5, seed 0" in page
+        assert 'id="labels"' in page and "partition natural, seed 0" in page
+        assert "<tr><td>client-2 (north)</td>" in page
     finally:
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)

@@ -55,7 +55,7 @@ def test_scheme_text_round_trips(text):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("foo", "unknown partition scheme 'foo'; use iid, dirichlet:ALPHA, shards:K or quantity:ALPHA"),
+        ("foo", "unknown partition scheme 'foo'; use iid, dirichlet:ALPHA, shards:K, quantity:ALPHA"),
         ("dirichlet:-1", "'dirichlet:-1': ALPHA must be a number above 0"),
         ("dirichlet:0", "ALPHA must be a number above 0"),
         ("dirichlet:nan", "ALPHA must be a number above 0"),
@@ -224,9 +224,13 @@ def test_digits_under_dirichlet_0_1_differs_between_seeds():
 
 
 def test_heart_keeps_its_hospitals_and_refuses_other_schemes():
-    with pytest.raises(ValueError, match=r"one hospital per client: partition scheme dirichlet:0\.5 applies to digits"):
+    with pytest.raises(
+        ValueError, match=r"heart comes with its sites \(1=Cleveland, .*use partition natural, not dirichlet:0\.5"
+    ):
         load_partition("heart", (1, 4), scheme="dirichlet:0.5")
-    assert len(client_parts(prepare("heart", 0), 4, 0, "iid")) == 4
+    assert [len(p) for p in client_parts(prepare("heart", 0), 4, 0, "iid")] == [
+        len(p) for p in client_parts(prepare("heart", 0), 4, 0, "natural")
+    ]  # for heart, iid means its natural split
 
 
 # --- the client agent's config and data --------------------------------------------------------------
@@ -275,5 +279,5 @@ def test_bad_scheme_fields_are_refused_with_the_field_named(tmp_path, fields, me
 def test_the_client_takes_its_part_of_the_non_iid_split():
     mine = joined(load_local_data("digits", "2/20", "shards:1", seed=0))
     assert len(np.unique(mine)) <= 2  # one shard (72 examples) of a label-sorted pool: two labels at most
-    with pytest.raises(FedstepError, match=r"data 'heart': .*one hospital per client"):
+    with pytest.raises(FedstepError, match=r"data 'heart': .*one client each: use partition natural"):
         load_local_data("heart", "1/4", "dirichlet:1")

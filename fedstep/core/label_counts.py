@@ -9,13 +9,14 @@ the operator never sees) simply have no label histogram.
      "labels": [0, 1, ..., 9], "clients": {"client-1": [12, 0, ..., 40], ...}}
 
 `clients[c][j]` is the number of client c's examples (its local train and test splits together)
-with label `labels[j]`.
+with label `labels[j]`. Under the scheme `natural`, `"sites": {"client-1": "Cleveland", ...}` names
+each client's site.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fedstep.core import keys
@@ -24,6 +25,8 @@ SCHEMA = 1
 KIND = "partition"
 MAX_LABELS = 10_000
 """The most labels a partition object may list (a sanity bound for reading it)."""
+MAX_SITE_CHARS = 200
+"""The longest site name a partition object may hold."""
 
 
 @dataclass(frozen=True)
@@ -36,10 +39,18 @@ class LabelCounts:
     labels: tuple[int, ...]
     clients: Mapping[str, tuple[int, ...]]
     """Client id -> examples per label, aligned with `labels`."""
+    sites: Mapping[str, str] = field(default_factory=dict)
+    """Client id -> the site whose data it holds (natural splits only)."""
 
     @classmethod
     def of(
-        cls, dataset: str, scheme: str, seed: int, labels: Sequence[int], clients: Mapping[str, Sequence[int]]
+        cls,
+        dataset: str,
+        scheme: str,
+        seed: int,
+        labels: Sequence[int],
+        clients: Mapping[str, Sequence[int]],
+        sites: Mapping[str, str] | None = None,
     ) -> LabelCounts:
         return cls.parse(
             {
@@ -50,6 +61,7 @@ class LabelCounts:
                 "seed": seed,
                 "labels": [int(v) for v in labels],
                 "clients": {c: [int(n) for n in counts] for c, counts in clients.items()},
+                **({"sites": dict(sites)} if sites else {}),
             }
         )
 
@@ -62,7 +74,12 @@ class LabelCounts:
             "seed": self.seed,
             "labels": list(self.labels),
             "clients": {c: list(counts) for c, counts in self.clients.items()},
+            **({"sites": dict(self.sites)} if self.sites else {}),
         }
+
+    def name(self, client: str) -> str:
+        """`client-1 (Cleveland)` under a natural split, else the client id."""
+        return f"{client} ({self.sites[client]})" if client in self.sites else client
 
     @classmethod
     def parse(cls, obj: Any) -> LabelCounts:
@@ -87,7 +104,12 @@ class LabelCounts:
             if not all(_whole(n) and n >= 0 for n in counts):
                 raise ValueError(f"client {client}: counts must be whole numbers >= 0")
             parsed[client] = tuple(counts)
-        return cls(dataset, scheme, seed, tuple(labels), parsed)
+        sites = obj.get("sites", {})
+        if not isinstance(sites, dict) or not set(sites) <= set(parsed):
+            raise ValueError("sites must be an object of client id -> site name, for clients listed")
+        if not all(isinstance(v, str) and 0 < len(v) <= MAX_SITE_CHARS for v in sites.values()):
+            raise ValueError(f"a site name must be a string of 1 to {MAX_SITE_CHARS} characters")
+        return cls(dataset, scheme, seed, tuple(labels), parsed, sites)
 
     def total(self, client: str) -> int:
         return sum(self.clients[client])

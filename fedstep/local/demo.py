@@ -345,11 +345,13 @@ def _check_data_args(config: DemoConfig) -> Scheme:
         scheme = parse_scheme(config.partition)
     except ValueError as exc:
         raise FedstepError(f"--partition: {exc}") from None
-    if config.dataset == "heart" and not scheme.is_iid:
+    if config.dataset == "heart" and not (scheme.is_iid or scheme.is_natural):
         raise FedstepError(
-            f"--partition {scheme}: the heart data set keeps its natural split, one hospital per client; "
-            "--partition applies to digits, mnist and your own data (module:function)"
+            f"--partition {scheme}: the heart data set keeps its natural split, one hospital per client "
+            "(--partition natural, its default); other schemes apply to digits, mnist and your own data"
         )
+    if config.dataset == "heart":
+        scheme = parse_scheme("natural")
     if config.dataset == "heart" and config.clients not in (1, 4):
         raise FedstepError("the heart data set has 4 hospitals: use --clients 4 (one hospital per client)")
     if not 1 <= config.clients <= 50:
@@ -361,15 +363,20 @@ def _check_data_args(config: DemoConfig) -> Scheme:
 
 def partition_data(dataset: str, client_ids: list[str], scheme: Scheme, seed: int) -> tuple[Prepared, LabelCounts]:
     """The data set split as every client agent will split it (same scheme and seed), and each
-    client's label counts. For a loader `module:function`, its (x, y) are checked first."""
+    client's label counts (and site, under a natural split). A loader `module:function` is checked
+    first (`client_agent.data.load_prepared`)."""
     from client_agent import datasets
-    from client_agent.data import load_whole_data
+    from client_agent.data import load_prepared
 
     try:
-        if dataset in datasets.BUILTIN:
-            prepared = datasets.prepare(dataset, seed)
-        else:
-            prepared = datasets.prepare_arrays(dataset, *load_whole_data(dataset), seed=seed)
+        prepared = (
+            datasets.prepare(dataset, seed) if dataset in datasets.BUILTIN else load_prepared(dataset, scheme, seed)
+        )
+        if prepared.sites and len(client_ids) not in (1, len(prepared.sites)):
+            raise FedstepError(
+                f"data set {dataset} has {len(prepared.sites)} sites ({', '.join(prepared.sites)}), one client "
+                f"each: use --clients {len(prepared.sites)} (or 1 for all of them)"
+            )
         parts = datasets.client_parts(prepared, len(client_ids), seed, scheme)
     except ValueError as exc:
         raise FedstepError(f"data set {dataset}: {exc}") from None
@@ -384,7 +391,9 @@ def partition_data(dataset: str, client_ids: list[str], scheme: Scheme, seed: in
         cid: np.bincount(np.searchsorted(labels, prepared.y[part]), minlength=len(labels)).tolist()
         for cid, part in zip(client_ids, parts, strict=True)
     }
-    return prepared, LabelCounts.of(dataset, str(scheme), seed, labels.tolist(), counts)
+    by_site = len(prepared.sites) == len(client_ids) > 1
+    sites = dict(zip(client_ids, prepared.sites, strict=True)) if by_site else None
+    return prepared, LabelCounts.of(dataset, str(scheme), seed, labels.tolist(), counts, sites)
 
 
 def echo_partition(prepared: Prepared, counts: LabelCounts, echo: Callable[[str], None]) -> None:
@@ -393,9 +402,9 @@ def echo_partition(prepared: Prepared, counts: LabelCounts, echo: Callable[[str]
         f"data set {counts.dataset}: {len(prepared.pool)} examples for {len(counts.clients)} clients "
         f"(partition {counts.scheme}, seed {counts.seed}), {len(prepared.heldout)} held out"
     )
-    width = max(len(c) for c in counts.clients)
+    width = max(len(counts.name(c)) for c in counts.clients)
     for client in counts.clients:
-        echo(f"  {client.ljust(width)}  {counts.describe(client)}")
+        echo(f"  {counts.name(client).ljust(width)}  {counts.describe(client)}")
 
 
 def check_model_fits(model: Any, model_ref: str, prepared: Prepared) -> None:
