@@ -21,6 +21,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedstep.cli.paths import model_file, report_folder
 from fedstep.core.errors import FedstepError
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ def simulate(
     partition: str = "iid",
     model: str | None = None,
     seed: int | None = None,
-    out: str | Path = "runs/demo",
+    out: str | Path | None = None,
     keep_running: bool = False,
     run_file: str | Path | None = None,
     verbose: bool = True,
@@ -72,10 +73,11 @@ def simulate(
 
     Options are `fedstep local`'s: `dataset` (digits, mnist, heart, or module:function), `clients`
     (default 3), `rounds` (default 5), `partition` (iid), `model` (module:function; default the data
-    set's), `seed` (0), `out` (runs/demo: summary.json, clients/, logs/), `keep_running` (after the
-    run, keep the cloud and its agents up until the kernel is interrupted), `run_file`, and any run
-    setting by its snake-case name (`learning_rate=0.05`, `strategy="fedadam"`, `strategy_params=
-    {"eta": 0.01}`, `target="test_accuracy>=0.9"`, `round_timeout_s=600`, `dp="central"`, ...).
+    set's), `seed` (0), `out` (default runs/<run>, runs/latest pointing at it: summary.json, clients/,
+    logs/), `keep_running` (after the run, keep the cloud and its agents up until the kernel is
+    interrupted), `run_file`, and any run setting by its snake-case name (`learning_rate=0.05`,
+    `strategy="fedadam"`, `strategy_params={"eta": 0.01}`, `target="test_accuracy>=0.9"`,
+    `round_timeout_s=600`, `dp="central"`, ...).
     `verbose=False` prints nothing.
 
     Returns the run's history: a pandas DataFrame indexed by round, one row per round, with columns
@@ -284,16 +286,16 @@ class Operator:
 
         view = self._view(run_id)
         number = round if round is not None else view.last_round
-        path = Path(out) if out else Path(f"{run_id}-round{number}.keras")
+        path = Path(out) if out else model_file(run_id, number)
         return download_model(view, self.stack.outputs, self.stack.client("s3"), self._table(), round, path)
 
     def report(self, run_id: str, out: str | Path | None = None) -> Path:
-        """`fedstep report`: report.html and its plots as PNG in `out` (default reports/<run>); the page."""
+        """`fedstep report`: report.html and its plots as PNG in `out` (default runs/<run>/report); the page."""
         from fedstep.cli.run_view import with_partition
         from fedstep.report import write_report
 
         view = with_partition(self._view(run_id), self.stack.outputs, self.stack.client("s3"))
-        return Path(write_report(view, Path(out) if out else Path("reports") / run_id))
+        return Path(write_report(view, Path(out) if out else report_folder(run_id)))
 
     def evaluate(
         self,

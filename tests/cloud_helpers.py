@@ -200,17 +200,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def fedstep(cloud, *args: str, timeout: int = 240, **run: Any) -> subprocess.CompletedProcess[str]:
-    """`fedstep <args>` as an operator runs it, against the local cloud (`run`: more subprocess.run
-    arguments, e.g. `stdout=` a pipe)."""
+    """`fedstep <args>` as an operator runs it, against the local cloud, in the checkout (`run`: other
+    subprocess.run arguments, e.g. `cwd=` another folder, `stdout=` a pipe)."""
     env = {**os.environ, **cloud.env(), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    output = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **run}
+    options = {"cwd": REPO, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **run}
     return subprocess.run(
         [sys.executable, "-m", "fedstep", *args, "--endpoint-url", cloud.endpoint],
-        cwd=REPO,
         env=env,
         text=True,
         timeout=timeout,
-        **output,
+        **options,
     )
 
 

@@ -18,10 +18,11 @@ from tests.cloud_helpers import agent_processes
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _fedstep_local(out: Path, *args: str) -> subprocess.Popen[str]:
+def _fedstep_local(out: Path | None, *args: str, cwd: Path = REPO) -> subprocess.Popen[str]:
+    """`fedstep local --out <out> <args>` (no --out for None: its default) in `cwd`."""
     return subprocess.Popen(
-        [sys.executable, "-m", "fedstep", "local", "--out", str(out), *args],
-        cwd=REPO,
+        [sys.executable, "-m", "fedstep", "local", *(("--out", str(out)) if out else ()), *args],
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -47,11 +48,16 @@ def _wait_for_line(proc: subprocess.Popen[str], text: str, timeout_s: float = 18
 
 
 def test_digits_with_three_clients_reaches_80_percent_and_improves_every_round(tmp_path):
-    out = tmp_path / "demo"
-    proc = _fedstep_local(out, "--dataset", "digits", "--clients", "3", "--rounds", "5")
+    """Without --out, as a new user types it: the run gets its own folder runs/<run>, and runs/latest."""
+    proc = _fedstep_local(None, "--dataset", "digits", "--clients", "3", "--rounds", "5", cwd=tmp_path)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-4000:]
+    run_id = output.split("\nrun ", 1)[1].split(":", 1)[0]
+    out = tmp_path / "runs" / run_id
+    assert f"client logs in runs/{run_id}/logs" in output and f"summary in runs/{run_id}/summary.json" in output
+    assert (tmp_path / "runs" / "latest").resolve() == out.resolve() and (tmp_path / "runs" / "latest").is_symlink()
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["run_id"] == run_id
     rounds = summary["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
     assert all(r["participants"] == 3 and r["rejected"] == [] for r in rounds)
@@ -65,7 +71,7 @@ def test_digits_with_three_clients_reaches_80_percent_and_improves_every_round(t
     assert summary["config"]["learning_rate"] is None and summary["config"]["batch_size"] == 32
     assert summary["stop_reason"] == "max_rounds" and "the run stops" not in output
     assert output.count("round ") >= 5 and "participants 3" in output
-    assert _clients_of(out) == []
+    assert _clients_of(Path("runs") / run_id) == []  # the agents' command lines name runs/<run>/clients/...
     # the agents import TensorFlow while the stack deploys, and round 1 is published once all are online
     assert output.index("3 of 3 clients online") < output.index("run run-") < output.index("round 1/5")
     for client in ("client-1", "client-2", "client-3"):

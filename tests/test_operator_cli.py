@@ -132,6 +132,17 @@ def test_download_gives_the_last_global_model_as_a_keras_file_ready_for_predict(
         np.testing.assert_array_equal(value, expected[name])
 
 
+def test_download_and_report_write_under_runs_of_the_run_when_no_output_is_given(local_cloud, finished_run, tmp_path):
+    download = fedstep(local_cloud, "download", finished_run, cwd=tmp_path)
+    assert download.returncode == 0, download.stderr
+    model = tmp_path / "runs" / finished_run / f"{finished_run}-round3.keras"
+    assert f"wrote runs/{finished_run}/{finished_run}-round3.keras" in download.stdout and model.stat().st_size > 0
+    report = fedstep(local_cloud, "report", finished_run, cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert (tmp_path / "runs" / finished_run / "report" / "report.html").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # nothing else in the working directory
+
+
 def test_download_of_a_round_that_did_not_complete_is_refused(local_cloud, finished_run, tmp_path):
     result = fedstep(local_cloud, "download", finished_run, "--round", "9", "-o", str(tmp_path / "m.keras"))
     assert result.returncode == 2 and "has no completed round 9 (completed: 1, 2, 3)" in result.stderr

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from fedstep import __version__
+from fedstep.cli.paths import model_file, report_folder
 from fedstep.cli.text import clean
 from fedstep.core.errors import FedstepError
 
@@ -216,7 +217,7 @@ def _parser() -> argparse.ArgumentParser:
     download.add_argument("run_id", nargs="?", help="the run (not with --approved)")
     _stack_args(download)
     download.add_argument("--round", type=int, help="after this round (default: the last completed; 0: initial)")
-    download.add_argument("-o", "--out", type=Path, help="file to write (default <run>-round<r>.keras)")
+    download.add_argument("-o", "--out", type=Path, help="file to write (default runs/<run>/<run>-round<r>.keras)")
     download.add_argument(
         "--approved", action="store_true", help="the approved model (`fedstep promote`), checked against its card"
     )
@@ -232,7 +233,7 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="an HTML report of a run, with its plots as PNG files")
     report.add_argument("run_id")
     _stack_args(report)
-    report.add_argument("-o", "--out", type=Path, help="folder to write into (default reports/<run>)")
+    report.add_argument("-o", "--out", type=Path, help="folder to write into (default runs/<run>/report)")
 
     client_config = sub.add_parser("client-config", help="print a ready client config file for a client")
     client_config.add_argument("client_id", help="the client's id in the deployment config")
@@ -267,7 +268,9 @@ def _parser() -> argparse.ArgumentParser:
         "heart: natural)",
     )
     local.add_argument("--clients", type=int, default=3, help="number of client agents (default 3)")
-    local.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
+    local.add_argument(
+        "--out", type=Path, help="output folder (default runs/<run>, and runs/latest links to it; demo: runs/demo)"
+    )
     local.add_argument(
         "--model",
         help="module:function returning a compiled Keras model (default: the built-in data set's; needed for your own)",
@@ -455,7 +458,7 @@ def _download(args: argparse.Namespace) -> int:
     stack = _Stack(args)
     view = _view(stack, args.run_id)
     round_number = args.round if args.round is not None else view.last_round
-    out = args.out or Path(f"{args.run_id}-round{round_number}.keras")
+    out = args.out or model_file(args.run_id, round_number)
     table = DynamoRoundTable(stack.outputs.table, stack.client("dynamodb"))
     path = download_model(view, stack.outputs, stack.client("s3"), table, args.round, out)
     print(f"wrote {path}: the global model after round {round_number}; keras.models.load_model({str(path)!r})")
@@ -502,7 +505,7 @@ def _report(args: argparse.Namespace) -> int:
     from fedstep.cli.models import card_of_round
 
     card = card_of_round(view, view.last_round, stack.outputs, stack.client("s3"))
-    page = write_report(view, args.out or Path("reports") / args.run_id, card=card)
+    page = write_report(view, args.out or report_folder(args.run_id), card=card)
     print(f"wrote {page} and {', '.join(f'{p}.png' for p in plots(view))} beside it")
     return 0
 

@@ -19,6 +19,7 @@ from fedstep.aws.adapters import DynamoRoundTable, S3ModelStore
 from fedstep.aws.errors import error_code
 from fedstep.aws.stack import StackOutputs
 from fedstep.cli.operate import save_keras
+from fedstep.cli.paths import model_file
 from fedstep.cli.run_view import RunView
 from fedstep.core import keys, model_card, tensors
 from fedstep.core.clock import utc_now
@@ -127,7 +128,7 @@ def download_approved(outputs: StackOutputs, s3: Any, name: str, out: Path | Non
     architecture = model_card.verify(
         architecture_ref, _get(store, architecture_ref.key, "architecture"), "architecture"
     )
-    out = out or Path(f"{pointer['run_id']}-round{pointer['round']}.keras")
+    out = out or model_file(pointer["run_id"], pointer["round"])
     return pointer, save_keras(architecture, tensors.decode(weights), out)
 
 

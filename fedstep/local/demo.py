@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedstep.aws.adapters import DynamoRoundTable, S3ModelStore
+from fedstep.cli.paths import point_latest_at, run_folder
 from fedstep.cli.run_view import failure_text
-from fedstep.cli.start import RunSettings, build_model, keras_payload, merge_settings, start_run
+from fedstep.cli.start import RunSettings, build_model, keras_payload, merge_settings, new_run_id, start_run
 from fedstep.cli.status import strategy_text
 from fedstep.core import keys, tensors
 from fedstep.core.errors import FedstepError
@@ -52,7 +53,8 @@ class DemoConfig:
     partition: str = "iid"
     """How the pool is divided among the clients: iid, dirichlet:ALPHA, shards:K or quantity:ALPHA."""
     clients: int = 3
-    out: Path = Path("runs/demo")
+    out: Path | None = None
+    """The output folder; None: runs/<run> (fedstep.cli.paths), with runs/latest pointing at it."""
     model: str | None = None
     """module:function returning a compiled Keras model; default the built-in data set's (required for custom data)."""
     seed: int = 0
@@ -74,7 +76,7 @@ def demo_config(
     dataset: str = "digits",
     partition: str = "iid",
     clients: int = 3,
-    out: Path | str = Path("runs/demo"),
+    out: Path | str | None = None,
     model: str | None = None,
     seed: int | None = None,
     keep_running: bool = False,
@@ -93,7 +95,7 @@ def demo_config(
         dataset=dataset,
         partition=partition,
         clients=clients,
-        out=Path(out),
+        out=Path(out) if out is not None else None,
         model=model or run_file.get("model"),
         seed=seed,
         settings=merge_settings(LOCAL_SETTINGS, run_file, {**(settings or {}), "seed": seed}),
@@ -133,8 +135,11 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
     settings.for_clients(client_ids)  # refused now, not after the local cloud is up
     if config.model:  # a model that cannot be imported is named before any agent starts
         load_callable(config.model, "model")
-    out = Path(config.out)
+    run_id = new_run_id()
+    out = Path(config.out) if config.out is not None else run_folder(run_id)
     out.mkdir(parents=True, exist_ok=True)
+    if config.out is None:
+        point_latest_at(out)
     # With --keep-running the agents keep serving after the run's end (`--follow`), for the runs an
     # operator starts on the kept cloud; they stop with it (ClientProcesses, and the kernel if killed).
     agent_mode = ["--follow"] if config.keep_running else []
@@ -197,6 +202,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
             s3=cloud.client("s3", OPERATOR),
             dynamodb=cloud.client("dynamodb", OPERATOR),
             stepfunctions=cloud.client("stepfunctions", OPERATOR),
+            run_id=run_id,
         )
         strategy_params = params_json(settings.strategy_instance().params)  # all of them, parsed
         echo(
