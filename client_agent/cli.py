@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--dp-epsilon-budget",
         type=float,
-        help="record-level privacy budget per run: decline DP-SGD rounds that would exceed it (default: none)",
+        help="record-level privacy budget over every DP-SGD run in the ledger: decline rounds that would exceed it "
+        "(default: none)",
     )
     run.add_argument("--dp-max-delta", type=float, help="decline DP-SGD rounds whose dp_delta is larger (default: any)")
     run.add_argument("--poll-wait", type=int, dest="poll_wait_s", help="long-poll seconds, 0-20 (default 20)")

@@ -212,9 +212,12 @@ def _whole(what: str, result: Any, min_examples: int = MIN_WHOLE_EXAMPLES) -> tu
     if y.ndim != 1:
         raise FedstepError(f"{what}: y must be one class label per example, shape (n,); got shape {y.shape}")
     if not (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
-        raise FedstepError(
-            f"{what}: y must be integer class labels 0, 1, ..., got dtype {y.dtype} (return y.astype(int) if they are)"
+        fix = (
+            "number the classes: return np.unique(y, return_inverse=True)[1]"
+            if y.dtype.kind in "US"
+            else "return y.astype(int) if they are whole numbers"
         )
+        raise FedstepError(f"{what}: y must be integer class labels 0, 1, ..., got dtype {y.dtype} ({fix})")
     if len(x) != len(y):
         raise FedstepError(f"{what}: x has {len(x)} examples but y has {len(y)}")
     if len(y) < min_examples:

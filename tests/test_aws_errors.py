@@ -72,3 +72,30 @@ def test_an_xml_or_html_error_body_is_reduced_to_its_message():
     assert explain(client_error("AccessDenied", "GetQueueAttributes", xml)).count("not authorized") == 1
     html = "<!doctype html><html><body><h1>Proxy error</h1><p>upstream unavailable</p></body></html>"
     assert "Proxy error upstream unavailable" in explain(client_error("502", "ReceiveMessage", html))
+
+
+def test_the_operator_without_a_region_is_told_the_flags_not_an_agent_config_file(tmp_path):
+    """`fedstep runs` with no region anywhere: the operator has no agent config file to set it in."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE")}
+    env.update(AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
+    env.update(AWS_ACCESS_KEY_ID="local", AWS_SECRET_ACCESS_KEY="local")
+    result = subprocess.run(
+        [sys.executable, "-m", "fedstep", "runs"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr
+        == "fedstep: error: no AWS region: pass --region, or set AWS_REGION (or a region in your AWS profile)\n"
+    )
+
+
+def test_an_operator_denied_is_pointed_at_the_operator_role_not_an_agents_role_arn():
+    from fedstep.aws.errors import OPERATOR
+
+    denied = client_error("AccessDeniedException", "StartExecution", "not authorized")
+    assert "operator role (stack output OperatorRoleArn" in explain(denied, who=OPERATOR)
+    assert "role_arn" in explain(denied)  # an agent's

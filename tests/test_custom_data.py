@@ -67,6 +67,10 @@ def float_y():
     x, y = _data()
     return x, y + 0.5
 
+def text_y():
+    x, y = _data()
+    return x, np.array(["healthy", "ill", "unknown", "ill"])[y]
+
 def negative_y():
     x, y = _data()
     return x, y - 1
@@ -144,7 +148,8 @@ def test_a_good_loader_gives_float32_examples_and_int64_labels(site):
         (f"{MODULE}:flat_x", "x must have one row per example, shape (n, features...); got shape (400,)"),
         (f"{MODULE}:text_x", "x must hold real numbers, got dtype <U"),
         (f"{MODULE}:ragged_x", "x is not an array"),
-        (f"{MODULE}:float_y", "y must be integer class labels 0, 1, ..., got dtype float64"),
+        (f"{MODULE}:float_y", "got dtype float64 (return y.astype(int) if they are whole numbers)"),
+        (f"{MODULE}:text_y", "got dtype <U7 (number the classes: return np.unique(y, return_inverse=True)[1])"),
         (f"{MODULE}:negative_y", "y must be class labels 0, 1, ..., but has -1"),
         (f"{MODULE}:short_y", "x has 400 examples but y has 397"),
         (f"{MODULE}:with_nan", "non-finite values (NaN or Inf) in 2 example(s), the first at row 7"),

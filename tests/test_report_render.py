@@ -321,3 +321,16 @@ def test_the_accuracy_plot_draws_the_runs_target_on_the_global_models_line(view)
     [line] = ax.get_lines()
     pyplot().close(fig)
     assert list(line.get_ydata()) == [0.9, 0.9] and line.get_label() == "target test_accuracy>=0.9 (global model)"
+
+
+def test_the_settings_line_names_the_clients_with_their_own_example_cap(view):
+    """Not "(1 per client)", which read as one example: the clients and their caps."""
+    from dataclasses import replace
+
+    from fedstep.cli.status import settings_line
+    from fedstep.core.schemas import Bounds
+
+    one = replace(view, record=replace(view.record, bounds=Bounds(5000, {"hospital-b": 20000})))
+    assert "examples capped at 5000 (own caps: hospital-b 20000)," in settings_line(one)
+    many = replace(view, record=replace(view.record, bounds=Bounds(5000, {f"site-{i}": 10 * i for i in range(1, 6)})))
+    assert "examples capped at 5000 (own caps: site-1 10, site-2 20, site-3 30, +2)," in settings_line(many)

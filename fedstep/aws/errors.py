@@ -94,9 +94,23 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def explain(exc: BaseException, *, what: str = "", region: str | None = None) -> str:
+AGENT = "agent"
+OPERATOR = "operator"
+_REGION_FIX = {
+    AGENT: "set region in the agent's config file, --region, or AWS_REGION",
+    OPERATOR: "pass --region, or set AWS_REGION (or a region in your AWS profile)",
+}
+_DENIED_FIX = {
+    AGENT: "check that the agent uses the client's role (role_arn) and that the config names this client's resources",
+    OPERATOR: "check that you act as the stack's operator role (stack output OperatorRoleArn, the README's "
+    "operator policy) and --stack and --region name the stack",
+}
+
+
+def explain(exc: BaseException, *, what: str = "", region: str | None = None, who: str = AGENT) -> str:
     """One sentence naming the problem (credentials, region, endpoint, permission, missing resource)
-    and what to check. `what` names the resource the call was about, e.g. "queue https://...".
+    and what to check, for `who` (AGENT: a client agent and its config file; OPERATOR: the `fedstep`
+    commands and their flags). `what` names the resource the call was about, e.g. "queue https://...".
     """
     on = f" on {what}" if what else ""
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
@@ -105,7 +119,7 @@ def explain(exc: BaseException, *, what: str = "", region: str | None = None) ->
             "AWS_SECRET_ACCESS_KEY, or run where an instance or container role provides them"
         )
     if isinstance(exc, NoRegionError):
-        return "no AWS region: set region in the config file, --region, or AWS_REGION"
+        return f"no AWS region: {_REGION_FIX[who]}"
     if isinstance(exc, _UNREACHABLE):
         endpoint = getattr(exc, "kwargs", {}).get("endpoint_url", "the AWS endpoint")
         return (
@@ -121,8 +135,7 @@ def explain(exc: BaseException, *, what: str = "", region: str | None = None) ->
     where = f" in region {region}" if region else ""
     if code in _DENIED:
         return (
-            f"access denied: {iam_action(exc)}{on} is not allowed for these credentials ({message}); "
-            "check that the agent uses the client's role (role_arn) and that the config names this client's resources"
+            f"access denied: {iam_action(exc)}{on} is not allowed for these credentials ({message}); {_DENIED_FIX[who]}"
         )
     if code in _BAD_CREDENTIALS:
         return f"AWS rejected the credentials ({code}): check the access key, the profile, or the role's session"

@@ -585,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from fedstep.aws.errors import explain
+    from fedstep.aws.errors import OPERATOR, explain
 
     try:
         commands = {
@@ -612,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedstep: error: {clean(exc)}", file=sys.stderr)
         return 2
     except (ClientError, BotoCoreError) as exc:
-        print(f"fedstep: error: {clean(explain(exc))}", file=sys.stderr)
+        print(f"fedstep: error: {clean(explain(exc, who=OPERATOR))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fedstep: interrupted; everything was stopped", file=sys.stderr)

@@ -144,9 +144,9 @@ def headline(view: RunView) -> str:
 def bounds_text(view: RunView) -> str:
     """How far the run trusts one client: its participants floor, weight cap and norm bound."""
     b = view.record.bounds
-    caps = f"examples capped at {b.max_examples}" + (
-        f" ({len(b.client_max_examples)} per client)" if b.client_max_examples else ""
-    )
+    own = sorted(b.client_max_examples.items())
+    named = ", ".join(f"{client} {cap}" for client, cap in own[:3]) + (f", +{len(own) - 3}" if len(own) > 3 else "")
+    caps = f"examples capped at {b.max_examples}" + (f" (own caps: {named})" if own else "")
     return f"at least {view.record.min_participants} participants; {caps}, {norm_text(view)} ({b.action})"
 
 
