@@ -271,8 +271,11 @@ def training_definition(
     more = sfn.Choice(scope, "More rounds?")
     budget_spent = sfn.Pass(scope, "Privacy budget spent", parameters=_carry({"stop_reason": "privacy_budget"}))
     more.when(sfn.Condition.boolean_equals("$.target_reached", True), target_reached.next(run_ended))
-    more.when(sfn.Condition.boolean_equals("$.privacy_budget_spent", True), budget_spent.next(run_ended))
-    more.when(sfn.Condition.number_less_than_json_path("$.round", "$.run.rounds"), prepare)
+    rounds_left = sfn.Condition.number_less_than_json_path("$.round", "$.run.rounds")
+    # the budget stops a run only when a round was left to run: one that ran all its rounds ended by them
+    budget_hit = sfn.Condition.and_(sfn.Condition.boolean_equals("$.privacy_budget_spent", True), rounds_left)
+    more.when(budget_hit, budget_spent.next(run_ended))
+    more.when(rounds_left, prepare)
     more.otherwise(all_rounds.next(run_ended))
     prepare.next(notify).next(sliced_or_not)
     aggregated.next(more)

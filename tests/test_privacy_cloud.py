@@ -73,6 +73,17 @@ def test_a_budget_stops_the_run_before_the_round_that_would_exceed_it(cloud, tmp
     assert summaries(cloud, run.run_id)[-1].epsilon <= budget
 
 
+def test_a_run_whose_budget_runs_out_in_its_last_round_ended_by_its_rounds_not_the_budget(cloud, tmp_path):
+    """Issue 21, finding 10: a run that ran every round it was given reported privacy_budget."""
+    budget = (independent_epsilon(Z, 2, 2, 2, DELTA) + independent_epsilon(Z, 2, 2, 3, DELTA)) / 2
+    run = start_dp(cloud, rounds=2, dp_clip=str(CLIP), dp_epsilon=budget)  # round 3 would exceed it
+    serve_run([agent(cloud, c, tmp_path) for c in SHIFTS], 2)
+    desc = wait_for_execution(cloud, run.execution_arn)
+    output = json.loads(desc["output"])
+    assert (desc["status"], output["stop_reason"], output["rounds_completed"]) == ("SUCCEEDED", "max_rounds", 2)
+    assert summaries(cloud, run.run_id)[-1].privacy_budget_spent  # the round knew; the run had no round left
+
+
 class CountingShift(ShiftTrainer):
     """A ShiftTrainer that says how many local examples it has (what a DP-SGD ledger accounts)."""
 
