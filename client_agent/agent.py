@@ -7,7 +7,9 @@ invariant 2). A message is received with a short visibility timeout (`visibility
 the agent renews while it serves the message: an agent killed mid-round stops renewing, so its round
 is back in the queue within that timeout. A failure before the item is written releases the message
 at once (visibility 0), and the agent polls again after a back-off, so it (or a restarted agent)
-serves the round well within the round's deadline.
+serves the round well within the round's deadline. Each failed round is also reported to the operator
+at once: the run's failure item in the client's own partition (`FailureItem`: the round, the attempt
+and the error on one line), shown by `fedstep status`, `fedstep local` and a QuorumNotMet cause.
 
 The server tells the agent when it rejected an update: its feedback item for the run (which only
 the server writes) names the round, the file's sha256 and the reason. The agent logs it, and when a
@@ -63,6 +65,7 @@ from fedstep.core.schemas import (
     DeclineItem,
     EvalItem,
     EvaluateMessage,
+    FailureItem,
     Feedback,
     InvalidMessage,
     ObjectRef,
@@ -294,10 +297,22 @@ class Agent:
                 detail,
                 exc_info=log.isEnabledFor(logging.DEBUG),
             )
+            self._report_failure(parsed, detail, message)
             self._release(message)
             return Outcome.KEPT
         self._delete(message)
         return outcome
+
+    def _report_failure(self, msg: RoundMessage, detail: str, message: dict[str, Any]) -> None:
+        """Tell the operator at once that this round failed here: the run's failure item in this client's
+        own partition (one per run, overwritten), with the error and the message's receive count. Best
+        effort: a failure item that cannot be written is logged, and the round is tried again anyway."""
+        attempt = _receive_count(message)
+        item = FailureItem.of(msg.run_id, msg.round, self.config.client_id, detail, attempt, utc_now())
+        try:
+            self.table.put(item.to_item())
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("could not report the failure to the operator: %s", explain(exc))
 
     def _stale(self, msg: RoundMessage) -> str | None:
         """Why a round message is a leftover not worth training (None: serve it): its run ended, or its
@@ -703,6 +718,14 @@ def _evaluation_failure(exc: BaseException) -> str:
     if isinstance(exc, (ClientError, BotoCoreError)):
         return explain(exc)
     return str(exc) if isinstance(exc, FedstepError) else f"{type(exc).__name__}: {exc}"
+
+
+def _receive_count(message: dict[str, Any]) -> int:
+    """How many times SQS has handed out the message (1 on its first receive); 1 if it does not say."""
+    try:
+        return max(1, int(message.get("Attributes", {})["ApproximateReceiveCount"]))
+    except (KeyError, TypeError, ValueError):
+        return 1
 
 
 def _sent_at(message: dict[str, Any]) -> float:

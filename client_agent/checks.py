@@ -322,11 +322,21 @@ def model_fit(data: Split, choice: ModelChoice, probes: Probes | None) -> tuple[
     """Load the model (safe mode) from `choice`, check the data against it (`client_agent.data_contract`)
     and train one batch on the throwaway copy; ok detail, FedstepError naming each problem and its
     fix, or `Skipped` when there is no model to check against."""
-    from client_agent import data_contract
-    from client_agent.keras_model import contract_of, model_from_bytes, one_batch
+    from client_agent.keras_model import model_from_bytes
 
     source, architecture = _model_bytes(choice, probes)
-    model = model_from_bytes(architecture)
+    return True, check_fit(model_from_bytes(architecture), data, source)
+
+
+def check_fit(model: Any, data: Split, source: str) -> str:
+    """Check the data against `model` (`client_agent.data_contract`: input shape, labels against the
+    output units and the compiled loss) and train one batch of it: what the "model fit" check of
+    `fedstep-client check` and `fedstep local`'s pre-run model check do. `model` must be a throwaway
+    copy (its weights change); `source` names it. The detail line, or FedstepError naming each
+    problem and its fix."""
+    from client_agent import data_contract
+    from client_agent.keras_model import contract_of, one_batch
+
     contract = contract_of(model)
     problems = data_contract.model_problems(data, contract)
     if problems:
@@ -335,7 +345,7 @@ def model_fit(data: Split, choice: ModelChoice, probes: Probes | None) -> tuple[
     metrics = one_batch(model, x_train, y_train)
     loss = f", loss {metrics['loss']:.4g}" if "loss" in metrics else ""
     batch = min(len(x_train), 32)
-    return True, f"{source}: {contract.describe()}; one batch of {batch} examples trained{loss} (nothing kept)"
+    return f"{source}: {contract.describe()}; one batch of {batch} examples trained{loss} (nothing kept)"
 
 
 def _model_bytes(choice: ModelChoice, probes: Probes | None) -> tuple[str, bytes]:

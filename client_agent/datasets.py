@@ -478,6 +478,11 @@ def local_split(
     return _take(prepared, train), _take(prepared, test)
 
 
+def pool(prepared: Prepared) -> Arrays:
+    """Every example the clients share among them (the pool, rule 1), as their splits hold them."""
+    return _take(prepared, prepared.pool)
+
+
 def heldout(prepared: Prepared) -> Arrays:
     """The held-out test set of ``prepared`` (rule 1)."""
     return _take(prepared, prepared.heldout)

@@ -5,7 +5,7 @@
 | receive, delete, change visibility of messages | its own queue |
 | read | every run's `model.keras` and global weights; its own prefix `updates/<client id>/` |
 | write | its own prefix `updates/<client id>/` |
-| put items | its own partition `CLIENT#<id>` (`LeadingKeys`): its update, decline, evaluation or heartbeat items |
+| put items | its own partition `CLIENT#<id>` (`LeadingKeys`): update, decline, evaluation, failure, heartbeat items |
 | get an item | its own feedback partition `FEEDBACK#<client id>` (why its last update in each run was rejected) |
 | decrypt, generate data keys | the stack's key, only through S3 and SQS in the stack's region (`kms:ViaService`) |
 
@@ -28,7 +28,7 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from fedstep.core import keys
-from fedstep.core.schemas import DeclineItem, EvalItem, Heartbeat, UpdateItem
+from fedstep.core.schemas import DeclineItem, EvalItem, FailureItem, Heartbeat, UpdateItem
 from infra.config import ClientConfig
 from infra.secure import acknowledge, reference_name
 
@@ -38,6 +38,8 @@ UPDATE_ITEM_ATTRIBUTES = sorted(
 """An update item's attributes, or a decline item's (it takes the update item's key)."""
 EVAL_ITEM_ATTRIBUTES = sorted({keys.PK, keys.SK, "schema", "kind", *(f.name for f in fields(EvalItem))})
 """An evaluation item's attributes (the answer to `fedstep evaluate`)."""
+FAILURE_ITEM_ATTRIBUTES = sorted({keys.PK, keys.SK, "schema", "kind", *(f.name for f in fields(FailureItem))})
+"""A failure item's attributes (a round that failed on the client, and its error)."""
 HEARTBEAT_ATTRIBUTES = sorted({keys.PK, keys.SK, "schema", "kind", *(f.name for f in fields(Heartbeat))})
 
 
@@ -113,6 +115,12 @@ class ClientAccess(Construct):
                     actions=["dynamodb:PutItem"],
                     resources=[table.table_arn],
                     conditions=_own_partition(own_partition, EVAL_ITEM_ATTRIBUTES),
+                ),
+                iam.PolicyStatement(
+                    sid="PutOwnFailureItems",
+                    actions=["dynamodb:PutItem"],
+                    resources=[table.table_arn],
+                    conditions=_own_partition(own_partition, FAILURE_ITEM_ATTRIBUTES),
                 ),
                 iam.PolicyStatement(
                     sid="PutOwnHeartbeat",

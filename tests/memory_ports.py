@@ -242,6 +242,10 @@ class MemoryTable:
     def put_feedback(self, item: dict[str, Any]) -> None:
         self.put(item)
 
+    def get_failures(self, run_id: str, client_ids: list[str]) -> dict[str, dict[str, Any]]:
+        found = {c: self.get(keys.failure_item_key(run_id, c)) for c in client_ids}
+        return {c: item for c, item in found.items() if item is not None}
+
 
 class RecordingReporter:
     """Step Functions' task tokens: each may be answered once."""

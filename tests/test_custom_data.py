@@ -116,6 +116,14 @@ def tiny_site():
 
 def bad_site():
     return {"north": (1, 2, 3)}
+
+def one_hot_loss():
+    # the issue's model: compiled for one-hot labels, given class indices
+    from client_agent.models import mlp
+
+    model = mlp(64, 10)
+    model.compile(optimizer="sgd", loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
 """
 
 
@@ -223,9 +231,32 @@ def test_a_model_that_does_not_fit_the_data_is_refused(site):
         check_model_fits(mlp(5, 3), "site:model", prepared)
 
 
+def test_a_model_whose_loss_does_not_read_the_labels_is_refused_before_the_run(site):
+    """The pre-run model check is the clients' own (`fedstep-client check`'s model fit): the loss
+    against the labels, then one training batch, on the model as the agents load it."""
+    from client_agent.models import mlp
+    from fedstep.cli.start import keras_payload
+    from fedstep.local.demo import check_model_trains
+
+    prepared, _ = partition_data(f"{MODULE}:good", CLIENTS, parse_scheme("iid"), seed=0)
+    check_model_trains(keras_payload(mlp(5, 4))[0], "site:model", prepared)  # a model that fits trains
+    wrong = mlp(5, 4)
+    wrong.compile(optimizer="sgd", loss="categorical_crossentropy")
+    with pytest.raises(FedstepError) as raised:
+        check_model_trains(keras_payload(wrong)[0], "site:wrong", prepared)
+    message = str(raised.value)
+    assert message.startswith(f"model site:wrong cannot train on data set {MODULE}:good: y_train holds class indices")
+    assert "expects one-hot labels of shape (n, 4)" in message and "sparse_categorical_crossentropy" in message
+    assert "\n" not in message
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (
+            ["--model", f"{MODULE}:one_hot_loss"],  # digits' class indices under categorical_crossentropy
+            f"model {MODULE}:one_hot_loss cannot train on data set digits: y_train holds class indices",
+        ),
         (["--dataset", f"{MODULE}:raising", "--model", "client_agent.models:digits_mlp"], "raised FileNotFoundError"),
         (["--dataset", f"{MODULE}:good"], "pass --model module:function"),
         (["--partition", "shards:0"], "K (shards per client) must be a whole number of at least 1"),

@@ -25,6 +25,7 @@ from fedstep.core import keys
 from fedstep.core.schemas import (
     DeclineItem,
     EvalItem,
+    FailureItem,
     Feedback,
     Heartbeat,
     ObjectRef,
@@ -79,6 +80,7 @@ WRITES = [
     Write(keys.update_item_key, (CLIENT,), item=UpdateItem(RUN, 1, CLIENT, 10, REF, {}, T).to_item()),
     Write(keys.update_item_key, (CLIENT,), item=DeclineItem(RUN, 2, CLIENT, "no budget left", T).to_item()),
     Write(keys.eval_item_key, (CLIENT,), item=EvalItem(RUN, 1, "req1", CLIENT, 10, {"test_loss": 0.5}, T).to_item()),
+    Write(keys.failure_item_key, (CLIENT,), item=FailureItem(RUN, 1, CLIENT, "ValueError: rank", 2, T).to_item()),
     Write(keys.heartbeat_item_key, (CLIENT,), item=Heartbeat(CLIENT, "0.1.0", "idle", T, 60, {}).to_item()),
     Write(keys.rejection_item_key, ("aggregation",), item=Feedback(CLIENT, RUN, 1, "0" * 64, "nan", T).to_items()[0]),
     Write(

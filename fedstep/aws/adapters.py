@@ -349,6 +349,12 @@ class DynamoRoundTable(Items):
         found = self._batch_get([key(c) for c in client_ids])
         return {keys.client_of(item[keys.PK]): item for item in found}
 
+    def get_failures(self, run_id: str, client_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The clients' failure items in run `run_id` (their last failed round there), by client id
+        (absent: none reported). Items as stored: `FailureItem.parse` them."""
+        found = self._batch_get([keys.failure_item_key(run_id, c) for c in client_ids])
+        return {keys.client_of(item[keys.PK]): item for item in found}
+
     def put_heartbeat(self, beat: Heartbeat) -> None:
         """Overwrite the client's heartbeat item (the client's role may write only its own)."""
         self.put(beat.to_item())

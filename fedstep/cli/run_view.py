@@ -22,7 +22,7 @@ from fedstep.cli.client_metrics import ClientRound, load_client_rounds
 from fedstep.core import keys
 from fedstep.core.errors import FedstepError
 from fedstep.core.label_counts import LabelCounts
-from fedstep.core.schemas import Feedback, InvalidMessage, RoundSummary, RunRecord
+from fedstep.core.schemas import FailureItem, Feedback, InvalidMessage, RoundSummary, RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,9 @@ class RunView:
     clients: dict[int, list[ClientRound]] = field(default_factory=dict)
     """Per round, each selected client's own metrics (`fedstep.cli.client_metrics`), read with
     `with_clients`; empty unless asked for."""
+    failures: dict[str, FailureItem] = field(default_factory=dict)
+    """Each client's last failed round in this run, as its agent reported it (its failure item);
+    clients without one (or with an invalid one, which is logged) are absent."""
 
     @property
     def status(self) -> str:
@@ -133,7 +136,24 @@ def load_run(run_id: str, outputs: StackOutputs, table: DynamoRoundTable, sfn: A
     except InvalidMessage as exc:
         raise FedstepError(f"run {run_id} has an unreadable item: {exc}") from None
     last_rejections = {f.client_id: f for f in told if f.run_id == run_id}  # the run's own items
-    return RunView(run_id, record, describe(sfn, execution_arn(outputs, run_id)), rounds, last_rejections)
+    execution = describe(sfn, execution_arn(outputs, run_id))
+    failures = load_failures(table, run_id, record.clients)
+    return RunView(run_id, record, execution, rounds, last_rejections, failures=failures)
+
+
+def load_failures(table: DynamoRoundTable, run_id: str, client_ids: list[str]) -> dict[str, FailureItem]:
+    """Each client's last failed round in the run (its failure item, written by its agent), by client
+    id. A client writes its item, so each is checked (`FailureItem.parse`): an invalid one is logged
+    and left out."""
+    failures = {}
+    for client, item in table.get_failures(run_id, client_ids).items():
+        try:
+            failure = FailureItem.parse(item)
+        except InvalidMessage as exc:
+            log.warning("client %s's failure item in run %s is invalid: %s", client, run_id, exc)
+            continue
+        failures[client] = failure
+    return failures
 
 
 def load_partition(run_id: str, outputs: StackOutputs, s3: Any) -> LabelCounts | None:

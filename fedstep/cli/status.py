@@ -12,7 +12,7 @@ from typing import Any
 from fedstep.cli.client_metrics import render_client_table
 from fedstep.cli.run_view import RunListing, RunView
 from fedstep.cli.text import clean, duration, lines, table
-from fedstep.core.schemas import RoundSummary, headline_metric
+from fedstep.core.schemas import FailureItem, RoundSummary, headline_metric
 
 
 def _took(started: datetime, stopped: datetime | None) -> str:
@@ -193,6 +193,9 @@ def footer(view: RunView) -> list[str]:
     lines = [f"  round {s.round}: {rej.client_id} rejected: {rej.reason}" for s in view.rounds for rej in s.rejected]
     lines += [f"  round {s.round}: {c.client_id} clipped: {c.what}" for s in view.rounds for c in s.clipped]
     lines += [f"  round {s.round}: {d.client_id} declined: {d.reason}" for s in view.rounds for d in s.declined]
+    if view.failures:
+        lines.append("last failure per client (its agent's log has the details):")
+        lines += [f"  {c}: {f.line()}" for c, f in sorted(view.failures.items())]
     if view.last_rejections:
         lines.append("last rejection per client:")
         lines += [f"  {c}: round {f.round}: {f.reason}" for c, f in sorted(view.last_rejections.items())]
@@ -205,7 +208,8 @@ def footer(view: RunView) -> list[str]:
 def render_status_json(view: RunView) -> str:
     """The run and one object per round (participants, rejected, declined and clipped updates, the norm
     bound applied, metrics, measurements, epsilon, delta and repeated noisy releases; with
-    per-client rows read, `clients`: each selected client's status, examples and own metrics)."""
+    per-client rows read, `clients`: each selected client's status, examples and own metrics); `failures`:
+    each client's last failed round in the run, as its agent reported it."""
     ex = view.execution
     evaluated = global_evaluation(view)
     rows = [
@@ -237,6 +241,7 @@ def render_status_json(view: RunView) -> str:
         "strategy": view.record.strategy,
         "strategy_params": view.record.strategy_params,
         "dp": asdict(view.record.dp) if view.record.dp else None,
+        "failures": [asdict(f) for _, f in sorted(view.failures.items())],
         "rounds": rows,
     }
     return json.dumps(run, indent=2)
@@ -268,7 +273,12 @@ def watch(load: Callable[[], RunView], say: Callable[[str], None], interval_s: f
     echo("")
     widths = [len(h) for h in ROUND_HEADER]
     shown = 0
+    told: set[FailureItem] = set()
     while True:
+        for client, failure in sorted(view.failures.items()):
+            if failure not in told:  # live: each failure as soon as its agent reports it
+                told.add(failure)
+                echo(f"{client}: {failure.line()}")
         rows = table_rows(view)
         if rows and shown == 0:
             widths = [max(w, *(len(str(r[i])) for r in rows)) + 2 for i, w in enumerate(widths)]

@@ -32,6 +32,8 @@ a run id never contains one, so the kinds cannot collide:
     {run_id}              ROUND#{r:05d}                the round record: published, claimed, aggregated (server)
     CLIENT#{client_id}    UPDATE#{run_id}#{r:05d}      a client's update item (written by that client)
     CLIENT#{client_id}    HEARTBEAT                    a client's heartbeat (written by that client)
+    CLIENT#{client_id}    FAILURE#{run_id}             the client's last failed round in that run and its error
+                                                       (written by that client; one per run, overwritten)
     CLIENT#{client_id}    EVAL#{run_id}#{r:05d}#{request}  a client's evaluation of round r's global model, for
                                                        the operator's request `request` (by that client)
     FEEDBACK#{client_id}  REJECTION#{run_id}           why the client's last update in that run was rejected
@@ -59,6 +61,7 @@ FEEDBACK_PK_PREFIX = "FEEDBACK#"
 HEARTBEAT_SK = "HEARTBEAT"
 LAST_REJECTION_SK = "LAST_REJECTION"
 REJECTION_PREFIX = "REJECTION#"
+FAILURE_PREFIX = "FAILURE#"
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _VERSION = re.compile(r"^[a-z0-9]{1,32}$")
@@ -253,6 +256,12 @@ def eval_item_key(run_id: str, round_number: int, request_id: str, client_id: st
 def heartbeat_item_key(client_id: str) -> dict[str, str]:
     """The one heartbeat item of a client (overwritten by every beat)."""
     return {PK: client_pk(client_id), SK: HEARTBEAT_SK}
+
+
+def failure_item_key(run_id: str, client_id: str) -> dict[str, str]:
+    """The client's last failed round in run `run_id` and its error (overwritten by each failure in that
+    run, so a client has at most one per run); its sort key never starts with `UPDATE_PREFIX`."""
+    return {PK: client_pk(client_id), SK: f"{FAILURE_PREFIX}{check_id('run id', run_id)}"}
 
 
 def feedback_pk(client_id: str) -> str:

@@ -39,6 +39,13 @@ MIN_UPDATE_FILE_BYTES = 8 + 2
 claiming fewer bytes is refused when it is parsed (a zero would size a read by nothing)."""
 MAX_HEADER_SLACK_BYTES = 64 * 1024
 """An update file's safetensors header may exceed the global model's by this much (its metadata)."""
+MAX_FAILURE_CHARS = 300
+"""A client's failure item's error (one line of ASCII; longer ones are refused when read, and the
+agent cuts its own): a QuorumNotMet cause quotes at most `MAX_FAILURES_NAMED` of them."""
+MAX_FAILURES_NAMED = 10
+"""Missing clients a round's failure cause names with their last error (the rest are counted)."""
+MAX_FAILURE_ATTEMPTS = 10_000
+"""The largest attempt number a failure item may claim (SQS delivers a message at most a few times)."""
 
 # -- what the server writes ----------------------------------------------------------------------
 MAX_REASON_CHARS = 160

@@ -127,6 +127,10 @@ class RoundTable(Protocol):
 
     def put_feedback(self, item: dict[str, Any]) -> None: ...
 
+    def get_failures(self, run_id: str, client_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The clients' failure items in the run (their last failed round and its error), by client id."""
+        ...
+
 
 class Reporter(Protocol):
     def succeed(self, task_token: str, output: dict[str, Any]) -> None: ...

@@ -50,6 +50,7 @@ from fedstep.core.schemas import (
     ROUND_REPORTED,
     Bounds,
     DeclineItem,
+    FailureItem,
     Feedback,
     InvalidMessage,
     ObjectRef,
@@ -439,6 +440,35 @@ def _intake(raw: dict[str, dict[str, Any]], selected: list[str], on_rejected: Ca
     return intake
 
 
+def missing_clients(run_id: str, missing: list[str], table: RoundTable) -> str:
+    """What a round's failure cause says of the selected clients that sent nothing: each (at most
+    `limits.MAX_FAILURES_NAMED`) with its last error in the run, from its failure item, e.g.
+    `; client-2: no update, its last error: round 1 failed (attempt 3) at ...: ValueError: ...`."""
+    if not missing:
+        return ""
+    named = missing[: limits.MAX_FAILURES_NAMED]
+    try:
+        raw = table.get_failures(run_id, named)
+    except Exception as exc:  # the cause still names the clients; the round's error stays its own
+        log.warning("could not read the failure items of %s: %s", ", ".join(named), exc)
+        raw = {}
+    parts = []
+    for client in named:
+        if client not in raw:
+            parts.append(f"{client}: no update and no failure reported (is its agent running? `fedstep clients`)")
+            continue
+        try:
+            failure = FailureItem.parse(raw[client])
+        except InvalidMessage as exc:
+            parts.append(f"{client}: no update; its failure item is invalid: {limits.reason(str(exc))}")
+            continue
+        parts.append(f"{client}: no update, its last error: {failure.line()}")
+    more = len(missing) - len(named)
+    if more > 0:
+        parts.append(f"and {more} more client(s) without an update")
+    return "".join(f"; {part}" for part in parts)
+
+
 def _weighted_metrics(accepted: list[tuple[UpdateItem, int]]) -> dict[str, float]:
     """Each metric averaged over the clients reporting it, weighted by their bounded examples."""
     names = sorted(set().union(*(item.metrics for item, _ in accepted))) if accepted else []
@@ -487,7 +517,10 @@ def _aggregate(
             table.put_feedback(item)
 
     def not_enough(valid: int, rejected: list[Rejection]) -> RoundNotAggregated | None:
+        if valid >= max(run.quorum, run.min_participants, strategy_needs):
+            return None
         reasons = "".join(f"; {r.client_id}: {r.reason}" for r in rejected[:10])
+        reasons += missing_clients(run.run_id, [c for c in selected if c not in raw], table)
         counts = f"{valid} of {len(selected)} updates {when}"
         if valid < run.quorum:
             return QuorumNotMet(f"{counts} (quorum {run.quorum}) in run {run.run_id}{reasons}")

@@ -521,6 +521,72 @@ class EvalItem:
         return item
 
 
+FAILURE_KIND = "failure"
+
+
+@dataclass(frozen=True)
+class FailureItem:
+    """A client's word that its round failed, in its own partition (`keys.failure_item_key`, one per
+    run, overwritten by each failure): the round, the agent's `attempt` at it (the message's receive
+    count), the error on one line and when. Written by the agent each time a round fails and the
+    message goes back to the queue; the operator's views (`fedstep status`, `fedstep local`) and a
+    round's QuorumNotMet cause show it. The stream filter passes only update and decline items, so it
+    never starts an aggregation. Every field is the client's claim, bounded by `parse`."""
+
+    run_id: str
+    round: int
+    client_id: str
+    error: str
+    attempt: int
+    created_at: str
+
+    def to_item(self) -> dict[str, Any]:
+        return {
+            **keys.failure_item_key(self.run_id, self.client_id),
+            "schema": SCHEMA_VERSION,
+            "kind": FAILURE_KIND,
+            **asdict(self),
+        }
+
+    @classmethod
+    def of(
+        cls, run_id: str, round_number: int, client_id: str, error: str, attempt: int, created_at: str
+    ) -> FailureItem:
+        """A failure item with `error` cut to one ASCII line of `limits.MAX_FAILURE_CHARS` and `attempt`
+        kept within its bounds (what the agent writes)."""
+        shown = limits.reason(error, limits.MAX_FAILURE_CHARS) or "unknown error"
+        attempt = min(max(attempt, 1), limits.MAX_FAILURE_ATTEMPTS)
+        return cls(run_id, round_number, client_id, shown, attempt, created_at)
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> FailureItem:
+        where = "failure item"
+        _check_schema(data, where)
+        if data.get("kind") != FAILURE_KIND:
+            raise InvalidMessage(f"{where}: kind must be {FAILURE_KIND!r}")
+        run_id = _id(data, "run_id", "run id", where)
+        client_id = _id(data, "client_id", "client id", where)
+        own_key = keys.failure_item_key(run_id, client_id)
+        if any(data.get(k) not in (None, v) for k, v in own_key.items()):
+            raise InvalidMessage(f"{where}: its key does not match its run and client")
+        error = limits.reason(_short_str(data, "error", where, limits.MAX_FAILURE_CHARS), limits.MAX_FAILURE_CHARS)
+        if not error:
+            raise InvalidMessage(f"{where}: field 'error' is empty")
+        return cls(
+            run_id=run_id,
+            round=_positive_int(data, "round", where, 1, limits.MAX_ROUNDS),
+            client_id=client_id,
+            error=error,
+            attempt=_positive_int(data, "attempt", where, 1, limits.MAX_FAILURE_ATTEMPTS),
+            created_at=_timestamp(data, "created_at", where),
+        )
+
+    def line(self) -> str:
+        """e.g. `round 2 failed (attempt 3) at 2026-12-06T12:00:00Z: ValueError: ...`"""
+        attempt = f" (attempt {self.attempt})" if self.attempt > 1 else ""
+        return f"round {self.round} failed{attempt} at {self.created_at}: {self.error}"
+
+
 def headline_metric(metrics: dict[str, float], name: str) -> float | None:
     """The metric `name` ("loss", "accuracy") people see for a round: the clients' test split after
     local training, else their train split; None if neither was reported."""

@@ -24,14 +24,15 @@ import numpy as np
 
 from fedstep.aws.adapters import DynamoRoundTable, S3ModelStore
 from fedstep.cli.paths import point_latest_at, run_folder
-from fedstep.cli.run_view import failure_text
+from fedstep.cli.run_view import failure_text, load_failures
 from fedstep.cli.start import RunSettings, build_model, keras_payload, merge_settings, new_run_id, start_run
 from fedstep.cli.status import strategy_text
+from fedstep.cli.text import clean
 from fedstep.core import keys, tensors
 from fedstep.core.errors import FedstepError
 from fedstep.core.imports import load_callable
 from fedstep.core.label_counts import LabelCounts
-from fedstep.core.schemas import RoundSummary, Target, headline_metric
+from fedstep.core.schemas import FailureItem, RoundSummary, Target, headline_metric
 from fedstep.core.strategies.params import to_json as params_json
 from fedstep.local.cloud import LocalCloud, agent_credentials_env
 from fedstep.local.iam.identities import OPERATOR
@@ -160,6 +161,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
         model = build_model(model_ref, config.seed)
         check_model_fits(model, model_ref, prepared)
         architecture, initial_weights = keras_payload(model)
+        check_model_trains(architecture, model_ref, prepared)
         deployment = DeploymentConfig(
             project="fedstep",
             clients=tuple(ClientConfig(c) for c in client_ids),
@@ -434,6 +436,22 @@ def check_model_fits(model: Any, model_ref: str, prepared: Prepared) -> None:
         )
 
 
+def check_model_trains(architecture: bytes, model_ref: str, prepared: Prepared) -> None:
+    """The clients' own check before the run starts (`fedstep-client check`'s "model fit"): the data's
+    labels against the model's compiled loss and outputs, then one training batch, on a copy of the
+    model loaded from `architecture` as the agents load it. FedstepError on one line naming the
+    problem and its fix, e.g. class-index labels under `categorical_crossentropy`."""
+    from client_agent import datasets
+    from client_agent.checks import check_fit
+    from client_agent.keras_model import model_from_bytes
+
+    data = (datasets.pool(prepared), datasets.heldout(prepared))
+    try:
+        check_fit(model_from_bytes(architecture), data, f"model {model_ref}")
+    except FedstepError as exc:
+        raise FedstepError(f"model {model_ref} cannot train on data set {prepared.name}: {exc}") from None
+
+
 def env_file_text(env: dict[str, str], bin_dir: Path) -> str:
     """What `local-cloud.env` holds: `bin_dir` (the environment's scripts, `fedstep` among them) put
     first on PATH, and `env`: the local cloud's endpoint and region, and the operator role's
@@ -483,6 +501,26 @@ def _keep_running(
         echo("stopping the local cloud")
 
 
+class FailureWatch:
+    """The clients' failed rounds of a run as they happen: each poll reads their failure items (one
+    BatchGetItem) and gives a console line for each failure not shown yet, with the client's log."""
+
+    def __init__(self, table: DynamoRoundTable, run_id: str, client_ids: list[str], logs: dict[str, Path]) -> None:
+        self.table, self.run_id, self.client_ids, self.logs = table, run_id, client_ids, logs
+        self.shown: set[FailureItem] = set()
+
+    def new_lines(self) -> list[str]:
+        """A line per failure reported since the last call, `clean`ed (the error is the client's text)."""
+        lines = []
+        for client, failure in sorted(load_failures(self.table, self.run_id, self.client_ids).items()):
+            if failure in self.shown:
+                continue
+            self.shown.add(failure)
+            log_file = f" (its log: {self.logs[client]})" if client in self.logs else ""
+            lines.append(clean(f"client {client}: {failure.line()}{log_file}"))
+        return lines
+
+
 @contextmanager
 def _lambda_logs_to(path: Path) -> Iterator[None]:
     """The aggregation function's structured logs and its metrics (Powertools, both to stdout in AWS,
@@ -524,8 +562,11 @@ def _watch(
     deadline = time.monotonic() + config.timeout_s
     seen: list[dict[str, Any]] = []
     dead: set[str] = set()
+    failures = FailureWatch(table, run_id, list(procs.logs), procs.logs)
     total = config.settings.rounds
     while True:
+        for line in failures.new_lines():
+            echo(line)
         for item in table.list_rounds(run_id)[len(seen) :]:
             summary = RoundSummary.parse(item)
             heldout = evaluator.evaluate(tensors.decode(store.get(summary.global_model.key)))
