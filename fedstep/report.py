@@ -25,7 +25,7 @@ from fedstep.cli.client_metrics import CLIENTS_PLOT, clients_html, clients_plot
 from fedstep.cli.cost import report_section as cost_section
 from fedstep.cli.plotting import pyplot, round_axis, save
 from fedstep.cli.run_view import RunView
-from fedstep.cli.status import ROUND_HEADER, global_evaluation, headline, settings_line, table_rows
+from fedstep.cli.status import ROUND_HEADER, global_evaluation, headline, settings_line, table_rows, target_met_text
 from fedstep.cli.text import html_text
 
 PLOTS = ("accuracy", "loss", "participation")
@@ -279,7 +279,7 @@ td, th {{ border: 1px solid #ccc; padding: .25em .6em; text-align: left; }}
 figure {{ display: inline-block; margin: .5em; }} img {{ max-width: 100%; }} .failed {{ color: #b00020; }}
 </style></head><body>
 <h1>fedstep run {e(view.run_id)}</h1>
-<p id="headline">{e(headline(view))}</p>
+<p id="headline">{e(headline(view))}</p>{f'<p id="target">{e(met)}</p>' if (met := target_met_text(view)) else ""}
 <p>{e(settings_line(view))}</p>{failure}
 <h2>Rounds</h2>
 <table id="rounds"><thead><tr>{head}</tr></thead><tbody>

@@ -6,6 +6,7 @@ server never reads the architecture file). `fedstep local` with Keras clients is
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import subprocess
@@ -428,6 +429,15 @@ def test_a_run_stops_early_when_the_global_models_federated_evaluation_meets_the
     desc = wait_for_execution(cloud, run.execution_arn)
     output = json.loads(desc["output"])
     assert (desc["status"], output["stop_reason"], output["rounds_completed"]) == ("SUCCEEDED", "target_reached", 3)
+    # the operator is told which round's model met it (round 2's, evaluated during round 3), as summary.json says
+    status = fedstep(cloud, "status", run.run_id)
+    met = "target test_loss<=1 met by round 2's global model (the clients' federated evaluation during round 3): "
+    assert f"{met}fedstep download {run.run_id} --round 2" in status.stdout.splitlines()
+    as_json = json.loads(fedstep(cloud, "status", run.run_id, "--json").stdout)
+    assert as_json["target_met_by_round"] == 2 and as_json["settings"]["target"]["metric"] == "test_loss"
+    assert as_json["settings"]["rounds"] == 5 and as_json["settings"]["quorum"] == 1  # the settings the text shows
+    assert fedstep(cloud, "report", run.run_id, "-o", str(tmp_path / "report")).returncode == 0
+    assert f'<p id="target">{html.escape(met)}' in (tmp_path / "report" / "report.html").read_text()
 
 
 def test_only_the_clients_selected_for_a_round_receive_it(cloud, tmp_path):

@@ -12,7 +12,7 @@ from typing import Any
 from fedstep.cli.client_metrics import render_client_table
 from fedstep.cli.run_view import RunListing, RunView
 from fedstep.cli.text import clean, duration, lines, table
-from fedstep.core.schemas import FailureItem, RoundSummary, headline_metric
+from fedstep.core.schemas import FailureItem, RoundSummary, Target, headline_metric
 
 
 def _took(started: datetime, stopped: datetime | None) -> str:
@@ -189,6 +189,25 @@ def settings_line(view: RunView) -> str:
     return "; ".join(parts)
 
 
+def target_met_by(view: RunView) -> int | None:
+    """The round whose global model met the run's target (the run stopped one round later), or None."""
+    ex = view.execution
+    if ex is None or ex.stop_reason != "target_reached" or not view.rounds:
+        return None
+    return Target.met_by_round(view.last_round)
+
+
+def target_met_text(view: RunView) -> str | None:
+    """`target test_accuracy>=0.9 met by round 3's global model ...`, after a run the target stopped."""
+    met = target_met_by(view)
+    if met is None:
+        return None
+    return (
+        f"target {view.record.target} met by round {met}'s global model (the clients' federated evaluation "
+        f"during round {met + 1}): fedstep download {view.run_id} --round {met}"
+    )
+
+
 def footer(view: RunView) -> list[str]:
     lines = [f"  round {s.round}: {rej.client_id} rejected: {rej.reason}" for s in view.rounds for rej in s.rejected]
     lines += [f"  round {s.round}: {c.client_id} clipped: {c.what}" for s in view.rounds for c in s.clipped]
@@ -202,6 +221,8 @@ def footer(view: RunView) -> list[str]:
     ex = view.execution
     if ex and ex.status == "FAILED":
         lines.append(f"failed: {ex.failure}")
+    if met := target_met_text(view):
+        lines.append(met)
     return lines
 
 
@@ -241,6 +262,8 @@ def render_status_json(view: RunView) -> str:
         "strategy": view.record.strategy,
         "strategy_params": view.record.strategy_params,
         "dp": asdict(view.record.dp) if view.record.dp else None,
+        "target_met_by_round": target_met_by(view),
+        "settings": {k: v for k, v in asdict(view.record).items() if k not in ("run_id", "model", "initial_state")},
         "failures": [asdict(f) for _, f in sorted(view.failures.items())],
         "rounds": rows,
     }
