@@ -550,3 +550,23 @@ def test_a_report_about_another_run_cannot_steer_this_run(cloud, tmp_path):
     cloud.client("stepfunctions").send_task_success(taskToken=token, output=json.dumps(forged))
     desc = wait_for_execution(cloud, run.execution_arn)
     assert (desc["status"], desc["error"]) == ("FAILED", "ForeignReport")
+
+
+def test_the_operators_train_params_reach_every_clients_train_function(cloud, tmp_path):
+    """`fedstep start --train-param dropout=0.2 ...` arrives as `training.params` (issue 21, finding 8)."""
+    seen: dict[str, dict] = {}
+
+    class Recording(ShiftTrainer):
+        def __init__(self, client_id: str) -> None:
+            super().__init__(*SHIFTS[client_id])
+            self.client_id = client_id
+
+        def fit(self, architecture, weights, training):
+            seen[self.client_id] = dict(training.params)
+            return super().fit(architecture, weights, training)
+
+    params = {"dropout": 0.2, "augment": True, "backbone": "resnet18"}
+    run = start(cloud, rounds=1, train_params=params)
+    serve_run([agent(cloud, c, tmp_path, Recording(c)) for c in SHIFTS], 1)
+    assert wait_for_execution(cloud, run.execution_arn)["status"] == "SUCCEEDED"
+    assert seen == {c: params for c in SHIFTS}

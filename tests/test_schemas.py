@@ -75,6 +75,24 @@ def test_the_training_config_a_run_may_ask_for_is_bounded():
             TrainingConfig(**bad)
 
 
+@pytest.mark.parametrize(
+    ("params", "why"),
+    [
+        ({"dropout": {"nested": 1}}, "training param dropout: a value is a boolean, a finite number or a text"),
+        ({"dropout": float("nan")}, "training param dropout: a value is a boolean, a finite number or a text"),
+        ({"note": "x" * 257}, "training param note: a text of at most 256 characters"),
+        ({"bad name": 1}, "training param 'bad name': a name is letters, digits and _"),
+        ({f"p{i}": i for i in range(33)}, "training params: 33 given, at most 32"),
+    ],
+)
+def test_the_operators_training_params_are_bounded_scalars(params, why):
+    ok = {"dropout": 0.2, "augment": True, "epochs_warmup": 3, "backbone": "resnet18"}
+    base = {"epochs": 1, "batch_size": 32}
+    assert TrainingConfig.parse({**base, "params": ok}).params == ok
+    with pytest.raises(InvalidMessage, match=why):
+        TrainingConfig.parse({**base, "params": params})  # as an agent reads a round message
+
+
 def test_missing_fields_are_named():
     broken = dict(ROUND)
     del broken["global_model"]

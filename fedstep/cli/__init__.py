@@ -39,6 +39,12 @@ def _settings_args(parser: argparse.ArgumentParser, defaults: RunSettingsDefault
         help="a parameter of the strategy, e.g. eta=0.01 (repeat for several; see `fedstep strategies`)",
     )
     parser.add_argument(
+        "--train-param",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a setting for the clients' train functions, as training.params, e.g. dropout=0.2 (repeat for several)",
+    )
+    parser.add_argument(
         "--clients-per-round", help="clients each round selects: a number (3) or a fraction (0.5); default all"
     )
     parser.add_argument(
@@ -104,11 +110,17 @@ def _settings(args: argparse.Namespace, defaults: RunSettingsDefaults, run_file:
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The parsed arguments, with `--strategy-param NAME=VALUE`s as `strategy_params`."""
-    from fedstep.core.strategies.params import parse_assignments
+    """The parsed arguments, with `--strategy-param NAME=VALUE`s as `strategy_params` and
+    `--train-param NAME=VALUE`s as `train_params` (numbers and booleans as such)."""
+    from fedstep.core.strategies.params import parse_assignments, scalar_of
 
     try:
-        return {**vars(args), "strategy_params": parse_assignments(args.strategy_param or [])}
+        train = parse_assignments(getattr(args, "train_param", None) or [], "training parameter", "dropout=0.2")
+        return {
+            **vars(args),
+            "strategy_params": parse_assignments(args.strategy_param or []),
+            "train_params": {name: scalar_of(value) for name, value in train.items()},
+        }
     except ValueError as exc:
         raise FedstepError(str(exc)) from None
 

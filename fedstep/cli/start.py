@@ -46,6 +46,9 @@ class RunSettings:
     batch_size: int = 32
     learning_rate: float | None = None
     """The clients' learning rate, set on the model's optimizer each round; None: the optimizer's own."""
+    train_params: dict[str, Any] | None = None
+    """Settings for the clients' train functions, as `training.params` (`--train-param NAME=VALUE`;
+    booleans, numbers or texts, bounded by `TrainingConfig`)."""
     strategy: str = "fedavg"
     """The aggregation strategy's name (`fedstep strategies` lists them)."""
     strategy_params: dict[str, Any] | None = None
@@ -211,7 +214,12 @@ class RunSettings:
         return strategies.build(self.strategy, self.strategy_params)
 
     def training(self) -> TrainingConfig:
-        return TrainingConfig(epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate)
+        return TrainingConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            params=dict(self.train_params or {}),
+        )
 
     def bounds(self) -> Bounds:
         return Bounds(
@@ -231,6 +239,7 @@ _TYPES: dict[str, type] = {
     "client_max_examples": dict,
     "max_update_norm": float,
     "strategy_params": dict,
+    "train_params": dict,
     "dp": str,
     "dp_noise_multiplier": float,
     "dp_clip": str,
@@ -261,14 +270,20 @@ def load_run_file(path: str) -> dict[str, Any]:
     return data
 
 
+_ADDED_UP = ("strategy_params", "train_params")
+"""Settings whose entries each layer adds to the one below, instead of replacing it."""
+
+
 def merge_settings(base: RunSettings, *layers: dict[str, Any]) -> RunSettings:
     """`base` overridden by each layer's non-None values in turn (run file, then flags), type-checked."""
     values = asdict(base)
     for layer in layers:
-        params = layer.get("strategy_params")
-        values.update({k: v for k, v in layer.items() if k in values and v is not None and k != "strategy_params"})
-        if params:  # parameters add up: flags override the run file's one by one
-            values["strategy_params"] = {**(values.get("strategy_params") or {}), **params}
+        values.update({k: v for k, v in layer.items() if k in values and v is not None and k not in _ADDED_UP})
+        for name in _ADDED_UP:  # parameters add up: flags override the run file's one by one
+            if isinstance(layer.get(name), dict) and layer[name]:
+                values[name] = {**(values.get(name) or {}), **layer[name]}
+            elif layer.get(name) is not None:
+                values[name] = layer[name]  # not an object: refused below, naming the setting
     for name, value in values.items():
         kind = _TYPES.get(name) or type(getattr(RunSettings(), name))
         if name in ("clients_per_round", "dp_clip") and isinstance(value, int | float) and not isinstance(value, bool):

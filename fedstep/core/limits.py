@@ -85,6 +85,10 @@ MAX_EPOCHS = 1000
 """Local epochs per round."""
 MAX_BATCH_SIZE = 65_536
 """Examples per local training batch (2^16)."""
+MAX_TRAIN_PARAMS = 32
+"""The most operator parameters (`training.params`, `--train-param`) a round may carry."""
+MAX_TRAIN_PARAM_CHARS = 256
+"""The longest text value of one training parameter."""
 MAX_ROUND_TIMEOUT_S = 365 * 24 * 3600
 """A round's deadline, seconds: at most a year (a Step Functions standard execution's longest life)."""
 

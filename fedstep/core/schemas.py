@@ -9,6 +9,7 @@ message or item is rejected with a reason instead of failing somewhere deeper.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -164,6 +165,10 @@ class TrainingConfig:
     `learning_rate` None (null on the wire): the model's own optimizer keeps the learning rate it was
     compiled with; a number (> 0) replaces it for the round.
 
+    `params` are the operator's settings for the clients' train functions (`--train-param NAME=VALUE`):
+    at most `limits.MAX_TRAIN_PARAMS`, each named like a Python identifier (at most 64 characters)
+    with a boolean, a finite number or a text of at most `limits.MAX_TRAIN_PARAM_CHARS` characters.
+
     `instructions` are the strategy's instructions for this round (e.g. FedProx's `proximal_mu`):
     the agent sets them from the round message before it calls the train function; they are never
     read from the wire as part of this object."""
@@ -181,6 +186,7 @@ class TrainingConfig:
                 raise InvalidMessage(f"training config: {name} must be a whole number from 1 to {most}, got {value!r}")
         if not (self.learning_rate is None or 0 < self.learning_rate < math.inf):
             raise InvalidMessage(f"training config: learning_rate must be > 0 or null, got {self.learning_rate}")
+        _check_train_params(self.params)
 
     @classmethod
     def parse(cls, data: Any, where: str = "training") -> TrainingConfig:
@@ -193,6 +199,25 @@ class TrainingConfig:
             learning_rate=_optional_number(data, "learning_rate", where),
             params=params,
         )
+
+
+_PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def _check_train_params(params: Any) -> None:
+    """`TrainingConfig.params`: bounded, named like identifiers, scalar values (InvalidMessage otherwise)."""
+    if not isinstance(params, dict):
+        raise InvalidMessage("training params must be an object of name -> value")
+    if len(params) > limits.MAX_TRAIN_PARAMS:
+        raise InvalidMessage(f"training params: {len(params)} given, at most {limits.MAX_TRAIN_PARAMS}")
+    for name, value in params.items():
+        if not isinstance(name, str) or not _PARAM_NAME.fullmatch(name):
+            raise InvalidMessage(f"training param {str(name)[:80]!r}: a name is letters, digits and _ (at most 64)")
+        scalar = isinstance(value, bool | int | str) or (isinstance(value, float) and math.isfinite(value))
+        if not scalar:
+            raise InvalidMessage(f"training param {name}: a value is a boolean, a finite number or a text")
+        if isinstance(value, str) and len(value) > limits.MAX_TRAIN_PARAM_CHARS:
+            raise InvalidMessage(f"training param {name}: a text of at most {limits.MAX_TRAIN_PARAM_CHARS} characters")
 
 
 @dataclass(frozen=True)

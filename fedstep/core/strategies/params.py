@@ -6,6 +6,7 @@ names them."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import typing
 from typing import Any
@@ -72,19 +73,28 @@ def parse(params_class: type, raw: dict[str, Any], strategy: str) -> Any:
     return params_class(**{name: _convert(value, hints[name], strategy, name) for name, value in raw.items()})
 
 
-def parse_assignments(texts: list[str]) -> dict[str, str]:
+def parse_assignments(texts: list[str], what: str = "strategy parameter", example: str = "eta=0.01") -> dict[str, str]:
     """`["eta=0.01", "beta_1=0.9"]` as {"eta": "0.01", "beta_1": "0.9"}; ValueError for a text
-    without `=` or a name given twice."""
+    without `=` or a name given twice (`what` and `example` name the flag's kind in the message)."""
     out: dict[str, str] = {}
     for text in texts:
         name, sep, value = text.partition("=")
         name = name.strip()
         if not sep or not name:
-            raise ValueError(f"a strategy parameter must look like NAME=VALUE (e.g. eta=0.01); got {text!r}")
+            raise ValueError(f"a {what} must look like NAME=VALUE (e.g. {example}); got {text!r}")
         if name in out:
-            raise ValueError(f"strategy parameter {name!r} is given twice")
+            raise ValueError(f"{what} {name!r} is given twice")
         out[name] = value.strip()
     return out
+
+
+def scalar_of(text: str) -> bool | int | float | str:
+    """A `--train-param` value: a JSON number or boolean as such (`0.5`, `3`, `true`), else the text."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, bool | int | float) else text
 
 
 def to_json(params: Any) -> dict[str, Any]:
