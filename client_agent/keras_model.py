@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 import threading
+import warnings
 from typing import Any
 
 import numpy as np
@@ -68,7 +69,12 @@ def model_from_bytes(data: bytes) -> Any:
         with open(path, "wb") as f:
             f.write(data)
         try:
-            return keras.models.load_model(path, safe_mode=True)
+            with warnings.catch_warnings():
+                # An architecture file saved before training holds an unbuilt optimizer's 2 variables;
+                # loading builds it (Adam: 6) and Keras warns that it skipped them. Every round starts
+                # from a fresh optimizer anyway (its settings come from the compile config, not these).
+                warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+                return keras.models.load_model(path, safe_mode=True)
         except Exception as exc:  # Keras raises many types for a bad file
             from client_agent.logs import clean_error
 

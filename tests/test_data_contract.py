@@ -427,3 +427,19 @@ def test_dry_run_checks_the_data_against_the_model_of_a_round_waiting_in_the_que
     waiting = local_cloud.client("sqs").receive_message(QueueUrl=queue, WaitTimeSeconds=1).get("Messages", [])
     assert len(waiting) == 1 and json.loads(waiting[0]["Body"])["run_id"] == "run-contract"  # still there
     drain_queues(local_cloud)
+
+
+def test_loading_an_adam_model_says_nothing_about_its_unbuilt_optimizers_variables():
+    """Every Adam run logged Keras' `Skipping variable loading for optimizer 'adam'` (issue 21, finding 10)."""
+    import warnings
+
+    from client_agent.keras_model import import_keras, model_from_bytes, model_to_bytes
+
+    keras = import_keras()
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.Adam(0.003), loss="mse")  # saved unbuilt, as fedstep start saves it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = model_from_bytes(model_to_bytes(model))
+    assert [w for w in caught if "optimizer" in str(w.message)] == []
+    assert float(loaded.optimizer.learning_rate.numpy()) == pytest.approx(0.003)  # its settings kept

@@ -335,7 +335,9 @@ def evaluate_on_data(
     try:
         result = model.evaluate(x, y, verbose=0, return_dict=True)
     except Exception as exc:  # Keras raises many types for data that does not fit the model
-        raise FedstepError(f"evaluating the model on {ref} failed: {type(exc).__name__}: {exc}") from None
+        from client_agent.logs import clean_error
+
+        raise FedstepError(f"evaluating the model on {ref} failed: {clean_error(exc)}") from None
     return len(x), {k.replace("sparse_categorical_", ""): float(v) for k, v in result.items()}
 
 
