@@ -14,7 +14,9 @@ from infra import nag
 from infra.config import DEFAULT_CONFIG_PATH, ConfigError, DeploymentConfig
 from infra.stack import FedstepStack
 
-app = cdk.App()
+# No construct stack traces: from Python they all point into jsii's bundled program.js, and `cdk synth`
+# printed that location (`/tmp/.../lib/program.js:1:5591`) above every warning.
+app = cdk.App(stack_traces=False)
 nag.enable(app)
 config_path = app.node.try_get_context("fedstep:config") or DEFAULT_CONFIG_PATH
 try:

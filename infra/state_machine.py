@@ -79,13 +79,13 @@ def _carry(constants: dict[str, object] | None = None, **paths: str) -> dict[str
     return fields
 
 
-_JSON_PATH = {"string": sfn.JsonPath.string_at, "number": sfn.JsonPath.number_at, "object": sfn.JsonPath.object_at}
-
-
 def _payload(message: type, **extra: object) -> dict[str, object]:
-    """The fields of `message` that the state machine supplies, each read from its JSONPath as the
-    schema declares it (`fedstep.core.schemas.state_machine_fields`), plus `extra`."""
-    fields = {name: _JSON_PATH[kind](path) for name, (path, kind) in state_machine_fields(message).items()}
+    """The fields of `message` that the state machine supplies, each read from the JSONPath the schema
+    declares (`fedstep.core.schemas.state_machine_fields`) as ASL writes it, `"name.$": "$.path"`,
+    plus `extra`. (Not `JsonPath.string_at` tokens: under a task token CDK's check parses such a
+    token as an intrinsic function, fails, and, though it catches that, leaves
+    `InvalidJsonPathExpression` in `cdk.out/error.txt`.)"""
+    fields = {f"{name}.$": path for name, (path, _kind) in state_machine_fields(message).items()}
     return {**fields, **extra}
 
 

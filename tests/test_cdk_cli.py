@@ -30,6 +30,9 @@ def test_cdk_synth_works_offline_and_bundles_numpy_for_lambda(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "fedstep.template.json").exists()
+    # nothing but the warnings: no jsii source location above each, no error CDK caught left in error.txt
+    assert "program.js" not in result.stderr and "WARNING client a has no principal_arn" in result.stderr
+    assert not (out / "error.txt").exists(), (out / "error.txt").read_text()
     templates = [json.loads(p.read_text()) for p in out.glob("*.template.json")]  # and its client group's
     assert len(templates) == 2
     queues = [r["Properties"] for t in templates for r in t["Resources"].values() if r["Type"] == "AWS::SQS::Queue"]
