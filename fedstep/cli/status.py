@@ -225,6 +225,16 @@ def open_round_lines(view: RunView, now: datetime | None = None) -> list[str]:
     return out
 
 
+def open_round_brief(view: RunView) -> str:
+    """One line for `--watch` when a round opens: whom it was sent to, whom it left out, its deadline."""
+    o = view.current
+    if o is None:
+        return ""
+    left_out = f" (left out as offline: {_named(o.skipped)})" if o.skipped else ""
+    deadline = f", deadline {_when(o.deadline)}" if o.deadline else ""
+    return f"round {o.round} sent to {_named(o.selected)}{left_out}{deadline}"
+
+
 def open_round_json(view: RunView) -> dict[str, Any] | None:
     """`status --json`'s `current_round`: the round in progress (see `open_round_lines`), or None."""
     o = view.current
@@ -305,6 +315,7 @@ def watch(load: Callable[[], RunView], say: Callable[[str], None], interval_s: f
     echo("")
     widths = [len(h) for h in ROUND_HEADER]
     shown = 0
+    announced: set[tuple[int, int]] = set()
     while True:
         rows = [round_row(s) for s in view.rounds]
         if rows and shown == 0:
@@ -313,6 +324,10 @@ def watch(load: Callable[[], RunView], say: Callable[[str], None], interval_s: f
         for row in rows[shown:]:
             echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         shown = len(rows)
+        opened = view.current
+        if opened is not None and (opened.round, opened.attempt) not in announced and view.status == "RUNNING":
+            announced.add((opened.round, opened.attempt))
+            echo(open_round_brief(view))
         if view.status != "RUNNING":
             echo(headline(view))
             for line in footer(view):
