@@ -200,6 +200,7 @@ def load_open_round(table: DynamoRoundTable, run: RunRecord, now: datetime | Non
         declined=declined,
         pending={c: presence(beats.get(c), now) for c in waiting},
         skipped={str(c): str(v) for c, v in skipped.items()} if isinstance(skipped, dict) else {},
+        failed={},  # the clients' failure items (issue 21, finding 2) go here: client -> its last error
     )
 
 
