@@ -3,9 +3,11 @@
 This is the logic behind the aggregation function, written against the ports in `fedstep.core.ports` so
 it runs without AWS. Exactly once, by construction (DESIGN invariant 1):
 
-1. **Open.** When the state machine publishes a round, `publish_round` records the attempt's task
-   token in the round record (a server record: no client ever sees a token) and sends the round
-   message to the selected clients.
+1. **Open.** When the state machine publishes a round, `publish_round` selects its clients (the
+   seeded sample, less those whose heartbeat says offline: `choose_clients`), records the attempt's
+   task token and that selection in the round record (a server record: no client ever sees a token)
+   and sends the round message to the selected clients. The later steps wait for the recorded
+   selection (`selected_in`).
 2. **Claim.** An invocation that finds every selected client's update in (the stream path), or that
    runs at the round's deadline, first takes the round with a conditional write: it succeeds only
    if the round is open, or if an earlier claim's lease ran out (its holder crashed). Only the
