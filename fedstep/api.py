@@ -189,7 +189,8 @@ class Operator:
         return pd.DataFrame(run_rows(runs, rounds_of), columns=columns)
 
     def status(self, run_id: str) -> dict[str, Any]:
-        """`fedstep status <run> --json`: the run (status, stop_reason, strategy, dp) and its rounds."""
+        """`fedstep status <run> --json`: the run (status, stop_reason, strategy, dp, select_online, clients),
+        its rounds, and the round in progress (`current_round`, None between rounds)."""
         import json
 
         from fedstep.cli.status import render_status_json

@@ -168,6 +168,8 @@ class MemoryTable:
         issued_at: str,
         input_model: ObjectRef,
         input_state: ObjectRef | None = None,
+        selected: list[str] | None = None,
+        skipped: dict[str, str] | None = None,
     ) -> bool:
         key = keys.round_item_key(run_id, round_number)
         first = (self.get(key) or {}).get("first_issued_at", issued_at)
@@ -182,6 +184,9 @@ class MemoryTable:
             "first_issued_at": first,
             "input_model": {"key": input_model.key, "sha256": input_model.sha256, "bytes": input_model.bytes},
             "input_state": asdict(input_state) if input_state else None,
+            "issued_at": issued_at,
+            **({"selected": list(selected)} if selected is not None else {}),
+            **({"skipped": dict(skipped)} if skipped is not None else {}),
         }
         return None is not self._update(key, lambda cur: cur is None or cur.get("status") == ROUND_OPEN, changes)
 
@@ -244,6 +249,10 @@ class MemoryTable:
 
     def get_failures(self, run_id: str, client_ids: list[str]) -> dict[str, dict[str, Any]]:
         found = {c: self.get(keys.failure_item_key(run_id, c)) for c in client_ids}
+        return {c: item for c, item in found.items() if item is not None}
+
+    def get_heartbeats(self, client_ids: list[str]) -> dict[str, dict[str, Any]]:
+        found = {c: self.get(keys.heartbeat_item_key(c)) for c in client_ids}
         return {c: item for c, item in found.items() if item is not None}
 
 

@@ -96,7 +96,25 @@ def make_world(
     strategy_params=None,
 ) -> World:
     """A run of these `clients` with round 1 published (into `store`, a fresh MemoryStore if None)."""
-    run = RunRecord(
+    run = make_run(quorum, clients, min_participants, bounds, target, strategy, rounds, dp, strategy_params)
+    world = World(run) if store is None else World(run, store=store)
+    world.publish()
+    return world
+
+
+def make_run(
+    quorum=1,
+    clients=("a", "b"),
+    min_participants=1,
+    bounds=None,
+    target=None,
+    strategy="fedavg",
+    rounds=3,
+    dp=None,
+    strategy_params=None,
+) -> RunRecord:
+    """The run record of `make_world` (nothing published)."""
+    return RunRecord(
         RUN,
         list(clients),
         rounds,
@@ -111,6 +129,3 @@ def make_world(
         dp=dp,
         strategy_params=dict(strategy_params or {}),
     )
-    world = World(run) if store is None else World(run, store=store)
-    world.publish()
-    return world

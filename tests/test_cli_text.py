@@ -110,3 +110,35 @@ def test_the_report_shows_no_control_character_of_a_reason(tmp_path):
     page = write_report(_view(), tmp_path).read_text()
     assert printable(page.replace("\t", "")) and "declined \\x1b[2J" not in page  # declines are not listed
     assert "rejected \\x1b[2J" in page and "item \\x1b[2J" in page
+
+
+def test_the_round_in_progress_prints_no_control_character_of_a_decline_and_watch_names_it_once():
+    from dataclasses import replace
+
+    from fedstep.cli.run_view import OpenRound
+    from fedstep.cli.status import render_status, watch
+
+    deadline = datetime(2999, 1, 1, tzinfo=UTC)
+    current = OpenRound(
+        2,
+        0,
+        "open",
+        "2998-12-31T23:00:00+00:00",
+        deadline,
+        ["a", "b", "c"],
+        ["a"],
+        {"c": f"budget {EVIL}"},
+        {"b": "offline"},
+        {"d": "stopped"},
+    )
+    view = replace(_view(), current=current)
+    text = render_status(view)
+    assert printable(text) and "declined  c (budget \\x1b[2J" in text
+    assert "round 2 in progress: 1 of 3 selected client(s) sent, deadline 2999-01-01 00:00:00 UTC (in " in text
+    assert "  pending   b (offline)" in text and "  left out  d (stopped)" in text and "  failed    -" in text
+    running = replace(view, execution=replace(view.execution, status="RUNNING", stopped=None))
+    views = iter([running, running, view])
+    said: list[str] = []
+    watch(lambda: next(views), said.append, interval_s=0)
+    opened = [line for line in said if line.startswith("round 2 sent to")]
+    assert opened == ["round 2 sent to a, b, c (left out as offline: d (stopped)), deadline 2999-01-01 00:00:00 UTC"]

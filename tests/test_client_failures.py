@@ -68,6 +68,7 @@ def test_a_failing_client_is_shown_at_once_and_named_with_its_error_when_the_rou
     assert status.returncode == 0, status.stderr
     assert "last failure per client (its agent's log has the details):" in status.stdout
     assert "  client-2: round 1 failed at " in status.stdout and f"ValueError: {RANK_ERROR}" in status.stdout
+    assert "  failed    client-2 (attempt 1)" in status.stdout.splitlines()  # in the round in progress
     as_json = json.loads(fedstep(cloud, "status", run.run_id, "--json").stdout)
     [failure] = as_json["failures"]
     assert (failure["client_id"], failure["round"], failure["attempt"]) == ("client-2", 1, 1)

@@ -132,14 +132,16 @@ def test_dynamodb_write_and_read_units_of_rounds_items_and_heartbeats():
     # server per round: open (2 KB: 2) + claim (2) + complete and mark reported (1.5 KB: 2 each) = 8; the run record 2
     # clients: per round an update item and 2 heartbeats = 3, plus floor(100 / 60) = 1 periodic heartbeat
     assert est.usage["ddb.wru"] == pytest.approx(2 * 8 + 2 + 3 * (2 * 3 + 1))
-    # server: publish reads the run (1) and the previous round (round 2: 1); each of the 3 stream invocations
-    # reads the round (1), the run (1) and the 3 selected clients' updates (3); clients read their run's feedback
-    # each round and when the run ends
-    assert est.usage["ddb.rru"] == pytest.approx((1 + 15) + (2 + 15) + 3 * (2 + 1))
+    # server: publish reads the run (1), the previous round (round 2: 1) and the 3 clients' heartbeats
+    # (select_online: 3); each of the 3 stream invocations reads the round (1), the run (1) and the 3 selected
+    # clients' updates (3); clients read their run's feedback each round and when the run ends
+    assert est.usage["ddb.rru"] == pytest.approx((1 + 3 + 15) + (2 + 3 + 15) + 3 * (2 + 1))
     assert est.usage["ddb.stream_read_lambda"] == pytest.approx(6)
     assert est.usage.by_service()["DynamoDB"] == pytest.approx(
-        usd("ddb.wru", 39) + usd("ddb.rru", 42) + usd("ddb.storage_gb_month", est.usage["ddb.storage_gb_month"])
+        usd("ddb.wru", 39) + usd("ddb.rru", 48) + usd("ddb.storage_gb_month", est.usage["ddb.storage_gb_month"])
     )
+    waiting = estimate(small_run(select_online=False))  # no heartbeats read at publication
+    assert waiting.usage["ddb.rru"] == pytest.approx(est.usage["ddb.rru"] - 2 * 3)
 
 
 def test_kms_requests_are_one_per_principal_and_service_per_five_minutes():

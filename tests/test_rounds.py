@@ -205,3 +205,51 @@ def test_a_round_already_aggregated_when_it_is_published_again_is_reported_to_th
     assert world.publish(attempt=1, token="late-retry") is None
     assert [t for t, _ in world.reporter.successes] == ["tok-1", "late-retry"]
     assert len(world.publisher.messages) == 1  # not sent to the clients again
+
+
+def _beat(client: str, state: str, seconds_ago: float = 0.0) -> dict:
+    from datetime import UTC, datetime, timedelta
+
+    from fedstep.core.schemas import Heartbeat
+
+    seen = (datetime.now(UTC) - timedelta(seconds=seconds_ago)).isoformat()
+    return Heartbeat(client, "0.1.0", state, seen, 60, {}).to_item()
+
+
+def test_a_client_whose_heartbeat_says_stopped_is_not_sent_the_round_and_not_waited_for():
+    from tests.round_world import make_run
+
+    world = World(make_run(clients=("a", "b", "c"), quorum=2, min_participants=2))
+    for client, state, ago in (("a", "idle", 0), ("b", "training", 0), ("c", "stopped", 0)):
+        world.table.put(_beat(client, state, ago))
+    world.publish()
+    [(_, clients)] = world.publisher.messages
+    record = world.table.get_round(RUN, 1)
+    assert clients == record["selected"] == ["a", "b"] and record["skipped"] == {"c": "stopped"}
+    world.report("a", 1.0, 10)
+    world.report("b", 3.0, 30)
+    summary = world.complete()  # the stream path: every selected client is in, no deadline to wait for
+    assert summary is not None and summary.selected == ["a", "b"] and summary.participants == ["a", "b"]
+
+
+def test_a_silent_client_counts_offline_and_one_never_seen_or_claiming_online_is_selected():
+    from tests.round_world import make_run
+
+    world = World(make_run(clients=("a", "b", "c", "d"), quorum=2, min_participants=2))
+    world.table.put(_beat("a", "idle", seconds_ago=3600))  # heartbeats stopped an hour ago: offline
+    world.table.put(_beat("b", "idle"))  # says it is online: believed
+    world.table.put({**_beat("c", "idle"), "state": "sleeping"})  # unreadable: not counted away
+    world.publish()  # d: never seen (heartbeats off)
+    record = world.table.get_round(RUN, 1)
+    assert record["selected"] == ["b", "c", "d"] and record["skipped"] == {"a": "offline"}
+
+
+def test_with_select_online_off_every_sampled_client_is_selected_whatever_its_heartbeat():
+    from dataclasses import replace
+
+    from tests.round_world import make_run
+
+    world = World(replace(make_run(clients=("a", "b", "c"), quorum=2), select_online=False))
+    world.table.put(_beat("c", "stopped"))
+    world.publish()
+    assert world.table.get_round(RUN, 1)["selected"] == ["a", "b", "c"]

@@ -216,6 +216,8 @@ class DynamoRoundTable(Items):
         issued_at: str,
         input_model: ObjectRef,
         input_state: ObjectRef | None = None,
+        selected: list[str] | None = None,
+        skipped: dict[str, str] | None = None,
     ) -> bool:
         sets = {
             "schema": SCHEMA_VERSION,
@@ -224,8 +226,11 @@ class DynamoRoundTable(Items):
             "round": round_number,
             "attempt": attempt,
             "task_token": task_token,
+            "issued_at": issued_at,
             "input_model": asdict(input_model),
             "input_state": asdict(input_state) if input_state else None,
+            **({"selected": list(selected)} if selected is not None else {}),
+            **({"skipped": dict(skipped)} if skipped is not None else {}),
         }
         return None is not self._update(
             keys.round_item_key(run_id, round_number),
@@ -303,6 +308,16 @@ class DynamoRoundTable(Items):
             FilterExpression="#s IN (:aggregated, :reported)",
             ExpressionAttributeNames={"#s": "status"},
             values={":aggregated": ROUND_AGGREGATED, ":reported": ROUND_REPORTED},
+        )
+
+    def open_rounds(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's round records not yet aggregated (open, or claimed by an aggregation), in round order."""
+        return self._query_prefix(
+            run_id,
+            keys.ROUND_PREFIX,
+            FilterExpression="#s IN (:open, :claimed)",
+            ExpressionAttributeNames={"#s": "status"},
+            values={":open": ROUND_OPEN, ":claimed": ROUND_CLAIMED},
         )
 
     def get_updates(self, run_id: str, round_number: int, client_ids: list[str]) -> dict[str, dict[str, Any]]:

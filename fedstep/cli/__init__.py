@@ -48,6 +48,12 @@ def _settings_args(parser: argparse.ArgumentParser, defaults: RunSettingsDefault
         "--clients-per-round", help="clients each round selects: a number (3) or a fraction (0.5); default all"
     )
     parser.add_argument(
+        "--select-online",
+        action=argparse.BooleanOptionalAction,
+        help="leave out of each round the clients whose heartbeat says offline or stopped (default on; "
+        "--no-select-online waits for every selected client; see README, Configuration)",
+    )
+    parser.add_argument(
         "--round-retries", type=int, help="publish a round that misses its quorum again, up to N times (default 0)"
     )
     parser.add_argument(
@@ -189,6 +195,10 @@ def _parser() -> argparse.ArgumentParser:
         help="seed for the initial weights and the client selection (default: unseeded, selection seed 0)",
     )
     start.add_argument("--watch", action="store_true", help="then follow the run, as `fedstep status --watch`")
+    start.add_argument(
+        "--select", metavar="A,B", help="take part with these of the stack's clients only, by name (default all)"
+    )
+    start.add_argument("--exclude", metavar="C", help="leave these clients out of the run, by name (a,b for several)")
     _settings_args(start, START_DEFAULTS)
 
     runs = sub.add_parser("runs", help="the stack's runs, newest first, with their status")
@@ -361,26 +371,27 @@ def launch(
 
 
 def _warn_if_offline(stack: _Stack, settings: Any, resume: str | None) -> None:
-    """Before a run starts: say so when fewer of its clients are online than its quorum."""
+    """Before a run starts: say so when fewer of its clients are online than its quorum, when its first
+    round is sent to a client whose heartbeat says offline, and which offline clients it leaves out."""
     from fedstep.aws.adapters import DynamoRoundTable
-    from fedstep.cli.start import offline_warning
+    from fedstep.cli.start import offline_warning, plan_run, selection_notes
 
     table = DynamoRoundTable(stack.outputs.table, stack.client("dynamodb"))
     if resume:
         record = table.get_run(resume)
         if record is None:  # resume_run names the problem
             return
-        clients, quorum = record.clients, record.quorum
-        timeout_s, retries = record.round_timeout_s, record.round_retries
+        first = max((int(r.get("round", 0)) for r in table.list_rounds(resume)), default=0) + 1
     else:
-        clients = sorted(stack.outputs.queues)
-        if not clients:  # start_run names the problem
+        if not stack.outputs.queues:  # start_run names the problem
             return
-        quorum = settings.for_clients(clients)[1]
-        timeout_s, retries = settings.round_timeout_s, settings.round_retries
-    warning = offline_warning(table, clients, quorum, timeout_s, retries)
-    if warning:
-        print(clean(f"fedstep: warning: {warning}"), file=sys.stderr, flush=True)
+        record, first = plan_run(settings, sorted(stack.outputs.queues), "run-preview"), 1
+    warning = offline_warning(table, record.clients, record.quorum, record.round_timeout_s, record.round_retries)
+    warnings, notes = selection_notes(table, record, first)
+    for line in ([warning] if warning else []) + warnings:
+        print(clean(f"fedstep: warning: {line}"), file=sys.stderr, flush=True)
+    for line in notes:
+        print(clean(f"fedstep: {line}"), file=sys.stderr, flush=True)
 
 
 def _view(stack: _Stack, run_id: str):  # -> RunView

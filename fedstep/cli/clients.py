@@ -17,10 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fedstep.cli.text import duration, lines, table
-from fedstep.core import limits
+from fedstep.core.presence import presence_of
 from fedstep.core.schemas import Feedback, Heartbeat, InvalidMessage
-
-SLACK_S = 15
 
 
 @dataclass(frozen=True)
@@ -45,19 +43,9 @@ def status_of(client_id: str, item: dict[str, Any] | None, now: datetime) -> Cli
         return ClientStatus(client_id, "never seen", "", None, None, None, {})
     try:
         beat = Heartbeat.parse(item)
-        seen = datetime.fromisoformat(beat.last_seen)
-        ago = (now - seen).total_seconds()
-        if ago < -limits.MAX_CLOCK_SKEW_S:
-            raise ValueError(f"last_seen {beat.last_seen} is in the future")
+        status, ago = presence_of(beat, now)
     except (InvalidMessage, ValueError, TypeError) as exc:
         return ClientStatus(client_id, "invalid", f"unreadable heartbeat: {exc}", None, None, None, {})
-    ago = max(0.0, ago)
-    if beat.state == "stopped":
-        status = "stopped"
-    elif ago <= 2 * beat.interval_s + SLACK_S:
-        status = "online"
-    else:
-        status = "offline"
     activity = {
         "training": f"training {beat.run_id} round {beat.round}",
         "declined": f"declined {beat.run_id} round {beat.round}",

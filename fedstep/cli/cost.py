@@ -85,6 +85,7 @@ def run_facts(
         ended=ended,
         architecture_bytes=model.bytes if model else 0,
         initial_model_bytes=rounds[0].model_bytes if rounds else 0,
+        select_online=view.record.select_online,
         observed_transitions=observed_transitions,
         paths=paths or Paths(),
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -19,9 +19,11 @@ from fedstep.aws.adapters import DynamoRoundTable
 from fedstep.aws.errors import error_code
 from fedstep.aws.stack import StackOutputs
 from fedstep.cli.client_metrics import ClientRound, load_client_rounds
-from fedstep.core import keys
+from fedstep.core import keys, limits
 from fedstep.core.errors import FedstepError
 from fedstep.core.label_counts import LabelCounts
+from fedstep.core.presence import presence
+from fedstep.core.rounds import selected_in
 from fedstep.core.schemas import FailureItem, Feedback, InvalidMessage, RoundSummary, RunRecord
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,32 @@ def readable_cause(cause: str) -> str:
 
 
 @dataclass(frozen=True)
+class OpenRound:
+    """The round in progress, as `fedstep status` shows it: whom it was sent to, who has answered,
+    and when its deadline is. Client-written facts (decline reasons) are shown cleaned."""
+
+    round: int
+    attempt: int
+    status: str
+    """open (waiting for updates), or claimed (being aggregated)."""
+    issued_at: str
+    deadline: datetime | None
+    """When the attempt's task times out (issued + the run's round deadline); None if unknown."""
+    selected: list[str]
+    sent: list[str]
+    """Selected clients whose update item is in (not yet checked: the aggregation may reject it)."""
+    declined: dict[str, str]
+    """Selected clients that refused the round, with their reason."""
+    pending: dict[str, str]
+    """Selected clients not heard from in the round, with their heartbeat's status (online, offline ...)."""
+    skipped: dict[str, str]
+    """Clients left out of the round as offline at its selection (`select_online`), with that status."""
+    failed: dict[str, str] = field(default_factory=dict)
+    """Selected clients whose round failed, with their last error: the place for the clients' failure
+    items (issue 21, finding 2); empty until the agents write them."""
+
+
+@dataclass(frozen=True)
 class RunView:
     run_id: str
     record: RunRecord
@@ -89,6 +117,8 @@ class RunView:
     failures: dict[str, FailureItem] = field(default_factory=dict)
     """Each client's last failed round in this run, as its agent reported it (its failure item);
     clients without one (or with an invalid one, which is logged) are absent."""
+    current: OpenRound | None = None
+    """The round in progress while the run is RUNNING (None between rounds, or after the run)."""
 
     @property
     def status(self) -> str:
@@ -138,7 +168,8 @@ def load_run(run_id: str, outputs: StackOutputs, table: DynamoRoundTable, sfn: A
     last_rejections = {f.client_id: f for f in told if f.run_id == run_id}  # the run's own items
     execution = describe(sfn, execution_arn(outputs, run_id))
     failures = load_failures(table, run_id, record.clients)
-    return RunView(run_id, record, execution, rounds, last_rejections, failures=failures)
+    current = load_open_round(table, record, failures) if execution and execution.status == "RUNNING" else None
+    return RunView(run_id, record, execution, rounds, last_rejections, failures=failures, current=current)
 
 
 def load_failures(table: DynamoRoundTable, run_id: str, client_ids: list[str]) -> dict[str, FailureItem]:
@@ -154,6 +185,45 @@ def load_failures(table: DynamoRoundTable, run_id: str, client_ids: list[str]) -
             continue
         failures[client] = failure
     return failures
+
+
+def load_open_round(
+    table: DynamoRoundTable, run: RunRecord, failures: dict[str, FailureItem] | None = None, now: datetime | None = None
+) -> OpenRound | None:
+    """The run's round in progress (its newest round record not yet aggregated), with each selected
+    client's progress: its update or decline item, else its heartbeat's status, and the error of its
+    failure item if it failed this round (`failures`, by client); None if none is open."""
+    records = table.open_rounds(run.run_id)
+    if not records:
+        return None
+    record = max(records, key=lambda r: int(r.get("round", 0)))
+    number = int(record.get("round", 0))
+    selected = selected_in(record, run, number)
+    items = table.get_updates(run.run_id, number, selected)
+    declined = {c: limits.reason(str(i.get("reason", ""))) for c, i in items.items() if i.get("kind") == "decline"}
+    sent = sorted(c for c in items if c not in declined)
+    now = now or datetime.now(UTC)
+    waiting = [c for c in selected if c not in items]
+    beats = table.get_heartbeats(waiting) if waiting else {}
+    issued = str(record.get("issued_at") or record.get("first_issued_at") or "")
+    try:
+        deadline = datetime.fromisoformat(issued) + timedelta(seconds=run.round_timeout_s) if issued else None
+    except ValueError:
+        deadline = None
+    skipped = record.get("skipped")
+    return OpenRound(
+        round=number,
+        attempt=int(record.get("attempt", 0)),
+        status=str(record.get("status", "")),
+        issued_at=issued,
+        deadline=deadline,
+        selected=selected,
+        sent=sent,
+        declined=declined,
+        pending={c: presence(beats.get(c), now) for c in waiting},
+        skipped={str(c): str(v) for c, v in skipped.items()} if isinstance(skipped, dict) else {},
+        failed={c: f"attempt {f.attempt}" for c, f in (failures or {}).items() if c in waiting and f.round == number},
+    )
 
 
 def load_partition(run_id: str, outputs: StackOutputs, s3: Any) -> LabelCounts | None:

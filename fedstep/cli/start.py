@@ -86,6 +86,12 @@ class RunSettings:
     """The delta of the (epsilon, delta) guarantee (default 1e-5)."""
     dp_epsilon: float | None = None
     """The run's epsilon budget (central modes): the run stops before a round would exceed it."""
+    select_online: bool = True
+    """Leave out of each round the clients whose heartbeat says offline or stopped (fedstep.core.selection)."""
+    select: list[str] | None = None
+    """The stack's clients the run takes part with, by name (`--select a,b`); None: all of them."""
+    exclude: list[str] | None = None
+    """The stack's clients the run leaves out, by name (`--exclude c`)."""
 
     def validated(self) -> RunSettings:
         if not 1 <= self.rounds <= limits.MAX_ROUNDS:
@@ -155,6 +161,23 @@ class RunSettings:
             raise ValueError(f"--dp-epsilon must be > 0, got {self.dp_epsilon}")
         return DPSettings(self.dp, z, clip, delta, self.dp_epsilon)
 
+    def run_clients(self, stack_clients: list[str]) -> list[str]:
+        """The run's clients (sorted): the stack's, or those `select` names, less those `exclude` names.
+        FedstepError for a name the stack does not have, or when none is left."""
+        known = set(stack_clients)
+        for flag, names in (("--select", self.select), ("--exclude", self.exclude)):
+            unknown = sorted(set(names or []) - known)
+            if unknown:
+                raise FedstepError(
+                    f"{flag} names client(s) the stack does not have: {', '.join(unknown)}; its clients are "
+                    f"{', '.join(sorted(known))} (`fedstep clients` lists them)"
+                )
+        chosen = sorted(set(self.select) if self.select else known)
+        chosen = [c for c in chosen if c not in set(self.exclude or [])]
+        if not chosen:
+            raise FedstepError("--select and --exclude leave no client to take part in the run")
+        return chosen
+
     def for_clients(self, clients: list[str]) -> tuple[int, int]:
         """(clients per round, quorum) of these settings for a run of `clients`; FedstepError when the
         settings cannot work with them (too many clients, a quorum or participants floor above the
@@ -162,6 +185,14 @@ class RunSettings:
         if len(clients) > limits.MAX_CLIENTS_PER_RUN:
             raise FedstepError(
                 f"a run takes at most {limits.MAX_CLIENTS_PER_RUN} clients; the stack has {len(clients)}"
+            )
+        chosen = self.select is not None or self.exclude is not None
+        floor = max(self.min_participants, self.quorum or 1)
+        if chosen and len(clients) < floor:
+            what = f"min_participants {self.min_participants}" + (f" and quorum {self.quorum}" if self.quorum else "")
+            raise FedstepError(
+                f"--select/--exclude leave {len(clients)} client(s) ({', '.join(clients)}), fewer than the run's "
+                f"{what}: no round could be aggregated; select at least {floor}"
             )
         try:
             per_round = per_round_count(self.clients_per_round, len(clients))
@@ -245,6 +276,8 @@ _TYPES: dict[str, type] = {
     "dp_clip": str,
     "dp_delta": float,
     "dp_epsilon": float,
+    "select": list,
+    "exclude": list,
 }
 """Types of the settings whose default is None (the others' defaults give theirs)."""
 
@@ -292,9 +325,24 @@ def merge_settings(base: RunSettings, *layers: dict[str, Any]) -> RunSettings:
             values[name] = value = float(value)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, kind):
+        if name in ("select", "exclude") and isinstance(value, str):
+            values[name] = value = client_names(value, name)
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
             raise FedstepError(f"run setting {name} must be {kind.__name__}, got {value!r}")
+        if kind is list and not all(isinstance(v, str) for v in value):
+            raise FedstepError(f"run setting {name} must be a list of client names, got {value!r}")
     return RunSettings(**values).validated()
+
+
+def client_names(text: str, setting: str) -> list[str]:
+    """Client names from `a,b` (`--select`, `--exclude`); FedstepError for an empty or malformed one."""
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise FedstepError(f"--{setting} takes client names separated by commas, e.g. client-1,client-2; got {text!r}")
+    try:
+        return [keys.check_id("client id", n) for n in names]
+    except ValueError as exc:
+        raise FedstepError(f"--{setting}: {exc}") from None
 
 
 def offline_warning(
@@ -316,6 +364,42 @@ def offline_warning(
         f"Unless enough agents come online, round 1 waits until its deadline ({duration(round_timeout_s)}) and "
         f"then{retries} the run fails with QuorumNotMet. `fedstep clients` shows who is online."
     )
+
+
+def selection_notes(table: DynamoRoundTable, run: RunRecord, round_number: int = 1) -> tuple[list[str], list[str]]:
+    """(warnings, notes) `fedstep start` gives about the first round's selection, as the aggregation
+    function will make it from the heartbeats now: a warning for each selected client whose heartbeat
+    says offline or stopped (the round waits for it up to its deadline), a note for those left out."""
+    from fedstep.cli.text import duration
+    from fedstep.core.presence import away
+    from fedstep.core.rounds import choose_clients
+
+    items = table.get_heartbeats(run.clients)
+    chosen = choose_clients(run, round_number, items)
+    gone = away(run.clients, items, datetime.now(UTC))
+    waiting = {c: gone[c] for c in chosen.selected if c in gone}
+    warnings, notes = [], []
+    if waiting:
+        named = ", ".join(f"{c} ({status})" for c, status in waiting.items())
+        why = (
+            "too few of its clients are online to leave them out"
+            if chosen.kept_offline
+            else "select_online is off"
+            if not run.select_online
+            else "they are selected"
+        )
+        warnings.append(
+            f"round {round_number} is sent to {named}, whose heartbeat says offline ({why}): unless its agent "
+            f"comes back, the round waits for it until its deadline ({duration(run.round_timeout_s)}). Start the "
+            f"agent, or leave the client out (--exclude {','.join(waiting)})."
+        )
+    if chosen.skipped:
+        named = ", ".join(f"{c} ({status})" for c, status in chosen.skipped.items())
+        notes.append(
+            f"round {round_number} leaves out {named}: its heartbeat says offline (select_online; a later round "
+            "selects it again once it is online; --no-select-online waits for every selected client)"
+        )
+    return warnings, notes
 
 
 @dataclass(frozen=True)
@@ -382,10 +466,7 @@ def start_run(
     """Upload the architecture and round-0 weights, write the run record, start the state machine."""
     settings = settings.validated()
     run_id = keys.check_id("run id", run_id or new_run_id())
-    clients = sorted(outputs.queues)
-    if not clients:
-        raise FedstepError("the stack has no clients; add them to the deployment config and deploy")
-    per_round, quorum = settings.for_clients(clients)
+    record = plan_run(settings, sorted(outputs.queues), run_id)
     weights = tensors.encode(
         initial_weights, {"schema": SCHEMA_VERSION, "run_id": run_id, "round": 0, "kind": "global"}
     )
@@ -395,7 +476,20 @@ def start_run(
             "bytes (deployment config max_model_mb)"
         )
     _check_sliceable(settings, len(weights), outputs.slice_bytes)
-    record = RunRecord(
+    launched = _launch(record, architecture, weights, 0, keys.INITIAL_VERSION, outputs, s3, dynamodb, stepfunctions)
+    if launched is None:
+        raise FedstepError(f"run {run_id} exists already; choose another run id")
+    return launched
+
+
+def plan_run(settings: RunSettings, stack_clients: list[str], run_id: str) -> RunRecord:
+    """The run record `settings` give a run of the stack's clients (its model not yet written);
+    FedstepError when they cannot work with those clients."""
+    if not stack_clients:
+        raise FedstepError("the stack has no clients; add them to the deployment config and deploy")
+    clients = settings.run_clients(stack_clients)
+    per_round, quorum = settings.for_clients(clients)
+    return RunRecord(
         run_id=run_id,
         clients=clients,
         rounds=settings.rounds,
@@ -412,11 +506,8 @@ def start_run(
         min_participants=settings.min_participants,
         bounds=settings.bounds(),
         dp=settings.privacy(),
+        select_online=settings.select_online,
     )
-    launched = _launch(record, architecture, weights, 0, keys.INITIAL_VERSION, outputs, s3, dynamodb, stepfunctions)
-    if launched is None:
-        raise FedstepError(f"run {run_id} exists already; choose another run id")
-    return launched
 
 
 def model_of_round(

@@ -170,7 +170,8 @@ def settings_line(view: RunView) -> str:
     learning_rate = "the model's own" if r.training.learning_rate is None else f"{r.training.learning_rate:g}"
     per_round = r.clients_per_round or len(r.clients)
     parts = [
-        f"{len(r.clients)} clients, {per_round} per round, quorum {r.quorum}",
+        f"{len(r.clients)} clients, {per_round} per round, quorum {r.quorum}"
+        + ("" if r.select_online else ", offline clients selected too"),
         f"{r.training.epochs} epoch(s), batch {r.training.batch_size}, learning rate {learning_rate}",
         strategy_text(r.strategy, r.strategy_params),
         f"round deadline {duration(r.round_timeout_s)}",
@@ -228,6 +229,59 @@ def footer(view: RunView) -> list[str]:
     return lines
 
 
+def _named(clients: dict[str, str] | list[str]) -> str:
+    if isinstance(clients, dict):
+        return ", ".join(f"{c} ({why})" for c, why in clients.items()) or "-"
+    return ", ".join(clients) or "-"
+
+
+def open_round_lines(view: RunView, now: datetime | None = None) -> list[str]:
+    """The round in progress: whom it was sent to, who has sent, declined, failed or is pending (with
+    its heartbeat's status), who was left out as offline, and the attempt's deadline; [] between rounds."""
+    o = view.current
+    if o is None:
+        return []
+    now = now or datetime.now(UTC)
+    if o.deadline is None:
+        deadline = "deadline unknown"
+    elif o.deadline > now:
+        deadline = f"deadline {_when(o.deadline)} (in {duration((o.deadline - now).total_seconds())})"
+    else:
+        deadline = f"deadline {_when(o.deadline)} (passed; the round is being closed)"
+    state = "being aggregated" if o.status == "claimed" else "in progress"
+    attempt = f", attempt {o.attempt + 1}" if o.attempt else ""
+    out = [
+        f"round {o.round} {state}{attempt}: {len(o.sent)} of {len(o.selected)} selected client(s) sent, {deadline}",
+        f"  selected  {_named(o.selected)}",
+        f"  sent      {_named(o.sent)}",
+        f"  pending   {_named(o.pending)}",
+        f"  failed    {_named(o.failed)}",
+    ]
+    if o.declined:
+        out.append(f"  declined  {_named(o.declined)}")
+    if o.skipped:
+        out.append(f"  left out  {_named(o.skipped)} (offline when the round was selected)")
+    return out
+
+
+def open_round_brief(view: RunView) -> str:
+    """One line for `--watch` when a round opens: whom it was sent to, whom it left out, its deadline."""
+    o = view.current
+    if o is None:
+        return ""
+    left_out = f" (left out as offline: {_named(o.skipped)})" if o.skipped else ""
+    deadline = f", deadline {_when(o.deadline)}" if o.deadline else ""
+    return f"round {o.round} sent to {_named(o.selected)}{left_out}{deadline}"
+
+
+def open_round_json(view: RunView) -> dict[str, Any] | None:
+    """`status --json`'s `current_round`: the round in progress (see `open_round_lines`), or None."""
+    o = view.current
+    if o is None:
+        return None
+    return {**asdict(o), "deadline": o.deadline.isoformat() if o.deadline else None}
+
+
 def render_status_json(view: RunView) -> str:
     """The run and one object per round (participants, rejected, declined and clipped updates, the norm
     bound applied, metrics, measurements, epsilon, delta and repeated noisy releases; with
@@ -267,7 +321,10 @@ def render_status_json(view: RunView) -> str:
         "target_met_by_round": target_met_by(view),
         "settings": {k: v for k, v in asdict(view.record).items() if k not in ("run_id", "model", "initial_state")},
         "failures": [asdict(f) for _, f in sorted(view.failures.items())],
+        "select_online": view.record.select_online,
+        "clients": view.record.clients,
         "rounds": rows,
+        "current_round": open_round_json(view),
     }
     return json.dumps(run, indent=2)
 
@@ -281,8 +338,19 @@ def table_rows(view: RunView) -> list[tuple[object, ...]]:
 def render_status(view: RunView) -> str:
     rows = table_rows(view)
     body = table(ROUND_HEADER, rows) if rows else ["no round completed yet"]
+    current = open_round_lines(view)
     per_client = ["", *render_client_table(view.clients)] if view.clients else []
-    return lines([headline(view), settings_line(view), "", *body, *footer(view), *per_client])
+    return lines(
+        [
+            headline(view),
+            settings_line(view),
+            "",
+            *body,
+            *(["", *current] if current else []),
+            *footer(view),
+            *per_client,
+        ]
+    )
 
 
 def watch(load: Callable[[], RunView], say: Callable[[str], None], interval_s: float = 2.0) -> RunView:
@@ -299,6 +367,7 @@ def watch(load: Callable[[], RunView], say: Callable[[str], None], interval_s: f
     widths = [len(h) for h in ROUND_HEADER]
     shown = 0
     told: set[FailureItem] = set()
+    announced: set[tuple[int, int]] = set()
     while True:
         for client, failure in sorted(view.failures.items()):
             if failure not in told:  # live: each failure as soon as its agent reports it
@@ -311,6 +380,10 @@ def watch(load: Callable[[], RunView], say: Callable[[str], None], interval_s: f
         for row in rows[shown:]:
             echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         shown = len(rows)
+        opened = view.current
+        if opened is not None and (opened.round, opened.attempt) not in announced and view.status == "RUNNING":
+            announced.add((opened.round, opened.attempt))
+            echo(open_round_brief(view))
         if view.status != "RUNNING":
             echo(headline(view))
             for line in footer(view):

@@ -81,10 +81,13 @@ class RoundTable(Protocol):
         issued_at: str,
         input_model: ObjectRef,
         input_state: ObjectRef | None = None,
+        selected: list[str] | None = None,
+        skipped: dict[str, str] | None = None,
     ) -> bool:
-        """Record a round's publication: its newest attempt's task token, the model and strategy state it starts from,
-        and (on its first publication) `issued_at` as `first_issued_at`. False, changing nothing,
-        unless the round is new or still open."""
+        """Record a round's publication: its newest attempt's task token and `issued_at`, the model and
+        strategy state it starts from, the clients it is `selected` for and those `skipped` as offline
+        (client -> heartbeat status), and (on its first publication) `issued_at` as `first_issued_at`.
+        False, changing nothing, unless the round is new or still open."""
         ...
 
     def claim_round(
@@ -129,6 +132,10 @@ class RoundTable(Protocol):
 
     def get_failures(self, run_id: str, client_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The clients' failure items in the run (their last failed round and its error), by client id."""
+        ...
+
+    def get_heartbeats(self, client_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The heartbeat items of these clients, by client id (absent: never seen); client-written."""
         ...
 
 

@@ -3,9 +3,11 @@
 This is the logic behind the aggregation function, written against the ports in `fedstep.core.ports` so
 it runs without AWS. Exactly once, by construction (DESIGN invariant 1):
 
-1. **Open.** When the state machine publishes a round, `publish_round` records the attempt's task
-   token in the round record (a server record: no client ever sees a token) and sends the round
-   message to the selected clients.
+1. **Open.** When the state machine publishes a round, `publish_round` selects its clients (the
+   seeded sample, less those whose heartbeat says offline: `choose_clients`), records the attempt's
+   task token and that selection in the round record (a server record: no client ever sees a token)
+   and sends the round message to the selected clients. The later steps wait for the recorded
+   selection (`selected_in`).
 2. **Claim.** An invocation that finds every selected client's update in (the stream path), or that
    runs at the round's deadline, first takes the round with a conditional write: it succeeds only
    if the round is open, or if an earlier claim's lease ran out (its holder crashed). Only the
@@ -36,6 +38,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from fedstep import SCHEMA_VERSION
@@ -44,6 +47,7 @@ from fedstep.core.clock import seconds_since, utc_now
 from fedstep.core.dp import Accountant, DPAggregation, round_epsilon
 from fedstep.core.errors import FedstepError
 from fedstep.core.ports import ModelStore, MultipartStore, Publisher, Reporter, RoundTable
+from fedstep.core.presence import away
 from fedstep.core.schemas import (
     ROUND_AGGREGATED,
     ROUND_CLAIMED,
@@ -64,6 +68,7 @@ from fedstep.core.schemas import (
     is_completed,
     parse_client_item,
 )
+from fedstep.core.selection import Selection, select_round
 from fedstep.core.strategies import GlobalModel
 from fedstep.core.update_source import (
     ModelLayout,
@@ -150,7 +155,19 @@ def publish_round(
         raise FedstepError(f"run {run_id} has no run record with a model")
     state = input_state(table, run, round_number)
     instructions = _instructions(run, round_number, state, store)
-    if not table.open_round(run_id, round_number, attempt, task_token, issued_at, global_model, state):
+    chosen = choose_clients(run, round_number, table.get_heartbeats(run.clients) if run.select_online else {})
+    if chosen.skipped or chosen.kept_offline:
+        log.info(
+            "round %s/%d: skipped as offline %s; selected although offline %s",
+            run_id,
+            round_number,
+            chosen.skipped,
+            chosen.kept_offline,
+        )
+    opened = table.open_round(
+        run_id, round_number, attempt, task_token, issued_at, global_model, state, chosen.selected, chosen.skipped
+    )
+    if not opened:
         existing = table.get_round(run_id, round_number) or {}
         if not is_completed(existing):
             raise RoundBusy(f"round {round_number} of run {run_id} is being aggregated; it cannot be published")
@@ -168,8 +185,33 @@ def publish_round(
         issued_at=issued_at,
         instructions=instructions,
     )
-    publisher.publish(message.to_dict(), run.selected(round_number))
+    publisher.publish(message.to_dict(), chosen.selected)
     return message
+
+
+def choose_clients(
+    run: RunRecord, round_number: int, heartbeats: dict[str, dict[str, Any]], now: datetime | None = None
+) -> Selection:
+    """Round `round_number`'s selection: the run's seeded sample, less the clients whose heartbeat
+    item (client-written: only its state and time are read) says offline or stopped when the run has
+    `select_online` (`fedstep.core.selection.select_round`)."""
+    per_round = expected_participants(run)
+    if not run.select_online:
+        return Selection(run.selected(round_number))
+    gone = away(run.clients, heartbeats, now or datetime.now(UTC))
+    central_dp = run.dp is not None and run.dp.central
+    needs = max(run.quorum, run.min_participants)
+    return select_round(run.clients, per_round, run.seed, round_number, gone, needs=needs, redraw=not central_dp)
+
+
+def selected_in(record: dict[str, Any], run: RunRecord, round_number: int) -> list[str]:
+    """The clients a round was published to, as its round record holds them (the seeded sample for
+    a record written before rounds recorded their selection); only the run's own clients."""
+    chosen = record.get("selected")
+    if not isinstance(chosen, list):
+        return run.selected(round_number)
+    members = set(run.clients)
+    return sorted({c for c in chosen if isinstance(c, str) and c in members})
 
 
 def build_strategy(run: RunRecord) -> strategies.Strategy:
@@ -319,7 +361,7 @@ def try_complete_round(
         reporter.succeed(record["task_token"], task_output(RoundSummary.parse(record), run))
         table.mark_reported(run_id, round_number)
         return None
-    selected = run.selected(round_number)
+    selected = selected_in(record, run, round_number)
     raw = table.get_updates(run_id, round_number, selected)
     if set(selected) - set(raw):
         log.info("round %s/%d: %d of %d updates in", run_id, round_number, len(raw), len(selected))
@@ -391,7 +433,7 @@ def complete_round_at_deadline(
         record = table.claim_round(run_id, round_number, claim, now, now + settings.lease_s)
         if record is None:
             continue
-        raw = table.get_updates(run_id, round_number, run.selected(round_number))
+        raw = table.get_updates(run_id, round_number, selected_in(record, run, round_number))
         try:
             summary = _aggregate(run, round_number, record, raw, store, table, claim, True, settings)
         except ClaimLost:
@@ -507,7 +549,7 @@ def _aggregate(
     claim's key). Raises QuorumNotMet / TooFewParticipants when too few valid updates remain (for
     the run or for its strategy), InvalidAggregate when the result is not finite. A model larger
     than `settings.slice_bytes` is planned for slices instead: the plan's ref."""
-    selected = run.selected(round_number)
+    selected = selected_in(record, run, round_number)
     when = f"by the deadline of round {round_number}" if at_deadline else f"in round {round_number}"
     strategy = build_strategy(run)
     strategy_needs, why = strategy.min_updates()
@@ -730,7 +772,7 @@ def _plan(
     draft = RoundSummary(
         run_id=run.run_id,
         round=round_number,
-        selected=run.selected(round_number),
+        selected=selected_in(record, run, round_number),
         participants=[item.client_id for item, _ in accepted],
         num_examples=sum(n for _, n in accepted),
         rejected=rejected,

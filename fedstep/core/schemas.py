@@ -937,9 +937,13 @@ class RunRecord:
     """The strategy's state the run starts from: the state a resumed run continues, or None."""
     dp: DPSettings | None = None
     """The run's differential privacy, or None."""
+    select_online: bool = True
+    """Leave out of each round's selection the clients whose heartbeat says offline or stopped
+    (`fedstep.core.selection`); a record written before the setting existed reads False."""
 
     def selected(self, round_number: int) -> list[str]:
-        """The clients selected for `round_number` (see fedstep.core.selection)."""
+        """The seeded sample of `round_number`, heartbeats aside (see fedstep.core.selection); the
+        round's own selection is in its round record (`fedstep.core.rounds.selected_in`)."""
         return select(self.clients, self.clients_per_round or len(self.clients), self.seed, round_number)
 
     def to_item(self) -> dict[str, Any]:
@@ -976,6 +980,7 @@ class RunRecord:
                 ObjectRef.parse(data["initial_state"], f"{where} initial_state") if data.get("initial_state") else None
             ),
             dp=DPSettings.parse(data["dp"], f"{where} dp") if data.get("dp") else None,
+            select_online=_get(data, "select_online", bool, where) if "select_online" in data else False,
         )
 
 

@@ -1,12 +1,27 @@
-"""Which clients take part in a round: a seeded, reproducible sample of the run's clients.
+"""Which clients take part in a round: a seeded, reproducible sample of the run's clients, less
+those whose heartbeat says they are offline (`select_online`).
 
-The operator (for round 1) and the aggregation function (for every next round) compute the same
-selection from the run record, so it never has to be stored per round.
+The aggregation function selects when it publishes a round (`fedstep.core.rounds.publish_round`) and
+records the selection in the round record, which is what the round waits for; `fedstep start`
+computes the same for round 1 from the heartbeats it reads, to warn before a run starts.
+
+With `select_online`, how the offline clients are left out depends on the run's privacy:
+
+- without client-level DP, the sample is drawn from the clients not known to be offline, so a round
+  keeps its size while enough are there (who is online changes who is sampled);
+- under central DP the sample is drawn from all the run's clients, exactly as the accountant assumes
+  (a fixed-size sample of `per_round` out of all of them), and its offline members are then left out,
+  like clients that never answer: the round is smaller, the guarantee unchanged.
+
+Either way, when leaving the offline clients out would leave fewer than the round needs (its quorum
+and `min_participants`), the plain sample is selected, offline clients included: they may come back
+before the deadline, and a round that could not be aggregated without them is no worse off waiting.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,3 +50,42 @@ def select(clients: list[str], per_round: int, seed: int, round_number: int) -> 
         return pool
     rng = np.random.default_rng([seed, round_number])
     return sorted(str(c) for c in rng.choice(pool, size=per_round, replace=False))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A round's selection: `selected` (sorted) is what the round is sent to and waits for."""
+
+    selected: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Clients of the sample (or of the pool) left out as offline, with their heartbeat's status."""
+    kept_offline: dict[str, str] = field(default_factory=dict)
+    """Selected clients whose heartbeat says offline, kept because the round needs them."""
+
+
+def select_round(
+    clients: list[str],
+    per_round: int,
+    seed: int,
+    round_number: int,
+    away: dict[str, str],
+    *,
+    needs: int,
+    redraw: bool,
+) -> Selection:
+    """Round `round_number`'s clients when `away` (client -> "offline"/"stopped") are not there: drawn
+    from the others (`redraw`) or the seeded sample less them (not `redraw`: central DP), unless that
+    leaves fewer than `needs`; then the plain sample, offline clients kept. See the module's docstring."""
+    sample = select(clients, per_round, seed, round_number)
+    if not away:
+        return Selection(sample)
+    if redraw:
+        pool = [c for c in clients if c not in away]
+        chosen = select(pool, min(per_round, len(pool)), seed, round_number) if pool else []
+        left_out = {c: s for c, s in sorted(away.items()) if c in clients}
+    else:
+        chosen = [c for c in sample if c not in away]
+        left_out = {c: away[c] for c in sample if c in away}
+    if len(chosen) >= max(1, needs):
+        return Selection(chosen, skipped=left_out)
+    return Selection(sample, kept_offline={c: away[c] for c in sample if c in away})

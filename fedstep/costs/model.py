@@ -215,6 +215,8 @@ class RunFacts:
     architecture_bytes: int = 0
     initial_model_bytes: int = 0
     run_record_bytes: int = 2048
+    select_online: bool = True
+    """Whether each publication reads the run's clients' heartbeats (the run's `select_online`)."""
     observed_transitions: int | None = None
     """State transitions counted in the execution's history; None: count them from the definition."""
     paths: Paths = field(default_factory=Paths)
@@ -380,6 +382,8 @@ def round_shared(r: RoundFacts, run: RunFacts, a: Assumptions, transitions: floa
     # DynamoDB, all strongly consistent reads (1 RRU per 4 KB) and item writes (1 WRU per KB).
     run_rru = _units(run.run_record_bytes, 4096)
     rru = attempts * (run_rru + (_units(r.record_bytes, 4096) if r.round > 1 else 0))  # publish: run, previous round
+    if run.select_online:  # publish: each run client's heartbeat item (under 4 KB), to skip offline clients
+        rru += attempts * len(run.clients)
     wru = attempts * _units(a.open_record_bytes, 1024)  # open the round
     checks = uploads + (1 if r.at_deadline else 0)  # each stream or deadline invocation reads the round, run, updates
     rru += checks * (_units(a.open_record_bytes, 4096) + run_rru + len(r.selected))
