@@ -233,6 +233,15 @@ class DeploymentConfig:
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ConfigError(f"{where}: duplicate client id(s) {dupes}")
+        by_output: dict[str, list[str]] = {}
+        for i in ids:
+            by_output.setdefault(keys.output_suffix(i), []).append(i)
+        clashes = [same for same in by_output.values() if len(same) > 1]
+        if clashes:
+            raise ConfigError(
+                f"{where}: client ids {clashes[0]} give the same stack output names (QueueUrl"
+                f"{keys.output_suffix(clashes[0][0])}): they differ only in case, - or _; rename one"
+            )
         too_long = [i for i in ids if len(f"{project}-{i}-dlq") > 80]
         if too_long:
             raise ConfigError(f"{where}: client id(s) {too_long} make queue names longer than SQS's 80 characters")

@@ -549,7 +549,7 @@ def _normalized(text: str) -> str:
     the group, the group's name and CDK's hash suffixes blanked: the groups' templates are then the same."""
     first = min(int(n) for n in re.findall(r"org-(\d{3})", text))
     assert first % CLIENTS_PER_GROUP == 0, first  # groups of 50 in config order
-    text = re.sub(r"org(-|x2d|)(\d{3})", lambda m: f"org{m[1]}#{int(m[2]) - first}", text)
+    text = re.sub(r"([oO])rg(-|)(\d{3})", lambda m: f"{m[1]}rg{m[2]}#{int(m[3]) - first}", text)  # Org000: outputs
     text = re.sub(r"Clients\d+", "ClientsN", text)  # the group's own name, in its subscriptions' logical ids
     text = re.sub(r"(?:[0-9A-F]{8})+\b", "HASH", text)
     return re.sub(r"(DeadLetters|dead-letters-)\d+", r"\1N", text)  # its alarms' numbers

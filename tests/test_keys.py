@@ -48,6 +48,11 @@ def test_ids_that_could_escape_a_prefix_or_partition_are_refused(bad):
 
 
 def test_client_output_key_is_alphanumeric_and_unambiguous():
-    assert keys.client_output_key("client-1") == "QueueUrlclientx2d1"
-    assert keys.client_output_key("client-1") != keys.client_output_key("client_1")
+    assert keys.client_output_key("client-1") == "QueueUrlClient1"  # as the console shows it
+    assert keys.client_role_output_key("hospital_b-2") == "RoleArnHospitalB2"
     assert keys.client_output_key("a-b").isalnum()
+    # ids that differ only in case, - or _ share an output name: a deployment config refuses them
+    from infra.config import ConfigError, DeploymentConfig
+
+    with pytest.raises(ConfigError, match=r"client ids \['client-1', 'client_1'\] give the same stack output names"):
+        DeploymentConfig.from_dict({"project": "p", "clients": [{"id": "client-1"}, {"id": "client_1"}], "trial": True})

@@ -43,8 +43,14 @@ def test_a_stack_deployed_before_the_groups_is_still_read_from_its_own_outputs()
     assert sorted(outputs.queues) == ["a", "b"]
 
 
+def test_a_stack_deployed_with_the_old_output_names_is_read_until_it_is_deployed_again():
+    old = {"ClientIds": "client-1", "QueueUrlclientx2d1": "https://sqs/old", "RoleArnclientx2d1": "arn:role/old"}
+    outputs = StackOutputs.parse({**STACK, "ClientGroups": "1"}, [old])
+    assert (outputs.queues, outputs.roles) == ({"client-1": "https://sqs/old"}, {"client-1": "arn:role/old"})
+
+
 def test_a_stack_that_is_not_fedsteps_is_refused_with_the_output_it_lacks():
     with pytest.raises(FedstepError, match="no output 'ClientGroups'"):
         StackOutputs.parse(STACK)
-    with pytest.raises(FedstepError, match="no output 'RoleArnc'"):
+    with pytest.raises(FedstepError, match="no output 'RoleArnC'"):
         StackOutputs.parse({**STACK, "ClientGroups": "1"}, [{"ClientIds": "c", keys.client_output_key("c"): "u"}])

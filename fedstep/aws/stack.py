@@ -13,6 +13,13 @@ from fedstep.core.errors import FedstepError
 from fedstep.core.tensors import DEFAULT_MAX_BYTES
 
 
+def _output(outputs: dict[str, str], name: str, legacy: str) -> str:
+    """The output `name`, or its `legacy` name in a stack deployed before it; KeyError naming `name`."""
+    if name in outputs or legacy not in outputs:
+        return outputs[name]
+    return outputs[legacy]
+
+
 @dataclass(frozen=True)
 class StackOutputs:
     bucket: str
@@ -47,8 +54,9 @@ class StackOutputs:
                 raise KeyError("ClientGroups")
             for group in (outputs, *groups):
                 for cid in (c for c in group.get("ClientIds", "").split(",") if c):
-                    queues[cid] = group[keys.client_output_key(cid)]
-                    roles[cid] = group[keys.client_role_output_key(cid)]
+                    old_queue, old_role = keys.legacy_output_keys(cid)
+                    queues[cid] = _output(group, keys.client_output_key(cid), old_queue)
+                    roles[cid] = _output(group, keys.client_role_output_key(cid), old_role)
             return cls(
                 bucket=outputs["BucketName"],
                 table=outputs["TableName"],

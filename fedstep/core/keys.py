@@ -282,15 +282,26 @@ def last_rejection_item_key(client_id: str) -> dict[str, str]:
 # -- CloudFormation outputs ----------------------------------------------------------------------
 
 
-def _output_suffix(client_id: str) -> str:
-    return "".join(c if c.isalnum() else f"x{ord(c):02x}" for c in check_id("client id", client_id))
+def output_suffix(client_id: str) -> str:
+    """A client id as CloudFormation output names allow (A-Za-z0-9): each run of letters and digits
+    capitalised, the rest dropped (`client-1` -> `Client1`, `org_b` -> `OrgB`). Two clients with the
+    same suffix cannot be in one deployment (`infra.config` refuses them)."""
+    parts = re.split(r"[^A-Za-z0-9]+", check_id("client id", client_id))
+    return "".join(p[:1].upper() + p[1:] for p in parts)
 
 
 def client_output_key(client_id: str) -> str:
-    """CloudFormation output name holding a client's queue URL (output names allow only A-Za-z0-9)."""
-    return "QueueUrl" + _output_suffix(client_id)
+    """CloudFormation output name holding a client's queue URL, e.g. `QueueUrlClient1`."""
+    return "QueueUrl" + output_suffix(client_id)
 
 
 def client_role_output_key(client_id: str) -> str:
-    """CloudFormation output name holding the ARN of a client's IAM role."""
-    return "RoleArn" + _output_suffix(client_id)
+    """CloudFormation output name holding the ARN of a client's IAM role, e.g. `RoleArnClient1`."""
+    return "RoleArn" + output_suffix(client_id)
+
+
+def legacy_output_keys(client_id: str) -> tuple[str, str]:
+    """(queue URL, role ARN) output names of a stack deployed before `output_suffix` (`QueueUrlclientx2d1`):
+    read until it is deployed again."""
+    suffix = "".join(c if c.isalnum() else f"x{ord(c):02x}" for c in check_id("client id", client_id))
+    return "QueueUrl" + suffix, "RoleArn" + suffix
