@@ -22,7 +22,7 @@ from fedstep.cli.client_metrics import ClientRound, load_client_rounds
 from fedstep.core import keys
 from fedstep.core.errors import FedstepError
 from fedstep.core.label_counts import LabelCounts
-from fedstep.core.schemas import Feedback, InvalidMessage, RoundSummary, RunRecord
+from fedstep.core.schemas import Feedback, InvalidMessage, RoundSummary, RunRecord, RunStop
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,8 @@ class RunView:
     clients: dict[int, list[ClientRound]] = field(default_factory=dict)
     """Per round, each selected client's own metrics (`fedstep.cli.client_metrics`), read with
     `with_clients`; empty unless asked for."""
+    stop: RunStop | None = None
+    """The run's stop marker (`fedstep stop`: when, and the operator's reason), None unless stopped."""
 
     @property
     def status(self) -> str:
@@ -133,7 +135,8 @@ def load_run(run_id: str, outputs: StackOutputs, table: DynamoRoundTable, sfn: A
     except InvalidMessage as exc:
         raise FedstepError(f"run {run_id} has an unreadable item: {exc}") from None
     last_rejections = {f.client_id: f for f in told if f.run_id == run_id}  # the run's own items
-    return RunView(run_id, record, describe(sfn, execution_arn(outputs, run_id)), rounds, last_rejections)
+    execution = describe(sfn, execution_arn(outputs, run_id))
+    return RunView(run_id, record, execution, rounds, last_rejections, stop=table.get_stop(run_id))
 
 
 def load_partition(run_id: str, outputs: StackOutputs, s3: Any) -> LabelCounts | None:

@@ -186,13 +186,16 @@ def footer(view: RunView) -> list[str]:
     ex = view.execution
     if ex and ex.status == "FAILED":
         lines.append(f"failed: {ex.failure}")
+    if view.stop is not None:
+        lines.append(f"stopped at {view.stop.stopped_at or 'an unknown time'}: {view.stop.reason}")
     return lines
 
 
 def render_status_json(view: RunView) -> str:
-    """The run and one object per round (participants, rejected, declined and clipped updates, the norm
-    bound applied, metrics, measurements, epsilon, delta and repeated noisy releases; with
-    per-client rows read, `clients`: each selected client's status, examples and own metrics)."""
+    """The run (with `stop`: the operator's reason and time, when it was stopped) and one object per
+    round (participants, rejected, declined and clipped updates, the norm bound applied, metrics,
+    measurements, epsilon, delta and repeated noisy releases; with per-client rows read, `clients`:
+    each selected client's status, examples and own metrics)."""
     ex = view.execution
     rows = [
         {
@@ -219,6 +222,7 @@ def render_status_json(view: RunView) -> str:
         "run_id": view.run_id,
         "status": view.status,
         "stop_reason": ex.stop_reason if ex else None,
+        "stop": asdict(view.stop) if view.stop else None,
         "strategy": view.record.strategy,
         "strategy_params": view.record.strategy_params,
         "dp": asdict(view.record.dp) if view.record.dp else None,
