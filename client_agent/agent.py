@@ -16,6 +16,11 @@ the server writes) names the round, the file's sha256 and the reason. The agent 
 round is published again (a retried round) after its update was rejected, it trains again and
 replaces it. Each run has its own feedback item, so a rejection in one run never hides another's.
 
+A stopped run (`fedstep stop`) is never served: the agent reads the run's stop marker (a server item
+its role may read, no client may write) before it trains and again before it uploads, and skips the
+round (the message deleted, nothing uploaded) once the marker is there. The server refuses the run's
+rounds after the stop anyway; the checks spare the site the training and keep its update at home.
+
 Every object a message references is read with a ranged GET of exactly its `bytes`: an object larger
 than its reference is refused before its body is read (`client_agent.objects`).
 
@@ -71,6 +76,7 @@ from fedstep.core.schemas import (
     ObjectRef,
     RoundMessage,
     RunEndedMessage,
+    RunStop,
     TrainingConfig,
     UpdateItem,
     parse_message,
@@ -190,6 +196,7 @@ class Agent:
         self.last_report: RoundReport | None = None
         self._told: Feedback | None = None
         self._said_no_dp: set[str] = set()
+        self._said_no_stop_grant = False
         self._ended_runs: set[str] = set()
         """Runs whose run-ended message this agent has seen: their leftover rounds are skipped."""
         self._started = time.time()
@@ -449,6 +456,9 @@ class Agent:
                 self.heartbeats.set_state("idle")
 
     def _serve_round(self, msg: RoundMessage) -> Outcome:
+        stop = self._stop_of(msg.run_id)
+        if stop is not None:
+            return self._skip_stopped(msg, stop, "not trained")
         feedback = self._feedback(msg.run_id)
         self._say_rejection(feedback)
         existing = self._existing_update(msg)
@@ -474,6 +484,9 @@ class Agent:
         result = self.trainer.fit(architecture, global_weights, replace(msg.training, instructions=msg.instructions))
         trained = time.monotonic()
         tensors.check_matches(result.weights, tensors.TensorSpec.of(global_weights))
+        stop = self._stop_of(msg.run_id)  # stopped while it trained: the update stays here
+        if stop is not None:
+            return self._skip_stopped(msg, stop, "trained, not uploaded")
         delta = {name: np.asarray(result.weights[name], np.float32) - w for name, w in global_weights.items()}
         reported = self._account(msg, privacy, delta)  # before the upload: from now on the update may leave
         key = keys.update_key(msg.run_id, msg.round, self.config.client_id)
@@ -502,6 +515,38 @@ class Agent:
         self.last_report = report
         log.info(report.line(), extra={"round_summary": report.fields()})
         return Outcome.SERVED
+
+    def _stop_of(self, run_id: str) -> RunStop | None:
+        """The run's stop marker (None: not stopped), one strongly consistent GetItem. A role without the
+        grant to read it (a stack deployed before stop markers) is warned about once and served: the
+        server still refuses the rounds of a stopped run."""
+        try:
+            return RunStop.of_item(run_id, self.table.get_item(keys.stop_item_key(run_id)))
+        except ClientError as exc:
+            if error_code(exc) not in ("AccessDeniedException", "AccessDenied"):
+                raise
+            if not self._said_no_stop_grant:
+                self._said_no_stop_grant = True
+                log.warning(
+                    "cannot read whether run %s was stopped (%s): this client's role has no grant for stop "
+                    "markers; the stack's operator should update the stack (`cdk deploy`)",
+                    run_id,
+                    error_code(exc),
+                )
+            return None
+
+    def _skip_stopped(self, msg: RoundMessage, stop: RunStop, what: str) -> Outcome:
+        """A round of a stopped run: skipped (its message deleted), and the run's later rounds too."""
+        self._ended_runs.add(msg.run_id)
+        log.warning(
+            "round %d of %s skipped (%s): the run was stopped at %s: %s",
+            msg.round,
+            msg.run_id,
+            what,
+            stop.stopped_at or "an unknown time",
+            stop.reason,
+        )
+        return Outcome.STALE
 
     def _item(
         self,

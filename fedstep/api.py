@@ -272,13 +272,14 @@ class Operator:
             raise FedstepError(f"run {run_id} {view.status}" + (f": {failure}" if failure else ""))
         return self.status(run_id)
 
-    def stop(self, run_id: str, reason: str = "stopped by an operator") -> None:
-        """`fedstep stop`: abort a running run and tell its clients it ended."""
+    def stop(self, run_id: str, reason: str = "stopped by an operator") -> str:
+        """`fedstep stop`: abort a running run (no round of it is aggregated or published after this,
+        no agent trains or uploads for it) and tell its clients it ended; what `fedstep stop` prints
+        (the rounds completed and the round in flight)."""
         from fedstep.cli.operate import stop_run
 
-        stop_run(
-            self._view(run_id), self.stack.outputs, self.stack.client("stepfunctions"), self.stack.client("sns"), reason
-        )
+        sfn, sns = self.stack.client("stepfunctions"), self.stack.client("sns")
+        return stop_run(self._view(run_id), self.stack.outputs, sfn, sns, self._table(), reason).text()
 
     def download(self, run_id: str, round: int | None = None, out: str | Path | None = None) -> Path:
         """`fedstep download`: the global model after `round` (default the last completed; 0 the

@@ -110,6 +110,14 @@ class Aggregation(Construct):
         )
         role.add_to_policy(
             iam.PolicyStatement(
+                sid="CommitOnlyRunsNotStopped",  # a round's commit checks the run's stop marker (a transaction)
+                actions=["dynamodb:ConditionCheckItem"],
+                resources=[table.table_arn],
+                conditions=secure.partitions("StringLike", [f"{keys.STOP_PK_PREFIX}*"]),
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
                 sid="PutFeedback",  # why a client's update was rejected, in that client's feedback partition
                 actions=["dynamodb:PutItem"],
                 resources=[table.table_arn],

@@ -7,6 +7,7 @@
 | write | its own prefix `updates/<client id>/` |
 | put items | its own partition `CLIENT#<id>` (`LeadingKeys`): update, decline, evaluation, failure, heartbeat items |
 | get an item | its own feedback partition `FEEDBACK#<client id>` (why its last update in each run was rejected) |
+| get an item | a run's stop marker `STOP#<run id>` (`fedstep stop`: the run's reason and time, nothing else) |
 | decrypt, generate data keys | the stack's key, only through S3 and SQS in the stack's region (`kms:ViaService`) |
 
 No client role can write a run record, a round record, another client's item or file, or its own
@@ -30,7 +31,7 @@ from constructs import Construct
 from fedstep.core import keys
 from fedstep.core.schemas import DeclineItem, EvalItem, FailureItem, Heartbeat, UpdateItem
 from infra.config import ClientConfig
-from infra.secure import acknowledge, reference_name
+from infra.secure import acknowledge, partitions, reference_name
 
 UPDATE_ITEM_ATTRIBUTES = sorted(
     {keys.PK, keys.SK, "schema", "kind", *(f.name for f in fields(UpdateItem)), *(f.name for f in fields(DeclineItem))}
@@ -133,6 +134,12 @@ class ClientAccess(Construct):
                     actions=["dynamodb:GetItem"],
                     resources=[table.table_arn],
                     conditions=_own_partition(keys.feedback_pk(client.id)),
+                ),
+                iam.PolicyStatement(
+                    sid="ReadStopMarkers",  # the agent neither trains nor uploads for a stopped run
+                    actions=["dynamodb:GetItem"],
+                    resources=[table.table_arn],
+                    conditions=partitions("StringLike", [f"{keys.STOP_PK_PREFIX}*"]),
                 ),
                 iam.PolicyStatement(
                     sid="UseStackKey",

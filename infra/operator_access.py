@@ -10,6 +10,7 @@ download/report/cost/clients` need, and nothing a client or the aggregation func
 | write | a run's architecture and simulated partition, what it starts from (`global-initial`, `global-resumed`, |
 |       | `state-resumed`), model cards (`fedstep promote`) and the approved-model registry (`registry/*`) |
 | put items | run records only: a run record's attributes, never in a client's (`CLIENT#`) or feedback partition |
+| put items | stop markers (`fedstep stop`): a stop marker's attributes, only in a stop partition (`STOP#<run id>`) |
 | read items | the whole table (runs, rounds, heartbeats, evaluations, feedback) |
 | publish | the round topic (`fedstep evaluate`, and the run-ended message of `fedstep stop`) |
 | generate data keys, decrypt | the stack's key, through S3 and SNS only |
@@ -35,7 +36,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 from fedstep.core import keys
-from fedstep.core.schemas import RunRecord
+from fedstep.core.schemas import RunRecord, RunStop
 from infra.config import DeploymentConfig
 from infra.secure import CLIENT_PARTITIONS, acknowledge, logical_id, partitions
 
@@ -49,6 +50,8 @@ OPERATOR_WRITES = (
 """The S3 keys the operator writes (`fedstep start`, `fedstep local`, `fedstep promote`)."""
 RUN_RECORD_ATTRIBUTES = sorted({keys.PK, keys.SK, "schema", "kind", *(f.name for f in fields(RunRecord))})
 """A run record's attributes: what the operator's items may hold (a round record's may not pass)."""
+STOP_ATTRIBUTES = sorted({keys.PK, keys.SK, "schema", "kind", *(f.name for f in fields(RunStop))})
+"""A stop marker's attributes (`fedstep stop`), written only in a stop partition (`STOP#<run id>`)."""
 
 
 class OperatorAccess(Construct):
@@ -121,6 +124,15 @@ class OperatorAccess(Construct):
                     conditions={
                         **partitions("StringNotLike", CLIENT_PARTITIONS),
                         "ForAllValues:StringEquals": {"dynamodb:Attributes": RUN_RECORD_ATTRIBUTES},
+                    },
+                ),
+                iam.PolicyStatement(
+                    sid="StopRuns",
+                    actions=["dynamodb:PutItem"],
+                    resources=[table.table_arn],
+                    conditions={
+                        **partitions("StringLike", [f"{keys.STOP_PK_PREFIX}*"]),
+                        "ForAllValues:StringEquals": {"dynamodb:Attributes": STOP_ATTRIBUTES},
                     },
                 ),
                 iam.PolicyStatement(sid="MessageClients", actions=["sns:Publish"], resources=[topic.topic_arn]),

@@ -12,6 +12,7 @@ from typing import Any
 
 from fedstep import SCHEMA_VERSION
 from fedstep.core import keys, limits
+from fedstep.core.errors import RunStopped
 from fedstep.core.ports import RangeRead
 from fedstep.core.schemas import (
     ROUND_AGGREGATED,
@@ -20,6 +21,7 @@ from fedstep.core.schemas import (
     ROUND_REPORTED,
     ObjectRef,
     RunRecord,
+    RunStop,
     is_completed,
 )
 
@@ -159,6 +161,14 @@ class MemoryTable:
     def get_round(self, run_id: str, round_number: int) -> dict[str, Any] | None:
         return self.get(keys.round_item_key(run_id, round_number))
 
+    def get_stop(self, run_id: str) -> RunStop | None:
+        item = self.get(keys.stop_item_key(run_id))
+        return RunStop.parse(item) if item else None
+
+    def put_stop(self, stop: RunStop) -> None:
+        """What `fedstep stop` writes first."""
+        self.put(stop.to_item())
+
     def open_round(
         self,
         run_id: str,
@@ -218,7 +228,10 @@ class MemoryTable:
 
     def complete_round(self, item: dict[str, Any], claim_id: str) -> bool:
         key = {keys.PK: item[keys.PK], keys.SK: item[keys.SK]}
-        return None is not self._update(key, self._held_by(claim_id), dict(item), ("lease_until",))
+        with self.lock:  # one transaction: the claim holds and the run has no stop marker
+            if self.get(keys.stop_item_key(item[keys.PK])) is not None:
+                raise RunStopped(f"run {item[keys.PK]} was stopped: round {item.get('round')} is not committed")
+            return None is not self._update(key, self._held_by(claim_id), dict(item), ("lease_until",))
 
     def count_release(self, run_id: str, round_number: int, claim_id: str) -> int | None:
         key = keys.round_item_key(run_id, round_number)

@@ -227,8 +227,9 @@ def test_the_agent_sends_nothing_but_its_update_its_item_and_its_heartbeat(local
     data = local_cloud.client("s3").get_object(Bucket=uploads[0]["Bucket"], Key=uploads[0]["Key"])["Body"].read()
     assert set(tensors.decode(data)) == set(weights)  # the update, under the global model's names
     reads = [p["Key"] for service, op, p in calls if op == "GetItem"]
-    own_feedback = keys.rejection_item_key("client-1", run.run_id)
-    assert reads == [{"pk": {"S": own_feedback["pk"]}, "sk": {"S": own_feedback["sk"]}}]  # its run's feedback only
+    own_feedback, stop_marker = keys.rejection_item_key("client-1", run.run_id), keys.stop_item_key(run.run_id)
+    # its run's stop marker (before training and before the upload) and its feedback, nothing else
+    assert reads == [{k: {"S": v} for k, v in key.items()} for key in (stop_marker, own_feedback, stop_marker)]
     assert set(tensors.read_metadata(data)) == WHAT_LEAVES["update file metadata"]
     for dtype in (np.float32, np.float64):  # no trace of the local data's values
         assert np.array(42, dtype).tobytes() not in data

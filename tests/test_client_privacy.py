@@ -34,6 +34,7 @@ from fedstep.core.schemas import (
     Heartbeat,
     ObjectRef,
     RoundMessage,
+    RunStop,
     TrainingConfig,
     UpdateItem,
     parse_client_item,
@@ -404,3 +405,35 @@ def test_the_budget_counts_every_run_on_the_same_data_a_resumed_one_too(tmp_path
     # a budget the earlier run used up: the resumed run's first round is declined
     resumed = World(tmp_path).agent(dp_epsilon_budget=spent * 1.5)
     assert resumed.handle(message(1, DP, run_id="run-1-r1")) is Outcome.DECLINED
+
+
+def test_an_agent_whose_role_cannot_read_stop_markers_warns_once_and_serves(tmp_path, caplog):
+    """A stack deployed before `fedstep stop` wrote markers: the client role has no grant for them.
+    The agent says so once and serves (the server still refuses a stopped run's rounds)."""
+    world = World(tmp_path)
+    readable = world.table.get_item
+
+    def get_item(key: dict) -> dict | None:
+        if key["pk"].startswith(keys.STOP_PK_PREFIX):
+            raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "denied"}}, "GetItem")
+        return readable(key)
+
+    world.table.get_item = get_item
+    a = world.agent()
+    assert a.handle(message(1, {})) is Outcome.SERVED
+    assert a.handle(message(2, {})) is Outcome.SERVED
+    warned = [r for r in caplog.records if "cannot read whether run run-1 was stopped" in r.getMessage()]
+    assert len(warned) == 1 and "AccessDeniedException" in warned[0].getMessage()
+
+
+def test_an_agent_skips_the_round_of_a_stopped_run_and_says_why(tmp_path, caplog):
+    world = World(tmp_path)
+    world.table.put(RunStop("run-1", "wrong learning rate", "2026-12-06T16:40:00.000+00:00").to_item())
+    a = world.agent()
+    assert a.handle(message(1, {})) is Outcome.STALE and a.handle(message(2, {})) is Outcome.STALE
+    assert world.trained == [] and not [k for k in world.s3.objects if k.startswith("updates/")]
+    [said] = [r.getMessage() for r in caplog.records if "skipped (not trained)" in r.getMessage()]
+    assert said == (
+        "round 1 of run-1 skipped (not trained): the run was stopped at 2026-12-06T16:40:00.000+00:00: "
+        "wrong learning rate"
+    )

@@ -129,16 +129,18 @@ def test_sns_publishes_each_round_and_the_run_end_and_delivers_to_each_selected_
 
 def test_dynamodb_write_and_read_units_of_rounds_items_and_heartbeats():
     est = estimate(small_run())
-    # server per round: open (2 KB: 2) + claim (2) + complete and mark reported (1.5 KB: 2 each) = 8; the run record 2
+    # server per round: open (2 KB: 2) + claim (2) + complete, a transaction (1.5 KB: 2 x 2) with the stop marker's
+    # check (2), + mark reported (2) = 12; the run record 2
     # clients: per round an update item and 2 heartbeats = 3, plus floor(100 / 60) = 1 periodic heartbeat
-    assert est.usage["ddb.wru"] == pytest.approx(2 * 8 + 2 + 3 * (2 * 3 + 1))
-    # server: publish reads the run (1), the previous round (round 2: 1) and the 3 clients' heartbeats
-    # (select_online: 3); each of the 3 stream invocations reads the round (1), the run (1) and the 3 selected
-    # clients' updates (3); clients read their run's feedback each round and when the run ends
-    assert est.usage["ddb.rru"] == pytest.approx((1 + 3 + 15) + (2 + 3 + 15) + 3 * (2 + 1))
+    assert est.usage["ddb.wru"] == pytest.approx(2 * 12 + 2 + 3 * (2 * 3 + 1))
+    # server: publish reads the run (1), the previous round (round 2: 1), the stop marker (1) and the 3 clients'
+    # heartbeats (select_online: 3); each of the 3 stream invocations reads the round (1), the run (1), the stop
+    # marker (1) and the 3 selected clients' updates (3); clients read the stop marker twice and their run's
+    # feedback each round, and the feedback when the run ends
+    assert est.usage["ddb.rru"] == pytest.approx((2 + 3 + 18) + (3 + 3 + 18) + 3 * (2 * 3 + 1))
     assert est.usage["ddb.stream_read_lambda"] == pytest.approx(6)
     assert est.usage.by_service()["DynamoDB"] == pytest.approx(
-        usd("ddb.wru", 39) + usd("ddb.rru", 48) + usd("ddb.storage_gb_month", est.usage["ddb.storage_gb_month"])
+        usd("ddb.wru", 47) + usd("ddb.rru", 68) + usd("ddb.storage_gb_month", est.usage["ddb.storage_gb_month"])
     )
     waiting = estimate(small_run(select_online=False))  # no heartbeats read at publication
     assert waiting.usage["ddb.rru"] == pytest.approx(est.usage["ddb.rru"] - 2 * 3)

@@ -18,7 +18,16 @@ import pytest
 from aws_cdk.assertions import Template
 
 from fedstep.core import keys
-from fedstep.core.schemas import DeclineItem, Feedback, Heartbeat, ObjectRef, RunRecord, TrainingConfig, UpdateItem
+from fedstep.core.schemas import (
+    DeclineItem,
+    Feedback,
+    Heartbeat,
+    ObjectRef,
+    RunRecord,
+    RunStop,
+    TrainingConfig,
+    UpdateItem,
+)
 from fedstep.local.iam.policy import ALLOW, IMPLICIT_DENY, evaluate, put_item_context, resolve
 from infra.client_group import CLIENTS_PER_GROUP
 from infra.config import MAX_CLIENTS, ClientConfig, ConfigError, DeploymentConfig
@@ -202,6 +211,7 @@ def test_a_clients_role_may_put_items_only_in_its_own_partition(template):
         "another client's decline": replace(decline, client_id="org-b").to_item()
         | keys.update_item_key("run-1", 1, "org-b"),
         "its own feedback": Feedback("org-a", "run-1", 1, "0" * 64, "forged", "t").to_item(),
+        "a run's stop marker": RunStop("run-1", "forged", "t").to_item(),
         "an update item with an extra attribute": {**update.to_item(), "status": "aggregated"},
     }
     for what, item in forged.items():
@@ -210,17 +220,23 @@ def test_a_clients_role_may_put_items_only_in_its_own_partition(template):
     assert evaluate(own, "dynamodb:PutItem", TABLE_ARN, with_old_values) == IMPLICIT_DENY
 
 
-def test_a_clients_role_may_read_only_its_own_feedback_and_no_other_item(template):
+def test_a_clients_role_may_read_only_its_own_feedback_and_the_runs_stop_markers_and_no_other_item(template):
     own = evaluated_policy(template, "org-a")
 
     def get(pk: str, action: str = "dynamodb:GetItem") -> str:
         return evaluate(own, action, TABLE_ARN, {"dynamodb:LeadingKeys": [pk]})
 
+    stop_marker = keys.stop_item_key("run-1")[keys.PK]
     assert get(keys.feedback_pk("org-a")) == ALLOW
+    assert get(stop_marker) == ALLOW  # whether run-1 was stopped: its agent neither trains nor uploads then
     assert get(keys.feedback_pk("org-b")) == IMPLICIT_DENY
     assert get("run-1") == IMPLICIT_DENY and get(keys.client_pk("org-b")) == IMPLICIT_DENY
     for action in ("dynamodb:Query", "dynamodb:Scan", "dynamodb:UpdateItem", "dynamodb:DeleteItem"):
         assert get(keys.feedback_pk("org-a"), action) == IMPLICIT_DENY
+        assert get(stop_marker, action) == IMPLICIT_DENY
+    assert evaluate(own, "dynamodb:GetItem", TABLE_ARN, {"dynamodb:LeadingKeys": [stop_marker, "run-1"]}) == (
+        IMPLICIT_DENY
+    )
 
 
 def test_a_clients_role_reaches_only_its_own_queue_and_prefix(template):

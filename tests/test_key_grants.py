@@ -30,6 +30,7 @@ from fedstep.core.schemas import (
     Heartbeat,
     ObjectRef,
     RunRecord,
+    RunStop,
     TrainingConfig,
     UpdateItem,
 )
@@ -86,6 +87,7 @@ WRITES = [
     Write(
         keys.last_rejection_item_key, ("aggregation",), item=Feedback(CLIENT, RUN, 1, "0" * 64, "nan", T).to_items()[1]
     ),
+    Write(keys.stop_item_key, ("operator",), item=RunStop(RUN, "wrong learning rate", T).to_item()),
 ]
 
 

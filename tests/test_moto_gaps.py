@@ -786,6 +786,41 @@ def test_the_iam_shim_evaluates_the_table_and_the_partition_a_request_writes(mot
     assert (denial.action, denial.resource) == ("dynamodb:PutItem", TABLE_ARN)
 
 
+def test_the_iam_shim_asks_each_item_of_a_transaction_as_its_own_action(moto_server):
+    """TransactWriteItems has no IAM action of its own: each item is asked as PutItem, UpdateItem,
+    DeleteItem or ConditionCheckItem on its partition (the aggregation function commits a round in
+    one transaction with the check of the run's stop marker)."""
+    gaps.IAM_ENFORCEMENT.apply()
+    own_partition_writes(moto_server)  # the table, and the role "caller" allowed PutItem in "own" only
+    role = client("iam", moto_server).get_role(RoleName="caller")["Role"]["Arn"]
+    c = client("sts", moto_server).assume_role(RoleArn=role, RoleSessionName="caller")["Credentials"]
+    session = boto3.Session(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"], region_name=REGION)
+    caller = session.client("dynamodb", endpoint_url=moto_server)
+
+    def put(pk: str) -> dict[str, Any]:
+        return {"Put": {"TableName": "canary", "Item": {"pk": {"S": pk}, "n": {"N": "1"}}}}
+
+    check = {
+        "ConditionCheck": {
+            "TableName": "canary",
+            "Key": {"pk": {"S": "own"}},
+            "ConditionExpression": "attribute_exists(pk)",
+        }
+    }
+    gaps.moto_server.moto_api_raw(moto_server, "reset-auth", b"0")
+    try:
+        outcomes = {
+            what: raised(lambda items=items: caller.transact_write_items(TransactItems=items))
+            for what, items in {"own": [put("own")], "another": [put("own"), put("another")], "check": [check]}.items()
+        }
+    finally:
+        gaps.moto_server.moto_api_raw(moto_server, "reset-auth", b"inf")
+    assert outcomes["own"] is None
+    assert "AccessDeniedException" in str(outcomes["another"]) and "AccessDeniedException" in str(outcomes["check"])
+    refused = [(d.action, d.resource) for d in gaps.IAM_ENFORCEMENT.denials[-2:]]
+    assert refused == [("dynamodb:PutItem", TABLE_ARN), ("dynamodb:ConditionCheckItem", TABLE_ARN)]
+
+
 # -- 12. Step Functions' role ----------------------------------------------------------------------
 
 

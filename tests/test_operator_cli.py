@@ -6,17 +6,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
+import time
 from datetime import datetime
 
 import numpy as np
 import pytest
 
-from client_agent.agent import Agent
+from client_agent.agent import Agent, Outcome
 from client_agent.training import FunctionTrainer
 from fedstep.aws.adapters import DynamoRoundTable
-from fedstep.core import tensors
-from tests.cloud_helpers import agent_config, drain_queues, fedstep, wait_for_execution
+from fedstep.core import keys, tensors
+from fedstep.core.clock import utc_now
+from fedstep.core.errors import RunStopped
+from fedstep.core.schemas import RunStop
+from fedstep.local import gaps
+from tests.cloud_helpers import agent_config, drain_queues, fedstep, published_round, serve, wait_for_execution
 
 
 def round_rows(text: str) -> list[list[str]]:
@@ -172,17 +178,154 @@ def test_stop_aborts_a_running_run_and_tells_its_clients(local_cloud, finished_r
     run_id = started.stdout.split("started run ", 1)[1].split()[0]
     result = fedstep(local_cloud, "stop", run_id, "--reason", "wrong learning rate")
     assert result.returncode == 0, result.stderr
-    assert f"stopped run {run_id}; 0 of 2 rounds completed; its clients were told" in result.stdout
+    assert result.stdout.startswith(f"stopped run {run_id}; 0 of 2 rounds completed; ")
+    assert result.stdout.rstrip().endswith("; its clients were told")
     arn = local_cloud.outputs.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{run_id}"
     assert wait_for_execution(local_cloud, arn, timeout_s=30)["status"] == "ABORTED"
     sqs = local_cloud.client("sqs")
-    for url in local_cloud.outputs.queues.values():  # each client: its round 1 message, then run_ended
+    for url in local_cloud.outputs.queues.values():  # each client: (its round 1 message, then) run_ended
         bodies = [json.loads(m["Body"]) for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]]
         assert {"type": "run_ended", "run_id": run_id, "reason": "stopped"}.items() <= bodies[-1].items()
     again = fedstep(local_cloud, "stop", run_id)
     assert again.returncode == 2 and f"run {run_id} is not running (it is ABORTED)" in again.stderr
     status = fedstep(local_cloud, "status", run_id)
     assert status.stdout.startswith(f"run {run_id}: ABORTED (stopped), round 0 of 2")
+    assert re.search(r"^stopped at 20\S+: wrong learning rate$", status.stdout, re.MULTILINE), status.stdout
+    as_json = json.loads(fedstep(local_cloud, "status", run_id, "--json").stdout)
+    assert (as_json["stop_reason"], as_json["stop"]["reason"]) == ("stopped", "wrong learning rate")
+    drain_queues(local_cloud)
+
+
+def client_agent(cloud, client_id, tmp_path, train=nudge) -> Agent:
+    """An agent of `client_id` in this process, with a small in-memory data set and `train`."""
+    n = 10 if client_id == "client-1" else 30
+    x = np.zeros((n, 64), np.float32)
+    config = agent_config(cloud, client_id, tmp_path, data="in-memory", heartbeat_s=0)
+    trainer = FunctionTrainer(train, ((x, np.zeros(n)), (x[:2], np.zeros(2))), "tests:nudge")
+    return Agent(config, trainer, session=cloud.session(client_id))
+
+
+def poll_until_the_run_ends(a: Agent) -> list[Outcome]:
+    """What the agent does with each message until the run-ended one (as `fedstep-client run` does)."""
+    outcomes: list[Outcome] = []
+    for _ in range(60):
+        outcome = a.poll_once()
+        if outcome is not None:
+            outcomes.append(outcome)
+        if outcome is Outcome.RUN_ENDED:
+            return outcomes
+    raise AssertionError(f"{a.config.client_id}: no run-ended message ({outcomes})")
+
+
+def started_run(cloud) -> str:
+    """`fedstep start` of a 2-round run whose round 1 is open (published), no agent serving it yet."""
+    drain_queues(cloud)
+    started = fedstep(cloud, "start", "--model", MODEL, "--rounds", "2", "--round-timeout", "300")
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.split("started run ", 1)[1].split()[0]
+    published_round(cloud, run_id, 1)
+    return run_id
+
+
+def uploaded(cloud, run_id: str, client_id: str) -> bool:
+    """Whether the client's update for round 1 (its file or its item) reached the cloud."""
+    table = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb"))
+    if table.get_updates(run_id, 1, [client_id]):
+        return True
+    return bool(objects(cloud, keys.update_key(run_id, 1, client_id)))
+
+
+def objects(cloud, prefix: str) -> list[str]:
+    """The keys under `prefix` in the model registry."""
+    listed = cloud.client("s3").list_objects_v2(Bucket=cloud.outputs.bucket, Prefix=prefix)
+    return [o["Key"] for o in listed.get("Contents", [])]
+
+
+def test_a_late_agent_never_trains_or_uploads_for_a_stopped_run_and_no_round_is_aggregated(local_cloud, tmp_path):
+    """The issue's case: one agent down, `fedstep start --rounds 2`, `fedstep stop`, then that agent
+    starts. It skips the round without training, uploads nothing, and round 1 is never aggregated."""
+    run_id = started_run(local_cloud)
+    assert serve(client_agent(local_cloud, "client-1", tmp_path)) is Outcome.SERVED  # on time: its update is in
+    stopped = fedstep(local_cloud, "stop", run_id, "--reason", "wrong learning rate")
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.strip() == (
+        f"stopped run {run_id}; 0 of 2 rounds completed; round 1 was open with 1 of 2 updates received "
+        "(client-1): it is not aggregated; its clients were told"
+    )
+    trained = []
+    late = client_agent(local_cloud, "client-2", tmp_path, lambda *args: trained.append(args) or nudge(*args))
+    assert poll_until_the_run_ends(late) == [Outcome.STALE, Outcome.RUN_ENDED]  # round 1 skipped, then the end
+    gaps.wait_for_stream_batches()
+    assert trained == [] and not uploaded(local_cloud, run_id, "client-2")
+    table = DynamoRoundTable(local_cloud.outputs.table, local_cloud.client("dynamodb"))
+    assert table.list_rounds(run_id) == [] and table.get_round(run_id, 1)["status"] == "open"
+    status = fedstep(local_cloud, "status", run_id)
+    assert status.stdout.startswith(f"run {run_id}: ABORTED (stopped), round 0 of 2")
+    assert "no round completed yet" in status.stdout and ": wrong learning rate\n" in status.stdout
+
+
+def test_an_update_that_arrives_after_the_stop_is_never_aggregated_or_published(local_cloud, tmp_path):
+    """An agent that does not check (one from before stop markers, or whose check came just before the
+    stop) uploads after the stop: every selected update is in, and still no round is aggregated."""
+    run_id = started_run(local_cloud)
+    assert serve(client_agent(local_cloud, "client-1", tmp_path)) is Outcome.SERVED
+    assert fedstep(local_cloud, "stop", run_id).returncode == 0
+    unchecking = client_agent(local_cloud, "client-2", tmp_path)
+    unchecking._stop_of = lambda run: None  # as if it could not know
+    assert poll_until_the_run_ends(unchecking) == [Outcome.SERVED, Outcome.RUN_ENDED]
+    gaps.wait_for_stream_batches()
+    assert uploaded(local_cloud, run_id, "client-2")  # every selected client's update is in
+    table = DynamoRoundTable(local_cloud.outputs.table, local_cloud.client("dynamodb"))
+    assert table.list_rounds(run_id) == [] and table.get_round(run_id, 1)["status"] == "open"
+    assert table.get_round(run_id, 2) is None  # round 2 was never published
+    assert (
+        objects(local_cloud, keys.round_prefix(run_id, 1)) == objects(local_cloud, keys.round_prefix(run_id, 2)) == []
+    )
+
+
+def test_an_agent_training_when_the_run_is_stopped_does_not_upload_its_update(local_cloud, tmp_path):
+    """The stop comes while the agent trains: it checks again before the upload, and its update stays home."""
+    run_id = started_run(local_cloud)
+    training, go_on = threading.Event(), threading.Event()
+
+    def slow(model, data, config):
+        training.set()
+        assert go_on.wait(120)
+        return nudge(model, data, config)
+
+    a = client_agent(local_cloud, "client-1", tmp_path, slow)
+    thread = threading.Thread(target=a.run, daemon=True)
+    thread.start()
+    assert training.wait(120)
+    stopped = fedstep(local_cloud, "stop", run_id, "--reason", "stopped mid-round")
+    go_on.set()
+    thread.join(timeout=120)
+    assert not thread.is_alive()  # it saw the run end
+    assert "round 1 was open with 0 of 2 updates received: it is not aggregated" in stopped.stdout
+    assert a.last_report is None and not uploaded(local_cloud, run_id, "client-1")
+    drain_queues(local_cloud)
+
+
+def test_a_commit_after_the_stop_is_refused_in_the_same_transaction_and_the_stop_says_so(local_cloud):
+    """The stop lands while the function holds round 1's claim: its commit (under its own role, with
+    IAM enforced) is refused as RunStopped and changes nothing; `fedstep stop` says the round was
+    being aggregated and will not be committed."""
+    run_id = started_run(local_cloud)
+    name = local_cloud.outputs.table
+    function = DynamoRoundTable(name, local_cloud.client("dynamodb", "aggregation"))
+    operator = DynamoRoundTable(name, local_cloud.client("dynamodb", "operator"))
+    now = time.time()
+    record = function.claim_round(run_id, 1, "c0ffee", now, now + 300)
+    assert record is not None
+    assert operator.put_stop(RunStop(run_id, "stopped mid-aggregation", utc_now()))
+    summary = {**keys.round_item_key(run_id, 1), "kind": "round", "round": 1, "status": "reported"}
+    with pytest.raises(RunStopped, match="round 1 is not committed"):
+        function.complete_round(summary, "c0ffee")
+    assert function.get_round(run_id, 1)["status"] == "claimed" and function.list_rounds(run_id) == []
+    stopped = fedstep(local_cloud, "stop", run_id)  # the marker written above stays; the stop goes on
+    assert stopped.returncode == 0, stopped.stderr
+    assert "round 1 was being aggregated from 0 of 2 updates received: it is not committed" in stopped.stdout
+    assert ": stopped mid-aggregation" in fedstep(local_cloud, "status", run_id).stdout
     drain_queues(local_cloud)
 
 
@@ -219,51 +362,6 @@ def test_a_run_file_with_a_mistake_is_refused_with_the_field_named(local_cloud, 
     run_file.write_text(json.dumps({"model": MODEL, "round": 3}))
     result = fedstep(local_cloud, "start", "--run-file", str(run_file))
     assert result.returncode == 2 and "unknown field(s) ['round']" in result.stderr
-
-
-def _run_view(rounds_done: int, status: str = "RUNNING"):
-    from datetime import UTC, datetime
-
-    from fedstep.cli.run_view import Execution, RunView
-    from fedstep.core.schemas import ObjectRef, RoundSummary, RunRecord, TrainingConfig
-
-    clients = ["client-1", "client-2"]
-    record = RunRecord("run-x", clients, 50, TrainingConfig(), "fedavg", "2026-11-21T12:00:00Z")
-    summaries = [
-        RoundSummary(
-            run_id="run-x",
-            round=r,
-            selected=clients,
-            participants=clients,
-            num_examples=20,
-            rejected=[],
-            metrics={},
-            global_model=ObjectRef(f"runs/run-x/rounds/{r:05d}/global.safetensors", "0" * 64, 1),
-            duration_s=1.0,
-            aggregation_s=0.1,
-            completed_at="2026-11-21T12:00:00Z",
-        )
-        for r in range(1, rounds_done + 1)
-    ]
-    return RunView("run-x", record, Execution(status, datetime.now(UTC), None, {}), summaries)
-
-
-def test_stop_reports_the_rounds_completed_as_of_the_stop_not_before_it(monkeypatch, capsys):
-    """`fedstep stop run-x` read the run at round 3; round 4 completed before the stop took effect, and
-    `fedstep status` then shows round 4: stop says 4, not 'after 3 of 50 rounds'."""
-    import fedstep.cli as cli
-    import fedstep.cli.operate as operate
-
-    reads = iter([_run_view(3), _run_view(4, "ABORTED")])
-    stopped = []
-    monkeypatch.setattr(cli, "_Stack", lambda args: type("S", (), {"outputs": None, "client": lambda self, s: s})())
-    monkeypatch.setattr(cli, "_view", lambda stack, run_id: next(reads))
-    monkeypatch.setattr(operate, "stop_run", lambda view, *rest: stopped.append(view.last_round))
-    assert cli.main(["stop", "run-x"]) == 0
-    assert stopped == [3]
-    out = capsys.readouterr().out
-    assert "stopped run run-x; 4 of 50 rounds completed; its clients were told" in out
-    assert "after 3" not in out
 
 
 @pytest.mark.parametrize(

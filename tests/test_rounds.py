@@ -6,13 +6,15 @@ import numpy as np
 import pytest
 
 from fedstep.core import keys
+from fedstep.core.errors import RunStopped
 from fedstep.core.rounds import (
     AggregationSettings,
     QuorumNotMet,
     RoundBusy,
     TooFewParticipants,
 )
-from fedstep.core.schemas import Feedback
+from fedstep.core.schemas import Feedback, RunStop
+from tests.memory_ports import MemoryTable
 from tests.round_world import GLOBAL, RUN, World, make_world
 
 
@@ -253,3 +255,56 @@ def test_with_select_online_off_every_sampled_client_is_selected_whatever_its_he
     world.table.put(_beat("c", "stopped"))
     world.publish()
     assert world.table.get_round(RUN, 1)["selected"] == ["a", "b", "c"]
+
+
+# -- a stopped run (`fedstep stop` writes the stop marker first) ------------------------------------
+
+
+def stop(world: World) -> None:
+    world.table.put_stop(RunStop(RUN, "wrong learning rate", "2026-11-21T00:05:00+00:00"))
+
+
+def test_updates_that_arrive_after_the_stop_are_never_aggregated(world):
+    stop(world)
+    world.report("a", 1.0, 10)
+    world.report("b", 4.0, 30)
+    assert world.complete() is None
+    record = world.table.get_round(RUN, 1)
+    assert record["status"] == "open" and "global_model" not in record
+    assert world.reporter.successes == [] and world.reporter.failures == []
+    assert not [k for k in world.store.objects if k.startswith(keys.round_prefix(RUN, 1))]
+
+
+def test_a_round_being_aggregated_when_the_stop_comes_is_not_committed_and_leaves_no_model():
+    """The stop lands between the claim and the commit: the commit (one transaction with the marker's
+    check) is refused, the model and state it wrote are deleted, the claim goes back, nobody is told."""
+
+    class StoppedMidway(MemoryTable):
+        def claim_round(self, *args, **kwargs):
+            claimed = super().claim_round(*args, **kwargs)
+            self.put_stop(RunStop(RUN, "stopped mid-aggregation", "2026-11-21T00:05:00+00:00"))
+            return claimed
+
+    world = make_world()
+    world.table = StoppedMidway(world.run)
+    world.publish()
+    world.report("a", 1.0, 10)
+    world.report("b", 4.0, 30)
+    assert world.complete() is None
+    record = world.table.get_round(RUN, 1)
+    assert record["status"] == "open" and "claim_id" not in record and "global_model" not in record
+    written = [k for k in world.store.puts if k.startswith(keys.round_prefix(RUN, 1))]
+    assert written and not [k for k in written if k in world.store.objects]  # deleted: nothing readable
+    assert world.reporter.successes == [] and world.reporter.failures == []
+
+
+def test_after_the_stop_no_round_is_published_and_the_deadline_aggregates_nothing(world):
+    world.report("a", 1.0, 10)
+    stop(world)
+    with pytest.raises(RunStopped, match="wrong learning rate"):
+        world.at_deadline()
+    assert world.table.get_round(RUN, 1)["status"] == "open"
+    sent = len(world.publisher.messages)
+    with pytest.raises(RunStopped, match="round 2 is not published"):
+        world.publish(2, token="tok-2")
+    assert len(world.publisher.messages) == sent and world.table.get_round(RUN, 2) is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -14,6 +15,7 @@ from fedstep import SCHEMA_VERSION
 from fedstep.aws.ddb import Items, conditional, from_attributes, to_attributes
 from fedstep.aws.errors import error_code
 from fedstep.core import keys
+from fedstep.core.errors import RunStopped
 from fedstep.core.ports import RangeRead
 from fedstep.core.schemas import (
     ROUND_AGGREGATED,
@@ -23,9 +25,13 @@ from fedstep.core.schemas import (
     Heartbeat,
     ObjectRef,
     RunRecord,
+    RunStop,
 )
 
 log = logging.getLogger(__name__)
+
+TRANSACTION_TRIES = 3
+"""How often a round's commit is tried when a concurrent write to its record cancels the transaction."""
 
 
 class S3ModelStore:
@@ -174,6 +180,28 @@ class DynamoRoundTable(Items):
                 return items
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
+    def _update_request(
+        self,
+        key: dict[str, str],
+        sets: dict[str, Any],
+        condition: str,
+        values: dict[str, Any],
+        removes: tuple[str, ...] = (),
+        extra_sets: str = "",
+    ) -> dict[str, Any]:
+        """The parameters of an UpdateItem setting `sets` (attribute -> value) when `condition` holds."""
+        names = {f"#a{i}": name for i, name in enumerate(sets)} | {"#s": "status"}
+        assignments = [f"#a{i} = :v{i}" for i in range(len(sets))] + ([extra_sets] if extra_sets else [])
+        expression = "SET " + ", ".join(assignments) + (f" REMOVE {', '.join(removes)}" if removes else "")
+        return {
+            "TableName": self.name,
+            "Key": to_attributes(key),
+            "UpdateExpression": expression,
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": to_attributes({f":v{i}": v for i, v in enumerate(sets.values())} | values),
+        }
+
     def _update(
         self,
         key: dict[str, str],
@@ -185,19 +213,8 @@ class DynamoRoundTable(Items):
     ) -> dict[str, Any] | None:
         """UpdateItem setting `sets` (attribute -> value) when `condition` holds: the item as
         updated, or None if the condition did not hold."""
-        names = {f"#a{i}": name for i, name in enumerate(sets)} | {"#s": "status"}
-        assignments = [f"#a{i} = :v{i}" for i in range(len(sets))] + ([extra_sets] if extra_sets else [])
-        expression = "SET " + ", ".join(assignments) + (f" REMOVE {', '.join(removes)}" if removes else "")
-        resp = conditional(
-            self.ddb.update_item,
-            TableName=self.name,
-            Key=to_attributes(key),
-            UpdateExpression=expression,
-            ConditionExpression=condition,
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=to_attributes({f":v{i}": v for i, v in enumerate(sets.values())} | values),
-            ReturnValues="ALL_NEW",
-        )
+        request = self._update_request(key, sets, condition, values, removes, extra_sets)
+        resp = conditional(self.ddb.update_item, **request, ReturnValues="ALL_NEW")
         return from_attributes(resp["Attributes"]) if resp is not None else None
 
     def get_run(self, run_id: str) -> RunRecord | None:
@@ -206,6 +223,10 @@ class DynamoRoundTable(Items):
 
     def get_round(self, run_id: str, round_number: int) -> dict[str, Any] | None:
         return self.get_item(keys.round_item_key(run_id, round_number))
+
+    def list_round_records(self, run_id: str) -> list[dict[str, Any]]:
+        """Every round record of the run, open, claimed or completed, in round order."""
+        return self._query_prefix(run_id, keys.ROUND_PREFIX)
 
     def open_round(
         self,
@@ -269,15 +290,44 @@ class DynamoRoundTable(Items):
             removes=("claim_id", "lease_until"),
         )
 
+    def put_stop(self, stop: RunStop) -> bool:
+        """Write the run's stop marker once (the operator's `fedstep stop`); False if it existed."""
+        return self.put_once(stop.to_item())
+
     def complete_round(self, item: dict[str, Any], claim_id: str) -> bool:
+        """One transaction: the summary, on condition that the claim holds the round and that the run
+        has no stop marker (`RunStopped` if it has). A conflict with a concurrent write to the round
+        record (another invocation trying to claim it) is retried."""
+        run_id = str(item[keys.PK])
         sets = {k: v for k, v in item.items() if k not in (keys.PK, keys.SK)}
-        return None is not self._update(
-            {keys.PK: item[keys.PK], keys.SK: item[keys.SK]},
+        update = self._update_request(
+            {keys.PK: run_id, keys.SK: item[keys.SK]},
             sets,
             "#s = :claimed AND claim_id = :claim",
             {":claimed": ROUND_CLAIMED, ":claim": claim_id},
             removes=("lease_until",),
         )
+        not_stopped = {
+            "TableName": self.name,
+            "Key": to_attributes(keys.stop_item_key(run_id)),
+            "ConditionExpression": "attribute_not_exists(pk)",
+        }
+        for attempt in range(1, TRANSACTION_TRIES + 1):
+            try:
+                self.ddb.transact_write_items(TransactItems=[{"Update": update}, {"ConditionCheck": not_stopped}])
+                return True
+            except ClientError as exc:
+                if error_code(exc) != "TransactionCanceledException":
+                    raise
+                codes = [str(r.get("Code")) for r in exc.response.get("CancellationReasons", [])]
+                if len(codes) > 1 and codes[1] == "ConditionalCheckFailed":
+                    raise RunStopped(f"run {run_id} was stopped: round {item.get('round')} is not committed") from None
+                if codes and codes[0] == "ConditionalCheckFailed":
+                    return False
+                if "TransactionConflict" not in codes or attempt == TRANSACTION_TRIES:
+                    raise
+                time.sleep(0.1 * attempt)
+        return False  # not reached: the last try returns or raises
 
     def count_release(self, run_id: str, round_number: int, claim_id: str) -> int | None:
         resp = conditional(

@@ -13,6 +13,8 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from fedstep.aws.errors import error_code
+from fedstep.core import keys
+from fedstep.core.schemas import RunStop
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -85,3 +87,7 @@ class Items:
         """The item at `key` (strongly consistent), None if there is none."""
         resp = self.ddb.get_item(TableName=self.name, Key=to_attributes(key), ConsistentRead=True)
         return from_attributes(resp["Item"]) if "Item" in resp else None
+
+    def get_stop(self, run_id: str) -> RunStop | None:
+        """The run's stop marker (`fedstep stop`), None while the run was not stopped."""
+        return RunStop.of_item(run_id, self.get_item(keys.stop_item_key(run_id)))

@@ -233,7 +233,11 @@ def _parser() -> argparse.ArgumentParser:
     stop = sub.add_parser("stop", help="stop a running run and tell its clients it ended")
     stop.add_argument("run_id")
     _stack_args(stop)
-    stop.add_argument("--reason", default="stopped by an operator", help="recorded as the execution's cause")
+    stop.add_argument(
+        "--reason",
+        default="stopped by an operator",
+        help="why: shown by `fedstep status` and to the run's agents, recorded as the execution's cause",
+    )
 
     download = sub.add_parser("download", help="a run's global model as a .keras file, ready for model.predict")
     download.add_argument("run_id", nargs="?", help="the run (not with --approved)")
@@ -457,16 +461,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
+    from fedstep.aws.adapters import DynamoRoundTable
     from fedstep.cli.operate import stop_run
 
     stack = _Stack(args)
     view = _view(stack, args.run_id)
-    stop_run(view, stack.outputs, stack.client("stepfunctions"), stack.client("sns"), args.reason)
-    after = _view(stack, args.run_id)  # a round may have completed since `view` was read
-    print(
-        f"stopped run {args.run_id}; {after.last_round} of {after.record.rounds} rounds completed; "
-        "its clients were told"
-    )
+    table = DynamoRoundTable(stack.outputs.table, stack.client("dynamodb"))
+    report = stop_run(view, stack.outputs, stack.client("stepfunctions"), stack.client("sns"), table, args.reason)
+    print(report.text())  # read after the stop took effect: a round completed meanwhile is counted
     return 0
 
 

@@ -24,7 +24,7 @@ from fedstep.core.errors import FedstepError
 from fedstep.core.label_counts import LabelCounts
 from fedstep.core.presence import presence
 from fedstep.core.rounds import selected_in
-from fedstep.core.schemas import FailureItem, Feedback, InvalidMessage, RoundSummary, RunRecord
+from fedstep.core.schemas import FailureItem, Feedback, InvalidMessage, RoundSummary, RunRecord, RunStop
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,8 @@ class RunView:
     clients without one (or with an invalid one, which is logged) are absent."""
     current: OpenRound | None = None
     """The round in progress while the run is RUNNING (None between rounds, or after the run)."""
+    stop: RunStop | None = None
+    """The run's stop marker (`fedstep stop`: when, and the operator's reason), None unless stopped."""
 
     @property
     def status(self) -> str:
@@ -169,7 +171,8 @@ def load_run(run_id: str, outputs: StackOutputs, table: DynamoRoundTable, sfn: A
     execution = describe(sfn, execution_arn(outputs, run_id))
     failures = load_failures(table, run_id, record.clients)
     current = load_open_round(table, record, failures) if execution and execution.status == "RUNNING" else None
-    return RunView(run_id, record, execution, rounds, last_rejections, failures=failures, current=current)
+    stop = table.get_stop(run_id)
+    return RunView(run_id, record, execution, rounds, last_rejections, failures=failures, current=current, stop=stop)
 
 
 def load_failures(table: DynamoRoundTable, run_id: str, client_ids: list[str]) -> dict[str, FailureItem]:

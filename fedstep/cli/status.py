@@ -224,6 +224,8 @@ def footer(view: RunView) -> list[str]:
     ex = view.execution
     if ex and ex.status == "FAILED":
         lines.append(f"failed: {ex.failure}")
+    if view.stop is not None:
+        lines.append(f"stopped at {view.stop.stopped_at or 'an unknown time'}: {view.stop.reason}")
     if met := target_met_text(view):
         lines.append(met)
     return lines
@@ -283,10 +285,11 @@ def open_round_json(view: RunView) -> dict[str, Any] | None:
 
 
 def render_status_json(view: RunView) -> str:
-    """The run and one object per round (participants, rejected, declined and clipped updates, the norm
-    bound applied, metrics, measurements, epsilon, delta and repeated noisy releases; with
-    per-client rows read, `clients`: each selected client's status, examples and own metrics); `failures`:
-    each client's last failed round in the run, as its agent reported it."""
+    """The run (with `stop`: the operator's reason and time, when it was stopped) and one object per
+    round (participants, rejected, declined and clipped updates, the norm bound applied, metrics,
+    measurements, epsilon, delta and repeated noisy releases; with per-client rows read, `clients`:
+    each selected client's status, examples and own metrics); `failures`: each client's last failed
+    round in the run, as its agent reported it."""
     ex = view.execution
     evaluated = global_evaluation(view)
     rows = [
@@ -315,6 +318,7 @@ def render_status_json(view: RunView) -> str:
         "run_id": view.run_id,
         "status": view.status,
         "stop_reason": ex.stop_reason if ex else None,
+        "stop": asdict(view.stop) if view.stop else None,
         "strategy": view.record.strategy,
         "strategy_params": view.record.strategy_params,
         "dp": asdict(view.record.dp) if view.record.dp else None,

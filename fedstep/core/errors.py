@@ -11,3 +11,8 @@ class InvalidUpdate(FedstepError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class RunStopped(FedstepError):
+    """The run was stopped (`fedstep stop`, its stop marker exists): none of its rounds may be published,
+    aggregated or committed any more."""

@@ -40,6 +40,10 @@ a run id never contains one, so the kinds cannot collide:
                                                        (server; the client may read it, and its agent does)
     FEEDBACK#{client_id}  LAST_REJECTION               a copy of the client's latest rejection in any run
                                                        (server; what `fedstep clients` shows)
+    STOP#{run_id}         STOP                         the run was stopped (`fedstep stop`; written once by the
+                                                       operator, read by the aggregation function, which
+                                                       commits no round while it exists, and by every client,
+                                                       whose agent neither trains nor uploads for the run)
 
 A client's role may write only the partition `CLIENT#{its id}` (IAM `dynamodb:LeadingKeys`, an exact
 match), so no client can write a run record, a round record, another client's items or its own
@@ -62,6 +66,8 @@ HEARTBEAT_SK = "HEARTBEAT"
 LAST_REJECTION_SK = "LAST_REJECTION"
 REJECTION_PREFIX = "REJECTION#"
 FAILURE_PREFIX = "FAILURE#"
+STOP_PK_PREFIX = "STOP#"
+STOP_SK = "STOP"
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _VERSION = re.compile(r"^[a-z0-9]{1,32}$")
@@ -277,6 +283,12 @@ def rejection_item_key(client_id: str, run_id: str) -> dict[str, str]:
 def last_rejection_item_key(client_id: str) -> dict[str, str]:
     """The client's latest rejection in any run (a copy of one `rejection_item_key` item)."""
     return {PK: feedback_pk(client_id), SK: LAST_REJECTION_SK}
+
+
+def stop_item_key(run_id: str) -> dict[str, str]:
+    """The run's stop marker, in a partition of its own (`STOP#{run_id}`): the operator's role may write
+    only such partitions' items of its kind, and a client's role may read them, nothing else of the run."""
+    return {PK: f"{STOP_PK_PREFIX}{check_id('run id', run_id)}", SK: STOP_SK}
 
 
 # -- CloudFormation outputs ----------------------------------------------------------------------

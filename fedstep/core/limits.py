@@ -59,6 +59,10 @@ MAX_ROUNDS = 99_999
 """Rounds a run may have (round numbers have five digits in keys)."""
 
 
+MAX_STOP_REASON_CHARS = 300
+"""The operator's `fedstep stop --reason`, as its stop marker keeps it (longer ones are cut)."""
+
+
 def reason(text: str, max_chars: int = MAX_REASON_CHARS) -> str:
     """`text` on one line, in ASCII (anything else becomes '?'), cut to `max_chars` ("..." marks the cut)."""
     text = " ".join(str(text).split()).encode("ascii", "replace").decode("ascii")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from fedstep.core.schemas import ObjectRef, RunRecord
+from fedstep.core.schemas import ObjectRef, RunRecord, RunStop
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,10 @@ class RoundTable(Protocol):
 
     def get_round(self, run_id: str, round_number: int) -> dict[str, Any] | None: ...
 
+    def get_stop(self, run_id: str) -> RunStop | None:
+        """The run's stop marker (`fedstep stop`), None while the run was not stopped."""
+        ...
+
     def open_round(
         self,
         run_id: str,
@@ -109,7 +113,9 @@ class RoundTable(Protocol):
         ...
 
     def complete_round(self, item: dict[str, Any], claim_id: str) -> bool:
-        """Write the round's summary if the claim `claim_id` still holds it; False otherwise."""
+        """Write the round's summary if the claim `claim_id` still holds it; False otherwise. Raises
+        `RunStopped`, writing nothing, if the run's stop marker exists: checked in the same atomic
+        write (a DynamoDB transaction), so no round is committed after a stop."""
         ...
 
     def count_release(self, run_id: str, round_number: int, claim_id: str) -> int | None:

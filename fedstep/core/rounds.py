@@ -19,6 +19,12 @@ it runs without AWS. Exactly once, by construction (DESIGN invariant 1):
    then is the round reported, to the token the server recorded. A crash between the two is
    repaired by the next invocation, which finds the summary not yet reported and reports it.
 
+**Stopped runs.** Once the operator has stopped a run (`fedstep stop` writes its stop marker first),
+none of its rounds is published or claimed, and none is committed: the commit is one transaction
+with the checks of the claim and of the marker (`RoundTable.complete_round`), so a round whose updates arrive
+after the stop, or whose aggregation was under way when it came, leaves nothing behind (its model
+and state are deleted, its claim released) and is never reported.
+
 A round that cannot be aggregated (too few valid updates, for the run or for its strategy, or an
 aggregate that is not finite) is given back (the claim released) and fails by name: QuorumNotMet,
 TooFewParticipants or InvalidAggregate; the state machine retries it or fails the run.
@@ -45,7 +51,7 @@ from fedstep import SCHEMA_VERSION
 from fedstep.core import influence, keys, limits, sliced, strategies, tensors
 from fedstep.core.clock import seconds_since, utc_now
 from fedstep.core.dp import Accountant, DPAggregation, round_epsilon
-from fedstep.core.errors import FedstepError
+from fedstep.core.errors import FedstepError, RunStopped
 from fedstep.core.ports import ModelStore, MultipartStore, Publisher, Reporter, RoundTable
 from fedstep.core.presence import away
 from fedstep.core.schemas import (
@@ -153,6 +159,9 @@ def publish_round(
     run = table.get_run(run_id)
     if run is None or run.model is None:
         raise FedstepError(f"run {run_id} has no run record with a model")
+    stop = table.get_stop(run_id)
+    if stop is not None:
+        raise RunStopped(f"run {run_id} was stopped ({stop.reason}): round {round_number} is not published")
     state = input_state(table, run, round_number)
     instructions = _instructions(run, round_number, state, store)
     chosen = choose_clients(run, round_number, table.get_heartbeats(run.clients) if run.select_online else {})
@@ -361,6 +370,9 @@ def try_complete_round(
         reporter.succeed(record["task_token"], task_output(RoundSummary.parse(record), run))
         table.mark_reported(run_id, round_number)
         return None
+    if table.get_stop(run_id) is not None:
+        log.info("round %s/%d: the run was stopped, its updates are not aggregated", run_id, round_number)
+        return None
     selected = selected_in(record, run, round_number)
     raw = table.get_updates(run_id, round_number, selected)
     if set(selected) - set(raw):
@@ -387,8 +399,13 @@ def try_complete_round(
         if _hold_for_slices(table, run_id, round_number, claim, summary):
             reporter.succeed(token, plan_output(store, summary))
         return None
-    if not _commit(store, table, summary, claim, ROUND_AGGREGATED):
-        return None  # the lease ran out and another invocation took the round over: it reports
+    try:
+        if not _commit(store, table, summary, claim, ROUND_AGGREGATED):
+            return None  # the lease ran out and another invocation took the round over: it reports
+    except RunStopped as exc:  # stopped while it was aggregated: nothing of it stays, nobody is told
+        _release(table, run_id, round_number, claim)
+        log.info("%s", exc)
+        return None
     if on_aggregated is not None:
         on_aggregated(summary)
     reporter.succeed(token, task_output(summary, run))
@@ -414,6 +431,9 @@ def complete_round_at_deadline(
     run = table.get_run(run_id)
     if run is None:
         raise FedstepError(f"run {run_id} has no run record")
+    stop = table.get_stop(run_id)
+    if stop is not None:
+        raise RunStopped(f"run {run_id} was stopped ({stop.reason}): round {round_number} is not aggregated")
     give_up = time.monotonic() + settings.wait_s
     while True:
         record = table.get_round(run_id, round_number)
@@ -445,7 +465,12 @@ def complete_round_at_deadline(
             if _hold_for_slices(table, run_id, round_number, claim, summary):
                 return plan_output(store, summary)
             continue
-        if _commit(store, table, summary, claim, ROUND_REPORTED):
+        try:
+            committed = _commit(store, table, summary, claim, ROUND_REPORTED)
+        except RunStopped:
+            _release(table, run_id, round_number, claim)
+            raise
+        if committed:
             if on_aggregated is not None:
                 on_aggregated(summary)
             return task_output(summary, run)
@@ -873,7 +898,13 @@ def assemble_round(
         aggregation_s=round(now - started, 3),
         completed_at=utc_now(),
     )
-    if not table.complete_round({**summary_item(summary), "status": ROUND_REPORTED}, plan.claim):
+    try:
+        committed = table.complete_round({**summary_item(summary), "status": ROUND_REPORTED}, plan.claim)
+    except RunStopped:
+        _discard(store, [plan.output_key])
+        _release(table, plan.run_id, plan.round, plan.claim)
+        raise
+    if not committed:
         record = table.get_round(plan.run_id, plan.round) or {}
         if not _committed(table, summary):  # another claim's model, or none: this one is an orphan
             _discard(store, [plan.output_key])

@@ -1,5 +1,5 @@
 """Wire formats: the round message, the run-ended message, the evaluate message, the update item, the
-evaluation item, the round record, the run record, the feedback and heartbeat items.
+evaluation item, the round record, the run record, the feedback and heartbeat items, the stop marker.
 
 Every format carries `schema` (an integer, `fedstep.SCHEMA_VERSION`). Parsing validates types, ranges
 and sizes (`fedstep.core.limits`) and raises `InvalidMessage` naming the first bad field, so a malformed
@@ -1024,6 +1024,49 @@ class Feedback:
             reason=_get(data, "reason", str, where),
             at=_get(data, "at", str, where),
         )
+
+
+STOP_KIND = "stop"
+
+
+@dataclass(frozen=True)
+class RunStop:
+    """The run was stopped (`fedstep stop`): its marker (`keys.stop_item_key`), written once by the
+    operator before the execution is stopped. While it exists no round of the run is published,
+    claimed or committed (the aggregation function's commit checks it in the same transaction), and
+    an agent neither trains nor uploads for the run. `reason` is the operator's `--reason` (one
+    line, at most `limits.MAX_STOP_REASON_CHARS`), shown by `fedstep status` and to the run's agents."""
+
+    run_id: str
+    reason: str
+    stopped_at: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", limits.reason(self.reason, limits.MAX_STOP_REASON_CHARS))
+
+    def to_item(self) -> dict[str, Any]:
+        return {**keys.stop_item_key(self.run_id), "schema": SCHEMA_VERSION, "kind": STOP_KIND, **asdict(self)}
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> RunStop:
+        where = "stop marker"
+        _check_schema(data, where)
+        return cls(
+            run_id=_id(data, "run_id", "run id", where),
+            reason=_short_str(data, "reason", where, limits.MAX_STOP_REASON_CHARS),
+            stopped_at=_timestamp(data, "stopped_at", where),
+        )
+
+    @classmethod
+    def of_item(cls, run_id: str, item: dict[str, Any] | None) -> RunStop | None:
+        """The stop marker read at `keys.stop_item_key(run_id)` (None: there is none, the run was not
+        stopped). A marker that cannot be parsed still means stopped: the commit's check is its existence."""
+        if item is None:
+            return None
+        try:
+            return cls.parse(item)
+        except InvalidMessage as exc:
+            return cls(run_id, f"(unreadable stop marker: {exc})", str(item.get("stopped_at", ""))[:40])
 
 
 HEARTBEAT_STATES = ("idle", "training", "declined", "stopped")

@@ -381,14 +381,16 @@ def round_shared(r: RoundFacts, run: RunFacts, a: Assumptions, transitions: floa
     u.add("lambda.request", invocations).add("lambda.gb_s", run.lambda_memory_mb / 1024 * seconds)
     # DynamoDB, all strongly consistent reads (1 RRU per 4 KB) and item writes (1 WRU per KB).
     run_rru = _units(run.run_record_bytes, 4096)
-    rru = attempts * (run_rru + (_units(r.record_bytes, 4096) if r.round > 1 else 0))  # publish: run, previous round
+    # publish: the run, the previous round, the run's stop marker (absent: 1 unit)
+    rru = attempts * (run_rru + (_units(r.record_bytes, 4096) if r.round > 1 else 0) + 1)
     if run.select_online:  # publish: each run client's heartbeat item (under 4 KB), to skip offline clients
         rru += attempts * len(run.clients)
     wru = attempts * _units(a.open_record_bytes, 1024)  # open the round
-    checks = uploads + (1 if r.at_deadline else 0)  # each stream or deadline invocation reads the round, run, updates
-    rru += checks * (_units(a.open_record_bytes, 4096) + run_rru + len(r.selected))
+    checks = uploads + (1 if r.at_deadline else 0)  # each stream or deadline invocation reads the round, run,
+    rru += checks * (_units(a.open_record_bytes, 4096) + run_rru + 1 + len(r.selected))  # stop marker, updates
     wru += _units(a.open_record_bytes, 1024)  # claim
-    wru += _units(r.record_bytes, 1024) * (1 if r.at_deadline else 2)  # complete (+ mark reported)
+    # complete: a transaction (2 units per KB) of the summary and the stop marker's check; + mark reported
+    wru += 2 * _units(r.record_bytes, 1024) + 2 + (0 if r.at_deadline else _units(r.record_bytes, 1024))
     wru += 2 * len(r.rejected)  # feedback items: the run's, and the copy as the client's latest
     u.add("ddb.rru", rru).add("ddb.wru", wru).add("ddb.stream_read_lambda", uploads)
     # S3: the input model's header and body, each update's header and body, the state; then the writes.
@@ -421,10 +423,11 @@ def client_direct(client: str, run: RunFacts, a: Assumptions) -> tuple[Usage, in
             continue
         busy_s += r.duration_s
         u.add("sqs.request", 2 + math.floor(r.duration_s / a.visibility_extend_s))  # receive, delete, extensions
-        u.add("ddb.rru", 1)  # its feedback item
+        u.add("ddb.rru", 1 + 1)  # the run's stop marker (before training), its feedback item
         u.add("ddb.wru", 1 + 2)  # its update (or decline) item; heartbeats at the start and end of the round
         if client in r.declined:
             continue
+        u.add("ddb.rru", 1)  # the run's stop marker again, before the upload
         took_part += 1 if client in r.participants else 0
         u.add("s3.get", 2)  # its update of an earlier attempt (usually absent), the global model
         downloaded = r.model_bytes

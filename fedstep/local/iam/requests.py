@@ -6,7 +6,8 @@ module says what IAM is asked instead, for the calls fedstep makes (and the obvi
 
 - DynamoDB: the table (or index) ARN; `dynamodb:LeadingKeys` (the partition keys the request
   touches), `dynamodb:Attributes` (the top-level attributes it writes, or reads when it names them),
-  `dynamodb:ReturnValues` and `dynamodb:Select` when given; each table of a batch separately.
+  `dynamodb:ReturnValues` and `dynamodb:Select` when given; each table of a batch separately, and
+  each item of a transaction as its own action (`dynamodb:ConditionCheckItem` for a condition check).
 - S3: the IAM action, not moto's operation name (`ListObjectsV2` is `s3:ListBucket`, a HEAD of a
   version is `s3:GetObjectVersion`), the copy source of a copy, and `kms:GenerateDataKey` or
   `kms:Decrypt` on the bucket's key when objects are encrypted with KMS (with `kms:ViaService`).
@@ -184,7 +185,6 @@ def _dynamodb_context(params: dict[str, Any], leading: list[str], attributes: li
 
 def _dynamodb(call: Call, lookups: Lookups) -> list[Access] | None:
     params, op = call.params, call.operation
-    names = params.get("ExpressionAttributeNames") or {}
 
     def table_arn(name: str, index: str | None = None) -> str:
         return _arn(call, "dynamodb", f"table/{name}" + (f"/index/{index}" if index else ""))
@@ -206,17 +206,39 @@ def _dynamodb(call: Call, lookups: Lookups) -> list[Access] | None:
             context = _dynamodb_context(params, sorted(set(leading)), attributes)
             found.append(Access(f"dynamodb:{op}", table_arn(table), context))
         return found
-    table = params.get("TableName")
-    if not table:
+    if op == "TransactWriteItems":  # each item is asked as its own action, with its own condition keys
+        found = []
+        for entry in params.get("TransactItems") or []:
+            for kind, request in entry.items():
+                if kind in _TRANSACT_ACTIONS and isinstance(request, dict) and request.get("TableName"):
+                    found += _dynamodb_item(call, _TRANSACT_ACTIONS[kind], request, lookups)
+        return found or None
+    if not params.get("TableName"):
         return None
-    resource = table_arn(table, params.get("IndexName"))
+    return _dynamodb_item(call, op, params, lookups)
+
+
+_TRANSACT_ACTIONS = {
+    "Put": "PutItem",
+    "Update": "UpdateItem",
+    "Delete": "DeleteItem",
+    "ConditionCheck": "ConditionCheckItem",
+}
+"""The action IAM is asked for each kind of item of a TransactWriteItems (there is no action of its own)."""
+
+
+def _dynamodb_item(call: Call, op: str, params: dict[str, Any], lookups: Lookups) -> list[Access]:
+    """The access a request on one table asks (a single-item operation, a query or scan)."""
+    names = params.get("ExpressionAttributeNames") or {}
+    table, index = str(params["TableName"]), params.get("IndexName")
+    resource = _arn(call, "dynamodb", f"table/{table}" + (f"/index/{index}" if index else ""))
     hash_key = lookups.partition_key(table) if op in _KEYED or op == "Query" else ""
     leading: list[str] = []
     attributes: list[str] | None = None
     if op == "PutItem":
         item = params.get("Item") or {}
         leading, attributes = [_scalar(item.get(hash_key, {}))], sorted(item)
-    elif op in ("GetItem", "DeleteItem", "UpdateItem"):
+    elif op in ("GetItem", "DeleteItem", "UpdateItem", "ConditionCheckItem"):
         key = params.get("Key") or {}
         leading = [_scalar(key.get(hash_key, {}))]
         if op == "UpdateItem":
@@ -231,7 +253,7 @@ def _dynamodb(call: Call, lookups: Lookups) -> list[Access] | None:
     return [Access(f"dynamodb:{op}", resource, _dynamodb_context(params, leading, attributes))]
 
 
-_KEYED = {"PutItem", "GetItem", "DeleteItem", "UpdateItem"}
+_KEYED = {"PutItem", "GetItem", "DeleteItem", "UpdateItem", "ConditionCheckItem"}
 
 
 # -- S3 ------------------------------------------------------------------------------------------
