@@ -27,6 +27,7 @@ from fedstep.cli.plotting import pyplot, round_axis, save
 from fedstep.cli.run_view import RunView
 from fedstep.cli.status import ROUND_HEADER, global_evaluation, headline, settings_line, table_rows, target_met_text
 from fedstep.cli.text import html_text
+from fedstep.core.dp import neighbouring
 
 PLOTS = ("accuracy", "loss", "participation")
 LABELS_PLOT = "labels"
@@ -135,7 +136,7 @@ def _privacy_plot(view: RunView, path: Path) -> None:
     if dp.epsilon_budget is not None:
         ax.axhline(dp.epsilon_budget, color="#d64545", linestyle="--", label=f"budget {dp.epsilon_budget:g}")
     round_axis(ax)
-    ax.set_ylabel(f"epsilon (delta {dp.delta:g})")
+    ax.set_ylabel(f"epsilon (delta {dp.delta:g}, {neighbouring(dp, view.record.selection)})")
     ax.set_title(f"Privacy loss per round ({dp.mode}, noise multiplier {dp.noise_multiplier:g})")
     ax.grid(alpha=0.3)
     accuracy = sorted(global_evaluation(view).items())
@@ -249,6 +250,7 @@ def _html(view: RunView, out_dir: Path) -> str:
         "clients": ", ".join(record.clients),
         "rounds": record.rounds,
         "clients per round": record.clients_per_round or len(record.clients),
+        "client selection": record.selection,
         "quorum": record.quorum,
         "local epochs": record.training.epochs,
         "batch size": record.training.batch_size,
@@ -302,9 +304,10 @@ def _privacy_html(view: RunView) -> str:
     if not view.record.dp:
         return ""
     e = html_text
+    relation = neighbouring(view.record.dp, view.record.selection)
     rows = "\n".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in privacy_rows(view))
     return f"""
-<table id="privacy-utility"><thead><tr><th>round</th><th>epsilon after it</th>
+<table id="privacy-utility"><thead><tr><th>round</th><th>epsilon after it ({e(relation)} neighbours)</th>
 <th>{e(GLOBAL_ACCURACY_LABEL)} of the model it released</th>
 <th>clients' accuracy after local training (not the global model's)</th></tr></thead><tbody>
 {rows}

@@ -181,13 +181,19 @@ def settings(context: LambdaContext | None = None) -> AggregationSettings:
 
 
 def accountant(
-    noise_multiplier: float, sample: int, population: int, steps: int, delta: float, unsampled: int = 0
+    noise_multiplier: float,
+    sample: int,
+    population: int,
+    steps: int,
+    delta: float,
+    unsampled: int = 0,
+    selection: str = "fixed",
 ) -> float:
-    """dp-accounting's epsilon (`fedstep.privacy.accounting`), imported on first use: only DP runs
-    pay for loading it (scipy)."""
-    from fedstep.privacy.accounting import epsilon_fixed
+    """dp-accounting's epsilon for the run's selection (`fedstep.privacy.accounting.client_epsilon`),
+    imported on first use: only DP runs pay for loading it (scipy)."""
+    from fedstep.privacy.accounting import client_epsilon
 
-    return epsilon_fixed(noise_multiplier, sample, population, steps, delta, unsampled)
+    return client_epsilon(noise_multiplier, sample, population, steps, delta, unsampled, selection)
 
 
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:

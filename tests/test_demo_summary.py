@@ -57,3 +57,13 @@ def test_a_run_of_all_its_rounds_prints_no_stop_line_and_records_max_rounds():
 
 def test_any_other_stop_reason_is_printed_as_it_is():
     assert stop_line("stopped", RunSettings(), 2) == "the run stopped after round 2: stopped"
+
+
+def test_summary_json_names_the_neighbouring_relation_its_epsilons_are_for():
+    """Issue 21, finding 7: replace-one for a fixed-size sample, add/remove under --selection poisson."""
+    central = {"dp": "central", "dp_noise_multiplier": 1.0}
+    cases = [({}, None), (central, "replace-one"), ({**central, "selection": "poisson"}, "add-remove")]
+    for settings, relation in cases:
+        _, summary = _summary(RunSettings(**settings), {"stop_reason": "max_rounds"})
+        assert summary["neighbouring"] == relation
+    assert summary["config"]["selection"] == "poisson"

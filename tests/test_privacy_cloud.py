@@ -140,13 +140,57 @@ def test_the_privacy_views_pair_epsilon_with_the_global_models_accuracy_not_the_
     assert status.returncode == 0, status.stderr
     rows = [cells for line in status.stdout.splitlines() if (cells := line.split()) and "/" in cells[1]]
     assert "ACCURACY  MODEL ACC" in status.stdout
+    assert "epsilon for replace-one neighbours (a client's data replaced)" in status.stdout  # finding 7
     assert [(r[0], r[5], r[6]) for r in rows] == [("1", "0.9000", "0.2000"), ("2", "0.9000", "-")]
 
     report = fedstep(cloud, "report", run.run_id, "-o", str(tmp_path / "report"))
     assert report.returncode == 0, report.stderr
     page = (tmp_path / "report" / "report.html").read_text()
     table = page.split('<table id="privacy-utility">', 1)[1].split("</table>", 1)[0]
+    assert "<th>epsilon after it (replace-one neighbours)</th>" in table
     epsilon = [f"{s.epsilon:.3f}" for s in summaries(cloud, run.run_id)]
     assert f"<tr><td>1</td><td>{epsilon[0]}</td><td>0.2000</td><td>0.9000</td></tr>" in table
     assert f"<tr><td>2</td><td>{epsilon[1]}</td><td>-</td><td>0.9000</td></tr>" in table
     assert (tmp_path / "report" / "privacy.png").stat().st_size > 1000
+
+
+def test_a_poisson_central_dp_run_divides_by_q_n_reports_the_add_remove_epsilon_and_says_so(cloud, tmp_path):
+    """Issue 21, finding 7: `--selection poisson` takes each client with probability q (here 1 of 2: 0.5),
+    divides each round's noisy clipped sum by q N = 1 whoever sent, and accounts epsilon under add/remove
+    neighbours; `fedstep status` names the relation. Seed 3 selects both, then client-1, then both."""
+    from fedstep.core.selection import select
+    from tests.test_poisson_selection import independent_poisson_epsilon
+
+    clients = sorted(SHIFTS)
+    plan = [select(clients, 1, 3, r, "poisson") for r in (1, 2, 3)]
+    assert plan == [clients, ["client-1"], clients]
+    run = start_dp(
+        cloud, rounds=3, dp_clip=str(CLIP), selection="poisson", clients_per_round="1", min_participants=1, seed=3
+    )
+    agents = {c: agent(cloud, c, tmp_path) for c in clients}
+    for chosen in plan:
+        for c in chosen:
+            serve(agents[c])
+    desc = wait_for_execution(cloud, run.execution_arn)
+    assert desc["status"] == "SUCCEEDED", desc.get("cause")
+    rounds = summaries(cloud, run.run_id)
+    assert [s.selected for s in rounds] == plan and [s.participants for s in rounds] == plan
+    for s in rounds:
+        assert s.epsilon == pytest.approx(independent_poisson_epsilon(Z, 0.5, s.round, DELTA), abs=1e-6)
+    assert rounds[-1].epsilon < independent_epsilon(Z, 1, 2, 3, DELTA)  # the fixed-size, replace-one figure
+
+    # Round 1: both clients' updates, each clipped to C = 0.5 (C / sqrt(size) per weight), summed and
+    # divided by q N = 1, not by the 2 that arrived; the noise's std is z C / 1.
+    store = S3ModelStore(cloud.outputs.bucket, cloud.client("s3"))
+    first = tensors.decode(store.get(rounds[0].global_model.key))
+    weights = np.concatenate([first[k].ravel() for k in sorted(first)]).astype(np.float64)
+    noise = weights - 2 * CLIP / np.sqrt(SIZE)
+    assert noise.std() == pytest.approx(Z * CLIP, rel=0.03)
+    assert abs(noise.mean()) < 5 * Z * CLIP / np.sqrt(SIZE)
+
+    status = fedstep(cloud, "status", run.run_id)
+    assert status.returncode == 0, status.stderr
+    assert "each with probability 0.5 per round (poisson, 1 on average)" in status.stdout
+    assert "epsilon for add/remove neighbours (a client added or removed)" in status.stdout
+    as_json = json.loads(fedstep(cloud, "status", run.run_id, "--json").stdout)
+    assert (as_json["neighbouring"], as_json["settings"]["selection"]) == ("add-remove", "poisson")

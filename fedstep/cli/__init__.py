@@ -48,6 +48,12 @@ def _settings_args(parser: argparse.ArgumentParser, defaults: RunSettingsDefault
         "--clients-per-round", help="clients each round selects: a number (3) or a fraction (0.5); default all"
     )
     parser.add_argument(
+        "--selection",
+        help="how a round samples --clients-per-round: fixed (exactly that many; epsilon for replace-one neighbours) "
+        "or poisson (each client with probability clients-per-round / clients; epsilon for add/remove neighbours); "
+        "default fixed, see docs/privacy.md",
+    )
+    parser.add_argument(
         "--select-online",
         action=argparse.BooleanOptionalAction,
         help="leave out of each round the clients whose heartbeat says offline or stopped (default on; "
@@ -378,7 +384,7 @@ def _warn_if_offline(stack: _Stack, settings: Any, resume: str | None) -> None:
     """Before a run starts: say so when fewer of its clients are online than its quorum, when its first
     round is sent to a client whose heartbeat says offline, and which offline clients it leaves out."""
     from fedstep.aws.adapters import DynamoRoundTable
-    from fedstep.cli.start import offline_warning, plan_run, selection_notes
+    from fedstep.cli.start import offline_warning, plan_run, poisson_warning, selection_notes
 
     table = DynamoRoundTable(stack.outputs.table, stack.client("dynamodb"))
     if resume:
@@ -392,7 +398,8 @@ def _warn_if_offline(stack: _Stack, settings: Any, resume: str | None) -> None:
         record, first = plan_run(settings, sorted(stack.outputs.queues), "run-preview"), 1
     warning = offline_warning(table, record.clients, record.quorum, record.round_timeout_s, record.round_retries)
     warnings, notes = selection_notes(table, record, first)
-    for line in ([warning] if warning else []) + warnings:
+    short = poisson_warning(record)
+    for line in ([warning] if warning else []) + ([short] if short else []) + warnings:
         print(clean(f"fedstep: warning: {line}"), file=sys.stderr, flush=True)
     for line in notes:
         print(clean(f"fedstep: {line}"), file=sys.stderr, flush=True)

@@ -30,7 +30,7 @@ from fedstep.core.schemas import (
     Target,
     TrainingConfig,
 )
-from fedstep.core.selection import per_round_count
+from fedstep.core.selection import SELECTIONS, per_round_count
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,9 @@ class RunSettings:
     """The delta of the (epsilon, delta) guarantee (default 1e-5)."""
     dp_epsilon: float | None = None
     """The run's epsilon budget (central modes): the run stops before a round would exceed it."""
+    selection: str = "fixed"
+    """How a round samples clients_per_round of the clients: "fixed" (exactly that many) or "poisson"
+    (each with probability clients_per_round / clients; central DP accounted under add/remove)."""
     select_online: bool = True
     """Leave out of each round the clients whose heartbeat says offline or stopped (fedstep.core.selection)."""
     select: list[str] | None = None
@@ -101,6 +104,11 @@ class RunSettings:
         check_fits_one_execution(self.rounds, self.round_retries)
         if self.quorum is not None and self.quorum < 1:
             raise FedstepError(f"quorum must be >= 1, got {self.quorum}")
+        if self.selection not in SELECTIONS:
+            raise FedstepError(
+                f"selection must be one of {', '.join(SELECTIONS)} (docs/privacy.md, Two conventions), "
+                f"got {self.selection!r}"
+            )
         if self.min_participants < 1:
             raise FedstepError(f"min_participants must be >= 1, got {self.min_participants}")
         if self.target is not None:
@@ -198,7 +206,9 @@ class RunSettings:
             per_round = per_round_count(self.clients_per_round, len(clients))
         except ValueError as exc:
             raise FedstepError(str(exc)) from None
-        quorum = self.quorum or (per_round + 1) // 2
+        quorum = self.quorum or (
+            min(self.min_participants, per_round) if self.selection == "poisson" else (per_round + 1) // 2
+        )
         if quorum > per_round:
             raise FedstepError(f"quorum {quorum} is more than the {per_round} clients selected per round")
         if self.min_participants > per_round:
@@ -220,7 +230,7 @@ class RunSettings:
         if dp is None or not dp.central:
             return
         from fedstep.core.dp import DPAggregation
-        from fedstep.privacy.accounting import epsilon_fixed
+        from fedstep.privacy.accounting import client_epsilon
 
         if dp.delta >= 1 / population:
             raise FedstepError(
@@ -228,11 +238,11 @@ class RunSettings:
                 "would allow publishing a client's update outright; use a smaller delta (e.g. 1e-5)"
             )
         try:
-            DPAggregation(self.strategy_instance(), dp, per_round)
+            DPAggregation(self.strategy_instance(), dp, per_round, self.selection)
         except ValueError as exc:
             raise FedstepError(str(exc)) from None
         if dp.epsilon_budget is not None:
-            first = epsilon_fixed(dp.noise_multiplier, per_round, population, 1, dp.delta)
+            first = client_epsilon(dp.noise_multiplier, per_round, population, 1, dp.delta, selection=self.selection)
             if first > dp.epsilon_budget:
                 raise FedstepError(
                     f"--dp-epsilon {dp.epsilon_budget:g} is unreachable: one round with noise multiplier "
@@ -402,6 +412,29 @@ def selection_notes(table: DynamoRoundTable, run: RunRecord, round_number: int =
     return warnings, notes
 
 
+def poisson_warning(run: RunRecord) -> str | None:
+    """Under Poisson selection, the warning `fedstep start` gives when some round of the run may well
+    select fewer clients than it needs (its quorum and min_participants): the chance of that over the
+    run's rounds, when 1 % or more; None otherwise."""
+    per_round, population = run.clients_per_round or len(run.clients), len(run.clients)
+    needs = max(run.quorum, run.min_participants)
+    if run.selection != "poisson" or per_round >= population:
+        return None
+    q = per_round / population
+    short = sum(math.comb(population, k) * q**k * (1 - q) ** (population - k) for k in range(needs))
+    anywhere = 1 - (1 - short) ** run.rounds
+    if anywhere < 0.01:
+        return None
+    return (
+        f"with --selection poisson each round selects each of the {population} clients with probability "
+        f"{q:.3g}: a round selects fewer than the {needs} it needs (quorum {run.quorum}, min_participants "
+        f"{run.min_participants}) with probability {short:.2%}, some round of the {run.rounds} with probability "
+        f"{anywhere:.0%}. Such a round fails at its deadline (QuorumNotMet or TooFewParticipants) and its retries "
+        "select the same clients. Select more clients per round, or lower --min-participants and --quorum (1 is "
+        "safe under central DP; docs/privacy.md, Two conventions)."
+    )
+
+
 @dataclass(frozen=True)
 class StartedRun:
     run_id: str
@@ -507,6 +540,7 @@ def plan_run(settings: RunSettings, stack_clients: list[str], run_id: str) -> Ru
         bounds=settings.bounds(),
         dp=settings.privacy(),
         select_online=settings.select_online,
+        selection=settings.selection,
     )
 
 

@@ -12,7 +12,8 @@ from typing import Any
 from fedstep.cli.client_metrics import render_client_table
 from fedstep.cli.run_view import RunListing, RunView
 from fedstep.cli.text import clean, duration, lines, table
-from fedstep.core.schemas import FailureItem, RoundSummary, Target, headline_metric
+from fedstep.core.dp import neighbouring
+from fedstep.core.schemas import FailureItem, RoundSummary, RunRecord, Target, headline_metric
 
 
 def _took(started: datetime, stopped: datetime | None) -> str:
@@ -169,8 +170,11 @@ def settings_line(view: RunView) -> str:
     r = view.record
     learning_rate = "the model's own" if r.training.learning_rate is None else f"{r.training.learning_rate:g}"
     per_round = r.clients_per_round or len(r.clients)
+    sampled = f"{per_round} per round"
+    if r.selection == "poisson":
+        sampled = f"each with probability {per_round / len(r.clients):.3g} per round (poisson, {per_round} on average)"
     parts = [
-        f"{len(r.clients)} clients, {per_round} per round, quorum {r.quorum}"
+        f"{len(r.clients)} clients, {sampled}, quorum {r.quorum}"
         + ("" if r.select_online else ", offline clients selected too"),
         f"{r.training.epochs} epoch(s), batch {r.training.batch_size}, learning rate {learning_rate}",
         strategy_text(r.strategy, r.strategy_params),
@@ -187,9 +191,21 @@ def settings_line(view: RunView) -> str:
         clip = f"clip {r.dp.clip:g}" if r.dp.clip is not None else "adaptive clip"
         budget = f", budget epsilon {r.dp.epsilon_budget:g}" if r.dp.epsilon_budget is not None else ""
         parts.append(
-            f"DP {r.dp.mode}: noise multiplier {r.dp.noise_multiplier:g}, {clip}, delta {r.dp.delta:g}{budget}"
+            f"DP {r.dp.mode}: noise multiplier {r.dp.noise_multiplier:g}, {clip}, delta {r.dp.delta:g}{budget}, "
+            + neighbouring_text(r)
         )
     return "; ".join(parts)
+
+
+def neighbouring_text(r: RunRecord) -> str:
+    """What a DP run's epsilon compares, e.g. `epsilon for replace-one neighbours (a client's data
+    replaced)`; "" without DP (docs/privacy.md, Two conventions)."""
+    relation = neighbouring(r.dp, r.selection)
+    if relation is None or r.dp is None:
+        return ""
+    unit = "a client" if r.dp.central else "a record"
+    what = f"{unit}'s data replaced" if relation == "replace-one" else f"{unit} added or removed"
+    return f"epsilon for {relation.replace('add-remove', 'add/remove')} neighbours ({what})"
 
 
 def target_met_by(view: RunView) -> int | None:
@@ -322,6 +338,7 @@ def render_status_json(view: RunView) -> str:
         "strategy": view.record.strategy,
         "strategy_params": view.record.strategy_params,
         "dp": asdict(view.record.dp) if view.record.dp else None,
+        "neighbouring": neighbouring(view.record.dp, view.record.selection),
         "target_met_by_round": target_met_by(view),
         "settings": {k: v for k, v in asdict(view.record).items() if k not in ("run_id", "model", "initial_state")},
         "failures": [asdict(f) for _, f in sorted(view.failures.items())],

@@ -53,11 +53,26 @@ STATE_PREFIX = "dp."
 class Accountant(Protocol):
     """Epsilon of the Gaussian mechanism with noise multiplier z on `sample` of `population` units
     drawn without replacement, composed `steps` times, then `unsampled` times more on every unit (no
-    amplification by sampling), at `delta`."""
+    amplification by sampling), at `delta`. Called with `selection="poisson"` for a run that samples
+    each unit with probability sample / population (add/remove-one neighbours); never with "fixed",
+    so a fixed-sampling accountant (`epsilon_fixed`) serves fixed runs as it is."""
 
     def __call__(
         self, noise_multiplier: float, sample: int, population: int, steps: int, delta: float, unsampled: int = 0
     ) -> float: ...
+
+
+NEIGHBOURING = {"fixed": "replace-one", "poisson": "add-remove"}
+"""The neighbouring relation of a central-DP run's epsilon, by its selection."""
+
+
+def neighbouring(dp: DPSettings | None, selection: str) -> str | None:
+    """The neighbouring relation a run's epsilon is for: "replace-one" (central modes, fixed-size
+    selection: one client's data replaced, sensitivity 2C), "add-remove" (central modes with Poisson
+    selection: one client added or removed, sensitivity C; and dp-sgd: one record); None without DP."""
+    if dp is None:
+        return None
+    return NEIGHBOURING.get(selection, "replace-one") if dp.central else "add-remove"
 
 
 def clipped_count_stddev(dp: DPSettings, expected: int) -> float:
@@ -83,17 +98,19 @@ def update_noise_multiplier(dp: DPSettings, expected: int) -> float:
 
 class DPAggregation(Strategy):
     """DP-FedAvg around `inner` (an averaging strategy): see the module docstring. `expected`: the
-    clients a round selects."""
+    clients a round selects (under Poisson selection, q N: the expected number, whatever arrives).
+    `selection` "poisson" releases the adaptive clip's count centred, sum(b_i - 1/2) + noise, whose
+    sensitivity under add/remove is 1/2 (Andrew et al.); "fixed" releases sum(b_i) + noise."""
 
     access = "pass"
 
-    def __init__(self, inner: Strategy, dp: DPSettings, expected: int) -> None:
+    def __init__(self, inner: Strategy, dp: DPSettings, expected: int, selection: str = "fixed") -> None:
         if inner.access != "pass":
             raise ValueError(
                 f"differential privacy wraps averaging strategies; {inner.name!r} reads updates by slices "
                 "(median, trimmed mean and Krum have no calibrated noise here)"
             )
-        self.inner, self.dp, self.expected = inner, dp, expected
+        self.inner, self.dp, self.expected, self.selection = inner, dp, expected, selection
         self.name, self.summary, self.params = inner.name, inner.summary, inner.params
         self.z_updates = update_noise_multiplier(dp, expected)
 
@@ -143,7 +160,10 @@ class DPAggregation(Strategy):
         measurements = {**result.measurements, "dp_clip": clip}
         if self.dp.clip is None:
             sigma_b = clipped_count_stddev(self.dp, self.expected)
-            fraction = (within + rng.normal(0.0, sigma_b)) / self.expected
+            if self.selection == "poisson":  # centred: adding or removing a client moves it by 1/2
+                fraction = (within - count / 2 + rng.normal(0.0, sigma_b)) / self.expected + 0.5
+            else:
+                fraction = (within + rng.normal(0.0, sigma_b)) / self.expected
             values[f"{STATE_PREFIX}clip"] = clip * math.exp(
                 -self.dp.clip_learning_rate * (fraction - self.dp.target_quantile)
             )
@@ -164,7 +184,13 @@ def _within_clip(update: ClientUpdate, norm: float, clip: float, mode: str) -> i
 
 
 def round_epsilon(
-    dp: DPSettings, accountant: Accountant, expected: int, population: int, rounds: int, repeated: int = 0
+    dp: DPSettings,
+    accountant: Accountant,
+    expected: int,
+    population: int,
+    rounds: int,
+    repeated: int = 0,
+    selection: str = "fixed",
 ) -> float:
     """The run's client-level epsilon (at `dp.delta`) after `rounds` rounds of `expected` of
     `population` clients (central modes), `repeated` of whose noisy models were released more than
@@ -174,9 +200,12 @@ def round_epsilon(
     mechanism: `rounds + repeated` steps. With clients sampled, a round released k >= 2 times on one
     sample is not k independent samples; it is at most as private as k releases without sampling, so
     it is accounted as `2 (k - 1)` >= k more releases without amplification, on top of its sampled
-    step: an upper bound."""
+    step: an upper bound. `selection` "poisson" asks the accountant for Poisson sampling (add/remove)."""
+    poisson = {"selection": "poisson"} if selection == "poisson" else {}
     if repeated and expected >= population:
-        return accountant(dp.noise_multiplier, expected, population, rounds + repeated, dp.delta)
+        return accountant(dp.noise_multiplier, expected, population, rounds + repeated, dp.delta, **poisson)
     if repeated:
-        return accountant(dp.noise_multiplier, expected, population, rounds, dp.delta, unsampled=2 * repeated)
-    return accountant(dp.noise_multiplier, expected, population, rounds, dp.delta)
+        return accountant(
+            dp.noise_multiplier, expected, population, rounds, dp.delta, unsampled=2 * repeated, **poisson
+        )
+    return accountant(dp.noise_multiplier, expected, population, rounds, dp.delta, **poisson)

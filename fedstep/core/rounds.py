@@ -210,7 +210,9 @@ def choose_clients(
     gone = away(run.clients, heartbeats, now or datetime.now(UTC))
     central_dp = run.dp is not None and run.dp.central
     needs = max(run.quorum, run.min_participants)
-    return select_round(run.clients, per_round, run.seed, round_number, gone, needs=needs, redraw=not central_dp)
+    return select_round(
+        run.clients, per_round, run.seed, round_number, gone, needs=needs, redraw=not central_dp, sampling=run.selection
+    )
 
 
 def selected_in(record: dict[str, Any], run: RunRecord, round_number: int) -> list[str]:
@@ -229,7 +231,7 @@ def build_strategy(run: RunRecord) -> strategies.Strategy:
     try:
         strategy = strategies.build(run.strategy, run.strategy_params)
         if run.dp is not None and run.dp.central:
-            return DPAggregation(strategy, run.dp, expected_participants(run))
+            return DPAggregation(strategy, run.dp, expected_participants(run), run.selection)
         return strategy
     except ValueError as exc:
         raise StrategyFailed(f"run {run.run_id}: {exc}") from None
@@ -245,7 +247,8 @@ def dp_sgd_instructions(run: RunRecord) -> dict[str, Any]:
 
 
 def expected_participants(run: RunRecord) -> int:
-    """The clients each round selects (DP-FedAvg divides the noisy sum by it)."""
+    """The clients each round selects, or under Poisson selection selects on average (q N): DP-FedAvg
+    divides the noisy sum by it, not by the number that arrived (the fixed-denominator estimator)."""
     return run.clients_per_round or len(run.clients)
 
 
@@ -271,9 +274,9 @@ def privacy_spent(
     if accountant is None:
         raise FedstepError(f"run {run.run_id} has differential privacy but the function has no accountant")
     expected, population = expected_participants(run), len(run.clients)
-    epsilon = round_epsilon(dp, accountant, expected, population, round_number, repeated)
+    epsilon = round_epsilon(dp, accountant, expected, population, round_number, repeated, run.selection)
     budget = dp.epsilon_budget
-    after_next = round_epsilon(dp, accountant, expected, population, round_number + 1, repeated)
+    after_next = round_epsilon(dp, accountant, expected, population, round_number + 1, repeated, run.selection)
     return round(epsilon, 6), dp.delta, budget is not None and after_next > budget
 
 

@@ -17,7 +17,7 @@ from fedstep import SCHEMA_VERSION
 from fedstep.core import keys, limits
 from fedstep.core.clock import parse_utc
 from fedstep.core.errors import FedstepError
-from fedstep.core.selection import select
+from fedstep.core.selection import SELECTIONS, select
 
 T = TypeVar("T")
 
@@ -940,11 +940,16 @@ class RunRecord:
     select_online: bool = True
     """Leave out of each round's selection the clients whose heartbeat says offline or stopped
     (`fedstep.core.selection`); a record written before the setting existed reads False."""
+    selection: str = "fixed"
+    """How each round samples `clients_per_round` of the clients: "fixed" (exactly that many, without
+    replacement) or "poisson" (each with probability clients_per_round / clients); a record written
+    before the setting existed reads "fixed"."""
 
     def selected(self, round_number: int) -> list[str]:
         """The seeded sample of `round_number`, heartbeats aside (see fedstep.core.selection); the
         round's own selection is in its round record (`fedstep.core.rounds.selected_in`)."""
-        return select(self.clients, self.clients_per_round or len(self.clients), self.seed, round_number)
+        per_round = self.clients_per_round or len(self.clients)
+        return select(self.clients, per_round, self.seed, round_number, self.selection)
 
     def to_item(self) -> dict[str, Any]:
         return {**keys.run_item_key(self.run_id), "schema": SCHEMA_VERSION, "kind": "run", **asdict(self)}
@@ -981,7 +986,16 @@ class RunRecord:
             ),
             dp=DPSettings.parse(data["dp"], f"{where} dp") if data.get("dp") else None,
             select_online=_get(data, "select_online", bool, where) if "select_online" in data else False,
+            selection=_selection(data, where),
         )
+
+
+def _selection(data: dict[str, Any], where: str) -> str:
+    """A run record's `selection`: "fixed" when absent (written before the setting existed)."""
+    value = data.get("selection", "fixed")
+    if value not in SELECTIONS:
+        raise InvalidMessage(f"{where}: selection must be one of {', '.join(SELECTIONS)}, got {value!r}")
+    return str(value)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,13 @@ With `select_online`, how the offline clients are left out depends on the run's 
 Either way, when leaving the offline clients out would leave fewer than the round needs (its quorum
 and `min_participants`), the plain sample is selected, offline clients included: they may come back
 before the deadline, and a round that could not be aggregated without them is no worse off waiting.
+
+Two samplings (the run's `selection`, docs/privacy.md "Two conventions"):
+- "fixed" (the default): exactly `per_round` of the N clients, drawn without replacement;
+- "poisson": each client independently with probability q = per_round / N, so a round selects
+  q N clients on average, and sometimes fewer or none (McMahan et al. 2018's DP-FedAvg).
+Both are seeded with (seed, round): every invocation that publishes, retries or takes over a round
+computes the same sample.
 """
 
 from __future__ import annotations
@@ -42,13 +49,21 @@ def per_round_count(spec: str | int | float | None, n_clients: int) -> int:
     return count
 
 
-def select(clients: list[str], per_round: int, seed: int, round_number: int) -> list[str]:
-    """The clients of round `round_number` (sorted): all of them, or `per_round` drawn without
-    replacement by a generator seeded with (seed, round)."""
+SELECTIONS = ("fixed", "poisson")
+"""The run's `selection`: how a round samples its clients (see the module docstring)."""
+
+
+def select(clients: list[str], per_round: int, seed: int, round_number: int, sampling: str = "fixed") -> list[str]:
+    """The clients of round `round_number` (sorted), by a generator seeded with (seed, round): all of
+    them when `per_round` is all; else `per_round` drawn without replacement ("fixed"), or each client
+    with probability per_round / len(clients) ("poisson")."""
     pool = sorted(clients)
     if per_round >= len(pool):
         return pool
     rng = np.random.default_rng([seed, round_number])
+    if sampling == "poisson":
+        draws = rng.random(len(pool))
+        return [c for c, u in zip(pool, draws, strict=True) if u < per_round / len(pool)]
     return sorted(str(c) for c in rng.choice(pool, size=per_round, replace=False))
 
 
@@ -72,16 +87,19 @@ def select_round(
     *,
     needs: int,
     redraw: bool,
+    sampling: str = "fixed",
 ) -> Selection:
     """Round `round_number`'s clients when `away` (client -> "offline"/"stopped") are not there: drawn
     from the others (`redraw`) or the seeded sample less them (not `redraw`: central DP), unless that
-    leaves fewer than `needs`; then the plain sample, offline clients kept. See the module's docstring."""
-    sample = select(clients, per_round, seed, round_number)
+    leaves fewer than `needs`; then the plain sample, offline clients kept. `sampling`: "fixed" or
+    "poisson" (a redraw from the others keeps the expected size: probability per_round / the others).
+    See the module's docstring."""
+    sample = select(clients, per_round, seed, round_number, sampling)
     if not away:
         return Selection(sample)
     if redraw:
         pool = [c for c in clients if c not in away]
-        chosen = select(pool, min(per_round, len(pool)), seed, round_number) if pool else []
+        chosen = select(pool, min(per_round, len(pool)), seed, round_number, sampling) if pool else []
         left_out = {c: s for c, s in sorted(away.items()) if c in clients}
     else:
         chosen = [c for c in sample if c not in away]

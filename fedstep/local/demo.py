@@ -29,6 +29,7 @@ from fedstep.cli.start import RunSettings, build_model, keras_payload, merge_set
 from fedstep.cli.status import strategy_text
 from fedstep.cli.text import clean
 from fedstep.core import keys, tensors
+from fedstep.core.dp import neighbouring
 from fedstep.core.errors import FedstepError
 from fedstep.core.imports import load_callable
 from fedstep.core.label_counts import LabelCounts
@@ -315,6 +316,7 @@ def demo_summary(
     return {
         "run_id": run_id,
         "stop_reason": stop_reason,
+        "neighbouring": neighbouring(settings.privacy(), settings.selection),
         **({"target_met_by_round": Target.met_by_round(len(rounds))} if stop_reason == "target_reached" else {}),
         "rounds": rounds,
         "final": final,
@@ -564,6 +566,7 @@ def _watch(
     dead: set[str] = set()
     failures = FailureWatch(table, run_id, list(procs.logs), procs.logs)
     total = config.settings.rounds
+    relation = neighbouring(config.settings.privacy(), config.settings.selection)  # what epsilon compares
     while True:
         for line in failures.new_lines():
             echo(line)
@@ -583,6 +586,7 @@ def _watch(
                 "measurements": summary.measurements,
                 "epsilon": summary.epsilon,
                 "delta": summary.delta,
+                "neighbouring": relation,
             }
             seen.append(entry)
             echo(
@@ -590,7 +594,7 @@ def _watch(
                 f"loss {_fmt(entry['loss'])}  accuracy {_fmt(entry['accuracy'])}  "
                 f"held-out accuracy {_fmt(entry['heldout_accuracy'])}  {summary.duration_s:.1f} s"
                 + (f"  rejected {len(summary.rejected)}" if summary.rejected else "")
-                + (f"  epsilon {summary.epsilon:.3f}" if summary.epsilon is not None else "")
+                + (f"  epsilon {summary.epsilon:.3f} ({relation})" if summary.epsilon is not None else "")
             )
         status = sfn.describe_execution(executionArn=execution_arn)
         # Listed again after reading the status: a round summary written since the listing above

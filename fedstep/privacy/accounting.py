@@ -10,6 +10,11 @@ Two samplings:
   (`fedstep.core.selection`). Its neighbouring relation is replace-one: one client's data replaced
   by another's, which moves the clipped sum by up to 2C, so the mechanism's noise multiplier is z/2.
   The same holds with every client in every round (no sampling to amplify).
+
+A run's clients are sampled one of these two ways (its `selection`, `client_epsilon`): "fixed" is
+accounted by `epsilon_fixed` (replace-one, sensitivity 2C), "poisson" by `epsilon_poisson_clients`
+(each client with probability q = sample / population, add/remove-one, sensitivity C), the
+convention of the DP-FedAvg literature (McMahan et al. 2018).
 """
 
 from __future__ import annotations
@@ -99,3 +104,42 @@ def epsilon_poisson(noise_multiplier: float, rate: float, steps: int, delta: flo
     if rate < 1:
         event = dpa.PoissonSampledDpEvent(rate, event)
     return tightest_epsilon(dpa.SelfComposedDpEvent(event, steps), delta, dpa.NeighboringRelation.ADD_OR_REMOVE_ONE)
+
+
+@functools.lru_cache(maxsize=4096)
+def epsilon_poisson_clients(
+    noise_multiplier: float, sample: int, population: int, steps: int, delta: float, unsampled: int = 0
+) -> float:
+    """Epsilon after `steps` rounds that each take every client with probability q = sample /
+    population (Poisson sampling) and release the sum of their updates clipped to C plus noise of
+    std `noise_multiplier` x C, under add/remove-one neighbours (one client added or removed moves the
+    sum by at most C, so the mechanism's noise multiplier is z itself), then `unsampled` more
+    releases without sampling (repeated releases, `fedstep.core.dp.round_epsilon`); inf when no noise."""
+    if steps + unsampled <= 0:
+        return 0.0
+    if noise_multiplier <= 0:
+        return float("inf")
+    gaussian = dpa.GaussianDpEvent(noise_multiplier)
+    event: dpa.DpEvent = gaussian
+    if sample < population:
+        event = dpa.PoissonSampledDpEvent(sample / population, gaussian)
+    composed: dpa.DpEvent = dpa.SelfComposedDpEvent(event, steps)
+    if unsampled:
+        composed = dpa.ComposedDpEvent([composed, dpa.SelfComposedDpEvent(gaussian, unsampled)])
+    return tightest_epsilon(composed, delta, dpa.NeighboringRelation.ADD_OR_REMOVE_ONE)
+
+
+def client_epsilon(
+    noise_multiplier: float,
+    sample: int,
+    population: int,
+    steps: int,
+    delta: float,
+    unsampled: int = 0,
+    selection: str = "fixed",
+) -> float:
+    """A central-DP run's client-level epsilon for its `selection`: `epsilon_fixed` (replace-one) for
+    "fixed", `epsilon_poisson_clients` (add/remove-one) for "poisson"."""
+    if selection == "poisson":
+        return epsilon_poisson_clients(noise_multiplier, sample, population, steps, delta, unsampled)
+    return epsilon_fixed(noise_multiplier, sample, population, steps, delta, unsampled)
