@@ -560,6 +560,9 @@ def _clients(args: argparse.Namespace) -> int:
     table = DynamoRoundTable(stack.outputs.table, stack.client("dynamodb"))
     rows = statuses(ids, table.get_heartbeats(ids), feedback=table.get_feedback(ids))
     print(render_json(rows) if args.json else render_table(rows))
+    if stack.outputs.revoked and not args.json:
+        revoked = ", ".join(sorted(stack.outputs.revoked))
+        print(f"revoked: {revoked} (no run selects them; their queues and data stay; docs/operations.md)")
     return 0
 
 
