@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import replace
 
 import pytest
 from botocore.exceptions import ClientError
@@ -20,9 +21,11 @@ from botocore.exceptions import ClientError
 from client_agent.agent import Outcome
 from fedstep.aws.adapters import DynamoRoundTable
 from fedstep.aws.stack import StackOutputs
+from fedstep.cli.start import RunSettings, plan_run, without_revoked
 from fedstep.core import keys
 from fedstep.core.clock import utc_now
-from fedstep.core.schemas import ObjectRef, RoundMessage
+from fedstep.core.errors import FedstepError
+from fedstep.core.schemas import DPSettings, ObjectRef, RoundMessage, RunRecord, TrainingConfig
 from fedstep.local.iam import identities
 from fedstep.local.iam.policy import statements_of, trust_allows
 from infra.config import ClientConfig, ConfigError, DeploymentConfig
@@ -160,7 +163,8 @@ def test_a_run_started_after_revocation_never_selects_the_revoked_client(offboar
     ]
     assert fedstep(cloud, "stop", run_id).returncode == 0
     named = fedstep(cloud, "start", "--model", MODEL, "--rounds", "1", "--select", "client-1,client-3")
-    assert named.returncode != 0 and "client-3" in named.stderr and "started run" not in named.stdout
+    assert named.returncode != 0 and "started run" not in named.stdout
+    assert "--select names client(s) revoked in the deployment config: client-3" in named.stderr, named.stderr
     listed = fedstep(cloud, "clients")
     assert listed.returncode == 0, listed.stderr
     assert "revoked: client-3 (no run selects them" in listed.stdout
@@ -220,3 +224,43 @@ def test_destroy_keeps_exactly_the_resources_docs_operations_names(consortium):
     assert retained == {"ModelRegistry", "AccessLogs", "Updates", "Key", "AggregationLogs", "TrainingLogs"}
     kept = [r for r in consortium["Resources"].values() if r.get("DeletionPolicy") == "Retain"]
     assert all(r.get("UpdateReplacePolicy") == "Retain" for r in kept)
+
+
+def _outputs_revoking(*revoked: str) -> StackOutputs:
+    clients = ("a", "b", "c", "d")
+    group = {
+        "ClientIds": ",".join(clients),
+        "RevokedClientIds": ",".join(revoked),
+        **{keys.client_output_key(c): f"q-{c}" for c in clients},
+        **{keys.client_role_output_key(c): f"r-{c}" for c in clients},
+    }
+    outputs = {"BucketName": "b", "TableName": "t", "TopicArn": "a", "StateMachineArn": "m", "ClientGroups": "1"}
+    return StackOutputs.parse(outputs, [group])
+
+
+def test_a_run_resumed_after_a_revocation_continues_without_the_revoked_client():
+    """`fedstep start --resume` starts a new run: it leaves out a client revoked since the run began,
+    and refuses when that changes what the run promised (a DP population, a quorum it cannot meet)."""
+    run = RunRecord("run-1", ["a", "b", "c", "d"], 5, TrainingConfig(), "fedavg", utc_now(), quorum=2)
+    assert without_revoked(run, _outputs_revoking()) == run
+    resumed = without_revoked(replace(run, clients_per_round=3), _outputs_revoking("c"))
+    assert resumed.clients == ["a", "b", "d"] and resumed.clients_per_round == 0  # 3 of 3 left: all
+    assert without_revoked(replace(run, clients_per_round=2), _outputs_revoking("c")).clients_per_round == 2
+    with pytest.raises(FedstepError, match=r"revoked clients \(c, d\) leave run run-1 2 client"):
+        without_revoked(replace(run, quorum=3), _outputs_revoking("c", "d"))
+    central = replace(run, dp=DPSettings("central", 1.0, 1.0, 1e-5))
+    with pytest.raises(FedstepError, match=r"accounted over its 4 clients, and some are revoked now \(c\)"):
+        without_revoked(central, _outputs_revoking("c"))
+    record_level = replace(run, dp=DPSettings("dp-sgd", 1.0, 1.0, 1e-5))
+    assert without_revoked(record_level, _outputs_revoking("c")).clients == ["a", "b", "d"]
+
+
+def test_a_new_run_takes_the_stacks_clients_less_the_revoked_and_names_them_if_selected():
+    outputs = _outputs_revoking("c")
+    assert plan_run(RunSettings(), sorted(outputs.queues), "run-2", outputs.revoked).clients == ["a", "b", "d"]
+    with pytest.raises(FedstepError, match="revoked in the deployment config: c"):
+        plan_run(RunSettings(select=["a", "c"]), sorted(outputs.queues), "run-2", outputs.revoked)
+    assert plan_run(RunSettings(exclude=["c", "d"]), sorted(outputs.queues), "run-2", outputs.revoked).clients == [
+        "a",
+        "b",
+    ]

@@ -385,7 +385,7 @@ def _warn_if_offline(stack: _Stack, settings: Any, resume: str | None) -> None:
     else:
         if not stack.outputs.queues:  # start_run names the problem
             return
-        record, first = plan_run(settings, sorted(stack.outputs.queues), "run-preview"), 1
+        record, first = plan_run(settings, sorted(stack.outputs.queues), "run-preview", stack.outputs.revoked), 1
     warning = offline_warning(table, record.clients, record.quorum, record.round_timeout_s, record.round_retries)
     warnings, notes = selection_notes(table, record, first)
     for line in ([warning] if warning else []) + warnings:
