@@ -25,7 +25,7 @@ from fedstep.cli.start import RunSettings, plan_run, without_revoked
 from fedstep.core import keys
 from fedstep.core.clock import utc_now
 from fedstep.core.errors import FedstepError
-from fedstep.core.schemas import DPSettings, ObjectRef, RoundMessage, RunRecord, TrainingConfig
+from fedstep.core.schemas import DPSettings, Heartbeat, ObjectRef, RoundMessage, RunRecord, TrainingConfig
 from fedstep.local.iam import identities
 from fedstep.local.iam.policy import statements_of, trust_allows
 from infra.config import ClientConfig, ConfigError, DeploymentConfig
@@ -264,3 +264,17 @@ def test_a_new_run_takes_the_stacks_clients_less_the_revoked_and_names_them_if_s
         "a",
         "b",
     ]
+
+
+def test_fedstep_clients_shows_an_agent_of_another_wire_schema_before_a_run_sends_it_anything(offboarded):
+    """An organisation upgraded its agent to a release of a newer schema before the stack: its heartbeat
+    (written under its own role) reads as invalid, with both versions and the side to upgrade."""
+    cloud = offboarded
+    beat = {**Heartbeat("client-2", "0.2.0", "idle", utc_now(), 60, {}).to_item(), "schema": 3}
+    DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb", "client-2")).put(beat)
+    listed = fedstep(cloud, "clients", "--json")
+    assert listed.returncode == 0, listed.stderr
+    row = next(r for r in json.loads(listed.stdout) if r["client_id"] == "client-2")
+    assert row["status"] == "invalid"
+    assert "heartbeat item: wire schema 3, but this fedstep" in row["activity"]
+    assert "reads schema 2 only: upgrade the side on schema 2" in row["activity"]
