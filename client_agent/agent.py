@@ -77,6 +77,7 @@ from fedstep.core.schemas import (
     RoundMessage,
     RunEndedMessage,
     RunStop,
+    SchemaMismatch,
     TrainingConfig,
     UpdateItem,
     parse_message,
@@ -84,6 +85,19 @@ from fedstep.core.schemas import (
 from fedstep.core.tensors import l2_norm
 
 log = logging.getLogger("fedstep.client")
+
+
+def schema_advice(exc: SchemaMismatch) -> str:
+    """What an agent says about a message of another wire schema: both versions, and who upgrades."""
+    if exc.found > exc.supported:
+        return (
+            f"the stack sent wire schema {exc.found} and this agent reads schema {exc.supported}: upgrade this "
+            "agent (pip install -U the fedstep release the operator deployed) and start it again"
+        )
+    return (
+        f"the stack sent wire schema {exc.found}, older than this agent's schema {exc.supported}: the operator "
+        f"must upgrade the stack (cdk deploy of this release), or run an agent of schema {exc.found}"
+    )
 
 
 class Outcome(Enum):
@@ -258,6 +272,10 @@ class Agent:
     def handle(self, message: dict[str, Any]) -> Outcome:
         try:
             parsed = parse_message(json.loads(message["Body"]))
+        except SchemaMismatch as exc:
+            log.error("message %s goes to the dead-letter queue: %s", message.get("MessageId"), schema_advice(exc))
+            self._release(message)
+            return Outcome.REJECTED
         except (InvalidMessage, ValueError) as exc:
             # Not deleted: released at once, so after the queue's maxReceiveCount SQS moves it to the
             # client's dead-letter queue, where an operator can inspect it.

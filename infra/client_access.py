@@ -11,7 +11,8 @@
 | decrypt, generate data keys | the stack's key, only through S3 and SQS in the stack's region (`kms:ViaService`) |
 
 No client role can write a run record, a round record, another client's item or file, or its own
-feedback: those live in partitions and prefixes outside its own. IAM binds the partition (not the
+feedback: those live in partitions and prefixes outside its own. A revoked client's role (`revoke`)
+can be assumed by no one and is allowed nothing. IAM binds the partition (not the
 sort key), so what a client writes inside its own partition is checked by the aggregation function:
 an update item's key must match its run, round and client, and its file must match the item.
 """
@@ -80,6 +81,8 @@ class ClientAccess(Construct):
         super().__init__(scope, construct_id)
         if client.principal_arn:
             principal: iam.IPrincipal = iam.ArnPrincipal(client.principal_arn)
+        elif client.revoked:  # trusts nobody anyway (`revoke`)
+            principal = iam.AccountRootPrincipal()
         else:  # only in a trial deployment (`DeploymentConfig.check_principals`)
             principal = iam.AccountRootPrincipal()
             cdk.Annotations.of(self).add_warning_v2(
@@ -154,8 +157,11 @@ class ClientAccess(Construct):
             "Role",
             assumed_by=principal,
             description=f"fedstep client agent of {client.id}",
-            inline_policies={"client-agent": document},
+            inline_policies=None if client.revoked else {"client-agent": document},
         )
+        if client.revoked:
+            revoke(self.role)
+            return
         for pattern in (keys.MODEL_KEY_PATTERN, keys.GLOBAL_KEY_PATTERN, keys.client_update_key_pattern(client.id)):
             acknowledge(
                 self.role,
@@ -163,3 +169,22 @@ class ClientAccess(Construct):
                 "The run id, round and version in the key are chosen at run time; the pattern fixes everything "
                 "else, and a client writes only under its own prefix.",
             )
+
+
+REVOKED_ACTIONS = ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"]
+"""What the trust policy of a revoked client's role denies to every principal."""
+
+
+def revoke(role: iam.Role) -> None:
+    """Offboard the client whose role this is (`"revoked": true` in the deployment config): its trust
+    policy denies assuming it to everyone (an explicit deny, whatever else the policy allows), and it
+    holds no policy, so sessions issued before the deploy can do nothing either. The role itself stays,
+    with its ARN: reinstating the client (`"revoked": false`) gives its agent back the same role."""
+    role.assume_role_policy.add_statements(  # type: ignore[union-attr]
+        iam.PolicyStatement(
+            sid="Revoked",
+            effect=iam.Effect.DENY,
+            principals=[iam.AnyPrincipal()],
+            actions=REVOKED_ACTIONS,
+        )
+    )

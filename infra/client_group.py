@@ -4,9 +4,10 @@ the dead-letter alarms of the group's queues.
 
 The stack's shared resources (topic, undelivered-messages queue, bucket, table, key, alarm topic) stay
 in the parent, which passes their ARNs in as the nested stack's named parameters (`PARAMETERS`).
-Each group's outputs name its clients (`ClientIds`) and each client's queue URL and role ARN
-(`keys.client_output_key`, `keys.client_role_output_key`); `fedstep.aws.stack.StackOutputs.of_stack`
-reads them.
+Each group's outputs name its clients (`ClientIds`), those of them revoked (`RevokedClientIds`, when
+any is) and each client's queue URL and role ARN (`keys.client_output_key`,
+`keys.client_role_output_key`); `fedstep.aws.stack.StackOutputs.of_stack` reads them. A revoked client
+keeps its resources, so revoking one and reinstating it change no resource but its role's policies.
 
 Clients fill the groups in the order of the deployment config (`client_groups`), so a client keeps
 its group, and its queue, as long as no client before it is removed (docs/design-notes.md).
@@ -131,4 +132,7 @@ class ClientGroup(cdk.NestedStack):
                 description=f"IAM role of {client.id}",
             )
         cdk.CfnOutput(self, "ClientIds", value=",".join(c.id for c in clients))
+        revoked = [c.id for c in clients if c.revoked]
+        if revoked:  # offboarded: no run selects them (`StackOutputs.revoked`)
+            cdk.CfnOutput(self, "RevokedClientIds", value=",".join(revoked))
         self.alarms = dead_letter_alarms(self, config.project, dead_letter_queues, first_alarm, alarms_topic)

@@ -7,7 +7,8 @@ with `cdk deploy -c fedstep:config=other.json`):
       "project": "fedstep",
       "clients": [
         {"id": "hospital-a", "principal_arn": "arn:aws:iam::444455556666:role/fl-agent"},
-        {"id": "hospital-b", "principal_arn": "arn:aws:iam::111122223333:role/fl-agent"}
+        {"id": "hospital-b", "principal_arn": "arn:aws:iam::111122223333:role/fl-agent"},
+        {"id": "hospital-c", "principal_arn": "arn:aws:iam::777788889999:role/fl-agent", "revoked": true}
       ],
       "round_timeout_s": 3600,
       "max_model_mb": 256,
@@ -16,9 +17,11 @@ with `cdk deploy -c fedstep:config=other.json`):
     }
 
 `principal_arn` is who may assume that client's role (a role, user or account root, in this account
-or another one). Every client needs one, unless the config says `"trial": true` (a single-account
-trial): then a client without one may be assumed by principals of the deploying account that are
-allowed `sts:AssumeRole`, and synth warns about each. `max_model_mb` is the largest model
+or another one); changing it and deploying rotates the trust in place (same role ARN).
+`"revoked": true` offboards a client: its role trusts nobody and holds no permission, no run selects
+it, its queue and data stay (`docs/operations.md`). Every client needs one, unless the config says
+`"trial": true` (a single-account trial): then a client without one may be assumed by principals of
+the deploying account that are allowed `sts:AssumeRole`, and synth warns about each. `max_model_mb` is the largest model
 (safetensors file, MiB) the stack aggregates; it sizes the aggregation function's memory and time
 (`aggregation_memory_mb`, `aggregation_timeout_s`), and a size one function cannot hold is
 aggregated by slices: a model larger than `slice_mb` (MiB; default 512 when `max_model_mb` is over
@@ -124,6 +127,9 @@ class ConfigError(ValueError):
 class ClientConfig:
     id: str
     principal_arn: str | None = None
+    revoked: bool = False
+    """Offboarded (`docs/operations.md`): its role trusts nobody and holds no permission, runs never
+    select it; its queue, updates and items stay. False: a member of the consortium."""
 
 
 @dataclass(frozen=True)
@@ -159,7 +165,7 @@ class DeploymentConfig:
 
     def check_principals(self, where: str = "deployment config") -> None:
         """ConfigError naming the clients without `principal_arn`, the field and the fix, unless `trial`."""
-        missing = [c.id for c in self.clients if not c.principal_arn]
+        missing = [c.id for c in self.clients if not c.principal_arn and not c.revoked]
         if self.trial or not missing:
             return
         named = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -229,6 +235,11 @@ class DeploymentConfig:
                     f"{where}: {len(clients)} clients; one deployment holds at most {MAX_CLIENTS} "
                     "(one IAM role each; IAM's default quota is 1,000 roles per account)"
                 )
+        if all(c.revoked for c in clients):
+            raise ConfigError(
+                f"{where}: every client is revoked; a deployment needs at least one client that takes part "
+                "(to tear the stack down instead, see docs/operations.md)"
+            )
         ids = [c.id for c in clients]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
@@ -339,12 +350,15 @@ def _client(data: Any, where: str) -> ClientConfig:
         data = {"id": data}
     if not isinstance(data, dict) or "id" not in data:
         raise ConfigError(f'{where}: expected {{"id": "..."}}')
-    _only(data, {"id", "principal_arn"}, where)
+    _only(data, {"id", "principal_arn", "revoked"}, where)
     try:
         client_id = keys.check_id("client id", data["id"])
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    return ClientConfig(client_id, _principal(data.get("principal_arn"), f"{where}: principal_arn"))
+    revoked = data.get("revoked", False)
+    if not isinstance(revoked, bool):
+        raise ConfigError(f"{where}: revoked must be true or false, got {revoked!r}")
+    return ClientConfig(client_id, _principal(data.get("principal_arn"), f"{where}: principal_arn"), revoked)
 
 
 def _principal(value: Any, where: str) -> str | None:

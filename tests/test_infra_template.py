@@ -551,9 +551,9 @@ def cfn_lint_errors(*paths: Path) -> list[dict]:
 
 
 def test_nag_clean_and_cfn_lint_clean_for_3_clients(tmp_path):
-    clients = [ClientConfig(f"org-{i}") for i in range(3)]
+    clients = [ClientConfig("org-0"), ClientConfig("org-1"), ClientConfig("org-2", revoked=True)]  # one offboarded
     template = synth(clients, tmp_path, alarm_email="ops@example.org")  # raises on any nag finding
-    template.resource_count_is("AWS::SNS::Subscription", 3 + 1)  # the clients' queues and the alarm e-mail
+    template.resource_count_is("AWS::SNS::Subscription", 3 + 1)  # the clients' queues (a revoked one's kept), alarms
     templates = sorted(tmp_path.glob("*.template.json"), key=lambda p: p.name != "fedstep.template.json")
     assert len(templates) == 2 and templates[0].name == "fedstep.template.json"
     errors = cfn_lint_errors(*templates)

@@ -40,7 +40,7 @@ def test_run_ended_message_parses():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"schema": 1}, "schema 1 is not supported"),
+        ({"schema": 1}, r"wire schema 1, but this fedstep \(.*\) reads schema 2 only: upgrade the side on schema 1"),
         ({"round": 0}, "'round' must be >= 1"),
         ({"round": "2"}, "'round' must be int"),
         ({"round": True}, "'round' must be int"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -27,21 +27,26 @@ class StackOutputs:
     topic_arn: str
     state_machine_arn: str
     queues: dict[str, str]
-    """Queue URL by client id."""
+    """Queue URL by client id, of the clients that take part (not revoked): those runs select."""
     roles: dict[str, str]
-    """IAM role ARN by client id."""
+    """IAM role ARN by client id, of the clients that take part."""
     max_model_bytes: int = DEFAULT_MAX_BYTES
     """The largest model file the stack aggregates (deployment config `max_model_mb`)."""
     slice_bytes: int | None = None
     """Models larger than this are aggregated by slices (deployment config `slice_mb`); None: never."""
     operator_role_arn: str = ""
     """The operator role's ARN (`infra.operator_access`); "" for a stack deployed before it existed."""
+    revoked: dict[str, str] = field(default_factory=dict)
+    """Queue URL by client id, of the clients revoked in the deployment config (`"revoked": true`):
+    their role can no longer be assumed and no run selects them; their queue and data stay."""
+    revoked_roles: dict[str, str] = field(default_factory=dict)
+    """IAM role ARN by revoked client id (a role that trusts nobody and is allowed nothing)."""
 
     @classmethod
     def parse(cls, outputs: dict[str, str], groups: Sequence[dict[str, str]] = ()) -> StackOutputs:
         """The stack's outputs, and its client groups' (its nested stacks' outputs): each names its
-        clients (`ClientIds`, comma-separated) and their queue URLs and role ARNs. A stack without
-        nested stacks names its clients in its own outputs."""
+        clients (`ClientIds`, comma-separated), those revoked (`RevokedClientIds`) and their queue URLs
+        and role ARNs. A stack without nested stacks names its clients in its own outputs."""
         try:
             queues: dict[str, str] = {}
             roles: dict[str, str] = {}
@@ -52,11 +57,18 @@ class StackOutputs:
                 )
             if "ClientGroups" not in outputs and "ClientIds" not in outputs:
                 raise KeyError("ClientGroups")
+            revoked: dict[str, str] = {}
+            revoked_roles: dict[str, str] = {}
             for group in (outputs, *groups):
+                gone = set(group.get("RevokedClientIds", "").split(","))
                 for cid in (c for c in group.get("ClientIds", "").split(",") if c):
                     old_queue, old_role = keys.legacy_output_keys(cid)
-                    queues[cid] = _output(group, keys.client_output_key(cid), old_queue)
-                    roles[cid] = _output(group, keys.client_role_output_key(cid), old_role)
+                    queue = _output(group, keys.client_output_key(cid), old_queue)
+                    role = _output(group, keys.client_role_output_key(cid), old_role)
+                    if cid in gone:
+                        revoked[cid], revoked_roles[cid] = queue, role
+                    else:
+                        queues[cid], roles[cid] = queue, role
             return cls(
                 bucket=outputs["BucketName"],
                 table=outputs["TableName"],
@@ -67,12 +79,19 @@ class StackOutputs:
                 max_model_bytes=int(outputs.get("MaxModelBytes", DEFAULT_MAX_BYTES)),
                 slice_bytes=int(outputs.get("SliceBytes", 0)) or None,
                 operator_role_arn=outputs.get("OperatorRoleArn", ""),
+                revoked=revoked,
+                revoked_roles=revoked_roles,
             )
         except KeyError as exc:
             raise FedstepError(f"the stack has no output {exc}; is it a fedstep stack, fully deployed?") from None
 
     def client_config(self, client_id: str, region: str | None, **extra: object) -> dict[str, object]:
         """A ready client agent config (the file `fedstep-client run --config` reads)."""
+        if client_id in self.revoked:
+            raise FedstepError(
+                f"client {client_id!r} is revoked in the deployment config: its role can no longer be assumed "
+                '(reinstate it with "revoked": false and deploy; docs/operations.md)'
+            )
         if client_id not in self.queues:
             raise FedstepError(
                 f"client {client_id!r} is not in the stack; its clients: {', '.join(sorted(self.queues))}"

@@ -395,7 +395,7 @@ def _warn_if_offline(stack: _Stack, settings: Any, resume: str | None) -> None:
     else:
         if not stack.outputs.queues:  # start_run names the problem
             return
-        record, first = plan_run(settings, sorted(stack.outputs.queues), "run-preview"), 1
+        record, first = plan_run(settings, sorted(stack.outputs.queues), "run-preview", stack.outputs.revoked), 1
     warning = offline_warning(table, record.clients, record.quorum, record.round_timeout_s, record.round_retries)
     warnings, notes = selection_notes(table, record, first)
     short = poisson_warning(record)
@@ -569,6 +569,9 @@ def _clients(args: argparse.Namespace) -> int:
     table = DynamoRoundTable(stack.outputs.table, stack.client("dynamodb"))
     rows = statuses(ids, table.get_heartbeats(ids), feedback=table.get_feedback(ids))
     print(render_json(rows) if args.json else render_table(rows))
+    if stack.outputs.revoked and not args.json:
+        revoked = ", ".join(sorted(stack.outputs.revoked))
+        print(f"revoked: {revoked} (no run selects them; their queues and data stay; docs/operations.md)")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import secrets
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -169,12 +170,18 @@ class RunSettings:
             raise ValueError(f"--dp-epsilon must be > 0, got {self.dp_epsilon}")
         return DPSettings(self.dp, z, clip, delta, self.dp_epsilon)
 
-    def run_clients(self, stack_clients: list[str]) -> list[str]:
+    def run_clients(self, stack_clients: list[str], revoked: Collection[str] = ()) -> list[str]:
         """The run's clients (sorted): the stack's, or those `select` names, less those `exclude` names.
-        FedstepError for a name the stack does not have, or when none is left."""
+        FedstepError for a name the stack does not have or has revoked (`revoked`), or when none is left."""
         known = set(stack_clients)
+        gone = sorted(set(self.select or []) & set(revoked))
+        if gone:
+            raise FedstepError(
+                f"--select names client(s) revoked in the deployment config: {', '.join(gone)}; no run selects them "
+                "(docs/operations.md)"
+            )
         for flag, names in (("--select", self.select), ("--exclude", self.exclude)):
-            unknown = sorted(set(names or []) - known)
+            unknown = sorted(set(names or []) - known - set(revoked))
             if unknown:
                 raise FedstepError(
                     f"{flag} names client(s) the stack does not have: {', '.join(unknown)}; its clients are "
@@ -499,7 +506,7 @@ def start_run(
     """Upload the architecture and round-0 weights, write the run record, start the state machine."""
     settings = settings.validated()
     run_id = keys.check_id("run id", run_id or new_run_id())
-    record = plan_run(settings, sorted(outputs.queues), run_id)
+    record = plan_run(settings, sorted(outputs.queues), run_id, outputs.revoked)
     weights = tensors.encode(
         initial_weights, {"schema": SCHEMA_VERSION, "run_id": run_id, "round": 0, "kind": "global"}
     )
@@ -515,12 +522,12 @@ def start_run(
     return launched
 
 
-def plan_run(settings: RunSettings, stack_clients: list[str], run_id: str) -> RunRecord:
-    """The run record `settings` give a run of the stack's clients (its model not yet written);
-    FedstepError when they cannot work with those clients."""
+def plan_run(settings: RunSettings, stack_clients: list[str], run_id: str, revoked: Collection[str] = ()) -> RunRecord:
+    """The run record `settings` give a run of the stack's clients (its model not yet written; `revoked`:
+    the stack's revoked clients, which it never takes); FedstepError when they cannot work with those clients."""
     if not stack_clients:
         raise FedstepError("the stack has no clients; add them to the deployment config and deploy")
-    clients = settings.run_clients(stack_clients)
+    clients = settings.run_clients(stack_clients, revoked)
     per_round, quorum = settings.for_clients(clients)
     return RunRecord(
         run_id=run_id,
@@ -659,6 +666,7 @@ def resume_run(
             "(--rounds N continues it up to N rounds in total)"
         )
     check_fits_one_execution(rounds or old.rounds, old.round_retries, last, run_id)
+    old = without_revoked(old, outputs)
     store = S3ModelStore(outputs.bucket, s3)
     architecture = store.get(keys.model_key(run_id))
     global_bytes = store.get(model_of_round(table, old, last, history))
@@ -689,6 +697,32 @@ def resume_run(
         if launched is not None:
             return launched
     raise FedstepError(f"run {run_id} was resumed 99 times already")
+
+
+def without_revoked(run: RunRecord, outputs: StackOutputs) -> RunRecord:
+    """`run` less the clients revoked since it started (`outputs.revoked`; docs/operations.md), for the
+    run that continues it: a revoked client can no longer act, and a continuation is a new run. Its
+    clients per round shrink to those left; FedstepError when too few are left for its quorum and
+    `min_participants`, or when its client-level DP accounted for the run's population."""
+    gone = [c for c in run.clients if c in outputs.revoked]
+    if not gone:
+        return run
+    left = [c for c in run.clients if c not in outputs.revoked]
+    named = ", ".join(gone)
+    if run.dp is not None and run.dp.central:
+        raise FedstepError(
+            f"run {run.run_id}'s privacy guarantee was accounted over its {len(run.clients)} clients, and some are "
+            f"revoked now ({named}): resuming without them would change the population of that guarantee. Start a "
+            'new run (fedstep start), or reinstate them ("revoked": false and deploy)'
+        )
+    per_round = min(run.clients_per_round or len(left), len(left))
+    needs = max(run.quorum, run.min_participants)
+    if per_round < needs:
+        raise FedstepError(
+            f"revoked clients ({named}) leave run {run.run_id} {len(left)} client(s), fewer than its quorum and "
+            f"min_participants ({needs}): no round could be aggregated. Start a new run with fitting settings"
+        )
+    return replace(run, clients=left, clients_per_round=0 if per_round == len(left) else per_round)
 
 
 def _launch(

@@ -3,7 +3,8 @@ evaluation item, the round record, the run record, the feedback and heartbeat it
 
 Every format carries `schema` (an integer, `fedstep.SCHEMA_VERSION`). Parsing validates types, ranges
 and sizes (`fedstep.core.limits`) and raises `InvalidMessage` naming the first bad field, so a malformed
-message or item is rejected with a reason instead of failing somewhere deeper.
+message or item is rejected with a reason instead of failing somewhere deeper; one of another schema
+version raises `SchemaMismatch`, naming both versions and which side to upgrade.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
-from fedstep import SCHEMA_VERSION
+from fedstep import SCHEMA_VERSION, __version__
 from fedstep.core import keys, limits
 from fedstep.core.clock import parse_utc
 from fedstep.core.errors import FedstepError
@@ -24,6 +25,19 @@ T = TypeVar("T")
 
 class InvalidMessage(FedstepError):
     """A message, item or event does not match its schema."""
+
+
+class SchemaMismatch(InvalidMessage):
+    """A message or item of another wire schema version (`fedstep.SCHEMA_VERSION`) than this fedstep
+    reads: `found` is the writer's, `supported` this reader's. Agents and the stack work together only
+    at the same schema (docs/operations.md: upgrading)."""
+
+    def __init__(self, where: str, found: int, supported: int = SCHEMA_VERSION) -> None:
+        self.found, self.supported = found, supported
+        super().__init__(
+            f"{where}: wire schema {found}, but this fedstep ({__version__}) reads schema {supported} only: "
+            f"upgrade the side on schema {min(found, supported)} (docs/operations.md, Upgrading)"
+        )
 
 
 def _get(data: dict[str, Any], name: str, kind: type[T] | tuple[type, ...], where: str) -> T:
@@ -81,7 +95,7 @@ def _id(data: dict[str, Any], name: str, kind: str, where: str) -> str:
 def _check_schema(data: dict[str, Any], where: str) -> None:
     schema = _get(data, "schema", int, where)
     if schema != SCHEMA_VERSION:
-        raise InvalidMessage(f"{where}: schema {schema} is not supported (this is schema {SCHEMA_VERSION})")
+        raise SchemaMismatch(where, schema)
 
 
 def check_metrics(data: Any, where: str) -> dict[str, float]:

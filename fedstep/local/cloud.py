@@ -294,9 +294,10 @@ class LocalCloud:
             self._clients.clear()
 
     def _grant_principals(self) -> None:
-        """Each local user may assume its own role, and nothing else."""
+        """Each local user may assume its own role, and nothing else. A revoked client's organisation
+        keeps its own permission, as it would on AWS: its role's trust policy is what refuses it."""
         assert self.outputs is not None
-        roles = {OPERATOR: self.outputs.operator_role_arn, **self.outputs.roles}
+        roles = {OPERATOR: self.outputs.operator_role_arn, **self.outputs.roles, **self.outputs.revoked_roles}
         self.principals.grant_assume(self.client("iam"), {p: r for p, r in roles.items() if r})
 
     def deploy(self) -> StackOutputs:
