@@ -17,7 +17,7 @@ demo: $(STAMP)
 
 # The suite's files run on TEST_WORKERS processes (pytest-xdist; a file's tests stay on one worker, so a module's
 # local cloud serves them all); TEST_WORKERS=0 runs everything in one process.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 
 test: $(STAMP) $(NODE_STAMP) $(BROWSER_STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
