@@ -189,6 +189,11 @@ dead-letter queue after 5 receives, so retries are spread over about two minutes
 MAX_RETRY_DELAY_S = 60.0
 
 
+def _backoff(previous_s: float) -> float:
+    """The next wait after `previous_s` (0: the first): FIRST_RETRY_DELAY_S, doubling to MAX_RETRY_DELAY_S."""
+    return min(MAX_RETRY_DELAY_S, max(FIRST_RETRY_DELAY_S, previous_s * 2))
+
+
 class Agent:
     def __init__(
         self,
@@ -236,7 +241,7 @@ class Agent:
                 except AWS_ERRORS as exc:
                     if not is_transient(exc):
                         raise FedstepError(explain(exc, what=f"queue {self.config.queue_url}")) from None
-                    delay = min(60.0, max(5.0, delay * 2))
+                    delay = _backoff(delay)
                     log.warning("cannot poll the queue, retrying in %.0f s: %s", delay, explain(exc))
                     time.sleep(delay)
                     continue
@@ -244,7 +249,7 @@ class Agent:
                     log.info("polling the queue again")
                     delay = 0.0
                 if outcome is Outcome.KEPT:
-                    retry = min(MAX_RETRY_DELAY_S, max(FIRST_RETRY_DELAY_S, retry * 2))
+                    retry = _backoff(retry)
                     log.info("polling again in %.0f s to try the round again", retry)
                     time.sleep(retry)
                 elif outcome is not None:

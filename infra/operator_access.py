@@ -108,6 +108,14 @@ class OperatorAccess(Construct):
                     sid="ReadTheRegistry", actions=["s3:GetObject"], resources=[bucket.arn_for_objects("*")]
                 ),
                 iam.PolicyStatement(
+                    # without it S3 answers a missing object (a run without partition.json, a model
+                    # name never promoted) with AccessDenied instead of NoSuchKey
+                    sid="TellMissingObjects",
+                    actions=["s3:ListBucket"],
+                    resources=[bucket.bucket_arn],
+                    conditions={"StringLike": {"s3:prefix": ["runs/*", f"{keys.REGISTRY_PREFIX}*"]}},
+                ),
+                iam.PolicyStatement(
                     sid="WriteRunInputsAndPromotions",
                     actions=["s3:PutObject"],
                     resources=[bucket.arn_for_objects(pattern) for pattern in OPERATOR_WRITES],

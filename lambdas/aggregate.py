@@ -142,7 +142,7 @@ def round_of(record: DynamoDBRecord) -> tuple[str, int] | None:
     return run_id, round_number
 
 
-@functools.cache
+@functools.lru_cache(maxsize=4)
 def _services(bucket: str, table: str, topic: str, endpoint: str | None, access_key: str) -> tuple[Any, Any, Any, Any]:
     """AWS clients, built once per execution environment (and again if the settings change, or the
     role session's credentials, `access_key`, do)."""

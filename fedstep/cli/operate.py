@@ -13,6 +13,7 @@ from fedstep.cli.start import model_of_round
 from fedstep.core import keys, tensors
 from fedstep.core.clock import utc_now
 from fedstep.core.errors import FedstepError
+from fedstep.core.rounds import selected_in
 from fedstep.core.schemas import (
     DECLINED_KIND,
     ROUND_CLAIMED,
@@ -86,7 +87,7 @@ def in_flight(run_id: str, record: RunRecord, table: DynamoRoundTable) -> StopRe
         return report
     current = max(pending, key=lambda r: int(r["round"]))
     number = int(current["round"])
-    selected = record.selected(number)
+    selected = selected_in(current, record, number)  # as the round was sent (offline clients left out)
     items = table.get_updates(run_id, number, selected)
     return replace(
         report,

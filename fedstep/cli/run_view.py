@@ -24,7 +24,15 @@ from fedstep.core.errors import FedstepError
 from fedstep.core.label_counts import LabelCounts
 from fedstep.core.presence import presence
 from fedstep.core.rounds import selected_in
-from fedstep.core.schemas import FailureItem, Feedback, InvalidMessage, RoundSummary, RunRecord, RunStop
+from fedstep.core.schemas import (
+    DECLINED_KIND,
+    FailureItem,
+    Feedback,
+    InvalidMessage,
+    RoundSummary,
+    RunRecord,
+    RunStop,
+)
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +175,7 @@ def load_run(run_id: str, outputs: StackOutputs, table: DynamoRoundTable, sfn: A
         told = [Feedback.parse(f) for f in table.get_feedback(record.clients, run_id).values()]
     except InvalidMessage as exc:
         raise FedstepError(f"run {run_id} has an unreadable item: {exc}") from None
-    last_rejections = {f.client_id: f for f in told if f.run_id == run_id}  # the run's own items
+    last_rejections = {f.client_id: f for f in told}  # get_feedback read the run's own items
     execution = describe(sfn, execution_arn(outputs, run_id))
     failures = load_failures(table, run_id, record.clients)
     current = load_open_round(table, record, failures) if execution and execution.status == "RUNNING" else None
@@ -203,7 +211,7 @@ def load_open_round(
     number = int(record.get("round", 0))
     selected = selected_in(record, run, number)
     items = table.get_updates(run.run_id, number, selected)
-    declined = {c: limits.reason(str(i.get("reason", ""))) for c, i in items.items() if i.get("kind") == "decline"}
+    declined = {c: limits.reason(str(i.get("reason", ""))) for c, i in items.items() if i.get("kind") == DECLINED_KIND}
     sent = sorted(c for c in items if c not in declined)
     now = now or datetime.now(UTC)
     waiting = [c for c in selected if c not in items]

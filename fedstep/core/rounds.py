@@ -373,13 +373,13 @@ def try_complete_round(
         reporter.succeed(record["task_token"], task_output(RoundSummary.parse(record), run))
         table.mark_reported(run_id, round_number)
         return None
-    if table.get_stop(run_id) is not None:
-        log.info("round %s/%d: the run was stopped, its updates are not aggregated", run_id, round_number)
-        return None
     selected = selected_in(record, run, round_number)
     raw = table.get_updates(run_id, round_number, selected)
     if set(selected) - set(raw):
         log.info("round %s/%d: %d of %d updates in", run_id, round_number, len(raw), len(selected))
+        return None
+    if table.get_stop(run_id) is not None:  # read once all are in, not per update (the commit checks it too)
+        log.info("round %s/%d: the run was stopped, its updates are not aggregated", run_id, round_number)
         return None
     claim = new_claim_id()
     now = time.time()
