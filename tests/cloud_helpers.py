@@ -151,10 +151,12 @@ def summaries(cloud, run_id) -> list[RoundSummary]:
 
 
 def published_round(cloud, run_id, round_number=1, timeout_s=60.0) -> dict:
-    """The round record once the state machine has published the round (it does so asynchronously)."""
+    """The round record once the state machine has published the round (it does so asynchronously).
+    Complete, with its `status`: moto applies an UpdateItem's SETs one by one, so a read racing the
+    publication can see the item half written (AWS never shows that; docs/local-cloud.md)."""
     table = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb"))
     deadline = time.monotonic() + timeout_s
-    while (record := table.get_round(run_id, round_number)) is None:
+    while (record := table.get_round(run_id, round_number)) is None or "status" not in record:
         assert time.monotonic() < deadline, f"round {round_number} of {run_id} was not published in {timeout_s} s"
         time.sleep(0.2)
     return record
