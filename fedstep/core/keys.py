@@ -16,6 +16,9 @@ S3 layout (bucket = the model registry):
                                                               `default`)
     registry/{name}/history/{approved_at}-{run_id}-{r:05d}.json
                                                               every promotion, written once, never replaced
+    runs/{run_id}/statistics.json                             the federated statistics the run standardizes
+                                                              with (`standardize: federated`), written once
+                                                              by `fedstep start`; every client reads it
     updates/{client_id}/{run_id}/{r:05d}.safetensors          a client's update in round r
 
 Round r trains on the global weights of round r-1 and produces those of round r. A round's result
@@ -36,6 +39,8 @@ a run id never contains one, so the kinds cannot collide:
                                                        (written by that client; one per run, overwritten)
     CLIENT#{client_id}    EVAL#{run_id}#{r:05d}#{request}  a client's evaluation of round r's global model, for
                                                        the operator's request `request` (by that client)
+    CLIENT#{client_id}    STATS#{request}              a client's bounded sums for the operator's statistics
+                                                       request `request` (`fedstep stats`; by that client)
     FEEDBACK#{client_id}  REJECTION#{run_id}           why the client's last update in that run was rejected
                                                        (server; the client may read it, and its agent does)
     FEEDBACK#{client_id}  LAST_REJECTION               a copy of the client's latest rejection in any run
@@ -60,6 +65,7 @@ RUN_SK = "RUN"
 ROUND_PREFIX = "ROUND#"
 UPDATE_PREFIX = "UPDATE#"
 EVAL_PREFIX = "EVAL#"
+STATS_PREFIX = "STATS#"
 CLIENT_PK_PREFIX = "CLIENT#"
 FEEDBACK_PK_PREFIX = "FEEDBACK#"
 HEARTBEAT_SK = "HEARTBEAT"
@@ -102,6 +108,11 @@ def model_key(run_id: str) -> str:
 def partition_key(run_id: str) -> str:
     """The run's simulated partition (each client's label counts), written once by `fedstep local`."""
     return f"{run_prefix(run_id)}partition.json"
+
+
+def statistics_key(run_id: str) -> str:
+    """The federated statistics run `run_id` standardizes with, written once by `fedstep start`."""
+    return f"{run_prefix(run_id)}statistics.json"
 
 
 def round_prefix(run_id: str, round_number: int) -> str:
@@ -180,6 +191,7 @@ def promotion_key(name: str, approved_at: str, run_id: str, round_number: int) -
 # S3 key patterns for IAM policies (`*` is the run id, round or version, chosen at run time).
 MODEL_KEY_PATTERN = "runs/*/model.keras"
 GLOBAL_KEY_PATTERN = "runs/*/rounds/*/global-*.safetensors"
+STATISTICS_KEY_PATTERN = "runs/*/statistics.json"
 CARD_KEY_PATTERN = "runs/*/rounds/*/card-*.json"
 PLAN_KEY_PATTERN = "runs/*/rounds/*/plan-*.json"
 STATE_KEY_PATTERN = "runs/*/rounds/*/state-*.safetensors"
@@ -243,9 +255,9 @@ def parse_update_item_key(pk: str, sk: str) -> tuple[str, str, int]:
 
 
 def check_request_id(value: str) -> str:
-    """`value` if it is a valid evaluation request id (1-32 lowercase letters or digits); else ValueError."""
+    """`value` if it is a valid request id (evaluation, statistics): 1-32 lowercase letters or digits."""
     if not isinstance(value, str) or not _VERSION.match(value):
-        raise ValueError(f"invalid evaluation request id {value!r}: 1-32 lowercase letters or digits")
+        raise ValueError(f"invalid request id {value!r}: 1-32 lowercase letters or digits")
     return value
 
 
@@ -257,6 +269,12 @@ def eval_sk(run_id: str, round_number: int, request_id: str) -> str:
 def eval_item_key(run_id: str, round_number: int, request_id: str, client_id: str) -> dict[str, str]:
     """A client's answer to the evaluation request `request_id` (round `round_number`'s global model)."""
     return {PK: client_pk(client_id), SK: eval_sk(run_id, round_number, request_id)}
+
+
+def stats_item_key(request_id: str, client_id: str) -> dict[str, str]:
+    """A client's answer to the statistics request `request_id` (`fedstep stats`); its sort key never
+    starts with `UPDATE_PREFIX`, so no aggregation reads it."""
+    return {PK: client_pk(client_id), SK: f"{STATS_PREFIX}{check_request_id(request_id)}"}
 
 
 def heartbeat_item_key(client_id: str) -> dict[str, str]:

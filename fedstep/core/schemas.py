@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
 from fedstep import SCHEMA_VERSION, __version__
-from fedstep.core import keys, limits
+from fedstep.core import keys, limits, statistics
 from fedstep.core.clock import parse_utc
 from fedstep.core.errors import FedstepError
 from fedstep.core.selection import SELECTIONS, select
@@ -183,6 +183,11 @@ class TrainingConfig:
     at most `limits.MAX_TRAIN_PARAMS`, each named like a Python identifier (at most 64 characters)
     with a boolean, a finite number or a text of at most `limits.MAX_TRAIN_PARAM_CHARS` characters.
 
+    `standardize` is how each client scales its features before training and evaluation: "none"
+    (default: as they are), "local" (its own mean and standard deviation) or "federated" (the
+    statistics of every client, `fedstep.core.statistics`, in the object `standardization`, which
+    the agent reads and checks by its sha256).
+
     `instructions` are the strategy's instructions for this round (e.g. FedProx's `proximal_mu`):
     the agent sets them from the round message before it calls the train function; they are never
     read from the wire as part of this object."""
@@ -191,6 +196,8 @@ class TrainingConfig:
     batch_size: int = 32
     learning_rate: float | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    standardize: str = "none"
+    standardization: ObjectRef | None = None
     instructions: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -201,18 +208,33 @@ class TrainingConfig:
         if not (self.learning_rate is None or 0 < self.learning_rate < math.inf):
             raise InvalidMessage(f"training config: learning_rate must be > 0 or null, got {self.learning_rate}")
         _check_train_params(self.params)
+        if self.standardize not in STANDARDIZE_MODES:
+            raise InvalidMessage(
+                f"training config: standardize must be one of {', '.join(STANDARDIZE_MODES)}, got {self.standardize!r}"
+            )
+        if (self.standardize == "federated") != (self.standardization is not None):
+            raise InvalidMessage("training config: standardize 'federated' goes with a standardization object, only")
 
     @classmethod
     def parse(cls, data: Any, where: str = "training") -> TrainingConfig:
         params = data.get("params", {}) if isinstance(data, dict) else {}
         if not isinstance(params, dict):
             raise InvalidMessage(f"{where}: params must be an object")
+        standardization = data.get("standardization") if isinstance(data, dict) else None
         return cls(
             epochs=_positive_int(data, "epochs", where, 1, limits.MAX_EPOCHS),
             batch_size=_positive_int(data, "batch_size", where, 1, limits.MAX_BATCH_SIZE),
             learning_rate=_optional_number(data, "learning_rate", where),
             params=params,
+            standardize=_short_str(data, "standardize", where, 16) if "standardize" in data else "none",
+            standardization=None
+            if standardization is None
+            else ObjectRef.parse(standardization, f"{where} standardization"),
         )
+
+
+STANDARDIZE_MODES = ("none", "local", "federated")
+"""How clients scale their features (`TrainingConfig.standardize`)."""
 
 
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -319,6 +341,8 @@ class EvaluateMessage:
     global_model: ObjectRef
     issued_at: str
     deadline_s: int = 900
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    """The run's training settings: the batch size and the standardization the model was trained with."""
     type: str = "evaluate"
 
     def to_dict(self) -> dict[str, Any]:
@@ -340,10 +364,50 @@ class EvaluateMessage:
             global_model=ObjectRef.parse(_get(data, "global_model", dict, where), f"{where} global_model"),
             issued_at=_timestamp(data, "issued_at", where),
             deadline_s=_positive_int(data, "deadline_s", where, 1, MAX_EVAL_DEADLINE_S),
+            training=TrainingConfig.parse(data["training"], f"{where} training")
+            if "training" in data
+            else TrainingConfig(),
         )
 
 
-def parse_message(data: Any) -> RoundMessage | RunEndedMessage | EvaluateMessage:
+@dataclass(frozen=True)
+class StatsMessage:
+    """Published by the operator (`fedstep stats`, `fedstep start` with `standardize: federated`) to
+    the clients it asks: answer `request` with this site's bounded sums of its local training split
+    (`fedstep.core.statistics`) in a statistics item (`StatsItem`) for `request_id`. `run_id` names
+    the run it is for ("" when the operator asked outside a run). Skipped once `deadline_s` seconds
+    after `issued_at` have passed. Bounded: at most 4,096 ranges, far below SNS's 256 KiB."""
+
+    request_id: str
+    request: dict[str, Any]
+    issued_at: str
+    deadline_s: int = 900
+    run_id: str = ""
+    type: str = "statistics"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, **asdict(self)}
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> StatsMessage:
+        where = "statistics message"
+        _check_schema(data, where)
+        try:
+            request_id = keys.check_request_id(_get(data, "request_id", str, where))
+            request = statistics.StatsRequest.parse(_get(data, "request", dict, where), f"{where} request").to_dict()
+        except (ValueError, statistics.StatisticsError) as exc:
+            raise InvalidMessage(f"{where}: {exc}") from None
+        run_id = _get(data, "run_id", str, where) if data.get("run_id") else ""
+        return cls(
+            request_id=request_id,
+            request=request,
+            issued_at=_timestamp(data, "issued_at", where),
+            deadline_s=_positive_int(data, "deadline_s", where, 1, MAX_EVAL_DEADLINE_S),
+            run_id=_id(data, "run_id", "run id", where) if run_id else "",
+        )
+
+
+def parse_message(data: Any) -> RoundMessage | RunEndedMessage | EvaluateMessage | StatsMessage:
     """Parse a message body (already JSON-decoded) into its typed form."""
     kind = _get(data, "type", str, "message")
     if kind == "round":
@@ -352,7 +416,9 @@ def parse_message(data: Any) -> RoundMessage | RunEndedMessage | EvaluateMessage
         return RunEndedMessage.parse(data)
     if kind == "evaluate":
         return EvaluateMessage.parse(data)
-    raise InvalidMessage(f"message: unknown type {kind!r} (expected 'round', 'run_ended' or 'evaluate')")
+    if kind == "statistics":
+        return StatsMessage.parse(data)
+    raise InvalidMessage(f"message: unknown type {kind!r} (expected 'round', 'run_ended', 'evaluate' or 'statistics')")
 
 
 def _client_round_item(data: dict[str, Any], where: str) -> tuple[str, int, str]:
@@ -558,6 +624,67 @@ class EvalItem:
         if not error and not item.metrics:
             raise InvalidMessage(f"{where}: no metrics and no error")
         return item
+
+
+STATS_KIND = "statistics"
+
+
+@dataclass(frozen=True)
+class StatsItem:
+    """A client's answer to a statistics request, in its own partition (`keys.stats_item_key`): its
+    `SiteStatistics` as float64 bytes (`values`, features x (5 + bins)), the noise it added, or
+    `error`, why it could not answer. Every field is the client's claim: `parse` bounds the shape and
+    the operator checks the numbers (`SiteStatistics.check`) before it combines them."""
+
+    request_id: str
+    client_id: str
+    features: int
+    bins: int
+    values: bytes
+    created_at: str
+    noise_std: float = 0.0
+    error: str = ""
+
+    def to_item(self) -> dict[str, Any]:
+        return {
+            **keys.stats_item_key(self.request_id, self.client_id),
+            "schema": SCHEMA_VERSION,
+            "kind": STATS_KIND,
+            **asdict(self),
+        }
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> StatsItem:
+        where = "statistics item"
+        _check_schema(data, where)
+        client_id = _id(data, "client_id", "client id", where)
+        try:
+            request_id = keys.check_request_id(_get(data, "request_id", str, where))
+        except ValueError as exc:
+            raise InvalidMessage(f"{where}: {exc}") from None
+        own_key = keys.stats_item_key(request_id, client_id)
+        if any(data.get(k) not in (None, v) for k, v in own_key.items()):
+            raise InvalidMessage(f"{where}: its key does not match its request and client")
+        created_at = _short_str(data, "created_at", where, limits.MAX_TIMESTAMP_CHARS)
+        if data.get("error"):
+            error = limits.reason(_short_str(data, "error", where, limits.MAX_REASON_CHARS * 4))
+            return cls(request_id, client_id, 0, 0, b"", created_at, 0.0, error)
+        raw = data.get("values")
+        values = getattr(raw, "value", raw)  # boto3 reads a binary attribute as a Binary
+        if not isinstance(values, bytes | bytearray):
+            raise InvalidMessage(f"{where}: values must be binary")
+        noise = _optional_number(data, "noise_std", where) or 0.0
+        if not 0 <= noise <= limits.MAX_METRIC_MAGNITUDE:
+            raise InvalidMessage(f"{where}: noise_std must be a number >= 0")
+        return cls(
+            request_id=request_id,
+            client_id=client_id,
+            features=_positive_int(data, "features", where, 1, statistics.MAX_FEATURES),
+            bins=_positive_int(data, "bins", where, 0, statistics.MAX_BINS),
+            values=bytes(values),
+            created_at=created_at,
+            noise_std=noise,
+        )
 
 
 FAILURE_KIND = "failure"
