@@ -78,11 +78,15 @@ from fedstep.core.schemas import (
     RunEndedMessage,
     RunStop,
     SchemaMismatch,
+    StatsItem,
+    StatsMessage,
     TrainingConfig,
     UpdateItem,
     parse_message,
 )
+from fedstep.core.statistics import FederatedStatistics, Standardization, StatsRequest, site_statistics
 from fedstep.core.tensors import l2_norm
+from fedstep.privacy.accounting import statistics_noise_std
 
 log = logging.getLogger("fedstep.client")
 
@@ -108,7 +112,7 @@ class Outcome(Enum):
     REJECTED = "rejected"  # malformed message, released towards the dead-letter queue
     KEPT = "kept"  # failed; the message is released at once (not deleted) for another try
     DECLINED = "declined"  # refused to train (privacy); decline item written, message deleted
-    EVALUATED = "evaluated"  # an evaluation request answered (metrics or why not); message deleted
+    EVALUATED = "evaluated"  # an evaluation or statistics request answered (or why not); message deleted
 
 
 @dataclass(frozen=True)
@@ -287,8 +291,8 @@ class Agent:
             log.error("malformed message %s goes to the dead-letter queue: %s", message.get("MessageId"), exc)
             self._release(message)
             return Outcome.REJECTED
-        if isinstance(parsed, EvaluateMessage):  # served even for an ended run: its main use
-            return self.handle_evaluate(message, parsed)
+        if isinstance(parsed, EvaluateMessage | StatsMessage):  # served even for an ended run: its main use
+            return self.handle_request(message, parsed)
         if isinstance(parsed, RunEndedMessage):
             self._ended_runs.add(parsed.run_id)
             self._delete(message)
@@ -392,35 +396,27 @@ class Agent:
         self.sqs.delete_message(QueueUrl=self.config.queue_url, ReceiptHandle=message["ReceiptHandle"])
 
     # -- evaluation requests ----------------------------------------------------------------------
-    def handle_evaluate(self, message: dict[str, Any], msg: EvaluateMessage) -> Outcome:
-        """An evaluation request (`fedstep evaluate`): answered whether or not its run has ended, and
-        skipped (deleted) once past its deadline, when the operator no longer waits. A failure to
-        reach S3 or DynamoDB leaves the message queued (it comes back); a failure to evaluate is the
-        answer (an evaluation item with its `error`)."""
+    def handle_request(self, message: dict[str, Any], msg: EvaluateMessage | StatsMessage) -> Outcome:
+        """An operator's request (`fedstep evaluate`, `fedstep stats`): answered whether or not its run
+        has ended, and skipped (deleted) once past its deadline, when the operator no longer waits. A
+        failure to reach S3 or DynamoDB leaves the message queued (it comes back); a failure to
+        evaluate or to compute is the answer (an item with its `error`)."""
+        what = _request_name(msg)
         if seconds_since(msg.issued_at, time.time()) > msg.deadline_s + limits.MAX_CLOCK_SKEW_S:
-            log.info(
-                "evaluation request %s (round %d of %s) skipped: its deadline (%d s after %s) has passed",
-                msg.request_id,
-                msg.round,
-                msg.run_id,
-                msg.deadline_s,
-                msg.issued_at,
-            )
+            log.info("%s skipped: its deadline (%d s after %s) has passed", what, msg.deadline_s, msg.issued_at)
             self._delete(message)
             return Outcome.STALE
         try:
             with self._kept_invisible(message):
-                outcome = self.serve_evaluation(msg)
+                serve = self.serve_evaluation if isinstance(msg, EvaluateMessage) else self.serve_statistics
+                outcome = serve(msg)  # type: ignore[arg-type]
         except (KeyboardInterrupt, SystemExit):
             self._release(message)
             raise
         except Exception as exc:  # S3 or DynamoDB unreachable: the message is tried again
             log.error(
-                "evaluation request %s (round %d of %s) failed, the message stays queued and is released for "
-                "another try: %s",
-                msg.request_id,
-                msg.round,
-                msg.run_id,
+                "%s failed, the message stays queued and is released for another try: %s",
+                what,
                 _evaluation_failure(exc),
                 exc_info=log.isEnabledFor(logging.DEBUG),
             )
@@ -428,6 +424,73 @@ class Agent:
             return Outcome.KEPT
         self._delete(message)
         return outcome
+
+    def serve_statistics(self, msg: StatsMessage) -> Outcome:
+        """This site's bounded sums of its local training split's features (before any
+        standardization), as the request asks (`fedstep.core.statistics.site_statistics`), written
+        into this client's own partition; with the request's noise when it has an epsilon, drawn
+        from the operating system's randomness. ALREADY_SERVED when the answer exists."""
+        client = self.config.client_id
+        try:
+            request = StatsRequest.parse(msg.request)
+            x = self._training_features()
+            noise = 0.0
+            if request.epsilon is not None:
+                noise = statistics_noise_std(request.epsilon, request.delta, x.shape[1], request.bins > 0)
+            answer = site_statistics(x, request, noise, seed=None)
+            item = StatsItem(msg.request_id, client, answer.features, answer.bins, answer.encode(), utc_now(), noise)
+        except (ClientError, BotoCoreError, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            reason = limits.reason(_evaluation_failure(exc))
+            item = StatsItem(msg.request_id, client, 0, 0, b"", utc_now(), error=reason)
+        if not self.table.put_once(item.to_item()):
+            log.info("statistics request %s was already answered; message redelivered", msg.request_id)
+            return Outcome.ALREADY_SERVED
+        if item.error:
+            log.warning("statistics request %s: cannot answer: %s", msg.request_id, item.error)
+        else:
+            noise_text = f", noise std {item.noise_std:.3g}" if item.noise_std else ", exact"
+            log.info("statistics request %s | %d features%s", msg.request_id, item.features, noise_text)
+        return Outcome.EVALUATED
+
+    def _training_features(self) -> np.ndarray:
+        """The local training split's features as the trainer holds them (before standardization)."""
+        raw = getattr(self.trainer, "raw_data", None)
+        if raw is None:
+            raise FedstepError("this agent's trainer does not expose its data, so it cannot compute statistics")
+        return np.asarray(raw[0][0])
+
+    def _standardize(self, training: TrainingConfig, where: str) -> None:
+        """Prepare the trainer's data as the run asks (`training.standardize`): as it is, standardized
+        with this site's own statistics, or with the run's federated statistics (the object is read
+        once, checked by its sha256, and kept in the cache)."""
+        use = getattr(self.trainer, "use_standardization", None)
+        if use is None:
+            if training.standardize != "none":
+                raise FedstepError(
+                    f"the run standardizes its features ({training.standardize}) but this agent's trainer "
+                    "cannot: use a trainer built by `client_agent.training.load_trainer`"
+                )
+            return
+        if training.standardize == "none":
+            use(None, "none")
+        elif training.standardize == "local":
+            use(Standardization.local(self._training_features()), "local")
+        else:
+            ref = training.standardization
+            assert ref is not None  # TrainingConfig checks it
+            use(self._federated_standardization(ref, where), ref.sha256)
+
+    def _federated_standardization(self, ref: ObjectRef, where: str) -> Standardization:
+        cached = self.cache / f"{ref.sha256}.statistics.json"
+        if cached.exists() and hashlib.sha256(cached.read_bytes()).hexdigest() == ref.sha256:
+            data = cached.read_bytes()
+        else:
+            data = self._download(ref, f"{where}: the run's federated statistics")
+            self.cache.mkdir(parents=True, exist_ok=True)
+            cached.write_bytes(data)
+        return FederatedStatistics.decode(data, "the run's federated statistics").standardization()
 
     def serve_evaluation(self, msg: EvaluateMessage) -> Outcome:
         """Evaluate the requested global model (sha256-checked, like a round's) on the local test split
@@ -440,7 +503,8 @@ class Agent:
             architecture, _ = self._architecture(msg.model)
             data = self._download(msg.global_model, f"evaluation of round {msg.round}: global model")
             weights = tensors.decode(data, max_bytes=len(data))  # the server's file, its sha256 checked
-            result = evaluate(architecture, weights, TrainingConfig())
+            self._standardize(msg.training, f"evaluation of round {msg.round}")
+            result = evaluate(architecture, weights, msg.training)
             item = EvalItem(
                 msg.run_id,
                 msg.round,
@@ -503,6 +567,7 @@ class Agent:
         global_weights = tensors.decode(global_bytes, max_bytes=len(global_bytes))
         if isinstance(self.trainer, FunctionTrainer):
             self.trainer.callbacks = lambda: self.progress.keras_callbacks(f"round {msg.round}: training")
+        self._standardize(msg.training, f"round {msg.round}")
         downloaded = time.monotonic()
         result = self.trainer.fit(architecture, global_weights, replace(msg.training, instructions=msg.instructions))
         trained = time.monotonic()
@@ -786,6 +851,13 @@ def _evaluation_failure(exc: BaseException) -> str:
     if isinstance(exc, (ClientError, BotoCoreError)):
         return explain(exc)
     return str(exc) if isinstance(exc, FedstepError) else f"{type(exc).__name__}: {exc}"
+
+
+def _request_name(msg: EvaluateMessage | StatsMessage) -> str:
+    """How the log names an operator's request."""
+    if isinstance(msg, EvaluateMessage):
+        return f"evaluation request {msg.request_id} (round {msg.round} of {msg.run_id})"
+    return f"statistics request {msg.request_id}" + (f" (run {msg.run_id})" if msg.run_id else "")
 
 
 def _receive_count(message: dict[str, Any]) -> int:

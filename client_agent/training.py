@@ -53,6 +53,7 @@ from fedstep.core import limits
 from fedstep.core.errors import FedstepError
 from fedstep.core.imports import load_callable
 from fedstep.core.schemas import TrainingConfig
+from fedstep.core.statistics import Standardization
 from fedstep.core.tensors import Tensors
 
 log = logging.getLogger(__name__)
@@ -275,12 +276,30 @@ class FunctionTrainer:
         evaluate_with: TrainFunction | None = None,
     ) -> None:
         self.train, self.data, self.name, self.seed = train, data, name, seed
+        self.raw_data = data
+        """The data as loaded; `data` is what the train function gets (standardized when the run says so)."""
+        self._standardized_with = "none"
         self.evaluate_with = evaluate_with
         """The evaluate function (None: this trainer cannot evaluate)."""
         self.warm = WarmModel()
         """The Keras model kept across rounds for train functions that ask for it (`keras(warm=True)`)."""
         self.callbacks: Callable[[], Sequence[Any]] = lambda: ()
         """Makes the Keras callbacks for a round (the agent sets this to show a progress bar)."""
+
+    def use_standardization(self, standardization: Standardization | None, key: str) -> None:
+        """Give the train and evaluate functions the data standardized by `standardization` (None: as
+        loaded); `key` names it, so the same standardization is applied once, not every round."""
+        if key == self._standardized_with:
+            return
+        (x_train, y_train), (x_test, y_test) = self.raw_data
+        if standardization is None:
+            self.data = self.raw_data
+        else:
+            self.data = (
+                (standardization.apply(x_train), y_train),
+                (standardization.apply(x_test) if len(x_test) else x_test, y_test),
+            )
+        self._standardized_with = key
 
     @property
     def num_examples(self) -> int:

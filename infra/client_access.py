@@ -3,9 +3,10 @@
 | what | allowed on |
 |---|---|
 | receive, delete, change visibility of messages | its own queue |
-| read | every run's `model.keras` and global weights; its own prefix `updates/<client id>/` |
+| read | every run's `model.keras`, global weights and federated statistics; its own prefix `updates/<client id>/` |
 | write | its own prefix `updates/<client id>/` |
-| put items | its own partition `CLIENT#<id>` (`LeadingKeys`): update, decline, evaluation, failure, heartbeat items |
+| put items | its own partition `CLIENT#<id>` (`LeadingKeys`): update, decline, evaluation, statistics, failure and |
+| | heartbeat items |
 | get an item | its own feedback partition `FEEDBACK#<client id>` (why its last update in each run was rejected) |
 | get an item | a run's stop marker `STOP#<run id>` (`fedstep stop`: the run's reason and time, nothing else) |
 | decrypt, generate data keys | the stack's key, only through S3 and SQS in the stack's region (`kms:ViaService`) |
@@ -30,7 +31,7 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from fedstep.core import keys
-from fedstep.core.schemas import DeclineItem, EvalItem, FailureItem, Heartbeat, UpdateItem
+from fedstep.core.schemas import DeclineItem, EvalItem, FailureItem, Heartbeat, StatsItem, UpdateItem
 from infra.config import ClientConfig
 from infra.secure import acknowledge, partitions, reference_name
 
@@ -40,6 +41,10 @@ UPDATE_ITEM_ATTRIBUTES = sorted(
 """An update item's attributes, or a decline item's (it takes the update item's key)."""
 EVAL_ITEM_ATTRIBUTES = sorted({keys.PK, keys.SK, "schema", "kind", *(f.name for f in fields(EvalItem))})
 """An evaluation item's attributes (the answer to `fedstep evaluate`)."""
+CLIENT_READS = (keys.MODEL_KEY_PATTERN, keys.GLOBAL_KEY_PATTERN, keys.STATISTICS_KEY_PATTERN)
+"""What every client reads of every run: its architecture, its global weights and its federated statistics."""
+STATS_ITEM_ATTRIBUTES = sorted({keys.PK, keys.SK, "schema", "kind", *(f.name for f in fields(StatsItem))})
+"""A statistics item's attributes (the answer to `fedstep stats`)."""
 FAILURE_ITEM_ATTRIBUTES = sorted({keys.PK, keys.SK, "schema", "kind", *(f.name for f in fields(FailureItem))})
 """A failure item's attributes (a round that failed on the client, and its error)."""
 HEARTBEAT_ATTRIBUTES = sorted({keys.PK, keys.SK, "schema", "kind", *(f.name for f in fields(Heartbeat))})
@@ -91,7 +96,7 @@ class ClientAccess(Construct):
                 "allowed sts:AssumeRole can act as this client. Set principal_arn in the deployment config.",
             )
         own_updates = bucket.arn_for_objects(keys.client_update_key_pattern(client.id))
-        models = [bucket.arn_for_objects(keys.MODEL_KEY_PATTERN), bucket.arn_for_objects(keys.GLOBAL_KEY_PATTERN)]
+        models = [bucket.arn_for_objects(pattern) for pattern in CLIENT_READS]
         own_partition = keys.client_pk(client.id)
         document = iam.PolicyDocument(
             statements=[
@@ -119,6 +124,12 @@ class ClientAccess(Construct):
                     actions=["dynamodb:PutItem"],
                     resources=[table.table_arn],
                     conditions=_own_partition(own_partition, EVAL_ITEM_ATTRIBUTES),
+                ),
+                iam.PolicyStatement(
+                    sid="PutOwnStatisticsItems",
+                    actions=["dynamodb:PutItem"],
+                    resources=[table.table_arn],
+                    conditions=_own_partition(own_partition, STATS_ITEM_ATTRIBUTES),
                 ),
                 iam.PolicyStatement(
                     sid="PutOwnFailureItems",
@@ -162,7 +173,7 @@ class ClientAccess(Construct):
         if client.revoked:
             revoke(self.role)
             return
-        for pattern in (keys.MODEL_KEY_PATTERN, keys.GLOBAL_KEY_PATTERN, keys.client_update_key_pattern(client.id)):
+        for pattern in (*CLIENT_READS, keys.client_update_key_pattern(client.id)):
             acknowledge(
                 self.role,
                 f"AwsSolutions-IAM5[Resource::<{reference_name(self, bucket.bucket_arn)}>/{pattern}]",

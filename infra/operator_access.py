@@ -45,6 +45,7 @@ OPERATOR_WRITES = (
     keys.PARTITION_KEY_PATTERN,
     *keys.START_KEY_PATTERNS,
     keys.CARD_KEY_PATTERN,
+    keys.STATISTICS_KEY_PATTERN,
     f"{keys.REGISTRY_PREFIX}*",
 )
 """The S3 keys the operator writes (`fedstep start`, `fedstep local`, `fedstep promote`)."""

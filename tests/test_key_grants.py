@@ -31,6 +31,7 @@ from fedstep.core.schemas import (
     ObjectRef,
     RunRecord,
     RunStop,
+    StatsItem,
     TrainingConfig,
     UpdateItem,
 )
@@ -56,6 +57,7 @@ class Write:
 REF = ObjectRef(keys.update_key(RUN, 1, CLIENT), "0" * 64, 100)
 WRITES = [
     Write(keys.model_key, ("operator",), object_key=keys.model_key(RUN)),
+    Write(keys.statistics_key, ("operator",), object_key=keys.statistics_key(RUN)),
     Write(keys.partition_key, ("operator",), object_key=keys.partition_key(RUN)),
     Write(keys.global_key, ("aggregation",), object_key=keys.global_key(RUN, 1, CLAIM)),
     Write(keys.global_key, ("operator",), object_key=keys.global_key(RUN, 0, keys.INITIAL_VERSION)),
@@ -81,6 +83,7 @@ WRITES = [
     Write(keys.update_item_key, (CLIENT,), item=UpdateItem(RUN, 1, CLIENT, 10, REF, {}, T).to_item()),
     Write(keys.update_item_key, (CLIENT,), item=DeclineItem(RUN, 2, CLIENT, "no budget left", T).to_item()),
     Write(keys.eval_item_key, (CLIENT,), item=EvalItem(RUN, 1, "req1", CLIENT, 10, {"test_loss": 0.5}, T).to_item()),
+    Write(keys.stats_item_key, (CLIENT,), item=StatsItem("req1", CLIENT, 1, 0, b"\0" * 40, T).to_item()),
     Write(keys.failure_item_key, (CLIENT,), item=FailureItem(RUN, 1, CLIENT, "ValueError: rank", 2, T).to_item()),
     Write(keys.heartbeat_item_key, (CLIENT,), item=Heartbeat(CLIENT, "0.1.0", "idle", T, 60, {}).to_item()),
     Write(keys.rejection_item_key, ("aggregation",), item=Feedback(CLIENT, RUN, 1, "0" * 64, "nan", T).to_items()[0]),

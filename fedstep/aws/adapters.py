@@ -420,6 +420,11 @@ class DynamoRoundTable(Items):
         found = self._batch_get([keys.failure_item_key(run_id, c) for c in client_ids])
         return {keys.client_of(item[keys.PK]): item for item in found}
 
+    def get_client_items(self, item_keys: list[dict[str, str]]) -> dict[str, dict[str, Any]]:
+        """Items in the clients' partitions (e.g. their answers to one request), by client id (absent:
+        not written). Items as stored: parse them."""
+        return {keys.client_of(item[keys.PK]): item for item in self._batch_get(item_keys)}
+
     def put_heartbeat(self, beat: Heartbeat) -> None:
         """Overwrite the client's heartbeat item (the client's role may write only its own)."""
         self.put(beat.to_item())

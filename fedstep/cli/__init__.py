@@ -45,6 +45,12 @@ def _settings_args(parser: argparse.ArgumentParser, defaults: RunSettingsDefault
         help="a setting for the clients' train functions, as training.params, e.g. dropout=0.2 (repeat for several)",
     )
     parser.add_argument(
+        "--standardize",
+        choices=("none", "local", "federated"),
+        help="scale the clients' features before training: none (default), local (each site's own mean and std) "
+        "or federated (the statistics of every site, computed before round 1; see `fedstep stats`)",
+    )
+    parser.add_argument(
         "--clients-per-round", help="clients each round selects: a number (3) or a fraction (0.5); default all"
     )
     parser.add_argument(
@@ -206,6 +212,38 @@ def _parser() -> argparse.ArgumentParser:
     )
     start.add_argument("--exclude", metavar="C", help="leave these clients out of the run, by name (a,b for several)")
     _settings_args(start, START_DEFAULTS)
+
+    stats = sub.add_parser(
+        "stats", help="federated statistics of the clients' features: count, mean, std, min/max, histograms"
+    )
+    stats.add_argument(
+        "target",
+        nargs="?",
+        help="a run id (its clients; shows the statistics it trained with, if any) or a model (module:function or "
+        "a .keras file: its input features); default: the stack's clients",
+    )
+    _stack_args(stats)
+    stats.add_argument("--clients", metavar="A,B", help="ask only these clients (default: the run's, else all)")
+    stats.add_argument("--new", action="store_true", help="for a run: ask its clients again")
+    stats.add_argument(
+        "--bins", type=int, help="histogram bins per feature (default 10; 0: none; without --range: asks twice)"
+    )
+    stats.add_argument(
+        "--range",
+        action="append",
+        metavar="LO:HI",
+        help="clip every feature into LO:HI (or only feature I with I=LO:HI; repeat): histogram bins lie in it",
+    )
+    stats.add_argument(
+        "--dp-epsilon", type=float, help="Gaussian noise on each client's sums for (epsilon, delta) (needs --range)"
+    )
+    stats.add_argument("--dp-delta", type=float, default=1e-5, help="delta with --dp-epsilon (default 1e-5)")
+    stats.add_argument(
+        "--max-examples", type=int, default=100_000, help="rows a client counts at most (default 100000)"
+    )
+    stats.add_argument("--deadline", type=int, default=900, help="how long to wait for the answers, s (default 900)")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    stats.add_argument("--out", help="also write the statistics (JSON) to this file")
 
     runs = sub.add_parser("runs", help="the stack's runs, newest first, with their status")
     _stack_args(runs)
@@ -377,7 +415,8 @@ def launch(
     services = {"s3": client("s3"), "dynamodb": client("dynamodb"), "stepfunctions": client("stepfunctions")}
     if resume:
         return resume_run(resume, outputs, **services, rounds=rounds)
-    return start_run(*keras_payload(build_model(model, seed)), settings, outputs, **services, run_id=run_id)
+    payload = keras_payload(build_model(model, seed))
+    return start_run(*payload, settings, outputs, **services, sns=client("sns"), run_id=run_id)
 
 
 def _warn_if_offline(stack: _Stack, settings: Any, resume: str | None) -> None:
@@ -458,6 +497,13 @@ def _with_clients(stack: _Stack, view: Any, only: int | None) -> Any:
     if only is not None and only not in {s.round for s in view.rounds}:
         raise FedstepError(f"run {view.run_id} has no completed round {only}")
     return with_clients(view, DynamoRoundTable(stack.outputs.table, stack.client("dynamodb")), only)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from fedstep.cli.statistics import stats_command
+
+    stack = _Stack(args)
+    return stats_command(args, stack.outputs, stack.client)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -632,6 +678,7 @@ def main(argv: list[str] | None = None) -> int:
             "promote": _promote,
             "report": _report,
             "evaluate": _evaluate,
+            "stats": _stats,
             "clients": _clients,
             "client-config": _client_config,
             "local": _local,

@@ -29,17 +29,18 @@ from typing import Any
 import numpy as np
 
 from fedstep.aws.adapters import DynamoRoundTable, S3ModelStore, SnsPublisher
-from fedstep.aws.ddb import from_attributes, to_attributes
 from fedstep.aws.stack import StackOutputs
 from fedstep.cli.operate import download_model
 from fedstep.cli.run_view import RunView
 from fedstep.cli.start import model_of_round
+from fedstep.cli.statistics import run_statistics
 from fedstep.cli.text import clean, duration, lines, table
 from fedstep.core import keys, tensors
 from fedstep.core.clock import utc_now
 from fedstep.core.errors import FedstepError
 from fedstep.core.imports import load_callable
 from fedstep.core.schemas import MAX_EVAL_DEADLINE_S, EvalItem, EvaluateMessage, InvalidMessage, ObjectRef
+from fedstep.core.statistics import Standardization, StatisticsError
 
 DEFAULT_DEADLINE_S = 900
 """How long `fedstep evaluate` waits for the clients' answers by default (15 minutes: an agent busy
@@ -163,6 +164,7 @@ def send_request(
         global_model=global_model,
         issued_at=utc_now(),
         deadline_s=deadline_s,
+        training=view.record.training,
     )
     SnsPublisher(outputs.topic_arn, sns).publish(message.to_dict(), clients)
     return message
@@ -183,19 +185,9 @@ def judge(client_id: str, item: dict[str, Any] | None, cap: int) -> Answer:
 
 def read_answers(table_: DynamoRoundTable, message: EvaluateMessage, clients: list[str]) -> dict[str, dict[str, Any]]:
     """The evaluation items written so far for `message`, by client id (strongly consistent)."""
-    wanted = [keys.eval_item_key(message.run_id, message.round, message.request_id, c) for c in clients]
-    found: dict[str, dict[str, Any]] = {}
-    for start in range(0, len(wanted), 100):  # BatchGetItem takes at most 100 keys
-        pending: dict[str, Any] = {
-            table_.name: {"Keys": [to_attributes(k) for k in wanted[start : start + 100]], "ConsistentRead": True}
-        }
-        while pending:
-            resp = table_.ddb.batch_get_item(RequestItems=pending)
-            for raw in resp.get("Responses", {}).get(table_.name, []):
-                item = from_attributes(raw)
-                found[keys.client_of(str(item[keys.PK]))] = item
-            pending = resp.get("UnprocessedKeys") or {}
-    return found
+    return table_.get_client_items(
+        [keys.eval_item_key(message.run_id, message.round, message.request_id, c) for c in clients]
+    )
 
 
 def wait_for_answers(
@@ -327,6 +319,7 @@ def evaluate_on_data(
     """(examples, metrics) of the global model after `round_number` on the loader's data set, on
     this machine: the model as `fedstep download` writes it, loaded with Keras' safe mode."""
     x, y = load_xy(ref)
+    x = _as_trained(view, x, outputs, s3)
     from client_agent.keras_model import import_keras
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -339,6 +332,22 @@ def evaluate_on_data(
 
         raise FedstepError(f"evaluating the model on {ref} failed: {clean_error(exc)}") from None
     return len(x), {k.replace("sparse_categorical_", ""): float(v) for k, v in result.items()}
+
+
+def _as_trained(view: RunView, x: np.ndarray, outputs: StackOutputs, s3: Any) -> np.ndarray:
+    """The operator's features scaled as the run's clients scaled theirs: with the run's federated
+    statistics, or (local) with the data set's own statistics, as a site does; unchanged otherwise."""
+    standardize = view.record.training.standardize
+    if standardize == "none":
+        return x
+    if standardize == "local":
+        return Standardization.local(x).apply(x)
+    statistics = run_statistics(view.record, outputs, s3)
+    assert statistics is not None  # a federated run has them
+    try:
+        return statistics.standardization().apply(x)
+    except StatisticsError as exc:
+        raise FedstepError(f"run {view.run_id} standardizes its features: {exc}") from None
 
 
 # -- the command --------------------------------------------------------------------------------

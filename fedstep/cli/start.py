@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import math
 import secrets
-from collections.abc import Collection
+import sys
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +15,7 @@ from fedstep import SCHEMA_VERSION
 from fedstep.aws.adapters import DynamoRoundTable, S3ModelStore
 from fedstep.aws.stack import StackOutputs
 from fedstep.cli.run_view import execution_arn
+from fedstep.cli.text import clean
 from fedstep.core import execution_history, keys, limits, sliced, strategies, tensors
 from fedstep.core.clock import utc_now
 from fedstep.core.errors import FedstepError
@@ -50,6 +52,9 @@ class RunSettings:
     train_params: dict[str, Any] | None = None
     """Settings for the clients' train functions, as `training.params` (`--train-param NAME=VALUE`;
     booleans, numbers or texts, bounded by `TrainingConfig`)."""
+    standardize: str = "none"
+    """How clients scale their features: "none", "local" (each its own statistics) or "federated" (the
+    statistics of every client, asked before the run starts: `fedstep.cli.statistics`)."""
     strategy: str = "fedavg"
     """The aggregation strategy's name (`fedstep strategies` lists them)."""
     strategy_params: dict[str, Any] | None = None
@@ -267,6 +272,8 @@ class RunSettings:
             batch_size=self.batch_size,
             learning_rate=self.learning_rate,
             params=dict(self.train_params or {}),
+            standardize=self.standardize,
+            standardization=_PENDING if self.standardize == "federated" else None,
         )
 
     def bounds(self) -> Bounds:
@@ -277,6 +284,9 @@ class RunSettings:
             action=self.bound_action,
         )
 
+
+_PENDING = ObjectRef("pending", "0" * 64, 0)
+"""Stands for a run's federated statistics until `start_run` has them."""
 
 RUN_FILE_FIELDS = {f.name for f in fields(RunSettings)} | {"model"}
 _TYPES: dict[str, type] = {
@@ -501,9 +511,13 @@ def start_run(
     s3: Any,
     dynamodb: Any,
     stepfunctions: Any,
+    sns: Any = None,
     run_id: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> StartedRun:
-    """Upload the architecture and round-0 weights, write the run record, start the state machine."""
+    """Upload the architecture and round-0 weights, write the run record, start the state machine. A run
+    with `standardize: federated` first asks its clients for their statistics (`sns` publishes the
+    request; `progress` hears how it goes, default stderr)."""
     settings = settings.validated()
     run_id = keys.check_id("run id", run_id or new_run_id())
     record = plan_run(settings, sorted(outputs.queues), run_id, outputs.revoked)
@@ -516,10 +530,28 @@ def start_run(
             "bytes (deployment config max_model_mb)"
         )
     _check_sliceable(settings, len(weights), outputs.slice_bytes)
+    if settings.standardize == "federated":
+        record = _with_statistics(record, outputs, s3, dynamodb, sns, progress)
     launched = _launch(record, architecture, weights, 0, keys.INITIAL_VERSION, outputs, s3, dynamodb, stepfunctions)
     if launched is None:
         raise FedstepError(f"run {run_id} exists already; choose another run id")
     return launched
+
+
+def _with_statistics(
+    record: RunRecord, outputs: StackOutputs, s3: Any, dynamodb: Any, sns: Any, progress: Callable[[str], None] | None
+) -> RunRecord:
+    """The run record with its federated statistics, asked from its clients and written once."""
+    from fedstep.cli.statistics import statistics_for_run
+
+    if sns is None:
+        raise FedstepError("standardize federated asks the clients for their statistics: it needs an SNS client")
+    table = DynamoRoundTable(outputs.table, dynamodb)
+    if table.get_run(record.run_id) is not None:
+        raise FedstepError(f"run {record.run_id} exists already; choose another run id")
+    say = progress or (lambda line: print(clean(line), file=sys.stderr, flush=True))
+    ref = statistics_for_run(record, outputs, s3, sns, table, say)
+    return replace(record, training=replace(record.training, standardization=ref))
 
 
 def plan_run(settings: RunSettings, stack_clients: list[str], run_id: str, revoked: Collection[str] = ()) -> RunRecord:

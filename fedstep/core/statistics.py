@@ -251,11 +251,14 @@ class SiteStatistics:
                 raise StatisticsError("each feature's histogram must count each of its values once")
 
 
-def site_statistics(x: np.ndarray, request: StatsRequest, noise_std: float = 0.0, seed: int = 0) -> SiteStatistics:
+def site_statistics(
+    x: np.ndarray, request: StatsRequest, noise_std: float = 0.0, seed: int | None = 0
+) -> SiteStatistics:
     """This site's answer to `request` from its examples `x` (2-D, one column per feature; NaN is a
     missing value): at most `request.max_examples` rows (a seeded sample of a larger site), values
     clipped into the request's ranges, and under noise the range-normalised sums with Gaussian noise
-    of standard deviation `noise_std` (`fedstep.privacy.accounting.statistics_noise_std`)."""
+    of standard deviation `noise_std` (`fedstep.privacy.accounting.statistics_noise_std`), drawn from
+    `seed` (None: the operating system's randomness, what the agent uses)."""
     data = np.asarray(x, dtype=np.float64)
     if data.ndim != 2:
         data = data.reshape(len(data), -1)

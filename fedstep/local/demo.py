@@ -26,6 +26,7 @@ from fedstep.aws.adapters import DynamoRoundTable, S3ModelStore
 from fedstep.cli.paths import point_latest_at, run_folder
 from fedstep.cli.run_view import failure_text, load_failures
 from fedstep.cli.start import RunSettings, build_model, keras_payload, merge_settings, new_run_id, start_run
+from fedstep.cli.statistics import run_statistics
 from fedstep.cli.status import strategy_text
 from fedstep.cli.text import clean
 from fedstep.core import keys, tensors
@@ -34,6 +35,7 @@ from fedstep.core.errors import FedstepError
 from fedstep.core.imports import load_callable
 from fedstep.core.label_counts import LabelCounts
 from fedstep.core.schemas import FailureItem, RoundSummary, Target, headline_metric
+from fedstep.core.statistics import FederatedStatistics, Standardization
 from fedstep.core.strategies.params import to_json as params_json
 from fedstep.local.cloud import LocalCloud, agent_credentials_env
 from fedstep.local.iam.identities import OPERATOR
@@ -109,6 +111,41 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def heldout_inputs(
+    prepared: Prepared,
+    standardize: str,
+    statistics: FederatedStatistics | None,
+    clients: int,
+    scheme: Scheme,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out test set as the run's model sees inputs: as it is (standardize none), standardized
+    with the run's federated statistics, or (local) as each site would standardize it: the examples of
+    a site (natural split, one client per site) with that client's own training statistics, else
+    with client 1's."""
+    from client_agent import datasets
+
+    x, y = datasets.heldout(prepared)
+    if standardize == "federated":
+        assert statistics is not None
+        return statistics.standardization().apply(x), y
+    if standardize != "local":
+        return x, y
+
+    def own(index: int) -> Standardization:
+        (x_train, _), _ = datasets.local_split(prepared, (index, clients), seed, scheme)
+        return Standardization.local(x_train)
+
+    if prepared.groups is None or clients == 1:
+        return own(1).apply(x), y
+    sites = prepared.groups[prepared.heldout]
+    out = np.empty(x.shape, dtype=np.float32)
+    for index in range(1, clients + 1):
+        members = sites == index
+        out[members] = own(index).apply(x[members])
+    return out, y
+
+
 class HeldoutEvaluator:
     """Evaluates a run's global models on the data set's held-out test set (never seen by a client)."""
 
@@ -127,7 +164,6 @@ class HeldoutEvaluator:
 
 
 def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    from client_agent import datasets
     from client_agent.models import DEFAULT_FOR_DATASET
     from infra.config import ClientConfig, DeploymentConfig
 
@@ -162,7 +198,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
         model = build_model(model_ref, config.seed)
         check_model_fits(model, model_ref, prepared)
         architecture, initial_weights = keras_payload(model)
-        check_model_trains(architecture, model_ref, prepared)
+        check_model_trains(architecture, model_ref, prepared, settings.standardize)
         deployment = DeploymentConfig(
             project="fedstep",
             clients=tuple(ClientConfig(c) for c in client_ids),
@@ -205,7 +241,9 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
             s3=cloud.client("s3", OPERATOR),
             dynamodb=cloud.client("dynamodb", OPERATOR),
             stepfunctions=cloud.client("stepfunctions", OPERATOR),
+            sns=cloud.client("sns", OPERATOR),
             run_id=run_id,
+            progress=echo,
         )
         strategy_params = params_json(settings.strategy_instance().params)  # all of them, parsed
         echo(
@@ -214,7 +252,11 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
         )
         store = S3ModelStore(outputs.bucket, cloud.client("s3", OPERATOR))
         store.put_once(keys.partition_key(started.run_id), json.dumps(counts.to_json()).encode())
-        evaluator = HeldoutEvaluator(datasets.heldout(prepared), architecture)
+        record = table.get_run(started.run_id)
+        assert record is not None
+        statistics = run_statistics(record, outputs, cloud.client("s3", OPERATOR))
+        heldout = heldout_inputs(prepared, settings.standardize, statistics, config.clients, scheme, config.seed)
+        evaluator = HeldoutEvaluator(heldout, architecture)
         rounds, output = _watch(
             cloud, procs, started.run_id, started.execution_arn, store, table, evaluator, config, echo
         )
@@ -438,16 +480,21 @@ def check_model_fits(model: Any, model_ref: str, prepared: Prepared) -> None:
         )
 
 
-def check_model_trains(architecture: bytes, model_ref: str, prepared: Prepared) -> None:
+def check_model_trains(architecture: bytes, model_ref: str, prepared: Prepared, standardize: str = "none") -> None:
     """The clients' own check before the run starts (`fedstep-client check`'s "model fit"): the data's
     labels against the model's compiled loss and outputs, then one training batch, on a copy of the
-    model loaded from `architecture` as the agents load it. FedstepError on one line naming the
-    problem and its fix, e.g. class-index labels under `categorical_crossentropy`."""
+    model loaded from `architecture` as the agents load it (the features standardized with the pool's
+    own statistics unless the run standardizes none). FedstepError on one line naming the problem and
+    its fix, e.g. class-index labels under `categorical_crossentropy`."""
     from client_agent import datasets
     from client_agent.checks import check_fit
     from client_agent.keras_model import model_from_bytes
 
-    data = (datasets.pool(prepared), datasets.heldout(prepared))
+    (x_pool, y_pool), (x_heldout, y_heldout) = datasets.pool(prepared), datasets.heldout(prepared)
+    if standardize != "none":
+        scale = Standardization.local(x_pool)
+        x_pool, x_heldout = scale.apply(x_pool), scale.apply(x_heldout)
+    data = ((x_pool, y_pool), (x_heldout, y_heldout))
     try:
         check_fit(model_from_bytes(architecture), data, f"model {model_ref}")
     except FedstepError as exc:

@@ -143,3 +143,26 @@ def client_epsilon(
     if selection == "poisson":
         return epsilon_poisson_clients(noise_multiplier, sample, population, steps, delta, unsampled)
     return epsilon_fixed(noise_multiplier, sample, population, steps, delta, unsampled)
+
+
+@functools.lru_cache(maxsize=256)
+def statistics_noise_std(epsilon: float, delta: float, features: int, histogram: bool) -> float:
+    """The Gaussian noise's standard deviation on a site's range-normalised statistics
+    (`fedstep.core.statistics.site_statistics`) for (epsilon, delta) record-level DP of the site's
+    one answer, under add/remove-one neighbours: one record adds at most 1 to each feature's count,
+    its value in [0, 1] to the sum, its square to the sum of squares and 1 to one histogram bin, so
+    the answer moves by at most sqrt(k x features) in L2 (k = 4 with histograms, else 3). The noise
+    multiplier is the smallest (to 0.1%) for which one Gaussian release spends at most `epsilon`."""
+    sensitivity = math.sqrt((4 if histogram else 3) * features)
+    low, high = 0.01, 1.0
+    while epsilon_poisson(high, 1.0, 1, delta) > epsilon:
+        low, high = high, high * 2
+        if high > 1e6:
+            raise ValueError(f"no Gaussian noise reaches epsilon {epsilon} at delta {delta}")
+    while high - low > 1e-3 * high:
+        middle = (low + high) / 2
+        if epsilon_poisson(middle, 1.0, 1, delta) > epsilon:
+            low = middle
+        else:
+            high = middle
+    return high * sensitivity
