@@ -47,6 +47,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from client_agent import datasets  # noqa: E402
+from fedstep.core.errors import FedstepError  # noqa: E402
 from fedstep.core.statistics import Standardization, StatsRequest, combine, site_statistics  # noqa: E402
 
 DATASET = "heart-raw"
@@ -186,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict[str, float]]] = {setting: [] for setting in settings}
     for seed in args.seeds:
         for setting in settings:
-            result = run(setting, seed, args.rounds)
+            try:
+                result = run(setting, seed, args.rounds)
+            except FedstepError as exc:  # e.g. a fedstep without the run setting standardize
+                print(f"federated_statistics: {exc}", file=sys.stderr)
+                return 2
             results[setting].append(result)
             shown = "  ".join(f"{k} {100 * v:5.1f}" for k, v in result.items())
             print(f"seed {seed} {setting:9s} {shown}", flush=True)
