@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--endpoint-url", help="AWS endpoint override (e.g. the embedded local cloud)")
     run.add_argument("--role-arn", help="the client's IAM role to assume (stack output RoleArn...)")
     run.add_argument("--profile", help="AWS named profile whose credentials to use or assume the role with")
-    run.add_argument("--data", help="built-in data set (digits, mnist, heart) or module:function")
+    run.add_argument("--data", help="built-in data set (digits, mnist, heart, heart-raw) or module:function")
     run.add_argument("--partition", help="i/n: this client's part of a built-in data set (or a loader's whole (x, y))")
     run.add_argument(
         "--partition-scheme",

@@ -56,7 +56,7 @@ _FILL_IN = {
     "data": (
         'set it to your data loader, e.g. "data": "my_site:load" for a function load() in ./my_site.py '
         'that returns ((x_train, y_train), (x_test, y_test)) as numpy arrays (docs/client.md, "Your data"); '
-        "or a built-in set: digits, mnist, heart"
+        "or a built-in set: digits, mnist, heart, heart-raw"
     ),
     "trainer": (
         'set it to your train function, e.g. "trainer": "my_site:train" (docs/client.md, "Your training"), '

@@ -28,7 +28,7 @@ MIN_WHOLE_EXAMPLES = 10
 
 
 def load_local_data(spec: str, partition: str | None = None, scheme: str | None = None, seed: int = 0) -> Split:
-    """`digits`/`mnist`/`heart` (with `partition` "i/n"), or a `module:function` returning
+    """`digits`/`mnist`/`heart`/`heart-raw` (with `partition` "i/n"), or a `module:function` returning
     ((x_train, y_train), (x_test, y_test)) as numpy arrays; with `partition`, a `module:function`
     returns the whole data set (x, y) instead. `scheme` is the partition scheme (default iid) and
     `seed` the data seed (default 0), both the same for every client."""

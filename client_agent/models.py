@@ -44,8 +44,37 @@ def heart_mlp() -> Any:
     return mlp(input_dim, 2, hidden=32, learning_rate=0.05)
 
 
+def logistic_regression(input_dim: int, num_classes: int, learning_rate: float = 0.1) -> Any:
+    """Dense(num_classes, softmax) on the inputs (multinomial logistic regression), SGD, sparse
+    categorical cross-entropy."""
+    keras = import_keras()
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(input_dim,), name="features"),
+            keras.layers.Dense(num_classes, activation="softmax", name="output"),
+        ],
+        name="logistic_regression",
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def heart_logreg() -> Any:
+    """For `heart-raw` (standardized by the run's `standardize`): logistic regression as FLamby's
+    Fed-Heart-Disease baseline, Dense(2, softmax) on the 22 features, SGD lr 0.1."""
+    from client_agent.datasets import describe
+
+    (input_dim,) = describe("heart-raw")["input_shape"]
+    return logistic_regression(input_dim, 2, learning_rate=0.1)
+
+
 DEFAULT_FOR_DATASET = {
     "digits": "client_agent.models:digits_mlp",
     "mnist": "client_agent.models:mnist_mlp",
     "heart": "client_agent.models:heart_mlp",
+    "heart-raw": "client_agent.models:heart_logreg",
 }

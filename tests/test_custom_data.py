@@ -207,9 +207,11 @@ def test_without_a_partition_a_loader_still_returns_the_clients_own_split(site):
     ("config", "message"),
     [
         (DemoConfig(dataset=f"{MODULE}:good"), "is your own data, which has no default model: pass --model"),
-        (DemoConfig(dataset="cifar"), "unknown data set 'cifar'; available: digits, heart, mnist, or your own"),
+        (DemoConfig(dataset="cifar"), "available: digits, heart, heart-raw, mnist, or your own"),
         (DemoConfig(partition="dirichlet:-1"), "--partition: partition scheme 'dirichlet:-1': ALPHA must be"),
         (DemoConfig(dataset="heart", clients=4, partition="shards:2"), "heart data set keeps its natural split"),
+        (DemoConfig(dataset="heart-raw", clients=4, partition="dirichlet:1"), "heart-raw data set keeps its natural"),
+        (DemoConfig(dataset="heart-raw", clients=3), "the heart-raw data set has 4 hospitals: use --clients 4"),
         (DemoConfig(seed=-1), "--seed must be 0 to 4294967295, got -1"),
     ],
 )
@@ -384,7 +386,8 @@ def test_a_natural_split_the_data_cannot_give_is_refused_with_the_reason(site, l
     assert message in str(raised.value)
 
 
-def test_heart_is_natural_by_default_and_names_its_hospitals():
-    scheme = _check_data_args(DemoConfig(dataset="heart", clients=4))
-    _, counts = partition_data("heart", [f"client-{i}" for i in (1, 2, 3, 4)], scheme, seed=0)
+@pytest.mark.parametrize("dataset", ["heart", "heart-raw"])
+def test_heart_is_natural_by_default_and_names_its_hospitals(dataset):
+    scheme = _check_data_args(DemoConfig(dataset=dataset, clients=4))
+    _, counts = partition_data(dataset, [f"client-{i}" for i in (1, 2, 3, 4)], scheme, seed=0)
     assert counts.scheme == "natural" and counts.name("client-3") == "client-3 (VA Long Beach)"

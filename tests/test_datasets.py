@@ -5,6 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from client_agent import datasets
 from client_agent.datasets import (
     BUILTIN,
     HEART_FEATURES,
@@ -14,9 +15,17 @@ from client_agent.datasets import (
     load_partition,
     parse_partition,
 )
+from fedstep.core.statistics import StatsRequest, combine, site_statistics
 
 IID = ["digits", "mnist"]
 ALL = ["digits", "mnist", "heart"]
+EVERY = [*ALL, "heart-raw"]
+NUMERIC = list(range(6))  # age, trestbps, chol, thalch, oldpeak, ca
+BINARY = list(range(6, 9))  # sex_male, fbs, exang
+ONE_HOT = {
+    column: [i for i, f in enumerate(HEART_FEATURES) if f.startswith(column + "=")]
+    for column in ("cp", "restecg", "slope", "thal")
+}
 HOSPITAL_SIZES = {"Cleveland": 304, "Hungary": 293, "VA Long Beach": 200, "Switzerland": 123}
 
 
@@ -34,8 +43,8 @@ def whole_part(name: str, partition=None, seed: int = 0) -> tuple[np.ndarray, np
 # --- names and partition syntax -------------------------------------------------------------
 
 
-def test_builtin_names_are_digits_mnist_and_heart():
-    assert set(BUILTIN) == {"digits", "mnist", "heart"}
+def test_builtin_names_are_digits_mnist_heart_and_heart_raw():
+    assert set(BUILTIN) == {"digits", "mnist", "heart", "heart-raw"}
 
 
 @pytest.mark.parametrize("call", [load_partition, load_heldout, describe])
@@ -71,7 +80,7 @@ def test_partition_text_errors_are_clear(text, message):
 
 
 def test_describe_gives_the_facts_for_docs_without_surprises():
-    for name in ALL:
+    for name in EVERY:
         info = describe(name)
         assert set(info) == {"name", "num_classes", "input_shape", "num_examples", "source"}
         assert info["name"] == name
@@ -80,9 +89,10 @@ def test_describe_gives_the_facts_for_docs_without_surprises():
     assert describe("mnist")["input_shape"] == (784,)
     assert describe("heart")["input_shape"] == (len(HEART_FEATURES),) == (22,)
     assert describe("heart")["num_classes"] == 2
+    assert describe("heart-raw")["input_shape"] == (22,) and describe("heart-raw")["num_classes"] == 2
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", EVERY)
 def test_describe_matches_the_loaded_data(name):
     info = describe(name)
     x_pool, y_pool = whole_part(name)
@@ -271,10 +281,111 @@ def test_heart_binary_and_one_hot_features_are_0_or_1_with_one_category_each():
         np.testing.assert_array_equal(x[:, block].sum(axis=1), 1.0)
 
 
+# --- heart-raw: the same patients, as each hospital holds them -----------------------------------
+
+
+def test_heart_raw_has_the_patients_splits_and_labels_of_heart():
+    for seed in (0, 3):
+        heart, raw = datasets.prepare("heart", seed), datasets.prepare("heart-raw", seed)
+        for field in ("y", "pool", "heldout", "groups"):
+            np.testing.assert_array_equal(getattr(heart, field), getattr(raw, field))
+        assert raw.sites == heart.sites == HEART_HOSPITALS
+    for partition in [(i, 4) for i in range(1, 5)] + [None]:
+        heart, raw = load_partition("heart", partition), load_partition("heart-raw", partition)
+        for (x_h, y_h), (x_r, y_r) in zip(heart, raw, strict=True):
+            np.testing.assert_array_equal(y_h, y_r)
+            _assert_same_patients(x_h, x_r)
+    (x_h, y_h), (x_r, y_r) = load_heldout("heart"), load_heldout("heart-raw")
+    np.testing.assert_array_equal(y_h, y_r)
+    _assert_same_patients(x_h, x_r)
+
+
+def _assert_same_patients(x_heart: np.ndarray, x_raw: np.ndarray) -> None:
+    """Row by row the same patients: the flags and categories heart did not impute are equal, and
+    heart's age (never missing) is the raw age standardized."""
+    assert x_heart.shape == x_raw.shape
+    flags = x_raw[:, BINARY]
+    present = ~np.isnan(flags)
+    np.testing.assert_array_equal(x_heart[:, BINARY][present], flags[present])
+    for block in ONE_HOT.values():
+        known = x_raw[:, block].sum(axis=1) == 1  # all zeros: the category is missing (heart imputes it)
+        np.testing.assert_array_equal(x_heart[known][:, block], x_raw[known][:, block])
+    age = datasets.pool(datasets.prepare("heart-raw"))[0][:, 0]
+    np.testing.assert_allclose(x_heart[:, 0], (x_raw[:, 0] - age.mean()) / age.std(), atol=1e-5)
+
+
+def test_heart_raw_keeps_the_missing_values_heart_imputes():
+    x_heart, _ = datasets.pool(datasets.prepare("heart"))
+    x_raw, _ = datasets.pool(datasets.prepare("heart-raw"))
+    assert np.isfinite(x_heart).all()
+    missing = np.isnan(x_raw)
+    assert missing[:, NUMERIC].sum(axis=0).tolist()[0] == 0  # age is always there
+    assert all(missing[:, j].any() for j in NUMERIC[1:])  # every other numeric feature has gaps
+    assert missing[:, BINARY].any() and not missing[:, 9:].any()  # a missing category is all zeros
+    for column, block in ONE_HOT.items():
+        known = x_raw[:, block].sum(axis=1)
+        assert set(np.unique(known)) <= {0.0, 1.0}  # one category, or none when it is missing
+        assert (known == 0).any() == (column != "cp")  # only chest pain is always recorded
+    assert (x_raw[:, HEART_FEATURES.index("ca")] == 0).any()  # 0 vessels is a value, not a gap
+    # Raw clinical units, not standardized: ages in years, pressures in mm Hg, no zero pressure or cholesterol.
+    assert np.nanmin(x_raw[:, 0]) >= 28 and np.nanmax(x_raw[:, 0]) <= 77
+    assert np.nanmin(x_raw[:, HEART_FEATURES.index("trestbps")]) > 0 and np.nanmin(x_raw[:, 2]) > 0
+
+
+def test_heart_raw_switzerland_has_no_cholesterol():
+    chol = HEART_FEATURES.index("chol")
+    (x_train, _), (x_test, _) = load_partition("heart-raw", (4, 4))
+    assert np.isnan(x_train[:, chol]).all() and np.isnan(x_test[:, chol]).all()
+    (x_train, _), _ = load_partition("heart-raw", (1, 4))
+    assert not np.isnan(x_train[:, chol]).any()  # Cleveland measured everyone's
+
+
+def test_heart_raw_standardized_with_the_hospitals_combined_statistics_is_heart_up_to_imputation():
+    request = StatsRequest()
+    answers = {
+        hospital: site_statistics(whole_part("heart-raw", (i, 4))[0], request)
+        for i, hospital in enumerate(HEART_HOSPITALS, start=1)
+    }
+    statistics = combine(answers, request)
+    x_raw, _ = datasets.pool(datasets.prepare("heart-raw"))
+    x_heart, _ = datasets.pool(datasets.prepare("heart"))
+    raw = x_raw.astype(np.float64)
+    # The 4 hospitals' sums combine into exactly the pool's statistics, missing values left out.
+    np.testing.assert_allclose(statistics.mean, np.nanmean(raw, axis=0), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(statistics.std, np.nanstd(raw, axis=0), rtol=1e-9, atol=1e-12)
+    x = statistics.standardization().apply(x_raw)
+    assert np.isfinite(x).all()
+    np.testing.assert_allclose(x[:, 0], x_heart[:, 0], atol=1e-5)  # age: nothing to impute, heart exactly
+    for j in NUMERIC:
+        present = ~np.isnan(raw[:, j])
+        assert (x[~present, j] == 0).all()  # a missing value becomes the mean
+        # heart fits its mean and standard deviation after imputing the pool's median:
+        filled = np.where(present, raw[:, j], np.nanmedian(raw[:, j]))
+        value = x[present, j] * statistics.std[j] + statistics.mean[j]
+        np.testing.assert_allclose(x_heart[present, j], (value - filled.mean()) / filled.std(), atol=1e-5)
+
+
+def test_heart_raw_default_model_is_a_logistic_regression_that_needs_standardized_features():
+    from client_agent.keras_model import one_batch
+    from client_agent.models import DEFAULT_FOR_DATASET, heart_logreg
+    from fedstep.core.errors import FedstepError
+    from fedstep.core.statistics import Standardization
+
+    assert DEFAULT_FOR_DATASET["heart-raw"] == "client_agent.models:heart_logreg"
+    model = heart_logreg()
+    assert [type(layer).__name__ for layer in model.layers] == ["Dense"]
+    assert model.count_params() == 22 * 2 + 2
+    (x_train, y_train), _ = load_partition("heart-raw", (1, 4))
+    with pytest.raises(FedstepError, match="standardize"):
+        one_batch(heart_logreg(), x_train, y_train)  # NaN features give a NaN loss
+    metrics = one_batch(model, Standardization.local(x_train).apply(x_train), y_train)
+    assert np.isfinite(metrics["loss"])
+
+
 # --- determinism --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", EVERY)
 def test_loading_is_deterministic(name):
     partition = (2, 4)
 
@@ -286,7 +397,7 @@ def test_loading_is_deterministic(name):
         return [*train, *test, *heldout]
 
     for left, right in zip(arrays(7), arrays(7), strict=True):
-        np.testing.assert_array_equal(left, right)
+        np.testing.assert_array_equal(left, right)  # NaN equals NaN here
 
 
 @pytest.mark.parametrize("name", ALL)

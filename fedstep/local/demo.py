@@ -378,7 +378,7 @@ def demo_summary(
 def _check_data_args(config: DemoConfig) -> Scheme:
     """The data arguments, checked before anything starts; the parsed partition scheme."""
     from client_agent.config import MAX_SEED
-    from client_agent.datasets import BUILTIN
+    from client_agent.datasets import BUILTIN, HEART_DATASETS
     from client_agent.partitions import parse_scheme
 
     custom = config.dataset not in BUILTIN
@@ -397,15 +397,15 @@ def _check_data_args(config: DemoConfig) -> Scheme:
         scheme = parse_scheme(config.partition)
     except ValueError as exc:
         raise FedstepError(f"--partition: {exc}") from None
-    if config.dataset == "heart" and not (scheme.is_iid or scheme.is_natural):
+    if config.dataset in HEART_DATASETS and not (scheme.is_iid or scheme.is_natural):
         raise FedstepError(
-            f"--partition {scheme}: the heart data set keeps its natural split, one hospital per client "
+            f"--partition {scheme}: the {config.dataset} data set keeps its natural split, one hospital per client "
             "(--partition natural, its default); other schemes apply to digits, mnist and your own data"
         )
-    if config.dataset == "heart":
+    if config.dataset in HEART_DATASETS:
         scheme = parse_scheme("natural")
-    if config.dataset == "heart" and config.clients not in (1, 4):
-        raise FedstepError("the heart data set has 4 hospitals: use --clients 4 (one hospital per client)")
+    if config.dataset in HEART_DATASETS and config.clients not in (1, 4):
+        raise FedstepError(f"the {config.dataset} data set has 4 hospitals: use --clients 4 (one hospital per client)")
     if not 1 <= config.clients <= 50:
         raise FedstepError(f"--clients must be 1 to 50, got {config.clients}")
     if not 0 <= config.seed <= MAX_SEED:
