@@ -25,7 +25,15 @@ from fedstep.cli.client_metrics import CLIENTS_PLOT, clients_html, clients_plot
 from fedstep.cli.cost import report_section as cost_section
 from fedstep.cli.plotting import pyplot, round_axis, save
 from fedstep.cli.run_view import RunView
-from fedstep.cli.status import ROUND_HEADER, global_evaluation, headline, settings_line, table_rows, target_met_text
+from fedstep.cli.status import (
+    ROUND_HEADER,
+    global_evaluation,
+    headline,
+    kept_line,
+    settings_line,
+    table_rows,
+    target_met_text,
+)
 from fedstep.cli.text import html_text
 from fedstep.core.dp import neighbouring
 
@@ -269,6 +277,7 @@ def _html(view: RunView, out_dir: Path) -> str:
     if view.clients:  # each client's own metrics, after the data partition
         partition += clients_html(view.clients, _figure(CLIENTS_PLOT, out_dir / f"{CLIENTS_PLOT}.png"))
     cost = cost_section(view)
+    kept = _kept_html(view)
     failure = ""
     if view.execution and view.execution.status == "FAILED":
         failure = f"<p class=failed>Failed: {e(view.execution.failure)}</p>"
@@ -290,13 +299,22 @@ figure {{ display: inline-block; margin: .5em; }} img {{ max-width: 100%; }} .fa
 <h2>Plots</h2>
 {images}{_privacy_html(view)}
 <h2>Rejected updates</h2>
-<ul id="rejections">{"".join(f"<li>{e(r)}</li>" for r in rejections) or "<li>none</li>"}</ul>{partition}{cost}
+<ul id="rejections">{"".join(f"<li>{e(r)}</li>" for r in rejections) or "<li>none</li>"}</ul>{kept}{partition}{cost}
 <h2>Run config</h2>
 <table id="config">{config_rows}</table>
 <p><small>Made by <code>fedstep report</code>. Metrics are the clients' own, weighted by their number of
 training examples; "before" is the global model of the previous round on the clients' test splits.</small></p>
 </body></html>
 """
+
+
+def _kept_html(view: RunView) -> str:
+    """The clients whose updates the strategy kept, per round (Krum, Multi-Krum); "" for other strategies."""
+    kept = [kept_line(s).strip() for s in view.rounds if s.kept is not None]
+    if not kept:
+        return ""
+    items = "".join(f"<li>{html_text(k)}</li>" for k in kept)
+    return f'\n<h2>Updates the strategy kept</h2>\n<ul id="kept">{items}</ul>'
 
 
 def _privacy_html(view: RunView) -> str:

@@ -8,6 +8,8 @@ client and the clip. The in-memory versions of the attack, strategy by strategy,
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -64,3 +66,21 @@ def test_a_client_sending_1e30_every_round_cannot_end_a_fedadam_run(cloud, tmp_p
         assert f"round {round_number}: {ATTACKER} clipped: norm 3.873e+30 -> {bound:.4g} (default bound)" in (
             status.stdout
         )
+
+
+def test_status_names_the_clients_multikrum_kept_and_not_the_outlier_it_dropped(cloud, tmp_path):
+    run = start(cloud, rounds=1, min_participants=3, strategy="multikrum", strategy_params={"num_selected": 2})
+    agents = [agent(cloud, c, tmp_path) for c in SHIFTS] + [agent(cloud, ATTACKER, tmp_path, ShiftTrainer(50.0, 10))]
+    serve_run(agents, 1)
+    assert wait_for_execution(cloud, run.execution_arn)["status"] == "SUCCEEDED"
+    [summary] = summaries(cloud, run.run_id)
+    assert summary.kept == ["client-1", "client-2"]
+    assert summary.measurements["selected"] == 2.0  # the count stays, for scripts that read it
+
+    status = fedstep(cloud, "status", run.run_id)
+    assert status.returncode == 0, status.stderr
+    assert "round 1: strategy kept client-1, client-2 (2 of 3 updates)" in status.stdout
+    as_json = fedstep(cloud, "status", run.run_id, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    [row] = json.loads(as_json.stdout)["rounds"]
+    assert row["kept"] == ["client-1", "client-2"]

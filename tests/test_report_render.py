@@ -334,3 +334,12 @@ def test_the_settings_line_names_the_clients_with_their_own_example_cap(view):
     assert "examples capped at 5000 (own caps: hospital-b 20000)," in settings_line(one)
     many = replace(view, record=replace(view.record, bounds=Bounds(5000, {f"site-{i}": 10 * i for i in range(1, 6)})))
     assert "examples capped at 5000 (own caps: site-1 10, site-2 20, site-3 30, +2)," in settings_line(many)
+
+
+def test_the_report_names_the_clients_krum_kept_each_round(view, tmp_path):
+    from dataclasses import replace
+
+    kept = replace(view, rounds=[replace(s, kept=s.participants[:1]) for s in view.rounds])
+    html = write_report(kept, tmp_path).read_text()
+    assert "<li>round 2: strategy kept hospital-a (1 of 2 updates)</li>" in html
+    assert 'id="kept"' not in write_report(view, tmp_path / "fedavg").read_text()  # FedAvg keeps every update

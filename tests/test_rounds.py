@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from fedstep.core import keys
+from fedstep.core import keys, strategies
 from fedstep.core.errors import RunStopped
 from fedstep.core.rounds import (
     AggregationSettings,
@@ -13,7 +15,7 @@ from fedstep.core.rounds import (
     RoundBusy,
     TooFewParticipants,
 )
-from fedstep.core.schemas import Feedback, RunStop
+from fedstep.core.schemas import Feedback, RoundSummary, RunStop
 from tests.memory_ports import MemoryTable
 from tests.round_world import GLOBAL, RUN, World, make_world
 
@@ -308,3 +310,30 @@ def test_after_the_stop_no_round_is_published_and_the_deadline_aggregates_nothin
     with pytest.raises(RunStopped, match="round 2 is not published"):
         world.publish(2, token="tok-2")
     assert len(world.publisher.messages) == sent and world.table.get_round(RUN, 2) is None
+
+
+def test_the_round_record_names_the_clients_krum_kept():
+    world = make_world(quorum=3, clients=("a", "b", "c"), min_participants=3, strategy="krum")
+    for client, value in (("a", 1.0), ("b", 1.5), ("c", 40.0)):
+        world.report(client, value, 10)
+    summary = world.complete()
+    assert summary.kept == ["a"] and summary.measurements["selected"] == 1  # a and b tie: by client id
+    assert RoundSummary.parse(world.table.get_round(RUN, 1)).kept == ["a"]  # as `fedstep status` reads it
+
+
+class KeepsAStranger(strategies.FedAvg):
+    name = "keeps_a_stranger"
+
+    def aggregate(self, round_number, global_model, state, updates):
+        return replace(super().aggregate(round_number, global_model, state, updates), kept=["a", "mallory"])
+
+
+def test_a_strategy_naming_a_client_that_sent_no_update_fails_the_round_before_any_write(monkeypatch):
+    monkeypatch.setitem(strategies.STRATEGIES, KeepsAStranger.name, KeepsAStranger)
+    world = make_world(strategy=KeepsAStranger.name)
+    world.report("a", 1.0, 10)
+    world.report("b", 2.0, 10)
+    assert world.complete() is None
+    [(_, error, cause)] = world.reporter.failures
+    assert error == "StrategyFailed" and "'mallory' is not a participant" in cause
+    assert world.table.get_round(RUN, 1)["status"] != "reported"

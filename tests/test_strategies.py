@@ -187,9 +187,13 @@ def test_krum_breaks_equal_scores_by_client_id_whatever_the_order():
     ids = ["b", "zed", "amy", "d", "e"]  # p=0 is "b", p=2 is "amy"
     for order in ([0, 1, 2, 3, 4], [4, 2, 0, 3, 1], [2, 4, 3, 1, 0]):
         deltas, who = [KRUM_DELTAS[i] for i in order], [ids[i] for i in order]
-        close(run("krum", deltas, params=params, ids=who).weights["w"], [(1 + 2) / 2, -(1 + 2) / 2])
+        result = run("krum", deltas, params=params, ids=who)
+        close(result.weights["w"], [(1 + 2) / 2, -(1 + 2) / 2])
+        assert result.kept == ["amy", "zed"]  # the clients kept, by client id
     ids = ["a", "zed", "amy", "d", "e"]  # now p=0 ("a") wins the tie
-    close(run("krum", KRUM_DELTAS, params=params, ids=ids).weights["w"], [0.5, -0.5])
+    result = run("krum", KRUM_DELTAS, params=params, ids=ids)
+    close(result.weights["w"], [0.5, -0.5])
+    assert result.kept == ["a", "zed"]
 
 
 def test_each_strategy_says_how_many_updates_it_needs():

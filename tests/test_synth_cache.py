@@ -4,14 +4,19 @@ changed (`fedstep.local.synth_cache`), and synthesizes afresh when anything did.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from fedstep.local import synth_cache
 from infra.config import ClientConfig, DeploymentConfig
 
+REPO = Path(__file__).resolve().parent.parent
 CONFIG = DeploymentConfig(project="fedstep", clients=(ClientConfig("client-1"), ClientConfig("client-2")), trial=True)
 
 
@@ -20,20 +25,17 @@ def synths(monkeypatch):
     """Stands in for CDK: each call writes a small assembly and is counted."""
     calls: list[Path] = []
 
-    def build_app(config, outdir):
-        def synth():
-            out = Path(outdir)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "asset.abc").mkdir(exist_ok=True)
-            (out / f"{config.stack_name}.template.json").write_text("{}")
-            files = {"abc": {"source": {"path": "asset.abc", "packaging": "zip"}, "destinations": {}}}
-            (out / f"{config.stack_name}.assets.json").write_text(json.dumps({"files": files}))
-            calls.append(out)
-            return SimpleNamespace(directory=str(out))
+    def run_synth(config, outdir):
+        out = Path(outdir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "asset.abc").mkdir(exist_ok=True)
+        (out / f"{config.stack_name}.template.json").write_text("{}")
+        files = {"abc": {"source": {"path": "asset.abc", "packaging": "zip"}, "destinations": {}}}
+        (out / f"{config.stack_name}.assets.json").write_text(json.dumps({"files": files}))
+        calls.append(out)
+        return out
 
-        return SimpleNamespace(synth=synth)
-
-    monkeypatch.setattr("infra.synth.build_app", build_app)
+    monkeypatch.setattr(synth_cache, "run_synth", run_synth)
     return calls
 
 
@@ -65,11 +67,11 @@ def test_a_synth_that_failed_half_way_is_not_reused(tmp_path, synths, monkeypatc
     synth_cache.synthesize(CONFIG, tmp_path)
 
     def broken(config, outdir):
-        raise RuntimeError("synth failed")
+        raise synth_cache.SynthFailed("synth failed")
 
-    monkeypatch.setattr("infra.synth.build_app", broken)
+    monkeypatch.setattr(synth_cache, "run_synth", broken)
     (tmp_path / "fedstep.synth-key").write_text("stale")  # as if from another config
-    with pytest.raises(RuntimeError):
+    with pytest.raises(synth_cache.SynthFailed):
         synth_cache.synthesize(CONFIG, tmp_path)
     assert not (tmp_path / "fedstep.synth-key").exists()
 
@@ -79,3 +81,52 @@ def test_the_key_covers_the_infra_sources_and_the_cdk_versions(monkeypatch):
     assert len(key) == 64 and key == synth_cache.synth_key(CONFIG)
     monkeypatch.setattr(synth_cache.metadata, "version", lambda package: "0.0.0")
     assert synth_cache.synth_key(CONFIG) != key
+
+
+SYNTH_THEN_WAIT = """
+import sys, time
+from pathlib import Path
+from fedstep.local import synth_cache
+from tests.test_synth_cache import CONFIG
+try:
+    synth_cache.synthesize(CONFIG, Path(sys.argv[1]))
+    print("synthesized", flush=True)
+    while True:
+        time.sleep(0.05)
+except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_at_the_terminal_after_a_synth_ends_the_process_without_a_jsii_error(tmp_path):
+    """What `fedstep local` does before it deploys, then a Ctrl-C: the terminal sends SIGINT to its
+    foreground process group. CDK's Node.js runtime must not be in it (it died, and jsii's exit
+    handler printed `Exception ignored in atexit callback ... BrokenPipeError`)."""
+    shared = REPO / ".cache" / "cdk.out"  # the bundles built by earlier synths: hard links skip rebuilding them
+    out = tmp_path / "cdk.out"
+    out.mkdir()
+    for bundle in shared.glob("asset.*") if shared.is_dir() else []:
+        if bundle.is_dir():
+            shutil.copytree(bundle, out / bundle.name, copy_function=os.link)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SYNTH_THEN_WAIT, str(out)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a terminal of its own: its process group gets the Ctrl-C, not pytest's
+    )
+    try:
+        assert proc.stdout.readline() == "synthesized\n", proc.stderr.read()[-3000:]
+        assert (out / "fedstep.template.json").is_file()
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.strip().splitlines()[-1] == "interrupted", err[-3000:]
+    for noise in ("Exception ignored", "Traceback", "BrokenPipeError"):
+        assert noise not in err, err[-3000:]

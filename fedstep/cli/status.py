@@ -227,10 +227,18 @@ def target_met_text(view: RunView) -> str | None:
     )
 
 
+def kept_line(s: RoundSummary) -> str:
+    """The clients whose updates the strategy kept in a round (Krum, Multi-Krum), e.g.
+    `  round 2: strategy kept c1, c4 (2 of 5 updates)`."""
+    kept = s.kept or []
+    return f"  round {s.round}: strategy kept {_named(kept)} ({len(kept)} of {len(s.participants)} updates)"
+
+
 def footer(view: RunView) -> list[str]:
     lines = [f"  round {s.round}: {rej.client_id} rejected: {rej.reason}" for s in view.rounds for rej in s.rejected]
     lines += [f"  round {s.round}: {c.client_id} clipped: {c.what}" for s in view.rounds for c in s.clipped]
     lines += [f"  round {s.round}: {d.client_id} declined: {d.reason}" for s in view.rounds for d in s.declined]
+    lines += [kept_line(s) for s in view.rounds if s.kept is not None]
     if view.failures:
         lines.append("last failure per client (its agent's log has the details):")
         lines += [f"  {c}: {f.line()}" for c, f in sorted(view.failures.items())]
@@ -303,9 +311,9 @@ def open_round_json(view: RunView) -> dict[str, Any] | None:
 def render_status_json(view: RunView) -> str:
     """The run (with `stop`: the operator's reason and time, when it was stopped) and one object per
     round (participants, rejected, declined and clipped updates, the norm bound applied, metrics,
-    measurements, epsilon, delta and repeated noisy releases; with per-client rows read, `clients`:
-    each selected client's status, examples and own metrics); `failures`: each client's last failed
-    round in the run, as its agent reported it."""
+    measurements, epsilon, delta, repeated noisy releases and `kept`, the clients the strategy kept;
+    with per-client rows read, `clients`: each selected client's status, examples and own metrics);
+    `failures`: each client's last failed round in the run, as its agent reported it."""
     ex = view.execution
     evaluated = global_evaluation(view)
     rows = [
@@ -324,6 +332,7 @@ def render_status_json(view: RunView) -> str:
             "epsilon": s.epsilon,
             "delta": s.delta,
             "repeated_releases": s.repeated_releases,
+            "kept": s.kept,
             "duration_s": s.duration_s,
             "aggregation_s": s.aggregation_s,
             **({"clients": [c.to_json() for c in view.clients[s.round]]} if s.round in view.clients else {}),

@@ -69,6 +69,7 @@ from fedstep.core.schemas import (
     RoundSummary,
     RunRecord,
     UpdateItem,
+    check_kept,
     check_measurements,
     check_scalars,
     is_completed,
@@ -641,11 +642,12 @@ def _aggregate(
         raise problem or StrategyFailed(f"strategy {run.strategy!r} returned no model in round {round_number}")
     # every check that can fail comes before the first write
     measurements = _measurements(result, run, round_number)
+    accepted = source.accepted_items
+    kept = _kept(result, [item.client_id for item, _ in accepted], run, round_number)
     _check_finite(result)
     data = tensors.encode(result.weights, _file_metadata(run, round_number, claim, "global"))
     result.weights.clear()  # only the encoded copy stays in memory
     state_data = result.state.encode(run.strategy) if result.state.tensors or result.state.values else None
-    accepted = source.accepted_items
     repeated = _count_release(run, round_number, table, claim, previous)
     epsilon, delta, budget_spent = privacy_spent(run, round_number, accepted, settings.accountant, repeated)
     global_ref, state_ref = _write_results(store, run, round_number, claim, data, state_data)
@@ -674,6 +676,7 @@ def _aggregate(
         privacy_budget_spent=budget_spent,
         norm_bound=bounds.max_update_norm,
         repeated_releases=repeated,
+        kept=kept,
     )
 
 
@@ -947,6 +950,14 @@ def _run_strategy(
 def _measurements(result: strategies.Aggregate, run: RunRecord, round_number: int) -> dict[str, float]:
     try:
         return check_measurements(result.measurements, "measurements")
+    except InvalidMessage as exc:
+        raise StrategyFailed(f"strategy {run.strategy!r} in round {round_number}: {exc}") from None
+
+
+def _kept(result: strategies.Aggregate, participants: list[str], run: RunRecord, round_number: int) -> list[str] | None:
+    """The clients the strategy says it kept (`RoundSummary.kept`); StrategyFailed if it names others."""
+    try:
+        return check_kept(result.kept, participants, "kept")
     except InvalidMessage as exc:
         raise StrategyFailed(f"strategy {run.strategy!r} in round {round_number}: {exc}") from None
 

@@ -138,6 +138,20 @@ def check_measurements(data: Any, where: str) -> dict[str, float]:
     return {k: float(v) for k, v in values.items()}
 
 
+def check_kept(kept: Any, participants: list[str], where: str) -> list[str] | None:
+    """The clients a strategy kept (`RoundSummary.kept`): None, or distinct participants (at most all of
+    them), in the order given."""
+    if kept is None:
+        return None
+    if not isinstance(kept, list) or len(kept) > len(participants):
+        raise InvalidMessage(f"{where}: expected a list of at most the {len(participants)} participants")
+    outsiders = [c for c in kept if not isinstance(c, str) or c not in participants]
+    if outsiders or len(set(kept)) != len(kept):
+        named = f"{str(outsiders[0])[:80]!r} is not a participant" if outsiders else "a client is named twice"
+        raise InvalidMessage(f"{where}: {named}")
+    return list(kept)
+
+
 def from_state(path: str) -> Any:
     """Dataclass field metadata: the state machine supplies this field from the JSONPath `path`
     (`state_machine_fields` lists them; infra builds the state machine's payload from that list)."""
@@ -830,6 +844,9 @@ class RoundSummary:
     """Central DP: noisy models released beyond one per round, in this round and every earlier one of
     the run (and of the runs it continues): an aggregation whose model was written but not committed
     (a crash, a lost claim) and then done again. The accountant counts each (docs/privacy.md)."""
+    kept: list[str] | None = None
+    """The participants whose updates the strategy kept for its step, by client id, when it keeps some
+    and drops the others (Krum, Multi-Krum; `check_kept`); None: every participant's update counted."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA_VERSION, **asdict(self)}
@@ -878,6 +895,7 @@ class RoundSummary:
             privacy_budget_spent=bool(data.get("privacy_budget_spent", False)),
             norm_bound=_optional_number(data, "norm_bound", where),
             repeated_releases=_positive_int(data, "repeated_releases", where, 0) if "repeated_releases" in data else 0,
+            kept=check_kept(data.get("kept"), list(data.get("participants") or []), f"{where} kept"),
         )
 
 

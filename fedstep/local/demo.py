@@ -631,6 +631,7 @@ def _watch(
                 "rejected": [asdict(r) for r in summary.rejected],
                 "duration_s": summary.duration_s,
                 "measurements": summary.measurements,
+                "kept": summary.kept,
                 "epsilon": summary.epsilon,
                 "delta": summary.delta,
                 "neighbouring": relation,

@@ -7,17 +7,28 @@ the installed versions of the CDK libraries. `synth_key` hashes exactly those; a
 assembly records the key it was made with (`<stack>.synth-key`), and the next run with the same key
 deploys it again without synthesizing. Any change to one of them (an edited handler, another
 number of clients) synthesizes afresh. `make clean` (or deleting `.cache/`) drops the cache.
+
+A synth runs in a Python process of its own, in its own session (`run_synth`): CDK's Node.js runtime
+(jsii's kernel) is its child, outside the terminal's foreground process group, so a Ctrl-C at the
+terminal never reaches it, and this process never imports CDK. (In-process, a Ctrl-C that stopped
+`fedstep local --keep-running` also killed the Node.js runtime, and jsii's exit handler then printed
+`Exception ignored in atexit callback ... BrokenPipeError`.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from fedstep.core.errors import FedstepError
 from infra.bundle_sources import REPO, source_hash
 
 CDK_PACKAGES = ("aws-cdk-lib", "constructs", "cdk-nag", "jsii")
@@ -50,16 +61,48 @@ def cached_assembly(outdir: Path, stack: str, key: str) -> Path | None:
     return outdir if all(s.exists() for s in sources) else None
 
 
+class SynthFailed(FedstepError):
+    """Synthesizing the stack failed; the message ends with the synth's own last lines of output."""
+
+
+def run_synth(config: Any, outdir: Path) -> Path:
+    """Synthesize `config` (a DeploymentConfig) into `outdir` in a child process in its own session
+    (`python -m infra.synth`); the assembly's directory. Its warnings are passed on to stderr. A Ctrl-C
+    (KeyboardInterrupt) while it runs stops the child and its Node.js runtime, then goes on."""
+    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "infra.synth"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": pythonpath},
+        start_new_session=True,  # not in the terminal's foreground process group: Ctrl-C does not reach it
+    )
+    try:
+        out, err = child.communicate(json.dumps({"config": asdict(config), "outdir": str(outdir)}))
+    except BaseException:
+        os.killpg(child.pid, signal.SIGKILL)  # the child leads its own process group: it and Node.js
+        child.wait()
+        raise
+    lines = out.strip().splitlines()
+    if child.returncode != 0 or not lines:
+        tail = "\n".join(err.strip().splitlines()[-20:])
+        raise SynthFailed(f"synthesizing the stack failed (exit status {child.returncode}):\n{tail}")
+    if err:
+        sys.stderr.write(err)
+    return Path(lines[-1])
+
+
 def synthesize(config: Any, outdir: Path) -> tuple[Path, bool]:
     """The assembly of `config` in `outdir`, and whether it was reused rather than synthesized."""
     key = synth_key(config)
     stack = config.stack_name
     if (cached := cached_assembly(outdir, stack, key)) is not None:
         return cached, True
-    from infra.synth import build_app
-
     marker = outdir / f"{stack}.synth-key"
     marker.unlink(missing_ok=True)  # a synth that fails half-way leaves no valid marker
-    assembly = Path(build_app(config, outdir).synth().directory)
+    assembly = run_synth(config, outdir)
     (assembly / f"{stack}.synth-key").write_text(key)
     return assembly, False

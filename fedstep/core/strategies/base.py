@@ -135,11 +135,15 @@ class ServerState:
 class Aggregate:
     """What a strategy returns: the new global weights (float32), its state for the next round, and
     the round's measurements (a few named numbers, shown in the round summary, `fedstep status`
-    and the report; e.g. the server learning step's norm, or which clients Krum selected as a count)."""
+    and the report; e.g. the server learning step's norm, or how many updates Krum selected)."""
 
     weights: Tensors
     state: ServerState = field(default_factory=ServerState)
     measurements: dict[str, float] = field(default_factory=dict)
+    kept: list[str] | None = None
+    """The clients whose updates made the step, when the strategy keeps some and drops the others
+    (Krum, Multi-Krum): client ids of accepted updates, each once. None: every accepted update counted.
+    The round summary's `kept`."""
 
 
 @dataclass(frozen=True)

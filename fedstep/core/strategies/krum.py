@@ -7,7 +7,8 @@ With n updates of which at most f (`num_malicious`) may be Byzantine, each updat
 
 which needs n > 2f + 2 (a ValueError names the numbers otherwise). The m (`num_selected`) updates of
 lowest score are kept and their plain mean is the step (unweighted: a client's example count does
-not move it): m = 1 is Krum (the step is the best-scored delta itself), m > 1 Multi-Krum. Equal
+not move it): m = 1 is Krum (the step is the best-scored delta itself), m > 1 Multi-Krum. The round
+summary names the kept clients (`kept`) beside the measurement `selected`, their number. Equal
 scores are ranked by client id, so the result does not depend on the order the updates arrive in.
 
 Two names are registered:
@@ -132,7 +133,8 @@ class Krum(Strategy):
             "best_score": float(scores[ranked[0]]),
             "worst_selected_score": float(scores[ranked[m - 1]]),
         }
-        return Aggregate(apply_step(global_model, step), ServerState(), measurements)
+        kept = [ids[order[k]] for k in chosen]  # by client id
+        return Aggregate(apply_step(global_model, step), ServerState(), measurements, kept=kept)
 
 
 class MultiKrum(Krum):
