@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -229,3 +230,28 @@ def agent_processes(out: Path) -> dict[str, int]:
                 match = re.search(r"([A-Za-z0-9_-]+)\.json", cmdline)
                 found[match.group(1) if match else proc.name] = int(proc.name)
     return found
+
+
+@contextmanager
+def serving(agents: list[Agent]) -> Iterator[list[Outcome]]:
+    """The agents poll their queues in threads (as `fedstep-client run --follow` does) until the block ends."""
+    stop = threading.Event()
+    outcomes: list[Outcome] = []
+
+    def loop(a: Agent) -> None:
+        while not stop.is_set():
+            if (outcome := a.poll_once()) is not None:
+                outcomes.append(outcome)
+
+    from client_agent.keras_model import import_keras
+
+    import_keras()  # once, here: two threads importing Keras at once can see it half-initialized
+    threads = [threading.Thread(target=loop, args=(a,), daemon=True) for a in agents]
+    for thread in threads:
+        thread.start()
+    try:
+        yield outcomes
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)

@@ -11,8 +11,6 @@ import json
 import math
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import boto3
@@ -46,6 +44,7 @@ from tests.cloud_helpers import (
     published_round,
     receive,
     serve_run,
+    serving,
     start,
 )
 
@@ -86,31 +85,6 @@ def keras_agent(cloud, client_id: str, tmp_path, evaluates: bool = True) -> Agen
         nudge, client_data()[client_id], "tests:nudge", evaluate_with=keras_evaluate if evaluates else None
     )
     return Agent(config, trainer)
-
-
-@contextmanager
-def serving(agents: list[Agent]) -> Iterator[list[Outcome]]:
-    """The agents poll their queues in threads (as `fedstep-client run --follow` does) until the block ends."""
-    stop = threading.Event()
-    outcomes: list[Outcome] = []
-
-    def loop(a: Agent) -> None:
-        while not stop.is_set():
-            if (outcome := a.poll_once()) is not None:
-                outcomes.append(outcome)
-
-    from client_agent.keras_model import import_keras
-
-    import_keras()  # once, here: two threads importing Keras at once can see it half-initialized
-    threads = [threading.Thread(target=loop, args=(a,), daemon=True) for a in agents]
-    for thread in threads:
-        thread.start()
-    try:
-        yield outcomes
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")

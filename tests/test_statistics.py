@@ -142,7 +142,7 @@ def test_noisy_statistics_are_close_release_no_min_or_max_and_the_noise_spends_t
     [
         ({"bins": 4}, "histograms need a range for every feature"),
         ({"epsilon": 1.0}, "noise needs a range for every feature"),
-        ({"features": 2, "ranges": ((0.0, 1.0),)}, "1 ranges for 2 features"),
+        ({"features": 3, "ranges": ((0.0, 1.0),) * 2}, "2 ranges for 3 features"),
         ({"features": 1, "ranges": ((1.0, 0.0),)}, "must be finite with low < high"),
         ({"features": 4000, "bins": 60, "ranges": ((0.0, 1.0),) * 4000}, f"exceed the {MAX_VALUES}"),
         ({"epsilon": 0.0, "ranges": ((0.0, 1.0),)}, "epsilon must be > 0"),

@@ -148,20 +148,19 @@ def federated_statistics(
     progress: Callable[[str], None],
     run_id: str = "",
     needs: int = 1,
+    then_bins: int = 0,
 ) -> tuple[FederatedStatistics, list[Answer]]:
-    """The clients' combined statistics: one exchange, or two when histograms are asked without ranges
-    (the second over the first one's min and max). FedstepError when fewer than `needs` answered."""
-    second = None
-    if request.bins and request.ranges is None:
-        second, request = request, replace(request, bins=0)
+    """The clients' combined statistics: one exchange, or with `then_bins` (histograms asked without
+    ranges) two, the second for histograms of that many bins over the first one's min and max.
+    FedstepError when fewer than `needs` answered."""
     exchange = ask(clients, request, deadline_s, outputs, sns, table_, progress, run_id)
     _enough(exchange, needs)
     result = combine(exchange.sites, request)
-    if second is None:
+    if not then_bins:
         return result, exchange.answers
     assert result.minimum is not None and result.maximum is not None  # exact answers carry them
     ranges = tuple(_histogram_range(low, high) for low, high in zip(result.minimum, result.maximum, strict=True))
-    histogram = replace(second, ranges=ranges, features=result.features)
+    histogram = replace(request, bins=then_bins, ranges=ranges, features=result.features)
     progress("asking again for the histograms, over the global min and max")
     again = ask(list(exchange.sites), histogram, deadline_s, outputs, sns, table_, progress, run_id)
     _enough(again, needs)
@@ -234,7 +233,8 @@ def run_statistics(record: RunRecord, outputs: StackOutputs, s3: Any) -> Federat
 
 def parse_ranges(values: list[str] | None, features: int | None) -> tuple[tuple[float, float], ...] | None:
     """`--range LO:HI` (every feature) and `--range I=LO:HI` (feature I, from 0), as one range per
-    feature; every feature needs one once any is given. None without `--range`."""
+    feature (or one for all, when only LO:HI is given and the width is unknown); every feature needs
+    one once any is given. None without `--range`."""
     if not values:
         return None
     every: tuple[float, float] | None = None
@@ -254,7 +254,9 @@ def parse_ranges(values: list[str] | None, features: int | None) -> tuple[tuple[
         if not index.isdigit():
             raise FedstepError(f"--range {value!r}: the feature before = is its number, from 0")
         each[int(index)] = pair
-    width = features or (max(each) + 1 if each and every is None else None)
+    if not each:
+        return (every,) * (features or 1)  # type: ignore[return-value]
+    width = features or (max(each) + 1 if every is None else None)
     if width is None:
         raise FedstepError("--range I=LO:HI needs the number of features: give a model, or a range for every feature")
     missing = [i for i in range(width) if i not in each and every is None]
@@ -368,19 +370,23 @@ def stats_command(args: Any, outputs: StackOutputs, client: Callable[[str], Any]
         clients = named
     if not clients:
         raise FedstepError("the stack has no clients; add them to the deployment config and deploy")
+    bins = DEFAULT_BINS if args.bins is None else args.bins
+    ranges = parse_ranges(args.range, features)
+    later = bins if bins and ranges is None and args.dp_epsilon is None else 0  # histograms after min and max
     try:
         request = StatsRequest(
             features=features,
-            bins=DEFAULT_BINS if args.bins is None else args.bins,
-            ranges=parse_ranges(args.range, features),
+            bins=0 if later else bins,
+            ranges=ranges,
             max_examples=args.max_examples,
             epsilon=args.dp_epsilon,
             delta=args.dp_delta,
         )
     except StatisticsError as exc:
         raise FedstepError(str(exc)) from None
+    run_id = record.run_id if record else ""
     stats, answers = federated_statistics(
-        clients, request, args.deadline, outputs, client("sns"), table_, _progress, record.run_id if record else ""
+        clients, request, args.deadline, outputs, client("sns"), table_, _progress, run_id, then_bins=later
     )
     title = f"federated statistics of {len(stats.clients)} of {len(clients)} client(s)"
     _print(args, stats, answers, title)

@@ -59,9 +59,9 @@ class StatisticsError(FedstepError):
 @dataclass(frozen=True)
 class StatsRequest:
     """What the operator asks every site: its statistics of `features` features (None: as many as it
-    has), `bins` histogram bins (0: none; needs `ranges`), one `(low, high)` range per feature (None:
-    no clipping), `max_examples` rows at most, and `epsilon`/`delta` for Gaussian noise on the sums
-    (None: exact; needs ranges)."""
+    has), `bins` histogram bins (0: none; needs `ranges`), one `(low, high)` range per feature, or one
+    for every feature (None: no clipping), `max_examples` rows at most, and `epsilon`/`delta` for
+    Gaussian noise on the sums (None: exact; needs ranges)."""
 
     features: int | None = None
     bins: int = 0
@@ -75,21 +75,21 @@ class StatsRequest:
             raise StatisticsError(f"features must be from 1 to {MAX_FEATURES}, got {self.features}")
         if not 0 <= self.bins <= MAX_BINS:
             raise StatisticsError(f"bins must be from 0 to {MAX_BINS}, got {self.bins}")
-        if self.bins and self.ranges is None:
-            raise StatisticsError(
-                "histograms need a range for every feature (--range): every site must use the same bins"
-            )
         if self.epsilon is not None:
             if not 0 < self.epsilon <= 100:
                 raise StatisticsError(f"epsilon must be > 0 and at most 100, got {self.epsilon}")
             if self.ranges is None:
                 raise StatisticsError("noise needs a range for every feature (--range): it bounds what one record adds")
+        if self.bins and self.ranges is None:
+            raise StatisticsError(
+                "histograms need a range for every feature (--range): every site must use the same bins"
+            )
         if not 0 < self.delta < 1:
             raise StatisticsError(f"delta must lie in (0, 1), got {self.delta}")
         if not 1 <= self.max_examples <= 2**40:
             raise StatisticsError(f"max_examples must be from 1 to 2**40, got {self.max_examples}")
         if self.ranges is not None:
-            if self.features is not None and len(self.ranges) != self.features:
+            if self.features is not None and len(self.ranges) not in (1, self.features):
                 raise StatisticsError(f"{len(self.ranges)} ranges for {self.features} features")
             if not 1 <= len(self.ranges) <= MAX_FEATURES:
                 raise StatisticsError(f"ranges must cover 1 to {MAX_FEATURES} features")
@@ -107,7 +107,7 @@ class StatsRequest:
         """The features, as far as the request knows them (1 if it does not)."""
         if self.features is not None:
             return self.features
-        return len(self.ranges) if self.ranges is not None else 1
+        return len(self.ranges) if self.ranges is not None else 1  # one range for all: at least 1 feature
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -144,9 +144,9 @@ class StatsRequest:
         """(lows, highs) as float64 arrays of `features`, or None without ranges."""
         if self.ranges is None:
             return None
-        if len(self.ranges) != features:
+        if len(self.ranges) not in (1, features):
             raise StatisticsError(f"the request gives {len(self.ranges)} ranges, this data has {features} features")
-        bounds = np.asarray(self.ranges, dtype=np.float64)
+        bounds = np.asarray(self.ranges * (features if len(self.ranges) == 1 else 1), dtype=np.float64)
         return bounds[:, 0], bounds[:, 1]
 
 

@@ -77,7 +77,7 @@ def run_synth(config: Any, outdir: Path) -> Path:
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": pythonpath},
+        env={"JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20", **os.environ, "PYTHONPATH": pythonpath},
         start_new_session=True,  # not in the terminal's foreground process group: Ctrl-C does not reach it
     )
     try:
