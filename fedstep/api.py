@@ -71,13 +71,13 @@ def simulate(
 ) -> pd.DataFrame:
     """A federated training on the embedded local cloud, as `fedstep local` runs it (the same function).
 
-    Options are `fedstep local`'s: `dataset` (digits, mnist, heart, or module:function), `clients`
+    Options are `fedstep local`'s: `dataset` (digits, mnist, heart, heart-raw, or module:function), `clients`
     (default 3), `rounds` (default 5), `partition` (iid), `model` (module:function; default the data
     set's), `seed` (0), `out` (default runs/<run>, runs/latest pointing at it: summary.json, clients/,
     logs/), `keep_running` (after the run, keep the cloud and its agents up until the kernel is
     interrupted), `run_file`, and any run setting by its snake-case name (`learning_rate=0.05`,
     `strategy="fedadam"`, `strategy_params={"eta": 0.01}`, `target="test_accuracy>=0.9"`,
-    `round_timeout_s=600`, `dp="central"`, ...).
+    `round_timeout_s=600`, `dp="central"`, `standardize="federated"`, ...).
     `verbose=False` prints nothing.
 
     Returns the run's history: a pandas DataFrame indexed by round, one row per round, with columns

@@ -327,15 +327,16 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument(
         "--dataset",
         default="digits",
-        help="digits, mnist, heart, or module:function returning your whole data set: (x, y), or with --partition "
-        "natural (x, y, groups) or {site: ((x_train, y_train), (x_test, y_test))} (default digits)",
+        help="digits, mnist, heart, heart-raw (needs --standardize), or module:function returning your whole "
+        "data set: (x, y), or with --partition natural (x, y, groups) or {site: ((x_train, y_train), "
+        "(x_test, y_test))} (default digits)",
     )
     local.add_argument(
         "--partition",
         default="iid",
         help="how the clients' data is divided: iid, dirichlet:ALPHA, shards:K, quantity:ALPHA, or natural: one "
-        "client per site of a data set that has them (heart's hospitals, your loader's groups) (default iid; "
-        "heart: natural)",
+        "client per site of a data set that has them (heart's and heart-raw's hospitals, your loader's groups) "
+        "(default iid; heart, heart-raw: natural)",
     )
     local.add_argument("--clients", type=int, default=3, help="number of client agents (default 3)")
     local.add_argument(

@@ -181,6 +181,8 @@ def settings_line(view: RunView) -> str:
         f"round deadline {duration(r.round_timeout_s)}",
         bounds_text(view),
     ]
+    if r.training.standardize != "none":
+        parts.append(f"features standardized ({r.training.standardize})")
     if r.training.params:
         parts.append("train params " + " ".join(f"{k}={v}" for k, v in sorted(r.training.params.items())))
     if r.target:

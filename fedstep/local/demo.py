@@ -53,7 +53,7 @@ class DemoConfig:
     """Defaults: digits, 3 clients (IID split), 5 rounds, the dataset's built-in model."""
 
     dataset: str = "digits"
-    """A built-in data set (digits, mnist, heart) or a loader module:function returning the whole (x, y)."""
+    """A built-in data set (digits, mnist, heart, heart-raw) or a loader module:function returning the whole (x, y)."""
     partition: str = "iid"
     """How the pool is divided among the clients: iid, dirichlet:ALPHA, shards:K or quantity:ALPHA."""
     clients: int = 3
