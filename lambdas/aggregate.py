@@ -44,6 +44,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from fedstep.aws import adapters, boto
 from fedstep.core import keys
+from fedstep.core.errors import FedstepError
 from fedstep.core.model_card import write_card
 from fedstep.core.rounds import (
     AggregationSettings,
@@ -196,18 +197,25 @@ def accountant(
     return client_epsilon(noise_multiplier, sample, population, steps, delta, unsampled, selection)
 
 
+class UnknownEvent(FedstepError):
+    """An event that is neither a call of the state machine (a mode) nor a stream batch."""
+
+
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """Stream batches of update items, or the state machine's publish and deadline calls."""
-    if isinstance(event, dict) and event.get("mode") == "deadline":
-        return deadline_handler(event, context)
-    if isinstance(event, dict) and event.get("mode") == "publish":
-        return publish_handler(event, context)
-    if isinstance(event, dict) and event.get("mode") == "card":
-        return card_handler(event, context)
-    if isinstance(event, dict) and event.get("mode") == "slice":
-        return slice_handler(event, context)
-    if isinstance(event, dict) and event.get("mode") == "assemble":
-        return assemble_handler(event, context)
+    """Stream batches of update items, or the state machine's calls (`mode`). A stream batch with no
+    record is answered with no failure; anything else is refused by name, with the event's keys."""
+    mode = event.get("mode") if isinstance(event, dict) else None
+    if mode in MODES:
+        return MODES[mode](event, context)
+    records = event.get("Records") if isinstance(event, dict) else None
+    if records == []:
+        return {"batchItemFailures": []}
+    if mode is not None or not isinstance(records, list):
+        shown = sorted(map(str, event))[:10] if isinstance(event, dict) else type(event).__name__
+        raise UnknownEvent(
+            f"the aggregation function handles the modes {', '.join(MODES)} and stream batches (Records), "
+            f"not this event (mode {mode!r}, keys {shown})"
+        )
     return stream_handler(event, context)
 
 
@@ -310,3 +318,13 @@ def card_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any
     ref = write_card(parsed.run_id, parsed.round, store, table)
     logger.info("model card written", extra={"run_id": parsed.run_id, "round": parsed.round, "key": ref.key})
     return {"key": ref.key, "sha256": ref.sha256, "bytes": ref.bytes}
+
+
+MODES = {
+    "deadline": deadline_handler,
+    "publish": publish_handler,
+    "card": card_handler,
+    "slice": slice_handler,
+    "assemble": assemble_handler,
+}
+"""The state machine's calls of the function, by their `mode`."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from fedstep.core.schemas import ObjectRef, Rejection, RoundSummary
 from lambdas import aggregate
 
@@ -46,3 +48,13 @@ def test_an_aggregated_round_emits_its_metrics_with_units_and_dimensions(capsys)
     assert values["Participants"] == [2] and values["RejectedUpdates"] == [1] and values["BytesAggregated"] == [2048]
     assert values["WeightedLoss"] == [0.5] and values["WeightedAccuracy"] == [0.8] and values["RoundDuration"] == [12.5]
     assert emf["service"] == "fedstep-aggregate" and emf["project"] == "fedstep"
+
+
+def test_an_empty_stream_batch_is_answered_with_no_failure_and_an_unknown_event_is_named():
+    """Powertools' batch processor raises UnexpectedBatchTypeError (a traceback) for an event without
+    records; the handler answers an empty batch itself and refuses anything else by name."""
+    assert aggregate.handler({"Records": []}, None) == {"batchItemFailures": []}
+    for event, shown in (({}, "mode None, keys []"), ({"mode": "train", "x": 1}, "mode 'train', keys ['mode', 'x']")):
+        with pytest.raises(aggregate.UnknownEvent) as refused:
+            aggregate.handler(event, None)
+        assert shown in str(refused.value) and "deadline, publish, card, slice, assemble" in str(refused.value)
