@@ -10,13 +10,22 @@ from client_agent.keras_model import import_keras
 def mlp(input_dim: int, num_classes: int, hidden: int = 64, learning_rate: float = 0.1) -> Any:
     """Dense(hidden, relu) -> Dense(num_classes, softmax), SGD, sparse categorical cross-entropy."""
     keras = import_keras()
+    return _compiled(
+        [keras.layers.Dense(hidden, activation="relu", name="hidden")], input_dim, num_classes, "mlp", learning_rate
+    )
+
+
+def _compiled(hidden: list[Any], input_dim: int, num_classes: int, name: str, learning_rate: float) -> Any:
+    """Inputs -> `hidden` -> Dense(num_classes, softmax), compiled with SGD and sparse categorical
+    cross-entropy (labels are class indices), accuracy as the metric."""
+    keras = import_keras()
     model = keras.Sequential(
         [
             keras.Input(shape=(input_dim,), name="features"),
-            keras.layers.Dense(hidden, activation="relu", name="hidden"),
+            *hidden,
             keras.layers.Dense(num_classes, activation="softmax", name="output"),
         ],
-        name="mlp",
+        name=name,
     )
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=learning_rate),
@@ -47,20 +56,7 @@ def heart_mlp() -> Any:
 def logistic_regression(input_dim: int, num_classes: int, learning_rate: float = 0.1) -> Any:
     """Dense(num_classes, softmax) on the inputs (multinomial logistic regression), SGD, sparse
     categorical cross-entropy."""
-    keras = import_keras()
-    model = keras.Sequential(
-        [
-            keras.Input(shape=(input_dim,), name="features"),
-            keras.layers.Dense(num_classes, activation="softmax", name="output"),
-        ],
-        name="logistic_regression",
-    )
-    model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    return model
+    return _compiled([], input_dim, num_classes, "logistic_regression", learning_rate)
 
 
 def heart_logreg() -> Any:

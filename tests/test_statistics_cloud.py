@@ -132,18 +132,24 @@ def test_a_forged_answer_is_shown_as_rejected_and_never_combined(cloud, tmp_path
     np.testing.assert_allclose(stats["count"], (~np.isnan(x1)).sum(axis=0))
 
 
-def test_a_run_standardized_federated_trains_every_client_on_the_pooled_statistics(cloud, tmp_path):
+def start_standardized(cloud, tmp_path, how: str) -> str:
+    """A one-round run of the digits model with `--standardize how`, served by both agents: its id."""
     for seen in SEEN.values():
         seen.clear()
     with serving([stats_agent(cloud, cid, tmp_path) for cid in CLIENTS]):
         result = fedstep(
             cloud,
             *("start", "--model", "client_agent.models:digits_mlp", "--rounds", "1", "--seed", "3"),
-            *("--standardize", "federated", "--watch"),
+            *("--standardize", how, "--watch"),
         )
     assert result.returncode == 0, result.stderr
-    assert "federated statistics of 2 client(s), 64 features" in result.stderr
-    run_id = result.stdout.split("started run ", 1)[1].split()[0]
+    if how == "federated":
+        assert "federated statistics of 2 client(s), 64 features" in result.stderr
+    return result.stdout.split("started run ", 1)[1].split()[0]
+
+
+def test_a_run_standardized_federated_trains_every_client_on_the_pooled_statistics(cloud, tmp_path):
+    run_id = start_standardized(cloud, tmp_path, "federated")
     record = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb")).get_run(run_id)
     assert record.training.standardize == "federated"
     assert record.training.standardization.key == keys.statistics_key(run_id)
@@ -152,23 +158,16 @@ def test_a_run_standardized_federated_trains_every_client_on_the_pooled_statisti
     varies = np.nanstd(pooled, axis=0) > 0
     assert not np.isnan(trained).any()
     np.testing.assert_allclose(trained.mean(axis=0), 0, atol=1e-3)  # a missing value is the mean, 0
-    present = ~np.isnan(pooled[:, varies])
-    np.testing.assert_allclose([trained[present[:, j], j].std() for j in range(varies.sum())], 1, atol=1e-3)
+    present = ~np.isnan(pooled)
+    spread = [trained[present[:, j], j].std() for j in np.flatnonzero(varies)]  # of the values measured
+    np.testing.assert_allclose(spread, 1, atol=1e-3)
     shown = fedstep(cloud, "stats", run_id, "--json")
     assert shown.returncode == 0, shown.stderr
     np.testing.assert_allclose(json.loads(shown.stdout)["mean"], np.nanmean(pooled, axis=0), rtol=1e-6, atol=1e-9)
 
 
 def test_with_standardize_local_each_client_uses_its_own_statistics(cloud, tmp_path):
-    for seen in SEEN.values():
-        seen.clear()
-    with serving([stats_agent(cloud, cid, tmp_path) for cid in CLIENTS]):
-        result = fedstep(
-            cloud,
-            *("start", "--model", "client_agent.models:digits_mlp", "--rounds", "1", "--seed", "3"),
-            *("--standardize", "local", "--watch"),
-        )
-    assert result.returncode == 0, result.stderr
+    start_standardized(cloud, tmp_path, "local")
     for cid in CLIENTS:
         np.testing.assert_allclose(SEEN[cid][-1].mean(axis=0), 0, atol=1e-3)  # each centred on its own mean
 

@@ -88,14 +88,22 @@ def judge(client_id: str, item: dict[str, Any] | None, request: StatsRequest) ->
     return Answer(client_id, ANSWERED), site
 
 
+@dataclass(frozen=True)
+class Channel:
+    """How the operator asks and hears: the stack (its topic), an SNS client to publish with, the
+    table the answers are read from, and where progress lines go."""
+
+    outputs: StackOutputs
+    sns: Any
+    table: DynamoRoundTable
+    progress: Callable[[str], None]
+
+
 def ask(
+    channel: Channel,
     clients: list[str],
     request: StatsRequest,
     deadline_s: int,
-    outputs: StackOutputs,
-    sns: Any,
-    table_: DynamoRoundTable,
-    progress: Callable[[str], None],
     run_id: str = "",
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
@@ -105,8 +113,9 @@ def ask(
     who is still awaited."""
     if not 1 <= deadline_s <= MAX_EVAL_DEADLINE_S:
         raise FedstepError(f"--deadline must be from 1 to {MAX_EVAL_DEADLINE_S} s, got {deadline_s}")
+    progress = channel.progress
     message = StatsMessage(secrets.token_hex(6), request.to_dict(), utc_now(), deadline_s, run_id)
-    SnsPublisher(outputs.topic_arn, sns).publish(message.to_dict(), clients)
+    SnsPublisher(channel.outputs.topic_arn, channel.sns).publish(message.to_dict(), clients)
     progress(
         f"asked {len(clients)} client(s) for statistics (request {message.request_id}); "
         f"waiting up to {duration(deadline_s)}"
@@ -115,7 +124,7 @@ def ask(
     items: dict[str, dict[str, Any]] = {}
     while True:
         waiting = [c for c in clients if c not in items]
-        fresh = table_.get_client_items([keys.stats_item_key(message.request_id, c) for c in waiting])
+        fresh = channel.table.get_client_items([keys.stats_item_key(message.request_id, c) for c in waiting])
         for client in waiting:
             if client in fresh:
                 items[client] = fresh[client]
@@ -139,13 +148,10 @@ def ask(
 
 
 def federated_statistics(
+    channel: Channel,
     clients: list[str],
     request: StatsRequest,
     deadline_s: int,
-    outputs: StackOutputs,
-    sns: Any,
-    table_: DynamoRoundTable,
-    progress: Callable[[str], None],
     run_id: str = "",
     needs: int = 1,
     then_bins: int = 0,
@@ -153,7 +159,7 @@ def federated_statistics(
     """The clients' combined statistics: one exchange, or with `then_bins` (histograms asked without
     ranges) two, the second for histograms of that many bins over the first one's min and max.
     FedstepError when fewer than `needs` answered."""
-    exchange = ask(clients, request, deadline_s, outputs, sns, table_, progress, run_id)
+    exchange = ask(channel, clients, request, deadline_s, run_id)
     _enough(exchange, needs)
     result = combine(exchange.sites, request)
     if not then_bins:
@@ -161,8 +167,8 @@ def federated_statistics(
     assert result.minimum is not None and result.maximum is not None  # exact answers carry them
     ranges = tuple(_histogram_range(low, high) for low, high in zip(result.minimum, result.maximum, strict=True))
     histogram = replace(request, bins=then_bins, ranges=ranges, features=result.features)
-    progress("asking again for the histograms, over the global min and max")
-    again = ask(list(exchange.sites), histogram, deadline_s, outputs, sns, table_, progress, run_id)
+    channel.progress("asking again for the histograms, over the global min and max")
+    again = ask(channel, list(exchange.sites), histogram, deadline_s, run_id)
     _enough(again, needs)
     return combine(again.sites, histogram), again.answers
 
@@ -206,9 +212,8 @@ def statistics_for_run(
     request = StatsRequest(max_examples=record.bounds.max_examples)
     deadline = min(record.round_timeout_s, DEFAULT_DEADLINE_S)
     progress(f"federated statistics for run {record.run_id} (standardize: federated)")
-    result, _ = federated_statistics(
-        list(record.clients), request, deadline, outputs, sns, table_, progress, record.run_id, record.quorum
-    )
+    channel = Channel(outputs, sns, table_, progress)
+    result, _ = federated_statistics(channel, list(record.clients), request, deadline, record.run_id, record.quorum)
     data = result.encode()
     key = keys.statistics_key(record.run_id)
     if not S3ModelStore(outputs.bucket, s3).put_once(key, data):
@@ -385,9 +390,8 @@ def stats_command(args: Any, outputs: StackOutputs, client: Callable[[str], Any]
     except StatisticsError as exc:
         raise FedstepError(str(exc)) from None
     run_id = record.run_id if record else ""
-    stats, answers = federated_statistics(
-        clients, request, args.deadline, outputs, client("sns"), table_, _progress, run_id, then_bins=later
-    )
+    channel = Channel(outputs, client("sns"), table_, _progress)
+    stats, answers = federated_statistics(channel, clients, request, args.deadline, run_id, then_bins=later)
     title = f"federated statistics of {len(stats.clients)} of {len(clients)} client(s)"
     _print(args, stats, answers, title)
     return 0 if all(a.status == ANSWERED for a in answers) else 1
