@@ -20,7 +20,7 @@ demo: $(STAMP)
 TEST_WORKERS ?= 3
 
 test: $(STAMP) $(NODE_STAMP) $(BROWSER_STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # The PyTorch client example (examples/torch_trainer.py): installs the CPU build of torch (requirements-torch.txt),
 # then runs its tests, which `make test` skips when torch is not installed.
