@@ -7,7 +7,7 @@ records' JSON (an upper estimate of what DynamoDB, SNS and Step Functions count)
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from fedstep.core import keys, limits
 from fedstep.core.rounds import task_output
@@ -51,6 +51,14 @@ def test_a_round_record_with_every_client_rejected_fits_a_dynamodb_item():
 def test_a_round_record_with_every_client_clipped_fits_a_dynamodb_item():
     clipped = [Adjustment(c, LONGEST_REASON) for c in CLIENTS]
     assert record_bytes(round_record(summary([], CLIENTS, clipped))) < 0.85 * limits.DYNAMODB_ITEM_BYTES
+
+
+def test_a_round_record_naming_every_client_a_strategy_kept_fits_a_dynamodb_item():
+    """Multi-Krum keeping all but one of 1,000 clipped updates: the record names them by position."""
+    clipped = [Adjustment(c, LONGEST_REASON) for c in CLIENTS]
+    kept = replace(summary([], CLIENTS, clipped), kept=CLIENTS[1:])
+    assert record_bytes(round_record(kept)) < 0.85 * limits.DYNAMODB_ITEM_BYTES
+    assert RoundSummary.parse(round_record(kept)).kept == CLIENTS[1:]
 
 
 def test_a_task_output_is_small_whatever_the_round():
