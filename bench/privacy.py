@@ -79,11 +79,11 @@ from bench.strategies import (  # noqa: E402
 )
 from client_agent import datasets, dp_sgd  # noqa: E402
 from client_agent.privacy_ledger import Spend, run_privacy  # noqa: E402
-from fedstep.cli.start import RunSettings  # noqa: E402
 from fedstep.core import keys, strategies, tensors  # noqa: E402
 from fedstep.core.errors import FedstepError  # noqa: E402
 from fedstep.core.rounds import AggregationSettings, try_complete_round  # noqa: E402
 from fedstep.core.schemas import ObjectRef, RunRecord, TrainingConfig  # noqa: E402
+from fedstep.operator.settings import RunSettings  # noqa: E402
 from fedstep.privacy.accounting import epsilon_fixed  # noqa: E402
 from tests.memory_ports import RecordingReporter  # noqa: E402
 

@@ -55,8 +55,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from client_agent import dp_sgd, objects
 from client_agent.checks import open_session, preflight
 from client_agent.config import AgentConfig
+from client_agent.errors import clean_error
 from client_agent.heartbeat import Heartbeats
-from client_agent.logs import clean_error
 from client_agent.privacy_ledger import PrivacyLedger, Spend
 from client_agent.progress import Progress
 from client_agent.training import CannotEvaluate, FunctionTrainer, Trainer

@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError, NoCredentialsError, ProfileNotFound
 
 from client_agent import objects
 from client_agent.config import AgentConfig
-from client_agent.logs import clean_error
+from client_agent.errors import clean_error
 from client_agent.training import Split
 from fedstep.aws import boto
 from fedstep.aws.ddb import to_attributes

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
 import logging
 import os
 import signal
 import sys
-import time
-from typing import TYPE_CHECKING
+from typing import Any
 
-from client_agent import config as agent_config
+from client_agent import runner
 from client_agent.logs import FORMATS, configure
-from fedstep import __version__
 from fedstep.core.errors import FedstepError
-
-if TYPE_CHECKING:
-    from client_agent.training import FunctionTrainer, Split
+from fedstep.core.version import __version__
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,83 +96,22 @@ def _exit_with_parent() -> None:
         raise SystemExit(143)
 
 
-def _load_config(args: argparse.Namespace) -> agent_config.AgentConfig:
-    overrides = {k: getattr(args, k) for k in agent_config.ENV if hasattr(args, k)}
-    overrides.update(
-        region=args.region, endpoint_url=args.endpoint_url, poll_wait_s=args.poll_wait_s, heartbeat_s=args.heartbeat_s
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields the flags set (None: not given)."""
+    return {name: getattr(args, name) for name in runner.SETTINGS if hasattr(args, name)}
+
+
+def _options(args: argparse.Namespace) -> runner.RunOptions:
+    return runner.RunOptions(
+        config=args.config,
+        overrides=_overrides(args),
+        log_format=args.log_format,
+        verbose=args.verbose,
+        progress=not args.no_progress,
+        follow=args.follow,
+        once=args.once,
+        wait_for_config=args.wait_for_config,
     )
-    return agent_config.load(args.config, overrides)
-
-
-def _load_data(config: agent_config.AgentConfig) -> tuple[Split, str]:
-    """Load the local data and resolve the trainer, as a run would; the data and one line saying what was found."""
-    from client_agent.data import load_local_data
-
-    data = load_local_data(config.data, config.partition, config.partition_scheme, config.data_seed)
-    trainer = _trainer(config, data)
-    part = f" part {config.partition}" if config.partition else ""
-    if config.partition_scheme:
-        part += f" ({config.partition_scheme})"
-    (x_train, _), (x_test, _) = data
-    test = f"{len(x_test)} test examples" if len(x_test) else "no test examples (so no test metrics)"
-    return data, f"{config.data}{part}: {len(x_train)} training and {test}; trainer {trainer.name}"
-
-
-def _trainer(config: agent_config.AgentConfig, data: Split) -> FunctionTrainer:
-    """The configured train function (a placeholder `trainer` is refused with how to fill it in)."""
-    from client_agent.data import user_callable
-    from client_agent.training import load_trainer
-
-    if config.trainer:
-        user_callable("trainer", config.trainer, "trainer")
-    return load_trainer(config.trainer, data)
-
-
-def _dry_run(args: argparse.Namespace) -> int:
-    from client_agent.checks import ModelChoice, dry_run
-
-    choice = ModelChoice(path=args.check_model, run_id=args.check_run)
-    checks = dry_run(lambda: _load_config(args), _load_data, choice)
-    print(f"fedstep-client {__version__} dry run: nothing is trained, uploaded or written")
-    for check in checks:
-        print(check.line())
-    failed = [c.name for c in checks if c.status == "FAIL"]
-    print(f"{len(failed)} check(s) failed: {', '.join(failed)}" if failed else "all checks passed")
-    return 1 if failed else 0
-
-
-def _wait_for_config(path: str, timeout_s: float) -> None:
-    """Import what training needs (TensorFlow takes seconds), then wait for the config file to appear
-    (its writer renames it into place whole); FedstepError after `timeout_s`."""
-    if os.path.exists(path):
-        return
-    started = time.monotonic()
-    # imported now, while the launcher deploys; keras is the default trainer's (a custom one may not need it)
-    for module in ("client_agent.agent", "client_agent.training", "keras"):
-        with contextlib.suppress(ImportError):
-            importlib.import_module(module)
-    logging.getLogger("fedstep.client").info(
-        "libraries imported in %.1f s; waiting for %s", time.monotonic() - started, path
-    )
-    while not os.path.exists(path):
-        if time.monotonic() - started > timeout_s:
-            raise FedstepError(f"the config file {path} did not appear within {timeout_s:g} s (--wait-for-config)")
-        time.sleep(0.05)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from client_agent.agent import Agent
-    from client_agent.data import load_local_data
-
-    progress = configure(args.log_format, args.verbose, progress=not args.no_progress)
-    if args.wait_for_config is not None:
-        if not args.config:
-            raise FedstepError("--wait-for-config waits for the --config file: name one")
-        _wait_for_config(args.config, args.wait_for_config)
-    config = _load_config(args)
-    data = load_local_data(config.data, config.partition, config.partition_scheme, config.data_seed)
-    trainer = _trainer(config, data)
-    return Agent(config, trainer, progress=progress).run(follow=args.follow, once=args.once)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     _exit_with_parent()
     if args.dry_run:
         configure(args.log_format, args.verbose, progress=False)
-        return _dry_run(args)
+        return runner.dry_run(args.config, _overrides(args), args.check_run, args.check_model)
     try:
-        return _run(args)
+        return runner.run(_options(args))
     except FedstepError as exc:
         if args.log_format == "json":
             logging.getLogger("fedstep.client").error("%s", exc, extra={"error": type(exc).__name__})

@@ -18,7 +18,7 @@ import numpy as np
 
 from client_agent import data_contract, datasets, partitions
 from client_agent.config import PLACEHOLDER, placeholder_problem
-from client_agent.logs import clean_error
+from client_agent.errors import clean_error
 from client_agent.training import Split
 from fedstep.core.errors import FedstepError
 from fedstep.core.imports import load_callable

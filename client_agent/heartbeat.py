@@ -19,11 +19,11 @@ import subprocess
 import threading
 from typing import Any
 
-from fedstep import __version__
 from fedstep.aws.ddb import Items
 from fedstep.aws.errors import AWS_ERRORS, explain
 from fedstep.core.clock import utc_now
 from fedstep.core.schemas import Heartbeat
+from fedstep.core.version import __version__
 
 log = logging.getLogger("fedstep.client")
 

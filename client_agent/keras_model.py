@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from client_agent.errors import clean_error
 from fedstep.core.errors import FedstepError
 from fedstep.core.tensors import Tensors, TensorSpec, check_matches
 
@@ -76,8 +77,6 @@ def model_from_bytes(data: bytes) -> Any:
                 warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
                 return keras.models.load_model(path, safe_mode=True)
         except Exception as exc:  # Keras raises many types for a bad file
-            from client_agent.logs import clean_error
-
             raise FedstepError(f"cannot load the model architecture (.keras, safe mode): {clean_error(exc)}") from exc
 
 
@@ -120,9 +119,7 @@ def contract_of(model: Any) -> Any:
 def one_batch(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int = 32) -> dict[str, float]:
     """Train `model` on the first `batch_size` examples once (`train_on_batch`) and return its metrics.
     It changes the model's weights: give it a throwaway copy. FedstepError with the cause on one line
-    (`client_agent.logs.clean_error`) when Keras refuses the data, or when the loss is not finite."""
-    from client_agent.logs import clean_error
-
+    (`client_agent.errors.clean_error`) when Keras refuses the data, or when the loss is not finite."""
     if getattr(model, "optimizer", None) is None:
         raise FedstepError(
             "the run's model is not compiled, so it cannot train; the operator must start the run with a compiled model"

@@ -10,10 +10,7 @@ docs/python-api.md) is imported on first use, so `import fedstep` stays light.
 
 from typing import Any
 
-__version__ = "0.1.0"
-
-SCHEMA_VERSION = 2
-"""Version of every wire format (round message, update item, round summary, model file metadata)."""
+from fedstep.core.version import SCHEMA_VERSION, __version__
 
 _API = ("simulate", "Operator", "Client")
 __all__ = ["SCHEMA_VERSION", "Client", "Operator", "__version__", "simulate"]

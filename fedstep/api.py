@@ -17,12 +17,13 @@ need them. Errors a user can fix are `fedstep.core.errors.FedstepError`, with th
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedstep.cli.paths import model_file, report_folder
 from fedstep.core.errors import FedstepError
+from fedstep.operator.paths import model_file, report_folder
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 
 def _setting_names() -> set[str]:
-    from fedstep.cli.start import RunSettings
+    from fedstep.operator.settings import RunSettings
 
     return {f.name for f in fields(RunSettings)}
 
@@ -45,9 +46,15 @@ def _check_settings(settings: dict[str, Any], where: str) -> None:
 
 
 def _run_file(path: str | Path | None) -> dict[str, Any]:
-    from fedstep.cli.start import load_run_file
+    from fedstep.operator.settings import load_run_file
 
     return load_run_file(str(path)) if path else {}
+
+
+def _stderr(line: str) -> None:
+    from fedstep.render.text import clean
+
+    print(clean(line), file=sys.stderr, flush=True)
 
 
 def _echo(verbose: bool) -> Any:
@@ -150,33 +157,28 @@ class Operator:
 
     @property
     def stack(self) -> Any:
-        """The CLI's view of the stack: its outputs, and one AWS client per service."""
+        """The deployed stack (`fedstep.operator.stack.Stack`): its outputs, and one AWS client per service."""
         if self._stack is None:
-            import argparse
+            from fedstep.operator.stack import Stack
 
-            from fedstep.cli import _Stack
-
-            args = argparse.Namespace(stack=self.stack_name, region=self.region, endpoint_url=self.endpoint_url)
-            self._stack = _Stack(args)
+            self._stack = Stack(self.stack_name, self.region, self.endpoint_url)
         return self._stack
 
     def _table(self) -> Any:
-        from fedstep.aws.adapters import DynamoRoundTable
-
-        return DynamoRoundTable(self.stack.outputs.table, self.stack.client("dynamodb"))
+        return self.stack.table
 
     def _view(self, run_id: str) -> Any:
-        from fedstep.cli import _view
+        from fedstep.operator.views import view_of
 
-        return _view(self.stack, run_id)
+        return view_of(self.stack, run_id)
 
     def runs(self, limit: int = 20) -> pd.DataFrame:
         """`fedstep runs --json` as a DataFrame, newest first: run_id, status, started, stopped (UTC
         datetimes, stopped None while running), duration_s, rounds_aggregated and rounds_planned."""
         import pandas as pd
 
-        from fedstep.cli.run_view import list_runs
-        from fedstep.cli.status import run_rows
+        from fedstep.operator.views import list_runs
+        from fedstep.render.status import run_rows
 
         table = self._table()
 
@@ -193,7 +195,7 @@ class Operator:
         its rounds, and the round in progress (`current_round`, None between rounds)."""
         import json
 
-        from fedstep.cli.status import render_status_json
+        from fedstep.render.status import render_status_json
 
         return json.loads(render_status_json(self._view(run_id)))
 
@@ -241,8 +243,8 @@ class Operator:
         names (rounds=20, learning_rate=0.1, ...), over the run file's. Warns on stderr, before
         starting, when fewer clients are online than the run's quorum. `watch=True` prints each round
         until the run ends, and raises FedstepError if it does not succeed."""
-        from fedstep.cli import START_DEFAULTS, launch
-        from fedstep.cli.start import RunSettings, merge_settings, resume_rounds
+        from fedstep.operator.settings import START_DEFAULTS, RunSettings, merge_settings
+        from fedstep.operator.start import launch, resume_rounds
 
         _check_settings(settings, "start")
         file_values = _run_file(run_file)
@@ -255,7 +257,16 @@ class Operator:
         run_settings = None if resume else merge_settings(base, file_values, flags)  # a continuation keeps its own
         file_seed = seed if seed is not None else file_values.get("seed")
         started = launch(
-            self.stack, run_settings, model=model, seed=file_seed, run_id=run_id, resume=resume, rounds=rounds
+            self.stack,
+            run_settings,
+            model=model,
+            seed=file_seed,
+            run_id=run_id,
+            resume=resume,
+            rounds=rounds,
+            warn=lambda line: _stderr(f"fedstep: warning: {line}"),
+            note=lambda line: _stderr(f"fedstep: {line}"),
+            progress=_stderr,
         )
         if watch:
             self.watch(started.run_id)
@@ -264,7 +275,7 @@ class Operator:
     def watch(self, run_id: str, interval_s: float = 2.0) -> dict[str, Any]:
         """`fedstep status <run> --watch`: print each round as it completes, until the run ends; its
         status (as `status`). FedstepError if it does not succeed."""
-        from fedstep.cli.status import watch
+        from fedstep.render.status import watch
 
         view = watch(lambda: self._view(run_id), lambda line: print(line, flush=True), interval_s)
         if view.status != "SUCCEEDED":
@@ -276,7 +287,7 @@ class Operator:
         """`fedstep stop`: abort a running run (no round of it is aggregated or published after this,
         no agent trains or uploads for it) and tell its clients it ended; what `fedstep stop` prints
         (the rounds completed and the round in flight)."""
-        from fedstep.cli.operate import stop_run
+        from fedstep.operator.operate import stop_run
 
         sfn, sns = self.stack.client("stepfunctions"), self.stack.client("sns")
         return stop_run(self._view(run_id), self.stack.outputs, sfn, sns, self._table(), reason).text()
@@ -284,7 +295,7 @@ class Operator:
     def download(self, run_id: str, round: int | None = None, out: str | Path | None = None) -> Path:
         """`fedstep download`: the global model after `round` (default the last completed; 0 the
         initial weights) as a .keras file (default `<run>-round<r>.keras`); its path."""
-        from fedstep.cli.operate import download_model
+        from fedstep.operator.operate import download_model
 
         view = self._view(run_id)
         number = round if round is not None else view.last_round
@@ -293,7 +304,7 @@ class Operator:
 
     def report(self, run_id: str, out: str | Path | None = None) -> Path:
         """`fedstep report`: report.html and its plots as PNG in `out` (default runs/<run>/report); the page."""
-        from fedstep.cli.run_view import with_partition
+        from fedstep.operator.views import with_partition
         from fedstep.report import write_report
 
         view = with_partition(self._view(run_id), self.stack.outputs, self.stack.client("s3"))
@@ -311,17 +322,17 @@ class Operator:
         evaluated on the test split of each client (or of `clients`), waiting up to `deadline_s`
         seconds for their answers; or, with `data` (module:function returning (x, y)), on your own
         data on this machine. Progress goes to stderr."""
-        from fedstep.cli.evaluate import evaluate_run
+        from fedstep.operator.evaluation import evaluate_run
 
         named = ",".join(clients) if clients else None
-        view = self._view(run_id)
-        return evaluate_run(view, round, named, deadline_s, data, self.stack.outputs, self.stack.client).data
+        view, stack = self._view(run_id), self.stack
+        return evaluate_run(view, round, named, deadline_s, data, stack.outputs, stack.client, _stderr).data
 
     def cost(self, run_id: str) -> dict[str, Any]:
         """`fedstep cost --json`: the run's estimated AWS cost in USD, per service and per participant."""
         import json
 
-        from fedstep.cli.cost import estimate_run, render_json
+        from fedstep.render.cost import estimate_run, render_json
 
         stack = self.stack
         estimate = estimate_run(self._view(run_id), stack.outputs, stack.client("stepfunctions"))
@@ -330,7 +341,7 @@ class Operator:
     def promote(self, run_id: str, round: int, note: str = "", name: str = "default") -> dict[str, Any]:
         """`fedstep promote`: approve the global model after `round` as the model `name`, with its
         model card; the registry's new approved pointer."""
-        from fedstep.cli.models import promote
+        from fedstep.operator.registry import promote
 
         view, outputs, s3 = self._view(run_id), self.stack.outputs, self.stack.client("s3")
         return promote(view, round, note, name, outputs, s3, self._table()).pointer
@@ -338,7 +349,7 @@ class Operator:
     def download_approved(self, out: str | Path | None = None, name: str = "default") -> Path:
         """`fedstep download --approved`: the approved model `name` as a .keras file, checked against
         its card; its path."""
-        from fedstep.cli.models import download_approved
+        from fedstep.operator.registry import download_approved
 
         _, path = download_approved(self.stack.outputs, self.stack.client("s3"), name, Path(out) if out else None)
         return path
@@ -348,7 +359,7 @@ class Operator:
         seen), activity, last_seen, seconds_ago, agent_version, hardware, last_rejection, epsilon, ..."""
         import pandas as pd
 
-        from fedstep.cli.clients import statuses
+        from fedstep.operator.clients import statuses
 
         ids = sorted(self.stack.outputs.queues)
         table = self._table()
@@ -364,56 +375,42 @@ class Client:
     `endpoint_url=...`, `poll_wait_s=5`, `trainer=...`, ...)."""
 
     def __init__(self, config: str | Path | None = None, **overrides: Any) -> None:
-        from client_agent.config import AgentConfig
+        from client_agent.runner import SETTINGS
 
         self.path = str(config) if config is not None else None
         self.overrides = overrides
-        known = {f.name for f in fields(AgentConfig)} & set(vars(self._args()))
-        unknown = sorted(set(overrides) - known)
+        unknown = sorted(set(overrides) - set(SETTINGS))
         if unknown:
-            names, fields_known = ", ".join(unknown), ", ".join(sorted(known))
+            names, fields_known = ", ".join(unknown), ", ".join(sorted(SETTINGS))
             raise FedstepError(f"Client: unknown config field(s) {names}; known: {fields_known}")
 
     def __repr__(self) -> str:
         return f"Client({self.path!r})"
 
-    def _args(self, *mode: str) -> Any:
-        """The parsed command line `fedstep-client run --config <file> <mode>`, with the overrides."""
-        import argparse
-
-        from client_agent.cli import _parser
-
-        argv = ["run", "--no-progress", *mode, *(["--config", self.path] if self.path else [])]
-        args = _parser().parse_args(argv)
-        return argparse.Namespace(**{**vars(args), **self.overrides})
-
     @property
     def config(self) -> AgentConfig:
         """The resolved, validated configuration (FedstepError naming a missing or wrong field)."""
-        from client_agent.cli import _load_config
+        from client_agent.runner import load_config
 
-        return _load_config(self._args())
+        return load_config(self.path, self.overrides)
 
     def dry_run(self, verbose: bool = True) -> bool:
         """`--dry-run`: check config, data, credentials, permissions and connectivity, writing
         nothing; print the checklist (unless `verbose=False`); True when every check passed."""
-        import contextlib
-        import io
+        from client_agent.runner import dry_run
 
-        from client_agent.cli import _dry_run
-
-        quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-        with quiet:
-            return _dry_run(self._args("--dry-run")) == 0
+        say = (lambda line: print(line, flush=True)) if verbose else (lambda line: None)
+        return dry_run(self.path, self.overrides, say=say) == 0
 
     def run_once(self) -> int:
         """`--once`: serve one round, then return 0 (an error that waiting cannot fix raises)."""
-        from client_agent.cli import _run
-
-        return _run(self._args("--once"))
+        return self._run(once=True)
 
     def run(self, follow: bool = False) -> int:
         """Serve rounds until a run ends (with `follow`, until interrupted); 0."""
-        from client_agent.cli import _run
+        return self._run(follow=follow)
 
-        return _run(self._args(*(["--follow"] if follow else [])))
+    def _run(self, **mode: bool) -> int:
+        from client_agent.runner import RunOptions, run
+
+        return run(RunOptions(config=self.path, overrides=self.overrides, progress=False, **mode))

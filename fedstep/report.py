@@ -12,7 +12,7 @@ model card         the final global model: sha256s, each client's examples, fina
 privacy.png        epsilon per round beside the accuracy of the model each round released, from the
                    federated evaluation of the next round, with the budget (DP runs only)
 clients.png        per client, the previous global model's accuracy on its test split, per round, with
-                   the last round's per-client table (fedstep.cli.client_metrics)
+                   the last round's per-client table (fedstep.render.client_metrics)
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from fedstep.cli.client_metrics import CLIENTS_PLOT, clients_html, clients_plot
-from fedstep.cli.cost import report_section as cost_section
-from fedstep.cli.plotting import pyplot, round_axis, save
-from fedstep.cli.run_view import RunView
-from fedstep.cli.status import (
+from fedstep.core.dp import neighbouring
+from fedstep.operator.views import RunView
+from fedstep.render.client_metrics import CLIENTS_PLOT, clients_html, clients_plot
+from fedstep.render.cost import report_section as cost_section
+from fedstep.render.plotting import pyplot, round_axis, save
+from fedstep.render.status import (
     ROUND_HEADER,
     global_evaluation,
     headline,
@@ -34,8 +35,7 @@ from fedstep.cli.status import (
     table_rows,
     target_met_text,
 )
-from fedstep.cli.text import html_text
-from fedstep.core.dp import neighbouring
+from fedstep.render.text import html_text
 
 PLOTS = ("accuracy", "loss", "participation")
 LABELS_PLOT = "labels"
@@ -162,8 +162,8 @@ def _privacy_plot(view: RunView, path: Path) -> None:
 def privacy_rows(view: RunView) -> list[tuple[int, str, str, str]]:
     """Per round: epsilon after it, the accuracy of the model it released (federated evaluation, "-"
     until a later round evaluates it), and the clients' accuracy after their local training."""
-    from fedstep.cli.status import epsilon_text
     from fedstep.core.schemas import headline_metric
+    from fedstep.render.status import epsilon_text
 
     evaluated = global_evaluation(view)
     rows = []

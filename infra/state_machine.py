@@ -47,11 +47,11 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
-from fedstep import SCHEMA_VERSION
 from fedstep.core import keys
 from fedstep.core.model_card import ModelCardError, ModelTampered
 from fedstep.core.rounds import InvalidAggregate, QuorumNotMet, StrategyFailed, TooFewParticipants
 from fedstep.core.schemas import RoundMessage, RunEndedMessage, state_machine_fields
+from fedstep.core.version import SCHEMA_VERSION
 
 SLICE_CONCURRENCY = 40
 """Slices aggregated at once: each reads its range of every update, so this bounds the S3 read rate."""

@@ -24,9 +24,10 @@ from client_agent.agent import Agent, Outcome
 from client_agent.config import AgentConfig
 from client_agent.training import TrainResult
 from fedstep.aws.adapters import DynamoRoundTable, S3ModelStore
-from fedstep.cli.start import RunSettings, start_run
 from fedstep.core.schemas import RoundSummary
 from fedstep.local import gaps
+from fedstep.operator.settings import RunSettings
+from fedstep.operator.start import start_run
 
 
 @contextmanager

@@ -10,7 +10,6 @@ import threading
 from dataclasses import asdict
 from typing import Any
 
-from fedstep import SCHEMA_VERSION
 from fedstep.core import keys, limits
 from fedstep.core.errors import RunStopped
 from fedstep.core.ports import RangeRead
@@ -24,6 +23,7 @@ from fedstep.core.schemas import (
     RunStop,
     is_completed,
 )
+from fedstep.core.version import SCHEMA_VERSION
 
 
 def record_bytes(value: Any) -> int:

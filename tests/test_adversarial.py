@@ -28,7 +28,6 @@ from client_agent.training import TrainResult
 from fedstep.aws import boto
 from fedstep.aws.adapters import DynamoRoundTable
 from fedstep.aws.errors import error_code
-from fedstep.cli.run_view import load_run
 from fedstep.core import keys, limits, strategies, tensors
 from fedstep.core.clock import utc_now
 from fedstep.core.rounds import InvalidAggregate, RoundNotAggregated, TooFewParticipants
@@ -46,6 +45,7 @@ from fedstep.core.schemas import (
 from fedstep.core.strategies import FedAvg
 from fedstep.local import gaps
 from fedstep.local.iam.policy import ALLOW, IMPLICIT_DENY, evaluate, put_item_context
+from fedstep.operator.views import load_run
 from infra.config import MAX_MODEL_MB, ConfigError, DeploymentConfig, aggregation_memory_mb
 from tests.cloud_helpers import (
     INITIAL,
@@ -373,7 +373,7 @@ def _state_outputs(cloud, execution_arn: str, state: str) -> list[int]:
 
 def test_6_the_state_machines_payload_is_as_small_in_round_10000_as_in_round_1(cloud, tmp_path):
     """Real executions: rounds 1-3 of one run, and rounds 9,998-10,000 of a run of 10,000 rounds."""
-    from fedstep.cli.start import _launch
+    from fedstep.operator.start import _launch
 
     early = start(cloud, rounds=3)
     agents = [agent(cloud, c, tmp_path) for c in SHIFTS]
@@ -551,8 +551,9 @@ def test_9_clients_without_a_principal_are_warned_of_and_the_execution_log_is_en
 
 
 def test_the_model_the_stack_holds_bounds_what_a_run_may_start_with(cloud):
-    from fedstep.cli.start import RunSettings, start_run
     from fedstep.core.errors import FedstepError
+    from fedstep.operator.settings import RunSettings
+    from fedstep.operator.start import start_run
 
     small = replace(cloud.outputs, max_model_bytes=100)
     with pytest.raises(FedstepError, match="the stack aggregates models of at most 100 bytes"):
@@ -574,8 +575,8 @@ def test_2_a_heartbeat_cannot_keep_a_client_online_forever():
     future, so that `fedstep clients` shows it online long after its agent stopped."""
     from datetime import UTC, datetime, timedelta
 
-    from fedstep.cli.clients import statuses
     from fedstep.core.schemas import Heartbeat
+    from fedstep.render.clients import statuses
 
     now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
     day_ago, next_year = ((now + timedelta(days=d)).isoformat() for d in (-1, 365))
@@ -784,8 +785,8 @@ def test_an_agent_refuses_a_round_message_whose_training_or_deadline_is_out_of_b
 
 
 def test_fedstep_start_refuses_a_run_that_would_send_such_a_round():
-    from fedstep.cli.start import RunSettings
     from fedstep.core.errors import FedstepError
+    from fedstep.operator.settings import RunSettings
 
     for settings, reason in (
         (RunSettings(epochs=10**9), "epochs must be a whole number from 1 to 1000"),
@@ -972,9 +973,9 @@ def test_20_6_a_run_never_outgrows_its_executions_history_and_start_says_how_to_
     """The deployed definition's worst case is fedstep's budget; a real execution's rounds on each path
     (every update in; aggregated at the deadline; retried after missing its quorum) stay within it;
     and a continuation that would outgrow one execution is refused, naming the rounds that fit."""
-    from fedstep.cli.start import resume_run
     from fedstep.core.errors import FedstepError
     from fedstep.core.execution_history import FEDSTEP, HISTORY_EVENTS, EventBudget
+    from fedstep.operator.start import resume_run
 
     sfn = cloud.client("stepfunctions")
     deployed = json.loads(sfn.describe_state_machine(stateMachineArn=cloud.outputs.state_machine_arn)["definition"])
@@ -1181,8 +1182,8 @@ def test_the_s3_store_never_asks_for_an_empty_range_and_refuses_an_answer_that_i
 def test_fedstep_start_refuses_a_krum_run_whose_min_participants_is_below_what_krum_needs(strategy, params, needs):
     """With 3 clients and the defaults (min_participants 2), one client withholding its update left
     Krum 2 updates: it raised, and the run failed as StrategyFailed. `fedstep start` now names the fix."""
-    from fedstep.cli.start import RunSettings
     from fedstep.core.errors import FedstepError
+    from fedstep.operator.settings import RunSettings
 
     with pytest.raises(FedstepError, match=f"needs at least {needs} valid updates.*--min-participants {needs}"):
         RunSettings(strategy=strategy, strategy_params=params, min_participants=needs - 1).validated()

@@ -3,6 +3,7 @@ core <- aws <- cli/local/report; the core is numpy + safetensors only; the clien
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -53,3 +54,111 @@ def test_the_client_agent_importing_the_round_logic_breaks_a_contract(tmp_path: 
     code, report = lint_imports(root)
     assert code != 0
     assert "never server logic BROKEN" in report
+
+
+def test_the_python_api_importing_the_command_line_breaks_a_contract(tmp_path: Path) -> None:
+    root = copy_tree(tmp_path)
+    with (root / "fedstep" / "api.py").open("a") as f:
+        f.write("\nfrom fedstep.cli import main  # planted\n")
+    code, report = lint_imports(root)
+    assert code != 0
+    assert "the CLI | the Python API BROKEN" in report
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """Every module of the packages and the modules of the packages it imports, with the imports inside
+    functions (lazy imports) too: a cycle through a lazy import still ties the modules together."""
+    modules = {}
+    for package in PACKAGES:
+        for path in (root / package).rglob("*.py"):
+            name = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+            modules[name] = path
+
+    def known(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [known(a.name) for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*parts, base] if base else parts)
+                targets = [
+                    known(f"{base}.{a.name}") if f"{base}.{a.name}" in modules else known(base) for a in node.names
+                ]
+            else:
+                continue
+            graph[module] |= {t for t in targets if t and t != module}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm, iteratively)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for start in graph:
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_no_module_imports_itself_through_others_lazy_imports_included() -> None:
+    assert cycles(import_graph(REPO)) == []
+
+
+def test_a_planted_lazy_import_cycle_is_found(tmp_path: Path) -> None:
+    root = copy_tree(tmp_path)
+    with (root / "fedstep" / "core" / "clock.py").open("a") as f:
+        f.write("\n\ndef planted():\n    from fedstep.core import schemas  # planted: schemas imports clock\n")
+    assert ["fedstep.core.clock", "fedstep.core.schemas"] in cycles(import_graph(root))
+
+
+def test_the_core_never_imports_the_fedstep_package_root() -> None:
+    """The root holds the Python API's lazy names; the core reads versions from `fedstep.core.version`."""
+    offenders = []
+    for path in (REPO / "fedstep" / "core").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.ImportFrom) and node.module == "fedstep" and not node.level) or (
+                isinstance(node, ast.Import) and any(a.name == "fedstep" for a in node.names)
+            ):
+                offenders.append(str(path.relative_to(REPO)))
+    assert offenders == []

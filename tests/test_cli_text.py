@@ -1,4 +1,4 @@
-"""`fedstep.cli.text`: tables, and the one helper that makes client-written text safe to print (`clean`).
+"""`fedstep.render.text`: tables, and the one helper that makes client-written text safe to print (`clean`).
 
 Every renderer of client-written strings is fed a value carrying terminal control sequences and
 must print none of them (the attack on the local cloud, through the real commands, is
@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from fedstep.cli.text import clean, html_text, lines, table
+from fedstep.render.text import clean, html_text, lines, table
 
 EVIL = "\x1b[2J\x1b]0;pwned\x07"
 """Clear the screen, then set the window title (OSC 0, ended by BEL)."""
@@ -45,9 +45,9 @@ def test_a_table_cell_and_a_line_cannot_add_lines_or_break_the_alignment():
 
 
 def _view():
-    from fedstep.cli.client_metrics import ClientRound
-    from fedstep.cli.run_view import Execution, RunView
     from fedstep.core.schemas import Feedback, ObjectRef, Rejection, RoundSummary, RunRecord, TrainingConfig
+    from fedstep.operator.views import Execution, RunView
+    from fedstep.render.client_metrics import ClientRound
 
     summary = RoundSummary(
         run_id="run-x",
@@ -72,7 +72,7 @@ def _view():
 
 
 def test_status_and_its_watch_print_no_control_character_of_a_reason_or_a_cause():
-    from fedstep.cli.status import render_status, watch
+    from fedstep.render.status import render_status, watch
 
     view = _view()
     text = render_status(view)
@@ -84,8 +84,8 @@ def test_status_and_its_watch_print_no_control_character_of_a_reason_or_a_cause(
 
 
 def test_clients_prints_no_control_character_of_a_heartbeat():
-    from fedstep.cli.clients import render_table, statuses
     from fedstep.core.schemas import Heartbeat
+    from fedstep.render.clients import render_table, statuses
 
     hardware = {"os": f"linux{EVIL}", "arch": "x86_64", "cpus": 2, "gpus": [f"A10{EVIL}"]}
     beat = Heartbeat("a", f"0.1{EVIL}", "idle", "2026-11-30T12:00:00+00:00", 60, hardware).to_item()
@@ -115,8 +115,8 @@ def test_the_report_shows_no_control_character_of_a_reason(tmp_path):
 def test_the_round_in_progress_prints_no_control_character_of_a_decline_and_watch_names_it_once():
     from dataclasses import replace
 
-    from fedstep.cli.run_view import OpenRound
-    from fedstep.cli.status import render_status, watch
+    from fedstep.operator.views import OpenRound
+    from fedstep.render.status import render_status, watch
 
     deadline = datetime(2999, 1, 1, tzinfo=UTC)
     current = OpenRound(

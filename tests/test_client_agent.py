@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedstep.cli.start import RunSettings, keras_payload, start_run
 from fedstep.core import keys, tensors
+from fedstep.operator.model import keras_payload
+from fedstep.operator.settings import RunSettings
+from fedstep.operator.start import start_run
 from infra.client_access import HEARTBEAT_ATTRIBUTES, UPDATE_ITEM_ATTRIBUTES
 from tests.cloud_helpers import drain_queues, wait_for_execution
 

@@ -25,7 +25,6 @@ from client_agent.agent import Agent, Outcome, clip_delta
 from client_agent.config import AgentConfig
 from client_agent.privacy_ledger import PrivacyLedger, Spend
 from client_agent.training import FunctionTrainer
-from fedstep.cli.clients import render_json, render_table, statuses
 from fedstep.core import keys, tensors
 from fedstep.core.clock import utc_now
 from fedstep.core.errors import FedstepError
@@ -39,6 +38,7 @@ from fedstep.core.schemas import (
     UpdateItem,
     parse_client_item,
 )
+from fedstep.render.clients import render_json, render_table, statuses
 
 N, BATCH = 100, 10  # 10 DP-SGD steps per epoch, sampling rate 0.1
 Z, CLIP, DELTA = 1.1, 1.0, 1e-5
@@ -347,7 +347,8 @@ GOOD = {"client_id": "client-1", "queue_url": "https://q", "bucket": "b", "table
 
 
 def test_the_budget_comes_from_the_file_the_environment_or_a_flag_and_is_validated(tmp_path, monkeypatch):
-    from client_agent.cli import _load_config, _parser
+    from client_agent.cli import _overrides, _parser
+    from client_agent.runner import load_config
 
     path = tmp_path / "client.json"
     path.write_text(json.dumps({**GOOD, "dp_epsilon_budget": 3, "dp_max_delta": 1e-5}))
@@ -356,7 +357,8 @@ def test_the_budget_comes_from_the_file_the_environment_or_a_flag_and_is_validat
     monkeypatch.setenv("FEDSTEP_DP_EPSILON_BUDGET", "2.5")
     assert agent_config.load(str(path), {}).dp_epsilon_budget == 2.5
     args = _parser().parse_args(["run", "--config", str(path), "--dp-epsilon-budget", "1.5", "--dp-max-delta", "1e-6"])
-    assert (_load_config(args).dp_epsilon_budget, _load_config(args).dp_max_delta) == (1.5, 1e-6)
+    loaded = load_config(args.config, _overrides(args))
+    assert (loaded.dp_epsilon_budget, loaded.dp_max_delta) == (1.5, 1e-6)
     assert agent_config.load(None, GOOD).dp_epsilon_budget == 2.5
     monkeypatch.delenv("FEDSTEP_DP_EPSILON_BUDGET")
     assert agent_config.load(None, GOOD).dp_epsilon_budget is None

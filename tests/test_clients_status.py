@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from fedstep.cli.clients import render_table, statuses
 from fedstep.core.schemas import Heartbeat
+from fedstep.render.clients import render_table, statuses
 
 NOW = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
 HARDWARE = {"os": "linux", "arch": "x86_64", "python": "3.11.7", "cpus": 8, "memory_gib": 31.2, "gpus": ["A10"]}

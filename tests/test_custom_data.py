@@ -17,11 +17,11 @@ from botocore.exceptions import ClientError
 from client_agent.data import load_local_data, load_whole_data
 from client_agent.partitions import parse_scheme
 from fedstep.aws.stack import StackOutputs
-from fedstep.cli.run_view import load_partition
 from fedstep.core import keys
 from fedstep.core.errors import FedstepError
 from fedstep.core.label_counts import LabelCounts
 from fedstep.local.demo import DemoConfig, _check_data_args, partition_data
+from fedstep.operator.views import load_partition
 
 REPO = Path(__file__).resolve().parent.parent
 MODULE = "fedstep_test_site_data"  # a name no other test uses: modules are cached by name
@@ -237,8 +237,8 @@ def test_a_model_whose_loss_does_not_read_the_labels_is_refused_before_the_run(s
     """The pre-run model check is the clients' own (`fedstep-client check`'s model fit): the loss
     against the labels, then one training batch, on the model as the agents load it."""
     from client_agent.models import mlp
-    from fedstep.cli.start import keras_payload
     from fedstep.local.demo import check_model_trains
+    from fedstep.operator.model import keras_payload
 
     prepared, _ = partition_data(f"{MODULE}:good", CLIENTS, parse_scheme("iid"), seed=0)
     check_model_trains(keras_payload(mlp(5, 4))[0], "site:model", prepared)  # a model that fits trains

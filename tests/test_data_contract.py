@@ -18,7 +18,7 @@ from client_agent import data_contract
 from client_agent.cli import main
 from client_agent.data import load_local_data
 from client_agent.data_contract import ModelContract
-from client_agent.logs import clean_error
+from client_agent.errors import clean_error
 from fedstep.core import keys
 from fedstep.core.errors import FedstepError
 

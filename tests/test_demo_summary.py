@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from fedstep.cli.start import RunSettings
 from fedstep.core.label_counts import LabelCounts
 from fedstep.local.demo import DemoConfig, demo_summary, stop_line
+from fedstep.operator.settings import RunSettings
 
 COUNTS = LabelCounts.of("digits", "iid", 0, [0, 1], {"client-1": [3, 4], "client-2": [4, 3]})
 

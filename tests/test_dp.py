@@ -11,7 +11,6 @@ import pytest
 from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
-from fedstep.cli.start import RunSettings
 from fedstep.core import strategies
 from fedstep.core.dp import DPAggregation, update_noise_multiplier
 from fedstep.core.errors import FedstepError
@@ -19,6 +18,7 @@ from fedstep.core.rounds import AggregationSettings, StrategyFailed, task_output
 from fedstep.core.schemas import DeclineItem, DPSettings
 from fedstep.core.strategies import ClientUpdate, GlobalModel, ServerState, UpdateList
 from fedstep.core.tensors import TensorSpec
+from fedstep.operator.settings import RunSettings
 from fedstep.privacy.accounting import epsilon_fixed
 from tests.round_world import RUN, make_world
 

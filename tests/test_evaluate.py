@@ -22,7 +22,6 @@ from client_agent.config import AgentConfig
 from client_agent.training import FunctionTrainer, keras_evaluate
 from fedstep.aws.adapters import DynamoRoundTable
 from fedstep.aws.ddb import to_attributes
-from fedstep.cli import evaluate as evaluate_cli
 from fedstep.cli.evaluate import CANNOT, EVALUATED, NO_ANSWER, REJECTED, Evaluation, judge, render
 from fedstep.core import keys, limits
 from fedstep.core.clock import utc_now
@@ -36,6 +35,7 @@ from fedstep.core.schemas import (
     parse_message,
 )
 from fedstep.local import gaps
+from fedstep.operator import evaluation as requests_
 from tests.cloud_helpers import (
     agent,
     agent_config,
@@ -157,8 +157,8 @@ def test_the_report_has_a_per_client_plot_and_table(local_cloud, finished_run, t
     assert "<td>client-1</td><td>aggregated</td><td>60</td><td>2.2500</td><td>0.2500</td>" in section
     assert "<td>client-2</td><td>aggregated</td><td>90</td><td>2.0000</td><td>0.7500</td>" in section
     # the data behind the plot: each client's previous global model accuracy, per round
-    from fedstep.cli.client_metrics import accuracy_series
-    from fedstep.cli.run_view import load_run, with_clients
+    from fedstep.operator.views import load_run, with_clients
+    from fedstep.render.client_metrics import accuracy_series
 
     view = load_run(finished_run, local_cloud.outputs, table_of(local_cloud), local_cloud.client("stepfunctions"))
     series = accuracy_series(with_clients(view, table_of(local_cloud)).clients)
@@ -166,8 +166,8 @@ def test_the_report_has_a_per_client_plot_and_table(local_cloud, finished_run, t
 
 
 def test_a_rejected_clients_metrics_are_not_shown():
-    from fedstep.cli.client_metrics import client_rounds
     from fedstep.core.schemas import Rejection, RoundSummary
+    from fedstep.render.client_metrics import client_rounds
 
     summary = RoundSummary(
         "run-1", 1, ["a", "b"], ["a"], 10, [Rejection("b", "update norm 1e9 > 10")], {}, REF, 1.0, 0.1, utc_now()
@@ -402,15 +402,15 @@ def test_an_agent_whose_trainer_cannot_evaluate_answers_so(cloud, tmp_path):
     table = table_of(cloud)
     view = _view(cloud, run.run_id)
     sns = cloud.client("sns")
-    message = evaluate_cli.send_request(view, 1, ["client-1"], 60, cloud.outputs, cloud.client("s3"), sns, table)
+    message = requests_.send_request(view, 1, ["client-1"], 60, cloud.outputs, cloud.client("s3"), sns, table)
     assert agents[0].poll_once() is Outcome.EVALUATED
-    [item] = evaluate_cli.read_answers(table, message, ["client-1"]).values()
+    [item] = requests_.read_answers(table, message, ["client-1"]).values()
     answer = judge("client-1", item, 100)
     assert answer.status == CANNOT and "this agent's trainer has no evaluate function" in answer.detail
 
 
 def _view(cloud, run_id):
-    from fedstep.cli.run_view import load_run
+    from fedstep.operator.views import load_run
 
     return load_run(run_id, cloud.outputs, table_of(cloud), cloud.client("stepfunctions"))
 

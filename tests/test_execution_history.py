@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 
 from fedstep import cli
-from fedstep.cli.start import RunSettings, check_fits_one_execution
 from fedstep.core.errors import FedstepError
 from fedstep.core.execution_history import FEDSTEP, HISTORY_EVENTS, HISTORY_MARGIN, EventBudget
+from fedstep.operator.settings import RunSettings, check_fits_one_execution
 
 
 def test_fedsteps_budget_is_the_worst_case_of_the_synthesized_state_machine():
@@ -94,7 +94,7 @@ def test_run_settings_refuse_more_rounds_than_one_execution_holds_and_say_how_to
 
 
 def test_fedstep_start_and_a_run_file_refuse_99999_rounds_before_any_aws_call(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_Stack", lambda args: pytest.fail("refused before any AWS call"))
+    monkeypatch.setattr(cli, "_stack", lambda args: pytest.fail("refused before any AWS call"))
     assert cli.main(["start", "--model", "client_agent.models:digits_mlp", "--rounds", "99999"]) == 2
     assert "99999 rounds do not fit one Step Functions execution" in capsys.readouterr().err
     run_file = tmp_path / "run.json"

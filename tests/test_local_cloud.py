@@ -469,7 +469,7 @@ def test_only_the_clients_selected_for_a_round_receive_it(cloud, tmp_path):
 
 
 def test_a_failed_run_resumes_from_its_last_completed_round(cloud, tmp_path):
-    from fedstep.cli.start import resume_run
+    from fedstep.operator.start import resume_run
 
     run = start(cloud, rounds=3, round_timeout_s=10, quorum=2)
     agents = {c: agent(cloud, c, tmp_path) for c in SHIFTS}

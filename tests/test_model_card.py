@@ -197,7 +197,9 @@ class EvaluatingTrainer:
 
 def finished_keras_run(cloud, tmp_path, rounds: int = 2) -> str:
     """A run of a real Keras architecture (digits MLP), served by two numpy agents, finished."""
-    from fedstep.cli.start import RunSettings, build_model, keras_payload, start_run
+    from fedstep.operator.model import build_model, keras_payload
+    from fedstep.operator.settings import RunSettings
+    from fedstep.operator.start import start_run
 
     drain_queues(cloud)
     architecture, weights = keras_payload(build_model(MODEL, 1))
@@ -281,7 +283,8 @@ def test_promote_then_download_approved_gives_the_model_of_download_round(local_
 def test_promoting_a_missing_run_a_round_never_aggregated_or_a_failed_runs_round_is_refused(
     local_cloud, finished, tmp_path
 ):
-    from fedstep.cli.start import RunSettings, start_run
+    from fedstep.operator.settings import RunSettings
+    from fedstep.operator.start import start_run
 
     cases = {
         ("run-missing", "1"): "run-missing",

@@ -21,13 +21,14 @@ from botocore.exceptions import ClientError
 from client_agent.agent import Outcome
 from fedstep.aws.adapters import DynamoRoundTable
 from fedstep.aws.stack import StackOutputs
-from fedstep.cli.start import RunSettings, plan_run, without_revoked
 from fedstep.core import keys
 from fedstep.core.clock import utc_now
 from fedstep.core.errors import FedstepError
 from fedstep.core.schemas import DPSettings, Heartbeat, ObjectRef, RoundMessage, RunRecord, TrainingConfig
 from fedstep.local.iam import identities
 from fedstep.local.iam.policy import statements_of, trust_allows
+from fedstep.operator.settings import RunSettings
+from fedstep.operator.start import plan_run, without_revoked
 from infra.config import ClientConfig, ConfigError, DeploymentConfig
 from infra.synth import build_app
 from tests.cloud_helpers import REPO, agent, drain_queues, fedstep, published_round, serve

@@ -376,10 +376,11 @@ def test_a_run_file_with_a_mistake_is_refused_with_the_field_named(local_cloud, 
 def test_the_operator_cli_uses_region_flag_then_aws_region_then_aws_default_region(monkeypatch, flag, env, expected):
     """`AWS_REGION=eu-west-3 fedstep runs` works on eu-west-3 (boto3 alone reads only AWS_DEFAULT_REGION)."""
     import fedstep.cli as cli
+    from fedstep.operator.stack import session
 
     for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     args = cli._parser().parse_args(["runs", *(["--region", flag] if flag else [])])
-    assert cli._session(args.region).region_name == expected
+    assert session(args.region).region_name == expected

@@ -16,7 +16,6 @@ from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
 from fedstep.cli import _flags, _parser
-from fedstep.cli.start import RunSettings, merge_settings, plan_run, poisson_warning
 from fedstep.core import strategies
 from fedstep.core.dp import DPAggregation, neighbouring
 from fedstep.core.errors import FedstepError
@@ -25,6 +24,8 @@ from fedstep.core.schemas import DPSettings, RunRecord
 from fedstep.core.selection import select, select_round
 from fedstep.core.strategies import ClientUpdate, GlobalModel, ServerState, UpdateList
 from fedstep.core.tensors import TensorSpec
+from fedstep.operator.settings import RunSettings, merge_settings
+from fedstep.operator.start import plan_run, poisson_warning
 from fedstep.privacy.accounting import client_epsilon, epsilon_fixed
 from tests.round_world import World, make_run
 

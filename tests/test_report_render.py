@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fedstep.cli.run_view import Execution, RunView
 from fedstep.core.schemas import ObjectRef, Rejection, RoundSummary, RunRecord, TrainingConfig
+from fedstep.operator.views import Execution, RunView
 from fedstep.report import PLOTS, participation, write_report
 from scripts.screenshot import FLAGS, find_chromium
 
@@ -157,8 +157,8 @@ def test_a_dp_run_plots_epsilon_per_round_beside_accuracy_and_status_shows_it(vi
     import json
     from dataclasses import replace
 
-    from fedstep.cli.status import render_status, render_status_json
     from fedstep.core.schemas import DPSettings
+    from fedstep.render.status import render_status, render_status_json
     from fedstep.report import PRIVACY_PLOT, plots
 
     dp = DPSettings("central", 1.1, 0.5, 1e-5, epsilon_budget=8.0)
@@ -185,7 +185,7 @@ def test_status_and_report_show_a_lambda_error_cause_as_type_and_message_not_jso
     """`fedstep status` of a run whose execution failed with a Lambda error payload as its cause."""
     from dataclasses import replace
 
-    from fedstep.cli.status import render_status
+    from fedstep.render.status import render_status
 
     started = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
     failed = replace(view, execution=Execution("FAILED", started, started, {}, "States.TaskFailed", LAMBDA_ERROR))
@@ -202,7 +202,7 @@ def test_status_and_report_show_a_lambda_error_cause_as_type_and_message_not_jso
 def test_status_shows_a_plain_text_cause_as_it_is(view):
     from dataclasses import replace
 
-    from fedstep.cli.status import render_status
+    from fedstep.render.status import render_status
 
     started = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
     cause = "round 2: 1 valid update(s) of 3, quorum 2"
@@ -230,7 +230,7 @@ def test_privacy_is_paired_with_the_accuracy_of_the_model_each_round_released_no
     evaluated yet)."""
     import json
 
-    from fedstep.cli.status import render_status, render_status_json
+    from fedstep.render.status import render_status, render_status_json
     from fedstep.report import privacy_rows
 
     private = dp_view(view)
@@ -258,7 +258,7 @@ def test_privacy_is_paired_with_the_accuracy_of_the_model_each_round_released_no
 
 
 def test_the_round_axis_ticks_whole_rounds_only():
-    from fedstep.cli.plotting import pyplot, round_axis
+    from fedstep.render.plotting import pyplot, round_axis
 
     fig, ax = pyplot().subplots(figsize=(7, 3.6), dpi=110)
     ax.plot([1, 2, 3], [0.1, 0.5, 0.7])  # left to matplotlib: ticks at 1.00, 1.25, 1.50, ...
@@ -275,8 +275,8 @@ def test_a_legend_beside_the_plot_is_inside_the_saved_image(view, tmp_path):
     never a legend cut off at its edge."""
     from dataclasses import replace
 
-    from fedstep.cli.client_metrics import ClientRound
     from fedstep.core.label_counts import LabelCounts
+    from fedstep.render.client_metrics import ClientRound
 
     counts = LabelCounts.of("digits", "iid", 0, range(10), {c: [10] * 10 for c in CLIENTS})
     per_client = {
@@ -290,7 +290,7 @@ def test_a_legend_beside_the_plot_is_inside_the_saved_image(view, tmp_path):
 
 
 def test_a_clients_line_has_a_gap_at_a_round_it_skipped_not_a_bridge():
-    from fedstep.cli.client_metrics import ClientRound, client_lines
+    from fedstep.render.client_metrics import ClientRound, client_lines
 
     def seen(r, c, accuracy):
         return ClientRound(r, c, "aggregated", 10, {"test_accuracy_before": accuracy})
@@ -309,8 +309,8 @@ def test_a_clients_line_has_a_gap_at_a_round_it_skipped_not_a_bridge():
 def test_the_accuracy_plot_draws_the_runs_target_on_the_global_models_line(view):
     from dataclasses import replace
 
-    from fedstep.cli.plotting import pyplot
     from fedstep.core.schemas import Target
+    from fedstep.render.plotting import pyplot
     from fedstep.report import target_line
 
     targeted = replace(view, record=replace(view.record, target=Target("test_accuracy", 0.9)))
@@ -327,8 +327,8 @@ def test_the_settings_line_names_the_clients_with_their_own_example_cap(view):
     """Not "(1 per client)", which read as one example: the clients and their caps."""
     from dataclasses import replace
 
-    from fedstep.cli.status import settings_line
     from fedstep.core.schemas import Bounds
+    from fedstep.render.status import settings_line
 
     one = replace(view, record=replace(view.record, bounds=Bounds(5000, {"hospital-b": 20000})))
     assert "examples capped at 5000 (own caps: hospital-b 20000)," in settings_line(one)

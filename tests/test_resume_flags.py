@@ -23,7 +23,7 @@ from fedstep import cli
     ],
 )
 def test_resume_with_another_run_setting_is_refused_by_name(flags, named, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_Stack", lambda args: pytest.fail("refused before any AWS call"))
+    monkeypatch.setattr(cli, "_stack", lambda args: pytest.fail("refused before any AWS call"))
     code = cli.main(["start", "--resume", "run-1", "--rounds", "8", *flags])
     err = capsys.readouterr().err
     assert code == 2
@@ -33,13 +33,13 @@ def test_resume_with_another_run_setting_is_refused_by_name(flags, named, monkey
 def test_resume_with_a_run_file_of_settings_is_refused_by_name(tmp_path, monkeypatch, capsys):
     path = tmp_path / "run.json"
     path.write_text(json.dumps({"rounds": 8, "epochs": 2}))
-    monkeypatch.setattr(cli, "_Stack", lambda args: pytest.fail("refused before any AWS call"))
+    monkeypatch.setattr(cli, "_stack", lambda args: pytest.fail("refused before any AWS call"))
     assert cli.main(["start", "--resume", "run-1", "--run-file", str(path)]) == 2
     assert "epochs (run file) cannot be changed" in capsys.readouterr().err
 
 
 def test_resume_with_a_run_id_is_refused(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_Stack", lambda args: pytest.fail("refused before any AWS call"))
+    monkeypatch.setattr(cli, "_stack", lambda args: pytest.fail("refused before any AWS call"))
     assert cli.main(["start", "--resume", "run-1", "--run-id", "mine"]) == 2
     assert "drop --run-id" in capsys.readouterr().err
 
@@ -58,13 +58,13 @@ def test_resume_passes_rounds_to_the_continuation(monkeypatch, capsys):
 
     def resume_run(run_id, outputs, *, s3, dynamodb, stepfunctions, rounds=None):
         seen.update(run_id=run_id, rounds=rounds)
-        from fedstep.cli.start import StartedRun
+        from fedstep.operator.start import StartedRun
 
         return StartedRun(f"{run_id}-r1", "arn:x", ["client-1"])
 
-    monkeypatch.setattr(cli, "_Stack", Stack)
-    monkeypatch.setattr(cli, "_warn_if_offline", lambda *args: None)  # no heartbeats to read here
-    monkeypatch.setattr("fedstep.cli.start.resume_run", resume_run)
+    monkeypatch.setattr(cli, "_stack", Stack)
+    monkeypatch.setattr("fedstep.operator.start.start_warnings", lambda *args: ([], []))  # no heartbeats here
+    monkeypatch.setattr("fedstep.operator.start.resume_run", resume_run)
     assert cli.main(["start", "--resume", "run-1", "--rounds", "8"]) == 0
     assert seen == {"run_id": "run-1", "rounds": 8}
     assert "resumed run run-1 as run run-1-r1" in capsys.readouterr().out

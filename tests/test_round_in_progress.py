@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedstep.cli.operate import in_flight
-from fedstep.cli.run_view import load_open_round
 from fedstep.core.schemas import DECLINED_KIND, UPDATE_ITEM_KIND
+from fedstep.operator.operate import in_flight
+from fedstep.operator.views import load_open_round
 from tests.round_world import make_run
 
 RUN_CLIENTS = ("a", "b", "c")

@@ -200,8 +200,9 @@ def test_the_plan_header_matches_safetensors_for_any_names_and_shapes():
 )
 def test_fedstep_start_refuses_a_run_that_would_need_slices_its_strategy_cannot_take(settings, message):
     from fedstep.aws.stack import StackOutputs
-    from fedstep.cli.start import RunSettings, start_run
     from fedstep.core.errors import FedstepError
+    from fedstep.operator.settings import RunSettings
+    from fedstep.operator.start import start_run
 
     outputs = StackOutputs("b", "t", "topic", "sm", {"a": "qa", "b": "qb"}, {}, 2**30, slice_bytes=2**20)
     weights = {"w": np.zeros(2**19, np.float32)}  # 2 MiB: two slices of 1 MiB

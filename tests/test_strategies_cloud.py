@@ -9,8 +9,8 @@ import numpy as np
 
 from client_agent.training import TrainResult
 from fedstep.aws.adapters import S3ModelStore
-from fedstep.cli.start import resume_run
 from fedstep.core import strategies, tensors
+from fedstep.operator.start import resume_run
 from tests.cloud_helpers import (
     INITIAL,
     SHIFTS,

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from fedstep.cli.start import RunSettings, load_run_file, merge_settings
-from fedstep.cli.strategies import render_strategies
 from fedstep.core import strategies
 from fedstep.core.errors import FedstepError
 from fedstep.core.strategies.params import describe, parse_assignments
+from fedstep.operator.settings import RunSettings, load_run_file, merge_settings
+from fedstep.render.strategies import render_strategies
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -231,8 +231,9 @@ def three_client_cloud():
 
 
 def test_keras_and_pytorch_clients_train_one_model_on_the_local_cloud(three_client_cloud, digits_model, tmp_path):
-    from fedstep.cli.start import RunSettings, start_run
     from fedstep.local.demo import HeldoutEvaluator
+    from fedstep.operator.settings import RunSettings
+    from fedstep.operator.start import start_run
     from tests.cloud_helpers import agent, global_after, serve_run, summaries, wait_for_execution
 
     cloud = three_client_cloud

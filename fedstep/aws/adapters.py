@@ -11,7 +11,6 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from fedstep import SCHEMA_VERSION
 from fedstep.aws.ddb import Items, conditional, from_attributes, to_attributes
 from fedstep.aws.errors import error_code
 from fedstep.core import keys
@@ -27,6 +26,7 @@ from fedstep.core.schemas import (
     RunRecord,
     RunStop,
 )
+from fedstep.core.version import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,13 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from fedstep import __version__
-from fedstep.cli.paths import model_file, report_folder
-from fedstep.cli.text import clean
 from fedstep.core.errors import FedstepError
+from fedstep.core.version import __version__
+from fedstep.operator.paths import model_file, report_folder
+from fedstep.operator.settings import LOCAL_DEFAULTS, START_DEFAULTS, RunSettingsDefaults
+from fedstep.render.text import clean
 
 
 def _settings_args(parser: argparse.ArgumentParser, defaults: RunSettingsDefaults) -> None:
@@ -115,13 +116,8 @@ def _settings_args(parser: argparse.ArgumentParser, defaults: RunSettingsDefault
     )
 
 
-class RunSettingsDefaults(NamedTuple):
-    rounds: int
-    timeout: int
-
-
 def _settings(args: argparse.Namespace, defaults: RunSettingsDefaults, run_file: dict[str, Any]):  # -> RunSettings
-    from fedstep.cli.start import RunSettings, merge_settings
+    from fedstep.operator.settings import RunSettings, merge_settings
 
     base = RunSettings(rounds=defaults.rounds, round_timeout_s=defaults.timeout)
     return merge_settings(base, run_file, _flags(args))
@@ -144,13 +140,9 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_file(args: argparse.Namespace) -> dict[str, Any]:
-    from fedstep.cli.start import load_run_file
+    from fedstep.operator.settings import load_run_file
 
     return load_run_file(args.run_file) if args.run_file else {}
-
-
-START_DEFAULTS = RunSettingsDefaults(rounds=5, timeout=3600)
-LOCAL_DEFAULTS = RunSettingsDefaults(rounds=5, timeout=600)
 
 
 def _stack_args(parser: argparse.ArgumentParser) -> None:
@@ -161,32 +153,11 @@ def _stack_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint-url", help="AWS endpoint override (e.g. the embedded local cloud)")
 
 
-def _session(region: str | None):  # -> boto3.Session
-    """The commands' AWS session: `--region`, else AWS_REGION, else AWS_DEFAULT_REGION, else the
-    profile's (boto3 itself reads only the last two)."""
-    import boto3
+def _stack(args: argparse.Namespace):  # -> fedstep.operator.stack.Stack
+    """The deployed stack a command works on, from `--stack`, `--region` and `--endpoint-url`."""
+    from fedstep.operator.stack import Stack
 
-    return boto3.Session(region_name=region or os.environ.get("AWS_REGION") or None)
-
-
-class _Stack:
-    """The deployed stack the command works on: its outputs and clients for its services."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        from fedstep.aws.stack import StackOutputs
-
-        self.session = _session(args.region)
-        self.endpoint_url = args.endpoint_url
-        self._clients: dict[str, Any] = {}
-        self.outputs = StackOutputs.of_stack(self.client("cloudformation"), args.stack)
-
-    def client(self, service: str):  # -> botocore client
-        """One client per service for the command's lifetime (`--watch` polls with the same ones)."""
-        from fedstep.aws import boto
-
-        if service not in self._clients:
-            self._clients[service] = boto.client(service, self.session, self.endpoint_url)
-        return self._clients[service]
+    return Stack(args.stack, args.region, args.endpoint_url)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -360,9 +331,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cost(args: argparse.Namespace) -> int:
-    from fedstep.cli.cost import estimate_run, render_json, render_text
+    from fedstep.render.cost import estimate_run, render_json, render_text
 
-    stack = _Stack(args)
+    stack = _stack(args)
     est = estimate_run(_view(stack, args.run_id), stack.outputs, stack.client("stepfunctions"))
     region = stack.session.region_name
     print(render_json(est, region) if args.json else render_text(est, region))
@@ -370,14 +341,14 @@ def _cost(args: argparse.Namespace) -> int:
 
 
 def _strategies(args: argparse.Namespace) -> int:
-    from fedstep.cli.strategies import render_strategies
+    from fedstep.render.strategies import render_strategies
 
     print(render_strategies(as_json=args.json))
     return 0
 
 
 def _start(args: argparse.Namespace) -> int:
-    from fedstep.cli.start import resume_rounds
+    from fedstep.operator.start import resume_rounds
 
     run_file = _run_file(args)
     model = args.model or run_file.get("model")
@@ -385,7 +356,7 @@ def _start(args: argparse.Namespace) -> int:
         raise FedstepError("give --model (or model in the run file) to start a new run, or --resume RUN_ID")
     rounds = resume_rounds(args.resume, vars(args), run_file) if args.resume else None  # refuses other settings
     settings = None if args.resume else _settings(args, START_DEFAULTS, run_file)  # a continuation keeps its own
-    stack = _Stack(args)
+    stack = _stack(args)
     seed = args.seed if args.seed is not None else run_file.get("seed")
     started = launch(stack, settings, model=model, seed=seed, run_id=args.run_id, resume=args.resume, rounds=rounds)
     if args.resume:
@@ -396,65 +367,28 @@ def _start(args: argparse.Namespace) -> int:
     return _watch(stack, started.run_id, 2.0) if args.watch else 0
 
 
-def launch(
-    stack: _Stack,
-    settings: Any,
-    *,
-    model: str | None,
-    seed: int | None,
-    run_id: str | None,
-    resume: str | None,
-    rounds: int | None,
-) -> Any:  # -> StartedRun
-    """Start a run of `model` with `settings`, or resume the run `resume` (up to `rounds` in total,
-    when given; `settings` is None then: a continuation keeps the run's own), after warning when fewer
-    clients are online than the run's quorum; what `fedstep start` and `fedstep.Operator.start` do."""
-    from fedstep.cli.start import build_model, keras_payload, resume_run, start_run
+def launch(stack: Any, settings: Any, **run: Any) -> Any:  # -> StartedRun
+    """`fedstep.operator.start.launch`, its warnings and notes on stderr (what `fedstep start` prints)."""
+    from fedstep.operator.start import launch as start
 
-    client, outputs = stack.client, stack.outputs
-    _warn_if_offline(stack, settings, resume)
-    services = {"s3": client("s3"), "dynamodb": client("dynamodb"), "stepfunctions": client("stepfunctions")}
-    if resume:
-        return resume_run(resume, outputs, **services, rounds=rounds)
-    payload = keras_payload(build_model(model, seed))
-    return start_run(*payload, settings, outputs, **services, sns=client("sns"), run_id=run_id)
+    def say(prefix: str) -> Any:
+        return lambda line: print(clean(f"fedstep: {prefix}{line}"), file=sys.stderr, flush=True)
+
+    return start(stack, settings, warn=say("warning: "), note=say(""), progress=_stderr_line, **run)
 
 
-def _warn_if_offline(stack: _Stack, settings: Any, resume: str | None) -> None:
-    """Before a run starts: say so when fewer of its clients are online than its quorum, when its first
-    round is sent to a client whose heartbeat says offline, and which offline clients it leaves out."""
-    from fedstep.aws.adapters import DynamoRoundTable
-    from fedstep.cli.start import offline_warning, plan_run, poisson_warning, selection_notes
-
-    table = DynamoRoundTable(stack.outputs.table, stack.client("dynamodb"))
-    if resume:
-        record = table.get_run(resume)
-        if record is None:  # resume_run names the problem
-            return
-        first = max((int(r.get("round", 0)) for r in table.list_rounds(resume)), default=0) + 1
-    else:
-        if not stack.outputs.queues:  # start_run names the problem
-            return
-        record, first = plan_run(settings, sorted(stack.outputs.queues), "run-preview", stack.outputs.revoked), 1
-    warning = offline_warning(table, record.clients, record.quorum, record.round_timeout_s, record.round_retries)
-    warnings, notes = selection_notes(table, record, first)
-    short = poisson_warning(record)
-    for line in ([warning] if warning else []) + ([short] if short else []) + warnings:
-        print(clean(f"fedstep: warning: {line}"), file=sys.stderr, flush=True)
-    for line in notes:
-        print(clean(f"fedstep: {line}"), file=sys.stderr, flush=True)
+def _stderr_line(line: str) -> None:
+    print(clean(line), file=sys.stderr, flush=True)
 
 
-def _view(stack: _Stack, run_id: str):  # -> RunView
-    from fedstep.aws.adapters import DynamoRoundTable
-    from fedstep.cli.run_view import load_run
+def _view(stack: Any, run_id: str):  # -> RunView
+    from fedstep.operator.views import view_of
 
-    table = DynamoRoundTable(stack.outputs.table, stack.client("dynamodb"))
-    return load_run(run_id, stack.outputs, table, stack.client("stepfunctions"))
+    return view_of(stack, run_id)
 
 
-def _watch(stack: _Stack, run_id: str, interval_s: float) -> int:
-    from fedstep.cli.status import watch
+def _watch(stack: Any, run_id: str, interval_s: float) -> int:
+    from fedstep.render.status import watch
 
     view = watch(lambda: _view(stack, run_id), lambda line: print(line, flush=True), interval_s)
     return 0 if view.status == "SUCCEEDED" else 1
@@ -462,10 +396,10 @@ def _watch(stack: _Stack, run_id: str, interval_s: float) -> int:
 
 def _runs(args: argparse.Namespace) -> int:
     from fedstep.aws.adapters import DynamoRoundTable
-    from fedstep.cli.run_view import list_runs
-    from fedstep.cli.status import render_runs, render_runs_json
+    from fedstep.operator.views import list_runs
+    from fedstep.render.status import render_runs, render_runs_json
 
-    stack = _Stack(args)
+    stack = _stack(args)
     table = DynamoRoundTable(stack.outputs.table, stack.client("dynamodb"))
     runs = list_runs(stack.outputs, stack.client("stepfunctions"), args.limit)
 
@@ -478,9 +412,9 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from fedstep.cli.status import render_status, render_status_json
+    from fedstep.render.status import render_status, render_status_json
 
-    stack = _Stack(args)
+    stack = _stack(args)
     if args.watch:
         return _watch(stack, args.run_id, args.interval)
     view = _view(stack, args.run_id)
@@ -490,10 +424,10 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_clients(stack: _Stack, view: Any, only: int | None) -> Any:
+def _with_clients(stack: Any, view: Any, only: int | None) -> Any:
     """`view` with its clients' own metrics (of round `only`, which must be completed, or of all)."""
     from fedstep.aws.adapters import DynamoRoundTable
-    from fedstep.cli.run_view import with_clients
+    from fedstep.operator.views import with_clients
 
     if only is not None and only not in {s.round for s in view.rounds}:
         raise FedstepError(f"run {view.run_id} has no completed round {only}")
@@ -503,22 +437,22 @@ def _with_clients(stack: _Stack, view: Any, only: int | None) -> Any:
 def _stats(args: argparse.Namespace) -> int:
     from fedstep.cli.statistics import stats_command
 
-    stack = _Stack(args)
+    stack = _stack(args)
     return stats_command(args, stack.outputs, stack.client)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from fedstep.cli.evaluate import evaluate_command
 
-    stack = _Stack(args)
+    stack = _stack(args)
     return evaluate_command(args, _view(stack, args.run_id), stack.outputs, stack.client)
 
 
 def _stop(args: argparse.Namespace) -> int:
     from fedstep.aws.adapters import DynamoRoundTable
-    from fedstep.cli.operate import stop_run
+    from fedstep.operator.operate import stop_run
 
-    stack = _Stack(args)
+    stack = _stack(args)
     view = _view(stack, args.run_id)
     table = DynamoRoundTable(stack.outputs.table, stack.client("dynamodb"))
     report = stop_run(view, stack.outputs, stack.client("stepfunctions"), stack.client("sns"), table, args.reason)
@@ -528,13 +462,13 @@ def _stop(args: argparse.Namespace) -> int:
 
 def _download(args: argparse.Namespace) -> int:
     from fedstep.aws.adapters import DynamoRoundTable
-    from fedstep.cli.operate import download_model
+    from fedstep.operator.operate import download_model
 
     if args.approved:
         return _download_approved(args)
     if not args.run_id:
         raise FedstepError("give a run id, or --approved for the approved model")
-    stack = _Stack(args)
+    stack = _stack(args)
     view = _view(stack, args.run_id)
     round_number = args.round if args.round is not None else view.last_round
     out = args.out or model_file(args.run_id, round_number)
@@ -545,11 +479,11 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _download_approved(args: argparse.Namespace) -> int:
-    from fedstep.cli.models import download_approved
+    from fedstep.operator.registry import download_approved
 
     if args.run_id or args.round is not None:
         raise FedstepError("--approved downloads the approved model: give no run id or --round with it")
-    stack = _Stack(args)
+    stack = _stack(args)
     pointer, path = download_approved(stack.outputs, stack.client("s3"), args.name, args.out)
     print(
         f"wrote {path}: the approved model {args.name!r} (run {pointer['run_id']} round {pointer['round']}, "
@@ -560,9 +494,9 @@ def _download_approved(args: argparse.Namespace) -> int:
 
 def _promote(args: argparse.Namespace) -> int:
     from fedstep.aws.adapters import DynamoRoundTable
-    from fedstep.cli.models import promote
+    from fedstep.operator.registry import promote
 
-    stack = _Stack(args)
+    stack = _stack(args)
     view = _view(stack, args.run_id)
     table = DynamoRoundTable(stack.outputs.table, stack.client("dynamodb"))
     done = promote(view, args.round, args.note, args.name, stack.outputs, stack.client("s3"), table)
@@ -575,13 +509,13 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from fedstep.cli.run_view import with_partition
+    from fedstep.operator.views import with_partition
     from fedstep.report import plots, write_report
 
-    stack = _Stack(args)
+    stack = _stack(args)
     view = with_partition(_view(stack, args.run_id), stack.outputs, stack.client("s3"))
     view = _with_clients(stack, view, None)
-    from fedstep.cli.models import card_of_round
+    from fedstep.operator.registry import card_of_round
 
     card = card_of_round(view, view.last_round, stack.outputs, stack.client("s3"))
     page = write_report(view, args.out or report_folder(args.run_id), card=card)
@@ -592,7 +526,7 @@ def _report(args: argparse.Namespace) -> int:
 def _client_config(args: argparse.Namespace) -> int:
     import json
 
-    stack = _Stack(args)
+    stack = _stack(args)
     config = stack.outputs.client_config(args.client_id, stack.session.region_name, data=args.data)
     if args.endpoint_url:
         config["endpoint_url"] = args.endpoint_url
@@ -609,9 +543,9 @@ def _client_config(args: argparse.Namespace) -> int:
 
 def _clients(args: argparse.Namespace) -> int:
     from fedstep.aws.adapters import DynamoRoundTable
-    from fedstep.cli.clients import render_json, render_table, statuses
+    from fedstep.render.clients import render_json, render_table, statuses
 
-    stack = _Stack(args)
+    stack = _stack(args)
     ids = sorted(stack.outputs.queues)
     table = DynamoRoundTable(stack.outputs.table, stack.client("dynamodb"))
     rows = statuses(ids, table.get_heartbeats(ids), feedback=table.get_feedback(ids))

@@ -29,3 +29,14 @@ def seconds_since(iso: str, now: float) -> float:
     except ValueError:
         return 0.0
     return round(max(0.0, now - started), 3)
+
+
+def duration(seconds: float | None) -> str:
+    """ "42 s", "3 min 5 s", "2 h 10 min"; "-" for None."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f} min {seconds % 60:.0f} s"
+    return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:.0f} min"

@@ -47,7 +47,6 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from fedstep import SCHEMA_VERSION
 from fedstep.core import influence, keys, limits, sliced, strategies, tensors
 from fedstep.core.clock import seconds_since, utc_now
 from fedstep.core.dp import Accountant, DPAggregation, round_epsilon
@@ -87,6 +86,7 @@ from fedstep.core.update_source import (
     read_model,
     stored_sha256,
 )
+from fedstep.core.version import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
-from fedstep import SCHEMA_VERSION, __version__
 from fedstep.core import keys, limits, statistics
 from fedstep.core.clock import parse_utc
 from fedstep.core.errors import FedstepError
 from fedstep.core.selection import SELECTIONS, select
+from fedstep.core.version import SCHEMA_VERSION, __version__
 
 T = TypeVar("T")
 

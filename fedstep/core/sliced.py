@@ -37,13 +37,13 @@ from typing import Any
 
 import numpy as np
 
-from fedstep import SCHEMA_VERSION
 from fedstep.core import limits, strategies, tensors
 from fedstep.core.errors import FedstepError
 from fedstep.core.ports import ModelStore, MultipartStore
 from fedstep.core.schemas import Adjustment, Bounds, InvalidMessage, ObjectRef, Rejection, UpdateItem
 from fedstep.core.strategies import ClientUpdate, GlobalModel, UpdateInfo
 from fedstep.core.update_source import SLICE_BUDGET_BYTES, SLICE_READERS, ModelLayout, UpdateSource, read_header
+from fedstep.core.version import SCHEMA_VERSION
 
 SLICED_LEASE_S = 6 * 3600.0
 """How long a planned round stays claimed by its plan: the fan-out and the assembly must end within

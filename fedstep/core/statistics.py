@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from fedstep import SCHEMA_VERSION
 from fedstep.core.errors import FedstepError
+from fedstep.core.version import SCHEMA_VERSION
 
 STATISTICS_KIND = "statistics"
 """The `kind` of a statistics object (`keys.statistics_key`)."""

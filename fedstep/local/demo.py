@@ -23,12 +23,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedstep.aws.adapters import DynamoRoundTable, S3ModelStore
-from fedstep.cli.paths import point_latest_at, run_folder
-from fedstep.cli.run_view import failure_text, load_failures
-from fedstep.cli.start import RunSettings, build_model, keras_payload, merge_settings, new_run_id, start_run
-from fedstep.cli.statistics import run_statistics
-from fedstep.cli.status import strategy_text
-from fedstep.cli.text import clean
 from fedstep.core import keys, tensors
 from fedstep.core.dp import neighbouring
 from fedstep.core.errors import FedstepError
@@ -40,6 +34,14 @@ from fedstep.core.strategies.params import to_json as params_json
 from fedstep.local.cloud import LocalCloud, agent_credentials_env
 from fedstep.local.iam.identities import OPERATOR
 from fedstep.local.processes import ClientProcesses
+from fedstep.operator.model import build_model, keras_payload
+from fedstep.operator.paths import point_latest_at, run_folder
+from fedstep.operator.settings import RunSettings, merge_settings
+from fedstep.operator.start import new_run_id, start_run
+from fedstep.operator.statistics import run_statistics
+from fedstep.operator.views import failure_text, load_failures
+from fedstep.render.status import strategy_text
+from fedstep.render.text import clean
 
 if TYPE_CHECKING:
     from client_agent.datasets import Prepared
@@ -58,7 +60,7 @@ class DemoConfig:
     """How the pool is divided among the clients: iid, dirichlet:ALPHA, shards:K or quantity:ALPHA."""
     clients: int = 3
     out: Path | None = None
-    """The output folder; None: runs/<run> (fedstep.cli.paths), with runs/latest pointing at it."""
+    """The output folder; None: runs/<run> (fedstep.operator.paths), with runs/latest pointing at it."""
     model: str | None = None
     """module:function returning a compiled Keras model; default the built-in data set's (required for custom data)."""
     seed: int = 0
@@ -311,7 +313,7 @@ def wait_until_online(
 ) -> list[str]:
     """Wait until every agent's heartbeat says it is online, so that round 1 takes a round's time rather
     than the agents' start-up; the clients still not online after `timeout_s` (or whose agent exited)."""
-    from fedstep.cli.clients import statuses
+    from fedstep.operator.clients import statuses
 
     deadline = time.monotonic() + timeout_s
     while True:

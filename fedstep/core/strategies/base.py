@@ -29,10 +29,10 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from fedstep import SCHEMA_VERSION
 from fedstep.core import tensors
 from fedstep.core.errors import InvalidUpdate
 from fedstep.core.tensors import Tensors, TensorSpec
+from fedstep.core.version import SCHEMA_VERSION
 
 Scalar = bool | int | float | str
 Instructions = dict[str, Scalar]

@@ -21,11 +21,16 @@ def check_patch_point() -> None:
         )
 
 
+MOTO_API_TIMEOUT_S = 120
+"""How long a call of the moto server's own API may take: a reset clears every backend, which takes
+seconds on a machine busy with other work (10 s was not always enough on a shared 2-core machine)."""
+
+
 def moto_api(endpoint: str, path: str, body: dict[str, Any] | None = None) -> None:
     """POST to the moto server's own API (a loopback address)."""
     data = json.dumps(body or {}).encode()
     request = Request(f"{endpoint}/moto-api/{path}", data=data, headers={"Content-Type": "application/json"})
-    with urlopen(request, timeout=10) as resp:
+    with urlopen(request, timeout=MOTO_API_TIMEOUT_S) as resp:
         resp.read()
 
 
@@ -33,7 +38,7 @@ def moto_api_raw(endpoint: str, path: str, body: bytes) -> None:
     """POST a raw body to the moto server's own API (`reset-auth` takes the number of requests to let
     through unauthorized before IAM is enforced: `0` enforces it now, `inf` never)."""
     request = Request(f"{endpoint}/moto-api/{path}", data=body, headers={"Content-Type": "text/plain"})
-    with urlopen(request, timeout=10) as resp:
+    with urlopen(request, timeout=MOTO_API_TIMEOUT_S) as resp:
         resp.read()
 
 

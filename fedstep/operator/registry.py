@@ -18,13 +18,13 @@ from botocore.exceptions import ClientError
 from fedstep.aws.adapters import DynamoRoundTable, S3ModelStore
 from fedstep.aws.errors import error_code
 from fedstep.aws.stack import StackOutputs
-from fedstep.cli.operate import save_keras
-from fedstep.cli.paths import model_file
-from fedstep.cli.run_view import RunView
 from fedstep.core import keys, model_card, tensors
 from fedstep.core.clock import utc_now
 from fedstep.core.errors import FedstepError
 from fedstep.core.schemas import ObjectRef
+from fedstep.operator.operate import save_keras
+from fedstep.operator.paths import model_file
+from fedstep.operator.views import RunView
 
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 

@@ -9,11 +9,11 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from fedstep.cli.client_metrics import render_client_table
-from fedstep.cli.run_view import RunListing, RunView
-from fedstep.cli.text import clean, duration, lines, table
 from fedstep.core.dp import neighbouring
 from fedstep.core.schemas import FailureItem, RoundSummary, RunRecord, Target, headline_metric
+from fedstep.operator.views import RunListing, RunView
+from fedstep.render.client_metrics import render_client_table
+from fedstep.render.text import clean, duration, lines, table
 
 
 def _took(started: datetime, stopped: datetime | None) -> str:

@@ -18,7 +18,6 @@ from botocore.exceptions import ClientError
 from fedstep.aws.adapters import DynamoRoundTable
 from fedstep.aws.errors import error_code
 from fedstep.aws.stack import StackOutputs
-from fedstep.cli.client_metrics import ClientRound, load_client_rounds
 from fedstep.core import keys, limits
 from fedstep.core.errors import FedstepError
 from fedstep.core.label_counts import LabelCounts
@@ -33,6 +32,7 @@ from fedstep.core.schemas import (
     RunRecord,
     RunStop,
 )
+from fedstep.operator.client_rounds import ClientRound, load_client_rounds
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class RunView:
     partition: LabelCounts | None = None
     """Each client's label counts, for a simulated run (`fedstep local`) read with `with_partition`."""
     clients: dict[int, list[ClientRound]] = field(default_factory=dict)
-    """Per round, each selected client's own metrics (`fedstep.cli.client_metrics`), read with
+    """Per round, each selected client's own metrics (`fedstep.operator.client_rounds`), read with
     `with_clients`; empty unless asked for."""
     failures: dict[str, FailureItem] = field(default_factory=dict)
     """Each client's last failed round in this run, as its agent reported it (its failure item);
@@ -285,3 +285,8 @@ def list_runs(outputs: StackOutputs, sfn: Any, limit: int = 20) -> list[RunListi
             break
         kwargs["nextToken"] = resp["nextToken"]
     return sorted(runs, key=lambda r: r.started, reverse=True)[:limit]
+
+
+def view_of(stack: Any, run_id: str) -> RunView:
+    """The run `run_id` of `stack` (a `fedstep.operator.stack.Stack`) as the operator sees it."""
+    return load_run(run_id, stack.outputs, stack.table, stack.client("stepfunctions"))

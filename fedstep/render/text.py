@@ -12,6 +12,8 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable, Sequence
 
+from fedstep.core.clock import duration  # noqa: F401 (the commands format durations from here)
+
 
 def clean(value: object) -> str:
     """`value` as text that does nothing to a terminal: every character that is not printable (C0
@@ -40,14 +42,3 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
     cells = [[clean(c) for c in header], *[[clean(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-
-
-def duration(seconds: float | None) -> str:
-    """ "42 s", "3 min 5 s", "2 h 10 min"; "-" for None."""
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    if seconds < 3600:
-        return f"{seconds // 60:.0f} min {seconds % 60:.0f} s"
-    return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:.0f} min"

@@ -8,8 +8,6 @@ from typing import Any
 
 from fedstep.aws.adapters import DynamoRoundTable, S3ModelStore, SnsPublisher
 from fedstep.aws.stack import StackOutputs
-from fedstep.cli.run_view import RunView, execution_arn
-from fedstep.cli.start import model_of_round
 from fedstep.core import keys, tensors
 from fedstep.core.clock import utc_now
 from fedstep.core.errors import FedstepError
@@ -24,6 +22,8 @@ from fedstep.core.schemas import (
     RunStop,
     is_completed,
 )
+from fedstep.operator.start import model_of_round
+from fedstep.operator.views import RunView, execution_arn
 
 STOP_ERROR = "StoppedByOperator"
 
