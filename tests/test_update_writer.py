@@ -6,6 +6,7 @@ them, the server's checks accept them, and the sizes and offsets come from the l
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -99,6 +100,19 @@ def test_a_file_of_another_element_type_is_refused_by_the_header_check_with_toda
     store.put(item.update.key, data)
     wrong = dataclasses.replace(item, update=dataclasses.replace(item.update, bytes=len(data)))
     with pytest.raises(InvalidUpdate, match=r"tensor '000/dense/kernel' has dtype F16, expected float32"):
+        read_update(store, wrong, layout())
+
+
+def test_a_header_entry_that_is_not_an_object_is_refused_not_a_crash():
+    _, item = encode_update(DELTA, **FACTS)
+    entries = {name: [0, 1] for name in DELTA}  # a client's header whose entries are lists
+    text = json.dumps(entries).encode()
+    text += b" " * (-len(text) % 8)
+    data = len(text).to_bytes(8, "little") + text + bytes(36)
+    store = MemoryStore()
+    store.put(item.update.key, data)
+    wrong = dataclasses.replace(item, update=dataclasses.replace(item.update, bytes=len(data)))
+    with pytest.raises(InvalidUpdate, match=r"tensor '000/dense/kernel' has a malformed header entry"):
         read_update(store, wrong, layout())
 
 

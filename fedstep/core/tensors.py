@@ -261,7 +261,9 @@ def parse_header(
     offsets: dict[str, tuple[int, int]] = {}
     for name, shape in expected.shapes.items():
         entry = header[name]
-        if not isinstance(entry, dict) or entry.get("dtype") != element.name:
+        if not isinstance(entry, dict):
+            raise InvalidUpdate(f"tensor {name!r} has a malformed header entry (not an object)")
+        if entry.get("dtype") != element.name:
             raise InvalidUpdate(f"tensor {name!r} has dtype {str(entry.get('dtype'))[:10]}, expected {element.label}")
         got = entry.get("shape")
         if got != list(shape):
