@@ -23,7 +23,6 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: 
 
 from fedstep.core import keys, tensors
 from fedstep.core.rounds import publish_round, try_complete_round
-from fedstep.core.schemas import ObjectRef, RunRecord, TrainingConfig, UpdateItem
+from fedstep.core.schemas import ObjectRef, RunRecord, TrainingConfig
+from fedstep.core.updates import encode_update
 from tests.memory_ports import MemoryStore, MemoryTable, RecordingPublisher, RecordingReporter
 
 RUN = "bench"
@@ -67,13 +67,12 @@ def make_round(
     )
     files = []
     for i, client in enumerate(ids):
-        key = keys.update_key(RUN, 1, client)
-        item = UpdateItem(RUN, 1, client, 100 + i, ObjectRef(key, "0" * 64, 0), {}, "t")
-        data = tensors.encode(
-            {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}, item.file_metadata()
+        delta = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+        data, item = encode_update(
+            delta, run_id=RUN, round_number=1, client_id=client, num_examples=100 + i, metrics={}, created_at="t"
         )
-        store.put(key, data)
-        table.put(replace(item, update=ObjectRef(key, tensors.sha256_hex(data), len(data))).to_item())
+        store.put(item.update.key, data)
+        table.put(item.to_item())
         files.append(data)
     return store, table, files, global_bytes
 

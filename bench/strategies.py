@@ -14,7 +14,7 @@ Clients: a numpy trainer of the model `client_agent.models.digits_mlp` builds fo
 with the round's training config (2 epochs, batch 32, learning rate 0.1, the same every round);
 when the round's instructions carry `proximal_mu` (FedProx), mu * (w - w_global) is added to the
 gradient. Each uploads its delta (trained minus global weights) as a client does: a safetensors
-file with the update item's metadata (`fedstep.core.tensors.encode(delta, item.file_metadata())`)
+file with the update item's metadata (`fedstep.core.updates.encode_update`)
 and an update item.
 
 Server: exactly a real run's code path on in-memory ports (tests/memory_ports.py): each round is
@@ -41,7 +41,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,8 @@ sys.path.insert(0, str(ROOT))  # the repository: fedstep, client_agent and tests
 from fedstep.core import keys, limits, strategies, tensors  # noqa: E402
 from fedstep.core.errors import FedstepError  # noqa: E402
 from fedstep.core.rounds import publish_round, try_complete_round  # noqa: E402
-from fedstep.core.schemas import ObjectRef, RoundMessage, RunRecord, TrainingConfig, UpdateItem  # noqa: E402
+from fedstep.core.schemas import ObjectRef, RoundMessage, RunRecord, TrainingConfig  # noqa: E402
+from fedstep.core.updates import encode_update  # noqa: E402
 from tests.memory_ports import MemoryStore, MemoryTable, RecordingPublisher, RecordingReporter  # noqa: E402
 
 RUN = "bench-strategies"
@@ -351,13 +352,19 @@ def upload(
     privacy: dict[str, float] | None = None,
 ) -> None:
     """What a client does after training: the update file, then the update item naming it."""
-    key = keys.update_key(run_id, round_number, client)
     metrics = {"train_loss": loss} if not limits.metric_problem("train_loss", loss) else {}  # as the agent drops it
-    ref = ObjectRef(key, "0" * 64, 0)
-    item = UpdateItem(run_id, round_number, client, examples, ref, metrics, ISSUED_AT, privacy or {})
-    data = tensors.encode(delta, item.file_metadata())
-    store.put(key, data)
-    table.put(replace(item, update=ObjectRef(key, tensors.sha256_hex(data), len(data))).to_item())
+    data, item = encode_update(
+        delta,
+        run_id=run_id,
+        round_number=round_number,
+        client_id=client,
+        num_examples=examples,
+        metrics=metrics,
+        created_at=ISSUED_AT,
+        privacy=privacy,
+    )
+    store.put(item.update.key, data)
+    table.put(item.to_item())
 
 
 # -- the table and the verdict ---------------------------------------------------------------------

@@ -24,6 +24,9 @@ rounds after the stop anyway; the checks spare the site the training and keep it
 Every object a message references is read with a ranged GET of exactly its `bytes`: an object larger
 than its reference is refused before its body is read (`client_agent.objects`).
 
+What the agent does to the trained weights before the upload is its list of client steps
+(`client_agent.steps`): delta, clip, privacy accounting, encode, as the round's instructions choose.
+
 Privacy (the round's `dp_mode` instructions, `client_agent.dp_sgd`): under "client-clip" the agent
 clips the update to the round's `dp_clip` before upload and reports `within_clip`; under "dp-sgd"
 the trainer trains with DP-SGD and the agent accounts the round in its privacy ledger
@@ -52,13 +55,14 @@ import boto3
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
-from client_agent import dp_sgd, objects
+from client_agent import dp_sgd, objects, steps
 from client_agent.checks import open_session, preflight
 from client_agent.config import AgentConfig
 from client_agent.errors import clean_error
 from client_agent.heartbeat import Heartbeats
 from client_agent.privacy_ledger import PrivacyLedger, Spend
 from client_agent.progress import Progress
+from client_agent.steps import RoundPrivacy
 from client_agent.training import CannotEvaluate, FunctionTrainer, Trainer
 from fedstep.aws import boto
 from fedstep.aws.ddb import Items
@@ -85,7 +89,6 @@ from fedstep.core.schemas import (
     parse_message,
 )
 from fedstep.core.statistics import FederatedStatistics, Standardization, StatsRequest, site_statistics
-from fedstep.core.tensors import l2_norm
 from fedstep.privacy.accounting import statistics_noise_std
 
 log = logging.getLogger("fedstep.client")
@@ -113,17 +116,6 @@ class Outcome(Enum):
     KEPT = "kept"  # failed; the message is released at once (not deleted) for another try
     DECLINED = "declined"  # refused to train (privacy); decline item written, message deleted
     EVALUATED = "evaluated"  # an evaluation or statistics request answered (or why not); message deleted
-
-
-@dataclass(frozen=True)
-class RoundPrivacy:
-    """What a round's privacy instructions ask of the agent: `mode` (None, "client-clip" or
-    "dp-sgd"), client-clip's `clip`, and under DP-SGD the `spend` the round adds to the ledger
-    (None only when the trainer does not say its number of examples and no budget needs it)."""
-
-    mode: str | None = None
-    clip: float | None = None
-    spend: Spend | None = None
 
 
 class Declined(Exception):
@@ -575,13 +567,20 @@ class Agent:
         stop = self._stop_of(msg.run_id)  # stopped while it trained: the update stays here
         if stop is not None:
             return self._skip_stopped(msg, stop, "trained, not uploaded")
-        delta = {name: np.asarray(result.weights[name], np.float32) - w for name, w in global_weights.items()}
-        reported = self._account(msg, privacy, delta)  # before the upload: from now on the update may leave
-        key = keys.update_key(msg.run_id, msg.round, self.config.client_id)
-        facts = self._item(msg, ObjectRef(key, "0" * 64, 0), result.num_examples, result.metrics, reported)
-        data = tensors.encode(delta, facts.file_metadata())
-        self._upload(key, data, f"round {msg.round}: update")
-        item = self._item(msg, _ref(key, data), result.num_examples, result.metrics, reported).to_item()
+        ctx = steps.RoundContext(
+            msg,
+            self.config.client_id,
+            privacy,
+            global_weights,
+            result.num_examples,
+            result.metrics,
+            self.ledger,
+            self.heartbeats.set_privacy,
+        )
+        # delta, clip, privacy accounting, encode: all before the upload (from then on the update may leave)
+        data, update_item = steps.run_steps(steps.steps_for(privacy), result.weights, ctx)
+        self._upload(update_item.update.key, data, f"round {msg.round}: update")
+        item = replace(update_item, created_at=utc_now()).to_item()  # written once the file is on S3
         if replace_rejected:
             self.table.put(item)
         elif not self.table.put_once(item):
@@ -713,28 +712,6 @@ class Agent:
                 raise Declined(f"privacy budget: epsilon would reach {total:.4g} > budget {budget:g}")
         return RoundPrivacy(mode, None, spend)
 
-    def _account(self, msg: RoundMessage, privacy: RoundPrivacy, delta: dict[str, np.ndarray]) -> dict[str, float]:
-        """Apply the round's privacy to its update and record it; the update item's `privacy`.
-        Client-clip: clip `delta` in place. DP-SGD: add the round to the ledger (written before the
-        upload: see `client_agent.privacy_ledger` on when a round counts)."""
-        reported: dict[str, float] = {}
-        if privacy.mode == dp_sgd.CLIENT_CLIP and privacy.clip is not None:
-            reported["within_clip"] = 1.0 if clip_delta(delta, privacy.clip) else 0.0
-        if privacy.spend is not None:
-            after = self.ledger.record(msg.run_id, replace(privacy.spend, recorded_at=utc_now()))
-            reported.update(after.report())
-            self.heartbeats.set_privacy(msg.run_id, after.report())
-            if after.epsilon is not None:
-                log.info(
-                    "round %d of %s: record-level epsilon %.3g at delta %g after %d DP-SGD steps",
-                    msg.round,
-                    msg.run_id,
-                    after.epsilon,
-                    after.delta,
-                    after.steps,
-                )
-        return reported
-
     def _decline(self, msg: RoundMessage, reason: str, replace_existing: bool) -> Outcome:
         """Write the round's decline item instead of training; the heartbeat says "declined"."""
         known = self.ledger.privacy(msg.run_id).report() if self.ledger.spends(msg.run_id) else {}
@@ -818,18 +795,6 @@ class Agent:
         self.cache.mkdir(parents=True, exist_ok=True)
         cached.write_bytes(data)
         return data, len(data)
-
-
-def clip_delta(delta: dict[str, np.ndarray], clip: float) -> bool:
-    """Client-side clipping: scale the float32 `delta` in place to L2 norm `clip` (all tensors
-    together) when it is longer. True when it was within `clip` already."""
-    norm = l2_norm(delta)
-    if norm <= clip:
-        return True
-    scale = np.float32(clip / norm)
-    for tensor in delta.values():
-        tensor *= scale
-    return False
 
 
 def _ref(key: str, data: bytes) -> ObjectRef:

@@ -3,13 +3,14 @@ would, complete rounds as the aggregation function would. The core's protocol wi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from fedstep.core import keys, tensors
 from fedstep.core.rounds import complete_round_at_deadline, publish_round, try_complete_round
-from fedstep.core.schemas import Bounds, ObjectRef, RunRecord, TrainingConfig, UpdateItem
+from fedstep.core.schemas import Bounds, ObjectRef, RunRecord, TrainingConfig
+from fedstep.core.updates import encode_update
 from tests.memory_ports import MemoryStore, MemoryTable, RecordingPublisher, RecordingReporter
 
 RUN = "run-1"
@@ -54,13 +55,18 @@ class World:
     def report(self, client, value=None, n=10, round_number=1, delta=None, metrics=None, privacy=None, **overrides):
         """What an agent does: upload its update (a delta) under its own prefix, write its item."""
         delta = delta if delta is not None else {k: np.full(v.shape, value, np.float32) for k, v in GLOBAL.items()}
-        key = keys.update_key(RUN, round_number, client)
         metrics = metrics if metrics is not None else {"test_accuracy": min(1.0, abs(value or 0) / 10)}
-        ref = ObjectRef(key, "0" * 64, 0)
-        item = UpdateItem(RUN, round_number, client, n, ref, metrics, "2026-11-21T00:01Z", privacy or {})
-        data = tensors.encode(delta, item.file_metadata())
-        self.store.put(key, data)
-        item = replace(item, update=ObjectRef(key, tensors.sha256_hex(data), len(data)))
+        data, item = encode_update(
+            delta,
+            run_id=RUN,
+            round_number=round_number,
+            client_id=client,
+            num_examples=n,
+            metrics=metrics,
+            created_at="2026-11-21T00:01Z",
+            privacy=privacy,
+        )
+        self.store.put(item.update.key, data)
         self.table.put({**item.to_item(), **overrides})
         return item
 

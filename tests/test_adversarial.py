@@ -43,6 +43,7 @@ from fedstep.core.schemas import (
     UpdateItem,
 )
 from fedstep.core.strategies import FedAvg
+from fedstep.core.updates import encode_update
 from fedstep.local import gaps
 from fedstep.local.iam.policy import ALLOW, IMPLICIT_DENY, evaluate, put_item_context
 from fedstep.operator.views import load_run
@@ -1346,3 +1347,28 @@ def test_under_central_dp_a_noisy_model_released_by_an_aggregation_that_lost_its
     world.report("b", 0.2, 10, round_number=2)
     second = world.complete(2, settings=settings)
     assert second.repeated_releases == 1 and second.epsilon == round(epsilon_fixed(2.0, 2, 2, 3, 1e-5), 6)
+
+
+# -- 22.4 a header the check did not expect ------------------------------------------------------
+
+
+def test_22_4_an_update_whose_header_entries_are_not_objects_is_rejected_and_the_round_goes_on():
+    world = make_world(clients=("a", "b", "evil"))
+    world.report("a", 1.0, 10)
+    world.report("b", 1.0, 10)
+    zeros = {name: np.zeros_like(values) for name, values in GLOBAL.items()}
+    _, item = encode_update(
+        zeros, run_id=RUN, round_number=1, client_id="evil", num_examples=10, metrics={}, created_at=utc_now()
+    )
+    meta = json.dumps(item.file_metadata(), sort_keys=True, separators=(",", ":"))
+    header = json.dumps({"__metadata__": {"fedstep": meta}, **{name: [0, 1] for name in GLOBAL}}).encode()
+    header += b" " * (-len(header) % 8)
+    data = len(header).to_bytes(8, "little") + header + bytes(tensors.TensorSpec.of(GLOBAL).data_bytes)
+    world.store.put(item.update.key, data)
+    ref = replace(item.update, sha256=tensors.sha256_hex(data), bytes=len(data))
+    world.table.put(replace(item, update=ref).to_item())
+    summary = world.complete()
+    assert summary.participants == ["a", "b"]
+    [rejected] = summary.rejected
+    assert rejected.client_id == "evil" and "malformed header entry (not an object)" in rejected.reason
+    np.testing.assert_allclose(world.new_global()["001/d/bias"], GLOBAL["001/d/bias"] + 1.0)

@@ -21,9 +21,10 @@ from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
 from client_agent import config as agent_config
-from client_agent.agent import Agent, Outcome, clip_delta
+from client_agent.agent import Agent, Outcome
 from client_agent.config import AgentConfig
 from client_agent.privacy_ledger import PrivacyLedger, Spend
+from client_agent.steps import clip_delta
 from client_agent.training import FunctionTrainer
 from fedstep.core import keys, tensors
 from fedstep.core.clock import utc_now
@@ -38,6 +39,7 @@ from fedstep.core.schemas import (
     UpdateItem,
     parse_client_item,
 )
+from fedstep.core.updates import encode_update
 from fedstep.render.clients import render_json, render_table, statuses
 
 N, BATCH = 100, 10  # 10 DP-SGD steps per epoch, sampling rate 0.1
@@ -332,6 +334,24 @@ def test_client_clip_clips_the_update_and_reports_within_clip(tmp_path):
     delta = tensors.decode(world.s3.objects[keys.update_key("run-1", 2, "c1")])
     np.testing.assert_array_equal(delta["001/d/bias"], np.ones(2, np.float32))
     assert world.table.client_item(2).privacy == {"within_clip": 1.0}
+
+
+def test_the_agent_uploads_the_file_the_update_writer_writes_for_its_update_and_item(tmp_path):
+    world = World(tmp_path)
+    assert world.agent().handle(message(1, {"dp_mode": "client-clip", "dp_clip": 0.5})) is Outcome.SERVED
+    uploaded = world.s3.objects[keys.update_key("run-1", 1, "c1")]
+    item = world.table.client_item(1)
+    data, written = encode_update(
+        tensors.decode(uploaded),
+        run_id="run-1",
+        round_number=1,
+        client_id="c1",
+        num_examples=N,
+        metrics=item.metrics,
+        created_at=item.created_at,
+        privacy={"within_clip": 0.0},
+    )
+    assert uploaded == data and item == written
 
 
 def test_clip_delta_scales_all_tensors_together_in_place():

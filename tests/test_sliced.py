@@ -19,7 +19,8 @@ from fedstep.core.rounds import (
     publish_round,
     try_complete_round,
 )
-from fedstep.core.schemas import Bounds, ObjectRef, RunRecord, TrainingConfig, UpdateItem
+from fedstep.core.schemas import Bounds, ObjectRef, RunRecord, TrainingConfig
+from fedstep.core.updates import encode_update
 from tests.memory_ports import MemoryStore, MemoryTable, RecordingPublisher, RecordingReporter, record_bytes
 
 RUN = "sliced"
@@ -51,16 +52,23 @@ def world(strategy="fedavg", clients=5, bounds=None, corrupt=(), seed=0, shapes=
     store.put(ref.key, initial)
     publish_round(RUN, 1, 0, ref, "token", "t", store=store, table=table, publisher=RecordingPublisher(), reporter=None)
     for i, client in enumerate(ids):
-        key = keys.update_key(RUN, 1, client)
-        item = UpdateItem(RUN, 1, client, 100 + 10 * i, ObjectRef(key, "0" * 64, 0), {"test_loss": 1.0 + i}, "t")
         scale = 30.0 if i == 0 else 1.0
         delta = {k: (scale * rng.normal(size=s)).astype(np.float32) for k, s in shapes.items()}
         if client in nan:  # a file whose sha256 is right and whose last tensor ends in NaN
             delta[max(delta)][-1] = np.nan
-        data = tensors.encode(delta, item.file_metadata())
-        store.put(key, data)
-        sha = "f" * 64 if client in corrupt else tensors.sha256_hex(data)
-        table.put(replace(item, update=ObjectRef(key, sha, len(data))).to_item())
+        data, item = encode_update(
+            delta,
+            run_id=RUN,
+            round_number=1,
+            client_id=client,
+            num_examples=100 + 10 * i,
+            metrics={"test_loss": 1.0 + i},
+            created_at="t",
+        )
+        store.put(item.update.key, data)
+        if client in corrupt:
+            item = replace(item, update=replace(item.update, sha256="f" * 64))
+        table.put(item.to_item())
     return store, table
 
 

@@ -8,7 +8,6 @@ A 1 GiB model with functions of less memory is in tests/test_sliced_1gib.py (`ma
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,7 +16,8 @@ from fedstep.aws.adapters import DynamoRoundTable, S3ModelStore
 from fedstep.core import keys, tensors
 from fedstep.core.clock import utc_now
 from fedstep.core.rounds import try_complete_round
-from fedstep.core.schemas import ObjectRef, UpdateItem
+from fedstep.core.schemas import ObjectRef
+from fedstep.core.updates import encode_update
 from fedstep.local import gaps
 from tests.cloud_helpers import published_round, serve, start, summaries, wait_for_execution
 from tests.memory_ports import MemoryStore, MemoryTable, RecordingReporter
@@ -43,11 +43,17 @@ def submit_updates(cloud, run_id: str, round_number: int, deltas: dict[str, tens
     s3 = cloud.client("s3")
     table = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb"))
     for client, delta in deltas.items():
-        key = keys.update_key(run_id, round_number, client)
-        item = UpdateItem(run_id, round_number, client, EXAMPLES[client], ObjectRef(key, "0" * 64, 0), {}, utc_now())
-        data = tensors.encode(delta, item.file_metadata())
-        s3.put_object(Bucket=cloud.outputs.bucket, Key=key, Body=data)
-        table.put_once(replace(item, update=ObjectRef(key, tensors.sha256_hex(data), len(data))).to_item())
+        data, item = encode_update(
+            delta,
+            run_id=run_id,
+            round_number=round_number,
+            client_id=client,
+            num_examples=EXAMPLES[client],
+            metrics={},
+            created_at=utc_now(),
+        )
+        s3.put_object(Bucket=cloud.outputs.bucket, Key=item.update.key, Body=data)
+        table.put_once(item.to_item())
         del data
     gaps.wait_for_stream_batches()
 

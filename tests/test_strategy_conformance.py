@@ -19,6 +19,7 @@ from fedstep.core import keys, limits, strategies, tensors
 from fedstep.core.schemas import Bounds, ObjectRef, UpdateItem, check_measurements, check_scalars
 from fedstep.core.strategies import STRATEGIES, Aggregate, GlobalModel, ServerState, Strategy, aggregation
 from fedstep.core.update_source import UpdateSource, read_layout, read_model
+from fedstep.core.updates import encode_update
 from tests.memory_ports import MemoryStore
 
 RUN = "run-conformance"
@@ -59,11 +60,17 @@ def put_round(store: MemoryStore, number: int, weights: tensors.Tensors, deltas:
     model = ObjectRef(key, tensors.sha256_hex(data), len(data))
     items = []
     for i, delta in enumerate(deltas):
-        client, update_key = f"client-{i:02d}", keys.update_key(RUN, number, f"client-{i:02d}")
-        item = UpdateItem(RUN, number, client, 10 + 7 * i, ObjectRef(update_key, "0" * 64, 0), {}, "2026-01-01T00:00Z")
-        data = tensors.encode(delta, item.file_metadata())
-        store.put(update_key, data)
-        items.append(replace(item, update=ObjectRef(update_key, tensors.sha256_hex(data), len(data))))
+        data, item = encode_update(
+            delta,
+            run_id=RUN,
+            round_number=number,
+            client_id=f"client-{i:02d}",
+            num_examples=10 + 7 * i,
+            metrics={},
+            created_at="2026-01-01T00:00Z",
+        )
+        store.put(item.update.key, data)
+        items.append(item)
     return Round(store, number, model, items)
 
 

@@ -42,7 +42,14 @@ from fedstep.core.errors import FedstepError
 from fedstep.core.ports import ModelStore, MultipartStore
 from fedstep.core.schemas import Adjustment, Bounds, InvalidMessage, ObjectRef, Rejection, UpdateItem
 from fedstep.core.strategies import ClientUpdate, GlobalModel, UpdateInfo
-from fedstep.core.update_source import SLICE_BUDGET_BYTES, SLICE_READERS, ModelLayout, UpdateSource, read_header
+from fedstep.core.update_source import (
+    SLICE_BUDGET_BYTES,
+    SLICE_READERS,
+    ModelLayout,
+    UpdateSource,
+    read_elements,
+    read_header,
+)
 from fedstep.core.version import SCHEMA_VERSION
 
 SLICED_LEASE_S = 6 * 3600.0
@@ -96,6 +103,8 @@ class PlannedUpdate:
     offsets: dict[str, tuple[int, int]]
     examples: int
     scale: float | None
+    element: str = tensors.F32.name
+    """The safetensors dtype of the file's tensors, as its header was checked (`tensors.ELEMENT_TYPES`)."""
 
 
 @dataclass(frozen=True)
@@ -208,6 +217,7 @@ def check_updates(
                 c.header.offsets,
                 c.examples,
                 None if c.scale is None else float(c.scale),
+                c.header.element.name,
             ),
         )
         for c in source.checked
@@ -219,7 +229,7 @@ def input_offsets(store: ModelStore, ref: ObjectRef, layout: ModelLayout) -> tup
     """Where each tensor lies in the global model file (the server wrote it; its header is checked
     against the model's own spec), and where its data section starts."""
     head = read_header(store, ref)
-    header = tensors.parse_header(head, ref.bytes, layout.spec, layout.max_header_bytes)
+    header = tensors.parse_header(head, ref.bytes, layout.spec, layout.max_header_bytes, tensors.F32)  # the server's
     return header.offsets, header.data_start
 
 
@@ -249,8 +259,9 @@ class PlannedSlice:
         return [UpdateInfo(u.client_id, u.examples) for u in self.plan.updates]
 
     def _read(self, update: PlannedUpdate, name: str, start: int, out: np.ndarray) -> None:
-        begin = update.data_start + update.offsets[name][0] + 4 * start
-        self.store.read_into(update.key, begin, memoryview(out.view(np.uint8)), update.version)
+        tensor_start = update.data_start + update.offsets[name][0]
+        element = tensors.ELEMENT_TYPES[update.element]
+        read_elements(self.store, update.key, tensor_start, start, out, element, update.version)
         if update.scale is not None:
             out *= np.float32(update.scale)
 
@@ -258,7 +269,7 @@ class PlannedSlice:
         for update in self.plan.updates:
             delta = {}
             for name, start, stop in self.pieces:
-                delta[name] = np.empty(stop - start, dtype="<f4")
+                delta[name] = np.empty(stop - start, dtype=tensors.ELEMENT_TYPES[update.element].numpy)
                 self._read(update, name, start, delta[name])
             yield ClientUpdate(update.client_id, update.examples, delta)
             del delta
@@ -281,9 +292,9 @@ class PlannedSlice:
 def _global_pieces(store: ModelStore, plan: SlicePlan, pieces: list[tuple[str, int, int]]) -> tensors.Tensors:
     out: tensors.Tensors = {}
     for name, start, stop in pieces:
-        out[name] = np.empty(stop - start, dtype="<f4")
-        begin = plan.input_data_start + plan.input_offsets[name][0] + 4 * start
-        store.read_into(plan.input_model.key, begin, memoryview(out[name].view(np.uint8)), None)
+        out[name] = np.empty(stop - start, dtype=tensors.F32.numpy)  # the server's model file: float32
+        tensor_start = plan.input_data_start + plan.input_offsets[name][0]
+        read_elements(store, plan.input_model.key, tensor_start, start, out[name], tensors.F32, None)
     return out
 
 

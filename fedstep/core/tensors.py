@@ -30,6 +30,29 @@ from fedstep.core.errors import InvalidUpdate
 Tensors = dict[str, np.ndarray]
 
 DTYPE = np.float32
+
+
+@dataclass(frozen=True)
+class ElementType:
+    """How one tensor element lies in a file: its safetensors dtype (`name`), the numpy dtype it is
+    read as (`numpy`, little-endian), its size in bytes, and how error messages name it (`label`)."""
+
+    name: str
+    numpy: str
+    size: int
+    label: str
+
+    def values(self, data: bytes | bytearray | memoryview) -> np.ndarray:
+        """The elements in `data` (whole elements, back to back), as a view: no copy."""
+        return np.frombuffer(data, dtype=self.numpy)
+
+
+F32 = ElementType("F32", "<f4", 4, "float32")
+"""A float32: the element type of every model file and, today, of every update file."""
+ELEMENT_TYPES: dict[str, ElementType] = {F32.name: F32}
+"""The element types a file's tensors may hold, by safetensors dtype: float32 only. A wire format
+(an update codec) adds its type here and names it in the layout it declares."""
+
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 """Largest model file accepted where the deployment says nothing else: 256 MiB (see the deployment
 config's `max_model_mb`, which also sizes the aggregation function's memory)."""
@@ -52,7 +75,11 @@ class TensorSpec:
     @property
     def data_bytes(self) -> int:
         """Bytes of the model's tensor data (float32)."""
-        return 4 * self.num_parameters
+        return self.data_bytes_as(F32)
+
+    def data_bytes_as(self, element: ElementType) -> int:
+        """Bytes of the model's tensor data, its elements stored as `element`."""
+        return element.size * self.num_parameters
 
 
 def sha256_hex(data: bytes) -> str:
@@ -64,16 +91,17 @@ METADATA_KEY = "fedstep"
 metadata map in hash order, so several entries would make equal models encode to different bytes."""
 
 
-def encode(tensors: Tensors, metadata: dict[str, object] | None = None) -> bytes:
-    """Serialize named tensors as a safetensors file (float32, C-contiguous). Deterministic: equal
-    tensors and metadata give equal bytes, so a repeated aggregation rewrites the same object."""
-    prepared = {name: np.ascontiguousarray(t, dtype=DTYPE) for name, t in tensors.items()}
+def encode(tensors: Tensors, metadata: dict[str, object] | None = None, element: ElementType = F32) -> bytes:
+    """Serialize named tensors as a safetensors file (elements of type `element`, default float32,
+    C-contiguous). Deterministic: equal tensors and metadata give equal bytes, so a repeated
+    aggregation rewrites the same object."""
+    prepared = {name: np.ascontiguousarray(t, dtype=element.numpy) for name, t in tensors.items()}
     meta = {METADATA_KEY: json.dumps(metadata or {}, sort_keys=True, separators=(",", ":"))}
     return _st_save(prepared, metadata=meta)
 
 
 def encoded_header(
-    spec: TensorSpec, metadata: dict[str, object] | None = None
+    spec: TensorSpec, metadata: dict[str, object] | None = None, element: ElementType = F32
 ) -> tuple[bytes, dict[str, tuple[int, int]]]:
     """The first bytes `encode` writes for tensors of `spec` with `metadata` (the 8-byte length and
     the JSON header, padded with spaces to a multiple of 8 as safetensors pads it), and where each
@@ -86,9 +114,9 @@ def encoded_header(
     position = 0
     for name in sorted(spec.shapes):
         shape = spec.shapes[name]
-        size = 4 * int(np.prod(shape, dtype=np.int64))
+        size = element.size * int(np.prod(shape, dtype=np.int64))
         offsets[name] = (position, position + size)
-        entries[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [position, position + size]}
+        entries[name] = {"dtype": element.name, "shape": list(shape), "data_offsets": [position, position + size]}
         position += size
     text = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)
@@ -174,6 +202,8 @@ class Header:
     """Bytes of JSON after the 8-byte length; the data section starts at 8 + length."""
     offsets: dict[str, tuple[int, int]]
     metadata: dict[str, object]
+    element: ElementType = F32
+    """The element type of every tensor in the file (the one the header was checked against)."""
 
     @property
     def data_start(self) -> int:
@@ -211,11 +241,14 @@ def spec_of_header(prefix: bytes) -> TensorSpec:
     return TensorSpec({name: tuple(int(d) for d in entry["shape"]) for name, entry in sorted(header.items())})
 
 
-def parse_header(prefix: bytes, file_bytes: int, expected: TensorSpec, max_header_bytes: int) -> Header:
+def parse_header(
+    prefix: bytes, file_bytes: int, expected: TensorSpec, max_header_bytes: int, element: ElementType = F32
+) -> Header:
     """Check a file's header (`prefix` holds at least its first 8 + header-length bytes) against the
-    model `expected`: the header is at most `max_header_bytes`, names the same tensors (float32, same
-    shapes), whose data lie back to back and fill the file's `file_bytes` exactly. Raises
-    InvalidUpdate with a short reason; never lists more than a few names."""
+    model `expected`: the header is at most `max_header_bytes`, names the same tensors (of type
+    `element`, default float32, and the same shapes), whose data lie back to back and fill the
+    file's `file_bytes` exactly. Raises InvalidUpdate with a short reason; never lists more than a
+    few names."""
     length, header = _header_json(prefix, max_header_bytes)
     if not isinstance(header, dict):
         raise InvalidUpdate("not a safetensors file: header is not an object")
@@ -228,8 +261,10 @@ def parse_header(prefix: bytes, file_bytes: int, expected: TensorSpec, max_heade
     offsets: dict[str, tuple[int, int]] = {}
     for name, shape in expected.shapes.items():
         entry = header[name]
-        if not isinstance(entry, dict) or entry.get("dtype") != "F32":
-            raise InvalidUpdate(f"tensor {name!r} has dtype {str(entry.get('dtype'))[:10]}, expected float32")
+        if not isinstance(entry, dict):
+            raise InvalidUpdate(f"tensor {name!r} has a malformed header entry (not an object)")
+        if entry.get("dtype") != element.name:
+            raise InvalidUpdate(f"tensor {name!r} has dtype {str(entry.get('dtype'))[:10]}, expected {element.label}")
         got = entry.get("shape")
         if got != list(shape):
             shown = tuple(got) if isinstance(got, list) and len(got) <= 8 else str(got)[:60]
@@ -238,7 +273,7 @@ def parse_header(prefix: bytes, file_bytes: int, expected: TensorSpec, max_heade
         if not (isinstance(bounds, list) and len(bounds) == 2 and all(type(b) is int for b in bounds)):
             raise InvalidUpdate(f"tensor {name!r} has malformed data offsets")
         start, end = bounds
-        if end - start != 4 * int(np.prod(shape, dtype=np.int64)):
+        if end - start != element.size * int(np.prod(shape, dtype=np.int64)):
             raise InvalidUpdate(f"tensor {name!r}: its data offsets do not fit its shape")
         offsets[name] = (start, end)
     position = 0
@@ -249,7 +284,7 @@ def parse_header(prefix: bytes, file_bytes: int, expected: TensorSpec, max_heade
     described = HEADER_LENGTH_BYTES + length + position
     if described != file_bytes:
         raise InvalidUpdate(f"file is {file_bytes} bytes, its header describes {described}")
-    return Header(length, offsets, _fedstep_metadata(raw_meta))
+    return Header(length, offsets, _fedstep_metadata(raw_meta), element)
 
 
 def _fedstep_metadata(raw: object) -> dict[str, object]:
@@ -269,8 +304,9 @@ def views(
     copy; writable when `data` is a bytearray). Raises InvalidUpdate on a non-finite value, unless
     the caller checked that already (`check_finite=False`)."""
     out: Tensors = {}
+    element = header.element
     for name, (start, end) in header.offsets.items():
-        flat = np.frombuffer(data, dtype="<f4", count=(end - start) // 4, offset=start)
+        flat = np.frombuffer(data, dtype=element.numpy, count=(end - start) // element.size, offset=start)
         if check_finite and not all_finite(flat):
             raise non_finite(name)
         out[name] = flat.reshape(expected.shapes[name])

@@ -41,19 +41,31 @@ from fedstep.core.strategies import ClientUpdate, UpdateInfo
 
 @dataclass(frozen=True)
 class ModelLayout:
-    """The global model's tensor spec, and the largest update file and header this model allows."""
+    """What an update file of this model is: the global model's tensor spec, the element type its
+    tensors are stored as (`element`: float32, the only one accepted today), and the largest header
+    it may have. Every size and offset an update is checked and read by comes from here."""
 
     spec: tensors.TensorSpec
     max_header_bytes: int
+    element: tensors.ElementType = tensors.F32
+
+    def __post_init__(self) -> None:
+        if tensors.ELEMENT_TYPES.get(self.element.name) != self.element:
+            raise ValueError(f"element type {self.element.name} is not one of {sorted(tensors.ELEMENT_TYPES)}")
+
+    @property
+    def data_bytes(self) -> int:
+        """Bytes of an update's tensor data: every parameter, stored as `element`."""
+        return self.spec.data_bytes_as(self.element)
 
     @property
     def max_file_bytes(self) -> int:
-        return tensors.HEADER_LENGTH_BYTES + self.max_header_bytes + self.spec.data_bytes
+        return tensors.HEADER_LENGTH_BYTES + self.max_header_bytes + self.data_bytes
 
     @property
     def min_file_bytes(self) -> int:
         """The smallest file that can hold this model's tensors: the length, the shortest header, the data."""
-        return limits.MIN_UPDATE_FILE_BYTES + self.spec.data_bytes
+        return limits.MIN_UPDATE_FILE_BYTES + self.data_bytes
 
 
 def read_header(store: ModelStore, ref: ObjectRef) -> bytes:
@@ -102,7 +114,7 @@ def model_norm(store: ModelStore, ref: ObjectRef) -> float:
     data_start = len(read_header(store, ref))
     squares = 0.0
     for view in stream_blocks(store, ref.key, data_start, ref.bytes, None):
-        squares += tensors.sum_of_squares(np.frombuffer(view, dtype="<f4"))
+        squares += tensors.sum_of_squares(tensors.F32.values(view))  # the server writes float32
     return math.sqrt(squares)
 
 
@@ -167,12 +179,14 @@ still in the CPU's cache, so the checks cost one pass over memory."""
 @dataclass
 class DataCheck:
     """One pass over a file's tensor data, a block at a time: the file's sha256 (continuing the
-    header's), whether every value is finite, and (if asked) the sum of their squares. Safetensors
-    data of a checked header is float32 back to back, so any block of 4-byte multiples is floats."""
+    header's), whether every value is finite, and (if asked) the sum of their squares. The data of a
+    checked header is elements of its `element` type back to back, so any block of whole elements
+    (`CHECK_BLOCK_BYTES` is a multiple of every element size) is values."""
 
     digest: Any
     squares: float | None = None
     finite: bool = True
+    element: tensors.ElementType = tensors.F32
 
     def feed(self, data: memoryview | bytes) -> None:
         """Check the next bytes of the data, `CHECK_BLOCK_BYTES` at a time."""
@@ -180,7 +194,7 @@ class DataCheck:
         for start in range(0, len(view), CHECK_BLOCK_BYTES):
             block = view[start : start + CHECK_BLOCK_BYTES]
             self.digest.update(block)
-            values = np.frombuffer(block, dtype="<f4")
+            values = self.element.values(block)
             self.finite = self.finite and bool(np.isfinite(values).all())
             if self.squares is not None:
                 self.squares += tensors.sum_of_squares(values)
@@ -214,7 +228,7 @@ def _read_file(
     `layout`; its metadata is checked before its tensor data is downloaded. `keep=False`: the data
     streamed through the checks and dropped (no tensors kept)."""
     header, first = read_checked_header(store, ref, layout, check_metadata)
-    check = DataCheck(hashlib.sha256(first.data[: header.data_start]), 0.0 if norm else None)
+    check = DataCheck(hashlib.sha256(first.data[: header.data_start]), 0.0 if norm else None, element=header.element)
     if not keep:
         whole = len(first.data) >= ref.bytes
         blocks = (
@@ -247,7 +261,7 @@ def read_checked_header(
     first = store.read_range(ref.key, 0, min(ref.bytes, tensors.HEADER_LENGTH_BYTES + layout.max_header_bytes))
     if first.total_bytes != ref.bytes:
         raise InvalidUpdate(f"file is {first.total_bytes} bytes, the item says {ref.bytes}")
-    header = tensors.parse_header(first.data, ref.bytes, layout.spec, layout.max_header_bytes)
+    header = tensors.parse_header(first.data, ref.bytes, layout.spec, layout.max_header_bytes, layout.element)
     if check_metadata is not None:
         check_metadata(header.metadata)
     return header, first
@@ -316,7 +330,7 @@ class UpdateSource:
         """Elements per slice a strategy should ask for: the budget shared by the round's updates."""
         if self.fixed_slice_elements is not None:
             return self.fixed_slice_elements
-        return max(MIN_SLICE_ELEMENTS, SLICE_BUDGET_BYTES // (4 * max(1, len(self.items))))
+        return max(MIN_SLICE_ELEMENTS, SLICE_BUDGET_BYTES // (tensors.F32.size * max(1, len(self.items))))
 
     def __iter__(self) -> Iterator[ClientUpdate]:
         if self._passed:
@@ -388,12 +402,12 @@ class UpdateSource:
         size = int(np.prod(self.spec.shapes[name], dtype=np.int64))
         if not 0 <= start <= stop <= size:
             raise ValueError(f"slice [{start}, {stop}) is outside tensor {name!r} of {size} elements")
-        rows = np.empty((len(checked), stop - start), dtype="<f4")
+        rows = np.empty((len(checked), stop - start), dtype=self.layout.element.numpy)
 
         def read(i: int) -> None:
             c = checked[i]
-            begin = c.header.data_start + c.header.offsets[name][0] + 4 * start
-            self.store.read_into(c.item.update.key, begin, memoryview(rows[i].view(np.uint8)), c.version)
+            tensor_start = c.header.data_start + c.header.offsets[name][0]
+            read_elements(self.store, c.item.update.key, tensor_start, start, rows[i], c.header.element, c.version)
             if c.scale is not None:
                 rows[i] *= c.scale
 
@@ -401,3 +415,19 @@ class UpdateSource:
             with ThreadPoolExecutor(max_workers=min(SLICE_READERS, len(checked))) as pool:
                 list(pool.map(read, range(len(checked))))
         return rows
+
+
+def read_elements(
+    store: ModelStore,
+    key: str,
+    tensor_start: int,
+    start: int,
+    out: np.ndarray,
+    element: tensors.ElementType,
+    version: str | None,
+) -> None:
+    """Elements [start, start + out.size) of the tensor whose data begins at byte `tensor_start` of
+    one object version, read into `out` (an array of `element`'s numpy type): one ranged read."""
+    if out.dtype != np.dtype(element.numpy):
+        raise ValueError(f"reading {element.label} elements into an array of {out.dtype}")
+    store.read_into(key, tensor_start + element.size * start, memoryview(out.view(np.uint8)), version)

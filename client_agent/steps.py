@@ -1,0 +1,157 @@
+"""Client steps: what the agent does to a trained model before it leaves the site, as an ordered list
+of small functions.
+
+Each step takes the update (named float32 tensors) and the round's context and returns the update
+for the next step; it may change the update in place and record what the update item reports in the
+context. The round's instructions choose the steps (`steps_for`):
+
+1. `delta`: the trained weights minus the round's global weights (what is sent is always a delta);
+2. `clip` (under `dp_mode` "client-clip"): scale the update to L2 norm `dp_clip`, report `within_clip`;
+3. `account` (under `dp_mode` "dp-sgd"): the noise was added while training (DP-SGD); the round's
+   steps are added to the privacy ledger - before the upload, since from then on the update may
+   leave - and the run's epsilon and delta reported;
+4. `encode`: the update file and its item (`fedstep.core.updates.encode_update`).
+
+The idea is Flower's client mods (`flwr.client.mod`), with a simpler signature: a step sees the
+update and the round, not the message, and the agent alone talks to the queue, bucket and table.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from client_agent import dp_sgd
+from client_agent.privacy_ledger import PrivacyLedger, Spend
+from fedstep.core.clock import utc_now
+from fedstep.core.schemas import RoundMessage, UpdateItem
+from fedstep.core.tensors import Tensors, l2_norm
+from fedstep.core.updates import encode_update
+
+log = logging.getLogger("fedstep.client")
+
+
+@dataclass(frozen=True)
+class RoundPrivacy:
+    """What a round's privacy instructions ask of the agent: `mode` (None, "client-clip" or
+    "dp-sgd"), client-clip's `clip`, and under DP-SGD the `spend` the round adds to the ledger
+    (None only when the trainer does not say its number of examples and no budget needs it)."""
+
+    mode: str | None = None
+    clip: float | None = None
+    spend: Spend | None = None
+
+
+@dataclass
+class RoundContext:
+    """One round as the steps see it: the round's message, this client, what its privacy
+    instructions ask, the global weights the update is relative to, and what training reported.
+    The steps fill in `privacy` (the item's privacy figures) and `encoded` (the file and its item)."""
+
+    msg: RoundMessage
+    client_id: str
+    round_privacy: RoundPrivacy
+    global_weights: Tensors
+    num_examples: int
+    metrics: dict[str, float]
+    ledger: PrivacyLedger | None = None
+    """The client's privacy ledger (needed by `account` only)."""
+    on_privacy: Callable[[str, dict[str, float]], None] = lambda run_id, figures: None
+    """Told the run's privacy figures once the round is accounted (the agent's heartbeat)."""
+    privacy: dict[str, float] = field(default_factory=dict)
+    encoded: tuple[bytes, UpdateItem] | None = None
+
+
+Step = Callable[[Tensors, RoundContext], Tensors]
+"""A client step: the update and the round in, the update for the next step out."""
+
+
+def delta(trained: Tensors, ctx: RoundContext) -> Tensors:
+    """The trained weights minus the global weights, float32, for every tensor of the global model
+    (the trained weights were checked to have the same names and shapes)."""
+    return {name: np.asarray(trained[name], np.float32) - w for name, w in ctx.global_weights.items()}
+
+
+def clip(update: Tensors, ctx: RoundContext) -> Tensors:
+    """Client-side clipping: the update scaled in place to L2 norm `dp_clip` when it is longer;
+    reports `within_clip` (1.0 when it was within the clip already, else 0.0)."""
+    limit = ctx.round_privacy.clip
+    if limit is not None:
+        ctx.privacy["within_clip"] = 1.0 if clip_delta(update, limit) else 0.0
+    return update
+
+
+def account(update: Tensors, ctx: RoundContext) -> Tensors:
+    """DP-SGD: the round's spend added to the ledger (written before the upload: see
+    `client_agent.privacy_ledger` on when a round counts); reports the run's epsilon and delta."""
+    spend = ctx.round_privacy.spend
+    if spend is None:
+        return update
+    if ctx.ledger is None:
+        raise ValueError("the account step needs the client's privacy ledger")
+    msg = ctx.msg
+    after = ctx.ledger.record(msg.run_id, replace(spend, recorded_at=utc_now()))
+    ctx.privacy.update(after.report())
+    ctx.on_privacy(msg.run_id, after.report())
+    if after.epsilon is not None:
+        log.info(
+            "round %d of %s: record-level epsilon %.3g at delta %g after %d DP-SGD steps",
+            msg.round,
+            msg.run_id,
+            after.epsilon,
+            after.delta,
+            after.steps,
+        )
+    return update
+
+
+def encode(update: Tensors, ctx: RoundContext) -> Tensors:
+    """The update file and its item, in `ctx.encoded` (`fedstep.core.updates.encode_update`)."""
+    ctx.encoded = encode_update(
+        update,
+        run_id=ctx.msg.run_id,
+        round_number=ctx.msg.round,
+        client_id=ctx.client_id,
+        num_examples=ctx.num_examples,
+        metrics=ctx.metrics,
+        created_at=utc_now(),
+        privacy=ctx.privacy,
+    )
+    return update
+
+
+def steps_for(privacy: RoundPrivacy) -> list[Step]:
+    """The steps a round's privacy instructions choose, in order: delta, then clip under
+    client-clip, then account under DP-SGD (when the round has a spend), then encode."""
+    chosen: list[Step] = [delta]
+    if privacy.mode == dp_sgd.CLIENT_CLIP and privacy.clip is not None:
+        chosen.append(clip)
+    if privacy.spend is not None:
+        chosen.append(account)
+    chosen.append(encode)
+    return chosen
+
+
+def run_steps(steps: Sequence[Step], trained: Tensors, ctx: RoundContext) -> tuple[bytes, UpdateItem]:
+    """Run `steps` in order on the trained weights; the update file and its item they encoded."""
+    update = trained
+    for step in steps:
+        update = step(update, ctx)
+    if ctx.encoded is None:
+        raise ValueError("the client steps did not encode the update (the last step must be `encode`)")
+    return ctx.encoded
+
+
+def clip_delta(update: Tensors, limit: float) -> bool:
+    """Client-side clipping: scale the float32 `update` in place to L2 norm `limit` (all tensors
+    together) when it is longer. True when it was within `limit` already."""
+    norm = l2_norm(update)
+    if norm <= limit:
+        return True
+    scale = np.float32(limit / norm)
+    for tensor in update.values():
+        tensor *= scale
+    return False
