@@ -20,7 +20,7 @@ from fedstep.core.rounds import (
     try_complete_round,
 )
 from fedstep.core.schemas import Bounds, ObjectRef, RunRecord, TrainingConfig, UpdateItem
-from tests.memory_ports import MemoryStore, MemoryTable, RecordingPublisher, RecordingReporter, record_bytes
+from fedstep.memory import MemoryStore, MemoryTable, RecordingPublisher, RecordingReporter, record_bytes
 
 RUN = "sliced"
 SHAPES = {"000/dense/kernel": (300, 1000), "001/dense/bias": (1000,), "002/out/kernel": (1000, 7), "003/out/bias": (7,)}

@@ -19,7 +19,7 @@ from fedstep.core import keys, limits, strategies, tensors
 from fedstep.core.schemas import Bounds, ObjectRef, UpdateItem, check_measurements, check_scalars
 from fedstep.core.strategies import STRATEGIES, Aggregate, GlobalModel, ServerState, Strategy, aggregation
 from fedstep.core.update_source import UpdateSource, read_layout, read_model
-from tests.memory_ports import MemoryStore
+from fedstep.memory import MemoryStore
 
 RUN = "run-conformance"
 SHAPES = {"000/a/kernel": (4, 3), "001/a/bias": (3,), "002/b/kernel": (2, 5)}

@@ -1,7 +1,8 @@
 """The core's ports: what the round logic needs from storage and from the state machine.
 
-`fedstep.aws` adapts them to S3, DynamoDB and Step Functions; the tests use in-memory versions
-(`tests/memory_ports.py`) whose conditional writes are atomic, as DynamoDB's and S3's are.
+`fedstep.aws` adapts them to S3, DynamoDB and Step Functions; `fedstep.memory` holds in-memory versions
+whose conditional writes are atomic, as DynamoDB's and S3's are (the tests, the benches). One contract
+suite runs against both (tests/test_round_table_contract.py, tests/test_model_store_contract.py).
 """
 
 from __future__ import annotations
