@@ -77,9 +77,14 @@ class MemoryTable:
     def get_stop(self, run_id: str) -> RunStop | None:
         return RunStop.of_item(run_id, self.get(keys.stop_item_key(run_id)))
 
-    def put_stop(self, stop: RunStop) -> None:
-        """What `fedstep stop` writes first."""
-        self.put(stop.to_item())
+    def put_stop(self, stop: RunStop) -> bool:
+        """What `fedstep stop` writes first, once: False (changing nothing) if the run has a marker."""
+        item = stop.to_item()
+        with self.lock:
+            if self.get({keys.PK: item[keys.PK], keys.SK: item[keys.SK]}) is not None:
+                return False
+            self.put(item)
+            return True
 
     def open_round(
         self,
