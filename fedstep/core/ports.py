@@ -67,7 +67,8 @@ class MultipartStore(Protocol):
 
 
 class RoundTable(Protocol):
-    """The server's records (run, round) and the clients' update and feedback items."""
+    """The server's records (run, round) and the clients' update and feedback items. Round records
+    are items as stored (`fedstep.core.round_record.RoundRecord` types them and states their rules)."""
 
     def get_run(self, run_id: str) -> RunRecord | None: ...
 

@@ -50,6 +50,13 @@ LIFECYCLE_FIELDS = (
 """The record's own fields; the rest of a completed record is its summary (`RoundSummary`)."""
 
 
+def recorded_selection(item: dict[str, Any]) -> list[str] | None:
+    """The clients a round item says it was published to (its string entries), None if it recorded
+    no list (a record written before rounds recorded their selection)."""
+    selected = item.get("selected")
+    return [c for c in selected if isinstance(c, str)] if isinstance(selected, list) else None
+
+
 def _ref(item: dict[str, Any], name: str) -> ObjectRef | None:
     raw = item.get(name)
     return ObjectRef.parse(raw, f"round record {name}") if raw else None
@@ -84,7 +91,6 @@ class RoundRecord:
     def parse(cls, item: dict[str, Any]) -> RoundRecord:
         """The record of a stored round item (server-written: read as leniently as the round logic
         always has, e.g. a `selected` that is not a list counts as none recorded)."""
-        selected = item.get("selected")
         skipped = item.get("skipped")
         lease = item.get("lease_until")
         token = item.get("task_token")
@@ -99,7 +105,7 @@ class RoundRecord:
             first_issued_at=str(item.get("first_issued_at", "")),
             input_model=_ref(item, "input_model"),
             input_state=_ref(item, "input_state"),
-            selected=[c for c in selected if isinstance(c, str)] if isinstance(selected, list) else None,
+            selected=recorded_selection(item),
             skipped=dict(skipped) if isinstance(skipped, dict) else None,
             claim_id=None if claim is None else str(claim),
             lease_until=None if lease is None else float(lease),

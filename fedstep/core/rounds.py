@@ -54,7 +54,7 @@ from fedstep.core.dp import Accountant, DPAggregation, round_epsilon
 from fedstep.core.errors import FedstepError, RunStopped
 from fedstep.core.ports import ModelStore, MultipartStore, Publisher, Reporter, RoundTable
 from fedstep.core.presence import away
-from fedstep.core.round_record import RoundRecord
+from fedstep.core.round_record import RoundRecord, recorded_selection
 from fedstep.core.schemas import (
     ROUND_AGGREGATED,
     ROUND_REPORTED,
@@ -220,7 +220,7 @@ def selected_in(record: RoundRecord | dict[str, Any], run: RunRecord, round_numb
     """The clients a round was published to, as its round record (typed, or an item as stored) holds
     them (the seeded sample for a record written before rounds recorded their selection); only the
     run's own clients."""
-    chosen = (record if isinstance(record, RoundRecord) else RoundRecord.parse(record)).selected
+    chosen = record.selected if isinstance(record, RoundRecord) else recorded_selection(record)
     if chosen is None:
         return run.selected(round_number)
     members = set(run.clients)
