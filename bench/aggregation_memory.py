@@ -7,7 +7,7 @@ sum of the same bytes, in the same process.
 Two ratios answer issue 14's goals: accumulation speed / in-place float32 sum (goal >= 0.5), and
 peak / (2x one model + one update) (goal <= 1).
 
-The real path is `fedstep.core.rounds.try_complete_round` on in-memory ports (tests/memory_ports.py): it
+The real path is `fedstep.core.rounds.try_complete_round` on in-memory ports (fedstep.memory): it
 claims the round, reads each update's header and then its data into one buffer, checks it, bounds
 it, adds it to FedAvg's float64 accumulator, reads the global model once the updates are in, and
 writes the new model once. DESIGN invariant 5 asks for at most 2x one model plus one update: the
@@ -33,7 +33,7 @@ from fedstep.core import keys, tensors
 from fedstep.core.rounds import publish_round, try_complete_round
 from fedstep.core.schemas import ObjectRef, RunRecord, TrainingConfig
 from fedstep.core.updates import encode_update
-from tests.memory_ports import MemoryStore, MemoryTable, RecordingPublisher, RecordingReporter
+from fedstep.memory import MemoryStore, MemoryTable, RecordingPublisher, RecordingReporter
 
 RUN = "bench"
 

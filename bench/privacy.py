@@ -34,7 +34,7 @@ ledger arithmetic (`client_agent.privacy_ledger.run_privacy` over one `Spend` pe
 `epsilon_poisson`, q = batch / n, epochs x ceil(n / batch) steps per round), reported in the update
 item's `privacy` as the agent reports it. The initial weights are the same for every setting.
 
-Server: a real run's code path on in-memory ports (`tests/memory_ports.py`): `publish_round`, then
+Server: a real run's code path on in-memory ports (`fedstep.memory`): `publish_round`, then
 `try_complete_round` with `AggregationSettings(accountant=epsilon_fixed)`, as the aggregation
 function has it. Epsilon is read from the round summaries: client-level (central) or the largest
 participant's record-level epsilon (DP-SGD), at delta 1e-5. The client-level figure is for
@@ -83,9 +83,9 @@ from fedstep.core import keys, strategies, tensors  # noqa: E402
 from fedstep.core.errors import FedstepError  # noqa: E402
 from fedstep.core.rounds import AggregationSettings, try_complete_round  # noqa: E402
 from fedstep.core.schemas import ObjectRef, RunRecord, TrainingConfig  # noqa: E402
+from fedstep.memory import RecordingReporter  # noqa: E402
 from fedstep.operator.settings import RunSettings  # noqa: E402
 from fedstep.privacy.accounting import epsilon_fixed  # noqa: E402
-from tests.memory_ports import RecordingReporter  # noqa: E402
 
 RUN = "bench-privacy"
 ISSUED_AT = "2026-12-01T00:00:00Z"

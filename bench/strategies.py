@@ -17,7 +17,7 @@ gradient. Each uploads its delta (trained minus global weights) as a client does
 file with the update item's metadata (`fedstep.core.updates.encode_update`)
 and an update item.
 
-Server: exactly a real run's code path on in-memory ports (tests/memory_ports.py): each round is
+Server: exactly a real run's code path on in-memory ports (fedstep.memory): each round is
 published with `fedstep.core.rounds.publish_round` (the strategy's instructions go out in the round
 message, which the clients parse) and completed with `try_complete_round` (the updates read and
 checked by `UpdateSource`, the strategy built from the run record's `strategy` and
@@ -56,9 +56,14 @@ sys.path.insert(0, str(ROOT))  # the repository: fedstep, client_agent and tests
 from fedstep.core import keys, limits, strategies, tensors  # noqa: E402
 from fedstep.core.errors import FedstepError  # noqa: E402
 from fedstep.core.rounds import publish_round, try_complete_round  # noqa: E402
-from fedstep.core.schemas import ObjectRef, RoundMessage, RunRecord, TrainingConfig  # noqa: E402
+from fedstep.core.schemas import (  # noqa: E402
+    ObjectRef,
+    RoundMessage,
+    RunRecord,
+    TrainingConfig,
+)
 from fedstep.core.updates import encode_update  # noqa: E402
-from tests.memory_ports import MemoryStore, MemoryTable, RecordingPublisher, RecordingReporter  # noqa: E402
+from fedstep.memory import MemoryStore, MemoryTable, RecordingPublisher, RecordingReporter  # noqa: E402
 
 RUN = "bench-strategies"
 ISSUED_AT = "2026-12-01T00:00:00Z"

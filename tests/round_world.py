@@ -1,4 +1,4 @@
-"""A run on the in-memory ports (`tests/memory_ports.py`): publish rounds, report updates as an agent
+"""A run on the in-memory ports (`fedstep.memory`): publish rounds, report updates as an agent
 would, complete rounds as the aggregation function would. The core's protocol without AWS."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from fedstep.core import keys, tensors
 from fedstep.core.rounds import complete_round_at_deadline, publish_round, try_complete_round
 from fedstep.core.schemas import Bounds, ObjectRef, RunRecord, TrainingConfig
 from fedstep.core.updates import encode_update
-from tests.memory_ports import MemoryStore, MemoryTable, RecordingPublisher, RecordingReporter
+from fedstep.memory import MemoryStore, MemoryTable, RecordingPublisher, RecordingReporter
 
 RUN = "run-1"
 GLOBAL = {"000/d/kernel": np.zeros((3, 2), np.float32), "001/d/bias": np.zeros(2, np.float32)}

@@ -46,6 +46,7 @@ from fedstep.core.strategies import FedAvg
 from fedstep.core.updates import encode_update
 from fedstep.local import gaps
 from fedstep.local.iam.policy import ALLOW, IMPLICIT_DENY, evaluate, put_item_context
+from fedstep.memory import MemoryStore, MemoryTable, record_bytes
 from fedstep.operator.views import load_run
 from infra.config import MAX_MODEL_MB, ConfigError, DeploymentConfig, aggregation_memory_mb
 from tests.cloud_helpers import (
@@ -64,7 +65,6 @@ from tests.cloud_helpers import (
     summaries,
     wait_for_execution,
 )
-from tests.memory_ports import MemoryStore, MemoryTable, record_bytes
 from tests.round_world import GLOBAL, RUN, make_world
 
 DENIED = {"AccessDenied", "AccessDeniedException", "AuthorizationError", "403"}

@@ -1,5 +1,6 @@
 """The import direction of DESIGN "Top-level layout", checked by import-linter (contracts in pyproject.toml):
-core <- aws <- cli/local/report; the core is numpy + safetensors only; the client agent holds no server logic."""
+core <- aws <- cli/local/report; the core is numpy + safetensors only; the client agent holds no server logic;
+the in-memory adapters (fedstep.memory) import the core only."""
 
 from __future__ import annotations
 
@@ -162,3 +163,12 @@ def test_the_core_never_imports_the_fedstep_package_root() -> None:
             ):
                 offenders.append(str(path.relative_to(REPO)))
     assert offenders == []
+
+
+def test_the_in_memory_adapters_importing_an_aws_adapter_break_a_contract(tmp_path: Path) -> None:
+    root = copy_tree(tmp_path)
+    with (root / "fedstep" / "memory" / "table.py").open("a") as f:
+        f.write("\nfrom fedstep.aws import adapters  # planted\n")
+    code, report = lint_imports(root)
+    assert code != 0
+    assert "the in-memory adapters import the core only BROKEN" in report

@@ -154,7 +154,7 @@ def test_the_agent_cuts_its_error_to_one_bounded_line():
 def test_a_round_cause_names_at_most_ten_missing_clients_each_with_its_own_runs_failure():
     """A cause stays small with 1,000 clients missing, and another run's failure is not this run's."""
     from fedstep.core.rounds import missing_clients
-    from tests.memory_ports import MemoryTable
+    from fedstep.memory import MemoryTable
 
     table = MemoryTable()
     table.put(FailureItem("run-1", 2, "c-0", "OSError: disk full", 1, "2026-12-06T12:00:00+00:00").to_item())

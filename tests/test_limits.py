@@ -21,7 +21,7 @@ from fedstep.core.schemas import (
     TrainingConfig,
     UpdateItem,
 )
-from tests.memory_ports import record_bytes
+from fedstep.memory import record_bytes
 
 CLIENTS = [f"{i:04d}".ljust(64, "c") for i in range(limits.MAX_CLIENTS_PER_RUN)]
 RUN = "r".ljust(64, "x")

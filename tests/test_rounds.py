@@ -16,7 +16,7 @@ from fedstep.core.rounds import (
     TooFewParticipants,
 )
 from fedstep.core.schemas import Feedback, RoundSummary, RunStop
-from tests.memory_ports import MemoryTable
+from fedstep.memory import MemoryTable
 from tests.round_world import GLOBAL, RUN, World, make_world
 
 

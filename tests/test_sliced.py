@@ -21,7 +21,7 @@ from fedstep.core.rounds import (
 )
 from fedstep.core.schemas import Bounds, ObjectRef, RunRecord, TrainingConfig
 from fedstep.core.updates import encode_update
-from tests.memory_ports import MemoryStore, MemoryTable, RecordingPublisher, RecordingReporter, record_bytes
+from fedstep.memory import MemoryStore, MemoryTable, RecordingPublisher, RecordingReporter, record_bytes
 
 RUN = "sliced"
 SHAPES = {"000/dense/kernel": (300, 1000), "001/dense/bias": (1000,), "002/out/kernel": (1000, 7), "003/out/bias": (7,)}

@@ -19,8 +19,8 @@ from fedstep.core.rounds import try_complete_round
 from fedstep.core.schemas import ObjectRef
 from fedstep.core.updates import encode_update
 from fedstep.local import gaps
+from fedstep.memory import MemoryStore, MemoryTable, RecordingReporter
 from tests.cloud_helpers import published_round, serve, start, summaries, wait_for_execution
-from tests.memory_ports import MemoryStore, MemoryTable, RecordingReporter
 
 CLIENTS = ("client-1", "client-2")
 EXAMPLES = {"client-1": 10, "client-2": 30}

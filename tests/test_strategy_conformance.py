@@ -20,7 +20,7 @@ from fedstep.core.schemas import Bounds, ObjectRef, UpdateItem, check_measuremen
 from fedstep.core.strategies import STRATEGIES, Aggregate, GlobalModel, ServerState, Strategy, aggregation
 from fedstep.core.update_source import UpdateSource, read_layout, read_model
 from fedstep.core.updates import encode_update
-from tests.memory_ports import MemoryStore
+from fedstep.memory import MemoryStore
 
 RUN = "run-conformance"
 SHAPES = {"000/a/kernel": (4, 3), "001/a/bias": (3,), "002/b/kernel": (2, 5)}

@@ -17,7 +17,7 @@ from fedstep.core.errors import InvalidUpdate
 from fedstep.core.schemas import Bounds, UpdateItem
 from fedstep.core.update_source import ModelLayout, UpdateSource, read_elements, read_update
 from fedstep.core.updates import encode_update
-from tests.memory_ports import MemoryStore
+from fedstep.memory import MemoryStore
 
 DELTA = {
     "000/dense/kernel": np.arange(6, dtype=np.float32).reshape(2, 3) * 0.25 - 0.5,

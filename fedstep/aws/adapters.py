@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -16,6 +15,7 @@ from fedstep.aws.errors import error_code
 from fedstep.core import keys
 from fedstep.core.errors import RunStopped
 from fedstep.core.ports import RangeRead
+from fedstep.core.round_record import RoundRecord
 from fedstep.core.schemas import (
     ROUND_AGGREGATED,
     ROUND_CLAIMED,
@@ -26,7 +26,6 @@ from fedstep.core.schemas import (
     RunRecord,
     RunStop,
 )
-from fedstep.core.version import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -240,19 +239,11 @@ class DynamoRoundTable(Items):
         selected: list[str] | None = None,
         skipped: dict[str, str] | None = None,
     ) -> bool:
-        sets = {
-            "schema": SCHEMA_VERSION,
-            "kind": "round",
-            "run_id": run_id,
-            "round": round_number,
-            "attempt": attempt,
-            "task_token": task_token,
-            "issued_at": issued_at,
-            "input_model": asdict(input_model),
-            "input_state": asdict(input_state) if input_state else None,
-            **({"selected": list(selected)} if selected is not None else {}),
-            **({"skipped": dict(skipped)} if skipped is not None else {}),
-        }
+        record = RoundRecord.opened(
+            run_id, round_number, attempt, task_token, issued_at, input_model, input_state, selected, skipped
+        )
+        # the record's item, less what the condition's own SET writes: the status, the first issue time
+        sets = {k: v for k, v in record.to_item().items() if k not in (keys.PK, keys.SK, "status", "first_issued_at")}
         return None is not self._update(
             keys.round_item_key(run_id, round_number),
             sets,
@@ -343,10 +334,14 @@ class DynamoRoundTable(Items):
         return None if resp is None else int(from_attributes(resp["Attributes"])["noisy_releases"])
 
     def mark_reported(self, run_id: str, round_number: int) -> None:
-        self.ddb.update_item(
+        """Set the round reported and drop its task token; nothing for a round never published (no
+        stray item is created)."""
+        conditional(
+            self.ddb.update_item,
             TableName=self.name,
             Key=to_attributes(keys.round_item_key(run_id, round_number)),
             UpdateExpression="SET #s = :s REMOVE task_token",
+            ConditionExpression="attribute_exists(pk)",
             ExpressionAttributeNames={"#s": "status"},
             ExpressionAttributeValues=to_attributes({":s": ROUND_REPORTED}),
         )

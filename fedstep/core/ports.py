@@ -1,7 +1,8 @@
 """The core's ports: what the round logic needs from storage and from the state machine.
 
-`fedstep.aws` adapts them to S3, DynamoDB and Step Functions; the tests use in-memory versions
-(`tests/memory_ports.py`) whose conditional writes are atomic, as DynamoDB's and S3's are.
+`fedstep.aws` adapts them to S3, DynamoDB and Step Functions; `fedstep.memory` holds in-memory versions
+whose conditional writes are atomic, as DynamoDB's and S3's are (the tests, the benches). One contract
+suite runs against both (tests/test_round_table_contract.py, tests/test_model_store_contract.py).
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class MultipartStore(Protocol):
 
 
 class RoundTable(Protocol):
-    """The server's records (run, round) and the clients' update and feedback items."""
+    """The server's records (run, round) and the clients' update and feedback items. Round records
+    are items as stored (`fedstep.core.round_record.RoundRecord` types them and states their rules)."""
 
     def get_run(self, run_id: str) -> RunRecord | None: ...
 

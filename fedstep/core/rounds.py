@@ -53,9 +53,9 @@ from fedstep.core.dp import Accountant, DPAggregation, round_epsilon
 from fedstep.core.errors import FedstepError, RunStopped
 from fedstep.core.ports import ModelStore, MultipartStore, Publisher, Reporter, RoundTable
 from fedstep.core.presence import away
+from fedstep.core.round_record import RoundRecord, recorded_selection
 from fedstep.core.schemas import (
     ROUND_AGGREGATED,
-    ROUND_CLAIMED,
     ROUND_REPORTED,
     Bounds,
     DeclineItem,
@@ -178,10 +178,10 @@ def publish_round(
         run_id, round_number, attempt, task_token, issued_at, global_model, state, chosen.selected, chosen.skipped
     )
     if not opened:
-        existing = table.get_round(run_id, round_number) or {}
-        if not is_completed(existing):
+        existing = RoundRecord.parse(table.get_round(run_id, round_number) or {})
+        if not existing.completed:
             raise RoundBusy(f"round {round_number} of run {run_id} is being aggregated; it cannot be published")
-        reporter.succeed(task_token, task_output(RoundSummary.parse(existing), run))
+        reporter.succeed(task_token, task_output(existing.summary(), run))
         table.mark_reported(run_id, round_number)
         return None
     message = RoundMessage(
@@ -216,14 +216,15 @@ def choose_clients(
     )
 
 
-def selected_in(record: dict[str, Any], run: RunRecord, round_number: int) -> list[str]:
-    """The clients a round was published to, as its round record holds them (the seeded sample for
-    a record written before rounds recorded their selection); only the run's own clients."""
-    chosen = record.get("selected")
-    if not isinstance(chosen, list):
+def selected_in(record: RoundRecord | dict[str, Any], run: RunRecord, round_number: int) -> list[str]:
+    """The clients a round was published to, as its round record (typed, or an item as stored) holds
+    them (the seeded sample for a record written before rounds recorded their selection); only the
+    run's own clients."""
+    chosen = record.selected if isinstance(record, RoundRecord) else recorded_selection(record)
+    if chosen is None:
         return run.selected(round_number)
     members = set(run.clients)
-    return sorted({c for c in chosen if isinstance(c, str) and c in members})
+    return sorted({c for c in chosen if c in members})
 
 
 def build_strategy(run: RunRecord) -> strategies.Strategy:
@@ -334,10 +335,6 @@ def _instructions(run: RunRecord, round_number: int, state: ObjectRef | None, st
 # -- 2-4. the stream path and the deadline path --------------------------------------------------
 
 
-def _lease_active(record: dict[str, Any], now: float) -> bool:
-    return record.get("status") == ROUND_CLAIMED and float(record.get("lease_until", 0)) > now
-
-
 def new_claim_id() -> str:
     return secrets.token_hex(8)
 
@@ -364,14 +361,19 @@ def try_complete_round(
     """Aggregate the round once every selected client has an update in, and report it to the round's
     task token. Returns the summary when this call aggregated the round, else None (still waiting,
     taken by another invocation, or already done)."""
-    record = table.get_round(run_id, round_number)
-    if record is None or record.get("status") == ROUND_REPORTED or _lease_active(record, time.time()):
+    item = table.get_round(run_id, round_number)
+    if item is None:
+        return None
+    record = RoundRecord.parse(item)
+    if record.status == ROUND_REPORTED or record.lease_active(time.time()):
         return None
     run = table.get_run(run_id)
     if run is None:
         return None
-    if record.get("status") == ROUND_AGGREGATED:  # the writer crashed before reporting: report for it
-        reporter.succeed(record["task_token"], task_output(RoundSummary.parse(record), run))
+    if record.status == ROUND_AGGREGATED:  # the writer crashed before reporting: report for it
+        if record.task_token is None:
+            raise KeyError("task_token")
+        reporter.succeed(record.task_token, task_output(record.summary(), run))
         table.mark_reported(run_id, round_number)
         return None
     selected = selected_in(record, run, round_number)
@@ -384,10 +386,11 @@ def try_complete_round(
         return None
     claim = new_claim_id()
     now = time.time()
-    record = table.claim_round(run_id, round_number, claim, now, now + settings.lease_s)
-    if record is None:
+    claimed = table.claim_round(run_id, round_number, claim, now, now + settings.lease_s)
+    if claimed is None:
         return None
-    token = str(record.get("task_token", ""))  # as of the claim: a retry may have replaced it
+    record = RoundRecord.parse(claimed)
+    token = record.task_token or ""  # as of the claim: a retry may have replaced it
     try:
         summary = _aggregate(run, round_number, record, raw, store, table, claim, False, settings)
     except (RoundNotAggregated, StrategyFailed) as exc:
@@ -440,23 +443,25 @@ def complete_round_at_deadline(
         raise RunStopped(f"run {run_id} was stopped ({stop.reason}): round {round_number} is not aggregated")
     give_up = time.monotonic() + settings.wait_s
     while True:
-        record = table.get_round(run_id, round_number)
-        if record is None:
+        item = table.get_round(run_id, round_number)
+        if item is None:
             raise FedstepError(f"round {round_number} of run {run_id} was never published")
-        if is_completed(record):
-            return task_output(RoundSummary.parse(record), run)
-        if record.get("plan"):  # planned for slices (its report may have been lost): fan out again
-            return plan_output(store, ObjectRef.parse(record["plan"], "round record plan"))
+        record = RoundRecord.parse(item)
+        if record.completed:
+            return task_output(record.summary(), run)
+        if record.plan is not None:  # planned for slices (its report may have been lost): fan out again
+            return plan_output(store, record.plan)
         now = time.time()
-        if _lease_active(record, now):
+        if record.lease_active(now):
             if time.monotonic() > give_up:
                 raise RoundBusy(f"round {round_number} of run {run_id} is still being aggregated by another invocation")
             sleep(1.0)
             continue
         claim = new_claim_id()
-        record = table.claim_round(run_id, round_number, claim, now, now + settings.lease_s)
-        if record is None:
+        claimed = table.claim_round(run_id, round_number, claim, now, now + settings.lease_s)
+        if claimed is None:
             continue
+        record = RoundRecord.parse(claimed)
         raw = table.get_updates(run_id, round_number, selected_in(record, run, round_number))
         try:
             summary = _aggregate(run, round_number, record, raw, store, table, claim, True, settings)
@@ -566,7 +571,7 @@ def _check_finite(result: strategies.Aggregate) -> None:
 def _aggregate(
     run: RunRecord,
     round_number: int,
-    record: dict[str, Any],
+    record: RoundRecord,
     raw: dict[str, dict[str, Any]],
     store: ModelStore,
     table: RoundTable,
@@ -611,7 +616,7 @@ def _aggregate(
     if problem:
         raise problem
     started = time.time()
-    input_model = ObjectRef.parse(record["input_model"], "round record input_model")
+    input_model = record.require_input_model()
     layout = read_layout(store, input_model)
     previous = previous_summary(table, run, round_number)
     bounds, default_norm = round_bounds(run, previous, store, input_model, layout)
@@ -662,12 +667,12 @@ def _aggregate(
         rejected=rejected,
         metrics=_weighted_metrics(accepted),
         global_model=global_ref,
-        duration_s=seconds_since(str(record.get("first_issued_at", "")), now),
+        duration_s=seconds_since(record.first_issued_at, now),
         aggregation_s=round(now - started, 3),
         completed_at=utc_now(),
         bytes_aggregated=sum(item.update.bytes for item, _ in accepted),
         clipped=source.clipped,
-        attempt=int(record.get("attempt", 0)),
+        attempt=record.attempt,
         measurements=measurements,
         state=state_ref,
         epsilon=epsilon,
@@ -758,7 +763,7 @@ class _Planning:
 
     run: RunRecord
     round_number: int
-    record: dict[str, Any]
+    record: RoundRecord
     intake: _Intake
     input_model: ObjectRef
     layout: ModelLayout
@@ -814,7 +819,7 @@ def _plan(
         completed_at="",
         bytes_aggregated=sum(item.update.bytes for item, _ in accepted),
         clipped=checked.clipped,
-        attempt=int(record.get("attempt", 0)),
+        attempt=record.attempt,
         epsilon=epsilon,
         delta=delta,
         declined=intake.declined,
@@ -838,7 +843,7 @@ def _plan(
         updates=[planned for _, planned in checked.accepted],
         summary={
             **draft.to_dict(),
-            "first_issued_at": str(record.get("first_issued_at", "")),
+            "first_issued_at": record.first_issued_at,
             "aggregation_started": started,  # the plan's checks, the slices and the assembly count
         },
     )
@@ -973,12 +978,11 @@ def _write_once(store: ModelStore, key: str, data: bytes) -> ObjectRef:
     return ObjectRef(key, tensors.sha256_hex(data), len(data))
 
 
-def load_state(store: ModelStore, record: dict[str, Any], run: RunRecord) -> strategies.ServerState:
+def load_state(store: ModelStore, record: RoundRecord, run: RunRecord) -> strategies.ServerState:
     """The state the round starts from (recorded when the round was opened): empty for none."""
-    raw = record.get("input_state")
-    if not raw:
+    ref = record.input_state
+    if ref is None:
         return strategies.ServerState()
-    ref = ObjectRef.parse(raw, "round record input_state")
     data = store.get(ref.key)
     if tensors.sha256_hex(data) != ref.sha256:
         raise FedstepError(f"the strategy state {ref.key} does not match its sha256")
