@@ -15,7 +15,7 @@ from fedstep.core.errors import FedstepError
 from fedstep.core.version import __version__
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedstep-client", description="fedstep's on-prem client agent")
     parser.add_argument("--version", action="version", version=f"fedstep-client {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,7 +96,7 @@ def _exit_with_parent() -> None:
         raise SystemExit(143)
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The config fields the flags set (None: not given)."""
     return {name: getattr(args, name) for name in runner.SETTINGS if hasattr(args, name)}
 
@@ -104,7 +104,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _options(args: argparse.Namespace) -> runner.RunOptions:
     return runner.RunOptions(
         config=args.config,
-        overrides=_overrides(args),
+        overrides=config_overrides(args),
         log_format=args.log_format,
         verbose=args.verbose,
         progress=not args.no_progress,
@@ -115,7 +115,7 @@ def _options(args: argparse.Namespace) -> runner.RunOptions:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.dry_run and (args.check_run or args.check_model):
         parser.error("--run and --model choose the model a --dry-run checks the data against; add --dry-run")
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     _exit_with_parent()
     if args.dry_run:
         configure(args.log_format, args.verbose, progress=False)
-        return runner.dry_run(args.config, _overrides(args), args.check_run, args.check_model)
+        return runner.dry_run(args.config, config_overrides(args), args.check_run, args.check_model)
     try:
         return runner.run(_options(args))
     except FedstepError as exc:

@@ -374,7 +374,7 @@ def _state_outputs(cloud, execution_arn: str, state: str) -> list[int]:
 
 def test_6_the_state_machines_payload_is_as_small_in_round_10000_as_in_round_1(cloud, tmp_path):
     """Real executions: rounds 1-3 of one run, and rounds 9,998-10,000 of a run of 10,000 rounds."""
-    from fedstep.operator.start import _launch
+    from fedstep.operator.start import launch_run
 
     early = start(cloud, rounds=3)
     agents = [agent(cloud, c, tmp_path) for c in SHIFTS]
@@ -390,7 +390,7 @@ def test_6_the_state_machines_payload_is_as_small_in_round_10000_as_in_round_1(c
         "dynamodb": cloud.client("dynamodb"),
         "stepfunctions": cloud.client("stepfunctions"),
     }
-    late = _launch(record, b"arch", weights, 9_997, keys.INITIAL_VERSION, outputs, **clients)
+    late = launch_run(record, b"arch", weights, 9_997, keys.INITIAL_VERSION, outputs, **clients)
     serve_run(agents, rounds=3)
     assert wait_for_execution(cloud, late.execution_arn)["status"] == "SUCCEEDED"
     assert [s.round for s in summaries(cloud, late.run_id)] == [9_998, 9_999, 10_000]

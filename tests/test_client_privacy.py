@@ -367,7 +367,7 @@ GOOD = {"client_id": "client-1", "queue_url": "https://q", "bucket": "b", "table
 
 
 def test_the_budget_comes_from_the_file_the_environment_or_a_flag_and_is_validated(tmp_path, monkeypatch):
-    from client_agent.cli import _overrides, _parser
+    from client_agent.cli import build_parser, config_overrides
     from client_agent.runner import load_config
 
     path = tmp_path / "client.json"
@@ -376,8 +376,10 @@ def test_the_budget_comes_from_the_file_the_environment_or_a_flag_and_is_validat
     assert (config.dp_epsilon_budget, config.dp_max_delta) == (3.0, 1e-5)
     monkeypatch.setenv("FEDSTEP_DP_EPSILON_BUDGET", "2.5")
     assert agent_config.load(str(path), {}).dp_epsilon_budget == 2.5
-    args = _parser().parse_args(["run", "--config", str(path), "--dp-epsilon-budget", "1.5", "--dp-max-delta", "1e-6"])
-    loaded = load_config(args.config, _overrides(args))
+    args = build_parser().parse_args(
+        ["run", "--config", str(path), "--dp-epsilon-budget", "1.5", "--dp-max-delta", "1e-6"]
+    )
+    loaded = load_config(args.config, config_overrides(args))
     assert (loaded.dp_epsilon_budget, loaded.dp_max_delta) == (1.5, 1e-6)
     assert agent_config.load(None, GOOD).dp_epsilon_budget == 2.5
     monkeypatch.delenv("FEDSTEP_DP_EPSILON_BUDGET")

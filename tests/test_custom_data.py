@@ -20,7 +20,7 @@ from fedstep.aws.stack import StackOutputs
 from fedstep.core import keys
 from fedstep.core.errors import FedstepError
 from fedstep.core.label_counts import LabelCounts
-from fedstep.local.demo import DemoConfig, _check_data_args, partition_data
+from fedstep.local.demo import DemoConfig, check_data_args, partition_data
 from fedstep.operator.views import load_partition
 
 REPO = Path(__file__).resolve().parent.parent
@@ -217,7 +217,7 @@ def test_without_a_partition_a_loader_still_returns_the_clients_own_split(site):
 )
 def test_local_refuses_bad_data_arguments_before_starting_anything(config, message):
     with pytest.raises(FedstepError) as raised:
-        _check_data_args(config)
+        check_data_args(config)
     assert message in str(raised.value)
 
 
@@ -388,6 +388,6 @@ def test_a_natural_split_the_data_cannot_give_is_refused_with_the_reason(site, l
 
 @pytest.mark.parametrize("dataset", ["heart", "heart-raw"])
 def test_heart_is_natural_by_default_and_names_its_hospitals(dataset):
-    scheme = _check_data_args(DemoConfig(dataset=dataset, clients=4))
+    scheme = check_data_args(DemoConfig(dataset=dataset, clients=4))
     _, counts = partition_data(dataset, [f"client-{i}" for i in (1, 2, 3, 4)], scheme, seed=0)
     assert counts.scheme == "natural" and counts.name("client-3") == "client-3 (VA Long Beach)"

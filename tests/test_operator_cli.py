@@ -382,5 +382,5 @@ def test_the_operator_cli_uses_region_flag_then_aws_region_then_aws_default_regi
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    args = cli._parser().parse_args(["runs", *(["--region", flag] if flag else [])])
+    args = cli.build_parser().parse_args(["runs", *(["--region", flag] if flag else [])])
     assert session(args.region).region_name == expected

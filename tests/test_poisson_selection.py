@@ -15,7 +15,7 @@ import pytest
 from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
-from fedstep.cli import _flags, _parser
+from fedstep.cli import build_parser, run_flags
 from fedstep.core import strategies
 from fedstep.core.dp import DPAggregation, neighbouring
 from fedstep.core.errors import FedstepError
@@ -83,8 +83,10 @@ def test_a_run_record_keeps_its_selection_and_one_written_before_it_existed_read
 
 def test_selection_is_a_flag_of_start_and_local_and_a_run_file_field():
     for command in ("start", "local"):
-        args = _parser().parse_args([command, "--model", "m:f", "--selection", "poisson", "--clients-per-round", "3"])
-        assert merge_settings(RunSettings(), {}, _flags(args)).selection == "poisson"
+        args = build_parser().parse_args(
+            [command, "--model", "m:f", "--selection", "poisson", "--clients-per-round", "3"]
+        )
+        assert merge_settings(RunSettings(), {}, run_flags(args)).selection == "poisson"
     assert merge_settings(RunSettings(), {"selection": "poisson"}).selection == "poisson"
     assert RunSettings().validated().selection == "fixed"  # the default, today's behaviour
 

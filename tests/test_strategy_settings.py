@@ -47,9 +47,9 @@ def test_flags_override_the_run_files_parameters_one_by_one():
 
 
 def test_train_params_come_from_flags_over_the_run_file_one_by_one_as_numbers_booleans_or_text():
-    from fedstep.cli import _flags, _parser
+    from fedstep.cli import build_parser, run_flags
 
-    args = _parser().parse_args(
+    args = build_parser().parse_args(
         [
             "start",
             "--model",
@@ -63,10 +63,10 @@ def test_train_params_come_from_flags_over_the_run_file_one_by_one_as_numbers_bo
         ]
     )
     run_file = {"train_params": {"dropout": 0.1, "warmup": 2}}
-    settings = merge_settings(RunSettings(), run_file, _flags(args))
+    settings = merge_settings(RunSettings(), run_file, run_flags(args))
     assert settings.training().params == {"dropout": 0.3, "warmup": 2, "augment": True, "backbone": "resnet18"}
     with pytest.raises(FedstepError, match="a training parameter must look like NAME=VALUE"):
-        _flags(_parser().parse_args(["start", "--model", "m:f", "--train-param", "dropout"]))
+        run_flags(build_parser().parse_args(["start", "--model", "m:f", "--train-param", "dropout"]))
     with pytest.raises(FedstepError, match="training param note: a text of at most 256 characters"):
         merge_settings(RunSettings(), {"train_params": {"note": "x" * 300}})
 

@@ -120,10 +120,10 @@ def _settings(args: argparse.Namespace, defaults: RunSettingsDefaults, run_file:
     from fedstep.operator.settings import RunSettings, merge_settings
 
     base = RunSettings(rounds=defaults.rounds, round_timeout_s=defaults.timeout)
-    return merge_settings(base, run_file, _flags(args))
+    return merge_settings(base, run_file, run_flags(args))
 
 
-def _flags(args: argparse.Namespace) -> dict[str, Any]:
+def run_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The parsed arguments, with `--strategy-param NAME=VALUE`s as `strategy_params` and
     `--train-param NAME=VALUE`s as `train_params` (numbers and booleans as such)."""
     from fedstep.core.strategies.params import parse_assignments, scalar_of
@@ -160,7 +160,7 @@ def _stack(args: argparse.Namespace):  # -> fedstep.operator.stack.Stack
     return Stack(args.stack, args.region, args.endpoint_url)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedstep", description="serverless federated learning on AWS")
     parser.add_argument("--version", action="version", version=f"fedstep {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -579,7 +579,7 @@ def _local(args: argparse.Namespace) -> int:
         seed=args.seed,
         keep_running=args.keep_running,
         run_file=_run_file(args),
-        settings=_flags(args),
+        settings=run_flags(args),
     )
     run_demo(config)
     return 0
@@ -595,7 +595,7 @@ def _reader_left() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")

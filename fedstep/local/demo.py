@@ -169,7 +169,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
     from client_agent.models import DEFAULT_FOR_DATASET
     from infra.config import ClientConfig, DeploymentConfig
 
-    scheme = _check_data_args(config)
+    scheme = check_data_args(config)
     settings = config.settings.validated()
     client_ids = [f"client-{i}" for i in range(1, config.clients + 1)]
     settings.for_clients(client_ids)  # refused now, not after the local cloud is up
@@ -377,7 +377,7 @@ def demo_summary(
     }
 
 
-def _check_data_args(config: DemoConfig) -> Scheme:
+def check_data_args(config: DemoConfig) -> Scheme:
     """The data arguments, checked before anything starts; the parsed partition scheme."""
     from client_agent.config import MAX_SEED
     from client_agent.datasets import BUILTIN, HEART_DATASETS

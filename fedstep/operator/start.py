@@ -168,7 +168,7 @@ def start_run(
     _check_sliceable(settings, len(weights), outputs.slice_bytes)
     if settings.standardize == "federated":
         record = _with_statistics(record, outputs, s3, dynamodb, sns, progress)
-    launched = _launch(record, architecture, weights, 0, keys.INITIAL_VERSION, outputs, s3, dynamodb, stepfunctions)
+    launched = launch_run(record, architecture, weights, 0, keys.INITIAL_VERSION, outputs, s3, dynamodb, stepfunctions)
     if launched is None:
         raise FedstepError(f"run {run_id} exists already; choose another run id")
     return launched
@@ -321,7 +321,7 @@ def resume_run(
             resumed_from=run_id,
             initial_state=None,
         )
-        launched = _launch(
+        launched = launch_run(
             record,
             architecture,
             global_bytes,
@@ -364,7 +364,7 @@ def without_revoked(run: RunRecord, outputs: StackOutputs) -> RunRecord:
     return replace(run, clients=left, clients_per_round=0 if per_round == len(left) else per_round)
 
 
-def _launch(
+def launch_run(
     record: RunRecord,
     architecture: bytes,
     global_bytes: bytes,
