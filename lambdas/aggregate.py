@@ -54,6 +54,7 @@ from fedstep.core.rounds import (
     publish_round,
     try_complete_round,
 )
+from fedstep.core.run_rules import check_run
 from fedstep.core.schemas import (
     InvalidMessage,
     ObjectRef,
@@ -293,6 +294,9 @@ def publish_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, 
     if parsed.global_model is None:
         raise ValueError("publish event is malformed: it names no global_model")
     store, table, reporter, publisher = services()
+    run = table.get_run(parsed.run_id)
+    if run is not None:  # the record that rounds follow must keep the run's rules, whoever wrote it
+        check_run(run, accountant if run.dp is not None else None)
     message = publish_round(
         parsed.run_id,
         parsed.round,

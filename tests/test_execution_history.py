@@ -11,7 +11,8 @@ import pytest
 from fedstep import cli
 from fedstep.core.errors import FedstepError
 from fedstep.core.execution_history import FEDSTEP, HISTORY_EVENTS, HISTORY_MARGIN, EventBudget
-from fedstep.operator.settings import RunSettings, check_fits_one_execution
+from fedstep.core.run_rules import check_fits_one_execution
+from fedstep.operator.settings import RunSettings
 
 
 def test_fedsteps_budget_is_the_worst_case_of_the_synthesized_state_machine():

@@ -9,7 +9,7 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass, fields
 from typing import Any, NamedTuple
 
-from fedstep.core import execution_history, keys, limits, strategies
+from fedstep.core import keys, limits, run_rules, strategies
 from fedstep.core.errors import FedstepError
 from fedstep.core.json_files import load_json_object
 from fedstep.core.schemas import (
@@ -21,7 +21,7 @@ from fedstep.core.schemas import (
     Target,
     TrainingConfig,
 )
-from fedstep.core.selection import SELECTIONS, per_round_count
+from fedstep.core.selection import per_round_count
 
 
 @dataclass(frozen=True)
@@ -91,27 +91,16 @@ class RunSettings:
     """The stack's clients the run leaves out, by name (`--exclude c`)."""
 
     def validated(self) -> RunSettings:
-        if not 1 <= self.rounds <= limits.MAX_ROUNDS:
-            raise FedstepError(f"rounds must be 1 to {limits.MAX_ROUNDS}, got {self.rounds}")
-        if not 0 <= self.round_retries <= 10:
-            raise FedstepError(f"round_retries must be 0-10, got {self.round_retries}")
-        check_fits_one_execution(self.rounds, self.round_retries)
-        if self.quorum is not None and self.quorum < 1:
-            raise FedstepError(f"quorum must be >= 1, got {self.quorum}")
-        if self.selection not in SELECTIONS:
-            raise FedstepError(
-                f"selection must be one of {', '.join(SELECTIONS)} (docs/privacy.md, Two conventions), "
-                f"got {self.selection!r}"
-            )
-        if self.min_participants < 1:
-            raise FedstepError(f"min_participants must be >= 1, got {self.min_participants}")
+        """These settings, when each part keeps the run's rules on its own (`fedstep.core.run_rules`:
+        the schedule, the floors and the strategy, the training, bounds and privacy settings);
+        FedstepError naming the first that does not."""
+        run_rules.check_schedule(self.rounds, self.round_retries, self.round_timeout_s)
+        run_rules.check_fits_one_execution(self.rounds, self.round_retries)
         if self.target is not None:
             try:
                 Target.parse_text(self.target)
             except InvalidMessage as exc:
                 raise FedstepError(str(exc)) from None
-        if not 1 <= self.round_timeout_s <= limits.MAX_ROUND_TIMEOUT_S:
-            raise FedstepError(f"round_timeout_s must be 1 s to 1 year, got {self.round_timeout_s}")
         try:
             strategy = self.strategy_instance()
             self.training()
@@ -119,14 +108,7 @@ class RunSettings:
             self.privacy()
         except (ValueError, InvalidMessage) as exc:
             raise FedstepError(str(exc)) from None
-        needs, why = strategy.min_updates()
-        if self.min_participants < needs:
-            raise FedstepError(
-                f"strategy {self.strategy!r} needs at least {needs} valid updates in every round ({why}), but "
-                f"min_participants is {self.min_participants}: a round with fewer could not be aggregated. Set "
-                f"--min-participants {needs} (min_participants in a run file) and select at least {needs} clients "
-                "per round"
-            )
+        run_rules.check_floors(self.quorum, self.min_participants, self.selection, strategy)
         return self
 
     def privacy(self) -> DPSettings | None:
@@ -189,11 +171,9 @@ class RunSettings:
     def for_clients(self, clients: list[str]) -> tuple[int, int]:
         """(clients per round, quorum) of these settings for a run of `clients`; FedstepError when the
         settings cannot work with them (too many clients, a quorum or participants floor above the
-        clients per round, a cap for an unknown client)."""
+        clients per round, a cap for an unknown client, privacy settings that make no sense for them)."""
         if len(clients) > limits.MAX_CLIENTS_PER_RUN:
-            raise FedstepError(
-                f"a run takes at most {limits.MAX_CLIENTS_PER_RUN} clients; the stack has {len(clients)}"
-            )
+            run_rules.check_participation(len(clients), 1, 1, 1)  # names the limit
         chosen = self.select is not None or self.exclude is not None
         floor = max(self.min_participants, self.quorum or 1)
         if chosen and len(clients) < floor:
@@ -209,46 +189,15 @@ class RunSettings:
         quorum = self.quorum or (
             min(self.min_participants, per_round) if self.selection == "poisson" else (per_round + 1) // 2
         )
-        if quorum > per_round:
-            raise FedstepError(f"quorum {quorum} is more than the {per_round} clients selected per round")
-        if self.min_participants > per_round:
-            raise FedstepError(
-                f"min_participants {self.min_participants} is more than the {per_round} client(s) selected per "
-                "round; set it to 1 (--min-participants 1) only if a round may publish a single client's update"
-            )
+        run_rules.check_participation(len(clients), per_round, quorum, self.min_participants)
         unknown = sorted(set(self.client_max_examples or {}) - set(clients))
         if unknown:
             raise FedstepError(f"client_max_examples names clients the stack does not have: {unknown}")
-        self._check_privacy(per_round, len(clients))
-        return per_round, quorum
-
-    def _check_privacy(self, per_round: int, population: int) -> None:
-        """Refuse DP settings that make no sense for this consortium: delta >= 1/clients (client-level
-        DP protects a client among `population`), an unreachable budget, a wrapped strategy without
-        calibrated noise, an adaptive clip that leaves no noise for the updates."""
-        dp = self.privacy()
-        if dp is None or not dp.central:
-            return
-        from fedstep.core.dp import DPAggregation
         from fedstep.privacy.accounting import client_epsilon
 
-        if dp.delta >= 1 / population:
-            raise FedstepError(
-                f"--dp-delta {dp.delta:g} is not below 1/clients = {1 / population:.3g}: a guarantee that weak "
-                "would allow publishing a client's update outright; use a smaller delta (e.g. 1e-5)"
-            )
-        try:
-            DPAggregation(self.strategy_instance(), dp, per_round, self.selection)
-        except ValueError as exc:
-            raise FedstepError(str(exc)) from None
-        if dp.epsilon_budget is not None:
-            first = client_epsilon(dp.noise_multiplier, per_round, population, 1, dp.delta, selection=self.selection)
-            if first > dp.epsilon_budget:
-                raise FedstepError(
-                    f"--dp-epsilon {dp.epsilon_budget:g} is unreachable: one round with noise multiplier "
-                    f"{dp.noise_multiplier:g} and {per_round} of {population} clients per round already costs "
-                    f"epsilon {first:.3g} (delta {dp.delta:g}); raise the noise multiplier or the budget"
-                )
+        strategy = self.strategy_instance()
+        run_rules.check_privacy(self.privacy(), strategy, per_round, len(clients), self.selection, client_epsilon)
+        return per_round, quorum
 
     def strategy_instance(self) -> strategies.Strategy:
         """The strategy with its parameters; ValueError naming an unknown or ill-typed one."""
@@ -358,33 +307,6 @@ def client_names(text: str, setting: str) -> list[str]:
         return [keys.check_id("client id", n) for n in names]
     except ValueError as exc:
         raise FedstepError(f"--{setting}: {exc}") from None
-
-
-def check_fits_one_execution(rounds: int, round_retries: int, done: int = 0, run_id: str | None = None) -> None:
-    """FedstepError, saying how to go on, when the rounds after `done` up to `rounds` (a new run: all
-    of them; a continuation of `run_id`: those after its last completed round) do not fit one
-    execution's history in the worst case (`execution_history.FEDSTEP`)."""
-    budget = execution_history.FEDSTEP
-    most = budget.rounds_per_execution(round_retries)
-    if rounds - done <= most:
-        return
-    retries = f" with {round_retries} round retries" if round_retries else ""
-    why = (
-        f"{rounds - done} rounds do not fit one Step Functions execution: its history holds "
-        f"{execution_history.HISTORY_EVENTS:,} events, and a round{retries} may add up to "
-        f"{budget.per_round(round_retries)}, so one execution runs at most {most} rounds"
-    )
-    if run_id is None:
-        how = f"start with --rounds {most}, then continue with `fedstep start --resume <run id> --rounds {rounds}`"
-    else:
-        how = (
-            f"resume run {run_id} with --rounds {done + most}, then resume that continuation (the run id "
-            f"`fedstep start` prints) with --rounds {rounds}"
-        )
-    raise FedstepError(
-        f"{why}. To run {rounds} rounds, {how}: each continuation runs up to {most} more rounds after the "
-        "last completed one (resume the newest continuation each time)"
-    )
 
 
 class RunSettingsDefaults(NamedTuple):

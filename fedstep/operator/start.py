@@ -12,7 +12,7 @@ from typing import Any
 
 from fedstep.aws.adapters import DynamoRoundTable, S3ModelStore
 from fedstep.aws.stack import StackOutputs
-from fedstep.core import keys, limits, sliced, strategies, tensors
+from fedstep.core import keys, limits, run_rules, strategies, tensors
 from fedstep.core.clock import duration, utc_now
 from fedstep.core.errors import FedstepError
 from fedstep.core.presence import away
@@ -29,7 +29,6 @@ from fedstep.operator.model import build_model, keras_payload
 from fedstep.operator.settings import (
     RUN_FILE_FIELDS,
     RunSettings,
-    check_fits_one_execution,
 )
 from fedstep.operator.stack import Stack
 from fedstep.operator.statistics import statistics_for_run
@@ -122,22 +121,6 @@ def new_run_id() -> str:
     return f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
-def _check_sliceable(settings: RunSettings, model_bytes: int, slice_bytes: int | None) -> None:
-    """Refuse, before anything is written, a run whose model the stack aggregates by slices with a
-    strategy (or central DP, which clips whole updates) that cannot slice (`fedstep.core.sliced`)."""
-    if not sliced.needs_slices(model_bytes, slice_bytes):
-        return
-    try:
-        sliced.check_sliceable(settings.strategy_instance(), model_bytes, slice_bytes)
-    except sliced.NotSliceable as exc:
-        raise FedstepError(str(exc)) from None
-    if settings.dp in ("central", "client-clip"):
-        raise FedstepError(
-            f"--dp {settings.dp} clips and noises whole updates, so it cannot aggregate this model of "
-            f"{model_bytes / 2**20:.0f} MiB by slices (the deployment's slice_mb); use --dp dp-sgd or a smaller model"
-        )
-
-
 def start_run(
     architecture: bytes,
     initial_weights: tensors.Tensors,
@@ -165,7 +148,7 @@ def start_run(
             f"the model is {len(weights)} bytes; the stack aggregates models of at most {outputs.max_model_bytes} "
             "bytes (deployment config max_model_mb)"
         )
-    _check_sliceable(settings, len(weights), outputs.slice_bytes)
+    run_rules.check_sliceable(settings.strategy_instance(), record.dp, len(weights), outputs.slice_bytes)
     if settings.standardize == "federated":
         record = _with_statistics(record, outputs, s3, dynamodb, sns, progress)
     launched = launch_run(record, architecture, weights, 0, keys.INITIAL_VERSION, outputs, s3, dynamodb, stepfunctions)
@@ -304,7 +287,7 @@ def resume_run(
             f"run {run_id} completed all {old.rounds} rounds ({status}); nothing to resume "
             "(--rounds N continues it up to N rounds in total)"
         )
-    check_fits_one_execution(rounds or old.rounds, old.round_retries, last, run_id)
+    run_rules.check_fits_one_execution(rounds or old.rounds, old.round_retries, last, run_id)
     old = without_revoked(old, outputs)
     store = S3ModelStore(outputs.bucket, s3)
     architecture = store.get(keys.model_key(run_id))

@@ -1,0 +1,186 @@
+"""The rules a run keeps, in one place: each part of the run record (its schedule, its participation,
+its strategy, its privacy, its model's size) checked against the consortium (its clients, the clients
+per round) and the deployment (the slice size).
+
+`fedstep start` (`fedstep.operator.settings`, `fedstep.operator.start`) checks each part as soon as it
+knows it: the schedule and the strategy from the settings alone, before any AWS call; participation
+and privacy once it knows the run's clients; the model's size once it has built the model. The
+aggregation function checks the whole record it reads before it publishes a round (`check_run`), so a
+run record written by anything else than `fedstep start` is refused with the same message. Every
+refusal is `InvalidRun`, a `FedstepError` whose message names the setting and how to fix it.
+"""
+
+from __future__ import annotations
+
+from fedstep.core import execution_history, limits, sliced, strategies
+from fedstep.core.dp import Accountant, DPAggregation, DPSettings, round_epsilon
+from fedstep.core.errors import FedstepError
+from fedstep.core.schemas import RunRecord
+from fedstep.core.selection import SELECTIONS
+
+MAX_ROUND_RETRIES = 10
+"""How often a round that cannot be aggregated may be published again."""
+
+
+class InvalidRun(FedstepError):
+    """A run that breaks one of the rules; the message says which and how to fix it."""
+
+
+# -- the schedule ----------------------------------------------------------------------------------
+
+
+def check_schedule(rounds: int, round_retries: int, round_timeout_s: int) -> None:
+    """Rounds 1-`limits.MAX_ROUNDS`, 0-`MAX_ROUND_RETRIES` retries, a deadline of 1 s to a year (that
+    the rounds fit one execution is checked when a run starts or resumes: `check_fits_one_execution`)."""
+    if not 1 <= rounds <= limits.MAX_ROUNDS:
+        raise InvalidRun(f"rounds must be 1 to {limits.MAX_ROUNDS}, got {rounds}")
+    if not 0 <= round_retries <= MAX_ROUND_RETRIES:
+        raise InvalidRun(f"round_retries must be 0-{MAX_ROUND_RETRIES}, got {round_retries}")
+    if not 1 <= round_timeout_s <= limits.MAX_ROUND_TIMEOUT_S:
+        raise InvalidRun(f"round_timeout_s must be 1 s to 1 year, got {round_timeout_s}")
+
+
+def check_fits_one_execution(rounds: int, round_retries: int, done: int = 0, run_id: str | None = None) -> None:
+    """InvalidRun, saying how to go on, when the rounds after `done` up to `rounds` (a new run: all
+    of them; a continuation of `run_id`: those after its last completed round) do not fit one
+    execution's history in the worst case (`execution_history.FEDSTEP`)."""
+    budget = execution_history.FEDSTEP
+    most = budget.rounds_per_execution(round_retries)
+    if rounds - done <= most:
+        return
+    retries = f" with {round_retries} round retries" if round_retries else ""
+    why = (
+        f"{rounds - done} rounds do not fit one Step Functions execution: its history holds "
+        f"{execution_history.HISTORY_EVENTS:,} events, and a round{retries} may add up to "
+        f"{budget.per_round(round_retries)}, so one execution runs at most {most} rounds"
+    )
+    if run_id is None:
+        how = f"start with --rounds {most}, then continue with `fedstep start --resume <run id> --rounds {rounds}`"
+    else:
+        how = (
+            f"resume run {run_id} with --rounds {done + most}, then resume that continuation (the run id "
+            f"`fedstep start` prints) with --rounds {rounds}"
+        )
+    raise InvalidRun(
+        f"{why}. To run {rounds} rounds, {how}: each continuation runs up to {most} more rounds after the "
+        "last completed one (resume the newest continuation each time)"
+    )
+
+
+# -- the strategy and the participation ---------------------------------------------------------------
+
+
+def check_floors(quorum: int | None, min_participants: int, selection: str, strategy: strategies.Strategy) -> None:
+    """A quorum (when set) and a participants floor of at least 1, a known selection, and a floor the
+    strategy can aggregate from."""
+    if quorum is not None and quorum < 1:
+        raise InvalidRun(f"quorum must be >= 1, got {quorum}")
+    if selection not in SELECTIONS:
+        raise InvalidRun(
+            f"selection must be one of {', '.join(SELECTIONS)} (docs/privacy.md, Two conventions), got {selection!r}"
+        )
+    if min_participants < 1:
+        raise InvalidRun(f"min_participants must be >= 1, got {min_participants}")
+    needs, why = strategy.min_updates()
+    if min_participants < needs:
+        raise InvalidRun(
+            f"strategy {strategy.name!r} needs at least {needs} valid updates in every round ({why}), but "
+            f"min_participants is {min_participants}: a round with fewer could not be aggregated. Set "
+            f"--min-participants {needs} (min_participants in a run file) and select at least {needs} clients "
+            "per round"
+        )
+
+
+def check_participation(clients: int, per_round: int, quorum: int, min_participants: int) -> None:
+    """At most `limits.MAX_CLIENTS_PER_RUN` clients, and a quorum and a participants floor that the
+    clients selected per round can meet."""
+    if clients > limits.MAX_CLIENTS_PER_RUN:
+        raise InvalidRun(f"a run takes at most {limits.MAX_CLIENTS_PER_RUN} clients; the stack has {clients}")
+    if quorum > per_round:
+        raise InvalidRun(f"quorum {quorum} is more than the {per_round} clients selected per round")
+    if min_participants > per_round:
+        raise InvalidRun(
+            f"min_participants {min_participants} is more than the {per_round} client(s) selected per "
+            "round; set it to 1 (--min-participants 1) only if a round may publish a single client's update"
+        )
+
+
+# -- privacy ------------------------------------------------------------------------------------------
+
+
+def check_privacy(
+    dp: DPSettings | None,
+    strategy: strategies.Strategy,
+    per_round: int,
+    population: int,
+    selection: str,
+    accountant: Accountant | None = None,
+) -> None:
+    """Refuse central DP settings that make no sense for this consortium: delta >= 1/clients
+    (client-level DP protects a client among `population`), a wrapped strategy without calibrated
+    noise, an adaptive clip that leaves no noise for the updates, and (with an `accountant`) a budget
+    one round already exceeds."""
+    if dp is None or not dp.central:
+        return
+    if dp.delta >= 1 / population:
+        raise InvalidRun(
+            f"--dp-delta {dp.delta:g} is not below 1/clients = {1 / population:.3g}: a guarantee that weak "
+            "would allow publishing a client's update outright; use a smaller delta (e.g. 1e-5)"
+        )
+    try:
+        DPAggregation(strategy, dp, per_round, selection)
+    except ValueError as exc:
+        raise InvalidRun(str(exc)) from None
+    if dp.epsilon_budget is not None and accountant is not None:
+        first = round_epsilon(dp, accountant, per_round, population, 1, 0, selection)
+        if first > dp.epsilon_budget:
+            raise InvalidRun(
+                f"--dp-epsilon {dp.epsilon_budget:g} is unreachable: one round with noise multiplier "
+                f"{dp.noise_multiplier:g} and {per_round} of {population} clients per round already costs "
+                f"epsilon {first:.3g} (delta {dp.delta:g}); raise the noise multiplier or the budget"
+            )
+
+
+# -- the model's size -----------------------------------------------------------------------------------
+
+
+def check_sliceable(
+    strategy: strategies.Strategy, dp: DPSettings | None, model_bytes: int, slice_bytes: int | None
+) -> None:
+    """Refuse a run whose model the stack aggregates by slices with a strategy (or central DP, which
+    clips whole updates) that cannot slice (`fedstep.core.sliced`)."""
+    if not sliced.needs_slices(model_bytes, slice_bytes):
+        return
+    try:
+        sliced.check_sliceable(strategy, model_bytes, slice_bytes)
+    except sliced.NotSliceable as exc:
+        raise InvalidRun(str(exc)) from None
+    if dp is not None and dp.mode in ("central", "client-clip"):
+        raise InvalidRun(
+            f"--dp {dp.mode} clips and noises whole updates, so it cannot aggregate this model of "
+            f"{model_bytes / 2**20:.0f} MiB by slices (the deployment's slice_mb); use --dp dp-sgd or a smaller model"
+        )
+
+
+# -- the whole record ---------------------------------------------------------------------------------
+
+
+def check_run(
+    run: RunRecord,
+    accountant: Accountant | None = None,
+    model_bytes: int | None = None,
+    slice_bytes: int | None = None,
+) -> None:
+    """Every rule above but the execution's length (a continuation's record holds the run's total), for a
+    run record as it is stored. InvalidRun naming the first rule broken."""
+    try:
+        strategy = strategies.build(run.strategy, run.strategy_params)
+    except ValueError as exc:
+        raise InvalidRun(f"run {run.run_id}: {exc}") from None
+    check_schedule(run.rounds, run.round_retries, run.round_timeout_s)
+    check_floors(run.quorum, run.min_participants, run.selection, strategy)
+    per_round = run.clients_per_round or len(run.clients)
+    check_participation(len(run.clients), per_round, run.quorum, run.min_participants)
+    check_privacy(run.dp, strategy, per_round, len(run.clients), run.selection, accountant)
+    if model_bytes is not None:
+        check_sliceable(strategy, run.dp, model_bytes, slice_bytes)
