@@ -10,7 +10,7 @@ each round does is counted from the code that does it (see docs/cost.md for the 
   update item one stream invocation (one of them aggregates: `aggregation_s` measured), plus one at
   the deadline for a round that timed out; GB-seconds = memory x durations.
 - **S3**, **SQS**, **SNS**, **DynamoDB**, **KMS**: per round and client, the calls the agent and the
-  aggregation function make (`client_agent/agent.py`, `fedstep/core/rounds.py`).
+  aggregation function make (`client_agent/agent.py`, `fedstep/core/rounds/`).
 
 A client pays (directly) for its own queue's requests, its S3 GETs and PUTs and the bytes it downloads,
 its DynamoDB reads and writes, and its KMS calls. The rest of a round (transitions, the function, the

@@ -1,0 +1,54 @@
+"""A round's privacy loss (central DP from the accountant, dp-sgd from the participants' reports) and
+the count of the noisy models an aggregation releases."""
+
+from __future__ import annotations
+
+from fedstep.core.dp import Accountant, round_epsilon
+from fedstep.core.errors import FedstepError
+from fedstep.core.ports import RoundTable
+from fedstep.core.rounds.errors import ClaimLost
+from fedstep.core.rounds.inputs import expected_participants
+from fedstep.core.schemas import RoundSummary, RunRecord, UpdateItem
+
+
+def privacy_spent(
+    run: RunRecord,
+    round_number: int,
+    accepted: list[tuple[UpdateItem, int]],
+    accountant: Accountant | None,
+    repeated: int = 0,
+) -> tuple[float | None, float | None, bool]:
+    """(epsilon, delta, budget spent) after `round_number` rounds: client-level from the accountant
+    (central modes, counting `repeated` releases too; spent when one more round would pass the
+    budget), or under dp-sgd the largest record-level epsilon the participants reported, unknown
+    (None) unless every participant reported one: a client that reports none may have spent any
+    amount, so a figure from the others would understate the round; (None, None, False) without DP."""
+    dp = run.dp
+    if dp is None:
+        return None, None, False
+    if not dp.central:
+        reported = [item.privacy["epsilon"] for item, _ in accepted if "epsilon" in item.privacy]
+        known = bool(reported) and len(reported) == len(accepted)
+        return (max(reported) if known else None), dp.delta, False
+    if accountant is None:
+        raise FedstepError(f"run {run.run_id} has differential privacy but the function has no accountant")
+    expected, population = expected_participants(run), len(run.clients)
+    epsilon = round_epsilon(dp, accountant, expected, population, round_number, repeated, run.selection)
+    budget = dp.epsilon_budget
+    after_next = round_epsilon(dp, accountant, expected, population, round_number + 1, repeated, run.selection)
+    return round(epsilon, 6), dp.delta, budget is not None and after_next > budget
+
+
+def count_release(
+    run: RunRecord, round_number: int, table: RoundTable, claim: str, previous: RoundSummary | None
+) -> int:
+    """Under central DP, count this aggregation's noisy model as a release in the round record before
+    it is written (ClaimLost, writing nothing, if the claim no longer holds), so no model that was
+    ever readable goes unaccounted: the run's repeated releases so far (`RoundSummary.repeated_releases`).
+    0 for other runs."""
+    if run.dp is None or not run.dp.central:
+        return 0
+    releases = table.count_release(run.run_id, round_number, claim)
+    if releases is None:
+        raise ClaimLost(f"round {round_number} of run {run.run_id} was taken over before its model was written")
+    return (previous.repeated_releases if previous else 0) + releases - 1
