@@ -48,6 +48,7 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from fedstep.core import keys
+from fedstep.core.machine import Mode, State
 from fedstep.core.model_card import ModelCardError, ModelTampered
 from fedstep.core.rounds import InvalidAggregate, QuorumNotMet, StrategyFailed, TooFewParticipants
 from fedstep.core.schemas import RoundMessage, RunEndedMessage, state_machine_fields
@@ -117,7 +118,7 @@ def _sliced_aggregation(scope: Construct, aggregate: lambda_.IFunction, failed: 
     whose output's `$.result` is the round's task output (as the wait for the round's task gives it)."""
     one_slice = tasks.LambdaInvoke(
         scope,
-        "Aggregate one slice",
+        State.AGGREGATE_ONE_SLICE,
         lambda_function=aggregate,
         payload_response_only=True,  # the event is the item: {"mode": "slice", "plan", "index"}
         retry_on_service_exceptions=False,
@@ -126,10 +127,10 @@ def _sliced_aggregation(scope: Construct, aggregate: lambda_.IFunction, failed: 
     one_slice.add_retry(errors=["States.ALL"], max_attempts=3, interval=Duration.seconds(5), backoff_rate=2)
     fan_out = sfn.DistributedMap(
         scope,
-        "Aggregate slices",
+        State.AGGREGATE_SLICES,
         items_path="$.result.sliced.slices",
         item_selector={
-            "mode": "slice",
+            "mode": Mode.SLICE,
             "plan.$": "$.result.sliced.plan",
             "index.$": "$$.Map.Item.Value",
         },
@@ -139,10 +140,10 @@ def _sliced_aggregation(scope: Construct, aggregate: lambda_.IFunction, failed: 
     fan_out.item_processor(one_slice)
     assemble = _call(
         scope,
-        "Assemble global model",
+        State.ASSEMBLE_GLOBAL_MODEL,
         aggregate,
         {
-            "mode": "assemble",
+            "mode": Mode.ASSEMBLE,
             "plan": sfn.JsonPath.object_at("$.result.sliced.plan"),
             "results": sfn.JsonPath.list_at("$.slice_results"),
         },
@@ -156,13 +157,17 @@ def _sliced_aggregation(scope: Construct, aggregate: lambda_.IFunction, failed: 
 def training_definition(
     scope: Construct, topic: sns.ITopic, aggregate: lambda_.IFunction, table_name: str
 ) -> sfn.IChainable:
-    prepare = sfn.Pass(scope, "Prepare round", parameters=_carry({"attempt": 0}, round="States.MathAdd($.round, 1)"))
+    prepare = sfn.Pass(
+        scope, State.PREPARE_ROUND, parameters=_carry({"attempt": 0}, round="States.MathAdd($.round, 1)")
+    )
     notify = tasks.LambdaInvoke(
         scope,
-        "Notify clients and wait for updates",
+        State.NOTIFY_AND_WAIT,
         lambda_function=aggregate,
         integration_pattern=sfn.IntegrationPattern.WAIT_FOR_TASK_TOKEN,
-        payload=sfn.TaskInput.from_object(_payload(RoundMessage, mode="publish", task_token=sfn.JsonPath.task_token)),
+        payload=sfn.TaskInput.from_object(
+            _payload(RoundMessage, mode=Mode.PUBLISH, task_token=sfn.JsonPath.task_token)
+        ),
         task_timeout=sfn.Timeout.at("$.run.round_timeout_s"),
         retry_on_service_exceptions=False,
         result_path="$.result",
@@ -170,7 +175,7 @@ def training_definition(
     _retry_calls(notify)
     aggregated = sfn.Pass(
         scope,
-        "Round aggregated",
+        State.ROUND_AGGREGATED,
         parameters=_carry(
             global_model="$.result.global_model",
             target_reached="$.result.target_reached",
@@ -180,19 +185,19 @@ def training_definition(
     )
     at_deadline = _call(
         scope,
-        "Aggregate at deadline",
+        State.AGGREGATE_AT_DEADLINE,
         aggregate,
         {
-            "mode": "deadline",
+            "mode": Mode.DEADLINE,
             "run_id": sfn.JsonPath.string_at("$.run.run_id"),
             "round": sfn.JsonPath.number_at("$.round"),
         },
     )
     _retry_calls(at_deadline)
-    failed = sfn.Fail(scope, "Training failed", error_path="$.failure.Error", cause_path="$.failure.Cause")
-    retry = sfn.Pass(scope, "Retry round", parameters=_carry(attempt="States.MathAdd($.attempt, 1)"))
+    failed = sfn.Fail(scope, State.TRAINING_FAILED, error_path="$.failure.Error", cause_path="$.failure.Cause")
+    retry = sfn.Pass(scope, State.RETRY_ROUND, parameters=_carry(attempt="States.MathAdd($.attempt, 1)"))
     retry.next(notify)
-    retry_or_fail = sfn.Choice(scope, "Retry round?")
+    retry_or_fail = sfn.Choice(scope, State.RETRY_ROUND_CHOICE)
     retry_or_fail.when(sfn.Condition.number_less_than_json_path("$.attempt", "$.run.round_retries"), retry)
     retry_or_fail.otherwise(failed)
     notify.add_catch(at_deadline, errors=["States.Timeout"], result_path="$.timeout")
@@ -204,9 +209,9 @@ def training_definition(
     # Only the aggregation function holds the task token, and it reports the round it was asked
     # for; this check is defence in depth against a report about another run or round.
     foreign = sfn.Fail(
-        scope, "Report for another run", error="ForeignReport", cause="a round report named another run or round"
+        scope, State.REPORT_FOR_ANOTHER_RUN, error="ForeignReport", cause="a round report named another run or round"
     )
-    is_ours = sfn.Choice(scope, "Report is for this round?")
+    is_ours = sfn.Choice(scope, State.REPORT_IS_OURS)
     is_ours.when(
         sfn.Condition.and_(
             sfn.Condition.string_equals_json_path("$.result.summary.run_id", "$.run.run_id"),
@@ -215,13 +220,13 @@ def training_definition(
         aggregated,
     )
     is_ours.otherwise(foreign)
-    sliced_or_not = sfn.Choice(scope, "Aggregated by slices?")
+    sliced_or_not = sfn.Choice(scope, State.AGGREGATED_BY_SLICES)
     sliced_or_not.when(sfn.Condition.is_present("$.result.sliced"), by_slices.next(is_ours))
     sliced_or_not.otherwise(is_ours)
     at_deadline.next(sliced_or_not)
     run_ended = tasks.SnsPublish(
         scope,
-        "Notify clients: run ended",
+        State.NOTIFY_RUN_ENDED,
         topic=topic,
         message=sfn.TaskInput.from_object(_payload(RunEndedMessage, schema=SCHEMA_VERSION, type=RunEndedMessage.type)),
         message_attributes={
@@ -235,7 +240,7 @@ def training_definition(
     )
     finished = sfn.Pass(
         scope,
-        "Training finished",
+        State.TRAINING_FINISHED,
         parameters={
             "run_id.$": "$.run.run_id",
             "stop_reason.$": "$.stop_reason",
@@ -256,9 +261,13 @@ def training_definition(
     # (`fedstep promote` writes a missing card).
     card = _call(
         scope,
-        "Write model card",
+        State.WRITE_MODEL_CARD,
         aggregate,
-        {"mode": "card", "run_id": sfn.JsonPath.string_at("$.run.run_id"), "round": sfn.JsonPath.number_at("$.round")},
+        {
+            "mode": Mode.CARD,
+            "run_id": sfn.JsonPath.string_at("$.run.run_id"),
+            "round": sfn.JsonPath.number_at("$.round"),
+        },
         result_selector={"key.$": "$.key", "sha256.$": "$.sha256"},
         result_path="$.model_card",
     )
@@ -266,10 +275,10 @@ def training_definition(
     card.add_retry(errors=["States.ALL"], max_attempts=2, interval=Duration.seconds(2), backoff_rate=2)
     card.add_catch(finished, errors=["States.ALL"], result_path="$.model_card")
     run_ended.next(card).next(finished)
-    target_reached = sfn.Pass(scope, "Target reached", parameters=_carry({"stop_reason": "target_reached"}))
-    all_rounds = sfn.Pass(scope, "All rounds done", parameters=_carry({"stop_reason": "max_rounds"}))
-    more = sfn.Choice(scope, "More rounds?")
-    budget_spent = sfn.Pass(scope, "Privacy budget spent", parameters=_carry({"stop_reason": "privacy_budget"}))
+    target_reached = sfn.Pass(scope, State.TARGET_REACHED, parameters=_carry({"stop_reason": "target_reached"}))
+    all_rounds = sfn.Pass(scope, State.ALL_ROUNDS_DONE, parameters=_carry({"stop_reason": "max_rounds"}))
+    more = sfn.Choice(scope, State.MORE_ROUNDS)
+    budget_spent = sfn.Pass(scope, State.PRIVACY_BUDGET_SPENT, parameters=_carry({"stop_reason": "privacy_budget"}))
     more.when(sfn.Condition.boolean_equals("$.target_reached", True), target_reached.next(run_ended))
     rounds_left = sfn.Condition.number_less_than_json_path("$.round", "$.run.rounds")
     # the budget stops a run only when a round was left to run: one that ran all its rounds ended by them

@@ -45,6 +45,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from fedstep.aws import adapters, boto
 from fedstep.core import keys
 from fedstep.core.errors import FedstepError
+from fedstep.core.machine import Mode
 from fedstep.core.model_card import write_card
 from fedstep.core.rounds import (
     AggregationSettings,
@@ -113,7 +114,7 @@ class RoundEvent:
     def parse(cls, event: dict[str, Any]) -> RoundEvent:
         try:
             mode, run_id, round_number = event["mode"], keys.check_id("run id", event["run_id"]), int(event["round"])
-            if mode == "publish":
+            if mode == Mode.PUBLISH:
                 supplied = {name: event[name] for name in state_machine_fields(RoundMessage)}
                 return cls(
                     mode,
@@ -325,10 +326,10 @@ def card_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any
 
 
 MODES = {
-    "deadline": deadline_handler,
-    "publish": publish_handler,
-    "card": card_handler,
-    "slice": slice_handler,
-    "assemble": assemble_handler,
+    Mode.DEADLINE: deadline_handler,
+    Mode.PUBLISH: publish_handler,
+    Mode.CARD: card_handler,
+    Mode.SLICE: slice_handler,
+    Mode.ASSEMBLE: assemble_handler,
 }
-"""The state machine's calls of the function, by their `mode`."""
+"""The state machine's calls of the function, by their `mode` (`fedstep.core.machine.Mode`)."""

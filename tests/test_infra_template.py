@@ -685,3 +685,27 @@ def test_deployment_config_file_errors_are_clear(tmp_path):
     assert DeploymentConfig.load(tmp_path / "missing.json", missing_ok=True) == DeploymentConfig()
     with pytest.raises(ConfigError, match=r"missing\.json' does not exist"):
         DeploymentConfig.load(tmp_path / "missing.json")
+
+
+def test_the_state_machine_sends_only_the_modes_the_aggregation_function_handles_and_names_its_states_once(template):
+    """The modes and state names are defined once (`fedstep.core.machine`): the definition's calls of the
+    function carry those modes, which the handler dispatches, and its states are those names."""
+    from fedstep.core.machine import MODES, State
+    from lambdas.aggregate import MODES as HANDLED
+
+    definition = _definition(template)
+
+    def walk(node: object) -> list[dict]:
+        if isinstance(node, dict):
+            return [node, *(s for v in node.values() for s in walk(v))]
+        if isinstance(node, list):
+            return [s for v in node for s in walk(v)]
+        return []
+
+    sent = {n["mode"] for n in walk(definition) if isinstance(n.get("mode"), str)}
+    assert sent == set(MODES) and tuple(HANDLED) == MODES
+    names = {v for k, v in vars(State).items() if k.isupper()}
+    states = set(definition["States"]) | {
+        name for n in walk(definition) if isinstance(n.get("States"), dict) for name in n["States"]
+    }
+    assert states == names

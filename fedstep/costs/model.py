@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fedstep.core.machine import State
 from fedstep.costs.prices import BY_KEY, PRICES
 
 MIB = 2**20
@@ -33,44 +34,44 @@ GB = 10**9
 """AWS prices data by the GB; a decimal GB is assumed (AWS's GB is 2^30 bytes on some pages: <8% apart)."""
 
 ROUND_PATH = (
-    "Prepare round",
-    "Notify clients and wait for updates",
-    "Aggregated by slices?",
-    "Report is for this round?",
-    "Round aggregated",
-    "More rounds?",
+    State.PREPARE_ROUND,
+    State.NOTIFY_AND_WAIT,
+    State.AGGREGATED_BY_SLICES,
+    State.REPORT_IS_OURS,
+    State.ROUND_AGGREGATED,
+    State.MORE_ROUNDS,
 )
 """States of a round aggregated once every selected client's update is in (infra/state_machine.py)."""
 DEADLINE_PATH = (
-    "Prepare round",
-    "Notify clients and wait for updates",
-    "Aggregate at deadline",
-    "Aggregated by slices?",
-    "Report is for this round?",
-    "Round aggregated",
-    "More rounds?",
+    State.PREPARE_ROUND,
+    State.NOTIFY_AND_WAIT,
+    State.AGGREGATE_AT_DEADLINE,
+    State.AGGREGATED_BY_SLICES,
+    State.REPORT_IS_OURS,
+    State.ROUND_AGGREGATED,
+    State.MORE_ROUNDS,
 )
 """States of a round aggregated at its deadline."""
-SLICED_STATES = ("Aggregate slices", "Assemble global model")
+SLICED_STATES = (State.AGGREGATE_SLICES, State.ASSEMBLE_GLOBAL_MODEL)
 """States a round aggregated by slices adds, between "Aggregated by slices?" and "Report is for this round?"."""
 SLICE_TRANSITIONS = 2
 """Transitions billed per slice: its child execution of the Distributed Map (one task state) and its start."""
-RETRY_PATH = ("Aggregate at deadline", "Retry round?", "Retry round", "Notify clients and wait for updates")
+RETRY_PATH = (State.AGGREGATE_AT_DEADLINE, State.RETRY_ROUND_CHOICE, State.RETRY_ROUND, State.NOTIFY_AND_WAIT)
 """States a round's retry adds (its attempt missed the quorum at the deadline, and it is published again)."""
-SUCCEEDED_END = ("All rounds done", "Notify clients: run ended", "Write model card", "Training finished")
+SUCCEEDED_END = (State.ALL_ROUNDS_DONE, State.NOTIFY_RUN_ENDED, State.WRITE_MODEL_CARD, State.TRAINING_FINISHED)
 """States after the last round of a run that succeeded (one that reached its target or privacy budget
 passes "Target reached" / "Privacy budget spent" instead of "All rounds done": the same count)."""
 FAILED_END = (
-    "Prepare round",
-    "Notify clients and wait for updates",
-    "Aggregate at deadline",
-    "Retry round?",
-    "Training failed",
+    State.PREPARE_ROUND,
+    State.NOTIFY_AND_WAIT,
+    State.AGGREGATE_AT_DEADLINE,
+    State.RETRY_ROUND_CHOICE,
+    State.TRAINING_FAILED,
 )
 """States of the round that failed a run."""
-WAITING_END = ("Prepare round", "Notify clients and wait for updates")
+WAITING_END = (State.PREPARE_ROUND, State.NOTIFY_AND_WAIT)
 """States of the round a stopped (or still running) run was waiting for."""
-END_LAMBDA_TASKS = ("Write model card",)
+END_LAMBDA_TASKS = (State.WRITE_MODEL_CARD,)
 """States of the succeeded end that invoke the aggregation function."""
 
 
