@@ -39,7 +39,8 @@ def test_cdk_synth_works_offline_and_bundles_numpy_for_lambda(tmp_path):
     assert sum("RedrivePolicy" in q for q in queues) == 2  # one work queue per client, each with its DLQ
     [asset] = [p for p in out.glob("asset.*") if p.is_dir()]
     assert (asset / "lambdas" / "aggregate.py").exists()
-    assert (asset / "fedstep" / "core" / "rounds.py").exists()
+    for module in ("rounds/__init__.py", "rounds/complete.py", "schemas/__init__.py", "machine.py"):
+        assert (asset / "fedstep" / "core" / module).exists(), f"fedstep/core/{module} must ship in the bundle"
     assert (asset / "fedstep" / "aws" / "adapters.py").exists()
     for tool in ("local", "cli", "report.py"):  # the bundle is an explicit list: the core, aws, the handlers
         assert not (asset / "fedstep" / tool).exists(), f"fedstep/{tool} must not ship in the Lambda bundle"

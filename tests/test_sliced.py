@@ -5,7 +5,7 @@ aggregation in one function - and the protocol holds around it (one plan, retrie
 from __future__ import annotations
 
 import tracemalloc
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
@@ -19,7 +19,7 @@ from fedstep.core.rounds import (
     publish_round,
     try_complete_round,
 )
-from fedstep.core.schemas import Bounds, ObjectRef, RunRecord, TrainingConfig
+from fedstep.core.schemas import Bounds, ObjectRef, RoundSummary, RunRecord, TrainingConfig
 from fedstep.core.updates import encode_update
 from fedstep.memory import MemoryStore, MemoryTable, RecordingPublisher, RecordingReporter, record_bytes
 
@@ -242,3 +242,17 @@ def test_a_nan_update_with_a_correct_sha256_is_rejected_by_the_plans_streamed_ch
     assert [(r["client_id"], "non-finite" in r["reason"]) for r in summary["rejected"]] == [("c1", True)]
     data = store.get(final["global_model"]["key"])
     assert data == tensors.encode(tensors.decode(whole), tensors.read_metadata(data))
+
+
+def test_a_round_aggregated_by_slices_is_summarised_as_the_same_round_in_one_function():
+    """One summary builder: a sliced round's record says what the same round aggregated in one function
+    says (selection, participants, rejections, clipping, metrics, privacy, bound), except its model, its
+    timing and the strategy's measurements."""
+    bounds = Bounds(max_update_norm=2000.0)
+    _, whole = in_one_function(bounds=bounds, corrupt=("c3",))
+    _, table, _, _, _ = by_slices(bounds=bounds, corrupt=("c3",))
+    sliced = RoundSummary.parse(table.get_round(RUN, 1))
+    differ = {"global_model", "duration_s", "aggregation_s", "completed_at", "measurements"}
+    same = [f.name for f in fields(RoundSummary) if f.name not in differ]
+    assert {name: getattr(sliced, name) for name in same} == {name: getattr(whole, name) for name in same}
+    assert sliced.clipped and sliced.rejected and sliced.norm_bound == 2000.0
