@@ -1,4 +1,4 @@
-# Two commands: `make demo` and `make test`. Each installs what it needs itself.
+# Two commands: `make demo` and `make test` (`make test-fast` for the edit loop). Each installs what it needs itself.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +10,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_VERSION_CHECK := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: demo test test-torch test-scale install synth lint format clean
+.PHONY: demo test test-fast test-torch test-scale install synth lint format clean
 
 demo: $(STAMP)
 	$(PY) -m fedstep local --dataset digits --clients 3 --rounds 5 --out runs/demo
@@ -21,6 +21,11 @@ TEST_WORKERS ?= 3
 
 test: $(STAMP) $(NODE_STAMP) $(BROWSER_STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
+
+# The edit loop: the unit and contract tiers (no local cloud, no process, no synthesis; tests/conftest.py
+# says which test is in which tier), in under 2 minutes. `pytest -m cloud` (or e2e, infra) runs another tier.
+test-fast: $(STAMP)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "unit or contract" --durations=10
 
 # The PyTorch client example (examples/torch_trainer.py): installs the CPU build of torch (requirements-torch.txt),
 # then runs its tests, which `make test` skips when torch is not installed.

@@ -78,7 +78,7 @@ def test_stats_asks_every_client_and_gives_the_statistics_of_the_pooled_data(clo
     np.testing.assert_allclose(stats["min"], np.nanmin(pooled, axis=0))
     np.testing.assert_allclose(stats["max"], np.nanmax(pooled, axis=0))
     assert [sum(h) for h in stats["histogram"]["counts"]] == stats["count"]
-    table = fedstep(cloud, "stats", "--bins", "0", "--clients", "client-1", "--deadline", "5")
+    table = fedstep(cloud, "stats", "--bins", "0", "--clients", "client-1", "--deadline", "2")
     assert table.returncode == 2  # nobody serves now: client-1 gives no answer, there is nothing to show
     assert "0 of 1 client(s) answered usably, 1 needed (client-1: no answer)" in table.stderr
 
