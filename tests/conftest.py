@@ -147,17 +147,20 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     fixtures included) may not start a process, deploy a local cloud or synthesize the stack, so that the
     fast tiers stay fast as the suite grows."""
     SHARED.on_module(item)
-    if item.get_closest_marker("unit") or item.get_closest_marker("contract"):
-        with _guarded(item.nodeid):
+    if item.get_closest_marker("unit"):
+        with _guarded(item.nodeid, "unit"):
+            yield
+    elif item.get_closest_marker("contract"):  # its moto server runs in a process of its own
+        with _guarded(item.nodeid, "contract", processes=True):
             yield
     else:
         yield
 
 
-def _refuse(what: str, nodeid: str) -> Any:
+def _refuse(what: str, nodeid: str, tier: str) -> Any:
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise TierBreach(
-            f"{nodeid} is a unit test (tests/conftest.py) but {what}: add it to E2E_TESTS, INFRA_TESTS or a "
+            f"{nodeid} is a {tier} test (tests/conftest.py) but {what}: add it to E2E_TESTS, INFRA_TESTS or a "
             "module list there, or mark it with its tier"
         )
 
@@ -165,24 +168,24 @@ def _refuse(what: str, nodeid: str) -> Any:
 
 
 class _guarded:
-    """Within the block, starting a process, a local cloud or a synthesis raises TierBreach."""
+    """Within the block, starting a process (unless `processes`: a contract test's moto server), a local
+    cloud or a synthesis raises TierBreach."""
 
-    def __init__(self, nodeid: str) -> None:
-        self.nodeid = nodeid
+    def __init__(self, nodeid: str, tier: str, processes: bool = False) -> None:
+        self.nodeid, self.tier, self.processes = nodeid, tier, processes
         self.saved: list[tuple[Any, str, Any]] = []
 
     def __enter__(self) -> None:
         from fedstep.local.cloud import LocalCloud
 
-        guarded = [
-            (subprocess.Popen, "__init__", "it starts a process"),
-            (LocalCloud, "start", "it deploys a local cloud"),
-        ]
+        guarded = [(LocalCloud, "start", "it deploys a local cloud")]
+        if not self.processes:
+            guarded.append((subprocess.Popen, "__init__", "it starts a process"))
         if "infra.stack" in sys.modules:  # else importing it starts the CDK's node process, refused above
             guarded.append((sys.modules["infra.stack"].FedstepStack, "__init__", "it synthesizes the stack"))
         for owner, name, what in guarded:
             self.saved.append((owner, name, owner.__dict__[name]))
-            setattr(owner, name, _refuse(what, self.nodeid))
+            setattr(owner, name, _refuse(what, self.nodeid, self.tier))
 
     def __exit__(self, *exc: object) -> None:
         for owner, name, original in reversed(self.saved):
