@@ -41,7 +41,7 @@ def _clients_of(out: Path) -> list[int]:
     return sorted(agent_processes(out).values())
 
 
-def _wait_for_line(proc: subprocess.Popen[str], text: str, timeout_s: float = 180) -> list[str]:
+def _wait_for_line(proc: subprocess.Popen[str], text: str, timeout_s: float = 300) -> list[str]:
     lines: list[str] = []
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -105,7 +105,7 @@ def test_clients_exit_even_when_the_runner_is_killed(tmp_path):
     assert len(_clients_of(out)) == 2
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60  # each agent gets SIGTERM at once; a busy machine may take a while to end it
     while _clients_of(out) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _clients_of(out) == []
