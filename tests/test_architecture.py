@@ -173,3 +173,21 @@ def test_the_in_memory_adapters_importing_an_aws_adapter_break_a_contract(tmp_pa
     code, report = lint_imports(root)
     assert code != 0
     assert "the in-memory adapters import the core only BROKEN" in report
+
+
+def underscore_imports(root: Path) -> list[str]:
+    """`from <our module> import _name` anywhere in the packages, the tests and the benches: a module's
+    underscore names are its own."""
+    ours = {*PACKAGES, "tests", "bench"}
+    found = []
+    for folder in ours:
+        for path in (root / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ours:
+                    private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                    found += [f"{path.relative_to(root)}:{node.lineno} {node.module}.{name}" for name in private]
+    return found
+
+
+def test_no_module_imports_another_modules_underscore_names() -> None:
+    assert underscore_imports(REPO) == []
