@@ -15,17 +15,17 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 demo: $(STAMP)
 	$(PY) -m fedstep local --dataset digits --clients 3 --rounds 5 --out runs/demo
 
-# The suite's files run on TEST_WORKERS processes (pytest-xdist `loadgroup`: a file's tests stay on one worker, so its
-# module fixtures are set up once, except the independent end-to-end runs of tests/conftest.py's SPREAD); TEST_WORKERS=0 runs everything in one process.
+# The suite's files run on TEST_WORKERS processes (pytest-xdist; a file's tests stay on one worker, so a module's
+# local cloud serves them all); TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 3
 
 test: $(STAMP) $(NODE_STAMP) $(BROWSER_STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # The edit loop: the unit and contract tiers (no local cloud, no process, no synthesis; tests/conftest.py
 # says which test is in which tier), in under 2 minutes. `pytest -m cloud` (or e2e, infra) runs another tier.
 test-fast: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "unit or contract" --durations=10
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "unit or contract" --durations=10
 
 # The PyTorch client example (examples/torch_trainer.py): installs the CPU build of torch (requirements-torch.txt),
 # then runs its tests, which `make test` skips when torch is not installed.

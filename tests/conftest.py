@@ -130,20 +130,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{tier}: {what}")
 
 
-SPREAD = {"test_demo"}
-"""Modules whose tests are independent end-to-end runs (no module fixture): pytest-xdist spreads
-them over the workers (`--dist loadgroup`) rather than running them one after the other on one
-worker at the end of the suite. Every other module runs on one worker (its group), so that its
-module fixtures are set up once."""
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         tier = tier_of(item)
         if not item.get_closest_marker(tier):
             item.add_marker(getattr(pytest.mark, tier))
-        if item.path.stem not in SPREAD:
-            item.add_marker(pytest.mark.xdist_group(item.path.name))
 
 
 class TierBreach(AssertionError):
