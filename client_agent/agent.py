@@ -466,13 +466,13 @@ class Agent:
                 )
             return
         if training.standardize == "none":
-            use(None, "none")
+            use("none", lambda: None)
         elif training.standardize == "local":
-            use(Standardization.local(self._training_features()), "local")
+            use("local", lambda: Standardization.local(self._training_features()))
         else:
             ref = training.standardization
             assert ref is not None  # TrainingConfig checks it
-            use(self._federated_standardization(ref, where), ref.sha256)
+            use(ref.sha256, lambda: self._federated_standardization(ref, where))
 
     def _federated_standardization(self, ref: ObjectRef, where: str) -> Standardization:
         cached = self.cache / f"{ref.sha256}.statistics.json"

@@ -286,11 +286,12 @@ class FunctionTrainer:
         self.callbacks: Callable[[], Sequence[Any]] = lambda: ()
         """Makes the Keras callbacks for a round (the agent sets this to show a progress bar)."""
 
-    def use_standardization(self, standardization: Standardization | None, key: str) -> None:
-        """Give the train and evaluate functions the data standardized by `standardization` (None: as
-        loaded); `key` names it, so the same standardization is applied once, not every round."""
+    def use_standardization(self, key: str, make: Callable[[], Standardization | None]) -> None:
+        """Give the train and evaluate functions the data standardized by what `make` returns (None: as
+        loaded); `key` names it, so a standardization is made and applied once, not every round."""
         if key == self._standardized_with:
             return
+        standardization = make()
         (x_train, y_train), (x_test, y_test) = self.raw_data
         if standardization is None:
             self.data = self.raw_data
