@@ -83,7 +83,7 @@ def credentials_of(session: boto3.Session) -> Any:
 def base_session(config: AgentConfig) -> boto3.Session:
     """The credentials the agent starts from: its `profile`'s, else the standard chain's."""
     try:
-        return boto3.Session(region_name=config.region, profile_name=config.profile)
+        return boto.new_session(region_name=config.region, profile_name=config.profile)
     except ProfileNotFound:
         raise FedstepError(
             f"profile {config.profile!r} is in neither the AWS shared credentials nor the config file "

@@ -32,7 +32,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
@@ -149,7 +148,7 @@ def round_of(record: DynamoDBRecord) -> tuple[str, int] | None:
 def _services(bucket: str, table: str, topic: str, endpoint: str | None, access_key: str) -> tuple[Any, Any, Any, Any]:
     """AWS clients, built once per execution environment (and again if the settings change, or the
     role session's credentials, `access_key`, do)."""
-    session = boto3.Session()
+    session = boto.new_session()
     return (
         adapters.S3ModelStore(bucket, boto.client("s3", session, endpoint)),
         adapters.DynamoRoundTable(table, boto.client("dynamodb", session, endpoint)),
@@ -160,7 +159,7 @@ def _services(bucket: str, table: str, topic: str, endpoint: str | None, access_
 
 def services() -> tuple[Any, Any, Any, Any]:
     env = os.environ
-    credentials = boto3.Session().get_credentials()  # the execution role's (Lambda sets them in the environment)
+    credentials = boto.new_session().get_credentials()  # the execution role's (Lambda sets them in the environment)
     return _services(
         env["BUCKET_NAME"],
         env["TABLE_NAME"],

@@ -57,6 +57,8 @@ INFRA = {"test_infra_template", "test_synth_cache", "test_cdk_cli", "test_archit
 
 E2E = {
     "test_demo",
+    "test_demo_stops",
+    "test_demo_own_data",
     "test_notebook",
     "test_cdk_deploy",
     "test_client_install",
@@ -130,11 +132,31 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{tier}: {what}")
 
 
+SLOWEST_FIRST = ("e2e", "cloud of its own", "cloud", "infra", "contract", "unit")
+"""The order modules are handed to pytest-xdist's workers (`make test` runs `--dist loadfile
+--no-loadscope-reorder`), by their slowest tier: the longest first, so that no worker is left alone with a
+long module at the end; the modules that deploy a cloud of their own (`CLOUD`) before those sharing the
+worker's, so that the shared one is deployed once and not again after each of them; the unit tests' `mock_aws`
+last, as it too stops the shared cloud."""
+
+
+def _order_of(item: pytest.Item) -> int:
+    tiers = [t for t in TIERS if item.get_closest_marker(t)]
+    slowest = min(SLOWEST_FIRST.index(t) for t in tiers)
+    if SLOWEST_FIRST[slowest] == "cloud" and item.path.stem in CLOUD:
+        return SLOWEST_FIRST.index("cloud of its own")
+    return slowest
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         tier = tier_of(item)
         if not item.get_closest_marker(tier):
             item.add_marker(getattr(pytest.mark, tier))
+    order: dict[Any, int] = {}
+    for item in items:
+        order[item.path] = min(order.get(item.path, len(SLOWEST_FIRST)), _order_of(item))
+    items.sort(key=lambda item: order[item.path])  # stable: each module's tests stay together and in order
 
 
 class TierBreach(AssertionError):

@@ -18,7 +18,18 @@ def test_the_client_extra_installs_a_working_agent_without_the_server_side(tmp_p
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python, agent = venv / "bin" / "python", venv / "bin" / "fedstep-client"
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"{REPO}[client]"],
+        # --no-compile: what is installed is the same; the modules compile to bytecode when first imported,
+        # and the test imports a few of them, not all of TensorFlow's (about half of the install's time)
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-compile",
+            f"{REPO}[client]",
+        ],
         capture_output=True,
         text=True,
         timeout=900,

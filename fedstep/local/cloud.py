@@ -280,7 +280,7 @@ class LocalCloud:
     def _create_principals(self) -> None:
         """The administrator (while IAM is not yet enforced), then the operator's and each organisation's
         user, whose ARNs the stack's roles trust."""
-        unauthenticated = boto.client("iam", boto3.Session(region_name=REGION), self.endpoint)
+        unauthenticated = boto.client("iam", boto.new_session(region_name=REGION), self.endpoint)
         self.principals = Principals({ADMIN: identities.create_admin(unauthenticated)})
         self._forget_credentials()
         iam = self.client("iam")

@@ -13,9 +13,9 @@ from fedstep.aws.stack import StackOutputs
 def session(region: str | None) -> Any:  # -> boto3.Session
     """The operator's AWS session: `region`, else AWS_REGION, else AWS_DEFAULT_REGION, else the
     profile's (boto3 itself reads only the last two)."""
-    import boto3
+    from fedstep.aws.boto import new_session
 
-    return boto3.Session(region_name=region or os.environ.get("AWS_REGION") or None)
+    return new_session(region_name=region or os.environ.get("AWS_REGION") or None)
 
 
 class Stack:

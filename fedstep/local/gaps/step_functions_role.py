@@ -6,8 +6,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import boto3
-
 from fedstep.local.gaps.shim import PatchShim
 from fedstep.local.iam.identities import service_credentials
 
@@ -46,7 +44,7 @@ class StepFunctionsRole(PatchShim):
             if not role_arn:
                 return client
             keys = service_credentials(role_arn, "states.amazonaws.com", machine_of(role_arn, region), region)
-            session = boto3.Session(keys.access_key, keys.secret_key, keys.token, region_name=region)
+            session = keys.session(region)
             return session.client(service, endpoint_url=client.meta.endpoint_url, config=client.meta.config)
 
         users = [

@@ -58,7 +58,12 @@ class Keys:
     token: str | None = None
 
     def session(self, region: str) -> boto3.Session:
-        return boto3.Session(self.access_key, self.secret_key, self.token, region_name=region)
+        return boto.new_session(
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            aws_session_token=self.token,
+            region_name=region,
+        )
 
     def env(self) -> dict[str, str]:
         """As the standard credential chain reads them from the environment (a user's keys come with an
