@@ -2,7 +2,7 @@
 agents that run in the test's process, and reading a run's results back.
 
 The agents use a trainer that shifts every weight (the protocol is under test, not Keras; the
-server never reads the architecture file). `fedstep local` with Keras clients is in test_demo.py.
+server never reads the architecture file). `fedstep local` with Keras clients is in test_demo*.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The protocol on the real stack deployed into moto: state machine, SNS->SQS, agents, stream, Lambda.
 
 The agents run in-process with a small numpy trainer (the protocol is under test, not Keras; the
-server never reads the architecture file). `fedstep local` with Keras clients is tested in test_demo.py.
+server never reads the architecture file). `fedstep local` with Keras clients is tested in test_demo*.py.
 """
 
 from __future__ import annotations
