@@ -1,5 +1,6 @@
 """Helpers shared by the tests that run against the embedded local cloud: a small numpy trainer,
-agents that run in the test's process, and reading a run's results back.
+agents that run in the test's process, `fedstep` commands (as a process, or in this one), and reading
+a run's results back.
 
 The agents use a trainer that shifts every weight (the protocol is under test, not Keras; the
 server never reads the architecture file). `fedstep local` with Keras clients is in test_demo*.py.
@@ -7,12 +8,16 @@ server never reads the architecture file). `fedstep local` with Keras clients is
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import re
 import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -215,6 +220,75 @@ def fedstep(cloud, *args: str, timeout: int = 240, **run: Any) -> subprocess.Com
         timeout=timeout,
         **options,
     )
+
+
+class _ThisThreadsOutput:
+    """Stands in for sys.stdout or sys.stderr: the writes of the thread that made it are kept in `text`,
+    other threads' (agents serving meanwhile) go to the stream it replaces."""
+
+    def __init__(self, original: Any) -> None:
+        self.original, self.text, self.thread = original, io.StringIO(), threading.get_ident()
+
+    def _target(self) -> Any:
+        return self.text if threading.get_ident() == self.thread else self.original
+
+    def write(self, text: str) -> int:
+        return self._target().write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target(), name)
+
+
+class _ThisThread(logging.Filter):
+    """Passes the records of the thread that made it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread == self.thread
+
+
+def fedstep_here(cloud, *args: str, cwd: Path | str = REPO) -> subprocess.CompletedProcess[str]:
+    """`fedstep(cloud, *args)` in this process: `fedstep.cli.main` in the operator's environment, its
+    output and warnings captured as a process prints them (this thread's only: agents may serve
+    meanwhile). For commands that build or load a Keras model, which a process would spend 6-8 s of
+    CPU importing TensorFlow for; not for what only a process shows (signals, the real entry point's
+    exit, its whole stderr)."""
+    from fedstep.cli import main
+
+    argv = [*args, "--endpoint-url", cloud.endpoint]
+    env = {**cloud.env(), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # restored after: these and the defaults main() sets, no more (a Lambda run meanwhile sets its own)
+    saved = {k: os.environ.get(k) for k in (*env, "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION")}
+    out, err = _ThisThreadsOutput(sys.stdout), _ThisThreadsOutput(sys.stderr)
+    log = logging.StreamHandler(err)
+    log.setLevel(logging.WARNING)
+    log.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))  # as main's basicConfig
+    log.addFilter(_ThisThread())
+    root = logging.getLogger()
+    os.environ.update(env)
+    root.addHandler(log)
+    try:
+        with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as exc:  # argparse's usage errors, --help; exits as the interpreter does
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+                if exc.code is not None and not isinstance(exc.code, int):
+                    print(exc.code, file=sys.stderr)
+            except Exception:  # as the interpreter ends a process on an uncaught exception
+                traceback.print_exc()
+                code = 1
+    finally:
+        root.removeHandler(log)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return subprocess.CompletedProcess(["fedstep", *argv], code, out.text.getvalue(), err.text.getvalue())
 
 
 def agent_processes(out: Path) -> dict[str, int]:

@@ -3,14 +3,19 @@ the clients to evaluate a run's global model on their test splits (or evaluates 
 operator's data with --data). Clients' answers are claims: bounded before they are shown.
 
 The cloud tests share one finished run of the digits model, served by two agents in threads of this
-process: a numpy train function (the protocol is under test) and the default Keras evaluation."""
+process: a numpy train function (the protocol is under test) and the default Keras evaluation. The
+commands that build or load the Keras model (start, download, evaluate --data) run in this process
+(`fedstep_here`: a `fedstep` process would import TensorFlow again), unless a test checks what the
+process itself prints."""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import boto3
@@ -41,6 +46,7 @@ from tests.cloud_helpers import (
     agent_config,
     drain_queues,
     fedstep,
+    fedstep_here,
     published_round,
     receive,
     serve_run,
@@ -94,7 +100,7 @@ def finished_run(local_cloud, tmp_path_factory) -> str:
     drain_queues(local_cloud)
     agents = [keras_agent(local_cloud, cid, tmp) for cid in SIZES]
     with serving(agents):
-        result = fedstep(
+        result = fedstep_here(
             local_cloud, "start", "--model", "client_agent.models:digits_mlp", "--rounds", "2", "--seed", "3", "--watch"
         )
     assert result.returncode == 0, result.stderr
@@ -203,7 +209,7 @@ def test_evaluate_asks_each_client_of_a_finished_run_and_reports_what_keras_give
 
     # the same model, downloaded and evaluated here on each client's test split
     out = tmp_path / "model.keras"
-    assert fedstep(local_cloud, "download", finished_run, "-o", str(out)).returncode == 0
+    assert fedstep_here(local_cloud, "download", finished_run, "-o", str(out)).returncode == 0
     from client_agent.keras_model import import_keras
 
     model = import_keras().models.load_model(out, safe_mode=True)
@@ -480,18 +486,21 @@ def wrong_width():  # 10 features for a model of 64
 
 
 @pytest.fixture
-def operator_data(tmp_path, monkeypatch) -> None:
+def operator_data(tmp_path, monkeypatch) -> Iterator[None]:
     (tmp_path / "operator_data.py").write_text(LOADERS)
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # for a `fedstep` process
+    monkeypatch.syspath_prepend(tmp_path)  # for `fedstep_here`
+    yield
+    sys.modules.pop("operator_data", None)  # the next test's is another file
 
 
 def test_evaluate_with_data_evaluates_the_global_model_here(local_cloud, finished_run, operator_data, tmp_path):
-    result = fedstep(local_cloud, "evaluate", finished_run, "--data", "operator_data:load", "--json")
+    result = fedstep_here(local_cloud, "evaluate", finished_run, "--data", "operator_data:load", "--json")
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     assert (answer["round"], answer["num_examples"]) == (2, 200)
     out = tmp_path / "model.keras"
-    assert fedstep(local_cloud, "download", finished_run, "-o", str(out)).returncode == 0
+    assert fedstep_here(local_cloud, "download", finished_run, "-o", str(out)).returncode == 0
     from sklearn.datasets import load_digits
 
     from client_agent.keras_model import import_keras
@@ -501,7 +510,7 @@ def test_evaluate_with_data_evaluates_the_global_model_here(local_cloud, finishe
     direct = model.evaluate((x / 16).astype(np.float32)[-200:], y[-200:], verbose=0, return_dict=True)
     assert answer["metrics"]["accuracy"] == pytest.approx(direct["accuracy"], rel=1e-6)
     assert answer["metrics"]["loss"] == pytest.approx(direct["loss"], rel=1e-5)
-    text = fedstep(local_cloud, "evaluate", finished_run, "--data", "operator_data:load", "--round", "1")
+    text = fedstep_here(local_cloud, "evaluate", finished_run, "--data", "operator_data:load", "--round", "1")
     assert text.returncode == 0, text.stderr
     assert text.stdout.startswith(f"round 1 of run {finished_run} on operator_data:load (200 examples): accuracy ")
 
@@ -516,7 +525,8 @@ def test_evaluate_with_data_evaluates_the_global_model_here(local_cloud, finishe
     ],
 )
 def test_a_data_loader_that_fails_is_a_clear_error(local_cloud, finished_run, operator_data, loader, message):
-    """Each a one-line error, as fedstep local gives: no traceback, no Keras colour codes or call dump."""
+    """Each a one-line error, as fedstep local gives: no traceback, no Keras colour codes or call dump (the
+    process' whole stderr, so a `fedstep` process)."""
     result = fedstep(local_cloud, "evaluate", finished_run, "--data", loader)
     assert result.returncode == 2
     assert message in result.stderr.splitlines()[-1] and result.stderr.splitlines()[-1].startswith("fedstep: error: ")

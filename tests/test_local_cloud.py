@@ -34,6 +34,7 @@ from tests.cloud_helpers import (
     agent,
     as_the_function,
     fedstep,
+    fedstep_here,
     global_after,
     receive,
     serve,
@@ -156,7 +157,9 @@ def _fedstep(*args: str, cloud) -> subprocess.CompletedProcess[str]:
 
 
 def test_fedstep_start_publishes_the_model_and_starts_an_execution(cloud):
-    result = _fedstep(
+    # in this process: `fedstep start --model` builds the model, a process would import TensorFlow again
+    result = fedstep_here(
+        cloud,
         "start",
         "--model",
         "client_agent.models:digits_mlp",
@@ -166,7 +169,6 @@ def test_fedstep_start_publishes_the_model_and_starts_an_execution(cloud):
         "cli-run",
         "--seed",
         "1",
-        cloud=cloud,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "started run cli-run with clients client-1, client-2" in result.stdout
@@ -178,7 +180,7 @@ def test_fedstep_start_publishes_the_model_and_starts_an_execution(cloud):
     assert run.rounds == 3 and run.clients == ["client-1", "client-2"] and run.training.learning_rate is None
     arn = cloud.outputs.state_machine_arn.replace(":stateMachine:", ":execution:") + ":cli-run"
     assert cloud.client("stepfunctions").describe_execution(executionArn=arn)["status"] == "RUNNING"
-    again = _fedstep("start", "--model", "client_agent.models:digits_mlp", "--run-id", "cli-run", cloud=cloud)
+    again = fedstep_here(cloud, "start", "--model", "client_agent.models:digits_mlp", "--run-id", "cli-run")
     assert again.returncode == 2 and "run cli-run exists already" in again.stderr
 
 

@@ -2,8 +2,9 @@
 
 Unit tests build cards on the in-memory ports (`tests/round_world.py`); the local-cloud tests run the
 real stack: the server writes each finished run's card, `fedstep promote` approves a round, and
-`fedstep download --approved` fetches it, every sha256 checked; a client's credentials cannot write
-a card or the approved pointer.
+`fedstep download --approved` fetches it, every sha256 checked (a download that writes the .keras file
+runs in this process, `fedstep_here`: a process would import TensorFlow again); a client's credentials
+cannot write a card or the approved pointer.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from fedstep.aws.errors import error_code
 from fedstep.core import keys, model_card, tensors
 from fedstep.core.model_card import ModelCardError, ModelTampered
 from fedstep.core.schemas import Bounds, ObjectRef, RunRecord, TrainingConfig
-from tests.cloud_helpers import agent, drain_queues, fedstep, serve_run, summaries, wait_for_execution
+from tests.cloud_helpers import agent, drain_queues, fedstep, fedstep_here, serve_run, summaries, wait_for_execution
 from tests.round_world import GLOBAL, RUN, World
 
 ARCHITECTURE = b"an architecture file (.keras)"
@@ -254,10 +255,10 @@ def test_promote_then_download_approved_gives_the_model_of_download_round(local_
     assert promoted.returncode == 0, promoted.stderr
     assert f"approved run {finished} round 1 as model 'digits'" in promoted.stdout
     approved, by_round = tmp_path / "approved.keras", tmp_path / "round1.keras"
-    result = fedstep(local_cloud, "download", "--approved", "--name", "digits", "-o", str(approved))
+    result = fedstep_here(local_cloud, "download", "--approved", "--name", "digits", "-o", str(approved))
     assert result.returncode == 0, result.stderr
     assert "sha256 checked against its card" in result.stdout
-    result = fedstep(local_cloud, "download", finished, "--round", "1", "-o", str(by_round))
+    result = fedstep_here(local_cloud, "download", finished, "--round", "1", "-o", str(by_round))
     assert result.returncode == 0, result.stderr
     # The same architecture and weights; the .keras files differ only in Keras' save time stamp.
     with zipfile.ZipFile(approved) as a, zipfile.ZipFile(by_round) as b:

@@ -31,7 +31,7 @@ from fedstep.operator.settings import RunSettings
 from fedstep.operator.start import plan_run, without_revoked
 from infra.config import ClientConfig, ConfigError, DeploymentConfig
 from infra.synth import build_app
-from tests.cloud_helpers import REPO, agent, drain_queues, fedstep, published_round, serve
+from tests.cloud_helpers import REPO, agent, drain_queues, fedstep, fedstep_here, published_round, serve
 from tests.test_infra_template import flatten
 
 PARTNER = "arn:aws:iam::111122223333:role/fl-agent"
@@ -154,7 +154,8 @@ def test_a_revoked_clients_queue_stays_and_it_gets_no_agent_config(offboarded):
 def test_a_run_started_after_revocation_never_selects_the_revoked_client(offboarded):
     cloud = offboarded
     drain_queues(cloud)
-    started = fedstep(cloud, "start", "--model", MODEL, "--rounds", "1", "--round-timeout", "600")
+    # in this process: `fedstep start --model` builds the model, a process would import TensorFlow again
+    started = fedstep_here(cloud, "start", "--model", MODEL, "--rounds", "1", "--round-timeout", "600")
     assert started.returncode == 0, started.stderr
     run_id = re.search(r"started run (\S+)", started.stdout).group(1)
     assert published_round(cloud, run_id)["selected"] == ["client-1", "client-2"]

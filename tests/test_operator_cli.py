@@ -1,6 +1,8 @@
 """The operator's commands against the embedded local cloud: start (run file, --watch), runs, status, stop,
-download, report. Each runs as `python -m fedstep ...` in a subprocess, as an operator types it; the
-clients are real agents in threads of this process (a small numpy trainer: the commands are under test)."""
+download, report. Each runs as `python -m fedstep ...` in a subprocess, as an operator types it, but for
+those that build or load a Keras model (start, download), run in this process (`fedstep_here`: a process
+would import TensorFlow again); the clients are real agents in threads of this process (a small numpy
+trainer: the commands are under test)."""
 
 from __future__ import annotations
 
@@ -22,7 +24,15 @@ from fedstep.core.clock import utc_now
 from fedstep.core.errors import RunStopped
 from fedstep.core.schemas import RunStop
 from fedstep.local import gaps
-from tests.cloud_helpers import agent_config, drain_queues, fedstep, published_round, serve, wait_for_execution
+from tests.cloud_helpers import (
+    agent_config,
+    drain_queues,
+    fedstep,
+    fedstep_here,
+    published_round,
+    serve,
+    wait_for_execution,
+)
 
 
 def round_rows(text: str) -> list[list[str]]:
@@ -61,7 +71,7 @@ def finished_run(local_cloud, tmp_path_factory) -> str:
     run_file = tmp / "run.json"
     run_file.write_text(json.dumps({"model": MODEL, "rounds": 5, "round_timeout_s": 120, "seed": 1}))
     threads = serve_in_background(local_cloud, tmp)
-    result = fedstep(local_cloud, "start", "--run-file", str(run_file), "--rounds", "3", "--watch")  # flag wins
+    result = fedstep_here(local_cloud, "start", "--run-file", str(run_file), "--rounds", "3", "--watch")  # flag wins
     for thread in threads:
         thread.join(timeout=60)
     assert result.returncode == 0, result.stderr
@@ -123,7 +133,7 @@ def test_status_has_a_row_per_round_with_participants_metrics_and_durations(loca
 
 def test_download_gives_the_last_global_model_as_a_keras_file_ready_for_predict(local_cloud, finished_run, tmp_path):
     out = tmp_path / "model.keras"
-    result = fedstep(local_cloud, "download", finished_run, "-o", str(out))
+    result = fedstep_here(local_cloud, "download", finished_run, "-o", str(out))
     assert result.returncode == 0, result.stderr
     assert "after round 3" in result.stdout
     from client_agent.keras_model import get_tensors, import_keras
@@ -139,7 +149,7 @@ def test_download_gives_the_last_global_model_as_a_keras_file_ready_for_predict(
 
 
 def test_download_and_report_write_under_runs_of_the_run_when_no_output_is_given(local_cloud, finished_run, tmp_path):
-    download = fedstep(local_cloud, "download", finished_run, cwd=tmp_path)
+    download = fedstep_here(local_cloud, "download", finished_run, cwd=tmp_path)
     assert download.returncode == 0, download.stderr
     model = tmp_path / "runs" / finished_run / f"{finished_run}-round3.keras"
     assert f"wrote runs/{finished_run}/{finished_run}-round3.keras" in download.stdout and model.stat().st_size > 0
@@ -173,7 +183,7 @@ def test_status_of_an_unknown_run_is_a_clear_error(local_cloud):
 
 def test_stop_aborts_a_running_run_and_tells_its_clients(local_cloud, finished_run):
     drain_queues(local_cloud)
-    started = fedstep(local_cloud, "start", "--model", MODEL, "--rounds", "2", "--round-timeout", "300")
+    started = fedstep_here(local_cloud, "start", "--model", MODEL, "--rounds", "2", "--round-timeout", "300")
     assert started.returncode == 0, started.stderr
     run_id = started.stdout.split("started run ", 1)[1].split()[0]
     result = fedstep(local_cloud, "stop", run_id, "--reason", "wrong learning rate")
@@ -220,7 +230,7 @@ def poll_until_the_run_ends(a: Agent) -> list[Outcome]:
 def started_run(cloud) -> str:
     """`fedstep start` of a 2-round run whose round 1 is open (published), no agent serving it yet."""
     drain_queues(cloud)
-    started = fedstep(cloud, "start", "--model", MODEL, "--rounds", "2", "--round-timeout", "300")
+    started = fedstep_here(cloud, "start", "--model", MODEL, "--rounds", "2", "--round-timeout", "300")
     assert started.returncode == 0, started.stderr
     run_id = started.stdout.split("started run ", 1)[1].split()[0]
     published_round(cloud, run_id, 1)

@@ -4,7 +4,8 @@ choose clients by name, `fedstep start` warns when it sends a round to an offlin
 status` shows the round in progress (selected, sent, pending, failed, left out, deadline).
 
 Heartbeats are written as each client writes its own (under its role); the agents that serve rounds
-run in this process with a small numpy trainer (the selection is under test, not Keras)."""
+run in this process with a small numpy trainer (the selection is under test, not Keras). A `fedstep start`
+that builds the model runs in this process too (`fedstep_here`: a process would import TensorFlow again)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tests.cloud_helpers import (
     cloud_of,
     drain_queues,
     fedstep,
+    fedstep_here,
     published_round,
     serve,
     summaries,
@@ -72,7 +74,7 @@ def in_progress(cloud, run_id: str) -> dict[str, str]:
 
 
 def test_a_stopped_client_is_not_selected_and_status_shows_the_round_in_progress(cloud, tmp_path):
-    started = fedstep(cloud, "start", "--model", MODEL, "--rounds", "1", "--round-timeout", "600")
+    started = fedstep_here(cloud, "start", "--model", MODEL, "--rounds", "1", "--round-timeout", "600")
     run_id = started_run(started)
     assert "fedstep: round 1 leaves out client-3 (stopped): its heartbeat says offline" in started.stderr
     assert "warning" not in started.stderr  # no selected client is offline
@@ -132,7 +134,7 @@ def test_select_and_exclude_name_clients_and_refuse_what_cannot_work(trio, flags
 
 
 def test_fedstep_start_warns_when_it_sends_a_round_to_an_offline_client(cloud, tmp_path):
-    named = fedstep(cloud, "start", "--model", MODEL, "--rounds", "1", "--select", "client-1,client-3")
+    named = fedstep_here(cloud, "start", "--model", MODEL, "--rounds", "1", "--select", "client-1,client-3")
     run_id = started_run(named)
     assert (
         "fedstep: warning: round 1 is sent to client-3 (stopped), whose heartbeat says offline (too few of its "
@@ -145,7 +147,9 @@ def test_fedstep_start_warns_when_it_sends_a_round_to_an_offline_client(cloud, t
     assert in_progress(cloud, run_id)["pending"] == "client-1 (online), client-3 (stopped)"
     assert fedstep(cloud, "stop", run_id).returncode == 0
 
-    waiting = fedstep(cloud, "start", "--model", MODEL, "--rounds", "1", "--exclude", "client-2", "--no-select-online")
+    waiting = fedstep_here(
+        cloud, "start", "--model", MODEL, "--rounds", "1", "--exclude", "client-2", "--no-select-online"
+    )
     run_id = started_run(waiting)
     assert "round 1 is sent to client-3 (stopped), whose heartbeat says offline (select_online is off)" in (
         waiting.stderr

@@ -2,7 +2,9 @@
 asks the clients through their queues and reads their answers from their own partitions; a run with
 `--standardize federated` asks before round 1 and every client trains on features standardized with
 everybody's statistics. Two agents serve in threads of this process, with raw digits features (pixel
-counts 0-16, one client's shifted by 5, some values missing)."""
+counts 0-16, one client's shifted by 5, some values missing). The commands that build a Keras model
+(`start --model`, `stats <model>`) run in this process (`fedstep_here`: a process would import TensorFlow
+again); the agents' sessions name their profiles, so the operator's environment meanwhile is not theirs."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from fedstep.aws.ddb import to_attributes
 from fedstep.core import keys
 from fedstep.core.clock import utc_now
 from fedstep.core.schemas import StatsItem
-from tests.cloud_helpers import agent_config, drain_queues, fedstep, receive, serving
+from tests.cloud_helpers import agent_config, drain_queues, fedstep, fedstep_here, receive, serving
 
 CLIENTS = ("client-1", "client-2")
 
@@ -85,7 +87,7 @@ def test_stats_asks_every_client_and_gives_the_statistics_of_the_pooled_data(clo
 
 def test_stats_for_a_model_asks_for_its_input_width_and_sites_of_another_width_say_so(cloud, tmp_path):
     with serving([stats_agent(cloud, cid, tmp_path) for cid in CLIENTS]):
-        result = fedstep(cloud, "stats", "client_agent.models:heart_logreg", "--deadline", "120")
+        result = fedstep_here(cloud, "stats", "client_agent.models:heart_logreg", "--deadline", "120")
     assert result.returncode == 2
     assert "client-1: cannot answer: this site's data has 64 features, the request asks 22" in result.stderr
     assert "0 of 2 client(s) answered usably" in result.stderr and "Traceback" not in result.stderr
@@ -137,7 +139,7 @@ def start_standardized(cloud, tmp_path, how: str) -> str:
     for seen in SEEN.values():
         seen.clear()
     with serving([stats_agent(cloud, cid, tmp_path) for cid in CLIENTS]):
-        result = fedstep(
+        result = fedstep_here(
             cloud,
             *("start", "--model", "client_agent.models:digits_mlp", "--rounds", "1", "--seed", "3"),
             *("--standardize", how, "--watch"),
@@ -174,7 +176,7 @@ def test_with_standardize_local_each_client_uses_its_own_statistics(cloud, tmp_p
 
 def test_a_federated_run_whose_clients_do_not_answer_never_starts(cloud):
     drain_queues(cloud)
-    result = fedstep(
+    result = fedstep_here(
         cloud,
         *("start", "--model", "client_agent.models:digits_mlp", "--run-id", "never-started"),
         *("--standardize", "federated", "--round-timeout", "3"),
