@@ -40,13 +40,14 @@ test-scale: $(STAMP) $(NODE_STAMP)
 
 install: $(STAMP) $(NODE_STAMP)
 
-# uv (pinned in requirements-bootstrap.txt) installs the pinned requirements into the venv: about 20 s where
-# pip takes about 2 minutes, most of it compiling every installed module to bytecode (uv leaves that to the
-# first import, which compiles only what is imported). uv reads UV_INDEX_URL (or uv.toml), not pip.conf.
+# uv (pinned in requirements-bootstrap.txt) installs the pinned requirements into the venv: about 45 s where
+# pip takes over 2 minutes. It compiles every module to bytecode as pip does, on every core (with
+# PYTHONDONTWRITEBYTECODE set, as on CI, nothing would be compiled later: each process would compile
+# TensorFlow again). uv reads UV_INDEX_URL (or uv.toml), not pip.conf.
 $(STAMP): requirements.txt requirements-dev.txt requirements-bootstrap.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bootstrap.txt
-	$(VENV)/bin/uv pip install --quiet --python $(PY) -r requirements-dev.txt
+	$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -r requirements-dev.txt
 	$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps -e .
 	touch $(STAMP)
 
