@@ -47,6 +47,11 @@ os.environ.update(
         "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
         "CDK_DISABLE_VERSION_CHECK": "1",
         "TF_CPP_MIN_LOG_LEVEL": "3",
+        # three workers on two cores, each with processes of its own: one TensorFlow thread per process, not a
+        # pool of every core in each (which spin against one another); `fedstep local` keeps these for its agents
+        "TF_NUM_INTRAOP_THREADS": "1",
+        "TF_NUM_INTEROP_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
     }
 )
 
