@@ -28,3 +28,14 @@ def test_sessions_share_the_models_but_never_the_credentials():
     assert alice.get_credentials().access_key == "AKIDALICE" and bob.get_credentials().access_key == "AKIDBOB"
     assert (alice.region_name, bob.region_name) == ("us-east-1", "eu-west-1")
     assert alice._session.get_component("data_loader") is bob._session.get_component("data_loader")
+
+
+def test_the_shared_loader_does_not_grow_with_the_sessions_a_process_makes():
+    """boto3 adds its data folder to a session's loader each time: a warm Lambda or the local cloud's
+    Step Functions, making a session per invocation, must not grow the shared loader's paths."""
+    boto.new_session()
+    paths = list(boto.new_session()._session.get_component("data_loader").search_paths)
+    for _ in range(200):
+        boto.new_session(region_name="us-east-1")
+    assert boto.new_session()._session.get_component("data_loader").search_paths == paths
+    assert len(paths) == len(set(paths))

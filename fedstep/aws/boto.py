@@ -32,10 +32,18 @@ def _botocore_session() -> botocore.session.Session:
     return core
 
 
+def _session_on(core: botocore.session.Session, **kwargs: Any) -> boto3.Session:
+    session = boto3.Session(botocore_session=core, **kwargs)
+    # boto3 appends its data folder to the loader's search paths for every session: keep each path once, or
+    # the shared loader's list would grow with every session a long-lived process makes (a warm Lambda)
+    _LOADER.search_paths[:] = dict.fromkeys(_LOADER.search_paths)
+    return session
+
+
 def new_session(**kwargs: Any) -> boto3.Session:
     """A new boto3 Session (`kwargs`: boto3.Session's, e.g. keys, `region_name`, `profile_name`) whose
     credentials are its own and whose service models come from the process's one loader."""
-    return boto3.Session(botocore_session=_botocore_session(), **kwargs)
+    return _session_on(_botocore_session(), **kwargs)
 
 
 def client(
@@ -82,4 +90,4 @@ def assumed_role_session(
     core._credentials = RefreshableCredentials.create_from_metadata(
         metadata=fetch(), refresh_using=fetch, method="sts-assume-role"
     )
-    return boto3.Session(botocore_session=core, region_name=source.region_name)
+    return _session_on(core, region_name=source.region_name)
