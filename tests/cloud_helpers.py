@@ -222,6 +222,22 @@ def fedstep(cloud, *args: str, timeout: int = 240, **run: Any) -> subprocess.Com
     )
 
 
+@contextmanager
+def environ(changes: dict[str, str], also: tuple[str, ...] = ()) -> Iterator[None]:
+    """This process's environment with `changes` until the block ends; then these names (and `also`) are
+    put back as they were, and no others (an in-process Lambda may have set its own meanwhile)."""
+    saved = {name: os.environ.get(name) for name in (*changes, *also)}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 class _ThisThreadsOutput:
     """Stands in for sys.stdout or sys.stderr: the writes of the thread that made it are kept in `text`,
     other threads' (agents serving meanwhile) go to the stream it replaces."""
@@ -260,18 +276,20 @@ def fedstep_here(cloud, *args: str, cwd: Path | str = REPO) -> subprocess.Comple
 
     argv = [*args, "--endpoint-url", cloud.endpoint]
     env = {**cloud.env(), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    # restored after: these and the defaults main() sets, no more (a Lambda run meanwhile sets its own)
-    saved = {k: os.environ.get(k) for k in (*env, "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION")}
     out, err = _ThisThreadsOutput(sys.stdout), _ThisThreadsOutput(sys.stderr)
     log = logging.StreamHandler(err)
     log.setLevel(logging.WARNING)
     log.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))  # as main's basicConfig
     log.addFilter(_ThisThread())
     root = logging.getLogger()
-    os.environ.update(env)
     root.addHandler(log)
     try:
-        with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with (
+            environ(env, also=("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION",)),  # main() sets it
+            contextlib.chdir(cwd),
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
             try:
                 code = main(argv)
             except SystemExit as exc:  # argparse's usage errors, --help; exits as the interpreter does
@@ -283,11 +301,6 @@ def fedstep_here(cloud, *args: str, cwd: Path | str = REPO) -> subprocess.Comple
                 code = 1
     finally:
         root.removeHandler(log)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     return subprocess.CompletedProcess(["fedstep", *argv], code, out.text.getvalue(), err.text.getvalue())
 
 

@@ -4,6 +4,7 @@ process, a terminal's Ctrl-C, its client agents' processes, and its output line 
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -51,10 +52,16 @@ def wait_for_line(proc: subprocess.Popen[str], text: str, timeout_s: float = 300
     raise AssertionError(f"{text!r} never printed; output:\n{''.join(lines)}")
 
 
+def exported(env_file: Path) -> dict[str, str]:
+    """What `source <env_file>` exports (`fedstep local --keep-running`'s local-cloud.env: the endpoint,
+    region and keys, shell-quoted), but PATH, which it prepends to."""
+    return dict(
+        shlex.split(line.removeprefix("export "))[0].split("=", 1)
+        for line in env_file.read_text().splitlines()
+        if line.startswith("export ") and not line.startswith("export PATH=")
+    )
+
+
 def env_of(out: Path) -> dict[str, str]:
     """This environment plus what `source <out>/local-cloud.env` sets (the kept local cloud's endpoint and keys)."""
-    env = dict(os.environ)
-    for line in (out / "local-cloud.env").read_text().splitlines():
-        name, _, value = line.removeprefix("export ").partition("=")
-        env[name] = value
-    return env
+    return {**os.environ, **exported(out / "local-cloud.env")}

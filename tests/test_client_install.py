@@ -18,8 +18,8 @@ def test_the_client_extra_installs_a_working_agent_without_the_server_side(tmp_p
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python, agent = venv / "bin" / "python", venv / "bin" / "fedstep-client"
     install = subprocess.run(
-        # --no-compile: what is installed is the same; the modules compile to bytecode when first imported,
-        # and the test imports a few of them, not all of TensorFlow's (about half of the install's time)
+        # --no-compile: what is installed is the same; the agent's one dry run compiles only the modules it
+        # imports, where compiling every one of TensorFlow's took about half of the install's time
         [
             str(python),
             "-m",

@@ -16,14 +16,14 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
 import pytest
 
-from tests.cloud_helpers import agent_processes
+from tests.cloud_helpers import agent_processes, environ
+from tests.local_runs import exported
 from tests.test_readme_monitoring import monitoring_commands
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,32 +96,12 @@ def kept(tmp_path_factory) -> KeptCloud:
         )
         assert proc.poll() is None, "".join(cloud.lines)
         cloud.run_id = json.loads((out / "summary.json").read_text())["run_id"]
-        with sourced(cloud.env_file):  # this process too, as a user's Python session after `source`
+        with environ(exported(cloud.env_file)):  # this process too, as a user's Python session after `source`
             yield cloud
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
-
-
-@contextmanager
-def sourced(env_file: Path):
-    """This process's environment as `source <env_file>` leaves a shell's (but PATH), until the block ends."""
-    exported = dict(
-        shlex.split(line.removeprefix("export "))[0].split("=", 1)
-        for line in env_file.read_text().splitlines()
-        if line.startswith("export ") and not line.startswith("export PATH=")
-    )
-    saved = {name: os.environ.get(name) for name in exported}
-    os.environ.update(exported)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def test_sourcing_the_env_file_in_bash_puts_fedstep_on_path(kept, tmp_path):
