@@ -137,6 +137,7 @@ def history_frame(rounds: list[dict[str, Any]]) -> pd.DataFrame:
                 "epsilon": entry.get("epsilon"),
                 "delta": entry.get("delta"),
                 "duration_s": entry.get("duration_s"),
+                "bytes_up": entry.get("bytes_up"),
             }
         )
     return pd.DataFrame(rows).set_index("round") if rows else pd.DataFrame(columns=["round"]).set_index("round")

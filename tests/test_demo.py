@@ -28,6 +28,8 @@ def test_digits_with_three_clients_reaches_80_percent_and_improves_every_round(t
     assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
     assert all(r["participants"] == 3 and r["rejected"] == [] for r in rounds)
     assert all({"accuracy", "loss", "duration_s"} <= set(r) for r in rounds)
+    # float32 updates of the 64-unit MLP: 3 files of its 4,810 parameters (19,240 bytes) and a header each
+    assert all(3 * 19_240 < r["bytes_up"] < 3 * (19_240 + 4096) for r in rounds), [r["bytes_up"] for r in rounds]
     heldout = [r["heldout_accuracy"] for r in rounds]
     assert heldout == sorted(heldout) and heldout[-1] > heldout[0] + 0.3, heldout
     losses = [r["loss"] for r in rounds]

@@ -40,6 +40,11 @@ def _settings_args(parser: argparse.ArgumentParser, defaults: RunSettingsDefault
         help="a parameter of the strategy, e.g. eta=0.01 (repeat for several; see `fedstep strategies`)",
     )
     parser.add_argument(
+        "--codec",
+        help="how clients encode their updates: float32 (default), float16, int8, topk:FRACTION or "
+        "topk:FRACTION+int8 (`fedstep codecs` lists them)",
+    )
+    parser.add_argument(
         "--train-param",
         action="append",
         metavar="NAME=VALUE",
@@ -294,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     strategies = sub.add_parser("strategies", help="the aggregation strategies, with their parameters and defaults")
     strategies.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+    codecs = sub.add_parser("codecs", help="the update codecs: what each sends up and how close it decodes")
+    codecs.add_argument("--json", action="store_true", help="print JSON instead of text")
+
     local = sub.add_parser("local", help="run a real federated training on the embedded local cloud")
     local.add_argument(
         "--dataset",
@@ -344,6 +352,13 @@ def _strategies(args: argparse.Namespace) -> int:
     from fedstep.render.strategies import render_strategies
 
     print(render_strategies(as_json=args.json))
+    return 0
+
+
+def _codecs(args: argparse.Namespace) -> int:
+    from fedstep.render.codecs import render_codecs
+
+    print(render_codecs(as_json=args.json))
     return 0
 
 
@@ -618,6 +633,7 @@ def main(argv: list[str] | None = None) -> int:
             "client-config": _client_config,
             "local": _local,
             "strategies": _strategies,
+            "codecs": _codecs,
             "cost": _cost,
         }
         code = commands[args.command](args)

@@ -12,7 +12,7 @@ refusal is `InvalidRun`, a `FedstepError` whose message names the setting and ho
 
 from __future__ import annotations
 
-from fedstep.core import execution_history, limits, sliced, strategies
+from fedstep.core import codecs, execution_history, limits, sliced, strategies
 from fedstep.core.dp import Accountant, DPAggregation, DPSettings, round_epsilon
 from fedstep.core.errors import FedstepError
 from fedstep.core.schemas import RunRecord
@@ -162,6 +162,40 @@ def check_sliceable(
         )
 
 
+# -- the update codec ---------------------------------------------------------------------------------
+
+
+def check_codec(
+    codec: codecs.Codec,
+    strategy: strategies.Strategy,
+    dp: DPSettings | None,
+    model_bytes: int | None = None,
+    slice_bytes: int | None = None,
+) -> None:
+    """Refuse a codec the run cannot use: a sparse codec (top-k) with a strategy that reads every
+    coordinate of every update (median, trimmed mean, Krum: most coordinates of a sparse update are
+    zero, so their coordinate-wise or distance-based choice would be made of zeros); error feedback
+    with differential privacy (the residual carries the update's unnoised, unclipped remainder into
+    later rounds, outside the guarantee's accounting); a codec that cannot be read by slices on a
+    model the stack aggregates by slices (`model_bytes`, `slice_bytes` as `check_sliceable`)."""
+    if codec.sparse and not strategy.accepts_sparse:
+        raise InvalidRun(
+            f"--codec {codec.name} sends sparse updates (most coordinates zero), and {strategy.name} "
+            f"{strategy.sparse_refusal}; use a dense codec (float32, float16, int8) or an averaging strategy"
+        )
+    if codec.error_feedback and dp is not None:
+        raise InvalidRun(
+            f"--codec {codec.name} keeps error feedback on each client (what top-k left out is added to the next "
+            f"round's update), which --dp {dp.mode} does not account for: a client's data would reach later rounds "
+            "outside the privacy guarantee; use a codec without error feedback (float32, float16, int8) with --dp"
+        )
+    if model_bytes is not None and not codec.sliceable and sliced.needs_slices(model_bytes, slice_bytes):
+        raise InvalidRun(
+            f"--codec {codec.name} cannot be read by slices, and the stack aggregates this model of "
+            f"{model_bytes / 2**20:.0f} MiB by slices (the deployment's slice_mb); use a block-wise codec"
+        )
+
+
 # -- the whole record ---------------------------------------------------------------------------------
 
 
@@ -182,5 +216,10 @@ def check_run(
     per_round = run.clients_per_round or len(run.clients)
     check_participation(len(run.clients), per_round, run.quorum, run.min_participants)
     check_privacy(run.dp, strategy, per_round, len(run.clients), run.selection, accountant)
+    try:
+        codec = codecs.get(run.codec)
+    except ValueError as exc:
+        raise InvalidRun(f"run {run.run_id}: {exc}") from None
+    check_codec(codec, strategy, run.dp, model_bytes, slice_bytes)
     if model_bytes is not None:
         check_sliceable(strategy, run.dp, model_bytes, slice_bytes)

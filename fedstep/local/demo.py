@@ -645,6 +645,7 @@ def _watch(
                 "metrics": summary.metrics,
                 "rejected": [asdict(r) for r in summary.rejected],
                 "duration_s": summary.duration_s,
+                "bytes_up": summary.bytes_aggregated,
                 "measurements": summary.measurements,
                 "kept": summary.kept,
                 "epsilon": summary.epsilon,

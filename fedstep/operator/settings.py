@@ -9,7 +9,7 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass, fields
 from typing import Any, NamedTuple
 
-from fedstep.core import keys, limits, run_rules, strategies
+from fedstep.core import codecs, keys, limits, run_rules, strategies
 from fedstep.core.errors import FedstepError
 from fedstep.core.json_files import load_json_object
 from fedstep.core.schemas import (
@@ -83,6 +83,9 @@ class RunSettings:
     selection: str = "fixed"
     """How a round samples clients_per_round of the clients: "fixed" (exactly that many) or "poisson"
     (each with probability clients_per_round / clients; central DP accounted under add/remove)."""
+    codec: str = "float32"
+    """How the clients encode their updates: float32 (default), float16, int8, topk:FRACTION or
+    topk:FRACTION+int8 (`fedstep codecs` lists them; docs/codecs.md)."""
     select_online: bool = True
     """Leave out of each round the clients whose heartbeat says offline or stopped (fedstep.core.selection)."""
     select: list[str] | None = None
@@ -105,10 +108,12 @@ class RunSettings:
             strategy = self.strategy_instance()
             self.training()
             self.bounds()
-            self.privacy()
+            privacy = self.privacy()
+            codec = self.codec_instance()
         except (ValueError, InvalidMessage) as exc:
             raise FedstepError(str(exc)) from None
         run_rules.check_floors(self.quorum, self.min_participants, self.selection, strategy)
+        run_rules.check_codec(codec, strategy, privacy)
         return self
 
     def privacy(self) -> DPSettings | None:
@@ -202,6 +207,10 @@ class RunSettings:
     def strategy_instance(self) -> strategies.Strategy:
         """The strategy with its parameters; ValueError naming an unknown or ill-typed one."""
         return strategies.build(self.strategy, self.strategy_params)
+
+    def codec_instance(self) -> codecs.Codec:
+        """The update codec; ValueError naming an unknown one (and the codecs there are)."""
+        return codecs.get(self.codec)
 
     def training(self) -> TrainingConfig:
         return TrainingConfig(

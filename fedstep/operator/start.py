@@ -149,6 +149,9 @@ def start_run(
             "bytes (deployment config max_model_mb)"
         )
     run_rules.check_sliceable(settings.strategy_instance(), record.dp, len(weights), outputs.slice_bytes)
+    run_rules.check_codec(
+        settings.codec_instance(), settings.strategy_instance(), record.dp, len(weights), outputs.slice_bytes
+    )
     if settings.standardize == "federated":
         record = _with_statistics(record, outputs, s3, dynamodb, sns, progress)
     launched = launch_run(record, architecture, weights, 0, keys.INITIAL_VERSION, outputs, s3, dynamodb, stepfunctions)
@@ -197,6 +200,7 @@ def plan_run(settings: RunSettings, stack_clients: list[str], run_id: str, revok
         dp=settings.privacy(),
         select_online=settings.select_online,
         selection=settings.selection,
+        codec=settings.codec_instance().name,
     )
 
 

@@ -181,6 +181,8 @@ def settings_line(view: RunView) -> str:
         f"round deadline {duration(r.round_timeout_s)}",
         bounds_text(view),
     ]
+    if r.codec != "float32":
+        parts.append(f"updates encoded {r.codec}")
     if r.training.standardize != "none":
         parts.append(f"features standardized ({r.training.standardize})")
     if r.training.params:
@@ -348,6 +350,7 @@ def render_status_json(view: RunView) -> str:
         "stop": asdict(view.stop) if view.stop else None,
         "strategy": view.record.strategy,
         "strategy_params": view.record.strategy_params,
+        "codec": view.record.codec,
         "dp": asdict(view.record.dp) if view.record.dp else None,
         "neighbouring": neighbouring(view.record.dp, view.record.selection),
         "target_met_by_round": target_met_by(view),

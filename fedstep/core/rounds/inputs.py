@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from fedstep.core import influence, strategies, tensors
+from fedstep.core import codecs, influence, strategies, tensors
 from fedstep.core.dp import DPAggregation
 from fedstep.core.errors import FedstepError
 from fedstep.core.ports import ModelStore, RoundTable
@@ -16,7 +16,7 @@ from fedstep.core.round_record import RoundRecord, recorded_selection
 from fedstep.core.rounds.errors import StrategyFailed
 from fedstep.core.schemas import Bounds, ObjectRef, RoundSummary, RunRecord, is_completed
 from fedstep.core.selection import Selection, select_round
-from fedstep.core.update_source import ModelLayout, model_norm, read_header
+from fedstep.core.update_source import ModelLayout, model_norm, read_header, read_layout
 
 
 def choose_clients(
@@ -66,6 +66,25 @@ def dp_sgd_instructions(run: RunRecord) -> dict[str, Any]:
     if dp is None or dp.mode != "dp-sgd":
         return {}
     return {"dp_mode": "dp-sgd", "dp_noise_multiplier": dp.noise_multiplier, "dp_clip": dp.clip, "dp_delta": dp.delta}
+
+
+def codec_instructions(
+    run: RunRecord, round_number: int, global_model: ObjectRef, store: ModelStore, table: RoundTable
+) -> dict[str, Any]:
+    """What the run's codec asks of each client (`fedstep.core.codecs`): its name, and for a codec
+    with error feedback the round's update-norm bound (`round_bounds`), which the client clips its
+    update plus residual to before it sparsifies, so the residual never pushes an honest update past
+    the bound. None of it for float32, whose round messages are as before codecs."""
+    if run.codec == codecs.DEFAULT:
+        return {}
+    codec = codecs.get(run.codec)
+    instructions: dict[str, Any] = {codecs.INSTRUCTION: codec.name}
+    if codec.error_feedback:
+        previous = previous_summary(table, run, round_number)
+        bounds, _ = round_bounds(run, previous, store, global_model, read_layout(store, global_model))
+        if bounds.max_update_norm is not None:
+            instructions[codecs.NORM_BOUND_INSTRUCTION] = float(bounds.max_update_norm)
+    return instructions
 
 
 def expected_participants(run: RunRecord) -> int:

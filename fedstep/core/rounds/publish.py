@@ -14,6 +14,7 @@ from fedstep.core.rounds.errors import RoundBusy, StrategyFailed
 from fedstep.core.rounds.inputs import (
     build_strategy,
     choose_clients,
+    codec_instructions,
     dp_sgd_instructions,
     input_state,
     read_state_values,
@@ -47,7 +48,10 @@ def publish_round(
     if stop is not None:
         raise RunStopped(f"run {run_id} was stopped ({stop.reason}): round {round_number} is not published")
     state = input_state(table, run, round_number)
-    instructions = _instructions(run, round_number, state, store)
+    instructions = {
+        **_instructions(run, round_number, state, store),
+        **codec_instructions(run, round_number, global_model, store, table),
+    }
     chosen = choose_clients(run, round_number, table.get_heartbeats(run.clients) if run.select_online else {})
     if chosen.skipped or chosen.kept_offline:
         log.info(
@@ -87,6 +91,11 @@ def _instructions(run: RunRecord, round_number: int, state: ObjectRef | None, st
     values = read_state_values(store, state, run.strategy) if state is not None else {}
     try:
         instructions = {**strategy.configure_round(round_number, values), **dp_sgd_instructions(run)}
+        reserved = sorted(name for name in instructions if name.startswith(limits.RESERVED_INSTRUCTION_PREFIX))
+        if reserved:
+            raise ValueError(
+                f"instruction names starting {limits.RESERVED_INSTRUCTION_PREFIX!r} are fedstep's: {reserved}"
+            )
         return check_scalars(instructions, "instructions", limits.MAX_INSTRUCTIONS)
     except Exception as exc:
         raise StrategyFailed(

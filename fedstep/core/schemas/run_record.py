@@ -223,6 +223,9 @@ class RunRecord:
     """How each round samples `clients_per_round` of the clients: "fixed" (exactly that many, without
     replacement) or "poisson" (each with probability clients_per_round / clients); a record written
     before the setting existed reads "fixed"."""
+    codec: str = "float32"
+    """How the clients encode their updates (`fedstep.core.codecs`, checked by `fedstep.core.run_rules`);
+    a record written before codecs existed reads "float32" (today's files)."""
 
     def selected(self, round_number: int) -> list[str]:
         """The seeded sample of `round_number`, heartbeats aside (see fedstep.core.selection); the
@@ -266,7 +269,19 @@ class RunRecord:
             dp=DPSettings.parse(data["dp"], f"{where} dp") if data.get("dp") else None,
             select_online=get_field(data, "select_online", bool, where) if "select_online" in data else False,
             selection=_selection(data, where),
+            codec=_codec(data, where),
         )
+
+
+def _codec(data: dict[str, Any], where: str) -> str:
+    """A run record's `codec` name: "float32" when absent (written before codecs existed); a short text
+    here, its meaning checked against the codecs by `fedstep.core.run_rules.check_codec`."""
+    value = data.get("codec", "float32")
+    if not isinstance(value, str) or not 0 < len(value) <= limits.MAX_CODEC_NAME:
+        raise InvalidMessage(
+            f"{where}: codec must be a codec's name (text of at most {limits.MAX_CODEC_NAME}), got {value!r}"
+        )
+    return value
 
 
 def _selection(data: dict[str, Any], where: str) -> str:

@@ -166,6 +166,12 @@ class Strategy(ABC):
     """Whether each output weight depends on that weight alone (of the global model and the updates)
     and there is no state: then a model larger than one function is aggregated by a fan-out of
     slices, each a model of its own (`fedstep.core.sliced`)."""
+    accepts_sparse: ClassVar[bool] = True
+    """Whether it can aggregate sparse updates (a top-k codec: most coordinates zero). Averages can;
+    a strategy that chooses per coordinate or by distance among updates cannot (`fedstep start`
+    refuses the pair, saying `sparse_refusal`)."""
+    sparse_refusal: ClassVar[str] = ""
+    """Why not, when it cannot: the end of "--codec topk:0.1 sends sparse updates, and median ..."."""
 
     def __init__(self, params: Any = None) -> None:
         self.params = params if params is not None else self.Params()

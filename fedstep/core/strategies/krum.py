@@ -85,6 +85,10 @@ class Krum(Strategy):
     summary = "Krum: the update closest to its neighbours (Blanchard et al. 2017)"
     Params = KrumParams
     access = "slices"
+    accepts_sparse = False
+    sparse_refusal = (
+        "scores updates by their distances, which between sparse updates measure which coordinates each kept"
+    )
 
     def check(self, params: Any) -> None:
         for param in ("num_malicious", "num_selected"):

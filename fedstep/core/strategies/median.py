@@ -25,6 +25,8 @@ class Median(Strategy):
     summary = "coordinate-wise median of the updates, unweighted (Yin et al. 2018)"
     access = "slices"
     sliceable = True
+    accepts_sparse = False
+    sparse_refusal = "takes the coordinate-wise median, which of sparse updates is almost all zeros"
 
     def aggregate(
         self, round_number: int, global_model: GlobalModel, state: ServerState, updates: Updates

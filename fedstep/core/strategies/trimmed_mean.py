@@ -38,6 +38,8 @@ class TrimmedMean(Strategy):
     Params = TrimmedMeanParams
     access = "slices"
     sliceable = True
+    accepts_sparse = False
+    sparse_refusal = "trims each coordinate's extremes, which among sparse updates are the few non-zero values"
 
     def check(self, params: Any) -> None:
         if not 0 <= params.beta < 0.5:
