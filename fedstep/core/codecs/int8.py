@@ -63,6 +63,11 @@ def dequantise(q: np.ndarray, scales: np.ndarray, first: int, out: np.ndarray) -
     time (small temporaries). The client's decoded delta and the server's reading are this one
     function: the same bits."""
     block0 = first // BLOCK
+    with np.errstate(over="ignore", invalid="ignore"):  # a client's scales may overflow: the reader checks
+        _dequantise(q, scales, first, block0, out)
+
+
+def _dequantise(q: np.ndarray, scales: np.ndarray, first: int, block0: int, out: np.ndarray) -> None:
     position = 0
     while position < q.size:
         element = first + position
