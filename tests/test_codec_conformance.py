@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
 
 from client_agent import steps
 from client_agent.residuals import ResidualStore
-from fedstep.core import codecs, keys, tensors
+from fedstep.core import codecs, keys, sliced, tensors
 from fedstep.core.codecs import int8, topk
 from fedstep.core.schemas import Bounds, InvalidMessage, ObjectRef, RoundMessage, TrainingConfig, UpdateItem
+from fedstep.core.strategies import aggregation
 from fedstep.core.update_source import ModelLayout, UpdateSource, read_layout, read_update
 from fedstep.core.updates import encode_update, update_file
 from fedstep.memory import MemoryStore
@@ -432,3 +434,57 @@ def test_the_int8_block_and_topk_block_fit_their_index_types():
     assert topk.BLOCK <= 65536 and int8.BLOCK >= 1
     assert codecs.get("topk:0.1").k == math.ceil(0.1 * topk.BLOCK)
     assert codecs.get("topk:0.1").kept(2400) == 2 * 103 + 103 and codecs.get("topk:0.1").kept(60) == 60
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_sliced_plan_reads_a_codecs_updates_as_the_one_pass_decodes_them(codec):
+    """The plan path of a model larger than one function (`fedstep.core.sliced`): its streamed check
+    keeps no tensors, and its slices decode each update's ranges from ranged reads alone."""
+    store, layout = world(codec)
+    items = [report(store, codec, delta_of(seed), client=f"site-{seed}") for seed in (30, 31)]
+    one_pass = [{n: t.copy() for n, t in u.delta.items()} for u in UpdateSource(store, layout, Bounds(), items)]
+    checked = sliced.check_updates(store, layout, Bounds(), items, None)
+    assert not checked.rejected and [u.encoding for _, u in checked.accepted] == [codec, codec]
+    plan = sliced.SlicePlan(
+        RUN, 1, "claim", "fedavg", {}, ObjectRef("g", "0" * 64, 1), {}, 0, "out", "up", {}, SPEC.shapes, 1000,
+        [u for _, u in checked.accepted], {},
+    )  # fmt: skip
+    plan = sliced.SlicePlan.decode(plan.encode())  # as the slices read it
+    for index in range(plan.slice_count):
+        pieces = plan.pieces(index)
+        updates = sliced.PlannedSlice(store, plan, pieces)
+        for name, start, stop in pieces:
+            rows = updates.slice(name, 0, stop - start)
+            for i, update in enumerate(one_pass):
+                np.testing.assert_array_equal(rows[i], update[name].reshape(-1)[start:stop])
+
+
+@pytest.mark.parametrize("codec", ["int8", "topk:0.1+int8"])
+def test_a_codecs_one_pass_mean_holds_the_sum_and_one_decoded_update(codec):
+    """DESIGN invariant 5 under a codec: the float32 sum, the one decode buffer and one coded file
+    (plus the mean's 1 MiB block and small temporaries), whatever the number of clients: within 2x
+    one model plus one update (tests/test_aggregation_memory.py measures the float32 path)."""
+    shapes = {"000/big/kernel": (1000, 1000)}
+    spec = tensors.TensorSpec(shapes)
+    store = MemoryStore()
+    data = tensors.encode({n: np.zeros(s, np.float32) for n, s in shapes.items()})
+    store.put("g", data)
+    layout = read_layout(store, ObjectRef("g", tensors.sha256_hex(data), len(data)), codec)
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(3):
+        delta = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+        file, item = encode_update(
+            delta, run_id=RUN, round_number=1, client_id=f"c{i}", num_examples=5, metrics={},
+            created_at="2026-12-07T00:00:00Z", codec=codec,
+        )  # fmt: skip
+        store.put(item.update.key, file)
+        items.append(item)
+    del delta
+    tracemalloc.start()
+    try:
+        aggregation.weighted_mean(UpdateSource(store, layout, Bounds(), items))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak / spec.data_bytes <= 2.8, f"peak {peak / spec.data_bytes:.2f}x one model"

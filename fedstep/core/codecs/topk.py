@@ -26,6 +26,10 @@ BLOCK = 1024
 """Elements per top-k block (at most 65,536, so indices within a block fit uint16)."""
 
 
+CHUNK_BLOCKS = 64
+"""Blocks checked and scattered at a time (temporaries of 64 x k entries)."""
+
+
 def kept_per_block(fraction: float) -> int:
     """k of a full block: ceil(fraction x BLOCK), at least 1."""
     return max(1, min(BLOCK, math.ceil(round(fraction * BLOCK, 9))))
@@ -114,11 +118,14 @@ class TopK(Codec):
 
     def _scatter(self, indices: np.ndarray, values: np.ndarray, entry: int, out: np.ndarray, offset: int) -> None:
         """Write kept elements - entries [entry, entry + len) of the tensor's - into `out`, whose
-        first element is element `offset` of the tensor; elements outside `out` are skipped."""
-        positions = self.positions(indices, entry)
-        positions -= offset
-        inside = (positions >= 0) & (positions < out.size)
-        out[positions[inside]] = values[inside]
+        first element is element `offset` of the tensor; elements outside `out` are skipped. A
+        chunk of `CHUNK_BLOCKS` blocks' entries at a time (small temporaries)."""
+        step = CHUNK_BLOCKS * self.k
+        for begin in range(0, indices.size, step):
+            positions = self.positions(indices[begin : begin + step], entry + begin)
+            positions -= offset
+            inside = (positions >= 0) & (positions < out.size)
+            out[positions[inside]] = values[begin : begin + step][inside]
 
     def positions(self, indices: np.ndarray, entry: int) -> np.ndarray:
         """Element positions in the tensor of kept entries [entry, entry + len(indices))."""
@@ -128,23 +135,29 @@ class TopK(Codec):
     def check(self, files: Tensors, spec: TensorSpec) -> None:
         for name, shape in spec.shapes.items():
             n = size(shape)
-            indices = files[f"{name}:i"].astype(np.int64)
-            where = f"tensor {name + ':i'!r}"
             full = n // BLOCK
-            head = indices[: full * self.k].reshape(full, self.k)
-            if self.k > 1 and full and (np.diff(head, axis=1) <= 0).any():
-                raise InvalidUpdate(f"{where}: indices not strictly increasing within a block (duplicate or unsorted)")
-            if (head >= BLOCK).any():
-                raise InvalidUpdate(f"{where}: index out of range (blocks of {BLOCK})")
+            indices = files[f"{name}:i"]
+            for first in range(0, full, CHUNK_BLOCKS):
+                blocks = min(CHUNK_BLOCKS, full - first)
+                head = indices[first * self.k : (first + blocks) * self.k].reshape(blocks, self.k)
+                self._check_block_indices(head, BLOCK, name)
             tail = indices[full * self.k :]
-            if tail.size > 1 and (np.diff(tail) <= 0).any():
-                raise InvalidUpdate(f"{where}: indices not strictly increasing within a block (duplicate or unsorted)")
-            if (tail >= n - full * BLOCK).any():
-                raise InvalidUpdate(f"{where}: index out of range (last block of {n - full * BLOCK})")
+            if tail.size:
+                self._check_block_indices(tail.reshape(1, -1), n - full * BLOCK, name)
             if self.quantised:
                 int8.check_scales(files[f"{name}:s"], f"tensor {name + ':s'!r}")
             else:
                 require_finite(files[f"{name}:v"], f"tensor {name + ':v'!r}")
+
+    @staticmethod
+    def _check_block_indices(rows: np.ndarray, length: int, name: str) -> None:
+        """Each row (one block's kept indices) strictly increasing and below the block's `length`."""
+        where = f"tensor {name + ':i'!r}"
+        wide = rows.astype(np.int32)
+        if rows.shape[1] > 1 and (np.diff(wide, axis=1) <= 0).any():
+            raise InvalidUpdate(f"{where}: indices not strictly increasing within a block (duplicate or unsorted)")
+        if (wide >= length).any():
+            raise InvalidUpdate(f"{where}: index out of range (a block of {length})")
 
     def _values(self, files: Tensors, name: str) -> np.ndarray:
         if not self.quantised:
