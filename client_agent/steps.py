@@ -138,6 +138,14 @@ def encode(update: Tensors, ctx: RoundContext) -> Tensors:
         if limit is not None:
             clip_delta(update, limit)
         files, decoded = codec.encode(update, seed)
+        for _ in range(MAX_RESCALES):  # quantisation may lengthen what is sent: never past the bound
+            sent = l2_norm(decoded)
+            if limit is None or sent <= limit:
+                break
+            shrink = np.float32(limit / sent * (1 - 1e-4))
+            for tensor in update.values():
+                tensor *= shrink
+            files, decoded = codec.encode(update, seed)
         ctx.residuals.save(msg.run_id, msg.round, {n: t - decoded[n] for n, t in update.items()}, codec.name)
     else:
         files, _ = codec.encode(update, seed)
@@ -153,6 +161,11 @@ def encode(update: Tensors, ctx: RoundContext) -> Tensors:
         codec=codec.name,
     )
     return update
+
+
+MAX_RESCALES = 4
+"""Times the encode step scales delta + residual down again when its quantised encoding came out
+longer than the round's bound (stochastic rounding can add a little norm)."""
 
 
 def round_limit(ctx: RoundContext) -> float | None:
