@@ -62,6 +62,7 @@ from client_agent.errors import clean_error
 from client_agent.heartbeat import Heartbeats
 from client_agent.privacy_ledger import PrivacyLedger, Spend
 from client_agent.progress import Progress
+from client_agent.residuals import ResidualStore
 from client_agent.steps import RoundPrivacy
 from client_agent.training import CannotEvaluate, FunctionTrainer, Trainer
 from fedstep.aws import boto
@@ -208,6 +209,7 @@ class Agent:
         self.heartbeats = Heartbeats(config.client_id, self.table, config.heartbeat_s)
         self.cache = Path(config.cache_dir or Path.home() / ".cache" / "fedstep")
         self.ledger = PrivacyLedger.for_client(self.cache, config.client_id)
+        self.residuals = ResidualStore.for_client(self.cache, config.client_id)
         self.last_report: RoundReport | None = None
         self._told: Feedback | None = None
         self._said_no_dp: set[str] = set()
@@ -576,6 +578,7 @@ class Agent:
             result.metrics,
             self.ledger,
             self.heartbeats.set_privacy,
+            residuals=self.residuals,
         )
         # delta, clip, privacy accounting, encode: all before the upload (from then on the update may leave)
         data, update_item = steps.run_steps(steps.steps_for(privacy), result.weights, ctx)

@@ -10,7 +10,11 @@ context. The round's instructions choose the steps (`steps_for`):
 3. `account` (under `dp_mode` "dp-sgd"): the noise was added while training (DP-SGD); the round's
    steps are added to the privacy ledger - before the upload, since from then on the update may
    leave - and the run's epsilon and delta reported;
-4. `encode`: the update file and its item (`fedstep.core.updates.encode_update`).
+4. `encode`: the update file and its item, written with the run's codec (the round instructions'
+   `fedstep_codec`, default float32; `fedstep.core.codecs`). A codec with error feedback (top-k)
+   first adds the residual of the run's latest earlier round, clips the sum to the round's norm
+   bound (`fedstep_norm_bound`, and under client-clip to `dp_clip` too) and keeps what it did not
+   send as this round's residual (`client_agent.residuals`, written before the upload).
 
 The idea is Flower's client mods (`flwr.client.mod`), with a simpler signature: a step sees the
 update and the round, not the message, and the agent alone talks to the queue, bucket and table.
@@ -26,10 +30,12 @@ import numpy as np
 
 from client_agent import dp_sgd
 from client_agent.privacy_ledger import PrivacyLedger, Spend
+from client_agent.residuals import ResidualStore
+from fedstep.core import codecs
 from fedstep.core.clock import utc_now
 from fedstep.core.schemas import RoundMessage, UpdateItem
-from fedstep.core.tensors import Tensors, l2_norm
-from fedstep.core.updates import encode_update
+from fedstep.core.tensors import Tensors, TensorSpec, l2_norm
+from fedstep.core.updates import update_file
 
 log = logging.getLogger("fedstep.client")
 
@@ -63,6 +69,8 @@ class RoundContext:
     """Told the run's privacy figures once the round is accounted (the agent's heartbeat)."""
     privacy: dict[str, float] = field(default_factory=dict)
     encoded: tuple[bytes, UpdateItem] | None = None
+    residuals: ResidualStore | None = None
+    """The client's error-feedback residuals (needed by `encode` under a top-k codec only)."""
 
 
 Step = Callable[[Tensors, RoundContext], Tensors]
@@ -109,18 +117,70 @@ def account(update: Tensors, ctx: RoundContext) -> Tensors:
 
 
 def encode(update: Tensors, ctx: RoundContext) -> Tensors:
-    """The update file and its item, in `ctx.encoded` (`fedstep.core.updates.encode_update`)."""
-    ctx.encoded = encode_update(
-        update,
-        run_id=ctx.msg.run_id,
-        round_number=ctx.msg.round,
+    """The update file and its item, in `ctx.encoded`, written with the round's codec
+    (`codecs.INSTRUCTION` in the instructions, default float32). Under a codec with error feedback
+    the update sent is delta + the latest earlier round's residual, clipped (`round_limit`), and
+    (delta + residual) - decoded is saved as this round's residual before the file exists; returns
+    what was encoded (for float32, the update itself)."""
+    msg = ctx.msg
+    codec = codecs.get(str(msg.instructions.get(codecs.INSTRUCTION, codecs.DEFAULT)))
+    seed = codecs.seed_for(msg.run_id, msg.round, ctx.client_id)
+    if codec.name == codecs.DEFAULT:
+        files = update
+    elif codec.error_feedback:
+        if ctx.residuals is None:
+            raise ValueError(f"the encode step needs the client's residual store for codec {codec.name}")
+        residual = ctx.residuals.latest_before(msg.run_id, msg.round, TensorSpec.of(update))
+        if residual is not None:
+            for name, tensor in update.items():
+                tensor += residual[name]
+        limit = round_limit(ctx)
+        if limit is not None:
+            clip_delta(update, limit)
+        files, decoded = codec.encode(update, seed)
+        for _ in range(MAX_RESCALES):  # quantisation may lengthen what is sent: never past the bound
+            sent = l2_norm(decoded)
+            if limit is None or sent <= limit:
+                break
+            shrink = np.float32(limit / sent * (1 - 1e-4))
+            for tensor in update.values():
+                tensor *= shrink
+            files, decoded = codec.encode(update, seed)
+        ctx.residuals.save(msg.run_id, msg.round, {n: t - decoded[n] for n, t in update.items()}, codec.name)
+    else:
+        files, _ = codec.encode(update, seed)
+    ctx.encoded = update_file(
+        files,
+        run_id=msg.run_id,
+        round_number=msg.round,
         client_id=ctx.client_id,
         num_examples=ctx.num_examples,
         metrics=ctx.metrics,
         created_at=utc_now(),
         privacy=ctx.privacy,
+        codec=codec.name,
     )
     return update
+
+
+MAX_RESCALES = 4
+"""Times the encode step scales delta + residual down again when its quantised encoding came out
+longer than the round's bound (stochastic rounding can add a little norm)."""
+
+
+def round_limit(ctx: RoundContext) -> float | None:
+    """The norm delta + residual is clipped to under error feedback: the round's update-norm bound
+    (`codecs.NORM_BOUND_INSTRUCTION`), and under client-clip the clip norm too (the smaller), so
+    the carried residual never pushes an honest update past either. None: no bound."""
+    limits = []
+    bound = ctx.msg.instructions.get(codecs.NORM_BOUND_INSTRUCTION)
+    if bound is not None:
+        if isinstance(bound, bool) or not isinstance(bound, int | float) or not bound > 0:
+            raise ValueError(f"round instructions: {codecs.NORM_BOUND_INSTRUCTION} must be a positive number")
+        limits.append(float(bound))
+    if ctx.round_privacy.mode == dp_sgd.CLIENT_CLIP and ctx.round_privacy.clip is not None:
+        limits.append(ctx.round_privacy.clip)
+    return min(limits) if limits else None
 
 
 def steps_for(privacy: RoundPrivacy) -> list[Step]:

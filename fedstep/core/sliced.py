@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from fedstep.core import limits, strategies, tensors
+from fedstep.core import codecs, limits, strategies, tensors
 from fedstep.core.errors import FedstepError
 from fedstep.core.ports import ModelStore, MultipartStore
 from fedstep.core.schemas import Adjustment, Bounds, InvalidMessage, ObjectRef, Rejection, UpdateItem
@@ -47,6 +47,7 @@ from fedstep.core.update_source import (
     SLICE_READERS,
     ModelLayout,
     UpdateSource,
+    file_reader,
     read_elements,
     read_header,
 )
@@ -105,6 +106,9 @@ class PlannedUpdate:
     scale: float | None
     element: str = tensors.F32.name
     """The safetensors dtype of the file's tensors, as its header was checked (`tensors.ELEMENT_TYPES`)."""
+    encoding: str = codecs.DEFAULT
+    """The run's codec the file was checked against: under another than float32 `offsets` name the
+    codec's file tensors, and a slice is decoded from ranged reads of them (`Codec.read_slice`)."""
 
 
 @dataclass(frozen=True)
@@ -218,6 +222,7 @@ def check_updates(
                 c.examples,
                 None if c.scale is None else float(c.scale),
                 c.header.element.name,
+                layout.codec,
             ),
         )
         for c in source.checked
@@ -259,9 +264,19 @@ class PlannedSlice:
         return [UpdateInfo(u.client_id, u.examples) for u in self.plan.updates]
 
     def _read(self, update: PlannedUpdate, name: str, start: int, out: np.ndarray) -> None:
-        tensor_start = update.data_start + update.offsets[name][0]
-        element = tensors.ELEMENT_TYPES[update.element]
-        read_elements(self.store, update.key, tensor_start, start, out, element, update.version)
+        if update.encoding == codecs.DEFAULT:
+            tensor_start = update.data_start + update.offsets[name][0]
+            element = tensors.ELEMENT_TYPES[update.element]
+            read_elements(self.store, update.key, tensor_start, start, out, element, update.version)
+        else:
+            codec = codecs.get(update.encoding)
+            shape = tuple(self.plan.shapes[name])
+            file = codec.layout(tensors.TensorSpec({name: shape}))  # this tensor's file tensors
+            header = tensors.Header(
+                update.data_start - tensors.HEADER_LENGTH_BYTES, update.offsets, {}, tensors.F32, file.elements
+            )
+            reader = file_reader(self.store, update.key, header, file.spec, update.version)
+            codec.read_slice(name, shape, start, start + out.size, reader, out)
         if update.scale is not None:
             out *= np.float32(update.scale)
 

@@ -18,7 +18,7 @@ import json
 import math
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from safetensors import SafetensorError
@@ -50,8 +50,15 @@ class ElementType:
 F32 = ElementType("F32", "<f4", 4, "float32")
 """A float32: the element type of every model file and, today, of every update file."""
 ELEMENT_TYPES: dict[str, ElementType] = {F32.name: F32}
-"""The element types a file's tensors may hold, by safetensors dtype: float32 only. A wire format
-(an update codec) adds its type here and names it in the layout it declares."""
+"""The element types a model's tensors (and a float32 update's) hold, by safetensors dtype: float32
+only. The update codecs (`fedstep.core.codecs`) store other types in their files (`WIRE_TYPES`), but
+always decode into float32 tensors of the model's layout."""
+F16 = ElementType("F16", "<f2", 2, "float16")
+U8 = ElementType("U8", "u1", 1, "uint8")
+U16 = ElementType("U16", "<u2", 2, "uint16")
+WIRE_TYPES: dict[str, ElementType] = {t.name: t for t in (F32, F16, U8, U16)}
+"""The element types an update codec's file tensors may hold (float32 values and scales, float16
+values, uint8 quantised values, uint16 block-local indices)."""
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 """Largest model file accepted where the deployment says nothing else: 256 MiB (see the deployment
@@ -91,13 +98,25 @@ METADATA_KEY = "fedstep"
 metadata map in hash order, so several entries would make equal models encode to different bytes."""
 
 
-def encode(tensors: Tensors, metadata: dict[str, object] | None = None, element: ElementType = F32) -> bytes:
-    """Serialize named tensors as a safetensors file (elements of type `element`, default float32,
-    C-contiguous). Deterministic: equal tensors and metadata give equal bytes, so a repeated
+def encode(tensors: Tensors, metadata: dict[str, object] | None = None, element: ElementType | None = F32) -> bytes:
+    """Serialize named tensors as a safetensors file (elements of type `element`, default float32;
+    None: each tensor keeps its own dtype, one of `WIRE_TYPES`, as a codec's file does; C-contiguous,
+    little-endian). Deterministic: equal tensors and metadata give equal bytes, so a repeated
     aggregation rewrites the same object."""
-    prepared = {name: np.ascontiguousarray(t, dtype=element.numpy) for name, t in tensors.items()}
+    if element is None:
+        prepared = {name: np.ascontiguousarray(t, dtype=wire_type(t.dtype).numpy) for name, t in tensors.items()}
+    else:
+        prepared = {name: np.ascontiguousarray(t, dtype=element.numpy) for name, t in tensors.items()}
     meta = {METADATA_KEY: json.dumps(metadata or {}, sort_keys=True, separators=(",", ":"))}
     return _st_save(prepared, metadata=meta)
+
+
+def wire_type(dtype: np.dtype) -> ElementType:
+    """The element type of `WIRE_TYPES` that stores numpy `dtype` (ValueError for any other)."""
+    for element in WIRE_TYPES.values():
+        if np.dtype(element.numpy) == np.dtype(dtype).newbyteorder("<"):
+            return element
+    raise ValueError(f"dtype {dtype} is not one of the wire types {sorted(WIRE_TYPES)}")
 
 
 def encoded_header(
@@ -203,11 +222,18 @@ class Header:
     offsets: dict[str, tuple[int, int]]
     metadata: dict[str, object]
     element: ElementType = F32
-    """The element type of every tensor in the file (the one the header was checked against)."""
+    """The element type of every tensor in the file (the one the header was checked against), unless
+    `elements` names another for a tensor (a codec's file)."""
+    elements: dict[str, ElementType] = field(default_factory=dict)
+    """Tensors whose element type is not `element`, by name (a codec's file tensors)."""
 
     @property
     def data_start(self) -> int:
         return HEADER_LENGTH_BYTES + self.length
+
+    def element_of(self, name: str) -> ElementType:
+        """The element type tensor `name` was checked to hold."""
+        return self.elements.get(name, self.element)
 
 
 def header_length(prefix: bytes) -> int:
@@ -242,13 +268,19 @@ def spec_of_header(prefix: bytes) -> TensorSpec:
 
 
 def parse_header(
-    prefix: bytes, file_bytes: int, expected: TensorSpec, max_header_bytes: int, element: ElementType = F32
+    prefix: bytes,
+    file_bytes: int,
+    expected: TensorSpec,
+    max_header_bytes: int,
+    element: ElementType = F32,
+    elements: dict[str, ElementType] | None = None,
 ) -> Header:
     """Check a file's header (`prefix` holds at least its first 8 + header-length bytes) against the
     model `expected`: the header is at most `max_header_bytes`, names the same tensors (of type
-    `element`, default float32, and the same shapes), whose data lie back to back and fill the
-    file's `file_bytes` exactly. Raises InvalidUpdate with a short reason; never lists more than a
-    few names."""
+    `element`, default float32, or the type `elements` names for a tensor - a codec's file - and the
+    same shapes), whose data lie back to back and fill the file's `file_bytes` exactly. Raises
+    InvalidUpdate with a short reason; never lists more than a few names."""
+    elements = elements or {}
     length, header = _header_json(prefix, max_header_bytes)
     if not isinstance(header, dict):
         raise InvalidUpdate("not a safetensors file: header is not an object")
@@ -263,8 +295,9 @@ def parse_header(
         entry = header[name]
         if not isinstance(entry, dict):
             raise InvalidUpdate(f"tensor {name!r} has a malformed header entry (not an object)")
-        if entry.get("dtype") != element.name:
-            raise InvalidUpdate(f"tensor {name!r} has dtype {str(entry.get('dtype'))[:10]}, expected {element.label}")
+        kind = elements.get(name, element)
+        if entry.get("dtype") != kind.name:
+            raise InvalidUpdate(f"tensor {name!r} has dtype {str(entry.get('dtype'))[:10]}, expected {kind.label}")
         got = entry.get("shape")
         if got != list(shape):
             shown = tuple(got) if isinstance(got, list) and len(got) <= 8 else str(got)[:60]
@@ -273,7 +306,7 @@ def parse_header(
         if not (isinstance(bounds, list) and len(bounds) == 2 and all(type(b) is int for b in bounds)):
             raise InvalidUpdate(f"tensor {name!r} has malformed data offsets")
         start, end = bounds
-        if end - start != element.size * int(np.prod(shape, dtype=np.int64)):
+        if end - start != kind.size * int(np.prod(shape, dtype=np.int64)):
             raise InvalidUpdate(f"tensor {name!r}: its data offsets do not fit its shape")
         offsets[name] = (start, end)
     position = 0
@@ -284,7 +317,9 @@ def parse_header(
     described = HEADER_LENGTH_BYTES + length + position
     if described != file_bytes:
         raise InvalidUpdate(f"file is {file_bytes} bytes, its header describes {described}")
-    return Header(length, offsets, _fedstep_metadata(raw_meta), element)
+    return Header(
+        length, offsets, _fedstep_metadata(raw_meta), element, {n: t for n, t in elements.items() if t != element}
+    )
 
 
 def _fedstep_metadata(raw: object) -> dict[str, object]:
@@ -304,8 +339,8 @@ def views(
     copy; writable when `data` is a bytearray). Raises InvalidUpdate on a non-finite value, unless
     the caller checked that already (`check_finite=False`)."""
     out: Tensors = {}
-    element = header.element
     for name, (start, end) in header.offsets.items():
+        element = header.element_of(name)
         flat = np.frombuffer(data, dtype=element.numpy, count=(end - start) // element.size, offset=start)
         if check_finite and not all_finite(flat):
             raise non_finite(name)

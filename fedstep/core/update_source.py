@@ -12,6 +12,15 @@ For each update item, in order (DESIGN invariant 3, checks before use):
 
 Memory: one update's file at a time (plus small chunked temporaries), whatever the number of clients.
 
+Under a run's codec other than float32 (`ModelLayout.codec`, `fedstep.core.codecs`), step 0 refuses
+an item whose `encoding` is not the run's codec, steps 1-2 hold the file to the codec's layout (its
+size bound, its tensors' names, types and shapes), step 3 checks the codec's tensors (indices
+strictly increasing and in range, scales and values finite) and decodes them into ONE float32
+buffer of the model's shape, reused for every update (each decoded tensor checked finite), and step
+4 bounds the decoded delta. Memory: the float32 buffer plus one coded file (smaller than the model).
+A one-pass delta under a codec is therefore valid until the next one is yielded: no strategy keeps a
+yielded delta across iterations (they add it into their sums; `tests/test_codec_conformance.py`).
+
 Sliced access (`UpdateSource.slice`) first checks every update as above (a pass that drops each
 file), remembering where each tensor lies in each file and the object version that was checked; a
 slice is then read with ranged reads of exactly that version (S3 `VersionId`), so a file replaced
@@ -23,6 +32,7 @@ slice of every update, `SLICE_BUDGET_BYTES` together.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Callable, Iterator
@@ -32,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from fedstep.core import influence, limits, tensors
+from fedstep.core import codecs, influence, limits, tensors
 from fedstep.core.errors import FedstepError, InvalidUpdate
 from fedstep.core.ports import ModelStore, RangeRead
 from fedstep.core.schemas import Adjustment, Bounds, ObjectRef, Rejection, UpdateItem
@@ -41,26 +51,51 @@ from fedstep.core.strategies import ClientUpdate, UpdateInfo
 
 @dataclass(frozen=True)
 class ModelLayout:
-    """What an update file of this model is: the global model's tensor spec, the element type its
-    tensors are stored as (`element`: float32, the only one accepted today), and the largest header
-    it may have. Every size and offset an update is checked and read by comes from here."""
+    """What an update file of this model is: the global model's tensor spec, the element type the
+    model's tensors (and a float32 update's) are stored as (`element`: float32, the only one
+    accepted), the largest header a float32 file may have, and the run's codec (`codec`, default
+    float32: under another codec the file holds the codec's tensors, `file`, and decodes into
+    float32 tensors of `spec`). Every size and offset an update is checked and read by comes from here."""
 
     spec: tensors.TensorSpec
     max_header_bytes: int
     element: tensors.ElementType = tensors.F32
+    codec: str = codecs.DEFAULT
 
     def __post_init__(self) -> None:
         if tensors.ELEMENT_TYPES.get(self.element.name) != self.element:
             raise ValueError(f"element type {self.element.name} is not one of {sorted(tensors.ELEMENT_TYPES)}")
+        if codecs.canonical(self.codec) != self.codec:
+            raise ValueError(f"codec {self.codec!r} is not a canonical codec name ({codecs.canonical(self.codec)!r})")
+
+    @property
+    def dense(self) -> bool:
+        """Whether updates are float32 files of the model's own tensors (the files are used in place)."""
+        return self.codec == codecs.DEFAULT
+
+    @functools.cached_property
+    def coder(self) -> codecs.Codec:
+        return codecs.get(self.codec)
+
+    @functools.cached_property
+    def file(self) -> codecs.CodecLayout:
+        """The codec's file for this model: its tensors, their types, its size bound."""
+        return self.coder.layout(self.spec)
 
     @property
     def data_bytes(self) -> int:
-        """Bytes of an update's tensor data: every parameter, stored as `element`."""
-        return self.spec.data_bytes_as(self.element)
+        """Bytes of an update's tensor data: every parameter, stored as `element` (float32), or the
+        codec's file tensors."""
+        return self.spec.data_bytes_as(self.element) if self.dense else self.file.data_bytes
+
+    @property
+    def file_header_bytes(self) -> int:
+        """The largest header an update file may have."""
+        return self.max_header_bytes if self.dense else self.file.max_header_bytes
 
     @property
     def max_file_bytes(self) -> int:
-        return tensors.HEADER_LENGTH_BYTES + self.max_header_bytes + self.data_bytes
+        return tensors.HEADER_LENGTH_BYTES + self.file_header_bytes + self.data_bytes
 
     @property
     def min_file_bytes(self) -> int:
@@ -76,11 +111,14 @@ def read_header(store: ModelStore, ref: ObjectRef) -> bytes:
     return head[:end] if len(head) >= end else store.read_range(ref.key, 0, end).data
 
 
-def read_layout(store: ModelStore, ref: ObjectRef) -> ModelLayout:
-    """The layout of a global model, from its header (`read_header`)."""
+def read_layout(store: ModelStore, ref: ObjectRef, codec: str = codecs.DEFAULT) -> ModelLayout:
+    """The layout of a global model, from its header (`read_header`), whose updates are written with
+    the run's `codec` (default float32; ValueError for an unknown one)."""
     head = read_header(store, ref)
     return ModelLayout(
-        tensors.spec_of_header(head), len(head) - tensors.HEADER_LENGTH_BYTES + limits.MAX_HEADER_SLACK_BYTES
+        tensors.spec_of_header(head),
+        len(head) - tensors.HEADER_LENGTH_BYTES + limits.MAX_HEADER_SLACK_BYTES,
+        codec=codecs.canonical(codec),
     )
 
 
@@ -137,13 +175,31 @@ class CheckedFile:
 
 
 def read_update(
-    store: ModelStore, item: UpdateItem, layout: ModelLayout, *, norm: bool = False, keep: bool = True
+    store: ModelStore,
+    item: UpdateItem,
+    layout: ModelLayout,
+    *,
+    norm: bool = False,
+    keep: bool = True,
+    out: tensors.Tensors | None = None,
 ) -> CheckedFile:
     """A client's update, checked against its item and the model (steps 1-3 above); InvalidUpdate
     with a short reason on any defect. `norm`: also measure its L2 norm (`CheckedFile.norm`).
-    `keep=False`: check it streamed, a block at a time, and keep no tensors (a check before slices)."""
+    `keep=False`: check it streamed, a block at a time, and keep no tensors (a check before slices).
+    Under a codec other than float32 the tensors are the decoded delta, in `out` when given (float32
+    tensors of the model, reused from one update to the next) - see `_read_coded`."""
+    check_encoding(item, layout)
     check_size(item, layout)
-    return _read_file(store, item.update, layout, metadata_check(item), norm=norm, keep=keep)
+    if layout.dense:
+        return _read_file(store, item.update, layout, metadata_check(item), norm=norm, keep=keep)
+    return _read_coded(store, item.update, layout, metadata_check(item), norm=norm, keep=keep, out=out)
+
+
+def check_encoding(item: UpdateItem, layout: ModelLayout) -> None:
+    """Step 0: the update is written with the run's codec (its item says so; the header check then
+    holds the file to that codec's tensors)."""
+    if item.encoding != layout.codec:
+        raise InvalidUpdate(f"the run's codec is {layout.codec}, the update says {item.encoding[:40]}")
 
 
 def check_size(item: UpdateItem, layout: ModelLayout) -> None:
@@ -165,6 +221,8 @@ def metadata_check(item: UpdateItem) -> Callable[[dict[str, object]], None]:
 
     def check(metadata: dict[str, object]) -> None:
         differing = sorted(k for k, v in expected.items() if metadata.get(k) != v)
+        if metadata.get("encoding", codecs.DEFAULT) != item.encoding and "encoding" not in differing:
+            differing = sorted([*differing, "encoding"])  # a float32 item names none: the file must not either
         if differing:
             raise InvalidUpdate(f"update file's metadata differs from the update item in {differing[:8]}")
 
@@ -250,6 +308,50 @@ def _read_file(
     return CheckedFile(tensors.views(data, header, layout.spec, check_finite=False), header, first.version, check.norm)
 
 
+def _read_coded(
+    store: ModelStore,
+    ref: ObjectRef,
+    layout: ModelLayout,
+    check_metadata: Callable[[dict[str, object]], None],
+    *,
+    norm: bool,
+    keep: bool,
+    out: tensors.Tensors | None,
+) -> CheckedFile:
+    """A file of the run's codec (not float32), steps 2-3: its header checked against the codec's
+    layout, its data read whole (the coded file: smaller than the model's float32 data), its sha256
+    checked, its tensors checked by the codec (indices strictly increasing and in range, scales and
+    values finite), then decoded a model tensor at a time - into `out` (float32 tensors of the
+    model, reused between updates; new ones if None) when `keep`, else into a temporary of one
+    tensor - each decoded tensor checked finite and (if asked) squared for the norm."""
+    header, first = read_checked_header(store, ref, layout, check_metadata)
+    digest = hashlib.sha256(first.data[: header.data_start])
+    data = bytearray(ref.bytes - header.data_start)
+    if len(first.data) >= ref.bytes:
+        data[:] = first.data[header.data_start :]
+    else:
+        store.read_into(ref.key, header.data_start, memoryview(data), first.version)
+    digest.update(data)
+    if digest.hexdigest() != ref.sha256:
+        raise InvalidUpdate("sha256 does not match the one reported")
+    files = tensors.views(data, header, layout.file.spec, check_finite=False)
+    coder = layout.coder
+    coder.check(files, layout.spec)
+    if keep and out is None:
+        out = {name: np.empty(shape, np.float32) for name, shape in layout.spec.shapes.items()}
+    squares = 0.0
+    for name, shape in layout.spec.shapes.items():
+        flat = out[name].reshape(-1) if keep and out is not None else np.empty(int(np.prod(shape)), np.float32)
+        coder.decode_tensor(files, name, shape, flat)
+        part = tensors.sum_of_squares(flat)  # non-finite iff a decoded value is
+        if not math.isfinite(part):
+            raise InvalidUpdate(f"tensor {name!r} decodes to non-finite values (NaN or Inf)")
+        squares += part
+    return CheckedFile(
+        out if keep and out is not None else {}, header, first.version, math.sqrt(squares) if norm else None
+    )
+
+
 def read_checked_header(
     store: ModelStore,
     ref: ObjectRef,
@@ -258,10 +360,16 @@ def read_checked_header(
 ) -> tuple[tensors.Header, RangeRead]:
     """Step 2: one ranged read of the file's start (for a small file, all of it), its size and
     header checked against `ref` and the model."""
-    first = store.read_range(ref.key, 0, min(ref.bytes, tensors.HEADER_LENGTH_BYTES + layout.max_header_bytes))
+    first = store.read_range(ref.key, 0, min(ref.bytes, tensors.HEADER_LENGTH_BYTES + layout.file_header_bytes))
     if first.total_bytes != ref.bytes:
         raise InvalidUpdate(f"file is {first.total_bytes} bytes, the item says {ref.bytes}")
-    header = tensors.parse_header(first.data, ref.bytes, layout.spec, layout.max_header_bytes, layout.element)
+    if layout.dense:
+        header = tensors.parse_header(first.data, ref.bytes, layout.spec, layout.max_header_bytes, layout.element)
+    else:
+        file = layout.file
+        header = tensors.parse_header(
+            first.data, ref.bytes, file.spec, file.max_header_bytes, tensors.F32, file.elements
+        )
     if check_metadata is not None:
         check_metadata(header.metadata)
     return header, first
@@ -320,6 +428,8 @@ class UpdateSource:
     registry is versioned, on AWS and in the local cloud (`fedstep.local.gaps.s3_versioning`)."""
     _checked: list[_Checked] = field(default_factory=list)
     _passed: bool = False
+    _decoded: tensors.Tensors | None = None
+    """Under a codec: the one float32 buffer every update is decoded into (reused)."""
 
     @property
     def spec(self) -> tensors.TensorSpec:
@@ -352,7 +462,8 @@ class UpdateSource:
         try:
             examples, capped = influence.bounded_examples(item.client_id, item.num_examples, self.bounds)
             norm = self.bounds.max_update_norm is not None
-            checked = read_update(self.store, item, self.layout, norm=norm, keep=keep)
+            out = self._buffer() if keep else None
+            checked = read_update(self.store, item, self.layout, norm=norm, keep=keep, out=out)
             scale, clipped_norm = influence.norm_bound(
                 checked.tensors, self.bounds, checked.norm, default=self.default_norm
             )
@@ -367,6 +478,14 @@ class UpdateSource:
         self.accepted_items.append((item, examples))
         self._checked.append(_Checked(item, examples, checked.header, checked.version, scale))
         return checked
+
+    def _buffer(self) -> tensors.Tensors | None:
+        """The decode buffer (under a codec other than float32), allocated on first use."""
+        if self.layout.dense:
+            return None
+        if self._decoded is None:
+            self._decoded = {name: np.empty(shape, np.float32) for name, shape in self.spec.shapes.items()}
+        return self._decoded
 
     def accepted(self) -> list[UpdateInfo]:
         """The accepted updates in order; checks them all first if no pass was made yet (streamed, a
@@ -406,8 +525,12 @@ class UpdateSource:
 
         def read(i: int) -> None:
             c = checked[i]
-            tensor_start = c.header.data_start + c.header.offsets[name][0]
-            read_elements(self.store, c.item.update.key, tensor_start, start, rows[i], c.header.element, c.version)
+            if self.layout.dense:
+                tensor_start = c.header.data_start + c.header.offsets[name][0]
+                read_elements(self.store, c.item.update.key, tensor_start, start, rows[i], c.header.element, c.version)
+            else:
+                shape = self.spec.shapes[name]
+                self.layout.coder.read_slice(name, shape, start, stop, self.file_reader(c), rows[i])
             if c.scale is not None:
                 rows[i] *= c.scale
 
@@ -415,6 +538,30 @@ class UpdateSource:
             with ThreadPoolExecutor(max_workers=min(SLICE_READERS, len(checked))) as pool:
                 list(pool.map(read, range(len(checked))))
         return rows
+
+    def file_reader(self, c: _Checked) -> codecs.Reader:
+        """Ranged reads of one checked update's codec tensors (its checked object version)."""
+        return file_reader(self.store, c.item.update.key, c.header, self.layout.file.spec, c.version)
+
+
+def file_reader(
+    store: ModelStore, key: str, header: tensors.Header, spec: tensors.TensorSpec, version: str | None
+) -> codecs.Reader:
+    """`read(file_tensor, first, stop)`: elements [first, stop) of one tensor of a checked codec file
+    (`header`, `spec`: its tensors), one ranged read of object version `version`."""
+
+    def read(file_tensor: str, first: int, stop: int) -> np.ndarray:
+        element = header.element_of(file_tensor)
+        count = int(np.prod(spec.shapes[file_tensor], dtype=np.int64))
+        if not 0 <= first <= stop <= count:
+            raise ValueError(f"elements [{first}, {stop}) are outside file tensor {file_tensor!r} of {count}")
+        out = np.empty(stop - first, dtype=element.numpy)
+        if stop > first:
+            tensor_start = header.data_start + header.offsets[file_tensor][0]
+            read_elements(store, key, tensor_start, first, out, element, version)
+        return out
+
+    return read
 
 
 def read_elements(

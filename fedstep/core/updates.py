@@ -1,11 +1,12 @@
 """Writing a client's update: the one place an update file and its item are made.
 
 An update file is a safetensors file of the update's tensors (the trained weights minus the round's
-global weights) whose fedstep metadata repeats the item's facts (`UpdateItem.file_metadata`), so the
-file is the record of what was sent; the item names the file by key, sha256 and size. The agent, the
-tests and the benches all write updates with `encode_update`, so an update is written one way, byte
-for byte, and a new wire format (a codec) changes this module and the layout the server reads it by
-(`fedstep.core.update_source.ModelLayout`), nothing else.
+global weights) as the run's codec writes them (`fedstep.core.codecs`; float32 by default: the model's
+own tensors, byte for byte the file agents have always written), whose fedstep metadata repeats the
+item's facts (`UpdateItem.file_metadata`), so the file is the record of what was sent; the item names
+the file by key, sha256 and size, and its codec (`encoding`). The agent, the tests and the benches
+all write updates with `encode_update` (or, holding the codec's output already, `update_file`), so
+an update is written one way, byte for byte.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import NamedTuple
 
-from fedstep.core import keys, tensors
+from fedstep.core import codecs, keys, tensors
 from fedstep.core.schemas import ObjectRef, UpdateItem
 
 UNSENT = "0" * 64
@@ -38,11 +39,50 @@ def encode_update(
     created_at: str,
     privacy: dict[str, float] | None = None,
     element: tensors.ElementType = tensors.F32,
+    codec: str = codecs.DEFAULT,
+    seed: int | None = None,
 ) -> EncodedUpdate:
-    """The update file of `client_id` for round `round_number` of `run_id` (its tensors stored as
-    `element`, float32 by default and today the only type accepted) and its update item: the file's
-    key (`keys.update_key`), sha256 and size, the examples, metrics and privacy figures it reports.
-    Deterministic: the same arguments give the same bytes."""
+    """The update file of `client_id` for round `round_number` of `run_id`, written with `codec`
+    (default float32, its tensors stored as `element`; other codecs fix their own types), and its
+    update item: the file's key (`keys.update_key`), sha256 and size, the examples, metrics and
+    privacy figures it reports, its encoding. `seed`: the codec's stochastic-rounding seed (default
+    `codecs.seed_for(run, round, client)`). Deterministic: the same arguments give the same bytes."""
+    chosen = codecs.get(codec)
+    if chosen.name == codecs.DEFAULT:
+        files: tensors.Tensors = update
+    else:
+        files, _ = chosen.encode(update, codecs.seed_for(run_id, round_number, client_id) if seed is None else seed)
+    return update_file(
+        files,
+        run_id=run_id,
+        round_number=round_number,
+        client_id=client_id,
+        num_examples=num_examples,
+        metrics=metrics,
+        created_at=created_at,
+        privacy=privacy,
+        element=element,
+        codec=chosen.name,
+    )
+
+
+def update_file(
+    files: tensors.Tensors,
+    *,
+    run_id: str,
+    round_number: int,
+    client_id: str,
+    num_examples: int,
+    metrics: dict[str, float],
+    created_at: str,
+    privacy: dict[str, float] | None = None,
+    element: tensors.ElementType = tensors.F32,
+    codec: str = codecs.DEFAULT,
+) -> EncodedUpdate:
+    """As `encode_update`, from the file tensors `codec` made already (`Codec.encode`: a client with
+    error feedback needs its decoded delta too). float32 files are written as `element` (default
+    float32), a codec's file tensors keep their own types."""
+    name = codecs.canonical(codec)
     key = keys.update_key(run_id, round_number, client_id)
     item = UpdateItem(
         run_id=run_id,
@@ -53,6 +93,7 @@ def encode_update(
         metrics=metrics,
         created_at=created_at,
         privacy=dict(privacy or {}),
+        encoding=name,
     )
-    data = tensors.encode(update, item.file_metadata(), element)
+    data = tensors.encode(files, item.file_metadata(), element if name == codecs.DEFAULT else None)
     return EncodedUpdate(data, replace(item, update=ObjectRef(key, tensors.sha256_hex(data), len(data))))

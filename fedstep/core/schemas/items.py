@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fedstep.core import keys, limits, statistics
+from fedstep.core import codecs, keys, limits, statistics
 from fedstep.core.schemas.refs import ObjectRef
 from fedstep.core.schemas.validation import (
     InvalidMessage,
@@ -59,14 +59,20 @@ class UpdateItem:
     privacy: dict[str, float] = field(default_factory=dict)
     """The client's own privacy figures (`PRIVACY_FIELDS`), e.g. its record-level epsilon under
     DP-SGD, and under client-side clipping whether its update was within the clip norm."""
+    encoding: str = codecs.DEFAULT
+    """The codec the file was written with (`fedstep.core.codecs`, canonical name); the aggregation
+    function refuses an update whose encoding is not the run's codec."""
 
     def to_item(self) -> dict[str, Any]:
-        return {
+        item = {
             **keys.update_item_key(self.run_id, self.round, self.client_id),
             "schema": SCHEMA_VERSION,
             "kind": UPDATE_ITEM_KIND,
             **asdict(self),
         }
+        if self.encoding == codecs.DEFAULT:  # float32 items are written as before the codecs
+            del item["encoding"]
+        return item
 
     def file_metadata(self) -> dict[str, Any]:
         """What the client writes into its update file's metadata: the item's facts. The file is the
@@ -81,6 +87,7 @@ class UpdateItem:
             "num_examples": self.num_examples,
             "metrics": self.metrics,
             "privacy": self.privacy,
+            **({} if self.encoding == codecs.DEFAULT else {"encoding": self.encoding}),
         }
 
     @classmethod
@@ -104,7 +111,16 @@ class UpdateItem:
             metrics=check_metrics(data.get("metrics", {}), where),
             created_at=short_str(data, "created_at", where, limits.MAX_TIMESTAMP_CHARS),
             privacy=check_privacy(data.get("privacy", {}), where),
+            encoding=check_encoding(data.get("encoding", codecs.DEFAULT), where),
         )
+
+
+def check_encoding(value: Any, where: str) -> str:
+    """An item's codec name: text naming a known codec (`fedstep.core.codecs.get`), canonical."""
+    try:
+        return codecs.canonical(value)
+    except ValueError as exc:
+        raise InvalidMessage(f"{where}: encoding: {exc}") from None
 
 
 @dataclass(frozen=True)
