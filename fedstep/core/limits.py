@@ -103,8 +103,6 @@ MAX_INSTRUCTIONS = 16
 """Most per-round client instructions a strategy may give (names like METRIC_NAME)."""
 RESERVED_INSTRUCTION_PREFIX = "fedstep_"
 """Round instructions fedstep itself adds (the run's codec, the clip bound): no strategy may use them."""
-MAX_CODEC_NAME = 40
-"""Longest codec name a run record or update item may hold (e.g. "topk:0.05+int8")."""
 MAX_FAILURE_CAUSE_CHARS = 4000
 """Longest failure cause reported to Step Functions (its own limit is 32,768 characters)."""
 MAX_MEASUREMENTS = 16

@@ -16,6 +16,6 @@ def render_codecs(as_json: bool = False) -> str:
     for c in listing:
         traits = [t for t, on in (("sparse", c["sparse"]), ("error feedback", c["error_feedback"])) if on]
         traits.append("read by slices" if c["sliceable"] else "read whole")
-        blocks.append(f"{c['name']}  {c['description']}\n    {', '.join(traits)}; decoded within {c['error_bound']}")
+        blocks.append(f"{c['name']}  {c['description']}\n    {', '.join(traits)}; decoded within {c['bound']}")
     usage = 'use: fedstep start --codec NAME (or fedstep local --codec NAME); in a run file: "codec": NAME'
     return "\n\n".join([*blocks, usage])

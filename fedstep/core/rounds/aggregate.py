@@ -88,7 +88,7 @@ def aggregate_round(
         raise problem
     started = time.time()
     input_model = record.require_input_model()
-    layout = read_layout(store, input_model)
+    layout = read_layout(store, input_model, run.codec)
     previous = previous_summary(table, run, round_number)
     bounds, default_norm = round_bounds(run, previous, store, input_model, layout)
     if sliced.needs_slices(input_model.bytes, settings.slice_bytes):

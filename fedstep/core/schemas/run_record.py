@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fedstep.core import keys, limits
+from fedstep.core import codecs, keys, limits
 from fedstep.core.schemas.refs import ObjectRef
 from fedstep.core.schemas.training import TrainingConfig
 from fedstep.core.schemas.validation import (
@@ -277,9 +277,9 @@ def _codec(data: dict[str, Any], where: str) -> str:
     """A run record's `codec` name: "float32" when absent (written before codecs existed); a short text
     here, its meaning checked against the codecs by `fedstep.core.run_rules.check_codec`."""
     value = data.get("codec", "float32")
-    if not isinstance(value, str) or not 0 < len(value) <= limits.MAX_CODEC_NAME:
+    if not isinstance(value, str) or not 0 < len(value) <= codecs.MAX_NAME_CHARS:
         raise InvalidMessage(
-            f"{where}: codec must be a codec's name (text of at most {limits.MAX_CODEC_NAME}), got {value!r}"
+            f"{where}: codec must be a codec's name (text of at most {codecs.MAX_NAME_CHARS}), got {value!r}"
         )
     return value
 
