@@ -115,3 +115,45 @@ def test_every_codec_is_listed_by_fedstep_codecs():
 
 def test_dp_settings_stay_valid_for_a_dense_codec():
     check_codec(codecs.get("float16"), build("fedavg", {}), DPSettings("central", 1.0, 1.0, 1e-5))
+
+
+def test_a_codec_run_is_aggregated_from_the_decoded_updates_and_refuses_another_codecs_file():
+    """The round reads the run's codec (the global model stays a float32 file: FedAvg's step loads it)."""
+    import numpy as np
+
+    from fedstep.core import keys, tensors
+    from fedstep.core.rounds import try_complete_round
+    from fedstep.core.updates import encode_update
+
+    model = {"000/d/kernel": np.zeros((64, 40), np.float32), "001/d/bias": np.zeros(40, np.float32)}
+    run = replace(make_run(clients=("a", "b", "c")), codec="int8")
+    world = World(run)
+    world.initial = world.put_model(0, model, keys.INITIAL_VERSION)
+    world.publish()
+    rng = np.random.default_rng(7)
+    sent = {}
+    for client, codec in (("a", "int8"), ("b", "int8"), ("c", "float32")):
+        delta = {k: rng.normal(0, 0.01, v.shape).astype(np.float32) for k, v in model.items()}
+        data, item = encode_update(
+            delta,
+            run_id=run.run_id,
+            round_number=1,
+            client_id=client,
+            num_examples=10,
+            metrics={},
+            created_at="2026-11-21T00:00:00Z",
+            codec=codec,
+        )
+        world.store.put(item.update.key, data)
+        world.table.put(item.to_item())
+        sent[client] = delta
+    summary = try_complete_round(run.run_id, 1, store=world.store, table=world.table, reporter=world.reporter)
+    assert summary is not None, world.reporter.failures
+    assert summary.participants == ["a", "b"]
+    assert [(r.client_id, r.reason) for r in summary.rejected] == [
+        ("c", "the run's codec is int8, the update says float32")
+    ]
+    new = tensors.decode(world.store.get(summary.global_model.key))
+    for name in model:
+        mean = (sent["a"][name] + sent["b"][name]) / 2
+        assert np.abs(new[name] - mean).max() < 0.01 * 6 / 255  # within an int8 block's step

@@ -37,7 +37,7 @@ import hashlib
 import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -158,8 +158,8 @@ def model_norm(store: ModelStore, ref: ObjectRef) -> float:
 
 def read_model(store: ModelStore, ref: ObjectRef, layout: ModelLayout) -> tensors.Tensors:
     """A global model (written by the server) whose layout was read, as views into one buffer: one
-    copy of its data in memory."""
-    return _read_file(store, ref, layout).tensors
+    copy of its data in memory. The server writes float32 whatever the run's codec."""
+    return _read_file(store, ref, replace(layout, codec=codecs.DEFAULT)).tensors
 
 
 @dataclass(frozen=True)
