@@ -44,6 +44,8 @@ class Backup(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         stack = cdk.Stack.of(self)
+        self.vault_name = f"{config.project}-backup"
+        self.plan_name = f"{config.project}-backup"
         self.key = kms.Key(
             self,
             "VaultKey",
@@ -55,7 +57,7 @@ class Backup(Construct):
         self.vault = backup.BackupVault(
             self,
             "Vault",
-            backup_vault_name=f"{config.project}-backup",
+            backup_vault_name=self.vault_name,
             encryption_key=self.key,
             block_recovery_point_deletion=True,  # only their lifecycle deletes recovery points
             removal_policy=cdk.RemovalPolicy.RETAIN,
@@ -75,7 +77,7 @@ class Backup(Construct):
         self.plan = backup.BackupPlan(
             self,
             "Plan",
-            backup_plan_name=f"{config.project}-backup",
+            backup_plan_name=self.plan_name,
             backup_vault=self.vault,
             backup_plan_rules=[
                 backup.BackupPlanRule(

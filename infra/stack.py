@@ -172,8 +172,9 @@ class FedstepStack(cdk.Stack):
                 self, "Backup", config=config, settings=config.backup, table=table, bucket=bucket, data_key=key
             )
             cdk.Tags.of(plan).add("component", "backup")
-            cdk.CfnOutput(self, "BackupVaultName", value=plan.vault.backup_vault_name)
-            cdk.CfnOutput(self, "BackupPlanId", value=plan.plan.backup_plan_id)
+            # names, not references: the local cloud creates no backup resources to read attributes of
+            cdk.CfnOutput(self, "BackupVaultName", value=plan.vault_name)
+            cdk.CfnOutput(self, "BackupPlanName", value=plan.plan_name)
         if config.audit is not None:
             audit = AuditTrail(
                 self, "Audit", config=config, settings=config.audit, table=table, bucket=bucket, access_logs=access_logs

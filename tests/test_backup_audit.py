@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from aws_cdk.assertions import Template
 
+from fedstep.local.gaps import skipped_resources
 from infra.audit import trail_name
 from infra.config import AuditConfig, BackupConfig, ConfigError, DeploymentConfig, backup_schedule
 from infra.synth import build_app
@@ -292,7 +293,8 @@ def test_cloudtrail_may_write_and_encrypt_only_this_trails_logs(template):
 @pytest.mark.infra  # synthesizes the stack (once for the module)
 def test_the_stack_names_its_vault_plan_trail_and_audit_bucket_in_its_outputs(template):
     outputs = template.find_outputs("*")
-    assert {"BackupVaultName", "BackupPlanId", "AuditTrailArn", "AuditBucketName"} <= set(outputs)
+    assert {"BackupVaultName", "BackupPlanName", "AuditTrailArn", "AuditBucketName"} <= set(outputs)
+    assert outputs["BackupVaultName"]["Value"] == outputs["BackupPlanName"]["Value"] == "fedstep-backup"
     assert outputs["AuditTrailArn"]["Value"] == TRAIL_ARN
 
 
@@ -305,3 +307,12 @@ def test_with_backup_and_audit_the_templates_pass_cfn_lint_and_fit_cloudformatio
     body = json.loads(root.read_text())
     assert len(body["Resources"]) + 9 <= 500 and len(body["Outputs"]) <= 200
     assert cfn_lint_errors(root, *outdir.glob("*.nested.template.json")) == []
+
+
+@pytest.mark.infra  # synthesizes the stack (once for the module)
+def test_the_local_cloud_skips_only_allow_listed_types_of_the_stack_with_backup_and_audit(synthesized):
+    _, outdir = synthesized
+    skipping = skipped_resources.skipped(skipped_resources.template_types(outdir, "fedstep"))
+    assert {"AWS::Backup::BackupPlan", "AWS::Backup::BackupSelection", "AWS::Backup::BackupVault"} <= set(skipping)
+    assert "AWS::CloudTrail::Trail" in skipping
+    assert "AWS::S3::Bucket" not in skipping  # the audit bucket and its key are created locally
