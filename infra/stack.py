@@ -175,6 +175,7 @@ class FedstepStack(cdk.Stack):
             # names, not references: the local cloud creates no backup resources to read attributes of
             cdk.CfnOutput(self, "BackupVaultName", value=plan.vault_name)
             cdk.CfnOutput(self, "BackupPlanName", value=plan.plan_name)
+            cdk.CfnOutput(self, "BackupRoleArn", value=plan.role.role_arn, description="the role restore jobs run as")
         if config.audit is not None:
             audit = AuditTrail(
                 self, "Audit", config=config, settings=config.audit, table=table, bucket=bucket, access_logs=access_logs

@@ -293,7 +293,7 @@ def test_cloudtrail_may_write_and_encrypt_only_this_trails_logs(template):
 @pytest.mark.infra  # synthesizes the stack (once for the module)
 def test_the_stack_names_its_vault_plan_trail_and_audit_bucket_in_its_outputs(template):
     outputs = template.find_outputs("*")
-    assert {"BackupVaultName", "BackupPlanName", "AuditTrailArn", "AuditBucketName"} <= set(outputs)
+    assert {"BackupVaultName", "BackupPlanName", "BackupRoleArn", "AuditTrailArn", "AuditBucketName"} <= set(outputs)
     assert outputs["BackupVaultName"]["Value"] == outputs["BackupPlanName"]["Value"] == "fedstep-backup"
     assert outputs["AuditTrailArn"]["Value"] == TRAIL_ARN
 
