@@ -13,7 +13,9 @@ with `cdk deploy -c fedstep:config=other.json`):
       "round_timeout_s": 3600,
       "max_model_mb": 256,
       "slice_mb": 512,
-      "retention": {"update_days": 30, "log_days": 90, "message_days": 4}
+      "retention": {"update_days": 30, "log_days": 90, "message_days": 4},
+      "backup": {"schedule": "cron(0 5 * * ? *)", "retention_days": 35, "copy_to": "eu-west-1"},
+      "audit": {"retention_days": 365, "lock_mode": "governance"}
     }
 
 `principal_arn` is who may assume that client's role (a role, user or account root, in this account
@@ -30,6 +32,11 @@ what one function holds, else no slicing) is aggregated by a fan-out of slices
 (and no other file named), the default is project "fedstep" with three clients client-1..client-3
 and no principals, which only a trial allows, so synth refuses it; a file that is named but
 missing is an error.
+
+`backup` (optional, off by default) backs the round table and the model registry up with AWS Backup
+(`BackupConfig`, `infra.backup`); `audit` (optional, off by default) records who wrote and who read
+what in a CloudTrail trail of its own (`AuditConfig`, `infra.audit`). Each is an object of its
+settings, or `true` for the defaults.
 """
 
 from __future__ import annotations
@@ -115,6 +122,87 @@ def aggregation_timeout_s(max_model_mb: int, clients: int) -> int:
     return int(min(LAMBDA_MAX_TIMEOUT_S, max(120, math.ceil(estimate))))
 
 
+DEFAULT_BACKUP_SCHEDULE = "cron(0 5 * * ? *)"
+"""Daily at 05:00 UTC (AWS Backup's own default)."""
+_CRON = re.compile(r"^cron\((\S+ ){5}\S+\)$")
+_RATE = re.compile(r"^rate\((\d+) (hour|hours|day)\)$")
+_REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
+_VAULT_ARN = re.compile(
+    r"^arn:aws(-[a-z]+)*:backup:([a-z]{2}(-gov)?-[a-z]+-\d):\d{12}:backup-vault:[A-Za-z0-9_.-]{2,50}$"
+)
+MAX_BACKUP_DAYS = 36_500
+"""The longest a recovery point is kept (100 years, AWS Backup's own bound on a lifecycle)."""
+LOCK_MODES = ("governance", "compliance")
+MAX_AUDIT_DAYS = 3_650
+"""The longest audit log files are locked (10 years)."""
+
+
+def backup_schedule(expression: str, where: str = "backup") -> str:
+    """AWS Backup's cron expression for `expression`: a cron expression (6 fields, UTC) whose minute
+    field is one number (AWS Backup starts jobs at least an hour apart), or `rate(N hours)` (N
+    dividing 24) or `rate(1 day)`, which become the cron expressions AWS Backup takes (it takes no
+    rate expressions). ConfigError otherwise."""
+    if not isinstance(expression, str):
+        raise ConfigError(f"{where}: schedule must be a text such as {DEFAULT_BACKUP_SCHEDULE!r}, got {expression!r}")
+    rate = _RATE.match(expression)
+    if rate:
+        n, unit = int(rate[1]), rate[2]
+        if unit == "day" and n == 1:
+            return DEFAULT_BACKUP_SCHEDULE
+        if unit == "hour" and n == 1:
+            return "cron(0 * * * ? *)"
+        if unit == "hours" and 1 < n < 24 and 24 % n == 0:
+            return f"cron(0 0/{n} * * ? *)"
+        if unit == "hours" and n == 24:
+            return DEFAULT_BACKUP_SCHEDULE
+    elif _CRON.match(expression):
+        fields = expression[len("cron(") : -1].split(" ")
+        if fields[0].isdigit() and int(fields[0]) < 60 and "?" in (fields[2], fields[4]):
+            return expression
+    raise ConfigError(
+        f"{where}: schedule {expression!r} is not one AWS Backup takes: use a cron expression in UTC with 6 fields, "
+        "one minute and ? for the day of month or of week (e.g. 'cron(0 5 * * ? *)', daily at 05:00; AWS Backup "
+        "starts jobs at least 60 minutes apart), 'rate(1 day)', 'rate(1 hour)' or 'rate(N hours)' with N dividing 24"
+    )
+
+
+@dataclass(frozen=True)
+class BackupConfig:
+    """An AWS Backup plan for the round table and the model registry (`infra.backup`)."""
+
+    schedule: str = DEFAULT_BACKUP_SCHEDULE
+    """When backups start: an AWS Backup cron expression in UTC (`backup_schedule`); default daily 05:00."""
+    retention_days: int = 35
+    """Days each recovery point (and each copy) is kept, 1-36500."""
+    copy_to: str | None = None
+    """Another region's backup vault each recovery point is copied to: a vault ARN, or a region (its vault
+    `<project>-backup-copy`, which must exist: docs/operations.md). None: no copy."""
+
+    def copy_vault_arn(self, project: str, account: str, partition: str = "aws") -> str | None:
+        """The ARN of the vault copies go to (a region names its vault `<project>-backup-copy`)."""
+        if self.copy_to is None or self.copy_to.startswith("arn:"):
+            return self.copy_to
+        return f"arn:{partition}:backup:{self.copy_to}:{account}:backup-vault:{project}-backup-copy"
+
+    @property
+    def copy_region(self) -> str | None:
+        if self.copy_to is None:
+            return None
+        match = _VAULT_ARN.match(self.copy_to)
+        return match[2] if match else self.copy_to
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """A CloudTrail trail of the stack's data events into a locked bucket of its own (`infra.audit`)."""
+
+    retention_days: int = 365
+    """Days each log file is locked (S3 Object Lock default retention) and kept, 1-3650."""
+    lock_mode: str = "governance"
+    """Object Lock mode: `governance` (a principal allowed s3:BypassGovernanceRetention may delete a
+    locked file) or `compliance` (no one, not even the account's root, until the days are over)."""
+
+
 DEFAULT_CONFIG_PATH = "fedstep.deploy.json"
 """The deployment config when none is named; unlike a named file, it may be absent."""
 
@@ -162,6 +250,11 @@ class DeploymentConfig:
     trial: bool = False
     """A single-account trial: clients may go without `principal_arn`, and their roles then trust the
     deploying account (synth warns about each). False: every client must name its principal."""
+    backup: BackupConfig | None = None
+    """The AWS Backup plan of the table and the registry; None: no plan (the table's own point-in-time
+    recovery and the bucket's versions only)."""
+    audit: AuditConfig | None = None
+    """The CloudTrail audit trail; None: no trail."""
 
     def check_principals(self, where: str = "deployment config") -> None:
         """ConfigError naming the clients without `principal_arn`, the field and the fix, unless `trial`."""
@@ -216,6 +309,8 @@ class DeploymentConfig:
             "slice_mb",
             "operator_principal_arn",
             "trial",
+            "backup",
+            "audit",
         }
         _only(data, fields, where)
         project = data.get("project", "fedstep")
@@ -292,6 +387,8 @@ class DeploymentConfig:
             slice_mb=slice_mb,
             operator_principal_arn=_principal(data.get("operator_principal_arn"), f"{where}: operator_principal_arn"),
             trial=trial,
+            backup=_backup(data.get("backup"), f"{where}: backup"),
+            audit=_audit(data.get("audit"), f"{where}: audit"),
         )
         config.check_principals(where)
         return config
@@ -343,6 +440,49 @@ def _retention(data: dict[str, Any], where: str) -> Retention:
         log_days=log_days,
         message_days=_whole(raw, "message_days", defaults.message_days, 1, 14, where),
     )
+
+
+def _switch(data: Any, where: str) -> dict[str, Any] | None:
+    """An optional feature's settings: None when absent or false, {} (the defaults) when true."""
+    if data is None or data is False:
+        return None
+    if data is True:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected true, false or an object of settings, got {data!r}")
+    return data
+
+
+def _backup(data: Any, where: str) -> BackupConfig | None:
+    raw = _switch(data, where)
+    if raw is None:
+        return None
+    _only(raw, {"schedule", "retention_days", "copy_to"}, where)
+    defaults = BackupConfig()
+    schedule = backup_schedule(raw.get("schedule", defaults.schedule), where)
+    days = _whole(raw, "retention_days", defaults.retention_days, 1, MAX_BACKUP_DAYS, where)
+    copy_to = raw.get("copy_to")
+    if copy_to is not None and (
+        not isinstance(copy_to, str) or not (_REGION.match(copy_to) or _VAULT_ARN.match(copy_to))
+    ):
+        raise ConfigError(
+            f"{where}: copy_to {copy_to!r} must be a region (e.g. 'eu-west-1') or a backup vault ARN "
+            "(arn:aws:backup:<region>:<12-digit account>:backup-vault:<name>)"
+        )
+    return BackupConfig(schedule=schedule, retention_days=days, copy_to=copy_to)
+
+
+def _audit(data: Any, where: str) -> AuditConfig | None:
+    raw = _switch(data, where)
+    if raw is None:
+        return None
+    _only(raw, {"retention_days", "lock_mode"}, where)
+    defaults = AuditConfig()
+    mode = raw.get("lock_mode", defaults.lock_mode)
+    if mode not in LOCK_MODES:
+        raise ConfigError(f"{where}: lock_mode must be one of {list(LOCK_MODES)}, got {mode!r}")
+    days = _whole(raw, "retention_days", defaults.retention_days, 1, MAX_AUDIT_DAYS, where)
+    return AuditConfig(retention_days=days, lock_mode=mode)
 
 
 def _client(data: Any, where: str) -> ClientConfig:

@@ -11,6 +11,8 @@ from constructs import Construct
 from fedstep.core import keys
 from infra import secure
 from infra.aggregation import Aggregation
+from infra.audit import AuditTrail
+from infra.backup import Backup
 from infra.client_group import CLIENTS_PER_GROUP, ClientGroup, allow_topic, client_groups, group_id
 from infra.config import DeploymentConfig
 from infra.monitoring import Monitoring, dead_letter_alarm_count
@@ -138,6 +140,7 @@ class FedstepStack(cdk.Stack):
                 cdk.Tags.of(construct).add("component", "client-access")
             groups.append(group)
 
+        self._optional(config, table, bucket, key, access_logs)
         cdk.CfnOutput(self, "BucketName", value=bucket.bucket_name)
         cdk.CfnOutput(self, "TableName", value=table.table_name)
         cdk.CfnOutput(self, "TopicArn", value=topic.topic_arn)
@@ -160,3 +163,25 @@ class FedstepStack(cdk.Stack):
             value=str(config.slice_bytes or 0),
             description="models larger than this are aggregated by slices (0: none)",
         )
+
+    def _optional(self, config: DeploymentConfig, table, bucket, key, access_logs) -> None:
+        """The deployment config's optional parts: the backup plan (`infra.backup`) and the audit trail
+        (`infra.audit`), each with its outputs (`fedstep cost` reads `AuditTrailArn`)."""
+        if config.backup is not None:
+            plan = Backup(
+                self, "Backup", config=config, settings=config.backup, table=table, bucket=bucket, data_key=key
+            )
+            cdk.Tags.of(plan).add("component", "backup")
+            # names, not references: the local cloud creates no backup resources to read attributes of
+            cdk.CfnOutput(self, "BackupVaultName", value=plan.vault_name)
+            cdk.CfnOutput(self, "BackupPlanName", value=plan.plan_name)
+            cdk.CfnOutput(self, "BackupRoleArn", value=plan.role.role_arn, description="the role restore jobs run as")
+        if config.audit is not None:
+            audit = AuditTrail(
+                self, "Audit", config=config, settings=config.audit, table=table, bucket=bucket, access_logs=access_logs
+            )
+            cdk.Tags.of(audit).add("component", "audit")
+            cdk.CfnOutput(
+                self, "AuditTrailArn", value=audit.trail_arn, description="the audit trail (docs/security.md)"
+            )
+            cdk.CfnOutput(self, "AuditBucketName", value=audit.bucket.bucket_name)

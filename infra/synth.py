@@ -14,7 +14,7 @@ from typing import Any
 import aws_cdk as cdk
 
 from infra import nag
-from infra.config import ClientConfig, DeploymentConfig, Retention
+from infra.config import AuditConfig, BackupConfig, ClientConfig, DeploymentConfig, Retention
 from infra.stack import FedstepStack
 
 
@@ -42,6 +42,8 @@ def config_of(data: dict[str, Any]) -> DeploymentConfig:
             **data,
             "clients": tuple(ClientConfig(**c) for c in data["clients"]),
             "retention": Retention(**data["retention"]),
+            "backup": BackupConfig(**data["backup"]) if data.get("backup") else None,
+            "audit": AuditConfig(**data["audit"]) if data.get("audit") else None,
         }
     )
 

@@ -282,6 +282,32 @@ def test_the_json_form_has_every_line_participant_and_assumption():
     json.dumps(data)
 
 
+def test_the_audit_trail_adds_one_data_event_per_recorded_write_and_model_read():
+    plain, audited = estimate(small_run()), estimate(small_run(audit=True))
+    # each round: open, claim, complete (one transaction), mark reported; the global model's PUT; the input
+    # model's header and body (the updates' reads are under updates/, which the trail does not select)
+    rounds = 2 * (4 + 1 + 2)
+    # each client: per round its update item and two heartbeats, its update's PUT and the global model's GET,
+    # the architecture once; one periodic heartbeat (100 s at 60 s)
+    clients = 3 * (2 * (3 + 1 + 1) + 1 + 1)
+    start = 2 + 1  # the architecture's and the initial model's PUTs, the run record
+    assert audited.usage["cloudtrail.data_event"] == pytest.approx(rounds + clients + start)
+    assert audited.usd - plain.usd == pytest.approx(usd("cloudtrail.data_event", rounds + clients + start))
+    assert "cloudtrail.data_event" not in plain.usage  # no trail, no events
+    assert {k: v for k, v in audited.usage.items() if k != "cloudtrail.data_event"} == plain.usage
+    assert audited.clients["client-1"].direct["cloudtrail.data_event"] == clients / 3
+    assert price("cloudtrail.data_event").usd == pytest.approx(0.10 / 100_000)
+
+
+def test_the_cost_command_counts_the_trail_when_the_stack_outputs_one():
+    from fedstep.aws.stack import StackOutputs
+
+    stack = {"BucketName": "b", "TableName": "t", "TopicArn": "a", "StateMachineArn": "m", "ClientIds": ""}
+    assert StackOutputs.parse(stack).audit_trail_arn == ""
+    trail = "arn:aws:cloudtrail:us-east-1:123456789012:trail/fedstep-audit"
+    assert StackOutputs.parse({**stack, "AuditTrailArn": trail}).audit_trail_arn == trail
+
+
 # -- the prices ------------------------------------------------------------------------------------
 
 

@@ -709,3 +709,9 @@ def test_the_state_machine_sends_only_the_modes_the_aggregation_function_handles
         name for n in walk(definition) if isinstance(n.get("States"), dict) for name in n["States"]
     }
     assert states == names
+
+
+def test_without_backup_or_audit_in_the_config_the_stack_has_no_backup_plan_and_no_trail(template):
+    for kind in ("AWS::Backup::BackupPlan", "AWS::Backup::BackupVault", "AWS::CloudTrail::Trail"):
+        template.resource_count_is(kind, 0)
+    assert not {"BackupVaultName", "AuditTrailArn"} & set(template.find_outputs("*"))

@@ -41,6 +41,8 @@ class StackOutputs:
     their role can no longer be assumed and no run selects them; their queue and data stay."""
     revoked_roles: dict[str, str] = field(default_factory=dict)
     """IAM role ARN by revoked client id (a role that trusts nobody and is allowed nothing)."""
+    audit_trail_arn: str = ""
+    """The audit trail's ARN (deployment config `audit`, output AuditTrailArn); "": no trail."""
 
     @classmethod
     def parse(cls, outputs: dict[str, str], groups: Sequence[dict[str, str]] = ()) -> StackOutputs:
@@ -81,6 +83,7 @@ class StackOutputs:
                 operator_role_arn=outputs.get("OperatorRoleArn", ""),
                 revoked=revoked,
                 revoked_roles=revoked_roles,
+                audit_trail_arn=outputs.get("AuditTrailArn", ""),
             )
         except KeyError as exc:
             raise FedstepError(f"the stack has no output {exc}; is it a fedstep stack, fully deployed?") from None

@@ -96,9 +96,12 @@ def _round(round_number: int) -> str:
 
 # -- S3 ------------------------------------------------------------------------------------------
 
+RUNS_PREFIX = "runs/"
+"""Every run's files: its architecture, global models, states, plans, cards and statistics."""
+
 
 def run_prefix(run_id: str) -> str:
-    return f"runs/{check_id('run id', run_id)}/"
+    return f"{RUNS_PREFIX}{check_id('run id', run_id)}/"
 
 
 def model_key(run_id: str) -> str:

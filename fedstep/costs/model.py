@@ -11,6 +11,10 @@ each round does is counted from the code that does it (see docs/cost.md for the 
   the deadline for a round that timed out; GB-seconds = memory x durations.
 - **S3**, **SQS**, **SNS**, **DynamoDB**, **KMS**: per round and client, the calls the agent and the
   aggregation function make (`client_agent/agent.py`, `fedstep/core/rounds/`).
+- **CloudTrail** (only when the stack's audit trail is on, `RunFacts.audit`): one data event per
+  DynamoDB write request, per S3 PUT-class request, and per S3 read of a key the trail selects (under
+  `runs/` and `registry/`: global models, states, the architecture; not the reads of `updates/`),
+  counted from the same requests as above.
 
 A client pays (directly) for its own queue's requests, its S3 GETs and PUTs and the bytes it downloads,
 its DynamoDB reads and writes, and its KMS calls. The rest of a round (transitions, the function, the
@@ -221,6 +225,9 @@ class RunFacts:
     observed_transitions: int | None = None
     """State transitions counted in the execution's history; None: count them from the definition."""
     paths: Paths = field(default_factory=Paths)
+    audit: bool = False
+    """Whether the stack's audit trail records data events (deployment config `audit`, stack output
+    `AuditTrailArn`): each recorded request is then priced as a CloudTrail data event too."""
 
 
 @dataclass(frozen=True)
@@ -394,15 +401,20 @@ def round_shared(r: RoundFacts, run: RunFacts, a: Assumptions, transitions: floa
     wru += 2 * _units(r.record_bytes, 1024) + 2 + (0 if r.at_deadline else _units(r.record_bytes, 1024))
     wru += 2 * len(r.rejected)  # feedback items: the run's, and the copy as the client's latest
     u.add("ddb.rru", rru).add("ddb.wru", wru).add("ddb.stream_read_lambda", uploads)
+    # write requests: open (each attempt), claim, complete (one transaction), mark reported, feedback items
+    ddb_writes = attempts + 1 + 1 + (0 if r.at_deadline else 1) + 2 * len(r.rejected)
     # S3: the input model's header and body, each update's header and body, the state; then the writes.
     stateful = 1 if r.state_bytes else 0
-    gets = 2 + 2 * uploads + stateful * (1 + attempts)  # state read to aggregate, its header to publish
+    update_gets = 2 * uploads
+    run_gets = 2 + stateful * (1 + attempts)  # the model; the state read to aggregate, its header to publish
     puts = 1 + stateful
     if r.slices:  # the plan's streamed checks, the plan, the slices' ranged reads and parts, the assembly
-        gets += uploads * math.ceil(r.update_bytes / (16 * MIB)) + r.slices * (2 + len(r.participants))
-        gets += math.ceil(r.model_bytes / (16 * MIB))
+        update_gets += uploads * math.ceil(r.update_bytes / (16 * MIB)) + r.slices * len(r.participants)
+        run_gets += r.slices * 2 + math.ceil(r.model_bytes / (16 * MIB))
         puts += 1 + r.slices + 2  # the plan, the parts, creating and completing the upload
-    u.add("s3.get", gets).add("s3.put", puts)
+    u.add("s3.get", update_gets + run_gets).add("s3.put", puts)
+    if run.audit:  # every write is recorded; of the reads, those under runs/ (not the updates)
+        u.add("cloudtrail.data_event", ddb_writes + puts + run_gets)
     u.add("s3.storage_gb_month", (r.model_bytes + r.state_bytes) / GB * a.storage_months)
     u.add("sns.publish", attempts).add("sns.sqs_delivery", attempts * len(r.selected))
     return u
@@ -445,10 +457,31 @@ def client_direct(client: str, run: RunFacts, a: Assumptions) -> tuple[Usage, in
     if run.ended == "succeeded" and client in run.clients:
         u.add("sqs.request", 3)  # the run-ended message: delivered, received, deleted
         u.add("ddb.rru", 1)  # its feedback item for the run, read when the run ends
-    u.add("ddb.wru", math.floor(run.run_s / a.heartbeat_s))  # periodic heartbeats
+    heartbeats = math.floor(run.run_s / a.heartbeat_s)
+    u.add("ddb.wru", heartbeats)  # periodic heartbeats
+    if run.audit:  # its recorded requests: every write, and its reads of models and the architecture
+        u.add("cloudtrail.data_event", audited_client_events(client, run, a) + heartbeats)
     # KMS: its own S3, SQS (decrypt) and DynamoDB calls, and SNS's data keys for its queue.
     u.add("kms.request", 4 * _windows(run.run_s, a.kms_reuse_s))
     return u, took_part
+
+
+def audited_client_events(client: str, run: RunFacts, a: Assumptions) -> int:
+    """A client's requests the audit trail records over its rounds (`client_direct` counts the same
+    requests): its item writes (an update or a decline, a heartbeat at the start and at the end of the
+    round), its update's PUT requests, and its reads of the global model and (once) the architecture;
+    not its read of its own earlier update (under `updates/`)."""
+    events = 0
+    fetched_architecture = False
+    for r in run.rounds:
+        if client not in r.selected or not (client in r.uploaders or client in r.declined):
+            continue
+        events += 3
+        if client in r.declined:
+            continue
+        events += put_requests(r.update_bytes, a) + 1 + (0 if fetched_architecture else 1)
+        fetched_architecture = True
+    return events
 
 
 def server_run(run: RunFacts, a: Assumptions, transitions: float) -> Usage:
@@ -460,6 +493,9 @@ def server_run(run: RunFacts, a: Assumptions, transitions: float) -> Usage:
     u.add("s3.put", put_requests(run.architecture_bytes, a) + put_requests(run.initial_model_bytes, a))  # start
     u.add("s3.storage_gb_month", (run.architecture_bytes + run.initial_model_bytes) / GB * a.storage_months)
     u.add("ddb.wru", _units(run.run_record_bytes, 1024))
+    if run.audit:  # the start's writes: the architecture, the initial model, the run record
+        starts = put_requests(run.architecture_bytes, a) + put_requests(run.initial_model_bytes, a)
+        u.add("cloudtrail.data_event", starts + 1)
     records = run.run_record_bytes + sum(r.record_bytes for r in run.rounds)
     u.add("ddb.storage_gb_month", records / GB * a.storage_months)
     if run.ended == "succeeded":

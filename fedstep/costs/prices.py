@@ -29,6 +29,7 @@ _SNS = "https://aws.amazon.com/sns/pricing/"
 _DDB = "https://aws.amazon.com/dynamodb/pricing/on-demand/"
 _DDB_STREAMS = "https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/CostOptimization_StreamsUsage.html"
 _KMS = "https://aws.amazon.com/kms/pricing/"
+_CLOUDTRAIL = "https://aws.amazon.com/cloudtrail/pricing/"
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,16 @@ PRICES: tuple[Price, ...] = (
         1.0,
         _KMS,
         "confirmed on the AWS page: $1 a month, +$1 per rotated version; not included in a run's estimate",
+    ),
+    Price(
+        "cloudtrail.data_event",
+        "CloudTrail",
+        "data events delivered to the audit trail (deployment config `audit`)",
+        "event",
+        0.10 / 100_000,
+        _CLOUDTRAIL,
+        "$0.10 per 100,000 data events, as commonly published; not read on the AWS page that day. The trail's "
+        "bucket storage and KMS requests are not included",
     ),
 )
 

@@ -257,6 +257,7 @@ class LocalCloud:
         gaps.check_patch_point()
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         logging.getLogger("moto").setLevel(logging.CRITICAL)  # the runner reports failures itself
+        # moto's own word on a type it skips; `deploy.check_template` has named each, with its reason, or refused it
         warnings.filterwarnings("ignore", message="Tried to parse AWS::", category=UserWarning)
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.server.start()
@@ -311,6 +312,7 @@ class LocalCloud:
             assembly, reused = synthesize(self.config, self.cache_dir / "cdk.out")
             synthesized = time.monotonic()
             deploy.prune_stale_assets(assembly, stack)
+            deploy.check_template(assembly, stack)  # refuses a type it would skip unlisted; logs those it skips
             deploy.publish_assets(assembly, stack, s3, account, REGION)
             template = deploy.create_stack(assembly, stack, cfn, ssm)
             deploy.check_created(assembly, stack, cfn)

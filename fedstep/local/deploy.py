@@ -2,7 +2,8 @@
 
 Publishes the file assets named in `<stack>.assets.json` to their bootstrap bucket (zipping
 directory assets), records the bootstrap version parameter the template checks, creates the stack
-and waits for it.
+and waits for it. The resource types moto cannot create are checked before and after
+(`fedstep.local.gaps.skipped_resources`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
+
+from fedstep.local.gaps import skipped_resources
 
 BOOTSTRAP_VERSION_PARAMETER = "/cdk-bootstrap/hnb659fds/version"
 BOOTSTRAP_VERSION = "30"
@@ -80,45 +83,7 @@ def create_stack(assembly: Path, stack_name: str, cfn: Any, ssm: Any) -> dict[st
     return json.loads(template_text)
 
 
-UNSUPPORTED_RESOURCES = {
-    "AWS::SNS::Subscription": "moto's CloudFormation skips it; the sns_subscriptions shim creates each one from the "
-    "template (raw delivery, filter policy, dead-letter queue).",
-    "AWS::S3::BucketPolicy": "The stack's bucket policies only deny requests without TLS (aws:SecureTransport) and let "
-    "S3 log delivery write the access logs; the local cloud serves loopback HTTP and has no log delivery. Every "
-    "principal's identity policy is enforced.",
-    "AWS::SNS::TopicPolicy": "The stack's topic policies only deny publishing without TLS and let CloudWatch publish "
-    "alarms; the local cloud serves loopback HTTP and has no alarms. Publishers' identity policies are enforced.",
-    "AWS::SQS::QueuePolicy": "The stack's queue policies only deny requests without TLS and let the topic deliver to "
-    "the queues; the local cloud serves loopback HTTP, and SNS delivers to SQS inside moto. Receivers' identity "
-    "policies are enforced.",
-    "AWS::CloudWatch::Alarm": "The local cloud has no CloudWatch metrics from the services to alarm on (the function's "
-    "embedded metrics go to its log file); the alarms are checked on the synthesized template.",
-}
-"""Resource types the local cloud does not create, each with why it can do without them. Any other type
-moto's CloudFormation skips fails the deployment (`check_created`)."""
-
-
-def check_created(assembly: Path, stack_name: str, cfn: Any) -> None:
-    """Raise unless every resource type of the stack's templates (its own and its nested stacks') was
-    created, or is on `UNSUPPORTED_RESOURCES` with its reason: moto skips types it cannot create
-    without a word, and a stack missing a resource would pass here and fail on AWS."""
-    wanted = {
-        resource["Type"]
-        for template in (assembly / f"{stack_name}.template.json", *assembly.glob("*.nested.template.json"))
-        for resource in json.loads(template.read_text()).get("Resources", {}).values()
-    }
-    created: set[str] = set()
-    stacks = [stack_name]
-    while stacks:
-        pages = cfn.get_paginator("list_stack_resources").paginate(StackName=stacks.pop())
-        for resource in (r for page in pages for r in page["StackResourceSummaries"]):
-            created.add(resource["ResourceType"])
-            if resource["ResourceType"] == "AWS::CloudFormation::Stack" and resource.get("PhysicalResourceId"):
-                stacks.append(resource["PhysicalResourceId"])
-    missing = sorted(wanted - created - set(UNSUPPORTED_RESOURCES))
-    if missing:
-        raise RuntimeError(
-            f"the local cloud did not create the stack's {', '.join(missing)}: moto's CloudFormation cannot, and "
-            "a stack without them would differ from AWS's. Fill the gap with a shim (fedstep/local/gaps/), or add "
-            "the type to fedstep.local.deploy.UNSUPPORTED_RESOURCES with the reason the local cloud can do without it"
-        )
+# The allow-list of types the local cloud skips, and the checks against it, live in one place:
+UNSUPPORTED_RESOURCES = skipped_resources.UNSUPPORTED_RESOURCES
+check_template = skipped_resources.check_template
+check_created = skipped_resources.check_created

@@ -38,9 +38,13 @@ def lambda_memory_mb(max_model_bytes: int, slice_bytes: int | None = None) -> in
 
 
 def run_facts(
-    view: RunView, memory_mb: int, observed_transitions: int | None = None, paths: Paths | None = None
+    view: RunView,
+    memory_mb: int,
+    observed_transitions: int | None = None,
+    paths: Paths | None = None,
+    audit: bool = False,
 ) -> RunFacts:
-    """What the estimate needs of a run, read from its view."""
+    """What the estimate needs of a run, read from its view; `audit`: the stack's audit trail is on."""
     rounds = []
     for s in view.rounds:
         rejected = tuple(r.client_id for r in s.rejected)
@@ -80,6 +84,7 @@ def run_facts(
         select_online=view.record.select_online,
         observed_transitions=observed_transitions,
         paths=paths or Paths(),
+        audit=audit,
     )
 
 
@@ -113,11 +118,13 @@ def deployed_paths(sfn: Any, state_machine_arn: str) -> Paths:
 
 
 def estimate_run(view: RunView, outputs: StackOutputs, sfn: Any) -> Estimate:
-    """The run's estimate, with the stack's function memory, the deployed definition's paths and the
-    execution's own transitions."""
+    """The run's estimate, with the stack's function memory, the deployed definition's paths, the
+    execution's own transitions, and the audit trail's data events when the stack has one (output
+    AuditTrailArn)."""
     observed = observed_transitions(sfn, execution_arn(outputs, view.run_id)) if view.execution else None
     paths = deployed_paths(sfn, outputs.state_machine_arn)
-    return estimate(run_facts(view, lambda_memory_mb(outputs.max_model_bytes, outputs.slice_bytes), observed, paths))
+    memory = lambda_memory_mb(outputs.max_model_bytes, outputs.slice_bytes)
+    return estimate(run_facts(view, memory, observed, paths, audit=bool(outputs.audit_trail_arn)))
 
 
 def estimate_view(view: RunView) -> Estimate:

@@ -20,8 +20,10 @@ fails once moto fixes the gap (then the shim goes). moto runs the synthesized Cl
 Each shim's `gap` says what moto does and what AWS does; `apply(...)` fills the gap and `undo()` restores
 what it replaced. `PATCHES` replace moto code for the whole process (`apply_patches` when the local cloud
 starts); the `STACK_SHIMS` act on a deployed stack through the API; `undo_all` undoes them all.
-(`AWS::SQS::QueuePolicy`, `AWS::S3::BucketPolicy`, `AWS::SNS::TopicPolicy` and alarms are skipped too:
-`fedstep.local.deploy.UNSUPPORTED_RESOURCES` names each with the reason the local cloud can do without it.)
+(`AWS::SQS::QueuePolicy`, `AWS::S3::BucketPolicy`, `AWS::SNS::TopicPolicy`, alarms, and the optional
+backup plan and audit trail are skipped too: `skipped_resources.UNSUPPORTED_RESOURCES` names each with the
+reason the local cloud can do without it, and the local cloud refuses a stack holding any other type moto
+cannot create.)
 """
 
 from __future__ import annotations
