@@ -217,15 +217,17 @@ NAMES = ("000/hidden/kernel", "001/hidden/bias", "002/output/kernel", "003/outpu
 """`digits_mlp`'s tensor names (`client_agent.keras_model`)."""
 
 
-def initial_model(seed: int) -> tensors.Tensors:
-    """Glorot-uniform kernels and zero biases, as Keras initializes `digits_mlp`."""
+def initial_model(seed: int, inputs: int = 64, hidden: int = HIDDEN) -> tensors.Tensors:
+    """Glorot-uniform kernels and zero biases, as Keras initializes `digits_mlp` (by default: 64
+    inputs, Dense(64)) or another Dense(hidden) -> Dense(10) MLP on `inputs` features (`mnist_mlp`:
+    784, 128)."""
     rng = np.random.default_rng(seed)
 
     def glorot(fan_in: int, fan_out: int) -> np.ndarray:
         limit = np.sqrt(6.0 / (fan_in + fan_out))
         return rng.uniform(-limit, limit, size=(fan_in, fan_out)).astype(np.float32)
 
-    shapes = (glorot(64, HIDDEN), np.zeros(HIDDEN, np.float32), glorot(HIDDEN, 10), np.zeros(10, np.float32))
+    shapes = (glorot(inputs, hidden), np.zeros(hidden, np.float32), glorot(hidden, 10), np.zeros(10, np.float32))
     return dict(zip(NAMES, shapes, strict=True))
 
 
