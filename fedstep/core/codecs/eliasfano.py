@@ -77,31 +77,47 @@ def pack(indices: np.ndarray, code: BlockCode) -> np.ndarray:
 
 
 def unpack(bits: np.ndarray, blocks: int, code: BlockCode, where: str) -> np.ndarray:
-    """The indices (int64, blocks x kept) coded in `bits` (uint8 0/1, blocks x `code.bits`); each
+    """The indices (int32, blocks x kept) coded in `bits` (uint8 0/1, blocks x `code.bits`); each
     row checked: exactly `kept` ones in its upper part, strictly increasing, below `length`.
     InvalidUpdate naming `where` otherwise."""
     if code.implied:
-        return np.broadcast_to(np.arange(code.length, dtype=np.int64), (blocks, code.length))
+        return np.broadcast_to(np.arange(code.length, dtype=np.int32), (blocks, code.length))
     rows = bits.reshape(blocks, code.bits)
     low_end = code.kept * code.low
     upper = np.ascontiguousarray(rows[:, low_end:]).view(bool)
-    ones = np.flatnonzero(upper).reshape(-1)  # increasing: the i-th one of a row is its i-th index
-    row_start = np.arange(blocks) * code.upper
+    ones = np.flatnonzero(upper)  # increasing: the i-th one of a row is its i-th index
+    start = _row_starts(blocks, code.upper)
     if ones.size == blocks * code.kept:
         ones = ones.reshape(blocks, code.kept)
-    if ones.ndim != 2 or (ones[:, 0] < row_start).any() or (ones[:, -1] >= row_start + code.upper).any():
+    if ones.ndim != 2 or (ones[:, 0] < start).any() or (ones[:, -1] >= start + code.upper).any():
         counts = np.count_nonzero(upper, axis=1)
         bad = int(counts[counts != code.kept][0])
         raise InvalidUpdate(f"{where}: a block's index bits hold {bad} indices, not {code.kept}")
-    idx = (ones - row_start[:, None] - np.arange(code.kept)) << code.low
+    idx = (ones - _offsets(blocks, code.upper, code.kept)).astype(np.int32) << code.low
     if code.low:  # each index's low bits, most significant first
         lows = rows[:, :low_end].reshape(blocks, code.kept, code.low)
-        value = lows[:, :, 0].astype(np.int64)
+        value = lows[:, :, 0].astype(np.int32)
         for bit in range(1, code.low):
             value = (value << 1) | lows[:, :, bit]
         idx |= value
-    if code.kept > 1 and (np.diff(idx, axis=1) <= 0).any():
+    if (idx[:, 1:] <= idx[:, :-1]).any():
         raise InvalidUpdate(f"{where}: indices not strictly increasing within a block (duplicate or unsorted)")
     if (idx[:, -1] >= code.length).any():
         raise InvalidUpdate(f"{where}: index out of range (a block of {code.length})")
     return idx
+
+
+@functools.lru_cache(maxsize=64)
+def _row_starts(blocks: int, upper: int) -> np.ndarray:
+    """Where each of `blocks` rows' upper part starts in their upper parts back to back."""
+    starts = np.arange(blocks, dtype=np.int64) * upper
+    starts.flags.writeable = False
+    return starts
+
+
+@functools.lru_cache(maxsize=64)
+def _offsets(blocks: int, upper: int, kept: int) -> np.ndarray:
+    """What the i-th one of a row adds to its index's upper bits: the row's start, plus i."""
+    offsets = _row_starts(blocks, upper)[:, None] + np.arange(kept)
+    offsets.flags.writeable = False
+    return offsets
