@@ -346,6 +346,19 @@ def test_a_block_whose_index_bits_hold_another_number_of_indices_is_refused(code
 
 
 @pytest.mark.parametrize("codec", SPARSE)
+def test_an_index_moved_from_one_block_to_the_next_is_refused_though_the_total_is_right(codec):
+    store, layout, item, files = index_attack(codec, 44)
+    code = codecs.get(codec).full_code
+    bits = np.unpackbits(files["000/d/kernel:i"])
+    upper = code.kept * code.low
+    bits[upper + int(np.flatnonzero(bits[upper : code.bits])[-1])] = 0  # block 0's last index out
+    bits[code.bits + upper + int(np.flatnonzero(bits[code.bits + upper : 2 * code.bits] == 0)[0])] = 1  # into block 1
+    files["000/d/kernel:i"] = np.packbits(bits)
+    reason = rejected(store, layout, put_files(store, item, files))
+    assert reason == "tensor '000/d/kernel:i': a block's index bits hold 102 indices, not 103"
+
+
+@pytest.mark.parametrize("codec", SPARSE)
 @pytest.mark.parametrize("change", [-1, 1])
 def test_index_bits_of_another_length_than_the_model_implies_are_refused(codec, change):
     store, layout, item, files = index_attack(codec, 41)
