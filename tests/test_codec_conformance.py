@@ -15,7 +15,7 @@ import pytest
 from client_agent import steps
 from client_agent.residuals import ResidualStore
 from fedstep.core import codecs, keys, sliced, tensors
-from fedstep.core.codecs import int8, topk
+from fedstep.core.codecs import eliasfano, int8, topk
 from fedstep.core.schemas import Bounds, InvalidMessage, ObjectRef, RoundMessage, TrainingConfig, UpdateItem
 from fedstep.core.strategies import aggregation
 from fedstep.core.update_source import ModelLayout, UpdateSource, read_layout, read_update
@@ -38,10 +38,10 @@ def delta_of(seed: int, scale: float = 0.01) -> tensors.Tensors:
     return {name: (rng.standard_normal(t.shape) * scale).astype(np.float32) for name, t in GLOBAL.items()}
 
 
-def world(codec: str) -> tuple[MemoryStore, ModelLayout]:
+def world(codec: str, model: tensors.Tensors = GLOBAL) -> tuple[MemoryStore, ModelLayout]:
     """A store holding the round's global model, and the layout its updates are read by."""
     store = MemoryStore()
-    data = tensors.encode(GLOBAL)
+    data = tensors.encode(model)
     ref = keys.global_key(RUN, 0, keys.INITIAL_VERSION)
     store.put(ref, data)
     return store, read_layout(store, ObjectRef(ref, tensors.sha256_hex(data), len(data)), codec)
@@ -78,6 +78,21 @@ def put_files(
 def files_of(codec: str, delta: tensors.Tensors) -> tensors.Tensors:
     files, _ = codecs.get(codec).encode(delta, codecs.seed_for(RUN, 1, "site-a"))
     return {name: np.array(t) for name, t in files.items()}
+
+
+def block_indices(codec: str, packed: np.ndarray, n: int) -> list[np.ndarray]:
+    """Each top-k block's kept indices (block-local), decoded from a tensor's index bits."""
+    coder = codecs.get(codec)
+    return [row.copy() for _, rows in coder.blocks(packed, 0, n, 0, -(-n // topk.BLOCK), "test") for row in rows]
+
+
+def packed_indices(codec: str, blocks: list[np.ndarray], n: int) -> np.ndarray:
+    """A tensor's index bits for these blocks' indices, packed as the encoder packs them but without
+    its checks (so a test can write what an honest client never would)."""
+    coder = codecs.get(codec)
+    codes = [coder.full_code if i < n // topk.BLOCK else coder.last_code(n) for i in range(len(blocks))]
+    bits = [eliasfano.pack(np.asarray(row).reshape(1, -1), code) for row, code in zip(blocks, codes, strict=True)]
+    return np.packbits(np.concatenate(bits)) if bits else np.zeros(0, np.uint8)
 
 
 # -- the registry --------------------------------------------------------------------------------
@@ -245,16 +260,17 @@ def test_top_k_indices_that_could_amplify_a_client_are_refused(codec, attack, re
     store, layout = world(codec)
     item = report(store, codec, delta_of(12))
     files = files_of(codec, delta_of(12))
-    indices = files["000/d/kernel:i"]
+    blocks = block_indices(codec, files["000/d/kernel:i"], 2400)  # the Elias-Fano index bits, decoded
     k = codecs.get(codec).k
     if attack == "duplicate":
-        indices[1] = indices[0]
-    elif attack == "unsorted":
-        indices[0], indices[1] = indices[1], indices[0]
+        blocks[0][1] = blocks[0][0]
+    elif attack == "unsorted":  # indices 1, 0 share their upper bits: only their low bits are out of order
+        blocks[0][:] = [1, 0, *range(2, k)]
     elif attack == "beyond_block":
-        indices[k - 1] = topk.BLOCK + 5
+        blocks[0][k - 1] = topk.BLOCK + 5
     else:  # the last block of 2,400 elements has 352
-        indices[-1] = 2400 - 2 * topk.BLOCK
+        blocks[-1][-1] = 2400 - 2 * topk.BLOCK
+    files["000/d/kernel:i"] = packed_indices(codec, blocks, 2400)
     assert reason in rejected(store, layout, put_files(store, item, files))
 
 
@@ -307,12 +323,140 @@ def test_a_file_whose_metadata_differs_from_its_item_is_refused(codec):
         assert reason == "update file's metadata differs from the update item in ['encoding']"
 
 
+# -- the top-k index bits (Elias-Fano) -----------------------------------------------------------
+
+
+def index_attack(codec: str, seed: int) -> tuple[MemoryStore, ModelLayout, UpdateItem, tensors.Tensors]:
+    store, layout = world(codec)
+    item = report(store, codec, delta_of(seed))
+    return store, layout, item, files_of(codec, delta_of(seed))
+
+
+@pytest.mark.parametrize("codec", SPARSE)
+@pytest.mark.parametrize("flip, count", [(0, 104), (1, 102)])
+def test_a_block_whose_index_bits_hold_another_number_of_indices_is_refused(codec, flip, count):
+    store, layout, item, files = index_attack(codec, 40)
+    code = codecs.get(codec).full_code
+    bits = np.unpackbits(files["000/d/kernel:i"])
+    upper = code.kept * code.low  # block 0's upper part: exactly k ones
+    bits[upper + int(np.flatnonzero(bits[upper : code.bits] == flip)[0])] = 1 - flip
+    files["000/d/kernel:i"] = np.packbits(bits)
+    reason = rejected(store, layout, put_files(store, item, files))
+    assert reason == f"tensor '000/d/kernel:i': a block's index bits hold {count} indices, not 103"
+
+
+@pytest.mark.parametrize("codec", SPARSE)
+def test_an_index_moved_from_one_block_to_the_next_is_refused_though_the_total_is_right(codec):
+    store, layout, item, files = index_attack(codec, 44)
+    code = codecs.get(codec).full_code
+    bits = np.unpackbits(files["000/d/kernel:i"])
+    upper = code.kept * code.low
+    bits[upper + int(np.flatnonzero(bits[upper : code.bits])[-1])] = 0  # block 0's last index out
+    bits[code.bits + upper + int(np.flatnonzero(bits[code.bits + upper : 2 * code.bits] == 0)[0])] = 1  # into block 1
+    files["000/d/kernel:i"] = np.packbits(bits)
+    reason = rejected(store, layout, put_files(store, item, files))
+    assert reason == "tensor '000/d/kernel:i': a block's index bits hold 102 indices, not 103"
+
+
+@pytest.mark.parametrize("codec", SPARSE)
+@pytest.mark.parametrize("change", [-1, 1])
+def test_index_bits_of_another_length_than_the_model_implies_are_refused(codec, change):
+    store, layout, item, files = index_attack(codec, 41)
+    packed = files["000/d/kernel:i"]
+    files["000/d/kernel:i"] = np.concatenate([packed, np.zeros(1, np.uint8)]) if change > 0 else packed[:-1]
+    reason = rejected(store, layout, put_files(store, item, files))
+    assert reason == f"tensor '000/d/kernel:i' has shape ({packed.size + change},), expected ({packed.size},)"
+
+
+@pytest.mark.parametrize("codec", SPARSE)
+def test_index_bits_with_non_zero_padding_are_refused(codec):
+    """One file, one meaning: the bits after the last block's are zero."""
+    store, layout, item, files = index_attack(codec, 42)
+    assert codecs.get(codec).bit_offset(2400, 3) % 8 == 6  # two bits of padding in the last byte
+    files["000/d/kernel:i"][-1] |= 1
+    reason = rejected(store, layout, put_files(store, item, files))
+    assert reason == "tensor '000/d/kernel:i': the padding after the last block's index bits is not zero"
+
+
+@pytest.mark.parametrize(
+    "length, kept", [(1024, 103), (1024, 11), (1024, 1), (1024, 512), (1024, 1023), (352, 103), (2, 1), (5, 5)]
+)
+def test_elias_fano_codes_any_increasing_index_set_in_bits_fixed_by_its_length_and_count(length, kept):
+    rng = np.random.default_rng(length + kept)
+    rows = np.sort(np.argsort(rng.random((40, length)), axis=1)[:, :kept], axis=1)
+    rows[0], rows[1] = np.arange(kept), np.arange(length - kept, length)  # the extremes
+    code = eliasfano.block_code(length, kept)
+    bits = eliasfano.pack(rows, code)
+    assert bits.size == 40 * code.bits
+    np.testing.assert_array_equal(eliasfano.unpack(bits, 40, code, "t"), rows)
+    if kept < length:  # Elias-Fano's bound: about 2 + log2(length / kept) bits an index
+        assert code.bits <= kept * (math.floor(math.log2(length / kept)) + 3) + 1
+    else:
+        assert code.bits == 0  # every element kept: the indices are implied
+    assert eliasfano.block_code(1024, 103).bits == 540  # topk:0.1: 5.24 bits an index, not 16
+
+
+@pytest.mark.parametrize("codec", ["topk:0.1", "topk:0.01+int8", "topk:0.5", "topk:0.001+int8", "topk:1"])
+def test_ranged_reads_of_any_blocks_decode_as_the_whole_file_and_read_only_their_blocks(codec):
+    """A tensor of 100,003 elements: 97 full blocks (more than one decode chunk) and a partial one
+    of 675; slices that start and end mid-block, on block edges, one element, the whole tensor."""
+    coder = codecs.get(codec)
+    n = 100_003
+    spec = tensors.TensorSpec({"w": (n,)})
+    files, decoded = coder.encode({"w": np.random.default_rng(3).standard_normal(n).astype(np.float32)}, 7)
+    assert files["w:i"].shape == coder.layout(spec).spec.shapes["w:i"]
+    coder.check(files, spec)
+    whole = coder.decode(files, spec)["w"]
+    np.testing.assert_array_equal(whole, decoded["w"])
+    reads = []
+
+    def read(tensor: str, first: int, stop: int) -> np.ndarray:
+        reads.append((tensor, first, stop))
+        return files[tensor].reshape(-1)[first:stop].copy()
+
+    edges = [(0, n), (517, 1500), (1023, 1025), (2048, 4096), (64 * 1024 - 3, 66 * 1024 + 5), (n - 676, n)]
+    for start, stop in [*edges, (n - 1, n), (5000, 5001), (7, 7)]:
+        out = np.full(stop - start, np.nan, np.float32)
+        coder.read_slice("w", (n,), start, stop, read, out)
+        np.testing.assert_array_equal(out, whole[start:stop])
+    reads.clear()
+    coder.read_slice("w", (n,), 5000, 5001, read, np.empty(1, np.float32))  # in block 4: its bytes alone
+    assert [(f, s) for t, f, s in reads if t == "w:i"] == [
+        (coder.bit_offset(n, 4) // 8, -(-coder.bit_offset(n, 5) // 8))
+    ]
+
+
+def test_a_block_keeping_every_element_needs_no_index_bits():
+    """topk:1 keeps every element (k = block length): no index bytes, the delta exact."""
+    codec = "topk:1"
+    store, layout = world(codec)
+    assert {layout.file.spec.shapes[f"{name}:i"] for name in SPEC.shapes} == {(0,)}
+    delta = delta_of(43)
+    checked = read_update(store, report(store, codec, delta), layout)
+    for name in delta:
+        np.testing.assert_array_equal(checked.tensors[name], delta[name])
+    assert codecs.get("topk:0.1").index_bytes(60) == 0  # a tensor of at most k elements: all kept
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_model_of_one_element_and_an_empty_tensor_reads_the_same_in_one_pass_and_by_slices(codec):
+    model = {"000/one": np.zeros(1, np.float32), "001/empty": np.zeros((3, 0), np.float32)}
+    store, layout = world(codec, model)
+    delta = {"000/one": np.array([0.25], np.float32), "001/empty": np.zeros((3, 0), np.float32)}
+    item = report(store, codec, delta)
+    (update,) = [{n: t.copy() for n, t in u.delta.items()} for u in UpdateSource(store, layout, Bounds(), [item])]
+    assert update["000/one"].tolist() == [0.25] and update["001/empty"].shape == (3, 0)
+    sliced = UpdateSource(store, layout, Bounds(), [item])
+    assert sliced.slice("000/one", 0, 1).tolist() == [[0.25]]
+    assert sliced.slice("001/empty", 0, 0).shape == (1, 0)
+
+
 # -- sizes ---------------------------------------------------------------------------------------
 
 
 def test_sizes_on_a_100k_parameter_model_meet_the_goals():
     """Dense 784x128 + 128x10 (101,770 parameters): int8 sends 3.9x fewer tensor bytes than
-    float32, topk:0.1+int8 12x fewer file bytes (header included)."""
+    float32, topk:0.1+int8 20x fewer file bytes (header included)."""
     rng = np.random.default_rng(0)
     shapes = {
         "000/dense/kernel": (784, 128),
@@ -331,6 +475,7 @@ def test_sizes_on_a_100k_parameter_model_meet_the_goals():
     f32_data, f32_file = sizes["float32"]
     assert f32_data / sizes["int8"][0] >= 3.9
     assert f32_file / sizes["topk:0.1+int8"][1] >= 12
+    assert f32_file / sizes["topk:0.1+int8"][1] >= 20  # Elias-Fano indices: 5.24 bits each, not 16
     assert f32_data / sizes["float16"][0] == 2
 
 

@@ -58,7 +58,7 @@ U8 = ElementType("U8", "u1", 1, "uint8")
 U16 = ElementType("U16", "<u2", 2, "uint16")
 WIRE_TYPES: dict[str, ElementType] = {t.name: t for t in (F32, F16, U8, U16)}
 """The element types an update codec's file tensors may hold (float32 values and scales, float16
-values, uint8 quantised values, uint16 block-local indices)."""
+values, uint8 quantised values and packed index bits, uint16 - which no codec writes today)."""
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 """Largest model file accepted where the deployment says nothing else: 256 MiB (see the deployment
