@@ -264,6 +264,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
         echo(
             f"run {started.run_id}: {settings.rounds} rounds, {config.clients} clients, data set {config.dataset}, "
             f"strategy {strategy_text(settings.strategy, strategy_params)}"
+            + ("" if settings.codec == "float32" else f", updates encoded {settings.codec_instance().name}")
         )
         store = S3ModelStore(outputs.bucket, cloud.client("s3", OPERATOR))
         store.put_once(keys.partition_key(started.run_id), json.dumps(counts.to_json()).encode())
