@@ -13,6 +13,7 @@ from infra import secure
 from infra.aggregation import Aggregation
 from infra.client_group import CLIENTS_PER_GROUP, ClientGroup, allow_topic, client_groups, group_id
 from infra.config import DeploymentConfig
+from infra.integrity import Integrity
 from infra.monitoring import Monitoring, dead_letter_alarm_count
 from infra.operator_access import OperatorAccess
 from infra.state_machine import training_definition
@@ -116,6 +117,10 @@ class FedstepStack(cdk.Stack):
             key=key,
         )
         cdk.Tags.of(monitoring).add("component", "monitoring")
+        integrity = Integrity(
+            self, "Integrity", config=config, bucket=bucket, table=table, key=key, alarm_topic=monitoring.topic
+        )
+        cdk.Tags.of(integrity).add("component", "integrity")
 
         allow_topic(undelivered, topic, key)
         own_dead_letter_alarms = len(monitoring.alarms) - 1  # besides the failed-executions alarm

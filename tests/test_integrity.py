@@ -5,6 +5,7 @@ stops within its budget and goes on where it stopped."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -241,3 +242,56 @@ def test_the_round_record_stays_small_with_its_manifest():
     item = world.table.get_round(RUN, 1)
     assert set(item["manifest"]) == {"key", "sha256", "bytes"}
     assert np.isclose(len(str(item["manifest"])), len(str(item["global_model"])), rtol=0.2)
+
+
+@pytest.fixture
+def cli_on(monkeypatch):
+    """`fedstep verify` wired to an in-memory world instead of a deployed stack."""
+    import fedstep.cli
+    import fedstep.operator.integrity
+
+    def on(world: World | None, stack_error: Exception | None = None):
+        def stack(args):
+            if stack_error is not None:
+                raise stack_error
+            return type("FakeStack", (), {"outputs": None, "table": world.table, "client": lambda self, s: None})()
+
+        def verify_run(run_id, outputs, s3, table):
+            return integrity.verify_run(run_id, world.store, table)
+
+        monkeypatch.setattr(fedstep.cli, "_stack", stack)
+        monkeypatch.setattr(fedstep.operator.integrity, "verify_run", verify_run)
+        return fedstep.cli.main
+
+    return on
+
+
+def test_fedstep_verify_exits_0_on_a_clean_run(cli_on, capsys):
+    assert cli_on(clean_run())(["verify", RUN]) == 0
+    out = capsys.readouterr().out
+    assert f"run {RUN}: every object matches its record (12 objects" in out
+
+
+def test_fedstep_verify_exits_1_naming_each_mismatch(cli_on, capsys):
+    world = clean_run()
+    ref = summary_of(world, 1).global_model
+    world.store.put(ref.key, b"replaced")
+    assert cli_on(world)(["verify", RUN]) == 1
+    out = capsys.readouterr().out
+    assert f"MISMATCH run {RUN} round 1: global model {ref.key}: expected sha256 {ref.sha256}, {ref.bytes} bytes" in out
+    assert out.strip().endswith(
+        "1 object(s) do not match their records (12 objects, 0.0 MiB hashed); see docs/operations.md, Integrity"
+    )
+    assert cli_on(world)(["verify", RUN, "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and [m["key"] for m in report["mismatches"]] == [ref.key]
+
+
+def test_fedstep_verify_exits_2_when_it_cannot_check(cli_on, capsys):
+    from botocore.exceptions import NoCredentialsError
+
+    assert cli_on(clean_run())(["verify", "another-run"]) == 2
+    assert "fedstep: error: no run another-run in this stack" in capsys.readouterr().err
+    assert cli_on(None, NoCredentialsError())(["verify", RUN]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedstep: error: ") and "credentials" in err.lower() and "Traceback" not in err
