@@ -231,8 +231,10 @@ def test_the_scheduled_check_stops_within_its_budget_and_goes_on_where_it_stoppe
     assert not second.started_sweep and second.runs_checked == [RUN] and second.remaining == []
     assert [m.what for m in first.mismatches + second.mismatches] == ["strategy state"]
     assert first.objects + second.objects == verify(world).objects
+    writes = len(world.store.puts)
     idle = sweep(world, [RUN], due=False)  # the sweep is done and the next is not due: nothing checked
     assert (idle.objects, idle.started_sweep, idle.runs_checked) == (0, False, [])
+    assert len(world.store.puts) == writes  # nor written
     again = sweep(world, [RUN, "gone"], due=True)
     assert again.started_sweep and again.runs_checked == [RUN] and len(again.mismatches) == 1
 

@@ -143,9 +143,11 @@ def _round_records(table: RoundTable, run: RunRecord) -> list[dict[str, Any]]:
     return completed + ([following] if following is not None and not is_completed(following) else [])
 
 
-def recorded_objects(table: RoundTable, run_id: str, follow_resumes: bool = True) -> tuple[list[str], list[Recorded]]:
-    """(the runs covered, every object their records name), in a fixed order: the run first, each
-    round in order, then the runs it continues. Table reads only: nothing is hashed."""
+def recorded_objects(
+    table: RoundTable, run_id: str, follow_resumes: bool = True
+) -> tuple[list[RunRecord], list[Recorded]]:
+    """(the run records covered, every object they and their rounds' records name), in a fixed order:
+    the run first, each round in order, then the runs it continues. Table reads only: nothing is hashed."""
     chain = run_chain(table, run_id, follow_resumes)
     objects: list[Recorded] = []
     for run in chain:
@@ -173,7 +175,7 @@ def recorded_objects(table: RoundTable, run_id: str, follow_resumes: bool = True
                 version = keys.version_of_global(summary.global_model.key)
                 card = ObjectRef(keys.card_key(run.run_id, r, version), "0" * 64, 0)
                 objects.append(Recorded(run.run_id, r, "model card", card, card_of=summary))
-    return [run.run_id for run in chain], objects
+    return chain, objects
 
 
 @dataclass
@@ -247,9 +249,9 @@ def verify_run(
     where an earlier one stopped); `should_stop`: asked before each object, a check that stops
     reports where to resume (`next_index`). NoSuchRun if the run has no record; an error reading an
     object that does not mean "missing" is raised."""
-    covered, objects = recorded_objects(table, run_id, follow_resumes)
-    runs = {r.run_id: r for r in run_chain(table, run_id, follow_resumes)}
-    report = IntegrityReport(run_id, covered)
+    chain, objects = recorded_objects(table, run_id, follow_resumes)
+    runs = {r.run_id: r for r in chain}
+    report = IntegrityReport(run_id, [r.run_id for r in chain])
     hasher = _Hasher(store, missing)
     reported: set[tuple[str, str]] = set()
     for index in range(start, len(objects)):
@@ -363,6 +365,7 @@ def sweep(
         cursor = Cursor(list(recent_runs()), 0, now)
         result.started_sweep = True
     result.sweep_started = cursor.sweep_started
+    before = cursor.encode()
     while cursor.runs and not should_stop():
         run_id = cursor.runs[0]
         try:
@@ -390,5 +393,6 @@ def sweep(
     cursor.objects += result.objects
     cursor.mismatches += len(result.mismatches)
     result.remaining = list(cursor.runs)
-    store.put(keys.integrity_cursor_key(), cursor.encode())
+    if result.started_sweep or cursor.encode() != before:  # an idle day writes nothing
+        store.put(keys.integrity_cursor_key(), cursor.encode())
     return result
