@@ -6,7 +6,17 @@ from __future__ import annotations
 
 import json
 
-from tests.cloud_helpers import SHIFTS, agent, fedstep_here, serve_run, start, summaries, wait_for_execution
+import fedstep
+from tests.cloud_helpers import (
+    SHIFTS,
+    agent,
+    environ,
+    fedstep_here,
+    serve_run,
+    start,
+    summaries,
+    wait_for_execution,
+)
 
 
 def test_verify_passes_on_a_clean_run_and_names_a_replaced_global_model_and_strategy_state(cloud, tmp_path, capfd):
@@ -34,6 +44,8 @@ def test_verify_passes_on_a_clean_run_and_names_a_replaced_global_model_and_stra
         (1, "global model", first.global_model.key),
         (2, "strategy state", second.state.key),
     }
+    with environ(cloud.env()):  # the Python API, as the operator
+        assert fedstep.Operator(endpoint_url=cloud.endpoint).verify(run.run_id)["mismatches"] == report["mismatches"]
     unknown = fedstep_here(cloud, "verify", "no-such-run")
     assert unknown.returncode == 2 and "no run no-such-run in this stack" in unknown.stderr
     assert "Traceback" not in unknown.stderr
