@@ -339,6 +339,15 @@ class Operator:
         estimate = estimate_run(self._view(run_id), stack.outputs, stack.client("stepfunctions"))
         return json.loads(render_json(estimate, stack.session.region_name))
 
+    def verify(self, run_id: str) -> dict[str, Any]:
+        """`fedstep verify --json`: every object the run's records name checked against its sha256:
+        ok, objects_checked, bytes_hashed, runs (the run and those it continues) and mismatches (run_id,
+        round, what, key, expected, found). A run that cannot be checked raises FedstepError."""
+        from fedstep.operator.integrity import verify_run
+
+        stack = self.stack
+        return verify_run(run_id, stack.outputs, stack.client("s3"), stack.table).to_dict()
+
     def promote(self, run_id: str, round: int, note: str = "", name: str = "default") -> dict[str, Any]:
         """`fedstep promote`: approve the global model after `round` as the model `name`, with its
         model card; the registry's new approved pointer."""

@@ -72,6 +72,7 @@ class Aggregation(Construct):
                 resources=[
                     bucket.arn_for_objects(keys.GLOBAL_KEY_PATTERN),
                     bucket.arn_for_objects(keys.STATE_KEY_PATTERN),
+                    bucket.arn_for_objects(keys.MANIFEST_KEY_PATTERN),
                 ],
             )
         )
@@ -85,11 +86,12 @@ class Aggregation(Construct):
         )
         role.add_to_policy(
             iam.PolicyStatement(
-                sid="WriteStrategyStatesAndSlicePlans",
+                sid="WriteStrategyStatesSlicePlansAndManifests",
                 actions=["s3:PutObject"],
                 resources=[
                     bucket.arn_for_objects(keys.STATE_KEY_PATTERN),
                     bucket.arn_for_objects(keys.PLAN_KEY_PATTERN),
+                    bucket.arn_for_objects(keys.MANIFEST_KEY_PATTERN),
                 ],
             )
         )
@@ -208,6 +210,8 @@ class Aggregation(Construct):
             "sliced); run id and round are chosen at run time.",
             f"{objects}/{keys.PLAN_KEY_PATTERN}": "Writes the slice plans of sliced rounds only; run id and "
             "round are chosen at run time.",
+            f"{objects}/{keys.MANIFEST_KEY_PATTERN}": "Writes each round's update manifest (the updates it "
+            "aggregated), once; run id, round and version are chosen at run time.",
             f"{objects}/{keys.STATE_KEY_PATTERN}": "Writes the strategy's state after a round (server optimizer "
             "moments, adaptive clip norm); run id, round and version are chosen at run time.",
             "Action::kms:GenerateDataKey*": "CDK's grant for sending failed batches to the KMS-encrypted "

@@ -106,7 +106,11 @@ class OperatorAccess(Construct):
                     resources=[executions],
                 ),
                 iam.PolicyStatement(
-                    sid="ReadTheRegistry", actions=["s3:GetObject"], resources=[bucket.arn_for_objects("*")]
+                    # `fedstep verify` and `promote` hash a model over 16 MiB in ranged reads of one
+                    # object version (GetObject with a VersionId is s3:GetObjectVersion)
+                    sid="ReadTheRegistry",
+                    actions=["s3:GetObject", "s3:GetObjectVersion"],
+                    resources=[bucket.arn_for_objects("*")],
                 ),
                 iam.PolicyStatement(
                     # without it S3 answers a missing object (a run without partition.json, a model

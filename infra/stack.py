@@ -15,6 +15,7 @@ from infra.audit import AuditTrail
 from infra.backup import Backup
 from infra.client_group import CLIENTS_PER_GROUP, ClientGroup, allow_topic, client_groups, group_id
 from infra.config import DeploymentConfig
+from infra.integrity import Integrity
 from infra.monitoring import Monitoring, dead_letter_alarm_count
 from infra.operator_access import OperatorAccess
 from infra.state_machine import training_definition
@@ -118,6 +119,10 @@ class FedstepStack(cdk.Stack):
             key=key,
         )
         cdk.Tags.of(monitoring).add("component", "monitoring")
+        integrity = Integrity(
+            self, "Integrity", config=config, bucket=bucket, table=table, key=key, alarm_topic=monitoring.topic
+        )
+        cdk.Tags.of(integrity).add("component", "integrity")
 
         allow_topic(undelivered, topic, key)
         own_dead_letter_alarms = len(monitoring.alarms) - 1  # besides the failed-executions alarm

@@ -243,10 +243,12 @@ def test_3_concurrent_stream_and_deadline_invocations_publish_one_result_with_a_
         for client, value in (("a", 1.0), ("b", 2.0), ("c", 3.0)):
             world.report(client, value, 10)
         outputs = _race(world)
-        results = [k for k in world.store.objects if k.startswith(keys.round_prefix(RUN, 1))]
+        written = [k for k in world.store.objects if k.startswith(keys.round_prefix(RUN, 1))]
+        results = [k for k in written if "/global-" in k]
         assert len(results) == 1, results  # one aggregation wrote; every other invocation left or waited
         summary = world.table.get_round(RUN, 1)
         assert summary["global_model"]["key"] == results[0]
+        assert sorted(written) == sorted([results[0], summary["manifest"]["key"]])  # and its manifest, nothing else
         assert summary["global_model"]["sha256"] == tensors.sha256_hex(world.store.get(results[0]))
         reported = [out["global_model"] for _, out in world.reporter.successes] + [o["global_model"] for o in outputs]
         assert len(outputs) == 2 and all(r == summary["global_model"] for r in reported)
@@ -1322,8 +1324,10 @@ def test_an_aggregation_that_lost_its_claim_leaves_no_global_model_behind():
     assert world.complete() is None  # its commit failed: the claim was gone
     assert not any(k.startswith(keys.round_prefix(RUN, 1)) for k in world.store.objects)
     output = world.at_deadline()  # the round is aggregated once more, by whoever holds it next
-    [kept] = [k for k in world.store.objects if k.startswith(keys.round_prefix(RUN, 1))]
+    written = [k for k in world.store.objects if k.startswith(keys.round_prefix(RUN, 1))]
+    [kept] = [k for k in written if "/global-" in k]
     assert output["global_model"]["key"] == kept
+    assert sorted(written) == sorted([kept, world.table.get_round(RUN, 1)["manifest"]["key"]])  # and its manifest
 
 
 def test_under_central_dp_a_noisy_model_released_by_an_aggregation_that_lost_its_claim_is_accounted():

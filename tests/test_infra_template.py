@@ -89,6 +89,13 @@ def template() -> Template:
     return synth([ClientConfig("org-a"), ClientConfig("org-b", principal_arn=PARTNER)])
 
 
+def aggregation_functions(template: Template) -> list[dict]:
+    """The aggregation function (lambdas/aggregate.py; the stack's other function, the scheduled
+    integrity check, is tested in tests/test_integrity_template.py)."""
+    functions = template.find_resources("AWS::Lambda::Function").values()
+    return [f for f in functions if f["Properties"]["Handler"] == "lambdas.aggregate.handler"]
+
+
 def resources(template: Template, kind: str) -> dict[str, dict]:
     return template.find_resources(kind)
 
@@ -349,6 +356,7 @@ def test_every_taggable_resource_carries_project_and_component_tags(template):
         "AWS::KMS::Alias",
         "AWS::IAM::Policy",
         "AWS::Lambda::EventSourceMapping",
+        "AWS::Lambda::Permission",  # the integrity check's rule may invoke its function (no Tags property)
     }
     template_json = template.to_json()
     for logical_id, resource in template_json["Resources"].items():
@@ -453,7 +461,12 @@ def test_alarms_watch_failed_runs_and_every_dead_letter_queue_and_notify_the_ala
     alarms = resources(template, "AWS::CloudWatch::Alarm")
     by_name = {a["Properties"]["AlarmName"]: a["Properties"] for a in alarms.values()}
     # the stack's own dead-letter queues' alarm, then its client group's (in the nested stack)
-    assert set(by_name) == {"fedstep-executions-failed", "fedstep-dead-letters-1", "fedstep-dead-letters-2"}
+    assert set(by_name) == {
+        "fedstep-executions-failed",
+        "fedstep-dead-letters-1",
+        "fedstep-dead-letters-2",
+        "fedstep-integrity-mismatch",  # the scheduled integrity check's (test_the_integrity_check_runs_daily...)
+    }
     failed = json.dumps(by_name["fedstep-executions-failed"]["Metrics"])
     assert "ExecutionsFailed" in failed and "ExecutionsTimedOut" in failed
     watched = json.dumps([by_name[f"fedstep-dead-letters-{n}"]["Metrics"] for n in (1, 2)])
@@ -532,7 +545,7 @@ def test_the_dashboard_graphs_runs_dead_letters_and_every_round_metric(template)
         "ApproximateNumberOfMessagesVisible",
     ):
         assert metric in body, metric
-    [function] = resources(template, "AWS::Lambda::Function").values()
+    [function] = aggregation_functions(template)
     env = function["Properties"]["Environment"]["Variables"]
     assert env["POWERTOOLS_METRICS_NAMESPACE"] == "fedstep" and env["PROJECT"] == "fedstep"
 
@@ -580,7 +593,8 @@ def test_500_clients_fit_nested_stacks_each_within_cloudformations_limits_nag_an
     clients = [ClientConfig(f"org-{i:03d}") for i in range(MAX_CLIENTS)]
     template = synth(clients, tmp_path, alarm_email="ops@example.org")  # raises on any nag finding
     template.resource_count_is("AWS::SNS::Subscription", MAX_CLIENTS + 1)
-    template.resource_count_is("AWS::IAM::Role", MAX_CLIENTS + 3)  # the function's, the machine's, the operator's
+    # the functions' (aggregation, integrity check), the machine's, the operator's
+    template.resource_count_is("AWS::IAM::Role", MAX_CLIENTS + 4)
     template.resource_count_is("AWS::CloudFormation::Stack", MAX_CLIENTS // CLIENTS_PER_GROUP)
     alarms = [a["Properties"]["AlarmName"] for a in resources(template, "AWS::CloudWatch::Alarm").values()]
     assert sorted(alarms) == sorted(["fedstep-executions-failed", *(f"fedstep-dead-letters-{n}" for n in range(1, 52))])
@@ -636,7 +650,7 @@ def test_the_aggregation_function_is_sized_to_the_largest_model(max_model_mb):
     )
     app = build_app(config, None, bundle=False)
     template = Template.from_stack(app.node.find_child(config.stack_name))
-    [function] = resources(template, "AWS::Lambda::Function").values()
+    [function] = aggregation_functions(template)
     memory, timeout = function["Properties"]["MemorySize"], function["Properties"]["Timeout"]
     # about 3x one model (bench/aggregation_memory.py), within one function's 10,240 MB
     assert 5.5 * max_model_mb + 512 <= memory <= 10_240 and memory % 64 == 0
@@ -656,7 +670,7 @@ def test_a_model_larger_than_a_slice_is_aggregated_by_slices_with_memory_for_one
     )
     app = build_app(config, None, bundle=False)
     template = Template.from_stack(app.node.find_child(config.stack_name))
-    [function] = resources(template, "AWS::Lambda::Function").values()
+    [function] = aggregation_functions(template)
     memory = function["Properties"]["MemorySize"]
     assert 5.5 * function_mb + 512 <= memory < 5.5 * function_mb + 512 + 64
     assert memory < max_model_mb  # the function holds less than one model
@@ -715,3 +729,87 @@ def test_without_backup_or_audit_in_the_config_the_stack_has_no_backup_plan_and_
     for kind in ("AWS::Backup::BackupPlan", "AWS::Backup::BackupVault", "AWS::CloudTrail::Trail"):
         template.resource_count_is(kind, 0)
     assert not {"BackupVaultName", "AuditTrailArn"} & set(template.find_outputs("*"))
+
+
+def integrity_policy(template: Template) -> list[dict]:
+    """The statements of the scheduled integrity check's role, references resolved (as `evaluated_policy`)."""
+    [role_id] = [
+        k
+        for k, r in resources(template, "AWS::IAM::Role").items()
+        if r["Properties"].get("Description", "").startswith("fedstep scheduled integrity check")
+    ]
+    statements = [
+        s
+        for p in resources(template, "AWS::IAM::Policy").values()
+        if {"Ref": role_id} in p["Properties"]["Roles"]
+        for s in p["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    arn_of = {}
+    for logical_id, resource in template.to_json()["Resources"].items():
+        kind = resource["Type"]
+        if kind == "AWS::DynamoDB::Table":
+            arn_of[logical_id] = TABLE_ARN
+        elif kind == "AWS::S3::Bucket":
+            arn_of[logical_id] = BUCKET_ARN if logical_id.startswith("ModelRegistry") else "arn:aws:s3:::logs"
+        else:
+            arn_of[logical_id] = f"arn:aws:{kind.split('::')[1].lower()}:us-east-1:123456789012:{logical_id}"
+    return resolve(statements, arn_of)
+
+
+def test_the_integrity_check_runs_daily_and_its_mismatch_alarm_tells_the_alarm_topic(template):
+    [function_id] = [
+        k
+        for k, f in resources(template, "AWS::Lambda::Function").items()
+        if f["Properties"]["Handler"] == "lambdas.verify.handler"
+    ]
+    function = resources(template, "AWS::Lambda::Function")[function_id]["Properties"]
+    assert function["FunctionName"] == "fedstep-integrity" and function["Timeout"] == 900
+    env = function["Environment"]["Variables"]
+    assert (env["LOOKBACK_DAYS"], env["SWEEP_EVERY_DAYS"], env["POWERTOOLS_SERVICE_NAME"]) == (
+        "30",
+        "7",
+        "fedstep-integrity",
+    )
+    [rule] = resources(template, "AWS::Events::Rule").values()
+    assert rule["Properties"]["ScheduleExpression"] == "rate(1 day)" and rule["Properties"]["State"] == "ENABLED"
+    [target] = rule["Properties"]["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": [function_id, "Arn"]}
+    [permission] = resources(template, "AWS::Lambda::Permission").values()
+    assert permission["Properties"]["Principal"] == "events.amazonaws.com"
+    assert permission["Properties"]["FunctionName"] == {"Fn::GetAtt": [function_id, "Arn"]}
+    [alarm] = [a for a in resources(template, "AWS::CloudWatch::Alarm").values() if "integrity" in json.dumps(a)]
+    props = alarm["Properties"]
+    assert (props["AlarmName"], props["MetricName"], props["Namespace"], props["Statistic"]) == (
+        "fedstep-integrity-mismatch",
+        "IntegrityMismatches",
+        "fedstep",
+        "Sum",
+    )
+    dimensions = {d["Name"]: d["Value"] for d in props["Dimensions"]}
+    assert dimensions == {"service": "fedstep-integrity", "project": "fedstep"}
+    assert (props["Threshold"], props["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
+    [alarm_topic] = logical_ids(template, "AWS::SNS::Topic", '"fedstep-alarms"')
+    assert props["AlarmActions"] == [{"Ref": alarm_topic}]
+
+
+def test_the_integrity_check_reads_records_and_objects_and_writes_only_its_cursor(template):
+    own = integrity_policy(template)
+    model = f"{BUCKET_ARN}/{keys.global_key('run-1', 1, 'abc')}"
+    for action, resource, expected in [
+        ("s3:GetObject", model, ALLOW),
+        ("s3:GetObjectVersion", model, ALLOW),  # a model over 16 MiB is hashed at one version
+        ("s3:GetObject", f"{BUCKET_ARN}/{keys.manifest_key('run-1', 1, 'abc')}", ALLOW),
+        ("s3:ListBucket", BUCKET_ARN, ALLOW),  # a missing object is NoSuchKey, reported as missing
+        ("s3:PutObject", f"{BUCKET_ARN}/{keys.integrity_cursor_key()}", ALLOW),
+        ("s3:PutObject", model, IMPLICIT_DENY),
+        ("s3:DeleteObject", model, IMPLICIT_DENY),
+        ("s3:GetObject", f"{BUCKET_ARN}/{keys.update_key('run-1', 1, 'org-a')}", IMPLICIT_DENY),
+        ("s3:GetObject", f"{BUCKET_ARN}/{keys.approved_key()}", IMPLICIT_DENY),
+        ("dynamodb:Scan", TABLE_ARN, ALLOW),
+        ("dynamodb:Query", TABLE_ARN, ALLOW),
+        ("dynamodb:GetItem", TABLE_ARN, ALLOW),
+        ("dynamodb:PutItem", TABLE_ARN, IMPLICIT_DENY),
+        ("dynamodb:UpdateItem", TABLE_ARN, IMPLICIT_DENY),
+        ("cloudwatch:PutMetricData", "*", IMPLICIT_DENY),  # its metrics are embedded in its logs
+    ]:
+        assert evaluate(own, action, resource, {}) == expected, (action, resource)

@@ -65,6 +65,9 @@ WRITES = [
     Write(keys.state_key, ("aggregation",), object_key=keys.state_key(RUN, 1, CLAIM)),
     Write(keys.state_key, ("operator",), object_key=keys.state_key(RUN, 4, keys.RESUMED_VERSION)),
     Write(keys.plan_key, ("aggregation",), object_key=keys.plan_key(RUN, 1, CLAIM)),
+    Write(keys.manifest_key, ("aggregation",), object_key=keys.manifest_key(RUN, 1, CLAIM)),
+    # the scheduled integrity check's place (its own function writes it; no principal here may)
+    Write(keys.integrity_cursor_key, (), object_key=keys.integrity_cursor_key()),
     Write(keys.card_key, ("aggregation", "operator"), object_key=keys.card_key(RUN, 1, CLAIM)),
     Write(keys.approved_key, ("operator",), object_key=keys.approved_key()),
     Write(keys.promotion_key, ("operator",), object_key=keys.promotion_key("default", "20261206T120000Z", RUN, 1)),

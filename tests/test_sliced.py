@@ -252,7 +252,9 @@ def test_a_round_aggregated_by_slices_is_summarised_as_the_same_round_in_one_fun
     _, whole = in_one_function(bounds=bounds, corrupt=("c3",))
     _, table, _, _, _ = by_slices(bounds=bounds, corrupt=("c3",))
     sliced = RoundSummary.parse(table.get_round(RUN, 1))
-    differ = {"global_model", "duration_s", "aggregation_s", "completed_at", "measurements"}
+    differ = {"global_model", "duration_s", "aggregation_s", "completed_at", "measurements", "manifest"}
     same = [f.name for f in fields(RoundSummary) if f.name not in differ]
     assert {name: getattr(sliced, name) for name in same} == {name: getattr(whole, name) for name in same}
+    # each names its own manifest (under its own claim); tests/test_integrity.py compares their entries
+    assert sliced.manifest and whole.manifest and sliced.manifest.key != whole.manifest.key
     assert sliced.clipped and sliced.rejected and sliced.norm_bound == 2000.0

@@ -223,6 +223,24 @@ class DynamoRoundTable(Items):
     def get_round(self, run_id: str, round_number: int) -> dict[str, Any] | None:
         return self.get_item(keys.round_item_key(run_id, round_number))
 
+    def runs_created_since(self, since: str) -> list[str]:
+        """The ids of the runs whose record was created at or after `since` (an ISO time as
+        `utc_now` writes them), oldest first: a Scan of the run records (`sk` = RUN), for the
+        scheduled integrity check (once a week: the table has no index by time)."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.name,
+            "FilterExpression": "sk = :run AND created_at >= :since",
+            "ProjectionExpression": "pk, created_at",
+            "ExpressionAttributeValues": to_attributes({":run": keys.RUN_SK, ":since": since}),
+        }
+        found: list[tuple[str, str]] = []
+        while True:
+            resp = self.ddb.scan(**kwargs)
+            found += [(str(i.get("created_at", "")), str(i[keys.PK])) for i in map(from_attributes, resp["Items"])]
+            if "LastEvaluatedKey" not in resp:
+                return [run_id for _, run_id in sorted(found)]
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
     def list_round_records(self, run_id: str) -> list[dict[str, Any]]:
         """Every round record of the run, open, claimed or completed, in round order."""
         return self._query_prefix(run_id, keys.ROUND_PREFIX)

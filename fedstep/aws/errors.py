@@ -59,6 +59,15 @@ def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+MISSING_OBJECT = {"NoSuchKey", "404", "NotFound"}
+
+
+def missing_object(exc: BaseException) -> bool:
+    """Whether an S3 error says the object is not there (what a principal allowed `s3:ListBucket`
+    is told; one that is not is told AccessDenied, which is not this)."""
+    return isinstance(exc, ClientError) and error_code(exc) in MISSING_OBJECT
+
+
 def message_of(exc: ClientError) -> str:
     """The error's message as one line of text, also when a proxy or emulator answered with XML or HTML."""
     message = str(exc.response.get("Error", {}).get("Message", "") or error_code(exc))

@@ -1,6 +1,7 @@
 """`fedstep`: the operator's command line.
 
-start, runs, status [--watch], stop, download, report: run a training and follow it; evaluate: the
+start, runs, status [--watch], stop, download, report: run a training and follow it; verify: check a
+run's stored objects against the sha256 its records hold; evaluate: the
 global model on the clients' test splits (or the operator's data); promote and download --approved:
 the approved model and its card; cost: a run's estimated AWS cost; clients and client-config: the
 organisations; strategies: the aggregation strategies and their parameters; local: everything on
@@ -276,6 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--note", default="", help="why it is approved, kept in the promotion history")
     promote.add_argument("--name", default="default", help="the approved model's name (default: default)")
 
+    verify = sub.add_parser(
+        "verify",
+        help="check every object a run's records name (models, states, plans, manifests, cards) against its "
+        "sha256; exit 1 naming each mismatch",
+    )
+    verify.add_argument("run_id")
+    _stack_args(verify)
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+
     report = sub.add_parser("report", help="an HTML report of a run, with its plots as PNG files")
     report.add_argument("run_id")
     _stack_args(report)
@@ -523,6 +533,17 @@ def _promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    """Exit 0 when every object matches its record, 1 naming each mismatch (2, by `main`: no check)."""
+    from fedstep.operator.integrity import verify_run
+    from fedstep.render.integrity import render_json, render_text
+
+    stack = _stack(args)
+    report = verify_run(args.run_id, stack.outputs, stack.client("s3"), stack.table)
+    print(render_json(report) if args.json else render_text(report))
+    return 0 if report.ok else 1
+
+
 def _report(args: argparse.Namespace) -> int:
     from fedstep.operator.views import with_partition
     from fedstep.report import plots, write_report
@@ -627,6 +648,7 @@ def main(argv: list[str] | None = None) -> int:
             "download": _download,
             "promote": _promote,
             "report": _report,
+            "verify": _verify,
             "evaluate": _evaluate,
             "stats": _stats,
             "clients": _clients,

@@ -7,6 +7,9 @@ S3 layout (bucket = the model registry):
                                                               `fedstep local` (simulations only)
     runs/{run_id}/rounds/{r:05d}/global-{version}.safetensors global weights after round r
     runs/{run_id}/rounds/{r:05d}/state-{version}.safetensors  the strategy's state after round r
+    runs/{run_id}/rounds/{r:05d}/manifest-{version}.json      the updates round r aggregated (key, sha256,
+                                                              object version, weight, clip factor), written
+                                                              once with the round's global model
     runs/{run_id}/rounds/{r:05d}/card-{version}.json          the model card of that global model: written
                                                               once by the aggregation function when the
                                                               run finishes (its last round), or by
@@ -20,6 +23,8 @@ S3 layout (bucket = the model registry):
                                                               with (`standardize: federated`), written once
                                                               by `fedstep start`; every client reads it
     updates/{client_id}/{run_id}/{r:05d}.safetensors          a client's update in round r
+    integrity/cursor.json                                     where the scheduled integrity check stopped
+                                                              (`fedstep.core.integrity`), overwritten by it
 
 Round r trains on the global weights of round r-1 and produces those of round r. A round's result
 is written once, never overwritten (S3 `If-None-Match: *`): `version` is the id of the aggregation
@@ -167,6 +172,20 @@ def version_of_global(key: str) -> str:
     return version
 
 
+def manifest_key(run_id: str, round_number: int, version: str) -> str:
+    """The update manifest of the round aggregated by `version`: the updates it aggregated, beside its model."""
+    model = global_key(run_id, round_number, version)
+    return model.replace("/global-", "/manifest-").removesuffix(".safetensors") + ".json"
+
+
+INTEGRITY_PREFIX = "integrity/"
+
+
+def integrity_cursor_key() -> str:
+    """Where the scheduled integrity check keeps its place between invocations (`fedstep.core.integrity`)."""
+    return f"{INTEGRITY_PREFIX}cursor.json"
+
+
 def card_key(run_id: str, round_number: int, version: str) -> str:
     """The model card of the global model `global_key(run_id, round_number, version)`, beside it."""
     model = global_key(run_id, round_number, version)
@@ -197,6 +216,7 @@ GLOBAL_KEY_PATTERN = "runs/*/rounds/*/global-*.safetensors"
 STATISTICS_KEY_PATTERN = "runs/*/statistics.json"
 CARD_KEY_PATTERN = "runs/*/rounds/*/card-*.json"
 PLAN_KEY_PATTERN = "runs/*/rounds/*/plan-*.json"
+MANIFEST_KEY_PATTERN = "runs/*/rounds/*/manifest-*.json"
 STATE_KEY_PATTERN = "runs/*/rounds/*/state-*.safetensors"
 PARTITION_KEY_PATTERN = "runs/*/partition.json"
 START_KEY_PATTERNS = (

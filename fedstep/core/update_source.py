@@ -497,6 +497,12 @@ class UpdateSource:
         return [UpdateInfo(c.item.client_id, c.examples) for c in self._checked]
 
     @property
+    def admitted(self) -> list[_Checked]:
+        """The accepted updates as checked so far, in order (item, weight, object version, norm-bound
+        scale), whether or not the store named versions: what the round's update manifest records."""
+        return list(self._checked)
+
+    @property
     def checked(self) -> list[_Checked]:
         """The accepted updates as slices read them (after `accepted()`): where each tensor lies in
         its file, the object version checked, the factor its norm bound scales it by. With

@@ -9,6 +9,7 @@ from typing import Any
 
 from fedstep.core import sliced, strategies, tensors
 from fedstep.core.clock import utc_now
+from fedstep.core.manifest import ManifestEntry, UpdateManifest
 from fedstep.core.ports import ModelStore, RoundTable
 from fedstep.core.round_record import RoundRecord
 from fedstep.core.rounds.errors import (
@@ -126,7 +127,13 @@ def aggregate_round(
     state_data = result.state.encode(run.strategy) if result.state.tensors or result.state.values else None
     repeated = count_release(run, round_number, table, claim, previous)
     privacy = privacy_spent(run, round_number, accepted, settings.accountant, repeated)
-    global_ref, state_ref = write_results(store, run, round_number, claim, data, state_data)
+    manifest = UpdateManifest(
+        run.run_id,
+        round_number,
+        claim,
+        [ManifestEntry.of(c.item, c.version, c.examples, c.scale) for c in source.admitted],
+    )
+    global_ref, state_ref, manifest_ref = write_results(store, run, round_number, claim, data, state_data, manifest)
     del data
     return build_summary(
         run,
@@ -142,6 +149,7 @@ def aggregate_round(
         state=state_ref,
         repeated_releases=repeated,
         kept=kept,
+        manifest=manifest_ref,
     )
 
 

@@ -8,6 +8,7 @@ import secrets
 
 from fedstep.core import keys, tensors
 from fedstep.core.errors import FedstepError
+from fedstep.core.manifest import UpdateManifest
 from fedstep.core.ports import ModelStore, RoundTable
 from fedstep.core.rounds.summary import summary_item
 from fedstep.core.schemas import ObjectRef, RoundSummary, RunRecord, is_completed
@@ -41,17 +42,29 @@ def write_once(store: ModelStore, key: str, data: bytes) -> ObjectRef:
 
 
 def write_results(
-    store: ModelStore, run: RunRecord, round_number: int, claim: str, data: bytes, state_data: bytes | None
-) -> tuple[ObjectRef, ObjectRef | None]:
-    """Write the round's global model and the strategy's state, each once under the claim's keys; if
-    the state cannot be written, the model written before it is deleted (best effort)."""
+    store: ModelStore,
+    run: RunRecord,
+    round_number: int,
+    claim: str,
+    data: bytes,
+    state_data: bytes | None,
+    manifest: UpdateManifest | None = None,
+) -> tuple[ObjectRef, ObjectRef | None, ObjectRef | None]:
+    """Write the round's global model, the strategy's state and the update manifest, each once under
+    the claim's keys; if one cannot be written, those written before it are deleted (best effort)."""
     global_ref = write_once(store, keys.global_key(run.run_id, round_number, claim), data)
-    if state_data is None:
-        return global_ref, None
+    written = [global_ref.key]
     try:
-        return global_ref, write_once(store, keys.state_key(run.run_id, round_number, claim), state_data)
+        state_ref = None
+        if state_data is not None:
+            state_ref = write_once(store, keys.state_key(run.run_id, round_number, claim), state_data)
+            written.append(state_ref.key)
+        manifest_ref = None
+        if manifest is not None:
+            manifest_ref = write_once(store, keys.manifest_key(run.run_id, round_number, claim), manifest.encode())
+        return global_ref, state_ref, manifest_ref
     except BaseException:
-        discard(store, [global_ref.key])
+        discard(store, written)
         raise
 
 
@@ -94,4 +107,4 @@ def is_committed(table: RoundTable, summary: RoundSummary) -> bool:
 
 
 def result_keys(summary: RoundSummary) -> list[str]:
-    return [summary.global_model.key] + ([summary.state.key] if summary.state else [])
+    return [ref.key for ref in (summary.global_model, summary.state, summary.manifest) if ref is not None]

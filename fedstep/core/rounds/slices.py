@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from fedstep.core import keys, sliced, strategies
 from fedstep.core.errors import FedstepError, RunStopped
+from fedstep.core.manifest import ManifestEntry, UpdateManifest
 from fedstep.core.ports import ModelStore, MultipartStore, RoundTable
 from fedstep.core.round_record import RoundRecord
 from fedstep.core.rounds.errors import RoundNotAggregated, StrategyFailed
@@ -82,6 +83,13 @@ def plan_round(
     offsets, data_start = sliced.input_offsets(store, input_model, layout)
     output_key = keys.global_key(run.run_id, round_number, claim)
     accepted = [(item, planned.examples) for item, planned in checked.accepted]
+    manifest = UpdateManifest(
+        run.run_id,
+        round_number,
+        claim,
+        [ManifestEntry.of(item, p.version, p.examples, p.scale) for item, p in checked.accepted],
+    )
+    manifest_ref = write_once(store, keys.manifest_key(run.run_id, round_number, claim), manifest.encode())
     draft = build_summary(
         run,
         round_number,
@@ -92,6 +100,7 @@ def plan_round(
         DRAFT_TIMING,
         privacy_spent(run, round_number, accepted, settings.accountant),
         planning.bounds.max_update_norm,
+        manifest=manifest_ref,
     )
     plan = sliced.SlicePlan(
         run_id=run.run_id,

@@ -96,6 +96,9 @@ class RoundSummary:
     """Central DP: noisy models released beyond one per round, in this round and every earlier one of
     the run (and of the runs it continues): an aggregation whose model was written but not committed
     (a crash, a lost claim) and then done again. The accountant counts each (docs/privacy.md)."""
+    manifest: ObjectRef | None = None
+    """The round's update manifest (`fedstep.core.manifest`: each aggregated update's key, sha256, object
+    version, weight and clip factor), written once beside its model; None in summaries of earlier versions."""
     kept: list[str] | None = None
     """The participants whose updates the strategy kept for its step, by client id, when it keeps some
     and drops the others (Krum, Multi-Krum; `check_kept`); None: every participant's update counted."""
@@ -154,6 +157,7 @@ class RoundSummary:
             norm_bound=optional_number(data, "norm_bound", where),
             repeated_releases=positive_int(data, "repeated_releases", where, 0) if "repeated_releases" in data else 0,
             kept=check_kept(data.get("kept"), list(data.get("participants") or []), f"{where} kept"),
+            manifest=ObjectRef.parse(data["manifest"], f"{where} manifest") if data.get("manifest") else None,
         )
 
 
