@@ -597,7 +597,12 @@ def test_500_clients_fit_nested_stacks_each_within_cloudformations_limits_nag_an
     template.resource_count_is("AWS::IAM::Role", MAX_CLIENTS + 4)
     template.resource_count_is("AWS::CloudFormation::Stack", MAX_CLIENTS // CLIENTS_PER_GROUP)
     alarms = [a["Properties"]["AlarmName"] for a in resources(template, "AWS::CloudWatch::Alarm").values()]
-    assert sorted(alarms) == sorted(["fedstep-executions-failed", *(f"fedstep-dead-letters-{n}" for n in range(1, 52))])
+    expected = [
+        "fedstep-executions-failed",
+        "fedstep-integrity-mismatch",
+        *(f"fedstep-dead-letters-{n}" for n in range(1, 52)),
+    ]
+    assert sorted(alarms) == sorted(expected)
     root = tmp_path / "fedstep.template.json"
     groups = sorted(tmp_path.glob("*.nested.template.json"))
     assert len(groups) == 10
