@@ -154,6 +154,18 @@ class Integrity(Construct):
             treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
         )
         self.alarm.add_alarm_action(cw_actions.SnsAction(alarm_topic))
+        self.failed = self.function.metric_errors(period=cdk.Duration.days(1), statistic="Sum").create_alarm(
+            self,
+            "Failed",
+            alarm_name=f"{config.project}-integrity-check-failed",
+            alarm_description="The scheduled integrity check failed (an error, a timeout, the table or the bucket "
+            "unreachable): no run was checked that day. Its log says why. See docs/operations.md, Integrity.",
+            threshold=1,
+            evaluation_periods=1,
+            comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+        )
+        self.failed.add_alarm_action(cw_actions.SnsAction(alarm_topic))
         objects = f"Resource::<{secure.logical_id(bucket)}.Arn>"
         secure.acknowledge(
             role,

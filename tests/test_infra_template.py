@@ -466,6 +466,7 @@ def test_alarms_watch_failed_runs_and_every_dead_letter_queue_and_notify_the_ala
         "fedstep-dead-letters-1",
         "fedstep-dead-letters-2",
         "fedstep-integrity-mismatch",  # the scheduled integrity check's (test_the_integrity_check_runs_daily...)
+        "fedstep-integrity-check-failed",
     }
     failed = json.dumps(by_name["fedstep-executions-failed"]["Metrics"])
     assert "ExecutionsFailed" in failed and "ExecutionsTimedOut" in failed
@@ -782,8 +783,11 @@ def test_the_integrity_check_runs_daily_and_its_mismatch_alarm_tells_the_alarm_t
     [permission] = resources(template, "AWS::Lambda::Permission").values()
     assert permission["Properties"]["Principal"] == "events.amazonaws.com"
     assert permission["Properties"]["FunctionName"] == {"Fn::GetAtt": [function_id, "Arn"]}
-    [alarm] = [a for a in resources(template, "AWS::CloudWatch::Alarm").values() if "integrity" in json.dumps(a)]
-    props = alarm["Properties"]
+    alarms = {a["Properties"]["AlarmName"]: a for a in resources(template, "AWS::CloudWatch::Alarm").values()}
+    failed = alarms["fedstep-integrity-check-failed"]["Properties"]  # the check itself failing to run
+    assert (failed["MetricName"], failed["Namespace"], failed["Statistic"]) == ("Errors", "AWS/Lambda", "Sum")
+    assert failed["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": function_id}}]
+    props = alarms["fedstep-integrity-mismatch"]["Properties"]
     assert (props["AlarmName"], props["MetricName"], props["Namespace"], props["Statistic"]) == (
         "fedstep-integrity-mismatch",
         "IntegrityMismatches",
@@ -794,7 +798,7 @@ def test_the_integrity_check_runs_daily_and_its_mismatch_alarm_tells_the_alarm_t
     assert dimensions == {"service": "fedstep-integrity", "project": "fedstep"}
     assert (props["Threshold"], props["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
     [alarm_topic] = logical_ids(template, "AWS::SNS::Topic", '"fedstep-alarms"')
-    assert props["AlarmActions"] == [{"Ref": alarm_topic}]
+    assert props["AlarmActions"] == failed["AlarmActions"] == [{"Ref": alarm_topic}]
 
 
 def test_the_integrity_check_reads_records_and_objects_and_writes_only_its_cursor(template):

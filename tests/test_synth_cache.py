@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -76,6 +75,56 @@ def test_a_synth_that_failed_half_way_is_not_reused(tmp_path, synths, monkeypatc
     assert not (tmp_path / "fedstep.synth-key").exists()
 
 
+def _deploy_from_cache(root: Path, config: DeploymentConfig) -> tuple[Path, bool]:
+    """What `LocalCloud.deploy` does with the cache: the config's slot, seeded, synthesized or reused."""
+    directory = synth_cache.slot(root, config)
+    directory.mkdir(parents=True, exist_ok=True)
+    synth_cache.seed_bundles(directory, root)
+    return synth_cache.synthesize(config, directory)
+
+
+def test_clouds_of_different_configs_keep_their_own_assemblies_instead_of_overwriting_one(tmp_path, synths):
+    three = DeploymentConfig(project="fedstep", clients=(*CONFIG.clients, ClientConfig("client-3")), trial=True)
+    for config in (CONFIG, three, CONFIG, three, CONFIG):  # as the suite's workers take turns
+        _deploy_from_cache(tmp_path, config)
+    assert len(synths) == 2  # one synth per config, then reused
+    assert synth_cache.slot(tmp_path, CONFIG) != synth_cache.slot(tmp_path, three)
+
+
+def test_a_new_slot_starts_with_hard_links_to_the_bundles_other_slots_built(tmp_path, synths):
+    _deploy_from_cache(tmp_path, CONFIG)
+    three = DeploymentConfig(project="fedstep", clients=(*CONFIG.clients, ClientConfig("client-3")), trial=True)
+    fresh = synth_cache.slot(tmp_path, three)
+    fresh.mkdir()
+    (synth_cache.slot(tmp_path, CONFIG) / "asset.abc" / "handler.py").write_text("code")
+    assert synth_cache.seed_bundles(fresh, tmp_path) == 1
+    linked = fresh / "asset.abc" / "handler.py"
+    assert linked.stat().st_ino == (synth_cache.slot(tmp_path, CONFIG) / "asset.abc" / "handler.py").stat().st_ino
+    assert not list(fresh.glob("partial.*"))
+    assert synth_cache.seed_bundles(synth_cache.slot(tmp_path, CONFIG), tmp_path) == 0  # its own are its own
+
+
+def test_the_cache_keeps_the_most_recently_used_slots_and_never_deletes_one_in_use(tmp_path, synths):
+    import fcntl
+
+    configs = [
+        DeploymentConfig(project="fedstep", clients=tuple(ClientConfig(f"c-{i}") for i in range(n)), trial=True)
+        for n in range(1, 5)
+    ]
+    for used_at, config in enumerate([*configs, configs[0]]):  # configs[0] reused last: the most recent
+        _deploy_from_cache(tmp_path, config)
+        marker = synth_cache.slot(tmp_path, config) / "fedstep.synth-key"
+        os.utime(marker, (1_000_000 + used_at, 1_000_000 + used_at))  # distinct times, whatever the clock
+    oldest = synth_cache.slot(tmp_path, configs[1])
+    with open(oldest / "assembly.lock", "w") as held:  # another local cloud deploys from it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert synth_cache.prune(tmp_path, keep=2) == [synth_cache.slot(tmp_path, configs[2])]
+    assert synth_cache.prune(tmp_path, keep=2) == [oldest]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        synth_cache.slot(tmp_path, c).name for c in (configs[0], configs[3])
+    )
+
+
 def test_the_key_covers_the_infra_sources_and_the_cdk_versions(monkeypatch):
     key = synth_cache.synth_key(CONFIG)
     assert len(key) == 64 and key == synth_cache.synth_key(CONFIG)
@@ -106,9 +155,8 @@ def test_ctrl_c_at_the_terminal_after_a_synth_ends_the_process_without_a_jsii_er
     shared = REPO / ".cache" / "cdk.out"  # the bundles built by earlier synths: hard links skip rebuilding them
     out = tmp_path / "cdk.out"
     out.mkdir()
-    for bundle in shared.glob("asset.*") if shared.is_dir() else []:
-        if bundle.is_dir():
-            shutil.copytree(bundle, out / bundle.name, copy_function=os.link)
+    if shared.is_dir():
+        synth_cache.seed_bundles(out, shared)
     proc = subprocess.Popen(
         [sys.executable, "-c", SYNTH_THEN_WAIT, str(out)],
         cwd=REPO,

@@ -59,14 +59,15 @@ CACHE = gaps.REPO / ".cache"
 
 
 @contextlib.contextmanager
-def assembly_lock(cache_dir: Path) -> Iterator[None]:
+def assembly_lock(cache_dir: Path) -> Iterator[Path]:
     """Hold `cache_dir`'s lock while synthesizing into its assembly and deploying from it: another
-    process's local cloud (a parallel test worker, a second `fedstep local`) waits its turn."""
+    process's local cloud of the same config (a parallel test worker, a second `fedstep local`) waits
+    its turn. Yields `cache_dir`."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     with open(cache_dir / "assembly.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            yield
+            yield cache_dir
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -302,20 +303,24 @@ class LocalCloud:
         self.principals.grant_assume(self.client("iam"), {p: r for p, r in roles.items() if r})
 
     def deploy(self) -> StackOutputs:
+        from fedstep.local import synth_cache
         from fedstep.local.synth_cache import synthesize
 
         started = time.monotonic()
         stack = self.config.stack_name
         cfn, s3, ssm = self.client("cloudformation"), self.client("s3"), self.client("ssm")
         account = self.client("sts").get_caller_identity()["Account"]
-        with assembly_lock(self.cache_dir):  # local clouds in other processes share the assembly's directory
-            assembly, reused = synthesize(self.config, self.cache_dir / "cdk.out")
+        assemblies = self.cache_dir / "cdk.out"
+        with assembly_lock(synth_cache.slot(assemblies, self.config)) as directory:  # other processes' clouds wait
+            synth_cache.seed_bundles(directory, assemblies)
+            assembly, reused = synthesize(self.config, directory)
             synthesized = time.monotonic()
             deploy.prune_stale_assets(assembly, stack)
             deploy.check_template(assembly, stack)  # refuses a type it would skip unlisted; logs those it skips
             deploy.publish_assets(assembly, stack, s3, account, REGION)
             template = deploy.create_stack(assembly, stack, cfn, ssm)
             deploy.check_created(assembly, stack, cfn)
+        synth_cache.prune(assemblies)
         gaps.SNS_SUBSCRIPTIONS.apply(cfn, self.client("sns"), self.client("sqs"), stack, template)
         gaps.STEP_FUNCTIONS_EXECUTION.apply(cfn, self.client("stepfunctions"), self.endpoint, stack, template)
         log.info(

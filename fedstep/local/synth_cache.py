@@ -8,6 +8,12 @@ assembly records the key it was made with (`<stack>.synth-key`), and the next ru
 deploys it again without synthesizing. Any change to one of them (an edited handler, another
 number of clients) synthesizes afresh. `make clean` (or deleting `.cache/`) drops the cache.
 
+Each key has a directory of its own under the cache (`slot`: `.cache/cdk.out/<key[:16]>`), so local
+clouds of different configs (`fedstep local --clients 3` and `--clients 5`, the test suite's workers)
+do not overwrite each other's assembly and synthesize again and again. A new slot starts with hard
+links to the Lambda bundles other slots built (same sources, same asset hash: CDK does not bundle
+them again); `prune` keeps the `SLOTS` most recently used.
+
 A synth runs in a Python process of its own, in its own session (`run_synth`): CDK's Node.js runtime
 (jsii's kernel) is its child, outside the terminal's foreground process group, so a Ctrl-C at the
 terminal never reaches it, and this process never imports CDK. (In-process, a Ctrl-C that stopped
@@ -17,9 +23,11 @@ terminal never reaches it, and this process never imports CDK. (In-process, a Ct
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,10 +107,65 @@ def synthesize(config: Any, outdir: Path) -> tuple[Path, bool]:
     """The assembly of `config` in `outdir`, and whether it was reused rather than synthesized."""
     key = synth_key(config)
     stack = config.stack_name
-    if (cached := cached_assembly(outdir, stack, key)) is not None:
-        return cached, True
     marker = outdir / f"{stack}.synth-key"
+    if (cached := cached_assembly(outdir, stack, key)) is not None:
+        os.utime(marker)  # recently used: `prune` keeps it
+        return cached, True
     marker.unlink(missing_ok=True)  # a synth that fails half-way leaves no valid marker
     assembly = run_synth(config, outdir)
     (assembly / f"{stack}.synth-key").write_text(key)
     return assembly, False
+
+
+SLOTS = 8
+"""Assemblies the cache keeps (one per config and code), the most recently used."""
+
+
+def slot(root: Path, config: Any) -> Path:
+    """The directory under `root` of `config`'s assembly: its key's first 16 hex digits."""
+    return root / synth_key(config)[:16]
+
+
+def seed_bundles(directory: Path, root: Path) -> int:
+    """Hard links in the slot `directory` to the bundles of the finished assemblies beside it under
+    `root`, each made under a temporary name and renamed (a bundle is there whole or not at all), so
+    CDK finds its asset built and does not bundle again; the bundles linked. Call it holding the slot's
+    lock (`fedstep.local.cloud.assembly_lock`)."""
+    linked = 0
+    if any(directory.glob("*.synth-key")):
+        return 0  # synthesized here before: its bundles are its own
+    for other in _complete_slots(root, exclude=directory):
+        for bundle in other.glob("asset.*"):
+            target = directory / bundle.name
+            if not bundle.is_dir() or target.exists():
+                continue
+            partial = directory / f"partial.{bundle.name}"
+            shutil.rmtree(partial, ignore_errors=True)
+            try:
+                shutil.copytree(bundle, partial, copy_function=os.link)
+                partial.rename(target)
+                linked += 1
+            except OSError:  # pruned meanwhile, or another file system: CDK bundles it itself
+                shutil.rmtree(partial, ignore_errors=True)
+    return linked
+
+
+def _complete_slots(root: Path, exclude: Path | None = None) -> list[Path]:
+    """The slots under `root` holding a finished synth (a key marker), most recently used first."""
+    marked = [(m.stat().st_mtime, m.parent) for m in root.glob("*/*.synth-key") if m.parent != exclude]
+    return [path for _, path in sorted(marked, reverse=True)]
+
+
+def prune(root: Path, keep: int = SLOTS) -> list[Path]:
+    """Delete the slots beyond the `keep` most recently used, each only if no process holds its lock
+    (`fedstep.local.cloud.assembly_lock`); the slots deleted."""
+    deleted = []
+    for stale in _complete_slots(root)[keep:]:
+        try:
+            with open(stale / "assembly.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(stale)
+                deleted.append(stale)
+        except OSError:  # in use by another local cloud, or gone already
+            continue
+    return deleted
