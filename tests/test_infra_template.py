@@ -601,6 +601,7 @@ def test_500_clients_fit_nested_stacks_each_within_cloudformations_limits_nag_an
     expected = [
         "fedstep-executions-failed",
         "fedstep-integrity-mismatch",
+        "fedstep-integrity-check-failed",
         *(f"fedstep-dead-letters-{n}" for n in range(1, 52)),
     ]
     assert sorted(alarms) == sorted(expected)

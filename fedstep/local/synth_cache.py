@@ -23,6 +23,7 @@ terminal never reaches it, and this process never imports CDK. (In-process, a Ct
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -135,6 +136,9 @@ def seed_bundles(directory: Path, root: Path) -> int:
     if any(directory.glob("*.synth-key")):
         return 0  # synthesized here before: its bundles are its own
     for other in _complete_slots(root, exclude=directory):
+        for archive in other.glob("*.zip"):  # the bundle zipped for publishing (deterministic: the same bytes)
+            with contextlib.suppress(OSError):
+                os.link(archive, directory / archive.name)
         for bundle in other.glob("asset.*"):
             target = directory / bundle.name
             if not bundle.is_dir() or target.exists():
