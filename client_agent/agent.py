@@ -90,7 +90,6 @@ from fedstep.core.schemas import (
     parse_message,
 )
 from fedstep.core.statistics import FederatedStatistics, Standardization, StatsRequest, site_statistics
-from fedstep.privacy.accounting import statistics_noise_std
 
 log = logging.getLogger("fedstep.client")
 
@@ -430,6 +429,8 @@ class Agent:
             x = self._training_features()
             noise = 0.0
             if request.epsilon is not None:
+                from fedstep.privacy.accounting import statistics_noise_std  # dp-accounting: only when asked
+
                 noise = statistics_noise_std(request.epsilon, request.delta, x.shape[1], request.bins > 0)
             answer = site_statistics(x, request, noise, seed=None)
             item = StatsItem(msg.request_id, client, answer.features, answer.bins, answer.encode(), utc_now(), noise)
