@@ -1,49 +1,14 @@
 """`fedstep local` end to end: real Keras clients as processes, the real stack on a moto server. One run per
-behaviour, in three modules so that pytest-xdist's workers run them side by side: this one (the demo's run,
-bad arguments, a client that cannot start), test_demo_stops.py (Ctrl-C, a killed runner, a killed client)
-and test_demo_own_data.py (a user's own data split by its sites, the kept cloud and the operator commands)."""
+behaviour, in modules that pytest-xdist's workers run side by side: this one (bad arguments, a client that
+cannot start), test_kept_cloud.py (the demo's own run, as a new user types it, kept running for the README's
+operator commands), test_demo_stops.py (Ctrl-C, a killed runner, a killed client) and test_demo_own_data.py
+(a user's own data split by its sites)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
-from tests.local_runs import clients_of, fedstep_local
-
-
-def test_digits_with_three_clients_reaches_80_percent_and_improves_every_round(tmp_path):
-    """Without --out, as a new user types it: the run gets its own folder runs/<run>, and runs/latest."""
-    proc = fedstep_local(None, "--dataset", "digits", "--clients", "3", "--rounds", "5", cwd=tmp_path)
-    output, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, output[-4000:]
-    run_id = output.split("\nrun ", 1)[1].split(":", 1)[0]
-    out = tmp_path / "runs" / run_id
-    assert f"client logs in runs/{run_id}/logs" in output and f"summary in runs/{run_id}/summary.json" in output
-    assert (tmp_path / "runs" / "latest").resolve() == out.resolve() and (tmp_path / "runs" / "latest").is_symlink()
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["run_id"] == run_id
-    rounds = summary["rounds"]
-    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
-    assert all(r["participants"] == 3 and r["rejected"] == [] for r in rounds)
-    assert all({"accuracy", "loss", "duration_s"} <= set(r) for r in rounds)
-    # float32 updates of the 64-unit MLP: 3 files of its 4,810 parameters (19,240 bytes) and a header each
-    assert all(3 * 19_240 < r["bytes_up"] < 3 * (19_240 + 4096) for r in rounds), [r["bytes_up"] for r in rounds]
-    heldout = [r["heldout_accuracy"] for r in rounds]
-    assert heldout == sorted(heldout) and heldout[-1] > heldout[0] + 0.3, heldout
-    losses = [r["loss"] for r in rounds]
-    assert losses == sorted(losses, reverse=True), losses
-    assert summary["final"]["test_accuracy"] >= 0.80
-    # no --learning-rate: digits_mlp trains at the SGD(0.1) it was compiled with
-    assert summary["config"]["learning_rate"] is None and summary["config"]["batch_size"] == 32
-    assert summary["stop_reason"] == "max_rounds" and "the run stops" not in output
-    assert output.count("round ") >= 5 and "participants 3" in output
-    assert clients_of(Path("runs") / run_id) == []  # the agents' command lines name runs/<run>/clients/...
-    # the agents import TensorFlow while the stack deploys, and round 1 is published once all are online
-    assert output.index("3 of 3 clients online") < output.index("run run-") < output.index("round 1/5")
-    for client in ("client-1", "client-2", "client-3"):
-        assert "libraries imported" in (out / "logs" / f"{client}.log").read_text()
+from tests.local_runs import fedstep_local
 
 
 @pytest.mark.parametrize(

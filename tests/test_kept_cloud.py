@@ -1,6 +1,7 @@
 """`fedstep local --keep-running`, used as the README says: source the env file in bash, then run the
-operator's commands. One kept cloud (digits, 3 clients, 2 rounds) serves the whole module; its tests
-run in order, the last one stops it.
+operator's commands. One kept cloud serves the whole module: the demo's own run (digits, 3 clients, 5
+rounds), typed as a new user types it (no --out), kept running; its tests run in order, the last one
+stops it.
 
 The acceptance test runs every command of the README's Monitoring block (parsed from README.md by
 tests/test_readme_monitoring.py, so commands added to the block later run too)."""
@@ -37,6 +38,8 @@ class KeptCloud:
     proc: subprocess.Popen[str]
     out: Path
     run_id: str
+    cwd: Path
+    """Where `fedstep local` ran: its default output folder is `runs/<run>` there."""
     lines: list[str] = field(default_factory=list)
     """Everything `fedstep local` printed (a thread keeps reading)."""
 
@@ -63,8 +66,9 @@ class KeptCloud:
         )
 
     def agents(self) -> dict[str, int]:
-        """The pids of this cloud's client agents, by client id."""
-        return agent_processes(self.out)
+        """The pids of this cloud's client agents, by client id (their command lines name the config files
+        as `fedstep local` was typed: runs/<run>/clients/<id>.json, relative to its folder)."""
+        return agent_processes(self.out.relative_to(self.cwd))
 
 
 def _wait_until(condition, timeout_s: float, what: str) -> None:
@@ -76,18 +80,18 @@ def _wait_until(condition, timeout_s: float, what: str) -> None:
 
 @pytest.fixture(scope="module")
 def kept(tmp_path_factory) -> KeptCloud:
-    out = tmp_path_factory.mktemp("kept") / "demo"
+    cwd = tmp_path_factory.mktemp("kept")
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "fedstep", "local", "--dataset", "digits", "--clients", "3", "--rounds", "2"),
-            *("--out", str(out), "--keep-running"),
+            *(sys.executable, "-m", "fedstep", "local", "--dataset", "digits", "--clients", "3", "--rounds", "5"),
+            "--keep-running",
         ],
-        cwd=REPO,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    cloud = KeptCloud(proc, out, "")
+    cloud = KeptCloud(proc, cwd / "runs" / "latest", "", cwd)
     reader = threading.Thread(target=lambda: cloud.lines.extend(iter(proc.stdout.readline, "")), daemon=True)
     reader.start()
     try:
@@ -95,13 +99,47 @@ def kept(tmp_path_factory) -> KeptCloud:
             lambda: any("press Ctrl-C" in line for line in cloud.lines) or proc.poll() is not None, 300, "kept cloud"
         )
         assert proc.poll() is None, "".join(cloud.lines)
-        cloud.run_id = json.loads((out / "summary.json").read_text())["run_id"]
+        cloud.out = (cwd / "runs" / "latest").resolve()
+        cloud.run_id = json.loads((cloud.out / "summary.json").read_text())["run_id"]
         with environ(exported(cloud.env_file)):  # this process too, as a user's Python session after `source`
             yield cloud
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
+
+
+def test_digits_with_three_clients_reaches_80_percent_and_improves_every_round(kept):
+    """Without --out, as a new user types it: the run gets its own folder runs/<run>, and runs/latest."""
+    output = "".join(kept.lines)
+    run_id = output.split("\nrun ", 1)[1].split(":", 1)[0]
+    out = kept.cwd / "runs" / run_id
+    assert run_id == kept.run_id and out == kept.out
+    assert f"client logs in runs/{run_id}/logs" in output and f"summary in runs/{run_id}/summary.json" in output
+    assert (kept.cwd / "runs" / "latest").is_symlink()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["run_id"] == run_id
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
+    assert all(r["participants"] == 3 and r["rejected"] == [] for r in rounds)
+    assert all({"accuracy", "loss", "duration_s"} <= set(r) for r in rounds)
+    # float32 updates of the 64-unit MLP: 3 files of its 4,810 parameters (19,240 bytes) and a header each
+    assert all(3 * 19_240 < r["bytes_up"] < 3 * (19_240 + 4096) for r in rounds), [r["bytes_up"] for r in rounds]
+    heldout = [r["heldout_accuracy"] for r in rounds]
+    assert heldout == sorted(heldout) and heldout[-1] > heldout[0] + 0.3, heldout
+    losses = [r["loss"] for r in rounds]
+    assert losses == sorted(losses, reverse=True), losses
+    assert summary["final"]["test_accuracy"] >= 0.80
+    # no --learning-rate: digits_mlp trains at the SGD(0.1) it was compiled with
+    assert summary["config"]["learning_rate"] is None and summary["config"]["batch_size"] == 32
+    assert summary["stop_reason"] == "max_rounds" and "the run stops" not in output
+    assert output.count("round ") >= 5 and "participants 3" in output
+    # the agents' command lines name runs/<run>/clients/... (test_sigterm_... sees none left at the end)
+    assert sorted(kept.agents()) == ["client-1", "client-2", "client-3"]
+    # the agents import TensorFlow while the stack deploys, and round 1 is published once all are online
+    assert output.index("3 of 3 clients online") < output.index("run run-") < output.index("round 1/5")
+    for client in ("client-1", "client-2", "client-3"):
+        assert "libraries imported" in (out / "logs" / f"{client}.log").read_text()
 
 
 def test_sourcing_the_env_file_in_bash_puts_fedstep_on_path(kept, tmp_path):
@@ -116,7 +154,8 @@ def test_sourcing_the_env_file_in_bash_puts_fedstep_on_path(kept, tmp_path):
 
 def test_the_kept_cloud_says_how_to_reach_it_and_its_agents_keep_serving(kept, tmp_path):
     printed = "".join(kept.lines)
-    assert f"  source {kept.env_file}\n" in printed and f"  fedstep status {kept.run_id}\n" in printed
+    env_file = kept.env_file.relative_to(kept.cwd)  # as it was typed: runs/<run>/local-cloud.env
+    assert f"  source {env_file}\n" in printed and f"  fedstep status {kept.run_id}\n" in printed
     assert f"  fedstep start --model {MODEL} --rounds 3 --watch\n" in printed
     assert sorted(kept.agents()) == ["client-1", "client-2", "client-3"]  # the run ended; they did not
     result = kept.bash("fedstep clients", tmp_path)
@@ -173,9 +212,9 @@ def test_the_operator_api_reads_and_starts_runs_on_the_kept_cloud(kept, tmp_path
     runs = operator.runs()
     assert kept.run_id in set(runs["run_id"]) and list(runs.columns)[:2] == ["run_id", "status"]
     status = operator.status(kept.run_id)
-    assert (status["status"], status["stop_reason"], len(status["rounds"])) == ("SUCCEEDED", "max_rounds", 2)
+    assert (status["status"], status["stop_reason"], len(status["rounds"])) == ("SUCCEEDED", "max_rounds", 5)
     history = operator.history(kept.run_id)
-    assert list(history.index) == [1, 2] and history.loc[2, "participants"] == 3
+    assert list(history.index) == [1, 2, 3, 4, 5] and history.loc[2, "participants"] == 3
     assert history.loc[2, "accuracy"] > history.loc[1, "accuracy"]
     clients = operator.clients()
     assert list(clients["status"]) == ["online"] * 3
@@ -237,4 +276,4 @@ def test_sigterm_stops_the_kept_cloud_and_its_agents(kept):
     kept.proc.send_signal(signal.SIGTERM)
     assert kept.proc.wait(timeout=60) == 0
     _wait_until(lambda: "stopping the local cloud\n" in kept.lines, 10, "the runner's last words")
-    assert kept.agents() == {}
+    assert kept.agents() == {}  # by the relative paths their command lines name

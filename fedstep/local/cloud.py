@@ -90,8 +90,8 @@ def agent_credentials_env(credentials_path: Path) -> dict[str, str | None]:
     unset: dict[str, str | None] = dict.fromkeys(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"))
     return {
         **unset,
-        "AWS_SHARED_CREDENTIALS_FILE": str(credentials_path),
-        "AWS_CONFIG_FILE": str(config_file_of(credentials_path)),
+        "AWS_SHARED_CREDENTIALS_FILE": str(credentials_path.resolve()),
+        "AWS_CONFIG_FILE": str(config_file_of(credentials_path.resolve())),
     }
 
 
@@ -132,7 +132,9 @@ class LocalCloud:
         self._sessions: dict[str, boto3.Session] = {}
         self._clients: dict[tuple[str, str], Any] = {}
         self._lock = threading.RLock()
-        self.credentials_path = credentials_path
+        # absolute: the env file that exports it is sourced from any folder (`fedstep local` without --out
+        # names runs/<run>, relative to where it was typed)
+        self.credentials_path = credentials_path.resolve() if credentials_path is not None else None
         self._credentials_dir: Path | None = None
         self._saved_env: dict[str, str | None] = {}
 
