@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import aws_cdk as cdk
 from aws_cdk import aws_cloudwatch as cw
-from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
@@ -31,6 +30,7 @@ from infra import secure
 from infra.aggregation import METRICS_NAMESPACE
 from infra.bundling import aggregation_code
 from infra.config import DeploymentConfig
+from infra.monitoring import alarm_on_any
 
 SERVICE = "fedstep-integrity"
 """The function's Powertools service: a dimension of its metrics."""
@@ -141,31 +141,25 @@ class Integrity(Construct):
             statistic="Sum",
             period=cdk.Duration.days(1),
         )
-        self.alarm = mismatches.create_alarm(
+        self.alarm = alarm_on_any(
             self,
             "Mismatch",
-            alarm_name=f"{config.project}-integrity-mismatch",
-            alarm_description="An object of a recent run does not match the sha256 its record holds, or is "
+            mismatches,
+            f"{config.project}-integrity-mismatch",
+            "An object of a recent run does not match the sha256 its record holds, or is "
             "missing: it was replaced or deleted after it was written. `fedstep verify <run>` names each "
             "(round, key, expected, found); the function's log too. See docs/operations.md, Integrity.",
-            threshold=1,
-            evaluation_periods=1,
-            comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            alarm_topic,
         )
-        self.alarm.add_alarm_action(cw_actions.SnsAction(alarm_topic))
-        self.failed = self.function.metric_errors(period=cdk.Duration.days(1), statistic="Sum").create_alarm(
+        self.failed = alarm_on_any(
             self,
             "Failed",
-            alarm_name=f"{config.project}-integrity-check-failed",
-            alarm_description="The scheduled integrity check failed (an error, a timeout, the table or the bucket "
+            self.function.metric_errors(period=cdk.Duration.days(1), statistic="Sum"),
+            f"{config.project}-integrity-check-failed",
+            "The scheduled integrity check failed (an error, a timeout, the table or the bucket "
             "unreachable): no run was checked that day. Its log says why. See docs/operations.md, Integrity.",
-            threshold=1,
-            evaluation_periods=1,
-            comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            alarm_topic,
         )
-        self.failed.add_alarm_action(cw_actions.SnsAction(alarm_topic))
         objects = f"Resource::<{secure.logical_id(bucket)}.Arn>"
         secure.acknowledge(
             role,

@@ -41,6 +41,25 @@ def dead_letter_alarm_count(queues: int) -> int:
     return -(-queues // QUEUES_PER_ALARM)
 
 
+def alarm_on_any(
+    scope: Construct, construct_id: str, metric: cw.IMetric, name: str, description: str, topic: sns.ITopic
+) -> cw.Alarm:
+    """An alarm `name` when `metric` (a sum over its period) is 1 or more, telling `topic`; no data is not
+    a breach. Every alarm of the stack is of this kind."""
+    alarm = metric.create_alarm(
+        scope,
+        construct_id,
+        alarm_name=name,
+        alarm_description=description,
+        threshold=1,
+        evaluation_periods=1,
+        comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+        treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+    )
+    alarm.add_alarm_action(cw_actions.SnsAction(topic))
+    return alarm
+
+
 def dead_letter_alarms(
     scope: Construct, project: str, queues: Sequence[sqs.IQueue], first: int, topic: sns.ITopic
 ) -> list[cw.Alarm]:
@@ -54,19 +73,16 @@ def dead_letter_alarms(
             f"q{i}": q.metric_approximate_number_of_messages_visible(period=PERIOD, statistic="Maximum")
             for i, q in enumerate(group)
         }
-        alarm = cw.MathExpression(expression=" + ".join(messages), using_metrics=messages, period=PERIOD).create_alarm(
+        alarm = alarm_on_any(
             scope,
             f"DeadLetters{first + n}",
-            alarm_name=f"{project}-dead-letters-{first + n}",
-            alarm_description="A dead-letter queue holds a message: a malformed round message or a round "
+            cw.MathExpression(expression=" + ".join(messages), using_metrics=messages, period=PERIOD),
+            f"{project}-dead-letters-{first + n}",
+            "A dead-letter queue holds a message: a malformed round message or a round "
             "that failed 5 times on a client (<project>-<client>-dlq), or a stream batch the aggregation "
             "function failed on (<project>-aggregation-failures). Inspect the queue, fix, redrive.",
-            threshold=1,
-            evaluation_periods=1,
-            comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            topic,
         )
-        alarm.add_alarm_action(cw_actions.SnsAction(topic))
         alarms.append(alarm)
     return alarms
 
@@ -133,19 +149,16 @@ class Monitoring(Construct):
             period=PERIOD,
         )
         self.alarms = [
-            failed.create_alarm(
+            alarm_on_any(
                 self,
                 "ExecutionsFailed",
-                alarm_name=f"{project}-executions-failed",
-                alarm_description="A training run failed or timed out: `fedstep status <run>` shows the error "
+                failed,
+                f"{project}-executions-failed",
+                "A training run failed or timed out: `fedstep status <run>` shows the error "
                 "and its cause (e.g. QuorumNotMet with the counts).",
-                threshold=1,
-                evaluation_periods=1,
-                comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-                treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+                self.topic,
             )
         ]
-        self.alarms[0].add_alarm_action(cw_actions.SnsAction(self.topic))
         self.alarms += dead_letter_alarms(self, project, dead_letter_queues, 1, self.topic)
 
         self.dashboard = cw.Dashboard(
