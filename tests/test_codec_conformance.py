@@ -138,6 +138,16 @@ def test_an_item_naming_an_unknown_encoding_is_refused_when_parsed():
     assert UpdateItem.parse(plain.to_item()).encoding == "float32"
 
 
+@pytest.mark.parametrize("encoding", ["topk:" + "1" * 100_000, "x" * 300_000, {"name": "int8"}, ["int8"], 8, None])
+def test_an_item_with_an_oversized_or_non_text_encoding_is_refused_with_a_short_reason(encoding):
+    """The attack: a client writes an item whose encoding is huge or not text; it is refused by name, and the
+    reason (which reaches the round record and the client's feedback) stays short."""
+    item = report(MemoryStore(), "int8", delta_of(0)).to_item()
+    with pytest.raises(InvalidMessage) as refused:
+        UpdateItem.parse({**item, "encoding": encoding})
+    assert str(refused.value).startswith("update item: encoding: ") and len(str(refused.value)) < 300
+
+
 # -- round trip, one pass and slices -------------------------------------------------------------
 
 
