@@ -178,12 +178,14 @@ def keras_fit(model: RoundModel, data: Split, training: TrainingConfig) -> dict[
     keras = import_keras()
     keras.utils.set_random_seed(model.seed)
     net = model.keras(warm=mu == 0 and params is None)
+    from client_agent.keras_data import evaluate_dataset, fit_dataset  # Keras's own pipelines, kept
+
     keras.utils.set_random_seed(model.seed)
     if net.optimizer is None:
         raise FedstepError("the run's model is not compiled; `fedstep start --model` must return a compiled model")
     metrics: dict[str, Any] = {}
     if len(x_test):
-        before = net.evaluate(x_test, y_test, verbose=0, return_dict=True)
+        before = net.evaluate(evaluate_dataset(x_test, y_test), verbose=0, return_dict=True)
         metrics.update({f"test_{k}_before": v for k, v in before.items()})
     if training.learning_rate is not None:  # else the model's own optimizer setting stands
         net.optimizer.learning_rate.assign(training.learning_rate)
@@ -203,17 +205,14 @@ def keras_fit(model: RoundModel, data: Split, training: TrainingConfig) -> dict[
         )
     else:
         history = net.fit(
-            x_train,
-            y_train,
+            fit_dataset(x_train, y_train, training.batch_size),
             epochs=training.epochs,
-            batch_size=training.batch_size,
-            shuffle=True,
             verbose=0,
             callbacks=model.callbacks,
         )
         metrics.update({f"train_{k}": v[-1] for k, v in history.history.items()})
     if len(x_test):
-        after = net.evaluate(x_test, y_test, verbose=0, return_dict=True)
+        after = net.evaluate(evaluate_dataset(x_test, y_test), verbose=0, return_dict=True)
         metrics.update({f"test_{k}": v for k, v in after.items()})
     return {k.replace("sparse_categorical_", ""): v for k, v in metrics.items()}
 
@@ -236,7 +235,10 @@ def keras_evaluate(model: RoundModel, data: Split, training: TrainingConfig) -> 
     net = model.keras(warm=True)
     if net.optimizer is None:
         raise FedstepError("the run's model is not compiled, so it has no loss or metrics to evaluate")
-    result = net.evaluate(x_test, y_test, batch_size=training.batch_size, verbose=0, return_dict=True)
+    from client_agent.keras_data import evaluate_dataset
+
+    dataset = evaluate_dataset(x_test, y_test, training.batch_size)
+    result = net.evaluate(dataset, verbose=0, return_dict=True)
     return {f"test_{k}".replace("sparse_categorical_", ""): v for k, v in result.items()}
 
 

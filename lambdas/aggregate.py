@@ -40,6 +40,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
     DynamoDBRecordEventName,
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.credentials import EnvProvider
 
 from fedstep.aws import adapters, boto
 from fedstep.core import keys
@@ -159,7 +160,9 @@ def _services(bucket: str, table: str, topic: str, endpoint: str | None, access_
 
 def services() -> tuple[Any, Any, Any, Any]:
     env = os.environ
-    credentials = boto.new_session().get_credentials()  # the execution role's (Lambda sets them in the environment)
+    # The execution role's, which Lambda sets in the environment: read from there alone (a whole session's
+    # credential chain costs more than a small round's aggregation); they key the kept clients.
+    credentials = EnvProvider().load()
     return _services(
         env["BUCKET_NAME"],
         env["TABLE_NAME"],

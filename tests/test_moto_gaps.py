@@ -16,6 +16,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import boto3
@@ -444,12 +445,15 @@ def test_moto_still_delivers_dynamodb_stream_records_inside_the_write(moto, monk
 
 
 def test_the_stream_shim_delivers_batches_after_the_write_returns_one_at_a_time_in_order(moto, monkeypatch):
+    """A batch runs after the write returns, on the function's own thread; the records written while it
+    ran reach the function together in the next batch, in order (as Lambda's stream poller batches)."""
     from moto.awslambda.models import LambdaFunction
 
-    release = threading.Event()
+    entered, release = threading.Event(), threading.Event()
     delivered: list[tuple[int, list[str]]] = []
 
     def wait_for_release(function: Any, event: Any = None) -> tuple[str, bool, str]:
+        entered.set()
         release.wait(DEADLINE_S)
         delivered.append((threading.get_ident(), [r["dynamodb"]["Keys"]["k"]["S"] for r in event["Records"]]))
         return "{}", False, ""
@@ -458,17 +462,45 @@ def test_the_stream_shim_delivers_batches_after_the_write_returns_one_at_a_time_
     gaps.STREAM_DELIVERY.apply()
     try:
         ddb = table_streaming_to_a_function()
-        for key in ("a", "b", "c"):
+        ddb.put_item(TableName="canary", Item={"k": {"S": "a"}})
+        assert entered.wait(DEADLINE_S)  # the first batch runs, and waits
+        for key in ("b", "c", "d"):
             ddb.put_item(TableName="canary", Item={"k": {"S": key}})  # returns while the first batch waits
         assert delivered == []
         release.set()
         gaps.wait_for_stream_batches(DEADLINE_S)
-        assert [keys for _, keys in delivered] == [["a"], ["b"], ["c"]]
+        assert [keys for _, keys in delivered] == [["a"], ["b", "c", "d"]]
         assert threading.get_ident() not in {thread for thread, _ in delivered}
     finally:
         release.set()
         gaps.STREAM_DELIVERY.undo()
     assert LambdaFunction._invoke_lambda is wait_for_release
+
+
+def test_a_stream_batch_holds_at_most_the_mappings_batch_size(monkeypatch):
+    from fedstep.local.gaps import stream_delivery
+
+    monkeypatch.setattr(stream_delivery, "STREAM_BATCH_SIZE", 2)
+    entered, release = threading.Event(), threading.Event()
+    sizes: list[int] = []
+
+    def invoke(function: Any, event: Any) -> tuple[str, bool, str]:
+        entered.set()
+        release.wait(DEADLINE_S)
+        sizes.append(len(event["Records"]))
+        return "{}", False, ""
+
+    worker = stream_delivery._StreamWorker(SimpleNamespace(function_name="f"), invoke)
+    record = {"eventSource": "aws:dynamodb"}
+    worker.queue.put({"Records": [record]})
+    assert entered.wait(DEADLINE_S)
+    for _ in range(5):
+        worker.queue.put({"Records": [record]})
+    worker.queue.put(None)  # stop once the queue is done
+    release.set()
+    worker.thread.join(DEADLINE_S)
+    assert sizes == [1, 2, 2, 1]
+    assert worker.queue.unfinished_tasks == 0
 
 
 # -- 5. KMS keys from CloudFormation ---------------------------------------------------------------
@@ -947,3 +979,16 @@ def test_the_lambda_shim_refuses_a_request_or_a_response_past_lambdas_6_mb_paylo
     monkeypatch.setattr(gaps.lambda_in_process, "PAYLOAD_LIMIT_BYTES", 1000)  # its echo is larger
     echoed = lam.invoke(FunctionName="canary", Payload=json.dumps({"pad": "x" * 960}))  # 972 bytes in
     assert json.loads(echoed["Payload"].read())["errorType"] == "Function.ResponseSizeTooLarge"
+
+
+def test_moto_s_module_listing_is_kept_and_unchanged():
+    from moto import backends
+
+    from fedstep.local import moto_speed
+
+    before = list(backends.list_of_moto_modules())
+    moto_speed.apply()
+    moto_speed.apply()  # idempotent
+    assert list(backends.list_of_moto_modules()) == before
+    assert "dynamodb" in backends.list_of_moto_modules()
+    assert backends.list_of_moto_modules() is backends.list_of_moto_modules()  # listed once

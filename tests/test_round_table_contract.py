@@ -434,3 +434,14 @@ def test_the_contract_fails_on_a_table_with_a_planted_broken_rule(broken, contra
     table = broken() if issubclass(broken, MemoryTable) else dynamo_tables(endpoint, broken)()
     with pytest.raises((AssertionError, pytest.fail.Exception)):  # an assert, or a `pytest.raises` that failed
         contract_test(table)
+
+
+def test_a_watcher_lists_only_the_completed_rounds_after_the_last_it_saw(table):
+    for number in (1, 2, 3, 12):
+        open_round(table, number=number)
+        claim(table, f"c{number}", number=number)
+        assert table.complete_round(summary(number), f"c{number}")
+    assert [r["round"] for r in table.list_rounds(RUN, after=0)] == [1, 2, 3, 12]
+    assert [r["round"] for r in table.list_rounds(RUN, after=2)] == [3, 12]
+    assert [r["round"] for r in table.list_rounds(RUN, after=3)] == [12]
+    assert table.list_rounds(RUN, after=12) == []

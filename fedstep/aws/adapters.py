@@ -162,13 +162,20 @@ class SnsPublisher:
 class DynamoRoundTable(Items):
     """The single table: run and round records, the clients' items (see `fedstep.core.keys`)."""
 
-    def _query_prefix(self, pk: str, prefix: str, **extra: Any) -> list[dict[str, Any]]:
+    def _query_prefix(self, pk: str, prefix: str, first: str | None = None, **extra: Any) -> list[dict[str, Any]]:
+        """The items of `pk` whose sort key starts with `prefix` (`first`: and is at least `first`, which
+        starts with `prefix`), in sort key order."""
         items: list[dict[str, Any]] = []
         values = extra.pop("values", {})
+        if first is None:
+            condition, bounds = "pk = :pk AND begins_with(sk, :prefix)", {":prefix": prefix}
+        else:  # the prefix's last key: the prefix followed by the highest character a key may hold
+            condition = "pk = :pk AND sk BETWEEN :first AND :last"
+            bounds = {":first": first, ":last": prefix + "\uffff"}
         kwargs: dict[str, Any] = {
             "TableName": self.name,
-            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
-            "ExpressionAttributeValues": to_attributes({":pk": pk, ":prefix": prefix, **values}),
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeValues": to_attributes({":pk": pk, **bounds, **values}),
             "ConsistentRead": True,
             **extra,
         }
@@ -364,10 +371,11 @@ class DynamoRoundTable(Items):
             ExpressionAttributeValues=to_attributes({":s": ROUND_REPORTED}),
         )
 
-    def list_rounds(self, run_id: str) -> list[dict[str, Any]]:
+    def list_rounds(self, run_id: str, after: int = 0) -> list[dict[str, Any]]:
         return self._query_prefix(
             run_id,
             keys.ROUND_PREFIX,
+            first=keys.round_sk(after + 1) if after else None,
             FilterExpression="#s IN (:aggregated, :reported)",
             ExpressionAttributeNames={"#s": "status"},
             values={":aggregated": ROUND_AGGREGATED, ":reported": ROUND_REPORTED},

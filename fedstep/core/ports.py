@@ -128,8 +128,9 @@ class RoundTable(Protocol):
 
     def mark_reported(self, run_id: str, round_number: int) -> None: ...
 
-    def list_rounds(self, run_id: str) -> list[dict[str, Any]]:
-        """The run's completed round records (with summaries), in round order."""
+    def list_rounds(self, run_id: str, after: int = 0) -> list[dict[str, Any]]:
+        """The run's completed round records (with summaries), in round order; `after`: only the rounds
+        numbered above it (a watcher reads only what is new)."""
         ...
 
     def get_updates(self, run_id: str, round_number: int, client_ids: list[str]) -> dict[str, dict[str, Any]]:

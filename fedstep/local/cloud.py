@@ -38,7 +38,7 @@ import boto3
 from fedstep.aws import boto
 from fedstep.aws.stack import StackOutputs
 from fedstep.core.errors import FedstepError
-from fedstep.local import deploy, gaps
+from fedstep.local import deploy, gaps, moto_speed
 from fedstep.local.gaps.moto_server import moto_api_raw
 from fedstep.local.iam import identities
 from fedstep.local.iam.identities import ADMIN, AGGREGATION, OPERATOR, STATE_MACHINE, Keys, Principals
@@ -258,6 +258,7 @@ class LocalCloud:
         from moto.server import ThreadedMotoServer
 
         gaps.check_patch_point()
+        moto_speed.apply()
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         logging.getLogger("moto").setLevel(logging.CRITICAL)  # the runner reports failures itself
         # moto's own word on a type it skips; `deploy.check_template` has named each, with its reason, or refused it

@@ -158,10 +158,11 @@ class HeldoutEvaluator:
         self.model = model_from_bytes(architecture)
 
     def evaluate(self, weights: tensors.Tensors) -> dict[str, float]:
+        from client_agent.keras_data import evaluate_dataset
         from client_agent.keras_model import set_tensors
 
         set_tensors(self.model, weights)
-        result = self.model.evaluate(self.x, self.y, verbose=0, return_dict=True)
+        result = self.model.evaluate(evaluate_dataset(self.x, self.y), verbose=0, return_dict=True)
         return {"test_accuracy": round(float(result["accuracy"]), 4), "test_loss": round(float(result["loss"]), 4)}
 
 
@@ -633,7 +634,7 @@ def _watch(
     while True:
         for line in failures.new_lines():
             echo(line)
-        for item in table.list_rounds(run_id)[len(seen) :]:
+        for item in table.list_rounds(run_id, after=seen[-1]["round"] if seen else 0):
             summary = RoundSummary.parse(item)
             heldout = evaluator.evaluate(tensors.decode(store.get(summary.global_model.key)))
             entry = {

@@ -146,12 +146,13 @@ class MemoryTable:
         key = keys.round_item_key(run_id, round_number)
         self._update(key, lambda cur: cur is not None, {"status": ROUND_REPORTED}, ("task_token",))
 
-    def list_rounds(self, run_id: str) -> list[dict[str, Any]]:
+    def list_rounds(self, run_id: str, after: int = 0) -> list[dict[str, Any]]:
+        first = keys.round_sk(after + 1)
         with self.lock:
             return [
                 copy.deepcopy(v)
                 for (pk, sk), v in sorted(self.items.items())
-                if pk == run_id and sk.startswith(keys.ROUND_PREFIX) and is_completed(v)
+                if pk == run_id and sk.startswith(keys.ROUND_PREFIX) and sk >= first and is_completed(v)
             ]
 
     def get_updates(self, run_id: str, round_number: int, client_ids: list[str]) -> dict[str, dict[str, Any]]:

@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 Invoke = Callable[[Any, Any], tuple[str, bool, str]]  # LambdaFunction._invoke_lambda(function, event)
 
 STREAM_ATTEMPTS = 3
+STREAM_BATCH_SIZE = 100
+"""Records per invocation at most: the aggregation function's event source mapping's BatchSize (infra)."""
 _stream_workers: dict[str, _StreamWorker] = {}
 _workers_lock = threading.Lock()
 
@@ -32,8 +34,22 @@ class _StreamWorker:
         self.thread.start()
 
     def _loop(self) -> None:
-        while (event := self.queue.get()) is not None:
+        stopping = False
+        while not stopping and (event := self.queue.get()) is not None:
+            taken = 1
             try:
+                # Records written while the last batch ran wait in the shard: the next invocation gets them
+                # together, up to the mapping's batch size, as Lambda's stream poller hands them over.
+                while len(event["Records"]) < STREAM_BATCH_SIZE:
+                    try:
+                        more = self.queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    taken += 1
+                    if more is None:
+                        stopping = True
+                        break
+                    event = {**event, "Records": [*event["Records"], *more["Records"]]}
                 for attempt in range(1, STREAM_ATTEMPTS + 1):
                     result, errored, _ = self.invoke(self.function, event)
                     if not errored and not _item_failures(result):
@@ -42,7 +58,8 @@ class _StreamWorker:
                         log.error("stream batch dropped after %d failed attempts", attempt)
                     time.sleep(0.2 * attempt)
             finally:
-                self.queue.task_done()
+                for _ in range(taken):
+                    self.queue.task_done()
 
 
 def _item_failures(result: str) -> list[Any]:
@@ -100,7 +117,8 @@ class StreamDelivery(PatchShim):
     gap = (
         "moto delivers DynamoDB stream records synchronously, inside the write that produced them, and each time "
         "with every record not yet consumed, so a handler's own writes re-enter it. AWS delivers them "
-        "asynchronously, one batch at a time per shard, in order. The shim wraps LambdaFunction._invoke_lambda "
+        "asynchronously, one batch at a time per shard, in order, each batch holding the records that arrived "
+        "while the last one ran (up to the batch size). The shim wraps LambdaFunction._invoke_lambda "
         "(moto's, or the in-process runner when that shim is applied first): a stream batch is queued to one "
         "worker thread per function and the write returns at once; a batch that raised or reported batch item "
         f"failures is retried ({STREAM_ATTEMPTS} attempts in all) and then logged as dropped, as the stream's "

@@ -1,0 +1,77 @@
+"""Kept input pipelines (`client_agent.keras_data`): the numbers of `fit` and `evaluate` on numpy arrays,
+bit for bit, without building a new `tf.data` pipeline every call."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from client_agent import keras_data
+from client_agent.data import load_local_data
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_local_data("digits", "1/3")
+
+
+def _model(keras):
+    from client_agent.models import digits_mlp
+
+    keras.utils.set_random_seed(0)
+    return digits_mlp()
+
+
+def _train(net, keras, weights, fit, rounds=3):
+    """`rounds` rounds as the agent trains them: the seed set, the round's weights, `fit`; each round's
+    weights and loss history."""
+    out = []
+    for _ in range(rounds):
+        keras.utils.set_random_seed(0)
+        net.set_weights(weights)
+        keras.utils.set_random_seed(0)
+        history = fit(net)
+        weights = [w * 0.9 for w in net.get_weights()]  # a new global model every round
+        out.append((net.get_weights(), history.history["loss"]))
+    return out
+
+
+def test_fit_over_a_kept_pipeline_trains_bit_for_bit_as_fit_on_the_arrays(data):
+    from client_agent.keras_model import import_keras
+
+    keras = import_keras()
+    (x, y), _ = data
+    net = _model(keras)
+    start = net.get_weights()
+    on_arrays = _train(net, keras, start, lambda n: n.fit(x, y, epochs=2, batch_size=32, shuffle=True, verbose=0))
+    kept = _train(net, keras, start, lambda n: n.fit(keras_data.fit_dataset(x, y, 32), epochs=2, verbose=0))
+    for (w_arrays, loss_arrays), (w_kept, loss_kept) in zip(on_arrays, kept, strict=True):
+        for a, b in zip(w_arrays, w_kept, strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert loss_arrays == loss_kept
+
+
+def test_evaluate_over_a_kept_pipeline_gives_the_numbers_of_evaluate_on_the_arrays(data):
+    from client_agent.keras_model import import_keras
+
+    keras = import_keras()
+    (x, y), (x_test, y_test) = data
+    x_odd, y_odd = np.concatenate([x_test, x[:5]]), np.concatenate([y_test, y[:5]])  # a last batch of 5
+    assert len(y_odd) % 32 != 0
+    net = _model(keras)
+    for batch_size in (32, 7):
+        expected = net.evaluate(x_odd, y_odd, batch_size=batch_size, verbose=0, return_dict=True)
+        found = net.evaluate(keras_data.evaluate_dataset(x_odd, y_odd, batch_size), verbose=0, return_dict=True)
+        assert found == expected
+
+
+def test_a_pipeline_is_built_once_per_arrays_and_batch_size_and_few_are_kept(data):
+    (x, y), _ = data
+    first = keras_data.evaluate_dataset(x, y)
+    assert keras_data.evaluate_dataset(x, y) is first
+    assert keras_data.evaluate_dataset(x, y, 16) is not first
+    assert keras_data.fit_dataset(x, y, 32) is not first  # shuffled: another pipeline
+    assert keras_data.evaluate_dataset(x.copy(), y) is not first  # other arrays, even with equal values
+    for i in range(keras_data.KEPT + 2):
+        keras_data.evaluate_dataset(x[i:], y[i:])
+    assert len(keras_data._kept) == keras_data.KEPT
