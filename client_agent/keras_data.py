@@ -27,7 +27,8 @@ _kept: OrderedDict[tuple[int, int, int, bool], tuple[np.ndarray, np.ndarray, Any
 
 
 def fit_dataset(x: np.ndarray, y: np.ndarray, batch_size: int) -> Any:
-    """The shuffled, batched pipeline `Model.fit(x, y, batch_size=batch_size, shuffle=True)` builds."""
+    """The shuffled, batched pipeline `Model.fit(x, y, batch_size=batch_size, shuffle=True)` builds (give
+    `fit` `shuffle=False` with it: the pipeline shuffles, and Keras warns of a `shuffle` it ignores)."""
     return _dataset(x, y, batch_size, shuffle=True)
 
 

@@ -205,8 +205,9 @@ def keras_fit(model: RoundModel, data: Split, training: TrainingConfig) -> dict[
         )
     else:
         history = net.fit(
-            fit_dataset(x_train, y_train, training.batch_size),
+            fit_dataset(x_train, y_train, training.batch_size),  # shuffled by the pipeline itself
             epochs=training.epochs,
+            shuffle=False,
             verbose=0,
             callbacks=model.callbacks,
         )

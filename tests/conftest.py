@@ -27,12 +27,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import subprocess
 import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+# The processor's name is asked once, now: TensorFlow's import asks `platform.processor()`, which runs
+# `uname -p` the first time, so a unit test that happened to import TensorFlow first in its worker would
+# be refused for starting a process (the answer is kept for the process's life).
+platform.processor()
 
 for _name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ROLE_ARN"):
     os.environ.pop(_name, None)
