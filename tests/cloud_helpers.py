@@ -12,7 +12,6 @@ import contextlib
 import io
 import logging
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -305,18 +304,19 @@ def fedstep_here(cloud, *args: str, cwd: Path | str = REPO) -> subprocess.Comple
 
 
 def agent_processes(out: Path) -> dict[str, int]:
-    """The pids of the client agents `fedstep local --out <out>` started, by client id (from
-    their command lines: `client_agent.cli ... <out>/clients/<id>.json`)."""
+    """The pids of the live client agents `fedstep local` started with output folder `out`, by client id:
+    the processes whose output goes to `<out>/logs/<id>.log` (a spawned agent's and a forked one's
+    alike; a relative `out` is relative to this process's folder)."""
+    logs = (Path.cwd() / out / "logs").resolve()
     found = {}
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
+                target = Path(os.readlink(proc / "fd" / "1"))
+            except OSError:  # gone, a zombie (no descriptors left), or not ours to read
                 continue
-            if "client_agent.cli" in cmdline and str(out) in cmdline:
-                match = re.search(r"([A-Za-z0-9_-]+)\.json", cmdline)
-                found[match.group(1) if match else proc.name] = int(proc.name)
+            if target.parent == logs and target.suffix == ".log" and target.stem.startswith("client-"):
+                found[target.stem] = int(proc.name)
     return found
 
 

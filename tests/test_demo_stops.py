@@ -7,8 +7,8 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
+from tests.cloud_helpers import agent_processes
 from tests.local_runs import clients_of, fedstep_local, wait_for_line
 
 
@@ -45,7 +45,7 @@ def test_a_client_killed_mid_run_does_not_stop_the_run(tmp_path):
         out, "--clients", "3", "--rounds", "3", "--quorum", "2", "--round-timeout", "10", "--round-retries", "3"
     )
     wait_for_line(proc, ": 3 rounds, 3 clients")  # round 1 is under way; the clients are still starting
-    victim = next(pid for pid in clients_of(out) if "client-3.json" in Path(f"/proc/{pid}/cmdline").read_text())
+    victim = agent_processes(out)["client-3"]
     os.kill(victim, signal.SIGKILL)  # no cleanup at all: its round message is neither served nor released
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output[-3000:]

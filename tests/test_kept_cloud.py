@@ -66,9 +66,8 @@ class KeptCloud:
         )
 
     def agents(self) -> dict[str, int]:
-        """The pids of this cloud's client agents, by client id (their command lines name the config files
-        as `fedstep local` was typed: runs/<run>/clients/<id>.json, relative to its folder)."""
-        return agent_processes(self.out.relative_to(self.cwd))
+        """The pids of this cloud's client agents, by client id."""
+        return agent_processes(self.out)
 
 
 def _wait_until(condition, timeout_s: float, what: str) -> None:

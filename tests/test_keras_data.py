@@ -22,32 +22,38 @@ def _model(keras):
     return digits_mlp()
 
 
-def _train(net, keras, weights, fit, rounds=3):
+def _train(net, keras, weights, fit, rounds=3, seed=0):
     """`rounds` rounds as the agent trains them: the seed set, the round's weights, `fit`; each round's
     weights and loss history."""
     out = []
     for _ in range(rounds):
-        keras.utils.set_random_seed(0)
+        keras.utils.set_random_seed(seed)
         net.set_weights(weights)
-        keras.utils.set_random_seed(0)
+        keras.utils.set_random_seed(seed)
         history = fit(net)
         weights = [w * 0.9 for w in net.get_weights()]  # a new global model every round
         out.append((net.get_weights(), history.history["loss"]))
     return out
 
 
-def test_fit_over_a_kept_pipeline_trains_bit_for_bit_as_fit_on_the_arrays(data):
+@pytest.mark.parametrize("seed", [0, 7])
+def test_fit_over_a_kept_pipeline_trains_bit_for_bit_as_fit_on_the_arrays(data, seed):
     from client_agent.keras_model import import_keras
 
     keras = import_keras()
     (x, y), _ = data
     net = _model(keras)
-    start = net.get_weights()
-    on_arrays = _train(net, keras, start, lambda n: n.fit(x, y, epochs=2, batch_size=32, shuffle=True, verbose=0))
-    kept = _train(
-        net, keras, start, lambda n: n.fit(keras_data.fit_dataset(x, y, 32), epochs=2, shuffle=False, verbose=0)
-    )
-    for (w_arrays, loss_arrays), (w_kept, loss_kept) in zip(on_arrays, kept, strict=True):
+    start_weights = net.get_weights()
+
+    def on_arrays(n):
+        return n.fit(x, y, epochs=2, batch_size=32, shuffle=True, verbose=0)
+
+    def kept(n):
+        return n.fit(keras_data.fit_dataset(x, y, 32), epochs=2, shuffle=False, verbose=0)
+
+    expected = _train(net, keras, start_weights, on_arrays, seed=seed)
+    found = _train(net, keras, start_weights, kept, seed=seed)
+    for (w_arrays, loss_arrays), (w_kept, loss_kept) in zip(expected, found, strict=True):
         for a, b in zip(w_arrays, w_kept, strict=True):
             np.testing.assert_array_equal(a, b)
         assert loss_arrays == loss_kept

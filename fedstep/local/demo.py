@@ -33,7 +33,7 @@ from fedstep.core.statistics import FederatedStatistics, Standardization
 from fedstep.core.strategies.params import to_json as params_json
 from fedstep.local.cloud import LocalCloud, agent_credentials_env
 from fedstep.local.iam.identities import OPERATOR
-from fedstep.local.processes import ClientProcesses
+from fedstep.local.processes import ClientProcesses, fork_is_safe, preload_agent
 from fedstep.operator.model import build_model, keras_payload
 from fedstep.operator.paths import point_latest_at, run_folder
 from fedstep.operator.settings import RunSettings, merge_settings
@@ -200,9 +200,13 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
     credentials = out / "local-credentials"  # each organisation's keys, written once the cloud is up
     with contextlib.ExitStack() as stack:
         stack.enter_context(_lambda_logs_to(out / "logs" / "aggregate.log"))  # restored last: logs until the end
-        procs = stack.enter_context(ClientProcesses())
-        # The agents start first: they import TensorFlow while the data is split and the stack deploys,
-        # then wait for their config (written below, once the stack's queues and roles exist).
+        # The agents start first, then wait for their config (written below, once the stack's queues and
+        # roles exist). Forked (fedstep.local.processes), they share the runner's TensorFlow import;
+        # spawned, each imports its own while the data is split and the stack deploys.
+        fork = agents_forked()
+        if fork:
+            preload_agent()
+        procs = stack.enter_context(ClientProcesses(fork=fork))
         for cid, path in config_paths.items():
             path.unlink(missing_ok=True)
             args = ["run", "--config", str(path), "--wait-for-config", str(AGENT_START_S), *agent_mode]
@@ -319,6 +323,18 @@ LOOK_INTERVAL_S = 1.0
 """How often the runner looks at the clients' failures and the execution's status meanwhile."""
 AGENT_START_S = 180.0
 """How long the runner waits for the agents: for their config file (they wait), then for their heartbeats."""
+
+
+AGENTS_ENV = "FEDSTEP_LOCAL_AGENTS"
+"""How `fedstep local` starts its agents: "fork" (the default where `fork_is_safe`) or "spawn"."""
+
+
+def agents_forked() -> bool:
+    """Whether this run forks its agents: unless FEDSTEP_LOCAL_AGENTS=spawn, where forking is safe."""
+    wanted = os.environ.get(AGENTS_ENV, "fork").strip().lower()
+    if wanted not in ("fork", "spawn"):
+        raise FedstepError(f"{AGENTS_ENV} must be fork or spawn, got {wanted!r}")
+    return wanted == "fork" and fork_is_safe()
 
 
 def write_whole(path: Path, text: str) -> None:
