@@ -175,17 +175,22 @@ def keras_fit(model: RoundModel, data: Split, training: TrainingConfig) -> dict[
     # FedProx changes the model's losses and DP-SGD trains with its own loop: those take a fresh model.
     # The seed is set before loading (a dropout layer's seed state is drawn then) and again after, so
     # training draws the same numbers whether or not the load ran the initializers.
+    from client_agent import keras_data  # the input pipelines and batches Keras would make, kept
+
     keras = import_keras()
     keras.utils.set_random_seed(model.seed)
-    net = model.keras(warm=mu == 0 and params is None)
-    from client_agent.keras_data import evaluate_dataset, fit_dataset  # Keras's own pipelines, kept
-
+    warm = mu == 0 and params is None
+    net = model.keras(warm=warm)
     keras.utils.set_random_seed(model.seed)
     if net.optimizer is None:
         raise FedstepError("the run's model is not compiled; `fedstep start --model` must return a compiled model")
+    # A warm model that went through Keras's own `fit` and `evaluate` in an earlier round runs their
+    # compiled steps directly on the kept batches (keras_data): the same numbers, without the per-call
+    # machinery that costs a small round more than its training.
+    direct = warm and not model.callbacks
     metrics: dict[str, Any] = {}
     if len(x_test):
-        before = net.evaluate(evaluate_dataset(x_test, y_test), verbose=0, return_dict=True)
+        before = _evaluate(net, keras_data.evaluate_dataset(x_test, y_test), direct)
         metrics.update({f"test_{k}_before": v for k, v in before.items()})
     if training.learning_rate is not None:  # else the model's own optimizer setting stands
         net.optimizer.learning_rate.assign(training.learning_rate)
@@ -204,18 +209,26 @@ def keras_fit(model: RoundModel, data: Split, training: TrainingConfig) -> dict[
             )
         )
     else:
-        history = net.fit(
-            fit_dataset(x_train, y_train, training.batch_size),  # shuffled by the pipeline itself
-            epochs=training.epochs,
-            shuffle=False,
-            verbose=0,
-            callbacks=model.callbacks,
-        )
-        metrics.update({f"train_{k}": v[-1] for k, v in history.history.items()})
+        dataset = keras_data.fit_dataset(x_train, y_train, training.batch_size)  # in Keras's shuffled order
+        if direct and net.train_function is not None:
+            trained = keras_data.fit_epochs(net, dataset, training.epochs)
+        else:
+            history = net.fit(dataset, epochs=training.epochs, shuffle=False, verbose=0, callbacks=model.callbacks)
+            trained = {k: v[-1] for k, v in history.history.items()}
+        metrics.update({f"train_{k}": v for k, v in trained.items()})
     if len(x_test):
-        after = net.evaluate(evaluate_dataset(x_test, y_test), verbose=0, return_dict=True)
+        after = _evaluate(net, keras_data.evaluate_dataset(x_test, y_test), direct)
         metrics.update({f"test_{k}": v for k, v in after.items()})
     return {k.replace("sparse_categorical_", ""): v for k, v in metrics.items()}
+
+
+def _evaluate(net: Any, dataset: Any, direct: bool) -> dict[str, float]:
+    """Keras's `evaluate` of `net` on a kept pipeline; its compiled step directly when `direct` and built."""
+    from client_agent import keras_data
+
+    if direct and net.test_function is not None:
+        return keras_data.evaluate_batches(net, dataset)
+    return net.evaluate(dataset, verbose=0, return_dict=True)
 
 
 EVALUATE_FUNCTION = "evaluate"

@@ -83,3 +83,41 @@ def test_a_pipeline_is_built_once_per_arrays_and_batch_size_and_few_are_kept(dat
     for i in range(keras_data.KEPT + 2):
         keras_data.evaluate_dataset(x[i:], y[i:])
     assert len(keras_data._kept) == keras_data.KEPT
+
+
+def test_the_compiled_step_over_kept_batches_trains_and_evaluates_bit_for_bit_as_fit_and_evaluate(data):
+    from client_agent.keras_model import import_keras
+
+    keras = import_keras()
+    (x, y), (x_test, y_test) = data
+    net = _model(keras)
+    start_weights = net.get_weights()
+    net.fit(x, y, epochs=1, batch_size=32, verbose=0)  # a model that went through fit and evaluate once,
+    net.evaluate(x_test, y_test, verbose=0)  # as the agent's warm model after its first round
+
+    def with_fit(n):
+        history = n.fit(x, y, epochs=2, batch_size=32, shuffle=True, verbose=0)
+        evaluated = n.evaluate(x_test, y_test, verbose=0, return_dict=True)
+        return {**evaluated, **{f"train_{k}": v[-1] for k, v in history.history.items()}}
+
+    def with_steps(n):
+        trained = keras_data.fit_epochs(n, keras_data.fit_dataset(x, y, 32), 2)
+        evaluated = keras_data.evaluate_batches(n, keras_data.evaluate_dataset(x_test, y_test))
+        return {**evaluated, **{f"train_{k}": v for k, v in trained.items()}}
+
+    for seed in (0, 7):
+        expected, found = [], []
+        for fit, out in ((with_fit, expected), (with_steps, found)):
+            weights = start_weights
+            for _ in range(3):
+                keras.utils.set_random_seed(seed)
+                net.optimizer.iterations.assign(0)
+                net.set_weights(weights)
+                keras.utils.set_random_seed(seed)
+                logs = fit(net)
+                weights = [w * 0.9 for w in net.get_weights()]
+                out.append((net.get_weights(), logs))
+        for (w_fit, logs_fit), (w_steps, logs_steps) in zip(expected, found, strict=True):
+            for a, b in zip(w_fit, w_steps, strict=True):
+                np.testing.assert_array_equal(a, b)
+            assert logs_steps == logs_fit
