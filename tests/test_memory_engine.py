@@ -33,7 +33,13 @@ class NumpyPool:
     def __init__(self) -> None:
         self.rounds: list[list[str]] = []
 
-    def run_round(self, tasks: list[ClientTask], on_result: Callable[[ClientResult], None]) -> None:
+    def run_round(
+        self,
+        tasks: list[ClientTask],
+        on_result: Callable[[ClientResult], None],
+        meanwhile: Callable[[], None] = lambda: None,
+    ) -> None:
+        meanwhile()
         self.rounds.append([t.client_id for t in tasks])
         for task in tasks:
             msg = RoundMessage.parse(task.message)

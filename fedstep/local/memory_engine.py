@@ -115,16 +115,26 @@ class ClientPool:
         )
         self.started = [self.executor.submit(ready) for _ in range(workers)]  # one spawn per submit
 
-    def run_round(self, tasks: list[ClientTask], on_result: Callable[[ClientResult], None]) -> None:
-        """Every task, `workers` at a time; `on_result` hears each result as it comes (main thread)."""
+    def run_round(
+        self, tasks: list[ClientTask], on_result: Callable[[ClientResult], None], meanwhile: Callable[[], None]
+    ) -> None:
+        """Every task, `workers` at a time; `meanwhile` runs once they are submitted (the previous round's
+        held-out evaluation), then `on_result` hears each result as it comes (main thread)."""
         pending: set[Future[ClientResult]] = {self.executor.submit(train_client, t) for t in tasks}
+        meanwhile()
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 on_result(future.result())
 
     def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        """Stop the workers at once: they hold nothing to save (TensorFlow's exit takes seconds)."""
+        workers = list((getattr(self.executor, "_processes", None) or {}).values())
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        for process in workers:
+            process.terminate()
+        for process in workers:
+            process.join(timeout=10)
 
 
 @contextlib.contextmanager
@@ -132,12 +142,8 @@ def client_pool(workers: int, data: ClientData, env: dict[str, str]) -> Iterator
     pool = ClientPool(workers, data, env)
     try:
         yield pool
-    except BaseException:
-        for process in list(getattr(pool.executor, "_processes", {}).values()):  # Ctrl-C: no round to finish
-            process.terminate()
-        pool.executor.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.close()
+    finally:
+        pool.close()
 
 
 def accountant(
@@ -247,25 +253,41 @@ class RoundLoop:
 
     def run(self, global_ref: ObjectRef, evaluator: HeldoutEvaluator) -> tuple[list[dict[str, Any]], str, ObjectRef]:
         """Every round until the last, the target or the privacy budget: the round entries (as
-        `fedstep local` writes them), the stop reason and the last global model."""
+        `fedstep local` writes them), the stop reason and the last global model. A round's held-out
+        evaluation and console line come while the workers train the next round."""
         entries: list[dict[str, Any]] = []
-        run = self.record
-        for round_number in range(1, run.rounds + 1):
-            summary, output = self.round(round_number, global_ref)
-            global_ref = summary.global_model
-            entries.append(self.entry(summary, evaluator.evaluate(tensors.decode(self.store.get(global_ref.key)))))
-            if output.get("target_reached"):
-                return entries, "target_reached", global_ref
-            if output.get("privacy_budget_spent") and round_number < run.rounds:
-                return entries, "privacy_budget", global_ref
-        return entries, "max_rounds", global_ref
+        waiting: list[RoundSummary] = []
 
-    def round(self, round_number: int, global_ref: ObjectRef) -> tuple[RoundSummary, dict[str, Any]]:
+        def report() -> None:
+            while waiting:
+                done = waiting.pop()
+                heldout = evaluator.evaluate(tensors.decode(self.store.get(done.global_model.key)))
+                entries.append(self.entry(done, heldout))
+
+        run, reason = self.record, "max_rounds"
+        try:
+            for round_number in range(1, run.rounds + 1):
+                summary, output = self.round(round_number, global_ref, report)
+                global_ref = summary.global_model
+                waiting.append(summary)
+                if output.get("target_reached"):
+                    reason = "target_reached"
+                    break
+                if output.get("privacy_budget_spent") and round_number < run.rounds:
+                    reason = "privacy_budget"
+                    break
+        finally:
+            report()  # the last round's, or the one before a failed round's
+        return entries, reason, global_ref
+
+    def round(
+        self, round_number: int, global_ref: ObjectRef, meanwhile: Callable[[], None]
+    ) -> tuple[RoundSummary, dict[str, Any]]:
         """One round, published again after a failure the state machine retries; its summary and task output."""
         run = self.record
         for attempt in range(run.round_retries + 1):
             try:
-                return self.attempt(round_number, attempt, global_ref)
+                return self.attempt(round_number, attempt, global_ref, meanwhile)
             except NOT_AGGREGATED as exc:
                 if attempt == run.round_retries:
                     raise FedstepError(f"run {run.run_id} FAILED: {type(exc).__name__}: {exc}") from None
@@ -273,7 +295,9 @@ class RoundLoop:
                 raise FedstepError(f"run {run.run_id} FAILED: {type(exc).__name__}: {exc}") from None
         raise AssertionError("unreachable")
 
-    def attempt(self, round_number: int, attempt: int, global_ref: ObjectRef) -> tuple[RoundSummary, dict[str, Any]]:
+    def attempt(
+        self, round_number: int, attempt: int, global_ref: ObjectRef, meanwhile: Callable[[], None]
+    ) -> tuple[RoundSummary, dict[str, Any]]:
         run, store, table = self.record, self.store, self.table
         reporter = RecordingReporter()
         message, recipients = publish_in_memory(
@@ -302,7 +326,7 @@ class RoundLoop:
             table.put(result.item)
 
         try:
-            self.pool.run_round(tasks, deliver)
+            self.pool.run_round(tasks, deliver, meanwhile)
             summary = try_complete_round(
                 run.run_id, round_number, store=store, table=table, reporter=reporter, settings=self.aggregation
             )
