@@ -111,7 +111,7 @@ class ClientPool:
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=start_worker,
-            initargs=(data, env),
+            initargs=(data, env, os.getpid()),
         )
         self.started = [self.executor.submit(ready) for _ in range(workers)]  # one spawn per submit
 

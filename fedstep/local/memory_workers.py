@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -69,10 +71,19 @@ _SPLITS: OrderedDict[int, Any] = OrderedDict()
 _WARM: Any = None
 
 
-def start_worker(data: ClientData, env: dict[str, str]) -> None:
-    """A worker's initializer: its thread settings (before TensorFlow is imported), then the imports
-    training needs, so the pool's start-up overlaps the main process's data preparation."""
+def start_worker(data: ClientData, env: dict[str, str], parent: int) -> None:
+    """A worker's initializer: it leaves Ctrl-C to its parent (which stops it) and gets SIGTERM when
+    the parent dies (`parent`: its pid; Linux), sets its thread settings (before TensorFlow is
+    imported), then imports what training needs, so the pool's start-up overlaps the main process's
+    data preparation."""
     global _DATA, _WARM
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            raise SystemExit(143)
     os.environ.update(env)
     _DATA = data
     from client_agent.keras_model import import_keras
