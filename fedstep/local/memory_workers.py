@@ -15,6 +15,7 @@ update file and its item out.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -90,6 +91,10 @@ def start_worker(data: ClientData, env: dict[str, str], parent: int) -> None:
     from client_agent.warm_model import WarmModel
 
     import_keras()  # TensorFlow: seconds, once per worker, its start-up banner silenced
+    # the whole data set, while the main process prepares the run; an error is not cached: a client's
+    # task meets it again, and reports it
+    with contextlib.suppress(Exception):
+        _prepared(data.dataset, data.scheme, data.seed)
 
     _WARM = WarmModel()
 
