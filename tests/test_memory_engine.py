@@ -28,10 +28,12 @@ INITIAL = {"000/dense/kernel": np.zeros((4, 2), np.float32), "001/dense/bias": n
 
 
 class NumpyPool:
-    """The client pool's interface: each client sends a delta of ones times its partition index."""
+    """The client pool's interface: each client sends a delta of ones times its partition index;
+    the clients in `failing` fail their rounds."""
 
-    def __init__(self) -> None:
+    def __init__(self, failing: tuple[str, ...] = ()) -> None:
         self.rounds: list[list[str]] = []
+        self.failing = failing
 
     def run_round(
         self,
@@ -42,6 +44,9 @@ class NumpyPool:
         meanwhile()
         self.rounds.append([t.client_id for t in tasks])
         for task in tasks:
+            if task.client_id in self.failing:
+                on_result(ClientResult(task.client_id, None, None, "ValueError: no data here"))
+                continue
             msg = RoundMessage.parse(task.message)
             delta = {name: np.full(w.shape, task.index, np.float32) for name, w in INITIAL.items()}
             file, item = encode_update(
@@ -61,13 +66,15 @@ class Evaluator:
         return {"test_accuracy": 0.5, "test_loss": float(weights["001/dense/bias"][0])}
 
 
-def _loop(settings: RunSettings, clients: int, tmp_path: Path) -> tuple[RoundLoop, NumpyPool, ObjectRef]:
+def _loop(
+    settings: RunSettings, clients: int, tmp_path: Path, failing: tuple[str, ...] = (), echo=lambda line: None
+) -> tuple[RoundLoop, NumpyPool, ObjectRef]:
     ids = sorted(f"client-{i}" for i in range(1, clients + 1))
     record = plan_run(settings.validated(), ids, "run-memory")
     record = replace(record, model=ObjectRef(keys.model_key("run-memory"), "0" * 64, 1))
-    store, table, pool = MemoryStore(), MemoryTable(record), NumpyPool()
+    store, table, pool = MemoryStore(), MemoryTable(record), NumpyPool(failing)
     initial = store_initial(store, "run-memory", INITIAL)
-    loop = RoundLoop(record, store, table, pool, b"architecture", tmp_path, settings, lambda line: None)
+    loop = RoundLoop(record, store, table, pool, b"architecture", tmp_path, settings, echo)
     return loop, pool, initial
 
 
@@ -98,6 +105,22 @@ def test_a_target_met_stops_the_run_as_the_state_machine_does(tmp_path):
     loop, _, initial = _loop(RunSettings(rounds=5, target="test_accuracy>=0.5"), 3, tmp_path)
     entries, reason, _ = loop.run(initial, Evaluator())
     assert reason == "target_reached" and len(entries) == 1
+
+
+def test_a_client_that_fails_is_named_and_its_round_aggregated_without_it_as_at_the_deadline(tmp_path):
+    lines: list[str] = []
+    loop, _, initial = _loop(RunSettings(rounds=1), 3, tmp_path, failing=("client-2",), echo=lines.append)
+    entries, _, _ = loop.run(initial, Evaluator())
+    assert lines[0].startswith("client client-2: round 1 failed") and "ValueError: no data here" in lines[0]
+    assert entries[0]["participants"] == 2 and entries[0]["heldout_loss"] == 2.0  # deltas 1 and 3
+
+
+def test_a_round_below_its_quorum_fails_the_run_by_name_after_its_retries(tmp_path):
+    settings = RunSettings(rounds=2, round_retries=1)
+    loop, pool, initial = _loop(settings, 3, tmp_path, failing=("client-1", "client-2"))
+    with pytest.raises(FedstepError, match=r"^run run-memory FAILED: QuorumNotMet: "):
+        loop.run(initial, Evaluator())
+    assert len(pool.rounds) == 2  # round 1, published again once
 
 
 @pytest.mark.parametrize(

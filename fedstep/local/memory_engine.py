@@ -105,13 +105,13 @@ class ClientPool:
     """The worker processes (spawned, each importing TensorFlow once); started at once, so their
     imports overlap the main process's preparation."""
 
-    def __init__(self, workers: int, data: ClientData, env: dict[str, str]) -> None:
+    def __init__(self, workers: int, data: ClientData, env: dict[str, str], logs: Path) -> None:
         self.workers = workers
         self.executor = ProcessPoolExecutor(
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=start_worker,
-            initargs=(data, env, os.getpid()),
+            initargs=(data, env, os.getpid(), str(logs)),
         )
         self.started = [self.executor.submit(ready) for _ in range(workers)]  # one spawn per submit
 
@@ -138,8 +138,8 @@ class ClientPool:
 
 
 @contextlib.contextmanager
-def client_pool(workers: int, data: ClientData, env: dict[str, str]) -> Iterator[ClientPool]:
-    pool = ClientPool(workers, data, env)
+def client_pool(workers: int, data: ClientData, env: dict[str, str], logs: Path) -> Iterator[ClientPool]:
+    pool = ClientPool(workers, data, env, logs)
     try:
         yield pool
     finally:
@@ -185,7 +185,7 @@ def run_memory(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[
     workers = worker_count(config.workers, per_round)
     threads = {k: v for k, v in agent_threads_env(config.clients).items() if v is not None}
     data = ClientData(config.dataset, config.clients, str(scheme), config.seed)
-    with client_pool(workers, data, {**threads, "TF_CPP_MIN_LOG_LEVEL": "3"}) as pool:
+    with client_pool(workers, data, {**threads, "TF_CPP_MIN_LOG_LEVEL": "3"}, out / "logs") as pool:
         prepared, counts = partition_data(config.dataset, client_ids, scheme, config.seed)
         echo_partition(prepared, counts, echo)
         model_ref = config.model or DEFAULT_FOR_DATASET[config.dataset]
@@ -204,7 +204,10 @@ def run_memory(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[
         for started in pool.started:
             started.result()  # a worker that cannot start says so here
         per_thread = threads.get("TF_NUM_INTRAOP_THREADS", "default")
-        echo(f"memory engine: {workers} worker process(es), {per_thread} TensorFlow thread(s) each; no local cloud")
+        echo(
+            f"memory engine: {workers} worker process(es), {per_thread} TensorFlow thread(s) each, logs in "
+            f"{out / 'logs'}; no local cloud"
+        )
         strategy_params = params_json(settings.strategy_instance().params)
         echo(
             f"run {run_id}: {settings.rounds} rounds, {config.clients} clients, data set {config.dataset}, "

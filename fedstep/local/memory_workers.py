@@ -72,11 +72,12 @@ _SPLITS: OrderedDict[int, Any] = OrderedDict()
 _WARM: Any = None
 
 
-def start_worker(data: ClientData, env: dict[str, str], parent: int) -> None:
+def start_worker(data: ClientData, env: dict[str, str], parent: int, logs: str) -> None:
     """A worker's initializer: it leaves Ctrl-C to its parent (which stops it) and gets SIGTERM when
-    the parent dies (`parent`: its pid; Linux), sets its thread settings (before TensorFlow is
-    imported), then imports what training needs, so the pool's start-up overlaps the main process's
-    data preparation."""
+    the parent dies (`parent`: its pid; Linux), writes its output (TensorFlow's and Keras's warnings)
+    to `<logs>/worker-<pid>.log` as an agent writes its log (the console is the runner's), sets its
+    thread settings (before TensorFlow is imported), then imports what training needs and loads the
+    data set, so the pool's start-up overlaps the main process's preparation."""
     global _DATA, _WARM
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
@@ -85,6 +86,12 @@ def start_worker(data: ClientData, env: dict[str, str], parent: int) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         if os.getppid() != parent:  # the parent died before prctl took effect
             raise SystemExit(143)
+    Path(logs).mkdir(parents=True, exist_ok=True)
+    with open(Path(logs) / f"worker-{os.getpid()}.log", "ab") as log:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
     os.environ.update(env)
     _DATA = data
     from client_agent.keras_model import import_keras
