@@ -36,7 +36,7 @@ The script ends with the issue's acceptance check, one verdict line per alpha an
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import os
 import re
 import sys
@@ -55,49 +55,23 @@ sys.path.insert(0, str(ROOT))  # the repository: fedstep, client_agent and tests
 
 from fedstep.core import keys, limits, strategies, tensors  # noqa: E402
 from fedstep.core.errors import FedstepError  # noqa: E402
-from fedstep.core.rounds import publish_round, try_complete_round  # noqa: E402
+from fedstep.core.rounds import try_complete_round  # noqa: E402
 from fedstep.core.schemas import (  # noqa: E402
     ObjectRef,
-    RoundMessage,
     RunRecord,
     TrainingConfig,
 )
 from fedstep.core.updates import encode_update  # noqa: E402
-from fedstep.memory import MemoryStore, MemoryTable, RecordingPublisher, RecordingReporter  # noqa: E402
+from fedstep.memory import MemoryStore, MemoryTable, RecordingReporter  # noqa: E402
+from fedstep.memory.run import publish_in_memory as publish_in_memory_at  # noqa: E402
+from fedstep.memory.run import start_in_memory  # noqa: E402
 
 RUN = "bench-strategies"
 ISSUED_AT = "2026-12-01T00:00:00Z"
 
 
-def start_in_memory(record: RunRecord, initial: dict[str, np.ndarray]) -> tuple[MemoryStore, MemoryTable, ObjectRef]:
-    """A run on the in-memory ports: its store, its table and its round-0 model's reference."""
-    store, table = MemoryStore(), MemoryTable(record)
-    data = tensors.encode(initial, {"kind": "global", "run_id": record.run_id, "round": 0})
-    key = keys.global_key(record.run_id, 0, keys.INITIAL_VERSION)
-    store.put(key, data)
-    return store, table, ObjectRef(key, tensors.sha256_hex(data), len(data))
-
-
-def publish_in_memory(
-    store: MemoryStore, table: MemoryTable, run_id: str, round_number: int, model: ObjectRef
-) -> tuple[RoundMessage, list[str]]:
-    """Publish a round as the state machine does; the round message as a client receives it (through
-    JSON), and the clients it went to."""
-    publisher = RecordingPublisher()
-    publish_round(
-        run_id,
-        round_number,
-        0,
-        model,
-        f"token-{round_number}",
-        ISSUED_AT,
-        store=store,
-        table=table,
-        publisher=publisher,
-        reporter=RecordingReporter(),
-    )
-    body, recipients = publisher.messages[-1]
-    return RoundMessage.parse(json.loads(json.dumps(body))), recipients
+publish_in_memory = functools.partial(publish_in_memory_at, issued_at=ISSUED_AT)
+"""`fedstep.memory.run.publish_in_memory` at the benchmarks' fixed time (their runs are reproducible)."""
 
 
 CLIENTS = 10

@@ -74,6 +74,8 @@ def simulate(
     keep_running: bool = False,
     run_file: str | Path | None = None,
     verbose: bool = True,
+    engine: str = "cloud",
+    workers: int | None = None,
     **settings: Any,
 ) -> pd.DataFrame:
     """A federated training on the embedded local cloud, as `fedstep local` runs it (the same function).
@@ -85,7 +87,9 @@ def simulate(
     interrupted), `run_file`, and any run setting by its snake-case name (`learning_rate=0.05`,
     `strategy="fedadam"`, `strategy_params={"eta": 0.01}`, `target="test_accuracy>=0.9"`,
     `round_timeout_s=600`, `dp="central"`, `standardize="federated"`, ...).
-    `verbose=False` prints nothing.
+    `verbose=False` prints nothing. `engine="memory"` runs the same rounds in this process and a pool
+    of `workers` worker processes (default one per core) instead of the local cloud, up to 1,000 clients
+    (`fedstep local --engine memory`; docs/local-cloud.md, Two engines).
 
     Returns the run's history: a pandas DataFrame indexed by round, one row per round, with columns
     participants, rejected (count), loss and accuracy (the clients' weighted metrics after local
@@ -110,6 +114,8 @@ def simulate(
         keep_running=keep_running,
         run_file=_run_file(run_file),
         settings=settings,
+        engine=engine,
+        workers=workers,
     )
     summary = run_demo(config, echo=_echo(verbose))
     history = history_frame(summary["rounds"])

@@ -405,3 +405,27 @@ def test_the_seed_changes_the_split(name):
     held_0 = set(rows(load_heldout(name, seed=0)[0]))
     held_1 = set(rows(load_heldout(name, seed=1)[0]))
     assert held_0 != held_1
+
+
+def test_a_parsed_data_set_is_kept_and_read_back_as_the_same_arrays_and_a_broken_cache_is_parsed_again(tmp_path):
+    """`datasets.cached_arrays` (mnist's CSV: 2-3 s of CPU in every agent and memory-engine worker)."""
+    from client_agent.datasets import cached_arrays
+
+    source = tmp_path / "data.csv"
+    source.write_text("1,2,3\n")
+    parsed = []
+
+    def parse():
+        parsed.append(1)
+        return np.arange(6, dtype=np.float32).reshape(2, 3) / 7, np.array([0, 1], dtype=np.int64)
+
+    first = cached_arrays("toy", source, parse, tmp_path / "cache")
+    second = cached_arrays("toy", source, parse, tmp_path / "cache")
+    assert len(parsed) == 1
+    assert all(a.tobytes() == b.tobytes() and a.dtype == b.dtype for a, b in zip(first, second, strict=True))
+    (kept,) = (tmp_path / "cache").iterdir()
+    kept.write_bytes(b"not an npz")
+    cached_arrays("toy", source, parse, tmp_path / "cache")
+    source.write_text("1,2,4\n")  # another source: another cache file
+    cached_arrays("toy", source, parse, tmp_path / "cache")
+    assert len(parsed) == 3 and len(list((tmp_path / "cache").iterdir())) == 2

@@ -141,6 +141,39 @@ def test_digits_with_three_clients_reaches_80_percent_and_improves_every_round(k
         assert "libraries imported" in (out / "logs" / f"{client}.log").read_text()
 
 
+def _round_lines(output: str) -> list[str]:
+    """The round lines and the final line, without the times (wall clock, not results)."""
+    lines = [line for line in output.splitlines() if line.startswith(("round ", "final global model"))]
+    return [re.sub(r"  \d+\.\d s\b|; summary in .*", "", line) for line in lines]
+
+
+def test_memory_engine_matches_cloud_engine_per_round(kept, tmp_path):
+    """fedstep issue 24: `--engine memory` on the kept cloud's own configuration (digits, 3 clients, 5
+    rounds, seed 0) gives the same per-round numbers: held-out accuracy and loss, the round summary's
+    weighted metrics and the strategy's measurements, and the same console lines. One worker process:
+    it trains all three clients on one warm model, as no agent does, and still matches."""
+    args = ("--dataset", "digits", "--clients", "3", "--rounds", "5", "--engine", "memory", "--workers", "1")
+    result = subprocess.run(
+        [sys.executable, "-m", "fedstep", "local", "--out", str(tmp_path), *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout
+    cloud = json.loads((kept.out / "summary.json").read_text())
+    memory = json.loads((tmp_path / "summary.json").read_text())
+    fields = ("round", "participants", "heldout_accuracy", "heldout_loss", "metrics", "measurements", "bytes_up")
+    assert [{f: r[f] for f in fields} for r in memory["rounds"]] == [{f: r[f] for f in fields} for r in cloud["rounds"]]
+    assert memory["final"] == cloud["final"] and memory["config"] == cloud["config"]
+    assert memory["partition"] == cloud["partition"] and memory["stop_reason"] == cloud["stop_reason"]
+    assert memory["engine"] == {"name": "memory", "workers": 1}
+    assert _round_lines(result.stdout) == _round_lines("".join(kept.lines))
+    assert len(_round_lines(result.stdout)) == 6
+    assert "memory engine: 1 worker process(es)" in result.stdout
+
+
 def test_sourcing_the_env_file_in_bash_puts_fedstep_on_path(kept, tmp_path):
     bare = subprocess.run(["bash", "-c", "fedstep --help"], env={**os.environ, "PATH": SHELL_PATH}, capture_output=True)
     assert bare.returncode == 127  # what the README's next line said before: fedstep: command not found

@@ -45,6 +45,9 @@ def test_simulate_refuses_a_setting_it_does_not_know_naming_it_before_anything_s
         ({"clients": 1}, "min_participants 2 is more than the 1 client(s) selected per round"),
         ({"strategy": "fedadam", "strategy_params": {"etta": 1}}, "etta"),
         ({"seed": "7"}, "seed must be a whole number, got '7'"),
+        ({"engine": "memory", "workers": 0}, "--workers must be 1 to 256, got 0"),
+        ({"engine": "memory", "keep_running": True}, "--keep-running keeps the local cloud up"),
+        ({"engine": "memory", "clients": 1}, "min_participants 2 is more than the 1 client(s) selected per round"),
     ],
 )
 def test_simulate_gives_the_same_errors_as_fedstep_local(kwargs, message, tmp_path):

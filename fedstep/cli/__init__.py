@@ -344,6 +344,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="after the run, keep the local cloud and its client agents up for `fedstep status`, `report`, "
         "`start`, ... until Ctrl-C (writes <out>/local-cloud.env)",
     )
+    local.add_argument(
+        "--engine",
+        default="cloud",
+        choices=("cloud", "memory"),
+        help="cloud: deploy the stack into the embedded local cloud, one agent process per client (default); "
+        "memory: the same rounds in this process and a pool of worker processes, up to 1000 clients, no cloud "
+        "(docs/local-cloud.md, Two engines)",
+    )
+    local.add_argument(
+        "--workers", type=int, help="--engine memory: worker processes training the clients (default one per core)"
+    )
     _settings_args(local, LOCAL_DEFAULTS)
     return parser
 
@@ -616,6 +627,8 @@ def _local(args: argparse.Namespace) -> int:
         keep_running=args.keep_running,
         run_file=_run_file(args),
         settings=run_flags(args),
+        engine=args.engine,
+        workers=args.workers,
     )
     run_demo(config)
     return 0

@@ -28,12 +28,13 @@ from fedstep.core.dp import neighbouring
 from fedstep.core.errors import FedstepError
 from fedstep.core.imports import load_callable
 from fedstep.core.label_counts import LabelCounts
-from fedstep.core.schemas import FailureItem, RoundSummary, Target, headline_metric
+from fedstep.core.schemas import FailureItem, RoundSummary, Target
 from fedstep.core.statistics import FederatedStatistics, Standardization
 from fedstep.core.strategies.params import to_json as params_json
 from fedstep.local.cloud import LocalCloud, agent_credentials_env
 from fedstep.local.iam.identities import OPERATOR
 from fedstep.local.processes import ClientProcesses, fork_is_safe, preload_agent
+from fedstep.local.round_entries import round_entry, round_line
 from fedstep.operator.model import build_model, keras_payload
 from fedstep.operator.paths import point_latest_at, run_folder
 from fedstep.operator.settings import RunSettings, merge_settings
@@ -71,6 +72,10 @@ class DemoConfig:
     keep_running: bool = False
     """After the run, keep the local cloud and its client agents up (for `fedstep status`, `report`,
     `start`, ...) until Ctrl-C or SIGTERM."""
+    engine: str = "cloud"
+    """cloud (the embedded local cloud) or memory (in-process: `fedstep.local.memory_engine`)."""
+    workers: int | None = None
+    """The memory engine's worker processes (None: one per core)."""
 
 
 LOCAL_SETTINGS = RunSettings(rounds=5, round_timeout_s=600)
@@ -88,6 +93,8 @@ def demo_config(
     keep_running: bool = False,
     run_file: dict[str, Any] | None = None,
     settings: dict[str, Any] | None = None,
+    engine: str = "cloud",
+    workers: int | None = None,
 ) -> DemoConfig:
     """The options of `fedstep local` (the CLI) and `fedstep.simulate` (the Python API) as one config.
 
@@ -106,11 +113,9 @@ def demo_config(
         seed=seed,
         settings=merge_settings(LOCAL_SETTINGS, run_file, {**(settings or {}), "seed": seed}),
         keep_running=keep_running,
+        engine=engine,
+        workers=workers,
     )
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def heldout_inputs(
@@ -179,6 +184,11 @@ def agent_threads_env(agents: int, cores: int | None = None) -> dict[str, str | 
 
 
 def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    from fedstep.local import memory_engine
+
+    memory_engine.check_engine_options(config.engine, config.workers, config.keep_running)
+    if config.engine == "memory":
+        return memory_engine.run_memory(config, echo)
     from client_agent.models import DEFAULT_FOR_DATASET
     from infra.config import ClientConfig, DeploymentConfig
 
@@ -414,8 +424,9 @@ def demo_summary(
     }
 
 
-def check_data_args(config: DemoConfig) -> Scheme:
-    """The data arguments, checked before anything starts; the parsed partition scheme."""
+def check_data_args(config: DemoConfig, max_clients: int = 50) -> Scheme:
+    """The data arguments, checked before anything starts (at most `max_clients` clients: each is an
+    agent process in the local cloud); the parsed partition scheme."""
     from client_agent.config import MAX_SEED
     from client_agent.datasets import BUILTIN, HEART_DATASETS
     from client_agent.partitions import parse_scheme
@@ -445,8 +456,9 @@ def check_data_args(config: DemoConfig) -> Scheme:
         scheme = parse_scheme("natural")
     if config.dataset in HEART_DATASETS and config.clients not in (1, 4):
         raise FedstepError(f"the {config.dataset} data set has 4 hospitals: use --clients 4 (one hospital per client)")
-    if not 1 <= config.clients <= 50:
-        raise FedstepError(f"--clients must be 1 to 50, got {config.clients}")
+    if not 1 <= config.clients <= max_clients:
+        more = " (up to 1000 with --engine memory)" if max_clients == 50 else ""
+        raise FedstepError(f"--clients must be 1 to {max_clients}, got {config.clients}{more}")
     if not 0 <= config.seed <= MAX_SEED:
         raise FedstepError(f"--seed must be 0 to {MAX_SEED}, got {config.seed}")
     return scheme
@@ -663,31 +675,9 @@ def _watch(
         for item in table.list_rounds(run_id, after=seen[-1]["round"] if seen else 0):
             summary = RoundSummary.parse(item)
             heldout = evaluator.evaluate(tensors.decode(store.get(summary.global_model.key)))
-            entry = {
-                "round": summary.round,
-                "participants": len(summary.participants),
-                "accuracy": headline_metric(summary.metrics, "accuracy"),
-                "loss": headline_metric(summary.metrics, "loss"),
-                "heldout_accuracy": heldout["test_accuracy"],
-                "heldout_loss": heldout["test_loss"],
-                "metrics": summary.metrics,
-                "rejected": [asdict(r) for r in summary.rejected],
-                "duration_s": summary.duration_s,
-                "bytes_up": summary.bytes_aggregated,
-                "measurements": summary.measurements,
-                "kept": summary.kept,
-                "epsilon": summary.epsilon,
-                "delta": summary.delta,
-                "neighbouring": relation,
-            }
+            entry = round_entry(summary, heldout, relation)
             seen.append(entry)
-            echo(
-                f"round {summary.round}/{total}  participants {entry['participants']}  "
-                f"loss {_fmt(entry['loss'])}  accuracy {_fmt(entry['accuracy'])}  "
-                f"held-out accuracy {_fmt(entry['heldout_accuracy'])}  {summary.duration_s:.1f} s"
-                + (f"  rejected {len(summary.rejected)}" if summary.rejected else "")
-                + (f"  epsilon {summary.epsilon:.3f} ({relation})" if summary.epsilon is not None else "")
-            )
+            echo(round_line(summary, entry, total, relation))
         if not looking and len(seen) < total:
             time.sleep(WATCH_INTERVAL_S)
             continue

@@ -1,0 +1,157 @@
+"""`fedstep local --engine memory` (fedstep issue 24, point 3): the state machine's loop on the in-memory
+ports, with the client pool replaced by a numpy stand-in (no TensorFlow, no worker process). Its match
+with the cloud engine, metric for metric, is tests/test_kept_cloud.py's
+test_memory_engine_matches_cloud_engine_per_round."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedstep.core import keys, tensors
+from fedstep.core.errors import FedstepError
+from fedstep.core.schemas import ObjectRef, RoundMessage
+from fedstep.core.updates import encode_update
+from fedstep.local.demo import demo_config, partition_data, run_demo
+from fedstep.local.memory_engine import RoundLoop, worker_count
+from fedstep.local.memory_workers import ClientResult, ClientTask
+from fedstep.memory import MemoryStore, MemoryTable
+from fedstep.memory.run import store_initial
+from fedstep.operator.settings import RunSettings
+from fedstep.operator.start import plan_run
+
+INITIAL = {"000/dense/kernel": np.zeros((4, 2), np.float32), "001/dense/bias": np.zeros(2, np.float32)}
+
+
+class NumpyPool:
+    """The client pool's interface: each client sends a delta of ones times its partition index;
+    the clients in `failing` fail their rounds."""
+
+    def __init__(self, failing: tuple[str, ...] = ()) -> None:
+        self.rounds: list[list[str]] = []
+        self.failing = failing
+
+    def run_round(
+        self,
+        tasks: list[ClientTask],
+        on_result: Callable[[ClientResult], None],
+        meanwhile: Callable[[], None] = lambda: None,
+    ) -> None:
+        meanwhile()
+        self.rounds.append([t.client_id for t in tasks])
+        for task in tasks:
+            if task.client_id in self.failing:
+                on_result(ClientResult(task.client_id, None, None, "ValueError: no data here"))
+                continue
+            msg = RoundMessage.parse(task.message)
+            delta = {name: np.full(w.shape, task.index, np.float32) for name, w in INITIAL.items()}
+            file, item = encode_update(
+                delta,
+                run_id=msg.run_id,
+                round_number=msg.round,
+                client_id=task.client_id,
+                num_examples=2,
+                metrics={"test_accuracy": 0.5, "test_accuracy_before": 0.5},
+                created_at="2026-12-01T00:00:00Z",
+            )
+            on_result(ClientResult(task.client_id, file, item.to_item()))
+
+
+class Evaluator:
+    def evaluate(self, weights: tensors.Tensors) -> dict[str, float]:
+        return {"test_accuracy": 0.5, "test_loss": float(weights["001/dense/bias"][0])}
+
+
+def _loop(
+    settings: RunSettings, clients: int, tmp_path: Path, failing: tuple[str, ...] = (), echo=lambda line: None
+) -> tuple[RoundLoop, NumpyPool, ObjectRef]:
+    ids = sorted(f"client-{i}" for i in range(1, clients + 1))
+    record = plan_run(settings.validated(), ids, "run-memory")
+    record = replace(record, model=ObjectRef(keys.model_key("run-memory"), "0" * 64, 1))
+    store, table, pool = MemoryStore(), MemoryTable(record), NumpyPool(failing)
+    initial = store_initial(store, "run-memory", INITIAL)
+    loop = RoundLoop(record, store, table, pool, b"architecture", tmp_path, settings, echo)
+    return loop, pool, initial
+
+
+def test_sampling_1000_clients_selects_clients_per_round_in_every_round_by_the_cloud_selection(tmp_path):
+    from fedstep.core.selection import select
+
+    settings = RunSettings(rounds=3, clients_per_round="20", seed=7)
+    loop, pool, initial = _loop(settings, 1000, tmp_path)
+    entries, reason, _ = loop.run(initial, Evaluator())
+    assert reason == "max_rounds" and [e["participants"] for e in entries] == [20, 20, 20]
+    clients = [f"client-{i}" for i in range(1, 1001)]
+    assert pool.rounds == [select(clients, 20, 7, r) for r in (1, 2, 3)]
+    assert len({tuple(r) for r in pool.rounds}) == 3  # a new sample each round
+
+
+def test_a_rounds_update_files_are_deleted_once_it_is_aggregated(tmp_path):
+    loop, _, initial = _loop(RunSettings(rounds=2), 3, tmp_path)
+    entries, _, last = loop.run(initial, Evaluator())
+    updates = [k for k in loop.store.puts if k.startswith(keys.UPDATES_PREFIX)]
+    assert updates, loop.store.puts
+    assert all(k not in loop.store.objects for k in updates) and sorted(loop.store.deleted) == sorted(updates)
+    assert last.key in loop.store.objects  # the global models stay (summary.json names them)
+    # FedAvg of deltas 1, 2, 3 on equal examples: +2 per round
+    assert [e["heldout_loss"] for e in entries] == [2.0, 4.0]
+
+
+def test_a_target_met_stops_the_run_as_the_state_machine_does(tmp_path):
+    loop, _, initial = _loop(RunSettings(rounds=5, target="test_accuracy>=0.5"), 3, tmp_path)
+    entries, reason, _ = loop.run(initial, Evaluator())
+    assert reason == "target_reached" and len(entries) == 1
+
+
+def test_a_client_that_fails_is_named_and_its_round_aggregated_without_it_as_at_the_deadline(tmp_path):
+    lines: list[str] = []
+    loop, _, initial = _loop(RunSettings(rounds=1), 3, tmp_path, failing=("client-2",), echo=lines.append)
+    entries, _, _ = loop.run(initial, Evaluator())
+    assert lines[0].startswith("client client-2: round 1 failed") and "ValueError: no data here" in lines[0]
+    assert entries[0]["participants"] == 2 and entries[0]["heldout_loss"] == 2.0  # deltas 1 and 3
+
+
+def test_a_round_below_its_quorum_fails_the_run_by_name_after_its_retries(tmp_path):
+    settings = RunSettings(rounds=2, round_retries=1)
+    loop, pool, initial = _loop(settings, 3, tmp_path, failing=("client-1", "client-2"))
+    with pytest.raises(FedstepError, match=r"^run run-memory FAILED: QuorumNotMet: "):
+        loop.run(initial, Evaluator())
+    assert len(pool.rounds) == 2  # round 1, published again once
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"engine": "memory", "workers": 0}, "--workers must be 1 to 256, got 0"),
+        ({"engine": "memory", "workers": 1000}, "--workers must be 1 to 256, got 1000"),
+        ({"engine": "cloud", "workers": 2}, "--workers sets the memory engine's worker processes"),
+        ({"engine": "memory", "keep_running": True}, "--keep-running keeps the local cloud up"),
+        ({"engine": "lambda"}, "--engine must be one of cloud, memory"),
+        ({"engine": "memory", "clients": 1001}, "--clients must be 1 to 1000, got 1001"),
+        ({"engine": "cloud", "clients": 51}, "--clients must be 1 to 50, got 51 (up to 1000 with --engine memory)"),
+        ({"engine": "memory", "settings": {"standardize": "federated"}}, "standardize federated asks the clients"),
+    ],
+)
+def test_options_one_engine_cannot_take_are_refused_by_name_before_anything_starts(options, message, tmp_path):
+    with pytest.raises(FedstepError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        run_demo(demo_config(out=tmp_path, **options))
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_workers_default_to_one_per_core_and_never_exceed_a_rounds_clients():
+    assert worker_count(None, 1000) >= 1
+    assert worker_count(8, 3) == 3 and worker_count(2, 20) == 2
+
+
+def test_1000_digits_clients_are_refused_clearly_in_both_engines_the_pool_holds_1437():
+    """digits' pool of 1,437 examples cannot give 1,000 clients the 2 each needs (one to train, one to
+    test): the same check (`partition_data`) refuses it for either engine, naming the fix."""
+    ids = [f"client-{i}" for i in range(1, 1001)]
+    with pytest.raises(FedstepError, match=r"client-\d+ would get 1 example\(s\) of a pool of 1437; .*use fewer"):
+        partition_data("digits", ids, "iid", 0)
+    _, counts = partition_data("digits", ids[:700], "iid", 0)  # 700 clients: 2 or 3 examples each
+    assert min(sum(c) for c in counts.clients.values()) == 2
