@@ -1,19 +1,22 @@
-"""Keras input pipelines built once per data set and kept, instead of once per `fit` or `evaluate`.
+"""The batches Keras would make of a client's numpy arrays, made once and kept, and Keras's own
+compiled steps run on them.
 
 Given numpy arrays, every `Model.fit` and `Model.evaluate` call builds a new `tf.data` pipeline
-(Keras's `ArrayDataAdapter`: a shuffled index permutation, batching, a traced parallel gather) and an
-iterator over it: on a small local data set that costs more than the training itself (digits: 60 ms
-of CPU for an `evaluate` on 96 examples, 5 ms over a kept pipeline). `fit_dataset` and
-`evaluate_dataset` return pipelines that give Keras the very batches it would have made of those
-arrays, in the same order, built on first use and kept while the arrays are:
-- evaluation: the examples in order, in batches (no permutation);
-- training: Keras's own shuffled pipeline is built once, under the global seed of the call, and read
-  once; its batches are kept, in order, as a plain pipeline. Its permutation comes from a random op
-  whose seeds are fixed when the pipeline is built, so every pass over it (every epoch, every round)
-  yields the same order, as does a pipeline Keras builds afresh after the same `set_random_seed` (the
-  agent sets the run's seed before every round). A different global seed builds it again.
-tests/test_keras_data.py checks both bit for bit against `fit` and `evaluate` on the arrays, over
-rounds and epochs.
+(Keras's `ArrayDataAdapter`: a shuffled index permutation, batching, a traced parallel gather), an
+iterator over it, an epoch iterator and callbacks: on a small local data set that costs several
+times the training itself (digits: 0.28 s of CPU for a round's evaluate, fit, evaluate; 0.09 s
+with what follows). `kept(x, y, batch_size, shuffle)` gives the batches Keras would make, in its
+order, made once and kept while the arrays are:
+- evaluation: the examples in order, in batches;
+- training: in Keras's shuffled order. The order comes from Keras's own permutation pipeline, read
+  once per number of examples, batch size and global seed. Its random op's seeds are fixed when the
+  pipeline is built, from the global seed alone, so every pass (every epoch, every round) yields the
+  same order, as does a pipeline Keras builds afresh after the same `set_random_seed` (the agent
+  sets the run's seed before every round).
+`Kept.dataset()` is a plain `tf.data` pipeline of those batches (for Keras's `fit` and `evaluate`);
+`fit_epochs` and `evaluate_batches` run Keras's compiled train and test steps on `Kept.batches()`
+directly, for a model that went through `fit` and `evaluate` once. tests/test_keras_data.py checks
+all of it bit for bit against `fit` and `evaluate` on the arrays, over rounds, epochs and seeds.
 """
 
 from __future__ import annotations
@@ -24,105 +27,136 @@ from typing import Any
 import numpy as np
 
 KEPT = 8
-"""Pipelines kept (least recently used dropped first): a client's train and test splits, a held-out set."""
+"""Arrays whose batches are kept (least recently used dropped first): a client's train and test
+splits, a held-out set, and the clients a simulation worker trained last."""
 
 EVALUATE_BATCH_SIZE = 32
 """Keras's own default batch size for `evaluate`."""
 
-_Key = tuple[int, int, int, bool, Any]
-_kept: OrderedDict[_Key, tuple[Any, Any, Any]] = OrderedDict()
+ORDERS_KEPT = 256
+"""Shuffled orders kept, by number of examples, batch size and global seed."""
 
 
-def fit_dataset(x: np.ndarray, y: np.ndarray, batch_size: int) -> Any:
-    """The batches `Model.fit(x, y, batch_size=batch_size, shuffle=True)` trains on, in its order (give
-    `fit` `shuffle=False` with it: the order is the shuffled one, and Keras warns of a `shuffle` it ignores)."""
-    return _dataset(x, y, batch_size, shuffle=True)
+class Kept:
+    """The batches of (x, y) Keras would make, in its order (`order`: the examples' indices; None: as they are)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, order: np.ndarray | None) -> None:
+        self.x, self.y, self.batch_size, self.order = x, y, batch_size, order
+        self._dataset: Any = None
+        self._batches: list[tuple[Any, Any]] | None = None
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return (self.x, self.y) if self.order is None else (self.x[self.order], self.y[self.order])
+
+    def dataset(self) -> Any:
+        """A `tf.data` pipeline of the batches (give `fit` `shuffle=False` with it: it is in Keras's order)."""
+        if self._dataset is None:
+            import tensorflow as tf
+
+            self._dataset = tf.data.Dataset.from_tensor_slices(self._arrays()).batch(self.batch_size)
+        return self._dataset
+
+    def batches(self) -> list[tuple[Any, Any]]:
+        """The batches as tensors."""
+        if self._batches is None:
+            import tensorflow as tf
+
+            x, y = self._arrays()
+            size = self.batch_size
+            self._batches = [
+                (tf.constant(x[i : i + size]), tf.constant(y[i : i + size])) for i in range(0, len(y), size)
+            ]
+        return self._batches
 
 
-def evaluate_dataset(x: np.ndarray, y: np.ndarray, batch_size: int = EVALUATE_BATCH_SIZE) -> Any:
+_kept: OrderedDict[tuple[int, int, int, bool, Any], tuple[Any, Any, Kept]] = OrderedDict()
+_orders: OrderedDict[tuple[int, int, Any], np.ndarray] = OrderedDict()
+
+
+def arrays_kept(*arrays: Any) -> bool:
+    """Whether these are arrays whose batches are kept: numpy arrays (a trainer's other inputs, such
+    as a dict of features, go to Keras as they are)."""
+    return all(isinstance(a, np.ndarray) for a in arrays)
+
+
+def fit_data(x: np.ndarray, y: np.ndarray, batch_size: int) -> Kept:
+    """The batches `Model.fit(x, y, batch_size=batch_size, shuffle=True)` trains on, in its order."""
+    return _kept_for(x, y, batch_size, shuffle=True)
+
+
+def evaluate_data(x: np.ndarray, y: np.ndarray, batch_size: int = EVALUATE_BATCH_SIZE) -> Kept:
     """The batches `Model.evaluate(x, y, batch_size=batch_size)` evaluates (default 32, Keras's)."""
-    return _dataset(x, y, batch_size, shuffle=False)
+    return _kept_for(x, y, batch_size, shuffle=False)
 
 
-def _dataset(x: Any, y: Any, batch_size: int, shuffle: bool) -> Any:
+def _kept_for(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool) -> Kept:
+    if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)):
+        raise TypeError("kept batches are made of numpy arrays")
     from tensorflow.python.eager import context
 
     seed = context.global_seed() if shuffle else None  # the permutation's seeds follow from it
     key = (id(x), id(y), int(batch_size), shuffle, seed)
-    kept = _kept.get(key)
-    if kept is not None and kept[0] is x and kept[1] is y:  # the arrays are held, so their ids are theirs
+    entry = _kept.get(key)
+    if entry is not None and entry[0] is x and entry[1] is y:  # the arrays are held, so their ids are theirs
         _kept.move_to_end(key)
-        return kept[2]
-    dataset = _build(x, y, int(batch_size), shuffle)
-    _kept[key] = (x, y, dataset)
+        return entry[2]
+    order = _order(len(y), int(batch_size), seed) if shuffle else None
+    kept = _kept[key] = (x, y, Kept(x, y, int(batch_size), order))
     while len(_kept) > KEPT:
         _kept.popitem(last=False)
-    return dataset
+    return kept[2]
 
 
-def _build(x: Any, y: Any, batch_size: int, shuffle: bool) -> Any:
-    import tensorflow as tf
-    from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
+def _order(examples: int, batch_size: int, seed: Any) -> np.ndarray:
+    """Keras's shuffled order of `examples` examples: its own permutation pipeline (`ArrayDataAdapter`,
+    shuffle=True) over the indices, read once. It depends on the number of examples and the global
+    seed only, so it is kept by those (and the batch size, for safety)."""
+    key = (examples, batch_size, seed)
+    order = _orders.get(key)
+    if order is None:
+        from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
 
-    plain = isinstance(x, np.ndarray) and isinstance(y, np.ndarray)
-    if plain and not shuffle:
-        return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
-    adapter = ArrayDataAdapter(x, y, batch_size=batch_size, shuffle=shuffle)
-    # its length stated, as Keras knows it for arrays: no "ran out of data" warning at the end of a pass
-    keras_own = adapter.get_tf_dataset().apply(tf.data.experimental.assert_cardinality(adapter.num_batches))
-    if not plain:  # nested inputs: Keras's own pipeline, kept
-        return keras_own
-    batches = [(bx.numpy(), by.numpy()) for bx, by in keras_own]
-    xs, ys = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
-    return tf.data.Dataset.from_tensor_slices((xs, ys)).batch(batch_size)
-
-
-# -- the compiled step over kept batches ---------------------------------------------------------
-
-
-def batches(dataset: Any) -> list[tuple[Any, ...]]:
-    """A kept pipeline's batches as tensors, read once and kept with it (the pipeline yields the same
-    batches, in the same order, on every pass)."""
-    kept = _batches.get(id(dataset))
-    if kept is None or kept[0] is not dataset:
-        kept = _batches[id(dataset)] = (dataset, list(dataset))
-        live = {id(entry[2]) for entry in _kept.values()}
-        for key in [k for k in _batches if k not in live and k != id(dataset)]:
-            del _batches[key]
-    return kept[1]
+        indices = np.arange(examples, dtype=np.int64)
+        adapter = ArrayDataAdapter(indices, indices, batch_size=batch_size, shuffle=True)
+        order = np.concatenate([batch[0].numpy() for batch in adapter.get_tf_dataset().take(adapter.num_batches)])
+        _orders[key] = order
+        while len(_orders) > ORDERS_KEPT:
+            _orders.popitem(last=False)
+    else:
+        _orders.move_to_end(key)
+    return order
 
 
-_batches: dict[int, tuple[Any, list[tuple[Any, ...]]]] = {}
+# -- Keras's compiled steps on the kept batches ---------------------------------------------------
 
 
-def fit_epochs(net: Any, dataset: Any, epochs: int) -> dict[str, float]:
-    """What `net.fit(dataset, epochs=epochs, shuffle=False, verbose=0)` does to `net` and returns as its
-    last epoch's logs, for a compiled, built model and no callbacks: each epoch resets the metrics and
-    runs Keras's own compiled train step (`make_train_function`) on each kept batch in turn. Without
-    `fit`'s per-call machinery (an epoch iterator, a `tf.data` iterator, callbacks), a small local data
-    set trains in a fraction of the time, to the same weights (tests/test_keras_data.py)."""
+def fit_epochs(net: Any, data: Kept, epochs: int) -> dict[str, float]:
+    """What `net.fit(data.dataset(), epochs=epochs, shuffle=False, verbose=0)` does to `net` and returns
+    as its last epoch's logs, for a compiled model that went through `fit` once and no callbacks: each
+    epoch resets the metrics and runs Keras's own compiled train step (`make_train_function`) on each
+    kept batch in turn, without `fit`'s per-call machinery."""
     net.make_train_function()
     net.stop_training = False
-    kept = batches(dataset)
+    batches = data.batches()
     logs: Any = {}
     for _ in range(epochs):
         net.reset_metrics()
-        steps = iter(kept)
-        for _ in kept:
+        steps = iter(batches)
+        for _ in batches:
             logs = net.train_function(steps)
         logs = _metrics_or_logs(net, logs)
     return _floats(logs)
 
 
-def evaluate_batches(net: Any, dataset: Any) -> dict[str, float]:
-    """What `net.evaluate(dataset, verbose=0, return_dict=True)` returns, by Keras's own compiled test
-    step (`make_test_function`) on each kept batch in turn, the metrics reset first."""
+def evaluate_batches(net: Any, data: Kept) -> dict[str, float]:
+    """What `net.evaluate(data.dataset(), verbose=0, return_dict=True)` returns, by Keras's own compiled
+    test step (`make_test_function`) on each kept batch in turn, the metrics reset first."""
     net.make_test_function()
-    kept = batches(dataset)
+    batches = data.batches()
     net.reset_metrics()
     logs: Any = {}
-    steps = iter(kept)
-    for _ in kept:
+    steps = iter(batches)
+    for _ in batches:
         logs = net.test_function(steps)
     return _floats(_metrics_or_logs(net, logs))
 

@@ -184,13 +184,14 @@ def keras_fit(model: RoundModel, data: Split, training: TrainingConfig) -> dict[
     keras.utils.set_random_seed(model.seed)
     if net.optimizer is None:
         raise FedstepError("the run's model is not compiled; `fedstep start --model` must return a compiled model")
-    # A warm model that went through Keras's own `fit` and `evaluate` in an earlier round runs their
-    # compiled steps directly on the kept batches (keras_data): the same numbers, without the per-call
-    # machinery that costs a small round more than its training.
-    direct = warm and not model.callbacks
+    # The batches Keras would make of the arrays are kept (keras_data). A warm model that went through
+    # Keras's own `fit` and `evaluate` in an earlier round runs their compiled steps on them directly:
+    # the same numbers, without the per-call machinery that costs a small round more than its training.
+    kept = keras_data.arrays_kept(x_train, y_train, x_test, y_test)
+    direct = kept and warm and not model.callbacks
     metrics: dict[str, Any] = {}
     if len(x_test):
-        before = _evaluate(net, keras_data.evaluate_dataset(x_test, y_test), direct)
+        before = _evaluate(net, x_test, y_test, kept, direct)
         metrics.update({f"test_{k}_before": v for k, v in before.items()})
     if training.learning_rate is not None:  # else the model's own optimizer setting stands
         net.optimizer.learning_rate.assign(training.learning_rate)
@@ -208,27 +209,42 @@ def keras_fit(model: RoundModel, data: Split, training: TrainingConfig) -> dict[
                 callbacks=model.callbacks,
             )
         )
-    else:
-        dataset = keras_data.fit_dataset(x_train, y_train, training.batch_size)  # in Keras's shuffled order
+    elif kept:
+        data = keras_data.fit_data(x_train, y_train, training.batch_size)  # in Keras's shuffled order
         if direct and net.train_function is not None:
-            trained = keras_data.fit_epochs(net, dataset, training.epochs)
+            trained = keras_data.fit_epochs(net, data, training.epochs)
         else:
-            history = net.fit(dataset, epochs=training.epochs, shuffle=False, verbose=0, callbacks=model.callbacks)
-            trained = {k: v[-1] for k, v in history.history.items()}
+            fit = net.fit(data.dataset(), epochs=training.epochs, shuffle=False, verbose=0, callbacks=model.callbacks)
+            trained = {k: v[-1] for k, v in fit.history.items()}
         metrics.update({f"train_{k}": v for k, v in trained.items()})
+    else:
+        history = net.fit(
+            x_train,
+            y_train,
+            epochs=training.epochs,
+            batch_size=training.batch_size,
+            shuffle=True,
+            verbose=0,
+            callbacks=model.callbacks,
+        )
+        metrics.update({f"train_{k}": v[-1] for k, v in history.history.items()})
     if len(x_test):
-        after = _evaluate(net, keras_data.evaluate_dataset(x_test, y_test), direct)
+        after = _evaluate(net, x_test, y_test, kept, direct)
         metrics.update({f"test_{k}": v for k, v in after.items()})
     return {k.replace("sparse_categorical_", ""): v for k, v in metrics.items()}
 
 
-def _evaluate(net: Any, dataset: Any, direct: bool) -> dict[str, float]:
-    """Keras's `evaluate` of `net` on a kept pipeline; its compiled step directly when `direct` and built."""
+def _evaluate(net: Any, x: Any, y: Any, kept: bool, direct: bool) -> dict[str, float]:
+    """Keras's `evaluate` of `net` on (x, y), over kept batches when `kept`, by its compiled test step
+    directly when `direct` and the model has one."""
     from client_agent import keras_data
 
+    if not kept:
+        return net.evaluate(x, y, verbose=0, return_dict=True)
+    data = keras_data.evaluate_data(x, y)
     if direct and net.test_function is not None:
-        return keras_data.evaluate_batches(net, dataset)
-    return net.evaluate(dataset, verbose=0, return_dict=True)
+        return keras_data.evaluate_batches(net, data)
+    return net.evaluate(data.dataset(), verbose=0, return_dict=True)
 
 
 EVALUATE_FUNCTION = "evaluate"
@@ -249,10 +265,13 @@ def keras_evaluate(model: RoundModel, data: Split, training: TrainingConfig) -> 
     net = model.keras(warm=True)
     if net.optimizer is None:
         raise FedstepError("the run's model is not compiled, so it has no loss or metrics to evaluate")
-    from client_agent.keras_data import evaluate_dataset
+    from client_agent import keras_data
 
-    dataset = evaluate_dataset(x_test, y_test, training.batch_size)
-    result = net.evaluate(dataset, verbose=0, return_dict=True)
+    if keras_data.arrays_kept(x_test, y_test):
+        dataset = keras_data.evaluate_data(x_test, y_test, training.batch_size).dataset()
+        result = net.evaluate(dataset, verbose=0, return_dict=True)
+    else:
+        result = net.evaluate(x_test, y_test, batch_size=training.batch_size, verbose=0, return_dict=True)
     return {f"test_{k}".replace("sparse_categorical_", ""): v for k, v in result.items()}
 
 

@@ -49,7 +49,7 @@ def test_fit_over_a_kept_pipeline_trains_bit_for_bit_as_fit_on_the_arrays(data, 
         return n.fit(x, y, epochs=2, batch_size=32, shuffle=True, verbose=0)
 
     def kept(n):
-        return n.fit(keras_data.fit_dataset(x, y, 32), epochs=2, shuffle=False, verbose=0)
+        return n.fit(keras_data.fit_data(x, y, 32).dataset(), epochs=2, shuffle=False, verbose=0)
 
     expected = _train(net, keras, start_weights, on_arrays, seed=seed)
     found = _train(net, keras, start_weights, kept, seed=seed)
@@ -69,20 +69,36 @@ def test_evaluate_over_a_kept_pipeline_gives_the_numbers_of_evaluate_on_the_arra
     net = _model(keras)
     for batch_size in (32, 7):
         expected = net.evaluate(x_odd, y_odd, batch_size=batch_size, verbose=0, return_dict=True)
-        found = net.evaluate(keras_data.evaluate_dataset(x_odd, y_odd, batch_size), verbose=0, return_dict=True)
+        kept = keras_data.evaluate_data(x_odd, y_odd, batch_size)
+        found = net.evaluate(kept.dataset(), verbose=0, return_dict=True)
         assert found == expected
 
 
-def test_a_pipeline_is_built_once_per_arrays_and_batch_size_and_few_are_kept(data):
+def test_batches_are_made_once_per_arrays_and_batch_size_and_few_are_kept(data):
     (x, y), _ = data
-    first = keras_data.evaluate_dataset(x, y)
-    assert keras_data.evaluate_dataset(x, y) is first
-    assert keras_data.evaluate_dataset(x, y, 16) is not first
-    assert keras_data.fit_dataset(x, y, 32) is not first  # shuffled: another pipeline
-    assert keras_data.evaluate_dataset(x.copy(), y) is not first  # other arrays, even with equal values
+    first = keras_data.evaluate_data(x, y)
+    assert keras_data.evaluate_data(x, y) is first
+    assert first.batches() is first.batches() and first.dataset() is first.dataset()
+    assert keras_data.evaluate_data(x, y, 16) is not first
+    assert keras_data.fit_data(x, y, 32) is not first  # shuffled: another order
+    assert keras_data.evaluate_data(x.copy(), y) is not first  # other arrays, even with equal values
     for i in range(keras_data.KEPT + 2):
-        keras_data.evaluate_dataset(x[i:], y[i:])
+        keras_data.evaluate_data(x[i:], y[i:])
     assert len(keras_data._kept) == keras_data.KEPT
+    assert not keras_data.arrays_kept({"features": x}, y)  # other inputs go to Keras as they are
+
+
+def test_the_shuffled_order_depends_on_the_number_of_examples_and_the_seed_only(data):
+    from client_agent.keras_model import import_keras
+
+    keras = import_keras()
+    (x, y), _ = data
+    keras.utils.set_random_seed(3)
+    order = keras_data.fit_data(x, y, 32).order
+    assert sorted(order) == list(range(len(y))) and list(order) != list(range(len(y)))
+    assert list(keras_data.fit_data(x * 2, y, 32).order) == list(order)  # other values, the same count
+    keras.utils.set_random_seed(4)
+    assert list(keras_data.fit_data(x, y, 32).order) != list(order)
 
 
 def test_the_compiled_step_over_kept_batches_trains_and_evaluates_bit_for_bit_as_fit_and_evaluate(data):
@@ -101,8 +117,8 @@ def test_the_compiled_step_over_kept_batches_trains_and_evaluates_bit_for_bit_as
         return {**evaluated, **{f"train_{k}": v[-1] for k, v in history.history.items()}}
 
     def with_steps(n):
-        trained = keras_data.fit_epochs(n, keras_data.fit_dataset(x, y, 32), 2)
-        evaluated = keras_data.evaluate_batches(n, keras_data.evaluate_dataset(x_test, y_test))
+        trained = keras_data.fit_epochs(n, keras_data.fit_data(x, y, 32), 2)
+        evaluated = keras_data.evaluate_batches(n, keras_data.evaluate_data(x_test, y_test))
         return {**evaluated, **{f"train_{k}": v for k, v in trained.items()}}
 
     for seed in (0, 7):

@@ -163,11 +163,11 @@ class HeldoutEvaluator:
         self.model = model_from_bytes(architecture)
 
     def evaluate(self, weights: tensors.Tensors) -> dict[str, float]:
-        from client_agent.keras_data import evaluate_dataset
+        from client_agent.keras_data import evaluate_data
         from client_agent.keras_model import set_tensors
 
         set_tensors(self.model, weights)
-        result = self.model.evaluate(evaluate_dataset(self.x, self.y), verbose=0, return_dict=True)
+        result = self.model.evaluate(evaluate_data(self.x, self.y).dataset(), verbose=0, return_dict=True)
         return {"test_accuracy": round(float(result["accuracy"]), 4), "test_loss": round(float(result["loss"]), 4)}
 
 
