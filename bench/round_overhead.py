@@ -14,13 +14,16 @@ time-stamped as they arrive:
   split into preparing the data, starting the local cloud and deploying the stack, the agents
   coming online (they start first and import TensorFlow meanwhile; the run is started once their
   heartbeats are in), round 1 and the later rounds;
-- a steady-state round: the median of rounds 2..N as the runner prints them (publish to aggregated);
+- a steady-state round: the median of rounds 2..N as the runner records them (publish to aggregated;
+  `summary.json`'s `duration_s`, the console showing them to 0.1 s);
   split, from the client agents' own round lines, into download, train (evaluations included) and
   upload, each the mean over clients; what remains of the round is orchestration (SNS/SQS delivery,
   polling, the DynamoDB stream, the aggregation function, Step Functions).
 The baseline does the same rounds' Keras work in this process: each client's `keras_fit` on its own
 data one after another (warm models, as the agent keeps them), then FedAvg in numpy. Its round
 time is the floor a federated round cannot beat on one machine without parallel clients.
+`bench/flower_baseline.py` runs `fedstep local` beside Flower with `run_fedstep_local` and
+`summarize` (under Flower's venv, so `run_fedstep_local` takes fedstep's interpreter).
 """
 
 from __future__ import annotations
