@@ -33,6 +33,19 @@ gives node i partition i (1-based): the same data as the Deployment Engine's Sup
 1.42's own default is 2 CPUs per client (`client-resources-num-cpus`); the benchmark asks for 1
 (`--client-cpus` to change it).
 
+With `--engine grpc` Flower runs through its legacy gRPC API, its fastest path on one machine
+(`bench/flower_grpc.py`): one `flwr.server.start_server` process (deprecated since Flower 1.13,
+present in 1.42) running FedAvg, and 3 long-lived `flwr.client.start_client` processes, each a
+`NumPyClient` built as Flower's quickstart-tensorflow builds it (data loaded and model created
+once per process, kept across rounds), on 127.0.0.1, insecure. Client i trains on partition i/3,
+its `fit` doing what `train()` below does. Every round's aggregated model is kept (`evaluate_fn`)
+and scored after the last round, as with the other engines.
+
+Beside Flower, by default, the benchmark runs `fedstep local --dataset digits --clients 3 --rounds
+5` as a subprocess under fedstep's own `.venv/bin/python` (timed and parsed by
+`bench/round_overhead.py`), before each Flower run: fedstep and Flower alternate, `--repeat` times
+each, under about the same load. `--no-fedstep` runs Flower only.
+
 Set-up (once; a separate virtualenv, so fedstep's .venv is untouched), from the repository root:
 
     python3 -m venv .venv-flower && .venv-flower/bin/pip install -r bench/requirements-flower.txt
@@ -41,26 +54,42 @@ Set-up (once; a separate virtualenv, so fedstep's .venv is untouched), from the 
 `--engine simulation`; to add it to an older .venv-flower:
 `.venv-flower/bin/pip install "flwr[simulation]==1.42.0" ray==2.55.1`.)
 
-Run (outside CI; each repetition starts fresh processes and takes about 2 minutes on the shared
-2-core machine under load, most of it TensorFlow imports):
+Run (outside CI; fedstep's .venv set up too, unless `--no-fedstep`; each repetition starts fresh
+processes: a Deployment Engine run takes about a minute on a quiet 2-core machine, a gRPC or
+simulation run about 20 s, a `fedstep local` run about 25 s):
 
-    .venv-flower/bin/python bench/flower_baseline.py                # one run
-    .venv-flower/bin/python bench/flower_baseline.py --repeat 5     # 5 runs; min and median
+    .venv-flower/bin/python bench/flower_baseline.py                # one run of each
+    .venv-flower/bin/python bench/flower_baseline.py --repeat 5     # 5 runs of each; min and median
     .venv-flower/bin/python bench/flower_baseline.py --engine simulation --repeat 3
+    .venv-flower/bin/python bench/flower_baseline.py --engine grpc --repeat 3
+    .venv-flower/bin/python bench/flower_baseline.py --engine grpc --no-fedstep   # Flower only
 
-Printed per run, all wall-clock times in seconds:
-- `start-to-final-model`: from launching the SuperLink (nothing of Flower running yet) to the
-  moment the ServerApp holds round 5's aggregated model (with `simulation`, this includes the
-  `flwr-simulation` process's start and Ray's);
-- `submit-to-final-model`: from `flwr run` (SuperLink and, with `deployment`, SuperNodes already
-  started) to the same;
-- each round's time, from the ServerApp's sending the round's train messages (after sampling the
-  nodes) to its aggregated model, as fedstep times a round (publication to aggregated model);
+Printed per Flower run, all wall-clock times in seconds:
+- `start-to-final-model`: from launching the first process (the SuperLink, or the gRPC server;
+  nothing of Flower running yet) to the moment the server holds round 5's aggregated model (with
+  `simulation`, this includes the `flwr-simulation` process's start and Ray's), and when round
+  1's instructions went out (all clients connected);
+- `submit-to-final-model` (not with `grpc`, which has no submission): from `flwr run` (SuperLink
+  and, with `deployment`, SuperNodes already started) to the same;
+- each round's time, from the server's sending the round's train (fit) messages (after sampling
+  the nodes) to its aggregated model, as fedstep times a round (publication to aggregated model);
 - the steady-state round time, the median of rounds 2-5;
 - the held-out accuracy of every round's global model and of the final one (computed after the
   clock stops);
-- a per-phase breakdown of the steady-state round (PHASES for `deployment`, SIMULATION_PHASES for
-  `simulation`, whose ClientApps run in Ray actors started once, not in a process per message).
+- a per-phase breakdown of the steady-state round (ENGINE_PHASES: PHASES for `deployment`,
+  SIMULATION_PHASES for `simulation`, whose ClientApps run in Ray actors started once, not in a
+  process per message, GRPC_PHASES for `grpc`).
+
+Printed per fedstep run: the start (launch) to round 5's model, its round line's arrival (the
+comparable figure: the model aggregated, then scored on the held-out set by the runner), the start
+to the final model's line (later: after the run-ended message and the model card), each round's
+time and the steady-state round (from `summary.json`: publication to aggregated model), the
+agents' part of the steady round and the rest (orchestration), the held-out accuracy per round.
+Then the ratios fedstep/Flower of each pair (issue 24's goals: steady-state round <= 1.00x, start
+to final model <= 1.25x, the latter fedstep's start to round 5's model over Flower's
+start-to-final-model) and, with `--repeat`, the min and median of each side, the ratio of the
+medians and the median of the pairs' ratios. `--json` writes every Flower run's figures, each with
+its fedstep pair under "fedstep".
 """
 
 from __future__ import annotations
@@ -101,7 +130,7 @@ SEED = 0
 RUN_DEADLINE_S = 600.0
 """Longest a run may take before the benchmark gives up on it (seconds)."""
 APP_MODULE = "flower_baseline"
-ENGINES = ("deployment", "simulation")
+ENGINES = ("deployment", "simulation", "grpc")
 CLIENT_CPUS = 1
 """`client-resources-num-cpus` of a simulation run (Flower 1.42's default is 2)."""
 
@@ -110,25 +139,28 @@ CLIENT_CPUS = 1
 
 
 @functools.cache
-def _keras() -> Any:
+def keras() -> Any:
+    """The Keras module, imported once per process (fedstep's way: `client_agent.keras_model`)."""
     from client_agent.keras_model import import_keras
 
     return import_keras()
 
 
-def _new_model() -> Any:
+def new_model() -> Any:
+    """The demo's digits model, compiled (`client_agent.models.digits_mlp`)."""
     from client_agent.models import digits_mlp
 
     return digits_mlp()
 
 
-def _accuracy(weights: list[Any], x: Any, y: Any) -> float:
-    model = _new_model()
+def accuracy(weights: list[Any], x: Any, y: Any) -> float:
+    """The digits model's accuracy on (x, y) with these weights (a fraction)."""
+    model = new_model()
     model.set_weights(weights)
     return float(model.evaluate(x, y, batch_size=BATCH_SIZE, verbose=0, return_dict=True)["accuracy"])
 
 
-def _process_started() -> float:
+def process_started() -> float:
     """When this process started (epoch seconds, 10 ms resolution; Linux /proc); -1.0 elsewhere."""
     try:
         with open("/proc/self/stat") as stat:
@@ -154,8 +186,8 @@ def train(message: Message, context: Context) -> Message:
     partition = f"{index}/{int(context.node_config['num-partitions'])}"
     (x_train, y_train), (x_test, y_test) = load_local_data(DATASET, partition, seed=SEED)
     config = message.content["config"]
-    _keras().utils.set_random_seed(SEED)
-    model = _new_model()
+    keras().utils.set_random_seed(SEED)
+    model = new_model()
     model.set_weights(message.content["arrays"].to_numpy_ndarrays())
     ready = time.time()
     before = model.evaluate(x_test, y_test, verbose=0, return_dict=True)
@@ -170,7 +202,7 @@ def train(message: Message, context: Context) -> Message:
             "test_accuracy_before": float(before["accuracy"]),
             "test_accuracy": float(after["accuracy"]),
             # wall-clock times (epoch seconds) for the benchmark's breakdown of a round
-            "t_process_start": _process_started(),
+            "t_process_start": process_started(),
             "t_train_entered": entered,
             "t_model_ready": ready,
             "t_train_done": time.time(),
@@ -218,8 +250,8 @@ def main(grid: Grid, context: Context) -> None:
 
     rounds = int(context.run_config["num-server-rounds"])
     clients = int(context.run_config["num-clients"])
-    _keras().utils.set_random_seed(SEED)  # as `fedstep start` seeds the initial model
-    initial = _new_model().get_weights()
+    keras().utils.set_random_seed(SEED)  # as `fedstep start` seeds the initial model
+    initial = new_model().get_weights()
     strategy = TimedFedAvg(
         fraction_train=1.0,
         fraction_evaluate=0.0,  # the clients evaluate inside their train step, as fedstep's do
@@ -244,7 +276,7 @@ def main(grid: Grid, context: Context) -> None:
         "sent": strategy.sent,
         "aggregated": strategy.aggregated,
         "clients": strategy.clients,
-        "heldout_accuracy": {r: _accuracy(models[r], x, y) for r in sorted(models) if r > 0},
+        "heldout_accuracy": {r: accuracy(models[r], x, y) for r in sorted(models) if r > 0},
         "heldout_examples": len(y),
     }
     target = Path(str(context.run_config["result-file"]))
@@ -457,6 +489,15 @@ def run_once(
         if keep_logs is not None:
             shutil.copytree(work, keep_logs / work.name, ignore=shutil.ignore_patterns("flwr-home"))
         shutil.rmtree(work, ignore_errors=True)
+    return figures_of(result, rounds, engine, launched, submitted)
+
+
+def figures_of(
+    result: dict[str, Any], rounds: int, engine: str, launched: float, submitted: float | None
+) -> dict[str, Any]:
+    """A run's figures (seconds) from the server's result (JSON as written: string round keys; epoch
+    times) and the driver's `launched` (the first process launched) and `submitted` (`flwr run`;
+    None with `grpc`, which has no submission) times."""
     sent = {int(k): v for k, v in result["sent"].items()}
     aggregated = {int(k): v for k, v in result["aggregated"].items()}
     final = aggregated[rounds]
@@ -464,15 +505,52 @@ def run_once(
     return {
         "load_average_1min": os.getloadavg()[0],
         "engine": engine,
-        "steady_breakdown_s": _breakdown(sent, aggregated, result["clients"], rounds, engine),
+        "steady_breakdown_s": breakdown(sent, aggregated, result["clients"], rounds, engine),
         "flower_version": result["flower_version"],
         "start_to_final_s": final - launched,
-        "submit_to_final_s": final - submitted,
+        "start_to_first_sent_s": sent[1] - launched,
+        "submit_to_final_s": None if submitted is None else final - submitted,
         "round_times_s": round_times,
         "steady_round_s": statistics.median(round_times[1:]) if rounds > 1 else round_times[0],
         "heldout_accuracy": [result["heldout_accuracy"][str(r)] for r in range(1, rounds + 1)],
         "heldout_examples": result["heldout_examples"],
     }
+
+
+def run_grpc_once(rounds: int, clients: int, keep_logs: Path | None) -> dict[str, Any]:
+    """One run on Flower's legacy gRPC API (`bench/flower_grpc.py`): a `start_server` process and
+    `clients` long-lived `start_client` processes, launched together on fresh processes; returns the
+    figures (seconds)."""
+    work = Path(tempfile.mkdtemp(prefix="flower-grpc-"))
+    result_file = work / "result.json"
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
+    script = [sys.executable, str(Path(__file__).with_name("flower_grpc.py"))]
+    server = ["server", "--port", str(port), "--rounds", str(rounds), "--clients", str(clients)]
+    processes = Processes(work, env)
+    try:
+        launched = time.time()
+        processes.start("server", [*script, *server, "--result-file", str(result_file)])
+        for index in range(1, clients + 1):
+            processes.start(
+                f"client-{index}", [*script, "client", "--port", str(port), "--partition", f"{index}/{clients}"]
+            )
+        while not result_file.exists():
+            processes.check_alive()
+            if time.time() - launched > RUN_DEADLINE_S:
+                raise RuntimeError(f"no result after {RUN_DEADLINE_S:.0f} s; see the logs in {work}")
+            time.sleep(0.1)
+        result = json.loads(result_file.read_text())
+    finally:
+        processes.stop()
+        if keep_logs is not None:
+            shutil.copytree(work, keep_logs / work.name)
+        shutil.rmtree(work, ignore_errors=True)
+    return figures_of(result, rounds, "grpc", launched, None)
 
 
 PHASES = {
@@ -488,20 +566,26 @@ SIMULATION_PHASES = {
     "compute": "evaluate + fit + evaluate",
     "reply": "train() done -> aggregated model (reply, server pick-up, FedAvg)",
 }
+GRPC_PHASES = {
+    "dispatch": "sent -> fit() called (serialize, gRPC stream to the long-lived client, deserialize)",
+    "setup": "fit() -> model ready (seed, set the global weights on the client's kept model)",
+    "compute": "evaluate + fit + evaluate",
+    "reply": "fit() done -> aggregated model (reply over gRPC, the server's thread pool, FedAvg)",
+}
+ENGINE_PHASES = {"deployment": PHASES, "simulation": SIMULATION_PHASES, "grpc": GRPC_PHASES}
 
 
-def _breakdown(
+def breakdown(
     sent: dict[int, float],
     aggregated: dict[int, float],
     clients: dict[str, list[dict[str, float]]],
     rounds: int,
     engine: str = "deployment",
 ) -> dict[str, float]:
-    """Each phase of a round (PHASES, or SIMULATION_PHASES), mean over the clients, median over
-    rounds 2..rounds (seconds)."""
-    per_round: dict[str, list[float]] = {
-        phase: [] for phase in (PHASES if engine == "deployment" else SIMULATION_PHASES)
-    }
+    """Each phase of a round (the engine's ENGINE_PHASES), mean over the clients, median over
+    rounds 2..rounds (seconds). `clients`: round (a string, as JSON has it) -> each client's `t_*`
+    timestamps (epoch seconds)."""
+    per_round: dict[str, list[float]] = {phase: [] for phase in ENGINE_PHASES[engine]}
     for r in range(2, rounds + 1):
         replies = clients[str(r)]
         if engine == "deployment":
@@ -526,6 +610,88 @@ def _fmt(values: list[float], digits: int = 2) -> str:
     return ", ".join(f"{v:.{digits}f}" for v in values)
 
 
+FEDSTEP_PYTHON = ROOT / ".venv" / "bin" / "python"
+"""fedstep's own interpreter, which runs `fedstep local` beside Flower (`--fedstep-python`)."""
+
+
+def run_fedstep(rounds: int, python: Path) -> dict[str, Any]:
+    """One `fedstep local --dataset digits --clients 3 --rounds <rounds>` run with fedstep's own
+    `python`, timed and parsed by `bench/round_overhead.py`; its figures (seconds from launch)."""
+    import round_overhead  # bench/ is this script's sys.path[0]; not needed by the Flower app's processes
+
+    with tempfile.TemporaryDirectory(prefix="fedstep-local-") as tmp:
+        out = Path(tmp) / "run"
+        run = round_overhead.run_fedstep_local(rounds, out, python=str(python))
+        figures = round_overhead.summarize(run["stamps"], out)
+    steady_phase = figures["steady_phase"]
+    return {
+        "start_to_last_round_s": figures["last_round"],
+        "start_to_final_line_s": figures["final"],
+        "round_times_s": [figures["rounds"][r] for r in sorted(figures["rounds"])],
+        "steady_round_s": figures["steady"],
+        "steady_agent_s": steady_phase,
+        "steady_orchestration_s": figures["steady"] - sum(steady_phase.values()),
+        "heldout_accuracy": figures["heldout_accuracy"],
+        "load_average_1min": os.getloadavg()[0],
+    }
+
+
+def ratios(fedstep: dict[str, Any], flower: dict[str, Any]) -> dict[str, float]:
+    """fedstep's figures over Flower's (issue 24's goals: `steady_round` <= 1.0, `start_to_final_model`
+    <= 1.25). The start compares like with like: fedstep's launch to round N's model (its round line)
+    against Flower's launch to round N's aggregated model."""
+    return {
+        "steady_round": fedstep["steady_round_s"] / flower["steady_round_s"],
+        "start_to_final_model": fedstep["start_to_last_round_s"] / flower["start_to_final_s"],
+    }
+
+
+def _print_flower_run(number: int, figures: dict[str, Any], rounds: int) -> None:
+    submit = figures["submit_to_final_s"]
+    print(
+        f"run {number} Flower: start-to-final-model {figures['start_to_final_s']:.2f} s (round 1 sent at "
+        f"{figures['start_to_first_sent_s']:.2f} s), "
+        + ("" if submit is None else f"submit-to-final-model {submit:.2f} s, ")
+        + f"rounds [{_fmt(figures['round_times_s'])}] s, steady-state round (median of 2-{rounds}) "
+        f"{figures['steady_round_s']:.2f} s, held-out accuracy per round [{_fmt(figures['heldout_accuracy'], 4)}] "
+        f"-> final {figures['heldout_accuracy'][-1]:.4f} ({figures['heldout_examples']} examples)",
+        flush=True,
+    )
+    parts = ", ".join(f"{phase} {seconds:.2f}" for phase, seconds in figures["steady_breakdown_s"].items())
+    print(
+        f"  steady-state round by phase (s; mean of clients, median of rounds 2-{rounds}): {parts}; "
+        f"load average at the end {figures['load_average_1min']:.1f}",
+        flush=True,
+    )
+
+
+def _print_fedstep_run(number: int, figures: dict[str, Any], rounds: int) -> None:
+    agent = figures["steady_agent_s"]
+    print(
+        f"run {number} fedstep: start to round {rounds}'s model {figures['start_to_last_round_s']:.2f} s "
+        f"(the comparable figure), start to the final model's line {figures['start_to_final_line_s']:.2f} s "
+        f"(after the run-ended message and the model card), rounds [{_fmt(figures['round_times_s'])}] s, "
+        f"steady-state round (median of 2-{rounds}) {figures['steady_round_s']:.2f} s, held-out accuracy per "
+        f"round [{_fmt(figures['heldout_accuracy'], 4)}]",
+        flush=True,
+    )
+    print(
+        f"  steady-state round: agent (mean per client) download {agent['download']:.2f}, train "
+        f"{agent['train']:.2f}, upload {agent['upload']:.2f} s; orchestration "
+        f"{figures['steady_orchestration_s']:.2f} s; load average at the end {figures['load_average_1min']:.1f}",
+        flush=True,
+    )
+
+
+def _print_ratios(label: str, values: dict[str, float]) -> None:
+    print(
+        f"{label} fedstep/Flower: steady-state round {values['steady_round']:.2f}x (goal <= 1.00x), "
+        f"start to final model {values['start_to_final_model']:.2f}x (goal <= 1.25x; fedstep's launch to "
+        "round N's model against Flower's launch to round N's aggregated model)",
+        flush=True,
+    )
+
+
 def main_cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=1, help="independent runs, fresh processes each (default 1)")
@@ -536,7 +702,8 @@ def main_cli(argv: list[str] | None = None) -> int:
         "--engine",
         choices=ENGINES,
         default="deployment",
-        help="Flower's Deployment Engine (SuperLink + SuperNodes, default) or its Simulation Engine (Ray)",
+        help="Flower's Deployment Engine (SuperLink + SuperNodes, default), its Simulation Engine (Ray) "
+        "or its legacy gRPC API (start_server + start_client)",
     )
     parser.add_argument(
         "--client-cpus",
@@ -544,50 +711,94 @@ def main_cli(argv: list[str] | None = None) -> int:
         default=CLIENT_CPUS,
         help=f"with --engine simulation: CPUs per client, client-resources-num-cpus (default {CLIENT_CPUS})",
     )
+    parser.add_argument(
+        "--no-fedstep",
+        dest="fedstep",
+        action="store_false",
+        help="run Flower only (default: `fedstep local` on the same task before each Flower run, alternating)",
+    )
+    parser.add_argument(
+        "--fedstep-python",
+        type=Path,
+        default=FEDSTEP_PYTHON,
+        help=f"fedstep's interpreter for `fedstep local` (default {FEDSTEP_PYTHON.relative_to(ROOT)})",
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.rounds < 2 or args.client_cpus < 1:
         parser.error("--repeat and --client-cpus must be >= 1 and --rounds >= 2")
+    if args.fedstep and not args.fedstep_python.exists():
+        parser.error(f"{args.fedstep_python} not found: fedstep's venv (`make`), or --no-fedstep")
     if args.keep_logs:
         args.keep_logs.mkdir(parents=True, exist_ok=True)
     if args.engine == "deployment":
         print(f"Flower {flwr.__version__}, Deployment Engine: flower-superlink + {CLIENTS} flower-supernode processes")
         print("+ flwr run, on 127.0.0.1 (insecure, subprocess isolation, no Ray, no simulation engine)")
-        phase_texts = PHASES
-    else:
+    elif args.engine == "simulation":
         import ray  # only the simulation needs it (flwr[simulation])
 
         print(f"Flower {flwr.__version__}, Simulation Engine (Ray {ray.__version__}): flower-superlink --simulation")
         print(f"+ flwr run, {CLIENTS} virtual SuperNodes, client-resources-num-cpus={args.client_cpus}, on 127.0.0.1")
-        phase_texts = SIMULATION_PHASES
+    else:
+        print(f"Flower {flwr.__version__}, legacy gRPC API: a start_server process (FedAvg) + {CLIENTS} long-lived")
+        print("start_client processes (NumPyClient, model kept across rounds), on 127.0.0.1 (insecure)")
     print(f"task: {DATASET}, {CLIENTS} clients (IID thirds, fedstep's split), digits_mlp, {EPOCHS} epoch,")
     print(f"batch {BATCH_SIZE}, {args.rounds} rounds of FedAvg; Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    if args.fedstep:
+        print(f"alternating with `fedstep local --dataset digits --clients {CLIENTS} --rounds {args.rounds}` under")
+        print(f"{args.fedstep_python} (fedstep first in each repetition)")
     runs = []
     for number in range(1, args.repeat + 1):
-        figures = run_once(args.rounds, CLIENTS, args.keep_logs, args.engine, args.client_cpus)
+        fedstep = run_fedstep(args.rounds, args.fedstep_python) if args.fedstep else None
+        if fedstep is not None:
+            _print_fedstep_run(number, fedstep, args.rounds)
+        if args.engine == "grpc":
+            figures = run_grpc_once(args.rounds, CLIENTS, args.keep_logs)
+        else:
+            figures = run_once(args.rounds, CLIENTS, args.keep_logs, args.engine, args.client_cpus)
+        _print_flower_run(number, figures, args.rounds)
+        if fedstep is not None:
+            figures["fedstep"] = fedstep
+            _print_ratios(f"run {number}", ratios(fedstep, figures))
         runs.append(figures)
-        print(
-            f"run {number}: start-to-final-model {figures['start_to_final_s']:.2f} s, "
-            f"submit-to-final-model {figures['submit_to_final_s']:.2f} s, "
-            f"rounds [{_fmt(figures['round_times_s'])}] s, steady-state round (median of 2-{args.rounds}) "
-            f"{figures['steady_round_s']:.2f} s, held-out accuracy per round [{_fmt(figures['heldout_accuracy'], 4)}] "
-            f"-> final {figures['heldout_accuracy'][-1]:.4f} ({figures['heldout_examples']} examples)",
-            flush=True,
-        )
-        parts = ", ".join(f"{phase} {seconds:.2f}" for phase, seconds in figures["steady_breakdown_s"].items())
-        print(
-            f"  steady-state round by phase (s; mean of clients, median of rounds 2-{args.rounds}): {parts}; "
-            f"load average at the end {figures['load_average_1min']:.1f}",
-            flush=True,
-        )
-    print("phases: " + "; ".join(f"{phase} = {text}" for phase, text in phase_texts.items()))
+    print("phases: " + "; ".join(f"{phase} = {text}" for phase, text in ENGINE_PHASES[args.engine].items()))
     if args.repeat > 1:
         for key, label in (
             ("start_to_final_s", "start-to-final-model"),
             ("submit_to_final_s", "submit-to-final-model"),
             ("steady_round_s", "steady-state round"),
         ):
-            values = [run[key] for run in runs]
-            print(f"{label}: min {min(values):.2f} s, median {statistics.median(values):.2f} s over {len(values)} runs")
+            values = [run[key] for run in runs if run[key] is not None]
+            if values:
+                print(
+                    f"Flower {label}: min {min(values):.2f} s, median {statistics.median(values):.2f} s "
+                    f"over {len(values)} runs"
+                )
+        if args.fedstep:
+            for key, label in (
+                ("start_to_last_round_s", f"start to round {args.rounds}'s model"),
+                ("start_to_final_line_s", "start to the final model's line"),
+                ("steady_round_s", "steady-state round"),
+            ):
+                values = [run["fedstep"][key] for run in runs]
+                print(
+                    f"fedstep {label}: min {min(values):.2f} s, median {statistics.median(values):.2f} s "
+                    f"over {len(values)} runs"
+                )
+    if args.fedstep and len(runs) > 1:
+        median = {
+            "steady_round_s": statistics.median(run["steady_round_s"] for run in runs),
+            "start_to_final_s": statistics.median(run["start_to_final_s"] for run in runs),
+        }
+        median_fedstep = {
+            key: statistics.median(run["fedstep"][key] for run in runs)
+            for key in ("steady_round_s", "start_to_last_round_s")
+        }
+        _print_ratios(f"ratio of the medians of {len(runs)} runs,", ratios(median_fedstep, median))
+        paired = [ratios(run["fedstep"], run) for run in runs]  # each pair ran under about the same load
+        _print_ratios(
+            f"median of the {len(runs)} paired runs' ratios,",
+            {key: statistics.median(pair[key] for pair in paired) for key in paired[0]},
+        )
     if args.json:
         args.json.write_text(json.dumps(runs, indent=2))
     return 0

@@ -14,18 +14,22 @@ time-stamped as they arrive:
   split into preparing the data, starting the local cloud and deploying the stack, the agents
   coming online (they start first and import TensorFlow meanwhile; the run is started once their
   heartbeats are in), round 1 and the later rounds;
-- a steady-state round: the median of rounds 2..N as the runner prints them (publish to aggregated);
+- a steady-state round: the median of rounds 2..N as the runner records them (publish to aggregated;
+  `summary.json`'s `duration_s`, the console showing them to 0.1 s);
   split, from the client agents' own round lines, into download, train (evaluations included) and
   upload, each the mean over clients; what remains of the round is orchestration (SNS/SQS delivery,
   polling, the DynamoDB stream, the aggregation function, Step Functions).
 The baseline does the same rounds' Keras work in this process: each client's `keras_fit` on its own
 data one after another (warm models, as the agent keeps them), then FedAvg in numpy. Its round
 time is the floor a federated round cannot beat on one machine without parallel clients.
+`bench/flower_baseline.py` runs `fedstep local` beside Flower with `run_fedstep_local` and
+`summarize` (under Flower's venv, so `run_fedstep_local` takes fedstep's interpreter).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import statistics
 import subprocess
@@ -33,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,15 +45,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 ROUND_LINE = re.compile(r"^round (\d+)/\d+ .* ([0-9.]+) s$")
+HELDOUT = re.compile(r"held-out accuracy ([0-9.]+)")
 PHASES = re.compile(
     r"round (\d+) of \S+ \|.*\| [0-9.]+ s \(download ([0-9.]+) s, train ([0-9.]+) s, upload ([0-9.]+) s\)"
 )
 
 
-def run_fedstep_local(rounds: int, out: Path) -> dict[str, object]:
-    """Run `fedstep local` on digits; the time each console line arrived (s since launch) and the
-    per-round figures."""
-    command = [sys.executable, "-m", "fedstep", "local", "--dataset", "digits", "--clients", "3"]
+def run_fedstep_local(rounds: int, out: Path, python: str = sys.executable) -> dict[str, object]:
+    """Run `fedstep local` on digits with `python` (fedstep's venv's; default this interpreter); the
+    time each console line arrived (s since launch) and the time the command exited."""
+    command = [python, "-m", "fedstep", "local", "--dataset", "digits", "--clients", "3"]
     command += ["--rounds", str(rounds), "--out", str(out)]
     started = time.perf_counter()
     stamps: list[tuple[float, str]] = []
@@ -63,6 +69,42 @@ def run_fedstep_local(rounds: int, out: Path) -> dict[str, object]:
 
 def first(stamps: list[tuple[float, str]], prefix: str) -> float:
     return next(t for t, text in stamps if text.startswith(prefix))
+
+
+def summarize(stamps: list[tuple[float, str]], out: Path) -> dict[str, Any]:
+    """The figures of one `fedstep local` run from its time-stamped console lines (seconds since
+    launch) and its output folder `out` (the agents' logs; `summary.json`, whose round times have
+    the full precision the console's 0.1 s lacks): `final` (the final model's line), `last_round`
+    (round N's line: its model aggregated and scored on the held-out set), `deploy_start`,
+    `cloud_up`, `online`, `round1` (when those lines arrived), `rounds` (round -> seconds, publication
+    to aggregated model), `steady` (median of rounds 2..N), `steady_phase` (the agents'
+    download/train/upload, mean of clients, median of rounds 2..N) and `heldout_accuracy` (per
+    round, in order)."""
+    lines = [(m, text) for _, text in stamps if (m := ROUND_LINE.match(text))]
+    rounds = {int(m[1]): float(m[2]) for m, _ in lines}
+    heldout = {int(m[1]): float(h[1]) for m, text in lines if (h := HELDOUT.search(text))}
+    summary = out / "summary.json"
+    if summary.exists():
+        entries = json.loads(summary.read_text())["rounds"]
+        rounds = {int(e["round"]): float(e["duration_s"]) for e in entries}
+        heldout = {int(e["round"]): float(e["heldout_accuracy"]) for e in entries}
+    phases = client_phases(out / "logs")
+    steady = [rounds[r] for r in rounds if r >= 2]
+    return {
+        "final": first(stamps, "final global model"),
+        "last_round": first(stamps, f"round {max(rounds)}/"),
+        "deploy_start": first(stamps, "starting the local cloud"),
+        "cloud_up": first(stamps, "local cloud at"),
+        "online": next(t for t, text in stamps if "clients online" in text),
+        "round1": first(stamps, "round 1/"),
+        "rounds": rounds,
+        "steady": statistics.median(steady),
+        "steady_phase": {
+            name: statistics.median(phases[r][name] for r in rounds if r >= 2 and r in phases)
+            for name in ("download", "train", "upload")
+        },
+        "heldout_accuracy": [heldout[r] for r in sorted(heldout)],
+    }
 
 
 def client_phases(logs: Path) -> dict[int, dict[str, float]]:
@@ -111,30 +153,20 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "run"
             run = run_fedstep_local(args.rounds, out)
-            stamps = run["stamps"]
-            rounds = {int(m[1]): float(m[2]) for _, text in stamps if (m := ROUND_LINE.match(text))}
-            final = first(stamps, "final global model")
-            deploy_start = first(stamps, "starting the local cloud")
-            cloud_up = first(stamps, "local cloud at")
-            online = next(t for t, text in stamps if "clients online" in text)
-            round1 = first(stamps, "round 1/")
-            last_round = first(stamps, f"round {max(rounds)}/")
-            phases = client_phases(out / "logs")
-            steady = [rounds[r] for r in rounds if r >= 2]
-            steady_phase = {
-                name: statistics.median(phases[r][name] for r in rounds if r >= 2 and r in phases)
-                for name in ("download", "train", "upload")
-            }
-            results.append((final, statistics.median(steady), steady_phase, last_round, cloud_up, round1, run))
+            figures = summarize(run["stamps"], out)
+            results.append(figures)
+            final, deploy_start, cloud_up = figures["final"], figures["deploy_start"], figures["cloud_up"]
+            online, round1, rounds = figures["online"], figures["round1"], figures["rounds"]
             print(
                 f"run {i + 1}: start to final model {final:.1f} s (data {deploy_start:.1f} s, local cloud and deploy "
                 f"{cloud_up - deploy_start:.1f} s, agents online {online - cloud_up:.1f} s later, to the end of "
                 f"round 1 {round1 - online:.1f} s, later rounds {final - round1:.1f} s); rounds "
                 + " ".join(f"{rounds[r]:.2f}" for r in sorted(rounds))
             )
-    results.sort(key=lambda r: r[0])
-    final, steady, phase, *_ = results[len(results) // 2]
-    last_round = statistics.median(r[3] for r in results)
+    results.sort(key=lambda figures: figures["final"])
+    middle = results[len(results) // 2]
+    final, steady, phase = middle["final"], middle["steady"], middle["steady_phase"]
+    last_round = statistics.median(figures["last_round"] for figures in results)
     base = baseline_rounds(args.rounds)
     base_steady = statistics.median(base[1:])
     agent = sum(phase.values())
