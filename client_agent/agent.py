@@ -55,14 +55,15 @@ import boto3
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
-from client_agent import dp_sgd, objects, steps
+from client_agent import dp_sgd, objects, round_privacy, steps
 from client_agent.checks import open_session, preflight
 from client_agent.config import AgentConfig
 from client_agent.errors import clean_error
 from client_agent.heartbeat import Heartbeats
-from client_agent.privacy_ledger import PrivacyLedger, Spend
+from client_agent.privacy_ledger import PrivacyLedger
 from client_agent.progress import Progress
 from client_agent.residuals import ResidualStore
+from client_agent.round_privacy import Declined
 from client_agent.steps import RoundPrivacy
 from client_agent.training import CannotEvaluate, FunctionTrainer, Trainer
 from fedstep.aws import boto
@@ -116,10 +117,6 @@ class Outcome(Enum):
     KEPT = "kept"  # failed; the message is released at once (not deleted) for another try
     DECLINED = "declined"  # refused to train (privacy); decline item written, message deleted
     EVALUATED = "evaluated"  # an evaluation or statistics request answered (or why not); message deleted
-
-
-class Declined(Exception):
-    """A round the agent refuses to train; the message is its reason."""
 
 
 @dataclass
@@ -664,12 +661,7 @@ class Agent:
         it: unusable instructions, a delta above `dp_max_delta`, or a DP-SGD round that would take
         the run's epsilon past `dp_epsilon_budget` (or that cannot be accounted under a budget)."""
         budget = self.config.dp_epsilon_budget
-        try:
-            mode = dp_sgd.dp_mode(msg.instructions)
-            clip = dp_sgd.client_clip_norm(msg.instructions) if mode == dp_sgd.CLIENT_CLIP else None
-            params = dp_sgd.DpSgdParams.of(msg.instructions) if mode == dp_sgd.DP_SGD else None
-        except ValueError as exc:
-            raise Declined(f"unusable privacy instructions: {exc}") from None
+        mode, clip, params = round_privacy.instructed(msg)
         if params is None:
             if budget is not None and msg.run_id not in self._said_no_dp:
                 self._said_no_dp.add(msg.run_id)
@@ -684,24 +676,8 @@ class Agent:
         if max_delta is not None and (params.delta is None or params.delta > max_delta):
             shown = "none" if params.delta is None else f"{params.delta:g}"
             raise Declined(f"privacy: dp_delta {shown} is not within dp_max_delta {max_delta:g}")
-        n = getattr(self.trainer, "num_examples", None)
-        if n and params.delta is not None and params.delta >= 1 / n:
-            raise Declined(
-                f"privacy: dp_delta {params.delta:g} is not below 1/examples = {1 / n:.3g}: "
-                "a guarantee that weak would allow publishing a record outright"
-            )
-        spend = None
-        if n:
-            t = msg.training
-            spend = Spend(
-                round=msg.round,
-                steps=dp_sgd.steps_per_round(t.epochs, t.batch_size, n),
-                rate=dp_sgd.sampling_rate(t.batch_size, n),
-                noise_multiplier=params.noise_multiplier,
-                delta=params.delta,
-                attempt=msg.attempt,
-            )
-        elif budget is None:
+        spend = round_privacy.dp_sgd_spend(msg, params, getattr(self.trainer, "num_examples", None))
+        if spend is None and budget is None:
             log.warning(
                 "round %d of %s: the trainer does not say its number of examples; not accounted", msg.round, msg.run_id
             )

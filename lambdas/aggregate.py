@@ -64,6 +64,7 @@ from fedstep.core.schemas import (
     headline_metric,
     state_machine_fields,
 )
+from fedstep.privacy import lazy_client_epsilon
 
 logger = Logger(service="fedstep-aggregate")
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "fedstep"), service="fedstep-aggregate")
@@ -185,20 +186,7 @@ def settings(context: LambdaContext | None = None) -> AggregationSettings:
     )
 
 
-def accountant(
-    noise_multiplier: float,
-    sample: int,
-    population: int,
-    steps: int,
-    delta: float,
-    unsampled: int = 0,
-    selection: str = "fixed",
-) -> float:
-    """dp-accounting's epsilon for the run's selection (`fedstep.privacy.accounting.client_epsilon`),
-    imported on first use: only DP runs pay for loading it (scipy)."""
-    from fedstep.privacy.accounting import client_epsilon
-
-    return client_epsilon(noise_multiplier, sample, population, steps, delta, unsampled, selection)
+accountant = lazy_client_epsilon
 
 
 class UnknownEvent(FedstepError):

@@ -189,7 +189,6 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
     memory_engine.check_engine_options(config.engine, config.workers, config.keep_running)
     if config.engine == "memory":
         return memory_engine.run_memory(config, echo)
-    from client_agent.models import DEFAULT_FOR_DATASET
     from infra.config import ClientConfig, DeploymentConfig
 
     scheme = check_data_args(config)
@@ -199,10 +198,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
     if config.model:  # a model that cannot be imported is named before any agent starts
         load_callable(config.model, "model")
     run_id = new_run_id()
-    out = Path(config.out) if config.out is not None else run_folder(run_id)
-    out.mkdir(parents=True, exist_ok=True)
-    if config.out is None:
-        point_latest_at(out)
+    out = output_folder(config, run_id)
     # With --keep-running the agents keep serving after the run's end (`--follow`), for the runs an
     # operator starts on the kept cloud; they stop with it (ClientProcesses, and the kernel if killed).
     agent_mode = ["--follow"] if config.keep_running else []
@@ -224,14 +220,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
             procs.start(cid, args, env, out / "logs" / f"{cid}.log")
         prepared, counts = partition_data(config.dataset, client_ids, scheme, config.seed)
         echo_partition(prepared, counts, echo)
-        model_ref = config.model or DEFAULT_FOR_DATASET[config.dataset]
-        model = build_model(model_ref, config.seed)
-        check_model_fits(model, model_ref, prepared)
-        architecture, initial_weights = keras_payload(model)
-        if config.model is not None or config.dataset not in DEFAULT_FOR_DATASET:
-            # a user's model or data; a built-in data set's own model trains on it (the suite runs each pair),
-            # and the check's traced training step would cost the runner a second before the cloud starts
-            check_model_trains(architecture, model_ref, prepared, settings.standardize)
+        model_ref, architecture, initial_weights = run_model(config, prepared, settings)
         deployment = DeploymentConfig(
             project="fedstep",
             clients=tuple(ClientConfig(c) for c in client_ids),
@@ -508,6 +497,31 @@ def echo_partition(prepared: Prepared, counts: LabelCounts, echo: Callable[[str]
     width = max(len(counts.name(c)) for c in counts.clients)
     for client in counts.clients:
         echo(f"  {counts.name(client).ljust(width)}  {counts.describe(client)}")
+
+
+def output_folder(config: DemoConfig, run_id: str) -> Path:
+    """The run's output folder, made: `config.out`, or runs/<run> with runs/latest pointing at it."""
+    out = Path(config.out) if config.out is not None else run_folder(run_id)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.out is None:
+        point_latest_at(out)
+    return out
+
+
+def run_model(config: DemoConfig, prepared: Prepared, settings: RunSettings) -> tuple[str, bytes, tensors.Tensors]:
+    """The run's model (`config.model` or the data set's own), seeded, checked against the data: its
+    reference, its architecture (`.keras` bytes) and its initial weights."""
+    from client_agent.models import DEFAULT_FOR_DATASET
+
+    model_ref = config.model or DEFAULT_FOR_DATASET[config.dataset]
+    model = build_model(model_ref, config.seed)
+    check_model_fits(model, model_ref, prepared)
+    architecture, initial_weights = keras_payload(model)
+    if config.model is not None or config.dataset not in DEFAULT_FOR_DATASET:
+        # a user's model or data; a built-in data set's own model trains on it (the suite runs each pair),
+        # and the check's traced training step would cost the runner a second before the cloud starts
+        check_model_trains(architecture, model_ref, prepared, settings.standardize)
+    return model_ref, architecture, initial_weights
 
 
 def check_model_fits(model: Any, model_ref: str, prepared: Prepared) -> None:

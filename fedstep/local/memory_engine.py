@@ -54,22 +54,21 @@ from fedstep.local.demo import (
     HeldoutEvaluator,
     agent_threads_env,
     check_data_args,
-    check_model_fits,
-    check_model_trains,
     demo_summary,
     echo_partition,
     heldout_inputs,
+    output_folder,
     partition_data,
+    run_model,
     stop_line,
 )
 from fedstep.local.memory_workers import ClientData, ClientResult, ClientTask, ready, start_worker, train_client
 from fedstep.local.round_entries import round_entry, round_line
 from fedstep.memory import MemoryStore, MemoryTable, RecordingReporter
 from fedstep.memory.run import publish_in_memory, store_initial
-from fedstep.operator.model import build_model, keras_payload
-from fedstep.operator.paths import point_latest_at, run_folder
 from fedstep.operator.settings import RunSettings
 from fedstep.operator.start import new_run_id, plan_run
+from fedstep.privacy import lazy_client_epsilon
 from fedstep.render.status import strategy_text
 
 ENGINES = ("cloud", "memory")
@@ -146,24 +145,11 @@ def client_pool(workers: int, data: ClientData, env: dict[str, str], logs: Path)
         pool.close()
 
 
-def accountant(
-    noise_multiplier: float,
-    sample: int,
-    population: int,
-    steps: int,
-    delta: float,
-    unsampled: int = 0,
-    selection: str = "fixed",
-) -> float:
-    """The aggregation function's privacy accountant (`lambdas.aggregate.accountant`), imported on first use."""
-    from fedstep.privacy.accounting import client_epsilon
-
-    return client_epsilon(noise_multiplier, sample, population, steps, delta, unsampled, selection)
+accountant = lazy_client_epsilon
 
 
 def run_memory(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run `config` on the memory engine (see the module doc); what `run_demo` returns: the summary."""
-    from client_agent.models import DEFAULT_FOR_DATASET
 
     check_engine_options("memory", config.workers, config.keep_running)
     scheme = check_data_args(config, max_clients=limits.MAX_CLIENTS_PER_RUN)
@@ -178,21 +164,14 @@ def run_memory(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[
     if config.model:
         load_callable(config.model, "model")
     run_id = new_run_id()
-    out = Path(config.out) if config.out is not None else run_folder(run_id)
-    out.mkdir(parents=True, exist_ok=True)
-    if config.out is None:
-        point_latest_at(out)
+    out = output_folder(config, run_id)
     workers = worker_count(config.workers, per_round)
     threads = {k: v for k, v in agent_threads_env(config.clients).items() if v is not None}
     data = ClientData(config.dataset, config.clients, str(scheme), config.seed)
     with client_pool(workers, data, {**threads, "TF_CPP_MIN_LOG_LEVEL": "3"}, out / "logs") as pool:
         prepared, counts = partition_data(config.dataset, client_ids, scheme, config.seed)
         echo_partition(prepared, counts, echo)
-        model_ref = config.model or DEFAULT_FOR_DATASET[config.dataset]
-        model = build_model(model_ref, config.seed)
-        check_model_fits(model, model_ref, prepared)
-        architecture, initial_weights = keras_payload(model)
-        check_model_trains(architecture, model_ref, prepared, settings.standardize)
+        model_ref, architecture, initial_weights = run_model(config, prepared, settings)
         record = plan_run(settings, sorted(client_ids), run_id)
         model_file = ObjectRef(keys.model_key(run_id), tensors.sha256_hex(architecture), len(architecture))
         record = replace(record, model=model_file)

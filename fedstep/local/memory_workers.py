@@ -140,41 +140,17 @@ def client_split(data: ClientData, index: int) -> Any:
     return split
 
 
-class Declined(Exception):
-    """The client must not train the round (its privacy instructions); the reason."""
-
-
 def round_privacy(msg: Any, examples: int) -> Any:
     """What the round's privacy instructions ask of a client with `examples` training examples, as
     the agent decides it with its default config (no `dp_epsilon_budget`, no `dp_max_delta`:
     `client_agent.agent.Agent._round_privacy`). Raises Declined when the agent would decline."""
-    from client_agent import dp_sgd
-    from client_agent.privacy_ledger import Spend
+    from client_agent.round_privacy import dp_sgd_spend, instructed
     from client_agent.steps import RoundPrivacy
 
-    try:
-        mode = dp_sgd.dp_mode(msg.instructions)
-        clip = dp_sgd.client_clip_norm(msg.instructions) if mode == dp_sgd.CLIENT_CLIP else None
-        params = dp_sgd.DpSgdParams.of(msg.instructions) if mode == dp_sgd.DP_SGD else None
-    except ValueError as exc:
-        raise Declined(f"unusable privacy instructions: {exc}") from None
+    mode, clip, params = instructed(msg)
     if params is None:
         return RoundPrivacy(mode, clip)
-    if examples and params.delta is not None and params.delta >= 1 / examples:
-        raise Declined(
-            f"privacy: dp_delta {params.delta:g} is not below 1/examples = {1 / examples:.3g}: "
-            "a guarantee that weak would allow publishing a record outright"
-        )
-    t = msg.training
-    spend = Spend(
-        round=msg.round,
-        steps=dp_sgd.steps_per_round(t.epochs, t.batch_size, examples),
-        rate=dp_sgd.sampling_rate(t.batch_size, examples),
-        noise_multiplier=params.noise_multiplier,
-        delta=params.delta,
-        attempt=msg.attempt,
-    )
-    return RoundPrivacy(mode, None, spend if examples else None)
+    return RoundPrivacy(mode, None, dp_sgd_spend(msg, params, examples))
 
 
 def train_client(task: ClientTask) -> ClientResult:
@@ -191,6 +167,7 @@ def train_client(task: ClientTask) -> ClientResult:
 def _serve(task: ClientTask) -> tuple[bytes | None, dict[str, Any]]:
     from client_agent.privacy_ledger import PrivacyLedger
     from client_agent.residuals import ResidualStore
+    from client_agent.round_privacy import Declined
     from client_agent.steps import RoundContext, run_steps, steps_for
     from client_agent.training import load_trainer
     from fedstep.core import tensors
