@@ -26,6 +26,7 @@ AggregationDuration (s), BytesAggregated, and the weighted metrics as WeightedLo
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import warnings
@@ -211,11 +212,21 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return stream_handler(event, context)
 
 
+_checked: contextvars.ContextVar[set[tuple[str, int]] | None] = contextvars.ContextVar("checked", default=None)
+"""The rounds a stream batch has already checked (every record of a batch was written before it came)."""
+
+
 def complete_round_of(record: DynamoDBRecord) -> None:
-    """One stream record: if it is an update item, complete its round if that round is ready."""
+    """One stream record: if it is an update item, complete its round if that round is ready. A round
+    is checked once per batch: its other records in the batch were already in the table then."""
     touched = round_of(record)
     if touched is None:
         return
+    checked = _checked.get()
+    if checked is not None:
+        if touched in checked:
+            return
+        checked.add(touched)
     store, table, reporter, _ = services()
     try_complete_round(
         *touched, store=store, table=table, reporter=reporter, settings=settings(), on_aggregated=_aggregated
@@ -227,9 +238,13 @@ def complete_round_of(record: DynamoDBRecord) -> None:
 def stream_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """A batch of stream records; records that raised are reported back as batch item failures, so
     Lambda retries from the first of them (the event source mapping reports item failures)."""
-    return process_partial_response(
-        event=event, record_handler=complete_round_of, processor=_processor, context=context
-    )
+    token = _checked.set(set())
+    try:
+        return process_partial_response(
+            event=event, record_handler=complete_round_of, processor=_processor, context=context
+        )
+    finally:
+        _checked.reset(token)
 
 
 @metrics.log_metrics
