@@ -13,9 +13,15 @@ Two tasks, the same on both sides, each run once per side in one run of this scr
 
 Both sides: `fedstep local`'s run defaults (`fedstep.local.demo.LOCAL_SETTINGS`: 1 local epoch,
 batch 32, the model's own learning rate), seed 0 (data, partition, initial weights), FedAvg
-weighted by the clients' training examples, `clients per round` of N sampled each round (each
-side its own sampler: fedstep's seeded `fedstep.core.selection`, Flower's FedAvg), every round's
-global model scored on fedstep's held-out set (`client_agent.datasets.load_heldout`).
+weighted by the clients' training examples, `clients per round` of N each round, every round's
+global model scored on fedstep's held-out set (`client_agent.datasets.load_heldout`). Flower's
+FedAvg samples k of its N virtual nodes (`fraction_train` = k/N, `min_train_nodes` = k); by default
+(`--flower-sampling fedstep`) the k sampled nodes then train the data of the k clients fedstep's
+seeded selection picks for the round (`fedstep.core.selection`), so both sides do the same work
+every round and their held-out accuracies must agree round by round (any difference is the
+engines'). With `--flower-sampling flower` each node trains its own partition (`partition-id`):
+the two sides then train different clients each round, and on A (non-IID, 10 of 100) the final
+accuracies differ by several points either way from the sampling alone.
 
 - fedstep: `fedstep.simulate(engine="memory", ...)` (`--fedstep-engine cloud` for the embedded
   local cloud, at most 50 clients) in a subprocess under fedstep's `.venv/bin/python` (this
@@ -47,7 +53,9 @@ Goal (issue 24): fedstep's start to final model at most 0.5x Flower's, held-out 
     .venv-flower/bin/python bench/simulation.py --write-docs          # also the table in docs/benchmarks.md
 
 `--rounds`, `--clients` and `--clients-per-round` change the tasks (printed as changed, and then
-`--write-docs` writes nothing). Set-up of `.venv-flower`: see `bench/flower_baseline.py`.
+`--write-docs` writes nothing). `--fedstep-root PATH` takes fedstep's code (the fedstep side, the
+export, the Flower app's trainer) from another checkout, e.g. a branch's worktree before it is
+merged. Set-up of `.venv-flower`: see `bench/flower_baseline.py`.
 """
 
 from __future__ import annotations
@@ -333,9 +341,12 @@ def run_fedstep(task: Task, engine: str, workers: int, work: Path, verbose: bool
 # --- Flower's venv: the Simulation Engine -----------------------------------------------------
 
 
-def run_flower(task: Task, data: Path, client_cpus: int, work: Path, sampling: str = "flower") -> Side:
+def run_flower(
+    task: Task, data: Path, client_cpus: int, work: Path, sampling: str = "fedstep", root: Path = ROOT
+) -> Side:
     """The task on Flower's Simulation Engine, as `bench/flower_baseline.py --engine simulation` runs it;
-    `sampling`: "flower" (FedAvg's own) or "fedstep" (the sampled nodes play fedstep's selected clients)."""
+    `sampling`: "flower" (FedAvg's own) or "fedstep" (the sampled nodes play fedstep's selected clients).
+    The app imports fedstep's trainer from the checkout `root`, as the fedstep side does."""
     import flwr
 
     from bench import flower_baseline as baseline
@@ -359,7 +370,7 @@ def run_flower(task: Task, data: Path, client_cpus: int, work: Path, sampling: s
     env = {
         **os.environ,
         "FLWR_HOME": str(home),
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        "PYTHONPATH": os.pathsep.join([str(root), str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         "TF_CPP_MIN_LOG_LEVEL": "3",
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
@@ -443,7 +454,9 @@ def run_task(task: Task, args: argparse.Namespace, keep: Path | None) -> tuple[T
             )
             (work / "flower").mkdir()
             try:
-                flower = run_flower(task, data, args.client_cpus, work / "flower", args.flower_sampling)
+                flower = run_flower(
+                    task, data, args.client_cpus, work / "flower", args.flower_sampling, args.fedstep_root
+                )
             except (RuntimeError, subprocess.SubprocessError, KeyError) as exc:
                 flower = replace(flower, error=f"{type(exc).__name__}: {exc}")
             _print_side(flower)
@@ -468,8 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--flower-sampling",
         choices=("flower", "fedstep"),
-        default="flower",
-        help="Flower's FedAvg samples the clients (default), or its sampled nodes play fedstep's selected clients",
+        default="fedstep",
+        help="which clients Flower's sampled nodes train: fedstep's selection (default, the same work on both "
+        "sides) or each node its own partition (Flower's own sampling)",
     )
     parser.add_argument(
         "--fedstep-root",
@@ -501,7 +515,8 @@ def main(argv: list[str] | None = None) -> int:
         args.keep_logs.mkdir(parents=True, exist_ok=True)
     print(
         f"fedstep engine {args.fedstep_engine} ({args.workers} workers) against Flower's Simulation Engine "
-        f"(client-resources-num-cpus={args.client_cpus}); {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+        f"(client-resources-num-cpus={args.client_cpus}, clients by {args.flower_sampling}'s sampling); "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     )
     started = time.time()
     results = [run_task(task, args, args.keep_logs) for task in tasks]
@@ -529,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             legend = (
                 f"Measured {when}, {os.cpu_count()} cores, one run each; fedstep engine {args.fedstep_engine} with "
-                f"{args.workers} workers, Flower with client-resources-num-cpus={args.client_cpus}; 1-minute load "
+                f"{args.workers} workers, Flower with client-resources-num-cpus={args.client_cpus}, its nodes training "
+                f"the clients of {args.flower_sampling}'s sampling; 1-minute load "
                 f"average at each side's start: {loads}."
             )
             write_docs(f"{text}\n\n{legend}\n\n" + "\n".join(f"- {line}" for line in lines))
