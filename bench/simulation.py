@@ -122,8 +122,8 @@ class Side:
     heldout_accuracy: list[float] = field(default_factory=list)
     round_s: list[float] = field(default_factory=list)
     participants: list[int] = field(default_factory=list)
-    load_average: tuple[float, float] = (0.0, 0.0)
-    """The 1-minute load average when the side started and when it ended."""
+    load_average: tuple[float, float] | None = None
+    """The 1-minute load average when the side started and when it ended; None: the side did not run."""
     notes: dict[str, float] = field(default_factory=dict)
     error: str = ""
 
@@ -431,7 +431,9 @@ def _print_side(side: Side) -> None:
     print(
         f"  {side.engine}: start to final model {side.start_to_final_s:.1f} s{notes}; rounds [{rounds}] s; "
         f"participants {side.participants}; held-out accuracy [{accuracy}]; "
-        f"load average {side.load_average[0]:.1f} -> {side.load_average[1]:.1f}",
+        f"load average {side.load_average[0]:.1f} -> {side.load_average[1]:.1f}"
+        if side.load_average
+        else "",
         flush=True,
     )
 
@@ -539,8 +541,10 @@ def main(argv: list[str] | None = None) -> int:
             print("note: --write-docs writes only the issue's tasks, unchanged; not written")
         else:
             when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
-            loads = ", ".join(
-                f"{t.name}: fedstep {f.load_average[0]:.1f}, Flower {w.load_average[0]:.1f}" for t, f, w in results
+            loads = "; ".join(
+                f"{t.name}: "
+                + ", ".join(f"{s.engine.split()[0]} {s.load_average[0]:.1f}" for s in (f, w) if s.load_average)
+                for t, f, w in results
             )
             legend = (
                 f"Measured {when}, {os.cpu_count()} cores, one run each; fedstep engine {args.fedstep_engine} with "
