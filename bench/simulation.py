@@ -126,6 +126,8 @@ class Side:
     """The 1-minute load average when the side started and when it ended; None: the side did not run."""
     notes: dict[str, float] = field(default_factory=dict)
     error: str = ""
+    runs_s: list[float] = field(default_factory=list)
+    """With --repeat: the start to final model of every run of this side, in run order."""
 
     @property
     def final(self) -> float | None:
@@ -140,6 +142,17 @@ def ratio(fedstep: Side, flower: Side) -> float | None:
     if fedstep.start_to_final_s is None or not flower.start_to_final_s:
         return None
     return fedstep.start_to_final_s / flower.start_to_final_s
+
+
+def median_run(runs: list[Side]) -> Side:
+    """Of a side's runs, the one with the median start to final model (the lower of the two middle
+    ones), with every run's time in `runs_s`; the first failed run when none has a time."""
+    timed = sorted(
+        (r for r in runs if r.start_to_final_s is not None and not r.error), key=lambda r: r.start_to_final_s
+    )
+    if not timed:
+        return runs[0]
+    return replace(timed[(len(timed) - 1) // 2], runs_s=[r.start_to_final_s for r in runs if r in timed])
 
 
 def verdict(task: Task, fedstep: Side, flower: Side) -> str:
@@ -197,6 +210,23 @@ def table(results: list[tuple[Task, Side, Side]]) -> str:
             f"| {_round(fedstep)} | {_round(flower)} |"
         )
     return "\n".join(lines)
+
+
+def runs_text(results: list[tuple[Task, Side, Side]], repeat: int) -> str:
+    """How many runs the figures are, and with --repeat every run's start to final model."""
+    if repeat == 1:
+        return "one run of each side"
+    times = "; ".join(
+        f"{task.name}: "
+        + ", ".join(
+            f"{side.engine.split()[0]} " + " / ".join(f"{v:.1f}" for v in side.runs_s) + " s"
+            for side in (fedstep, flower)
+            if side.runs_s
+        )
+        for task, fedstep, flower in results
+        if fedstep.runs_s
+    )
+    return f"the median of {repeat} alternating runs of each side" + (f" ({times})" if times else "")
 
 
 def replace_marked(document: str, text: str) -> str | None:
@@ -439,39 +469,51 @@ def _print_side(side: Side) -> None:
 
 
 def run_task(task: Task, args: argparse.Namespace, keep: Path | None) -> tuple[Task, Side, Side]:
+    """`args.repeat` runs of each side, alternating (fedstep, Flower, fedstep, ...); each side's median run."""
     print(f"task {task.name}: {task.describe()}", flush=True)
     work = Path(tempfile.mkdtemp(prefix=f"simbench-{task.name}-"))
+    not_run = Side(engine="Flower Simulation Engine", error="not run: fedstep gave no result (above)")
+    fedsteps: list[Side] = []
+    flowers: list[Side] = []
+    data = work / "data"
     try:
-        (work / "fedstep").mkdir()
-        fedstep = run_fedstep(
-            task, args.fedstep_engine, args.workers, work / "fedstep", args.verbose, args.fedstep_root
-        )
-        _print_side(fedstep)
-        flower = Side(engine="Flower Simulation Engine", error="not run: fedstep gave no result (above)")
-        if not fedstep.error:
-            data = work / "data"
-            data.mkdir()
-            _in_fedstep_venv(
-                "_export", {"task": asdict(task)}, data / "done.json", work / "export.log", args.fedstep_root
+        for number in range(1, args.repeat + 1):
+            run = work / f"run-{number}"
+            (run / "fedstep").mkdir(parents=True)
+            fedstep = run_fedstep(
+                task, args.fedstep_engine, args.workers, run / "fedstep", args.verbose, args.fedstep_root
             )
-            (work / "flower").mkdir()
+            fedsteps.append(fedstep)
+            _print_side(fedstep)
+            if fedstep.error:
+                break
+            if not data.exists():
+                data.mkdir()
+                _in_fedstep_venv(
+                    "_export", {"task": asdict(task)}, data / "done.json", work / "export.log", args.fedstep_root
+                )
+            (run / "flower").mkdir()
             try:
                 flower = run_flower(
-                    task, data, args.client_cpus, work / "flower", args.flower_sampling, args.fedstep_root
+                    task, data, args.client_cpus, run / "flower", args.flower_sampling, args.fedstep_root
                 )
             except (RuntimeError, subprocess.SubprocessError, KeyError) as exc:
-                flower = replace(flower, error=f"{type(exc).__name__}: {exc}")
+                flower = replace(not_run, error=f"{type(exc).__name__}: {exc}")
+            flowers.append(flower)
             _print_side(flower)
     finally:
         if keep is not None:
             shutil.copytree(work, keep / work.name, ignore=shutil.ignore_patterns("flwr-home", "data.npz"))
         shutil.rmtree(work, ignore_errors=True)
-    return task, fedstep, flower
+    return task, median_run(fedsteps), median_run(flowers) if flowers else not_run
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks (default %(default)s)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs of each side per task, alternating; the medians (default 1)"
+    )
     parser.add_argument("--rounds", type=int, help="change every task's rounds (development)")
     parser.add_argument("--clients", type=int, help="change every task's clients (development)")
     parser.add_argument("--clients-per-round", type=int, help="change every task's clients per round (development)")
@@ -502,8 +544,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(TASKS))
     if unknown or not names:
         parser.error(f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
-    if args.client_cpus < 1 or any(v is not None and v < 1 for v in (args.rounds, args.clients, args.workers)):
-        parser.error("--client-cpus, --rounds, --clients and --workers must be at least 1")
+    if min(args.client_cpus, args.repeat) < 1 or any(
+        v is not None and v < 1 for v in (args.rounds, args.clients, args.workers)
+    ):
+        parser.error("--repeat, --client-cpus, --rounds, --clients and --workers must be at least 1")
     args.workers = args.workers or max(1, (os.cpu_count() or 1) // args.client_cpus)
     changes = {
         k: v
@@ -541,13 +585,14 @@ def main(argv: list[str] | None = None) -> int:
             print("note: --write-docs writes only the issue's tasks, unchanged; not written")
         else:
             when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
+            runs = runs_text(results, args.repeat)
             loads = "; ".join(
                 f"{t.name}: "
                 + ", ".join(f"{s.engine.split()[0]} {s.load_average[0]:.1f}" for s in (f, w) if s.load_average)
                 for t, f, w in results
             )
             legend = (
-                f"Measured {when}, {os.cpu_count()} cores, one run each; fedstep engine {args.fedstep_engine} with "
+                f"Measured {when}, {os.cpu_count()} cores, {runs}; fedstep engine {args.fedstep_engine} with "
                 f"{args.workers} workers, Flower with client-resources-num-cpus={args.client_cpus}, its nodes training "
                 f"the clients of {args.flower_sampling}'s sampling; 1-minute load "
                 f"average at each side's start: {loads}."

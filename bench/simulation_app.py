@@ -7,19 +7,20 @@ tests). Everything fedstep-specific comes from the folder `data-dir` (the run co
 it), the held-out set (`heldout/x`, `heldout/y`), the initial model as `fedstep local` builds it
 (`model.keras`, `initial.npz`: `build_model(model, seed)` then `keras_payload`) and `meta.json`.
 
-- ClientApp: virtual node `partition-id` p (0-based) is fedstep's client p + 1. It trains with
-  fedstep's own default trainer, `client_agent.training.keras_fit` (seed 0, evaluate, fit,
-  evaluate), on a `RoundModel` whose Keras model stays warm across calls in the same Ray actor
-  (`client_agent.warm_model.WarmModel`, as a fedstep agent keeps it), and replies with the trained
-  weights and `num-examples` (its local training examples).
+- ClientApp: trains the fedstep client its message's config names (`client`, 1-based), else its
+  own node's (`partition-id` p, 0-based, is client p + 1), with fedstep's default trainer,
+  `client_agent.training.keras_fit` (seed 0, evaluate, fit, evaluate), on a `RoundModel` whose
+  Keras model stays warm across calls in the same Ray actor (`client_agent.warm_model.WarmModel`,
+  as a fedstep agent keeps it); replies with the trained weights and `num-examples` (its local
+  training examples).
 - ServerApp: Flower's FedAvg (weighted by `num-examples`), sampling `clients-per-round` of the
   `num-clients` nodes each round (`fraction_train` = k/N, `min_train_nodes` = k), no federated
-  evaluation. With `sampling = "fedstep"` the k sampled nodes play the k clients fedstep's seeded
-  selection picks for the round (`fedstep.core.selection.select`, clients named client-1..client-N
-  as `fedstep local` names them; each message's config says which), so both sides train the same
-  clients every round; its `evaluate_fn` scores every round's global model on the held-out set as fedstep's
-  `HeldoutEvaluator` does (the architecture loaded once, Keras `evaluate`, rounded to 4 digits), on
-  the clock. When `strategy.start` returns, it writes the figures to `result-file`.
+  evaluation. With `sampling = "fedstep"` the k sampled nodes train the k clients fedstep's seeded
+  selection picks for the round (`fedstep.core.selection.select` over client-1..client-N, as
+  `fedstep local` names them), so both sides train the same clients every round. Its `evaluate_fn`
+  scores every round's global model on the held-out set as fedstep's `HeldoutEvaluator` does (the
+  architecture loaded once, Keras `evaluate`, rounded to 4 digits), on the clock. When
+  `strategy.start` returns, it writes the figures to `result-file`.
 """
 
 from __future__ import annotations

@@ -55,3 +55,15 @@ def test_simulation_bench_writes_between_its_markers_only(bench):
     assert bench.replace_marked(document, "new table") == f"# Benchmarks\n\nbefore\n{start}\nnew table\n{end}\nafter\n"
     assert bench.replace_marked("# Benchmarks\n", "new table") is None
     assert start in bench.DOCS.read_text() and end in bench.DOCS.read_text()  # docs/benchmarks.md has its section
+
+
+def test_simulation_bench_reports_each_sides_median_run_of_those_that_finished(bench):
+    runs = [side(bench, 70.0, [0.7]), side(bench, None, [], error="RuntimeError: killed"), side(bench, 60.0, [0.7])]
+    runs.append(side(bench, 90.0, [0.7]))
+    median = bench.median_run(runs)
+    assert median.start_to_final_s == 70.0 and median.runs_s == [70.0, 60.0, 90.0]
+    assert bench.median_run(runs[1:2]).error == "RuntimeError: killed"
+    task = bench.TASKS["A"]
+    text = bench.runs_text([(task, median, bench.median_run([side(bench, 150.0, [0.7], engine="Flower 1.42.0")]))], 3)
+    assert text == "the median of 3 alternating runs of each side (A: fedstep 70.0 / 60.0 / 90.0 s, Flower 150.0 s)"
+    assert bench.runs_text([], 1) == "one run of each side"
