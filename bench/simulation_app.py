@@ -63,7 +63,11 @@ def _warm() -> Any:
     return WarmModel()
 
 
+@functools.lru_cache(maxsize=64)
 def _client_data(data_dir: str, client: int) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+    """Client `client`'s split, the last 64 clients' kept as the memory engine's workers keep them
+    (`fedstep.local.memory_workers.CLIENT_CACHE`): the same arrays again, so Keras pipelines kept for
+    them (`client_agent.keras_data`, keyed by the arrays) serve the next round as on fedstep's side."""
     arrays = _arrays(data_dir)
     return (
         (arrays[f"c{client}/x_train"], arrays[f"c{client}/y_train"]),
