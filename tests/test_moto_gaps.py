@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import zipfile
@@ -981,7 +982,7 @@ def test_the_lambda_shim_refuses_a_request_or_a_response_past_lambdas_6_mb_paylo
     assert json.loads(echoed["Payload"].read())["errorType"] == "Function.ResponseSizeTooLarge"
 
 
-def test_moto_s_module_listing_is_kept_and_unchanged():
+def test_moto_s_module_listing_is_kept_and_threads_switch_every_millisecond():
     from moto import backends
 
     from fedstep.local import moto_speed
@@ -992,3 +993,4 @@ def test_moto_s_module_listing_is_kept_and_unchanged():
     assert list(backends.list_of_moto_modules()) == before
     assert "dynamodb" in backends.list_of_moto_modules()
     assert backends.list_of_moto_modules() is backends.list_of_moto_modules()  # listed once
+    assert sys.getswitchinterval() == moto_speed.SWITCH_INTERVAL_S

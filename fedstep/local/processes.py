@@ -18,6 +18,7 @@ An agent is started one of two ways, with the same command-line arguments, envir
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -147,6 +148,7 @@ class ClientProcesses:
         if self.fork:
             sys.stdout.flush()  # nothing of the runner's buffered output is written twice
             sys.stderr.flush()
+            gc.freeze()  # what the copy inherits (TensorFlow, the agent's modules) is never collected in it
             pid = os.fork()
             if pid == 0:
                 _run_forked_agent(client_id, args, changes, log_path)
