@@ -24,6 +24,7 @@ the Step Functions execution, heartbeats, model cards and federated statistics (
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import multiprocessing
 import os
@@ -53,6 +54,7 @@ from fedstep.local.demo import (
     DemoConfig,
     HeldoutEvaluator,
     agent_threads_env,
+    agents_forked,
     check_data_args,
     demo_summary,
     echo_partition,
@@ -63,6 +65,7 @@ from fedstep.local.demo import (
     stop_line,
 )
 from fedstep.local.memory_workers import ClientData, ClientResult, ClientTask, ready, start_worker, train_client
+from fedstep.local.processes import preload_agent
 from fedstep.local.round_entries import round_entry, round_line
 from fedstep.memory import MemoryStore, MemoryTable, RecordingReporter
 from fedstep.memory.run import publish_in_memory, store_initial
@@ -101,14 +104,21 @@ def worker_count(workers: int | None, per_round: int) -> int:
 
 
 class ClientPool:
-    """The worker processes (spawned, each importing TensorFlow once); started at once, so their
-    imports overlap the main process's preparation."""
+    """The worker processes, started at once. Where forking is safe (`fork_is_safe`: no other thread
+    yet), this process imports TensorFlow and the agent's modules first and forks the workers, which
+    then share that import, as `fedstep local`'s agents do; elsewhere (a notebook) they are spawned,
+    each importing TensorFlow while this process prepares the run."""
 
     def __init__(self, workers: int, data: ClientData, env: dict[str, str], logs: Path) -> None:
         self.workers = workers
+        method = "fork" if agents_forked() else "spawn"
+        self.frozen = method == "fork"
+        if method == "fork":
+            preload_agent()  # imported, not used: TensorFlow starts nothing before its first operation
+            gc.freeze()  # never collected in the workers: they keep it all
         self.executor = ProcessPoolExecutor(
             max_workers=workers,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=multiprocessing.get_context(method),
             initializer=start_worker,
             initargs=(data, env, os.getpid(), str(logs)),
         )
@@ -128,6 +138,8 @@ class ClientPool:
 
     def close(self) -> None:
         """Stop the workers at once: they hold nothing to save (TensorFlow's exit takes seconds)."""
+        if self.frozen:
+            gc.unfreeze()
         workers = list((getattr(self.executor, "_processes", None) or {}).values())
         self.executor.shutdown(wait=False, cancel_futures=True)
         for process in workers:

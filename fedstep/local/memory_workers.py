@@ -1,9 +1,11 @@
 """The memory engine's clients: a pool of worker processes that train a round's clients as their
 agents would (`fedstep.local.memory_engine` drives it).
 
-Each worker is started with `spawn` (TensorFlow is not fork-safe once imported), sets its thread
-pools to what a client agent of the same run gets (`fedstep.local.demo.agent_threads_env`), imports
-TensorFlow once, and then serves any client: it loads the client's data itself, as the agent does,
+Each worker is forked from the main process once that has imported TensorFlow (before it runs an
+operation), or spawned where forking is not safe (`fedstep.local.memory_engine.ClientPool`), sets its
+thread pools to what a client agent of the same run gets (`fedstep.local.demo.agent_threads_env`),
+imports TensorFlow once (a forked worker has it already), and then serves any client: it loads the
+client's data itself, as the agent does,
 from (data set, partition i/n, scheme, data seed) (`client_agent.data.load_local_data`'s path; the
 whole data set is loaded once per worker and the last `CLIENT_CACHE` clients' splits kept), trains
 with the agent's own trainer (`client_agent.training.load_trainer`: `keras_fit` on one warm model per
