@@ -99,7 +99,8 @@ def simulate(
     `history.attrs["summary"]` is the run's summary, as in `<out>/summary.json` (run_id, stop_reason,
     final held-out accuracy and loss, config, partition).
     """
-    from fedstep.local.demo import demo_config, run_demo
+    from fedstep.local.demo import demo_config
+    from fedstep.local.engines import run_local
 
     _check_settings(settings, "simulate")
     if rounds is not None:
@@ -117,7 +118,7 @@ def simulate(
         engine=engine,
         workers=workers,
     )
-    summary = run_demo(config, echo=_echo(verbose))
+    summary = run_local(config, echo=_echo(verbose))
     history = history_frame(summary["rounds"])
     history.attrs["summary"] = summary
     return history

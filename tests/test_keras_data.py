@@ -22,7 +22,7 @@ def _model(keras):
     return digits_mlp()
 
 
-def _train(net, keras, weights, fit, rounds=3, seed=0):
+def _train(net, keras, weights, fit, rounds=2, seed=0):
     """`rounds` rounds as the agent trains them: the seed set, the round's weights, `fit`; each round's
     weights and loss history."""
     out = []
@@ -125,7 +125,7 @@ def test_the_compiled_step_over_kept_batches_trains_and_evaluates_bit_for_bit_as
         expected, found = [], []
         for fit, out in ((with_fit, expected), (with_steps, found)):
             weights = start_weights
-            for _ in range(3):
+            for _ in range(2):
                 keras.utils.set_random_seed(seed)
                 net.optimizer.iterations.assign(0)
                 net.set_weights(weights)

@@ -16,7 +16,8 @@ from fedstep.core import keys, tensors
 from fedstep.core.errors import FedstepError
 from fedstep.core.schemas import ObjectRef, RoundMessage
 from fedstep.core.updates import encode_update
-from fedstep.local.demo import demo_config, partition_data, run_demo
+from fedstep.local.demo import demo_config, partition_data
+from fedstep.local.engines import run_local
 from fedstep.local.memory_engine import RoundLoop, worker_count
 from fedstep.local.memory_workers import ClientResult, ClientTask
 from fedstep.memory import MemoryStore, MemoryTable
@@ -138,7 +139,7 @@ def test_a_round_below_its_quorum_fails_the_run_by_name_after_its_retries(tmp_pa
 )
 def test_options_one_engine_cannot_take_are_refused_by_name_before_anything_starts(options, message, tmp_path):
     with pytest.raises(FedstepError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
-        run_demo(demo_config(out=tmp_path, **options))
+        run_local(demo_config(out=tmp_path, **options))
     assert not (tmp_path / "summary.json").exists()
 
 

@@ -610,7 +610,8 @@ def _interrupt(signum: int, frame: object) -> None:
 def _local(args: argparse.Namespace) -> int:
     import signal
 
-    from fedstep.local.demo import demo_config, run_demo
+    from fedstep.local.demo import demo_config
+    from fedstep.local.engines import run_local
 
     signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: clients and the local cloud are shut down
     # Ctrl-C stops the run even when the parent started this process with SIGINT ignored (a shell's
@@ -630,7 +631,7 @@ def _local(args: argparse.Namespace) -> int:
         engine=args.engine,
         workers=args.workers,
     )
-    run_demo(config)
+    run_local(config)
     return 0
 
 

@@ -185,11 +185,7 @@ def agent_threads_env(agents: int, cores: int | None = None) -> dict[str, str | 
 
 
 def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    from fedstep.local import memory_engine
-
-    memory_engine.check_engine_options(config.engine, config.workers, config.keep_running)
-    if config.engine == "memory":
-        return memory_engine.run_memory(config, echo)
+    """The cloud engine's run (`fedstep.local.engines.run_local` picks the engine)."""
     from infra.config import ClientConfig, DeploymentConfig
 
     scheme = check_data_args(config)

@@ -161,7 +161,7 @@ accountant = lazy_client_epsilon
 
 
 def run_memory(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run `config` on the memory engine (see the module doc); what `run_demo` returns: the summary."""
+    """Run `config` on the memory engine (see the module doc); what `run_local` returns: the summary."""
 
     check_engine_options("memory", config.workers, config.keep_running)
     scheme = check_data_args(config, max_clients=limits.MAX_CLIENTS_PER_RUN)
