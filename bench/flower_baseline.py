@@ -386,6 +386,17 @@ class Processes:
                 pass
 
 
+def wait_for_result(result_file: Path, processes: Processes, launched: float, work: Path) -> dict[str, Any]:
+    """The run's result, once its server app has written `result_file` (whole), while every process
+    started lives; RuntimeError after RUN_DEADLINE_S from `launched` (epoch seconds)."""
+    while not result_file.exists():
+        processes.check_alive()
+        if time.time() - launched > RUN_DEADLINE_S:
+            raise RuntimeError(f"no result after {RUN_DEADLINE_S:.0f} s; see the logs in {work}")
+        time.sleep(0.1)
+    return json.loads(result_file.read_text())
+
+
 def _descendants(pid: int) -> list[int]:
     """The processes started, directly or not, by process ``pid`` (Linux /proc; [] elsewhere)."""
     children: dict[int, list[int]] = {}
@@ -478,12 +489,7 @@ def run_once(
             stderr=subprocess.STDOUT,
             timeout=RUN_DEADLINE_S,
         )
-        while not result_file.exists():
-            processes.check_alive()
-            if time.time() - launched > RUN_DEADLINE_S:
-                raise RuntimeError(f"no result after {RUN_DEADLINE_S:.0f} s; see the logs in {work}")
-            time.sleep(0.1)
-        result = json.loads(result_file.read_text())
+        result = wait_for_result(result_file, processes, launched, work)
     finally:
         processes.stop()
         if keep_logs is not None:
@@ -539,12 +545,7 @@ def run_grpc_once(rounds: int, clients: int, keep_logs: Path | None) -> dict[str
             processes.start(
                 f"client-{index}", [*script, "client", "--port", str(port), "--partition", f"{index}/{clients}"]
             )
-        while not result_file.exists():
-            processes.check_alive()
-            if time.time() - launched > RUN_DEADLINE_S:
-                raise RuntimeError(f"no result after {RUN_DEADLINE_S:.0f} s; see the logs in {work}")
-            time.sleep(0.1)
-        result = json.loads(result_file.read_text())
+        result = wait_for_result(result_file, processes, launched, work)
     finally:
         processes.stop()
         if keep_logs is not None:

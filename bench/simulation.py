@@ -425,12 +425,7 @@ def run_flower(
                 stderr=subprocess.STDOUT,
                 timeout=RUN_DEADLINE_S,
             )
-        while not result_file.exists():
-            processes.check_alive()
-            if time.time() - launched > RUN_DEADLINE_S:
-                raise RuntimeError(f"no result after {RUN_DEADLINE_S:.0f} s; see the logs in {work}")
-            time.sleep(0.1)
-        result = json.loads(result_file.read_text())
+        result = baseline.wait_for_result(result_file, processes, launched, work)
     finally:
         processes.stop()
     rounds = range(1, task.rounds + 1)
