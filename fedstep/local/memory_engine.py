@@ -157,9 +157,6 @@ def client_pool(workers: int, data: ClientData, env: dict[str, str], logs: Path)
         pool.close()
 
 
-accountant = lazy_client_epsilon
-
-
 def run_memory(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run `config` on the memory engine (see the module doc); what `run_local` returns: the summary."""
 
@@ -187,7 +184,7 @@ def run_memory(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[
         record = plan_run(settings, sorted(client_ids), run_id)
         model_file = ObjectRef(keys.model_key(run_id), tensors.sha256_hex(architecture), len(architecture))
         record = replace(record, model=model_file)
-        run_rules.check_run(record, accountant if record.dp is not None else None)
+        run_rules.check_run(record, lazy_client_epsilon if record.dp is not None else None)
         store, table = MemoryStore(), MemoryTable(record)
         store.put(model_file.key, architecture)
         global_ref = store_initial(store, run_id, initial_weights)
@@ -242,7 +239,7 @@ class RoundLoop:
         self.record, self.store, self.table, self.pool = record, store, table, pool
         self.architecture, self.out, self.settings, self.echo = architecture, out, settings, echo
         self.index = {c: int(c.rsplit("-", 1)[1]) for c in record.clients}
-        self.aggregation = AggregationSettings(accountant=accountant)
+        self.aggregation = AggregationSettings(accountant=lazy_client_epsilon)
         self.relation = neighbouring(settings.privacy(), settings.selection)
 
     def run(self, global_ref: ObjectRef, evaluator: HeldoutEvaluator) -> tuple[list[dict[str, Any]], str, ObjectRef]:
