@@ -6,10 +6,12 @@ Two tasks, the same on both sides, each run once per side in one run of this scr
   divided by Dirichlet label skew alpha 0.5 (`client_agent.partitions`, seed 0), 10 clients a
   round, 20 rounds, `mnist_mlp` (`client_agent.models.DEFAULT_FOR_DATASET`);
 - B: digits (1,797 images, 1,437 in the pool), 1,000 clients, IID, 20 a round, 20 rounds,
-  `digits_mlp`. Each client would hold 1 or 2 examples (563 of them 1): fedstep needs at least 2
-  per client (`client_agent.datasets.MIN_CLIENT_EXAMPLES`: one to train on, one for the local test
-  split), so fedstep refuses B with its own message, and since its clients' data cannot be made,
-  Flower is not run on it either. The script prints the refusal; it never changes the task.
+  `digits_mlp`. Each client holds 1 or 2 examples (563 of them 1): a client of 2 splits them into 1
+  to train on and 1 for its local test split; a client of 1 trains on it and has no local test
+  split, so it reports train metrics only (`client_agent.datasets`, rule 3; the round's test
+  metrics are the mean over the participants that have one). Both sides train the same splits.
+  Should fedstep refuse or fail a task, the script prints fedstep's own message and runs no Flower
+  side for it; it never changes the task.
 
 Both sides: `fedstep local`'s run defaults (`fedstep.local.demo.LOCAL_SETTINGS`: 1 local epoch,
 batch 32, the model's own learning rate), seed 0 (data, partition, initial weights), FedAvg

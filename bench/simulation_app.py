@@ -11,8 +11,9 @@ it), the held-out set (`heldout/x`, `heldout/y`), the initial model as `fedstep 
   own node's (`partition-id` p, 0-based, is client p + 1), with fedstep's default trainer,
   `client_agent.training.keras_fit` (seed 0, evaluate, fit, evaluate), on a `RoundModel` whose
   Keras model stays warm across calls in the same Ray actor (`client_agent.warm_model.WarmModel`,
-  as a fedstep agent keeps it); replies with the trained weights and `num-examples` (its local
-  training examples).
+  as a fedstep agent keeps it); replies with the trained weights, `num-examples` (its local
+  training examples) and its train metrics: Flower's FedAvg refuses replies whose metrics differ in
+  their keys, and a client of one example (task B) has no local test split, so no test metrics.
 - ServerApp: Flower's FedAvg (weighted by `num-examples`), sampling `clients-per-round` of the
   `num-clients` nodes each round (`fraction_train` = k/N, `min_train_nodes` = k), no federated
   evaluation. With `sampling = "fedstep"` the k sampled nodes train the k clients fedstep's seeded
@@ -97,7 +98,8 @@ def train(message: Message, context: Context) -> Message:
     training = TrainingConfig(epochs=int(config["epochs"]), batch_size=int(config["batch-size"]))
     metrics = keras_fit(model, data, training)
     trained = model.tensors()
-    record = MetricRecord({"num-examples": len(data[0][1]), **{k: float(v) for k, v in metrics.items()}})
+    trained_on = {k: float(v) for k, v in metrics.items() if k.startswith("train_")}  # every client has these
+    record = MetricRecord({"num-examples": len(data[0][1]), **trained_on})
     content = RecordDict({"arrays": ArrayRecord([trained[n] for n in names]), "metrics": record})
     return Message(content=content, reply_to=message)
 

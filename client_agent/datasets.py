@@ -65,7 +65,8 @@ the held-out set, or the held-out set is no longer disjoint from the clients' da
    loader (``prepare_arrays``) follow a partition scheme (``client_agent.partitions``), IID by
    default: the pool is shuffled with the seed and cut into ``n`` nearly equal parts
    (``np.array_split``); ``dirichlet:ALPHA``, ``shards:K`` and ``quantity:ALPHA`` make it
-   non-IID. Every part holds at least ``MIN_CLIENT_EXAMPLES``.
+   non-IID. Every part holds at least ``MIN_CLIENT_EXAMPLES`` (1); ``dirichlet`` and ``quantity`` prefer
+   ``LOCAL_SPLIT_EXAMPLES`` (2), so that every client has a local test split (``partitions.split``).
    A data set that comes with its sites is split by them (scheme ``natural``, one client per
    site, as Flower Datasets' ``NaturalIdPartitioner``): ``heart`` and ``heart-raw`` (their 4
    hospitals; ``iid`` means ``natural`` for them), a user's ``(x, y, groups)`` (``prepare_groups``: the sites are the
@@ -76,7 +77,8 @@ the held-out set, or the held-out set is no longer disjoint from the clients' da
    site ``i``; ``n == 1`` (or no partition) means all sites. No partition means the whole pool.
 3. Each client's part is split 80/20 into local train and test sets, stratified by label
    where the class counts allow it, shuffled with the seed (a site given as a mapping keeps its
-   own train and test splits).
+   own train and test splits). A part of one example is all training: its test split is empty,
+   so that client reports no test metrics (as a loader's empty test split).
 
 Outputs are always ``x`` float32 C-contiguous of shape ``(n, features)`` and ``y`` int64 1-D;
 ``x`` is finite except ``heart-raw``'s missing values (NaN).
@@ -103,10 +105,12 @@ Split = tuple[Arrays, Arrays]  # ((x_train, y_train), (x_test, y_test))
 
 HELDOUT_FRACTION = 0.2
 LOCAL_TEST_FRACTION = 0.2
-MIN_CLIENT_EXAMPLES = 2
-"""The fewest examples a client's part may hold: one for local training, one for its test split."""
-MIN_SITE_EXAMPLES = 3
-"""The fewest examples a site of `(x, y, groups)` may have: one held out, two for its client."""
+MIN_CLIENT_EXAMPLES = 1
+"""The fewest examples a client's part may hold: one to train on (its local test split is then empty)."""
+LOCAL_SPLIT_EXAMPLES = 2
+"""The fewest examples a part needs for a local test split: one to train on, one to test on."""
+MIN_SITE_EXAMPLES = 2
+"""The fewest examples a site of `(x, y, groups)` may have: one held out, one for its client."""
 MAX_SITES = 1000
 """The most sites a data set may have (one client each)."""
 
@@ -438,7 +442,7 @@ def prepare_groups(name: str, x: np.ndarray, y: np.ndarray, groups: np.ndarray, 
         if len(members) < MIN_SITE_EXAMPLES:
             raise ValueError(
                 f"site {site!r} has {len(members)} example(s); each site needs at least {MIN_SITE_EXAMPLES} "
-                "(one held out, two for its client's local train and test splits)"
+                "(one held out, one for its client to train on)"
             )
         pool, held = _stratified_split(members, y, HELDOUT_FRACTION, seed)
         pools.append(pool)
@@ -504,7 +508,8 @@ def client_parts(
             "or {site: ((x_train, y_train), (x_test, y_test))}"
         )
     labels = prepared.y[prepared.pool]
-    return [prepared.pool[part] for part in partitions.split(labels, count, scheme, seed, MIN_CLIENT_EXAMPLES)]
+    parts = partitions.split(labels, count, scheme, seed, MIN_CLIENT_EXAMPLES, preferred=LOCAL_SPLIT_EXAMPLES)
+    return [prepared.pool[part] for part in parts]
 
 
 def _check_natural(prepared: Prepared, scheme: partitions.Scheme, count: int) -> None:
@@ -531,7 +536,7 @@ def _client_indices(
     if len(part) < MIN_CLIENT_EXAMPLES:
         raise ValueError(
             f"partition {index}/{count} of {prepared.name} would hold {len(part)} example(s) of a pool "
-            f"of {len(prepared.pool)}; each part needs at least {MIN_CLIENT_EXAMPLES} for a local train/test split"
+            f"of {len(prepared.pool)}; each part needs at least {MIN_CLIENT_EXAMPLES} to train on: use fewer clients"
         )
     return part
 
@@ -543,11 +548,13 @@ def local_split(
     scheme: str | partitions.Scheme | None = None,
 ) -> Split:
     """One client's part of ``prepared``'s pool (rule 2), split 80/20 into local train and test
-    sets (rule 3)."""
+    sets (rule 3); a part of one example is all training, its test split empty."""
     indices = _client_indices(prepared, partition, seed, scheme)
     if prepared.local_test is not None:  # the site's own splits, as its loader gave them
         given = prepared.local_test[indices]
         return _take(prepared, indices[~given]), _take(prepared, indices[given])
+    if len(indices) < LOCAL_SPLIT_EXAMPLES:  # nothing to spare for a test split
+        return _take(prepared, indices), _take(prepared, indices[:0])
     train, test = _stratified_split(indices, prepared.y, LOCAL_TEST_FRACTION, seed)
     return _take(prepared, train), _take(prepared, test)
 
@@ -569,7 +576,8 @@ def load_partition(
     scheme: str | partitions.Scheme | None = None,
 ) -> Split:
     """The local data of one client: its part of the federated training pool, split 80/20
-    into local train and test sets (stratified where possible, seeded).
+    into local train and test sets (stratified where possible, seeded; one example: all training,
+    no test split).
 
     ``partition`` is ``(i, n)``, the i-th of n parts (1-based; see ``parse_partition``);
     ``None`` means the whole pool. ``scheme`` is how the pool is divided (``partitions``:

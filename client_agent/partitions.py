@@ -9,7 +9,9 @@ Schemes (the text form is what ``parse_scheme`` reads and ``str(scheme)`` writes
     self-balancing): for every class, proportions over the ``n`` clients are drawn from
     Dirichlet(ALPHA, ..., ALPHA) and the class's examples are cut accordingly. ALPHA > 0; small
     values (0.1) give each client few labels, large ones (100) approach IID. A draw that leaves a
-    client with fewer than ``min_examples`` is drawn again, at most ``MAX_ATTEMPTS`` times.
+    client with fewer than ``preferred`` examples (default ``min_examples``) is drawn again, at most
+    ``MAX_ATTEMPTS`` times; if none of those draws gives every client ``preferred``, the first that
+    gives every client ``min_examples`` is kept.
 ``shards:K``
     Pathological label skew (McMahan et al. 2017): sort the pool by label, cut it into ``n * K``
     shards of nearly equal size and give each client ``K`` shards at random. A client sees at most
@@ -111,15 +113,22 @@ def parse_scheme(text: str | Scheme | None) -> Scheme:
 
 
 def split(
-    labels: np.ndarray, clients: int, scheme: Scheme | str | None = None, seed: int = 0, min_examples: int = 2
+    labels: np.ndarray,
+    clients: int,
+    scheme: Scheme | str | None = None,
+    seed: int = 0,
+    min_examples: int = 2,
+    *,
+    preferred: int | None = None,
 ) -> list[np.ndarray]:
     """Divide positions ``0 .. len(labels) - 1`` among ``clients``: one index array per client,
     disjoint and together covering every position.
 
     ``labels`` are the integer class labels of the pool; ``min_examples`` (default 2, the least a
     local 80/20 train/test split needs) is guaranteed for the non-IID schemes, which raise
-    ValueError when they cannot meet it. ``iid`` parts are in shuffled order (the caller checks
-    their size), the others sorted.
+    ValueError when they cannot meet it; ``preferred`` (at least ``min_examples``; default the
+    same) is what the Dirichlet schemes redraw for (the module doc). ``iid`` parts are in shuffled
+    order (the caller checks their size), the others sorted.
     """
     scheme = parse_scheme(scheme)
     labels = np.asarray(labels)
@@ -144,13 +153,23 @@ def split(
     if scheme.kind == "shards":
         return _shards(labels, clients, scheme, rng, min_examples)
     draw = _by_label if scheme.kind == "dirichlet" else _by_quantity
+    wanted = max(min_examples, preferred or 0)
+    if size < clients * wanted:  # no draw can give every client that many
+        wanted = min_examples
+    fallback = None  # the first draw that gives every client min_examples, when one gives none wanted
     for _ in range(MAX_ATTEMPTS):
         parts = draw(labels, clients, float(scheme.alpha or 0), rng)
-        if parts is not None and min(len(p) for p in parts) >= min_examples:
+        smallest = min(len(p) for p in parts) if parts is not None else -1
+        if smallest >= wanted:
             return [np.sort(p) for p in parts]
+        if fallback is None and smallest >= min_examples:
+            fallback = parts
+    if fallback is not None:
+        return [np.sort(p) for p in fallback]
     larger = f"{scheme.kind}:{(scheme.alpha or 0) * 10:g}"
+    fewer = "no examples" if min_examples == 1 else f"fewer than {min_examples} examples"
     raise ValueError(
-        f"{scheme} left some client with fewer than {min_examples} examples in each of {MAX_ATTEMPTS} draws "
+        f"{scheme} left some client with {fewer} in each of {MAX_ATTEMPTS} draws "
         f"(seed {seed}, {clients} clients, {size} examples); use a larger ALPHA (e.g. {larger}) or fewer clients"
     )
 

@@ -8,7 +8,7 @@ import pytest
 from client_agent.agent import RoundReport
 from client_agent.config import load
 from client_agent.data import load_local_data
-from client_agent.training import FunctionTrainer, RoundModel, load_trainer
+from client_agent.training import CannotEvaluate, FunctionTrainer, RoundModel, load_trainer
 from fedstep.core.errors import FedstepError
 from fedstep.core.schemas import TrainingConfig
 
@@ -64,6 +64,23 @@ def test_the_keras_default_and_the_scikit_learn_example_compute_the_same_loss():
     keras = load_trainer(None, data).fit(architecture, sk.weights, TrainingConfig(learning_rate=1e-9))
     assert keras.metrics["test_loss_before"] == pytest.approx(sk.metrics["test_loss"], abs=1e-4)
     assert keras.metrics["test_accuracy_before"] == pytest.approx(sk.metrics["test_accuracy"])
+
+
+def test_a_client_of_one_example_trains_on_it_and_reports_train_metrics_only():
+    """digits over 1,000 clients: client 1000 holds one example, so no local test split, no test metrics."""
+    from client_agent.keras_model import model_to_bytes
+    from examples.sklearn_trainer import softmax_regression
+
+    data = load_local_data("digits", "1000/1000")
+    trainer = load_trainer(None, data)
+    architecture = model_to_bytes(softmax_regression())
+    result = trainer.fit(architecture, GLOBAL, TrainingConfig())
+    assert trainer.num_examples == result.num_examples == 1
+    assert sorted(result.metrics) == ["train_accuracy", "train_loss"] and np.isfinite(result.metrics["train_loss"])
+    assert not np.array_equal(result.weights["000/softmax/kernel"], GLOBAL["000/softmax/kernel"])  # it trained
+    assert "accuracy 1.0000 (train)" in RoundReport("r", 1, 1, {"train_accuracy": 1.0}, 1, 1, 0).line()
+    with pytest.raises(CannotEvaluate, match="no local test split"):  # its evaluation answer says so
+        trainer.evaluate(architecture, GLOBAL, TrainingConfig())
 
 
 def test_the_round_summary_line_shows_before_and_after_bytes_and_seconds():

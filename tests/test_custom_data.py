@@ -111,6 +111,12 @@ def float_groups():
 def tiny_site():
     x, y = _data()
     groups = np.zeros(400, int)
+    groups[:1] = 7
+    return x, y, groups
+
+def pair_site():
+    x, y = _data()
+    groups = np.zeros(400, int)
     groups[:2] = 7
     return x, y, groups
 
@@ -367,6 +373,13 @@ def test_sites_given_with_their_own_splits_keep_them_and_their_test_splits_are_t
     assert np.array_equal(x_test, gx_test.astype(np.float32)) and np.array_equal(y_test, gy_test)
 
 
+def test_a_site_of_two_examples_holds_one_out_and_gives_its_client_the_other_to_train_on(site):
+    _, counts = partition_data(f"{MODULE}:pair_site", CLIENTS[:2], parse_scheme("natural"), seed=0)
+    assert counts.sites["client-2"] == "7" and sum(counts.clients["client-2"]) == 1
+    (x_train, _), (x_test, _) = load_local_data(f"{MODULE}:pair_site", "2/2", "natural", seed=0)
+    assert (len(x_train), len(x_test)) == (1, 0)
+
+
 @pytest.mark.parametrize(
     ("loader", "scheme", "clients", "message"),
     [
@@ -376,7 +389,7 @@ def test_sites_given_with_their_own_splits_keep_them_and_their_test_splits_are_t
         ("by_site", "natural", 2, "has 3 sites (east, north, south), one client each: use --clients 3"),
         ("groups_too_short", "natural", 3, "groups must name one site per example, shape (400,); got (10,)"),
         ("float_groups", "natural", 3, "groups must be whole numbers or strings naming the sites, got dtype float64"),
-        ("tiny_site", "natural", 2, "site '7' has 2 example(s); each site needs at least 3"),
+        ("tiny_site", "natural", 2, "site '7' has 1 example(s); each site needs at least 2 (one held out, one"),
         ("bad_site", "natural", 1, "site 'north' must be ((x_train, y_train), (x_test, y_test))"),
     ],
 )

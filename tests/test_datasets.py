@@ -202,9 +202,30 @@ def test_tiny_partitions_fall_back_to_an_unstratified_local_split():
     assert len(y_train) + len(y_test) in (4, 5)
 
 
-def test_partitions_too_small_to_split_are_rejected():
-    with pytest.raises(ValueError, match="at least 2"):
-        load_partition("digits", (1, 2000))
+def test_a_one_example_clients_local_split_is_that_example_to_train_on_and_an_empty_test_split():
+    """digits' pool of 1,437 over 1,000 clients (IID): 437 hold 2 examples, 563 hold 1."""
+    (x_train, y_train), (x_test, y_test) = load_partition("digits", (1000, 1000))
+    assert (x_train.shape, y_train.shape) == ((1, 64), (1,))
+    assert (x_test.shape, y_test.shape) == ((0, 64), (0,))
+    assert (x_test.dtype, y_test.dtype) == (np.float32, np.int64)  # as a loader's empty test split
+    (_, y_train), (_, y_test) = load_partition("digits", (1, 1000))  # two examples: one of each, as before
+    assert (len(y_train), len(y_test)) == (1, 1)
+
+
+def test_a_two_example_clients_local_split_is_one_to_train_on_and_one_to_test_on_as_before():
+    prepared = datasets.prepare("digits")
+    for index in (1, 200, 437):  # the clients of 2 examples in 1,000
+        part = datasets.client_parts(prepared, 1000)[index - 1]
+        train, test = datasets._stratified_split(part, prepared.y, datasets.LOCAL_TEST_FRACTION, 0)
+        (_, y_train), (_, y_test) = load_partition("digits", (index, 1000))
+        np.testing.assert_array_equal(y_train, prepared.y[train])
+        np.testing.assert_array_equal(y_test, prepared.y[test])
+
+
+def test_partitions_with_no_example_are_rejected():
+    with pytest.raises(ValueError, match=r"partition 2000/2000 of digits would hold 0 example\(s\).*at least 1"):
+        load_partition("digits", (2000, 2000))
+    assert len(load_partition("digits", (1, 2000))[0][1]) == 1  # the first 1,437 of 2,000 hold one each
 
 
 @pytest.mark.parametrize("partition", [(0, 3), (4, 3), (1, 0)])

@@ -1,10 +1,14 @@
 """`fedstep local --engine memory` (fedstep issue 24, point 3): the state machine's loop on the in-memory
-ports, with the client pool replaced by a numpy stand-in (no TensorFlow, no worker process). Its match
-with the cloud engine, metric for metric, is tests/test_kept_cloud.py's
-test_memory_engine_matches_cloud_engine_per_round."""
+ports, with the client pool replaced by a numpy stand-in (no TensorFlow, no worker process), and one
+real run of bench task B's shape. Its match with the cloud engine, metric for metric, is
+tests/test_kept_cloud.py's test_memory_engine_matches_cloud_engine_per_round."""
 
 from __future__ import annotations
 
+import json
+import math
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +29,7 @@ from fedstep.memory.run import store_initial
 from fedstep.operator.settings import RunSettings
 from fedstep.operator.start import plan_run
 
+REPO = Path(__file__).resolve().parents[1]
 INITIAL = {"000/dense/kernel": np.zeros((4, 2), np.float32), "001/dense/bias": np.zeros(2, np.float32)}
 
 
@@ -35,6 +40,7 @@ class NumpyPool:
     def __init__(self, failing: tuple[str, ...] = ()) -> None:
         self.rounds: list[list[str]] = []
         self.failing = failing
+        self.metrics = {"test_accuracy": 0.5, "test_accuracy_before": 0.5}
 
     def run_round(
         self,
@@ -56,7 +62,7 @@ class NumpyPool:
                 round_number=msg.round,
                 client_id=task.client_id,
                 num_examples=2,
-                metrics={"test_accuracy": 0.5, "test_accuracy_before": 0.5},
+                metrics=self.metrics,
                 created_at="2026-12-01T00:00:00Z",
             )
             on_result(ClientResult(task.client_id, file, item.to_item()))
@@ -148,11 +154,47 @@ def test_workers_default_to_one_per_core_and_never_exceed_a_rounds_clients():
     assert worker_count(8, 3) == 3 and worker_count(2, 20) == 2
 
 
-def test_1000_digits_clients_are_refused_clearly_in_both_engines_the_pool_holds_1437():
-    """digits' pool of 1,437 examples cannot give 1,000 clients the 2 each needs (one to train, one to
-    test): the same check (`partition_data`) refuses it for either engine, naming the fix."""
-    ids = [f"client-{i}" for i in range(1, 1001)]
-    with pytest.raises(FedstepError, match=r"client-\d+ would get 1 example\(s\) of a pool of 1437; .*use fewer"):
+def test_1000_digits_clients_take_part_with_one_or_two_examples_and_1500_are_refused_clearly():
+    """digits' pool of 1,437 examples over 1,000 clients (bench task B): 563 hold 1 example (to train
+    on, no local test split), 437 hold 2; a client of 0 is refused by the same check for either engine."""
+    ids = [f"client-{i}" for i in range(1, 1501)]
+    _, counts = partition_data("digits", ids[:1000], "iid", 0)
+    sizes = [sum(c) for c in counts.clients.values()]
+    assert (sizes.count(1), sizes.count(2), len(sizes)) == (563, 437, 1000)
+    with pytest.raises(FedstepError, match=r"client-\d+ would get 0 example\(s\) of a pool of 1437; .*use fewer"):
         partition_data("digits", ids, "iid", 0)
     _, counts = partition_data("digits", ids[:700], "iid", 0)  # 700 clients: 2 or 3 examples each
     assert min(sum(c) for c in counts.clients.values()) == 2
+
+
+def test_a_round_whose_clients_report_no_test_metrics_completes_and_shows_their_train_metrics(tmp_path):
+    lines: list[str] = []
+    loop, _, initial = _loop(RunSettings(rounds=1), 3, tmp_path, echo=lines.append)
+    loop.pool.metrics = {"train_accuracy": 0.25, "train_loss": 1.5}  # clients of one example
+    entries, reason, _ = loop.run(initial, Evaluator())
+    [entry] = entries
+    assert reason == "max_rounds" and entry["metrics"] == {"train_accuracy": 0.25, "train_loss": 1.5}
+    assert (entry["accuracy"], entry["loss"], entry["heldout_accuracy"]) == (0.25, 1.5, 0.5)
+    [line] = [line for line in lines if line.startswith("round 1/1")]
+    assert "participants 3  loss 1.5000  accuracy 0.2500  held-out accuracy 0.5000" in line
+
+
+@pytest.mark.e2e  # it runs `fedstep local` as a user does (tests/conftest.py)
+def test_the_memory_engine_runs_1000_digits_clients_20_a_round_with_one_example_clients_among_them(tmp_path):
+    """Bench task B's shape, one round: TensorFlow in one worker (about 8 s, nearly all of it start-up)."""
+    args = ("--dataset", "digits", "--clients", "1000", "--clients-per-round", "20", "--rounds", "1", "--workers", "1")
+    result = subprocess.run(
+        [sys.executable, "-m", "fedstep", "local", "--out", str(tmp_path), "--engine", "memory", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["participants"] for r in summary["rounds"]] == [20] and summary["stop_reason"] == "max_rounds"
+    assert all(math.isfinite(r["heldout_accuracy"]) for r in summary["rounds"])
+    assert 0 <= summary["final"]["test_accuracy"] <= 1 and math.isfinite(summary["final"]["test_loss"])
+    assert all(math.isfinite(v) for r in summary["rounds"] for v in r["metrics"].values())
+    assert "client-1000  1 examples" in result.stdout and "final global model on the held-out test set" in result.stdout

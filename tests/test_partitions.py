@@ -179,6 +179,38 @@ def test_a_draw_below_the_minimum_is_redrawn_with_the_seed():
     assert all(np.array_equal(a, b) for a, b in zip(parts, split(SHUFFLED, 20, "quantity:1", 0, 10), strict=True))
 
 
+def same_parts(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_a_preferred_size_is_redrawn_for_and_gives_the_parts_that_minimum_always_gave():
+    """The built-in data sets need 1 example per client and prefer 2 (a local test split): a run that
+    met 2 before keeps its exact split."""
+    preferred = split(SHUFFLED, 60, "quantity:1", seed=0, min_examples=1, preferred=2)
+    assert same_parts(preferred, split(SHUFFLED, 60, "quantity:1", seed=0, min_examples=2))
+    assert not same_parts(preferred, split(SHUFFLED, 60, "quantity:1", seed=0, min_examples=1))  # redrawn for 2
+
+
+def test_when_no_draw_gives_the_preferred_size_the_first_that_gives_the_minimum_is_kept():
+    with pytest.raises(ValueError, match="fewer than 2 examples in each of"):
+        split(SHUFFLED, 100, "quantity:1", seed=0, min_examples=2)
+    parts = split(SHUFFLED, 100, "quantity:1", seed=0, min_examples=1, preferred=2)
+    assert same_parts(parts, split(SHUFFLED, 100, "quantity:1", seed=0, min_examples=1))
+    assert min(len(p) for p in parts) == 1
+
+
+@pytest.mark.parametrize(("clients", "scheme"), [(50, "quantity:1"), (150, "dirichlet:1"), (100, "shards:2")])
+def test_the_built_in_data_sets_keep_the_non_iid_splits_their_former_minimum_of_2_gave(clients, scheme):
+    prepared = prepare("digits")
+    former = split(prepared.y[prepared.pool], clients, scheme, seed=0, min_examples=2)
+    assert same_parts(client_parts(prepared, clients, 0, scheme), [prepared.pool[p] for p in former])
+
+
+def test_a_scheme_that_leaves_a_client_empty_in_every_draw_says_so():
+    with pytest.raises(ValueError, match=r"quantity:1 left some client with no examples in each of 100 draws"):
+        split(SHUFFLED, 200, "quantity:1", seed=0, min_examples=1, preferred=2)
+
+
 @pytest.mark.parametrize(
     ("clients", "scheme", "message"),
     [

@@ -15,7 +15,7 @@ from fedstep.core.rounds import (
     RoundBusy,
     TooFewParticipants,
 )
-from fedstep.core.schemas import Feedback, RoundSummary, RunStop
+from fedstep.core.schemas import Feedback, RoundSummary, RunStop, Target, headline_metric
 from fedstep.memory import MemoryTable
 from tests.round_world import GLOBAL, RUN, World, make_world
 
@@ -52,6 +52,27 @@ def test_round_is_aggregated_with_example_weights_and_reported(world):
     assert output["global_model"]["key"].startswith(keys.round_prefix(RUN, 1))
     assert output["summary"]["participants"] == 2 and "history" not in output
     assert world.table.get_round(RUN, 1)["status"] == "reported"
+
+
+def test_a_round_whose_participants_have_no_local_test_split_is_aggregated_with_no_test_metrics():
+    """Clients of one example train on it and have no local test split: they report train metrics only.
+    A target (judged on test_accuracy_before) is then not reached, and the run goes on."""
+    world = make_world(target=Target.parse_text("test_accuracy>=0.5"))
+    world.report("a", 1.0, 1, metrics={"train_loss": 0.5, "train_accuracy": 1.0})
+    world.report("b", 4.0, 1, metrics={"train_loss": 1.5, "train_accuracy": 0.0})
+    summary = world.complete()
+    assert summary is not None and summary.participants == ["a", "b"] and summary.num_examples == 2
+    assert summary.metrics == {"train_accuracy": 0.5, "train_loss": 1.0}  # absent, not 0 or NaN
+    assert headline_metric(summary.metrics, "accuracy") == 0.5  # the round's figure: the train split's
+    [(_, output)] = world.reporter.successes
+    assert output["target_reached"] is False and world.table.get_round(RUN, 1)["status"] == "reported"
+
+
+def test_test_metrics_are_weighted_means_over_the_participants_that_have_a_local_test_split(world):
+    world.report("a", 1.0, 1, metrics={"train_accuracy": 1.0})  # one example: no test split
+    world.report("b", 4.0, 3, metrics={"train_accuracy": 0.0, "test_accuracy": 0.5, "test_accuracy_before": 0.25})
+    summary = world.complete()
+    assert summary.metrics == {"train_accuracy": 0.25, "test_accuracy": 0.5, "test_accuracy_before": 0.25}
 
 
 def test_duplicate_invocation_aggregates_and_reports_once(world):

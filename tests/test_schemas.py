@@ -1,6 +1,7 @@
 import pytest
 
 from fedstep.core.schemas import (
+    EvalItem,
     InvalidMessage,
     RoundMessage,
     RunEndedMessage,
@@ -140,6 +141,34 @@ def test_update_item_parses_when_its_key_and_fields_agree():
 def test_every_field_a_client_writes_is_bounded(change, message):
     with pytest.raises(InvalidMessage, match=message):
         UpdateItem.parse({**ITEM, **change})
+
+
+def test_a_client_of_one_example_claims_one_and_no_test_split_and_is_accepted():
+    assert UpdateItem.parse({**ITEM, "num_examples": 1}).num_examples == 1
+    unable = EvalItem("run-1", 2, "abc123", "c1", 0, {}, "2026-11-21T10:00:00Z", "no local test split").to_item()
+    assert EvalItem.parse(unable).num_examples == 0  # honest: it evaluated nothing and says why
+
+
+@pytest.mark.parametrize(
+    ("kind", "claim", "error"),
+    [
+        ("update", -1, ""),
+        ("update", 0, ""),
+        ("update", 2**40 + 1, ""),
+        ("evaluation", -1, "no local test split"),
+        ("evaluation", 2**40 + 1, "no local test split"),
+        ("evaluation", 0, ""),  # metrics from no test example: not honest
+    ],
+)
+def test_a_claimed_count_below_its_minimum_or_above_the_limit_is_still_refused(kind, claim, error):
+    if kind == "update":
+        with pytest.raises(InvalidMessage, match=r"'num_examples' must be from 1 to"):
+            UpdateItem.parse({**ITEM, "num_examples": claim})
+        return
+    item = EvalItem("run-1", 2, "abc123", "c1", 5, {"test_accuracy": 0.5}, "2026-11-21T10:00:00Z", error).to_item()
+    minimum = 0 if error else 1
+    with pytest.raises(InvalidMessage, match=rf"'num_examples' must be from {minimum} to"):
+        EvalItem.parse({**item, "num_examples": claim})
 
 
 @pytest.mark.parametrize(

@@ -479,7 +479,7 @@ def partition_data(dataset: str, client_ids: list[str], scheme: Scheme, seed: in
         if len(part) < datasets.MIN_CLIENT_EXAMPLES:
             raise FedstepError(
                 f"data set {dataset}: {cid} would get {len(part)} example(s) of a pool of {len(prepared.pool)}; "
-                f"each client needs at least {datasets.MIN_CLIENT_EXAMPLES}: use fewer clients"
+                f"each client needs at least {datasets.MIN_CLIENT_EXAMPLES} to train on: use fewer clients"
             )
     labels = np.unique(prepared.y)
     counts = {
