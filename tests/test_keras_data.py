@@ -137,3 +137,22 @@ def test_the_compiled_step_over_kept_batches_trains_and_evaluates_bit_for_bit_as
             for a, b in zip(w_fit, w_steps, strict=True):
                 np.testing.assert_array_equal(a, b)
             assert logs_steps == logs_fit
+
+
+def test_the_held_out_evaluator_gives_evaluate_s_numbers_round_after_round(data, monkeypatch):
+    from client_agent.keras_model import get_tensors, import_keras, model_to_bytes
+    from fedstep.local.demo import HeldoutEvaluator
+
+    keras = import_keras()
+    (x, y), (x_test, y_test) = data
+    net = _model(keras)
+    evaluator = HeldoutEvaluator((x_test, y_test), model_to_bytes(net))
+    direct = []
+    evaluate_batches = keras_data.evaluate_batches
+    monkeypatch.setattr(keras_data, "evaluate_batches", lambda *a: direct.append(1) or evaluate_batches(*a))
+    for _ in range(3):  # the first call builds the test step; the later ones run it directly
+        net.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+        expected = net.evaluate(x_test, y_test, verbose=0, return_dict=True)
+        found = evaluator.evaluate(get_tensors(net))
+        assert found == {"test_accuracy": round(expected["accuracy"], 4), "test_loss": round(expected["loss"], 4)}
+    assert len(direct) == 2  # rounds 2 and 3 ran the compiled step on the kept batches

@@ -994,3 +994,171 @@ def test_moto_s_module_listing_is_kept_and_threads_switch_every_millisecond():
     assert "dynamodb" in backends.list_of_moto_modules()
     assert backends.list_of_moto_modules() is backends.list_of_moto_modules()  # listed once
     assert sys.getswitchinterval() == moto_speed.SWITCH_INTERVAL_S
+
+
+def _item_operation_answers(ddb: Any) -> list[Any]:
+    """Every item operation fedstep's code uses, on items holding every attribute type, as boto3 parses them."""
+    ddb.create_table(
+        TableName="t",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    every_type = {
+        "s": {"S": "text é"},
+        "n": {"N": "1.5e-7"},
+        "b": {"B": b"\x00\xffbytes"},
+        "ss": {"SS": ["a", "b"]},
+        "ns": {"NS": ["1", "2"]},
+        "bs": {"BS": [b"\x01", b"\x02"]},
+        "l": {"L": [{"S": "x"}, {"N": "3"}, {"NULL": True}]},
+        "m": {"M": {"inner": {"BOOL": False}, "deep": {"M": {"b": {"B": b"\x03"}}}}},
+        "empty": {"M": {}},
+    }
+    answers: list[Any] = []
+    for sk in ("a", "b", "c"):
+        answers.append(ddb.put_item(TableName="t", Item={"pk": {"S": "p"}, "sk": {"S": sk}, **every_type}))
+    key = {"pk": {"S": "p"}, "sk": {"S": "a"}}
+    answers.append(ddb.put_item(TableName="t", Item={**key, "s": {"S": "new"}}, ReturnValues="ALL_OLD"))
+    answers.append(ddb.get_item(TableName="t", Key={"pk": {"S": "p"}, "sk": {"S": "b"}}, ConsistentRead=True))
+    answers.append(ddb.get_item(TableName="t", Key={"pk": {"S": "none"}, "sk": {"S": "b"}}))
+    answers.append(
+        ddb.update_item(
+            TableName="t",
+            Key=key,
+            UpdateExpression="SET #n = if_not_exists(#n, :zero) + :one",
+            ExpressionAttributeNames={"#n": "count"},
+            ExpressionAttributeValues={":zero": {"N": "0"}, ":one": {"N": "1"}},
+            ReturnValues="ALL_NEW",
+        )
+    )
+    answers.append(
+        ddb.query(TableName="t", KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": {"S": "p"}})
+    )
+    answers.append(
+        ddb.query(
+            TableName="t", KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": {"S": "p"}}, Limit=1
+        )
+    )
+    answers.append(ddb.scan(TableName="t", ProjectionExpression="pk, sk, m.deep"))
+    keys = [{"pk": {"S": "p"}, "sk": {"S": sk}} for sk in ("b", "c", "z")]
+    answers.append(ddb.batch_get_item(RequestItems={"t": {"Keys": keys}}))
+    answers.append(ddb.transact_get_items(TransactItems=[{"Get": {"TableName": "t", "Key": k}} for k in keys]))
+    answers.append(
+        ddb.transact_write_items(
+            TransactItems=[{"Put": {"TableName": "t", "Item": {"pk": {"S": "q"}, "sk": {"S": "1"}}}}]
+        )
+    )
+    answers.append(ddb.batch_write_item(RequestItems={"t": [{"DeleteRequest": {"Key": keys[0]}}]}))
+    answers.append(ddb.delete_item(TableName="t", Key=keys[1], ReturnValues="ALL_OLD"))
+    for answer in answers:
+        answer.pop("ResponseMetadata", None)
+    return answers
+
+
+def test_dynamodb_item_answers_are_the_same_without_moto_s_serializer(moto_server, monkeypatch):
+    from moto.dynamodb.responses import DynamoResult
+
+    from fedstep.local import moto_speed
+
+    if "execute_result" in vars(DynamoResult):  # an earlier test's local cloud applied it
+        monkeypatch.delattr(DynamoResult, "execute_result")
+    serialized = _item_operation_answers(client("dynamodb", moto_server))
+    gaps.reset_backends(moto_server)
+    moto_speed.apply()
+    assert "execute_result" in vars(DynamoResult)
+    assert _item_operation_answers(client("dynamodb", moto_server)) == serialized
+    assert moto_speed.plain_json_result({"Item": {"b": {"B": b"\x00"}}, "ConsumedCapacity": None}) == (
+        '{"Item": {"b": {"B": "AA=="}}}'
+    )
+
+
+def _s3_sqs_dynamodb_answers(endpoint: str, session: Any = None) -> list[Any]:
+    """S3 (odd keys, metadata with an underscore, a range, HEAD, a listing), SQS and DynamoDB answers,
+    without what differs between two runs (dates, ids, request ids)."""
+    session = session or boto3.Session(region_name="us-east-1")
+    s3, sqs, ddb = (session.client(s, endpoint_url=endpoint) for s in ("s3", "sqs", "dynamodb"))
+    s3.create_bucket(Bucket="bucket-b")
+    keys = ["runs/r 1/round#1+x=y.safetensors", "unicodé/ключ", "plain"]
+    for key in keys:
+        s3.put_object(Bucket="bucket-b", Key=key, Body=key.encode() * 100, Metadata={"client_id": "c-1", "n": "3"})
+    answers: list[Any] = []
+    for key in keys:
+        got = s3.get_object(Bucket="bucket-b", Key=key)
+        answers.append((got["Body"].read(), got["Metadata"], got["ContentLength"]))
+        ranged = s3.get_object(Bucket="bucket-b", Key=key, Range="bytes=3-9")
+        answers.append((ranged["Body"].read(), ranged["ContentRange"]))
+        answers.append(s3.head_object(Bucket="bucket-b", Key=key)["ContentLength"])
+    answers.append([o["Key"] for o in s3.list_objects_v2(Bucket="bucket-b", Prefix="runs/")["Contents"]])
+    answers.append(error_code(raised(lambda: s3.get_object(Bucket="bucket-b", Key="missing"))))
+    s3.delete_object(Bucket="bucket-b", Key="plain")
+    answers.append(sorted(o["Key"] for o in s3.list_objects_v2(Bucket="bucket-b")["Contents"]))
+    url = sqs.create_queue(QueueName="q")["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="hello é")
+    answers.append([m["Body"] for m in sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1)["Messages"]])
+    answers.append(_item_operation_answers(ddb))
+    return answers
+
+
+def test_requests_in_process_get_the_answers_the_server_gives_over_http(moto_server):
+    from moto.server import ThreadedMotoServer
+
+    from fedstep.local.in_process import InProcessTransport
+
+    over_http = _s3_sqs_dynamodb_answers(moto_server)
+    gaps.reset_backends(moto_server)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # its application, beside
+    server.start()
+    try:
+        _, port = server.get_host_and_port()
+        endpoint = f"http://127.0.0.1:{port}"
+        transport = InProcessTransport(server._server.app, endpoint)
+        transport.install()
+        try:
+            assert _s3_sqs_dynamodb_answers(endpoint) == over_http
+            answered = transport.requests
+            assert answered > 30
+            transport.pid = -1  # as in a forked agent: the request goes over the socket
+            assert client("sts", endpoint).get_caller_identity()["Account"]
+            assert transport.requests == answered
+        finally:
+            transport.uninstall()
+    finally:
+        server.stop()
+
+
+def test_requests_in_process_are_authorized_as_over_http(moto_server):
+    from moto.server import ThreadedMotoServer
+
+    from fedstep.local.gaps.moto_server import moto_api_raw
+    from fedstep.local.in_process import InProcessTransport
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    _, port = server.get_host_and_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    transport = InProcessTransport(server._server.app, endpoint)
+    transport.install()
+    try:
+        iam = client("iam", endpoint)
+        iam.create_user(UserName="nobody")
+        key = iam.create_access_key(UserName="nobody")["AccessKey"]
+        client("s3", endpoint).create_bucket(Bucket="bucket-b")
+        nobody = boto3.Session(key["AccessKeyId"], key["SecretAccessKey"], region_name="us-east-1")
+        forged = boto3.Session(key["AccessKeyId"], "not-its-secret", region_name="us-east-1")
+        moto_api_raw(endpoint, "reset-auth", b"0")
+        before = transport.requests
+        assert error_code(
+            raised(lambda: nobody.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket="bucket-b"))
+        ) == ("AccessDenied")
+        assert error_code(
+            raised(lambda: forged.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket="bucket-b"))
+        ) == ("SignatureDoesNotMatch")
+        assert transport.requests == before + 2
+    finally:
+        moto_api_raw(endpoint, "reset-auth", b"inf")
+        transport.uninstall()
+        server.stop()

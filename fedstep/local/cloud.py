@@ -42,6 +42,7 @@ from fedstep.local import deploy, gaps, moto_speed
 from fedstep.local.gaps.moto_server import moto_api_raw
 from fedstep.local.iam import identities
 from fedstep.local.iam.identities import ADMIN, AGGREGATION, OPERATOR, STATE_MACHINE, Keys, Principals
+from fedstep.local.in_process import InProcessTransport
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,12 @@ def assembly_lock(cache_dir: Path) -> Iterator[Path]:
             yield cache_dir
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def in_process_transport_by_default() -> bool:
+    """Whether this process's requests to its own local cloud skip the socket (`fedstep.local.in_process`):
+    yes, but for `FEDSTEP_LOCAL_TRANSPORT=http` (every request over 127.0.0.1, for a diagnosis)."""
+    return os.environ.get("FEDSTEP_LOCAL_TRANSPORT", "in-process").lower() != "http"
 
 
 def iam_enforced_by_default() -> bool:
@@ -125,6 +132,7 @@ class LocalCloud:
         self.enforce_iam = iam_enforced_by_default() if enforce_iam is None else enforce_iam
         self.cache_dir = Path(cache_dir)
         self.server: Any = None
+        self.transport: InProcessTransport | None = None
         self.endpoint = ""
         self.outputs: StackOutputs | None = None
         self.principals = Principals()
@@ -267,6 +275,9 @@ class LocalCloud:
         self.server.start()
         _, port = self.server.get_host_and_port()
         self.endpoint = f"http://127.0.0.1:{port}"
+        if in_process_transport_by_default():
+            self.transport = InProcessTransport(self.server._server.app, self.endpoint)
+            self.transport.install()
         # MOTO_PORT: moto's Step Functions executor calls localhost:$MOTO_PORT.
         # AWS_ENDPOINT_URL: the in-process Lambda handlers talk to this cloud.
         self._set_env({**FAKE_CREDENTIALS, "MOTO_PORT": str(port), "AWS_ENDPOINT_URL": self.endpoint})
@@ -344,6 +355,9 @@ class LocalCloud:
         """Stop the server, restore the environment variables `start` changed and give moto back its own
         behaviour (moto is global to the process: one local cloud runs at a time)."""
         gaps.stop_stream_workers()
+        if self.transport is not None:
+            self.transport.uninstall()
+            self.transport = None
         if self.server is not None:
             moto_api_raw(self.endpoint, "reset-auth", b"inf")  # moto's settings are the process's
             self.server.stop()
