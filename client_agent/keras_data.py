@@ -8,11 +8,12 @@ times the training itself (digits: 0.28 s of CPU for a round's evaluate, fit, ev
 with what follows). `kept(x, y, batch_size, shuffle)` gives the batches Keras would make, in its
 order, made once and kept while the arrays are:
 - evaluation: the examples in order, in batches;
-- training: in Keras's shuffled order. The order comes from Keras's own permutation pipeline, read
-  once per number of examples, batch size and global seed. Its random op's seeds are fixed when the
+- training: in Keras's shuffled order. The order is what Keras's own permutation pipeline yields,
+  per number of examples, batch size and global seed. Its random op's seeds are fixed when the
   pipeline is built, from the global seed alone, so every pass (every epoch, every round) yields the
   same order, as does a pipeline Keras builds afresh after the same `set_random_seed` (the agent
-  sets the run's seed before every round).
+  sets the run's seed before every round). The seeds are read from one pipeline's graph and the
+  op is run with them for each number of examples (a simulation worker meets hundreds).
 `Kept.dataset()` is a plain `tf.data` pipeline of those batches (for Keras's `fit` and `evaluate`);
 `fit_epochs` and `evaluate_batches` run Keras's compiled train and test steps on `Kept.batches()`
 directly, for a model that went through `fit` and `evaluate` once. tests/test_keras_data.py checks
@@ -108,23 +109,79 @@ def _kept_for(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool) -> K
 
 
 def _order(examples: int, batch_size: int, seed: Any) -> np.ndarray:
-    """Keras's shuffled order of `examples` examples: its own permutation pipeline (`ArrayDataAdapter`,
-    shuffle=True) over the indices, read once. It depends on the number of examples and the global
-    seed only, so it is kept by those (and the batch size, for safety)."""
+    """Keras's shuffled order of `examples` examples (`ArrayDataAdapter`, shuffle=True) under the global
+    seed `seed`. It depends on the number of examples and the global seed only, so it is kept by those
+    (and the batch size, for safety). Made by the random op Keras's pipeline runs, with the seeds read
+    from that pipeline (`_shuffle_seeds`: 3-4 ms), or else by the pipeline itself (40-80 ms: a traced
+    map function, graph optimizations, an iterator)."""
     key = (examples, batch_size, seed)
     order = _orders.get(key)
     if order is None:
-        from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
-
-        indices = np.arange(examples, dtype=np.int64)
-        adapter = ArrayDataAdapter(indices, indices, batch_size=batch_size, shuffle=True)
-        order = np.concatenate([batch[0].numpy() for batch in adapter.get_tf_dataset().take(adapter.num_batches)])
+        seeds = _shuffle_seeds(batch_size, seed)
+        order = _pipeline_order(examples, batch_size) if seeds is None else _shuffled(examples, seeds)
         _orders[key] = order
         while len(_orders) > ORDERS_KEPT:
             _orders.popitem(last=False)
     else:
         _orders.move_to_end(key)
     return order
+
+
+def _pipeline_order(examples: int, batch_size: int) -> np.ndarray:
+    """The order Keras's own permutation pipeline yields for `examples` indices, read once."""
+    return np.concatenate([batch[0].numpy() for batch in _pipeline(examples, batch_size)])
+
+
+def _pipeline(examples: int, batch_size: int) -> Any:
+    from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
+
+    indices = np.arange(examples, dtype=np.int64)
+    adapter = ArrayDataAdapter(indices, indices, batch_size=batch_size, shuffle=True)
+    return adapter.get_tf_dataset().take(adapter.num_batches)
+
+
+def _shuffled(examples: int, seeds: tuple[int, int]) -> np.ndarray:
+    """What a fresh `RandomShuffle` op of seeds `seeds` yields first for the indices 0..examples-1 (in a
+    graph of its own: an op's random stream starts with its kernel)."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        shuffled = tf.raw_ops.RandomShuffle(value=tf.range(examples, dtype=tf.int64), seed=seeds[0], seed2=seeds[1])
+    with tf.compat.v1.Session(graph=graph) as session:
+        return session.run(shuffled)
+
+
+PROBE_EXAMPLES = 37
+"""The examples of the pipeline `_shuffle_seeds` reads the seeds from and checks them on."""
+
+_seeds: dict[tuple[int, Any], tuple[int, int] | None] = {}
+
+
+def _shuffle_seeds(batch_size: int, seed: Any) -> tuple[int, int] | None:
+    """The seeds of the one `RandomShuffle` op in Keras's permutation pipeline under global seed `seed`
+    (fixed when the pipeline is built, from the global seed alone), read from the pipeline's graph
+    once per batch size and seed and checked: the op with them must yield the pipeline's own order
+    for `PROBE_EXAMPLES` examples. None when the pipeline has no such op, or the check fails (another
+    Keras): `_order` then reads every order from the pipeline."""
+    key = (batch_size, seed)
+    if key not in _seeds:
+        import tensorflow as tf
+
+        pipeline = _pipeline(PROBE_EXAMPLES, batch_size)
+        graph = tf.compat.v1.GraphDef.FromString(
+            tf.raw_ops.DatasetToGraphV2(input_dataset=pipeline._variant_tensor).numpy()
+        )
+        nodes = [n for n in graph.node if n.op == "RandomShuffle"]
+        nodes += [n for f in graph.library.function for n in f.node_def if n.op == "RandomShuffle"]
+        found: tuple[int, int] | None = None
+        if len(nodes) == 1:
+            found = (nodes[0].attr["seed"].i, nodes[0].attr["seed2"].i)
+            expected = np.concatenate([batch[0].numpy() for batch in pipeline])
+            if not np.array_equal(_shuffled(PROBE_EXAMPLES, found), expected):
+                found = None
+        _seeds[key] = found
+    return _seeds[key]
 
 
 # -- Keras's compiled steps on the kept batches ---------------------------------------------------

@@ -163,7 +163,6 @@ def keras_fit(model: RoundModel, data: Split, training: TrainingConfig) -> dict[
     loss (`client_agent.proximal`). Under `dp_mode` "dp-sgd" the model trains with DP-SGD
     (`client_agent.dp_sgd.fit`) instead of `fit`; `train_loss` is then the mean batch loss.
     """
-    from client_agent.keras_model import import_keras
 
     (x_train, y_train), (x_test, y_test) = data
     try:
@@ -176,12 +175,12 @@ def keras_fit(model: RoundModel, data: Split, training: TrainingConfig) -> dict[
     # The seed is set before loading (a dropout layer's seed state is drawn then) and again after, so
     # training draws the same numbers whether or not the load ran the initializers.
     from client_agent import keras_data  # the input pipelines and batches Keras would make, kept
+    from client_agent.seeds import set_random_seed  # Keras's, keeping TensorFlow's compiled functions
 
-    keras = import_keras()
-    keras.utils.set_random_seed(model.seed)
+    set_random_seed(model.seed)
     warm = mu == 0 and params is None
     net = model.keras(warm=warm)
-    keras.utils.set_random_seed(model.seed)
+    set_random_seed(model.seed)
     if net.optimizer is None:
         raise FedstepError("the run's model is not compiled; `fedstep start --model` must return a compiled model")
     # The batches Keras would make of the arrays are kept (keras_data). A warm model that went through

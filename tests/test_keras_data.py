@@ -101,6 +101,34 @@ def test_the_shuffled_order_depends_on_the_number_of_examples_and_the_seed_only(
     assert list(keras_data.fit_data(x, y, 32).order) != list(order)
 
 
+@pytest.mark.parametrize("seed", [0, 7])
+def test_the_shuffled_order_is_keras_s_pipeline_s_for_every_number_of_examples(seed):
+    from client_agent.keras_model import import_keras
+
+    keras = import_keras()
+    keras.utils.set_random_seed(seed)
+    from tensorflow.python.eager import context
+
+    global_seed = context.global_seed()
+    for examples in (1, 2, 31, 32, 33, 500):
+        assert np.array_equal(keras_data._order(examples, 32, global_seed), keras_data._pipeline_order(examples, 32))
+    assert keras_data._shuffle_seeds(32, global_seed) is not None  # the orders came from the op, not pipelines
+
+
+def test_without_a_single_shuffle_op_to_read_the_orders_come_from_keras_s_pipeline(monkeypatch):
+    from client_agent.keras_model import import_keras
+
+    import_keras().utils.set_random_seed(5)
+    monkeypatch.setattr(keras_data, "_seeds", {})
+    monkeypatch.setattr(keras_data, "_orders", keras_data.OrderedDict())
+    monkeypatch.setattr(keras_data, "_shuffled", lambda examples, seeds: np.arange(examples))  # a wrong op
+    from tensorflow.python.eager import context
+
+    order = keras_data._order(40, 32, context.global_seed())
+    assert keras_data._shuffle_seeds(32, context.global_seed()) is None  # the check refused the op
+    assert np.array_equal(order, keras_data._pipeline_order(40, 32)) and list(order) != list(range(40))
+
+
 def test_the_compiled_step_over_kept_batches_trains_and_evaluates_bit_for_bit_as_fit_and_evaluate(data):
     from client_agent.keras_model import import_keras
 
