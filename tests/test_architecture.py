@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 PACKAGES = ("fedstep", "client_agent", "lambdas", "infra")
@@ -39,10 +41,13 @@ def copy_tree(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_a_core_module_importing_boto3_breaks_a_contract(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "planted", ["import boto3", "import cryptography", "from Crypto.Protocol import SecretSharing"]
+)
+def test_a_core_module_importing_boto3_or_cryptography_breaks_a_contract(tmp_path: Path, planted: str) -> None:
     root = copy_tree(tmp_path)
     with (root / "fedstep" / "core" / "keys.py").open("a") as f:
-        f.write("\nimport boto3  # planted\n")
+        f.write(f"\n{planted}  # planted\n")
     code, report = lint_imports(root)
     assert code != 0
     assert "the core is numpy and safetensors only BROKEN" in report

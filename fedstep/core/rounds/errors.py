@@ -23,6 +23,12 @@ class InvalidAggregate(RoundNotAggregated):
     a quorum miss: the state machine retries the round (`round_retries`), never crashes the run."""
 
 
+class SecAggThresholdNotMet(RoundNotAggregated):
+    """Under secure aggregation, fewer clients than the threshold t survived a phase, or fewer than t
+    shares of a secret the server needs were revealed: the sum cannot be unmasked. Retried as a round
+    (`round_retries`), with fresh keys."""
+
+
 class StrategyFailed(FedstepError):
     """The run's strategy raised, or returned something unusable: reported as what it is (the
     strategy, the round, the exception), never as a quorum problem. Not retried: it would fail again."""
