@@ -180,3 +180,22 @@ def test_fixed_point_sums_within_the_quantisation_error_and_leaves_headroom():
         fp.decode_sum(total, 33)
     with pytest.raises(ValueError, match="non-finite"):
         fp.encode(np.array([np.nan]), rng)
+
+
+def test_a_restarted_client_finishes_its_round_from_its_kept_state():
+    import json
+
+    clients, server, graph, roster = _round(3, threshold=2)
+    outboxes = {cid: c.share_keys(roster, graph[cid]) for cid, c in clients.items()}
+    for cid, inbox in server.relay(outboxes).items():
+        clients[cid].receive_shares(inbox)
+    kept = json.loads(json.dumps(clients["client-2"].state()))  # written to its cache, read back after a restart
+    clients["client-2"] = Client.restore(kept)
+    inputs = _inputs(clients)
+    for cid in clients:
+        server.receive_input(cid, clients[cid].masked_input(inputs[cid], server.shared))
+    survivors, dropped = server.fix_survivors()
+    reveals = {cid: clients[cid].reveal(set(survivors), set(dropped)) for cid in clients}
+    assert np.array_equal(server.unmask(reveals), sum(v.astype(np.uint64) for v in inputs.values()).astype(np.uint32))
+    with pytest.raises(SecAggError, match="not a secure-aggregation client state"):
+        Client.restore({"client_id": "client-2"})

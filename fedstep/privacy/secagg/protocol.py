@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -91,6 +92,47 @@ class Client:
         self.neighbours: list[str] = []
         self.held: dict[str, tuple[bytes, bytes]] = {}  # owner -> (its seed's share, its masking key's share)
         self.revealed = False
+
+    def state(self) -> dict[str, Any]:
+        """Everything the client must keep to finish its round after a restart (its secrets included:
+        the agent writes it to its cache, readable by its own user only), JSON-able."""
+        return {
+            "client_id": self.client_id,
+            "key": [self.key.run_id, self.key.round, self.key.attempt],
+            "threshold": self.threshold,
+            "seal_private": self.seal_keys.private.hex(),
+            "mask_private": self.mask_keys.private.hex(),
+            "seed": self.seed.hex(),
+            "roster": {
+                cid: [a.seal_public.hex(), a.mask_public.hex(), a.seed_commitment.hex()]
+                for cid, a in self.roster.items()
+            },
+            "neighbours": self.neighbours,
+            "held": {owner: [s.hex(), k.hex()] for owner, (s, k) in self.held.items()},
+            "revealed": self.revealed,
+        }
+
+    @classmethod
+    def restore(cls, state: dict[str, Any]) -> Client:
+        """The client `state` describes, as it was (SecAggError for a state that is not one)."""
+        try:
+            run_id, round_number, attempt = state["key"]
+            client = cls(
+                str(state["client_id"]), RoundKey(str(run_id), int(round_number), int(attempt)), int(state["threshold"])
+            )
+            client.seal_keys = KeyPair.of_private(bytes.fromhex(str(state["seal_private"])))
+            client.mask_keys = KeyPair.of_private(bytes.fromhex(str(state["mask_private"])))
+            client.seed = bytes.fromhex(str(state["seed"]))
+            client.roster = {
+                cid: Advertisement(cid, *(bytes.fromhex(v) for v in values))
+                for cid, values in dict(state["roster"]).items()
+            }
+            client.neighbours = [str(n) for n in state["neighbours"]]
+            client.held = {owner: (bytes.fromhex(s), bytes.fromhex(k)) for owner, (s, k) in dict(state["held"]).items()}
+            client.revealed = bool(state["revealed"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SecAggError(f"not a secure-aggregation client state: {exc}") from None
+        return client
 
     def advertise(self) -> Advertisement:
         commitment = hashlib.sha256(self.seed).digest()
