@@ -199,3 +199,74 @@ def test_a_restarted_client_finishes_its_round_from_its_kept_state():
     assert np.array_equal(server.unmask(reveals), sum(v.astype(np.uint64) for v in inputs.values()).astype(np.uint32))
     with pytest.raises(SecAggError, match="not a secure-aggregation client state"):
         Client.restore({"client_id": "client-2"})
+
+
+def _secure_sum(encoded: dict[str, np.ndarray], threshold: int, drop_after_sharing: tuple[str, ...] = ()):
+    clients, server, graph, roster = _round(len(encoded), threshold)
+    outboxes = {cid: c.share_keys(roster, graph[cid]) for cid, c in clients.items()}
+    for cid, inbox in server.relay(outboxes).items():
+        clients[cid].receive_shares(inbox)
+    for cid in clients:
+        if cid not in drop_after_sharing:
+            server.receive_input(cid, clients[cid].masked_input(encoded[cid], server.shared))
+    survivors, dropped = server.fix_survivors()
+    reveals = {cid: clients[cid].reveal(set(survivors), set(dropped)) for cid in survivors}
+    return server.unmask(reveals), len(survivors)
+
+
+def test_the_unmasked_sum_gives_fedavg_s_step_over_the_survivors_within_the_quantisation_error():
+    from fedstep.privacy.secagg.inputs import InputCodec
+
+    rng = np.random.default_rng(3)
+    codec = InputCodec(clip=2.0, max_examples=1000, max_inputs=5)
+    ids = [f"client-{i}" for i in range(1, 6)]
+    deltas = {cid: rng.normal(0, s, 300) for cid, s in zip(ids, (0.01, 0.05, 0.2, 1.0, 0.1), strict=True)}
+    examples = dict(zip(ids, (50, 400, 2500, 120, 7), strict=True))  # client-3 above the cap
+    encoded = {cid: codec.encode(deltas[cid], examples[cid], rng) for cid in ids}
+    total, survivors = _secure_sum(encoded, threshold=3, drop_after_sharing=("client-5",))
+    found_examples, found = codec.mean_delta(total, survivors)
+
+    kept = ids[:4]
+    clipped = {c: deltas[c] * min(1.0, 2.0 / np.linalg.norm(deltas[c])) for c in kept}
+    w = {c: min(examples[c], 1000) for c in kept}
+    expected = sum(w[c] * clipped[c] for c in kept) / sum(w.values())
+    assert found_examples == pytest.approx(sum(w.values()), abs=1e-3)
+    bound = survivors * codec.values.step / (sum(w.values()) / 1000) + 1e-6
+    assert np.max(np.abs(found - expected)) <= bound
+
+
+def test_a_sum_no_honest_survivors_could_give_is_refused_by_name():
+    from fedstep.core.rounds.errors import InvalidAggregate
+    from fedstep.privacy.secagg.inputs import InputCodec
+
+    rng = np.random.default_rng(0)
+    codec = InputCodec(clip=1.0, max_examples=100, max_inputs=3)
+    honest = sum(codec.encode(rng.normal(0, 0.1, 50), 10, rng).astype(np.uint64) for _ in range(3)).astype(np.uint32)
+    codec.mean_delta(honest, 3)
+    no_weight = honest.copy()
+    no_weight[0] = codec.weights.encode(np.array([-1.0]), rng)[0] * 3  # the weights sum to zero or less
+    with pytest.raises(InvalidAggregate, match="weight"):
+        codec.mean_delta(no_weight, 3)
+    too_far = honest.copy()
+    too_far[1:] = np.uint32(2**32 - 1)  # every element at the top of the range
+    with pytest.raises(InvalidAggregate, match="outside the range the survivors"):
+        codec.mean_delta(too_far, 3)
+    with pytest.raises(ValueError, match="not finite"):
+        codec.encode(np.array([np.inf]), 10, rng)
+
+
+def test_the_secure_aggregation_bench_checks_the_sum_and_counts_the_bytes():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "secure_aggregation.py"
+    spec = importlib.util.spec_from_file_location("secure_aggregation_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    figures = bench.one_round(clients=4, parameters=500, drop=1)
+    assert (figures["neighbours"], figures["threshold"]) == (3, 2)
+    assert figures["plain_sent"] == 2000 < figures["sent"] < 2000 + 1000  # the masked input, plus keys and shares
+    assert figures["max_error"] <= 3 * figures["step"] * 500
+    assert bench.neighbours_for(30) == 10 and bench.threshold_for(10) == 6
