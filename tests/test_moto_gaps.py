@@ -1162,3 +1162,30 @@ def test_requests_in_process_are_authorized_as_over_http(moto_server):
         moto_api_raw(endpoint, "reset-auth", b"inf")
         transport.uninstall()
         server.stop()
+
+
+def test_a_request_the_application_fails_in_process_is_a_500_the_sdk_retries(moto_server):
+    from moto.server import ThreadedMotoServer
+
+    from fedstep.local.in_process import InProcessTransport
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    _, port = server.get_host_and_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    calls: list[int] = []
+
+    def flaky(environ, start_response):  # moto racing itself once, as a Query beside an UpdateItem can
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("dictionary changed size during iteration")
+        return server._server.app(environ, start_response)
+
+    transport = InProcessTransport(flaky, endpoint)
+    transport.install()
+    try:
+        assert client("dynamodb", endpoint).list_tables()["TableNames"] == []
+        assert len(calls) == 2  # the 500, then the retry
+    finally:
+        transport.uninstall()
+        server.stop()

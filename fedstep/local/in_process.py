@@ -8,13 +8,16 @@ time per request, some 40 requests a round, in the one process every round waits
 `InProcessTransport` passes such a request to the same WSGI application the server runs, built into
 the environment the server's handler (werkzeug's `make_environ`) would have built from the same bytes:
 the same signed headers and body, the same IAM evaluation, the same moto dispatch and the same
-answer. Only the transport changes. The agents are processes of their own and keep talking HTTP,
-as does anything after a `fork` (the transport answers only the process that installed it).
+answer; an application that raises (moto is not thread-safe: a Query racing an UpdateItem can fail)
+gets the server's 500, which the SDK retries as it does over HTTP. Only the transport changes. The
+agents are processes of their own and keep talking HTTP, as does anything after a `fork` (the
+transport answers only the process that installed it).
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import sys
 import threading
@@ -23,6 +26,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 SERVER_SOFTWARE = "fedstep-in-process"
+
+log = logging.getLogger(__name__)
 
 
 class _Body(io.BytesIO):
@@ -153,6 +158,15 @@ class InProcessTransport:
             Endpoint._send = self._original  # type: ignore[method-assign]
             self._original = None
 
+    def _answer(self, environ: dict[str, Any], start_response: Any, method: str, app: Any = None) -> bytes:
+        chunks = (app or self.app)(environ, start_response)
+        try:
+            return b"" if method == "HEAD" else b"".join(chunks)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
     def send(self, request: Any) -> Any:
         """The application's answer to a botocore `AWSPreparedRequest`, as an `AWSResponse`."""
         from botocore.awsrequest import AWSResponse, HTTPHeaders
@@ -164,13 +178,13 @@ class InProcessTransport:
             answer["status"], answer["headers"] = int(status.split(" ", 1)[0]), headers
             return lambda data: None
 
-        chunks = self.app(environ, start_response)
         try:
-            body = b"" if request.method == "HEAD" else b"".join(chunks)
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
+            body = self._answer(environ, start_response, request.method)
+        except Exception as exc:  # as werkzeug's server answers an application that raised: a 500, retried
+            log.warning("the local cloud failed a request (the SDK retries it): %s: %s", type(exc).__name__, exc)
+            from werkzeug.exceptions import InternalServerError
+
+            body = self._answer(environ, start_response, request.method, InternalServerError())
         with self._count_lock:
             self.requests += 1
         headers = HTTPHeaders()
