@@ -8,6 +8,7 @@ resource type each.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -1103,46 +1104,51 @@ def _s3_sqs_dynamodb_answers(endpoint: str, session: Any = None) -> list[Any]:
     return answers
 
 
-def test_requests_in_process_get_the_answers_the_server_gives_over_http(moto_server):
+@pytest.fixture
+def second_server(moto_server) -> Iterator[tuple[Any, str]]:
+    """Another moto server in this process (its WSGI application for an in-process transport), and
+    its endpoint; moto's state is the process's, reset by `moto_server`."""
     from moto.server import ThreadedMotoServer
 
-    from fedstep.local.in_process import InProcessTransport
-
-    over_http = _s3_sqs_dynamodb_answers(moto_server)
-    gaps.reset_backends(moto_server)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # its application, beside
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
         _, port = server.get_host_and_port()
-        endpoint = f"http://127.0.0.1:{port}"
-        transport = InProcessTransport(server._server.app, endpoint)
-        transport.install()
-        try:
-            assert _s3_sqs_dynamodb_answers(endpoint) == over_http
-            answered = transport.requests
-            assert answered > 30
-            transport.pid = -1  # as in a forked agent: the request goes over the socket
-            assert client("sts", endpoint).get_caller_identity()["Account"]
-            assert transport.requests == answered
-        finally:
-            transport.uninstall()
+        yield server._server.app, f"http://127.0.0.1:{port}"
     finally:
         server.stop()
 
 
-def test_requests_in_process_are_authorized_as_over_http(moto_server):
-    from moto.server import ThreadedMotoServer
-
-    from fedstep.local.gaps.moto_server import moto_api_raw
+@contextlib.contextmanager
+def in_process(app: Any, endpoint: str) -> Iterator[Any]:
     from fedstep.local.in_process import InProcessTransport
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    _, port = server.get_host_and_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    transport = InProcessTransport(server._server.app, endpoint)
+    transport = InProcessTransport(app, endpoint)
     transport.install()
     try:
+        yield transport
+    finally:
+        transport.uninstall()
+
+
+def test_requests_in_process_get_the_answers_the_server_gives_over_http(moto_server, second_server):
+    over_http = _s3_sqs_dynamodb_answers(moto_server)
+    gaps.reset_backends(moto_server)
+    app, endpoint = second_server
+    with in_process(app, endpoint) as transport:
+        assert _s3_sqs_dynamodb_answers(endpoint) == over_http
+        answered = transport.requests
+        assert answered > 30
+        transport.pid = -1  # as in a forked agent: the request goes over the socket
+        assert client("sts", endpoint).get_caller_identity()["Account"]
+        assert transport.requests == answered
+
+
+def test_requests_in_process_are_authorized_as_over_http(second_server):
+    from fedstep.local.gaps.moto_server import moto_api_raw
+
+    app, endpoint = second_server
+    with in_process(app, endpoint) as transport:
         iam = client("iam", endpoint)
         iam.create_user(UserName="nobody")
         key = iam.create_access_key(UserName="nobody")["AccessKey"]
@@ -1150,42 +1156,26 @@ def test_requests_in_process_are_authorized_as_over_http(moto_server):
         nobody = boto3.Session(key["AccessKeyId"], key["SecretAccessKey"], region_name="us-east-1")
         forged = boto3.Session(key["AccessKeyId"], "not-its-secret", region_name="us-east-1")
         moto_api_raw(endpoint, "reset-auth", b"0")
-        before = transport.requests
-        assert error_code(
-            raised(lambda: nobody.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket="bucket-b"))
-        ) == ("AccessDenied")
-        assert error_code(
-            raised(lambda: forged.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket="bucket-b"))
-        ) == ("SignatureDoesNotMatch")
-        assert transport.requests == before + 2
-    finally:
-        moto_api_raw(endpoint, "reset-auth", b"inf")
-        transport.uninstall()
-        server.stop()
+        try:
+            before = transport.requests
+            for session, refusal in ((nobody, "AccessDenied"), (forged, "SignatureDoesNotMatch")):
+                s3 = session.client("s3", endpoint_url=endpoint)
+                assert error_code(raised(lambda s3=s3: s3.list_objects_v2(Bucket="bucket-b"))) == refusal
+            assert transport.requests == before + 2
+        finally:
+            moto_api_raw(endpoint, "reset-auth", b"inf")
 
 
-def test_a_request_the_application_fails_in_process_is_a_500_the_sdk_retries(moto_server):
-    from moto.server import ThreadedMotoServer
-
-    from fedstep.local.in_process import InProcessTransport
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    _, port = server.get_host_and_port()
-    endpoint = f"http://127.0.0.1:{port}"
+def test_a_request_the_application_fails_in_process_is_a_500_the_sdk_retries(second_server):
+    app, endpoint = second_server
     calls: list[int] = []
 
     def flaky(environ, start_response):  # moto racing itself once, as a Query beside an UpdateItem can
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("dictionary changed size during iteration")
-        return server._server.app(environ, start_response)
+        return app(environ, start_response)
 
-    transport = InProcessTransport(flaky, endpoint)
-    transport.install()
-    try:
+    with in_process(flaky, endpoint):
         assert client("dynamodb", endpoint).list_tables()["TableNames"] == []
-        assert len(calls) == 2  # the 500, then the retry
-    finally:
-        transport.uninstall()
-        server.stop()
+    assert len(calls) == 2  # the 500, then the retry

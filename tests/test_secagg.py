@@ -30,6 +30,19 @@ def _inputs(ids, seed=0):
     return {cid: rng.integers(0, 2**29, SIZE, dtype=np.uint32) for cid in ids}
 
 
+def _shared(n: int, threshold: int, uploading=None):
+    """A round of n clients through phase 2 (keys shared and relayed) and the masked inputs of
+    `uploading` (default: everyone; () for none) received: (clients, server, inputs)."""
+    clients, server, graph, roster = _round(n, threshold)
+    outboxes = {cid: c.share_keys(roster, graph[cid]) for cid, c in clients.items()}
+    for cid, inbox in server.relay(outboxes).items():
+        clients[cid].receive_shares(inbox)
+    inputs = _inputs(clients)
+    for cid in clients if uploading is None else uploading:
+        server.receive_input(cid, clients[cid].masked_input(inputs[cid], server.shared))
+    return clients, server, inputs
+
+
 def test_two_clients_dropping_at_different_phases_leave_the_exact_sum_of_the_survivors():
     clients, server, graph, roster = _round(5, threshold=3)
     outboxes = {cid: c.share_keys(roster, graph[cid]) for cid, c in clients.items()}
@@ -59,25 +72,13 @@ def test_a_masked_input_alone_tells_nothing_of_the_input():
 
 
 def test_fewer_survivors_than_the_threshold_fail_the_round_by_name():
-    clients, server, graph, roster = _round(4, threshold=3)
-    outboxes = {cid: c.share_keys(roster, graph[cid]) for cid, c in clients.items()}
-    for cid, inbox in server.relay(outboxes).items():
-        clients[cid].receive_shares(inbox)
-    inputs = _inputs(clients)
-    for cid in ("client-1", "client-2"):
-        server.receive_input(cid, clients[cid].masked_input(inputs[cid], server.shared))
+    clients, server, inputs = _shared(4, threshold=3, uploading=("client-1", "client-2"))
     with pytest.raises(SecAggThresholdNotMet, match="2 masked input"):
         server.fix_survivors()
 
 
 def test_too_few_reveals_fail_the_round_by_name():
-    clients, server, graph, roster = _round(4, threshold=3)
-    outboxes = {cid: c.share_keys(roster, graph[cid]) for cid, c in clients.items()}
-    for cid, inbox in server.relay(outboxes).items():
-        clients[cid].receive_shares(inbox)
-    inputs = _inputs(clients)
-    for cid in clients:
-        server.receive_input(cid, clients[cid].masked_input(inputs[cid], server.shared))
+    clients, server, inputs = _shared(4, threshold=3)
     survivors, dropped = server.fix_survivors()
     reveals = {cid: clients[cid].reveal(set(survivors), set(dropped)) for cid in ("client-1", "client-2")}
     with pytest.raises(SecAggThresholdNotMet, match=r"share\(s\) of client-1.s seed, 3 needed"):
@@ -85,13 +86,7 @@ def test_too_few_reveals_fail_the_round_by_name():
 
 
 def test_the_survivors_are_fixed_once_and_a_client_never_reveals_both_secrets_of_one_client():
-    clients, server, graph, roster = _round(4, threshold=2)
-    outboxes = {cid: c.share_keys(roster, graph[cid]) for cid, c in clients.items()}
-    for cid, inbox in server.relay(outboxes).items():
-        clients[cid].receive_shares(inbox)
-    inputs = _inputs(clients)
-    for cid in ("client-1", "client-2", "client-3"):
-        server.receive_input(cid, clients[cid].masked_input(inputs[cid], server.shared))
+    clients, server, inputs = _shared(4, threshold=2, uploading=("client-1", "client-2", "client-3"))
     first = server.fix_survivors()
     with pytest.raises(SecAggError, match="too late"):  # a late input cannot change the survivors
         server.receive_input("client-4", clients["client-4"].masked_input(inputs["client-4"], server.shared))
@@ -124,13 +119,7 @@ def test_a_tampered_or_misaddressed_share_is_refused_naming_its_sender():
 
 
 def test_a_wrong_revealed_share_is_caught_against_the_roster():
-    clients, server, graph, roster = _round(3, threshold=2)
-    outboxes = {cid: c.share_keys(roster, graph[cid]) for cid, c in clients.items()}
-    for cid, inbox in server.relay(outboxes).items():
-        clients[cid].receive_shares(inbox)
-    inputs = _inputs(clients)
-    for cid in clients:
-        server.receive_input(cid, clients[cid].masked_input(inputs[cid], server.shared))
+    clients, server, inputs = _shared(3, threshold=2)
     survivors, dropped = server.fix_survivors()
     reveals = {cid: clients[cid].reveal(set(survivors), set(dropped)) for cid in clients}
     kind, good = reveals["client-2"]["client-1"]
