@@ -127,6 +127,21 @@ class Aggregation(Construct):
             )
         )
         role.add_to_policy(
+            iam.PolicyStatement(
+                sid="RelaySecAggShares",  # a secure round's sealed shares, into each recipient's inbox
+                actions=["dynamodb:PutItem"],
+                resources=[table.table_arn],
+                conditions=secure.partitions("StringLike", [f"{keys.INBOX_PK_PREFIX}*"]),
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="WriteSecAggRosters",
+                actions=["s3:PutObject"],
+                resources=[bucket.arn_for_objects(keys.SECAGG_ROSTER_KEY_PATTERN)],
+            )
+        )
+        role.add_to_policy(
             iam.PolicyStatement(sid="PublishRounds", actions=["sns:Publish"], resources=[topic.topic_arn])
         )
         role.add_to_policy(
@@ -214,6 +229,8 @@ class Aggregation(Construct):
             "aggregated), once; run id, round and version are chosen at run time.",
             f"{objects}/{keys.STATE_KEY_PATTERN}": "Writes the strategy's state after a round (server optimizer "
             "moments, adaptive clip norm); run id, round and version are chosen at run time.",
+            f"{objects}/{keys.SECAGG_ROSTER_KEY_PATTERN}": "Writes a secure round's roster (the clients' public "
+            "keys), once per attempt; run id, round and attempt are chosen at run time.",
             "Action::kms:GenerateDataKey*": "CDK's grant for sending failed batches to the KMS-encrypted "
             "failure queue.",
             "Action::kms:ReEncrypt*": "CDK's grant for sending failed batches to the KMS-encrypted failure queue.",

@@ -3,10 +3,12 @@
 | what | allowed on |
 |---|---|
 | receive, delete, change visibility of messages | its own queue |
-| read | every run's `model.keras`, global weights and federated statistics; its own prefix `updates/<client id>/` |
+| read | every run's `model.keras`, global weights, federated statistics and secure rounds' rosters; its own |
+| | prefix `updates/<client id>/` |
 | write | its own prefix `updates/<client id>/` |
 | put items | its own partition `CLIENT#<id>` (`LeadingKeys`): update, decline, evaluation, statistics, failure and |
-| | heartbeat items |
+| | heartbeat items, and a secure round's keys, sealed shares and revealed shares |
+| get or query items | its own inbox `INBOX#<client id>` (the shares sealed to it, relayed by the server) |
 | get an item | its own feedback partition `FEEDBACK#<client id>` (why its last update in each run was rejected) |
 | get an item | a run's stop marker `STOP#<run id>` (`fedstep stop`: the run's reason and time, nothing else) |
 | decrypt, generate data keys | the stack's key, only through S3 and SQS in the stack's region (`kms:ViaService`) |
@@ -32,6 +34,7 @@ from constructs import Construct
 
 from fedstep.core import keys
 from fedstep.core.schemas import DeclineItem, EvalItem, FailureItem, Heartbeat, StatsItem, UpdateItem
+from fedstep.core.schemas.secagg import SecAggKeysItem, SecAggRevealItem, SecAggShareItem
 from infra.config import ClientConfig
 from infra.secure import acknowledge, partitions, reference_name
 
@@ -41,13 +44,29 @@ UPDATE_ITEM_ATTRIBUTES = sorted(
 """An update item's attributes, or a decline item's (it takes the update item's key)."""
 EVAL_ITEM_ATTRIBUTES = sorted({keys.PK, keys.SK, "schema", "kind", *(f.name for f in fields(EvalItem))})
 """An evaluation item's attributes (the answer to `fedstep evaluate`)."""
-CLIENT_READS = (keys.MODEL_KEY_PATTERN, keys.GLOBAL_KEY_PATTERN, keys.STATISTICS_KEY_PATTERN)
-"""What every client reads of every run: its architecture, its global weights and its federated statistics."""
+CLIENT_READS = (
+    keys.MODEL_KEY_PATTERN,
+    keys.GLOBAL_KEY_PATTERN,
+    keys.STATISTICS_KEY_PATTERN,
+    keys.SECAGG_ROSTER_KEY_PATTERN,
+)
+"""What every client reads of every run: its architecture, its global weights, its federated statistics
+and a secure round's roster (the selected clients' public keys)."""
 STATS_ITEM_ATTRIBUTES = sorted({keys.PK, keys.SK, "schema", "kind", *(f.name for f in fields(StatsItem))})
 """A statistics item's attributes (the answer to `fedstep stats`)."""
 FAILURE_ITEM_ATTRIBUTES = sorted({keys.PK, keys.SK, "schema", "kind", *(f.name for f in fields(FailureItem))})
 """A failure item's attributes (a round that failed on the client, and its error)."""
 HEARTBEAT_ATTRIBUTES = sorted({keys.PK, keys.SK, "schema", "kind", *(f.name for f in fields(Heartbeat))})
+SECAGG_ITEM_ATTRIBUTES = sorted(
+    {
+        keys.PK,
+        keys.SK,
+        "schema",
+        "kind",
+        *(f.name for item in (SecAggKeysItem, SecAggShareItem, SecAggRevealItem) for f in fields(item)),
+    }
+)
+"""A secure round's items: a client's public keys, its sealed shares, its revealed shares."""
 
 
 def key_services(region: str) -> list[str]:
@@ -142,6 +161,18 @@ class ClientAccess(Construct):
                     actions=["dynamodb:PutItem"],
                     resources=[table.table_arn],
                     conditions=_own_partition(own_partition, HEARTBEAT_ATTRIBUTES),
+                ),
+                iam.PolicyStatement(
+                    sid="PutOwnSecAggItems",
+                    actions=["dynamodb:PutItem"],
+                    resources=[table.table_arn],
+                    conditions=_own_partition(own_partition, SECAGG_ITEM_ATTRIBUTES),
+                ),
+                iam.PolicyStatement(
+                    sid="ReadOwnInbox",  # the shares sealed to it in a secure round, relayed by the server
+                    actions=["dynamodb:GetItem", "dynamodb:Query"],
+                    resources=[table.table_arn],
+                    conditions=_own_partition(keys.inbox_pk(client.id)),
                 ),
                 iam.PolicyStatement(
                     sid="ReadOwnFeedback",

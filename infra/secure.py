@@ -17,8 +17,9 @@ from constructs import Construct
 from fedstep.core import keys
 from infra.config import Retention
 
-CLIENT_PARTITIONS = [f"{keys.CLIENT_PK_PREFIX}*", f"{keys.FEEDBACK_PK_PREFIX}*"]
-"""The table's partitions that belong to clients: their own (`CLIENT#`) and the feedback to them (`FEEDBACK#`)."""
+CLIENT_PARTITIONS = [f"{keys.CLIENT_PK_PREFIX}*", f"{keys.FEEDBACK_PK_PREFIX}*", f"{keys.INBOX_PK_PREFIX}*"]
+"""The table's partitions that belong to clients: their own (`CLIENT#`), the feedback to them (`FEEDBACK#`)
+and the shares relayed to them in a secure round (`INBOX#`)."""
 
 
 def partitions(operator: str, patterns: list[str]) -> dict[str, dict[str, object]]:

@@ -35,6 +35,7 @@ from fedstep.core.schemas import (
     TrainingConfig,
     UpdateItem,
 )
+from fedstep.core.schemas.secagg import SecAggKeysItem, SecAggRevealItem, SecAggShareItem
 
 RUN, CLIENT, OTHER_CLIENT, CLAIM, T = "run-grants", "client-1", "client-2", "c0ffee", "2026-12-06T12:00:00+00:00"
 PRINCIPALS = ("operator", CLIENT, OTHER_CLIENT, "aggregation", "state-machine")
@@ -94,6 +95,35 @@ WRITES = [
         keys.last_rejection_item_key, ("aggregation",), item=Feedback(CLIENT, RUN, 1, "0" * 64, "nan", T).to_items()[1]
     ),
     Write(keys.stop_item_key, ("operator",), item=RunStop(RUN, "wrong learning rate", T).to_item()),
+    # a secure round's records (issue 25): each client's in its own partition, the server's in the
+    # recipient's inbox and the run's partition, the roster beside the round's models
+    Write(
+        keys.secagg_keys_item_key,
+        (CLIENT,),
+        item=SecAggKeysItem(RUN, 1, 0, CLIENT, b"a" * 32, b"b" * 32, b"c" * 32, T).to_item(),
+    ),
+    Write(
+        keys.secagg_share_item_key,
+        (CLIENT,),
+        item=SecAggShareItem(RUN, 1, 0, CLIENT, OTHER_CLIENT, b"s" * 96, T).to_item(),
+    ),
+    Write(
+        keys.secagg_reveal_item_key,
+        (CLIENT,),
+        item=SecAggRevealItem(RUN, 1, 0, CLIENT, T, {OTHER_CLIENT: ("seed", b"r" * 34)}).to_item(),
+    ),
+    Write(
+        keys.inbox_item_key,
+        ("aggregation",),
+        item={**keys.inbox_item_key(RUN, 1, 0, CLIENT, OTHER_CLIENT), "kind": "secagg-inbox", "sealed": "AA=="},
+    ),
+    Write(
+        keys.secagg_survivors_key,
+        ("aggregation",),
+        item={**keys.secagg_survivors_key(RUN, 1, 0), "kind": "secagg-survivors", "survivors": [CLIENT]},
+        updated=True,  # written once: an UpdateItem on condition that it does not exist
+    ),
+    Write(keys.secagg_roster_key, ("aggregation",), object_key=keys.secagg_roster_key(RUN, 1, 0)),
 ]
 
 
@@ -138,3 +168,30 @@ def test_each_key_is_written_by_its_writers_and_refused_to_every_other_principal
     outcomes = {principal: write(local_cloud, principal, w) for principal in PRINCIPALS}
     expected = {principal: "written" if principal in w.writers else "denied" for principal in PRINCIPALS}
     assert outcomes == expected
+
+
+def test_a_client_reads_its_own_inbox_and_the_roster_and_no_other_inbox(local_cloud):
+    """A secure round's relay (issue 25): the server puts each sealed share in its recipient's inbox;
+    the recipient reads it, no other client can, and every selected client reads the roster."""
+    table, bucket = local_cloud.outputs.table, local_cloud.outputs.bucket
+    share = {**keys.inbox_item_key(RUN, 1, 0, CLIENT, OTHER_CLIENT), "kind": "secagg-inbox", "sealed": "AA=="}
+    local_cloud.client("dynamodb", "aggregation").put_item(TableName=table, Item=to_attributes(share))
+    roster = keys.secagg_roster_key(RUN, 1, 0)
+    local_cloud.client("s3", "aggregation").put_object(Bucket=bucket, Key=roster, Body=b"{}")
+    mine = {
+        "TableName": table,
+        "KeyConditionExpression": "pk = :p",
+        "ExpressionAttributeValues": {":p": {"S": keys.inbox_pk(CLIENT)}},
+    }
+    assert local_cloud.client("dynamodb", CLIENT).query(**mine)["Count"] == 1
+    key = to_attributes({k: share[k] for k in (keys.PK, keys.SK)})
+    assert local_cloud.client("dynamodb", CLIENT).get_item(TableName=table, Key=key)["Item"]["sealed"] == {"S": "AA=="}
+    for attempt in (
+        lambda: local_cloud.client("dynamodb", OTHER_CLIENT).query(**mine),
+        lambda: local_cloud.client("dynamodb", OTHER_CLIENT).get_item(TableName=table, Key=key),
+    ):
+        with pytest.raises(ClientError) as refused:
+            attempt()
+        assert error_code(refused.value) in DENIED
+    for reader in (CLIENT, OTHER_CLIENT):
+        assert local_cloud.client("s3", reader).get_object(Bucket=bucket, Key=roster)["Body"].read() == b"{}"

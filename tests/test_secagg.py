@@ -72,13 +72,13 @@ def test_a_masked_input_alone_tells_nothing_of_the_input():
 
 
 def test_fewer_survivors_than_the_threshold_fail_the_round_by_name():
-    clients, server, inputs = _shared(4, threshold=3, uploading=("client-1", "client-2"))
+    _, server, _ = _shared(4, threshold=3, uploading=("client-1", "client-2"))
     with pytest.raises(SecAggThresholdNotMet, match="2 masked input"):
         server.fix_survivors()
 
 
 def test_too_few_reveals_fail_the_round_by_name():
-    clients, server, inputs = _shared(4, threshold=3)
+    clients, server, _ = _shared(4, threshold=3)
     survivors, dropped = server.fix_survivors()
     reveals = {cid: clients[cid].reveal(set(survivors), set(dropped)) for cid in ("client-1", "client-2")}
     with pytest.raises(SecAggThresholdNotMet, match=r"share\(s\) of client-1.s seed, 3 needed"):
@@ -119,7 +119,7 @@ def test_a_tampered_or_misaddressed_share_is_refused_naming_its_sender():
 
 
 def test_a_wrong_revealed_share_is_caught_against_the_roster():
-    clients, server, inputs = _shared(3, threshold=2)
+    clients, server, _ = _shared(3, threshold=2)
     survivors, dropped = server.fix_survivors()
     reveals = {cid: clients[cid].reveal(set(survivors), set(dropped)) for cid in clients}
     kind, good = reveals["client-2"]["client-1"]

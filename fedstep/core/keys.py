@@ -79,6 +79,8 @@ REJECTION_PREFIX = "REJECTION#"
 FAILURE_PREFIX = "FAILURE#"
 STOP_PK_PREFIX = "STOP#"
 STOP_SK = "STOP"
+SECAGG_PREFIX = "SECAGG#"
+INBOX_PK_PREFIX = "INBOX#"
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _VERSION = re.compile(r"^[a-z0-9]{1,32}$")
@@ -219,6 +221,7 @@ PLAN_KEY_PATTERN = "runs/*/rounds/*/plan-*.json"
 MANIFEST_KEY_PATTERN = "runs/*/rounds/*/manifest-*.json"
 STATE_KEY_PATTERN = "runs/*/rounds/*/state-*.safetensors"
 PARTITION_KEY_PATTERN = "runs/*/partition.json"
+SECAGG_ROSTER_KEY_PATTERN = "runs/*/rounds/*/secagg-*/roster.json"
 START_KEY_PATTERNS = (
     f"runs/*/rounds/*/global-{INITIAL_VERSION}.safetensors",
     f"runs/*/rounds/*/global-{RESUMED_VERSION}.safetensors",
@@ -358,3 +361,57 @@ def legacy_output_keys(client_id: str) -> tuple[str, str]:
     read until it is deployed again."""
     suffix = "".join(c if c.isalnum() else f"x{ord(c):02x}" for c in check_id("client id", client_id))
     return "QueueUrl" + suffix, "RoleArn" + suffix
+
+
+# -- secure aggregation (issue 25: the records of a secure round's phases) ---------------------------
+
+
+def _attempt(attempt: int) -> str:
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or not 0 <= attempt <= 99:
+        raise ValueError(f"invalid attempt {attempt!r}: a whole number from 0 to 99")
+    return f"{attempt:02d}"
+
+
+def secagg_sk(run_id: str, round_number: int, attempt: int, what: str) -> str:
+    """A secure round's record (`what`: KEYS, SHARE#<recipient>, REVEAL, FROM#<sender>, SURVIVORS),
+    for one attempt: a retried round gets fresh keys, so nothing of an earlier attempt is reused."""
+    return f"{SECAGG_PREFIX}{check_id('run id', run_id)}#{_round(round_number)}#{_attempt(attempt)}#{what}"
+
+
+def secagg_keys_item_key(run_id: str, round_number: int, attempt: int, client_id: str) -> dict[str, str]:
+    """A client's advertisement (its public keys), in its own partition."""
+    return {PK: client_pk(client_id), SK: secagg_sk(run_id, round_number, attempt, "KEYS")}
+
+
+def secagg_share_item_key(
+    run_id: str, round_number: int, attempt: int, client_id: str, recipient: str
+) -> dict[str, str]:
+    """A client's sealed share for one recipient, in the sender's own partition."""
+    share = f"SHARE#{check_id('client id', recipient)}"
+    return {PK: client_pk(client_id), SK: secagg_sk(run_id, round_number, attempt, share)}
+
+
+def secagg_reveal_item_key(run_id: str, round_number: int, attempt: int, client_id: str) -> dict[str, str]:
+    """A client's revealed shares, in its own partition."""
+    return {PK: client_pk(client_id), SK: secagg_sk(run_id, round_number, attempt, "REVEAL")}
+
+
+def inbox_pk(client_id: str) -> str:
+    """A server partition a client's role may read (not write): the shares sealed to it."""
+    return f"{INBOX_PK_PREFIX}{check_id('client id', client_id)}"
+
+
+def inbox_item_key(run_id: str, round_number: int, attempt: int, recipient: str, sender: str) -> dict[str, str]:
+    """The server's copy of `sender`'s share sealed to `recipient`, in the recipient's inbox."""
+    origin = f"FROM#{check_id('client id', sender)}"
+    return {PK: inbox_pk(recipient), SK: secagg_sk(run_id, round_number, attempt, origin)}
+
+
+def secagg_survivors_key(run_id: str, round_number: int, attempt: int) -> dict[str, str]:
+    """The survivors of a secure round's attempt, written once, in the run's partition."""
+    return {PK: check_id("run id", run_id), SK: secagg_sk(run_id, round_number, attempt, "SURVIVORS")}
+
+
+def secagg_roster_key(run_id: str, round_number: int, attempt: int) -> str:
+    """The roster of a secure round's attempt (every advertisement and the neighbourhoods), written once."""
+    return f"{round_prefix(run_id, round_number)}secagg-{_attempt(attempt)}/roster.json"
