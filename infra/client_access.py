@@ -117,6 +117,16 @@ class ClientAccess(Construct):
         own_updates = bucket.arn_for_objects(keys.client_update_key_pattern(client.id))
         models = [bucket.arn_for_objects(pattern) for pattern in CLIENT_READS]
         own_partition = keys.client_pk(client.id)
+
+        def put_own(sid: str, attributes: list[str]) -> iam.PolicyStatement:
+            """PutItem in its own partition, of items with these attribute names only."""
+            return iam.PolicyStatement(
+                sid=sid,
+                actions=["dynamodb:PutItem"],
+                resources=[table.table_arn],
+                conditions=_own_partition(own_partition, attributes),
+            )
+
         document = iam.PolicyDocument(
             statements=[
                 iam.PolicyStatement(
@@ -132,42 +142,12 @@ class ClientAccess(Construct):
                 ),
                 iam.PolicyStatement(sid="ReadModels", actions=["s3:GetObject"], resources=[*models, own_updates]),
                 iam.PolicyStatement(sid="WriteOwnUpdates", actions=["s3:PutObject"], resources=[own_updates]),
-                iam.PolicyStatement(
-                    sid="PutOwnUpdateItems",
-                    actions=["dynamodb:PutItem"],
-                    resources=[table.table_arn],
-                    conditions=_own_partition(own_partition, UPDATE_ITEM_ATTRIBUTES),
-                ),
-                iam.PolicyStatement(
-                    sid="PutOwnEvaluationItems",
-                    actions=["dynamodb:PutItem"],
-                    resources=[table.table_arn],
-                    conditions=_own_partition(own_partition, EVAL_ITEM_ATTRIBUTES),
-                ),
-                iam.PolicyStatement(
-                    sid="PutOwnStatisticsItems",
-                    actions=["dynamodb:PutItem"],
-                    resources=[table.table_arn],
-                    conditions=_own_partition(own_partition, STATS_ITEM_ATTRIBUTES),
-                ),
-                iam.PolicyStatement(
-                    sid="PutOwnFailureItems",
-                    actions=["dynamodb:PutItem"],
-                    resources=[table.table_arn],
-                    conditions=_own_partition(own_partition, FAILURE_ITEM_ATTRIBUTES),
-                ),
-                iam.PolicyStatement(
-                    sid="PutOwnHeartbeat",
-                    actions=["dynamodb:PutItem"],
-                    resources=[table.table_arn],
-                    conditions=_own_partition(own_partition, HEARTBEAT_ATTRIBUTES),
-                ),
-                iam.PolicyStatement(
-                    sid="PutOwnSecAggItems",
-                    actions=["dynamodb:PutItem"],
-                    resources=[table.table_arn],
-                    conditions=_own_partition(own_partition, SECAGG_ITEM_ATTRIBUTES),
-                ),
+                put_own("PutOwnUpdateItems", UPDATE_ITEM_ATTRIBUTES),
+                put_own("PutOwnEvaluationItems", EVAL_ITEM_ATTRIBUTES),
+                put_own("PutOwnStatisticsItems", STATS_ITEM_ATTRIBUTES),
+                put_own("PutOwnFailureItems", FAILURE_ITEM_ATTRIBUTES),
+                put_own("PutOwnHeartbeat", HEARTBEAT_ATTRIBUTES),
+                put_own("PutOwnSecAggItems", SECAGG_ITEM_ATTRIBUTES),
                 iam.PolicyStatement(
                     sid="ReadOwnInbox",  # the shares sealed to it in a secure round, relayed by the server
                     actions=["dynamodb:GetItem", "dynamodb:Query"],

@@ -75,6 +75,20 @@ def _check_key(data: dict[str, Any], own_key: dict[str, str], where: str) -> Non
         raise InvalidMessage(f"{where}: its key does not match its run, round, attempt and client")
 
 
+def _common(item: Any, key: dict[str, str], kind: str) -> dict[str, Any]:
+    """The fields every secure-round item starts with: its key, schema and kind, and whose it is."""
+    return {
+        **key,
+        "schema": SCHEMA_VERSION,
+        "kind": kind,
+        "run_id": item.run_id,
+        "round": item.round,
+        "attempt": item.attempt,
+        "client_id": item.client_id,
+        "created_at": item.created_at,
+    }
+
+
 @dataclass(frozen=True)
 class SecAggKeysItem:
     """Phase 1: a client's public keys (to seal shares, to agree masks) and its seed's commitment."""
@@ -90,17 +104,12 @@ class SecAggKeysItem:
 
     def to_item(self) -> dict[str, Any]:
         return {
-            **keys.secagg_keys_item_key(self.run_id, self.round, self.attempt, self.client_id),
-            "schema": SCHEMA_VERSION,
-            "kind": KEYS_KIND,
-            "run_id": self.run_id,
-            "round": self.round,
-            "attempt": self.attempt,
-            "client_id": self.client_id,
+            **_common(
+                self, keys.secagg_keys_item_key(self.run_id, self.round, self.attempt, self.client_id), KEYS_KIND
+            ),
             "seal_public": encode_bytes(self.seal_public),
             "mask_public": encode_bytes(self.mask_public),
             "seed_commitment": encode_bytes(self.seed_commitment),
-            "created_at": self.created_at,
         }
 
     @classmethod
@@ -134,18 +143,7 @@ class SecAggShareItem:
 
     def to_item(self) -> dict[str, Any]:
         key = keys.secagg_share_item_key(self.run_id, self.round, self.attempt, self.client_id, self.recipient)
-        return {
-            **key,
-            "schema": SCHEMA_VERSION,
-            "kind": SHARE_KIND,
-            "run_id": self.run_id,
-            "round": self.round,
-            "attempt": self.attempt,
-            "client_id": self.client_id,
-            "recipient": self.recipient,
-            "sealed": encode_bytes(self.sealed),
-            "created_at": self.created_at,
-        }
+        return {**_common(self, key, SHARE_KIND), "recipient": self.recipient, "sealed": encode_bytes(self.sealed)}
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> SecAggShareItem:
@@ -172,17 +170,9 @@ class SecAggRevealItem:
     shares: dict[str, tuple[str, bytes]] = field(default_factory=dict)
 
     def to_item(self) -> dict[str, Any]:
-        return {
-            **keys.secagg_reveal_item_key(self.run_id, self.round, self.attempt, self.client_id),
-            "schema": SCHEMA_VERSION,
-            "kind": REVEAL_KIND,
-            "run_id": self.run_id,
-            "round": self.round,
-            "attempt": self.attempt,
-            "client_id": self.client_id,
-            "created_at": self.created_at,
-            "shares": {owner: [kind, encode_bytes(share)] for owner, (kind, share) in self.shares.items()},
-        }
+        key = keys.secagg_reveal_item_key(self.run_id, self.round, self.attempt, self.client_id)
+        shares = {owner: [kind, encode_bytes(share)] for owner, (kind, share) in self.shares.items()}
+        return {**_common(self, key, REVEAL_KIND), "shares": shares}
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> SecAggRevealItem:
