@@ -107,7 +107,8 @@ class Aggregation(Construct):
                 sid="UpdateRoundRecords",  # open, claim, hold, release, commit, report: in the run's partition
                 actions=["dynamodb:UpdateItem"],
                 resources=[table.table_arn],
-                conditions=secure.partitions("StringNotLike", secure.CLIENT_PARTITIONS),
+                # not the clients' partitions, nor the operator's stop markers (it only checks those)
+                conditions=secure.partitions("StringNotLike", [*secure.CLIENT_PARTITIONS, f"{keys.STOP_PK_PREFIX}*"]),
             )
         )
         role.add_to_policy(

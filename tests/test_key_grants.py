@@ -95,6 +95,8 @@ WRITES = [
         keys.last_rejection_item_key, ("aggregation",), item=Feedback(CLIENT, RUN, 1, "0" * 64, "nan", T).to_items()[1]
     ),
     Write(keys.stop_item_key, ("operator",), item=RunStop(RUN, "wrong learning rate", T).to_item()),
+    # nobody may change a stop marker in place (the aggregation function checks it in its commit)
+    Write(keys.stop_item_key, (), item=RunStop(RUN, "changed", T).to_item(), updated=True),
     # a secure round's records (issue 25): each client's in its own partition, the server's in the
     # recipient's inbox and the run's partition, the roster beside the round's models
     Write(
