@@ -30,27 +30,22 @@ def _inputs(ids, seed=0):
     return {cid: rng.integers(0, 2**29, SIZE, dtype=np.uint32) for cid in ids}
 
 
-def _shared(n: int, threshold: int, uploading=None):
-    """A round of n clients through phase 2 (keys shared and relayed) and the masked inputs of
-    `uploading` (default: everyone; () for none) received: (clients, server, inputs)."""
+def _shared(n: int, threshold: int, uploading=None, inputs=None):
+    """A round of n clients through phase 2 (keys shared and relayed) and the masked `inputs` (default:
+    random words) of `uploading` (default: everyone; () for none) received: (clients, server, inputs)."""
     clients, server, graph, roster = _round(n, threshold)
     outboxes = {cid: c.share_keys(roster, graph[cid]) for cid, c in clients.items()}
     for cid, inbox in server.relay(outboxes).items():
         clients[cid].receive_shares(inbox)
-    inputs = _inputs(clients)
+    inputs = _inputs(clients) if inputs is None else inputs
     for cid in clients if uploading is None else uploading:
         server.receive_input(cid, clients[cid].masked_input(inputs[cid], server.shared))
     return clients, server, inputs
 
 
 def test_two_clients_dropping_at_different_phases_leave_the_exact_sum_of_the_survivors():
-    clients, server, graph, roster = _round(5, threshold=3)
-    outboxes = {cid: c.share_keys(roster, graph[cid]) for cid, c in clients.items()}
-    for cid, inbox in server.relay(outboxes).items():
-        clients[cid].receive_shares(inbox)
-    inputs = _inputs(clients)
-    for cid in ("client-1", "client-2", "client-3", "client-5"):  # client-4 drops after sharing its keys
-        server.receive_input(cid, clients[cid].masked_input(inputs[cid], server.shared))
+    # client-4 drops after sharing its keys: it uploads nothing
+    clients, server, inputs = _shared(5, threshold=3, uploading=("client-1", "client-2", "client-3", "client-5"))
     survivors, dropped = server.fix_survivors()
     assert dropped == {"client-4"}
     # client-5 drops after uploading: it reveals nothing
@@ -61,10 +56,7 @@ def test_two_clients_dropping_at_different_phases_leave_the_exact_sum_of_the_sur
 
 
 def test_a_masked_input_alone_tells_nothing_of_the_input():
-    clients, server, graph, roster = _round(3, threshold=2)
-    outboxes = {cid: c.share_keys(roster, graph[cid]) for cid, c in clients.items()}
-    for cid, inbox in server.relay(outboxes).items():
-        clients[cid].receive_shares(inbox)
+    clients, server, _ = _shared(3, threshold=2, uploading=())
     x = np.zeros(SIZE, np.uint32)
     masked = clients["client-1"].masked_input(x, server.shared)
     assert np.count_nonzero(masked) > 0.99 * SIZE  # zeros go out as uniform-looking words
@@ -191,13 +183,8 @@ def test_a_restarted_client_finishes_its_round_from_its_kept_state():
 
 
 def _secure_sum(encoded: dict[str, np.ndarray], threshold: int, drop_after_sharing: tuple[str, ...] = ()):
-    clients, server, graph, roster = _round(len(encoded), threshold)
-    outboxes = {cid: c.share_keys(roster, graph[cid]) for cid, c in clients.items()}
-    for cid, inbox in server.relay(outboxes).items():
-        clients[cid].receive_shares(inbox)
-    for cid in clients:
-        if cid not in drop_after_sharing:
-            server.receive_input(cid, clients[cid].masked_input(encoded[cid], server.shared))
+    uploading = [cid for cid in encoded if cid not in drop_after_sharing]
+    clients, server, _ = _shared(len(encoded), threshold, uploading, encoded)
     survivors, dropped = server.fix_survivors()
     reveals = {cid: clients[cid].reveal(set(survivors), set(dropped)) for cid in survivors}
     return server.unmask(reveals), len(survivors)

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from fedstep.aws.ddb import from_attributes, to_attributes
 from fedstep.core import keys
 from fedstep.core.schemas import secagg
 from fedstep.core.schemas.validation import InvalidMessage
@@ -37,7 +38,7 @@ def test_each_item_goes_through_the_table_and_back_unchanged():
         secagg.SecAggRevealItem("run-1", 2, 1, "client-1", NOW, {"client-2": ("seed", b"s" * 34)}),
     ]
     for item in items:
-        stored = json.loads(json.dumps(item.to_item()))
+        stored = from_attributes(to_attributes(item.to_item()))  # binary values come back as Binary
         assert stored["pk"] == "CLIENT#client-1"
         assert type(item).parse(stored) == item
 
@@ -45,22 +46,23 @@ def test_each_item_goes_through_the_table_and_back_unchanged():
 def test_a_reveal_of_a_whole_run_s_clients_fits_one_item():
     shares = {f"client-{i}": ("key", b"k" * 34) for i in range(1000)}
     item = secagg.SecAggRevealItem("run-1", 2, 1, "client-1", NOW, shares).to_item()
-    assert len(json.dumps(item).encode()) < 400_000 / 4  # DynamoDB's 400 KB, with room
+    size = len(json.dumps(item, default=lambda value: "x" * len(value)).encode())  # bytes counted as bytes
+    assert size < 400_000 / 4  # DynamoDB's 400 KB, with room
 
 
 def test_an_item_in_another_client_s_partition_or_of_the_wrong_size_is_refused():
     good = secagg.SecAggShareItem("run-1", 2, 1, "client-1", "client-2", _sealed(), NOW).to_item()
     cases = {
         "its key does not match": {**good, "pk": "CLIENT#client-3"},
-        "is 95 bytes, not 96": {**good, "sealed": secagg.encode_bytes(_sealed()[:-1])},
-        "not base64": {**good, "sealed": "%%%" + good["sealed"][3:]},
+        "is 95 bytes, not 96": {**good, "sealed": _sealed()[:-1]},
+        "must be binary": {**good, "sealed": "c2VhbGVk"},
         "keeps its own share": {
             **good,
             "recipient": "client-1",
             "sk": keys.secagg_share_item_key("run-1", 2, 1, "client-1", "client-2")["sk"],
         },
         "kind must be": {**good, "kind": "update"},
-        "longer than": {**good, "sealed": "A" * 10_000},
+        "is 10000 bytes, not 96": {**good, "sealed": b"A" * 10_000},
     }
     for message, data in cases.items():
         with pytest.raises(InvalidMessage, match=message):

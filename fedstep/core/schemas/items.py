@@ -10,6 +10,7 @@ from fedstep.core import codecs, keys, limits, statistics
 from fedstep.core.schemas.refs import ObjectRef
 from fedstep.core.schemas.validation import (
     InvalidMessage,
+    binary,
     check_metrics,
     check_scalars,
     check_schema,
@@ -287,10 +288,7 @@ class StatsItem:
         if data.get("error"):
             error = limits.reason(short_str(data, "error", where, limits.MAX_REASON_CHARS * 4))
             return cls(request_id, client_id, 0, 0, b"", created_at, 0.0, error)
-        raw = data.get("values")
-        values = getattr(raw, "value", raw)  # boto3 reads a binary attribute as a Binary
-        if not isinstance(values, bytes | bytearray):
-            raise InvalidMessage(f"{where}: values must be binary")
+        values = binary(data.get("values"), f"{where}: values")
         noise = optional_number(data, "noise_std", where) or 0.0
         if not 0 <= noise <= limits.MAX_METRIC_MAGNITUDE:
             raise InvalidMessage(f"{where}: noise_std must be a number >= 0")

@@ -1,6 +1,7 @@
 """The items a client writes in a secure round's phases (issue 25: the schemas; the round's wiring is
 next), each in its own partition, each value of an exact size: an advertisement (two public keys and
-a commitment), one sealed share per neighbour, and its revealed shares. Bytes travel as base64.
+a commitment), one sealed share per neighbour, and its revealed shares. Bytes are binary attributes,
+as a statistics item's values are.
 
 The sizes are the cryptography's (`fedstep.privacy.secagg.primitives`, which the core may not import;
 `tests/test_secagg_schemas.py` checks they agree).
@@ -8,14 +9,13 @@ The sizes are the cryptography's (`fedstep.privacy.secagg.primitives`, which the
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass, field
 from typing import Any
 
 from fedstep.core import keys, limits
 from fedstep.core.schemas.validation import (
     InvalidMessage,
+    binary,
     check_schema,
     get_field,
     id_field,
@@ -40,22 +40,9 @@ SHARE_KIND = "secagg-share"
 REVEAL_KIND = "secagg-reveal"
 
 
-def encode_bytes(value: bytes) -> str:
-    return base64.b64encode(value).decode("ascii")
-
-
 def exact_bytes(data: dict[str, Any], name: str, where: str, size: int) -> bytes:
-    """Field `name`, base64 of exactly `size` bytes."""
-    text = get_field(data, name, str, where)
-    if len(text) > 4 * (size // 3 + 1):
-        raise InvalidMessage(f"{where}: field {name!r} is longer than {size} bytes in base64")
-    try:
-        value = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidMessage(f"{where}: field {name!r} is not base64") from None
-    if len(value) != size:
-        raise InvalidMessage(f"{where}: field {name!r} is {len(value)} bytes, not {size}")
-    return value
+    """Field `name`, a binary attribute of exactly `size` bytes."""
+    return binary(data.get(name), f"{where}: field {name!r}", size)
 
 
 def _phase_item(data: dict[str, Any], where: str, kind: str) -> tuple[str, int, int, str]:
@@ -107,9 +94,9 @@ class SecAggKeysItem:
             **_common(
                 self, keys.secagg_keys_item_key(self.run_id, self.round, self.attempt, self.client_id), KEYS_KIND
             ),
-            "seal_public": encode_bytes(self.seal_public),
-            "mask_public": encode_bytes(self.mask_public),
-            "seed_commitment": encode_bytes(self.seed_commitment),
+            "seal_public": self.seal_public,
+            "mask_public": self.mask_public,
+            "seed_commitment": self.seed_commitment,
         }
 
     @classmethod
@@ -143,7 +130,7 @@ class SecAggShareItem:
 
     def to_item(self) -> dict[str, Any]:
         key = keys.secagg_share_item_key(self.run_id, self.round, self.attempt, self.client_id, self.recipient)
-        return {**_common(self, key, SHARE_KIND), "recipient": self.recipient, "sealed": encode_bytes(self.sealed)}
+        return {**_common(self, key, SHARE_KIND), "recipient": self.recipient, "sealed": self.sealed}
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> SecAggShareItem:
@@ -171,7 +158,7 @@ class SecAggRevealItem:
 
     def to_item(self) -> dict[str, Any]:
         key = keys.secagg_reveal_item_key(self.run_id, self.round, self.attempt, self.client_id)
-        shares = {owner: [kind, encode_bytes(share)] for owner, (kind, share) in self.shares.items()}
+        shares = {owner: [kind, share] for owner, (kind, share) in self.shares.items()}
         return {**_common(self, key, REVEAL_KIND), "shares": shares}
 
     @classmethod
@@ -190,5 +177,5 @@ class SecAggRevealItem:
                 raise InvalidMessage(f"{where}: {exc}") from None
             if not (isinstance(pair, list) and len(pair) == 2 and pair[0] in REVEAL_KINDS):
                 raise InvalidMessage(f"{where}: the share of {owner} must be [kind, share], kind one of {REVEAL_KINDS}")
-            shares[owner] = (pair[0], exact_bytes({"share": pair[1]}, "share", f"{where} ({owner})", SHARE_BYTES))
+            shares[owner] = (pair[0], binary(pair[1], f"{where}: the share of {owner}", SHARE_BYTES))
         return cls(run_id, round_number, attempt, client_id, timestamp(data, "created_at", where), shares)

@@ -146,3 +146,13 @@ def check_kept(kept: Any, participants: list[str], where: str) -> list[str] | No
         named = f"{str(outsiders[0])[:80]!r} is not a participant" if outsiders else "a client is named twice"
         raise InvalidMessage(f"{where}: {named}")
     return list(kept)
+
+
+def binary(value: Any, where: str, size: int | None = None) -> bytes:
+    """A binary attribute's bytes (boto3 reads one as a `Binary`), of exactly `size` bytes when given."""
+    raw = getattr(value, "value", value)
+    if not isinstance(raw, bytes | bytearray):
+        raise InvalidMessage(f"{where} must be binary")
+    if size is not None and len(raw) != size:
+        raise InvalidMessage(f"{where} is {len(raw)} bytes, not {size}")
+    return bytes(raw)
