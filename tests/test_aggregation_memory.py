@@ -3,20 +3,13 @@ the number of clients (bench/aggregation_memory.py prints the figures; docs/benc
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "aggregation_memory.py"
+from bench_modules import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("aggregation_memory", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("aggregation_memory")
 
 
 @pytest.mark.parametrize("clients", [2, 12])

@@ -4,24 +4,15 @@ them). A smoke run of two rounds on digits."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from bench_modules import load_bench
 
 from fedstep.core import codecs, tensors
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "compression.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("compression", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("compression")
 
 
 def test_the_compression_bench_counts_the_bytes_of_the_files_each_codec_wrote(bench):

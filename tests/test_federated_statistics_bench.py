@@ -4,23 +4,14 @@ prints the figures over 5 seeds; docs/benchmarks.md keeps them)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "federated_statistics.py"
+from bench_modules import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("federated_statistics", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("federated_statistics")
 
 
 def test_the_hospitals_combined_statistics_are_the_pooled_ones(bench):

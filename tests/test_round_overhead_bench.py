@@ -4,14 +4,11 @@ summary.json and the agents' round lines written here, no run."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "round_overhead.py"
+from bench_modules import load_bench
 
 STAMPS = [
     (3.0, "preparing digits for 3 clients"),
@@ -27,11 +24,7 @@ STAMPS = [
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("round_overhead", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("round_overhead")
 
 
 def agent_logs(out: Path) -> None:

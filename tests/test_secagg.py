@@ -232,15 +232,9 @@ def test_a_sum_no_honest_survivors_could_give_is_refused_by_name():
 
 
 def test_the_secure_aggregation_bench_checks_the_sum_and_counts_the_bytes():
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from bench_modules import load_bench
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "secure_aggregation.py"
-    spec = importlib.util.spec_from_file_location("secure_aggregation_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
+    bench = load_bench("secure_aggregation", "secure_aggregation_bench")
     figures = bench.one_round(clients=4, parameters=500, drop=1)
     assert (figures["neighbours"], figures["threshold"]) == (3, 2)
     assert figures["plain_sent"] == 2000 < figures["sent"] < 2000 + 1000  # the masked input, plus keys and shares
