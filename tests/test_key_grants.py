@@ -125,6 +125,12 @@ WRITES = [
         item={**keys.secagg_survivors_key(RUN, 1, 0), "kind": "secagg-survivors", "survivors": [CLIENT]},
         updated=True,  # written once: an UpdateItem on condition that it does not exist
     ),
+    Write(
+        keys.secagg_phase_key,
+        ("aggregation",),
+        item={**keys.secagg_phase_key(RUN, 1, 0, "share"), "kind": "secagg-phase", "status": "open"},
+        updated=True,  # opened with a conditional UpdateItem, as the round record is
+    ),
     Write(keys.secagg_roster_key, ("aggregation",), object_key=keys.secagg_roster_key(RUN, 1, 0)),
 ]
 

@@ -412,6 +412,14 @@ def secagg_survivors_key(run_id: str, round_number: int, attempt: int) -> dict[s
     return {PK: check_id("run id", run_id), SK: secagg_sk(run_id, round_number, attempt, "SURVIVORS")}
 
 
+def secagg_phase_key(run_id: str, round_number: int, attempt: int, phase: str) -> dict[str, str]:
+    """A later phase of a secure round's attempt (`phase`: share, input, reveal): its task token, its
+    members and its state, in the run's partition (server only, as the round record)."""
+    if phase not in ("share", "input", "reveal"):
+        raise ValueError(f"invalid secure-aggregation phase {phase!r}")
+    return {PK: check_id("run id", run_id), SK: secagg_sk(run_id, round_number, attempt, f"PHASE#{phase}")}
+
+
 def secagg_roster_key(run_id: str, round_number: int, attempt: int) -> str:
     """The roster of a secure round's attempt (every advertisement and the neighbourhoods), written once."""
     return f"{round_prefix(run_id, round_number)}secagg-{_attempt(attempt)}/roster.json"

@@ -21,9 +21,23 @@ class Mode:
     """Aggregate one slice of a planned round (`aggregate_slice`)."""
     ASSEMBLE: Final = "assemble"
     """Join a planned round's slices and commit its summary (`assemble_round`)."""
+    SECAGG_PUBLISH: Final = "secagg_publish"
+    """Open a later phase of a secure round (`{"phase"}`: share, input, reveal) and send its message,
+    with the task token the phase's state waits on (`fedstep.core.rounds.secure`)."""
+    SECAGG_DEADLINE: Final = "secagg_deadline"
+    """A later phase of a secure round timed out: close it with what arrived (its result is the
+    state's output: the next phase, or the round's task output after the reveal)."""
 
 
-MODES: Final = (Mode.DEADLINE, Mode.PUBLISH, Mode.CARD, Mode.SLICE, Mode.ASSEMBLE)
+MODES: Final = (
+    Mode.DEADLINE,
+    Mode.PUBLISH,
+    Mode.CARD,
+    Mode.SLICE,
+    Mode.ASSEMBLE,
+    Mode.SECAGG_PUBLISH,
+    Mode.SECAGG_DEADLINE,
+)
 """Every mode, in the order the aggregation function names them."""
 
 
@@ -50,3 +64,19 @@ class State:
     NOTIFY_RUN_ENDED: Final = "Notify clients: run ended"
     WRITE_MODEL_CARD: Final = "Write model card"
     TRAINING_FINISHED: Final = "Training finished"
+    NEXT_SECURE_PHASE: Final = "Next secure-aggregation phase?"
+    SHARE_KEYS: Final = "Share keys"
+    SHARE_KEYS_AT_DEADLINE: Final = "Share keys at deadline"
+    UPLOAD_MASKED_INPUTS: Final = "Upload masked inputs"
+    UPLOAD_MASKED_INPUTS_AT_DEADLINE: Final = "Upload masked inputs at deadline"
+    REVEAL_SHARES: Final = "Reveal shares"
+    REVEAL_SHARES_AT_DEADLINE: Final = "Reveal shares at deadline"
+
+
+SECURE_PHASE_STATES: Final = {
+    "share": (State.SHARE_KEYS, State.SHARE_KEYS_AT_DEADLINE),
+    "input": (State.UPLOAD_MASKED_INPUTS, State.UPLOAD_MASKED_INPUTS_AT_DEADLINE),
+    "reveal": (State.REVEAL_SHARES, State.REVEAL_SHARES_AT_DEADLINE),
+}
+"""Each later phase of a secure round (`fedstep.core.schemas.secagg.LATER_PHASES`): the state that
+publishes it and waits on its token, and the state that closes it at its deadline."""

@@ -8,6 +8,7 @@ from typing import Any
 
 from fedstep.core import keys, limits, statistics
 from fedstep.core.schemas.refs import ObjectRef
+from fedstep.core.schemas.secagg import PHASE_MESSAGE_TYPE, SecAggPhaseMessage, SecAggRound
 from fedstep.core.schemas.training import TrainingConfig
 from fedstep.core.schemas.validation import (
     InvalidMessage,
@@ -57,9 +58,17 @@ class RoundMessage:
     deadline_s: int = 3600
     instructions: dict[str, Any] = field(default_factory=dict)
     type: str = "round"
+    secagg: SecAggRound | None = None
+    """Under secure aggregation: how the client encodes and masks its input (it trains, then
+    advertises its keys instead of uploading; `fedstep.core.schemas.secagg`). None: a plain round."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": SCHEMA_VERSION, **asdict(self)}
+        data = {"schema": SCHEMA_VERSION, **asdict(self)}
+        if self.secagg is None:  # a plain round's message is as before
+            del data["secagg"]
+        else:
+            data["secagg"] = self.secagg.to_dict()
+        return data
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> RoundMessage:
@@ -75,6 +84,7 @@ class RoundMessage:
             deadline_s=positive_int(data, "deadline_s", where, 1, limits.MAX_ROUND_TIMEOUT_S),
             issued_at=timestamp(data, "issued_at", where),
             instructions=check_scalars(data.get("instructions", {}), f"{where} instructions", limits.MAX_INSTRUCTIONS),
+            secagg=SecAggRound.parse(data["secagg"], f"{where} secagg") if data.get("secagg") else None,
         )
 
 
@@ -189,15 +199,21 @@ class StatsMessage:
         )
 
 
-def parse_message(data: Any) -> RoundMessage | RunEndedMessage | EvaluateMessage | StatsMessage:
+def parse_message(
+    data: Any,
+) -> RoundMessage | RunEndedMessage | EvaluateMessage | StatsMessage | SecAggPhaseMessage:
     """Parse a message body (already JSON-decoded) into its typed form."""
     kind = get_field(data, "type", str, "message")
     if kind == "round":
         return RoundMessage.parse(data)
+    if kind == PHASE_MESSAGE_TYPE:
+        return SecAggPhaseMessage.parse(data)
     if kind == "run_ended":
         return RunEndedMessage.parse(data)
     if kind == "evaluate":
         return EvaluateMessage.parse(data)
     if kind == "statistics":
         return StatsMessage.parse(data)
-    raise InvalidMessage(f"message: unknown type {kind!r} (expected 'round', 'run_ended', 'evaluate' or 'statistics')")
+    raise InvalidMessage(
+        f"message: unknown type {kind!r} (expected 'round', 'run_ended', 'evaluate', 'statistics' or 'secagg')"
+    )

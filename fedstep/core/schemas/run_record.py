@@ -129,7 +129,7 @@ class Bounds:
         )
 
 
-DP_MODES = ("central", "client-clip", "dp-sgd")
+DP_MODES = ("central", "client-clip", "dp-sgd", "distributed")
 
 
 @dataclass(frozen=True)
@@ -184,6 +184,53 @@ class DPSettings:
         )
 
 
+DEFAULT_SECAGG_PHASE_TIMEOUT_S = 300
+"""How long each phase after the first (sharing keys, uploading masked inputs, revealing) waits, s."""
+
+
+@dataclass(frozen=True)
+class SecAggSettings:
+    """A run's secure aggregation (SecAgg+, `fedstep.privacy.secagg`; docs/privacy.md).
+
+    `threshold` t: the fewest clients that must survive a round (and the fewest shares that rebuild a
+    secret). `neighbours` k: how many others each client masks with and shares to (0: every other
+    selected client, the complete graph; else an even number >= 2). `clip`: the L2 norm each client
+    clips its delta to before quantising (it sets the fixed-point range). `phase_timeout_s`: each later
+    phase's deadline (the first phase, training and advertising keys, has the round's)."""
+
+    threshold: int
+    neighbours: int = 0
+    clip: float = 10.0
+    phase_timeout_s: int = DEFAULT_SECAGG_PHASE_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, int) or self.threshold < 2:
+            raise InvalidMessage(f"secure aggregation threshold must be a whole number >= 2, got {self.threshold!r}")
+        if self.neighbours != 0 and (self.neighbours < 2 or self.neighbours % 2):
+            raise InvalidMessage(
+                f"secure aggregation neighbours must be 0 (everyone) or an even number >= 2, got {self.neighbours}"
+            )
+        if not 0 < self.clip < math.inf:
+            raise InvalidMessage(f"secure aggregation clip must be a positive number, got {self.clip}")
+        if not 1 <= self.phase_timeout_s <= limits.MAX_ROUND_TIMEOUT_S:
+            raise InvalidMessage(f"secure aggregation phase timeout must be 1 to {limits.MAX_ROUND_TIMEOUT_S} s")
+
+    @classmethod
+    def parse(cls, data: Any, where: str) -> SecAggSettings:
+        if not isinstance(data, dict):
+            raise InvalidMessage(f"{where}: secure aggregation settings must be an object")
+        return cls(
+            threshold=positive_int(data, "threshold", where, 2, limits.MAX_CLIENTS_PER_RUN),
+            neighbours=positive_int(data, "neighbours", where, 0, limits.MAX_CLIENTS_PER_RUN)
+            if "neighbours" in data
+            else 0,
+            clip=get_field(data, "clip", float, where) if "clip" in data else 10.0,
+            phase_timeout_s=positive_int(data, "phase_timeout_s", where, 1, limits.MAX_ROUND_TIMEOUT_S)
+            if "phase_timeout_s" in data
+            else DEFAULT_SECAGG_PHASE_TIMEOUT_S,
+        )
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """Written by `fedstep start`: who takes part in a run and how it trains."""
@@ -226,6 +273,9 @@ class RunRecord:
     codec: str = "float32"
     """How the clients encode their updates (`fedstep.core.codecs`, checked by `fedstep.core.run_rules`);
     a record written before codecs existed reads "float32" (today's files)."""
+    secagg: SecAggSettings | None = None
+    """Secure aggregation (`--secure-aggregation`): the server learns only the sum of each round's
+    updates; None (a record written before it existed reads None): plain updates."""
 
     def selected(self, round_number: int) -> list[str]:
         """The seeded sample of `round_number`, heartbeats aside (see fedstep.core.selection); the
@@ -270,6 +320,7 @@ class RunRecord:
             select_online=get_field(data, "select_online", bool, where) if "select_online" in data else False,
             selection=_selection(data, where),
             codec=_codec(data, where),
+            secagg=SecAggSettings.parse(data["secagg"], f"{where} secagg") if data.get("secagg") else None,
         )
 
 

@@ -9,10 +9,11 @@ The sizes are the cryptography's (`fedstep.privacy.secagg.primitives`, which the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fedstep.core import keys, limits
+from fedstep.core.schemas.refs import ObjectRef
 from fedstep.core.schemas.validation import (
     InvalidMessage,
     binary,
@@ -179,3 +180,192 @@ class SecAggRevealItem:
                 raise InvalidMessage(f"{where}: the share of {owner} must be [kind, share], kind one of {REVEAL_KINDS}")
             shares[owner] = (pair[0], binary(pair[1], f"{where}: the share of {owner}", SHARE_BYTES))
         return cls(run_id, round_number, attempt, client_id, timestamp(data, "created_at", where), shares)
+
+
+# -- what the server sends and writes ------------------------------------------------------------
+
+PHASE_ADVERTISE = "advertise"
+"""Phase 1: train, then advertise keys (the round message opens it; the round's task waits on it)."""
+PHASE_SHARE = "share"
+PHASE_INPUT = "input"
+PHASE_REVEAL = "reveal"
+LATER_PHASES = (PHASE_SHARE, PHASE_INPUT, PHASE_REVEAL)
+"""The phases after the first, each a state of its own with its own task token and deadline, in order."""
+PHASES = (PHASE_ADVERTISE, *LATER_PHASES)
+MASKED_ENCODING = "secagg-u32"
+"""The update item's `encoding` of a masked input: one uint32 tensor `MASKED_TENSOR` of d + 1 elements
+(the weight, then the weighted delta of the model's d elements in `masked_order`), modulo 2^32."""
+MASKED_TENSOR = "masked"
+ROSTER_KIND = "secagg-roster"
+PHASE_MESSAGE_TYPE = "secagg"
+
+
+def masked_order(names: list[str]) -> list[str]:
+    """The order a model's tensors are flattened in for a masked input: by name."""
+    return sorted(names)
+
+
+@dataclass(frozen=True)
+class SecAggRound:
+    """The secure-aggregation part of a round message: how a client encodes and masks its input.
+    `max_inputs`: the round's selected clients (the fixed-point headroom); `noise_stddev`: under
+    `--dp distributed`, the std of the discrete Gaussian noise each client adds to its clipped delta,
+    in the delta's units (0: none)."""
+
+    threshold: int
+    neighbours: int
+    clip: float
+    max_inputs: int
+    noise_stddev: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold,
+            "neighbours": self.neighbours,
+            "clip": self.clip,
+            "max_inputs": self.max_inputs,
+            "noise_stddev": self.noise_stddev,
+        }
+
+    @classmethod
+    def parse(cls, data: Any, where: str) -> SecAggRound:
+        if not isinstance(data, dict):
+            raise InvalidMessage(f"{where}: secagg must be an object")
+        clip = get_field(data, "clip", float, where)
+        noise = get_field(data, "noise_stddev", float, where) if "noise_stddev" in data else 0.0
+        if not (0 < clip < float("inf")) or not (0 <= noise < float("inf")):
+            raise InvalidMessage(f"{where}: clip must be positive and noise_stddev >= 0, both finite")
+        return cls(
+            threshold=positive_int(data, "threshold", where, 2, limits.MAX_CLIENTS_PER_RUN),
+            neighbours=positive_int(data, "neighbours", where, 0, limits.MAX_CLIENTS_PER_RUN),
+            clip=clip,
+            max_inputs=positive_int(data, "max_inputs", where, 1, limits.MAX_CLIENTS_PER_RUN),
+            noise_stddev=noise,
+        )
+
+
+def _id_list(data: dict[str, Any], name: str, where: str) -> list[str]:
+    values = get_field(data, name, list, where)
+    if len(values) > limits.MAX_CLIENTS_PER_RUN:
+        raise InvalidMessage(f"{where}: {name} lists {len(values)} clients, at most {limits.MAX_CLIENTS_PER_RUN}")
+    try:
+        return [keys.check_id("client id", v) for v in values]
+    except ValueError as exc:
+        raise InvalidMessage(f"{where}: {name}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class SecAggPhaseMessage:
+    """Published by the aggregation function to a later phase's clients (`members`) when the state
+    machine opens that phase. `share`: members are the roster's clients (they share their keys);
+    `input`: those whose shares all arrived (each masks with its neighbours among them); `reveal`: the
+    survivors, those whose masked input arrived, and `dropped` the members of `input` that did not
+    (written once in the survivors record before this message is sent)."""
+
+    run_id: str
+    round: int
+    attempt: int
+    phase: str
+    roster: ObjectRef
+    members: list[str]
+    issued_at: str
+    deadline_s: int
+    dropped: list[str] = field(default_factory=list)
+    type: str = PHASE_MESSAGE_TYPE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA_VERSION,
+            "type": self.type,
+            "run_id": self.run_id,
+            "round": self.round,
+            "attempt": self.attempt,
+            "phase": self.phase,
+            "roster": asdict(self.roster),
+            "members": self.members,
+            "dropped": self.dropped,
+            "issued_at": self.issued_at,
+            "deadline_s": self.deadline_s,
+        }
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> SecAggPhaseMessage:
+        where = "secure-aggregation phase message"
+        check_schema(data, where)
+        phase = get_field(data, "phase", str, where)
+        if phase not in LATER_PHASES:
+            raise InvalidMessage(f"{where}: phase must be one of {LATER_PHASES}, got {phase!r}")
+        return cls(
+            run_id=id_field(data, "run_id", "run id", where),
+            round=positive_int(data, "round", where, 1, limits.MAX_ROUNDS),
+            attempt=positive_int(data, "attempt", where, 0, MAX_ATTEMPT),
+            phase=phase,
+            roster=ObjectRef.parse(get_field(data, "roster", dict, where), f"{where} roster"),
+            members=_id_list(data, "members", where),
+            dropped=_id_list(data, "dropped", where) if "dropped" in data else [],
+            issued_at=timestamp(data, "issued_at", where),
+            deadline_s=positive_int(data, "deadline_s", where, 1, limits.MAX_ROUND_TIMEOUT_S),
+        )
+
+
+@dataclass(frozen=True)
+class SecAggRoster:
+    """Written once by the aggregation function when phase 1 closes (`keys.secagg_roster_key`, JSON):
+    the advertisements of the clients that advertised in time (`adverts`: client id -> its keys item's
+    three values) and each one's neighbours (`neighbours`: client id -> client ids)."""
+
+    run_id: str
+    round: int
+    attempt: int
+    threshold: int
+    adverts: dict[str, tuple[bytes, bytes, bytes]]
+    neighbours: dict[str, list[str]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA_VERSION,
+            "kind": ROSTER_KIND,
+            "run_id": self.run_id,
+            "round": self.round,
+            "attempt": self.attempt,
+            "threshold": self.threshold,
+            "adverts": {c: [v.hex() for v in values] for c, values in sorted(self.adverts.items())},
+            "neighbours": {c: list(n) for c, n in sorted(self.neighbours.items())},
+        }
+
+    @classmethod
+    def parse(cls, data: Any) -> SecAggRoster:
+        where = "secure-aggregation roster"
+        if not isinstance(data, dict):
+            raise InvalidMessage(f"{where} must be an object")
+        check_schema(data, where)
+        if data.get("kind") != ROSTER_KIND:
+            raise InvalidMessage(f"{where}: kind must be {ROSTER_KIND!r}")
+        sizes = (PUBLIC_KEY_BYTES, PUBLIC_KEY_BYTES, COMMITMENT_BYTES)
+        adverts: dict[str, tuple[bytes, bytes, bytes]] = {}
+        raw = get_field(data, "adverts", dict, where)
+        if len(raw) > limits.MAX_CLIENTS_PER_RUN:
+            raise InvalidMessage(f"{where}: {len(raw)} adverts, at most {limits.MAX_CLIENTS_PER_RUN}")
+        for client, values in raw.items():
+            try:
+                keys.check_id("client id", client)
+                decoded = tuple(bytes.fromhex(v) for v in values)
+            except (ValueError, TypeError) as exc:
+                raise InvalidMessage(f"{where}: the advert of {client!r}: {exc}") from None
+            if len(decoded) != 3 or tuple(len(v) for v in decoded) != sizes:
+                raise InvalidMessage(f"{where}: the advert of {client!r} must be three values of {sizes} bytes")
+            adverts[client] = decoded  # type: ignore[assignment]
+        neighbours = {
+            c: _id_list({"n": n}, "n", f"{where} neighbours of {c}")
+            for c, n in get_field(data, "neighbours", dict, where).items()
+        }
+        if set(neighbours) != set(adverts) or any(set(n) - set(adverts) for n in neighbours.values()):
+            raise InvalidMessage(f"{where}: its neighbourhoods must be over its advertised clients")
+        return cls(
+            run_id=id_field(data, "run_id", "run id", where),
+            round=positive_int(data, "round", where, 1, limits.MAX_ROUNDS),
+            attempt=positive_int(data, "attempt", where, 0, MAX_ATTEMPT),
+            threshold=positive_int(data, "threshold", where, 2, limits.MAX_CLIENTS_PER_RUN),
+            adverts=adverts,
+            neighbours=neighbours,
+        )
