@@ -35,7 +35,7 @@ from fedstep.core.schemas import (
     TrainingConfig,
     UpdateItem,
 )
-from fedstep.core.schemas.secagg import SecAggKeysItem, SecAggRevealItem, SecAggShareItem
+from fedstep.core.schemas.secagg import SecAggInboxItem, SecAggKeysItem, SecAggRevealItem, SecAggShareItem
 
 RUN, CLIENT, OTHER_CLIENT, CLAIM, T = "run-grants", "client-1", "client-2", "c0ffee", "2026-12-06T12:00:00+00:00"
 PRINCIPALS = ("operator", CLIENT, OTHER_CLIENT, "aggregation", "state-machine")
@@ -117,7 +117,7 @@ WRITES = [
     Write(
         keys.inbox_item_key,
         ("aggregation",),
-        item={**keys.inbox_item_key(RUN, 1, 0, CLIENT, OTHER_CLIENT), "kind": "secagg-inbox", "sealed": "AA=="},
+        item=SecAggInboxItem(RUN, 1, 0, CLIENT, OTHER_CLIENT, b"s" * 96).to_item(),
     ),
     Write(
         keys.secagg_survivors_key,

@@ -56,6 +56,8 @@ always decode into float32 tensors of the model's layout."""
 F16 = ElementType("F16", "<f2", 2, "float16")
 U8 = ElementType("U8", "u1", 1, "uint8")
 U16 = ElementType("U16", "<u2", 2, "uint16")
+U32 = ElementType("U32", "<u4", 4, "uint32")
+"""A masked input's elements (secure aggregation: values modulo 2^32); never in a codec's file."""
 WIRE_TYPES: dict[str, ElementType] = {t.name: t for t in (F32, F16, U8, U16)}
 """The element types an update codec's file tensors may hold (float32 values and scales, float16
 values, uint8 quantised values and packed index bits, uint16 - which no codec writes today)."""

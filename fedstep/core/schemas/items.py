@@ -8,6 +8,7 @@ from typing import Any
 
 from fedstep.core import codecs, keys, limits, statistics
 from fedstep.core.schemas.refs import ObjectRef
+from fedstep.core.schemas.secagg import MASKED_ENCODING, MAX_ATTEMPT
 from fedstep.core.schemas.validation import (
     InvalidMessage,
     binary,
@@ -62,7 +63,15 @@ class UpdateItem:
     DP-SGD, and under client-side clipping whether its update was within the clip norm."""
     encoding: str = codecs.DEFAULT
     """The codec the file was written with (`fedstep.core.codecs`, canonical name); the aggregation
-    function refuses an update whose encoding is not the run's codec."""
+    function refuses an update whose encoding is not the run's codec. Under secure aggregation,
+    `MASKED_ENCODING`: the file is a masked input (`fedstep.core.schemas.secagg`)."""
+    attempt: int = 0
+    """The round's attempt a masked input belongs to (written only for a masked input: a retried
+    secure round gets fresh keys, so an earlier attempt's input is never used)."""
+
+    @property
+    def masked(self) -> bool:
+        return self.encoding == MASKED_ENCODING
 
     def to_item(self) -> dict[str, Any]:
         item = {
@@ -73,6 +82,8 @@ class UpdateItem:
         }
         if self.encoding == codecs.DEFAULT:  # float32 items are written as before the codecs
             del item["encoding"]
+        if not self.masked:
+            del item["attempt"]
         return item
 
     def file_metadata(self) -> dict[str, Any]:
@@ -89,6 +100,7 @@ class UpdateItem:
             "metrics": self.metrics,
             "privacy": self.privacy,
             **({} if self.encoding == codecs.DEFAULT else {"encoding": self.encoding}),
+            **({"attempt": self.attempt} if self.masked else {}),
         }
 
     @classmethod
@@ -113,11 +125,15 @@ class UpdateItem:
             created_at=short_str(data, "created_at", where, limits.MAX_TIMESTAMP_CHARS),
             privacy=check_privacy(data.get("privacy", {}), where),
             encoding=check_encoding(data.get("encoding", codecs.DEFAULT), where),
+            attempt=positive_int(data, "attempt", where, 0, MAX_ATTEMPT) if "attempt" in data else 0,
         )
 
 
 def check_encoding(value: Any, where: str) -> str:
-    """An item's codec name: text naming a known codec (`fedstep.core.codecs.get`), canonical."""
+    """An item's codec name: text naming a known codec (`fedstep.core.codecs.get`), canonical, or
+    a masked input's `MASKED_ENCODING`."""
+    if value == MASKED_ENCODING:
+        return MASKED_ENCODING
     try:
         return codecs.canonical(value)
     except ValueError as exc:

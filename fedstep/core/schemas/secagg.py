@@ -200,6 +200,50 @@ ROSTER_KIND = "secagg-roster"
 PHASE_MESSAGE_TYPE = "secagg"
 
 
+INBOX_KIND = "secagg-inbox"
+
+
+@dataclass(frozen=True)
+class SecAggInboxItem:
+    """Phase 2, relayed: `sender`'s share pair sealed to `recipient`, copied unopened by the
+    aggregation function into the recipient's inbox (`INBOX#<recipient>`, which only it may read)."""
+
+    run_id: str
+    round: int
+    attempt: int
+    recipient: str
+    sender: str
+    sealed: bytes
+
+    def to_item(self) -> dict[str, Any]:
+        return {
+            **keys.inbox_item_key(self.run_id, self.round, self.attempt, self.recipient, self.sender),
+            "schema": SCHEMA_VERSION,
+            "kind": INBOX_KIND,
+            "run_id": self.run_id,
+            "round": self.round,
+            "attempt": self.attempt,
+            "recipient": self.recipient,
+            "sender": self.sender,
+            "sealed": self.sealed,
+        }
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> SecAggInboxItem:
+        where = "secure-aggregation inbox item"
+        check_schema(data, where)
+        if data.get("kind") != INBOX_KIND:
+            raise InvalidMessage(f"{where}: kind must be {INBOX_KIND!r}")
+        run_id = id_field(data, "run_id", "run id", where)
+        round_number = positive_int(data, "round", where, 1, limits.MAX_ROUNDS)
+        attempt = positive_int(data, "attempt", where, 0, MAX_ATTEMPT)
+        recipient = id_field(data, "recipient", "client id", where)
+        sender = id_field(data, "sender", "client id", where)
+        _check_key(data, keys.inbox_item_key(run_id, round_number, attempt, recipient, sender), where)
+        sealed = exact_bytes(data, "sealed", where, SEALED_SHARE_BYTES)
+        return cls(run_id, round_number, attempt, recipient, sender, sealed)
+
+
 def masked_order(names: list[str]) -> list[str]:
     """The order a model's tensors are flattened in for a masked input: by name."""
     return sorted(names)
@@ -208,7 +252,8 @@ def masked_order(names: list[str]) -> list[str]:
 @dataclass(frozen=True)
 class SecAggRound:
     """The secure-aggregation part of a round message: how a client encodes and masks its input.
-    `max_inputs`: the round's selected clients (the fixed-point headroom); `noise_stddev`: under
+    `max_inputs`: the round's selected clients (the fixed-point headroom); `max_examples`: the run's
+    weight cap (w = min(examples, max_examples) / max_examples); `noise_stddev`: under
     `--dp distributed`, the std of the discrete Gaussian noise each client adds to its clipped delta,
     in the delta's units (0: none)."""
 
@@ -216,16 +261,11 @@ class SecAggRound:
     neighbours: int
     clip: float
     max_inputs: int
+    max_examples: int
     noise_stddev: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "threshold": self.threshold,
-            "neighbours": self.neighbours,
-            "clip": self.clip,
-            "max_inputs": self.max_inputs,
-            "noise_stddev": self.noise_stddev,
-        }
+        return asdict(self)
 
     @classmethod
     def parse(cls, data: Any, where: str) -> SecAggRound:
@@ -240,6 +280,7 @@ class SecAggRound:
             neighbours=positive_int(data, "neighbours", where, 0, limits.MAX_CLIENTS_PER_RUN),
             clip=clip,
             max_inputs=positive_int(data, "max_inputs", where, 1, limits.MAX_CLIENTS_PER_RUN),
+            max_examples=positive_int(data, "max_examples", where, 1, limits.MAX_EXAMPLES),
             noise_stddev=noise,
         )
 
