@@ -3,9 +3,12 @@
 Four kinds of invocation, each a thin shell around `fedstep.core.rounds`:
 - `{"mode": "publish", ...}` from the state machine when it opens a round (with the task token it
   waits on): `publish_round` records the token and sends the round message to the selected clients;
-- a DynamoDB stream batch of update items: `try_complete_round` for each round touched;
+- a DynamoDB stream batch of client items (updates, refusals, a secure round's keys, shares and
+  reveals): `on_client_item` for each round touched (`fedstep.core.rounds.paths`);
 - `{"mode": "deadline", ...}` from the state machine when a round's task timed out:
-  `complete_round_at_deadline`, whose result is the task's output;
+  `at_round_deadline`, whose result is the task's output;
+- `{"mode": "secagg_publish", "phase", ...}` and `{"mode": "secagg_deadline", "phase", ...}` from the
+  state machine for the later phases of a secure round (`fedstep.core.rounds.secure`);
 - `{"mode": "card", "run_id", "round"}` from the state machine when a run finished: writes the
   model card of its final global model (`fedstep.core.model_card.write_card`), returns its ref;
 - `{"mode": "slice", "plan", "index"}` and `{"mode": "assemble", "plan", "results"}` from the state
@@ -52,10 +55,10 @@ from fedstep.core.rounds import (
     AggregationSettings,
     aggregate_slice,
     assemble_round,
-    complete_round_at_deadline,
     publish_round,
-    try_complete_round,
 )
+from fedstep.core.rounds.paths import at_round_deadline, on_client_item
+from fedstep.core.rounds.secure import close_at_deadline, publish_phase
 from fedstep.core.run_rules import check_run
 from fedstep.core.schemas import (
     InvalidMessage,
@@ -66,6 +69,7 @@ from fedstep.core.schemas import (
     state_machine_fields,
 )
 from fedstep.privacy import lazy_client_epsilon
+from fedstep.privacy.secagg.server import SecAggServer
 
 logger = Logger(service="fedstep-aggregate")
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "fedstep"), service="fedstep-aggregate")
@@ -133,15 +137,20 @@ class RoundEvent:
 
 
 def round_of(record: DynamoDBRecord) -> tuple[str, int] | None:
-    """(run id, round) of an update item a client wrote or rewrote; None for any other record: a
+    """(run id, round) of an update item a client wrote or rewrote, or of a secure round's item (keys,
+    shares, reveal: `SECAGG#...` in a client's partition); None for any other record: a
     heartbeat, an evaluation item (`EVAL#...`, the answer to `fedstep evaluate`, which must never
     start an aggregation), a run or round record. The event source's filter (kind "update" or
     "declined") already drops them, on AWS and in the local cloud; this check is defence in depth."""
     image = record.dynamodb.new_image if record.dynamodb else None
     if record.event_name not in (DynamoDBRecordEventName.INSERT, DynamoDBRecordEventName.MODIFY) or not image:
         return None
+    pk, sk = str(image.get(keys.PK)), str(image.get(keys.SK))
     try:
-        _, run_id, round_number = keys.parse_update_item_key(str(image.get(keys.PK)), str(image.get(keys.SK)))
+        if sk.startswith(keys.SECAGG_PREFIX):  # a secure round's keys, shares or reveal
+            _, run_id, round_number, _, _ = keys.parse_secagg_item_key(pk, sk)
+        else:
+            _, run_id, round_number = keys.parse_update_item_key(pk, sk)
     except ValueError:
         return None
     return run_id, round_number
@@ -184,10 +193,12 @@ def settings(context: LambdaContext | None = None) -> AggregationSettings:
         wait_s=max(0.0, min(AggregationSettings.wait_s, remaining_s - 20)),
         accountant=accountant,
         slice_bytes=int(slice_bytes) if slice_bytes else None,
+        secure=SECURE,
     )
 
 
 accountant = lazy_client_epsilon
+SECURE = SecAggServer()
 
 
 class UnknownEvent(FedstepError):
@@ -228,7 +239,7 @@ def complete_round_of(record: DynamoDBRecord) -> None:
             return
         checked.add(touched)
     store, table, reporter, _ = services()
-    try_complete_round(
+    on_client_item(
         *touched, store=store, table=table, reporter=reporter, settings=settings(), on_aggregated=_aggregated
     )
 
@@ -255,7 +266,7 @@ def deadline_handler(event: dict[str, Any], context: LambdaContext) -> dict[str,
     retries this call)."""
     parsed = RoundEvent.parse(event)
     store, table, _, _ = services()
-    return complete_round_at_deadline(
+    return at_round_deadline(
         parsed.run_id,
         parsed.round,
         store=store,
@@ -330,11 +341,85 @@ def card_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any
     return {"key": ref.key, "sha256": ref.sha256, "bytes": ref.bytes}
 
 
+@dataclass(frozen=True)
+class PhaseEvent:
+    """The state machine's call for a later phase of a secure round: `secagg_publish` (with the task
+    token its state waits on and the time it was entered) or `secagg_deadline`."""
+
+    phase: str
+    run_id: str
+    round: int
+    attempt: int
+    task_token: str = ""
+    issued_at: str = ""
+
+    @classmethod
+    def parse(cls, event: dict[str, Any]) -> PhaseEvent:
+        try:
+            mode = event["mode"]
+            publish = mode == Mode.SECAGG_PUBLISH
+            return cls(
+                str(event["phase"]),
+                keys.check_id("run id", event["run_id"]),
+                int(event["round"]),
+                int(event["attempt"]),
+                str(event["task_token"]) if publish else "",
+                str(event["issued_at"]) if publish else "",
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{event.get('mode')} event is malformed: {exc}") from None
+
+
+@logger.inject_lambda_context
+def phase_publish_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """{"mode": "secagg_publish", "phase", "run_id", "round", "attempt", "task_token", "issued_at"}: open a
+    later phase of a secure round and send its message; the state machine then waits for the token."""
+    parsed = PhaseEvent.parse(event)
+    store, table, reporter, publisher = services()
+    message = publish_phase(
+        parsed.run_id,
+        parsed.round,
+        parsed.attempt,
+        parsed.phase,
+        parsed.task_token,
+        parsed.issued_at,
+        store=store,
+        table=table,
+        publisher=publisher,
+        reporter=reporter,
+    )
+    logger.info(
+        "secure phase published",
+        extra={"run_id": parsed.run_id, "round": parsed.round, "phase": parsed.phase, "sent": bool(message)},
+    )
+    return {"published": bool(message)}
+
+
+@metrics.log_metrics
+@logger.inject_lambda_context
+def phase_deadline_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """{"mode": "secagg_deadline", "phase", "run_id", "round", "attempt"} -> the phase's output (the next
+    phase, or after the reveal the round's task output); SecAggThresholdNotMet with fewer than t."""
+    parsed = PhaseEvent.parse(event)
+    store, table, _, _ = services()
+    return close_at_deadline(
+        parsed.run_id,
+        parsed.round,
+        parsed.phase,
+        store=store,
+        table=table,
+        settings=settings(context),
+        on_aggregated=_aggregated,
+    )
+
+
 MODES = {
     Mode.DEADLINE: deadline_handler,
     Mode.PUBLISH: publish_handler,
     Mode.CARD: card_handler,
     Mode.SLICE: slice_handler,
     Mode.ASSEMBLE: assemble_handler,
+    Mode.SECAGG_PUBLISH: phase_publish_handler,
+    Mode.SECAGG_DEADLINE: phase_deadline_handler,
 }
 """The state machine's calls of the function, by their `mode` (`fedstep.core.machine.Mode`)."""

@@ -468,6 +468,26 @@ class DynamoRoundTable(Items):
                 pending = resp.get("UnprocessedKeys") or {}
         return found
 
+    # -- a secure round's records (`fedstep.core.ports.SecureTable`) ---------------------------------
+    def get_items(self, item_keys: list[dict[str, str]]) -> list[dict[str, Any]]:
+        return self._batch_get(item_keys)
+
+    def query_items(self, pk: str, prefix: str) -> list[dict[str, Any]]:
+        return self._query_prefix(pk, prefix)
+
+    def put_server_item(self, item: dict[str, Any]) -> None:
+        self.put(item)
+
+    def update_where(
+        self, key: dict[str, str], sets: dict[str, Any], statuses: tuple[str | None, ...]
+    ) -> dict[str, Any] | None:
+        named = [s for s in statuses if s is not None]
+        clauses = (["attribute_not_exists(pk)"] if None in statuses else []) + [
+            f"#s = :st{i}" for i in range(len(named))
+        ]
+        values = {f":st{i}": status for i, status in enumerate(named)}
+        return self._update(key, sets, " OR ".join(clauses), values)
+
 
 class StepFunctionsReporter:
     """Completes the round's waitForTaskToken task."""

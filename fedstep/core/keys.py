@@ -413,11 +413,25 @@ def secagg_survivors_key(run_id: str, round_number: int, attempt: int) -> dict[s
 
 
 def secagg_phase_key(run_id: str, round_number: int, attempt: int, phase: str) -> dict[str, str]:
-    """A later phase of a secure round's attempt (`phase`: share, input, reveal): its task token, its
-    members and its state, in the run's partition (server only, as the round record)."""
-    if phase not in ("share", "input", "reveal"):
+    """A phase of a secure round's attempt (`phase`: advertise, share, input, reveal): its task token
+    (the later three; the first phase's is the round record's), its members, its state and its
+    outcome, in the run's partition (server only, as the round record)."""
+    if phase not in ("advertise", "share", "input", "reveal"):
         raise ValueError(f"invalid secure-aggregation phase {phase!r}")
     return {PK: check_id("run id", run_id), SK: secagg_sk(run_id, round_number, attempt, f"PHASE#{phase}")}
+
+
+def parse_secagg_item_key(pk: str, sk: str) -> tuple[str, str, int, int, str]:
+    """(client id, run id, round, attempt, what) of a client's secure-round item (`secagg_sk` in a
+    `CLIENT#` partition); ValueError for any other key."""
+    client_id = client_of(pk)
+    parts = sk.split("#") if isinstance(sk, str) else []
+    if len(parts) < 5 or f"{parts[0]}#" != SECAGG_PREFIX:
+        raise ValueError(f"not a secure-aggregation item key: {str(sk)[:80]!r}")
+    run_id, round_text, attempt_text, what = parts[1], parts[2], parts[3], "#".join(parts[4:])
+    if not (round_text.isdigit() and attempt_text.isdigit()):
+        raise ValueError(f"not a secure-aggregation item key: {sk[:80]!r}")
+    return client_id, check_id("run id", run_id), int(round_text), int(attempt_text), what
 
 
 def secagg_roster_key(run_id: str, round_number: int, attempt: int) -> str:

@@ -148,6 +148,58 @@ class RoundTable(Protocol):
         ...
 
 
+class SecureTable(RoundTable, Protocol):
+    """The records of a secure round's phases (`fedstep.core.rounds.secure`): the clients' items in
+    their partitions, the server's inbox items, phase records and the survivors record."""
+
+    def get_item(self, key: dict[str, str]) -> dict[str, Any] | None:
+        """The item at `key` (strongly consistent), None if there is none."""
+        ...
+
+    def get_items(self, item_keys: list[dict[str, str]]) -> list[dict[str, Any]]:
+        """These items (strongly consistent); absent ones are left out."""
+        ...
+
+    def query_items(self, pk: str, prefix: str) -> list[dict[str, Any]]:
+        """The items of partition `pk` whose sort key starts with `prefix` (strongly consistent)."""
+        ...
+
+    def put_server_item(self, item: dict[str, Any]) -> None:
+        """Write (or replace) a server item outside the run's partition (a relayed share)."""
+        ...
+
+    def update_where(
+        self, key: dict[str, str], sets: dict[str, Any], statuses: tuple[str | None, ...]
+    ) -> dict[str, Any] | None:
+        """Set `sets` on the item at `key` if its `status` is one of `statuses` (None: the item is
+        absent), atomically: the item as updated, or None, changing nothing, if it was not."""
+        ...
+
+
+class SecureAggregation(Protocol):
+    """The cryptography of a secure round, outside the core (`fedstep.privacy.secagg.server`)."""
+
+    def neighbourhoods(self, clients: list[str], neighbours: int, seed: int) -> dict[str, list[str]]:
+        """Each client's neighbours (0 or >= n - 1: everyone else)."""
+        ...
+
+    def unmask(
+        self,
+        roster: Any,
+        survivors: frozenset[str],
+        dropped: frozenset[str],
+        masked_total: Any,
+        reveals: dict[str, dict[str, tuple[str, bytes]]],
+    ) -> Any:
+        """The sum of the survivors' quantised inputs from the masked inputs' modular sum (uint32)."""
+        ...
+
+    def mean_delta(self, spec: Any, total: Any, survivors: int) -> tuple[float, Any]:
+        """(the survivors' examples, FedAvg's weighted mean delta, flat float64) from the unmasked sum;
+        InvalidAggregate for a sum honest survivors could not give."""
+        ...
+
+
 class Reporter(Protocol):
     def succeed(self, task_token: str, output: dict[str, Any]) -> None: ...
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import NamedTuple
 
+import numpy as np
+
 from fedstep.core import codecs, keys, tensors
-from fedstep.core.schemas import ObjectRef, UpdateItem
+from fedstep.core.schemas import MASKED_ENCODING, MASKED_TENSOR, ObjectRef, UpdateItem
 
 UNSENT = "0" * 64
 """The sha256 an item names before its file is written (the file's metadata does not include it)."""
@@ -96,4 +98,36 @@ def update_file(
         encoding=name,
     )
     data = tensors.encode(files, item.file_metadata(), element if name == codecs.DEFAULT else None)
+    return EncodedUpdate(data, replace(item, update=ObjectRef(key, tensors.sha256_hex(data), len(data))))
+
+
+def masked_input_file(
+    masked: np.ndarray,
+    *,
+    run_id: str,
+    round_number: int,
+    attempt: int,
+    client_id: str,
+    num_examples: int,
+    metrics: dict[str, float],
+    created_at: str,
+    privacy: dict[str, float] | None = None,
+) -> EncodedUpdate:
+    """A secure round's masked input (`fedstep.core.schemas.secagg`): one uint32 tensor `masked`,
+    written under the client's update key for the round, and its item (encoding `secagg-u32`, the
+    attempt it belongs to)."""
+    key = keys.update_key(run_id, round_number, client_id)
+    item = UpdateItem(
+        run_id=run_id,
+        round=round_number,
+        client_id=client_id,
+        num_examples=num_examples,
+        update=ObjectRef(key, UNSENT, 0),
+        metrics=metrics,
+        created_at=created_at,
+        privacy=dict(privacy or {}),
+        encoding=MASKED_ENCODING,
+        attempt=attempt,
+    )
+    data = tensors.encode({MASKED_TENSOR: np.asarray(masked, dtype=np.uint32)}, item.file_metadata(), tensors.U32)
     return EncodedUpdate(data, replace(item, update=ObjectRef(key, tensors.sha256_hex(data), len(data))))

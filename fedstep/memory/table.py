@@ -66,6 +66,27 @@ class MemoryTable:
         """As if the claim's holder had crashed long ago."""
         self._update(keys.round_item_key(run_id, round_number), lambda cur: True, {"lease_until": 1.0})
 
+    # -- SecureTable ------------------------------------------------------------------------------
+    def get_item(self, key: dict[str, str]) -> dict[str, Any] | None:
+        return self.get(key)
+
+    def get_items(self, item_keys: list[dict[str, str]]) -> list[dict[str, Any]]:
+        return [item for item in (self.get(k) for k in item_keys) if item is not None]
+
+    def query_items(self, pk: str, prefix: str) -> list[dict[str, Any]]:
+        with self.lock:
+            found = sorted((sk, item) for (p, sk), item in self.items.items() if p == pk and sk.startswith(prefix))
+            return [copy.deepcopy(item) for _, item in found]
+
+    def put_server_item(self, item: dict[str, Any]) -> None:
+        self.put(item)
+
+    def update_where(
+        self, key: dict[str, str], sets: dict[str, Any], statuses: tuple[str | None, ...]
+    ) -> dict[str, Any] | None:
+        named = tuple(s for s in statuses if s is not None)
+        return self._update(key, lambda cur: cur.get("status") in named if cur else None in statuses, sets)
+
     # -- RoundTable -------------------------------------------------------------------------------
     def get_run(self, run_id: str) -> RunRecord | None:
         item = self.get(keys.run_item_key(run_id))

@@ -118,10 +118,10 @@ def aggregate_round(
     if problem or result is None:
         raise problem or StrategyFailed(f"strategy {run.strategy!r} returned no model in round {round_number}")
     # every check that can fail comes before the first write
-    measurements = _measurements(result, run, round_number)
+    measurements = strategy_measurements(result, run, round_number)
     accepted = source.accepted_items
-    kept = _kept(result, [item.client_id for item, _ in accepted], run, round_number)
-    _check_finite(result)
+    kept = kept_by_strategy(result, [item.client_id for item, _ in accepted], run, round_number)
+    check_finite(result)
     data = tensors.encode(result.weights, file_metadata(run, round_number, claim, "global"))
     result.weights.clear()  # only the encoded copy stays in memory
     state_data = result.state.encode(run.strategy) if result.state.tensors or result.state.values else None
@@ -178,14 +178,16 @@ def _run_strategy(
         ) from exc
 
 
-def _measurements(result: strategies.Aggregate, run: RunRecord, round_number: int) -> dict[str, float]:
+def strategy_measurements(result: strategies.Aggregate, run: RunRecord, round_number: int) -> dict[str, float]:
     try:
         return check_measurements(result.measurements, "measurements")
     except InvalidMessage as exc:
         raise StrategyFailed(f"strategy {run.strategy!r} in round {round_number}: {exc}") from None
 
 
-def _kept(result: strategies.Aggregate, participants: list[str], run: RunRecord, round_number: int) -> list[str] | None:
+def kept_by_strategy(
+    result: strategies.Aggregate, participants: list[str], run: RunRecord, round_number: int
+) -> list[str] | None:
     """The clients the strategy says it kept (`RoundSummary.kept`); StrategyFailed if it names others."""
     try:
         return check_kept(result.kept, participants, "kept")
@@ -193,7 +195,7 @@ def _kept(result: strategies.Aggregate, participants: list[str], run: RunRecord,
         raise StrategyFailed(f"strategy {run.strategy!r} in round {round_number}: {exc}") from None
 
 
-def _check_finite(result: strategies.Aggregate) -> None:
+def check_finite(result: strategies.Aggregate) -> None:
     """InvalidAggregate unless the new weights and the strategy's state (tensors and numbers) are
     finite: checked before anything is written, so a failed round leaves no model and no state."""
     for what, named in (("aggregate", result.weights), ("strategy's state", result.state.tensors)):

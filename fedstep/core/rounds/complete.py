@@ -60,16 +60,15 @@ def run_claimed_round(
     at_deadline: bool,
     status: str,
     on_aggregated: Callable[[RoundSummary], None] | None,
+    aggregate: Callable[..., RoundSummary | ObjectRef] = aggregate_round,
 ) -> Outcome:
     """Aggregate a claimed round, then hold it for its slices (a model larger than
     `settings.slice_bytes`) or commit its summary with `status`; `on_aggregated` is called once the
     summary is committed. An aggregation that raises gives the claim back and raises (ClaimLost, the
-    claim already gone, is an outcome instead)."""
+    claim already gone, is an outcome instead). `aggregate`: how (a secure round's: from the sum)."""
     run, round_number, claim = claimed.run, claimed.round_number, claimed.claim
     try:
-        result = aggregate_round(
-            run, round_number, claimed.record, claimed.raw, store, table, claim, at_deadline, settings
-        )
+        result = aggregate(run, round_number, claimed.record, claimed.raw, store, table, claim, at_deadline, settings)
     except ClaimLost:
         return Outcome()  # another invocation took the round over: it finishes the round
     except BaseException:
@@ -98,19 +97,22 @@ def try_complete_round(
     reporter: Reporter,
     settings: AggregationSettings = DEFAULT_SETTINGS,
     on_aggregated: Callable[[RoundSummary], None] | None = None,
+    run: RunRecord | None = None,
 ) -> RoundSummary | None:
     """Aggregate the round once every selected client has an update in, and report it to the round's
     task token. Returns the summary when this call aggregated the round, else None (still waiting,
-    taken by another invocation, or already done)."""
+    taken by another invocation, or already done). `run`: its record, when the caller read it."""
     item = table.get_round(run_id, round_number)
     if item is None:
         return None
     record = RoundRecord.parse(item)
     if record.status == ROUND_REPORTED or record.lease_active(time.time()):
         return None
-    run = table.get_run(run_id)
+    run = run or table.get_run(run_id)
     if run is None:
         return None
+    if run.secagg is not None:  # a secure round closes phase by phase (`fedstep.core.rounds.secure`)
+        raise FedstepError(f"run {run_id} aggregates securely: its rounds close by `secure.advance_secure_round`")
     if record.status == ROUND_AGGREGATED:  # the writer crashed before reporting: report for it
         if record.task_token is None:
             raise KeyError("task_token")
@@ -177,6 +179,8 @@ def complete_round_at_deadline(
     run = table.get_run(run_id)
     if run is None:
         raise FedstepError(f"run {run_id} has no run record")
+    if run.secagg is not None:
+        raise FedstepError(f"run {run_id} aggregates securely: its deadlines close by `secure.close_at_deadline`")
     stop = table.get_stop(run_id)
     if stop is not None:
         raise RunStopped(f"run {run_id} was stopped ({stop.reason}): round {round_number} is not aggregated")

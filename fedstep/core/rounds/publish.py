@@ -19,6 +19,7 @@ from fedstep.core.rounds.inputs import (
     input_state,
     read_state_values,
 )
+from fedstep.core.rounds.secure import round_spec
 from fedstep.core.rounds.summary import task_output
 from fedstep.core.schemas import ObjectRef, RoundMessage, RunRecord, check_scalars
 
@@ -81,6 +82,7 @@ def publish_round(
         deadline_s=run.round_timeout_s,
         issued_at=issued_at,
         instructions=instructions,
+        secagg=round_spec(run, chosen.selected) if run.secagg is not None else None,
     )
     publisher.publish(message.to_dict(), chosen.selected)
     return message

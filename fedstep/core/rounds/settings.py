@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedstep.core.dp import Accountant
+from fedstep.core.ports import SecureAggregation
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,9 @@ class AggregationSettings:
     slice_bytes: int | None = None
     """Global models larger than this are aggregated by slices (`fedstep.core.sliced`); None: never.
     The store must then also be a `MultipartStore`."""
+    secure: SecureAggregation | None = None
+    """The cryptography of secure rounds (`fedstep.privacy.secagg.server.SecAggServer`); a run with
+    secure aggregation cannot be aggregated without it."""
 
 
 DEFAULT_SETTINGS = AggregationSettings()

@@ -64,10 +64,10 @@ class Advertisement:
 
 
 def neighbourhoods(client_ids: list[str], neighbours: int, seed: int) -> dict[str, list[str]]:
-    """Each client's neighbours: everyone else when `neighbours` >= n - 1 (a small consortium), else a
-    ring over a seeded permutation, `neighbours` // 2 on each side (SecAgg+'s k-regular graph)."""
+    """Each client's neighbours: everyone else when `neighbours` is 0 or >= n - 1 (a small consortium),
+    else a ring over a seeded permutation, `neighbours` // 2 on each side (SecAgg+'s k-regular graph)."""
     ids = sorted(client_ids)
-    if neighbours >= len(ids) - 1:
+    if neighbours == 0 or neighbours >= len(ids) - 1:
         return {i: [j for j in ids if j != i] for i in ids}
     if neighbours < 2 or neighbours % 2:
         raise ValueError(f"a neighbourhood below the whole round is even and at least 2, got {neighbours}")
@@ -140,8 +140,11 @@ class Client:
 
     def share_keys(self, roster: dict[str, Advertisement], neighbours: list[str]) -> dict[str, bytes]:
         """Phase 2: to each neighbour, its shares of this client's seed and masking key, sealed to it."""
-        if len(neighbours) < self.threshold:
-            raise SecAggThresholdNotMet(f"{self.client_id} has {len(neighbours)} neighbours, {self.threshold} needed")
+        if len(neighbours) + 1 < self.threshold:  # its shares go to its neighbours and itself
+            raise SecAggThresholdNotMet(
+                f"{self.client_id} has {len(neighbours)} neighbours; threshold {self.threshold} needs "
+                f"{self.threshold - 1}"
+            )
         self.roster, self.neighbours = roster, neighbours
         seeds = share(self.seed, self.threshold, len(neighbours) + 1)
         keys = share(self.mask_keys.private, self.threshold, len(neighbours) + 1)
@@ -261,6 +264,22 @@ class Server:
         total = np.zeros(size, dtype=np.uint32)
         for masked in self.inputs.values():
             total = total + masked
+        return self.remove_masks(total, survivors, dropped, reveals, offset)
+
+    def remove_masks(
+        self,
+        total: np.ndarray,
+        survivors: frozenset[str],
+        dropped: frozenset[str],
+        reveals: dict[str, dict[str, tuple[str, bytes]]],
+        offset: int = 0,
+    ) -> np.ndarray:
+        """The masked inputs' modular sum `total` (elements `offset`..) without the survivors'
+        self-masks and the dropped clients' pairwise masks with the survivors: the sum of the
+        survivors' quantised inputs. Each secret is rebuilt from `threshold` revealed shares and
+        checked against the roster (SecAggError if a share is wrong)."""
+        size = total.size
+        total = np.asarray(total, dtype=np.uint32).copy()
         for owner in sorted(survivors):
             total = total - mask(self._recover(owner, "seed", reveals), offset, size)
         for owner in sorted(dropped):

@@ -1,0 +1,745 @@
+"""A secure round (SecAgg+, `--secure-aggregation`): four phases, each closed once, and only the sum
+of the survivors' inputs ever unmasked and decoded.
+
+The phases of one attempt (docs/design-notes.md, "Secure aggregation on a serverless round"):
+1. **advertise**: the round message (`publish_round`, the round record's task token); each client
+   trains, then writes its keys item. Closed when every selected client advertised or declined (the
+   stream path) or at the round's deadline: the roster is written once (`If-None-Match`), its
+   members are the next phase's.
+2. **share**, 3. **input**, 4. **reveal**: each opened by the state machine (`publish_phase`, the
+   phase record's task token, the phase's own deadline) and closed by the stream path once every
+   member answered, or at the phase's deadline with what arrived (`close_at_deadline`). Closing
+   share relays the sealed shares into the recipients' inboxes; closing input checks each masked
+   file and writes the survivors record once (a conditional write: an invocation that comes later
+   reads it back and never recomputes it, so no client is ever asked for both of one client's
+   secrets); closing reveal claims the round, unmasks the sum of the pinned masked files, decodes
+   only that sum and applies the run's strategy to its mean (`aggregate_secure`).
+
+A phase is closed by one conditional write of its record (open -> closed, with its outcome: the next
+phase's members), then its side effects run (idempotent: a crashed closer's are redone by the next
+invocation or at the deadline), then it is reported to its token and marked reported. Fewer than t
+members left at any close is `SecAggThresholdNotMet`: the state machine retries the round with a new
+attempt, whose keys are fresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from fedstep.core import keys, limits, tensors
+from fedstep.core.clock import utc_now
+from fedstep.core.errors import FedstepError, InvalidUpdate, RunStopped
+from fedstep.core.manifest import ManifestEntry, UpdateManifest
+from fedstep.core.ports import ModelStore, Publisher, Reporter, SecureAggregation, SecureTable
+from fedstep.core.round_record import RoundRecord
+from fedstep.core.rounds.aggregate import check_finite, kept_by_strategy, strategy_measurements
+from fedstep.core.rounds.complete import Claimed, run_claimed_round
+from fedstep.core.rounds.errors import RoundBusy, RoundNotAggregated, SecAggThresholdNotMet, StrategyFailed
+from fedstep.core.rounds.inputs import build_strategy, load_state, previous_summary, selected_in
+from fedstep.core.rounds.privacy import count_release, privacy_spent
+from fedstep.core.rounds.results import file_metadata, new_claim_id, write_results
+from fedstep.core.rounds.settings import AggregationSettings
+from fedstep.core.rounds.summary import Tally, build_summary, finished, task_output
+from fedstep.core.schemas import (
+    LATER_PHASES,
+    MASKED_ENCODING,
+    MASKED_TENSOR,
+    PHASE_ADVERTISE,
+    PHASE_INPUT,
+    PHASE_REVEAL,
+    PHASE_SHARE,
+    ROUND_AGGREGATED,
+    ROUND_REPORTED,
+    DeclineItem,
+    Feedback,
+    InvalidMessage,
+    ObjectRef,
+    Rejection,
+    RoundSummary,
+    RunRecord,
+    SecAggInboxItem,
+    SecAggKeysItem,
+    SecAggPhaseMessage,
+    SecAggRevealItem,
+    SecAggRoster,
+    SecAggRound,
+    SecAggShareItem,
+    UpdateItem,
+    masked_order,
+    parse_client_item,
+)
+from fedstep.core.strategies import ClientUpdate, GlobalModel, UpdateInfo
+from fedstep.core.update_source import metadata_check, read_layout, read_model
+
+log = logging.getLogger(__package__)
+
+OPEN, CLOSED, REPORTED = "open", "closed", "reported"
+PHASE_KIND = "secagg-phase"
+SURVIVORS_KIND = "secagg-survivors"
+SUM_CLIENT = "secure-sum"
+"""The one update a strategy sees in a secure round: the survivors' weighted mean delta."""
+
+
+def next_phase(phase: str) -> str | None:
+    order = (PHASE_ADVERTISE, *LATER_PHASES)
+    position = order.index(phase)
+    return order[position + 1] if position + 1 < len(order) else None
+
+
+def phase_output(phase: str) -> dict[str, Any]:
+    """What a closed phase (not the last) returns to the state machine: the phase to open next."""
+    return {"secagg": {"phase": next_phase(phase)}}
+
+
+def noise_stddev(run: RunRecord) -> float:
+    """Under `--dp distributed`: each client's noise std (delta units), so that any t survivors
+    together carry std z x C (variances add: t x (zC / sqrt t)^2 = (zC)^2); else 0."""
+    if run.dp is None or run.dp.mode != "distributed" or run.secagg is None or run.dp.clip is None:
+        return 0.0
+    return run.dp.noise_multiplier * run.dp.clip / math.sqrt(run.secagg.threshold)
+
+
+def round_spec(run: RunRecord, selected: list[str]) -> SecAggRound:
+    """The secure part of a round message (and what the server decodes the sum with)."""
+    if run.secagg is None:
+        raise FedstepError(f"run {run.run_id} has no secure aggregation")
+    return SecAggRound(
+        threshold=run.secagg.threshold,
+        neighbours=run.secagg.neighbours,
+        clip=run.secagg.clip,
+        max_inputs=max(1, len(selected)),
+        max_examples=run.bounds.max_examples,
+        noise_stddev=noise_stddev(run),
+    )
+
+
+def graph_seed(run: RunRecord, round_number: int, attempt: int) -> int:
+    """The neighbourhood graph's seed: the run's seed, the round and the attempt (fresh per attempt)."""
+    digest = hashlib.sha256(f"{run.seed}|{run.run_id}|{round_number}|{attempt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt of a secure round: its run, its round record as read, the attempt's phase records."""
+
+    run: RunRecord
+    round_number: int
+    record: RoundRecord
+    phases: dict[str, dict[str, Any]]
+
+    @property
+    def attempt(self) -> int:
+        return self.record.attempt
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    @property
+    def threshold(self) -> int:
+        assert self.run.secagg is not None
+        return self.run.secagg.threshold
+
+    def key(self, phase: str) -> dict[str, str]:
+        return keys.secagg_phase_key(self.run_id, self.round_number, self.attempt, phase)
+
+    def current(self) -> str:
+        """The latest phase that has a record (advertise while none has)."""
+        for phase in reversed(LATER_PHASES):
+            if phase in self.phases:
+                return phase
+        return PHASE_ADVERTISE
+
+    def members(self, phase: str) -> list[str]:
+        """Who takes part in `phase`: the selected clients for advertise, else the previous phase's outcome."""
+        if phase == PHASE_ADVERTISE:
+            return selected_in(self.record, self.run, self.round_number)
+        order = (PHASE_ADVERTISE, *LATER_PHASES)
+        previous = self.phases.get(order[order.index(phase) - 1], {})
+        return [str(c) for c in previous.get("next", [])]
+
+    def roster_ref(self) -> ObjectRef:
+        raw = self.phases.get(PHASE_ADVERTISE, {}).get("roster")
+        if not isinstance(raw, dict):
+            raise FedstepError(f"round {self.round_number} of run {self.run_id} has no roster yet")
+        return ObjectRef.parse(raw, "roster ref")
+
+    def spec(self) -> SecAggRound:
+        return round_spec(self.run, selected_in(self.record, self.run, self.round_number))
+
+
+def load_attempt(table: SecureTable, run: RunRecord, round_number: int) -> Attempt | None:
+    item = table.get_round(run.run_id, round_number)
+    if item is None:
+        return None
+    record = RoundRecord.parse(item)
+    phase_keys = [
+        keys.secagg_phase_key(run.run_id, round_number, record.attempt, p) for p in (PHASE_ADVERTISE, *LATER_PHASES)
+    ]
+    found = {str(i[keys.SK]).rsplit("#", 1)[-1]: i for i in table.get_items(phase_keys)}
+    return Attempt(run, round_number, record, found)
+
+
+# -- readiness: who answered a phase --------------------------------------------------------------
+
+
+def _adverts(table: SecureTable, at: Attempt, members: list[str]) -> tuple[dict[str, SecAggKeysItem], list[str]]:
+    """The members' valid keys items of this attempt, and the members that declined the round."""
+    found = table.get_items([keys.secagg_keys_item_key(at.run_id, at.round_number, at.attempt, c) for c in members])
+    adverts: dict[str, SecAggKeysItem] = {}
+    for raw in found:
+        try:
+            item = SecAggKeysItem.parse(raw)
+        except InvalidMessage as exc:
+            log.warning("round %s/%d: a keys item is refused: %s", at.run_id, at.round_number, exc)
+            continue
+        adverts[item.client_id] = item
+    declined = []
+    for client, raw in table.get_updates(at.run_id, at.round_number, members).items():
+        try:
+            if isinstance(parse_client_item(raw), DeclineItem):
+                declined.append(client)
+        except InvalidMessage:
+            continue
+    return adverts, declined
+
+
+def _shares(
+    table: SecureTable, at: Attempt, members: list[str], roster: SecAggRoster
+) -> dict[str, list[SecAggShareItem]]:
+    """Each member's valid shares of this attempt, when it sealed one to every neighbour of the roster."""
+    complete: dict[str, list[SecAggShareItem]] = {}
+    prefix = keys.secagg_sk(at.run_id, at.round_number, at.attempt, "SHARE#")
+    for client in members:
+        items = []
+        for raw in table.query_items(keys.client_pk(client), prefix):
+            try:
+                items.append(SecAggShareItem.parse(raw))
+            except InvalidMessage as exc:
+                log.warning("round %s/%d: a share of %s is refused: %s", at.run_id, at.round_number, client, exc)
+        if {i.recipient for i in items} >= set(roster.neighbours.get(client, [])):
+            complete[client] = [i for i in items if i.recipient in roster.neighbours[client]]
+    return complete
+
+
+def _masked_items(table: SecureTable, at: Attempt, members: list[str]) -> dict[str, UpdateItem]:
+    """The members' masked-input items of this attempt (an earlier attempt's are not this one's)."""
+    items: dict[str, UpdateItem] = {}
+    for client, raw in table.get_updates(at.run_id, at.round_number, members).items():
+        try:
+            item = parse_client_item(raw)
+        except InvalidMessage:
+            continue
+        if isinstance(item, UpdateItem) and item.masked and item.attempt == at.attempt:
+            items[client] = item
+    return items
+
+
+def _reveals(table: SecureTable, at: Attempt, members: list[str]) -> dict[str, SecAggRevealItem]:
+    found = table.get_items([keys.secagg_reveal_item_key(at.run_id, at.round_number, at.attempt, c) for c in members])
+    reveals: dict[str, SecAggRevealItem] = {}
+    for raw in found:
+        try:
+            item = SecAggRevealItem.parse(raw)
+        except InvalidMessage as exc:
+            log.warning("round %s/%d: a reveal is refused: %s", at.run_id, at.round_number, exc)
+            continue
+        reveals[item.client_id] = item
+    return reveals
+
+
+def _ready(table: SecureTable, store: ModelStore, at: Attempt, phase: str) -> bool:
+    """Whether every member of `phase` answered it (or, for advertise, declined)."""
+    members = at.members(phase)
+    if phase == PHASE_ADVERTISE:
+        adverts, declined = _adverts(table, at, members)
+        return set(members) <= set(adverts) | set(declined)
+    if phase == PHASE_SHARE:
+        return set(members) <= set(_shares(table, at, members, read_roster(store, at.roster_ref())))
+    if phase == PHASE_INPUT:
+        return set(members) <= set(_masked_items(table, at, members))
+    return set(members) <= set(_reveals(table, at, members))
+
+
+# -- closing a phase ------------------------------------------------------------------------------
+
+
+def read_roster(store: ModelStore, ref: ObjectRef) -> SecAggRoster:
+    data = store.get(ref.key)
+    if tensors.sha256_hex(data) != ref.sha256:
+        raise FedstepError(f"the roster {ref.key} is not the one the round recorded")
+    return SecAggRoster.parse(json.loads(data))
+
+
+def _enough(at: Attempt, phase: str, members: list[str], answered: list[str]) -> None:
+    if len(answered) < at.threshold:
+        missing = sorted(set(members) - set(answered))
+        raise SecAggThresholdNotMet(
+            f"{len(answered)} of {len(members)} clients completed the {phase} phase of round {at.round_number} "
+            f"(attempt {at.attempt}) of run {at.run_id}, threshold {at.threshold}; missing: {missing[:10]}"
+        )
+
+
+def _close(table: SecureTable, at: Attempt, phase: str, outcome: dict[str, Any]) -> dict[str, Any]:
+    """Close `phase` with `outcome` (its `next` members, ...) once: the record as it stands after
+    (another invocation's outcome if it closed first)."""
+    allowed: tuple[str | None, ...] = (None,) if phase == PHASE_ADVERTISE else (OPEN,)
+    sets = {"kind": PHASE_KIND, "status": CLOSED, "closed_at": utc_now(), **outcome}
+    closed = table.update_where(at.key(phase), sets, allowed)
+    if closed is None:
+        closed = table.get_item(at.key(phase)) or {}
+        if closed.get("status") not in (CLOSED, REPORTED):
+            raise RoundBusy(f"the {phase} phase of round {at.round_number} of run {at.run_id} is not open")
+    at.phases[phase] = closed
+    return closed
+
+
+def close_advertise(store: ModelStore, table: SecureTable, at: Attempt, secure: SecureAggregation) -> None:
+    """Phase 1 closes: the roster of the clients that advertised, written once."""
+    members = at.members(PHASE_ADVERTISE)
+    adverts, _ = _adverts(table, at, members)
+    _enough(at, PHASE_ADVERTISE, members, list(adverts))
+    assert at.run.secagg is not None
+    clients = sorted(adverts)
+    roster = SecAggRoster(
+        at.run_id,
+        at.round_number,
+        at.attempt,
+        at.threshold,
+        {c: (a.seal_public, a.mask_public, a.seed_commitment) for c, a in adverts.items()},
+        secure.neighbourhoods(clients, at.run.secagg.neighbours, graph_seed(at.run, at.round_number, at.attempt)),
+    )
+    key = keys.secagg_roster_key(at.run_id, at.round_number, at.attempt)
+    data = json.dumps(roster.to_json(), sort_keys=True).encode()
+    if not store.put_once(key, data):  # another invocation wrote it first: its roster stands
+        data = store.get(key)
+        roster = SecAggRoster.parse(json.loads(data))
+    ref = ObjectRef(key, tensors.sha256_hex(data), len(data))
+    _close(table, at, PHASE_ADVERTISE, {"next": sorted(roster.adverts), "roster": asdict(ref)})
+
+
+def _relay(store: ModelStore, table: SecureTable, at: Attempt) -> None:
+    """Copy each share a member of `input` sealed to another member into the recipient's inbox."""
+    members = at.members(PHASE_INPUT)
+    roster = read_roster(store, at.roster_ref())
+    for sender, items in _shares(table, at, members, roster).items():
+        for share in items:
+            if share.recipient in members:
+                inbox = SecAggInboxItem(at.run_id, at.round_number, at.attempt, share.recipient, sender, share.sealed)
+                table.put_server_item(inbox.to_item())
+
+
+def close_share(store: ModelStore, table: SecureTable, at: Attempt) -> None:
+    """Phase 2 closes: the members whose shares all came go on (each masks with those among them)."""
+    members = at.members(PHASE_SHARE)
+    shared = sorted(_shares(table, at, members, read_roster(store, at.roster_ref())))
+    _enough(at, PHASE_SHARE, members, shared)
+    _close(table, at, PHASE_SHARE, {"next": shared})
+    _relay(store, table, at)
+
+
+def masked_size(store: ModelStore, at: Attempt) -> tuple[int, list[str], dict[str, tuple[int, ...]]]:
+    """(d + 1, the tensor names in masked order, their shapes) of the round's model."""
+    layout = read_layout(store, at.record.require_input_model())
+    names = masked_order(list(layout.spec.shapes))
+    return layout.spec.num_parameters + 1, names, dict(layout.spec.shapes)
+
+
+def read_masked(
+    store: ModelStore, ref: ObjectRef, size: int, version: str | None = None
+) -> tuple[dict[str, Any], np.ndarray, str | None]:
+    """A masked input file: (its fedstep metadata, its `size` uint32 values, the object version read).
+    InvalidUpdate unless it is exactly one uint32 tensor `masked` of `size` elements, `ref.bytes` long,
+    with sha256 `ref.sha256`; its size is checked before a byte is read."""
+    data_bytes = 4 * size
+    if not limits.MIN_UPDATE_FILE_BYTES + data_bytes <= ref.bytes <= 8 + limits.MAX_HEADER_SLACK_BYTES + data_bytes:
+        raise InvalidUpdate(f"masked input is {ref.bytes} bytes; {size} uint32 values and a header cannot be")
+    read = store.read_range(ref.key, 0, ref.bytes, version)
+    if read.total_bytes != ref.bytes or len(read.data) != ref.bytes:
+        raise InvalidUpdate(f"masked input is {read.total_bytes} bytes, the item says {ref.bytes}")
+    if tensors.sha256_hex(bytes(read.data)) != ref.sha256:
+        raise InvalidUpdate("sha256 does not match the one reported")
+    spec = tensors.TensorSpec({MASKED_TENSOR: (size,)})
+    header = tensors.parse_header(
+        read.data, ref.bytes, spec, limits.MAX_HEADER_SLACK_BYTES, tensors.F32, {MASKED_TENSOR: tensors.U32}
+    )
+    values = np.frombuffer(bytes(read.data), dtype="<u4", count=size, offset=header.data_start)
+    return header.metadata, values, read.version
+
+
+def _reject(table: SecureTable, at: Attempt, item: UpdateItem, reason: str) -> None:
+    for record in Feedback(
+        item.client_id, at.run_id, at.round_number, item.update.sha256, reason, utc_now()
+    ).to_items():
+        table.put_feedback(record)
+
+
+def close_input(store: ModelStore, table: SecureTable, at: Attempt) -> None:
+    """Phase 3 closes: each masked file checked (size, header, sha256, metadata equal to its item) and
+    pinned to the version checked; the survivors record written once (an earlier one stands)."""
+    members = at.members(PHASE_INPUT)
+    size, _, _ = masked_size(store, at)
+    pinned: dict[str, dict[str, Any]] = {}
+    for client, item in sorted(_masked_items(table, at, members).items()):
+        try:
+            metadata, _, version = read_masked(store, item.update, size)
+            metadata_check(item)(metadata)
+        except InvalidUpdate as exc:
+            _reject(table, at, item, f"masked input refused: {exc}")
+            continue
+        pinned[client] = {"sha256": item.update.sha256, "bytes": item.update.bytes, "version": version}
+    _enough(at, PHASE_INPUT, members, list(pinned))
+    survivors = {
+        "kind": SURVIVORS_KIND,
+        "survivors": sorted(pinned),
+        "dropped": sorted(set(members) - set(pinned)),
+        "inputs": pinned,
+    }
+    key = keys.secagg_survivors_key(at.run_id, at.round_number, at.attempt)
+    if table.update_where(key, survivors, (None,)) is None:
+        log.info("round %s/%d: the survivors were fixed already; they stand", at.run_id, at.round_number)
+    fixed = table.get_item(key) or {}
+    _close(table, at, PHASE_INPUT, {"next": list(fixed.get("survivors", []))})
+
+
+def _survivors(table: SecureTable, at: Attempt) -> dict[str, Any]:
+    fixed = table.get_item(keys.secagg_survivors_key(at.run_id, at.round_number, at.attempt))
+    if fixed is None:
+        raise FedstepError(f"round {at.round_number} of run {at.run_id} has no survivors record")
+    return fixed
+
+
+# -- the sum ----------------------------------------------------------------------------------------
+
+
+class SummedUpdates:
+    """The round's updates as a strategy sees them under secure aggregation: one update, the survivors'
+    weighted mean delta (weighted by their examples), read in one pass (`strategies.Updates`)."""
+
+    sliced = False
+    slice_elements = 0
+
+    def __init__(self, spec: tensors.TensorSpec, update: ClientUpdate) -> None:
+        self.spec, self.update = spec, update
+
+    def __iter__(self) -> Iterator[ClientUpdate]:
+        yield self.update
+
+    def accepted(self) -> list[UpdateInfo]:
+        return [UpdateInfo(self.update.client_id, self.update.num_examples)]
+
+    def slice(self, name: str, start: int, stop: int) -> np.ndarray:
+        raise ValueError("secure aggregation gives a strategy the sum of the updates, never one update's slice")
+
+
+def aggregate_secure(
+    at: Attempt,
+    claim: str,
+    store: ModelStore,
+    table: SecureTable,
+    settings: AggregationSettings,
+) -> RoundSummary:
+    """The round's model from the unmasked sum: the pinned masked files summed (never decoded one by
+    one), the masks removed with the revealed shares, the sum decoded into the mean delta, the
+    strategy applied to it; results written once under the claim, as a plain round's."""
+    if settings.secure is None:
+        raise FedstepError("the aggregation function has no secure-aggregation engine (settings.secure)")
+    run, round_number, record = at.run, at.round_number, at.record
+    started = time.time()
+    fixed = _survivors(table, at)
+    survivors, dropped = frozenset(fixed["survivors"]), frozenset(fixed["dropped"])
+    revealed = _reveals(table, at, sorted(survivors))
+    reveals = {c: dict(r.shares) for c, r in revealed.items()}
+    size, names, shapes = masked_size(store, at)
+    total = np.zeros(size, dtype=np.uint32)
+    accepted: list[tuple[UpdateItem, int]] = []
+    entries = []
+    for client in sorted(survivors):
+        pin = fixed["inputs"][client]
+        ref = ObjectRef(keys.update_key(run.run_id, round_number, client), str(pin["sha256"]), int(pin["bytes"]))
+        metadata, values, version = read_masked(store, ref, size, pin.get("version"))
+        total += values
+        item = UpdateItem(
+            run_id=run.run_id,
+            round=round_number,
+            client_id=client,
+            num_examples=int(metadata.get("num_examples", 1)),
+            update=ref,
+            metrics=dict(metadata.get("metrics") or {}),
+            created_at=str(fixed.get("closed_at", "")),
+            privacy=dict(metadata.get("privacy") or {}),
+            encoding=MASKED_ENCODING,
+            attempt=at.attempt,
+        )
+        examples = min(item.num_examples, run.bounds.max_examples)
+        accepted.append((item, examples))
+        entries.append(ManifestEntry.of(item, version, examples, None))
+    summed = settings.secure.unmask(read_roster(store, at.roster_ref()), survivors, dropped, total, reveals)
+    examples_sum, mean = settings.secure.mean_delta(at.spec(), summed, len(survivors))
+    delta: tensors.Tensors = {}
+    position = 0
+    for name in names:
+        count = int(np.prod(shapes[name], dtype=np.int64))
+        delta[name] = mean[position : position + count].astype(np.float32).reshape(shapes[name])
+        position += count
+    input_model = record.require_input_model()
+    layout = read_layout(store, input_model)
+    strategy = build_strategy(run)
+    state = load_state(store, record, run)
+    global_model = GlobalModel(layout.spec, lambda: read_model(store, input_model, layout))
+    updates = SummedUpdates(layout.spec, ClientUpdate(SUM_CLIENT, max(1, round(examples_sum)), delta))
+    try:
+        result = strategy.aggregate(round_number, global_model, state, updates)
+    except Exception as exc:
+        raise StrategyFailed(
+            f"strategy {run.strategy!r} failed in round {round_number} of run {run.run_id}: {type(exc).__name__}: {exc}"
+        ) from exc
+    measurements = strategy_measurements(result, run, round_number)
+    kept_by_strategy(result, [SUM_CLIENT], run, round_number)
+    check_finite(result)
+    data = tensors.encode(result.weights, file_metadata(run, round_number, claim, "global"))
+    state_data = result.state.encode(run.strategy) if result.state.tensors or result.state.values else None
+    previous = previous_summary(table, run, round_number)
+    repeated = count_release(run, round_number, table, claim, previous)
+    privacy = privacy_spent(run, round_number, accepted, settings.accountant, repeated)
+    manifest = UpdateManifest(run.run_id, round_number, claim, entries)
+    global_ref, state_ref, manifest_ref = write_results(store, run, round_number, claim, data, state_data, manifest)
+    selected = selected_in(record, run, round_number)
+    declined = [Rejection(c, "declined") for c in _adverts(table, at, selected)[1]]
+    dropped_out = [Rejection(c, "dropped out of the secure round") for c in sorted(dropped)]
+    return build_summary(
+        run,
+        round_number,
+        record,
+        selected,
+        Tally(accepted, dropped_out, declined),
+        global_ref,
+        finished(record.first_issued_at, started),
+        privacy,
+        None,
+        measurements=measurements,
+        state=state_ref,
+        repeated_releases=repeated,
+        manifest=manifest_ref,
+    )
+
+
+def close_reveal(
+    store: ModelStore,
+    table: SecureTable,
+    at: Attempt,
+    settings: AggregationSettings,
+    *,
+    at_deadline: bool,
+    on_aggregated: Callable[[RoundSummary], None] | None,
+) -> RoundSummary | None:
+    """Phase 4 closes: the round claimed and aggregated from the unmasked sum, its summary committed.
+    None when another invocation holds or took the round (it finishes it)."""
+    members = at.members(PHASE_REVEAL)
+    _enough(at, PHASE_REVEAL, members, list(_reveals(table, at, members)))
+    now = time.time()
+    claim = new_claim_id()
+    claimed = table.claim_round(at.run_id, at.round_number, claim, now, now + settings.lease_s)
+    if claimed is None:
+        return None
+    record = RoundRecord.parse(claimed)
+    at = Attempt(at.run, at.round_number, record, at.phases)
+    outcome = run_claimed_round(
+        Claimed(at.run, at.round_number, record, claim, {}),
+        store=store,
+        table=table,
+        settings=settings,
+        at_deadline=at_deadline,
+        status=ROUND_REPORTED if at_deadline else ROUND_AGGREGATED,
+        on_aggregated=on_aggregated,
+        aggregate=lambda *_: aggregate_secure(at, claim, store, table, settings),
+    )
+    if outcome.stopped is not None:
+        raise outcome.stopped
+    if outcome.summary is not None:
+        _close(table, at, PHASE_REVEAL, {"next": []})
+    return outcome.summary
+
+
+def _close_phase(
+    phase: str,
+    store: ModelStore,
+    table: SecureTable,
+    at: Attempt,
+    settings: AggregationSettings,
+    *,
+    at_deadline: bool,
+    on_aggregated: Callable[[RoundSummary], None] | None,
+) -> dict[str, Any] | None:
+    """Close `phase` (or redo a closed one's side effects): its output, None when another invocation
+    aggregates the round."""
+    closed = at.phases.get(phase, {}).get("status") in (CLOSED, REPORTED)
+    if phase == PHASE_ADVERTISE:
+        if not closed:
+            if settings.secure is None:
+                raise FedstepError("the aggregation function has no secure-aggregation engine (settings.secure)")
+            close_advertise(store, table, at, settings.secure)
+        return phase_output(phase)
+    if phase == PHASE_SHARE:
+        close_share(store, table, at) if not closed else _relay(store, table, at)
+        return phase_output(phase)
+    if phase == PHASE_INPUT:
+        if not closed:
+            close_input(store, table, at)
+        return phase_output(phase)
+    summary = close_reveal(store, table, at, settings, at_deadline=at_deadline, on_aggregated=on_aggregated)
+    return task_output(summary, at.run) if summary is not None else None
+
+
+def _token(at: Attempt, phase: str) -> str:
+    if phase == PHASE_ADVERTISE:
+        return at.record.task_token or ""
+    return str(at.phases.get(phase, {}).get("task_token", ""))
+
+
+def _mark_reported(table: SecureTable, at: Attempt, phase: str) -> None:
+    if phase == PHASE_REVEAL:
+        table.mark_reported(at.run_id, at.round_number)
+    table.update_where(at.key(phase), {"status": REPORTED}, (CLOSED,))
+
+
+# -- the entry points ------------------------------------------------------------------------------
+
+
+def advance_secure_round(
+    run: RunRecord,
+    round_number: int,
+    *,
+    store: ModelStore,
+    table: SecureTable,
+    reporter: Reporter,
+    settings: AggregationSettings,
+    on_aggregated: Callable[[RoundSummary], None] | None = None,
+) -> dict[str, Any] | None:
+    """The stream path: close the attempt's current phase once every member answered it, and report
+    it to its token. The output reported, None when nothing was (still waiting, or done elsewhere)."""
+    at = load_attempt(table, run, round_number)
+    if at is None or at.record.completed or at.record.lease_active(time.time()):
+        return None
+    phase = at.current()
+    status = at.phases.get(phase, {}).get("status")
+    if status == REPORTED:
+        return None  # the state machine opens the next phase
+    if status != CLOSED:  # (closed and not reported: the closer crashed; redo its side effects and report)
+        if not _ready(table, store, at, phase):
+            return None
+        if table.get_stop(run.run_id) is not None:
+            log.info("round %s/%d: the run was stopped, its phases are not closed", run.run_id, round_number)
+            return None
+    token = _token(at, phase)
+    try:
+        output = _close_phase(phase, store, table, at, settings, at_deadline=False, on_aggregated=on_aggregated)
+    except (RoundNotAggregated, StrategyFailed) as exc:
+        reporter.fail(token, type(exc).__name__, str(exc)[: limits.MAX_FAILURE_CAUSE_CHARS])
+        return None
+    if output is None:
+        return None
+    reporter.succeed(token, output)
+    _mark_reported(table, at, phase)
+    return output
+
+
+def close_at_deadline(
+    run_id: str,
+    round_number: int,
+    phase: str,
+    *,
+    store: ModelStore,
+    table: SecureTable,
+    settings: AggregationSettings,
+    on_aggregated: Callable[[RoundSummary], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """A phase's deadline passed (advertise: the round's): close it with what arrived, or return the
+    outcome of its close if it closed meanwhile. SecAggThresholdNotMet with fewer than t."""
+    run = table.get_run(run_id)
+    if run is None:
+        raise FedstepError(f"run {run_id} has no run record")
+    stop = table.get_stop(run_id)
+    if stop is not None:
+        raise RunStopped(f"run {run_id} was stopped ({stop.reason}): round {round_number} is not aggregated")
+    give_up = time.monotonic() + settings.wait_s
+    while True:
+        at = load_attempt(table, run, round_number)
+        if at is None:
+            raise FedstepError(f"round {round_number} of run {run_id} was never published")
+        if at.record.completed:
+            return task_output(at.record.summary(), run)
+        if at.record.lease_active(time.time()):
+            if time.monotonic() > give_up:
+                raise RoundBusy(f"round {round_number} of run {run_id} is still being aggregated by another invocation")
+            sleep(1.0)
+            continue
+        output = _close_phase(phase, store, table, at, settings, at_deadline=True, on_aggregated=on_aggregated)
+        if output is not None:
+            table.update_where(at.key(phase), {"status": REPORTED}, (CLOSED,))
+            return output
+
+
+def publish_phase(
+    run_id: str,
+    round_number: int,
+    attempt: int,
+    phase: str,
+    task_token: str,
+    issued_at: str,
+    *,
+    store: ModelStore,
+    table: SecureTable,
+    publisher: Publisher,
+    reporter: Reporter,
+) -> SecAggPhaseMessage | None:
+    """Open a later phase (its token and members in its record) and send its message to its members.
+    A phase closed already (a retried call) is reported to the new token at once."""
+    if phase not in LATER_PHASES:
+        raise ValueError(f"secagg_publish event is malformed: phase {phase!r} is not one of {LATER_PHASES}")
+    run = table.get_run(run_id)
+    if run is None or run.secagg is None:
+        raise FedstepError(f"run {run_id} has no run record with secure aggregation")
+    stop = table.get_stop(run_id)
+    if stop is not None:
+        raise RunStopped(f"run {run_id} was stopped ({stop.reason}): round {round_number} is not continued")
+    at = load_attempt(table, run, round_number)
+    if at is None or at.attempt != attempt:
+        raise FedstepError(f"round {round_number} of run {run_id} is not at attempt {attempt}")
+    members = at.members(phase)
+    opened = table.update_where(
+        at.key(phase),
+        {"kind": PHASE_KIND, "status": OPEN, "task_token": task_token, "issued_at": issued_at, "members": members},
+        (None, OPEN),
+    )
+    if opened is None:  # closed already: its outcome goes to the new token
+        if at.record.completed and phase == PHASE_REVEAL:
+            reporter.succeed(task_token, task_output(at.record.summary(), run))
+        else:
+            reporter.succeed(task_token, phase_output(phase))
+        return None
+    dropped = list(_survivors(table, at).get("dropped", [])) if phase == PHASE_REVEAL else []
+    message = SecAggPhaseMessage(
+        run_id=run_id,
+        round=round_number,
+        attempt=attempt,
+        phase=phase,
+        roster=at.roster_ref(),
+        members=members,
+        issued_at=issued_at,
+        deadline_s=run.secagg.phase_timeout_s,
+        dropped=dropped,
+    )
+    publisher.publish(message.to_dict(), members)
+    return message

@@ -1,0 +1,274 @@
+"""A secure round's phases on the in-memory ports: the server closes each phase once, relays shares
+unopened, fixes the survivors once and learns only the sum of the survivors' inputs.
+
+The clients here are `fedstep.privacy.secagg.protocol.Client`s driven as the agent drives them; the
+server side is the aggregation function's core (`fedstep.core.rounds.secure`) with the
+`SecAggServer` port, exactly as the Lambda runs it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from fedstep.core import keys, tensors
+from fedstep.core.rounds import secure
+from fedstep.core.rounds.errors import SecAggThresholdNotMet
+from fedstep.core.rounds.settings import AggregationSettings
+from fedstep.core.schemas import (
+    RoundMessage,
+    SecAggInboxItem,
+    SecAggKeysItem,
+    SecAggPhaseMessage,
+    SecAggRevealItem,
+    SecAggSettings,
+    SecAggShareItem,
+    masked_order,
+)
+from fedstep.core.updates import masked_input_file
+from fedstep.privacy.secagg.inputs import InputCodec
+from fedstep.privacy.secagg.protocol import Advertisement, Client, RoundKey
+from fedstep.privacy.secagg.server import SecAggServer
+from tests.round_world import GLOBAL, RUN, World, make_run
+
+T = "2026-12-07T10:00:00+00:00"
+SETTINGS = AggregationSettings(secure=SecAggServer())
+CLIENTS = ("a", "b", "c", "d", "e")
+
+
+class SimClient:
+    """One client of the round, doing what the agent does in each phase."""
+
+    def __init__(self, world: World, client_id: str, message: RoundMessage, value: float, examples: int) -> None:
+        assert message.secagg is not None
+        self.world, self.id, self.msg, self.examples = world, client_id, message, examples
+        self.delta = {k: np.full(v.shape, value, np.float32) for k, v in GLOBAL.items()}
+        flat = np.concatenate([self.delta[n].ravel() for n in masked_order(list(self.delta))])
+        self.quantised = InputCodec.for_round(message.secagg).encode(flat, examples, np.random.default_rng(7))
+        self.proto = Client(client_id, RoundKey(RUN, message.round, message.attempt), message.secagg.threshold)
+
+    def advertise(self) -> None:
+        a = self.proto.advertise()
+        item = SecAggKeysItem(
+            RUN, self.msg.round, self.msg.attempt, self.id, a.seal_public, a.mask_public, a.seed_commitment, T
+        )
+        self.world.table.put(item.to_item())
+
+    def share(self, phase: SecAggPhaseMessage) -> None:
+        roster = secure.read_roster(self.world.store, phase.roster)
+        adverts = {c: Advertisement(c, *v) for c, v in roster.adverts.items()}
+        for recipient, sealed in self.proto.share_keys(adverts, roster.neighbours[self.id]).items():
+            share = SecAggShareItem(RUN, self.msg.round, self.msg.attempt, self.id, recipient, sealed, T)
+            self.world.table.put(share.to_item())
+
+    def upload(self, phase: SecAggPhaseMessage, data: bytes | None = None) -> None:
+        prefix = keys.secagg_sk(RUN, self.msg.round, self.msg.attempt, "FROM#")
+        inbox = [SecAggInboxItem.parse(i) for i in self.world.table.query_items(keys.inbox_pk(self.id), prefix)]
+        self.proto.receive_shares({i.sender: i.sealed for i in inbox if i.sender in phase.members})
+        masked = self.proto.masked_input(self.quantised, set(phase.members) & set(self.proto.neighbours))
+        encoded, item = masked_input_file(
+            masked,
+            run_id=RUN,
+            round_number=self.msg.round,
+            attempt=self.msg.attempt,
+            client_id=self.id,
+            num_examples=self.examples,
+            metrics={"train_loss": 1.0},
+            created_at=T,
+        )
+        self.world.store.put(item.update.key, data if data is not None else encoded)
+        self.world.table.put(item.to_item())
+
+    def reveal(self, phase: SecAggPhaseMessage) -> None:
+        shares = self.proto.reveal(set(phase.members), set(phase.dropped))
+        self.world.table.put(SecAggRevealItem(RUN, self.msg.round, self.msg.attempt, self.id, T, shares).to_item())
+
+
+def secure_world(threshold: int = 3, clients: tuple[str, ...] = CLIENTS) -> World:
+    run = replace(
+        make_run(quorum=threshold, clients=clients, min_participants=threshold),
+        secagg=SecAggSettings(threshold=threshold, clip=10.0),
+    )
+    world = World(run)
+    world.publish()
+    return world
+
+
+def advance(world: World) -> dict | None:
+    return secure.advance_secure_round(
+        world.run, 1, store=world.store, table=world.table, reporter=world.reporter, settings=SETTINGS
+    )
+
+
+def open_phase(world: World, phase: str) -> SecAggPhaseMessage:
+    message = secure.publish_phase(
+        RUN, 1, 0, phase, f"tok-{phase}", T,
+        store=world.store, table=world.table, publisher=world.publisher, reporter=world.reporter,
+    )  # fmt: skip
+    assert message is not None
+    return message
+
+
+def at_deadline(world: World, phase: str) -> dict:
+    return secure.close_at_deadline(RUN, 1, phase, store=world.store, table=world.table, settings=SETTINGS)
+
+
+def start(world: World, values: dict[str, float]) -> dict[str, SimClient]:
+    message = RoundMessage.parse(world.publisher.messages[-1][0])
+    sims = {c: SimClient(world, c, message, v, examples=10 * (i + 1)) for i, (c, v) in enumerate(values.items())}
+    for sim in sims.values():
+        sim.advertise()
+    return sims
+
+
+def expected_mean(sims: list[SimClient], message: RoundMessage) -> np.ndarray:
+    """FedAvg's step from the exact sum of these clients' quantised inputs."""
+    assert message.secagg is not None
+    total = np.zeros_like(sims[0].quantised)
+    for sim in sims:
+        total = total + sim.quantised
+    return InputCodec.for_round(message.secagg).mean_delta(total, len(sims))[1]
+
+
+def test_round_message_carries_the_secure_part_and_the_first_phase_closes_with_the_roster():
+    world = secure_world()
+    message = RoundMessage.parse(world.publisher.messages[-1][0])
+    assert message.secagg is not None and message.secagg.threshold == 3 and message.secagg.max_inputs == 5
+    start(world, {c: 0.1 for c in CLIENTS})
+    assert advance(world) == {"secagg": {"phase": "share"}}
+    assert world.reporter.successes[-1] == ("tok-1", {"secagg": {"phase": "share"}})
+    share = open_phase(world, "share")
+    assert sorted(share.members) == list(CLIENTS)
+    roster = secure.read_roster(world.store, share.roster)
+    assert set(roster.neighbours["a"]) == {"b", "c", "d", "e"}
+    assert advance(world) is None  # nothing new: the share phase waits for its shares
+
+
+def test_two_dropouts_at_different_phases_still_give_the_exact_sum_of_the_survivors():
+    """e drops after sharing its keys (never uploads); d drops after uploading (never reveals)."""
+    world = secure_world()
+    message = RoundMessage.parse(world.publisher.messages[-1][0])
+    sims = start(world, {"a": 0.1, "b": -0.2, "c": 0.3, "d": 0.05, "e": 0.4})
+    advance(world)
+    share = open_phase(world, "share")
+    for sim in sims.values():
+        sim.share(share)
+    assert advance(world) == {"secagg": {"phase": "input"}}
+    inputs = open_phase(world, "input")
+    for c in "abcd":
+        sims[c].upload(inputs)
+    assert advance(world) is None  # e's input is still awaited
+    assert at_deadline(world, "input") == {"secagg": {"phase": "reveal"}}
+    reveal = open_phase(world, "reveal")
+    assert sorted(reveal.members) == ["a", "b", "c", "d"] and reveal.dropped == ["e"]
+    for c in "abc":
+        sims[c].reveal(reveal)
+    output = at_deadline(world, "reveal")
+    assert output["summary"]["participants"] == 4
+    new = world.new_global()
+    mean = expected_mean([sims[c] for c in "abcd"], message)
+    names = masked_order(list(GLOBAL))
+    flat = np.concatenate([(new[n] - GLOBAL[n]).ravel() for n in names])
+    np.testing.assert_allclose(flat, mean.astype(np.float32), rtol=0, atol=1e-6)
+    # plain FedAvg of the same deltas, within the quantisation error: n steps of the sum over sum(w)
+    weights = np.array([sims[c].examples for c in "abcd"], np.float64)
+    plain = sum(w * sims[c].delta[names[0]].ravel()[0] for w, c in zip(weights, "abcd", strict=True)) / weights.sum()
+    codec = InputCodec.for_round(message.secagg)
+    w_sum = weights.sum() / codec.max_examples
+    error = 4 * codec.values.step / w_sum + abs(plain) * 4 * codec.weights.step / w_sum
+    assert abs(flat[0] - plain) <= error
+
+
+def test_fewer_than_t_advertising_fails_the_round_as_threshold_not_met():
+    world = secure_world()
+    message = RoundMessage.parse(world.publisher.messages[-1][0])
+    SimClient(world, "a", message, 0.1, 10).advertise()
+    SimClient(world, "b", message, 0.1, 10).advertise()
+    with pytest.raises(SecAggThresholdNotMet, match="2 of 5 clients completed the advertise phase"):
+        at_deadline(world, "advertise")
+
+
+def test_a_malformed_masked_input_is_excluded_and_its_owner_counted_as_dropped():
+    world = secure_world()
+    sims = start(world, {c: 0.1 * (i + 1) for i, c in enumerate(CLIENTS)})
+    advance(world)
+    share = open_phase(world, "share")
+    for sim in sims.values():
+        sim.share(share)
+    advance(world)
+    inputs = open_phase(world, "input")
+    for c in "abcd":
+        sims[c].upload(inputs)
+    sims["e"].upload(inputs, data=b"\x00" * 40)  # not a masked input: its size, sha256 and header are wrong
+    assert advance(world) == {"secagg": {"phase": "reveal"}}
+    reveal = open_phase(world, "reveal")
+    assert reveal.dropped == ["e"]
+    feedback = world.table.get(keys.rejection_item_key("e", RUN))
+    assert feedback is not None and "masked input refused" in feedback["reason"]
+    for c in "abcd":
+        sims[c].reveal(reveal)
+    output = advance(world)
+    assert output is not None and output["summary"]["participants"] == 4
+
+
+def test_the_survivor_set_is_written_once_and_a_takeover_reuses_it():
+    world = secure_world()
+    sims = start(world, {c: 0.1 for c in CLIENTS})
+    advance(world)
+    share = open_phase(world, "share")
+    for sim in sims.values():
+        sim.share(share)
+    advance(world)
+    inputs = open_phase(world, "input")
+    for c in "abc":
+        sims[c].upload(inputs)
+    attempt = secure.load_attempt(world.table, world.run, 1)
+    assert attempt is not None
+    secure.close_input(world.store, world.table, attempt)  # the first invocation fixes a, b, c
+    survivors = world.table.get(keys.secagg_survivors_key(RUN, 1, 0))
+    sims["d"].upload(inputs)  # too late: the survivors are fixed
+    # a second invocation (its closer crashed before the phase record said so) closes again
+    world.table.update_where(keys.secagg_phase_key(RUN, 1, 0, "input"), {"status": "open"}, ("closed",))
+    retaken = secure.load_attempt(world.table, world.run, 1)
+    assert retaken is not None
+    secure.close_input(world.store, world.table, retaken)
+    assert world.table.get(keys.secagg_survivors_key(RUN, 1, 0)) == survivors
+    reveal = open_phase(world, "reveal")
+    assert sorted(reveal.members) == ["a", "b", "c"] and reveal.dropped == ["d", "e"]
+
+
+def test_only_the_unmasked_sum_is_decoded(monkeypatch):
+    """No update file is read as float tensors: the masked files are summed as uint32, and the one
+    array decoded into floats is the unmasked sum."""
+    from fedstep.core import update_source
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("an update was decoded as floats")
+
+    monkeypatch.setattr(update_source, "read_update", forbidden)
+    decoded: list[int] = []
+    real = InputCodec.mean_delta
+
+    def spy(self, total, survivors):
+        decoded.append(survivors)
+        return real(self, total, survivors)
+
+    monkeypatch.setattr(InputCodec, "mean_delta", spy)
+    world = secure_world(clients=("a", "b", "c"))
+    sims = start(world, {"a": 0.1, "b": 0.2, "c": 0.3})
+    advance(world)
+    share = open_phase(world, "share")
+    for sim in sims.values():
+        sim.share(share)
+    advance(world)
+    inputs = open_phase(world, "input")
+    for sim in sims.values():
+        sim.upload(inputs)
+    advance(world)
+    reveal = open_phase(world, "reveal")
+    for sim in sims.values():
+        sim.reveal(reveal)
+    assert advance(world) is not None
+    assert decoded == [3]  # one sum of three inputs
+    assert tensors.decode(world.store.get(world.table.get_round(RUN, 1)["global_model"]["key"]))
