@@ -116,8 +116,19 @@ def test_a_wrong_revealed_share_is_caught_against_the_roster():
     reveals = {cid: clients[cid].reveal(set(survivors), set(dropped)) for cid in clients}
     kind, good = reveals["client-2"]["client-1"]
     reveals["client-2"]["client-1"] = (kind, good[:2] + bytes(32))  # a lie about client-1's seed
+    del reveals["client-3"]["client-1"]  # no spare share to outvote it
     with pytest.raises(SecAggError, match="client-1's seed do not recover what it advertised"):
         server.unmask(reveals)
+
+
+def test_a_wrong_revealed_share_is_outvoted_by_spare_shares():
+    clients, server, inputs = _shared(3, threshold=2)
+    survivors, dropped = server.fix_survivors()
+    reveals = {cid: clients[cid].reveal(set(survivors), set(dropped)) for cid in clients}
+    kind, good = reveals["client-2"]["client-1"]
+    reveals["client-2"]["client-1"] = (kind, good[:2] + bytes(32))
+    expected = sum((inputs[c].astype(np.uint32) for c in clients), np.zeros_like(inputs["client-1"]))
+    np.testing.assert_array_equal(server.unmask(reveals), expected)
 
 
 def test_a_slice_of_the_masks_is_the_same_slice_of_the_whole():

@@ -272,3 +272,49 @@ def test_only_the_unmasked_sum_is_decoded(monkeypatch):
     assert advance(world) is not None
     assert decoded == [3]  # one sum of three inputs
     assert tensors.decode(world.store.get(world.table.get_round(RUN, 1)["global_model"]["key"]))
+
+
+def _through_reveal(world: World, values: dict[str, float]) -> tuple[dict[str, SimClient], SecAggPhaseMessage]:
+    sims = start(world, values)
+    advance(world)
+    share = open_phase(world, "share")
+    for sim in sims.values():
+        sim.share(share)
+    advance(world)
+    inputs = open_phase(world, "input")
+    for sim in sims.values():
+        sim.upload(inputs)
+    advance(world)
+    return sims, open_phase(world, "reveal")
+
+
+def _lie(world: World, sim: SimClient, reveal: SecAggPhaseMessage) -> None:
+    """`sim` reveals shares with flipped bits (well-formed, wrong)."""
+    shares = sim.proto.reveal(set(reveal.members), set(reveal.dropped))
+    forged = {o: (kind, share[:2] + bytes(b ^ 0xFF for b in share[2:])) for o, (kind, share) in shares.items()}
+    world.table.put(SecAggRevealItem(RUN, 1, 0, sim.id, T, forged).to_item())
+
+
+def test_a_lying_reveal_is_outvoted_when_more_than_t_shares_came():
+    world = secure_world()
+    sims, reveal = _through_reveal(world, {c: 0.1 for c in CLIENTS})
+    _lie(world, sims["a"], reveal)
+    for c in "bcde":
+        sims[c].reveal(reveal)
+    output = advance(world)
+    assert output is not None and output["summary"]["participants"] == 5
+
+
+def test_a_lying_reveal_without_spare_shares_fails_the_round_by_name_and_publishes_nothing():
+    from fedstep.core.rounds.errors import InvalidAggregate
+
+    world = secure_world(clients=("a", "b", "c"))
+    sims, reveal = _through_reveal(world, {"a": 0.1, "b": 0.2, "c": 0.3})
+    _lie(world, sims["a"], reveal)
+    for c in "bc":
+        sims[c].reveal(reveal)
+    assert advance(world) is None
+    [(token, error, cause)] = world.reporter.failures
+    assert (token, error) == ("tok-reveal", InvalidAggregate.__name__) and "a share is wrong" in cause
+    assert [k for k in world.store.objects if "/global-" in k and k not in world.store.deleted] == [world.initial.key]
+    assert world.table.get_round(RUN, 1)["status"] == "open"  # given back: the retry gets fresh keys

@@ -20,6 +20,7 @@ needs, is `SecAggThresholdNotMet`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,9 @@ from fedstep.privacy.secagg.primitives import (
     seal,
     share,
 )
+
+MAX_SUBSETS = 256
+"""The most subsets of t shares tried to rebuild one secret when some shares are wrong."""
 
 
 @dataclass(frozen=True)
@@ -292,13 +296,20 @@ class Server:
         return total
 
     def _recover(self, owner: str, kind: str, reveals: dict[str, dict[str, tuple[str, bytes]]]) -> bytes:
-        shares = [r[owner][1] for r in reveals.values() if owner in r and r[owner][0] == kind]
+        """`owner`'s secret of `kind` from the revealed shares, checked against what it advertised. With
+        more than t shares, a wrong one (a lying client) is outvoted: subsets of t are tried until one
+        rebuilds the committed secret (at most `MAX_SUBSETS`); SecAggError if none does."""
+        shares = [r[owner][1] for _, r in sorted(reveals.items()) if owner in r and r[owner][0] == kind]
         if len(shares) < self.threshold:
             raise SecAggThresholdNotMet(f"{len(shares)} share(s) of {owner}'s {kind}, {self.threshold} needed")
-        secret = recover(shares, self.threshold)
         advert = self.roster[owner]
         expected = advert.seed_commitment if kind == "seed" else advert.mask_public
-        found = hashlib.sha256(secret).digest() if kind == "seed" else KeyPair.of_private(secret).public
-        if found != expected:
-            raise SecAggError(f"the shares of {owner}'s {kind} do not recover what it advertised: a share is wrong")
-        return secret
+        for subset in itertools.islice(itertools.combinations(shares, self.threshold), MAX_SUBSETS):
+            try:
+                secret = recover(list(subset), self.threshold)
+            except (SecAggError, ValueError):
+                continue
+            found = hashlib.sha256(secret).digest() if kind == "seed" else KeyPair.of_private(secret).public
+            if found == expected:
+                return secret
+        raise SecAggError(f"the shares of {owner}'s {kind} do not recover what it advertised: a share is wrong")
