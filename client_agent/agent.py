@@ -21,6 +21,14 @@ its role may read, no client may write) before it trains and again before it upl
 round (the message deleted, nothing uploaded) once the marker is there. The server refuses the run's
 rounds after the stop anyway; the checks spare the site the training and keep its update at home.
 
+A secure round (the round message's `secagg`, `--secure-aggregation`) is served in four phases, each
+its own message: the round message (trained as any round, then the client's keys advertised instead
+of an upload), then `SecAggPhaseMessage`s for the share, input and reveal phases (`serve_phase`). The
+round's secrets are kept in the cache between them (`client_agent.secure_round`), so a restarted agent
+finishes its round; a phase whose secrets it does not hold is logged and deleted (the server counts
+the client as dropped). Under secure aggregation a masked update is written once per attempt: the
+"replace a rejected update" path is refused (a retried round, the next attempt, gets fresh keys).
+
 Every object a message references is read with a ranged GET of exactly its `bytes`: an object larger
 than its reference is refused before its body is read (`client_agent.objects`).
 
@@ -47,7 +55,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +67,12 @@ from client_agent.checks import open_session, preflight
 from client_agent.config import AgentConfig
 from client_agent.errors import clean_error
 from client_agent.heartbeat import Heartbeats
+from client_agent.outcomes import Outcome
 from client_agent.privacy_ledger import PrivacyLedger
 from client_agent.progress import Progress
 from client_agent.residuals import ResidualStore
 from client_agent.round_privacy import Declined
+from client_agent.secure_round import SUPERSEDES, Refused, Revealed, RoundSecrets, SecretStore, Unreadable, protocol
 from client_agent.steps import RoundPrivacy
 from client_agent.training import CannotEvaluate, FunctionTrainer, Trainer
 from fedstep.aws import boto
@@ -73,6 +82,10 @@ from fedstep.core import keys, limits, tensors
 from fedstep.core.clock import seconds_since, utc_now
 from fedstep.core.errors import FedstepError
 from fedstep.core.schemas import (
+    MASKED_ENCODING,
+    MASKED_TENSOR,
+    PHASE_REVEAL,
+    PHASE_SHARE,
     DeclineItem,
     EvalItem,
     EvaluateMessage,
@@ -84,6 +97,12 @@ from fedstep.core.schemas import (
     RunEndedMessage,
     RunStop,
     SchemaMismatch,
+    SecAggInboxItem,
+    SecAggKeysItem,
+    SecAggPhaseMessage,
+    SecAggRevealItem,
+    SecAggRoster,
+    SecAggShareItem,
     StatsItem,
     StatsMessage,
     TrainingConfig,
@@ -91,6 +110,7 @@ from fedstep.core.schemas import (
     parse_message,
 )
 from fedstep.core.statistics import FederatedStatistics, Standardization, StatsRequest, site_statistics
+from fedstep.core.updates import UNSENT
 
 log = logging.getLogger("fedstep.client")
 
@@ -106,17 +126,6 @@ def schema_advice(exc: SchemaMismatch) -> str:
         f"the stack sent wire schema {exc.found}, older than this agent's schema {exc.supported}: the operator "
         f"must upgrade the stack (cdk deploy of this release), or run an agent of schema {exc.found}"
     )
-
-
-class Outcome(Enum):
-    SERVED = "served"  # update written, message deleted
-    ALREADY_SERVED = "already_served"  # the item existed (a redelivered message), message deleted
-    RUN_ENDED = "run_ended"
-    STALE = "stale"  # a leftover: a round past its deadline or of a run that ended; deleted, not served
-    REJECTED = "rejected"  # malformed message, released towards the dead-letter queue
-    KEPT = "kept"  # failed; the message is released at once (not deleted) for another try
-    DECLINED = "declined"  # refused to train (privacy); decline item written, message deleted
-    EVALUATED = "evaluated"  # an evaluation or statistics request answered (or why not); message deleted
 
 
 @dataclass
@@ -206,6 +215,7 @@ class Agent:
         self.cache = Path(config.cache_dir or Path.home() / ".cache" / "fedstep")
         self.ledger = PrivacyLedger.for_client(self.cache, config.client_id)
         self.residuals = ResidualStore.for_client(self.cache, config.client_id)
+        self.secrets = SecretStore.for_client(self.cache, config.client_id)
         self.last_report: RoundReport | None = None
         self._told: Feedback | None = None
         self._said_no_dp: set[str] = set()
@@ -250,7 +260,7 @@ class Agent:
                     retry = 0.0
                 if outcome is Outcome.RUN_ENDED and not follow:
                     return 0
-                if once and outcome in (Outcome.SERVED, Outcome.ALREADY_SERVED, Outcome.DECLINED):
+                if once and outcome in (Outcome.SERVED, Outcome.ALREADY_SERVED, Outcome.DECLINED, Outcome.REFUSED):
                     return 0
         finally:
             self.heartbeats.stop()
@@ -285,6 +295,7 @@ class Agent:
             return self.handle_request(message, parsed)
         if isinstance(parsed, RunEndedMessage):
             self._ended_runs.add(parsed.run_id)
+            self.secrets.forget_run(parsed.run_id)  # its secure rounds' secrets are of no more use
             self._delete(message)
             if _sent_at(message) < self._started - limits.MAX_CLOCK_SKEW_S:
                 log.info(
@@ -297,13 +308,16 @@ class Agent:
             log.info("run %s ended (%s) after %d rounds", parsed.run_id, parsed.reason, parsed.rounds_completed)
             return Outcome.RUN_ENDED
         stale = self._stale(parsed)
+        what = _round_name(parsed)
         if stale:
-            log.info("round %d of run %s skipped: %s", parsed.round, parsed.run_id, stale)
+            log.info("%s skipped: %s", what, stale)
             self._delete(message)
             return Outcome.STALE
         try:
             with self._kept_invisible(message):
-                outcome = self.serve_round(parsed)
+                outcome = (
+                    self.serve_phase(parsed) if isinstance(parsed, SecAggPhaseMessage) else self.serve_round(parsed)
+                )
         except (KeyboardInterrupt, SystemExit):
             # Stopped (SIGTERM, Ctrl-C) mid-round: abandon the round and release the message at once,
             # so this agent's next start (or nobody, until the deadline) serves it.
@@ -315,9 +329,8 @@ class Agent:
             else:
                 detail = str(exc) if isinstance(exc, FedstepError) else clean_error(exc)
             log.error(
-                "round %d of run %s failed, the message stays queued and is released for another try: %s",
-                parsed.round,
-                parsed.run_id,
+                "%s failed, the message stays queued and is released for another try: %s",
+                what,
                 detail,
                 exc_info=log.isEnabledFor(logging.DEBUG),
             )
@@ -327,7 +340,7 @@ class Agent:
         self._delete(message)
         return outcome
 
-    def _report_failure(self, msg: RoundMessage, detail: str, message: dict[str, Any]) -> None:
+    def _report_failure(self, msg: RoundMessage | SecAggPhaseMessage, detail: str, message: dict[str, Any]) -> None:
         """Tell the operator at once that this round failed here: the run's failure item in this client's
         own partition (one per run, overwritten), with the error and the message's receive count. Best
         effort: a failure item that cannot be written is logged, and the round is tried again anyway."""
@@ -338,7 +351,7 @@ class Agent:
         except (ClientError, BotoCoreError) as exc:
             log.warning("could not report the failure to the operator: %s", explain(exc))
 
-    def _stale(self, msg: RoundMessage) -> str | None:
+    def _stale(self, msg: RoundMessage | SecAggPhaseMessage) -> str | None:
         """Why a round message is a leftover not worth training (None: serve it): its run ended, or its
         deadline passed (beyond the clock skew allowed), so the server no longer waits for it."""
         if msg.run_id in self._ended_runs:
@@ -542,7 +555,11 @@ class Agent:
         self._say_rejection(feedback)
         existing = self._existing_update(msg)
         replace_rejected = False
-        if existing is not None:
+        if msg.secagg is not None:  # a secure round: its keys, once per attempt; a masked update is never replaced
+            answered = self._secure_round_answered(msg, feedback, existing)
+            if answered is not None:
+                return answered
+        elif existing is not None:
             if not _rejected(feedback, msg, existing[0]):
                 return self._report_existing_update(msg, *existing)
             log.warning("round %d of %s: training again to replace the rejected update", msg.round, msg.run_id)
@@ -578,31 +595,39 @@ class Agent:
             self.heartbeats.set_privacy,
             residuals=self.residuals,
         )
-        # delta, clip, privacy accounting, encode: all before the upload (from then on the update may leave)
-        data, update_item = steps.run_steps(steps.steps_for(privacy), result.weights, ctx)
-        self._upload(update_item.update.key, data, f"round {msg.round}: update")
-        item = replace(update_item, created_at=utc_now()).to_item()  # written once the file is on S3
-        if replace_rejected:
-            self.table.put(item)
-        elif not self.table.put_once(item):
-            return Outcome.ALREADY_SERVED
+        if msg.secagg is not None:
+            # delta, clip, privacy accounting, quantise: the input is kept here until the input phase masks it
+            quantised = steps.run_secure_steps(steps.steps_for(privacy, secure=True), result.weights, ctx)
+            outcome, sent, last_phase = self._advertise(msg, ctx, quantised), 0, "advertise"
+            if outcome is not Outcome.ADVANCED:
+                return outcome
+        else:
+            # delta, clip, privacy accounting, encode: all before the upload (from then on the update may leave)
+            data, update_item = steps.run_steps(steps.steps_for(privacy), result.weights, ctx)
+            self._upload(update_item.update.key, data, f"round {msg.round}: update")
+            item = replace(update_item, created_at=utc_now()).to_item()  # written once the file is on S3
+            if replace_rejected:
+                self.table.put(item)
+            elif not self.table.put_once(item):
+                return Outcome.ALREADY_SERVED
+            outcome, sent, last_phase = Outcome.SERVED, len(data), "upload"
         report = RoundReport(
             msg.run_id,
             msg.round,
             result.num_examples,
             result.metrics,
             len(global_bytes) + fetched,
-            len(data),
+            sent,
             round(time.monotonic() - started, 2),
             {
                 "download": round(downloaded - started, 3),
                 "train": round(trained - downloaded, 3),
-                "upload": round(time.monotonic() - trained, 3),
+                last_phase: round(time.monotonic() - trained, 3),
             },
         )
         self.last_report = report
         log.info(report.line(), extra={"round_summary": report.fields()})
-        return Outcome.SERVED
+        return outcome
 
     def _stop_of(self, run_id: str) -> RunStop | None:
         """The run's stop marker (None: not stopped), one strongly consistent GetItem. A role without the
@@ -623,9 +648,11 @@ class Agent:
                 )
             return None
 
-    def _skip_stopped(self, msg: RoundMessage, stop: RunStop, what: str) -> Outcome:
-        """A round of a stopped run: skipped (its message deleted), and the run's later rounds too."""
+    def _skip_stopped(self, msg: RoundMessage | SecAggPhaseMessage, stop: RunStop, what: str) -> Outcome:
+        """A round of a stopped run: skipped (its message deleted), and the run's later rounds too (its
+        secure rounds' secrets deleted)."""
         self._ended_runs.add(msg.run_id)
+        self.secrets.forget_run(msg.run_id)
         log.warning(
             "round %d of %s skipped (%s): the run was stopped at %s: %s",
             msg.round,
@@ -698,7 +725,11 @@ class Agent:
         item = DeclineItem(msg.run_id, msg.round, self.config.client_id, reason, utc_now(), known)
         if replace_existing:
             self.table.put(item.to_item())
-        elif not self.table.put_once(item.to_item()):
+        elif not (
+            self.table.put_if(item.to_item(), SUPERSEDES, {":attempt": msg.attempt})  # over an earlier attempt's
+            if msg.secagg is not None
+            else self.table.put_once(item.to_item())
+        ):
             log.info("round %d of run %s was already answered; message redelivered", msg.round, msg.run_id)
             return Outcome.ALREADY_SERVED
         log.warning("round %d of %s declined, not trained: %s", msg.round, msg.run_id, reason)
@@ -755,6 +786,264 @@ class Agent:
         log.info("round %d of run %s was already served; message redelivered", msg.round, msg.run_id)
         return Outcome.ALREADY_SERVED
 
+    # -- secure aggregation (client_agent.secure_round) -------------------------------------------
+    def _secure_round_answered(
+        self, msg: RoundMessage, feedback: Feedback | None, existing: tuple[bytes, dict[str, Any]] | None
+    ) -> Outcome | None:
+        """A secure round's message answered before training (None: train and advertise): its keys
+        advertised before (a redelivered message: the same keys item again), its attempt over for this
+        client, or its masked update rejected by the server, which is never replaced."""
+        where = _round_name(msg)
+        self.secrets.forget_before(msg.run_id, msg.round, msg.attempt)  # the server never goes back to them
+        try:
+            if self.secrets.revealed(msg.run_id, msg.round, msg.attempt) is not None:
+                log.info("%s: this client has revealed its shares already; message redelivered", where)
+                return Outcome.ALREADY_SERVED
+            held = self.secrets.load(msg.run_id, msg.round, msg.attempt)
+            if held is not None:
+                written = self.table.put_once(self._keys_item(held).to_item())
+                said = "; its keys item written now" if written else ""
+                log.info("%s: its keys were advertised before (message redelivered%s)", where, said)
+                return Outcome.ADVANCED
+        except Unreadable as exc:
+            return self._refuse(msg, str(exc))
+        this_attempt = existing is not None and existing[1].get("attempt") == msg.attempt
+        if existing is not None and _rejected(feedback, msg, existing[0]):
+            if this_attempt:
+                return self._refuse(
+                    msg,
+                    "the server rejected its masked update; under secure aggregation a masked update is never "
+                    "replaced (not trained again: a retried round, the next attempt, gets fresh keys)",
+                )
+            log.info("%s: the server rejected its masked update of an earlier attempt; this one has fresh keys", where)
+        elif this_attempt:
+            log.info("%s: its masked update is uploaded already; message redelivered", where)
+            return Outcome.ADVANCED
+        return None
+
+    def _advertise(self, msg: RoundMessage, ctx: steps.RoundContext, quantised: np.ndarray) -> Outcome:
+        """Phase 1, once trained: fresh keys for the attempt, kept in the cache with the input before the
+        keys item (the public keys and the seed's commitment) is written."""
+        spec = msg.secagg
+        assert spec is not None
+        secagg = protocol()
+        client = secagg.Client(
+            self.config.client_id, secagg.RoundKey(msg.run_id, msg.round, msg.attempt), spec.threshold
+        )
+        held = RoundSecrets(
+            msg.run_id,
+            msg.round,
+            msg.attempt,
+            client.state(),
+            min(ctx.num_examples, spec.max_examples),
+            dict(ctx.metrics),
+            dict(ctx.privacy),
+            utc_now(),
+        )
+        self.secrets.save(held, quantised)  # a client never advertises keys it has not kept
+        if not self.table.put_once(self._keys_item(held).to_item()):
+            return self._refuse(
+                msg,
+                "it advertised keys for this attempt before, and its cache no longer holds their secrets",
+            )
+        log.info("%s: keys advertised; the masked update follows in the round's input phase", _round_name(msg))
+        return Outcome.ADVANCED
+
+    def _keys_item(self, held: RoundSecrets) -> SecAggKeysItem:
+        advert = self._client_of(held).advertise()
+        return SecAggKeysItem(
+            held.run_id,
+            held.round,
+            held.attempt,
+            self.config.client_id,
+            advert.seal_public,
+            advert.mask_public,
+            advert.seed_commitment,
+            held.created_at,
+        )
+
+    def _client_of(self, held: RoundSecrets) -> Any:
+        """The protocol's client, as its kept state describes it (`Unreadable` when it does not)."""
+        try:
+            return protocol().Client.restore(held.client)
+        except ValueError as exc:
+            raise Unreadable(f"the secure round's secrets are unreadable: {exc}") from None
+
+    def _refuse(self, msg: RoundMessage | SecAggPhaseMessage, reason: str) -> Outcome:
+        """This client takes no further part in the attempt: said why, its secrets deleted, the message
+        deleted (the server counts it as dropped)."""
+        log.error("%s: this client takes no further part in the attempt: %s", _round_name(msg), reason)
+        self.secrets.forget_secrets(msg.run_id, msg.round, msg.attempt)
+        return Outcome.REFUSED
+
+    def serve_phase(self, msg: SecAggPhaseMessage) -> Outcome:
+        """A later phase of a secure round (share, input, reveal), from the attempt's kept secrets. A phase
+        whose secrets this agent does not hold (a lost cache, another attempt) is logged and deleted: the
+        server counts this client as dropped. A stopped run's share and input phases are skipped."""
+        try:
+            if msg.phase == PHASE_REVEAL:
+                return self._reveal(msg)
+            held = self.secrets.load(msg.run_id, msg.round, msg.attempt)
+            if held is None:
+                return self._no_secrets(msg)
+            if self.config.client_id not in msg.members:
+                return self._refuse(msg, f"it is not among the phase's {len(msg.members)} members")
+            stop = self._stop_of(msg.run_id)
+            if stop is not None:
+                return self._skip_stopped(msg, stop, f"{msg.phase} phase")
+            if msg.phase == PHASE_SHARE:
+                return self._share(msg, held)
+            return self._mask_and_upload(msg, held)
+        except (Refused, Unreadable) as exc:
+            return self._refuse(msg, str(exc))
+
+    def _no_secrets(self, msg: SecAggPhaseMessage) -> Outcome:
+        log.warning(
+            "%s: this agent holds no secrets for it (its cache lost them, or they are another attempt's); "
+            "the message is deleted and the server counts this client as dropped",
+            _round_name(msg),
+        )
+        return Outcome.STALE
+
+    def _share(self, msg: SecAggPhaseMessage, held: RoundSecrets) -> Outcome:
+        """Phase 2: the roster read (sha256 and size checked against the message), this client's advert
+        in it checked against its keys, and one share item per neighbour, sealed to it. The sealed shares
+        are kept before any is written, so a redelivered message writes the same ones."""
+        me = self.config.client_id
+        if not held.outbox:
+            try:
+                roster = SecAggRoster.parse(json.loads(objects.read(self.s3, self.config.bucket, msg.roster)))
+            except (FedstepError, ValueError) as exc:
+                raise Refused(f"the roster {msg.roster.key} is unusable: {exc}") from None
+            if (roster.run_id, roster.round, roster.attempt) != (msg.run_id, msg.round, msg.attempt):
+                raise Refused(f"the roster {msg.roster.key} is of another round or attempt")
+            client = self._client_of(held)
+            mine = client.advertise()
+            if roster.adverts.get(me) != (mine.seal_public, mine.mask_public, mine.seed_commitment):
+                raise Refused("its advertisement in the roster is not the keys it advertised")
+            if roster.threshold != client.threshold:
+                raise Refused(f"the roster's threshold {roster.threshold} is not its round's {client.threshold}")
+            adverts = {c: protocol().Advertisement(c, *values) for c, values in roster.adverts.items()}
+            try:
+                sealed = client.share_keys(adverts, roster.neighbours[me])
+            except (FedstepError, ValueError) as exc:
+                raise Refused(f"cannot share its keys: {exc}") from None
+            held = replace(held, client=client.state(), outbox={j: s.hex() for j, s in sealed.items()})
+            self.secrets.save(held)
+        for recipient, sealed_hex in sorted(held.outbox.items()):
+            item = SecAggShareItem(
+                msg.run_id, msg.round, msg.attempt, me, recipient, bytes.fromhex(sealed_hex), utc_now()
+            )
+            self.table.put_once(item.to_item())  # one written before (a redelivered message) stays
+        log.info("%s: %d sealed shares written, one per neighbour", _round_name(msg), len(held.outbox))
+        return Outcome.ADVANCED
+
+    def _mask_and_upload(self, msg: SecAggPhaseMessage, held: RoundSecrets) -> Outcome:
+        """Phase 3: the shares relayed to this client's inbox opened and kept, its input masked (self-mask,
+        and the pairwise masks with its neighbours among the members), uploaded as its update file (one
+        uint32 tensor) and its update item written, once per attempt: an update the server rejected is
+        never replaced."""
+        me, where = self.config.client_id, _round_name(msg)
+        key = keys.update_key(msg.run_id, msg.round, me)
+        existing = self._existing_update(msg)
+        if existing is not None and existing[1].get("attempt") == msg.attempt:
+            data = existing[0]
+            if _rejected(self._feedback(msg.run_id), msg, data):
+                raise Refused(
+                    "the server rejected its masked update; under secure aggregation a masked update is never "
+                    "replaced (a retried round, the next attempt, gets fresh keys)"
+                )
+            item = replace(self._masked_item(msg, held), update=_ref(key, data))  # the file's metadata is the item's
+            written = self.table.put_if(item.to_item(), SUPERSEDES, {":attempt": msg.attempt})
+            said = "reported the masked update uploaded before" if written else "its masked update was reported already"
+            log.info("%s: %s (message redelivered)", where, said)
+            return Outcome.ADVANCED
+        prefix = keys.secagg_sk(msg.run_id, msg.round, msg.attempt, "FROM#")
+        inbox: dict[str, bytes] = {}
+        for row in self.table.query_prefix(keys.inbox_pk(me), prefix):
+            try:
+                relayed = SecAggInboxItem.parse(row)
+            except InvalidMessage as exc:
+                raise Refused(f"a share relayed to it is malformed: {exc}") from None
+            if relayed.sender in msg.members:
+                inbox[relayed.sender] = relayed.sealed
+        client = self._client_of(held)
+        try:
+            client.receive_shares(inbox)
+        except ValueError as exc:
+            raise Refused(f"cannot open the shares relayed to it: {exc}") from None
+        shared = set(msg.members) & set(client.neighbours)
+        missing = sorted(shared - set(inbox))
+        if missing:
+            log.warning("%s: no share relayed from %s; it cannot help unmask them", where, ", ".join(missing))
+        self.secrets.save(replace(held, client=client.state()))  # the shares it holds, for the reveal
+        masked = client.masked_input(self.secrets.input(msg.run_id, msg.round, msg.attempt), shared=shared)
+        item = self._masked_item(msg, held)
+        data = tensors.encode({MASKED_TENSOR: masked}, item.file_metadata(), element=tensors.U32)
+        self._upload(key, data, f"round {msg.round}: masked update")
+        item = replace(item, update=_ref(key, data), created_at=utc_now())  # written once the file is on S3
+        if not self.table.put_if(item.to_item(), SUPERSEDES, {":attempt": msg.attempt}):
+            log.info("%s: its masked update was reported already (message redelivered)", where)
+            return Outcome.ADVANCED
+        log.info("%s: masked update uploaded (%s, masked with %d neighbours)", where, _size(len(data)), len(shared))
+        return Outcome.ADVANCED
+
+    def _masked_item(self, msg: SecAggPhaseMessage, held: RoundSecrets) -> UpdateItem:
+        key = keys.update_key(msg.run_id, msg.round, self.config.client_id)
+        return UpdateItem(
+            run_id=msg.run_id,
+            round=msg.round,
+            client_id=self.config.client_id,
+            num_examples=held.num_examples,
+            update=ObjectRef(key, UNSENT, 0),
+            metrics=held.metrics,
+            created_at=utc_now(),
+            privacy=held.privacy,
+            encoding=MASKED_ENCODING,
+            attempt=msg.attempt,
+        )
+
+    def _reveal(self, msg: SecAggPhaseMessage) -> Outcome:
+        """Phase 4: for each client whose shares it holds, its seed's share if it survived, its key's share
+        if it dropped, never both: revealed once, kept (the secrets then deleted), and the same item
+        written for a redelivered message, whatever survivors it names."""
+        where = _round_name(msg)
+        done = self.secrets.revealed(msg.run_id, msg.round, msg.attempt)
+        members, dropped = sorted(msg.members), sorted(msg.dropped)
+        if done is None:
+            held = self.secrets.load(msg.run_id, msg.round, msg.attempt)
+            if held is None:
+                return self._no_secrets(msg)
+            if self.config.client_id not in msg.members:
+                raise Refused("it is not among the survivors the reveal is for")
+            try:
+                shares = self._client_of(held).reveal(set(members), set(dropped))
+            except (FedstepError, ValueError) as exc:
+                raise Refused(f"cannot reveal: {exc}") from None
+            done = Revealed(utc_now(), shares, members, dropped)
+            self.secrets.save_reveal(msg.run_id, msg.round, msg.attempt, done)  # before a share leaves
+            self.secrets.forget_secrets(msg.run_id, msg.round, msg.attempt)
+        elif (members, dropped) != (done.members, done.dropped):
+            log.error(
+                "%s: asked again with other survivors (%d, %d dropped); what it revealed first stands",
+                where,
+                len(members),
+                len(dropped),
+            )
+        item = SecAggRevealItem(msg.run_id, msg.round, msg.attempt, self.config.client_id, done.created_at, done.shares)
+        if not self.table.put_once(item.to_item()):
+            log.info("%s: revealed already; message redelivered", where)
+            return Outcome.ALREADY_SERVED
+        seeds = sum(kind == "seed" for kind, _ in done.shares.values())
+        log.info(
+            "%s: revealed %d shares (%d survivors' seeds, %d dropped clients' keys)",
+            where,
+            len(done.shares),
+            seeds,
+            len(done.shares) - seeds,
+        )
+        return Outcome.SERVED
+
     def _download(self, ref: ObjectRef, description: str) -> bytes:
         """The object, exactly `ref.bytes` of it (a larger one is refused unread), read in 1 MiB chunks
         with a progress bar and checked against the message's sha256."""
@@ -775,6 +1064,16 @@ class Agent:
         self.cache.mkdir(parents=True, exist_ok=True)
         cached.write_bytes(data)
         return data, len(data)
+
+
+def _round_name(msg: RoundMessage | SecAggPhaseMessage) -> str:
+    """How the log names a round message (`round 3 of run run-1`) or a secure round's phase message
+    (`the share phase of round 3 of run run-1 (attempt 0)`)."""
+    if isinstance(msg, SecAggPhaseMessage):
+        return f"the {msg.phase} phase of round {msg.round} of run {msg.run_id} (attempt {msg.attempt})"
+    if msg.secagg is not None:
+        return f"round {msg.round} of run {msg.run_id} (secure, attempt {msg.attempt})"
+    return f"round {msg.round} of run {msg.run_id}"
 
 
 def _ref(key: str, data: bytes) -> ObjectRef:

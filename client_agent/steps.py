@@ -14,7 +14,9 @@ context. The round's instructions choose the steps (`steps_for`):
    `fedstep_codec`, default float32; `fedstep.core.codecs`). A codec with error feedback (top-k)
    first adds the residual of the run's latest earlier round, clips the sum to the round's norm
    bound (`fedstep_norm_bound`, and under client-clip to `dp_clip` too) and keeps what it did not
-   send as this round's residual (`client_agent.residuals`, written before the upload).
+   send as this round's residual (`client_agent.residuals`, written before the upload);
+   or, in a secure round (the message's `secagg`), `quantise` in its place: the update as the
+   round's input before masking (`client_agent.secure_round` masks and uploads it in a later phase).
 
 The idea is Flower's client mods (`flwr.client.mod`), with a simpler signature: a step sees the
 update and the round, not the message, and the agent alone talks to the queue, bucket and table.
@@ -34,6 +36,7 @@ from client_agent.residuals import ResidualStore
 from fedstep.core import codecs
 from fedstep.core.clock import utc_now
 from fedstep.core.schemas import RoundMessage, UpdateItem
+from fedstep.core.schemas.secagg import masked_order
 from fedstep.core.tensors import Tensors, TensorSpec, l2_norm
 from fedstep.core.updates import update_file
 
@@ -71,6 +74,8 @@ class RoundContext:
     encoded: tuple[bytes, UpdateItem] | None = None
     residuals: ResidualStore | None = None
     """The client's error-feedback residuals (needed by `encode` under a top-k codec only)."""
+    quantised: np.ndarray | None = None
+    """In a secure round: the input `quantise` made (uint32, before masking)."""
 
 
 Step = Callable[[Tensors, RoundContext], Tensors]
@@ -183,26 +188,62 @@ def round_limit(ctx: RoundContext) -> float | None:
     return min(limits) if limits else None
 
 
-def steps_for(privacy: RoundPrivacy) -> list[Step]:
+def quantise(update: Tensors, ctx: RoundContext) -> Tensors:
+    """A secure round: the update as the round's input before masking, in `ctx.quantised`: flat in
+    `masked_order` (`flat_delta`), clipped to the round's clip, weighted by the examples and
+    quantised, with the round's discrete noise under distributed DP (`InputCodec`), its random
+    rounding and noise drawn from the operating system's entropy (never predictable). The item's
+    privacy figures keep DP-SGD's epsilon and delta only: `within_clip` would tell the server one bit
+    of an update it must not see."""
+    from fedstep.privacy.secagg.inputs import InputCodec
+
+    spec = ctx.msg.secagg
+    if spec is None:
+        raise ValueError("the quantise step is for a secure round (a round message with secagg)")
+    ctx.privacy.pop("within_clip", None)
+    codec = InputCodec.for_round(spec)
+    ctx.quantised = codec.encode(flat_delta(update), ctx.num_examples, np.random.default_rng())
+    return update
+
+
+def flat_delta(update: Tensors) -> np.ndarray:
+    """The update as one float32 vector: its tensors in `masked_order` (by name), each raveled in C order."""
+    return np.concatenate([np.asarray(update[name], np.float32).ravel() for name in masked_order(list(update))])
+
+
+def steps_for(privacy: RoundPrivacy, secure: bool = False) -> list[Step]:
     """The steps a round's privacy instructions choose, in order: delta, then clip under
-    client-clip, then account under DP-SGD (when the round has a spend), then encode."""
+    client-clip, then account under DP-SGD (when the round has a spend), then encode (`secure`: a
+    secure round's `quantise` instead)."""
     chosen: list[Step] = [delta]
     if privacy.mode == dp_sgd.CLIENT_CLIP and privacy.clip is not None:
         chosen.append(clip)
     if privacy.spend is not None:
         chosen.append(account)
-    chosen.append(encode)
+    chosen.append(quantise if secure else encode)
     return chosen
+
+
+def _apply(steps: Sequence[Step], trained: Tensors, ctx: RoundContext) -> None:
+    update = trained
+    for step in steps:
+        update = step(update, ctx)
 
 
 def run_steps(steps: Sequence[Step], trained: Tensors, ctx: RoundContext) -> tuple[bytes, UpdateItem]:
     """Run `steps` in order on the trained weights; the update file and its item they encoded."""
-    update = trained
-    for step in steps:
-        update = step(update, ctx)
+    _apply(steps, trained, ctx)
     if ctx.encoded is None:
         raise ValueError("the client steps did not encode the update (the last step must be `encode`)")
     return ctx.encoded
+
+
+def run_secure_steps(steps: Sequence[Step], trained: Tensors, ctx: RoundContext) -> np.ndarray:
+    """Run a secure round's `steps` in order on the trained weights; the input they quantised."""
+    _apply(steps, trained, ctx)
+    if ctx.quantised is None:
+        raise ValueError("the client steps did not quantise the update (the last step must be `quantise`)")
+    return ctx.quantised
 
 
 def clip_delta(update: Tensors, limit: float) -> bool:

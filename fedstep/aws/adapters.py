@@ -162,30 +162,6 @@ class SnsPublisher:
 class DynamoRoundTable(Items):
     """The single table: run and round records, the clients' items (see `fedstep.core.keys`)."""
 
-    def _query_prefix(self, pk: str, prefix: str, first: str | None = None, **extra: Any) -> list[dict[str, Any]]:
-        """The items of `pk` whose sort key starts with `prefix` (`first`: and is at least `first`, which
-        starts with `prefix`), in sort key order."""
-        items: list[dict[str, Any]] = []
-        values = extra.pop("values", {})
-        if first is None:
-            condition, bounds = "pk = :pk AND begins_with(sk, :prefix)", {":prefix": prefix}
-        else:  # the prefix's last key: the prefix followed by the highest character a key may hold
-            condition = "pk = :pk AND sk BETWEEN :first AND :last"
-            bounds = {":first": first, ":last": prefix + "\uffff"}
-        kwargs: dict[str, Any] = {
-            "TableName": self.name,
-            "KeyConditionExpression": condition,
-            "ExpressionAttributeValues": to_attributes({":pk": pk, **bounds, **values}),
-            "ConsistentRead": True,
-            **extra,
-        }
-        while True:
-            resp = self.ddb.query(**kwargs)
-            items.extend(from_attributes(i) for i in resp.get("Items", []))
-            if "LastEvaluatedKey" not in resp:
-                return items
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
-
     def _update_request(
         self,
         key: dict[str, str],

@@ -75,13 +75,42 @@ class Items:
 
     def put_once(self, item: dict[str, Any]) -> bool:
         """Write `item` unless its key exists; False if it did."""
-        written = conditional(
-            self.ddb.put_item,
-            TableName=self.name,
-            Item=to_attributes(item),
-            ConditionExpression="attribute_not_exists(pk)",
-        )
+        return self.put_if(item, "attribute_not_exists(pk)")
+
+    def put_if(self, item: dict[str, Any], condition: str, values: dict[str, Any] | None = None) -> bool:
+        """Write (or replace) `item` when `condition` holds for the item at its key (`values`: the
+        condition's `:placeholders`); False if it did not."""
+        kwargs: dict[str, Any] = {"ConditionExpression": condition}
+        if values:
+            kwargs["ExpressionAttributeValues"] = to_attributes(values)
+        written = conditional(self.ddb.put_item, TableName=self.name, Item=to_attributes(item), **kwargs)
         return written is not None
+
+    def query_prefix(self, pk: str, prefix: str, first: str | None = None, **extra: Any) -> list[dict[str, Any]]:
+        """The items of `pk` whose sort key starts with `prefix` (`first`: and is at least `first`, which
+        starts with `prefix`), in sort key order (strongly consistent, every page)."""
+        items: list[dict[str, Any]] = []
+        values = extra.pop("values", {})
+        if first is None:
+            condition, bounds = "pk = :pk AND begins_with(sk, :prefix)", {":prefix": prefix}
+        else:  # the prefix's last key: the prefix followed by the highest character a key may hold
+            condition = "pk = :pk AND sk BETWEEN :first AND :last"
+            bounds = {":first": first, ":last": prefix + "\uffff"}
+        kwargs: dict[str, Any] = {
+            "TableName": self.name,
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeValues": to_attributes({":pk": pk, **bounds, **values}),
+            "ConsistentRead": True,
+            **extra,
+        }
+        while True:
+            resp = self.ddb.query(**kwargs)
+            items.extend(from_attributes(i) for i in resp.get("Items", []))
+            if "LastEvaluatedKey" not in resp:
+                return items
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    _query_prefix = query_prefix  # the name the server's table (`fedstep.aws.adapters`) calls it by
 
     def get_item(self, key: dict[str, str]) -> dict[str, Any] | None:
         """The item at `key` (strongly consistent), None if there is none."""
