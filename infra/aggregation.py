@@ -15,7 +15,7 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from fedstep.core import keys
-from fedstep.core.schemas import DECLINED_KIND, UPDATE_ITEM_KIND
+from fedstep.core.schemas.items import STREAM_KINDS
 from infra import secure
 from infra.bundling import aggregation_code
 from infra.config import DeploymentConfig, aggregation_memory_mb, aggregation_timeout_s
@@ -201,15 +201,16 @@ class Aggregation(Construct):
                 report_batch_item_failures=True,
                 on_failure=sources.SqsDlq(self.failures),
                 # Update and decline items, as clients write or rewrite them in their own partitions (a
-                # decline completes a round as an update does): the function never writes there, so its
-                # own writes never invoke it. Heartbeats and evaluation items never invoke it.
+                # decline completes a round as an update does), and a secure round's keys, share and
+                # reveal items (each may complete a phase): the function never writes there, so its own
+                # writes never invoke it. Heartbeats and evaluation items never invoke it.
                 filters=[
                     lambda_.FilterCriteria.filter(
                         {
                             "eventName": lambda_.FilterRule.or_("INSERT", "MODIFY"),
                             "dynamodb": {
                                 "Keys": {"pk": {"S": lambda_.FilterRule.begins_with(keys.CLIENT_PK_PREFIX)}},
-                                "NewImage": {"kind": {"S": lambda_.FilterRule.or_(UPDATE_ITEM_KIND, DECLINED_KIND)}},
+                                "NewImage": {"kind": {"S": lambda_.FilterRule.or_(*STREAM_KINDS)}},
                             },
                         }
                     )

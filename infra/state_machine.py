@@ -2,19 +2,34 @@
 
 Execution input (written by `fedstep start`); nothing in it grows with the number of rounds:
 
-    {"run": {"run_id", "rounds", "clients", "round_timeout_s", "round_retries"},
+    {"run": {"run_id", "rounds", "clients", "round_timeout_s", "round_retries", "secagg_phase_timeout_s"},
      "round": 0, "attempt": 0, "global_model": {key, sha256, bytes}, "round_summary": {}}
 
 Prepare round -> Notify clients and wait for updates (the aggregation function, invoked with the task
 token: it records the token in the round record, where no client can read or write it, and publishes
-the round message to the selected clients; it later completes the task) -> Round aggregated -> More
-rounds? -> loop, or Notify clients: run ended -> Write model card (the aggregation function: the
-card of the final global model, `fedstep.core.model_card`) -> Training finished (output: run id, stop
+the round message to the selected clients; it later completes the task) -> Next secure-aggregation
+phase? -> Aggregated by slices? -> Report is for this round? -> Round aggregated -> More rounds? ->
+loop, or Notify clients: run ended -> Write model card (the aggregation function: the card of the
+final global model, `fedstep.core.model_card`) -> Training finished (output: run id, stop
 reason, final global model, the last round in brief, the card's key and sha256 (or the error that
 kept it from being written), and where the round summaries are: the table's partition of the run).
 The loop ends early, with stop reason "target_reached", when a round's weighted metrics meet the
 run's target, or "privacy_budget" when one more round would take the run's epsilon past its budget
 (`--dp-epsilon`).
+
+A secure round (a run with `secagg`; docs/privacy.md) runs three more phases after its first (in
+which the clients train and advertise their keys): its task's output is not a round summary but the
+next phase, `{"secagg": {"phase": "share"}}`, and "Next secure-aggregation phase?" opens it: Share keys
+-> Upload masked inputs -> Reveal shares (`fedstep.core.machine.SECURE_PHASE_STATES`), each the
+aggregation function with mode "secagg_publish", invoked with its own task token, which it records in
+the phase's record (as the round's: never where a client can read it) before it publishes the phase's
+message; each waits up to `$.run.secagg_phase_timeout_s`, then "<phase> at deadline" (mode
+"secagg_deadline") closes the phase with what arrived. Each phase's output names the next one, and
+the reveal's (or its deadline's) is the round's task output, which goes on to "Aggregated by slices?"
+as a plain round's does. A plain round's output names no phase: it passes the Choice and nothing
+else. A phase left with fewer clients than the run's threshold fails the attempt as
+SecAggThresholdNotMet, which the round's retries handle as they handle a missed quorum (a retried
+round starts again from its first phase, with fresh keys).
 
 A round whose model is larger than the deployment's slice size comes back from its task (or from
 "Aggregate at deadline") as a slice plan instead of a model (`fedstep.core.sliced`) -> Aggregated by
@@ -25,15 +40,16 @@ global model (mode "assemble": the parts joined, the summary committed; its outp
 
 At the round's deadline (the task's TimeoutSecondsPath) -> Aggregate at deadline (the aggregation
 function, invoked directly: it aggregates what arrived if the quorum is met) -> Round aggregated.
-Too few valid updates (QuorumNotMet, TooFewParticipants), or an aggregate that is not finite
-(InvalidAggregate) -> Retry round? -> Retry round (the same round, published again with a new token,
-up to run.round_retries times) or Training failed. Any
-other error of a function call (a crash, a throttle, RoundBusy) is retried 3 times before it fails
-the run, except StrategyFailed (the strategy raised: it would raise again), which fails it at once.
+Too few valid updates (QuorumNotMet, TooFewParticipants), an aggregate that is not finite
+(InvalidAggregate), or too few clients left in a secure round (SecAggThresholdNotMet) -> Retry
+round? -> Retry round (the same round, published again with a new token, up to run.round_retries
+times) or Training failed. Any other error of a function call (a crash, a throttle, RoundBusy) is
+retried 3 times before it fails the run, except StrategyFailed (the strategy raised: it would raise
+again), which fails it at once.
 
 The publish call's payload and the run-ended message are built from their definitions in
 `fedstep.core.schemas` (the fields marked `from_state`), so the state machine and the core cannot
-disagree on a field.
+disagree on a field; a secure phase's call carries the same run id, round, attempt and issued_at.
 """
 
 from __future__ import annotations
@@ -48,19 +64,29 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from fedstep.core import keys
-from fedstep.core.machine import Mode, State
+from fedstep.core.machine import SECURE_PHASE_STATES, Mode, State
 from fedstep.core.model_card import ModelCardError, ModelTampered
-from fedstep.core.rounds import InvalidAggregate, QuorumNotMet, StrategyFailed, TooFewParticipants
+from fedstep.core.rounds import (
+    InvalidAggregate,
+    QuorumNotMet,
+    SecAggThresholdNotMet,
+    StrategyFailed,
+    TooFewParticipants,
+)
 from fedstep.core.schemas import RoundMessage, RunEndedMessage, state_machine_fields
 from fedstep.core.version import SCHEMA_VERSION
 
 SLICE_CONCURRENCY = 40
 """Slices aggregated at once: each reads its range of every update, so this bounds the S3 read rate."""
 
-NOT_AGGREGATED = [error.__name__ for error in (QuorumNotMet, TooFewParticipants, InvalidAggregate)]
+NOT_AGGREGATED = [
+    error.__name__ for error in (QuorumNotMet, TooFewParticipants, InvalidAggregate, SecAggThresholdNotMet)
+]
 """Errors that mean a round could not be aggregated (a retry of the round may help, not of the call):
-too few valid updates, for the run or its strategy, or an aggregate that is not finite
-(`fedstep.core.rounds.RoundNotAggregated`)."""
+too few valid updates, for the run or its strategy, an aggregate that is not finite, or fewer clients
+than a secure round's threshold left in one of its phases (`fedstep.core.rounds.RoundNotAggregated`)."""
+PHASE_PATH = "$.result.secagg.phase"
+"""Where a secure round's task output (and each of its phases' output) names the phase to open next."""
 
 
 def _carry(constants: dict[str, object] | None = None, **paths: str) -> dict[str, object]:
@@ -154,6 +180,68 @@ def _sliced_aggregation(scope: Construct, aggregate: lambda_.IFunction, failed: 
     return fan_out.next(assemble)
 
 
+def _secure_phases(
+    scope: Construct,
+    aggregate: lambda_.IFunction,
+    after: sfn.IChainable,
+    retry_or_fail: sfn.IChainable,
+    failed: sfn.IChainable,
+) -> sfn.Choice:
+    """A secure round's later phases (`fedstep.core.machine.SECURE_PHASE_STATES`; none for a plain run):
+    the Choice "Next secure-aggregation phase?" opens the phase the last output names at `PHASE_PATH`
+    (share, input, reveal), or goes on to `after` when it names none (a round summary or a slice plan).
+    Each phase publishes its message with its own task token and waits for it, up to the run's
+    `secagg_phase_timeout_s`; at that deadline its "at deadline" call closes it with what arrived. Both
+    come back to the Choice. A phase left with fewer clients than the threshold fails the attempt
+    (`SecAggThresholdNotMet`, in `NOT_AGGREGATED`): the round is retried, with fresh keys, or the run fails."""
+    next_phase = sfn.Choice(scope, State.NEXT_SECURE_PHASE)
+    # The absent phase is tested first: a Choice rule that reads a missing path fails the execution.
+    next_phase.when(sfn.Condition.not_(sfn.Condition.is_present(PHASE_PATH)), after)
+    for phase, (name, deadline_name) in SECURE_PHASE_STATES.items():
+        publish = tasks.LambdaInvoke(
+            scope,
+            name,
+            lambda_function=aggregate,
+            integration_pattern=sfn.IntegrationPattern.WAIT_FOR_TASK_TOKEN,
+            # "name.$" paths, as `_payload` writes them (no JsonPath.string_at tokens under a task token)
+            payload=sfn.TaskInput.from_object(
+                {
+                    "mode": Mode.SECAGG_PUBLISH,
+                    "phase": phase,
+                    "run_id.$": "$.run.run_id",
+                    "round.$": "$.round",
+                    "attempt.$": "$.attempt",
+                    "issued_at.$": "$$.State.EnteredTime",
+                    "task_token": sfn.JsonPath.task_token,
+                }
+            ),
+            task_timeout=sfn.Timeout.at("$.run.secagg_phase_timeout_s"),
+            retry_on_service_exceptions=False,
+            result_path="$.result",
+        )
+        at_deadline = _call(
+            scope,
+            deadline_name,
+            aggregate,
+            {
+                "mode": Mode.SECAGG_DEADLINE,
+                "phase": phase,
+                "run_id": sfn.JsonPath.string_at("$.run.run_id"),
+                "round": sfn.JsonPath.number_at("$.round"),
+                "attempt": sfn.JsonPath.number_at("$.attempt"),
+            },
+        )
+        publish.add_catch(at_deadline, errors=["States.Timeout"], result_path="$.timeout")
+        for task in (publish, at_deadline):
+            _retry_calls(task)
+            task.add_catch(retry_or_fail, errors=NOT_AGGREGATED, result_path="$.failure")
+            task.add_catch(failed, errors=[StrategyFailed.__name__], result_path="$.failure")
+            task.next(next_phase)
+        next_phase.when(sfn.Condition.string_equals(PHASE_PATH, phase), publish)
+    next_phase.otherwise(after)
+    return next_phase
+
+
 def training_definition(
     scope: Construct, topic: sns.ITopic, aggregate: lambda_.IFunction, table_name: str
 ) -> sfn.IChainable:
@@ -223,7 +311,9 @@ def training_definition(
     sliced_or_not = sfn.Choice(scope, State.AGGREGATED_BY_SLICES)
     sliced_or_not.when(sfn.Condition.is_present("$.result.sliced"), by_slices.next(is_ours))
     sliced_or_not.otherwise(is_ours)
-    at_deadline.next(sliced_or_not)
+    # a secure round's task output names its next phase; any other output goes on to the slices' check
+    next_phase = _secure_phases(scope, aggregate, sliced_or_not, retry_or_fail, failed)
+    at_deadline.next(next_phase)
     run_ended = tasks.SnsPublish(
         scope,
         State.NOTIFY_RUN_ENDED,
@@ -286,6 +376,6 @@ def training_definition(
     more.when(budget_hit, budget_spent.next(run_ended))
     more.when(rounds_left, prepare)
     more.otherwise(all_rounds.next(run_ended))
-    prepare.next(notify).next(sliced_or_not)
+    prepare.next(notify).next(next_phase)
     aggregated.next(more)
     return prepare

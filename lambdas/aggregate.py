@@ -140,8 +140,9 @@ def round_of(record: DynamoDBRecord) -> tuple[str, int] | None:
     """(run id, round) of an update item a client wrote or rewrote, or of a secure round's item (keys,
     shares, reveal: `SECAGG#...` in a client's partition); None for any other record: a
     heartbeat, an evaluation item (`EVAL#...`, the answer to `fedstep evaluate`, which must never
-    start an aggregation), a run or round record. The event source's filter (kind "update" or
-    "declined") already drops them, on AWS and in the local cloud; this check is defence in depth."""
+    start an aggregation), a run or round record. The event source's filter (the kinds
+    `fedstep.core.schemas.items.STREAM_KINDS`) already drops them, on AWS and in the local cloud;
+    this check is defence in depth."""
     image = record.dynamodb.new_image if record.dynamodb else None
     if record.event_name not in (DynamoDBRecordEventName.INSERT, DynamoDBRecordEventName.MODIFY) or not image:
         return None

@@ -58,14 +58,15 @@ def usd(key: str, quantity: float) -> float:
 # -- the model, by hand ----------------------------------------------------------------------------
 
 
-def test_transitions_are_six_per_round_plus_four_to_finish_counted_from_the_definition():
+def test_transitions_are_seven_per_round_plus_four_to_finish_counted_from_the_definition():
     est = estimate(small_run())
-    # a round: Prepare, Notify (wait), Aggregated by slices?, Report is for this round?, Round aggregated,
-    # More rounds?; the end: All rounds done, Notify clients: run ended, Write model card, Training finished
-    assert est.transitions == 2 * 6 + 4
+    # a round: Prepare, Notify (wait), Next secure-aggregation phase?, Aggregated by slices?, Report is for
+    # this round?, Round aggregated, More rounds?; the end: All rounds done, Notify clients: run ended, Write
+    # model card, Training finished
+    assert est.transitions == 2 * 7 + 4
     assert est.transitions_source == "state machine definition (fedstep's own)"
-    assert est.usage["sfn.transition"] == pytest.approx(16)
-    assert est.usage.by_service()["Step Functions"] == pytest.approx(16 * 0.025 / 1000)
+    assert est.usage["sfn.transition"] == pytest.approx(18)
+    assert est.usage.by_service()["Step Functions"] == pytest.approx(18 * 0.025 / 1000)
 
 
 def test_fedsteps_own_paths_match_the_synthesized_state_machine():
@@ -73,6 +74,7 @@ def test_fedsteps_own_paths_match_the_synthesized_state_machine():
 
     paths = model.paths_from_definition(state_machine_definition())  # raises, naming the transition, if they drifted
     assert paths.round == model.ROUND_PATH and paths.end_invocations == 1
+    assert paths.secure == model.SECURE_PATH
 
 
 def test_a_round_aggregated_by_slices_counts_its_slices_invocations_transitions_and_reads():
@@ -173,7 +175,7 @@ def test_a_client_missing_from_a_round_pays_none_of_it_and_the_round_ends_at_its
     assert est.clients["client-3"].share.usd() < est.clients["client-1"].share.usd()
     # the deadline path has one state more (Aggregate at deadline); the deadline invocation adds a request, a
     # missing update removes one
-    assert est.transitions == 6 + 7 + 4
+    assert est.transitions == 7 + 8 + 4
     assert est.usage["lambda.request"] == pytest.approx(9)
     # client-3 got the delivery but did not receive, train or upload in round 2
     assert est.clients["client-3"].direct["s3.put"] == pytest.approx(1)
@@ -183,17 +185,74 @@ def test_a_retried_round_adds_its_retry_path_and_publication():
     rounds = list(small_run().rounds)
     rounds[0] = RoundFacts(**{**rounds[0].__dict__, "retries": 1})
     est = estimate(small_run(rounds=tuple(rounds)))
-    assert est.transitions == 16 + len(model.RETRY_PATH)
+    assert est.transitions == 18 + len(model.RETRY_PATH)
     assert est.usage["sns.publish"] == pytest.approx(4)
+
+
+def test_a_secure_run_counts_its_phases_states_invocations_items_and_roster_and_a_plain_run_none_of_them():
+    plain, secure = estimate(small_run()), estimate(small_run(secure_aggregation=True))
+    rounds, members, k = 2, 3, 2  # every client shares its keys with the 2 others (neighbours 0: all)
+    more = {key: secure.usage.get(key, 0.0) - plain.usage.get(key, 0.0) for key in secure.usage}
+    # per round: Share keys, Upload masked inputs, Reveal shares, each followed by the Choice again
+    assert len(model.SECURE_PATH) == 6 and secure.transitions == plain.transitions + rounds * 6
+    # 3 phase publications, and a stream invocation per keys, share and reveal item: 1 + k + 1 per member
+    assert more["lambda.request"] == pytest.approx(rounds * (3 + members * (1 + k + 1)))
+    assert more["ddb.stream_read_lambda"] == pytest.approx(rounds * members * (1 + k + 1))
+    # each phase's message to each member: published, delivered, received and deleted
+    assert more["sns.publish"] == pytest.approx(rounds * 3) and more["sns.sqs_delivery"] == pytest.approx(18)
+    assert more["sqs.request"] == pytest.approx(rounds * members * 3 * 3)
+    # writes: per member its keys item, k shares and its reveal (1.2 KB: 2 units); the server's 3 phase
+    # records (2 KB, with their tokens), the k shares of each member relayed into inboxes, the survivors
+    assert more["ddb.wru"] == pytest.approx(rounds * (members * (1 + k + 2) + 3 * 2 + members * k + 1))
+    assert more["ddb.rru"] > 0
+    # the roster: written once a round, read by each member
+    assert more["s3.put"] == pytest.approx(rounds) and more["s3.get"] == pytest.approx(rounds * members)
+    assert secure.usd > plain.usd
+    assert {key for key, extra in more.items() if extra < 0} == set()  # nothing is counted less
+    # a plain run's settings for secure aggregation count nothing: it has none
+    assert estimate(small_run(secagg_neighbours=2)).usage == plain.usage
+
+
+def test_fewer_secure_aggregation_neighbours_write_fewer_shares():
+    five = ("c1", "c2", "c3", "c4", "c5")
+    rounds = tuple(replace(r, selected=five, participants=five) for r in small_run().rounds)
+    everyone = estimate(small_run(clients=five, rounds=rounds, secure_aggregation=True))
+    two = estimate(small_run(clients=five, rounds=rounds, secure_aggregation=True, secagg_neighbours=2))
+    # each of 5 members shares with 4 others, or with 2: 2 fewer shares written and relayed apiece
+    assert everyone.usage["ddb.wru"] - two.usage["ddb.wru"] == pytest.approx(2 * 5 * (2 + 2))
+    assert everyone.usage["lambda.request"] - two.usage["lambda.request"] == pytest.approx(2 * 5 * 2)
+    assert everyone.transitions == two.transitions
+
+
+def test_the_audit_trail_records_a_secure_rounds_writes_and_roster_reads():
+    plain = estimate(small_run(audit=True))
+    secure = estimate(small_run(audit=True, secure_aggregation=True))
+    # per round: the 3 phase records, 6 relayed shares, the survivors record and the roster's PUT; each of
+    # the 3 members' keys item, 2 shares and reveal item, and its read of the roster (under runs/)
+    extra = 2 * ((3 + 6 + 1 + 1) + 3 * (1 + 2 + 1 + 1))
+    assert secure.usage["cloudtrail.data_event"] - plain.usage["cloudtrail.data_event"] == pytest.approx(extra)
+
+
+def test_the_cost_command_reads_secure_aggregation_from_the_run_record():
+    from fedstep.core.schemas import RunRecord, SecAggSettings, TrainingConfig
+    from fedstep.operator.cost import run_facts
+    from fedstep.operator.views import RunView
+
+    record = RunRecord("run-s", list(CLIENTS), 2, TrainingConfig(), "fedavg", "2026-11-21T12:00:00Z")
+    plain = run_facts(RunView("run-s", record, None, []), 1024)
+    assert (plain.secure_aggregation, plain.secagg_neighbours) == (False, 0)
+    secure = replace(record, secagg=SecAggSettings(threshold=2, neighbours=2))
+    facts = run_facts(RunView("run-s", secure, None, []), 1024)
+    assert (facts.secure_aggregation, facts.secagg_neighbours) == (True, 2)
 
 
 def test_the_history_count_replaces_the_definition_and_is_spread_over_the_rounds():
     est = estimate(small_run(observed_transitions=28))
     assert est.transitions == 28
     assert est.transitions_source == "execution history"
-    assert est.defined_transitions == 16
+    assert est.defined_transitions == 18
     assert est.usage["sfn.transition"] == pytest.approx(28)
-    assert est.server["sfn.transition"] == pytest.approx(7)  # the end's 4 of the 16 defined
+    assert est.server["sfn.transition"] == pytest.approx(4 * 28 / 18)  # the end's 4 of the 18 defined
 
 
 def test_history_transitions_count_states_entered_and_task_retries():
@@ -219,9 +278,17 @@ def definition(**changes) -> dict:
         "Prepare round": {"Type": "Pass", "Next": "Notify clients and wait for updates"},
         "Notify clients and wait for updates": {
             "Type": "Task",
-            "Next": "Aggregated by slices?",
+            "Next": "Next secure-aggregation phase?",
             "Catch": [{"Next": "Aggregate at deadline"}, {"Next": "Retry round?"}],
         },
+        "Next secure-aggregation phase?": {
+            "Type": "Choice",
+            "Choices": [{"Next": "Share keys"}, {"Next": "Upload masked inputs"}, {"Next": "Reveal shares"}],
+            "Default": "Aggregated by slices?",
+        },
+        "Share keys": {"Type": "Task", "Next": "Next secure-aggregation phase?"},
+        "Upload masked inputs": {"Type": "Task", "Next": "Next secure-aggregation phase?"},
+        "Reveal shares": {"Type": "Task", "Next": "Next secure-aggregation phase?"},
         "Aggregated by slices?": {
             "Type": "Choice",
             "Choices": [{"Next": "Aggregate slices"}],
@@ -230,7 +297,7 @@ def definition(**changes) -> dict:
         "Report is for this round?": {"Type": "Choice", "Choices": [{"Next": "Round aggregated"}]},
         "Aggregate at deadline": {
             "Type": "Task",
-            "Next": "Aggregated by slices?",
+            "Next": "Next secure-aggregation phase?",
             "Catch": [{"Next": "Retry round?"}],
         },
         "Round aggregated": {"Type": "Pass", "Next": "More rounds?"},
@@ -257,7 +324,7 @@ def test_the_end_of_a_run_is_read_from_the_deployed_definition():
     )
     assert model.paths_from_definition(with_card).end_invocations == 1
     est = estimate(small_run(paths=paths))
-    assert est.transitions == 2 * 6 + 3
+    assert est.transitions == 2 * 7 + 3
     assert est.transitions_source == "deployed state machine definition"
 
 
@@ -372,7 +439,7 @@ def test_fedstep_cost_json_counts_the_transitions_of_the_history_and_of_the_defi
     data = json.loads(result.stdout)
     assert data["run_id"] == finished_run
     assert data["transitions_source"] == "execution history"
-    assert data["transitions_from_definition"] == 2 * 6 + 4  # the deployed definition's paths (no fallback)
+    assert data["transitions_from_definition"] == 2 * 7 + 4  # the deployed definition's paths (no fallback)
     # the history has every state of the definition's paths, plus any retried call (a slow machine's)
     assert data["transitions"] >= data["transitions_from_definition"]
     assert data["prices"] == {"region": "us-east-1", "read": PRICES_READ, "note": data["prices"]["note"]}

@@ -10,7 +10,16 @@ import pytest
 
 from fedstep import cli
 from fedstep.core.errors import FedstepError
-from fedstep.core.execution_history import FEDSTEP, HISTORY_EVENTS, HISTORY_MARGIN, EventBudget
+from fedstep.core.execution_history import (
+    FEDSTEP,
+    FEDSTEP_SECURE,
+    HISTORY_EVENTS,
+    HISTORY_MARGIN,
+    EventBudget,
+    fedstep_budget,
+    phases_in_order,
+    without_states,
+)
 from fedstep.core.run_rules import check_fits_one_execution
 from fedstep.operator.settings import RunSettings
 
@@ -18,14 +27,25 @@ from fedstep.operator.settings import RunSettings
 def test_fedsteps_budget_is_the_worst_case_of_the_synthesized_state_machine():
     from tests.synthesized import state_machine_definition
 
-    assert EventBudget.of_definition(state_machine_definition()) == FEDSTEP
+    definition = state_machine_definition()
+    assert fedstep_budget(definition, secure=False) == FEDSTEP
+    assert fedstep_budget(definition, secure=True) == FEDSTEP_SECURE
     # a round: 4 attempts of each of 3 function calls (notify, deadline, assemble), the slices' map,
-    # and the 5 other states; far above the 16 events of a round that goes well
-    assert FEDSTEP.per_round(0) == 70 and FEDSTEP.rounds_per_execution(0) == 342
-    assert FEDSTEP.rounds_per_execution(10) == 51
-    for retries in range(11):
-        most = FEDSTEP.rounds_per_execution(retries)
-        assert most * FEDSTEP.per_round(retries) + FEDSTEP.fixed <= HISTORY_EVENTS - HISTORY_MARGIN
+    # and the 6 other states ("Next secure-aggregation phase?" among them); far above the 18 events of
+    # a round that goes well
+    assert FEDSTEP.per_round(0) == 72 and FEDSTEP.rounds_per_execution(0) == 332
+    assert FEDSTEP.rounds_per_execution(10) == 50
+    # a secure round: each of its 3 later phases may be retried and reach its deadline, and comes back
+    # to the Choice; a retry of the round starts again from its first phase, and may fail in its last
+    assert FEDSTEP_SECURE.per_round(0) == FEDSTEP.per_round(0) + 3 * (18 + 18 + 2)
+    assert FEDSTEP_SECURE.retry == FEDSTEP.retry + 2 + 3 * (18 + 18 + 2) - 2
+    assert FEDSTEP_SECURE.rounds_per_execution(0) == 128 and FEDSTEP_SECURE.rounds_per_execution(10) == 13
+    for budget in (FEDSTEP, FEDSTEP_SECURE):
+        for retries in range(11):
+            most = budget.rounds_per_execution(retries)
+            assert most * budget.per_round(retries) + budget.fixed <= HISTORY_EVENTS - HISTORY_MARGIN
+    with pytest.raises(ValueError, match="bounded by no Choice"):  # the phases' loop, taken as it stands
+        EventBudget.of_definition(definition)
 
 
 def loop(*middle: dict, retry_choice: bool = True) -> dict:
@@ -71,6 +91,42 @@ def test_a_loop_within_a_round_counts_per_round_retry_and_must_be_bounded_by_the
         EventBudget.of_definition(definition)
 
 
+def phased() -> dict:
+    """A round whose task's output may name phases "A" then "B" (each a task with a deadline task),
+    opened by one Choice they all come back to."""
+    definition = loop({"Type": "Task"})
+    states = definition["States"]
+    states["S0"]["Next"] = "Phase?"
+    states["Phase?"] = {
+        "Type": "Choice",
+        "Choices": [{"Next": "More?"}, {"Next": "A"}, {"Next": "B"}],
+        "Default": "More?",
+    }
+    for name in ("A", "B"):
+        states[name] = {"Type": "Task", "Next": "Phase?", "Catch": [{"ErrorEquals": ["Timeout"], "Next": f"{name}!"}]}
+        states[f"{name}!"] = {"Type": "Task", "Next": "Phase?"}
+    return definition
+
+
+def test_phases_that_one_choice_opens_in_order_are_counted_once_each():
+    definition = phased()
+    with pytest.raises(ValueError, match="the loop 'A' -> 'Phase\\?' is bounded by no Choice"):
+        EventBudget.of_definition(definition)
+    unrolled = phases_in_order(definition, "Phase?", [("A", "A!"), ("B", "B!")])
+    assert unrolled["States"]["A!"]["Next"] == "Phase? #1" and unrolled["States"]["B"]["Next"] == "Phase? #2"
+    assert [r["Next"] for r in unrolled["States"]["Phase? #1"]["Choices"]] == ["More?", "B"]
+    # Start, the task, the Choice, then each phase's task and deadline task and the Choice again, More?
+    assert EventBudget.of_definition(unrolled).round == 2 + 6 + 2 + 2 * (6 + 6 + 2) + 2
+
+
+def test_states_a_run_never_enters_are_left_out_with_the_ways_to_them():
+    plain = without_states(phased(), {"A", "A!", "B", "B!"})
+    assert plain["States"]["Phase?"]["Choices"] == [{"Next": "More?"}]
+    assert EventBudget.of_definition(plain).round == 2 + 6 + 2 + 2
+    with pytest.raises(ValueError, match="state 'S0' always goes on to a state left out"):
+        without_states(phased(), {"Phase?"})
+
+
 @pytest.mark.parametrize(
     "state",
     [{"Type": "Map", "ItemProcessor": {"ProcessorConfig": {"Mode": "INLINE"}}}, {"Type": "Parallel", "Branches": []}],
@@ -81,17 +137,24 @@ def test_a_state_whose_events_grow_with_its_items_cannot_be_counted(state):
 
 
 def test_run_settings_refuse_more_rounds_than_one_execution_holds_and_say_how_to_continue():
-    assert RunSettings(rounds=342).validated().rounds == 342
+    assert RunSettings(rounds=332).validated().rounds == 332
     with pytest.raises(FedstepError) as info:
-        RunSettings(rounds=343).validated()
+        RunSettings(rounds=333).validated()
     message = str(info.value)
-    assert message.startswith("343 rounds do not fit one Step Functions execution: its history holds 25,000 events")
-    assert "start with --rounds 342, then continue with `fedstep start --resume <run id> --rounds 343`" in message
-    with pytest.raises(FedstepError, match="a round with 2 round retries may add up to 150, so one execution runs at"):
+    assert message.startswith("333 rounds do not fit one Step Functions execution: its history holds 25,000 events")
+    assert "start with --rounds 332, then continue with `fedstep start --resume <run id> --rounds 333`" in message
+    with pytest.raises(FedstepError, match="a round with 2 round retries may add up to 152, so one execution runs at"):
         RunSettings(rounds=200, round_retries=2).validated()
-    with pytest.raises(FedstepError, match="resume run run-x with --rounds 400, then resume that continuation"):
+    with pytest.raises(FedstepError, match="resume run run-x with --rounds 390, then resume that continuation"):
         check_fits_one_execution(1000, 0, done=58, run_id="run-x")
-    check_fits_one_execution(400, 0, done=58, run_id="run-x")  # 342 more fit
+    check_fits_one_execution(390, 0, done=58, run_id="run-x")  # 332 more fit
+
+
+def test_a_secure_run_fits_fewer_rounds_in_one_execution_its_rounds_pass_three_more_phases():
+    check_fits_one_execution(128, 0, secure=True)
+    with pytest.raises(FedstepError, match=r"129 rounds do not fit one Step Functions execution.* up to 186, so"):
+        check_fits_one_execution(129, 0, secure=True)
+    check_fits_one_execution(129, 0)  # a plain run's rounds fit
 
 
 def test_fedstep_start_and_a_run_file_refuse_99999_rounds_before_any_aws_call(tmp_path, monkeypatch, capsys):

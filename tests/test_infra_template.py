@@ -162,10 +162,14 @@ def put_item(statements: list[dict], item: dict) -> str:
 
 
 def _stream_record(item: dict, event: str = "INSERT") -> dict:
+    """A stream record of `item` written, as JSON carries it (binary attributes base64-encoded)."""
+    import base64
+
     from fedstep.aws.ddb import to_attributes
 
     image = to_attributes(item)
-    return {"eventName": event, "dynamodb": {"Keys": {k: image[k] for k in ("pk", "sk")}, "NewImage": image}}
+    record = {"eventName": event, "dynamodb": {"Keys": {k: image[k] for k in ("pk", "sk")}, "NewImage": image}}
+    return json.loads(json.dumps(record, default=lambda value: base64.b64encode(value).decode()))
 
 
 @pytest.mark.parametrize(
@@ -177,14 +181,20 @@ def _stream_record(item: dict, event: str = "INSERT") -> dict:
         ("heartbeat", False),
         ("evaluation", False),
         ("run record", False),
+        # a secure round's client items (issue 25): each may complete one of its phases
+        ("secure-aggregation keys", True),
+        ("secure-aggregation share", True),
+        ("secure-aggregation reveal", True),
+        ("inbox item", False),  # the server's relay of a share: its own writes never invoke it
     ],
 )
-def test_the_stream_filter_passes_update_and_decline_items_only(template, what, invokes):
+def test_the_stream_filter_passes_update_decline_and_secure_round_items_only(template, what, invokes):
     """Lambda's event filter on AWS (moto ignores filters): evaluated on the synthesized pattern with
-    moto's EventBridge-style pattern matcher, which implements the same pattern syntax."""
+    moto's EventBridge-style pattern matcher, which implements the same pattern syntax (the local
+    cloud applies the deployed template's filter the same way: `fedstep.local.gaps.stream_filters`)."""
     from moto.events.models import EventPattern
 
-    from fedstep.core.schemas import EvalItem
+    from fedstep.core.schemas import EvalItem, SecAggInboxItem, SecAggKeysItem, SecAggRevealItem, SecAggShareItem
 
     [mapping] = resources(template, "AWS::Lambda::EventSourceMapping").values()
     [criterion] = mapping["Properties"]["FilterCriteria"]["Filters"]
@@ -196,6 +206,16 @@ def test_the_stream_filter_passes_update_and_decline_items_only(template, what, 
         "heartbeat": _stream_record(Heartbeat("org-a", "0.1", "idle", "t", 60, {}).to_item()),
         "evaluation": _stream_record(EvalItem("run-1", 1, "abc123", "org-a", 5, {}, "t").to_item()),
         "run record": _stream_record(RunRecord("run-1", ["org-a"], 5, TrainingConfig(), "fedavg", "t").to_item()),
+        "secure-aggregation keys": _stream_record(
+            SecAggKeysItem("run-1", 1, 0, "org-a", b"a" * 32, b"b" * 32, b"c" * 32, "t").to_item()
+        ),
+        "secure-aggregation share": _stream_record(
+            SecAggShareItem("run-1", 1, 0, "org-a", "org-b", b"s" * 96, "t").to_item()
+        ),
+        "secure-aggregation reveal": _stream_record(
+            SecAggRevealItem("run-1", 1, 0, "org-a", "t", {"org-b": ("seed", b"r" * 34)}).to_item()
+        ),
+        "inbox item": _stream_record(SecAggInboxItem("run-1", 1, 0, "org-b", "org-a", b"s" * 96).to_item()),
     }
     assert EventPattern.load(criterion["Pattern"]).matches_event(records[what]) is invokes
 
@@ -405,13 +425,14 @@ def test_state_machine_loops_over_rounds_and_waits_for_the_task_token(template):
             "QuorumNotMet",
             "TooFewParticipants",
             "InvalidAggregate",
+            "SecAggThresholdNotMet",
             "StrategyFailed",
         }
         assert {"ErrorEquals": ["StrategyFailed"], "ResultPath": "$.failure", "Next": "Training failed"} in (
             states[name]["Catch"]
         )
         # a round that could not be aggregated, an aggregate that is not finite included, is retried
-        not_aggregated = ["QuorumNotMet", "TooFewParticipants", "InvalidAggregate"]
+        not_aggregated = ["QuorumNotMet", "TooFewParticipants", "InvalidAggregate", "SecAggThresholdNotMet"]
         assert {"ErrorEquals": not_aggregated, "ResultPath": "$.failure", "Next": "Retry round?"} in (
             states[name]["Catch"]
         )
@@ -419,8 +440,10 @@ def test_state_machine_loops_over_rounds_and_waits_for_the_task_token(template):
     assert states["Retry round?"]["Choices"][0]["NumericLessThanPath"] == "$.run.round_retries"
     assert states["Retry round"]["Next"] == "Notify clients and wait for updates"
     assert states["Prepare round"]["Parameters"]["attempt"] == 0
-    assert states["Notify clients and wait for updates"]["Next"] == "Aggregated by slices?"
-    assert states["Aggregate at deadline"]["Next"] == "Aggregated by slices?"
+    # a plain round's task output names no secure-aggregation phase: the Choice goes on to the slices' check
+    assert states["Notify clients and wait for updates"]["Next"] == "Next secure-aggregation phase?"
+    assert states["Aggregate at deadline"]["Next"] == "Next secure-aggregation phase?"
+    assert states["Next secure-aggregation phase?"]["Default"] == "Aggregated by slices?"
     assert states["Aggregated by slices?"]["Default"] == "Report is for this round?"
     [sliced] = states["Aggregated by slices?"]["Choices"]
     assert (sliced["Variable"], sliced["IsPresent"], sliced["Next"]) == ("$.result.sliced", True, "Aggregate slices")
@@ -455,6 +478,64 @@ def test_the_state_machines_payloads_are_built_from_the_message_definitions_in_t
     supplied = {f"{name}.$": path for name, (path, _) in state_machine_fields(RunEndedMessage).items()}
     assert {k: v for k, v in ended.items() if k not in ("schema", "type")} == supplied
     assert ended["type"] == "run_ended"
+
+
+def test_a_secure_rounds_later_phases_each_wait_for_their_own_token_and_deadline_and_return_to_one_choice(template):
+    """Issue 25: after a round's task (or its deadline call) and after each later phase, "Next
+    secure-aggregation phase?" opens the phase the output names at $.result.secagg.phase; an output
+    that names none (a plain round's summary, a slice plan) goes on as before. A Choice rule that
+    reads a missing path fails the execution, so the absent phase is tested first."""
+    from fedstep.core.machine import SECURE_PHASE_STATES
+
+    states = _definition(template)["States"]
+    choice = states["Next secure-aggregation phase?"]
+    absent, *phases = choice["Choices"]
+    assert absent == {"Not": {"Variable": "$.result.secagg.phase", "IsPresent": True}, "Next": "Aggregated by slices?"}
+    assert {(rule["Variable"], rule["StringEquals"], rule["Next"]) for rule in phases} == {
+        ("$.result.secagg.phase", phase, name) for phase, (name, _) in SECURE_PHASE_STATES.items()
+    }
+    assert choice["Default"] == "Aggregated by slices?"
+    not_aggregated = ["QuorumNotMet", "TooFewParticipants", "InvalidAggregate", "SecAggThresholdNotMet"]
+    failed = {"ErrorEquals": ["StrategyFailed"], "ResultPath": "$.failure", "Next": "Training failed"}
+    retried = {"ErrorEquals": not_aggregated, "ResultPath": "$.failure", "Next": "Retry round?"}
+    for phase, (name, deadline_name) in SECURE_PHASE_STATES.items():
+        publish, at_deadline = states[name], states[deadline_name]
+        # the token goes to the aggregation function only, as the round's does
+        assert publish["Resource"].endswith(":states:::lambda:invoke.waitForTaskToken")
+        assert publish["Parameters"]["Payload"] == {
+            "mode": "secagg_publish",
+            "phase": phase,
+            "run_id.$": "$.run.run_id",
+            "round.$": "$.round",
+            "attempt.$": "$.attempt",
+            "issued_at.$": "$$.State.EnteredTime",
+            "task_token.$": "$$.Task.Token",
+        }
+        assert publish["TimeoutSecondsPath"] == "$.run.secagg_phase_timeout_s"
+        timeout = {"ErrorEquals": ["States.Timeout"], "ResultPath": "$.timeout", "Next": deadline_name}
+        assert publish["Catch"] == [timeout, retried, failed]
+        assert at_deadline["Parameters"] == {
+            "mode": "secagg_deadline",
+            "phase": phase,
+            "run_id.$": "$.run.run_id",
+            "round.$": "$.round",
+            "attempt.$": "$.attempt",
+        }
+        assert "TimeoutSecondsPath" not in at_deadline and at_deadline["Catch"] == [retried, failed]
+        for state in (publish, at_deadline):
+            assert state["ResultPath"] == "$.result" and state["Next"] == "Next secure-aggregation phase?"
+            no_retry, retry = state["Retry"]  # a failed call is retried; a timeout or a small round is not
+            assert set(no_retry["ErrorEquals"]) == {"States.Timeout", *not_aggregated, "StrategyFailed"}
+            assert (no_retry["MaxAttempts"], retry["ErrorEquals"], retry["MaxAttempts"]) == (0, ["States.ALL"], 3)
+
+
+def test_a_round_left_below_the_secure_aggregation_threshold_is_retried_as_the_memory_engine_retries_it():
+    from fedstep.core.rounds import RoundNotAggregated, SecAggThresholdNotMet
+    from fedstep.local.memory_engine import NOT_AGGREGATED as RETRIED_IN_MEMORY
+    from infra.state_machine import NOT_AGGREGATED
+
+    assert "SecAggThresholdNotMet" in NOT_AGGREGATED and issubclass(SecAggThresholdNotMet, RoundNotAggregated)
+    assert [error.__name__ for error in RETRIED_IN_MEMORY] == NOT_AGGREGATED
 
 
 def test_alarms_watch_failed_runs_and_every_dead_letter_queue_and_notify_the_alarm_topic(template):

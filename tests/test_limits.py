@@ -18,6 +18,7 @@ from fedstep.core.schemas import (
     RoundMessage,
     RoundSummary,
     RunRecord,
+    SecAggSettings,
     TrainingConfig,
     UpdateItem,
 )
@@ -86,22 +87,45 @@ def test_a_round_message_to_every_client_fits_an_sns_message():
 
 
 def test_the_execution_state_of_the_largest_run_fits_a_step_functions_payload():
+    from fedstep.operator.start import execution_input
+
     s = summary([Rejection(c, LONGEST_REASON) for c in CLIENTS], [], [])
+    longest = limits.MAX_ROUND_TIMEOUT_S
+    run = replace(
+        RunRecord(RUN, CLIENTS, limits.MAX_ROUNDS, TrainingConfig(), "fedavg", "t"),
+        round_timeout_s=longest,
+        round_retries=10,
+        secagg=SecAggSettings(threshold=2, phase_timeout_s=longest),
+    )
     state = {
-        "run": {
-            "run_id": RUN,
-            "rounds": limits.MAX_ROUNDS,
-            "clients": CLIENTS,
-            "round_timeout_s": 1,
-            "round_retries": 10,
-        },
-        "round": limits.MAX_ROUNDS,
+        **execution_input(run, limits.MAX_ROUNDS, REF),  # what `fedstep start` writes
         "attempt": 10,
-        "global_model": asdict(REF),
         "round_summary": s.brief(),
         "result": task_output(s, RunRecord(RUN, CLIENTS, 1, TrainingConfig(), "fedavg", "t")),
     }
+    assert set(state["run"]) == {
+        "run_id",
+        "rounds",
+        "clients",
+        "round_timeout_s",
+        "round_retries",
+        "secagg_phase_timeout_s",
+    }
     assert record_bytes(state) < limits.STEP_FUNCTIONS_PAYLOAD_BYTES
+
+
+def test_every_runs_execution_input_carries_the_deadline_of_a_secure_rounds_later_phases():
+    """The phases' states read `$.run.secagg_phase_timeout_s` (infra/state_machine.py): a secure run's
+    own, the default for a plain run (whose rounds never enter them)."""
+    from fedstep.core.schemas.run_record import DEFAULT_SECAGG_PHASE_TIMEOUT_S
+    from fedstep.operator.start import execution_input
+
+    plain = RunRecord(RUN, CLIENTS[:3], 5, TrainingConfig(), "fedavg", "t")
+    assert execution_input(plain, 0, REF)["run"]["secagg_phase_timeout_s"] == DEFAULT_SECAGG_PHASE_TIMEOUT_S
+    secure = replace(plain, secagg=SecAggSettings(threshold=2, phase_timeout_s=90))
+    started = execution_input(secure, 3, REF)
+    assert started["run"]["secagg_phase_timeout_s"] == 90
+    assert (started["round"], started["attempt"], started["round_summary"]) == (3, 0, {})
 
 
 def test_the_largest_update_item_a_client_may_write_fits_a_dynamodb_item():

@@ -7,17 +7,22 @@ outcome events. `EventBudget.of_definition` counts the worst case from a definit
 Language): the longest way through a round, every task retried as often as its Retry rules allow,
 and every retry of the round that a Choice guarded by `$.run.round_retries` allows.
 
-`FEDSTEP` is that count for fedstep's own state machine (`infra/state_machine.py`; tests/test_
-execution_history.py derives it from the synthesized definition, and checks it against the histories
-of real executions on the local cloud), so the operator's tools need no definition at run time.
+`FEDSTEP` is that count for fedstep's own state machine (`infra/state_machine.py`) as a plain run
+takes it, and `FEDSTEP_SECURE` as a run with secure aggregation does (`fedstep_budget`: a plain round
+never enters the secure phases' states; a secure round enters each once, in order). tests/test_
+execution_history.py derives both from the synthesized definition, and checks the plain one against
+the histories of real executions on the local cloud, so the operator's tools need no definition at
+run time.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from fedstep.core.machine import SECURE_PHASE_STATES, State
 
 HISTORY_EVENTS = 25_000
 """The events a standard execution's history holds (Step Functions' quota; it cannot be raised)."""
@@ -162,5 +167,65 @@ def _longest_paths(
     return longest
 
 
-FEDSTEP = EventBudget(round=70, retry=40, fixed=26)
-"""fedstep's own state machine (`infra/state_machine.py`), as `EventBudget.of_definition` counts it."""
+def without_states(definition: Mapping[str, Any], names: Collection[str]) -> dict[str, Any]:
+    """`definition` less the states `names` and every Choice rule and Catch that goes to one of them
+    (the ways a run that never enters them does not take). ValueError when a state's Next or Default
+    is one of them: that way cannot be left out."""
+    states: dict[str, Any] = {}
+    for name, state in definition["States"].items():
+        if name in names:
+            continue
+        if state.get("Next") in names or state.get("Default") in names:
+            raise ValueError(f"state {name!r} always goes on to a state left out")
+        kept = dict(state)
+        for ways in ("Choices", "Catch"):
+            if ways in state:
+                kept[ways] = [w for w in state[ways] if w.get("Next") not in names]
+        states[name] = kept
+    return {**definition, "States": states}
+
+
+def phases_in_order(definition: Mapping[str, Any], choice: str, phases: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """`definition` with the loop through the Choice `choice` undone: `choice` opens each group of
+    `phases` (a phase's states, each of which goes back to `choice`) at most once and in order, as
+    its runs do. The Choice is copied after each phase (`"<choice> #<n>"`), each copy keeping only
+    the rules to later phases and to states outside them, so the worst case can be counted."""
+    states = {name: dict(state) for name, state in definition["States"].items()}
+    index = {name: i for i, group in enumerate(phases) for name in group}
+
+    def copy(n: int) -> str:
+        return choice if n == 0 else f"{choice} #{n}"
+
+    original = states[choice]
+    for n in range(len(phases) + 1):
+        rules = [r for r in original.get("Choices", []) if index.get(r.get("Next"), len(phases)) >= n]
+        states[copy(n)] = {**original, "Choices": rules}
+    for name, i in index.items():
+        state = states[name]
+        if state.get("Next") == choice:
+            state["Next"] = copy(i + 1)
+        if "Catch" in state:
+            state["Catch"] = [{**c, "Next": copy(i + 1)} if c.get("Next") == choice else c for c in state["Catch"]]
+    return {**definition, "States": states}
+
+
+def fedstep_budget(definition: Mapping[str, Any], secure: bool) -> EventBudget:
+    """The worst case of fedstep's state machine (`definition`, as synthesized or deployed) for a plain
+    run, whose rounds never enter the secure phases' states (no round output names a phase), or for a
+    secure one, whose rounds enter each phase once, in order (`fedstep.core.machine.SECURE_PHASE_STATES`)."""
+    phases = list(SECURE_PHASE_STATES.values())
+    if secure:
+        return EventBudget.of_definition(phases_in_order(definition, State.NEXT_SECURE_PHASE, phases))
+    return EventBudget.of_definition(without_states(definition, {name for group in phases for name in group}))
+
+
+FEDSTEP = EventBudget(round=72, retry=40, fixed=26)
+"""fedstep's own state machine (`infra/state_machine.py`) as a plain run takes it: `fedstep_budget`."""
+FEDSTEP_SECURE = EventBudget(round=186, retry=154, fixed=26)
+"""fedstep's own state machine as a run with secure aggregation takes it (its three later phases in
+each round, each of which may reach its deadline): `fedstep_budget`."""
+
+
+def budget(secure: bool) -> EventBudget:
+    """fedstep's worst case for a run with secure aggregation (`secure`) or without."""
+    return FEDSTEP_SECURE if secure else FEDSTEP

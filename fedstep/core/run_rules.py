@@ -40,11 +40,14 @@ def check_schedule(rounds: int, round_retries: int, round_timeout_s: int) -> Non
         raise InvalidRun(f"round_timeout_s must be 1 s to 1 year, got {round_timeout_s}")
 
 
-def check_fits_one_execution(rounds: int, round_retries: int, done: int = 0, run_id: str | None = None) -> None:
+def check_fits_one_execution(
+    rounds: int, round_retries: int, done: int = 0, run_id: str | None = None, secure: bool = False
+) -> None:
     """InvalidRun, saying how to go on, when the rounds after `done` up to `rounds` (a new run: all
     of them; a continuation of `run_id`: those after its last completed round) do not fit one
-    execution's history in the worst case (`execution_history.FEDSTEP`)."""
-    budget = execution_history.FEDSTEP
+    execution's history in the worst case (`execution_history.FEDSTEP`; `FEDSTEP_SECURE` for a run
+    with secure aggregation, `secure`, whose rounds pass three more phases)."""
+    budget = execution_history.budget(secure)
     most = budget.rounds_per_execution(round_retries)
     if rounds - done <= most:
         return

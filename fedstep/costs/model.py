@@ -4,11 +4,15 @@ Pure Python (no AWS, no numpy), so every figure can be checked by hand in tests/
 each round does is counted from the code that does it (see docs/cost.md for the full list):
 
 - **Step Functions**: the states a round passes through (`ROUND_PATH`, `DEADLINE_PATH`; a retry adds
-  `RETRY_PATH`), plus the run's end (`Paths.end`); or the count of the execution's history, when it is
-  known (`RunFacts.observed_transitions`).
+  `RETRY_PATH`, a secure round `SECURE_PATH`), plus the run's end (`Paths.end`); or the count of the
+  execution's history, when it is known (`RunFacts.observed_transitions`).
 - **Lambda** (the aggregation function): per publication one invocation (it publishes the round), per
   update item one stream invocation (one of them aggregates: `aggregation_s` measured), plus one at
   the deadline for a round that timed out; GB-seconds = memory x durations.
+- **Secure aggregation** (`RunFacts.secure_aggregation`): per round its three later phases
+  (`secure_round_shared`, `secure_client_direct`): their states, publications and messages, a stream
+  invocation per keys, share and reveal item, the shares relayed into inboxes, the phase and survivors
+  records, and the roster (written once, read by each client).
 - **S3**, **SQS**, **SNS**, **DynamoDB**, **KMS**: per round and client, the calls the agent and the
   aggregation function make (`client_agent/agent.py`, `fedstep/core/rounds/`).
 - **CloudTrail** (only when the stack's audit trail is on, `RunFacts.audit`): one data event per
@@ -40,6 +44,7 @@ GB = 10**9
 ROUND_PATH = (
     State.PREPARE_ROUND,
     State.NOTIFY_AND_WAIT,
+    State.NEXT_SECURE_PHASE,
     State.AGGREGATED_BY_SLICES,
     State.REPORT_IS_OURS,
     State.ROUND_AGGREGATED,
@@ -50,12 +55,27 @@ DEADLINE_PATH = (
     State.PREPARE_ROUND,
     State.NOTIFY_AND_WAIT,
     State.AGGREGATE_AT_DEADLINE,
+    State.NEXT_SECURE_PHASE,
     State.AGGREGATED_BY_SLICES,
     State.REPORT_IS_OURS,
     State.ROUND_AGGREGATED,
     State.MORE_ROUNDS,
 )
 """States of a round aggregated at its deadline."""
+SECURE_PATH = (
+    State.SHARE_KEYS,
+    State.NEXT_SECURE_PHASE,
+    State.UPLOAD_MASKED_INPUTS,
+    State.NEXT_SECURE_PHASE,
+    State.REVEAL_SHARES,
+    State.NEXT_SECURE_PHASE,
+)
+"""States a secure round adds after its first "Next secure-aggregation phase?": each later phase and
+the Choice after it (a phase closed at its deadline adds its "at deadline" state: counted as one,
+`RoundFacts.at_deadline`, whichever phase it was)."""
+SECURE_PHASES = 3
+"""The later phases of a secure round (share keys, upload masked inputs, reveal shares): one
+publication and one message to each member apiece."""
 SLICED_STATES = (State.AGGREGATE_SLICES, State.ASSEMBLE_GLOBAL_MODEL)
 """States a round aggregated by slices adds, between "Aggregated by slices?" and "Report is for this round?"."""
 SLICE_TRANSITIONS = 2
@@ -87,6 +107,7 @@ class Paths:
     round: tuple[str, ...] = ROUND_PATH
     deadline: tuple[str, ...] = DEADLINE_PATH
     retry: tuple[str, ...] = RETRY_PATH
+    secure: tuple[str, ...] = SECURE_PATH
     succeeded: tuple[str, ...] = SUCCEEDED_END
     failed: tuple[str, ...] = FAILED_END
     waiting: tuple[str, ...] = WAITING_END
@@ -128,6 +149,7 @@ def paths_from_definition(definition: Mapping[str, Any]) -> Paths:
     _check(states, ROUND_PATH, ROUND_PATH[0])
     _check(states, DEADLINE_PATH, DEADLINE_PATH[0])
     _check(states, RETRY_PATH)
+    _check(states, (State.NEXT_SECURE_PHASE, *SECURE_PATH), State.AGGREGATED_BY_SLICES)
     _check(states, FAILED_END)
     end: list[str] = []
     name: str | None = SUCCEEDED_END[0]
@@ -222,6 +244,11 @@ class RunFacts:
     run_record_bytes: int = 2048
     select_online: bool = True
     """Whether each publication reads the run's clients' heartbeats (the run's `select_online`)."""
+    secure_aggregation: bool = False
+    """Whether the run's rounds are secure (the run record's `secagg`): three more phases each."""
+    secagg_neighbours: int = 0
+    """Under secure aggregation, the others each client shares its keys with (`--secagg-neighbours`;
+    0: every other client of the round)."""
     observed_transitions: int | None = None
     """State transitions counted in the execution's history; None: count them from the definition."""
     paths: Paths = field(default_factory=Paths)
@@ -366,14 +393,72 @@ def put_requests(size_bytes: int, a: Assumptions) -> int:
     return 2 + math.ceil(size_bytes / a.multipart_bytes)
 
 
-def round_transitions(r: RoundFacts, paths: Paths) -> int:
-    """State transitions of one round, from the definition's paths."""
+def round_transitions(r: RoundFacts, paths: Paths, secure: bool = False) -> int:
+    """State transitions of one round, from the definition's paths (`secure`: the round's later phases
+    too; a retried attempt is counted as one that missed its first phase's deadline)."""
     sliced = len(SLICED_STATES) + SLICE_TRANSITIONS * r.slices if r.slices else 0
-    return len(paths.deadline if r.at_deadline else paths.round) + r.retries * len(paths.retry) + sliced
+    phases = len(paths.secure) if secure else 0
+    return len(paths.deadline if r.at_deadline else paths.round) + phases + r.retries * len(paths.retry) + sliced
 
 
 def definition_transitions(run: RunFacts) -> int:
-    return sum(round_transitions(r, run.paths) for r in run.rounds) + len(run.paths.end(run.ended))
+    rounds = sum(round_transitions(r, run.paths, run.secure_aggregation) for r in run.rounds)
+    return rounds + len(run.paths.end(run.ended))
+
+
+def secagg_neighbours(members: int, neighbours: int) -> int:
+    """The others each of a secure round's `members` shares its keys with: `neighbours` (0: all)."""
+    others = max(0, members - 1)
+    return others if neighbours == 0 else min(neighbours, others)
+
+
+def secure_round_shared(r: RoundFacts, run: RunFacts, a: Assumptions) -> Usage:
+    """What a secure round's later phases cost the server, besides `round_shared`. Its members are the
+    clients that uploaded, each sharing its keys with k others. Each phase is published (the run and
+    its stop marker read, the phase's record with its task token written, its message sent to each
+    member). Each keys, share and reveal item (1 + k + 1 per member) invokes the function from the
+    stream, as an update item does: it reads the phase's record, the run, the stop marker and the
+    phase's items (`reveal_bytes` each reveal item, 1 KB the others). The roster is written once, each
+    member's k shares are relayed into their recipients' inboxes, the survivors record written once."""
+    members = len(r.uploaders)
+    k = secagg_neighbours(members, run.secagg_neighbours)
+    items = {"keys": (members, members), "share": (members * k, members * k), "reveal": (members, members)}
+    size = {"keys": a.small_item_bytes, "share": a.small_item_bytes, "reveal": reveal_bytes(k, a)}
+    run_rru = _units(run.run_record_bytes, 4096)
+    invocations = SECURE_PHASES + sum(count for count, _ in items.values())
+    u = Usage().add("lambda.request", invocations)
+    u.add("lambda.gb_s", run.lambda_memory_mb / 1024 * invocations * a.short_invocation_s)
+    rru = SECURE_PHASES * (run_rru + 1)  # each publication: the run and the stop marker
+    for kind, (count, read) in items.items():
+        rru += count * (_units(a.open_record_bytes, 4096) + run_rru + 1 + _units(read * size[kind], 4096))
+    phase_records = SECURE_PHASES * _units(a.open_record_bytes, 1024)
+    relayed = members * k
+    wru = phase_records + relayed + _units(a.small_item_bytes, 1024)  # + the survivors record
+    u.add("ddb.rru", rru).add("ddb.wru", wru).add("ddb.stream_read_lambda", invocations - SECURE_PHASES)
+    u.add("s3.put", 1)  # the roster
+    u.add("ddb.storage_gb_month", (SECURE_PHASES + relayed + 1) * a.small_item_bytes / GB * a.storage_months)
+    u.add("sns.publish", SECURE_PHASES).add("sns.sqs_delivery", SECURE_PHASES * members)
+    if run.audit:  # its writes: the phase records, the inbox items, the survivors record, the roster
+        u.add("cloudtrail.data_event", SECURE_PHASES + relayed + 1 + 1)
+    return u
+
+
+def reveal_bytes(k: int, a: Assumptions) -> int:
+    """A reveal item: a small item, and a 34-byte share with its owner's name for itself and each of
+    its k neighbours (64 bytes each)."""
+    return a.small_item_bytes + 64 * (k + 1)
+
+
+def secure_client_direct(k: int, a: Assumptions) -> Usage:
+    """What one member of a secure round does in its phases, besides `client_direct`: each phase's
+    message (delivered, received, deleted), the roster's GET (under `runs/`), its keys item, its k
+    sealed shares and its reveal item (k + 2 writes, the reveal's size growing with k), and the query
+    of its inbox (k relayed shares)."""
+    u = Usage().add("sqs.request", 3 * SECURE_PHASES).add("s3.get", 1)
+    u.add("ddb.wru", 1 + k + _units(reveal_bytes(k, a), 1024))
+    u.add("ddb.rru", _units(k * a.small_item_bytes, 4096))
+    u.add("ddb.storage_gb_month", (k + 2) * a.small_item_bytes / GB * a.storage_months)
+    return u
 
 
 def round_shared(r: RoundFacts, run: RunFacts, a: Assumptions, transitions: float) -> Usage:
@@ -417,7 +502,7 @@ def round_shared(r: RoundFacts, run: RunFacts, a: Assumptions, transitions: floa
         u.add("cloudtrail.data_event", ddb_writes + puts + run_gets)
     u.add("s3.storage_gb_month", (r.model_bytes + r.state_bytes) / GB * a.storage_months)
     u.add("sns.publish", attempts).add("sns.sqs_delivery", attempts * len(r.selected))
-    return u
+    return u.plus(secure_round_shared(r, run, a)) if run.secure_aggregation else u
 
 
 def client_direct(client: str, run: RunFacts, a: Assumptions) -> tuple[Usage, int]:
@@ -452,6 +537,8 @@ def client_direct(client: str, run: RunFacts, a: Assumptions) -> tuple[Usage, in
         u.add("s3.put", put_requests(r.update_bytes, a))
         u.add("s3.storage_gb_month", r.update_bytes / GB * a.storage_months)
         u.add("ddb.storage_gb_month", a.small_item_bytes / GB * a.storage_months)
+        if run.secure_aggregation:
+            u = u.plus(secure_client_direct(secagg_neighbours(len(r.uploaders), run.secagg_neighbours), a))
     idle_s = max(0.0, run.run_s - busy_s)
     u.add("sqs.request", math.ceil(idle_s / a.poll_wait_s))  # empty long polls while idle
     if run.ended == "succeeded" and client in run.clients:
@@ -469,8 +556,9 @@ def client_direct(client: str, run: RunFacts, a: Assumptions) -> tuple[Usage, in
 def audited_client_events(client: str, run: RunFacts, a: Assumptions) -> int:
     """A client's requests the audit trail records over its rounds (`client_direct` counts the same
     requests): its item writes (an update or a decline, a heartbeat at the start and at the end of the
-    round), its update's PUT requests, and its reads of the global model and (once) the architecture;
-    not its read of its own earlier update (under `updates/`)."""
+    round; in a secure round its keys, share and reveal items), its update's PUT requests, and its
+    reads of the global model, (once) the architecture and a secure round's roster; not its read of
+    its own earlier update (under `updates/`)."""
     events = 0
     fetched_architecture = False
     for r in run.rounds:
@@ -481,6 +569,8 @@ def audited_client_events(client: str, run: RunFacts, a: Assumptions) -> int:
             continue
         events += put_requests(r.update_bytes, a) + 1 + (0 if fetched_architecture else 1)
         fetched_architecture = True
+        if run.secure_aggregation:  # its keys, share and reveal items; its read of the roster
+            events += secagg_neighbours(len(r.uploaders), run.secagg_neighbours) + 2 + 1
     return events
 
 
@@ -519,7 +609,7 @@ def estimate(run: RunFacts, a: Assumptions | None = None) -> Estimate:
     end_transitions = len(run.paths.end(run.ended)) * scale if defined else float(observed or 0)
     server = server_run(run, a, end_transitions)
     for r in run.rounds:
-        shared = round_shared(r, run, a, round_transitions(r, run.paths) * scale)
+        shared = round_shared(r, run, a, round_transitions(r, run.paths, run.secure_aggregation) * scale)
         sharers = [c for c in r.participants if c in clients]
         if not sharers:
             server = server.plus(shared)

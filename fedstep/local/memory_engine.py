@@ -43,6 +43,7 @@ from fedstep.core.rounds import (
     AggregationSettings,
     InvalidAggregate,
     QuorumNotMet,
+    SecAggThresholdNotMet,
     StrategyFailed,
     TooFewParticipants,
     complete_round_at_deadline,
@@ -78,8 +79,9 @@ ENGINES = ("cloud", "memory")
 """`fedstep local --engine`: the embedded local cloud (default) or this in-process engine."""
 MAX_WORKERS = 256
 """The most worker processes `--workers` may ask for."""
-NOT_AGGREGATED = (QuorumNotMet, TooFewParticipants, InvalidAggregate)
-"""A round's failures the state machine retries (up to `round_retries`) before failing the run."""
+NOT_AGGREGATED = (QuorumNotMet, TooFewParticipants, InvalidAggregate, SecAggThresholdNotMet)
+"""A round's failures the state machine retries (up to `round_retries`) before failing the run
+(`infra.state_machine.NOT_AGGREGATED`)."""
 
 
 def check_engine_options(engine: str, workers: int | None, keep_running: bool) -> None:

@@ -82,6 +82,8 @@ def run_facts(
         architecture_bytes=model.bytes if model else 0,
         initial_model_bytes=rounds[0].model_bytes if rounds else 0,
         select_online=view.record.select_online,
+        secure_aggregation=view.record.secagg is not None,
+        secagg_neighbours=view.record.secagg.neighbours if view.record.secagg else 0,
         observed_transitions=observed_transitions,
         paths=paths or Paths(),
         audit=audit,

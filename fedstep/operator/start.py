@@ -23,6 +23,7 @@ from fedstep.core.schemas import (
     RunRecord,
     Target,
 )
+from fedstep.core.schemas.run_record import DEFAULT_SECAGG_PHASE_TIMEOUT_S
 from fedstep.core.version import SCHEMA_VERSION
 from fedstep.operator.clients import statuses
 from fedstep.operator.model import build_model, keras_payload
@@ -291,7 +292,8 @@ def resume_run(
             f"run {run_id} completed all {old.rounds} rounds ({status}); nothing to resume "
             "(--rounds N continues it up to N rounds in total)"
         )
-    run_rules.check_fits_one_execution(rounds or old.rounds, old.round_retries, last, run_id)
+    secure = old.secagg is not None
+    run_rules.check_fits_one_execution(rounds or old.rounds, old.round_retries, last, run_id, secure=secure)
     old = without_revoked(old, outputs)
     store = S3ModelStore(outputs.bucket, s3)
     architecture = store.get(keys.model_key(run_id))
@@ -382,23 +384,33 @@ def launch_run(
     store.put(global_ref.key, global_bytes)
     if state_ref is not None and state_bytes is not None:
         store.put(state_ref.key, state_bytes)
-    execution_input = {
+    execution = stepfunctions.start_execution(
+        stateMachineArn=outputs.state_machine_arn,
+        name=record.run_id,
+        input=json.dumps(execution_input(record, start_round, global_ref)),
+    )
+    return StartedRun(record.run_id, execution["executionArn"], record.clients)
+
+
+def execution_input(record: RunRecord, start_round: int, global_ref: ObjectRef) -> dict[str, Any]:
+    """The state machine's input for `record`'s execution, which starts after round `start_round`
+    from the global model `global_ref` (infra/state_machine.py). Every run carries its secure-aggregation
+    phase deadline (the default for a plain run, whose rounds never wait on a phase)."""
+    phase_timeout_s = record.secagg.phase_timeout_s if record.secagg else DEFAULT_SECAGG_PHASE_TIMEOUT_S
+    return {
         "run": {
             "run_id": record.run_id,
             "rounds": record.rounds,
             "clients": record.clients,
             "round_timeout_s": record.round_timeout_s,
             "round_retries": record.round_retries,
+            "secagg_phase_timeout_s": phase_timeout_s,
         },
         "round": start_round,
         "attempt": 0,
         "global_model": asdict(global_ref),
         "round_summary": {},
     }
-    execution = stepfunctions.start_execution(
-        stateMachineArn=outputs.state_machine_arn, name=record.run_id, input=json.dumps(execution_input)
-    )
-    return StartedRun(record.run_id, execution["executionArn"], record.clients)
 
 
 def launch(

@@ -57,6 +57,7 @@ from fedstep.core.rounds.errors import (
     QuorumNotMet,
     RoundBusy,
     RoundNotAggregated,
+    SecAggThresholdNotMet,
     StrategyFailed,
     TooFewParticipants,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "QuorumNotMet",
     "RoundBusy",
     "RoundNotAggregated",
+    "SecAggThresholdNotMet",
     "StrategyFailed",
     "Tally",
     "TooFewParticipants",

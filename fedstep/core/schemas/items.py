@@ -8,7 +8,7 @@ from typing import Any
 
 from fedstep.core import codecs, keys, limits, statistics
 from fedstep.core.schemas.refs import ObjectRef
-from fedstep.core.schemas.secagg import MASKED_ENCODING, MAX_ATTEMPT
+from fedstep.core.schemas.secagg import KEYS_KIND, MASKED_ENCODING, MAX_ATTEMPT, REVEAL_KIND, SHARE_KIND
 from fedstep.core.schemas.validation import (
     InvalidMessage,
     binary,
@@ -176,6 +176,11 @@ class DeclineItem:
 
 
 DECLINED_KIND = "declined"
+STREAM_KINDS = (UPDATE_ITEM_KIND, DECLINED_KIND, KEYS_KIND, SHARE_KIND, REVEAL_KIND)
+"""The kinds of the client items whose writes invoke the aggregation function (the table stream's
+filter, `infra/aggregation.py`, on AWS and, through the deployed template, in the local cloud): an
+update or a decline, which may complete a round, and a secure round's keys, shares and reveals,
+which may complete one of its phases. Never a heartbeat, an evaluation answer or a server record."""
 PRIVACY_FIELDS = ("epsilon", "delta", "within_clip")
 """What a client may report of its privacy: its record-level epsilon and delta (DP-SGD), and
 `within_clip` (1 or 0: its update's norm was within the round's clip norm, client-side clipping).
