@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -20,6 +21,29 @@ def passes(filter_criteria: dict[str, Any] | None, record: dict[str, Any]) -> bo
     return any(EventPattern.load(p.get("Pattern")).matches_event(plain) for p in patterns)
 
 
+def binary_as_base64(value: Any) -> Any:
+    """A stream record with its binary values (`{"B": ...}`, also inside maps and lists) as base64 text,
+    as AWS puts them in a Lambda's event: moto's records hold raw bytes, which its own
+    `json.dumps` of the event cannot encode (the write that produced the record then fails)."""
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, dict):
+        return {k: binary_as_base64(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [binary_as_base64(v) for v in value]
+    return value
+
+
+class _AsDelivered:
+    """A moto StreamRecord as AWS delivers it (binary values as base64)."""
+
+    def __init__(self, record: Any) -> None:
+        self.record = record
+
+    def to_json(self) -> dict[str, Any]:
+        return binary_as_base64(self.record.to_json())
+
+
 class StreamFilters(PatchShim):
     name = "stream_filters"
     gap = (
@@ -28,7 +52,8 @@ class StreamFilters(PatchShim):
         "patterns and drops (consumes) the others. The shim delivers each mapping the records its filters pass "
         "(patterns matched with moto's EventBridge pattern matcher, the syntax Lambda's filters share), and none "
         "when none passes: the aggregation function is never invoked by a heartbeat, an evaluation answer, or a "
-        "server record."
+        "server record. moto's records also hold binary attributes as raw bytes, which its event cannot "
+        "encode; they are delivered as base64 text, as AWS delivers them."
     )
 
     def replacements(self) -> list[tuple[type, str, Any]]:
@@ -42,7 +67,7 @@ class StreamFilters(PatchShim):
             shard.items.append(StreamRecord(shard.table, kind, event_name, old, new, sequence))
             delivered = True
             for arn, mapping in shard.table.lambda_event_source_mappings.items():
-                records = [r for r in shard.items if passes(mapping.filter_criteria, r.to_json())]
+                records = [_AsDelivered(r) for r in shard.items if passes(mapping.filter_criteria, r.to_json())]
                 if records:
                     region = arn.split(":")[3]
                     result = get_backend(shard.account_id, region).send_dynamodb_items(
