@@ -95,7 +95,8 @@ def simulate(
     participants, rejected (count), loss and accuracy (the clients' weighted metrics after local
     training), heldout_accuracy and heldout_loss (the global model on the held-out set), each of the
     round summary's weighted metrics (train_loss, test_accuracy, test_accuracy_before, ...), the
-    strategy's measurements (e.g. step_norm), epsilon and delta (DP runs, else None) and duration_s.
+    strategy's measurements (e.g. step_norm), epsilon and delta (DP runs, else None), operator_epsilon
+    (distributed DP, else None) and duration_s.
     `history.attrs["summary"]` is the run's summary, as in `<out>/summary.json` (run_id, stop_reason,
     final held-out accuracy and loss, config, partition).
     """
@@ -142,6 +143,7 @@ def history_frame(rounds: list[dict[str, Any]]) -> pd.DataFrame:
                 **(entry.get("metrics") or {}),
                 **(entry.get("measurements") or {}),
                 "epsilon": entry.get("epsilon"),
+                "operator_epsilon": entry.get("operator_epsilon"),
                 "delta": entry.get("delta"),
                 "duration_s": entry.get("duration_s"),
                 "bytes_up": entry.get("bytes_up"),
@@ -210,7 +212,8 @@ class Operator:
     def history(self, run_id: str) -> pd.DataFrame:
         """The run's rounds as a DataFrame indexed by round: selected, participants, rejected (count),
         num_examples, loss and accuracy (weighted, after local training), each weighted metric, the
-        strategy's measurements, epsilon, delta, duration_s and aggregation_s."""
+        strategy's measurements, epsilon, operator_epsilon (distributed DP), delta, duration_s and
+        aggregation_s."""
         import pandas as pd
 
         from fedstep.core.schemas import headline_metric
@@ -227,6 +230,7 @@ class Operator:
                 **s.metrics,
                 **s.measurements,
                 "epsilon": s.epsilon,
+                "operator_epsilon": s.operator_epsilon,
                 "delta": s.delta,
                 "duration_s": s.duration_s,
                 "aggregation_s": s.aggregation_s,

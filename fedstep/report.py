@@ -131,7 +131,8 @@ GLOBAL_ACCURACY_LABEL = "global model accuracy (federated evaluation)"
 
 
 def _privacy_plot(view: RunView, path: Path) -> None:
-    """Epsilon after each round (left axis, with the run's budget) beside the accuracy of the model that
+    """Epsilon after each round (left axis, with the run's budget; under distributed DP also the
+    operator's) beside the accuracy of the model that
     round released (right axis): the global model's, from the federated evaluation, never the clients'
     accuracy after their local training, which noise added to the global model does not touch."""
     dp = view.record.dp
@@ -141,6 +142,9 @@ def _privacy_plot(view: RunView, path: Path) -> None:
     points = [(s.round, s.epsilon) for s in view.rounds if s.epsilon is not None]
     if points:
         ax.plot(*zip(*points, strict=True), marker="o", color="#5b21b6", label="epsilon")
+    operator = [(s.round, s.operator_epsilon) for s in view.rounds if s.operator_epsilon is not None]
+    if operator:  # distributed DP: the operator knows the selection (no amplification by sampling)
+        ax.plot(*zip(*operator, strict=True), marker=".", color="#0e7490", label="against the operator")
     if dp.epsilon_budget is not None:
         ax.axhline(dp.epsilon_budget, color="#d64545", linestyle="--", label=f"budget {dp.epsilon_budget:g}")
     round_axis(ax)

@@ -251,3 +251,28 @@ def test_the_secure_aggregation_bench_checks_the_sum_and_counts_the_bytes():
     assert figures["plain_sent"] == 2000 < figures["sent"] < 2000 + 1000  # the masked input, plus keys and shares
     assert figures["max_error"] <= 3 * figures["step"] * 500
     assert bench.neighbours_for(30) == 10 and bench.threshold_for(10) == 6
+
+
+def test_a_neighbourhood_that_holds_exactly_the_threshold_of_shares_with_its_owner_unmasks_the_sum():
+    # every client shares t-of-(k + 1) among its k neighbours and itself: k + 1 = t is enough
+    for n, threshold, neighbours in ((3, 3, 2), (6, 3, 2)):  # the complete graph of t; a ring of k = t - 1
+        ids = [f"client-{i}" for i in range(1, n + 1)]
+        clients = {cid: Client(cid, KEY, threshold) for cid in ids}
+        server = Server(KEY, threshold)
+        graph = server.write_roster([c.advertise() for c in clients.values()], neighbours, seed=7)
+        assert {len(graph[cid]) for cid in ids} == {threshold - 1}
+        outboxes = {cid: c.share_keys(server.roster, graph[cid]) for cid, c in clients.items()}
+        for cid, inbox in server.relay(outboxes).items():
+            clients[cid].receive_shares(inbox)
+        inputs = _inputs(ids)
+        for cid in ids:
+            server.receive_input(cid, clients[cid].masked_input(inputs[cid], server.shared))
+        survivors, dropped = server.fix_survivors()
+        total = server.unmask({cid: clients[cid].reveal(set(survivors), set(dropped)) for cid in ids})
+        assert np.array_equal(total, sum(inputs[c].astype(np.uint64) for c in ids).astype(np.uint32))
+
+
+def test_a_neighbourhood_too_small_for_the_threshold_is_refused_when_keys_are_shared():
+    clients, _, graph, roster = _round(4, threshold=4, neighbours=2)  # a ring of 2: 3 holders, 4 needed
+    with pytest.raises(SecAggThresholdNotMet, match="has 2 neighbours, 3 needed"):
+        clients["client-1"].share_keys(roster, graph["client-1"])

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedstep.core.errors import FedstepError
+from fedstep.core.schemas.run_record import DEFAULT_SECAGG_PHASE_TIMEOUT_S
 from fedstep.core.version import __version__
 from fedstep.operator.paths import model_file, report_folder
 from fedstep.operator.settings import LOCAL_DEFAULTS, START_DEFAULTS, RunSettingsDefaults
@@ -106,19 +107,58 @@ def _settings_args(parser: argparse.ArgumentParser, defaults: RunSettingsDefault
     )
     parser.add_argument(
         "--dp",
-        choices=("central", "client-clip", "dp-sgd"),
+        choices=("central", "client-clip", "distributed", "dp-sgd"),
         help="differential privacy: client-level by the server (central), with clients clipping (client-clip), "
-        "or record-level on each client (dp-sgd); see docs/privacy.md",
+        "with each client adding its share of the noise under --secure-aggregation (distributed), or record-level "
+        "on each client (dp-sgd); see docs/privacy.md",
     )
     parser.add_argument(
         "--dp-noise-multiplier", type=float, help="noise std over the clip norm, z (required with --dp)"
     )
     parser.add_argument(
-        "--dp-clip", help="clip norm C, or 'adaptive' (central modes: default adaptive; dp-sgd: default 1.0)"
+        "--dp-clip",
+        help="clip norm C, or 'adaptive' (central modes: default adaptive; dp-sgd: default 1.0; distributed: required)",
     )
     parser.add_argument("--dp-delta", type=float, help="delta of the (epsilon, delta) guarantee (default 1e-5)")
     parser.add_argument(
-        "--dp-epsilon", type=float, help="epsilon budget: the run stops before a round would exceed it (central modes)"
+        "--dp-epsilon",
+        type=float,
+        help="epsilon budget: the run stops before a round would exceed it (central modes, distributed)",
+    )
+    parser.add_argument(
+        "--secure-aggregation",
+        action=argparse.BooleanOptionalAction,
+        help="secure aggregation (SecAgg+): the server learns only the sum of each round's updates, even when "
+        "clients drop out (default off; averaging strategies, float32 updates; see docs/privacy.md)",
+    )
+    parser.add_argument(
+        "--secagg-threshold",
+        type=int,
+        metavar="T",
+        help="the fewest survivors a secure round's sum is unmasked from (default: max(2, min-participants, "
+        "quorum), at most the clients per round)",
+    )
+    parser.add_argument(
+        "--secagg-neighbours",
+        type=int,
+        metavar="K",
+        help="how many others each client masks with and shares its secrets to: 0 (default) every other selected "
+        "client, else an even number of at least threshold - 1",
+    )
+    parser.add_argument(
+        "--secagg-clip",
+        type=float,
+        metavar="C",
+        help="the L2 norm each client clips its update to before it is masked (default 10; under --dp distributed, "
+        "--dp-clip)",
+    )
+    parser.add_argument(
+        "--secagg-phase-timeout",
+        type=int,
+        dest="secagg_phase_timeout_s",
+        metavar="S",
+        help="deadline of each later phase of a secure round (sharing keys, masked inputs, revealing), s "
+        f"(default {DEFAULT_SECAGG_PHASE_TIMEOUT_S})",
     )
 
 

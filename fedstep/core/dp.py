@@ -22,6 +22,13 @@ written once (`fedstep.core.rounds`), so no two noisy models of one round are ev
 
 Accounting (epsilon for delta) is a port (`Accountant`), implemented with dp-accounting in
 `fedstep.privacy.accounting`; the core stays numpy-only.
+
+Distributed DP (mode "distributed", under secure aggregation) adds no noise here: each client clips
+its update to C and adds discrete Gaussian noise of std `distributed_client_stddev` (z C / sqrt(t)),
+so the sum of any t or more survivors, the only thing the server unmasks, carries noise of std at
+least z C. The published model is accounted as central DP's (`round_epsilon`, with sampling
+amplification); the operator, who knows the selection, gets `operator_round_epsilon` (its own port,
+`OperatorAccountant`: no amplification by sampling, the discrete noise's correction).
 """
 
 from __future__ import annotations
@@ -62,17 +69,51 @@ class Accountant(Protocol):
     ) -> float: ...
 
 
+class OperatorAccountant(Protocol):
+    """Epsilon against the operator of distributed DP after `rounds` rounds, each the sum of at least
+    `threshold` clients' inputs, each client's delta clipped to `clip` and quantised to fixed point
+    with the headroom of `max_inputs` inputs, its `dimension` elements noised with discrete Gaussian
+    noise so that any `threshold` of them carry std `noise_multiplier` x `clip`; composed without
+    amplification by sampling, at `delta`; `replace_one`: one client's data replaced (sensitivity 2C),
+    else its update against none (C). Implemented by `fedstep.privacy.lazy_operator_epsilon`."""
+
+    def __call__(
+        self,
+        noise_multiplier: float,
+        threshold: int,
+        clip: float,
+        max_inputs: int,
+        dimension: int,
+        rounds: int,
+        delta: float,
+        replace_one: bool,
+    ) -> float: ...
+
+
 NEIGHBOURING = {"fixed": "replace-one", "poisson": "add-remove"}
-"""The neighbouring relation of a central-DP run's epsilon, by its selection."""
+"""The neighbouring relation of a client-level DP run's epsilon, by its selection."""
 
 
 def neighbouring(dp: DPSettings | None, selection: str) -> str | None:
-    """The neighbouring relation a run's epsilon is for: "replace-one" (central modes, fixed-size
-    selection: one client's data replaced, sensitivity 2C), "add-remove" (central modes with Poisson
-    selection: one client added or removed, sensitivity C; and dp-sgd: one record); None without DP."""
+    """The neighbouring relation a run's epsilon is for: "replace-one" (client-level modes, fixed-size
+    selection: one client's data replaced, sensitivity 2C), "add-remove" (client-level modes with
+    Poisson selection: one client added or removed, sensitivity C; and dp-sgd: one record); None
+    without DP."""
     if dp is None:
         return None
-    return NEIGHBOURING.get(selection, "replace-one") if dp.central else "add-remove"
+    return NEIGHBOURING.get(selection, "replace-one") if dp.client_level else "add-remove"
+
+
+def distributed_client_stddev(dp: DPSettings, threshold: int) -> float:
+    """Under distributed DP, the std of the noise each client adds to its clipped delta (in the
+    delta's units; a round message's `SecAggRound.noise_stddev`): z C / sqrt(t), so that the noises
+    of any `threshold` t or more survivors add up to a variance of at least (z C)^2 (variances add).
+    ValueError for another mode, an adaptive clip or a threshold below 1."""
+    if dp.mode != "distributed" or dp.clip is None:
+        raise ValueError(f"distributed noise needs --dp distributed with a fixed clip, got {dp.mode} clip {dp.clip}")
+    if threshold < 1:
+        raise ValueError(f"the secure-aggregation threshold must be at least 1, got {threshold}")
+    return dp.noise_multiplier * dp.clip / math.sqrt(threshold)
 
 
 def clipped_count_stddev(dp: DPSettings, expected: int) -> float:
@@ -209,3 +250,28 @@ def round_epsilon(
             dp.noise_multiplier, expected, population, rounds, dp.delta, unsampled=2 * repeated, **poisson
         )
     return accountant(dp.noise_multiplier, expected, population, rounds, dp.delta, **poisson)
+
+
+def operator_round_epsilon(
+    dp: DPSettings,
+    threshold: int,
+    accountant: OperatorAccountant,
+    max_inputs: int,
+    dimension: int,
+    rounds: int,
+    selection: str = "fixed",
+    repeated: int = 0,
+) -> float:
+    """Under distributed DP, the run's client-level epsilon against the operator (at `dp.delta`) after
+    `rounds` rounds (and `repeated` more releases of a round's sum: each one more round): the sum it
+    unmasks is noised by at least `threshold` honest survivors, it knows whom each round selected (no
+    amplification by sampling), and the noise is discrete (the accountant's correction). The
+    neighbouring relation is the published model's (`neighbouring`), so the two figures compare:
+    this one is never the smaller. `max_inputs`: the most inputs a round sums (its fixed-point
+    headroom); `dimension`: the elements of one client's delta (the model's parameters)."""
+    if dp.mode != "distributed" or dp.clip is None:
+        raise ValueError(f"the operator's epsilon is distributed DP's, not {dp.mode}'s")
+    replace_one = neighbouring(dp, selection) == "replace-one"
+    return accountant(
+        dp.noise_multiplier, threshold, dp.clip, max_inputs, dimension, rounds + repeated, dp.delta, replace_one
+    )

@@ -1,6 +1,6 @@
 """The rules a run keeps, in one place: each part of the run record (its schedule, its participation,
-its strategy, its privacy, its model's size) checked against the consortium (its clients, the clients
-per round) and the deployment (the slice size).
+its strategy, its privacy, its secure aggregation, its model's size) checked against the consortium
+(its clients, the clients per round) and the deployment (the slice size).
 
 `fedstep start` (`fedstep.operator.settings`, `fedstep.operator.start`) checks each part as soon as it
 knows it: the schedule and the strategy from the settings alone, before any AWS call; participation
@@ -15,7 +15,7 @@ from __future__ import annotations
 from fedstep.core import codecs, execution_history, limits, sliced, strategies
 from fedstep.core.dp import Accountant, DPAggregation, DPSettings, round_epsilon
 from fedstep.core.errors import FedstepError
-from fedstep.core.schemas import RunRecord
+from fedstep.core.schemas import Bounds, RunRecord, SecAggSettings
 from fedstep.core.selection import SELECTIONS
 
 MAX_ROUND_RETRIES = 10
@@ -119,21 +119,22 @@ def check_privacy(
     selection: str,
     accountant: Accountant | None = None,
 ) -> None:
-    """Refuse central DP settings that make no sense for this consortium: delta >= 1/clients
-    (client-level DP protects a client among `population`), a wrapped strategy without calibrated
-    noise, an adaptive clip that leaves no noise for the updates, and (with an `accountant`) a budget
-    one round already exceeds."""
-    if dp is None or not dp.central:
+    """Refuse client-level DP settings (central modes, distributed) that make no sense for this
+    consortium: delta >= 1/clients (client-level DP protects a client among `population`), a wrapped
+    strategy without calibrated noise, an adaptive clip that leaves no noise for the updates, and
+    (with an `accountant`) a budget one round already exceeds."""
+    if dp is None or not dp.client_level:
         return
     if dp.delta >= 1 / population:
         raise InvalidRun(
             f"--dp-delta {dp.delta:g} is not below 1/clients = {1 / population:.3g}: a guarantee that weak "
             "would allow publishing a client's update outright; use a smaller delta (e.g. 1e-5)"
         )
-    try:
-        DPAggregation(strategy, dp, per_round, selection)
-    except ValueError as exc:
-        raise InvalidRun(str(exc)) from None
+    if dp.central:
+        try:
+            DPAggregation(strategy, dp, per_round, selection)
+        except ValueError as exc:
+            raise InvalidRun(str(exc)) from None
     if dp.epsilon_budget is not None and accountant is not None:
         first = round_epsilon(dp, accountant, per_round, population, 1, 0, selection)
         if first > dp.epsilon_budget:
@@ -144,16 +145,142 @@ def check_privacy(
             )
 
 
+def check_distributed(dp: DPSettings | None, secure: bool, secagg_clip: float | None = None) -> None:
+    """Distributed DP's rules: it needs secure aggregation (`secure`: the run has it), a fixed clip
+    (adaptive clipping moves C by the updates' norms, which the server never sees), and the clip the
+    clients apply under secure aggregation (`secagg_clip`, when set) equal to its clip."""
+    if dp is None or dp.mode != "distributed":
+        return
+    if not secure:
+        raise InvalidRun(
+            "--dp distributed needs --secure-aggregation: each client adds only its share of the noise "
+            "(z C / sqrt(threshold)), which protects nothing unless the server sees the sum alone; use --dp "
+            "central without secure aggregation"
+        )
+    if dp.clip is None:
+        raise InvalidRun(
+            "--dp distributed needs a fixed --dp-clip C: adaptive clipping moves C by the norms of the updates, "
+            "which under secure aggregation the server never sees"
+        )
+    if secagg_clip is not None and secagg_clip != dp.clip:
+        raise InvalidRun(
+            f"--secagg-clip {secagg_clip:g} differs from --dp-clip {dp.clip:g}: under --dp distributed each client "
+            "clips its update to --dp-clip, the norm its noise is calibrated to; give --dp-clip alone"
+        )
+
+
+# -- secure aggregation ---------------------------------------------------------------------------------
+
+
+def _secure_strategies() -> str:
+    return ", ".join(sorted(name for name, cls in strategies.STRATEGIES.items() if cls.secure_aggregation))
+
+
+def check_secure_aggregation(
+    strategy: strategies.Strategy, codec: codecs.Codec, dp: DPSettings | None, bounds: Bounds
+) -> None:
+    """What secure aggregation cannot do, the server seeing only the sum of a round's updates (each
+    masked): a strategy that reads each update (`Strategy.secure_aggregation`), a server-side norm
+    bound or a rejection beyond the bounds (the server cannot measure a masked update: each client
+    clips its own), a weight cap per client (every client caps its weight at the one `max_examples`
+    the round message carries), a codec other than float32 (the masked input is the protocol's own
+    fixed point), and the central DP modes (the server cannot clip a masked update, and noise added
+    to the sum by the server would not hide any update from the server)."""
+    if not strategy.secure_aggregation:
+        raise InvalidRun(
+            f"--secure-aggregation shows the server only the sum of a round's updates, and strategy "
+            f"{strategy.name!r} {strategy.secure_refusal}; use an averaging strategy ({_secure_strategies()})"
+        )
+    if bounds.max_update_norm is not None:
+        raise InvalidRun(
+            f"--max-update-norm {bounds.max_update_norm:g} is a bound the server applies to each update, and under "
+            "--secure-aggregation it cannot measure a masked update; each client clips its own update to "
+            "--secagg-clip (--dp-clip under --dp distributed) instead: drop --max-update-norm"
+        )
+    if bounds.action != "clip":
+        raise InvalidRun(
+            f"--bound-action {bounds.action} asks the server to reject an update beyond the bounds, and under "
+            "--secure-aggregation it cannot see a masked update to reject it (each client clips its own): use "
+            "--bound-action clip"
+        )
+    if bounds.client_max_examples:
+        raise InvalidRun(
+            "client_max_examples sets a weight cap per client, and under --secure-aggregation each client caps its "
+            "own weight at the one --max-examples its round message carries (the server cannot see a masked "
+            "update's weight): drop client_max_examples and set --max-examples"
+        )
+    if codec.name != codecs.DEFAULT:
+        raise InvalidRun(
+            f"--codec {codec.name} cannot be used with --secure-aggregation: a masked update is the client's "
+            f"float32 delta quantised by the protocol itself; use --codec {codecs.DEFAULT} (the default)"
+        )
+    if dp is not None and dp.central:
+        raise InvalidRun(
+            f"--dp {dp.mode} cannot be used with --secure-aggregation: the server cannot clip a masked update, and "
+            "noise it added to the sum would hide nothing from itself; use --dp distributed (each client clips "
+            "and adds its share of the noise) or --dp dp-sgd"
+        )
+
+
+def check_threshold(secagg: SecAggSettings, quorum: int, min_participants: int, per_round: int) -> None:
+    """A threshold t the run's rounds can meet and that keeps its floors: at least `min_participants`
+    (a sum is never unmasked from fewer clients than a round may be aggregated from), at most the
+    clients per round, a quorum of at least t (a secure round is never aggregated from fewer than t
+    survivors), and a neighbourhood that can hold t shares: each client shares its secrets among
+    itself and its k neighbours, and t of those shares rebuild one (k + 1 >= t; k = 0: everyone)."""
+    t, k = secagg.threshold, secagg.neighbours
+    if t > per_round:
+        raise InvalidRun(
+            f"--secagg-threshold {t} is more than the {per_round} client(s) selected per round: no round could "
+            f"have {t} survivors; lower the threshold or select more clients per round"
+            + (" (secure aggregation needs at least 2)" if per_round < 2 else "")
+        )
+    if t < min_participants:
+        raise InvalidRun(
+            f"--secagg-threshold {t} is below min_participants {min_participants}: the sum of {t} clients could "
+            f"be unmasked, fewer than a round may be aggregated from; set --secagg-threshold {min_participants} "
+            "or more"
+        )
+    if quorum < t:
+        raise InvalidRun(
+            f"quorum {quorum} is below --secagg-threshold {t}: a secure round is never aggregated from fewer than "
+            f"{t} survivors; set --quorum {t} or more (or lower the threshold)"
+        )
+    if k != 0 and k + 1 < t:
+        raise InvalidRun(
+            f"--secagg-neighbours {k} is too few for --secagg-threshold {t}: each client shares its secrets among "
+            f"itself and its {k} neighbours, and {t} shares are needed to rebuild one; set --secagg-neighbours "
+            f"{t - 1 + (t - 1) % 2} or more (even), or 0 for every other selected client"
+        )
+
+
 # -- the model's size -----------------------------------------------------------------------------------
 
 
 def check_sliceable(
-    strategy: strategies.Strategy, dp: DPSettings | None, model_bytes: int, slice_bytes: int | None
+    strategy: strategies.Strategy,
+    dp: DPSettings | None,
+    model_bytes: int,
+    slice_bytes: int | None,
+    secure: bool = False,
 ) -> None:
     """Refuse a run whose model the stack aggregates by slices with a strategy (or central DP, which
-    clips whole updates) that cannot slice (`fedstep.core.sliced`)."""
+    clips whole updates) that cannot slice (`fedstep.core.sliced`), or under secure aggregation
+    (`secure`), whose rounds do not slice yet."""
     if not sliced.needs_slices(model_bytes, slice_bytes):
         return
+    if secure:
+        also = (
+            f"; nor can strategy {strategy.name!r}, which does not slice (only "
+            f"{', '.join(sliced.sliceable_strategies())} do)"
+            if not strategy.sliceable
+            else ""
+        )
+        raise InvalidRun(
+            f"this model of {model_bytes / 2**20:.0f} MiB is over the deployment's slice size "
+            f"({(slice_bytes or 0) / 2**20:.0f} MiB, `slice_mb`), so its rounds are aggregated by slices, and a sliced "
+            f"model cannot be securely aggregated yet{also}: use a smaller model, or drop --secure-aggregation"
+        )
     try:
         sliced.check_sliceable(strategy, model_bytes, slice_bytes)
     except sliced.NotSliceable as exc:
@@ -224,5 +351,10 @@ def check_run(
     except ValueError as exc:
         raise InvalidRun(f"run {run.run_id}: {exc}") from None
     check_codec(codec, strategy, run.dp, model_bytes, slice_bytes)
+    secure = run.secagg is not None
+    check_distributed(run.dp, secure, run.secagg.clip if run.secagg is not None else None)
+    if run.secagg is not None:
+        check_secure_aggregation(strategy, codec, run.dp, run.bounds)
+        check_threshold(run.secagg, run.quorum, run.min_participants, per_round)
     if model_bytes is not None:
-        check_sliceable(strategy, run.dp, model_bytes, slice_bytes)
+        check_sliceable(strategy, run.dp, model_bytes, slice_bytes, secure)

@@ -170,6 +170,11 @@ def run_memory(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[
             "standardize federated asks the clients for their statistics through the cloud's queues: "
             "use --engine cloud (the memory engine takes standardize none or local)"
         )
+    if settings.secure_aggregation:
+        raise FedstepError(
+            "--secure-aggregation runs its phases as the state machine's states and the agents' steps, which the "
+            "memory engine does not have: use --engine cloud"
+        )
     client_ids = [f"client-{i}" for i in range(1, config.clients + 1)]
     per_round, _ = settings.for_clients(sorted(client_ids))
     if config.model:

@@ -31,6 +31,7 @@ def round_entry(summary: RoundSummary, heldout: dict[str, float], relation: str)
         "measurements": summary.measurements,
         "kept": summary.kept,
         "epsilon": summary.epsilon,
+        "operator_epsilon": summary.operator_epsilon,
         "delta": summary.delta,
         "neighbouring": relation,
     }
@@ -45,4 +46,5 @@ def round_line(summary: RoundSummary, entry: dict[str, Any], total: int, relatio
         f"held-out accuracy {_fmt(entry['heldout_accuracy'])}  {summary.duration_s:.1f} s"
         + (f"  rejected {len(summary.rejected)}" if summary.rejected else "")
         + (f"  epsilon {summary.epsilon:.3f} ({relation})" if summary.epsilon is not None else "")
+        + (f"  operator epsilon {summary.operator_epsilon:.3f}" if summary.operator_epsilon is not None else "")
     )

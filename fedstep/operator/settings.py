@@ -18,9 +18,11 @@ from fedstep.core.schemas import (
     DPSettings,
     InvalidMessage,
     ObjectRef,
+    SecAggSettings,
     Target,
     TrainingConfig,
 )
+from fedstep.core.schemas.run_record import DEFAULT_SECAGG_PHASE_TIMEOUT_S
 from fedstep.core.selection import per_round_count
 
 
@@ -71,15 +73,31 @@ class RunSettings:
     bound_action: str = "clip"
     """What happens to an update beyond max_examples or max_update_norm: "clip" or "reject"."""
     dp: str | None = None
-    """Differential privacy: "central", "client-clip" or "dp-sgd" (docs/privacy.md); None: none."""
+    """Differential privacy: "central", "client-clip", "distributed" (with secure_aggregation) or
+    "dp-sgd" (docs/privacy.md); None: none."""
     dp_noise_multiplier: float | None = None
     """z: the noise's standard deviation over the clip norm (required with dp)."""
     dp_clip: str | None = None
-    """The clip norm: a number, or "adaptive" (central modes; default adaptive there, 1.0 for dp-sgd)."""
+    """The clip norm: a number, or "adaptive" (central modes; default adaptive there, 1.0 for dp-sgd;
+    required under distributed)."""
     dp_delta: float | None = None
     """The delta of the (epsilon, delta) guarantee (default 1e-5)."""
     dp_epsilon: float | None = None
-    """The run's epsilon budget (central modes): the run stops before a round would exceed it."""
+    """The run's epsilon budget (client-level modes; under distributed, the published model's): the run
+    stops before a round would exceed it."""
+    secure_aggregation: bool = False
+    """Secure aggregation (SecAgg+): the server learns only the sum of each round's updates."""
+    secagg_threshold: int | None = None
+    """t: the fewest clients a secure round's sum is unmasked from (and the shares that rebuild a
+    secret); default max(2, min_participants, quorum), at most the clients per round."""
+    secagg_neighbours: int | None = None
+    """k: how many others each client masks with and shares its secrets to; 0 (the default): every
+    other selected client; else an even number with k + 1 >= t."""
+    secagg_clip: float | None = None
+    """The L2 norm each client clips its update to before quantising it (default 10.0; under
+    dp distributed it is dp_clip)."""
+    secagg_phase_timeout_s: int | None = None
+    """Each later phase's deadline, s (sharing keys, uploading masked inputs, revealing shares)."""
     selection: str = "fixed"
     """How a round samples clients_per_round of the clients: "fixed" (exactly that many) or "poisson"
     (each with probability clients_per_round / clients; central DP accounted under add/remove)."""
@@ -114,7 +132,51 @@ class RunSettings:
             raise FedstepError(str(exc)) from None
         run_rules.check_floors(self.quorum, self.min_participants, self.selection, strategy)
         run_rules.check_codec(codec, strategy, privacy)
+        self._check_secagg_values()
+        run_rules.check_distributed(privacy, self.secure_aggregation, self.secagg_clip)
+        if self.secure_aggregation:
+            run_rules.check_secure_aggregation(strategy, codec, privacy, self.bounds())
         return self
+
+    def _check_secagg_values(self) -> None:
+        """The secure-aggregation settings, each on its own; FedstepError naming the flag."""
+        given = [name for name in _SECAGG_SETTINGS if getattr(self, name) is not None]
+        if not self.secure_aggregation:
+            if given:
+                flags = ", ".join(_flag(name) for name in given)
+                raise FedstepError(f"{flags} given without --secure-aggregation")
+            return
+        t, k = self.secagg_threshold, self.secagg_neighbours
+        if t is not None and t < 2:
+            raise FedstepError(f"--secagg-threshold must be 2 or more (the fewest survivors of a round), got {t}")
+        if k is not None and k != 0 and (k < 2 or k % 2):
+            raise FedstepError(
+                f"--secagg-neighbours must be 0 (every other selected client) or an even number >= 2, got {k}"
+            )
+        if self.secagg_clip is not None and not 0 < self.secagg_clip < math.inf:
+            raise FedstepError(f"--secagg-clip must be a number > 0, got {self.secagg_clip}")
+        timeout = self.secagg_phase_timeout_s
+        if timeout is not None and not 1 <= timeout <= limits.MAX_ROUND_TIMEOUT_S:
+            raise FedstepError(f"--secagg-phase-timeout must be 1 s to {limits.MAX_ROUND_TIMEOUT_S} s, got {timeout}")
+
+    def secagg(self, per_round: int, quorum: int) -> SecAggSettings | None:
+        """The run's secure aggregation for `per_round` clients per round and its `quorum`, or None
+        without it: the threshold given, else max(2, min_participants, quorum) at most `per_round`;
+        under distributed DP the clip is dp_clip. InvalidRun when the rounds cannot keep it
+        (`fedstep.core.run_rules.check_threshold`)."""
+        if not self.secure_aggregation:
+            return None
+        threshold = self._threshold(per_round, quorum)
+        dp = self.privacy()
+        clip = dp.clip if dp is not None and dp.mode == "distributed" and dp.clip is not None else self.secagg_clip
+        settings = SecAggSettings(
+            threshold=threshold,
+            neighbours=self.secagg_neighbours or 0,
+            clip=10.0 if clip is None else clip,
+            phase_timeout_s=self.secagg_phase_timeout_s or DEFAULT_SECAGG_PHASE_TIMEOUT_S,
+        )
+        run_rules.check_threshold(settings, quorum, self.min_participants, per_round)
+        return settings
 
     def privacy(self) -> DPSettings | None:
         """The run's DP settings; ValueError naming a setting that makes no sense on its own."""
@@ -122,7 +184,7 @@ class RunSettings:
         if self.dp is None:
             if given:
                 flags = ", ".join("--" + name.replace("_", "-") for name in given)
-                raise ValueError(f"{flags} given without --dp (central, client-clip or dp-sgd)")
+                raise ValueError(f"{flags} given without --dp (central, client-clip, distributed or dp-sgd)")
             return None
         if self.dp not in DP_MODES:
             raise ValueError(f"--dp must be one of {', '.join(DP_MODES)}, got {self.dp!r}")
@@ -132,6 +194,12 @@ class RunSettings:
         delta = 1e-5 if self.dp_delta is None else self.dp_delta
         if not 0 < delta < 1:
             raise ValueError(f"--dp-delta must be between 0 and 1, got {delta}")
+        if self.dp == "distributed" and self.dp_clip in (None, "adaptive"):
+            raise ValueError(
+                "--dp distributed needs --dp-clip C, a number > 0: each client clips its update to C and calibrates "
+                "its noise to it, and adaptive clipping would move C by the updates' norms, which under secure "
+                "aggregation the server never sees"
+            )
         if self.dp_clip in (None, "adaptive"):
             clip = None if self.dp in ("central", "client-clip") else 1.0
         else:
@@ -143,12 +211,15 @@ class RunSettings:
                 raise ValueError(f"--dp-clip must be a number > 0 or 'adaptive', got {self.dp_clip!r}")
         if self.dp == "dp-sgd" and self.dp_epsilon is not None:
             raise ValueError(
-                "--dp-epsilon is a run's client-level budget (central, client-clip); under dp-sgd each data owner "
-                "sets its own budget (dp_epsilon_budget in the client config)"
+                "--dp-epsilon is a run's client-level budget (central, client-clip, distributed); under dp-sgd each "
+                "data owner sets its own budget (dp_epsilon_budget in the client config)"
             )
         if self.dp_epsilon is not None and not self.dp_epsilon > 0:
             raise ValueError(f"--dp-epsilon must be > 0, got {self.dp_epsilon}")
         return DPSettings(self.dp, z, clip, delta, self.dp_epsilon)
+
+    def _threshold(self, per_round: int, quorum: int) -> int:
+        return self.secagg_threshold or max(2, min(per_round, max(self.min_participants, quorum)))
 
     def run_clients(self, stack_clients: list[str], revoked: Collection[str] = ()) -> list[str]:
         """The run's clients (sorted): the stack's, or those `select` names, less those `exclude` names.
@@ -176,7 +247,9 @@ class RunSettings:
     def for_clients(self, clients: list[str]) -> tuple[int, int]:
         """(clients per round, quorum) of these settings for a run of `clients`; FedstepError when the
         settings cannot work with them (too many clients, a quorum or participants floor above the
-        clients per round, a cap for an unknown client, privacy settings that make no sense for them)."""
+        clients per round, a secure-aggregation threshold they cannot keep, a cap for an unknown client,
+        privacy settings that make no sense for them). Under secure aggregation the default quorum is
+        raised to the threshold."""
         if len(clients) > limits.MAX_CLIENTS_PER_RUN:
             run_rules.check_participation(len(clients), 1, 1, 1)  # names the limit
         chosen = self.select is not None or self.exclude is not None
@@ -194,7 +267,10 @@ class RunSettings:
         quorum = self.quorum or (
             min(self.min_participants, per_round) if self.selection == "poisson" else (per_round + 1) // 2
         )
+        if self.secure_aggregation and self.quorum is None:  # a secure round needs t survivors: so does its quorum
+            quorum = max(quorum, min(per_round, self._threshold(per_round, quorum)))
         run_rules.check_participation(len(clients), per_round, quorum, self.min_participants)
+        self.secagg(per_round, quorum)
         unknown = sorted(set(self.client_max_examples or {}) - set(clients))
         if unknown:
             raise FedstepError(f"client_max_examples names clients the stack does not have: {unknown}")
@@ -231,6 +307,17 @@ class RunSettings:
         )
 
 
+_SECAGG_SETTINGS = ("secagg_threshold", "secagg_neighbours", "secagg_clip", "secagg_phase_timeout_s")
+"""The settings that tune secure aggregation (each needs secure_aggregation)."""
+
+
+def _flag(name: str) -> str:
+    """A run setting's flag: `--secagg-phase-timeout` for secagg_phase_timeout_s, `--dp-clip` for dp_clip."""
+    return {"round_timeout_s": "--round-timeout", "secagg_phase_timeout_s": "--secagg-phase-timeout"}.get(
+        name, "--" + name.replace("_", "-")
+    )
+
+
 _PENDING = ObjectRef("pending", "0" * 64, 0)
 """Stands for a run's federated statistics until `start_run` has them."""
 
@@ -249,6 +336,10 @@ _TYPES: dict[str, type] = {
     "dp_clip": str,
     "dp_delta": float,
     "dp_epsilon": float,
+    "secagg_threshold": int,
+    "secagg_neighbours": int,
+    "secagg_clip": float,
+    "secagg_phase_timeout_s": int,
     "select": list,
     "exclude": list,
 }

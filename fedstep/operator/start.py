@@ -149,7 +149,9 @@ def start_run(
             f"the model is {len(weights)} bytes; the stack aggregates models of at most {outputs.max_model_bytes} "
             "bytes (deployment config max_model_mb)"
         )
-    run_rules.check_sliceable(settings.strategy_instance(), record.dp, len(weights), outputs.slice_bytes)
+    run_rules.check_sliceable(
+        settings.strategy_instance(), record.dp, len(weights), outputs.slice_bytes, record.secagg is not None
+    )
     run_rules.check_codec(
         settings.codec_instance(), settings.strategy_instance(), record.dp, len(weights), outputs.slice_bytes
     )
@@ -202,6 +204,7 @@ def plan_run(settings: RunSettings, stack_clients: list[str], run_id: str, revok
         select_online=settings.select_online,
         selection=settings.selection,
         codec=settings.codec_instance().name,
+        secagg=settings.secagg(per_round, quorum),
     )
 
 
@@ -226,9 +229,11 @@ def model_of_round(
 
 
 def _flag(name: str) -> str:
-    return {"round_timeout_s": "--round-timeout", "strategy_params": "--strategy-param"}.get(
-        name, "--" + name.replace("_", "-")
-    )
+    return {
+        "round_timeout_s": "--round-timeout",
+        "strategy_params": "--strategy-param",
+        "secagg_phase_timeout_s": "--secagg-phase-timeout",
+    }.get(name, "--" + name.replace("_", "-"))
 
 
 def resume_rounds(run_id: str, flags: dict[str, Any], run_file: dict[str, Any]) -> int | None:
@@ -337,7 +342,7 @@ def without_revoked(run: RunRecord, outputs: StackOutputs) -> RunRecord:
         return run
     left = [c for c in run.clients if c not in outputs.revoked]
     named = ", ".join(gone)
-    if run.dp is not None and run.dp.central:
+    if run.dp is not None and run.dp.client_level:
         raise FedstepError(
             f"run {run.run_id}'s privacy guarantee was accounted over its {len(run.clients)} clients, and some are "
             f"revoked now ({named}): resuming without them would change the population of that guarantee. Start a "

@@ -17,3 +17,26 @@ def lazy_client_epsilon(
     from fedstep.privacy.accounting import client_epsilon
 
     return client_epsilon(noise_multiplier, sample, population, steps, delta, unsampled, selection)
+
+
+def lazy_operator_epsilon(
+    noise_multiplier: float,
+    threshold: int,
+    clip: float,
+    max_inputs: int,
+    dimension: int,
+    rounds: int,
+    delta: float,
+    replace_one: bool = False,
+) -> float:
+    """Distributed DP's epsilon against the operator (the core's `OperatorAccountant`;
+    `fedstep.core.dp.operator_round_epsilon`): the fixed-point step of a round of `max_inputs` inputs
+    clipped to `clip`, noised for `threshold` survivors (`fedstep.privacy.secagg.inputs.InputCodec`,
+    as the clients encode), then `fedstep.privacy.distributed.client_level_operator_epsilon`; imported
+    on first use."""
+    from fedstep.privacy.distributed import client_level_operator_epsilon, client_sigma
+    from fedstep.privacy.secagg.inputs import InputCodec
+
+    codec = InputCodec(clip, 1, max_inputs, client_sigma(noise_multiplier * clip, threshold))
+    clip_steps = clip / codec.values.step
+    return client_level_operator_epsilon(noise_multiplier, threshold, clip_steps, dimension, rounds, delta, replace_one)

@@ -10,7 +10,9 @@ carries at least the target noise, and the operator, who only ever sees that sum
   (Kairouz, Liu and Steinke 2021, "The Distributed Discrete Gaussian Mechanism for Federated Learning
   with Secure Aggregation", Proposition 14: the continuous Gaussian's bound plus a correction tau
   that vanishes as sigma grows), composed over the rounds with no amplification by sampling (the
-  operator knows the selection), converted to (epsilon, delta) by dp-accounting.
+  operator knows the selection), converted to (epsilon, delta) by dp-accounting;
+- `client_level_operator_epsilon`: that epsilon for a client's whole update (clipped to C, quantised
+  with stochastic rounding), from the run's noise multiplier and the fixed-point step.
 
 Sensitivities are in quantised units (the update's clipped bound divided by the fixed-point step),
 for the neighbouring relation the caller accounts (replace-one doubles the add/remove one).
@@ -92,3 +94,28 @@ def operator_epsilon(
     rdp = [rounds * sum_rdp(a, sigma, survivors, l2, l1, dimension) for a in orders]
     epsilon, _ = compute_epsilon(orders, rdp, delta)
     return float(epsilon)
+
+
+def client_level_operator_epsilon(
+    noise_multiplier: float,
+    threshold: int,
+    clip_steps: float,
+    dimension: int,
+    rounds: int,
+    delta: float,
+    replace_one: bool = False,
+) -> float:
+    """Epsilon against the operator after `rounds` rounds of distributed DP with noise multiplier z:
+    each client's delta clipped to C, `clip_steps` = C over the fixed-point step, its `dimension`
+    elements quantised with stochastic rounding (each moved by less than a step) and noised with
+    N_Z(0, sigma^2), sigma = z C / sqrt(t) in steps (`client_sigma`), so that any `threshold` t
+    survivors carry z C. One client moves the sum of quantised inputs by at most
+    s C / step + 2 sqrt(d) in L2 (s = 2 with `replace_one`: its data replaced by any other; s = 1: its
+    update against none; the 2 sqrt(d) bounds the two roundings' difference), the sensitivity
+    `operator_epsilon` takes, with at least t summands' noise and no amplification by sampling."""
+    if not clip_steps > 0 or dimension < 1:
+        raise ValueError(f"need a positive clip in steps and at least one element, got {clip_steps}, {dimension}")
+    sensitivity = 2.0 if replace_one else 1.0
+    l2 = sensitivity * clip_steps + 2 * math.sqrt(dimension)
+    sigma = client_sigma(noise_multiplier * clip_steps, threshold)
+    return operator_epsilon(sigma, threshold, l2, dimension, rounds, delta)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fedstep.core.dp import neighbouring
-from fedstep.core.schemas import FailureItem, RoundSummary, RunRecord, Target, headline_metric
+from fedstep.core.schemas import FailureItem, RoundSummary, RunRecord, SecAggSettings, Target, headline_metric
 from fedstep.operator.views import RunListing, RunView
 from fedstep.render.client_metrics import render_client_table
 from fedstep.render.text import clean, duration, lines, table
@@ -99,8 +99,11 @@ def measurements_text(s: RoundSummary) -> str:
 
 
 def epsilon_text(s: RoundSummary) -> str:
-    """The run's epsilon after the round, e.g. `1.234`; "-" without DP."""
-    return f"{s.epsilon:.3f}" if s.epsilon is not None else "-"
+    """The run's epsilon after the round, e.g. `1.234`, and under distributed DP the operator's beside
+    it, `1.234 (operator 2.345)`; "-" without DP."""
+    if s.epsilon is None:
+        return "-"
+    return f"{s.epsilon:.3f}" + (f" (operator {s.operator_epsilon:.3f})" if s.operator_epsilon is not None else "")
 
 
 def global_evaluation(view: RunView, name: str = "accuracy") -> dict[int, float]:
@@ -183,6 +186,8 @@ def settings_line(view: RunView) -> str:
     ]
     if r.codec != "float32":
         parts.append(f"updates encoded {r.codec}")
+    if r.secagg is not None:
+        parts.append(secagg_text(r.secagg))
     if r.training.standardize != "none":
         parts.append(f"features standardized ({r.training.standardize})")
     if r.training.params:
@@ -201,13 +206,23 @@ def settings_line(view: RunView) -> str:
     return "; ".join(parts)
 
 
+def secagg_text(secagg: SecAggSettings) -> str:
+    """A run's secure aggregation, e.g. `secure aggregation: threshold 3, every other client, clip 10,
+    each later phase's deadline 5 min 0 s`."""
+    neighbours = "every other client" if secagg.neighbours == 0 else f"{secagg.neighbours} neighbours each"
+    return (
+        f"secure aggregation: threshold {secagg.threshold}, {neighbours}, clip {secagg.clip:g}, "
+        f"each later phase's deadline {duration(secagg.phase_timeout_s)}"
+    )
+
+
 def neighbouring_text(r: RunRecord) -> str:
     """What a DP run's epsilon compares, e.g. `epsilon for replace-one neighbours (a client's data
     replaced)`; "" without DP (docs/privacy.md, Two conventions)."""
     relation = neighbouring(r.dp, r.selection)
     if relation is None or r.dp is None:
         return ""
-    unit = "a client" if r.dp.central else "a record"
+    unit = "a client" if r.dp.client_level else "a record"
     what = f"{unit}'s data replaced" if relation == "replace-one" else f"{unit} added or removed"
     return f"epsilon for {relation.replace('add-remove', 'add/remove')} neighbours ({what})"
 
@@ -315,8 +330,9 @@ def open_round_json(view: RunView) -> dict[str, Any] | None:
 def render_status_json(view: RunView) -> str:
     """The run (with `stop`: the operator's reason and time, when it was stopped) and one object per
     round (participants, rejected, declined and clipped updates, the norm bound applied, metrics,
-    measurements, epsilon, delta, repeated noisy releases and `kept`, the clients the strategy kept;
-    with per-client rows read, `clients`: each selected client's status, examples and own metrics);
+    measurements, epsilon (under distributed DP also `operator_epsilon`), delta, repeated noisy
+    releases and `kept`, the clients the strategy kept; with per-client rows read, `clients`: each
+    selected client's status, examples and own metrics);
     `failures`: each client's last failed round in the run, as its agent reported it."""
     ex = view.execution
     evaluated = global_evaluation(view)
@@ -334,6 +350,7 @@ def render_status_json(view: RunView) -> str:
             "model_accuracy": evaluated.get(s.round),
             "measurements": s.measurements,
             "epsilon": s.epsilon,
+            "operator_epsilon": s.operator_epsilon,
             "delta": s.delta,
             "repeated_releases": s.repeated_releases,
             "kept": s.kept,

@@ -75,7 +75,7 @@ from fedstep.core.rounds.inputs import (
     selected_in,
 )
 from fedstep.core.rounds.intake import missing_clients
-from fedstep.core.rounds.privacy import privacy_spent
+from fedstep.core.rounds.privacy import operator_privacy_spent, privacy_spent
 from fedstep.core.rounds.publish import publish_round
 from fedstep.core.rounds.results import new_claim_id
 from fedstep.core.rounds.settings import AggregationSettings
@@ -108,6 +108,7 @@ __all__ = [
     "load_state",
     "missing_clients",
     "new_claim_id",
+    "operator_privacy_spent",
     "plan_output",
     "previous_summary",
     "privacy_spent",

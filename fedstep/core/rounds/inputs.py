@@ -29,10 +29,10 @@ def choose_clients(
     if not run.select_online:
         return Selection(run.selected(round_number))
     gone = away(run.clients, heartbeats, now or datetime.now(UTC))
-    central_dp = run.dp is not None and run.dp.central
+    client_dp = run.dp is not None and run.dp.client_level  # its epsilon counts on the plain sample
     needs = max(run.quorum, run.min_participants)
     return select_round(
-        run.clients, per_round, run.seed, round_number, gone, needs=needs, redraw=not central_dp, sampling=run.selection
+        run.clients, per_round, run.seed, round_number, gone, needs=needs, redraw=not client_dp, sampling=run.selection
     )
 
 

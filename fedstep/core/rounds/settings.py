@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+<<<<<<< HEAD
 from fedstep.core.dp import Accountant
 from fedstep.core.ports import SecureAggregation
+=======
+from fedstep.core.dp import Accountant, OperatorAccountant
+>>>>>>> secagg-settings
 
 
 @dataclass(frozen=True)
@@ -19,6 +23,9 @@ class AggregationSettings:
     wait_s: float = 240.0
     accountant: Accountant | None = None
     """The privacy accountant of DP runs (`fedstep.privacy.accounting.epsilon_fixed`)."""
+    operator_accountant: OperatorAccountant | None = None
+    """Distributed DP's accountant of the epsilon against the operator (`fedstep.privacy.lazy_operator_epsilon`;
+    `fedstep.core.rounds.operator_privacy_spent`)."""
     slice_bytes: int | None = None
     """Global models larger than this are aggregated by slices (`fedstep.core.sliced`); None: never.
     The store must then also be a `MultipartStore`."""

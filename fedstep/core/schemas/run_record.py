@@ -137,14 +137,18 @@ class DPSettings:
     """A run's differential privacy (see docs/privacy.md).
 
     `mode`: "central" (client-level DP-FedAvg, the server clips each update and adds noise),
-    "client-clip" (the same, but each client clips its update before upload) or "dp-sgd"
-    (record-level DP on each client: per-example clipping and noise in every local step).
+    "client-clip" (the same, but each client clips its update before upload), "distributed"
+    (client-level, under secure aggregation: each client clips its update to `clip` and adds its share
+    of the noise, so any `SecAggSettings.threshold` survivors' sum carries noise of std
+    noise_multiplier x clip) or "dp-sgd" (record-level DP on each client: per-example clipping and
+    noise in every local step).
     `noise_multiplier` z: the noise's standard deviation over the clip norm. `clip`: the clip norm C
     (an update's L2 norm; under dp-sgd an example's gradient norm), or None for adaptive clipping
     (central modes: C tracks the `target_quantile` of the update norms, Andrew et al. 2021, starting
     at `initial_clip` and moving by `clip_learning_rate`; the count of clipped updates is released
     with noise of std `clipped_count_stddev`). `delta`: the delta of the (epsilon, delta) guarantee.
-    `epsilon_budget`: stop the run before a round would take epsilon past it (central modes)."""
+    `epsilon_budget`: stop the run before a round would take epsilon past it (client-level modes; under
+    "distributed", the published model's epsilon)."""
 
     mode: str
     noise_multiplier: float
@@ -160,6 +164,13 @@ class DPSettings:
     def central(self) -> bool:
         """Client-level DP applied by the server (clipping checked, noise added to the sum)."""
         return self.mode in ("central", "client-clip")
+
+    @property
+    def client_level(self) -> bool:
+        """A client's whole contribution is protected, accounted by the server each round: the
+        central modes, and "distributed" (the noise added by the clients, the sum noised as central
+        DP's is)."""
+        return self.central or self.mode == "distributed"
 
     @classmethod
     def parse(cls, data: Any, where: str) -> DPSettings:

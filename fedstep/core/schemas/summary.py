@@ -82,8 +82,8 @@ class RoundSummary:
     """The strategy's state after this round (None: a stateless strategy)."""
     epsilon: float | None = None
     """The run's privacy loss after this round, at `delta` (None: no DP): client-level under the
-    central modes (dp-accounting's RDP accountant), the largest participant's record-level epsilon
-    under dp-sgd."""
+    central modes (dp-accounting's RDP accountant) and, for the published model, under distributed DP;
+    the largest participant's record-level epsilon under dp-sgd."""
     delta: float | None = None
     declined: list[Rejection] = field(default_factory=list)
     """Selected clients that declined the round (e.g. their privacy budget), with their reason."""
@@ -102,6 +102,11 @@ class RoundSummary:
     kept: list[str] | None = None
     """The participants whose updates the strategy kept for its step, by client id, when it keeps some
     and drops the others (Krum, Multi-Krum; `check_kept`); None: every participant's update counted."""
+    operator_epsilon: float | None = None
+    """Distributed DP: the run's client-level epsilon after this round against the operator, who sees
+    the noisy sums and knows whom each round selected (no amplification by sampling; the discrete
+    noise's correction; at least the threshold's honest survivors), at `delta`
+    (`fedstep.core.rounds.operator_privacy_spent`); None otherwise."""
 
     def to_dict(self) -> dict[str, Any]:
         """As stored in the round record: `kept` as positions in `participants` (1,000 of them take
@@ -126,6 +131,7 @@ class RoundSummary:
             "measurements": self.measurements,
             "epsilon": self.epsilon,
             "delta": self.delta,
+            **({"operator_epsilon": self.operator_epsilon} if self.operator_epsilon is not None else {}),
             "duration_s": self.duration_s,
         }
 
@@ -158,6 +164,7 @@ class RoundSummary:
             repeated_releases=positive_int(data, "repeated_releases", where, 0) if "repeated_releases" in data else 0,
             kept=check_kept(data.get("kept"), list(data.get("participants") or []), f"{where} kept"),
             manifest=ObjectRef.parse(data["manifest"], f"{where} manifest") if data.get("manifest") else None,
+            operator_epsilon=optional_number(data, "operator_epsilon", where),
         )
 
 

@@ -172,6 +172,14 @@ class Strategy(ABC):
     refuses the pair, saying `sparse_refusal`)."""
     sparse_refusal: ClassVar[str] = ""
     """Why not, when it cannot: the end of "--codec topk:0.1 sends sparse updates, and median ..."."""
+    secure_aggregation: ClassVar[bool] = True
+    """Whether it can aggregate under secure aggregation, where the server sees only the (weighted)
+    sum of a round's updates: a strategy that takes its step from their mean can; one that reads each
+    update (its coordinates, its distances, its norm) cannot (`fedstep start` refuses the pair,
+    saying `secure_refusal`)."""
+    secure_refusal: ClassVar[str] = ""
+    """Why not, when it cannot: the end of "--secure-aggregation shows the server only the sum of a
+    round's updates, and median ..."."""
 
     def __init__(self, params: Any = None) -> None:
         self.params = params if params is not None else self.Params()

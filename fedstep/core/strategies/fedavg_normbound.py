@@ -43,6 +43,8 @@ class NormBoundedFedAvg(Strategy):
     name = "fedavg_normbound"
     summary = "FedAvg of the updates clipped to an L2 norm (Sun et al. 2019, Can You Really Backdoor FL?)"
     Params = NormBoundParams
+    secure_aggregation = False
+    secure_refusal = "clips each update to its own norm bound, which needs each update's norm"
 
     def check(self, params: Any) -> None:
         if not params.max_norm > 0:

@@ -89,6 +89,8 @@ class Krum(Strategy):
     sparse_refusal = (
         "scores updates by their distances, which between sparse updates measure which coordinates each kept"
     )
+    secure_aggregation = False
+    secure_refusal = "scores each update by its distances to the others, which needs each update"
 
     def check(self, params: Any) -> None:
         for param in ("num_malicious", "num_selected"):

@@ -27,6 +27,8 @@ class Median(Strategy):
     sliceable = True
     accepts_sparse = False
     sparse_refusal = "takes the coordinate-wise median, which of sparse updates is almost all zeros"
+    secure_aggregation = False
+    secure_refusal = "takes the coordinate-wise median of the updates, which needs each update"
 
     def aggregate(
         self, round_number: int, global_model: GlobalModel, state: ServerState, updates: Updates

@@ -40,6 +40,8 @@ class TrimmedMean(Strategy):
     sliceable = True
     accepts_sparse = False
     sparse_refusal = "trims each coordinate's extremes, which among sparse updates are the few non-zero values"
+    secure_aggregation = False
+    secure_refusal = "trims each coordinate's extremes among the updates, which needs each update"
 
     def check(self, params: Any) -> None:
         if not 0 <= params.beta < 0.5:

@@ -143,11 +143,13 @@ class Client:
         return Advertisement(self.client_id, self.seal_keys.public, self.mask_keys.public, commitment)
 
     def share_keys(self, roster: dict[str, Advertisement], neighbours: list[str]) -> dict[str, bytes]:
-        """Phase 2: to each neighbour, its shares of this client's seed and masking key, sealed to it."""
-        if len(neighbours) + 1 < self.threshold:  # its shares go to its neighbours and itself
+        """Phase 2: to each neighbour, its shares of this client's seed and masking key, sealed to it.
+        The secrets are shared t-of-(k + 1) among the k neighbours and the client itself, so k + 1 >= t
+        (`fedstep.core.run_rules.check_threshold`); with k + 1 = t a round survives no dropout."""
+        if len(neighbours) + 1 < self.threshold:
             raise SecAggThresholdNotMet(
-                f"{self.client_id} has {len(neighbours)} neighbours; threshold {self.threshold} needs "
-                f"{self.threshold - 1}"
+                f"{self.client_id} has {len(neighbours)} neighbours, {self.threshold - 1} needed (with itself, "
+                f"the threshold's {self.threshold} share holders)"
             )
         self.roster, self.neighbours = roster, neighbours
         seeds = share(self.seed, self.threshold, len(neighbours) + 1)
