@@ -181,7 +181,9 @@ class InProcessTransport:
         try:
             body = self._answer(environ, start_response, request.method)
         except Exception as exc:  # as werkzeug's server answers an application that raised: a 500, retried
-            log.warning("the local cloud failed a request (the SDK retries it): %s: %s", type(exc).__name__, exc, exc_info=True)
+            log.warning(
+                "the local cloud failed a request (the SDK retries it): %s: %s", type(exc).__name__, exc, exc_info=True
+            )
             from werkzeug.exceptions import InternalServerError
 
             body = self._answer(environ, start_response, request.method, InternalServerError())

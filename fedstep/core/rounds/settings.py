@@ -5,12 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-<<<<<<< HEAD
-from fedstep.core.dp import Accountant
-from fedstep.core.ports import SecureAggregation
-=======
 from fedstep.core.dp import Accountant, OperatorAccountant
->>>>>>> secagg-settings
+from fedstep.core.ports import SecureAggregation
 
 
 @dataclass(frozen=True)
