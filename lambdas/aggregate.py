@@ -68,7 +68,7 @@ from fedstep.core.schemas import (
     headline_metric,
     state_machine_fields,
 )
-from fedstep.privacy import lazy_client_epsilon
+from fedstep.privacy import lazy_client_epsilon, lazy_operator_epsilon
 from fedstep.privacy.secagg.server import SecAggServer
 
 logger = Logger(service="fedstep-aggregate")
@@ -195,6 +195,7 @@ def settings(context: LambdaContext | None = None) -> AggregationSettings:
         accountant=accountant,
         slice_bytes=int(slice_bytes) if slice_bytes else None,
         secure=SECURE,
+        operator_accountant=lazy_operator_epsilon,
     )
 
 

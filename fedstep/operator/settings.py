@@ -116,7 +116,7 @@ class RunSettings:
         the schedule, the floors and the strategy, the training, bounds and privacy settings);
         FedstepError naming the first that does not."""
         run_rules.check_schedule(self.rounds, self.round_retries, self.round_timeout_s)
-        run_rules.check_fits_one_execution(self.rounds, self.round_retries)
+        run_rules.check_fits_one_execution(self.rounds, self.round_retries, secure=self.secure_aggregation)
         if self.target is not None:
             try:
                 Target.parse_text(self.target)

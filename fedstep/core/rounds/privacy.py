@@ -70,11 +70,12 @@ def operator_privacy_spent(
 def count_release(
     run: RunRecord, round_number: int, table: RoundTable, claim: str, previous: RoundSummary | None
 ) -> int:
-    """Under central DP, count this aggregation's noisy model as a release in the round record before
-    it is written (ClaimLost, writing nothing, if the claim no longer holds), so no model that was
-    ever readable goes unaccounted: the run's repeated releases so far (`RoundSummary.repeated_releases`).
+    """Under client-level DP (central, or distributed: there the sum is released to the operator when
+    it is unmasked), count this aggregation's noisy release in the round record before it happens
+    (ClaimLost, writing nothing, if the claim no longer holds), so no noisy model or sum that was ever
+    readable goes unaccounted: the run's repeated releases so far (`RoundSummary.repeated_releases`).
     0 for other runs."""
-    if run.dp is None or not run.dp.central:
+    if run.dp is None or not run.dp.client_level:
         return 0
     releases = table.count_release(run.run_id, round_number, claim)
     if releases is None:

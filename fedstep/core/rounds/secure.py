@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -37,6 +36,7 @@ import numpy as np
 
 from fedstep.core import keys, limits, tensors
 from fedstep.core.clock import utc_now
+from fedstep.core.dp import distributed_client_stddev
 from fedstep.core.errors import FedstepError, InvalidUpdate, RunStopped
 from fedstep.core.manifest import ManifestEntry, UpdateManifest
 from fedstep.core.ports import ModelStore, Publisher, Reporter, SecureAggregation, SecureTable
@@ -45,7 +45,7 @@ from fedstep.core.rounds.aggregate import check_finite, kept_by_strategy, strate
 from fedstep.core.rounds.complete import Claimed, run_claimed_round
 from fedstep.core.rounds.errors import RoundBusy, RoundNotAggregated, SecAggThresholdNotMet, StrategyFailed
 from fedstep.core.rounds.inputs import build_strategy, load_state, previous_summary, selected_in
-from fedstep.core.rounds.privacy import count_release, privacy_spent
+from fedstep.core.rounds.privacy import count_release, operator_privacy_spent, privacy_spent
 from fedstep.core.rounds.results import file_metadata, new_claim_id, write_results
 from fedstep.core.rounds.settings import AggregationSettings
 from fedstep.core.rounds.summary import Tally, build_summary, finished, task_output
@@ -100,25 +100,20 @@ def phase_output(phase: str) -> dict[str, Any]:
     return {"secagg": {"phase": next_phase(phase)}}
 
 
-def noise_stddev(run: RunRecord) -> float:
-    """Under `--dp distributed`: each client's noise std (delta units), so that any t survivors
-    together carry std z x C (variances add: t x (zC / sqrt t)^2 = (zC)^2); else 0."""
-    if run.dp is None or run.dp.mode != "distributed" or run.secagg is None or run.dp.clip is None:
-        return 0.0
-    return run.dp.noise_multiplier * run.dp.clip / math.sqrt(run.secagg.threshold)
-
-
 def round_spec(run: RunRecord, selected: list[str]) -> SecAggRound:
-    """The secure part of a round message (and what the server decodes the sum with)."""
+    """The secure part of a round message (and what the server decodes the sum with). Under
+    `--dp distributed` every client's weight is 1 (the cap is 1 example: an unweighted mean, as
+    client-level DP's fixed denominator) and each adds noise of std zC / sqrt(t)."""
     if run.secagg is None:
         raise FedstepError(f"run {run.run_id} has no secure aggregation")
+    distributed = run.dp is not None and run.dp.mode == "distributed"
     return SecAggRound(
         threshold=run.secagg.threshold,
         neighbours=run.secagg.neighbours,
         clip=run.secagg.clip,
         max_inputs=max(1, len(selected)),
-        max_examples=run.bounds.max_examples,
-        noise_stddev=noise_stddev(run),
+        max_examples=1 if distributed else run.bounds.max_examples,
+        noise_stddev=distributed_client_stddev(run.dp, run.secagg.threshold) if distributed and run.dp else 0.0,
     )
 
 
@@ -484,6 +479,8 @@ def aggregate_secure(
         examples = min(item.num_examples, run.bounds.max_examples)
         accepted.append((item, examples))
         entries.append(ManifestEntry.of(item, version, examples, None))
+    previous = previous_summary(table, run, round_number)
+    repeated = count_release(run, round_number, table, claim, previous)  # before the noisy sum is seen
     summed = settings.secure.unmask(read_roster(store, at.roster_ref()), survivors, dropped, total, reveals)
     examples_sum, mean = settings.secure.mean_delta(at.spec(), summed, len(survivors))
     delta: tensors.Tensors = {}
@@ -509,9 +506,10 @@ def aggregate_secure(
     check_finite(result)
     data = tensors.encode(result.weights, file_metadata(run, round_number, claim, "global"))
     state_data = result.state.encode(run.strategy) if result.state.tensors or result.state.values else None
-    previous = previous_summary(table, run, round_number)
-    repeated = count_release(run, round_number, table, claim, previous)
     privacy = privacy_spent(run, round_number, accepted, settings.accountant, repeated)
+    operator_epsilon = operator_privacy_spent(
+        run, round_number, settings.operator_accountant, layout.spec.num_parameters, repeated
+    )
     manifest = UpdateManifest(run.run_id, round_number, claim, entries)
     global_ref, state_ref, manifest_ref = write_results(store, run, round_number, claim, data, state_data, manifest)
     selected = selected_in(record, run, round_number)
@@ -531,6 +529,7 @@ def aggregate_secure(
         state=state_ref,
         repeated_releases=repeated,
         manifest=manifest_ref,
+        operator_epsilon=operator_epsilon,
     )
 
 
