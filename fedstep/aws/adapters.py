@@ -172,7 +172,9 @@ class DynamoRoundTable(Items):
         extra_sets: str = "",
     ) -> dict[str, Any]:
         """The parameters of an UpdateItem setting `sets` (attribute -> value) when `condition` holds."""
-        names = {f"#a{i}": name for i, name in enumerate(sets)} | {"#s": "status"}
+        names = {f"#a{i}": name for i, name in enumerate(sets)}
+        if "#s" in condition or "#s" in extra_sets:  # DynamoDB refuses a name no expression uses
+            names["#s"] = "status"
         assignments = [f"#a{i} = :v{i}" for i in range(len(sets))] + ([extra_sets] if extra_sets else [])
         expression = "SET " + ", ".join(assignments) + (f" REMOVE {', '.join(removes)}" if removes else "")
         return {
