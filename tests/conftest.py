@@ -76,10 +76,12 @@ E2E = {
     "test_kept_cloud",
     "test_scale",
     "test_sliced_1gib",
+    "test_secure_demo",
 }
 """Modules whose tests run `fedstep local`, a notebook kernel, `cdk deploy` or a fresh install."""
 
 CLOUD = {
+    "test_secure_cloud",
     "test_adversarial_cloud",
     "test_selection_cloud",
     "test_sliced_cloud",
