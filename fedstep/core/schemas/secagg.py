@@ -1,7 +1,8 @@
-"""The items a client writes in a secure round's phases (issue 25: the schemas; the round's wiring is
-next), each in its own partition, each value of an exact size: an advertisement (two public keys and
-a commitment), one sealed share per neighbour, and its revealed shares. Bytes are binary attributes,
-as a statistics item's values are.
+"""The records of a secure round's phases (`fedstep.core.rounds.secure`): the items a client writes,
+each in its own partition, each value of an exact size: an advertisement (two public keys and
+a commitment), one sealed share per neighbour, and its revealed shares; and what the server sends
+and writes: the round message's secure part, the later phases' message, the roster and the relayed
+inbox items. Bytes are binary attributes, as a statistics item's values are.
 
 The sizes are the cryptography's (`fedstep.privacy.secagg.primitives`, which the core may not import;
 `tests/test_secagg_schemas.py` checks they agree).
