@@ -318,3 +318,45 @@ def test_a_lying_reveal_without_spare_shares_fails_the_round_by_name_and_publish
     assert (token, error) == ("tok-reveal", InvalidAggregate.__name__) and "a share is wrong" in cause
     assert [k for k in world.store.objects if "/global-" in k and k not in world.store.deleted] == [world.initial.key]
     assert world.table.get_round(RUN, 1)["status"] == "open"  # given back: the retry gets fresh keys
+
+
+def test_a_malformed_share_leaves_its_sender_out_of_the_round_and_nothing_else_is_lost():
+    world = secure_world()
+    sims = start(world, {c: 0.1 * (i + 1) for i, c in enumerate(CLIENTS)})
+    advance(world)
+    share = open_phase(world, "share")
+    for c in "abcd":
+        sims[c].share(share)
+    sims["e"].share(share)
+    bad = SecAggShareItem(RUN, 1, 0, "e", "a", b"x" * 96, T).to_item()
+    world.table.put({**bad, "sealed": b"x" * 95})  # one share a byte short: its schema refuses it
+    assert at_deadline(world, "share") == {"secagg": {"phase": "input"}}
+    inputs = open_phase(world, "input")
+    assert sorted(inputs.members) == ["a", "b", "c", "d"]
+    assert world.table.query_items(keys.inbox_pk("a"), keys.secagg_sk(RUN, 1, 0, "FROM#e")) == []
+    for c in "abcd":
+        sims[c].upload(inputs)
+    advance(world)
+    reveal = open_phase(world, "reveal")
+    for c in "abcd":
+        sims[c].reveal(reveal)
+    output = advance(world)
+    assert output is not None and output["summary"]["participants"] == 4
+
+
+def test_distributed_noise_of_t_clients_sums_to_the_target_std():
+    """Each client adds discrete Gaussian noise of std sigma / sqrt(t) on the fixed-point grid; the
+    unmasked sum of t inputs carries std sigma, and the mean sigma / t (weights 1 under distributed DP)."""
+    from fedstep.core.schemas import SecAggRound
+
+    t, sigma, size = 4, 0.8, 40_000
+    spec = SecAggRound(threshold=t, neighbours=0, clip=1.0, max_inputs=t, max_examples=1, noise_stddev=sigma / t**0.5)
+    codec = InputCodec.for_round(spec)
+    rng = np.random.default_rng(3)
+    total = np.zeros(size + 1, np.uint32)
+    for _ in range(t):
+        total = total + codec.encode(np.zeros(size), 1, rng)
+    examples, mean = codec.mean_delta(total, t)
+    assert examples == pytest.approx(t)
+    assert float(np.std(mean)) == pytest.approx(sigma / t, rel=0.03)
+    assert abs(float(np.mean(mean))) < 5 * sigma / t / size**0.5
