@@ -16,18 +16,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedstep.core import keys, tensors
+from fedstep.core import codecs, keys, tensors
 from fedstep.core.errors import FedstepError
-from fedstep.core.schemas import ObjectRef, RoundMessage
+from fedstep.core.schemas import MASKED_TENSOR, ObjectRef, RoundMessage, SecAggSettings
 from fedstep.core.updates import encode_update
 from fedstep.local.demo import demo_config, partition_data
 from fedstep.local.engines import run_local
 from fedstep.local.memory_engine import RoundLoop, worker_count
 from fedstep.local.memory_workers import ClientResult, ClientTask
+from fedstep.local.secure_clients import decode_delta
 from fedstep.memory import MemoryStore, MemoryTable
 from fedstep.memory.run import store_initial
 from fedstep.operator.settings import RunSettings
 from fedstep.operator.start import plan_run
+from fedstep.privacy.secagg.inputs import InputCodec
 
 REPO = Path(__file__).resolve().parents[1]
 INITIAL = {"000/dense/kernel": np.zeros((4, 2), np.float32), "001/dense/bias": np.zeros(2, np.float32)}
@@ -74,11 +76,16 @@ class Evaluator:
 
 
 def _loop(
-    settings: RunSettings, clients: int, tmp_path: Path, failing: tuple[str, ...] = (), echo=lambda line: None
+    settings: RunSettings,
+    clients: int,
+    tmp_path: Path,
+    failing: tuple[str, ...] = (),
+    echo=lambda line: None,
+    secagg: SecAggSettings | None = None,
 ) -> tuple[RoundLoop, NumpyPool, ObjectRef]:
     ids = sorted(f"client-{i}" for i in range(1, clients + 1))
     record = plan_run(settings.validated(), ids, "run-memory")
-    record = replace(record, model=ObjectRef(keys.model_key("run-memory"), "0" * 64, 1))
+    record = replace(record, model=ObjectRef(keys.model_key("run-memory"), "0" * 64, 1), secagg=secagg)
     store, table, pool = MemoryStore(), MemoryTable(record), NumpyPool(failing)
     initial = store_initial(store, "run-memory", INITIAL)
     loop = RoundLoop(record, store, table, pool, b"architecture", tmp_path, settings, echo)
@@ -128,6 +135,92 @@ def test_a_round_below_its_quorum_fails_the_run_by_name_after_its_retries(tmp_pa
     with pytest.raises(FedstepError, match=r"^run run-memory FAILED: QuorumNotMet: "):
         loop.run(initial, Evaluator())
     assert len(pool.rounds) == 2  # round 1, published again once
+
+
+SECURE = SecAggSettings(threshold=3, clip=100.0)  # the stand-in's deltas (up to 5 x sqrt(10)) are never clipped
+
+
+def _final_bias(loop: RoundLoop, last: ObjectRef) -> np.ndarray:
+    return tensors.decode(loop.store.get(last.key))["001/dense/bias"]
+
+
+def test_a_secure_run_gives_plain_fedavgs_model_within_the_quantisation_error(tmp_path):
+    plain, _, initial = _loop(RunSettings(rounds=1), 5, tmp_path / "plain")
+    _, _, plain_last = plain.run(initial, Evaluator())
+    secure, pool, initial = _loop(RunSettings(rounds=1), 5, tmp_path / "secure", secagg=SECURE)
+    entries, reason, secure_last = secure.run(initial, Evaluator())
+    assert reason == "max_rounds" and entries[0]["participants"] == 5
+    assert pool.rounds == [[f"client-{i}" for i in range(1, 6)]]
+    expected = _final_bias(plain, plain_last)
+    np.testing.assert_allclose(expected, 3.0)  # FedAvg of deltas 1..5 on equal examples
+    codec = InputCodec(SECURE.clip, secure.record.bounds.max_examples, 5)
+    w_sum = 5 * 2 / codec.max_examples  # five clients of 2 examples
+    error = 5 * codec.values.step / w_sum + 3.0 * 5 * codec.weights.step / w_sum
+    got = _final_bias(secure, secure_last)
+    assert np.max(np.abs(got - expected)) <= error and not np.array_equal(got, expected)  # quantised, not copied
+
+
+def test_a_secure_rounds_clients_upload_only_masked_inputs_deleted_after_the_round(tmp_path):
+    loop, _, initial = _loop(RunSettings(rounds=2), 5, tmp_path, secagg=SECURE)
+    uploads: list[bytes] = []
+    put = loop.store.put
+
+    def recording(key: str, data: bytes) -> None:
+        if key.startswith(keys.UPDATES_PREFIX):
+            uploads.append(data)
+        put(key, data)
+
+    loop.store.put = recording  # type: ignore[method-assign]
+    entries, _, _ = loop.run(initial, Evaluator())
+    assert [e["participants"] for e in entries] == [5, 5]
+    # each file one uint32 tensor of the 10 parameters and the weight: never a client's float delta
+    assert len(uploads) == 10 and all(tensors.spec_of_header(d).shapes == {MASKED_TENSOR: (11,)} for d in uploads)
+    updates = [k for k in loop.store.puts if k.startswith(keys.UPDATES_PREFIX)]
+    assert sorted(loop.store.deleted) == sorted(updates) and not any(k in loop.store.objects for k in updates)
+
+
+def test_a_secure_run_is_repeatable_for_the_same_seed(tmp_path):
+    first, _, initial = _loop(RunSettings(rounds=2, seed=3), 5, tmp_path / "a", secagg=SECURE)
+    _, _, a = first.run(initial, Evaluator())
+    second, _, initial = _loop(RunSettings(rounds=2, seed=3), 5, tmp_path / "b", secagg=SECURE)
+    _, _, b = second.run(initial, Evaluator())
+    first_model, second_model = (tensors.decode(loop.store.get(ref.key)) for loop, ref in ((first, a), (second, b)))
+    assert all(np.array_equal(first_model[name], second_model[name]) for name in INITIAL)
+
+
+def test_a_secure_round_with_a_failing_client_aggregates_the_survivors(tmp_path):
+    lines: list[str] = []
+    loop, _, initial = _loop(
+        RunSettings(rounds=1), 5, tmp_path, failing=("client-2",), echo=lines.append, secagg=SECURE
+    )
+    entries, _, last = loop.run(initial, Evaluator())
+    assert lines[0].startswith("client client-2: round 1 failed") and "ValueError: no data here" in lines[0]
+    assert entries[0]["participants"] == 4
+    np.testing.assert_allclose(_final_bias(loop, last), (1 + 3 + 4 + 5) / 4, atol=1e-2)
+
+
+def test_a_secure_round_of_fewer_than_t_clients_fails_the_run_by_name_after_its_retries(tmp_path):
+    settings = RunSettings(rounds=1, round_retries=1, quorum=1, min_participants=1)
+    loop, pool, initial = _loop(settings, 5, tmp_path, failing=("client-1", "client-2", "client-3"), secagg=SECURE)
+    with pytest.raises(
+        FedstepError,
+        match=r"^run run-memory FAILED: SecAggThresholdNotMet: 2 of 5 clients completed the advertise phase of "
+        r"round 1 \(attempt 1\)",
+    ):
+        loop.run(initial, Evaluator())
+    assert len(pool.rounds) == 2  # round 1, published again once (attempt 1, fresh keys)
+
+
+@pytest.mark.parametrize("codec", ["float32", "float16", "int8", "topk:0.5", "topk:0.5+int8"])
+def test_a_secure_client_reads_back_the_delta_its_update_file_carries_under_any_codec(codec):
+    delta = {"000/a": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), "001/b": np.array([0.5, -2], np.float32)}
+    data, item = encode_update(
+        delta, run_id="run-1", round_number=1, client_id="c", num_examples=3, metrics={},
+        created_at="2026-12-01T00:00:00Z", codec=codec,
+    )  # fmt: skip
+    got = decode_delta(data, item.encoding, tensors.TensorSpec.of(delta))
+    _, sent = codecs.get(codec).encode(delta, codecs.seed_for("run-1", 1, "c"))  # what the server would decode
+    assert all(np.array_equal(got[name], sent[name]) for name in delta)
 
 
 @pytest.mark.parametrize(

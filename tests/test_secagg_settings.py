@@ -108,8 +108,6 @@ def test_simulate_and_fedstep_local_take_the_same_settings():
 def test_simulate_refuses_secure_aggregation_settings_as_fedstep_local_does(tmp_path):
     with pytest.raises(FedstepError, match=r"--secure-aggregation shows the server only the sum .* 'median'"):
         fedstep.simulate(out=tmp_path, verbose=False, secure_aggregation=True, strategy="median")
-    with pytest.raises(FedstepError, match="memory engine does not have: use --engine cloud"):
-        fedstep.simulate(out=tmp_path, verbose=False, engine="memory", secure_aggregation=True)
 
 
 def test_the_run_record_keeps_its_secure_aggregation_and_distributed_dp_through_the_table():

@@ -1,9 +1,10 @@
 """A secure round's phases on the in-memory ports: the server closes each phase once, relays shares
 unopened, fixes the survivors once and learns only the sum of the survivors' inputs.
 
-The clients here are `fedstep.privacy.secagg.protocol.Client`s driven as the agent drives them; the
-server side is the aggregation function's core (`fedstep.core.rounds.secure`) with the
-`SecAggServer` port, exactly as the Lambda runs it."""
+The clients here are `fedstep.local.secure_clients.SecureClient`s, as the memory engine's are (a
+`protocol.Client` each, driven as the agent drives it); the server side is the aggregation
+function's core (`fedstep.core.rounds.secure`) with the `SecAggServer` port, exactly as the Lambda
+runs it."""
 
 from __future__ import annotations
 
@@ -18,17 +19,12 @@ from fedstep.core.rounds.errors import SecAggThresholdNotMet
 from fedstep.core.rounds.settings import AggregationSettings
 from fedstep.core.schemas import (
     RoundMessage,
-    SecAggInboxItem,
-    SecAggKeysItem,
     SecAggPhaseMessage,
-    SecAggRevealItem,
     SecAggSettings,
-    SecAggShareItem,
     masked_order,
 )
-from fedstep.core.updates import masked_input_file
+from fedstep.local.secure_clients import SecureClient
 from fedstep.privacy.secagg.inputs import InputCodec
-from fedstep.privacy.secagg.protocol import Advertisement, Client, RoundKey
 from fedstep.privacy.secagg.server import SecAggServer
 from tests.round_world import GLOBAL, RUN, World, make_run
 
@@ -37,52 +33,26 @@ SETTINGS = AggregationSettings(secure=SecAggServer())
 CLIENTS = ("a", "b", "c", "d", "e")
 
 
-class SimClient:
-    """One client of the round, doing what the agent does in each phase."""
+class SimClient(SecureClient):
+    """One client of the round, doing what the agent does in each phase (`fedstep.local.secure_clients`),
+    its delta `value` in every element."""
 
     def __init__(self, world: World, client_id: str, message: RoundMessage, value: float, examples: int) -> None:
-        assert message.secagg is not None
-        self.world, self.id, self.msg, self.examples = world, client_id, message, examples
+        self.world = world
         self.delta = {k: np.full(v.shape, value, np.float32) for k, v in GLOBAL.items()}
-        flat = np.concatenate([self.delta[n].ravel() for n in masked_order(list(self.delta))])
-        self.quantised = InputCodec.for_round(message.secagg).encode(flat, examples, np.random.default_rng(7))
-        self.proto = Client(client_id, RoundKey(RUN, message.round, message.attempt), message.secagg.threshold)
+        super().__init__(
+            world.store, world.table, client_id, message, self.delta, examples, np.random.default_rng(7),
+            metrics={"train_loss": 1.0}, created_at=T,
+        )  # fmt: skip
 
-    def advertise(self) -> None:
-        a = self.proto.advertise()
-        item = SecAggKeysItem(
-            RUN, self.msg.round, self.msg.attempt, self.id, a.seal_public, a.mask_public, a.seed_commitment, T
-        )
+    def upload(self, phase: SecAggPhaseMessage, data: bytes | None = None) -> str | None:
+        """Its masked input, or (`data`) other bytes in its place under the same item."""
+        if data is None:
+            return super().upload(phase)
+        _, item = self.masked_input(phase)
+        self.world.store.put(item.update.key, data)
         self.world.table.put(item.to_item())
-
-    def share(self, phase: SecAggPhaseMessage) -> None:
-        roster = secure.read_roster(self.world.store, phase.roster)
-        adverts = {c: Advertisement(c, *v) for c, v in roster.adverts.items()}
-        for recipient, sealed in self.proto.share_keys(adverts, roster.neighbours[self.id]).items():
-            share = SecAggShareItem(RUN, self.msg.round, self.msg.attempt, self.id, recipient, sealed, T)
-            self.world.table.put(share.to_item())
-
-    def upload(self, phase: SecAggPhaseMessage, data: bytes | None = None) -> None:
-        prefix = keys.secagg_sk(RUN, self.msg.round, self.msg.attempt, "FROM#")
-        inbox = [SecAggInboxItem.parse(i) for i in self.world.table.query_items(keys.inbox_pk(self.id), prefix)]
-        self.proto.receive_shares({i.sender: i.sealed for i in inbox if i.sender in phase.members})
-        masked = self.proto.masked_input(self.quantised, set(phase.members) & set(self.proto.neighbours))
-        encoded, item = masked_input_file(
-            masked,
-            run_id=RUN,
-            round_number=self.msg.round,
-            attempt=self.msg.attempt,
-            client_id=self.id,
-            num_examples=self.examples,
-            metrics={"train_loss": 1.0},
-            created_at=T,
-        )
-        self.world.store.put(item.update.key, data if data is not None else encoded)
-        self.world.table.put(item.to_item())
-
-    def reveal(self, phase: SecAggPhaseMessage) -> None:
-        shares = self.proto.reveal(set(phase.members), set(phase.dropped))
-        self.world.table.put(SecAggRevealItem(RUN, self.msg.round, self.msg.attempt, self.id, T, shares).to_item())
+        return item.update.key
 
 
 def secure_world(threshold: int = 3, clients: tuple[str, ...] = CLIENTS) -> World:

@@ -15,6 +15,20 @@ per client but its privacy ledger and residuals on disk (as an agent's cache): m
 clients of one round, not with the population, and each round's update files are deleted once it is
 aggregated (as the bucket's lifecycle rule deletes them).
 
+**Secure aggregation** (a run record with `secagg`, SecAgg+: docs/privacy.md): the workers train and
+run the client steps as in any round; then the engine plays each client's agent in process
+(`fedstep.local.secure_clients`, in the client's own role: it decodes that client's own update file back
+into its delta, which a simulation may do and a server never does), encodes it as the round's secure
+input (`InputCodec.for_round`; its rounding and noise seeded from the run's seed, the round, the attempt
+and the client, so a secure run is repeatable) and advertises its keys. The server side is driven as
+the Lambda drives it, with the core's functions on the in-memory ports and the `SecAggServer` port: each
+phase closed by the stream path once its members answered (`advance_secure_round`), or by the deadline
+path when one is missing (`close_at_deadline`: a client whose training failed is a dropout at
+advertise), each later phase opened with `publish_phase` and answered by its members' agents (shares,
+masked inputs, reveals). Only masked inputs reach the bucket, deleted after the round as any update
+file; a round that ends below the threshold fails as SecAggThresholdNotMet and is retried with fresh
+keys like the other rounds that cannot be aggregated.
+
 For the same seed, a run gives the same per-round metrics as `--engine cloud` (the same selection,
 data splits, client seeds, aggregation order and thread settings; tests/test_kept_cloud.py compares
 them). Not exercised: deployment, IAM roles and policies, SQS delivery and retries, SNS, Lambda's limits,
@@ -49,7 +63,22 @@ from fedstep.core.rounds import (
     complete_round_at_deadline,
     try_complete_round,
 )
-from fedstep.core.schemas import FailureItem, ObjectRef, RoundSummary, RunRecord
+from fedstep.core.rounds.errors import SecAggThresholdNotMet
+from fedstep.core.rounds.secure import advance_secure_round, close_at_deadline, publish_phase
+from fedstep.core.schemas import (
+    PHASE_ADVERTISE,
+    PHASE_INPUT,
+    PHASE_SHARE,
+    FailureItem,
+    InvalidMessage,
+    ObjectRef,
+    RoundMessage,
+    RoundSummary,
+    RunRecord,
+    SecAggPhaseMessage,
+    UpdateItem,
+    parse_client_item,
+)
 from fedstep.core.strategies.params import to_json as params_json
 from fedstep.local.demo import (
     DemoConfig,
@@ -68,11 +97,13 @@ from fedstep.local.demo import (
 from fedstep.local.memory_workers import ClientData, ClientResult, ClientTask, ready, start_worker, train_client
 from fedstep.local.processes import preload_agent
 from fedstep.local.round_entries import round_entry, round_line
-from fedstep.memory import MemoryStore, MemoryTable, RecordingReporter
+from fedstep.local.secure_clients import SecureClient, client_rng
+from fedstep.memory import MemoryStore, MemoryTable, RecordingPublisher, RecordingReporter
 from fedstep.memory.run import publish_in_memory, store_initial
 from fedstep.operator.settings import RunSettings
 from fedstep.operator.start import new_run_id, plan_run
-from fedstep.privacy import lazy_client_epsilon
+from fedstep.privacy import lazy_client_epsilon, lazy_operator_epsilon
+from fedstep.privacy.secagg.server import SecAggServer
 from fedstep.render.status import strategy_text
 
 ENGINES = ("cloud", "memory")
@@ -170,11 +201,6 @@ def run_memory(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[
             "standardize federated asks the clients for their statistics through the cloud's queues: "
             "use --engine cloud (the memory engine takes standardize none or local)"
         )
-    if settings.secure_aggregation:
-        raise FedstepError(
-            "--secure-aggregation runs its phases as the state machine's states and the agents' steps, which the "
-            "memory engine does not have: use --engine cloud"
-        )
     client_ids = [f"client-{i}" for i in range(1, config.clients + 1)]
     per_round, _ = settings.for_clients(sorted(client_ids))
     if config.model:
@@ -208,6 +234,7 @@ def run_memory(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[
             f"run {run_id}: {settings.rounds} rounds, {config.clients} clients, data set {config.dataset}, "
             f"strategy {strategy_text(settings.strategy, strategy_params)}"
             + ("" if settings.codec == "float32" else f", updates encoded {settings.codec_instance().name}")
+            + ("" if record.secagg is None else f", secure aggregation (threshold {record.secagg.threshold})")
         )
         heldout = heldout_inputs(prepared, settings.standardize, None, config.clients, scheme, config.seed)
         evaluator = HeldoutEvaluator(heldout, architecture)
@@ -246,7 +273,10 @@ class RoundLoop:
         self.record, self.store, self.table, self.pool = record, store, table, pool
         self.architecture, self.out, self.settings, self.echo = architecture, out, settings, echo
         self.index = {c: int(c.rsplit("-", 1)[1]) for c in record.clients}
-        self.aggregation = AggregationSettings(accountant=lazy_client_epsilon)
+        secure = SecAggServer() if record.secagg is not None else None
+        self.aggregation = AggregationSettings(
+            accountant=lazy_client_epsilon, secure=secure, operator_accountant=lazy_operator_epsilon
+        )
         self.relation = neighbouring(settings.privacy(), settings.selection)
 
     def run(self, global_ref: ObjectRef, evaluator: HeldoutEvaluator) -> tuple[list[dict[str, Any]], str, ObjectRef]:
@@ -310,12 +340,25 @@ class RoundLoop:
             for client in recipients
         ]
         written: list[str] = []
+        secure: dict[str, SecureClient] = {}
+        spec = tensors.spec_of_header(global_bytes) if run.secagg is not None else None
+
+        def fail(client_id: str, error: str) -> None:  # what the agent writes when its round failed
+            failure = FailureItem.of(run.run_id, round_number, client_id, error, 1, utc_now())
+            table.put(failure.to_item())
+            self.echo(f"client {client_id}: {failure.line()}")
 
         def deliver(result: ClientResult) -> None:  # what the client's agent writes
             if result.item is None:
-                failure = FailureItem.of(run.run_id, round_number, result.client_id, result.error or "", 1, utc_now())
-                table.put(failure.to_item())
-                self.echo(f"client {result.client_id}: {failure.line()}")
+                fail(result.client_id, result.error or "")
+                return
+            if result.file is not None and spec is not None:  # a secure round: it advertises its keys
+                try:
+                    secure[result.client_id] = self.secure_client(message, result.file, result.item, spec)
+                except (ValueError, FedstepError) as exc:  # e.g. a delta that is not finite
+                    fail(result.client_id, f"{type(exc).__name__}: {exc}")
+                    return
+                secure[result.client_id].advertise()
                 return
             if result.file is not None:
                 key = str(result.item["update"]["key"])
@@ -325,13 +368,14 @@ class RoundLoop:
 
         try:
             self.pool.run_round(tasks, deliver, meanwhile)
+            if run.secagg is not None:
+                return self.secure_phases(round_number, attempt, reporter, secure, written)
             summary = try_complete_round(
                 run.run_id, round_number, store=store, table=table, reporter=reporter, settings=self.aggregation
             )
             if summary is not None:
                 return summary, reporter.successes[-1][1]
-            for _, error, cause in reporter.failures:  # the stream path failed the round by name
-                raise {e.__name__: e for e in (*NOT_AGGREGATED, StrategyFailed)}.get(error, FedstepError)(cause)
+            raise_reported(reporter, 0)  # the stream path failed the round by name
             output = complete_round_at_deadline(
                 run.run_id, round_number, store=store, table=table, settings=self.aggregation
             )
@@ -340,8 +384,81 @@ class RoundLoop:
             for key in written:  # the bucket's lifecycle rule: a round's update files do not outlive it
                 store.delete(key)
 
+    def secure_client(
+        self, message: RoundMessage, file: bytes, raw: dict[str, Any], spec: tensors.TensorSpec
+    ) -> SecureClient:
+        """The agent of the client whose plain update this is, in a secure round (`secure_clients`),
+        its input's randomness seeded from the run's seed, the round, the attempt and the client."""
+        item = parse_client_item(raw)
+        if not isinstance(item, UpdateItem):
+            raise InvalidMessage(f"client {item.client_id} sent no update")
+        rng = client_rng(self.record.seed, message.round, message.attempt, item.client_id)
+        return SecureClient.of_update(self.store, self.table, message, file, item, spec, rng)
+
+    def secure_phases(
+        self,
+        round_number: int,
+        attempt: int,
+        reporter: RecordingReporter,
+        clients: dict[str, SecureClient],
+        written: list[str],
+    ) -> tuple[RoundSummary, dict[str, Any]]:
+        """A secure round after its clients advertised (or failed): each later phase published as the
+        state machine opens it, its members' agents answering it, and closed as the aggregation
+        function closes it (the stream path once all answered, else the phase's deadline path); the
+        last phase's close aggregates the round. Each masked input's key goes into `written`."""
+        run, store, table = self.record, self.store, self.table
+        publisher = RecordingPublisher()
+        output = self.close_phase(round_number, PHASE_ADVERTISE, reporter)
+        while "secagg" in output:
+            phase = str(output["secagg"]["phase"])
+            token = f"token-{round_number}-{attempt}-{phase}"
+            sent = publish_phase(
+                run.run_id, round_number, attempt, phase, token, utc_now(),
+                store=store, table=table, publisher=publisher, reporter=reporter,
+            )  # fmt: skip
+            if sent is None:  # closed already: its outcome went to the token
+                output = dict(reporter.successes[-1][1])
+                continue
+            message = SecAggPhaseMessage.parse(json.loads(json.dumps(sent.to_dict())))  # as a client receives it
+            for client_id in message.members:
+                client = clients.get(client_id)
+                if client is None:
+                    continue
+                if phase == PHASE_SHARE:
+                    client.share(message)
+                elif phase == PHASE_INPUT:
+                    key = client.upload(message)
+                    if key is not None:
+                        written.append(key)
+                else:
+                    client.reveal(message)
+            output = self.close_phase(round_number, phase, reporter)
+        return RoundSummary.parse(table.get_round(run.run_id, round_number) or {}), output
+
+    def close_phase(self, round_number: int, phase: str, reporter: RecordingReporter) -> dict[str, Any]:
+        """Close a secure round's `phase` once its members answered: the stream path's output, or (a
+        member failed or dropped) the deadline path's. A failure by name is raised as that error."""
+        run = self.record
+        reported = len(reporter.failures)
+        output = advance_secure_round(
+            run, round_number, store=self.store, table=self.table, reporter=reporter, settings=self.aggregation
+        )
+        if output is not None:
+            return output
+        raise_reported(reporter, reported)
+        return close_at_deadline(
+            run.run_id, round_number, phase, store=self.store, table=self.table, settings=self.aggregation
+        )
+
     def entry(self, summary: RoundSummary, heldout: dict[str, float]) -> dict[str, Any]:
         """The round's entry in summary.json, and its console line (as `fedstep local` prints them)."""
         entry = round_entry(summary, heldout, self.relation)
         self.echo(round_line(summary, entry, self.record.rounds, self.relation))
         return entry
+
+
+def raise_reported(reporter: RecordingReporter, since: int) -> None:
+    """A failure the stream path reported to a task token (after the first `since`), raised by its name."""
+    for _, error, cause in reporter.failures[since:]:
+        raise {e.__name__: e for e in (*NOT_AGGREGATED, StrategyFailed)}.get(error, FedstepError)(cause)
