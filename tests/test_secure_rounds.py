@@ -20,7 +20,9 @@ from fedstep.core.rounds.settings import AggregationSettings
 from fedstep.core.schemas import (
     RoundMessage,
     SecAggPhaseMessage,
+    SecAggRevealItem,
     SecAggSettings,
+    SecAggShareItem,
     masked_order,
 )
 from fedstep.local.secure_clients import SecureClient

@@ -63,7 +63,6 @@ from fedstep.core.rounds import (
     complete_round_at_deadline,
     try_complete_round,
 )
-from fedstep.core.rounds.errors import SecAggThresholdNotMet
 from fedstep.core.rounds.secure import advance_secure_round, close_at_deadline, publish_phase
 from fedstep.core.schemas import (
     PHASE_ADVERTISE,
