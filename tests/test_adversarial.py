@@ -444,7 +444,7 @@ def test_7_the_function_is_sized_to_what_it_holds_and_a_model_no_function_can_ho
 def test_7_a_function_error_at_the_deadline_is_retried_before_the_run_fails(cloud, tmp_path, monkeypatch):
     from lambdas import aggregate
 
-    original, failures = aggregate.complete_round_at_deadline, []
+    original, failures = aggregate.at_round_deadline, []
 
     def crash_once(*args, **kwargs):
         if not failures:
@@ -452,7 +452,7 @@ def test_7_a_function_error_at_the_deadline_is_retried_before_the_run_fails(clou
             raise ConnectionError("simulated crash of the deadline invocation")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(aggregate, "complete_round_at_deadline", crash_once)
+    monkeypatch.setattr(aggregate, "at_round_deadline", crash_once)
     run = start(cloud, rounds=1, round_timeout_s=3, quorum=1, min_participants=1)
     serve(agent(cloud, "client-1", tmp_path))  # client-2 never reports: the round ends at its deadline
     desc = wait_for_execution(cloud, run.execution_arn, timeout_s=90)

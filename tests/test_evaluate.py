@@ -436,7 +436,7 @@ def test_an_evaluation_item_never_triggers_an_aggregation_or_a_rejection(cloud, 
     gaps.wait_for_stream_batches()
     assert table.get_round(run.run_id, 1)["status"] == "open"  # not aggregated (nor claimed)
     assert table.list_rounds(run.run_id) == []
-    assert table.get_feedback(["client-1", "client-2"]) == {}  # nobody rejected
+    assert table.get_feedback(["client-1", "client-2"], run_id=run.run_id) == {}  # nobody rejected
     agents = [agent(cloud, cid, tmp_path) for cid in ("client-1", "client-2")]
     serve_run(agents, 1)  # the real updates still aggregate the round
     assert [r["round"] for r in table.list_rounds(run.run_id)] == [1]
