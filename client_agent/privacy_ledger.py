@@ -23,15 +23,13 @@ DP-SGD rounds with an error instead of starting again from zero.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from client_agent.atomic import write_atomically
 from fedstep.core.errors import FedstepError
 
 VERSION = 1
@@ -143,24 +141,7 @@ class PrivacyLedger:
 
     def _write(self, runs: dict[str, list[Spend]]) -> None:
         data = {"version": VERSION, "runs": {run: [asdict(s) for s in spends] for run, spends in runs.items()}}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        with contextlib.suppress(OSError):  # the rename itself, durable (not on every platform)
-            dirfd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dirfd)
-            finally:
-                os.close(dirfd)
+        write_atomically(self.path, json.dumps(data, indent=1).encode(), sync_directory=True)
 
 
 def _spend(entry: Any) -> Spend:

@@ -18,9 +18,9 @@ import contextlib
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 
+from client_agent.atomic import write_atomically
 from fedstep.core import keys, tensors
 from fedstep.core.errors import InvalidUpdate
 
@@ -72,18 +72,7 @@ class ResidualStore:
         prune the run's residuals older than the latest one before this round."""
         path = self.path(run_id, round_number)
         data = tensors.encode(residual, {"kind": "residual", "run_id": run_id, "round": round_number, "codec": codec})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomically(path, data)
         self.prune(run_id, round_number)
         return path
 

@@ -27,7 +27,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import ModuleType
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from client_agent.atomic import write_atomically
 from fedstep.core import keys
 from fedstep.core.errors import FedstepError
 
@@ -220,15 +220,4 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _write_private(path: Path, data: bytes) -> None:
     """Write `path` atomically, readable and writable by this user only (0600)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # created 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomically(path, data)

@@ -210,6 +210,20 @@ def test_the_survivor_set_is_written_once_and_a_takeover_reuses_it():
     assert sorted(reveal.members) == ["a", "b", "c"] and reveal.dropped == ["d", "e"]
 
 
+def _through_reveal(world: World, values: dict[str, float]) -> tuple[dict[str, SimClient], SecAggPhaseMessage]:
+    sims = start(world, values)
+    advance(world)
+    share = open_phase(world, "share")
+    for sim in sims.values():
+        sim.share(share)
+    advance(world)
+    inputs = open_phase(world, "input")
+    for sim in sims.values():
+        sim.upload(inputs)
+    advance(world)
+    return sims, open_phase(world, "reveal")
+
+
 def test_only_the_unmasked_sum_is_decoded(monkeypatch):
     """No update file is read as float tensors: the masked files are summed as uint32, and the one
     array decoded into floats is the unmasked sum."""
@@ -228,36 +242,12 @@ def test_only_the_unmasked_sum_is_decoded(monkeypatch):
 
     monkeypatch.setattr(InputCodec, "mean_delta", spy)
     world = secure_world(clients=("a", "b", "c"))
-    sims = start(world, {"a": 0.1, "b": 0.2, "c": 0.3})
-    advance(world)
-    share = open_phase(world, "share")
-    for sim in sims.values():
-        sim.share(share)
-    advance(world)
-    inputs = open_phase(world, "input")
-    for sim in sims.values():
-        sim.upload(inputs)
-    advance(world)
-    reveal = open_phase(world, "reveal")
+    sims, reveal = _through_reveal(world, {"a": 0.1, "b": 0.2, "c": 0.3})
     for sim in sims.values():
         sim.reveal(reveal)
     assert advance(world) is not None
     assert decoded == [3]  # one sum of three inputs
     assert tensors.decode(world.store.get(world.table.get_round(RUN, 1)["global_model"]["key"]))
-
-
-def _through_reveal(world: World, values: dict[str, float]) -> tuple[dict[str, SimClient], SecAggPhaseMessage]:
-    sims = start(world, values)
-    advance(world)
-    share = open_phase(world, "share")
-    for sim in sims.values():
-        sim.share(share)
-    advance(world)
-    inputs = open_phase(world, "input")
-    for sim in sims.values():
-        sim.upload(inputs)
-    advance(world)
-    return sims, open_phase(world, "reveal")
 
 
 def _lie(world: World, sim: SimClient, reveal: SecAggPhaseMessage) -> None:

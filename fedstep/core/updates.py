@@ -85,20 +85,40 @@ def update_file(
     error feedback needs its decoded delta too). float32 files are written as `element` (default
     float32), a codec's file tensors keep their own types."""
     name = codecs.canonical(codec)
-    key = keys.update_key(run_id, round_number, client_id)
-    item = UpdateItem(
+    item = _unsent(run_id, round_number, client_id, num_examples, metrics, created_at, privacy, name)
+    return _written(files, item, element if name == codecs.DEFAULT else None)
+
+
+def _unsent(
+    run_id: str,
+    round_number: int,
+    client_id: str,
+    num_examples: int,
+    metrics: dict[str, float],
+    created_at: str,
+    privacy: dict[str, float] | None,
+    encoding: str,
+    attempt: int = 0,
+) -> UpdateItem:
+    """The item of an update not yet written (its ref names the key, not yet the file's sha256)."""
+    return UpdateItem(
         run_id=run_id,
         round=round_number,
         client_id=client_id,
         num_examples=num_examples,
-        update=ObjectRef(key, UNSENT, 0),
+        update=ObjectRef(keys.update_key(run_id, round_number, client_id), UNSENT, 0),
         metrics=metrics,
         created_at=created_at,
         privacy=dict(privacy or {}),
-        encoding=name,
+        encoding=encoding,
+        attempt=attempt,
     )
-    data = tensors.encode(files, item.file_metadata(), element if name == codecs.DEFAULT else None)
-    return EncodedUpdate(data, replace(item, update=ObjectRef(key, tensors.sha256_hex(data), len(data))))
+
+
+def _written(files: tensors.Tensors, item: UpdateItem, element: tensors.ElementType | None) -> EncodedUpdate:
+    """The file of `files` with `item`'s metadata, and the item naming it (sha256, size)."""
+    data = tensors.encode(files, item.file_metadata(), element)
+    return EncodedUpdate(data, replace(item, update=ObjectRef(item.update.key, tensors.sha256_hex(data), len(data))))
 
 
 def masked_input_file(
@@ -116,18 +136,7 @@ def masked_input_file(
     """A secure round's masked input (`fedstep.core.schemas.secagg`): one uint32 tensor `masked`,
     written under the client's update key for the round, and its item (encoding `secagg-u32`, the
     attempt it belongs to)."""
-    key = keys.update_key(run_id, round_number, client_id)
-    item = UpdateItem(
-        run_id=run_id,
-        round=round_number,
-        client_id=client_id,
-        num_examples=num_examples,
-        update=ObjectRef(key, UNSENT, 0),
-        metrics=metrics,
-        created_at=created_at,
-        privacy=dict(privacy or {}),
-        encoding=MASKED_ENCODING,
-        attempt=attempt,
+    item = _unsent(
+        run_id, round_number, client_id, num_examples, metrics, created_at, privacy, MASKED_ENCODING, attempt
     )
-    data = tensors.encode({MASKED_TENSOR: np.asarray(masked, dtype=np.uint32)}, item.file_metadata(), tensors.U32)
-    return EncodedUpdate(data, replace(item, update=ObjectRef(key, tensors.sha256_hex(data), len(data))))
+    return _written({MASKED_TENSOR: np.asarray(masked, dtype=np.uint32)}, item, tensors.U32)

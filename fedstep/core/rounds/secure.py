@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -82,6 +82,7 @@ from fedstep.core.update_source import metadata_check, read_layout, read_model
 
 log = logging.getLogger(__package__)
 
+T = TypeVar("T")
 OPEN, CLOSED, REPORTED = "open", "closed", "reported"
 PHASE_KIND = "secagg-phase"
 SURVIVORS_KIND = "secagg-survivors"
@@ -188,25 +189,23 @@ def load_attempt(table: SecureTable, run: RunRecord, round_number: int) -> Attem
 # -- readiness: who answered a phase --------------------------------------------------------------
 
 
+def _valid(at: Attempt, raws: list[dict[str, Any]], parse: Callable[[dict[str, Any]], T], what: str) -> list[T]:
+    """The items that parse; each refused one is logged with why (it counts as not sent)."""
+    valid = []
+    for raw in raws:
+        try:
+            valid.append(parse(raw))
+        except InvalidMessage as exc:
+            log.warning("round %s/%d: a %s is refused: %s", at.run_id, at.round_number, what, exc)
+    return valid
+
+
 def _adverts(table: SecureTable, at: Attempt, members: list[str]) -> tuple[dict[str, SecAggKeysItem], list[str]]:
     """The members' valid keys items of this attempt, and the members that declined the round."""
     found = table.get_items([keys.secagg_keys_item_key(at.run_id, at.round_number, at.attempt, c) for c in members])
-    adverts: dict[str, SecAggKeysItem] = {}
-    for raw in found:
-        try:
-            item = SecAggKeysItem.parse(raw)
-        except InvalidMessage as exc:
-            log.warning("round %s/%d: a keys item is refused: %s", at.run_id, at.round_number, exc)
-            continue
-        adverts[item.client_id] = item
-    declined = []
-    for client, raw in table.get_updates(at.run_id, at.round_number, members).items():
-        try:
-            if isinstance(parse_client_item(raw), DeclineItem):
-                declined.append(client)
-        except InvalidMessage:
-            continue
-    return adverts, declined
+    adverts = {item.client_id: item for item in _valid(at, found, SecAggKeysItem.parse, "keys item")}
+    items = _valid(at, list(table.get_updates(at.run_id, at.round_number, members).values()), parse_client_item, "item")
+    return adverts, [i.client_id for i in items if isinstance(i, DeclineItem)]
 
 
 def _shares(
@@ -216,12 +215,7 @@ def _shares(
     complete: dict[str, list[SecAggShareItem]] = {}
     prefix = keys.secagg_sk(at.run_id, at.round_number, at.attempt, "SHARE#")
     for client in members:
-        items = []
-        for raw in table.query_items(keys.client_pk(client), prefix):
-            try:
-                items.append(SecAggShareItem.parse(raw))
-            except InvalidMessage as exc:
-                log.warning("round %s/%d: a share of %s is refused: %s", at.run_id, at.round_number, client, exc)
+        items = _valid(at, table.query_items(keys.client_pk(client), prefix), SecAggShareItem.parse, "share")
         if {i.recipient for i in items} >= set(roster.neighbours.get(client, [])):
             complete[client] = [i for i in items if i.recipient in roster.neighbours[client]]
     return complete
@@ -229,28 +223,14 @@ def _shares(
 
 def _masked_items(table: SecureTable, at: Attempt, members: list[str]) -> dict[str, UpdateItem]:
     """The members' masked-input items of this attempt (an earlier attempt's are not this one's)."""
-    items: dict[str, UpdateItem] = {}
-    for client, raw in table.get_updates(at.run_id, at.round_number, members).items():
-        try:
-            item = parse_client_item(raw)
-        except InvalidMessage:
-            continue
-        if isinstance(item, UpdateItem) and item.masked and item.attempt == at.attempt:
-            items[client] = item
-    return items
+    raws = list(table.get_updates(at.run_id, at.round_number, members).values())
+    items = _valid(at, raws, parse_client_item, "masked-input item")
+    return {i.client_id: i for i in items if isinstance(i, UpdateItem) and i.masked and i.attempt == at.attempt}
 
 
 def _reveals(table: SecureTable, at: Attempt, members: list[str]) -> dict[str, SecAggRevealItem]:
     found = table.get_items([keys.secagg_reveal_item_key(at.run_id, at.round_number, at.attempt, c) for c in members])
-    reveals: dict[str, SecAggRevealItem] = {}
-    for raw in found:
-        try:
-            item = SecAggRevealItem.parse(raw)
-        except InvalidMessage as exc:
-            log.warning("round %s/%d: a reveal is refused: %s", at.run_id, at.round_number, exc)
-            continue
-        reveals[item.client_id] = item
-    return reveals
+    return {item.client_id: item for item in _valid(at, found, SecAggRevealItem.parse, "reveal")}
 
 
 def _ready(table: SecureTable, store: ModelStore, at: Attempt, phase: str) -> bool:
