@@ -303,13 +303,17 @@ def close_advertise(store: ModelStore, table: SecureTable, at: Attempt, secure: 
     _close(table, at, PHASE_ADVERTISE, {"next": sorted(roster.adverts), "roster": asdict(ref)})
 
 
-def _relay(store: ModelStore, table: SecureTable, at: Attempt) -> None:
-    """Copy each share a member of `input` sealed to another member into the recipient's inbox."""
-    members = at.members(PHASE_INPUT)
-    roster = read_roster(store, at.roster_ref())
-    for sender, items in _shares(table, at, members, roster).items():
+def _relay(
+    store: ModelStore, table: SecureTable, at: Attempt, shares: dict[str, list[SecAggShareItem]] | None = None
+) -> None:
+    """Copy each share a member of `input` sealed to another member into the recipient's inbox
+    (`shares`: the members' shares as the close read them; None: read them again)."""
+    members = set(at.members(PHASE_INPUT))
+    if shares is None:
+        shares = _shares(table, at, sorted(members), read_roster(store, at.roster_ref()))
+    for sender, items in shares.items():
         for share in items:
-            if share.recipient in members:
+            if sender in members and share.recipient in members:
                 inbox = SecAggInboxItem(at.run_id, at.round_number, at.attempt, share.recipient, sender, share.sealed)
                 table.put_server_item(inbox.to_item())
 
@@ -317,10 +321,10 @@ def _relay(store: ModelStore, table: SecureTable, at: Attempt) -> None:
 def close_share(store: ModelStore, table: SecureTable, at: Attempt) -> None:
     """Phase 2 closes: the members whose shares all came go on (each masks with those among them)."""
     members = at.members(PHASE_SHARE)
-    shared = sorted(_shares(table, at, members, read_roster(store, at.roster_ref())))
-    _enough(at, PHASE_SHARE, members, shared)
-    _close(table, at, PHASE_SHARE, {"next": shared})
-    _relay(store, table, at)
+    shares = _shares(table, at, members, read_roster(store, at.roster_ref()))
+    _enough(at, PHASE_SHARE, members, list(shares))
+    _close(table, at, PHASE_SHARE, {"next": sorted(shares)})
+    _relay(store, table, at, shares)
 
 
 def masked_size(store: ModelStore, at: Attempt) -> tuple[int, list[str], dict[str, tuple[int, ...]]]:
