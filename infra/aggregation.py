@@ -130,7 +130,7 @@ class Aggregation(Construct):
         role.add_to_policy(
             iam.PolicyStatement(
                 sid="RelaySecAggShares",  # a secure round's sealed shares, into each recipient's inbox
-                actions=["dynamodb:PutItem"],
+                actions=["dynamodb:PutItem", "dynamodb:BatchWriteItem"],  # 25 shares a request
                 resources=[table.table_arn],
                 conditions=secure.partitions("StringLike", [f"{keys.INBOX_PK_PREFIX}*"]),
             )

@@ -203,3 +203,28 @@ def test_a_client_reads_its_own_inbox_and_the_roster_and_no_other_inbox(local_cl
         assert error_code(refused.value) in DENIED
     for reader in (CLIENT, OTHER_CLIENT):
         assert local_cloud.client("s3", reader).get_object(Bucket=bucket, Key=roster)["Body"].read() == b"{}"
+
+
+def test_the_relay_batch_writes_inboxes_and_only_the_aggregation_function_may(local_cloud):
+    """The aggregation function relays a secure round's shares 25 to a request (BatchWriteItem), into
+    inboxes only; no other principal may batch-write an inbox, and the function may not batch-write
+    a client's own partition."""
+    table = local_cloud.outputs.table
+    items = [
+        SecAggInboxItem(RUN, 1, 0, c, s, b"s" * 96).to_item()
+        for c, s in ((CLIENT, OTHER_CLIENT), (OTHER_CLIENT, CLIENT))
+    ]
+
+    def batch(principal: str, rows: list[dict[str, Any]]) -> str:
+        request = {table: [{"PutRequest": {"Item": to_attributes(i)}} for i in rows]}
+        try:
+            local_cloud.client("dynamodb", principal).batch_write_item(RequestItems=request)
+        except ClientError as exc:
+            return "denied" if error_code(exc) in DENIED else error_code(exc)
+        return "written"
+
+    assert {p: batch(p, items) for p in PRINCIPALS} == {
+        p: "written" if p == "aggregation" else "denied" for p in PRINCIPALS
+    }
+    own = SecAggKeysItem(RUN, 1, 0, CLIENT, b"k" * 32, b"m" * 32, b"c" * 32, T).to_item()
+    assert batch("aggregation", [own]) == "denied"

@@ -453,8 +453,14 @@ class DynamoRoundTable(Items):
     def query_items(self, pk: str, prefix: str) -> list[dict[str, Any]]:
         return self._query_prefix(pk, prefix)
 
-    def put_server_item(self, item: dict[str, Any]) -> None:
-        self.put(item)
+    def put_server_items(self, items: list[dict[str, Any]]) -> None:
+        """BatchWriteItem, 25 items a request (DynamoDB's most), the unprocessed ones sent again."""
+        for start in range(0, len(items), 25):
+            pending: dict[str, Any] = {
+                self.name: [{"PutRequest": {"Item": to_attributes(i)}} for i in items[start : start + 25]]
+            }
+            while pending:
+                pending = self.ddb.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
 
     def update_where(
         self, key: dict[str, str], sets: dict[str, Any], statuses: tuple[str | None, ...]

@@ -164,8 +164,9 @@ class SecureTable(RoundTable, Protocol):
         """The items of partition `pk` whose sort key starts with `prefix` (strongly consistent)."""
         ...
 
-    def put_server_item(self, item: dict[str, Any]) -> None:
-        """Write (or replace) a server item outside the run's partition (a relayed share)."""
+    def put_server_items(self, items: list[dict[str, Any]]) -> None:
+        """Write (or replace) server items outside the run's partition (relayed shares), in as few
+        requests as the store allows."""
         ...
 
     def update_where(

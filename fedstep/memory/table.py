@@ -78,8 +78,9 @@ class MemoryTable:
             found = sorted((sk, item) for (p, sk), item in self.items.items() if p == pk and sk.startswith(prefix))
             return [copy.deepcopy(item) for _, item in found]
 
-    def put_server_item(self, item: dict[str, Any]) -> None:
-        self.put(item)
+    def put_server_items(self, items: list[dict[str, Any]]) -> None:
+        for item in items:
+            self.put(item)
 
     def update_where(
         self, key: dict[str, str], sets: dict[str, Any], statuses: tuple[str | None, ...]

@@ -239,8 +239,9 @@ def _ready(table: SecureTable, store: ModelStore, at: Attempt, phase: str) -> bo
     if phase == PHASE_ADVERTISE:
         adverts, declined = _adverts(table, at, members)
         return set(members) <= set(adverts) | set(declined)
-    if phase == PHASE_SHARE:
-        return set(members) <= set(_shares(table, at, members, read_roster(store, at.roster_ref())))
+    if phase == PHASE_SHARE:  # one query per member: stop at the first that has not shared them all
+        roster = read_roster(store, at.roster_ref())
+        return all(client in _shares(table, at, [client], roster) for client in members)
     if phase == PHASE_INPUT:
         return set(members) <= set(_masked_items(table, at, members))
     return set(members) <= set(_reveals(table, at, members))
@@ -311,11 +312,14 @@ def _relay(
     members = set(at.members(PHASE_INPUT))
     if shares is None:
         shares = _shares(table, at, sorted(members), read_roster(store, at.roster_ref()))
-    for sender, items in shares.items():
-        for share in items:
-            if sender in members and share.recipient in members:
-                inbox = SecAggInboxItem(at.run_id, at.round_number, at.attempt, share.recipient, sender, share.sealed)
-                table.put_server_item(inbox.to_item())
+    table.put_server_items(
+        [
+            SecAggInboxItem(at.run_id, at.round_number, at.attempt, share.recipient, sender, share.sealed).to_item()
+            for sender, items in shares.items()
+            for share in items
+            if sender in members and share.recipient in members
+        ]
+    )
 
 
 def close_share(store: ModelStore, table: SecureTable, at: Attempt) -> None:
