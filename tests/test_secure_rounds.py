@@ -322,3 +322,28 @@ def test_distributed_noise_of_t_clients_sums_to_the_target_std():
     assert examples == pytest.approx(t)
     assert float(np.std(mean)) == pytest.approx(sigma / t, rel=0.03)
     assert abs(float(np.mean(mean))) < 5 * sigma / t / size**0.5
+
+
+def test_a_secure_rounds_records_and_messages_stay_inside_the_service_limits_at_the_most_clients():
+    """With a run's most clients (ids of 64 characters), all in one complete graph: the reveal phase's
+    message (SNS), the survivors record, the phase record and a client's reveal item (DynamoDB)."""
+    from fedstep.core import limits
+    from fedstep.core.schemas import ObjectRef
+    from fedstep.memory.sizes import record_bytes
+
+    ids = [f"client-{i:057d}" for i in range(limits.MAX_CLIENTS_PER_RUN)]
+    run_id, half = "r" * 64, len(ids) // 2
+    roster = ObjectRef(keys.secagg_roster_key(run_id, 99_999, 99), "0" * 64, 10**6)
+    message = SecAggPhaseMessage(run_id, 99_999, 99, "reveal", roster, ids[:half], T, 3600, ids[half:])
+    assert record_bytes(message.to_dict()) + record_bytes(ids[:half]) <= limits.SNS_MESSAGE_BYTES
+    version = "v" * 32  # S3 version ids are 32 characters
+    pinned = {c: {"sha256": "0" * 64, "bytes": 2**40, "version": version} for c in ids}
+    survivors = {**keys.secagg_survivors_key(run_id, 99_999, 99), **secure.survivors_record(ids, pinned)}
+    phase = {
+        **keys.secagg_phase_key(run_id, 99_999, 99, "input"),
+        "kind": secure.PHASE_KIND, "status": secure.CLOSED, "task_token": "t" * 2048, "issued_at": T,
+        "closed_at": T, "members": ids, "next": ids,
+    }  # fmt: skip
+    reveal = SecAggRevealItem(run_id, 99_999, 99, ids[0], T, {c: ("seed", b"s" * 34) for c in ids}).to_item()
+    for item in (survivors, phase, reveal):
+        assert record_bytes(item) <= limits.DYNAMODB_ITEM_BYTES, item[keys.SK]

@@ -382,17 +382,22 @@ def close_input(store: ModelStore, table: SecureTable, at: Attempt) -> None:
             continue
         pinned[client] = {"sha256": item.update.sha256, "bytes": item.update.bytes, "version": version}
     _enough(at, PHASE_INPUT, members, list(pinned))
-    survivors = {
+    key = keys.secagg_survivors_key(at.run_id, at.round_number, at.attempt)
+    if table.update_where(key, survivors_record(members, pinned), (None,)) is None:
+        log.info("round %s/%d: the survivors were fixed already; they stand", at.run_id, at.round_number)
+    fixed = table.get_item(key) or {}
+    _close(table, at, PHASE_INPUT, {"next": list(fixed.get("survivors", []))})
+
+
+def survivors_record(members: list[str], pinned: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The survivors record's fields: who survived (their masked files pinned: sha256, bytes, the
+    object version checked) and who dropped (members of the input phase without a valid input)."""
+    return {
         "kind": SURVIVORS_KIND,
         "survivors": sorted(pinned),
         "dropped": sorted(set(members) - set(pinned)),
         "inputs": pinned,
     }
-    key = keys.secagg_survivors_key(at.run_id, at.round_number, at.attempt)
-    if table.update_where(key, survivors, (None,)) is None:
-        log.info("round %s/%d: the survivors were fixed already; they stand", at.run_id, at.round_number)
-    fixed = table.get_item(key) or {}
-    _close(table, at, PHASE_INPUT, {"next": list(fixed.get("survivors", []))})
 
 
 def _survivors(table: SecureTable, at: Attempt) -> dict[str, Any]:
