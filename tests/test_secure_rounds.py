@@ -57,9 +57,9 @@ class SimClient(SecureClient):
         return item.update.key
 
 
-def secure_world(threshold: int = 3, clients: tuple[str, ...] = CLIENTS) -> World:
+def secure_world(threshold: int = 3, clients: tuple[str, ...] = CLIENTS, dp=None) -> World:
     run = replace(
-        make_run(quorum=threshold, clients=clients, min_participants=threshold),
+        make_run(quorum=threshold, clients=clients, min_participants=threshold, dp=dp),
         secagg=SecAggSettings(threshold=threshold, clip=10.0),
     )
     world = World(run)
@@ -67,9 +67,9 @@ def secure_world(threshold: int = 3, clients: tuple[str, ...] = CLIENTS) -> Worl
     return world
 
 
-def advance(world: World) -> dict | None:
+def advance(world: World, settings: AggregationSettings = SETTINGS) -> dict | None:
     return secure.advance_secure_round(
-        world.run, 1, store=world.store, table=world.table, reporter=world.reporter, settings=SETTINGS
+        world.run, 1, store=world.store, table=world.table, reporter=world.reporter, settings=settings
     )
 
 
@@ -347,3 +347,25 @@ def test_a_secure_rounds_records_and_messages_stay_inside_the_service_limits_at_
     reveal = SecAggRevealItem(run_id, 99_999, 99, ids[0], T, {c: ("seed", b"s" * 34) for c in ids}).to_item()
     for item in (survivors, phase, reveal):
         assert record_bytes(item) <= limits.DYNAMODB_ITEM_BYTES, item[keys.SK]
+
+
+def test_a_distributed_dp_round_reports_the_published_models_epsilon_and_the_operators():
+    from fedstep.core.schemas import DPSettings
+    from fedstep.privacy import lazy_client_epsilon, lazy_operator_epsilon
+
+    dp = DPSettings("distributed", noise_multiplier=1.0, clip=10.0, delta=1e-5)
+    world = secure_world(clients=("a", "b", "c"), dp=dp)
+    message = RoundMessage.parse(world.publisher.messages[-1][0])
+    assert message.secagg is not None and message.secagg.max_examples == 1  # every weight 1
+    assert message.secagg.noise_stddev == pytest.approx(1.0 * 10.0 / 3**0.5)
+    sims, reveal = _through_reveal(world, {"a": 0.1, "b": 0.2, "c": 0.3})
+    for sim in sims.values():
+        sim.reveal(reveal)
+    settings = AggregationSettings(
+        secure=SecAggServer(), accountant=lazy_client_epsilon, operator_accountant=lazy_operator_epsilon
+    )
+    output = advance(world, settings)
+    assert output is not None
+    summary = world.table.get_round(RUN, 1)
+    assert summary["epsilon"] > 0 and summary["operator_epsilon"] >= summary["epsilon"]
+    assert summary["noisy_releases"] == 1  # the noisy sum counted before it was unmasked
