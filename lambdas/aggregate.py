@@ -293,7 +293,7 @@ def slice_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, An
     if type(index) is not int or index < 0:
         raise ValueError(f"slice event is malformed: index {index!r}")
     store, _, _, _ = services()
-    return aggregate_slice(_plan_ref(event), index, store)
+    return aggregate_slice(_plan_ref(event), index, store, SECURE)
 
 
 @metrics.log_metrics

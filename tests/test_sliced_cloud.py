@@ -155,3 +155,34 @@ def test_an_update_replaced_after_the_plans_check_never_mixes_in_the_versioned_r
         + (10 * deltas["client-1"]["000/big/kernel"] + 30 * deltas["client-2"]["000/big/kernel"]) / 40
     )
     np.testing.assert_allclose(tensors.decode(final)["000/big/kernel"], expected, atol=1e-4)
+
+
+def test_a_secure_round_of_a_model_larger_than_a_slice_unmasks_each_slice_on_its_own(small_cloud, tmp_path):
+    """Secure aggregation on the sliced path: after the reveal phase the round is planned (the masks'
+    seeds kept in the plan), each slice invocation unmasks its own range of the masked sum, and the
+    assembled model is FedAvg's of the clients' shifts within the fixed point's steps."""
+    from client_agent.agent import Outcome
+    from tests.cloud_helpers import SHIFTS, agent
+
+    initial = {"000/big/kernel": np.zeros((3000, 1000), np.float32), "001/big/bias": np.zeros(7, np.float32)}
+    run = start(
+        small_cloud, rounds=1, min_participants=2, initial=initial,
+        secure_aggregation=True, secagg_threshold=2, secagg_clip=10_000.0, max_examples=30,
+    )  # fmt: skip
+    agents = [agent(small_cloud, c, tmp_path) for c in CLIENTS]
+    for expected in (Outcome.ADVANCED, Outcome.ADVANCED, Outcome.ADVANCED, Outcome.SERVED):
+        for a in agents:
+            serve(a, expect=expected)
+    desc = wait_for_execution(small_cloud, run.execution_arn, timeout_s=600)
+    assert desc["status"] == "SUCCEEDED", desc.get("cause")
+    assert {"Reveal shares", "Aggregate slices", "Assemble global model"} <= slice_states(
+        small_cloud, run.execution_arn
+    )
+    [summary] = summaries(small_cloud, run.run_id)
+    assert sorted(summary.participants) == list(CLIENTS) and summary.measurements["slices"] == 2
+    model = tensors.decode(
+        S3ModelStore(small_cloud.outputs.bucket, small_cloud.client("s3")).get(summary.global_model.key)
+    )
+    expected = sum(SHIFTS[c][0] * SHIFTS[c][1] for c in CLIENTS) / sum(SHIFTS[c][1] for c in CLIENTS)
+    for name, values in model.items():
+        np.testing.assert_allclose(values, expected, atol=1e-3, err_msg=name)

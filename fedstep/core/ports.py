@@ -200,6 +200,28 @@ class SecureAggregation(Protocol):
         InvalidAggregate for a sum honest survivors could not give."""
         ...
 
+    def mask_seeds(
+        self,
+        roster: Any,
+        survivors: frozenset[str],
+        dropped: frozenset[str],
+        reveals: dict[str, dict[str, tuple[str, bytes]]],
+    ) -> list[tuple[bytes, int]]:
+        """For a sliced round: the seeds of the masks left in the sum, with their signs."""
+        ...
+
+    def unmask_range(self, masked_total: Any, seeds: list[tuple[bytes, int]], offset: int) -> Any:
+        """Elements `offset`.. of the masked sum without the masks of `seeds`."""
+        ...
+
+    def decode_weight(self, spec: Any, total: Any, survivors: int) -> float:
+        """The survivors' summed weight from element 0 of the unmasked sum."""
+        ...
+
+    def decode_values(self, spec: Any, total: Any, survivors: int) -> Any:
+        """A range of the survivors' summed weighted deltas (float64) from that range of the sum."""
+        ...
+
 
 class Reporter(Protocol):
     def succeed(self, task_token: str, output: dict[str, Any]) -> None: ...

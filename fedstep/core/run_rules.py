@@ -265,22 +265,10 @@ def check_sliceable(
     secure: bool = False,
 ) -> None:
     """Refuse a run whose model the stack aggregates by slices with a strategy (or central DP, which
-    clips whole updates) that cannot slice (`fedstep.core.sliced`), or under secure aggregation
-    (`secure`), whose rounds do not slice yet."""
+    clips whole updates) that cannot slice (`fedstep.core.sliced`). Under secure aggregation
+    (`secure`) each slice unmasks its own range of the sum, so the same strategies slice."""
     if not sliced.needs_slices(model_bytes, slice_bytes):
         return
-    if secure:
-        also = (
-            f"; nor can strategy {strategy.name!r}, which does not slice (only "
-            f"{', '.join(sliced.sliceable_strategies())} do)"
-            if not strategy.sliceable
-            else ""
-        )
-        raise InvalidRun(
-            f"this model of {model_bytes / 2**20:.0f} MiB is over the deployment's slice size "
-            f"({(slice_bytes or 0) / 2**20:.0f} MiB, `slice_mb`), so its rounds are aggregated by slices, and a sliced "
-            f"model cannot be securely aggregated yet{also}: use a smaller model, or drop --secure-aggregation"
-        )
     try:
         sliced.check_sliceable(strategy, model_bytes, slice_bytes)
     except sliced.NotSliceable as exc:

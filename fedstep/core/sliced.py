@@ -40,7 +40,7 @@ import numpy as np
 from fedstep.core import codecs, limits, strategies, tensors
 from fedstep.core.errors import FedstepError
 from fedstep.core.ports import ModelStore, MultipartStore
-from fedstep.core.schemas import Adjustment, Bounds, InvalidMessage, ObjectRef, Rejection, UpdateItem
+from fedstep.core.schemas import Adjustment, Bounds, InvalidMessage, ObjectRef, Rejection, SecAggRound, UpdateItem
 from fedstep.core.strategies import ClientUpdate, GlobalModel, UpdateInfo
 from fedstep.core.update_source import (
     SLICE_BUDGET_BYTES,
@@ -133,6 +133,10 @@ class SlicePlan:
     updates: list[PlannedUpdate]
     summary: dict[str, Any]
     """The round summary's fields known at planning (`RoundSummary` without the model, timings, measurements)."""
+    secure: dict[str, Any] | None = None
+    """A secure round's (`fedstep.core.rounds.secure`): `updates` are the survivors' masked files, and
+    this holds what unmasks any range of their sum: the masks' seeds and signs (hex), the survivors'
+    count and summed weight, the round's `SecAggRound` and the tensors' masked order."""
 
     @property
     def spec(self) -> tensors.TensorSpec:
@@ -313,11 +317,60 @@ def _global_pieces(store: ModelStore, plan: SlicePlan, pieces: list[tuple[str, i
     return out
 
 
-def aggregate_slice(plan: SlicePlan, index: int, store: ModelStore, parts: MultipartStore) -> dict[str, float]:
+@dataclass
+class UnmaskedSlice:
+    """The `Updates` of one slice of a secure round: one update, the survivors' weighted mean delta over
+    the slice's pieces, from the same range of every masked file (ranged reads of the pinned versions)
+    summed modulo 2^32, its masks removed and only that sum decoded (`secure`: the cryptography)."""
+
+    store: ModelStore
+    plan: SlicePlan
+    pieces: list[tuple[str, int, int]]
+    secure: Any
+    sliced: bool = False
+    slice_elements: int = 0
+
+    @property
+    def spec(self) -> tensors.TensorSpec:
+        return tensors.TensorSpec({name: (stop - start,) for name, start, stop in self.pieces})
+
+    def accepted(self) -> list[UpdateInfo]:
+        return [UpdateInfo("secure-sum", int(self.plan.secure["examples"]))]  # type: ignore[index]
+
+    def __iter__(self) -> Iterator[ClientUpdate]:
+        info = self.plan.secure or {}
+        seeds = [(bytes.fromhex(seed), int(sign)) for seed, sign in info["seeds"]]
+        spec = SecAggRound.parse(info["spec"], "a secure slice plan's round")
+        base, position = {}, 1  # element 0 of a masked input is its weight
+        for name in info["order"]:
+            base[name] = position
+            position += int(np.prod(self.plan.shapes[name], dtype=np.int64))
+        delta = {}
+        for name, start, stop in self.pieces:
+            offset, total = base[name] + start, np.zeros(stop - start, dtype=np.uint32)
+            for update in self.plan.updates:
+                part = np.empty(stop - start, dtype=np.uint32)
+                read_elements(self.store, update.key, update.data_start, offset, part, tensors.U32, update.version)
+                total += part
+            unmasked = self.secure.unmask_range(total, seeds, offset)
+            values = self.secure.decode_values(spec, unmasked, int(info["count"]))
+            delta[name] = (values / float(info["weight"])).astype(np.float32)
+        yield ClientUpdate("secure-sum", int(info["examples"]), delta)
+
+    def slice(self, name: str, start: int, stop: int) -> np.ndarray:
+        raise ValueError("secure aggregation gives a strategy the sum of the updates, never one update's slice")
+
+
+def aggregate_slice(
+    plan: SlicePlan, index: int, store: ModelStore, parts: MultipartStore, secure: Any = None
+) -> dict[str, float]:
     """Aggregate slice `index` of the plan and upload it as part `index + 1`; the strategy's
-    measurements of the slice (`step_norm` as its square, `step_norm_squared`, so slices add up)."""
+    measurements of the slice (`step_norm` as its square, `step_norm_squared`, so slices add up).
+    A secure round's plan needs `secure` (`fedstep.core.ports.SecureAggregation`)."""
     pieces = plan.pieces(index)
-    updates = PlannedSlice(store, plan, pieces)
+    if plan.secure is not None and secure is None:
+        raise FedstepError("a secure round's slice needs the secure-aggregation engine (settings.secure)")
+    updates = PlannedSlice(store, plan, pieces) if plan.secure is None else UnmaskedSlice(store, plan, pieces, secure)
     strategy = strategies.build(plan.strategy, plan.strategy_params)
     global_model = GlobalModel(updates.spec, lambda: _global_pieces(store, plan, pieces))
     result = strategy.aggregate(plan.round, global_model, strategies.ServerState(), updates)

@@ -30,25 +30,26 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
-from fedstep.core import keys, limits, tensors
+from fedstep.core import keys, limits, sliced, tensors
 from fedstep.core.clock import utc_now
 from fedstep.core.dp import distributed_client_stddev
 from fedstep.core.errors import FedstepError, InvalidUpdate, RunStopped
 from fedstep.core.manifest import ManifestEntry, UpdateManifest
-from fedstep.core.ports import ModelStore, Publisher, Reporter, SecureAggregation, SecureTable
+from fedstep.core.ports import ModelStore, MultipartStore, Publisher, Reporter, SecureAggregation, SecureTable
 from fedstep.core.round_record import RoundRecord
 from fedstep.core.rounds.aggregate import check_finite, kept_by_strategy, strategy_measurements
 from fedstep.core.rounds.complete import Claimed, run_claimed_round
 from fedstep.core.rounds.errors import RoundBusy, RoundNotAggregated, SecAggThresholdNotMet, StrategyFailed
 from fedstep.core.rounds.inputs import build_strategy, load_state, previous_summary, selected_in
 from fedstep.core.rounds.privacy import count_release, operator_privacy_spent, privacy_spent
-from fedstep.core.rounds.results import file_metadata, new_claim_id, write_results
+from fedstep.core.rounds.results import file_metadata, new_claim_id, write_once, write_results
 from fedstep.core.rounds.settings import AggregationSettings
-from fedstep.core.rounds.summary import Tally, build_summary, finished, task_output
+from fedstep.core.rounds.slices import plan_output
+from fedstep.core.rounds.summary import DRAFT_TIMING, Tally, build_summary, finished, task_output
 from fedstep.core.schemas import (
     LATER_PHASES,
     MASKED_ENCODING,
@@ -78,7 +79,7 @@ from fedstep.core.schemas import (
     parse_client_item,
 )
 from fedstep.core.strategies import ClientUpdate, GlobalModel, UpdateInfo
-from fedstep.core.update_source import metadata_check, read_layout, read_model
+from fedstep.core.update_source import metadata_check, read_elements, read_layout, read_model
 
 log = logging.getLogger(__package__)
 
@@ -436,10 +437,11 @@ def aggregate_secure(
     store: ModelStore,
     table: SecureTable,
     settings: AggregationSettings,
-) -> RoundSummary:
+) -> RoundSummary | ObjectRef:
     """The round's model from the unmasked sum: the pinned masked files summed (never decoded one by
     one), the masks removed with the revealed shares, the sum decoded into the mean delta, the
-    strategy applied to it; results written once under the claim, as a plain round's."""
+    strategy applied to it; results written once under the claim, as a plain round's. A model larger
+    than `settings.slice_bytes` is planned for slices instead (`_plan_secure`): the plan's ref."""
     if settings.secure is None:
         raise FedstepError("the aggregation function has no secure-aggregation engine (settings.secure)")
     run, round_number, record = at.run, at.round_number, at.record
@@ -449,26 +451,16 @@ def aggregate_secure(
     revealed = _reveals(table, at, sorted(survivors))
     reveals = {c: dict(r.shares) for c, r in revealed.items()}
     size, names, shapes = masked_size(store, at)
+    if sliced.needs_slices(record.require_input_model().bytes, settings.slice_bytes):
+        return _plan_secure(at, claim, store, table, settings, fixed, reveals, started)
     total = np.zeros(size, dtype=np.uint32)
     accepted: list[tuple[UpdateItem, int]] = []
     entries = []
     for client in sorted(survivors):
-        pin = fixed["inputs"][client]
-        ref = ObjectRef(keys.update_key(run.run_id, round_number, client), str(pin["sha256"]), int(pin["bytes"]))
-        metadata, values, version = read_masked(store, ref, size, pin.get("version"))
+        ref = _pinned_ref(at, fixed, client)
+        metadata, values, version = read_masked(store, ref, size, fixed["inputs"][client].get("version"))
         total += values
-        item = UpdateItem(
-            run_id=run.run_id,
-            round=round_number,
-            client_id=client,
-            num_examples=int(metadata.get("num_examples", 1)),
-            update=ref,
-            metrics=dict(metadata.get("metrics") or {}),
-            created_at=str(fixed.get("closed_at", "")),
-            privacy=dict(metadata.get("privacy") or {}),
-            encoding=MASKED_ENCODING,
-            attempt=at.attempt,
-        )
+        item = _survivor_item(at, fixed, client, ref, metadata)
         examples = min(item.num_examples, run.bounds.max_examples)
         accepted.append((item, examples))
         entries.append(ManifestEntry.of(item, version, examples, None))
@@ -526,6 +518,133 @@ def aggregate_secure(
     )
 
 
+def _pinned_ref(at: Attempt, fixed: dict[str, Any], client: str) -> ObjectRef:
+    pin = fixed["inputs"][client]
+    return ObjectRef(keys.update_key(at.run_id, at.round_number, client), str(pin["sha256"]), int(pin["bytes"]))
+
+
+def _survivor_item(
+    at: Attempt, fixed: dict[str, Any], client: str, ref: ObjectRef, metadata: dict[str, Any]
+) -> UpdateItem:
+    """A survivor's update item as its pinned file's metadata says (what was checked at the input
+    phase's close; the item in the table may have been rewritten since)."""
+    return UpdateItem(
+        run_id=at.run_id,
+        round=at.round_number,
+        client_id=client,
+        num_examples=int(metadata.get("num_examples", 1)),
+        update=ref,
+        metrics=dict(metadata.get("metrics") or {}),
+        created_at=str(fixed.get("closed_at", "")),
+        privacy=dict(metadata.get("privacy") or {}),
+        encoding=MASKED_ENCODING,
+        attempt=at.attempt,
+    )
+
+
+def _plan_secure(
+    at: Attempt,
+    claim: str,
+    store: ModelStore,
+    table: SecureTable,
+    settings: AggregationSettings,
+    fixed: dict[str, Any],
+    reveals: dict[str, dict[str, tuple[str, bytes]]],
+    started: float,
+) -> ObjectRef:
+    """A secure round whose model is larger than one function: its slices planned. Each survivor's
+    pinned masked file is read only for its header and its weight (element 0); the masks' seeds are
+    rebuilt once, here, and kept in the plan (server-only, as the round's claim), so that each slice
+    reads its own range of every masked file and removes the masks from that range alone."""
+    assert settings.secure is not None
+    run, round_number, record = at.run, at.round_number, at.record
+    strategy = build_strategy(run)
+    input_model = record.require_input_model()
+    try:
+        sliced.check_sliceable(strategy, input_model.bytes, settings.slice_bytes)
+    except sliced.NotSliceable as exc:
+        raise StrategyFailed(f"run {run.run_id}, round {round_number}: {exc}") from None
+    layout = read_layout(store, input_model)
+    size, names, _ = masked_size(store, at)
+    survivors, dropped = frozenset(fixed["survivors"]), frozenset(fixed["dropped"])
+    spec = tensors.TensorSpec({MASKED_TENSOR: (size,)})
+    weights = np.zeros(1, dtype=np.uint32)
+    planned, accepted, entries = [], [], []
+    for client in sorted(survivors):
+        ref, version = _pinned_ref(at, fixed, client), fixed["inputs"][client].get("version")
+        first = store.read_range(ref.key, 0, min(ref.bytes, 8 + limits.MAX_HEADER_SLACK_BYTES), version)
+        header = tensors.parse_header(
+            first.data, ref.bytes, spec, limits.MAX_HEADER_SLACK_BYTES, tensors.F32, {MASKED_TENSOR: tensors.U32}
+        )
+        weight = np.empty(1, dtype=np.uint32)
+        read_elements(store, ref.key, header.data_start, 0, weight, tensors.U32, version)
+        weights += weight
+        item = _survivor_item(at, fixed, client, ref, header.metadata)
+        examples = min(item.num_examples, run.bounds.max_examples)
+        accepted.append((item, examples))
+        entries.append(ManifestEntry.of(item, version, examples, None))
+        planned.append(
+            sliced.PlannedUpdate(
+                client, ref.key, ref.sha256, version, header.data_start, header.offsets, examples, None,
+                tensors.U32.name, MASKED_ENCODING,
+            )
+        )  # fmt: skip
+    previous = previous_summary(table, run, round_number)
+    repeated = count_release(run, round_number, table, claim, previous)  # before the noisy sum is seen
+    seeds = settings.secure.mask_seeds(read_roster(store, at.roster_ref()), survivors, dropped, reveals)
+    round_spec_ = at.spec()
+    weight_sum = settings.secure.decode_weight(
+        round_spec_, settings.secure.unmask_range(weights, seeds, 0), len(survivors)
+    )
+    output_key = keys.global_key(run.run_id, round_number, claim)
+    manifest = UpdateManifest(run.run_id, round_number, claim, entries)
+    manifest_ref = write_once(store, keys.manifest_key(run.run_id, round_number, claim), manifest.encode())
+    draft = build_summary(
+        run,
+        round_number,
+        record,
+        selected_in(record, run, round_number),
+        Tally(accepted, [Rejection(c, "dropped out of the secure round") for c in sorted(dropped)], []),
+        ObjectRef(output_key, "0" * 64, 0),
+        DRAFT_TIMING,
+        privacy_spent(run, round_number, accepted, settings.accountant, repeated),
+        None,
+        manifest=manifest_ref,
+        repeated_releases=repeated,
+        operator_epsilon=operator_privacy_spent(
+            run, round_number, settings.operator_accountant, layout.spec.num_parameters, repeated
+        ),
+    )
+    input_offsets, input_data_start = sliced.input_offsets(store, input_model, layout)
+    plan = sliced.SlicePlan(
+        run_id=run.run_id,
+        round=round_number,
+        claim=claim,
+        strategy=run.strategy,
+        strategy_params=dict(run.strategy_params),
+        input_model=input_model,
+        input_offsets=input_offsets,
+        input_data_start=input_data_start,
+        output_key=output_key,
+        upload_id=cast(MultipartStore, store).start_upload(output_key),
+        metadata=file_metadata(run, round_number, claim, "global"),
+        shapes=dict(layout.spec.shapes),
+        slice_elements=sliced.slice_elements_for(layout.spec.num_parameters, int(settings.slice_bytes or 0)),
+        updates=planned,
+        summary={**draft.to_dict(), "first_issued_at": record.first_issued_at, "aggregation_started": started},
+        secure={
+            "seeds": [[seed.hex(), sign] for seed, sign in seeds],
+            "count": len(survivors),
+            "weight": weight_sum,
+            "examples": max(1, round(weight_sum * round_spec_.max_examples)),
+            "spec": round_spec_.to_dict(),
+            "order": names,
+        },
+    )
+    log.info("round %s/%d: planned %d slices of a secure sum", run.run_id, round_number, plan.slice_count)
+    return write_once(store, keys.plan_key(run.run_id, round_number, claim), plan.encode())
+
+
 def close_reveal(
     store: ModelStore,
     table: SecureTable,
@@ -534,9 +653,10 @@ def close_reveal(
     *,
     at_deadline: bool,
     on_aggregated: Callable[[RoundSummary], None] | None,
-) -> RoundSummary | None:
-    """Phase 4 closes: the round claimed and aggregated from the unmasked sum, its summary committed.
-    None when another invocation holds or took the round (it finishes it)."""
+) -> dict[str, Any] | None:
+    """Phase 4 closes: the round claimed and aggregated from the unmasked sum, its summary committed
+    (or, for a model larger than one function, its slices planned): the task output. None when
+    another invocation holds or took the round (it finishes it)."""
     members = at.members(PHASE_REVEAL)
     _enough(at, PHASE_REVEAL, members, list(_reveals(table, at, members)))
     now = time.time()
@@ -558,9 +678,11 @@ def close_reveal(
     )
     if outcome.stopped is not None:
         raise outcome.stopped
-    if outcome.summary is not None:
+    if outcome.summary is not None or outcome.plan is not None:
         _close(table, at, PHASE_REVEAL, {"next": []})
-    return outcome.summary
+    if outcome.plan is not None:  # aggregated by slices: the state machine fans out, then assembles
+        return plan_output(store, outcome.plan)
+    return task_output(outcome.summary, at.run) if outcome.summary is not None else None
 
 
 def _close_phase(
@@ -589,8 +711,7 @@ def _close_phase(
         if not closed:
             close_input(store, table, at)
         return phase_output(phase)
-    summary = close_reveal(store, table, at, settings, at_deadline=at_deadline, on_aggregated=on_aggregated)
-    return task_output(summary, at.run) if summary is not None else None
+    return close_reveal(store, table, at, settings, at_deadline=at_deadline, on_aggregated=on_aggregated)
 
 
 def _token(at: Attempt, phase: str) -> str:
@@ -599,8 +720,8 @@ def _token(at: Attempt, phase: str) -> str:
     return str(at.phases.get(phase, {}).get("task_token", ""))
 
 
-def _mark_reported(table: SecureTable, at: Attempt, phase: str) -> None:
-    if phase == PHASE_REVEAL:
+def _mark_reported(table: SecureTable, at: Attempt, phase: str, output: dict[str, Any]) -> None:
+    if phase == PHASE_REVEAL and "summary" in output:  # (a plan: the assembly reports the round)
         table.mark_reported(at.run_id, at.round_number)
     table.update_where(at.key(phase), {"status": REPORTED}, (CLOSED,))
 
@@ -642,7 +763,7 @@ def advance_secure_round(
     if output is None:
         return None
     reporter.succeed(token, output)
-    _mark_reported(table, at, phase)
+    _mark_reported(table, at, phase, output)
     return output
 
 
@@ -672,6 +793,8 @@ def close_at_deadline(
             raise FedstepError(f"round {round_number} of run {run_id} was never published")
         if at.record.completed:
             return task_output(at.record.summary(), run)
+        if at.record.plan is not None:  # planned for slices (its report may have been lost): fan out again
+            return plan_output(store, at.record.plan)
         if at.record.lease_active(time.time()):
             if time.monotonic() > give_up:
                 raise RoundBusy(f"round {round_number} of run {run_id} is still being aggregated by another invocation")

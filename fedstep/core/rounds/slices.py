@@ -12,7 +12,7 @@ from typing import Any, cast
 from fedstep.core import keys, sliced, strategies
 from fedstep.core.errors import FedstepError, RunStopped
 from fedstep.core.manifest import ManifestEntry, UpdateManifest
-from fedstep.core.ports import ModelStore, MultipartStore, RoundTable
+from fedstep.core.ports import ModelStore, MultipartStore, RoundTable, SecureAggregation
 from fedstep.core.round_record import RoundRecord
 from fedstep.core.rounds.errors import RoundNotAggregated, StrategyFailed
 from fedstep.core.rounds.inputs import selected_in
@@ -139,11 +139,14 @@ def plan_output(store: ModelStore, plan_ref: ObjectRef) -> dict[str, Any]:
     return {"sliced": {"plan": asdict(plan_ref), "slices": list(range(plan.slice_count))}}
 
 
-def aggregate_slice(plan_ref: ObjectRef, index: int, store: ModelStore) -> dict[str, float]:
-    """One slice of a planned round, uploaded as its part; its measurements (the Map's result)."""
+def aggregate_slice(
+    plan_ref: ObjectRef, index: int, store: ModelStore, secure: SecureAggregation | None = None
+) -> dict[str, float]:
+    """One slice of a planned round, uploaded as its part; its measurements (the Map's result). A
+    secure round's slice needs `secure` (it unmasks its range of the sum)."""
     plan = sliced.read_plan(store, plan_ref)
     try:
-        return sliced.aggregate_slice(plan, index, store, cast(MultipartStore, store))
+        return sliced.aggregate_slice(plan, index, store, cast(MultipartStore, store), secure)
     except (ValueError, FedstepError) as exc:
         raise StrategyFailed(
             f"strategy {plan.strategy!r} failed on slice {index} of round {plan.round} of run {plan.run_id}: "

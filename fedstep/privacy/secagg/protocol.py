@@ -217,6 +217,16 @@ class Client:
         return self.key.info("share", sender, recipient)
 
 
+def unmask_range(total: np.ndarray, seeds: list[tuple[bytes, int]], offset: int = 0) -> np.ndarray:
+    """Elements `offset`.. of a masked sum without the masks of `seeds` (`Server.mask_seeds`): each
+    seed's mask is expanded over this range only (the mask stream is seekable)."""
+    out = np.asarray(total, dtype=np.uint32).copy()
+    for seed, sign in seeds:
+        m = mask(seed, offset, out.size)
+        out = out - m if sign > 0 else out + m
+    return out
+
+
 class Server:
     """The server's side: it relays sealed shares, fixes the survivors once, and unmasks the sum."""
 
@@ -284,18 +294,23 @@ class Server:
         self-masks and the dropped clients' pairwise masks with the survivors: the sum of the
         survivors' quantised inputs. Each secret is rebuilt from `threshold` revealed shares and
         checked against the roster (SecAggError if a share is wrong)."""
-        size = total.size
-        total = np.asarray(total, dtype=np.uint32).copy()
-        for owner in sorted(survivors):
-            total = total - mask(self._recover(owner, "seed", reveals), offset, size)
+        return unmask_range(total, self.mask_seeds(survivors, dropped, reveals), offset)
+
+    def mask_seeds(
+        self, survivors: frozenset[str], dropped: frozenset[str], reveals: dict[str, dict[str, tuple[str, bytes]]]
+    ) -> list[tuple[bytes, int]]:
+        """The seeds of every mask left in the survivors' sum, each with the sign it was added with:
+        each survivor's self-mask seed, and each dropped client's pairwise seed with each surviving
+        neighbour (rebuilt from its masking key). Removing them from any range of the sum
+        (`unmask_range`) leaves that range of the survivors' quantised inputs."""
+        seeds = [(self._recover(owner, "seed", reveals), 1) for owner in sorted(survivors)]
         for owner in sorted(dropped):
             key = KeyPair.of_private(self._recover(owner, "key", reveals))
             for k in self.neighbours[owner]:
-                if k in survivors:
-                    pair = mask(agree(key.private, self.roster[k].mask_public, self.key.info("pairwise")), offset, size)
-                    # survivor k added sign(k, owner) x the pair's mask
-                    total = total - pair if _sign(k, owner) > 0 else total + pair
-        return total
+                if k in survivors:  # survivor k added sign(k, owner) x the pair's mask
+                    pair = agree(key.private, self.roster[k].mask_public, self.key.info("pairwise"))
+                    seeds.append((pair, _sign(k, owner)))
+        return seeds
 
     def _recover(self, owner: str, kind: str, reveals: dict[str, dict[str, tuple[str, bytes]]]) -> bytes:
         """`owner`'s secret of `kind` from the revealed shares, checked against what it advertised. With
