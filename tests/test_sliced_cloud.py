@@ -135,7 +135,7 @@ def test_an_update_replaced_after_the_plans_check_never_mixes_in_the_versioned_r
     deltas = {c: {k: rng.normal(size=v.shape).astype(np.float32) for k, v in initial.items()} for c in CLIENTS}
     original, replaced = aggregate.aggregate_slice, []
 
-    def replace_then_slice(plan_ref, index, store):
+    def replace_then_slice(plan_ref, index, store, secure=None):
         if not replaced:  # the first slice: the plan has checked every update
             run_id = plan_ref.key.split("/")[1]
             key = keys.update_key(run_id, 1, "client-2")
@@ -145,7 +145,7 @@ def test_an_update_replaced_after_the_plans_check_never_mixes_in_the_versioned_r
             poisoned = tensors.encode({k: v + 100 for k, v in deltas["client-2"].items()}, metadata)
             small_cloud.client("s3", "client-2").put_object(Bucket=small_cloud.outputs.bucket, Key=key, Body=poisoned)
             replaced.append(key)
-        return original(plan_ref, index, store)
+        return original(plan_ref, index, store, secure)
 
     monkeypatch.setattr(aggregate, "aggregate_slice", replace_then_slice)
     _, _, final = run_sliced_round(small_cloud, initial, deltas)
@@ -162,8 +162,9 @@ def test_a_secure_round_of_a_model_larger_than_a_slice_unmasks_each_slice_on_its
     seeds kept in the plan), each slice invocation unmasks its own range of the masked sum, and the
     assembled model is FedAvg's of the clients' shifts within the fixed point's steps."""
     from client_agent.agent import Outcome
-    from tests.cloud_helpers import SHIFTS, agent
+    from tests.cloud_helpers import SHIFTS, agent, drain_queues
 
+    drain_queues(small_cloud)  # the other tests' round messages: their updates were written directly
     initial = {"000/big/kernel": np.zeros((3000, 1000), np.float32), "001/big/bias": np.zeros(7, np.float32)}
     run = start(
         small_cloud, rounds=1, min_participants=2, initial=initial,

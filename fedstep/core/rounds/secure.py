@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -39,7 +39,7 @@ from fedstep.core.clock import utc_now
 from fedstep.core.dp import distributed_client_stddev
 from fedstep.core.errors import FedstepError, InvalidUpdate, RunStopped
 from fedstep.core.manifest import ManifestEntry, UpdateManifest
-from fedstep.core.ports import ModelStore, MultipartStore, Publisher, Reporter, SecureAggregation, SecureTable
+from fedstep.core.ports import ModelStore, Publisher, Reporter, SecureAggregation, SecureTable
 from fedstep.core.round_record import RoundRecord
 from fedstep.core.rounds.aggregate import check_finite, kept_by_strategy, strategy_measurements
 from fedstep.core.rounds.complete import Claimed, run_claimed_round
@@ -48,7 +48,7 @@ from fedstep.core.rounds.inputs import build_strategy, load_state, previous_summ
 from fedstep.core.rounds.privacy import count_release, operator_privacy_spent, privacy_spent
 from fedstep.core.rounds.results import file_metadata, new_claim_id, write_once, write_results
 from fedstep.core.rounds.settings import AggregationSettings
-from fedstep.core.rounds.slices import plan_output
+from fedstep.core.rounds.slices import Planned, new_plan, plan_output
 from fedstep.core.rounds.summary import DRAFT_TIMING, Tally, build_summary, finished, task_output
 from fedstep.core.schemas import (
     LATER_PHASES,
@@ -615,32 +615,16 @@ def _plan_secure(
             run, round_number, settings.operator_accountant, layout.spec.num_parameters, repeated
         ),
     )
-    input_offsets, input_data_start = sliced.input_offsets(store, input_model, layout)
-    plan = sliced.SlicePlan(
-        run_id=run.run_id,
-        round=round_number,
-        claim=claim,
-        strategy=run.strategy,
-        strategy_params=dict(run.strategy_params),
-        input_model=input_model,
-        input_offsets=input_offsets,
-        input_data_start=input_data_start,
-        output_key=output_key,
-        upload_id=cast(MultipartStore, store).start_upload(output_key),
-        metadata=file_metadata(run, round_number, claim, "global"),
-        shapes=dict(layout.spec.shapes),
-        slice_elements=sliced.slice_elements_for(layout.spec.num_parameters, int(settings.slice_bytes or 0)),
-        updates=planned,
-        summary={**draft.to_dict(), "first_issued_at": record.first_issued_at, "aggregation_started": started},
-        secure={
-            "seeds": [[seed.hex(), sign] for seed, sign in seeds],
-            "count": len(survivors),
-            "weight": weight_sum,
-            "examples": max(1, round(weight_sum * round_spec_.max_examples)),
-            "spec": round_spec_.to_dict(),
-            "order": names,
-        },
-    )
+    secure = {
+        "seeds": [[seed.hex(), sign] for seed, sign in seeds],
+        "count": len(survivors),
+        "weight": weight_sum,
+        "examples": max(1, round(weight_sum * round_spec_.max_examples)),
+        "spec": round_spec_.to_dict(),
+        "order": names,
+    }
+    planning = Planned(run, round_number, record, claim, input_model, layout, started)
+    plan = new_plan(planning, store, settings, planned, draft, secure)
     log.info("round %s/%d: planned %d slices of a secure sum", run.run_id, round_number, plan.slice_count)
     return write_once(store, keys.plan_key(run.run_id, round_number, claim), plan.encode())
 

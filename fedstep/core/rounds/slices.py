@@ -80,7 +80,6 @@ def plan_round(
     problem = not_enough(len(checked.accepted), rejected + declined)
     if problem:
         raise problem
-    offsets, data_start = sliced.input_offsets(store, input_model, layout)
     output_key = keys.global_key(run.run_id, round_number, claim)
     accepted = [(item, planned.examples) for item, planned in checked.accepted]
     manifest = UpdateManifest(
@@ -102,29 +101,67 @@ def plan_round(
         planning.bounds.max_update_norm,
         manifest=manifest_ref,
     )
-    plan = sliced.SlicePlan(
+    plan = new_plan(
+        Planned(run, round_number, record, claim, input_model, layout, started),
+        store,
+        settings,
+        [planned for _, planned in checked.accepted],
+        draft,
+    )
+    log.info("round %s/%d: planned %d slices of %d updates", run.run_id, round_number, plan.slice_count, len(accepted))
+    return write_once(store, keys.plan_key(run.run_id, round_number, claim), plan.encode())
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A claimed round being planned for slices: its run, record and claim, its input model (and that
+    model's layout), and when its aggregation started (time.time())."""
+
+    run: RunRecord
+    round_number: int
+    record: RoundRecord
+    claim: str
+    input_model: ObjectRef
+    layout: ModelLayout
+    started: float
+
+
+def new_plan(
+    planned: Planned,
+    store: ModelStore,
+    settings: AggregationSettings,
+    updates: list[sliced.PlannedUpdate],
+    draft: RoundSummary,
+    secure: dict[str, Any] | None = None,
+) -> sliced.SlicePlan:
+    """The round's slice plan: where the input model's tensors lie, the new model's multipart upload
+    (started here), the slices' size, the updates the slices read, the summary's draft (`secure`: a
+    secure round's unmasking, `sliced.SlicePlan.secure`)."""
+    run, layout = planned.run, planned.layout
+    offsets, data_start = sliced.input_offsets(store, planned.input_model, layout)
+    output_key = keys.global_key(run.run_id, planned.round_number, planned.claim)
+    return sliced.SlicePlan(
         run_id=run.run_id,
-        round=round_number,
-        claim=claim,
+        round=planned.round_number,
+        claim=planned.claim,
         strategy=run.strategy,
         strategy_params=dict(run.strategy_params),
-        input_model=input_model,
+        input_model=planned.input_model,
         input_offsets=offsets,
         input_data_start=data_start,
         output_key=output_key,
         upload_id=cast(MultipartStore, store).start_upload(output_key),
-        metadata=file_metadata(run, round_number, claim, "global"),
+        metadata=file_metadata(run, planned.round_number, planned.claim, "global"),
         shapes=dict(layout.spec.shapes),
         slice_elements=sliced.slice_elements_for(layout.spec.num_parameters, int(settings.slice_bytes or 0)),
-        updates=[planned for _, planned in checked.accepted],
+        updates=updates,
         summary={
             **draft.to_dict(),
-            "first_issued_at": record.first_issued_at,
-            "aggregation_started": started,  # the plan's checks, the slices and the assembly count
+            "first_issued_at": planned.record.first_issued_at,
+            "aggregation_started": planned.started,  # the plan's checks, the slices and the assembly count
         },
+        secure=secure,
     )
-    log.info("round %s/%d: planned %d slices of %d updates", run.run_id, round_number, plan.slice_count, len(accepted))
-    return write_once(store, keys.plan_key(run.run_id, round_number, claim), plan.encode())
 
 
 def hold_for_slices(table: RoundTable, run_id: str, round_number: int, claim: str, plan: ObjectRef) -> bool:
