@@ -396,3 +396,32 @@ def test_a_model_larger_than_a_slice_is_unmasked_slice_by_slice_into_the_same_mo
         models.append(world.new_global())
     for name in GLOBAL:
         np.testing.assert_array_equal(models[0][name], models[1][name])
+
+
+def test_a_client_flooding_its_partition_with_shares_makes_the_server_read_no_more_than_its_neighbours():
+    """The attack: a client writes 500 share items to made-up recipients. The server reads each
+    member's shares by key, one per neighbour of the roster, so the flood is never read and the
+    phase closes as it would have."""
+    world = secure_world()
+    sims = start(world, {c: 0.1 for c in CLIENTS})
+    advance(world)
+    share = open_phase(world, "share")
+    for sim in sims.values():
+        sim.share(share)
+    for i in range(500):
+        junk = SecAggShareItem(RUN, 1, 0, "e", f"nobody-{i}", b"j" * 96, T).to_item()
+        world.table.put(junk)
+    read: list[str] = []  # the sort keys of every share item the server is handed, however it asks
+    get_items, query_items = world.table.get_items, world.table.query_items
+
+    def counted(found: list[dict]) -> list[dict]:
+        read.extend(i[keys.SK] for i in found if "#SHARE#" in i[keys.SK])
+        return found
+
+    world.table.get_items = lambda item_keys: counted(get_items(item_keys))  # type: ignore[method-assign]
+    world.table.query_items = lambda pk, prefix: counted(query_items(pk, prefix))  # type: ignore[method-assign]
+    assert advance(world) == {"secagg": {"phase": "input"}}
+    assert len(read) <= 2 * len(CLIENTS) * (len(CLIENTS) - 1)  # the readiness check and the close
+    assert not any("nobody-" in sk for sk in read)
+    inputs = open_phase(world, "input")
+    assert sorted(inputs.members) == list(CLIENTS)

@@ -450,9 +450,6 @@ class DynamoRoundTable(Items):
     def get_items(self, item_keys: list[dict[str, str]]) -> list[dict[str, Any]]:
         return self._batch_get(item_keys)
 
-    def query_items(self, pk: str, prefix: str) -> list[dict[str, Any]]:
-        return self._query_prefix(pk, prefix)
-
     def put_server_items(self, items: list[dict[str, Any]]) -> None:
         """BatchWriteItem, 25 items a request (DynamoDB's most), the unprocessed ones sent again."""
         for start in range(0, len(items), 25):

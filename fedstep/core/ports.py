@@ -160,10 +160,6 @@ class SecureTable(RoundTable, Protocol):
         """These items (strongly consistent); absent ones are left out."""
         ...
 
-    def query_items(self, pk: str, prefix: str) -> list[dict[str, Any]]:
-        """The items of partition `pk` whose sort key starts with `prefix` (strongly consistent)."""
-        ...
-
     def put_server_items(self, items: list[dict[str, Any]]) -> None:
         """Write (or replace) server items outside the run's partition (relayed shares), in as few
         requests as the store allows."""

@@ -74,6 +74,8 @@ class MemoryTable:
         return [item for item in (self.get(k) for k in item_keys) if item is not None]
 
     def query_items(self, pk: str, prefix: str) -> list[dict[str, Any]]:
+        """The items of partition `pk` whose sort key starts with `prefix`, in key order (a client's
+        Query of its own partition: its inbox, in the memory engine's secure rounds)."""
         with self.lock:
             found = sorted((sk, item) for (p, sk), item in self.items.items() if p == pk and sk.startswith(prefix))
             return [copy.deepcopy(item) for _, item in found]

@@ -212,14 +212,17 @@ def _adverts(table: SecureTable, at: Attempt, members: list[str]) -> tuple[dict[
 def _shares(
     table: SecureTable, at: Attempt, members: list[str], roster: SecAggRoster
 ) -> dict[str, list[SecAggShareItem]]:
-    """Each member's valid shares of this attempt, when it sealed one to every neighbour of the roster."""
-    complete: dict[str, list[SecAggShareItem]] = {}
-    prefix = keys.secagg_sk(at.run_id, at.round_number, at.attempt, "SHARE#")
-    for client in members:
-        items = _valid(at, table.query_items(keys.client_pk(client), prefix), SecAggShareItem.parse, "share")
-        if {i.recipient for i in items} >= set(roster.neighbours.get(client, [])):
-            complete[client] = [i for i in items if i.recipient in roster.neighbours[client]]
-    return complete
+    """Each member's valid shares of this attempt, when it sealed one to every neighbour of the roster:
+    read by key, one per (member, neighbour), so what a client writes beyond them is never read."""
+    wanted = [
+        keys.secagg_share_item_key(at.run_id, at.round_number, at.attempt, client, recipient)
+        for client in members
+        for recipient in roster.neighbours.get(client, [])
+    ]
+    found: dict[str, list[SecAggShareItem]] = {}
+    for item in _valid(at, table.get_items(wanted), SecAggShareItem.parse, "share"):
+        found.setdefault(item.client_id, []).append(item)
+    return {c: items for c, items in found.items() if len(items) == len(roster.neighbours.get(c, []))}
 
 
 def _masked_items(table: SecureTable, at: Attempt, members: list[str]) -> dict[str, UpdateItem]:
