@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 from fedstep.core import sliced, strategies, tensors
-from fedstep.core.clock import utc_now
 from fedstep.core.manifest import ManifestEntry, UpdateManifest
 from fedstep.core.ports import ModelStore, RoundTable
 from fedstep.core.round_record import RoundRecord
@@ -22,12 +21,11 @@ from fedstep.core.rounds.errors import (
 from fedstep.core.rounds.inputs import build_strategy, load_state, previous_summary, round_bounds, selected_in
 from fedstep.core.rounds.intake import claimed_sha, missing_clients, sort_items
 from fedstep.core.rounds.privacy import count_release, privacy_spent
-from fedstep.core.rounds.results import file_metadata, write_results
+from fedstep.core.rounds.results import file_metadata, send_feedback, write_results
 from fedstep.core.rounds.settings import DEFAULT_SETTINGS, AggregationSettings
 from fedstep.core.rounds.slices import Planning, plan_round
 from fedstep.core.rounds.summary import Tally, build_summary, finished
 from fedstep.core.schemas import (
-    Feedback,
     InvalidMessage,
     ObjectRef,
     Rejection,
@@ -61,8 +59,7 @@ def aggregate_round(
     strategy_needs, why = strategy.min_updates()
 
     def feedback(client: str, sha256: str, reason: str) -> None:
-        for item in Feedback(client, run.run_id, round_number, sha256, reason, utc_now()).to_items():
-            table.put_feedback(item)
+        send_feedback(table, run.run_id, round_number, client, sha256, reason)
 
     def not_enough(valid: int, rejected: list[Rejection]) -> RoundNotAggregated | None:
         if valid >= max(run.quorum, run.min_participants, strategy_needs):

@@ -7,11 +7,12 @@ import logging
 import secrets
 
 from fedstep.core import keys, tensors
+from fedstep.core.clock import utc_now
 from fedstep.core.errors import FedstepError
 from fedstep.core.manifest import UpdateManifest
 from fedstep.core.ports import ModelStore, RoundTable
 from fedstep.core.rounds.summary import summary_item
-from fedstep.core.schemas import ObjectRef, RoundSummary, RunRecord, is_completed
+from fedstep.core.schemas import Feedback, ObjectRef, RoundSummary, RunRecord, is_completed
 from fedstep.core.version import SCHEMA_VERSION
 
 log = logging.getLogger(__package__)
@@ -28,6 +29,13 @@ def release(table: RoundTable, run_id: str, round_number: int, claim: str) -> No
         table.release_round(run_id, round_number, claim)
     except Exception:  # the lease is the fallback
         log.warning("could not release the claim on round %d of run %s; its lease runs out", round_number, run_id)
+
+
+def send_feedback(table: RoundTable, run_id: str, round_number: int, client: str, sha256: str, reason: str) -> None:
+    """Tell `client` why its update of the round was refused (its feedback items: the run's, and its
+    latest in any run)."""
+    for item in Feedback(client, run_id, round_number, sha256, reason, utc_now()).to_items():
+        table.put_feedback(item)
 
 
 def file_metadata(run: RunRecord, round_number: int, claim: str, kind: str) -> dict[str, object]:

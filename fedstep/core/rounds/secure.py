@@ -39,14 +39,14 @@ from fedstep.core.clock import utc_now
 from fedstep.core.dp import distributed_client_stddev
 from fedstep.core.errors import FedstepError, InvalidUpdate, RunStopped
 from fedstep.core.manifest import ManifestEntry, UpdateManifest
-from fedstep.core.ports import ModelStore, Publisher, Reporter, SecureAggregation, SecureTable
+from fedstep.core.ports import ModelStore, Publisher, RangeRead, Reporter, SecureAggregation, SecureTable
 from fedstep.core.round_record import RoundRecord
 from fedstep.core.rounds.aggregate import check_finite, kept_by_strategy, strategy_measurements
 from fedstep.core.rounds.complete import Claimed, run_claimed_round
 from fedstep.core.rounds.errors import RoundBusy, RoundNotAggregated, SecAggThresholdNotMet, StrategyFailed
 from fedstep.core.rounds.inputs import build_strategy, load_state, previous_summary, selected_in
 from fedstep.core.rounds.privacy import count_release, operator_privacy_spent, privacy_spent
-from fedstep.core.rounds.results import file_metadata, new_claim_id, write_once, write_results
+from fedstep.core.rounds.results import file_metadata, new_claim_id, send_feedback, write_once, write_results
 from fedstep.core.rounds.settings import AggregationSettings
 from fedstep.core.rounds.slices import Planned, new_plan, plan_output
 from fedstep.core.rounds.summary import DRAFT_TIMING, Tally, build_summary, finished, task_output
@@ -58,10 +58,10 @@ from fedstep.core.schemas import (
     PHASE_INPUT,
     PHASE_REVEAL,
     PHASE_SHARE,
+    PHASES,
     ROUND_AGGREGATED,
     ROUND_REPORTED,
     DeclineItem,
-    Feedback,
     InvalidMessage,
     ObjectRef,
     Rejection,
@@ -79,7 +79,14 @@ from fedstep.core.schemas import (
     parse_client_item,
 )
 from fedstep.core.strategies import ClientUpdate, GlobalModel, UpdateInfo
-from fedstep.core.update_source import metadata_check, read_elements, read_layout, read_model
+from fedstep.core.update_source import (
+    ModelLayout,
+    metadata_check,
+    read_elements,
+    read_layout,
+    read_model,
+    stream_blocks,
+)
 
 log = logging.getLogger(__package__)
 
@@ -92,9 +99,8 @@ SUM_CLIENT = "secure-sum"
 
 
 def next_phase(phase: str) -> str | None:
-    order = (PHASE_ADVERTISE, *LATER_PHASES)
-    position = order.index(phase)
-    return order[position + 1] if position + 1 < len(order) else None
+    position = PHASES.index(phase)
+    return PHASES[position + 1] if position + 1 < len(PHASES) else None
 
 
 def phase_output(phase: str) -> dict[str, Any]:
@@ -161,8 +167,7 @@ class Attempt:
         """Who takes part in `phase`: the selected clients for advertise, else the previous phase's outcome."""
         if phase == PHASE_ADVERTISE:
             return selected_in(self.record, self.run, self.round_number)
-        order = (PHASE_ADVERTISE, *LATER_PHASES)
-        previous = self.phases.get(order[order.index(phase) - 1], {})
+        previous = self.phases.get(PHASES[PHASES.index(phase) - 1], {})
         return [str(c) for c in previous.get("next", [])]
 
     def roster_ref(self) -> ObjectRef:
@@ -180,9 +185,7 @@ def load_attempt(table: SecureTable, run: RunRecord, round_number: int) -> Attem
     if item is None:
         return None
     record = RoundRecord.parse(item)
-    phase_keys = [
-        keys.secagg_phase_key(run.run_id, round_number, record.attempt, p) for p in (PHASE_ADVERTISE, *LATER_PHASES)
-    ]
+    phase_keys = [keys.secagg_phase_key(run.run_id, round_number, record.attempt, p) for p in PHASES]
     found = {str(i[keys.SK]).rsplit("#", 1)[-1]: i for i in table.get_items(phase_keys)}
     return Attempt(run, round_number, record, found)
 
@@ -201,12 +204,16 @@ def _valid(at: Attempt, raws: list[dict[str, Any]], parse: Callable[[dict[str, A
     return valid
 
 
-def _adverts(table: SecureTable, at: Attempt, members: list[str]) -> tuple[dict[str, SecAggKeysItem], list[str]]:
-    """The members' valid keys items of this attempt, and the members that declined the round."""
+def _adverts(table: SecureTable, at: Attempt, members: list[str]) -> dict[str, SecAggKeysItem]:
+    """The members' valid keys items of this attempt."""
     found = table.get_items([keys.secagg_keys_item_key(at.run_id, at.round_number, at.attempt, c) for c in members])
-    adverts = {item.client_id: item for item in _valid(at, found, SecAggKeysItem.parse, "keys item")}
+    return {item.client_id: item for item in _valid(at, found, SecAggKeysItem.parse, "keys item")}
+
+
+def _declined(table: SecureTable, at: Attempt, members: list[str]) -> list[Rejection]:
+    """The members that declined the round (their refusal in place of an update item), with why."""
     items = _valid(at, list(table.get_updates(at.run_id, at.round_number, members).values()), parse_client_item, "item")
-    return adverts, [i.client_id for i in items if isinstance(i, DeclineItem)]
+    return [Rejection(i.client_id, i.reason) for i in items if isinstance(i, DeclineItem)]
 
 
 def _shares(
@@ -241,8 +248,8 @@ def _ready(table: SecureTable, store: ModelStore, at: Attempt, phase: str) -> bo
     """Whether every member of `phase` answered it (or, for advertise, declined)."""
     members = at.members(phase)
     if phase == PHASE_ADVERTISE:
-        adverts, declined = _adverts(table, at, members)
-        return set(members) <= set(adverts) | set(declined)
+        answered = set(_adverts(table, at, members)) | {d.client_id for d in _declined(table, at, members)}
+        return set(members) <= answered
     if phase == PHASE_SHARE:  # one query per member: stop at the first that has not shared them all
         roster = read_roster(store, at.roster_ref())
         return all(client in _shares(table, at, [client], roster) for client in members)
@@ -287,7 +294,7 @@ def _close(table: SecureTable, at: Attempt, phase: str, outcome: dict[str, Any])
 def close_advertise(store: ModelStore, table: SecureTable, at: Attempt, secure: SecureAggregation) -> None:
     """Phase 1 closes: the roster of the clients that advertised, written once."""
     members = at.members(PHASE_ADVERTISE)
-    adverts, _ = _adverts(table, at, members)
+    adverts = _adverts(table, at, members)
     _enough(at, PHASE_ADVERTISE, members, list(adverts))
     assert at.run.secagg is not None
     clients = sorted(adverts)
@@ -335,54 +342,65 @@ def close_share(store: ModelStore, table: SecureTable, at: Attempt) -> None:
     _relay(store, table, at, shares)
 
 
-def masked_size(store: ModelStore, at: Attempt) -> tuple[int, list[str], dict[str, tuple[int, ...]]]:
-    """(d + 1, the tensor names in masked order, their shapes) of the round's model."""
-    layout = read_layout(store, at.record.require_input_model())
-    names = masked_order(list(layout.spec.shapes))
-    return layout.spec.num_parameters + 1, names, dict(layout.spec.shapes)
+def masked_size(layout: ModelLayout) -> tuple[int, list[str]]:
+    """(d + 1, the tensor names in masked order) of the round's model (`layout`: its global model's)."""
+    return layout.spec.num_parameters + 1, masked_order(list(layout.spec.shapes))
 
 
-def read_masked(
-    store: ModelStore, ref: ObjectRef, size: int, version: str | None = None
-) -> tuple[dict[str, Any], np.ndarray, str | None]:
-    """A masked input file: (its fedstep metadata, its `size` uint32 values, the object version read).
-    InvalidUpdate unless it is exactly one uint32 tensor `masked` of `size` elements, `ref.bytes` long,
-    with sha256 `ref.sha256`; its size is checked before a byte is read."""
+def _masked_header(
+    store: ModelStore, ref: ObjectRef, size: int, version: str | None
+) -> tuple[tensors.Header, RangeRead]:
+    """A masked input file's header (exactly one uint32 tensor `masked` of `size` elements, the file
+    `ref.bytes` long) from one ranged read of its start; its size is checked before a byte is read."""
     data_bytes = 4 * size
     if not limits.MIN_UPDATE_FILE_BYTES + data_bytes <= ref.bytes <= 8 + limits.MAX_HEADER_SLACK_BYTES + data_bytes:
         raise InvalidUpdate(f"masked input is {ref.bytes} bytes; {size} uint32 values and a header cannot be")
-    read = store.read_range(ref.key, 0, ref.bytes, version)
-    if read.total_bytes != ref.bytes or len(read.data) != ref.bytes:
-        raise InvalidUpdate(f"masked input is {read.total_bytes} bytes, the item says {ref.bytes}")
-    if tensors.sha256_hex(bytes(read.data)) != ref.sha256:
-        raise InvalidUpdate("sha256 does not match the one reported")
+    first = store.read_range(ref.key, 0, min(ref.bytes, 8 + limits.MAX_HEADER_SLACK_BYTES), version)
+    if first.total_bytes != ref.bytes:
+        raise InvalidUpdate(f"masked input is {first.total_bytes} bytes, the item says {ref.bytes}")
     spec = tensors.TensorSpec({MASKED_TENSOR: (size,)})
     header = tensors.parse_header(
-        read.data, ref.bytes, spec, limits.MAX_HEADER_SLACK_BYTES, tensors.F32, {MASKED_TENSOR: tensors.U32}
+        first.data, ref.bytes, spec, limits.MAX_HEADER_SLACK_BYTES, tensors.F32, {MASKED_TENSOR: tensors.U32}
     )
-    values = np.frombuffer(bytes(read.data), dtype="<u4", count=size, offset=header.data_start)
-    return header.metadata, values, read.version
+    return header, first
 
 
-def _reject(table: SecureTable, at: Attempt, item: UpdateItem, reason: str) -> None:
-    for record in Feedback(
-        item.client_id, at.run_id, at.round_number, item.update.sha256, reason, utc_now()
-    ).to_items():
-        table.put_feedback(record)
+def check_masked(store: ModelStore, ref: ObjectRef, size: int) -> tuple[dict[str, Any], str | None]:
+    """A masked input file checked (`_masked_header`, then its sha256 streamed a block at a time:
+    memory one block, whatever the model's size): (its fedstep metadata, the object version checked).
+    InvalidUpdate on any defect."""
+    header, first = _masked_header(store, ref, size, None)
+    digest = hashlib.sha256(first.data)
+    for block in stream_blocks(store, ref.key, len(first.data), ref.bytes, first.version):
+        digest.update(block)
+    if digest.hexdigest() != ref.sha256:
+        raise InvalidUpdate("sha256 does not match the one reported")
+    return header.metadata, first.version
+
+
+def read_masked(store: ModelStore, ref: ObjectRef, size: int, version: str | None) -> tuple[dict[str, Any], np.ndarray]:
+    """The pinned version of a masked input file, whole (a model that fits one function): (its
+    fedstep metadata, its `size` uint32 values); its sha256 checked again."""
+    header, _ = _masked_header(store, ref, size, version)
+    data = bytes(store.read_range(ref.key, 0, ref.bytes, version).data)
+    if tensors.sha256_hex(data) != ref.sha256:
+        raise InvalidUpdate("sha256 does not match the one pinned")
+    return header.metadata, np.frombuffer(data, dtype="<u4", count=size, offset=header.data_start)
 
 
 def close_input(store: ModelStore, table: SecureTable, at: Attempt) -> None:
     """Phase 3 closes: each masked file checked (size, header, sha256, metadata equal to its item) and
     pinned to the version checked; the survivors record written once (an earlier one stands)."""
     members = at.members(PHASE_INPUT)
-    size, _, _ = masked_size(store, at)
+    size, _ = masked_size(read_layout(store, at.record.require_input_model()))
     pinned: dict[str, dict[str, Any]] = {}
     for client, item in sorted(_masked_items(table, at, members).items()):
         try:
-            metadata, _, version = read_masked(store, item.update, size)
+            metadata, version = check_masked(store, item.update, size)
             metadata_check(item)(metadata)
         except InvalidUpdate as exc:
-            _reject(table, at, item, f"masked input refused: {exc}")
+            reason = f"masked input refused: {exc}"
+            send_feedback(table, at.run_id, at.round_number, client, item.update.sha256, reason)
             continue
         pinned[client] = {"sha256": item.update.sha256, "bytes": item.update.bytes, "version": version}
     _enough(at, PHASE_INPUT, members, list(pinned))
@@ -451,34 +469,29 @@ def aggregate_secure(
     started = time.time()
     fixed = _survivors(table, at)
     survivors, dropped = frozenset(fixed["survivors"]), frozenset(fixed["dropped"])
-    revealed = _reveals(table, at, sorted(survivors))
-    reveals = {c: dict(r.shares) for c, r in revealed.items()}
-    size, names, shapes = masked_size(store, at)
-    if sliced.needs_slices(record.require_input_model().bytes, settings.slice_bytes):
-        return _plan_secure(at, claim, store, table, settings, fixed, reveals, started)
+    reveals = {c: dict(r.shares) for c, r in _reveals(table, at, sorted(survivors)).items()}
+    input_model = record.require_input_model()
+    layout = read_layout(store, input_model)
+    if sliced.needs_slices(input_model.bytes, settings.slice_bytes):
+        return _plan_secure(at, claim, store, table, settings, layout, fixed, reveals, started)
+    size, names = masked_size(layout)
     total = np.zeros(size, dtype=np.uint32)
-    accepted: list[tuple[UpdateItem, int]] = []
-    entries = []
+    survived = []
     for client in sorted(survivors):
-        ref = _pinned_ref(at, fixed, client)
-        metadata, values, version = read_masked(store, ref, size, fixed["inputs"][client].get("version"))
+        ref, version = _pinned_ref(at, fixed, client), fixed["inputs"][client].get("version")
+        metadata, values = read_masked(store, ref, size, version)
         total += values
-        item = _survivor_item(at, fixed, client, ref, metadata)
-        examples = min(item.num_examples, run.bounds.max_examples)
-        accepted.append((item, examples))
-        entries.append(ManifestEntry.of(item, version, examples, None))
-    previous = previous_summary(table, run, round_number)
-    repeated = count_release(run, round_number, table, claim, previous)  # before the noisy sum is seen
+        survived.append(_Survivor.of(at, fixed, client, ref, metadata, version))
+    repeated = _count_release(at, table, claim)
     summed = settings.secure.unmask(read_roster(store, at.roster_ref()), survivors, dropped, total, reveals)
     examples_sum, mean = settings.secure.mean_delta(at.spec(), summed, len(survivors))
     delta: tensors.Tensors = {}
     position = 0
     for name in names:
-        count = int(np.prod(shapes[name], dtype=np.int64))
-        delta[name] = mean[position : position + count].astype(np.float32).reshape(shapes[name])
+        shape = layout.spec.shapes[name]
+        count = int(np.prod(shape, dtype=np.int64))
+        delta[name] = mean[position : position + count].astype(np.float32).reshape(shape)
         position += count
-    input_model = record.require_input_model()
-    layout = read_layout(store, input_model)
     strategy = build_strategy(run)
     state = load_state(store, record, run)
     global_model = GlobalModel(layout.spec, lambda: read_model(store, input_model, layout))
@@ -494,31 +507,40 @@ def aggregate_secure(
     check_finite(result)
     data = tensors.encode(result.weights, file_metadata(run, round_number, claim, "global"))
     state_data = result.state.encode(run.strategy) if result.state.tensors or result.state.values else None
-    privacy = privacy_spent(run, round_number, accepted, settings.accountant, repeated)
-    operator_epsilon = operator_privacy_spent(
-        run, round_number, settings.operator_accountant, layout.spec.num_parameters, repeated
-    )
-    manifest = UpdateManifest(run.run_id, round_number, claim, entries)
+    manifest = _manifest(at, claim, survived)
     global_ref, state_ref, manifest_ref = write_results(store, run, round_number, claim, data, state_data, manifest)
-    selected = selected_in(record, run, round_number)
-    declined = [Rejection(c, "declined") for c in _adverts(table, at, selected)[1]]
-    dropped_out = [Rejection(c, "dropped out of the secure round") for c in sorted(dropped)]
-    return build_summary(
-        run,
-        round_number,
-        record,
-        selected,
-        Tally(accepted, dropped_out, declined),
-        global_ref,
-        finished(record.first_issued_at, started),
-        privacy,
-        None,
-        measurements=measurements,
-        state=state_ref,
-        repeated_releases=repeated,
-        manifest=manifest_ref,
-        operator_epsilon=operator_epsilon,
-    )
+    timing = finished(record.first_issued_at, started)
+    return _summary(at, table, settings, survived, dropped, global_ref, timing, layout, repeated,
+                    measurements=measurements, state=state_ref, manifest=manifest_ref)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Survivor:
+    """A survivor's update item as its pinned file's metadata says (what was checked when the input
+    phase closed; the item in the table may have been rewritten since), the examples it is weighted
+    by and the object version pinned."""
+
+    item: UpdateItem
+    examples: int
+    version: str | None
+
+    @classmethod
+    def of(
+        cls, at: Attempt, fixed: dict[str, Any], client: str, ref: ObjectRef, metadata: dict[str, Any], version: Any
+    ) -> _Survivor:
+        item = UpdateItem(
+            run_id=at.run_id,
+            round=at.round_number,
+            client_id=client,
+            num_examples=int(metadata.get("num_examples", 1)),
+            update=ref,
+            metrics=dict(metadata.get("metrics") or {}),
+            created_at=str(fixed.get("closed_at", "")),
+            privacy=dict(metadata.get("privacy") or {}),
+            encoding=MASKED_ENCODING,
+            attempt=at.attempt,
+        )
+        return cls(item, min(item.num_examples, at.run.bounds.max_examples), version)
 
 
 def _pinned_ref(at: Attempt, fixed: dict[str, Any], client: str) -> ObjectRef:
@@ -526,22 +548,50 @@ def _pinned_ref(at: Attempt, fixed: dict[str, Any], client: str) -> ObjectRef:
     return ObjectRef(keys.update_key(at.run_id, at.round_number, client), str(pin["sha256"]), int(pin["bytes"]))
 
 
-def _survivor_item(
-    at: Attempt, fixed: dict[str, Any], client: str, ref: ObjectRef, metadata: dict[str, Any]
-) -> UpdateItem:
-    """A survivor's update item as its pinned file's metadata says (what was checked at the input
-    phase's close; the item in the table may have been rewritten since)."""
-    return UpdateItem(
-        run_id=at.run_id,
-        round=at.round_number,
-        client_id=client,
-        num_examples=int(metadata.get("num_examples", 1)),
-        update=ref,
-        metrics=dict(metadata.get("metrics") or {}),
-        created_at=str(fixed.get("closed_at", "")),
-        privacy=dict(metadata.get("privacy") or {}),
-        encoding=MASKED_ENCODING,
-        attempt=at.attempt,
+def _count_release(at: Attempt, table: SecureTable, claim: str) -> int:
+    """Under distributed DP, the noisy sum counted as released before it is unmasked (`count_release`)."""
+    return count_release(at.run, at.round_number, table, claim, previous_summary(table, at.run, at.round_number))
+
+
+def _manifest(at: Attempt, claim: str, survived: list[_Survivor]) -> UpdateManifest:
+    """The masked files the sum was made of, each at the version pinned."""
+    entries = [ManifestEntry.of(s.item, s.version, s.examples, None) for s in survived]
+    return UpdateManifest(at.run_id, at.round_number, claim, entries)
+
+
+def _summary(
+    at: Attempt,
+    table: SecureTable,
+    settings: AggregationSettings,
+    survived: list[_Survivor],
+    dropped: frozenset[str],
+    global_ref: ObjectRef,
+    timing: dict[str, Any],
+    layout: ModelLayout,
+    repeated: int,
+    **results: Any,
+) -> RoundSummary:
+    """The round's summary (or a sliced round's draft): the survivors as its participants, the clients
+    that dropped out as rejected, those that declined, and both epsilons under distributed DP."""
+    run, round_number, record = at.run, at.round_number, at.record
+    accepted = [(s.item, s.examples) for s in survived]
+    selected = selected_in(record, run, round_number)
+    dropped_out = [Rejection(c, "dropped out of the secure round") for c in sorted(dropped)]
+    return build_summary(
+        run,
+        round_number,
+        record,
+        selected,
+        Tally(accepted, dropped_out, _declined(table, at, selected)),
+        global_ref,
+        timing,
+        privacy_spent(run, round_number, accepted, settings.accountant, repeated),
+        None,
+        repeated_releases=repeated,
+        operator_epsilon=operator_privacy_spent(
+            run, round_number, settings.operator_accountant, layout.spec.num_parameters, repeated
+        ),
+        **results,
     )
 
 
@@ -551,6 +601,7 @@ def _plan_secure(
     store: ModelStore,
     table: SecureTable,
     settings: AggregationSettings,
+    layout: ModelLayout,
     fixed: dict[str, Any],
     reveals: dict[str, dict[str, tuple[str, bytes]]],
     started: float,
@@ -561,69 +612,44 @@ def _plan_secure(
     reads its own range of every masked file and removes the masks from that range alone."""
     assert settings.secure is not None
     run, round_number, record = at.run, at.round_number, at.record
-    strategy = build_strategy(run)
     input_model = record.require_input_model()
     try:
-        sliced.check_sliceable(strategy, input_model.bytes, settings.slice_bytes)
+        sliced.check_sliceable(build_strategy(run), input_model.bytes, settings.slice_bytes)
     except sliced.NotSliceable as exc:
         raise StrategyFailed(f"run {run.run_id}, round {round_number}: {exc}") from None
-    layout = read_layout(store, input_model)
-    size, names, _ = masked_size(store, at)
+    size, names = masked_size(layout)
     survivors, dropped = frozenset(fixed["survivors"]), frozenset(fixed["dropped"])
-    spec = tensors.TensorSpec({MASKED_TENSOR: (size,)})
     weights = np.zeros(1, dtype=np.uint32)
-    planned, accepted, entries = [], [], []
+    survived, planned = [], []
     for client in sorted(survivors):
         ref, version = _pinned_ref(at, fixed, client), fixed["inputs"][client].get("version")
-        first = store.read_range(ref.key, 0, min(ref.bytes, 8 + limits.MAX_HEADER_SLACK_BYTES), version)
-        header = tensors.parse_header(
-            first.data, ref.bytes, spec, limits.MAX_HEADER_SLACK_BYTES, tensors.F32, {MASKED_TENSOR: tensors.U32}
-        )
+        header, _ = _masked_header(store, ref, size, version)
         weight = np.empty(1, dtype=np.uint32)
         read_elements(store, ref.key, header.data_start, 0, weight, tensors.U32, version)
         weights += weight
-        item = _survivor_item(at, fixed, client, ref, header.metadata)
-        examples = min(item.num_examples, run.bounds.max_examples)
-        accepted.append((item, examples))
-        entries.append(ManifestEntry.of(item, version, examples, None))
+        survivor = _Survivor.of(at, fixed, client, ref, header.metadata, version)
+        survived.append(survivor)
         planned.append(
             sliced.PlannedUpdate(
-                client, ref.key, ref.sha256, version, header.data_start, header.offsets, examples, None,
+                client, ref.key, ref.sha256, version, header.data_start, header.offsets, survivor.examples, None,
                 tensors.U32.name, MASKED_ENCODING,
             )
         )  # fmt: skip
-    previous = previous_summary(table, run, round_number)
-    repeated = count_release(run, round_number, table, claim, previous)  # before the noisy sum is seen
+    repeated = _count_release(at, table, claim)
     seeds = settings.secure.mask_seeds(read_roster(store, at.roster_ref()), survivors, dropped, reveals)
-    round_spec_ = at.spec()
-    weight_sum = settings.secure.decode_weight(
-        round_spec_, settings.secure.unmask_range(weights, seeds, 0), len(survivors)
-    )
-    output_key = keys.global_key(run.run_id, round_number, claim)
-    manifest = UpdateManifest(run.run_id, round_number, claim, entries)
+    spec = at.spec()
+    weight_sum = settings.secure.decode_weight(spec, settings.secure.unmask_range(weights, seeds, 0), len(survivors))
+    manifest = _manifest(at, claim, survived)
     manifest_ref = write_once(store, keys.manifest_key(run.run_id, round_number, claim), manifest.encode())
-    draft = build_summary(
-        run,
-        round_number,
-        record,
-        selected_in(record, run, round_number),
-        Tally(accepted, [Rejection(c, "dropped out of the secure round") for c in sorted(dropped)], []),
-        ObjectRef(output_key, "0" * 64, 0),
-        DRAFT_TIMING,
-        privacy_spent(run, round_number, accepted, settings.accountant, repeated),
-        None,
-        manifest=manifest_ref,
-        repeated_releases=repeated,
-        operator_epsilon=operator_privacy_spent(
-            run, round_number, settings.operator_accountant, layout.spec.num_parameters, repeated
-        ),
-    )
+    output = ObjectRef(keys.global_key(run.run_id, round_number, claim), "0" * 64, 0)
+    draft = _summary(at, table, settings, survived, dropped, output, DRAFT_TIMING, layout, repeated,
+                     manifest=manifest_ref)  # fmt: skip
     secure = {
         "seeds": [[seed.hex(), sign] for seed, sign in seeds],
         "count": len(survivors),
         "weight": weight_sum,
-        "examples": max(1, round(weight_sum * round_spec_.max_examples)),
-        "spec": round_spec_.to_dict(),
+        "examples": max(1, round(weight_sum * spec.max_examples)),
+        "spec": spec.to_dict(),
         "order": names,
     }
     planning = Planned(run, round_number, record, claim, input_model, layout, started)
