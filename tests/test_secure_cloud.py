@@ -75,11 +75,14 @@ def test_a_secure_run_decodes_only_sums_and_its_model_is_fedavgs_within_quantisa
 
 
 def test_a_client_missing_a_phase_fails_the_attempt_which_is_retried_with_fresh_keys(cloud, tmp_path):
+    """The second client is silent in the reveal phase: the attempt fails (SecAggThresholdNotMet) after
+    both uploaded masked inputs, and the retry's masked inputs supersede them under the client roles."""
     run = start(cloud, rounds=1, round_retries=1, secagg_phase_timeout_s=8, **SECURE)
     first, second = (agent(cloud, c, tmp_path) for c in SHIFTS)
-    serve(first, expect=Outcome.ADVANCED)
-    serve(second, expect=Outcome.ADVANCED)
-    serve(first, expect=Outcome.ADVANCED)  # shares its keys; the second client is silent past the deadline
+    for expected in PHASES[:-1]:  # train and advertise, share, upload
+        serve(first, expect=expected)
+        serve(second, expect=expected)
+    serve(first, expect=Outcome.SERVED)  # reveals; the second client is silent past the deadline
     table = DynamoRoundTable(cloud.outputs.table, cloud.client("dynamodb"))
     deadline = time.monotonic() + 90
     while (table.get_round(run.run_id, 1) or {}).get("attempt") != 1:  # SecAggThresholdNotMet, retried
