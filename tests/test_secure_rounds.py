@@ -103,6 +103,17 @@ def expected_mean(sims: list[SimClient], message: RoundMessage) -> np.ndarray:
     return InputCodec.for_round(message.secagg).mean_delta(total, len(sims))[1]
 
 
+def _to_input(world: World, values: dict[str, float]) -> tuple[dict[str, SimClient], SecAggPhaseMessage]:
+    """Every client advertised and shared its keys; the input phase opened: (clients, its message)."""
+    sims = start(world, values)
+    advance(world)
+    share = open_phase(world, "share")
+    for sim in sims.values():
+        sim.share(share)
+    advance(world)
+    return sims, open_phase(world, "input")
+
+
 def test_round_message_carries_the_secure_part_and_the_first_phase_closes_with_the_roster():
     world = secure_world()
     message = RoundMessage.parse(world.publisher.messages[-1][0])
@@ -163,13 +174,7 @@ def test_fewer_than_t_advertising_fails_the_round_as_threshold_not_met():
 
 def test_a_malformed_masked_input_is_excluded_and_its_owner_counted_as_dropped():
     world = secure_world()
-    sims = start(world, {c: 0.1 * (i + 1) for i, c in enumerate(CLIENTS)})
-    advance(world)
-    share = open_phase(world, "share")
-    for sim in sims.values():
-        sim.share(share)
-    advance(world)
-    inputs = open_phase(world, "input")
+    sims, inputs = _to_input(world, {c: 0.1 * (i + 1) for i, c in enumerate(CLIENTS)})
     for c in "abcd":
         sims[c].upload(inputs)
     sims["e"].upload(inputs, data=b"\x00" * 40)  # not a masked input: its size, sha256 and header are wrong
@@ -186,13 +191,7 @@ def test_a_malformed_masked_input_is_excluded_and_its_owner_counted_as_dropped()
 
 def test_the_survivor_set_is_written_once_and_a_takeover_reuses_it():
     world = secure_world()
-    sims = start(world, {c: 0.1 for c in CLIENTS})
-    advance(world)
-    share = open_phase(world, "share")
-    for sim in sims.values():
-        sim.share(share)
-    advance(world)
-    inputs = open_phase(world, "input")
+    sims, inputs = _to_input(world, {c: 0.1 for c in CLIENTS})
     for c in "abc":
         sims[c].upload(inputs)
     attempt = secure.load_attempt(world.table, world.run, 1)
@@ -211,13 +210,7 @@ def test_the_survivor_set_is_written_once_and_a_takeover_reuses_it():
 
 
 def _through_reveal(world: World, values: dict[str, float]) -> tuple[dict[str, SimClient], SecAggPhaseMessage]:
-    sims = start(world, values)
-    advance(world)
-    share = open_phase(world, "share")
-    for sim in sims.values():
-        sim.share(share)
-    advance(world)
-    inputs = open_phase(world, "input")
+    sims, inputs = _to_input(world, values)
     for sim in sims.values():
         sim.upload(inputs)
     advance(world)
